@@ -1,0 +1,164 @@
+/*
+ * policy: the partner registry and the sharing agreements, loaded from YAML
+ * files in a policy directory, and applied to each message. Deny by default:
+ * a message passes only when an agreement names its sender, recipient and
+ * dataset and every field of every record obeys the dataset's schema.
+ *
+ * A loaded struct policy_set is immutable and reference-counted, so a reload
+ * can swap in a new set while requests in flight finish on the old one.
+ * See docs/policy.md for the file format.
+ */
+#ifndef ISG_POLICY_H
+#define ISG_POLICY_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire/wire.h"
+#include "ydoc/ydoc.h"
+
+#define POLICY_PARTNERS_FILE "partners.yaml"
+#define POLICY_AGREEMENTS_DIR "agreements"
+
+enum partner_kind { PARTNER_POLICE, PARTNER_NHS, PARTNER_COUNCIL, PARTNER_OTHER };
+
+/* What the TLS layer extracted from a verified client certificate. */
+#define CERT_MAX_SANS 16
+struct cert_identity {
+	char subject[512];               /* one-line RFC 2253 subject, for logs and audit */
+	char subject_cn[256];
+	char issuer_cn[256];
+	size_t n_san_uri, n_san_dns;
+	char san_uri[CERT_MAX_SANS][256];
+	char san_dns[CERT_MAX_SANS][256];
+	uint8_t spki_sha256[32];         /* SHA-256 of the DER SubjectPublicKeyInfo */
+};
+
+/* How a partner's certificate is recognised; a partner lists one or more. */
+enum cert_match_kind { MATCH_SUBJECT_CN, MATCH_SAN_URI, MATCH_SAN_DNS, MATCH_SPKI_SHA256 };
+struct cert_match {
+	enum cert_match_kind kind;
+	char *value;                     /* text; for SPKI: lowercase hex */
+	uint8_t spki[32];
+};
+
+struct policy_partner {
+	char *id;                        /* e.g. "met-police" */
+	char *name;                      /* display name */
+	enum partner_kind kind;
+	size_t n_match;
+	struct cert_match *match;
+	char *contact;                   /* may be NULL */
+};
+
+enum field_type {
+	FIELD_TEXT,      /* any UTF-8 text */
+	FIELD_INTEGER,
+	FIELD_NUMBER,    /* integer or real */
+	FIELD_BOOLEAN,
+	FIELD_DATE,      /* text YYYY-MM-DD */
+	/* identifier types; validated and normalised by the pseudo module (issue 4) */
+	FIELD_NHS_NUMBER,
+	FIELD_PNC_ID,
+	FIELD_POSTCODE,
+	FIELD_NAME,
+	FIELD_EMAIL,
+	FIELD_IDENTIFIER,
+};
+
+enum field_action { ACTION_PASS, ACTION_DROP, ACTION_GENERALISE, ACTION_PSEUDONYMISE };
+
+struct policy_field {
+	char *name;
+	enum field_type type;
+	enum field_action action;
+	bool required;
+	int line, col;                   /* where it was declared */
+};
+
+struct policy_dataset {
+	char *name;
+	size_t n_fields;
+	struct policy_field *fields;
+	bool unknown_drop;               /* false: a record with an unknown field is refused */
+};
+
+struct policy_agreement {
+	char *id;
+	char *title;
+	uint32_t version;
+	char *file;                      /* source file, for messages */
+	size_t n_senders, n_recipients;
+	char **senders, **recipients;    /* partner ids */
+	char *purpose_code, *purpose_text;
+	size_t n_lawful_basis;
+	char **lawful_basis;
+	int64_t valid_from_days;         /* days since 1970-01-01, UTC; inclusive */
+	int64_t valid_until_days;        /* inclusive; INT64_MAX when open-ended */
+	size_t n_datasets;
+	struct policy_dataset *datasets;
+	uint32_t max_records_per_message; /* 0 = only the gateway's limit */
+	int64_t undelivered_ttl_ms;      /* 0 = the gateway's default */
+	bool allow_reply;                /* recipients may answer under it with reply_to */
+};
+
+struct policy_set {
+	char version[65];                /* hex SHA-256 over every file's name and content */
+	size_t n_partners, n_agreements;
+	struct policy_partner *partners;
+	struct policy_agreement *agreements;
+	/* private: reference count */
+	atomic_int refs;                 /* private */
+};
+
+/*
+ * Load every file of a policy directory: partners.yaml and agreements/*.yaml.
+ * All problems are collected in diags with file:line:column before failing.
+ * Returns 0 (set has one reference) or ISG_ERR_PARSE / ISG_ERR_INVALID / ISG_ERR_IO.
+ */
+int policy_load(const char *dir, struct policy_set **out, struct ydoc_diags *diags);
+struct policy_set *policy_set_ref(struct policy_set *set);   /* thread-safe */
+void policy_set_unref(struct policy_set *set);               /* NULL ok; frees at zero */
+
+const struct policy_partner *policy_partner_by_id(const struct policy_set *set, const char *id);
+/* The partner whose matchers recognise this certificate; NULL when none does. */
+const struct policy_partner *policy_partner_by_cert(const struct policy_set *set,
+						    const struct cert_identity *id);
+const struct policy_agreement *policy_agreement_by_id(const struct policy_set *set,
+						      const char *id);
+const char *policy_partner_kind_name(enum partner_kind kind);
+const char *policy_field_type_name(enum field_type type);
+const char *policy_field_action_name(enum field_action action);
+
+/* Why a message was refused. The message never quotes a field's value. */
+struct policy_refusal {
+	Isg__ErrorCode code;
+	char rule[64];                   /* e.g. "agreement.sender", "dataset.unknown_field" */
+	char message[512];
+	int64_t record_index;            /* -1 when not about one record */
+	char field[128];                 /* "" when not about one field */
+};
+
+/* What an accepted message becomes. */
+struct policy_outcome {
+	const struct policy_agreement *agreement;   /* valid while the set is referenced */
+	const struct policy_dataset *dataset;
+	uint32_t record_count;
+	uint8_t *payload;                /* packed isg.Delivery holding only the transformed records */
+	size_t payload_len;
+};
+
+/*
+ * Apply the policy to a send request from `sender` at time `now_ms`:
+ * find the agreement (request's agreement_id, sender and recipient named,
+ * dataset declared, valid today in UTC, record limit), then check and
+ * transform each record field by field. Returns 0 and fills `out`, or
+ * ISG_ERR_DENIED / ISG_ERR_INVALID and fills `why`, or ISG_ERR_NOMEM.
+ */
+int policy_apply(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
+		 int64_t now_ms, struct policy_outcome *out, struct policy_refusal *why);
+void policy_outcome_release(struct policy_outcome *out);
+
+#endif

@@ -1,0 +1,135 @@
+/*
+ * store: durable store-and-forward of messages and the audit entries that
+ * describe them, in one SQLite database (WAL, synchronous=FULL).
+ *
+ * One writer thread owns the database. Callers submit jobs from any thread;
+ * the writer takes every queued job, runs them in one transaction (each in
+ * its own savepoint, so one failure does not undo the others), commits once
+ * (group commit), then calls each job's callback on the writer thread.
+ * A callback therefore runs only after the data is on disk. Callbacks must
+ * be short: hand the result to the caller's own thread.
+ *
+ * Payloads are sealed at rest with the storage key (XChaCha20-Poly1305,
+ * associated data binding sender, message id and recipient); sealing happens
+ * in the submitting thread so the writer only writes.
+ *
+ * The interface is narrow so that another backend (PostgreSQL) can follow.
+ */
+#ifndef ISG_STORE_H
+#define ISG_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+struct store_options {
+	const char *path;
+	const uint8_t *storage_key;      /* 32 bytes; the store keeps its own guarded copy */
+	int64_t sweep_interval_ms;       /* how often expired messages are purged; default 60s */
+	uint32_t max_batch;              /* most jobs per commit; default 512 */
+};
+
+/*
+ * Open (creating if absent) and start the writer thread. A file that is not
+ * an ISG store, or fails SQLite's integrity check, is refused with
+ * ISG_ERR_CORRUPT and left untouched; err says why.
+ */
+int store_open(const struct store_options *opt, struct store **out, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/* Run every queued job, stop the writer thread, close. NULL ok. */
+void store_close(struct store *s);
+
+/* --- send --------------------------------------------------------------- */
+
+struct store_message {
+	const char *sender, *message_id, *recipient;
+	const char *agreement_id;
+	uint32_t agreement_version;
+	const char *purpose, *dataset;
+	uint64_t reply_to;               /* 0 = none */
+	uint8_t request_hash[32];        /* identifies the content for idempotency */
+	uint32_t record_count;
+	const uint8_t *payload;          /* plaintext; sealed before it is queued */
+	size_t payload_len;
+	int64_t ttl_ms;                  /* undelivered data expires after this */
+	const char *audit_entry;         /* "message.accepted" entry, JSON, same transaction */
+	size_t audit_len;
+};
+
+struct store_receipt {
+	uint64_t gateway_id;
+	uint64_t audit_index;
+	int64_t accepted_at_ms;
+	uint32_t record_count;
+	bool duplicate;                  /* (sender, message_id) was accepted before */
+};
+
+/*
+ * err: 0; ISG_ERR_CONFLICT when (sender, message_id) exists with another
+ * request_hash; ISG_ERR_NOT_FOUND when reply_to names no message sent by
+ * the recipient to the sender; ISG_ERR_FULL when the disk is full;
+ * ISG_ERR_STORE otherwise. r is NULL unless err is 0.
+ */
+typedef void (*store_send_cb)(void *ctx, int err, const struct store_receipt *r);
+/* Copies what it needs from m. Returns 0, or an error without calling cb. */
+int store_send(struct store *s, const struct store_message *m, store_send_cb cb, void *ctx);
+
+/* --- fetch -------------------------------------------------------------- */
+
+struct store_delivery {
+	uint64_t gateway_id;
+	char *message_id, *sender, *agreement_id, *purpose, *dataset;
+	uint32_t agreement_version;
+	uint64_t reply_to;
+	int64_t accepted_at_ms;
+	uint8_t *payload;                /* opened (plaintext) */
+	size_t payload_len;
+};
+
+struct store_fetch_result {
+	size_t n;
+	struct store_delivery *items;
+};
+
+/*
+ * The recipient's unacknowledged, unexpired messages with gateway_id >
+ * after_id, oldest first, at most max. The first time a message is handed
+ * out, its "message.delivered" audit entry is written. res belongs to the
+ * callback, which frees it with store_fetch_result_free (also on error).
+ */
+typedef void (*store_fetch_cb)(void *ctx, int err, struct store_fetch_result *res);
+int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
+		store_fetch_cb cb, void *ctx);
+void store_fetch_result_free(struct store_fetch_result *res);
+
+/* --- ack ---------------------------------------------------------------- */
+
+/*
+ * Acknowledge messages of this recipient: each one's payload is deleted and
+ * a "message.acknowledged" entry written. Ids that are not pending for this
+ * recipient are returned in unknown and change nothing.
+ */
+typedef void (*store_ack_cb)(void *ctx, int err, uint32_t acknowledged, const uint64_t *unknown,
+			     size_t n_unknown);
+int store_ack(struct store *s, const char *recipient, const uint64_t *ids, size_t n,
+	      store_ack_cb cb, void *ctx);
+
+/* --- audit -------------------------------------------------------------- */
+
+/*
+ * Append one audit entry (kind such as "message.refused", entry JSON).
+ * cb may be NULL. The callback gets the entry's index.
+ */
+typedef void (*store_audit_cb)(void *ctx, int err, uint64_t audit_index);
+int store_audit(struct store *s, const char *kind, const char *entry, size_t len,
+		store_audit_cb cb, void *ctx);
+
+/* --- notification ------------------------------------------------------- */
+
+/* Called on the writer thread after a commit that added a message for recipient. */
+typedef void (*store_notify_fn)(void *ctx, const char *recipient);
+void store_set_notify(struct store *s, store_notify_fn fn, void *ctx);
+
+#endif

@@ -1,0 +1,131 @@
+#include "util/util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t str_copy(char *dst, const char *src, size_t size)
+{
+	size_t len = strlen(src);
+	if (size) {
+		size_t n = len < size - 1 ? len : size - 1;
+		memcpy(dst, src, n);
+		dst[n] = '\0';
+	}
+	return len;
+}
+
+int str_to_i64(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+	if (!s || !*s)
+		return ISG_ERR_PARSE;
+	for (const char *p = *s == '-' ? s + 1 : s; *p; p++)
+		if (*p < '0' || *p > '9')
+			return ISG_ERR_PARSE;
+	errno = 0;
+	char *end;
+	long long v = strtoll(s, &end, 10);
+	if (errno == ERANGE || *end)
+		return ISG_ERR_INVALID;
+	if (v < min || v > max)
+		return ISG_ERR_INVALID;
+	*out = v;
+	return 0;
+}
+
+/* A number followed by one of the given suffixes, each with its multiplier. */
+struct unit {
+	const char *suffix;
+	int64_t mult;
+};
+
+static int parse_with_units(const char *s, const struct unit *units, size_t n, int64_t *out)
+{
+	const char *p = s;
+	while (*p >= '0' && *p <= '9')
+		p++;
+	if (p == s || p - s > 15)
+		return ISG_ERR_PARSE;
+	int64_t v = 0;
+	for (const char *q = s; q < p; q++)
+		v = v * 10 + (*q - '0');
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(p, units[i].suffix) == 0) {
+			if (v > INT64_MAX / units[i].mult)
+				return ISG_ERR_INVALID;
+			*out = v * units[i].mult;
+			return 0;
+		}
+	}
+	return ISG_ERR_PARSE;
+}
+
+int str_to_duration_ms(const char *s, int64_t *out)
+{
+	static const struct unit units[] = {
+		{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000},
+	};
+	return parse_with_units(s, units, ARRAY_LEN(units), out);
+}
+
+int str_to_size(const char *s, uint64_t *out)
+{
+	static const struct unit units[] = {
+		{"", 1}, {"B", 1}, {"KiB", 1024}, {"MiB", 1024 * 1024},
+		{"GiB", 1024LL * 1024 * 1024}, {"kB", 1000}, {"MB", 1000000},
+	};
+	int64_t v;
+	int err = parse_with_units(s, units, ARRAY_LEN(units), &v);
+	if (err == 0)
+		*out = (uint64_t)v;
+	return err;
+}
+
+bool str_utf8_valid(const char *str, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	size_t i = 0;
+	while (i < len) {
+		unsigned char c = s[i];
+		size_t n;
+		uint32_t cp;
+		if (c < 0x80) {
+			i++;
+			continue;
+		} else if ((c & 0xe0) == 0xc0) {
+			n = 1;
+			cp = c & 0x1f;
+		} else if ((c & 0xf0) == 0xe0) {
+			n = 2;
+			cp = c & 0x0f;
+		} else if ((c & 0xf8) == 0xf0) {
+			n = 3;
+			cp = c & 0x07;
+		} else {
+			return false;
+		}
+		if (len - i <= n)
+			return false;
+		for (size_t k = 1; k <= n; k++) {
+			if ((s[i + k] & 0xc0) != 0x80)
+				return false;
+			cp = (cp << 6) | (s[i + k] & 0x3f);
+		}
+		/* Overlong forms, surrogates and values past U+10FFFF are invalid. */
+		static const uint32_t min_cp[] = {0, 0x80, 0x800, 0x10000};
+		if (cp < min_cp[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return false;
+		i += n + 1;
+	}
+	return true;
+}
+
+void hex_encode(char *out, const uint8_t *in, size_t len)
+{
+	static const char digits[] = "0123456789abcdef";
+	for (size_t i = 0; i < len; i++) {
+		out[2 * i] = digits[in[i] >> 4];
+		out[2 * i + 1] = digits[in[i] & 15];
+	}
+	out[2 * len] = '\0';
+}

@@ -1,0 +1,73 @@
+#include "util/util.h"
+
+#include <stdio.h>
+#include <time.h>
+
+int64_t time_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t time_mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char *time_format_ms(char *buf, size_t size, int64_t unix_ms)
+{
+	time_t secs = (time_t)(unix_ms / 1000);
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		 (int)(unix_ms % 1000));
+	return buf;
+}
+
+/* Days from civil date, after Howard Hinnant's algorithm (proleptic Gregorian). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+	y -= m <= 2;
+	int64_t era = (y >= 0 ? y : y - 399) / 400;
+	unsigned yoe = (unsigned)(y - era * 400);
+	unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + (int64_t)doe - 719468;
+}
+
+static bool is_leap(int64_t y)
+{
+	return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+int date_parse_days(const char *s, int64_t *days)
+{
+	for (int i = 0; i < 10; i++) {
+		bool dash = i == 4 || i == 7;
+		if (dash ? s[i] != '-' : (s[i] < '0' || s[i] > '9'))
+			return ISG_ERR_PARSE;
+	}
+	if (s[10] != '\0')
+		return ISG_ERR_PARSE;
+	int64_t y = (s[0] - '0') * 1000 + (s[1] - '0') * 100 + (s[2] - '0') * 10 + (s[3] - '0');
+	unsigned m = (unsigned)((s[5] - '0') * 10 + (s[6] - '0'));
+	unsigned d = (unsigned)((s[8] - '0') * 10 + (s[9] - '0'));
+	static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	if (m < 1 || m > 12 || d < 1)
+		return ISG_ERR_PARSE;
+	unsigned max = mdays[m - 1] + (m == 2 && is_leap(y));
+	if (d > max)
+		return ISG_ERR_PARSE;
+	*days = days_from_civil(y, m, d);
+	return 0;
+}
+
+int64_t date_days_of_ms(int64_t unix_ms)
+{
+	int64_t secs = unix_ms >= 0 ? unix_ms / 1000 : (unix_ms - 999) / 1000;
+	return secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
+}

@@ -1,0 +1,83 @@
+/*
+ * util: error codes, structured logging, time and small string helpers
+ * shared by every module, the client library and the tools.
+ */
+#ifndef ISG_UTIL_H
+#define ISG_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Every function that can fail returns 0 or one of these. */
+enum isg_err {
+	ISG_OK = 0,
+	ISG_ERR_NOMEM = -1,     /* out of memory */
+	ISG_ERR_IO = -2,        /* a system call failed; errno says why */
+	ISG_ERR_PARSE = -3,     /* malformed input */
+	ISG_ERR_INVALID = -4,   /* well-formed but not acceptable */
+	ISG_ERR_NOT_FOUND = -5, /* no such thing */
+	ISG_ERR_DENIED = -6,    /* refused by policy or permissions */
+	ISG_ERR_CONFLICT = -7,  /* clashes with something already there */
+	ISG_ERR_LIMIT = -8,     /* over a limit */
+	ISG_ERR_CRYPTO = -9,    /* a cryptographic operation failed */
+	ISG_ERR_STORE = -10,    /* the store failed */
+	ISG_ERR_TLS = -11,      /* TLS failed */
+	ISG_ERR_AGAIN = -12,    /* try again later */
+	ISG_ERR_TOO_BIG = -13,  /* input longer than allowed */
+	ISG_ERR_FULL = -14,     /* disk full */
+	ISG_ERR_CORRUPT = -15,  /* stored data failed an integrity check */
+	ISG_ERR_CLOSED = -16,   /* the peer or the component is gone */
+};
+
+const char *isg_strerror(int err);
+
+/*
+ * Structured logging: one logfmt line per event on stderr,
+ *   ts=2026-11-23T15:04:05.123Z level=info event=conn.accepted peer=127.0.0.1:4242
+ * `fields` is a printf format producing further key=value pairs; values that
+ * may hold spaces or quotes go through log_quote(). Never pass a personal
+ * value (a field value of a record) to the log: name the field and index.
+ */
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+void log_set_level(enum log_level level);
+void log_event(enum log_level level, const char *event, const char *fields, ...)
+	__attribute__((format(printf, 3, 4)));
+void log_eventv(enum log_level level, const char *event, const char *fields, va_list ap);
+/* Quote `s` for a logfmt value into buf (always NUL-terminated); returns buf. */
+const char *log_quote(char *buf, size_t size, const char *s);
+
+/* Fatal: for states that cannot happen. Logs and aborts. */
+_Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Time. */
+int64_t time_now_ms(void);      /* wall clock, Unix milliseconds */
+int64_t time_mono_ms(void);     /* monotonic milliseconds */
+/* Format Unix ms as 2026-11-23T15:04:05.123Z; buf needs 25 bytes. */
+const char *time_format_ms(char *buf, size_t size, int64_t unix_ms);
+/* Parse YYYY-MM-DD into days since 1970-01-01; returns 0 or ISG_ERR_PARSE. */
+int date_parse_days(const char *s, int64_t *days);
+/* Days since 1970-01-01 of a Unix time in ms. */
+int64_t date_days_of_ms(int64_t unix_ms);
+
+/* Strings. */
+/* Copy with truncation, always NUL-terminated; returns strlen(src). */
+size_t str_copy(char *dst, const char *src, size_t size);
+/* Parse a whole decimal number in [min, max]; 0 or ISG_ERR_PARSE/ISG_ERR_INVALID. */
+int str_to_i64(const char *s, int64_t min, int64_t max, int64_t *out);
+/* Parse a duration such as "30d", "12h", "15m", "10s", "250ms" into ms. */
+int str_to_duration_ms(const char *s, int64_t *out);
+/* Parse a size such as "4MiB", "512KiB", "1000" into bytes. */
+int str_to_size(const char *s, uint64_t *out);
+/* True when s is valid UTF-8 of length len. */
+bool str_utf8_valid(const char *s, size_t len);
+/* Lowercase hex of len bytes into out (2*len+1 bytes). */
+void hex_encode(char *out, const uint8_t *in, size_t len);
+
+/* Allocation that aborts on failure is not used: callers handle ISG_ERR_NOMEM. */
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

@@ -1,0 +1,132 @@
+#include "wire/wire.h"
+
+#include <string.h>
+
+#include "util/util.h"
+
+int wire_frame_peek(const uint8_t *buf, size_t len, size_t max_frame, size_t *hdr_len,
+		    size_t *body_len)
+{
+	uint64_t v = 0;
+	for (size_t i = 0; i < WIRE_VARINT_MAX; i++) {
+		if (i == len)
+			return 0;
+		uint8_t b = buf[i];
+		if (i == WIRE_VARINT_MAX - 1 && b > 1)
+			return ISG_ERR_PARSE; /* would overflow 64 bits */
+		v |= (uint64_t)(b & 0x7f) << (7 * i);
+		if (!(b & 0x80)) {
+			if (v > max_frame)
+				return ISG_ERR_TOO_BIG;
+			*hdr_len = i + 1;
+			*body_len = (size_t)v;
+			return 1;
+		}
+	}
+	return ISG_ERR_PARSE;
+}
+
+Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len)
+{
+	return isg__frame__unpack(NULL, len, body);
+}
+
+void wire_frame_free(Isg__Frame *frame)
+{
+	if (frame)
+		isg__frame__free_unpacked(frame, NULL);
+}
+
+size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX])
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		out[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	out[n++] = (uint8_t)v;
+	return n;
+}
+
+size_t wire_frame_size(const Isg__Frame *frame)
+{
+	uint8_t hdr[WIRE_VARINT_MAX];
+	size_t body = isg__frame__get_packed_size(frame);
+	return wire_varint_encode(body, hdr) + body;
+}
+
+size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out)
+{
+	size_t body = isg__frame__get_packed_size(frame);
+	size_t n = wire_varint_encode(body, out);
+	return n + isg__frame__pack(frame, out + n);
+}
+
+static bool str_ok(const char *s)
+{
+	return !s || str_utf8_valid(s, strlen(s));
+}
+
+static bool records_ok(size_t n, Isg__Record **records)
+{
+	for (size_t i = 0; i < n; i++) {
+		for (size_t j = 0; j < records[i]->n_fields; j++) {
+			const Isg__Field *f = records[i]->fields[j];
+			if (!str_ok(f->name))
+				return false;
+			if (f->value && f->value->kind_case == ISG__VALUE__KIND_TEXT &&
+			    !str_ok(f->value->text))
+				return false;
+		}
+	}
+	return true;
+}
+
+int wire_frame_check_utf8(const Isg__Frame *f)
+{
+	bool ok = true;
+	switch (f->body_case) {
+	case ISG__FRAME__BODY_HELLO:
+		ok = str_ok(f->hello->client_name);
+		break;
+	case ISG__FRAME__BODY_SEND: {
+		const Isg__SendRequest *s = f->send;
+		ok = str_ok(s->message_id) && str_ok(s->recipient) && str_ok(s->agreement_id) &&
+		     str_ok(s->dataset) && records_ok(s->n_records, s->records);
+		break;
+	}
+	case ISG__FRAME__BODY_DELIVERY: {
+		const Isg__Delivery *d = f->delivery;
+		ok = str_ok(d->message_id) && str_ok(d->sender) && str_ok(d->agreement_id) &&
+		     str_ok(d->purpose) && str_ok(d->dataset) &&
+		     records_ok(d->n_records, d->records);
+		break;
+	}
+	case ISG__FRAME__BODY_ERROR:
+		ok = str_ok(f->error->message) && str_ok(f->error->field) && str_ok(f->error->rule);
+		break;
+	default:
+		break;
+	}
+	return ok ? 0 : ISG_ERR_PARSE;
+}
+
+const char *wire_body_name(Isg__Frame__BodyCase body)
+{
+	switch (body) {
+	case ISG__FRAME__BODY_HELLO: return "hello";
+	case ISG__FRAME__BODY_WELCOME: return "welcome";
+	case ISG__FRAME__BODY_SEND: return "send";
+	case ISG__FRAME__BODY_SEND_RESULT: return "send_result";
+	case ISG__FRAME__BODY_FETCH: return "fetch";
+	case ISG__FRAME__BODY_FETCH_RESULT: return "fetch_result";
+	case ISG__FRAME__BODY_DELIVERY: return "delivery";
+	case ISG__FRAME__BODY_ACK: return "ack";
+	case ISG__FRAME__BODY_ACK_RESULT: return "ack_result";
+	case ISG__FRAME__BODY_SUBSCRIBE: return "subscribe";
+	case ISG__FRAME__BODY_PING: return "ping";
+	case ISG__FRAME__BODY_PONG: return "pong";
+	case ISG__FRAME__BODY_ERROR: return "error";
+	default: return "none";
+	}
+}

@@ -1,0 +1,50 @@
+/*
+ * wire: the protobuf glue. A frame on the stream is a varint length followed
+ * by a packed isg.Frame (protobuf's delimited convention). The length is
+ * checked against the limit before anything is allocated.
+ */
+#ifndef ISG_WIRE_H
+#define ISG_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "isg.pb-c.h"
+
+#define WIRE_PROTOCOL_VERSION 1
+#define WIRE_VARINT_MAX 10
+#define WIRE_DEFAULT_MAX_FRAME (4u * 1024 * 1024)
+
+/*
+ * Look at the start of a stream buffer. Returns:
+ *   1 and sets *hdr_len, *body_len when a whole frame header is present
+ *     (the body may not be complete yet: check hdr_len + body_len <= len);
+ *   0 when more bytes are needed to read the length;
+ *   ISG_ERR_PARSE for a varint longer than 10 bytes or overflowing 64 bits;
+ *   ISG_ERR_TOO_BIG when the length exceeds max_frame.
+ */
+int wire_frame_peek(const uint8_t *buf, size_t len, size_t max_frame, size_t *hdr_len,
+		    size_t *body_len);
+
+/* Decode one frame body; NULL when it is not a valid isg.Frame. Free with wire_frame_free. */
+Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len);
+void wire_frame_free(Isg__Frame *frame);
+
+/* Bytes wire_frame_encode will write: varint header plus packed body. */
+size_t wire_frame_size(const Isg__Frame *frame);
+/* Write the varint header and the packed frame; returns bytes written. */
+size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out);
+
+/* Varint helpers (exposed for tests and the client). */
+size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX]);
+
+/*
+ * Walk a decoded frame's strings and check they are valid UTF-8 (protobuf-c
+ * does not). Returns 0 or ISG_ERR_PARSE.
+ */
+int wire_frame_check_utf8(const Isg__Frame *frame);
+
+/* Name of a frame body, for logs ("send", "fetch", ...). */
+const char *wire_body_name(Isg__Frame__BodyCase body);
+
+#endif
