@@ -45,7 +45,8 @@ enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 void log_set_level(enum log_level level);
 void log_event(enum log_level level, const char *event, const char *fields, ...)
 	__attribute__((format(printf, 3, 4)));
-void log_eventv(enum log_level level, const char *event, const char *fields, va_list ap);
+void log_eventv(enum log_level level, const char *event, const char *fields, va_list ap)
+	__attribute__((format(printf, 3, 0)));
 /* Quote `s` for a logfmt value into buf (always NUL-terminated); returns buf. */
 const char *log_quote(char *buf, size_t size, const char *s);
 
@@ -76,7 +77,25 @@ bool str_utf8_valid(const char *s, size_t len);
 /* Lowercase hex of len bytes into out (2*len+1 bytes). */
 void hex_encode(char *out, const uint8_t *in, size_t len);
 
-/* Allocation that aborts on failure is not used: callers handle ISG_ERR_NOMEM. */
+/*
+ * A growable string. After an allocation failure it stays failed and
+ * strbuf_take returns NULL, so a builder can append freely and check once.
+ */
+struct strbuf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+void strbuf_init(struct strbuf *b);
+void strbuf_release(struct strbuf *b);
+void strbuf_append(struct strbuf *b, const char *s, size_t len);
+void strbuf_puts(struct strbuf *b, const char *s);
+void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append s as a JSON string literal (quotes and escapes; invalid UTF-8 bytes as U+FFFD). */
+void strbuf_json_string(struct strbuf *b, const char *s);
+/* Hand over the NUL-terminated text (caller frees); NULL after a failure. */
+char *strbuf_take(struct strbuf *b, size_t *len);
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 

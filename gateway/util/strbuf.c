@@ -1,0 +1,130 @@
+#include "util/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void strbuf_init(struct strbuf *b)
+{
+	memset(b, 0, sizeof(*b));
+}
+
+void strbuf_release(struct strbuf *b)
+{
+	free(b->p);
+	strbuf_init(b);
+}
+
+static bool strbuf_grow(struct strbuf *b, size_t more)
+{
+	if (b->failed)
+		return false;
+	if (b->cap - b->len > more)
+		return true;
+	size_t cap = b->cap ? b->cap : 128;
+	while (cap - b->len <= more) {
+		if (cap > SIZE_MAX / 2)
+			goto fail;
+		cap *= 2;
+	}
+	char *p = realloc(b->p, cap);
+	if (!p)
+		goto fail;
+	b->p = p;
+	b->cap = cap;
+	return true;
+fail:
+	b->failed = true;
+	return false;
+}
+
+void strbuf_append(struct strbuf *b, const char *s, size_t len)
+{
+	if (!strbuf_grow(b, len))
+		return;
+	memcpy(b->p + b->len, s, len);
+	b->len += len;
+	b->p[b->len] = '\0';
+}
+
+void strbuf_puts(struct strbuf *b, const char *s)
+{
+	strbuf_append(b, s, strlen(s));
+}
+
+void strbuf_printf(struct strbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n < 0 || !strbuf_grow(b, (size_t)n)) {
+		b->failed = true;
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
+}
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 when it is not valid. */
+static size_t utf8_seq(const unsigned char *s, size_t left)
+{
+	size_t n = s[0] < 0x80 ? 1 : (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 :
+					    (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+	if (n == 0 || n > left || !str_utf8_valid((const char *)s, n))
+		return 0;
+	return n;
+}
+
+void strbuf_json_string(struct strbuf *b, const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	size_t left = strlen(str);
+	strbuf_append(b, "\"", 1);
+	while (left > 0) {
+		unsigned char c = *s;
+		if (c == '"' || c == '\\') {
+			char esc[2] = {'\\', (char)c};
+			strbuf_append(b, esc, 2);
+		} else if (c < 0x20) {
+			strbuf_printf(b, "\\u%04x", c);
+		} else if (c < 0x80) {
+			strbuf_append(b, (const char *)s, 1);
+		} else {
+			size_t n = utf8_seq(s, left);
+			if (n == 0) {
+				strbuf_puts(b, "\\ufffd");
+				n = 1;
+			} else {
+				strbuf_append(b, (const char *)s, n);
+			}
+			s += n;
+			left -= n;
+			continue;
+		}
+		s++;
+		left--;
+	}
+	strbuf_append(b, "\"", 1);
+}
+
+char *strbuf_take(struct strbuf *b, size_t *len)
+{
+	if (b->failed) {
+		strbuf_release(b);
+		return NULL;
+	}
+	if (!b->p)
+		strbuf_append(b, "", 0);
+	if (b->failed || !b->p) {
+		strbuf_release(b);
+		return NULL;
+	}
+	char *p = b->p;
+	if (len)
+		*len = b->len;
+	strbuf_init(b);
+	return p;
+}
