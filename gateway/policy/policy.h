@@ -101,7 +101,10 @@ struct policy_agreement {
 	struct policy_dataset *datasets;
 	uint32_t max_records_per_message; /* 0 = only the gateway's limit */
 	int64_t undelivered_ttl_ms;      /* 0 = the gateway's default */
-	bool allow_reply;                /* recipients may answer under it with reply_to */
+	bool allow_reply;                /* a message under it may name an earlier one in reply_to */
+	size_t n_controllers;            /* controllers: partner ids, may be empty */
+	char **controllers;
+	char *dpia;                      /* DPIA reference; NULL when absent */
 };
 
 struct policy_set {
@@ -114,7 +117,7 @@ struct policy_set {
 };
 
 /*
- * Load every file of a policy directory: partners.yaml and agreements/*.yaml.
+ * Load every file of a policy directory: partners.yaml and every agreements/NAME.yaml.
  * All problems are collected in diags with file:line:column before failing.
  * Returns 0 (set has one reference) or ISG_ERR_PARSE / ISG_ERR_INVALID / ISG_ERR_IO.
  */

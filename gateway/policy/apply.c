@@ -1,0 +1,468 @@
+/*
+ * Applying the policy to one SendRequest. Deny by default: the agreement is
+ * found and checked first (who, what, when, how many), then every record
+ * field by field against the dataset. A refusal names its rule; its message
+ * names the agreement, record index and field, never a field's value.
+ *
+ * What a record becomes is built in arrays sized from the request itself
+ * and packed into an isg.Delivery holding only the records.
+ */
+#include "policy/internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+
+#define CODE(name) ISG__ERROR_CODE__##name
+
+static void refusal_init(struct policy_refusal *why)
+{
+	memset(why, 0, sizeof(*why));
+	why->record_index = -1;
+}
+
+/* A name the sender chose, safe to put in a message: printable ASCII, at most 64 bytes. */
+static const char *clean(char *buf, size_t size, const char *s)
+{
+	size_t n = 0;
+	for (; s && s[n] && n + 1 < size && n < 64; n++) {
+		unsigned char c = (unsigned char)s[n];
+		buf[n] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+static int refuse(struct policy_refusal *why, Isg__ErrorCode code, const char *rule, int64_t record,
+                  const char *field, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static int refuse(struct policy_refusal *why, Isg__ErrorCode code, const char *rule, int64_t record,
+                  const char *field, const char *fmt, ...)
+{
+	why->code = code;
+	str_copy(why->rule, rule, sizeof(why->rule));
+	why->record_index = record;
+	clean(why->field, sizeof(why->field), field ? field : "");
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why->message, sizeof(why->message), fmt, ap);
+	va_end(ap);
+	bool denied = code == CODE(NOT_PERMITTED) || code == CODE(LIMIT_EXCEEDED);
+	return denied ? ISG_ERR_DENIED : ISG_ERR_INVALID;
+}
+
+/* YYYY-MM-DD of a day number (Howard Hinnant's civil_from_days). */
+static const char *format_day(char buf[48], int64_t z)
+{
+	z += 719468;
+	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	unsigned mp = (5 * doy + 2) / 153;
+	unsigned d = doy - (153 * mp + 2) / 5 + 1;
+	unsigned m = mp < 10 ? mp + 3 : mp - 9;
+	long long y = (long long)yoe + (long long)era * 400 + (m <= 2);
+	snprintf(buf, 48, "%04lld-%02u-%02u", y, m, d);
+	return buf;
+}
+
+static bool names(char *const *list, size_t n, const char *id)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(list[i], id) == 0)
+			return true;
+	return false;
+}
+
+static int check_validity(const struct policy_agreement *a, int64_t now_ms,
+                          struct policy_refusal *why)
+{
+	/* Clamp so that no clock, however wrong, overflows the day arithmetic. */
+	const int64_t bound = (int64_t)1 << 50;
+	int64_t today = date_days_of_ms(now_ms < -bound ? -bound : now_ms > bound ? bound : now_ms);
+	if (today >= a->valid_from_days && today <= a->valid_until_days)
+		return 0;
+	char from[48], until[48], now[48];
+	format_day(from, a->valid_from_days);
+	format_day(now, today);
+	if (a->valid_until_days == INT64_MAX)
+		return refuse(why, CODE(NOT_PERMITTED), "agreement.validity", -1, NULL,
+		              "agreement '%s' is valid from %s; today (UTC) is %s", a->id, from,
+		              now);
+	format_day(until, a->valid_until_days);
+	return refuse(why, CODE(NOT_PERMITTED), "agreement.validity", -1, NULL,
+	              "agreement '%s' is valid from %s until %s; today (UTC) is %s", a->id, from,
+	              until, now);
+}
+
+/* Who, what, when and how many: everything about the message as a whole. */
+static int check_agreement(const struct policy_set *set, const char *sender,
+                           const Isg__SendRequest *req, int64_t now_ms,
+                           const struct policy_agreement **a_out,
+                           const struct policy_dataset **ds_out, struct policy_refusal *why)
+{
+	char q[80], q2[80];
+	const char *aid = req->agreement_id ? req->agreement_id : "";
+	const struct policy_agreement *a = policy_agreement_by_id(set, aid);
+	if (!a)
+		return *aid ? refuse(why, CODE(NOT_PERMITTED), "agreement.unknown", -1, NULL,
+		                     "no agreement '%s'", clean(q, sizeof(q), aid))
+		            : refuse(why, CODE(NOT_PERMITTED), "agreement.unknown", -1, NULL,
+		                     "the request names no agreement");
+	if (!sender || !names(a->senders, a->n_senders, sender))
+		return refuse(why, CODE(NOT_PERMITTED), "agreement.sender", -1, NULL,
+		              "partner '%s' is not a sender under agreement '%s'",
+		              clean(q, sizeof(q), sender), a->id);
+	const char *rcpt = req->recipient ? req->recipient : "";
+	if (!policy_partner_by_id(set, rcpt))
+		return refuse(why, CODE(NOT_PERMITTED), "agreement.recipient", -1, NULL,
+		              "unknown recipient '%s' (no such partner)",
+		              clean(q, sizeof(q), rcpt));
+	if (!names(a->recipients, a->n_recipients, rcpt))
+		return refuse(why, CODE(NOT_PERMITTED), "agreement.recipient", -1, NULL,
+		              "partner '%s' is not a recipient under agreement '%s'",
+		              clean(q, sizeof(q), rcpt), a->id);
+	const struct policy_dataset *ds = NULL;
+	for (size_t i = 0; req->dataset && i < a->n_datasets; i++)
+		if (strcmp(a->datasets[i].name, req->dataset) == 0)
+			ds = &a->datasets[i];
+	if (!ds)
+		return refuse(why, CODE(NOT_PERMITTED), "agreement.dataset", -1, NULL,
+		              "dataset '%s' is not declared by agreement '%s'",
+		              clean(q2, sizeof(q2), req->dataset), a->id);
+	int err = check_validity(a, now_ms, why);
+	if (err)
+		return err;
+	if (req->reply_to != 0 && !a->allow_reply)
+		return refuse(why, CODE(NOT_PERMITTED), "agreement.reply", -1, NULL,
+		              "agreement '%s' does not allow replies (reply_to is set)", a->id);
+	if (req->n_records == 0)
+		return refuse(why, CODE(BAD_REQUEST), "request.records", -1, NULL,
+		              "the request has no records");
+	if (a->max_records_per_message && req->n_records > a->max_records_per_message)
+		return refuse(why, CODE(LIMIT_EXCEEDED), "agreement.max_records", -1, NULL,
+		              "%zu records exceed the limit of %u records per message under "
+		              "agreement '%s'",
+		              req->n_records, a->max_records_per_message, a->id);
+	*a_out = a;
+	*ds_out = ds;
+	return 0;
+}
+
+/* ---- records ---- */
+
+struct builder {
+	const struct policy_agreement *a;
+	const struct policy_dataset *ds;
+	uint16_t order[POLICY_MAX_FIELDS]; /* dataset field indexes sorted by name */
+	const Isg__Value *slot[POLICY_MAX_FIELDS];
+	bool seen[POLICY_MAX_FIELDS];
+	Isg__Record *recs;
+	Isg__Record **rec_ptrs;
+	Isg__Field *fields;
+	Isg__Field **field_ptrs;
+	Isg__Value *values;
+	size_t n_out, cap_out;
+};
+
+static void sort_fields(struct builder *b)
+{
+	const struct policy_field *f = b->ds->fields;
+	for (size_t i = 0; i < b->ds->n_fields; i++) {
+		size_t k = i;
+		for (; k > 0 && strcmp(f[b->order[k - 1]].name, f[i].name) > 0; k--)
+			b->order[k] = b->order[k - 1];
+		b->order[k] = (uint16_t)i;
+	}
+}
+
+/* Index of the dataset field with this name, or -1. */
+static int find_field(const struct builder *b, const char *name)
+{
+	size_t lo = 0, hi = b->ds->n_fields;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(name, b->ds->fields[b->order[mid]].name);
+		if (c == 0)
+			return b->order[mid];
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return -1;
+}
+
+/* Numeric text: digits, sign, point and exponent only (no "inf", "nan" or hex). */
+static bool parse_real(const char *s, double *out)
+{
+	size_t len = strlen(s), digits = 0;
+	if (len == 0 || len > 64)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] >= '0' && s[i] <= '9')
+			digits++;
+		else if (!strchr("+-.eE", s[i]))
+			return false;
+	}
+	char *end;
+	errno = 0;
+	double d = strtod(s, &end);
+	if (!digits || *end || !isfinite(d))
+		return false;
+	*out = d;
+	return true;
+}
+
+/* Check a value against its declared type and write its canonical form. */
+static bool convert(enum field_type type, const Isg__Value *in, Isg__Value *out)
+{
+	isg__value__init(out);
+	bool text = in->kind_case == ISG__VALUE__KIND_TEXT && in->text;
+	int64_t i;
+	double d;
+	switch (type) {
+	case FIELD_INTEGER:
+		if (in->kind_case == ISG__VALUE__KIND_INTEGER)
+			i = in->integer;
+		else if (!text || str_to_i64(in->text, INT64_MIN, INT64_MAX, &i) != 0)
+			return false;
+		out->kind_case = ISG__VALUE__KIND_INTEGER;
+		out->integer = i;
+		return true;
+	case FIELD_NUMBER:
+		if (in->kind_case == ISG__VALUE__KIND_INTEGER ||
+		    (text && str_to_i64(in->text, INT64_MIN, INT64_MAX, &i) == 0)) {
+			out->kind_case = ISG__VALUE__KIND_INTEGER;
+			out->integer = text ? i : in->integer;
+			return true;
+		}
+		if (in->kind_case == ISG__VALUE__KIND_REAL && isfinite(in->real))
+			d = in->real;
+		else if (!text || !parse_real(in->text, &d))
+			return false;
+		out->kind_case = ISG__VALUE__KIND_REAL;
+		out->real = d;
+		return true;
+	case FIELD_BOOLEAN:
+		if (in->kind_case == ISG__VALUE__KIND_BOOLEAN) {
+			out->boolean = in->boolean;
+		} else if (text && (!strcmp(in->text, "true") || !strcmp(in->text, "false"))) {
+			out->boolean = in->text[0] == 't';
+		} else {
+			return false;
+		}
+		out->kind_case = ISG__VALUE__KIND_BOOLEAN;
+		return true;
+	case FIELD_DATE:
+		if (!text || date_parse_days(in->text, &i) != 0)
+			return false;
+		break;
+	default: /* text and the identifier types: checked as text until the pseudo module */
+		if (!text)
+			return false;
+		break;
+	}
+	out->kind_case = ISG__VALUE__KIND_TEXT;
+	out->text = in->text;
+	return true;
+}
+
+static const char *expectation(enum field_type type)
+{
+	switch (type) {
+	case FIELD_INTEGER:
+		return "an integer (or its decimal text)";
+	case FIELD_NUMBER:
+		return "a finite number (or its text)";
+	case FIELD_BOOLEAN:
+		return "a boolean (or the text true or false)";
+	case FIELD_DATE:
+		return "a date as text YYYY-MM-DD";
+	default:
+		return "text";
+	}
+}
+
+/* Sort each field of the record into its dataset slot. */
+static int collect_fields(struct builder *b, const Isg__Record *rec, int64_t ri,
+                          struct policy_refusal *why)
+{
+	char q[80];
+	memset(b->slot, 0, b->ds->n_fields * sizeof(b->slot[0]));
+	memset(b->seen, 0, b->ds->n_fields * sizeof(b->seen[0]));
+	for (size_t i = 0; i < rec->n_fields; i++) {
+		const Isg__Field *f = rec->fields[i];
+		const char *name = f && f->name ? f->name : "";
+		int k = find_field(b, name);
+		if (k < 0) {
+			if (b->ds->unknown_drop)
+				continue;
+			return refuse(why, CODE(UNKNOWN_FIELD), "dataset.unknown_field", ri, name,
+			              "record %lld: field '%s' is not in dataset '%s' of agreement "
+			              "'%s'",
+			              (long long)ri, clean(q, sizeof(q), name), b->ds->name,
+			              b->a->id);
+		}
+		if (b->seen[k])
+			return refuse(
+			    why, CODE(BAD_VALUE), "dataset.duplicate_field", ri, name,
+			    "record %lld: field '%s' appears more than once (dataset '%s' "
+			    "of agreement '%s')",
+			    (long long)ri, b->ds->fields[k].name, b->ds->name, b->a->id);
+		b->seen[k] = true;
+		/* A field without a value, or a value of no kind, counts as absent. */
+		if (f && f->value && f->value->kind_case != ISG__VALUE__KIND__NOT_SET)
+			b->slot[k] = f->value;
+	}
+	return 0;
+}
+
+/* Check the record's fields in declared order and append what passes. */
+static int build_record(struct builder *b, const Isg__Record *rec, int64_t ri,
+                        struct policy_refusal *why)
+{
+	int err = collect_fields(b, rec, ri, why);
+	if (err)
+		return err;
+	size_t first = b->n_out;
+	for (size_t k = 0; k < b->ds->n_fields; k++) {
+		const struct policy_field *pf = &b->ds->fields[k];
+		if (!b->slot[k]) {
+			if (pf->required)
+				return refuse(
+				    why, CODE(MISSING_FIELD), "dataset.required_field", ri,
+				    pf->name,
+				    "record %lld: required field '%s' is missing (dataset "
+				    "'%s' of agreement '%s')",
+				    (long long)ri, pf->name, b->ds->name, b->a->id);
+			continue;
+		}
+		Isg__Value v;
+		if (!convert(pf->type, b->slot[k], &v))
+			return refuse(why, CODE(BAD_VALUE), "dataset.field_type", ri, pf->name,
+			              "record %lld: field '%s' (type %s) must be %s (dataset '%s' "
+			              "of agreement '%s')",
+			              (long long)ri, pf->name, policy_field_type_name(pf->type),
+			              expectation(pf->type), b->ds->name, b->a->id);
+		if (pf->action != ACTION_PASS)
+			continue; /* drop; the later language transforms here */
+		if (b->n_out == b->cap_out)
+			return refuse(why, CODE(INTERNAL), "internal", ri, NULL,
+			              "record %lld: output larger than its input", (long long)ri);
+		size_t o = b->n_out++;
+		b->values[o] = v;
+		isg__field__init(&b->fields[o]);
+		b->fields[o].name = pf->name;
+		b->fields[o].value = &b->values[o];
+		b->field_ptrs[o] = &b->fields[o];
+	}
+	Isg__Record *r = &b->recs[ri];
+	isg__record__init(r);
+	r->n_fields = b->n_out - first;
+	r->fields = r->n_fields ? &b->field_ptrs[first] : NULL;
+	b->rec_ptrs[ri] = r;
+	return 0;
+}
+
+static void builder_release(struct builder *b)
+{
+	free(b->recs);
+	free(b->rec_ptrs);
+	free(b->fields);
+	free(b->field_ptrs);
+	free(b->values);
+}
+
+/* Output arrays: no more fields than the request holds, nor than pass fields per record. */
+static int builder_alloc(struct builder *b, const Isg__SendRequest *req)
+{
+	size_t n_pass = 0, total = 0;
+	for (size_t k = 0; k < b->ds->n_fields; k++)
+		n_pass += b->ds->fields[k].action == ACTION_PASS;
+	for (size_t i = 0; i < req->n_records; i++)
+		total += req->records[i] ? req->records[i]->n_fields : 0;
+	size_t per_record = req->n_records * n_pass; /* n_pass <= 256: cannot overflow */
+	b->cap_out = total < per_record ? total : per_record;
+	size_t cap = b->cap_out ? b->cap_out : 1;
+	b->recs = calloc(req->n_records, sizeof(*b->recs));
+	b->rec_ptrs = calloc(req->n_records, sizeof(*b->rec_ptrs));
+	b->fields = calloc(cap, sizeof(*b->fields));
+	b->field_ptrs = calloc(cap, sizeof(*b->field_ptrs));
+	b->values = calloc(cap, sizeof(*b->values));
+	if (!b->recs || !b->rec_ptrs || !b->fields || !b->field_ptrs || !b->values)
+		return ISG_ERR_NOMEM;
+	return 0;
+}
+
+static int pack_delivery(struct builder *b, size_t n_records, struct policy_outcome *out)
+{
+	Isg__Delivery del = ISG__DELIVERY__INIT;
+	del.n_records = n_records;
+	del.records = b->rec_ptrs;
+	size_t len = isg__delivery__get_packed_size(&del);
+	uint8_t *buf = malloc(len ? len : 1);
+	if (!buf)
+		return ISG_ERR_NOMEM;
+	out->payload_len = isg__delivery__pack(&del, buf);
+	out->payload = buf;
+	return 0;
+}
+
+int policy_apply(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
+                 int64_t now_ms, struct policy_outcome *out, struct policy_refusal *why)
+{
+	memset(out, 0, sizeof(*out));
+	refusal_init(why);
+	if (!set || !req)
+		return refuse(why, CODE(BAD_REQUEST), "request.invalid", -1, NULL,
+		              "no request or no policy");
+	int err = ISG_ERR_NOMEM;
+	struct builder *b = calloc(1, sizeof(*b));
+	if (!b)
+		goto out;
+	err = check_agreement(set, sender, req, now_ms, &b->a, &b->ds, why);
+	if (err)
+		goto out;
+	if (b->ds->n_fields > POLICY_MAX_FIELDS) {
+		err = refuse(why, CODE(INTERNAL), "internal", -1, NULL, "dataset too large");
+		goto out;
+	}
+	sort_fields(b);
+	if ((err = builder_alloc(b, req)) != 0)
+		goto out;
+	for (size_t i = 0; i < req->n_records; i++) {
+		static const Isg__Record empty = ISG__RECORD__INIT;
+		const Isg__Record *rec = req->records[i] ? req->records[i] : &empty;
+		if ((err = build_record(b, rec, (int64_t)i, why)) != 0)
+			goto out;
+	}
+	if ((err = pack_delivery(b, req->n_records, out)) != 0)
+		goto out;
+	out->agreement = b->a;
+	out->dataset = b->ds;
+	out->record_count = (uint32_t)req->n_records;
+out:
+	if (b)
+		builder_release(b);
+	free(b);
+	if (err == ISG_ERR_NOMEM) {
+		policy_outcome_release(out);
+		refuse(why, CODE(INTERNAL), "internal", -1, NULL, "out of memory");
+	}
+	return err;
+}
+
+void policy_outcome_release(struct policy_outcome *out)
+{
+	if (!out)
+		return;
+	free(out->payload);
+	memset(out, 0, sizeof(*out));
+}

@@ -1,0 +1,60 @@
+/*
+ * Private to the policy module: what its files share. Other modules include
+ * only policy.h.
+ */
+#ifndef ISG_POLICY_INTERNAL_H
+#define ISG_POLICY_INTERNAL_H
+
+#include <stdbool.h>
+
+#include "policy/policy.h"
+#include "util/util.h"
+#include "ydoc/ydoc.h"
+
+/* Bounds on what a policy may declare; see docs/policy.md. */
+#define POLICY_MAX_FILE_BYTES (1024 * 1024)
+#define POLICY_MAX_TOTAL_BYTES (64 * 1024 * 1024)
+#define POLICY_MAX_FILES 10000
+#define POLICY_MAX_PARTNERS 1000
+#define POLICY_MAX_MATCHERS 16
+#define POLICY_MAX_LIST 256
+#define POLICY_MAX_DATASETS 64
+#define POLICY_MAX_FIELDS 256
+#define POLICY_MAX_RECORDS_LIMIT 1000000
+#define POLICY_ID_MAX 63
+#define POLICY_FIELD_NAME_MAX 64
+
+/* Field types and actions by name; `supported` is false for the later language. */
+struct policy_name {
+	const char *name;
+	int value;
+	bool supported;
+};
+extern const struct policy_name policy_field_types[];
+extern const size_t policy_n_field_types;
+extern const struct policy_name policy_field_actions[];
+extern const size_t policy_n_field_actions;
+
+void policy_set_free(struct policy_set *set);
+/* Free what a partner, dataset or agreement holds (not the struct itself). */
+void policy_partner_release(struct policy_partner *p);
+void policy_dataset_release(struct policy_dataset *ds);
+void policy_agreement_release(struct policy_agreement *a);
+
+/* Partners and agreements from their parsed files (parse.c). */
+struct policy_parser {
+	struct policy_set *set;
+	struct ydoc_diags *d;
+	bool partners_ok; /* partners.yaml loaded: check references to it */
+	/* Where each loaded agreement's id was written, for duplicate reports. */
+	struct {
+		const char *file;
+		int line, col;
+	} * agreement_at;
+};
+
+void policy_parse_partners(struct policy_parser *p, const struct ydoc *doc);
+/* rel_name: the file's name inside agreements/, for the id-vs-file-name warning. */
+void policy_parse_agreement(struct policy_parser *p, const struct ydoc *doc, const char *rel_name);
+
+#endif

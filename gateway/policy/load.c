@@ -1,0 +1,316 @@
+/*
+ * Loading a policy directory: list the files, read each once, hash exactly
+ * the bytes that are parsed, parse partners.yaml then each agreement, and
+ * fail if any file had any problem. A set that fails to load is freed here;
+ * the caller keeps running on the set it had.
+ */
+#include "policy/internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+struct source {
+	char *rel;  /* path inside the policy directory: "agreements/x.yaml" */
+	char *path; /* dir/rel, for diagnostics */
+	char *buf;
+	size_t len;
+	bool read_ok;
+};
+
+struct loader {
+	const char *dir;
+	struct ydoc_diags *d;
+	struct source *src;
+	size_t n_src, cap_src;
+	size_t total_bytes;
+	int err; /* the worst failure so far */
+	bool no_agreements_dir;
+};
+
+/* IO beats PARSE beats INVALID: the caller learns the most basic problem. */
+static int err_rank(int err)
+{
+	switch (err) {
+	case 0:
+		return 0;
+	case ISG_ERR_IO:
+		return 4;
+	case ISG_ERR_NOMEM:
+		return 3;
+	case ISG_ERR_PARSE:
+		return 2;
+	default:
+		return 1;
+	}
+}
+
+static void note_err(struct loader *l, int err)
+{
+	if (err_rank(err) > 1 && err_rank(err) > err_rank(l->err))
+		l->err = err;
+	else if (err && !l->err)
+		l->err = ISG_ERR_INVALID;
+}
+
+static char *path_join(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	char *p = malloc(la + lb + 2);
+	if (!p)
+		return NULL;
+	memcpy(p, a, la);
+	p[la] = '/';
+	memcpy(p + la + 1, b, lb + 1);
+	return p;
+}
+
+static int add_source(struct loader *l, const char *rel)
+{
+	if (l->n_src == POLICY_MAX_FILES) {
+		ydoc_error(l->d, l->dir, NULL, "more than %d policy files", POLICY_MAX_FILES);
+		return ISG_ERR_INVALID;
+	}
+	if (l->n_src == l->cap_src) {
+		size_t cap = l->cap_src ? l->cap_src * 2 : 16;
+		struct source *s = realloc(l->src, cap * sizeof(*s));
+		if (!s)
+			return ISG_ERR_NOMEM;
+		l->src = s;
+		l->cap_src = cap;
+	}
+	struct source *s = &l->src[l->n_src];
+	memset(s, 0, sizeof(*s));
+	s->rel = strdup(rel);
+	s->path = path_join(l->dir, rel);
+	l->n_src++;
+	return s->rel && s->path ? 0 : ISG_ERR_NOMEM;
+}
+
+static bool is_agreement_name(const char *name)
+{
+	size_t len = strlen(name);
+	/* Hidden files include editors' lock and swap files. */
+	return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".yaml") == 0;
+}
+
+static int list_agreements(struct loader *l)
+{
+	char *adir = path_join(l->dir, POLICY_AGREEMENTS_DIR);
+	if (!adir)
+		return ISG_ERR_NOMEM;
+	int err = 0;
+	DIR *dp = opendir(adir);
+	if (!dp) {
+		ydoc_error(l->d, adir, NULL, "cannot open directory: %s", strerror(errno));
+		err = ISG_ERR_IO;
+		goto out;
+	}
+	struct dirent *e;
+	char rel[sizeof(POLICY_AGREEMENTS_DIR) + 256 + 1];
+	while (!err && (e = readdir(dp))) {
+		if (!is_agreement_name(e->d_name))
+			continue;
+		snprintf(rel, sizeof(rel), "%s/%s", POLICY_AGREEMENTS_DIR, e->d_name);
+		char *full = path_join(l->dir, rel);
+		struct stat st;
+		bool regular = full && stat(full, &st) == 0 && S_ISREG(st.st_mode);
+		free(full);
+		if (regular) /* directories and dangling links named *.yaml are not agreements */
+			err = add_source(l, rel);
+	}
+	closedir(dp);
+out:
+	free(adir);
+	return err;
+}
+
+static int source_order(const void *a, const void *b)
+{
+	return strcmp(((const struct source *)a)->rel, ((const struct source *)b)->rel);
+}
+
+static void read_source(struct loader *l, struct source *s)
+{
+	int fd = open(s->path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0) {
+		ydoc_error(l->d, s->path, NULL, "cannot open: %s", strerror(errno));
+		note_err(l, ISG_ERR_IO);
+		return;
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		ydoc_error(l->d, s->path, NULL, "not a regular file");
+		note_err(l, ISG_ERR_IO);
+		goto out;
+	}
+	if (st.st_size > POLICY_MAX_FILE_BYTES ||
+	    l->total_bytes + (size_t)st.st_size > POLICY_MAX_TOTAL_BYTES) {
+		ydoc_error(l->d, s->path, NULL, "file too big (a policy file may have %d bytes)",
+		           POLICY_MAX_FILE_BYTES);
+		note_err(l, ISG_ERR_INVALID);
+		goto out;
+	}
+	size_t cap = (size_t)st.st_size + 1; /* one more, to see a file that grew */
+	if (!(s->buf = malloc(cap))) {
+		note_err(l, ISG_ERR_NOMEM);
+		goto out;
+	}
+	while (s->len < cap) {
+		ssize_t r = read(fd, s->buf + s->len, cap - s->len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			if (r < 0) {
+				ydoc_error(l->d, s->path, NULL, "cannot read: %s", strerror(errno));
+				note_err(l, ISG_ERR_IO);
+				goto out;
+			}
+			break;
+		}
+		s->len += (size_t)r;
+	}
+	if (s->len == cap) {
+		ydoc_error(l->d, s->path, NULL, "file changed while being read");
+		note_err(l, ISG_ERR_IO);
+		goto out;
+	}
+	l->total_bytes += s->len;
+	s->read_ok = true;
+out:
+	close(fd);
+}
+
+static void put_u64be(crypto_hash_sha256_state *h, uint64_t v)
+{
+	uint8_t b[8];
+	for (int i = 0; i < 8; i++)
+		b[i] = (uint8_t)(v >> (56 - 8 * i));
+	crypto_hash_sha256_update(h, b, sizeof(b));
+}
+
+/* SHA-256 over (len(path), path, len(content), content) of each file in path order. */
+static void hash_sources(const struct loader *l, char version[65])
+{
+	crypto_hash_sha256_state h;
+	crypto_hash_sha256_init(&h);
+	for (size_t i = 0; i < l->n_src; i++) {
+		const struct source *s = &l->src[i];
+		put_u64be(&h, strlen(s->rel));
+		crypto_hash_sha256_update(&h, (const uint8_t *)s->rel, strlen(s->rel));
+		put_u64be(&h, s->len);
+		crypto_hash_sha256_update(&h, (const uint8_t *)s->buf, s->len);
+	}
+	uint8_t digest[crypto_hash_sha256_BYTES];
+	crypto_hash_sha256_final(&h, digest);
+	hex_encode(version, digest, sizeof(digest));
+}
+
+static struct ydoc *parse_source(struct loader *l, const struct source *s)
+{
+	struct ydoc *doc = NULL;
+	if (!s->read_ok)
+		return NULL;
+	int err = ydoc_load_buffer(s->path, s->buf, s->len, &doc, l->d);
+	if (err)
+		note_err(l, err);
+	return doc;
+}
+
+static void parse_all(struct loader *l, struct policy_parser *p)
+{
+	size_t n_agreements = l->n_src > 1 ? l->n_src - 1 : 0; /* partners.yaml is one source */
+	p->set->agreements = calloc(n_agreements ? n_agreements : 1, sizeof(*p->set->agreements));
+	p->agreement_at = calloc(n_agreements ? n_agreements : 1, sizeof(*p->agreement_at));
+	if (!p->set->agreements || !p->agreement_at) {
+		note_err(l, ISG_ERR_NOMEM);
+		return;
+	}
+	for (size_t i = 0; i < l->n_src; i++) {
+		if (strcmp(l->src[i].rel, POLICY_PARTNERS_FILE) != 0)
+			continue;
+		struct ydoc *doc = parse_source(l, &l->src[i]);
+		if (doc)
+			policy_parse_partners(p, doc);
+		ydoc_free(doc);
+	}
+	for (size_t i = 0; i < l->n_src; i++) {
+		if (strcmp(l->src[i].rel, POLICY_PARTNERS_FILE) == 0)
+			continue;
+		struct ydoc *doc = parse_source(l, &l->src[i]);
+		if (doc)
+			policy_parse_agreement(p, doc,
+			                       l->src[i].rel + strlen(POLICY_AGREEMENTS_DIR) + 1);
+		ydoc_free(doc);
+	}
+	if (n_agreements == 0 && !l->no_agreements_dir)
+		ydoc_warning(l->d, l->dir, NULL,
+		             "no agreements in %s/: every exchange will be refused",
+		             POLICY_AGREEMENTS_DIR);
+}
+
+int policy_load(const char *dir, struct policy_set **out, struct ydoc_diags *diags)
+{
+	*out = NULL;
+	if (sodium_init() < 0)
+		return ISG_ERR_CRYPTO;
+	size_t errors_before = diags->errors;
+	/* "policies/" and "policies" name the same files in messages. */
+	size_t dl = strlen(dir);
+	while (dl > 1 && dir[dl - 1] == '/')
+		dl--;
+	char *clean_dir = strndup(dir, dl);
+	struct loader l = {.dir = clean_dir, .d = diags};
+	struct policy_parser p = {.d = diags};
+	if (!clean_dir || !(p.set = calloc(1, sizeof(*p.set)))) {
+		l.err = ISG_ERR_NOMEM;
+		goto out;
+	}
+	atomic_init(&p.set->refs, 1);
+	int err = add_source(&l, POLICY_PARTNERS_FILE);
+	if (err) {
+		note_err(&l, err);
+		goto out;
+	}
+	/* Without agreements/ the partners are still checked, to report everything at once. */
+	err = list_agreements(&l);
+	if (err == ISG_ERR_IO)
+		l.no_agreements_dir = true;
+	if (err) {
+		note_err(&l, err);
+		if (err != ISG_ERR_IO)
+			goto out;
+	}
+	qsort(l.src, l.n_src, sizeof(*l.src), source_order);
+	for (size_t i = 0; i < l.n_src; i++)
+		read_source(&l, &l.src[i]);
+	hash_sources(&l, p.set->version);
+	parse_all(&l, &p);
+	if (diags->errors != errors_before)
+		note_err(&l, ISG_ERR_INVALID);
+out:
+	for (size_t i = 0; i < l.n_src; i++) {
+		free(l.src[i].rel);
+		free(l.src[i].path);
+		free(l.src[i].buf);
+	}
+	free(l.src);
+	free(p.agreement_at);
+	free(clean_dir);
+	if (l.err) {
+		if (l.err == ISG_ERR_NOMEM)
+			ydoc_error(diags, dir, NULL, "out of memory loading the policy");
+		policy_set_free(p.set);
+		return l.err;
+	}
+	*out = p.set;
+	return 0;
+}

@@ -1,0 +1,761 @@
+/*
+ * From parsed YAML to partners and agreements. Each key is read by a small
+ * typed reader that reports a positioned error and carries on, so one pass
+ * over a file finds every problem in it. What the later agreement language
+ * adds (generalise, pseudonymise, linkage domains, daily limits, review
+ * dates) goes in as new rows of the key lists and new readers.
+ */
+#include "policy/internal.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "util/util.h"
+
+struct pctx {
+	struct policy_parser *p;
+	struct ydoc_diags *d;
+	const char *file;
+};
+
+#define PERR(c, at, ...) ydoc_error((c)->d, (c)->file, (at), __VA_ARGS__)
+
+/* What the readers below return. */
+enum got { GOT_ERROR = -1, GOT_NONE = 0, GOT_VALUE = 1 };
+
+static const char *kind_name(enum ydoc_kind k)
+{
+	return k == YDOC_MAP ? "a mapping" : k == YDOC_SEQ ? "a list" : "a single value";
+}
+
+/* A key written without a value (empty, "~" or "null") counts as absent. */
+static bool is_null(const struct ydoc_node *n)
+{
+	return n->kind == YDOC_SCALAR && !n->quoted &&
+	       (!n->scalar[0] || !strcmp(n->scalar, "~") || !strcmp(n->scalar, "null"));
+}
+
+static bool want_kind(struct pctx *c, const struct ydoc_node *n, enum ydoc_kind kind,
+                      const char *what)
+{
+	if (n->kind == kind)
+		return true;
+	PERR(c, n, "%s must be %s, not %s", what, kind_name(kind), kind_name(n->kind));
+	return false;
+}
+
+/* The value of map[key]; reports a missing required key at the map. */
+static const struct ydoc_node *lookup(struct pctx *c, const struct ydoc_node *map, const char *key,
+                                      const char *where, bool required, enum got *got)
+{
+	const struct ydoc_node *n = ydoc_get(map, key);
+	if (!n || is_null(n)) {
+		if (required)
+			PERR(c, n ? n : map, "missing required key '%s' in %s", key, where);
+		*got = required ? GOT_ERROR : GOT_NONE;
+		return NULL;
+	}
+	*got = GOT_VALUE;
+	return n;
+}
+
+static bool printable(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+static enum got dup_text(struct pctx *c, const struct ydoc_node *n, const char *what, size_t max,
+                         char **out)
+{
+	if (!want_kind(c, n, YDOC_SCALAR, what))
+		return GOT_ERROR;
+	size_t len = strlen(n->scalar);
+	if (len == 0 || len > max) {
+		PERR(c, n, "%s must be 1 to %zu characters long", what, max);
+		return GOT_ERROR;
+	}
+	if (!(*out = strdup(n->scalar))) {
+		PERR(c, n, "out of memory");
+		return GOT_ERROR;
+	}
+	return GOT_VALUE;
+}
+
+/* Free text such as a title or a purpose (newlines allowed). */
+static enum got text_at(struct pctx *c, const struct ydoc_node *map, const char *key,
+                        const char *where, bool required, size_t max, char **out)
+{
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, key, where, required, &got);
+	return n ? dup_text(c, n, key, max, out) : got;
+}
+
+/* [a-z0-9][a-z0-9-]{0,62}: partner and agreement ids, dataset names, purpose codes. */
+static bool valid_id(const char *s)
+{
+	size_t len = strlen(s);
+	if (len == 0 || len > POLICY_ID_MAX || s[0] == '-')
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+			return false;
+	return true;
+}
+
+static enum got id_value(struct pctx *c, const struct ydoc_node *n, const char *what, char **out)
+{
+	if (!want_kind(c, n, YDOC_SCALAR, what))
+		return GOT_ERROR;
+	if (!valid_id(n->scalar)) {
+		PERR(c, n,
+		     "invalid %s '%s' (use lowercase letters, digits and '-', starting with a "
+		     "letter or digit, at most 63 characters)",
+		     what, n->scalar);
+		return GOT_ERROR;
+	}
+	return dup_text(c, n, what, POLICY_ID_MAX, out);
+}
+
+static enum got id_at(struct pctx *c, const struct ydoc_node *map, const char *key,
+                      const char *where, const char *what, char **out, const struct ydoc_node **at)
+{
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, key, where, true, &got);
+	if (at)
+		*at = n;
+	return n ? id_value(c, n, what, out) : got;
+}
+
+static enum got bool_at(struct pctx *c, const struct ydoc_node *map, const char *key,
+                        const char *where, bool *out)
+{
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, key, where, false, &got);
+	if (!n)
+		return got;
+	if (!want_kind(c, n, YDOC_SCALAR, key))
+		return GOT_ERROR;
+	if (strcmp(n->scalar, "true") != 0 && strcmp(n->scalar, "false") != 0) {
+		PERR(c, n, "invalid boolean '%s' for %s (use true or false)", n->scalar, key);
+		return GOT_ERROR;
+	}
+	*out = n->scalar[0] == 't';
+	return GOT_VALUE;
+}
+
+static enum got int_at(struct pctx *c, const struct ydoc_node *map, const char *key,
+                       const char *where, bool required, int64_t min, int64_t max, int64_t *out)
+{
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, key, where, required, &got);
+	if (!n)
+		return got;
+	if (!want_kind(c, n, YDOC_SCALAR, key))
+		return GOT_ERROR;
+	if (str_to_i64(n->scalar, min, max, out) != 0) {
+		PERR(c, n, "invalid %s '%s' (use a whole number from %lld to %lld)", key, n->scalar,
+		     (long long)min, (long long)max);
+		return GOT_ERROR;
+	}
+	return GOT_VALUE;
+}
+
+static enum got date_at(struct pctx *c, const struct ydoc_node *map, const char *key,
+                        const char *where, bool required, int64_t *days,
+                        const struct ydoc_node **at)
+{
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, key, where, required, &got);
+	*at = n;
+	if (!n)
+		return got;
+	if (!want_kind(c, n, YDOC_SCALAR, key))
+		return GOT_ERROR;
+	if (date_parse_days(n->scalar, days) != 0) {
+		PERR(c, n, "invalid date '%s' for %s (use YYYY-MM-DD)", n->scalar, key);
+		return GOT_ERROR;
+	}
+	return GOT_VALUE;
+}
+
+static enum got duration_at(struct pctx *c, const struct ydoc_node *map, const char *key,
+                            const char *where, int64_t *ms)
+{
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, key, where, false, &got);
+	if (!n)
+		return got;
+	if (!want_kind(c, n, YDOC_SCALAR, key))
+		return GOT_ERROR;
+	if (str_to_duration_ms(n->scalar, ms) != 0) {
+		PERR(c, n, "invalid duration '%s' for %s (use e.g. 12h, 14d)", n->scalar, key);
+		return GOT_ERROR;
+	}
+	if (*ms < 1000 || *ms > 365LL * 86400000) {
+		PERR(c, n, "duration '%s' for %s is out of range (1s to 365d)", n->scalar, key);
+		return GOT_ERROR;
+	}
+	return GOT_VALUE;
+}
+
+/* One of a fixed set of words, by name; `what` names the key in messages. */
+static int word_value(struct pctx *c, const struct ydoc_node *n, const struct policy_name *names,
+                      size_t count, const char *what)
+{
+	if (!want_kind(c, n, YDOC_SCALAR, what))
+		return -1;
+	char choices[256] = "";
+	size_t used = 0, n_supported = 0;
+	for (size_t i = 0; i < count; i++)
+		n_supported += names[i].supported;
+	for (size_t i = 0, k = 0; i < count; i++) {
+		if (strcmp(n->scalar, names[i].name) == 0) {
+			if (names[i].supported)
+				return names[i].value;
+			PERR(c, n, "%s '%s' is not supported yet", what, n->scalar);
+			return -1;
+		}
+		if (!names[i].supported || used >= sizeof(choices))
+			continue;
+		k++;
+		const char *sep = k == 1 ? "" : k == n_supported ? " or " : ", ";
+		int w =
+		    snprintf(choices + used, sizeof(choices) - used, "%s%s", sep, names[i].name);
+		used += w > 0 ? (size_t)w : 0;
+	}
+	PERR(c, n, "unknown %s '%s' (use %s)", what, n->scalar, choices);
+	return -1;
+}
+
+/*
+ * A list of partner ids. Each must name a partner of partners.yaml (when
+ * that file loaded) and appear once.
+ */
+static enum got partner_list_at(struct pctx *c, const struct ydoc_node *map, const char *key,
+                                const char *where, bool required, char ***out, size_t *n_out)
+{
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, key, where, required, &got);
+	if (!n)
+		return got;
+	if (!want_kind(c, n, YDOC_SEQ, key))
+		return GOT_ERROR;
+	if (n->n == 0 || n->n > POLICY_MAX_LIST) {
+		PERR(c, n, "%s must list 1 to %d partners", key, POLICY_MAX_LIST);
+		return GOT_ERROR;
+	}
+	if (!(*out = calloc(n->n, sizeof(**out)))) {
+		PERR(c, n, "out of memory");
+		return GOT_ERROR;
+	}
+	got = GOT_VALUE;
+	for (size_t i = 0; i < n->n; i++) {
+		const struct ydoc_node *item = n->items[i];
+		char *id = NULL;
+		if (id_value(c, item, "partner id", &id) != GOT_VALUE) {
+			got = GOT_ERROR;
+			continue;
+		}
+		bool twice = false;
+		for (size_t k = 0; k < *n_out; k++)
+			twice |= strcmp((*out)[k], id) == 0;
+		if (twice) {
+			PERR(c, item, "partner '%s' is listed twice in %s", id, key);
+			got = GOT_ERROR;
+		} else if (c->p->partners_ok && !policy_partner_by_id(c->p->set, id)) {
+			PERR(c, item, "unknown partner '%s' in %s (not in %s)", id, key,
+			     POLICY_PARTNERS_FILE);
+			got = GOT_ERROR;
+		}
+		(*out)[(*n_out)++] = id;
+	}
+	return got;
+}
+
+static enum got text_list_at(struct pctx *c, const struct ydoc_node *map, const char *key,
+                             const char *where, size_t max_items, size_t max_len, char ***out,
+                             size_t *n_out)
+{
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, key, where, true, &got);
+	if (!n)
+		return got;
+	if (!want_kind(c, n, YDOC_SEQ, key))
+		return GOT_ERROR;
+	if (n->n == 0 || n->n > max_items) {
+		PERR(c, n, "%s must list 1 to %zu entries", key, max_items);
+		return GOT_ERROR;
+	}
+	if (!(*out = calloc(n->n, sizeof(**out)))) {
+		PERR(c, n, "out of memory");
+		return GOT_ERROR;
+	}
+	got = GOT_VALUE;
+	for (size_t i = 0; i < n->n; i++) {
+		char *s = NULL;
+		if (dup_text(c, n->items[i], key, max_len, &s) != GOT_VALUE)
+			got = GOT_ERROR;
+		else
+			(*out)[(*n_out)++] = s;
+	}
+	return got;
+}
+
+/* ---- partners.yaml ---- */
+
+static const char *const matcher_keys[] = {"subject_cn", "san_uri", "san_dns", "spki_sha256", NULL};
+
+static int hex_digit(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	ch = (char)tolower((unsigned char)ch);
+	return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+static bool matcher_value_ok(struct pctx *c, const struct ydoc_node *n, enum cert_match_kind kind,
+                             struct cert_match *m)
+{
+	const char *s = n->scalar;
+	size_t len = strlen(s);
+	const char *key = matcher_keys[kind];
+	switch (kind) {
+	case MATCH_SUBJECT_CN:
+	case MATCH_SAN_URI:
+		if (len == 0 || len > 255 || !printable(s) ||
+		    (kind == MATCH_SAN_URI && (!strchr(s, ':') || strpbrk(s, " \t")))) {
+			PERR(c, n, "invalid %s '%s'", key, s);
+			return false;
+		}
+		break;
+	case MATCH_SAN_DNS:
+		for (size_t i = 0; i < len; i++) {
+			char ch = s[i];
+			if (!isalnum((unsigned char)ch) && ch != '-' && ch != '.')
+				len = 0;
+		}
+		if (len == 0 || len > 253 || s[0] == '.' || s[0] == '-') {
+			PERR(c, n, "invalid %s '%s' (use a DNS name such as partner.example)", key,
+			     s);
+			return false;
+		}
+		break;
+	case MATCH_SPKI_SHA256:
+		for (size_t i = 0; i < len && len == 64; i++)
+			if (hex_digit(s[i]) < 0)
+				len = 0;
+		if (len != 64) {
+			PERR(c, n, "invalid %s '%s' (use 64 hex digits)", key, s);
+			return false;
+		}
+		for (size_t i = 0; i < 32; i++)
+			m->spki[i] = (uint8_t)(hex_digit(s[2 * i]) << 4 | hex_digit(s[2 * i + 1]));
+		break;
+	}
+	m->kind = kind;
+	if (!(m->value = strdup(s))) {
+		PERR(c, n, "out of memory");
+		return false;
+	}
+	/* DNS names and hex compare without regard to case: store them folded. */
+	if (kind == MATCH_SAN_DNS || kind == MATCH_SPKI_SHA256)
+		for (char *q = m->value; *q; q++)
+			*q = (char)tolower((unsigned char)*q);
+	return true;
+}
+
+static bool same_matcher(const struct cert_match *a, const struct cert_match *b)
+{
+	return a->kind == b->kind && strcmp(a->value, b->value) == 0;
+}
+
+/* Two partners recognised by one certificate would be ambiguous: refuse it here. */
+static void check_matcher_unique(struct pctx *c, const struct ydoc_node *n,
+                                 const struct policy_partner *self, const struct cert_match *m)
+{
+	const struct policy_set *set = c->p->set;
+	for (size_t i = 0; i < set->n_partners; i++)
+		for (size_t k = 0; k < set->partners[i].n_match; k++)
+			if (same_matcher(&set->partners[i].match[k], m))
+				PERR(c, n,
+				     "%s '%s' of partner '%s' is already used by partner '%s'",
+				     matcher_keys[m->kind], m->value, self->id ? self->id : "?",
+				     set->partners[i].id);
+	for (size_t k = 0; k < self->n_match; k++)
+		if (same_matcher(&self->match[k], m))
+			PERR(c, n, "%s '%s' is listed twice", matcher_keys[m->kind], m->value);
+}
+
+static bool add_matcher(struct pctx *c, const struct ydoc_node *n, enum cert_match_kind kind,
+                        struct policy_partner *pt)
+{
+	if (!want_kind(c, n, YDOC_SCALAR, matcher_keys[kind]))
+		return false;
+	if (pt->n_match == POLICY_MAX_MATCHERS) {
+		PERR(c, n, "a partner may have at most %d certificate matchers",
+		     POLICY_MAX_MATCHERS);
+		return false;
+	}
+	struct cert_match m = {0};
+	if (!matcher_value_ok(c, n, kind, &m))
+		return false;
+	check_matcher_unique(c, n, pt, &m);
+	pt->match[pt->n_match++] = m;
+	return true;
+}
+
+static bool parse_certificate(struct pctx *c, const struct ydoc_node *map,
+                              struct policy_partner *pt)
+{
+	enum got got;
+	const struct ydoc_node *cert = lookup(c, map, "certificate", "partner", true, &got);
+	if (!cert || !want_kind(c, cert, YDOC_MAP, "certificate"))
+		return false;
+	bool ok = ydoc_check_keys(c->d, c->file, cert, "certificate", matcher_keys) == 0;
+	if (!(pt->match = calloc(POLICY_MAX_MATCHERS, sizeof(*pt->match)))) {
+		PERR(c, cert, "out of memory");
+		return false;
+	}
+	for (int kind = MATCH_SUBJECT_CN; kind <= MATCH_SPKI_SHA256; kind++) {
+		const struct ydoc_node *v = ydoc_get(cert, matcher_keys[kind]);
+		if (!v)
+			continue;
+		if (v->kind == YDOC_SEQ && v->n == 0) {
+			PERR(c, v, "%s must list at least one value", matcher_keys[kind]);
+			ok = false;
+		}
+		for (size_t i = 0; v->kind == YDOC_SEQ && i < v->n; i++)
+			ok &= add_matcher(c, v->items[i], (enum cert_match_kind)kind, pt);
+		if (v->kind != YDOC_SEQ)
+			ok &= add_matcher(c, v, (enum cert_match_kind)kind, pt);
+	}
+	if (ok && pt->n_match == 0) {
+		PERR(c, cert,
+		     "certificate must name at least one of subject_cn, san_uri, san_dns, "
+		     "spki_sha256");
+		ok = false;
+	}
+	return ok;
+}
+
+static bool parse_partner(struct pctx *c, const struct ydoc_node *n, struct policy_partner *pt)
+{
+	static const char *const keys[] = {"id", "name", "kind", "contact", "certificate", NULL};
+	static const struct policy_name kinds[] = {
+	    {"police", PARTNER_POLICE, true},
+	    {"nhs", PARTNER_NHS, true},
+	    {"council", PARTNER_COUNCIL, true},
+	    {"other", PARTNER_OTHER, true},
+	};
+	if (!want_kind(c, n, YDOC_MAP, "each partner"))
+		return false;
+	size_t before = c->d->errors;
+	ydoc_check_keys(c->d, c->file, n, "partner", keys);
+	const struct ydoc_node *id_node = NULL;
+	if (id_at(c, n, "id", "partner", "partner id", &pt->id, &id_node) == GOT_VALUE &&
+	    policy_partner_by_id(c->p->set, pt->id))
+		PERR(c, id_node, "duplicate partner id '%s'", pt->id);
+	text_at(c, n, "name", "partner", true, 200, &pt->name);
+	enum got got;
+	const struct ydoc_node *kind = lookup(c, n, "kind", "partner", true, &got);
+	int k = kind ? word_value(c, kind, kinds, ARRAY_LEN(kinds), "partner kind") : -1;
+	pt->kind = k >= 0 ? (enum partner_kind)k : PARTNER_OTHER;
+	text_at(c, n, "contact", "partner", false, 254, &pt->contact);
+	parse_certificate(c, n, pt);
+	return c->d->errors == before;
+}
+
+void policy_parse_partners(struct policy_parser *p, const struct ydoc *doc)
+{
+	struct pctx c = {.p = p, .d = p->d, .file = doc->file};
+	static const char *const top[] = {"partners", NULL};
+	size_t before = p->d->errors;
+	const struct ydoc_node *root = doc->root;
+	if (!root || !want_kind(&c, root, YDOC_MAP, "partners.yaml")) {
+		if (!root)
+			PERR(&c, NULL, "empty file: expected 'partners:' and a list of partners");
+		return;
+	}
+	ydoc_check_keys(p->d, c.file, root, "partners.yaml", top);
+	enum got got;
+	const struct ydoc_node *list = lookup(&c, root, "partners", "partners.yaml", true, &got);
+	if (!list || !want_kind(&c, list, YDOC_SEQ, "partners"))
+		return;
+	if (list->n == 0 || list->n > POLICY_MAX_PARTNERS) {
+		PERR(&c, list, "partners must list 1 to %d partners", POLICY_MAX_PARTNERS);
+		return;
+	}
+	if (!(p->set->partners = calloc(list->n, sizeof(*p->set->partners)))) {
+		PERR(&c, list, "out of memory");
+		return;
+	}
+	for (size_t i = 0; i < list->n; i++) {
+		struct policy_partner *pt = &p->set->partners[p->set->n_partners];
+		if (parse_partner(&c, list->items[i], pt)) {
+			p->set->n_partners++;
+		} else {
+			policy_partner_release(pt);
+			memset(pt, 0, sizeof(*pt));
+		}
+	}
+	/* Agreements are checked against the registry only when all of it loaded. */
+	p->partners_ok = p->d->errors == before;
+}
+
+/* ---- agreements/<name>.yaml ---- */
+
+/* Field names as partners send them: [A-Za-z_][A-Za-z0-9_-]{0,63}. */
+static bool valid_field_name(const char *s)
+{
+	size_t len = strlen(s);
+	if (len == 0 || len > POLICY_FIELD_NAME_MAX ||
+	    !(isalpha((unsigned char)s[0]) || s[0] == '_'))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-')
+			return false;
+	return true;
+}
+
+static bool parse_field(struct pctx *c, const struct ydoc_node *n, struct policy_dataset *ds)
+{
+	static const char *const keys[] = {"name", "type", "action", "required", NULL};
+	if (!want_kind(c, n, YDOC_MAP, "each field"))
+		return false;
+	size_t before = c->d->errors;
+	ydoc_check_keys(c->d, c->file, n, "field", keys);
+	struct policy_field f = {.line = n->line, .col = n->col};
+	enum got got;
+	const struct ydoc_node *name = lookup(c, n, "name", "field", true, &got);
+	if (name && want_kind(c, name, YDOC_SCALAR, "field name")) {
+		if (!valid_field_name(name->scalar))
+			PERR(c, name,
+			     "invalid field name '%s' (use letters, digits, '_' and '-', starting "
+			     "with a letter or '_', at most 64 characters)",
+			     name->scalar);
+		for (size_t i = 0; i < ds->n_fields; i++)
+			if (strcmp(ds->fields[i].name, name->scalar) == 0)
+				PERR(c, name, "duplicate field '%s' in dataset '%s'", name->scalar,
+				     ds->name ? ds->name : "?");
+	}
+	const struct ydoc_node *type = lookup(c, n, "type", "field", true, &got);
+	int t =
+	    type ? word_value(c, type, policy_field_types, policy_n_field_types, "field type") : -1;
+	const struct ydoc_node *action = lookup(c, n, "action", "field", true, &got);
+	int a = action
+	            ? word_value(c, action, policy_field_actions, policy_n_field_actions, "action")
+	            : -1;
+	bool_at(c, n, "required", "field", &f.required);
+	if (c->d->errors != before || t < 0 || a < 0)
+		return false;
+	f.type = (enum field_type)t;
+	f.action = (enum field_action)a;
+	if (!(f.name = strdup(name->scalar))) {
+		PERR(c, n, "out of memory");
+		return false;
+	}
+	ds->fields[ds->n_fields++] = f;
+	return true;
+}
+
+static bool parse_fields(struct pctx *c, const struct ydoc_node *map, struct policy_dataset *ds)
+{
+	enum got got;
+	const struct ydoc_node *list = lookup(c, map, "fields", "dataset", true, &got);
+	if (!list || !want_kind(c, list, YDOC_SEQ, "fields"))
+		return false;
+	if (list->n == 0 || list->n > POLICY_MAX_FIELDS) {
+		PERR(c, list, "fields must list 1 to %d fields", POLICY_MAX_FIELDS);
+		return false;
+	}
+	if (!(ds->fields = calloc(list->n, sizeof(*ds->fields)))) {
+		PERR(c, list, "out of memory");
+		return false;
+	}
+	bool ok = true;
+	for (size_t i = 0; i < list->n; i++)
+		ok &= parse_field(c, list->items[i], ds);
+	return ok;
+}
+
+static bool parse_dataset(struct pctx *c, const struct ydoc_node *n, struct policy_agreement *a)
+{
+	static const char *const keys[] = {"name", "unknown_fields", "fields", NULL};
+	static const struct policy_name unknown[] = {{"reject", 0, true}, {"drop", 1, true}};
+	if (!want_kind(c, n, YDOC_MAP, "each dataset"))
+		return false;
+	size_t before = c->d->errors;
+	ydoc_check_keys(c->d, c->file, n, "dataset", keys);
+	struct policy_dataset *ds = &a->datasets[a->n_datasets];
+	const struct ydoc_node *name = NULL;
+	if (id_at(c, n, "name", "dataset", "dataset name", &ds->name, &name) == GOT_VALUE)
+		for (size_t i = 0; i < a->n_datasets; i++)
+			if (strcmp(a->datasets[i].name, ds->name) == 0)
+				PERR(c, name, "duplicate dataset '%s'", ds->name);
+	enum got got;
+	const struct ydoc_node *uf = lookup(c, n, "unknown_fields", "dataset", false, &got);
+	if (uf)
+		ds->unknown_drop =
+		    word_value(c, uf, unknown, ARRAY_LEN(unknown), "unknown_fields setting") == 1;
+	parse_fields(c, n, ds);
+	if (c->d->errors != before) {
+		policy_dataset_release(ds);
+		memset(ds, 0, sizeof(*ds));
+		return false;
+	}
+	a->n_datasets++;
+	return true;
+}
+
+static void parse_datasets(struct pctx *c, const struct ydoc_node *map, struct policy_agreement *a)
+{
+	enum got got;
+	const struct ydoc_node *list = lookup(c, map, "datasets", "agreement", true, &got);
+	if (!list || !want_kind(c, list, YDOC_SEQ, "datasets"))
+		return;
+	if (list->n == 0 || list->n > POLICY_MAX_DATASETS) {
+		PERR(c, list, "datasets must list 1 to %d datasets", POLICY_MAX_DATASETS);
+		return;
+	}
+	if (!(a->datasets = calloc(list->n, sizeof(*a->datasets)))) {
+		PERR(c, list, "out of memory");
+		return;
+	}
+	for (size_t i = 0; i < list->n; i++)
+		parse_dataset(c, list->items[i], a);
+}
+
+static void parse_purpose(struct pctx *c, const struct ydoc_node *map, struct policy_agreement *a)
+{
+	static const char *const keys[] = {"code", "text", NULL};
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, "purpose", "agreement", true, &got);
+	if (!n || !want_kind(c, n, YDOC_MAP, "purpose"))
+		return;
+	ydoc_check_keys(c->d, c->file, n, "purpose", keys);
+	id_at(c, n, "code", "purpose", "purpose code", &a->purpose_code, NULL);
+	text_at(c, n, "text", "purpose", true, 4096, &a->purpose_text);
+}
+
+static void parse_validity(struct pctx *c, const struct ydoc_node *map, struct policy_agreement *a)
+{
+	const struct ydoc_node *from = NULL, *until = NULL;
+	enum got f = date_at(c, map, "valid_from", "agreement", true, &a->valid_from_days, &from);
+	a->valid_until_days = INT64_MAX;
+	enum got u =
+	    date_at(c, map, "valid_until", "agreement", false, &a->valid_until_days, &until);
+	if (f == GOT_VALUE && u == GOT_VALUE && a->valid_from_days > a->valid_until_days)
+		PERR(c, from, "valid_from %s is after valid_until %s", from->scalar, until->scalar);
+}
+
+static void parse_limits(struct pctx *c, const struct ydoc_node *map, struct policy_agreement *a)
+{
+	static const char *const keys[] = {"max_records_per_message", NULL};
+	enum got got;
+	const struct ydoc_node *n = lookup(c, map, "limits", "agreement", false, &got);
+	if (!n || !want_kind(c, n, YDOC_MAP, "limits"))
+		return;
+	ydoc_check_keys(c->d, c->file, n, "limits", keys);
+	int64_t v;
+	if (int_at(c, n, "max_records_per_message", "limits", false, 1, POLICY_MAX_RECORDS_LIMIT,
+	           &v) == GOT_VALUE)
+		a->max_records_per_message = (uint32_t)v;
+}
+
+static void parse_agreement_body(struct pctx *c, const struct ydoc_node *n,
+                                 struct policy_agreement *a, const struct ydoc_node **id_node)
+{
+	static const char *const keys[] = {
+	    "id",          "version",    "title",       "controllers",
+	    "senders",     "recipients", "purpose",     "lawful_basis",
+	    "dpia",        "valid_from", "valid_until", "undelivered_ttl",
+	    "allow_reply", "limits",     "datasets",    NULL,
+	};
+	ydoc_check_keys(c->d, c->file, n, "agreement", keys);
+	id_at(c, n, "id", "agreement", "agreement id", &a->id, id_node);
+	int64_t version;
+	if (int_at(c, n, "version", "agreement", true, 1, UINT32_MAX, &version) == GOT_VALUE)
+		a->version = (uint32_t)version;
+	text_at(c, n, "title", "agreement", true, 200, &a->title);
+	partner_list_at(c, n, "controllers", "agreement", false, &a->controllers,
+	                &a->n_controllers);
+	partner_list_at(c, n, "senders", "agreement", true, &a->senders, &a->n_senders);
+	partner_list_at(c, n, "recipients", "agreement", true, &a->recipients, &a->n_recipients);
+	parse_purpose(c, n, a);
+	text_list_at(c, n, "lawful_basis", "agreement", 32, 512, &a->lawful_basis,
+	             &a->n_lawful_basis);
+	text_at(c, n, "dpia", "agreement", false, 200, &a->dpia);
+	parse_validity(c, n, a);
+	duration_at(c, n, "undelivered_ttl", "agreement", &a->undelivered_ttl_ms);
+	bool_at(c, n, "allow_reply", "agreement", &a->allow_reply);
+	parse_limits(c, n, a);
+	parse_datasets(c, n, a);
+}
+
+/* An agreement whose id differs from its file name is legal but confusing. */
+static void check_file_name(struct pctx *c, const struct ydoc_node *id_node, const char *id,
+                            const char *rel_name)
+{
+	size_t len = strlen(rel_name);
+	const char *ext = ".yaml";
+	size_t stem = len > strlen(ext) ? len - strlen(ext) : len;
+	if (strlen(id) != stem || strncmp(id, rel_name, stem) != 0)
+		ydoc_warning(c->d, c->file, id_node,
+		             "agreement id '%s' differs from its file name '%s'", id, rel_name);
+}
+
+static void check_unique_id(struct pctx *c, const struct ydoc_node *id_node,
+                            const struct policy_agreement *a)
+{
+	const struct policy_set *set = c->p->set;
+	for (size_t i = 0; i < set->n_agreements; i++) {
+		if (strcmp(set->agreements[i].id, a->id) != 0)
+			continue;
+		PERR(c, id_node, "duplicate agreement id '%s' (also in %s:%d:%d)", a->id,
+		     c->p->agreement_at[i].file, c->p->agreement_at[i].line,
+		     c->p->agreement_at[i].col);
+	}
+}
+
+void policy_parse_agreement(struct policy_parser *p, const struct ydoc *doc, const char *rel_name)
+{
+	struct pctx c = {.p = p, .d = p->d, .file = doc->file};
+	static const char *const top[] = {"agreement", NULL};
+	size_t before = p->d->errors;
+	const struct ydoc_node *root = doc->root;
+	if (!root) {
+		PERR(&c, NULL, "empty file: expected 'agreement:' and its keys");
+		return;
+	}
+	if (!want_kind(&c, root, YDOC_MAP, "an agreement file"))
+		return;
+	ydoc_check_keys(p->d, c.file, root, "the agreement file", top);
+	enum got got;
+	const struct ydoc_node *n = lookup(&c, root, "agreement", "the agreement file", true, &got);
+	if (!n || !want_kind(&c, n, YDOC_MAP, "agreement"))
+		return;
+	struct policy_agreement a = {0};
+	const struct ydoc_node *id_node = NULL;
+	parse_agreement_body(&c, n, &a, &id_node);
+	if (a.id) {
+		check_unique_id(&c, id_node, &a);
+		check_file_name(&c, id_node, a.id, rel_name);
+	}
+	if (p->d->errors == before && !(a.file = strdup(doc->file)))
+		PERR(&c, n, "out of memory");
+	if (p->d->errors != before) {
+		policy_agreement_release(&a);
+		return;
+	}
+	size_t i = p->set->n_agreements++;
+	p->set->agreements[i] = a;
+	p->agreement_at[i].file = a.file;
+	p->agreement_at[i].line = id_node->line;
+	p->agreement_at[i].col = id_node->col;
+}

@@ -1,0 +1,212 @@
+/*
+ * The loaded policy set: names, reference counting, lookups and recognising
+ * a partner from its client certificate.
+ */
+#include "policy/internal.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+const struct policy_name policy_field_types[] = {
+    {"text", FIELD_TEXT, true},
+    {"integer", FIELD_INTEGER, true},
+    {"number", FIELD_NUMBER, true},
+    {"boolean", FIELD_BOOLEAN, true},
+    {"date", FIELD_DATE, true},
+    {"nhs_number", FIELD_NHS_NUMBER, true},
+    {"pnc_id", FIELD_PNC_ID, true},
+    {"postcode", FIELD_POSTCODE, true},
+    {"name", FIELD_NAME, true},
+    {"email", FIELD_EMAIL, true},
+    {"identifier", FIELD_IDENTIFIER, true},
+};
+const size_t policy_n_field_types = ARRAY_LEN(policy_field_types);
+
+/* generalise and pseudonymise arrive with the full agreement language. */
+const struct policy_name policy_field_actions[] = {
+    {"pass", ACTION_PASS, true},
+    {"drop", ACTION_DROP, true},
+    {"generalise", ACTION_GENERALISE, false},
+    {"pseudonymise", ACTION_PSEUDONYMISE, false},
+};
+const size_t policy_n_field_actions = ARRAY_LEN(policy_field_actions);
+
+static const char *name_of(const struct policy_name *names, size_t n, int value)
+{
+	for (size_t i = 0; i < n; i++)
+		if (names[i].value == value)
+			return names[i].name;
+	return "unknown";
+}
+
+const char *policy_field_type_name(enum field_type type)
+{
+	return name_of(policy_field_types, policy_n_field_types, (int)type);
+}
+
+const char *policy_field_action_name(enum field_action action)
+{
+	return name_of(policy_field_actions, policy_n_field_actions, (int)action);
+}
+
+const char *policy_partner_kind_name(enum partner_kind kind)
+{
+	switch (kind) {
+	case PARTNER_POLICE:
+		return "police";
+	case PARTNER_NHS:
+		return "nhs";
+	case PARTNER_COUNCIL:
+		return "council";
+	case PARTNER_OTHER:
+		return "other";
+	}
+	return "unknown";
+}
+
+static void free_strings(char **s, size_t n)
+{
+	for (size_t i = 0; s && i < n; i++)
+		free(s[i]);
+	free(s);
+}
+
+void policy_partner_release(struct policy_partner *p)
+{
+	free(p->id);
+	free(p->name);
+	free(p->contact);
+	for (size_t i = 0; i < p->n_match; i++)
+		free(p->match[i].value);
+	free(p->match);
+}
+
+void policy_dataset_release(struct policy_dataset *ds)
+{
+	free(ds->name);
+	for (size_t i = 0; i < ds->n_fields; i++)
+		free(ds->fields[i].name);
+	free(ds->fields);
+}
+
+void policy_agreement_release(struct policy_agreement *a)
+{
+	free(a->id);
+	free(a->title);
+	free(a->file);
+	free_strings(a->senders, a->n_senders);
+	free_strings(a->recipients, a->n_recipients);
+	free_strings(a->controllers, a->n_controllers);
+	free_strings(a->lawful_basis, a->n_lawful_basis);
+	free(a->purpose_code);
+	free(a->purpose_text);
+	free(a->dpia);
+	for (size_t i = 0; i < a->n_datasets; i++)
+		policy_dataset_release(&a->datasets[i]);
+	free(a->datasets);
+}
+
+void policy_set_free(struct policy_set *set)
+{
+	if (!set)
+		return;
+	for (size_t i = 0; i < set->n_partners; i++)
+		policy_partner_release(&set->partners[i]);
+	free(set->partners);
+	for (size_t i = 0; i < set->n_agreements; i++)
+		policy_agreement_release(&set->agreements[i]);
+	free(set->agreements);
+	free(set);
+}
+
+struct policy_set *policy_set_ref(struct policy_set *set)
+{
+	if (set)
+		atomic_fetch_add_explicit(&set->refs, 1, memory_order_relaxed);
+	return set;
+}
+
+void policy_set_unref(struct policy_set *set)
+{
+	if (!set)
+		return;
+	/* acq_rel: every reader's last use happens before the free. */
+	if (atomic_fetch_sub_explicit(&set->refs, 1, memory_order_acq_rel) == 1)
+		policy_set_free(set);
+}
+
+const struct policy_partner *policy_partner_by_id(const struct policy_set *set, const char *id)
+{
+	if (!set || !id)
+		return NULL;
+	for (size_t i = 0; i < set->n_partners; i++)
+		if (strcmp(set->partners[i].id, id) == 0)
+			return &set->partners[i];
+	return NULL;
+}
+
+const struct policy_agreement *policy_agreement_by_id(const struct policy_set *set, const char *id)
+{
+	if (!set || !id)
+		return NULL;
+	for (size_t i = 0; i < set->n_agreements; i++)
+		if (strcmp(set->agreements[i].id, id) == 0)
+			return &set->agreements[i];
+	return NULL;
+}
+
+/* A certificate field (a fixed array the TLS layer filled) equals want; never past cap. */
+static bool cert_text_eq(const char *field, size_t cap, const char *want, bool fold_case)
+{
+	size_t len = strnlen(field, cap);
+	if (len == cap || len == 0 || len != strlen(want))
+		return false;
+	return fold_case ? strncasecmp(field, want, len) == 0 : memcmp(field, want, len) == 0;
+}
+
+static bool matcher_matches(const struct cert_match *m, const struct cert_identity *id)
+{
+	size_t n;
+	switch (m->kind) {
+	case MATCH_SUBJECT_CN:
+		return cert_text_eq(id->subject_cn, sizeof(id->subject_cn), m->value, false);
+	case MATCH_SAN_URI:
+		n = id->n_san_uri < CERT_MAX_SANS ? id->n_san_uri : CERT_MAX_SANS;
+		for (size_t i = 0; i < n; i++)
+			if (cert_text_eq(id->san_uri[i], sizeof(id->san_uri[i]), m->value, false))
+				return true;
+		return false;
+	case MATCH_SAN_DNS:
+		n = id->n_san_dns < CERT_MAX_SANS ? id->n_san_dns : CERT_MAX_SANS;
+		for (size_t i = 0; i < n; i++)
+			if (cert_text_eq(id->san_dns[i], sizeof(id->san_dns[i]), m->value, true))
+				return true;
+		return false;
+	case MATCH_SPKI_SHA256:
+		return sodium_memcmp(m->spki, id->spki_sha256, sizeof(m->spki)) == 0;
+	}
+	return false;
+}
+
+const struct policy_partner *policy_partner_by_cert(const struct policy_set *set,
+                                                    const struct cert_identity *id)
+{
+	if (!set || !id)
+		return NULL;
+	const struct policy_partner *found = NULL;
+	/* Look at every partner: a certificate two partners claim is recognised as neither. */
+	for (size_t i = 0; i < set->n_partners; i++) {
+		const struct policy_partner *p = &set->partners[i];
+		bool hit = false;
+		for (size_t k = 0; k < p->n_match; k++)
+			hit |= matcher_matches(&p->match[k], id);
+		if (!hit)
+			continue;
+		if (found)
+			return NULL;
+		found = p;
+	}
+	return found;
+}

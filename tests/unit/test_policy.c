@@ -1,0 +1,1048 @@
+/*
+ * Policy: loading a directory (valid and broken files, with positions), the
+ * version hash, recognising partners by certificate, and every refusal rule
+ * of policy_apply through real Isg__SendRequest structs.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ftw.h>
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <sodium.h>
+
+#include "policy/policy.h"
+#include "util/util.h"
+#include "ydoc/ydoc.h"
+
+static char data_dir[4096];
+
+static int setup(void **state)
+{
+	const char *d = getenv("ISG_TEST_DATA");
+	if (!d) {
+		fprintf(stderr, "ISG_TEST_DATA is not set (run through ctest)\n");
+		return -1;
+	}
+	snprintf(data_dir, sizeof(data_dir), "%s/policy", d);
+	return 0;
+}
+
+static char *fixture(const char *rel)
+{
+	static char path[4][4400];
+	static int next;
+	char *p = path[next++ % 4];
+	snprintf(p, sizeof(path[0]), "%s/%s", data_dir, rel);
+	return p;
+}
+
+static int64_t day_ms(const char *date, int hour)
+{
+	int64_t days;
+	assert_int_equal(date_parse_days(date, &days), 0);
+	return days * 86400000 + (int64_t)hour * 3600000;
+}
+
+/* ---- temporary policy directories ---- */
+
+static void copy_file(const char *from, const char *to)
+{
+	FILE *in = fopen(from, "rb");
+	assert_non_null(in);
+	FILE *out = fopen(to, "wb");
+	assert_non_null(out);
+	char buf[4096];
+	size_t n;
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	fclose(in);
+	fclose(out);
+}
+
+static char *temp_policy_dir(void)
+{
+	static char dir[64];
+	snprintf(dir, sizeof(dir), "/tmp/test_policy_XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	char sub[128];
+	snprintf(sub, sizeof(sub), "%s/agreements", dir);
+	assert_int_equal(mkdir(sub, 0700), 0);
+	return dir;
+}
+
+/* Put a fixture into dir under rel ("partners.yaml", "agreements/x.yaml"). */
+static void install(const char *dir, const char *fixture_rel, const char *rel)
+{
+	char to[4400];
+	snprintf(to, sizeof(to), "%s/%s", dir, rel);
+	copy_file(fixture(fixture_rel), to);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void remove_dir(const char *dir)
+{
+	nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- the valid set ---- */
+
+static struct policy_set *load_valid(void)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	int err = policy_load(fixture("valid"), &set, &d);
+	ydoc_diags_print(&d, stderr);
+	assert_int_equal(err, 0);
+	assert_int_equal(d.errors, 0);
+	assert_int_equal(d.warnings, 0);
+	ydoc_diags_release(&d);
+	return set;
+}
+
+static void test_valid_set_loads(void **state)
+{
+	struct policy_set *set = load_valid();
+	assert_int_equal(strlen(set->version), 64);
+	assert_int_equal(strspn(set->version, "0123456789abcdef"), 64);
+	assert_int_equal(set->n_partners, 4);
+	/* README.txt and .hidden.yaml are not agreements. */
+	assert_int_equal(set->n_agreements, 3);
+
+	const struct policy_partner *met = policy_partner_by_id(set, "met-police");
+	assert_non_null(met);
+	assert_string_equal(met->name, "Metropolitan Police Service");
+	assert_int_equal(met->kind, PARTNER_POLICE);
+	assert_string_equal(met->contact, "dpo@met-police.test");
+	assert_int_equal(met->n_match, 2);
+	assert_int_equal(met->match[0].kind, MATCH_SUBJECT_CN);
+	assert_int_equal(met->match[1].kind, MATCH_SAN_URI);
+	const struct policy_partner *nhs = policy_partner_by_id(set, "nhs-trust");
+	assert_null(nhs->contact);
+	assert_string_equal(nhs->match[0].value, "nhs-trust.isg.test"); /* folded */
+	const struct policy_partner *council = policy_partner_by_id(set, "city-council");
+	assert_int_equal(council->match[0].kind, MATCH_SPKI_SHA256);
+	assert_string_equal(council->match[0].value,
+	                    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+	assert_int_equal(council->match[0].spki[10], 0xaa);
+	assert_int_equal(policy_partner_by_id(set, "other-org")->n_match, 2);
+	assert_null(policy_partner_by_id(set, "nobody"));
+
+	/* Agreements come in file-name order. */
+	assert_string_equal(set->agreements[0].id, "council-planning");
+	assert_string_equal(set->agreements[1].id, "nhs-police-reply");
+	const struct policy_agreement *a = policy_agreement_by_id(set, "police-nhs-safeguarding");
+	assert_ptr_equal(a, &set->agreements[2]);
+	assert_non_null(strstr(a->file, "valid/agreements/police-nhs-safeguarding.yaml"));
+	assert_int_equal(a->version, 3);
+	assert_string_equal(a->title, "Adult safeguarding concerns from police to health");
+	assert_int_equal(a->n_controllers, 2);
+	assert_string_equal(a->controllers[1], "nhs-trust");
+	assert_int_equal(a->n_senders, 1);
+	assert_string_equal(a->senders[0], "met-police");
+	assert_string_equal(a->recipients[0], "nhs-trust");
+	assert_string_equal(a->purpose_code, "adult-safeguarding");
+	assert_int_equal(a->n_lawful_basis, 3);
+	assert_string_equal(a->lawful_basis[2], "DPA 2018 Sch. 1 Pt 2 para 18");
+	assert_string_equal(a->dpia, "DPIA-2025-014");
+	int64_t from, until;
+	date_parse_days("2025-01-01", &from);
+	date_parse_days("2027-12-31", &until);
+	assert_int_equal(a->valid_from_days, from);
+	assert_int_equal(a->valid_until_days, until);
+	assert_int_equal(a->undelivered_ttl_ms, 14LL * 86400000);
+	assert_false(a->allow_reply);
+	assert_int_equal(a->max_records_per_message, 3);
+	assert_int_equal(a->n_datasets, 2);
+	const struct policy_dataset *ds = &a->datasets[0];
+	assert_string_equal(ds->name, "safeguarding-concern");
+	assert_false(ds->unknown_drop);
+	assert_true(a->datasets[1].unknown_drop);
+	assert_int_equal(ds->n_fields, 8);
+	assert_string_equal(ds->fields[0].name, "nhs_number");
+	assert_int_equal(ds->fields[0].type, FIELD_NHS_NUMBER);
+	assert_int_equal(ds->fields[0].action, ACTION_PASS);
+	assert_true(ds->fields[0].required);
+	assert_int_equal(ds->fields[0].line, 26);
+	assert_int_equal(ds->fields[0].col, 11);
+	assert_int_equal(ds->fields[4].action, ACTION_DROP);
+	assert_false(ds->fields[4].required);
+
+	const struct policy_agreement *reply = policy_agreement_by_id(set, "nhs-police-reply");
+	assert_true(reply->allow_reply);
+	assert_int_equal(reply->valid_until_days, INT64_MAX);
+	assert_int_equal(reply->max_records_per_message, 0);
+	assert_int_equal(reply->undelivered_ttl_ms, 0);
+	assert_int_equal(reply->n_controllers, 0);
+	assert_null(reply->dpia);
+	assert_null(policy_agreement_by_id(set, "nope"));
+
+	assert_string_equal(policy_field_type_name(FIELD_PNC_ID), "pnc_id");
+	assert_string_equal(policy_field_action_name(ACTION_PSEUDONYMISE), "pseudonymise");
+	assert_string_equal(policy_partner_kind_name(PARTNER_NHS), "nhs");
+	policy_set_unref(set);
+}
+
+static void test_refcount(void **state)
+{
+	struct policy_set *set = load_valid();
+	assert_ptr_equal(policy_set_ref(set), set);
+	assert_int_equal(atomic_load(&set->refs), 2);
+	policy_set_unref(set);
+	assert_int_equal(atomic_load(&set->refs), 1);
+	policy_set_unref(set); /* frees: ASan reports a leak or a double free otherwise */
+	policy_set_unref(NULL);
+	assert_null(policy_set_ref(NULL));
+}
+
+/* The documented construction, computed independently of the loader. */
+static void expected_version(const char *dir, const char *const *rels, size_t n, char out[65])
+{
+	crypto_hash_sha256_state h;
+	crypto_hash_sha256_init(&h);
+	for (size_t i = 0; i < n; i++) {
+		char path[4400];
+		snprintf(path, sizeof(path), "%s/%s", dir, rels[i]);
+		FILE *f = fopen(path, "rb");
+		assert_non_null(f);
+		static char content[1 << 16];
+		size_t len = fread(content, 1, sizeof(content), f);
+		fclose(f);
+		uint8_t be[8];
+		uint64_t lens[2] = {strlen(rels[i]), len};
+		const void *parts[2] = {rels[i], content};
+		for (int p = 0; p < 2; p++) {
+			for (int k = 0; k < 8; k++)
+				be[k] = (uint8_t)(lens[p] >> (56 - 8 * k));
+			crypto_hash_sha256_update(&h, be, 8);
+			crypto_hash_sha256_update(&h, parts[p], lens[p]);
+		}
+	}
+	uint8_t digest[32];
+	crypto_hash_sha256_final(&h, digest);
+	hex_encode(out, digest, 32);
+}
+
+static void load_version(const char *dir, char out[65])
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	memcpy(out, set->version, 65);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+}
+
+static void test_version_hash(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	install(dir, "valid/agreements/police-nhs-safeguarding.yaml",
+	        "agreements/police-nhs-safeguarding.yaml");
+	install(dir, "valid/agreements/council-planning.yaml", "agreements/council-planning.yaml");
+	char v1[65], again[65], want[65];
+	load_version(dir, v1);
+	load_version(dir, again);
+	assert_string_equal(v1, again);
+	/* Sorted by relative path: agreements/ before partners.yaml. */
+	static const char *const rels[] = {"agreements/council-planning.yaml",
+	                                   "agreements/police-nhs-safeguarding.yaml",
+	                                   "partners.yaml"};
+	expected_version(dir, rels, 3, want);
+	assert_string_equal(v1, want);
+	/* The trailing slash does not matter. */
+	char slash[128];
+	snprintf(slash, sizeof(slash), "%s/", dir);
+	load_version(slash, again);
+	assert_string_equal(v1, again);
+
+	/* One more byte, even in a comment, is a new version. */
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/agreements/council-planning.yaml", dir);
+	FILE *f = fopen(path, "a");
+	fputs("# reviewed\n", f);
+	fclose(f);
+	char v2[65];
+	load_version(dir, v2);
+	assert_string_not_equal(v1, v2);
+	expected_version(dir, rels, 3, want);
+	assert_string_equal(v2, want);
+
+	/* So is a renamed file with the same content. */
+	char to[4400];
+	snprintf(to, sizeof(to), "%s/agreements/council-planning2.yaml", dir);
+	assert_int_equal(rename(path, to), 0);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	assert_int_equal(d.warnings, 1); /* id differs from the file name */
+	assert_non_null(strstr(d.items[0].message, "differs from its file name"));
+	assert_string_not_equal(set->version, v2);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
+/* ---- broken files ---- */
+
+struct broken {
+	const char *partners;  /* fixture, or NULL for valid/partners.yaml */
+	const char *agreement; /* fixture installed in agreements/, or NULL */
+	int err;
+	size_t errors;
+	const char *file; /* the file the first error is about */
+	int line, col;
+	const char *msg;
+};
+
+static void check_broken(const struct broken *b)
+{
+	char *dir = temp_policy_dir();
+	install(dir, b->partners ? b->partners : "valid/partners.yaml", "partners.yaml");
+	if (b->agreement) {
+		char rel[256];
+		snprintf(rel, sizeof(rel), "agreements/%s", strrchr(b->agreement, '/') + 1);
+		install(dir, b->agreement, rel);
+	}
+	/* A valid agreement alongside, so duplicate ids can be tested. */
+	install(dir, "valid/agreements/police-nhs-safeguarding.yaml",
+	        "agreements/police-nhs-safeguarding.yaml");
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = (struct policy_set *)1;
+	int err = policy_load(dir, &set, &d);
+	char want_file[4400];
+	snprintf(want_file, sizeof(want_file), "%s/%s", dir, b->file);
+	/* The first error; warnings (such as an id that differs from its file name) may come first.
+	 */
+	const struct ydoc_diag *g = NULL;
+	for (size_t i = 0; i < d.n && !g; i++)
+		if (!d.items[i].warning)
+			g = &d.items[i];
+	bool match = g && g->line == b->line && g->col == b->col && strstr(g->message, b->msg) &&
+	             !strcmp(g->file, want_file) && d.errors == b->errors;
+	if (!match) {
+		fprintf(stderr, "case %s:\n", b->agreement ? b->agreement : b->partners);
+		ydoc_diags_print(&d, stderr);
+	}
+	assert_int_equal(err, b->err);
+	assert_null(set);
+	assert_int_equal(d.errors, b->errors);
+	assert_non_null(g);
+	assert_string_equal(g->file, want_file);
+	assert_int_equal(g->line, b->line);
+	assert_int_equal(g->col, b->col);
+	assert_non_null(strstr(g->message, b->msg));
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
+#define BROKEN(name) "broken/agreement-" name ".yaml"
+#define AFILE(name) "agreements/agreement-" name ".yaml"
+
+static void test_broken_agreements(void **state)
+{
+	const int INV = ISG_ERR_INVALID;
+	const struct broken cases[] = {
+	    {NULL, BROKEN("pseudonymise"), INV, 1, AFILE("pseudonymise"), 13, 47,
+	     "action 'pseudonymise' is not supported yet"},
+	    {NULL, BROKEN("unknown-action"), INV, 1, AFILE("unknown-action"), 13, 41,
+	     "unknown action 'mask' (use pass or drop)"},
+	    {NULL, BROKEN("unknown-type"), INV, 1, AFILE("unknown-type"), 13, 27,
+	     "unknown field type 'string' (use text, integer, number, boolean, date, "
+	     "nhs_number, pnc_id, postcode, name, email or identifier)"},
+	    /* The misspelt key, then the key it should have been. */
+	    {NULL, BROKEN("unknown-key"), INV, 2, AFILE("unknown-key"), 6, 3,
+	     "unknown key 'recipents' in agreement (did you mean 'recipients'?)"},
+	    {NULL, BROKEN("unknown-partner"), INV, 1, AFILE("unknown-partner"), 5, 25,
+	     "unknown partner 'met-polise' in senders (not in partners.yaml)"},
+	    {NULL, BROKEN("dates"), INV, 1, AFILE("dates"), 9, 15,
+	     "valid_from 2026-01-01 is after valid_until 2025-12-31"},
+	    {NULL, BROKEN("bad-date"), INV, 1, AFILE("bad-date"), 9, 15,
+	     "invalid date '2025-02-30' for valid_from (use YYYY-MM-DD)"},
+	    {NULL, BROKEN("duplicate-field"), INV, 1, AFILE("duplicate-field"), 15, 18,
+	     "duplicate field 'a' in dataset 'things'"},
+	    {NULL, BROKEN("duplicate-dataset"), INV, 1, AFILE("duplicate-dataset"), 14, 13,
+	     "duplicate dataset 'things'"},
+	    {NULL, BROKEN("bad-id"), INV, 1, AFILE("bad-id"), 2, 7,
+	     "invalid agreement id 'Police_NHS' (use lowercase letters, digits and '-'"},
+	    {NULL, BROKEN("empty-senders"), INV, 1, AFILE("empty-senders"), 5, 12,
+	     "senders must list 1 to 256 partners"},
+	    {NULL, BROKEN("wrong-kind"), INV, 1, AFILE("wrong-kind"), 11, 5,
+	     "datasets must be a list, not a mapping"},
+	    {NULL, BROKEN("missing-purpose"), INV, 1, AFILE("missing-purpose"), 2, 3,
+	     "missing required key 'purpose' in agreement"},
+	    {NULL, BROKEN("bad-bool"), INV, 1, AFILE("bad-bool"), 14, 16,
+	     "invalid boolean 'yes' for allow_reply (use true or false)"},
+	    {NULL, BROKEN("version-zero"), INV, 1, AFILE("version-zero"), 3, 12,
+	     "invalid version '0' (use a whole number from 1 to 4294967295)"},
+	    {NULL, BROKEN("anchor"), ISG_ERR_PARSE, 1, AFILE("anchor"), 5, 12,
+	     "anchors are not supported"},
+	    {NULL, BROKEN("syntax"), ISG_ERR_PARSE, 1, AFILE("syntax"), 4, 16,
+	     "mapping values are not allowed in this context"},
+	    /* Reported against the later file in name order. */
+	    {NULL, BROKEN("duplicate-id"), INV, 1, "agreements/police-nhs-safeguarding.yaml", 2, 7,
+	     "duplicate agreement id 'police-nhs-safeguarding' (also in "},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++)
+		check_broken(&cases[i]);
+}
+
+static void test_broken_partners(void **state)
+{
+	const int INV = ISG_ERR_INVALID;
+	const struct broken cases[] = {
+	    {"broken/partners-duplicate-id.yaml", NULL, INV, 1, "partners.yaml", 10, 9,
+	     "duplicate partner id 'met-police'"},
+	    {"broken/partners-shared-matcher.yaml", NULL, INV, 1, "partners.yaml", 12, 16,
+	     "san_dns 'gateway-client.shared.test' of partner 'nhs-trust' is already used by "
+	     "partner 'met-police'"},
+	    {"broken/partners-bad-values.yaml", NULL, INV, 7, "partners.yaml", 2, 9,
+	     "invalid partner id 'Met_Police'"},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++)
+		check_broken(&cases[i]);
+
+	/* Every problem of the bad-values file, in order, with its position. */
+	char *dir = temp_policy_dir();
+	install(dir, "broken/partners-bad-values.yaml", "partners.yaml");
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set;
+	assert_int_equal(policy_load(dir, &set, &d), ISG_ERR_INVALID);
+	static const struct {
+		int line, col;
+		const char *msg;
+	} want[] = {
+	    {2, 9, "invalid partner id 'Met_Police'"},
+	    {4, 11, "unknown partner kind 'constabulary' (use police, nhs, council or other)"},
+	    {7, 7, "unknown key 'subjectcn' in certificate (did you mean 'subject_cn'?)"},
+	    {6, 20, "invalid spki_sha256 '0011' (use 64 hex digits)"},
+	    {8, 5, "missing required key 'name' in partner"},
+	    {10, 18, "certificate must name at least one of subject_cn, san_uri, san_dns"},
+	    {11, 5, "each partner must be a mapping, not a single value"},
+	};
+	/* And a warning: no agreements at all. */
+	assert_int_equal(d.warnings, 1);
+	assert_int_equal(d.errors, ARRAY_LEN(want));
+	for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+		if (d.items[i].line != want[i].line || !strstr(d.items[i].message, want[i].msg))
+			ydoc_diags_print(&d, stderr);
+		assert_int_equal(d.items[i].line, want[i].line);
+		assert_int_equal(d.items[i].col, want[i].col);
+		assert_non_null(strstr(d.items[i].message, want[i].msg));
+	}
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+
+	/* Missing partners.yaml, missing agreements/: IO errors naming the path. */
+	char empty[] = "/tmp/test_policy_empty_XXXXXX";
+	assert_non_null(mkdtemp(empty));
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_load(empty, &set, &d), ISG_ERR_IO);
+	assert_null(set);
+	assert_true(d.errors >= 1);
+	assert_non_null(strstr(d.items[0].message, "cannot open"));
+	assert_int_equal(d.errors, 2);
+	ydoc_diags_release(&d);
+
+	/* partners.yaml alone: its problems are still reported, with the missing directory. */
+	char path[200];
+	snprintf(path, sizeof(path), "%s/partners.yaml", empty);
+	copy_file(fixture("broken/partners-duplicate-id.yaml"), path);
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_load(empty, &set, &d), ISG_ERR_IO);
+	assert_int_equal(d.errors, 2);
+	assert_int_equal(d.warnings, 0);
+	char adir[200];
+	snprintf(adir, sizeof(adir), "%s/agreements", empty);
+	assert_string_equal(d.items[0].file, adir);
+	assert_non_null(strstr(d.items[0].message, "cannot open directory"));
+	assert_string_equal(d.items[1].file, path);
+	assert_non_null(strstr(d.items[1].message, "duplicate partner id 'met-police'"));
+	ydoc_diags_release(&d);
+	unlink(path);
+	rmdir(empty);
+}
+
+/* Errors in several files are all reported, each against its own file. */
+static void test_errors_collected_across_files(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	install(dir, BROKEN("bad-date"), AFILE("bad-date"));
+	install(dir, BROKEN("unknown-type"), AFILE("unknown-type"));
+	install(dir, BROKEN("syntax"), AFILE("syntax"));
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set;
+	assert_int_equal(policy_load(dir, &set, &d), ISG_ERR_PARSE);
+	assert_int_equal(d.errors, 3);
+	static const char *const files[] = {"agreement-bad-date.yaml", "agreement-syntax.yaml",
+	                                    "agreement-unknown-type.yaml"};
+	size_t seen = 0;
+	for (size_t i = 0; i < d.n; i++) {
+		if (d.items[i].warning) /* ids differ from these file names */
+			continue;
+		assert_true(seen < ARRAY_LEN(files));
+		assert_non_null(strstr(d.items[i].file, files[seen++]));
+	}
+	assert_int_equal(seen, 3);
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
+/* The example policies the demo runs load without a single complaint. */
+static void test_shipped_policies_load(void **state)
+{
+	char dir[4400];
+	snprintf(dir, sizeof(dir), "%s/../../../policies", data_dir);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	int err = policy_load(dir, &set, &d);
+	ydoc_diags_print(&d, stderr);
+	assert_int_equal(err, 0);
+	assert_int_equal(d.errors + d.warnings, 0);
+	assert_int_equal(set->n_partners, 3);
+	assert_int_equal(set->n_agreements, 3);
+	assert_true(policy_agreement_by_id(set, "nhs-police-mh-crisis-reply")->allow_reply);
+	struct cert_identity id = {0};
+	str_copy(id.subject_cn, "nhs-trust.partners.isg.example", sizeof(id.subject_cn));
+	assert_string_equal(policy_partner_by_cert(set, &id)->id, "nhs-trust");
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+}
+
+/* ---- partners by certificate ---- */
+
+static void test_partner_by_cert(void **state)
+{
+	struct policy_set *set = load_valid();
+	struct cert_identity id;
+
+	memset(&id, 0, sizeof(id));
+	str_copy(id.subject_cn, "met-police.test", sizeof(id.subject_cn));
+	assert_string_equal(policy_partner_by_cert(set, &id)->id, "met-police");
+	str_copy(id.subject_cn, "MET-POLICE.test", sizeof(id.subject_cn)); /* CN: exact */
+	assert_null(policy_partner_by_cert(set, &id));
+
+	memset(&id, 0, sizeof(id));
+	id.n_san_uri = 2;
+	str_copy(id.san_uri[0], "spiffe://isg.test/partner/other", sizeof(id.san_uri[0]));
+	str_copy(id.san_uri[1], "spiffe://isg.test/partner/met-police", sizeof(id.san_uri[1]));
+	assert_string_equal(policy_partner_by_cert(set, &id)->id, "met-police");
+	id.n_san_uri = 1; /* only the first counts */
+	assert_null(policy_partner_by_cert(set, &id));
+
+	memset(&id, 0, sizeof(id));
+	id.n_san_dns = 1;
+	str_copy(id.san_dns[0], "nhs-trust.ISG.test", sizeof(id.san_dns[0])); /* DNS: any case */
+	assert_string_equal(policy_partner_by_cert(set, &id)->id, "nhs-trust");
+	str_copy(id.san_dns[0], "nhs-trust.isg.test.evil", sizeof(id.san_dns[0]));
+	assert_null(policy_partner_by_cert(set, &id));
+
+	memset(&id, 0, sizeof(id));
+	static const uint8_t spki[32] = {0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
+	                                 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+	                                 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
+	                                 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff};
+	memcpy(id.spki_sha256, spki, 32);
+	assert_string_equal(policy_partner_by_cert(set, &id)->id, "city-council");
+	id.spki_sha256[31] ^= 1;
+	assert_null(policy_partner_by_cert(set, &id));
+
+	/* A second subject_cn of the same partner (certificate rotation). */
+	memset(&id, 0, sizeof(id));
+	str_copy(id.subject_cn, "other-org-2026.test", sizeof(id.subject_cn));
+	assert_string_equal(policy_partner_by_cert(set, &id)->id, "other-org");
+
+	/* One certificate that two partners' matchers recognise: neither. */
+	memset(&id, 0, sizeof(id));
+	str_copy(id.subject_cn, "met-police.test", sizeof(id.subject_cn));
+	id.n_san_dns = 1;
+	str_copy(id.san_dns[0], "nhs-trust.isg.test", sizeof(id.san_dns[0]));
+	assert_null(policy_partner_by_cert(set, &id));
+
+	/* Nothing, or an unterminated field, matches nobody. */
+	memset(&id, 0, sizeof(id));
+	assert_null(policy_partner_by_cert(set, &id));
+	memset(id.subject_cn, 'a', sizeof(id.subject_cn));
+	assert_null(policy_partner_by_cert(set, &id));
+	id.n_san_dns = 1000; /* a count past the array is bounded */
+	assert_null(policy_partner_by_cert(set, &id));
+	policy_set_unref(set);
+}
+
+/* ---- policy_apply ---- */
+
+#define MAX_RECS 8
+#define MAX_FIELDS 12
+
+struct req {
+	Isg__SendRequest req;
+	Isg__Record recs[MAX_RECS];
+	Isg__Record *rec_ptrs[MAX_RECS];
+	Isg__Field fields[MAX_RECS][MAX_FIELDS];
+	Isg__Field *field_ptrs[MAX_RECS][MAX_FIELDS];
+	Isg__Value values[MAX_RECS][MAX_FIELDS];
+};
+
+static void req_init(struct req *r, const char *agreement, const char *recipient,
+                     const char *dataset)
+{
+	memset(r, 0, sizeof(*r));
+	isg__send_request__init(&r->req);
+	r->req.message_id = "msg-1";
+	r->req.agreement_id = (char *)agreement;
+	r->req.recipient = (char *)recipient;
+	r->req.dataset = (char *)dataset;
+	r->req.records = r->rec_ptrs;
+}
+
+static size_t req_record(struct req *r)
+{
+	size_t i = r->req.n_records++;
+	assert_true(i < MAX_RECS);
+	isg__record__init(&r->recs[i]);
+	r->recs[i].fields = r->field_ptrs[i];
+	r->rec_ptrs[i] = &r->recs[i];
+	return i;
+}
+
+static Isg__Value *req_field(struct req *r, size_t rec, const char *name)
+{
+	size_t k = r->recs[rec].n_fields++;
+	assert_true(k < MAX_FIELDS);
+	Isg__Field *f = &r->fields[rec][k];
+	isg__field__init(f);
+	f->name = (char *)name;
+	isg__value__init(&r->values[rec][k]);
+	f->value = &r->values[rec][k];
+	r->field_ptrs[rec][k] = f;
+	return f->value;
+}
+
+static void req_text(struct req *r, size_t rec, const char *name, const char *text)
+{
+	Isg__Value *v = req_field(r, rec, name);
+	v->kind_case = ISG__VALUE__KIND_TEXT;
+	v->text = (char *)text;
+}
+
+static void req_int(struct req *r, size_t rec, const char *name, int64_t i)
+{
+	Isg__Value *v = req_field(r, rec, name);
+	v->kind_case = ISG__VALUE__KIND_INTEGER;
+	v->integer = i;
+}
+
+static void req_real(struct req *r, size_t rec, const char *name, double d)
+{
+	Isg__Value *v = req_field(r, rec, name);
+	v->kind_case = ISG__VALUE__KIND_REAL;
+	v->real = d;
+}
+
+static void req_bool(struct req *r, size_t rec, const char *name, bool b)
+{
+	Isg__Value *v = req_field(r, rec, name);
+	v->kind_case = ISG__VALUE__KIND_BOOLEAN;
+	v->boolean = b;
+}
+
+/* The smallest record the safeguarding dataset accepts. */
+static size_t req_concern(struct req *r)
+{
+	size_t i = req_record(r);
+	req_text(r, i, "nhs_number", "9434765919");
+	req_text(r, i, "concern", "SECRET-CONCERN-TEXT");
+	return i;
+}
+
+static int64_t now_ok(void)
+{
+	return day_ms("2026-06-01", 12);
+}
+
+struct expect {
+	int err;
+	Isg__ErrorCode code;
+	const char *rule;
+	int64_t record;
+	const char *field;
+	const char *msg;
+};
+
+static void apply_refused(const struct policy_set *set, const char *sender, const struct req *r,
+                          int64_t now, const struct expect *e)
+{
+	struct policy_outcome out;
+	struct policy_refusal why;
+	int err = policy_apply(set, sender, &r->req, now, &out, &why);
+	if (err != e->err || strcmp(why.rule, e->rule) || !strstr(why.message, e->msg))
+		fprintf(stderr, "rule=%s code=%d record=%lld field=%s: %s\n", why.rule,
+		        (int)why.code, (long long)why.record_index, why.field, why.message);
+	assert_int_equal(err, e->err);
+	assert_int_equal(why.code, e->code);
+	assert_string_equal(why.rule, e->rule);
+	assert_int_equal(why.record_index, e->record);
+	assert_string_equal(why.field, e->field);
+	assert_non_null(strstr(why.message, e->msg));
+	/* A refusal never quotes a value. */
+	assert_null(strstr(why.message, "SECRET"));
+	assert_null(strstr(why.message, "9434765919"));
+	assert_null(out.payload);
+	policy_outcome_release(&out);
+}
+
+static void test_apply_agreement_rules(void **state)
+{
+	struct policy_set *set = load_valid();
+	const int DENIED = ISG_ERR_DENIED, INVALID = ISG_ERR_INVALID;
+	struct req r;
+
+	req_init(&r, "no-such-agreement", "nhs-trust", "safeguarding-concern");
+	req_concern(&r);
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){DENIED, ISG__ERROR_CODE__NOT_PERMITTED, "agreement.unknown",
+	                               -1, "", "no agreement 'no-such-agreement'"});
+	r.req.agreement_id = "";
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){DENIED, ISG__ERROR_CODE__NOT_PERMITTED, "agreement.unknown",
+	                               -1, "", "the request names no agreement"});
+
+	r.req.agreement_id = "police-nhs-safeguarding";
+	apply_refused(set, "nhs-trust", &r, now_ok(),
+	              &(struct expect){DENIED, ISG__ERROR_CODE__NOT_PERMITTED, "agreement.sender",
+	                               -1, "",
+	                               "partner 'nhs-trust' is not a sender under agreement "
+	                               "'police-nhs-safeguarding'"});
+
+	r.req.recipient = "city-council";
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){DENIED, ISG__ERROR_CODE__NOT_PERMITTED,
+	                               "agreement.recipient", -1, "",
+	                               "partner 'city-council' is not a recipient under agreement "
+	                               "'police-nhs-safeguarding'"});
+	r.req.recipient = "ghost\n";
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){DENIED, ISG__ERROR_CODE__NOT_PERMITTED,
+	                               "agreement.recipient", -1, "",
+	                               "unknown recipient 'ghost?' (no such partner)"});
+
+	r.req.recipient = "nhs-trust";
+	r.req.dataset = "answer";
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){DENIED, ISG__ERROR_CODE__NOT_PERMITTED, "agreement.dataset",
+	                               -1, "",
+	                               "dataset 'answer' is not declared by agreement "
+	                               "'police-nhs-safeguarding'"});
+
+	r.req.dataset = "safeguarding-concern";
+	apply_refused(
+	    set, "met-police", &r, day_ms("2024-12-31", 0) + 86399999,
+	    &(struct expect){DENIED, ISG__ERROR_CODE__NOT_PERMITTED, "agreement.validity", -1, "",
+	                     "agreement 'police-nhs-safeguarding' is valid from 2025-01-01 "
+	                     "until 2027-12-31; today (UTC) is 2024-12-31"});
+	apply_refused(set, "met-police", &r, day_ms("2028-01-01", 0),
+	              &(struct expect){DENIED, ISG__ERROR_CODE__NOT_PERMITTED, "agreement.validity",
+	                               -1, "", "today (UTC) is 2028-01-01"});
+
+	r.req.reply_to = 42;
+	apply_refused(
+	    set, "met-police", &r, now_ok(),
+	    &(struct expect){DENIED, ISG__ERROR_CODE__NOT_PERMITTED, "agreement.reply", -1, "",
+	                     "agreement 'police-nhs-safeguarding' does not allow replies"});
+	r.req.reply_to = 0;
+
+	for (int i = 0; i < 3; i++)
+		req_concern(&r);
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){DENIED, ISG__ERROR_CODE__LIMIT_EXCEEDED,
+	                               "agreement.max_records", -1, "",
+	                               "4 records exceed the limit of 3 records per message under "
+	                               "agreement 'police-nhs-safeguarding'"});
+	r.req.n_records = 0;
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){INVALID, ISG__ERROR_CODE__BAD_REQUEST, "request.records", -1,
+	                               "", "the request has no records"});
+
+	/* The first and last valid days are inside; the limit itself is allowed. */
+	r.req.n_records = 3;
+	struct policy_outcome out;
+	struct policy_refusal why;
+	assert_int_equal(
+	    policy_apply(set, "met-police", &r.req, day_ms("2025-01-01", 0), &out, &why), 0);
+	assert_int_equal(out.record_count, 3);
+	policy_outcome_release(&out);
+	assert_int_equal(
+	    policy_apply(set, "met-police", &r.req, day_ms("2027-12-31", 23), &out, &why), 0);
+	policy_outcome_release(&out);
+
+	/* The reply agreement allows reply_to, and has no end date. */
+	req_init(&r, "nhs-police-reply", "met-police", "answer");
+	size_t i = req_record(&r);
+	req_bool(&r, i, "known_to_services", true);
+	r.req.reply_to = 42;
+	assert_int_equal(
+	    policy_apply(set, "nhs-trust", &r.req, day_ms("2999-01-01", 0), &out, &why), 0);
+	assert_string_equal(out.agreement->id, "nhs-police-reply");
+	policy_outcome_release(&out);
+	policy_set_unref(set);
+}
+
+static void test_apply_record_rules(void **state)
+{
+	struct policy_set *set = load_valid();
+	const int INVALID = ISG_ERR_INVALID;
+	struct req r;
+
+	req_init(&r, "police-nhs-safeguarding", "nhs-trust", "safeguarding-concern");
+	req_concern(&r);
+	size_t i = req_concern(&r);
+	req_text(&r, i, "shoe_size", "SECRET-9");
+	apply_refused(
+	    set, "met-police", &r, now_ok(),
+	    &(struct expect){INVALID, ISG__ERROR_CODE__UNKNOWN_FIELD, "dataset.unknown_field", 1,
+	                     "shoe_size",
+	                     "record 1: field 'shoe_size' is not in dataset "
+	                     "'safeguarding-concern' of agreement 'police-nhs-safeguarding'"});
+
+	req_init(&r, "police-nhs-safeguarding", "nhs-trust", "safeguarding-concern");
+	i = req_concern(&r);
+	req_text(&r, i, "concern", "SECRET-again");
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){INVALID, ISG__ERROR_CODE__BAD_VALUE,
+	                               "dataset.duplicate_field", 0, "concern",
+	                               "record 0: field 'concern' appears more than once"});
+
+	req_init(&r, "police-nhs-safeguarding", "nhs-trust", "safeguarding-concern");
+	req_concern(&r);
+	req_concern(&r);
+	i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){INVALID, ISG__ERROR_CODE__MISSING_FIELD,
+	                               "dataset.required_field", 2, "concern",
+	                               "record 2: required field 'concern' is missing (dataset "
+	                               "'safeguarding-concern' of agreement "
+	                               "'police-nhs-safeguarding')"});
+	/* A value of no kind, or a field without a value, is absent. */
+	req_field(&r, i, "concern");
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){INVALID, ISG__ERROR_CODE__MISSING_FIELD,
+	                               "dataset.required_field", 2, "concern", "is missing"});
+	r.fields[i][1].value = NULL;
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){INVALID, ISG__ERROR_CODE__MISSING_FIELD,
+	                               "dataset.required_field", 2, "concern", "is missing"});
+
+	/* Values of the wrong kind, one per type rule. */
+	static const struct {
+		const char *field;
+		int kind; /* 0 text, 1 integer, 2 real, 3 boolean */
+		const char *text;
+		double num;
+		const char *expect;
+	} bad[] = {
+	    {"nhs_number", 1, NULL, 9434765919.0,
+	     "field 'nhs_number' (type nhs_number) must be text"},
+	    {"family_name", 3, NULL, 1, "(type name) must be text"},
+	    {"date_of_birth", 0, "SECRET-1970-02-30", 0, "must be a date as text YYYY-MM-DD"},
+	    {"date_of_birth", 0, "1970-02-30", 0, "must be a date"},
+	    {"date_of_birth", 1, NULL, 19700101, "must be a date"},
+	    {"age", 0, "42 years", 0, "(type integer) must be an integer (or its decimal text)"},
+	    {"age", 0, "+42", 0, "must be an integer"},
+	    {"age", 0, "99999999999999999999", 0, "must be an integer"},
+	    {"age", 2, NULL, 42.0, "must be an integer"},
+	    {"score", 0, "nan", 0, "must be a finite number"},
+	    {"score", 0, "0x10", 0, "must be a finite number"},
+	    {"score", 0, "1e999", 0, "must be a finite number"},
+	    {"score", 2, NULL, INFINITY, "must be a finite number"},
+	    {"score", 3, NULL, 1, "must be a finite number"},
+	    {"urgent", 0, "yes", 0, "must be a boolean (or the text true or false)"},
+	    {"urgent", 1, NULL, 1, "must be a boolean"},
+	    /* A dropped field is still checked against its type. */
+	    {"officer_notes", 1, NULL, 5, "field 'officer_notes' (type text) must be text"},
+	};
+	for (size_t b = 0; b < ARRAY_LEN(bad); b++) {
+		req_init(&r, "police-nhs-safeguarding", "nhs-trust", "safeguarding-concern");
+		req_concern(&r);
+		i = req_record(&r);
+		req_text(&r, i, "concern", "SECRET-CONCERN-TEXT");
+		if (strcmp(bad[b].field, "nhs_number") != 0)
+			req_text(&r, i, "nhs_number", "9434765919");
+		switch (bad[b].kind) {
+		case 0:
+			req_text(&r, i, bad[b].field, bad[b].text);
+			break;
+		case 1:
+			req_int(&r, i, bad[b].field, (int64_t)bad[b].num);
+			break;
+		case 2:
+			req_real(&r, i, bad[b].field, bad[b].num);
+			break;
+		default:
+			req_bool(&r, i, bad[b].field, bad[b].num != 0);
+			break;
+		}
+		apply_refused(set, "met-police", &r, now_ok(),
+		              &(struct expect){INVALID, ISG__ERROR_CODE__BAD_VALUE,
+		                               "dataset.field_type", 1, bad[b].field,
+		                               bad[b].expect});
+	}
+	policy_set_unref(set);
+}
+
+static const Isg__Field *find_out(const Isg__Record *rec, const char *name)
+{
+	for (size_t i = 0; i < rec->n_fields; i++)
+		if (strcmp(rec->fields[i]->name, name) == 0)
+			return rec->fields[i];
+	return NULL;
+}
+
+static void test_apply_transforms(void **state)
+{
+	struct policy_set *set = load_valid();
+	struct req r;
+	req_init(&r, "police-nhs-safeguarding", "nhs-trust", "safeguarding-concern");
+	size_t i = req_record(&r);
+	/* Out of declared order on purpose. */
+	req_text(&r, i, "urgent", "true");
+	req_text(&r, i, "score", "3.5");
+	req_text(&r, i, "officer_notes", "SECRET-NOTES");
+	req_text(&r, i, "age", "-42");
+	req_text(&r, i, "concern", "Neighbour reports neglect");
+	req_text(&r, i, "date_of_birth", "1970-01-31");
+	req_text(&r, i, "nhs_number", "9434765919");
+	i = req_concern(&r);
+	req_int(&r, i, "age", 7);
+	req_text(&r, i, "score", "12");
+	req_bool(&r, i, "urgent", false);
+	i = req_concern(&r);
+	req_real(&r, i, "score", 2.0);
+	req_field(&r, i, "family_name"); /* of no kind: absent, not output */
+
+	/* Through the wire and back, as the gateway receives it. */
+	size_t len = isg__send_request__get_packed_size(&r.req);
+	uint8_t *buf = malloc(len);
+	isg__send_request__pack(&r.req, buf);
+	Isg__SendRequest *req = isg__send_request__unpack(NULL, len, buf);
+	assert_non_null(req);
+	free(buf);
+
+	struct policy_outcome out;
+	struct policy_refusal why;
+	int err = policy_apply(set, "met-police", req, now_ok(), &out, &why);
+	if (err)
+		fprintf(stderr, "%s: %s\n", why.rule, why.message);
+	assert_int_equal(err, 0);
+	assert_string_equal(out.agreement->id, "police-nhs-safeguarding");
+	assert_string_equal(out.dataset->name, "safeguarding-concern");
+	assert_int_equal(out.record_count, 3);
+	isg__send_request__free_unpacked(req, NULL);
+
+	/* The payload is a Delivery holding only the records. */
+	Isg__Delivery *del = isg__delivery__unpack(NULL, out.payload_len, out.payload);
+	assert_non_null(del);
+	assert_int_equal(del->n_records, 3);
+	assert_int_equal(del->gateway_id, 0);
+	assert_string_equal(del->sender, "");
+	assert_string_equal(del->agreement_id, "");
+
+	const Isg__Record *r0 = del->records[0];
+	static const char *const order[] = {"nhs_number", "date_of_birth", "concern",
+	                                    "age",        "score",         "urgent"};
+	assert_int_equal(r0->n_fields, ARRAY_LEN(order));
+	for (size_t k = 0; k < ARRAY_LEN(order); k++)
+		assert_string_equal(r0->fields[k]->name, order[k]);
+	assert_null(find_out(r0, "officer_notes")); /* dropped */
+	assert_null(memmem(out.payload, out.payload_len, "SECRET-NOTES", 12));
+	assert_int_equal(find_out(r0, "nhs_number")->value->kind_case, ISG__VALUE__KIND_TEXT);
+	assert_string_equal(find_out(r0, "nhs_number")->value->text, "9434765919");
+	assert_string_equal(find_out(r0, "date_of_birth")->value->text, "1970-01-31");
+	const Isg__Value *age = find_out(r0, "age")->value;
+	assert_int_equal(age->kind_case, ISG__VALUE__KIND_INTEGER); /* text -> integer */
+	assert_int_equal(age->integer, -42);
+	const Isg__Value *score = find_out(r0, "score")->value;
+	assert_int_equal(score->kind_case, ISG__VALUE__KIND_REAL);
+	assert_true(score->real == 3.5);
+	const Isg__Value *urgent = find_out(r0, "urgent")->value;
+	assert_int_equal(urgent->kind_case, ISG__VALUE__KIND_BOOLEAN);
+	assert_true(urgent->boolean);
+
+	const Isg__Record *r1 = del->records[1];
+	assert_int_equal(find_out(r1, "age")->value->integer, 7);
+	assert_int_equal(find_out(r1, "score")->value->kind_case, ISG__VALUE__KIND_INTEGER);
+	assert_int_equal(find_out(r1, "score")->value->integer, 12);
+	assert_int_equal(find_out(r1, "urgent")->value->kind_case, ISG__VALUE__KIND_BOOLEAN);
+	assert_false(find_out(r1, "urgent")->value->boolean);
+
+	const Isg__Record *r2 = del->records[2];
+	assert_int_equal(r2->n_fields, 3);
+	assert_null(find_out(r2, "family_name"));
+	assert_int_equal(find_out(r2, "score")->value->kind_case, ISG__VALUE__KIND_REAL);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	assert_null(out.payload);
+
+	/* unknown_fields: drop: the unknown field goes, the record stays. */
+	req_init(&r, "police-nhs-safeguarding", "nhs-trust", "referral-outcome");
+	i = req_record(&r);
+	req_text(&r, i, "reference", "REF-1");
+	req_text(&r, i, "free_text", "SECRET-UNKNOWN");
+	req_text(&r, i, "free_text", "SECRET-UNKNOWN-2");
+	assert_int_equal(policy_apply(set, "met-police", &r.req, now_ok(), &out, &why), 0);
+	del = isg__delivery__unpack(NULL, out.payload_len, out.payload);
+	assert_int_equal(del->records[0]->n_fields, 1);
+	assert_string_equal(del->records[0]->fields[0]->name, "reference");
+	assert_null(memmem(out.payload, out.payload_len, "SECRET", 6));
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+
+	/* Text to integer in the council's counts. */
+	req_init(&r, "council-planning", "city-council", "counts");
+	i = req_record(&r);
+	req_text(&r, i, "ward", "Riverside");
+	req_text(&r, i, "count", "0012");
+	assert_int_equal(policy_apply(set, "nhs-trust", &r.req, now_ok(), &out, &why), 0);
+	del = isg__delivery__unpack(NULL, out.payload_len, out.payload);
+	assert_int_equal(del->records[0]->fields[1]->value->kind_case, ISG__VALUE__KIND_INTEGER);
+	assert_int_equal(del->records[0]->fields[1]->value->integer, 12);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	policy_set_unref(set);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_valid_set_loads),
+	    cmocka_unit_test(test_refcount),
+	    cmocka_unit_test(test_version_hash),
+	    cmocka_unit_test(test_broken_agreements),
+	    cmocka_unit_test(test_broken_partners),
+	    cmocka_unit_test(test_errors_collected_across_files),
+	    cmocka_unit_test(test_shipped_policies_load),
+	    cmocka_unit_test(test_partner_by_cert),
+	    cmocka_unit_test(test_apply_agreement_rules),
+	    cmocka_unit_test(test_apply_record_rules),
+	    cmocka_unit_test(test_apply_transforms),
+	};
+	return cmocka_run_group_tests(tests, setup, NULL);
+}
