@@ -1,0 +1,402 @@
+/*
+ * keys: key files on disk. One line per file,
+ *   isg-key-v1 <kind> <base64 of 32 bytes>\n
+ * (docs/keys.md). Key material never reaches an error message or a log.
+ */
+#include "keys/keys.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "util/util.h"
+
+#define KEYS_MAGIC "isg-key-v1"
+#define KEYS_KIND_STORAGE "storage"
+#define KEYS_KIND_AUDIT_SIGNING "audit-signing-ed25519"
+#define KEYS_RAW_LEN 32
+/* base64 (with padding) of 32 bytes */
+#define KEYS_B64_LEN 44
+/* Longest valid file: magic, longest kind, key, two spaces and a newline. */
+#define KEYS_LINE_MAX                                                                              \
+	(sizeof(KEYS_MAGIC) - 1 + sizeof(KEYS_KIND_AUDIT_SIGNING) - 1 + KEYS_B64_LEN + 3)
+
+_Static_assert(KEYS_STORAGE_LEN == KEYS_RAW_LEN, "storage key is one raw key");
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	if (!err || errlen == 0)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+static int keys_path(char *out, size_t size, const char *dir, const char *file, char *err,
+                     size_t errlen)
+{
+	int n = snprintf(out, size, "%s/%s", dir, file);
+	if (n < 0 || (size_t)n >= size) {
+		seterr(err, errlen, "key directory path '%s' is too long", dir);
+		return ISG_ERR_TOO_BIG;
+	}
+	return 0;
+}
+
+int keys_check_secrecy(int fd, const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
+		return ISG_ERR_IO;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		seterr(err, errlen, "key file '%s' is not a regular file", path);
+		return ISG_ERR_DENIED;
+	}
+	uid_t euid = geteuid();
+	if ((st.st_mode & 077) != 0 || st.st_uid != euid) {
+		seterr(err, errlen,
+		       "key file '%s' has mode %04o and owner uid %u; it must be 0600 and "
+		       "owned by uid %u",
+		       path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid, (unsigned)euid);
+		return ISG_ERR_DENIED;
+	}
+	return 0;
+}
+
+static int keys_open(const char *path, int *fd_out, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+	if (fd >= 0) {
+		*fd_out = fd;
+		return 0;
+	}
+	int e = errno;
+	if (e == ENOENT) {
+		seterr(err, errlen,
+		       "key file '%s' does not exist; create it with 'isgctl keys init'", path);
+		return ISG_ERR_NOT_FOUND;
+	}
+	if (e == ELOOP) {
+		seterr(err, errlen, "key file '%s' is a symbolic link; it must be a regular file",
+		       path);
+		return ISG_ERR_DENIED;
+	}
+	seterr(err, errlen, "key file '%s': cannot open: %s", path, strerror(e));
+	return e == EACCES || e == EPERM ? ISG_ERR_DENIED : ISG_ERR_IO;
+}
+
+/* Read the whole file into buf (at most size - 1 bytes), refusing longer files. */
+static int keys_read_all(int fd, const char *path, char *buf, size_t size, size_t *len, char *err,
+                         size_t errlen)
+{
+	size_t used = 0;
+	for (;;) {
+		ssize_t n = read(fd, buf + used, size - used);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			seterr(err, errlen, "key file '%s': cannot read: %s", path,
+			       strerror(errno));
+			return ISG_ERR_IO;
+		}
+		if (n == 0)
+			break;
+		used += (size_t)n;
+		if (used >= size - 1) {
+			seterr(err, errlen, "%s:1:1: file is longer than a key file can be", path);
+			return ISG_ERR_PARSE;
+		}
+	}
+	buf[used] = '\0';
+	*len = used;
+	return 0;
+}
+
+/*
+ * Parse "isg-key-v1 <kind> <base64>\n" into out (KEYS_RAW_LEN bytes).
+ * Errors give the column, never the bytes found there.
+ */
+static int keys_parse(const char *path, const char *buf, size_t len, const char *want_kind,
+                      uint8_t *out, char *err, size_t errlen)
+{
+	const size_t magic_len = sizeof(KEYS_MAGIC) - 1;
+	if (len < magic_len + 1 || memcmp(buf, KEYS_MAGIC " ", magic_len + 1) != 0) {
+		seterr(err, errlen, "%s:1:1: not an ISG key file; expected '" KEYS_MAGIC " '",
+		       path);
+		return ISG_ERR_PARSE;
+	}
+	size_t pos = magic_len + 1;
+	const char *kind = buf + pos;
+	const char *sp = memchr(kind, ' ', len - pos);
+	size_t kind_len = sp ? (size_t)(sp - kind) : 0;
+	if (!sp || kind_len != strlen(want_kind) || memcmp(kind, want_kind, kind_len) != 0) {
+		const char *known[] = {KEYS_KIND_STORAGE, KEYS_KIND_AUDIT_SIGNING};
+		for (size_t i = 0; sp && i < ARRAY_LEN(known); i++) {
+			if (kind_len == strlen(known[i]) && memcmp(kind, known[i], kind_len) == 0) {
+				seterr(err, errlen, "%s:1:%zu: holds a '%s' key; expected '%s'",
+				       path, pos + 1, known[i], want_kind);
+				return ISG_ERR_PARSE;
+			}
+		}
+		seterr(err, errlen, "%s:1:%zu: unknown key kind; expected '%s'", path, pos + 1,
+		       want_kind);
+		return ISG_ERR_PARSE;
+	}
+	pos += kind_len + 1;
+	const char *b64 = buf + pos;
+	if (len - pos != KEYS_B64_LEN + 1 || buf[len - 1] != '\n') {
+		seterr(err, errlen,
+		       "%s:1:%zu: expected %d base64 characters and a newline at the end of the "
+		       "line",
+		       path, pos + 1, KEYS_B64_LEN);
+		return ISG_ERR_PARSE;
+	}
+	size_t bin_len = 0;
+	const char *end = NULL;
+	if (sodium_base642bin(out, KEYS_RAW_LEN, b64, KEYS_B64_LEN, NULL, &bin_len, &end,
+	                      sodium_base64_VARIANT_ORIGINAL) != 0 ||
+	    bin_len != KEYS_RAW_LEN || end != b64 + KEYS_B64_LEN) {
+		sodium_memzero(out, KEYS_RAW_LEN);
+		seterr(err, errlen, "%s:1:%zu: key is not valid base64 of %d bytes", path, pos + 1,
+		       KEYS_RAW_LEN);
+		return ISG_ERR_PARSE;
+	}
+	return 0;
+}
+
+/* Load one key of the given kind from dir/file into guarded, read-only memory. */
+static int keys_load(const char *dir, const char *file, const char *kind, uint8_t **key, char *err,
+                     size_t errlen)
+{
+	char path[4096];
+	char buf[KEYS_LINE_MAX + 2];
+	uint8_t *k = NULL;
+	int fd = -1;
+	size_t len = 0;
+	int rc;
+
+	*key = NULL;
+	if (!dir) {
+		seterr(err, errlen, "no key directory given");
+		return ISG_ERR_INVALID;
+	}
+	if (sodium_init() < 0) {
+		seterr(err, errlen, "libsodium failed to initialise");
+		return ISG_ERR_CRYPTO;
+	}
+	rc = keys_path(path, sizeof(path), dir, file, err, errlen);
+	if (rc)
+		goto out;
+	rc = keys_open(path, &fd, err, errlen);
+	if (rc)
+		goto out;
+	rc = keys_check_secrecy(fd, path, err, errlen);
+	if (rc)
+		goto out;
+	rc = keys_read_all(fd, path, buf, sizeof(buf), &len, err, errlen);
+	if (rc)
+		goto out;
+	k = sodium_malloc(KEYS_RAW_LEN);
+	if (!k) {
+		seterr(err, errlen, "key file '%s': cannot allocate guarded memory", path);
+		rc = ISG_ERR_NOMEM;
+		goto out;
+	}
+	rc = keys_parse(path, buf, len, kind, k, err, errlen);
+	if (rc)
+		goto out;
+	if (sodium_mprotect_readonly(k) != 0) {
+		seterr(err, errlen, "key file '%s': cannot protect key memory", path);
+		rc = ISG_ERR_NOMEM;
+		goto out;
+	}
+	*key = k;
+	k = NULL;
+out:
+	sodium_memzero(buf, sizeof(buf));
+	if (k) {
+		sodium_memzero(k, KEYS_RAW_LEN);
+		sodium_free(k);
+	}
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+int keys_load_storage(const char *dir, uint8_t **key, char *err, size_t errlen)
+{
+	return keys_load(dir, KEYS_STORAGE_FILE, KEYS_KIND_STORAGE, key, err, errlen);
+}
+
+void keys_free(uint8_t *key)
+{
+	if (!key)
+		return;
+	sodium_mprotect_readwrite(key);
+	sodium_memzero(key, KEYS_RAW_LEN);
+	sodium_free(key);
+}
+
+/* --- init ----------------------------------------------------------------- */
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t n = write(fd, buf + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+static int fsync_dir(const char *dir, char *err, size_t errlen)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) != 0) {
+		int e = errno;
+		seterr(err, errlen, "key directory '%s': cannot sync: %s", dir, strerror(e));
+		if (fd >= 0)
+			close(fd);
+		return ISG_ERR_IO;
+	}
+	close(fd);
+	return 0;
+}
+
+static int keys_prepare_dir(const char *dir, char *err, size_t errlen)
+{
+	if (mkdir(dir, 0700) == 0)
+		return 0;
+	if (errno != EEXIST) {
+		seterr(err, errlen, "key directory '%s': cannot create: %s", dir, strerror(errno));
+		return ISG_ERR_IO;
+	}
+	struct stat st;
+	if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+		seterr(err, errlen, "key directory '%s' exists and is not a directory", dir);
+		return ISG_ERR_CONFLICT;
+	}
+	return 0;
+}
+
+static int keys_refuse_existing(const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	if (lstat(path, &st) == 0) {
+		seterr(err, errlen, "key file '%s' exists; refusing to overwrite it", path);
+		return ISG_ERR_CONFLICT;
+	}
+	if (errno != ENOENT) {
+		seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
+		return ISG_ERR_IO;
+	}
+	return 0;
+}
+
+/* Write a fresh random key of the given kind to path, mode 0600, never overwriting. */
+static int keys_write_new(const char *path, const char *kind, char *err, size_t errlen)
+{
+	uint8_t raw[KEYS_RAW_LEN];
+	char b64[KEYS_B64_LEN + 1];
+	char line[KEYS_LINE_MAX + 1];
+	int rc = 0;
+	int fd = -1;
+
+	randombytes_buf(raw, sizeof(raw));
+	sodium_bin2base64(b64, sizeof(b64), raw, sizeof(raw), sodium_base64_VARIANT_ORIGINAL);
+	int n = snprintf(line, sizeof(line), KEYS_MAGIC " %s %s\n", kind, b64);
+	if (n < 0 || (size_t)n >= sizeof(line))
+		fatal("key line does not fit");
+
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		if (errno == EEXIST) {
+			seterr(err, errlen, "key file '%s' exists; refusing to overwrite it", path);
+			rc = ISG_ERR_CONFLICT;
+		} else {
+			seterr(err, errlen, "key file '%s': cannot create: %s", path,
+			       strerror(errno));
+			rc = ISG_ERR_IO;
+		}
+		goto out;
+	}
+	/* The umask can only remove bits, but say exactly what we mean. */
+	if (fchmod(fd, 0600) != 0 || write_all(fd, line, (size_t)n) != 0 || fsync(fd) != 0) {
+		seterr(err, errlen, "key file '%s': cannot write: %s", path, strerror(errno));
+		rc = ISG_ERR_IO;
+		goto out;
+	}
+out:
+	if (fd >= 0 && close(fd) != 0 && rc == 0) {
+		seterr(err, errlen, "key file '%s': cannot close: %s", path, strerror(errno));
+		rc = ISG_ERR_IO;
+	}
+	if (rc && fd >= 0)
+		unlink(path);
+	sodium_memzero(raw, sizeof(raw));
+	sodium_memzero(b64, sizeof(b64));
+	sodium_memzero(line, sizeof(line));
+	return rc;
+}
+
+int keys_init(const char *dir, char *err, size_t errlen)
+{
+	char storage[4096], signing[4096];
+	int rc;
+
+	if (!dir) {
+		seterr(err, errlen, "no key directory given");
+		return ISG_ERR_INVALID;
+	}
+	if (sodium_init() < 0) {
+		seterr(err, errlen, "libsodium failed to initialise");
+		return ISG_ERR_CRYPTO;
+	}
+	rc = keys_path(storage, sizeof(storage), dir, KEYS_STORAGE_FILE, err, errlen);
+	if (rc)
+		return rc;
+	rc = keys_path(signing, sizeof(signing), dir, KEYS_AUDIT_SIGNING_FILE, err, errlen);
+	if (rc)
+		return rc;
+	rc = keys_prepare_dir(dir, err, errlen);
+	if (rc)
+		return rc;
+	/* Check both first so a refusal leaves the directory as it was. */
+	rc = keys_refuse_existing(storage, err, errlen);
+	if (rc)
+		return rc;
+	rc = keys_refuse_existing(signing, err, errlen);
+	if (rc)
+		return rc;
+	rc = keys_write_new(storage, KEYS_KIND_STORAGE, err, errlen);
+	if (rc)
+		return rc;
+	rc = keys_write_new(signing, KEYS_KIND_AUDIT_SIGNING, err, errlen);
+	if (rc) {
+		unlink(storage);
+		return rc;
+	}
+	rc = fsync_dir(dir, err, errlen);
+	if (rc) {
+		unlink(storage);
+		unlink(signing);
+	}
+	return rc;
+}

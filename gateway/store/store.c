@@ -1,0 +1,584 @@
+/*
+ * The store's public functions and its writer thread. Callers queue jobs;
+ * the writer takes up to max_batch of them, runs each in its own savepoint
+ * of one IMMEDIATE transaction, commits once, and only then calls back.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store/store_internal.h"
+#include "store/store_test.h"
+#include "util/util.h"
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	if (!err || errlen == 0)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* --- the queue -------------------------------------------------------------- */
+
+static int queue_push(struct store *s, struct store_job *j)
+{
+	int rc = 0;
+	pthread_mutex_lock(&s->mu);
+	if (s->closing) {
+		rc = ISG_ERR_CLOSED;
+	} else if (s->queued >= STORE_QUEUE_MAX) {
+		rc = ISG_ERR_AGAIN;
+	} else {
+		j->next = NULL;
+		if (s->tail)
+			s->tail->next = j;
+		else
+			s->head = j;
+		s->tail = j;
+		s->queued++;
+		pthread_cond_signal(&s->cv);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+/* Take up to max_batch jobs off the queue; mu held. */
+static struct store_job *queue_take(struct store *s)
+{
+	struct store_job *first = s->head, *last = NULL;
+	uint32_t n = 0;
+	for (struct store_job *j = s->head; j && n < s->max_batch; j = j->next, n++)
+		last = j;
+	if (!last)
+		return NULL;
+	s->head = last->next;
+	if (!s->head)
+		s->tail = NULL;
+	last->next = NULL;
+	s->queued -= n;
+	return first;
+}
+
+static void cond_wait_until(struct store *s, int64_t deadline_mono_ms)
+{
+	int64_t wait = deadline_mono_ms - time_mono_ms();
+	if (wait <= 0)
+		return;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	int64_t ns = (int64_t)ts.tv_nsec + (wait % 1000) * 1000000;
+	ts.tv_sec += (time_t)(wait / 1000 + ns / 1000000000);
+	ts.tv_nsec = (long)(ns % 1000000000);
+	pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+}
+
+/* --- one batch ---------------------------------------------------------------- */
+
+/*
+ * Run a job (or, with j NULL, the sweep) in a savepoint. Returns 0, or an error that sank the whole
+ * transaction (SQLite rolled it back, or the savepoint could not be undone).
+ * The job's own failure goes to *job_err and only its savepoint is undone.
+ */
+static int run_savepoint(struct store *s, struct store_job *j, int64_t now, bool *sweep_more,
+                         int *job_err)
+{
+	int rc = store_db_exec(s, "SAVEPOINT j", "savepoint");
+	if (rc)
+		return rc;
+	int err = j ? store_job_run(s, j, now) : store_sweep(s, now, sweep_more);
+	*job_err = err;
+	if (err == 0)
+		return store_db_exec(s, "RELEASE j", "release");
+	/* Some errors (disk full, I/O) make SQLite roll back the whole transaction. */
+	if (sqlite3_get_autocommit(s->db))
+		return err == ISG_ERR_FULL ? ISG_ERR_FULL : ISG_ERR_STORE;
+	rc = store_db_exec(s, "ROLLBACK TO j", "rollback_to");
+	if (rc == 0)
+		rc = store_db_exec(s, "RELEASE j", "release");
+	return rc;
+}
+
+static void batch_fail(struct store *s, struct store_job *batch, int err)
+{
+	if (!sqlite3_get_autocommit(s->db))
+		store_db_exec(s, "ROLLBACK", "rollback");
+	size_t n = 0;
+	for (struct store_job *j = batch; j; j = j->next, n++) {
+		if (j->err == 0)
+			j->err = err;
+		store_job_discard(j);
+	}
+	char q[64];
+	log_event(LOG_ERROR, "store.batch_failed", "jobs=%zu error=%s", n,
+	          log_quote(q, sizeof(q), isg_strerror(err)));
+}
+
+static void run_batch(struct store *s, struct store_job *batch, bool sweep, bool *sweep_more)
+{
+	int64_t now = time_now_ms();
+	int rc = store_db_exec(s, "BEGIN IMMEDIATE", "begin");
+	if (rc) {
+		batch_fail(s, batch, rc);
+		return;
+	}
+	for (struct store_job *j = batch; j; j = j->next) {
+		rc = run_savepoint(s, j, now, NULL, &j->err);
+		if (j->err)
+			store_job_discard(j);
+		if (rc) {
+			batch_fail(s, batch, rc);
+			return;
+		}
+	}
+	if (sweep) {
+		int sweep_err = 0;
+		rc = run_savepoint(s, NULL, now, sweep_more, &sweep_err);
+		if (rc) {
+			batch_fail(s, batch, rc);
+			return;
+		}
+	}
+	rc = store_db_exec(s, "COMMIT", "commit");
+	if (rc) {
+		batch_fail(s, batch, rc);
+		return;
+	}
+	atomic_fetch_add(&s->commits, 1);
+}
+
+/* Once per distinct recipient that got a new message in this batch. */
+static void batch_notify(struct store *s, struct store_job *batch)
+{
+	pthread_mutex_lock(&s->mu);
+	store_notify_fn fn = s->notify;
+	void *ctx = s->notify_ctx;
+	pthread_mutex_unlock(&s->mu);
+	if (!fn)
+		return;
+	for (struct store_job *j = batch; j; j = j->next) {
+		if (j->kind != JOB_SEND || j->err || !j->u.send.added)
+			continue;
+		bool seen = false;
+		for (struct store_job *k = batch; k != j && !seen; k = k->next)
+			seen = k->kind == JOB_SEND && !k->err && k->u.send.added &&
+			       strcmp(k->u.send.recipient, j->u.send.recipient) == 0;
+		if (!seen)
+			fn(ctx, j->u.send.recipient);
+	}
+}
+
+static void batch_finish(struct store *s, struct store_job *batch)
+{
+	for (struct store_job *j = batch; j; j = j->next)
+		store_job_finish(j);
+	batch_notify(s, batch);
+	while (batch) {
+		struct store_job *next = batch->next;
+		store_job_free(batch);
+		batch = next;
+	}
+}
+
+/* --- the writer thread ------------------------------------------------------------ */
+
+static int commit_hook(void *arg)
+{
+	struct store *s = arg;
+	return atomic_exchange(&s->fail_next_commit, false) ? 1 : 0;
+}
+
+static void *writer_main(void *arg)
+{
+	struct store *s = arg;
+	/* Sweep first: messages may have expired while isgd was down. */
+	int64_t next_sweep = time_mono_ms();
+	for (;;) {
+		bool sweep = false, sweep_more = false;
+		pthread_mutex_lock(&s->mu);
+		for (;;) {
+			if (s->paused && !s->closing) {
+				pthread_cond_wait(&s->cv, &s->mu);
+				continue;
+			}
+			sweep = time_mono_ms() >= next_sweep;
+			if (s->head || sweep || s->closing)
+				break;
+			cond_wait_until(s, next_sweep);
+		}
+		struct store_job *batch = queue_take(s);
+		bool stop = !batch && s->closing;
+		pthread_mutex_unlock(&s->mu);
+		if (stop)
+			break;
+		run_batch(s, batch, sweep, &sweep_more);
+		if (sweep)
+			next_sweep = time_mono_ms() + (sweep_more ? 0 : s->sweep_interval_ms);
+		batch_finish(s, batch);
+	}
+	return NULL;
+}
+
+/* --- open and close ------------------------------------------------------------------ */
+
+static void store_release(struct store *s)
+{
+	store_db_close(s);
+	if (s->key) {
+		sodium_mprotect_readwrite(s->key);
+		sodium_memzero(s->key, STORE_KEY_LEN);
+		sodium_free(s->key);
+	}
+	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->mu);
+	free(s->path);
+	free(s);
+}
+
+static int store_init_sync(struct store *s)
+{
+	pthread_condattr_t attr;
+	if (pthread_mutex_init(&s->mu, NULL) != 0)
+		return ISG_ERR_NOMEM;
+	if (pthread_condattr_init(&attr) != 0) {
+		pthread_mutex_destroy(&s->mu);
+		return ISG_ERR_NOMEM;
+	}
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	int rc = pthread_cond_init(&s->cv, &attr);
+	pthread_condattr_destroy(&attr);
+	if (rc != 0) {
+		pthread_mutex_destroy(&s->mu);
+		return ISG_ERR_NOMEM;
+	}
+	return 0;
+}
+
+int store_open(const struct store_options *opt, struct store **out, char *err, size_t errlen)
+{
+	struct store *s = NULL;
+	int rc;
+	*out = NULL;
+	if (!opt || !opt->path || !opt->storage_key) {
+		seterr(err, errlen, "store needs a path and a storage key");
+		return ISG_ERR_INVALID;
+	}
+	if (sodium_init() < 0) {
+		seterr(err, errlen, "libsodium failed to initialise");
+		return ISG_ERR_CRYPTO;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s || store_init_sync(s) != 0) {
+		free(s);
+		seterr(err, errlen, "store: out of memory");
+		return ISG_ERR_NOMEM;
+	}
+	s->sweep_interval_ms =
+	    opt->sweep_interval_ms > 0 ? opt->sweep_interval_ms : STORE_DEFAULT_SWEEP_MS;
+	s->max_batch = opt->max_batch > 0 ? opt->max_batch : STORE_DEFAULT_MAX_BATCH;
+	s->path = strdup(opt->path);
+	s->key = sodium_malloc(STORE_KEY_LEN);
+	if (!s->path || !s->key) {
+		seterr(err, errlen, "store: out of memory");
+		rc = ISG_ERR_NOMEM;
+		goto out;
+	}
+	memcpy(s->key, opt->storage_key, STORE_KEY_LEN);
+	sodium_mprotect_readonly(s->key);
+	rc = store_db_open(s, s->path, err, errlen);
+	if (rc)
+		goto out;
+	sqlite3_commit_hook(s->db, commit_hook, s);
+	if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+		seterr(err, errlen, "store: cannot start the writer thread");
+		rc = ISG_ERR_NOMEM;
+		goto out;
+	}
+	s->writer_started = true;
+	log_event(LOG_INFO, "store.opened", "max_batch=%" PRIu32 " sweep_interval_ms=%" PRId64,
+	          s->max_batch, s->sweep_interval_ms);
+out:
+	if (rc) {
+		store_release(s);
+		return rc;
+	}
+	*out = s;
+	return 0;
+}
+
+void store_close(struct store *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->mu);
+	s->closing = true;
+	s->paused = false;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	if (s->writer_started)
+		pthread_join(s->writer, NULL);
+	store_release(s);
+}
+
+void store_set_notify(struct store *s, store_notify_fn fn, void *ctx)
+{
+	pthread_mutex_lock(&s->mu);
+	s->notify = fn;
+	s->notify_ctx = ctx;
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* --- submitting jobs --------------------------------------------------------------------- */
+
+static bool string_ok(const char *str, bool required)
+{
+	if (!str)
+		return !required;
+	size_t len = strnlen(str, STORE_MAX_STRING + 1);
+	return len <= STORE_MAX_STRING && (len > 0 || !required);
+}
+
+static struct store_job *job_new(enum store_job_kind kind)
+{
+	struct store_job *j = calloc(1, sizeof(*j));
+	if (j)
+		j->kind = kind;
+	return j;
+}
+
+static int submit(struct store *s, struct store_job *j)
+{
+	int rc = queue_push(s, j);
+	if (rc)
+		store_job_free(j);
+	return rc;
+}
+
+static int send_validate(const struct store_message *m)
+{
+	if (!string_ok(m->sender, true) || !string_ok(m->message_id, true) ||
+	    !string_ok(m->recipient, true) || !string_ok(m->agreement_id, false) ||
+	    !string_ok(m->purpose, false) || !string_ok(m->dataset, false))
+		return ISG_ERR_INVALID;
+	if (m->payload_len > STORE_MAX_PAYLOAD || m->audit_len > STORE_MAX_AUDIT_ENTRY)
+		return ISG_ERR_TOO_BIG;
+	if ((m->payload_len && !m->payload) || !m->audit_entry)
+		return ISG_ERR_INVALID;
+	if (m->ttl_ms <= 0 || m->ttl_ms > STORE_MAX_TTL_MS)
+		return ISG_ERR_INVALID;
+	return 0;
+}
+
+/* Copy the six strings into one allocation. */
+static int send_copy_strings(struct job_send *js, const struct store_message *m)
+{
+	const char *src[6] = {m->sender,       m->message_id, m->recipient,
+	                      m->agreement_id, m->purpose,    m->dataset};
+	const char **dst[6] = {&js->sender,       &js->message_id, &js->recipient,
+	                       &js->agreement_id, &js->purpose,    &js->dataset};
+	size_t total = 0;
+	for (size_t i = 0; i < 6; i++)
+		total += (src[i] ? strlen(src[i]) : 0) + 1;
+	js->strings = malloc(total);
+	if (!js->strings)
+		return ISG_ERR_NOMEM;
+	char *p = js->strings;
+	for (size_t i = 0; i < 6; i++) {
+		size_t len = src[i] ? strlen(src[i]) : 0;
+		memcpy(p, src[i] ? src[i] : "", len);
+		p[len] = '\0';
+		*dst[i] = p;
+		p += len + 1;
+	}
+	return 0;
+}
+
+int store_send(struct store *s, const struct store_message *m, store_send_cb cb, void *ctx)
+{
+	if (!s || !m || !cb)
+		return ISG_ERR_INVALID;
+	int rc = send_validate(m);
+	if (rc)
+		return rc;
+	struct store_job *j = job_new(JOB_SEND);
+	if (!j)
+		return ISG_ERR_NOMEM;
+	struct job_send *js = &j->u.send;
+	js->cb = cb;
+	js->ctx = ctx;
+	js->agreement_version = m->agreement_version;
+	js->reply_to = m->reply_to;
+	memcpy(js->request_hash, m->request_hash, sizeof(js->request_hash));
+	js->record_count = m->record_count;
+	js->ttl_ms = m->ttl_ms;
+	rc = send_copy_strings(js, m);
+	if (rc)
+		goto fail;
+	js->audit_entry = malloc(m->audit_len + 1);
+	if (!js->audit_entry) {
+		rc = ISG_ERR_NOMEM;
+		goto fail;
+	}
+	memcpy(js->audit_entry, m->audit_entry, m->audit_len);
+	js->audit_entry[m->audit_len] = '\0';
+	js->audit_len = m->audit_len;
+	rc = store_seal(s->key, js->sender, js->message_id, js->recipient, m->payload,
+	                m->payload_len, js->nonce, &js->sealed, &js->sealed_len);
+	if (rc)
+		goto fail;
+	return submit(s, j);
+fail:
+	store_job_free(j);
+	return rc;
+}
+
+int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
+                store_fetch_cb cb, void *ctx)
+{
+	if (!s || !cb || !string_ok(recipient, true) || max == 0)
+		return ISG_ERR_INVALID;
+	if (max > STORE_MAX_FETCH)
+		max = STORE_MAX_FETCH;
+	struct store_job *j = job_new(JOB_FETCH);
+	if (!j)
+		return ISG_ERR_NOMEM;
+	struct job_fetch *jf = &j->u.fetch;
+	jf->cb = cb;
+	jf->ctx = ctx;
+	jf->after_id = after_id;
+	jf->max = max;
+	jf->recipient = strdup(recipient);
+	jf->res = calloc(1, sizeof(*jf->res)); /* items grow in the writer */
+	if (!jf->recipient || !jf->res) {
+		store_job_free(j);
+		return ISG_ERR_NOMEM;
+	}
+	return submit(s, j);
+}
+
+int store_ack(struct store *s, const char *recipient, const uint64_t *ids, size_t n,
+              store_ack_cb cb, void *ctx)
+{
+	if (!s || !cb || !string_ok(recipient, true) || (n && !ids))
+		return ISG_ERR_INVALID;
+	if (n > STORE_MAX_ACK)
+		return ISG_ERR_LIMIT;
+	struct store_job *j = job_new(JOB_ACK);
+	if (!j)
+		return ISG_ERR_NOMEM;
+	struct job_ack *ja = &j->u.ack;
+	ja->cb = cb;
+	ja->ctx = ctx;
+	ja->n = n;
+	ja->recipient = strdup(recipient);
+	/* +1: never a zero-sized allocation */
+	ja->ids = malloc((n + 1) * sizeof(*ids));
+	ja->unknown = malloc((n + 1) * sizeof(*ids));
+	if (!ja->recipient || !ja->ids || !ja->unknown) {
+		store_job_free(j);
+		return ISG_ERR_NOMEM;
+	}
+	if (n)
+		memcpy(ja->ids, ids, n * sizeof(*ids));
+	return submit(s, j);
+}
+
+int store_audit(struct store *s, const char *kind, const char *entry, size_t len, store_audit_cb cb,
+                void *ctx)
+{
+	if (!s || !kind || !*kind || (len && !entry))
+		return ISG_ERR_INVALID;
+	if (strnlen(kind, STORE_MAX_KIND + 1) > STORE_MAX_KIND || len > STORE_MAX_AUDIT_ENTRY)
+		return ISG_ERR_TOO_BIG;
+	struct store_job *j = job_new(JOB_AUDIT);
+	if (!j)
+		return ISG_ERR_NOMEM;
+	struct job_audit *ja = &j->u.audit;
+	ja->cb = cb;
+	ja->ctx = ctx;
+	ja->len = len;
+	ja->kind = strdup(kind);
+	ja->entry = malloc(len + 1);
+	if (!ja->kind || !ja->entry) {
+		store_job_free(j);
+		return ISG_ERR_NOMEM;
+	}
+	if (len)
+		memcpy(ja->entry, entry, len);
+	ja->entry[len] = '\0';
+	return submit(s, j);
+}
+
+/* --- test hooks (store_test.h) --------------------------------------------------------------- */
+
+uint64_t store_test_commits(struct store *s)
+{
+	return atomic_load(&s->commits);
+}
+
+void store_test_pause(struct store *s, bool paused)
+{
+	pthread_mutex_lock(&s->mu);
+	s->paused = paused;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
+void store_test_fail_next_commit(struct store *s)
+{
+	atomic_store(&s->fail_next_commit, true);
+}
+
+struct exec_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool done;
+	int err;
+};
+
+static void exec_done(void *ctx, int err)
+{
+	struct exec_wait *w = ctx;
+	pthread_mutex_lock(&w->mu);
+	w->err = err;
+	w->done = true;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+int store_test_exec(struct store *s, const char *sql)
+{
+	struct exec_wait w = {.done = false};
+	struct store_job *j = job_new(JOB_EXEC);
+	if (!j)
+		return ISG_ERR_NOMEM;
+	j->u.exec.sql = strdup(sql);
+	j->u.exec.cb = exec_done;
+	j->u.exec.ctx = &w;
+	if (!j->u.exec.sql) {
+		store_job_free(j);
+		return ISG_ERR_NOMEM;
+	}
+	pthread_mutex_init(&w.mu, NULL);
+	pthread_cond_init(&w.cv, NULL);
+	int rc = submit(s, j);
+	if (rc == 0) {
+		pthread_mutex_lock(&w.mu);
+		while (!w.done)
+			pthread_cond_wait(&w.cv, &w.mu);
+		rc = w.err;
+		pthread_mutex_unlock(&w.mu);
+	}
+	pthread_cond_destroy(&w.cv);
+	pthread_mutex_destroy(&w.mu);
+	return rc;
+}

@@ -1,0 +1,465 @@
+/*
+ * The store's SQLite file: recognising an existing store without touching it,
+ * creating a new one atomically, pragmas, and the cached statements.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store/store_internal.h"
+#include "util/util.h"
+
+static const char *const schema_sql =
+    "CREATE TABLE meta("
+    " key TEXT PRIMARY KEY NOT NULL,"
+    " value NOT NULL);"
+    "CREATE TABLE audit("
+    " seq INTEGER PRIMARY KEY,"
+    " at INTEGER NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " entry BLOB NOT NULL);"
+    "CREATE TABLE messages("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " sender TEXT NOT NULL,"
+    " message_id TEXT NOT NULL,"
+    " recipient TEXT NOT NULL,"
+    " agreement_id TEXT NOT NULL,"
+    " agreement_version INTEGER NOT NULL,"
+    " purpose TEXT NOT NULL,"
+    " dataset TEXT NOT NULL,"
+    " reply_to INTEGER NOT NULL DEFAULT 0,"
+    " request_hash BLOB NOT NULL CHECK (length(request_hash) = 32),"
+    " record_count INTEGER NOT NULL,"
+    " accepted_at INTEGER NOT NULL,"
+    " expires_at INTEGER NOT NULL,"
+    " audit_index INTEGER NOT NULL,"
+    " state INTEGER NOT NULL CHECK (state BETWEEN 0 AND 3),"
+    " nonce BLOB,"
+    " payload BLOB,"
+    " UNIQUE (sender, message_id));"
+    "CREATE INDEX messages_pending ON messages(recipient, id) WHERE state IN (0, 1);"
+    "CREATE INDEX messages_expiry ON messages(expires_at) WHERE state IN (0, 1);";
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_MSG_BY_SENDER_ID] = "SELECT id, request_hash, audit_index, accepted_at, record_count"
+                            " FROM messages WHERE sender = ?1 AND message_id = ?2",
+    [ST_REPLY_CHECK] = "SELECT 1 FROM messages WHERE id = ?1 AND sender = ?2 AND recipient = ?3",
+    [ST_AUDIT_INSERT] = "INSERT INTO audit(at, kind, entry) VALUES (?1, ?2, ?3)",
+    [ST_MSG_INSERT] = "INSERT INTO messages(sender, message_id, recipient, agreement_id,"
+                      " agreement_version, purpose, dataset, reply_to, request_hash,"
+                      " record_count, accepted_at, expires_at, audit_index, state, nonce,"
+                      " payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
+                      " ?13, 0, ?14, ?15)",
+    [ST_FETCH] = "SELECT id, sender, message_id, agreement_id, agreement_version, purpose,"
+                 " dataset, reply_to, accepted_at, audit_index, state, nonce, payload"
+                 " FROM messages WHERE recipient = ?1 AND id > ?2 AND state IN (0, 1)"
+                 " AND expires_at > ?3 ORDER BY id LIMIT ?4",
+    [ST_MARK_DELIVERED] = "UPDATE messages SET state = 1 WHERE id = ?1 AND state = 0",
+    [ST_ACK_SELECT] = "SELECT sender, message_id, agreement_id, agreement_version,"
+                      " audit_index, state FROM messages WHERE id = ?1 AND recipient = ?2",
+    [ST_SET_FINAL_STATE] = "UPDATE messages SET state = ?2, payload = NULL, nonce = NULL"
+                           " WHERE id = ?1",
+    [ST_EXPIRED_SELECT] = "SELECT id, sender, recipient, message_id, agreement_id,"
+                          " agreement_version, audit_index FROM messages"
+                          " WHERE state IN (0, 1) AND expires_at <= ?1"
+                          " ORDER BY expires_at LIMIT ?2",
+};
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	if (!err || errlen == 0)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+static int map_rc(int rc)
+{
+	return (rc & 0xff) == SQLITE_FULL ? ISG_ERR_FULL : ISG_ERR_STORE;
+}
+
+static void log_sqlite(sqlite3 *db, int rc, const char *op)
+{
+	char q[512];
+	log_event(LOG_ERROR, "store.sqlite_error", "op=%s code=%d error=%s", op, rc,
+	          log_quote(q, sizeof(q), db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
+}
+
+int store_db_fail(struct store *s, int rc, const char *op)
+{
+	log_sqlite(s->db, rc, op);
+	return map_rc(rc);
+}
+
+int store_db_exec(struct store *s, const char *sql, const char *op)
+{
+	int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+	return rc == SQLITE_OK ? 0 : store_db_fail(s, rc, op);
+}
+
+int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op)
+{
+	int rc = sqlite3_step(st);
+	int ret = rc == SQLITE_DONE ? 0 : store_db_fail(s, rc, op);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return ret;
+}
+
+/* --- recognising an existing file ------------------------------------------ */
+
+/* Read the first 16 bytes ourselves: SQLite is never given a file that is not one of its own. */
+static int check_header(const char *path, char *err, size_t errlen)
+{
+	static const char magic[16] = "SQLite format 3";
+	char hdr[16];
+	struct stat st;
+	int rc = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		int e = errno;
+		seterr(err, errlen, "store '%s': cannot open: %s", path, strerror(e));
+		return e == EACCES ? ISG_ERR_DENIED : ISG_ERR_IO;
+	}
+	if (fstat(fd, &st) != 0) {
+		seterr(err, errlen, "store '%s': cannot stat: %s", path, strerror(errno));
+		rc = ISG_ERR_IO;
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		seterr(err, errlen, "store '%s' is not a regular file", path);
+		rc = ISG_ERR_CORRUPT;
+		goto out;
+	}
+	ssize_t n;
+	do
+		n = pread(fd, hdr, sizeof(hdr), 0);
+	while (n < 0 && errno == EINTR);
+	if (n < 0) {
+		seterr(err, errlen, "store '%s': cannot read: %s", path, strerror(errno));
+		rc = ISG_ERR_IO;
+		goto out;
+	}
+	if ((size_t)n < sizeof(hdr) || memcmp(hdr, magic, sizeof(magic)) != 0) {
+		seterr(err, errlen, "store '%s' is not an SQLite database; refusing to use it",
+		       path);
+		rc = ISG_ERR_CORRUPT;
+		goto out;
+	}
+out:
+	close(fd);
+	return rc;
+}
+
+/* Run a query returning one integer; *found is false when it returns no row. */
+static int query_int(sqlite3 *db, const char *sql, int64_t *v, bool *found)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = sqlite3_step(st);
+	*found = rc == SQLITE_ROW;
+	if (rc == SQLITE_ROW) {
+		*v = sqlite3_column_int64(st, 0);
+		rc = SQLITE_OK;
+	} else if (rc == SQLITE_DONE) {
+		rc = SQLITE_OK;
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static int check_meta(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc =
+	    sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'format'", -1, &st, NULL);
+	if (rc != SQLITE_OK) {
+		seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
+		return ISG_ERR_CORRUPT;
+	}
+	rc = sqlite3_step(st);
+	const unsigned char *format = rc == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
+	bool ours = format && strcmp((const char *)format, STORE_FORMAT) == 0;
+	sqlite3_finalize(st);
+	if (!ours) {
+		seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
+		return ISG_ERR_CORRUPT;
+	}
+	int64_t version = 0;
+	bool found = false;
+	rc = query_int(db, "SELECT value FROM meta WHERE key = 'schema_version'", &version, &found);
+	if (rc != SQLITE_OK || !found || version < 1) {
+		seterr(err, errlen, "store '%s' has no valid schema version", path);
+		return ISG_ERR_CORRUPT;
+	}
+	if (version > STORE_SCHEMA_VERSION) {
+		seterr(err, errlen,
+		       "store '%s' has schema version %lld; this isgd understands up to %d", path,
+		       (long long)version, STORE_SCHEMA_VERSION);
+		return ISG_ERR_CORRUPT;
+	}
+	return 0;
+}
+
+static int check_integrity(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	const unsigned char *res = rc == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
+	bool ok = res && strcmp((const char *)res, "ok") == 0;
+	sqlite3_finalize(st);
+	if (!ok) {
+		seterr(err, errlen, "store '%s' fails SQLite's integrity check", path);
+		return ISG_ERR_CORRUPT;
+	}
+	return 0;
+}
+
+/* Look at an existing file read-only; nothing is written to it. */
+static int check_existing(const char *path, char *err, size_t errlen)
+{
+	sqlite3 *db = NULL;
+	int64_t app_id = 0;
+	bool found = false;
+	int rc = check_header(path, err, errlen);
+	if (rc)
+		return rc;
+	int src = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+	if (src != SQLITE_OK) {
+		seterr(err, errlen, "store '%s': cannot open read-only: %s", path,
+		       db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
+		rc = ISG_ERR_STORE;
+		goto out;
+	}
+	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+	src = query_int(db, "PRAGMA application_id", &app_id, &found);
+	if (src != SQLITE_OK) {
+		int code = src & 0xff;
+		seterr(err, errlen, "store '%s': cannot read: %s", path, sqlite3_errmsg(db));
+		rc = code == SQLITE_NOTADB || code == SQLITE_CORRUPT ? ISG_ERR_CORRUPT
+		                                                     : ISG_ERR_STORE;
+		goto out;
+	}
+	if (!found || app_id != STORE_APPLICATION_ID) {
+		seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
+		rc = ISG_ERR_CORRUPT;
+		goto out;
+	}
+	rc = check_meta(db, path, err, errlen);
+	if (rc)
+		goto out;
+	rc = check_integrity(db, path, err, errlen);
+out:
+	sqlite3_close(db);
+	return rc;
+}
+
+/* --- creating a new file --------------------------------------------------- */
+
+static int fsync_parent(const char *path)
+{
+	char dir[4096];
+	const char *slash = strrchr(path, '/');
+	if (!slash)
+		str_copy(dir, ".", sizeof(dir));
+	else if (slash == path)
+		str_copy(dir, "/", sizeof(dir));
+	else if ((size_t)(slash - path) < sizeof(dir))
+		str_copy(dir, path, (size_t)(slash - path) + 1);
+	else
+		return -1;
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int rc = fsync(fd);
+	close(fd);
+	return rc;
+}
+
+static int init_schema(sqlite3 *db)
+{
+	char sql[512];
+	int rc = sqlite3_exec(db, "PRAGMA application_id = 1230194481", NULL, NULL, NULL);
+	_Static_assert(STORE_APPLICATION_ID == 1230194481, "application_id literal");
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(db, schema_sql, NULL, NULL, NULL);
+	if (rc == SQLITE_OK) {
+		snprintf(sql, sizeof(sql),
+		         "INSERT INTO meta(key, value) VALUES ('format', '%s'),"
+		         " ('schema_version', %d), ('created_at', %lld)",
+		         STORE_FORMAT, STORE_SCHEMA_VERSION, (long long)time_now_ms());
+		rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+	}
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+	/* Persistent: every later open of the file is in WAL mode. */
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL);
+	return rc;
+}
+
+/*
+ * Build the new store under a temporary name and link it into place, so a
+ * crash never leaves a half-made file at path that the next start refuses.
+ */
+static int create_new(const char *path, char *err, size_t errlen)
+{
+	char tmp[4096];
+	sqlite3 *db = NULL;
+	int rc = 0;
+	int n = snprintf(tmp, sizeof(tmp), "%s.new-XXXXXX", path);
+	if (n < 0 || (size_t)n >= sizeof(tmp)) {
+		seterr(err, errlen, "store path '%s' is too long", path);
+		return ISG_ERR_TOO_BIG;
+	}
+	int fd = mkstemp(tmp); /* mode 0600 */
+	if (fd < 0) {
+		seterr(err, errlen, "store '%s': cannot create: %s", path, strerror(errno));
+		return ISG_ERR_IO;
+	}
+	int src = sqlite3_open_v2(tmp, &db, SQLITE_OPEN_READWRITE, NULL);
+	if (src == SQLITE_OK)
+		src = init_schema(db);
+	if (src != SQLITE_OK) {
+		seterr(err, errlen, "store '%s': cannot create: %s", path,
+		       db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
+		rc = map_rc(src);
+		goto out;
+	}
+	/* Closing the only connection checkpoints the WAL into the file. */
+	src = sqlite3_close(db);
+	db = NULL;
+	if (src != SQLITE_OK || fsync(fd) != 0) {
+		seterr(err, errlen, "store '%s': cannot write: %s", path,
+		       src != SQLITE_OK ? sqlite3_errstr(src) : strerror(errno));
+		rc = ISG_ERR_IO;
+		goto out;
+	}
+	/* link() never replaces: if another process made the store meanwhile, use theirs. */
+	if (link(tmp, path) != 0 && errno != EEXIST) {
+		seterr(err, errlen, "store '%s': cannot create: %s", path, strerror(errno));
+		rc = ISG_ERR_IO;
+		goto out;
+	}
+	if (fsync_parent(path) != 0) {
+		seterr(err, errlen, "store '%s': cannot sync its directory: %s", path,
+		       strerror(errno));
+		rc = ISG_ERR_IO;
+	}
+out:
+	sqlite3_close(db);
+	close(fd);
+	unlink(tmp);
+	return rc;
+}
+
+/* --- opening for the writer ------------------------------------------------- */
+
+static int configure(struct store *s, char *err, size_t errlen)
+{
+	static const char *const pragmas[] = {
+	    "PRAGMA journal_mode = WAL",
+	    "PRAGMA synchronous = FULL",
+	    /* Freed pages (acknowledged payloads) are zeroed, not left behind. */
+	    "PRAGMA secure_delete = ON",
+	    "PRAGMA journal_size_limit = 67108864",
+	    "PRAGMA trusted_schema = OFF",
+	};
+	sqlite3_extended_result_codes(s->db, 1);
+	sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+	sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+	for (size_t i = 0; i < ARRAY_LEN(pragmas); i++) {
+		int rc = sqlite3_exec(s->db, pragmas[i], NULL, NULL, NULL);
+		if (rc != SQLITE_OK) {
+			seterr(err, errlen, "store '%s': '%s' failed: %s", s->path, pragmas[i],
+			       sqlite3_errmsg(s->db));
+			return store_db_fail(s, rc, "configure");
+		}
+	}
+	/* journal_mode answers with the mode in force; anything but wal is refused. */
+	sqlite3_stmt *st = NULL;
+	bool wal = false;
+	if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW) {
+		const unsigned char *mode = sqlite3_column_text(st, 0);
+		wal = mode && strcmp((const char *)mode, "wal") == 0;
+	}
+	sqlite3_finalize(st);
+	if (!wal) {
+		seterr(err, errlen, "store '%s': cannot switch to WAL mode", s->path);
+		return ISG_ERR_STORE;
+	}
+	return 0;
+}
+
+static int prepare_all(struct store *s, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < ST_COUNT; i++) {
+		int rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+		                            &s->stmt[i], NULL);
+		if (rc != SQLITE_OK) {
+			seterr(err, errlen, "store '%s': cannot prepare statement %zu: %s", s->path,
+			       i, sqlite3_errmsg(s->db));
+			return store_db_fail(s, rc, "prepare");
+		}
+	}
+	return 0;
+}
+
+int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	int rc;
+	if (stat(path, &st) != 0) {
+		if (errno != ENOENT) {
+			seterr(err, errlen, "store '%s': cannot stat: %s", path, strerror(errno));
+			return ISG_ERR_IO;
+		}
+		rc = create_new(path, err, errlen);
+		if (rc)
+			return rc;
+	}
+	rc = check_existing(path, err, errlen);
+	if (rc)
+		return rc;
+	int src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL);
+	if (src != SQLITE_OK) {
+		seterr(err, errlen, "store '%s': cannot open: %s", path,
+		       s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
+		return map_rc(src);
+	}
+	rc = configure(s, err, errlen);
+	if (rc)
+		return rc;
+	return prepare_all(s, err, errlen);
+}
+
+void store_db_close(struct store *s)
+{
+	for (size_t i = 0; i < ST_COUNT; i++) {
+		sqlite3_finalize(s->stmt[i]);
+		s->stmt[i] = NULL;
+	}
+	if (s->db) {
+		int rc = sqlite3_close(s->db);
+		if (rc != SQLITE_OK)
+			log_sqlite(s->db, rc, "close");
+		s->db = NULL;
+	}
+}

@@ -1,0 +1,179 @@
+/*
+ * store internals shared by the files of gateway/store/. Not an interface:
+ * other modules include only store/store.h.
+ */
+#ifndef ISG_STORE_INTERNAL_H
+#define ISG_STORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sodium.h>
+#include <sqlite3.h>
+
+#include "store/store.h"
+
+/* "ISG1": PRAGMA application_id of every ISG store. */
+#define STORE_APPLICATION_ID 0x49534731
+#define STORE_FORMAT "isg-store"
+#define STORE_SCHEMA_VERSION 1
+
+#define STORE_KEY_LEN crypto_aead_xchacha20poly1305_ietf_KEYBYTES
+#define STORE_NONCE_LEN crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define STORE_TAG_LEN crypto_aead_xchacha20poly1305_ietf_ABYTES
+#define STORE_SEAL_CONTEXT "isg-msg-v1"
+
+/* Bounds on what callers may submit; see docs/store.md. */
+#define STORE_MAX_STRING 1024                 /* ids, names, purposes */
+#define STORE_MAX_PAYLOAD (64u * 1024 * 1024) /* plaintext bytes of one message */
+#define STORE_MAX_AUDIT_ENTRY (1024u * 1024)  /* bytes of one audit entry */
+#define STORE_MAX_KIND 128                    /* bytes of an audit kind */
+#define STORE_MAX_ACK 10000                   /* ids in one ack */
+#define STORE_MAX_FETCH 10000                 /* messages in one fetch */
+#define STORE_FETCH_BYTES (64u * 1024 * 1024) /* payload bytes a fetch stops adding at */
+#define STORE_MAX_TTL_MS (100LL * 365 * 86400 * 1000)
+#define STORE_QUEUE_MAX 65536  /* queued jobs before ISG_ERR_AGAIN */
+#define STORE_SWEEP_LIMIT 1000 /* messages expired per sweep */
+#define STORE_DEFAULT_SWEEP_MS 60000
+#define STORE_DEFAULT_MAX_BATCH 512
+#define STORE_BUSY_TIMEOUT_MS 5000
+
+enum store_stmt {
+	ST_MSG_BY_SENDER_ID,
+	ST_REPLY_CHECK,
+	ST_AUDIT_INSERT,
+	ST_MSG_INSERT,
+	ST_FETCH,
+	ST_MARK_DELIVERED,
+	ST_ACK_SELECT,
+	ST_SET_FINAL_STATE,
+	ST_EXPIRED_SELECT,
+	ST_COUNT
+};
+
+enum store_job_kind { JOB_SEND, JOB_FETCH, JOB_ACK, JOB_AUDIT, JOB_EXEC };
+
+struct job_send {
+	char *strings; /* one allocation holding the six strings below */
+	const char *sender, *message_id, *recipient, *agreement_id, *purpose, *dataset;
+	uint32_t agreement_version;
+	uint64_t reply_to;
+	uint8_t request_hash[32];
+	uint32_t record_count;
+	int64_t ttl_ms;
+	uint8_t nonce[STORE_NONCE_LEN];
+	uint8_t *sealed;
+	size_t sealed_len;
+	char *audit_entry;
+	size_t audit_len;
+	store_send_cb cb;
+	void *ctx;
+	/* result */
+	struct store_receipt receipt;
+	bool added; /* a new message row, not a duplicate */
+};
+
+struct job_fetch {
+	char *recipient;
+	uint64_t after_id;
+	uint32_t max;
+	store_fetch_cb cb;
+	void *ctx;
+	struct store_fetch_result *res; /* always allocated; handed to cb */
+};
+
+struct job_ack {
+	char *recipient;
+	uint64_t *ids;
+	size_t n;
+	store_ack_cb cb;
+	void *ctx;
+	/* result */
+	uint32_t acknowledged;
+	uint64_t *unknown; /* room for n */
+	size_t n_unknown;
+};
+
+struct job_audit {
+	char *kind;
+	char *entry;
+	size_t len;
+	store_audit_cb cb;
+	void *ctx;
+	uint64_t seq;
+};
+
+struct job_exec {
+	char *sql;
+	void (*cb)(void *ctx, int err);
+	void *ctx;
+};
+
+struct store_job {
+	struct store_job *next;
+	enum store_job_kind kind;
+	int err;
+	union {
+		struct job_send send;
+		struct job_fetch fetch;
+		struct job_ack ack;
+		struct job_audit audit;
+		struct job_exec exec;
+	} u;
+};
+
+struct store {
+	char *path;
+	sqlite3 *db;
+	sqlite3_stmt *stmt[ST_COUNT];
+	uint8_t *key; /* sodium_malloc'd, read-only */
+	int64_t sweep_interval_ms;
+	uint32_t max_batch;
+
+	pthread_t writer;
+	bool writer_started;
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* CLOCK_MONOTONIC */
+	/* under mu */
+	struct store_job *head, *tail;
+	size_t queued;
+	bool closing;
+	bool paused; /* tests only */
+	store_notify_fn notify;
+	void *notify_ctx;
+
+	atomic_uint_fast64_t commits;
+	atomic_bool fail_next_commit; /* tests only */
+};
+
+/* store_db.c: the database file, schema, pragmas and statements. */
+int store_db_open(struct store *s, const char *path, char *err, size_t errlen);
+void store_db_close(struct store *s);
+/* Log an SQLite failure of op and map it to ISG_ERR_FULL or ISG_ERR_STORE. */
+int store_db_fail(struct store *s, int rc, const char *op);
+int store_db_exec(struct store *s, const char *sql, const char *op);
+/* Step a bound statement that returns no rows, then reset it. */
+int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op);
+
+/* store_seal.c: sealing payloads with the storage key. */
+int store_seal(const uint8_t *key, const char *sender, const char *message_id,
+               const char *recipient, const uint8_t *plain, size_t plain_len,
+               uint8_t nonce[STORE_NONCE_LEN], uint8_t **sealed, size_t *sealed_len);
+int store_unseal(const uint8_t *key, const char *sender, const char *message_id,
+                 const char *recipient, const uint8_t *nonce, size_t nonce_len,
+                 const uint8_t *sealed, size_t sealed_len, uint8_t **plain, size_t *plain_len);
+
+/* store_jobs.c: what each job does inside the writer's transaction. */
+int store_job_run(struct store *s, struct store_job *j, int64_t now);
+/* Expire due messages; *more when the sweep stopped at its limit. */
+int store_sweep(struct store *s, int64_t now, bool *more);
+/* Forget a job's results after its writes were rolled back. */
+void store_job_discard(struct store_job *j);
+/* Call the job's callback with its result. */
+void store_job_finish(struct store_job *j);
+void store_job_free(struct store_job *j);
+
+#endif

@@ -1,0 +1,600 @@
+/*
+ * What each job does, on the writer thread, inside the batch transaction and
+ * its own savepoint. A job returns 0 or an error; on error the writer rolls
+ * its savepoint back and store_job_discard() forgets its results.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_internal.h"
+#include "util/util.h"
+
+enum msg_state { MSG_PENDING = 0, MSG_DELIVERED = 1, MSG_ACKED = 2, MSG_EXPIRED = 3 };
+
+/* --- small helpers ---------------------------------------------------------- */
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+	sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+}
+
+static void bind_blob(sqlite3_stmt *st, int i, const void *p, size_t len)
+{
+	static const uint8_t empty[1];
+	/* A NULL pointer would bind SQL NULL; an empty entry is an empty blob. */
+	sqlite3_bind_blob(st, i, len ? p : empty, (int)len, SQLITE_STATIC);
+}
+
+static char *dup_column(sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+	return strdup(t ? (const char *)t : "");
+}
+
+static void finish_stmt(sqlite3_stmt *st)
+{
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+}
+
+/* What the store records about one message when its state changes. */
+struct msg_ref {
+	uint64_t id;
+	char *sender, *recipient, *message_id, *agreement_id;
+	uint32_t agreement_version;
+	uint64_t accepted_index;
+};
+
+static void msg_ref_release(struct msg_ref *m)
+{
+	free(m->sender);
+	free(m->recipient);
+	free(m->message_id);
+	free(m->agreement_id);
+	memset(m, 0, sizeof(*m));
+}
+
+static int audit_insert(struct store *s, int64_t now, const char *kind, const void *entry,
+                        size_t len, uint64_t *seq)
+{
+	sqlite3_stmt *st = s->stmt[ST_AUDIT_INSERT];
+	sqlite3_bind_int64(st, 1, now);
+	bind_text(st, 2, kind);
+	bind_blob(st, 3, entry, len);
+	int rc = store_db_step_done(s, st, "audit.insert");
+	if (rc == 0)
+		*seq = (uint64_t)sqlite3_last_insert_rowid(s->db);
+	return rc;
+}
+
+/*
+ * {"event":"message.delivered","gateway_id":...,"sender":"...",
+ *  "recipient":"...","agreement_id":"...","agreement_version":...,
+ *  "message_id":"...","accepted_index":...}
+ */
+static int audit_message_event(struct store *s, int64_t now, const char *event,
+                               const struct msg_ref *m)
+{
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_puts(&b, "{\"event\":");
+	strbuf_json_string(&b, event);
+	strbuf_printf(&b, ",\"gateway_id\":%" PRIu64 ",\"sender\":", m->id);
+	strbuf_json_string(&b, m->sender ? m->sender : "");
+	strbuf_puts(&b, ",\"recipient\":");
+	strbuf_json_string(&b, m->recipient ? m->recipient : "");
+	strbuf_puts(&b, ",\"agreement_id\":");
+	strbuf_json_string(&b, m->agreement_id ? m->agreement_id : "");
+	strbuf_printf(&b,
+	              ",\"agreement_version\":%" PRIu32 ",\"message_id\":", m->agreement_version);
+	strbuf_json_string(&b, m->message_id ? m->message_id : "");
+	strbuf_printf(&b, ",\"accepted_index\":%" PRIu64 "}", m->accepted_index);
+	size_t len = 0;
+	char *entry = strbuf_take(&b, &len);
+	if (!entry)
+		return ISG_ERR_NOMEM;
+	uint64_t seq = 0;
+	int rc = audit_insert(s, now, event, entry, len, &seq);
+	free(entry);
+	return rc;
+}
+
+static int set_final_state(struct store *s, uint64_t id, enum msg_state state)
+{
+	sqlite3_stmt *st = s->stmt[ST_SET_FINAL_STATE];
+	sqlite3_bind_int64(st, 1, (int64_t)id);
+	sqlite3_bind_int(st, 2, state);
+	return store_db_step_done(s, st, "message.finish");
+}
+
+/* --- send --------------------------------------------------------------------- */
+
+/* 1 when (sender, message_id) exists (receipt filled or conflict), 0 when new. */
+static int send_find_existing(struct store *s, struct job_send *js, int *err)
+{
+	sqlite3_stmt *st = s->stmt[ST_MSG_BY_SENDER_ID];
+	bind_text(st, 1, js->sender);
+	bind_text(st, 2, js->message_id);
+	int rc = sqlite3_step(st);
+	int found = 0;
+	*err = 0;
+	if (rc == SQLITE_ROW) {
+		found = 1;
+		const void *hash = sqlite3_column_blob(st, 1);
+		int hash_len = sqlite3_column_bytes(st, 1);
+		if (hash_len != (int)sizeof(js->request_hash) || !hash ||
+		    memcmp(hash, js->request_hash, sizeof(js->request_hash)) != 0) {
+			*err = ISG_ERR_CONFLICT;
+		} else {
+			js->receipt.gateway_id = (uint64_t)sqlite3_column_int64(st, 0);
+			js->receipt.audit_index = (uint64_t)sqlite3_column_int64(st, 2);
+			js->receipt.accepted_at_ms = sqlite3_column_int64(st, 3);
+			js->receipt.record_count = (uint32_t)sqlite3_column_int64(st, 4);
+			js->receipt.duplicate = true;
+		}
+	} else if (rc != SQLITE_DONE) {
+		*err = store_db_fail(s, rc, "send.lookup");
+	}
+	finish_stmt(st);
+	return found;
+}
+
+/* The message replied to must have gone from this recipient to this sender. */
+static int send_check_reply(struct store *s, struct job_send *js)
+{
+	if (js->reply_to > INT64_MAX)
+		return ISG_ERR_NOT_FOUND;
+	sqlite3_stmt *st = s->stmt[ST_REPLY_CHECK];
+	sqlite3_bind_int64(st, 1, (int64_t)js->reply_to);
+	bind_text(st, 2, js->recipient);
+	bind_text(st, 3, js->sender);
+	int rc = sqlite3_step(st);
+	int ret = rc == SQLITE_ROW    ? 0
+	          : rc == SQLITE_DONE ? ISG_ERR_NOT_FOUND
+	                              : store_db_fail(s, rc, "send.reply_check");
+	finish_stmt(st);
+	return ret;
+}
+
+static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64_t seq)
+{
+	sqlite3_stmt *st = s->stmt[ST_MSG_INSERT];
+	bind_text(st, 1, js->sender);
+	bind_text(st, 2, js->message_id);
+	bind_text(st, 3, js->recipient);
+	bind_text(st, 4, js->agreement_id);
+	sqlite3_bind_int64(st, 5, js->agreement_version);
+	bind_text(st, 6, js->purpose);
+	bind_text(st, 7, js->dataset);
+	sqlite3_bind_int64(st, 8, (int64_t)js->reply_to);
+	bind_blob(st, 9, js->request_hash, sizeof(js->request_hash));
+	sqlite3_bind_int64(st, 10, js->record_count);
+	sqlite3_bind_int64(st, 11, now);
+	sqlite3_bind_int64(st, 12, now + js->ttl_ms);
+	sqlite3_bind_int64(st, 13, (int64_t)seq);
+	bind_blob(st, 14, js->nonce, sizeof(js->nonce));
+	bind_blob(st, 15, js->sealed, js->sealed_len);
+	return store_db_step_done(s, st, "send.insert");
+}
+
+static int job_send_run(struct store *s, struct job_send *js, int64_t now)
+{
+	int err = 0;
+	if (send_find_existing(s, js, &err))
+		return err;
+	if (err)
+		return err;
+	if (js->reply_to != 0) {
+		err = send_check_reply(s, js);
+		if (err)
+			return err;
+	}
+	uint64_t seq = 0;
+	err = audit_insert(s, now, "message.accepted", js->audit_entry, js->audit_len, &seq);
+	if (err)
+		return err;
+	err = send_insert(s, js, now, seq);
+	if (err)
+		return err;
+	js->receipt.gateway_id = (uint64_t)sqlite3_last_insert_rowid(s->db);
+	js->receipt.audit_index = seq;
+	js->receipt.accepted_at_ms = now;
+	js->receipt.record_count = js->record_count;
+	js->receipt.duplicate = false;
+	js->added = true;
+	return 0;
+}
+
+/* --- fetch -------------------------------------------------------------------- */
+
+struct fetch_mark {
+	bool first_delivery;
+	uint64_t accepted_index;
+};
+
+/* Fill one delivery from the current row; 1 when it was skipped (does not open). */
+static int fetch_row(sqlite3_stmt *st, const uint8_t *key, const char *recipient,
+                     struct store_delivery *d, int *err)
+{
+	uint64_t id = (uint64_t)sqlite3_column_int64(st, 0);
+	const char *sender = (const char *)sqlite3_column_text(st, 1);
+	const char *mid = (const char *)sqlite3_column_text(st, 2);
+	const uint8_t *nonce = sqlite3_column_blob(st, 11);
+	size_t nonce_len = (size_t)sqlite3_column_bytes(st, 11);
+	const uint8_t *sealed = sqlite3_column_blob(st, 12);
+	size_t sealed_len = (size_t)sqlite3_column_bytes(st, 12);
+	*err = 0;
+	int rc = store_unseal(key, sender ? sender : "", mid ? mid : "", recipient, nonce,
+	                      nonce_len, sealed, sealed_len, &d->payload, &d->payload_len);
+	if (rc == ISG_ERR_CRYPTO) {
+		log_event(LOG_ERROR, "store.unseal_failed", "gateway_id=%" PRIu64, id);
+		return 1;
+	}
+	if (rc) {
+		*err = rc;
+		return 0;
+	}
+	d->gateway_id = id;
+	d->sender = dup_column(st, 1);
+	d->message_id = dup_column(st, 2);
+	d->agreement_id = dup_column(st, 3);
+	d->agreement_version = (uint32_t)sqlite3_column_int64(st, 4);
+	d->purpose = dup_column(st, 5);
+	d->dataset = dup_column(st, 6);
+	d->reply_to = (uint64_t)sqlite3_column_int64(st, 7);
+	d->accepted_at_ms = sqlite3_column_int64(st, 8);
+	if (!d->sender || !d->message_id || !d->agreement_id || !d->purpose || !d->dataset)
+		*err = ISG_ERR_NOMEM;
+	return 0;
+}
+
+struct fetch_acc {
+	struct fetch_mark *marks;
+	size_t cap; /* of marks and of res->items */
+};
+
+/* Room for one more delivery; grows by doubling up to max, so a small fetch stays small. */
+static int fetch_reserve(struct job_fetch *jf, struct fetch_acc *acc)
+{
+	struct store_fetch_result *res = jf->res;
+	if (res->n < acc->cap)
+		return 0;
+	size_t cap = acc->cap ? acc->cap * 2 : 16;
+	if (cap > jf->max)
+		cap = jf->max;
+	struct store_delivery *items = realloc(res->items, cap * sizeof(*items));
+	if (!items)
+		return ISG_ERR_NOMEM;
+	res->items = items;
+	memset(items + acc->cap, 0, (cap - acc->cap) * sizeof(*items));
+	struct fetch_mark *marks = realloc(acc->marks, cap * sizeof(*marks));
+	if (!marks)
+		return ISG_ERR_NOMEM;
+	acc->marks = marks;
+	acc->cap = cap;
+	return 0;
+}
+
+/* Read the rows first: the table is not changed under a running SELECT. */
+static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, struct fetch_acc *acc)
+{
+	struct store_fetch_result *res = jf->res;
+	sqlite3_stmt *st = s->stmt[ST_FETCH];
+	size_t bytes = 0;
+	int err = 0;
+	bind_text(st, 1, jf->recipient);
+	sqlite3_bind_int64(st, 2, jf->after_id > INT64_MAX ? INT64_MAX : (int64_t)jf->after_id);
+	sqlite3_bind_int64(st, 3, now);
+	sqlite3_bind_int64(st, 4, jf->max);
+	while (res->n < jf->max && bytes < STORE_FETCH_BYTES) {
+		int rc = sqlite3_step(st);
+		if (rc == SQLITE_DONE)
+			break;
+		if (rc != SQLITE_ROW) {
+			err = store_db_fail(s, rc, "fetch.select");
+			break;
+		}
+		err = fetch_reserve(jf, acc);
+		if (err)
+			break;
+		struct store_delivery *d = &res->items[res->n];
+		if (fetch_row(st, s->key, jf->recipient, d, &err))
+			continue;
+		/* Count it even when half filled, so discard frees what it holds. */
+		acc->marks[res->n].first_delivery = sqlite3_column_int(st, 10) == MSG_PENDING;
+		acc->marks[res->n].accepted_index = (uint64_t)sqlite3_column_int64(st, 9);
+		res->n++;
+		if (err)
+			break;
+		bytes += d->payload_len;
+	}
+	finish_stmt(st);
+	return err;
+}
+
+static int fetch_mark_delivered(struct store *s, struct job_fetch *jf, int64_t now,
+                                const struct store_delivery *d, const struct fetch_mark *mark)
+{
+	sqlite3_stmt *st = s->stmt[ST_MARK_DELIVERED];
+	sqlite3_bind_int64(st, 1, (int64_t)d->gateway_id);
+	int err = store_db_step_done(s, st, "fetch.mark_delivered");
+	if (err)
+		return err;
+	struct msg_ref m = {
+	    .id = d->gateway_id,
+	    .sender = d->sender,
+	    .recipient = jf->recipient,
+	    .message_id = d->message_id,
+	    .agreement_id = d->agreement_id,
+	    .agreement_version = d->agreement_version,
+	    .accepted_index = mark->accepted_index,
+	};
+	return audit_message_event(s, now, "message.delivered", &m);
+}
+
+static int job_fetch_run(struct store *s, struct job_fetch *jf, int64_t now)
+{
+	struct fetch_acc acc = {0};
+	int err = fetch_collect(s, jf, now, &acc);
+	for (size_t i = 0; !err && i < jf->res->n; i++)
+		if (acc.marks[i].first_delivery)
+			err = fetch_mark_delivered(s, jf, now, &jf->res->items[i], &acc.marks[i]);
+	free(acc.marks);
+	return err;
+}
+
+/* --- ack ---------------------------------------------------------------------- */
+
+/* 1 and m filled when id is pending or delivered for recipient; 0 when not; <0 on error. */
+static int ack_lookup(struct store *s, uint64_t id, const char *recipient, struct msg_ref *m)
+{
+	if (id == 0 || id > INT64_MAX)
+		return 0;
+	sqlite3_stmt *st = s->stmt[ST_ACK_SELECT];
+	sqlite3_bind_int64(st, 1, (int64_t)id);
+	bind_text(st, 2, recipient);
+	int ret = 0;
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		int state = sqlite3_column_int(st, 5);
+		if (state == MSG_PENDING || state == MSG_DELIVERED) {
+			m->id = id;
+			m->sender = dup_column(st, 0);
+			m->message_id = dup_column(st, 1);
+			m->agreement_id = dup_column(st, 2);
+			m->agreement_version = (uint32_t)sqlite3_column_int64(st, 3);
+			m->accepted_index = (uint64_t)sqlite3_column_int64(st, 4);
+			m->recipient = strdup(recipient);
+			ret = m->sender && m->message_id && m->agreement_id && m->recipient
+			          ? 1
+			          : ISG_ERR_NOMEM;
+		}
+	} else if (rc != SQLITE_DONE) {
+		ret = store_db_fail(s, rc, "ack.lookup");
+	}
+	finish_stmt(st);
+	return ret;
+}
+
+static int job_ack_run(struct store *s, struct job_ack *ja, int64_t now)
+{
+	for (size_t i = 0; i < ja->n; i++) {
+		struct msg_ref m = {0};
+		int found = ack_lookup(s, ja->ids[i], ja->recipient, &m);
+		int err = found < 0 ? found : 0;
+		if (found == 1) {
+			err = set_final_state(s, ja->ids[i], MSG_ACKED);
+			if (!err)
+				err = audit_message_event(s, now, "message.acknowledged", &m);
+			if (!err)
+				ja->acknowledged++;
+		} else if (found == 0) {
+			ja->unknown[ja->n_unknown++] = ja->ids[i];
+		}
+		msg_ref_release(&m);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* --- audit, exec ---------------------------------------------------------------- */
+
+static int job_audit_run(struct store *s, struct job_audit *ja, int64_t now)
+{
+	return audit_insert(s, now, ja->kind, ja->entry, ja->len, &ja->seq);
+}
+
+static int job_exec_run(struct store *s, struct job_exec *je)
+{
+	return store_db_exec(s, je->sql, "test.exec");
+}
+
+int store_job_run(struct store *s, struct store_job *j, int64_t now)
+{
+	switch (j->kind) {
+	case JOB_SEND:
+		return job_send_run(s, &j->u.send, now);
+	case JOB_FETCH:
+		return job_fetch_run(s, &j->u.fetch, now);
+	case JOB_ACK:
+		return job_ack_run(s, &j->u.ack, now);
+	case JOB_AUDIT:
+		return job_audit_run(s, &j->u.audit, now);
+	case JOB_EXEC:
+		return job_exec_run(s, &j->u.exec);
+	}
+	fatal("store: unknown job kind %d", (int)j->kind);
+}
+
+/* --- expiry ----------------------------------------------------------------------- */
+
+static int sweep_collect(struct store *s, int64_t now, struct msg_ref *refs, size_t *n)
+{
+	sqlite3_stmt *st = s->stmt[ST_EXPIRED_SELECT];
+	int err = 0;
+	*n = 0;
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int64(st, 2, STORE_SWEEP_LIMIT);
+	while (*n < STORE_SWEEP_LIMIT) {
+		int rc = sqlite3_step(st);
+		if (rc == SQLITE_DONE)
+			break;
+		if (rc != SQLITE_ROW) {
+			err = store_db_fail(s, rc, "sweep.select");
+			break;
+		}
+		struct msg_ref *m = &refs[(*n)++];
+		m->id = (uint64_t)sqlite3_column_int64(st, 0);
+		m->sender = dup_column(st, 1);
+		m->recipient = dup_column(st, 2);
+		m->message_id = dup_column(st, 3);
+		m->agreement_id = dup_column(st, 4);
+		m->agreement_version = (uint32_t)sqlite3_column_int64(st, 5);
+		m->accepted_index = (uint64_t)sqlite3_column_int64(st, 6);
+		if (!m->sender || !m->recipient || !m->message_id || !m->agreement_id) {
+			err = ISG_ERR_NOMEM;
+			break;
+		}
+	}
+	finish_stmt(st);
+	return err;
+}
+
+int store_sweep(struct store *s, int64_t now, bool *more)
+{
+	size_t n = 0;
+	*more = false;
+	struct msg_ref *refs = calloc(STORE_SWEEP_LIMIT, sizeof(*refs));
+	if (!refs)
+		return ISG_ERR_NOMEM;
+	int err = sweep_collect(s, now, refs, &n);
+	for (size_t i = 0; !err && i < n; i++) {
+		err = set_final_state(s, refs[i].id, MSG_EXPIRED);
+		if (!err)
+			err = audit_message_event(s, now, "message.expired", &refs[i]);
+	}
+	for (size_t i = 0; i < n; i++)
+		msg_ref_release(&refs[i]);
+	free(refs);
+	if (!err && n > 0)
+		log_event(LOG_INFO, "store.expired", "count=%zu", n);
+	*more = !err && n == STORE_SWEEP_LIMIT;
+	return err;
+}
+
+/* --- results and callbacks ------------------------------------------------------------ */
+
+static void delivery_release(struct store_delivery *d)
+{
+	if (d->payload) {
+		sodium_memzero(d->payload, d->payload_len);
+		free(d->payload);
+	}
+	free(d->message_id);
+	free(d->sender);
+	free(d->agreement_id);
+	free(d->purpose);
+	free(d->dataset);
+	memset(d, 0, sizeof(*d));
+}
+
+void store_fetch_result_free(struct store_fetch_result *res)
+{
+	if (!res)
+		return;
+	for (size_t i = 0; i < res->n; i++)
+		delivery_release(&res->items[i]);
+	free(res->items);
+	free(res);
+}
+
+void store_job_discard(struct store_job *j)
+{
+	switch (j->kind) {
+	case JOB_SEND:
+		memset(&j->u.send.receipt, 0, sizeof(j->u.send.receipt));
+		j->u.send.added = false;
+		break;
+	case JOB_FETCH:
+		if (j->u.fetch.res) {
+			for (size_t i = 0; i < j->u.fetch.res->n; i++)
+				delivery_release(&j->u.fetch.res->items[i]);
+			j->u.fetch.res->n = 0;
+		}
+		break;
+	case JOB_ACK:
+		j->u.ack.acknowledged = 0;
+		j->u.ack.n_unknown = 0;
+		break;
+	case JOB_AUDIT:
+		j->u.audit.seq = 0;
+		break;
+	case JOB_EXEC:
+		break;
+	}
+}
+
+void store_job_finish(struct store_job *j)
+{
+	int err = j->err;
+	switch (j->kind) {
+	case JOB_SEND: {
+		struct job_send *js = &j->u.send;
+		js->cb(js->ctx, err, err ? NULL : &js->receipt);
+		break;
+	}
+	case JOB_FETCH: {
+		struct job_fetch *jf = &j->u.fetch;
+		struct store_fetch_result *res = jf->res;
+		jf->res = NULL;
+		jf->cb(jf->ctx, err, res);
+		break;
+	}
+	case JOB_ACK: {
+		struct job_ack *ja = &j->u.ack;
+		ja->cb(ja->ctx, err, err ? 0 : ja->acknowledged, err ? NULL : ja->unknown,
+		       err ? 0 : ja->n_unknown);
+		break;
+	}
+	case JOB_AUDIT:
+		if (j->u.audit.cb)
+			j->u.audit.cb(j->u.audit.ctx, err, err ? 0 : j->u.audit.seq);
+		break;
+	case JOB_EXEC:
+		if (j->u.exec.cb)
+			j->u.exec.cb(j->u.exec.ctx, err);
+		break;
+	}
+}
+
+void store_job_free(struct store_job *j)
+{
+	if (!j)
+		return;
+	switch (j->kind) {
+	case JOB_SEND:
+		free(j->u.send.strings);
+		free(j->u.send.sealed);
+		free(j->u.send.audit_entry);
+		break;
+	case JOB_FETCH:
+		free(j->u.fetch.recipient);
+		store_fetch_result_free(j->u.fetch.res);
+		break;
+	case JOB_ACK:
+		free(j->u.ack.recipient);
+		free(j->u.ack.ids);
+		free(j->u.ack.unknown);
+		break;
+	case JOB_AUDIT:
+		free(j->u.audit.kind);
+		free(j->u.audit.entry);
+		break;
+	case JOB_EXEC:
+		free(j->u.exec.sql);
+		break;
+	}
+	free(j);
+}

@@ -1,0 +1,22 @@
+/*
+ * Test-only introspection of the store. Not part of the interface: only
+ * tests/unit/test_store*.c include this header.
+ */
+#ifndef ISG_STORE_TEST_H
+#define ISG_STORE_TEST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "store/store.h"
+
+/* Transactions the writer has committed since store_open. */
+uint64_t store_test_commits(struct store *s);
+/* Hold the writer before it takes the next batch, so jobs pile up; false releases it. */
+void store_test_pause(struct store *s, bool paused);
+/* Make the next COMMIT fail (a commit hook turns it into a rollback). */
+void store_test_fail_next_commit(struct store *s);
+/* Run SQL on the writer's connection as a job of a batch; waits for the result. */
+int store_test_exec(struct store *s, const char *sql);
+
+#endif

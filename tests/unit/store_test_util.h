@@ -1,0 +1,381 @@
+/*
+ * Helpers shared by the store's unit tests: a temporary directory per test,
+ * synchronous wrappers around the store's callbacks, and direct read-only
+ * queries of the database file.
+ */
+#ifndef ISG_STORE_TEST_UTIL_H
+#define ISG_STORE_TEST_UTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+#include <sqlite3.h>
+
+#include "store/store.h"
+#include "store/store_test.h"
+#include "util/util.h"
+
+struct fx {
+	char dir[64];
+	char path[128];
+	uint8_t key[32];
+	struct store *s;
+};
+
+static inline void fx_path(const struct fx *f, char *out, size_t size, const char *suffix)
+{
+	snprintf(out, size, "%s%s", f->path, suffix);
+}
+
+static inline int fx_setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	if (!f)
+		return -1;
+	str_copy(f->dir, "/tmp/isg-store-XXXXXX", sizeof(f->dir));
+	if (!mkdtemp(f->dir)) {
+		free(f);
+		return -1;
+	}
+	snprintf(f->path, sizeof(f->path), "%s/store.db", f->dir);
+	for (size_t i = 0; i < sizeof(f->key); i++)
+		f->key[i] = (uint8_t)(0xa0 + i);
+	*state = f;
+	return 0;
+}
+
+static inline void fx_remove_dir(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		char sub[512];
+		snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
+		unlink(sub);
+	}
+	if (d)
+		closedir(d);
+	rmdir(dir);
+}
+
+static inline int fx_teardown(void **state)
+{
+	struct fx *f = *state;
+	store_close(f->s);
+	fx_remove_dir(f->dir);
+	free(f);
+	return 0;
+}
+
+static inline struct store *fx_open_with(struct fx *f, int64_t sweep_ms, uint32_t max_batch)
+{
+	char err[512] = "";
+	struct store_options opt = {
+	    .path = f->path,
+	    .storage_key = f->key,
+	    .sweep_interval_ms = sweep_ms,
+	    .max_batch = max_batch,
+	};
+	int rc = store_open(&opt, &f->s, err, sizeof(err));
+	if (rc)
+		fail_msg("store_open: %d %s", rc, err);
+	return f->s;
+}
+
+static inline struct store *fx_open(struct fx *f)
+{
+	return fx_open_with(f, 0, 0);
+}
+
+static inline void fx_close(struct fx *f)
+{
+	store_close(f->s);
+	f->s = NULL;
+}
+
+/* --- a message ------------------------------------------------------------- */
+
+static inline struct store_message fx_msg(const char *sender, const char *message_id,
+                                          const char *recipient, const char *payload)
+{
+	struct store_message m = {
+	    .sender = sender,
+	    .message_id = message_id,
+	    .recipient = recipient,
+	    .agreement_id = "police-to-nhs-safeguarding",
+	    .agreement_version = 3,
+	    .purpose = "safeguarding",
+	    .dataset = "referral",
+	    .record_count = 2,
+	    .payload = (const uint8_t *)payload,
+	    .payload_len = strlen(payload),
+	    .ttl_ms = 3600 * 1000,
+	    .audit_entry = "{\"event\":\"message.accepted\"}",
+	    .audit_len = strlen("{\"event\":\"message.accepted\"}"),
+	};
+	crypto_hash_sha256(m.request_hash, m.payload, m.payload_len);
+	return m;
+}
+
+/* --- waiting for callbacks --------------------------------------------------- */
+
+struct wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int done;
+	int err;
+	struct store_receipt receipt;
+	struct store_fetch_result *res;
+	uint32_t acked;
+	uint64_t unknown[64];
+	size_t n_unknown;
+	uint64_t seq;
+	bool bad; /* the callback broke its contract; checked on the test's thread */
+};
+
+static inline void wait_init(struct wait *w)
+{
+	memset(w, 0, sizeof(*w));
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+}
+
+static inline void wait_done(struct wait *w, int err)
+{
+	pthread_mutex_lock(&w->mu);
+	w->err = err;
+	w->done++;
+	pthread_cond_broadcast(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+static inline int wait_for(struct wait *w)
+{
+	pthread_mutex_lock(&w->mu);
+	while (!w->done)
+		pthread_cond_wait(&w->cv, &w->mu);
+	int err = w->err;
+	pthread_mutex_unlock(&w->mu);
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	return err;
+}
+
+static inline void on_send(void *ctx, int err, const struct store_receipt *r)
+{
+	struct wait *w = ctx;
+	if (err == 0 && r)
+		w->receipt = *r;
+	else if ((err == 0) != (r != NULL))
+		w->bad = true;
+	wait_done(w, err);
+}
+
+static inline int send_sync(struct store *s, const struct store_message *m, struct store_receipt *r)
+{
+	struct wait w;
+	if (r)
+		memset(r, 0, sizeof(*r));
+	wait_init(&w);
+	int rc = store_send(s, m, on_send, &w);
+	if (rc) {
+		pthread_cond_destroy(&w.cv);
+		pthread_mutex_destroy(&w.mu);
+		return rc;
+	}
+	rc = wait_for(&w);
+	assert_false(w.bad);
+	if (r)
+		*r = w.receipt;
+	return rc;
+}
+
+static inline void on_fetch(void *ctx, int err, struct store_fetch_result *res)
+{
+	struct wait *w = ctx;
+	w->bad = res == NULL; /* res comes also on error */
+	w->res = res;
+	wait_done(w, err);
+}
+
+static inline int fetch_sync(struct store *s, const char *recipient, uint64_t after, uint32_t max,
+                             struct store_fetch_result **res)
+{
+	struct wait w;
+	*res = NULL;
+	wait_init(&w);
+	int rc = store_fetch(s, recipient, after, max, on_fetch, &w);
+	if (rc) {
+		pthread_cond_destroy(&w.cv);
+		pthread_mutex_destroy(&w.mu);
+		return rc;
+	}
+	rc = wait_for(&w);
+	assert_false(w.bad);
+	*res = w.res;
+	return rc;
+}
+
+/* Number of messages a fetch returns now (and frees them). */
+static inline size_t fetch_count(struct store *s, const char *recipient)
+{
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, recipient, 0, 1000, &res), 0);
+	size_t n = res->n;
+	store_fetch_result_free(res);
+	return n;
+}
+
+static inline void on_ack(void *ctx, int err, uint32_t acked, const uint64_t *unknown,
+                          size_t n_unknown)
+{
+	struct wait *w = ctx;
+	w->acked = acked;
+	w->bad = n_unknown > ARRAY_LEN(w->unknown) || (err && (acked || n_unknown));
+	if (n_unknown > ARRAY_LEN(w->unknown))
+		n_unknown = ARRAY_LEN(w->unknown);
+	if (n_unknown)
+		memcpy(w->unknown, unknown, n_unknown * sizeof(*unknown));
+	w->n_unknown = n_unknown;
+	wait_done(w, err);
+}
+
+static inline int ack_sync(struct store *s, const char *recipient, const uint64_t *ids, size_t n,
+                           uint32_t *acked, uint64_t *unknown, size_t *n_unknown)
+{
+	struct wait w;
+	*acked = 0;
+	*n_unknown = 0;
+	wait_init(&w);
+	int rc = store_ack(s, recipient, ids, n, on_ack, &w);
+	if (rc) {
+		pthread_cond_destroy(&w.cv);
+		pthread_mutex_destroy(&w.mu);
+		return rc;
+	}
+	rc = wait_for(&w);
+	assert_false(w.bad);
+	*acked = w.acked;
+	if (unknown)
+		memcpy(unknown, w.unknown, w.n_unknown * sizeof(*unknown));
+	*n_unknown = w.n_unknown;
+	return rc;
+}
+
+static inline void on_audit(void *ctx, int err, uint64_t seq)
+{
+	struct wait *w = ctx;
+	w->seq = seq;
+	wait_done(w, err);
+}
+
+static inline int audit_sync(struct store *s, const char *kind, const char *entry, uint64_t *seq)
+{
+	struct wait w;
+	*seq = 0;
+	wait_init(&w);
+	int rc = store_audit(s, kind, entry, strlen(entry), on_audit, &w);
+	if (rc) {
+		pthread_cond_destroy(&w.cv);
+		pthread_mutex_destroy(&w.mu);
+		return rc;
+	}
+	rc = wait_for(&w);
+	*seq = w.seq;
+	return rc;
+}
+
+/* --- looking at the file directly ---------------------------------------------- */
+
+static inline sqlite3 *db_ro(const struct fx *f)
+{
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	sqlite3_busy_timeout(db, 5000);
+	return db;
+}
+
+/* One integer from a query with an optional integer parameter ?1; -1 when no row. */
+static inline int64_t db_int(const struct fx *f, const char *sql, int64_t param)
+{
+	sqlite3 *db = db_ro(f);
+	sqlite3_stmt *st = NULL;
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		fail_msg("prepare %s: %s", sql, sqlite3_errmsg(db));
+	if (sqlite3_bind_parameter_count(st) > 0)
+		sqlite3_bind_int64(st, 1, param);
+	int64_t v = -1;
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		v = sqlite3_column_type(st, 0) == SQLITE_NULL ? -2 : sqlite3_column_int64(st, 0);
+	else if (rc != SQLITE_DONE)
+		fail_msg("step %s: %s", sql, sqlite3_errmsg(db));
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return v;
+}
+
+/* The audit kinds in seq order, comma separated; checks seq runs 1..n without gaps. */
+static inline void db_audit_kinds(const struct fx *f, char *out, size_t size)
+{
+	sqlite3 *db = db_ro(f);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(
+	    sqlite3_prepare_v2(db, "SELECT seq, kind FROM audit ORDER BY seq", -1, &st, NULL),
+	    SQLITE_OK);
+	size_t used = 0;
+	int64_t expect = 1;
+	out[0] = '\0';
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		assert_int_equal(sqlite3_column_int64(st, 0), expect);
+		expect++;
+		int n = snprintf(out + used, size - used, "%s%s", used ? "," : "",
+		                 (const char *)sqlite3_column_text(st, 1));
+		assert_true(n > 0 && (size_t)n < size - used);
+		used += (size_t)n;
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+}
+
+/* Read a whole file into a malloc'd buffer; NULL and *len 0 when absent. */
+static inline uint8_t *file_slurp(const char *path, size_t *len)
+{
+	*len = 0;
+	FILE *fp = fopen(path, "rb");
+	if (!fp)
+		return NULL;
+	fseek(fp, 0, SEEK_END);
+	long size = ftell(fp);
+	fseek(fp, 0, SEEK_SET);
+	uint8_t *buf = malloc((size_t)size + 1);
+	assert_non_null(buf);
+	*len = fread(buf, 1, (size_t)size, fp);
+	fclose(fp);
+	return buf;
+}
+
+static inline bool file_contains(const char *path, const char *needle)
+{
+	size_t len = 0;
+	uint8_t *buf = file_slurp(path, &len);
+	bool found = buf && memmem(buf, len, needle, strlen(needle)) != NULL;
+	free(buf);
+	return found;
+}
+
+#endif

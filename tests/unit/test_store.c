@@ -1,0 +1,637 @@
+/*
+ * store: send, fetch, ack, duplicates, replies, expiry, durability, sealing.
+ * Group commit, failures and refused files are in test_store_commit.c.
+ */
+#include "store_test_util.h"
+
+#include <time.h>
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
+	nanosleep(&ts, NULL);
+}
+
+static void test_round_trip(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	const char payload[] = "record 1: nhs_number=9434765919; record 2: pnc=2008/0056560Z";
+	struct store_message m = fx_msg("police-a", "msg-0001", "nhs-b", payload);
+	m.record_count = 2;
+	struct store_receipt r;
+	int64_t before = time_now_ms();
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	assert_true(r.gateway_id > 0);
+	assert_int_equal(r.audit_index, 1);
+	assert_int_equal(r.record_count, 2);
+	assert_false(r.duplicate);
+	assert_true(r.accepted_at_ms >= before && r.accepted_at_ms <= time_now_ms());
+
+	/* Nothing for the sender or anyone else. */
+	assert_int_equal(fetch_count(s, "police-a"), 0);
+	assert_int_equal(fetch_count(s, "council-c"), 0);
+
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	struct store_delivery *d = &res->items[0];
+	assert_int_equal(d->gateway_id, r.gateway_id);
+	assert_string_equal(d->message_id, "msg-0001");
+	assert_string_equal(d->sender, "police-a");
+	assert_string_equal(d->agreement_id, "police-to-nhs-safeguarding");
+	assert_int_equal(d->agreement_version, 3);
+	assert_string_equal(d->purpose, "safeguarding");
+	assert_string_equal(d->dataset, "referral");
+	assert_int_equal(d->reply_to, 0);
+	assert_int_equal(d->accepted_at_ms, r.accepted_at_ms);
+	assert_int_equal(d->payload_len, strlen(payload));
+	assert_memory_equal(d->payload, payload, strlen(payload));
+	store_fetch_result_free(res);
+
+	/* Delivered but not acknowledged: handed out again. */
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+	assert_int_equal(
+	    db_int(f, "SELECT state FROM messages WHERE id = ?1", (int64_t)r.gateway_id), 1);
+
+	uint32_t acked = 0;
+	size_t n_unknown = 9;
+	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 1);
+	assert_int_equal(n_unknown, 0);
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+
+	/* The row stays for idempotency; its payload and nonce are gone. */
+	assert_int_equal(
+	    db_int(f, "SELECT state FROM messages WHERE id = ?1", (int64_t)r.gateway_id), 2);
+	assert_int_equal(
+	    db_int(f, "SELECT payload FROM messages WHERE id = ?1", (int64_t)r.gateway_id), -2);
+	assert_int_equal(
+	    db_int(f, "SELECT nonce FROM messages WHERE id = ?1", (int64_t)r.gateway_id), -2);
+	/* One delivered entry although fetched twice. */
+	char kinds[256];
+	db_audit_kinds(f, kinds, sizeof(kinds));
+	assert_string_equal(kinds, "message.accepted,message.delivered,message.acknowledged");
+	/* Acknowledging again: unknown. */
+	uint64_t unknown[4];
+	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, unknown, &n_unknown), 0);
+	assert_int_equal(acked, 0);
+	assert_int_equal(n_unknown, 1);
+	assert_int_equal(unknown[0], r.gateway_id);
+}
+
+static void test_audit_entries_written(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "m\"1\\", "nhs-b", "x");
+	m.audit_entry = "{\"event\":\"message.accepted\",\"n\":1}";
+	m.audit_len = strlen(m.audit_entry);
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+	/* The caller's entry is stored byte for byte. */
+	assert_int_equal(db_int(f,
+	                        "SELECT entry = CAST('{\"event\":\"message.accepted\",\"n\":1}'"
+	                        " AS BLOB) FROM audit WHERE seq = 1",
+	                        0),
+	                 1);
+	/* The store's own entry is JSON naming the message, strings escaped. */
+	sqlite3 *db = db_ro(f);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db,
+	                                    "SELECT json_valid(entry), json_extract(entry, "
+	                                    "'$.message_id'), json_extract(entry, '$.gateway_id'),"
+	                                    " json_extract(entry, '$.accepted_index'), kind"
+	                                    " FROM audit WHERE seq = 2",
+	                                    -1, &st, NULL),
+	                 SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_int_equal(sqlite3_column_int(st, 0), 1);
+	assert_string_equal((const char *)sqlite3_column_text(st, 1), "m\"1\\");
+	assert_int_equal(sqlite3_column_int64(st, 2), (int64_t)r.gateway_id);
+	assert_int_equal(sqlite3_column_int64(st, 3), (int64_t)r.audit_index);
+	assert_string_equal((const char *)sqlite3_column_text(st, 4), "message.delivered");
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+
+	uint64_t seq = 0;
+	assert_int_equal(audit_sync(s, "message.refused", "{\"rule\":\"no-agreement\"}", &seq), 0);
+	assert_int_equal(seq, 3);
+	/* cb may be NULL. */
+	assert_int_equal(store_audit(s, "policy.reloaded", "{}", 2, NULL, NULL), 0);
+	assert_int_equal(audit_sync(s, "message.refused", "{}", &seq), 0);
+	assert_int_equal(seq, 5);
+	char kinds[256];
+	db_audit_kinds(f, kinds, sizeof(kinds));
+	assert_string_equal(kinds, "message.accepted,message.delivered,message.refused,"
+	                           "policy.reloaded,message.refused");
+}
+
+static void test_payload_sealed_on_disk(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	const char *marker = "PLAINTEXT-MARKER-9434765919-Jane-Doe";
+	char payload[8192];
+	/* Long and repetitive, so any plaintext page would be easy to find. */
+	size_t used = 0;
+	while (used + strlen(marker) + 1 < sizeof(payload))
+		used += (size_t)snprintf(payload + used, sizeof(payload) - used, "%s;", marker);
+	struct store_message m = fx_msg("sender-in-clear-x7", "msg-1", "nhs-b", payload);
+	assert_int_equal(send_sync(s, &m, NULL), 0);
+	struct store_message small = fx_msg("sender-in-clear-x7", "msg-2", "nhs-b", marker);
+	assert_int_equal(send_sync(s, &small, NULL), 0);
+
+	char wal[160];
+	fx_path(f, wal, sizeof(wal), "-wal");
+	/* The search works: the sender's name is stored in clear. */
+	assert_true(file_contains(f->path, "sender-in-clear-x7") ||
+	            file_contains(wal, "sender-in-clear-x7"));
+	assert_false(file_contains(f->path, marker));
+	assert_false(file_contains(wal, marker));
+	assert_false(file_contains(wal, "PLAINTEXT-MARKER"));
+
+	/* And it opens again. */
+	assert_int_equal(fetch_count(s, "nhs-b"), 2);
+	fx_close(f);
+	assert_true(file_contains(f->path, "sender-in-clear-x7"));
+	assert_false(file_contains(f->path, "PLAINTEXT-MARKER"));
+	assert_false(file_contains(wal, "PLAINTEXT-MARKER"));
+
+	struct stat st;
+	assert_int_equal(stat(f->path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+}
+
+static void test_duplicate_send(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "msg-dup", "nhs-b", "payload one");
+	struct store_receipt r1, r2, r3;
+	assert_int_equal(send_sync(s, &m, &r1), 0);
+	assert_false(r1.duplicate);
+	sleep_ms(5);
+	assert_int_equal(send_sync(s, &m, &r2), 0);
+	assert_true(r2.duplicate);
+	assert_int_equal(r2.gateway_id, r1.gateway_id);
+	assert_int_equal(r2.audit_index, r1.audit_index);
+	assert_int_equal(r2.accepted_at_ms, r1.accepted_at_ms);
+	assert_int_equal(r2.record_count, r1.record_count);
+	/* No second audit entry, no second delivery. */
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 1);
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+
+	/* Still a duplicate after the message was acknowledged and its payload deleted. */
+	uint32_t acked;
+	size_t n_unknown;
+	assert_int_equal(ack_sync(s, "nhs-b", &r1.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 1);
+	assert_int_equal(send_sync(s, &m, &r3), 0);
+	assert_true(r3.duplicate);
+	assert_int_equal(r3.gateway_id, r1.gateway_id);
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+
+	/* The same message id from another sender is another message. */
+	struct store_message other = fx_msg("council-c", "msg-dup", "nhs-b", "payload one");
+	assert_int_equal(send_sync(s, &other, &r3), 0);
+	assert_false(r3.duplicate);
+	assert_int_not_equal(r3.gateway_id, r1.gateway_id);
+}
+
+static void test_conflicting_send(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "msg-x", "nhs-b", "first content");
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	struct store_message changed = fx_msg("police-a", "msg-x", "nhs-b", "other content");
+	assert_int_equal(send_sync(s, &changed, NULL), ISG_ERR_CONFLICT);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_memory_equal(res->items[0].payload, "first content", 13);
+	store_fetch_result_free(res);
+}
+
+static void test_reply_to_rules(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_receipt orig, reply;
+	struct store_message m = fx_msg("police-a", "q-1", "nhs-b", "question");
+	assert_int_equal(send_sync(s, &m, &orig), 0);
+
+	/* The recipient answers the sender: fine. */
+	struct store_message ok = fx_msg("nhs-b", "a-1", "police-a", "answer");
+	ok.reply_to = orig.gateway_id;
+	assert_int_equal(send_sync(s, &ok, &reply), 0);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "police-a", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_int_equal(res->items[0].reply_to, orig.gateway_id);
+	store_fetch_result_free(res);
+
+	int64_t audits = db_int(f, "SELECT count(*) FROM audit", 0);
+	/* The sender cannot reply to its own message to nhs-b. */
+	struct store_message own = fx_msg("police-a", "q-2", "nhs-b", "again");
+	own.reply_to = orig.gateway_id;
+	assert_int_equal(send_sync(s, &own, NULL), ISG_ERR_NOT_FOUND);
+	/* A third party cannot reply to it. */
+	struct store_message third = fx_msg("council-c", "c-1", "police-a", "me too");
+	third.reply_to = orig.gateway_id;
+	assert_int_equal(send_sync(s, &third, NULL), ISG_ERR_NOT_FOUND);
+	/* The recipient cannot send the reply to someone else. */
+	struct store_message elsewhere = fx_msg("nhs-b", "a-2", "council-c", "fwd");
+	elsewhere.reply_to = orig.gateway_id;
+	assert_int_equal(send_sync(s, &elsewhere, NULL), ISG_ERR_NOT_FOUND);
+	/* No such message. */
+	struct store_message none = fx_msg("nhs-b", "a-3", "police-a", "?");
+	none.reply_to = 99999;
+	assert_int_equal(send_sync(s, &none, NULL), ISG_ERR_NOT_FOUND);
+	none.reply_to = UINT64_MAX;
+	assert_int_equal(send_sync(s, &none, NULL), ISG_ERR_NOT_FOUND);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), audits);
+	assert_int_equal(fetch_count(s, "council-c"), 0);
+}
+
+static void test_ack_rules(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_receipt r;
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "for nhs-b only");
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	int64_t audits = db_int(f, "SELECT count(*) FROM audit", 0);
+
+	/* Someone else's message, a missing id, id 0 and a huge id: unknown, nothing changes. */
+	uint64_t ids[] = {r.gateway_id, 424242, 0, UINT64_MAX};
+	uint64_t unknown[8];
+	uint32_t acked = 7;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "council-c", ids, 4, &acked, unknown, &n_unknown), 0);
+	assert_int_equal(acked, 0);
+	assert_int_equal(n_unknown, 4);
+	assert_memory_equal(unknown, ids, sizeof(ids));
+	assert_int_equal(
+	    db_int(f, "SELECT state FROM messages WHERE id = ?1", (int64_t)r.gateway_id), 0);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), audits);
+	/* The sender cannot acknowledge its own message either. */
+	assert_int_equal(ack_sync(s, "police-a", ids, 1, &acked, unknown, &n_unknown), 0);
+	assert_int_equal(acked, 0);
+	assert_int_equal(n_unknown, 1);
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+
+	/* Pending (never fetched) messages can be acknowledged; a repeated id is unknown. */
+	uint64_t twice[] = {r.gateway_id, r.gateway_id};
+	assert_int_equal(ack_sync(s, "nhs-b", twice, 2, &acked, unknown, &n_unknown), 0);
+	assert_int_equal(acked, 1);
+	assert_int_equal(n_unknown, 1);
+	assert_int_equal(unknown[0], r.gateway_id);
+
+	/* An empty ack is fine; a huge one is refused up front. */
+	assert_int_equal(ack_sync(s, "nhs-b", NULL, 0, &acked, unknown, &n_unknown), 0);
+	assert_int_equal(acked, 0);
+	uint64_t *many = calloc(10001, sizeof(*many));
+	assert_non_null(many);
+	assert_int_equal(ack_sync(s, "nhs-b", many, 10001, &acked, unknown, &n_unknown),
+	                 ISG_ERR_LIMIT);
+	free(many);
+}
+
+static void test_fetch_cursor(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	uint64_t ids[5];
+	for (int i = 0; i < 5; i++) {
+		char mid[32], body[32];
+		snprintf(mid, sizeof(mid), "m-%d", i);
+		snprintf(body, sizeof(body), "body-%d", i);
+		struct store_message m = fx_msg("police-a", mid, "nhs-b", body);
+		struct store_receipt r;
+		assert_int_equal(send_sync(s, &m, &r), 0);
+		ids[i] = r.gateway_id;
+		/* Interleave messages for someone else. */
+		snprintf(mid, sizeof(mid), "o-%d", i);
+		struct store_message o = fx_msg("police-a", mid, "council-c", body);
+		assert_int_equal(send_sync(s, &o, NULL), 0);
+	}
+	uint64_t after = 0;
+	size_t seen = 0;
+	const size_t want_batches[] = {2, 2, 1, 0};
+	for (size_t b = 0; b < ARRAY_LEN(want_batches); b++) {
+		struct store_fetch_result *res = NULL;
+		assert_int_equal(fetch_sync(s, "nhs-b", after, 2, &res), 0);
+		assert_int_equal(res->n, want_batches[b]);
+		for (size_t i = 0; i < res->n; i++) {
+			char body[32];
+			snprintf(body, sizeof(body), "body-%zu", seen);
+			assert_int_equal(res->items[i].gateway_id, ids[seen]);
+			assert_memory_equal(res->items[i].payload, body, strlen(body));
+			assert_true(res->items[i].gateway_id > after);
+			after = res->items[i].gateway_id;
+			seen++;
+		}
+		store_fetch_result_free(res);
+	}
+	assert_int_equal(seen, 5);
+	/* Cursor in the middle, and a cursor beyond every id. */
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", ids[2], 100, &res), 0);
+	assert_int_equal(res->n, 2);
+	assert_int_equal(res->items[0].gateway_id, ids[3]);
+	store_fetch_result_free(res);
+	assert_int_equal(fetch_sync(s, "nhs-b", UINT64_MAX, 100, &res), 0);
+	assert_int_equal(res->n, 0);
+	store_fetch_result_free(res);
+	/* max 0 is a caller's bug. */
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 0, &res), ISG_ERR_INVALID);
+	/* Each message delivered once in the audit log although fetched several times. */
+	assert_int_equal(
+	    db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.delivered'", 0), 5);
+}
+
+static void test_fetch_many(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	store_test_pause(s, true);
+	struct wait w[50];
+	for (int i = 0; i < 50; i++) {
+		char mid[32], body[32];
+		snprintf(mid, sizeof(mid), "m-%d", i);
+		snprintf(body, sizeof(body), "body-%d", i);
+		struct store_message m = fx_msg("police-a", mid, "nhs-b", body);
+		wait_init(&w[i]);
+		assert_int_equal(store_send(s, &m, on_send, &w[i]), 0);
+	}
+	store_test_pause(s, false);
+	for (int i = 0; i < 50; i++)
+		assert_int_equal(wait_for(&w[i]), 0);
+	/* More than any small first allocation, fewer than max. */
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 60000, &res), 0);
+	assert_int_equal(res->n, 50);
+	for (size_t i = 0; i < res->n; i++) {
+		char body[32];
+		snprintf(body, sizeof(body), "body-%zu", i);
+		assert_int_equal(res->items[i].gateway_id, w[i].receipt.gateway_id);
+		assert_int_equal(res->items[i].payload_len, strlen(body));
+		assert_memory_equal(res->items[i].payload, body, strlen(body));
+	}
+	store_fetch_result_free(res);
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 33, &res), 0);
+	assert_int_equal(res->n, 33);
+	store_fetch_result_free(res);
+}
+
+static void test_expiry(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 20, 0);
+	struct store_message m = fx_msg("police-a", "short", "nhs-b", "soon gone");
+	m.ttl_ms = 50;
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	struct store_message keep = fx_msg("police-a", "long", "nhs-b", "stays");
+	struct store_receipt rk;
+	assert_int_equal(send_sync(s, &keep, &rk), 0);
+	/* Fetched (delivered) but never acknowledged: it still expires. */
+	assert_int_equal(fetch_count(s, "nhs-b"), 2);
+
+	int64_t state_now = 0;
+	for (int i = 0; i < 500; i++) {
+		state_now =
+		    db_int(f, "SELECT state FROM messages WHERE id = ?1", (int64_t)r.gateway_id);
+		if (state_now == 3)
+			break;
+		sleep_ms(10);
+	}
+	assert_int_equal(state_now, 3);
+	assert_int_equal(db_int(f,
+	                        "SELECT payload IS NULL AND nonce IS NULL FROM messages"
+	                        " WHERE id = ?1",
+	                        (int64_t)r.gateway_id),
+	                 1);
+	assert_int_equal(db_int(f,
+	                        "SELECT count(*) FROM audit WHERE kind = 'message.expired'"
+	                        " AND json_extract(entry, '$.gateway_id') = ?1",
+	                        (int64_t)r.gateway_id),
+	                 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.expired'", 0),
+	                 1);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_int_equal(res->items[0].gateway_id, rk.gateway_id);
+	store_fetch_result_free(res);
+	uint32_t acked;
+	size_t n_unknown;
+	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 0);
+	assert_int_equal(n_unknown, 1);
+	/* Sweeping again does not expire it twice. */
+	sleep_ms(60);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.expired'", 0),
+	                 1);
+}
+
+static void test_expired_not_fetchable_before_sweep(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 3600 * 1000, 0);
+	struct store_message m = fx_msg("police-a", "short", "nhs-b", "soon gone");
+	m.ttl_ms = 30;
+	assert_int_equal(send_sync(s, &m, NULL), 0);
+	sleep_ms(60);
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+	/* No sweep yet: still pending in the table, no expiry entry. */
+	assert_int_equal(db_int(f, "SELECT state FROM messages", 0), 0);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.expired'", 0),
+	                 0);
+	/* The writer sweeps once when it starts, then every interval. */
+	fx_close(f);
+	s = fx_open_with(f, 3600 * 1000, 0);
+	int64_t st = 0;
+	for (int i = 0; i < 500 && st != 3; i++) {
+		st = db_int(f, "SELECT state FROM messages", 0);
+		if (st != 3)
+			sleep_ms(10);
+	}
+	assert_int_equal(st, 3);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.expired'", 0),
+	                 1);
+}
+
+static void test_durable_across_reopen(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "durable", "nhs-b", "still here");
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	struct store_message gone = fx_msg("police-a", "acked", "nhs-b", "gone");
+	struct store_receipt rg;
+	assert_int_equal(send_sync(s, &gone, &rg), 0);
+	uint32_t acked;
+	size_t n_unknown;
+	assert_int_equal(ack_sync(s, "nhs-b", &rg.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	fx_close(f);
+
+	s = fx_open(f);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_int_equal(res->items[0].gateway_id, r.gateway_id);
+	assert_memory_equal(res->items[0].payload, "still here", 10);
+	store_fetch_result_free(res);
+	/* Duplicate detection and audit numbering carry on. */
+	struct store_receipt r2;
+	assert_int_equal(send_sync(s, &m, &r2), 0);
+	assert_true(r2.duplicate);
+	assert_int_equal(r2.gateway_id, r.gateway_id);
+	uint64_t seq = 0;
+	assert_int_equal(audit_sync(s, "test.event", "{}", &seq), 0);
+	assert_int_equal(seq, (uint64_t)db_int(f, "SELECT count(*) FROM audit", 0));
+	fx_close(f);
+
+	/* A store opened with another key cannot open the payload, and does not crash. */
+	f->key[0] ^= 1;
+	s = fx_open(f);
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+}
+
+static void test_moved_payload_does_not_open(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_receipt r1, r2;
+	struct store_message m1 = fx_msg("police-a", "m-1", "nhs-b", "for message one");
+	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "for message two");
+	assert_int_equal(send_sync(s, &m1, &r1), 0);
+	assert_int_equal(send_sync(s, &m2, &r2), 0);
+	/* Someone with write access to the file copies message two's sealed payload over one. */
+	char sql[256];
+	snprintf(sql, sizeof(sql),
+	         "UPDATE messages SET (nonce, payload) = (SELECT nonce, payload FROM messages"
+	         " WHERE id = %" PRIu64 ") WHERE id = %" PRIu64,
+	         r2.gateway_id, r1.gateway_id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_int_equal(res->items[0].gateway_id, r2.gateway_id);
+	assert_memory_equal(res->items[0].payload, "for message two", 15);
+	store_fetch_result_free(res);
+	/* Changing the recipient column breaks the seal as well. */
+	snprintf(sql, sizeof(sql),
+	         "UPDATE messages SET recipient = 'council-c' WHERE id = %" PRIu64, r2.gateway_id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+	assert_int_equal(fetch_count(s, "council-c"), 0);
+}
+
+static void test_empty_and_large_payloads(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message empty = fx_msg("police-a", "empty", "nhs-b", "");
+	empty.payload = NULL;
+	assert_int_equal(send_sync(s, &empty, NULL), 0);
+	size_t big_len = 3 * 1024 * 1024;
+	uint8_t *big = malloc(big_len);
+	assert_non_null(big);
+	randombytes_buf(big, big_len);
+	struct store_message large = fx_msg("police-a", "large", "nhs-b", "");
+	large.payload = big;
+	large.payload_len = big_len;
+	assert_int_equal(send_sync(s, &large, NULL), 0);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 2);
+	assert_int_equal(res->items[0].payload_len, 0);
+	assert_int_equal(res->items[1].payload_len, big_len);
+	assert_memory_equal(res->items[1].payload, big, big_len);
+	store_fetch_result_free(res);
+	free(big);
+}
+
+static void noop_send(void *ctx, int err, const struct store_receipt *r)
+{
+	(void)ctx;
+	(void)err;
+	(void)r;
+}
+
+static void test_submit_validation(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "v", "nhs-b", "x");
+	struct store_message bad = m;
+	bad.sender = NULL;
+	assert_int_equal(store_send(s, &bad, noop_send, NULL), ISG_ERR_INVALID);
+	bad = m;
+	bad.message_id = "";
+	assert_int_equal(store_send(s, &bad, noop_send, NULL), ISG_ERR_INVALID);
+	bad = m;
+	bad.ttl_ms = 0;
+	assert_int_equal(store_send(s, &bad, noop_send, NULL), ISG_ERR_INVALID);
+	bad = m;
+	bad.audit_entry = NULL;
+	assert_int_equal(store_send(s, &bad, noop_send, NULL), ISG_ERR_INVALID);
+	bad = m;
+	bad.payload_len = 64u * 1024 * 1024 + 1; /* refused before it is read */
+	assert_int_equal(store_send(s, &bad, noop_send, NULL), ISG_ERR_TOO_BIG);
+	char long_id[2048];
+	memset(long_id, 'x', sizeof(long_id) - 1);
+	long_id[sizeof(long_id) - 1] = '\0';
+	bad = m;
+	bad.recipient = long_id;
+	assert_int_equal(store_send(s, &bad, noop_send, NULL), ISG_ERR_INVALID);
+	assert_int_equal(store_send(s, &m, NULL, NULL), ISG_ERR_INVALID);
+	assert_int_equal(store_audit(s, "", "{}", 2, NULL, NULL), ISG_ERR_INVALID);
+	/* Optional strings may be NULL. */
+	struct store_message minimal = m;
+	minimal.agreement_id = NULL;
+	minimal.purpose = NULL;
+	minimal.dataset = NULL;
+	assert_int_equal(send_sync(s, &minimal, NULL), 0);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_string_equal(res->items[0].purpose, "");
+	store_fetch_result_free(res);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 2);
+}
+
+int main(void)
+{
+	if (sodium_init() < 0)
+		return 1;
+	log_set_level(LOG_WARN);
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_round_trip, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_audit_entries_written, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_payload_sealed_on_disk, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_reply_to_rules, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_ack_rules, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_cursor, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_many, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_expiry, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_expired_not_fetchable_before_sweep, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_durable_across_reopen, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_moved_payload_does_not_open, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_empty_and_large_payloads, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_submit_validation, fx_setup, fx_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

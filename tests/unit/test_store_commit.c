@@ -1,0 +1,547 @@
+/*
+ * store: group commit from many threads, one job's failure not sinking the
+ * batch, failed commits and a full disk, close draining the queue, and files
+ * that are not ISG stores refused without being touched.
+ */
+#include "store_test_util.h"
+
+#include <fcntl.h>
+
+#define THREADS 4
+#define PER_THREAD 125
+#define TOTAL (THREADS * PER_THREAD)
+
+/* --- group commit ---------------------------------------------------------------- */
+
+struct gc_shared {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int calls[TOTAL];
+	int errs[TOTAL];
+	uint64_t ids[TOTAL];
+	uint64_t audit[TOTAL];
+	int done;
+	int notify_calls;
+	char notified[4][16];
+};
+
+struct gc_slot {
+	struct gc_shared *sh;
+	int index;
+};
+
+struct gc_thread {
+	struct store *s;
+	struct gc_shared *sh;
+	struct gc_slot *slots;
+	int first;
+	int submit_errors;
+};
+
+static void gc_cb(void *ctx, int err, const struct store_receipt *r)
+{
+	struct gc_slot *slot = ctx;
+	struct gc_shared *sh = slot->sh;
+	pthread_mutex_lock(&sh->mu);
+	sh->calls[slot->index]++;
+	sh->errs[slot->index] = err;
+	if (r) {
+		sh->ids[slot->index] = r->gateway_id;
+		sh->audit[slot->index] = r->audit_index;
+	}
+	sh->done++;
+	pthread_cond_broadcast(&sh->cv);
+	pthread_mutex_unlock(&sh->mu);
+}
+
+static void gc_notify(void *ctx, const char *recipient)
+{
+	struct gc_shared *sh = ctx;
+	pthread_mutex_lock(&sh->mu);
+	if (sh->notify_calls < 4)
+		str_copy(sh->notified[sh->notify_calls], recipient, sizeof(sh->notified[0]));
+	sh->notify_calls++;
+	pthread_mutex_unlock(&sh->mu);
+}
+
+static void *gc_sender(void *arg)
+{
+	struct gc_thread *t = arg;
+	for (int i = t->first; i < t->first + PER_THREAD; i++) {
+		char mid[32], body[32];
+		snprintf(mid, sizeof(mid), "msg-%05d", i);
+		snprintf(body, sizeof(body), "body %d", i);
+		/* Two recipients, so notify must fire once per recipient. */
+		struct store_message m =
+		    fx_msg("police-a", mid, i % 2 ? "nhs-b" : "council-c", body);
+		t->slots[i].sh = t->sh;
+		t->slots[i].index = i;
+		if (store_send(t->s, &m, gc_cb, &t->slots[i]) != 0)
+			t->submit_errors++;
+	}
+	return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Submit TOTAL sends from THREADS threads; returns commits taken. */
+static uint64_t gc_run(struct fx *f, struct store *s, bool paused, struct gc_shared *sh)
+{
+	static struct gc_slot slots[TOTAL];
+	struct gc_thread t[THREADS];
+	pthread_t th[THREADS];
+	uint64_t commits_before = store_test_commits(s);
+	store_set_notify(s, gc_notify, sh);
+	if (paused)
+		store_test_pause(s, true);
+	for (int i = 0; i < THREADS; i++) {
+		t[i] =
+		    (struct gc_thread){.s = s, .sh = sh, .slots = slots, .first = i * PER_THREAD};
+		assert_int_equal(pthread_create(&th[i], NULL, gc_sender, &t[i]), 0);
+	}
+	for (int i = 0; i < THREADS; i++) {
+		pthread_join(th[i], NULL);
+		assert_int_equal(t[i].submit_errors, 0);
+	}
+	if (paused)
+		store_test_pause(s, false);
+	pthread_mutex_lock(&sh->mu);
+	while (sh->done < TOTAL)
+		pthread_cond_wait(&sh->cv, &sh->mu);
+	pthread_mutex_unlock(&sh->mu);
+	uint64_t commits = store_test_commits(s) - commits_before;
+
+	/* Every callback exactly once, each with its own id. */
+	uint64_t sorted[TOTAL];
+	for (int i = 0; i < TOTAL; i++) {
+		assert_int_equal(sh->calls[i], 1);
+		assert_int_equal(sh->errs[i], 0);
+		sorted[i] = sh->ids[i];
+	}
+	qsort(sorted, TOTAL, sizeof(sorted[0]), cmp_u64);
+	for (int i = 1; i < TOTAL; i++)
+		assert_true(sorted[i] > sorted[i - 1]);
+	/* Audit indexes distinct too, and the log has no gaps. */
+	for (int i = 0; i < TOTAL; i++)
+		sorted[i] = sh->audit[i];
+	qsort(sorted, TOTAL, sizeof(sorted[0]), cmp_u64);
+	assert_int_equal(sorted[0], 1);
+	assert_int_equal(sorted[TOTAL - 1], TOTAL);
+	char kinds[TOTAL * 20];
+	db_audit_kinds(f, kinds, sizeof(kinds));
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), TOTAL);
+	return commits;
+}
+
+static struct gc_shared *gc_shared_new(void)
+{
+	struct gc_shared *sh = calloc(1, sizeof(*sh));
+	assert_non_null(sh);
+	pthread_mutex_init(&sh->mu, NULL);
+	pthread_cond_init(&sh->cv, NULL);
+	return sh;
+}
+
+static void gc_shared_free(struct gc_shared *sh)
+{
+	pthread_cond_destroy(&sh->cv);
+	pthread_mutex_destroy(&sh->mu);
+	free(sh);
+}
+
+static void test_group_commit_batches(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct gc_shared *sh = gc_shared_new();
+	/* Held writer: everything queued lands in one transaction (max_batch 512). */
+	uint64_t commits = gc_run(f, s, true, sh);
+	assert_true(commits < TOTAL);
+	assert_true(commits <= 2);
+	/* One notification per recipient for the batch. */
+	fx_close(f); /* the writer is joined: notify_calls is final */
+	assert_int_equal(sh->notify_calls, 2);
+	assert_true(
+	    (strcmp(sh->notified[0], "nhs-b") == 0 && strcmp(sh->notified[1], "council-c") == 0) ||
+	    (strcmp(sh->notified[0], "council-c") == 0 && strcmp(sh->notified[1], "nhs-b") == 0));
+	gc_shared_free(sh);
+}
+
+static void test_group_commit_small_batches(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 0, 64);
+	struct gc_shared *sh = gc_shared_new();
+	uint64_t commits = gc_run(f, s, true, sh);
+	/* 500 jobs, at most 64 per commit. */
+	assert_true(commits >= (TOTAL + 63) / 64);
+	assert_true(commits <= (TOTAL + 63) / 64 + 1);
+	fx_close(f);
+	gc_shared_free(sh);
+}
+
+static void test_group_commit_live(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct gc_shared *sh = gc_shared_new();
+	/* The writer runs while four threads submit: exactly-once still holds. */
+	uint64_t commits = gc_run(f, s, false, sh);
+	assert_true(commits >= 1 && commits <= TOTAL);
+	print_message("live: %d sends in %" PRIu64 " commits\n", TOTAL, commits);
+	fx_close(f);
+	gc_shared_free(sh);
+}
+
+/* --- one job's failure, commit failure, full disk ---------------------------------------- */
+
+static void test_failed_job_does_not_sink_batch(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message first = fx_msg("police-a", "m-1", "nhs-b", "one");
+	assert_int_equal(send_sync(s, &first, NULL), 0);
+
+	struct wait w[4];
+	struct store_message ok1 = fx_msg("police-a", "m-2", "nhs-b", "two");
+	struct store_message conflict = fx_msg("police-a", "m-1", "nhs-b", "changed");
+	struct store_message bad_reply = fx_msg("nhs-b", "r-1", "police-a", "re");
+	bad_reply.reply_to = 777;
+	struct store_message ok2 = fx_msg("police-a", "m-3", "nhs-b", "three");
+	const struct store_message *ms[4] = {&ok1, &conflict, &bad_reply, &ok2};
+	uint64_t commits = store_test_commits(s);
+	store_test_pause(s, true);
+	for (int i = 0; i < 4; i++) {
+		wait_init(&w[i]);
+		assert_int_equal(store_send(s, ms[i], on_send, &w[i]), 0);
+	}
+	store_test_pause(s, false);
+	assert_int_equal(wait_for(&w[0]), 0);
+	assert_int_equal(wait_for(&w[1]), ISG_ERR_CONFLICT);
+	assert_int_equal(wait_for(&w[2]), ISG_ERR_NOT_FOUND);
+	assert_int_equal(wait_for(&w[3]), 0);
+	for (int i = 0; i < 4; i++)
+		assert_false(w[i].bad);
+	assert_int_equal(store_test_commits(s) - commits, 1);
+	assert_int_equal(fetch_count(s, "nhs-b"), 3);
+	/* The audit log has no hole where the failed jobs' savepoints were rolled back. */
+	char kinds[512];
+	db_audit_kinds(f, kinds, sizeof(kinds));
+	assert_int_equal(w[3].receipt.audit_index, w[0].receipt.audit_index + 1);
+}
+
+static void test_commit_failure_reports_nothing_stored(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message before = fx_msg("police-a", "m-0", "nhs-b", "zero");
+	assert_int_equal(send_sync(s, &before, NULL), 0);
+
+	/* Two sends and an audit entry in one batch whose COMMIT fails. */
+	struct wait w[3];
+	struct store_message a = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct store_message b = fx_msg("council-c", "m-1", "nhs-b", "two");
+	store_test_pause(s, true);
+	store_test_fail_next_commit(s);
+	wait_init(&w[0]);
+	wait_init(&w[1]);
+	wait_init(&w[2]);
+	assert_int_equal(store_send(s, &a, on_send, &w[0]), 0);
+	assert_int_equal(store_send(s, &b, on_send, &w[1]), 0);
+	assert_int_equal(store_audit(s, "message.refused", "{}", 2, on_audit, &w[2]), 0);
+	store_test_pause(s, false);
+	assert_int_equal(wait_for(&w[0]), ISG_ERR_STORE);
+	assert_int_equal(wait_for(&w[1]), ISG_ERR_STORE);
+	assert_int_equal(wait_for(&w[2]), ISG_ERR_STORE);
+	assert_false(w[0].bad);
+	assert_false(w[1].bad);
+	assert_int_equal(w[2].seq, 0);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
+
+	/* The store carries on: the same sends now succeed, as new messages. */
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &a, &r), 0);
+	assert_false(r.duplicate);
+	assert_int_equal(r.audit_index, 2);
+	assert_int_equal(send_sync(s, &b, &r), 0);
+	assert_false(r.duplicate);
+	assert_int_equal(fetch_count(s, "nhs-b"), 3);
+	char kinds[512];
+	db_audit_kinds(f, kinds, sizeof(kinds));
+}
+
+static void test_fetch_in_failed_commit_is_not_delivered(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "one");
+	assert_int_equal(send_sync(s, &m, NULL), 0);
+	store_test_fail_next_commit(s);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), ISG_ERR_STORE);
+	assert_int_equal(res->n, 0);
+	store_fetch_result_free(res);
+	assert_int_equal(db_int(f, "SELECT state FROM messages", 0), 0);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+	assert_int_equal(db_int(f, "SELECT state FROM messages", 0), 1);
+}
+
+static void test_disk_full_then_recovers(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message small = fx_msg("police-a", "m-0", "nhs-b", "zero");
+	assert_int_equal(send_sync(s, &small, NULL), 0);
+	/* No page may be added to the file any more: the next large message does not fit. */
+	assert_int_equal(store_test_exec(s, "PRAGMA max_page_count = 1"), 0);
+	size_t big_len = 256 * 1024;
+	uint8_t *big = calloc(1, big_len);
+	assert_non_null(big);
+	struct store_message m = fx_msg("police-a", "m-big", "nhs-b", "");
+	m.payload = big;
+	m.payload_len = big_len;
+	assert_int_equal(send_sync(s, &m, NULL), ISG_ERR_FULL);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
+	/* Space comes back. */
+	assert_int_equal(store_test_exec(s, "PRAGMA max_page_count = 1073741823"), 0);
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	assert_false(r.duplicate);
+	assert_int_equal(r.audit_index, 2);
+	assert_int_equal(fetch_count(s, "nhs-b"), 2);
+	free(big);
+}
+
+/* --- close ----------------------------------------------------------------------------- */
+
+struct close_ctx {
+	struct store *s;
+	int calls;
+	int errs;
+	int resubmit_rc;
+};
+
+static void close_cb(void *ctx, int err, const struct store_receipt *r)
+{
+	struct close_ctx *c = ctx;
+	c->calls++;
+	if (err)
+		c->errs++;
+	/* Submitting once close has begun is refused. */
+	struct store_message m = fx_msg("police-a", "late", "nhs-b", "late");
+	c->resubmit_rc = store_send(c->s, &m, close_cb, c);
+}
+
+static void test_close_drains_queue(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct close_ctx c = {.s = s};
+	store_test_pause(s, true);
+	for (int i = 0; i < 20; i++) {
+		char mid[32];
+		snprintf(mid, sizeof(mid), "q-%d", i);
+		struct store_message m = fx_msg("police-a", mid, "nhs-b", "queued");
+		assert_int_equal(store_send(s, &m, close_cb, &c), 0);
+	}
+	fx_close(f); /* releases the pause, runs all 20, then joins */
+	assert_int_equal(c.calls, 20);
+	assert_int_equal(c.errs, 0);
+	assert_int_equal(c.resubmit_rc, ISG_ERR_CLOSED);
+	s = fx_open(f);
+	assert_int_equal(fetch_count(s, "nhs-b"), 20);
+	store_close(NULL);
+}
+
+static void test_queue_bound(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 0, 100000); /* drains in one commit */
+	/* A writer that cannot keep up makes submitters back off instead of growing. */
+	store_test_pause(s, true);
+	int accepted = 0, rc = 0;
+	for (int i = 0; i < 70000 && rc == 0; i++) {
+		rc = store_audit(s, "test.event", "{}", 2, NULL, NULL);
+		if (rc == 0)
+			accepted++;
+	}
+	assert_int_equal(rc, ISG_ERR_AGAIN);
+	assert_int_equal(accepted, 65536);
+	store_test_pause(s, false);
+	/* Once the writer catches up, submitting works again. */
+	uint64_t seq = 0;
+	int tries = 0;
+	while ((rc = audit_sync(s, "test.last", "{}", &seq)) == ISG_ERR_AGAIN && tries++ < 5000)
+		usleep(1000);
+	assert_int_equal(rc, 0);
+	assert_int_equal(seq, 65537);
+}
+
+/* --- files that are not ISG stores ------------------------------------------------------- */
+
+static void expect_refused_unchanged(struct fx *f, const char *why)
+{
+	size_t before_len = 0, after_len = 0;
+	uint8_t *before = file_slurp(f->path, &before_len);
+	assert_non_null(before);
+	struct stat st_before, st_after;
+	assert_int_equal(stat(f->path, &st_before), 0);
+	char err[512] = "";
+	struct store *s = NULL;
+	struct store_options opt = {.path = f->path, .storage_key = f->key};
+	assert_int_equal(store_open(&opt, &s, err, sizeof(err)), ISG_ERR_CORRUPT);
+	assert_null(s);
+	assert_non_null(strstr(err, f->path));
+	if (!strstr(err, why))
+		fail_msg("error '%s' does not say '%s'", err, why);
+	uint8_t *after = file_slurp(f->path, &after_len);
+	assert_int_equal(after_len, before_len);
+	assert_memory_equal(after, before, before_len);
+	assert_int_equal(stat(f->path, &st_after), 0);
+	assert_int_equal(st_after.st_mtim.tv_sec, st_before.st_mtim.tv_sec);
+	assert_int_equal(st_after.st_mtim.tv_nsec, st_before.st_mtim.tv_nsec);
+	free(before);
+	free(after);
+}
+
+static void write_bytes(const char *path, const void *buf, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, buf, len), (ssize_t)len);
+	close(fd);
+}
+
+static void test_refuses_random_bytes(void **state)
+{
+	struct fx *f = *state;
+	uint8_t junk[65536];
+	randombytes_buf(junk, sizeof(junk));
+	write_bytes(f->path, junk, sizeof(junk));
+	expect_refused_unchanged(f, "not an SQLite database");
+	/* SQLite's magic followed by garbage. */
+	memcpy(junk, "SQLite format 3", 16);
+	write_bytes(f->path, junk, sizeof(junk));
+	expect_refused_unchanged(f, "");
+	/* An empty file is not a store either. */
+	write_bytes(f->path, "", 0);
+	expect_refused_unchanged(f, "not an SQLite database");
+}
+
+static void make_db(const char *path, const char *sql)
+{
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	char *msg = NULL;
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+		fail_msg("%s", msg);
+	sqlite3_close(db);
+}
+
+static void test_refuses_foreign_database(void **state)
+{
+	struct fx *f = *state;
+	make_db(f->path, "CREATE TABLE patients(nhs_number TEXT, name TEXT);"
+	                 "INSERT INTO patients VALUES ('9434765919', 'Jane');");
+	expect_refused_unchanged(f, "not an ISG store");
+	unlink(f->path);
+	/* Our application id but no meta table. */
+	make_db(f->path, "PRAGMA application_id = 1230194481; CREATE TABLE t(x);");
+	expect_refused_unchanged(f, "not an ISG store");
+	unlink(f->path);
+	/* A store from a newer isgd. */
+	make_db(f->path,
+	        "PRAGMA application_id = 1230194481;"
+	        "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
+	        "INSERT INTO meta VALUES ('format', 'isg-store'), ('schema_version', 99);");
+	expect_refused_unchanged(f, "schema version 99");
+}
+
+static void test_refuses_damaged_store(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	for (int i = 0; i < 50; i++) {
+		char mid[32];
+		snprintf(mid, sizeof(mid), "m-%d", i);
+		struct store_message m = fx_msg("police-a", mid, "nhs-b", "some payload bytes");
+		assert_int_equal(send_sync(s, &m, NULL), 0);
+	}
+	fx_close(f);
+	/* Scribble over the last page (table or index b-tree) of a clean store. */
+	size_t len = 0;
+	uint8_t *buf = file_slurp(f->path, &len);
+	assert_true(len >= 4 * 4096);
+	memset(buf + len - 4096 + 8, 0xff, 2048);
+	write_bytes(f->path, buf, len);
+	free(buf);
+	expect_refused_unchanged(f, "integrity check");
+}
+
+static void test_creates_new_store(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	assert_int_equal(db_int(f, "PRAGMA application_id", 0), 0x49534731);
+	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 1);
+	sqlite3 *db = db_ro(f);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+	sqlite3_finalize(st);
+	/* Fetch and expiry use the partial indexes. */
+	assert_int_equal(sqlite3_prepare_v2(db,
+	                                    "EXPLAIN QUERY PLAN SELECT id FROM messages"
+	                                    " WHERE recipient = 'b' AND id > 0 AND state IN (0, 1)"
+	                                    " AND expires_at > 0 ORDER BY id LIMIT 10",
+	                                    -1, &st, NULL),
+	                 SQLITE_OK);
+	bool pending_index = false;
+	while (sqlite3_step(st) == SQLITE_ROW)
+		pending_index |=
+		    strstr((const char *)sqlite3_column_text(st, 3), "messages_pending") != NULL;
+	sqlite3_finalize(st);
+	assert_true(pending_index);
+	sqlite3_close(db);
+	/* No temporary file left next to it. */
+	DIR *d = opendir(f->dir);
+	struct dirent *e;
+	while ((e = readdir(d)))
+		assert_null(strstr(e->d_name, ".new-"));
+	closedir(d);
+	(void)s;
+}
+
+int main(void)
+{
+	if (sodium_init() < 0)
+		return 1;
+	log_set_level(LOG_WARN);
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_group_commit_batches, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_group_commit_small_batches, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_group_commit_live, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_job_does_not_sink_batch, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_commit_failure_reports_nothing_stored, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_in_failed_commit_is_not_delivered, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_disk_full_then_recovers, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_close_drains_queue, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_refuses_random_bytes, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_refuses_foreign_database, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_refuses_damaged_store, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_creates_new_store, fx_setup, fx_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
