@@ -1,0 +1,154 @@
+/*
+ * pseudo: the entry point for normalisation, and the keyed hash and its text
+ * form. The construction is fixed by docs/pseudonyms.md: any change to the
+ * bytes hashed here changes every pseudonym, so it needs a new version byte.
+ */
+#include "pseudo/internal.h"
+#include "util/util.h"
+
+#include <inttypes.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+
+/* The hash input starts with this tag, then 0x00 and the version byte. */
+#define PSEUDO_TAG "ISG-PSEUDONYM"
+#define PSEUDO_TAG_LEN 13
+#define PSEUDO_ENCODING_VERSION 0x01
+
+const char *pseudo_type_name(enum pseudo_type t)
+{
+	switch (t) {
+	case PSEUDO_NHS_NUMBER:
+		return "nhs_number";
+	case PSEUDO_PNC_ID:
+		return "pnc_id";
+	case PSEUDO_POSTCODE:
+		return "postcode";
+	case PSEUDO_DATE:
+		return "date";
+	case PSEUDO_NAME:
+		return "name";
+	case PSEUDO_EMAIL:
+		return "email";
+	case PSEUDO_IDENTIFIER:
+		return "identifier";
+	}
+	return "unknown";
+}
+
+int pseudo_refuse(const char **reason, const char *why)
+{
+	if (reason)
+		*reason = why;
+	return ISG_ERR_INVALID;
+}
+
+uint32_t pseudo_utf8_next(const char *str, size_t len, size_t *i)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	unsigned char c = s[*i];
+	size_t n = c < 0x80 ? 0 : c < 0xe0 ? 1 : c < 0xf0 ? 2 : 3;
+	uint32_t cp = n == 0 ? c : n == 1 ? c & 0x1fu : n == 2 ? c & 0x0fu : c & 0x07u;
+	for (size_t k = 1; k <= n && *i + k < len; k++)
+		cp = (cp << 6) | (s[*i + k] & 0x3fu);
+	*i += n + 1;
+	return cp;
+}
+
+/* C0 controls, DEL, and C1 controls (U+0080..U+009F, encoded C2 80..C2 9F). */
+static bool has_control(const char *str, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < 0x20 || s[i] == 0x7f)
+			return true;
+		if (s[i] == 0xc2 && i + 1 < len && s[i + 1] >= 0x80 && s[i + 1] <= 0x9f)
+			return true;
+	}
+	return false;
+}
+
+static pseudo_normaliser normaliser_of(enum pseudo_type t)
+{
+	switch (t) {
+	case PSEUDO_NHS_NUMBER:
+		return pseudo_norm_nhs;
+	case PSEUDO_PNC_ID:
+		return pseudo_norm_pnc;
+	case PSEUDO_POSTCODE:
+		return pseudo_norm_postcode;
+	case PSEUDO_DATE:
+		return pseudo_norm_date;
+	case PSEUDO_NAME:
+		return pseudo_norm_name;
+	case PSEUDO_EMAIL:
+		return pseudo_norm_email;
+	case PSEUDO_IDENTIFIER:
+		return pseudo_norm_identifier;
+	}
+	return NULL;
+}
+
+int pseudo_normalise(enum pseudo_type t, const char *in, size_t len,
+                     char out[static PSEUDO_VALUE_MAX + 1], const char **reason)
+{
+	out[0] = '\0';
+	pseudo_normaliser norm = normaliser_of(t);
+	if (!norm)
+		return pseudo_refuse(reason, "unknown identifier type");
+	if (!in && len)
+		return pseudo_refuse(reason, "value is missing");
+	/* Bound the raw input, before any work, so no rule can grow past it. */
+	if (len > PSEUDO_VALUE_MAX)
+		return pseudo_refuse(reason, "value is too long");
+	if (!str_utf8_valid(in, len))
+		return pseudo_refuse(reason, "value is not valid UTF-8");
+	if (has_control(in, len))
+		return pseudo_refuse(reason, "value contains a control character");
+	while (len && in[0] == ' ') {
+		in++;
+		len--;
+	}
+	while (len && in[len - 1] == ' ')
+		len--;
+	if (!len)
+		return pseudo_refuse(reason, "value is empty");
+	int err = norm(in, len, out, reason);
+	if (err)
+		out[0] = '\0';
+	return err;
+}
+
+void pseudo_hash(const uint8_t key[static PSEUDO_KEY_LEN], enum pseudo_type t, const char *norm,
+                 size_t len, uint8_t out[static PSEUDO_HASH_LEN])
+{
+	/* Fixed-length prefix, then a length delimiter: see docs/pseudonyms.md. */
+	if (len > UINT32_MAX || (unsigned)t > 0xff)
+		fatal("pseudo_hash: value or type out of range");
+	uint8_t head[PSEUDO_TAG_LEN + 7];
+	memcpy(head, PSEUDO_TAG, PSEUDO_TAG_LEN);
+	head[PSEUDO_TAG_LEN] = 0x00;
+	head[PSEUDO_TAG_LEN + 1] = PSEUDO_ENCODING_VERSION;
+	head[PSEUDO_TAG_LEN + 2] = (uint8_t)t;
+	head[PSEUDO_TAG_LEN + 3] = (uint8_t)(len >> 24);
+	head[PSEUDO_TAG_LEN + 4] = (uint8_t)(len >> 16);
+	head[PSEUDO_TAG_LEN + 5] = (uint8_t)(len >> 8);
+	head[PSEUDO_TAG_LEN + 6] = (uint8_t)len;
+
+	crypto_auth_hmacsha256_state st;
+	crypto_auth_hmacsha256_init(&st, key, PSEUDO_KEY_LEN);
+	crypto_auth_hmacsha256_update(&st, head, sizeof(head));
+	crypto_auth_hmacsha256_update(&st, (const unsigned char *)norm, len);
+	crypto_auth_hmacsha256_final(&st, out);
+	sodium_memzero(&st, sizeof(st));
+}
+
+void pseudo_format(const uint8_t hash[static PSEUDO_HASH_LEN], uint32_t key_version,
+                   char out[static PSEUDO_TEXT_MAX])
+{
+	/* "p" + up to 10 digits + "_" + 43 characters + NUL = 56 bytes at most. */
+	int n = snprintf(out, PSEUDO_TEXT_MAX, "p%" PRIu32 "_", key_version);
+	sodium_bin2base64(out + n, PSEUDO_TEXT_MAX - (size_t)n, hash, PSEUDO_HASH_LEN,
+	                  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+}
