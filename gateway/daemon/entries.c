@@ -1,0 +1,125 @@
+/*
+ * Audit entries. Each is one JSON object. They name partners, agreements,
+ * datasets, fields and rules, never a field's value: refusal reasons come
+ * from policy_apply, which never quotes values either.
+ */
+#include <string.h>
+
+#include "daemon/gateway.h"
+#include "util/util.h"
+
+/* Client-chosen strings are bounded so a hostile request cannot bloat the log. */
+#define CLIENT_STR_MAX 128
+
+static void kv_str(struct strbuf *b, const char *key, const char *value)
+{
+	char bounded[CLIENT_STR_MAX + 1];
+	str_copy(bounded, value ? value : "", sizeof(bounded));
+	strbuf_printf(b, ",\"%s\":", key);
+	strbuf_json_string(b, bounded);
+}
+
+static void fields_by_action(struct strbuf *b, const struct policy_dataset *ds,
+			     enum field_action action)
+{
+	strbuf_printf(b, "%s\"%s\":[", action == ACTION_PASS ? "" : ",",
+		      policy_field_action_name(action));
+	bool first = true;
+	for (size_t i = 0; i < ds->n_fields; i++) {
+		if (ds->fields[i].action != action)
+			continue;
+		if (!first)
+			strbuf_puts(b, ",");
+		strbuf_json_string(b, ds->fields[i].name);
+		first = false;
+	}
+	strbuf_puts(b, "]");
+}
+
+char *entry_accepted(const struct policy_set *set, const struct policy_outcome *o,
+		     const char *sender, const Isg__SendRequest *req, size_t *len)
+{
+	const struct policy_agreement *a = o->agreement;
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_puts(&b, "{\"event\":\"message.accepted\"");
+	kv_str(&b, "sender", sender);
+	kv_str(&b, "recipient", req->recipient);
+	kv_str(&b, "message_id", req->message_id);
+	kv_str(&b, "agreement_id", a->id);
+	strbuf_printf(&b, ",\"agreement_version\":%u", a->version);
+	kv_str(&b, "policy_version", set->version);
+	kv_str(&b, "purpose", a->purpose_code);
+	strbuf_puts(&b, ",\"lawful_basis\":[");
+	for (size_t i = 0; i < a->n_lawful_basis; i++) {
+		if (i)
+			strbuf_puts(&b, ",");
+		strbuf_json_string(&b, a->lawful_basis[i]);
+	}
+	strbuf_puts(&b, "]");
+	kv_str(&b, "dataset", o->dataset->name);
+	strbuf_printf(&b, ",\"records\":%u,\"bytes\":%zu", o->record_count, o->payload_len);
+	strbuf_puts(&b, ",\"fields\":{");
+	for (enum field_action act = ACTION_PASS; act <= ACTION_PSEUDONYMISE; act++)
+		fields_by_action(&b, o->dataset, act);
+	strbuf_puts(&b, "}");
+	strbuf_printf(&b, ",\"reply_to\":%llu}", (unsigned long long)req->reply_to);
+	return strbuf_take(&b, len);
+}
+
+char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
+		    const struct policy_refusal *why, size_t *len)
+{
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_puts(&b, "{\"event\":\"message.refused\"");
+	kv_str(&b, "sender", sender);
+	kv_str(&b, "recipient", req->recipient);
+	kv_str(&b, "message_id", req->message_id);
+	kv_str(&b, "agreement_id", req->agreement_id);
+	kv_str(&b, "dataset", req->dataset);
+	kv_str(&b, "policy_version", set ? set->version : "");
+	kv_str(&b, "code", protobuf_c_enum_descriptor_get_value(&isg__error_code__descriptor,
+								 (int)why->code)
+				   ->name);
+	kv_str(&b, "rule", why->rule);
+	kv_str(&b, "reason", why->message);
+	strbuf_printf(&b, ",\"record_index\":%lld", (long long)why->record_index);
+	kv_str(&b, "field", why->field);
+	strbuf_printf(&b, ",\"records\":%zu}", req->n_records);
+	return strbuf_take(&b, len);
+}
+
+char *entry_connection(const char *peer, const char *subject, const char *partner,
+		       const char *reason, size_t *len)
+{
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_printf(&b, "{\"event\":\"connection.%s\"", reason ? "refused" : "accepted");
+	kv_str(&b, "peer", peer);
+	strbuf_puts(&b, ",\"subject\":");
+	strbuf_json_string(&b, subject ? subject : "");
+	if (partner)
+		kv_str(&b, "partner", partner);
+	if (reason)
+		kv_str(&b, "reason", reason);
+	strbuf_puts(&b, "}");
+	return strbuf_take(&b, len);
+}
+
+char *entry_policy(const struct policy_set *set, const char *dir, const char *outcome,
+		   size_t errors, size_t *len)
+{
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_printf(&b, "{\"event\":\"policy.%s\"", outcome);
+	strbuf_puts(&b, ",\"dir\":");
+	strbuf_json_string(&b, dir);
+	if (set) {
+		kv_str(&b, "policy_version", set->version);
+		strbuf_printf(&b, ",\"partners\":%zu,\"agreements\":%zu", set->n_partners,
+			      set->n_agreements);
+	}
+	strbuf_printf(&b, ",\"errors\":%zu}", errors);
+	return strbuf_take(&b, len);
+}

@@ -1,0 +1,47 @@
+/*
+ * daemon: isgd's own wiring. main.c loads the config, keys and policy,
+ * starts the store and the listeners and handles signals; handler.c serves
+ * partner requests; entries.c writes the audit entries' JSON.
+ */
+#ifndef ISG_DAEMON_GATEWAY_H
+#define ISG_DAEMON_GATEWAY_H
+
+#include <pthread.h>
+
+#include "config/config.h"
+#include "net/net.h"
+#include "policy/policy.h"
+#include "store/store.h"
+
+struct gateway {
+	struct isgd_config cfg;
+	struct store *store;
+	struct net_server *net;
+	pthread_mutex_t policy_mu;
+	struct policy_set *policy; /* current set; swapped on reload */
+};
+
+/* The current policy set, referenced: release with policy_set_unref. */
+struct policy_set *gateway_policy(struct gateway *g);
+/* Replace the current policy set (takes over the caller's reference). */
+void gateway_policy_swap(struct gateway *g, struct policy_set *set);
+
+/* handler.c: the net callbacks. */
+struct net_handler handler_new(struct gateway *g);
+/* Store notification: wake connections waiting for this recipient. */
+void handler_notify(void *ctx, const char *recipient);
+/* After a reload: close connections of partners the new set no longer has. */
+void handler_recheck_partners(struct gateway *g);
+
+/* entries.c: audit entries as JSON text; NULL when out of memory. */
+struct store_message;
+char *entry_accepted(const struct policy_set *set, const struct policy_outcome *o,
+		     const char *sender, const Isg__SendRequest *req, size_t *len);
+char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
+		    const struct policy_refusal *why, size_t *len);
+char *entry_connection(const char *peer, const char *subject, const char *partner,
+		       const char *reason, size_t *len);
+char *entry_policy(const struct policy_set *set, const char *dir, const char *outcome,
+		   size_t errors, size_t *len);
+
+#endif

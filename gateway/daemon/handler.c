@@ -1,0 +1,774 @@
+/*
+ * Serving partners: one session per connection, on the connection's worker
+ * thread. Requests that touch the disk go to the store; its answers come
+ * back to the worker through net_post, so a worker never waits on the disk.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "daemon/gateway.h"
+#include "util/util.h"
+
+#define MESSAGE_ID_MAX 128
+#define ACK_MAX 10000
+
+struct session {
+	struct gateway *g;
+	char partner[64];
+	char subject[512];
+	uint64_t cursor;        /* last gateway_id handed out on this connection */
+	/* A fetch or subscription in progress. */
+	bool fetching;          /* a FetchRequest is unanswered */
+	bool subscribed;
+	uint64_t fetch_rid;     /* request_id of the fetch or subscribe */
+	uint32_t fetch_max;
+	bool store_busy;        /* a store_fetch is in flight */
+	bool dirty;             /* a wake-up came while it was */
+	bool expired;           /* the long-poll deadline passed while it was */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Answers. */
+
+static void send_error(struct net_conn *c, uint64_t rid, Isg__ErrorCode code, const char *rule,
+		       const char *message, int64_t record, const char *field, uint64_t audit)
+{
+	Isg__Error e = ISG__ERROR__INIT;
+	e.code = code;
+	e.message = (char *)message;
+	e.rule = (char *)(rule ? rule : "");
+	e.record_index = record;
+	e.field = (char *)(field ? field : "");
+	e.audit_index = audit;
+	Isg__Frame f = ISG__FRAME__INIT;
+	f.request_id = rid;
+	f.body_case = ISG__FRAME__BODY_ERROR;
+	f.error = &e;
+	net_conn_send(c, &f);
+}
+
+static void send_simple_error(struct net_conn *c, uint64_t rid, Isg__ErrorCode code,
+			      const char *message)
+{
+	send_error(c, rid, code, NULL, message, -1, NULL, 0);
+}
+
+/* The store's error, as a partner should see it. */
+static void send_store_error(struct net_conn *c, uint64_t rid, int err)
+{
+	if (err == ISG_ERR_FULL)
+		send_simple_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE,
+				  "the gateway's disk is full; nothing was stored, retry later");
+	else if (err == ISG_ERR_CLOSED)
+		send_simple_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE,
+				  "the gateway is shutting down; nothing was stored, retry");
+	else
+		send_simple_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE,
+				  "the gateway could not store the request; retry later");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Hello. */
+
+static void on_hello(struct net_conn *c, struct session *s, const Isg__Frame *f)
+{
+	if (f->hello->protocol_version != WIRE_PROTOCOL_VERSION) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "protocol version %u is not supported; this gateway speaks %d",
+			 f->hello->protocol_version, WIRE_PROTOCOL_VERSION);
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__UNSUPPORTED, msg);
+		return;
+	}
+	struct policy_set *set = gateway_policy(s->g);
+	const struct policy_partner *p = policy_partner_by_id(set, s->partner);
+	Isg__Welcome w = ISG__WELCOME__INIT;
+	w.protocol_version = WIRE_PROTOCOL_VERSION;
+	w.partner_id = s->partner;
+	w.partner_name = p ? p->name : "";
+	w.gateway_version = "isgd/" ISG_VERSION;
+	w.policy_version = set->version;
+	Isg__Frame out = ISG__FRAME__INIT;
+	out.request_id = f->request_id;
+	out.body_case = ISG__FRAME__BODY_WELCOME;
+	out.welcome = &w;
+	net_conn_send(c, &out);
+	policy_set_unref(set);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Send. */
+
+struct send_job {
+	struct net_conn_ref ref;
+	uint64_t rid;
+	int err;
+	struct store_receipt receipt;
+	char policy_version[65];
+	char message_id[MESSAGE_ID_MAX + 1];
+	/* A refusal waiting for its audit entry. */
+	bool refused;
+	struct policy_refusal why;
+	uint64_t audit_index;
+};
+
+static void send_reply(struct net_conn *c, void *arg)
+{
+	struct send_job *j = arg;
+	if (!c)
+		goto out;
+	net_conn_end_async(c);
+	if (j->refused) {
+		if (j->err != 0) {
+			send_store_error(c, j->rid, j->err); /* no audit, no answer but retry */
+			goto out;
+		}
+		send_error(c, j->rid, j->why.code, j->why.rule, j->why.message,
+			   j->why.record_index, j->why.field, j->audit_index);
+		goto out;
+	}
+	if (j->err == ISG_ERR_CONFLICT) {
+		send_error(c, j->rid, ISG__ERROR_CODE__CONFLICT, "message.id",
+			   "message_id was already used for a message with different content", -1,
+			   NULL, 0);
+	} else if (j->err == ISG_ERR_NOT_FOUND) {
+		send_error(c, j->rid, ISG__ERROR_CODE__NOT_FOUND, "message.reply_to",
+			   "reply_to names no message that the recipient sent to you", -1, NULL, 0);
+	} else if (j->err != 0) {
+		send_store_error(c, j->rid, j->err);
+	} else {
+		Isg__Receipt r = ISG__RECEIPT__INIT;
+		r.message_id = j->message_id;
+		r.gateway_id = j->receipt.gateway_id;
+		r.audit_index = j->receipt.audit_index;
+		r.accepted_at_ms = j->receipt.accepted_at_ms;
+		r.duplicate = j->receipt.duplicate;
+		r.policy_version = j->policy_version;
+		r.record_count = j->receipt.record_count;
+		Isg__SendResult sr = ISG__SEND_RESULT__INIT;
+		sr.receipt = &r;
+		Isg__Frame f = ISG__FRAME__INIT;
+		f.request_id = j->rid;
+		f.body_case = ISG__FRAME__BODY_SEND_RESULT;
+		f.send_result = &sr;
+		net_conn_send(c, &f);
+	}
+out:
+	free(j);
+}
+
+static void send_stored(void *ctx, int err, const struct store_receipt *r)
+{
+	struct send_job *j = ctx;
+	j->err = err;
+	if (r)
+		j->receipt = *r;
+	net_post(j->ref, send_reply, j);
+}
+
+static void refusal_stored(void *ctx, int err, uint64_t audit_index)
+{
+	struct send_job *j = ctx;
+	j->err = err;
+	j->audit_index = audit_index;
+	net_post(j->ref, send_reply, j);
+}
+
+static struct send_job *send_job_new(struct net_conn *c, uint64_t rid, const char *message_id,
+				     const struct policy_set *set)
+{
+	struct send_job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return NULL;
+	j->ref = net_conn_ref(c);
+	j->rid = rid;
+	str_copy(j->message_id, message_id, sizeof(j->message_id));
+	str_copy(j->policy_version, set->version, sizeof(j->policy_version));
+	return j;
+}
+
+/* Refused: audit first, answer when the refusal is on disk. */
+static void refuse_send(struct net_conn *c, struct session *s, uint64_t rid,
+			const struct policy_set *set, const Isg__SendRequest *req,
+			const struct policy_refusal *why)
+{
+	char q[96];
+	log_event(LOG_INFO, "message.refused", "partner=%s rule=%s record=%lld field=%s", s->partner,
+		  why->rule, (long long)why->record_index, log_quote(q, sizeof(q), why->field));
+	struct send_job *j = send_job_new(c, rid, req->message_id, set);
+	size_t len;
+	char *entry = entry_refused(set, s->partner, req, why, &len);
+	if (!j || !entry) {
+		free(j);
+		free(entry);
+		send_simple_error(c, rid, ISG__ERROR_CODE__INTERNAL, "out of memory");
+		return;
+	}
+	j->refused = true;
+	j->why = *why;
+	net_conn_begin_async(c);
+	int err = store_audit(s->g->store, "message.refused", entry, len, refusal_stored, j);
+	free(entry);
+	if (err != 0) {
+		net_conn_end_async(c);
+		send_store_error(c, rid, err);
+		free(j);
+	}
+}
+
+static bool request_refused(const Isg__SendRequest *req, const struct gateway *g,
+			    struct policy_refusal *why)
+{
+	memset(why, 0, sizeof(*why));
+	why->record_index = -1;
+	why->code = ISG__ERROR_CODE__BAD_REQUEST;
+	size_t id_len = strlen(req->message_id);
+	if (id_len == 0 || id_len > MESSAGE_ID_MAX) {
+		str_copy(why->rule, "request.message_id", sizeof(why->rule));
+		snprintf(why->message, sizeof(why->message),
+			 "message_id must be 1 to %d characters", MESSAGE_ID_MAX);
+		return true;
+	}
+	if (req->n_records > g->cfg.max_records_per_message) {
+		why->code = ISG__ERROR_CODE__LIMIT_EXCEEDED;
+		str_copy(why->rule, "gateway.max_records_per_message", sizeof(why->rule));
+		snprintf(why->message, sizeof(why->message),
+			 "%zu records is more than the gateway's limit of %u per message",
+			 req->n_records, g->cfg.max_records_per_message);
+		return true;
+	}
+	return false;
+}
+
+static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
+{
+	const Isg__SendRequest *req = f->send;
+	struct policy_set *set = gateway_policy(s->g);
+	struct policy_outcome o = {0};
+	struct policy_refusal why;
+	if (request_refused(req, s->g, &why)) {
+		refuse_send(c, s, f->request_id, set, req, &why);
+		goto out;
+	}
+	int err = policy_apply(set, s->partner, req, time_now_ms(), &o, &why);
+	if (err == ISG_ERR_DENIED || err == ISG_ERR_INVALID) {
+		refuse_send(c, s, f->request_id, set, req, &why);
+		goto out;
+	}
+	if (err != 0) {
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL,
+				  "the gateway could not apply the agreement");
+		goto out;
+	}
+
+	struct store_message m = {
+		.sender = s->partner,
+		.message_id = req->message_id,
+		.recipient = req->recipient,
+		.agreement_id = o.agreement->id,
+		.agreement_version = o.agreement->version,
+		.purpose = o.agreement->purpose_code,
+		.dataset = o.dataset->name,
+		.reply_to = req->reply_to,
+		.record_count = o.record_count,
+		.payload = o.payload,
+		.payload_len = o.payload_len,
+		.ttl_ms = o.agreement->undelivered_ttl_ms ? o.agreement->undelivered_ttl_ms :
+							    s->g->cfg.undelivered_ttl_ms,
+	};
+	/* The request's own bytes identify its content for idempotent resends. */
+	size_t packed_len = isg__send_request__get_packed_size(req);
+	uint8_t *packed = malloc(packed_len ? packed_len : 1);
+	char *entry = entry_accepted(set, &o, s->partner, req, &m.audit_len);
+	struct send_job *j = send_job_new(c, f->request_id, req->message_id, set);
+	if (!packed || !entry || !j) {
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
+		free(j);
+		goto done;
+	}
+	isg__send_request__pack(req, packed);
+	crypto_hash_sha256(m.request_hash, packed, packed_len);
+	m.audit_entry = entry;
+	net_conn_begin_async(c);
+	err = store_send(s->g->store, &m, send_stored, j);
+	if (err != 0) {
+		net_conn_end_async(c);
+		send_store_error(c, f->request_id, err);
+		free(j);
+	}
+done:
+	free(packed);
+	free(entry);
+	policy_outcome_release(&o);
+out:
+	policy_set_unref(set);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fetch and subscribe share one path: ask the store for what is pending
+ * after the cursor, answer or push it, and otherwise wait for a wake-up. */
+
+struct fetch_job {
+	struct net_conn_ref ref;
+	int err;
+	struct store_fetch_result *res;
+};
+
+static void fetch_issue(struct net_conn *c, struct session *s);
+
+static void fetch_answer(struct net_conn *c, struct session *s, Isg__Delivery **items, size_t n)
+{
+	Isg__FetchResult fr = ISG__FETCH_RESULT__INIT;
+	fr.deliveries = items;
+	fr.n_deliveries = n;
+	Isg__Frame f = ISG__FRAME__INIT;
+	f.request_id = s->fetch_rid;
+	f.body_case = ISG__FRAME__BODY_FETCH_RESULT;
+	f.fetch_result = &fr;
+	net_conn_send(c, &f);
+	s->fetching = false;
+	net_conn_unwait(c);
+}
+
+static void push_delivery(struct net_conn *c, struct session *s, Isg__Delivery *d)
+{
+	Isg__Frame f = ISG__FRAME__INIT;
+	f.request_id = s->fetch_rid;
+	f.body_case = ISG__FRAME__BODY_DELIVERY;
+	f.delivery = d;
+	net_conn_send(c, &f);
+}
+
+/* A stored message as a Delivery; NULL if its payload does not decode. */
+static Isg__Delivery *delivery_of(const struct store_delivery *sd)
+{
+	Isg__Delivery *d = isg__delivery__unpack(NULL, sd->payload_len, sd->payload);
+	if (!d) {
+		log_event(LOG_ERROR, "store.bad_payload", "gateway_id=%llu",
+			  (unsigned long long)sd->gateway_id);
+		return NULL;
+	}
+	/* The metadata columns are the truth; the strings stay owned by sd. */
+	d->gateway_id = sd->gateway_id;
+	d->message_id = sd->message_id;
+	d->sender = sd->sender;
+	d->agreement_id = sd->agreement_id;
+	d->agreement_version = sd->agreement_version;
+	d->purpose = sd->purpose;
+	d->dataset = sd->dataset;
+	d->reply_to = sd->reply_to;
+	d->accepted_at_ms = sd->accepted_at_ms;
+	return d;
+}
+
+/* Free an unpacked Delivery whose metadata strings were borrowed. */
+static void delivery_free(Isg__Delivery *d)
+{
+	if (!d)
+		return;
+	/* protobuf-c frees string fields that differ from the default; detach ours. */
+	d->message_id = d->sender = d->agreement_id = d->purpose = d->dataset =
+		(char *)protobuf_c_empty_string;
+	isg__delivery__free_unpacked(d, NULL);
+}
+
+/* Hand out results; returns how many were used (the rest wait for the next round). */
+static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_fetch_result *res)
+{
+	size_t max_frame = s->g->cfg.max_frame_bytes, used = 0, bytes = 64;
+	Isg__Delivery **items = calloc(res->n ? res->n : 1, sizeof(*items));
+	size_t n = 0;
+	if (!items)
+		return 0;
+	for (size_t i = 0; i < res->n; i++) {
+		Isg__Delivery *d = delivery_of(&res->items[i]);
+		if (d) {
+			size_t size = isg__delivery__get_packed_size(d) + 16;
+			/* One answer stays within the frame limit; the first always goes. */
+			if (!s->subscribed && n > 0 && bytes + size > max_frame) {
+				delivery_free(d);
+				break;
+			}
+			bytes += size;
+			if (s->subscribed)
+				push_delivery(c, s, d);
+			if (s->subscribed)
+				delivery_free(d);
+			else
+				items[n++] = d;
+		}
+		s->cursor = res->items[i].gateway_id;
+		used++;
+	}
+	if (!s->subscribed && used > 0)
+		fetch_answer(c, s, items, n);
+	for (size_t i = 0; i < n; i++)
+		delivery_free(items[i]);
+	free(items);
+	return used;
+}
+
+static void fetch_done(struct net_conn *c, void *arg)
+{
+	struct fetch_job *j = arg;
+	if (!c)
+		goto out;
+	net_conn_end_async(c);
+	struct session *s = net_conn_data(c);
+	s->store_busy = false;
+	if (!s->fetching && !s->subscribed)
+		goto out;
+	if (j->err != 0) {
+		if (s->fetching) {
+			send_store_error(c, s->fetch_rid, j->err);
+			s->fetching = false;
+			net_conn_unwait(c);
+		}
+		goto out;
+	}
+	size_t used = fetch_deliver(c, s, j->res);
+	/* The store may stop short of max (it bounds a batch by bytes): any full use means more may wait. */
+	bool more = j->res->n > 0 && used == j->res->n;
+	if (s->fetching && s->expired) {
+		fetch_answer(c, s, NULL, 0);
+	} else if (s->subscribed && (s->dirty || more)) {
+		fetch_issue(c, s);
+	} else if (s->fetching && s->dirty) {
+		fetch_issue(c, s);
+	}
+out:
+	if (j->res)
+		store_fetch_result_free(j->res);
+	free(j);
+}
+
+static void fetch_stored(void *ctx, int err, struct store_fetch_result *res)
+{
+	struct fetch_job *j = ctx;
+	j->err = err;
+	j->res = res;
+	net_post(j->ref, fetch_done, j);
+}
+
+static void fetch_issue(struct net_conn *c, struct session *s)
+{
+	struct fetch_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		if (s->fetching)
+			send_simple_error(c, s->fetch_rid, ISG__ERROR_CODE__INTERNAL, "out of memory");
+		s->fetching = false;
+		return;
+	}
+	j->ref = net_conn_ref(c);
+	s->store_busy = true;
+	s->dirty = false;
+	net_conn_begin_async(c);
+	int err = store_fetch(s->g->store, s->partner, s->cursor, s->fetch_max, fetch_stored, j);
+	if (err != 0) {
+		net_conn_end_async(c);
+		s->store_busy = false;
+		free(j);
+		if (s->fetching) {
+			send_store_error(c, s->fetch_rid, err);
+			s->fetching = false;
+			net_conn_unwait(c);
+		}
+	}
+}
+
+static bool fetch_busy_refused(struct net_conn *c, struct session *s, uint64_t rid)
+{
+	if (s->subscribed) {
+		send_simple_error(c, rid, ISG__ERROR_CODE__BAD_REQUEST,
+				  "this connection is subscribed; deliveries are pushed");
+		return true;
+	}
+	if (s->fetching) {
+		send_simple_error(c, rid, ISG__ERROR_CODE__BAD_REQUEST,
+				  "a fetch is already waiting on this connection");
+		return true;
+	}
+	return false;
+}
+
+static uint32_t fetch_limit(const struct gateway *g, uint32_t asked)
+{
+	uint32_t max = g->cfg.max_fetch_messages;
+	return asked == 0 || asked > max ? max : asked;
+}
+
+static void on_fetch(struct net_conn *c, struct session *s, const Isg__Frame *f)
+{
+	if (fetch_busy_refused(c, s, f->request_id))
+		return;
+	int64_t wait = f->fetch->wait_ms;
+	if (wait > s->g->cfg.max_wait_ms)
+		wait = s->g->cfg.max_wait_ms;
+	s->fetching = true;
+	s->fetch_rid = f->request_id;
+	s->fetch_max = fetch_limit(s->g, f->fetch->max_messages);
+	s->expired = wait == 0; /* no wait: answer with whatever there is */
+	net_conn_wait(c, wait ? time_mono_ms() + wait : 0);
+	fetch_issue(c, s);
+}
+
+static void on_subscribe(struct net_conn *c, struct session *s, const Isg__Frame *f)
+{
+	if (fetch_busy_refused(c, s, f->request_id))
+		return;
+	s->subscribed = true;
+	s->fetch_rid = f->request_id;
+	s->fetch_max = s->g->cfg.max_fetch_messages;
+	net_conn_wait(c, 0);
+	fetch_issue(c, s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Ack. */
+
+struct ack_job {
+	struct net_conn_ref ref;
+	uint64_t rid;
+	int err;
+	uint32_t acknowledged;
+	size_t n_unknown;
+	uint64_t unknown[];
+};
+
+static void ack_reply(struct net_conn *c, void *arg)
+{
+	struct ack_job *j = arg;
+	if (!c)
+		goto out;
+	net_conn_end_async(c);
+	if (j->err != 0) {
+		send_store_error(c, j->rid, j->err);
+		goto out;
+	}
+	Isg__AckResult ar = ISG__ACK_RESULT__INIT;
+	ar.acknowledged = j->acknowledged;
+	ar.unknown_ids = j->unknown;
+	ar.n_unknown_ids = j->n_unknown;
+	Isg__Frame f = ISG__FRAME__INIT;
+	f.request_id = j->rid;
+	f.body_case = ISG__FRAME__BODY_ACK_RESULT;
+	f.ack_result = &ar;
+	net_conn_send(c, &f);
+out:
+	free(j);
+}
+
+static void ack_stored(void *ctx, int err, uint32_t acknowledged, const uint64_t *unknown,
+		       size_t n_unknown)
+{
+	struct ack_job *j = ctx;
+	j->err = err;
+	j->acknowledged = acknowledged;
+	/* The job was sized for every id, so the unknown ones always fit. */
+	j->n_unknown = n_unknown;
+	if (n_unknown)
+		memcpy(j->unknown, unknown, n_unknown * sizeof(*unknown));
+	net_post(j->ref, ack_reply, j);
+}
+
+static void on_ack(struct net_conn *c, struct session *s, const Isg__Frame *f)
+{
+	size_t n = f->ack->n_gateway_ids;
+	if (n == 0 || n > ACK_MAX) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "an ack names 1 to %d messages, not %zu", ACK_MAX, n);
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__BAD_REQUEST, msg);
+		return;
+	}
+	struct ack_job *j = calloc(1, sizeof(*j) + n * sizeof(uint64_t));
+	if (!j) {
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
+		return;
+	}
+	j->ref = net_conn_ref(c);
+	j->rid = f->request_id;
+	net_conn_begin_async(c);
+	int err = store_ack(s->g->store, s->partner, f->ack->gateway_ids, n, ack_stored, j);
+	if (err != 0) {
+		net_conn_end_async(c);
+		send_store_error(c, f->request_id, err);
+		free(j);
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* Ping. */
+
+static void on_ping(struct net_conn *c, const Isg__Frame *f)
+{
+	Isg__Pong p = ISG__PONG__INIT;
+	p.nonce = f->ping->nonce;
+	Isg__Frame out = ISG__FRAME__INIT;
+	out.request_id = f->request_id;
+	out.body_case = ISG__FRAME__BODY_PONG;
+	out.pong = &p;
+	net_conn_send(c, &out);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Net callbacks. */
+
+static void audit_connection(struct gateway *g, const char *peer, const char *subject,
+			     const char *partner, const char *reason)
+{
+	size_t len;
+	char *entry = entry_connection(peer, subject, partner, reason, &len);
+	if (!entry)
+		return;
+	const char *kind = reason ? "connection.refused" : "connection.accepted";
+	if (store_audit(g->store, kind, entry, len, NULL, NULL) != 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=%s", kind);
+	free(entry);
+}
+
+static int handler_open(void *ctx, struct net_conn *c, const struct cert_identity *id)
+{
+	struct gateway *g = ctx;
+	struct policy_set *set = gateway_policy(g);
+	const struct policy_partner *p = policy_partner_by_cert(set, id);
+	char q[600];
+	if (!p) {
+		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=partner.unknown",
+			  net_conn_peer(c), log_quote(q, sizeof(q), id->subject));
+		audit_connection(g, net_conn_peer(c), id->subject, NULL,
+				 "certificate matches no partner");
+		char msg[700];
+		snprintf(msg, sizeof(msg),
+			 "the client certificate (subject \"%s\") matches no partner in the "
+			 "gateway's registry",
+			 id->subject);
+		send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, "partner.unknown", msg, -1, NULL,
+			   0);
+		policy_set_unref(set);
+		return -1;
+	}
+	struct session *s = calloc(1, sizeof(*s));
+	if (!s) {
+		policy_set_unref(set);
+		return -1;
+	}
+	s->g = g;
+	str_copy(s->partner, p->id, sizeof(s->partner));
+	str_copy(s->subject, id->subject, sizeof(s->subject));
+	net_conn_set_data(c, s);
+	log_event(LOG_INFO, "partner.connected", "peer=%s partner=%s", net_conn_peer(c), p->id);
+	audit_connection(g, net_conn_peer(c), id->subject, p->id, NULL);
+	policy_set_unref(set);
+	return 0;
+}
+
+static void handler_frame(void *ctx, struct net_conn *c, Isg__Frame *f)
+{
+	struct session *s = net_conn_data(c);
+	switch (f->body_case) {
+	case ISG__FRAME__BODY_HELLO:
+		on_hello(c, s, f);
+		break;
+	case ISG__FRAME__BODY_SEND:
+		on_send(c, s, f);
+		break;
+	case ISG__FRAME__BODY_FETCH:
+		on_fetch(c, s, f);
+		break;
+	case ISG__FRAME__BODY_SUBSCRIBE:
+		on_subscribe(c, s, f);
+		break;
+	case ISG__FRAME__BODY_ACK:
+		on_ack(c, s, f);
+		break;
+	case ISG__FRAME__BODY_PING:
+		on_ping(c, f);
+		break;
+	default: {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "'%s' is not a request a partner can send",
+			 wire_body_name(f->body_case));
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__UNSUPPORTED, msg);
+		break;
+	}
+	}
+	wire_frame_free(f);
+}
+
+static void handler_wake(void *ctx, struct net_conn *c, const char *key)
+{
+	struct session *s = net_conn_data(c);
+	if (!s || (!s->fetching && !s->subscribed))
+		return;
+	if (!key) { /* the long-poll's deadline */
+		if (s->store_busy)
+			s->expired = true;
+		else
+			fetch_answer(c, s, NULL, 0);
+		return;
+	}
+	if (strcmp(key, s->partner) != 0)
+		return;
+	if (s->store_busy)
+		s->dirty = true;
+	else
+		fetch_issue(c, s);
+}
+
+static void handler_close(void *ctx, struct net_conn *c)
+{
+	struct session *s = net_conn_data(c);
+	if (s)
+		log_event(LOG_INFO, "partner.disconnected", "peer=%s partner=%s", net_conn_peer(c),
+			  s->partner);
+	free(s);
+}
+
+static void handler_refused(void *ctx, const char *peer, const char *subject, const char *reason)
+{
+	audit_connection(ctx, peer, subject, NULL, reason);
+}
+
+struct net_handler handler_new(struct gateway *g)
+{
+	return (struct net_handler){
+		.ctx = g,
+		.on_open = handler_open,
+		.on_frame = handler_frame,
+		.on_close = handler_close,
+		.on_wake = handler_wake,
+		.on_refused = handler_refused,
+	};
+}
+
+void handler_notify(void *ctx, const char *recipient)
+{
+	struct gateway *g = ctx;
+	if (g->net)
+		net_server_wake(g->net, recipient);
+}
+
+static void close_if_removed(struct net_conn *c, void *arg)
+{
+	struct session *s = net_conn_data(c);
+	const struct policy_set *set = arg;
+	if (s && !policy_partner_by_id(set, s->partner)) {
+		log_event(LOG_WARN, "partner.removed", "peer=%s partner=%s", net_conn_peer(c),
+			  s->partner);
+		send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, "partner.removed",
+			   "this partner was removed from the gateway's registry", -1, NULL, 0);
+		net_conn_close(c);
+	}
+}
+
+static void unref_set(void *arg)
+{
+	policy_set_unref(arg);
+}
+
+void handler_recheck_partners(struct gateway *g)
+{
+	net_server_each(g->net, close_if_removed, gateway_policy(g), unref_set);
+}

@@ -1,0 +1,298 @@
+/*
+ * isgd: the Information Sharing Gateway daemon.
+ *
+ *   isgd --config FILE                 run
+ *   isgd --check-config --config FILE  check everything, print "configuration OK"
+ *
+ * Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads the policy set and
+ * the TLS certificates, keeping the running ones if the new ones are broken.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/ssl.h>
+#include <sodium.h>
+
+#include "daemon/gateway.h"
+#include "keys/keys.h"
+#include "util/util.h"
+
+#define SHUTDOWN_GRACE_MS 5000
+
+struct policy_set *gateway_policy(struct gateway *g)
+{
+	pthread_mutex_lock(&g->policy_mu);
+	struct policy_set *set = policy_set_ref(g->policy);
+	pthread_mutex_unlock(&g->policy_mu);
+	return set;
+}
+
+void gateway_policy_swap(struct gateway *g, struct policy_set *set)
+{
+	pthread_mutex_lock(&g->policy_mu);
+	struct policy_set *old = g->policy;
+	g->policy = set;
+	pthread_mutex_unlock(&g->policy_mu);
+	policy_set_unref(old);
+}
+
+static void usage(FILE *f)
+{
+	fputs("usage: isgd --config FILE [--check-config]\n"
+	      "       isgd --version\n"
+	      "\n"
+	      "  -c, --config FILE     the gateway's YAML configuration\n"
+	      "  -n, --check-config    check the configuration, policy, keys and certificates,\n"
+	      "                        print \"configuration OK\" or every error, and exit\n"
+	      "  -V, --version         print the version\n",
+	      f);
+}
+
+/* The TLS private key is a secret like the others: 0600 or refused. */
+static int check_tls_key(const struct isgd_config *cfg, char *err, size_t errlen)
+{
+	int fd = open(cfg->tls_key, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot open TLS key '%s': %s", cfg->tls_key,
+			 strerror(errno));
+		return ISG_ERR_IO;
+	}
+	int r = keys_check_secrecy(fd, cfg->tls_key, err, errlen);
+	close(fd);
+	return r;
+}
+
+static int load_policy(const char *dir, struct policy_set **set)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	int r = policy_load(dir, set, &d);
+	ydoc_diags_print(&d, stderr);
+	ydoc_diags_release(&d);
+	return r;
+}
+
+/* Everything --check-config checks, and what a start needs before it listens. */
+static int check_all(const struct isgd_config *cfg, struct policy_set **set, uint8_t **key,
+		     SSL_CTX **tls)
+{
+	char err[512];
+	int failed = 0;
+	if (load_policy(cfg->policy_dir, set) != 0) {
+		fprintf(stderr, "isgd: policy directory '%s' has errors\n", cfg->policy_dir);
+		failed = 1;
+	}
+	if (keys_load_storage(cfg->keys_dir, key, err, sizeof(err)) != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		failed = 1;
+	}
+	if (check_tls_key(cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		failed = 1;
+	} else if (net_tls_new(cfg, tls, err, sizeof(err)) != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		failed = 1;
+	}
+	if (cfg->user) {
+		fprintf(stderr, "%s: error: 'user' (dropping privileges) is not supported by this "
+				"version of isgd; remove it\n",
+			cfg->path);
+		failed = 1;
+	}
+	return failed ? ISG_ERR_INVALID : 0;
+}
+
+static void audit_policy(struct gateway *g, const struct policy_set *set, const char *outcome,
+			 size_t errors)
+{
+	size_t len;
+	char *entry = entry_policy(set, g->cfg.policy_dir, outcome, errors, &len);
+	if (entry && store_audit(g->store, outcome[0] == 'l' ? "policy.loaded" : "policy.refused",
+				 entry, len, NULL, NULL) == 0) {
+		free(entry);
+		return;
+	}
+	free(entry);
+	log_event(LOG_ERROR, "audit.failed", "kind=policy.%s", outcome);
+}
+
+static void reload(struct gateway *g)
+{
+	log_event(LOG_INFO, "reload.start", "policy_dir=%s", g->cfg.policy_dir);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	if (policy_load(g->cfg.policy_dir, &set, &d) == 0) {
+		log_event(LOG_INFO, "policy.loaded", "version=%s partners=%zu agreements=%zu",
+			  set->version, set->n_partners, set->n_agreements);
+		audit_policy(g, set, "loaded", 0);
+		gateway_policy_swap(g, set);
+		handler_recheck_partners(g);
+	} else {
+		for (size_t i = 0; i < d.n; i++) {
+			char q[600];
+			log_event(LOG_ERROR, "policy.error", "file=%s line=%d col=%d message=%s",
+				  d.items[i].file ? d.items[i].file : "", d.items[i].line,
+				  d.items[i].col,
+				  log_quote(q, sizeof(q), d.items[i].message));
+		}
+		log_event(LOG_ERROR, "policy.refused",
+			  "errors=%zu action=\"kept the running policy set\"", d.errors);
+		audit_policy(g, NULL, "refused", d.errors);
+	}
+	ydoc_diags_release(&d);
+
+	char err[512];
+	SSL_CTX *tls = NULL;
+	if (check_tls_key(&g->cfg, err, sizeof(err)) == 0 &&
+	    net_tls_new(&g->cfg, &tls, err, sizeof(err)) == 0) {
+		net_server_set_tls(g->net, tls);
+		SSL_CTX_free(tls);
+		log_event(LOG_INFO, "tls.reloaded", "certificate=%s", g->cfg.tls_certificate);
+	} else {
+		char q[600];
+		log_event(LOG_ERROR, "tls.reload_failed", "reason=%s action=\"kept the running certificates\"",
+			  log_quote(q, sizeof(q), err));
+	}
+}
+
+/* Signals are taken synchronously by the main thread; workers never see them. */
+static void serve(struct gateway *g, const sigset_t *sigs)
+{
+	for (;;) {
+		int sig;
+		if (sigwait(sigs, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			reload(g);
+			continue;
+		}
+		log_event(LOG_INFO, "shutdown.start", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
+		return;
+	}
+}
+
+static int run(struct gateway *g, struct policy_set *set, uint8_t *key, SSL_CTX *tls)
+{
+	char err[512];
+	struct store_options so = {.path = g->cfg.store_path,
+				   .storage_key = key,
+				   .sweep_interval_ms = g->cfg.sweep_interval_ms};
+	int r = store_open(&so, &g->store, err, sizeof(err));
+	keys_free(key); /* the store keeps its own guarded copy */
+	if (r != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		policy_set_unref(set);
+		return r;
+	}
+	g->policy = set;
+	store_set_notify(g->store, handler_notify, g);
+	audit_policy(g, set, "loaded", 0);
+
+	struct net_options no = {
+		.host = g->cfg.listen_host,
+		.port = g->cfg.listen_port,
+		.threads = g->cfg.threads,
+		.max_frame = g->cfg.max_frame_bytes,
+		.max_connections = g->cfg.max_connections,
+		.handshake_timeout_ms = g->cfg.handshake_timeout_ms,
+		.idle_timeout_ms = g->cfg.idle_timeout_ms,
+		.conn_buffer_bytes = g->cfg.conn_buffer_bytes,
+		.max_inflight = g->cfg.max_inflight,
+	};
+	struct net_handler h = handler_new(g);
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	r = net_server_start(&no, tls, &h, &g->net, err, sizeof(err));
+	if (r != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		store_close(g->store);
+		policy_set_unref(g->policy);
+		return r;
+	}
+	log_event(LOG_INFO, "isgd.started", "listen=%s:%u threads=%u policy_version=%s pid=%d",
+		  g->cfg.listen_host, net_server_port(g->net), g->cfg.threads, set->version,
+		  (int)getpid());
+	serve(g, &sigs);
+	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
+	store_close(g->store); /* after the workers: their last answers are stored */
+	net_server_free(g->net);
+	policy_set_unref(g->policy);
+	log_event(LOG_INFO, "isgd.stopped", "pid=%d", (int)getpid());
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"check-config", no_argument, NULL, 'n'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *config = NULL;
+	bool check_only = false;
+	int opt;
+	while ((opt = getopt_long(argc, argv, "c:nVh", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c': config = optarg; break;
+		case 'n': check_only = true; break;
+		case 'V': puts("isgd " ISG_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (!config || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (sodium_init() < 0) {
+		fputs("isgd: cannot initialise libsodium\n", stderr);
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+
+	struct gateway g = {0};
+	pthread_mutex_init(&g.policy_mu, NULL);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	config_init(&g.cfg);
+	int r = config_load(config, &g.cfg, &d);
+	ydoc_diags_print(&d, stderr);
+	ydoc_diags_release(&d);
+	if (r != 0) {
+		config_release(&g.cfg);
+		return 1;
+	}
+	log_set_level(g.cfg.log_level);
+
+	struct policy_set *set = NULL;
+	uint8_t *key = NULL;
+	SSL_CTX *tls = NULL;
+	r = check_all(&g.cfg, &set, &key, &tls);
+	if (r != 0 || check_only) {
+		if (r == 0)
+			puts("configuration OK");
+		policy_set_unref(set);
+		keys_free(key);
+		SSL_CTX_free(tls);
+		config_release(&g.cfg);
+		return r == 0 ? 0 : 1;
+	}
+	r = run(&g, set, key, tls);
+	SSL_CTX_free(tls);
+	config_release(&g.cfg);
+	pthread_mutex_destroy(&g.policy_mu);
+	return r == 0 ? 0 : 1;
+}

@@ -1,0 +1,111 @@
+/*
+ * net: the listener, TLS and framing. A few worker threads, each with its
+ * own epoll loop and SO_REUSEPORT listener, drive non-blocking OpenSSL
+ * directly. Each connection has bounded buffers: while its output queue is
+ * over the limit, or too many of its requests are waiting on the store, it
+ * is not read (backpressure). Frames are decoded here and handed to the
+ * handler; the handler answers with net_conn_send on the connection's thread,
+ * or from any other thread through net_post.
+ */
+#ifndef ISG_NET_H
+#define ISG_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+
+#include "config/config.h"
+#include "policy/policy.h"
+#include "wire/wire.h"
+
+struct net_server;
+struct net_conn;
+
+/* A handle to a connection that another thread may hold; stale handles are harmless. */
+struct net_conn_ref {
+	struct net_server *server;
+	uint32_t worker;
+	uint64_t id;
+};
+
+struct net_handler {
+	void *ctx;
+	/* The handshake succeeded and the certificate verified. Return 0 to serve the
+	 * connection; anything else closes it once queued output is flushed. */
+	int (*on_open)(void *ctx, struct net_conn *c, const struct cert_identity *id);
+	/* One decoded frame; the handler owns it (wire_frame_free). */
+	void (*on_frame)(void *ctx, struct net_conn *c, Isg__Frame *frame);
+	/* A connection is going away; release what on_open attached. */
+	void (*on_close)(void *ctx, struct net_conn *c);
+	/* A net_server_wake for `key` reached this waiting connection. */
+	void (*on_wake)(void *ctx, struct net_conn *c, const char *key);
+	/* A connection was refused before on_open (TLS or certificate failure). */
+	void (*on_refused)(void *ctx, const char *peer, const char *subject, const char *reason);
+};
+
+struct net_options {
+	const char *host;
+	uint16_t port;
+	uint32_t threads;
+	size_t max_frame;
+	uint32_t max_connections;
+	int64_t handshake_timeout_ms;
+	int64_t idle_timeout_ms;
+	size_t conn_buffer_bytes;
+	uint32_t max_inflight;
+};
+
+/* Build the server TLS context from the config (TLS 1.3, client certificates, CRL). */
+int net_tls_new(const struct isgd_config *cfg, SSL_CTX **out, char *err, size_t errlen);
+/* Extract what policy matching needs from a certificate. */
+void net_cert_identity(X509 *cert, struct cert_identity *id);
+
+/* Bind the listeners (one per worker) and start the workers. */
+int net_server_start(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
+		     struct net_server **out, char *err, size_t errlen);
+/* The port actually bound (useful with port 0). */
+uint16_t net_server_port(const struct net_server *s);
+/* New connections use this TLS context from now on (reload); takes a reference. */
+void net_server_set_tls(struct net_server *s, SSL_CTX *tls);
+/* Call on_wake(key) for every waiting connection, on each one's own thread. */
+void net_server_wake(struct net_server *s, const char *key);
+/* Run fn on every open connection, each on its own thread. arg must outlive the call
+ * on every worker: it is freed with free_arg after the last worker ran it. */
+void net_server_each(struct net_server *s, void (*fn)(struct net_conn *c, void *arg), void *arg,
+		     void (*free_arg)(void *arg));
+/*
+ * Stop accepting, stop reading requests, let requests waiting on the store
+ * finish and their answers flush (up to grace_ms), send close_notify, close
+ * everything and join the workers. Then free with net_server_free.
+ */
+void net_server_stop(struct net_server *s, int64_t grace_ms);
+void net_server_free(struct net_server *s);
+
+/* --- on the connection's own thread --------------------------------------- */
+
+/* Encode and queue one frame. Returns 0 or ISG_ERR_NOMEM / ISG_ERR_CLOSED. */
+int net_conn_send(struct net_conn *c, const Isg__Frame *frame);
+/* Close after queued output is flushed; no more frames are read. */
+void net_conn_close(struct net_conn *c);
+void net_conn_set_data(struct net_conn *c, void *data);
+void *net_conn_data(const struct net_conn *c);
+const char *net_conn_peer(const struct net_conn *c);
+struct net_conn_ref net_conn_ref(struct net_conn *c);
+/* A request of this connection now waits on another thread (store); while
+ * max_inflight are outstanding the connection is not read. */
+void net_conn_begin_async(struct net_conn *c);
+void net_conn_end_async(struct net_conn *c);
+/* Mark the connection as waiting for wake-ups (long-poll or subscription) until
+ * deadline_ms (monotonic; 0 = no deadline). On the deadline on_wake is called
+ * with key NULL. Waiting connections are exempt from the idle timeout. */
+void net_conn_wait(struct net_conn *c, int64_t deadline_ms);
+void net_conn_unwait(struct net_conn *c);
+
+/* --- from any thread ------------------------------------------------------ */
+
+/* Run fn(c, arg) on the connection's thread; if it has closed, fn(NULL, arg). */
+void net_post(struct net_conn_ref ref, void (*fn)(struct net_conn *c, void *arg), void *arg);
+
+#endif

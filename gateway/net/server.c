@@ -1,0 +1,1030 @@
+/*
+ * Workers, listeners and connections. Each worker owns an epoll loop, a
+ * SO_REUSEPORT listener, an eventfd for work posted by other threads, and the
+ * connections it accepted; a connection is only ever touched by its worker.
+ *
+ * OpenSSL is driven directly, as nginx and HAProxy do: read until
+ * WANT_READ, keep going while OpenSSL still holds decrypted bytes, wait for
+ * writability when a read says WANT_WRITE, treat EOF without close_notify
+ * as a dirty close, and always send close_notify on a clean one.
+ */
+#include "net/net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "util/util.h"
+
+#define READ_CHUNK 16384
+#define IN_INITIAL 4096
+#define TICK_MS 1000
+
+enum conn_state { CONN_HANDSHAKE, CONN_OPEN, CONN_CLOSING };
+
+struct net_conn {
+	struct net_worker *w;
+	uint64_t id;
+	uint32_t slot;
+	int fd;
+	SSL *ssl;
+	enum conn_state state;
+	bool opened;           /* on_open was called: on_close is owed */
+	bool read_wants_write; /* SSL_read said WANT_WRITE */
+	bool interest_out;     /* EPOLLOUT registered */
+	bool interest_in;      /* EPOLLIN registered */
+	char peer[64];
+
+	uint8_t *in;
+	size_t in_len, in_cap;
+	uint8_t *out;
+	size_t out_off, out_len, out_cap;
+
+	uint32_t inflight;
+	int64_t deadline;      /* handshake or idle deadline, monotonic ms */
+	int64_t wait_deadline; /* long-poll deadline while waiting, 0 = none */
+	bool waiting;
+	struct net_conn *wait_prev, *wait_next;
+	struct net_conn *prev, *next;
+	void *data;
+	char verify_error[160];   /* first certificate verification failure */
+	char verify_subject[256]; /* the certificate it was about */
+};
+
+struct post {
+	struct post *next;
+	uint64_t id; /* 0: a broadcast to every connection */
+	void (*fn)(struct net_conn *c, void *arg);
+	void *arg;
+	struct shared_arg *shared; /* broadcast argument, freed by its last worker */
+	char *wake_key;            /* a wake-up, not a call */
+};
+
+struct shared_arg {
+	atomic_int refs;
+	void *arg;
+	void (*free_arg)(void *arg);
+};
+
+struct net_worker {
+	struct net_server *s;
+	uint32_t index;
+	pthread_t thread;
+	int epfd, listen_fd, event_fd;
+	pthread_mutex_t mu; /* guards posts */
+	struct post *posts, *posts_tail;
+	struct net_conn **slots;
+	uint32_t n_slots;
+	uint32_t next_gen;
+	struct net_conn *conns;   /* every connection */
+	struct net_conn *waiters; /* connections in net_conn_wait */
+	bool stopping;
+	int64_t stop_deadline;
+};
+
+struct net_server {
+	struct net_options opt;
+	struct net_handler h;
+	pthread_mutex_t tls_mu;
+	SSL_CTX *tls;
+	uint16_t port;
+	atomic_uint conn_count;
+	atomic_bool stopping;
+	int64_t grace_ms;
+	uint32_t n_workers;
+	struct net_worker *workers;
+};
+
+/* epoll user data: listener and eventfd are tagged by small values. */
+#define TAG_LISTEN 1
+#define TAG_EVENT 2
+
+static void conn_free(struct net_conn *c);
+static void conn_on_readable(struct net_conn *c);
+static void conn_flush(struct net_conn *c);
+
+/* ------------------------------------------------------------------------ */
+/* Slots map a connection id to the connection for posted work. */
+
+static int slot_take(struct net_worker *w, struct net_conn *c)
+{
+	for (uint32_t i = 0; i < w->n_slots; i++) {
+		if (!w->slots[i]) {
+			c->slot = i;
+			goto found;
+		}
+	}
+	uint32_t n = w->n_slots ? w->n_slots * 2 : 64;
+	struct net_conn **grown = realloc(w->slots, n * sizeof(*grown));
+	if (!grown)
+		return ISG_ERR_NOMEM;
+	memset(grown + w->n_slots, 0, (n - w->n_slots) * sizeof(*grown));
+	c->slot = w->n_slots;
+	w->slots = grown;
+	w->n_slots = n;
+found:
+	w->slots[c->slot] = c;
+	c->id = ((uint64_t)++w->next_gen << 32) | c->slot;
+	if (w->next_gen == 0)
+		w->next_gen = 1; /* id 0 means "no connection" */
+	return 0;
+}
+
+static struct net_conn *slot_find(struct net_worker *w, uint64_t id)
+{
+	uint32_t slot = (uint32_t)id;
+	if (slot >= w->n_slots || !w->slots[slot] || w->slots[slot]->id != id)
+		return NULL;
+	return w->slots[slot];
+}
+
+/* ------------------------------------------------------------------------ */
+/* Epoll interest follows what the connection needs. */
+
+static void conn_update_interest(struct net_conn *c)
+{
+	struct net_server *s = c->w->s;
+	bool backlogged = c->out_len - c->out_off > s->opt.conn_buffer_bytes ||
+			  c->inflight >= s->opt.max_inflight;
+	bool want_in = c->state != CONN_CLOSING && !c->w->stopping &&
+		       (c->state == CONN_HANDSHAKE || !backlogged);
+	bool want_out = c->out_len > c->out_off || c->read_wants_write;
+	if (c->state == CONN_HANDSHAKE)
+		return; /* the handshake step sets its own interest */
+	if (want_in == c->interest_in && want_out == c->interest_out)
+		return;
+	struct epoll_event ev = {.events = (want_in ? EPOLLIN : 0) | (want_out ? EPOLLOUT : 0),
+				 .data.ptr = c};
+	epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+	bool resumed = want_in && !c->interest_in && c->state == CONN_OPEN;
+	c->interest_in = want_in;
+	c->interest_out = want_out;
+	/* OpenSSL may hold decrypted bytes epoll cannot see: drain them now. */
+	if (resumed && (SSL_has_pending(c->ssl) || c->in_len > 0))
+		conn_on_readable(c);
+}
+
+static void log_tls_close(const struct net_conn *c, const char *event, const char *reason)
+{
+	char q[256];
+	log_event(LOG_INFO, event, "peer=%s reason=%s", c->peer, log_quote(q, sizeof(q), reason));
+}
+
+/* Close now. A clean close sends close_notify; a failed connection does not. */
+static void conn_close_now(struct net_conn *c, bool clean)
+{
+	if (c->ssl && clean && c->state != CONN_HANDSHAKE) {
+		SSL_shutdown(c->ssl); /* non-blocking: best effort close_notify */
+	}
+	conn_free(c);
+}
+
+static void conn_free(struct net_conn *c)
+{
+	struct net_worker *w = c->w;
+	if (c->opened && w->s->h.on_close)
+		w->s->h.on_close(w->s->h.ctx, c);
+	net_conn_unwait(c);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	w->slots[c->slot] = NULL;
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	SSL_free(c->ssl);
+	free(c->in);
+	free(c->out);
+	atomic_fetch_sub(&w->s->conn_count, 1);
+	free(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Handshake. */
+
+static int verify_cb(int ok, X509_STORE_CTX *store)
+{
+	if (ok)
+		return ok;
+	SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+	struct net_conn *c = ssl ? SSL_get_app_data(ssl) : NULL;
+	if (c && !c->verify_error[0]) {
+		int e = X509_STORE_CTX_get_error(store);
+		str_copy(c->verify_error, X509_verify_cert_error_string(e), sizeof(c->verify_error));
+		X509 *cert = X509_STORE_CTX_get_current_cert(store);
+		if (cert) {
+			struct cert_identity id;
+			net_cert_identity(cert, &id);
+			str_copy(c->verify_subject, id.subject, sizeof(c->verify_subject));
+		}
+	}
+	return ok;
+}
+
+static void conn_refuse(struct net_conn *c, const char *reason)
+{
+	struct net_server *s = c->w->s;
+	char q1[256], q2[320];
+	log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=%s", c->peer,
+		  log_quote(q1, sizeof(q1), c->verify_subject), log_quote(q2, sizeof(q2), reason));
+	if (s->h.on_refused)
+		s->h.on_refused(s->h.ctx, c->peer, c->verify_subject, reason);
+	conn_close_now(c, false);
+}
+
+static void conn_handshake(struct net_conn *c)
+{
+	ERR_clear_error();
+	int r = SSL_do_handshake(c->ssl);
+	if (r != 1) {
+		int e = SSL_get_error(c->ssl, r);
+		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+			c->interest_out = e == SSL_ERROR_WANT_WRITE;
+			struct epoll_event ev = {.events = EPOLLIN | (c->interest_out ? EPOLLOUT : 0),
+						 .data.ptr = c};
+			epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+			return;
+		}
+		char reason[320];
+		if (c->verify_error[0]) {
+			snprintf(reason, sizeof(reason), "certificate verify failed: %s",
+				 c->verify_error);
+		} else {
+			unsigned long err = ERR_peek_last_error();
+			if (err)
+				ERR_error_string_n(err, reason, sizeof(reason));
+			else
+				str_copy(reason, e == SSL_ERROR_SYSCALL ? "connection closed during handshake" : "handshake failed", sizeof(reason));
+		}
+		ERR_clear_error();
+		conn_refuse(c, reason);
+		return;
+	}
+	X509 *cert = SSL_get0_peer_certificate(c->ssl);
+	if (!cert) { /* cannot happen with FAIL_IF_NO_PEER_CERT, but never serve anonymously */
+		conn_refuse(c, "no client certificate");
+		return;
+	}
+	struct cert_identity id;
+	net_cert_identity(cert, &id);
+	c->state = CONN_OPEN;
+	c->opened = true;
+	c->deadline = time_mono_ms() + c->w->s->opt.idle_timeout_ms;
+	c->interest_out = false;
+	c->interest_in = false; /* force the update below to register */
+	struct net_server *s = c->w->s;
+	char q[600];
+	log_event(LOG_INFO, "conn.established", "peer=%s subject=%s tls=%s resumed=%d", c->peer,
+		  log_quote(q, sizeof(q), id.subject), SSL_get_version(c->ssl),
+		  SSL_session_reused(c->ssl));
+	if (s->h.on_open(s->h.ctx, c, &id) != 0)
+		net_conn_close(c);
+	struct net_worker *w = c->w;
+	uint64_t cid = c->id;
+	conn_flush(c); /* may close and free c */
+	c = slot_find(w, cid);
+	if (c && c->state == CONN_OPEN)
+		conn_on_readable(c); /* the client may have sent requests with its Finished */
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading and framing. */
+
+/* Decode every whole frame in the input buffer and hand it to the handler. */
+static void conn_take_frames(struct net_conn *c)
+{
+	struct net_server *s = c->w->s;
+	size_t off = 0;
+	while (c->state == CONN_OPEN && c->inflight < s->opt.max_inflight) {
+		size_t hdr, body;
+		int r = wire_frame_peek(c->in + off, c->in_len - off, s->opt.max_frame, &hdr, &body);
+		if (r == 0 || (r == 1 && hdr + body > c->in_len - off))
+			break;
+		if (r < 0) {
+			log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=%s", c->peer,
+				  r == ISG_ERR_TOO_BIG ? "frame over max_frame" : "bad length prefix");
+			Isg__Error e = ISG__ERROR__INIT;
+			e.code = ISG__ERROR_CODE__BAD_FRAME;
+			e.record_index = -1;
+			char msg[128];
+			snprintf(msg, sizeof(msg), r == ISG_ERR_TOO_BIG ?
+				 "frame longer than the gateway's limit of %zu bytes" :
+				 "invalid frame length prefix", s->opt.max_frame);
+			e.message = msg;
+			Isg__Frame f = ISG__FRAME__INIT;
+			f.body_case = ISG__FRAME__BODY_ERROR;
+			f.error = &e;
+			net_conn_send(c, &f);
+			net_conn_close(c); /* the stream cannot be resynchronised */
+			break;
+		}
+		Isg__Frame *frame = wire_frame_decode(c->in + off + hdr, body);
+		off += hdr + body;
+		if (!frame || wire_frame_check_utf8(frame) != 0) {
+			log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=%s", c->peer,
+				  frame ? "invalid UTF-8" : "undecodable frame");
+			Isg__Error e = ISG__ERROR__INIT;
+			e.code = ISG__ERROR_CODE__BAD_FRAME;
+			e.record_index = -1;
+			e.message = frame ? "a string in the frame is not valid UTF-8" :
+					    "the frame is not a valid isg.Frame";
+			Isg__Frame f = ISG__FRAME__INIT;
+			f.request_id = frame ? frame->request_id : 0;
+			f.body_case = ISG__FRAME__BODY_ERROR;
+			f.error = &e;
+			net_conn_send(c, &f);
+			wire_frame_free(frame);
+			continue; /* framing is intact: keep serving */
+		}
+		s->h.on_frame(s->h.ctx, c, frame);
+	}
+	if (off) {
+		memmove(c->in, c->in + off, c->in_len - off);
+		c->in_len -= off;
+	}
+}
+
+/* Make room for at least one chunk, within the frame limit. */
+static int conn_in_reserve(struct net_conn *c)
+{
+	size_t limit = c->w->s->opt.max_frame + WIRE_VARINT_MAX;
+	if (c->in_cap - c->in_len >= 512 || c->in_cap >= limit + READ_CHUNK)
+		return 0;
+	size_t cap = c->in_cap ? c->in_cap * 2 : IN_INITIAL;
+	if (cap > limit + READ_CHUNK)
+		cap = limit + READ_CHUNK;
+	uint8_t *p = realloc(c->in, cap);
+	if (!p)
+		return ISG_ERR_NOMEM;
+	c->in = p;
+	c->in_cap = cap;
+	return 0;
+}
+
+static void conn_on_readable(struct net_conn *c)
+{
+	struct net_server *s = c->w->s;
+	c->read_wants_write = false;
+	for (;;) {
+		/* Frames already buffered first: they may free room or hit backpressure. */
+		conn_take_frames(c); /* handlers never free c; only closing here does */
+		if (c->state != CONN_OPEN || c->w->stopping ||
+		    c->inflight >= s->opt.max_inflight ||
+		    c->out_len - c->out_off > s->opt.conn_buffer_bytes)
+			break;
+		if (conn_in_reserve(c) != 0) {
+			log_event(LOG_ERROR, "conn.nomem", "peer=%s", c->peer);
+			conn_close_now(c, false);
+			return;
+		}
+		size_t got = 0;
+		ERR_clear_error();
+		int r = SSL_read_ex(c->ssl, c->in + c->in_len, c->in_cap - c->in_len, &got);
+		if (r == 1) {
+			c->in_len += got;
+			c->deadline = time_mono_ms() + s->opt.idle_timeout_ms;
+			continue;
+		}
+		int e = SSL_get_error(c->ssl, r);
+		if (e == SSL_ERROR_WANT_READ)
+			break;
+		if (e == SSL_ERROR_WANT_WRITE) {
+			c->read_wants_write = true;
+			break;
+		}
+		if (e == SSL_ERROR_ZERO_RETURN) {
+			log_event(LOG_INFO, "conn.closed", "peer=%s reason=close_notify", c->peer);
+			conn_close_now(c, true);
+			return;
+		}
+		/* EOF without close_notify, reset, or a TLS error: a dirty close. */
+		unsigned long err = ERR_peek_last_error();
+		char reason[256];
+		if (err)
+			ERR_error_string_n(err, reason, sizeof(reason));
+		else
+			str_copy(reason, "connection closed without close_notify", sizeof(reason));
+		ERR_clear_error();
+		log_tls_close(c, "conn.dirty_close", reason);
+		conn_close_now(c, false);
+		return;
+	}
+	conn_flush(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Writing. */
+
+/* Write what is queued; may close and free c, so callers must not touch it after. */
+static void conn_flush(struct net_conn *c)
+{
+	while (c->out_len > c->out_off && c->state != CONN_HANDSHAKE) {
+		size_t wrote = 0;
+		ERR_clear_error();
+		int r = SSL_write_ex(c->ssl, c->out + c->out_off, c->out_len - c->out_off, &wrote);
+		if (r == 1) {
+			c->out_off += wrote;
+			continue;
+		}
+		int e = SSL_get_error(c->ssl, r);
+		if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+			break;
+		ERR_clear_error();
+		log_tls_close(c, "conn.write_failed", "peer closed the connection");
+		conn_close_now(c, false);
+		return;
+	}
+	if (c->out_off == c->out_len) {
+		c->out_off = c->out_len = 0;
+		/* Give back a buffer a large answer grew, so idle connections stay small. */
+		if (c->out_cap > 65536) {
+			free(c->out);
+			c->out = NULL;
+			c->out_cap = 0;
+		}
+		if (c->state == CONN_CLOSING && c->inflight == 0) {
+			log_event(LOG_INFO, "conn.closed", "peer=%s reason=server", c->peer);
+			conn_close_now(c, true);
+			return;
+		}
+	}
+	conn_update_interest(c);
+}
+
+int net_conn_send(struct net_conn *c, const Isg__Frame *frame)
+{
+	size_t size = wire_frame_size(frame);
+	if (c->out_off > 0 && c->out_off == c->out_len)
+		c->out_off = c->out_len = 0;
+	if (c->out_cap - c->out_len < size) {
+		if (c->out_off > 0) { /* compact before growing */
+			memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+			c->out_len -= c->out_off;
+			c->out_off = 0;
+		}
+		if (c->out_cap - c->out_len < size) {
+			size_t cap = c->out_cap ? c->out_cap : 4096;
+			while (cap - c->out_len < size)
+				cap *= 2;
+			uint8_t *p = realloc(c->out, cap);
+			if (!p)
+				return ISG_ERR_NOMEM;
+			c->out = p;
+			c->out_cap = cap;
+		}
+	}
+	c->out_len += wire_frame_encode(frame, c->out + c->out_len);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public connection API (connection's thread). */
+
+void net_conn_close(struct net_conn *c)
+{
+	if (c->state == CONN_CLOSING)
+		return;
+	c->state = CONN_CLOSING;
+	net_conn_unwait(c);
+}
+
+void net_conn_set_data(struct net_conn *c, void *data)
+{
+	c->data = data;
+}
+
+void *net_conn_data(const struct net_conn *c)
+{
+	return c->data;
+}
+
+const char *net_conn_peer(const struct net_conn *c)
+{
+	return c->peer;
+}
+
+struct net_conn_ref net_conn_ref(struct net_conn *c)
+{
+	return (struct net_conn_ref){.server = c->w->s, .worker = c->w->index, .id = c->id};
+}
+
+void net_conn_begin_async(struct net_conn *c)
+{
+	c->inflight++;
+}
+
+void net_conn_end_async(struct net_conn *c)
+{
+	if (c->inflight > 0)
+		c->inflight--;
+}
+
+void net_conn_wait(struct net_conn *c, int64_t deadline_ms)
+{
+	c->wait_deadline = deadline_ms;
+	if (c->waiting)
+		return;
+	c->waiting = true;
+	c->wait_prev = NULL;
+	c->wait_next = c->w->waiters;
+	if (c->w->waiters)
+		c->w->waiters->wait_prev = c;
+	c->w->waiters = c;
+}
+
+void net_conn_unwait(struct net_conn *c)
+{
+	if (!c->waiting)
+		return;
+	if (c->wait_prev)
+		c->wait_prev->wait_next = c->wait_next;
+	else
+		c->w->waiters = c->wait_next;
+	if (c->wait_next)
+		c->wait_next->wait_prev = c->wait_prev;
+	c->waiting = false;
+	c->wait_deadline = 0;
+	c->deadline = time_mono_ms() + c->w->s->opt.idle_timeout_ms;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Posting work to a worker from any thread. */
+
+static void worker_push(struct net_worker *w, struct post *p)
+{
+	pthread_mutex_lock(&w->mu);
+	if (w->posts_tail)
+		w->posts_tail->next = p;
+	else
+		w->posts = p;
+	w->posts_tail = p;
+	pthread_mutex_unlock(&w->mu);
+	uint64_t one = 1;
+	ssize_t n = write(w->event_fd, &one, sizeof(one));
+	(void)n; /* a full eventfd counter still wakes the worker */
+}
+
+void net_post(struct net_conn_ref ref, void (*fn)(struct net_conn *c, void *arg), void *arg)
+{
+	struct post *p = calloc(1, sizeof(*p));
+	if (!p)
+		fatal("out of memory posting to a connection");
+	p->id = ref.id;
+	p->fn = fn;
+	p->arg = arg;
+	worker_push(&ref.server->workers[ref.worker], p);
+}
+
+void net_server_wake(struct net_server *s, const char *key)
+{
+	for (uint32_t i = 0; i < s->n_workers; i++) {
+		struct post *p = calloc(1, sizeof(*p));
+		char *k = strdup(key);
+		if (!p || !k)
+			fatal("out of memory waking connections");
+		p->wake_key = k;
+		worker_push(&s->workers[i], p);
+	}
+}
+
+void net_server_each(struct net_server *s, void (*fn)(struct net_conn *c, void *arg), void *arg,
+		     void (*free_arg)(void *arg))
+{
+	struct shared_arg *sh = calloc(1, sizeof(*sh));
+	if (!sh)
+		fatal("out of memory");
+	atomic_init(&sh->refs, (int)s->n_workers);
+	sh->arg = arg;
+	sh->free_arg = free_arg;
+	for (uint32_t i = 0; i < s->n_workers; i++) {
+		struct post *p = calloc(1, sizeof(*p));
+		if (!p)
+			fatal("out of memory");
+		p->fn = fn;
+		p->shared = sh;
+		worker_push(&s->workers[i], p);
+	}
+}
+
+static void run_post(struct net_worker *w, struct post *p)
+{
+	if (p->wake_key) {
+		for (struct net_conn *c = w->waiters, *next; c; c = next) {
+			next = c->wait_next;
+			uint64_t id = c->id;
+			w->s->h.on_wake(w->s->h.ctx, c, p->wake_key);
+			if (slot_find(w, id))
+				conn_flush(c);
+		}
+		free(p->wake_key);
+	} else if (p->shared) {
+		for (struct net_conn *c = w->conns, *next; c; c = next) {
+			next = c->next;
+			uint64_t id = c->id;
+			if (c->state == CONN_OPEN)
+				p->fn(c, p->shared->arg);
+			if (slot_find(w, id))
+				conn_flush(c);
+		}
+		if (atomic_fetch_sub(&p->shared->refs, 1) == 1) {
+			if (p->shared->free_arg)
+				p->shared->free_arg(p->shared->arg);
+			free(p->shared);
+		}
+	} else {
+		struct net_conn *c = slot_find(w, p->id);
+		p->fn(c, p->arg);
+		if (c && slot_find(w, p->id))
+			conn_flush(c);
+	}
+	free(p);
+}
+
+static void worker_run_posts(struct net_worker *w)
+{
+	uint64_t count;
+	ssize_t n = read(w->event_fd, &count, sizeof(count));
+	(void)n;
+	pthread_mutex_lock(&w->mu);
+	struct post *p = w->posts;
+	w->posts = w->posts_tail = NULL;
+	pthread_mutex_unlock(&w->mu);
+	while (p) {
+		struct post *next = p->next;
+		run_post(w, p);
+		p = next;
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* Accepting. */
+
+static void format_peer(const struct sockaddr_storage *ss, char *buf, size_t size)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	uint16_t port = 0;
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		port = ntohs(a->sin_port);
+		snprintf(buf, size, "%s:%u", host, port);
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		port = ntohs(a->sin6_port);
+		snprintf(buf, size, "[%s]:%u", host, port);
+	} else {
+		str_copy(buf, "unknown", size);
+	}
+}
+
+static SSL *server_new_ssl(struct net_server *s)
+{
+	pthread_mutex_lock(&s->tls_mu);
+	SSL *ssl = SSL_new(s->tls);
+	pthread_mutex_unlock(&s->tls_mu);
+	return ssl;
+}
+
+static void worker_accept_one(struct net_worker *w, int fd, const struct sockaddr_storage *ss)
+{
+	struct net_server *s = w->s;
+	char peer[64];
+	format_peer(ss, peer, sizeof(peer));
+	if (atomic_fetch_add(&s->conn_count, 1) >= s->opt.max_connections) {
+		atomic_fetch_sub(&s->conn_count, 1);
+		log_event(LOG_WARN, "conn.refused", "peer=%s reason=max_connections limit=%u", peer,
+			  s->opt.max_connections);
+		close(fd);
+		return;
+	}
+	struct net_conn *c = calloc(1, sizeof(*c));
+	SSL *ssl = server_new_ssl(s);
+	if (!c || !ssl || slot_take(w, c) != 0) {
+		log_event(LOG_ERROR, "conn.nomem", "peer=%s", peer);
+		SSL_free(ssl);
+		free(c);
+		close(fd);
+		atomic_fetch_sub(&s->conn_count, 1);
+		return;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	c->w = w;
+	c->fd = fd;
+	c->ssl = ssl;
+	c->state = CONN_HANDSHAKE;
+	c->interest_in = true;
+	c->deadline = time_mono_ms() + s->opt.handshake_timeout_ms;
+	str_copy(c->peer, peer, sizeof(c->peer));
+	SSL_set_fd(ssl, fd);
+	SSL_set_app_data(ssl, c);
+	SSL_set_verify(ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_cb);
+	SSL_set_accept_state(ssl);
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+		conn_free(c);
+		return;
+	}
+	log_event(LOG_DEBUG, "conn.accepted", "peer=%s worker=%u", peer, w->index);
+}
+
+static void worker_accept(struct net_worker *w)
+{
+	for (int i = 0; i < 64; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		int fd = accept4(w->listen_fd, (struct sockaddr *)&ss, &len,
+				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+				log_event(LOG_WARN, "net.accept_failed", "errno=%d", errno);
+			return;
+		}
+		worker_accept_one(w, fd, &ss);
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* Timeouts and the loop. */
+
+static int64_t worker_sweep(struct net_worker *w)
+{
+	int64_t now = time_mono_ms(), next = now + TICK_MS;
+	for (struct net_conn *c = w->waiters, *nx; c; c = nx) {
+		nx = c->wait_next;
+		if (c->wait_deadline && c->wait_deadline <= now) {
+			uint64_t id = c->id;
+			c->wait_deadline = 0;
+			w->s->h.on_wake(w->s->h.ctx, c, NULL);
+			if (slot_find(w, id))
+				conn_flush(c);
+		} else if (c->wait_deadline && c->wait_deadline < next) {
+			next = c->wait_deadline;
+		}
+	}
+	for (struct net_conn *c = w->conns, *nx; c; c = nx) {
+		nx = c->next;
+		if (c->waiting || c->inflight > 0 || c->deadline > now)
+			continue;
+		bool hs = c->state == CONN_HANDSHAKE;
+		log_event(LOG_INFO, hs ? "conn.handshake_timeout" : "conn.idle_timeout", "peer=%s",
+			  c->peer);
+		conn_close_now(c, !hs);
+	}
+	return next - now;
+}
+
+static void conn_event(struct net_conn *c, uint32_t events)
+{
+	uint64_t id = c->id;
+	struct net_worker *w = c->w;
+	if (c->state == CONN_HANDSHAKE) {
+		conn_handshake(c);
+		return;
+	}
+	if ((events & (EPOLLERR | EPOLLHUP)) && !(events & EPOLLIN)) {
+		log_tls_close(c, "conn.dirty_close", "socket error or hang-up");
+		conn_close_now(c, false);
+		return;
+	}
+	if (events & EPOLLOUT) {
+		conn_flush(c);
+		if (!slot_find(w, id))
+			return;
+		if (c->read_wants_write)
+			conn_on_readable(c);
+	}
+	if (slot_find(w, id) && (events & EPOLLIN))
+		conn_on_readable(c);
+}
+
+static bool worker_drained(struct net_worker *w)
+{
+	for (struct net_conn *c = w->conns, *nx; c; c = nx) {
+		nx = c->next;
+		if (c->state == CONN_HANDSHAKE) {
+			conn_close_now(c, false);
+			continue;
+		}
+		if (c->inflight == 0 && c->out_len == c->out_off) {
+			if (c->opened)
+				log_event(LOG_INFO, "conn.closed", "peer=%s reason=shutdown", c->peer);
+			conn_close_now(c, true);
+		}
+	}
+	return w->conns == NULL || time_mono_ms() >= w->stop_deadline;
+}
+
+static void *worker_main(void *arg)
+{
+	struct net_worker *w = arg;
+	struct epoll_event events[64];
+	int64_t timeout = TICK_MS;
+	for (;;) {
+		int n = epoll_wait(w->epfd, events, 64, (int)(timeout > 0 ? timeout : 0));
+		for (int i = 0; i < n; i++) {
+			void *ptr = events[i].data.ptr;
+			if (ptr == (void *)TAG_LISTEN)
+				worker_accept(w);
+			else if (ptr == (void *)TAG_EVENT)
+				worker_run_posts(w);
+			else
+				conn_event(ptr, events[i].events);
+		}
+		if (atomic_load(&w->s->stopping) && !w->stopping) {
+			w->stopping = true;
+			w->stop_deadline = time_mono_ms() + w->s->grace_ms;
+			epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen_fd, NULL);
+			for (struct net_conn *c = w->conns; c; c = c->next)
+				conn_update_interest(c);
+		}
+		if (w->stopping && worker_drained(w))
+			break;
+		timeout = worker_sweep(w);
+		if (w->stopping && timeout > 100)
+			timeout = 100;
+	}
+	while (w->conns)
+		conn_close_now(w->conns, true);
+	worker_run_posts(w); /* give late completions their cleanup */
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Start and stop. */
+
+static int listen_socket(const struct net_options *opt, uint16_t port, int *out, char *err,
+			 size_t errlen)
+{
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
+	struct addrinfo *ai;
+	char service[8];
+	snprintf(service, sizeof(service), "%u", port);
+	int r = getaddrinfo(opt->host, service, &hints, &ai);
+	if (r != 0) {
+		snprintf(err, errlen, "invalid listen address '%s': %s", opt->host,
+			 gai_strerror(r));
+		return ISG_ERR_INVALID;
+	}
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1;
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+	    bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+		snprintf(err, errlen, "cannot listen on %s:%u: %s", opt->host, port,
+			 strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		freeaddrinfo(ai);
+		return ISG_ERR_IO;
+	}
+	freeaddrinfo(ai);
+	*out = fd;
+	return 0;
+}
+
+static uint16_t bound_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+		return 0;
+	if (ss.ss_family == AF_INET)
+		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+static int worker_init(struct net_worker *w, struct net_server *s, uint32_t index, char *err,
+		       size_t errlen)
+{
+	w->s = s;
+	w->index = index;
+	w->listen_fd = w->epfd = w->event_fd = -1;
+	pthread_mutex_init(&w->mu, NULL);
+	/* The first listener may have picked the port (port 0); the rest share it. */
+	int r = listen_socket(&s->opt, index == 0 ? s->opt.port : s->port, &w->listen_fd, err,
+			      errlen);
+	if (r != 0)
+		return r;
+	if (index == 0)
+		s->port = bound_port(w->listen_fd);
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	w->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (w->epfd < 0 || w->event_fd < 0) {
+		snprintf(err, errlen, "cannot create epoll or eventfd: %s", strerror(errno));
+		return ISG_ERR_IO;
+	}
+	struct epoll_event lev = {.events = EPOLLIN, .data.ptr = (void *)TAG_LISTEN};
+	struct epoll_event eev = {.events = EPOLLIN, .data.ptr = (void *)TAG_EVENT};
+	epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &lev);
+	epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->event_fd, &eev);
+	return 0;
+}
+
+static void worker_release(struct net_worker *w)
+{
+	if (w->listen_fd >= 0)
+		close(w->listen_fd);
+	if (w->epfd >= 0)
+		close(w->epfd);
+	if (w->event_fd >= 0)
+		close(w->event_fd);
+	free(w->slots);
+	pthread_mutex_destroy(&w->mu);
+}
+
+int net_server_start(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
+		     struct net_server **out, char *err, size_t errlen)
+{
+	struct net_server *s = calloc(1, sizeof(*s));
+	if (!s)
+		return ISG_ERR_NOMEM;
+	s->opt = *opt;
+	s->h = *h;
+	s->n_workers = opt->threads ? opt->threads : 1;
+	pthread_mutex_init(&s->tls_mu, NULL);
+	SSL_CTX_up_ref(tls);
+	s->tls = tls;
+	s->workers = calloc(s->n_workers, sizeof(*s->workers));
+	if (!s->workers) {
+		net_server_free(s);
+		return ISG_ERR_NOMEM;
+	}
+	for (uint32_t i = 0; i < s->n_workers; i++) {
+		int r = worker_init(&s->workers[i], s, i, err, errlen);
+		if (r != 0) {
+			s->n_workers = i + 1;
+			net_server_free(s);
+			return r;
+		}
+	}
+	for (uint32_t i = 0; i < s->n_workers; i++) {
+		if (pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) != 0)
+			fatal("cannot start worker thread");
+	}
+	*out = s;
+	return 0;
+}
+
+uint16_t net_server_port(const struct net_server *s)
+{
+	return s->port;
+}
+
+void net_server_set_tls(struct net_server *s, SSL_CTX *tls)
+{
+	SSL_CTX_up_ref(tls);
+	pthread_mutex_lock(&s->tls_mu);
+	SSL_CTX *old = s->tls;
+	s->tls = tls;
+	pthread_mutex_unlock(&s->tls_mu);
+	SSL_CTX_free(old);
+}
+
+void net_server_stop(struct net_server *s, int64_t grace_ms)
+{
+	s->grace_ms = grace_ms;
+	atomic_store(&s->stopping, true);
+	for (uint32_t i = 0; i < s->n_workers; i++) {
+		uint64_t one = 1;
+		ssize_t n = write(s->workers[i].event_fd, &one, sizeof(one));
+		(void)n;
+	}
+	for (uint32_t i = 0; i < s->n_workers; i++)
+		pthread_join(s->workers[i].thread, NULL);
+}
+
+void net_server_free(struct net_server *s)
+{
+	if (!s)
+		return;
+	for (uint32_t i = 0; s->workers && i < s->n_workers; i++)
+		worker_release(&s->workers[i]);
+	free(s->workers);
+	SSL_CTX_free(s->tls);
+	pthread_mutex_destroy(&s->tls_mu);
+	free(s);
+}
