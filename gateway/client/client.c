@@ -1,0 +1,177 @@
+/* The handle: connect (TCP, TLS, Hello/Welcome), accessors, close. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client_impl.h"
+#include "util/util.h"
+
+ISG_CLIENT_API void isg_client_options_init(struct isg_client_options *opt)
+{
+	if (!opt)
+		return;
+	memset(opt, 0, sizeof(*opt));
+	opt->timeout_ms = CLIENT_DEFAULT_TIMEOUT_MS;
+	opt->max_frame_bytes = CLIENT_DEFAULT_MAX_FRAME;
+}
+
+/* "host:port", "[v6]:port"; host and port are copied into the buffers. */
+static int split_gateway(const char *s, char *host, size_t hsize, char *port, size_t psize,
+                         struct isg_error *err)
+{
+	const char *h = s, *colon;
+	size_t hlen;
+	if (!s || !*s) {
+		client_error(err, ISG_CLIENT_E_USAGE, "no gateway address (HOST:PORT)");
+		return -1;
+	}
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || close[1] != ':')
+			goto bad;
+		h = s + 1;
+		hlen = (size_t)(close - h);
+		colon = close + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon || memchr(s, ':', (size_t)(colon - s)))
+			goto bad; /* no port, or an IPv6 address without brackets */
+		hlen = (size_t)(colon - s);
+	}
+	int64_t p;
+	if (hlen == 0 || hlen >= hsize || str_to_i64(colon + 1, 1, 65535, &p) < 0)
+		goto bad;
+	memcpy(host, h, hlen);
+	host[hlen] = '\0';
+	str_copy(port, colon + 1, psize);
+	return 0;
+bad:
+	client_error(err, ISG_CLIENT_E_USAGE,
+	             "bad gateway address '%s' (HOST:PORT, or [IPv6]:PORT)", s);
+	return -1;
+}
+
+static char *dup_or_empty(const char *s)
+{
+	return strdup(s ? s : "");
+}
+
+static int hello(struct isg_client *c, const char *client_name, struct isg_error *err)
+{
+	Isg__Hello h = ISG__HELLO__INIT;
+	h.protocol_version = WIRE_PROTOCOL_VERSION;
+	if (client_name && str_utf8_valid(client_name, strlen(client_name)))
+		h.client_name = (char *)client_name;
+	else
+		h.client_name = (char *)"libisgclient/" ISG_CLIENT_VERSION;
+	Isg__Frame req = ISG__FRAME__INIT;
+	req.body_case = ISG__FRAME__BODY_HELLO;
+	req.hello = &h;
+	Isg__Frame *resp = NULL;
+	if (client_call(c, &req, ISG__FRAME__BODY_WELCOME, 0, &resp, err) < 0)
+		return -1;
+	const Isg__Welcome *w = resp->welcome;
+	const char *parts[] = {w->partner_id, w->partner_name, w->gateway_version,
+	                       w->policy_version};
+	for (size_t i = 0; i < ARRAY_LEN(parts); i++) {
+		if (parts[i] && !str_utf8_valid(parts[i], strlen(parts[i]))) {
+			wire_frame_free(resp);
+			return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
+			                   "the gateway's welcome is not valid UTF-8");
+		}
+	}
+	c->partner_id = dup_or_empty(w->partner_id);
+	c->partner_name = dup_or_empty(w->partner_name);
+	c->gateway_version = dup_or_empty(w->gateway_version);
+	c->policy_version = dup_or_empty(w->policy_version);
+	wire_frame_free(resp);
+	if (!c->partner_id || !c->partner_name || !c->gateway_version || !c->policy_version) {
+		client_error(err, ISG_CLIENT_E_NOMEM, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
+static struct isg_client *client_new(const struct isg_client_options *opt)
+{
+	struct isg_client *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->fd = -1;
+	c->timeout_ms = opt->timeout_ms > 0 ? opt->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+	c->max_frame = opt->max_frame_bytes ? opt->max_frame_bytes : CLIENT_DEFAULT_MAX_FRAME;
+	str_copy(c->peer, opt->gateway, sizeof(c->peer));
+	return c;
+}
+
+ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, struct isg_client **out,
+                                      struct isg_error *err)
+{
+	client_error_clear(err);
+	if (!opt || !out) {
+		client_error(err, ISG_CLIENT_E_USAGE, "no options or no place for the client");
+		return -1;
+	}
+	*out = NULL;
+	char host[256], port[8];
+	if (split_gateway(opt->gateway, host, sizeof(host), port, sizeof(port), err) < 0)
+		return -1;
+	struct isg_client *c = client_new(opt);
+	if (!c) {
+		client_error(err, ISG_CLIENT_E_NOMEM, "out of memory");
+		return -1;
+	}
+	int64_t deadline = client_deadline(c->timeout_ms);
+	if (client_tls_context(opt, &c->ctx, err) < 0 ||
+	    client_tcp_connect(c, host, port, deadline, err) < 0 ||
+	    client_tls_new(c, opt->server_name ? opt->server_name : host, err) < 0 ||
+	    client_tls_handshake(c, deadline, err) < 0 || hello(c, opt->client_name, err) < 0) {
+		isg_client_close(c);
+		return -1;
+	}
+	*out = c;
+	return 0;
+}
+
+ISG_CLIENT_API void isg_client_close(struct isg_client *c)
+{
+	if (!c)
+		return;
+	client_tls_shutdown(c);
+	SSL_free(c->ssl);
+	SSL_CTX_free(c->ctx);
+	if (c->fd >= 0)
+		close(c->fd);
+	queue_release(&c->pushed);
+	free(c->in);
+	free(c->partner_id);
+	free(c->partner_name);
+	free(c->policy_version);
+	free(c->gateway_version);
+	free(c);
+}
+
+static const char *or_empty(const char *s)
+{
+	return s ? s : "";
+}
+
+ISG_CLIENT_API const char *isg_client_partner_id(const struct isg_client *c)
+{
+	return c ? or_empty(c->partner_id) : "";
+}
+
+ISG_CLIENT_API const char *isg_client_partner_name(const struct isg_client *c)
+{
+	return c ? or_empty(c->partner_name) : "";
+}
+
+ISG_CLIENT_API const char *isg_client_policy_version(const struct isg_client *c)
+{
+	return c ? or_empty(c->policy_version) : "";
+}
+
+ISG_CLIENT_API const char *isg_client_gateway_version(const struct isg_client *c)
+{
+	return c ? or_empty(c->gateway_version) : "";
+}

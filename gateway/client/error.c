@@ -1,0 +1,100 @@
+/* Errors: the gateway's, passed through exactly, and the library's own. */
+#include <stdio.h>
+#include <string.h>
+
+#include "client_impl.h"
+#include "util/util.h"
+
+static const char *local_name(int code)
+{
+	switch (code) {
+	case ISG_CLIENT_E_USAGE:
+		return "USAGE";
+	case ISG_CLIENT_E_NOMEM:
+		return "NOMEM";
+	case ISG_CLIENT_E_CONFIG:
+		return "CONFIG";
+	case ISG_CLIENT_E_CONNECT:
+		return "CONNECT";
+	case ISG_CLIENT_E_TLS:
+		return "TLS";
+	case ISG_CLIENT_E_IO:
+		return "IO";
+	case ISG_CLIENT_E_PROTOCOL:
+		return "PROTOCOL";
+	case ISG_CLIENT_E_TIMEOUT:
+		return "TIMEOUT";
+	case ISG_CLIENT_E_CLOSED:
+		return "CLOSED";
+	case ISG_CLIENT_E_TOO_BIG:
+		return "TOO_BIG";
+	case ISG_CLIENT_E_INTERRUPTED:
+		return "INTERRUPTED";
+	}
+	return NULL;
+}
+
+ISG_CLIENT_API const char *isg_client_code_name(int code)
+{
+	if (ISG_CLIENT_IS_LOCAL(code)) {
+		const char *name = local_name(code);
+		return name ? name : "UNKNOWN";
+	}
+	const ProtobufCEnumValue *v =
+	    protobuf_c_enum_descriptor_get_value(&isg__error_code__descriptor, code);
+	return v ? v->name : "UNKNOWN";
+}
+
+void client_error_clear(struct isg_error *err)
+{
+	if (!err)
+		return;
+	memset(err, 0, sizeof(*err));
+	err->record_index = -1;
+}
+
+void client_error(struct isg_error *err, int code, const char *fmt, ...)
+{
+	if (!err)
+		return;
+	client_error_clear(err);
+	err->code = code;
+	str_copy(err->code_name, isg_client_code_name(code), sizeof(err->code_name));
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+}
+
+void client_error_from_wire(struct isg_error *err, const Isg__Error *e)
+{
+	if (!err)
+		return;
+	client_error_clear(err);
+	err->from_gateway = true;
+	err->code = (int)e->code;
+	if (protobuf_c_enum_descriptor_get_value(&isg__error_code__descriptor, err->code))
+		str_copy(err->code_name, isg_client_code_name(err->code), sizeof(err->code_name));
+	else /* a code newer than this library */
+		snprintf(err->code_name, sizeof(err->code_name), "CODE_%d", err->code);
+	str_copy(err->message, e->message ? e->message : "", sizeof(err->message));
+	err->record_index = e->record_index;
+	str_copy(err->field, e->field ? e->field : "", sizeof(err->field));
+	str_copy(err->rule, e->rule ? e->rule : "", sizeof(err->rule));
+	err->audit_index = e->audit_index;
+}
+
+int client_fail(struct isg_client *c, struct isg_error *err, int code, const char *fmt, ...)
+{
+	char msg[sizeof(err->message)];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	client_error(err, code, "%s", msg);
+	if (!c->broken) {
+		c->broken = true;
+		str_copy(c->broken_why, msg, sizeof(c->broken_why));
+	}
+	return -1;
+}

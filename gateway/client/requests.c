@@ -1,0 +1,372 @@
+/*
+ * Requests and answers. Each request gets a fresh request_id and waits for
+ * the frame echoing it. Deliveries pushed on a subscription meanwhile are
+ * queued in order for isg_client_next_delivery.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/rand.h>
+
+#include "client_impl.h"
+#include "util/util.h"
+
+static int check_usable(struct isg_client *c, struct isg_error *err)
+{
+	client_error_clear(err);
+	if (!c) {
+		client_error(err, ISG_CLIENT_E_USAGE, "no client");
+		return -1;
+	}
+	if (c->broken) {
+		client_error(err, ISG_CLIENT_E_CLOSED,
+		             "the connection is unusable after an earlier failure (%s)",
+		             c->broken_why);
+		return -1;
+	}
+	return 0;
+}
+
+/* The gateway's error about the connection itself: it closes after sending it. */
+static int connection_error(struct isg_client *c, Isg__Frame *f, struct isg_error *err)
+{
+	client_error_from_wire(err, f->error);
+	c->broken = true;
+	snprintf(c->broken_why, sizeof(c->broken_why), "the gateway refused the connection: %s",
+	         f->error->message ? f->error->message : "");
+	wire_frame_free(f);
+	return -1;
+}
+
+/* A frame that answers no request we are waiting for. */
+static int side_frame(struct isg_client *c, Isg__Frame *f, size_t size, struct isg_error *err)
+{
+	if (f->request_id == 0 && f->body_case == ISG__FRAME__BODY_ERROR)
+		return connection_error(c, f, err);
+	if (c->subscribed && f->request_id == c->subscribe_id &&
+	    (f->body_case == ISG__FRAME__BODY_DELIVERY || f->body_case == ISG__FRAME__BODY_ERROR)) {
+		int rc = queue_push(&c->pushed, f, size);
+		if (rc == 0)
+			return 0;
+		wire_frame_free(f);
+		if (rc == ISG_ERR_NOMEM)
+			return client_fail(c, err, ISG_CLIENT_E_NOMEM,
+			                   "out of memory keeping pushed deliveries");
+		return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
+		                   "more than %u bytes of pushed deliveries are waiting to be read",
+		                   CLIENT_MAX_QUEUED_BYTES);
+	}
+	uint64_t id = f->request_id;
+	const char *name = wire_body_name(f->body_case);
+	wire_frame_free(f);
+	return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
+	                   "the gateway sent an unexpected '%s' frame for request %" PRIu64, name,
+	                   id);
+}
+
+/*
+ * A write failed: the gateway may have said why before closing (for example
+ * a certificate it does not know). Surface that error instead of ours.
+ */
+static void salvage_error(struct isg_client *c, struct isg_error *err)
+{
+	struct isg_error ignored;
+	client_error_clear(&ignored);
+	Isg__Frame *f = NULL;
+	size_t size;
+	bool dead = c->tls_dead;
+	c->tls_dead = false;
+	enum read_result r = client_read_frame(c, client_deadline(250), false, &f, &size, &ignored);
+	c->tls_dead = c->tls_dead || dead;
+	if (r == READ_FRAME && f->body_case == ISG__FRAME__BODY_ERROR)
+		client_error_from_wire(err, f->error);
+	else if (r == READ_ERROR && ignored.code == ISG_CLIENT_E_TLS && err)
+		*err = ignored; /* a TLS alert, e.g. the client certificate was refused */
+	if (r == READ_FRAME)
+		wire_frame_free(f);
+}
+
+static int wait_answer(struct isg_client *c, uint64_t id, Isg__Frame__BodyCase want,
+                       int64_t deadline, Isg__Frame **out, struct isg_error *err)
+{
+	for (;;) {
+		Isg__Frame *f = NULL;
+		size_t size = 0;
+		enum read_result r = client_read_frame(c, deadline, false, &f, &size, err);
+		if (r == READ_TIMEOUT)
+			return client_fail(c, err, ISG_CLIENT_E_TIMEOUT,
+			                   "no answer from the gateway within %d ms",
+			                   c->timeout_ms);
+		if (r != READ_FRAME)
+			return -1;
+		if (f->request_id != id) {
+			if (side_frame(c, f, size, err) < 0)
+				return -1;
+			continue;
+		}
+		if (f->body_case == ISG__FRAME__BODY_ERROR) {
+			client_error_from_wire(err, f->error);
+			wire_frame_free(f);
+			return -1;
+		}
+		if (f->body_case != want) {
+			const char *got = wire_body_name(f->body_case);
+			wire_frame_free(f);
+			return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
+			                   "the gateway answered '%s' where '%s' was expected", got,
+			                   wire_body_name(want));
+		}
+		*out = f;
+		return 0;
+	}
+}
+
+int client_call(struct isg_client *c, Isg__Frame *req, Isg__Frame__BodyCase want,
+                int64_t extra_wait_ms, Isg__Frame **out, struct isg_error *err)
+{
+	if (c->broken)
+		return check_usable(c, err);
+	req->request_id = ++c->last_request_id;
+	int64_t deadline = client_deadline((int64_t)c->timeout_ms + extra_wait_ms);
+	if (client_write_frame(c, req, deadline, err) < 0) {
+		if (c->broken)
+			salvage_error(c, err);
+		return -1;
+	}
+	return wait_answer(c, req->request_id, want, deadline, out, err);
+}
+
+static int random_id(char out[33], struct isg_error *err)
+{
+	uint8_t raw[16];
+	if (RAND_bytes(raw, sizeof(raw)) != 1) {
+		client_error(err, ISG_CLIENT_E_NOMEM, "cannot generate a random message id");
+		return -1;
+	}
+	hex_encode(out, raw, sizeof(raw));
+	return 0;
+}
+
+static int check_message_id(const char *id, struct isg_error *err)
+{
+	size_t len = strlen(id);
+	if (len == 0 || len > ISG_CLIENT_MAX_ID || !str_utf8_valid(id, len)) {
+		client_error(err, ISG_CLIENT_E_USAGE,
+		             "message_id must be 1 to %d bytes of UTF-8 (got %zu bytes)",
+		             ISG_CLIENT_MAX_ID, len);
+		return -1;
+	}
+	return 0;
+}
+
+static int fill_receipt(struct isg_client *c, const Isg__Frame *f, struct isg_receipt *out,
+                        struct isg_error *err)
+{
+	const Isg__Receipt *r = f->send_result->receipt;
+	if (!r)
+		return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
+		                   "the gateway's send result has no receipt");
+	if (!out)
+		return 0;
+	memset(out, 0, sizeof(*out));
+	str_copy(out->message_id, r->message_id ? r->message_id : "", sizeof(out->message_id));
+	out->gateway_id = r->gateway_id;
+	out->audit_index = r->audit_index;
+	out->accepted_at_ms = r->accepted_at_ms;
+	out->duplicate = r->duplicate;
+	out->record_count = r->record_count;
+	str_copy(out->policy_version, r->policy_version ? r->policy_version : "",
+	         sizeof(out->policy_version));
+	return 0;
+}
+
+ISG_CLIENT_API int isg_client_send(struct isg_client *c, const struct isg_message *msg,
+                                   struct isg_receipt *receipt, struct isg_error *err)
+{
+	if (check_usable(c, err) < 0)
+		return -1;
+	if (!msg) {
+		client_error(err, ISG_CLIENT_E_USAGE, "no message");
+		return -1;
+	}
+	char generated[33];
+	const char *id = msg->message_id;
+	if (!id) {
+		if (random_id(generated, err) < 0)
+			return -1;
+		id = generated;
+	} else if (check_message_id(id, err) < 0) {
+		return -1;
+	}
+	struct send_build b;
+	if (send_build_init(&b, msg, id, err) < 0)
+		return -1;
+	Isg__Frame req = ISG__FRAME__INIT;
+	req.body_case = ISG__FRAME__BODY_SEND;
+	req.send = &b.req;
+	Isg__Frame *resp = NULL;
+	int rc = client_call(c, &req, ISG__FRAME__BODY_SEND_RESULT, 0, &resp, err);
+	send_build_release(&b);
+	if (rc == 0)
+		rc = fill_receipt(c, resp, receipt, err);
+	wire_frame_free(resp);
+	return rc;
+}
+
+ISG_CLIENT_API int isg_client_fetch(struct isg_client *c, unsigned max, unsigned wait_ms,
+                                    struct isg_delivery_list **out, struct isg_error *err)
+{
+	if (check_usable(c, err) < 0)
+		return -1;
+	if (!out) {
+		client_error(err, ISG_CLIENT_E_USAGE, "no place for the deliveries");
+		return -1;
+	}
+	*out = NULL;
+	Isg__FetchRequest fetch = ISG__FETCH_REQUEST__INIT;
+	fetch.max_messages = max;
+	fetch.wait_ms = wait_ms;
+	Isg__Frame req = ISG__FRAME__INIT;
+	req.body_case = ISG__FRAME__BODY_FETCH;
+	req.fetch = &fetch;
+	Isg__Frame *resp = NULL;
+	if (client_call(c, &req, ISG__FRAME__BODY_FETCH_RESULT, wait_ms, &resp, err) < 0)
+		return -1;
+	return client_deliveries_from_fetch(resp, out, err);
+}
+
+ISG_CLIENT_API int isg_client_ack(struct isg_client *c, const uint64_t *ids, size_t n,
+                                  unsigned *acknowledged, struct isg_error *err)
+{
+	if (check_usable(c, err) < 0)
+		return -1;
+	if (acknowledged)
+		*acknowledged = 0;
+	if (n == 0)
+		return 0;
+	if (!ids) {
+		client_error(err, ISG_CLIENT_E_USAGE, "no ids to acknowledge");
+		return -1;
+	}
+	Isg__Ack ack = ISG__ACK__INIT;
+	ack.n_gateway_ids = n;
+	ack.gateway_ids = (uint64_t *)ids;
+	Isg__Frame req = ISG__FRAME__INIT;
+	req.body_case = ISG__FRAME__BODY_ACK;
+	req.ack = &ack;
+	Isg__Frame *resp = NULL;
+	if (client_call(c, &req, ISG__FRAME__BODY_ACK_RESULT, 0, &resp, err) < 0)
+		return -1;
+	if (acknowledged)
+		*acknowledged = resp->ack_result->acknowledged;
+	wire_frame_free(resp);
+	return 0;
+}
+
+ISG_CLIENT_API int isg_client_subscribe(struct isg_client *c, struct isg_error *err)
+{
+	if (check_usable(c, err) < 0)
+		return -1;
+	if (c->subscribed) {
+		client_error(err, ISG_CLIENT_E_USAGE, "already subscribed");
+		return -1;
+	}
+	Isg__Subscribe sub = ISG__SUBSCRIBE__INIT;
+	Isg__Frame req = ISG__FRAME__INIT;
+	req.body_case = ISG__FRAME__BODY_SUBSCRIBE;
+	req.subscribe = &sub;
+	req.request_id = ++c->last_request_id;
+	if (client_write_frame(c, &req, client_deadline(c->timeout_ms), err) < 0) {
+		if (c->broken)
+			salvage_error(c, err);
+		return -1;
+	}
+	c->subscribed = true;
+	c->subscribe_id = req.request_id;
+	return 0;
+}
+
+/* A frame on the subscription: a delivery, or the gateway ending it with an error. */
+static int pushed_frame(struct isg_client *c, Isg__Frame *f, struct isg_delivery **out,
+                        struct isg_error *err)
+{
+	if (f->body_case == ISG__FRAME__BODY_ERROR) {
+		c->subscribed = false;
+		client_error_from_wire(err, f->error);
+		wire_frame_free(f);
+		return -1;
+	}
+	return client_delivery_from_push(f, out, err);
+}
+
+ISG_CLIENT_API int isg_client_next_delivery(struct isg_client *c, int timeout_ms,
+                                            struct isg_delivery **out, struct isg_error *err)
+{
+	if (check_usable(c, err) < 0)
+		return -1;
+	if (!out) {
+		client_error(err, ISG_CLIENT_E_USAGE, "no place for the delivery");
+		return -1;
+	}
+	*out = NULL;
+	Isg__Frame *f = queue_pop(&c->pushed);
+	if (f)
+		return pushed_frame(c, f, out, err);
+	if (!c->subscribed) {
+		client_error(err, ISG_CLIENT_E_USAGE, "not subscribed");
+		return -1;
+	}
+	int64_t deadline = client_deadline(timeout_ms < 0 ? -1 : timeout_ms);
+	for (;;) {
+		size_t size = 0;
+		enum read_result r = client_read_frame(c, deadline, true, &f, &size, err);
+		if (r == READ_TIMEOUT)
+			return 0;
+		if (r == READ_INTERRUPTED) {
+			client_error(err, ISG_CLIENT_E_INTERRUPTED, "interrupted by a signal");
+			return -1;
+		}
+		if (r != READ_FRAME)
+			return -1;
+		if (f->request_id == c->subscribe_id &&
+		    (f->body_case == ISG__FRAME__BODY_DELIVERY ||
+		     f->body_case == ISG__FRAME__BODY_ERROR))
+			return pushed_frame(c, f, out, err);
+		if (side_frame(c, f, size, err) < 0)
+			return -1;
+	}
+}
+
+static int64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+ISG_CLIENT_API int isg_client_ping(struct isg_client *c, int64_t *rtt_us, struct isg_error *err)
+{
+	if (check_usable(c, err) < 0)
+		return -1;
+	Isg__Ping ping = ISG__PING__INIT;
+	if (RAND_bytes((unsigned char *)&ping.nonce, sizeof(ping.nonce)) != 1)
+		ping.nonce = (uint64_t)mono_us();
+	Isg__Frame req = ISG__FRAME__INIT;
+	req.body_case = ISG__FRAME__BODY_PING;
+	req.ping = &ping;
+	Isg__Frame *resp = NULL;
+	int64_t start = mono_us();
+	if (client_call(c, &req, ISG__FRAME__BODY_PONG, 0, &resp, err) < 0)
+		return -1;
+	int64_t took = mono_us() - start;
+	uint64_t nonce = resp->pong->nonce;
+	wire_frame_free(resp);
+	if (nonce != ping.nonce)
+		return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
+		                   "the gateway's pong does not echo the ping's nonce");
+	if (rtt_us)
+		*rtt_us = took;
+	return 0;
+}

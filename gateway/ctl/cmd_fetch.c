@@ -1,0 +1,234 @@
+/*
+ * isgctl fetch: print the messages delivered to this partner, then
+ * acknowledge them. A message is acknowledged only after it was printed and
+ * standard output flushed, so a crash or a full disk means it is delivered
+ * again, never lost.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl/ctl.h"
+
+static const char usage[] =
+    "usage: isgctl fetch [--max N] [--wait MS] [--format jsonl|csv] [--no-ack] [--follow]\n"
+    "                    [connection]\n" CTL_CONN_USAGE;
+
+static const char help[] =
+    "Prints the messages waiting for you, then acknowledges them so the gateway\n"
+    "deletes them. Prints nothing when there are none.\n"
+    "  --max N               at most N messages (default: the gateway's)\n"
+    "  --wait MS             wait up to MS for a message when none is waiting\n"
+    "  --format jsonl|csv    one JSON line per message (default), or CSV with one row\n"
+    "                        per record and a new header when the columns change\n"
+    "  --no-ack              do not acknowledge: the messages will be delivered again\n"
+    "  --follow              keep printing messages as they arrive, until interrupted\n";
+
+struct fetch_args {
+	struct ctl_conn conn;
+	unsigned max, wait_ms;
+	enum ctl_format format;
+	bool no_ack, follow;
+};
+
+struct printer {
+	enum ctl_format format;
+	struct ctl_csv_writer csv;
+};
+
+enum { OPT_MAX = 1, OPT_WAIT, OPT_FORMAT, OPT_NO_ACK, OPT_FOLLOW };
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop(int sig)
+{
+	stop_requested = 1;
+}
+
+static int parse_option(struct fetch_args *a, int opt, const char *arg)
+{
+	int64_t v;
+	int ms;
+	switch (opt) {
+	case OPT_MAX:
+		if (str_to_i64(arg, 1, UINT32_MAX, &v) < 0)
+			return ctl_usage_error(usage, "--max '%s' is not a number from 1", arg);
+		a->max = (unsigned)v;
+		break;
+	case OPT_WAIT:
+		if (strcmp(arg, "0") == 0)
+			ms = 0;
+		else if (ctl_parse_timeout(arg, &ms) < 0)
+			return ctl_usage_error(usage, "--wait '%s': give milliseconds, up to 1d",
+			                       arg);
+		a->wait_ms = (unsigned)ms;
+		break;
+	case OPT_FORMAT:
+		if (ctl_format_parse(arg, &a->format) < 0)
+			return ctl_usage_error(usage, "--format '%s': give jsonl or csv", arg);
+		break;
+	case OPT_NO_ACK:
+		a->no_ack = true;
+		break;
+	case OPT_FOLLOW:
+		a->follow = true;
+		break;
+	}
+	return CTL_EXIT_OK;
+}
+
+static int parse_args(struct fetch_args *a, int argc, char **argv, bool *done)
+{
+	static const struct option opts[] = {
+	    {"max", required_argument, NULL, OPT_MAX},
+	    {"wait", required_argument, NULL, OPT_WAIT},
+	    {"format", required_argument, NULL, OPT_FORMAT},
+	    {"no-ack", no_argument, NULL, OPT_NO_ACK},
+	    {"follow", no_argument, NULL, OPT_FOLLOW},
+	    {"help", no_argument, NULL, 'h'},
+	    CTL_CONN_LONGOPTS,
+	    {NULL, 0, NULL, 0},
+	};
+	int opt, status;
+	a->format = CTL_FORMAT_JSONL;
+	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		if (opt == 'h') {
+			printf("%s\n%s", usage, help);
+			*done = true;
+			return CTL_EXIT_OK;
+		}
+		if (opt == '?' || opt == ':')
+			return ctl_bad_option(usage, opt, argv);
+		int c = ctl_conn_option(&a->conn, opt, optarg, usage);
+		if (c < 0)
+			return CTL_EXIT_USAGE;
+		if (c == 0 && (status = parse_option(a, opt, optarg)) != CTL_EXIT_OK)
+			return status;
+	}
+	if (optind < argc)
+		return ctl_usage_error(usage, "unexpected argument '%s'", argv[optind]);
+	return CTL_EXIT_OK;
+}
+
+/* Print one delivery and flush; an exit status. */
+static int print_delivery(struct printer *p, const struct isg_delivery *d)
+{
+	int rc = p->format == CTL_FORMAT_CSV ? ctl_write_delivery_csv(stdout, &p->csv, d)
+	                                     : ctl_write_delivery_jsonl(stdout, d);
+	if (rc == 0 && fflush(stdout) != 0)
+		rc = ISG_ERR_IO;
+	if (rc < 0) {
+		ctl_warn("cannot write message %" PRIu64 ": %s; it stays unacknowledged",
+		         d->gateway_id,
+		         rc == ISG_ERR_NOMEM ? "out of memory" : ctl_errno_text(errno));
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
+static int acknowledge(struct fetch_args *a, struct isg_client *c, const uint64_t *ids, size_t n)
+{
+	unsigned acked = 0;
+	struct isg_error err;
+	if (isg_client_ack(c, ids, n, &acked, &err) < 0) {
+		int status = ctl_report(&a->conn, &err);
+		ctl_warn(
+		    "the messages printed were not acknowledged: they will be delivered again");
+		return status;
+	}
+	if (acked < n)
+		ctl_warn("%zu of %zu acknowledgements were not pending any more", n - acked, n);
+	return CTL_EXIT_OK;
+}
+
+static int fetch_once(struct fetch_args *a, struct isg_client *c, struct printer *p)
+{
+	struct isg_delivery_list *list = NULL;
+	struct isg_error err;
+	if (isg_client_fetch(c, a->max, a->wait_ms, &list, &err) < 0)
+		return ctl_report(&a->conn, &err);
+	int status = CTL_EXIT_OK;
+	uint64_t *ids = calloc(list->n ? list->n : 1, sizeof(*ids));
+	if (!ids) {
+		ctl_warn("out of memory");
+		status = CTL_EXIT_LOCAL;
+	}
+	size_t printed = 0;
+	for (; status == CTL_EXIT_OK && printed < list->n; printed++) {
+		status = print_delivery(p, &list->items[printed]);
+		ids[printed] = list->items[printed].gateway_id;
+	}
+	if (status != CTL_EXIT_OK && printed > 0)
+		printed--; /* the one that failed */
+	/* Acknowledge what was printed, even when a later one failed. */
+	if (!a->no_ack && printed > 0) {
+		int s = acknowledge(a, c, ids, printed);
+		if (status == CTL_EXIT_OK)
+			status = s;
+	}
+	free(ids);
+	isg_delivery_list_free(list);
+	return status;
+}
+
+static void catch_stop_signals(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_stop; /* no SA_RESTART: a wait returns at once */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+static int follow(struct fetch_args *a, struct isg_client *c, struct printer *p)
+{
+	struct isg_error err;
+	catch_stop_signals();
+	if (isg_client_subscribe(c, &err) < 0)
+		return ctl_report(&a->conn, &err);
+	while (!stop_requested) {
+		struct isg_delivery *d = NULL;
+		if (isg_client_next_delivery(c, 1000, &d, &err) < 0) {
+			if (err.code == ISG_CLIENT_E_INTERRUPTED && !err.from_gateway)
+				continue;
+			return ctl_report(&a->conn, &err);
+		}
+		if (!d)
+			continue;
+		int status = print_delivery(p, d);
+		if (status == CTL_EXIT_OK && !a->no_ack)
+			status = acknowledge(a, c, &d->gateway_id, 1);
+		isg_delivery_free(d);
+		if (status != CTL_EXIT_OK)
+			return status;
+	}
+	return CTL_EXIT_OK;
+}
+
+int cmd_fetch(int argc, char **argv)
+{
+	struct fetch_args a;
+	memset(&a, 0, sizeof(a));
+	ctl_conn_init(&a.conn);
+	struct printer p = {0};
+	ctl_csv_writer_init(&p.csv);
+	bool done = false;
+	struct isg_client *client = NULL;
+	int status = parse_args(&a, argc, argv, &done);
+	if (status != CTL_EXIT_OK || done)
+		goto out;
+	p.format = a.format;
+	status = ctl_connect(&a.conn, &client);
+	if (status != CTL_EXIT_OK)
+		goto out;
+	status = a.follow ? follow(&a, client, &p) : fetch_once(&a, client, &p);
+out:
+	isg_client_close(client);
+	ctl_csv_writer_release(&p.csv);
+	ctl_conn_release(&a.conn);
+	return status;
+}

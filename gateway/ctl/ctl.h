@@ -1,0 +1,97 @@
+/*
+ * isgctl: one file per subcommand, dispatched from the table in main.c.
+ * Each command takes (argc, argv) with argv[0] its own name and returns the
+ * process exit status.
+ */
+#ifndef ISG_CTL_H
+#define ISG_CTL_H
+
+#include <getopt.h>
+#include <stdbool.h>
+
+#include "ctl/ctlio.h"
+#include "isgclient.h"
+
+/* Exit statuses, documented in `isgctl help` and docs/isgctl.md. */
+enum ctl_exit {
+	CTL_EXIT_OK = 0,
+	CTL_EXIT_LOCAL = 1,   /* bad input, config or file; a local failure */
+	CTL_EXIT_USAGE = 2,   /* bad command line */
+	CTL_EXIT_REFUSED = 3, /* the gateway refused the request */
+	CTL_EXIT_CONNECT = 4, /* connection, TLS or protocol failure */
+};
+
+struct ctl_command {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *description;
+};
+
+/* Find and run a subcommand of a table (argv[0] names it); usage errors say `prefix`. */
+int ctl_dispatch(const struct ctl_command *table, size_t n, const char *prefix, int argc,
+                 char **argv);
+
+/* Print "isgctl: message" to stderr. */
+void ctl_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print "isgctl: message" and the usage line, and return CTL_EXIT_USAGE. */
+int ctl_usage_error(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* getopt_long (with a ':' first in its option string) returned ':' or '?': say which option. */
+int ctl_bad_option(const char *usage, int opt, char **argv);
+
+/* Connection options shared by send, fetch, ping and whoami. */
+enum {
+	CTL_OPT_GATEWAY = 1000,
+	CTL_OPT_CERT,
+	CTL_OPT_KEY,
+	CTL_OPT_CA,
+	CTL_OPT_SERVER_NAME,
+	CTL_OPT_TIMEOUT,
+	CTL_OPT_CONFIG,
+};
+
+/* clang-format off */
+#define CTL_CONN_LONGOPTS \
+	{"gateway", required_argument, NULL, CTL_OPT_GATEWAY}, \
+	{"cert", required_argument, NULL, CTL_OPT_CERT}, \
+	{"key", required_argument, NULL, CTL_OPT_KEY}, \
+	{"ca", required_argument, NULL, CTL_OPT_CA}, \
+	{"server-name", required_argument, NULL, CTL_OPT_SERVER_NAME}, \
+	{"timeout", required_argument, NULL, CTL_OPT_TIMEOUT}, \
+	{"config", required_argument, NULL, CTL_OPT_CONFIG}
+/* clang-format on */
+
+#define CTL_CONN_USAGE                                                                             \
+	"connection: --gateway HOST:PORT --cert FILE --key FILE --ca FILE\n"                       \
+	"            [--server-name NAME] [--timeout MS] | --config FILE\n"
+
+struct ctl_conn {
+	const char *gateway, *cert, *key, *ca, *server_name, *config;
+	int timeout_ms;
+	struct ctl_client_config file;
+};
+
+/* Connection options given before the command name; ctl_conn_init starts from these. */
+extern struct ctl_conn ctl_global_conn;
+
+void ctl_conn_init(struct ctl_conn *c);
+void ctl_conn_release(struct ctl_conn *c);
+/* A getopt result: 1 when it was a connection option, 0 when not, -1 on a bad value. */
+int ctl_conn_option(struct ctl_conn *c, int opt, const char *arg, const char *usage);
+/* Load the config, merge the flags, connect. Returns an exit status; prints why on failure. */
+int ctl_connect(struct ctl_conn *c, struct isg_client **out);
+/* Parse the options of a command that only connects (ping, whoami). */
+int ctl_parse_conn_only(struct ctl_conn *conn, const char *usage, const char *help, int argc,
+                        char **argv, bool *done);
+/* Report a failed request: prints the refusal or the failure; returns the exit status. */
+int ctl_report(const struct ctl_conn *c, const struct isg_error *err);
+
+/* Subcommands. */
+int cmd_send(int argc, char **argv);
+int cmd_fetch(int argc, char **argv);
+int cmd_ping(int argc, char **argv);
+int cmd_whoami(int argc, char **argv);
+int cmd_keys(int argc, char **argv);
+int cmd_policy(int argc, char **argv);
+
+#endif

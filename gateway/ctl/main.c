@@ -1,0 +1,160 @@
+/*
+ * isgctl: the command-line tool of ISG for partners, admins and IG officers.
+ * One file per subcommand; this one dispatches and prints help.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ctl/ctl.h"
+
+static int cmd_help(int argc, char **argv);
+
+static const struct ctl_command commands[] = {
+    {"send", cmd_send, "send records from a CSV or JSON Lines file to a partner"},
+    {"fetch", cmd_fetch, "print the messages delivered to you, then acknowledge them"},
+    {"ping", cmd_ping, "check that the gateway answers"},
+    {"whoami", cmd_whoami, "show which partner the gateway recognises you as"},
+    {"keys", cmd_keys, "manage the gateway's keys: keys init DIR"},
+    {"policy", cmd_policy, "check policy files: policy check DIR"},
+    {"help", cmd_help, "show this help, or a command's: help COMMAND"},
+};
+
+static const char exit_codes[] =
+    "exit status:\n"
+    "  0  success\n"
+    "  1  local error: bad input file, config or certificate file\n"
+    "  2  usage error: bad command line\n"
+    "  3  the gateway refused the request (the reason is printed exactly as given)\n"
+    "  4  connection, TLS or protocol failure (gateway unreachable, certificate refused)\n";
+
+static void print_help(FILE *out)
+{
+	fprintf(out, "usage: isgctl [connection options] COMMAND [OPTIONS]\n\ncommands:\n");
+	for (size_t i = 0; i < ARRAY_LEN(commands); i++)
+		fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].description);
+	fprintf(
+	    out,
+	    "\nsend, fetch, ping and whoami connect to the gateway:\n"
+	    "  --gateway HOST:PORT   the gateway's address\n"
+	    "  --cert FILE           your certificate (PEM)\n"
+	    "  --key FILE            its private key (PEM, not encrypted)\n"
+	    "  --ca FILE             the CA certificate that signed the gateway's certificate\n"
+	    "  --server-name NAME    the name the gateway's certificate must carry\n"
+	    "                        (default: the host part of --gateway)\n"
+	    "  --timeout MS          for connecting and for each request (default 30000)\n"
+	    "  --config FILE         a YAML file with gateway, certificate, key, ca,\n"
+	    "                        server_name and timeout (default: $ISGCTL_CONFIG);\n"
+	    "                        options given on the command line win\n"
+	    "\n%s\n'isgctl help COMMAND' or 'isgctl COMMAND --help' shows a command's options.\n",
+	    exit_codes);
+}
+
+static int cmd_help(int argc, char **argv)
+{
+	if (argc < 2) {
+		print_help(stdout);
+		return CTL_EXIT_OK;
+	}
+	if (strcmp(argv[1], "help") == 0) {
+		print_help(stdout);
+		return CTL_EXIT_OK;
+	}
+	char help[] = "--help";
+	char *args[] = {argv[1], help, NULL};
+	return ctl_dispatch(commands, ARRAY_LEN(commands), "isgctl", 2, args);
+}
+
+void ctl_warn(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("isgctl: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+int ctl_usage_error(const char *usage, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("isgctl: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	fputs(usage, stderr);
+	return CTL_EXIT_USAGE;
+}
+
+int ctl_bad_option(const char *usage, int opt, char **argv)
+{
+	const char *what = optind > 0 ? argv[optind - 1] : "?";
+	if (opt == ':')
+		return ctl_usage_error(usage, "option '%s' needs a value", what);
+	if (optopt && optopt < 256 && what[0] == '-' && what[1] != '-')
+		return ctl_usage_error(usage, "unknown option '-%c'", optopt);
+	return ctl_usage_error(usage, "unknown option '%s'", what);
+}
+
+int ctl_dispatch(const struct ctl_command *table, size_t n, const char *prefix, int argc,
+                 char **argv)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(argv[0], table[i].name) == 0) {
+			optind = 0; /* each command parses its options afresh */
+			opterr = 0;
+			return table[i].fn(argc, argv);
+		}
+	}
+	fprintf(stderr, "isgctl: unknown command '%s %s'; commands:", prefix, argv[0]);
+	for (size_t i = 0; i < n; i++)
+		fprintf(stderr, " %s", table[i].name);
+	fputc('\n', stderr);
+	return CTL_EXIT_USAGE;
+}
+
+static const char main_usage[] = "usage: isgctl [connection options] COMMAND [OPTIONS]\n"
+                                 "       isgctl help | --help | --version\n";
+
+/* Options before the command: --help, --version and connection options. */
+static int main_options(int argc, char **argv, bool *done)
+{
+	static const struct option opts[] = {
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    CTL_CONN_LONGOPTS,
+	    {NULL, 0, NULL, 0},
+	};
+	int opt;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, "+:hV", opts, NULL)) != -1) {
+		if (opt == 'h' || opt == 'V') {
+			if (opt == 'h')
+				print_help(stdout);
+			else
+				printf("isgctl %s (libisgclient %s)\n", ISG_VERSION,
+				       ISG_CLIENT_VERSION);
+			*done = true;
+			return CTL_EXIT_OK;
+		}
+		if (opt == '?' || opt == ':')
+			return ctl_bad_option(main_usage, opt, argv);
+		if (ctl_conn_option(&ctl_global_conn, opt, optarg, main_usage) < 0)
+			return CTL_EXIT_USAGE;
+	}
+	return CTL_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+	bool done = false;
+	int status = main_options(argc, argv, &done);
+	if (status != CTL_EXIT_OK || done)
+		return status;
+	if (optind >= argc) {
+		print_help(stderr);
+		return CTL_EXIT_USAGE;
+	}
+	return ctl_dispatch(commands, ARRAY_LEN(commands), "isgctl", argc - optind, argv + optind);
+}

@@ -1,0 +1,302 @@
+/* isgctl's CSV reader: RFC 4180 quoting, line endings, absent cells, types, refusals. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl/ctlio.h"
+
+struct parsed {
+	struct ctl_batch batch;
+	char err[512];
+	int rc;
+};
+
+static void parse_with(struct parsed *p, const char *text, size_t len, const struct ctl_limits *lim)
+{
+	ctl_batch_init(&p->batch);
+	p->err[0] = '\0';
+	p->rc = ctl_read_csv("in.csv", text, len, lim, &p->batch, p->err, sizeof(p->err));
+}
+
+static void parse(struct parsed *p, const char *text)
+{
+	struct ctl_limits lim;
+	ctl_limits_default(&lim);
+	parse_with(p, text, strlen(text), &lim);
+}
+
+static const struct isg_field *field(const struct parsed *p, size_t rec, size_t i)
+{
+	assert_true(rec < p->batch.n);
+	assert_true(i < p->batch.records[rec].n_fields);
+	return &p->batch.records[rec].fields[i];
+}
+
+static void assert_text(const struct parsed *p, size_t rec, size_t i, const char *name,
+                        const char *value)
+{
+	const struct isg_field *f = field(p, rec, i);
+	assert_string_equal(f->name, name);
+	assert_int_equal(f->value.kind, ISG_VALUE_TEXT);
+	assert_string_equal(f->value.text, value);
+}
+
+/* The input is refused with exactly this message. */
+static void assert_refused(const char *text, const char *message)
+{
+	struct parsed p;
+	parse(&p, text);
+	assert_true(p.rc < 0);
+	assert_string_equal(p.err, message);
+	ctl_batch_release(&p.batch);
+}
+
+static void test_plain_and_quoted(void **state)
+{
+	struct parsed p;
+	parse(&p, "name,town\n"
+	          "\"Smith, John\",Leeds\n"
+	          "\"say \"\"hi\"\"\",\"\"\"\"\n");
+	assert_int_equal(p.rc, 0);
+	assert_int_equal(p.batch.n, 2);
+	assert_text(&p, 0, 0, "name", "Smith, John");
+	assert_text(&p, 0, 1, "town", "Leeds");
+	assert_text(&p, 1, 0, "name", "say \"hi\"");
+	assert_text(&p, 1, 1, "town", "\"");
+	assert_int_equal(p.batch.lines[0], 2);
+	assert_int_equal(p.batch.lines[1], 3);
+	ctl_batch_release(&p.batch);
+}
+
+static void test_crlf_and_no_final_newline(void **state)
+{
+	struct parsed p;
+	parse(&p, "a,b\r\n1,2\r\n3,4");
+	assert_int_equal(p.rc, 0);
+	assert_int_equal(p.batch.n, 2);
+	assert_text(&p, 0, 1, "b", "2");
+	assert_text(&p, 1, 0, "a", "3");
+	assert_text(&p, 1, 1, "b", "4");
+	ctl_batch_release(&p.batch);
+}
+
+static void test_embedded_newlines_keep_line_numbers(void **state)
+{
+	struct parsed p;
+	parse(&p, "note,n\n\"line one\nline two\r\nline three\",1\nplain,2\n");
+	assert_int_equal(p.rc, 0);
+	assert_int_equal(p.batch.n, 2);
+	assert_text(&p, 0, 0, "note", "line one\nline two\r\nline three");
+	assert_int_equal(p.batch.lines[0], 2);
+	assert_int_equal(p.batch.lines[1], 5);
+	ctl_batch_release(&p.batch);
+	/* An error after a multi-line field names the right line. */
+	assert_refused("note,n\n\"a\nb\",1\nx\n",
+	               "in.csv:4: record has 1 fields, the header has 2");
+}
+
+static void test_empty_cells_are_absent(void **state)
+{
+	struct parsed p;
+	parse(&p, "a,b,c\n,x,\n\"\",,\n");
+	assert_int_equal(p.rc, 0);
+	assert_int_equal(p.batch.n, 2);
+	assert_int_equal(p.batch.records[0].n_fields, 1);
+	assert_text(&p, 0, 0, "b", "x");
+	/* A quoted empty cell is empty text, not absent. */
+	assert_int_equal(p.batch.records[1].n_fields, 1);
+	assert_text(&p, 1, 0, "a", "");
+	ctl_batch_release(&p.batch);
+}
+
+static void test_blank_lines_and_bom_skipped(void **state)
+{
+	struct parsed p;
+	parse(&p, "\xef\xbb\xbf"
+	          "id\n\n1\r\n\r\n\n2\n\n");
+	assert_int_equal(p.rc, 0);
+	assert_int_equal(p.batch.n, 2);
+	assert_text(&p, 0, 0, "id", "1");
+	assert_text(&p, 1, 0, "id", "2");
+	assert_int_equal(p.batch.lines[1], 6);
+	ctl_batch_release(&p.batch);
+}
+
+static void test_typed_columns(void **state)
+{
+	struct parsed p;
+	parse(&p, "age:integer,score:real,ok:boolean,note:text,ratio:percent\n"
+	          "-42,2.5e1,TRUE,007,x\n"
+	          "+9223372036854775807,-.5,false,,y\n");
+	assert_int_equal(p.rc, 0);
+	const struct isg_field *f = field(&p, 0, 0);
+	assert_string_equal(f->name, "age");
+	assert_int_equal(f->value.kind, ISG_VALUE_INTEGER);
+	assert_int_equal(f->value.integer, -42);
+	f = field(&p, 0, 1);
+	assert_string_equal(f->name, "score");
+	assert_int_equal(f->value.kind, ISG_VALUE_REAL);
+	assert_true(f->value.real == 25.0);
+	f = field(&p, 0, 2);
+	assert_int_equal(f->value.kind, ISG_VALUE_BOOLEAN);
+	assert_true(f->value.boolean);
+	assert_text(&p, 0, 3, "note", "007");        /* text keeps leading zeros */
+	assert_text(&p, 0, 4, "ratio:percent", "x"); /* not a type: part of the name */
+	assert_int_equal(field(&p, 1, 0)->value.integer, INT64_MAX);
+	assert_true(field(&p, 1, 1)->value.real == -0.5);
+	assert_false(field(&p, 1, 2)->value.boolean);
+	assert_int_equal(p.batch.records[1].n_fields, 4); /* note absent */
+	ctl_batch_release(&p.batch);
+}
+
+static void test_bad_typed_values_name_column_not_value(void **state)
+{
+	assert_refused("id,age:integer\nA,4x2\n", "in.csv:2:3: column 'age': not an integer");
+	assert_refused("id,age:integer\nA,9223372036854775808\n",
+	               "in.csv:2:3: column 'age': integer out of 64-bit range");
+	assert_refused("s:real\nnan\n", "in.csv:2:1: column 's': not a number");
+	assert_refused("s:real\n1e999\n", "in.csv:2:1: column 's': number out of range");
+	assert_refused("b:boolean\nyes\n", "in.csv:2:1: column 'b': not true or false");
+	assert_refused("age:integer\n\"\"\n", "in.csv:2:1: column 'age': not an integer");
+}
+
+static void test_ragged_rows_refused_with_line(void **state)
+{
+	assert_refused("a,b\n1,2\n3\n", "in.csv:3: record has 1 fields, the header has 2");
+	assert_refused("a,b\n1,2\n3,4,5\n", "in.csv:3: record has 3 fields, the header has 2");
+	assert_refused("a,b\n1,2,\n", "in.csv:2: record has 3 fields, the header has 2");
+}
+
+static void test_header_problems(void **state)
+{
+	assert_refused("id,name,id\n1,2,3\n", "in.csv:1:9: duplicate column 'id'");
+	assert_refused("id,age:integer,age\n", "in.csv:1:16: duplicate column 'age'");
+	assert_refused("id,,x\n", "in.csv:1:4: empty column name");
+	assert_refused("\"a\nb\"\n", "in.csv:1:1: column name has a control character");
+	assert_refused("", "in.csv:1: no header row");
+	assert_refused("\n\r\n", "in.csv:1: no header row");
+}
+
+static void test_quoting_errors(void **state)
+{
+	assert_refused("a\n\"open\n", "in.csv:2:1: quoted field is not closed");
+	assert_refused("a,b\n\"x\"y,1\n", "in.csv:2:4: unexpected character after a closing quote");
+	assert_refused("a\nsay \"hi\"\n",
+	               "in.csv:2:5: quote inside an unquoted field (quote the whole field and "
+	               "double the quote)");
+	assert_refused("a\nx\ry\n", "in.csv:2:2: carriage return inside an unquoted field");
+}
+
+static void test_utf8_validated(void **state)
+{
+	struct parsed p;
+	parse(&p, "name\nJos\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\n");
+	assert_int_equal(p.rc, 0);
+	assert_text(&p, 0, 0, "name", "Jos\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+	ctl_batch_release(&p.batch);
+	assert_refused("name\nab\xc3(\n", "in.csv:2:3: invalid UTF-8");
+	assert_refused("name\nx\ny\xed\xa0\x80\n", "in.csv:3:2: invalid UTF-8"); /* surrogate */
+	assert_refused("name\n\xc0\xaf\n", "in.csv:2:1: invalid UTF-8");         /* overlong */
+	/* A NUL byte could not be passed on as text. */
+	struct ctl_limits lim;
+	ctl_limits_default(&lim);
+	parse_with(&p, "a\nx\0y\n", 6, &lim);
+	assert_true(p.rc < 0);
+	assert_string_equal(p.err, "in.csv:2:2: NUL byte");
+	ctl_batch_release(&p.batch);
+}
+
+static void test_limits(void **state)
+{
+	struct ctl_limits lim = {.max_line = 16, .max_fields = 3, .max_records = 2};
+	struct parsed p;
+	const char *long_line = "a\n0123456789abcdefg\n";
+	parse_with(&p, long_line, strlen(long_line), &lim);
+	assert_int_equal(p.rc, ISG_ERR_LIMIT);
+	assert_string_equal(p.err, "in.csv:2: record longer than 16 bytes");
+	ctl_batch_release(&p.batch);
+	/* A quoted field spanning lines counts as one record. */
+	const char *long_quoted = "a\n\"0123\n4567\n89ab\ncdef\nghi\"\n";
+	parse_with(&p, long_quoted, strlen(long_quoted), &lim);
+	assert_int_equal(p.rc, ISG_ERR_LIMIT);
+	assert_string_equal(p.err, "in.csv:2: record longer than 16 bytes");
+	ctl_batch_release(&p.batch);
+	const char *wide = "a,b,c,d\n";
+	parse_with(&p, wide, strlen(wide), &lim);
+	assert_int_equal(p.rc, ISG_ERR_LIMIT);
+	assert_string_equal(p.err, "in.csv:1:7: more than 3 fields in a record");
+	ctl_batch_release(&p.batch);
+	const char *many = "a\n1\n2\n3\n";
+	parse_with(&p, many, strlen(many), &lim);
+	assert_int_equal(p.rc, ISG_ERR_LIMIT);
+	assert_string_equal(p.err, "in.csv:4: more than 2 records");
+	ctl_batch_release(&p.batch);
+}
+
+static void test_large_input(void **state)
+{
+	/* Many records, long cells: parsed in one pass, strings in the arena. */
+	size_t n = 20000, cell = 200;
+	size_t size = 16 + n * (cell + 8);
+	char *buf = malloc(size), *p = buf;
+	p += snprintf(p, size, "id:integer,text\n");
+	for (size_t i = 0; i < n; i++) {
+		p += snprintf(p, size - (size_t)(p - buf), "%zu,", i);
+		memset(p, 'x', cell);
+		p += cell;
+		*p++ = '\n';
+	}
+	struct parsed r;
+	struct ctl_limits lim;
+	ctl_limits_default(&lim);
+	parse_with(&r, buf, (size_t)(p - buf), &lim);
+	assert_int_equal(r.rc, 0);
+	assert_int_equal(r.batch.n, n);
+	assert_int_equal(field(&r, n - 1, 0)->value.integer, (int64_t)n - 1);
+	assert_int_equal(strlen(field(&r, n - 1, 1)->value.text), cell);
+	ctl_batch_release(&r.batch);
+	free(buf);
+}
+
+static void test_format_from_name(void **state)
+{
+	assert_int_equal(ctl_format_from_name("a.csv"), CTL_FORMAT_CSV);
+	assert_int_equal(ctl_format_from_name("dir.x/A.CSV"), CTL_FORMAT_CSV);
+	assert_int_equal(ctl_format_from_name("a.jsonl"), CTL_FORMAT_JSONL);
+	assert_int_equal(ctl_format_from_name("a.ndjson"), CTL_FORMAT_JSONL);
+	assert_int_equal(ctl_format_from_name("a.json"), CTL_FORMAT_NONE);
+	assert_int_equal(ctl_format_from_name(".csv"), CTL_FORMAT_NONE);
+	assert_int_equal(ctl_format_from_name("-"), CTL_FORMAT_NONE);
+	enum ctl_format f;
+	assert_int_equal(ctl_format_parse("csv", &f), 0);
+	assert_int_equal(f, CTL_FORMAT_CSV);
+	assert_int_equal(ctl_format_parse("jsonl", &f), 0);
+	assert_int_equal(f, CTL_FORMAT_JSONL);
+	assert_int_equal(ctl_format_parse("json", &f), ISG_ERR_PARSE);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_plain_and_quoted),
+	    cmocka_unit_test(test_crlf_and_no_final_newline),
+	    cmocka_unit_test(test_embedded_newlines_keep_line_numbers),
+	    cmocka_unit_test(test_empty_cells_are_absent),
+	    cmocka_unit_test(test_blank_lines_and_bom_skipped),
+	    cmocka_unit_test(test_typed_columns),
+	    cmocka_unit_test(test_bad_typed_values_name_column_not_value),
+	    cmocka_unit_test(test_ragged_rows_refused_with_line),
+	    cmocka_unit_test(test_header_problems),
+	    cmocka_unit_test(test_quoting_errors),
+	    cmocka_unit_test(test_utf8_validated),
+	    cmocka_unit_test(test_limits),
+	    cmocka_unit_test(test_large_input),
+	    cmocka_unit_test(test_format_from_name),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
