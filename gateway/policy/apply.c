@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pseudo/pseudo.h"
 #include "util/util.h"
 
 #define CODE(name) ISG__ERROR_CODE__##name
@@ -168,6 +169,7 @@ struct builder {
 	Isg__Field *fields;
 	Isg__Field **field_ptrs;
 	Isg__Value *values;
+	char **texts; /* normalised identifiers the output values point at */
 	size_t n_out, cap_out;
 };
 
@@ -220,10 +222,31 @@ static bool parse_real(const char *s, double *out)
 	return true;
 }
 
-/* Check a value against its declared type and write its canonical form. */
-static bool convert(enum field_type type, const Isg__Value *in, Isg__Value *out)
+/* The pseudo module's identifier type for a field type; 0 when it has none. */
+static enum pseudo_type identifier_type(enum field_type type)
+{
+	switch (type) {
+	case FIELD_DATE: return PSEUDO_DATE;
+	case FIELD_NHS_NUMBER: return PSEUDO_NHS_NUMBER;
+	case FIELD_PNC_ID: return PSEUDO_PNC_ID;
+	case FIELD_POSTCODE: return PSEUDO_POSTCODE;
+	case FIELD_NAME: return PSEUDO_NAME;
+	case FIELD_EMAIL: return PSEUDO_EMAIL;
+	case FIELD_IDENTIFIER: return PSEUDO_IDENTIFIER;
+	default: return 0;
+	}
+}
+
+/*
+ * Check a value against its declared type and write its canonical form.
+ * Identifiers and dates are validated and normalised into norm, which out
+ * then points at; *reason says why one is invalid (never quoting it).
+ */
+static bool convert(enum field_type type, const Isg__Value *in, Isg__Value *out,
+		    char norm[static PSEUDO_VALUE_MAX + 1], const char **reason)
 {
 	isg__value__init(out);
+	*reason = NULL;
 	bool text = in->kind_case == ISG__VALUE__KIND_TEXT && in->text;
 	int64_t i;
 	double d;
@@ -260,14 +283,23 @@ static bool convert(enum field_type type, const Isg__Value *in, Isg__Value *out)
 		}
 		out->kind_case = ISG__VALUE__KIND_BOOLEAN;
 		return true;
-	case FIELD_DATE:
-		if (!text || date_parse_days(in->text, &i) != 0)
-			return false;
-		break;
-	default: /* text and the identifier types: checked as text until the pseudo module */
+	case FIELD_TEXT:
 		if (!text)
 			return false;
 		break;
+	default:
+		if (!text)
+			return false;
+		if (pseudo_normalise(identifier_type(type), in->text, strlen(in->text), norm,
+				     reason) != 0)
+			return false;
+		/* Formats have one canonical spelling; names and addresses are folded only
+		 * for hashing, so in clear they pass as written. */
+		if (type == FIELD_NAME || type == FIELD_EMAIL || type == FIELD_IDENTIFIER)
+			break;
+		out->kind_case = ISG__VALUE__KIND_TEXT;
+		out->text = norm;
+		return true;
 	}
 	out->kind_case = ISG__VALUE__KIND_TEXT;
 	out->text = in->text;
@@ -345,7 +377,15 @@ static int build_record(struct builder *b, const Isg__Record *rec, int64_t ri,
 			continue;
 		}
 		Isg__Value v;
-		if (!convert(pf->type, b->slot[k], &v))
+		char norm[PSEUDO_VALUE_MAX + 1];
+		const char *reason;
+		if (!convert(pf->type, b->slot[k], &v, norm, &reason) && reason)
+			return refuse(why, CODE(BAD_VALUE), "dataset.field_value", ri, pf->name,
+				      "record %lld: field '%s' is not a valid %s: %s (dataset '%s' "
+				      "of agreement '%s')",
+				      (long long)ri, pf->name, policy_field_type_name(pf->type),
+				      reason, b->ds->name, b->a->id);
+		if (v.kind_case == ISG__VALUE__KIND__NOT_SET)
 			return refuse(why, CODE(BAD_VALUE), "dataset.field_type", ri, pf->name,
 			              "record %lld: field '%s' (type %s) must be %s (dataset '%s' "
 			              "of agreement '%s')",
@@ -357,6 +397,11 @@ static int build_record(struct builder *b, const Isg__Record *rec, int64_t ri,
 			return refuse(why, CODE(INTERNAL), "internal", ri, NULL,
 			              "record %lld: output larger than its input", (long long)ri);
 		size_t o = b->n_out++;
+		if (v.kind_case == ISG__VALUE__KIND_TEXT && v.text == norm) {
+			if (!(b->texts[o] = strdup(norm)))
+				return ISG_ERR_NOMEM;
+			v.text = b->texts[o];
+		}
 		b->values[o] = v;
 		isg__field__init(&b->fields[o]);
 		b->fields[o].name = pf->name;
@@ -378,6 +423,9 @@ static void builder_release(struct builder *b)
 	free(b->fields);
 	free(b->field_ptrs);
 	free(b->values);
+	for (size_t i = 0; b->texts && i < b->n_out; i++)
+		free(b->texts[i]);
+	free(b->texts);
 }
 
 /* Output arrays: no more fields than the request holds, nor than pass fields per record. */
@@ -396,7 +444,8 @@ static int builder_alloc(struct builder *b, const Isg__SendRequest *req)
 	b->fields = calloc(cap, sizeof(*b->fields));
 	b->field_ptrs = calloc(cap, sizeof(*b->field_ptrs));
 	b->values = calloc(cap, sizeof(*b->values));
-	if (!b->recs || !b->rec_ptrs || !b->fields || !b->field_ptrs || !b->values)
+	b->texts = calloc(cap, sizeof(*b->texts));
+	if (!b->recs || !b->rec_ptrs || !b->fields || !b->field_ptrs || !b->values || !b->texts)
 		return ISG_ERR_NOMEM;
 	return 0;
 }

@@ -46,7 +46,7 @@ static size_t utf8_prefix(const char *s, size_t len, size_t max)
 }
 
 /* Format, cut to DIAG_MAX_MESSAGE and replace control characters so one diagnostic is one line. */
-static char *format_message(const char *fmt, va_list ap)
+static __attribute__((format(printf, 1, 0))) char *format_message(const char *fmt, va_list ap)
 {
 	char buf[DIAG_MAX_MESSAGE + 1];
 	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
