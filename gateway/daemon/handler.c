@@ -26,6 +26,7 @@ struct session {
 	uint64_t fetch_rid;     /* request_id of the fetch or subscribe */
 	uint32_t fetch_max;
 	bool store_busy;        /* a store_fetch is in flight */
+	uint32_t unacked;       /* deliveries pushed to a subscriber and not yet acked */
 	bool dirty;             /* a wake-up came while it was */
 	bool expired;           /* the long-poll deadline passed while it was */
 };
@@ -317,6 +318,7 @@ struct fetch_job {
 };
 
 static void fetch_issue(struct net_conn *c, struct session *s);
+static void subscription_pump(struct net_conn *c, struct session *s);
 
 static void fetch_answer(struct net_conn *c, struct session *s, Isg__Delivery **items, size_t n)
 {
@@ -392,12 +394,13 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 				break;
 			}
 			bytes += size;
-			if (s->subscribed)
+			if (s->subscribed) {
 				push_delivery(c, s, d);
-			if (s->subscribed)
 				delivery_free(d);
-			else
+				s->unacked++;
+			} else {
 				items[n++] = d;
+			}
 		}
 		s->cursor = res->items[i].gateway_id;
 		used++;
@@ -434,7 +437,8 @@ static void fetch_done(struct net_conn *c, void *arg)
 	if (s->fetching && s->expired) {
 		fetch_answer(c, s, NULL, 0);
 	} else if (s->subscribed && (s->dirty || more)) {
-		fetch_issue(c, s);
+		s->dirty = true;
+		subscription_pump(c, s);
 	} else if (s->fetching && s->dirty) {
 		fetch_issue(c, s);
 	}
@@ -476,6 +480,18 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 			net_conn_unwait(c);
 		}
 	}
+}
+
+/*
+ * A subscriber gets at most one window of unacknowledged pushes (the
+ * gateway's max_fetch_messages); acks open the window again. Without it an
+ * idle subscriber would make the gateway queue every pending message.
+ */
+static void subscription_pump(struct net_conn *c, struct session *s)
+{
+	if (s->subscribed && s->dirty && !s->store_busy &&
+	    s->unacked < s->g->cfg.max_fetch_messages)
+		fetch_issue(c, s);
 }
 
 static bool fetch_busy_refused(struct net_conn *c, struct session *s, uint64_t rid)
@@ -547,6 +563,9 @@ static void ack_reply(struct net_conn *c, void *arg)
 		send_store_error(c, j->rid, j->err);
 		goto out;
 	}
+	struct session *s = net_conn_data(c);
+	s->unacked -= j->acknowledged < s->unacked ? j->acknowledged : s->unacked;
+	subscription_pump(c, s);
 	Isg__AckResult ar = ISG__ACK_RESULT__INIT;
 	ar.acknowledged = j->acknowledged;
 	ar.unknown_ids = j->unknown;
@@ -711,10 +730,14 @@ static void handler_wake(void *ctx, struct net_conn *c, const char *key)
 	}
 	if (strcmp(key, s->partner) != 0)
 		return;
-	if (s->store_busy)
+	if (s->subscribed) {
 		s->dirty = true;
-	else
+		subscription_pump(c, s);
+	} else if (s->store_busy) {
+		s->dirty = true;
+	} else {
 		fetch_issue(c, s);
+	}
 }
 
 static void handler_close(void *ctx, struct net_conn *c)

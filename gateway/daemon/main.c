@@ -178,7 +178,8 @@ static void serve(struct gateway *g, const sigset_t *sigs)
 	}
 }
 
-static int run(struct gateway *g, struct policy_set *set, uint8_t *key, SSL_CTX *tls)
+static int run(struct gateway *g, struct policy_set *set, uint8_t *key, SSL_CTX *tls,
+	       const sigset_t *sigs)
 {
 	char err[512];
 	struct store_options so = {.path = g->cfg.store_path,
@@ -207,12 +208,6 @@ static int run(struct gateway *g, struct policy_set *set, uint8_t *key, SSL_CTX 
 		.max_inflight = g->cfg.max_inflight,
 	};
 	struct net_handler h = handler_new(g);
-	sigset_t sigs;
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	r = net_server_start(&no, tls, &h, &g->net, err, sizeof(err));
 	if (r != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
@@ -223,7 +218,7 @@ static int run(struct gateway *g, struct policy_set *set, uint8_t *key, SSL_CTX 
 	log_event(LOG_INFO, "isgd.started", "listen=%s:%u threads=%u policy_version=%s pid=%d",
 		  g->cfg.listen_host, net_server_port(g->net), g->cfg.threads, set->version,
 		  (int)getpid());
-	serve(g, &sigs);
+	serve(g, sigs);
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
 	store_close(g->store); /* after the workers: their last answers are stored */
 	net_server_free(g->net);
@@ -262,6 +257,14 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* Blocked before any thread starts, so every thread inherits the mask and only
+	 * the main thread's sigwait ever takes these signals. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
 	struct gateway g = {0};
 	pthread_mutex_init(&g.policy_mu, NULL);
@@ -290,7 +293,7 @@ int main(int argc, char **argv)
 		config_release(&g.cfg);
 		return r == 0 ? 0 : 1;
 	}
-	r = run(&g, set, key, tls);
+	r = run(&g, set, key, tls, &sigs);
 	SSL_CTX_free(tls);
 	config_release(&g.cfg);
 	pthread_mutex_destroy(&g.policy_mu);

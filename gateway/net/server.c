@@ -33,8 +33,14 @@
 #define READ_CHUNK 16384
 #define IN_INITIAL 4096
 #define TICK_MS 1000
+#define LINGER_MS 2000
 
-enum conn_state { CONN_HANDSHAKE, CONN_OPEN, CONN_CLOSING };
+/*
+ * CONN_LINGER: a refused handshake. The alert is sent and our side shut
+ * down; we read and discard until the peer closes, so the kernel does not
+ * answer the peer's unread bytes with a reset that would hide the alert.
+ */
+enum conn_state { CONN_HANDSHAKE, CONN_OPEN, CONN_CLOSING, CONN_LINGER };
 
 struct net_conn {
 	struct net_worker *w;
@@ -163,8 +169,8 @@ static void conn_update_interest(struct net_conn *c)
 	bool want_in = c->state != CONN_CLOSING && !c->w->stopping &&
 		       (c->state == CONN_HANDSHAKE || !backlogged);
 	bool want_out = c->out_len > c->out_off || c->read_wants_write;
-	if (c->state == CONN_HANDSHAKE)
-		return; /* the handshake step sets its own interest */
+	if (c->state == CONN_HANDSHAKE || c->state == CONN_LINGER)
+		return; /* these set their own interest */
 	if (want_in == c->interest_in && want_out == c->interest_out)
 		return;
 	struct epoll_event ev = {.events = (want_in ? EPOLLIN : 0) | (want_out ? EPOLLOUT : 0),
@@ -245,6 +251,24 @@ static void conn_refuse(struct net_conn *c, const char *reason)
 		  log_quote(q1, sizeof(q1), c->verify_subject), log_quote(q2, sizeof(q2), reason));
 	if (s->h.on_refused)
 		s->h.on_refused(s->h.ctx, c->peer, c->verify_subject, reason);
+	shutdown(c->fd, SHUT_WR);
+	c->state = CONN_LINGER;
+	c->deadline = time_mono_ms() + LINGER_MS;
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+	epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+static void conn_linger_read(struct net_conn *c)
+{
+	char scratch[4096];
+	for (int i = 0; i < 16; i++) {
+		ssize_t n = recv(c->fd, scratch, sizeof(scratch), 0);
+		if (n > 0)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		break; /* EOF or error: the peer has seen the alert */
+	}
 	conn_close_now(c, false);
 }
 
@@ -788,6 +812,10 @@ static int64_t worker_sweep(struct net_worker *w)
 		nx = c->next;
 		if (c->waiting || c->inflight > 0 || c->deadline > now)
 			continue;
+		if (c->state == CONN_LINGER) {
+			conn_close_now(c, false);
+			continue;
+		}
 		bool hs = c->state == CONN_HANDSHAKE;
 		log_event(LOG_INFO, hs ? "conn.handshake_timeout" : "conn.idle_timeout", "peer=%s",
 			  c->peer);
@@ -802,6 +830,10 @@ static void conn_event(struct net_conn *c, uint32_t events)
 	struct net_worker *w = c->w;
 	if (c->state == CONN_HANDSHAKE) {
 		conn_handshake(c);
+		return;
+	}
+	if (c->state == CONN_LINGER) {
+		conn_linger_read(c);
 		return;
 	}
 	if ((events & (EPOLLERR | EPOLLHUP)) && !(events & EPOLLIN)) {
@@ -824,7 +856,7 @@ static bool worker_drained(struct net_worker *w)
 {
 	for (struct net_conn *c = w->conns, *nx; c; c = nx) {
 		nx = c->next;
-		if (c->state == CONN_HANDSHAKE) {
+		if (c->state == CONN_HANDSHAKE || c->state == CONN_LINGER) {
 			conn_close_now(c, false);
 			continue;
 		}
