@@ -1,0 +1,73 @@
+# Shell functions shared by scripts/demo and scripts/bench: a throwaway PKI
+# (ECDSA P-256) and a running isgd. Source this file; nothing runs on its own.
+
+pki_newkey() { # file
+	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null
+	chmod 600 "$1"
+}
+
+pki_ca() { # name subject-cn
+	pki_newkey "$1.key"
+	openssl req -x509 -new -key "$1.key" -subj "/CN=$2" -days 30 -out "$1.crt" \
+		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+}
+
+pki_cert() { # name ca subject-cn extensions
+	pki_newkey "$1.key"
+	openssl req -new -key "$1.key" -subj "/CN=$3" -out "$1.csr"
+	printf '%s\n' "$4" >"$1.ext"
+	openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -days 30 \
+		-extfile "$1.ext" -out "$1.crt" 2>/dev/null
+	rm -f "$1.csr" "$1.ext"
+}
+
+# A partner CA, a gateway CA, the gateway's certificate and one client
+# certificate per example partner, in directory $1.
+pki_make_demo() {
+	mkdir -p "$1" && chmod 700 "$1"
+	(
+		cd "$1"
+		pki_ca partner-ca "ISG Demo Partner CA"
+		pki_ca gateway-ca "ISG Demo Gateway CA"
+		pki_cert gateway gateway-ca gateway.isg.example \
+			"subjectAltName=DNS:localhost,IP:127.0.0.1
+extendedKeyUsage=serverAuth"
+		for p in met-police nhs-trust city-council; do
+			pki_cert "$p" partner-ca "$p.partners.isg.example" "extendedKeyUsage=clientAuth"
+		done
+	)
+}
+
+# Write DIR/isgd.yaml for a gateway on PORT with the policy directory POLICY.
+isgd_write_config() { # dir port policy-dir
+	cat >"$1/isgd.yaml" <<YAML
+listen: 127.0.0.1:$2
+threads: 2
+tls:
+  certificate: pki/gateway.crt
+  key: pki/gateway.key
+  client_ca: pki/partner-ca.crt
+store:
+  path: data/isg.db
+  undelivered_ttl: 14d
+policy_dir: $3
+keys_dir: keys
+log_level: info
+YAML
+}
+
+# Start isgd from DIR/isgd.yaml, log to DIR/isgd.log; sets isgd_pid and waits
+# until a partner certificate gets an answer.
+isgd_start() { # bin-dir dir port
+	mkdir -p "$2/data"
+	"$1/isgd" --config "$2/isgd.yaml" 2>"$2/isgd.log" &
+	isgd_pid=$!
+	for _ in $(seq 100); do
+		"$1/isgctl" whoami --gateway "127.0.0.1:$3" --cert "$2/pki/met-police.crt" \
+			--key "$2/pki/met-police.key" --ca "$2/pki/gateway-ca.crt" >/dev/null 2>&1 && return 0
+		kill -0 "$isgd_pid" 2>/dev/null || { cat "$2/isgd.log"; return 1; }
+		sleep 0.1
+	done
+	echo "isgd did not answer within 10 s" >&2
+	return 1
+}
