@@ -1,0 +1,234 @@
+"""
+Scenario: isgctl as a partner integrator uses it, against the real isgd.
+
+What test_exchange.py does not already cover: the client config file and
+option precedence, CSV output that reads back with send, --follow until a
+signal, long-poll fetch, input errors that send nothing, where a refused
+record is in the file, connection failures and their exit status, and the
+admin commands keys init and policy check.
+"""
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import isgtest
+from isgtest import AGREEMENT_ID, DATASET
+
+NHS_A = "9434765919"
+NHS_B = "6281948211"
+RECORD_A = {"nhs_number": NHS_A, "family_name": "O'Brien, Seán", "age": 42, "risk_score": 0.75,
+            "urgent": True}
+RECORD_B = {"nhs_number": NHS_B, "concern_summary": "Line\nBreak \"quoted\"", "urgent": False}
+
+
+class IsgctlCase(isgtest.ScenarioCase):
+    def start(self):
+        gw = self.gateway()
+        return gw, self.partner(gw, "police"), self.partner(gw, "nhs")
+
+    def write(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        return path
+
+    def send_file(self, partner, path, *extra):
+        return partner.run("send", "--to", "nhs-trust", "--agreement", AGREEMENT_ID, "--dataset",
+                           DATASET, *(list(extra) + [path]))
+
+    def test_config_file_relative_paths_and_precedence(self):
+        gw, police, nhs = self.start()
+        cert = self.pki.certs["nhs"]
+        conf_dir = os.path.join(self.tmp, "conf")
+        os.makedirs(os.path.join(conf_dir, "certs"))
+        for src, dst in [(cert.cert, "nhs.crt"), (cert.key, "nhs.key"),
+                         (self.pki.server_ca.cert, "ca.crt")]:
+            with open(src, "rb") as f, open(os.path.join(conf_dir, "certs", dst), "wb") as g:
+                g.write(f.read())
+        os.chmod(os.path.join(conf_dir, "certs", "nhs.key"), 0o600)
+        conf = self.write("conf/client.yaml",
+                          "gateway: 127.0.0.1:1\ncertificate: certs/nhs.crt\nkey: certs/nhs.key\n"
+                          "ca: certs/ca.crt\nserver_name: localhost\ntimeout: 5s\n")
+        # the flag wins over the file's unreachable gateway; flags may come first
+        for argv in (["whoami", "--config", conf, "--gateway", gw.address],
+                     ["--gateway", gw.address, "--config", conf, "whoami"]):
+            r = isgtest.ctl(*argv)
+            self.assertCtl(r, 0, gw)
+            self.assertIn("partner_id: nhs-trust", r.out)
+        # the file alone: its gateway is unreachable, exit 4
+        r = isgtest.ctl("ping", "--config", conf)
+        self.assertCtl(r, 4, gw, "connection refused")
+        # ISGCTL_CONFIG is the default config
+        env = dict(os.environ, ISGCTL_CONFIG=conf)
+        p = subprocess.run([isgtest.ISGCTL, "whoami", "--gateway", gw.address], env=env,
+                           capture_output=True, text=True, timeout=isgtest.CTL_TIMEOUT)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # a broken config names file, line and column, exit 1
+        bad = self.write("bad.yaml", "gateway: x:1\ncertficate: c.pem\n")
+        r = isgtest.ctl("ping", "--config", bad)
+        self.assertCtl(r, 1, gw, "bad.yaml:2:1", "unknown key 'certficate'")
+
+    def test_csv_fetch_output(self):
+        gw, police, nhs = self.start()
+        police.send_ok([RECORD_A, RECORD_B], message_id="m-1")
+        r = nhs.fetch(fmt="csv")
+        self.assertCtl(r, 0, gw)
+        blocks = r.out.split("\n\n")
+        self.assertEqual(len(blocks), 2, r.out)  # the records have different columns
+        self.assertTrue(blocks[0].startswith(
+            "gateway_id,message_id,sender,agreement_id,dataset,nhs_number,family_name,"
+            "age:integer,risk_score:real,urgent:boolean\n"), r.out)
+        self.assertIn('"Line\nBreak ""quoted"""', blocks[1])
+        # any CSV reader gets the values back; the header says the types
+        convert = {"integer": int, "real": float, "boolean": lambda v: v == "true"}
+        got = []
+        for block in blocks:
+            for row in csv.DictReader(io.StringIO(block)):
+                self.assertEqual(row.pop("message_id"), "m-1")
+                for meta in ("gateway_id", "sender", "agreement_id", "dataset"):
+                    row.pop(meta)
+                rec = {}
+                for key, value in row.items():
+                    name, _, kind = key.partition(":")
+                    rec[name] = convert.get(kind, str)(value)
+                got.append(rec)
+        self.assertEqual(got, [RECORD_A, RECORD_B])
+        self.assertEqual(nhs.fetch().out, "")  # acknowledged
+
+    def test_follow_prints_and_acks_until_sigint(self):
+        gw, police, nhs = self.start()
+        police.send_ok([RECORD_A], message_id="before")
+        argv = [isgtest.ISGCTL, "fetch", "--follow"] + nhs.conn_flags()
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")))
+        reader.start()
+        police.send_ok([RECORD_B], message_id="during")
+        deadline = time.time() + 10
+        while len(lines) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=10)
+        reader.join(timeout=10)
+        err = p.stderr.read()
+        p.stdout.close()
+        p.stderr.close()
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual([json.loads(line)["message_id"] for line in lines], ["before", "during"])
+        self.assertEqual(json.loads(lines[1])["records"], [RECORD_B])
+        # both were acknowledged after printing
+        self.assertEqual(nhs.fetch().out, "")
+
+    def test_long_poll_returns_when_a_message_arrives(self):
+        gw, police, nhs = self.start()
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=nhs.fetch(wait=20000)))
+        start = time.time()
+        t.start()
+        time.sleep(0.5)
+        police.send_ok([RECORD_A], message_id="late")
+        t.join(timeout=30)
+        self.assertLess(time.time() - start, 15)
+        self.assertCtl(result["r"], 0, gw)
+        self.assertEqual(json.loads(result["r"].out)["message_id"], "late")
+
+    def test_input_errors_send_nothing(self):
+        gw, police, nhs = self.start()
+        cases = [
+            ("ragged.csv", "nhs_number,age\n%s,1\n%s\n" % (NHS_A, NHS_B),
+             "ragged.csv:3: record has 1 fields, the header has 2"),
+            ("typed.csv", "nhs_number,age:integer\n%s,forty\n" % NHS_A,
+             "typed.csv:2:12: column 'age': not an integer"),
+            ("nested.jsonl", '{"nhs_number":"%s"}\n{"nhs_number":"%s","addr":{"town":"Leeds"}}\n'
+             % (NHS_A, NHS_B), "nested.jsonl:2:35: key 'addr': nested objects and arrays"),
+            ("bad.jsonl", '{"nhs_number":"%s",}\n' % NHS_A, "bad.jsonl:1:28:"),
+        ]
+        for name, text, message in cases:
+            r = self.send_file(police, self.write(name, text))
+            self.assertCtl(r, 1, gw, message)
+            self.assertNotIn("forty", r.err)
+            self.assertNotIn("Leeds", r.err)
+        r = self.send_file(police, self.write("data.txt", "x"))
+        self.assertCtl(r, 2, gw, "--format")
+        r = self.send_file(police, os.path.join(self.tmp, "missing.csv"))
+        self.assertCtl(r, 1, gw, "cannot open")
+        self.assertEqual(nhs.fetch().out, "")
+
+    def test_refusal_names_the_line_of_the_record(self):
+        gw, police, nhs = self.start()
+        path = self.write("in.csv", "nhs_number,family_name,shoe_size\n%s,A,\n\n%s,B,44\n"
+                          % (NHS_A, NHS_B))
+        r = self.send_file(police, path)
+        self.assertRefused(r, gw, "UNKNOWN_FIELD", "dataset.unknown_field")
+        self.assertIn('(record 1, field "shoe_size")', r.err)
+        self.assertIn("record 1 is at %s:4" % path, r.err)
+        self.assertNotIn("44", r.err.replace(path, ""))
+        # from standard input too
+        r = isgtest.ctl("send", *police.conn_flags(), "--to", "nhs-trust", "--agreement",
+                        AGREEMENT_ID, "--dataset", DATASET, "--format", "csv", "-",
+                        input="nhs_number\n%s\n" % NHS_A)
+        self.assertCtl(r, 0, gw)
+        self.assertEqual(json.loads(r.out)["records"], 1)
+
+    def test_connection_failures_exit_4(self):
+        gw, police, nhs = self.start()
+        cert = self.pki.certs["nhs"]
+        base = ["--cert", cert.cert, "--key", cert.key]
+        r = isgtest.ctl("ping", "--gateway", gw.address, "--ca", self.pki.server_ca.cert,
+                        "--server-name", "wrong.example", *base)
+        self.assertCtl(r, 4, gw, "certificate verify failed", "wrong.example")
+        r = isgtest.ctl("ping", "--gateway", gw.address, "--ca", self.pki.partner_ca.cert, *base)
+        self.assertCtl(r, 4, gw, "certificate verify failed")
+        r = isgtest.ctl("ping", "--gateway", "127.0.0.1:%d" % isgtest.free_port(), "--ca",
+                        self.pki.server_ca.cert, *base)
+        self.assertCtl(r, 4, gw, "connection refused")
+        r = isgtest.ctl("ping", "--gateway", gw.address, "--ca", self.pki.server_ca.cert,
+                        "--cert", cert.cert, "--key", self.pki.certs["police"].key)
+        self.assertCtl(r, 1, gw, "does not belong to certificate")
+        r = isgtest.ctl("ping", "--gateway", gw.address, "--timeout", "soon", *base)
+        self.assertCtl(r, 2, gw, "--timeout")
+        r = police.run("ping")
+        self.assertCtl(r, 0, gw)
+        self.assertIn("pong from %s in" % gw.address, r.out)
+
+    def test_keys_init_and_policy_check(self):
+        keys = os.path.join(self.tmp, "keys")
+        r = isgtest.ctl("keys", "init", keys)
+        self.assertEqual(r.rc, 0, r)
+        self.assertEqual(sorted(r.out.splitlines()),
+                         ["created %s/audit-signing.key" % keys, "created %s/storage.key" % keys])
+        self.assertEqual(os.stat(os.path.join(keys, "storage.key")).st_mode & 0o777, 0o600)
+        r = isgtest.ctl("keys", "init", keys)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("refusing to overwrite", r.err)
+
+        good = self.policy("good")
+        r = isgtest.ctl("policy", "check", good)
+        self.assertEqual(r.rc, 0, r)
+        self.assertRegex(r.out, r"^policy OK: 3 partners, 1 agreements, version [0-9a-f]{64}\n$")
+        bad = self.policy("bad", agreements=[isgtest.default_agreement(senders=["nobody"])])
+        r = isgtest.ctl("policy", "check", bad)
+        self.assertEqual(r.rc, 1, r)
+        self.assertRegex(r.err, r"agreements/%s\.yaml:\d+:\d+: error: .*nobody" % AGREEMENT_ID)
+        self.assertEqual(r.out, "")
+
+    def test_usage(self):
+        for argv, rc in [([], 2), (["help"], 0), (["--version"], 0), (["bogus"], 2),
+                         (["send", "--bogus"], 2), (["fetch", "--max", "0"], 2),
+                         (["help", "fetch"], 0), (["keys"], 2), (["policy", "check"], 2)]:
+            r = isgtest.ctl(*argv)
+            self.assertEqual(r.rc, rc, r)
+        r = isgtest.ctl("help")
+        for word in ["send", "fetch", "ping", "whoami", "keys", "policy", "exit status"]:
+            self.assertIn(word, r.out)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
