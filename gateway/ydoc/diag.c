@@ -70,8 +70,9 @@ static __attribute__((format(printf, 1, 0))) char *format_message(const char *fm
 	return msg;
 }
 
-static void diag_add(struct ydoc_diags *d, const char *file, const struct ydoc_node *at,
-                     bool warning, const char *fmt, va_list ap)
+static __attribute__((format(printf, 5, 0))) void diag_add(struct ydoc_diags *d, const char *file,
+                                                           const struct ydoc_node *at, bool warning,
+                                                           const char *fmt, va_list ap)
 {
 	if (warning)
 		d->warnings++;
