@@ -1,81 +1,288 @@
-/* isgctl keys: the gateway's key files. */
-#include <dirent.h>
-#include <errno.h>
+/*
+ * isgctl keys: the gateway's key files (docs/keys.md). These commands work
+ * on the keys directory directly, not through the gateway; they never print
+ * key material.
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ctl/ctl.h"
 #include "keys/keys.h"
 
+#define OVERLAP_DEFAULT 30
+
 static const char init_usage[] = "usage: isgctl keys init DIR\n";
+static const char new_domain_usage[] = "usage: isgctl keys new-domain DIR NAME\n";
+static const char rotate_usage[] = "usage: isgctl keys rotate DIR NAME [--overlap DAYS]\n";
+static const char list_usage[] = "usage: isgctl keys list DIR\n";
 
-/* The names in dir (none when it does not exist), sorted; NULL-terminated. */
-static char **list_dir(const char *dir, size_t *n)
+static bool wants_help(int argc, char **argv)
 {
-	struct dirent **entries = NULL;
-	int count = scandir(dir, &entries, NULL, alphasort);
-	*n = 0;
-	char **names = calloc(count > 0 ? (size_t)count + 1 : 1, sizeof(*names));
-	for (int i = 0; i < count; i++) {
-		if (names && strcmp(entries[i]->d_name, ".") != 0 &&
-		    strcmp(entries[i]->d_name, "..") != 0 &&
-		    (names[*n] = strdup(entries[i]->d_name)))
-			(*n)++;
-		free(entries[i]);
-	}
-	free(entries);
-	return names;
-}
-
-static bool listed(char **names, size_t n, const char *name)
-{
-	for (size_t i = 0; i < n; i++)
-		if (strcmp(names[i], name) == 0)
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
 			return true;
 	return false;
 }
 
-static void free_list(char **names, size_t n)
+/* "dir/" unless dir already ends in a slash. */
+static const char *slash(const char *dir)
 {
-	for (size_t i = 0; names && i < n; i++)
-		free(names[i]);
-	free(names);
+	size_t n = strlen(dir);
+	return n && dir[n - 1] == '/' ? "" : "/";
+}
+
+/* Days since 1970-01-01 as YYYY-MM-DD; buf needs 32 bytes. */
+static const char *date_text(char *buf, size_t size, int64_t days)
+{
+	time_format_ms(buf, size, days * 86400000);
+	buf[10] = '\0';
+	return buf;
+}
+
+static int64_t today(void)
+{
+	return date_days_of_ms(time_now_ms());
+}
+
+static int fail(int rc, const char *err)
+{
+	ctl_warn("%s", err[0] ? err : isg_strerror(rc));
+	return CTL_EXIT_LOCAL;
 }
 
 static int keys_init_cmd(int argc, char **argv)
 {
-	if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-		printf(
-		    "%s\nCreates DIR (mode 0700) if needed, and in it a storage key (%s) and an\n"
-		    "audit signing key (%s), each of mode 0600. Refuses to overwrite a key.\n",
-		    init_usage, KEYS_STORAGE_FILE, KEYS_AUDIT_SIGNING_FILE);
+	if (wants_help(argc, argv)) {
+		printf("%s\nCreates DIR (mode 0700) if needed, and in it a storage key (%s), an\n"
+		       "audit signing key (%s) and the linkage domain 'audit' that the audit\n"
+		       "log pseudonymises subjects under (%s/audit.key), each of mode 0600.\n"
+		       "Refuses to overwrite a key: it creates all three or none.\n",
+		       init_usage, KEYS_STORAGE_FILE, KEYS_AUDIT_SIGNING_FILE, KEYS_DOMAINS_DIR);
 		return CTL_EXIT_OK;
 	}
 	if (argc != 2 || argv[1][0] == '-')
 		return ctl_usage_error(init_usage, "keys init takes one directory");
 	const char *dir = argv[1];
-	size_t n_before, n_after;
-	char **before = list_dir(dir, &n_before);
 	char err[512] = "";
 	int rc = keys_init(dir, err, sizeof(err));
-	if (rc < 0) {
-		free_list(before, n_before);
-		ctl_warn("%s", err[0] ? err : isg_strerror(rc));
+	if (rc < 0)
+		return fail(rc, err);
+	const char *s = slash(dir);
+	printf("created %s%s%s\n", dir, s, KEYS_STORAGE_FILE);
+	printf("created %s%s%s\n", dir, s, KEYS_AUDIT_SIGNING_FILE);
+	printf("created %s%s%s/audit.key\n", dir, s, KEYS_DOMAINS_DIR);
+	return CTL_EXIT_OK;
+}
+
+static int keys_new_domain_cmd(int argc, char **argv)
+{
+	if (wants_help(argc, argv)) {
+		printf("%s\nCreates the linkage domain NAME: %s/NAME.key in DIR (mode 0600), with\n"
+		       "version 1 of a fresh random 256-bit key. NAME is 1 to %d characters\n"
+		       "a-z, 0-9 and '-', not starting with '-'. Refuses an existing domain.\n"
+		       "isgd uses the domain after a reload (SIGHUP) or a restart.\n",
+		       new_domain_usage, KEYS_DOMAINS_DIR, KEYS_DOMAIN_NAME_MAX);
+		return CTL_EXIT_OK;
+	}
+	if (argc != 3 || argv[1][0] == '-' || argv[2][0] == '-')
+		return ctl_usage_error(new_domain_usage,
+		                       "keys new-domain takes a directory and a domain name");
+	const char *dir = argv[1], *name = argv[2];
+	char err[512] = "";
+	int rc = keys_new_domain(dir, name, err, sizeof(err));
+	if (rc < 0)
+		return fail(rc, err);
+	printf("created %s%s%s/%s.key: domain '%s', version 1\n", dir, slash(dir), KEYS_DOMAINS_DIR,
+	       name, name);
+	return CTL_EXIT_OK;
+}
+
+/* Parse the options of rotate; the positional arguments go to dir and name. */
+static int rotate_options(int argc, char **argv, int64_t *overlap, const char **dir,
+                          const char **name)
+{
+	static const struct option opts[] = {
+	    {"overlap", required_argument, NULL, 'o'},
+	    {NULL, 0, NULL, 0},
+	};
+	int opt;
+	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		if (opt != 'o')
+			return ctl_bad_option(rotate_usage, opt, argv);
+		if (str_to_i64(optarg, 0, KEYS_OVERLAP_MAX, overlap) != 0)
+			return ctl_usage_error(rotate_usage,
+			                       "--overlap must be a whole number of days from 0 to "
+			                       "%d, not '%s'",
+			                       KEYS_OVERLAP_MAX, optarg);
+	}
+	if (argc - optind != 2)
+		return ctl_usage_error(rotate_usage,
+		                       "keys rotate takes a directory and a domain name");
+	*dir = argv[optind];
+	*name = argv[optind + 1];
+	return CTL_EXIT_OK;
+}
+
+/*
+ * Which version answers as previous after a rotation: usually the one just
+ * replaced, but an older one whose overlap lasts longer may (docs/keys.md).
+ * False when the keyring could not be read back.
+ */
+static bool print_previous(const char *dir, const char *name, int64_t day)
+{
+	char err[512] = "", date[32];
+	struct keyring *ring = NULL;
+	bool said = false;
+	if (keys_load_domains(dir, &ring, err, sizeof(err)) != 0)
+		return false; /* the rotation is done; `keys list` will say what is wrong */
+	for (size_t i = 0; i < keyring_domain_count(ring); i++) {
+		size_t n = 0;
+		if (strcmp(keyring_domain_name(ring, i, &n), name) != 0)
+			continue;
+		said = true;
+		bool any = false;
+		for (size_t j = 0; j < n; j++) {
+			struct keys_version_info v;
+			if (keyring_version_info(ring, i, j, day, &v) == 0 &&
+			    v.state == KEYS_VERSION_PREVIOUS) {
+				printf("version %u answers as previous until it retires on %s: "
+				       "recipients also get its pseudonyms in '<field>.previous'\n",
+				       (unsigned)v.version,
+				       date_text(date, sizeof(date), v.retires));
+				any = true;
+			}
+		}
+		if (!any)
+			printf("no version answers as previous: recipients get no "
+			       "'<field>.previous'\n");
+	}
+	keyring_free(ring);
+	return said;
+}
+
+static int keys_rotate_cmd(int argc, char **argv)
+{
+	if (wants_help(argc, argv)) {
+		printf(
+		    "%s\nAdds a new version, with a fresh random key, to the linkage domain NAME\n"
+		    "in DIR. The new version makes pseudonyms from isgd's next reload\n"
+		    "(SIGHUP) or restart. The version it replaces stays in use for DAYS days\n"
+		    "(default %d, 0 to %d; 0 retires it at once): until then recipients also\n"
+		    "get each pseudonym under it, in the field '<name>.previous', so they can\n"
+		    "link records across the rotation. Old versions stay in the file.\n",
+		    rotate_usage, OVERLAP_DEFAULT, KEYS_OVERLAP_MAX);
+		return CTL_EXIT_OK;
+	}
+	int64_t overlap = OVERLAP_DEFAULT;
+	const char *dir = NULL, *name = NULL;
+	int status = rotate_options(argc, argv, &overlap, &dir, &name);
+	if (status != CTL_EXIT_OK)
+		return status;
+	char err[512] = "", date[32];
+	uint32_t version = 0;
+	int64_t day = today();
+	int rc = keys_rotate(dir, name, day, overlap, &version, err, sizeof(err));
+	if (rc < 0)
+		return fail(rc, err);
+	printf("rotated domain '%s': version %u is current from %s\n", name, (unsigned)version,
+	       date_text(date, sizeof(date), day));
+	if (overlap == 0)
+		printf("version %u retired at once\n", (unsigned)version - 1);
+	if (!print_previous(dir, name, day) && overlap > 0)
+		printf("version %u retires on %s\n", (unsigned)version - 1,
+		       date_text(date, sizeof(date), day + overlap));
+	printf("reload isgd (SIGHUP) or restart it to use version %u\n", (unsigned)version);
+	return CTL_EXIT_OK;
+}
+
+static const char *state_name(enum keys_version_state s)
+{
+	switch (s) {
+	case KEYS_VERSION_CURRENT:
+		return "current";
+	case KEYS_VERSION_PREVIOUS:
+		return "previous";
+	case KEYS_VERSION_SUPERSEDED:
+		return "superseded";
+	case KEYS_VERSION_RETIRED:
+		return "retired";
+	}
+	return "unknown";
+}
+
+static void print_domain(const struct keyring *ring, size_t i, int width, int64_t day)
+{
+	size_t n = 0;
+	const char *name = keyring_domain_name(ring, i, &n);
+	for (size_t j = 0; j < n; j++) {
+		struct keys_version_info v;
+		char created[32], retires[32] = "-";
+		if (keyring_version_info(ring, i, j, day, &v) != 0)
+			continue;
+		date_text(created, sizeof(created), v.created);
+		if (v.retires != KEYS_RETIRES_NEVER)
+			date_text(retires, sizeof(retires), v.retires);
+		printf("%-*s  %7u  %-10s  %-10s  %s\n", width, name, (unsigned)v.version, created,
+		       retires, state_name(v.state));
+	}
+}
+
+static int keys_list_cmd(int argc, char **argv)
+{
+	if (wants_help(argc, argv)) {
+		printf("%s\nLoads every linkage domain key file in DIR/%s as isgd would (a bad\n"
+		       "file is an error) and prints each domain's versions, oldest first: when\n"
+		       "each was created, when it retires, and its state today:\n"
+		       "  current     makes the pseudonyms\n"
+		       "  previous    also answers, in '<field>.previous', until it retires\n"
+		       "  superseded  not retired yet, but a newer version answers as previous\n"
+		       "  retired     no longer used; kept for the audit log\n"
+		       "Key material is never printed.\n",
+		       list_usage, KEYS_DOMAINS_DIR);
+		return CTL_EXIT_OK;
+	}
+	if (argc != 2 || argv[1][0] == '-')
+		return ctl_usage_error(list_usage, "keys list takes one directory");
+	const char *dir = argv[1];
+	char err[512] = "";
+	struct stat st;
+	if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+		ctl_warn("key directory '%s' does not exist or is not a directory", dir);
 		return CTL_EXIT_LOCAL;
 	}
-	char **after = list_dir(dir, &n_after);
-	for (size_t i = 0; after && i < n_after; i++)
-		if (!before || !listed(before, n_before, after[i]))
-			printf("created %s%s%s\n", dir, dir[strlen(dir) - 1] == '/' ? "" : "/",
-			       after[i]);
-	free_list(before, n_before);
-	free_list(after, n_after);
+	struct keyring *ring = NULL;
+	int rc = keys_load_domains(dir, &ring, err, sizeof(err));
+	if (rc < 0)
+		return fail(rc, err);
+	size_t count = keyring_domain_count(ring);
+	if (count == 0) {
+		printf("no linkage domains in %s%s%s; create one with 'isgctl keys new-domain'\n",
+		       dir, slash(dir), KEYS_DOMAINS_DIR);
+		keyring_free(ring);
+		return CTL_EXIT_OK;
+	}
+	int width = (int)strlen("DOMAIN");
+	for (size_t i = 0; i < count; i++) {
+		int len = (int)strlen(keyring_domain_name(ring, i, NULL));
+		if (len > width)
+			width = len;
+	}
+	int64_t day = today();
+	printf("%-*s  %7s  %-10s  %-10s  %s\n", width, "DOMAIN", "VERSION", "CREATED", "RETIRES",
+	       "STATE");
+	for (size_t i = 0; i < count; i++)
+		print_domain(ring, i, width, day);
+	keyring_free(ring);
 	return CTL_EXIT_OK;
 }
 
 static const struct ctl_command keys_commands[] = {
-    {"init", keys_init_cmd, "create the storage key and the audit signing key in DIR"},
+    {"init", keys_init_cmd, "create the storage, audit signing and audit domain keys in DIR"},
+    {"new-domain", keys_new_domain_cmd, "create a linkage domain's key: new-domain DIR NAME"},
+    {"rotate", keys_rotate_cmd, "add a new key version: rotate DIR NAME [--overlap DAYS]"},
+    {"list", keys_list_cmd, "show each domain's key versions and dates (never the keys)"},
 };
 
 int cmd_keys(int argc, char **argv)
@@ -84,7 +291,7 @@ int cmd_keys(int argc, char **argv)
 		FILE *out = argc < 2 ? stderr : stdout;
 		fprintf(out, "usage: isgctl keys COMMAND ...\n");
 		for (size_t i = 0; i < ARRAY_LEN(keys_commands); i++)
-			fprintf(out, "  %-8s %s\n", keys_commands[i].name,
+			fprintf(out, "  %-10s %s\n", keys_commands[i].name,
 			        keys_commands[i].description);
 		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
 	}

@@ -15,7 +15,7 @@ static const struct ctl_command commands[] = {
     {"fetch", cmd_fetch, "print the messages delivered to you, then acknowledge them"},
     {"ping", cmd_ping, "check that the gateway answers"},
     {"whoami", cmd_whoami, "show which partner the gateway recognises you as"},
-    {"keys", cmd_keys, "manage the gateway's keys: keys init DIR"},
+    {"keys", cmd_keys, "manage the gateway's keys: keys init|new-domain|rotate|list DIR"},
     {"policy", cmd_policy, "check policy files: policy check DIR"},
     {"help", cmd_help, "show this help, or a command's: help COMMAND"},
 };

@@ -1,9 +1,10 @@
 /*
- * keys: key files on disk. One line per file,
+ * keys: the storage and audit signing key files. One line per file,
  *   isg-key-v1 <kind> <base64 of 32 bytes>\n
- * (docs/keys.md). Key material never reaches an error message or a log.
+ * (docs/keys.md). Linkage-domain keys are in domain.c. Key material never
+ * reaches an error message or a log.
  */
-#include "keys/keys.h"
+#include "keys/internal.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -27,13 +28,12 @@
 /* Longest valid file: magic, longest kind, key, two spaces and a newline. */
 #define KEYS_LINE_MAX                                                                              \
 	(sizeof(KEYS_MAGIC) - 1 + sizeof(KEYS_KIND_AUDIT_SIGNING) - 1 + KEYS_B64_LEN + 3)
+/* The linkage domain the audit log pseudonymises subjects under (DESIGN.md section 8). */
+#define KEYS_AUDIT_DOMAIN "audit"
 
 _Static_assert(KEYS_STORAGE_LEN == KEYS_RAW_LEN, "storage key is one raw key");
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
+void keys_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
 	if (!err || errlen == 0)
 		return;
@@ -43,12 +43,11 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
 	va_end(ap);
 }
 
-static int keys_path(char *out, size_t size, const char *dir, const char *file, char *err,
-                     size_t errlen)
+int keys_path(char *out, size_t size, const char *dir, const char *file, char *err, size_t errlen)
 {
 	int n = snprintf(out, size, "%s/%s", dir, file);
 	if (n < 0 || (size_t)n >= size) {
-		seterr(err, errlen, "key directory path '%s' is too long", dir);
+		keys_seterr(err, errlen, "key directory path '%s' is too long", dir);
 		return ISG_ERR_TOO_BIG;
 	}
 	return 0;
@@ -58,19 +57,20 @@ int keys_check_secrecy(int fd, const char *path, char *err, size_t errlen)
 {
 	struct stat st;
 	if (fstat(fd, &st) != 0) {
-		seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
+		keys_seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
 		return ISG_ERR_IO;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		seterr(err, errlen, "key file '%s' is not a regular file", path);
+		keys_seterr(err, errlen, "key file '%s' is not a regular file", path);
 		return ISG_ERR_DENIED;
 	}
 	uid_t euid = geteuid();
 	if ((st.st_mode & 077) != 0 || st.st_uid != euid) {
-		seterr(err, errlen,
-		       "key file '%s' has mode %04o and owner uid %u; it must be 0600 and "
-		       "owned by uid %u",
-		       path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid, (unsigned)euid);
+		keys_seterr(err, errlen,
+		            "key file '%s' has mode %04o and owner uid %u; it must be 0600 and "
+		            "owned by uid %u",
+		            path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid,
+		            (unsigned)euid);
 		return ISG_ERR_DENIED;
 	}
 	return 0;
@@ -85,16 +85,17 @@ static int keys_open(const char *path, int *fd_out, char *err, size_t errlen)
 	}
 	int e = errno;
 	if (e == ENOENT) {
-		seterr(err, errlen,
-		       "key file '%s' does not exist; create it with 'isgctl keys init'", path);
+		keys_seterr(err, errlen,
+		            "key file '%s' does not exist; create it with 'isgctl keys init'",
+		            path);
 		return ISG_ERR_NOT_FOUND;
 	}
 	if (e == ELOOP) {
-		seterr(err, errlen, "key file '%s' is a symbolic link; it must be a regular file",
-		       path);
+		keys_seterr(err, errlen,
+		            "key file '%s' is a symbolic link; it must be a regular file", path);
 		return ISG_ERR_DENIED;
 	}
-	seterr(err, errlen, "key file '%s': cannot open: %s", path, strerror(e));
+	keys_seterr(err, errlen, "key file '%s': cannot open: %s", path, strerror(e));
 	return e == EACCES || e == EPERM ? ISG_ERR_DENIED : ISG_ERR_IO;
 }
 
@@ -108,15 +109,16 @@ static int keys_read_all(int fd, const char *path, char *buf, size_t size, size_
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			seterr(err, errlen, "key file '%s': cannot read: %s", path,
-			       strerror(errno));
+			keys_seterr(err, errlen, "key file '%s': cannot read: %s", path,
+			            strerror(errno));
 			return ISG_ERR_IO;
 		}
 		if (n == 0)
 			break;
 		used += (size_t)n;
 		if (used >= size - 1) {
-			seterr(err, errlen, "%s:1:1: file is longer than a key file can be", path);
+			keys_seterr(err, errlen, "%s:1:1: file is longer than a key file can be",
+			            path);
 			return ISG_ERR_PARSE;
 		}
 	}
@@ -134,8 +136,8 @@ static int keys_parse(const char *path, const char *buf, size_t len, const char 
 {
 	const size_t magic_len = sizeof(KEYS_MAGIC) - 1;
 	if (len < magic_len + 1 || memcmp(buf, KEYS_MAGIC " ", magic_len + 1) != 0) {
-		seterr(err, errlen, "%s:1:1: not an ISG key file; expected '" KEYS_MAGIC " '",
-		       path);
+		keys_seterr(err, errlen, "%s:1:1: not an ISG key file; expected '" KEYS_MAGIC " '",
+		            path);
 		return ISG_ERR_PARSE;
 	}
 	size_t pos = magic_len + 1;
@@ -146,22 +148,24 @@ static int keys_parse(const char *path, const char *buf, size_t len, const char 
 		const char *known[] = {KEYS_KIND_STORAGE, KEYS_KIND_AUDIT_SIGNING};
 		for (size_t i = 0; sp && i < ARRAY_LEN(known); i++) {
 			if (kind_len == strlen(known[i]) && memcmp(kind, known[i], kind_len) == 0) {
-				seterr(err, errlen, "%s:1:%zu: holds a '%s' key; expected '%s'",
-				       path, pos + 1, known[i], want_kind);
+				keys_seterr(err, errlen,
+				            "%s:1:%zu: holds a '%s' key; expected '%s'", path,
+				            pos + 1, known[i], want_kind);
 				return ISG_ERR_PARSE;
 			}
 		}
-		seterr(err, errlen, "%s:1:%zu: unknown key kind; expected '%s'", path, pos + 1,
-		       want_kind);
+		keys_seterr(err, errlen, "%s:1:%zu: unknown key kind; expected '%s'", path, pos + 1,
+		            want_kind);
 		return ISG_ERR_PARSE;
 	}
 	pos += kind_len + 1;
 	const char *b64 = buf + pos;
 	if (len - pos != KEYS_B64_LEN + 1 || buf[len - 1] != '\n') {
-		seterr(err, errlen,
-		       "%s:1:%zu: expected %d base64 characters and a newline at the end of the "
-		       "line",
-		       path, pos + 1, KEYS_B64_LEN);
+		keys_seterr(
+		    err, errlen,
+		    "%s:1:%zu: expected %d base64 characters and a newline at the end of the "
+		    "line",
+		    path, pos + 1, KEYS_B64_LEN);
 		return ISG_ERR_PARSE;
 	}
 	size_t bin_len = 0;
@@ -170,8 +174,8 @@ static int keys_parse(const char *path, const char *buf, size_t len, const char 
 	                      sodium_base64_VARIANT_ORIGINAL) != 0 ||
 	    bin_len != KEYS_RAW_LEN || end != b64 + KEYS_B64_LEN) {
 		sodium_memzero(out, KEYS_RAW_LEN);
-		seterr(err, errlen, "%s:1:%zu: key is not valid base64 of %d bytes", path, pos + 1,
-		       KEYS_RAW_LEN);
+		keys_seterr(err, errlen, "%s:1:%zu: key is not valid base64 of %d bytes", path,
+		            pos + 1, KEYS_RAW_LEN);
 		return ISG_ERR_PARSE;
 	}
 	return 0;
@@ -181,7 +185,7 @@ static int keys_parse(const char *path, const char *buf, size_t len, const char 
 static int keys_load(const char *dir, const char *file, const char *kind, uint8_t **key, char *err,
                      size_t errlen)
 {
-	char path[4096];
+	char path[KEYS_PATH_MAX];
 	char buf[KEYS_LINE_MAX + 2];
 	uint8_t *k = NULL;
 	int fd = -1;
@@ -190,11 +194,11 @@ static int keys_load(const char *dir, const char *file, const char *kind, uint8_
 
 	*key = NULL;
 	if (!dir) {
-		seterr(err, errlen, "no key directory given");
+		keys_seterr(err, errlen, "no key directory given");
 		return ISG_ERR_INVALID;
 	}
 	if (sodium_init() < 0) {
-		seterr(err, errlen, "libsodium failed to initialise");
+		keys_seterr(err, errlen, "libsodium failed to initialise");
 		return ISG_ERR_CRYPTO;
 	}
 	rc = keys_path(path, sizeof(path), dir, file, err, errlen);
@@ -211,7 +215,7 @@ static int keys_load(const char *dir, const char *file, const char *kind, uint8_
 		goto out;
 	k = sodium_malloc(KEYS_RAW_LEN);
 	if (!k) {
-		seterr(err, errlen, "key file '%s': cannot allocate guarded memory", path);
+		keys_seterr(err, errlen, "key file '%s': cannot allocate guarded memory", path);
 		rc = ISG_ERR_NOMEM;
 		goto out;
 	}
@@ -219,7 +223,7 @@ static int keys_load(const char *dir, const char *file, const char *kind, uint8_
 	if (rc)
 		goto out;
 	if (sodium_mprotect_readonly(k) != 0) {
-		seterr(err, errlen, "key file '%s': cannot protect key memory", path);
+		keys_seterr(err, errlen, "key file '%s': cannot protect key memory", path);
 		rc = ISG_ERR_NOMEM;
 		goto out;
 	}
@@ -252,7 +256,7 @@ void keys_free(uint8_t *key)
 
 /* --- init ----------------------------------------------------------------- */
 
-static int write_all(int fd, const char *buf, size_t len)
+int keys_write_all(int fd, const char *buf, size_t len)
 {
 	size_t done = 0;
 	while (done < len) {
@@ -266,45 +270,58 @@ static int write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
-static int fsync_dir(const char *dir, char *err, size_t errlen)
+int keys_fsync_dirfd(int fd, const char *path, char *err, size_t errlen)
 {
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd) != 0) {
-		int e = errno;
-		seterr(err, errlen, "key directory '%s': cannot sync: %s", dir, strerror(e));
-		if (fd >= 0)
-			close(fd);
+	if (fsync(fd) != 0) {
+		keys_seterr(err, errlen, "key directory '%s': cannot sync: %s", path,
+		            strerror(errno));
 		return ISG_ERR_IO;
 	}
-	close(fd);
 	return 0;
 }
 
-static int keys_prepare_dir(const char *dir, char *err, size_t errlen)
+int keys_fsync_dir(const char *path, char *err, size_t errlen)
 {
-	if (mkdir(dir, 0700) == 0)
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		keys_seterr(err, errlen, "key directory '%s': cannot open: %s", path,
+		            strerror(errno));
+		return ISG_ERR_IO;
+	}
+	int rc = keys_fsync_dirfd(fd, path, err, errlen);
+	close(fd);
+	return rc;
+}
+
+int keys_prepare_dir(const char *path, int *created, char *err, size_t errlen)
+{
+	*created = 0;
+	if (mkdir(path, 0700) == 0) {
+		*created = 1;
 		return 0;
+	}
 	if (errno != EEXIST) {
-		seterr(err, errlen, "key directory '%s': cannot create: %s", dir, strerror(errno));
+		keys_seterr(err, errlen, "key directory '%s': cannot create: %s", path,
+		            strerror(errno));
 		return ISG_ERR_IO;
 	}
 	struct stat st;
-	if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-		seterr(err, errlen, "key directory '%s' exists and is not a directory", dir);
+	if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+		keys_seterr(err, errlen, "key directory '%s' exists and is not a directory", path);
 		return ISG_ERR_CONFLICT;
 	}
 	return 0;
 }
 
-static int keys_refuse_existing(const char *path, char *err, size_t errlen)
+int keys_refuse_existing(const char *path, char *err, size_t errlen)
 {
 	struct stat st;
 	if (lstat(path, &st) == 0) {
-		seterr(err, errlen, "key file '%s' exists; refusing to overwrite it", path);
+		keys_seterr(err, errlen, "key file '%s' exists; refusing to overwrite it", path);
 		return ISG_ERR_CONFLICT;
 	}
-	if (errno != ENOENT) {
-		seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
+	if (errno != ENOENT && errno != ENOTDIR) {
+		keys_seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
 		return ISG_ERR_IO;
 	}
 	return 0;
@@ -328,24 +345,25 @@ static int keys_write_new(const char *path, const char *kind, char *err, size_t 
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		if (errno == EEXIST) {
-			seterr(err, errlen, "key file '%s' exists; refusing to overwrite it", path);
+			keys_seterr(err, errlen, "key file '%s' exists; refusing to overwrite it",
+			            path);
 			rc = ISG_ERR_CONFLICT;
 		} else {
-			seterr(err, errlen, "key file '%s': cannot create: %s", path,
-			       strerror(errno));
+			keys_seterr(err, errlen, "key file '%s': cannot create: %s", path,
+			            strerror(errno));
 			rc = ISG_ERR_IO;
 		}
 		goto out;
 	}
 	/* The umask can only remove bits, but say exactly what we mean. */
-	if (fchmod(fd, 0600) != 0 || write_all(fd, line, (size_t)n) != 0 || fsync(fd) != 0) {
-		seterr(err, errlen, "key file '%s': cannot write: %s", path, strerror(errno));
+	if (fchmod(fd, 0600) != 0 || keys_write_all(fd, line, (size_t)n) != 0 || fsync(fd) != 0) {
+		keys_seterr(err, errlen, "key file '%s': cannot write: %s", path, strerror(errno));
 		rc = ISG_ERR_IO;
 		goto out;
 	}
 out:
 	if (fd >= 0 && close(fd) != 0 && rc == 0) {
-		seterr(err, errlen, "key file '%s': cannot close: %s", path, strerror(errno));
+		keys_seterr(err, errlen, "key file '%s': cannot close: %s", path, strerror(errno));
 		rc = ISG_ERR_IO;
 	}
 	if (rc && fd >= 0)
@@ -358,15 +376,16 @@ out:
 
 int keys_init(const char *dir, char *err, size_t errlen)
 {
-	char storage[4096], signing[4096];
+	char storage[KEYS_PATH_MAX], signing[KEYS_PATH_MAX], audit[KEYS_PATH_MAX];
+	int created_dir = 0;
 	int rc;
 
 	if (!dir) {
-		seterr(err, errlen, "no key directory given");
+		keys_seterr(err, errlen, "no key directory given");
 		return ISG_ERR_INVALID;
 	}
 	if (sodium_init() < 0) {
-		seterr(err, errlen, "libsodium failed to initialise");
+		keys_seterr(err, errlen, "libsodium failed to initialise");
 		return ISG_ERR_CRYPTO;
 	}
 	rc = keys_path(storage, sizeof(storage), dir, KEYS_STORAGE_FILE, err, errlen);
@@ -375,25 +394,37 @@ int keys_init(const char *dir, char *err, size_t errlen)
 	rc = keys_path(signing, sizeof(signing), dir, KEYS_AUDIT_SIGNING_FILE, err, errlen);
 	if (rc)
 		return rc;
-	rc = keys_prepare_dir(dir, err, errlen);
+	rc = keys_path(audit, sizeof(audit), dir, KEYS_DOMAINS_DIR "/" KEYS_AUDIT_DOMAIN ".key",
+	               err, errlen);
 	if (rc)
 		return rc;
-	/* Check both first so a refusal leaves the directory as it was. */
+	rc = keys_prepare_dir(dir, &created_dir, err, errlen);
+	if (rc)
+		return rc;
+	/* Check every file first so a refusal leaves the directory as it was. */
 	rc = keys_refuse_existing(storage, err, errlen);
-	if (rc)
-		return rc;
-	rc = keys_refuse_existing(signing, err, errlen);
+	if (rc == 0)
+		rc = keys_refuse_existing(signing, err, errlen);
+	if (rc == 0)
+		rc = keys_refuse_existing(audit, err, errlen);
 	if (rc)
 		return rc;
 	rc = keys_write_new(storage, KEYS_KIND_STORAGE, err, errlen);
 	if (rc)
 		return rc;
 	rc = keys_write_new(signing, KEYS_KIND_AUDIT_SIGNING, err, errlen);
-	if (rc) {
-		unlink(storage);
-		return rc;
-	}
-	rc = fsync_dir(dir, err, errlen);
+	if (rc)
+		goto out;
+	/* Syncs domains/ and, when it made it, the keys directory too. */
+	rc =
+	    keys_domain_create(dir, KEYS_AUDIT_DOMAIN, date_days_of_ms(time_now_ms()), err, errlen);
+	if (rc)
+		goto out;
+	rc = keys_fsync_dir(dir, err, errlen);
+	if (rc)
+		unlink(audit);
+out:
+	/* All or nothing: a failure removes what this call wrote. */
 	if (rc) {
 		unlink(storage);
 		unlink(signing);

@@ -8,8 +8,11 @@
 #ifndef ISG_KEYS_H
 #define ISG_KEYS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "pseudo/pseudo.h"
 
 #define KEYS_STORAGE_FILE "storage.key"
 #define KEYS_AUDIT_SIGNING_FILE "audit-signing.key"
@@ -37,5 +40,62 @@ void keys_free(uint8_t *key);
  * key (Ed25519) with mode 0600. Refuses to overwrite an existing key file.
  */
 int keys_init(const char *dir, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/*
+ * Linkage-domain keys: one file per domain, keys_dir/domains/NAME.key, each
+ * holding every version of the domain's key (docs/keys.md). The newest
+ * version makes pseudonyms; after a rotation the previous version stays
+ * usable until its retirement date, so recipients can link across it.
+ */
+#define KEYS_DOMAINS_DIR "domains"
+#define KEYS_DOMAIN_NAME_MAX 63
+#define KEYS_OVERLAP_MAX 3660 /* days */
+
+struct keyring;
+
+/* Load every domain key file (each checked like the others); an empty or
+ * missing domains directory gives an empty keyring. */
+int keys_load_domains(const char *dir, struct keyring **out, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/* Wipe and free; NULL ok. */
+void keyring_free(struct keyring *ring);
+/* True when the keyring has a key for this domain. */
+bool keyring_has(const struct keyring *ring, const char *domain);
+/* The keyring as the pseudonymisation service policy_apply uses. */
+struct pseudo_service keyring_service(const struct keyring *ring);
+
+/* What `isgctl keys list` shows of a keyring: dates and versions, never keys. */
+#define KEYS_RETIRES_NEVER INT64_MAX
+enum keys_version_state {
+	KEYS_VERSION_CURRENT,    /* makes the pseudonyms */
+	KEYS_VERSION_PREVIOUS,   /* also answers, as the `previous` pseudonym */
+	KEYS_VERSION_SUPERSEDED, /* not retired yet, but a newer previous version answers */
+	KEYS_VERSION_RETIRED,    /* its retirement date has come: no longer used */
+};
+struct keys_version_info {
+	uint32_t version;
+	int64_t created;        /* days since 1970-01-01 (UTC) */
+	int64_t retires;        /* first day it is no longer used; KEYS_RETIRES_NEVER if current */
+	enum keys_version_state state; /* on the day asked about */
+};
+/* Domains are numbered 0..count-1 in name order. */
+size_t keyring_domain_count(const struct keyring *ring);
+/* Domain i's name and number of versions; NULL when i is out of range. */
+const char *keyring_domain_name(const struct keyring *ring, size_t i, size_t *n_versions);
+/* Version j (0 = oldest) of domain i on day today_days; ISG_ERR_NOT_FOUND if out of range. */
+int keyring_version_info(const struct keyring *ring, size_t i, size_t j, int64_t today_days,
+			 struct keys_version_info *out);
+
+/* Create domains/NAME.key with version 1; refuses an existing domain. */
+int keys_new_domain(const char *dir, const char *name, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/*
+ * Add a new version to a domain; the current version then retires after
+ * overlap_days (0: at once; at most KEYS_OVERLAP_MAX). The file is
+ * replaced atomically (rename).
+ * *version gets the new version number.
+ */
+int keys_rotate(const char *dir, const char *name, int64_t today_days, int64_t overlap_days,
+		uint32_t *version, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 #endif

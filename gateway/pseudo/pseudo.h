@@ -73,4 +73,29 @@ int pseudo_gen_postcode(const char *postcode, enum pseudo_postcode_level level, 
 int pseudo_gen_number_band(int64_t value, int64_t width, char *out, size_t size,
 			   const char **reason);
 
+/* --- the pseudonymisation service ------------------------------------------ */
+
+/*
+ * How policy_apply gets pseudonyms without holding keys: it collects every
+ * value of a message that must be pseudonymised and asks once, in a batch.
+ * Today the keys module answers in-process; later a key process without
+ * network access answers over a socketpair (DESIGN.md section 9).
+ */
+struct pseudo_request {
+	const char *domain;            /* linkage domain named by the agreement */
+	enum pseudo_type type;
+	const char *norm;              /* normalised value */
+	size_t len;
+	/* Answer: the pseudonym under the domain's current key, and under the
+	 * previous key while that key's overlap period lasts ("" otherwise). */
+	char out[PSEUDO_TEXT_MAX];
+	char previous[PSEUDO_TEXT_MAX];
+};
+
+struct pseudo_service {
+	void *ctx;
+	/* Answer every request; 0, or ISG_ERR_NOT_FOUND when a domain has no key. */
+	int (*pseudonymise)(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today_days);
+};
+
 #endif

@@ -1,0 +1,42 @@
+/*
+ * keys internals shared by the module's files (keys.c: the storage and
+ * signing keys; domain.c: linkage-domain keys and the keyring); not part of
+ * the interface.
+ */
+#ifndef ISG_KEYS_INTERNAL_H
+#define ISG_KEYS_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keys/keys.h"
+
+/* Paths built from the keys directory are at most this long. */
+#define KEYS_PATH_MAX 4096
+
+/* snprintf into err (when err is not NULL). */
+void keys_seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* out = dir/file, or ISG_ERR_TOO_BIG with the reason in err. */
+int keys_path(char *out, size_t size, const char *dir, const char *file, char *err, size_t errlen);
+/* write(2) all of buf, retrying on EINTR; 0 or -1 with errno set. */
+int keys_write_all(int fd, const char *buf, size_t len);
+/* fsync an open directory or the directory at path. */
+int keys_fsync_dirfd(int fd, const char *path, char *err, size_t errlen);
+int keys_fsync_dir(const char *path, char *err, size_t errlen);
+/* mkdir path 0700; an existing directory is fine. *created says which. */
+int keys_prepare_dir(const char *path, int *created, char *err, size_t errlen);
+/* ISG_ERR_CONFLICT when path exists (even as a dangling symbolic link). */
+int keys_refuse_existing(const char *path, char *err, size_t errlen);
+
+/* True for a valid domain name: [a-z0-9][a-z0-9-]{0,62}. */
+bool keys_domain_name_valid(const char *name);
+/*
+ * Create dir/domains (0700) if needed and dir/domains/NAME.key with version
+ * 1 created on `today` (days since 1970-01-01). ISG_ERR_CONFLICT when the
+ * domain exists.
+ */
+int keys_domain_create(const char *dir, const char *name, int64_t today, char *err, size_t errlen);
+
+#endif

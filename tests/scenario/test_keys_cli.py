@@ -1,0 +1,243 @@
+"""
+Scenario: an admin manages the gateway's keys with isgctl keys init,
+new-domain, rotate and list (docs/keys.md, docs/isgctl.md): file modes,
+the exact file format, what each command prints, refusals and their exit
+statuses, and that no command ever prints key material.
+
+Standard library only. Environment: ISG_BIN, the directory holding isgctl
+(default <repo>/build/bin).
+"""
+
+import datetime
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.abspath(os.environ.get("ISG_BIN") or os.path.join(HERE, "..", "..", "build", "bin"))
+ISGCTL = os.path.join(BIN, "isgctl")
+
+LINE = re.compile(r"^isg-domain-key-v1 ([a-z0-9][a-z0-9-]*) ([1-9][0-9]*) (\d{4}-\d\d-\d\d) "
+                  r"(-|\d{4}-\d\d-\d\d) ([A-Za-z0-9+/]{43}=)$")
+
+
+def today():
+    return datetime.datetime.now(datetime.timezone.utc).date()
+
+
+class KeysCli(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="isg-keys-cli-")
+        self.keys = os.path.join(self.tmp, "keys")
+        self.domains = os.path.join(self.keys, "domains")
+        self.outputs = []
+
+    def tearDown(self):
+        # Whatever ran, no key of any file may have been printed.
+        keys = set()
+        for root, _, files in os.walk(self.tmp):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    with open(path, encoding="ascii", errors="replace") as f:
+                        for line in f:
+                            keys.add(line.split()[-1] if line.split() else "")
+                except OSError:
+                    pass
+        keys.discard("")
+        for text in self.outputs:
+            for key in keys:
+                if len(key) >= 40:
+                    self.assertNotIn(key[:16], text)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def ctl(self, *args, rc=0):
+        p = subprocess.run([ISGCTL] + list(args), capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+        self.outputs += [p.stdout, p.stderr]
+        self.assertEqual(p.returncode, rc, "isgctl %s\n--- stdout\n%s--- stderr\n%s" %
+                         (" ".join(args), p.stdout, p.stderr))
+        return p
+
+    def mode(self, path):
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    def lines(self, name):
+        with open(os.path.join(self.domains, name + ".key"), encoding="ascii") as f:
+            text = f.read()
+        self.assertTrue(text.endswith("\n"))
+        out = []
+        for line in text[:-1].split("\n"):
+            m = LINE.match(line)
+            self.assertIsNotNone(m, line[:40])
+            out.append(m.groups())
+        return out
+
+    def test_init_makes_private_files_and_the_audit_domain(self):
+        p = self.ctl("keys", "init", self.keys)
+        self.assertEqual(p.stdout.splitlines(), [
+            "created %s/storage.key" % self.keys,
+            "created %s/audit-signing.key" % self.keys,
+            "created %s/domains/audit.key" % self.keys,
+        ])
+        self.assertEqual(self.mode(self.keys), 0o700)
+        self.assertEqual(self.mode(self.domains), 0o700)
+        for f in ("storage.key", "audit-signing.key", "domains/audit.key"):
+            self.assertEqual(self.mode(os.path.join(self.keys, f)), 0o600, f)
+        [(name, version, created, retires, _)] = self.lines("audit")
+        self.assertEqual((name, version, retires), ("audit", "1", "-"))
+        self.assertIn(created, (str(today()), str(today() - datetime.timedelta(days=1))))
+
+        with open(os.path.join(self.domains, "audit.key")) as f:
+            before = f.read()
+        p = self.ctl("keys", "init", self.keys, rc=1)
+        self.assertIn("refusing to overwrite", p.stderr)
+        with open(os.path.join(self.domains, "audit.key")) as f:
+            self.assertEqual(f.read(), before)
+
+    def test_new_domain(self):
+        self.ctl("keys", "init", self.keys)
+        p = self.ctl("keys", "new-domain", self.keys, "police-nhs")
+        self.assertEqual(p.stdout, "created %s/domains/police-nhs.key: domain 'police-nhs', "
+                         "version 1\n" % self.keys)
+        self.assertEqual(self.mode(os.path.join(self.domains, "police-nhs.key")), 0o600)
+        [(name, version, _, retires, key)] = self.lines("police-nhs")
+        self.assertEqual((name, version, retires), ("police-nhs", "1", "-"))
+        [(_, _, _, _, audit_key)] = self.lines("audit")
+        self.assertNotEqual(key, audit_key)
+
+        p = self.ctl("keys", "new-domain", self.keys, "police-nhs", rc=1)
+        self.assertIn("domain 'police-nhs' exists", p.stderr)
+        self.assertEqual(self.lines("police-nhs")[0][4], key)
+        for bad in ("Police", "-x", "a_b", "a" * 64, "../x"):
+            p = self.ctl("keys", "new-domain", self.keys, bad, rc=1 if bad[0] != "-" else 2)
+        p = self.ctl("keys", "new-domain", self.keys, "a_b", rc=1)
+        self.assertIn("'a_b' is not a valid domain name", p.stderr)
+        self.ctl("keys", "new-domain", self.keys, rc=2)
+        self.ctl("keys", "new-domain", self.keys, "a", "b", rc=2)
+
+    def test_rotate_and_list(self):
+        self.ctl("keys", "init", self.keys)
+        self.ctl("keys", "new-domain", self.keys, "police-nhs")
+        [(_, _, _, _, key1)] = self.lines("police-nhs")
+        day = today()
+        p = self.ctl("keys", "rotate", self.keys, "police-nhs")
+        if today() != day:  # the test ran over midnight (UTC): dates moved on
+            self.skipTest("ran over midnight")
+        retires = str(day + datetime.timedelta(days=30))
+        self.assertEqual(p.stdout.splitlines(), [
+            "rotated domain 'police-nhs': version 2 is current from %s" % day,
+            "version 1 answers as previous until it retires on %s: recipients also get its "
+            "pseudonyms in '<field>.previous'" % retires,
+            "reload isgd (SIGHUP) or restart it to use version 2",
+        ])
+        v = self.lines("police-nhs")
+        self.assertEqual(len(v), 2)
+        self.assertEqual(v[0], ("police-nhs", "1", v[0][2], retires, key1))
+        self.assertEqual(v[1][1:4], ("2", str(day), "-"))
+        self.assertNotEqual(v[1][4], key1)
+        self.assertEqual(self.mode(os.path.join(self.domains, "police-nhs.key")), 0o600)
+        self.assertEqual(sorted(os.listdir(self.domains)), ["audit.key", "police-nhs.key"])
+
+        # --overlap, before or after the arguments; 0 retires at once.
+        self.ctl("keys", "new-domain", self.keys, "council")
+        p = self.ctl("keys", "rotate", "--overlap", "0", self.keys, "council")
+        self.assertIn("version 1 retired at once\n", p.stdout)
+        self.assertIn("no version answers as previous", p.stdout)
+        self.assertEqual(self.lines("council")[0][3], str(day))
+        p = self.ctl("keys", "rotate", self.keys, "council", "--overlap=7")
+        self.assertIn("version 2 answers as previous until it retires on %s" %
+                      (day + datetime.timedelta(days=7)), p.stdout)
+
+        p = self.ctl("keys", "list", self.keys)
+        rows = [line.split() for line in p.stdout.splitlines()]
+        self.assertEqual(rows, [
+            ["DOMAIN", "VERSION", "CREATED", "RETIRES", "STATE"],
+            ["audit", "1", str(day), "-", "current"],
+            ["council", "1", str(day), str(day), "retired"],
+            ["council", "2", str(day), str(day + datetime.timedelta(days=7)), "previous"],
+            ["council", "3", str(day), "-", "current"],
+            ["police-nhs", "1", str(day), retires, "previous"],
+            ["police-nhs", "2", str(day), "-", "current"],
+        ])
+
+    def test_list_empty_and_missing(self):
+        os.mkdir(self.keys, 0o700)
+        p = self.ctl("keys", "list", self.keys)
+        self.assertIn("no linkage domains in %s/domains" % self.keys, p.stdout)
+        p = self.ctl("keys", "list", os.path.join(self.tmp, "nowhere"), rc=1)
+        self.assertIn("does not exist", p.stderr)
+        self.ctl("keys", "list", rc=2)
+
+    def test_refusals(self):
+        self.ctl("keys", "init", self.keys)
+        path = os.path.join(self.domains, "audit.key")
+
+        # Lax modes: the file, then the directory.
+        os.chmod(path, 0o644)
+        for argv in (["list", self.keys], ["rotate", self.keys, "audit"]):
+            p = self.ctl("keys", *argv, rc=1)
+            self.assertIn("key file '%s' has mode 0644" % path, p.stderr)
+        os.chmod(path, 0o600)
+        os.chmod(self.domains, 0o770)
+        for argv in (["list", self.keys], ["rotate", self.keys, "audit"],
+                     ["new-domain", self.keys, "other"]):
+            p = self.ctl("keys", *argv, rc=1)
+            self.assertIn("key directory '%s' has mode 0770" % self.domains, p.stderr)
+        os.chmod(self.domains, 0o700)
+
+        # A malformed line, named by file and line; the file is not rewritten.
+        with open(path) as f:
+            good = f.read()
+        with open(path, "a") as f:
+            f.write(good.replace(" 1 ", " 2 ").replace(" - ", " 2026-01-32 ", 1))
+        with open(path) as f:
+            bad = f.read()
+        for argv in (["list", self.keys], ["rotate", self.keys, "audit"]):
+            p = self.ctl("keys", *argv, rc=1)
+            self.assertRegex(p.stderr, r"%s:1:\d+: only the last line" % re.escape(path))
+        with open(path) as f:
+            self.assertEqual(f.read(), bad)
+        with open(path, "w") as f:
+            f.write(good)
+
+        # Options and arguments.
+        for overlap in ("-1", "abc", "3661", ""):
+            p = self.ctl("keys", "rotate", self.keys, "audit", "--overlap", overlap, rc=2)
+            self.assertIn("--overlap must be a whole number of days", p.stderr)
+        self.ctl("keys", "rotate", self.keys, "audit", "--overlap", rc=2)
+        self.ctl("keys", "rotate", self.keys, "audit", "--bogus", rc=2)
+        self.ctl("keys", "rotate", self.keys, rc=2)
+        self.ctl("keys", "bogus", rc=2)
+        p = self.ctl("keys", "rotate", self.keys, "nope", rc=1)
+        self.assertIn("domain 'nope' has no key file", p.stderr)
+        p = self.ctl("keys", "rotate", os.path.join(self.tmp, "nowhere"), "audit", rc=1)
+        self.assertIn("isgctl keys new-domain", p.stderr)
+
+        # An interrupted (or concurrent) rotation's temporary file blocks the next one.
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("x")
+        p = self.ctl("keys", "rotate", self.keys, "audit", rc=1)
+        self.assertIn("another rotation is running or one was interrupted", p.stderr)
+        self.assertTrue(os.path.exists(tmp))
+        os.unlink(tmp)
+        self.ctl("keys", "rotate", self.keys, "audit")
+        self.assertEqual(len(self.lines("audit")), 2)
+
+    def test_help(self):
+        p = self.ctl("keys", "--help")
+        for sub in ("init", "new-domain", "rotate", "list"):
+            self.assertIn(sub, p.stdout)
+        p = self.ctl("keys", "rotate", "--help")
+        self.assertIn("--overlap DAYS", p.stdout)
+        self.assertIn(".previous", p.stdout)
+        self.ctl("keys", rc=2)
+
+
+if __name__ == "__main__":
+    unittest.main()
