@@ -7,24 +7,45 @@
 #define ISG_DAEMON_GATEWAY_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "config/config.h"
+#include "keys/keys.h"
 #include "net/net.h"
 #include "policy/policy.h"
 #include "store/store.h"
+
+/*
+ * What a reload replaces, as one: the policy set and the linkage-domain
+ * keys its agreements need. A request holds a reference for its duration.
+ */
+struct regime {
+	atomic_int refs;
+	struct policy_set *policy;
+	struct keyring *keys;
+	struct pseudo_service pseudo;
+};
+
+/*
+ * Load the policy set and the domain keys and check that every domain an
+ * agreement names has a key. Errors go to stderr (at start) or the log
+ * (on reload, log=true). Returns NULL when anything is wrong.
+ */
+struct regime *regime_load(const struct isgd_config *cfg, bool log);
+void regime_unref(struct regime *r);
 
 struct gateway {
 	struct isgd_config cfg;
 	struct store *store;
 	struct net_server *net;
-	pthread_mutex_t policy_mu;
-	struct policy_set *policy; /* current set; swapped on reload */
+	pthread_mutex_t regime_mu;
+	struct regime *regime; /* current; swapped on reload */
 };
 
-/* The current policy set, referenced: release with policy_set_unref. */
-struct policy_set *gateway_policy(struct gateway *g);
-/* Replace the current policy set (takes over the caller's reference). */
-void gateway_policy_swap(struct gateway *g, struct policy_set *set);
+/* The current regime, referenced: release with regime_unref. */
+struct regime *gateway_regime(struct gateway *g);
+/* Replace the current regime (takes over the caller's reference). */
+void gateway_regime_swap(struct gateway *g, struct regime *r);
 
 /* handler.c: the net callbacks. */
 struct net_handler handler_new(struct gateway *g);

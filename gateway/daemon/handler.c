@@ -83,20 +83,21 @@ static void on_hello(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__UNSUPPORTED, msg);
 		return;
 	}
-	struct policy_set *set = gateway_policy(s->g);
+	struct regime *rg = gateway_regime(s->g);
+	const struct policy_set *set = rg->policy;
 	const struct policy_partner *p = policy_partner_by_id(set, s->partner);
 	Isg__Welcome w = ISG__WELCOME__INIT;
 	w.protocol_version = WIRE_PROTOCOL_VERSION;
 	w.partner_id = s->partner;
 	w.partner_name = p ? p->name : "";
 	w.gateway_version = "isgd/" ISG_VERSION;
-	w.policy_version = set->version;
+	w.policy_version = (char *)set->version;
 	Isg__Frame out = ISG__FRAME__INIT;
 	out.request_id = f->request_id;
 	out.body_case = ISG__FRAME__BODY_WELCOME;
 	out.welcome = &w;
 	net_conn_send(c, &out);
-	policy_set_unref(set);
+	regime_unref(rg);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -246,14 +247,15 @@ static bool request_refused(const Isg__SendRequest *req, const struct gateway *g
 static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 {
 	const Isg__SendRequest *req = f->send;
-	struct policy_set *set = gateway_policy(s->g);
+	struct regime *rg = gateway_regime(s->g);
+	const struct policy_set *set = rg->policy;
 	struct policy_outcome o = {0};
 	struct policy_refusal why;
 	if (request_refused(req, s->g, &why)) {
 		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
 	}
-	int err = policy_apply(set, s->partner, req, time_now_ms(), &o, &why);
+	int err = policy_apply(set, s->partner, req, time_now_ms(), &rg->pseudo, &o, &why);
 	if (err == ISG_ERR_DENIED || err == ISG_ERR_INVALID) {
 		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
@@ -304,7 +306,7 @@ done:
 	free(entry);
 	policy_outcome_release(&o);
 out:
-	policy_set_unref(set);
+	regime_unref(rg);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -650,8 +652,8 @@ static void audit_connection(struct gateway *g, const char *peer, const char *su
 static int handler_open(void *ctx, struct net_conn *c, const struct cert_identity *id)
 {
 	struct gateway *g = ctx;
-	struct policy_set *set = gateway_policy(g);
-	const struct policy_partner *p = policy_partner_by_cert(set, id);
+	struct regime *rg = gateway_regime(g);
+	const struct policy_partner *p = policy_partner_by_cert(rg->policy, id);
 	char q[600];
 	if (!p) {
 		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=partner.unknown",
@@ -665,12 +667,12 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 			 id->subject);
 		send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, "partner.unknown", msg, -1, NULL,
 			   0);
-		policy_set_unref(set);
+		regime_unref(rg);
 		return -1;
 	}
 	struct session *s = calloc(1, sizeof(*s));
 	if (!s) {
-		policy_set_unref(set);
+		regime_unref(rg);
 		return -1;
 	}
 	s->g = g;
@@ -679,7 +681,7 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 	net_conn_set_data(c, s);
 	log_event(LOG_INFO, "partner.connected", "peer=%s partner=%s", net_conn_peer(c), p->id);
 	audit_connection(g, net_conn_peer(c), id->subject, p->id, NULL);
-	policy_set_unref(set);
+	regime_unref(rg);
 	return 0;
 }
 
@@ -776,8 +778,8 @@ void handler_notify(void *ctx, const char *recipient)
 static void close_if_removed(struct net_conn *c, void *arg)
 {
 	struct session *s = net_conn_data(c);
-	const struct policy_set *set = arg;
-	if (s && !policy_partner_by_id(set, s->partner)) {
+	const struct regime *rg = arg;
+	if (s && !policy_partner_by_id(rg->policy, s->partner)) {
 		log_event(LOG_WARN, "partner.removed", "peer=%s partner=%s", net_conn_peer(c),
 			  s->partner);
 		send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, "partner.removed",
@@ -786,12 +788,12 @@ static void close_if_removed(struct net_conn *c, void *arg)
 	}
 }
 
-static void unref_set(void *arg)
+static void unref_regime(void *arg)
 {
-	policy_set_unref(arg);
+	regime_unref(arg);
 }
 
 void handler_recheck_partners(struct gateway *g)
 {
-	net_server_each(g->net, close_if_removed, gateway_policy(g), unref_set);
+	net_server_each(g->net, close_if_removed, gateway_regime(g), unref_regime);
 }

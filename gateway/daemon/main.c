@@ -25,23 +25,6 @@
 
 #define SHUTDOWN_GRACE_MS 5000
 
-struct policy_set *gateway_policy(struct gateway *g)
-{
-	pthread_mutex_lock(&g->policy_mu);
-	struct policy_set *set = policy_set_ref(g->policy);
-	pthread_mutex_unlock(&g->policy_mu);
-	return set;
-}
-
-void gateway_policy_swap(struct gateway *g, struct policy_set *set)
-{
-	pthread_mutex_lock(&g->policy_mu);
-	struct policy_set *old = g->policy;
-	g->policy = set;
-	pthread_mutex_unlock(&g->policy_mu);
-	policy_set_unref(old);
-}
-
 static void usage(FILE *f)
 {
 	fputs("usage: isgd --config FILE [--check-config]\n"
@@ -68,26 +51,14 @@ static int check_tls_key(const struct isgd_config *cfg, char *err, size_t errlen
 	return r;
 }
 
-static int load_policy(const char *dir, struct policy_set **set)
-{
-	struct ydoc_diags d;
-	ydoc_diags_init(&d);
-	int r = policy_load(dir, set, &d);
-	ydoc_diags_print(&d, stderr);
-	ydoc_diags_release(&d);
-	return r;
-}
-
 /* Everything --check-config checks, and what a start needs before it listens. */
-static int check_all(const struct isgd_config *cfg, struct policy_set **set, uint8_t **key,
+static int check_all(const struct isgd_config *cfg, struct regime **regime, uint8_t **key,
 		     SSL_CTX **tls)
 {
 	char err[512];
 	int failed = 0;
-	if (load_policy(cfg->policy_dir, set) != 0) {
-		fprintf(stderr, "isgd: policy directory '%s' has errors\n", cfg->policy_dir);
+	if ((*regime = regime_load(cfg, false)) == NULL)
 		failed = 1;
-	}
 	if (keys_load_storage(cfg->keys_dir, key, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		failed = 1;
@@ -125,28 +96,19 @@ static void audit_policy(struct gateway *g, const struct policy_set *set, const 
 static void reload(struct gateway *g)
 {
 	log_event(LOG_INFO, "reload.start", "policy_dir=%s", g->cfg.policy_dir);
-	struct ydoc_diags d;
-	ydoc_diags_init(&d);
-	struct policy_set *set = NULL;
-	if (policy_load(g->cfg.policy_dir, &set, &d) == 0) {
+	struct regime *r = regime_load(&g->cfg, true);
+	if (r) {
+		const struct policy_set *set = r->policy;
 		log_event(LOG_INFO, "policy.loaded", "version=%s partners=%zu agreements=%zu",
 			  set->version, set->n_partners, set->n_agreements);
 		audit_policy(g, set, "loaded", 0);
-		gateway_policy_swap(g, set);
+		gateway_regime_swap(g, r);
 		handler_recheck_partners(g);
 	} else {
-		for (size_t i = 0; i < d.n; i++) {
-			char q[600];
-			log_event(LOG_ERROR, "policy.error", "file=%s line=%d col=%d message=%s",
-				  d.items[i].file ? d.items[i].file : "", d.items[i].line,
-				  d.items[i].col,
-				  log_quote(q, sizeof(q), d.items[i].message));
-		}
 		log_event(LOG_ERROR, "policy.refused",
-			  "errors=%zu action=\"kept the running policy set\"", d.errors);
-		audit_policy(g, NULL, "refused", d.errors);
+			  "action=\"kept the running policy set and keys\"");
+		audit_policy(g, NULL, "refused", 1);
 	}
-	ydoc_diags_release(&d);
 
 	char err[512];
 	SSL_CTX *tls = NULL;
@@ -178,7 +140,7 @@ static void serve(struct gateway *g, const sigset_t *sigs)
 	}
 }
 
-static int run(struct gateway *g, struct policy_set *set, uint8_t *key, SSL_CTX *tls,
+static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *tls,
 	       const sigset_t *sigs)
 {
 	char err[512];
@@ -189,12 +151,12 @@ static int run(struct gateway *g, struct policy_set *set, uint8_t *key, SSL_CTX 
 	keys_free(key); /* the store keeps its own guarded copy */
 	if (r != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
-		policy_set_unref(set);
+		regime_unref(regime);
 		return r;
 	}
-	g->policy = set;
+	g->regime = regime;
 	store_set_notify(g->store, handler_notify, g);
-	audit_policy(g, set, "loaded", 0);
+	audit_policy(g, regime->policy, "loaded", 0);
 
 	struct net_options no = {
 		.host = g->cfg.listen_host,
@@ -212,17 +174,18 @@ static int run(struct gateway *g, struct policy_set *set, uint8_t *key, SSL_CTX 
 	if (r != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		store_close(g->store);
-		policy_set_unref(g->policy);
+		regime_unref(g->regime);
 		return r;
 	}
 	log_event(LOG_INFO, "isgd.started", "listen=%s:%u threads=%u policy_version=%s pid=%d",
-		  g->cfg.listen_host, net_server_port(g->net), g->cfg.threads, set->version,
+		  g->cfg.listen_host, net_server_port(g->net), g->cfg.threads,
+		  regime->policy->version,
 		  (int)getpid());
 	serve(g, sigs);
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
 	store_close(g->store); /* after the workers: their last answers are stored */
 	net_server_free(g->net);
-	policy_set_unref(g->policy);
+	regime_unref(g->regime);
 	log_event(LOG_INFO, "isgd.stopped", "pid=%d", (int)getpid());
 	return 0;
 }
@@ -267,7 +230,7 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
 	struct gateway g = {0};
-	pthread_mutex_init(&g.policy_mu, NULL);
+	pthread_mutex_init(&g.regime_mu, NULL);
 	struct ydoc_diags d;
 	ydoc_diags_init(&d);
 	config_init(&g.cfg);
@@ -280,22 +243,22 @@ int main(int argc, char **argv)
 	}
 	log_set_level(g.cfg.log_level);
 
-	struct policy_set *set = NULL;
+	struct regime *regime = NULL;
 	uint8_t *key = NULL;
 	SSL_CTX *tls = NULL;
-	r = check_all(&g.cfg, &set, &key, &tls);
+	r = check_all(&g.cfg, &regime, &key, &tls);
 	if (r != 0 || check_only) {
 		if (r == 0)
 			puts("configuration OK");
-		policy_set_unref(set);
+		regime_unref(regime);
 		keys_free(key);
 		SSL_CTX_free(tls);
 		config_release(&g.cfg);
 		return r == 0 ? 0 : 1;
 	}
-	r = run(&g, set, key, tls, &sigs);
+	r = run(&g, regime, key, tls, &sigs);
 	SSL_CTX_free(tls);
 	config_release(&g.cfg);
-	pthread_mutex_destroy(&g.policy_mu);
+	pthread_mutex_destroy(&g.regime_mu);
 	return r == 0 ? 0 : 1;
 }

@@ -5,12 +5,16 @@
  * names the agreement, record index and field, never a field's value.
  *
  * What a record becomes is built in arrays sized from the request itself
- * and packed into an isg.Delivery holding only the records.
+ * and packed into an isg.Delivery holding only the records. Values to
+ * pseudonymise are collected from every record and sent to the
+ * pseudonymisation service in one batch, only once the whole message has
+ * passed every check: a refused message never reaches the keys.
  */
 #include "policy/internal.h"
 
 #include <errno.h>
 #include <math.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,12 +85,17 @@ static bool names(char *const *list, size_t n, const char *id)
 	return false;
 }
 
+/* The UTC day of now_ms, clamped so that no clock, however wrong, overflows day arithmetic. */
+static int64_t today_utc(int64_t now_ms)
+{
+	const int64_t bound = (int64_t)1 << 50;
+	return date_days_of_ms(now_ms < -bound ? -bound : now_ms > bound ? bound : now_ms);
+}
+
 static int check_validity(const struct policy_agreement *a, int64_t now_ms,
                           struct policy_refusal *why)
 {
-	/* Clamp so that no clock, however wrong, overflows the day arithmetic. */
-	const int64_t bound = (int64_t)1 << 50;
-	int64_t today = date_days_of_ms(now_ms < -bound ? -bound : now_ms > bound ? bound : now_ms);
+	int64_t today = today_utc(now_ms);
 	if (today >= a->valid_from_days && today <= a->valid_until_days)
 		return 0;
 	char from[48], until[48], now[48];
@@ -158,19 +167,32 @@ static int check_agreement(const struct policy_set *set, const char *sender,
 
 /* ---- records ---- */
 
+/*
+ * A pseudonymised field takes two output places: its pseudonym, and right
+ * after it "<name>.previous", filled only when the service answers with a
+ * pseudonym under the previous key (a rotation's overlap). Empty places are
+ * squeezed out once the service has answered.
+ */
 struct builder {
 	const struct policy_agreement *a;
 	const struct policy_dataset *ds;
+	int64_t today;                     /* the exchange date, UTC days */
 	uint16_t order[POLICY_MAX_FIELDS]; /* dataset field indexes sorted by name */
 	const Isg__Value *slot[POLICY_MAX_FIELDS];
 	bool seen[POLICY_MAX_FIELDS];
+	bool asked[POLICY_MAX_FIELDS];      /* a value of this field was pseudonymised */
+	char *prev_name[POLICY_MAX_FIELDS]; /* "<name>.previous", made on first use */
 	Isg__Record *recs;
 	Isg__Record **rec_ptrs;
 	Isg__Field *fields;
-	Isg__Field **field_ptrs;
+	Isg__Field **field_ptrs; /* NULL at an unused place */
 	Isg__Value *values;
-	char **texts; /* normalised identifiers the output values point at */
+	char **texts; /* text the output values point at: normalised, generalised, pseudonyms */
 	size_t n_out, cap_out;
+	struct pseudo_request *reqs; /* every value of the message to pseudonymise */
+	char **req_norm;             /* their normalised values (wiped when freed) */
+	size_t *req_out;             /* their output places */
+	size_t n_reqs, cap_reqs;
 };
 
 static void sort_fields(struct builder *b)
@@ -226,14 +248,22 @@ static bool parse_real(const char *s, double *out)
 static enum pseudo_type identifier_type(enum field_type type)
 {
 	switch (type) {
-	case FIELD_DATE: return PSEUDO_DATE;
-	case FIELD_NHS_NUMBER: return PSEUDO_NHS_NUMBER;
-	case FIELD_PNC_ID: return PSEUDO_PNC_ID;
-	case FIELD_POSTCODE: return PSEUDO_POSTCODE;
-	case FIELD_NAME: return PSEUDO_NAME;
-	case FIELD_EMAIL: return PSEUDO_EMAIL;
-	case FIELD_IDENTIFIER: return PSEUDO_IDENTIFIER;
-	default: return 0;
+	case FIELD_DATE:
+		return PSEUDO_DATE;
+	case FIELD_NHS_NUMBER:
+		return PSEUDO_NHS_NUMBER;
+	case FIELD_PNC_ID:
+		return PSEUDO_PNC_ID;
+	case FIELD_POSTCODE:
+		return PSEUDO_POSTCODE;
+	case FIELD_NAME:
+		return PSEUDO_NAME;
+	case FIELD_EMAIL:
+		return PSEUDO_EMAIL;
+	case FIELD_IDENTIFIER:
+		return PSEUDO_IDENTIFIER;
+	default:
+		return 0;
 	}
 }
 
@@ -243,7 +273,7 @@ static enum pseudo_type identifier_type(enum field_type type)
  * then points at; *reason says why one is invalid (never quoting it).
  */
 static bool convert(enum field_type type, const Isg__Value *in, Isg__Value *out,
-		    char norm[static PSEUDO_VALUE_MAX + 1], const char **reason)
+                    char norm[static PSEUDO_VALUE_MAX + 1], const char **reason)
 {
 	isg__value__init(out);
 	*reason = NULL;
@@ -291,7 +321,7 @@ static bool convert(enum field_type type, const Isg__Value *in, Isg__Value *out,
 		if (!text)
 			return false;
 		if (pseudo_normalise(identifier_type(type), in->text, strlen(in->text), norm,
-				     reason) != 0)
+		                     reason) != 0)
 			return false;
 		/* Formats have one canonical spelling; names and addresses are folded only
 		 * for hashing, so in clear they pass as written. */
@@ -356,7 +386,152 @@ static int collect_fields(struct builder *b, const Isg__Record *rec, int64_t ri,
 	return 0;
 }
 
-/* Check the record's fields in declared order and append what passes. */
+static int refuse_value(const struct builder *b, const struct policy_field *pf, int64_t ri,
+                        const char *reason, struct policy_refusal *why)
+{
+	return refuse(why, CODE(BAD_VALUE), "dataset.field_value", ri, pf->name,
+	              "record %lld: field '%s' is not a valid %s: %s (dataset '%s' of agreement "
+	              "'%s')",
+	              (long long)ri, pf->name, policy_field_type_name(pf->type), reason,
+	              b->ds->name, b->a->id);
+}
+
+/* The next output place, with the field's name; NULL when the arrays are full. */
+static Isg__Field *out_field(struct builder *b, const char *name)
+{
+	if (b->n_out == b->cap_out)
+		return NULL;
+	size_t o = b->n_out++;
+	isg__value__init(&b->values[o]);
+	isg__field__init(&b->fields[o]);
+	b->fields[o].name = (char *)name;
+	b->fields[o].value = &b->values[o];
+	b->field_ptrs[o] = &b->fields[o];
+	return &b->fields[o];
+}
+
+static int out_text(struct builder *b, size_t o, const char *text)
+{
+	if (!(b->texts[o] = strdup(text)))
+		return ISG_ERR_NOMEM;
+	b->values[o].kind_case = ISG__VALUE__KIND_TEXT;
+	b->values[o].text = b->texts[o];
+	return 0;
+}
+
+/* A real number rounded down, when it fits in an int64 (no libm). */
+static bool floor_i64(double d, int64_t *out)
+{
+	if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
+		return false;
+	int64_t t = (int64_t)d; /* toward zero */
+	*out = (double)t > d ? t - 1 : t;
+	return true;
+}
+
+/* The value (checked and normalised into v and norm) generalised as the field says. */
+static int generalise(const struct builder *b, const struct policy_field *pf, const Isg__Value *v,
+                      const char *norm, char *out, size_t size, const char **reason)
+{
+	int64_t n;
+	switch (pf->to) {
+	case GEN_YEAR:
+		return pseudo_gen_year(norm, out, size, reason);
+	case GEN_AGE_BAND:
+		return pseudo_gen_age_band(norm, b->today, (unsigned)pf->width, out, size, reason);
+	case GEN_MONTH:
+		return pseudo_gen_month(norm, out, size, reason);
+	case GEN_POSTCODE_AREA:
+		return pseudo_gen_postcode(norm, POSTCODE_AREA, out, size, reason);
+	case GEN_POSTCODE_DISTRICT:
+		return pseudo_gen_postcode(norm, POSTCODE_DISTRICT, out, size, reason);
+	case GEN_POSTCODE_SECTOR:
+		return pseudo_gen_postcode(norm, POSTCODE_SECTOR, out, size, reason);
+	case GEN_NUMBER_BAND:
+		if (v->kind_case == ISG__VALUE__KIND_INTEGER)
+			n = v->integer;
+		else if (v->kind_case != ISG__VALUE__KIND_REAL || !floor_i64(v->real, &n))
+			break;
+		return pseudo_gen_number_band(n, pf->width, out, size, reason);
+	case GEN_NONE:
+		break;
+	}
+	*reason = "the value cannot be banded";
+	return ISG_ERR_INVALID;
+}
+
+static int add_generalised(struct builder *b, const struct policy_field *pf, const Isg__Value *v,
+                           const char *norm, int64_t ri, struct policy_refusal *why)
+{
+	char text[64];
+	const char *reason = "invalid value";
+	if (generalise(b, pf, v, norm, text, sizeof(text), &reason) != 0)
+		return refuse(why, CODE(BAD_VALUE), "dataset.field_value", ri, pf->name,
+		              "record %lld: field '%s' cannot be generalised to %s: %s (dataset "
+		              "'%s' of agreement '%s')",
+		              (long long)ri, pf->name, policy_generalise_to_name(pf->to), reason,
+		              b->ds->name, b->a->id);
+	if (!out_field(b, pf->name))
+		return ISG_ERR_LIMIT;
+	return out_text(b, b->n_out - 1, text);
+}
+
+/* Two output places and a request to the service, answered once the message is checked. */
+static int add_pseudonymised(struct builder *b, size_t k, const char *norm)
+{
+	const struct policy_field *pf = &b->ds->fields[k];
+	if (b->n_reqs == b->cap_reqs || b->cap_out - b->n_out < 2)
+		return ISG_ERR_LIMIT;
+	if (!b->prev_name[k]) {
+		size_t len = strlen(pf->name);
+		if (!(b->prev_name[k] = malloc(len + sizeof(".previous"))))
+			return ISG_ERR_NOMEM;
+		memcpy(b->prev_name[k], pf->name, len);
+		memcpy(b->prev_name[k] + len, ".previous", sizeof(".previous"));
+	}
+	size_t q = b->n_reqs;
+	if (!(b->req_norm[q] = strdup(norm)))
+		return ISG_ERR_NOMEM;
+	b->n_reqs++;
+	struct pseudo_request *r = &b->reqs[q];
+	memset(r, 0, sizeof(*r));
+	r->domain = pf->domain;
+	r->type = identifier_type(pf->type);
+	r->norm = b->req_norm[q];
+	r->len = strlen(norm);
+	b->req_out[q] = b->n_out;
+	b->asked[k] = true;
+	out_field(b, pf->name);
+	out_field(b, b->prev_name[k]);
+	b->field_ptrs[b->n_out - 1] = NULL; /* until there is a previous pseudonym */
+	return 0;
+}
+
+/* What the field's action makes of a checked value: nothing, itself, or something else. */
+static int add_output(struct builder *b, size_t k, Isg__Value v, const char *norm, int64_t ri,
+                      struct policy_refusal *why)
+{
+	const struct policy_field *pf = &b->ds->fields[k];
+	switch (pf->action) {
+	case ACTION_DROP:
+		return 0;
+	case ACTION_GENERALISE:
+		return add_generalised(b, pf, &v, norm, ri, why);
+	case ACTION_PSEUDONYMISE:
+		return add_pseudonymised(b, k, norm);
+	case ACTION_PASS:
+		break;
+	}
+	if (!out_field(b, pf->name))
+		return ISG_ERR_LIMIT;
+	size_t o = b->n_out - 1;
+	if (v.kind_case == ISG__VALUE__KIND_TEXT && v.text == norm)
+		return out_text(b, o, norm);
+	b->values[o] = v;
+	return 0;
+}
+
+/* Check the record's fields in declared order and append what the actions make of them. */
 static int build_record(struct builder *b, const Isg__Record *rec, int64_t ri,
                         struct policy_refusal *why)
 {
@@ -380,33 +555,19 @@ static int build_record(struct builder *b, const Isg__Record *rec, int64_t ri,
 		char norm[PSEUDO_VALUE_MAX + 1];
 		const char *reason;
 		if (!convert(pf->type, b->slot[k], &v, norm, &reason) && reason)
-			return refuse(why, CODE(BAD_VALUE), "dataset.field_value", ri, pf->name,
-				      "record %lld: field '%s' is not a valid %s: %s (dataset '%s' "
-				      "of agreement '%s')",
-				      (long long)ri, pf->name, policy_field_type_name(pf->type),
-				      reason, b->ds->name, b->a->id);
+			return refuse_value(b, pf, ri, reason, why);
 		if (v.kind_case == ISG__VALUE__KIND__NOT_SET)
 			return refuse(why, CODE(BAD_VALUE), "dataset.field_type", ri, pf->name,
 			              "record %lld: field '%s' (type %s) must be %s (dataset '%s' "
 			              "of agreement '%s')",
 			              (long long)ri, pf->name, policy_field_type_name(pf->type),
 			              expectation(pf->type), b->ds->name, b->a->id);
-		if (pf->action != ACTION_PASS)
-			continue; /* drop; the later language transforms here */
-		if (b->n_out == b->cap_out)
+		err = add_output(b, k, v, norm, ri, why);
+		if (err == ISG_ERR_LIMIT)
 			return refuse(why, CODE(INTERNAL), "internal", ri, NULL,
 			              "record %lld: output larger than its input", (long long)ri);
-		size_t o = b->n_out++;
-		if (v.kind_case == ISG__VALUE__KIND_TEXT && v.text == norm) {
-			if (!(b->texts[o] = strdup(norm)))
-				return ISG_ERR_NOMEM;
-			v.text = b->texts[o];
-		}
-		b->values[o] = v;
-		isg__field__init(&b->fields[o]);
-		b->fields[o].name = pf->name;
-		b->fields[o].value = &b->values[o];
-		b->field_ptrs[o] = &b->fields[o];
+		if (err)
+			return err;
 	}
 	Isg__Record *r = &b->recs[ri];
 	isg__record__init(r);
@@ -414,6 +575,86 @@ static int build_record(struct builder *b, const Isg__Record *rec, int64_t ri,
 	r->fields = r->n_fields ? &b->field_ptrs[first] : NULL;
 	b->rec_ptrs[ri] = r;
 	return 0;
+}
+
+/* "linkage domain 'a'" or "linkage domains 'a', 'b'": what the message needed. */
+static const char *asked_domains(const struct builder *b, char *buf, size_t size)
+{
+	size_t used = 0, n = 0;
+	char list[200] = "";
+	for (size_t k = 0; k < b->ds->n_fields && used < sizeof(list); k++) {
+		if (!b->asked[k])
+			continue;
+		const char *d = b->ds->fields[k].domain;
+		bool dup = false;
+		for (size_t j = 0; j < k && !dup; j++)
+			dup = b->asked[j] && strcmp(b->ds->fields[j].domain, d) == 0;
+		if (dup)
+			continue;
+		int w = snprintf(list + used, sizeof(list) - used, "%s'%s'", n++ ? ", " : "", d);
+		used += w > 0 ? (size_t)w : 0;
+	}
+	snprintf(buf, size, "linkage domain%s %s", n > 1 ? "s" : "", list);
+	return buf;
+}
+
+static bool answered(const char *text, bool may_be_empty)
+{
+	size_t len = strnlen(text, PSEUDO_TEXT_MAX);
+	return len < PSEUDO_TEXT_MAX && (len > 0 || may_be_empty);
+}
+
+/*
+ * One call to the pseudonymisation service for the whole message, then the
+ * answers into their places. A missing key is the gateway's fault, not the
+ * sender's: isgd checks at start that every domain has one.
+ */
+static int pseudonymise_all(struct builder *b, const struct pseudo_service *pseudo,
+                            struct policy_refusal *why)
+{
+	if (b->n_reqs == 0)
+		return 0;
+	char domains[256];
+	int err = pseudo && pseudo->pseudonymise
+	              ? pseudo->pseudonymise(pseudo->ctx, b->reqs, b->n_reqs, b->today)
+	              : ISG_ERR_NOT_FOUND;
+	if (err == ISG_ERR_NOMEM)
+		return err;
+	for (size_t q = 0; !err && q < b->n_reqs; q++)
+		if (!answered(b->reqs[q].out, false) || !answered(b->reqs[q].previous, true))
+			err = ISG_ERR_CORRUPT;
+	if (err)
+		return refuse(why, CODE(INTERNAL), "keys.domain", -1, NULL,
+		              err == ISG_ERR_NOT_FOUND
+		                  ? "the gateway has no key for %s (agreement '%s')"
+		                  : "pseudonymisation failed for %s (agreement '%s')",
+		              asked_domains(b, domains, sizeof(domains)), b->a->id);
+	for (size_t q = 0; q < b->n_reqs; q++) {
+		size_t o = b->req_out[q];
+		if ((err = out_text(b, o, b->reqs[q].out)) != 0)
+			return err;
+		if (!b->reqs[q].previous[0])
+			continue;
+		if ((err = out_text(b, o + 1, b->reqs[q].previous)) != 0)
+			return err;
+		b->field_ptrs[o + 1] = &b->fields[o + 1];
+	}
+	return 0;
+}
+
+/* Squeeze the unused places out of each record's fields. */
+static void compact_records(struct builder *b, size_t n_records)
+{
+	for (size_t i = 0; i < n_records; i++) {
+		Isg__Record *r = b->rec_ptrs[i];
+		size_t kept = 0;
+		for (size_t k = 0; k < r->n_fields; k++)
+			if (r->fields[k])
+				r->fields[kept++] = r->fields[k];
+		r->n_fields = kept;
+		if (!kept)
+			r->fields = NULL;
+	}
 }
 
 static void builder_release(struct builder *b)
@@ -426,26 +667,48 @@ static void builder_release(struct builder *b)
 	for (size_t i = 0; b->texts && i < b->n_out; i++)
 		free(b->texts[i]);
 	free(b->texts);
+	for (size_t i = 0; i < POLICY_MAX_FIELDS; i++)
+		free(b->prev_name[i]);
+	for (size_t i = 0; b->req_norm && i < b->n_reqs; i++) {
+		sodium_memzero(b->req_norm[i], strlen(b->req_norm[i]));
+		free(b->req_norm[i]);
+	}
+	free(b->req_norm);
+	free(b->req_out);
+	free(b->reqs);
 }
 
-/* Output arrays: no more fields than the request holds, nor than pass fields per record. */
+/*
+ * Output arrays: an input field gives at most two output places (a pseudonym
+ * and its previous), and a record no more than its dataset's actions make.
+ */
 static int builder_alloc(struct builder *b, const Isg__SendRequest *req)
 {
-	size_t n_pass = 0, total = 0;
-	for (size_t k = 0; k < b->ds->n_fields; k++)
-		n_pass += b->ds->fields[k].action == ACTION_PASS;
+	size_t per_record = 0, n_pseudo = 0, total = 0;
+	for (size_t k = 0; k < b->ds->n_fields; k++) {
+		enum field_action a = b->ds->fields[k].action;
+		per_record += a == ACTION_PSEUDONYMISE ? 2 : a != ACTION_DROP;
+		n_pseudo += a == ACTION_PSEUDONYMISE;
+	}
 	for (size_t i = 0; i < req->n_records; i++)
 		total += req->records[i] ? req->records[i]->n_fields : 0;
-	size_t per_record = req->n_records * n_pass; /* n_pass <= 256: cannot overflow */
-	b->cap_out = total < per_record ? total : per_record;
-	size_t cap = b->cap_out ? b->cap_out : 1;
+	/* per_record <= 512 and n_records is bounded by the frame: no overflow. */
+	per_record *= req->n_records;
+	n_pseudo *= req->n_records;
+	b->cap_out = 2 * total < per_record ? 2 * total : per_record;
+	b->cap_reqs = total < n_pseudo ? total : n_pseudo;
+	size_t cap = b->cap_out ? b->cap_out : 1, cap_reqs = b->cap_reqs ? b->cap_reqs : 1;
 	b->recs = calloc(req->n_records, sizeof(*b->recs));
 	b->rec_ptrs = calloc(req->n_records, sizeof(*b->rec_ptrs));
 	b->fields = calloc(cap, sizeof(*b->fields));
 	b->field_ptrs = calloc(cap, sizeof(*b->field_ptrs));
 	b->values = calloc(cap, sizeof(*b->values));
 	b->texts = calloc(cap, sizeof(*b->texts));
-	if (!b->recs || !b->rec_ptrs || !b->fields || !b->field_ptrs || !b->values || !b->texts)
+	b->reqs = calloc(cap_reqs, sizeof(*b->reqs));
+	b->req_norm = calloc(cap_reqs, sizeof(*b->req_norm));
+	b->req_out = calloc(cap_reqs, sizeof(*b->req_out));
+	if (!b->recs || !b->rec_ptrs || !b->fields || !b->field_ptrs || !b->values || !b->texts ||
+	    !b->reqs || !b->req_norm || !b->req_out)
 		return ISG_ERR_NOMEM;
 	return 0;
 }
@@ -465,7 +728,8 @@ static int pack_delivery(struct builder *b, size_t n_records, struct policy_outc
 }
 
 int policy_apply(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
-                 int64_t now_ms, struct policy_outcome *out, struct policy_refusal *why)
+                 int64_t now_ms, const struct pseudo_service *pseudo, struct policy_outcome *out,
+                 struct policy_refusal *why)
 {
 	memset(out, 0, sizeof(*out));
 	refusal_init(why);
@@ -484,6 +748,7 @@ int policy_apply(const struct policy_set *set, const char *sender, const Isg__Se
 		goto out;
 	}
 	sort_fields(b);
+	b->today = today_utc(now_ms);
 	if ((err = builder_alloc(b, req)) != 0)
 		goto out;
 	for (size_t i = 0; i < req->n_records; i++) {
@@ -492,6 +757,9 @@ int policy_apply(const struct policy_set *set, const char *sender, const Isg__Se
 		if ((err = build_record(b, rec, (int64_t)i, why)) != 0)
 			goto out;
 	}
+	if ((err = pseudonymise_all(b, pseudo, why)) != 0)
+		goto out;
+	compact_records(b, req->n_records);
 	if ((err = pack_delivery(b, req->n_records, out)) != 0)
 		goto out;
 	out->agreement = b->a;

@@ -23,8 +23,11 @@
 #define POLICY_MAX_RECORDS_LIMIT 1000000
 #define POLICY_ID_MAX 63
 #define POLICY_FIELD_NAME_MAX 64
+#define POLICY_AGE_BAND_MAX 50
+#define POLICY_AGE_BAND_DEFAULT 5
+#define POLICY_NUMBER_BAND_MAX 1000000000
 
-/* Field types and actions by name; `supported` is false for the later language. */
+/* Names of field types, actions and generalisations; `supported` false: reserved. */
 struct policy_name {
 	const char *name;
 	int value;
@@ -34,6 +37,9 @@ extern const struct policy_name policy_field_types[];
 extern const size_t policy_n_field_types;
 extern const struct policy_name policy_field_actions[];
 extern const size_t policy_n_field_actions;
+extern const struct policy_name policy_generalise_tos[];
+extern const size_t policy_n_generalise_tos;
+const char *policy_generalise_to_name(enum generalise_to to);
 
 void policy_set_free(struct policy_set *set);
 /* Free what a partner, dataset or agreement holds (not the struct itself). */
@@ -56,5 +62,7 @@ struct policy_parser {
 void policy_parse_partners(struct policy_parser *p, const struct ydoc *doc);
 /* rel_name: the file's name inside agreements/, for the id-vs-file-name warning. */
 void policy_parse_agreement(struct policy_parser *p, const struct ydoc *doc, const char *rel_name);
+/* After every file loaded cleanly: warnings about the set as a whole; 0 or ISG_ERR_NOMEM. */
+int policy_check_set(struct policy_parser *p);
 
 #endif

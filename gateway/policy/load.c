@@ -296,6 +296,8 @@ int policy_load(const char *dir, struct policy_set **out, struct ydoc_diags *dia
 	parse_all(&l, &p);
 	if (diags->errors != errors_before)
 		note_err(&l, ISG_ERR_INVALID);
+	else if (!l.err)
+		note_err(&l, policy_check_set(&p));
 out:
 	for (size_t i = 0; i < l.n_src; i++) {
 		free(l.src[i].rel);

@@ -1,9 +1,10 @@
 /*
  * From parsed YAML to partners and agreements. Each key is read by a small
  * typed reader that reports a positioned error and carries on, so one pass
- * over a file finds every problem in it. What the later agreement language
- * adds (generalise, pseudonymise, linkage domains, daily limits, review
- * dates) goes in as new rows of the key lists and new readers.
+ * over a file finds every problem in it. What the agreement language adds
+ * later (daily limits, review dates) goes in as new rows of the key lists
+ * and new readers. A last pass over the whole set (policy_check_set) warns
+ * about combinations of agreements.
  */
 #include "policy/internal.h"
 
@@ -523,17 +524,151 @@ static bool valid_field_name(const char *s)
 	return true;
 }
 
+static bool pseudonymisable(enum field_type t)
+{
+	return t == FIELD_DATE || t >= FIELD_NHS_NUMBER;
+}
+
+/* Whether a field of type t can be generalised to `to`. */
+static bool generalise_fits(enum field_type t, enum generalise_to to)
+{
+	switch (to) {
+	case GEN_YEAR:
+	case GEN_AGE_BAND:
+	case GEN_MONTH:
+		return t == FIELD_DATE;
+	case GEN_POSTCODE_AREA:
+	case GEN_POSTCODE_DISTRICT:
+	case GEN_POSTCODE_SECTOR:
+		return t == FIELD_POSTCODE;
+	case GEN_NUMBER_BAND:
+		return t == FIELD_INTEGER || t == FIELD_NUMBER;
+	case GEN_NONE:
+		break;
+	}
+	return false;
+}
+
+/* "year, age_band or month": what a field of type t can be generalised to; "" if nothing. */
+static const char *generalise_choices(enum field_type t, char *buf, size_t size)
+{
+	size_t n = 0, used = 0;
+	for (size_t i = 0; i < policy_n_generalise_tos; i++)
+		n += generalise_fits(t, (enum generalise_to)policy_generalise_tos[i].value);
+	buf[0] = '\0';
+	for (size_t i = 0, k = 0; i < policy_n_generalise_tos && used < size; i++) {
+		if (!generalise_fits(t, (enum generalise_to)policy_generalise_tos[i].value))
+			continue;
+		k++;
+		const char *sep = k == 1 ? "" : k == n ? " or " : ", ";
+		int w =
+		    snprintf(buf + used, size - used, "%s%s", sep, policy_generalise_tos[i].name);
+		used += w > 0 ? (size_t)w : 0;
+	}
+	return buf;
+}
+
+static void parse_pseudonymise(struct pctx *c, const struct ydoc_node *n, const char *fname,
+                               const struct ydoc_node *action, const struct ydoc_node *domain,
+                               struct policy_field *f)
+{
+	if (!pseudonymisable(f->type)) {
+		PERR(c, action,
+		     "field '%s' of type %s cannot be pseudonymised (pseudonymise applies to "
+		     "nhs_number, pnc_id, postcode, date, name, email and identifier)",
+		     fname, policy_field_type_name(f->type));
+		return;
+	}
+	if (!domain) {
+		PERR(c, n,
+		     "field '%s' is pseudonymised but names no linkage domain (add domain: NAME)",
+		     fname);
+		return;
+	}
+	id_value(c, domain, "linkage domain", &f->domain);
+}
+
+static void parse_generalise(struct pctx *c, const struct ydoc_node *n, const char *fname,
+                             const struct ydoc_node *action, const struct ydoc_node *to,
+                             const struct ydoc_node *width, struct policy_field *f)
+{
+	char choices[128];
+	if (!*generalise_choices(f->type, choices, sizeof(choices))) {
+		PERR(c, action,
+		     "field '%s' of type %s cannot be generalised (generalise applies to date, "
+		     "postcode, integer and number)",
+		     fname, policy_field_type_name(f->type));
+		return;
+	}
+	if (!to) {
+		PERR(c, n, "field '%s' is generalised but has no 'to' (use %s)", fname, choices);
+		return;
+	}
+	int g = word_value(c, to, policy_generalise_tos, policy_n_generalise_tos, "generalisation");
+	if (g < 0)
+		return;
+	if (!generalise_fits(f->type, (enum generalise_to)g)) {
+		PERR(c, to, "cannot generalise field '%s' of type %s to '%s' (use %s)", fname,
+		     policy_field_type_name(f->type), to->scalar, choices);
+		return;
+	}
+	f->to = (enum generalise_to)g;
+	if (f->to == GEN_AGE_BAND) {
+		f->width = POLICY_AGE_BAND_DEFAULT;
+		int_at(c, n, "width", "field", false, 1, POLICY_AGE_BAND_MAX, &f->width);
+	} else if (f->to == GEN_NUMBER_BAND) {
+		if (!width)
+			PERR(c, n, "field '%s': number_band needs a width (1 to %d)", fname,
+			     POLICY_NUMBER_BAND_MAX);
+		else
+			int_at(c, n, "width", "field", false, 1, POLICY_NUMBER_BAND_MAX, &f->width);
+	} else if (width) {
+		PERR(c, width, "width applies only to age_band and number_band, not to '%s'",
+		     to->scalar);
+	}
+}
+
+/* domain, to and width: each belongs to one action, and is refused with the others. */
+static void parse_action_options(struct pctx *c, const struct ydoc_node *n, const char *fname,
+                                 const struct ydoc_node *action, struct policy_field *f)
+{
+	static const struct {
+		const char *key;
+		enum field_action action;
+	} owner[] = {
+	    {"domain", ACTION_PSEUDONYMISE},
+	    {"to", ACTION_GENERALISE},
+	    {"width", ACTION_GENERALISE},
+	};
+	const struct ydoc_node *opt[ARRAY_LEN(owner)];
+	for (size_t i = 0; i < ARRAY_LEN(owner); i++) {
+		enum got got;
+		opt[i] = lookup(c, n, owner[i].key, "field", false, &got);
+		if (opt[i] && owner[i].action != f->action)
+			PERR(c, opt[i], "'%s' applies only to action %s, not to %s (field '%s')",
+			     owner[i].key, policy_field_action_name(owner[i].action),
+			     policy_field_action_name(f->action), fname);
+	}
+	if (f->action == ACTION_PSEUDONYMISE)
+		parse_pseudonymise(c, n, fname, action, opt[0], f);
+	else if (f->action == ACTION_GENERALISE)
+		parse_generalise(c, n, fname, action, opt[1], opt[2], f);
+}
+
 static bool parse_field(struct pctx *c, const struct ydoc_node *n, struct policy_dataset *ds)
 {
-	static const char *const keys[] = {"name", "type", "action", "required", NULL};
+	static const char *const keys[] = {"name",   "type", "action", "required",
+	                                   "domain", "to",   "width",  NULL};
 	if (!want_kind(c, n, YDOC_MAP, "each field"))
 		return false;
 	size_t before = c->d->errors;
 	ydoc_check_keys(c->d, c->file, n, "field", keys);
 	struct policy_field f = {.line = n->line, .col = n->col};
 	enum got got;
+	const char *fname = "?";
 	const struct ydoc_node *name = lookup(c, n, "name", "field", true, &got);
 	if (name && want_kind(c, name, YDOC_SCALAR, "field name")) {
+		fname = name->scalar;
 		if (!valid_field_name(name->scalar))
 			PERR(c, name,
 			     "invalid field name '%s' (use letters, digits, '_' and '-', starting "
@@ -552,12 +687,18 @@ static bool parse_field(struct pctx *c, const struct ydoc_node *n, struct policy
 	            ? word_value(c, action, policy_field_actions, policy_n_field_actions, "action")
 	            : -1;
 	bool_at(c, n, "required", "field", &f.required);
-	if (c->d->errors != before || t < 0 || a < 0)
+	if (t >= 0 && a >= 0) {
+		f.type = (enum field_type)t;
+		f.action = (enum field_action)a;
+		parse_action_options(c, n, fname, action, &f);
+	}
+	if (c->d->errors != before || t < 0 || a < 0) {
+		free(f.domain);
 		return false;
-	f.type = (enum field_type)t;
-	f.action = (enum field_action)a;
+	}
 	if (!(f.name = strdup(name->scalar))) {
 		PERR(c, n, "out of memory");
+		free(f.domain);
 		return false;
 	}
 	ds->fields[ds->n_fields++] = f;
@@ -758,4 +899,96 @@ void policy_parse_agreement(struct policy_parser *p, const struct ydoc *doc, con
 	p->agreement_at[i].file = a.file;
 	p->agreement_at[i].line = id_node->line;
 	p->agreement_at[i].col = id_node->col;
+}
+
+/* ---- the set as a whole ---- */
+
+/* Where an identifier type first reaches a recipient in clear, or pseudonymised. */
+struct first_use {
+	const struct policy_agreement *a;
+	const struct policy_field *f;
+};
+
+static void note_use(struct first_use *use, const struct policy_agreement *a,
+                     const struct policy_field *f)
+{
+	if (!use->a) {
+		use->a = a;
+		use->f = f;
+	}
+}
+
+/* Index of each of the agreement's recipients in the registry, or -1. */
+static void recipient_indexes(const struct policy_set *set, const struct policy_agreement *a,
+                              ptrdiff_t *idx)
+{
+	for (size_t r = 0; r < a->n_recipients; r++) {
+		const struct policy_partner *pt = policy_partner_by_id(set, a->recipients[r]);
+		idx[r] = pt ? pt - set->partners : -1;
+	}
+}
+
+/*
+ * A recipient that receives an identifier type in clear under one agreement
+ * and pseudonymised under another can link the pseudonyms back to people,
+ * which defeats the pseudonymisation. It may be intended (functional
+ * separation inside the recipient, recorded in the DPIA), so it is a warning,
+ * once per recipient and type, at the pseudonymised field.
+ */
+static void check_clear_and_pseudonymised(struct policy_parser *p, struct first_use *clear,
+                                          struct first_use *pseudo)
+{
+	const struct policy_set *set = p->set;
+	const size_t n_types = FIELD_IDENTIFIER + 1;
+	ptrdiff_t idx[POLICY_MAX_LIST];
+	for (size_t i = 0; i < set->n_agreements; i++) {
+		const struct policy_agreement *a = &set->agreements[i];
+		recipient_indexes(set, a, idx);
+		for (size_t k = 0; k < a->n_datasets; k++) {
+			const struct policy_dataset *ds = &a->datasets[k];
+			for (size_t j = 0; j < ds->n_fields; j++) {
+				const struct policy_field *f = &ds->fields[j];
+				if (f->type < FIELD_NHS_NUMBER ||
+				    (f->action != ACTION_PASS && f->action != ACTION_PSEUDONYMISE))
+					continue;
+				for (size_t r = 0; r < a->n_recipients; r++) {
+					if (idx[r] < 0)
+						continue;
+					size_t slot = (size_t)idx[r] * n_types + f->type;
+					note_use(f->action == ACTION_PASS ? &clear[slot]
+					                                  : &pseudo[slot],
+					         a, f);
+				}
+			}
+		}
+	}
+	for (size_t pt = 0; pt < set->n_partners; pt++) {
+		for (size_t t = FIELD_NHS_NUMBER; t < n_types; t++) {
+			const struct first_use *c = &clear[pt * n_types + t];
+			const struct first_use *u = &pseudo[pt * n_types + t];
+			if (!c->a || !u->a)
+				continue;
+			struct ydoc_node at = {.line = u->f->line, .col = u->f->col};
+			ydoc_warning(
+			    p->d, u->a->file, &at,
+			    "partner '%s' receives %s in clear under agreement '%s' (field "
+			    "'%s') and pseudonymised under agreement '%s' (field '%s', "
+			    "domain '%s'): it may be able to link the pseudonyms to the people",
+			    set->partners[pt].id, policy_field_type_name((enum field_type)t),
+			    c->a->id, c->f->name, u->a->id, u->f->name, u->f->domain);
+		}
+	}
+}
+
+int policy_check_set(struct policy_parser *p)
+{
+	const size_t n = p->set->n_partners * (FIELD_IDENTIFIER + 1);
+	struct first_use *clear = calloc(n ? n : 1, sizeof(*clear));
+	struct first_use *pseudo = calloc(n ? n : 1, sizeof(*pseudo));
+	int err = clear && pseudo ? 0 : ISG_ERR_NOMEM;
+	if (!err)
+		check_clear_and_pseudonymised(p, clear, pseudo);
+	free(clear);
+	free(pseudo);
+	return err;
 }

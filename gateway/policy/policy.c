@@ -24,14 +24,24 @@ const struct policy_name policy_field_types[] = {
 };
 const size_t policy_n_field_types = ARRAY_LEN(policy_field_types);
 
-/* generalise and pseudonymise arrive with the full agreement language. */
 const struct policy_name policy_field_actions[] = {
     {"pass", ACTION_PASS, true},
     {"drop", ACTION_DROP, true},
-    {"generalise", ACTION_GENERALISE, false},
-    {"pseudonymise", ACTION_PSEUDONYMISE, false},
+    {"generalise", ACTION_GENERALISE, true},
+    {"pseudonymise", ACTION_PSEUDONYMISE, true},
 };
 const size_t policy_n_field_actions = ARRAY_LEN(policy_field_actions);
+
+const struct policy_name policy_generalise_tos[] = {
+    {"year", GEN_YEAR, true},
+    {"age_band", GEN_AGE_BAND, true},
+    {"month", GEN_MONTH, true},
+    {"postcode_area", GEN_POSTCODE_AREA, true},
+    {"postcode_district", GEN_POSTCODE_DISTRICT, true},
+    {"postcode_sector", GEN_POSTCODE_SECTOR, true},
+    {"number_band", GEN_NUMBER_BAND, true},
+};
+const size_t policy_n_generalise_tos = ARRAY_LEN(policy_generalise_tos);
 
 static const char *name_of(const struct policy_name *names, size_t n, int value)
 {
@@ -49,6 +59,11 @@ const char *policy_field_type_name(enum field_type type)
 const char *policy_field_action_name(enum field_action action)
 {
 	return name_of(policy_field_actions, policy_n_field_actions, (int)action);
+}
+
+const char *policy_generalise_to_name(enum generalise_to to)
+{
+	return name_of(policy_generalise_tos, policy_n_generalise_tos, (int)to);
 }
 
 const char *policy_partner_kind_name(enum partner_kind kind)
@@ -86,8 +101,10 @@ void policy_partner_release(struct policy_partner *p)
 void policy_dataset_release(struct policy_dataset *ds)
 {
 	free(ds->name);
-	for (size_t i = 0; i < ds->n_fields; i++)
+	for (size_t i = 0; i < ds->n_fields; i++) {
 		free(ds->fields[i].name);
+		free(ds->fields[i].domain);
+	}
 	free(ds->fields);
 }
 
@@ -155,6 +172,44 @@ const struct policy_agreement *policy_agreement_by_id(const struct policy_set *s
 		if (strcmp(set->agreements[i].id, id) == 0)
 			return &set->agreements[i];
 	return NULL;
+}
+
+/*
+ * The smallest domain name after `last` (NULL: the smallest of all). A
+ * selection rather than a sort, so no memory is needed; the set holds few
+ * distinct domains.
+ */
+static const char *next_domain(const struct policy_set *set, const char *last)
+{
+	const char *next = NULL;
+	for (size_t i = 0; i < set->n_agreements; i++) {
+		const struct policy_agreement *a = &set->agreements[i];
+		for (size_t k = 0; k < a->n_datasets; k++) {
+			const struct policy_dataset *ds = &a->datasets[k];
+			for (size_t j = 0; j < ds->n_fields; j++) {
+				const char *d = ds->fields[j].domain;
+				if (!d || (last && strcmp(d, last) <= 0))
+					continue;
+				if (!next || strcmp(d, next) < 0)
+					next = d;
+			}
+		}
+	}
+	return next;
+}
+
+/* Writes at most max names, sorted and distinct; returns how many there are in all. */
+size_t policy_domains(const struct policy_set *set, const char **out, size_t max)
+{
+	size_t n = 0;
+	if (!set)
+		return 0;
+	for (const char *d = next_domain(set, NULL); d; d = next_domain(set, d)) {
+		if (out && n < max)
+			out[n] = d;
+		n++;
+	}
+	return n;
 }
 
 /* A certificate field (a fixed array the TLS layer filled) equals want; never past cap. */

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pseudo/pseudo.h"
 #include "wire/wire.h"
 #include "ydoc/ydoc.h"
 
@@ -70,11 +71,26 @@ enum field_type {
 
 enum field_action { ACTION_PASS, ACTION_DROP, ACTION_GENERALISE, ACTION_PSEUDONYMISE };
 
+/* What a generalise action turns a value into. */
+enum generalise_to {
+	GEN_NONE,
+	GEN_YEAR,              /* date -> "1958" */
+	GEN_AGE_BAND,          /* date of birth -> "65-69" (width years) at the exchange date */
+	GEN_MONTH,             /* date -> "2026-11" */
+	GEN_POSTCODE_AREA,     /* postcode -> "NE" */
+	GEN_POSTCODE_DISTRICT, /* postcode -> "NE3" */
+	GEN_POSTCODE_SECTOR,   /* postcode -> "NE3 4" */
+	GEN_NUMBER_BAND,       /* integer or number -> "30-39" (width) */
+};
+
 struct policy_field {
 	char *name;
 	enum field_type type;
 	enum field_action action;
 	bool required;
+	char *domain;                    /* ACTION_PSEUDONYMISE: the linkage domain */
+	enum generalise_to to;           /* ACTION_GENERALISE: into what */
+	int64_t width;                   /* GEN_AGE_BAND, GEN_NUMBER_BAND */
 	int line, col;                   /* where it was declared */
 };
 
@@ -161,7 +177,11 @@ struct policy_outcome {
  * ISG_ERR_DENIED / ISG_ERR_INVALID and fills `why`, or ISG_ERR_NOMEM.
  */
 int policy_apply(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
-		 int64_t now_ms, struct policy_outcome *out, struct policy_refusal *why);
+		 int64_t now_ms, const struct pseudo_service *pseudo, struct policy_outcome *out,
+		 struct policy_refusal *why);
+/* The linkage domains the set's agreements name, sorted, each once: fills at most
+ * max and returns how many there are (which may be more than max). */
+size_t policy_domains(const struct policy_set *set, const char **out, size_t max);
 void policy_outcome_release(struct policy_outcome *out);
 
 #endif

@@ -202,7 +202,8 @@ class IsgctlCase(isgtest.ScenarioCase):
         r = isgtest.ctl("keys", "init", keys)
         self.assertEqual(r.rc, 0, r)
         self.assertEqual(sorted(r.out.splitlines()),
-                         ["created %s/audit-signing.key" % keys, "created %s/storage.key" % keys])
+                         ["created %s/audit-signing.key" % keys, "created %s/domains/audit.key" % keys,
+                          "created %s/storage.key" % keys])
         self.assertEqual(os.stat(os.path.join(keys, "storage.key")).st_mode & 0o777, 0o600)
         r = isgtest.ctl("keys", "init", keys)
         self.assertEqual(r.rc, 1, r)

@@ -357,10 +357,8 @@ static void test_broken_agreements(void **state)
 {
 	const int INV = ISG_ERR_INVALID;
 	const struct broken cases[] = {
-	    {NULL, BROKEN("pseudonymise"), INV, 1, AFILE("pseudonymise"), 13, 47,
-	     "action 'pseudonymise' is not supported yet"},
 	    {NULL, BROKEN("unknown-action"), INV, 1, AFILE("unknown-action"), 13, 41,
-	     "unknown action 'mask' (use pass or drop)"},
+	     "unknown action 'mask' (use pass, drop, generalise or pseudonymise)"},
 	    {NULL, BROKEN("unknown-type"), INV, 1, AFILE("unknown-type"), 13, 27,
 	     "unknown field type 'string' (use text, integer, number, boolean, date, "
 	     "nhs_number, pnc_id, postcode, name, email or identifier)"},
@@ -393,12 +391,84 @@ static void test_broken_agreements(void **state)
 	     "anchors are not supported"},
 	    {NULL, BROKEN("syntax"), ISG_ERR_PARSE, 1, AFILE("syntax"), 4, 16,
 	     "mapping values are not allowed in this context"},
+	    /* Generalise and pseudonymise: each option with its action, each to its types. */
+	    {NULL, BROKEN("pseudonymise"), INV, 1, AFILE("pseudonymise"), 13, 11,
+	     "field 'a' is pseudonymised but names no linkage domain (add domain: NAME)"},
+	    {NULL, BROKEN("pseudonymise-text"), INV, 1, AFILE("pseudonymise-text"), 13, 48,
+	     "field 'case_ref' of type text cannot be pseudonymised (pseudonymise applies to "
+	     "nhs_number, pnc_id, postcode, date, name, email and identifier)"},
+	    {NULL, BROKEN("bad-domain"), INV, 1, AFILE("bad-domain"), 13, 78,
+	     "invalid linkage domain 'Safeguarding_Link' (use lowercase letters, digits and '-'"},
+	    {NULL, BROKEN("domain-on-pass"), INV, 1, AFILE("domain-on-pass"), 13, 70,
+	     "'domain' applies only to action pseudonymise, not to pass (field 'nhs_number')"},
+	    {NULL, BROKEN("generalise-no-to"), INV, 1, AFILE("generalise-no-to"), 13, 11,
+	     "field 'date_of_birth' is generalised but has no 'to' (use year, age_band or month)"},
+	    {NULL, BROKEN("generalise-wrong-to"), INV, 1, AFILE("generalise-wrong-to"), 13, 68,
+	     "cannot generalise field 'postcode' of type postcode to 'age_band' (use "
+	     "postcode_area, postcode_district or postcode_sector)"},
+	    {NULL, BROKEN("generalise-unknown-to"), INV, 1, AFILE("generalise-unknown-to"), 13, 69,
+	     "unknown generalisation 'decade' (use year, age_band, month, postcode_area, "
+	     "postcode_district, postcode_sector or number_band)"},
+	    {NULL, BROKEN("generalise-text"), INV, 1, AFILE("generalise-text"), 13, 45,
+	     "field 'notes' of type text cannot be generalised (generalise applies to date, "
+	     "postcode, integer and number)"},
+	    {NULL, BROKEN("age-band-width"), INV, 1, AFILE("age-band-width"), 13, 86,
+	     "invalid width '51' (use a whole number from 1 to 50)"},
+	    {NULL, BROKEN("number-band-no-width"), INV, 1, AFILE("number-band-no-width"), 13, 11,
+	     "field 'income': number_band needs a width (1 to 1000000000)"},
+	    {NULL, BROKEN("width-on-year"), INV, 1, AFILE("width-on-year"), 13, 82,
+	     "width applies only to age_band and number_band, not to 'year'"},
+	    {NULL, BROKEN("to-on-drop"), INV, 1, AFILE("to-on-drop"), 13, 63,
+	     "'to' applies only to action generalise, not to drop (field 'date_of_birth')"},
 	    /* Reported against the later file in name order. */
 	    {NULL, BROKEN("duplicate-id"), INV, 1, "agreements/police-nhs-safeguarding.yaml", 2, 7,
 	     "duplicate agreement id 'police-nhs-safeguarding' (also in "},
 	};
 	for (size_t i = 0; i < ARRAY_LEN(cases); i++)
 		check_broken(&cases[i]);
+}
+
+/* Every problem of a file of broken transformations, in order, with its position. */
+static void test_broken_transforms(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	install(dir, BROKEN("transform-errors"), "agreements/transform-errors.yaml");
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = (struct policy_set *)1;
+	assert_int_equal(policy_load(dir, &set, &d), ISG_ERR_INVALID);
+	assert_null(set);
+	static const struct {
+		int line, col;
+		const char *msg;
+	} want[] = {
+	    {13, 69, "invalid linkage domain '-link'"},
+	    {14, 44, "field 'b' of type boolean cannot be pseudonymised"},
+	    {15, 54, "'width' applies only to action generalise, not to pass (field 'c')"},
+	    {16, 60, "cannot generalise field 'd' of type integer to 'month' (use number_band)"},
+	    {17, 79, "invalid width '0' (use a whole number from 1 to 1000000000)"},
+	    {18, 80, "invalid width '1000000001' (use a whole number from 1 to 1000000000)"},
+	    {22, 15, "generalisation must be a single value, not a list"},
+	    {23, 75, "'to' applies only to action generalise, not to pseudonymise (field 'h')"},
+	    {24, 11, "field 'i' is pseudonymised but names no linkage domain"},
+	};
+	bool ok = d.errors == ARRAY_LEN(want) && d.warnings == 0;
+	for (size_t i = 0; ok && i < ARRAY_LEN(want); i++)
+		ok = d.items[i].line == want[i].line && d.items[i].col == want[i].col &&
+		     strstr(d.items[i].message, want[i].msg);
+	if (!ok)
+		ydoc_diags_print(&d, stderr);
+	assert_int_equal(d.errors, ARRAY_LEN(want));
+	assert_int_equal(d.warnings, 0);
+	for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+		assert_non_null(strstr(d.items[i].file, "agreements/transform-errors.yaml"));
+		assert_int_equal(d.items[i].line, want[i].line);
+		assert_int_equal(d.items[i].col, want[i].col);
+		assert_non_null(strstr(d.items[i].message, want[i].msg));
+	}
+	ydoc_diags_release(&d);
+	remove_dir(dir);
 }
 
 static void test_broken_partners(void **state)
@@ -516,10 +586,22 @@ static void test_shipped_policies_load(void **state)
 	int err = policy_load(dir, &set, &d);
 	ydoc_diags_print(&d, stderr);
 	assert_int_equal(err, 0);
-	assert_int_equal(d.errors + d.warnings, 0);
+	assert_int_equal(d.errors, 0);
+	/* One warning, intended: the trust gets NHS numbers in clear for safeguarding and
+	 * pseudonymised for the street triage evaluation (see the agreement's comment). */
+	assert_int_equal(d.warnings, 1);
+	assert_non_null(strstr(d.items[0].file, "agreements/police-nhs-mh-triage-analytics.yaml"));
+	assert_non_null(strstr(d.items[0].message,
+	                       "partner 'nhs-trust' receives nhs_number in clear under agreement "
+	                       "'police-nhs-adult-safeguarding' (field 'nhs_number') and "
+	                       "pseudonymised under agreement 'police-nhs-mh-triage-analytics'"));
 	assert_int_equal(set->n_partners, 3);
-	assert_int_equal(set->n_agreements, 3);
+	assert_int_equal(set->n_agreements, 4);
 	assert_true(policy_agreement_by_id(set, "nhs-police-mh-crisis-reply")->allow_reply);
+	const char *domains[4];
+	assert_int_equal(policy_domains(set, domains, 4), 2);
+	assert_string_equal(domains[0], "council-planning");
+	assert_string_equal(domains[1], "mh-triage");
 	struct cert_identity id = {0};
 	str_copy(id.subject_cn, "nhs-trust.partners.isg.example", sizeof(id.subject_cn));
 	assert_string_equal(policy_partner_by_cert(set, &id)->id, "nhs-trust");
@@ -590,7 +672,7 @@ static void test_partner_by_cert(void **state)
 /* ---- policy_apply ---- */
 
 #define MAX_RECS 8
-#define MAX_FIELDS 12
+#define MAX_FIELDS 20
 
 struct req {
 	Isg__SendRequest req;
@@ -687,12 +769,14 @@ struct expect {
 	const char *msg;
 };
 
-static void apply_refused(const struct policy_set *set, const char *sender, const struct req *r,
-                          int64_t now, const struct expect *e)
+/* value: one the request holds, that the message must not quote (NULL: none). */
+static void apply_refused_with(const struct policy_set *set, const char *sender,
+                               const struct req *r, int64_t now, const struct pseudo_service *ps,
+                               const char *value, const struct expect *e)
 {
 	struct policy_outcome out;
 	struct policy_refusal why;
-	int err = policy_apply(set, sender, &r->req, now, &out, &why);
+	int err = policy_apply(set, sender, &r->req, now, ps, &out, &why);
 	if (err != e->err || strcmp(why.rule, e->rule) || !strstr(why.message, e->msg))
 		fprintf(stderr, "rule=%s code=%d record=%lld field=%s: %s\n", why.rule,
 		        (int)why.code, (long long)why.record_index, why.field, why.message);
@@ -705,8 +789,16 @@ static void apply_refused(const struct policy_set *set, const char *sender, cons
 	/* A refusal never quotes a value. */
 	assert_null(strstr(why.message, "SECRET"));
 	assert_null(strstr(why.message, "9434765919"));
+	if (value)
+		assert_null(strstr(why.message, value));
 	assert_null(out.payload);
 	policy_outcome_release(&out);
+}
+
+static void apply_refused(const struct policy_set *set, const char *sender, const struct req *r,
+                          int64_t now, const struct expect *e)
+{
+	apply_refused_with(set, sender, r, now, NULL, NULL, e);
 }
 
 static void test_apply_agreement_rules(void **state)
@@ -786,11 +878,11 @@ static void test_apply_agreement_rules(void **state)
 	struct policy_outcome out;
 	struct policy_refusal why;
 	assert_int_equal(
-	    policy_apply(set, "met-police", &r.req, day_ms("2025-01-01", 0), &out, &why), 0);
+	    policy_apply(set, "met-police", &r.req, day_ms("2025-01-01", 0), NULL, &out, &why), 0);
 	assert_int_equal(out.record_count, 3);
 	policy_outcome_release(&out);
 	assert_int_equal(
-	    policy_apply(set, "met-police", &r.req, day_ms("2027-12-31", 23), &out, &why), 0);
+	    policy_apply(set, "met-police", &r.req, day_ms("2027-12-31", 23), NULL, &out, &why), 0);
 	policy_outcome_release(&out);
 
 	/* The reply agreement allows reply_to, and has no end date. */
@@ -799,7 +891,7 @@ static void test_apply_agreement_rules(void **state)
 	req_bool(&r, i, "known_to_services", true);
 	r.req.reply_to = 42;
 	assert_int_equal(
-	    policy_apply(set, "nhs-trust", &r.req, day_ms("2999-01-01", 0), &out, &why), 0);
+	    policy_apply(set, "nhs-trust", &r.req, day_ms("2999-01-01", 0), NULL, &out, &why), 0);
 	assert_string_equal(out.agreement->id, "nhs-police-reply");
 	policy_outcome_release(&out);
 	policy_set_unref(set);
@@ -904,10 +996,11 @@ static void test_apply_record_rules(void **state)
 		}
 		/* A value of the right kind that fails validation is a field_value refusal. */
 		bool invalid = strstr(bad[b].expect, "is not a valid") != NULL;
-		apply_refused(set, "met-police", &r, now_ok(),
-		              &(struct expect){INVALID, ISG__ERROR_CODE__BAD_VALUE,
-		                               invalid ? "dataset.field_value" : "dataset.field_type",
-		                               1, bad[b].field, bad[b].expect});
+		apply_refused(
+		    set, "met-police", &r, now_ok(),
+		    &(struct expect){INVALID, ISG__ERROR_CODE__BAD_VALUE,
+		                     invalid ? "dataset.field_value" : "dataset.field_type", 1,
+		                     bad[b].field, bad[b].expect});
 	}
 	policy_set_unref(set);
 }
@@ -952,7 +1045,7 @@ static void test_apply_transforms(void **state)
 
 	struct policy_outcome out;
 	struct policy_refusal why;
-	int err = policy_apply(set, "met-police", req, now_ok(), &out, &why);
+	int err = policy_apply(set, "met-police", req, now_ok(), NULL, &out, &why);
 	if (err)
 		fprintf(stderr, "%s: %s\n", why.rule, why.message);
 	assert_int_equal(err, 0);
@@ -1011,7 +1104,7 @@ static void test_apply_transforms(void **state)
 	req_text(&r, i, "reference", "REF-1");
 	req_text(&r, i, "free_text", "SECRET-UNKNOWN");
 	req_text(&r, i, "free_text", "SECRET-UNKNOWN-2");
-	assert_int_equal(policy_apply(set, "met-police", &r.req, now_ok(), &out, &why), 0);
+	assert_int_equal(policy_apply(set, "met-police", &r.req, now_ok(), NULL, &out, &why), 0);
 	del = isg__delivery__unpack(NULL, out.payload_len, out.payload);
 	assert_int_equal(del->records[0]->n_fields, 1);
 	assert_string_equal(del->records[0]->fields[0]->name, "reference");
@@ -1024,11 +1117,561 @@ static void test_apply_transforms(void **state)
 	i = req_record(&r);
 	req_text(&r, i, "ward", "Riverside");
 	req_text(&r, i, "count", "0012");
-	assert_int_equal(policy_apply(set, "nhs-trust", &r.req, now_ok(), &out, &why), 0);
+	assert_int_equal(policy_apply(set, "nhs-trust", &r.req, now_ok(), NULL, &out, &why), 0);
 	del = isg__delivery__unpack(NULL, out.payload_len, out.payload);
 	assert_int_equal(del->records[0]->fields[1]->value->kind_case, ISG__VALUE__KIND_INTEGER);
 	assert_int_equal(del->records[0]->fields[1]->value->integer, 12);
 	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	policy_set_unref(set);
+}
+
+/* ---- generalise and pseudonymise ---- */
+
+/* valid/partners.yaml and the transform agreement, optionally with the safeguarding one. */
+static struct policy_set *load_transform(bool with_safeguarding, struct ydoc_diags *d)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	install(dir, "transform/linkage-research.yaml", "agreements/linkage-research.yaml");
+	if (with_safeguarding)
+		install(dir, "valid/agreements/police-nhs-safeguarding.yaml",
+		        "agreements/police-nhs-safeguarding.yaml");
+	struct policy_set *set = NULL;
+	int err = policy_load(dir, &set, d);
+	if (err || d->errors)
+		ydoc_diags_print(d, stderr);
+	assert_int_equal(err, 0);
+	assert_int_equal(d->errors, 0);
+	remove_dir(dir);
+	return set;
+}
+
+static void test_transform_loads(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = load_transform(false, &d);
+	assert_int_equal(d.warnings, 0);
+	ydoc_diags_release(&d);
+	const struct policy_dataset *ds =
+	    &policy_agreement_by_id(set, "linkage-research")->datasets[0];
+	assert_int_equal(ds->n_fields, 14);
+	const struct policy_field *f = ds->fields;
+	assert_int_equal(f[0].action, ACTION_PSEUDONYMISE);
+	assert_string_equal(f[0].domain, "research");
+	assert_int_equal(f[0].to, GEN_NONE);
+	assert_string_equal(f[1].domain, "research-police");
+	assert_int_equal(f[3].action, ACTION_GENERALISE);
+	assert_int_equal(f[3].to, GEN_AGE_BAND);
+	assert_int_equal(f[3].width, 5); /* the default */
+	assert_null(f[3].domain);
+	assert_int_equal(f[4].width, 10);
+	assert_int_equal(f[5].to, GEN_YEAR);
+	assert_int_equal(f[5].width, 0);
+	assert_int_equal(f[6].to, GEN_MONTH);
+	assert_int_equal(f[7].to, GEN_POSTCODE_AREA);
+	assert_int_equal(f[8].to, GEN_POSTCODE_DISTRICT);
+	assert_int_equal(f[9].to, GEN_POSTCODE_SECTOR);
+	assert_int_equal(f[10].to, GEN_NUMBER_BAND);
+	assert_int_equal(f[10].width, 10);
+	assert_int_equal(f[11].width, 100);
+	assert_int_equal(f[12].action, ACTION_PASS);
+	assert_null(f[12].domain);
+	assert_int_equal(f[12].to, GEN_NONE);
+
+	/* Distinct, sorted; the count is of all of them, whatever max is. */
+	const char *dom[3] = {"x", "x", "sentinel"};
+	assert_int_equal(policy_domains(set, dom, 2), 3);
+	assert_string_equal(dom[0], "alpha");
+	assert_string_equal(dom[1], "research");
+	assert_string_equal(dom[2], "sentinel");
+	assert_int_equal(policy_domains(set, dom, 3), 3);
+	assert_string_equal(dom[2], "research-police");
+	assert_int_equal(policy_domains(set, NULL, 0), 3);
+	assert_int_equal(policy_domains(NULL, dom, 3), 0);
+	policy_set_unref(set);
+
+	set = load_valid();
+	assert_int_equal(policy_domains(set, dom, 3), 0);
+	policy_set_unref(set);
+}
+
+/* A recipient given an identifier type in clear and pseudonymised: a warning per type. */
+static void test_clear_and_pseudonymised_warning(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = load_transform(true, &d);
+	static const struct {
+		int line;
+		const char *msg;
+	} want[] = {
+	    {16, "partner 'nhs-trust' receives nhs_number in clear under agreement "
+	         "'police-nhs-safeguarding' (field 'nhs_number') and pseudonymised under "
+	         "agreement 'linkage-research' (field 'nhs_number', domain 'research'): it may be "
+	         "able to link the pseudonyms to the people"},
+	    {18, "partner 'nhs-trust' receives name in clear under agreement "
+	         "'police-nhs-safeguarding' (field 'family_name') and pseudonymised under "
+	         "agreement 'linkage-research' (field 'family_name', domain 'research')"},
+	    {34, "partner 'nhs-trust' receives identifier in clear under agreement "
+	         "'police-nhs-safeguarding' (field 'reference') and pseudonymised under "
+	         "agreement 'linkage-research' (field 'ref', domain 'research')"},
+	};
+	if (d.warnings != ARRAY_LEN(want))
+		ydoc_diags_print(&d, stderr);
+	assert_int_equal(d.warnings, ARRAY_LEN(want));
+	for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+		assert_true(d.items[i].warning);
+		assert_non_null(strstr(d.items[i].file, "agreements/linkage-research.yaml"));
+		assert_int_equal(d.items[i].line, want[i].line);
+		assert_int_equal(d.items[i].col, 11);
+		assert_non_null(strstr(d.items[i].message, want[i].msg));
+	}
+	ydoc_diags_release(&d);
+	policy_set_unref(set);
+}
+
+/* A pseudonymisation service that answers "fake:<domain>:<type>:<norm>" and remembers. */
+#define FAKE_SEEN 16
+struct fake {
+	int calls;
+	size_t n;
+	int64_t today;
+	int fail;     /* an error to return, or 0 */
+	bool garbage; /* answer without a terminating NUL */
+	struct {
+		char domain[64];
+		int type;
+		char norm[PSEUDO_VALUE_MAX + 1];
+	} seen[FAKE_SEEN];
+};
+
+static int fake_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
+{
+	struct fake *f = ctx;
+	f->calls++;
+	f->n = n;
+	f->today = today;
+	for (size_t i = 0; i < n && i < FAKE_SEEN; i++) {
+		assert_int_equal(reqs[i].len, strlen(reqs[i].norm));
+		str_copy(f->seen[i].domain, reqs[i].domain, sizeof(f->seen[i].domain));
+		f->seen[i].type = (int)reqs[i].type;
+		str_copy(f->seen[i].norm, reqs[i].norm, sizeof(f->seen[i].norm));
+	}
+	if (f->fail)
+		return f->fail;
+	for (size_t i = 0; i < n; i++) {
+		snprintf(reqs[i].out, PSEUDO_TEXT_MAX, "fake:%s:%d:%s", reqs[i].domain,
+		         (int)reqs[i].type, reqs[i].norm);
+		reqs[i].previous[0] = '\0';
+		/* This domain's key was rotated: the previous key's pseudonym comes too. */
+		if (strcmp(reqs[i].domain, "research-police") == 0)
+			snprintf(reqs[i].previous, PSEUDO_TEXT_MAX, "prev:%s", reqs[i].norm);
+	}
+	if (f->garbage)
+		memset(reqs[n - 1].out, 'x', PSEUDO_TEXT_MAX);
+	return 0;
+}
+
+static struct pseudo_service fake_service(struct fake *f)
+{
+	memset(f, 0, sizeof(*f));
+	return (struct pseudo_service){.ctx = f, .pseudonymise = fake_pseudonymise};
+}
+
+static Isg__Delivery *apply_ok(const struct policy_set *set, const char *sender,
+                               const struct req *r, const struct pseudo_service *ps,
+                               struct policy_outcome *out)
+{
+	struct policy_refusal why;
+	int err = policy_apply(set, sender, &r->req, now_ok(), ps, out, &why);
+	if (err)
+		fprintf(stderr, "%s: %s\n", why.rule, why.message);
+	assert_int_equal(err, 0);
+	Isg__Delivery *del = isg__delivery__unpack(NULL, out->payload_len, out->payload);
+	assert_non_null(del);
+	return del;
+}
+
+/* The record's fields, by name, in order, each with its text value. */
+static void assert_record(const Isg__Record *rec, const char *const *want, size_t n)
+{
+	bool ok = rec->n_fields == n;
+	for (size_t k = 0; ok && k < n; k++)
+		ok = !strcmp(rec->fields[k]->name, want[2 * k]) &&
+		     rec->fields[k]->value->kind_case == ISG__VALUE__KIND_TEXT &&
+		     !strcmp(rec->fields[k]->value->text, want[2 * k + 1]);
+	if (!ok)
+		for (size_t k = 0; k < rec->n_fields; k++)
+			fprintf(stderr, "  %s = %s\n", rec->fields[k]->name,
+			        rec->fields[k]->value->kind_case == ISG__VALUE__KIND_TEXT
+			            ? rec->fields[k]->value->text
+			            : "(not text)");
+	assert_true(ok);
+}
+
+static void test_apply_generalise(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = load_transform(false, &d);
+	ydoc_diags_release(&d);
+	struct fake fk;
+	struct pseudo_service ps = fake_service(&fk);
+	struct req r;
+	req_init(&r, "linkage-research", "city-council", "cases");
+	/* now_ok() is 2026-06-01: this person turns 65 tomorrow. */
+	size_t i = req_record(&r);
+	req_text(&r, i, "notes", "SECRET-NOTES");
+	req_text(&r, i, "outcome", "admitted");
+	req_real(&r, i, "cost", 1234.5);
+	req_int(&r, i, "age", 37);
+	req_text(&r, i, "sector", "NE35 7XY");
+	req_text(&r, i, "district", "NE3 4AB");
+	req_text(&r, i, "area", "ne3 4ab");
+	req_text(&r, i, "event_date", "20/11/2025");
+	req_text(&r, i, "birth_year", "01/02/1958");
+	req_text(&r, i, "dob_decade", "1961-06-02");
+	req_text(&r, i, "date_of_birth", "1961-06-02");
+	req_text(&r, i, "nhs_number", "9434765919");
+	/* ... and this one is 65 today. */
+	i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+	req_text(&r, i, "date_of_birth", "1961-06-01");
+	req_text(&r, i, "district", "NE35 7XY");
+	req_text(&r, i, "sector", "NE3 4AB");
+	req_text(&r, i, "area", "GIR 0AA");
+	req_text(&r, i, "age", "-1");
+	req_text(&r, i, "cost", "99");
+	/* Born today, and a cost with a fraction below zero. */
+	i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+	req_text(&r, i, "date_of_birth", "2026-06-01");
+	req_text(&r, i, "cost", "-0.5");
+
+	struct policy_outcome out;
+	Isg__Delivery *del = apply_ok(set, "nhs-trust", &r, &ps, &out);
+	assert_int_equal(del->n_records, 3);
+	const char *nhs = "fake:research:1:9434765919";
+	static const char *r0[] = {
+	    "nhs_number", NULL,        "date_of_birth", "60-64",   "dob_decade", "60-69",
+	    "birth_year", "1958",      "event_date",    "2025-11", "area",       "NE",
+	    "district",   "NE3",       "sector",        "NE35 7",  "age",        "30-39",
+	    "cost",       "1200-1299", "outcome",       "admitted"};
+	const char *want0[ARRAY_LEN(r0)];
+	memcpy(want0, r0, sizeof(r0));
+	want0[1] = nhs;
+	assert_record(del->records[0], want0, ARRAY_LEN(want0) / 2);
+	const char *want1[] = {"nhs_number", nhs,        "date_of_birth", "65-69",  "area",
+	                       "GIR",        "district", "NE35",          "sector", "NE3 4",
+	                       "age",        "-10--1",   "cost",          "0-99"};
+	assert_record(del->records[1], want1, ARRAY_LEN(want1) / 2);
+	const char *want2[] = {"nhs_number", nhs, "date_of_birth", "0-4", "cost", "-100--1"};
+	assert_record(del->records[2], want2, ARRAY_LEN(want2) / 2);
+	/* Neither the dropped notes nor the exact values reach the recipient. */
+	static const char *const gone[] = {"SECRET", "1961-06", "4AB", "7XY", "1234", "20/11"};
+	for (size_t k = 0; k < ARRAY_LEN(gone); k++)
+		assert_null(memmem(out.payload, out.payload_len, gone[k], strlen(gone[k])));
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	assert_int_equal(fk.calls, 1);
+	int64_t today;
+	date_parse_days("2026-06-01", &today);
+	assert_int_equal(fk.today, today);
+
+	/* Values that cannot be generalised: refused, naming field and reason, never the value. */
+	static const struct {
+		const char *field;
+		int kind; /* 0 text, 1 integer, 2 real */
+		const char *text;
+		double num;
+		const char *msg;
+	} bad[] = {
+	    {"date_of_birth", 0, "1890-01-01", 0,
+	     "record 0: field 'date_of_birth' cannot be generalised to age_band: age is over 120 "
+	     "years (dataset 'cases' of agreement 'linkage-research')"},
+	    {"dob_decade", 0, "2026-06-02", 0,
+	     "field 'dob_decade' cannot be generalised to age_band: date of birth is after the "
+	     "exchange date"},
+	    {"age", 1, NULL, (double)INT64_MAX,
+	     "cannot be generalised to number_band: band does "
+	     "not fit in a 64-bit integer"},
+	    {"cost", 2, NULL, 1e300, "field 'cost' cannot be generalised to number_band"},
+	    {"district", 0, "NE3 4CB", 0, "field 'district' is not a valid postcode"},
+	};
+	for (size_t b = 0; b < ARRAY_LEN(bad); b++) {
+		req_init(&r, "linkage-research", "city-council", "cases");
+		i = req_record(&r);
+		req_text(&r, i, "nhs_number", "9434765919");
+		if (bad[b].kind == 0)
+			req_text(&r, i, bad[b].field, bad[b].text);
+		else if (bad[b].kind == 1)
+			req_int(&r, i, bad[b].field, INT64_MAX);
+		else
+			req_real(&r, i, bad[b].field, bad[b].num);
+		ps = fake_service(&fk);
+		apply_refused_with(set, "nhs-trust", &r, now_ok(), &ps, bad[b].text,
+		                   &(struct expect){ISG_ERR_INVALID, ISG__ERROR_CODE__BAD_VALUE,
+		                                    "dataset.field_value", 0, bad[b].field,
+		                                    bad[b].msg});
+		assert_int_equal(fk.calls, 0); /* a refused message asks for no pseudonym */
+	}
+	policy_set_unref(set);
+}
+
+static void test_apply_pseudonymise(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = load_transform(false, &d);
+	ydoc_diags_release(&d);
+	struct fake fk;
+	struct pseudo_service ps = fake_service(&fk);
+	struct req r;
+	req_init(&r, "linkage-research", "nhs-trust", "cases");
+	size_t i = req_record(&r);
+	req_text(&r, i, "family_name",
+	         "Siobh\xc3\xa1n O\xe2\x80\x99"
+	         "Brien-Murphy");
+	req_text(&r, i, "pnc_id", "79/163001b");
+	req_text(&r, i, "nhs_number", "943 476 5919");
+	i = req_record(&r);
+	req_text(&r, i, "outcome", "discharged");
+	req_text(&r, i, "nhs_number", "9434765919");
+	i = req_record(&r);
+	req_text(&r, i, "nhs_number", "943-476-5919");
+	req_text(&r, i, "pnc_id", "2008/0056560Z");
+
+	struct policy_outcome out;
+	Isg__Delivery *del = apply_ok(set, "met-police", &r, &ps, &out);
+	/* One call for the whole message, in record order then dataset order. */
+	assert_int_equal(fk.calls, 1);
+	assert_int_equal(fk.n, 6);
+	static const struct {
+		const char *domain;
+		int type;
+		const char *norm;
+	} want[] = {
+	    {"research", PSEUDO_NHS_NUMBER, "9434765919"},
+	    {"research-police", PSEUDO_PNC_ID, "1979/0163001B"},
+	    {"research", PSEUDO_NAME, "siobhan obrien murphy"},
+	    {"research", PSEUDO_NHS_NUMBER, "9434765919"},
+	    {"research", PSEUDO_NHS_NUMBER, "9434765919"},
+	    {"research-police", PSEUDO_PNC_ID, "2008/0056560Z"},
+	};
+	for (size_t k = 0; k < ARRAY_LEN(want); k++) {
+		assert_string_equal(fk.seen[k].domain, want[k].domain);
+		assert_int_equal(fk.seen[k].type, want[k].type);
+		assert_string_equal(fk.seen[k].norm, want[k].norm);
+	}
+	/* Each pseudonym in its field's place; a previous one right after it. */
+	const char *want0[] = {"nhs_number",      "fake:research:1:9434765919",
+	                       "pnc_id",          "fake:research-police:2:1979/0163001B",
+	                       "pnc_id.previous", "prev:1979/0163001B",
+	                       "family_name",     "fake:research:5:siobhan obrien murphy"};
+	assert_record(del->records[0], want0, ARRAY_LEN(want0) / 2);
+	const char *want1[] = {"nhs_number", "fake:research:1:9434765919", "outcome", "discharged"};
+	assert_record(del->records[1], want1, ARRAY_LEN(want1) / 2);
+	const char *want2[] = {"nhs_number",      "fake:research:1:9434765919",
+	                       "pnc_id",          "fake:research-police:2:2008/0056560Z",
+	                       "pnc_id.previous", "prev:2008/0056560Z"};
+	assert_record(del->records[2], want2, ARRAY_LEN(want2) / 2);
+	/* The values as sent are gone. */
+	assert_null(memmem(out.payload, out.payload_len, "943 476", 7));
+	assert_null(memmem(out.payload, out.payload_len, "Siobh", 5));
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+
+	/* Emails, identifiers, postcodes and dates, unknown fields dropped. */
+	req_init(&r, "linkage-research", "city-council", "links");
+	i = req_record(&r);
+	req_text(&r, i, "seen", "01/02/1958");
+	req_text(&r, i, "postcode", "sw1a1aa");
+	req_text(&r, i, "ref", "  AB  12 cd ");
+	req_text(&r, i, "email", " Jane.Doe@Example.NHS.uk ");
+	req_text(&r, i, "other", "SECRET-OTHER");
+	ps = fake_service(&fk);
+	del = apply_ok(set, "met-police", &r, &ps, &out);
+	const char *want3[] = {"email",    "fake:alpha:6:jane.doe@example.nhs.uk",
+	                       "ref",      "fake:research:7:ab 12 cd",
+	                       "postcode", "fake:alpha:3:SW1A 1AA",
+	                       "seen",     "fake:alpha:4:1958-02-01"};
+	assert_record(del->records[0], want3, ARRAY_LEN(want3) / 2);
+	assert_int_equal(fk.calls, 1);
+	assert_int_equal(fk.n, 4);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+
+	/* Nothing to pseudonymise: no call, and no service needed. */
+	req_init(&r, "linkage-research", "city-council", "links");
+	i = req_record(&r);
+	req_text(&r, i, "other", "SECRET-OTHER");
+	del = apply_ok(set, "met-police", &r, NULL, &out);
+	assert_int_equal(del->records[0]->n_fields, 0);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	policy_set_unref(set);
+}
+
+static void test_apply_pseudonymise_refusals(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = load_transform(false, &d);
+	ydoc_diags_release(&d);
+	struct fake fk;
+	struct pseudo_service ps;
+	struct req r;
+	req_init(&r, "linkage-research", "nhs-trust", "cases");
+	size_t i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+	req_text(&r, i, "family_name", "SECRET Name");
+
+	/* No service at all: the gateway lacks the key, and says which. */
+	apply_refused_with(set, "met-police", &r, now_ok(), NULL, NULL,
+	                   &(struct expect){ISG_ERR_INVALID, ISG__ERROR_CODE__INTERNAL,
+	                                    "keys.domain", -1, "",
+	                                    "the gateway has no key for linkage domain 'research' "
+	                                    "(agreement 'linkage-research')"});
+	/* The service knows no key for one of them. */
+	i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+	req_text(&r, i, "pnc_id", "2008/0056560Z");
+	ps = fake_service(&fk);
+	fk.fail = ISG_ERR_NOT_FOUND;
+	apply_refused_with(set, "met-police", &r, now_ok(), &ps, NULL,
+	                   &(struct expect){ISG_ERR_INVALID, ISG__ERROR_CODE__INTERNAL,
+	                                    "keys.domain", -1, "",
+	                                    "the gateway has no key for linkage domains "
+	                                    "'research', 'research-police' (agreement "
+	                                    "'linkage-research')"});
+	assert_int_equal(fk.calls, 1);
+	assert_int_equal(fk.n, 4);
+	/* Other failures, and answers that are not text. */
+	ps = fake_service(&fk);
+	fk.fail = ISG_ERR_CLOSED;
+	apply_refused_with(set, "met-police", &r, now_ok(), &ps, NULL,
+	                   &(struct expect){ISG_ERR_INVALID, ISG__ERROR_CODE__INTERNAL,
+	                                    "keys.domain", -1, "",
+	                                    "pseudonymisation failed for linkage domains"});
+	ps = fake_service(&fk);
+	fk.garbage = true;
+	apply_refused_with(set, "met-police", &r, now_ok(), &ps, NULL,
+	                   &(struct expect){ISG_ERR_INVALID, ISG__ERROR_CODE__INTERNAL,
+	                                    "keys.domain", -1, "",
+	                                    "pseudonymisation failed for linkage domains"});
+
+	/* An invalid identifier is refused before anything is pseudonymised. */
+	static const struct {
+		const char *field, *value, *msg;
+	} bad[] = {
+	    {"nhs_number", "9434765918",
+	     "record 2: field 'nhs_number' is not a valid nhs_number: "},
+	    {"pnc_id", "2008/0056560A", "record 2: field 'pnc_id' is not a valid pnc_id: "},
+	    {"family_name", "SECRET 42", "record 2: field 'family_name' is not a valid name: "},
+	};
+	for (size_t b = 0; b < ARRAY_LEN(bad); b++) {
+		i = req_record(&r);
+		if (strcmp(bad[b].field, "nhs_number") != 0)
+			req_text(&r, i, "nhs_number", "9434765919");
+		req_text(&r, i, bad[b].field, bad[b].value);
+		ps = fake_service(&fk);
+		apply_refused_with(set, "met-police", &r, now_ok(), &ps, bad[b].value,
+		                   &(struct expect){ISG_ERR_INVALID, ISG__ERROR_CODE__BAD_VALUE,
+		                                    "dataset.field_value", 2, bad[b].field,
+		                                    bad[b].msg});
+		assert_int_equal(fk.calls, 0);
+		r.req.n_records--;
+	}
+	policy_set_unref(set);
+}
+
+/* The pseudonym service with the test key of docs/pseudonyms.md, key version 1. */
+static int testkey_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
+{
+	uint8_t key[PSEUDO_KEY_LEN], hash[PSEUDO_HASH_LEN];
+	for (size_t i = 0; i < sizeof(key); i++)
+		key[i] = (uint8_t)i;
+	for (size_t i = 0; i < n; i++) {
+		pseudo_hash(key, reqs[i].type, reqs[i].norm, reqs[i].len, hash);
+		pseudo_format(hash, 1, reqs[i].out);
+		reqs[i].previous[0] = '\0';
+	}
+	return 0;
+}
+
+/* The worked examples of docs/policy.md, through the shipped agreements. */
+static void test_shipped_examples(void **state)
+{
+	char dir[4400];
+	snprintf(dir, sizeof(dir), "%s/../../../policies", data_dir);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	ydoc_diags_release(&d);
+	struct pseudo_service ps = {.pseudonymise = testkey_pseudonymise};
+	const char *p1 = "p1_3OclCLKM5wMlaCmiStTYz8SUpPKTbA4OyifUBQE5d_w";
+
+	struct req r;
+	req_init(&r, "police-nhs-mh-triage-analytics", "nhs-trust", "triage-incident");
+	size_t i = req_record(&r);
+	req_text(&r, i, "nhs_number", "943 476 5919");
+	req_text(&r, i, "date_of_birth", "14/03/1958");
+	req_text(&r, i, "postcode", "ne3 4rt");
+	req_text(&r, i, "incident_date", "2026-11-20");
+	req_text(&r, i, "outcome", "conveyed to place of safety");
+	req_text(&r, i, "officer_notes", "brother called it in");
+	struct policy_outcome out;
+	struct policy_refusal why;
+	assert_int_equal(
+	    policy_apply(set, "met-police", &r.req, day_ms("2026-11-23", 9), &ps, &out, &why), 0);
+	Isg__Delivery *del = isg__delivery__unpack(NULL, out.payload_len, out.payload);
+	const char *want[] = {"nhs_number",    p1,
+	                      "date_of_birth", "65-69",
+	                      "postcode",      "NE3",
+	                      "incident_date", "2026-11",
+	                      "outcome",       "conveyed to place of safety"};
+	assert_record(del->records[0], want, ARRAY_LEN(want) / 2);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+
+	r.fields[0][1].value->text = "1900-01-01";
+	apply_refused_with(set, "met-police", &r, day_ms("2026-11-23", 9), &ps, "1900",
+	                   &(struct expect){ISG_ERR_INVALID, ISG__ERROR_CODE__BAD_VALUE,
+	                                    "dataset.field_value", 0, "date_of_birth",
+	                                    "record 0: field 'date_of_birth' cannot be generalised "
+	                                    "to age_band: age is over 120 years (dataset "
+	                                    "'triage-incident' of agreement "
+	                                    "'police-nhs-mh-triage-analytics')"});
+
+	/* The council's referrals, from health; the demo's figures still pass. */
+	req_init(&r, "council-service-planning", "city-council", "referral-planning");
+	i = req_record(&r);
+	req_text(&r, i, "notes", "SECRET-NOTES");
+	req_text(&r, i, "category", "self-neglect");
+	req_text(&r, i, "referral_date", "2026-11-02");
+	req_text(&r, i, "postcode", "NE35 7XY");
+	req_text(&r, i, "date_of_birth", "1941-07-02");
+	req_text(&r, i, "nhs_number", "9434765919");
+	assert_int_equal(
+	    policy_apply(set, "nhs-trust", &r.req, day_ms("2026-11-23", 9), &ps, &out, &why), 0);
+	del = isg__delivery__unpack(NULL, out.payload_len, out.payload);
+	const char *want2[] = {
+	    "nhs_number",    p1,        "date_of_birth", "85-89",       "postcode", "NE35",
+	    "referral_date", "2026-11", "category",      "self-neglect"};
+	assert_record(del->records[0], want2, ARRAY_LEN(want2) / 2);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	req_init(&r, "council-service-planning", "city-council", "service-planning");
+	i = req_record(&r);
+	req_text(&r, i, "ward", "Riverside");
+	req_text(&r, i, "age_band", "65-74");
+	req_text(&r, i, "category", "self-neglect");
+	req_int(&r, i, "count", 3);
+	assert_int_equal(
+	    policy_apply(set, "met-police", &r.req, day_ms("2026-11-23", 9), NULL, &out, &why), 0);
 	policy_outcome_release(&out);
 	policy_set_unref(set);
 }
@@ -1040,6 +1683,7 @@ int main(void)
 	    cmocka_unit_test(test_refcount),
 	    cmocka_unit_test(test_version_hash),
 	    cmocka_unit_test(test_broken_agreements),
+	    cmocka_unit_test(test_broken_transforms),
 	    cmocka_unit_test(test_broken_partners),
 	    cmocka_unit_test(test_errors_collected_across_files),
 	    cmocka_unit_test(test_shipped_policies_load),
@@ -1047,6 +1691,12 @@ int main(void)
 	    cmocka_unit_test(test_apply_agreement_rules),
 	    cmocka_unit_test(test_apply_record_rules),
 	    cmocka_unit_test(test_apply_transforms),
+	    cmocka_unit_test(test_transform_loads),
+	    cmocka_unit_test(test_clear_and_pseudonymised_warning),
+	    cmocka_unit_test(test_apply_generalise),
+	    cmocka_unit_test(test_apply_pseudonymise),
+	    cmocka_unit_test(test_apply_pseudonymise_refusals),
+	    cmocka_unit_test(test_shipped_examples),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }

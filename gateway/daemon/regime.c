@@ -1,0 +1,119 @@
+/* The policy set and the domain keys it needs, loaded, checked and swapped together. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "daemon/gateway.h"
+#include "util/util.h"
+
+#define MAX_DOMAINS 256
+
+static void report(bool log, const char *event, const char *msg)
+{
+	char q[700];
+	if (log)
+		log_event(LOG_ERROR, event, "message=%s", log_quote(q, sizeof(q), msg));
+	else
+		fprintf(stderr, "isgd: %s\n", msg);
+}
+
+static bool policy_errors(const struct isgd_config *cfg, bool log, struct policy_set **set)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	int r = policy_load(cfg->policy_dir, set, &d);
+	if (!log) {
+		ydoc_diags_print(&d, stderr);
+	} else {
+		for (size_t i = 0; i < d.n; i++) {
+			char q[600];
+			log_event(d.items[i].warning ? LOG_WARN : LOG_ERROR, "policy.diagnostic",
+				  "file=%s line=%d col=%d message=%s",
+				  d.items[i].file ? d.items[i].file : "", d.items[i].line,
+				  d.items[i].col, log_quote(q, sizeof(q), d.items[i].message));
+		}
+	}
+	ydoc_diags_release(&d);
+	if (r != 0) {
+		char msg[600];
+		snprintf(msg, sizeof(msg), "policy directory '%s' has errors", cfg->policy_dir);
+		report(log, "policy.error", msg);
+	}
+	return r != 0;
+}
+
+/* Every linkage domain an agreement names must have a key. */
+static bool domains_missing(const struct policy_set *set, const struct keyring *keys, bool log,
+			    const char *keys_dir)
+{
+	const char *domains[MAX_DOMAINS];
+	size_t n = policy_domains(set, domains, MAX_DOMAINS);
+	if (n > MAX_DOMAINS) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "the agreements name %zu linkage domains; at most %d are supported",
+			 n, MAX_DOMAINS);
+		report(log, "keys.too_many_domains", msg);
+		return true;
+	}
+	bool missing = false;
+	for (size_t i = 0; i < n; i++) {
+		if (keyring_has(keys, domains[i]))
+			continue;
+		char msg[600];
+		snprintf(msg, sizeof(msg),
+			 "linkage domain '%s' is named by an agreement but has no key in '%s/%s' "
+			 "(create it with: isgctl keys new-domain %s %s)",
+			 domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
+		report(log, "keys.missing_domain", msg);
+		missing = true;
+	}
+	return missing;
+}
+
+struct regime *regime_load(const struct isgd_config *cfg, bool log)
+{
+	struct regime *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	atomic_init(&r->refs, 1);
+	bool failed = policy_errors(cfg, log, &r->policy);
+	char err[512];
+	if (keys_load_domains(cfg->keys_dir, &r->keys, err, sizeof(err)) != 0) {
+		report(log, "keys.error", err);
+		failed = true;
+	}
+	if (!failed && domains_missing(r->policy, r->keys, log, cfg->keys_dir))
+		failed = true;
+	if (failed) {
+		regime_unref(r);
+		return NULL;
+	}
+	r->pseudo = keyring_service(r->keys);
+	return r;
+}
+
+void regime_unref(struct regime *r)
+{
+	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
+		return;
+	policy_set_unref(r->policy);
+	keyring_free(r->keys);
+	free(r);
+}
+
+struct regime *gateway_regime(struct gateway *g)
+{
+	pthread_mutex_lock(&g->regime_mu);
+	struct regime *r = g->regime;
+	atomic_fetch_add(&r->refs, 1);
+	pthread_mutex_unlock(&g->regime_mu);
+	return r;
+}
+
+void gateway_regime_swap(struct gateway *g, struct regime *r)
+{
+	pthread_mutex_lock(&g->regime_mu);
+	struct regime *old = g->regime;
+	g->regime = r;
+	pthread_mutex_unlock(&g->regime_mu);
+	regime_unref(old);
+}
