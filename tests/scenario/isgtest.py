@@ -20,9 +20,12 @@ Environment:
 """
 
 import atexit
+import base64
 import collections
 import csv
 import datetime
+import hashlib
+import hmac
 import importlib
 import json
 import os
@@ -31,6 +34,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -444,6 +448,57 @@ def write_policy(dir, partners=None, agreements=None):
 
 
 # --------------------------------------------------------------------------
+# Linkage-domain keys (docs/keys.md), through isgctl keys.
+
+DomainKey = collections.namedtuple("DomainKey", "name version created retires key")
+
+_DOMAIN_LINE = re.compile(r"isg-domain-key-v1 ([a-z0-9][a-z0-9-]{0,62}) ([1-9][0-9]*) "
+                          r"(\d{4}-\d\d-\d\d) (-|\d{4}-\d\d-\d\d) ([A-Za-z0-9+/]{43}=)")
+
+
+def new_domain(keys_dir, name):
+    """isgctl keys new-domain KEYS_DIR NAME; AssertionError when it fails."""
+    r = ctl("keys", "new-domain", keys_dir, name)
+    if r.rc != 0:
+        raise AssertionError("isgctl keys new-domain failed\n%s" % (r,))
+    return r
+
+
+def rotate_domain(keys_dir, name, overlap=None):
+    """isgctl keys rotate KEYS_DIR NAME [--overlap DAYS]; AssertionError when it fails."""
+    args = ["keys", "rotate", keys_dir, name]
+    if overlap is not None:
+        args += ["--overlap", str(overlap)]
+    r = ctl(*args)
+    if r.rc != 0:
+        raise AssertionError("isgctl keys rotate failed\n%s" % (r,))
+    return r
+
+
+def domain_keys(keys_dir, name):
+    """Every version in keys_dir/domains/NAME.key as DomainKey tuples (key: 32 bytes), oldest first."""
+    path = os.path.join(keys_dir, "domains", name + ".key")
+    with open(path, encoding="ascii") as f:
+        text = f.read()
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        m = _DOMAIN_LINE.fullmatch(line)
+        if not m:
+            raise AssertionError("%s:%d: not a domain key line" % (path, i))
+        key = base64.b64decode(m.group(5), validate=True)
+        out.append(DomainKey(m.group(1), int(m.group(2)), m.group(3), m.group(4), key))
+    return out
+
+
+def pseudonym(key, key_version, type_byte, normalised):
+    """The construction of docs/pseudonyms.md, standard library only."""
+    value = normalised.encode("utf-8")
+    data = b"ISG-PSEUDONYM\x00\x01" + bytes([type_byte]) + struct.pack(">I", len(value)) + value
+    mac = hmac.new(key, data, hashlib.sha256).digest()
+    return "p%d_%s" % (key_version, base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii"))
+
+
+# --------------------------------------------------------------------------
 # The daemon.
 
 def free_port():
@@ -635,6 +690,28 @@ class Gateway:
     def restart(self):
         self.stop()
         self.start()
+
+    def reload(self, timeout=START_TIMEOUT):
+        """
+        SIGHUP and wait until the reload is over: the policy line
+        (event=policy.loaded or event=policy.refused) and the TLS line that
+        isgd logs after it has swapped the new policy and keys in. Returns
+        (outcome, log text of the reload), outcome "loaded" or "refused".
+        """
+        since = len(self.log)
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log[since:]
+            m = re.search(r"event=policy\.(loaded|refused)\b", text)
+            if m and re.search(r"event=tls\.(reloaded|reload_failed)\b", text[m.end():]):
+                return m.group(1), text
+            if not self.running:
+                raise AssertionError("isgd exited during a reload\n%s" % self.diagnostics())
+            if time.monotonic() > deadline:
+                raise AssertionError("no end of reload in the log within %.0fs of SIGHUP\n%s"
+                                     % (timeout, self.diagnostics()))
+            time.sleep(0.02)
 
     def close(self, strict=False):
         """
@@ -985,12 +1062,17 @@ class ScenarioCase(unittest.TestCase):
     def policy(self, name="policies", partners=None, agreements=None):
         return write_policy(os.path.join(self.tmp, name), partners, agreements)
 
-    def gateway(self, policy_dir=None, name="gw", **overrides):
+    def gateway(self, policy_dir=None, name="gw", domains=(), start=True, **overrides):
+        """A Gateway in self.tmp/name; `domains`: linkage domains to create
+        (isgctl keys new-domain) before it starts; start=False leaves it stopped."""
         policy_dir = policy_dir or self.policy()
         gw = Gateway(os.path.join(self.tmp, name), self.pki, policy_dir, start=False, **overrides)
+        for d in domains:
+            new_domain(gw.keys_dir, d)
         self._gateways.append(gw)
         self.addCleanup(gw.close, strict=True)
-        gw.start()
+        if start:
+            gw.start()
         return gw
 
     def partner(self, gw, name):

@@ -1,0 +1,457 @@
+"""
+Scenario: agreements that pseudonymise and generalise, through the real isgd
+(docs/pseudonyms.md, docs/keys.md, docs/policy.md "Actions").
+
+Each test starts its own gateway with a fresh keys directory and the linkage
+domains it needs (isgctl keys new-domain), the police, the NHS trust and the
+council as partners, and three agreements:
+
+  police-council-referrals  met-police  -> city-council  domain council-link
+  nhs-council-referrals     nhs-trust   -> city-council  domain council-link
+  police-nhs-triage         met-police  -> nhs-trust     domain health-link
+
+The expected pseudonyms are computed here from the domain key files with
+the construction of docs/pseudonyms.md (isgtest.pseudonym), so these tests
+also prove that the documentation is true.
+"""
+
+import datetime
+import json
+import os
+import re
+import stat
+import subprocess
+import unittest
+
+import isgtest
+
+COUNCIL_DOMAIN = "council-link"
+HEALTH_DOMAIN = "health-link"
+POLICE_COUNCIL = "police-council-referrals"
+NHS_COUNCIL = "nhs-council-referrals"
+POLICE_NHS = "police-nhs-triage"
+DATASET = "referral"
+
+# Type bytes of docs/pseudonyms.md.
+T_NHS = 0x01
+T_POSTCODE = 0x03
+
+NHS_A = "9434765919"  # valid (DESIGN.md section 6)
+NHS_B = "6281948211"  # valid, another person
+PSEUDONYM = re.compile(r"p([1-9][0-9]*)_[A-Za-z0-9_-]{43}")
+
+
+def fields(domain):
+    return [
+        {"name": "nhs_number", "type": "nhs_number", "action": "pseudonymise", "domain": domain,
+         "required": True},
+        {"name": "postcode", "type": "postcode", "action": "pseudonymise", "domain": domain},
+        {"name": "dob_band", "type": "date", "action": "generalise", "to": "age_band", "width": 5},
+        {"name": "dob_year", "type": "date", "action": "generalise", "to": "year"},
+        {"name": "pc_area", "type": "postcode", "action": "generalise", "to": "postcode_area"},
+        {"name": "pc_district", "type": "postcode", "action": "generalise", "to": "postcode_district"},
+        {"name": "pc_sector", "type": "postcode", "action": "generalise", "to": "postcode_sector"},
+        {"name": "incident_month", "type": "date", "action": "generalise", "to": "month"},
+        {"name": "income_band", "type": "integer", "action": "generalise", "to": "number_band",
+         "width": 10000},
+        {"name": "outcome", "type": "text", "action": "pass"},
+        {"name": "notes", "type": "text", "action": "drop"},
+    ]
+
+
+def agreement(id, sender, recipient, domain):
+    return isgtest.default_agreement(
+        id=id, title="Referrals (%s)" % id, senders=[sender], recipients=[recipient],
+        purpose={"code": "service-planning", "text": "Plan services from pseudonymised referrals"},
+        datasets=[{"name": DATASET, "unknown_fields": "reject", "fields": fields(domain)}])
+
+
+def agreements():
+    return [agreement(POLICE_COUNCIL, "met-police", "city-council", COUNCIL_DOMAIN),
+            agreement(NHS_COUNCIL, "nhs-trust", "city-council", COUNCIL_DOMAIN),
+            agreement(POLICE_NHS, "met-police", "nhs-trust", HEALTH_DOMAIN)]
+
+
+def utc_today():
+    return datetime.datetime.now(datetime.timezone.utc).date()
+
+
+def age_band(dob, today, width=5):
+    """Completed years at `today`, banded (docs/policy.md "Generalising")."""
+    age = today.year - dob.year - ((today.month, today.day) < (dob.month, dob.day))
+    low = age // width * width
+    return "%d-%d" % (low, low + width - 1)
+
+
+def years_before(d, years):
+    try:
+        return d.replace(year=d.year - years)
+    except ValueError:  # 29 February in a year that has none
+        return d.replace(year=d.year - years, day=28)
+
+
+class PseudonymCase(isgtest.ScenarioCase):
+    def start(self, domains=(COUNCIL_DOMAIN, HEALTH_DOMAIN)):
+        policy = self.policy(agreements=agreements())
+        self.gw = self.gateway(policy, domains=domains)
+        self.police = self.partner(self.gw, "police")
+        self.nhs = self.partner(self.gw, "nhs")
+        self.council = self.partner(self.gw, "council")
+        return self.gw
+
+    def key(self, domain, version):
+        for k in isgtest.domain_keys(self.gw.keys_dir, domain):
+            if k.version == version:
+                return k.key
+        self.fail("domain %s has no key version %d" % (domain, version))
+
+    def expected(self, domain, version, type_byte, normalised):
+        return isgtest.pseudonym(self.key(domain, version), version, type_byte, normalised)
+
+    def send(self, sender, records, to="city-council", agreement=POLICE_COUNCIL):
+        return sender.send_ok(records, to=to, agreement=agreement, dataset=DATASET)
+
+    def fetch(self, recipient, count):
+        """The messages waiting for `recipient` (exactly `count`), oldest first."""
+        msgs = recipient.fetch_messages()
+        self.assertEqual(len(msgs), count, "expected %d message(s), got %s" % (count, json.dumps(msgs)))
+        return sorted(msgs, key=lambda m: m["gateway_id"])
+
+    def fetch_records(self, recipient, count=1):
+        out = []
+        for m in self.fetch(recipient, count):
+            out.extend(m["records"])
+        return out
+
+    def assertPseudonym(self, value, version=1):
+        self.assertIsInstance(value, str)
+        m = PSEUDONYM.fullmatch(value)
+        self.assertIsNotNone(m, "%r is not a pseudonym p%d_<43 base64url characters>" % (value, version))
+        self.assertEqual(int(m.group(1)), version, value)
+
+    def start_isgd_expecting_refusal(self, gw, *extra):
+        """Run isgd on gw's configuration in the foreground; it must exit non-zero. Returns its stderr."""
+        argv = [isgtest.ISGD] + list(extra) + ["--config", gw.config_path]
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=isgtest.START_TIMEOUT,
+                               stdin=subprocess.DEVNULL, preexec_fn=isgtest._die_with_parent)
+        except subprocess.TimeoutExpired:
+            self.fail("isgd %s kept running: it should have refused the configuration" % " ".join(extra))
+        self.assertNotEqual(p.returncode, 0, "isgd %s exited 0\n%s%s" % (" ".join(extra), p.stdout, p.stderr))
+        self.assertNotIn("configuration OK", p.stdout)
+        return p.stderr
+
+    def check_config(self, gw):
+        return subprocess.run([isgtest.ISGD, "--check-config", "--config", gw.config_path],
+                              capture_output=True, text=True, timeout=isgtest.START_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+
+
+class TestPseudonyms(PseudonymCase):
+    def test_equivalent_inputs_give_one_pseudonym(self):
+        """(1) however the sender writes an NHS number or a postcode, one pseudonym."""
+        self.start()
+        self.send(self.police, [
+            {"nhs_number": "943 476 5919", "postcode": "sw1a1aa"},
+            {"nhs_number": "943-476-5919", "postcode": "SW1A 1AA"},
+            {"nhs_number": "9434765919", "postcode": " Sw1A  1aA "},
+            {"nhs_number": NHS_B, "postcode": "NE3 4RT"},
+        ])
+        recs = self.fetch_records(self.council)
+        self.assertEqual(len(recs), 4)
+        for r in recs:
+            self.assertEqual(list(r), ["nhs_number", "postcode"], r)
+            self.assertPseudonym(r["nhs_number"])
+            self.assertPseudonym(r["postcode"])
+        self.assertEqual(len({r["nhs_number"] for r in recs[:3]}), 1, recs)
+        self.assertEqual(len({r["postcode"] for r in recs[:3]}), 1, recs)
+        # another person and another postcode: other pseudonyms
+        self.assertNotEqual(recs[3]["nhs_number"], recs[0]["nhs_number"])
+        self.assertNotEqual(recs[3]["postcode"], recs[0]["postcode"])
+        self.assertNotEqual(recs[0]["nhs_number"], recs[0]["postcode"])
+        for clear in [NHS_A, NHS_B, "SW1A", "NE3 4RT"]:
+            self.assertNotIn(clear, json.dumps(recs))
+            self.assertNotIn(clear, self.gw.log)
+
+    def test_one_domain_links_across_messages_senders_and_restart(self):
+        """(2) council-link: the same pseudonym in every message, from police and NHS, after a restart."""
+        self.start()
+        self.send(self.police, [{"nhs_number": "943 476 5919"}])
+        self.send(self.police, [{"nhs_number": NHS_B}, {"nhs_number": "943-476-5919"}])
+        self.send(self.nhs, [{"nhs_number": "9434765919"}], agreement=NHS_COUNCIL)
+        msgs = self.fetch(self.council, 3)
+        self.assertEqual([m["sender"] for m in msgs], ["met-police", "met-police", "nhs-trust"])
+        first = msgs[0]["records"][0]["nhs_number"]
+        self.assertPseudonym(first)
+        self.assertEqual(msgs[1]["records"][1]["nhs_number"], first)
+        self.assertEqual(msgs[2]["records"][0]["nhs_number"], first)
+        self.assertNotEqual(msgs[1]["records"][0]["nhs_number"], first)
+
+        self.gw.stop()
+        self.gw.start()  # same keys directory, same store
+        self.send(self.nhs, [{"nhs_number": NHS_A}], agreement=NHS_COUNCIL)
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        after = self.fetch_records(self.council, 2)
+        self.assertEqual([r["nhs_number"] for r in after], [first, first])
+
+    def test_two_domains_give_unrelated_pseudonyms(self):
+        """(3) the same NHS number under council-link and health-link: unrelated pseudonyms."""
+        self.start()
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        self.send(self.police, [{"nhs_number": NHS_A}], to="nhs-trust", agreement=POLICE_NHS)
+        council = self.fetch_records(self.council)[0]["nhs_number"]
+        health = self.fetch_records(self.nhs)[0]["nhs_number"]
+        self.assertPseudonym(council)
+        self.assertPseudonym(health)
+        self.assertNotEqual(council, health)
+        self.assertNotEqual(self.key(COUNCIL_DOMAIN, 1), self.key(HEALTH_DOMAIN, 1))
+        # each is its own domain's keyed hash, and not the other's
+        self.assertEqual(council, self.expected(COUNCIL_DOMAIN, 1, T_NHS, NHS_A))
+        self.assertEqual(health, self.expected(HEALTH_DOMAIN, 1, T_NHS, NHS_A))
+
+    def test_pseudonym_reproducible_from_the_domain_key(self):
+        """(4) a key holder recomputes the delivered pseudonyms with docs/pseudonyms.md's construction."""
+        self.start()
+        path = os.path.join(self.gw.keys_dir, "domains", COUNCIL_DOMAIN + ".key")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        keys = isgtest.domain_keys(self.gw.keys_dir, COUNCIL_DOMAIN)
+        self.assertEqual([(k.name, k.version, k.retires) for k in keys], [(COUNCIL_DOMAIN, 1, "-")])
+        self.assertEqual(len(keys[0].key), 32)
+
+        self.send(self.police, [{"nhs_number": "943 476 5919", "postcode": "sw1a1aa"},
+                                {"nhs_number": NHS_B, "postcode": "NE35 7XY"}])
+        recs = self.fetch_records(self.council)
+        self.assertEqual(recs[0]["nhs_number"], self.expected(COUNCIL_DOMAIN, 1, T_NHS, NHS_A))
+        self.assertEqual(recs[0]["postcode"], self.expected(COUNCIL_DOMAIN, 1, T_POSTCODE, "SW1A 1AA"))
+        self.assertEqual(recs[1]["nhs_number"], self.expected(COUNCIL_DOMAIN, 1, T_NHS, NHS_B))
+        self.assertEqual(recs[1]["postcode"], self.expected(COUNCIL_DOMAIN, 1, T_POSTCODE, "NE35 7XY"))
+
+    def test_generalisation_in_deliveries(self):
+        """(5) age band at today's date, year, postcode area/district/sector, month, number band."""
+        self.start()
+        before = utc_today()
+        birthday_today = years_before(before, 65)
+        birthday_tomorrow = years_before(before + datetime.timedelta(days=1), 65)
+        other = datetime.date(1987, 7, 15)
+        common = {"nhs_number": NHS_A, "outcome": "referred", "notes": "Quillfeather Mews informant"}
+        sent = [
+            dict(common, dob_band=birthday_today.isoformat(), dob_year="14/03/1958",
+                 pc_area="ne3 4rt", pc_district="ne3 4rt", pc_sector="ne3 4rt",
+                 incident_month="20/11/2026", income_band=37250),
+            dict(common, dob_band=birthday_tomorrow.strftime("%d/%m/%Y"), dob_year="2000-02-29",
+                 pc_area="NE357XY", pc_district="NE357XY", pc_sector="NE357XY",
+                 incident_month="20260228", income_band=-1),
+            dict(common, dob_band=other.strftime("%Y%m%d"), dob_year="1/2/1958",
+                 pc_area="M1 1AE", pc_district="W1A 0AX", pc_sector="gir0aa",
+                 incident_month="2023-12-31", income_band=0),
+        ]
+        self.send(self.police, sent)
+        recs = self.fetch_records(self.council)
+        after = utc_today()
+
+        order = ["nhs_number", "dob_band", "dob_year", "pc_area", "pc_district", "pc_sector",
+                 "incident_month", "income_band", "outcome"]
+        for r in recs:
+            self.assertEqual(list(r), order, "declared order, notes dropped: %r" % r)
+            self.assertPseudonym(r["nhs_number"])
+            self.assertEqual(r["outcome"], "referred")
+        self.assertNotIn("Quillfeather", json.dumps(recs))
+
+        def bands(dob):
+            return {age_band(dob, before), age_band(dob, after)}
+
+        got = [(r["dob_band"], r["dob_year"], r["pc_area"], r["pc_district"], r["pc_sector"],
+                r["incident_month"], r["income_band"]) for r in recs]
+        self.assertIn(got[0][0], bands(birthday_today))
+        self.assertIn(got[1][0], bands(birthday_tomorrow))
+        self.assertIn(got[2][0], bands(other))
+        if before == after:
+            # the birthday boundary: 65 today, still 64 until tomorrow
+            self.assertEqual((got[0][0], got[1][0]), ("65-69", "60-64"))
+        self.assertEqual(got[0][1:], ("1958", "NE", "NE3", "NE3 4", "2026-11", "30000-39999"))
+        self.assertEqual(got[1][1:], ("2000", "NE", "NE35", "NE35 7", "2026-02", "-10000--1"))
+        self.assertEqual(got[2][1:], ("1958", "M", "W1A", "GIR 0", "2023-12", "0-9999"))
+        for r in recs:
+            self.assertIsInstance(r["income_band"], str)
+
+
+class TestInvalidIdentifiers(PseudonymCase):
+    # (field, value): each value is invalid for its field's type and
+    # distinctive enough that a search of the log cannot hit it by chance.
+    BAD = [
+        ("nhs_number", "9434765918"),   # check digit should be 9
+        ("nhs_number", "401 023 2170"),  # first nine digits give check 10: no such number
+        ("postcode", "SWA 7QZ"),        # outward code of no valid shape
+        ("postcode", "KT19 9CX"),       # C in the inward code
+        ("pc_district", "NE35-7XY"),    # a dash
+        ("dob_band", "1987-02-30"),     # impossible date
+        ("dob_year", "31/04/1973"),     # impossible date, UK order
+        ("incident_month", "2023-13-05"),  # no month 13
+    ]
+
+    def test_invalid_values_refuse_the_message(self):
+        """(6) exit 3, BAD_VALUE [dataset.field_value], record and field named, value never echoed."""
+        self.start()
+        good = {"nhs_number": NHS_B, "postcode": "NE3 4RT", "dob_band": "1961-06-02"}
+        for field, value in self.BAD:
+            with self.subTest(field=field, value=value):
+                since = len(self.gw.log)
+                bad = dict(good, nhs_number=NHS_A)
+                bad[field] = value
+                r = self.police.send([good, bad], to="city-council", agreement=POLICE_COUNCIL,
+                                     dataset=DATASET)
+                self.assertRefused(r, self.gw, "BAD_VALUE", "dataset.field_value")
+                self.assertIn("record 1", r.err)
+                self.assertIn('"%s"' % field, r.err)
+                self.assertNotIn(value, r.err)
+                self.assertNotIn(value, r.out)
+                line = [ln for ln in self.gw.log[since:].splitlines() if "event=message.refused" in ln]
+                self.assertEqual(len(line), 1, self.gw.diagnostics())
+                self.assertIn("rule=dataset.field_value", line[0])
+                self.assertIn("record=1", line[0])
+                self.assertIn("field=%s" % field, line[0])
+        log = self.gw.log
+        for field, value in self.BAD:
+            self.assertNotIn(value, log)
+            self.assertNotIn(value.replace(" ", ""), log)
+        # a refused message is never stored: nothing for the council
+        self.assertEqual(self.council.fetch_messages(), [])
+        # and the gateway still serves
+        self.send(self.police, [good])
+        self.assertEqual(len(self.fetch_records(self.council)), 1)
+
+
+class TestRotation(PseudonymCase):
+    def test_rotation_with_and_without_overlap(self):
+        """(7) --overlap 30: p2 with <field>.previous = the old p1; --overlap 0: p2 alone."""
+        self.start()
+        self.send(self.police, [{"nhs_number": NHS_A, "postcode": "SW1A 1AA", "pc_district": "NE3 4RT"}])
+        self.send(self.police, [{"nhs_number": NHS_A, "postcode": "SW1A 1AA"}], to="nhs-trust",
+                  agreement=POLICE_NHS)
+        old_council = self.fetch_records(self.council)[0]
+        old_health = self.fetch_records(self.nhs)[0]
+        self.assertPseudonym(old_council["nhs_number"], 1)
+        self.assertPseudonym(old_health["nhs_number"], 1)
+
+        isgtest.rotate_domain(self.gw.keys_dir, COUNCIL_DOMAIN, overlap=30)
+        isgtest.rotate_domain(self.gw.keys_dir, HEALTH_DOMAIN, overlap=0)
+        today = utc_today()
+        keys = isgtest.domain_keys(self.gw.keys_dir, COUNCIL_DOMAIN)
+        self.assertEqual([k.version for k in keys], [1, 2])
+        self.assertEqual(keys[0].retires, (today + datetime.timedelta(days=30)).isoformat())
+        self.assertEqual(keys[1].retires, "-")
+
+        # isgd uses a new version only from its next reload
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        self.assertEqual(self.fetch_records(self.council), [{"nhs_number": old_council["nhs_number"]}])
+
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+
+        self.send(self.police, [{"nhs_number": "943 476 5919", "postcode": "sw1a1aa", "pc_district": "NE3 4RT"}])
+        self.send(self.police, [{"nhs_number": NHS_A, "postcode": "SW1A 1AA"}], to="nhs-trust",
+                  agreement=POLICE_NHS)
+        council = self.fetch_records(self.council)[0]
+        health = self.fetch_records(self.nhs)[0]
+
+        # overlap: the previous pseudonym right after each pseudonymised field
+        self.assertEqual(list(council), ["nhs_number", "nhs_number.previous", "postcode",
+                                         "postcode.previous", "pc_district"], council)
+        self.assertPseudonym(council["nhs_number"], 2)
+        self.assertPseudonym(council["postcode"], 2)
+        self.assertEqual(council["nhs_number.previous"], old_council["nhs_number"])
+        self.assertEqual(council["postcode.previous"], old_council["postcode"])
+        self.assertNotEqual(council["nhs_number"], old_council["nhs_number"])
+        self.assertEqual(council["nhs_number"], self.expected(COUNCIL_DOMAIN, 2, T_NHS, NHS_A))
+        self.assertEqual(council["postcode"], self.expected(COUNCIL_DOMAIN, 2, T_POSTCODE, "SW1A 1AA"))
+        self.assertEqual(council["pc_district"], "NE3")
+
+        # no overlap: p2 only, unrelated to p1
+        self.assertEqual(list(health), ["nhs_number", "postcode"], health)
+        self.assertPseudonym(health["nhs_number"], 2)
+        self.assertNotEqual(health["nhs_number"], old_health["nhs_number"])
+        self.assertEqual(health["nhs_number"], self.expected(HEALTH_DOMAIN, 2, T_NHS, NHS_A))
+        self.assertEqual(health["postcode"], self.expected(HEALTH_DOMAIN, 2, T_POSTCODE, "SW1A 1AA"))
+
+
+class TestRefusalsAtStartAndReload(PseudonymCase):
+    def test_agreement_naming_a_domain_without_key(self):
+        """(8) isgd and isgd --check-config refuse a policy naming a domain with no key."""
+        gw = self.gateway(self.policy(agreements=agreements()), domains=[COUNCIL_DOMAIN], start=False)
+        for extra in [(), ("--check-config",)]:
+            with self.subTest(argv=extra):
+                err = self.start_isgd_expecting_refusal(gw, *extra)
+                self.assertIn("'%s'" % HEALTH_DOMAIN, err)
+                self.assertIn("isgctl keys new-domain", err)
+                self.assertIn(HEALTH_DOMAIN, err.split("isgctl keys new-domain", 1)[1])
+                self.assertNotIn("'%s'" % COUNCIL_DOMAIN, err)
+        # with the key it is fine
+        isgtest.new_domain(gw.keys_dir, HEALTH_DOMAIN)
+        p = self.check_config(gw)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("configuration OK", p.stdout)
+        gw.start()
+        self.assertAlive(gw)
+
+    def test_domain_key_file_readable_by_others(self):
+        """(8) a domain key file with mode 0644: isgd refuses to start, naming the file and the mode."""
+        gw = self.gateway(self.policy(agreements=agreements()), domains=[COUNCIL_DOMAIN, HEALTH_DOMAIN],
+                          start=False)
+        path = os.path.join(gw.keys_dir, "domains", HEALTH_DOMAIN + ".key")
+        os.chmod(path, 0o644)
+        for extra in [(), ("--check-config",)]:
+            with self.subTest(argv=extra):
+                err = self.start_isgd_expecting_refusal(gw, *extra)
+                self.assertIn(os.path.join("domains", HEALTH_DOMAIN + ".key"), err)
+                self.assertIn("0644", err)
+        os.chmod(path, 0o600)
+        gw.start()
+        self.assertAlive(gw)
+
+    def test_reload_naming_a_missing_domain_keeps_the_running_policy_and_keys(self):
+        """(8) SIGHUP with a policy naming a domain without key: refused, old policy and keys kept."""
+        self.start()
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        before = self.fetch_records(self.council)[0]["nhs_number"]
+        self.assertPseudonym(before, 1)
+
+        # a rotated key and a policy naming a domain that has no key
+        isgtest.rotate_domain(self.gw.keys_dir, COUNCIL_DOMAIN, overlap=30)
+        extra = agreement("police-council-extra", "met-police", "city-council", "ghost-link")
+        isgtest.write_policy(self.gw.policy_dir, agreements=agreements() + [extra])
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "refused", text)
+        self.assertRegex(text, r"event=keys\.missing_domain .*'ghost-link'.*isgctl keys new-domain")
+        self.assertAlive(self.gw, "after a refused reload")
+
+        # the running policy: the new agreement is unknown, the old one works with the old key
+        r = self.police.send([{"nhs_number": NHS_A}], to="city-council", agreement="police-council-extra",
+                             dataset=DATASET)
+        self.assertRefused(r, self.gw, "NOT_PERMITTED", "agreement.unknown")
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        self.assertEqual(self.fetch_records(self.council), [{"nhs_number": before}])
+
+        # once the domain exists the same policy loads, with the rotated key
+        isgtest.new_domain(self.gw.keys_dir, "ghost-link")
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        self.send(self.police, [{"nhs_number": NHS_A}], agreement="police-council-extra")
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        recs = self.fetch_records(self.council, 2)
+        ghost = recs[0]["nhs_number"]
+        self.assertEqual(ghost, self.expected("ghost-link", 1, T_NHS, NHS_A))
+        self.assertEqual(recs[1], {"nhs_number": self.expected(COUNCIL_DOMAIN, 2, T_NHS, NHS_A),
+                                   "nhs_number.previous": before})
+
+        # a domain key file that became readable by others: refused too, keys kept
+        path = os.path.join(self.gw.keys_dir, "domains", "ghost-link.key")
+        os.chmod(path, 0o644)
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "refused", text)
+        self.assertRegex(text, r"event=keys\.error .*domains/ghost-link\.key.*mode 0644")
+        self.send(self.police, [{"nhs_number": NHS_A}], agreement="police-council-extra")
+        self.assertEqual(self.fetch_records(self.council), [{"nhs_number": ghost}])
+
+
+if __name__ == "__main__":
+    unittest.main()
