@@ -214,11 +214,9 @@ static int parse_line(const struct where *w, const char *line, size_t len, const
 		return parse_error(w, col[4], "retirement date is before the creation date");
 	}
 	size_t bin_len = 0;
-	const char *end = NULL;
 	if (flen[5] != DOMAIN_B64_LEN ||
-	    sodium_base642bin(key, PSEUDO_KEY_LEN, f[5], flen[5], NULL, &bin_len, &end,
-	                      sodium_base64_VARIANT_ORIGINAL) != 0 ||
-	    bin_len != PSEUDO_KEY_LEN || end != f[5] + flen[5]) {
+	    base64_decode(f[5], flen[5], key, PSEUDO_KEY_LEN, &bin_len) != 0 ||
+	    bin_len != PSEUDO_KEY_LEN) {
 		sodium_memzero(key, PSEUDO_KEY_LEN);
 		return parse_error(w, col[5],
 		                   "key must be 44 characters of base64 (RFC 4648 "

@@ -169,10 +169,8 @@ static int keys_parse(const char *path, const char *buf, size_t len, const char 
 		return ISG_ERR_PARSE;
 	}
 	size_t bin_len = 0;
-	const char *end = NULL;
-	if (sodium_base642bin(out, KEYS_RAW_LEN, b64, KEYS_B64_LEN, NULL, &bin_len, &end,
-	                      sodium_base64_VARIANT_ORIGINAL) != 0 ||
-	    bin_len != KEYS_RAW_LEN || end != b64 + KEYS_B64_LEN) {
+	if (base64_decode(b64, KEYS_B64_LEN, out, KEYS_RAW_LEN, &bin_len) != 0 ||
+	    bin_len != KEYS_RAW_LEN) {
 		sodium_memzero(out, KEYS_RAW_LEN);
 		keys_seterr(err, errlen, "%s:1:%zu: key is not valid base64 of %d bytes", path,
 		            pos + 1, KEYS_RAW_LEN);

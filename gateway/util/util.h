@@ -74,6 +74,12 @@ int str_to_duration_ms(const char *s, int64_t *out);
 int str_to_size(const char *s, uint64_t *out);
 /* True when s is valid UTF-8 of length len. */
 bool str_utf8_valid(const char *s, size_t len);
+/*
+ * Decode standard base64 with padding, all of s[0..len), into at most max
+ * bytes. The alphabet is checked first: libsodium 1.0.18's decoder takes any
+ * byte >= 0x80 as a digit. Returns 0 or ISG_ERR_PARSE.
+ */
+int base64_decode(const char *s, size_t len, uint8_t *out, size_t max, size_t *out_len);
 /* Lowercase hex of len bytes into out (2*len+1 bytes). */
 void hex_encode(char *out, const uint8_t *in, size_t len);
 

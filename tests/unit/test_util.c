@@ -99,6 +99,21 @@ static void test_json_string(void **state)
 	free(s);
 }
 
+static void test_base64(void **state)
+{
+	uint8_t out[8];
+	size_t n = 0;
+	assert_int_equal(base64_decode("aGVsbG8=", 8, out, sizeof(out), &n), 0);
+	assert_int_equal(n, 5);
+	assert_memory_equal(out, "hello", 5);
+	/* libsodium 1.0.18 alone would take a byte >= 0x80 as a digit. */
+	assert_int_equal(base64_decode("aGVs" "\xc3\xa9" "bG8=", 10, out, sizeof(out), &n), ISG_ERR_PARSE);
+	assert_int_equal(base64_decode("aGVsbG8", 7, out, sizeof(out), &n), ISG_ERR_PARSE);
+	assert_int_equal(base64_decode("aGVsbG8=x", 9, out, sizeof(out), &n), ISG_ERR_PARSE);
+	assert_int_equal(base64_decode("aGVsbG8gd29ybGQ=", 16, out, sizeof(out), &n), ISG_ERR_PARSE);
+	assert_int_equal(base64_decode("", 0, out, sizeof(out), &n), ISG_ERR_PARSE);
+}
+
 static void test_log_quote(void **state)
 {
 	char buf[64];
@@ -117,7 +132,7 @@ int main(void)
 		cmocka_unit_test(test_durations), cmocka_unit_test(test_sizes),
 		cmocka_unit_test(test_numbers),   cmocka_unit_test(test_dates),
 		cmocka_unit_test(test_utf8),      cmocka_unit_test(test_json_string),
-		cmocka_unit_test(test_log_quote),
+		cmocka_unit_test(test_log_quote),  cmocka_unit_test(test_base64),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
