@@ -1,39 +1,286 @@
-/* isgctl policy: the policy directory (partner registry and agreements). */
+/*
+ * isgctl policy: the policy directory (partner registry and agreements).
+ * check validates it (and with --keys, that every linkage domain has a key),
+ * show summarises an agreement for IG officers, diff gives the privacy
+ * effect of a change. See docs/isgctl.md and docs/policy.md.
+ */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ctl/ctl.h"
 #include "policy/policy.h"
 
-static const char check_usage[] = "usage: isgctl policy check DIR\n";
+/* ---- shared ---- */
+
+static bool wants_help(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0)
+			return false;
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Load a policy directory, printing its diagnostics; NULL (and a note) when it has errors. */
+static struct policy_set *load_policy(const char *dir, struct ydoc_diags *diags)
+{
+	struct policy_set *set = NULL;
+	int rc = policy_load(dir, &set, diags);
+	ydoc_diags_print(diags, stderr);
+	if (rc == 0)
+		return set;
+	if (diags->errors == 0)
+		ctl_warn("%s: %s", dir, isg_strerror(rc));
+	ctl_warn("the policy in '%s' has errors: nothing shown (see 'isgctl policy check %s')", dir,
+	         dir);
+	return NULL;
+}
+
+/* ---- check ---- */
+
+static const char check_usage[] = "usage: isgctl policy check DIR [--keys KEYS_DIR]\n";
+
+struct key_probe {
+	const char *keys_dir;
+	char why[4400 + 200];
+};
+
+/* NULL when keys_dir/domains/NAME.key exists, else what is missing. */
+static const char *key_missing(void *ctx, const char *domain)
+{
+	struct key_probe *k = ctx;
+	char path[4400];
+	struct stat st;
+	snprintf(path, sizeof(path), "%s/domains/%s.key", k->keys_dir, domain);
+	if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
+		return NULL;
+	snprintf(k->why, sizeof(k->why),
+	         "no file '%s' (create it with: isgctl keys new-domain %s %s)", path, k->keys_dir,
+	         domain);
+	return k->why;
+}
+
+static int check_keys(const struct policy_set *set, const char *keys_dir, struct ydoc_diags *diags)
+{
+	struct stat st;
+	int err = stat(keys_dir, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+	if (err) {
+		ydoc_error(diags, keys_dir, NULL, "cannot open keys directory: %s", strerror(err));
+		return 1;
+	}
+	struct key_probe probe = {.keys_dir = keys_dir};
+	return policy_check_domains(set, key_missing, &probe, diags) ? 1 : 0;
+}
 
 static int policy_check_cmd(int argc, char **argv)
 {
-	if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-		printf("%s\nLoads every policy file in DIR as the gateway would and prints every\n"
-		       "problem as file:line:column. Exits 0 when the policy is valid.\n",
-		       check_usage);
-		return CTL_EXIT_OK;
+	static const struct option opts[] = {
+	    {"keys", required_argument, NULL, 'k'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *keys_dir = NULL;
+	int opt;
+	while ((opt = getopt_long(argc, argv, ":hk:", opts, NULL)) != -1) {
+		if (opt == 'h') {
+			printf(
+			    "%s\nLoads every policy file in DIR as the gateway would and prints "
+			    "every\n"
+			    "problem as file:line:column. With --keys, also reports every linkage\n"
+			    "domain an agreement names that has no key file "
+			    "KEYS_DIR/domains/NAME.key.\n"
+			    "Exits 0 when the policy is valid (warnings may be printed), 1 when "
+			    "not.\n",
+			    check_usage);
+			return CTL_EXIT_OK;
+		}
+		if (opt == 'k')
+			keys_dir = optarg;
+		else
+			return ctl_bad_option(check_usage, opt, argv);
 	}
-	if (argc != 2 || argv[1][0] == '-')
+	if (argc - optind != 1)
 		return ctl_usage_error(check_usage, "policy check takes one directory");
+	const char *dir = argv[optind];
 	struct ydoc_diags diags;
 	ydoc_diags_init(&diags);
 	struct policy_set *set = NULL;
-	int rc = policy_load(argv[1], &set, &diags);
+	int rc = policy_load(dir, &set, &diags);
+	int bad_keys = rc == 0 && keys_dir ? check_keys(set, keys_dir, &diags) : 0;
 	ydoc_diags_print(&diags, stderr);
-	if (rc == 0)
+	if (rc == 0 && !bad_keys) {
 		printf("policy OK: %zu partners, %zu agreements, version %s\n", set->n_partners,
 		       set->n_agreements, set->version);
-	else if (diags.errors == 0)
-		ctl_warn("%s: %s", argv[1], isg_strerror(rc));
+		if (keys_dir)
+			printf("keys OK: every linkage domain the agreements name (%zu) has a key "
+			       "file in %s/domains\n",
+			       policy_domains(set, NULL, 0), keys_dir);
+	} else if (rc != 0 && diags.errors == 0) {
+		ctl_warn("%s: %s", dir, isg_strerror(rc));
+	}
+	if (rc != 0 && keys_dir)
+		ctl_warn("linkage domain keys not checked: the policy has errors");
 	policy_set_unref(set);
 	ydoc_diags_release(&diags);
-	return rc == 0 ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
+	return rc == 0 && !bad_keys ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
+}
+
+/* ---- show ---- */
+
+static const char show_usage[] = "usage: isgctl policy show DIR [AGREEMENT_ID]\n";
+
+/* Text from a policy file, with control characters replaced. */
+static void print_clean(const char *s)
+{
+	for (; *s; s++)
+		putchar((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s);
+}
+
+static void list_agreements(const struct policy_set *set)
+{
+	for (size_t i = 0; i < set->n_agreements; i++) {
+		const struct policy_agreement *a = &set->agreements[i];
+		printf("%s, version %u: ", a->id, a->version);
+		print_clean(a->title);
+		printf("\n  ");
+		for (size_t k = 0; k < a->n_senders; k++)
+			printf("%s%s", k ? ", " : "", a->senders[k]);
+		printf(" ->");
+		for (size_t k = 0; k < a->n_recipients; k++)
+			printf("%s %s", k ? "," : "", a->recipients[k]);
+		printf("\n");
+	}
+}
+
+static int unknown_agreement(const struct policy_set *set, const char *dir, const char *id)
+{
+	char known[1024] = "";
+	size_t used = 0;
+	for (size_t i = 0; i < set->n_agreements && used < sizeof(known); i++) {
+		int w = snprintf(known + used, sizeof(known) - used, "%s%s", i ? ", " : "",
+		                 set->agreements[i].id);
+		used += w > 0 ? (size_t)w : 0;
+	}
+	ctl_warn("no agreement '%s' in '%s' (its agreements: %s)", id, dir,
+	         set->n_agreements ? known : "none");
+	return CTL_EXIT_LOCAL;
+}
+
+static int policy_show_cmd(int argc, char **argv)
+{
+	if (wants_help(argc, argv)) {
+		printf(
+		    "%s\nPrints a plain-language summary of agreement AGREEMENT_ID of the policy\n"
+		    "in DIR: who sends what to whom, why, on what basis, until when, and which\n"
+		    "fields arrive in clear, generalised, pseudonymised or not at all. Without\n"
+		    "AGREEMENT_ID, lists the agreements. Exits 1 when DIR has errors or has no\n"
+		    "such agreement.\n",
+		    show_usage);
+		return CTL_EXIT_OK;
+	}
+	int first = argc > 1 && strcmp(argv[1], "--") == 0 ? 2 : 1;
+	int n = argc - first;
+	if (n < 1 || n > 2 || (argv[first][0] == '-' && first == 1))
+		return ctl_usage_error(show_usage,
+		                       "policy show takes a directory and an agreement id");
+	const char *dir = argv[first], *id = n == 2 ? argv[first + 1] : NULL;
+	struct ydoc_diags diags;
+	ydoc_diags_init(&diags);
+	struct policy_set *set = load_policy(dir, &diags);
+	ydoc_diags_release(&diags);
+	if (!set)
+		return CTL_EXIT_LOCAL;
+	int status = CTL_EXIT_OK;
+	const struct policy_agreement *a = id ? policy_agreement_by_id(set, id) : NULL;
+	if (!id) {
+		list_agreements(set);
+	} else if (!a) {
+		status = unknown_agreement(set, dir, id);
+	} else {
+		struct strbuf out;
+		strbuf_init(&out);
+		if (policy_describe(set, a, date_days_of_ms(time_now_ms()), &out) != 0) {
+			ctl_warn("out of memory");
+			status = CTL_EXIT_LOCAL;
+		} else {
+			printf("%s\nPolicy version %s.\n", out.p, set->version);
+		}
+		strbuf_release(&out);
+	}
+	policy_set_unref(set);
+	return status;
+}
+
+/* ---- diff ---- */
+
+static const char diff_usage[] = "usage: isgctl policy diff OLD_DIR NEW_DIR\n";
+
+enum { DIFF_SAME = 0, DIFF_DIFFERENT = 1, DIFF_TROUBLE = 2 };
+
+static int policy_diff_cmd(int argc, char **argv)
+{
+	if (wants_help(argc, argv)) {
+		printf(
+		    "%s\nShows the privacy effect of replacing the policy in OLD_DIR by the one "
+		    "in\n"
+		    "NEW_DIR, for the partner registry, each agreement and each data flow\n"
+		    "(sender -> recipient, agreement, dataset). Lines that share more, with less\n"
+		    "protection, for longer or with more partners start with '! WEAKENED'.\n"
+		    "Exits 0 when nothing changed, 1 when something did, 2 on trouble (a policy\n"
+		    "with errors, a bad command line), like diff(1).\n",
+		    diff_usage);
+		return DIFF_SAME;
+	}
+	int first = argc > 1 && strcmp(argv[1], "--") == 0 ? 2 : 1;
+	if (argc - first != 2 || (first == 1 && (argv[1][0] == '-' || argv[2][0] == '-')))
+		return ctl_usage_error(diff_usage, "policy diff takes two directories");
+	const char *old_dir = argv[first], *new_dir = argv[first + 1];
+	struct ydoc_diags diags;
+	ydoc_diags_init(&diags);
+	struct policy_set *old_set = load_policy(old_dir, &diags);
+	ydoc_diags_release(&diags);
+	ydoc_diags_init(&diags);
+	struct policy_set *new_set = load_policy(new_dir, &diags);
+	ydoc_diags_release(&diags);
+	int status = DIFF_TROUBLE;
+	struct strbuf out;
+	strbuf_init(&out);
+	struct policy_diff_stats st;
+	if (!old_set || !new_set)
+		goto out;
+	if (policy_diff(old_set, new_set, &out, &st) != 0) {
+		ctl_warn("out of memory");
+		goto out;
+	}
+	printf("Policy %s (version %.12s) -> %s (version %.12s)\n", old_dir, old_set->version,
+	       new_dir, new_set->version);
+	if (st.changes == 0) {
+		printf("No difference in partners or agreements%s.\n",
+		       strcmp(old_set->version, new_set->version) == 0
+		           ? ""
+		           : " (the files differ only in comments, layout or order)");
+		status = DIFF_SAME;
+		goto out;
+	}
+	printf("\n%s\n%zu change%s: %zu weakened, %zu strengthened, %zu other.\n", out.p,
+	       st.changes, st.changes == 1 ? "" : "s", st.weakened, st.strengthened,
+	       st.changes - st.weakened - st.strengthened);
+	status = DIFF_DIFFERENT;
+out:
+	strbuf_release(&out);
+	policy_set_unref(old_set);
+	policy_set_unref(new_set);
+	return status;
 }
 
 static const struct ctl_command policy_commands[] = {
     {"check", policy_check_cmd, "check a policy directory and print every problem"},
+    {"show", policy_show_cmd, "summarise an agreement in plain language"},
+    {"diff", policy_diff_cmd, "show the privacy effect of a policy change"},
 };
 
 int cmd_policy(int argc, char **argv)
@@ -44,6 +291,7 @@ int cmd_policy(int argc, char **argv)
 		for (size_t i = 0; i < ARRAY_LEN(policy_commands); i++)
 			fprintf(out, "  %-8s %s\n", policy_commands[i].name,
 			        policy_commands[i].description);
+		fprintf(out, "\n%s%s%s", check_usage, show_usage, diff_usage);
 		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
 	}
 	return ctl_dispatch(policy_commands, ARRAY_LEN(policy_commands), "policy", argc - 1,

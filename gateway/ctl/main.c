@@ -16,7 +16,7 @@ static const struct ctl_command commands[] = {
     {"ping", cmd_ping, "check that the gateway answers"},
     {"whoami", cmd_whoami, "show which partner the gateway recognises you as"},
     {"keys", cmd_keys, "manage the gateway's keys: keys init|new-domain|rotate|list DIR"},
-    {"policy", cmd_policy, "check policy files: policy check DIR"},
+    {"policy", cmd_policy, "check, summarise and compare policies: policy check|show|diff"},
     {"help", cmd_help, "show this help, or a command's: help COMMAND"},
 };
 

@@ -61,22 +61,6 @@ static int refuse(struct policy_refusal *why, Isg__ErrorCode code, const char *r
 	return denied ? ISG_ERR_DENIED : ISG_ERR_INVALID;
 }
 
-/* YYYY-MM-DD of a day number (Howard Hinnant's civil_from_days). */
-static const char *format_day(char buf[48], int64_t z)
-{
-	z += 719468;
-	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-	unsigned doe = (unsigned)(z - era * 146097);
-	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-	unsigned mp = (5 * doy + 2) / 153;
-	unsigned d = doy - (153 * mp + 2) / 5 + 1;
-	unsigned m = mp < 10 ? mp + 3 : mp - 9;
-	long long y = (long long)yoe + (long long)era * 400 + (m <= 2);
-	snprintf(buf, 48, "%04lld-%02u-%02u", y, m, d);
-	return buf;
-}
-
 static bool names(char *const *list, size_t n, const char *id)
 {
 	for (size_t i = 0; i < n; i++)
@@ -99,13 +83,13 @@ static int check_validity(const struct policy_agreement *a, int64_t now_ms,
 	if (today >= a->valid_from_days && today <= a->valid_until_days)
 		return 0;
 	char from[48], until[48], now[48];
-	format_day(from, a->valid_from_days);
-	format_day(now, today);
+	policy_format_day(from, a->valid_from_days);
+	policy_format_day(now, today);
 	if (a->valid_until_days == INT64_MAX)
 		return refuse(why, CODE(NOT_PERMITTED), "agreement.validity", -1, NULL,
 		              "agreement '%s' is valid from %s; today (UTC) is %s", a->id, from,
 		              now);
-	format_day(until, a->valid_until_days);
+	policy_format_day(until, a->valid_until_days);
 	return refuse(why, CODE(NOT_PERMITTED), "agreement.validity", -1, NULL,
 	              "agreement '%s' is valid from %s until %s; today (UTC) is %s", a->id, from,
 	              until, now);

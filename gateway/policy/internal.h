@@ -21,6 +21,8 @@
 #define POLICY_MAX_DATASETS 64
 #define POLICY_MAX_FIELDS 256
 #define POLICY_MAX_RECORDS_LIMIT 1000000
+#define POLICY_MAX_RECORDS_PER_DAY 100000000
+#define POLICY_MAX_MESSAGES_PER_DAY 10000000
 #define POLICY_ID_MAX 63
 #define POLICY_FIELD_NAME_MAX 64
 #define POLICY_AGE_BAND_MAX 50
@@ -40,6 +42,22 @@ extern const size_t policy_n_field_actions;
 extern const struct policy_name policy_generalise_tos[];
 extern const size_t policy_n_generalise_tos;
 const char *policy_generalise_to_name(enum generalise_to to);
+/* YYYY-MM-DD of a day number (days since 1970-01-01). */
+const char *policy_format_day(char buf[48], int64_t days);
+
+/* policy_load as if today (UTC) were today_days: review dates are judged against it. */
+int policy_load_at(const char *dir, int64_t today_days, struct policy_set **out,
+                   struct ydoc_diags *diags);
+
+/* Plain-language pieces shared by describe.c and diff.c. */
+const char *policy_type_label(enum field_type t); /* "NHS number" */
+const char *policy_generalise_label(const struct policy_field *f, char *buf,
+                                    size_t size); /* "a 5-year age band" */
+const char *policy_field_how(const struct policy_field *f, char *buf, size_t size);
+const char *policy_partner_label(const struct policy_set *set, const char *id, char *buf,
+                                 size_t size); /* "Name (id)" */
+/* Append s with control characters replaced: text from files never drives a terminal. */
+void policy_put_clean(struct strbuf *b, const char *s, size_t len);
 
 void policy_set_free(struct policy_set *set);
 /* Free what a partner, dataset or agreement holds (not the struct itself). */
@@ -52,6 +70,7 @@ struct policy_parser {
 	struct policy_set *set;
 	struct ydoc_diags *d;
 	bool partners_ok; /* partners.yaml loaded: check references to it */
+	int64_t today;    /* UTC days, for review dates */
 	/* Where each loaded agreement's id was written, for duplicate reports. */
 	struct {
 		const char *file;

@@ -259,6 +259,12 @@ static void parse_all(struct loader *l, struct policy_parser *p)
 
 int policy_load(const char *dir, struct policy_set **out, struct ydoc_diags *diags)
 {
+	return policy_load_at(dir, date_days_of_ms(time_now_ms()), out, diags);
+}
+
+int policy_load_at(const char *dir, int64_t today_days, struct policy_set **out,
+                   struct ydoc_diags *diags)
+{
 	*out = NULL;
 	if (sodium_init() < 0)
 		return ISG_ERR_CRYPTO;
@@ -269,7 +275,7 @@ int policy_load(const char *dir, struct policy_set **out, struct ydoc_diags *dia
 		dl--;
 	char *clean_dir = strndup(dir, dl);
 	struct loader l = {.dir = clean_dir, .d = diags};
-	struct policy_parser p = {.d = diags};
+	struct policy_parser p = {.d = diags, .today = today_days};
 	if (!clean_dir || !(p.set = calloc(1, sizeof(*p.set)))) {
 		l.err = ISG_ERR_NOMEM;
 		goto out;

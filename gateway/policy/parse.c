@@ -1,9 +1,9 @@
 /*
  * From parsed YAML to partners and agreements. Each key is read by a small
  * typed reader that reports a positioned error and carries on, so one pass
- * over a file finds every problem in it. What the agreement language adds
- * later (daily limits, review dates) goes in as new rows of the key lists
- * and new readers. A last pass over the whole set (policy_check_set) warns
+ * over a file finds every problem in it. A new key is a new row of a key
+ * list (docs/policy.schema.json must follow: a test compares them) and a
+ * new reader. A last pass over the whole set (policy_check_set) warns
  * about combinations of agreements.
  */
 #include "policy/internal.h"
@@ -310,7 +310,9 @@ static enum got text_list_at(struct pctx *c, const struct ydoc_node *map, const 
 
 /* ---- partners.yaml ---- */
 
-static const char *const matcher_keys[] = {"subject_cn", "san_uri", "san_dns", "spki_sha256", NULL};
+/* Indexed by enum cert_match_kind. */
+static const char *const matcher_keys[] = {"subject_cn",  "san_uri",   "san_dns",
+                                           "spki_sha256", "issuer_cn", NULL};
 
 static int hex_digit(char ch)
 {
@@ -328,6 +330,7 @@ static bool matcher_value_ok(struct pctx *c, const struct ydoc_node *n, enum cer
 	const char *key = matcher_keys[kind];
 	switch (kind) {
 	case MATCH_SUBJECT_CN:
+	case MATCH_ISSUER_CN:
 	case MATCH_SAN_URI:
 		if (len == 0 || len > 255 || !printable(s) ||
 		    (kind == MATCH_SAN_URI && (!strchr(s, ':') || strpbrk(s, " \t")))) {
@@ -376,25 +379,76 @@ static bool same_matcher(const struct cert_match *a, const struct cert_match *b)
 	return a->kind == b->kind && strcmp(a->value, b->value) == 0;
 }
 
-/* Two partners recognised by one certificate would be ambiguous: refuse it here. */
-static void check_matcher_unique(struct pctx *c, const struct ydoc_node *n,
-                                 const struct policy_partner *self, const struct cert_match *m)
+static bool has_matcher(const struct policy_partner *p, const struct cert_match *m)
+{
+	for (size_t k = 0; k < p->n_match; k++)
+		if (same_matcher(&p->match[k], m))
+			return true;
+	return false;
+}
+
+static size_t n_issuers(const struct policy_partner *p)
+{
+	size_t n = 0;
+	for (size_t k = 0; k < p->n_match; k++)
+		n += p->match[k].kind == MATCH_ISSUER_CN;
+	return n;
+}
+
+/* Whether one CA could have issued certificates both partners accept. */
+static bool issuers_overlap(const struct policy_partner *a, const struct policy_partner *b)
+{
+	if (n_issuers(a) == 0 || n_issuers(b) == 0)
+		return true;
+	for (size_t k = 0; k < a->n_match; k++)
+		if (a->match[k].kind == MATCH_ISSUER_CN && has_matcher(b, &a->match[k]))
+			return true;
+	return false;
+}
+
+/*
+ * Two partners that would recognise one certificate by the same matcher
+ * would be ambiguous: refuse it here. A shared subject matcher is fine when
+ * both partners are constrained to different issuing CAs; a shared
+ * issuer_cn is fine when both partners also have other matchers.
+ */
+static void check_matchers_unique(struct pctx *c, const struct policy_partner *self,
+                                  const struct ydoc_node *const *at)
 {
 	const struct policy_set *set = c->p->set;
-	for (size_t i = 0; i < set->n_partners; i++)
-		for (size_t k = 0; k < set->partners[i].n_match; k++)
-			if (same_matcher(&set->partners[i].match[k], m))
-				PERR(c, n,
+	size_t own_issuers = n_issuers(self);
+	for (size_t k = 0; k < self->n_match; k++) {
+		const struct cert_match *m = &self->match[k];
+		for (size_t i = 0; i < set->n_partners; i++) {
+			const struct policy_partner *q = &set->partners[i];
+			if (!has_matcher(q, m))
+				continue;
+			if (m->kind != MATCH_ISSUER_CN && issuers_overlap(self, q)) {
+				PERR(c, at[k],
 				     "%s '%s' of partner '%s' is already used by partner '%s'",
 				     matcher_keys[m->kind], m->value, self->id ? self->id : "?",
-				     set->partners[i].id);
-	for (size_t k = 0; k < self->n_match; k++)
-		if (same_matcher(&self->match[k], m))
-			PERR(c, n, "%s '%s' is listed twice", matcher_keys[m->kind], m->value);
+				     q->id);
+			} else if (m->kind == MATCH_ISSUER_CN &&
+			           (own_issuers == self->n_match || n_issuers(q) == q->n_match)) {
+				const char *alone = own_issuers == self->n_match
+				                        ? (self->id ? self->id : "?")
+				                        : q->id;
+				PERR(
+				    c, at[k],
+				    "issuer_cn '%s' of partner '%s' is also used by partner '%s', "
+				    "and "
+				    "partner '%s' has no other matcher: every certificate from "
+				    "that CA "
+				    "would be claimed by both (add subject_cn, san_uri, san_dns or "
+				    "spki_sha256)",
+				    m->value, self->id ? self->id : "?", q->id, alone);
+			}
+		}
+	}
 }
 
 static bool add_matcher(struct pctx *c, const struct ydoc_node *n, enum cert_match_kind kind,
-                        struct policy_partner *pt)
+                        struct policy_partner *pt, const struct ydoc_node **at)
 {
 	if (!want_kind(c, n, YDOC_SCALAR, matcher_keys[kind]))
 		return false;
@@ -406,7 +460,12 @@ static bool add_matcher(struct pctx *c, const struct ydoc_node *n, enum cert_mat
 	struct cert_match m = {0};
 	if (!matcher_value_ok(c, n, kind, &m))
 		return false;
-	check_matcher_unique(c, n, pt, &m);
+	if (has_matcher(pt, &m)) {
+		PERR(c, n, "%s '%s' is listed twice", matcher_keys[m.kind], m.value);
+		free(m.value);
+		return false;
+	}
+	at[pt->n_match] = n;
 	pt->match[pt->n_match++] = m;
 	return true;
 }
@@ -423,7 +482,8 @@ static bool parse_certificate(struct pctx *c, const struct ydoc_node *map,
 		PERR(c, cert, "out of memory");
 		return false;
 	}
-	for (int kind = MATCH_SUBJECT_CN; kind <= MATCH_SPKI_SHA256; kind++) {
+	const struct ydoc_node *at[POLICY_MAX_MATCHERS];
+	for (int kind = MATCH_SUBJECT_CN; kind <= MATCH_ISSUER_CN; kind++) {
 		const struct ydoc_node *v = ydoc_get(cert, matcher_keys[kind]);
 		if (!v)
 			continue;
@@ -432,16 +492,18 @@ static bool parse_certificate(struct pctx *c, const struct ydoc_node *map,
 			ok = false;
 		}
 		for (size_t i = 0; v->kind == YDOC_SEQ && i < v->n; i++)
-			ok &= add_matcher(c, v->items[i], (enum cert_match_kind)kind, pt);
+			ok &= add_matcher(c, v->items[i], (enum cert_match_kind)kind, pt, at);
 		if (v->kind != YDOC_SEQ)
-			ok &= add_matcher(c, v, (enum cert_match_kind)kind, pt);
+			ok &= add_matcher(c, v, (enum cert_match_kind)kind, pt, at);
 	}
 	if (ok && pt->n_match == 0) {
 		PERR(c, cert,
 		     "certificate must name at least one of subject_cn, san_uri, san_dns, "
-		     "spki_sha256");
+		     "spki_sha256 or issuer_cn");
 		ok = false;
 	}
+	if (ok)
+		check_matchers_unique(c, pt, at);
 	return ok;
 }
 
@@ -585,7 +647,10 @@ static void parse_pseudonymise(struct pctx *c, const struct ydoc_node *n, const 
 		     fname);
 		return;
 	}
-	id_value(c, domain, "linkage domain", &f->domain);
+	if (id_value(c, domain, "linkage domain", &f->domain) == GOT_VALUE) {
+		f->domain_line = domain->line;
+		f->domain_col = domain->col;
+	}
 }
 
 static void parse_generalise(struct pctx *c, const struct ydoc_node *n, const char *fname,
@@ -784,6 +849,25 @@ static void parse_purpose(struct pctx *c, const struct ydoc_node *map, struct po
 	text_at(c, n, "text", "purpose", true, 4096, &a->purpose_text);
 }
 
+/* review_date: a past one warns (the agreement still applies), an impossible one is refused. */
+static void parse_review(struct pctx *c, const struct ydoc_node *map, struct policy_agreement *a,
+                         const struct ydoc_node *from)
+{
+	const struct ydoc_node *at = NULL;
+	a->review_days = INT64_MAX;
+	if (date_at(c, map, "review_date", "agreement", false, &a->review_days, &at) != GOT_VALUE)
+		return;
+	char today[48];
+	if (from && a->review_days < a->valid_from_days)
+		PERR(c, at, "review_date %s is before valid_from %s", at->scalar, from->scalar);
+	else if (a->review_days < c->p->today)
+		ydoc_warning(c->d, c->file, at,
+		             "agreement '%s' was due for review on %s (review_date); today (UTC) "
+		             "is %s",
+		             a->id ? a->id : "?", at->scalar,
+		             policy_format_day(today, c->p->today));
+}
+
 static void parse_validity(struct pctx *c, const struct ydoc_node *map, struct policy_agreement *a)
 {
 	const struct ydoc_node *from = NULL, *until = NULL;
@@ -793,30 +877,43 @@ static void parse_validity(struct pctx *c, const struct ydoc_node *map, struct p
 	    date_at(c, map, "valid_until", "agreement", false, &a->valid_until_days, &until);
 	if (f == GOT_VALUE && u == GOT_VALUE && a->valid_from_days > a->valid_until_days)
 		PERR(c, from, "valid_from %s is after valid_until %s", from->scalar, until->scalar);
+	parse_review(c, map, a, f == GOT_VALUE ? from : NULL);
+}
+
+static uint32_t limit_at(struct pctx *c, const struct ydoc_node *map, const char *key, int64_t max)
+{
+	int64_t v;
+	return int_at(c, map, key, "limits", false, 1, max, &v) == GOT_VALUE ? (uint32_t)v : 0;
 }
 
 static void parse_limits(struct pctx *c, const struct ydoc_node *map, struct policy_agreement *a)
 {
-	static const char *const keys[] = {"max_records_per_message", NULL};
+	static const char *const keys[] = {"max_records_per_message", "records_per_day",
+	                                   "messages_per_day", NULL};
 	enum got got;
 	const struct ydoc_node *n = lookup(c, map, "limits", "agreement", false, &got);
 	if (!n || !want_kind(c, n, YDOC_MAP, "limits"))
 		return;
 	ydoc_check_keys(c->d, c->file, n, "limits", keys);
-	int64_t v;
-	if (int_at(c, n, "max_records_per_message", "limits", false, 1, POLICY_MAX_RECORDS_LIMIT,
-	           &v) == GOT_VALUE)
-		a->max_records_per_message = (uint32_t)v;
+	a->max_records_per_message =
+	    limit_at(c, n, "max_records_per_message", POLICY_MAX_RECORDS_LIMIT);
+	a->records_per_day = limit_at(c, n, "records_per_day", POLICY_MAX_RECORDS_PER_DAY);
+	a->messages_per_day = limit_at(c, n, "messages_per_day", POLICY_MAX_MESSAGES_PER_DAY);
+	if (a->records_per_day && a->max_records_per_message > a->records_per_day)
+		ydoc_warning(c->d, c->file, ydoc_get(n, "records_per_day"),
+		             "records_per_day %u is less than max_records_per_message %u: no "
+		             "message can carry more than %u records",
+		             a->records_per_day, a->max_records_per_message, a->records_per_day);
 }
 
 static void parse_agreement_body(struct pctx *c, const struct ydoc_node *n,
                                  struct policy_agreement *a, const struct ydoc_node **id_node)
 {
 	static const char *const keys[] = {
-	    "id",          "version",    "title",       "controllers",
-	    "senders",     "recipients", "purpose",     "lawful_basis",
-	    "dpia",        "valid_from", "valid_until", "undelivered_ttl",
-	    "allow_reply", "limits",     "datasets",    NULL,
+	    "id",          "version",     "title",           "controllers", "senders",
+	    "recipients",  "purpose",     "lawful_basis",    "dpia",        "valid_from",
+	    "valid_until", "review_date", "undelivered_ttl", "allow_reply", "limits",
+	    "datasets",    NULL,
 	};
 	ydoc_check_keys(c->d, c->file, n, "agreement", keys);
 	id_at(c, n, "id", "agreement", "agreement id", &a->id, id_node);

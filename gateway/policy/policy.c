@@ -5,6 +5,7 @@
 #include "policy/internal.h"
 
 #include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -79,6 +80,22 @@ const char *policy_partner_kind_name(enum partner_kind kind)
 		return "other";
 	}
 	return "unknown";
+}
+
+/* YYYY-MM-DD of a day number (Howard Hinnant's civil_from_days). */
+const char *policy_format_day(char buf[48], int64_t z)
+{
+	z += 719468;
+	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	unsigned mp = (5 * doy + 2) / 153;
+	unsigned d = doy - (153 * mp + 2) / 5 + 1;
+	unsigned m = mp < 10 ? mp + 3 : mp - 9;
+	long long y = (long long)yoe + (long long)era * 400 + (m <= 2);
+	snprintf(buf, 48, "%04lld-%02u-%02u", y, m, d);
+	return buf;
 }
 
 static void free_strings(char **s, size_t n)
@@ -241,8 +258,34 @@ static bool matcher_matches(const struct cert_match *m, const struct cert_identi
 		return false;
 	case MATCH_SPKI_SHA256:
 		return sodium_memcmp(m->spki, id->spki_sha256, sizeof(m->spki)) == 0;
+	case MATCH_ISSUER_CN:
+		return cert_text_eq(id->issuer_cn, sizeof(id->issuer_cn), m->value, false);
 	}
 	return false;
+}
+
+/*
+ * Any one of the partner's other matchers recognises the certificate, and
+ * when it lists issuer_cn, one of those must match as well: the issuer
+ * constrains. A partner with only issuer_cn is recognised by the CA alone.
+ */
+static bool partner_matches(const struct policy_partner *p, const struct cert_identity *id)
+{
+	size_t n_subject = 0, n_issuer = 0;
+	bool subject_hit = false, issuer_hit = false;
+	for (size_t k = 0; k < p->n_match; k++) {
+		bool hit = matcher_matches(&p->match[k], id);
+		if (p->match[k].kind == MATCH_ISSUER_CN) {
+			n_issuer++;
+			issuer_hit |= hit;
+		} else {
+			n_subject++;
+			subject_hit |= hit;
+		}
+	}
+	if (n_subject + n_issuer == 0)
+		return false;
+	return (n_subject == 0 || subject_hit) && (n_issuer == 0 || issuer_hit);
 }
 
 const struct policy_partner *policy_partner_by_cert(const struct policy_set *set,
@@ -254,14 +297,37 @@ const struct policy_partner *policy_partner_by_cert(const struct policy_set *set
 	/* Look at every partner: a certificate two partners claim is recognised as neither. */
 	for (size_t i = 0; i < set->n_partners; i++) {
 		const struct policy_partner *p = &set->partners[i];
-		bool hit = false;
-		for (size_t k = 0; k < p->n_match; k++)
-			hit |= matcher_matches(&p->match[k], id);
-		if (!hit)
+		if (!partner_matches(p, id))
 			continue;
 		if (found)
 			return NULL;
 		found = p;
 	}
 	return found;
+}
+
+size_t policy_check_domains(const struct policy_set *set,
+                            const char *(*missing)(void *ctx, const char *domain), void *ctx,
+                            struct ydoc_diags *diags)
+{
+	size_t n = 0;
+	for (size_t i = 0; set && i < set->n_agreements; i++) {
+		const struct policy_agreement *a = &set->agreements[i];
+		for (size_t k = 0; k < a->n_datasets; k++) {
+			const struct policy_dataset *ds = &a->datasets[k];
+			for (size_t j = 0; j < ds->n_fields; j++) {
+				const struct policy_field *f = &ds->fields[j];
+				const char *why = f->domain ? missing(ctx, f->domain) : NULL;
+				if (!why)
+					continue;
+				struct ydoc_node at = {.line = f->domain_line,
+				                       .col = f->domain_col};
+				ydoc_error(diags, a->file, &at,
+				           "linkage domain '%s' of field '%s' has no key: %s",
+				           f->domain, f->name, why);
+				n++;
+			}
+		}
+	}
+	return n;
 }

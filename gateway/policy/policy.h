@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "pseudo/pseudo.h"
+#include "util/util.h"
 #include "wire/wire.h"
 #include "ydoc/ydoc.h"
 
@@ -38,7 +39,11 @@ struct cert_identity {
 };
 
 /* How a partner's certificate is recognised; a partner lists one or more. */
-enum cert_match_kind { MATCH_SUBJECT_CN, MATCH_SAN_URI, MATCH_SAN_DNS, MATCH_SPKI_SHA256 };
+/* MATCH_ISSUER_CN (the CN of the CA that issued the certificate) constrains: a partner
+ * that lists it and other matchers is recognised only when one of its issuer_cn values
+ * and one of its other matchers both match. */
+enum cert_match_kind { MATCH_SUBJECT_CN, MATCH_SAN_URI, MATCH_SAN_DNS, MATCH_SPKI_SHA256,
+		       MATCH_ISSUER_CN };
 struct cert_match {
 	enum cert_match_kind kind;
 	char *value;                     /* text; for SPKI: lowercase hex */
@@ -92,6 +97,7 @@ struct policy_field {
 	enum generalise_to to;           /* ACTION_GENERALISE: into what */
 	int64_t width;                   /* GEN_AGE_BAND, GEN_NUMBER_BAND */
 	int line, col;                   /* where it was declared */
+	int domain_line, domain_col;     /* ACTION_PSEUDONYMISE: where the domain was named */
 };
 
 struct policy_dataset {
@@ -121,6 +127,10 @@ struct policy_agreement {
 	size_t n_controllers;            /* controllers: partner ids, may be empty */
 	char **controllers;
 	char *dpia;                      /* DPIA reference; NULL when absent */
+	/* Daily limits per sending partner under this agreement, per UTC day; isgd
+	 * enforces them (rules agreement.records_per_day, agreement.messages_per_day). */
+	uint32_t records_per_day, messages_per_day; /* 0 = unlimited */
+	int64_t review_days;             /* review_date, days since 1970-01-01; INT64_MAX when absent */
 };
 
 struct policy_set {
@@ -183,5 +193,44 @@ int policy_apply(const struct policy_set *set, const char *sender, const Isg__Se
  * max and returns how many there are (which may be more than max). */
 size_t policy_domains(const struct policy_set *set, const char **out, size_t max);
 void policy_outcome_release(struct policy_outcome *out);
+
+/* ---- for admins and IG officers: isgctl policy check --keys, show and diff ---- */
+
+/*
+ * Report, as an error in diags at the field's `domain:`, every pseudonymised
+ * field whose linkage domain has no key. missing(ctx, domain) returns NULL
+ * when the domain has a key, or a short text saying what is missing (it ends
+ * the message). Returns the number of errors added.
+ */
+size_t policy_check_domains(const struct policy_set *set,
+			    const char *(*missing)(void *ctx, const char *domain), void *ctx,
+			    struct ydoc_diags *diags);
+
+/*
+ * A plain-language summary of one agreement of the set for an IG officer:
+ * who sends what to whom, why, on what basis, until when, and which fields
+ * arrive in clear, generalised, pseudonymised or not at all. today_days
+ * (UTC) marks an overdue review or an agreement not in force; INT64_MIN
+ * leaves such remarks out. Appends to out; 0 or ISG_ERR_NOMEM.
+ */
+int policy_describe(const struct policy_set *set, const struct policy_agreement *a,
+		    int64_t today_days, struct strbuf *out);
+
+struct policy_diff_stats {
+	size_t changes;                  /* lines of change, each kind below included */
+	size_t weakened;                 /* lines starting "! WEAKENED" */
+	size_t strengthened;
+};
+
+/*
+ * The privacy effect of replacing policy set old_set by new_set, one line
+ * per change, grouped under the partner registry, each agreement and each
+ * data flow (sender -> recipient, agreement, dataset). A change that shares
+ * more, with less protection, for longer or with more partners starts with
+ * "! WEAKENED"; see docs/policy.md. Appends nothing when the two sets share
+ * the same. Appends to out; 0 or ISG_ERR_NOMEM.
+ */
+int policy_diff(const struct policy_set *old_set, const struct policy_set *new_set,
+		struct strbuf *out, struct policy_diff_stats *stats);
 
 #endif

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 #include <sodium.h>
 
+#include "policy/internal.h" /* policy_load_at */
 #include "policy/policy.h"
 #include "util/util.h"
 #include "ydoc/ydoc.h"
@@ -420,6 +421,19 @@ static void test_broken_agreements(void **state)
 	     "width applies only to age_band and number_band, not to 'year'"},
 	    {NULL, BROKEN("to-on-drop"), INV, 1, AFILE("to-on-drop"), 13, 63,
 	     "'to' applies only to action generalise, not to drop (field 'date_of_birth')"},
+	    /* Review dates and daily limits. */
+	    {NULL, BROKEN("review-before-from"), INV, 1, AFILE("review-before-from"), 10, 16,
+	     "review_date 2024-12-31 is before valid_from 2025-01-01"},
+	    {NULL, BROKEN("bad-review-date"), INV, 1, AFILE("bad-review-date"), 10, 16,
+	     "invalid date '2026-13-01' for review_date (use YYYY-MM-DD)"},
+	    {NULL, BROKEN("records-per-day-zero"), INV, 1, AFILE("records-per-day-zero"), 11, 22,
+	     "invalid records_per_day '0' (use a whole number from 1 to 100000000)"},
+	    {NULL, BROKEN("messages-per-day-big"), INV, 1, AFILE("messages-per-day-big"), 12, 23,
+	     "invalid messages_per_day '10000001' (use a whole number from 1 to 10000000)"},
+	    {NULL, BROKEN("limits-unknown-key"), INV, 1, AFILE("limits-unknown-key"), 11, 5,
+	     "unknown key 'records_per_days' in limits (did you mean 'records_per_day'?)"},
+	    {NULL, BROKEN("limits-not-map"), INV, 1, AFILE("limits-not-map"), 10, 11,
+	     "limits must be a mapping, not a single value"},
 	    /* Reported against the later file in name order. */
 	    {NULL, BROKEN("duplicate-id"), INV, 1, "agreements/police-nhs-safeguarding.yaml", 2, 7,
 	     "duplicate agreement id 'police-nhs-safeguarding' (also in "},
@@ -482,6 +496,17 @@ static void test_broken_partners(void **state)
 	     "partner 'met-police'"},
 	    {"broken/partners-bad-values.yaml", NULL, INV, 7, "partners.yaml", 2, 9,
 	     "invalid partner id 'Met_Police'"},
+	    /* issuer_cn: a CA that one partner claims whole cannot be shared. */
+	    {"broken/partners-issuer-alone-shared.yaml", NULL, INV, 1, "partners.yaml", 13, 18,
+	     "issuer_cn 'Shared Partner CA' of partner 'nhs-trust' is also used by partner "
+	     "'met-police', and partner 'nhs-trust' has no other matcher: every certificate from "
+	     "that CA would be claimed by both (add subject_cn, san_uri, san_dns or spki_sha256)"},
+	    /* One CN under two partners whose issuers overlap (Shared CA). */
+	    {"broken/partners-shared-cn-same-issuer.yaml", NULL, INV, 1, "partners.yaml", 12, 19,
+	     "subject_cn 'gateway-client.test' of partner 'nhs-trust' is already used by partner "
+	     "'met-police'"},
+	    {"broken/partners-bad-issuer.yaml", NULL, INV, 3, "partners.yaml", 7, 18,
+	     "invalid issuer_cn ''"},
 	};
 	for (size_t i = 0; i < ARRAY_LEN(cases); i++)
 		check_broken(&cases[i]);
@@ -546,6 +571,295 @@ static void test_broken_partners(void **state)
 	ydoc_diags_release(&d);
 	unlink(path);
 	rmdir(empty);
+}
+
+/* Every problem of a broken partners.yaml, in order, with its position. */
+static void test_broken_issuers(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "broken/partners-bad-issuer.yaml", "partners.yaml");
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set;
+	assert_int_equal(policy_load(dir, &set, &d), ISG_ERR_INVALID);
+	static const struct {
+		int line, col;
+		const char *msg;
+	} want[] = {
+	    {7, 18, "invalid issuer_cn ''"},
+	    {13, 27, "issuer_cn 'NHS CA' is listed twice"},
+	    {18, 18, "issuer_cn must list at least one value"},
+	};
+	if (d.errors != ARRAY_LEN(want))
+		ydoc_diags_print(&d, stderr);
+	assert_int_equal(d.errors, ARRAY_LEN(want));
+	for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+		assert_int_equal(d.items[i].line, want[i].line);
+		assert_int_equal(d.items[i].col, want[i].col);
+		assert_non_null(strstr(d.items[i].message, want[i].msg));
+	}
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
+static struct policy_set *load_features(int64_t today, struct ydoc_diags *d)
+{
+	struct policy_set *set = NULL;
+	int err = policy_load_at(fixture("features"), today, &set, d);
+	if (err)
+		ydoc_diags_print(d, stderr);
+	assert_int_equal(err, 0);
+	return set;
+}
+
+static int64_t day(const char *date)
+{
+	int64_t days;
+	assert_int_equal(date_parse_days(date, &days), 0);
+	return days;
+}
+
+/* issuer_cn constrains the partner's other matchers; alone, it recognises the whole CA. */
+static void test_issuer_cn(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = load_features(day("2026-01-01"), &d);
+	assert_int_equal(d.errors, 0);
+	const struct policy_partner *met = policy_partner_by_id(set, "met-police");
+	assert_int_equal(met->n_match, 2);
+	assert_int_equal(met->match[1].kind, MATCH_ISSUER_CN);
+	assert_string_equal(met->match[1].value, "Police Issuing CA 1");
+	assert_int_equal(policy_partner_by_id(set, "nhs-trust")->n_match, 3);
+
+	static const struct {
+		const char *cn, *issuer, *dns;
+		const char *partner; /* NULL: nobody */
+	} cases[] = {
+	    {"gateway-client.test", "Police Issuing CA 1", NULL, "met-police"},
+	    {"gateway-client.test", "NHS Issuing CA 1", NULL, "nhs-trust"},
+	    {"gateway-client.test", "NHS Issuing CA 2", NULL, "nhs-trust"},
+	    /* Both must hold: the right CN from another CA, the right CA with another CN. */
+	    {"gateway-client.test", "Some Other CA", NULL, NULL},
+	    {"gateway-client.test", "", NULL, NULL},
+	    {"someone-else.test", "Police Issuing CA 1", NULL, NULL},
+	    /* CA names compare exactly. */
+	    {"gateway-client.test", "police issuing ca 1", NULL, NULL},
+	    {"gateway-client.test", "Police Issuing CA 1 ", NULL, NULL},
+	    /* issuer_cn alone: every certificate of that CA, whatever its names. */
+	    {"anything.test", "City Council Devices CA", NULL, "city-council"},
+	    {"gateway-client.test", "City Council Devices CA", NULL, "city-council"},
+	    {"", "City Council Devices CA", NULL, "city-council"},
+	    /* No issuer_cn: any CA the TLS layer trusts. */
+	    {"x", "Police Issuing CA 1", "charity.test", "charity"},
+	    {"x", "Anything", "CHARITY.test", "charity"},
+	    /* Recognised twice (charity's DNS name, met-police's CN and CA): neither. */
+	    {"gateway-client.test", "Police Issuing CA 1", "charity.test", NULL},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct cert_identity id;
+		memset(&id, 0, sizeof(id));
+		str_copy(id.subject_cn, cases[i].cn, sizeof(id.subject_cn));
+		str_copy(id.issuer_cn, cases[i].issuer, sizeof(id.issuer_cn));
+		if (cases[i].dns) {
+			id.n_san_dns = 1;
+			str_copy(id.san_dns[0], cases[i].dns, sizeof(id.san_dns[0]));
+		}
+		const struct policy_partner *p = policy_partner_by_cert(set, &id);
+		bool ok = p ? cases[i].partner && strcmp(p->id, cases[i].partner) == 0
+		            : !cases[i].partner;
+		if (!ok)
+			fail_msg("case %zu: cn '%s' issuer '%s': got %s, want %s", i, cases[i].cn,
+			         cases[i].issuer, p ? p->id : "nobody",
+			         cases[i].partner ? cases[i].partner : "nobody");
+	}
+	/* An issuer_cn the TLS layer left unterminated matches nothing. */
+	struct cert_identity id;
+	memset(&id, 0, sizeof(id));
+	str_copy(id.subject_cn, "gateway-client.test", sizeof(id.subject_cn));
+	memset(id.issuer_cn, 'A', sizeof(id.issuer_cn));
+	assert_null(policy_partner_by_cert(set, &id));
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+}
+
+/* review_date: parsed, and a warning once today (UTC) is past it. */
+static void test_review_dates(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	/* The review day itself is not overdue. */
+	struct policy_set *set = load_features(day("2026-06-30"), &d);
+	assert_int_equal(d.warnings, 0);
+	assert_int_equal(policy_agreement_by_id(set, "nhs-police-reply")->review_days,
+	                 day("2026-06-30"));
+	assert_int_equal(policy_agreement_by_id(set, "police-nhs-safeguarding")->review_days,
+	                 day("2098-03-31"));
+	assert_int_equal(policy_agreement_by_id(set, "council-planning")->review_days, INT64_MAX);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+
+	ydoc_diags_init(&d);
+	set = load_features(day("2026-07-01"), &d);
+	assert_int_equal(d.errors, 0);
+	assert_int_equal(d.warnings, 1);
+	assert_true(d.items[0].warning);
+	assert_non_null(strstr(d.items[0].file, "features/agreements/nhs-police-reply.yaml"));
+	assert_int_equal(d.items[0].line, 12);
+	assert_int_equal(d.items[0].col, 16);
+	assert_string_equal(d.items[0].message,
+	                    "agreement 'nhs-police-reply' was due for review on 2026-06-30 "
+	                    "(review_date); today (UTC) is 2026-07-01");
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+
+	/* Without a review date, nothing to warn about; the valid set has none. */
+	set = load_valid();
+	for (size_t i = 0; i < set->n_agreements; i++)
+		assert_int_equal(set->agreements[i].review_days, INT64_MAX);
+	policy_set_unref(set);
+}
+
+static void write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+/* records_per_day and messages_per_day: parsed per agreement; 0 when absent. */
+static void test_daily_limits(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = load_features(day("2026-01-01"), &d);
+	const struct policy_agreement *a = policy_agreement_by_id(set, "police-nhs-safeguarding");
+	assert_int_equal(a->max_records_per_message, 500);
+	assert_int_equal(a->records_per_day, 10000);
+	assert_int_equal(a->messages_per_day, 200);
+	a = policy_agreement_by_id(set, "council-planning");
+	assert_int_equal(a->max_records_per_message, 0);
+	assert_int_equal(a->records_per_day, 0);
+	assert_int_equal(a->messages_per_day, 24);
+	a = policy_agreement_by_id(set, "nhs-police-reply");
+	assert_int_equal(a->records_per_day, 1000);
+	assert_int_equal(a->messages_per_day, 0);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+
+	set = load_valid();
+	for (size_t i = 0; i < set->n_agreements; i++) {
+		assert_int_equal(set->agreements[i].records_per_day, 0);
+		assert_int_equal(set->agreements[i].messages_per_day, 0);
+	}
+	policy_set_unref(set);
+
+	/* The bounds load; a daily limit below the per-message one loads with a warning. */
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	char path[200];
+	snprintf(path, sizeof(path), "%s/agreements/limits.yaml", dir);
+	write_text(path, "agreement:\n"
+	                 "  id: limits\n"
+	                 "  version: 1\n"
+	                 "  title: Limits\n"
+	                 "  senders: [met-police]\n"
+	                 "  recipients: [nhs-trust]\n"
+	                 "  purpose: {code: testing, text: Testing}\n"
+	                 "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	                 "  valid_from: 2025-01-01\n"
+	                 "  limits:\n"
+	                 "    max_records_per_message: 1000\n"
+	                 "    records_per_day: 100000000\n"
+	                 "    messages_per_day: 10000000\n"
+	                 "  datasets:\n"
+	                 "    - {name: things, fields: [{name: a, type: text, action: pass}]}\n");
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	assert_int_equal(d.warnings, 0);
+	a = policy_agreement_by_id(set, "limits");
+	assert_int_equal(a->records_per_day, 100000000);
+	assert_int_equal(a->messages_per_day, 10000000);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+
+	write_text(path, "agreement:\n"
+	                 "  id: limits\n"
+	                 "  version: 1\n"
+	                 "  title: Limits\n"
+	                 "  senders: [met-police]\n"
+	                 "  recipients: [nhs-trust]\n"
+	                 "  purpose: {code: testing, text: Testing}\n"
+	                 "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	                 "  valid_from: 2025-01-01\n"
+	                 "  limits: {max_records_per_message: 500, records_per_day: 100}\n"
+	                 "  datasets:\n"
+	                 "    - {name: things, fields: [{name: a, type: text, action: pass}]}\n");
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	assert_int_equal(d.errors, 0);
+	assert_int_equal(d.warnings, 1);
+	assert_int_equal(d.items[0].line, 10);
+	assert_int_equal(d.items[0].col, 59);
+	assert_string_equal(d.items[0].message,
+	                    "records_per_day 100 is less than max_records_per_message 500: no "
+	                    "message can carry more than 100 records");
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
+/* A key probe that knows the domains listed in ctx (a NULL-terminated list). */
+static const char *probe_keys(void *ctx, const char *domain)
+{
+	for (const char *const *k = ctx; *k; k++)
+		if (strcmp(*k, domain) == 0)
+			return NULL;
+	return "no key file";
+}
+
+static void test_check_domains(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = load_features(day("2026-01-01"), &d);
+	ydoc_diags_release(&d);
+
+	static const char *const all[] = {"planning", "planning-police", NULL};
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_check_domains(set, probe_keys, (void *)all, &d), 0);
+	assert_int_equal(d.n, 0);
+	ydoc_diags_release(&d);
+
+	/* One error per field whose domain has no key, at its domain: value. */
+	static const char *const some[] = {"planning-police", "unused", NULL};
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_check_domains(set, probe_keys, (void *)some, &d), 2);
+	assert_int_equal(d.errors, 2);
+	static const struct {
+		int line, col;
+		const char *msg;
+	} want[] = {
+	    {18, 78, "linkage domain 'planning' of field 'nhs_number' has no key: no key file"},
+	    {20, 73, "linkage domain 'planning' of field 'family_name' has no key: no key file"},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+		assert_non_null(
+		    strstr(d.items[i].file, "features/agreements/council-planning.yaml"));
+		assert_int_equal(d.items[i].line, want[i].line);
+		assert_int_equal(d.items[i].col, want[i].col);
+		assert_string_equal(d.items[i].message, want[i].msg);
+	}
+	ydoc_diags_release(&d);
+
+	static const char *const none[] = {NULL};
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_check_domains(set, probe_keys, (void *)none, &d), 3);
+	assert_int_equal(d.items[1].line, 19);
+	assert_int_equal(d.items[1].col, 70);
+	ydoc_diags_release(&d);
+	policy_set_unref(set);
 }
 
 /* Errors in several files are all reported, each against its own file. */
@@ -1685,7 +1999,12 @@ int main(void)
 	    cmocka_unit_test(test_broken_agreements),
 	    cmocka_unit_test(test_broken_transforms),
 	    cmocka_unit_test(test_broken_partners),
+	    cmocka_unit_test(test_broken_issuers),
 	    cmocka_unit_test(test_errors_collected_across_files),
+	    cmocka_unit_test(test_issuer_cn),
+	    cmocka_unit_test(test_review_dates),
+	    cmocka_unit_test(test_daily_limits),
+	    cmocka_unit_test(test_check_domains),
 	    cmocka_unit_test(test_shipped_policies_load),
 	    cmocka_unit_test(test_partner_by_cert),
 	    cmocka_unit_test(test_apply_agreement_rules),
