@@ -3,6 +3,7 @@
  * datasets, fields and rules, never a field's value: refusal reasons come
  * from policy_apply, which never quotes values either.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "daemon/gateway.h"
@@ -37,7 +38,8 @@ static void fields_by_action(struct strbuf *b, const struct policy_dataset *ds,
 }
 
 char *entry_accepted(const struct policy_set *set, const struct policy_outcome *o,
-		     const char *sender, const Isg__SendRequest *req, size_t *len)
+		     const char *sender, const Isg__SendRequest *req, const char *subjects,
+		     size_t *len)
 {
 	const struct policy_agreement *a = o->agreement;
 	struct strbuf b;
@@ -63,8 +65,88 @@ char *entry_accepted(const struct policy_set *set, const struct policy_outcome *
 	for (enum field_action act = ACTION_PASS; act <= ACTION_PSEUDONYMISE; act++)
 		fields_by_action(&b, o->dataset, act);
 	strbuf_puts(&b, "}");
-	strbuf_printf(&b, ",\"reply_to\":%llu}", (unsigned long long)req->reply_to);
+	strbuf_printf(&b, ",\"reply_to\":%llu", (unsigned long long)req->reply_to);
+	strbuf_printf(&b, ",\"subjects\":%s}", subjects);
 	return strbuf_take(&b, len);
+}
+
+/* The pseudo module's type for an identifier-typed field; 0 for other types. */
+static enum pseudo_type subject_type(enum field_type t)
+{
+	switch (t) {
+	case FIELD_NHS_NUMBER: return PSEUDO_NHS_NUMBER;
+	case FIELD_PNC_ID: return PSEUDO_PNC_ID;
+	case FIELD_POSTCODE: return PSEUDO_POSTCODE;
+	case FIELD_NAME: return PSEUDO_NAME;
+	case FIELD_EMAIL: return PSEUDO_EMAIL;
+	case FIELD_IDENTIFIER: return PSEUDO_IDENTIFIER;
+	default: return 0;
+	}
+}
+
+static const struct policy_field *dataset_field(const struct policy_dataset *ds, const char *name)
+{
+	for (size_t i = 0; i < ds->n_fields; i++)
+		if (strcmp(ds->fields[i].name, name) == 0)
+			return &ds->fields[i];
+	return NULL;
+}
+
+/* Collect one request per identifier value; norms holds the normalised values. */
+static size_t subject_requests(const struct policy_dataset *ds, const Isg__SendRequest *req,
+			       struct pseudo_request *reqs, char (*norms)[PSEUDO_VALUE_MAX + 1],
+			       size_t max)
+{
+	size_t n = 0;
+	for (size_t r = 0; r < req->n_records; r++) {
+		const Isg__Record *rec = req->records[r];
+		for (size_t i = 0; rec && i < rec->n_fields && n < max; i++) {
+			const Isg__Field *f = rec->fields[i];
+			const struct policy_field *pf = f && f->name ? dataset_field(ds, f->name) : NULL;
+			enum pseudo_type t = pf ? subject_type(pf->type) : 0;
+			if (!t || !f->value || f->value->kind_case != ISG__VALUE__KIND_TEXT)
+				continue;
+			const char *reason;
+			if (pseudo_normalise(t, f->value->text, strlen(f->value->text), norms[n],
+					     &reason) != 0)
+				continue; /* policy_apply refused these already */
+			reqs[n] = (struct pseudo_request){.domain = AUDIT_DOMAIN, .type = t,
+							  .norm = norms[n],
+							  .len = strlen(norms[n])};
+			n++;
+		}
+	}
+	return n;
+}
+
+char *entry_subjects(const struct regime *rg, const struct policy_dataset *ds,
+		     const Isg__SendRequest *req, int64_t now_ms)
+{
+	size_t max = 0;
+	for (size_t r = 0; r < req->n_records; r++)
+		max += req->records[r] ? req->records[r]->n_fields : 0;
+	struct pseudo_request *reqs = calloc(max ? max : 1, sizeof(*reqs));
+	char(*norms)[PSEUDO_VALUE_MAX + 1] = calloc(max ? max : 1, sizeof(*norms));
+	char *out = NULL;
+	if (!reqs || !norms)
+		goto out;
+	size_t n = subject_requests(ds, req, reqs, norms, max);
+	if (n && rg->pseudo.pseudonymise(rg->pseudo.ctx, reqs, n, date_days_of_ms(now_ms)) != 0)
+		goto out;
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_puts(&b, "[");
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			strbuf_puts(&b, ",");
+		strbuf_json_string(&b, reqs[i].out);
+	}
+	strbuf_puts(&b, "]");
+	out = strbuf_take(&b, NULL);
+out:
+	free(reqs);
+	free(norms);
+	return out;
 }
 
 char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,

@@ -34,8 +34,28 @@ struct regime {
 struct regime *regime_load(const struct isgd_config *cfg, bool log);
 void regime_unref(struct regime *r);
 
+/* quota.c: daily limits per sender and agreement. */
+struct quota;
+struct quota_entry;
+struct quota_claim {
+	struct quota_entry *entry; /* NULL: nothing reserved */
+	int64_t day;
+	uint32_t records;
+};
+struct quota *quota_new(void);
+void quota_free(struct quota *q);
+/* Rebuild today's counters from what the store accepted today. */
+int quota_seed(struct quota *q, struct store *store, int64_t now_ms);
+/* Reserve one message of `records` records; ISG_ERR_LIMIT fills why. */
+int quota_reserve(struct quota *q, const char *sender, const struct policy_agreement *a,
+		  uint32_t records, int64_t now_ms, struct quota_claim *claim,
+		  struct policy_refusal *why);
+/* Give back a reservation whose message was not stored (or was a duplicate). */
+void quota_release(struct quota *q, const struct quota_claim *claim);
+
 struct gateway {
 	struct isgd_config cfg;
+	struct quota *quota;
 	struct store *store;
 	struct net_server *net;
 	pthread_mutex_t regime_mu;
@@ -57,7 +77,17 @@ void handler_recheck_partners(struct gateway *g);
 /* entries.c: audit entries as JSON text; NULL when out of memory. */
 struct store_message;
 char *entry_accepted(const struct policy_set *set, const struct policy_outcome *o,
-		     const char *sender, const Isg__SendRequest *req, size_t *len);
+		     const char *sender, const Isg__SendRequest *req, const char *subjects,
+		     size_t *len);
+/*
+ * The subjects of a message as a JSON array of pseudonyms under the audit
+ * domain: one per identifier-typed field of every record. NULL when out of
+ * memory or when the audit domain cannot answer.
+ */
+char *entry_subjects(const struct regime *rg, const struct policy_dataset *ds,
+		     const Isg__SendRequest *req, int64_t now_ms);
+
+#define AUDIT_DOMAIN "audit"
 char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
 		    const struct policy_refusal *why, size_t *len);
 char *entry_connection(const char *peer, const char *subject, const char *partner,

@@ -114,11 +114,53 @@ struct send_job {
 	bool refused;
 	struct policy_refusal why;
 	uint64_t audit_index;
+	/* The daily-limit reservation, given back if nothing new was stored. */
+	struct quota *quota;
+	struct quota_claim claim;
+	/* Over a daily limit: the refusal's audit entry, written unless it was a resend. */
+	char *over_limit;
+	size_t over_limit_len;
+	struct store *store;
 };
+
+static void refusal_stored(void *ctx, int err, uint64_t audit_index);
+
+/* Over the limit and not a resend: audit the refusal, answer once it is stored. */
+static bool send_refuse_over_limit(struct net_conn *c, struct send_job *j)
+{
+	char *entry = j->over_limit;
+	j->over_limit = NULL;
+	j->refused = true;
+	j->err = 0;
+	log_event(LOG_INFO, "message.refused", "rule=%s", j->why.rule);
+	/* Audited even if the sender has gone: every refusal is on record. */
+	int err = store_audit(j->store, "message.refused", entry, j->over_limit_len,
+			      refusal_stored, j);
+	free(entry);
+	if (err != 0) {
+		j->err = err;
+		return false;
+	}
+	if (c)
+		net_conn_begin_async(c);
+	return true;
+}
 
 static void send_reply(struct net_conn *c, void *arg)
 {
 	struct send_job *j = arg;
+	if (j->quota && (j->err != 0 || j->receipt.duplicate))
+		quota_release(j->quota, &j->claim);
+	if (j->over_limit && j->err == ISG_ERR_LIMIT) {
+		if (c)
+			net_conn_end_async(c);
+		if (send_refuse_over_limit(c, j))
+			return; /* answered when the refusal's audit entry is stored */
+		if (c)
+			net_conn_begin_async(c); /* balanced by the end below */
+	}
+	free(j->over_limit);
+	j->over_limit = NULL;
 	if (!c)
 		goto out;
 	net_conn_end_async(c);
@@ -255,7 +297,8 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
 	}
-	int err = policy_apply(set, s->partner, req, time_now_ms(), &rg->pseudo, &o, &why);
+	int64_t now = time_now_ms();
+	int err = policy_apply(set, s->partner, req, now, &rg->pseudo, &o, &why);
 	if (err == ISG_ERR_DENIED || err == ISG_ERR_INVALID) {
 		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
@@ -284,13 +327,34 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	/* The request's own bytes identify its content for idempotent resends. */
 	size_t packed_len = isg__send_request__get_packed_size(req);
 	uint8_t *packed = malloc(packed_len ? packed_len : 1);
-	char *entry = entry_accepted(set, &o, s->partner, req, &m.audit_len);
+	char *subjects = entry_subjects(rg, o.dataset, req, now);
+	char *entry = subjects ? entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len)
+			       : NULL;
+	free(subjects);
 	struct send_job *j = send_job_new(c, f->request_id, req->message_id, set);
 	if (!packed || !entry || !j) {
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
 		free(j);
 		goto done;
 	}
+	err = quota_reserve(s->g->quota, s->partner, o.agreement, o.record_count, now, &j->claim,
+			    &why);
+	if (err == ISG_ERR_LIMIT) {
+		/* Over the limit, a resend of an accepted message still gets its receipt:
+		 * the store answers duplicates and refuses anything new. */
+		j->over_limit = entry_refused(set, s->partner, req, &why, &j->over_limit_len);
+		j->why = why;
+		m.duplicate_only = true;
+		if (!j->over_limit)
+			err = ISG_ERR_NOMEM;
+	}
+	if (err != 0 && err != ISG_ERR_LIMIT) {
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
+		free(j);
+		goto done;
+	}
+	j->quota = s->g->quota;
+	j->store = s->g->store;
 	isg__send_request__pack(req, packed);
 	crypto_hash_sha256(m.request_hash, packed, packed_len);
 	m.audit_entry = entry;
@@ -298,6 +362,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	err = store_send(s->g->store, &m, send_stored, j);
 	if (err != 0) {
 		net_conn_end_async(c);
+		quota_release(j->quota, &j->claim);
 		send_store_error(c, f->request_id, err);
 		free(j);
 	}

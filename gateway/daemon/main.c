@@ -99,10 +99,11 @@ static void reload(struct gateway *g)
 	struct regime *r = regime_load(&g->cfg, true);
 	if (r) {
 		const struct policy_set *set = r->policy;
+		audit_policy(g, set, "loaded", 0);
+		gateway_regime_swap(g, r); /* r stays referenced by the gateway */
+		/* Logged after the swap: whoever waits for this line gets the new set. */
 		log_event(LOG_INFO, "policy.loaded", "version=%s partners=%zu agreements=%zu",
 			  set->version, set->n_partners, set->n_agreements);
-		audit_policy(g, set, "loaded", 0);
-		gateway_regime_swap(g, r);
 		handler_recheck_partners(g);
 	} else {
 		log_event(LOG_ERROR, "policy.refused",
@@ -155,6 +156,14 @@ static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *
 		return r;
 	}
 	g->regime = regime;
+	g->quota = quota_new();
+	if (!g->quota || quota_seed(g->quota, g->store, time_now_ms()) != 0) {
+		fputs("isgd: cannot read today's usage from the store for the daily limits\n", stderr);
+		store_close(g->store);
+		quota_free(g->quota);
+		regime_unref(regime);
+		return ISG_ERR_STORE;
+	}
 	store_set_notify(g->store, handler_notify, g);
 	audit_policy(g, regime->policy, "loaded", 0);
 
@@ -174,6 +183,7 @@ static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *
 	if (r != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		store_close(g->store);
+		quota_free(g->quota);
 		regime_unref(g->regime);
 		return r;
 	}
@@ -185,6 +195,7 @@ static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
 	store_close(g->store); /* after the workers: their last answers are stored */
 	net_server_free(g->net);
+	quota_free(g->quota);
 	regime_unref(g->regime);
 	log_event(LOG_INFO, "isgd.stopped", "pid=%d", (int)getpid());
 	return 0;

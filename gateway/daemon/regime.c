@@ -83,6 +83,14 @@ struct regime *regime_load(const struct isgd_config *cfg, bool log)
 	}
 	if (!failed && domains_missing(r->policy, r->keys, log, cfg->keys_dir))
 		failed = true;
+	if (!failed && !keyring_has(r->keys, AUDIT_DOMAIN)) {
+		snprintf(err, sizeof(err),
+			 "the audit log's linkage domain '%s' has no key in '%s/%s' (isgctl keys "
+			 "init makes it; or: isgctl keys new-domain %s %s)",
+			 AUDIT_DOMAIN, cfg->keys_dir, KEYS_DOMAINS_DIR, cfg->keys_dir, AUDIT_DOMAIN);
+		report(log, "keys.missing_domain", err);
+		failed = true;
+	}
 	if (failed) {
 		regime_unref(r);
 		return NULL;

@@ -15,10 +15,7 @@
 #include "store/store_test.h"
 #include "util/util.h"
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
+void store_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
 	if (!err || errlen == 0)
 		return;
@@ -269,17 +266,17 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	int rc;
 	*out = NULL;
 	if (!opt || !opt->path || !opt->storage_key) {
-		seterr(err, errlen, "store needs a path and a storage key");
+		store_seterr(err, errlen, "store needs a path and a storage key");
 		return ISG_ERR_INVALID;
 	}
 	if (sodium_init() < 0) {
-		seterr(err, errlen, "libsodium failed to initialise");
+		store_seterr(err, errlen, "libsodium failed to initialise");
 		return ISG_ERR_CRYPTO;
 	}
 	s = calloc(1, sizeof(*s));
 	if (!s || store_init_sync(s) != 0) {
 		free(s);
-		seterr(err, errlen, "store: out of memory");
+		store_seterr(err, errlen, "store: out of memory");
 		return ISG_ERR_NOMEM;
 	}
 	s->sweep_interval_ms =
@@ -288,7 +285,7 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	s->path = strdup(opt->path);
 	s->key = sodium_malloc(STORE_KEY_LEN);
 	if (!s->path || !s->key) {
-		seterr(err, errlen, "store: out of memory");
+		store_seterr(err, errlen, "store: out of memory");
 		rc = ISG_ERR_NOMEM;
 		goto out;
 	}
@@ -299,7 +296,7 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 		goto out;
 	sqlite3_commit_hook(s->db, commit_hook, s);
 	if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
-		seterr(err, errlen, "store: cannot start the writer thread");
+		store_seterr(err, errlen, "store: cannot start the writer thread");
 		rc = ISG_ERR_NOMEM;
 		goto out;
 	}
@@ -420,6 +417,7 @@ int store_send(struct store *s, const struct store_message *m, store_send_cb cb,
 	memcpy(js->request_hash, m->request_hash, sizeof(js->request_hash));
 	js->record_count = m->record_count;
 	js->ttl_ms = m->ttl_ms;
+	js->duplicate_only = m->duplicate_only;
 	rc = send_copy_strings(js, m);
 	if (rc)
 		goto fail;

@@ -56,6 +56,7 @@ struct store_message {
 	int64_t ttl_ms;                  /* undelivered data expires after this */
 	const char *audit_entry;         /* "message.accepted" entry, JSON, same transaction */
 	size_t audit_len;
+	bool duplicate_only;             /* answer a resend, but store nothing new (ISG_ERR_LIMIT) */
 };
 
 struct store_receipt {
@@ -67,7 +68,8 @@ struct store_receipt {
 };
 
 /*
- * err: 0; ISG_ERR_CONFLICT when (sender, message_id) exists with another
+ * err: 0; ISG_ERR_LIMIT when duplicate_only was set and this is not a resend;
+ * ISG_ERR_CONFLICT when (sender, message_id) exists with another
  * request_hash; ISG_ERR_NOT_FOUND when reply_to names no message sent by
  * the recipient to the sender; ISG_ERR_FULL when the disk is full;
  * ISG_ERR_STORE otherwise. r is NULL unless err is 0.
@@ -125,6 +127,22 @@ int store_ack(struct store *s, const char *recipient, const uint64_t *ids, size_
 typedef void (*store_audit_cb)(void *ctx, int err, uint64_t audit_index);
 int store_audit(struct store *s, const char *kind, const char *entry, size_t len,
 		store_audit_cb cb, void *ctx);
+
+/* --- usage --------------------------------------------------------------- */
+
+/* Accepted messages and records per (sender, agreement) since a time. */
+struct store_usage {
+	const char *sender, *agreement_id;
+	uint64_t messages, records;
+};
+
+/*
+ * Report usage since since_ms (Unix ms), one call of cb per (sender,
+ * agreement). Reads through its own read-only connection, so it does not
+ * wait for the writer; meant for rebuilding daily counters at start.
+ */
+int store_usage_since(struct store *s, int64_t since_ms,
+		      void (*cb)(void *ctx, const struct store_usage *u), void *ctx);
 
 /* --- notification ------------------------------------------------------- */
 

@@ -43,7 +43,8 @@ static const char *const schema_sql =
     " payload BLOB,"
     " UNIQUE (sender, message_id));"
     "CREATE INDEX messages_pending ON messages(recipient, id) WHERE state IN (0, 1);"
-    "CREATE INDEX messages_expiry ON messages(expires_at) WHERE state IN (0, 1);";
+    "CREATE INDEX messages_expiry ON messages(expires_at) WHERE state IN (0, 1);"
+    "CREATE INDEX messages_accepted ON messages(accepted_at);";
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_MSG_BY_SENDER_ID] = "SELECT id, request_hash, audit_index, accepted_at, record_count"
@@ -70,18 +71,6 @@ static const char *const stmt_sql[ST_COUNT] = {
                           " ORDER BY expires_at LIMIT ?2",
 };
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || errlen == 0)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 static int map_rc(int rc)
 {
@@ -128,16 +117,16 @@ static int check_header(const char *path, char *err, size_t errlen)
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		int e = errno;
-		seterr(err, errlen, "store '%s': cannot open: %s", path, strerror(e));
+		store_seterr(err, errlen, "store '%s': cannot open: %s", path, strerror(e));
 		return e == EACCES ? ISG_ERR_DENIED : ISG_ERR_IO;
 	}
 	if (fstat(fd, &st) != 0) {
-		seterr(err, errlen, "store '%s': cannot stat: %s", path, strerror(errno));
+		store_seterr(err, errlen, "store '%s': cannot stat: %s", path, strerror(errno));
 		rc = ISG_ERR_IO;
 		goto out;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		seterr(err, errlen, "store '%s' is not a regular file", path);
+		store_seterr(err, errlen, "store '%s' is not a regular file", path);
 		rc = ISG_ERR_CORRUPT;
 		goto out;
 	}
@@ -146,12 +135,12 @@ static int check_header(const char *path, char *err, size_t errlen)
 		n = pread(fd, hdr, sizeof(hdr), 0);
 	while (n < 0 && errno == EINTR);
 	if (n < 0) {
-		seterr(err, errlen, "store '%s': cannot read: %s", path, strerror(errno));
+		store_seterr(err, errlen, "store '%s': cannot read: %s", path, strerror(errno));
 		rc = ISG_ERR_IO;
 		goto out;
 	}
 	if ((size_t)n < sizeof(hdr) || memcmp(hdr, magic, sizeof(magic)) != 0) {
-		seterr(err, errlen, "store '%s' is not an SQLite database; refusing to use it",
+		store_seterr(err, errlen, "store '%s' is not an SQLite database; refusing to use it",
 		       path);
 		rc = ISG_ERR_CORRUPT;
 		goto out;
@@ -186,7 +175,7 @@ static int check_meta(sqlite3 *db, const char *path, char *err, size_t errlen)
 	int rc =
 	    sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'format'", -1, &st, NULL);
 	if (rc != SQLITE_OK) {
-		seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
+		store_seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
 		return ISG_ERR_CORRUPT;
 	}
 	rc = sqlite3_step(st);
@@ -194,18 +183,18 @@ static int check_meta(sqlite3 *db, const char *path, char *err, size_t errlen)
 	bool ours = format && strcmp((const char *)format, STORE_FORMAT) == 0;
 	sqlite3_finalize(st);
 	if (!ours) {
-		seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
+		store_seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
 		return ISG_ERR_CORRUPT;
 	}
 	int64_t version = 0;
 	bool found = false;
 	rc = query_int(db, "SELECT value FROM meta WHERE key = 'schema_version'", &version, &found);
 	if (rc != SQLITE_OK || !found || version < 1) {
-		seterr(err, errlen, "store '%s' has no valid schema version", path);
+		store_seterr(err, errlen, "store '%s' has no valid schema version", path);
 		return ISG_ERR_CORRUPT;
 	}
 	if (version > STORE_SCHEMA_VERSION) {
-		seterr(err, errlen,
+		store_seterr(err, errlen,
 		       "store '%s' has schema version %lld; this isgd understands up to %d", path,
 		       (long long)version, STORE_SCHEMA_VERSION);
 		return ISG_ERR_CORRUPT;
@@ -223,7 +212,7 @@ static int check_integrity(sqlite3 *db, const char *path, char *err, size_t errl
 	bool ok = res && strcmp((const char *)res, "ok") == 0;
 	sqlite3_finalize(st);
 	if (!ok) {
-		seterr(err, errlen, "store '%s' fails SQLite's integrity check", path);
+		store_seterr(err, errlen, "store '%s' fails SQLite's integrity check", path);
 		return ISG_ERR_CORRUPT;
 	}
 	return 0;
@@ -240,7 +229,7 @@ static int check_existing(const char *path, char *err, size_t errlen)
 		return rc;
 	int src = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
 	if (src != SQLITE_OK) {
-		seterr(err, errlen, "store '%s': cannot open read-only: %s", path,
+		store_seterr(err, errlen, "store '%s': cannot open read-only: %s", path,
 		       db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
 		rc = ISG_ERR_STORE;
 		goto out;
@@ -249,13 +238,13 @@ static int check_existing(const char *path, char *err, size_t errlen)
 	src = query_int(db, "PRAGMA application_id", &app_id, &found);
 	if (src != SQLITE_OK) {
 		int code = src & 0xff;
-		seterr(err, errlen, "store '%s': cannot read: %s", path, sqlite3_errmsg(db));
+		store_seterr(err, errlen, "store '%s': cannot read: %s", path, sqlite3_errmsg(db));
 		rc = code == SQLITE_NOTADB || code == SQLITE_CORRUPT ? ISG_ERR_CORRUPT
 		                                                     : ISG_ERR_STORE;
 		goto out;
 	}
 	if (!found || app_id != STORE_APPLICATION_ID) {
-		seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
+		store_seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
 		rc = ISG_ERR_CORRUPT;
 		goto out;
 	}
@@ -325,19 +314,19 @@ static int create_new(const char *path, char *err, size_t errlen)
 	int rc = 0;
 	int n = snprintf(tmp, sizeof(tmp), "%s.new-XXXXXX", path);
 	if (n < 0 || (size_t)n >= sizeof(tmp)) {
-		seterr(err, errlen, "store path '%s' is too long", path);
+		store_seterr(err, errlen, "store path '%s' is too long", path);
 		return ISG_ERR_TOO_BIG;
 	}
 	int fd = mkstemp(tmp); /* mode 0600 */
 	if (fd < 0) {
-		seterr(err, errlen, "store '%s': cannot create: %s", path, strerror(errno));
+		store_seterr(err, errlen, "store '%s': cannot create: %s", path, strerror(errno));
 		return ISG_ERR_IO;
 	}
 	int src = sqlite3_open_v2(tmp, &db, SQLITE_OPEN_READWRITE, NULL);
 	if (src == SQLITE_OK)
 		src = init_schema(db);
 	if (src != SQLITE_OK) {
-		seterr(err, errlen, "store '%s': cannot create: %s", path,
+		store_seterr(err, errlen, "store '%s': cannot create: %s", path,
 		       db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
 		rc = map_rc(src);
 		goto out;
@@ -346,19 +335,19 @@ static int create_new(const char *path, char *err, size_t errlen)
 	src = sqlite3_close(db);
 	db = NULL;
 	if (src != SQLITE_OK || fsync(fd) != 0) {
-		seterr(err, errlen, "store '%s': cannot write: %s", path,
+		store_seterr(err, errlen, "store '%s': cannot write: %s", path,
 		       src != SQLITE_OK ? sqlite3_errstr(src) : strerror(errno));
 		rc = ISG_ERR_IO;
 		goto out;
 	}
 	/* link() never replaces: if another process made the store meanwhile, use theirs. */
 	if (link(tmp, path) != 0 && errno != EEXIST) {
-		seterr(err, errlen, "store '%s': cannot create: %s", path, strerror(errno));
+		store_seterr(err, errlen, "store '%s': cannot create: %s", path, strerror(errno));
 		rc = ISG_ERR_IO;
 		goto out;
 	}
 	if (fsync_parent(path) != 0) {
-		seterr(err, errlen, "store '%s': cannot sync its directory: %s", path,
+		store_seterr(err, errlen, "store '%s': cannot sync its directory: %s", path,
 		       strerror(errno));
 		rc = ISG_ERR_IO;
 	}
@@ -387,7 +376,7 @@ static int configure(struct store *s, char *err, size_t errlen)
 	for (size_t i = 0; i < ARRAY_LEN(pragmas); i++) {
 		int rc = sqlite3_exec(s->db, pragmas[i], NULL, NULL, NULL);
 		if (rc != SQLITE_OK) {
-			seterr(err, errlen, "store '%s': '%s' failed: %s", s->path, pragmas[i],
+			store_seterr(err, errlen, "store '%s': '%s' failed: %s", s->path, pragmas[i],
 			       sqlite3_errmsg(s->db));
 			return store_db_fail(s, rc, "configure");
 		}
@@ -402,7 +391,7 @@ static int configure(struct store *s, char *err, size_t errlen)
 	}
 	sqlite3_finalize(st);
 	if (!wal) {
-		seterr(err, errlen, "store '%s': cannot switch to WAL mode", s->path);
+		store_seterr(err, errlen, "store '%s': cannot switch to WAL mode", s->path);
 		return ISG_ERR_STORE;
 	}
 	return 0;
@@ -414,7 +403,7 @@ static int prepare_all(struct store *s, char *err, size_t errlen)
 		int rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
 		                            &s->stmt[i], NULL);
 		if (rc != SQLITE_OK) {
-			seterr(err, errlen, "store '%s': cannot prepare statement %zu: %s", s->path,
+			store_seterr(err, errlen, "store '%s': cannot prepare statement %zu: %s", s->path,
 			       i, sqlite3_errmsg(s->db));
 			return store_db_fail(s, rc, "prepare");
 		}
@@ -428,7 +417,7 @@ int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 	int rc;
 	if (stat(path, &st) != 0) {
 		if (errno != ENOENT) {
-			seterr(err, errlen, "store '%s': cannot stat: %s", path, strerror(errno));
+			store_seterr(err, errlen, "store '%s': cannot stat: %s", path, strerror(errno));
 			return ISG_ERR_IO;
 		}
 		rc = create_new(path, err, errlen);
@@ -440,7 +429,7 @@ int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 		return rc;
 	int src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL);
 	if (src != SQLITE_OK) {
-		seterr(err, errlen, "store '%s': cannot open: %s", path,
+		store_seterr(err, errlen, "store '%s': cannot open: %s", path,
 		       s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
 		return map_rc(src);
 	}

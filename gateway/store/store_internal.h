@@ -41,6 +41,10 @@
 #define STORE_DEFAULT_MAX_BATCH 512
 #define STORE_BUSY_TIMEOUT_MS 5000
 
+/* Format an error message for a caller's err buffer (NULL or empty: nothing). */
+void store_seterr(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 enum store_stmt {
 	ST_MSG_BY_SENDER_ID,
 	ST_REPLY_CHECK,
@@ -64,6 +68,7 @@ struct job_send {
 	uint8_t request_hash[32];
 	uint32_t record_count;
 	int64_t ttl_ms;
+	bool duplicate_only;
 	uint8_t nonce[STORE_NONCE_LEN];
 	uint8_t *sealed;
 	size_t sealed_len;

@@ -185,6 +185,8 @@ static int job_send_run(struct store *s, struct job_send *js, int64_t now)
 		return err;
 	if (err)
 		return err;
+	if (js->duplicate_only)
+		return ISG_ERR_LIMIT; /* over a limit: only a resend may be answered */
 	if (js->reply_to != 0) {
 		err = send_check_reply(s, js);
 		if (err)

@@ -956,7 +956,7 @@ static void test_rotate_overlap(void **state)
 	char out[PSEUDO_TEXT_MAX], prev[PSEUDO_TEXT_MAX], out2[PSEUDO_TEXT_MAX];
 	pseudonymise(ring, "d", t, out, prev);
 	assert_int_equal(strncmp(out, "p2_", 3), 0);
-	assert_string_not_equal(out + 3, P1_NHS + 3);
+	assert_string_not_equal(out + 3, &P1_NHS[3]);
 	assert_string_equal(prev, P1_NHS);
 	pseudonymise(ring, "d", t + 29, out2, prev);
 	assert_string_equal(out2, out);

@@ -1,0 +1,72 @@
+"""
+Scenario: an agreement's daily limits (docs/policy.md "Limits") through the
+real isgd: messages_per_day and records_per_day per sender and UTC day, what
+the refusal says, that resends and refusals do not use the allowance, and
+that a restart does not reset the counters.
+"""
+
+import unittest
+
+import isgtest
+
+NHS = ["9434765919", "6281948211", "9876543210", "4010232137", "9000000009"]
+
+
+def record(i):
+    return {"nhs_number": NHS[i % len(NHS)], "age": 40 + i}
+
+
+class DailyLimitCase(isgtest.ScenarioCase):
+    def start(self, **limits):
+        agreement = isgtest.default_agreement(senders=["met-police", "city-council"],
+                                               limits=limits)
+        self.gw = self.gateway(self.policy(agreements=[agreement]))
+        self.police = self.partner(self.gw, "police")
+        self.council = self.partner(self.gw, "council")
+
+    def assertRefused(self, r, rule, limit, what):
+        self.assertEqual(r.rc, 3, r)
+        self.assertIn("LIMIT_EXCEEDED [%s]" % rule, r.err)
+        self.assertIn("limit of %d %s per day" % (limit, what), r.err)
+        self.assertIn("resets at 00:00 UTC", r.err)
+
+    def test_messages_per_day(self):
+        self.start(messages_per_day=2)
+        first = self.police.send_ok([record(0)], message_id="m-1")
+        self.police.send_ok([record(1)], message_id="m-2")
+        # A resend of an accepted message is not a new message.
+        again = self.police.send_ok([record(0)], message_id="m-1")
+        self.assertTrue(again["duplicate"])
+        self.assertEqual(again["gateway_id"], first["gateway_id"])
+        self.assertRefused(self.police.send([record(2)], message_id="m-3"),
+                           "agreement.messages_per_day", 2, "messages")
+        # Another sender under the same agreement has an allowance of its own.
+        self.council.send_ok([record(3)], message_id="c-1")
+        # The refusal is audited and the gateway says so in the log, without values.
+        self.assertIn("rule=agreement.messages_per_day", self.gw.log)
+        self.assertNotIn(NHS[2], self.gw.log)
+        # A restart rebuilds today's counters from the store.
+        self.gw.restart()
+        self.assertRefused(self.police.send([record(2)], message_id="m-3"),
+                           "agreement.messages_per_day", 2, "messages")
+        self.assertEqual(len(self.partner(self.gw, "nhs").fetch_messages()), 3)
+
+    def test_records_per_day(self):
+        self.start(records_per_day=5, max_records_per_message=5)
+        self.police.send_ok([record(i) for i in range(3)], message_id="r-1")
+        self.assertRefused(self.police.send([record(i) for i in range(3)], message_id="r-2"),
+                           "agreement.records_per_day", 5, "records")
+        # The refused message used none of the allowance: two more still fit.
+        self.police.send_ok([record(i) for i in range(2)], message_id="r-3")
+        self.assertRefused(self.police.send([record(0)], message_id="r-4"),
+                           "agreement.records_per_day", 5, "records")
+
+    def test_refused_records_do_not_count(self):
+        self.start(records_per_day=2)
+        bad = [{"nhs_number": "9434765918"}]  # check digit wrong: refused before the limit
+        self.assertEqual(self.police.send(bad).rc, 3)
+        self.police.send_ok([record(0), record(1)], message_id="ok")
+
+
+if __name__ == "__main__":
+    unittest.main()
