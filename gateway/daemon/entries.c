@@ -21,10 +21,10 @@ static void kv_str(struct strbuf *b, const char *key, const char *value)
 }
 
 static void fields_by_action(struct strbuf *b, const struct policy_dataset *ds,
-			     enum field_action action)
+                             enum field_action action)
 {
 	strbuf_printf(b, "%s\"%s\":[", action == ACTION_PASS ? "" : ",",
-		      policy_field_action_name(action));
+	              policy_field_action_name(action));
 	bool first = true;
 	for (size_t i = 0; i < ds->n_fields; i++) {
 		if (ds->fields[i].action != action)
@@ -38,8 +38,8 @@ static void fields_by_action(struct strbuf *b, const struct policy_dataset *ds,
 }
 
 char *entry_accepted(const struct policy_set *set, const struct policy_outcome *o,
-		     const char *sender, const Isg__SendRequest *req, const char *subjects,
-		     size_t *len)
+                     const char *sender, const Isg__SendRequest *req, const char *subjects,
+                     size_t *len)
 {
 	const struct policy_agreement *a = o->agreement;
 	struct strbuf b;
@@ -74,13 +74,20 @@ char *entry_accepted(const struct policy_set *set, const struct policy_outcome *
 static enum pseudo_type subject_type(enum field_type t)
 {
 	switch (t) {
-	case FIELD_NHS_NUMBER: return PSEUDO_NHS_NUMBER;
-	case FIELD_PNC_ID: return PSEUDO_PNC_ID;
-	case FIELD_POSTCODE: return PSEUDO_POSTCODE;
-	case FIELD_NAME: return PSEUDO_NAME;
-	case FIELD_EMAIL: return PSEUDO_EMAIL;
-	case FIELD_IDENTIFIER: return PSEUDO_IDENTIFIER;
-	default: return 0;
+	case FIELD_NHS_NUMBER:
+		return PSEUDO_NHS_NUMBER;
+	case FIELD_PNC_ID:
+		return PSEUDO_PNC_ID;
+	case FIELD_POSTCODE:
+		return PSEUDO_POSTCODE;
+	case FIELD_NAME:
+		return PSEUDO_NAME;
+	case FIELD_EMAIL:
+		return PSEUDO_EMAIL;
+	case FIELD_IDENTIFIER:
+		return PSEUDO_IDENTIFIER;
+	default:
+		return 0;
 	}
 }
 
@@ -94,25 +101,27 @@ static const struct policy_field *dataset_field(const struct policy_dataset *ds,
 
 /* Collect one request per identifier value; norms holds the normalised values. */
 static size_t subject_requests(const struct policy_dataset *ds, const Isg__SendRequest *req,
-			       struct pseudo_request *reqs, char (*norms)[PSEUDO_VALUE_MAX + 1],
-			       size_t max)
+                               struct pseudo_request *reqs, char (*norms)[PSEUDO_VALUE_MAX + 1],
+                               size_t max)
 {
 	size_t n = 0;
 	for (size_t r = 0; r < req->n_records; r++) {
 		const Isg__Record *rec = req->records[r];
 		for (size_t i = 0; rec && i < rec->n_fields && n < max; i++) {
 			const Isg__Field *f = rec->fields[i];
-			const struct policy_field *pf = f && f->name ? dataset_field(ds, f->name) : NULL;
+			const struct policy_field *pf =
+			    f && f->name ? dataset_field(ds, f->name) : NULL;
 			enum pseudo_type t = pf ? subject_type(pf->type) : 0;
 			if (!t || !f->value || f->value->kind_case != ISG__VALUE__KIND_TEXT)
 				continue;
 			const char *reason;
 			if (pseudo_normalise(t, f->value->text, strlen(f->value->text), norms[n],
-					     &reason) != 0)
+			                     &reason) != 0)
 				continue; /* policy_apply refused these already */
-			reqs[n] = (struct pseudo_request){.domain = AUDIT_DOMAIN, .type = t,
-							  .norm = norms[n],
-							  .len = strlen(norms[n])};
+			reqs[n] = (struct pseudo_request){.domain = AUDIT_DOMAIN,
+			                                  .type = t,
+			                                  .norm = norms[n],
+			                                  .len = strlen(norms[n])};
 			n++;
 		}
 	}
@@ -120,7 +129,7 @@ static size_t subject_requests(const struct policy_dataset *ds, const Isg__SendR
 }
 
 char *entry_subjects(const struct regime *rg, const struct policy_dataset *ds,
-		     const Isg__SendRequest *req, int64_t now_ms)
+                     const Isg__SendRequest *req, int64_t now_ms)
 {
 	size_t max = 0;
 	for (size_t r = 0; r < req->n_records; r++)
@@ -150,7 +159,7 @@ out:
 }
 
 char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
-		    const struct policy_refusal *why, size_t *len)
+                    const struct policy_refusal *why, size_t *len)
 {
 	struct strbuf b;
 	strbuf_init(&b);
@@ -161,9 +170,9 @@ char *entry_refused(const struct policy_set *set, const char *sender, const Isg_
 	kv_str(&b, "agreement_id", req->agreement_id);
 	kv_str(&b, "dataset", req->dataset);
 	kv_str(&b, "policy_version", set ? set->version : "");
-	kv_str(&b, "code", protobuf_c_enum_descriptor_get_value(&isg__error_code__descriptor,
-								 (int)why->code)
-				   ->name);
+	kv_str(&b, "code",
+	       protobuf_c_enum_descriptor_get_value(&isg__error_code__descriptor, (int)why->code)
+	           ->name);
 	kv_str(&b, "rule", why->rule);
 	kv_str(&b, "reason", why->message);
 	strbuf_printf(&b, ",\"record_index\":%lld", (long long)why->record_index);
@@ -173,7 +182,7 @@ char *entry_refused(const struct policy_set *set, const char *sender, const Isg_
 }
 
 char *entry_connection(const char *peer, const char *subject, const char *partner,
-		       const char *reason, size_t *len)
+                       const char *reason, size_t *len)
 {
 	struct strbuf b;
 	strbuf_init(&b);
@@ -190,7 +199,7 @@ char *entry_connection(const char *peer, const char *subject, const char *partne
 }
 
 char *entry_policy(const struct policy_set *set, const char *dir, const char *outcome,
-		   size_t errors, size_t *len)
+                   size_t errors, size_t *len)
 {
 	struct strbuf b;
 	strbuf_init(&b);
@@ -200,7 +209,7 @@ char *entry_policy(const struct policy_set *set, const char *dir, const char *ou
 	if (set) {
 		kv_str(&b, "policy_version", set->version);
 		strbuf_printf(&b, ",\"partners\":%zu,\"agreements\":%zu", set->n_partners,
-			      set->n_agreements);
+		              set->n_agreements);
 	}
 	strbuf_printf(&b, ",\"errors\":%zu}", errors);
 	return strbuf_take(&b, len);

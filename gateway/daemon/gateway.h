@@ -48,8 +48,8 @@ void quota_free(struct quota *q);
 int quota_seed(struct quota *q, struct store *store, int64_t now_ms);
 /* Reserve one message of `records` records; ISG_ERR_LIMIT fills why. */
 int quota_reserve(struct quota *q, const char *sender, const struct policy_agreement *a,
-		  uint32_t records, int64_t now_ms, struct quota_claim *claim,
-		  struct policy_refusal *why);
+                  uint32_t records, int64_t now_ms, struct quota_claim *claim,
+                  struct policy_refusal *why);
 /* Give back a reservation whose message was not stored (or was a duplicate). */
 void quota_release(struct quota *q, const struct quota_claim *claim);
 
@@ -77,22 +77,22 @@ void handler_recheck_partners(struct gateway *g);
 /* entries.c: audit entries as JSON text; NULL when out of memory. */
 struct store_message;
 char *entry_accepted(const struct policy_set *set, const struct policy_outcome *o,
-		     const char *sender, const Isg__SendRequest *req, const char *subjects,
-		     size_t *len);
+                     const char *sender, const Isg__SendRequest *req, const char *subjects,
+                     size_t *len);
 /*
  * The subjects of a message as a JSON array of pseudonyms under the audit
  * domain: one per identifier-typed field of every record. NULL when out of
  * memory or when the audit domain cannot answer.
  */
 char *entry_subjects(const struct regime *rg, const struct policy_dataset *ds,
-		     const Isg__SendRequest *req, int64_t now_ms);
+                     const Isg__SendRequest *req, int64_t now_ms);
 
 #define AUDIT_DOMAIN "audit"
 char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
-		    const struct policy_refusal *why, size_t *len);
+                    const struct policy_refusal *why, size_t *len);
 char *entry_connection(const char *peer, const char *subject, const char *partner,
-		       const char *reason, size_t *len);
+                       const char *reason, size_t *len);
 char *entry_policy(const struct policy_set *set, const char *dir, const char *outcome,
-		   size_t errors, size_t *len);
+                   size_t errors, size_t *len);
 
 #endif

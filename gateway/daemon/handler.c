@@ -19,23 +19,23 @@ struct session {
 	struct gateway *g;
 	char partner[64];
 	char subject[512];
-	uint64_t cursor;        /* last gateway_id handed out on this connection */
+	uint64_t cursor; /* last gateway_id handed out on this connection */
 	/* A fetch or subscription in progress. */
-	bool fetching;          /* a FetchRequest is unanswered */
+	bool fetching; /* a FetchRequest is unanswered */
 	bool subscribed;
-	uint64_t fetch_rid;     /* request_id of the fetch or subscribe */
+	uint64_t fetch_rid; /* request_id of the fetch or subscribe */
 	uint32_t fetch_max;
-	bool store_busy;        /* a store_fetch is in flight */
-	uint32_t unacked;       /* deliveries pushed to a subscriber and not yet acked */
-	bool dirty;             /* a wake-up came while it was */
-	bool expired;           /* the long-poll deadline passed while it was */
+	bool store_busy;  /* a store_fetch is in flight */
+	uint32_t unacked; /* deliveries pushed to a subscriber and not yet acked */
+	bool dirty;       /* a wake-up came while it was */
+	bool expired;     /* the long-poll deadline passed while it was */
 };
 
 /* ------------------------------------------------------------------------ */
 /* Answers. */
 
 static void send_error(struct net_conn *c, uint64_t rid, Isg__ErrorCode code, const char *rule,
-		       const char *message, int64_t record, const char *field, uint64_t audit)
+                       const char *message, int64_t record, const char *field, uint64_t audit)
 {
 	Isg__Error e = ISG__ERROR__INIT;
 	e.code = code;
@@ -52,7 +52,7 @@ static void send_error(struct net_conn *c, uint64_t rid, Isg__ErrorCode code, co
 }
 
 static void send_simple_error(struct net_conn *c, uint64_t rid, Isg__ErrorCode code,
-			      const char *message)
+                              const char *message)
 {
 	send_error(c, rid, code, NULL, message, -1, NULL, 0);
 }
@@ -62,13 +62,13 @@ static void send_store_error(struct net_conn *c, uint64_t rid, int err)
 {
 	if (err == ISG_ERR_FULL)
 		send_simple_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE,
-				  "the gateway's disk is full; nothing was stored, retry later");
+		                  "the gateway's disk is full; nothing was stored, retry later");
 	else if (err == ISG_ERR_CLOSED)
 		send_simple_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE,
-				  "the gateway is shutting down; nothing was stored, retry");
+		                  "the gateway is shutting down; nothing was stored, retry");
 	else
 		send_simple_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE,
-				  "the gateway could not store the request; retry later");
+		                  "the gateway could not store the request; retry later");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -78,8 +78,9 @@ static void on_hello(struct net_conn *c, struct session *s, const Isg__Frame *f)
 {
 	if (f->hello->protocol_version != WIRE_PROTOCOL_VERSION) {
 		char msg[96];
-		snprintf(msg, sizeof(msg), "protocol version %u is not supported; this gateway speaks %d",
-			 f->hello->protocol_version, WIRE_PROTOCOL_VERSION);
+		snprintf(msg, sizeof(msg),
+		         "protocol version %u is not supported; this gateway speaks %d",
+		         f->hello->protocol_version, WIRE_PROTOCOL_VERSION);
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__UNSUPPORTED, msg);
 		return;
 	}
@@ -134,8 +135,8 @@ static bool send_refuse_over_limit(struct net_conn *c, struct send_job *j)
 	j->err = 0;
 	log_event(LOG_INFO, "message.refused", "rule=%s", j->why.rule);
 	/* Audited even if the sender has gone: every refusal is on record. */
-	int err = store_audit(j->store, "message.refused", entry, j->over_limit_len,
-			      refusal_stored, j);
+	int err =
+	    store_audit(j->store, "message.refused", entry, j->over_limit_len, refusal_stored, j);
 	free(entry);
 	if (err != 0) {
 		j->err = err;
@@ -169,17 +170,17 @@ static void send_reply(struct net_conn *c, void *arg)
 			send_store_error(c, j->rid, j->err); /* no audit, no answer but retry */
 			goto out;
 		}
-		send_error(c, j->rid, j->why.code, j->why.rule, j->why.message,
-			   j->why.record_index, j->why.field, j->audit_index);
+		send_error(c, j->rid, j->why.code, j->why.rule, j->why.message, j->why.record_index,
+		           j->why.field, j->audit_index);
 		goto out;
 	}
 	if (j->err == ISG_ERR_CONFLICT) {
 		send_error(c, j->rid, ISG__ERROR_CODE__CONFLICT, "message.id",
-			   "message_id was already used for a message with different content", -1,
-			   NULL, 0);
+		           "message_id was already used for a message with different content", -1,
+		           NULL, 0);
 	} else if (j->err == ISG_ERR_NOT_FOUND) {
 		send_error(c, j->rid, ISG__ERROR_CODE__NOT_FOUND, "message.reply_to",
-			   "reply_to names no message that the recipient sent to you", -1, NULL, 0);
+		           "reply_to names no message that the recipient sent to you", -1, NULL, 0);
 	} else if (j->err != 0) {
 		send_store_error(c, j->rid, j->err);
 	} else {
@@ -221,7 +222,7 @@ static void refusal_stored(void *ctx, int err, uint64_t audit_index)
 }
 
 static struct send_job *send_job_new(struct net_conn *c, uint64_t rid, const char *message_id,
-				     const struct policy_set *set)
+                                     const struct policy_set *set)
 {
 	struct send_job *j = calloc(1, sizeof(*j));
 	if (!j)
@@ -235,12 +236,13 @@ static struct send_job *send_job_new(struct net_conn *c, uint64_t rid, const cha
 
 /* Refused: audit first, answer when the refusal is on disk. */
 static void refuse_send(struct net_conn *c, struct session *s, uint64_t rid,
-			const struct policy_set *set, const Isg__SendRequest *req,
-			const struct policy_refusal *why)
+                        const struct policy_set *set, const Isg__SendRequest *req,
+                        const struct policy_refusal *why)
 {
 	char q[96];
-	log_event(LOG_INFO, "message.refused", "partner=%s rule=%s record=%lld field=%s", s->partner,
-		  why->rule, (long long)why->record_index, log_quote(q, sizeof(q), why->field));
+	log_event(LOG_INFO, "message.refused", "partner=%s rule=%s record=%lld field=%s",
+	          s->partner, why->rule, (long long)why->record_index,
+	          log_quote(q, sizeof(q), why->field));
 	struct send_job *j = send_job_new(c, rid, req->message_id, set);
 	size_t len;
 	char *entry = entry_refused(set, s->partner, req, why, &len);
@@ -263,7 +265,7 @@ static void refuse_send(struct net_conn *c, struct session *s, uint64_t rid,
 }
 
 static bool request_refused(const Isg__SendRequest *req, const struct gateway *g,
-			    struct policy_refusal *why)
+                            struct policy_refusal *why)
 {
 	memset(why, 0, sizeof(*why));
 	why->record_index = -1;
@@ -272,15 +274,15 @@ static bool request_refused(const Isg__SendRequest *req, const struct gateway *g
 	if (id_len == 0 || id_len > MESSAGE_ID_MAX) {
 		str_copy(why->rule, "request.message_id", sizeof(why->rule));
 		snprintf(why->message, sizeof(why->message),
-			 "message_id must be 1 to %d characters", MESSAGE_ID_MAX);
+		         "message_id must be 1 to %d characters", MESSAGE_ID_MAX);
 		return true;
 	}
 	if (req->n_records > g->cfg.max_records_per_message) {
 		why->code = ISG__ERROR_CODE__LIMIT_EXCEEDED;
 		str_copy(why->rule, "gateway.max_records_per_message", sizeof(why->rule));
 		snprintf(why->message, sizeof(why->message),
-			 "%zu records is more than the gateway's limit of %u per message",
-			 req->n_records, g->cfg.max_records_per_message);
+		         "%zu records is more than the gateway's limit of %u per message",
+		         req->n_records, g->cfg.max_records_per_message);
 		return true;
 	}
 	return false;
@@ -305,31 +307,31 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	}
 	if (err != 0) {
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL,
-				  "the gateway could not apply the agreement");
+		                  "the gateway could not apply the agreement");
 		goto out;
 	}
 
 	struct store_message m = {
-		.sender = s->partner,
-		.message_id = req->message_id,
-		.recipient = req->recipient,
-		.agreement_id = o.agreement->id,
-		.agreement_version = o.agreement->version,
-		.purpose = o.agreement->purpose_code,
-		.dataset = o.dataset->name,
-		.reply_to = req->reply_to,
-		.record_count = o.record_count,
-		.payload = o.payload,
-		.payload_len = o.payload_len,
-		.ttl_ms = o.agreement->undelivered_ttl_ms ? o.agreement->undelivered_ttl_ms :
-							    s->g->cfg.undelivered_ttl_ms,
+	    .sender = s->partner,
+	    .message_id = req->message_id,
+	    .recipient = req->recipient,
+	    .agreement_id = o.agreement->id,
+	    .agreement_version = o.agreement->version,
+	    .purpose = o.agreement->purpose_code,
+	    .dataset = o.dataset->name,
+	    .reply_to = req->reply_to,
+	    .record_count = o.record_count,
+	    .payload = o.payload,
+	    .payload_len = o.payload_len,
+	    .ttl_ms = o.agreement->undelivered_ttl_ms ? o.agreement->undelivered_ttl_ms
+	                                              : s->g->cfg.undelivered_ttl_ms,
 	};
 	/* The request's own bytes identify its content for idempotent resends. */
 	size_t packed_len = isg__send_request__get_packed_size(req);
 	uint8_t *packed = malloc(packed_len ? packed_len : 1);
 	char *subjects = entry_subjects(rg, o.dataset, req, now);
-	char *entry = subjects ? entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len)
-			       : NULL;
+	char *entry =
+	    subjects ? entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len) : NULL;
 	free(subjects);
 	struct send_job *j = send_job_new(c, f->request_id, req->message_id, set);
 	if (!packed || !entry || !j) {
@@ -338,7 +340,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		goto done;
 	}
 	err = quota_reserve(s->g->quota, s->partner, o.agreement, o.record_count, now, &j->claim,
-			    &why);
+	                    &why);
 	if (err == ISG_ERR_LIMIT) {
 		/* Over the limit, a resend of an accepted message still gets its receipt:
 		 * the store answers duplicates and refuses anything new. */
@@ -416,7 +418,7 @@ static Isg__Delivery *delivery_of(const struct store_delivery *sd)
 	Isg__Delivery *d = isg__delivery__unpack(NULL, sd->payload_len, sd->payload);
 	if (!d) {
 		log_event(LOG_ERROR, "store.bad_payload", "gateway_id=%llu",
-			  (unsigned long long)sd->gateway_id);
+		          (unsigned long long)sd->gateway_id);
 		return NULL;
 	}
 	/* The metadata columns are the truth; the strings stay owned by sd. */
@@ -439,7 +441,7 @@ static void delivery_free(Isg__Delivery *d)
 		return;
 	/* protobuf-c frees string fields that differ from the default; detach ours. */
 	d->message_id = d->sender = d->agreement_id = d->purpose = d->dataset =
-		(char *)protobuf_c_empty_string;
+	    (char *)protobuf_c_empty_string;
 	isg__delivery__free_unpacked(d, NULL);
 }
 
@@ -499,7 +501,8 @@ static void fetch_done(struct net_conn *c, void *arg)
 		goto out;
 	}
 	size_t used = fetch_deliver(c, s, j->res);
-	/* The store may stop short of max (it bounds a batch by bytes): any full use means more may wait. */
+	/* The store may stop short of max (it bounds a batch by bytes): any full use means more may
+	 * wait. */
 	bool more = j->res->n > 0 && used == j->res->n;
 	if (s->fetching && s->expired) {
 		fetch_answer(c, s, NULL, 0);
@@ -528,7 +531,8 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 	struct fetch_job *j = calloc(1, sizeof(*j));
 	if (!j) {
 		if (s->fetching)
-			send_simple_error(c, s->fetch_rid, ISG__ERROR_CODE__INTERNAL, "out of memory");
+			send_simple_error(c, s->fetch_rid, ISG__ERROR_CODE__INTERNAL,
+			                  "out of memory");
 		s->fetching = false;
 		return;
 	}
@@ -565,12 +569,12 @@ static bool fetch_busy_refused(struct net_conn *c, struct session *s, uint64_t r
 {
 	if (s->subscribed) {
 		send_simple_error(c, rid, ISG__ERROR_CODE__BAD_REQUEST,
-				  "this connection is subscribed; deliveries are pushed");
+		                  "this connection is subscribed; deliveries are pushed");
 		return true;
 	}
 	if (s->fetching) {
 		send_simple_error(c, rid, ISG__ERROR_CODE__BAD_REQUEST,
-				  "a fetch is already waiting on this connection");
+		                  "a fetch is already waiting on this connection");
 		return true;
 	}
 	return false;
@@ -647,7 +651,7 @@ out:
 }
 
 static void ack_stored(void *ctx, int err, uint32_t acknowledged, const uint64_t *unknown,
-		       size_t n_unknown)
+                       size_t n_unknown)
 {
 	struct ack_job *j = ctx;
 	j->err = err;
@@ -702,7 +706,7 @@ static void on_ping(struct net_conn *c, const Isg__Frame *f)
 /* Net callbacks. */
 
 static void audit_connection(struct gateway *g, const char *peer, const char *subject,
-			     const char *partner, const char *reason)
+                             const char *partner, const char *reason)
 {
 	size_t len;
 	char *entry = entry_connection(peer, subject, partner, reason, &len);
@@ -722,16 +726,16 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 	char q[600];
 	if (!p) {
 		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=partner.unknown",
-			  net_conn_peer(c), log_quote(q, sizeof(q), id->subject));
+		          net_conn_peer(c), log_quote(q, sizeof(q), id->subject));
 		audit_connection(g, net_conn_peer(c), id->subject, NULL,
-				 "certificate matches no partner");
+		                 "certificate matches no partner");
 		char msg[700];
 		snprintf(msg, sizeof(msg),
-			 "the client certificate (subject \"%s\") matches no partner in the "
-			 "gateway's registry",
-			 id->subject);
+		         "the client certificate (subject \"%s\") matches no partner in the "
+		         "gateway's registry",
+		         id->subject);
 		send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, "partner.unknown", msg, -1, NULL,
-			   0);
+		           0);
 		regime_unref(rg);
 		return -1;
 	}
@@ -775,7 +779,7 @@ static void handler_frame(void *ctx, struct net_conn *c, Isg__Frame *f)
 	default: {
 		char msg[96];
 		snprintf(msg, sizeof(msg), "'%s' is not a request a partner can send",
-			 wire_body_name(f->body_case));
+		         wire_body_name(f->body_case));
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__UNSUPPORTED, msg);
 		break;
 	}
@@ -812,7 +816,7 @@ static void handler_close(void *ctx, struct net_conn *c)
 	struct session *s = net_conn_data(c);
 	if (s)
 		log_event(LOG_INFO, "partner.disconnected", "peer=%s partner=%s", net_conn_peer(c),
-			  s->partner);
+		          s->partner);
 	free(s);
 }
 
@@ -824,12 +828,12 @@ static void handler_refused(void *ctx, const char *peer, const char *subject, co
 struct net_handler handler_new(struct gateway *g)
 {
 	return (struct net_handler){
-		.ctx = g,
-		.on_open = handler_open,
-		.on_frame = handler_frame,
-		.on_close = handler_close,
-		.on_wake = handler_wake,
-		.on_refused = handler_refused,
+	    .ctx = g,
+	    .on_open = handler_open,
+	    .on_frame = handler_frame,
+	    .on_close = handler_close,
+	    .on_wake = handler_wake,
+	    .on_refused = handler_refused,
 	};
 }
 
@@ -846,9 +850,9 @@ static void close_if_removed(struct net_conn *c, void *arg)
 	const struct regime *rg = arg;
 	if (s && !policy_partner_by_id(rg->policy, s->partner)) {
 		log_event(LOG_WARN, "partner.removed", "peer=%s partner=%s", net_conn_peer(c),
-			  s->partner);
+		          s->partner);
 		send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, "partner.removed",
-			   "this partner was removed from the gateway's registry", -1, NULL, 0);
+		           "this partner was removed from the gateway's registry", -1, NULL, 0);
 		net_conn_close(c);
 	}
 }

@@ -43,7 +43,7 @@ static int check_tls_key(const struct isgd_config *cfg, char *err, size_t errlen
 	int fd = open(cfg->tls_key, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		snprintf(err, errlen, "cannot open TLS key '%s': %s", cfg->tls_key,
-			 strerror(errno));
+		         strerror(errno));
 		return ISG_ERR_IO;
 	}
 	int r = keys_check_secrecy(fd, cfg->tls_key, err, errlen);
@@ -53,7 +53,7 @@ static int check_tls_key(const struct isgd_config *cfg, char *err, size_t errlen
 
 /* Everything --check-config checks, and what a start needs before it listens. */
 static int check_all(const struct isgd_config *cfg, struct regime **regime, uint8_t **key,
-		     SSL_CTX **tls)
+                     SSL_CTX **tls)
 {
 	char err[512];
 	int failed = 0;
@@ -71,21 +71,22 @@ static int check_all(const struct isgd_config *cfg, struct regime **regime, uint
 		failed = 1;
 	}
 	if (cfg->user) {
-		fprintf(stderr, "%s: error: 'user' (dropping privileges) is not supported by this "
-				"version of isgd; remove it\n",
-			cfg->path);
+		fprintf(stderr,
+		        "%s: error: 'user' (dropping privileges) is not supported by this "
+		        "version of isgd; remove it\n",
+		        cfg->path);
 		failed = 1;
 	}
 	return failed ? ISG_ERR_INVALID : 0;
 }
 
 static void audit_policy(struct gateway *g, const struct policy_set *set, const char *outcome,
-			 size_t errors)
+                         size_t errors)
 {
 	size_t len;
 	char *entry = entry_policy(set, g->cfg.policy_dir, outcome, errors, &len);
 	if (entry && store_audit(g->store, outcome[0] == 'l' ? "policy.loaded" : "policy.refused",
-				 entry, len, NULL, NULL) == 0) {
+	                         entry, len, NULL, NULL) == 0) {
 		free(entry);
 		return;
 	}
@@ -103,11 +104,11 @@ static void reload(struct gateway *g)
 		gateway_regime_swap(g, r); /* r stays referenced by the gateway */
 		/* Logged after the swap: whoever waits for this line gets the new set. */
 		log_event(LOG_INFO, "policy.loaded", "version=%s partners=%zu agreements=%zu",
-			  set->version, set->n_partners, set->n_agreements);
+		          set->version, set->n_partners, set->n_agreements);
 		handler_recheck_partners(g);
 	} else {
 		log_event(LOG_ERROR, "policy.refused",
-			  "action=\"kept the running policy set and keys\"");
+		          "action=\"kept the running policy set and keys\"");
 		audit_policy(g, NULL, "refused", 1);
 	}
 
@@ -120,8 +121,9 @@ static void reload(struct gateway *g)
 		log_event(LOG_INFO, "tls.reloaded", "certificate=%s", g->cfg.tls_certificate);
 	} else {
 		char q[600];
-		log_event(LOG_ERROR, "tls.reload_failed", "reason=%s action=\"kept the running certificates\"",
-			  log_quote(q, sizeof(q), err));
+		log_event(LOG_ERROR, "tls.reload_failed",
+		          "reason=%s action=\"kept the running certificates\"",
+		          log_quote(q, sizeof(q), err));
 	}
 }
 
@@ -142,12 +144,12 @@ static void serve(struct gateway *g, const sigset_t *sigs)
 }
 
 static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *tls,
-	       const sigset_t *sigs)
+               const sigset_t *sigs)
 {
 	char err[512];
 	struct store_options so = {.path = g->cfg.store_path,
-				   .storage_key = key,
-				   .sweep_interval_ms = g->cfg.sweep_interval_ms};
+	                           .storage_key = key,
+	                           .sweep_interval_ms = g->cfg.sweep_interval_ms};
 	int r = store_open(&so, &g->store, err, sizeof(err));
 	keys_free(key); /* the store keeps its own guarded copy */
 	if (r != 0) {
@@ -158,7 +160,8 @@ static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *
 	g->regime = regime;
 	g->quota = quota_new();
 	if (!g->quota || quota_seed(g->quota, g->store, time_now_ms()) != 0) {
-		fputs("isgd: cannot read today's usage from the store for the daily limits\n", stderr);
+		fputs("isgd: cannot read today's usage from the store for the daily limits\n",
+		      stderr);
 		store_close(g->store);
 		quota_free(g->quota);
 		regime_unref(regime);
@@ -168,15 +171,15 @@ static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *
 	audit_policy(g, regime->policy, "loaded", 0);
 
 	struct net_options no = {
-		.host = g->cfg.listen_host,
-		.port = g->cfg.listen_port,
-		.threads = g->cfg.threads,
-		.max_frame = g->cfg.max_frame_bytes,
-		.max_connections = g->cfg.max_connections,
-		.handshake_timeout_ms = g->cfg.handshake_timeout_ms,
-		.idle_timeout_ms = g->cfg.idle_timeout_ms,
-		.conn_buffer_bytes = g->cfg.conn_buffer_bytes,
-		.max_inflight = g->cfg.max_inflight,
+	    .host = g->cfg.listen_host,
+	    .port = g->cfg.listen_port,
+	    .threads = g->cfg.threads,
+	    .max_frame = g->cfg.max_frame_bytes,
+	    .max_connections = g->cfg.max_connections,
+	    .handshake_timeout_ms = g->cfg.handshake_timeout_ms,
+	    .idle_timeout_ms = g->cfg.idle_timeout_ms,
+	    .conn_buffer_bytes = g->cfg.conn_buffer_bytes,
+	    .max_inflight = g->cfg.max_inflight,
 	};
 	struct net_handler h = handler_new(g);
 	r = net_server_start(&no, tls, &h, &g->net, err, sizeof(err));
@@ -188,9 +191,8 @@ static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *
 		return r;
 	}
 	log_event(LOG_INFO, "isgd.started", "listen=%s:%u threads=%u policy_version=%s pid=%d",
-		  g->cfg.listen_host, net_server_port(g->net), g->cfg.threads,
-		  regime->policy->version,
-		  (int)getpid());
+	          g->cfg.listen_host, net_server_port(g->net), g->cfg.threads,
+	          regime->policy->version, (int)getpid());
 	serve(g, sigs);
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
 	store_close(g->store); /* after the workers: their last answers are stored */
@@ -204,22 +206,32 @@ static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"check-config", no_argument, NULL, 'n'},
-		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"config", required_argument, NULL, 'c'},
+	    {"check-config", no_argument, NULL, 'n'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
 	bool check_only = false;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "c:nVh", opts, NULL)) != -1) {
 		switch (opt) {
-		case 'c': config = optarg; break;
-		case 'n': check_only = true; break;
-		case 'V': puts("isgd " ISG_VERSION); return 0;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'c':
+			config = optarg;
+			break;
+		case 'n':
+			check_only = true;
+			break;
+		case 'V':
+			puts("isgd " ISG_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (!config || optind != argc) {

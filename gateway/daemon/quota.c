@@ -103,21 +103,21 @@ int quota_seed(struct quota *q, struct store *store, int64_t now_ms)
 }
 
 static void quota_refuse(struct policy_refusal *why, const char *rule, const char *what,
-			 uint32_t limit, const struct policy_agreement *a)
+                         uint32_t limit, const struct policy_agreement *a)
 {
 	memset(why, 0, sizeof(*why));
 	why->code = ISG__ERROR_CODE__LIMIT_EXCEEDED;
 	why->record_index = -1;
 	str_copy(why->rule, rule, sizeof(why->rule));
 	snprintf(why->message, sizeof(why->message),
-		 "this message would exceed the limit of %u %s per day for your organisation "
-		 "under agreement '%s'; the limit resets at 00:00 UTC",
-		 limit, what, a->id);
+	         "this message would exceed the limit of %u %s per day for your organisation "
+	         "under agreement '%s'; the limit resets at 00:00 UTC",
+	         limit, what, a->id);
 }
 
 int quota_reserve(struct quota *q, const char *sender, const struct policy_agreement *a,
-		  uint32_t records, int64_t now_ms, struct quota_claim *claim,
-		  struct policy_refusal *why)
+                  uint32_t records, int64_t now_ms, struct quota_claim *claim,
+                  struct policy_refusal *why)
 {
 	memset(claim, 0, sizeof(*claim));
 	if (a->records_per_day == 0 && a->messages_per_day == 0)

@@ -27,9 +27,9 @@ static bool policy_errors(const struct isgd_config *cfg, bool log, struct policy
 		for (size_t i = 0; i < d.n; i++) {
 			char q[600];
 			log_event(d.items[i].warning ? LOG_WARN : LOG_ERROR, "policy.diagnostic",
-				  "file=%s line=%d col=%d message=%s",
-				  d.items[i].file ? d.items[i].file : "", d.items[i].line,
-				  d.items[i].col, log_quote(q, sizeof(q), d.items[i].message));
+			          "file=%s line=%d col=%d message=%s",
+			          d.items[i].file ? d.items[i].file : "", d.items[i].line,
+			          d.items[i].col, log_quote(q, sizeof(q), d.items[i].message));
 		}
 	}
 	ydoc_diags_release(&d);
@@ -43,14 +43,15 @@ static bool policy_errors(const struct isgd_config *cfg, bool log, struct policy
 
 /* Every linkage domain an agreement names must have a key. */
 static bool domains_missing(const struct policy_set *set, const struct keyring *keys, bool log,
-			    const char *keys_dir)
+                            const char *keys_dir)
 {
 	const char *domains[MAX_DOMAINS];
 	size_t n = policy_domains(set, domains, MAX_DOMAINS);
 	if (n > MAX_DOMAINS) {
 		char msg[160];
-		snprintf(msg, sizeof(msg), "the agreements name %zu linkage domains; at most %d are supported",
-			 n, MAX_DOMAINS);
+		snprintf(msg, sizeof(msg),
+		         "the agreements name %zu linkage domains; at most %d are supported", n,
+		         MAX_DOMAINS);
 		report(log, "keys.too_many_domains", msg);
 		return true;
 	}
@@ -60,9 +61,9 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 			continue;
 		char msg[600];
 		snprintf(msg, sizeof(msg),
-			 "linkage domain '%s' is named by an agreement but has no key in '%s/%s' "
-			 "(create it with: isgctl keys new-domain %s %s)",
-			 domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
+		         "linkage domain '%s' is named by an agreement but has no key in '%s/%s' "
+		         "(create it with: isgctl keys new-domain %s %s)",
+		         domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
 		report(log, "keys.missing_domain", msg);
 		missing = true;
 	}
@@ -85,9 +86,10 @@ struct regime *regime_load(const struct isgd_config *cfg, bool log)
 		failed = true;
 	if (!failed && !keyring_has(r->keys, AUDIT_DOMAIN)) {
 		snprintf(err, sizeof(err),
-			 "the audit log's linkage domain '%s' has no key in '%s/%s' (isgctl keys "
-			 "init makes it; or: isgctl keys new-domain %s %s)",
-			 AUDIT_DOMAIN, cfg->keys_dir, KEYS_DOMAINS_DIR, cfg->keys_dir, AUDIT_DOMAIN);
+		         "the audit log's linkage domain '%s' has no key in '%s/%s' (isgctl keys "
+		         "init makes it; or: isgctl keys new-domain %s %s)",
+		         AUDIT_DOMAIN, cfg->keys_dir, KEYS_DOMAINS_DIR, cfg->keys_dir,
+		         AUDIT_DOMAIN);
 		report(log, "keys.missing_domain", err);
 		failed = true;
 	}

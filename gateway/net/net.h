@@ -64,7 +64,7 @@ void net_cert_identity(X509 *cert, struct cert_identity *id);
 
 /* Bind the listeners (one per worker) and start the workers. */
 int net_server_start(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
-		     struct net_server **out, char *err, size_t errlen);
+                     struct net_server **out, char *err, size_t errlen);
 /* The port actually bound (useful with port 0). */
 uint16_t net_server_port(const struct net_server *s);
 /* New connections use this TLS context from now on (reload); takes a reference. */
@@ -74,7 +74,7 @@ void net_server_wake(struct net_server *s, const char *key);
 /* Run fn on every open connection, each on its own thread. arg must outlive the call
  * on every worker: it is freed with free_arg after the last worker ran it. */
 void net_server_each(struct net_server *s, void (*fn)(struct net_conn *c, void *arg), void *arg,
-		     void (*free_arg)(void *arg));
+                     void (*free_arg)(void *arg));
 /*
  * Stop accepting, stop reading requests, let requests waiting on the store
  * finish and their answers flush (up to grace_ms), send close_notify, close

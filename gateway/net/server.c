@@ -165,16 +165,16 @@ static void conn_update_interest(struct net_conn *c)
 {
 	struct net_server *s = c->w->s;
 	bool backlogged = c->out_len - c->out_off > s->opt.conn_buffer_bytes ||
-			  c->inflight >= s->opt.max_inflight;
+	                  c->inflight >= s->opt.max_inflight;
 	bool want_in = c->state != CONN_CLOSING && !c->w->stopping &&
-		       (c->state == CONN_HANDSHAKE || !backlogged);
+	               (c->state == CONN_HANDSHAKE || !backlogged);
 	bool want_out = c->out_len > c->out_off || c->read_wants_write;
 	if (c->state == CONN_HANDSHAKE || c->state == CONN_LINGER)
 		return; /* these set their own interest */
 	if (want_in == c->interest_in && want_out == c->interest_out)
 		return;
 	struct epoll_event ev = {.events = (want_in ? EPOLLIN : 0) | (want_out ? EPOLLOUT : 0),
-				 .data.ptr = c};
+	                         .data.ptr = c};
 	epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 	bool resumed = want_in && !c->interest_in && c->state == CONN_OPEN;
 	c->interest_in = want_in;
@@ -232,7 +232,8 @@ static int verify_cb(int ok, X509_STORE_CTX *store)
 	struct net_conn *c = ssl ? SSL_get_app_data(ssl) : NULL;
 	if (c && !c->verify_error[0]) {
 		int e = X509_STORE_CTX_get_error(store);
-		str_copy(c->verify_error, X509_verify_cert_error_string(e), sizeof(c->verify_error));
+		str_copy(c->verify_error, X509_verify_cert_error_string(e),
+		         sizeof(c->verify_error));
 		X509 *cert = X509_STORE_CTX_get_current_cert(store);
 		if (cert) {
 			struct cert_identity id;
@@ -248,7 +249,7 @@ static void conn_refuse(struct net_conn *c, const char *reason)
 	struct net_server *s = c->w->s;
 	char q1[256], q2[320];
 	log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=%s", c->peer,
-		  log_quote(q1, sizeof(q1), c->verify_subject), log_quote(q2, sizeof(q2), reason));
+	          log_quote(q1, sizeof(q1), c->verify_subject), log_quote(q2, sizeof(q2), reason));
 	if (s->h.on_refused)
 		s->h.on_refused(s->h.ctx, c->peer, c->verify_subject, reason);
 	shutdown(c->fd, SHUT_WR);
@@ -280,21 +281,25 @@ static void conn_handshake(struct net_conn *c)
 		int e = SSL_get_error(c->ssl, r);
 		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
 			c->interest_out = e == SSL_ERROR_WANT_WRITE;
-			struct epoll_event ev = {.events = EPOLLIN | (c->interest_out ? EPOLLOUT : 0),
-						 .data.ptr = c};
+			struct epoll_event ev = {
+			    .events = EPOLLIN | (c->interest_out ? EPOLLOUT : 0), .data.ptr = c};
 			epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 			return;
 		}
 		char reason[320];
 		if (c->verify_error[0]) {
 			snprintf(reason, sizeof(reason), "certificate verify failed: %s",
-				 c->verify_error);
+			         c->verify_error);
 		} else {
 			unsigned long err = ERR_peek_last_error();
 			if (err)
 				ERR_error_string_n(err, reason, sizeof(reason));
 			else
-				str_copy(reason, e == SSL_ERROR_SYSCALL ? "connection closed during handshake" : "handshake failed", sizeof(reason));
+				str_copy(reason,
+				         e == SSL_ERROR_SYSCALL
+				             ? "connection closed during handshake"
+				             : "handshake failed",
+				         sizeof(reason));
 		}
 		ERR_clear_error();
 		conn_refuse(c, reason);
@@ -315,8 +320,8 @@ static void conn_handshake(struct net_conn *c)
 	struct net_server *s = c->w->s;
 	char q[600];
 	log_event(LOG_INFO, "conn.established", "peer=%s subject=%s tls=%s resumed=%d", c->peer,
-		  log_quote(q, sizeof(q), id.subject), SSL_get_version(c->ssl),
-		  SSL_session_reused(c->ssl));
+	          log_quote(q, sizeof(q), id.subject), SSL_get_version(c->ssl),
+	          SSL_session_reused(c->ssl));
 	if (s->h.on_open(s->h.ctx, c, &id) != 0)
 		net_conn_close(c);
 	struct net_worker *w = c->w;
@@ -337,19 +342,23 @@ static void conn_take_frames(struct net_conn *c)
 	size_t off = 0;
 	while (c->state == CONN_OPEN && c->inflight < s->opt.max_inflight) {
 		size_t hdr, body;
-		int r = wire_frame_peek(c->in + off, c->in_len - off, s->opt.max_frame, &hdr, &body);
+		int r =
+		    wire_frame_peek(c->in + off, c->in_len - off, s->opt.max_frame, &hdr, &body);
 		if (r == 0 || (r == 1 && hdr + body > c->in_len - off))
 			break;
 		if (r < 0) {
 			log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=%s", c->peer,
-				  r == ISG_ERR_TOO_BIG ? "frame over max_frame" : "bad length prefix");
+			          r == ISG_ERR_TOO_BIG ? "frame over max_frame"
+			                               : "bad length prefix");
 			Isg__Error e = ISG__ERROR__INIT;
 			e.code = ISG__ERROR_CODE__BAD_FRAME;
 			e.record_index = -1;
 			char msg[128];
-			snprintf(msg, sizeof(msg), r == ISG_ERR_TOO_BIG ?
-				 "frame longer than the gateway's limit of %zu bytes" :
-				 "invalid frame length prefix", s->opt.max_frame);
+			snprintf(msg, sizeof(msg),
+			         r == ISG_ERR_TOO_BIG
+			             ? "frame longer than the gateway's limit of %zu bytes"
+			             : "invalid frame length prefix",
+			         s->opt.max_frame);
 			e.message = msg;
 			Isg__Frame f = ISG__FRAME__INIT;
 			f.body_case = ISG__FRAME__BODY_ERROR;
@@ -362,12 +371,12 @@ static void conn_take_frames(struct net_conn *c)
 		off += hdr + body;
 		if (!frame || wire_frame_check_utf8(frame) != 0) {
 			log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=%s", c->peer,
-				  frame ? "invalid UTF-8" : "undecodable frame");
+			          frame ? "invalid UTF-8" : "undecodable frame");
 			Isg__Error e = ISG__ERROR__INIT;
 			e.code = ISG__ERROR_CODE__BAD_FRAME;
 			e.record_index = -1;
-			e.message = frame ? "a string in the frame is not valid UTF-8" :
-					    "the frame is not a valid isg.Frame";
+			e.message = frame ? "a string in the frame is not valid UTF-8"
+			                  : "the frame is not a valid isg.Frame";
 			Isg__Frame f = ISG__FRAME__INIT;
 			f.request_id = frame ? frame->request_id : 0;
 			f.body_case = ISG__FRAME__BODY_ERROR;
@@ -408,8 +417,7 @@ static void conn_on_readable(struct net_conn *c)
 	for (;;) {
 		/* Frames already buffered first: they may free room or hit backpressure. */
 		conn_take_frames(c); /* handlers never free c; only closing here does */
-		if (c->state != CONN_OPEN || c->w->stopping ||
-		    c->inflight >= s->opt.max_inflight ||
+		if (c->state != CONN_OPEN || c->w->stopping || c->inflight >= s->opt.max_inflight ||
 		    c->out_len - c->out_off > s->opt.conn_buffer_bytes)
 			break;
 		if (conn_in_reserve(c) != 0) {
@@ -628,7 +636,7 @@ void net_server_wake(struct net_server *s, const char *key)
 }
 
 void net_server_each(struct net_server *s, void (*fn)(struct net_conn *c, void *arg), void *arg,
-		     void (*free_arg)(void *arg))
+                     void (*free_arg)(void *arg))
 {
 	struct shared_arg *sh = calloc(1, sizeof(*sh));
 	if (!sh)
@@ -734,7 +742,7 @@ static void worker_accept_one(struct net_worker *w, int fd, const struct sockadd
 	if (atomic_fetch_add(&s->conn_count, 1) >= s->opt.max_connections) {
 		atomic_fetch_sub(&s->conn_count, 1);
 		log_event(LOG_WARN, "conn.refused", "peer=%s reason=max_connections limit=%u", peer,
-			  s->opt.max_connections);
+		          s->opt.max_connections);
 		close(fd);
 		return;
 	}
@@ -780,7 +788,7 @@ static void worker_accept(struct net_worker *w)
 		struct sockaddr_storage ss;
 		socklen_t len = sizeof(ss);
 		int fd = accept4(w->listen_fd, (struct sockaddr *)&ss, &len,
-				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+		                 SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
 				log_event(LOG_WARN, "net.accept_failed", "errno=%d", errno);
@@ -818,7 +826,7 @@ static int64_t worker_sweep(struct net_worker *w)
 		}
 		bool hs = c->state == CONN_HANDSHAKE;
 		log_event(LOG_INFO, hs ? "conn.handshake_timeout" : "conn.idle_timeout", "peer=%s",
-			  c->peer);
+		          c->peer);
 		conn_close_now(c, !hs);
 	}
 	return next - now;
@@ -862,7 +870,8 @@ static bool worker_drained(struct net_worker *w)
 		}
 		if (c->inflight == 0 && c->out_len == c->out_off) {
 			if (c->opened)
-				log_event(LOG_INFO, "conn.closed", "peer=%s reason=shutdown", c->peer);
+				log_event(LOG_INFO, "conn.closed", "peer=%s reason=shutdown",
+				          c->peer);
 			conn_close_now(c, true);
 		}
 	}
@@ -908,17 +917,18 @@ static void *worker_main(void *arg)
 /* Start and stop. */
 
 static int listen_socket(const struct net_options *opt, uint16_t port, int *out, char *err,
-			 size_t errlen)
+                         size_t errlen)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
+	struct addrinfo hints = {.ai_family = AF_UNSPEC,
+	                         .ai_socktype = SOCK_STREAM,
+	                         .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
 	struct addrinfo *ai;
 	char service[8];
 	snprintf(service, sizeof(service), "%u", port);
 	int r = getaddrinfo(opt->host, service, &hints, &ai);
 	if (r != 0) {
 		snprintf(err, errlen, "invalid listen address '%s': %s", opt->host,
-			 gai_strerror(r));
+		         gai_strerror(r));
 		return ISG_ERR_INVALID;
 	}
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -927,7 +937,7 @@ static int listen_socket(const struct net_options *opt, uint16_t port, int *out,
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
 	    bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
 		snprintf(err, errlen, "cannot listen on %s:%u: %s", opt->host, port,
-			 strerror(errno));
+		         strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		freeaddrinfo(ai);
@@ -950,15 +960,15 @@ static uint16_t bound_port(int fd)
 }
 
 static int worker_init(struct net_worker *w, struct net_server *s, uint32_t index, char *err,
-		       size_t errlen)
+                       size_t errlen)
 {
 	w->s = s;
 	w->index = index;
 	w->listen_fd = w->epfd = w->event_fd = -1;
 	pthread_mutex_init(&w->mu, NULL);
 	/* The first listener may have picked the port (port 0); the rest share it. */
-	int r = listen_socket(&s->opt, index == 0 ? s->opt.port : s->port, &w->listen_fd, err,
-			      errlen);
+	int r =
+	    listen_socket(&s->opt, index == 0 ? s->opt.port : s->port, &w->listen_fd, err, errlen);
 	if (r != 0)
 		return r;
 	if (index == 0)
@@ -989,7 +999,7 @@ static void worker_release(struct net_worker *w)
 }
 
 int net_server_start(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
-		     struct net_server **out, char *err, size_t errlen)
+                     struct net_server **out, char *err, size_t errlen)
 {
 	struct net_server *s = calloc(1, sizeof(*s));
 	if (!s)

@@ -12,11 +12,10 @@
 
 /* Mozilla "modern": TLS 1.3 AEAD suites; TLS 1.2 (only when asked) ECDHE with AEAD. */
 static const char tls13_suites[] =
-	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
-static const char tls12_ciphers[] =
-	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+static const char tls12_ciphers[] = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 static const char groups[] = "X25519:P-256:P-384";
 
 static void tls_error(char *err, size_t errlen, const char *what, const char *path)
@@ -72,12 +71,12 @@ int net_tls_new(const struct isgd_config *cfg, SSL_CTX **out, char *err, size_t 
 	}
 	SSL_CTX_set_min_proto_version(ctx, cfg->tls_allow_tls12 ? TLS1_2_VERSION : TLS1_3_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-					 SSL_OP_CIPHER_SERVER_PREFERENCE);
-	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-				      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-				      SSL_MODE_RELEASE_BUFFERS);
+	                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+	                          SSL_MODE_RELEASE_BUFFERS);
 	if (!SSL_CTX_set_ciphersuites(ctx, tls13_suites) ||
-	    !SSL_CTX_set_cipher_list(ctx, tls12_ciphers) || !SSL_CTX_set1_groups_list(ctx, groups)) {
+	    !SSL_CTX_set_cipher_list(ctx, tls12_ciphers) ||
+	    !SSL_CTX_set1_groups_list(ctx, groups)) {
 		tls_error(err, errlen, "cannot set TLS parameters", NULL);
 		goto out;
 	}
@@ -99,7 +98,8 @@ int net_tls_new(const struct isgd_config *cfg, SSL_CTX **out, char *err, size_t 
 	}
 	STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->tls_client_ca);
 	if (!names) {
-		tls_error(err, errlen, "no CA certificate in partner CA bundle", cfg->tls_client_ca);
+		tls_error(err, errlen, "no CA certificate in partner CA bundle",
+		          cfg->tls_client_ca);
 		goto out;
 	}
 	SSL_CTX_set_client_CA_list(ctx, names);
@@ -161,17 +161,18 @@ void net_cert_identity(X509 *cert, struct cert_identity *id)
 		BIO_free(bio);
 	}
 	name_entry(subject, NID_commonName, id->subject_cn, sizeof(id->subject_cn));
-	name_entry(X509_get_issuer_name(cert), NID_commonName, id->issuer_cn, sizeof(id->issuer_cn));
+	name_entry(X509_get_issuer_name(cert), NID_commonName, id->issuer_cn,
+	           sizeof(id->issuer_cn));
 
 	GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
 	for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); i++) {
 		const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
 		if (gn->type == GEN_URI && id->n_san_uri < CERT_MAX_SANS)
 			copy_ia5(gn->d.uniformResourceIdentifier, id->san_uri[id->n_san_uri++],
-				 sizeof(id->san_uri[0]));
+			         sizeof(id->san_uri[0]));
 		else if (gn->type == GEN_DNS && id->n_san_dns < CERT_MAX_SANS)
 			copy_ia5(gn->d.dNSName, id->san_dns[id->n_san_dns++],
-				 sizeof(id->san_dns[0]));
+			         sizeof(id->san_dns[0]));
 	}
 	GENERAL_NAMES_free(sans);
 

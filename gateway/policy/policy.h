@@ -29,42 +29,47 @@ enum partner_kind { PARTNER_POLICE, PARTNER_NHS, PARTNER_COUNCIL, PARTNER_OTHER 
 /* What the TLS layer extracted from a verified client certificate. */
 #define CERT_MAX_SANS 16
 struct cert_identity {
-	char subject[512];               /* one-line RFC 2253 subject, for logs and audit */
+	char subject[512]; /* one-line RFC 2253 subject, for logs and audit */
 	char subject_cn[256];
 	char issuer_cn[256];
 	size_t n_san_uri, n_san_dns;
 	char san_uri[CERT_MAX_SANS][256];
 	char san_dns[CERT_MAX_SANS][256];
-	uint8_t spki_sha256[32];         /* SHA-256 of the DER SubjectPublicKeyInfo */
+	uint8_t spki_sha256[32]; /* SHA-256 of the DER SubjectPublicKeyInfo */
 };
 
 /* How a partner's certificate is recognised; a partner lists one or more. */
 /* MATCH_ISSUER_CN (the CN of the CA that issued the certificate) constrains: a partner
  * that lists it and other matchers is recognised only when one of its issuer_cn values
  * and one of its other matchers both match. */
-enum cert_match_kind { MATCH_SUBJECT_CN, MATCH_SAN_URI, MATCH_SAN_DNS, MATCH_SPKI_SHA256,
-		       MATCH_ISSUER_CN };
+enum cert_match_kind {
+	MATCH_SUBJECT_CN,
+	MATCH_SAN_URI,
+	MATCH_SAN_DNS,
+	MATCH_SPKI_SHA256,
+	MATCH_ISSUER_CN
+};
 struct cert_match {
 	enum cert_match_kind kind;
-	char *value;                     /* text; for SPKI: lowercase hex */
+	char *value; /* text; for SPKI: lowercase hex */
 	uint8_t spki[32];
 };
 
 struct policy_partner {
-	char *id;                        /* e.g. "met-police" */
-	char *name;                      /* display name */
+	char *id;   /* e.g. "met-police" */
+	char *name; /* display name */
 	enum partner_kind kind;
 	size_t n_match;
 	struct cert_match *match;
-	char *contact;                   /* may be NULL */
+	char *contact; /* may be NULL */
 };
 
 enum field_type {
-	FIELD_TEXT,      /* any UTF-8 text */
+	FIELD_TEXT, /* any UTF-8 text */
 	FIELD_INTEGER,
-	FIELD_NUMBER,    /* integer or real */
+	FIELD_NUMBER, /* integer or real */
 	FIELD_BOOLEAN,
-	FIELD_DATE,      /* text YYYY-MM-DD */
+	FIELD_DATE, /* text YYYY-MM-DD */
 	/* identifier types; validated and normalised by the pseudo module (issue 4) */
 	FIELD_NHS_NUMBER,
 	FIELD_PNC_ID,
@@ -93,53 +98,53 @@ struct policy_field {
 	enum field_type type;
 	enum field_action action;
 	bool required;
-	char *domain;                    /* ACTION_PSEUDONYMISE: the linkage domain */
-	enum generalise_to to;           /* ACTION_GENERALISE: into what */
-	int64_t width;                   /* GEN_AGE_BAND, GEN_NUMBER_BAND */
-	int line, col;                   /* where it was declared */
-	int domain_line, domain_col;     /* ACTION_PSEUDONYMISE: where the domain was named */
+	char *domain;                /* ACTION_PSEUDONYMISE: the linkage domain */
+	enum generalise_to to;       /* ACTION_GENERALISE: into what */
+	int64_t width;               /* GEN_AGE_BAND, GEN_NUMBER_BAND */
+	int line, col;               /* where it was declared */
+	int domain_line, domain_col; /* ACTION_PSEUDONYMISE: where the domain was named */
 };
 
 struct policy_dataset {
 	char *name;
 	size_t n_fields;
 	struct policy_field *fields;
-	bool unknown_drop;               /* false: a record with an unknown field is refused */
+	bool unknown_drop; /* false: a record with an unknown field is refused */
 };
 
 struct policy_agreement {
 	char *id;
 	char *title;
 	uint32_t version;
-	char *file;                      /* source file, for messages */
+	char *file; /* source file, for messages */
 	size_t n_senders, n_recipients;
-	char **senders, **recipients;    /* partner ids */
+	char **senders, **recipients; /* partner ids */
 	char *purpose_code, *purpose_text;
 	size_t n_lawful_basis;
 	char **lawful_basis;
-	int64_t valid_from_days;         /* days since 1970-01-01, UTC; inclusive */
-	int64_t valid_until_days;        /* inclusive; INT64_MAX when open-ended */
+	int64_t valid_from_days;  /* days since 1970-01-01, UTC; inclusive */
+	int64_t valid_until_days; /* inclusive; INT64_MAX when open-ended */
 	size_t n_datasets;
 	struct policy_dataset *datasets;
 	uint32_t max_records_per_message; /* 0 = only the gateway's limit */
-	int64_t undelivered_ttl_ms;      /* 0 = the gateway's default */
-	bool allow_reply;                /* a message under it may name an earlier one in reply_to */
-	size_t n_controllers;            /* controllers: partner ids, may be empty */
+	int64_t undelivered_ttl_ms;       /* 0 = the gateway's default */
+	bool allow_reply;     /* a message under it may name an earlier one in reply_to */
+	size_t n_controllers; /* controllers: partner ids, may be empty */
 	char **controllers;
-	char *dpia;                      /* DPIA reference; NULL when absent */
+	char *dpia; /* DPIA reference; NULL when absent */
 	/* Daily limits per sending partner under this agreement, per UTC day; isgd
 	 * enforces them (rules agreement.records_per_day, agreement.messages_per_day). */
 	uint32_t records_per_day, messages_per_day; /* 0 = unlimited */
-	int64_t review_days;             /* review_date, days since 1970-01-01; INT64_MAX when absent */
+	int64_t review_days; /* review_date, days since 1970-01-01; INT64_MAX when absent */
 };
 
 struct policy_set {
-	char version[65];                /* hex SHA-256 over every file's name and content */
+	char version[65]; /* hex SHA-256 over every file's name and content */
 	size_t n_partners, n_agreements;
 	struct policy_partner *partners;
 	struct policy_agreement *agreements;
 	/* private: reference count */
-	atomic_int refs;                 /* private */
+	atomic_int refs; /* private */
 };
 
 /*
@@ -148,15 +153,14 @@ struct policy_set {
  * Returns 0 (set has one reference) or ISG_ERR_PARSE / ISG_ERR_INVALID / ISG_ERR_IO.
  */
 int policy_load(const char *dir, struct policy_set **out, struct ydoc_diags *diags);
-struct policy_set *policy_set_ref(struct policy_set *set);   /* thread-safe */
-void policy_set_unref(struct policy_set *set);               /* NULL ok; frees at zero */
+struct policy_set *policy_set_ref(struct policy_set *set); /* thread-safe */
+void policy_set_unref(struct policy_set *set);             /* NULL ok; frees at zero */
 
 const struct policy_partner *policy_partner_by_id(const struct policy_set *set, const char *id);
 /* The partner whose matchers recognise this certificate; NULL when none does. */
 const struct policy_partner *policy_partner_by_cert(const struct policy_set *set,
-						    const struct cert_identity *id);
-const struct policy_agreement *policy_agreement_by_id(const struct policy_set *set,
-						      const char *id);
+                                                    const struct cert_identity *id);
+const struct policy_agreement *policy_agreement_by_id(const struct policy_set *set, const char *id);
 const char *policy_partner_kind_name(enum partner_kind kind);
 const char *policy_field_type_name(enum field_type type);
 const char *policy_field_action_name(enum field_action action);
@@ -164,18 +168,18 @@ const char *policy_field_action_name(enum field_action action);
 /* Why a message was refused. The message never quotes a field's value. */
 struct policy_refusal {
 	Isg__ErrorCode code;
-	char rule[64];                   /* e.g. "agreement.sender", "dataset.unknown_field" */
+	char rule[64]; /* e.g. "agreement.sender", "dataset.unknown_field" */
 	char message[512];
-	int64_t record_index;            /* -1 when not about one record */
-	char field[128];                 /* "" when not about one field */
+	int64_t record_index; /* -1 when not about one record */
+	char field[128];      /* "" when not about one field */
 };
 
 /* What an accepted message becomes. */
 struct policy_outcome {
-	const struct policy_agreement *agreement;   /* valid while the set is referenced */
+	const struct policy_agreement *agreement; /* valid while the set is referenced */
 	const struct policy_dataset *dataset;
 	uint32_t record_count;
-	uint8_t *payload;                /* packed isg.Delivery holding only the transformed records */
+	uint8_t *payload; /* packed isg.Delivery holding only the transformed records */
 	size_t payload_len;
 };
 
@@ -187,8 +191,8 @@ struct policy_outcome {
  * ISG_ERR_DENIED / ISG_ERR_INVALID and fills `why`, or ISG_ERR_NOMEM.
  */
 int policy_apply(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
-		 int64_t now_ms, const struct pseudo_service *pseudo, struct policy_outcome *out,
-		 struct policy_refusal *why);
+                 int64_t now_ms, const struct pseudo_service *pseudo, struct policy_outcome *out,
+                 struct policy_refusal *why);
 /* The linkage domains the set's agreements name, sorted, each once: fills at most
  * max and returns how many there are (which may be more than max). */
 size_t policy_domains(const struct policy_set *set, const char **out, size_t max);
@@ -203,8 +207,8 @@ void policy_outcome_release(struct policy_outcome *out);
  * the message). Returns the number of errors added.
  */
 size_t policy_check_domains(const struct policy_set *set,
-			    const char *(*missing)(void *ctx, const char *domain), void *ctx,
-			    struct ydoc_diags *diags);
+                            const char *(*missing)(void *ctx, const char *domain), void *ctx,
+                            struct ydoc_diags *diags);
 
 /*
  * A plain-language summary of one agreement of the set for an IG officer:
@@ -214,11 +218,11 @@ size_t policy_check_domains(const struct policy_set *set,
  * leaves such remarks out. Appends to out; 0 or ISG_ERR_NOMEM.
  */
 int policy_describe(const struct policy_set *set, const struct policy_agreement *a,
-		    int64_t today_days, struct strbuf *out);
+                    int64_t today_days, struct strbuf *out);
 
 struct policy_diff_stats {
-	size_t changes;                  /* lines of change, each kind below included */
-	size_t weakened;                 /* lines starting "! WEAKENED" */
+	size_t changes;  /* lines of change, each kind below included */
+	size_t weakened; /* lines starting "! WEAKENED" */
 	size_t strengthened;
 };
 
@@ -231,6 +235,6 @@ struct policy_diff_stats {
  * the same. Appends to out; 0 or ISG_ERR_NOMEM.
  */
 int policy_diff(const struct policy_set *old_set, const struct policy_set *new_set,
-		struct strbuf *out, struct policy_diff_stats *stats);
+                struct strbuf *out, struct policy_diff_stats *stats);
 
 #endif

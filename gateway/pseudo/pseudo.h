@@ -37,19 +37,19 @@ const char *pseudo_type_name(enum pseudo_type t);
  * *reason (e.g. "NHS number check digit does not match").
  */
 int pseudo_normalise(enum pseudo_type t, const char *in, size_t len,
-		     char out[static PSEUDO_VALUE_MAX + 1], const char **reason)
-	__attribute__((warn_unused_result));
+                     char out[static PSEUDO_VALUE_MAX + 1], const char **reason)
+    __attribute__((warn_unused_result));
 
 /*
  * The keyed hash: HMAC-SHA-256(key, encoding(t, norm)) where the encoding is
  * versioned and length-delimited (docs/pseudonyms.md).
  */
 void pseudo_hash(const uint8_t key[static PSEUDO_KEY_LEN], enum pseudo_type t, const char *norm,
-		 size_t len, uint8_t out[static PSEUDO_HASH_LEN]);
+                 size_t len, uint8_t out[static PSEUDO_HASH_LEN]);
 
 /* The pseudonym as text, as delivered: see docs/pseudonyms.md. */
 void pseudo_format(const uint8_t hash[static PSEUDO_HASH_LEN], uint32_t key_version,
-		   char out[static PSEUDO_TEXT_MAX]);
+                   char out[static PSEUDO_TEXT_MAX]);
 
 /* --- generalisers: each returns 0 or ISG_ERR_INVALID with *reason ---------- */
 
@@ -61,17 +61,17 @@ int pseudo_gen_year(const char *date, char *out, size_t size, const char **reaso
  * before birth are invalid.
  */
 int pseudo_gen_age_band(const char *date, int64_t today_days, unsigned width, char *out,
-			size_t size, const char **reason);
+                        size_t size, const char **reason);
 /* Date to month: "2026-11". */
 int pseudo_gen_month(const char *date, char *out, size_t size, const char **reason);
 
 enum pseudo_postcode_level { POSTCODE_AREA, POSTCODE_DISTRICT, POSTCODE_SECTOR };
 /* Canonical postcode to area "NE", district "NE3" or sector "NE3 4" (parsed, never cut). */
 int pseudo_gen_postcode(const char *postcode, enum pseudo_postcode_level level, char *out,
-			size_t size, const char **reason);
+                        size_t size, const char **reason);
 /* Number to a band of `width`: 37 with width 10 is "30-39"; negative numbers work too. */
 int pseudo_gen_number_band(int64_t value, int64_t width, char *out, size_t size,
-			   const char **reason);
+                           const char **reason);
 
 /* --- the pseudonymisation service ------------------------------------------ */
 
@@ -82,9 +82,9 @@ int pseudo_gen_number_band(int64_t value, int64_t width, char *out, size_t size,
  * network access answers over a socketpair (DESIGN.md section 9).
  */
 struct pseudo_request {
-	const char *domain;            /* linkage domain named by the agreement */
+	const char *domain; /* linkage domain named by the agreement */
 	enum pseudo_type type;
-	const char *norm;              /* normalised value */
+	const char *norm; /* normalised value */
 	size_t len;
 	/* Answer: the pseudonym under the domain's current key, and under the
 	 * previous key while that key's overlap period lasts ("" otherwise). */

@@ -13,7 +13,7 @@ int base64_decode(const char *s, size_t len, uint8_t *out, size_t max, size_t *o
 			return ISG_ERR_PARSE;
 	}
 	if (sodium_base642bin(out, max, s, len, NULL, out_len, NULL,
-			      sodium_base64_VARIANT_ORIGINAL) != 0)
+	                      sodium_base64_VARIANT_ORIGINAL) != 0)
 		return ISG_ERR_PARSE;
 	return 0;
 }

@@ -21,7 +21,7 @@ void log_eventv(enum log_level level, const char *event, const char *fields, va_
 	char line[2048];
 	char ts[32];
 	int n = snprintf(line, sizeof(line), "ts=%s level=%s event=%s",
-			 time_format_ms(ts, sizeof(ts), time_now_ms()), level_names[level], event);
+	                 time_format_ms(ts, sizeof(ts), time_now_ms()), level_names[level], event);
 	if (n < 0)
 		return;
 	size_t used = (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1;
@@ -29,7 +29,8 @@ void log_eventv(enum log_level level, const char *event, const char *fields, va_
 		line[used++] = ' ';
 		int m = vsnprintf(line + used, sizeof(line) - used, fields, ap);
 		if (m > 0)
-			used += (size_t)m < sizeof(line) - used ? (size_t)m : sizeof(line) - used - 1;
+			used +=
+			    (size_t)m < sizeof(line) - used ? (size_t)m : sizeof(line) - used - 1;
 	}
 	line[used++] = '\n';
 	fwrite(line, 1, used, stderr);

@@ -63,7 +63,7 @@ static int parse_with_units(const char *s, const struct unit *units, size_t n, i
 int str_to_duration_ms(const char *s, int64_t *out)
 {
 	static const struct unit units[] = {
-		{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000},
+	    {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000},
 	};
 	return parse_with_units(s, units, ARRAY_LEN(units), out);
 }
@@ -71,8 +71,13 @@ int str_to_duration_ms(const char *s, int64_t *out)
 int str_to_size(const char *s, uint64_t *out)
 {
 	static const struct unit units[] = {
-		{"", 1}, {"B", 1}, {"KiB", 1024}, {"MiB", 1024 * 1024},
-		{"GiB", 1024LL * 1024 * 1024}, {"kB", 1000}, {"MB", 1000000},
+	    {"", 1},
+	    {"B", 1},
+	    {"KiB", 1024},
+	    {"MiB", 1024 * 1024},
+	    {"GiB", 1024LL * 1024 * 1024},
+	    {"kB", 1000},
+	    {"MB", 1000000},
 	};
 	int64_t v;
 	int err = parse_with_units(s, units, ARRAY_LEN(units), &v);

@@ -71,8 +71,11 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...)
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 when it is not valid. */
 static size_t utf8_seq(const unsigned char *s, size_t left)
 {
-	size_t n = s[0] < 0x80 ? 1 : (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 :
-					    (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+	size_t n = s[0] < 0x80             ? 1
+	           : (s[0] & 0xe0) == 0xc0 ? 2
+	           : (s[0] & 0xf0) == 0xe0 ? 3
+	           : (s[0] & 0xf8) == 0xf0 ? 4
+	                                   : 0;
 	if (n == 0 || n > left || !str_utf8_valid((const char *)s, n))
 		return 0;
 	return n;

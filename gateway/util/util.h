@@ -44,9 +44,9 @@ enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 void log_set_level(enum log_level level);
 void log_event(enum log_level level, const char *event, const char *fields, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 void log_eventv(enum log_level level, const char *event, const char *fields, va_list ap)
-	__attribute__((format(printf, 3, 0)));
+    __attribute__((format(printf, 3, 0)));
 /* Quote `s` for a logfmt value into buf (always NUL-terminated); returns buf. */
 const char *log_quote(char *buf, size_t size, const char *s);
 
@@ -54,8 +54,8 @@ const char *log_quote(char *buf, size_t size, const char *s);
 _Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Time. */
-int64_t time_now_ms(void);      /* wall clock, Unix milliseconds */
-int64_t time_mono_ms(void);     /* monotonic milliseconds */
+int64_t time_now_ms(void);  /* wall clock, Unix milliseconds */
+int64_t time_mono_ms(void); /* monotonic milliseconds */
 /* Format Unix ms as 2026-11-23T15:04:05.123Z; buf needs 25 bytes. */
 const char *time_format_ms(char *buf, size_t size, int64_t unix_ms);
 /* Parse YYYY-MM-DD into days since 1970-01-01; returns 0 or ISG_ERR_PARSE. */

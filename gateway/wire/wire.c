@@ -5,7 +5,7 @@
 #include "util/util.h"
 
 int wire_frame_peek(const uint8_t *buf, size_t len, size_t max_frame, size_t *hdr_len,
-		    size_t *body_len)
+                    size_t *body_len)
 {
 	uint64_t v = 0;
 	for (size_t i = 0; i < WIRE_VARINT_MAX; i++) {
@@ -114,19 +114,33 @@ int wire_frame_check_utf8(const Isg__Frame *f)
 const char *wire_body_name(Isg__Frame__BodyCase body)
 {
 	switch (body) {
-	case ISG__FRAME__BODY_HELLO: return "hello";
-	case ISG__FRAME__BODY_WELCOME: return "welcome";
-	case ISG__FRAME__BODY_SEND: return "send";
-	case ISG__FRAME__BODY_SEND_RESULT: return "send_result";
-	case ISG__FRAME__BODY_FETCH: return "fetch";
-	case ISG__FRAME__BODY_FETCH_RESULT: return "fetch_result";
-	case ISG__FRAME__BODY_DELIVERY: return "delivery";
-	case ISG__FRAME__BODY_ACK: return "ack";
-	case ISG__FRAME__BODY_ACK_RESULT: return "ack_result";
-	case ISG__FRAME__BODY_SUBSCRIBE: return "subscribe";
-	case ISG__FRAME__BODY_PING: return "ping";
-	case ISG__FRAME__BODY_PONG: return "pong";
-	case ISG__FRAME__BODY_ERROR: return "error";
-	default: return "none";
+	case ISG__FRAME__BODY_HELLO:
+		return "hello";
+	case ISG__FRAME__BODY_WELCOME:
+		return "welcome";
+	case ISG__FRAME__BODY_SEND:
+		return "send";
+	case ISG__FRAME__BODY_SEND_RESULT:
+		return "send_result";
+	case ISG__FRAME__BODY_FETCH:
+		return "fetch";
+	case ISG__FRAME__BODY_FETCH_RESULT:
+		return "fetch_result";
+	case ISG__FRAME__BODY_DELIVERY:
+		return "delivery";
+	case ISG__FRAME__BODY_ACK:
+		return "ack";
+	case ISG__FRAME__BODY_ACK_RESULT:
+		return "ack_result";
+	case ISG__FRAME__BODY_SUBSCRIBE:
+		return "subscribe";
+	case ISG__FRAME__BODY_PING:
+		return "ping";
+	case ISG__FRAME__BODY_PONG:
+		return "pong";
+	case ISG__FRAME__BODY_ERROR:
+		return "error";
+	default:
+		return "none";
 	}
 }

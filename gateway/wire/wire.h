@@ -24,7 +24,7 @@
  *   ISG_ERR_TOO_BIG when the length exceeds max_frame.
  */
 int wire_frame_peek(const uint8_t *buf, size_t len, size_t max_frame, size_t *hdr_len,
-		    size_t *body_len);
+                    size_t *body_len);
 
 /* Decode one frame body; NULL when it is not a valid isg.Frame. Free with wire_frame_free. */
 Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len);

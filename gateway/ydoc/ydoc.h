@@ -14,22 +14,22 @@ enum ydoc_kind { YDOC_SCALAR, YDOC_SEQ, YDOC_MAP };
 
 struct ydoc_node {
 	enum ydoc_kind kind;
-	int line, col;           /* 1-based position of the node's start */
-	char *scalar;            /* YDOC_SCALAR: NUL-terminated value */
-	bool quoted;             /* scalar was quoted ('x' or "x") */
-	size_t n;                /* YDOC_SEQ: items; YDOC_MAP: key/value pairs */
+	int line, col; /* 1-based position of the node's start */
+	char *scalar;  /* YDOC_SCALAR: NUL-terminated value */
+	bool quoted;   /* scalar was quoted ('x' or "x") */
+	size_t n;      /* YDOC_SEQ: items; YDOC_MAP: key/value pairs */
 	struct ydoc_node **items;
 	struct ydoc_node **keys; /* YDOC_MAP only: keys[i] (scalars) map to items[i] */
 };
 
 struct ydoc {
-	char *file;              /* path as given, used in diagnostics */
-	struct ydoc_node *root;  /* NULL for an empty file */
+	char *file;             /* path as given, used in diagnostics */
+	struct ydoc_node *root; /* NULL for an empty file */
 };
 
 struct ydoc_diag {
 	char *file;
-	int line, col;           /* 0 when not about a position */
+	int line, col; /* 0 when not about a position */
 	bool warning;
 	char *message;
 };
@@ -43,10 +43,10 @@ struct ydoc_diags {
 void ydoc_diags_init(struct ydoc_diags *d);
 void ydoc_diags_release(struct ydoc_diags *d);
 /* Record an error at the node's position (node may be NULL: position 0:0). */
-void ydoc_error(struct ydoc_diags *d, const char *file, const struct ydoc_node *at,
-		const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void ydoc_error(struct ydoc_diags *d, const char *file, const struct ydoc_node *at, const char *fmt,
+                ...) __attribute__((format(printf, 4, 5)));
 void ydoc_warning(struct ydoc_diags *d, const char *file, const struct ydoc_node *at,
-		  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* Print every diagnostic as "file:line:column: error: message" lines. */
 void ydoc_diags_print(const struct ydoc_diags *d, void *stdio_file);
 
@@ -57,7 +57,7 @@ void ydoc_diags_print(const struct ydoc_diags *d, void *stdio_file);
  */
 int ydoc_load_file(const char *path, size_t max_bytes, struct ydoc **out, struct ydoc_diags *d);
 int ydoc_load_buffer(const char *name, const char *buf, size_t len, struct ydoc **out,
-		     struct ydoc_diags *d);
+                     struct ydoc_diags *d);
 void ydoc_free(struct ydoc *doc);
 
 /* Lookup in a map node; NULL when absent or when map is not a map. */
@@ -69,6 +69,6 @@ const struct ydoc_node *ydoc_get(const struct ydoc_node *map, const char *key);
  * problems found.
  */
 size_t ydoc_check_keys(struct ydoc_diags *d, const char *file, const struct ydoc_node *map,
-		       const char *where, const char *const *allowed);
+                       const char *where, const char *const *allowed);
 
 #endif

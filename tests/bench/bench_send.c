@@ -43,7 +43,7 @@ static double now_s(void)
 }
 
 static const char *const categories[] = {"self-neglect", "financial-abuse", "domestic-abuse",
-					  "neglect"};
+                                         "neglect"};
 
 /* The n-th valid NHS number after 900000000 (Modulus 11; check 10 is skipped). */
 static void nhs_number(unsigned n, char out[16])
@@ -63,26 +63,27 @@ static void nhs_number(unsigned n, char out[16])
 
 /* R records of a safeguarding concern; values vary so nothing is cached. */
 static void fill_records(struct isg_record *recs, struct isg_field *fields, char (*nhs)[16],
-			 unsigned n, unsigned seed)
+                         unsigned n, unsigned seed)
 {
 	for (unsigned i = 0; i < n; i++) {
 		struct isg_field *f = fields + i * 8;
 		nhs_number(seed * n + i, nhs[i]);
 		f[0] = (struct isg_field){"nhs_number", {.kind = ISG_VALUE_TEXT, .text = nhs[i]}};
-		f[1] = (struct isg_field){"family_name", {.kind = ISG_VALUE_TEXT, .text = "Okafor"}};
+		f[1] =
+		    (struct isg_field){"family_name", {.kind = ISG_VALUE_TEXT, .text = "Okafor"}};
 		f[2] = (struct isg_field){"date_of_birth",
-					  {.kind = ISG_VALUE_TEXT, .text = "1958-03-14"}};
+		                          {.kind = ISG_VALUE_TEXT, .text = "1958-03-14"}};
 		f[3] = (struct isg_field){"postcode", {.kind = ISG_VALUE_TEXT, .text = "NE3 4RT"}};
 		f[4] = (struct isg_field){"concern_category",
-					  {.kind = ISG_VALUE_TEXT, .text = categories[i % 4]}};
+		                          {.kind = ISG_VALUE_TEXT, .text = categories[i % 4]}};
 		f[5] = (struct isg_field){
-			"concern_summary",
-			{.kind = ISG_VALUE_TEXT,
-			 .text = "Found living without heating; agreed to a welfare visit"}};
+		    "concern_summary",
+		    {.kind = ISG_VALUE_TEXT,
+		     .text = "Found living without heating; agreed to a welfare visit"}};
 		f[6] = (struct isg_field){"officer_notes",
-					  {.kind = ISG_VALUE_TEXT, .text = "Neighbour concerned"}};
+		                          {.kind = ISG_VALUE_TEXT, .text = "Neighbour concerned"}};
 		f[7] = (struct isg_field){"incident_date",
-					  {.kind = ISG_VALUE_TEXT, .text = "2026-11-20"}};
+		                          {.kind = ISG_VALUE_TEXT, .text = "2026-11-20"}};
 		recs[i] = (struct isg_record){8, f};
 	}
 }
@@ -103,18 +104,20 @@ static void *worker_main(void *arg)
 	char(*nhs)[16] = calloc(o->records, sizeof(*nhs));
 	for (unsigned m = 0; m < o->messages && recs && fields && nhs; m++) {
 		char id[64];
-		snprintf(id, sizeof(id), "bench-%ld-%u-%u-%u", (long)time(NULL), w->run, w->index, m);
+		snprintf(id, sizeof(id), "bench-%ld-%u-%u-%u", (long)time(NULL), w->run, w->index,
+		         m);
 		fill_records(recs, fields, nhs, o->records, m);
 		struct isg_message msg = {.message_id = id,
-					  .recipient = o->to,
-					  .agreement_id = o->agreement,
-					  .dataset = o->dataset,
-					  .n_records = o->records,
-					  .records = recs};
+		                          .recipient = o->to,
+		                          .agreement_id = o->agreement,
+		                          .dataset = o->dataset,
+		                          .n_records = o->records,
+		                          .records = recs};
 		struct isg_receipt r;
 		double t0 = now_s();
 		if (isg_client_send(c, &msg, &r, &err) != 0) {
-			fprintf(stderr, "isg-bench-send: send: %s %s\n", err.code_name, err.message);
+			fprintf(stderr, "isg-bench-send: send: %s %s\n", err.code_name,
+			        err.message);
 			w->failed = 1;
 			break;
 		}
@@ -153,8 +156,8 @@ static int run_once(const struct opts *o, unsigned run, struct result *res)
 		return -1;
 	double t0 = now_s();
 	for (unsigned i = 0; i < o->threads; i++) {
-		ws[i] = (struct worker){.o = o, .index = i, .run = run,
-					.latency_ms = lat + (size_t)i * o->messages};
+		ws[i] = (struct worker){
+		    .o = o, .index = i, .run = run, .latency_ms = lat + (size_t)i * o->messages};
 		pthread_create(&th[i], NULL, worker_main, &ws[i]);
 	}
 	int failed = 0;
@@ -198,30 +201,53 @@ int main(int argc, char **argv)
 	struct opts o = {.threads = 8, .messages = 500, .records = 1, .runs = 5};
 	isg_client_options_init(&o.client);
 	static const struct option lopts[] = {
-		{"gateway", 1, NULL, 'g'}, {"cert", 1, NULL, 'c'},      {"key", 1, NULL, 'k'},
-		{"ca", 1, NULL, 'a'},      {"to", 1, NULL, 't'},        {"agreement", 1, NULL, 'A'},
-		{"dataset", 1, NULL, 'd'}, {"threads", 1, NULL, 'P'},   {"messages", 1, NULL, 'M'},
-		{"records", 1, NULL, 'R'}, {"runs", 1, NULL, 'N'},      {NULL, 0, NULL, 0},
+	    {"gateway", 1, NULL, 'g'}, {"cert", 1, NULL, 'c'},    {"key", 1, NULL, 'k'},
+	    {"ca", 1, NULL, 'a'},      {"to", 1, NULL, 't'},      {"agreement", 1, NULL, 'A'},
+	    {"dataset", 1, NULL, 'd'}, {"threads", 1, NULL, 'P'}, {"messages", 1, NULL, 'M'},
+	    {"records", 1, NULL, 'R'}, {"runs", 1, NULL, 'N'},    {NULL, 0, NULL, 0},
 	};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
 		switch (ch) {
-		case 'g': o.client.gateway = optarg; break;
-		case 'c': o.client.cert_file = optarg; break;
-		case 'k': o.client.key_file = optarg; break;
-		case 'a': o.client.ca_file = optarg; break;
-		case 't': o.to = optarg; break;
-		case 'A': o.agreement = optarg; break;
-		case 'd': o.dataset = optarg; break;
-		case 'P': o.threads = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'M': o.messages = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'R': o.records = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'N': o.runs = (unsigned)strtoul(optarg, NULL, 10); break;
-		default: usage();
+		case 'g':
+			o.client.gateway = optarg;
+			break;
+		case 'c':
+			o.client.cert_file = optarg;
+			break;
+		case 'k':
+			o.client.key_file = optarg;
+			break;
+		case 'a':
+			o.client.ca_file = optarg;
+			break;
+		case 't':
+			o.to = optarg;
+			break;
+		case 'A':
+			o.agreement = optarg;
+			break;
+		case 'd':
+			o.dataset = optarg;
+			break;
+		case 'P':
+			o.threads = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'M':
+			o.messages = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'R':
+			o.records = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'N':
+			o.runs = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		default:
+			usage();
 		}
 	}
-	if (!o.client.gateway || !o.to || !o.agreement || !o.dataset || !o.threads ||
-	    !o.messages || !o.records || !o.runs || o.runs > 100)
+	if (!o.client.gateway || !o.to || !o.agreement || !o.dataset || !o.threads || !o.messages ||
+	    !o.records || !o.runs || o.runs > 100)
 		usage();
 	struct result *rs = calloc(o.runs, sizeof(*rs));
 	if (!rs)

@@ -30,7 +30,8 @@ static void check_round_trip(const Isg__Frame *f)
 		abort();
 	size_t again = wire_frame_size(g);
 	uint8_t *buf2 = malloc(again);
-	if (buf2 && (again != size || wire_frame_encode(g, buf2) != size || memcmp(buf, buf2, size)))
+	if (buf2 &&
+	    (again != size || wire_frame_encode(g, buf2) != size || memcmp(buf, buf2, size)))
 		abort();
 	free(buf2);
 	wire_frame_free(g);

@@ -73,9 +73,9 @@ static void test_utf8(void **state)
 {
 	assert_true(str_utf8_valid("caf\xc3\xa9", 5));
 	assert_true(str_utf8_valid("\xf0\x9f\x98\x80", 4));
-	assert_false(str_utf8_valid("\xc3", 1));            /* truncated */
-	assert_false(str_utf8_valid("\xc0\xaf", 2));        /* overlong */
-	assert_false(str_utf8_valid("\xed\xa0\x80", 3));    /* surrogate */
+	assert_false(str_utf8_valid("\xc3", 1));             /* truncated */
+	assert_false(str_utf8_valid("\xc0\xaf", 2));         /* overlong */
+	assert_false(str_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
 	assert_false(str_utf8_valid("\xf4\x90\x80\x80", 4)); /* past U+10FFFF */
 	assert_false(str_utf8_valid("\xff", 1));
 }
@@ -107,10 +107,15 @@ static void test_base64(void **state)
 	assert_int_equal(n, 5);
 	assert_memory_equal(out, "hello", 5);
 	/* libsodium 1.0.18 alone would take a byte >= 0x80 as a digit. */
-	assert_int_equal(base64_decode("aGVs" "\xc3\xa9" "bG8=", 10, out, sizeof(out), &n), ISG_ERR_PARSE);
+	assert_int_equal(base64_decode("aGVs"
+	                               "\xc3\xa9"
+	                               "bG8=",
+	                               10, out, sizeof(out), &n),
+	                 ISG_ERR_PARSE);
 	assert_int_equal(base64_decode("aGVsbG8", 7, out, sizeof(out), &n), ISG_ERR_PARSE);
 	assert_int_equal(base64_decode("aGVsbG8=x", 9, out, sizeof(out), &n), ISG_ERR_PARSE);
-	assert_int_equal(base64_decode("aGVsbG8gd29ybGQ=", 16, out, sizeof(out), &n), ISG_ERR_PARSE);
+	assert_int_equal(base64_decode("aGVsbG8gd29ybGQ=", 16, out, sizeof(out), &n),
+	                 ISG_ERR_PARSE);
 	assert_int_equal(base64_decode("", 0, out, sizeof(out), &n), ISG_ERR_PARSE);
 }
 
@@ -129,10 +134,10 @@ static void test_log_quote(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_durations), cmocka_unit_test(test_sizes),
-		cmocka_unit_test(test_numbers),   cmocka_unit_test(test_dates),
-		cmocka_unit_test(test_utf8),      cmocka_unit_test(test_json_string),
-		cmocka_unit_test(test_log_quote),  cmocka_unit_test(test_base64),
+	    cmocka_unit_test(test_durations), cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_numbers),   cmocka_unit_test(test_dates),
+	    cmocka_unit_test(test_utf8),      cmocka_unit_test(test_json_string),
+	    cmocka_unit_test(test_log_quote), cmocka_unit_test(test_base64),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

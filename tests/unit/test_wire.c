@@ -45,7 +45,7 @@ static void test_peek_refuses_oversize_and_overflow(void **state)
 	uint8_t endless[11];
 	memset(endless, 0xff, sizeof(endless));
 	assert_int_equal(wire_frame_peek(endless, sizeof(endless), SIZE_MAX, &h, &b),
-			 ISG_ERR_PARSE);
+	                 ISG_ERR_PARSE);
 	/* A 10th byte above 1 overflows 64 bits. */
 	uint8_t over[10];
 	memset(over, 0xff, 9);
@@ -94,11 +94,11 @@ static void test_invalid_utf8_refused(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_varint_known_answers),
-		cmocka_unit_test(test_peek_needs_more),
-		cmocka_unit_test(test_peek_refuses_oversize_and_overflow),
-		cmocka_unit_test(test_frame_round_trip),
-		cmocka_unit_test(test_invalid_utf8_refused),
+	    cmocka_unit_test(test_varint_known_answers),
+	    cmocka_unit_test(test_peek_needs_more),
+	    cmocka_unit_test(test_peek_refuses_oversize_and_overflow),
+	    cmocka_unit_test(test_frame_round_trip),
+	    cmocka_unit_test(test_invalid_utf8_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
