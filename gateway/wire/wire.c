@@ -1,5 +1,6 @@
 #include "wire/wire.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 #include "util/util.h"
@@ -26,9 +27,52 @@ int wire_frame_peek(const uint8_t *buf, size_t len, size_t max_frame, size_t *hd
 	return ISG_ERR_PARSE;
 }
 
+/*
+ * protobuf-c keeps unknown fields, and accepts one numbered 0 (invalid
+ * protobuf) when its tag is not minimally encoded, yet refuses its own
+ * re-encoding of it. Refuse such frames outright, at every depth.
+ */
+static bool unknown_fields_valid(const ProtobufCMessage *m, unsigned depth)
+{
+	if (depth > 8) /* deeper than isg.proto nests */
+		return false;
+	for (unsigned i = 0; i < m->n_unknown_fields; i++)
+		if (m->unknown_fields[i].tag == 0)
+			return false;
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+		if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		const char *base = (const char *)m;
+		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+			size_t n = *(const size_t *)(base + f->quantifier_offset);
+			ProtobufCMessage *const *items =
+			    *(ProtobufCMessage *const *const *)(base + f->offset);
+			for (size_t k = 0; k < n; k++)
+				if (items[k] && !unknown_fields_valid(items[k], depth + 1))
+					return false;
+		} else {
+			const ProtobufCMessage *sub =
+			    *(ProtobufCMessage *const *)(base + f->offset);
+			if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF &&
+			    *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+				continue; /* another member of the oneof is set */
+			if (sub && !unknown_fields_valid(sub, depth + 1))
+				return false;
+		}
+	}
+	return true;
+}
+
 Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len)
 {
-	return isg__frame__unpack(NULL, len, body);
+	Isg__Frame *f = isg__frame__unpack(NULL, len, body);
+	if (f && !unknown_fields_valid(&f->base, 0)) {
+		isg__frame__free_unpacked(f, NULL);
+		return NULL;
+	}
+	return f;
 }
 
 void wire_frame_free(Isg__Frame *frame)

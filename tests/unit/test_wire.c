@@ -91,6 +91,19 @@ static void test_invalid_utf8_refused(void **state)
 	assert_int_equal(wire_frame_check_utf8(&f), 0);
 }
 
+static void test_field_number_zero_refused(void **state)
+{
+	/* Found by fuzz_frame: request_id 4, then an unknown field numbered 0 whose tag
+	 * is not minimally encoded (0x82 0x00). protobuf-c alone accepts it. */
+	static const uint8_t body[] = {0x08, 0x04, 0x82, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00};
+	assert_null(wire_frame_decode(body, sizeof(body)));
+	/* The same frame without it decodes. */
+	Isg__Frame *f = wire_frame_decode(body, 2);
+	assert_non_null(f);
+	assert_int_equal(f->request_id, 4);
+	wire_frame_free(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -99,6 +112,7 @@ int main(void)
 	    cmocka_unit_test(test_peek_refuses_oversize_and_overflow),
 	    cmocka_unit_test(test_frame_round_trip),
 	    cmocka_unit_test(test_invalid_utf8_refused),
+	    cmocka_unit_test(test_field_number_zero_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
