@@ -16,6 +16,8 @@
 
 /* A config file is a few hundred bytes; anything this big is a mistake. */
 #define CONFIG_MAX_BYTES (1024 * 1024)
+#define CONFIG_DEFAULT_ORIGIN "isg-gateway"
+#define CONFIG_ORIGIN_MAX 64
 
 enum opt_kind {
 	OPT_PATH,     /* char *, resolved against the config file's directory */
@@ -26,6 +28,7 @@ enum opt_kind {
 	OPT_TLS_VERSION,
 	OPT_LOG_LEVEL,
 	OPT_USER,
+	OPT_ORIGIN, /* char *, an audit checkpoint origin */
 };
 
 struct opt {
@@ -77,9 +80,13 @@ static const struct opt opts[] = {
     {"limits", "max_inflight", OPT_U32, AT(max_inflight), false, 1, 4096, "1 to 4096"},
     {NULL, "user", OPT_USER, AT(user), false, 0, 0, NULL},
     {NULL, "log_level", OPT_LOG_LEVEL, AT(log_level), false, 0, 0, NULL},
+    {"audit", "origin", OPT_ORIGIN, AT(audit_origin), false, 0, 0, NULL},
+    {"audit", "checkpoint_every", OPT_U32, AT(checkpoint_every), false, 1, 1000000, "1 to 1000000"},
+    {"audit", "checkpoint_interval", OPT_DURATION, AT(checkpoint_interval_ms), false, SEC, DAY,
+     "1s to 1d"},
 };
 
-static const char *const sections[] = {"tls", "store", "limits"};
+static const char *const sections[] = {"tls", "store", "limits", "audit"};
 
 struct loader {
 	const char *file; /* as given, for diagnostics */
@@ -112,6 +119,8 @@ void config_init(struct isgd_config *c)
 	c->conn_buffer_bytes = 8 * MIB;
 	c->max_inflight = 64;
 	c->log_level = LOG_INFO;
+	c->checkpoint_every = 1000;
+	c->checkpoint_interval_ms = 10 * SEC;
 }
 
 void config_release(struct isgd_config *c)
@@ -120,7 +129,7 @@ void config_release(struct isgd_config *c)
 		return;
 	char **strings[] = {&c->path,          &c->listen_host, &c->tls_certificate, &c->tls_key,
 	                    &c->tls_client_ca, &c->tls_crl,     &c->store_path,      &c->policy_dir,
-	                    &c->keys_dir,      &c->user};
+	                    &c->keys_dir,      &c->user,        &c->audit_origin};
 	for (size_t i = 0; i < ARRAY_LEN(strings); i++) {
 		free(*strings[i]);
 		*strings[i] = NULL;
@@ -352,6 +361,26 @@ static bool valid_user(const char *u)
 	return true;
 }
 
+/*
+ * A checkpoint origin is also the signing key's name in signed notes, and
+ * verifiers, file names and command lines carry it: keep it to a plain
+ * [A-Za-z0-9._/-]{1,64}, which has no space and no '+'.
+ */
+static bool valid_origin(const char *o)
+{
+	size_t len = strlen(o);
+	if (len == 0 || len > CONFIG_ORIGIN_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = o[i];
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		          (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '/' || c == '-';
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
 static void set_special(struct loader *l, const struct opt *o, const struct ydoc_node *n,
                         const char *name)
 {
@@ -380,6 +409,18 @@ static void set_special(struct loader *l, const struct opt *o, const struct ydoc
 			           "invalid log level '%s' (use debug, info, warn or error)", v);
 		break;
 	}
+	case OPT_ORIGIN:
+		if (!valid_origin(v)) {
+			ydoc_error(l->d, l->file, n,
+			           "invalid origin '%s' for %s (use 1 to %d letters, digits, '.', "
+			           "'_', '/' or '-'; no spaces or '+')",
+			           v, name, CONFIG_ORIGIN_MAX);
+		} else {
+			free(l->c->audit_origin);
+			if (!(l->c->audit_origin = strdup(v)))
+				ydoc_error(l->d, l->file, n, "out of memory");
+		}
+		break;
 	case OPT_USER:
 		if (!valid_user(v)) {
 			ydoc_error(l->d, l->file, n, "invalid user name '%s'", v);
@@ -527,6 +568,9 @@ int config_load(const char *path, struct isgd_config *c, struct ydoc_diags *diag
 		apply_opt(&l, doc->root, &opts[i]);
 	if (diags->errors == errors_before)
 		check_relations(&l, doc->root);
+	if (diags->errors == errors_before && !c->audit_origin &&
+	    !(c->audit_origin = strdup(CONFIG_DEFAULT_ORIGIN)))
+		ydoc_error(diags, path, NULL, "out of memory");
 	if (diags->errors != errors_before)
 		err = ISG_ERR_INVALID;
 out:

@@ -20,6 +20,7 @@
 #include <sodium.h>
 
 #include "daemon/gateway.h"
+#include "audit/audit.h"
 #include "keys/keys.h"
 #include "util/util.h"
 
@@ -52,17 +53,50 @@ static int check_tls_key(const struct isgd_config *cfg, char *err, size_t errlen
 }
 
 /* Everything --check-config checks, and what a start needs before it listens. */
-static int check_all(const struct isgd_config *cfg, struct regime **regime, uint8_t **key,
+/* The keys the store needs: it keeps its own copy of the storage key and
+ * borrows the signer until store_close. */
+struct secrets {
+	uint8_t *storage_key;
+	struct audit_signer *signer;
+};
+
+static void secrets_release(struct secrets *s)
+{
+	keys_free(s->storage_key);
+	audit_signer_free(s->signer);
+	memset(s, 0, sizeof(*s));
+}
+
+static int load_secrets(const struct isgd_config *cfg, struct secrets *s)
+{
+	char err[512];
+	int failed = 0;
+	if (keys_load_storage(cfg->keys_dir, &s->storage_key, err, sizeof(err)) != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		failed = 1;
+	}
+	uint8_t *seed = NULL;
+	if (keys_load_audit_signing(cfg->keys_dir, &seed, err, sizeof(err)) != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		failed = 1;
+	} else if (audit_signer_new(cfg->audit_origin, seed, &s->signer) != 0) {
+		fprintf(stderr, "isgd: cannot make the audit signing key for origin '%s'\n",
+		        cfg->audit_origin);
+		failed = 1;
+	}
+	keys_free(seed);
+	return failed ? ISG_ERR_INVALID : 0;
+}
+
+static int check_all(const struct isgd_config *cfg, struct regime **regime, struct secrets *sec,
                      SSL_CTX **tls)
 {
 	char err[512];
 	int failed = 0;
 	if ((*regime = regime_load(cfg, false)) == NULL)
 		failed = 1;
-	if (keys_load_storage(cfg->keys_dir, key, err, sizeof(err)) != 0) {
-		fprintf(stderr, "isgd: %s\n", err);
+	if (load_secrets(cfg, sec) != 0)
 		failed = 1;
-	}
 	if (check_tls_key(cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		failed = 1;
@@ -143,15 +177,19 @@ static void serve(struct gateway *g, const sigset_t *sigs)
 	}
 }
 
-static int run(struct gateway *g, struct regime *regime, uint8_t *key, SSL_CTX *tls,
+static int run(struct gateway *g, struct regime *regime, struct secrets *sec, SSL_CTX *tls,
                const sigset_t *sigs)
 {
 	char err[512];
 	struct store_options so = {.path = g->cfg.store_path,
-	                           .storage_key = key,
-	                           .sweep_interval_ms = g->cfg.sweep_interval_ms};
+	                           .storage_key = sec->storage_key,
+	                           .sweep_interval_ms = g->cfg.sweep_interval_ms,
+	                           .signer = sec->signer,
+	                           .checkpoint_every = g->cfg.checkpoint_every,
+	                           .checkpoint_interval_ms = g->cfg.checkpoint_interval_ms};
 	int r = store_open(&so, &g->store, err, sizeof(err));
-	keys_free(key); /* the store keeps its own guarded copy */
+	keys_free(sec->storage_key); /* the store keeps its own guarded copy */
+	sec->storage_key = NULL;
 	if (r != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		regime_unref(regime);
@@ -267,19 +305,20 @@ int main(int argc, char **argv)
 	log_set_level(g.cfg.log_level);
 
 	struct regime *regime = NULL;
-	uint8_t *key = NULL;
+	struct secrets sec = {0};
 	SSL_CTX *tls = NULL;
-	r = check_all(&g.cfg, &regime, &key, &tls);
+	r = check_all(&g.cfg, &regime, &sec, &tls);
 	if (r != 0 || check_only) {
 		if (r == 0)
 			puts("configuration OK");
 		regime_unref(regime);
-		keys_free(key);
+		secrets_release(&sec);
 		SSL_CTX_free(tls);
 		config_release(&g.cfg);
 		return r == 0 ? 0 : 1;
 	}
-	r = run(&g, regime, key, tls, &sigs);
+	r = run(&g, regime, &sec, tls, &sigs);
+	secrets_release(&sec); /* after run: the store borrowed the signer until it closed */
 	SSL_CTX_free(tls);
 	config_release(&g.cfg);
 	pthread_mutex_destroy(&g.regime_mu);

@@ -243,6 +243,11 @@ int keys_load_storage(const char *dir, uint8_t **key, char *err, size_t errlen)
 	return keys_load(dir, KEYS_STORAGE_FILE, KEYS_KIND_STORAGE, key, err, errlen);
 }
 
+int keys_load_audit_signing(const char *dir, uint8_t **seed, char *err, size_t errlen)
+{
+	return keys_load(dir, KEYS_AUDIT_SIGNING_FILE, KEYS_KIND_AUDIT_SIGNING, seed, err, errlen);
+}
+
 void keys_free(uint8_t *key)
 {
 	if (!key)

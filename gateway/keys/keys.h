@@ -31,7 +31,14 @@ int keys_check_secrecy(int fd, const char *path, char *err, size_t errlen);
  * ISG_ERR_PARSE / ISG_ERR_IO with the reason in err.
  */
 int keys_load_storage(const char *dir, uint8_t **key, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
+/*
+ * Read the audit signing key (the 32-byte Ed25519 seed, kind
+ * audit-signing-ed25519) from dir/audit-signing.key, with the same checks
+ * and errors as keys_load_storage. For audit_signer_new; free with keys_free.
+ */
+int keys_load_audit_signing(const char *dir, uint8_t **seed, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
 /* Wipe and free a key returned by keys_load_*; NULL ok. */
 void keys_free(uint8_t *key);
 
@@ -56,7 +63,7 @@ struct keyring;
 /* Load every domain key file (each checked like the others); an empty or
  * missing domains directory gives an empty keyring. */
 int keys_load_domains(const char *dir, struct keyring **out, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 /* Wipe and free; NULL ok. */
 void keyring_free(struct keyring *ring);
 /* True when the keyring has a key for this domain. */
@@ -74,8 +81,8 @@ enum keys_version_state {
 };
 struct keys_version_info {
 	uint32_t version;
-	int64_t created;        /* days since 1970-01-01 (UTC) */
-	int64_t retires;        /* first day it is no longer used; KEYS_RETIRES_NEVER if current */
+	int64_t created; /* days since 1970-01-01 (UTC) */
+	int64_t retires; /* first day it is no longer used; KEYS_RETIRES_NEVER if current */
 	enum keys_version_state state; /* on the day asked about */
 };
 /* Domains are numbered 0..count-1 in name order. */
@@ -84,11 +91,11 @@ size_t keyring_domain_count(const struct keyring *ring);
 const char *keyring_domain_name(const struct keyring *ring, size_t i, size_t *n_versions);
 /* Version j (0 = oldest) of domain i on day today_days; ISG_ERR_NOT_FOUND if out of range. */
 int keyring_version_info(const struct keyring *ring, size_t i, size_t j, int64_t today_days,
-			 struct keys_version_info *out);
+                         struct keys_version_info *out);
 
 /* Create domains/NAME.key with version 1; refuses an existing domain. */
 int keys_new_domain(const char *dir, const char *name, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 /*
  * Add a new version to a domain; the current version then retires after
  * overlap_days (0: at once; at most KEYS_OVERLAP_MAX). The file is
@@ -96,6 +103,6 @@ int keys_new_domain(const char *dir, const char *name, char *err, size_t errlen)
  * *version gets the new version number.
  */
 int keys_rotate(const char *dir, const char *name, int64_t today_days, int64_t overlap_days,
-		uint32_t *version, char *err, size_t errlen) __attribute__((warn_unused_result));
+                uint32_t *version, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 #endif

@@ -2,6 +2,9 @@
  * The store's public functions and its writer thread. Callers queue jobs;
  * the writer takes up to max_batch of them, runs each in its own savepoint
  * of one IMMEDIATE transaction, commits once, and only then calls back.
+ * The audit log's in-memory tree follows the database: it is copied before
+ * each job and each batch and put back when they are rolled back, and
+ * checkpoints are written between batches (store_log.c).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -92,10 +95,12 @@ static int run_savepoint(struct store *s, struct store_job *j, int64_t now, bool
 	int rc = store_db_exec(s, "SAVEPOINT j", "savepoint");
 	if (rc)
 		return rc;
+	struct store_log before = s->log;
 	int err = j ? store_job_run(s, j, now) : store_sweep(s, now, sweep_more);
 	*job_err = err;
 	if (err == 0)
 		return store_db_exec(s, "RELEASE j", "release");
+	s->log = before; /* the job's entries are rolled back with its savepoint */
 	/* Some errors (disk full, I/O) make SQLite roll back the whole transaction. */
 	if (sqlite3_get_autocommit(s->db))
 		return err == ISG_ERR_FULL ? ISG_ERR_FULL : ISG_ERR_STORE;
@@ -105,10 +110,12 @@ static int run_savepoint(struct store *s, struct store_job *j, int64_t now, bool
 	return rc;
 }
 
-static void batch_fail(struct store *s, struct store_job *batch, int err)
+static void batch_fail(struct store *s, struct store_job *batch, const struct store_log *start,
+                       int err)
 {
 	if (!sqlite3_get_autocommit(s->db))
 		store_db_exec(s, "ROLLBACK", "rollback");
+	s->log = *start; /* nothing of the batch is in the log */
 	size_t n = 0;
 	for (struct store_job *j = batch; j; j = j->next, n++) {
 		if (j->err == 0)
@@ -123,9 +130,10 @@ static void batch_fail(struct store *s, struct store_job *batch, int err)
 static void run_batch(struct store *s, struct store_job *batch, bool sweep, bool *sweep_more)
 {
 	int64_t now = time_now_ms();
+	const struct store_log start = s->log;
 	int rc = store_db_exec(s, "BEGIN IMMEDIATE", "begin");
 	if (rc) {
-		batch_fail(s, batch, rc);
+		batch_fail(s, batch, &start, rc);
 		return;
 	}
 	for (struct store_job *j = batch; j; j = j->next) {
@@ -133,7 +141,7 @@ static void run_batch(struct store *s, struct store_job *batch, bool sweep, bool
 		if (j->err)
 			store_job_discard(j);
 		if (rc) {
-			batch_fail(s, batch, rc);
+			batch_fail(s, batch, &start, rc);
 			return;
 		}
 	}
@@ -141,13 +149,13 @@ static void run_batch(struct store *s, struct store_job *batch, bool sweep, bool
 		int sweep_err = 0;
 		rc = run_savepoint(s, NULL, now, sweep_more, &sweep_err);
 		if (rc) {
-			batch_fail(s, batch, rc);
+			batch_fail(s, batch, &start, rc);
 			return;
 		}
 	}
 	rc = store_db_exec(s, "COMMIT", "commit");
 	if (rc) {
-		batch_fail(s, batch, rc);
+		batch_fail(s, batch, &start, rc);
 		return;
 	}
 	atomic_fetch_add(&s->commits, 1);
@@ -194,34 +202,50 @@ static int commit_hook(void *arg)
 	return atomic_exchange(&s->fail_next_commit, false) ? 1 : 0;
 }
 
+/* Only committed entries are in s->log here: no transaction is open. */
+static void checkpoint_if_due(struct store *s, bool final)
+{
+	if (!s->signer || audit_tree_size(&s->log.tree) == s->checkpoint_size)
+		return;
+	if (final || store_log_checkpoint_due(s, time_mono_ms()))
+		store_log_checkpoint(s); /* a failure is logged and retried later */
+}
+
 static void *writer_main(void *arg)
 {
 	struct store *s = arg;
 	/* Sweep first: messages may have expired while isgd was down. */
 	int64_t next_sweep = time_mono_ms();
 	for (;;) {
-		bool sweep = false, sweep_more = false;
+		bool sweep = false, sweep_more = false, checkpoint = false;
 		pthread_mutex_lock(&s->mu);
 		for (;;) {
 			if (s->paused && !s->closing) {
 				pthread_cond_wait(&s->cv, &s->mu);
 				continue;
 			}
-			sweep = time_mono_ms() >= next_sweep;
-			if (s->head || sweep || s->closing)
+			int64_t now = time_mono_ms();
+			sweep = now >= next_sweep;
+			checkpoint = store_log_checkpoint_due(s, now);
+			if (s->head || sweep || checkpoint || s->closing)
 				break;
-			cond_wait_until(s, next_sweep);
+			int64_t cp = store_log_checkpoint_deadline(s);
+			cond_wait_until(s, cp < next_sweep ? cp : next_sweep);
 		}
 		struct store_job *batch = queue_take(s);
 		bool stop = !batch && s->closing;
 		pthread_mutex_unlock(&s->mu);
 		if (stop)
 			break;
-		run_batch(s, batch, sweep, &sweep_more);
+		if (batch || sweep)
+			run_batch(s, batch, sweep, &sweep_more);
 		if (sweep)
 			next_sweep = time_mono_ms() + (sweep_more ? 0 : s->sweep_interval_ms);
 		batch_finish(s, batch);
+		checkpoint_if_due(s, false);
 	}
+	/* Every job has run: the last checkpoint covers the whole log. */
+	checkpoint_if_due(s, true);
 	return NULL;
 }
 
@@ -237,6 +261,8 @@ static void store_release(struct store *s)
 	}
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);
+	free(s->leaf);
+	free(s->checkpoint_note);
 	free(s->path);
 	free(s);
 }
@@ -282,6 +308,14 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	s->sweep_interval_ms =
 	    opt->sweep_interval_ms > 0 ? opt->sweep_interval_ms : STORE_DEFAULT_SWEEP_MS;
 	s->max_batch = opt->max_batch > 0 ? opt->max_batch : STORE_DEFAULT_MAX_BATCH;
+	s->signer = opt->signer;
+	s->checkpoint_every =
+	    opt->checkpoint_every > 0 ? opt->checkpoint_every : STORE_DEFAULT_CHECKPOINT_EVERY;
+	s->checkpoint_interval_ms = opt->checkpoint_interval_ms > 0 ? opt->checkpoint_interval_ms
+	                                                            : STORE_DEFAULT_CHECKPOINT_MS;
+	if (s->checkpoint_interval_ms > STORE_MAX_CHECKPOINT_MS)
+		s->checkpoint_interval_ms = STORE_MAX_CHECKPOINT_MS;
+	s->checkpoint_mono = time_mono_ms();
 	s->path = strdup(opt->path);
 	s->key = sodium_malloc(STORE_KEY_LEN);
 	if (!s->path || !s->key) {
@@ -301,8 +335,11 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 		goto out;
 	}
 	s->writer_started = true;
-	log_event(LOG_INFO, "store.opened", "max_batch=%" PRIu32 " sweep_interval_ms=%" PRId64,
-	          s->max_batch, s->sweep_interval_ms);
+	log_event(LOG_INFO, "store.opened",
+	          "max_batch=%" PRIu32 " sweep_interval_ms=%" PRId64 " audit_entries=%" PRIu64
+	          " checkpoint=%" PRIu64 " checkpoints=%s",
+	          s->max_batch, s->sweep_interval_ms, audit_tree_size(&s->log.tree),
+	          s->checkpoint_size, s->signer ? "signed" : "off");
 out:
 	if (rc) {
 		store_release(s);
@@ -369,6 +406,8 @@ static int send_validate(const struct store_message *m)
 	if (m->payload_len > STORE_MAX_PAYLOAD || m->audit_len > STORE_MAX_AUDIT_ENTRY)
 		return ISG_ERR_TOO_BIG;
 	if ((m->payload_len && !m->payload) || !m->audit_entry)
+		return ISG_ERR_INVALID;
+	if (store_log_check_body("message.accepted", m->audit_entry, m->audit_len) != 0)
 		return ISG_ERR_INVALID;
 	if (m->ttl_ms <= 0 || m->ttl_ms > STORE_MAX_TTL_MS)
 		return ISG_ERR_INVALID;
@@ -497,6 +536,8 @@ int store_audit(struct store *s, const char *kind, const char *entry, size_t len
 		return ISG_ERR_INVALID;
 	if (strnlen(kind, STORE_MAX_KIND + 1) > STORE_MAX_KIND || len > STORE_MAX_AUDIT_ENTRY)
 		return ISG_ERR_TOO_BIG;
+	if (store_log_check_body(kind, entry, len) != 0)
+		return ISG_ERR_INVALID;
 	struct store_job *j = job_new(JOB_AUDIT);
 	if (!j)
 		return ISG_ERR_NOMEM;
@@ -553,16 +594,18 @@ static void exec_done(void *ctx, int err)
 	pthread_mutex_unlock(&w->mu);
 }
 
-int store_test_exec(struct store *s, const char *sql)
+/* Run an exec job (sql, or a copy of the tree when sql is NULL) and wait for it. */
+static int exec_job(struct store *s, const char *sql, struct audit_tree *tree_out)
 {
 	struct exec_wait w = {.done = false};
 	struct store_job *j = job_new(JOB_EXEC);
 	if (!j)
 		return ISG_ERR_NOMEM;
-	j->u.exec.sql = strdup(sql);
+	j->u.exec.sql = sql ? strdup(sql) : NULL;
+	j->u.exec.tree_out = tree_out;
 	j->u.exec.cb = exec_done;
 	j->u.exec.ctx = &w;
-	if (!j->u.exec.sql) {
+	if (sql && !j->u.exec.sql) {
 		store_job_free(j);
 		return ISG_ERR_NOMEM;
 	}
@@ -578,5 +621,24 @@ int store_test_exec(struct store *s, const char *sql)
 	}
 	pthread_cond_destroy(&w.cv);
 	pthread_mutex_destroy(&w.mu);
+	return rc;
+}
+
+int store_test_exec(struct store *s, const char *sql)
+{
+	return exec_job(s, sql, NULL);
+}
+
+int store_test_audit_root(struct store *s, uint64_t *size, uint8_t root[32])
+{
+	struct audit_tree *t = malloc(sizeof(*t));
+	if (!t)
+		return ISG_ERR_NOMEM;
+	int rc = exec_job(s, NULL, t);
+	if (rc == 0) {
+		*size = audit_tree_size(t);
+		audit_tree_root(t, root);
+	}
+	free(t);
 	return rc;
 }

@@ -23,21 +23,34 @@
 #include <stdint.h>
 
 struct store;
+struct audit_signer;
 
 struct store_options {
 	const char *path;
-	const uint8_t *storage_key;      /* 32 bytes; the store keeps its own guarded copy */
-	int64_t sweep_interval_ms;       /* how often expired messages are purged; default 60s */
-	uint32_t max_batch;              /* most jobs per commit; default 512 */
+	const uint8_t *storage_key; /* 32 bytes; the store keeps its own guarded copy */
+	int64_t sweep_interval_ms;  /* how often expired messages are purged; default 60s */
+	uint32_t max_batch;         /* most jobs per commit; default 512 */
+	/*
+	 * Signs the audit log's checkpoints (key name = checkpoint origin). NULL:
+	 * no checkpoints are written and the latest one's signature is not
+	 * checked at open. Not copied: it must outlive the store.
+	 */
+	const struct audit_signer *signer;
+	uint32_t checkpoint_every;      /* a checkpoint after this many entries; default 1000 */
+	int64_t checkpoint_interval_ms; /* ... or this long, if the log grew; default 10s, max 1d */
 };
 
 /*
  * Open (creating if absent) and start the writer thread. A file that is not
  * an ISG store, or fails SQLite's integrity check, is refused with
- * ISG_ERR_CORRUPT and left untouched; err says why.
+ * ISG_ERR_CORRUPT and left untouched; err says why. So is a store whose
+ * audit log has a gap, an entry whose leaf names another index, or a tree
+ * that does not match its latest checkpoint (or a checkpoint whose
+ * signature does not verify with opt->signer): err names the first bad seq
+ * or the checkpoint's size.
  */
 int store_open(const struct store_options *opt, struct store **out, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 /* Run every queued job, stop the writer thread, close. NULL ok. */
 void store_close(struct store *s);
 
@@ -48,15 +61,16 @@ struct store_message {
 	const char *agreement_id;
 	uint32_t agreement_version;
 	const char *purpose, *dataset;
-	uint64_t reply_to;               /* 0 = none */
-	uint8_t request_hash[32];        /* identifies the content for idempotency */
+	uint64_t reply_to;        /* 0 = none */
+	uint8_t request_hash[32]; /* identifies the content for idempotency */
 	uint32_t record_count;
-	const uint8_t *payload;          /* plaintext; sealed before it is queued */
+	const uint8_t *payload; /* plaintext; sealed before it is queued */
 	size_t payload_len;
-	int64_t ttl_ms;                  /* undelivered data expires after this */
-	const char *audit_entry;         /* "message.accepted" entry, JSON, same transaction */
+	int64_t ttl_ms; /* undelivered data expires after this */
+	const char
+	    *audit_entry; /* "message.accepted" entry body, same transaction (see store_audit) */
 	size_t audit_len;
-	bool duplicate_only;             /* answer a resend, but store nothing new (ISG_ERR_LIMIT) */
+	bool duplicate_only; /* answer a resend, but store nothing new (ISG_ERR_LIMIT) */
 };
 
 struct store_receipt {
@@ -64,7 +78,7 @@ struct store_receipt {
 	uint64_t audit_index;
 	int64_t accepted_at_ms;
 	uint32_t record_count;
-	bool duplicate;                  /* (sender, message_id) was accepted before */
+	bool duplicate; /* (sender, message_id) was accepted before */
 };
 
 /*
@@ -86,7 +100,7 @@ struct store_delivery {
 	uint32_t agreement_version;
 	uint64_t reply_to;
 	int64_t accepted_at_ms;
-	uint8_t *payload;                /* opened (plaintext) */
+	uint8_t *payload; /* opened (plaintext) */
 	size_t payload_len;
 };
 
@@ -103,7 +117,7 @@ struct store_fetch_result {
  */
 typedef void (*store_fetch_cb)(void *ctx, int err, struct store_fetch_result *res);
 int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
-		store_fetch_cb cb, void *ctx);
+                store_fetch_cb cb, void *ctx);
 void store_fetch_result_free(struct store_fetch_result *res);
 
 /* --- ack ---------------------------------------------------------------- */
@@ -114,19 +128,30 @@ void store_fetch_result_free(struct store_fetch_result *res);
  * recipient are returned in unknown and change nothing.
  */
 typedef void (*store_ack_cb)(void *ctx, int err, uint32_t acknowledged, const uint64_t *unknown,
-			     size_t n_unknown);
+                             size_t n_unknown);
 int store_ack(struct store *s, const char *recipient, const uint64_t *ids, size_t n,
-	      store_ack_cb cb, void *ctx);
+              store_ack_cb cb, void *ctx);
 
 /* --- audit -------------------------------------------------------------- */
 
 /*
- * Append one audit entry (kind such as "message.refused", entry JSON).
- * cb may be NULL. The callback gets the entry's index.
+ * Append one audit entry: kind such as "message.refused", entry its body,
+ * one JSON object that starts with {"event":"<kind>" and has no white space
+ * outside strings (ISG_ERR_INVALID otherwise, without calling cb). The
+ * store wraps it into the leaf {"index":SEQ,"at":"<time>","entry":BODY}
+ * (docs/audit-format.md). cb may be NULL. The callback gets the entry's
+ * index (its seq).
  */
 typedef void (*store_audit_cb)(void *ctx, int err, uint64_t audit_index);
-int store_audit(struct store *s, const char *kind, const char *entry, size_t len,
-		store_audit_cb cb, void *ctx);
+int store_audit(struct store *s, const char *kind, const char *entry, size_t len, store_audit_cb cb,
+                void *ctx);
+
+/*
+ * Copy the latest signed checkpoint note (NUL-terminated) into note.
+ * ISG_ERR_NOT_FOUND when there is none yet, ISG_ERR_TOO_BIG when size is
+ * too small (1024 bytes always suffice).
+ */
+int store_latest_checkpoint(struct store *s, char *note, size_t size);
 
 /* --- usage --------------------------------------------------------------- */
 
@@ -142,7 +167,7 @@ struct store_usage {
  * wait for the writer; meant for rebuilding daily counters at start.
  */
 int store_usage_since(struct store *s, int64_t since_ms,
-		      void (*cb)(void *ctx, const struct store_usage *u), void *ctx);
+                      void (*cb)(void *ctx, const struct store_usage *u), void *ctx);
 
 /* --- notification ------------------------------------------------------- */
 

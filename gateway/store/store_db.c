@@ -23,6 +23,10 @@ static const char *const schema_sql =
     " at INTEGER NOT NULL,"
     " kind TEXT NOT NULL,"
     " entry BLOB NOT NULL);"
+    "CREATE TABLE checkpoints("
+    " size INTEGER PRIMARY KEY,"
+    " at INTEGER NOT NULL,"
+    " note TEXT NOT NULL);"
     "CREATE TABLE messages("
     " id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " sender TEXT NOT NULL,"
@@ -50,7 +54,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MSG_BY_SENDER_ID] = "SELECT id, request_hash, audit_index, accepted_at, record_count"
                             " FROM messages WHERE sender = ?1 AND message_id = ?2",
     [ST_REPLY_CHECK] = "SELECT 1 FROM messages WHERE id = ?1 AND sender = ?2 AND recipient = ?3",
-    [ST_AUDIT_INSERT] = "INSERT INTO audit(at, kind, entry) VALUES (?1, ?2, ?3)",
+    [ST_AUDIT_INSERT] = "INSERT INTO audit(seq, at, kind, entry) VALUES (?1, ?2, ?3, ?4)",
     [ST_MSG_INSERT] = "INSERT INTO messages(sender, message_id, recipient, agreement_id,"
                       " agreement_version, purpose, dataset, reply_to, request_hash,"
                       " record_count, accepted_at, expires_at, audit_index, state, nonce,"
@@ -69,8 +73,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                           " agreement_version, audit_index FROM messages"
                           " WHERE state IN (0, 1) AND expires_at <= ?1"
                           " ORDER BY expires_at LIMIT ?2",
+    [ST_CHECKPOINT_INSERT] = "INSERT INTO checkpoints(size, at, note) VALUES (?1, ?2, ?3)",
 };
-
 
 static int map_rc(int rc)
 {
@@ -140,8 +144,8 @@ static int check_header(const char *path, char *err, size_t errlen)
 		goto out;
 	}
 	if ((size_t)n < sizeof(hdr) || memcmp(hdr, magic, sizeof(magic)) != 0) {
-		store_seterr(err, errlen, "store '%s' is not an SQLite database; refusing to use it",
-		       path);
+		store_seterr(err, errlen,
+		             "store '%s' is not an SQLite database; refusing to use it", path);
 		rc = ISG_ERR_CORRUPT;
 		goto out;
 	}
@@ -175,7 +179,8 @@ static int check_meta(sqlite3 *db, const char *path, char *err, size_t errlen)
 	int rc =
 	    sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'format'", -1, &st, NULL);
 	if (rc != SQLITE_OK) {
-		store_seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
+		store_seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store",
+		             path);
 		return ISG_ERR_CORRUPT;
 	}
 	rc = sqlite3_step(st);
@@ -183,7 +188,8 @@ static int check_meta(sqlite3 *db, const char *path, char *err, size_t errlen)
 	bool ours = format && strcmp((const char *)format, STORE_FORMAT) == 0;
 	sqlite3_finalize(st);
 	if (!ours) {
-		store_seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
+		store_seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store",
+		             path);
 		return ISG_ERR_CORRUPT;
 	}
 	int64_t version = 0;
@@ -195,8 +201,8 @@ static int check_meta(sqlite3 *db, const char *path, char *err, size_t errlen)
 	}
 	if (version > STORE_SCHEMA_VERSION) {
 		store_seterr(err, errlen,
-		       "store '%s' has schema version %lld; this isgd understands up to %d", path,
-		       (long long)version, STORE_SCHEMA_VERSION);
+		             "store '%s' has schema version %lld; this isgd understands up to %d",
+		             path, (long long)version, STORE_SCHEMA_VERSION);
 		return ISG_ERR_CORRUPT;
 	}
 	return 0;
@@ -218,8 +224,11 @@ static int check_integrity(sqlite3 *db, const char *path, char *err, size_t errl
 	return 0;
 }
 
-/* Look at an existing file read-only; nothing is written to it. */
-static int check_existing(const char *path, char *err, size_t errlen)
+/*
+ * Look at an existing file read-only; nothing is written to it. Then load
+ * the audit log's tree from it and check it against its latest checkpoint.
+ */
+static int check_existing(struct store *s, const char *path, char *err, size_t errlen)
 {
 	sqlite3 *db = NULL;
 	int64_t app_id = 0;
@@ -230,7 +239,7 @@ static int check_existing(const char *path, char *err, size_t errlen)
 	int src = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
 	if (src != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot open read-only: %s", path,
-		       db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
+		             db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
 		rc = ISG_ERR_STORE;
 		goto out;
 	}
@@ -244,7 +253,8 @@ static int check_existing(const char *path, char *err, size_t errlen)
 		goto out;
 	}
 	if (!found || app_id != STORE_APPLICATION_ID) {
-		store_seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store", path);
+		store_seterr(err, errlen, "store '%s' is an SQLite database but not an ISG store",
+		             path);
 		rc = ISG_ERR_CORRUPT;
 		goto out;
 	}
@@ -252,6 +262,9 @@ static int check_existing(const char *path, char *err, size_t errlen)
 	if (rc)
 		goto out;
 	rc = check_integrity(db, path, err, errlen);
+	if (rc)
+		goto out;
+	rc = store_log_load(s, db, path, err, errlen);
 out:
 	sqlite3_close(db);
 	return rc;
@@ -327,7 +340,7 @@ static int create_new(const char *path, char *err, size_t errlen)
 		src = init_schema(db);
 	if (src != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot create: %s", path,
-		       db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
+		             db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
 		rc = map_rc(src);
 		goto out;
 	}
@@ -336,7 +349,7 @@ static int create_new(const char *path, char *err, size_t errlen)
 	db = NULL;
 	if (src != SQLITE_OK || fsync(fd) != 0) {
 		store_seterr(err, errlen, "store '%s': cannot write: %s", path,
-		       src != SQLITE_OK ? sqlite3_errstr(src) : strerror(errno));
+		             src != SQLITE_OK ? sqlite3_errstr(src) : strerror(errno));
 		rc = ISG_ERR_IO;
 		goto out;
 	}
@@ -348,7 +361,7 @@ static int create_new(const char *path, char *err, size_t errlen)
 	}
 	if (fsync_parent(path) != 0) {
 		store_seterr(err, errlen, "store '%s': cannot sync its directory: %s", path,
-		       strerror(errno));
+		             strerror(errno));
 		rc = ISG_ERR_IO;
 	}
 out:
@@ -376,8 +389,8 @@ static int configure(struct store *s, char *err, size_t errlen)
 	for (size_t i = 0; i < ARRAY_LEN(pragmas); i++) {
 		int rc = sqlite3_exec(s->db, pragmas[i], NULL, NULL, NULL);
 		if (rc != SQLITE_OK) {
-			store_seterr(err, errlen, "store '%s': '%s' failed: %s", s->path, pragmas[i],
-			       sqlite3_errmsg(s->db));
+			store_seterr(err, errlen, "store '%s': '%s' failed: %s", s->path,
+			             pragmas[i], sqlite3_errmsg(s->db));
 			return store_db_fail(s, rc, "configure");
 		}
 	}
@@ -403,8 +416,8 @@ static int prepare_all(struct store *s, char *err, size_t errlen)
 		int rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
 		                            &s->stmt[i], NULL);
 		if (rc != SQLITE_OK) {
-			store_seterr(err, errlen, "store '%s': cannot prepare statement %zu: %s", s->path,
-			       i, sqlite3_errmsg(s->db));
+			store_seterr(err, errlen, "store '%s': cannot prepare statement %zu: %s",
+			             s->path, i, sqlite3_errmsg(s->db));
 			return store_db_fail(s, rc, "prepare");
 		}
 	}
@@ -417,20 +430,21 @@ int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 	int rc;
 	if (stat(path, &st) != 0) {
 		if (errno != ENOENT) {
-			store_seterr(err, errlen, "store '%s': cannot stat: %s", path, strerror(errno));
+			store_seterr(err, errlen, "store '%s': cannot stat: %s", path,
+			             strerror(errno));
 			return ISG_ERR_IO;
 		}
 		rc = create_new(path, err, errlen);
 		if (rc)
 			return rc;
 	}
-	rc = check_existing(path, err, errlen);
+	rc = check_existing(s, path, err, errlen);
 	if (rc)
 		return rc;
 	int src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL);
 	if (src != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot open: %s", path,
-		       s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
+		             s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
 		return map_rc(src);
 	}
 	rc = configure(s, err, errlen);

@@ -14,6 +14,7 @@
 #include <sodium.h>
 #include <sqlite3.h>
 
+#include "audit/audit.h"
 #include "store/store.h"
 
 /* "ISG1": PRAGMA application_id of every ISG store. */
@@ -40,10 +41,17 @@
 #define STORE_DEFAULT_SWEEP_MS 60000
 #define STORE_DEFAULT_MAX_BATCH 512
 #define STORE_BUSY_TIMEOUT_MS 5000
+#define STORE_DEFAULT_CHECKPOINT_EVERY 1000
+#define STORE_DEFAULT_CHECKPOINT_MS 10000
+#define STORE_MAX_CHECKPOINT_MS (86400LL * 1000) /* longer intervals are taken as a day */
+/* After a checkpoint could not be written, wait this long before trying again. */
+#define STORE_CHECKPOINT_RETRY_MS 1000
+/* A signed checkpoint note: body, blank line, one signature line. */
+#define STORE_NOTE_MAX (AUDIT_CHECKPOINT_MAX + 1 + AUDIT_NAME_MAX + 128)
 
 /* Format an error message for a caller's err buffer (NULL or empty: nothing). */
 void store_seterr(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 enum store_stmt {
 	ST_MSG_BY_SENDER_ID,
@@ -55,6 +63,7 @@ enum store_stmt {
 	ST_ACK_SELECT,
 	ST_SET_FINAL_STATE,
 	ST_EXPIRED_SELECT,
+	ST_CHECKPOINT_INSERT,
 	ST_COUNT
 };
 
@@ -112,7 +121,8 @@ struct job_audit {
 };
 
 struct job_exec {
-	char *sql;
+	char *sql; /* NULL: copy the audit tree to tree_out instead */
+	struct audit_tree *tree_out;
 	void (*cb)(void *ctx, int err);
 	void *ctx;
 };
@@ -128,6 +138,16 @@ struct store_job {
 		struct job_audit audit;
 		struct job_exec exec;
 	} u;
+};
+
+/*
+ * The audit log as the writer sees it: the Merkle tree of every entry in
+ * the table, and the seq the next entry gets. Plain data, so a copy taken
+ * before a job or a batch restores it when that job or batch is rolled back.
+ */
+struct store_log {
+	struct audit_tree tree;
+	uint64_t next_seq;
 };
 
 struct store {
@@ -152,6 +172,19 @@ struct store {
 
 	atomic_uint_fast64_t commits;
 	atomic_bool fail_next_commit; /* tests only */
+
+	/* The audit log; writer thread only (and store_open before it starts). */
+	struct store_log log;
+	uint8_t *leaf; /* buffer the leaf bytes are built in, grown as needed */
+	size_t leaf_cap;
+	const struct audit_signer *signer; /* NULL: no checkpoints */
+	uint32_t checkpoint_every;
+	int64_t checkpoint_interval_ms;
+	uint64_t checkpoint_size;      /* size of the latest checkpoint; 0 when none */
+	int64_t checkpoint_mono;       /* when it was written (or the store opened) */
+	int64_t checkpoint_retry_mono; /* no attempt before this after a failure */
+	/* under mu: the latest checkpoint note, for store_latest_checkpoint */
+	char *checkpoint_note;
 };
 
 /* store_db.c: the database file, schema, pragmas and statements. */
@@ -162,6 +195,29 @@ int store_db_fail(struct store *s, int rc, const char *op);
 int store_db_exec(struct store *s, const char *sql, const char *op);
 /* Step a bound statement that returns no rows, then reset it. */
 int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op);
+
+/* store_log.c: the audit log's leaves, Merkle tree and checkpoints. */
+/*
+ * Check an entry body a caller submits: one JSON object starting with
+ * {"event":"<kind>", no white space or control bytes outside strings,
+ * valid UTF-8. Cheap, and keeps the leaf bytes in the documented form.
+ */
+int store_log_check_body(const char *kind, const char *body, size_t len);
+/* Append an entry (kind, body) at seq s->log.next_seq: row and tree. */
+int store_log_append(struct store *s, int64_t now, const char *kind, const char *body, size_t len,
+                     uint64_t *seq);
+/*
+ * At open, through the read-only connection db: rebuild s->log from every
+ * entry, and check it against the latest checkpoint (its signature with
+ * s->signer when set). ISG_ERR_CORRUPT with the first bad seq in err.
+ */
+int store_log_load(struct store *s, sqlite3 *db, const char *path, char *err, size_t errlen);
+/* Monotonic time a checkpoint falls due without further entries; INT64_MAX: none pending. */
+int64_t store_log_checkpoint_deadline(const struct store *s);
+/* True when a checkpoint is due now (mono_now) per the cadence. */
+bool store_log_checkpoint_due(const struct store *s, int64_t mono_now);
+/* Sign and insert a checkpoint of the committed tree, in its own transaction. */
+int store_log_checkpoint(struct store *s);
 
 /* store_seal.c: sealing payloads with the storage key. */
 int store_seal(const uint8_t *key, const char *sender, const char *message_id,

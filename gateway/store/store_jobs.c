@@ -55,19 +55,6 @@ static void msg_ref_release(struct msg_ref *m)
 	memset(m, 0, sizeof(*m));
 }
 
-static int audit_insert(struct store *s, int64_t now, const char *kind, const void *entry,
-                        size_t len, uint64_t *seq)
-{
-	sqlite3_stmt *st = s->stmt[ST_AUDIT_INSERT];
-	sqlite3_bind_int64(st, 1, now);
-	bind_text(st, 2, kind);
-	bind_blob(st, 3, entry, len);
-	int rc = store_db_step_done(s, st, "audit.insert");
-	if (rc == 0)
-		*seq = (uint64_t)sqlite3_last_insert_rowid(s->db);
-	return rc;
-}
-
 /*
  * {"event":"message.delivered","gateway_id":...,"sender":"...",
  *  "recipient":"...","agreement_id":"...","agreement_version":...,
@@ -95,7 +82,7 @@ static int audit_message_event(struct store *s, int64_t now, const char *event,
 	if (!entry)
 		return ISG_ERR_NOMEM;
 	uint64_t seq = 0;
-	int rc = audit_insert(s, now, event, entry, len, &seq);
+	int rc = store_log_append(s, now, event, entry, len, &seq);
 	free(entry);
 	return rc;
 }
@@ -193,7 +180,7 @@ static int job_send_run(struct store *s, struct job_send *js, int64_t now)
 			return err;
 	}
 	uint64_t seq = 0;
-	err = audit_insert(s, now, "message.accepted", js->audit_entry, js->audit_len, &seq);
+	err = store_log_append(s, now, "message.accepted", js->audit_entry, js->audit_len, &seq);
 	if (err)
 		return err;
 	err = send_insert(s, js, now, seq);
@@ -405,11 +392,15 @@ static int job_ack_run(struct store *s, struct job_ack *ja, int64_t now)
 
 static int job_audit_run(struct store *s, struct job_audit *ja, int64_t now)
 {
-	return audit_insert(s, now, ja->kind, ja->entry, ja->len, &ja->seq);
+	return store_log_append(s, now, ja->kind, ja->entry, ja->len, &ja->seq);
 }
 
 static int job_exec_run(struct store *s, struct job_exec *je)
 {
+	if (!je->sql) {
+		*je->tree_out = s->log.tree;
+		return 0;
+	}
 	return store_db_exec(s, je->sql, "test.exec");
 }
 

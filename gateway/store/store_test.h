@@ -18,5 +18,7 @@ void store_test_pause(struct store *s, bool paused);
 void store_test_fail_next_commit(struct store *s);
 /* Run SQL on the writer's connection as a job of a batch; waits for the result. */
 int store_test_exec(struct store *s, const char *sql);
+/* The writer's audit tree, read as a job of a batch: its size and root. */
+int store_test_audit_root(struct store *s, uint64_t *size, uint8_t root[32]);
 
 #endif

@@ -5,7 +5,7 @@
 #include "util/util.h"
 
 int store_usage_since(struct store *s, int64_t since_ms,
-		      void (*cb)(void *ctx, const struct store_usage *u), void *ctx)
+                      void (*cb)(void *ctx, const struct store_usage *u), void *ctx)
 {
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
@@ -13,18 +13,19 @@ int store_usage_since(struct store *s, int64_t since_ms,
 	if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
-	static const char sql[] = "SELECT sender, agreement_id, count(*), sum(record_count) "
-				  "FROM messages WHERE accepted_at >= ?1 GROUP BY sender, agreement_id";
+	static const char sql[] =
+	    "SELECT sender, agreement_id, count(*), sum(record_count) "
+	    "FROM messages WHERE accepted_at >= ?1 GROUP BY sender, agreement_id";
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, since_ms);
 	int rc;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		struct store_usage u = {
-			.sender = (const char *)sqlite3_column_text(st, 0),
-			.agreement_id = (const char *)sqlite3_column_text(st, 1),
-			.messages = (uint64_t)sqlite3_column_int64(st, 2),
-			.records = (uint64_t)sqlite3_column_int64(st, 3),
+		    .sender = (const char *)sqlite3_column_text(st, 0),
+		    .agreement_id = (const char *)sqlite3_column_text(st, 1),
+		    .messages = (uint64_t)sqlite3_column_int64(st, 2),
+		    .records = (uint64_t)sqlite3_column_int64(st, 3),
 		};
 		if (u.sender && u.agreement_id)
 			cb(ctx, &u);
@@ -34,7 +35,7 @@ int store_usage_since(struct store *s, int64_t since_ms,
 out:
 	if (err)
 		log_event(LOG_ERROR, "store.usage_failed", "error=\"%s\"",
-			  db ? sqlite3_errmsg(db) : "cannot open");
+		          db ? sqlite3_errmsg(db) : "cannot open");
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	return err;

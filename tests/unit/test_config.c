@@ -127,7 +127,11 @@ static void test_defaults_and_relative_config_path(void **state)
 	assert_int_equal(c.conn_buffer_bytes, 8 * 1024 * 1024);
 	assert_int_equal(c.max_inflight, 64);
 	assert_int_equal(c.log_level, LOG_INFO);
+	assert_string_equal(c.audit_origin, "isg-gateway");
+	assert_int_equal(c.checkpoint_every, 1000);
+	assert_int_equal(c.checkpoint_interval_ms, 10000);
 	config_release(&c);
+	assert_null(c.audit_origin);
 	ydoc_diags_release(&d);
 }
 
@@ -218,6 +222,20 @@ static void test_relation_between_limits(void **state)
 	ydoc_diags_release(&d);
 }
 
+/* Write text to a temporary config file and load it. */
+static int load_text(const char *text, struct isgd_config *c, struct ydoc_diags *d, char *path)
+{
+	str_copy(path, "/tmp/test_config_XXXXXX", 32);
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	ydoc_diags_init(d);
+	int err = config_load(path, c, d);
+	unlink(path);
+	return err;
+}
+
 /* Write text to a temporary config file, load it, expect one error. */
 static void load_text_fails(const char *text, int line, int col, const char *msg)
 {
@@ -246,6 +264,70 @@ static void load_text_fails(const char *text, int line, int col, const char *msg
 	"store: {path: isg.db}\n"                                                                  \
 	"policy_dir: p\n"                                                                          \
 	"keys_dir: k\n"
+
+static void test_audit_section(void **state)
+{
+	struct isgd_config c;
+	struct ydoc_diags d;
+	char path[32];
+	assert_int_equal(load_text(BASE
+	                           "listen: h:1\naudit:\n  origin: gw.police.example/isg-audit_1\n"
+	                           "  checkpoint_every: 1000000\n  checkpoint_interval: 1d\n",
+	                           &c, &d, path),
+	                 0);
+	assert_string_equal(c.audit_origin, "gw.police.example/isg-audit_1");
+	assert_int_equal(c.checkpoint_every, 1000000);
+	assert_int_equal(c.checkpoint_interval_ms, 86400000);
+	config_release(&c);
+	ydoc_diags_release(&d);
+	/* The smallest values, and an origin of exactly 64 characters. */
+	assert_int_equal(
+	    load_text(BASE "listen: h:1\naudit: {checkpoint_every: 1, checkpoint_interval: "
+	                   "1s, origin: "
+	                   "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}\n",
+	              &c, &d, path),
+	    0);
+	assert_int_equal(strlen(c.audit_origin), 64);
+	assert_int_equal(c.checkpoint_every, 1);
+	assert_int_equal(c.checkpoint_interval_ms, 1000);
+	config_release(&c);
+	ydoc_diags_release(&d);
+	/* An empty audit section keeps every default. */
+	assert_int_equal(load_text(BASE "listen: h:1\naudit: {}\n", &c, &d, path), 0);
+	assert_string_equal(c.audit_origin, "isg-gateway");
+	assert_int_equal(c.checkpoint_every, 1000);
+	assert_int_equal(c.checkpoint_interval_ms, 10000);
+	config_release(&c);
+	ydoc_diags_release(&d);
+
+	load_text_fails(
+	    BASE "listen: h:1\naudit: {origin: 'isg gateway'}\n", 6, 17,
+	    "invalid origin 'isg gateway' for audit.origin (use 1 to 64 letters, digits, "
+	    "'.', '_', '/' or '-'; no spaces or '+')");
+	load_text_fails(BASE "listen: h:1\naudit: {origin: isg+gateway}\n", 6, 17,
+	                "invalid origin 'isg+gateway'");
+	load_text_fails(BASE "listen: h:1\naudit: {origin: ''}\n", 6, 17, "invalid origin ''");
+	load_text_fails(BASE "listen: h:1\naudit: {origin: "
+	                     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}\n",
+	                6, 17, "invalid origin");
+	load_text_fails(BASE "listen: h:1\naudit: {origin: \"caf\u00e9\"}\n", 6, 17,
+	                "invalid origin");
+	load_text_fails(BASE "listen: h:1\naudit: {checkpoint_every: 0}\n", 6, 27,
+	                "invalid value '0' for audit.checkpoint_every (use an integer from 1 to "
+	                "1000000)");
+	load_text_fails(BASE "listen: h:1\naudit: {checkpoint_every: 1000001}\n", 6, 27,
+	                "invalid value '1000001' for audit.checkpoint_every");
+	load_text_fails(
+	    BASE "listen: h:1\naudit: {checkpoint_interval: 999ms}\n", 6, 30,
+	    "duration '999ms' for audit.checkpoint_interval is out of range (1s to 1d)");
+	load_text_fails(BASE "listen: h:1\naudit: {checkpoint_interval: 2d}\n", 6, 30,
+	                "duration '2d' for audit.checkpoint_interval is out of range");
+	load_text_fails(
+	    BASE "listen: h:1\naudit: {chekpoint_every: 5}\n", 6, 9,
+	    "unknown key 'chekpoint_every' in audit (did you mean 'checkpoint_every'?)");
+	load_text_fails(BASE "listen: h:1\naudit: isg-gateway\n", 6, 8,
+	                "audit must be a mapping, not a value");
+}
 
 static void test_listen_and_more_errors(void **state)
 {
@@ -280,6 +362,7 @@ int main(void)
 	    cmocka_unit_test(test_syntax_error),
 	    cmocka_unit_test(test_relation_between_limits),
 	    cmocka_unit_test(test_listen_and_more_errors),
+	    cmocka_unit_test(test_audit_section),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }

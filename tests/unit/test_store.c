@@ -90,9 +90,10 @@ static void test_audit_entries_written(void **state)
 	struct store_receipt r;
 	assert_int_equal(send_sync(s, &m, &r), 0);
 	assert_int_equal(fetch_count(s, "nhs-b"), 1);
-	/* The caller's entry is stored byte for byte. */
+	/* The caller's entry is the leaf's "entry", byte for byte. */
 	assert_int_equal(db_int(f,
-	                        "SELECT entry = CAST('{\"event\":\"message.accepted\",\"n\":1}'"
+	                        "SELECT substr(entry, -44) = "
+	                        "CAST(',\"entry\":{\"event\":\"message.accepted\",\"n\":1}}'"
 	                        " AS BLOB) FROM audit WHERE seq = 1",
 	                        0),
 	                 1);
@@ -101,8 +102,9 @@ static void test_audit_entries_written(void **state)
 	sqlite3_stmt *st = NULL;
 	assert_int_equal(sqlite3_prepare_v2(db,
 	                                    "SELECT json_valid(entry), json_extract(entry, "
-	                                    "'$.message_id'), json_extract(entry, '$.gateway_id'),"
-	                                    " json_extract(entry, '$.accepted_index'), kind"
+	                                    "'$.entry.message_id'), json_extract(entry, "
+	                                    "'$.entry.gateway_id'),"
+	                                    " json_extract(entry, '$.entry.accepted_index'), kind"
 	                                    " FROM audit WHERE seq = 2",
 	                                    -1, &st, NULL),
 	                 SQLITE_OK);
@@ -116,11 +118,17 @@ static void test_audit_entries_written(void **state)
 	sqlite3_close(db);
 
 	uint64_t seq = 0;
-	assert_int_equal(audit_sync(s, "message.refused", "{\"rule\":\"no-agreement\"}", &seq), 0);
+	assert_int_equal(audit_sync(s, "message.refused",
+	                            "{\"event\":\"message.refused\",\"rule\":\"no-agreement\"}",
+	                            &seq),
+	                 0);
 	assert_int_equal(seq, 3);
 	/* cb may be NULL. */
-	assert_int_equal(store_audit(s, "policy.reloaded", "{}", 2, NULL, NULL), 0);
-	assert_int_equal(audit_sync(s, "message.refused", "{}", &seq), 0);
+	const char *reloaded = "{\"event\":\"policy.reloaded\"}";
+	assert_int_equal(store_audit(s, "policy.reloaded", reloaded, strlen(reloaded), NULL, NULL),
+	                 0);
+	assert_int_equal(audit_sync(s, "message.refused", "{\"event\":\"message.refused\"}", &seq),
+	                 0);
 	assert_int_equal(seq, 5);
 	char kinds[256];
 	db_audit_kinds(f, kinds, sizeof(kinds));
@@ -420,7 +428,7 @@ static void test_expiry(void **state)
 	                 1);
 	assert_int_equal(db_int(f,
 	                        "SELECT count(*) FROM audit WHERE kind = 'message.expired'"
-	                        " AND json_extract(entry, '$.gateway_id') = ?1",
+	                        " AND json_extract(entry, '$.entry.gateway_id') = ?1",
 	                        (int64_t)r.gateway_id),
 	                 1);
 	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.expired'", 0),
@@ -496,7 +504,7 @@ static void test_durable_across_reopen(void **state)
 	assert_true(r2.duplicate);
 	assert_int_equal(r2.gateway_id, r.gateway_id);
 	uint64_t seq = 0;
-	assert_int_equal(audit_sync(s, "test.event", "{}", &seq), 0);
+	assert_int_equal(audit_sync(s, "test.event", "{\"event\":\"test.event\"}", &seq), 0);
 	assert_int_equal(seq, (uint64_t)db_int(f, "SELECT count(*) FROM audit", 0));
 	fx_close(f);
 
@@ -595,6 +603,42 @@ static void test_submit_validation(void **state)
 	assert_int_equal(store_send(s, &bad, noop_send, NULL), ISG_ERR_INVALID);
 	assert_int_equal(store_send(s, &m, NULL, NULL), ISG_ERR_INVALID);
 	assert_int_equal(store_audit(s, "", "{}", 2, NULL, NULL), ISG_ERR_INVALID);
+	/* Entry bodies: one JSON object starting with its event, nothing around it. */
+	static const char *const bad_bodies[] = {
+	    "",
+	    "{}",
+	    "{\"event\":\"other.kind\"}",
+	    "{\"event\":\"test.kind.more\"}",
+	    "{\"rule\":\"x\",\"event\":\"test.kind\"}",
+	    "{\"event\": \"test.kind\"}",
+	    "{\"event\":\"test.kind\",\"a\":1} ",
+	    "{\"event\":\"test.kind\"}{\"b\":2}",
+	    "{\"event\":\"test.kind\",\"a\":[1}",
+	    "{\"event\":\"test.kind\",\"a\":\"unterminated}",
+	    "{\"event\":\"test.kind\",\"a\":\"tab\there\"}",
+	    "{\"event\":\"test.kind\",\"a\":\"\xff\"}",
+	    "{\"event\":\"test.kind\",\n\"a\":1}",
+	};
+	for (size_t i = 0; i < ARRAY_LEN(bad_bodies); i++)
+		if (store_audit(s, "test.kind", bad_bodies[i], strlen(bad_bodies[i]), NULL, NULL) !=
+		    ISG_ERR_INVALID)
+			fail_msg("body %zu accepted", i);
+	static const char *const good_bodies[] = {
+	    "{\"event\":\"test.kind\"}",
+	    "{\"event\":\"test.kind\",\"s\":\"a b\\\"}{ "
+	    "\\\\\",\"n\":[1,{\"x\":[]}],\"u\":\"\xc3\xa9\"}",
+	};
+	uint64_t seq = 0;
+	for (size_t i = 0; i < ARRAY_LEN(good_bodies); i++)
+		assert_int_equal(audit_sync(s, "test.kind", good_bodies[i], &seq), 0);
+	/* A kind that would need escaping, and a send whose entry is not message.accepted. */
+	const char *quoted = "{\"event\":\"a\\\"b\"}";
+	assert_int_equal(store_audit(s, "a\"b", quoted, strlen(quoted), NULL, NULL),
+	                 ISG_ERR_INVALID);
+	bad = m;
+	bad.audit_entry = "{\"event\":\"message.refused\"}";
+	bad.audit_len = strlen(bad.audit_entry);
+	assert_int_equal(store_send(s, &bad, noop_send, NULL), ISG_ERR_INVALID);
 	/* Optional strings may be NULL. */
 	struct store_message minimal = m;
 	minimal.agreement_id = NULL;
@@ -606,7 +650,7 @@ static void test_submit_validation(void **state)
 	assert_int_equal(res->n, 1);
 	assert_string_equal(res->items[0].purpose, "");
 	store_fetch_result_free(res);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 2);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 4);
 }
 
 int main(void)

@@ -252,7 +252,9 @@ static void test_commit_failure_reports_nothing_stored(void **state)
 	wait_init(&w[2]);
 	assert_int_equal(store_send(s, &a, on_send, &w[0]), 0);
 	assert_int_equal(store_send(s, &b, on_send, &w[1]), 0);
-	assert_int_equal(store_audit(s, "message.refused", "{}", 2, on_audit, &w[2]), 0);
+	const char *refused = "{\"event\":\"message.refused\"}";
+	assert_int_equal(
+	    store_audit(s, "message.refused", refused, strlen(refused), on_audit, &w[2]), 0);
 	store_test_pause(s, false);
 	assert_int_equal(wait_for(&w[0]), ISG_ERR_STORE);
 	assert_int_equal(wait_for(&w[1]), ISG_ERR_STORE);
@@ -368,7 +370,7 @@ static void test_queue_bound(void **state)
 	store_test_pause(s, true);
 	int accepted = 0, rc = 0;
 	for (int i = 0; i < 70000 && rc == 0; i++) {
-		rc = store_audit(s, "test.event", "{}", 2, NULL, NULL);
+		rc = store_audit(s, "test.event", "{\"event\":\"test.event\"}", 22, NULL, NULL);
 		if (rc == 0)
 			accepted++;
 	}
@@ -378,7 +380,9 @@ static void test_queue_bound(void **state)
 	/* Once the writer catches up, submitting works again. */
 	uint64_t seq = 0;
 	int tries = 0;
-	while ((rc = audit_sync(s, "test.last", "{}", &seq)) == ISG_ERR_AGAIN && tries++ < 5000)
+	while ((rc = audit_sync(s, "test.last", "{\"event\":\"test.last\"}", &seq)) ==
+	           ISG_ERR_AGAIN &&
+	       tries++ < 5000)
 		usleep(1000);
 	assert_int_equal(rc, 0);
 	assert_int_equal(seq, 65537);

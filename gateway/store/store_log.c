@@ -1,0 +1,443 @@
+/*
+ * The audit log inside the store: each entry's leaf bytes, the Merkle tree
+ * over them that the writer keeps up to date, rebuilding and checking that
+ * tree when the store opens, and signed checkpoints (docs/audit-format.md,
+ * docs/store.md).
+ *
+ * Leaf bytes, exactly: {"index":SEQ,"at":"YYYY-MM-DDTHH:MM:SS.mmmZ","entry":BODY}
+ * where BODY is the caller's JSON object. Merkle leaf position = seq - 1.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_internal.h"
+#include "util/util.h"
+
+#define BODY_PREFIX "{\"event\":\""
+/* {"index":<20 digits>,"at":"<24 characters>","entry": */
+#define LEAF_HEAD_MAX 80
+
+/* --- entry bodies ------------------------------------------------------------ */
+
+/* Kinds are plain names ("message.accepted"): printable ASCII, nothing to escape. */
+static bool kind_ok(const char *kind, size_t len)
+{
+	if (len == 0)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)kind[i];
+		if (c <= 0x20 || c >= 0x7f || c == '"' || c == '\\')
+			return false;
+	}
+	return true;
+}
+
+/*
+ * One pass over the body: no white space or control bytes outside strings,
+ * no control bytes inside them, brackets balanced and the first '{' closed
+ * by the last byte. Not a full JSON parser; the callers are ours.
+ */
+static bool body_shape_ok(const char *body, size_t len)
+{
+	bool in_string = false, escaped = false;
+	size_t depth = 0;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)body[i];
+		if (in_string) {
+			if (c < 0x20)
+				return false;
+			if (escaped)
+				escaped = false;
+			else if (c == '\\')
+				escaped = true;
+			else if (c == '"')
+				in_string = false;
+			continue;
+		}
+		if (c <= 0x20 || c == 0x7f)
+			return false;
+		if (c == '"') {
+			in_string = true;
+		} else if (c == '{' || c == '[') {
+			depth++;
+		} else if (c == '}' || c == ']') {
+			if (depth == 0)
+				return false;
+			if (--depth == 0 && i != len - 1)
+				return false;
+		}
+	}
+	return !in_string && depth == 0;
+}
+
+int store_log_check_body(const char *kind, const char *body, size_t len)
+{
+	const size_t plen = sizeof(BODY_PREFIX) - 1;
+	size_t klen = kind ? strnlen(kind, STORE_MAX_KIND + 1) : 0;
+	if (!kind_ok(kind, klen) || klen > STORE_MAX_KIND)
+		return ISG_ERR_INVALID;
+	if (!body || len < plen + klen + 2 || memcmp(body, BODY_PREFIX, plen) != 0 ||
+	    memcmp(body + plen, kind, klen) != 0 || body[plen + klen] != '"' ||
+	    (body[plen + klen + 1] != ',' && body[plen + klen + 1] != '}'))
+		return ISG_ERR_INVALID;
+	if (!body_shape_ok(body, len) || !str_utf8_valid(body, len))
+		return ISG_ERR_INVALID;
+	return 0;
+}
+
+/* --- appending ------------------------------------------------------------------ */
+
+static int leaf_reserve(struct store *s, size_t need)
+{
+	if (need <= s->leaf_cap)
+		return 0;
+	size_t cap = s->leaf_cap ? s->leaf_cap : 1024;
+	while (cap < need)
+		cap *= 2;
+	uint8_t *p = realloc(s->leaf, cap);
+	if (!p)
+		return ISG_ERR_NOMEM;
+	s->leaf = p;
+	s->leaf_cap = cap;
+	return 0;
+}
+
+int store_log_append(struct store *s, int64_t now, const char *kind, const char *body, size_t len,
+                     uint64_t *seq)
+{
+	uint64_t n = s->log.next_seq;
+	char at[32], head[LEAF_HEAD_MAX];
+	time_format_ms(at, sizeof(at), now);
+	int hl =
+	    snprintf(head, sizeof(head), "{\"index\":%" PRIu64 ",\"at\":\"%s\",\"entry\":", n, at);
+	if (hl < 0 || (size_t)hl >= sizeof(head) || len > STORE_MAX_AUDIT_ENTRY)
+		return ISG_ERR_TOO_BIG;
+	size_t total = (size_t)hl + len + 1;
+	int rc = leaf_reserve(s, total);
+	if (rc)
+		return rc;
+	memcpy(s->leaf, head, (size_t)hl);
+	if (len)
+		memcpy(s->leaf + hl, body, len);
+	s->leaf[total - 1] = '}';
+
+	sqlite3_stmt *st = s->stmt[ST_AUDIT_INSERT];
+	sqlite3_bind_int64(st, 1, (int64_t)n);
+	sqlite3_bind_int64(st, 2, now);
+	sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 4, s->leaf, (int)total, SQLITE_STATIC);
+	rc = store_db_step_done(s, st, "audit.insert");
+	if (rc)
+		return rc;
+	uint8_t hash[AUDIT_HASH_LEN];
+	audit_leaf_hash(s->leaf, total, hash);
+	/* On failure the job's savepoint is rolled back and the tree restored with it. */
+	rc = audit_tree_append(&s->log.tree, hash);
+	if (rc)
+		return rc;
+	s->log.next_seq = n + 1;
+	*seq = n;
+	return 0;
+}
+
+/* --- loading at open -------------------------------------------------------------- */
+
+struct latest_checkpoint {
+	bool found;
+	uint64_t size;
+	char *note;
+	size_t note_len;
+};
+
+static int read_latest_checkpoint(sqlite3 *db, const char *path, struct latest_checkpoint *cp,
+                                  char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = 0;
+	if (sqlite3_prepare_v2(db, "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
+	                       -1, &st, NULL) != SQLITE_OK) {
+		store_seterr(err, errlen, "store '%s': cannot read the audit checkpoints: %s", path,
+		             sqlite3_errmsg(db));
+		return ISG_ERR_CORRUPT;
+	}
+	int src = sqlite3_step(st);
+	if (src == SQLITE_DONE)
+		goto out;
+	if (src != SQLITE_ROW) {
+		store_seterr(err, errlen, "store '%s': cannot read the audit checkpoints: %s", path,
+		             sqlite3_errmsg(db));
+		rc = ISG_ERR_STORE;
+		goto out;
+	}
+	int64_t size = sqlite3_column_int64(st, 0);
+	const unsigned char *note = sqlite3_column_text(st, 1);
+	int note_len = sqlite3_column_bytes(st, 1);
+	if (size <= 0 || !note || note_len <= 0 || note_len > AUDIT_NOTE_MAX) {
+		store_seterr(err, errlen, "store '%s': audit checkpoint of size %lld is malformed",
+		             path, (long long)size);
+		rc = ISG_ERR_CORRUPT;
+		goto out;
+	}
+	cp->note = strndup((const char *)note, (size_t)note_len);
+	if (!cp->note) {
+		store_seterr(err, errlen, "store: out of memory");
+		rc = ISG_ERR_NOMEM;
+		goto out;
+	}
+	cp->note_len = (size_t)note_len;
+	cp->size = (uint64_t)size;
+	cp->found = true;
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* Without a signer (unit tests): the body is everything up to the blank line. */
+static int parse_unsigned(const struct latest_checkpoint *cp, struct audit_checkpoint *c,
+                          const char **reason)
+{
+	const char *blank = memmem(cp->note, cp->note_len, "\n\n", 2);
+	if (!blank) {
+		*reason = "no blank line before the signatures";
+		return ISG_ERR_PARSE;
+	}
+	return audit_checkpoint_parse(cp->note, (size_t)(blank - cp->note) + 1, c, reason);
+}
+
+/* Open the latest checkpoint: signature (when there is a signer), origin and size. */
+static int open_checkpoint(const struct store *s, const struct latest_checkpoint *cp,
+                           const char *path, struct audit_checkpoint *c, char *err, size_t errlen)
+{
+	const char *reason = "malformed";
+	int rc;
+	if (s->signer) {
+		char vkey[AUDIT_VERIFIER_KEY_MAX];
+		struct audit_verifier v;
+		audit_signer_verifier_key(s->signer, vkey);
+		rc = audit_verifier_parse(vkey, strlen(vkey), &v, &reason);
+		if (rc == 0)
+			rc = audit_checkpoint_open(&v, cp->note, cp->note_len, c, &reason);
+		if (rc) {
+			store_seterr(err, errlen,
+			             "store '%s': audit checkpoint of size %" PRIu64
+			             " does not verify with the audit signing key '%s': %s",
+			             path, cp->size, audit_signer_name(s->signer), reason);
+			return ISG_ERR_CORRUPT;
+		}
+		if (strcmp(c->origin, audit_signer_name(s->signer)) != 0) {
+			store_seterr(err, errlen,
+			             "store '%s': audit checkpoint of size %" PRIu64
+			             " has origin '%s', not '%s'",
+			             path, cp->size, c->origin, audit_signer_name(s->signer));
+			return ISG_ERR_CORRUPT;
+		}
+	} else if (parse_unsigned(cp, c, &reason) != 0) {
+		store_seterr(err, errlen,
+		             "store '%s': audit checkpoint of size %" PRIu64 " is malformed: %s",
+		             path, cp->size, reason);
+		return ISG_ERR_CORRUPT;
+	}
+	if (c->size != cp->size) {
+		store_seterr(err, errlen,
+		             "store '%s': audit checkpoint row %" PRIu64
+		             " holds a checkpoint of size %" PRIu64,
+		             path, cp->size, c->size);
+		return ISG_ERR_CORRUPT;
+	}
+	return 0;
+}
+
+/* True when the leaf bytes start {"index":SEQ, */
+static bool leaf_index_ok(const void *entry, size_t len, uint64_t seq)
+{
+	char head[48];
+	int hl = snprintf(head, sizeof(head), "{\"index\":%" PRIu64 ",", seq);
+	return entry && hl > 0 && (size_t)hl <= len && memcmp(entry, head, (size_t)hl) == 0;
+}
+
+/*
+ * Append every entry's leaf hash to log->tree in seq order, checking seq
+ * runs 1, 2, 3, ... and each leaf names its own index. root_at gets the
+ * root when the tree reaches cp_size (if it does).
+ */
+static int rebuild_tree(sqlite3 *db, const char *path, struct store_log *log, uint64_t cp_size,
+                        uint8_t root_at[static AUDIT_HASH_LEN], char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = 0, src;
+	uint64_t expect = 1;
+	if (sqlite3_prepare_v2(db, "SELECT seq, entry FROM audit ORDER BY seq", -1, &st, NULL) !=
+	    SQLITE_OK) {
+		store_seterr(err, errlen, "store '%s': cannot read the audit log: %s", path,
+		             sqlite3_errmsg(db));
+		return ISG_ERR_CORRUPT;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		int64_t seq = sqlite3_column_int64(st, 0);
+		if (seq != (int64_t)expect) {
+			if (seq > (int64_t)expect)
+				store_seterr(err, errlen,
+				             "store '%s': audit entry %" PRIu64
+				             " is missing (the log jumps from %" PRIu64 " to %lld)",
+				             path, expect, expect - 1, (long long)seq);
+			else
+				store_seterr(
+				    err, errlen,
+				    "store '%s': audit log has an entry numbered %lld; numbers "
+				    "start at 1",
+				    path, (long long)seq);
+			rc = ISG_ERR_CORRUPT;
+			goto out;
+		}
+		const void *entry = sqlite3_column_blob(st, 1);
+		size_t len = (size_t)sqlite3_column_bytes(st, 1);
+		if (!leaf_index_ok(entry, len, expect)) {
+			store_seterr(err, errlen,
+			             "store '%s': audit entry %" PRIu64
+			             " does not hold index %" PRIu64 " in its leaf",
+			             path, expect, expect);
+			rc = ISG_ERR_CORRUPT;
+			goto out;
+		}
+		uint8_t hash[AUDIT_HASH_LEN];
+		audit_leaf_hash(entry, len, hash);
+		rc = audit_tree_append(&log->tree, hash);
+		if (rc)
+			goto out;
+		if (audit_tree_size(&log->tree) == cp_size)
+			audit_tree_root(&log->tree, root_at);
+		expect++;
+	}
+	if (src != SQLITE_DONE) {
+		store_seterr(err, errlen, "store '%s': cannot read the audit log: %s", path,
+		             sqlite3_errmsg(db));
+		rc = ISG_ERR_STORE;
+		goto out;
+	}
+	log->next_seq = expect;
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_log_load(struct store *s, sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+	struct latest_checkpoint cp = {.found = false};
+	struct audit_checkpoint c = {.size = 0};
+	struct store_log log;
+	uint8_t root_at[AUDIT_HASH_LEN] = {0};
+	audit_tree_init(&log.tree);
+	log.next_seq = 1;
+	int rc = read_latest_checkpoint(db, path, &cp, err, errlen);
+	if (rc == 0 && cp.found)
+		rc = open_checkpoint(s, &cp, path, &c, err, errlen);
+	if (rc == 0)
+		rc = rebuild_tree(db, path, &log, cp.found ? cp.size : 0, root_at, err, errlen);
+	if (rc)
+		goto out;
+	if (cp.found && (audit_tree_size(&log.tree) < cp.size ||
+	                 sodium_memcmp(root_at, c.root, AUDIT_HASH_LEN) != 0)) {
+		store_seterr(err, errlen,
+		             "store '%s': audit log does not match its checkpoint of size %" PRIu64,
+		             path, cp.size);
+		rc = ISG_ERR_CORRUPT;
+		goto out;
+	}
+	s->log = log;
+	s->checkpoint_size = cp.found ? cp.size : 0;
+	free(s->checkpoint_note);
+	s->checkpoint_note = cp.note;
+	cp.note = NULL;
+out:
+	free(cp.note);
+	return rc;
+}
+
+/* --- checkpoints ------------------------------------------------------------------------ */
+
+bool store_log_checkpoint_due(const struct store *s, int64_t mono_now)
+{
+	if (!s->signer)
+		return false;
+	uint64_t grown = audit_tree_size(&s->log.tree) - s->checkpoint_size;
+	if (grown == 0 || mono_now < s->checkpoint_retry_mono)
+		return false;
+	return grown >= s->checkpoint_every ||
+	       mono_now - s->checkpoint_mono >= s->checkpoint_interval_ms;
+}
+
+int64_t store_log_checkpoint_deadline(const struct store *s)
+{
+	uint64_t size = audit_tree_size(&s->log.tree);
+	if (!s->signer || size == s->checkpoint_size)
+		return INT64_MAX;
+	int64_t due = size - s->checkpoint_size >= s->checkpoint_every
+	                  ? s->checkpoint_retry_mono
+	                  : s->checkpoint_mono + s->checkpoint_interval_ms;
+	return due > s->checkpoint_retry_mono ? due : s->checkpoint_retry_mono;
+}
+
+static int checkpoint_insert(struct store *s, uint64_t size, const char *note, size_t len)
+{
+	sqlite3_stmt *st = s->stmt[ST_CHECKPOINT_INSERT];
+	sqlite3_bind_int64(st, 1, (int64_t)size);
+	sqlite3_bind_int64(st, 2, time_now_ms());
+	sqlite3_bind_text(st, 3, note, (int)len, SQLITE_STATIC);
+	/* Outside any transaction: the statement is a transaction of its own. */
+	return store_db_step_done(s, st, "checkpoint.insert");
+}
+
+int store_log_checkpoint(struct store *s)
+{
+	struct audit_checkpoint c;
+	char note[STORE_NOTE_MAX];
+	size_t len = 0;
+	const char *reason = NULL;
+	memset(&c, 0, sizeof(c));
+	str_copy(c.origin, audit_signer_name(s->signer), sizeof(c.origin));
+	c.size = audit_tree_size(&s->log.tree);
+	audit_tree_root(&s->log.tree, c.root);
+	int rc = audit_checkpoint_sign(s->signer, &c, note, sizeof(note), &len, &reason);
+	if (rc) {
+		char q[128];
+		log_event(LOG_ERROR, "audit.checkpoint_failed", "size=%" PRIu64 " error=%s", c.size,
+		          log_quote(q, sizeof(q), reason ? reason : isg_strerror(rc)));
+	} else {
+		rc = checkpoint_insert(s, c.size, note, len);
+	}
+	int64_t mono = time_mono_ms();
+	if (rc) {
+		s->checkpoint_retry_mono = mono + STORE_CHECKPOINT_RETRY_MS;
+		return rc;
+	}
+	char *copy = strndup(note, len);
+	pthread_mutex_lock(&s->mu);
+	if (copy) {
+		free(s->checkpoint_note);
+		s->checkpoint_note = copy;
+	}
+	pthread_mutex_unlock(&s->mu);
+	s->checkpoint_size = c.size;
+	s->checkpoint_mono = mono;
+	s->checkpoint_retry_mono = 0;
+	log_event(LOG_DEBUG, "audit.checkpoint", "size=%" PRIu64, c.size);
+	return 0;
+}
+
+int store_latest_checkpoint(struct store *s, char *note, size_t size)
+{
+	if (!s || !note || size == 0)
+		return ISG_ERR_INVALID;
+	int rc = 0;
+	pthread_mutex_lock(&s->mu);
+	if (!s->checkpoint_note)
+		rc = ISG_ERR_NOT_FOUND;
+	else if (str_copy(note, s->checkpoint_note, size) >= size)
+		rc = ISG_ERR_TOO_BIG;
+	pthread_mutex_unlock(&s->mu);
+	if (rc)
+		note[0] = '\0';
+	return rc;
+}
