@@ -214,3 +214,50 @@ char *entry_policy(const struct policy_set *set, const char *dir, const char *ou
 	strbuf_printf(&b, ",\"errors\":%zu}", errors);
 	return strbuf_take(&b, len);
 }
+
+/* The current version of domain `name` in ring; 0 when it has none. */
+static uint32_t current_version(const struct keyring *ring, const char *name, int64_t today)
+{
+	for (size_t i = 0; ring && i < keyring_domain_count(ring); i++) {
+		size_t nv;
+		const char *n = keyring_domain_name(ring, i, &nv);
+		if (!n || strcmp(n, name) != 0)
+			continue;
+		for (size_t j = nv; j-- > 0;) {
+			struct keys_version_info v;
+			if (keyring_version_info(ring, i, j, today, &v) == 0 &&
+			    v.state == KEYS_VERSION_CURRENT)
+				return v.version;
+		}
+	}
+	return 0;
+}
+
+char *entry_keys(const struct keyring *now, const struct keyring *before, int64_t today_days,
+                 bool *rotated, size_t *len)
+{
+	struct strbuf b, changed;
+	strbuf_init(&b);
+	strbuf_init(&changed);
+	strbuf_puts(&b, "{\"event\":\"keys.loaded\",\"domains\":{");
+	*rotated = false;
+	for (size_t i = 0; i < keyring_domain_count(now); i++) {
+		size_t nv;
+		const char *name = keyring_domain_name(now, i, &nv);
+		uint32_t v = current_version(now, name, today_days);
+		strbuf_puts(&b, i ? "," : "");
+		strbuf_json_string(&b, name);
+		strbuf_printf(&b, ":%u", v);
+		if (before && current_version(before, name, today_days) != v) {
+			strbuf_puts(&changed, *rotated ? "," : "");
+			strbuf_json_string(&changed, name);
+			*rotated = true;
+		}
+	}
+	strbuf_puts(&b, "},\"rotated\":[");
+	char *list = strbuf_take(&changed, NULL);
+	strbuf_puts(&b, list ? list : "");
+	free(list);
+	strbuf_puts(&b, "]}");
+	return strbuf_take(&b, len);
+}

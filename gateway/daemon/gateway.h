@@ -94,5 +94,12 @@ char *entry_connection(const char *peer, const char *subject, const char *partne
                        const char *reason, size_t *len);
 char *entry_policy(const struct policy_set *set, const char *dir, const char *outcome,
                    size_t errors, size_t *len);
+/*
+ * "keys.loaded": the current version of every linkage domain key, listing
+ * as "rotated" those whose version differs from `before` (NULL at start).
+ * Never holds key material.
+ */
+char *entry_keys(const struct keyring *now, const struct keyring *before, int64_t today_days,
+                 bool *rotated, size_t *len);
 
 #endif

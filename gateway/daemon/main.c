@@ -128,6 +128,19 @@ static void audit_policy(struct gateway *g, const struct policy_set *set, const 
 	log_event(LOG_ERROR, "audit.failed", "kind=policy.%s", outcome);
 }
 
+/* Record which key versions are in use, and which changed since `before`. */
+static void audit_keys(struct gateway *g, const struct keyring *now, const struct keyring *before)
+{
+	bool rotated;
+	size_t len;
+	char *entry = entry_keys(now, before, date_days_of_ms(time_now_ms()), &rotated, &len);
+	if (!entry || store_audit(g->store, "keys.loaded", entry, len, NULL, NULL) != 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=keys.loaded");
+	else if (rotated)
+		log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
+	free(entry);
+}
+
 static void reload(struct gateway *g)
 {
 	log_event(LOG_INFO, "reload.start", "policy_dir=%s", g->cfg.policy_dir);
@@ -135,6 +148,9 @@ static void reload(struct gateway *g)
 	if (r) {
 		const struct policy_set *set = r->policy;
 		audit_policy(g, set, "loaded", 0);
+		struct regime *old = gateway_regime(g);
+		audit_keys(g, r->keys, old->keys);
+		regime_unref(old);
 		gateway_regime_swap(g, r); /* r stays referenced by the gateway */
 		/* Logged after the swap: whoever waits for this line gets the new set. */
 		log_event(LOG_INFO, "policy.loaded", "version=%s partners=%zu agreements=%zu",
@@ -207,6 +223,7 @@ static int run(struct gateway *g, struct regime *regime, struct secrets *sec, SS
 	}
 	store_set_notify(g->store, handler_notify, g);
 	audit_policy(g, regime->policy, "loaded", 0);
+	audit_keys(g, regime->keys, NULL);
 
 	struct net_options no = {
 	    .host = g->cfg.listen_host,

@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import re
+import sqlite3
 import stat
 import subprocess
 import unittest
@@ -372,6 +373,24 @@ class TestRotation(PseudonymCase):
         self.assertNotEqual(health["nhs_number"], old_health["nhs_number"])
         self.assertEqual(health["nhs_number"], self.expected(HEALTH_DOMAIN, 2, T_NHS, NHS_A))
         self.assertEqual(health["postcode"], self.expected(HEALTH_DOMAIN, 2, T_POSTCODE, "SW1A 1AA"))
+
+        # the audit log records the versions in use, at start and at the reload that rotated
+        loaded = self.audit_bodies("keys.loaded")
+        self.assertEqual(len(loaded), 2, loaded)
+        self.assertEqual(loaded[0]["rotated"], [])
+        self.assertEqual(loaded[0]["domains"][COUNCIL_DOMAIN], 1)
+        self.assertEqual(loaded[1]["domains"], {"audit": 1, COUNCIL_DOMAIN: 2, HEALTH_DOMAIN: 2})
+        self.assertEqual(sorted(loaded[1]["rotated"]), sorted([COUNCIL_DOMAIN, HEALTH_DOMAIN]))
+        self.assertIn("event=keys.rotated", self.gw.log)
+
+    def audit_bodies(self, kind):
+        """Bodies of the audit entries of one kind, read from the store (docs/audit-format.md)."""
+        db = sqlite3.connect("file:%s?mode=ro" % self.gw.store_path, uri=True)
+        try:
+            rows = db.execute("SELECT entry FROM audit WHERE kind = ? ORDER BY seq", (kind,)).fetchall()
+        finally:
+            db.close()
+        return [json.loads(r[0])["entry"] for r in rows]
 
 
 class TestRefusalsAtStartAndReload(PseudonymCase):
