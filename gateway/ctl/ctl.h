@@ -93,5 +93,6 @@ int cmd_ping(int argc, char **argv);
 int cmd_whoami(int argc, char **argv);
 int cmd_keys(int argc, char **argv);
 int cmd_policy(int argc, char **argv);
+int cmd_audit(int argc, char **argv);
 
 #endif

@@ -1,0 +1,200 @@
+/*
+ * isgctl audit: private to the cmd_audit*.c files. The IG officer's tools
+ * over the audit log in the isgd store (docs/audit.md): the log is read
+ * through a read-only SQLite connection, in one read transaction, so a
+ * running isgd is never disturbed and every command sees one snapshot.
+ *
+ * cmd_audit_json.c and cmd_audit_tree.c use nothing but util and audit, so
+ * the unit tests (tests/unit/test_ctl_audit.c) compile them in.
+ */
+#ifndef ISG_CMD_AUDIT_H
+#define ISG_CMD_AUDIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <sqlite3.h>
+
+#include "audit/audit.h"
+#include "util/util.h"
+
+#define AUDIT_ORIGIN_DEFAULT "isg-gateway"
+/* Leaves longer than this are hashed but never parsed (a leaf isgd writes is far smaller). */
+#define AUDIT_LEAF_PARSE_MAX (64u * 1024 * 1024)
+/* Nesting deeper than this is refused (isgd's entries nest three levels). */
+#define AJ_DEPTH_MAX 32
+
+/* ---- cmd_audit_json.c: a bounded JSON reader for audit entries ---- */
+
+enum aj_type { AJ_NULL, AJ_FALSE, AJ_TRUE, AJ_NUMBER, AJ_STRING, AJ_ARRAY, AJ_OBJECT };
+
+/*
+ * One value. Nodes live in one array and refer to each other by position;
+ * 0 means "none" for child and next, since node 0 is the root and is never
+ * anyone's child. Strings are decoded (NUL-terminated, never holding NUL);
+ * numbers keep their literal text.
+ */
+struct aj_node {
+	enum aj_type type;
+	size_t child, next;
+	const char *key; /* member name when the node is an object member */
+	const char *str; /* string value, or a number's literal */
+	size_t len;
+};
+
+struct aj_doc {
+	struct aj_node *nodes;
+	size_t n, cap;
+	char *strings; /* decoded strings, each NUL-terminated */
+	size_t used, size;
+};
+
+void aj_doc_init(struct aj_doc *d);
+void aj_doc_release(struct aj_doc *d);
+/*
+ * Parse one JSON text (RFC 8259; UTF-8; no U+0000 in strings; at most
+ * AJ_DEPTH_MAX levels). 0, ISG_ERR_PARSE with *reason (a static string that
+ * never quotes the input), or ISG_ERR_NOMEM. The doc may be reused.
+ */
+int aj_parse(struct aj_doc *d, const char *text, size_t len, const char **reason);
+const struct aj_node *aj_root(const struct aj_doc *d);
+/* The first member of object o called key; NULL when there is none or o is no object. */
+const struct aj_node *aj_member(const struct aj_doc *d, const struct aj_node *o, const char *key);
+/* The member's string, or NULL when absent or not a string. */
+const char *aj_string(const struct aj_doc *d, const struct aj_node *o, const char *key);
+/* First child / next sibling; NULL at the end. */
+const struct aj_node *aj_first(const struct aj_doc *d, const struct aj_node *n);
+const struct aj_node *aj_next(const struct aj_doc *d, const struct aj_node *n);
+/* A non-negative integer literal without sign, fraction, exponent or leading zeros. */
+bool aj_uint(const struct aj_node *n, uint64_t *out);
+
+/*
+ * A leaf as the store writes it (docs/audit.md):
+ *   {"index":SEQ,"at":"YYYY-MM-DDTHH:MM:SS.mmmZ","entry":{"event":KIND,...}}
+ * with exactly these three members in this order.
+ */
+struct audit_leaf {
+	uint64_t index;
+	const char *at;             /* 24 characters */
+	const struct aj_node *body; /* the entry object */
+	const char *event;          /* body's "event" */
+};
+int audit_leaf_parse(struct aj_doc *d, const char *leaf, size_t len, struct audit_leaf *out,
+                     const char **reason);
+
+/* ---- cmd_audit_tree.c: proofs from what a streaming verifier keeps ---- */
+
+/*
+ * The consistency proof PROOF(n1, D[0:n2]) of RFC 9162 section 2.1.4.1,
+ * built from the compact tree of the first n1 leaves (t1, t1->size == n1)
+ * and the leaf hashes of entries n1 .. n2-1 (later[0 .. n2-n1)), so a
+ * verifier that streams the log never holds more than the leaves since the
+ * last checkpoint. Every hash in the proof is either a subtree of the first
+ * n1 leaves on t1's frontier or a subtree of later leaves. ISG_ERR_INVALID
+ * unless 0 < n1 <= n2 (n1 == n2: an empty proof); ISG_ERR_NOMEM.
+ */
+int audit_ctl_consistency_proof(const struct audit_tree *t1, const uint8_t (*later)[AUDIT_HASH_LEN],
+                                uint64_t n2, uint8_t proof[static AUDIT_PROOF_MAX][AUDIT_HASH_LEN],
+                                size_t *proof_len);
+
+/* Base64 of len bytes into out (NUL-terminated; sodium_base64_ENCODED_LEN(len) bytes). */
+void audit_ctl_b64(char *out, size_t size, const uint8_t *in, size_t len);
+
+/* ---- cmd_audit_log.c: where the log is, and reading it ---- */
+
+/* Options every audit command takes to find the log (docs/isgctl.md). */
+enum {
+	AUDIT_OPT_CONFIG = 2000,
+	AUDIT_OPT_STORE,
+	AUDIT_OPT_KEYS,
+	AUDIT_OPT_ORIGIN,
+	AUDIT_OPT_PUBKEY,
+	AUDIT_OPT_PUBKEY_FILE,
+	AUDIT_OPT_HELP,
+	AUDIT_OPT_FIRST_OWN, /* a command's own options start here */
+};
+
+/* clang-format off */
+#define AUDIT_LOG_LONGOPTS \
+	{"config", required_argument, NULL, AUDIT_OPT_CONFIG}, \
+	{"store", required_argument, NULL, AUDIT_OPT_STORE}, \
+	{"keys", required_argument, NULL, AUDIT_OPT_KEYS}, \
+	{"origin", required_argument, NULL, AUDIT_OPT_ORIGIN}, \
+	{"help", no_argument, NULL, AUDIT_OPT_HELP}
+#define AUDIT_KEY_LONGOPTS \
+	{"pubkey", required_argument, NULL, AUDIT_OPT_PUBKEY}, \
+	{"pubkey-file", required_argument, NULL, AUDIT_OPT_PUBKEY_FILE}
+/* clang-format on */
+
+/* What --config, --store, --keys and --origin mean, for each command's --help. */
+extern const char audit_where_help[];
+
+#define AUDIT_LOG_USAGE "log: --config ISGD_YAML | --store DB [--keys KEYS_DIR] [--origin NAME]\n"
+
+struct audit_where {
+	const char *config, *store, *keys, *origin;
+	const char *pubkey, *pubkey_file;
+	bool help;
+};
+
+/* A getopt result: 1 when it was one of the options above (or --help), 0 when not. */
+int audit_where_option(struct audit_where *w, int opt, const char *arg);
+
+struct audit_log {
+	sqlite3 *db;
+	char *store_path, *keys_dir, *origin; /* keys_dir NULL when not known */
+	bool in_txn;
+};
+
+/*
+ * Resolve --config / --store / --keys / --origin and, with need_store, open
+ * the store read-only in a read transaction. Returns an exit status; prints
+ * why on failure. `usage` is printed on a usage error. Release l always.
+ */
+int audit_log_open(struct audit_log *l, const struct audit_where *w, const char *usage,
+                   bool need_store);
+void audit_log_release(struct audit_log *l);
+/* Prepare a statement; prints the SQLite error and returns NULL on failure. */
+sqlite3_stmt *audit_log_prepare(struct audit_log *l, const char *sql);
+
+/* The verifier key text for the configured signing key (keys_dir/audit-signing.key). */
+int audit_log_signer_key(const struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX]);
+/*
+ * The verifier the commands check against: --pubkey, --pubkey-file, or the
+ * configured signing key. *from says where it came from. Exit status.
+ */
+int audit_log_verifier(const struct audit_log *l, const struct audit_where *w,
+                       struct audit_verifier *v, char text[static AUDIT_VERIFIER_KEY_MAX],
+                       const char **from);
+
+/* One stored checkpoint. */
+struct audit_stored_cp {
+	uint64_t size;
+	int64_t at;
+	char *note;
+	size_t note_len;
+};
+/* Every stored checkpoint, smallest size first. Exit status. */
+int audit_log_checkpoints(struct audit_log *l, struct audit_stored_cp **out, size_t *n);
+void audit_stored_cps_free(struct audit_stored_cp *cps, size_t n);
+/* Number of entries and the largest seq (0, 0 for an empty log). */
+int audit_log_count(struct audit_log *l, uint64_t *count, uint64_t *max_seq);
+
+/* Text safe to print: control characters and invalid UTF-8 become '?', at most max bytes. */
+void audit_ctl_printable(char *out, size_t size, const char *s, size_t max);
+/* Read a small text file (a saved checkpoint, a key) of at most max bytes. Exit status. */
+int audit_ctl_read_file(const char *path, size_t max, char **buf, size_t *len);
+
+/* ---- the subcommands ---- */
+
+int audit_pubkey_cmd(int argc, char **argv);
+int audit_checkpoint_cmd(int argc, char **argv);
+int audit_verify_cmd(int argc, char **argv);
+int audit_prove_cmd(int argc, char **argv);
+int audit_list_cmd(int argc, char **argv);
+int audit_subject_cmd(int argc, char **argv);
+int audit_export_cmd(int argc, char **argv);
+
+#endif

@@ -1,0 +1,833 @@
+/*
+ * isgctl audit list and subject: the IG officer's questions without SQL.
+ *
+ * list shows entries, filtered by time, partner, agreement, kind and
+ * outcome, as a table, CSV or JSON Lines (the exact entries). Times are
+ * filtered on the at column and everything else on the entry itself; verify
+ * checks that the two agree.
+ *
+ * subject finds every exchange that involved one person. The log never
+ * holds an identifier: message.accepted entries list their subjects as
+ * pseudonyms under the `audit` linkage domain. subject normalises the
+ * identifier it is given, computes its pseudonyms under the versions of the
+ * audit key it can reach and lists the matching message.accepted entries
+ * with the delivered, acknowledged and expired entries of the same
+ * messages. The identifier is never printed, and wiped from memory (and
+ * from the command line) once hashed.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "ctl/cmd_audit.h"
+#include "ctl/ctl.h"
+#include "keys/keys.h"
+#include "pseudo/pseudo.h"
+
+#define AUDIT_DOMAIN_NAME "audit"
+#define SHOWN_MAX 120 /* bytes of one value shown in a table cell */
+#define SUBJECT_LINE_MAX 1024
+
+static const char list_usage[] =
+    "usage: isgctl audit list (--config ISGD_YAML | --store DB) [--from TIME] [--to TIME]\n"
+    "                         [--partner ID] [--agreement ID] [--kind KIND]\n"
+    "                         [--outcome accepted|refused] [--format table|csv|jsonl]\n";
+static const char subject_usage[] =
+    "usage: isgctl audit subject (--nhs-number N | --pnc-id X | --postcode P | --email E |\n"
+    "                             --name N | --identifier X)\n"
+    "                            (--config ISGD_YAML | --store DB --keys KEYS_DIR)\n"
+    "                            [--from TIME] [--to TIME] [--format table|csv|jsonl]\n";
+
+enum list_format { FORMAT_TABLE, FORMAT_CSV, FORMAT_JSONL };
+enum outcome { OUTCOME_ANY, OUTCOME_ACCEPTED, OUTCOME_REFUSED };
+
+struct list_filter {
+	int64_t from_ms, to_ms;
+	const char *partner, *agreement, *kind;
+	enum outcome outcome;
+	enum list_format format;
+};
+
+enum {
+	OPT_FROM = AUDIT_OPT_FIRST_OWN,
+	OPT_TO,
+	OPT_PARTNER,
+	OPT_AGREEMENT,
+	OPT_KIND,
+	OPT_OUTCOME,
+	OPT_FORMAT,
+	OPT_IDENT, /* OPT_IDENT + pseudo_type: the identifier options of subject */
+};
+
+/* ---- times ---- */
+
+static bool two_digits(const char *s, int *out)
+{
+	if (s[0] < '0' || s[0] > '9' || s[1] < '0' || s[1] > '9')
+		return false;
+	*out = (s[0] - '0') * 10 + (s[1] - '0');
+	return true;
+}
+
+/*
+ * YYYY-MM-DD (the whole day: its start, or with end set its last
+ * millisecond) or YYYY-MM-DDTHH:MM:SS[.mmm]Z, into Unix ms.
+ */
+static int parse_time(const char *s, bool end, int64_t *out)
+{
+	char date[11];
+	size_t len = strlen(s);
+	int64_t days;
+	if (len < 10)
+		return ISG_ERR_PARSE;
+	memcpy(date, s, 10);
+	date[10] = '\0';
+	if (date_parse_days(date, &days) != 0)
+		return ISG_ERR_PARSE;
+	if (len == 10) {
+		*out = (days + (end ? 1 : 0)) * 86400000 - (end ? 1 : 0);
+		return 0;
+	}
+	int h, m, sec, ms = 0;
+	const char *t = s + 10;
+	if (len != 20 && len != 24)
+		return ISG_ERR_PARSE;
+	if (t[0] != 'T' || !two_digits(t + 1, &h) || t[3] != ':' || !two_digits(t + 4, &m) ||
+	    t[6] != ':' || !two_digits(t + 7, &sec) || s[len - 1] != 'Z')
+		return ISG_ERR_PARSE;
+	if (len == 24) {
+		int hi, lo;
+		if (t[9] != '.' || !two_digits(t + 10, &hi) || t[12] < '0' || t[12] > '9')
+			return ISG_ERR_PARSE;
+		lo = t[12] - '0';
+		ms = hi * 10 + lo;
+	}
+	if (h > 23 || m > 59 || sec > 59)
+		return ISG_ERR_PARSE;
+	*out = days * 86400000 + ((int64_t)h * 3600 + m * 60 + sec) * 1000 + ms;
+	return 0;
+}
+
+/* ---- options shared by list and subject ---- */
+
+/* 1 when opt was a filter option, 0 when not, CTL_EXIT_USAGE (as -1) on a bad value. */
+static int filter_option(struct list_filter *f, int opt, const char *arg, const char *usage)
+{
+	static const char *const formats[] = {"table", "csv", "jsonl"};
+	switch (opt) {
+	case OPT_FROM:
+	case OPT_TO:
+		if (parse_time(arg, opt == OPT_TO, opt == OPT_FROM ? &f->from_ms : &f->to_ms) !=
+		    0) {
+			ctl_usage_error(usage,
+			                "%s must be a date YYYY-MM-DD or a time "
+			                "YYYY-MM-DDTHH:MM:SS[.mmm]Z (UTC), not '%s'",
+			                opt == OPT_FROM ? "--from" : "--to", arg);
+			return -1;
+		}
+		return 1;
+	case OPT_PARTNER:
+		f->partner = arg;
+		return 1;
+	case OPT_AGREEMENT:
+		f->agreement = arg;
+		return 1;
+	case OPT_KIND:
+		f->kind = arg;
+		return 1;
+	case OPT_OUTCOME:
+		if (strcmp(arg, "accepted") == 0 || strcmp(arg, "refused") == 0) {
+			f->outcome = arg[0] == 'a' ? OUTCOME_ACCEPTED : OUTCOME_REFUSED;
+			return 1;
+		}
+		ctl_usage_error(usage, "--outcome must be accepted or refused, not '%s'", arg);
+		return -1;
+	case OPT_FORMAT:
+		for (size_t i = 0; i < ARRAY_LEN(formats); i++) {
+			if (strcmp(arg, formats[i]) == 0) {
+				f->format = (enum list_format)i;
+				return 1;
+			}
+		}
+		ctl_usage_error(usage, "--format must be table, csv or jsonl, not '%s'", arg);
+		return -1;
+	default:
+		return 0;
+	}
+}
+
+static void filter_init(struct list_filter *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->from_ms = INT64_MIN;
+	f->to_ms = INT64_MAX;
+}
+
+/* ---- matching ---- */
+
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+	return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* KIND is an event ("message.refused") or a family of them ("message"). */
+static bool kind_matches(const char *want, const char *event)
+{
+	if (strcmp(want, event) == 0)
+		return true;
+	size_t n = strlen(want);
+	return !strchr(want, '.') && strncmp(event, want, n) == 0 && event[n] == '.';
+}
+
+static bool str_is(const char *s, const char *want)
+{
+	return s && strcmp(s, want) == 0;
+}
+
+static bool entry_matches(const struct list_filter *f, const struct aj_doc *d,
+                          const struct audit_leaf *lf)
+{
+	const struct aj_node *b = lf->body;
+	if (f->kind && !kind_matches(f->kind, lf->event))
+		return false;
+	if (f->outcome == OUTCOME_ACCEPTED && !ends_with(lf->event, ".accepted"))
+		return false;
+	if (f->outcome == OUTCOME_REFUSED && !ends_with(lf->event, ".refused"))
+		return false;
+	if (f->agreement && !str_is(aj_string(d, b, "agreement_id"), f->agreement))
+		return false;
+	if (f->partner && !str_is(aj_string(d, b, "sender"), f->partner) &&
+	    !str_is(aj_string(d, b, "recipient"), f->partner) &&
+	    !str_is(aj_string(d, b, "partner"), f->partner))
+		return false;
+	return true;
+}
+
+/* ---- output ---- */
+
+struct lister {
+	enum list_format format;
+	bool header;
+	uint64_t shown;
+	struct aj_doc doc;
+};
+
+/* A member as text: a string (made printable), a number's literal, or "". */
+static void member_text(char *out, size_t size, const struct aj_doc *d, const struct aj_node *o,
+                        const char *key)
+{
+	const struct aj_node *m = aj_member(d, o, key);
+	out[0] = '\0';
+	if (m && (m->type == AJ_STRING || m->type == AJ_NUMBER)) {
+		char tmp[SHOWN_MAX + 1];
+		size_t n = m->len < SHOWN_MAX ? m->len : SHOWN_MAX;
+		memcpy(tmp, m->str, n);
+		tmp[n] = '\0';
+		audit_ctl_printable(out, size, tmp, SHOWN_MAX);
+	}
+}
+
+static const char *or_dash(const char *s)
+{
+	return s[0] ? s : "-";
+}
+
+static void print_table_row(const struct aj_doc *d, int64_t seq, const struct audit_leaf *lf)
+{
+	char sender[SHOWN_MAX * 2], recipient[SHOWN_MAX * 2], partner[SHOWN_MAX * 2];
+	char agreement[SHOWN_MAX * 2], version[32], dataset[SHOWN_MAX * 2], records[32];
+	char rule[SHOWN_MAX * 2], kind[SHOWN_MAX * 2], who[SHOWN_MAX * 5], what[SHOWN_MAX * 3];
+	const struct aj_node *b = lf->body;
+	member_text(sender, sizeof(sender), d, b, "sender");
+	member_text(recipient, sizeof(recipient), d, b, "recipient");
+	member_text(partner, sizeof(partner), d, b, "partner");
+	member_text(agreement, sizeof(agreement), d, b, "agreement_id");
+	member_text(version, sizeof(version), d, b, "agreement_version");
+	member_text(dataset, sizeof(dataset), d, b, "dataset");
+	member_text(records, sizeof(records), d, b, "records");
+	member_text(rule, sizeof(rule), d, b, "rule");
+	if (!rule[0])
+		member_text(rule, sizeof(rule), d, b, "reason");
+	audit_ctl_printable(kind, sizeof(kind), lf->event, SHOWN_MAX);
+	if (sender[0] || recipient[0])
+		snprintf(who, sizeof(who), "%s -> %s", or_dash(sender), or_dash(recipient));
+	else
+		snprintf(who, sizeof(who), "%s", or_dash(partner));
+	if (agreement[0] && version[0])
+		snprintf(what, sizeof(what), "%s v%s", agreement, version);
+	else
+		snprintf(what, sizeof(what), "%s", or_dash(agreement));
+	printf("%6" PRId64 "  %-24s  %-20s  %-28s  %-34s  %-22s  %7s  %s\n", seq, lf->at, kind, who,
+	       what, or_dash(dataset), or_dash(records), or_dash(rule));
+}
+
+static const char *const csv_members[] = {
+    "sender",  "recipient", "partner", "agreement_id", "agreement_version", "purpose", "dataset",
+    "records", "code",      "rule",    "reason",       "message_id",
+};
+
+/*
+ * RFC 4180 cell. Control characters become '?' (the text may come from a
+ * partner and end up on a terminal); a text cell a spreadsheet would run as
+ * a formula gets a leading quote.
+ */
+static void csv_cell(struct strbuf *b, const char *raw, bool text)
+{
+	size_t n = strlen(raw);
+	char *s = malloc(n + 8);
+	if (!s) {
+		b->failed = true;
+		return;
+	}
+	audit_ctl_printable(s, n + 8, raw, n);
+	bool formula = text && (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@');
+	bool quote = formula || strpbrk(s, ",\"") != NULL;
+	strbuf_puts(b, ",");
+	if (quote)
+		strbuf_puts(b, "\"");
+	if (formula)
+		strbuf_puts(b, "'");
+	for (const char *p = s; *p; p++) {
+		if (*p == '"')
+			strbuf_puts(b, "\"");
+		strbuf_append(b, p, 1);
+	}
+	if (quote)
+		strbuf_puts(b, "\"");
+	free(s);
+}
+
+static void print_csv_row(const struct aj_doc *d, int64_t seq, const struct audit_leaf *lf)
+{
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_printf(&b, "%" PRId64 ",%s", seq, lf->at);
+	csv_cell(&b, lf->event, true);
+	for (size_t i = 0; i < ARRAY_LEN(csv_members); i++) {
+		const struct aj_node *m = aj_member(d, lf->body, csv_members[i]);
+		bool number = m && m->type == AJ_NUMBER;
+		const char *s = m && (number || m->type == AJ_STRING) ? m->str : "";
+		size_t n = m && (number || m->type == AJ_STRING) ? m->len : 0;
+		char *copy = strndup(s, n);
+		if (!copy) {
+			b.failed = true;
+			break;
+		}
+		csv_cell(&b, copy, !number);
+		free(copy);
+	}
+	strbuf_puts(&b, "\n");
+	size_t len = 0;
+	char *text = strbuf_take(&b, &len);
+	if (text)
+		fwrite(text, 1, len, stdout);
+	free(text);
+}
+
+static void lister_row(struct lister *ls, int64_t seq, const struct audit_leaf *lf,
+                       const char *leaf, size_t len)
+{
+	if (!ls->header && ls->format == FORMAT_TABLE)
+		printf("%6s  %-24s  %-20s  %-28s  %-34s  %-22s  %7s  %s\n", "SEQ", "TIME", "KIND",
+		       "PARTNERS", "AGREEMENT", "DATASET", "RECORDS", "RULE");
+	if (!ls->header && ls->format == FORMAT_CSV) {
+		printf("seq,at,kind");
+		for (size_t i = 0; i < ARRAY_LEN(csv_members); i++)
+			printf(",%s", csv_members[i]);
+		printf("\n");
+	}
+	ls->header = true;
+	ls->shown++;
+	if (ls->format == FORMAT_TABLE)
+		print_table_row(&ls->doc, seq, lf);
+	else if (ls->format == FORMAT_CSV)
+		print_csv_row(&ls->doc, seq, lf);
+	else if (fwrite(leaf, 1, len, stdout) == len) /* the exact entry, one per line */
+		fputc('\n', stdout);
+}
+
+/* ---- scanning ---- */
+
+/* Decides whether an entry is shown; may keep state (subject's message set). */
+typedef bool (*scan_fn)(void *ctx, const struct aj_doc *d, int64_t seq,
+                        const struct audit_leaf *lf);
+
+static int scan(struct audit_log *l, const char *sql, const struct list_filter *f,
+                struct lister *ls, scan_fn pick, void *ctx)
+{
+	sqlite3_stmt *st = audit_log_prepare(l, sql);
+	if (!st)
+		return CTL_EXIT_LOCAL;
+	sqlite3_bind_int64(st, 1, f->from_ms);
+	sqlite3_bind_int64(st, 2, f->to_ms);
+	int rc, status = CTL_EXIT_OK;
+	uint64_t bad = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int64_t seq = sqlite3_column_int64(st, 0);
+		const char *leaf = sqlite3_column_blob(st, 1);
+		size_t len = (size_t)sqlite3_column_bytes(st, 1);
+		struct audit_leaf lf;
+		int prc = audit_leaf_parse(&ls->doc, leaf ? leaf : "", len, &lf, NULL);
+		if (prc == ISG_ERR_NOMEM) {
+			ctl_warn("out of memory");
+			status = CTL_EXIT_LOCAL;
+			break;
+		}
+		if (prc != 0) {
+			if (bad++ == 0)
+				ctl_warn("entry %" PRId64
+				         " is not a valid audit entry and is left out; "
+				         "run 'isgctl audit verify'",
+				         seq);
+			continue;
+		}
+		if (pick(ctx, &ls->doc, seq, &lf))
+			lister_row(ls, seq, &lf, leaf, len);
+	}
+	if (status == CTL_EXIT_OK && rc != SQLITE_DONE) {
+		ctl_warn("cannot read the audit log of '%s': %s", l->store_path,
+		         sqlite3_errmsg(l->db));
+		status = CTL_EXIT_LOCAL;
+	}
+	if (bad > 1)
+		ctl_warn("%" PRIu64 " entries in all are not valid audit entries", bad);
+	sqlite3_finalize(st);
+	if (fflush(stdout) != 0) {
+		ctl_warn("cannot write the list");
+		status = CTL_EXIT_LOCAL;
+	}
+	return status;
+}
+
+/* ---- list ---- */
+
+static bool list_pick(void *ctx, const struct aj_doc *d, int64_t seq, const struct audit_leaf *lf)
+{
+	(void)seq;
+	return entry_matches(ctx, d, lf);
+}
+
+static int list_help(void)
+{
+	printf("%s\nLists audit entries, oldest first. Filters (all must match):\n"
+	       "  --from TIME, --to TIME   UTC, YYYY-MM-DD (a whole day) or\n"
+	       "                           YYYY-MM-DDTHH:MM:SS[.mmm]Z; both ends included\n"
+	       "  --partner ID             the entry's sender, recipient or partner\n"
+	       "  --agreement ID           the agreement id\n"
+	       "  --kind KIND              an event (message.refused) or a family (message)\n"
+	       "  --outcome accepted|refused  events ending in .accepted or .refused\n"
+	       "  --format table|csv|jsonl table (default) for people, csv for a spreadsheet,\n"
+	       "                           jsonl for the exact entries, one per line\n\n%s",
+	       list_usage, audit_where_help);
+	return CTL_EXIT_OK;
+}
+
+int audit_list_cmd(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    AUDIT_LOG_LONGOPTS,
+	    {"from", required_argument, NULL, OPT_FROM},
+	    {"to", required_argument, NULL, OPT_TO},
+	    {"partner", required_argument, NULL, OPT_PARTNER},
+	    {"agreement", required_argument, NULL, OPT_AGREEMENT},
+	    {"kind", required_argument, NULL, OPT_KIND},
+	    {"outcome", required_argument, NULL, OPT_OUTCOME},
+	    {"format", required_argument, NULL, OPT_FORMAT},
+	    {NULL, 0, NULL, 0},
+	};
+	struct audit_where w = {0};
+	struct list_filter f;
+	filter_init(&f);
+	int opt;
+	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		int r = filter_option(&f, opt, optarg, list_usage);
+		if (r < 0)
+			return CTL_EXIT_USAGE;
+		if (r == 0 && !audit_where_option(&w, opt, optarg))
+			return ctl_bad_option(list_usage, opt, argv);
+	}
+	if (w.help)
+		return list_help();
+	if (optind != argc)
+		return ctl_usage_error(list_usage, "audit list takes no arguments");
+	struct audit_log l;
+	struct lister ls = {.format = f.format};
+	aj_doc_init(&ls.doc);
+	int status = audit_log_open(&l, &w, list_usage, true);
+	if (status == CTL_EXIT_OK)
+		status = scan(
+		    &l, "SELECT seq, entry FROM audit WHERE at >= ?1 AND at <= ?2 ORDER BY seq", &f,
+		    &ls, list_pick, &f);
+	if (status == CTL_EXIT_OK && ls.shown == 0)
+		ctl_warn("no entry matches");
+	aj_doc_release(&ls.doc);
+	audit_log_release(&l);
+	return status;
+}
+
+/* ---- subject ---- */
+
+/* The pseudonyms of one person under every reachable version of the audit key. */
+struct subject {
+	char (*pseudonyms)[PSEUDO_TEXT_MAX];
+	size_t n, cap;
+	uint64_t *messages; /* seq of matching message.accepted entries, ascending */
+	size_t n_messages, cap_messages;
+	uint64_t without_subjects, accepted_seen;
+	bool oom;
+};
+
+static bool subject_add(struct subject *s, const char *p)
+{
+	if (!p[0])
+		return true;
+	for (size_t i = 0; i < s->n; i++)
+		if (strcmp(s->pseudonyms[i], p) == 0)
+			return true;
+	if (s->n == s->cap)
+		return false; /* cap is sized for every version; cannot happen */
+	str_copy(s->pseudonyms[s->n++], p, PSEUDO_TEXT_MAX);
+	return true;
+}
+
+static bool subject_has(const struct subject *s, const char *p)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if (strcmp(s->pseudonyms[i], p) == 0)
+			return true;
+	return false;
+}
+
+static bool message_add(struct subject *s, uint64_t seq)
+{
+	if (s->n_messages == s->cap_messages) {
+		size_t cap = s->cap_messages ? s->cap_messages * 2 : 64;
+		uint64_t *m = realloc(s->messages, cap * sizeof(*m));
+		if (!m)
+			return false;
+		s->messages = m;
+		s->cap_messages = cap;
+	}
+	s->messages[s->n_messages++] = seq;
+	return true;
+}
+
+static bool message_known(const struct subject *s, uint64_t seq)
+{
+	size_t lo = 0, hi = s->n_messages;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (s->messages[mid] == seq)
+			return true;
+		if (s->messages[mid] < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
+}
+
+static bool subject_pick(void *ctx, const struct aj_doc *d, int64_t seq,
+                         const struct audit_leaf *lf)
+{
+	struct subject *s = ctx;
+	if (strcmp(lf->event, "message.accepted") != 0) {
+		uint64_t accepted;
+		return aj_uint(aj_member(d, lf->body, "accepted_index"), &accepted) &&
+		       message_known(s, accepted);
+	}
+	s->accepted_seen++;
+	const struct aj_node *subjects = aj_member(d, lf->body, "subjects");
+	if (!subjects || subjects->type != AJ_ARRAY) {
+		s->without_subjects++;
+		return false;
+	}
+	for (const struct aj_node *p = aj_first(d, subjects); p; p = aj_next(d, p)) {
+		if (p->type == AJ_STRING && subject_has(s, p->str)) {
+			if (!message_add(s, (uint64_t)seq))
+				s->oom = true;
+			return true;
+		}
+	}
+	return false;
+}
+
+struct ident_arg {
+	enum pseudo_type type;
+	char *value;        /* points into argv: wiped after use */
+	const char *option; /* its long option's name */
+};
+
+/* The identifier, from the option's value or, for "-", one line of standard input. */
+static int read_identifier(const struct ident_arg *id, char *buf, size_t size, size_t *len)
+{
+	if (strcmp(id->value, "-") != 0) {
+		*len = strlen(id->value);
+		if (*len >= size) {
+			ctl_warn("--%s: too long", id->option);
+			return CTL_EXIT_LOCAL;
+		}
+		memcpy(buf, id->value, *len + 1);
+		return CTL_EXIT_OK;
+	}
+	if (!fgets(buf, (int)size, stdin)) {
+		ctl_warn("--%s -: nothing on standard input", id->option);
+		return CTL_EXIT_LOCAL;
+	}
+	*len = strlen(buf);
+	if (*len && buf[*len - 1] == '\n')
+		buf[--*len] = '\0';
+	else if (!feof(stdin)) {
+		ctl_warn("--%s -: the line on standard input is too long", id->option);
+		return CTL_EXIT_LOCAL;
+	}
+	if (*len && buf[*len - 1] == '\r')
+		buf[--*len] = '\0';
+	return CTL_EXIT_OK;
+}
+
+/* The audit domain's position in the keyring, or SIZE_MAX. */
+static size_t audit_domain(const struct keyring *ring, size_t *n_versions)
+{
+	for (size_t i = 0; i < keyring_domain_count(ring); i++)
+		if (strcmp(keyring_domain_name(ring, i, n_versions), AUDIT_DOMAIN_NAME) == 0)
+			return i;
+	return SIZE_MAX;
+}
+
+/*
+ * Pseudonyms under every version the keys module will answer for. It
+ * answers with the current version and, on a given day, the previous one
+ * still in its overlap; asking as of the last day of each older version's
+ * overlap reaches that version unless a newer older version overlaps it.
+ * The versions reached are reported, and so are those that were not.
+ */
+static int subject_pseudonyms(const struct keyring *ring, enum pseudo_type type, const char *norm,
+                              size_t len, struct subject *s)
+{
+	size_t n_versions = 0, di = audit_domain(ring, &n_versions);
+	struct pseudo_service svc = keyring_service(ring);
+	int64_t today = date_days_of_ms(time_now_ms());
+	s->cap = 2 * (n_versions + 1);
+	s->pseudonyms = sodium_allocarray(s->cap, PSEUDO_TEXT_MAX);
+	if (!s->pseudonyms) {
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	for (size_t j = 0; j <= n_versions; j++) {
+		struct keys_version_info v = {.retires = KEYS_RETIRES_NEVER};
+		int64_t day = today;
+		if (j < n_versions) {
+			if (keyring_version_info(ring, di, j, today, &v) != 0 ||
+			    v.retires == KEYS_RETIRES_NEVER)
+				continue;
+			day = v.retires - 1;
+		}
+		struct pseudo_request req = {
+		    .domain = AUDIT_DOMAIN_NAME, .type = type, .norm = norm, .len = len};
+		int rc = svc.pseudonymise(svc.ctx, &req, 1, day);
+		bool ok = rc == 0 && subject_add(s, req.out) && subject_add(s, req.previous);
+		sodium_memzero(&req, sizeof(req));
+		if (!ok) {
+			ctl_warn("cannot compute pseudonyms under the audit domain: %s",
+			         isg_strerror(rc ? rc : ISG_ERR_LIMIT));
+			return CTL_EXIT_LOCAL;
+		}
+	}
+	return CTL_EXIT_OK;
+}
+
+/* Say which key versions were searched, and which could not be. */
+static void report_versions(const struct keyring *ring, const struct subject *s)
+{
+	size_t n_versions = 0, di = audit_domain(ring, &n_versions);
+	struct strbuf missing;
+	strbuf_init(&missing);
+	for (size_t j = 0; j < n_versions; j++) {
+		struct keys_version_info v;
+		if (keyring_version_info(ring, di, j, 0, &v) != 0)
+			continue;
+		char prefix[16];
+		snprintf(prefix, sizeof(prefix), "p%u_", (unsigned)v.version);
+		bool found = false;
+		for (size_t i = 0; i < s->n && !found; i++)
+			found = strncmp(s->pseudonyms[i], prefix, strlen(prefix)) == 0;
+		if (!found)
+			strbuf_printf(&missing, "%s%u", missing.len ? ", " : "",
+			              (unsigned)v.version);
+	}
+	char *text = strbuf_take(&missing, NULL);
+	if (text && text[0])
+		ctl_warn("note: entries written under audit key version(s) %s cannot be searched: "
+		         "the keys module answers only for the current version and one previous "
+		         "version at a time (docs/audit.md)",
+		         text);
+	free(text);
+}
+
+static int load_audit_keyring(const struct audit_log *l, struct keyring **ring)
+{
+	char err[512] = "";
+	if (!l->keys_dir) {
+		ctl_warn("no keys directory: give --keys KEYS_DIR or --config ISGD_YAML");
+		return CTL_EXIT_LOCAL;
+	}
+	int rc = keys_load_domains(l->keys_dir, ring, err, sizeof(err));
+	if (rc != 0) {
+		ctl_warn("%s", err[0] ? err : isg_strerror(rc));
+		return CTL_EXIT_LOCAL;
+	}
+	if (!keyring_has(*ring, AUDIT_DOMAIN_NAME)) {
+		ctl_warn("no key for the audit linkage domain in '%s/%s/%s.key': the log's "
+		         "subjects cannot be searched (create it with 'isgctl keys new-domain %s "
+		         "%s')",
+		         l->keys_dir, KEYS_DOMAINS_DIR, AUDIT_DOMAIN_NAME, l->keys_dir,
+		         AUDIT_DOMAIN_NAME);
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
+/* Normalise the identifier and compute its pseudonyms; every copy of it is wiped. */
+static int subject_prepare(const struct audit_log *l, const struct ident_arg *id,
+                           struct keyring **ring, struct subject *s)
+{
+	char *raw = sodium_malloc(SUBJECT_LINE_MAX), *norm = sodium_malloc(PSEUDO_VALUE_MAX + 1);
+	size_t len = 0;
+	int status = raw && norm ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
+	if (status != CTL_EXIT_OK)
+		ctl_warn("out of memory");
+	if (status == CTL_EXIT_OK)
+		status = read_identifier(id, raw, SUBJECT_LINE_MAX, &len);
+	sodium_memzero(id->value, strlen(id->value)); /* off the command line (ps) too */
+	const char *reason = NULL;
+	if (status == CTL_EXIT_OK && pseudo_normalise(id->type, raw, len, norm, &reason) != 0) {
+		ctl_warn("--%s: %s", id->option, reason ? reason : "not a valid value");
+		status = CTL_EXIT_LOCAL;
+	}
+	if (status == CTL_EXIT_OK)
+		status = load_audit_keyring(l, ring);
+	if (status == CTL_EXIT_OK)
+		status = subject_pseudonyms(*ring, id->type, norm, strlen(norm), s);
+	if (raw)
+		sodium_free(raw); /* sodium_free wipes */
+	if (norm)
+		sodium_free(norm);
+	return status;
+}
+
+static int subject_help(void)
+{
+	printf("%s\nLists every exchange that involved one person: the message.accepted\n"
+	       "entries whose subjects include the person's pseudonym under the audit\n"
+	       "linkage domain, with the delivered, acknowledged and expired entries of\n"
+	       "those messages. Give exactly one identifier; '-' reads it from standard\n"
+	       "input, which keeps it off the command line (other local users can see\n"
+	       "command lines). The identifier is normalised as the gateway does and never\n"
+	       "printed. Refused messages and connections hold no subjects and are not\n"
+	       "found. --from, --to and --format are as for 'isgctl audit list'.\n\n%s",
+	       subject_usage, audit_where_help);
+	return CTL_EXIT_OK;
+}
+
+static int subject_options(int argc, char **argv, struct audit_where *w, struct list_filter *f,
+                           struct ident_arg *id)
+{
+	static const struct option opts[] = {
+	    AUDIT_LOG_LONGOPTS,
+	    {"from", required_argument, NULL, OPT_FROM},
+	    {"to", required_argument, NULL, OPT_TO},
+	    {"format", required_argument, NULL, OPT_FORMAT},
+	    {"nhs-number", required_argument, NULL, OPT_IDENT + PSEUDO_NHS_NUMBER},
+	    {"pnc-id", required_argument, NULL, OPT_IDENT + PSEUDO_PNC_ID},
+	    {"postcode", required_argument, NULL, OPT_IDENT + PSEUDO_POSTCODE},
+	    {"email", required_argument, NULL, OPT_IDENT + PSEUDO_EMAIL},
+	    {"name", required_argument, NULL, OPT_IDENT + PSEUDO_NAME},
+	    {"identifier", required_argument, NULL, OPT_IDENT + PSEUDO_IDENTIFIER},
+	    {NULL, 0, NULL, 0},
+	};
+	int opt, index = 0;
+	while ((opt = getopt_long(argc, argv, ":", opts, &index)) != -1) {
+		if (opt > OPT_IDENT && opt <= OPT_IDENT + PSEUDO_IDENTIFIER) {
+			if (id->value)
+				return ctl_usage_error(subject_usage,
+				                       "give one identifier per search");
+			id->type = (enum pseudo_type)(opt - OPT_IDENT);
+			id->value = optarg;
+			id->option = opts[index].name;
+			continue;
+		}
+		int r = opt == OPT_FROM || opt == OPT_TO || opt == OPT_FORMAT
+		            ? filter_option(f, opt, optarg, subject_usage)
+		            : 0;
+		if (r < 0)
+			return CTL_EXIT_USAGE;
+		if (r == 0 && !audit_where_option(w, opt, optarg))
+			return ctl_bad_option(subject_usage, opt, argv);
+	}
+	if (w->help)
+		return CTL_EXIT_OK;
+	if (optind != argc)
+		return ctl_usage_error(subject_usage, "audit subject takes no arguments");
+	if (!id->value)
+		return ctl_usage_error(subject_usage, "say whom to search for: --nhs-number, "
+		                                      "--pnc-id, --postcode, --email, --name or "
+		                                      "--identifier");
+	return CTL_EXIT_OK;
+}
+
+int audit_subject_cmd(int argc, char **argv)
+{
+	struct audit_where w = {0};
+	struct list_filter f;
+	struct ident_arg id = {0};
+	filter_init(&f);
+	int status = subject_options(argc, argv, &w, &f, &id);
+	if (id.value && (status != CTL_EXIT_OK || w.help))
+		sodium_memzero(id.value, strlen(id.value));
+	if (status != CTL_EXIT_OK)
+		return status;
+	if (w.help)
+		return subject_help();
+	struct audit_log l;
+	struct keyring *ring = NULL;
+	struct subject s = {0};
+	struct lister ls = {.format = f.format};
+	aj_doc_init(&ls.doc);
+	status = audit_log_open(&l, &w, subject_usage, true);
+	if (status == CTL_EXIT_OK)
+		status = subject_prepare(&l, &id, &ring, &s);
+	else
+		sodium_memzero(id.value, strlen(id.value));
+	if (status == CTL_EXIT_OK)
+		status = scan(&l,
+		              "SELECT seq, entry FROM audit WHERE at >= ?1 AND at <= ?2 AND kind IN"
+		              " ('message.accepted', 'message.delivered', 'message.acknowledged',"
+		              " 'message.expired') ORDER BY seq",
+		              &f, &ls, subject_pick, &s);
+	if (status == CTL_EXIT_OK && s.oom) {
+		ctl_warn("out of memory");
+		status = CTL_EXIT_LOCAL;
+	}
+	if (status == CTL_EXIT_OK) {
+		report_versions(ring, &s);
+		if (s.without_subjects)
+			ctl_warn("note: %" PRIu64 " of %" PRIu64
+			         " message.accepted entries carry no "
+			         "subjects (written before isgd audited subjects) and cannot be "
+			         "searched",
+			         s.without_subjects, s.accepted_seen);
+		ctl_warn("%zu exchange%s involved this person (%" PRIu64 " entries listed)",
+		         s.n_messages, s.n_messages == 1 ? "" : "s", ls.shown);
+	}
+	if (s.pseudonyms)
+		sodium_free(s.pseudonyms);
+	free(s.messages);
+	keyring_free(ring);
+	aj_doc_release(&ls.doc);
+	audit_log_release(&l);
+	return status;
+}

@@ -1,0 +1,446 @@
+/*
+ * Where the audit log is and how the audit commands read it: the store
+ * named by isgd's config (store.path, keys_dir, audit.origin) or by --store
+ * and --keys, opened read-only (SQLITE_OPEN_READONLY: these commands never
+ * write) in one read transaction, so each command sees one snapshot even
+ * while isgd keeps writing.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <sodium.h>
+
+#include "config/config.h"
+#include "ctl/cmd_audit.h"
+#include "ctl/ctl.h"
+#include "keys/keys.h"
+
+#define BUSY_TIMEOUT_MS 10000
+#define PUBKEY_FILE_MAX 4096
+
+int audit_where_option(struct audit_where *w, int opt, const char *arg)
+{
+	switch (opt) {
+	case AUDIT_OPT_CONFIG:
+		w->config = arg;
+		return 1;
+	case AUDIT_OPT_STORE:
+		w->store = arg;
+		return 1;
+	case AUDIT_OPT_KEYS:
+		w->keys = arg;
+		return 1;
+	case AUDIT_OPT_ORIGIN:
+		w->origin = arg;
+		return 1;
+	case AUDIT_OPT_PUBKEY:
+		w->pubkey = arg;
+		return 1;
+	case AUDIT_OPT_PUBKEY_FILE:
+		w->pubkey_file = arg;
+		return 1;
+	case AUDIT_OPT_HELP:
+		w->help = true;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+/* Take store.path, keys_dir and audit.origin from isgd's config file. */
+static int read_config(struct audit_log *l, const char *path)
+{
+	struct isgd_config cfg;
+	struct ydoc_diags diags;
+	config_init(&cfg);
+	ydoc_diags_init(&diags);
+	int rc = config_load(path, &cfg, &diags);
+	ydoc_diags_print(&diags, stderr);
+	int status = CTL_EXIT_OK;
+	if (rc != 0) {
+		if (diags.errors == 0)
+			ctl_warn("%s: %s", path, isg_strerror(rc));
+		ctl_warn("cannot use the gateway configuration '%s'", path);
+		status = CTL_EXIT_LOCAL;
+	} else {
+		l->store_path = dup_or_null(cfg.store_path);
+		l->keys_dir = dup_or_null(cfg.keys_dir);
+		l->origin = dup_or_null(cfg.audit_origin);
+		if ((cfg.store_path && !l->store_path) || (cfg.keys_dir && !l->keys_dir) ||
+		    (cfg.audit_origin && !l->origin)) {
+			ctl_warn("out of memory");
+			status = CTL_EXIT_LOCAL;
+		}
+	}
+	ydoc_diags_release(&diags);
+	config_release(&cfg);
+	return status;
+}
+
+/* Replace *slot by a copy of s (when s is given). */
+static int override(char **slot, const char *s)
+{
+	if (!s)
+		return CTL_EXIT_OK;
+	char *copy = strdup(s);
+	if (!copy) {
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	free(*slot);
+	*slot = copy;
+	return CTL_EXIT_OK;
+}
+
+/* The query's single integer, or -1. */
+static int64_t query_int(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t v = -1;
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+/*
+ * The URI that opens path read-only. While isgd runs, its WAL file exists
+ * and a read-only connection shares it. When isgd is stopped there is none,
+ * and a read-only connection would still create -wal and -shm files, owned
+ * by whoever runs isgctl (root, say), which isgd could then not open: so the
+ * file is opened immutable, which creates nothing and locks nothing, as no
+ * one writes it.
+ */
+static char *store_uri(const char *path)
+{
+	struct strbuf b;
+	struct stat st;
+	char wal[4200];
+	bool running = (size_t)snprintf(wal, sizeof(wal), "%s-wal", path) >= sizeof(wal) ||
+	               stat(wal, &st) == 0;
+	strbuf_init(&b);
+	strbuf_puts(&b, path[0] == '/' ? "file://" : "file:");
+	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+		if (*p == '?' || *p == '#' || *p == '%' || *p < 0x20 || *p == 0x7f)
+			strbuf_printf(&b, "%%%02X", *p);
+		else
+			strbuf_append(&b, (const char *)p, 1);
+	}
+	strbuf_puts(&b, running ? "?mode=ro" : "?mode=ro&immutable=1");
+	return strbuf_take(&b, NULL);
+}
+
+static int open_store(struct audit_log *l)
+{
+	struct stat st;
+	if (stat(l->store_path, &st) != 0) {
+		ctl_warn("cannot open store '%s': %s", l->store_path, ctl_errno_text(errno));
+		return CTL_EXIT_LOCAL;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ctl_warn("store '%s' is not a regular file", l->store_path);
+		return CTL_EXIT_LOCAL;
+	}
+	char *uri = store_uri(l->store_path);
+	if (!uri) {
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	int rc = sqlite3_open_v2(uri, &l->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
+	free(uri);
+	if (rc != SQLITE_OK) {
+		ctl_warn("cannot open store '%s': %s", l->store_path,
+		         l->db ? sqlite3_errmsg(l->db) : sqlite3_errstr(rc));
+		return CTL_EXIT_LOCAL;
+	}
+	sqlite3_busy_timeout(l->db, BUSY_TIMEOUT_MS);
+	if (sqlite3_exec(l->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+		ctl_warn("cannot read store '%s': %s", l->store_path, sqlite3_errmsg(l->db));
+		return CTL_EXIT_LOCAL;
+	}
+	l->in_txn = true;
+	int64_t tables = query_int(l->db, "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+	                                  " AND name IN ('audit', 'checkpoints')");
+	if (tables < 0) {
+		ctl_warn("cannot read store '%s': %s", l->store_path, sqlite3_errmsg(l->db));
+		return CTL_EXIT_LOCAL;
+	}
+	if (tables != 2) {
+		ctl_warn("'%s' is not an isgd store with an audit log (no tables 'audit' and "
+		         "'checkpoints')",
+		         l->store_path);
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
+int audit_log_open(struct audit_log *l, const struct audit_where *w, const char *usage,
+                   bool need_store)
+{
+	memset(l, 0, sizeof(*l));
+	int status = CTL_EXIT_OK;
+	if (!w->config && !w->store && !w->keys)
+		return ctl_usage_error(usage,
+		                       "say where the log is: --config ISGD_YAML, or --store "
+		                       "DB (and --keys KEYS_DIR)");
+	if (w->config)
+		status = read_config(l, w->config);
+	if (status == CTL_EXIT_OK)
+		status = override(&l->store_path, w->store);
+	if (status == CTL_EXIT_OK)
+		status = override(&l->keys_dir, w->keys);
+	if (status == CTL_EXIT_OK)
+		status = override(&l->origin, w->origin   ? w->origin
+		                              : l->origin ? NULL
+		                                          : AUDIT_ORIGIN_DEFAULT);
+	if (status == CTL_EXIT_OK && need_store && !l->store_path)
+		return ctl_usage_error(usage, "no store: give --store DB or --config ISGD_YAML");
+	if (status == CTL_EXIT_OK && need_store)
+		status = open_store(l);
+	return status;
+}
+
+void audit_log_release(struct audit_log *l)
+{
+	if (l->db) {
+		if (l->in_txn)
+			sqlite3_exec(l->db, "COMMIT", NULL, NULL, NULL);
+		sqlite3_close(l->db);
+	}
+	free(l->store_path);
+	free(l->keys_dir);
+	free(l->origin);
+	memset(l, 0, sizeof(*l));
+}
+
+sqlite3_stmt *audit_log_prepare(struct audit_log *l, const char *sql)
+{
+	sqlite3_stmt *st = NULL;
+	if (sqlite3_prepare_v2(l->db, sql, -1, &st, NULL) != SQLITE_OK) {
+		ctl_warn("cannot read store '%s': %s", l->store_path, sqlite3_errmsg(l->db));
+		sqlite3_finalize(st);
+		return NULL;
+	}
+	return st;
+}
+
+int audit_log_signer_key(const struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX])
+{
+	if (!l->keys_dir) {
+		ctl_warn("no keys directory: give --keys KEYS_DIR or --config ISGD_YAML");
+		return CTL_EXIT_LOCAL;
+	}
+	const char *origin = l->origin ? l->origin : AUDIT_ORIGIN_DEFAULT;
+	char err[512] = "";
+	uint8_t *seed = NULL;
+	int rc = keys_load_audit_signing(l->keys_dir, &seed, err, sizeof(err));
+	if (rc != 0) {
+		ctl_warn("%s", err[0] ? err : isg_strerror(rc));
+		return CTL_EXIT_LOCAL;
+	}
+	struct audit_signer *s = NULL;
+	rc = audit_signer_new(origin, seed, &s);
+	keys_free(seed);
+	if (rc != 0) {
+		if (rc == ISG_ERR_INVALID)
+			ctl_warn(
+			    "origin '%s' is not a valid key name (1 to %d bytes, no spaces, no "
+			    "'+')",
+			    origin, AUDIT_NAME_MAX);
+		else
+			ctl_warn("%s", isg_strerror(rc));
+		return CTL_EXIT_LOCAL;
+	}
+	audit_signer_verifier_key(s, out);
+	audit_signer_free(s);
+	return CTL_EXIT_OK;
+}
+
+/* The first line of a file, without its line end. */
+static int read_key_file(const char *path, char out[static AUDIT_VERIFIER_KEY_MAX])
+{
+	char *buf = NULL;
+	size_t len = 0;
+	int status = audit_ctl_read_file(path, PUBKEY_FILE_MAX, &buf, &len);
+	if (status != CTL_EXIT_OK)
+		return status;
+	size_t n = 0;
+	while (n < len && buf[n] != '\n' && buf[n] != '\r')
+		n++;
+	if (n >= AUDIT_VERIFIER_KEY_MAX) {
+		ctl_warn("'%s' does not hold a verifier key (its first line is too long)", path);
+		status = CTL_EXIT_LOCAL;
+	} else {
+		memcpy(out, buf, n);
+		out[n] = '\0';
+	}
+	free(buf);
+	return status;
+}
+
+int audit_log_verifier(const struct audit_log *l, const struct audit_where *w,
+                       struct audit_verifier *v, char text[static AUDIT_VERIFIER_KEY_MAX],
+                       const char **from)
+{
+	int status = CTL_EXIT_OK;
+	if (w->pubkey) {
+		if (strlen(w->pubkey) >= AUDIT_VERIFIER_KEY_MAX) {
+			ctl_warn("--pubkey is not a verifier key (too long)");
+			return CTL_EXIT_LOCAL;
+		}
+		str_copy(text, w->pubkey, AUDIT_VERIFIER_KEY_MAX);
+		*from = "--pubkey";
+	} else if (w->pubkey_file) {
+		status = read_key_file(w->pubkey_file, text);
+		*from = w->pubkey_file;
+	} else {
+		status = audit_log_signer_key(l, text);
+		*from = "the gateway's signing key";
+	}
+	if (status != CTL_EXIT_OK)
+		return status;
+	const char *reason = NULL;
+	if (audit_verifier_parse(text, strlen(text), v, &reason) != 0) {
+		ctl_warn("%s is not a valid verifier key: %s", *from,
+		         reason ? reason : "malformed");
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
+void audit_stored_cps_free(struct audit_stored_cp *cps, size_t n)
+{
+	for (size_t i = 0; cps && i < n; i++)
+		free(cps[i].note);
+	free(cps);
+}
+
+int audit_log_checkpoints(struct audit_log *l, struct audit_stored_cp **out, size_t *n)
+{
+	*out = NULL;
+	*n = 0;
+	sqlite3_stmt *st =
+	    audit_log_prepare(l, "SELECT size, at, note FROM checkpoints ORDER BY size");
+	if (!st)
+		return CTL_EXIT_LOCAL;
+	struct audit_stored_cp *cps = NULL;
+	size_t count = 0, cap = 0;
+	int rc, status = CTL_EXIT_OK;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (count == cap) {
+			size_t ncap = cap ? cap * 2 : 16;
+			struct audit_stored_cp *p = realloc(cps, ncap * sizeof(*p));
+			if (!p) {
+				status = CTL_EXIT_LOCAL;
+				break;
+			}
+			cps = p;
+			cap = ncap;
+		}
+		struct audit_stored_cp *c = &cps[count];
+		int64_t size = sqlite3_column_int64(st, 0);
+		c->size = size < 0 ? UINT64_MAX : (uint64_t)size;
+		c->at = sqlite3_column_int64(st, 1);
+		const void *note = sqlite3_column_blob(st, 2);
+		c->note_len = (size_t)sqlite3_column_bytes(st, 2);
+		c->note = malloc(c->note_len + 1);
+		if (!c->note) {
+			status = CTL_EXIT_LOCAL;
+			break;
+		}
+		if (c->note_len)
+			memcpy(c->note, note, c->note_len);
+		c->note[c->note_len] = '\0';
+		count++;
+	}
+	if (status == CTL_EXIT_OK && rc != SQLITE_DONE) {
+		ctl_warn("cannot read the checkpoints of '%s': %s", l->store_path,
+		         sqlite3_errmsg(l->db));
+		status = CTL_EXIT_LOCAL;
+	} else if (status != CTL_EXIT_OK) {
+		ctl_warn("out of memory");
+	}
+	sqlite3_finalize(st);
+	if (status != CTL_EXIT_OK) {
+		audit_stored_cps_free(cps, count);
+		return status;
+	}
+	*out = cps;
+	*n = count;
+	return CTL_EXIT_OK;
+}
+
+int audit_log_count(struct audit_log *l, uint64_t *count, uint64_t *max_seq)
+{
+	sqlite3_stmt *st =
+	    audit_log_prepare(l, "SELECT count(*), coalesce(max(seq), 0) FROM audit");
+	if (!st)
+		return CTL_EXIT_LOCAL;
+	int status = CTL_EXIT_LOCAL;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		int64_t c = sqlite3_column_int64(st, 0), m = sqlite3_column_int64(st, 1);
+		*count = c < 0 ? 0 : (uint64_t)c;
+		*max_seq = m < 0 ? 0 : (uint64_t)m;
+		status = CTL_EXIT_OK;
+	} else {
+		ctl_warn("cannot read the audit log of '%s': %s", l->store_path,
+		         sqlite3_errmsg(l->db));
+	}
+	sqlite3_finalize(st);
+	return status;
+}
+
+/*
+ * Length of the printable UTF-8 sequence at s (at most n bytes); 0 if it is
+ * invalid or a C1 control character (U+0080..U+009F, which some terminals
+ * obey as escape sequences).
+ */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+	size_t len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
+	if (len == 0 || len > n || !str_utf8_valid((const char *)s, len))
+		return 0;
+	if (len == 2 && s[0] == 0xc2 && s[1] < 0xa0)
+		return 0;
+	return len;
+}
+
+void audit_ctl_printable(char *out, size_t size, const char *s, size_t max)
+{
+	size_t o = 0, n = strlen(s);
+	if (n > max)
+		n = max;
+	for (size_t i = 0; i < n && o + 5 < size;) {
+		unsigned char c = (unsigned char)s[i];
+		size_t len = c < 0x80 ? 1 : utf8_seq((const unsigned char *)s + i, n - i);
+		if (c < 0x20 || c == 0x7f || len == 0) {
+			out[o++] = '?';
+			i++;
+			continue;
+		}
+		memcpy(out + o, s + i, len);
+		o += len;
+		i += len;
+	}
+	if (size)
+		out[o < size ? o : size - 1] = '\0';
+}
+
+int audit_ctl_read_file(const char *path, size_t max, char **buf, size_t *len)
+{
+	char err[512] = "";
+	int rc = ctl_slurp(path, max, buf, len, err, sizeof(err));
+	if (rc != 0) {
+		ctl_warn("%s", err[0] ? err : isg_strerror(rc));
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}

@@ -1,0 +1,775 @@
+/*
+ * isgctl audit verify and prove.
+ *
+ * verify streams the log once, in seq order, keeping the compact tree of
+ * every entry so far, the compact tree at the last checkpoint and the leaf
+ * hashes since it (cmd_audit_tree.c), and checks:
+ *  - every stored checkpoint's signature (a forged or altered one is named
+ *    by its size) and that its note agrees with its row;
+ *  - seq runs 1, 2, 3... without gaps (deleted entries) and every leaf
+ *    holds index == seq (reordered or inserted entries), kind == event and
+ *    at == at (the columns agree with the leaf, which is the truth);
+ *  - at each checkpoint's size, that the root of the entries so far is the
+ *    signed root (changed entries), and a consistency proof, built from the
+ *    entries and checked by the verifier of gateway/audit, from the
+ *    previous checkpoint to this one (a log rewritten and signed again);
+ *  - no checkpoint covers more entries than the log holds (truncated);
+ *  - each --against checkpoint, saved elsewhere earlier: its signature, its
+ *    size within the log and its root at that size (truncated or rolled
+ *    back).
+ * It prints every problem and exits 1, or a summary and exits 0.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "ctl/cmd_audit.h"
+#include "ctl/ctl.h"
+
+#define SHOWN_MAX 80 /* bytes of a tampered column shown in a message */
+
+static const char verify_usage[] =
+    "usage: isgctl audit verify (--config ISGD_YAML | --store DB [--keys KEYS_DIR])\n"
+    "                           [--pubkey KEY | --pubkey-file FILE] [--against FILE ...]\n";
+static const char prove_usage[] =
+    "usage: isgctl audit prove SEQ [--size N] (--config ISGD_YAML | --store DB [--keys DIR])\n"
+    "                              [--pubkey KEY | --pubkey-file FILE]\n";
+
+/* A checkpoint whose signature verified: the size and root it vouches for. */
+struct cp {
+	uint64_t size;
+	uint8_t root[AUDIT_HASH_LEN];
+	const char *file; /* --against FILE; NULL for a stored checkpoint */
+	bool reached, matched;
+};
+
+struct verify {
+	struct audit_verifier v;
+	struct cp *stored, *saved;
+	size_t n_stored, n_saved, next_stored, next_saved;
+	struct audit_tree tree;
+	/* the last stored checkpoint reached, and the leaf hashes since */
+	const struct cp *prev;
+	struct audit_tree prev_tree;
+	uint8_t (*window)[AUDIT_HASH_LEN];
+	size_t window_n, window_cap;
+	/* seq and index bookkeeping */
+	bool any_row;
+	int64_t last_seq;
+	bool in_run, have_index;
+	int64_t run_delta, run_first, run_last;
+	uint64_t last_index; /* of the row before (seq last_index_seq), when have_index */
+	int64_t last_index_seq;
+	struct aj_doc doc;
+	unsigned problems, stored_total, saved_total;
+	unsigned roots, roots_matched, proofs, proofs_verified;
+	bool oom;
+};
+
+static void problem(struct verify *vs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void problem(struct verify *vs, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("problem: ", stdout);
+	vprintf(fmt, ap);
+	fputc('\n', stdout);
+	va_end(ap);
+	vs->problems++;
+}
+
+static int cp_cmp(const void *a, const void *b)
+{
+	const struct cp *x = a, *y = b;
+	return x->size < y->size ? -1 : x->size > y->size;
+}
+
+/* Open a note with the verifier; a reason when it does not verify. */
+static const char *open_note(const struct audit_verifier *v, const char *note, size_t len,
+                             struct audit_checkpoint *c)
+{
+	const char *reason = NULL;
+	int rc = audit_checkpoint_open(v, note, len, c, &reason);
+	if (rc == ISG_ERR_NOT_FOUND)
+		return "it carries no signature by this verifier key (another key, or another "
+		       "origin: see --origin and --pubkey)";
+	if (rc == ISG_ERR_CRYPTO)
+		return "its signature does not verify: the checkpoint was forged or altered";
+	if (rc != 0)
+		return reason ? reason : "it is not a signed checkpoint";
+	if (strcmp(c->origin, v->name) != 0)
+		return "its origin is not the verifier key's name";
+	return NULL;
+}
+
+/* Check the stored checkpoints' signatures; keep the good ones, sorted by size. */
+static int load_stored(struct verify *vs, struct audit_log *l)
+{
+	struct audit_stored_cp *rows = NULL;
+	size_t n = 0;
+	int status = audit_log_checkpoints(l, &rows, &n);
+	if (status != CTL_EXIT_OK)
+		return status;
+	vs->stored = calloc(n ? n : 1, sizeof(*vs->stored));
+	if (!vs->stored) {
+		audit_stored_cps_free(rows, n);
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	vs->stored_total = (unsigned)n;
+	for (size_t i = 0; i < n; i++) {
+		struct audit_checkpoint c;
+		char size_text[24] = "(negative)";
+		if (rows[i].size != UINT64_MAX)
+			snprintf(size_text, sizeof(size_text), "%" PRIu64, rows[i].size);
+		const char *why = open_note(&vs->v, rows[i].note, rows[i].note_len, &c);
+		if (why) {
+			problem(vs, "checkpoint of size %s: %s", size_text, why);
+			continue;
+		}
+		if (c.size != rows[i].size)
+			problem(
+			    vs,
+			    "checkpoint row of size %s holds a signed checkpoint of size %" PRIu64
+			    ": the row was altered",
+			    size_text, c.size);
+		struct cp *k = &vs->stored[vs->n_stored++];
+		k->size = c.size;
+		memcpy(k->root, c.root, AUDIT_HASH_LEN);
+	}
+	audit_stored_cps_free(rows, n);
+	qsort(vs->stored, vs->n_stored, sizeof(*vs->stored), cp_cmp);
+	return CTL_EXIT_OK;
+}
+
+/* Read and check each --against file. */
+static int load_saved(struct verify *vs, char **files, size_t n)
+{
+	vs->saved_total = (unsigned)n;
+	vs->saved = calloc(n ? n : 1, sizeof(*vs->saved));
+	if (!vs->saved) {
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char *buf = NULL;
+		size_t len = 0;
+		int status = audit_ctl_read_file(files[i], AUDIT_NOTE_MAX + 1, &buf, &len);
+		if (status != CTL_EXIT_OK)
+			return status;
+		struct audit_checkpoint c;
+		const char *why = open_note(&vs->v, buf, len, &c);
+		free(buf);
+		if (why) {
+			problem(vs, "saved checkpoint '%s': %s", files[i], why);
+			continue;
+		}
+		struct cp *k = &vs->saved[vs->n_saved++];
+		k->size = c.size;
+		k->file = files[i];
+		memcpy(k->root, c.root, AUDIT_HASH_LEN);
+	}
+	qsort(vs->saved, vs->n_saved, sizeof(*vs->saved), cp_cmp);
+	return CTL_EXIT_OK;
+}
+
+static void flush_run(struct verify *vs)
+{
+	if (!vs->in_run)
+		return;
+	vs->in_run = false;
+	int64_t d = vs->run_delta;
+	if (vs->run_first == vs->run_last)
+		problem(vs,
+		        "entry %" PRId64 " is out of place: it holds index %" PRId64
+		        " (entries were reordered, inserted or deleted)",
+		        vs->run_first, vs->run_first - d);
+	else
+		problem(vs,
+		        "entries %" PRId64 "..%" PRId64
+		        " are out of place: they hold indexes %" PRId64 "..%" PRId64 " (%s)",
+		        vs->run_first, vs->run_last, vs->run_first - d, vs->run_last - d,
+		        d > 0 ? "entries were inserted before them"
+		              : "entries before them were deleted and the rest renumbered");
+}
+
+static void check_index(struct verify *vs, int64_t seq, bool known, uint64_t index)
+{
+	bool repeat = known && vs->have_index && index == vs->last_index;
+	int64_t before = vs->last_index_seq;
+	vs->have_index = known;
+	vs->last_index = index;
+	vs->last_index_seq = seq;
+	if (repeat) {
+		flush_run(vs);
+		problem(vs,
+		        "entry %" PRId64 " holds index %" PRIu64 ", as entry %" PRId64
+		        " does (one of them was inserted)",
+		        seq, index, before);
+		return;
+	}
+	int64_t delta = known && index <= INT64_MAX ? seq - (int64_t)index : 0;
+	bool bad = known && (index > INT64_MAX || delta != 0);
+	if (vs->in_run && (!bad || delta != vs->run_delta || seq != vs->run_last + 1))
+		flush_run(vs);
+	if (!bad)
+		return;
+	if (index > INT64_MAX) {
+		problem(vs, "entry %" PRId64 " holds index %" PRIu64 " (inserted)", seq, index);
+		return;
+	}
+	if (!vs->in_run) {
+		vs->in_run = true;
+		vs->run_delta = delta;
+		vs->run_first = seq;
+	}
+	vs->run_last = seq;
+}
+
+static void check_seq(struct verify *vs, int64_t seq)
+{
+	if (seq < 1) {
+		problem(vs, "a row has seq %" PRId64 ", which is no position in the log (inserted)",
+		        seq);
+		return;
+	}
+	int64_t expect = vs->any_row && vs->last_seq >= 1 ? vs->last_seq + 1 : 1;
+	if (seq > expect) {
+		if (seq - expect == 1)
+			problem(vs, "entry %" PRId64 " is missing (deleted)", expect);
+		else
+			problem(vs, "entries %" PRId64 "..%" PRId64 " are missing (deleted)",
+			        expect, seq - 1);
+	}
+	vs->any_row = true;
+	vs->last_seq = seq;
+}
+
+/* The columns against the leaf, which is what was signed. */
+static void check_leaf(struct verify *vs, int64_t seq, int64_t at, const char *kind,
+                       const char *leaf, size_t len)
+{
+	struct audit_leaf lf;
+	const char *reason = NULL;
+	int rc = audit_leaf_parse(&vs->doc, leaf, len, &lf, &reason);
+	if (rc == ISG_ERR_NOMEM) {
+		vs->oom = true;
+		return;
+	}
+	check_index(vs, seq, rc == 0, rc == 0 ? lf.index : 0);
+	if (rc != 0) {
+		problem(vs, "entry %" PRId64 " is not a valid audit entry: %s", seq, reason);
+		return;
+	}
+	if (strcmp(kind, lf.event) != 0) {
+		char a[SHOWN_MAX * 2], b[SHOWN_MAX * 2];
+		audit_ctl_printable(a, sizeof(a), kind, SHOWN_MAX);
+		audit_ctl_printable(b, sizeof(b), lf.event, SHOWN_MAX);
+		problem(vs, "entry %" PRId64 ": its kind column says '%s' but the entry is '%s'",
+		        seq, a, b);
+	}
+	char when[32];
+	time_format_ms(when, sizeof(when), at);
+	if (strcmp(when, lf.at) != 0)
+		problem(vs, "entry %" PRId64 ": its at column says %s but the entry says %s", seq,
+		        when, lf.at);
+}
+
+static void reach_stored(struct verify *vs, struct cp *k)
+{
+	uint64_t pos = vs->tree.size;
+	uint8_t root[AUDIT_HASH_LEN];
+	audit_tree_root(&vs->tree, root);
+	bool matched = memcmp(root, k->root, AUDIT_HASH_LEN) == 0;
+	const struct cp *prev = vs->prev;
+	bool consistent = true;
+	if (prev && prev->size > 0) {
+		uint8_t proof[AUDIT_PROOF_MAX][AUDIT_HASH_LEN];
+		size_t n = 0;
+		int rc = audit_ctl_consistency_proof(
+		    &vs->prev_tree, (const uint8_t(*)[AUDIT_HASH_LEN])vs->window, pos, proof, &n);
+		if (rc == 0)
+			rc = audit_verify_consistency(prev->size, pos, prev->root, k->root,
+			                              (const uint8_t(*)[AUDIT_HASH_LEN])proof, n);
+		consistent = rc == 0;
+		vs->proofs++;
+		vs->proofs_verified += consistent;
+	}
+	uint64_t from = prev ? prev->size + 1 : 1;
+	if (!matched && (!prev || prev->matched))
+		problem(vs,
+		        "checkpoint of size %" PRIu64
+		        " does not match the log: some of entries %" PRIu64 "..%" PRIu64
+		        " were changed, deleted, inserted or reordered after it was signed",
+		        pos, from, pos);
+	else if (!matched)
+		problem(vs,
+		        "checkpoint of size %" PRIu64
+		        " does not match the log either (entries before it already differ)",
+		        pos);
+	else if (!consistent)
+		problem(vs,
+		        "checkpoints of sizes %" PRIu64 " and %" PRIu64
+		        " are not consistent (the consistency proof fails): the log was rewritten "
+		        "and signed again after the checkpoint of size %" PRIu64,
+		        prev->size, pos, prev->size);
+	k->reached = true;
+	k->matched = matched;
+	vs->roots++;
+	vs->roots_matched += matched;
+	vs->prev = k;
+	vs->prev_tree = vs->tree;
+	vs->window_n = 0;
+}
+
+static void reach_saved(struct verify *vs, struct cp *k)
+{
+	uint8_t root[AUDIT_HASH_LEN];
+	audit_tree_root(&vs->tree, root);
+	k->reached = true;
+	k->matched = memcmp(root, k->root, AUDIT_HASH_LEN) == 0;
+	if (!k->matched)
+		problem(vs,
+		        "log was truncated or rolled back: saved checkpoint of size %" PRIu64
+		        " ('%s') does not match the log's first %" PRIu64
+		        " entries: they were changed after it was saved",
+		        k->size, k->file, k->size);
+}
+
+/* Every checkpoint whose size the tree has just reached. */
+static void reach(struct verify *vs)
+{
+	while (vs->next_stored < vs->n_stored && vs->stored[vs->next_stored].size == vs->tree.size)
+		reach_stored(vs, &vs->stored[vs->next_stored++]);
+	while (vs->next_saved < vs->n_saved && vs->saved[vs->next_saved].size == vs->tree.size)
+		reach_saved(vs, &vs->saved[vs->next_saved++]);
+}
+
+static bool window_add(struct verify *vs, const uint8_t hash[static AUDIT_HASH_LEN])
+{
+	if (!vs->prev)
+		return true; /* nothing to prove consistency from yet */
+	if (vs->window_n == vs->window_cap) {
+		size_t cap = vs->window_cap ? vs->window_cap * 2 : 1024;
+		uint8_t(*w)[AUDIT_HASH_LEN] = realloc(vs->window, cap * sizeof(*w));
+		if (!w)
+			return false;
+		vs->window = w;
+		vs->window_cap = cap;
+	}
+	memcpy(vs->window[vs->window_n++], hash, AUDIT_HASH_LEN);
+	return true;
+}
+
+static int stream_entries(struct verify *vs, struct audit_log *l)
+{
+	sqlite3_stmt *st =
+	    audit_log_prepare(l, "SELECT seq, at, kind, entry FROM audit ORDER BY seq");
+	if (!st)
+		return CTL_EXIT_LOCAL;
+	int rc;
+	reach(vs);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int64_t seq = sqlite3_column_int64(st, 0), at = sqlite3_column_int64(st, 1);
+		const char *kind = (const char *)sqlite3_column_text(st, 2);
+		const char *leaf = sqlite3_column_blob(st, 3);
+		size_t len = (size_t)sqlite3_column_bytes(st, 3);
+		uint8_t hash[AUDIT_HASH_LEN];
+		audit_leaf_hash((const uint8_t *)(leaf ? leaf : ""), len, hash);
+		check_seq(vs, seq);
+		check_leaf(vs, seq, at, kind ? kind : "", leaf ? leaf : "", len);
+		if (audit_tree_append(&vs->tree, hash) != 0 || !window_add(vs, hash))
+			vs->oom = true;
+		if (vs->oom)
+			break;
+		reach(vs);
+	}
+	int status = CTL_EXIT_OK;
+	if (vs->oom) {
+		ctl_warn("out of memory");
+		status = CTL_EXIT_LOCAL;
+	} else if (rc != SQLITE_DONE) {
+		ctl_warn("cannot read the audit log of '%s': %s", l->store_path,
+		         sqlite3_errmsg(l->db));
+		status = CTL_EXIT_LOCAL;
+	}
+	sqlite3_finalize(st);
+	flush_run(vs);
+	return status;
+}
+
+/* Checkpoints the log never reached: it holds fewer entries than they cover. */
+static void report_unreached(struct verify *vs)
+{
+	uint64_t n = vs->tree.size;
+	for (size_t i = vs->next_stored; i < vs->n_stored; i++)
+		problem(vs,
+		        "checkpoint of size %" PRIu64
+		        " covers more entries than the log holds (%" PRIu64
+		        "): entries were deleted (the log was truncated)",
+		        vs->stored[i].size, n);
+	for (size_t i = vs->next_saved; i < vs->n_saved; i++)
+		problem(vs,
+		        "log was truncated or rolled back: saved checkpoint of size %" PRIu64
+		        " ('%s') covers more entries than the log holds (%" PRIu64 ")",
+		        vs->saved[i].size, vs->saved[i].file, n);
+}
+
+static void summarise(const struct verify *vs)
+{
+	uint64_t n = vs->tree.size;
+	const struct cp *last = vs->n_stored ? &vs->stored[vs->n_stored - 1] : NULL;
+	uint64_t covered = last && last->reached ? last->size : 0;
+	if (covered + 1 == n)
+		printf("note: entry %" PRIu64 " is not yet covered by a checkpoint\n", n);
+	else if (covered < n)
+		printf("note: entries %" PRIu64 "..%" PRIu64 " (%" PRIu64
+		       ") are not yet covered by a checkpoint\n",
+		       covered + 1, n, n - covered);
+	size_t saved_ok = 0;
+	for (size_t i = 0; i < vs->n_saved; i++)
+		saved_ok += vs->saved[i].matched;
+	printf("verified: %zu of %u checkpoint signatures, %u of %u roots, %u of %u consistency "
+	       "proofs, %zu of %u saved checkpoints; %" PRIu64 " entries read\n",
+	       vs->n_stored, vs->stored_total, vs->roots_matched, vs->roots, vs->proofs_verified,
+	       vs->proofs, saved_ok, vs->saved_total, n);
+	if (vs->problems) {
+		printf("audit log FAILED verification: %u problem%s\n", vs->problems,
+		       vs->problems == 1 ? "" : "s");
+		return;
+	}
+	if (!last) {
+		printf("audit log OK: %" PRIu64 " entries, 0 checkpoints\n", n);
+		return;
+	}
+	char root[64];
+	audit_ctl_b64(root, sizeof(root), last->root, AUDIT_HASH_LEN);
+	printf("audit log OK: %" PRIu64 " entries, %zu checkpoints, latest checkpoint size %" PRIu64
+	       ", root %s\n",
+	       n, vs->n_stored, last->size, root);
+}
+
+static void verify_release(struct verify *vs)
+{
+	free(vs->stored);
+	free(vs->saved);
+	free(vs->window);
+	aj_doc_release(&vs->doc);
+}
+
+static int verify_help(void)
+{
+	printf(
+	    "%s\nChecks the audit log against its signed checkpoints and reports every\n"
+	    "problem: an entry changed (a checkpoint's root no longer matches), deleted\n"
+	    "(a gap in seq), inserted or reordered (an entry whose index is not its seq),\n"
+	    "the columns disagreeing with the signed entry, a forged checkpoint (its\n"
+	    "signature does not verify), checkpoints that are not consistent with each\n"
+	    "other, and a log truncated below a checkpoint.\n\n"
+	    "  --pubkey KEY        the verifier key to trust (isgctl audit pubkey); default:\n"
+	    "                      derived from KEYS_DIR/audit-signing.key\n"
+	    "  --pubkey-file FILE  the same, read from the first line of FILE\n"
+	    "  --against FILE      a checkpoint saved elsewhere earlier (isgctl audit\n"
+	    "                      checkpoint > FILE); the log must still contain it:\n"
+	    "                      otherwise it was truncated or rolled back. Repeatable.\n\n"
+	    "Exits 0 and prints 'audit log OK: ...' when every check passes, 1 when any\n"
+	    "fails (each problem on a line starting 'problem:') or the log cannot be read.\n\n%s",
+	    verify_usage, audit_where_help);
+	return CTL_EXIT_OK;
+}
+
+int audit_verify_cmd(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    AUDIT_LOG_LONGOPTS,
+	    AUDIT_KEY_LONGOPTS,
+	    {"against", required_argument, NULL, AUDIT_OPT_FIRST_OWN},
+	    {NULL, 0, NULL, 0},
+	};
+	struct audit_where w = {0};
+	char **against = calloc((size_t)argc + 1, sizeof(*against));
+	size_t n_against = 0;
+	int opt, status = CTL_EXIT_OK;
+	if (!against) {
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	while (status == CTL_EXIT_OK && (opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		if (opt == AUDIT_OPT_FIRST_OWN)
+			against[n_against++] = optarg;
+		else if (!audit_where_option(&w, opt, optarg))
+			status = ctl_bad_option(verify_usage, opt, argv);
+	}
+	if (status == CTL_EXIT_OK && w.help) {
+		free(against);
+		return verify_help();
+	}
+	if (status == CTL_EXIT_OK && optind != argc)
+		status = ctl_usage_error(verify_usage, "audit verify takes no arguments");
+	if (status != CTL_EXIT_OK) {
+		free(against);
+		return status;
+	}
+	struct audit_log l;
+	struct verify vs = {0};
+	char key[AUDIT_VERIFIER_KEY_MAX];
+	const char *from = NULL;
+	audit_tree_init(&vs.tree);
+	aj_doc_init(&vs.doc);
+	status = audit_log_open(&l, &w, verify_usage, true);
+	if (status == CTL_EXIT_OK)
+		status = audit_log_verifier(&l, &w, &vs.v, key, &from);
+	if (status == CTL_EXIT_OK) {
+		printf("verifier key: %s (from %s)\n", key, from);
+		status = load_stored(&vs, &l);
+	}
+	if (status == CTL_EXIT_OK)
+		status = load_saved(&vs, against, n_against);
+	if (status == CTL_EXIT_OK)
+		status = stream_entries(&vs, &l);
+	if (status == CTL_EXIT_OK) {
+		report_unreached(&vs);
+		summarise(&vs);
+		status = vs.problems ? CTL_EXIT_LOCAL : CTL_EXIT_OK;
+	}
+	verify_release(&vs);
+	audit_log_release(&l);
+	free(against);
+	return status;
+}
+
+/* ---- prove ---- */
+
+struct prove_args {
+	uint64_t seq, size; /* size 0: the latest checkpoint */
+};
+
+static int prove_options(int argc, char **argv, struct audit_where *w, struct prove_args *a)
+{
+	static const struct option opts[] = {
+	    AUDIT_LOG_LONGOPTS,
+	    AUDIT_KEY_LONGOPTS,
+	    {"size", required_argument, NULL, AUDIT_OPT_FIRST_OWN},
+	    {NULL, 0, NULL, 0},
+	};
+	int opt;
+	int64_t v;
+	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		if (opt == AUDIT_OPT_FIRST_OWN) {
+			if (str_to_i64(optarg, 1, INT64_MAX, &v) != 0)
+				return ctl_usage_error(
+				    prove_usage,
+				    "--size must be a tree size of 1 or more, not "
+				    "'%s'",
+				    optarg);
+			a->size = (uint64_t)v;
+		} else if (!audit_where_option(w, opt, optarg)) {
+			return ctl_bad_option(prove_usage, opt, argv);
+		}
+	}
+	if (w->help)
+		return CTL_EXIT_OK;
+	if (argc - optind != 1)
+		return ctl_usage_error(prove_usage, "audit prove takes one entry number (SEQ)");
+	if (str_to_i64(argv[optind], 1, INT64_MAX, &v) != 0)
+		return ctl_usage_error(prove_usage,
+		                       "SEQ must be an entry number of 1 or more, not '%s'",
+		                       argv[optind]);
+	a->seq = (uint64_t)v;
+	return CTL_EXIT_OK;
+}
+
+/* The checkpoint to prove against: of size a->size, or the latest; verified. */
+static int prove_checkpoint(struct audit_log *l, const struct audit_verifier *v,
+                            const struct prove_args *a, struct audit_checkpoint *c, char **note)
+{
+	struct audit_stored_cp *rows = NULL;
+	size_t n = 0;
+	int status = audit_log_checkpoints(l, &rows, &n);
+	if (status != CTL_EXIT_OK)
+		return status;
+	const struct audit_stored_cp *pick = NULL;
+	for (size_t i = 0; i < n; i++)
+		if (a->size ? rows[i].size == a->size : i + 1 == n)
+			pick = &rows[i];
+	status = CTL_EXIT_LOCAL;
+	if (!pick && a->size)
+		ctl_warn("no stored checkpoint has size %" PRIu64 " (see 'isgctl audit verify')",
+		         a->size);
+	else if (!pick)
+		ctl_warn("the log has no checkpoint yet");
+	else if (open_note(v, pick->note, pick->note_len, c) || c->size != pick->size)
+		ctl_warn("the checkpoint of size %" PRIu64
+		         " does not verify; run 'isgctl audit verify'",
+		         pick->size);
+	else if (a->seq > c->size)
+		ctl_warn("entry %" PRIu64 " is not covered by the checkpoint of size %" PRIu64 "%s",
+		         a->seq, c->size,
+		         a->size ? "" : " (the latest): wait for the next checkpoint");
+	else if (!(*note = strdup(pick->note)))
+		ctl_warn("out of memory");
+	else
+		status = CTL_EXIT_OK;
+	audit_stored_cps_free(rows, n);
+	return status;
+}
+
+/* The leaf hashes of entries 1..size, and a copy of entry seq's leaf. */
+static int prove_leaves(struct audit_log *l, uint64_t size, uint64_t seq,
+                        uint8_t (**leaves)[AUDIT_HASH_LEN], char **leaf, size_t *leaf_len)
+{
+	uint64_t count = 0, max_seq = 0;
+	int status = audit_log_count(l, &count, &max_seq);
+	if (status != CTL_EXIT_OK)
+		return status;
+	if (count < size || size > SIZE_MAX / AUDIT_HASH_LEN) {
+		ctl_warn("the log holds %" PRIu64 " entries, fewer than the checkpoint's %" PRIu64
+		         "; run 'isgctl audit verify'",
+		         count, size);
+		return CTL_EXIT_LOCAL;
+	}
+	sqlite3_stmt *st =
+	    audit_log_prepare(l, "SELECT seq, entry FROM audit WHERE seq <= ?1 ORDER BY seq");
+	*leaves = st ? malloc((size_t)size * AUDIT_HASH_LEN) : NULL;
+	if (!*leaves) {
+		sqlite3_finalize(st);
+		ctl_warn("%s", st ? "out of memory" : "cannot read the audit log");
+		return CTL_EXIT_LOCAL;
+	}
+	sqlite3_bind_int64(st, 1, (int64_t)size);
+	uint64_t pos = 0;
+	status = CTL_EXIT_OK;
+	while (status == CTL_EXIT_OK && pos < size && sqlite3_step(st) == SQLITE_ROW) {
+		int64_t s = sqlite3_column_int64(st, 0);
+		const void *blob = sqlite3_column_blob(st, 1);
+		size_t len = (size_t)sqlite3_column_bytes(st, 1);
+		if (s != (int64_t)pos + 1) {
+			ctl_warn("the log is not in order at entry %" PRIu64
+			         " (a gap or an inserted row); run 'isgctl audit verify'",
+			         pos + 1);
+			status = CTL_EXIT_LOCAL;
+			break;
+		}
+		audit_leaf_hash(blob ? blob : (const void *)"", len, (*leaves)[pos]);
+		if (s == (int64_t)seq && !(*leaf = malloc(len + 1))) {
+			ctl_warn("out of memory");
+			status = CTL_EXIT_LOCAL;
+		} else if (s == (int64_t)seq) {
+			if (len)
+				memcpy(*leaf, blob, len);
+			*leaf_len = len;
+		}
+		pos++;
+	}
+	if (status == CTL_EXIT_OK && pos != size) {
+		ctl_warn("cannot read entries 1..%" PRIu64 " of the log; run 'isgctl audit verify'",
+		         size);
+		status = CTL_EXIT_LOCAL;
+	}
+	sqlite3_finalize(st);
+	return status;
+}
+
+static void print_proof(const struct prove_args *a, const struct audit_checkpoint *c,
+                        const uint8_t hash[static AUDIT_HASH_LEN],
+                        const uint8_t (*proof)[AUDIT_HASH_LEN], size_t n, const char *leaf,
+                        size_t leaf_len, const char *note)
+{
+	char b64[64];
+	struct strbuf b;
+	strbuf_init(&b);
+	audit_ctl_b64(b64, sizeof(b64), hash, AUDIT_HASH_LEN);
+	strbuf_printf(&b,
+	              "{\"index\":%" PRIu64 ",\"leaf_index\":%" PRIu64 ",\"tree_size\":%" PRIu64
+	              ",\"leaf_hash\":\"%s\",\"proof\":[",
+	              a->seq, a->seq - 1, c->size, b64);
+	for (size_t i = 0; i < n; i++) {
+		audit_ctl_b64(b64, sizeof(b64), proof[i], AUDIT_HASH_LEN);
+		strbuf_printf(&b, "%s\"%s\"", i ? "," : "", b64);
+	}
+	audit_ctl_b64(b64, sizeof(b64), c->root, AUDIT_HASH_LEN);
+	strbuf_printf(&b, "],\"root\":\"%s\",\"leaf\":\"", b64);
+	size_t elen = sodium_base64_ENCODED_LEN(leaf_len, sodium_base64_VARIANT_ORIGINAL);
+	char *enc = malloc(elen);
+	if (enc) {
+		audit_ctl_b64(enc, elen, (const uint8_t *)leaf, leaf_len);
+		strbuf_puts(&b, enc);
+		free(enc);
+	} else {
+		b.failed = true;
+	}
+	strbuf_puts(&b, "\",\"checkpoint\":");
+	strbuf_json_string(&b, note);
+	strbuf_puts(&b, "}\n");
+	size_t len = 0;
+	char *text = strbuf_take(&b, &len);
+	if (!text)
+		ctl_warn("out of memory");
+	else
+		fwrite(text, 1, len, stdout);
+	free(text);
+}
+
+static int prove_help(void)
+{
+	printf("%s\nPrints, as one JSON object, a proof that entry SEQ is in the log: its\n"
+	       "leaf hash, the inclusion proof (RFC 9162), the root and the signed\n"
+	       "checkpoint of the tree it is proved in (the latest, or the stored one of size\n"
+	       "N), and the entry itself (base64). The proof is verified before it is\n"
+	       "printed. SEQ is the audit index a receipt or an error carries.\n\n%s",
+	       prove_usage, audit_where_help);
+	return CTL_EXIT_OK;
+}
+
+int audit_prove_cmd(int argc, char **argv)
+{
+	struct audit_where w = {0};
+	struct prove_args a = {0};
+	int status = prove_options(argc, argv, &w, &a);
+	if (status != CTL_EXIT_OK)
+		return status;
+	if (w.help)
+		return prove_help();
+	struct audit_log l;
+	struct audit_verifier v;
+	struct audit_checkpoint c;
+	char key[AUDIT_VERIFIER_KEY_MAX], *note = NULL, *leaf = NULL;
+	const char *from = NULL;
+	size_t leaf_len = 0, n = 0;
+	uint8_t(*leaves)[AUDIT_HASH_LEN] = NULL;
+	uint8_t proof[AUDIT_PROOF_MAX][AUDIT_HASH_LEN], root[AUDIT_HASH_LEN];
+	status = audit_log_open(&l, &w, prove_usage, true);
+	if (status == CTL_EXIT_OK)
+		status = audit_log_verifier(&l, &w, &v, key, &from);
+	if (status == CTL_EXIT_OK)
+		status = prove_checkpoint(&l, &v, &a, &c, &note);
+	if (status == CTL_EXIT_OK)
+		status = prove_leaves(&l, c.size, a.seq, &leaves, &leaf, &leaf_len);
+	const uint8_t(*cl)[AUDIT_HASH_LEN] = (const uint8_t(*)[AUDIT_HASH_LEN])leaves;
+	if (status == CTL_EXIT_OK && (audit_root_from_leaves(cl, c.size, root) != 0 ||
+	                              memcmp(root, c.root, AUDIT_HASH_LEN) != 0)) {
+		ctl_warn("the log does not match the checkpoint of size %" PRIu64
+		         "; run 'isgctl audit verify'",
+		         c.size);
+		status = CTL_EXIT_LOCAL;
+	}
+	if (status == CTL_EXIT_OK &&
+	    (audit_inclusion_proof(cl, c.size, a.seq - 1, proof, &n) != 0 ||
+	     audit_verify_inclusion(a.seq - 1, c.size, leaves[a.seq - 1],
+	                            (const uint8_t(*)[AUDIT_HASH_LEN])proof, n, c.root) != 0)) {
+		ctl_warn("the inclusion proof of entry %" PRIu64 " does not verify", a.seq);
+		status = CTL_EXIT_LOCAL;
+	}
+	if (status == CTL_EXIT_OK)
+		print_proof(&a, &c, leaves[a.seq - 1], (const uint8_t(*)[AUDIT_HASH_LEN])proof, n,
+		            leaf, leaf_len, note);
+	free(leaves);
+	free(leaf);
+	free(note);
+	audit_log_release(&l);
+	return status;
+}
