@@ -70,25 +70,11 @@ char *entry_accepted(const struct policy_set *set, const struct policy_outcome *
 	return strbuf_take(&b, len);
 }
 
-/* The pseudo module's type for an identifier-typed field; 0 for other types. */
+/* Identifiers name a subject; dates alone do not. */
 static enum pseudo_type subject_type(enum field_type t)
 {
-	switch (t) {
-	case FIELD_NHS_NUMBER:
-		return PSEUDO_NHS_NUMBER;
-	case FIELD_PNC_ID:
-		return PSEUDO_PNC_ID;
-	case FIELD_POSTCODE:
-		return PSEUDO_POSTCODE;
-	case FIELD_NAME:
-		return PSEUDO_NAME;
-	case FIELD_EMAIL:
-		return PSEUDO_EMAIL;
-	case FIELD_IDENTIFIER:
-		return PSEUDO_IDENTIFIER;
-	default:
-		return 0;
-	}
+	enum pseudo_type p = policy_field_pseudo_type(t);
+	return p == PSEUDO_DATE ? 0 : p;
 }
 
 static const struct policy_field *dataset_field(const struct policy_dataset *ds, const char *name)

@@ -228,8 +228,7 @@ static bool parse_real(const char *s, double *out)
 	return true;
 }
 
-/* The pseudo module's identifier type for a field type; 0 when it has none. */
-static enum pseudo_type identifier_type(enum field_type type)
+enum pseudo_type policy_field_pseudo_type(enum field_type type)
 {
 	switch (type) {
 	case FIELD_DATE:
@@ -304,8 +303,8 @@ static bool convert(enum field_type type, const Isg__Value *in, Isg__Value *out,
 	default:
 		if (!text)
 			return false;
-		if (pseudo_normalise(identifier_type(type), in->text, strlen(in->text), norm,
-		                     reason) != 0)
+		if (pseudo_normalise(policy_field_pseudo_type(type), in->text, strlen(in->text),
+		                     norm, reason) != 0)
 			return false;
 		/* Formats have one canonical spelling; names and addresses are folded only
 		 * for hashing, so in clear they pass as written. */
@@ -480,7 +479,7 @@ static int add_pseudonymised(struct builder *b, size_t k, const char *norm)
 	struct pseudo_request *r = &b->reqs[q];
 	memset(r, 0, sizeof(*r));
 	r->domain = pf->domain;
-	r->type = identifier_type(pf->type);
+	r->type = policy_field_pseudo_type(pf->type);
 	r->norm = b->req_norm[q];
 	r->len = strlen(norm);
 	b->req_out[q] = b->n_out;

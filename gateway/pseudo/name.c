@@ -106,30 +106,6 @@ static uint32_t lower_other(uint32_t cp)
 	return cp;
 }
 
-static size_t utf8_put(char *out, uint32_t cp)
-{
-	if (cp < 0x80) {
-		out[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		out[0] = (char)(0xc0 | (cp >> 6));
-		out[1] = (char)(0x80 | (cp & 0x3f));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		out[0] = (char)(0xe0 | (cp >> 12));
-		out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-		out[2] = (char)(0x80 | (cp & 0x3f));
-		return 3;
-	}
-	out[0] = (char)(0xf0 | (cp >> 18));
-	out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-	out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-	out[3] = (char)(0x80 | (cp & 0x3f));
-	return 4;
-}
-
 /* Append the folded form of one letter; false when it would not fit. */
 static bool put_letter(char *out, size_t *n, uint32_t cp)
 {
@@ -143,7 +119,7 @@ static bool put_letter(char *out, size_t *n, uint32_t cp)
 		s = latin_fold[cp - 0xc0];
 		len = s[1] ? 2 : 1;
 	} else {
-		len = utf8_put(buf, lower_other(cp));
+		len = utf8_encode(lower_other(cp), buf);
 	}
 	if (*n + len > PSEUDO_VALUE_MAX)
 		return false;

@@ -80,6 +80,8 @@ bool str_utf8_valid(const char *s, size_t len);
  * byte >= 0x80 as a digit. Returns 0 or ISG_ERR_PARSE.
  */
 int base64_decode(const char *s, size_t len, uint8_t *out, size_t max, size_t *out_len);
+/* Encode one code point (at most U+10FFFF) as UTF-8 into out; returns 1 to 4. */
+size_t utf8_encode(uint32_t cp, char out[static 4]);
 /* Lowercase hex of len bytes into out (2*len+1 bytes). */
 void hex_encode(char *out, const uint8_t *in, size_t len);
 
