@@ -3,7 +3,7 @@
  * (DESIGN.md section 8, docs/audit.md). This file dispatches and holds the
  * two small commands, pubkey and checkpoint; verify and prove are in
  * cmd_audit_verify.c, list and subject in cmd_audit_list.c, export in
- * cmd_audit_export.c. None of them writes to the store.
+ * cmd_audit_export.c, report in cmd_audit_report.c. None of them writes to the store.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +104,7 @@ static const struct ctl_command audit_commands[] = {
     {"list", audit_list_cmd, "list entries, filtered by time, partner, agreement, kind"},
     {"subject", audit_subject_cmd, "list every exchange that involved one person"},
     {"export", audit_export_cmd, "write the log as JSON Lines that anyone can verify"},
+    {"report", audit_report_cmd, "write a privacy-impact review of a period (HTML, Markdown, CSV)"},
 };
 
 int cmd_audit(int argc, char **argv)

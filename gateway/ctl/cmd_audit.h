@@ -187,6 +187,25 @@ void audit_ctl_printable(char *out, size_t size, const char *s, size_t max);
 /* Read a small text file (a saved checkpoint, a key) of at most max bytes. Exit status. */
 int audit_ctl_read_file(const char *path, size_t max, char **buf, size_t *len);
 
+/* ---- cmd_audit_verify.c: the checks of audit verify, for the report ---- */
+
+struct audit_verify_result {
+	unsigned problems;
+	uint64_t entries;
+	size_t checkpoints;         /* stored checkpoints whose signature verified */
+	unsigned checkpoints_total; /* stored checkpoints */
+	uint64_t latest_size;       /* of the latest verified checkpoint; 0 when none */
+	uint8_t latest_root[AUDIT_HASH_LEN];
+	uint64_t uncovered; /* entries after the latest checkpoint */
+};
+/*
+ * Run every check of `isgctl audit verify` (without --against) on an open
+ * log, writing each problem to out as a line "problem: ...". CTL_EXIT_OK
+ * when the log could be read (res->problems says whether it verified).
+ */
+int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, FILE *out,
+                     struct audit_verify_result *res);
+
 /* ---- the subcommands ---- */
 
 int audit_pubkey_cmd(int argc, char **argv);
@@ -196,5 +215,6 @@ int audit_prove_cmd(int argc, char **argv);
 int audit_list_cmd(int argc, char **argv);
 int audit_subject_cmd(int argc, char **argv);
 int audit_export_cmd(int argc, char **argv);
+int audit_report_cmd(int argc, char **argv);
 
 #endif

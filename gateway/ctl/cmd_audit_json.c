@@ -82,29 +82,6 @@ static int hex4(const char *s, uint32_t *out)
 	return 0;
 }
 
-static size_t put_utf8(char *out, uint32_t cp)
-{
-	if (cp < 0x80) {
-		out[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		out[0] = (char)(0xc0 | (cp >> 6));
-		out[1] = (char)(0x80 | (cp & 0x3f));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		out[0] = (char)(0xe0 | (cp >> 12));
-		out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-		out[2] = (char)(0x80 | (cp & 0x3f));
-		return 3;
-	}
-	out[0] = (char)(0xf0 | (cp >> 18));
-	out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-	out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-	out[3] = (char)(0x80 | (cp & 0x3f));
-	return 4;
-}
 
 /* A \uXXXX escape (and its low surrogate) at ps->pos, just after the 'u'. */
 static int read_u_escape(struct aj_parser *ps, uint32_t *cp)
@@ -141,7 +118,7 @@ static int read_escape(struct aj_parser *ps, char *out, size_t *n)
 	uint32_t cp;
 	int rc = read_u_escape(ps, &cp);
 	if (rc == 0)
-		*n += put_utf8(out + *n, cp);
+		*n += utf8_encode(cp, out + *n);
 	return rc;
 }
 

@@ -67,6 +67,7 @@ struct verify {
 	unsigned problems, stored_total, saved_total;
 	unsigned roots, roots_matched, proofs, proofs_verified;
 	bool oom;
+	FILE *out; /* where problems are written */
 };
 
 static void problem(struct verify *vs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -75,9 +76,9 @@ static void problem(struct verify *vs, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("problem: ", stdout);
-	vprintf(fmt, ap);
-	fputc('\n', stdout);
+	fputs("problem: ", vs->out);
+	vfprintf(vs->out, fmt, ap);
+	fputc('\n', vs->out);
 	va_end(ap);
 	vs->problems++;
 }
@@ -482,6 +483,42 @@ static int verify_help(void)
 	return CTL_EXIT_OK;
 }
 
+/* Every check, once the verifier is known; problems go to vs->out. Exit status. */
+static int verify_run(struct verify *vs, struct audit_log *l, char **against, size_t n_against)
+{
+	int status = load_stored(vs, l);
+	if (status == CTL_EXIT_OK)
+		status = load_saved(vs, against, n_against);
+	if (status == CTL_EXIT_OK)
+		status = stream_entries(vs, l);
+	if (status == CTL_EXIT_OK)
+		report_unreached(vs);
+	return status;
+}
+
+int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, FILE *out,
+                     struct audit_verify_result *res)
+{
+	struct verify vs = {.v = *v, .out = out};
+	audit_tree_init(&vs.tree);
+	aj_doc_init(&vs.doc);
+	memset(res, 0, sizeof(*res));
+	int status = verify_run(&vs, l, NULL, 0);
+	res->problems = vs.problems;
+	res->entries = vs.tree.size;
+	res->checkpoints = vs.n_stored;
+	res->checkpoints_total = vs.stored_total;
+	const struct cp *last = vs.n_stored ? &vs.stored[vs.n_stored - 1] : NULL;
+	if (last) {
+		res->latest_size = last->size;
+		memcpy(res->latest_root, last->root, AUDIT_HASH_LEN);
+	}
+	uint64_t covered = last && last->reached ? last->size : 0;
+	res->uncovered = covered < vs.tree.size ? vs.tree.size - covered : 0;
+	verify_release(&vs);
+	return status;
+}
+
 int audit_verify_cmd(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -515,7 +552,7 @@ int audit_verify_cmd(int argc, char **argv)
 		return status;
 	}
 	struct audit_log l;
-	struct verify vs = {0};
+	struct verify vs = {.out = stdout};
 	char key[AUDIT_VERIFIER_KEY_MAX];
 	const char *from = NULL;
 	audit_tree_init(&vs.tree);
@@ -525,14 +562,9 @@ int audit_verify_cmd(int argc, char **argv)
 		status = audit_log_verifier(&l, &w, &vs.v, key, &from);
 	if (status == CTL_EXIT_OK) {
 		printf("verifier key: %s (from %s)\n", key, from);
-		status = load_stored(&vs, &l);
+		status = verify_run(&vs, &l, against, n_against);
 	}
-	if (status == CTL_EXIT_OK)
-		status = load_saved(&vs, against, n_against);
-	if (status == CTL_EXIT_OK)
-		status = stream_entries(&vs, &l);
 	if (status == CTL_EXIT_OK) {
-		report_unreached(&vs);
 		summarise(&vs);
 		status = vs.problems ? CTL_EXIT_LOCAL : CTL_EXIT_OK;
 	}
