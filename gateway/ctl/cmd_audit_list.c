@@ -480,19 +480,6 @@ struct subject {
 	bool oom;
 };
 
-static bool subject_add(struct subject *s, const char *p)
-{
-	if (!p[0])
-		return true;
-	for (size_t i = 0; i < s->n; i++)
-		if (strcmp(s->pseudonyms[i], p) == 0)
-			return true;
-	if (s->n == s->cap)
-		return false; /* cap is sized for every version; cannot happen */
-	str_copy(s->pseudonyms[s->n++], p, PSEUDO_TEXT_MAX);
-	return true;
-}
-
 static bool subject_has(const struct subject *s, const char *p)
 {
 	for (size_t i = 0; i < s->n; i++)
@@ -598,74 +585,21 @@ static size_t audit_domain(const struct keyring *ring, size_t *n_versions)
 	return SIZE_MAX;
 }
 
-/*
- * Pseudonyms under every version the keys module will answer for. It
- * answers with the current version and, on a given day, the previous one
- * still in its overlap; asking as of the last day of each older version's
- * overlap reaches that version unless a newer older version overlaps it.
- * The versions reached are reported, and so are those that were not.
- */
+/* The subject's pseudonym under every version of the audit key, retired ones included. */
 static int subject_pseudonyms(const struct keyring *ring, enum pseudo_type type, const char *norm,
                               size_t len, struct subject *s)
 {
-	size_t n_versions = 0, di = audit_domain(ring, &n_versions);
-	struct pseudo_service svc = keyring_service(ring);
-	int64_t today = date_days_of_ms(time_now_ms());
-	s->cap = 2 * (n_versions + 1);
-	s->pseudonyms = sodium_allocarray(s->cap, PSEUDO_TEXT_MAX);
+	size_t n_versions = 0;
+	audit_domain(ring, &n_versions);
+	s->pseudonyms = sodium_allocarray(n_versions ? n_versions : 1, PSEUDO_TEXT_MAX);
 	if (!s->pseudonyms) {
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;
 	}
-	for (size_t j = 0; j <= n_versions; j++) {
-		struct keys_version_info v = {.retires = KEYS_RETIRES_NEVER};
-		int64_t day = today;
-		if (j < n_versions) {
-			if (keyring_version_info(ring, di, j, today, &v) != 0 ||
-			    v.retires == KEYS_RETIRES_NEVER)
-				continue;
-			day = v.retires - 1;
-		}
-		struct pseudo_request req = {
-		    .domain = AUDIT_DOMAIN_NAME, .type = type, .norm = norm, .len = len};
-		int rc = svc.pseudonymise(svc.ctx, &req, 1, day);
-		bool ok = rc == 0 && subject_add(s, req.out) && subject_add(s, req.previous);
-		sodium_memzero(&req, sizeof(req));
-		if (!ok) {
-			ctl_warn("cannot compute pseudonyms under the audit domain: %s",
-			         isg_strerror(rc ? rc : ISG_ERR_LIMIT));
-			return CTL_EXIT_LOCAL;
-		}
-	}
+	s->cap = n_versions;
+	s->n = keyring_pseudonymise_all(ring, AUDIT_DOMAIN_NAME, type, norm, len, s->pseudonyms,
+	                                s->cap);
 	return CTL_EXIT_OK;
-}
-
-/* Say which key versions were searched, and which could not be. */
-static void report_versions(const struct keyring *ring, const struct subject *s)
-{
-	size_t n_versions = 0, di = audit_domain(ring, &n_versions);
-	struct strbuf missing;
-	strbuf_init(&missing);
-	for (size_t j = 0; j < n_versions; j++) {
-		struct keys_version_info v;
-		if (keyring_version_info(ring, di, j, 0, &v) != 0)
-			continue;
-		char prefix[16];
-		snprintf(prefix, sizeof(prefix), "p%u_", (unsigned)v.version);
-		bool found = false;
-		for (size_t i = 0; i < s->n && !found; i++)
-			found = strncmp(s->pseudonyms[i], prefix, strlen(prefix)) == 0;
-		if (!found)
-			strbuf_printf(&missing, "%s%u", missing.len ? ", " : "",
-			              (unsigned)v.version);
-	}
-	char *text = strbuf_take(&missing, NULL);
-	if (text && text[0])
-		ctl_warn("note: entries written under audit key version(s) %s cannot be searched: "
-		         "the keys module answers only for the current version and one previous "
-		         "version at a time (docs/audit.md)",
-		         text);
-	free(text);
 }
 
 static int load_audit_keyring(const struct audit_log *l, struct keyring **ring)
@@ -813,7 +747,6 @@ int audit_subject_cmd(int argc, char **argv)
 		status = CTL_EXIT_LOCAL;
 	}
 	if (status == CTL_EXIT_OK) {
-		report_versions(ring, &s);
 		if (s.without_subjects)
 			ctl_warn("note: %" PRIu64 " of %" PRIu64
 			         " message.accepted entries carry no "

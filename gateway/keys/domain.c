@@ -623,6 +623,19 @@ static int keyring_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n
 	return 0;
 }
 
+size_t keyring_pseudonymise_all(const struct keyring *ring, const char *domain,
+                                enum pseudo_type type, const char *norm, size_t len,
+                                char (*out)[PSEUDO_TEXT_MAX], size_t max)
+{
+	const struct domain *d = keyring_find(ring, domain);
+	if (!d)
+		return 0;
+	const struct pseudo_request r = {.domain = domain, .type = type, .norm = norm, .len = len};
+	for (size_t j = 0; j < d->n && j < max; j++)
+		answer(d, j, &r, out[j]);
+	return d->n;
+}
+
 struct pseudo_service keyring_service(const struct keyring *ring)
 {
 	/* The service only reads through ctx; the cast drops const for the generic slot. */

@@ -93,6 +93,16 @@ const char *keyring_domain_name(const struct keyring *ring, size_t i, size_t *n_
 int keyring_version_info(const struct keyring *ring, size_t i, size_t j, int64_t today_days,
                          struct keys_version_info *out);
 
+/*
+ * The pseudonym of one value under every stored version of a domain's key,
+ * retired versions included, oldest first: for searching the audit log,
+ * whose entries keep the version that was current when they were written.
+ * Fills at most max; returns how many versions the domain has (0: unknown).
+ */
+size_t keyring_pseudonymise_all(const struct keyring *ring, const char *domain,
+                                enum pseudo_type type, const char *norm, size_t len,
+                                char (*out)[PSEUDO_TEXT_MAX], size_t max);
+
 /* Create domains/NAME.key with version 1; refuses an existing domain. */
 int keys_new_domain(const char *dir, const char *name, char *err, size_t errlen)
     __attribute__((warn_unused_result));

@@ -973,6 +973,14 @@ static void test_rotate_overlap(void **state)
 	assert_int_equal(info.state, KEYS_VERSION_RETIRED);
 	assert_int_equal(keyring_version_info(ring, 0, 1, t + 30, &info), 0);
 	assert_int_equal(info.state, KEYS_VERSION_CURRENT);
+	/* Every version answers for the audit log's search, the retired one included. */
+	char all[3][PSEUDO_TEXT_MAX];
+	assert_int_equal(
+	    keyring_pseudonymise_all(ring, "d", PSEUDO_NHS_NUMBER, "9434765919", 10, all, 3), 2);
+	assert_string_equal(all[0], P1_NHS);
+	assert_string_equal(all[1], out);
+	assert_int_equal(
+	    keyring_pseudonymise_all(ring, "nope", PSEUDO_NHS_NUMBER, "9434765919", 10, all, 3), 0);
 	assert_int_equal(info.created, t);
 	keyring_free(ring);
 
