@@ -219,14 +219,23 @@ static uint32_t current_version(const struct keyring *ring, const char *name, in
 	return 0;
 }
 
+/* Append "name" to a JSON list being built in b (first: no comma). */
+static void list_add(struct strbuf *b, bool *first, const char *name)
+{
+	strbuf_puts(b, *first ? "" : ",");
+	strbuf_json_string(b, name);
+	*first = false;
+}
+
 char *entry_keys(const struct keyring *now, const struct keyring *before, int64_t today_days,
                  bool *rotated, size_t *len)
 {
-	struct strbuf b, changed;
+	struct strbuf b, created, changed;
 	strbuf_init(&b);
+	strbuf_init(&created);
 	strbuf_init(&changed);
+	bool no_created = true, no_changed = true;
 	strbuf_puts(&b, "{\"event\":\"keys.loaded\",\"domains\":{");
-	*rotated = false;
 	for (size_t i = 0; i < keyring_domain_count(now); i++) {
 		size_t nv;
 		const char *name = keyring_domain_name(now, i, &nv);
@@ -234,16 +243,18 @@ char *entry_keys(const struct keyring *now, const struct keyring *before, int64_
 		strbuf_puts(&b, i ? "," : "");
 		strbuf_json_string(&b, name);
 		strbuf_printf(&b, ":%u", v);
-		if (before && current_version(before, name, today_days) != v) {
-			strbuf_puts(&changed, *rotated ? "," : "");
-			strbuf_json_string(&changed, name);
-			*rotated = true;
-		}
+		if (!before)
+			continue;
+		uint32_t was = current_version(before, name, today_days);
+		if (was == 0)
+			list_add(&created, &no_created, name);
+		else if (was != v)
+			list_add(&changed, &no_changed, name);
 	}
-	strbuf_puts(&b, "},\"rotated\":[");
-	char *list = strbuf_take(&changed, NULL);
-	strbuf_puts(&b, list ? list : "");
-	free(list);
-	strbuf_puts(&b, "]}");
+	*rotated = !no_changed || !no_created;
+	char *c = strbuf_take(&created, NULL), *r = strbuf_take(&changed, NULL);
+	strbuf_printf(&b, "},\"created\":[%s],\"rotated\":[%s]}", c ? c : "", r ? r : "");
+	free(c);
+	free(r);
 	return strbuf_take(&b, len);
 }

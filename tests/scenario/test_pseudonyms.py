@@ -124,6 +124,15 @@ class PseudonymCase(isgtest.ScenarioCase):
             out.extend(m["records"])
         return out
 
+    def audit_bodies(self, kind):
+        """Bodies of the audit entries of one kind, read from the store (docs/audit-format.md)."""
+        db = sqlite3.connect("file:%s?mode=ro" % self.gw.store_path, uri=True)
+        try:
+            rows = db.execute("SELECT entry FROM audit WHERE kind = ? ORDER BY seq", (kind,)).fetchall()
+        finally:
+            db.close()
+        return [json.loads(r[0])["entry"] for r in rows]
+
     def assertPseudonym(self, value, version=1):
         self.assertIsInstance(value, str)
         m = PSEUDONYM.fullmatch(value)
@@ -378,19 +387,12 @@ class TestRotation(PseudonymCase):
         loaded = self.audit_bodies("keys.loaded")
         self.assertEqual(len(loaded), 2, loaded)
         self.assertEqual(loaded[0]["rotated"], [])
+        self.assertEqual(loaded[0]["created"], [])
+        self.assertEqual(loaded[1]["created"], [])
         self.assertEqual(loaded[0]["domains"][COUNCIL_DOMAIN], 1)
         self.assertEqual(loaded[1]["domains"], {"audit": 1, COUNCIL_DOMAIN: 2, HEALTH_DOMAIN: 2})
         self.assertEqual(sorted(loaded[1]["rotated"]), sorted([COUNCIL_DOMAIN, HEALTH_DOMAIN]))
         self.assertIn("event=keys.rotated", self.gw.log)
-
-    def audit_bodies(self, kind):
-        """Bodies of the audit entries of one kind, read from the store (docs/audit-format.md)."""
-        db = sqlite3.connect("file:%s?mode=ro" % self.gw.store_path, uri=True)
-        try:
-            rows = db.execute("SELECT entry FROM audit WHERE kind = ? ORDER BY seq", (kind,)).fetchall()
-        finally:
-            db.close()
-        return [json.loads(r[0])["entry"] for r in rows]
 
 
 class TestRefusalsAtStartAndReload(PseudonymCase):
@@ -461,6 +463,9 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
         self.assertEqual(ghost, self.expected("ghost-link", 1, T_NHS, NHS_A))
         self.assertEqual(recs[1], {"nhs_number": self.expected(COUNCIL_DOMAIN, 2, T_NHS, NHS_A),
                                    "nhs_number.previous": before})
+        loaded = self.audit_bodies("keys.loaded")
+        self.assertEqual(loaded[-1]["created"], ["ghost-link"])
+        self.assertEqual(loaded[-1]["rotated"], [COUNCIL_DOMAIN])
 
         # a domain key file that became readable by others: refused too, keys kept
         path = os.path.join(self.gw.keys_dir, "domains", "ghost-link.key")
