@@ -250,7 +250,9 @@ static int run(struct gateway *g, struct regime *regime, struct secrets *sec, SS
 	          regime->policy->version, (int)getpid());
 	serve(g, sigs);
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
-	store_close(g->store); /* after the workers: their last answers are stored */
+	/* After the workers, so their last requests are stored; before net_server_free,
+	 * which cleans up what the store's last commits posted to the stopped workers. */
+	store_close(g->store);
 	net_server_free(g->net);
 	quota_free(g->quota);
 	regime_unref(g->regime);

@@ -988,6 +988,11 @@ static int worker_init(struct net_worker *w, struct net_server *s, uint32_t inde
 
 static void worker_release(struct net_worker *w)
 {
+	/* Work posted after the worker stopped (the store's last commits wake
+	 * connections that are gone): run it now, with no connections left, so
+	 * each post frees what it carries. */
+	if (w->event_fd >= 0)
+		worker_run_posts(w);
 	if (w->listen_fd >= 0)
 		close(w->listen_fd);
 	if (w->epfd >= 0)
