@@ -82,7 +82,6 @@ static int hex4(const char *s, uint32_t *out)
 	return 0;
 }
 
-
 /* A \uXXXX escape (and its low surrogate) at ps->pos, just after the 'u'. */
 static int read_u_escape(struct aj_parser *ps, uint32_t *cp)
 {
