@@ -1,0 +1,640 @@
+"""
+Scenario: the bad-input catalogue of issue 7 (DESIGN.md sections 9 and 10)
+against the real isgd, speaking raw frames with the Python protobuf runtime.
+
+Each case asserts the exact error the peer sees (code and rule where there
+is one), that isgd keeps serving another partner afterwards (a normal send
+and fetch still work), that nothing it had accepted is lost, and that the
+isgd log holds none of the record values sent.
+
+Covered elsewhere and not repeated here: certificates (expired, not yet
+valid, revoked, untrusted CA, unknown partner: test_exchange.py), oversized
+length prefix and a frame that does not decode (test_python_client.py),
+acking another partner's message (test_python_client.py), invalid
+identifiers (test_exchange.py, test_pseudonyms.py), daily limits
+(test_limits.py).
+"""
+
+import itertools
+import os
+import socket
+import ssl
+import time
+import unittest
+
+import isgtest
+from isgtest import AGREEMENT_ID, DATASET, pb_record, pb_record_dict, varint_encode
+
+NHS_A = "9434765919"
+NHS_B = "6281948211"
+# Distinctive values: a search of the log cannot hit them by chance.
+NAME_A = "quorvandelique"
+NAME_B = "zimbratholowe"
+SUMMARY = "Seen at Vextrobble Mews by Ulphrenna"
+_SERIAL = itertools.count(1)
+
+
+def tag(num, wire_type):
+    return varint_encode((num << 3) | wire_type)
+
+
+def ld(num, data):
+    """A length-delimited protobuf field."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return tag(num, 2) + varint_encode(len(data)) + data
+
+
+def vi(num, value):
+    """A varint protobuf field."""
+    return tag(num, 0) + varint_encode(value)
+
+
+def delimited(body):
+    return varint_encode(len(body)) + body
+
+
+class HardeningCase(isgtest.ScenarioCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.pb = isgtest.isg_pb2()
+
+    def setUp(self):
+        super().setUp()
+        self.gw = None
+        # after the gateway has stopped (cleanups run last in, first out)
+        self.addCleanup(self._final_log_check)
+
+    def _final_log_check(self):
+        for gw in self._gateways:
+            self.assertLogClean(gw)
+
+    # -- helpers
+
+    def connect(self, name, gw=None, **kw):
+        c = isgtest.FrameConn(gw or self.gw, self.pki.certs[name], **kw)
+        self.addCleanup(c.close)
+        return c
+
+    def expect(self, reply, body):
+        kind = reply.WhichOneof("body")
+        if kind != body:
+            self.fail("expected %s, got %s:\n%s\n%s" % (body, kind, reply, self.gw.diagnostics()))
+        return getattr(reply, body)
+
+    def expect_error(self, reply, code, rule=None):
+        e = self.expect(reply, "error")
+        self.assertEqual(self.pb.ErrorCode.Name(e.code), self.pb.ErrorCode.Name(code), e)
+        if rule is not None:
+            self.assertEqual(e.rule, rule, e)
+        self.assertTrue(e.message, e)
+        return e
+
+    def send_request(self, message_id, records, recipient="nhs-trust"):
+        req = self.pb.SendRequest(message_id=message_id, recipient=recipient, agreement_id=AGREEMENT_ID,
+                                  dataset=DATASET)
+        req.records.extend(pb_record(self.pb, r) for r in records)
+        return req
+
+    def accepted(self, conn, message_id, records):
+        reply = conn.request(send=self.send_request(message_id, records))
+        return self.expect(reply, "send_result").receipt
+
+    def assertClosed(self, conn, timeout=5.0, what="connection"):
+        """The gateway closes conn: EOF (or a reset / TLS error) within timeout; no frame first."""
+        conn.sock.settimeout(timeout * isgtest.SLOW)
+        t0 = time.monotonic()
+        try:
+            while True:
+                data = conn.sock.recv(65536)
+                if not data:
+                    break
+                conn.buf += data
+                if isgtest.varint_decode(conn.buf) is not None:
+                    n, pos = isgtest.varint_decode(conn.buf)
+                    if len(conn.buf) - pos >= n:
+                        f = self.pb.Frame()
+                        f.ParseFromString(conn.buf[pos:pos + n])
+                        self.fail("%s: unexpected frame before the close:\n%s" % (what, f))
+        except (ConnectionError, ssl.SSLError):
+            pass
+        except socket.timeout:
+            self.fail("%s: not closed within %.1fs\n%s" % (what, timeout, self.gw.diagnostics()))
+        return time.monotonic() - t0
+
+    def assertServing(self, gw=None, pending=()):
+        """
+        isgd is alive and serves: police sends a fresh message that nhs
+        fetches together with the message ids in `pending` (accepted earlier
+        and not lost), then acks them all.
+        """
+        gw = gw or self.gw
+        self.assertAlive(gw)
+        mid = "serving-%d" % next(_SERIAL)
+        police = self.connect("police", gw)
+        self.accepted(police, mid, [{"nhs_number": NHS_B, "family_name": NAME_B}])
+        nhs = self.connect("nhs", gw)
+        fetched = self.expect(nhs.request(fetch=self.pb.FetchRequest(max_messages=100)), "fetch_result")
+        got = [d.message_id for d in fetched.deliveries]
+        self.assertEqual(sorted(got), sorted(list(pending) + [mid]), "deliveries after the bad input")
+        for d in fetched.deliveries:
+            if d.message_id == mid:
+                self.assertEqual([pb_record_dict(r) for r in d.records],
+                                 [{"nhs_number": NHS_B, "family_name": NAME_B}])
+        ack = self.expect(nhs.request(ack=self.pb.Ack(gateway_ids=[d.gateway_id for d in fetched.deliveries])),
+                          "ack_result")
+        self.assertEqual(ack.acknowledged, len(fetched.deliveries))
+        police.close()
+        nhs.close()
+
+    def assertLogClean(self, gw=None, values=(NHS_A, NHS_B, NAME_A, NAME_B, SUMMARY)):
+        gw = gw or self.gw
+        log = gw.log
+        for v in values:
+            for line in log.splitlines():
+                if v in line:
+                    self.fail("the isgd log holds a record value %r:\n%s" % (v, line))
+
+
+class TestBadFrames(HardeningCase):
+    def setUp(self):
+        super().setUp()
+        self.gw = self.gateway()
+
+    def test_truncated_frame_then_close(self):
+        police = self.connect("police")
+        kept = self.accepted(police, "trunc-kept", [{"nhs_number": NHS_A, "family_name": NAME_A}])
+        police.close()
+        # half a SendRequest frame (length says more), then the client goes away
+        body = self.pb.Frame(request_id=7, send=self.send_request(
+            "trunc-lost", [{"nhs_number": NHS_A, "concern_summary": SUMMARY}])).SerializeToString()
+        c = self.connect("police")
+        c.send_raw(varint_encode(len(body)) + body[:len(body) // 2])
+        c.close()
+        # a varint cut in the middle, then close
+        c = self.connect("police")
+        c.send_raw(b"\x80")
+        c.close()
+        # a truncated frame then a TCP reset without TLS close_notify
+        c = self.connect("police")
+        c.send_raw(varint_encode(len(body)) + body[:5])
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.sock.close()
+        time.sleep(0.2)
+        self.assertServing(pending=["trunc-kept"])
+        self.assertGreater(kept.gateway_id, 0)
+        self.assertLogClean()
+
+    def test_half_closed_connection(self):
+        """TCP FIN from the client without a TLS close_notify: the gateway closes at once, not after idle_timeout."""
+        pb = self.pb
+        police = self.connect("police")
+        self.accepted(police, "halfopen-kept", [{"nhs_number": NHS_A}])
+        c = self.connect("police")
+        self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=1)), "pong").nonce, 1)
+        raw = socket.socket(fileno=c.sock.fileno())
+        self.addCleanup(raw.detach)
+        raw.shutdown(socket.SHUT_WR)
+        raw.settimeout(3 * isgtest.SLOW)
+        try:
+            while raw.recv(4096):
+                pass  # the gateway's close_notify
+        except ConnectionError:
+            pass
+        except socket.timeout:
+            self.fail("a half-closed connection is still open after 3s\n" + self.gw.diagnostics())
+        self.assertServing(pending=["halfopen-kept"])
+
+    def test_varint_prefix_of_11_bytes(self):
+        police = self.connect("police")
+        self.accepted(police, "varint-kept", [{"nhs_number": NHS_A}])
+        for prefix in [b"\xff" * 11, b"\x80" * 10 + b"\x01"]:
+            c = self.connect("police")
+            c.send_raw(prefix)
+            reply = c.recv_frame(timeout=5 * isgtest.SLOW)
+            e = self.expect_error(reply, self.pb.BAD_FRAME)
+            self.assertEqual(reply.request_id, 0)
+            self.assertEqual(e.record_index if e.record_index else -1, -1)
+            self.assertClosed(c, what="after an 11-byte varint")
+        self.assertServing(pending=["varint-kept"])
+        self.assertLogClean()
+
+    def test_unknown_request_types(self):
+        pb = self.pb
+        c = self.connect("police")
+        # body field numbers the protocol does not define (length-delimited and varint)
+        for n, raw in enumerate([vi(1, 11) + ld(99, b""), vi(1, 12) + ld(23, vi(1, 5)), vi(1, 13) + vi(30, 1)]):
+            c.send_raw(delimited(raw))
+            reply = c.recv_frame(timeout=5 * isgtest.SLOW)
+            self.assertEqual(reply.request_id, 11 + n, reply)
+            self.expect_error(reply, pb.UNSUPPORTED)
+        # the connection carries on
+        self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=5)), "pong").nonce, 5)
+        self.assertServing()
+
+    def test_no_body(self):
+        c = self.connect("police")
+        reply = c.request()  # a Frame with a request_id and no body
+        self.assertEqual(reply.request_id, 1)
+        self.expect_error(reply, self.pb.UNSUPPORTED)
+        c.send_raw(b"\x00")  # a frame of length 0: no request_id, no body
+        reply = c.recv_frame(timeout=5 * isgtest.SLOW)
+        self.assertEqual(reply.request_id, 0)
+        self.expect_error(reply, self.pb.UNSUPPORTED)
+        self.assertEqual(self.expect(c.request(ping=self.pb.Ping(nonce=6)), "pong").nonce, 6)
+
+    def test_response_types_sent_as_requests(self):
+        pb = self.pb
+        c = self.connect("police")
+        bodies = {
+            "welcome": pb.Welcome(protocol_version=1, partner_id="nhs-trust"),
+            "send_result": pb.SendResult(receipt=pb.Receipt(message_id="x", gateway_id=1)),
+            "fetch_result": pb.FetchResult(),
+            "delivery": pb.Delivery(gateway_id=1, message_id="x", sender="nhs-trust"),
+            "ack_result": pb.AckResult(acknowledged=1),
+            "pong": pb.Pong(nonce=1),
+            "error": pb.Error(code=pb.INTERNAL, message="x"),
+        }
+        for name, body in bodies.items():
+            with self.subTest(body=name):
+                reply = c.request(**{name: body})
+                self.expect_error(reply, pb.UNSUPPORTED)
+        self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=7)), "pong").nonce, 7)
+        self.assertServing()
+
+    def test_invalid_utf8(self):
+        pb = self.pb
+        police = self.connect("police")
+        self.accepted(police, "utf8-kept", [{"nhs_number": NHS_A}])
+        bad = b"\xc3\x28 \xff\xfe"
+        records = ld(5, ld(1, ld(1, "nhs_number") + ld(2, ld(1, NHS_A))))
+        cases = {
+            "message_id": ld(1, bad) + ld(2, "nhs-trust") + ld(3, AGREEMENT_ID) + ld(4, DATASET) + records,
+            "field name": ld(1, "utf8-2") + ld(2, "nhs-trust") + ld(3, AGREEMENT_ID) + ld(4, DATASET)
+            + ld(5, ld(1, ld(1, b"nhs_\xffnumber") + ld(2, ld(1, NHS_A)))),
+            "text value": ld(1, "utf8-3") + ld(2, "nhs-trust") + ld(3, AGREEMENT_ID) + ld(4, DATASET)
+            + ld(5, ld(1, ld(1, "family_name") + ld(2, ld(1, b"ab\xed\xa0\x80cd")))  # a UTF-16 surrogate
+                   + ld(1, ld(1, "nhs_number") + ld(2, ld(1, NHS_A)))),
+            "hello client_name": None,
+        }
+        for n, (what, send) in enumerate(cases.items()):
+            with self.subTest(string=what):
+                if send is None:
+                    raw = vi(1, 40 + n) + ld(10, vi(1, 1) + ld(2, b"py\x80"))
+                else:
+                    raw = vi(1, 40 + n) + ld(12, send)
+                police.send_raw(delimited(raw))
+                reply = police.recv_frame(timeout=5 * isgtest.SLOW)
+                self.expect_error(reply, pb.BAD_FRAME)
+        # the connection carries on and nothing was stored
+        self.assertEqual(self.expect(police.request(ping=pb.Ping(nonce=8)), "pong").nonce, 8)
+        self.assertServing(pending=["utf8-kept"])
+        self.assertLogClean()
+
+    def test_wrong_wire_types(self):
+        """A field encoded with another wire type than the schema's: the frame does not decode."""
+        pb = self.pb
+        c = self.connect("police")
+        cases = [
+            ld(1, b"\x05") + ld(20, vi(1, 1)),  # request_id as bytes
+            vi(1, 50) + vi(20, 1),  # ping (a message) as a varint
+            vi(1, 51) + ld(12, vi(1, 3)),  # message_id (a string) as a varint
+            vi(1, 52) + ld(12, ld(1, "ww-1") + vi(5, 1)),  # records as a varint
+            vi(1, 53) + ld(20, tag(1, 5) + b"\x01\x02\x03\x04"),  # nonce as fixed32
+            vi(1, 54) + ld(20, tag(1, 3)),  # a group start (deprecated wire type)
+        ]
+        for i, raw in enumerate(cases):
+            with self.subTest(case=i):
+                c.send_raw(delimited(raw))
+                reply = c.recv_frame(timeout=5 * isgtest.SLOW)
+                self.expect_error(reply, pb.BAD_FRAME)
+        self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=9)), "pong").nonce, 9)
+        self.assertServing()
+
+    def test_unknown_protobuf_fields_are_ignored(self):
+        """proto3: unknown field numbers inside a known message are skipped."""
+        c = self.connect("police")
+        c.send_raw(delimited(vi(1, 60) + ld(20, vi(1, 77) + ld(9, b"extra") + vi(10, 1))))
+        reply = c.recv_frame(timeout=5 * isgtest.SLOW)
+        self.assertEqual(reply.request_id, 60)
+        self.assertEqual(self.expect(reply, "pong").nonce, 77)
+        self.assertServing()
+
+    def test_wrong_value_types(self):
+        pb = self.pb
+        police = self.connect("police")
+        self.accepted(police, "types-kept", [{"nhs_number": NHS_A}])
+        cases = [
+            ("age", True), ("age", 1.5), ("age", "forty"), ("risk_score", "high"), ("risk_score", False),
+            ("urgent", 1.5), ("urgent", "perhaps"), ("concern_date", 20260314), ("concern_date", True),
+        ]
+        for i, (field, value) in enumerate(cases):
+            with self.subTest(field=field, value=value):
+                req = self.send_request("types-%d" % i, [{"nhs_number": NHS_A}, {"nhs_number": NHS_B, field: value}])
+                e = self.expect_error(police.request(send=req), pb.BAD_VALUE)
+                self.assertEqual((e.rule, e.record_index, e.field), ("dataset.field_type", 1, field))
+                self.assertNotIn(str(value), e.message)
+        # a value with no kind set counts as absent: a required field without one is missing
+        req = self.send_request("types-empty", [])
+        rec = req.records.add()
+        rec.fields.add(name="nhs_number")
+        e = self.expect_error(police.request(send=req), pb.MISSING_FIELD, "dataset.required_field")
+        self.assertEqual((e.record_index, e.field), (0, "nhs_number"))
+        # the same field twice
+        req = self.send_request("types-dup", [{"nhs_number": NHS_A, "age": 3}])
+        f = req.records[0].fields.add(name="age")
+        f.value.integer = 4
+        e = self.expect_error(police.request(send=req), pb.BAD_VALUE, "dataset.duplicate_field")
+        self.assertEqual((e.record_index, e.field), (0, "age"))
+        self.assertServing(pending=["types-kept"])
+        self.assertLogClean(values=(NHS_A, NHS_B, "forty", "perhaps", "20260314"))
+
+    def test_bad_message_ids(self):
+        pb = self.pb
+        police = self.connect("police")
+        for mid in ["", "x" * 129]:
+            with self.subTest(length=len(mid)):
+                e = self.expect_error(police.request(send=self.send_request(mid, [{"nhs_number": NHS_A}])),
+                                      pb.BAD_REQUEST, "request.message_id")
+                self.assertEqual(e.record_index, -1)
+        self.accepted(police, "x" * 128, [{"nhs_number": NHS_A}])
+        self.assertServing(pending=["x" * 128])
+
+    def test_huge_repeated_field(self):
+        pb = self.pb
+        police = self.connect("police")
+        self.accepted(police, "huge-kept", [{"nhs_number": NHS_A}])
+        one = ld(5, pb_record(pb, {"nhs_number": NHS_A}).SerializeToString())
+        head = ld(1, "huge-1") + ld(2, "nhs-trust") + ld(3, AGREEMENT_ID) + ld(4, DATASET)
+        for what, rec, count in [("tiny records", one, 100_000), ("empty records", ld(5, b""), 200_000)]:
+            with self.subTest(what=what):
+                body = vi(1, 70) + ld(12, head + rec * count)
+                self.assertLess(len(body), 4 << 20)
+                police.send_raw(delimited(body))
+                reply = police.recv_frame(timeout=10 * isgtest.SLOW)
+                self.assertEqual(reply.request_id, 70)
+                self.expect_error(reply, pb.LIMIT_EXCEEDED, "gateway.max_records_per_message")
+        # many fields in one record, within max_frame
+        rec = ld(5, ld(1, ld(1, "nhs_number") + ld(2, ld(1, NHS_A))) * 100_000)
+        police.send_raw(delimited(vi(1, 71) + ld(12, ld(1, "huge-2") + ld(2, "nhs-trust") + ld(3, AGREEMENT_ID)
+                                                  + ld(4, DATASET) + rec)))
+        reply = police.recv_frame(timeout=10 * isgtest.SLOW)
+        self.assertEqual(reply.request_id, 71)
+        e = self.expect_error(reply, pb.BAD_VALUE, "dataset.duplicate_field")
+        self.assertEqual(e.record_index, 0)
+        # many ack ids in one frame: over 10000 is a bad request, up to it all unknown, nothing changes
+        e = self.expect_error(police.request(ack=pb.Ack(gateway_ids=range(10_000_000, 10_100_000))),
+                              pb.BAD_REQUEST)
+        self.assertEqual(e.record_index, -1)
+        ids = list(range(10_000_000, 10_010_000))
+        ack = self.expect(police.request(ack=pb.Ack(gateway_ids=ids)), "ack_result")
+        self.assertEqual(ack.acknowledged, 0)
+        self.assertEqual(sorted(ack.unknown_ids), ids)
+        self.assertServing(pending=["huge-kept"])
+        self.assertLogClean()
+
+    def test_agreement_max_records(self):
+        agreement = isgtest.default_agreement(limits={"max_records_per_message": 3})
+        self.gw.close()
+        self.gw = self.gateway(self.policy("p2", agreements=[agreement]), name="gw2")
+        pb = self.pb
+        police = self.connect("police")
+        req = self.send_request("amr-1", [{"nhs_number": NHS_A}] * 4)
+        e = self.expect_error(police.request(send=req), pb.LIMIT_EXCEEDED, "agreement.max_records")
+        self.assertIn("3", e.message)
+        self.accepted(police, "amr-2", [{"nhs_number": NHS_A}] * 3)
+        self.assertServing(pending=["amr-2"])
+        self.assertLogClean()
+
+    def test_replayed_message_id_with_other_content(self):
+        pb = self.pb
+        police = self.connect("police")
+        first = self.accepted(police, "replay-1", [{"nhs_number": NHS_A, "family_name": NAME_A}])
+        for records in ([{"nhs_number": NHS_A, "family_name": NAME_B}], [{"nhs_number": NHS_A}],
+                        [{"nhs_number": NHS_A, "family_name": NAME_A}] * 2):
+            e = self.expect_error(police.request(send=self.send_request("replay-1", records)), pb.CONFLICT,
+                                  "message.id")
+            self.assertEqual(e.record_index, -1)
+        # another recipient under the same id is different content too
+        req = self.send_request("replay-1", [{"nhs_number": NHS_A, "family_name": NAME_A}], recipient="city-council")
+        # (the policy check comes first: city-council is no recipient of the agreement)
+        self.expect_error(police.request(send=req), pb.NOT_PERMITTED, "agreement.recipient")
+        # the same content is a duplicate with the first receipt
+        again = self.accepted(police, "replay-1", [{"nhs_number": NHS_A, "family_name": NAME_A}])
+        self.assertTrue(again.duplicate)
+        self.assertEqual(again.gateway_id, first.gateway_id)
+        # the other partner's same message_id is its own
+        nhs = self.connect("nhs")
+        fetched = self.expect(nhs.request(fetch=pb.FetchRequest()), "fetch_result")
+        self.assertEqual([d.message_id for d in fetched.deliveries], ["replay-1"])
+        self.assertEqual([pb_record_dict(r) for r in fetched.deliveries[0].records],
+                         [{"nhs_number": NHS_A, "family_name": NAME_A}])
+        nhs.close()
+        self.assertServing(pending=["replay-1"])
+        self.assertLogClean()
+
+    def test_other_partners_mailbox_and_acks(self):
+        """No request names a mailbox: a partner only ever sees and acks its own."""
+        pb = self.pb
+        police = self.connect("police")
+        r = self.accepted(police, "mbox-1", [{"nhs_number": NHS_A}])
+        council = self.connect("council")
+        fetched = self.expect(council.request(fetch=pb.FetchRequest(max_messages=100)), "fetch_result")
+        self.assertEqual(len(fetched.deliveries), 0)
+        ack = self.expect(council.request(ack=pb.Ack(gateway_ids=[r.gateway_id, 0, (1 << 64) - 1])), "ack_result")
+        self.assertEqual(ack.acknowledged, 0)
+        self.assertEqual(sorted(ack.unknown_ids), sorted([r.gateway_id, 0, (1 << 64) - 1]))
+        self.assertServing(pending=["mbox-1"])
+
+
+class TestSlowClients(HardeningCase):
+    def setUp(self):
+        super().setUp()
+        self.gw = self.gateway(limits={"handshake_timeout": "1s", "idle_timeout": "2s"})
+
+    def raw_socket(self):
+        s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=5 * isgtest.SLOW)
+        self.addCleanup(s.close)
+        return s
+
+    def assertRawClosed(self, s, timeout, lo, hi, what):
+        s.settimeout(timeout)
+        t0 = time.monotonic()
+        try:
+            while s.recv(4096):
+                pass
+        except ConnectionError:
+            pass
+        except socket.timeout:
+            self.fail("%s: not closed within %.1fs\n%s" % (what, timeout, self.gw.diagnostics()))
+        took = time.monotonic() - t0
+        if not isgtest.VALGRIND:
+            self.assertGreater(took, lo, "%s: closed too early" % what)
+            self.assertLess(took, hi, "%s: closed too late" % what)
+
+    def test_tcp_without_tls_closed_after_handshake_timeout(self):
+        police = self.connect("police")
+        self.accepted(police, "slow-kept", [{"nhs_number": NHS_A}])
+        silent = self.raw_socket()
+        partial = self.raw_socket()
+        partial.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello
+        t0 = time.monotonic()
+        self.assertRawClosed(silent, 6, 0.7, 3.0, "a TCP connection that never starts TLS")
+        self.assertRawClosed(partial, max(0.1, 6 - (time.monotonic() - t0)), 0.0, 3.0, "half a ClientHello")
+        self.assertEqual(self.gw.log.count("event=conn.handshake_timeout"), 2, self.gw.diagnostics())
+        self.assertServing(pending=["slow-kept"])
+
+    def test_half_frame_closed_after_idle_timeout(self):
+        pb = self.pb
+        c = self.connect("police")
+        self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=1)), "pong").nonce, 1)
+        body = pb.Frame(request_id=2, send=self.send_request(
+            "half-1", [{"nhs_number": NHS_A, "concern_summary": SUMMARY}])).SerializeToString()
+        c.send_raw(varint_encode(len(body)) + body[:len(body) // 2])
+        took = self.assertClosed(c, timeout=6, what="half a frame then silence")
+        if not isgtest.VALGRIND:
+            self.assertGreater(took, 1.5)
+            self.assertLess(took, 4.5)
+        self.assertServing()  # half-1 was not stored
+        self.assertIn("event=conn.idle_timeout", self.gw.log)
+        self.assertLogClean()
+
+    def test_idle_connection_closed_busy_one_kept(self):
+        pb = self.pb
+        idle = self.connect("police")
+        busy = self.connect("nhs")
+        self.assertEqual(self.expect(idle.request(ping=pb.Ping(nonce=1)), "pong").nonce, 1)
+        t0 = time.monotonic()
+        # the busy connection pings every 0.5s for 3s: more than idle_timeout overall
+        while time.monotonic() - t0 < 3.0:
+            self.assertEqual(self.expect(busy.request(ping=pb.Ping(nonce=2)), "pong").nonce, 2)
+            time.sleep(0.5)
+        idle.sock.settimeout(0.5)
+        try:
+            data = idle.sock.recv(1)
+        except (ConnectionError, ssl.SSLError):
+            data = b""
+        except socket.timeout:
+            self.fail("the idle connection is open after 3s with idle_timeout 2s")
+        self.assertEqual(data, b"", "data on the idle connection")
+        self.assertEqual(self.expect(busy.request(ping=pb.Ping(nonce=3)), "pong").nonce, 3)
+        self.assertEqual(self.gw.log.count("event=conn.idle_timeout"), 1, self.gw.diagnostics())
+        self.assertServing()
+
+    def test_long_poll_fetch_is_not_idle(self):
+        """A fetch waiting past idle_timeout (within max_wait) is traffic in flight, not idleness."""
+        pb = self.pb
+        nhs = self.connect("nhs")
+        t0 = time.monotonic()
+        res = self.expect(nhs.request(fetch=pb.FetchRequest(wait_ms=2500)), "fetch_result")
+        self.assertEqual(len(res.deliveries), 0)
+        self.assertGreater(time.monotonic() - t0, 2.0)
+        self.assertEqual(self.expect(nhs.request(ping=pb.Ping(nonce=4)), "pong").nonce, 4)
+
+
+class TestMaxFrame(HardeningCase):
+    def test_frame_over_max_frame(self):
+        """limits.max_frame 1KiB: 1024 bytes pass, 1025 get BAD_FRAME and the connection is closed."""
+        pb = self.pb
+        self.gw = self.gateway(limits={"max_frame": "1KiB"})
+        police = self.connect("police")
+        self.accepted(police, "maxframe-kept", [{"nhs_number": NHS_A}])
+        # a frame of exactly 1024 bytes: a Ping padded with an unknown field
+        head = vi(1, 3) + ld(20, vi(1, 9))
+        pad = 1024 - len(head) - 3
+        body = head + ld(100, b"p" * (pad - 1))
+        self.assertEqual(len(body), 1024)
+        police.send_raw(delimited(body))
+        self.assertEqual(self.expect(police.recv_frame(timeout=5 * isgtest.SLOW), "pong").nonce, 9)
+        for size, send_body in [(1025, True), (1 << 40, False), (1 << 63, False)]:
+            with self.subTest(size=size):
+                c = self.connect("police")
+                c.send_raw(varint_encode(size) + (b"\x00" * size if send_body else b""))
+                reply = c.recv_frame(timeout=5 * isgtest.SLOW)
+                self.assertEqual(reply.request_id, 0)
+                e = self.expect_error(reply, pb.BAD_FRAME)
+                self.assertIn("1024", e.message)
+                self.assertClosed(c, what="after a frame over max_frame")
+        self.assertServing(pending=["maxframe-kept"])
+
+
+class TestConnectionLimit(HardeningCase):
+    def test_over_max_connections(self):
+        pb = self.pb
+        self.gw = self.gateway(limits={"max_connections": 3})
+        conns = [self.connect(n) for n in ("police", "nhs", "council")]
+        for i, c in enumerate(conns):
+            self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=i)), "pong").nonce, i)
+        kept = self.accepted(conns[0], "limit-kept", [{"nhs_number": NHS_A}])
+        # the 4th is refused: the handshake fails or the connection is closed at once
+        try:
+            fourth = isgtest.FrameConn(self.gw, self.pki.certs["police"], timeout=5 * isgtest.SLOW)
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+        else:
+            self.addCleanup(fourth.close)
+            try:
+                fourth.send_frame(pb.Frame(request_id=1, ping=pb.Ping(nonce=99)))
+            except (ConnectionError, ssl.SSLError, OSError):
+                pass
+            self.assertClosed(fourth, timeout=5, what="the 4th connection")
+        self.assertIn("event=conn.refused", self.gw.log)
+        self.assertRegex(self.gw.log, r"event=conn\.refused .*reason=max_connections limit=3")
+        # the three are still usable
+        for i, c in enumerate(conns):
+            self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=10 + i)), "pong").nonce, 10 + i)
+        for c in conns:
+            c.close()
+        # once they are closed, new connections work
+        deadline = time.monotonic() + 3 * isgtest.SLOW
+        while True:
+            try:
+                c = self.connect("council")
+                self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=5)), "pong").nonce, 5)
+                c.close()
+                break
+            except (ConnectionError, ssl.SSLError, OSError, EOFError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.assertServing(pending=["limit-kept"])
+        self.assertGreater(kept.gateway_id, 0)
+
+
+class TestPartnerRemoved(HardeningCase):
+    def test_removed_partner_connection_closed_on_sighup(self):
+        pb = self.pb
+        policy = self.policy()
+        self.gw = self.gateway(policy)
+        council = self.connect("council")
+        nhs = self.connect("nhs")
+        police = self.connect("police")
+        for c in (council, nhs, police):
+            self.expect(c.request(ping=pb.Ping(nonce=1)), "pong")
+        kept = self.accepted(police, "removed-kept", [{"nhs_number": NHS_A}])
+        partners = [p for p in isgtest.default_partners() if p["id"] != "city-council"]
+        isgtest.write_yaml(os.path.join(policy, "partners.yaml"), {"partners": partners})
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        reply = council.recv_frame(timeout=5 * isgtest.SLOW)
+        self.assertEqual(reply.request_id, 0)
+        self.expect_error(reply, pb.NOT_PERMITTED, "partner.removed")
+        self.assertClosed(council, what="the removed partner's connection")
+        # the other partners' connections stay usable
+        self.assertEqual(self.expect(nhs.request(ping=pb.Ping(nonce=2)), "pong").nonce, 2)
+        self.assertEqual(self.expect(police.request(ping=pb.Ping(nonce=3)), "pong").nonce, 3)
+        fetched = self.expect(nhs.request(fetch=pb.FetchRequest()), "fetch_result")
+        self.assertEqual([d.gateway_id for d in fetched.deliveries], [kept.gateway_id])
+        self.expect(nhs.request(ack=pb.Ack(gateway_ids=[kept.gateway_id])), "ack_result")
+        # a new connection with the removed partner's certificate is unknown
+        c = self.connect("council")
+        reply = c.recv_frame(timeout=5 * isgtest.SLOW)
+        self.expect_error(reply, pb.NOT_PERMITTED, "partner.unknown")
+        self.assertClosed(c, what="the removed partner's new connection")
+        self.assertServing()
+        self.assertLogClean()
+
+
+if __name__ == "__main__":
+    unittest.main()
