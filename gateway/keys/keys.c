@@ -180,6 +180,20 @@ static int keys_parse(const char *path, const char *buf, size_t len, const char 
 }
 
 /* Load one key of the given kind from dir/file into guarded, read-only memory. */
+/* What every operation on a key directory needs first. */
+static int keys_ready(const char *dir, char *err, size_t errlen)
+{
+	if (!dir) {
+		keys_seterr(err, errlen, "no key directory given");
+		return ISG_ERR_INVALID;
+	}
+	if (sodium_init() < 0) {
+		keys_seterr(err, errlen, "libsodium failed to initialise");
+		return ISG_ERR_CRYPTO;
+	}
+	return 0;
+}
+
 static int keys_load(const char *dir, const char *file, const char *kind, uint8_t **key, char *err,
                      size_t errlen)
 {
@@ -191,14 +205,8 @@ static int keys_load(const char *dir, const char *file, const char *kind, uint8_
 	int rc;
 
 	*key = NULL;
-	if (!dir) {
-		keys_seterr(err, errlen, "no key directory given");
-		return ISG_ERR_INVALID;
-	}
-	if (sodium_init() < 0) {
-		keys_seterr(err, errlen, "libsodium failed to initialise");
-		return ISG_ERR_CRYPTO;
-	}
+	if ((rc = keys_ready(dir, err, errlen)) != 0)
+		return rc;
 	rc = keys_path(path, sizeof(path), dir, file, err, errlen);
 	if (rc)
 		goto out;
@@ -383,14 +391,8 @@ int keys_init(const char *dir, char *err, size_t errlen)
 	int created_dir = 0;
 	int rc;
 
-	if (!dir) {
-		keys_seterr(err, errlen, "no key directory given");
-		return ISG_ERR_INVALID;
-	}
-	if (sodium_init() < 0) {
-		keys_seterr(err, errlen, "libsodium failed to initialise");
-		return ISG_ERR_CRYPTO;
-	}
+	if ((rc = keys_ready(dir, err, errlen)) != 0)
+		return rc;
 	rc = keys_path(storage, sizeof(storage), dir, KEYS_STORAGE_FILE, err, errlen);
 	if (rc)
 		return rc;
