@@ -171,8 +171,22 @@ int audit_signer_new(const char *name, const uint8_t seed[static AUDIT_SEED_LEN]
  */
 int audit_signer_from_text(const char *text, size_t len, struct audit_signer **out,
                            const char **reason) __attribute__((warn_unused_result));
+/*
+ * A signer whose private key lives elsewhere (isgd's key process): sign
+ * makes the Ed25519 signature of msg, 0 or a negative isg_err. public_key
+ * must be the key sign signs with; ctx must outlive the signer.
+ */
+#define AUDIT_SIG_LEN 64
+typedef int (*audit_sign_fn)(void *ctx, const uint8_t *msg, size_t len,
+                             uint8_t sig[static AUDIT_SIG_LEN]);
+int audit_signer_remote(const char *name, const uint8_t public_key[static AUDIT_PUBKEY_LEN],
+                        audit_sign_fn sign, void *ctx, struct audit_signer **out)
+    __attribute__((warn_unused_result));
 /* Wipe and free; NULL ok. */
 void audit_signer_free(struct audit_signer *s);
+/* The bare Ed25519 signature of msg (what a note's signature line carries). */
+int audit_signer_sign(const struct audit_signer *s, const uint8_t *msg, size_t len,
+                      uint8_t sig[static AUDIT_SIG_LEN]) __attribute__((warn_unused_result));
 const char *audit_signer_name(const struct audit_signer *s);
 void audit_signer_public_key(const struct audit_signer *s, uint8_t out[static AUDIT_PUBKEY_LEN]);
 /* The verifier key text "<name>+<hex8>+<base64(0x01 || public key)>", NUL-terminated. */

@@ -33,6 +33,8 @@ struct audit_signer {
 	uint8_t public_key[AUDIT_PUBKEY_LEN];
 	uint8_t key_hash[AUDIT_KEY_HASH_LEN];
 	char name[AUDIT_NAME_MAX + 1];
+	audit_sign_fn remote; /* set: secret_key is unused, remote signs */
+	void *remote_ctx;
 };
 
 static int fail(const char **reason, const char *why, int err)
@@ -209,6 +211,7 @@ int audit_signer_new(const char *name, const uint8_t seed[static AUDIT_SEED_LEN]
 	struct audit_signer *s = sodium_malloc(sizeof(*s));
 	if (!s)
 		return ISG_ERR_NOMEM;
+	memset(s, 0, sizeof(*s));
 	if (crypto_sign_seed_keypair(s->public_key, s->secret_key, seed) != 0) {
 		sodium_free(s);
 		return ISG_ERR_CRYPTO;
@@ -219,6 +222,41 @@ int audit_signer_new(const char *name, const uint8_t seed[static AUDIT_SEED_LEN]
 	sodium_mprotect_readonly(s);
 	*out = s;
 	return 0;
+}
+
+int audit_signer_remote(const char *name, const uint8_t public_key[static AUDIT_PUBKEY_LEN],
+                        audit_sign_fn sign, void *ctx, struct audit_signer **out)
+{
+	if (!out)
+		return ISG_ERR_INVALID;
+	*out = NULL;
+	size_t name_len = name ? strnlen(name, AUDIT_NAME_MAX + 1) : 0;
+	if (!name || !public_key || !sign || !name_valid(name, name_len))
+		return ISG_ERR_INVALID;
+	if (sodium_init() < 0)
+		return ISG_ERR_CRYPTO;
+	struct audit_signer *s = sodium_malloc(sizeof(*s));
+	if (!s)
+		return ISG_ERR_NOMEM;
+	memset(s, 0, sizeof(*s));
+	memcpy(s->public_key, public_key, AUDIT_PUBKEY_LEN);
+	key_hash(name, name_len, s->public_key, s->key_hash);
+	memcpy(s->name, name, name_len);
+	s->name[name_len] = '\0';
+	s->remote = sign;
+	s->remote_ctx = ctx;
+	sodium_mprotect_readonly(s);
+	*out = s;
+	return 0;
+}
+
+int audit_signer_sign(const struct audit_signer *s, const uint8_t *msg, size_t len,
+                      uint8_t sig[static AUDIT_SIG_LEN])
+{
+	_Static_assert(AUDIT_SIG_LEN == crypto_sign_BYTES, "Ed25519 signatures are 64 bytes");
+	if (s->remote)
+		return s->remote(s->remote_ctx, msg, len, sig) == 0 ? 0 : ISG_ERR_CRYPTO;
+	return crypto_sign_detached(sig, NULL, msg, len, s->secret_key) == 0 ? 0 : ISG_ERR_CRYPTO;
 }
 
 void audit_signer_free(struct audit_signer *s)
@@ -403,8 +441,7 @@ int audit_note_sign(const struct audit_signer *s, const char *body, size_t len, 
 	uint8_t blob[SIG_BLOB_LEN];
 	char b64[sodium_base64_ENCODED_LEN(SIG_BLOB_LEN, sodium_base64_VARIANT_ORIGINAL)];
 	memcpy(blob, s->key_hash, AUDIT_KEY_HASH_LEN);
-	if (crypto_sign_detached(blob + AUDIT_KEY_HASH_LEN, NULL, (const uint8_t *)body, len,
-	                         s->secret_key) != 0)
+	if (audit_signer_sign(s, (const uint8_t *)body, len, blob + AUDIT_KEY_HASH_LEN) != 0)
 		return fail(reason, "signing failed", ISG_ERR_CRYPTO);
 	sodium_bin2base64(b64, sizeof(b64), blob, sizeof(blob), sodium_base64_VARIANT_ORIGINAL);
 

@@ -29,6 +29,7 @@ enum opt_kind {
 	OPT_LOG_LEVEL,
 	OPT_USER,
 	OPT_ORIGIN, /* char *, an audit checkpoint origin */
+	OPT_BOOL,   /* bool: true or false */
 };
 
 struct opt {
@@ -79,6 +80,7 @@ static const struct opt opts[] = {
      "64KiB to 1GiB"},
     {"limits", "max_inflight", OPT_U32, AT(max_inflight), false, 1, 4096, "1 to 4096"},
     {NULL, "user", OPT_USER, AT(user), false, 0, 0, NULL},
+    {NULL, "key_process", OPT_BOOL, AT(key_process), false, 0, 0, NULL},
     {NULL, "log_level", OPT_LOG_LEVEL, AT(log_level), false, 0, 0, NULL},
     {"audit", "origin", OPT_ORIGIN, AT(audit_origin), false, 0, 0, NULL},
     {"audit", "checkpoint_every", OPT_U32, AT(checkpoint_every), false, 1, 1000000, "1 to 1000000"},
@@ -118,6 +120,7 @@ void config_init(struct isgd_config *c)
 	c->idle_timeout_ms = 300 * SEC;
 	c->conn_buffer_bytes = 8 * MIB;
 	c->max_inflight = 64;
+	c->key_process = true;
 	c->log_level = LOG_INFO;
 	c->checkpoint_every = 1000;
 	c->checkpoint_interval_ms = 10 * SEC;
@@ -420,6 +423,13 @@ static void set_special(struct loader *l, const struct opt *o, const struct ydoc
 			if (!(l->c->audit_origin = strdup(v)))
 				ydoc_error(l->d, l->file, n, "out of memory");
 		}
+		break;
+	case OPT_BOOL:
+		if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0)
+			*(bool *)((char *)l->c + o->offset) = v[0] == 't';
+		else
+			ydoc_error(l->d, l->file, n,
+			           "invalid value '%s' for %s (use true or false)", v, name);
 		break;
 	case OPT_USER:
 		if (!valid_user(v)) {

@@ -45,6 +45,8 @@ struct isgd_config {
 	                          default 64 */
 
 	char *user;               /* user: drop to this user after binding; NULL = stay */
+	bool key_process;         /* key_process: keys in a separate process (default true); false
+	                             only to measure what that costs */
 	enum log_level log_level; /* log_level: debug, info (default), warn, error */
 
 	char *audit_origin;             /* audit.origin: checkpoint origin and signing key name,

@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 
 #include "config/config.h"
+#include "keyproc/keyproc.h"
 #include "keys/keys.h"
 #include "net/net.h"
 #include "policy/policy.h"
@@ -22,16 +23,21 @@
 struct regime {
 	atomic_int refs;
 	struct policy_set *policy;
-	struct keyring *keys;
+	/* Names, versions and dates of the domain keys; the keys themselves are
+	 * in the key process (ring), or here only when key_process is false. */
+	const struct keyring *keys;
+	struct keyproc_ring *ring;
+	struct keyring *own_keys;
 	struct pseudo_service pseudo;
 };
 
 /*
- * Load the policy set and the domain keys and check that every domain an
- * agreement names has a key. Errors go to stderr (at start) or the log
- * (on reload, log=true). Returns NULL when anything is wrong.
+ * Load the policy set and the domain keys (through the key process kp, or
+ * here when kp is NULL) and check that every domain an agreement names has
+ * a key. Errors go to stderr (at start) or the log (on reload, log=true).
+ * Returns NULL when anything is wrong.
  */
-struct regime *regime_load(const struct isgd_config *cfg, bool log);
+struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bool log);
 void regime_unref(struct regime *r);
 
 /* quota.c: daily limits per sender and agreement. */
@@ -58,6 +64,7 @@ struct gateway {
 	struct quota *quota;
 	struct store *store;
 	struct net_server *net;
+	struct keyproc *keyproc; /* NULL when key_process is false */
 	pthread_mutex_t regime_mu;
 	struct regime *regime; /* current; swapped on reload */
 };

@@ -6,14 +6,22 @@
  *
  * Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads the policy set and
  * the TLS certificates, keeping the running ones if the new ones are broken.
+ *
+ * The keys live in a child, the key process (gateway/keyproc), started
+ * before anything else; with `user:` isgd binds its port as root and then
+ * becomes that user before it opens the store or serves anyone.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/ssl.h>
@@ -38,8 +46,58 @@ static void usage(FILE *f)
 	      f);
 }
 
-/* The TLS private key is a secret like the others: 0600 or refused. */
-static int check_tls_key(const struct isgd_config *cfg, char *err, size_t errlen)
+/* Who isgd serves as: the configured user, or whoever started it. */
+struct identity {
+	uid_t uid;
+	gid_t gid;
+	bool drop; /* a user is configured and isgd is not it yet */
+};
+
+static int resolve_user(const struct isgd_config *cfg, struct identity *id)
+{
+	*id = (struct identity){.uid = geteuid(), .gid = getegid()};
+	if (!cfg->user)
+		return 0;
+	errno = 0;
+	const struct passwd *pw = getpwnam(cfg->user);
+	if (!pw) {
+		fprintf(stderr, "%s: error: user '%s' does not exist\n", cfg->path, cfg->user);
+		return ISG_ERR_INVALID;
+	}
+	if (pw->pw_uid == 0) {
+		fprintf(stderr, "%s: error: user '%s' is root; name an unprivileged user\n",
+		        cfg->path, cfg->user);
+		return ISG_ERR_INVALID;
+	}
+	if (geteuid() != 0 && geteuid() != pw->pw_uid) {
+		fprintf(stderr, "%s: error: isgd must start as root to become user '%s'\n",
+		        cfg->path, cfg->user);
+		return ISG_ERR_DENIED;
+	}
+	*id = (struct identity){.uid = pw->pw_uid, .gid = pw->pw_gid, .drop = geteuid() == 0};
+	return 0;
+}
+
+/* For good: no way back to root, and no gaining privileges by exec. */
+static int drop_privileges(const struct isgd_config *cfg, const struct identity *id)
+{
+	if (!id->drop)
+		return 0;
+	if (setgroups(1, &id->gid) != 0 || setgid(id->gid) != 0 || setuid(id->uid) != 0 ||
+	    setuid(0) == 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+		fprintf(stderr, "isgd: cannot become user '%s': %s\n", cfg->user, strerror(errno));
+		return ISG_ERR_DENIED;
+	}
+	log_event(LOG_INFO, "isgd.privileges_dropped", "user=%s uid=%u", cfg->user,
+	          (unsigned)id->uid);
+	return 0;
+}
+
+/*
+ * The TLS private key is a secret like the others: 0600 or refused, and
+ * owned by the user isgd serves as, who reads it again on reload.
+ */
+static int check_tls_key(const struct isgd_config *cfg, uid_t owner, char *err, size_t errlen)
 {
 	int fd = open(cfg->tls_key, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
@@ -47,14 +105,15 @@ static int check_tls_key(const struct isgd_config *cfg, char *err, size_t errlen
 		         strerror(errno));
 		return ISG_ERR_IO;
 	}
-	int r = keys_check_secrecy(fd, cfg->tls_key, err, errlen);
+	int r = keys_check_secrecy_for(fd, cfg->tls_key, (unsigned)owner, err, errlen);
 	close(fd);
 	return r;
 }
 
-/* Everything --check-config checks, and what a start needs before it listens. */
-/* The keys the store needs: it keeps its own copy of the storage key and
- * borrows the signer until store_close. */
+/*
+ * The keys the store needs when there is no key process: it keeps its own
+ * copy of the storage key and borrows the signer until store_close.
+ */
 struct secrets {
 	uint8_t *storage_key;
 	struct audit_signer *signer;
@@ -88,27 +147,32 @@ static int load_secrets(const struct isgd_config *cfg, struct secrets *s)
 	return failed ? ISG_ERR_INVALID : 0;
 }
 
-static int check_all(const struct isgd_config *cfg, struct regime **regime, struct secrets *sec,
-                     SSL_CTX **tls)
+/* Everything --check-config checks, and what a start needs before it listens. */
+static int check_all(struct gateway *g, const struct identity *id, struct regime **regime,
+                     struct secrets *sec, SSL_CTX **tls)
 {
+	const struct isgd_config *cfg = &g->cfg;
 	char err[512];
 	int failed = 0;
-	if ((*regime = regime_load(cfg, false)) == NULL)
+	if (cfg->key_process) {
+		struct keyproc_options ko = {.keys_dir = cfg->keys_dir,
+		                             .audit_origin = cfg->audit_origin,
+		                             .channels = cfg->threads + 2};
+		if (keyproc_start(&ko, &g->keyproc, err, sizeof(err)) != 0) {
+			fprintf(stderr, "isgd: %s\n", err);
+			failed = 1;
+		}
+	} else if (load_secrets(cfg, sec) != 0) {
 		failed = 1;
-	if (load_secrets(cfg, sec) != 0)
+	}
+	if ((!cfg->key_process || g->keyproc) &&
+	    (*regime = regime_load(cfg, g->keyproc, false)) == NULL)
 		failed = 1;
-	if (check_tls_key(cfg, err, sizeof(err)) != 0) {
+	if (check_tls_key(cfg, id->uid, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		failed = 1;
 	} else if (net_tls_new(cfg, tls, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
-		failed = 1;
-	}
-	if (cfg->user) {
-		fprintf(stderr,
-		        "%s: error: 'user' (dropping privileges) is not supported by this "
-		        "version of isgd; remove it\n",
-		        cfg->path);
 		failed = 1;
 	}
 	return failed ? ISG_ERR_INVALID : 0;
@@ -144,7 +208,7 @@ static void audit_keys(struct gateway *g, const struct keyring *now, const struc
 static void reload(struct gateway *g)
 {
 	log_event(LOG_INFO, "reload.start", "policy_dir=%s", g->cfg.policy_dir);
-	struct regime *r = regime_load(&g->cfg, true);
+	struct regime *r = regime_load(&g->cfg, g->keyproc, true);
 	if (r) {
 		const struct policy_set *set = r->policy;
 		audit_policy(g, set, "loaded", 0);
@@ -164,7 +228,7 @@ static void reload(struct gateway *g)
 
 	char err[512];
 	SSL_CTX *tls = NULL;
-	if (check_tls_key(&g->cfg, err, sizeof(err)) == 0 &&
+	if (check_tls_key(&g->cfg, geteuid(), err, sizeof(err)) == 0 &&
 	    net_tls_new(&g->cfg, &tls, err, sizeof(err)) == 0) {
 		net_server_set_tls(g->net, tls);
 		SSL_CTX_free(tls);
@@ -177,54 +241,50 @@ static void reload(struct gateway *g)
 	}
 }
 
-/* Signals are taken synchronously by the main thread; workers never see them. */
-static void serve(struct gateway *g, const sigset_t *sigs)
+/* Log how the key process ended; true when that was a failure. */
+static bool keyproc_failed(struct gateway *g)
+{
+	int status;
+	if (!g->keyproc || !keyproc_exited(g->keyproc, &status))
+		return false;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return false;
+	log_event(LOG_ERROR, "keyproc.exited", "pid=%d status=%d signal=%d",
+	          (int)keyproc_pid(g->keyproc), WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+	          WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+	return true;
+}
+
+/*
+ * Signals are taken synchronously by the main thread; workers never see
+ * them. Returns nonzero when isgd must stop because the key process died:
+ * nothing can be pseudonymised, sealed or signed without it.
+ */
+static int serve(struct gateway *g, const sigset_t *sigs)
 {
 	for (;;) {
 		int sig;
 		if (sigwait(sigs, &sig) != 0)
 			continue;
+		if (sig == SIGCHLD) {
+			if (!keyproc_failed(g))
+				continue;
+			log_event(LOG_ERROR, "shutdown.start", "reason=\"the key process died\"");
+			return ISG_ERR_IO;
+		}
 		if (sig == SIGHUP) {
 			reload(g);
 			continue;
 		}
 		log_event(LOG_INFO, "shutdown.start", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
-		return;
+		return 0;
 	}
 }
 
-static int run(struct gateway *g, struct regime *regime, struct secrets *sec, SSL_CTX *tls,
-               const sigset_t *sigs)
+static int run(struct gateway *g, const struct identity *id, struct regime *regime,
+               struct secrets *sec, SSL_CTX *tls, const sigset_t *sigs)
 {
 	char err[512];
-	struct store_options so = {.path = g->cfg.store_path,
-	                           .storage_key = sec->storage_key,
-	                           .sweep_interval_ms = g->cfg.sweep_interval_ms,
-	                           .signer = sec->signer,
-	                           .checkpoint_every = g->cfg.checkpoint_every,
-	                           .checkpoint_interval_ms = g->cfg.checkpoint_interval_ms};
-	int r = store_open(&so, &g->store, err, sizeof(err));
-	keys_free(sec->storage_key); /* the store keeps its own guarded copy */
-	sec->storage_key = NULL;
-	if (r != 0) {
-		fprintf(stderr, "isgd: %s\n", err);
-		regime_unref(regime);
-		return r;
-	}
-	g->regime = regime;
-	g->quota = quota_new();
-	if (!g->quota || quota_seed(g->quota, g->store, time_now_ms()) != 0) {
-		fputs("isgd: cannot read today's usage from the store for the daily limits\n",
-		      stderr);
-		store_close(g->store);
-		quota_free(g->quota);
-		regime_unref(regime);
-		return ISG_ERR_STORE;
-	}
-	store_set_notify(g->store, handler_notify, g);
-	audit_policy(g, regime->policy, "loaded", 0);
-	audit_keys(g, regime->keys, NULL);
-
 	struct net_options no = {
 	    .host = g->cfg.listen_host,
 	    .port = g->cfg.listen_port,
@@ -237,18 +297,61 @@ static int run(struct gateway *g, struct regime *regime, struct secrets *sec, SS
 	    .max_inflight = g->cfg.max_inflight,
 	};
 	struct net_handler h = handler_new(g);
-	r = net_server_start(&no, tls, &h, &g->net, err, sizeof(err));
+	int r = net_server_new(&no, tls, &h, &g->net, err, sizeof(err));
 	if (r != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
-		store_close(g->store);
-		quota_free(g->quota);
-		regime_unref(g->regime);
+		regime_unref(regime);
 		return r;
 	}
-	log_event(LOG_INFO, "isgd.started", "listen=%s:%u threads=%u policy_version=%s pid=%d",
+	/* Bound: from here on isgd needs no privilege. The store is opened as the user. */
+	if ((r = drop_privileges(&g->cfg, id)) != 0) {
+		net_server_free(g->net);
+		regime_unref(regime);
+		return r;
+	}
+	struct store_sealer sealer;
+	struct store_options so = {.path = g->cfg.store_path,
+	                           .storage_key = sec->storage_key,
+	                           .sweep_interval_ms = g->cfg.sweep_interval_ms,
+	                           .signer = sec->signer,
+	                           .checkpoint_every = g->cfg.checkpoint_every,
+	                           .checkpoint_interval_ms = g->cfg.checkpoint_interval_ms};
+	if (g->keyproc) {
+		sealer = keyproc_sealer(g->keyproc);
+		so.sealer = &sealer;
+		so.signer = keyproc_signer(g->keyproc);
+	}
+	r = store_open(&so, &g->store, err, sizeof(err));
+	keys_free(sec->storage_key); /* the store keeps its own guarded copy */
+	sec->storage_key = NULL;
+	if (r != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		net_server_free(g->net);
+		regime_unref(regime);
+		return r;
+	}
+	g->regime = regime;
+	g->quota = quota_new();
+	if (!g->quota || quota_seed(g->quota, g->store, time_now_ms()) != 0) {
+		fputs("isgd: cannot read today's usage from the store for the daily limits\n",
+		      stderr);
+		store_close(g->store);
+		net_server_free(g->net);
+		quota_free(g->quota);
+		regime_unref(regime);
+		return ISG_ERR_STORE;
+	}
+	store_set_notify(g->store, handler_notify, g);
+	audit_policy(g, regime->policy, "loaded", 0);
+	audit_keys(g, regime->keys, NULL);
+
+	net_server_run(g->net);
+	log_event(LOG_INFO, "isgd.started",
+	          "listen=%s:%u threads=%u policy_version=%s pid=%d key_process=%d",
 	          g->cfg.listen_host, net_server_port(g->net), g->cfg.threads,
-	          regime->policy->version, (int)getpid());
-	serve(g, sigs);
+	          regime->policy->version, (int)getpid(),
+	          g->keyproc ? (int)keyproc_pid(g->keyproc) : 0);
+	r = serve(g, sigs);
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
 	/* After the workers, so their last requests are stored; before net_server_free,
 	 * which cleans up what the store's last commits posted to the stopped workers. */
@@ -257,7 +360,7 @@ static int run(struct gateway *g, struct regime *regime, struct secrets *sec, SS
 	quota_free(g->quota);
 	regime_unref(g->regime);
 	log_event(LOG_INFO, "isgd.stopped", "pid=%d", (int)getpid());
-	return 0;
+	return r;
 }
 
 int main(int argc, char **argv)
@@ -307,6 +410,7 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGCHLD);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
 	struct gateway g = {0};
@@ -323,22 +427,28 @@ int main(int argc, char **argv)
 	}
 	log_set_level(g.cfg.log_level);
 
+	struct identity id;
 	struct regime *regime = NULL;
 	struct secrets sec = {0};
 	SSL_CTX *tls = NULL;
-	r = check_all(&g.cfg, &regime, &sec, &tls);
-	if (r != 0 || check_only) {
-		if (r == 0)
-			puts("configuration OK");
+	r = resolve_user(&g.cfg, &id);
+	if (r == 0)
+		r = check_all(&g, &id, &regime, &sec, &tls);
+	if (r == 0 && !check_only)
+		r = run(&g, &id, regime, &sec, tls, &sigs);
+	else if (r == 0)
+		puts("configuration OK");
+	else
 		regime_unref(regime);
-		secrets_release(&sec);
-		SSL_CTX_free(tls);
-		config_release(&g.cfg);
-		return r == 0 ? 0 : 1;
-	}
-	r = run(&g, regime, &sec, tls, &sigs);
 	secrets_release(&sec); /* after run: the store borrowed the signer until it closed */
 	SSL_CTX_free(tls);
+	/* Last: the regimes and the store used it until now. */
+	bool died = keyproc_failed(&g);
+	if (!keyproc_stop(g.keyproc) || died) {
+		if (!died)
+			log_event(LOG_ERROR, "keyproc.exited", "reason=\"failed at stop\"");
+		r = r ? r : ISG_ERR_IO;
+	}
 	config_release(&g.cfg);
 	pthread_mutex_destroy(&g.regime_mu);
 	return r == 0 ? 0 : 1;

@@ -70,7 +70,26 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 	return missing;
 }
 
-struct regime *regime_load(const struct isgd_config *cfg, bool log)
+/* The domain keys: as a generation in the key process, or here. */
+static int load_keys(const struct isgd_config *cfg, struct keyproc *kp, struct regime *r, char *err,
+                     size_t errlen)
+{
+	int rc;
+	if (kp) {
+		if ((rc = keyproc_ring_load(kp, &r->ring, err, errlen)) != 0)
+			return rc;
+		r->keys = keyproc_ring_keys(r->ring);
+		r->pseudo = keyproc_ring_service(r->ring);
+	} else {
+		if ((rc = keys_load_domains(cfg->keys_dir, &r->own_keys, err, errlen)) != 0)
+			return rc;
+		r->keys = r->own_keys;
+		r->pseudo = keyring_service(r->own_keys);
+	}
+	return 0;
+}
+
+struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bool log)
 {
 	struct regime *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -78,7 +97,7 @@ struct regime *regime_load(const struct isgd_config *cfg, bool log)
 	atomic_init(&r->refs, 1);
 	bool failed = policy_errors(cfg, log, &r->policy);
 	char err[512];
-	if (keys_load_domains(cfg->keys_dir, &r->keys, err, sizeof(err)) != 0) {
+	if (load_keys(cfg, kp, r, err, sizeof(err)) != 0) {
 		report(log, "keys.error", err);
 		failed = true;
 	}
@@ -97,7 +116,6 @@ struct regime *regime_load(const struct isgd_config *cfg, bool log)
 		regime_unref(r);
 		return NULL;
 	}
-	r->pseudo = keyring_service(r->keys);
 	return r;
 }
 
@@ -106,7 +124,8 @@ void regime_unref(struct regime *r)
 	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
 		return;
 	policy_set_unref(r->policy);
-	keyring_free(r->keys);
+	keyproc_ring_free(r->ring);
+	keyring_free(r->own_keys);
 	free(r);
 }
 

@@ -604,8 +604,11 @@ static int keyring_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n
 	const struct keyring *ring = ctx;
 	/* Check the whole batch first, so a refusal fills nothing. */
 	for (size_t i = 0; i < n; i++) {
-		if (!keyring_find(ring, reqs[i].domain))
+		const struct domain *d = keyring_find(ring, reqs[i].domain);
+		if (!d)
 			return ISG_ERR_NOT_FOUND;
+		if (!d->keys) /* a description: it holds no key */
+			return ISG_ERR_CRYPTO;
 		if ((!reqs[i].norm && reqs[i].len) || reqs[i].len > PSEUDO_VALUE_MAX ||
 		    (unsigned)reqs[i].type == 0 || (unsigned)reqs[i].type > 0xff)
 			return ISG_ERR_INVALID;
@@ -628,7 +631,7 @@ size_t keyring_pseudonymise_all(const struct keyring *ring, const char *domain,
                                 char (*out)[PSEUDO_TEXT_MAX], size_t max)
 {
 	const struct domain *d = keyring_find(ring, domain);
-	if (!d)
+	if (!d || !d->keys)
 		return 0;
 	const struct pseudo_request r = {.domain = domain, .type = type, .norm = norm, .len = len};
 	for (size_t j = 0; j < d->n && j < max; j++)
@@ -674,6 +677,111 @@ int keyring_version_info(const struct keyring *ring, size_t i, size_t j, int64_t
 		out->state = KEYS_VERSION_PREVIOUS;
 	else
 		out->state = KEYS_VERSION_SUPERSEDED;
+	return 0;
+}
+
+/* --- descriptions: the keyring without its keys ------------------------------ */
+
+/* u32 domains; per domain: u8 name length, name, u32 versions; per version:
+ * u32 version, i64 created, i64 retires. Host byte order: it never leaves
+ * the machine. */
+int keyring_describe(const struct keyring *ring, uint8_t **out, size_t *len)
+{
+	size_t total = 4;
+	for (size_t i = 0; i < ring->n; i++)
+		total += 1 + strlen(ring->domains[i].name) + 4 + ring->domains[i].n * 20;
+	uint8_t *b = malloc(total), *p = b;
+	if (!b)
+		return ISG_ERR_NOMEM;
+	uint32_t n = (uint32_t)ring->n;
+	memcpy(p, &n, 4);
+	p += 4;
+	for (size_t i = 0; i < ring->n; i++) {
+		const struct domain *d = &ring->domains[i];
+		size_t nl = strlen(d->name);
+		uint32_t nv = (uint32_t)d->n;
+		*p++ = (uint8_t)nl;
+		memcpy(p, d->name, nl);
+		p += nl;
+		memcpy(p, &nv, 4);
+		p += 4;
+		for (size_t j = 0; j < d->n; j++) {
+			memcpy(p, &d->versions[j].version, 4);
+			memcpy(p + 4, &d->versions[j].created, 8);
+			memcpy(p + 12, &d->versions[j].retires, 8);
+			p += 20;
+		}
+	}
+	*out = b;
+	*len = total;
+	return 0;
+}
+
+struct reader {
+	const uint8_t *p;
+	size_t left;
+};
+
+static bool take(struct reader *r, void *dst, size_t n)
+{
+	if (r->left < n)
+		return false;
+	memcpy(dst, r->p, n);
+	r->p += n;
+	r->left -= n;
+	return true;
+}
+
+static int describe_domain(struct reader *r, struct domain *d, const struct domain *prev)
+{
+	uint8_t nl;
+	uint32_t nv;
+	if (!take(r, &nl, 1) || nl > KEYS_DOMAIN_NAME_MAX || !take(r, d->name, nl))
+		return ISG_ERR_PARSE;
+	d->name[nl] = '\0';
+	if (!keys_domain_name_valid(d->name) || (prev && strcmp(prev->name, d->name) >= 0))
+		return ISG_ERR_PARSE;
+	if (!take(r, &nv, 4) || nv == 0 || nv > DOMAIN_VERSIONS_MAX || nv > r->left / 20)
+		return ISG_ERR_PARSE;
+	d->versions = calloc(nv, sizeof(*d->versions));
+	if (!d->versions)
+		return ISG_ERR_NOMEM;
+	d->n = nv;
+	for (size_t j = 0; j < nv; j++) {
+		struct domain_version *v = &d->versions[j];
+		if (!take(r, &v->version, 4) || !take(r, &v->created, 8) ||
+		    !take(r, &v->retires, 8))
+			return ISG_ERR_PARSE;
+		if (j > 0 && v->version <= d->versions[j - 1].version)
+			return ISG_ERR_PARSE;
+	}
+	return 0;
+}
+
+int keyring_from_description(const uint8_t *buf, size_t len, struct keyring **out)
+{
+	*out = NULL;
+	struct reader r = {buf, len};
+	uint32_t n;
+	if (!take(&r, &n, 4) || n > DOMAINS_MAX)
+		return ISG_ERR_PARSE;
+	struct keyring *ring = calloc(1, sizeof(*ring));
+	if (!ring || (n && !(ring->domains = calloc(n, sizeof(*ring->domains))))) {
+		free(ring);
+		return ISG_ERR_NOMEM;
+	}
+	int rc = 0;
+	for (uint32_t i = 0; i < n && rc == 0; i++) {
+		ring->n = i + 1;
+		rc = describe_domain(&r, &ring->domains[i], i ? &ring->domains[i - 1] : NULL);
+	}
+	if (rc == 0 && r.left != 0)
+		rc = ISG_ERR_PARSE;
+	if (rc) {
+		keyring_free(ring);
+		return rc;
+	}
+	*out = ring;
 	return 0;
 }
 

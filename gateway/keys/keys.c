@@ -55,6 +55,11 @@ int keys_path(char *out, size_t size, const char *dir, const char *file, char *e
 
 int keys_check_secrecy(int fd, const char *path, char *err, size_t errlen)
 {
+	return keys_check_secrecy_for(fd, path, (unsigned)geteuid(), err, errlen);
+}
+
+int keys_check_secrecy_for(int fd, const char *path, unsigned owner, char *err, size_t errlen)
+{
 	struct stat st;
 	if (fstat(fd, &st) != 0) {
 		keys_seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
@@ -64,13 +69,11 @@ int keys_check_secrecy(int fd, const char *path, char *err, size_t errlen)
 		keys_seterr(err, errlen, "key file '%s' is not a regular file", path);
 		return ISG_ERR_DENIED;
 	}
-	uid_t euid = geteuid();
-	if ((st.st_mode & 077) != 0 || st.st_uid != euid) {
+	if ((st.st_mode & 077) != 0 || st.st_uid != owner) {
 		keys_seterr(err, errlen,
 		            "key file '%s' has mode %04o and owner uid %u; it must be 0600 and "
 		            "owned by uid %u",
-		            path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid,
-		            (unsigned)euid);
+		            path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid, owner);
 		return ISG_ERR_DENIED;
 	}
 	return 0;

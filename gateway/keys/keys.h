@@ -24,6 +24,8 @@
  * the reason in err (path and mode quoted).
  */
 int keys_check_secrecy(int fd, const char *path, char *err, size_t errlen);
+/* The same check for a file that must be owned by `owner` (not the caller). */
+int keys_check_secrecy_for(int fd, const char *path, unsigned owner, char *err, size_t errlen);
 
 /*
  * Read the storage key from dir/storage.key into sodium_malloc'd memory
@@ -70,6 +72,22 @@ void keyring_free(struct keyring *ring);
 bool keyring_has(const struct keyring *ring, const char *domain);
 /* The keyring as the pseudonymisation service policy_apply uses. */
 struct pseudo_service keyring_service(const struct keyring *ring);
+
+/*
+ * A keyring's description without its keys (domain names, versions and
+ * dates), as bytes for a process that must not hold keys (isgd's key
+ * process hands it to the network side). *out is malloc'd.
+ */
+int keyring_describe(const struct keyring *ring, uint8_t **out, size_t *len)
+    __attribute__((warn_unused_result));
+/*
+ * A keyring from keyring_describe's bytes, checked as hostile input
+ * (ISG_ERR_PARSE). It answers keyring_has, keyring_domain_* and
+ * keyring_version_info, but holds no key: its service refuses with
+ * ISG_ERR_CRYPTO and keyring_pseudonymise_all answers 0.
+ */
+int keyring_from_description(const uint8_t *buf, size_t len, struct keyring **out)
+    __attribute__((warn_unused_result));
 
 /* What `isgctl keys list` shows of a keyring: dates and versions, never keys. */
 #define KEYS_RETIRES_NEVER INT64_MAX

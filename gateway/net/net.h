@@ -62,6 +62,14 @@ int net_tls_new(const struct isgd_config *cfg, SSL_CTX **out, char *err, size_t 
 /* Extract what policy matching needs from a certificate. */
 void net_cert_identity(X509 *cert, struct cert_identity *id);
 
+/*
+ * Bind the listeners (one per worker) without starting the workers, so a
+ * daemon can bind while privileged and serve after dropping privileges.
+ */
+int net_server_new(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
+                   struct net_server **out, char *err, size_t errlen);
+/* Start the workers of a server from net_server_new. */
+void net_server_run(struct net_server *s);
 /* Bind the listeners (one per worker) and start the workers. */
 int net_server_start(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
                      struct net_server **out, char *err, size_t errlen);

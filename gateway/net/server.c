@@ -1003,8 +1003,8 @@ static void worker_release(struct net_worker *w)
 	pthread_mutex_destroy(&w->mu);
 }
 
-int net_server_start(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
-                     struct net_server **out, char *err, size_t errlen)
+int net_server_new(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
+                   struct net_server **out, char *err, size_t errlen)
 {
 	struct net_server *s = calloc(1, sizeof(*s));
 	if (!s)
@@ -1028,12 +1028,25 @@ int net_server_start(const struct net_options *opt, SSL_CTX *tls, const struct n
 			return r;
 		}
 	}
+	*out = s;
+	return 0;
+}
+
+void net_server_run(struct net_server *s)
+{
 	for (uint32_t i = 0; i < s->n_workers; i++) {
 		if (pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) != 0)
 			fatal("cannot start worker thread");
 	}
-	*out = s;
-	return 0;
+}
+
+int net_server_start(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
+                     struct net_server **out, char *err, size_t errlen)
+{
+	int r = net_server_new(opt, tls, h, out, err, errlen);
+	if (r == 0)
+		net_server_run(*out);
+	return r;
 }
 
 uint16_t net_server_port(const struct net_server *s)

@@ -291,8 +291,9 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	struct store *s = NULL;
 	int rc;
 	*out = NULL;
-	if (!opt || !opt->path || !opt->storage_key) {
-		store_seterr(err, errlen, "store needs a path and a storage key");
+	if (!opt || !opt->path || !opt->storage_key == !opt->sealer) {
+		store_seterr(err, errlen,
+		             "store needs a path and either a storage key or a sealer");
 		return ISG_ERR_INVALID;
 	}
 	if (sodium_init() < 0) {
@@ -317,14 +318,18 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 		s->checkpoint_interval_ms = STORE_MAX_CHECKPOINT_MS;
 	s->checkpoint_mono = time_mono_ms();
 	s->path = strdup(opt->path);
-	s->key = sodium_malloc(STORE_KEY_LEN);
-	if (!s->path || !s->key) {
+	if (opt->storage_key && (s->key = sodium_malloc(STORE_KEY_LEN)) != NULL) {
+		memcpy(s->key, opt->storage_key, STORE_KEY_LEN);
+		sodium_mprotect_readonly(s->key);
+		s->sealer = store_sealer_own(s->key);
+	} else if (opt->sealer) {
+		s->sealer = *opt->sealer;
+	}
+	if (!s->path || !s->sealer.seal) {
 		store_seterr(err, errlen, "store: out of memory");
 		rc = ISG_ERR_NOMEM;
 		goto out;
 	}
-	memcpy(s->key, opt->storage_key, STORE_KEY_LEN);
-	sodium_mprotect_readonly(s->key);
 	rc = store_db_open(s, s->path, err, errlen);
 	if (rc)
 		goto out;
@@ -468,7 +473,7 @@ int store_send(struct store *s, const struct store_message *m, store_send_cb cb,
 	memcpy(js->audit_entry, m->audit_entry, m->audit_len);
 	js->audit_entry[m->audit_len] = '\0';
 	js->audit_len = m->audit_len;
-	rc = store_seal(s->key, js->sender, js->message_id, js->recipient, m->payload,
+	rc = store_seal(&s->sealer, js->sender, js->message_id, js->recipient, m->payload,
 	                m->payload_len, js->nonce, &js->sealed, &js->sealed_len);
 	if (rc)
 		goto fail;

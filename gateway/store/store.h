@@ -11,7 +11,8 @@
  *
  * Payloads are sealed at rest with the storage key (XChaCha20-Poly1305,
  * associated data binding sender, message id and recipient); sealing happens
- * in the submitting thread so the writer only writes.
+ * in the submitting thread so the writer only writes. Whoever holds the key
+ * seals: the store itself, or (in isgd) the key process, through a sealer.
  *
  * The interface is narrow so that another backend (PostgreSQL) can follow.
  */
@@ -25,11 +26,39 @@
 struct store;
 struct audit_signer;
 
+/*
+ * The AEAD at the heart of sealing, for whoever holds the storage key:
+ * seal writes plain_len + STORE_SEAL_OVERHEAD bytes to out and picks a
+ * random nonce; open writes sealed_len - STORE_SEAL_OVERHEAD bytes, or
+ * refuses with ISG_ERR_CRYPTO. The store builds the associated data.
+ */
+#define STORE_SEAL_KEY_LEN 32
+#define STORE_SEAL_NONCE_LEN 24
+#define STORE_SEAL_OVERHEAD 16
+void store_aead_seal(const uint8_t key[static STORE_SEAL_KEY_LEN], const uint8_t *ad, size_t ad_len,
+                     const uint8_t *plain, size_t plain_len,
+                     uint8_t nonce[static STORE_SEAL_NONCE_LEN], uint8_t *out);
+int store_aead_open(const uint8_t key[static STORE_SEAL_KEY_LEN], const uint8_t *ad, size_t ad_len,
+                    const uint8_t nonce[static STORE_SEAL_NONCE_LEN], const uint8_t *sealed,
+                    size_t sealed_len, uint8_t *out) __attribute__((warn_unused_result));
+
+/* The storage key's holder, when it is not the store (any thread may call). */
+struct store_sealer {
+	void *ctx;
+	int (*seal)(void *ctx, const uint8_t *ad, size_t ad_len, const uint8_t *plain,
+	            size_t plain_len, uint8_t nonce[static STORE_SEAL_NONCE_LEN], uint8_t *out);
+	int (*open)(void *ctx, const uint8_t *ad, size_t ad_len,
+	            const uint8_t nonce[static STORE_SEAL_NONCE_LEN], const uint8_t *sealed,
+	            size_t sealed_len, uint8_t *out);
+};
+
 struct store_options {
 	const char *path;
-	const uint8_t *storage_key; /* 32 bytes; the store keeps its own guarded copy */
-	int64_t sweep_interval_ms;  /* how often expired messages are purged; default 60s */
-	uint32_t max_batch;         /* most jobs per commit; default 512 */
+	/* Exactly one of: */
+	const uint8_t *storage_key;        /* 32 bytes; the store keeps its own guarded copy */
+	const struct store_sealer *sealer; /* copied; its ctx must outlive the store */
+	int64_t sweep_interval_ms;         /* how often expired messages are purged; default 60s */
+	uint32_t max_batch;                /* most jobs per commit; default 512 */
 	/*
 	 * Signs the audit log's checkpoints (key name = checkpoint origin). NULL:
 	 * no checkpoints are written and the latest one's signature is not

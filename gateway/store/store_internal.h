@@ -154,7 +154,8 @@ struct store {
 	char *path;
 	sqlite3 *db;
 	sqlite3_stmt *stmt[ST_COUNT];
-	uint8_t *key; /* sodium_malloc'd, read-only */
+	uint8_t *key; /* sodium_malloc'd, read-only; NULL when another holds it */
+	struct store_sealer sealer;
 	int64_t sweep_interval_ms;
 	uint32_t max_batch;
 
@@ -219,11 +220,12 @@ bool store_log_checkpoint_due(const struct store *s, int64_t mono_now);
 /* Sign and insert a checkpoint of the committed tree, in its own transaction. */
 int store_log_checkpoint(struct store *s);
 
-/* store_seal.c: sealing payloads with the storage key. */
-int store_seal(const uint8_t *key, const char *sender, const char *message_id,
+/* store_seal.c: sealing payloads with the storage key, through its holder. */
+struct store_sealer store_sealer_own(uint8_t *key);
+int store_seal(const struct store_sealer *sealer, const char *sender, const char *message_id,
                const char *recipient, const uint8_t *plain, size_t plain_len,
                uint8_t nonce[STORE_NONCE_LEN], uint8_t **sealed, size_t *sealed_len);
-int store_unseal(const uint8_t *key, const char *sender, const char *message_id,
+int store_unseal(const struct store_sealer *sealer, const char *sender, const char *message_id,
                  const char *recipient, const uint8_t *nonce, size_t nonce_len,
                  const uint8_t *sealed, size_t sealed_len, uint8_t **plain, size_t *plain_len);
 

@@ -203,7 +203,7 @@ struct fetch_mark {
 };
 
 /* Fill one delivery from the current row; 1 when it was skipped (does not open). */
-static int fetch_row(sqlite3_stmt *st, const uint8_t *key, const char *recipient,
+static int fetch_row(sqlite3_stmt *st, const struct store_sealer *sealer, const char *recipient,
                      struct store_delivery *d, int *err)
 {
 	uint64_t id = (uint64_t)sqlite3_column_int64(st, 0);
@@ -214,7 +214,7 @@ static int fetch_row(sqlite3_stmt *st, const uint8_t *key, const char *recipient
 	const uint8_t *sealed = sqlite3_column_blob(st, 12);
 	size_t sealed_len = (size_t)sqlite3_column_bytes(st, 12);
 	*err = 0;
-	int rc = store_unseal(key, sender ? sender : "", mid ? mid : "", recipient, nonce,
+	int rc = store_unseal(sealer, sender ? sender : "", mid ? mid : "", recipient, nonce,
 	                      nonce_len, sealed, sealed_len, &d->payload, &d->payload_len);
 	if (rc == ISG_ERR_CRYPTO) {
 		log_event(LOG_ERROR, "store.unseal_failed", "gateway_id=%" PRIu64, id);
@@ -288,7 +288,7 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, str
 		if (err)
 			break;
 		struct store_delivery *d = &res->items[res->n];
-		if (fetch_row(st, s->key, jf->recipient, d, &err))
+		if (fetch_row(st, &s->sealer, jf->recipient, d, &err))
 			continue;
 		/* Count it even when half filled, so discard frees what it holds. */
 		acc->marks[res->n].first_delivery = sqlite3_column_int(st, 10) == MSG_PENDING;

@@ -13,6 +13,10 @@
 /* 4-byte length prefixes of the context and three strings of at most STORE_MAX_STRING. */
 #define AD_MAX (4 * 4 + sizeof(STORE_SEAL_CONTEXT) - 1 + 3 * STORE_MAX_STRING)
 
+_Static_assert(STORE_SEAL_KEY_LEN == STORE_KEY_LEN && STORE_SEAL_NONCE_LEN == STORE_NONCE_LEN &&
+                   STORE_SEAL_OVERHEAD == STORE_TAG_LEN,
+               "store.h's sealing sizes are libsodium's");
+
 static size_t ad_put(uint8_t *ad, size_t pos, const char *s)
 {
 	size_t len = strlen(s);
@@ -40,11 +44,50 @@ static int ad_build(uint8_t ad[static AD_MAX], size_t *ad_len, const char *sende
 	return 0;
 }
 
-int store_seal(const uint8_t *key, const char *sender, const char *message_id,
+void store_aead_seal(const uint8_t key[static STORE_SEAL_KEY_LEN], const uint8_t *ad, size_t ad_len,
+                     const uint8_t *plain, size_t plain_len,
+                     uint8_t nonce[static STORE_SEAL_NONCE_LEN], uint8_t *out)
+{
+	static const uint8_t empty[1];
+	randombytes_buf(nonce, STORE_NONCE_LEN);
+	crypto_aead_xchacha20poly1305_ietf_encrypt(out, NULL, plain_len ? plain : empty, plain_len,
+	                                           ad, ad_len, NULL, nonce, key);
+}
+
+int store_aead_open(const uint8_t key[static STORE_SEAL_KEY_LEN], const uint8_t *ad, size_t ad_len,
+                    const uint8_t nonce[static STORE_SEAL_NONCE_LEN], const uint8_t *sealed,
+                    size_t sealed_len, uint8_t *out)
+{
+	if (sealed_len < STORE_TAG_LEN ||
+	    crypto_aead_xchacha20poly1305_ietf_decrypt(out, NULL, NULL, sealed, sealed_len, ad,
+	                                               ad_len, nonce, key) != 0)
+		return ISG_ERR_CRYPTO;
+	return 0;
+}
+
+static int own_seal(void *ctx, const uint8_t *ad, size_t ad_len, const uint8_t *plain,
+                    size_t plain_len, uint8_t nonce[static STORE_SEAL_NONCE_LEN], uint8_t *out)
+{
+	store_aead_seal(ctx, ad, ad_len, plain, plain_len, nonce, out);
+	return 0;
+}
+
+static int own_open(void *ctx, const uint8_t *ad, size_t ad_len,
+                    const uint8_t nonce[static STORE_SEAL_NONCE_LEN], const uint8_t *sealed,
+                    size_t sealed_len, uint8_t *out)
+{
+	return store_aead_open(ctx, ad, ad_len, nonce, sealed, sealed_len, out);
+}
+
+struct store_sealer store_sealer_own(uint8_t *key)
+{
+	return (struct store_sealer){.ctx = key, .seal = own_seal, .open = own_open};
+}
+
+int store_seal(const struct store_sealer *sealer, const char *sender, const char *message_id,
                const char *recipient, const uint8_t *plain, size_t plain_len,
                uint8_t nonce[STORE_NONCE_LEN], uint8_t **sealed, size_t *sealed_len)
 {
-	static const uint8_t empty[1];
 	uint8_t ad[AD_MAX];
 	size_t ad_len = 0;
 	*sealed = NULL;
@@ -57,16 +100,17 @@ int store_seal(const uint8_t *key, const char *sender, const char *message_id,
 	uint8_t *c = malloc(plain_len + STORE_TAG_LEN);
 	if (!c)
 		return ISG_ERR_NOMEM;
-	randombytes_buf(nonce, STORE_NONCE_LEN);
-	unsigned long long clen = 0;
-	crypto_aead_xchacha20poly1305_ietf_encrypt(c, &clen, plain_len ? plain : empty, plain_len,
-	                                           ad, ad_len, NULL, nonce, key);
+	rc = sealer->seal(sealer->ctx, ad, ad_len, plain, plain_len, nonce, c);
+	if (rc) {
+		free(c);
+		return rc;
+	}
 	*sealed = c;
-	*sealed_len = (size_t)clen;
+	*sealed_len = plain_len + STORE_TAG_LEN;
 	return 0;
 }
 
-int store_unseal(const uint8_t *key, const char *sender, const char *message_id,
+int store_unseal(const struct store_sealer *sealer, const char *sender, const char *message_id,
                  const char *recipient, const uint8_t *nonce, size_t nonce_len,
                  const uint8_t *sealed, size_t sealed_len, uint8_t **plain, size_t *plain_len)
 {
@@ -84,13 +128,12 @@ int store_unseal(const uint8_t *key, const char *sender, const char *message_id,
 	uint8_t *m = malloc(sealed_len - STORE_TAG_LEN + 1);
 	if (!m)
 		return ISG_ERR_NOMEM;
-	unsigned long long mlen = 0;
-	if (crypto_aead_xchacha20poly1305_ietf_decrypt(m, &mlen, NULL, sealed, sealed_len, ad,
-	                                               ad_len, nonce, key) != 0) {
+	rc = sealer->open(sealer->ctx, ad, ad_len, nonce, sealed, sealed_len, m);
+	if (rc) {
 		free(m);
-		return ISG_ERR_CRYPTO;
+		return rc;
 	}
 	*plain = m;
-	*plain_len = (size_t)mlen;
+	*plain_len = sealed_len - STORE_TAG_LEN;
 	return 0;
 }

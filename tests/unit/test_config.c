@@ -85,6 +85,7 @@ static void test_full(void **state)
 	assert_int_equal(c.conn_buffer_bytes, 2 * 1024 * 1024);
 	assert_int_equal(c.max_inflight, 16);
 	assert_string_equal(c.user, "isg");
+	assert_false(c.key_process);
 	assert_int_equal(c.log_level, LOG_DEBUG);
 	config_release(&c);
 	config_release(&c); /* twice is fine */
@@ -113,6 +114,7 @@ static void test_defaults_and_relative_config_path(void **state)
 	assert_string_equal(c.policy_dir, want);
 	assert_null(c.tls_crl);
 	assert_null(c.user);
+	assert_true(c.key_process);
 	assert_false(c.tls_allow_tls12);
 	assert_true(c.threads >= 1 && c.threads <= 64);
 	assert_int_equal(c.undelivered_ttl_ms, 30LL * 86400000);
@@ -307,6 +309,8 @@ static void test_audit_section(void **state)
 	load_text_fails(BASE "listen: h:1\naudit: {origin: isg+gateway}\n", 6, 17,
 	                "invalid origin 'isg+gateway'");
 	load_text_fails(BASE "listen: h:1\naudit: {origin: ''}\n", 6, 17, "invalid origin ''");
+	load_text_fails(BASE "listen: h:1\nkey_process: no\n", 6, 14,
+	                "invalid value 'no' for key_process (use true or false)");
 	load_text_fails(BASE "listen: h:1\naudit: {origin: "
 	                     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}\n",
 	                6, 17, "invalid origin");

@@ -1,0 +1,55 @@
+/*
+ * keyproc internals: the protocol between isgd and its key process.
+ *
+ * Both ends are the same binary on the same machine, so integers are in
+ * host byte order; the key process still checks every length, because a
+ * compromised gateway is exactly what it guards against.
+ *
+ *   request:  u32 length (of what follows) | u8 op | body
+ *   response: u32 length (of what follows) | i32 status | body
+ *
+ *   HELLO (response only, on channel 0 at start): status; body = Ed25519
+ *         public key, or on failure the reason text
+ *   LOAD   body: -               -> u32 generation | keyring description
+ *                                   (on failure the reason text)
+ *   DROP   body: u32 generation  -> -
+ *   PSEUDO body: u32 generation | i64 today | u32 n | n x (u8 domain length |
+ *         domain | u8 type | u32 value length | value)
+ *                                -> n x (u8 length | pseudonym | u8 length | previous)
+ *   SEAL   body: u32 ad length | ad | plaintext -> nonce | sealed
+ *   OPEN   body: u32 ad length | ad | nonce | sealed -> plaintext
+ *   SIGN   body: a checkpoint body, for the configured origin, no smaller
+ *         than the last one signed -> 64-byte signature
+ */
+#ifndef ISG_KEYPROC_INTERNAL_H
+#define ISG_KEYPROC_INTERNAL_H
+
+#include <stdint.h>
+
+#include "keyproc/keyproc.h"
+
+enum keyproc_op {
+	KEYPROC_LOAD = 1,
+	KEYPROC_DROP,
+	KEYPROC_PSEUDO,
+	KEYPROC_SEAL,
+	KEYPROC_OPEN,
+	KEYPROC_SIGN,
+};
+
+/* The largest message either way: a payload at the store's limit, and room. */
+#define KEYPROC_FRAME_MAX (64u * 1024 * 1024 + 4096)
+/* Generations of domain keys the key process keeps at once. */
+#define KEYPROC_RINGS_MAX 16
+#define KEYPROC_REASON_MAX 512
+
+/* The child's side: never returns. fds are its ends of the channels. */
+_Noreturn void keyproc_serve(const struct keyproc_options *opt, int *fds, unsigned n);
+/* Give up what the key process does not need; 0 or the failed step in *what. */
+int keyproc_sandbox(const char **what);
+
+/* Read or write exactly len bytes; 0, or -1 (errno set; EPIPE for a short read at EOF). */
+int keyproc_read_full(int fd, void *buf, size_t len);
+int keyproc_write_full(int fd, const void *buf, size_t len);
+
+#endif

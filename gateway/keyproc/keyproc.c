@@ -1,0 +1,504 @@
+/*
+ * isgd's side of the key process: start it, and make calls over a pool of
+ * channels (socketpairs), one call per channel at a time.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "audit/audit.h"
+#include "keyproc/internal.h"
+#include "util/util.h"
+
+#define CHANNELS_DEFAULT 4
+#define CHANNELS_MAX 256
+
+struct keyproc {
+	pid_t pid;
+	bool reaped;
+	int status;
+	unsigned n;
+	int *fds; /* -1 once broken */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned *free_list, n_free;
+	struct audit_signer *signer;
+};
+
+struct keyproc_ring {
+	struct keyproc *kp;
+	uint32_t gen;
+	struct keyring *desc;
+};
+
+int keyproc_read_full(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EPIPE;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int keyproc_write_full(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* --- calls --------------------------------------------------------------------- */
+
+static int channel_take(struct keyproc *kp)
+{
+	pthread_mutex_lock(&kp->mu);
+	while (kp->n_free == 0)
+		pthread_cond_wait(&kp->cv, &kp->mu);
+	unsigned i = kp->free_list[--kp->n_free];
+	pthread_mutex_unlock(&kp->mu);
+	return (int)i;
+}
+
+static void channel_give(struct keyproc *kp, unsigned i)
+{
+	pthread_mutex_lock(&kp->mu);
+	kp->free_list[kp->n_free++] = i;
+	pthread_cond_signal(&kp->cv);
+	pthread_mutex_unlock(&kp->mu);
+}
+
+/* Read one response: status, and the body into *body (malloc'd) when there is one. */
+static int read_response(int fd, int32_t *status, uint8_t **body, size_t *len)
+{
+	uint32_t total;
+	if (keyproc_read_full(fd, &total, 4) != 0 || total < 4 || total > KEYPROC_FRAME_MAX ||
+	    keyproc_read_full(fd, status, 4) != 0)
+		return ISG_ERR_IO;
+	*len = total - 4;
+	*body = malloc(*len ? *len : 1);
+	if (!*body || keyproc_read_full(fd, *body, *len) != 0) {
+		free(*body);
+		*body = NULL;
+		return ISG_ERR_IO;
+	}
+	return 0;
+}
+
+/*
+ * One round trip: the request is op and the iov parts, concatenated. The
+ * answer's status is returned (0 or negative), its body in *body (malloc'd;
+ * free it) unless body is NULL. A channel that fails mid-call is closed.
+ */
+static int call(struct keyproc *kp, uint8_t op, const struct iovec *parts, int n_parts,
+                uint8_t **body, size_t *len)
+{
+	size_t total = 1;
+	for (int i = 0; i < n_parts; i++)
+		total += parts[i].iov_len;
+	if (total > KEYPROC_FRAME_MAX)
+		return ISG_ERR_TOO_BIG;
+	uint32_t total32 = (uint32_t)total;
+	struct iovec iov[8];
+	iov[0] = (struct iovec){&total32, 4};
+	iov[1] = (struct iovec){&op, 1};
+	for (int i = 0; i < n_parts && i < 6; i++)
+		iov[2 + i] = parts[i];
+
+	int c = channel_take(kp);
+	int fd = kp->fds[c];
+	int rc = fd < 0 ? ISG_ERR_IO : 0;
+	for (int i = 0; rc == 0 && i < 2 + n_parts; i++)
+		if (keyproc_write_full(fd, iov[i].iov_base, iov[i].iov_len) != 0)
+			rc = ISG_ERR_IO;
+	int32_t status = 0;
+	uint8_t *b = NULL;
+	size_t blen = 0;
+	if (rc == 0)
+		rc = read_response(fd, &status, &b, &blen);
+	if (rc != 0 && fd >= 0) {
+		log_event(LOG_ERROR, "keyproc.failed", "channel=%d reason=%s", c,
+		          errno == EPIPE ? "closed" : "io");
+		close(fd);
+		kp->fds[c] = -1;
+	}
+	channel_give(kp, (unsigned)c);
+	if (rc != 0)
+		return rc;
+	if (body) {
+		*body = b;
+		*len = blen;
+	} else {
+		free(b);
+	}
+	return status;
+}
+
+/* --- start and stop ------------------------------------------------------------- */
+
+static int int_cmp(const void *a, const void *b)
+{
+	return *(const int *)a - *(const int *)b;
+}
+
+/* In the child: keep only stdin/stdout/stderr and the child's channel ends. */
+static void close_others(const int *theirs, unsigned n)
+{
+	int keep[CHANNELS_MAX];
+	memcpy(keep, theirs, n * sizeof(int));
+	qsort(keep, n, sizeof(int), int_cmp);
+	unsigned next = 3;
+	for (unsigned i = 0; i < n; i++) {
+		if ((unsigned)keep[i] > next)
+			close_range(next, (unsigned)keep[i] - 1, 0);
+		next = (unsigned)keep[i] + 1;
+	}
+	close_range(next, ~0u, 0);
+}
+
+/* The key process's first answer: its audit public key, or why it could not start. */
+static int hello(struct keyproc *kp, uint8_t pk[static AUDIT_PUBKEY_LEN], char *err, size_t errlen)
+{
+	int32_t status;
+	uint8_t *body = NULL;
+	size_t len = 0;
+	if (read_response(kp->fds[0], &status, &body, &len) != 0) {
+		snprintf(err, errlen, "the key process died at start");
+		return ISG_ERR_IO;
+	}
+	int rc = status;
+	if (status != 0) {
+		snprintf(err, errlen, "%.*s", (int)(len < 1024 ? len : 1024), (const char *)body);
+	} else if (len != AUDIT_PUBKEY_LEN) {
+		snprintf(err, errlen, "the key process answered its start badly");
+		rc = ISG_ERR_IO;
+	} else {
+		memcpy(pk, body, AUDIT_PUBKEY_LEN);
+	}
+	free(body);
+	return rc;
+}
+
+static int remote_sign(void *ctx, const uint8_t *msg, size_t len, uint8_t sig[static AUDIT_SIG_LEN])
+{
+	uint8_t *body = NULL;
+	size_t blen = 0;
+	struct iovec part = {(void *)msg, len};
+	int rc = call(ctx, KEYPROC_SIGN, &part, 1, &body, &blen);
+	if (rc == 0 && blen != AUDIT_SIG_LEN)
+		rc = ISG_ERR_IO;
+	if (rc == 0)
+		memcpy(sig, body, AUDIT_SIG_LEN);
+	else
+		log_event(LOG_ERROR, "keyproc.sign_refused", "error=%s", isg_strerror(rc));
+	free(body);
+	return rc;
+}
+
+/* Make the channels: ours in kp->fds, the child's in theirs. */
+static int make_channels(struct keyproc *kp, int *theirs, char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < kp->n; i++) {
+		int sv[2];
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+			snprintf(err, errlen, "cannot make the key process's channels: %s",
+			         strerror(errno));
+			return ISG_ERR_IO;
+		}
+		kp->fds[i] = sv[0];
+		theirs[i] = sv[1];
+		kp->free_list[kp->n_free++] = i;
+	}
+	return 0;
+}
+
+int keyproc_start(const struct keyproc_options *opt, struct keyproc **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	unsigned n = opt->channels ? opt->channels : CHANNELS_DEFAULT;
+	if (n > CHANNELS_MAX)
+		n = CHANNELS_MAX;
+	int rc = ISG_ERR_NOMEM;
+	struct keyproc *kp = calloc(1, sizeof(*kp));
+	int *theirs = calloc(n, sizeof(int));
+	if (!kp || !theirs || !(kp->fds = calloc(n, sizeof(int))) ||
+	    !(kp->free_list = calloc(n, sizeof(unsigned)))) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	kp->n = n;
+	kp->pid = -1;
+	pthread_mutex_init(&kp->mu, NULL);
+	pthread_cond_init(&kp->cv, NULL);
+	for (unsigned i = 0; i < n; i++)
+		kp->fds[i] = theirs[i] = -1;
+	if ((rc = make_channels(kp, theirs, err, errlen)) != 0)
+		goto out;
+	fflush(NULL); /* so nothing buffered is written twice */
+	kp->pid = fork();
+	if (kp->pid < 0) {
+		snprintf(err, errlen, "cannot start the key process: %s", strerror(errno));
+		rc = ISG_ERR_IO;
+		goto out;
+	}
+	if (kp->pid == 0) {
+		close_others(theirs, n);
+		keyproc_serve(opt, theirs, n);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		close(theirs[i]);
+		theirs[i] = -1;
+	}
+	uint8_t pk[AUDIT_PUBKEY_LEN];
+	if ((rc = hello(kp, pk, err, errlen)) != 0)
+		goto out;
+	if ((rc = audit_signer_remote(opt->audit_origin, pk, remote_sign, kp, &kp->signer)) != 0) {
+		snprintf(err, errlen, "invalid audit origin '%s'", opt->audit_origin);
+		goto out;
+	}
+	*out = kp;
+out:
+	if (theirs)
+		for (unsigned i = 0; i < n; i++)
+			if (theirs[i] >= 0)
+				close(theirs[i]);
+	free(theirs);
+	if (rc)
+		keyproc_stop(kp);
+	return rc;
+}
+
+pid_t keyproc_pid(const struct keyproc *kp)
+{
+	return kp->pid;
+}
+
+bool keyproc_exited(struct keyproc *kp, int *status)
+{
+	if (!kp->reaped && kp->pid > 0) {
+		pid_t r;
+		while ((r = waitpid(kp->pid, &kp->status, WNOHANG)) < 0 && errno == EINTR)
+			;
+		kp->reaped = r == kp->pid;
+	}
+	if (kp->reaped && status)
+		*status = kp->status;
+	return kp->reaped;
+}
+
+bool keyproc_stop(struct keyproc *kp)
+{
+	if (!kp)
+		return true;
+	for (unsigned i = 0; kp->fds && i < kp->n; i++)
+		if (kp->fds[i] >= 0)
+			close(kp->fds[i]);
+	if (kp->pid > 0 && !kp->reaped) {
+		pid_t r;
+		while ((r = waitpid(kp->pid, &kp->status, 0)) < 0 && errno == EINTR)
+			;
+		kp->reaped = r == kp->pid;
+	}
+	bool ok = kp->reaped && WIFEXITED(kp->status) && WEXITSTATUS(kp->status) == 0;
+	audit_signer_free(kp->signer);
+	if (kp->n) {
+		pthread_cond_destroy(&kp->cv);
+		pthread_mutex_destroy(&kp->mu);
+	}
+	free(kp->free_list);
+	free(kp->fds);
+	free(kp);
+	return ok;
+}
+
+const struct audit_signer *keyproc_signer(const struct keyproc *kp)
+{
+	return kp->signer;
+}
+
+/* --- sealing ------------------------------------------------------------------ */
+
+static int remote_seal(void *ctx, const uint8_t *ad, size_t ad_len, const uint8_t *plain,
+                       size_t plain_len, uint8_t nonce[static STORE_SEAL_NONCE_LEN], uint8_t *out)
+{
+	uint32_t ad32 = (uint32_t)ad_len;
+	struct iovec parts[3] = {{&ad32, 4}, {(void *)ad, ad_len}, {(void *)plain, plain_len}};
+	uint8_t *body = NULL;
+	size_t len = 0;
+	int rc = call(ctx, KEYPROC_SEAL, parts, 3, &body, &len);
+	if (rc == 0 && len != STORE_SEAL_NONCE_LEN + plain_len + STORE_SEAL_OVERHEAD)
+		rc = ISG_ERR_IO;
+	if (rc == 0) {
+		memcpy(nonce, body, STORE_SEAL_NONCE_LEN);
+		memcpy(out, body + STORE_SEAL_NONCE_LEN, len - STORE_SEAL_NONCE_LEN);
+	}
+	free(body);
+	return rc;
+}
+
+static int remote_open(void *ctx, const uint8_t *ad, size_t ad_len,
+                       const uint8_t nonce[static STORE_SEAL_NONCE_LEN], const uint8_t *sealed,
+                       size_t sealed_len, uint8_t *out)
+{
+	uint32_t ad32 = (uint32_t)ad_len;
+	struct iovec parts[4] = {{&ad32, 4},
+	                         {(void *)ad, ad_len},
+	                         {(void *)nonce, STORE_SEAL_NONCE_LEN},
+	                         {(void *)sealed, sealed_len}};
+	uint8_t *body = NULL;
+	size_t len = 0;
+	int rc = call(ctx, KEYPROC_OPEN, parts, 4, &body, &len);
+	if (rc == 0 &&
+	    (sealed_len < STORE_SEAL_OVERHEAD || len != sealed_len - STORE_SEAL_OVERHEAD))
+		rc = ISG_ERR_IO;
+	if (rc == 0)
+		memcpy(out, body, len);
+	if (body) {
+		sodium_memzero(body, len);
+		free(body);
+	}
+	return rc;
+}
+
+struct store_sealer keyproc_sealer(struct keyproc *kp)
+{
+	return (struct store_sealer){.ctx = kp, .seal = remote_seal, .open = remote_open};
+}
+
+/* --- domain keys ---------------------------------------------------------------- */
+
+int keyproc_ring_load(struct keyproc *kp, struct keyproc_ring **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	uint8_t *body = NULL;
+	size_t len = 0;
+	int rc = call(kp, KEYPROC_LOAD, NULL, 0, &body, &len);
+	if (rc == ISG_ERR_IO && !body) {
+		snprintf(err, errlen, "the key process is gone");
+		return rc;
+	}
+	if (rc) {
+		snprintf(err, errlen, "%.*s", (int)(len < 1024 ? len : 1024),
+		         body ? (const char *)body : "");
+		free(body);
+		return rc;
+	}
+	struct keyproc_ring *r = calloc(1, sizeof(*r));
+	if (!r || len < 4 || keyring_from_description(body + 4, len - 4, &r->desc) != 0) {
+		snprintf(err, errlen, "the key process described its keys badly");
+		free(r);
+		free(body);
+		return ISG_ERR_IO;
+	}
+	memcpy(&r->gen, body, 4);
+	r->kp = kp;
+	free(body);
+	*out = r;
+	return 0;
+}
+
+const struct keyring *keyproc_ring_keys(const struct keyproc_ring *r)
+{
+	return r->desc;
+}
+
+void keyproc_ring_free(struct keyproc_ring *r)
+{
+	if (!r)
+		return;
+	struct iovec part = {&r->gen, 4};
+	if (call(r->kp, KEYPROC_DROP, &part, 1, NULL, NULL) != 0)
+		log_event(LOG_WARN, "keyproc.drop_failed", "generation=%" PRIu32, r->gen);
+	keyring_free(r->desc);
+	free(r);
+}
+
+/* One round trip per batch. The answers are checked like any input. */
+static int remote_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
+{
+	struct keyproc_ring *r = ctx;
+	if (n == 0)
+		return 0;
+	size_t size = 16;
+	for (size_t i = 0; i < n; i++) {
+		if (!reqs[i].domain || strlen(reqs[i].domain) > KEYS_DOMAIN_NAME_MAX ||
+		    reqs[i].len > PSEUDO_VALUE_MAX || (unsigned)reqs[i].type > 0xff)
+			return ISG_ERR_INVALID;
+		size += 6 + strlen(reqs[i].domain) + reqs[i].len;
+	}
+	if (n > UINT32_MAX || size > KEYPROC_FRAME_MAX)
+		return ISG_ERR_TOO_BIG;
+	uint8_t *req = malloc(size), *p = req;
+	if (!req)
+		return ISG_ERR_NOMEM;
+	uint32_t n32 = (uint32_t)n;
+	memcpy(p, &r->gen, 4);
+	memcpy(p + 4, &today, 8);
+	memcpy(p + 12, &n32, 4);
+	p += 16;
+	for (size_t i = 0; i < n; i++) {
+		uint8_t dlen = (uint8_t)strlen(reqs[i].domain), type = (uint8_t)reqs[i].type;
+		uint32_t vlen = (uint32_t)reqs[i].len;
+		*p++ = dlen;
+		memcpy(p, reqs[i].domain, dlen);
+		p += dlen;
+		*p++ = type;
+		memcpy(p, &vlen, 4);
+		if (vlen)
+			memcpy(p + 4, reqs[i].norm, vlen);
+		p += 4 + vlen;
+	}
+	struct iovec part = {req, (size_t)(p - req)};
+	uint8_t *body = NULL;
+	size_t len = 0;
+	int rc = call(r->kp, KEYPROC_PSEUDO, &part, 1, &body, &len);
+	sodium_memzero(req, size);
+	free(req);
+	const uint8_t *q = body, *end = body ? body + len : NULL;
+	for (size_t i = 0; rc == 0 && i < n; i++) {
+		char *texts[2] = {reqs[i].out, reqs[i].previous};
+		for (int k = 0; rc == 0 && k < 2; k++) {
+			if (q >= end || *q >= PSEUDO_TEXT_MAX || (size_t)(end - q - 1) < *q) {
+				rc = ISG_ERR_IO;
+				break;
+			}
+			memcpy(texts[k], q + 1, *q);
+			texts[k][*q] = '\0';
+			q += 1 + *q;
+		}
+	}
+	if (rc == 0 && q != end)
+		rc = ISG_ERR_IO;
+	free(body);
+	return rc;
+}
+
+struct pseudo_service keyproc_ring_service(struct keyproc_ring *r)
+{
+	return (struct pseudo_service){.ctx = r, .pseudonymise = remote_pseudonymise};
+}

@@ -1,0 +1,441 @@
+/*
+ * The key process: load the keys, shed privileges, then answer requests,
+ * one thread per channel. It exits when every channel is closed (isgd
+ * stopped or died), wiping its keys first.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "audit/audit.h"
+#include "keyproc/internal.h"
+#include "util/util.h"
+
+struct ring_slot {
+	uint32_t gen; /* 0: free */
+	struct keyring *ring;
+};
+
+struct server {
+	const struct keyproc_options *opt;
+	uint8_t *storage_key;
+	struct audit_signer *signer;
+	pthread_mutex_t mu; /* guards rings, next_gen and signed_size */
+	struct ring_slot rings[KEYPROC_RINGS_MAX];
+	uint32_t next_gen;
+	uint64_t signed_size;
+	bool signed_any;
+};
+
+/* What one request's handler answers. */
+struct answer {
+	int32_t status;
+	uint8_t *body; /* malloc'd, or NULL */
+	size_t len;
+};
+
+static int answer_text(struct answer *a, int status, const char *text)
+{
+	a->status = status;
+	a->len = strlen(text);
+	a->body = (uint8_t *)strdup(text);
+	if (!a->body)
+		a->len = 0;
+	return status;
+}
+
+static int answer_alloc(struct answer *a, size_t len)
+{
+	a->body = malloc(len ? len : 1);
+	if (!a->body)
+		return a->status = ISG_ERR_NOMEM;
+	a->len = len;
+	return 0;
+}
+
+/* --- a bounded reader over a request body ------------------------------------- */
+
+struct cursor {
+	const uint8_t *p;
+	size_t left;
+};
+
+static bool take(struct cursor *c, void *dst, size_t n)
+{
+	if (c->left < n)
+		return false;
+	memcpy(dst, c->p, n);
+	c->p += n;
+	c->left -= n;
+	return true;
+}
+
+static const uint8_t *take_ref(struct cursor *c, size_t n)
+{
+	if (c->left < n)
+		return NULL;
+	const uint8_t *p = c->p;
+	c->p += n;
+	c->left -= n;
+	return p;
+}
+
+/* --- domain keys --------------------------------------------------------------- */
+
+static int do_load(struct server *sv, struct answer *a)
+{
+	char err[KEYPROC_REASON_MAX];
+	struct keyring *ring = NULL;
+	int rc = keys_load_domains(sv->opt->keys_dir, &ring, err, sizeof(err));
+	if (rc)
+		return answer_text(a, rc, err);
+	uint8_t *desc = NULL;
+	size_t desc_len = 0;
+	if ((rc = keyring_describe(ring, &desc, &desc_len)) != 0) {
+		keyring_free(ring);
+		return a->status = rc;
+	}
+	pthread_mutex_lock(&sv->mu);
+	struct ring_slot *slot = NULL;
+	for (size_t i = 0; i < KEYPROC_RINGS_MAX && !slot; i++)
+		if (sv->rings[i].gen == 0)
+			slot = &sv->rings[i];
+	uint32_t gen = 0;
+	if (slot) {
+		gen = ++sv->next_gen;
+		slot->gen = gen;
+		slot->ring = ring;
+		ring = NULL;
+	}
+	pthread_mutex_unlock(&sv->mu);
+	keyring_free(ring);
+	if (!slot) {
+		free(desc);
+		return answer_text(a, ISG_ERR_LIMIT, "too many generations of domain keys in use");
+	}
+	if (answer_alloc(a, 4 + desc_len) != 0) {
+		free(desc);
+		return a->status;
+	}
+	memcpy(a->body, &gen, 4);
+	memcpy(a->body + 4, desc, desc_len);
+	free(desc);
+	return 0;
+}
+
+static int do_drop(struct server *sv, struct cursor *c, struct answer *a)
+{
+	uint32_t gen;
+	if (!take(c, &gen, 4) || c->left != 0 || gen == 0)
+		return a->status = ISG_ERR_PARSE;
+	struct keyring *ring = NULL;
+	pthread_mutex_lock(&sv->mu);
+	for (size_t i = 0; i < KEYPROC_RINGS_MAX; i++) {
+		if (sv->rings[i].gen == gen) {
+			ring = sv->rings[i].ring;
+			sv->rings[i] = (struct ring_slot){0};
+		}
+	}
+	pthread_mutex_unlock(&sv->mu);
+	keyring_free(ring); /* wipes: no request can be using it, see do_pseudo */
+	return a->status = ring ? 0 : ISG_ERR_NOT_FOUND;
+}
+
+/* One request of a batch, with its domain name made a C string. */
+struct pseudo_item {
+	char domain[KEYS_DOMAIN_NAME_MAX + 1];
+	struct pseudo_request r;
+};
+
+static int parse_pseudo(struct cursor *c, struct pseudo_item *items, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		struct pseudo_item *it = &items[i];
+		uint8_t dlen, type;
+		uint32_t vlen;
+		if (!take(c, &dlen, 1) || dlen > KEYS_DOMAIN_NAME_MAX || !take(c, it->domain, dlen))
+			return ISG_ERR_PARSE;
+		it->domain[dlen] = '\0';
+		if (!take(c, &type, 1) || !take(c, &vlen, 4) || vlen > PSEUDO_VALUE_MAX)
+			return ISG_ERR_PARSE;
+		const uint8_t *v = take_ref(c, vlen);
+		if (!v)
+			return ISG_ERR_PARSE;
+		it->r = (struct pseudo_request){.domain = it->domain,
+		                                .type = (enum pseudo_type)type,
+		                                .norm = (const char *)v,
+		                                .len = vlen};
+	}
+	return c->left == 0 ? 0 : ISG_ERR_PARSE;
+}
+
+/*
+ * The ring is used under the lock: a DROP waits for the batch to finish.
+ * Batches are short (microseconds per pseudonym), and isgd drops a
+ * generation only after the last request using it has finished anyway.
+ */
+static int do_pseudo(struct server *sv, struct cursor *c, struct answer *a)
+{
+	uint32_t gen, n;
+	int64_t today;
+	/* Each item takes at least 6 bytes on the wire: n is bounded by the body. */
+	if (!take(c, &gen, 4) || !take(c, &today, 8) || !take(c, &n, 4) || n == 0 ||
+	    n > c->left / 6)
+		return a->status = ISG_ERR_PARSE;
+	struct pseudo_item *items = calloc(n, sizeof(*items));
+	if (!items)
+		return a->status = ISG_ERR_NOMEM;
+	int rc = parse_pseudo(c, items, n);
+	struct pseudo_request *reqs = NULL;
+	if (rc == 0 && !(reqs = malloc(n * sizeof(*reqs))))
+		rc = ISG_ERR_NOMEM;
+	for (uint32_t i = 0; rc == 0 && i < n; i++)
+		reqs[i] = items[i].r;
+	if (rc == 0) {
+		pthread_mutex_lock(&sv->mu);
+		const struct keyring *ring = NULL;
+		for (size_t i = 0; i < KEYPROC_RINGS_MAX; i++)
+			if (sv->rings[i].gen == gen)
+				ring = sv->rings[i].ring;
+		if (!ring) {
+			rc = ISG_ERR_NOT_FOUND;
+		} else {
+			struct pseudo_service svc = keyring_service(ring);
+			rc = svc.pseudonymise(svc.ctx, reqs, n, today);
+		}
+		pthread_mutex_unlock(&sv->mu);
+	}
+	if (rc == 0 && answer_alloc(a, (size_t)n * 2 * (1 + PSEUDO_TEXT_MAX)) == 0) {
+		uint8_t *p = a->body;
+		for (uint32_t i = 0; i < n; i++) {
+			const char *texts[2] = {reqs[i].out, reqs[i].previous};
+			for (int k = 0; k < 2; k++) {
+				size_t len = strnlen(texts[k], PSEUDO_TEXT_MAX - 1);
+				*p++ = (uint8_t)len;
+				memcpy(p, texts[k], len);
+				p += len;
+			}
+		}
+		a->len = (size_t)(p - a->body);
+	} else if (rc) {
+		a->status = rc;
+	}
+	if (reqs)
+		sodium_memzero(reqs, n * sizeof(*reqs));
+	sodium_memzero(items, n * sizeof(*items));
+	free(reqs);
+	free(items);
+	return a->status;
+}
+
+/* --- the storage key ----------------------------------------------------------- */
+
+static int do_seal(struct server *sv, struct cursor *c, struct answer *a)
+{
+	uint32_t ad_len;
+	const uint8_t *ad;
+	if (!take(c, &ad_len, 4) || !(ad = take_ref(c, ad_len)))
+		return a->status = ISG_ERR_PARSE;
+	if (answer_alloc(a, STORE_SEAL_NONCE_LEN + c->left + STORE_SEAL_OVERHEAD) != 0)
+		return a->status;
+	store_aead_seal(sv->storage_key, ad, ad_len, c->p, c->left, a->body,
+	                a->body + STORE_SEAL_NONCE_LEN);
+	return 0;
+}
+
+static int do_open(struct server *sv, struct cursor *c, struct answer *a)
+{
+	uint32_t ad_len;
+	const uint8_t *ad, *nonce;
+	if (!take(c, &ad_len, 4) || !(ad = take_ref(c, ad_len)) ||
+	    !(nonce = take_ref(c, STORE_SEAL_NONCE_LEN)) || c->left < STORE_SEAL_OVERHEAD)
+		return a->status = ISG_ERR_PARSE;
+	if (answer_alloc(a, c->left - STORE_SEAL_OVERHEAD) != 0)
+		return a->status;
+	int rc = store_aead_open(sv->storage_key, ad, ad_len, nonce, c->p, c->left, a->body);
+	if (rc) {
+		free(a->body);
+		a->body = NULL;
+		a->len = 0;
+		a->status = rc;
+	}
+	return a->status;
+}
+
+/* --- the audit signing key ------------------------------------------------------- */
+
+/*
+ * Only checkpoints of this log, never smaller than the last one signed: a
+ * compromised gateway cannot have the key vouch for a rolled-back log.
+ */
+static int do_sign(struct server *sv, struct cursor *c, struct answer *a)
+{
+	struct audit_checkpoint cp;
+	const char *reason;
+	if (audit_checkpoint_parse((const char *)c->p, c->left, &cp, &reason) != 0)
+		return answer_text(a, ISG_ERR_INVALID, "not a checkpoint");
+	if (strcmp(cp.origin, audit_signer_name(sv->signer)) != 0)
+		return answer_text(a, ISG_ERR_DENIED, "a checkpoint of another log");
+	pthread_mutex_lock(&sv->mu);
+	bool ok = !sv->signed_any || cp.size >= sv->signed_size;
+	if (ok) {
+		sv->signed_any = true;
+		sv->signed_size = cp.size;
+	}
+	pthread_mutex_unlock(&sv->mu);
+	if (!ok)
+		return answer_text(a, ISG_ERR_DENIED,
+		                   "a checkpoint smaller than one already signed");
+	if (answer_alloc(a, AUDIT_SIG_LEN) != 0)
+		return a->status;
+	return a->status = audit_signer_sign(sv->signer, c->p, c->left, a->body);
+}
+
+/* --- serving ------------------------------------------------------------------- */
+
+static void handle(struct server *sv, uint8_t op, struct cursor *c, struct answer *a)
+{
+	switch (op) {
+	case KEYPROC_LOAD:
+		if (c->left == 0)
+			do_load(sv, a);
+		else
+			a->status = ISG_ERR_PARSE;
+		break;
+	case KEYPROC_DROP:
+		do_drop(sv, c, a);
+		break;
+	case KEYPROC_PSEUDO:
+		do_pseudo(sv, c, a);
+		break;
+	case KEYPROC_SEAL:
+		do_seal(sv, c, a);
+		break;
+	case KEYPROC_OPEN:
+		do_open(sv, c, a);
+		break;
+	case KEYPROC_SIGN:
+		do_sign(sv, c, a);
+		break;
+	default:
+		a->status = ISG_ERR_PARSE;
+	}
+}
+
+static int respond(int fd, const struct answer *a)
+{
+	uint32_t len = (uint32_t)(4 + a->len);
+	uint8_t head[8];
+	memcpy(head, &len, 4);
+	memcpy(head + 4, &a->status, 4);
+	if (keyproc_write_full(fd, head, sizeof(head)) != 0)
+		return -1;
+	return a->len ? keyproc_write_full(fd, a->body, a->len) : 0;
+}
+
+struct channel {
+	struct server *sv;
+	int fd;
+	pthread_t thread;
+};
+
+/* One request at a time; a malformed frame closes the channel. */
+static void *channel_main(void *arg)
+{
+	struct channel *ch = arg;
+	for (;;) {
+		uint32_t len;
+		if (keyproc_read_full(ch->fd, &len, 4) != 0 || len == 0 || len > KEYPROC_FRAME_MAX)
+			break;
+		uint8_t *req = malloc(len);
+		if (!req || keyproc_read_full(ch->fd, req, len) != 0) {
+			free(req);
+			break;
+		}
+		struct cursor c = {req + 1, len - 1};
+		struct answer a = {0};
+		handle(ch->sv, req[0], &c, &a);
+		sodium_memzero(req, len); /* plaintexts and identifiers */
+		free(req);
+		int w = respond(ch->fd, &a);
+		if (a.body) {
+			sodium_memzero(a.body, a.len);
+			free(a.body);
+		}
+		if (w != 0)
+			break;
+	}
+	close(ch->fd);
+	return NULL;
+}
+
+static int load_fixed_keys(struct server *sv, char *err, size_t errlen)
+{
+	int rc = keys_load_storage(sv->opt->keys_dir, &sv->storage_key, err, errlen);
+	if (rc)
+		return rc;
+	uint8_t *seed = NULL;
+	rc = keys_load_audit_signing(sv->opt->keys_dir, &seed, err, errlen);
+	if (rc)
+		return rc;
+	rc = audit_signer_new(sv->opt->audit_origin, seed, &sv->signer);
+	keys_free(seed);
+	if (rc)
+		snprintf(err, errlen, "cannot make the audit signing key for origin '%s'",
+		         sv->opt->audit_origin);
+	return rc;
+}
+
+static void hello(int fd, int status, const void *body, size_t len)
+{
+	struct answer a = {.status = status, .body = (uint8_t *)body, .len = len};
+	(void)respond(fd, &a);
+}
+
+_Noreturn void keyproc_serve(const struct keyproc_options *opt, int *fds, unsigned n)
+{
+	/* isgd blocks these for its own sigwait; here they should just end the process. */
+	sigset_t none;
+	sigemptyset(&none);
+	pthread_sigmask(SIG_SETMASK, &none, NULL);
+
+	struct server sv = {.opt = opt};
+	pthread_mutex_init(&sv.mu, NULL);
+	char err[KEYPROC_REASON_MAX];
+	const char *what = NULL;
+	int rc = load_fixed_keys(&sv, err, sizeof(err));
+	if (rc == 0 && keyproc_sandbox(&what) != 0) {
+		snprintf(err, sizeof(err), "key process: cannot %s: %s", what, strerror(errno));
+		rc = ISG_ERR_IO;
+	}
+	if (rc) {
+		hello(fds[0], rc, err, strlen(err));
+	} else {
+		uint8_t pk[AUDIT_PUBKEY_LEN];
+		audit_signer_public_key(sv.signer, pk);
+		hello(fds[0], 0, pk, sizeof(pk));
+		struct channel *chs = calloc(n, sizeof(*chs));
+		unsigned started = 0;
+		for (unsigned i = 0; chs && i < n; i++) {
+			chs[i] = (struct channel){.sv = &sv, .fd = fds[i]};
+			if (pthread_create(&chs[i].thread, NULL, channel_main, &chs[i]) != 0)
+				break;
+			started++;
+		}
+		for (unsigned i = 0; i < started; i++)
+			pthread_join(chs[i].thread, NULL);
+		free(chs);
+	}
+	for (size_t i = 0; i < KEYPROC_RINGS_MAX; i++)
+		keyring_free(sv.rings[i].ring);
+	keys_free(sv.storage_key);
+	audit_signer_free(sv.signer);
+	/* _exit: the parent's atexit handlers and stdio buffers are not ours. */
+	_exit(rc ? 1 : 0);
+}

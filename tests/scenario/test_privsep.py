@@ -1,0 +1,241 @@
+"""
+Scenario: privilege separation (docs/security.md). isgd keeps the domain
+keys, the storage key and the audit signing key in a key process with no
+network: the process that talks to partners never holds them, and with
+`user:` it serves as an unprivileged user after binding its port.
+
+Memory is read the way an attacker who owns the process would see it:
+/proc/PID/mem, region by region. The scans need root (they run as root in
+CI); without root these tests fail unless ISG_ALLOW_SKIP is set.
+"""
+
+import base64
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import time
+import unittest
+
+import isgtest
+
+NHS = "9434765919"
+
+
+def children(pid):
+    out = []
+    for task in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+            out += [int(p) for p in f.read().split()]
+    return out
+
+
+def status(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def memory_contains(pid, needles):
+    """Which of needles (bytes) occur in any readable mapping of pid."""
+    found = set()
+    with open("/proc/%d/maps" % pid) as maps, open("/proc/%d/mem" % pid, "rb", 0) as mem:
+        for line in maps:
+            addr = line.split()[0]
+            start, end = (int(x, 16) for x in addr.split("-"))
+            if end - start > 1 << 30:
+                continue
+            try:
+                mem.seek(start)
+                data = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            for n in needles:
+                if n in data:
+                    found.add(n)
+    return found
+
+
+def key_bytes(keys_dir):
+    """Every secret in the keys directory as raw bytes, by name."""
+    out = {}
+    for name in ("storage.key", "audit-signing.key"):
+        with open(os.path.join(keys_dir, name)) as f:
+            out[name] = base64.b64decode(f.read().split()[-1])
+    for d in os.listdir(os.path.join(keys_dir, "domains")):
+        for k in isgtest.domain_keys(keys_dir, d[:-len(".key")]):
+            out["domains/%s v%d" % (k.name, k.version)] = k.key
+    return out
+
+
+def require_root(case):
+    if os.geteuid() != 0:
+        if os.environ.get("ISG_ALLOW_SKIP"):
+            case.skipTest("needs root to read another process's memory")
+        case.fail("these tests need root (set ISG_ALLOW_SKIP=1 to skip them)")
+
+
+class PrivsepCase(isgtest.ScenarioCase):
+    def exchange(self, gw):
+        police = self.partner(gw, "police")
+        nhs = self.partner(gw, "nhs")
+        police.send_ok([{"nhs_number": NHS, "age": 42}])
+        got = nhs.fetch_messages()
+        self.assertEqual(len(got), 1)
+        return got[0]
+
+    def key_process(self, gw):
+        kids = children(gw.proc.pid)
+        self.assertEqual(len(kids), 1, "isgd should have exactly one child, the key process")
+        return kids[0]
+
+
+class KeysOutOfReach(PrivsepCase):
+    def test_network_side_never_holds_a_key(self):
+        require_root(self)
+        gw = self.gateway(domains=["health-linkage"])
+        self.exchange(gw)  # keys have been used: pseudonyms, a seal, an open
+        gw.reload()        # and loaded again
+        secrets = key_bytes(gw.keys_dir)
+        self.assertGreaterEqual(len(secrets), 4)
+        kp = self.key_process(gw)
+        in_network_side = memory_contains(gw.proc.pid, secrets.values())
+        self.assertEqual([n for n, k in secrets.items() if k in in_network_side], [],
+                         "keys found in the memory of the process that talks to partners")
+        # The scan finds keys where they are: the key process holds every one.
+        in_key_process = memory_contains(kp, secrets.values())
+        self.assertEqual([n for n, k in secrets.items() if k not in in_key_process], [])
+
+    def test_without_key_process_the_scan_finds_them(self):
+        """The control: key_process: false puts the keys in isgd itself."""
+        require_root(self)
+        gw = self.gateway(key_process=False)
+        self.exchange(gw)
+        self.assertEqual(children(gw.proc.pid), [])
+        secrets = key_bytes(gw.keys_dir)
+        found = memory_contains(gw.proc.pid, secrets.values())
+        self.assertIn(secrets["storage.key"], found)
+        self.assertIn(secrets["domains/audit v1"], found)
+
+    def test_key_process_is_confined(self):
+        gw = self.gateway()
+        kp = self.key_process(gw)
+        st = status(kp)
+        self.assertEqual(st["Seccomp"], "2", "a seccomp filter is installed")
+        self.assertEqual(st["NoNewPrivs"], "1")
+        self.assertEqual(int(st["CapEff"], 16), 0, "no effective capabilities")
+        self.assertEqual(int(st["CapPrm"], 16), 0, "no permitted capabilities")
+        fds = os.listdir("/proc/%d/fd" % kp)
+        targets = [os.readlink("/proc/%d/fd/%s" % (kp, fd)) for fd in fds if int(fd) > 2]
+        if isgtest.VALGRIND:  # valgrind keeps its own files open, the program among them
+            targets = [t for t in targets if not t.startswith(("/", "pipe:"))]
+        self.assertTrue(targets)
+        self.assertTrue(all(t.startswith("socket:") for t in targets), targets)
+        # Its sockets are all the socketpairs with isgd: none is a network socket.
+        inodes = {t[len("socket:["):-1] for t in targets}
+        with open("/proc/net/tcp") as f4, open("/proc/net/tcp6") as f6:
+            net_inodes = {line.split()[9] for line in (f4.read() + f6.read()).splitlines()[1:]
+                          if len(line.split()) > 9}
+        self.assertFalse(inodes & net_inodes)
+
+
+class KeyProcessLifetime(PrivsepCase):
+    def test_isgd_stops_when_the_key_process_dies(self):
+        gw = self.gateway()
+        self.exchange(gw)
+        kp = self.key_process(gw)
+        os.kill(kp, signal.SIGKILL)
+        deadline = time.monotonic() + 10 * isgtest.SLOW
+        while gw.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(gw.running, "isgd kept running without its key process")
+        rc = gw.proc.wait()
+        gw.proc = None
+        self.assertEqual(rc, 1)
+        self.assertIn("event=keyproc.exited", gw.log)
+        self.assertIn("the key process died", gw.log)
+        # What was accepted is still there after a restart.
+        gw.start()
+        self.assertEqual(self.partner(gw, "nhs").fetch_messages(), [])
+        isgtest.Partner(gw, self.pki, "police").send_ok([{"nhs_number": NHS, "age": 1}])
+        self.assertEqual(len(self.partner(gw, "nhs").fetch_messages()), 1)
+
+    def test_key_process_exits_with_isgd(self):
+        gw = self.gateway()
+        kp = self.key_process(gw)
+        gw.kill()  # SIGKILL: no clean shutdown
+        deadline = time.monotonic() + 10 * isgtest.SLOW
+        while os.path.exists("/proc/%d" % kp) and time.monotonic() < deadline:
+            try:
+                if status(kp)["State"].startswith("Z"):
+                    break
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.05)
+        alive = os.path.exists("/proc/%d" % kp) and not status(kp)["State"].startswith("Z")
+        self.assertFalse(alive, "the key process outlived isgd")
+
+    def test_bad_storage_key_is_reported_by_the_key_process(self):
+        gw = self.gateway(start=False)
+        os.chmod(os.path.join(gw.keys_dir, "storage.key"), 0o640)
+        r = isgtest.subprocess.run(gw.argv(), capture_output=True, text=True,
+                                   timeout=isgtest.START_TIMEOUT)
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, r"key file '[^']*storage\.key' has mode 0640")
+
+
+class DropRoot(PrivsepCase):
+    def test_serves_as_the_configured_user(self):
+        require_root(self)
+        user = pwd.getpwnam("nobody")
+        # The user needs its store, its TLS key and read access on the way there.
+        os.chmod(self.tmp, 0o755)
+        gw = self.gateway(start=False, user="nobody")
+        os.chmod(gw.dir, 0o755)
+        store_dir = os.path.dirname(gw.store_path)
+        os.chown(store_dir, user.pw_uid, user.pw_gid)
+        for what, src in (("certificate", self.pki.gateway_chain), ("key", self.pki.gateway.key),
+                          ("client_ca", self.pki.partner_ca.cert)):
+            dst = os.path.join(self.tmp, "tls-" + what + ".pem")
+            shutil.copy(src, dst)
+            os.chown(dst, user.pw_uid, user.pw_gid)
+            gw.config["tls"][what] = dst
+        os.chmod(gw.config["tls"]["key"], 0o600)
+        gw.write_config()
+        gw.start()
+        self.assertIn("event=isgd.privileges_dropped user=nobody", gw.log)
+        st = status(gw.proc.pid)
+        self.assertEqual(st["Uid"].split(), [str(user.pw_uid)] * 4)
+        self.assertEqual(st["Gid"].split(), [str(user.pw_gid)] * 4)
+        self.assertEqual(int(st["CapEff"], 16), 0)
+        self.assertEqual(self.key_process(gw) > 0, True)
+        # The store was created by the user; the keys stay root's and out of its reach.
+        self.exchange(gw)
+        self.assertEqual(os.stat(gw.store_path).st_uid, user.pw_uid)
+        self.assertEqual(os.stat(os.path.join(gw.keys_dir, "storage.key")).st_uid, 0)
+        # Reloads still work: the key process reads the domain keys, isgd the TLS key.
+        outcome, text = gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        self.assertIn("event=tls.reloaded", text)
+
+    def test_tls_key_must_belong_to_the_user(self):
+        require_root(self)
+        gw = self.gateway(start=False, user="nobody")
+        r = isgtest.subprocess.run(gw.argv(), capture_output=True, text=True,
+                                   timeout=isgtest.START_TIMEOUT)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("must be 0600 and owned by uid %d" % pwd.getpwnam("nobody").pw_uid,
+                      r.stderr)
+
+    def test_unknown_user_is_refused(self):
+        gw = self.gateway(start=False, user="no-such-user-isg")
+        r = isgtest.subprocess.run(gw.argv(), capture_output=True, text=True,
+                                   timeout=isgtest.START_TIMEOUT)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("user 'no-such-user-isg' does not exist", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,299 @@
+/*
+ * keyproc: the key process answers exactly what the keys would answer in
+ * process (pseudonyms, seals, checkpoint signatures), refuses what a
+ * compromised gateway might ask (rolled-back or foreign checkpoints,
+ * malformed requests), and reports bad key files at start.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+
+#include "audit/audit.h"
+#include "keyproc/internal.h"
+#include "util/util.h"
+
+struct fixture {
+	char root[64];
+	char dir[128];
+	struct keyproc *kp;
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	char err[512];
+	str_copy(f->root, "/tmp/isg-keyproc-XXXXXX", sizeof(f->root));
+	if (!mkdtemp(f->root))
+		return -1;
+	snprintf(f->dir, sizeof(f->dir), "%s/keys", f->root);
+	if (keys_init(f->dir, err, sizeof(err)) != 0 ||
+	    keys_new_domain(f->dir, "health", err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	assert_true(keyproc_stop(f->kp));
+	char cmd[200];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->root);
+	if (system(cmd) != 0)
+		return -1;
+	free(f);
+	return 0;
+}
+
+static struct keyproc *start(struct fixture *f)
+{
+	struct keyproc_options o = {.keys_dir = f->dir, .audit_origin = "test-log", .channels = 2};
+	char err[512] = "";
+	int rc = keyproc_start(&o, &f->kp, err, sizeof(err));
+	if (rc)
+		fprintf(stderr, "keyproc_start: %s\n", err);
+	assert_int_equal(rc, 0);
+	return f->kp;
+}
+
+static void test_pseudonyms_match_the_keys(void **state)
+{
+	struct fixture *f = *state;
+	struct keyproc *kp = start(f);
+	char err[512];
+	struct keyproc_ring *ring;
+	assert_int_equal(keyproc_ring_load(kp, &ring, err, sizeof(err)), 0);
+	struct keyring *local;
+	assert_int_equal(keys_load_domains(f->dir, &local, err, sizeof(err)), 0);
+
+	/* The description names what the keys directory has, and holds no key. */
+	const struct keyring *desc = keyproc_ring_keys(ring);
+	assert_int_equal(keyring_domain_count(desc), 2);
+	assert_true(keyring_has(desc, "health"));
+	assert_true(keyring_has(desc, "audit"));
+	char out[2][PSEUDO_TEXT_MAX];
+	assert_int_equal(
+	    keyring_pseudonymise_all(desc, "health", PSEUDO_NHS_NUMBER, "x", 1, out, 2), 0);
+
+	struct pseudo_request remote[3] = {
+	    {.domain = "health", .type = PSEUDO_NHS_NUMBER, .norm = "9434765919", .len = 10},
+	    {.domain = "audit", .type = PSEUDO_POSTCODE, .norm = "SW1A 1AA", .len = 8},
+	    {.domain = "health", .type = PSEUDO_EMAIL, .norm = "", .len = 0},
+	};
+	struct pseudo_request here[3];
+	memcpy(here, remote, sizeof(here));
+	struct pseudo_service rs = keyproc_ring_service(ring), ls = keyring_service(local);
+	assert_int_equal(rs.pseudonymise(rs.ctx, remote, 3, 20000), 0);
+	assert_int_equal(ls.pseudonymise(ls.ctx, here, 3, 20000), 0);
+	for (int i = 0; i < 3; i++) {
+		assert_true(remote[i].out[0] != '\0');
+		assert_string_equal(remote[i].out, here[i].out);
+		assert_string_equal(remote[i].previous, here[i].previous);
+	}
+	/* A domain without a key is refused as in process. */
+	struct pseudo_request unknown = {
+	    .domain = "nope", .type = PSEUDO_EMAIL, .norm = "a", .len = 1};
+	assert_int_equal(rs.pseudonymise(rs.ctx, &unknown, 1, 20000), ISG_ERR_NOT_FOUND);
+
+	/* A second generation works on after the first is dropped. */
+	struct keyproc_ring *ring2;
+	assert_int_equal(keyproc_ring_load(kp, &ring2, err, sizeof(err)), 0);
+	keyproc_ring_free(ring);
+	struct pseudo_service rs2 = keyproc_ring_service(ring2);
+	struct pseudo_request again = remote[0];
+	assert_int_equal(rs2.pseudonymise(rs2.ctx, &again, 1, 20000), 0);
+	assert_string_equal(again.out, here[0].out);
+	keyproc_ring_free(ring2);
+	keyring_free(local);
+}
+
+static void test_seals_open_with_the_storage_key(void **state)
+{
+	struct fixture *f = *state;
+	struct keyproc *kp = start(f);
+	char err[512];
+	uint8_t *key;
+	assert_int_equal(keys_load_storage(f->dir, &key, err, sizeof(err)), 0);
+	struct store_sealer s = keyproc_sealer(kp);
+	const uint8_t ad[] = "associated", plain[] = "a referral";
+	uint8_t nonce[STORE_SEAL_NONCE_LEN], sealed[sizeof(plain) + STORE_SEAL_OVERHEAD];
+	uint8_t opened[sizeof(plain)];
+	assert_int_equal(s.seal(s.ctx, ad, sizeof(ad), plain, sizeof(plain), nonce, sealed), 0);
+	assert_int_equal(
+	    store_aead_open(key, ad, sizeof(ad), nonce, sealed, sizeof(sealed), opened), 0);
+	assert_memory_equal(opened, plain, sizeof(plain));
+
+	/* Sealed here, opened there; and a changed byte or other ad does not open. */
+	store_aead_seal(key, ad, sizeof(ad), plain, sizeof(plain), nonce, sealed);
+	memset(opened, 0, sizeof(opened));
+	assert_int_equal(s.open(s.ctx, ad, sizeof(ad), nonce, sealed, sizeof(sealed), opened), 0);
+	assert_memory_equal(opened, plain, sizeof(plain));
+	assert_int_equal(s.open(s.ctx, ad, sizeof(ad) - 1, nonce, sealed, sizeof(sealed), opened),
+	                 ISG_ERR_CRYPTO);
+	sealed[3] ^= 1;
+	assert_int_equal(s.open(s.ctx, ad, sizeof(ad), nonce, sealed, sizeof(sealed), opened),
+	                 ISG_ERR_CRYPTO);
+	keys_free(key);
+}
+
+static int sign(const struct audit_signer *s, const char *origin, uint64_t size, char *note,
+                size_t *len)
+{
+	struct audit_checkpoint c = {.size = size};
+	str_copy(c.origin, origin, sizeof(c.origin));
+	memset(c.root, 0x5a, sizeof(c.root));
+	const char *reason;
+	return audit_checkpoint_sign(s, &c, note, AUDIT_NOTE_MAX, len, &reason);
+}
+
+static void test_signs_checkpoints_never_backwards(void **state)
+{
+	struct fixture *f = *state;
+	struct keyproc *kp = start(f);
+	const struct audit_signer *s = keyproc_signer(kp);
+	assert_string_equal(audit_signer_name(s), "test-log");
+	char vkey[AUDIT_VERIFIER_KEY_MAX], note[AUDIT_NOTE_MAX];
+	audit_signer_verifier_key(s, vkey);
+	struct audit_verifier v;
+	const char *reason;
+	assert_int_equal(audit_verifier_parse(vkey, strlen(vkey), &v, &reason), 0);
+
+	size_t len;
+	assert_int_equal(sign(s, "test-log", 10, note, &len), 0);
+	struct audit_checkpoint c;
+	assert_int_equal(audit_checkpoint_open(&v, note, len, &c, &reason), 0);
+	assert_int_equal(c.size, 10);
+	assert_int_equal(sign(s, "test-log", 10, note, &len), 0); /* the same size again: idle */
+	assert_int_equal(sign(s, "test-log", 11, note, &len), 0);
+	/* A rolled-back log, another log, or a note that is no checkpoint: refused. */
+	assert_int_equal(sign(s, "test-log", 9, note, &len), ISG_ERR_CRYPTO);
+	assert_int_equal(sign(s, "other-log", 12, note, &len), ISG_ERR_CRYPTO);
+	assert_int_equal(audit_note_sign(s, "hello\n", 6, note, sizeof(note), &len, &reason),
+	                 ISG_ERR_CRYPTO);
+}
+
+static void test_bad_key_file_refused_at_start(void **state)
+{
+	struct fixture *f = *state;
+	char path[256], err[512] = "";
+	snprintf(path, sizeof(path), "%s/%s", f->dir, KEYS_AUDIT_SIGNING_FILE);
+	assert_int_equal(chmod(path, 0644), 0);
+	struct keyproc_options o = {.keys_dir = f->dir, .audit_origin = "test-log"};
+	assert_int_not_equal(keyproc_start(&o, &f->kp, err, sizeof(err)), 0);
+	assert_null(f->kp);
+	assert_non_null(strstr(err, "audit-signing.key' has mode 0644"));
+}
+
+/* --- the protocol, spoken badly: the key process is on the other side of a trust boundary */
+
+struct raw {
+	pid_t pid;
+	int fd;
+};
+
+static void raw_start(struct fixture *f, struct raw *r)
+{
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	r->pid = fork();
+	assert_true(r->pid >= 0);
+	if (r->pid == 0) {
+		close(sv[0]);
+		struct keyproc_options o = {.keys_dir = f->dir, .audit_origin = "test-log"};
+		keyproc_serve(&o, &sv[1], 1);
+	}
+	close(sv[1]);
+	r->fd = sv[0];
+	uint32_t len;
+	int32_t status;
+	uint8_t pk[AUDIT_PUBKEY_LEN];
+	assert_int_equal(keyproc_read_full(r->fd, &len, 4), 0);
+	assert_int_equal(keyproc_read_full(r->fd, &status, 4), 0);
+	assert_int_equal(status, 0);
+	assert_int_equal(len, 4 + AUDIT_PUBKEY_LEN);
+	assert_int_equal(keyproc_read_full(r->fd, pk, sizeof(pk)), 0);
+}
+
+/* Send op + body; the answer's status (its body is skipped), or 1 when the channel closed. */
+static int raw_call(struct raw *r, uint8_t op, const void *body, uint32_t len)
+{
+	uint32_t total = len + 1;
+	if (keyproc_write_full(r->fd, &total, 4) != 0 || keyproc_write_full(r->fd, &op, 1) != 0 ||
+	    (len && keyproc_write_full(r->fd, body, len) != 0))
+		return 1;
+	uint32_t rlen;
+	int32_t status;
+	if (keyproc_read_full(r->fd, &rlen, 4) != 0 || keyproc_read_full(r->fd, &status, 4) != 0)
+		return 1;
+	uint8_t skip[256];
+	for (uint32_t left = rlen - 4; left > 0;) {
+		uint32_t n = left < sizeof(skip) ? left : sizeof(skip);
+		if (keyproc_read_full(r->fd, skip, n) != 0)
+			return 1;
+		left -= n;
+	}
+	return status;
+}
+
+static void test_malformed_requests_are_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct raw r;
+	raw_start(f, &r);
+	assert_int_equal(raw_call(&r, 99, NULL, 0), ISG_ERR_PARSE);
+	assert_int_equal(raw_call(&r, KEYPROC_LOAD, "x", 1), ISG_ERR_PARSE);
+	assert_int_equal(raw_call(&r, KEYPROC_DROP, "\0\0", 2), ISG_ERR_PARSE);
+	assert_int_equal(raw_call(&r, KEYPROC_DROP, "\x07\0\0\0", 4), ISG_ERR_NOT_FOUND);
+	/* PSEUDO: a count larger than the body could hold, a domain running past the end. */
+	uint8_t p[40] = {0};
+	uint32_t gen = 1, n = 1000000;
+	memcpy(p, &gen, 4);
+	memcpy(p + 12, &n, 4);
+	assert_int_equal(raw_call(&r, KEYPROC_PSEUDO, p, 20), ISG_ERR_PARSE);
+	n = 1;
+	memcpy(p + 12, &n, 4);
+	p[16] = 200; /* domain length past the body */
+	assert_int_equal(raw_call(&r, KEYPROC_PSEUDO, p, sizeof(p)), ISG_ERR_PARSE);
+	/* SEAL/OPEN: associated data longer than the body; a sealed payload shorter than a tag. */
+	uint32_t ad = 0xffffff;
+	assert_int_equal(raw_call(&r, KEYPROC_SEAL, &ad, 4), ISG_ERR_PARSE);
+	uint8_t o[4 + STORE_SEAL_NONCE_LEN + 3] = {0};
+	assert_int_equal(raw_call(&r, KEYPROC_OPEN, o, sizeof(o)), ISG_ERR_PARSE);
+	assert_int_equal(raw_call(&r, KEYPROC_SIGN, "not\na checkpoint\n", 17), ISG_ERR_INVALID);
+	/* Still serving; then a frame over the limit closes the channel, and the process exits. */
+	assert_int_equal(raw_call(&r, KEYPROC_LOAD, NULL, 0), 0);
+	uint32_t huge = KEYPROC_FRAME_MAX + 1;
+	assert_int_equal(keyproc_write_full(r.fd, &huge, 4), 0);
+	uint8_t byte;
+	assert_int_not_equal(keyproc_read_full(r.fd, &byte, 1), 0);
+	int st;
+	assert_int_equal(waitpid(r.pid, &st, 0), r.pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	close(r.fd);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_pseudonyms_match_the_keys, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_seals_open_with_the_storage_key, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_signs_checkpoints_never_backwards, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_bad_key_file_refused_at_start, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_malformed_requests_are_refused, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
