@@ -43,6 +43,22 @@ enum keyproc_op {
 #define KEYPROC_RINGS_MAX 16
 #define KEYPROC_REASON_MAX 512
 
+/* The key process's state: its keys and the generations of domain keys. */
+struct keyproc_server;
+/* Load the storage and audit signing keys; NULL with the reason in err. */
+struct keyproc_server *keyproc_server_new(const struct keyproc_options *opt, char *err,
+                                          size_t errlen);
+/* Wipe every key and free. NULL ok. */
+void keyproc_server_free(struct keyproc_server *sv);
+/* What one request (op byte and body, len bytes) is answered. */
+struct keyproc_answer {
+	int32_t status;
+	uint8_t *body; /* malloc'd, or NULL; the caller frees it */
+	size_t len;
+};
+void keyproc_server_answer(struct keyproc_server *sv, const uint8_t *req, size_t len,
+                           struct keyproc_answer *a);
+
 /* The child's side: never returns. fds are its ends of the channels. */
 _Noreturn void keyproc_serve(const struct keyproc_options *opt, int *fds, unsigned n);
 /* Give up what the key process does not need; 0 or the failed step in *what. */

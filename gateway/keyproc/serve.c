@@ -22,7 +22,7 @@ struct ring_slot {
 	struct keyring *ring;
 };
 
-struct server {
+struct keyproc_server {
 	const struct keyproc_options *opt;
 	uint8_t *storage_key;
 	struct audit_signer *signer;
@@ -33,14 +33,7 @@ struct server {
 	bool signed_any;
 };
 
-/* What one request's handler answers. */
-struct answer {
-	int32_t status;
-	uint8_t *body; /* malloc'd, or NULL */
-	size_t len;
-};
-
-static int answer_text(struct answer *a, int status, const char *text)
+static int answer_text(struct keyproc_answer *a, int status, const char *text)
 {
 	a->status = status;
 	a->len = strlen(text);
@@ -50,7 +43,7 @@ static int answer_text(struct answer *a, int status, const char *text)
 	return status;
 }
 
-static int answer_alloc(struct answer *a, size_t len)
+static int answer_alloc(struct keyproc_answer *a, size_t len)
 {
 	a->body = malloc(len ? len : 1);
 	if (!a->body)
@@ -88,7 +81,7 @@ static const uint8_t *take_ref(struct cursor *c, size_t n)
 
 /* --- domain keys --------------------------------------------------------------- */
 
-static int do_load(struct server *sv, struct answer *a)
+static int do_load(struct keyproc_server *sv, struct keyproc_answer *a)
 {
 	char err[KEYPROC_REASON_MAX];
 	struct keyring *ring = NULL;
@@ -129,7 +122,7 @@ static int do_load(struct server *sv, struct answer *a)
 	return 0;
 }
 
-static int do_drop(struct server *sv, struct cursor *c, struct answer *a)
+static int do_drop(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
 {
 	uint32_t gen;
 	if (!take(c, &gen, 4) || c->left != 0 || gen == 0)
@@ -180,7 +173,7 @@ static int parse_pseudo(struct cursor *c, struct pseudo_item *items, uint32_t n)
  * Batches are short (microseconds per pseudonym), and isgd drops a
  * generation only after the last request using it has finished anyway.
  */
-static int do_pseudo(struct server *sv, struct cursor *c, struct answer *a)
+static int do_pseudo(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
 {
 	uint32_t gen, n;
 	int64_t today;
@@ -236,7 +229,7 @@ static int do_pseudo(struct server *sv, struct cursor *c, struct answer *a)
 
 /* --- the storage key ----------------------------------------------------------- */
 
-static int do_seal(struct server *sv, struct cursor *c, struct answer *a)
+static int do_seal(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
 {
 	uint32_t ad_len;
 	const uint8_t *ad;
@@ -249,7 +242,7 @@ static int do_seal(struct server *sv, struct cursor *c, struct answer *a)
 	return 0;
 }
 
-static int do_open(struct server *sv, struct cursor *c, struct answer *a)
+static int do_open(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
 {
 	uint32_t ad_len;
 	const uint8_t *ad, *nonce;
@@ -274,7 +267,7 @@ static int do_open(struct server *sv, struct cursor *c, struct answer *a)
  * Only checkpoints of this log, never smaller than the last one signed: a
  * compromised gateway cannot have the key vouch for a rolled-back log.
  */
-static int do_sign(struct server *sv, struct cursor *c, struct answer *a)
+static int do_sign(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
 {
 	struct audit_checkpoint cp;
 	const char *reason;
@@ -299,9 +292,16 @@ static int do_sign(struct server *sv, struct cursor *c, struct answer *a)
 
 /* --- serving ------------------------------------------------------------------- */
 
-static void handle(struct server *sv, uint8_t op, struct cursor *c, struct answer *a)
+void keyproc_server_answer(struct keyproc_server *sv, const uint8_t *req, size_t len,
+                           struct keyproc_answer *a)
 {
-	switch (op) {
+	*a = (struct keyproc_answer){0};
+	if (len == 0) {
+		a->status = ISG_ERR_PARSE;
+		return;
+	}
+	struct cursor cur = {req + 1, len - 1}, *c = &cur;
+	switch (req[0]) {
 	case KEYPROC_LOAD:
 		if (c->left == 0)
 			do_load(sv, a);
@@ -328,7 +328,7 @@ static void handle(struct server *sv, uint8_t op, struct cursor *c, struct answe
 	}
 }
 
-static int respond(int fd, const struct answer *a)
+static int respond(int fd, const struct keyproc_answer *a)
 {
 	uint32_t len = (uint32_t)(4 + a->len);
 	uint8_t head[8];
@@ -340,7 +340,7 @@ static int respond(int fd, const struct answer *a)
 }
 
 struct channel {
-	struct server *sv;
+	struct keyproc_server *sv;
 	int fd;
 	pthread_t thread;
 };
@@ -358,9 +358,8 @@ static void *channel_main(void *arg)
 			free(req);
 			break;
 		}
-		struct cursor c = {req + 1, len - 1};
-		struct answer a = {0};
-		handle(ch->sv, req[0], &c, &a);
+		struct keyproc_answer a;
+		keyproc_server_answer(ch->sv, req, len, &a);
 		sodium_memzero(req, len); /* plaintexts and identifiers */
 		free(req);
 		int w = respond(ch->fd, &a);
@@ -375,26 +374,46 @@ static void *channel_main(void *arg)
 	return NULL;
 }
 
-static int load_fixed_keys(struct server *sv, char *err, size_t errlen)
+struct keyproc_server *keyproc_server_new(const struct keyproc_options *opt, char *err,
+                                          size_t errlen)
 {
-	int rc = keys_load_storage(sv->opt->keys_dir, &sv->storage_key, err, errlen);
-	if (rc)
-		return rc;
+	struct keyproc_server *sv = calloc(1, sizeof(*sv));
+	if (!sv) {
+		snprintf(err, errlen, "key process: out of memory");
+		return NULL;
+	}
+	sv->opt = opt;
+	pthread_mutex_init(&sv->mu, NULL);
+	int rc = keys_load_storage(opt->keys_dir, &sv->storage_key, err, errlen);
 	uint8_t *seed = NULL;
-	rc = keys_load_audit_signing(sv->opt->keys_dir, &seed, err, errlen);
-	if (rc)
-		return rc;
-	rc = audit_signer_new(sv->opt->audit_origin, seed, &sv->signer);
-	keys_free(seed);
-	if (rc)
+	if (rc == 0)
+		rc = keys_load_audit_signing(opt->keys_dir, &seed, err, errlen);
+	if (rc == 0 && (rc = audit_signer_new(opt->audit_origin, seed, &sv->signer)) != 0)
 		snprintf(err, errlen, "cannot make the audit signing key for origin '%s'",
-		         sv->opt->audit_origin);
-	return rc;
+		         opt->audit_origin);
+	keys_free(seed);
+	if (rc) {
+		keyproc_server_free(sv);
+		return NULL;
+	}
+	return sv;
+}
+
+void keyproc_server_free(struct keyproc_server *sv)
+{
+	if (!sv)
+		return;
+	for (size_t i = 0; i < KEYPROC_RINGS_MAX; i++)
+		keyring_free(sv->rings[i].ring);
+	keys_free(sv->storage_key);
+	audit_signer_free(sv->signer);
+	pthread_mutex_destroy(&sv->mu);
+	free(sv);
 }
 
 static void hello(int fd, int status, const void *body, size_t len)
 {
-	struct answer a = {.status = status, .body = (uint8_t *)body, .len = len};
+	struct keyproc_answer a = {.status = status, .body = (uint8_t *)body, .len = len};
 	(void)respond(fd, &a);
 }
 
@@ -405,37 +424,33 @@ _Noreturn void keyproc_serve(const struct keyproc_options *opt, int *fds, unsign
 	sigemptyset(&none);
 	pthread_sigmask(SIG_SETMASK, &none, NULL);
 
-	struct server sv = {.opt = opt};
-	pthread_mutex_init(&sv.mu, NULL);
 	char err[KEYPROC_REASON_MAX];
 	const char *what = NULL;
-	int rc = load_fixed_keys(&sv, err, sizeof(err));
-	if (rc == 0 && keyproc_sandbox(&what) != 0) {
+	struct keyproc_server *sv = keyproc_server_new(opt, err, sizeof(err));
+	if (sv && keyproc_sandbox(&what) != 0) {
 		snprintf(err, sizeof(err), "key process: cannot %s: %s", what, strerror(errno));
-		rc = ISG_ERR_IO;
+		keyproc_server_free(sv);
+		sv = NULL;
 	}
-	if (rc) {
-		hello(fds[0], rc, err, strlen(err));
-	} else {
-		uint8_t pk[AUDIT_PUBKEY_LEN];
-		audit_signer_public_key(sv.signer, pk);
-		hello(fds[0], 0, pk, sizeof(pk));
-		struct channel *chs = calloc(n, sizeof(*chs));
-		unsigned started = 0;
-		for (unsigned i = 0; chs && i < n; i++) {
-			chs[i] = (struct channel){.sv = &sv, .fd = fds[i]};
-			if (pthread_create(&chs[i].thread, NULL, channel_main, &chs[i]) != 0)
-				break;
-			started++;
-		}
-		for (unsigned i = 0; i < started; i++)
-			pthread_join(chs[i].thread, NULL);
-		free(chs);
+	if (!sv) {
+		hello(fds[0], ISG_ERR_IO, err, strlen(err));
+		_exit(1);
 	}
-	for (size_t i = 0; i < KEYPROC_RINGS_MAX; i++)
-		keyring_free(sv.rings[i].ring);
-	keys_free(sv.storage_key);
-	audit_signer_free(sv.signer);
+	uint8_t pk[AUDIT_PUBKEY_LEN];
+	audit_signer_public_key(sv->signer, pk);
+	hello(fds[0], 0, pk, sizeof(pk));
+	struct channel *chs = calloc(n, sizeof(*chs));
+	unsigned started = 0;
+	for (unsigned i = 0; chs && i < n; i++) {
+		chs[i] = (struct channel){.sv = sv, .fd = fds[i]};
+		if (pthread_create(&chs[i].thread, NULL, channel_main, &chs[i]) != 0)
+			break;
+		started++;
+	}
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(chs[i].thread, NULL);
+	free(chs);
+	keyproc_server_free(sv); /* wipes every key */
 	/* _exit: the parent's atexit handlers and stdio buffers are not ours. */
-	_exit(rc ? 1 : 0);
+	_exit(started == n ? 0 : 1);
 }
