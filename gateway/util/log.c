@@ -56,6 +56,10 @@ const char *log_quote(char *buf, size_t size, const char *s)
 		str_copy(buf, s, size);
 		return buf;
 	}
+	if (size < 3) { /* not even "" fits: an empty value, not a write past buf */
+		buf[0] = '\0';
+		return buf;
+	}
 	size_t o = 0;
 	buf[o++] = '"';
 	for (const char *p = s; *p && o + 5 < size; p++) {
