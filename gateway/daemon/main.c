@@ -434,12 +434,13 @@ int main(int argc, char **argv)
 	r = resolve_user(&g.cfg, &id);
 	if (r == 0)
 		r = check_all(&g, &id, &regime, &sec, &tls);
-	if (r == 0 && !check_only)
-		r = run(&g, &id, regime, &sec, tls, &sigs);
-	else if (r == 0)
-		puts("configuration OK");
-	else
+	if (r == 0 && !check_only) {
+		r = run(&g, &id, regime, &sec, tls, &sigs); /* takes the regime */
+	} else {
+		if (r == 0)
+			puts("configuration OK");
 		regime_unref(regime);
+	}
 	secrets_release(&sec); /* after run: the store borrowed the signer until it closed */
 	SSL_CTX_free(tls);
 	/* Last: the regimes and the store used it until now. */

@@ -225,6 +225,37 @@ static int check_integrity(sqlite3 *db, const char *path, char *err, size_t errl
 }
 
 /*
+ * The URI for looking at path read-only. A store closed cleanly has no WAL
+ * file: it is then opened immutable, so SQLite reads the file alone and
+ * creates no -wal or -shm file beside it, and a store that is refused is
+ * left exactly as it was found. With a WAL file (isgd was killed, or the
+ * store is open elsewhere) committed transactions may be in it, and a plain
+ * read-only connection reads them.
+ */
+static char *check_uri(const char *path)
+{
+	struct strbuf b;
+	struct stat st;
+	strbuf_init(&b);
+	strbuf_printf(&b, "%s-wal", path);
+	char *wal = strbuf_take(&b, NULL);
+	if (!wal)
+		return NULL;
+	bool immutable = lstat(wal, &st) != 0 && errno == ENOENT;
+	free(wal);
+	strbuf_init(&b);
+	strbuf_puts(&b, path[0] == '/' ? "file://" : "file:");
+	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+		if (*p == '?' || *p == '#' || *p == '%' || *p < 0x20 || *p == 0x7f)
+			strbuf_printf(&b, "%%%02X", *p);
+		else
+			strbuf_append(&b, (const char *)p, 1);
+	}
+	strbuf_puts(&b, immutable ? "?mode=ro&immutable=1" : "?mode=ro");
+	return strbuf_take(&b, NULL);
+}
+
+/*
  * Look at an existing file read-only; nothing is written to it. Then load
  * the audit log's tree from it and check it against its latest checkpoint.
  */
@@ -236,7 +267,13 @@ static int check_existing(struct store *s, const char *path, char *err, size_t e
 	int rc = check_header(path, err, errlen);
 	if (rc)
 		return rc;
-	int src = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+	char *uri = check_uri(path);
+	if (!uri) {
+		store_seterr(err, errlen, "store: out of memory");
+		return ISG_ERR_NOMEM;
+	}
+	int src = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
+	free(uri);
 	if (src != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot open read-only: %s", path,
 		             db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
