@@ -127,14 +127,15 @@ static void batch_fail(struct store *s, struct store_job *batch, const struct st
 	          log_quote(q, sizeof(q), isg_strerror(err)));
 }
 
-static void run_batch(struct store *s, struct store_job *batch, bool sweep, bool *sweep_more)
+/* One transaction for the batch; 0, or the error that failed all of it. */
+static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool *sweep_more)
 {
 	int64_t now = time_now_ms();
 	const struct store_log start = s->log;
 	int rc = store_db_exec(s, "BEGIN IMMEDIATE", "begin");
 	if (rc) {
 		batch_fail(s, batch, &start, rc);
-		return;
+		return rc;
 	}
 	for (struct store_job *j = batch; j; j = j->next) {
 		rc = run_savepoint(s, j, now, NULL, &j->err);
@@ -142,7 +143,7 @@ static void run_batch(struct store *s, struct store_job *batch, bool sweep, bool
 			store_job_discard(j);
 		if (rc) {
 			batch_fail(s, batch, &start, rc);
-			return;
+			return rc;
 		}
 	}
 	if (sweep) {
@@ -150,15 +151,33 @@ static void run_batch(struct store *s, struct store_job *batch, bool sweep, bool
 		rc = run_savepoint(s, NULL, now, sweep_more, &sweep_err);
 		if (rc) {
 			batch_fail(s, batch, &start, rc);
-			return;
+			return rc;
 		}
 	}
 	rc = store_db_exec(s, "COMMIT", "commit");
 	if (rc) {
 		batch_fail(s, batch, &start, rc);
-		return;
+		return rc;
 	}
 	atomic_fetch_add(&s->commits, 1);
+	return 0;
+}
+
+/*
+ * A full disk fails a whole batch, yet some of its jobs need little or no
+ * room (a resend answered from what is stored, a fetch of what was handed
+ * out before): run each alone, once, so they are not refused for the
+ * others' sake.
+ */
+static void run_alone(struct store *s, struct store_job *batch)
+{
+	for (struct store_job *j = batch, *next; j; j = next) {
+		next = j->next;
+		j->next = NULL;
+		j->err = 0;
+		run_batch(s, j, false, NULL);
+		j->next = next;
+	}
 }
 
 /* Once per distinct recipient that got a new message in this batch. */
@@ -237,8 +256,9 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&s->mu);
 		if (stop)
 			break;
-		if (batch || sweep)
-			run_batch(s, batch, sweep, &sweep_more);
+		if ((batch || sweep) && run_batch(s, batch, sweep, &sweep_more) == ISG_ERR_FULL &&
+		    batch && batch->next)
+			run_alone(s, batch);
 		if (sweep)
 			next_sweep = time_mono_ms() + (sweep_more ? 0 : s->sweep_interval_ms);
 		batch_finish(s, batch);
