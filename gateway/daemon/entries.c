@@ -114,6 +114,23 @@ static size_t subject_requests(const struct policy_dataset *ds, const Isg__SendR
 	return n;
 }
 
+/*
+ * A pseudonym ("p<version>_" and base64url) needs no JSON escaping: write it
+ * as it is, which costs far less than escaping it a byte at a time. Anything
+ * else takes the escaping path.
+ */
+static void json_pseudonym(struct strbuf *b, const char *p)
+{
+	size_t len = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-");
+	if (p[len] != '\0') {
+		strbuf_json_string(b, p);
+		return;
+	}
+	strbuf_append(b, "\"", 1);
+	strbuf_append(b, p, len);
+	strbuf_append(b, "\"", 1);
+}
+
 char *entry_subjects(const struct regime *rg, const struct policy_dataset *ds,
                      const Isg__SendRequest *req, int64_t now_ms)
 {
@@ -121,7 +138,8 @@ char *entry_subjects(const struct regime *rg, const struct policy_dataset *ds,
 	for (size_t r = 0; r < req->n_records; r++)
 		max += req->records[r] ? req->records[r]->n_fields : 0;
 	struct pseudo_request *reqs = calloc(max ? max : 1, sizeof(*reqs));
-	char(*norms)[PSEUDO_VALUE_MAX + 1] = calloc(max ? max : 1, sizeof(*norms));
+	/* Not zeroed: subject_requests writes each one it uses (257 bytes a field). */
+	char(*norms)[PSEUDO_VALUE_MAX + 1] = malloc((max ? max : 1) * sizeof(*norms));
 	char *out = NULL;
 	if (!reqs || !norms)
 		goto out;
@@ -133,8 +151,8 @@ char *entry_subjects(const struct regime *rg, const struct policy_dataset *ds,
 	strbuf_puts(&b, "[");
 	for (size_t i = 0; i < n; i++) {
 		if (i)
-			strbuf_puts(&b, ",");
-		strbuf_json_string(&b, reqs[i].out);
+			strbuf_append(&b, ",", 1);
+		json_pseudonym(&b, reqs[i].out);
 	}
 	strbuf_puts(&b, "]");
 	out = strbuf_take(&b, NULL);

@@ -50,6 +50,9 @@ struct domain {
 	size_t n; /* versions, at least 1 once loaded */
 	struct domain_version *versions;
 	uint8_t *keys; /* sodium_malloc'd, n * PSEUDO_KEY_LEN, read-only once loaded */
+	/* Each version's keyed HMAC state, derived once (pseudo_hash_keyed): as
+	 * secret as keys and kept the same way. */
+	struct pseudo_keyed *keyed;
 };
 
 struct keyring {
@@ -85,6 +88,11 @@ static void domain_release(struct domain *d)
 		sodium_mprotect_readwrite(d->keys);
 		sodium_memzero(d->keys, d->n * PSEUDO_KEY_LEN);
 		sodium_free(d->keys);
+	}
+	if (d->keyed) {
+		sodium_mprotect_readwrite(d->keyed);
+		sodium_memzero(d->keyed, d->n * sizeof(*d->keyed));
+		sodium_free(d->keyed);
 	}
 	free(d->versions);
 	memset(d, 0, sizeof(*d));
@@ -413,7 +421,14 @@ static int load_domain(int dfd, const char *path, const char *name, struct domai
 	rc = parse_file(path, name, buf, len, d, err, errlen);
 	sodium_memzero(buf, len);
 	sodium_free(buf);
-	if (rc == 0 && sodium_mprotect_readonly(d->keys) != 0) {
+	if (rc == 0 && !(d->keyed = sodium_malloc(d->n * sizeof(*d->keyed)))) {
+		keys_seterr(err, errlen, "key file '%s': out of memory", path);
+		rc = ISG_ERR_NOMEM;
+	}
+	for (size_t i = 0; rc == 0 && i < d->n; i++)
+		pseudo_keyed_init(&d->keyed[i], d->keys + i * PSEUDO_KEY_LEN);
+	if (rc == 0 && (sodium_mprotect_readonly(d->keys) != 0 ||
+	                sodium_mprotect_readonly(d->keyed) != 0)) {
 		keys_seterr(err, errlen, "key file '%s': cannot protect key memory", path);
 		rc = ISG_ERR_NOMEM;
 	}
@@ -589,7 +604,7 @@ static void answer(const struct domain *d, size_t j, const struct pseudo_request
                    char out[static PSEUDO_TEXT_MAX])
 {
 	uint8_t hash[PSEUDO_HASH_LEN];
-	pseudo_hash(d->keys + j * PSEUDO_KEY_LEN, r->type, r->norm, r->len, hash);
+	pseudo_hash_keyed(&d->keyed[j], r->type, r->norm, r->len, hash);
 	pseudo_format(hash, d->versions[j].version, out);
 	sodium_memzero(hash, sizeof(hash));
 }

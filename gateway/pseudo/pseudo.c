@@ -120,8 +120,18 @@ int pseudo_normalise(enum pseudo_type t, const char *in, size_t len,
 	return err;
 }
 
-void pseudo_hash(const uint8_t key[static PSEUDO_KEY_LEN], enum pseudo_type t, const char *norm,
-                 size_t len, uint8_t out[static PSEUDO_HASH_LEN])
+void pseudo_keyed_init(struct pseudo_keyed *k, const uint8_t key[static PSEUDO_KEY_LEN])
+{
+	crypto_auth_hmacsha256_init(&k->state, key, PSEUDO_KEY_LEN);
+}
+
+void pseudo_keyed_wipe(struct pseudo_keyed *k)
+{
+	sodium_memzero(k, sizeof(*k));
+}
+
+void pseudo_hash_keyed(const struct pseudo_keyed *k, enum pseudo_type t, const char *norm,
+                       size_t len, uint8_t out[static PSEUDO_HASH_LEN])
 {
 	/* Fixed-length prefix, then a length delimiter: see docs/pseudonyms.md. */
 	if (len > UINT32_MAX || (unsigned)t > 0xff)
@@ -136,19 +146,40 @@ void pseudo_hash(const uint8_t key[static PSEUDO_KEY_LEN], enum pseudo_type t, c
 	head[PSEUDO_TAG_LEN + 5] = (uint8_t)(len >> 8);
 	head[PSEUDO_TAG_LEN + 6] = (uint8_t)len;
 
-	crypto_auth_hmacsha256_state st;
-	crypto_auth_hmacsha256_init(&st, key, PSEUDO_KEY_LEN);
+	/* HMAC's keyed state is the two key pads already hashed: a copy hashes
+	 * exactly what crypto_auth_hmacsha256_init with the key would. */
+	crypto_auth_hmacsha256_state st = k->state;
 	crypto_auth_hmacsha256_update(&st, head, sizeof(head));
 	crypto_auth_hmacsha256_update(&st, (const unsigned char *)norm, len);
 	crypto_auth_hmacsha256_final(&st, out);
 	sodium_memzero(&st, sizeof(st));
 }
 
+void pseudo_hash(const uint8_t key[static PSEUDO_KEY_LEN], enum pseudo_type t, const char *norm,
+                 size_t len, uint8_t out[static PSEUDO_HASH_LEN])
+{
+	struct pseudo_keyed k;
+	pseudo_keyed_init(&k, key);
+	pseudo_hash_keyed(&k, t, norm, len, out);
+	pseudo_keyed_wipe(&k);
+}
+
 void pseudo_format(const uint8_t hash[static PSEUDO_HASH_LEN], uint32_t key_version,
                    char out[static PSEUDO_TEXT_MAX])
 {
-	/* "p" + up to 10 digits + "_" + 43 characters + NUL = 56 bytes at most. */
-	int n = snprintf(out, PSEUDO_TEXT_MAX, "p%" PRIu32 "_", key_version);
-	sodium_bin2base64(out + n, PSEUDO_TEXT_MAX - (size_t)n, hash, PSEUDO_HASH_LEN,
+	/* "p" + up to 10 digits + "_" + 43 characters + NUL = 56 bytes at most.
+	 * The digits by hand: snprintf cost more than the hash's own text. */
+	char digits[10];
+	size_t nd = 0;
+	do {
+		digits[nd++] = (char)('0' + key_version % 10);
+		key_version /= 10;
+	} while (key_version);
+	size_t n = 0;
+	out[n++] = 'p';
+	while (nd)
+		out[n++] = digits[--nd];
+	out[n++] = '_';
+	sodium_bin2base64(out + n, PSEUDO_TEXT_MAX - n, hash, PSEUDO_HASH_LEN,
 	                  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 }
