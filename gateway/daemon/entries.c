@@ -131,35 +131,49 @@ static void json_pseudonym(struct strbuf *b, const char *p)
 	strbuf_append(b, "\"", 1);
 }
 
-char *entry_subjects(const struct regime *rg, const struct policy_dataset *ds,
-                     const Isg__SendRequest *req, int64_t now_ms)
+int subjects_collect(struct subjects *s, const struct policy_dataset *ds,
+                     const Isg__SendRequest *req)
 {
+	*s = (struct subjects){0};
 	size_t max = 0;
 	for (size_t r = 0; r < req->n_records; r++)
 		max += req->records[r] ? req->records[r]->n_fields : 0;
-	struct pseudo_request *reqs = calloc(max ? max : 1, sizeof(*reqs));
+	if (max == 0)
+		return 0;
+	s->reqs = calloc(max, sizeof(*s->reqs));
 	/* Not zeroed: subject_requests writes each one it uses (257 bytes a field). */
-	char(*norms)[PSEUDO_VALUE_MAX + 1] = malloc((max ? max : 1) * sizeof(*norms));
-	char *out = NULL;
-	if (!reqs || !norms)
-		goto out;
-	size_t n = subject_requests(ds, req, reqs, norms, max);
-	if (n && rg->pseudo.pseudonymise(rg->pseudo.ctx, reqs, n, date_days_of_ms(now_ms)) != 0)
-		goto out;
+	s->norms = malloc(max * sizeof(*s->norms));
+	if (!s->reqs || !s->norms)
+		return ISG_ERR_NOMEM;
+	s->n = subject_requests(ds, req, s->reqs, s->norms, max);
+	return 0;
+}
+
+void subjects_release(struct subjects *s)
+{
+	free(s->reqs);
+	free(s->norms);
+	*s = (struct subjects){0};
+}
+
+char *entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms)
+{
+	if (s->n && !s->answered) {
+		if (rg->pseudo.pseudonymise(rg->pseudo.ctx, s->reqs, s->n,
+		                            date_days_of_ms(now_ms)) != 0)
+			return NULL;
+		s->answered = true;
+	}
 	struct strbuf b;
 	strbuf_init(&b);
 	strbuf_puts(&b, "[");
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < s->n; i++) {
 		if (i)
 			strbuf_append(&b, ",", 1);
-		json_pseudonym(&b, reqs[i].out);
+		json_pseudonym(&b, s->reqs[i].out);
 	}
 	strbuf_puts(&b, "]");
-	out = strbuf_take(&b, NULL);
-out:
-	free(reqs);
-	free(norms);
-	return out;
+	return strbuf_take(&b, NULL);
 }
 
 char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,

@@ -87,12 +87,27 @@ char *entry_accepted(const struct policy_set *set, const struct policy_outcome *
                      const char *sender, const Isg__SendRequest *req, const char *subjects,
                      size_t *len);
 /*
- * The subjects of a message as a JSON array of pseudonyms under the audit
- * domain: one per identifier-typed field of every record. NULL when out of
+ * The subjects of a message: one request under the audit domain per
+ * identifier-typed field of every record, normalised. Collected before the
+ * agreement is applied, they ride in the same batch to the key process
+ * (see handler.c); `answered` says whether they have their pseudonyms.
+ */
+struct subjects {
+	struct pseudo_request *reqs;
+	char (*norms)[PSEUDO_VALUE_MAX + 1];
+	size_t n;
+	bool answered;
+};
+/* 0 or ISG_ERR_NOMEM; release with subjects_release either way. */
+int subjects_collect(struct subjects *s, const struct policy_dataset *ds,
+                     const Isg__SendRequest *req);
+void subjects_release(struct subjects *s);
+/*
+ * The subjects as a JSON array of audit-domain pseudonyms, asking the
+ * regime's service first if they are not answered yet. NULL when out of
  * memory or when the audit domain cannot answer.
  */
-char *entry_subjects(const struct regime *rg, const struct policy_dataset *ds,
-                     const Isg__SendRequest *req, int64_t now_ms);
+char *entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms);
 
 #define AUDIT_DOMAIN "audit"
 char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,

@@ -288,6 +288,48 @@ static bool request_refused(const Isg__SendRequest *req, const struct gateway *g
 	return false;
 }
 
+/*
+ * One round trip to the key process per message, not two: the agreement's
+ * pseudonyms and the audit subjects, collected beforehand, go in one batch.
+ */
+struct joint_pseudo {
+	const struct pseudo_service *inner;
+	struct subjects *subj;
+};
+
+static int joint_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
+{
+	struct joint_pseudo *jp = ctx;
+	struct subjects *sj = jp->subj;
+	if (sj->n == 0 || sj->answered)
+		return jp->inner->pseudonymise(jp->inner->ctx, reqs, n, today);
+	struct pseudo_request *all = malloc((n + sj->n) * sizeof(*all));
+	if (!all)
+		return ISG_ERR_NOMEM;
+	memcpy(all, reqs, n * sizeof(*all));
+	memcpy(all + n, sj->reqs, sj->n * sizeof(*all));
+	int err = jp->inner->pseudonymise(jp->inner->ctx, all, n + sj->n, today);
+	if (err == 0) {
+		memcpy(reqs, all, n * sizeof(*all));
+		memcpy(sj->reqs, all + n, sj->n * sizeof(*all));
+		sj->answered = true;
+	}
+	free(all);
+	return err;
+}
+
+/* The dataset a send names, if its agreement has it (policy_apply decides). */
+static const struct policy_dataset *named_dataset(const struct policy_set *set,
+                                                  const Isg__SendRequest *req)
+{
+	const struct policy_agreement *a =
+	    req->agreement_id ? policy_agreement_by_id(set, req->agreement_id) : NULL;
+	for (size_t i = 0; a && req->dataset && i < a->n_datasets; i++)
+		if (strcmp(a->datasets[i].name, req->dataset) == 0)
+			return &a->datasets[i];
+	return NULL;
+}
+
 static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 {
 	const Isg__SendRequest *req = f->send;
@@ -295,12 +337,19 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	const struct policy_set *set = rg->policy;
 	struct policy_outcome o = {0};
 	struct policy_refusal why;
+	struct subjects subj = {0};
 	if (request_refused(req, s->g, &why)) {
 		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
 	}
 	int64_t now = time_now_ms();
-	int err = policy_apply(set, s->partner, req, now, &rg->pseudo, &o, &why);
+	const struct policy_dataset *named = named_dataset(set, req);
+	bool collected = named && subjects_collect(&subj, named, req) == 0;
+	if (!collected)
+		subjects_release(&subj); /* collected, and asked for, on their own below */
+	struct joint_pseudo jp = {.inner = &rg->pseudo, .subj = &subj};
+	struct pseudo_service joint = {.ctx = &jp, .pseudonymise = joint_pseudonymise};
+	int err = policy_apply(set, s->partner, req, now, &joint, &o, &why);
 	if (err == ISG_ERR_DENIED || err == ISG_ERR_INVALID) {
 		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
@@ -329,7 +378,11 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	/* The request's own bytes identify its content for idempotent resends. */
 	size_t packed_len = isg__send_request__get_packed_size(req);
 	uint8_t *packed = malloc(packed_len ? packed_len : 1);
-	char *subjects = entry_subjects(rg, o.dataset, req, now);
+	if (!collected || o.dataset != named) {
+		subjects_release(&subj);
+		collected = subjects_collect(&subj, o.dataset, req) == 0;
+	}
+	char *subjects = collected ? entry_subjects(rg, &subj, now) : NULL;
 	char *entry =
 	    subjects ? entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len) : NULL;
 	free(subjects);
@@ -373,6 +426,7 @@ done:
 	free(entry);
 	policy_outcome_release(&o);
 out:
+	subjects_release(&subj);
 	regime_unref(rg);
 }
 
