@@ -273,6 +273,7 @@ static void *writer_main(void *arg)
 
 static void store_release(struct store *s)
 {
+	store_wal_stop(s);
 	store_db_close(s);
 	if (s->key) {
 		sodium_mprotect_readwrite(s->key);
@@ -351,6 +352,8 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 		goto out;
 	}
 	rc = store_db_open(s, s->path, err, errlen);
+	if (rc == 0)
+		rc = store_wal_start(s, opt->wal_pages, err, errlen);
 	if (rc)
 		goto out;
 	sqlite3_commit_hook(s->db, commit_hook, s);

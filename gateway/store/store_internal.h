@@ -43,6 +43,7 @@
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_DEFAULT_CHECKPOINT_EVERY 1000
 #define STORE_DEFAULT_CHECKPOINT_MS 10000
+#define STORE_DEFAULT_WAL_PAGES 1000             /* SQLite's own wal_autocheckpoint */
 #define STORE_MAX_CHECKPOINT_MS (86400LL * 1000) /* longer intervals are taken as a day */
 /* After a checkpoint could not be written, wait this long before trying again. */
 #define STORE_CHECKPOINT_RETRY_MS 1000
@@ -186,6 +187,15 @@ struct store {
 	int64_t checkpoint_retry_mono; /* no attempt before this after a failure */
 	/* under mu: the latest checkpoint note, for store_latest_checkpoint */
 	char *checkpoint_note;
+
+	/* WAL checkpoints in the background (store_wal.c). */
+	sqlite3 *wal_db;
+	uint32_t wal_pages;
+	pthread_t wal_thread;
+	bool wal_started, wal_sync;
+	pthread_mutex_t wal_mu;
+	pthread_cond_t wal_cv;
+	bool wal_wanted, wal_closing; /* under wal_mu */
 };
 
 /* store_db.c: the database file, schema, pragmas and statements. */
@@ -196,6 +206,14 @@ int store_db_fail(struct store *s, int rc, const char *op);
 int store_db_exec(struct store *s, const char *sql, const char *op);
 /* Step a bound statement that returns no rows, then reset it. */
 int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op);
+
+/*
+ * store_wal.c: copy the WAL into the database file on a thread of its own
+ * once it holds wal_pages pages (0: the default), instead of on the commit
+ * path. Start after store_db_open, stop before store_db_close.
+ */
+int store_wal_start(struct store *s, uint32_t wal_pages, char *err, size_t errlen);
+void store_wal_stop(struct store *s);
 
 /* store_log.c: the audit log's leaves, Merkle tree and checkpoints. */
 /*

@@ -321,6 +321,47 @@ static void test_disk_full_then_recovers(void **state)
 	free(big);
 }
 
+/* --- WAL checkpoints ------------------------------------------------------------------- */
+
+static off_t file_size(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+/*
+ * 150 sends of 8 KiB pass some 500 pages through the WAL, fewer than the
+ * 1000 at which SQLite's own automatic checkpoint would copy them into the
+ * file. With wal_pages 4 the checkpointer copies them while the store is
+ * open, so the file grows, and the WAL starts over instead of holding all
+ * of them.
+ */
+static void test_wal_checkpointed_in_background(void **state)
+{
+	struct fx *f = *state;
+	char err[512] = "";
+	struct store_options opt = {.path = f->path, .storage_key = f->key, .wal_pages = 4};
+	assert_int_equal(store_open(&opt, &f->s, err, sizeof(err)), 0);
+	char wal[160];
+	fx_path(f, wal, sizeof(wal), "-wal");
+	enum { SENDS = 150, SIZE = 8192 };
+	off_t before = file_size(f->path);
+	static uint8_t payload[SIZE];
+	for (int i = 0; i < SENDS; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "m-%d", i);
+		struct store_message m = fx_msg("police-a", id, "nhs-b", "");
+		m.payload = payload;
+		m.payload_len = sizeof(payload);
+		assert_int_equal(send_sync(f->s, &m, NULL), 0);
+	}
+	for (int i = 0; i < 1000 && file_size(f->path) < before + SENDS * SIZE; i++)
+		usleep(10 * 1000);
+	assert_true(file_size(f->path) >= before + SENDS * SIZE);
+	assert_true(file_size(wal) < SENDS * SIZE / 2);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), SENDS);
+}
+
 /* --- close ----------------------------------------------------------------------------- */
 
 struct close_ctx {
@@ -540,6 +581,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_fetch_in_failed_commit_is_not_delivered, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_disk_full_then_recovers, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_wal_checkpointed_in_background, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_close_drains_queue, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_random_bytes, fx_setup, fx_teardown),
