@@ -443,39 +443,23 @@ struct fetch_job {
 static void fetch_issue(struct net_conn *c, struct session *s);
 static void subscription_pump(struct net_conn *c, struct session *s);
 
-static void fetch_answer(struct net_conn *c, struct session *s, Isg__Delivery **items, size_t n)
+static void fetch_answer(struct net_conn *c, struct session *s, const struct wire_delivery *items,
+                         size_t n)
 {
-	Isg__FetchResult fr = ISG__FETCH_RESULT__INIT;
-	fr.deliveries = items;
-	fr.n_deliveries = n;
-	Isg__Frame f = ISG__FRAME__INIT;
-	f.request_id = s->fetch_rid;
-	f.body_case = ISG__FRAME__BODY_FETCH_RESULT;
-	f.fetch_result = &fr;
-	net_conn_send(c, &f);
+	net_conn_send_deliveries(c, s->fetch_rid, false, items, n);
 	s->fetching = false;
 	net_conn_unwait(c);
 }
 
-static void push_delivery(struct net_conn *c, struct session *s, Isg__Delivery *d)
+/*
+ * A stored message's metadata as a Delivery, borrowing sd's strings; its
+ * records go out as stored (wire_deliveries_encode). The payload was
+ * written by policy_apply and has opened under the storage key, so it is
+ * not decoded again here.
+ */
+static void delivery_meta(const struct store_delivery *sd, Isg__Delivery *d)
 {
-	Isg__Frame f = ISG__FRAME__INIT;
-	f.request_id = s->fetch_rid;
-	f.body_case = ISG__FRAME__BODY_DELIVERY;
-	f.delivery = d;
-	net_conn_send(c, &f);
-}
-
-/* A stored message as a Delivery; NULL if its payload does not decode. */
-static Isg__Delivery *delivery_of(const struct store_delivery *sd)
-{
-	Isg__Delivery *d = isg__delivery__unpack(NULL, sd->payload_len, sd->payload);
-	if (!d) {
-		log_event(LOG_ERROR, "store.bad_payload", "gateway_id=%llu",
-		          (unsigned long long)sd->gateway_id);
-		return NULL;
-	}
-	/* The metadata columns are the truth; the strings stay owned by sd. */
+	isg__delivery__init(d);
 	d->gateway_id = sd->gateway_id;
 	d->message_id = sd->message_id;
 	d->sender = sd->sender;
@@ -485,55 +469,41 @@ static Isg__Delivery *delivery_of(const struct store_delivery *sd)
 	d->dataset = sd->dataset;
 	d->reply_to = sd->reply_to;
 	d->accepted_at_ms = sd->accepted_at_ms;
-	return d;
-}
-
-/* Free an unpacked Delivery whose metadata strings were borrowed. */
-static void delivery_free(Isg__Delivery *d)
-{
-	if (!d)
-		return;
-	/* protobuf-c frees string fields that differ from the default; detach ours. */
-	d->message_id = d->sender = d->agreement_id = d->purpose = d->dataset =
-	    (char *)protobuf_c_empty_string;
-	isg__delivery__free_unpacked(d, NULL);
 }
 
 /* Hand out results; returns how many were used (the rest wait for the next round). */
 static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_fetch_result *res)
 {
-	size_t max_frame = s->g->cfg.max_frame_bytes, used = 0, bytes = 64;
-	Isg__Delivery **items = calloc(res->n ? res->n : 1, sizeof(*items));
-	size_t n = 0;
-	if (!items)
+	size_t max_frame = s->g->cfg.max_frame_bytes, bytes = 64, n = 0;
+	size_t cap = res->n ? res->n : 1;
+	Isg__Delivery *metas = calloc(cap, sizeof(*metas));
+	struct wire_delivery *items = calloc(cap, sizeof(*items));
+	if (!metas || !items) {
+		free(metas);
+		free(items);
 		return 0;
-	for (size_t i = 0; i < res->n; i++) {
-		Isg__Delivery *d = delivery_of(&res->items[i]);
-		if (d) {
-			size_t size = isg__delivery__get_packed_size(d) + 16;
-			/* One answer stays within the frame limit; the first always goes. */
-			if (!s->subscribed && n > 0 && bytes + size > max_frame) {
-				delivery_free(d);
-				break;
-			}
-			bytes += size;
-			if (s->subscribed) {
-				push_delivery(c, s, d);
-				delivery_free(d);
-				s->unacked++;
-			} else {
-				items[n++] = d;
-			}
-		}
-		s->cursor = res->items[i].gateway_id;
-		used++;
 	}
-	if (!s->subscribed && used > 0)
+	for (; n < res->n; n++) {
+		const struct store_delivery *sd = &res->items[n];
+		delivery_meta(sd, &metas[n]);
+		items[n] = (struct wire_delivery){
+		    .meta = &metas[n], .records = sd->payload, .records_len = sd->payload_len};
+		size_t size = wire_delivery_size(&items[n]) + 16;
+		/* One answer stays within the frame limit; the first always goes. */
+		if (!s->subscribed && n > 0 && bytes + size > max_frame)
+			break;
+		bytes += size;
+		if (s->subscribed) {
+			net_conn_send_deliveries(c, s->fetch_rid, true, &items[n], 1);
+			s->unacked++;
+		}
+		s->cursor = sd->gateway_id;
+	}
+	if (!s->subscribed && n > 0)
 		fetch_answer(c, s, items, n);
-	for (size_t i = 0; i < n; i++)
-		delivery_free(items[i]);
+	free(metas);
 	free(items);
-	return used;
+	return n;
 }
 
 static void fetch_done(struct net_conn *c, void *arg)

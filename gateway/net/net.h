@@ -95,6 +95,9 @@ void net_server_free(struct net_server *s);
 
 /* Encode and queue one frame. Returns 0 or ISG_ERR_NOMEM / ISG_ERR_CLOSED. */
 int net_conn_send(struct net_conn *c, const Isg__Frame *frame);
+/* Queue a frame of deliveries whose records are sent as stored (wire_deliveries_encode). */
+int net_conn_send_deliveries(struct net_conn *c, uint64_t request_id, bool push,
+                             const struct wire_delivery *d, size_t n);
 /* Close after queued output is flushed; no more frames are read. */
 void net_conn_close(struct net_conn *c);
 void net_conn_set_data(struct net_conn *c, void *data);

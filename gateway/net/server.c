@@ -502,29 +502,45 @@ static void conn_flush(struct net_conn *c)
 	conn_update_interest(c);
 }
 
-int net_conn_send(struct net_conn *c, const Isg__Frame *frame)
+/* Room for size more bytes of output at c->out + c->out_len; false when out of memory. */
+static bool out_reserve(struct net_conn *c, size_t size)
 {
-	size_t size = wire_frame_size(frame);
 	if (c->out_off > 0 && c->out_off == c->out_len)
 		c->out_off = c->out_len = 0;
-	if (c->out_cap - c->out_len < size) {
-		if (c->out_off > 0) { /* compact before growing */
-			memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-			c->out_len -= c->out_off;
-			c->out_off = 0;
-		}
-		if (c->out_cap - c->out_len < size) {
-			size_t cap = c->out_cap ? c->out_cap : 4096;
-			while (cap - c->out_len < size)
-				cap *= 2;
-			uint8_t *p = realloc(c->out, cap);
-			if (!p)
-				return ISG_ERR_NOMEM;
-			c->out = p;
-			c->out_cap = cap;
-		}
+	if (c->out_cap - c->out_len >= size)
+		return true;
+	if (c->out_off > 0) { /* compact before growing */
+		memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+		c->out_len -= c->out_off;
+		c->out_off = 0;
 	}
+	if (c->out_cap - c->out_len < size) {
+		size_t cap = c->out_cap ? c->out_cap : 4096;
+		while (cap - c->out_len < size)
+			cap *= 2;
+		uint8_t *p = realloc(c->out, cap);
+		if (!p)
+			return false;
+		c->out = p;
+		c->out_cap = cap;
+	}
+	return true;
+}
+
+int net_conn_send(struct net_conn *c, const Isg__Frame *frame)
+{
+	if (!out_reserve(c, wire_frame_size(frame)))
+		return ISG_ERR_NOMEM;
 	c->out_len += wire_frame_encode(frame, c->out + c->out_len);
+	return 0;
+}
+
+int net_conn_send_deliveries(struct net_conn *c, uint64_t request_id, bool push,
+                             const struct wire_delivery *d, size_t n)
+{
+	if (!out_reserve(c, wire_deliveries_size(request_id, push, d, n)))
+		return ISG_ERR_NOMEM;
+	c->out_len += wire_deliveries_encode(request_id, push, d, n, c->out + c->out_len);
 	return 0;
 }
 

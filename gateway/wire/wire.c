@@ -106,6 +106,90 @@ size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out)
 	return n + isg__frame__pack(frame, out + n);
 }
 
+/* Field tags (number << 3 | wire type) of proto/isg.proto's fields written by hand below. */
+#define TAG_FRAME_REQUEST_ID 0x08u        /* Frame.request_id = 1, varint */
+#define TAG_FRAME_FETCH_RESULT 0x7au      /* Frame.fetch_result = 15, length-delimited */
+#define TAG_FRAME_DELIVERY 0x82u          /* Frame.delivery = 16, length-delimited ... */
+#define TAG_FRAME_DELIVERY_2 0x01u        /* ... as a two-byte varint */
+#define TAG_FETCH_RESULT_DELIVERIES 0x0au /* FetchResult.deliveries = 1, length-delimited */
+
+static size_t varint_size(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+size_t wire_delivery_size(const struct wire_delivery *d)
+{
+	return isg__delivery__get_packed_size(d->meta) + d->records_len;
+}
+
+/* The frame body's size; *inner gets the size of the delivery or fetch_result inside it. */
+static size_t deliveries_body(uint64_t request_id, bool push, const struct wire_delivery *d,
+                              size_t n, size_t *inner)
+{
+	size_t in = 0;
+	if (push) {
+		in = wire_delivery_size(&d[0]);
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			size_t len = wire_delivery_size(&d[i]);
+			in += 1 + varint_size(len) + len;
+		}
+	}
+	*inner = in;
+	return (request_id ? 1 + varint_size(request_id) : 0) + (push ? 2 : 1) + varint_size(in) +
+	       in;
+}
+
+size_t wire_deliveries_size(uint64_t request_id, bool push, const struct wire_delivery *d, size_t n)
+{
+	size_t inner;
+	size_t body = deliveries_body(request_id, push, d, n, &inner);
+	return varint_size(body) + body;
+}
+
+static size_t put_delivery(const struct wire_delivery *d, uint8_t *out)
+{
+	size_t n = isg__delivery__pack(d->meta, out);
+	if (d->records_len)
+		memcpy(out + n, d->records, d->records_len);
+	return n + d->records_len;
+}
+
+size_t wire_deliveries_encode(uint64_t request_id, bool push, const struct wire_delivery *d,
+                              size_t n, uint8_t *out)
+{
+	size_t inner;
+	size_t body = deliveries_body(request_id, push, d, n, &inner);
+	uint8_t *p = out + wire_varint_encode(body, out);
+	if (request_id) {
+		*p++ = TAG_FRAME_REQUEST_ID;
+		p += wire_varint_encode(request_id, p);
+	}
+	if (push) {
+		*p++ = TAG_FRAME_DELIVERY;
+		*p++ = TAG_FRAME_DELIVERY_2;
+	} else {
+		*p++ = TAG_FRAME_FETCH_RESULT;
+	}
+	p += wire_varint_encode(inner, p);
+	if (push) {
+		p += put_delivery(&d[0], p);
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			*p++ = TAG_FETCH_RESULT_DELIVERIES;
+			p += wire_varint_encode(wire_delivery_size(&d[i]), p);
+			p += put_delivery(&d[i], p);
+		}
+	}
+	return (size_t)(p - out);
+}
+
 static bool str_ok(const char *s)
 {
 	return !s || str_utf8_valid(s, strlen(s));

@@ -6,6 +6,7 @@
 #ifndef ISG_WIRE_H
 #define ISG_WIRE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +35,31 @@ void wire_frame_free(Isg__Frame *frame);
 size_t wire_frame_size(const Isg__Frame *frame);
 /* Write the varint header and the packed frame; returns bytes written. */
 size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out);
+
+/*
+ * Deliveries whose records go out as they were stored. A stored payload is
+ * a packed Delivery that holds only its records (policy_apply), and
+ * protobuf merges concatenated encodings: the packed metadata followed by
+ * those bytes decode as one Delivery with both. This spares decoding and
+ * encoding again every record of every delivery.
+ */
+struct wire_delivery {
+	const Isg__Delivery *meta; /* the metadata; no records */
+	const uint8_t *records;    /* a packed Delivery with records only */
+	size_t records_len;
+};
+
+/* Bytes one delivery takes inside a frame (without its own tag and length). */
+size_t wire_delivery_size(const struct wire_delivery *d);
+/*
+ * Bytes wire_deliveries_encode will write: a frame with its varint header,
+ * Frame{request_id, delivery = d[0]} when push (n must be 1), else
+ * Frame{request_id, fetch_result = {deliveries = d[0..n)}}.
+ */
+size_t wire_deliveries_size(uint64_t request_id, bool push, const struct wire_delivery *d,
+                            size_t n);
+size_t wire_deliveries_encode(uint64_t request_id, bool push, const struct wire_delivery *d,
+                              size_t n, uint8_t *out);
 
 /* Varint helpers (exposed for tests and the client). */
 size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX]);

@@ -104,6 +104,127 @@ static void test_field_number_zero_refused(void **state)
 	wire_frame_free(f);
 }
 
+/* --- deliveries with their records as stored ------------------------------------- */
+
+/* A records-only Delivery, packed, as policy_apply stores it: k records of one text field. */
+static uint8_t *stored_records(size_t k, const char *text, size_t *len)
+{
+	Isg__Value v = ISG__VALUE__INIT;
+	v.kind_case = ISG__VALUE__KIND_TEXT;
+	v.text = (char *)text;
+	Isg__Field fld = ISG__FIELD__INIT;
+	fld.name = "postcode_district";
+	fld.value = &v;
+	Isg__Field *fields[] = {&fld};
+	Isg__Record rec = ISG__RECORD__INIT;
+	rec.n_fields = 1;
+	rec.fields = fields;
+	Isg__Record *recs[8];
+	for (size_t i = 0; i < k; i++)
+		recs[i] = &rec;
+	Isg__Delivery d = ISG__DELIVERY__INIT;
+	d.n_records = k;
+	d.records = recs;
+	*len = isg__delivery__get_packed_size(&d);
+	uint8_t *buf = malloc(*len ? *len : 1);
+	assert_non_null(buf);
+	assert_int_equal(isg__delivery__pack(&d, buf), *len);
+	return buf;
+}
+
+/* Encode by hand, decode with protobuf-c, and compare with protobuf-c's encoding of the whole. */
+static void check_deliveries(uint64_t request_id, bool push, size_t n, size_t records)
+{
+	static char text[300];
+	memset(text, 'x', sizeof(text) - 1); /* long enough for two-byte lengths */
+	Isg__Delivery metas[3];
+	struct wire_delivery d[3];
+	uint8_t *stored[3];
+	size_t stored_len[3];
+	for (size_t i = 0; i < n; i++) {
+		isg__delivery__init(&metas[i]);
+		metas[i].gateway_id = 1000000007ull * (i + 1);
+		metas[i].message_id = "m-1";
+		metas[i].sender = "met-police";
+		metas[i].agreement_id = "adult-safeguarding";
+		metas[i].agreement_version = 3;
+		metas[i].purpose = "safeguarding";
+		metas[i].dataset = "referral";
+		metas[i].reply_to = i;
+		metas[i].accepted_at_ms = 1764633600000 + (int64_t)i;
+		stored[i] = stored_records(records + i, text, &stored_len[i]);
+		d[i] = (struct wire_delivery){&metas[i], stored[i], stored_len[i]};
+	}
+	size_t size = wire_deliveries_size(request_id, push, d, n);
+	uint8_t *buf = malloc(size);
+	assert_non_null(buf);
+	assert_int_equal(wire_deliveries_encode(request_id, push, d, n, buf), size);
+	size_t h, b;
+	assert_int_equal(wire_frame_peek(buf, size, 1 << 20, &h, &b), 1);
+	assert_int_equal(h + b, size);
+	Isg__Frame *got = wire_frame_decode(buf + h, b);
+	assert_non_null(got);
+
+	/* What protobuf-c makes of the same deliveries, records decoded and all. */
+	Isg__Delivery *whole[3];
+	for (size_t i = 0; i < n; i++) {
+		whole[i] = isg__delivery__unpack(NULL, stored_len[i], stored[i]);
+		assert_non_null(whole[i]);
+		assert_int_equal(whole[i]->n_records, records + i);
+		Isg__Record **recs = whole[i]->records;
+		whole[i]->records = NULL;
+		whole[i]->n_records = 0;
+		Isg__Delivery meta = metas[i];
+		*whole[i] = meta;
+		whole[i]->records = recs;
+		whole[i]->n_records = records + i;
+	}
+	Isg__FetchResult fr = ISG__FETCH_RESULT__INIT;
+	Isg__Frame want = ISG__FRAME__INIT;
+	want.request_id = request_id;
+	if (push) {
+		want.body_case = ISG__FRAME__BODY_DELIVERY;
+		want.delivery = whole[0];
+	} else {
+		fr.n_deliveries = n;
+		fr.deliveries = whole;
+		want.body_case = ISG__FRAME__BODY_FETCH_RESULT;
+		want.fetch_result = &fr;
+	}
+	assert_int_equal(got->request_id, request_id);
+	assert_int_equal(got->body_case, want.body_case);
+	size_t a_len = wire_frame_size(got), b_len = wire_frame_size(&want);
+	assert_int_equal(a_len, b_len);
+	uint8_t *a = malloc(a_len), *w = malloc(b_len);
+	assert_non_null(a);
+	assert_non_null(w);
+	wire_frame_encode(got, a);
+	wire_frame_encode(&want, w);
+	assert_memory_equal(a, w, a_len);
+	free(a);
+	free(w);
+	for (size_t i = 0; i < n; i++) {
+		/* The metadata strings were ours: detach them before freeing. */
+		whole[i]->message_id = whole[i]->sender = whole[i]->agreement_id =
+		    whole[i]->purpose = whole[i]->dataset = (char *)protobuf_c_empty_string;
+		isg__delivery__free_unpacked(whole[i], NULL);
+		free(stored[i]);
+	}
+	wire_frame_free(got);
+	free(buf);
+}
+
+static void test_deliveries_as_stored(void **state)
+{
+	(void)state;
+	check_deliveries(0, true, 1, 1);
+	check_deliveries(300, true, 1, 5);
+	check_deliveries(7, true, 1, 0);
+	check_deliveries(0, false, 0, 0);
+	check_deliveries(1, false, 1, 2);
+	check_deliveries(1ull << 40, false, 3, 4);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -113,6 +234,7 @@ int main(void)
 	    cmocka_unit_test(test_frame_round_trip),
 	    cmocka_unit_test(test_invalid_utf8_refused),
 	    cmocka_unit_test(test_field_number_zero_refused),
+	    cmocka_unit_test(test_deliveries_as_stored),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
