@@ -195,7 +195,9 @@ struct store {
 	bool wal_started, wal_sync;
 	pthread_mutex_t wal_mu;
 	pthread_cond_t wal_cv;
-	bool wal_wanted, wal_closing; /* under wal_mu */
+	bool wal_wanted, wal_closing;         /* under wal_mu */
+	atomic_uint_fast32_t wal_copied;      /* WAL frames the last checkpoint had copied */
+	atomic_uint_fast64_t wal_checkpoints; /* the checkpointer's, that copied pages (tests) */
 };
 
 /* store_db.c: the database file, schema, pragmas and statements. */

@@ -21,4 +21,7 @@ int store_test_exec(struct store *s, const char *sql);
 /* The writer's audit tree, read as a job of a batch: its size and root. */
 int store_test_audit_root(struct store *s, uint64_t *size, uint8_t root[32]);
 
+/* Checkpoints the checkpointer thread ran that copied WAL pages into the file. */
+uint64_t store_test_wal_checkpoints(struct store *s);
+
 #endif

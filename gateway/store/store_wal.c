@@ -3,21 +3,27 @@
  * connection copy the WAL into the database file (and fsync it) once the
  * WAL holds 1000 pages, so every few hundred sends one waits for that copy.
  * Here the writer's connection never checkpoints by itself: after a commit
- * that leaves wal_pages or more pages in the WAL, its WAL hook wakes the
- * checkpointer thread, which copies them through a connection of its own
- * (SQLITE_CHECKPOINT_PASSIVE, which never blocks the writer). The WAL starts
- * again from its beginning at the first transaction after a checkpoint that
- * caught up. Should the checkpointer fall behind by STORE_WAL_BEHIND times
- * wal_pages, the writer checkpoints between its transactions, as SQLite
- * would by default, so the WAL stays bounded.
+ * that leaves wal_pages or more pages in the WAL not yet copied, its WAL hook
+ * wakes the checkpointer thread, which copies them through a connection of
+ * its own (SQLITE_CHECKPOINT_PASSIVE, which never blocks the writer).
+ *
+ * The WAL starts again from its beginning only at a transaction that begins
+ * when every page in it has been copied, and the writer begins its next
+ * batch long before a checkpointer's fsyncs are done. So once the WAL holds
+ * STORE_WAL_RESTART times wal_pages, the writer itself copies what is left
+ * (little, when the checkpointer keeps up) between two transactions, and the
+ * next one starts the WAL over. That also bounds the WAL should the
+ * checkpointer fall behind.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "store/store_internal.h"
+#include "store/store_test.h"
 #include "util/util.h"
 
-#define STORE_WAL_BEHIND 16
+#define STORE_WAL_RESTART 4
 
 static void log_failure(sqlite3 *db, int rc, const char *who)
 {
@@ -26,15 +32,35 @@ static void log_failure(sqlite3 *db, int rc, const char *who)
 	          log_quote(q, sizeof(q), sqlite3_errmsg(db)));
 }
 
-/* On the writer's thread, after every commit. */
+/* A passive checkpoint; true when it copied pages. Busy: the other one is at it. */
+static bool checkpoint(struct store *s, sqlite3 *db, const char *who)
+{
+	int log = -1, copied = -1;
+	int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+	if (rc != SQLITE_OK) {
+		if (rc != SQLITE_BUSY) /* a full disk: tried again after the next commit */
+			log_failure(db, rc, who);
+		return false;
+	}
+	if (log < 0) { /* the connection does not see a WAL: nothing can be copied */
+		log_event(LOG_WARN, "store.wal_checkpoint_failed", "by=%s error=\"no WAL\"", who);
+		return false;
+	}
+	atomic_store(&s->wal_copied, (uint32_t)copied);
+	return copied > 0;
+}
+
+/* On the writer's thread, after every commit; pages: frames in the WAL. */
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
+	(void)name;
 	struct store *s = arg;
-	if ((uint64_t)pages >= (uint64_t)s->wal_pages * STORE_WAL_BEHIND) {
-		int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-		if (rc != SQLITE_OK && rc != SQLITE_BUSY) /* busy: the checkpointer is at it */
-			log_failure(db, rc, "writer");
-	} else if ((uint32_t)pages >= s->wal_pages) {
+	uint32_t total = (uint32_t)pages, copied = atomic_load(&s->wal_copied);
+	if (copied > total) /* the WAL started over since that checkpoint */
+		copied = 0;
+	if ((uint64_t)total >= (uint64_t)s->wal_pages * STORE_WAL_RESTART) {
+		checkpoint(s, db, "writer");
+	} else if (total - copied >= s->wal_pages) {
 		pthread_mutex_lock(&s->wal_mu);
 		if (!s->wal_wanted) {
 			s->wal_wanted = true;
@@ -56,11 +82,8 @@ static void *wal_main(void *arg)
 			break;
 		s->wal_wanted = false;
 		pthread_mutex_unlock(&s->wal_mu);
-		int rc = sqlite3_wal_checkpoint_v2(s->wal_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
-		                                   NULL);
-		/* A failure (a full disk) is tried again after the next commit. */
-		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-			log_failure(s->wal_db, rc, "checkpointer");
+		if (checkpoint(s, s->wal_db, "checkpointer"))
+			atomic_fetch_add(&s->wal_checkpoints, 1);
 		pthread_mutex_lock(&s->wal_mu);
 	}
 	pthread_mutex_unlock(&s->wal_mu);
@@ -70,14 +93,28 @@ static void *wal_main(void *arg)
 int store_wal_start(struct store *s, uint32_t wal_pages, char *err, size_t errlen)
 {
 	s->wal_pages = wal_pages ? wal_pages : STORE_DEFAULT_WAL_PAGES;
-	if (pthread_mutex_init(&s->wal_mu, NULL) != 0 || pthread_cond_init(&s->wal_cv, NULL) != 0) {
+	if (pthread_mutex_init(&s->wal_mu, NULL) != 0) {
+		store_seterr(err, errlen, "store: out of memory");
+		return ISG_ERR_NOMEM;
+	}
+	if (pthread_cond_init(&s->wal_cv, NULL) != 0) {
+		pthread_mutex_destroy(&s->wal_mu);
 		store_seterr(err, errlen, "store: out of memory");
 		return ISG_ERR_NOMEM;
 	}
 	s->wal_sync = true;
+	/*
+	 * A new connection learns that the file is in WAL mode when it first reads
+	 * it; until then a checkpoint through it copies nothing. Hence the read.
+	 * synchronous=FULL makes its checkpoints fsync the file, as the writer's do.
+	 */
 	int rc = sqlite3_open_v2(s->path, &s->wal_db, SQLITE_OPEN_READWRITE, NULL);
-	if (rc == SQLITE_OK)
+	if (rc == SQLITE_OK) {
 		sqlite3_busy_timeout(s->wal_db, STORE_BUSY_TIMEOUT_MS);
+		rc = sqlite3_exec(s->wal_db,
+		                  "PRAGMA synchronous = FULL; SELECT count(*) FROM sqlite_schema",
+		                  NULL, NULL, NULL);
+	}
 	if (rc != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot open for checkpoints: %s", s->path,
 		             s->wal_db ? sqlite3_errmsg(s->wal_db) : sqlite3_errstr(rc));
@@ -105,7 +142,9 @@ void store_wal_stop(struct store *s)
 	}
 	/* Before the writer's connection: closing the last one checkpoints the WAL. */
 	if (s->wal_db) {
-		sqlite3_close(s->wal_db);
+		int rc = sqlite3_close(s->wal_db);
+		if (rc != SQLITE_OK)
+			log_failure(s->wal_db, rc, "close");
 		s->wal_db = NULL;
 	}
 	if (s->wal_sync) {
@@ -113,4 +152,9 @@ void store_wal_stop(struct store *s)
 		pthread_mutex_destroy(&s->wal_mu);
 		s->wal_sync = false;
 	}
+}
+
+uint64_t store_test_wal_checkpoints(struct store *s)
+{
+	return atomic_load(&s->wal_checkpoints);
 }

@@ -329,25 +329,14 @@ static off_t file_size(const char *path)
 	return stat(path, &st) == 0 ? st.st_size : -1;
 }
 
-/*
- * 150 sends of 8 KiB pass some 500 pages through the WAL, fewer than the
- * 1000 at which SQLite's own automatic checkpoint would copy them into the
- * file. With wal_pages 4 the checkpointer copies them while the store is
- * open, so the file grows, and the WAL starts over instead of holding all
- * of them.
- */
-static void test_wal_checkpointed_in_background(void **state)
+/* Sends of 8 KiB, one after another; the store opened with wal_pages. */
+static void wal_sends(struct fx *f, uint32_t wal_pages, int sends)
 {
-	struct fx *f = *state;
 	char err[512] = "";
-	struct store_options opt = {.path = f->path, .storage_key = f->key, .wal_pages = 4};
+	struct store_options opt = {.path = f->path, .storage_key = f->key, .wal_pages = wal_pages};
 	assert_int_equal(store_open(&opt, &f->s, err, sizeof(err)), 0);
-	char wal[160];
-	fx_path(f, wal, sizeof(wal), "-wal");
-	enum { SENDS = 150, SIZE = 8192 };
-	off_t before = file_size(f->path);
-	static uint8_t payload[SIZE];
-	for (int i = 0; i < SENDS; i++) {
+	static uint8_t payload[8192];
+	for (int i = 0; i < sends; i++) {
 		char id[32];
 		snprintf(id, sizeof(id), "m-%d", i);
 		struct store_message m = fx_msg("police-a", id, "nhs-b", "");
@@ -355,11 +344,37 @@ static void test_wal_checkpointed_in_background(void **state)
 		m.payload_len = sizeof(payload);
 		assert_int_equal(send_sync(f->s, &m, NULL), 0);
 	}
-	for (int i = 0; i < 1000 && file_size(f->path) < before + SENDS * SIZE; i++)
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), sends);
+}
+
+/*
+ * The checkpointer thread copies the WAL into the file while the store is
+ * open: the file grows, and not because the writer did it (it copies only
+ * once the WAL holds 4 x wal_pages, and waits for a checkpoint otherwise).
+ */
+static void test_wal_checkpointed_in_background(void **state)
+{
+	struct fx *f = *state;
+	off_t before = file_size(f->path);
+	wal_sends(f, 128, 100);
+	for (int i = 0; i < 500 && store_test_wal_checkpoints(f->s) == 0; i++)
 		usleep(10 * 1000);
-	assert_true(file_size(f->path) >= before + SENDS * SIZE);
-	assert_true(file_size(wal) < SENDS * SIZE / 2);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), SENDS);
+	assert_true(store_test_wal_checkpoints(f->s) >= 1);
+	assert_true(file_size(f->path) >= before + 50 * 8192);
+}
+
+/*
+ * The WAL starts over instead of growing with every commit: 300 sends pass
+ * some 2.4 MB through it, but with wal_pages 4 the writer copies what is
+ * left and restarts it once it holds 16 pages.
+ */
+static void test_wal_stays_bounded(void **state)
+{
+	struct fx *f = *state;
+	char wal[160];
+	fx_path(f, wal, sizeof(wal), "-wal");
+	wal_sends(f, 4, 300);
+	assert_true(file_size(wal) < 300 * 8192 / 4);
 }
 
 /* --- close ----------------------------------------------------------------------------- */
@@ -583,6 +598,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_disk_full_then_recovers, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_checkpointed_in_background, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_wal_stays_bounded, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_close_drains_queue, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_random_bytes, fx_setup, fx_teardown),
