@@ -455,7 +455,7 @@ static void fetch_answer(struct net_conn *c, struct session *s, const struct wir
  * A stored message's metadata as a Delivery, borrowing sd's strings; its
  * records go out as stored (wire_deliveries_encode). The payload was
  * written by policy_apply and has opened under the storage key, so it is
- * not decoded again here.
+ * not decoded again here, only checked to be records and nothing else.
  */
 static void delivery_meta(const struct store_delivery *sd, Isg__Delivery *d)
 {
@@ -483,8 +483,16 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 		free(items);
 		return 0;
 	}
-	for (; n < res->n; n++) {
-		const struct store_delivery *sd = &res->items[n];
+	size_t used = 0;
+	for (; used < res->n; used++) {
+		const struct store_delivery *sd = &res->items[used];
+		if (!wire_records_well_formed(sd->payload, sd->payload_len)) {
+			log_event(LOG_ERROR, "store.bad_payload", "gateway_id=%llu",
+			          (unsigned long long)sd->gateway_id);
+			s->cursor =
+			    sd->gateway_id; /* skipped, as it would only fail the recipient */
+			continue;
+		}
 		delivery_meta(sd, &metas[n]);
 		items[n] = (struct wire_delivery){
 		    .meta = &metas[n], .records = sd->payload, .records_len = sd->payload_len};
@@ -492,18 +500,20 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 		/* One answer stays within the frame limit; the first always goes. */
 		if (!s->subscribed && n > 0 && bytes + size > max_frame)
 			break;
-		bytes += size;
 		if (s->subscribed) {
-			net_conn_send_deliveries(c, s->fetch_rid, true, &items[n], 1);
+			if (net_conn_send_deliveries(c, s->fetch_rid, true, &items[n], 1) != 0)
+				break; /* out of memory: it waits for the next round */
 			s->unacked++;
 		}
+		bytes += size;
+		n++;
 		s->cursor = sd->gateway_id;
 	}
 	if (!s->subscribed && n > 0)
 		fetch_answer(c, s, items, n);
 	free(metas);
 	free(items);
-	return n;
+	return used;
 }
 
 static void fetch_done(struct net_conn *c, void *arg)

@@ -107,11 +107,14 @@ size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out)
 }
 
 /* Field tags (number << 3 | wire type) of proto/isg.proto's fields written by hand below. */
-#define TAG_FRAME_REQUEST_ID 0x08u        /* Frame.request_id = 1, varint */
-#define TAG_FRAME_FETCH_RESULT 0x7au      /* Frame.fetch_result = 15, length-delimited */
-#define TAG_FRAME_DELIVERY 0x82u          /* Frame.delivery = 16, length-delimited ... */
-#define TAG_FRAME_DELIVERY_2 0x01u        /* ... as a two-byte varint */
-#define TAG_FETCH_RESULT_DELIVERIES 0x0au /* FetchResult.deliveries = 1, length-delimited */
+#define TAG_FRAME_REQUEST_ID 0x08u   /* Frame.request_id = 1, varint */
+#define TAG_FRAME_FETCH_RESULT 0x7au /* Frame.fetch_result = 15, length-delimited */
+#define TAG_FRAME_DELIVERY 0x82u     /* Frame.delivery = 16, length-delimited ... */
+#define TAG_FRAME_DELIVERY_2 0x01u   /* ... as a two-byte varint */
+#define TAG_FETCH_RESULT_DELIVERIES 0x0au
+#define TAG_DELIVERY_RECORDS                                                                       \
+	0x42u /* Delivery.records = 8, length-delimited */ /* FetchResult.deliveries = 1,          \
+	                                                      length-delimited */
 
 static size_t varint_size(uint64_t v)
 {
@@ -153,12 +156,35 @@ size_t wire_deliveries_size(uint64_t request_id, bool push, const struct wire_de
 	return varint_size(body) + body;
 }
 
+/* The stored records first, then the metadata: of a field given twice, the last counts. */
 static size_t put_delivery(const struct wire_delivery *d, uint8_t *out)
 {
-	size_t n = isg__delivery__pack(d->meta, out);
 	if (d->records_len)
-		memcpy(out + n, d->records, d->records_len);
-	return n + d->records_len;
+		memcpy(out, d->records, d->records_len);
+	return d->records_len + isg__delivery__pack(d->meta, out + d->records_len);
+}
+
+bool wire_records_well_formed(const uint8_t *p, size_t len)
+{
+	while (len > 0) {
+		if (p[0] != TAG_DELIVERY_RECORDS)
+			return false;
+		uint64_t n = 0;
+		size_t i = 1;
+		for (unsigned shift = 0;; shift += 7, i++) {
+			if (i >= len || shift > 63)
+				return false;
+			n |= (uint64_t)(p[i] & 0x7f) << shift;
+			if (!(p[i] & 0x80))
+				break;
+		}
+		i++;
+		if (n > len - i)
+			return false;
+		p += i + n;
+		len -= i + n;
+	}
+	return true;
 }
 
 size_t wire_deliveries_encode(uint64_t request_id, bool push, const struct wire_delivery *d,

@@ -39,8 +39,9 @@ size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out);
 /*
  * Deliveries whose records go out as they were stored. A stored payload is
  * a packed Delivery that holds only its records (policy_apply), and
- * protobuf merges concatenated encodings: the packed metadata followed by
- * those bytes decode as one Delivery with both. This spares decoding and
+ * protobuf merges concatenated encodings: those bytes followed by the
+ * packed metadata decode as one Delivery with both (and, should the stored
+ * bytes ever hold metadata, the metadata written after them wins). This spares decoding and
  * encoding again every record of every delivery.
  */
 struct wire_delivery {
@@ -49,6 +50,12 @@ struct wire_delivery {
 	size_t records_len;
 };
 
+/*
+ * True when bytes are a sequence of Delivery.records fields (tag, length,
+ * that many bytes) and nothing else: what a stored payload must be before
+ * it is sent as it is. The records themselves are not decoded.
+ */
+bool wire_records_well_formed(const uint8_t *bytes, size_t len);
 /* Bytes one delivery takes inside a frame (without its own tag and length). */
 size_t wire_delivery_size(const struct wire_delivery *d);
 /*

@@ -214,6 +214,30 @@ static void check_deliveries(uint64_t request_id, bool push, size_t n, size_t re
 	free(buf);
 }
 
+static void test_stored_records_checked(void **state)
+{
+	(void)state;
+	size_t len;
+	uint8_t *stored = stored_records(3, "AB1", &len);
+	assert_true(wire_records_well_formed(stored, len));
+	assert_true(wire_records_well_formed(stored, 0));
+	assert_false(wire_records_well_formed(stored, len - 1)); /* truncated */
+	/* A Delivery with metadata is not records alone. */
+	Isg__Delivery d = ISG__DELIVERY__INIT;
+	d.gateway_id = 5;
+	uint8_t meta[16];
+	size_t n = isg__delivery__pack(&d, meta);
+	assert_false(wire_records_well_formed(meta, n));
+	/* A length running past the end, and a varint that never ends. */
+	const uint8_t past[] = {0x42, 0x05, 0x0a, 0x00};
+	assert_false(wire_records_well_formed(past, sizeof(past)));
+	uint8_t endless[12];
+	memset(endless, 0xff, sizeof(endless));
+	endless[0] = 0x42;
+	assert_false(wire_records_well_formed(endless, sizeof(endless)));
+	free(stored);
+}
+
 static void test_deliveries_as_stored(void **state)
 {
 	(void)state;
@@ -235,6 +259,7 @@ int main(void)
 	    cmocka_unit_test(test_invalid_utf8_refused),
 	    cmocka_unit_test(test_field_number_zero_refused),
 	    cmocka_unit_test(test_deliveries_as_stored),
+	    cmocka_unit_test(test_stored_records_checked),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
