@@ -10,10 +10,12 @@
  * The WAL starts again from its beginning only at a transaction that begins
  * when every page in it has been copied, and the writer begins its next
  * batch long before a checkpointer's fsyncs are done. So once the WAL holds
- * STORE_WAL_RESTART times wal_pages, the writer itself copies what is left
- * (little, when the checkpointer keeps up) between two transactions, and the
- * next one starts the WAL over. That also bounds the WAL should the
- * checkpointer fall behind.
+ * STORE_WAL_RESTART times wal_pages, the checkpointer is woken after every
+ * commit, and as soon as at most a quarter of wal_pages is left to copy the
+ * writer copies that between two transactions, so the next one starts the
+ * WAL over. Should the checkpointer fall behind, the writer copies whatever
+ * is left once the WAL holds STORE_WAL_RESTART^2 times wal_pages, which
+ * bounds it.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -58,9 +60,12 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 	uint32_t total = (uint32_t)pages, copied = atomic_load(&s->wal_copied);
 	if (copied > total) /* the WAL started over since that checkpoint */
 		copied = 0;
-	if ((uint64_t)total >= (uint64_t)s->wal_pages * STORE_WAL_RESTART) {
+	uint32_t left = total - copied;
+	uint64_t restart = (uint64_t)s->wal_pages * STORE_WAL_RESTART;
+	if ((total >= restart && left <= s->wal_pages / 4) ||
+	    total >= restart * STORE_WAL_RESTART) {
 		checkpoint(s, db, "writer");
-	} else if (total - copied >= s->wal_pages) {
+	} else if (left >= s->wal_pages || (total >= restart && left > 0)) {
 		pthread_mutex_lock(&s->wal_mu);
 		if (!s->wal_wanted) {
 			s->wal_wanted = true;

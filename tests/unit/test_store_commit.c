@@ -365,8 +365,8 @@ static void test_wal_checkpointed_in_background(void **state)
 
 /*
  * The WAL starts over instead of growing with every commit: 300 sends pass
- * some 2.4 MB through it, but with wal_pages 4 the writer copies what is
- * left and restarts it once it holds 16 pages.
+ * some 2.4 MB through it, but with wal_pages 4 it starts over at 16 pages
+ * once little is left to copy, and at 64 pages whatever is left.
  */
 static void test_wal_stays_bounded(void **state)
 {
