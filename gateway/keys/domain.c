@@ -427,8 +427,8 @@ static int load_domain(int dfd, const char *path, const char *name, struct domai
 	}
 	for (size_t i = 0; rc == 0 && i < d->n; i++)
 		pseudo_keyed_init(&d->keyed[i], d->keys + i * PSEUDO_KEY_LEN);
-	if (rc == 0 && (sodium_mprotect_readonly(d->keys) != 0 ||
-	                sodium_mprotect_readonly(d->keyed) != 0)) {
+	if (rc == 0 &&
+	    (sodium_mprotect_readonly(d->keys) != 0 || sodium_mprotect_readonly(d->keyed) != 0)) {
 		keys_seterr(err, errlen, "key file '%s': cannot protect key memory", path);
 		rc = ISG_ERR_NOMEM;
 	}
