@@ -196,6 +196,7 @@ struct store {
 	pthread_mutex_t wal_mu;
 	pthread_cond_t wal_cv;
 	bool wal_wanted, wal_closing;         /* under wal_mu */
+	bool wal_running, wal_writer;         /* under wal_mu: whose checkpoint runs */
 	atomic_uint_fast32_t wal_copied;      /* WAL frames the last checkpoint had copied */
 	atomic_uint_fast64_t wal_checkpoints; /* the checkpointer's, that copied pages (tests) */
 };

@@ -10,12 +10,12 @@
  * The WAL starts again from its beginning only at a transaction that begins
  * when every page in it has been copied, and the writer begins its next
  * batch long before a checkpointer's fsyncs are done. So once the WAL holds
- * STORE_WAL_RESTART times wal_pages, the checkpointer is woken after every
- * commit, and as soon as at most a quarter of wal_pages is left to copy the
- * writer copies that between two transactions, so the next one starts the
- * WAL over. Should the checkpointer fall behind, the writer copies whatever
- * is left once the WAL holds STORE_WAL_RESTART^2 times wal_pages, which
- * bounds it.
+ * STORE_WAL_RESTART times wal_pages and at most a quarter of wal_pages is
+ * left to copy, the writer copies that itself between two transactions,
+ * with the checkpointer held off (two checkpoints at once make one busy),
+ * and the next transaction starts the WAL over. Should the checkpointer
+ * fall behind, the writer copies whatever is left once the WAL holds
+ * STORE_WAL_RESTART^2 times wal_pages, which bounds it.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -34,7 +34,7 @@ static void log_failure(sqlite3 *db, int rc, const char *who)
 	          log_quote(q, sizeof(q), sqlite3_errmsg(db)));
 }
 
-/* A passive checkpoint; true when it copied pages. Busy: the other one is at it. */
+/* A passive checkpoint; true when pages had been copied. */
 static bool checkpoint(struct store *s, sqlite3 *db, const char *who)
 {
 	int log = -1, copied = -1;
@@ -52,6 +52,25 @@ static bool checkpoint(struct store *s, sqlite3 *db, const char *who)
 	return copied > 0;
 }
 
+/*
+ * The writer copies what is left itself, with the checkpointer held off:
+ * two checkpoints at once make one of them busy, and a busy one would not
+ * let the WAL start over.
+ */
+static void writer_checkpoint(struct store *s, sqlite3 *db)
+{
+	pthread_mutex_lock(&s->wal_mu);
+	while (s->wal_running)
+		pthread_cond_wait(&s->wal_cv, &s->wal_mu);
+	s->wal_writer = true;
+	pthread_mutex_unlock(&s->wal_mu);
+	checkpoint(s, db, "writer");
+	pthread_mutex_lock(&s->wal_mu);
+	s->wal_writer = false;
+	pthread_cond_broadcast(&s->wal_cv);
+	pthread_mutex_unlock(&s->wal_mu);
+}
+
 /* On the writer's thread, after every commit; pages: frames in the WAL. */
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
@@ -64,12 +83,12 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 	uint64_t restart = (uint64_t)s->wal_pages * STORE_WAL_RESTART;
 	if ((total >= restart && left <= s->wal_pages / 4) ||
 	    total >= restart * STORE_WAL_RESTART) {
-		checkpoint(s, db, "writer");
-	} else if (left >= s->wal_pages || (total >= restart && left > 0)) {
+		writer_checkpoint(s, db);
+	} else if (left >= s->wal_pages) {
 		pthread_mutex_lock(&s->wal_mu);
 		if (!s->wal_wanted) {
 			s->wal_wanted = true;
-			pthread_cond_signal(&s->wal_cv);
+			pthread_cond_broadcast(&s->wal_cv);
 		}
 		pthread_mutex_unlock(&s->wal_mu);
 	}
@@ -81,15 +100,18 @@ static void *wal_main(void *arg)
 	struct store *s = arg;
 	pthread_mutex_lock(&s->wal_mu);
 	for (;;) {
-		while (!s->wal_wanted && !s->wal_closing)
+		while ((!s->wal_wanted || s->wal_writer) && !s->wal_closing)
 			pthread_cond_wait(&s->wal_cv, &s->wal_mu);
 		if (s->wal_closing)
 			break;
 		s->wal_wanted = false;
+		s->wal_running = true;
 		pthread_mutex_unlock(&s->wal_mu);
 		if (checkpoint(s, s->wal_db, "checkpointer"))
 			atomic_fetch_add(&s->wal_checkpoints, 1);
 		pthread_mutex_lock(&s->wal_mu);
+		s->wal_running = false;
+		pthread_cond_broadcast(&s->wal_cv);
 	}
 	pthread_mutex_unlock(&s->wal_mu);
 	return NULL;
@@ -140,7 +162,7 @@ void store_wal_stop(struct store *s)
 	if (s->wal_started) {
 		pthread_mutex_lock(&s->wal_mu);
 		s->wal_closing = true;
-		pthread_cond_signal(&s->wal_cv);
+		pthread_cond_broadcast(&s->wal_cv);
 		pthread_mutex_unlock(&s->wal_mu);
 		pthread_join(s->wal_thread, NULL);
 		s->wal_started = false;
