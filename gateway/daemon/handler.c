@@ -489,14 +489,13 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 		if (!wire_records_well_formed(sd->payload, sd->payload_len)) {
 			log_event(LOG_ERROR, "store.bad_payload", "gateway_id=%llu",
 			          (unsigned long long)sd->gateway_id);
-			s->cursor =
-			    sd->gateway_id; /* skipped, as it would only fail the recipient */
+			/* Skipped: sent, it would only make the recipient's frame fail. */
+			s->cursor = sd->gateway_id;
 			continue;
 		}
 		delivery_meta(sd, &metas[n]);
-		items[n] = (struct wire_delivery){
-		    .meta = &metas[n], .records = sd->payload, .records_len = sd->payload_len};
-		size_t size = wire_delivery_size(&items[n]) + 16;
+		wire_delivery_init(&items[n], &metas[n], sd->payload, sd->payload_len);
+		size_t size = items[n].len + 16;
 		/* One answer stays within the frame limit; the first always goes. */
 		if (!s->subscribed && n > 0 && bytes + size > max_frame)
 			break;

@@ -92,30 +92,6 @@ size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX])
 	return n;
 }
 
-size_t wire_frame_size(const Isg__Frame *frame)
-{
-	uint8_t hdr[WIRE_VARINT_MAX];
-	size_t body = isg__frame__get_packed_size(frame);
-	return wire_varint_encode(body, hdr) + body;
-}
-
-size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out)
-{
-	size_t body = isg__frame__get_packed_size(frame);
-	size_t n = wire_varint_encode(body, out);
-	return n + isg__frame__pack(frame, out + n);
-}
-
-/* Field tags (number << 3 | wire type) of proto/isg.proto's fields written by hand below. */
-#define TAG_FRAME_REQUEST_ID 0x08u   /* Frame.request_id = 1, varint */
-#define TAG_FRAME_FETCH_RESULT 0x7au /* Frame.fetch_result = 15, length-delimited */
-#define TAG_FRAME_DELIVERY 0x82u     /* Frame.delivery = 16, length-delimited ... */
-#define TAG_FRAME_DELIVERY_2 0x01u   /* ... as a two-byte varint */
-#define TAG_FETCH_RESULT_DELIVERIES 0x0au
-#define TAG_DELIVERY_RECORDS                                                                       \
-	0x42u /* Delivery.records = 8, length-delimited */ /* FetchResult.deliveries = 1,          \
-	                                                      length-delimited */
-
 static size_t varint_size(uint64_t v)
 {
 	size_t n = 1;
@@ -126,9 +102,34 @@ static size_t varint_size(uint64_t v)
 	return n;
 }
 
-size_t wire_delivery_size(const struct wire_delivery *d)
+size_t wire_frame_size(const Isg__Frame *frame)
 {
-	return isg__delivery__get_packed_size(d->meta) + d->records_len;
+	size_t body = isg__frame__get_packed_size(frame);
+	return varint_size(body) + body;
+}
+
+size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out)
+{
+	size_t body = isg__frame__get_packed_size(frame);
+	size_t n = wire_varint_encode(body, out);
+	return n + isg__frame__pack(frame, out + n);
+}
+
+/* Field tags (number << 3 | wire type) of proto/isg.proto's fields written by hand below. */
+#define TAG_FRAME_REQUEST_ID 0x08u        /* Frame.request_id = 1, varint */
+#define TAG_FRAME_FETCH_RESULT 0x7au      /* Frame.fetch_result = 15, length-delimited */
+#define TAG_FRAME_DELIVERY 0x82u          /* Frame.delivery = 16, length-delimited ... */
+#define TAG_FRAME_DELIVERY_2 0x01u        /* ... as a two-byte varint */
+#define TAG_FETCH_RESULT_DELIVERIES 0x0au /* FetchResult.deliveries = 1, length-delimited */
+#define TAG_DELIVERY_RECORDS 0x42u        /* Delivery.records = 8, length-delimited */
+
+void wire_delivery_init(struct wire_delivery *d, const Isg__Delivery *meta, const uint8_t *records,
+                        size_t records_len)
+{
+	*d = (struct wire_delivery){.meta = meta,
+	                            .records = records,
+	                            .records_len = records_len,
+	                            .len = records_len + isg__delivery__get_packed_size(meta)};
 }
 
 /* The frame body's size; *inner gets the size of the delivery or fetch_result inside it. */
@@ -137,12 +138,10 @@ static size_t deliveries_body(uint64_t request_id, bool push, const struct wire_
 {
 	size_t in = 0;
 	if (push) {
-		in = wire_delivery_size(&d[0]);
+		in = d[0].len;
 	} else {
-		for (size_t i = 0; i < n; i++) {
-			size_t len = wire_delivery_size(&d[i]);
-			in += 1 + varint_size(len) + len;
-		}
+		for (size_t i = 0; i < n; i++)
+			in += 1 + varint_size(d[i].len) + d[i].len;
 	}
 	*inner = in;
 	return (request_id ? 1 + varint_size(request_id) : 0) + (push ? 2 : 1) + varint_size(in) +
@@ -167,22 +166,14 @@ static size_t put_delivery(const struct wire_delivery *d, uint8_t *out)
 bool wire_records_well_formed(const uint8_t *p, size_t len)
 {
 	while (len > 0) {
-		if (p[0] != TAG_DELIVERY_RECORDS)
+		/* After the tag, a length and that many bytes: a frame header's shape. */
+		size_t hdr, body;
+		if (p[0] != TAG_DELIVERY_RECORDS ||
+		    wire_frame_peek(p + 1, len - 1, len - 1, &hdr, &body) != 1 ||
+		    body > len - 1 - hdr)
 			return false;
-		uint64_t n = 0;
-		size_t i = 1;
-		for (unsigned shift = 0;; shift += 7, i++) {
-			if (i >= len || shift > 63)
-				return false;
-			n |= (uint64_t)(p[i] & 0x7f) << shift;
-			if (!(p[i] & 0x80))
-				break;
-		}
-		i++;
-		if (n > len - i)
-			return false;
-		p += i + n;
-		len -= i + n;
+		p += 1 + hdr + body;
+		len -= 1 + hdr + body;
 	}
 	return true;
 }
@@ -209,7 +200,7 @@ size_t wire_deliveries_encode(uint64_t request_id, bool push, const struct wire_
 	} else {
 		for (size_t i = 0; i < n; i++) {
 			*p++ = TAG_FETCH_RESULT_DELIVERIES;
-			p += wire_varint_encode(wire_delivery_size(&d[i]), p);
+			p += wire_varint_encode(d[i].len, p);
 			p += put_delivery(&d[i], p);
 		}
 	}

@@ -40,15 +40,19 @@ size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out);
  * Deliveries whose records go out as they were stored. A stored payload is
  * a packed Delivery that holds only its records (policy_apply), and
  * protobuf merges concatenated encodings: those bytes followed by the
- * packed metadata decode as one Delivery with both (and, should the stored
- * bytes ever hold metadata, the metadata written after them wins). This spares decoding and
- * encoding again every record of every delivery.
+ * packed metadata decode as one Delivery with both (should the stored
+ * bytes ever hold metadata, the metadata written after them wins). This
+ * spares decoding and encoding again every record of every delivery.
  */
 struct wire_delivery {
 	const Isg__Delivery *meta; /* the metadata; no records */
 	const uint8_t *records;    /* a packed Delivery with records only */
 	size_t records_len;
+	size_t len; /* bytes of the delivery in a frame, without its own tag and length */
 };
+/* Fill in d, working out its len once. */
+void wire_delivery_init(struct wire_delivery *d, const Isg__Delivery *meta, const uint8_t *records,
+                        size_t records_len);
 
 /*
  * True when bytes are a sequence of Delivery.records fields (tag, length,
@@ -56,8 +60,6 @@ struct wire_delivery {
  * it is sent as it is. The records themselves are not decoded.
  */
 bool wire_records_well_formed(const uint8_t *bytes, size_t len);
-/* Bytes one delivery takes inside a frame (without its own tag and length). */
-size_t wire_delivery_size(const struct wire_delivery *d);
 /*
  * Bytes wire_deliveries_encode will write: a frame with its varint header,
  * Frame{request_id, delivery = d[0]} when push (n must be 1), else

@@ -65,7 +65,8 @@ static void check_stored_records(const uint8_t *data, size_t size)
 	Isg__Delivery meta = ISG__DELIVERY__INIT;
 	meta.gateway_id = 7;
 	meta.sender = "met-police";
-	struct wire_delivery wd = {&meta, data, size};
+	struct wire_delivery wd;
+	wire_delivery_init(&wd, &meta, data, size);
 	size_t len = wire_deliveries_size(3, true, &wd, 1);
 	uint8_t *frame = malloc(len);
 	if (!frame)

@@ -153,7 +153,7 @@ static void check_deliveries(uint64_t request_id, bool push, size_t n, size_t re
 		metas[i].reply_to = i;
 		metas[i].accepted_at_ms = 1764633600000 + (int64_t)i;
 		stored[i] = stored_records(records + i, text, &stored_len[i]);
-		d[i] = (struct wire_delivery){&metas[i], stored[i], stored_len[i]};
+		wire_delivery_init(&d[i], &metas[i], stored[i], stored_len[i]);
 	}
 	size_t size = wire_deliveries_size(request_id, push, d, n);
 	uint8_t *buf = malloc(size);
