@@ -1,4 +1,4 @@
-# Shell functions shared by scripts/demo and scripts/bench: a throwaway PKI
+# Shell functions shared by scripts/demo, scripts/bench and scripts/tls-scan: a throwaway PKI
 # (ECDSA P-256) and a running isgd. Source this file; nothing runs on its own.
 
 pki_newkey() { # file
@@ -12,11 +12,11 @@ pki_ca() { # name subject-cn
 		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
 }
 
-pki_cert() { # name ca subject-cn extensions
+pki_cert() { # name ca subject-cn extensions [days, default 30]
 	pki_newkey "$1.key"
 	openssl req -new -key "$1.key" -subj "/CN=$3" -out "$1.csr"
 	printf '%s\n' "$4" >"$1.ext"
-	openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -days 30 \
+	openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -days "${5:-30}" \
 		-extfile "$1.ext" -out "$1.crt" 2>/dev/null
 	rm -f "$1.csr" "$1.ext"
 }
