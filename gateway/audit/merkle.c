@@ -14,12 +14,11 @@
 void audit_leaf_hash(const uint8_t *entry, size_t len, uint8_t out[static AUDIT_HASH_LEN])
 {
 	static const uint8_t prefix = 0x00;
-	crypto_hash_sha256_state st;
-	crypto_hash_sha256_init(&st);
-	crypto_hash_sha256_update(&st, &prefix, 1);
-	if (len > 0)
-		crypto_hash_sha256_update(&st, entry, len);
-	crypto_hash_sha256_final(&st, out);
+	struct sha256_state st;
+	sha256_init(&st);
+	sha256_update(&st, &prefix, 1);
+	sha256_update(&st, entry, len);
+	sha256_final(&st, out);
 }
 
 void audit_node_hash(const uint8_t left[static AUDIT_HASH_LEN],
@@ -29,12 +28,12 @@ void audit_node_hash(const uint8_t left[static AUDIT_HASH_LEN],
 	buf[0] = 0x01;
 	memcpy(buf + 1, left, AUDIT_HASH_LEN);
 	memcpy(buf + 1 + AUDIT_HASH_LEN, right, AUDIT_HASH_LEN);
-	crypto_hash_sha256(out, buf, sizeof(buf));
+	sha256_digest(buf, sizeof(buf), out);
 }
 
 void audit_empty_root(uint8_t out[static AUDIT_HASH_LEN])
 {
-	crypto_hash_sha256(out, NULL, 0);
+	sha256_digest(NULL, 0, out);
 }
 
 /* Bits needed to write x: 0 for 0. */

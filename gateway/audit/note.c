@@ -183,13 +183,13 @@ static void key_hash(const char *name, size_t name_len, const uint8_t public_key
                      uint8_t out[static AUDIT_KEY_HASH_LEN])
 {
 	static const uint8_t sep[2] = {'\n', ALG_ED25519};
-	uint8_t h[crypto_hash_sha256_BYTES];
-	crypto_hash_sha256_state st;
-	crypto_hash_sha256_init(&st);
-	crypto_hash_sha256_update(&st, (const uint8_t *)name, name_len);
-	crypto_hash_sha256_update(&st, sep, sizeof(sep));
-	crypto_hash_sha256_update(&st, public_key, AUDIT_PUBKEY_LEN);
-	crypto_hash_sha256_final(&st, h);
+	uint8_t h[SHA256_LEN];
+	struct sha256_state st;
+	sha256_init(&st);
+	sha256_update(&st, name, name_len);
+	sha256_update(&st, sep, sizeof(sep));
+	sha256_update(&st, public_key, AUDIT_PUBKEY_LEN);
+	sha256_final(&st, h);
 	memcpy(out, h, AUDIT_KEY_HASH_LEN);
 }
 

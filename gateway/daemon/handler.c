@@ -7,8 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sodium.h>
-
 #include "daemon/gateway.h"
 #include "util/util.h"
 
@@ -411,7 +409,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	j->quota = s->g->quota;
 	j->store = s->g->store;
 	isg__send_request__pack(req, packed);
-	crypto_hash_sha256(m.request_hash, packed, packed_len);
+	sha256_digest(packed, packed_len, m.request_hash);
 	m.audit_entry = entry;
 	net_conn_begin_async(c);
 	err = store_send(s->g->store, &m, send_stored, j);

@@ -6,7 +6,6 @@
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
-#include <sodium.h>
 
 #include "util/util.h"
 
@@ -179,6 +178,6 @@ void net_cert_identity(X509 *cert, struct cert_identity *id)
 	unsigned char *der = NULL;
 	int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
 	if (len > 0)
-		crypto_hash_sha256(id->spki_sha256, der, (unsigned long long)len);
+		sha256_digest(der, (size_t)len, id->spki_sha256);
 	OPENSSL_free(der);
 }

@@ -189,28 +189,28 @@ out:
 	close(fd);
 }
 
-static void put_u64be(crypto_hash_sha256_state *h, uint64_t v)
+static void put_u64be(struct sha256_state *h, uint64_t v)
 {
 	uint8_t b[8];
 	for (int i = 0; i < 8; i++)
 		b[i] = (uint8_t)(v >> (56 - 8 * i));
-	crypto_hash_sha256_update(h, b, sizeof(b));
+	sha256_update(h, b, sizeof(b));
 }
 
 /* SHA-256 over (len(path), path, len(content), content) of each file in path order. */
 static void hash_sources(const struct loader *l, char version[65])
 {
-	crypto_hash_sha256_state h;
-	crypto_hash_sha256_init(&h);
+	struct sha256_state h;
+	sha256_init(&h);
 	for (size_t i = 0; i < l->n_src; i++) {
 		const struct source *s = &l->src[i];
 		put_u64be(&h, strlen(s->rel));
-		crypto_hash_sha256_update(&h, (const uint8_t *)s->rel, strlen(s->rel));
+		sha256_update(&h, s->rel, strlen(s->rel));
 		put_u64be(&h, s->len);
-		crypto_hash_sha256_update(&h, (const uint8_t *)s->buf, s->len);
+		sha256_update(&h, s->buf, s->len);
 	}
-	uint8_t digest[crypto_hash_sha256_BYTES];
-	crypto_hash_sha256_final(&h, digest);
+	uint8_t digest[SHA256_LEN];
+	sha256_final(&h, digest);
 	hex_encode(version, digest, sizeof(digest));
 }
 

@@ -120,9 +120,22 @@ int pseudo_normalise(enum pseudo_type t, const char *in, size_t len,
 	return err;
 }
 
+/* HMAC (RFC 2104) with a key shorter than SHA-256's 64-byte block: the key,
+ * zero-padded, XOR ipad starts the inner hash and XOR opad the outer one. */
 void pseudo_keyed_init(struct pseudo_keyed *k, const uint8_t key[static PSEUDO_KEY_LEN])
 {
-	crypto_auth_hmacsha256_init(&k->state, key, PSEUDO_KEY_LEN);
+	_Static_assert(PSEUDO_KEY_LEN <= 64, "the key fits SHA-256's block");
+	uint8_t pad[64];
+	memset(pad, 0x36, sizeof(pad));
+	for (size_t i = 0; i < PSEUDO_KEY_LEN; i++)
+		pad[i] ^= key[i];
+	sha256_init(&k->inner);
+	sha256_update(&k->inner, pad, sizeof(pad));
+	for (size_t i = 0; i < sizeof(pad); i++)
+		pad[i] ^= 0x36 ^ 0x5c;
+	sha256_init(&k->outer);
+	sha256_update(&k->outer, pad, sizeof(pad));
+	sodium_memzero(pad, sizeof(pad));
 }
 
 void pseudo_keyed_wipe(struct pseudo_keyed *k)
@@ -146,13 +159,17 @@ void pseudo_hash_keyed(const struct pseudo_keyed *k, enum pseudo_type t, const c
 	head[PSEUDO_TAG_LEN + 5] = (uint8_t)(len >> 8);
 	head[PSEUDO_TAG_LEN + 6] = (uint8_t)len;
 
-	/* HMAC's keyed state is the two key pads already hashed: a copy hashes
-	 * exactly what crypto_auth_hmacsha256_init with the key would. */
-	crypto_auth_hmacsha256_state st = k->state;
-	crypto_auth_hmacsha256_update(&st, head, sizeof(head));
-	crypto_auth_hmacsha256_update(&st, (const unsigned char *)norm, len);
-	crypto_auth_hmacsha256_final(&st, out);
-	sodium_memzero(&st, sizeof(st));
+	/* The key pads are already hashed: copies carry on from there, and
+	 * sha256_final wipes each copy. */
+	uint8_t inner[SHA256_LEN];
+	struct sha256_state st = k->inner;
+	sha256_update(&st, head, sizeof(head));
+	sha256_update(&st, norm, len);
+	sha256_final(&st, inner);
+	st = k->outer;
+	sha256_update(&st, inner, sizeof(inner));
+	sha256_final(&st, out);
+	sodium_memzero(inner, sizeof(inner));
 }
 
 void pseudo_hash(const uint8_t key[static PSEUDO_KEY_LEN], enum pseudo_type t, const char *norm,

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <sodium.h>
+#include "util/util.h"
 
 #define PSEUDO_KEY_LEN 32
 #define PSEUDO_HASH_LEN 32
@@ -57,7 +57,7 @@ void pseudo_hash(const uint8_t key[static PSEUDO_KEY_LEN], enum pseudo_type t, c
  * where the key is kept (guarded memory) and wipe it with pseudo_keyed_wipe.
  */
 struct pseudo_keyed {
-	crypto_auth_hmacsha256_state state;
+	struct sha256_state inner, outer; /* SHA-256 of key ^ ipad, of key ^ opad */
 };
 void pseudo_keyed_init(struct pseudo_keyed *k, const uint8_t key[static PSEUDO_KEY_LEN]);
 void pseudo_keyed_wipe(struct pseudo_keyed *k);

@@ -395,6 +395,43 @@ static void test_hash_vectors(void **state)
 	                 "p1__DNY__N4I0D3mAszsrSkmHj4GGXxdQhAMWKwFEnn_k0");
 }
 
+/* The HMAC is RFC 2104's: the same bytes as libsodium's over the documented
+ * input ("ISG-PSEUDONYM" 00 01, type, u32be length, value), for values that
+ * end anywhere in SHA-256's 64-byte blocks. */
+static void test_hash_is_hmac(void **state)
+{
+	(void)state;
+	static const char head[] = "ISG-PSEUDONYM\0\1";
+	const size_t head_len = sizeof(head) - 1 + 5;
+	uint8_t key[PSEUDO_KEY_LEN], msg[sizeof(head) - 1 + 5 + 300];
+	memcpy(msg, head, sizeof(head) - 1);
+	struct pseudo_keyed k;
+	for (int round = 0; round < 3; round++) {
+		randombytes_buf(key, sizeof(key));
+		randombytes_buf(msg + head_len, sizeof(msg) - head_len);
+		pseudo_keyed_init(&k, key);
+		for (size_t len = 0; len <= 300; len++) {
+			uint8_t *p = msg + sizeof(head) - 1;
+			p[0] = (uint8_t)PSEUDO_IDENTIFIER;
+			p[1] = 0;
+			p[2] = 0;
+			p[3] = (uint8_t)(len >> 8);
+			p[4] = (uint8_t)len;
+			uint8_t want[crypto_auth_hmacsha256_BYTES], got[PSEUDO_HASH_LEN];
+			crypto_auth_hmacsha256_state st;
+			crypto_auth_hmacsha256_init(&st, key, sizeof(key));
+			crypto_auth_hmacsha256_update(&st, msg, head_len + len);
+			crypto_auth_hmacsha256_final(&st, want);
+			const char *value = (const char *)msg + head_len;
+			pseudo_hash_keyed(&k, PSEUDO_IDENTIFIER, value, len, got);
+			assert_memory_equal(got, want, sizeof(want));
+			pseudo_hash(key, PSEUDO_IDENTIFIER, value, len, got);
+			assert_memory_equal(got, want, sizeof(want));
+		}
+		pseudo_keyed_wipe(&k);
+	}
+}
+
 /* normalise + hash + format, as the gateway does. */
 static void pseudonym_of(const uint8_t *key, enum pseudo_type t, const char *in,
                          char text[PSEUDO_TEXT_MAX])
@@ -641,6 +678,7 @@ int main(void)
 	    cmocka_unit_test(test_email),
 	    cmocka_unit_test(test_identifier),
 	    cmocka_unit_test(test_hash_vectors),
+	    cmocka_unit_test(test_hash_is_hmac),
 	    cmocka_unit_test(test_hash_equivalence),
 	    cmocka_unit_test(test_format_length),
 	    cmocka_unit_test(test_gen_dates),

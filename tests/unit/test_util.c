@@ -131,6 +131,52 @@ static void test_log_quote(void **state)
 	assert_true(strlen(tiny) < sizeof(tiny));
 }
 
+/* FIPS 180-2's examples, and every way of splitting a two-block input. */
+static void expect_sha256(const uint8_t got[SHA256_LEN], const char *hex)
+{
+	char h[2 * SHA256_LEN + 1];
+	hex_encode(h, got, SHA256_LEN);
+	assert_string_equal(h, hex);
+}
+
+static void test_sha256(void **state)
+{
+	(void)state;
+	uint8_t out[SHA256_LEN];
+	sha256_digest(NULL, 0, out);
+	expect_sha256(out, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	sha256_digest("abc", 3, out);
+	expect_sha256(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	static const char two[] = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+	static const char two_hex[] =
+	    "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1";
+	for (size_t cut = 0; cut <= sizeof(two) - 1; cut++) {
+		struct sha256_state h;
+		sha256_init(&h);
+		sha256_update(&h, two, cut);
+		struct sha256_state fork = h; /* a copy carries on independently */
+		sha256_update(&h, two + cut, sizeof(two) - 1 - cut);
+		sha256_final(&h, out);
+		expect_sha256(out, two_hex);
+		sha256_update(&fork, two + cut, sizeof(two) - 1 - cut);
+		sha256_final(&fork, out);
+		expect_sha256(out, two_hex);
+	}
+	/* A million 'a's, in uneven pieces. */
+	char a[997];
+	memset(a, 'a', sizeof(a));
+	struct sha256_state h;
+	sha256_init(&h);
+	size_t left = 1000000;
+	for (size_t n = 1; left > 0; n = n % sizeof(a) + 1) {
+		size_t take = n < left ? n : left;
+		sha256_update(&h, a, take);
+		left -= take;
+	}
+	sha256_final(&h, out);
+	expect_sha256(out, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -138,6 +184,7 @@ int main(void)
 	    cmocka_unit_test(test_numbers),   cmocka_unit_test(test_dates),
 	    cmocka_unit_test(test_utf8),      cmocka_unit_test(test_json_string),
 	    cmocka_unit_test(test_log_quote), cmocka_unit_test(test_base64),
+	    cmocka_unit_test(test_sha256),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
