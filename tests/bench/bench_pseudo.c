@@ -2,8 +2,9 @@
  * bench_pseudo: pseudonyms per second on one core, for N valid NHS numbers
  * (normalise + keyed hash + text form), next to raw HMAC-SHA-256 over the
  * same 10-byte inputs in the same run (OpenSSL's EVP_MAC, one context
- * re-initialised per value, so the key pads are hashed once), and the pseudonyms again with the keyed HMAC state derived
- * once (pseudo_hash_keyed, checked bit-identical to pseudo_hash first).
+ * re-initialised per value, so the key pads are hashed once), and the
+ * pseudonyms again with the keyed HMAC state derived once
+ * (pseudo_hash_keyed, checked bit-identical to pseudo_hash first).
  * For reference, libsodium's HMAC with its keyed state copied per value,
  * which isgd used until 2026-12-02. Each figure is the median of 5 runs.
  * Usage: isg-bench-pseudo [N]   (default 1000000)
