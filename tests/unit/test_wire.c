@@ -78,6 +78,57 @@ static void test_frame_round_trip(void **state)
 	free(buf);
 }
 
+/* A frame decodes into an arena sized from its length; one that decodes much
+ * larger than it is encoded (empty records: 2 bytes each, a struct and a
+ * pointer decoded) grows the arena chunk by chunk, and every part is kept. */
+static void test_decode_grows_its_arena(void **state)
+{
+	(void)state;
+	enum { N = 20000 };
+	Isg__Record *recs = calloc(N, sizeof(*recs));
+	Isg__Record **rp = calloc(N, sizeof(*rp));
+	assert_non_null(recs);
+	assert_non_null(rp);
+	for (size_t i = 0; i < N; i++) {
+		isg__record__init(&recs[i]);
+		rp[i] = &recs[i];
+	}
+	Isg__SendRequest req = ISG__SEND_REQUEST__INIT;
+	req.message_id = "m-arena";
+	req.recipient = "nhs-trust";
+	req.n_records = N;
+	req.records = rp;
+	Isg__Frame f = ISG__FRAME__INIT;
+	f.request_id = 9;
+	f.body_case = ISG__FRAME__BODY_SEND;
+	f.send = &req;
+	size_t len = isg__frame__get_packed_size(&f);
+	uint8_t *buf = malloc(len);
+	assert_non_null(buf);
+	isg__frame__pack(&f, buf);
+	Isg__Frame *g = wire_frame_decode(buf, len);
+	assert_non_null(g);
+	assert_int_equal(g->request_id, 9);
+	assert_string_equal(g->send->message_id, "m-arena");
+	assert_string_equal(g->send->recipient, "nhs-trust");
+	assert_int_equal(g->send->n_records, N);
+	for (size_t i = 0; i < N; i++) {
+		assert_non_null(g->send->records[i]);
+		assert_int_equal(g->send->records[i]->n_fields, 0);
+	}
+	/* Repacked, it is the same bytes. */
+	uint8_t *again = malloc(len);
+	assert_non_null(again);
+	assert_int_equal(isg__frame__pack(g, again), len);
+	assert_memory_equal(again, buf, len);
+	wire_frame_free(g);
+	wire_frame_free(NULL);
+	free(again);
+	free(buf);
+	free(rp);
+	free(recs);
+}
+
 static void test_invalid_utf8_refused(void **state)
 {
 	Isg__Frame f = ISG__FRAME__INIT;
@@ -254,6 +305,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_varint_known_answers),
 	    cmocka_unit_test(test_peek_needs_more),
+	    cmocka_unit_test(test_decode_grows_its_arena),
 	    cmocka_unit_test(test_peek_refuses_oversize_and_overflow),
 	    cmocka_unit_test(test_frame_round_trip),
 	    cmocka_unit_test(test_invalid_utf8_refused),
