@@ -478,6 +478,24 @@ static void test_hash_equivalence(void **state)
 	assert_string_not_equal(a, b);
 }
 
+/* The text form's hash part is unpadded base64url: libsodium's, byte for byte. */
+static void test_format_is_base64url(void **state)
+{
+	(void)state;
+	for (int i = 0; i < 2000; i++) {
+		uint8_t h[PSEUDO_HASH_LEN];
+		randombytes_buf(h, sizeof(h));
+		if (i < 2)
+			memset(h, i ? 0xff : 0x00, sizeof(h));
+		char text[PSEUDO_TEXT_MAX], want[PSEUDO_TEXT_MAX];
+		pseudo_format(h, 12, text);
+		memcpy(want, "p12_", 4);
+		sodium_bin2base64(want + 4, sizeof(want) - 4, h, sizeof(h),
+		                  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+		assert_string_equal(text, want);
+	}
+}
+
 static void test_format_length(void **state)
 {
 	(void)state;
@@ -679,6 +697,7 @@ int main(void)
 	    cmocka_unit_test(test_identifier),
 	    cmocka_unit_test(test_hash_vectors),
 	    cmocka_unit_test(test_hash_is_hmac),
+	    cmocka_unit_test(test_format_is_base64url),
 	    cmocka_unit_test(test_hash_equivalence),
 	    cmocka_unit_test(test_format_length),
 	    cmocka_unit_test(test_gen_dates),
