@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "audit/audit.h"
 #include "store/store.h"
 #include "util/util.h"
@@ -28,25 +29,6 @@
 #define ORIGIN "isg-bench"
 
 static atomic_ulong done, failed;
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v)
-{
-	qsort(v, RUNS, sizeof(*v), cmp_double);
-	return v[RUNS / 2];
-}
 
 static void audited(void *ctx, int err, uint64_t index)
 {
@@ -137,7 +119,7 @@ fail:
 static double run_verify(const char *isgctl, const char *store, const char *pubkey)
 {
 	fflush(stdout); /* the child must not write our buffer again */
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	pid_t pid = fork();
 	if (pid == 0) {
 		if (!freopen("/dev/null", "w", stdout))
@@ -152,7 +134,7 @@ static double run_verify(const char *isgctl, const char *store, const char *pubk
 		fprintf(stderr, "isg-bench-audit: '%s audit verify' failed\n", isgctl);
 		return -1;
 	}
-	return now_s() - t0;
+	return bench_now_s() - t0;
 }
 
 int main(int argc, char **argv)
@@ -182,11 +164,11 @@ int main(int argc, char **argv)
 		return 1;
 	audit_signer_verifier_key(signer, pubkey);
 
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	int rc = build_log(store, n, signer);
 	printf("log: %lu message.accepted entries written through store_audit in %.1f s "
 	       "(checkpoint every 1000)\n",
-	       n, now_s() - t0);
+	       n, bench_now_s() - t0);
 	char **leaves = NULL;
 	size_t *lens = NULL, total = 0;
 	if (rc == 0)
@@ -199,16 +181,16 @@ int main(int argc, char **argv)
 		verify[r] = run_verify(isgctl, store, pubkey);
 		if (verify[r] < 0)
 			rc = 1;
-		double h0 = now_s();
+		double h0 = bench_now_s();
 		for (unsigned long i = 0; i < n; i++) {
 			uint8_t out[AUDIT_HASH_LEN];
 			audit_leaf_hash((const uint8_t *)leaves[i], lens[i], out);
 			sink ^= out[0];
 		}
-		hash[r] = now_s() - h0;
+		hash[r] = bench_now_s() - h0;
 	}
 	if (rc == 0) {
-		double v = median(verify), h = median(hash);
+		double v = bench_median(verify, RUNS), h = bench_median(hash, RUNS);
 		printf("leaves: %lu, %.0f bytes on average\n", n, (double)total / (double)n);
 		printf("isgctl audit verify:     %10.0f entries/s  (median of %d: %.3f s)\n",
 		       (double)n / v, RUNS, v);

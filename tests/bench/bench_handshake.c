@@ -35,6 +35,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "bench.h"
+
 #define MAX_RUNS 100
 
 struct opts {
@@ -54,13 +56,6 @@ struct worker {
 	SSL_SESSION *session; /* newest ticket */
 	bool got_ticket;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int ex_index;
 
@@ -133,8 +128,8 @@ static int handshake(struct worker *w)
 		w->not_resumed++;
 	/* The ticket comes after the server has checked our certificate and Finished. */
 	struct pollfd p = {.fd = fd, .events = POLLIN};
-	double until = now_s() + 5;
-	while (!w->got_ticket && now_s() < until) {
+	double until = bench_now_s() + 5;
+	while (!w->got_ticket && bench_now_s() < until) {
 		char c;
 		int r = SSL_read(ssl, &c, 1);
 		if (r > 0)
@@ -161,7 +156,7 @@ out:
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
-	while (now_s() < w->deadline) {
+	while (bench_now_s() < w->deadline) {
 		if (handshake(w) == 0)
 			w->done++;
 		else if (++w->failed > 1000)
@@ -189,18 +184,6 @@ static SSL_CTX *client_ctx(const struct opts *o)
 	/* The non-blocking read after the handshake needs SSL_read to return. */
 	SSL_CTX_clear_mode(ctx, SSL_MODE_AUTO_RETRY);
 	return ctx;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, unsigned n)
-{
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 static void usage(void)
@@ -286,7 +269,7 @@ int main(int argc, char **argv)
 		pthread_t *th = calloc(o.threads, sizeof(*th));
 		if (!ws || !th)
 			return 1;
-		double t0 = now_s(), cpu0 = o.pid ? proc_cpu_s(o.pid) : 0;
+		double t0 = bench_now_s(), cpu0 = o.pid ? proc_cpu_s(o.pid) : 0;
 		for (unsigned i = 0; i < o.threads; i++) {
 			ws[i] = (struct worker){.o = &o, .ctx = ctx, .deadline = t0 + o.seconds};
 			pthread_create(&th[i], NULL, worker_main, &ws[i]);
@@ -299,7 +282,7 @@ int main(int argc, char **argv)
 			failed += ws[i].failed;
 			SSL_SESSION_free(ws[i].session);
 		}
-		double secs = now_s() - t0;
+		double secs = bench_now_s() - t0;
 		rates[r] = (double)done / secs;
 		cpu_ms[r] = o.pid && done ? (proc_cpu_s(o.pid) - cpu0) * 1000 / (double)done : 0;
 		printf("  run %u: %8.0f handshakes/s (%lu failed, %lu not resumed)", r + 1,
@@ -316,7 +299,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	double med = median(rates, o.runs), cpu = median(cpu_ms, o.runs);
+	double med = bench_median(rates, o.runs), cpu = bench_median(cpu_ms, o.runs);
 	printf("  median: %8.0f handshakes/s", med);
 	if (o.pid)
 		printf(", server %.2f CPU-ms each", cpu);

@@ -41,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "isgclient.h"
 
 #define MAX_RECIPIENTS 8
@@ -293,12 +294,6 @@ static void *recipient_main(void *arg)
 	return NULL;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
 static double percentile(double *sorted, size_t n, double p)
 {
 	if (n == 0)
@@ -419,8 +414,8 @@ static int run_once(const struct opts *o, unsigned run, double res[M_COUNT])
 	size_t delivered = atomic_load(&rs.delivered);
 	if (delivered > rs.total)
 		delivered = rs.total;
-	qsort(rs.receipt_ms, rs.total, sizeof(double), cmp_double);
-	qsort(rs.delivery_ms, delivered, sizeof(double), cmp_double);
+	qsort(rs.receipt_ms, rs.total, sizeof(double), bench_cmp_double);
+	qsort(rs.delivery_ms, delivered, sizeof(double), bench_cmp_double);
 	res[M_MSGS] = (double)rs.total / secs;
 	res[M_RECORDS] = res[M_MSGS] * o->records;
 	res[M_RECEIPT_P50] = percentile(rs.receipt_ms, rs.total, 0.50);
@@ -441,8 +436,7 @@ static double median_of(double rs[][M_COUNT], unsigned n, enum metric m)
 	double v[MAX_RUNS];
 	for (unsigned i = 0; i < n; i++)
 		v[i] = rs[i][m];
-	qsort(v, n, sizeof(v[0]), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+	return bench_median(v, n);
 }
 
 static void print_line(const char *head, const double r[M_COUNT], bool recipients, bool cpu)

@@ -17,17 +17,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench.h"
 #include "pseudo/pseudo.h"
 #include "util/util.h"
 
 #define RUNS 5
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* Valid NHS numbers from consecutive stems, skipping stems with no check digit. */
 static char (*make_numbers(size_t n))[11]
@@ -52,7 +46,7 @@ static char (*make_numbers(size_t n))[11]
 
 static double run_pseudonyms(const uint8_t *key, char (*v)[11], size_t n, unsigned *sink)
 {
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	for (size_t i = 0; i < n; i++) {
 		char norm[PSEUDO_VALUE_MAX + 1], text[PSEUDO_TEXT_MAX];
 		const char *reason;
@@ -63,14 +57,14 @@ static double run_pseudonyms(const uint8_t *key, char (*v)[11], size_t n, unsign
 		pseudo_format(h, 1, text);
 		*sink += (unsigned char)text[5];
 	}
-	return (double)n / (now_s() - t0);
+	return (double)n / (bench_now_s() - t0);
 }
 
 /* The same with the keyed HMAC state derived once (as the keyring holds it). */
 static double run_pseudonyms_keyed(const struct pseudo_keyed *k, char (*v)[11], size_t n,
                                    unsigned *sink)
 {
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	for (size_t i = 0; i < n; i++) {
 		char norm[PSEUDO_VALUE_MAX + 1], text[PSEUDO_TEXT_MAX];
 		const char *reason;
@@ -81,7 +75,7 @@ static double run_pseudonyms_keyed(const struct pseudo_keyed *k, char (*v)[11], 
 		pseudo_format(h, 1, text);
 		*sink += (unsigned char)text[5];
 	}
-	return (double)n / (now_s() - t0);
+	return (double)n / (bench_now_s() - t0);
 }
 
 /* pseudo_hash_keyed must give pseudo_hash's bytes: checked on every number. */
@@ -105,7 +99,7 @@ static double run_raw(const uint8_t *key, char (*v)[11], size_t n, unsigned *sin
 	                       OSSL_PARAM_construct_end()};
 	if (!ctx || !EVP_MAC_init(ctx, key, PSEUDO_KEY_LEN, params))
 		fatal("bench: cannot set up OpenSSL's HMAC");
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	for (size_t i = 0; i < n; i++) {
 		uint8_t h[SHA256_LEN];
 		size_t len;
@@ -116,7 +110,7 @@ static double run_raw(const uint8_t *key, char (*v)[11], size_t n, unsigned *sin
 			fatal("bench: HMAC failed");
 		*sink += h[0];
 	}
-	double rate = (double)n / (now_s() - t0);
+	double rate = (double)n / (bench_now_s() - t0);
 	EVP_MAC_CTX_free(ctx);
 	EVP_MAC_free(mac);
 	return rate;
@@ -125,7 +119,7 @@ static double run_raw(const uint8_t *key, char (*v)[11], size_t n, unsigned *sin
 /* For reference: libsodium's HMAC, its keyed state derived once and copied per value. */
 static double run_raw_keyed(const uint8_t *key, char (*v)[11], size_t n, unsigned *sink)
 {
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	crypto_auth_hmacsha256_state keyed, st;
 	crypto_auth_hmacsha256_init(&keyed, key, PSEUDO_KEY_LEN);
 	for (size_t i = 0; i < n; i++) {
@@ -137,19 +131,7 @@ static double run_raw_keyed(const uint8_t *key, char (*v)[11], size_t n, unsigne
 	}
 	sodium_memzero(&keyed, sizeof(keyed));
 	sodium_memzero(&st, sizeof(st));
-	return (double)n / (now_s() - t0);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *r)
-{
-	qsort(r, RUNS, sizeof(*r), cmp_double);
-	return r[RUNS / 2];
+	return (double)n / (bench_now_s() - t0);
 }
 
 int main(int argc, char **argv)
@@ -182,14 +164,14 @@ int main(int argc, char **argv)
 		raw[r] = run_raw(key, v, n, &sink);
 		keyed[r] = run_raw_keyed(key, v, n, &sink);
 	}
-	double p = median(ps), h = median(raw);
+	double p = bench_median(ps, RUNS), h = bench_median(raw, RUNS);
 	printf("pseudo bench: %zu valid NHS numbers, median of %d runs, one core\n", n, RUNS);
 	printf("  pseudonyms (normalise+hash+format): %12.0f /s\n", p);
-	printf("  pseudonyms, keyed state precomputed: %11.0f /s\n", median(psk));
+	printf("  pseudonyms, keyed state precomputed: %11.0f /s\n", bench_median(psk, RUNS));
 	printf("  raw HMAC-SHA-256 (10-byte input):   %12.0f /s  (OpenSSL EVP_MAC)\n", h);
 	printf("  ratio pseudonym/raw:                %12.2f  (target >= 0.50)\n", p / h);
 	printf("  for reference, libsodium's HMAC with its keyed state precomputed: %.0f /s\n",
-	       median(keyed));
+	       bench_median(keyed, RUNS));
 	printf("  (checksum %u)\n", sink);
 	pseudo_keyed_wipe(&k);
 	sodium_memzero(key, sizeof(key));

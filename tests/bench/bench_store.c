@@ -24,6 +24,7 @@
 
 #include <sodium.h>
 
+#include "bench.h"
 #include "audit/audit.h"
 #include "store/store.h"
 #include "util/util.h"
@@ -53,13 +54,6 @@ struct worker {
 	double *latency_ms;
 	int failed;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* A packed Delivery of R records shaped like what isgd stores for the bench agreement. */
 static uint8_t *make_payload(unsigned records, size_t *len)
@@ -166,7 +160,7 @@ static void *worker_main(void *arg)
 		                            .audit_len = k->audit_len};
 		crypto_hash_sha256(msg.request_hash, (const unsigned char *)id, strlen(id));
 		w.done = false;
-		double t0 = now_s();
+		double t0 = bench_now_s();
 		if (store_send(k->store, &msg, sent, &w) != 0) {
 			k->failed = 1;
 			break;
@@ -180,23 +174,11 @@ static void *worker_main(void *arg)
 			k->failed = 1;
 			break;
 		}
-		k->latency_ms[m] = (now_s() - t0) * 1000;
+		k->latency_ms[m] = (bench_now_s() - t0) * 1000;
 	}
 	pthread_mutex_destroy(&w.lock);
 	pthread_cond_destroy(&w.cond);
 	return NULL;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, unsigned n)
-{
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 static void usage(void)
@@ -278,7 +260,7 @@ int main(int argc, char **argv)
 	if (!lat || !ws || !th)
 		return 1;
 	for (unsigned r = 0; r < o.runs; r++) {
-		double t0 = now_s();
+		double t0 = bench_now_s();
 		for (unsigned i = 0; i < o.senders; i++) {
 			ws[i] = (struct worker){.o = &o,
 			                        .store = st,
@@ -298,15 +280,16 @@ int main(int argc, char **argv)
 		}
 		if (failed)
 			return 1;
-		double secs = now_s() - t0;
-		qsort(lat, total, sizeof(*lat), cmp_double);
+		double secs = bench_now_s() - t0;
+		qsort(lat, total, sizeof(*lat), bench_cmp_double);
 		msgs[r] = (double)total / secs;
 		p50[r] = lat[total / 2];
 		p99[r] = lat[(size_t)((double)(total - 1) * 0.99 + 0.5)];
 		printf("  run %u: %8.0f msg/s %9.0f rec/s  commit p50 %6.2f p99 %6.2f ms\n", r + 1,
 		       msgs[r], msgs[r] * o.records, p50[r], p99[r]);
 	}
-	double m = median(msgs, o.runs), a = median(p50, o.runs), b = median(p99, o.runs);
+	double m = bench_median(msgs, o.runs), a = bench_median(p50, o.runs),
+	       b = bench_median(p99, o.runs);
 	printf("  median: %8.0f msg/s %9.0f rec/s  commit p50 %6.2f p99 %6.2f ms\n", m,
 	       m * o.records, a, b);
 	printf("RESULT store records=%u senders=%u msgs_s=%.3f records_s=%.3f receipt_p50_ms=%.3f "

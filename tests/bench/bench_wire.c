@@ -13,30 +13,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench.h"
 #include "util/util.h"
 #include "wire/wire.h"
 
 #define RUNS 5
 #define FIELDS 10
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *r)
-{
-	qsort(r, RUNS, sizeof(*r), cmp_double);
-	return r[RUNS / 2];
-}
 
 /* A packed Send of r records shaped like tests/bench's referral. */
 static uint8_t *make_frame(size_t r, size_t *len)
@@ -96,26 +78,26 @@ static uint8_t *make_frame(size_t r, size_t *len)
 
 static double run_arena(const uint8_t *buf, size_t len, size_t n)
 {
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	for (size_t i = 0; i < n; i++) {
 		Isg__Frame *f = wire_frame_decode(buf, len);
 		if (!f)
 			fatal("bench: frame did not decode");
 		wire_frame_free(f);
 	}
-	return (double)n / (now_s() - t0);
+	return (double)n / (bench_now_s() - t0);
 }
 
 static double run_malloc(const uint8_t *buf, size_t len, size_t n)
 {
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	for (size_t i = 0; i < n; i++) {
 		Isg__Frame *f = isg__frame__unpack(NULL, len, buf);
 		if (!f)
 			fatal("bench: frame did not decode");
 		isg__frame__free_unpacked(f, NULL);
 	}
-	return (double)n / (now_s() - t0);
+	return (double)n / (bench_now_s() - t0);
 }
 
 /* Both decodings pack back to the same bytes. */
@@ -149,7 +131,7 @@ int main(int argc, char **argv)
 		plain[i] = run_malloc(buf, len, (size_t)n);
 		arena[i] = run_arena(buf, len, (size_t)n);
 	}
-	double a = median(arena), p = median(plain);
+	double a = bench_median(arena, RUNS), p = bench_median(plain, RUNS);
 	printf("wire bench: a Send of %lld records (%zu bytes), decoded and freed %lld times, "
 	       "median of %d runs, one core\n",
 	       (long long)r, len, (long long)n, RUNS);
