@@ -120,6 +120,14 @@ int pseudo_normalise(enum pseudo_type t, const char *in, size_t len,
 	return err;
 }
 
+/* Wipe the stack below the caller, where SHA-256's block function left
+ * the key pads it hashed (registers are beyond C's reach). */
+__attribute__((noinline)) static void wipe_stack_below(void)
+{
+	unsigned char scratch[4096];
+	sodium_memzero(scratch, sizeof(scratch));
+}
+
 /* HMAC (RFC 2104) with a key shorter than SHA-256's 64-byte block: the key,
  * zero-padded, XOR ipad starts the inner hash and XOR opad the outer one. */
 void pseudo_keyed_init(struct pseudo_keyed *k, const uint8_t key[static PSEUDO_KEY_LEN])
@@ -136,6 +144,7 @@ void pseudo_keyed_init(struct pseudo_keyed *k, const uint8_t key[static PSEUDO_K
 	sha256_init(&k->outer);
 	sha256_update(&k->outer, pad, sizeof(pad));
 	sodium_memzero(pad, sizeof(pad));
+	wipe_stack_below();
 }
 
 void pseudo_keyed_wipe(struct pseudo_keyed *k)
@@ -203,6 +212,7 @@ void pseudo_format(const uint8_t hash[static PSEUDO_HASH_LEN], uint32_t key_vers
 	static const char alphabet[] =
 	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	_Static_assert(PSEUDO_HASH_LEN % 3 == 2, "the hash ends in a 2-byte group");
+	_Static_assert(PSEUDO_TEXT_MAX >= 1 + 10 + 1 + 43 + 1, "the longest text fits");
 	size_t i = 0;
 	for (; i + 3 <= PSEUDO_HASH_LEN; i += 3) {
 		uint32_t v = (uint32_t)hash[i] << 16 | (uint32_t)hash[i + 1] << 8 | hash[i + 2];

@@ -70,10 +70,16 @@ static bool unknown_fields_valid(const ProtobufCMessage *m, unsigned depth)
 /*
  * A decoded frame lives in an arena of its own: protobuf-c allocates every
  * message, string and array separately (over a thousand times for a Send of
- * 100 records), and bumping a pointer through one or two chunks costs far
- * less than malloc and free for each. The first chunk starts with the
- * arena, and the Frame is its first allocation, so wire_frame_free finds
- * the arena from the Frame alone.
+ * 100 records), and bumping a pointer through one chunk costs far less than
+ * malloc and free for each. The first chunk starts with the arena, and the
+ * Frame is its first allocation, so wire_frame_free finds the arena from
+ * the Frame alone.
+ *
+ * Nothing is freed before the whole frame, so protobuf-c's scratch space
+ * and any field a frame repeats stay allocated. Legitimate frames take 4 to
+ * 8 times their size; a hostile one of many empty parts 50 to 90 times (as
+ * with malloc). The arena holds at most WIRE_ARENA_FACTOR times the frame's
+ * size; a frame that needs more does not decode.
  */
 struct arena_chunk {
 	struct arena_chunk *next;
@@ -84,14 +90,19 @@ struct arena_chunk {
 struct arena {
 	ProtobufCAllocator alloc;
 	struct arena_chunk *chunks; /* the newest first; the last holds this arena */
+	size_t total, budget;       /* bytes of every chunk; the most they may reach */
 	alignas(max_align_t) unsigned char data[];
 };
 
 #define ARENA_ALIGN alignof(max_align_t)
 #define ARENA_MIN_CHUNK 4096
+#define ARENA_MAX_GROWTH (1024 * 1024) /* a chunk past the first adds at most this */
+#define ARENA_SLACK (64 * 1024)        /* budget beyond the factor, for small frames */
 
-/* Under AddressSanitizer, a poisoned gap after every allocation and over
- * the unused rest of each chunk, so an overrun is still caught. */
+/* Under AddressSanitizer, a poisoned gap after every allocation (so also
+ * before the next one) and over the unused rest of each chunk, so an
+ * overrun is still caught; a read far before an allocation may land in the
+ * one before it unnoticed, as with malloc's redzones. */
 #if defined(__SANITIZE_ADDRESS__)
 #define ARENA_ASAN 1
 #elif defined(__has_feature)
@@ -117,11 +128,15 @@ static void *arena_alloc(void *ctx, size_t size)
 	size = (size + ARENA_REDZONE + ARENA_ALIGN - 1) & ~(ARENA_ALIGN - 1);
 	struct arena_chunk *c = a->chunks;
 	if (c->size - c->used < size) {
-		size_t want = c->size * 2 > size ? c->size * 2 : size;
+		size_t want = c->size < ARENA_MAX_GROWTH ? 2 * c->size : ARENA_MAX_GROWTH;
+		if (want < size)
+			want = size;
 		if (want < ARENA_MIN_CHUNK)
 			want = ARENA_MIN_CHUNK;
-		if (want > SIZE_MAX - sizeof(*c))
-			return NULL;
+		if (a->budget - a->total < size)
+			return NULL; /* the frame would take too much memory */
+		if (a->budget - a->total < want)
+			want = a->budget - a->total;
 		struct arena_chunk *n = malloc(sizeof(*n) + want);
 		if (!n)
 			return NULL;
@@ -130,6 +145,7 @@ static void *arena_alloc(void *ctx, size_t size)
 		n->used = 0;
 		ASAN_POISON_MEMORY_REGION(n->data, want);
 		a->chunks = c = n;
+		a->total += want;
 	}
 	void *p = c->data + c->used;
 	c->used += size;
@@ -155,12 +171,13 @@ static void arena_release(struct arena_chunk *c)
 
 Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len)
 {
-	/* Decoded, a frame takes about twice its encoded size (strings gain a
-	 * NUL and a pointer each, every message its header): one chunk for most. */
+	/* A Send or Delivery decodes to about 4.5 times its size (every string
+	 * gains a NUL, a pointer and alignment, every message its header): one
+	 * chunk holds it. */
 	const size_t head = offsetof(struct arena, data);
-	if (len > (SIZE_MAX - sizeof(struct arena_chunk) - head - 512) / 2)
+	if (len > (SIZE_MAX - ARENA_SLACK) / WIRE_ARENA_FACTOR)
 		return NULL;
-	size_t size = head + 2 * len + 512;
+	size_t size = head + 5 * len + 1024;
 	struct arena_chunk *c = malloc(sizeof(*c) + size);
 	if (!c)
 		return NULL;
@@ -169,11 +186,15 @@ Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len)
 	c->size = size;
 	c->used = head;
 	ASAN_POISON_MEMORY_REGION(c->data + head, size - head);
-	*a = (struct arena){.alloc = {arena_alloc, arena_free, a}, .chunks = c};
+	*a = (struct arena){.alloc = {arena_alloc, arena_free, a},
+	                    .chunks = c,
+	                    .total = size,
+	                    .budget = WIRE_ARENA_FACTOR * len + ARENA_SLACK};
 	Isg__Frame *f = isg__frame__unpack(&a->alloc, len, body);
-	if (f && (void *)f != a->data) /* protobuf-c allocates the message first */
-		fatal("wire: the decoded frame is not its arena's first allocation");
-	if (!f || !unknown_fields_valid(&f->base, 0)) {
+	/* protobuf-c allocates the message first; if a version ever did not,
+	 * no frame would decode, rather than wire_frame_free going astray. */
+	bool ok = f && (void *)f == a->data && unknown_fields_valid(&f->base, 0);
+	if (!ok) {
 		arena_release(a->chunks);
 		return NULL;
 	}
