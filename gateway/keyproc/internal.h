@@ -16,8 +16,13 @@
  *   PSEUDO body: u32 generation | i64 today | u32 n | n x (u8 domain length |
  *         domain | u8 type | u32 value length | value)
  *                                -> n x (u8 length | pseudonym | u8 length | previous)
- *   SEAL   body: u32 ad length | ad | plaintext -> nonce | sealed
+ *   NEW_KEYS body: u32 n (1 to KEYPROC_KEYS_MAX)
+ *                                -> n x (32-byte data key | the key wrapped
+ *                                   under the storage key, 72 bytes)
+ *   UNWRAP body: u32 n (1 to KEYPROC_KEYS_MAX) | n x wrapped key (72 bytes)
+ *                                -> n x (u8 1 | data key, or u8 0 | 32 zeros)
  *   OPEN   body: u32 ad length | ad | nonce | sealed -> plaintext
+ *         (payloads sealed under the storage key itself, before envelopes)
  *   SIGN   body: a checkpoint body, for the configured origin, no smaller
  *         than the last one signed -> 64-byte signature
  */
@@ -32,10 +37,14 @@ enum keyproc_op {
 	KEYPROC_LOAD = 1,
 	KEYPROC_DROP,
 	KEYPROC_PSEUDO,
-	KEYPROC_SEAL,
+	KEYPROC_NEW_KEYS,
 	KEYPROC_OPEN,
 	KEYPROC_SIGN,
+	KEYPROC_UNWRAP,
 };
+
+/* Data keys made or unwrapped in one request. */
+#define KEYPROC_KEYS_MAX 1024
 
 /* The largest message either way: a payload at the store's limit, and room. */
 #define KEYPROC_FRAME_MAX (64u * 1024 * 1024 + 4096)

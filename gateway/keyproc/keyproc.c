@@ -343,21 +343,56 @@ const struct audit_signer *keyproc_signer(const struct keyproc *kp)
 
 /* --- sealing ------------------------------------------------------------------ */
 
-static int remote_seal(void *ctx, const uint8_t *ad, size_t ad_len, const uint8_t *plain,
-                       size_t plain_len, uint8_t nonce[static STORE_SEAL_NONCE_LEN], uint8_t *out)
+static int remote_new_keys(void *ctx, size_t n, uint8_t *keys, uint8_t *wrapped)
 {
-	uint32_t ad32 = (uint32_t)ad_len;
-	struct iovec parts[3] = {{&ad32, 4}, {(void *)ad, ad_len}, {(void *)plain, plain_len}};
+	if (n == 0 || n > KEYPROC_KEYS_MAX)
+		return ISG_ERR_INVALID;
+	uint32_t n32 = (uint32_t)n;
+	struct iovec parts[1] = {{&n32, 4}};
 	uint8_t *body = NULL;
 	size_t len = 0;
-	int rc = call(ctx, KEYPROC_SEAL, parts, 3, &body, &len);
-	if (rc == 0 && len != STORE_SEAL_NONCE_LEN + plain_len + STORE_SEAL_OVERHEAD)
+	int rc = call(ctx, KEYPROC_NEW_KEYS, parts, 1, &body, &len);
+	if (rc == 0 && len != n * (STORE_SEAL_KEY_LEN + STORE_WRAPPED_KEY_LEN))
 		rc = ISG_ERR_IO;
-	if (rc == 0) {
-		memcpy(nonce, body, STORE_SEAL_NONCE_LEN);
-		memcpy(out, body + STORE_SEAL_NONCE_LEN, len - STORE_SEAL_NONCE_LEN);
+	for (size_t i = 0; rc == 0 && i < n; i++) {
+		const uint8_t *p = body + i * (STORE_SEAL_KEY_LEN + STORE_WRAPPED_KEY_LEN);
+		memcpy(keys + i * STORE_SEAL_KEY_LEN, p, STORE_SEAL_KEY_LEN);
+		memcpy(wrapped + i * STORE_WRAPPED_KEY_LEN, p + STORE_SEAL_KEY_LEN,
+		       STORE_WRAPPED_KEY_LEN);
 	}
-	free(body);
+	if (body) {
+		sodium_memzero(body, len);
+		free(body);
+	}
+	return rc;
+}
+
+static int remote_unwrap(void *ctx, size_t n, const uint8_t *wrapped, uint8_t *keys, uint8_t *ok)
+{
+	int rc = 0;
+	/* In calls of at most KEYPROC_KEYS_MAX keys, so a request stays small. */
+	for (size_t done = 0; rc == 0 && done < n;) {
+		size_t k = n - done < KEYPROC_KEYS_MAX ? n - done : KEYPROC_KEYS_MAX;
+		uint32_t k32 = (uint32_t)k;
+		struct iovec parts[2] = {
+		    {&k32, 4},
+		    {(void *)(wrapped + done * STORE_WRAPPED_KEY_LEN), k * STORE_WRAPPED_KEY_LEN}};
+		uint8_t *body = NULL;
+		size_t len = 0;
+		rc = call(ctx, KEYPROC_UNWRAP, parts, 2, &body, &len);
+		if (rc == 0 && len != k * (1 + STORE_SEAL_KEY_LEN))
+			rc = ISG_ERR_IO;
+		for (size_t i = 0; rc == 0 && i < k; i++) {
+			const uint8_t *p = body + i * (1 + STORE_SEAL_KEY_LEN);
+			ok[done + i] = p[0] == 1;
+			memcpy(keys + (done + i) * STORE_SEAL_KEY_LEN, p + 1, STORE_SEAL_KEY_LEN);
+		}
+		if (body) {
+			sodium_memzero(body, len);
+			free(body);
+		}
+		done += k;
+	}
 	return rc;
 }
 
@@ -387,7 +422,8 @@ static int remote_open(void *ctx, const uint8_t *ad, size_t ad_len,
 
 struct store_sealer keyproc_sealer(struct keyproc *kp)
 {
-	return (struct store_sealer){.ctx = kp, .seal = remote_seal, .open = remote_open};
+	return (struct store_sealer){
+	    .ctx = kp, .new_keys = remote_new_keys, .unwrap = remote_unwrap, .open = remote_open};
 }
 
 /* --- domain keys ---------------------------------------------------------------- */

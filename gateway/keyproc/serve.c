@@ -229,16 +229,36 @@ static int do_pseudo(struct keyproc_server *sv, struct cursor *c, struct keyproc
 
 /* --- the storage key ----------------------------------------------------------- */
 
-static int do_seal(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
+static int do_new_keys(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
 {
-	uint32_t ad_len;
-	const uint8_t *ad;
-	if (!take(c, &ad_len, 4) || !(ad = take_ref(c, ad_len)))
+	uint32_t n;
+	if (!take(c, &n, 4) || c->left != 0 || n == 0 || n > KEYPROC_KEYS_MAX)
 		return a->status = ISG_ERR_PARSE;
-	if (answer_alloc(a, STORE_SEAL_NONCE_LEN + c->left + STORE_SEAL_OVERHEAD) != 0)
+	const size_t each = STORE_SEAL_KEY_LEN + STORE_WRAPPED_KEY_LEN;
+	if (answer_alloc(a, n * each) != 0)
 		return a->status;
-	store_aead_seal(sv->storage_key, ad, ad_len, c->p, c->left, a->body,
-	                a->body + STORE_SEAL_NONCE_LEN);
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t *p = a->body + i * each;
+		crypto_aead_xchacha20poly1305_ietf_keygen(p);
+		store_key_wrap(sv->storage_key, p, p + STORE_SEAL_KEY_LEN);
+	}
+	return 0;
+}
+
+static int do_unwrap(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
+{
+	uint32_t n;
+	if (!take(c, &n, 4) || n == 0 || n > KEYPROC_KEYS_MAX ||
+	    c->left != (size_t)n * STORE_WRAPPED_KEY_LEN)
+		return a->status = ISG_ERR_PARSE;
+	const size_t each = 1 + STORE_SEAL_KEY_LEN;
+	if (answer_alloc(a, n * each) != 0)
+		return a->status;
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t *p = a->body + i * each;
+		p[0] =
+		    store_key_unwrap(sv->storage_key, c->p + i * STORE_WRAPPED_KEY_LEN, p + 1) == 0;
+	}
 	return 0;
 }
 
@@ -314,8 +334,11 @@ void keyproc_server_answer(struct keyproc_server *sv, const uint8_t *req, size_t
 	case KEYPROC_PSEUDO:
 		do_pseudo(sv, c, a);
 		break;
-	case KEYPROC_SEAL:
-		do_seal(sv, c, a);
+	case KEYPROC_NEW_KEYS:
+		do_new_keys(sv, c, a);
+		break;
+	case KEYPROC_UNWRAP:
+		do_unwrap(sv, c, a);
 		break;
 	case KEYPROC_OPEN:
 		do_open(sv, c, a);

@@ -275,6 +275,7 @@ static void store_release(struct store *s)
 {
 	store_wal_stop(s);
 	store_db_close(s);
+	store_keys_release(s);
 	if (s->key) {
 		sodium_mprotect_readwrite(s->key);
 		sodium_memzero(s->key, STORE_KEY_LEN);
@@ -346,7 +347,7 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	} else if (opt->sealer) {
 		s->sealer = *opt->sealer;
 	}
-	if (!s->path || !s->sealer.seal) {
+	if (!s->path || !s->sealer.new_keys || store_keys_init(s) != 0) {
 		store_seterr(err, errlen, "store: out of memory");
 		rc = ISG_ERR_NOMEM;
 		goto out;
@@ -496,8 +497,8 @@ int store_send(struct store *s, const struct store_message *m, store_send_cb cb,
 	memcpy(js->audit_entry, m->audit_entry, m->audit_len);
 	js->audit_entry[m->audit_len] = '\0';
 	js->audit_len = m->audit_len;
-	rc = store_seal(&s->sealer, js->sender, js->message_id, js->recipient, m->payload,
-	                m->payload_len, js->nonce, &js->sealed, &js->sealed_len);
+	rc = store_seal(s, js->sender, js->message_id, js->recipient, m->payload, m->payload_len,
+	                js->header, &js->sealed, &js->sealed_len);
 	if (rc)
 		goto fail;
 	return submit(s, j);

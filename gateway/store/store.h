@@ -9,10 +9,12 @@
  * A callback therefore runs only after the data is on disk. Callbacks must
  * be short: hand the result to the caller's own thread.
  *
- * Payloads are sealed at rest with the storage key (XChaCha20-Poly1305,
- * associated data binding sender, message id and recipient); sealing happens
- * in the submitting thread so the writer only writes. Whoever holds the key
- * seals: the store itself, or (in isgd) the key process, through a sealer.
+ * Payloads are sealed at rest (XChaCha20-Poly1305, associated data binding
+ * sender, message id and recipient) under a data key of their own, which
+ * is kept beside them wrapped under the storage key (envelope encryption).
+ * Sealing happens in the submitting thread so the writer only writes.
+ * Whoever holds the storage key makes and unwraps data keys, in batches:
+ * the store itself, or (in isgd) the key process, through a sealer.
  *
  * The interface is narrow so that another backend (PostgreSQL) can follow.
  */
@@ -27,14 +29,16 @@ struct store;
 struct audit_signer;
 
 /*
- * The AEAD at the heart of sealing, for whoever holds the storage key:
- * seal writes plain_len + STORE_SEAL_OVERHEAD bytes to out and picks a
- * random nonce; open writes sealed_len - STORE_SEAL_OVERHEAD bytes, or
- * refuses with ISG_ERR_CRYPTO. The store builds the associated data.
+ * The AEAD at the heart of sealing: seal writes plain_len +
+ * STORE_SEAL_OVERHEAD bytes to out and picks a random nonce; open writes
+ * sealed_len - STORE_SEAL_OVERHEAD bytes, or refuses with ISG_ERR_CRYPTO.
+ * The store builds the associated data.
  */
 #define STORE_SEAL_KEY_LEN 32
 #define STORE_SEAL_NONCE_LEN 24
 #define STORE_SEAL_OVERHEAD 16
+/* A data key wrapped under the storage key: nonce || sealed key. */
+#define STORE_WRAPPED_KEY_LEN (STORE_SEAL_NONCE_LEN + STORE_SEAL_KEY_LEN + STORE_SEAL_OVERHEAD)
 void store_aead_seal(const uint8_t key[static STORE_SEAL_KEY_LEN], const uint8_t *ad, size_t ad_len,
                      const uint8_t *plain, size_t plain_len,
                      uint8_t nonce[static STORE_SEAL_NONCE_LEN], uint8_t *out);
@@ -42,11 +46,25 @@ int store_aead_open(const uint8_t key[static STORE_SEAL_KEY_LEN], const uint8_t 
                     const uint8_t nonce[static STORE_SEAL_NONCE_LEN], const uint8_t *sealed,
                     size_t sealed_len, uint8_t *out) __attribute__((warn_unused_result));
 
+/* For the storage key's holder: wrap a data key, or unwrap it (ISG_ERR_CRYPTO). */
+void store_key_wrap(const uint8_t storage_key[static STORE_SEAL_KEY_LEN],
+                    const uint8_t data_key[static STORE_SEAL_KEY_LEN],
+                    uint8_t wrapped[static STORE_WRAPPED_KEY_LEN]);
+int store_key_unwrap(const uint8_t storage_key[static STORE_SEAL_KEY_LEN],
+                     const uint8_t wrapped[static STORE_WRAPPED_KEY_LEN],
+                     uint8_t data_key[static STORE_SEAL_KEY_LEN])
+    __attribute__((warn_unused_result));
+
 /* The storage key's holder, when it is not the store (any thread may call). */
 struct store_sealer {
 	void *ctx;
-	int (*seal)(void *ctx, const uint8_t *ad, size_t ad_len, const uint8_t *plain,
-	            size_t plain_len, uint8_t nonce[static STORE_SEAL_NONCE_LEN], uint8_t *out);
+	/* n fresh random data keys (n x 32 bytes) and each one wrapped (n x 72). */
+	int (*new_keys)(void *ctx, size_t n, uint8_t *keys, uint8_t *wrapped);
+	/* Unwrap n keys (n x 72 bytes in, n x 32 out); ok[i] is 0 for one that
+	 * does not unwrap (its key is zeros). Fails only when the holder does. */
+	int (*unwrap)(void *ctx, size_t n, const uint8_t *wrapped, uint8_t *keys, uint8_t *ok);
+	/* Open a payload sealed directly under the storage key, as the store
+	 * did before envelopes (a row whose seal header is just the nonce). */
 	int (*open)(void *ctx, const uint8_t *ad, size_t ad_len,
 	            const uint8_t nonce[static STORE_SEAL_NONCE_LEN], const uint8_t *sealed,
 	            size_t sealed_len, uint8_t *out);

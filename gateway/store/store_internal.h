@@ -26,6 +26,13 @@
 #define STORE_NONCE_LEN crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 #define STORE_TAG_LEN crypto_aead_xchacha20poly1305_ietf_ABYTES
 #define STORE_SEAL_CONTEXT "isg-msg-v1"
+#define STORE_KEY_CONTEXT "isg-key-v1"
+/* messages.nonce, the seal header: the wrapped data key and the payload's
+ * nonce; or, in rows sealed before envelopes, the nonce alone. */
+#define STORE_HEADER_LEN (STORE_WRAPPED_KEY_LEN + STORE_NONCE_LEN)
+#define STORE_HEADER_V1_LEN STORE_NONCE_LEN
+/* Data keys fetched from the storage key's holder at a time. */
+#define STORE_KEY_POOL 64
 
 /* Bounds on what callers may submit; see docs/store.md. */
 #define STORE_MAX_STRING 1024                 /* ids, names, purposes */
@@ -79,7 +86,7 @@ struct job_send {
 	uint32_t record_count;
 	int64_t ttl_ms;
 	bool duplicate_only;
-	uint8_t nonce[STORE_NONCE_LEN];
+	uint8_t header[STORE_HEADER_LEN];
 	uint8_t *sealed;
 	size_t sealed_len;
 	char *audit_entry;
@@ -157,6 +164,11 @@ struct store {
 	sqlite3_stmt *stmt[ST_COUNT];
 	uint8_t *key; /* sodium_malloc'd, read-only; NULL when another holds it */
 	struct store_sealer sealer;
+	/* Data keys made but not used yet, and their wrappings. */
+	pthread_mutex_t pool_mu;
+	uint8_t *pool_keys; /* sodium_malloc'd, STORE_KEY_POOL keys */
+	uint8_t pool_wrapped[STORE_KEY_POOL][STORE_WRAPPED_KEY_LEN];
+	size_t pool_n;
 	int64_t sweep_interval_ms;
 	uint32_t max_batch;
 
@@ -241,14 +253,27 @@ bool store_log_checkpoint_due(const struct store *s, int64_t mono_now);
 /* Sign and insert a checkpoint of the committed tree, in its own transaction. */
 int store_log_checkpoint(struct store *s);
 
-/* store_seal.c: sealing payloads with the storage key, through its holder. */
+/* store_seal.c: sealing payloads under data keys from the storage key's holder. */
 struct store_sealer store_sealer_own(uint8_t *key);
-int store_seal(const struct store_sealer *sealer, const char *sender, const char *message_id,
-               const char *recipient, const uint8_t *plain, size_t plain_len,
-               uint8_t nonce[STORE_NONCE_LEN], uint8_t **sealed, size_t *sealed_len);
-int store_unseal(const struct store_sealer *sealer, const char *sender, const char *message_id,
-                 const char *recipient, const uint8_t *nonce, size_t nonce_len,
-                 const uint8_t *sealed, size_t sealed_len, uint8_t **plain, size_t *plain_len);
+int store_keys_init(struct store *s);
+void store_keys_release(struct store *s);
+int store_seal(struct store *s, const char *sender, const char *message_id, const char *recipient,
+               const uint8_t *plain, size_t plain_len, uint8_t header[STORE_HEADER_LEN],
+               uint8_t **sealed, size_t *sealed_len);
+/* A sealed payload as read from its row, and what opening it gave. */
+struct store_sealed {
+	const char *sender, *message_id; /* the row's */
+	uint8_t header[STORE_HEADER_LEN];
+	size_t header_len;
+	uint8_t *sealed; /* malloc'd copy */
+	size_t sealed_len;
+	uint8_t *plain; /* malloc'd; NULL when it did not open */
+	size_t plain_len;
+};
+/* Open n payloads for recipient, unwrapping their data keys in one batch.
+ * A payload that does not open is left with plain NULL; an error is the
+ * holder's failure (or no memory), not a payload's. */
+int store_unseal_all(struct store *s, const char *recipient, struct store_sealed *items, size_t n);
 
 /* store_jobs.c: what each job does inside the writer's transaction. */
 int store_job_run(struct store *s, struct store_job *j, int64_t now);

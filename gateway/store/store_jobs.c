@@ -160,7 +160,7 @@ static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64
 	sqlite3_bind_int64(st, 11, now);
 	sqlite3_bind_int64(st, 12, now + js->ttl_ms);
 	sqlite3_bind_int64(st, 13, (int64_t)seq);
-	bind_blob(st, 14, js->nonce, sizeof(js->nonce));
+	bind_blob(st, 14, js->header, sizeof(js->header));
 	bind_blob(st, 15, js->sealed, js->sealed_len);
 	return store_db_step_done(s, st, "send.insert");
 }
@@ -202,29 +202,12 @@ struct fetch_mark {
 	uint64_t accepted_index;
 };
 
-/* Fill one delivery from the current row; 1 when it was skipped (does not open). */
-static int fetch_row(sqlite3_stmt *st, const struct store_sealer *sealer, const char *recipient,
-                     struct store_delivery *d, int *err)
+static void delivery_release(struct store_delivery *d);
+
+/* Fill one delivery from the current row, with its payload still sealed in *sl. */
+static int fetch_row(sqlite3_stmt *st, struct store_delivery *d, struct store_sealed *sl)
 {
-	uint64_t id = (uint64_t)sqlite3_column_int64(st, 0);
-	const char *sender = (const char *)sqlite3_column_text(st, 1);
-	const char *mid = (const char *)sqlite3_column_text(st, 2);
-	const uint8_t *nonce = sqlite3_column_blob(st, 11);
-	size_t nonce_len = (size_t)sqlite3_column_bytes(st, 11);
-	const uint8_t *sealed = sqlite3_column_blob(st, 12);
-	size_t sealed_len = (size_t)sqlite3_column_bytes(st, 12);
-	*err = 0;
-	int rc = store_unseal(sealer, sender ? sender : "", mid ? mid : "", recipient, nonce,
-	                      nonce_len, sealed, sealed_len, &d->payload, &d->payload_len);
-	if (rc == ISG_ERR_CRYPTO) {
-		log_event(LOG_ERROR, "store.unseal_failed", "gateway_id=%" PRIu64, id);
-		return 1;
-	}
-	if (rc) {
-		*err = rc;
-		return 0;
-	}
-	d->gateway_id = id;
+	d->gateway_id = (uint64_t)sqlite3_column_int64(st, 0);
 	d->sender = dup_column(st, 1);
 	d->message_id = dup_column(st, 2);
 	d->agreement_id = dup_column(st, 3);
@@ -234,13 +217,28 @@ static int fetch_row(sqlite3_stmt *st, const struct store_sealer *sealer, const 
 	d->reply_to = (uint64_t)sqlite3_column_int64(st, 7);
 	d->accepted_at_ms = sqlite3_column_int64(st, 8);
 	if (!d->sender || !d->message_id || !d->agreement_id || !d->purpose || !d->dataset)
-		*err = ISG_ERR_NOMEM;
+		return ISG_ERR_NOMEM;
+	*sl = (struct store_sealed){.sender = d->sender, .message_id = d->message_id};
+	const uint8_t *header = sqlite3_column_blob(st, 11);
+	size_t header_len = (size_t)sqlite3_column_bytes(st, 11);
+	if (header && (header_len == STORE_HEADER_LEN || header_len == STORE_HEADER_V1_LEN)) {
+		memcpy(sl->header, header, header_len);
+		sl->header_len = header_len; /* any other length does not open */
+	}
+	const uint8_t *sealed = sqlite3_column_blob(st, 12);
+	sl->sealed_len = (size_t)sqlite3_column_bytes(st, 12);
+	sl->sealed = malloc(sl->sealed_len ? sl->sealed_len : 1);
+	if (!sl->sealed)
+		return ISG_ERR_NOMEM;
+	if (sl->sealed_len)
+		memcpy(sl->sealed, sealed, sl->sealed_len);
 	return 0;
 }
 
 struct fetch_acc {
 	struct fetch_mark *marks;
-	size_t cap; /* of marks and of res->items */
+	struct store_sealed *sealed;
+	size_t cap; /* of marks, sealed and res->items */
 };
 
 /* Room for one more delivery; grows by doubling up to max, so a small fetch stays small. */
@@ -261,6 +259,11 @@ static int fetch_reserve(struct job_fetch *jf, struct fetch_acc *acc)
 	if (!marks)
 		return ISG_ERR_NOMEM;
 	acc->marks = marks;
+	struct store_sealed *sealed = realloc(acc->sealed, cap * sizeof(*sealed));
+	if (!sealed)
+		return ISG_ERR_NOMEM;
+	memset(sealed + acc->cap, 0, (cap - acc->cap) * sizeof(*sealed));
+	acc->sealed = sealed;
 	acc->cap = cap;
 	return 0;
 }
@@ -287,16 +290,14 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, str
 		err = fetch_reserve(jf, acc);
 		if (err)
 			break;
-		struct store_delivery *d = &res->items[res->n];
-		if (fetch_row(st, &s->sealer, jf->recipient, d, &err))
-			continue;
+		err = fetch_row(st, &res->items[res->n], &acc->sealed[res->n]);
 		/* Count it even when half filled, so discard frees what it holds. */
 		acc->marks[res->n].first_delivery = sqlite3_column_int(st, 10) == MSG_PENDING;
 		acc->marks[res->n].accepted_index = (uint64_t)sqlite3_column_int64(st, 9);
+		bytes += acc->sealed[res->n].sealed_len;
 		res->n++;
 		if (err)
 			break;
-		bytes += d->payload_len;
 	}
 	finish_stmt(st);
 	return err;
@@ -322,14 +323,54 @@ static int fetch_mark_delivered(struct store *s, struct job_fetch *jf, int64_t n
 	return audit_message_event(s, now, "message.delivered", &m);
 }
 
+/*
+ * Open what was read, in one batch; a payload that does not open (moved to
+ * another row, changed, or under another key) is logged and left out, and
+ * its row stays as it is.
+ */
+static int fetch_open(struct store *s, struct job_fetch *jf, struct fetch_acc *acc)
+{
+	struct store_fetch_result *res = jf->res;
+	int err = store_unseal_all(s, jf->recipient, acc->sealed, res->n);
+	size_t kept = 0;
+	for (size_t i = 0; i < res->n; i++) {
+		struct store_sealed *sl = &acc->sealed[i];
+		struct store_delivery *d = &res->items[i];
+		free(sl->sealed);
+		if (!err && !sl->plain)
+			log_event(LOG_ERROR, "store.unseal_failed", "gateway_id=%" PRIu64,
+			          d->gateway_id);
+		if (err || !sl->plain) {
+			if (sl->plain) {
+				sodium_memzero(sl->plain, sl->plain_len);
+				free(sl->plain);
+			}
+			delivery_release(d);
+			continue;
+		}
+		d->payload = sl->plain;
+		d->payload_len = sl->plain_len;
+		res->items[kept] = *d;
+		acc->marks[kept++] = acc->marks[i];
+	}
+	res->n = kept;
+	return err;
+}
+
 static int job_fetch_run(struct store *s, struct job_fetch *jf, int64_t now)
 {
 	struct fetch_acc acc = {0};
 	int err = fetch_collect(s, jf, now, &acc);
+	if (!err)
+		err = fetch_open(s, jf, &acc);
+	else
+		for (size_t i = 0; i < jf->res->n; i++)
+			free(acc.sealed[i].sealed);
 	for (size_t i = 0; !err && i < jf->res->n; i++)
 		if (acc.marks[i].first_delivery)
 			err = fetch_mark_delivered(s, jf, now, &jf->res->items[i], &acc.marks[i]);
 	free(acc.marks);
+	free(acc.sealed);
 	return err;
 }
 

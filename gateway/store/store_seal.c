@@ -1,8 +1,12 @@
 /*
- * Sealing message payloads at rest: XChaCha20-Poly1305 (IETF) with a random
- * 24-byte nonce and associated data binding the message to its sender,
- * message id and recipient, so a sealed payload moved to another row does
- * not open. The exact construction is in docs/store.md.
+ * Sealing message payloads at rest, by envelope. Each payload is sealed
+ * with XChaCha20-Poly1305 under a random data key of its own, with a random
+ * 24-byte nonce and associated data binding it to its sender, message id
+ * and recipient, so a sealed payload moved to another row does not open.
+ * The data key is kept beside it, wrapped (sealed) under the storage key.
+ * The storage key's holder makes data keys STORE_KEY_POOL at a time and
+ * unwraps a fetch's keys in one call; payloads never travel to it. The
+ * exact construction is in docs/store.md.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -65,10 +69,45 @@ int store_aead_open(const uint8_t key[static STORE_SEAL_KEY_LEN], const uint8_t 
 	return 0;
 }
 
-static int own_seal(void *ctx, const uint8_t *ad, size_t ad_len, const uint8_t *plain,
-                    size_t plain_len, uint8_t nonce[static STORE_SEAL_NONCE_LEN], uint8_t *out)
+/* wrapped = nonce || XChaCha20-Poly1305(storage key, nonce, "isg-key-v1", data key) */
+void store_key_wrap(const uint8_t storage_key[static STORE_SEAL_KEY_LEN],
+                    const uint8_t data_key[static STORE_SEAL_KEY_LEN],
+                    uint8_t wrapped[static STORE_WRAPPED_KEY_LEN])
 {
-	store_aead_seal(ctx, ad, ad_len, plain, plain_len, nonce, out);
+	static const uint8_t ctx[] = STORE_KEY_CONTEXT;
+	store_aead_seal(storage_key, ctx, sizeof(ctx) - 1, data_key, STORE_KEY_LEN, wrapped,
+	                wrapped + STORE_NONCE_LEN);
+}
+
+int store_key_unwrap(const uint8_t storage_key[static STORE_SEAL_KEY_LEN],
+                     const uint8_t wrapped[static STORE_WRAPPED_KEY_LEN],
+                     uint8_t data_key[static STORE_SEAL_KEY_LEN])
+{
+	static const uint8_t ctx[] = STORE_KEY_CONTEXT;
+	int rc =
+	    store_aead_open(storage_key, ctx, sizeof(ctx) - 1, wrapped, wrapped + STORE_NONCE_LEN,
+	                    STORE_KEY_LEN + STORE_TAG_LEN, data_key);
+	if (rc)
+		sodium_memzero(data_key, STORE_KEY_LEN);
+	return rc;
+}
+
+/* --- the store as the storage key's holder (isgctl, tests) ---------------------- */
+
+static int own_new_keys(void *ctx, size_t n, uint8_t *keys, uint8_t *wrapped)
+{
+	for (size_t i = 0; i < n; i++) {
+		crypto_aead_xchacha20poly1305_ietf_keygen(keys + i * STORE_KEY_LEN);
+		store_key_wrap(ctx, keys + i * STORE_KEY_LEN, wrapped + i * STORE_WRAPPED_KEY_LEN);
+	}
+	return 0;
+}
+
+static int own_unwrap(void *ctx, size_t n, const uint8_t *wrapped, uint8_t *keys, uint8_t *ok)
+{
+	for (size_t i = 0; i < n; i++)
+		ok[i] = store_key_unwrap(ctx, wrapped + i * STORE_WRAPPED_KEY_LEN,
+		                         keys + i * STORE_KEY_LEN) == 0;
 	return 0;
 }
 
@@ -81,14 +120,61 @@ static int own_open(void *ctx, const uint8_t *ad, size_t ad_len,
 
 struct store_sealer store_sealer_own(uint8_t *key)
 {
-	return (struct store_sealer){.ctx = key, .seal = own_seal, .open = own_open};
+	return (struct store_sealer){
+	    .ctx = key, .new_keys = own_new_keys, .unwrap = own_unwrap, .open = own_open};
 }
 
-int store_seal(const struct store_sealer *sealer, const char *sender, const char *message_id,
-               const char *recipient, const uint8_t *plain, size_t plain_len,
-               uint8_t nonce[STORE_NONCE_LEN], uint8_t **sealed, size_t *sealed_len)
+/* --- data keys ------------------------------------------------------------------ */
+
+int store_keys_init(struct store *s)
 {
-	uint8_t ad[AD_MAX];
+	s->pool_keys = sodium_malloc(STORE_KEY_POOL * STORE_KEY_LEN);
+	if (!s->pool_keys)
+		return ISG_ERR_NOMEM;
+	if (pthread_mutex_init(&s->pool_mu, NULL) != 0) {
+		sodium_free(s->pool_keys);
+		s->pool_keys = NULL;
+		return ISG_ERR_NOMEM;
+	}
+	s->pool_n = 0;
+	return 0;
+}
+
+void store_keys_release(struct store *s)
+{
+	if (!s->pool_keys)
+		return;
+	sodium_free(s->pool_keys); /* wipes them */
+	s->pool_keys = NULL;
+	pthread_mutex_destroy(&s->pool_mu);
+}
+
+/* One unused data key and its wrapping, asking the holder for more when none are left. */
+static int take_key(struct store *s, uint8_t key[static STORE_KEY_LEN],
+                    uint8_t wrapped[static STORE_WRAPPED_KEY_LEN])
+{
+	pthread_mutex_lock(&s->pool_mu);
+	int rc = 0;
+	if (s->pool_n == 0) {
+		rc = s->sealer.new_keys(s->sealer.ctx, STORE_KEY_POOL, s->pool_keys,
+		                        &s->pool_wrapped[0][0]);
+		s->pool_n = rc ? 0 : STORE_KEY_POOL;
+	}
+	if (rc == 0) {
+		size_t i = --s->pool_n;
+		memcpy(key, s->pool_keys + i * STORE_KEY_LEN, STORE_KEY_LEN);
+		memcpy(wrapped, s->pool_wrapped[i], STORE_WRAPPED_KEY_LEN);
+		sodium_memzero(s->pool_keys + i * STORE_KEY_LEN, STORE_KEY_LEN); /* used once */
+	}
+	pthread_mutex_unlock(&s->pool_mu);
+	return rc;
+}
+
+int store_seal(struct store *s, const char *sender, const char *message_id, const char *recipient,
+               const uint8_t *plain, size_t plain_len, uint8_t header[STORE_HEADER_LEN],
+               uint8_t **sealed, size_t *sealed_len)
+{
+	uint8_t ad[AD_MAX], key[STORE_KEY_LEN];
 	size_t ad_len = 0;
 	*sealed = NULL;
 	*sealed_len = 0;
@@ -100,40 +186,82 @@ int store_seal(const struct store_sealer *sealer, const char *sender, const char
 	uint8_t *c = malloc(plain_len + STORE_TAG_LEN);
 	if (!c)
 		return ISG_ERR_NOMEM;
-	rc = sealer->seal(sealer->ctx, ad, ad_len, plain, plain_len, nonce, c);
+	rc = take_key(s, key, header);
 	if (rc) {
 		free(c);
 		return rc;
 	}
+	store_aead_seal(key, ad, ad_len, plain, plain_len, header + STORE_WRAPPED_KEY_LEN, c);
+	sodium_memzero(key, sizeof(key));
 	*sealed = c;
 	*sealed_len = plain_len + STORE_TAG_LEN;
 	return 0;
 }
 
-int store_unseal(const struct store_sealer *sealer, const char *sender, const char *message_id,
-                 const char *recipient, const uint8_t *nonce, size_t nonce_len,
-                 const uint8_t *sealed, size_t sealed_len, uint8_t **plain, size_t *plain_len)
+/* --- opening -------------------------------------------------------------------- */
+
+/*
+ * Open one payload with its data key, or for an old row through the holder.
+ * One that does not open keeps plain NULL; an error is not the payload's.
+ */
+static int open_one(struct store *s, const char *recipient, struct store_sealed *it,
+                    const uint8_t *data_key)
 {
 	uint8_t ad[AD_MAX];
 	size_t ad_len = 0;
-	*plain = NULL;
-	*plain_len = 0;
-	if (!nonce || nonce_len != STORE_NONCE_LEN || !sealed || sealed_len < STORE_TAG_LEN ||
-	    sealed_len - STORE_TAG_LEN > STORE_MAX_PAYLOAD)
-		return ISG_ERR_CRYPTO;
-	int rc = ad_build(ad, &ad_len, sender, message_id, recipient);
-	if (rc)
-		return ISG_ERR_CRYPTO;
+	if (it->sealed_len < STORE_TAG_LEN || it->sealed_len - STORE_TAG_LEN > STORE_MAX_PAYLOAD ||
+	    ad_build(ad, &ad_len, it->sender, it->message_id, recipient) != 0)
+		return 0;
+	size_t len = it->sealed_len - STORE_TAG_LEN;
 	/* One spare byte so an empty payload still has a non-NULL buffer. */
-	uint8_t *m = malloc(sealed_len - STORE_TAG_LEN + 1);
+	uint8_t *m = malloc(len + 1);
 	if (!m)
 		return ISG_ERR_NOMEM;
-	rc = sealer->open(sealer->ctx, ad, ad_len, nonce, sealed, sealed_len, m);
+	int rc;
+	if (data_key)
+		rc = store_aead_open(data_key, ad, ad_len, it->header + STORE_WRAPPED_KEY_LEN,
+		                     it->sealed, it->sealed_len, m);
+	else
+		rc = s->sealer.open(s->sealer.ctx, ad, ad_len, it->header, it->sealed,
+		                    it->sealed_len, m);
 	if (rc) {
 		free(m);
-		return rc;
+		return rc == ISG_ERR_CRYPTO ? 0 : rc;
 	}
-	*plain = m;
-	*plain_len = sealed_len - STORE_TAG_LEN;
+	it->plain = m;
+	it->plain_len = len;
 	return 0;
+}
+
+int store_unseal_all(struct store *s, const char *recipient, struct store_sealed *items, size_t n)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		k += items[i].header_len == STORE_HEADER_LEN;
+	uint8_t *wrapped = malloc(k ? k * STORE_WRAPPED_KEY_LEN : 1);
+	uint8_t *ok = malloc(k ? k : 1);
+	uint8_t *keys = malloc(k ? k * STORE_KEY_LEN : 1);
+	int rc = wrapped && ok && keys ? 0 : ISG_ERR_NOMEM;
+	for (size_t i = 0, j = 0; rc == 0 && i < n; i++)
+		if (items[i].header_len == STORE_HEADER_LEN)
+			memcpy(wrapped + j++ * STORE_WRAPPED_KEY_LEN, items[i].header,
+			       STORE_WRAPPED_KEY_LEN);
+	if (rc == 0 && k > 0)
+		rc = s->sealer.unwrap(s->sealer.ctx, k, wrapped, keys, ok);
+	for (size_t i = 0, j = 0; rc == 0 && i < n; i++) {
+		struct store_sealed *it = &items[i];
+		if (it->header_len == STORE_HEADER_LEN) {
+			if (ok[j])
+				rc = open_one(s, recipient, it, keys + j * STORE_KEY_LEN);
+			j++;
+		} else if (it->header_len == STORE_HEADER_V1_LEN) {
+			rc = open_one(s, recipient, it, NULL);
+		}
+	}
+	if (keys)
+		sodium_memzero(keys, k * STORE_KEY_LEN);
+	free(wrapped);
+	free(ok);
+	free(keys);
+	return rc;
 }

@@ -3,7 +3,8 @@
  * request (op byte and body) exactly as it arrives over a channel, from a
  * gateway that may be compromised. Checks, beyond "no crash": an answer's
  * body is consistent with its status (a failure carries at most a reason;
- * a success of SEAL is nonce + ciphertext + tag of the right size), and
+ * a success of NEW_KEYS or UNWRAP holds exactly the keys asked for, and a
+ * key that did not unwrap is zeros), and
  * the process keeps answering well-formed requests after any input.
  */
 #include <stdint.h>
@@ -71,12 +72,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	keyproc_server_answer(sv, data, size, &a);
 	if (a.status > 0)
 		abort();
-	if (a.status == 0 && size > 0 && data[0] == KEYPROC_SEAL) {
-		uint32_t ad_len;
-		memcpy(&ad_len, data + 1, 4);
-		size_t plain = size - 5 - ad_len;
-		if (a.len != STORE_SEAL_NONCE_LEN + plain + STORE_SEAL_OVERHEAD)
+	if (a.status == 0 && size >= 5 &&
+	    (data[0] == KEYPROC_NEW_KEYS || data[0] == KEYPROC_UNWRAP)) {
+		uint32_t n;
+		memcpy(&n, data + 1, 4);
+		size_t each = data[0] == KEYPROC_NEW_KEYS
+		                  ? STORE_SEAL_KEY_LEN + STORE_WRAPPED_KEY_LEN
+		                  : 1 + STORE_SEAL_KEY_LEN;
+		if (n == 0 || n > KEYPROC_KEYS_MAX || a.len != n * each)
 			abort();
+		static const uint8_t zeros[STORE_SEAL_KEY_LEN];
+		for (uint32_t i = 0; data[0] == KEYPROC_UNWRAP && i < n; i++) {
+			const uint8_t *p = a.body + i * each;
+			if (p[0] > 1 || (p[0] == 0 && memcmp(p + 1, zeros, sizeof(zeros)) != 0))
+				abort();
+		}
 	}
 	if (a.status != 0 && a.len > KEYPROC_REASON_MAX)
 		abort();

@@ -128,17 +128,57 @@ static void test_seals_open_with_the_storage_key(void **state)
 	uint8_t *key;
 	assert_int_equal(keys_load_storage(f->dir, &key, err, sizeof(err)), 0);
 	struct store_sealer s = keyproc_sealer(kp);
+
+	/* New data keys: each different, each wrapped under the storage key. */
+	enum { N = 3 };
+	uint8_t keys[N][STORE_SEAL_KEY_LEN], wrapped[N][STORE_WRAPPED_KEY_LEN];
+	assert_int_equal(s.new_keys(s.ctx, N, &keys[0][0], &wrapped[0][0]), 0);
+	assert_memory_not_equal(keys[0], keys[1], STORE_SEAL_KEY_LEN);
+	for (int i = 0; i < N; i++) {
+		uint8_t k[STORE_SEAL_KEY_LEN];
+		assert_int_equal(store_key_unwrap(key, wrapped[i], k), 0);
+		assert_memory_equal(k, keys[i], sizeof(k));
+	}
+	/* Unwrapped there, in one call; a changed byte does not unwrap. */
+	wrapped[1][40] ^= 1;
+	uint8_t back[N][STORE_SEAL_KEY_LEN], ok[N];
+	assert_int_equal(s.unwrap(s.ctx, N, &wrapped[0][0], &back[0][0], ok), 0);
+	assert_true(ok[0] && !ok[1] && ok[2]);
+	assert_memory_equal(back[0], keys[0], STORE_SEAL_KEY_LEN);
+	assert_memory_equal(back[2], keys[2], STORE_SEAL_KEY_LEN);
+	static const uint8_t zeros[STORE_SEAL_KEY_LEN];
+	assert_memory_equal(back[1], zeros, sizeof(zeros));
+	/* Wrapped here, unwrapped there. */
+	store_key_wrap(key, keys[1], wrapped[1]);
+	assert_int_equal(s.unwrap(s.ctx, 1, wrapped[1], back[1], ok), 0);
+	assert_true(ok[0]);
+	assert_memory_equal(back[1], keys[1], STORE_SEAL_KEY_LEN);
+	/* More than one request's worth unwraps in several. */
+	size_t many = KEYPROC_KEYS_MAX + 5;
+	uint8_t *mw = malloc(many * STORE_WRAPPED_KEY_LEN), *mk = malloc(many * STORE_SEAL_KEY_LEN),
+	        *mok = malloc(many);
+	assert_non_null(mw);
+	assert_non_null(mk);
+	assert_non_null(mok);
+	for (size_t i = 0; i < many; i++)
+		memcpy(mw + i * STORE_WRAPPED_KEY_LEN, wrapped[i % 2 ? 2 : 0],
+		       STORE_WRAPPED_KEY_LEN);
+	assert_int_equal(s.unwrap(s.ctx, many, mw, mk, mok), 0);
+	for (size_t i = 0; i < many; i++) {
+		assert_true(mok[i]);
+		assert_memory_equal(mk + i * STORE_SEAL_KEY_LEN, keys[i % 2 ? 2 : 0],
+		                    STORE_SEAL_KEY_LEN);
+	}
+	free(mw);
+	free(mk);
+	free(mok);
+
+	/* Payloads sealed under the storage key itself (stores from before
+	 * envelopes) still open there; other ad or a changed byte do not. */
 	const uint8_t ad[] = "associated", plain[] = "a referral";
 	uint8_t nonce[STORE_SEAL_NONCE_LEN], sealed[sizeof(plain) + STORE_SEAL_OVERHEAD];
 	uint8_t opened[sizeof(plain)];
-	assert_int_equal(s.seal(s.ctx, ad, sizeof(ad), plain, sizeof(plain), nonce, sealed), 0);
-	assert_int_equal(
-	    store_aead_open(key, ad, sizeof(ad), nonce, sealed, sizeof(sealed), opened), 0);
-	assert_memory_equal(opened, plain, sizeof(plain));
-
-	/* Sealed here, opened there; and a changed byte or other ad does not open. */
 	store_aead_seal(key, ad, sizeof(ad), plain, sizeof(plain), nonce, sealed);
-	memset(opened, 0, sizeof(opened));
 	assert_int_equal(s.open(s.ctx, ad, sizeof(ad), nonce, sealed, sizeof(sealed), opened), 0);
 	assert_memory_equal(opened, plain, sizeof(plain));
 	assert_int_equal(s.open(s.ctx, ad, sizeof(ad) - 1, nonce, sealed, sizeof(sealed), opened),
@@ -267,9 +307,17 @@ static void test_malformed_requests_are_refused(void **state)
 	memcpy(p + 12, &n, 4);
 	p[16] = 200; /* domain length past the body */
 	assert_int_equal(raw_call(&r, KEYPROC_PSEUDO, p, sizeof(p)), ISG_ERR_PARSE);
-	/* SEAL/OPEN: associated data longer than the body; a sealed payload shorter than a tag. */
-	uint32_t ad = 0xffffff;
-	assert_int_equal(raw_call(&r, KEYPROC_SEAL, &ad, 4), ISG_ERR_PARSE);
+	/* NEW_KEYS: none, too many, trailing bytes. UNWRAP: a count the body does
+	 * not hold. OPEN: a sealed payload shorter than a tag. */
+	uint32_t k[2] = {0, 0};
+	assert_int_equal(raw_call(&r, KEYPROC_NEW_KEYS, k, 4), ISG_ERR_PARSE);
+	k[0] = KEYPROC_KEYS_MAX + 1;
+	assert_int_equal(raw_call(&r, KEYPROC_NEW_KEYS, k, 4), ISG_ERR_PARSE);
+	k[0] = 1;
+	assert_int_equal(raw_call(&r, KEYPROC_NEW_KEYS, k, 8), ISG_ERR_PARSE);
+	assert_int_equal(raw_call(&r, KEYPROC_NEW_KEYS, k, 4), 0);
+	k[0] = 2;
+	assert_int_equal(raw_call(&r, KEYPROC_UNWRAP, k, 8), ISG_ERR_PARSE);
 	uint8_t o[4 + STORE_SEAL_NONCE_LEN + 3] = {0};
 	assert_int_equal(raw_call(&r, KEYPROC_OPEN, o, sizeof(o)), ISG_ERR_PARSE);
 	assert_int_equal(raw_call(&r, KEYPROC_SIGN, "not\na checkpoint\n", 17), ISG_ERR_INVALID);

@@ -543,6 +543,99 @@ static void test_moved_payload_does_not_open(void **state)
 	assert_int_equal(fetch_count(s, "council-c"), 0);
 }
 
+/* lp(s) of docs/store.md: a 4-byte big-endian length, then the bytes. */
+static size_t lp(uint8_t *out, const char *s)
+{
+	size_t n = strlen(s);
+	out[0] = (uint8_t)(n >> 24);
+	out[1] = (uint8_t)(n >> 16);
+	out[2] = (uint8_t)(n >> 8);
+	out[3] = (uint8_t)n;
+	memcpy(out + 4, s, n);
+	return 4 + n;
+}
+
+/* Rows written before envelopes hold a payload sealed under the storage key
+ * itself and a 24-byte nonce: they still open. Each part of an envelope is
+ * bound to its row: a seal header (wrapped key and nonce) moved to another
+ * row does not open there. */
+static void test_seal_headers(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_receipt r1, r2;
+	struct store_message m1 = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "two");
+	assert_int_equal(send_sync(s, &m1, &r1), 0);
+	assert_int_equal(send_sync(s, &m2, &r2), 0);
+	assert_int_equal(db_int(f, "SELECT length(nonce) FROM messages WHERE id = 1", 0), 96);
+
+	/* Message one as the store sealed it before envelopes (docs/store.md). */
+	uint8_t ad[128], nonce[STORE_SEAL_NONCE_LEN], sealed[9 + STORE_SEAL_OVERHEAD];
+	size_t ad_len = lp(ad, "isg-msg-v1");
+	ad_len += lp(ad + ad_len, "police-a");
+	ad_len += lp(ad + ad_len, "m-1");
+	ad_len += lp(ad + ad_len, "nhs-b");
+	store_aead_seal(f->key, ad, ad_len, (const uint8_t *)"old style", 9, nonce, sealed);
+	char hn[2 * sizeof(nonce) + 1], hs[2 * sizeof(sealed) + 1], sql[512];
+	hex_encode(hn, nonce, sizeof(nonce));
+	hex_encode(hs, sealed, sizeof(sealed));
+	snprintf(sql, sizeof(sql),
+	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hn, hs,
+	         r1.gateway_id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 2);
+	assert_int_equal(res->items[0].payload_len, 9);
+	assert_memory_equal(res->items[0].payload, "old style", 9);
+	assert_memory_equal(res->items[1].payload, "two", 3);
+	store_fetch_result_free(res);
+
+	/* Message two's seal header over one's: one no longer opens, two does. */
+	snprintf(sql, sizeof(sql),
+	         "UPDATE messages SET nonce = (SELECT nonce FROM messages WHERE id = %" PRIu64
+	         ") WHERE id = %" PRIu64,
+	         r2.gateway_id, r1.gateway_id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_int_equal(res->items[0].gateway_id, r2.gateway_id);
+	store_fetch_result_free(res);
+	/* A header of any other length does not open either. */
+	snprintf(sql, sizeof(sql), "UPDATE messages SET nonce = X'00' WHERE id = %" PRIu64,
+	         r2.gateway_id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+}
+
+/* More messages than one batch of data keys: each has its own, all open. */
+static void test_data_keys_per_message(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	enum { N = 150 };
+	for (int i = 0; i < N; i++) {
+		char id[16], body[32];
+		snprintf(id, sizeof(id), "m-%d", i);
+		snprintf(body, sizeof(body), "payload %d", i);
+		struct store_message m = fx_msg("police-a", id, "nhs-b", body);
+		assert_int_equal(send_sync(s, &m, NULL), 0);
+	}
+	assert_int_equal(db_int(f, "SELECT count(DISTINCT substr(nonce, 1, 72)) FROM messages", 0),
+	                 N);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, N, &res), 0);
+	assert_int_equal(res->n, N);
+	for (int i = 0; i < N; i++) {
+		char body[32];
+		int len = snprintf(body, sizeof(body), "payload %d", i);
+		assert_int_equal(res->items[i].payload_len, (size_t)len);
+		assert_memory_equal(res->items[i].payload, body, (size_t)len);
+	}
+	store_fetch_result_free(res);
+}
+
 static void test_empty_and_large_payloads(void **state)
 {
 	struct fx *f = *state;
@@ -662,6 +755,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_round_trip, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_audit_entries_written, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_payload_sealed_on_disk, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_seal_headers, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_data_keys_per_message, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reply_to_rules, fx_setup, fx_teardown),
