@@ -103,6 +103,8 @@ static int read_response(int fd, int32_t *status, uint8_t **body, size_t *len)
 	*len = total - 4;
 	*body = malloc(*len ? *len : 1);
 	if (!*body || keyproc_read_full(fd, *body, *len) != 0) {
+		if (*body) /* a part of a data key or a payload may have arrived */
+			sodium_memzero(*body, *len);
 		free(*body);
 		*body = NULL;
 		return ISG_ERR_IO;
@@ -342,6 +344,8 @@ const struct audit_signer *keyproc_signer(const struct keyproc *kp)
 }
 
 /* --- sealing ------------------------------------------------------------------ */
+
+_Static_assert(STORE_KEY_POOL <= KEYPROC_KEYS_MAX, "the store's pool fills in one request");
 
 static int remote_new_keys(void *ctx, size_t n, uint8_t *keys, uint8_t *wrapped)
 {

@@ -266,9 +266,14 @@ static int do_open(struct keyproc_server *sv, struct cursor *c, struct keyproc_a
 {
 	uint32_t ad_len;
 	const uint8_t *ad, *nonce;
+	/* Only payloads: associated data that begins lp("isg-msg-v1")
+	 * (docs/store.md), so OPEN is not a second way to unwrap a data key. */
+	static const uint8_t msg_ctx[] = "\0\0\0\x0aisg-msg-v1";
 	if (!take(c, &ad_len, 4) || !(ad = take_ref(c, ad_len)) ||
 	    !(nonce = take_ref(c, STORE_SEAL_NONCE_LEN)) || c->left < STORE_SEAL_OVERHEAD)
 		return a->status = ISG_ERR_PARSE;
+	if (ad_len < sizeof(msg_ctx) - 1 || memcmp(ad, msg_ctx, sizeof(msg_ctx) - 1) != 0)
+		return a->status = ISG_ERR_DENIED;
 	if (answer_alloc(a, c->left - STORE_SEAL_OVERHEAD) != 0)
 		return a->status;
 	int rc = store_aead_open(sv->storage_key, ad, ad_len, nonce, c->p, c->left, a->body);

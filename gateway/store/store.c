@@ -347,7 +347,12 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	} else if (opt->sealer) {
 		s->sealer = *opt->sealer;
 	}
-	if (!s->path || !s->sealer.new_keys || store_keys_init(s) != 0) {
+	if (!s->sealer.new_keys || !s->sealer.unwrap || !s->sealer.open) {
+		store_seterr(err, errlen, "store: a sealer needs new_keys, unwrap and open");
+		rc = ISG_ERR_INVALID;
+		goto out;
+	}
+	if (!s->path || store_keys_init(s) != 0) {
 		store_seterr(err, errlen, "store: out of memory");
 		rc = ISG_ERR_NOMEM;
 		goto out;

@@ -55,6 +55,9 @@ int store_key_unwrap(const uint8_t storage_key[static STORE_SEAL_KEY_LEN],
                      uint8_t data_key[static STORE_SEAL_KEY_LEN])
     __attribute__((warn_unused_result));
 
+/* Data keys the store asks its sealer for at a time. */
+#define STORE_KEY_POOL 64
+
 /* The storage key's holder, when it is not the store (any thread may call). */
 struct store_sealer {
 	void *ctx;

@@ -447,6 +447,29 @@ static int configure(struct store *s, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * A store of an older schema version is marked with this one before
+ * anything is written: an older isgd then refuses it ("understands up to
+ * 1") instead of skipping the rows it cannot open. Version 1 to 2 changes
+ * no table, only how new payloads are sealed.
+ */
+static int upgrade(struct store *s, char *err, size_t errlen)
+{
+	char sql[128];
+	snprintf(sql, sizeof(sql),
+	         "UPDATE meta SET value = %d WHERE key = 'schema_version' AND value < %d",
+	         STORE_SCHEMA_VERSION, STORE_SCHEMA_VERSION);
+	int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		store_seterr(err, errlen, "store '%s': cannot record schema version %d: %s",
+		             s->path, STORE_SCHEMA_VERSION, sqlite3_errmsg(s->db));
+		return store_db_fail(s, rc, "upgrade");
+	}
+	if (sqlite3_changes(s->db) > 0)
+		log_event(LOG_INFO, "store.upgraded", "schema_version=%d", STORE_SCHEMA_VERSION);
+	return 0;
+}
+
 static int prepare_all(struct store *s, char *err, size_t errlen)
 {
 	for (size_t i = 0; i < ST_COUNT; i++) {
@@ -485,6 +508,8 @@ int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 		return map_rc(src);
 	}
 	rc = configure(s, err, errlen);
+	if (rc == 0)
+		rc = upgrade(s, err, errlen);
 	if (rc)
 		return rc;
 	return prepare_all(s, err, errlen);

@@ -20,7 +20,9 @@
 /* "ISG1": PRAGMA application_id of every ISG store. */
 #define STORE_APPLICATION_ID 0x49534731
 #define STORE_FORMAT "isg-store"
-#define STORE_SCHEMA_VERSION 1
+/* 2: payloads sealed under data keys (96-byte seal headers) beside rows of
+ * version 1 (24-byte headers), which still open; see store_db_open. */
+#define STORE_SCHEMA_VERSION 2
 
 #define STORE_KEY_LEN crypto_aead_xchacha20poly1305_ietf_KEYBYTES
 #define STORE_NONCE_LEN crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
@@ -31,8 +33,6 @@
  * nonce; or, in rows sealed before envelopes, the nonce alone. */
 #define STORE_HEADER_LEN (STORE_WRAPPED_KEY_LEN + STORE_NONCE_LEN)
 #define STORE_HEADER_V1_LEN STORE_NONCE_LEN
-/* Data keys fetched from the storage key's holder at a time. */
-#define STORE_KEY_POOL 64
 
 /* Bounds on what callers may submit; see docs/store.md. */
 #define STORE_MAX_STRING 1024                 /* ids, names, purposes */

@@ -257,6 +257,10 @@ int store_unseal_all(struct store *s, const char *recipient, struct store_sealed
 		} else if (it->header_len == STORE_HEADER_V1_LEN) {
 			rc = open_one(s, recipient, it, NULL);
 		}
+		/* Opened or not, the sealed copy goes now: a fetch near its byte
+		 * limit holds the plaintexts, not both. */
+		free(it->sealed);
+		it->sealed = NULL;
 	}
 	if (keys)
 		sodium_memzero(keys, k * STORE_KEY_LEN);

@@ -175,7 +175,7 @@ static void test_seals_open_with_the_storage_key(void **state)
 
 	/* Payloads sealed under the storage key itself (stores from before
 	 * envelopes) still open there; other ad or a changed byte do not. */
-	const uint8_t ad[] = "associated", plain[] = "a referral";
+	const uint8_t ad[] = "\0\0\0\x0aisg-msg-v1\0\0\0\x01x", plain[] = "a referral";
 	uint8_t nonce[STORE_SEAL_NONCE_LEN], sealed[sizeof(plain) + STORE_SEAL_OVERHEAD];
 	uint8_t opened[sizeof(plain)];
 	store_aead_seal(key, ad, sizeof(ad), plain, sizeof(plain), nonce, sealed);
@@ -186,6 +186,14 @@ static void test_seals_open_with_the_storage_key(void **state)
 	sealed[3] ^= 1;
 	assert_int_equal(s.open(s.ctx, ad, sizeof(ad), nonce, sealed, sizeof(sealed), opened),
 	                 ISG_ERR_CRYPTO);
+	/* OPEN is for payloads only: a wrapped data key, presented as a payload
+	 * under the wrapping's associated data, is refused unopened. */
+	static const uint8_t key_ad[] = "isg-key-v1";
+	uint8_t dk[STORE_SEAL_KEY_LEN];
+	assert_int_equal(s.open(s.ctx, key_ad, sizeof(key_ad) - 1, wrapped[0],
+	                        wrapped[0] + STORE_SEAL_NONCE_LEN,
+	                        STORE_SEAL_KEY_LEN + STORE_SEAL_OVERHEAD, dk),
+	                 ISG_ERR_DENIED);
 	keys_free(key);
 }
 
@@ -318,6 +326,16 @@ static void test_malformed_requests_are_refused(void **state)
 	assert_int_equal(raw_call(&r, KEYPROC_NEW_KEYS, k, 4), 0);
 	k[0] = 2;
 	assert_int_equal(raw_call(&r, KEYPROC_UNWRAP, k, 8), ISG_ERR_PARSE);
+	uint8_t u[4 + 2 * STORE_WRAPPED_KEY_LEN + 1] = {0};
+	assert_int_equal(raw_call(&r, KEYPROC_UNWRAP, u, 4), ISG_ERR_PARSE); /* none */
+	uint32_t un = KEYPROC_KEYS_MAX + 1;
+	memcpy(u, &un, 4);
+	assert_int_equal(raw_call(&r, KEYPROC_UNWRAP, u, 4 + STORE_WRAPPED_KEY_LEN), ISG_ERR_PARSE);
+	un = 1;
+	memcpy(u, &un, 4);
+	assert_int_equal(raw_call(&r, KEYPROC_UNWRAP, u, 4 + STORE_WRAPPED_KEY_LEN + 1),
+	                 ISG_ERR_PARSE); /* a trailing byte */
+	assert_int_equal(raw_call(&r, KEYPROC_UNWRAP, u, 4 + STORE_WRAPPED_KEY_LEN), 0);
 	uint8_t o[4 + STORE_SEAL_NONCE_LEN + 3] = {0};
 	assert_int_equal(raw_call(&r, KEYPROC_OPEN, o, sizeof(o)), ISG_ERR_PARSE);
 	assert_int_equal(raw_call(&r, KEYPROC_SIGN, "not\na checkpoint\n", 17), ISG_ERR_INVALID);

@@ -556,9 +556,9 @@ static size_t lp(uint8_t *out, const char *s)
 }
 
 /* Rows written before envelopes hold a payload sealed under the storage key
- * itself and a 24-byte nonce: they still open. Each part of an envelope is
- * bound to its row: a seal header (wrapped key and nonce) moved to another
- * row does not open there. */
+ * itself and a 24-byte nonce: they still open. A seal header (wrapped key
+ * and nonce) moved to another row does not open there (the wrong data key;
+ * the associated data's part is test_moved_payload_does_not_open). */
 static void test_seal_headers(void **state)
 {
 	struct fx *f = *state;
@@ -607,6 +607,88 @@ static void test_seal_headers(void **state)
 	         r2.gateway_id);
 	assert_int_equal(store_test_exec(s, sql), 0);
 	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+}
+
+/* A holder of the storage key that can be made to fail, as a key process
+ * that is gone would. */
+struct flaky {
+	const uint8_t *key;
+	bool fail;
+	unsigned new_calls, unwrap_calls;
+};
+
+static int flaky_new_keys(void *ctx, size_t n, uint8_t *keys, uint8_t *wrapped)
+{
+	struct flaky *fl = ctx;
+	fl->new_calls++;
+	if (fl->fail)
+		return ISG_ERR_IO;
+	for (size_t i = 0; i < n; i++) {
+		randombytes_buf(keys + i * STORE_SEAL_KEY_LEN, STORE_SEAL_KEY_LEN);
+		store_key_wrap(fl->key, keys + i * STORE_SEAL_KEY_LEN,
+		               wrapped + i * STORE_WRAPPED_KEY_LEN);
+	}
+	return 0;
+}
+
+static int flaky_unwrap(void *ctx, size_t n, const uint8_t *wrapped, uint8_t *keys, uint8_t *ok)
+{
+	struct flaky *fl = ctx;
+	fl->unwrap_calls++;
+	if (fl->fail)
+		return ISG_ERR_IO;
+	for (size_t i = 0; i < n; i++)
+		ok[i] = store_key_unwrap(fl->key, wrapped + i * STORE_WRAPPED_KEY_LEN,
+		                         keys + i * STORE_SEAL_KEY_LEN) == 0;
+	return 0;
+}
+
+static int flaky_open(void *ctx, const uint8_t *ad, size_t ad_len,
+                      const uint8_t nonce[static STORE_SEAL_NONCE_LEN], const uint8_t *sealed,
+                      size_t sealed_len, uint8_t *out)
+{
+	struct flaky *fl = ctx;
+	return fl->fail ? ISG_ERR_IO
+	                : store_aead_open(fl->key, ad, ad_len, nonce, sealed, sealed_len, out);
+}
+
+/* When the key's holder fails, a send is refused and a fetch fails; nothing
+ * is lost or skipped, and both work once it answers again. A fetch unwraps
+ * all its keys in one call. */
+static void test_sealer_failures(void **state)
+{
+	struct fx *f = *state;
+	struct flaky fl = {.key = f->key, .fail = true};
+	struct store_sealer sealer = {
+	    .ctx = &fl, .new_keys = flaky_new_keys, .unwrap = flaky_unwrap, .open = flaky_open};
+	struct store_options opt = {.path = f->path, .sealer = &sealer};
+	char err[256];
+	assert_int_equal(store_open(&opt, &f->s, err, sizeof(err)), 0);
+	struct store *s = f->s;
+	struct store_message m = fx_msg("police-a", "m-0", "nhs-b", "refused");
+	assert_int_equal(send_sync(s, &m, NULL), ISG_ERR_IO);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 0);
+	fl.fail = false;
+	for (int i = 0; i < 3; i++) {
+		char id[8];
+		snprintf(id, sizeof(id), "m-%d", i);
+		m = fx_msg("police-a", id, "nhs-b", "kept");
+		assert_int_equal(send_sync(s, &m, NULL), 0);
+	}
+	assert_int_equal(fl.new_calls, 2); /* the failed refill, then one pool */
+	fl.fail = true;
+	struct store_fetch_result *res = NULL;
+	assert_int_not_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	store_fetch_result_free(res);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages WHERE state = 0", 0), 3);
+	fl.fail = false;
+	fl.unwrap_calls = 0;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 3);
+	assert_int_equal(fl.unwrap_calls, 1);
+	for (size_t i = 0; i < res->n; i++)
+		assert_memory_equal(res->items[i].payload, "kept", 4);
+	store_fetch_result_free(res);
 }
 
 /* More messages than one batch of data keys: each has its own, all open. */
@@ -757,6 +839,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_payload_sealed_on_disk, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_seal_headers, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_data_keys_per_message, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_sealer_failures, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reply_to_rules, fx_setup, fx_teardown),
