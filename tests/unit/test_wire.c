@@ -78,6 +78,16 @@ static void test_frame_round_trip(void **state)
 	free(buf);
 }
 
+/* The frame packed into a buffer of its own (free it). */
+static uint8_t *pack_frame(const Isg__Frame *f, size_t *len)
+{
+	*len = isg__frame__get_packed_size(f);
+	uint8_t *buf = malloc(*len ? *len : 1);
+	assert_non_null(buf);
+	assert_int_equal(isg__frame__pack(f, buf), *len);
+	return buf;
+}
+
 /* A packed Send of n records, each one field "n" = text "v" (or none when empty). */
 static uint8_t *records_frame(size_t n, bool empty, size_t *len)
 {
@@ -106,10 +116,7 @@ static uint8_t *records_frame(size_t n, bool empty, size_t *len)
 	f.request_id = 9;
 	f.body_case = ISG__FRAME__BODY_SEND;
 	f.send = &req;
-	*len = isg__frame__get_packed_size(&f);
-	uint8_t *buf = malloc(*len);
-	assert_non_null(buf);
-	isg__frame__pack(&f, buf);
+	uint8_t *buf = pack_frame(&f, len);
 	free(rp);
 	free(recs);
 	return buf;
@@ -168,10 +175,8 @@ static void test_decode_large_array(void **state)
 	Isg__Frame f = ISG__FRAME__INIT;
 	f.body_case = ISG__FRAME__BODY_ACK;
 	f.ack = &ack;
-	size_t len = isg__frame__get_packed_size(&f);
-	uint8_t *buf = malloc(len);
-	assert_non_null(buf);
-	isg__frame__pack(&f, buf);
+	size_t len;
+	uint8_t *buf = pack_frame(&f, &len);
 	Isg__Frame *g = wire_frame_decode(buf, len);
 	assert_non_null(g);
 	assert_int_equal(g->ack->n_gateway_ids, N);
@@ -203,10 +208,8 @@ static void test_decode_memory_bounded(void **state)
 	Isg__Frame f = ISG__FRAME__INIT;
 	f.body_case = ISG__FRAME__BODY_FETCH_RESULT;
 	f.fetch_result = &fr;
-	size_t len = isg__frame__get_packed_size(&f);
-	uint8_t *buf = malloc(len);
-	assert_non_null(buf);
-	isg__frame__pack(&f, buf);
+	size_t len;
+	uint8_t *buf = pack_frame(&f, &len);
 	assert_null(wire_frame_decode(buf, len));
 	free(buf);
 	free(dp);
