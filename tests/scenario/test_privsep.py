@@ -96,7 +96,7 @@ class KeysOutOfReach(PrivsepCase):
     def test_network_side_never_holds_a_key(self):
         require_root(self)
         gw = self.gateway(domains=["health-linkage"])
-        self.exchange(gw)  # keys have been used: pseudonyms, a seal, an open
+        self.exchange(gw)  # keys have been used: pseudonyms, data keys made and unwrapped
         gw.reload()        # and loaded again
         secrets = key_bytes(gw.keys_dir)
         self.assertGreaterEqual(len(secrets), 4)
