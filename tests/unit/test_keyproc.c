@@ -21,6 +21,7 @@
 
 #include "audit/audit.h"
 #include "keyproc/internal.h"
+#include "store_test_util.h"
 #include "util/util.h"
 
 struct fixture {
@@ -197,6 +198,51 @@ static void test_seals_open_with_the_storage_key(void **state)
 	keys_free(key);
 }
 
+/* A store whose sealer is the key process, as in isgd: payloads sealed
+ * under data keys from it open, and so does a row sealed the old way under
+ * the storage key itself, through OPEN with the store's own associated data. */
+static void test_store_through_the_key_process(void **state)
+{
+	struct fixture *f = *state;
+	struct keyproc *kp = start(f);
+	struct store_sealer sealer = keyproc_sealer(kp);
+	char path[160], err[512] = "";
+	snprintf(path, sizeof(path), "%s/isg.db", f->root);
+	struct store_options opt = {.path = path, .sealer = &sealer};
+	struct store *s = NULL;
+	assert_int_equal(store_open(&opt, &s, err, sizeof(err)), 0);
+	struct store_message m1 = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "two");
+	struct store_receipt r1;
+	assert_int_equal(send_sync(s, &m1, &r1), 0);
+	assert_int_equal(send_sync(s, &m2, NULL), 0);
+
+	uint8_t *key;
+	assert_int_equal(keys_load_storage(f->dir, &key, err, sizeof(err)), 0);
+	static const uint8_t ad[] = "\0\0\0\x0aisg-msg-v1\0\0\0\x08police-a\0\0\0\x03m-1"
+	                            "\0\0\0\x05nhs-b";
+	uint8_t nonce[STORE_SEAL_NONCE_LEN], sealed[9 + STORE_SEAL_OVERHEAD];
+	store_aead_seal(key, ad, sizeof(ad) - 1, (const uint8_t *)"old style", 9, nonce, sealed);
+	keys_free(key);
+	char hn[2 * sizeof(nonce) + 1], hs[2 * sizeof(sealed) + 1], sql[512];
+	hex_encode(hn, nonce, sizeof(nonce));
+	hex_encode(hs, sealed, sizeof(sealed));
+	snprintf(sql, sizeof(sql),
+	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hn, hs,
+	         r1.gateway_id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 2);
+	assert_int_equal(res->items[0].payload_len, 9);
+	assert_memory_equal(res->items[0].payload, "old style", 9);
+	assert_int_equal(res->items[1].payload_len, 3);
+	assert_memory_equal(res->items[1].payload, "two", 3);
+	store_fetch_result_free(res);
+	store_close(s);
+}
+
 static int sign(const struct audit_signer *s, const char *origin, uint64_t size, char *note,
                 size_t *len)
 {
@@ -356,6 +402,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_pseudonyms_match_the_keys, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_seals_open_with_the_storage_key, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_store_through_the_key_process, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_signs_checkpoints_never_backwards, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_key_file_refused_at_start, setup, teardown),
