@@ -369,6 +369,45 @@ static inline uint8_t *file_slurp(const char *path, size_t *len)
 	return buf;
 }
 
+/* lp(s) of docs/store.md: a 4-byte big-endian length, then the bytes. */
+static inline size_t store_lp(uint8_t *out, const char *s)
+{
+	size_t n = strlen(s);
+	out[0] = (uint8_t)(n >> 24);
+	out[1] = (uint8_t)(n >> 16);
+	out[2] = (uint8_t)(n >> 8);
+	out[3] = (uint8_t)n;
+	memcpy(out + 4, s, n);
+	return 4 + n;
+}
+
+/*
+ * Make row id hold plain as a store of schema version 1 sealed it
+ * (docs/store.md): under the storage key itself, with the associated data
+ * built here from the documented construction, and the 24-byte nonce alone
+ * as the row's seal header.
+ */
+static inline void store_write_v1_row(struct store *s, const uint8_t key[32], uint64_t id,
+                                      const char *sender, const char *message_id,
+                                      const char *recipient, const char *plain)
+{
+	uint8_t ad[256], nonce[STORE_SEAL_NONCE_LEN], sealed[64 + STORE_SEAL_OVERHEAD];
+	size_t len = strlen(plain);
+	assert_true(len <= 64);
+	size_t ad_len = store_lp(ad, "isg-msg-v1");
+	ad_len += store_lp(ad + ad_len, sender);
+	ad_len += store_lp(ad + ad_len, message_id);
+	ad_len += store_lp(ad + ad_len, recipient);
+	store_aead_seal(key, ad, ad_len, (const uint8_t *)plain, len, nonce, sealed);
+	char hn[2 * sizeof(nonce) + 1], hs[2 * sizeof(sealed) + 1], sql[512];
+	hex_encode(hn, nonce, sizeof(nonce));
+	hex_encode(hs, sealed, len + STORE_SEAL_OVERHEAD);
+	snprintf(sql, sizeof(sql),
+	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hn, hs,
+	         id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+}
+
 static inline bool file_contains(const char *path, const char *needle)
 {
 	size_t len = 0;

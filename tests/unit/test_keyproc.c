@@ -219,18 +219,8 @@ static void test_store_through_the_key_process(void **state)
 
 	uint8_t *key;
 	assert_int_equal(keys_load_storage(f->dir, &key, err, sizeof(err)), 0);
-	static const uint8_t ad[] = "\0\0\0\x0aisg-msg-v1\0\0\0\x08police-a\0\0\0\x03m-1"
-	                            "\0\0\0\x05nhs-b";
-	uint8_t nonce[STORE_SEAL_NONCE_LEN], sealed[9 + STORE_SEAL_OVERHEAD];
-	store_aead_seal(key, ad, sizeof(ad) - 1, (const uint8_t *)"old style", 9, nonce, sealed);
+	store_write_v1_row(s, key, r1.gateway_id, "police-a", "m-1", "nhs-b", "old style");
 	keys_free(key);
-	char hn[2 * sizeof(nonce) + 1], hs[2 * sizeof(sealed) + 1], sql[512];
-	hex_encode(hn, nonce, sizeof(nonce));
-	hex_encode(hs, sealed, sizeof(sealed));
-	snprintf(sql, sizeof(sql),
-	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hn, hs,
-	         r1.gateway_id);
-	assert_int_equal(store_test_exec(s, sql), 0);
 
 	struct store_fetch_result *res = NULL;
 	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);

@@ -543,18 +543,6 @@ static void test_moved_payload_does_not_open(void **state)
 	assert_int_equal(fetch_count(s, "council-c"), 0);
 }
 
-/* lp(s) of docs/store.md: a 4-byte big-endian length, then the bytes. */
-static size_t lp(uint8_t *out, const char *s)
-{
-	size_t n = strlen(s);
-	out[0] = (uint8_t)(n >> 24);
-	out[1] = (uint8_t)(n >> 16);
-	out[2] = (uint8_t)(n >> 8);
-	out[3] = (uint8_t)n;
-	memcpy(out + 4, s, n);
-	return 4 + n;
-}
-
 /* Rows written before envelopes hold a payload sealed under the storage key
  * itself and a 24-byte nonce: they still open. A seal header (wrapped key
  * and nonce) moved to another row does not open there (the wrong data key;
@@ -570,20 +558,8 @@ static void test_seal_headers(void **state)
 	assert_int_equal(send_sync(s, &m2, &r2), 0);
 	assert_int_equal(db_int(f, "SELECT length(nonce) FROM messages WHERE id = 1", 0), 96);
 
-	/* Message one as the store sealed it before envelopes (docs/store.md). */
-	uint8_t ad[128], nonce[STORE_SEAL_NONCE_LEN], sealed[9 + STORE_SEAL_OVERHEAD];
-	size_t ad_len = lp(ad, "isg-msg-v1");
-	ad_len += lp(ad + ad_len, "police-a");
-	ad_len += lp(ad + ad_len, "m-1");
-	ad_len += lp(ad + ad_len, "nhs-b");
-	store_aead_seal(f->key, ad, ad_len, (const uint8_t *)"old style", 9, nonce, sealed);
-	char hn[2 * sizeof(nonce) + 1], hs[2 * sizeof(sealed) + 1], sql[512];
-	hex_encode(hn, nonce, sizeof(nonce));
-	hex_encode(hs, sealed, sizeof(sealed));
-	snprintf(sql, sizeof(sql),
-	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hn, hs,
-	         r1.gateway_id);
-	assert_int_equal(store_test_exec(s, sql), 0);
+	/* Message one as the store sealed it before envelopes. */
+	store_write_v1_row(s, f->key, r1.gateway_id, "police-a", "m-1", "nhs-b", "old style");
 	struct store_fetch_result *res = NULL;
 	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
 	assert_int_equal(res->n, 2);
@@ -593,6 +569,7 @@ static void test_seal_headers(void **state)
 	store_fetch_result_free(res);
 
 	/* Message two's seal header over one's: one no longer opens, two does. */
+	char sql[256];
 	snprintf(sql, sizeof(sql),
 	         "UPDATE messages SET nonce = (SELECT nonce FROM messages WHERE id = %" PRIu64
 	         ") WHERE id = %" PRIu64,
