@@ -77,7 +77,9 @@ int net_server_start(const struct net_options *opt, SSL_CTX *tls, const struct n
 uint16_t net_server_port(const struct net_server *s);
 /* New connections use this TLS context from now on (reload); takes a reference. */
 void net_server_set_tls(struct net_server *s, SSL_CTX *tls);
-/* Call on_wake(key) for every waiting connection, on each one's own thread. */
+/* Call on_wake(key) for every waiting connection, on each one's own thread.
+ * Workers with no waiting connection are skipped, so a connection must call
+ * net_conn_wait before it looks for what the wake-up would announce. */
 void net_server_wake(struct net_server *s, const char *key);
 /* Run fn on every open connection, each on its own thread. arg must outlive the call
  * on every worker: it is freed with free_arg after the last worker ran it. */
@@ -110,7 +112,8 @@ void net_conn_begin_async(struct net_conn *c);
 void net_conn_end_async(struct net_conn *c);
 /* Mark the connection as waiting for wake-ups (long-poll or subscription) until
  * deadline_ms (monotonic; 0 = no deadline). On the deadline on_wake is called
- * with key NULL. Waiting connections are exempt from the idle timeout. */
+ * with key NULL. Waiting connections are exempt from the idle timeout. Call it
+ * before looking for the state being waited on (net_server_wake). */
 void net_conn_wait(struct net_conn *c, int64_t deadline_ms);
 void net_conn_unwait(struct net_conn *c);
 

@@ -100,6 +100,7 @@ struct net_worker {
 	uint32_t next_gen;
 	struct net_conn *conns;   /* every connection */
 	struct net_conn *waiters; /* connections in net_conn_wait */
+	atomic_uint n_waiters;    /* how many: read by net_server_wake */
 	bool stopping;
 	int64_t stop_deadline;
 	int64_t idle_scan_at; /* worker_sweep's next pass over every connection */
@@ -592,6 +593,7 @@ void net_conn_wait(struct net_conn *c, int64_t deadline_ms)
 	if (c->waiting)
 		return;
 	c->waiting = true;
+	atomic_fetch_add(&c->w->n_waiters, 1);
 	c->wait_prev = NULL;
 	c->wait_next = c->w->waiters;
 	if (c->w->waiters)
@@ -610,6 +612,7 @@ void net_conn_unwait(struct net_conn *c)
 	if (c->wait_next)
 		c->wait_next->wait_prev = c->wait_prev;
 	c->waiting = false;
+	atomic_fetch_sub(&c->w->n_waiters, 1);
 	c->wait_deadline = 0;
 	c->deadline = time_mono_ms() + c->w->s->opt.idle_timeout_ms;
 }
@@ -617,15 +620,23 @@ void net_conn_unwait(struct net_conn *c)
 /* ------------------------------------------------------------------------ */
 /* Posting work to a worker from any thread. */
 
+/*
+ * Only a post to an empty queue writes the eventfd: the worker reads the
+ * eventfd before it takes the queue, so a post that finds the queue not
+ * empty is taken by a drain that has yet to happen.
+ */
 static void worker_push(struct net_worker *w, struct post *p)
 {
 	pthread_mutex_lock(&w->mu);
+	bool was_empty = !w->posts;
 	if (w->posts_tail)
 		w->posts_tail->next = p;
 	else
 		w->posts = p;
 	w->posts_tail = p;
 	pthread_mutex_unlock(&w->mu);
+	if (!was_empty)
+		return;
 	uint64_t one = 1;
 	ssize_t n = write(w->event_fd, &one, sizeof(one));
 	(void)n; /* a full eventfd counter still wakes the worker */
@@ -642,9 +653,16 @@ void net_post(struct net_conn_ref ref, void (*fn)(struct net_conn *c, void *arg)
 	worker_push(&ref.server->workers[ref.worker], p);
 }
 
+/*
+ * A worker with no waiting connection is not woken. One that starts to wait
+ * after the count was read asks the store afterwards, so it finds what the
+ * commit behind this wake-up wrote (handler.c waits before it fetches).
+ */
 void net_server_wake(struct net_server *s, const char *key)
 {
 	for (uint32_t i = 0; i < s->n_workers; i++) {
+		if (atomic_load(&s->workers[i].n_waiters) == 0)
+			continue;
 		struct post *p = calloc(1, sizeof(*p));
 		char *k = strdup(key);
 		if (!p || !k)
@@ -989,6 +1007,7 @@ static int worker_init(struct net_worker *w, struct net_server *s, uint32_t inde
 	w->s = s;
 	w->index = index;
 	w->listen_fd = w->epfd = w->event_fd = -1;
+	atomic_init(&w->n_waiters, 0);
 	pthread_mutex_init(&w->mu, NULL);
 	/* The first listener may have picked the port (port 0); the rest share it. */
 	int r =
