@@ -58,19 +58,37 @@ int keyproc_read_full(int fd, void *buf, size_t len)
 	return 0;
 }
 
-int keyproc_write_full(int fd, const void *buf, size_t len)
+/*
+ * The parts in one sendmsg where the socket takes them, so the peer wakes
+ * once per message and not once per part. iov is consumed.
+ */
+int keyproc_writev_full(int fd, struct iovec *iov, int n)
 {
-	const uint8_t *p = buf;
-	while (len > 0) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
+	while (n > 0) {
+		struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+		ssize_t sent = sendmsg(fd, &m, MSG_NOSIGNAL);
+		if (sent < 0 && errno == EINTR)
 			continue;
-		if (n < 0)
+		if (sent < 0)
 			return -1;
-		p += n;
-		len -= (size_t)n;
+		size_t left = (size_t)sent;
+		while (n > 0 && left >= iov->iov_len) {
+			left -= iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + left;
+			iov->iov_len -= left;
+		}
 	}
 	return 0;
+}
+
+int keyproc_write_full(int fd, const void *buf, size_t len)
+{
+	struct iovec iov = {(void *)buf, len};
+	return keyproc_writev_full(fd, &iov, 1);
 }
 
 /* --- calls --------------------------------------------------------------------- */
@@ -135,9 +153,8 @@ static int call(struct keyproc *kp, uint8_t op, const struct iovec *parts, int n
 	int c = channel_take(kp);
 	int fd = kp->fds[c];
 	int rc = fd < 0 ? ISG_ERR_IO : 0;
-	for (int i = 0; rc == 0 && i < 2 + n_parts; i++)
-		if (keyproc_write_full(fd, iov[i].iov_base, iov[i].iov_len) != 0)
-			rc = ISG_ERR_IO;
+	if (rc == 0 && keyproc_writev_full(fd, iov, 2 + n_parts) != 0)
+		rc = ISG_ERR_IO;
 	int32_t status = 0;
 	uint8_t *b = NULL;
 	size_t blen = 0;

@@ -362,9 +362,8 @@ static int respond(int fd, const struct keyproc_answer *a)
 	uint8_t head[8];
 	memcpy(head, &len, 4);
 	memcpy(head + 4, &a->status, 4);
-	if (keyproc_write_full(fd, head, sizeof(head)) != 0)
-		return -1;
-	return a->len ? keyproc_write_full(fd, a->body, a->len) : 0;
+	struct iovec iov[2] = {{head, sizeof(head)}, {a->body, a->len}};
+	return keyproc_writev_full(fd, iov, a->len ? 2 : 1);
 }
 
 struct channel {

@@ -4,7 +4,10 @@
  * compromised gateway might ask (rolled-back or foreign checkpoints,
  * malformed requests), and reports bad key files at start.
  */
+#include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -13,7 +16,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -387,6 +392,105 @@ static void test_malformed_requests_are_refused(void **state)
 	close(r.fd);
 }
 
+struct blast {
+	pthread_t target;
+	atomic_bool done;
+	atomic_uint sent;
+};
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+}
+
+/* Signals without SA_RESTART end a blocking sendmsg early, after part of it. */
+static void *blast_main(void *arg)
+{
+	struct blast *b = arg;
+	while (!atomic_load(&b->done)) {
+		pthread_kill(b->target, SIGUSR1);
+		atomic_fetch_add(&b->sent, 1);
+		usleep(20);
+	}
+	return NULL;
+}
+
+struct parts {
+	int fd;
+	struct iovec *iov;
+	int n, rc;
+};
+
+static void *write_main(void *arg)
+{
+	struct parts *p = arg;
+	p->rc = keyproc_writev_full(p->fd, p->iov, p->n);
+	return NULL;
+}
+
+/*
+ * A message far larger than the socket's buffer, written while signals keep
+ * interrupting sendmsg so that it returns after part of a part: every byte
+ * arrives once, in order, with the empty part skipped.
+ */
+static void test_writev_resumes_partial_writes(void **state)
+{
+	(void)state;
+	struct sigaction sa = {.sa_handler = on_usr1}, old;
+	sigemptyset(&sa.sa_mask);
+	assert_int_equal(sigaction(SIGUSR1, &sa, &old), 0);
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	int small = 4096;
+	assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	struct timeval limit = {.tv_sec = 5}; /* a writer that gave up must not hang the test */
+	assert_int_equal(setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit)), 0);
+	static uint8_t a[3], b[200001], c[77777], got[sizeof(a) + sizeof(b) + sizeof(c)];
+	randombytes_buf(a, sizeof(a));
+	randombytes_buf(b, sizeof(b));
+	randombytes_buf(c, sizeof(c));
+	struct iovec iov[4] = {{a, sizeof(a)}, {b, sizeof(b)}, {NULL, 0}, {c, sizeof(c)}};
+	struct parts p = {.fd = sv[0], .iov = iov, .n = 4, .rc = -1};
+	pthread_t writer, blaster;
+	assert_int_equal(pthread_create(&writer, NULL, write_main, &p), 0);
+	struct blast bl = {.target = writer};
+	atomic_init(&bl.done, false);
+	atomic_init(&bl.sent, 0);
+	assert_int_equal(pthread_create(&blaster, NULL, blast_main, &bl), 0);
+	size_t at = 0;
+	while (at < sizeof(got)) { /* slowly, so the writer blocks */
+		size_t want = sizeof(got) - at < 997 ? sizeof(got) - at : 997;
+		ssize_t n = read(sv[1], got + at, want);
+		if (n <= 0)
+			break;
+		at += (size_t)n;
+		usleep(5);
+	}
+	/* A writer still sending is sending too much: end it instead of hanging. */
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 5;
+	bool ended = pthread_timedjoin_np(writer, NULL, &until) == 0;
+	if (!ended) {
+		shutdown(sv[1], SHUT_RDWR);
+		pthread_join(writer, NULL);
+	}
+	atomic_store(&bl.done, true);
+	pthread_join(blaster, NULL);
+	sigaction(SIGUSR1, &old, NULL);
+	assert_true(ended);
+	assert_int_equal(p.rc, 0);
+	assert_int_equal(at, sizeof(got));
+	assert_true(atomic_load(&bl.sent) > 0);
+	assert_memory_equal(got, a, sizeof(a));
+	assert_memory_equal(got + sizeof(a), b, sizeof(b));
+	assert_memory_equal(got + sizeof(a) + sizeof(b), c, sizeof(c));
+	close(sv[0]); /* and nothing more was sent */
+	uint8_t extra;
+	assert_int_equal(read(sv[1], &extra, 1), 0);
+	close(sv[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -397,6 +501,7 @@ int main(void)
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_key_file_refused_at_start, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_malformed_requests_are_refused, setup, teardown),
+	    cmocka_unit_test(test_writev_resumes_partial_writes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
