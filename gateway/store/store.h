@@ -89,7 +89,7 @@ struct store_options {
 	uint32_t checkpoint_every;      /* a checkpoint after this many entries; default 1000 */
 	int64_t checkpoint_interval_ms; /* ... or this long, if the log grew; default 10s, max 1d */
 	uint32_t wal_pages; /* copy the WAL into the file, off the commit path, at this many
-	                       pages; default 1000 */
+	                       pages; default 4000 */
 };
 
 /*

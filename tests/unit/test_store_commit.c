@@ -350,7 +350,7 @@ static void wal_sends(struct fx *f, uint32_t wal_pages, int sends)
 /*
  * The checkpointer thread copies the WAL into the file while the store is
  * open: the file grows, and not because the writer did it (it copies only
- * once the WAL holds 4 x wal_pages, and waits for a checkpoint otherwise).
+ * once the WAL holds 2 x wal_pages, and waits for a checkpoint otherwise).
  */
 static void test_wal_checkpointed_in_background(void **state)
 {
@@ -365,8 +365,8 @@ static void test_wal_checkpointed_in_background(void **state)
 
 /*
  * The WAL starts over instead of growing with every commit: 300 sends pass
- * some 2.4 MB through it, but with wal_pages 4 it starts over at 16 pages
- * once little is left to copy, and at 64 pages whatever is left.
+ * some 2.4 MB through it, but with wal_pages 4 it starts over at 8 pages
+ * once little is left to copy, and at 16 pages whatever is left.
  */
 static void test_wal_stays_bounded(void **state)
 {
