@@ -9,6 +9,7 @@
 
 #include "daemon/gateway.h"
 #include "util/util.h"
+#include "wire/wire.h"
 
 #define MESSAGE_ID_MAX 128
 #define ACK_MAX 10000
@@ -374,8 +375,8 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	                                              : s->g->cfg.undelivered_ttl_ms,
 	};
 	/* The request's own bytes identify its content for idempotent resends. */
-	size_t packed_len = isg__send_request__get_packed_size(req);
-	uint8_t *packed = malloc(packed_len ? packed_len : 1);
+	size_t packed_len = 0;
+	uint8_t *packed = wire_pack_send_request(req, &packed_len);
 	if (!collected || o.dataset != named) {
 		subjects_release(&subj);
 		collected = subjects_collect(&subj, o.dataset, req) == 0;
@@ -408,7 +409,6 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	}
 	j->quota = s->g->quota;
 	j->store = s->g->store;
-	isg__send_request__pack(req, packed);
 	sha256_digest(packed, packed_len, m.request_hash);
 	m.audit_entry = entry;
 	net_conn_begin_async(c);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "pseudo/pseudo.h"
+#include "wire/wire.h"
 #include "util/util.h"
 
 #define CODE(name) ISG__ERROR_CODE__##name
@@ -698,16 +699,8 @@ static int builder_alloc(struct builder *b, const Isg__SendRequest *req)
 
 static int pack_delivery(struct builder *b, size_t n_records, struct policy_outcome *out)
 {
-	Isg__Delivery del = ISG__DELIVERY__INIT;
-	del.n_records = n_records;
-	del.records = b->rec_ptrs;
-	size_t len = isg__delivery__get_packed_size(&del);
-	uint8_t *buf = malloc(len ? len : 1);
-	if (!buf)
-		return ISG_ERR_NOMEM;
-	out->payload_len = isg__delivery__pack(&del, buf);
-	out->payload = buf;
-	return 0;
+	out->payload = wire_pack_delivery_records(b->rec_ptrs, n_records, &out->payload_len);
+	return out->payload ? 0 : ISG_ERR_NOMEM;
 }
 
 int policy_apply(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,

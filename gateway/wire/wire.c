@@ -220,7 +220,7 @@ size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX])
 	return n;
 }
 
-static size_t varint_size(uint64_t v)
+size_t wire_varint_size(uint64_t v)
 {
 	size_t n = 1;
 	while (v >= 0x80) {
@@ -233,7 +233,7 @@ static size_t varint_size(uint64_t v)
 size_t wire_frame_size(const Isg__Frame *frame)
 {
 	size_t body = isg__frame__get_packed_size(frame);
-	return varint_size(body) + body;
+	return wire_varint_size(body) + body;
 }
 
 size_t wire_frame_encode(const Isg__Frame *frame, uint8_t *out)
@@ -269,10 +269,10 @@ static size_t deliveries_body(uint64_t request_id, bool push, const struct wire_
 		in = d[0].len;
 	} else {
 		for (size_t i = 0; i < n; i++)
-			in += 1 + varint_size(d[i].len) + d[i].len;
+			in += 1 + wire_varint_size(d[i].len) + d[i].len;
 	}
 	*inner = in;
-	return (request_id ? 1 + varint_size(request_id) : 0) + (push ? 2 : 1) + varint_size(in) +
+	return (request_id ? 1 + wire_varint_size(request_id) : 0) + (push ? 2 : 1) + wire_varint_size(in) +
 	       in;
 }
 
@@ -280,7 +280,7 @@ size_t wire_deliveries_size(uint64_t request_id, bool push, const struct wire_de
 {
 	size_t inner;
 	size_t body = deliveries_body(request_id, push, d, n, &inner);
-	return varint_size(body) + body;
+	return wire_varint_size(body) + body;
 }
 
 /* The stored records first, then the metadata: of a field given twice, the last counts. */

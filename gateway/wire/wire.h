@@ -77,6 +77,16 @@ size_t wire_deliveries_encode(uint64_t request_id, bool push, const struct wire_
 
 /* Varint helpers (exposed for tests and the client). */
 size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX]);
+size_t wire_varint_size(uint64_t v);
+
+/*
+ * The same bytes as protobuf-c's pack, measuring each string once
+ * (pack.c): a Delivery holding only these records (a stored payload), and
+ * a SendRequest (what its request hash is taken over). malloc'd; NULL when
+ * out of memory.
+ */
+uint8_t *wire_pack_delivery_records(Isg__Record *const *records, size_t n, size_t *len);
+uint8_t *wire_pack_send_request(const Isg__SendRequest *req, size_t *len);
 
 /*
  * Walk a decoded frame's strings and check they are valid UTF-8 (protobuf-c

@@ -394,6 +394,209 @@ static void test_deliveries_as_stored(void **state)
 	check_deliveries(1ull << 40, false, 3, 4);
 }
 
+/* --- packing by hand (pack.c) against protobuf-c ------------------------------ */
+
+/* A small deterministic generator, so a failure repeats. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15u;
+static uint64_t rng(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+/* Strings in every shape the packing treats apart: NULL, protobuf-c's empty
+ * default, an empty buffer of our own, and lengths across varint sizes. */
+static char *rand_string(char **pool, size_t *used)
+{
+	static const size_t lens[] = {1, 5, 127, 128, 300, 16383, 16384, 20000};
+	switch (rng() % 8) {
+	case 0:
+		return NULL;
+	case 1:
+		return (char *)protobuf_c_empty_string;
+	case 2:
+		pool[(*used)++] = calloc(1, 1);
+		return pool[*used - 1];
+	default: {
+		size_t len = lens[rng() % 8];
+		if (rng() % 4)
+			len = rng() % 40 + 1; /* mostly short, as records are */
+		char *str = malloc(len + 1);
+		for (size_t i = 0; i < len; i++)
+			str[i] = (char)('a' + rng() % 26);
+		str[len] = '\0';
+		pool[(*used)++] = str;
+		return str;
+	}
+	}
+}
+
+static void rand_value(Isg__Value *v, char **pool, size_t *used)
+{
+	static const int64_t ints[] = {0, 1, -1, 63, -64, 64, INT64_MAX, INT64_MIN};
+	static const double reals[] = {0.0, -0.0, 1.5, -2.25e300, 1e-310};
+	isg__value__init(v);
+	switch (rng() % 5) {
+	case 0:
+		break; /* no kind */
+	case 1:
+		v->kind_case = ISG__VALUE__KIND_TEXT;
+		v->text = rand_string(pool, used);
+		break;
+	case 2:
+		v->kind_case = ISG__VALUE__KIND_INTEGER;
+		v->integer = rng() % 2 ? ints[rng() % 8] : (int64_t)rng();
+		break;
+	case 3:
+		v->kind_case = ISG__VALUE__KIND_REAL;
+		v->real = reals[rng() % 5];
+		break;
+	default:
+		v->kind_case = ISG__VALUE__KIND_BOOLEAN;
+		v->boolean = (protobuf_c_boolean)(rng() % 3); /* 2 as well: true */
+		break;
+	}
+}
+
+struct rand_records {
+	Isg__Record *recs, **ptrs;
+	Isg__Field *fields, **field_ptrs;
+	Isg__Value *values;
+	char **pool;
+	size_t n, pooled;
+};
+
+static void rand_records(struct rand_records *r, size_t n, size_t per)
+{
+	r->n = n;
+	r->recs = calloc(n + 1, sizeof(*r->recs));
+	r->ptrs = calloc(n + 1, sizeof(*r->ptrs));
+	r->fields = calloc(n * per + 1, sizeof(*r->fields));
+	r->field_ptrs = calloc(n * per + 1, sizeof(*r->field_ptrs));
+	r->values = calloc(n * per + 1, sizeof(*r->values));
+	r->pool = calloc(2 * n * per + 8, sizeof(*r->pool));
+	r->pooled = 0;
+	for (size_t i = 0; i < n; i++) {
+		isg__record__init(&r->recs[i]);
+		r->ptrs[i] = &r->recs[i];
+		size_t k = rng() % (per + 1);
+		r->recs[i].n_fields = k;
+		r->recs[i].fields = &r->field_ptrs[i * per];
+		for (size_t j = 0; j < k; j++) {
+			Isg__Field *f = &r->fields[i * per + j];
+			isg__field__init(f);
+			r->field_ptrs[i * per + j] = f;
+			f->name = rand_string(r->pool, &r->pooled);
+			if (rng() % 6) {
+				f->value = &r->values[i * per + j];
+				rand_value(f->value, r->pool, &r->pooled);
+			}
+		}
+	}
+}
+
+static void rand_records_free(struct rand_records *r)
+{
+	for (size_t i = 0; i < r->pooled; i++)
+		free(r->pool[i]);
+	free(r->pool);
+	free(r->values);
+	free(r->field_ptrs);
+	free(r->fields);
+	free(r->ptrs);
+	free(r->recs);
+}
+
+static void assert_packs_as_protobuf_c(const ProtobufCMessage *m, const uint8_t *got, size_t len)
+{
+	size_t want_len = protobuf_c_message_get_packed_size(m);
+	uint8_t *want = malloc(want_len + 1);
+	assert_int_equal(protobuf_c_message_pack(m, want), want_len);
+	assert_int_equal(len, want_len);
+	assert_memory_equal(got, want, len);
+	free(want);
+}
+
+static void test_pack_matches_protobuf_c(void **state)
+{
+	(void)state;
+	for (int round = 0; round < 400; round++) {
+		struct rand_records r;
+		rand_records(&r, rng() % 6, 1 + rng() % 12);
+		size_t len = 0;
+		uint8_t *got = wire_pack_delivery_records(r.ptrs, r.n, &len);
+		assert_non_null(got);
+		Isg__Delivery d = ISG__DELIVERY__INIT;
+		d.records = r.ptrs;
+		d.n_records = r.n;
+		assert_packs_as_protobuf_c(&d.base, got, len);
+		free(got);
+
+		Isg__SendRequest q = ISG__SEND_REQUEST__INIT;
+		char *heads[4];
+		size_t used = 0;
+		q.message_id = rand_string(heads, &used);
+		q.recipient = rand_string(heads, &used);
+		q.agreement_id = rand_string(heads, &used);
+		q.dataset = rand_string(heads, &used);
+		q.records = r.ptrs;
+		q.n_records = r.n;
+		q.reply_to = rng() % 2 ? 0 : rng() >> (rng() % 64);
+		got = wire_pack_send_request(&q, &len);
+		assert_non_null(got);
+		assert_packs_as_protobuf_c(&q.base, got, len);
+		free(got);
+		for (size_t i = 0; i < used; i++)
+			free(heads[i]);
+		rand_records_free(&r);
+	}
+}
+
+/* Unknown fields, which only a request from a newer client can carry, are
+ * packed as protobuf-c packs them, at whichever level they are. */
+static void test_pack_keeps_unknown_fields(void **state)
+{
+	(void)state;
+	/* SendRequest{message_id "m", records [Record{Field{name "a", value{text "x"}}}]},
+	 * with an unknown field added to the Value, the Field, the Record or the request. */
+	static const uint8_t in_value[] = {0x0a, 0x01, 'm',  0x2a, 0x0c, 0x0a, 0x0a, 0x0a, 0x01, 'a',
+	                                   0x12, 0x05, 0x0a, 0x01, 'x',  0x48, 0x01};
+	static const uint8_t in_field[] = {0x0a, 0x01, 'm',  0x2a, 0x0c, 0x0a, 0x0a, 0x0a, 0x01, 'a',
+	                                   0x12, 0x03, 0x0a, 0x01, 'x',  0x38, 0x02};
+	static const uint8_t in_record[] = {0x0a, 0x01, 'm',  0x2a, 0x0c, 0x0a, 0x08, 0x0a, 0x01, 'a',
+	                                    0x12, 0x03, 0x0a, 0x01, 'x',  0x38, 0x02};
+	static const uint8_t in_request[] = {0x0a, 0x01, 'm',  0x2a, 0x0a, 0x0a, 0x08, 0x0a, 0x01,
+	                                     'a',  0x12, 0x03, 0x0a, 0x01, 'x',  0x60, 0x03};
+	static const struct {
+		const uint8_t *bytes;
+		size_t len;
+	} cases[] = {{in_value, sizeof(in_value)},
+	             {in_field, sizeof(in_field)},
+	             {in_record, sizeof(in_record)},
+	             {in_request, sizeof(in_request)}};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		Isg__SendRequest *q = isg__send_request__unpack(NULL, cases[i].len, cases[i].bytes);
+		assert_non_null(q);
+		assert_int_equal(q->n_records, 1);
+		size_t len = 0;
+		uint8_t *got = wire_pack_send_request(q, &len);
+		assert_non_null(got);
+		assert_int_equal(len, cases[i].len);
+		assert_memory_equal(got, cases[i].bytes, len);
+		free(got);
+		got = wire_pack_delivery_records(q->records, q->n_records, &len);
+		assert_non_null(got);
+		Isg__Delivery d = ISG__DELIVERY__INIT;
+		d.records = q->records;
+		d.n_records = q->n_records;
+		assert_packs_as_protobuf_c(&d.base, got, len);
+		free(got);
+		isg__send_request__free_unpacked(q, NULL);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -408,6 +611,8 @@ int main(void)
 	    cmocka_unit_test(test_field_number_zero_refused),
 	    cmocka_unit_test(test_deliveries_as_stored),
 	    cmocka_unit_test(test_stored_records_checked),
+	    cmocka_unit_test(test_pack_matches_protobuf_c),
+	    cmocka_unit_test(test_pack_keeps_unknown_fields),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
