@@ -231,7 +231,8 @@ uint8_t *wire_pack_send_request(const Isg__SendRequest *req, size_t *len)
 		return pack_generic(&req->base, len);
 	const char *const strs[4] = {req->message_id, req->recipient, req->agreement_id,
 	                             req->dataset};
-	size_t lens[4], head_len = 0, tail_len = req->reply_to ? 1 + wire_varint_size(req->reply_to) : 0;
+	size_t lens[4], head_len = 0,
+	                tail_len = req->reply_to ? 1 + wire_varint_size(req->reply_to) : 0;
 	for (unsigned i = 0; i < 4; i++) {
 		lens[i] = strs[i] ? strlen(strs[i]) : 0;
 		head_len += str_field_size(lens[i]);

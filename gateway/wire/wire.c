@@ -272,8 +272,8 @@ static size_t deliveries_body(uint64_t request_id, bool push, const struct wire_
 			in += 1 + wire_varint_size(d[i].len) + d[i].len;
 	}
 	*inner = in;
-	return (request_id ? 1 + wire_varint_size(request_id) : 0) + (push ? 2 : 1) + wire_varint_size(in) +
-	       in;
+	return (request_id ? 1 + wire_varint_size(request_id) : 0) + (push ? 2 : 1) +
+	       wire_varint_size(in) + in;
 }
 
 size_t wire_deliveries_size(uint64_t request_id, bool push, const struct wire_delivery *d, size_t n)
