@@ -91,6 +91,12 @@ bool str_utf8_valid(const char *str, size_t len)
 	const unsigned char *s = (const unsigned char *)str;
 	size_t i = 0;
 	while (i < len) {
+		/* Eight ASCII bytes at a time: most of what is checked is ASCII. */
+		uint64_t word;
+		if (len - i >= 8 && (memcpy(&word, s + i, 8), (word & 0x8080808080808080u) == 0)) {
+			i += 8;
+			continue;
+		}
 		unsigned char c = s[i];
 		size_t n;
 		uint32_t cp;

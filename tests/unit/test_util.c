@@ -78,6 +78,23 @@ static void test_utf8(void **state)
 	assert_false(str_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
 	assert_false(str_utf8_valid("\xf4\x90\x80\x80", 4)); /* past U+10FFFF */
 	assert_false(str_utf8_valid("\xff", 1));
+	/* Inside long ASCII runs, which are checked eight bytes at a time: a bad
+	 * byte or a sequence across an eight-byte boundary, at every offset. */
+	for (size_t at = 0; at < 40; at++) {
+		char buf[48];
+		memset(buf, 'a', sizeof(buf));
+		buf[at] = (char)0xff;
+		assert_false(str_utf8_valid(buf, sizeof(buf)));
+		memset(buf, 'a', sizeof(buf));
+		memcpy(buf + at, "\xe2\x82\xac", 3); /* the euro sign */
+		assert_true(str_utf8_valid(buf, sizeof(buf)));
+		buf[at + 2] = 'a'; /* cut short */
+		assert_false(str_utf8_valid(buf, sizeof(buf)));
+		memset(buf, 'a', sizeof(buf));
+		buf[at + 1] = (char)0xc3; /* truncated at the very end */
+		assert_false(str_utf8_valid(buf, at + 2));
+		assert_true(str_utf8_valid(buf, at + 1));
+	}
 }
 
 static void test_json_string(void **state)
