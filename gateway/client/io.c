@@ -225,14 +225,12 @@ int client_tls_handshake(struct isg_client *c, int64_t deadline, struct isg_erro
 int client_write_frame(struct isg_client *c, const Isg__Frame *f, int64_t deadline,
                        struct isg_error *err)
 {
-	size_t size = wire_frame_size(f);
-	uint8_t *buf = malloc(size);
+	size_t size = 0;
+	uint8_t *buf = wire_frame_pack(f, &size);
 	if (!buf) {
-		client_error(err, ISG_CLIENT_E_NOMEM, "out of memory for a frame of %zu bytes",
-		             size);
+		client_error(err, ISG_CLIENT_E_NOMEM, "out of memory for a frame");
 		return -1;
 	}
-	wire_frame_encode(f, buf);
 	int rc = 0;
 	for (;;) {
 		struct sigpipe_guard g;

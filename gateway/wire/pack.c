@@ -253,3 +253,34 @@ uint8_t *wire_pack_send_request(const Isg__SendRequest *req, size_t *len)
 	}
 	return out;
 }
+
+uint8_t *wire_frame_pack(const Isg__Frame *f, size_t *len)
+{
+	size_t send_len = 0;
+	uint8_t *send = NULL, *out;
+	if (f->body_case == ISG__FRAME__BODY_SEND && f->send && !has_unknown(&f->base))
+		send = wire_pack_send_request(f->send, &send_len);
+	if (!send) {
+		*len = wire_frame_size(f);
+		out = malloc(*len);
+		if (out)
+			wire_frame_encode(f, out);
+		return out;
+	}
+	/* Frame{request_id = 1, send = 12}: a varint, then the request. */
+	size_t body = (f->request_id ? 1 + wire_varint_size(f->request_id) : 0) + 1 +
+	              wire_varint_size(send_len) + send_len;
+	*len = wire_varint_size(body) + body;
+	out = malloc(*len);
+	if (out) {
+		uint8_t *p = out + wire_varint_encode(body, out);
+		if (f->request_id) {
+			*p++ = TAG_VARINT(1);
+			p += wire_varint_encode(f->request_id, p);
+		}
+		p = put_len(p, TAG_STRING(12), send_len);
+		memcpy(p, send, send_len);
+	}
+	free(send);
+	return out;
+}

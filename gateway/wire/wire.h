@@ -87,6 +87,8 @@ size_t wire_varint_size(uint64_t v);
  */
 uint8_t *wire_pack_delivery_records(Isg__Record *const *records, size_t n, size_t *len);
 uint8_t *wire_pack_send_request(const Isg__SendRequest *req, size_t *len);
+/* The bytes of wire_frame_encode, a Send's through wire_pack_send_request. */
+uint8_t *wire_frame_pack(const Isg__Frame *frame, size_t *len);
 
 /*
  * Walk a decoded frame's strings and check they are valid UTF-8 (protobuf-c
