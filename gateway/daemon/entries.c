@@ -80,8 +80,12 @@ static enum pseudo_type subject_type(enum field_type t)
 	return p == PSEUDO_DATE ? 0 : p;
 }
 
-static const struct policy_field *dataset_field(const struct policy_dataset *ds, const char *name)
+/* Records mostly list their fields in the dataset's order: try position at first. */
+static const struct policy_field *dataset_field(const struct policy_dataset *ds, const char *name,
+                                                size_t at)
 {
+	if (at < ds->n_fields && strcmp(ds->fields[at].name, name) == 0)
+		return &ds->fields[at];
 	for (size_t i = 0; i < ds->n_fields; i++)
 		if (strcmp(ds->fields[i].name, name) == 0)
 			return &ds->fields[i];
@@ -99,7 +103,7 @@ static size_t subject_requests(const struct policy_dataset *ds, const Isg__SendR
 		for (size_t i = 0; rec && i < rec->n_fields && n < max; i++) {
 			const Isg__Field *f = rec->fields[i];
 			const struct policy_field *pf =
-			    f && f->name ? dataset_field(ds, f->name) : NULL;
+			    f && f->name ? dataset_field(ds, f->name, i) : NULL;
 			enum pseudo_type t = pf ? subject_type(pf->type) : 0;
 			if (!t || !f->value || f->value->kind_case != ISG__VALUE__KIND_TEXT)
 				continue;

@@ -192,8 +192,11 @@ static void sort_fields(struct builder *b)
 }
 
 /* Index of the dataset field with this name, or -1. */
-static int find_field(const struct builder *b, const char *name)
+/* Records mostly list their fields in the dataset's order: try position at first. */
+static int find_field(const struct builder *b, const char *name, size_t at)
 {
+	if (at < b->ds->n_fields && strcmp(name, b->ds->fields[at].name) == 0)
+		return (int)at;
 	size_t lo = 0, hi = b->ds->n_fields;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -346,7 +349,7 @@ static int collect_fields(struct builder *b, const Isg__Record *rec, int64_t ri,
 	for (size_t i = 0; i < rec->n_fields; i++) {
 		const Isg__Field *f = rec->fields[i];
 		const char *name = f && f->name ? f->name : "";
-		int k = find_field(b, name);
+		int k = find_field(b, name, i);
 		if (k < 0) {
 			if (b->ds->unknown_drop)
 				continue;
