@@ -1422,8 +1422,8 @@ static void test_apply_transforms(void **state)
 		Isg__Field *head = f0[0];
 		memmove(f0, f0 + 1, (r.recs[0].n_fields - 1) * sizeof(*f0));
 		f0[r.recs[0].n_fields - 1] = head;
-		assert_int_equal(policy_apply(set, "met-police", &r.req, now_ok(), NULL, &out, &why),
-		                 0);
+		assert_int_equal(
+		    policy_apply(set, "met-police", &r.req, now_ok(), NULL, &out, &why), 0);
 		assert_int_equal(out.payload_len, first_len);
 		assert_memory_equal(out.payload, first, first_len);
 		policy_outcome_release(&out);
