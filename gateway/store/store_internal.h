@@ -210,6 +210,7 @@ struct store {
 	bool wal_wanted, wal_closing;         /* under wal_mu */
 	bool wal_running, wal_writer;         /* under wal_mu: whose checkpoint runs */
 	atomic_uint_fast32_t wal_copied;      /* WAL frames the last checkpoint had copied */
+	uint32_t wal_last_total;              /* frames in the WAL at the last commit (writer) */
 	atomic_uint_fast64_t wal_checkpoints; /* the checkpointer's, that copied pages (tests) */
 };
 

@@ -13,12 +13,14 @@
  * The WAL starts again from its beginning only at a transaction that begins
  * when every page in it has been copied, and the writer begins its next
  * batch long before a checkpointer's fsyncs are done. So once the WAL holds
- * STORE_WAL_RESTART times wal_pages and at most a quarter of wal_pages is
- * left to copy, the writer copies that itself between two transactions,
- * with the checkpointer held off (two checkpoints at once make one busy),
- * and the next transaction starts the WAL over. Should the checkpointer
- * fall behind, the writer copies whatever is left once the WAL holds
- * STORE_WAL_RESTART^2 times wal_pages, which bounds it.
+ * STORE_WAL_RESTART times wal_pages, the checkpointer is woken whenever
+ * anything is left to copy, and once at most a quarter of wal_pages (and at
+ * most STORE_WAL_LITTLE pages) is left, the writer copies that itself
+ * between two transactions, with the checkpointer held off (two
+ * checkpoints at once make one busy), and the next transaction starts the
+ * WAL over. Should the checkpointer fall behind, the writer copies whatever
+ * is left once the WAL holds STORE_WAL_RESTART^2 times wal_pages, which
+ * bounds it.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -29,6 +31,7 @@
 #include "util/util.h"
 
 #define STORE_WAL_RESTART 2
+#define STORE_WAL_LITTLE 256 /* the most the writer copies itself to start over */
 
 static void log_failure(sqlite3 *db, int rc, const char *who)
 {
@@ -79,15 +82,20 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
 	(void)name;
 	struct store *s = arg;
-	uint32_t total = (uint32_t)pages, copied = atomic_load(&s->wal_copied);
-	if (copied > total) /* the WAL started over since that checkpoint */
+	uint32_t total = (uint32_t)pages;
+	if (total < s->wal_last_total) /* the WAL started over: nothing in it is copied yet */
+		atomic_store(&s->wal_copied, 0);
+	s->wal_last_total = total;
+	uint32_t copied = atomic_load(&s->wal_copied);
+	if (copied > total) /* a checkpoint of the old WAL that ended after it started over */
 		copied = 0;
 	uint32_t left = total - copied;
 	uint64_t restart = (uint64_t)s->wal_pages * STORE_WAL_RESTART;
-	if ((total >= restart && left <= s->wal_pages / 4) ||
-	    total >= restart * STORE_WAL_RESTART) {
+	uint32_t little = s->wal_pages / 4 < STORE_WAL_LITTLE ? s->wal_pages / 4 : STORE_WAL_LITTLE;
+	if ((total >= restart && left <= little) || total >= restart * STORE_WAL_RESTART) {
 		writer_checkpoint(s, db);
-	} else if (left >= s->wal_pages) {
+	} else if (left >= s->wal_pages || (total >= restart && left > little)) {
+		/* Past the restart size, the checkpointer keeps up so the writer can start over. */
 		pthread_mutex_lock(&s->wal_mu);
 		if (!s->wal_wanted) {
 			s->wal_wanted = true;
