@@ -138,16 +138,18 @@ static int read_response(int fd, int32_t *status, uint8_t **body, size_t *len)
 static int call(struct keyproc *kp, uint8_t op, const struct iovec *parts, int n_parts,
                 uint8_t **body, size_t *len)
 {
+	struct iovec iov[8];
+	if (n_parts < 0 || n_parts > (int)ARRAY_LEN(iov) - 2)
+		return ISG_ERR_INVALID;
 	size_t total = 1;
 	for (int i = 0; i < n_parts; i++)
 		total += parts[i].iov_len;
 	if (total > KEYPROC_FRAME_MAX)
 		return ISG_ERR_TOO_BIG;
 	uint32_t total32 = (uint32_t)total;
-	struct iovec iov[8];
 	iov[0] = (struct iovec){&total32, 4};
 	iov[1] = (struct iovec){&op, 1};
-	for (int i = 0; i < n_parts && i < 6; i++)
+	for (int i = 0; i < n_parts; i++)
 		iov[2 + i] = parts[i];
 
 	int c = channel_take(kp);

@@ -191,8 +191,8 @@ static void sort_fields(struct builder *b)
 	}
 }
 
-/* Index of the dataset field with this name, or -1. */
-/* Records mostly list their fields in the dataset's order: try position at first. */
+/* Index of the dataset field with this name, or -1. Records mostly list their
+ * fields in the dataset's order, so position `at` is tried first. */
 static int find_field(const struct builder *b, const char *name, size_t at)
 {
 	if (at < b->ds->n_fields && strcmp(name, b->ds->fields[at].name) == 0)
