@@ -487,6 +487,21 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual((r.rc, r.out), (0, ""), r)
         self.assertIn("0 exchanges", r.err)
 
+    def test_subject_whatever_the_field_order(self):
+        """A record's fields in another order than the dataset's give the same subjects."""
+        gw = self.gateway(audit={"origin": ORIGIN})
+        police = self.partner(gw, "police")
+        reordered = dict(reversed(list(RECORD_A.items())))
+        index = police.send_ok([reordered], message_id="order-1")["audit_index"]
+        gw.stop()
+        key = isgtest.domain_keys(gw.keys_dir, "audit")[-1]
+        uri = "file:%s?mode=ro&immutable=1" % gw.store_path
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            leaf = json.loads(db.execute("SELECT entry FROM audit WHERE seq = ?",
+                                         (index,)).fetchone()[0])
+        self.assertIn(isgtest.pseudonym(key.key, key.version, T_NHS, NHS_A),
+                      leaf["entry"]["subjects"])
+
     def test_subject_across_audit_key_rotations(self):
         """Entries keep the pseudonym of the audit key version current when written."""
         gw = self.gateway(audit={"origin": ORIGIN})
