@@ -180,7 +180,13 @@ static void run_alone(struct store *s, struct store_job *batch)
 	}
 }
 
-/* Once per distinct recipient that got a new message in this batch. */
+/*
+ * Once per distinct recipient that got a new message in this batch, after
+ * its COMMIT and before the writer runs another job. The gateway's wake-up
+ * skips workers with no waiting connection (net_server_wake); that is safe
+ * because a connection waits before it asks for a fetch, and fetches run on
+ * this thread, so a fetch asked for after the skip runs after this commit.
+ */
 static void batch_notify(struct store *s, struct store_job *batch)
 {
 	pthread_mutex_lock(&s->mu);
