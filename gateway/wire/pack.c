@@ -23,7 +23,9 @@
 #define TAG_VARINT(n) ((uint8_t)((n) << 3))
 #define TAG_FIXED64(n) ((uint8_t)((n) << 3 | 1))
 
-/* Lengths measured by the sizing pass: a field's name and text, in order. */
+/* What the sizing pass measured of each field, in order, for the writing pass:
+ * its name's and text's lengths, its value's size and its own. */
+#define LENS_PER_FIELD 4
 struct lens {
 	size_t *v;
 	size_t at;
@@ -57,16 +59,6 @@ static size_t value_size(const Isg__Value *v, size_t text_len)
 	}
 }
 
-static size_t field_size(const Isg__Field *f, size_t name_len, size_t text_len)
-{
-	size_t n = str_field_size(name_len);
-	if (f->value) {
-		size_t v = value_size(f->value, text_len);
-		n += 1 + wire_varint_size(v) + v;
-	}
-	return n;
-}
-
 static bool has_unknown(const ProtobufCMessage *m)
 {
 	return m->n_unknown_fields != 0;
@@ -79,8 +71,9 @@ static bool text_set(const Isg__Value *v)
 }
 
 /*
- * The size of one record's fields (its body), keeping each name's and
- * text's length in l; false when a message in it has unknown fields.
+ * The size of one record's fields (its body), keeping what the writing
+ * pass needs of each field in l; false when a message in it has unknown
+ * fields.
  */
 static bool record_size(const Isg__Record *r, struct lens *l, size_t *size)
 {
@@ -93,9 +86,12 @@ static bool record_size(const Isg__Record *r, struct lens *l, size_t *size)
 			return false;
 		size_t name = f->name ? strlen(f->name) : 0;
 		size_t text = f->value && text_set(f->value) ? strlen(f->value->text) : 0;
+		size_t vs = f->value ? value_size(f->value, text) : 0;
+		size_t fs = str_field_size(name) + (f->value ? 1 + wire_varint_size(vs) + vs : 0);
 		l->v[l->at++] = name;
 		l->v[l->at++] = text;
-		size_t fs = field_size(f, name, text);
+		l->v[l->at++] = vs;
+		l->v[l->at++] = fs;
 		n += 1 + wire_varint_size(fs) + fs;
 	}
 	*size = n;
@@ -153,12 +149,13 @@ static uint8_t *put_record(uint8_t *p, const Isg__Record *r, struct lens *l)
 {
 	for (size_t i = 0; i < r->n_fields; i++) {
 		const Isg__Field *f = r->fields[i];
-		size_t name = l->v[l->at++], text = l->v[l->at++];
-		p = put_len(p, TAG_STRING(1), field_size(f, name, text));
-		p = put_str(p, TAG_STRING(1), f->name, name);
+		const size_t *m = l->v + l->at;
+		l->at += LENS_PER_FIELD;
+		p = put_len(p, TAG_STRING(1), m[3]);
+		p = put_str(p, TAG_STRING(1), f->name, m[0]);
 		if (f->value) {
-			p = put_len(p, TAG_STRING(2), value_size(f->value, text));
-			p = put_value(p, f->value, text);
+			p = put_len(p, TAG_STRING(2), m[2]);
+			p = put_value(p, f->value, m[1]);
 		}
 	}
 	return p;
@@ -175,10 +172,10 @@ static int pack_records(size_t head_len, unsigned number, Isg__Record *const *re
 	size_t n_fields = 0;
 	for (size_t i = 0; i < n; i++)
 		n_fields += records[i]->n_fields;
-	struct lens l = {.v = malloc((2 * n_fields + n + 1) * sizeof(size_t))};
+	struct lens l = {.v = malloc((LENS_PER_FIELD * n_fields + n + 1) * sizeof(size_t))};
 	if (!l.v)
 		return ISG_ERR_NOMEM;
-	size_t *rec_size = l.v + 2 * n_fields, total = head_len + tail_len;
+	size_t *rec_size = l.v + LENS_PER_FIELD * n_fields, total = head_len + tail_len;
 	int rc = 0;
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		if (!record_size(records[i], &l, &rec_size[i]))
