@@ -161,43 +161,94 @@ static uint8_t *put_record(uint8_t *p, const Isg__Record *r, struct lens *l)
 	return p;
 }
 
-/*
- * Records as the repeated message field `number` (below 16), with head_len
- * bytes left free before them and tail_len after, for the caller to fill:
- * 0, ISG_ERR_NOMEM, or 1 when a message has unknown fields.
- */
-static int pack_records(size_t head_len, unsigned number, Isg__Record *const *records, size_t n,
-                        size_t tail_len, uint8_t **out, size_t *len)
+/* A run of records measured for writing: what the writing pass needs of
+ * each field, each record's size, and the run's size in bytes. */
+struct records_plan {
+	struct lens l;
+	size_t *rec_size;
+	size_t size;
+};
+
+/* 0, ISG_ERR_NOMEM, or 1 when a message has unknown fields; free with records_plan_free. */
+static int records_measure(Isg__Record *const *records, size_t n, struct records_plan *pl)
 {
 	size_t n_fields = 0;
 	for (size_t i = 0; i < n; i++)
 		n_fields += records[i]->n_fields;
-	struct lens l = {.v = malloc((LENS_PER_FIELD * n_fields + n + 1) * sizeof(size_t))};
-	if (!l.v)
+	*pl = (struct records_plan){
+	    .l.v = malloc((LENS_PER_FIELD * n_fields + n + 1) * sizeof(size_t))};
+	if (!pl->l.v)
 		return ISG_ERR_NOMEM;
-	size_t *rec_size = l.v + LENS_PER_FIELD * n_fields, total = head_len + tail_len;
-	int rc = 0;
-	for (size_t i = 0; i < n && rc == 0; i++) {
-		if (!record_size(records[i], &l, &rec_size[i]))
-			rc = 1;
-		else
-			total += 1 + wire_varint_size(rec_size[i]) + rec_size[i];
+	pl->rec_size = pl->l.v + LENS_PER_FIELD * n_fields;
+	for (size_t i = 0; i < n; i++) {
+		if (!record_size(records[i], &pl->l, &pl->rec_size[i]))
+			return 1;
+		pl->size += 1 + wire_varint_size(pl->rec_size[i]) + pl->rec_size[i];
 	}
-	uint8_t *buf = rc == 0 ? malloc(total ? total : 1) : NULL;
-	if (rc == 0 && !buf)
-		rc = ISG_ERR_NOMEM;
-	if (rc == 0) {
-		uint8_t *p = buf + head_len;
-		l.at = 0;
-		for (size_t i = 0; i < n; i++) {
-			p = put_len(p, TAG_STRING(number), rec_size[i]);
-			p = put_record(p, records[i], &l);
-		}
-		*out = buf;
-		*len = total;
+	return 0;
+}
+
+static void records_plan_free(struct records_plan *pl)
+{
+	free(pl->l.v);
+	pl->l.v = NULL;
+}
+
+/* The records as the repeated message field `number` (below 16). */
+static uint8_t *records_write(uint8_t *p, unsigned number, Isg__Record *const *records, size_t n,
+                              struct records_plan *pl)
+{
+	pl->l.at = 0;
+	for (size_t i = 0; i < n; i++) {
+		p = put_len(p, TAG_STRING(number), pl->rec_size[i]);
+		p = put_record(p, records[i], &pl->l);
 	}
-	free(l.v);
+	return p;
+}
+
+/* A SendRequest measured for writing: its four strings' lengths and its records. */
+struct send_plan {
+	size_t lens[4];
+	struct records_plan recs;
+	size_t size;
+};
+
+static const char *send_string(const Isg__SendRequest *req, unsigned i)
+{
+	const char *const strs[4] = {req->message_id, req->recipient, req->agreement_id,
+	                             req->dataset};
+	return strs[i];
+}
+
+/* As records_measure, for the whole request; free with records_plan_free(&sp->recs). */
+static int send_measure(const Isg__SendRequest *req, struct send_plan *sp)
+{
+	*sp = (struct send_plan){0};
+	if (has_unknown(&req->base))
+		return 1;
+	for (unsigned i = 0; i < 4; i++) {
+		const char *str = send_string(req, i);
+		sp->lens[i] = str ? strlen(str) : 0;
+		sp->size += str_field_size(sp->lens[i]);
+	}
+	if (req->reply_to)
+		sp->size += 1 + wire_varint_size(req->reply_to);
+	int rc = records_measure(req->records, req->n_records, &sp->recs);
+	sp->size += sp->recs.size;
 	return rc;
+}
+
+/* SendRequest{message_id 1, recipient 2, agreement_id 3, dataset 4, records 5, reply_to 6}. */
+static uint8_t *send_write(uint8_t *p, const Isg__SendRequest *req, struct send_plan *sp)
+{
+	for (unsigned i = 0; i < 4; i++)
+		p = put_str(p, TAG_STRING(i + 1), send_string(req, i), sp->lens[i]);
+	p = records_write(p, 5, req->records, req->n_records, &sp->recs);
+	if (req->reply_to) {
+		*p++ = TAG_VARINT(6);
+		p += wire_varint_encode(req->reply_to, p);
+	}
+	return p;
 }
 
 /* What protobuf-c packs, for messages with unknown fields. */
@@ -212,10 +263,16 @@ static uint8_t *pack_generic(const ProtobufCMessage *m, size_t *len)
 
 uint8_t *wire_pack_delivery_records(Isg__Record *const *records, size_t n, size_t *len)
 {
+	struct records_plan pl;
+	int rc = records_measure(records, n, &pl);
 	uint8_t *out = NULL;
-	int rc = pack_records(0, 8, records, n, 0, &out, len);
+	if (rc == 0 && (out = malloc(pl.size ? pl.size : 1)) != NULL) {
+		records_write(out, 8, records, n, &pl);
+		*len = pl.size;
+	}
+	records_plan_free(&pl);
 	if (rc != 1)
-		return rc == 0 ? out : NULL;
+		return out;
 	Isg__Delivery d = ISG__DELIVERY__INIT;
 	d.records = (Isg__Record **)records;
 	d.n_records = n;
@@ -224,60 +281,44 @@ uint8_t *wire_pack_delivery_records(Isg__Record *const *records, size_t n, size_
 
 uint8_t *wire_pack_send_request(const Isg__SendRequest *req, size_t *len)
 {
-	if (has_unknown(&req->base))
-		return pack_generic(&req->base, len);
-	const char *const strs[4] = {req->message_id, req->recipient, req->agreement_id,
-	                             req->dataset};
-	size_t lens[4], head_len = 0,
-	                tail_len = req->reply_to ? 1 + wire_varint_size(req->reply_to) : 0;
-	for (unsigned i = 0; i < 4; i++) {
-		lens[i] = strs[i] ? strlen(strs[i]) : 0;
-		head_len += str_field_size(lens[i]);
-	}
+	struct send_plan sp;
+	int rc = send_measure(req, &sp);
 	uint8_t *out = NULL;
-	int rc = pack_records(head_len, 5, req->records, req->n_records, tail_len, &out, len);
-	if (rc == 1)
-		return pack_generic(&req->base, len);
-	if (rc != 0)
-		return NULL;
-	uint8_t *p = out;
-	for (unsigned i = 0; i < 4; i++)
-		p = put_str(p, TAG_STRING(i + 1), strs[i], lens[i]);
-	p = out + *len - tail_len;
-	if (req->reply_to) {
-		*p++ = TAG_VARINT(6);
-		wire_varint_encode(req->reply_to, p);
+	if (rc == 0 && (out = malloc(sp.size ? sp.size : 1)) != NULL) {
+		send_write(out, req, &sp);
+		*len = sp.size;
 	}
-	return out;
+	records_plan_free(&sp.recs);
+	return rc == 1 ? pack_generic(&req->base, len) : out;
 }
 
 uint8_t *wire_frame_pack(const Isg__Frame *f, size_t *len)
 {
-	size_t send_len = 0;
-	uint8_t *send = NULL, *out;
+	struct send_plan sp = {0};
+	int rc = 1;
 	if (f->body_case == ISG__FRAME__BODY_SEND && f->send && !has_unknown(&f->base))
-		send = wire_pack_send_request(f->send, &send_len);
-	if (!send) {
-		*len = wire_frame_size(f);
-		out = malloc(*len);
-		if (out)
-			wire_frame_encode(f, out);
-		return out;
-	}
-	/* Frame{request_id = 1, send = 12}: a varint, then the request. */
-	size_t body = (f->request_id ? 1 + wire_varint_size(f->request_id) : 0) + 1 +
-	              wire_varint_size(send_len) + send_len;
-	*len = wire_varint_size(body) + body;
-	out = malloc(*len);
-	if (out) {
-		uint8_t *p = out + wire_varint_encode(body, out);
-		if (f->request_id) {
-			*p++ = TAG_VARINT(1);
-			p += wire_varint_encode(f->request_id, p);
+		rc = send_measure(f->send, &sp);
+	uint8_t *out = NULL;
+	if (rc == 0) {
+		/* Frame{request_id = 1, send = 12} after its varint length, in one buffer. */
+		size_t body = (f->request_id ? 1 + wire_varint_size(f->request_id) : 0) + 1 +
+		              wire_varint_size(sp.size) + sp.size;
+		*len = wire_varint_size(body) + body;
+		if ((out = malloc(*len)) != NULL) {
+			uint8_t *p = out + wire_varint_encode(body, out);
+			if (f->request_id) {
+				*p++ = TAG_VARINT(1);
+				p += wire_varint_encode(f->request_id, p);
+			}
+			send_write(put_len(p, TAG_STRING(12), sp.size), f->send, &sp);
 		}
-		p = put_len(p, TAG_STRING(12), send_len);
-		memcpy(p, send, send_len);
 	}
-	free(send);
+	records_plan_free(&sp.recs);
+	if (rc != 1)
+		return out;
+	*len = wire_frame_size(f);
+	out = malloc(*len);
+	if (out)
+		wire_frame_encode(f, out);
 	return out;
 }
