@@ -76,7 +76,6 @@ int keyproc_sandbox(const char **what);
 
 /* Read or write exactly len bytes; 0, or -1 (errno set; EPIPE for a short read at EOF). */
 int keyproc_read_full(int fd, void *buf, size_t len);
-int keyproc_write_full(int fd, const void *buf, size_t len);
 int keyproc_writev_full(int fd, struct iovec *iov, int n);
 
 #endif

@@ -85,12 +85,6 @@ int keyproc_writev_full(int fd, struct iovec *iov, int n)
 	return 0;
 }
 
-int keyproc_write_full(int fd, const void *buf, size_t len)
-{
-	struct iovec iov = {(void *)buf, len};
-	return keyproc_writev_full(fd, &iov, 1);
-}
-
 /* --- calls --------------------------------------------------------------------- */
 
 static int channel_take(struct keyproc *kp)

@@ -29,6 +29,13 @@
 #include "store_test_util.h"
 #include "util/util.h"
 
+/* One part of a request at a time, as a hand-made (or malformed) client writes. */
+static int write_part(int fd, const void *buf, size_t len)
+{
+	struct iovec iov = {(void *)buf, len};
+	return keyproc_writev_full(fd, &iov, 1);
+}
+
 struct fixture {
 	char root[64];
 	char dir[128];
@@ -320,8 +327,8 @@ static void raw_start(struct fixture *f, struct raw *r)
 static int raw_call(struct raw *r, uint8_t op, const void *body, uint32_t len)
 {
 	uint32_t total = len + 1;
-	if (keyproc_write_full(r->fd, &total, 4) != 0 || keyproc_write_full(r->fd, &op, 1) != 0 ||
-	    (len && keyproc_write_full(r->fd, body, len) != 0))
+	if (write_part(r->fd, &total, 4) != 0 || write_part(r->fd, &op, 1) != 0 ||
+	    (len && write_part(r->fd, body, len) != 0))
 		return 1;
 	uint32_t rlen;
 	int32_t status;
@@ -383,7 +390,7 @@ static void test_malformed_requests_are_refused(void **state)
 	/* Still serving; then a frame over the limit closes the channel, and the process exits. */
 	assert_int_equal(raw_call(&r, KEYPROC_LOAD, NULL, 0), 0);
 	uint32_t huge = KEYPROC_FRAME_MAX + 1;
-	assert_int_equal(keyproc_write_full(r.fd, &huge, 4), 0);
+	assert_int_equal(write_part(r.fd, &huge, 4), 0);
 	uint8_t byte;
 	assert_int_not_equal(keyproc_read_full(r.fd, &byte, 1), 0);
 	int st;
