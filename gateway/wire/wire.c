@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "util/util.h"
+#include "wire/internal.h"
 
 int wire_frame_peek(const uint8_t *buf, size_t len, size_t max_frame, size_t *hdr_len,
                     size_t *body_len)
@@ -169,7 +170,31 @@ static void arena_release(struct arena_chunk *c)
 	}
 }
 
+/* Back to empty, for protobuf-c to start again where unpack.c declined. */
+static void arena_reset(struct arena *a)
+{
+	struct arena_chunk *first = a->chunks;
+	while (first->next)
+		first = first->next;
+	struct arena_chunk *c = a->chunks;
+	while (c != first) {
+		struct arena_chunk *next = c->next;
+		free(c);
+		c = next;
+	}
+	const size_t head = offsetof(struct arena, data);
+	first->used = head;
+	ASAN_POISON_MEMORY_REGION(first->data + head, first->size - head);
+	a->chunks = first;
+	a->total = first->size;
+}
+
 Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len)
+{
+	return wire_frame_decode_by(body, len, WIRE_DECODE_ANY);
+}
+
+Isg__Frame *wire_frame_decode_by(const uint8_t *body, size_t len, enum wire_decoder by)
 {
 	/* A Send or Delivery decodes to about 4.5 times its size (every string
 	 * gains a NUL, a pointer and alignment, every message its header): one
@@ -190,7 +215,17 @@ Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len)
 	                    .chunks = c,
 	                    .total = size,
 	                    .budget = WIRE_ARENA_FACTOR * len + ARENA_SLACK};
-	Isg__Frame *f = isg__frame__unpack(&a->alloc, len, body);
+	Isg__Frame *f = NULL;
+	if (by != WIRE_DECODE_PROTOBUF_C) {
+		f = wire_unpack_records_frame(&a->alloc, body, len);
+		if (f || by == WIRE_DECODE_HAND) {
+			if (!f)
+				arena_release(a->chunks);
+			return f;
+		}
+		arena_reset(a);
+	}
+	f = isg__frame__unpack(&a->alloc, len, body);
 	/* protobuf-c allocates the message first; if a version ever did not,
 	 * no frame would decode, rather than wire_frame_free going astray. */
 	bool ok = f && (void *)f == a->data && unknown_fields_valid(&f->base, 0);

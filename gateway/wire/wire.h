@@ -34,6 +34,14 @@ int wire_frame_peek(const uint8_t *buf, size_t len, size_t max_frame, size_t *hd
  */
 #define WIRE_ARENA_FACTOR 64
 Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len);
+/*
+ * The same, choosing the decoder: a frame holding records (Send, Delivery,
+ * FetchResult) in the encoding protobuf-c writes is decoded by hand
+ * (unpack.c), any other by protobuf-c. WIRE_DECODE_HAND gives NULL where
+ * the hand decoder declines; the tests and the benchmark compare the two.
+ */
+enum wire_decoder { WIRE_DECODE_ANY, WIRE_DECODE_HAND, WIRE_DECODE_PROTOBUF_C };
+Isg__Frame *wire_frame_decode_by(const uint8_t *body, size_t len, enum wire_decoder by);
 void wire_frame_free(Isg__Frame *frame);
 
 /* Bytes wire_frame_encode will write: varint header plus packed body. */

@@ -3,7 +3,8 @@
  * length (checked against the limit before anything is allocated), decode
  * the frame, check its strings are UTF-8, and for every frame that decodes,
  * check that encoding it again gives a frame that decodes to the same bytes,
- * and that packing it by hand (pack.c) gives protobuf-c's bytes.
+ * that packing it by hand (pack.c) gives protobuf-c's bytes, and that
+ * decoding it by hand (unpack.c) either declines or gives protobuf-c's frame.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +79,27 @@ static void check_hand_packing(const Isg__Frame *f)
 	check_same_bytes(got, len, &d.base);
 }
 
+/* Whatever the hand decoder takes, protobuf-c decodes to the same frame. */
+static void check_hand_decoding(const uint8_t *body, size_t len)
+{
+	Isg__Frame *hand = wire_frame_decode_by(body, len, WIRE_DECODE_HAND);
+	if (!hand)
+		return;
+	Isg__Frame *pc = wire_frame_decode_by(body, len, WIRE_DECODE_PROTOBUF_C);
+	if (!pc || hand->body_case != pc->body_case || hand->request_id != pc->request_id)
+		abort();
+	size_t a_len = isg__frame__get_packed_size(hand), b_len = isg__frame__get_packed_size(pc);
+	uint8_t *a = malloc(a_len + 1), *b = malloc(b_len + 1);
+	if (a && b &&
+	    (a_len != b_len || isg__frame__pack(hand, a) != a_len ||
+	     isg__frame__pack(pc, b) != b_len || memcmp(a, b, a_len)))
+		abort();
+	free(a);
+	free(b);
+	wire_frame_free(pc);
+	wire_frame_free(hand);
+}
+
 /*
  * The same bytes as a stored payload: when protobuf-c reads them as a
  * Delivery holding records and nothing else, and writes them back the same,
@@ -137,6 +159,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort(); /* the limit must hold before allocation */
 		if (hdr + body > size - off)
 			break;
+		check_hand_decoding(data + off + hdr, body);
 		Isg__Frame *f = wire_frame_decode(data + off + hdr, body);
 		if (f) {
 			(void)wire_frame_check_utf8(f);

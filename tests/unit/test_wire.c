@@ -188,8 +188,10 @@ static void test_decode_large_array(void **state)
 
 /* A frame that would take more than WIRE_ARENA_FACTOR times its size once
  * decoded does not decode: 100,000 empty deliveries are 2 bytes each on
- * the wire and about 160 decoded. 100,000 empty records (about 100) stay
- * under the bound, as they decoded before the arena. */
+ * the wire and about 160 decoded by protobuf-c. Decoded by hand, with no
+ * padding between allocations, they take 128 each, within the bound.
+ * 100,000 empty records (about 100) stay under it, as they decoded before
+ * the arena. */
 static void test_decode_memory_bounded(void **state)
 {
 	(void)state;
@@ -210,13 +212,17 @@ static void test_decode_memory_bounded(void **state)
 	f.fetch_result = &fr;
 	size_t len;
 	uint8_t *buf = pack_frame(&f, &len);
-	assert_null(wire_frame_decode(buf, len));
+	assert_null(wire_frame_decode_by(buf, len, WIRE_DECODE_PROTOBUF_C));
+	Isg__Frame *g = wire_frame_decode(buf, len);
+	assert_non_null(g);
+	assert_int_equal(g->fetch_result->n_deliveries, N);
+	wire_frame_free(g);
 	free(buf);
 	free(dp);
 	free(ds);
 
 	buf = records_frame(N, true, &len);
-	Isg__Frame *g = wire_frame_decode(buf, len);
+	g = wire_frame_decode(buf, len);
 	assert_non_null(g);
 	assert_int_equal(g->send->n_records, N);
 	wire_frame_free(g);
@@ -694,6 +700,261 @@ static void test_pack_keeps_unknown_fields(void **state)
 	}
 }
 
+/* --- decoding by hand (unpack.c) against protobuf-c ----------------------------- */
+
+/* Packed with protobuf-c, so two decoded frames compare as bytes. */
+static uint8_t *frame_bytes(const Isg__Frame *f, size_t *len)
+{
+	*len = isg__frame__get_packed_size(f);
+	uint8_t *buf = malloc(*len + 1);
+	assert_non_null(buf);
+	assert_int_equal(isg__frame__pack(f, buf), *len);
+	return buf;
+}
+
+/*
+ * The hand decoder on bytes either declines them or decodes them as
+ * protobuf-c does, and wire_frame_decode gives protobuf-c's result either
+ * way. Returns whether the hand decoder took them.
+ */
+static bool decoders_agree(const uint8_t *buf, size_t len)
+{
+	Isg__Frame *hand = wire_frame_decode_by(buf, len, WIRE_DECODE_HAND);
+	Isg__Frame *pc = wire_frame_decode_by(buf, len, WIRE_DECODE_PROTOBUF_C);
+	Isg__Frame *any = wire_frame_decode(buf, len);
+	assert_true(!hand || pc);
+	assert_true(!pc == !any);
+	if (pc) {
+		size_t a_len, b_len, c_len;
+		uint8_t *b = frame_bytes(pc, &b_len), *c = frame_bytes(any, &c_len);
+		assert_int_equal(c_len, b_len);
+		assert_memory_equal(c, b, b_len);
+		assert_int_equal(any->body_case, pc->body_case);
+		if (hand) {
+			uint8_t *a = frame_bytes(hand, &a_len);
+			assert_int_equal(a_len, b_len);
+			assert_memory_equal(a, b, b_len);
+			assert_int_equal(hand->body_case, pc->body_case);
+			free(a);
+		}
+		free(b);
+		free(c);
+	}
+	wire_frame_free(hand);
+	wire_frame_free(pc);
+	wire_frame_free(any);
+	return hand != NULL;
+}
+
+static void rand_delivery(Isg__Delivery *d, struct rand_records *r, char **heads, size_t *used)
+{
+	isg__delivery__init(d);
+	d->gateway_id = rng() >> (rng() % 64);
+	d->message_id = rand_string(heads, used);
+	d->sender = rand_string(heads, used);
+	d->agreement_id = rand_string(heads, used);
+	d->agreement_version = (uint32_t)(rng() >> (rng() % 64));
+	d->purpose = rand_string(heads, used);
+	d->dataset = rand_string(heads, used);
+	d->reply_to = rng() % 2 ? 0 : rng();
+	d->accepted_at_ms = (int64_t)rng();
+	d->records = r->ptrs;
+	d->n_records = r->n;
+}
+
+/* Every frame protobuf-c packs with records in it, the hand decoder takes
+ * and decodes as protobuf-c does; the same bytes changed here and there, it
+ * declines or still agrees. */
+static void test_unpack_matches_protobuf_c(void **state)
+{
+	(void)state;
+	size_t taken = 0, mutants = 0;
+	for (int round = 0; round < 300; round++) {
+		struct rand_records r;
+		rand_records(&r, rng() % 6, 1 + rng() % 12);
+		char *heads[32];
+		size_t used = 0;
+		Isg__SendRequest q = ISG__SEND_REQUEST__INIT;
+		Isg__Delivery d[3];
+		Isg__Delivery *dp[3] = {&d[0], &d[1], &d[2]};
+		Isg__FetchResult fr = ISG__FETCH_RESULT__INIT;
+		Isg__Frame f = ISG__FRAME__INIT;
+		f.request_id = rng() % 3 ? rng() >> (rng() % 64) : 0;
+		switch (round % 3) {
+		case 0:
+			q.message_id = rand_string(heads, &used);
+			q.recipient = rand_string(heads, &used);
+			q.agreement_id = rand_string(heads, &used);
+			q.dataset = rand_string(heads, &used);
+			q.records = r.ptrs;
+			q.n_records = r.n;
+			q.reply_to = rng() % 2 ? 0 : rng() >> (rng() % 64);
+			f.body_case = ISG__FRAME__BODY_SEND;
+			f.send = &q;
+			break;
+		case 1:
+			rand_delivery(&d[0], &r, heads, &used);
+			f.body_case = ISG__FRAME__BODY_DELIVERY;
+			f.delivery = &d[0];
+			break;
+		default:
+			fr.n_deliveries = rng() % 4;
+			for (size_t i = 0; i < fr.n_deliveries; i++)
+				rand_delivery(&d[i], &r, heads, &used);
+			fr.deliveries = dp;
+			f.body_case = ISG__FRAME__BODY_FETCH_RESULT;
+			f.fetch_result = &fr;
+			break;
+		}
+		size_t len;
+		uint8_t *buf = frame_bytes(&f, &len);
+		assert_true(decoders_agree(buf, len));
+		taken++;
+		/* Mutants: a byte changed, one dropped, or the frame cut short. */
+		uint8_t *m = malloc(len + 1);
+		for (int k = 0; k < 40 && len; k++) {
+			size_t at = rng() % len, mlen = len;
+			memcpy(m, buf, len);
+			switch (rng() % 3) {
+			case 0:
+				m[at] = (uint8_t)rng();
+				break;
+			case 1:
+				memmove(m + at, m + at + 1, len - at - 1);
+				mlen--;
+				break;
+			default:
+				mlen = at;
+				break;
+			}
+			mutants += decoders_agree(m, mlen);
+		}
+		free(m);
+		free(buf);
+		for (size_t i = 0; i < used; i++)
+			free(heads[i]);
+		rand_records_free(&r);
+	}
+	assert_int_equal(taken, 300);
+	assert_true(mutants > 0); /* some mutants are still canonical */
+}
+
+/* The request of test_pack_known_answer, in a Frame, decoded by hand. */
+static void test_unpack_known_answer(void **state)
+{
+	(void)state;
+	static const uint8_t frame[] =
+	    {
+	        0x08, 0x07, /* request_id 7 */
+	        0x62, 0x64, /* send, 100 bytes; its records before its other fields */
+	        0x2a, 0x49, /* records[0], 73 bytes */
+	        0x0a, 0x1a, 0x0a, 0x0a, 'n',  'h',  's',  '_',  'n',  'u',  'm',
+	        'b',  'e',  'r',  0x12, 0x0c, 0x0a, 0x0a, '9',  '4',  '3',  '4',
+	        '7',  '6',  '5',  '9',  '1',  '9',                                /* text */
+	        0x0a, 0x09, 0x0a, 0x03, 'a',  'g',  'e',  0x12, 0x02, 0x10, 0x05, /* integer -3 */
+	        0x0a, 0x12, 0x0a, 0x05, 's',  'c',  'o',  'r',  'e',  0x12, 0x09,
+	        0x19, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf8, 0x3f, /* real 1.5 */
+	        0x0a, 0x0c, 0x0a, 0x06, 'u',  'r',  'g',  'e',  'n',  't',  0x12,
+	        0x02, 0x20, 0x01,                                                /* true */
+	        0x0a, 0x03, 'm',  '-',  '1',                                     /* message_id */
+	        0x12, 0x09, 'n',  'h',  's',  '-',  't',  'r',  'u',  's',  't', /* recipient */
+	        0x1a, 0x01, 'a',  0x22, 0x01, 'd', /* agreement, dataset */
+	        0x30, 0xac, 0x02,                  /* reply_to 300 */
+	    };
+	Isg__Frame *f = wire_frame_decode_by(frame, sizeof(frame), WIRE_DECODE_HAND);
+	assert_non_null(f);
+	assert_int_equal(f->request_id, 7);
+	assert_int_equal(f->body_case, ISG__FRAME__BODY_SEND);
+	const Isg__SendRequest *q = f->send;
+	assert_string_equal(q->message_id, "m-1");
+	assert_string_equal(q->recipient, "nhs-trust");
+	assert_string_equal(q->agreement_id, "a");
+	assert_string_equal(q->dataset, "d");
+	assert_int_equal(q->reply_to, 300);
+	assert_int_equal(q->n_records, 1);
+	const Isg__Record *r = q->records[0];
+	assert_int_equal(r->n_fields, 4);
+	assert_string_equal(r->fields[0]->name, "nhs_number");
+	assert_int_equal(r->fields[0]->value->kind_case, ISG__VALUE__KIND_TEXT);
+	assert_string_equal(r->fields[0]->value->text, "9434765919");
+	assert_string_equal(r->fields[1]->name, "age");
+	assert_int_equal(r->fields[1]->value->kind_case, ISG__VALUE__KIND_INTEGER);
+	assert_int_equal(r->fields[1]->value->integer, -3);
+	assert_int_equal(r->fields[2]->value->kind_case, ISG__VALUE__KIND_REAL);
+	assert_true(r->fields[2]->value->real == 1.5);
+	assert_int_equal(r->fields[3]->value->kind_case, ISG__VALUE__KIND_BOOLEAN);
+	assert_true(r->fields[3]->value->boolean);
+	wire_frame_free(f);
+	assert_true(decoders_agree(frame, sizeof(frame)));
+}
+
+/* What protobuf-c never writes goes to protobuf-c, which decides. */
+static void test_unpack_declines_the_rest(void **state)
+{
+	(void)state;
+	static const uint8_t send_twice[] = {0x62, 0x02, 0x0a, 0x00, 0x62, 0x00};
+	static const uint8_t id_twice[] = {0x08, 0x01, 0x08, 0x02, 0x62, 0x00};
+	static const uint8_t string_twice[] = {0x62, 0x06, 0x0a, 0x01, 'a', 0x0a, 0x01, 'b'};
+	static const uint8_t unknown_field[] = {0x62, 0x02, 0x38, 0x01};
+	static const uint8_t unknown_in_frame[] = {0x62, 0x00, 0x10, 0x01};
+	static const uint8_t wrong_wire_type[] = {0x62, 0x02, 0x08, 0x01};
+	static const uint8_t long_length[] = {0x62, 0x80, 0x00};
+	static const uint8_t long_tag[] = {0xe2, 0x00, 0x00};
+	static const uint8_t long_id[] = {0x08, 0x81, 0x00, 0x62, 0x00};
+	static const uint8_t two_kinds[] = {0x62, 0x0b, 0x2a, 0x09, 0x0a, 0x07, 0x12,
+	                                    0x05, 0x0a, 0x01, 'x',  0x20, 0x01};
+	static const uint8_t bool_two[] = {0x62, 0x08, 0x2a, 0x06, 0x0a,
+	                                   0x04, 0x12, 0x02, 0x20, 0x02};
+	static const uint8_t value_twice[] = {0x62, 0x08, 0x2a, 0x06, 0x0a,
+	                                      0x04, 0x12, 0x00, 0x12, 0x00};
+	static const uint8_t delivery_meta_twice[] = {0x82, 0x01, 0x04, 0x08, 0x01, 0x08, 0x02};
+	static const uint8_t short_real[] = {0x62, 0x0b, 0x2a, 0x09, 0x0a, 0x07, 0x12,
+	                                     0x05, 0x19, 0x00, 0x00, 0x00, 0x00};
+	static const uint8_t past_end[] = {0x62, 0x05, 0x0a, 0x01};
+	static const uint8_t ping[] = {0x08, 0x01, 0xa2, 0x01, 0x02, 0x08, 0x05};
+	static const uint8_t id_only[] = {0x08, 0x01};
+	static const uint8_t unknown_in_empty_record[] = {0x62, 0x04, 0x2a, 0x02, 0x10, 0x01};
+	static const uint8_t unknown_in_empty_result[] = {0x7a, 0x02, 0x2a, 0x00};
+	static const struct {
+		const uint8_t *bytes;
+		size_t len;
+	} cases[] = {
+	    {send_twice, sizeof(send_twice)},
+	    {id_twice, sizeof(id_twice)},
+	    {string_twice, sizeof(string_twice)},
+	    {unknown_field, sizeof(unknown_field)},
+	    {unknown_in_frame, sizeof(unknown_in_frame)},
+	    {wrong_wire_type, sizeof(wrong_wire_type)},
+	    {long_length, sizeof(long_length)},
+	    {long_tag, sizeof(long_tag)},
+	    {long_id, sizeof(long_id)},
+	    {two_kinds, sizeof(two_kinds)},
+	    {bool_two, sizeof(bool_two)},
+	    {value_twice, sizeof(value_twice)},
+	    {delivery_meta_twice, sizeof(delivery_meta_twice)},
+	    {short_real, sizeof(short_real)},
+	    {past_end, sizeof(past_end)},
+	    {ping, sizeof(ping)},
+	    {id_only, sizeof(id_only)},
+	    {id_only, 0},
+	    {unknown_in_empty_record, sizeof(unknown_in_empty_record)},
+	    {unknown_in_empty_result, sizeof(unknown_in_empty_result)},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		assert_null(wire_frame_decode_by(cases[i].bytes, cases[i].len, WIRE_DECODE_HAND));
+		assert_false(decoders_agree(cases[i].bytes, cases[i].len));
+	}
+	/* protobuf-c merges a repeated Send, and keeps the last of a repeated string. */
+	Isg__Frame *f = wire_frame_decode(send_twice, sizeof(send_twice));
+	assert_non_null(f);
+	assert_string_equal(f->send->message_id, "");
+	wire_frame_free(f);
+	f = wire_frame_decode(string_twice, sizeof(string_twice));
+	assert_non_null(f);
+	assert_string_equal(f->send->message_id, "b");
+	wire_frame_free(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -711,6 +972,9 @@ int main(void)
 	    cmocka_unit_test(test_pack_matches_protobuf_c),
 	    cmocka_unit_test(test_pack_known_answer),
 	    cmocka_unit_test(test_pack_keeps_unknown_fields),
+	    cmocka_unit_test(test_unpack_matches_protobuf_c),
+	    cmocka_unit_test(test_unpack_known_answer),
+	    cmocka_unit_test(test_unpack_declines_the_rest),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

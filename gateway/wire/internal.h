@@ -1,0 +1,15 @@
+/* Shared between the wire module's files; not for its users. */
+#ifndef ISG_WIRE_INTERNAL_H
+#define ISG_WIRE_INTERNAL_H
+
+#include "wire/wire.h"
+
+/*
+ * A Frame holding a Send, a Delivery or a FetchResult, decoded by hand with
+ * allocator a (unpack.c); NULL for every other frame, and for any encoding
+ * protobuf-c's own packing would not write, which wire_frame_decode then
+ * hands to protobuf-c. The Frame is a's first allocation.
+ */
+Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf, size_t len);
+
+#endif
