@@ -80,6 +80,12 @@ struct post {
 	void *arg;
 	struct shared_arg *shared; /* broadcast argument, freed by its last worker */
 	char *wake_key;            /* a wake-up, not a call */
+	struct adopt *adopt;       /* a connection accepted by another worker */
+};
+
+struct adopt {
+	int fd;
+	struct sockaddr_storage ss;
 };
 
 struct shared_arg {
@@ -101,6 +107,7 @@ struct net_worker {
 	struct net_conn *conns;   /* every connection */
 	struct net_conn *waiters; /* connections in net_conn_wait */
 	atomic_uint n_waiters;    /* how many: read by net_server_wake */
+	atomic_uint n_conns;      /* connections given to this worker, adopted or not yet */
 	bool stopping;
 	int64_t stop_deadline;
 	int64_t idle_scan_at; /* worker_sweep's next pass over every connection */
@@ -222,6 +229,7 @@ static void conn_free(struct net_conn *c)
 	free(c->in);
 	free(c->out);
 	atomic_fetch_sub(&w->s->conn_count, 1);
+	atomic_fetch_sub(&w->n_conns, 1);
 	free(c);
 }
 
@@ -691,9 +699,19 @@ void net_server_each(struct net_server *s, void (*fn)(struct net_conn *c, void *
 	}
 }
 
+static void worker_accept_one(struct net_worker *w, int fd, const struct sockaddr_storage *ss);
+
 static void run_post(struct net_worker *w, struct post *p)
 {
-	if (p->wake_key) {
+	if (p->adopt) {
+		if (w->stopping || atomic_load(&w->s->stopping)) {
+			close(p->adopt->fd);
+			atomic_fetch_sub(&w->n_conns, 1);
+		} else {
+			worker_accept_one(w, p->adopt->fd, &p->adopt->ss);
+		}
+		free(p->adopt);
+	} else if (p->wake_key) {
 		for (struct net_conn *c = w->waiters, *next; c; c = next) {
 			next = c->wait_next;
 			uint64_t id = c->id;
@@ -781,6 +799,7 @@ static void worker_accept_one(struct net_worker *w, int fd, const struct sockadd
 		log_event(LOG_WARN, "conn.refused", "peer=%s reason=max_connections limit=%u", peer,
 		          s->opt.max_connections);
 		close(fd);
+		atomic_fetch_sub(&w->n_conns, 1);
 		return;
 	}
 	struct net_conn *c = calloc(1, sizeof(*c));
@@ -791,6 +810,7 @@ static void worker_accept_one(struct net_worker *w, int fd, const struct sockadd
 		free(c);
 		close(fd);
 		atomic_fetch_sub(&s->conn_count, 1);
+		atomic_fetch_sub(&w->n_conns, 1);
 		return;
 	}
 	int one = 1;
@@ -819,6 +839,47 @@ static void worker_accept_one(struct net_worker *w, int fd, const struct sockadd
 	log_event(LOG_DEBUG, "conn.accepted", "peer=%s worker=%u", peer, w->index);
 }
 
+/*
+ * The kernel spreads connections over the workers' SO_REUSEPORT listeners
+ * by a hash of their addresses, so eight partners could land six on one
+ * worker and two on the other, and the busier worker's queue sets the pace.
+ * A connection goes to the worker with the fewest, counted when given; it
+ * has not started its handshake yet, so any worker can take it.
+ */
+static struct net_worker *least_loaded(struct net_worker *w)
+{
+	struct net_server *s = w->s;
+	struct net_worker *best = w;
+	unsigned least = atomic_load(&w->n_conns);
+	for (uint32_t i = 0; i < s->n_workers; i++) {
+		unsigned n = atomic_load(&s->workers[i].n_conns);
+		if (n < least) {
+			least = n;
+			best = &s->workers[i];
+		}
+	}
+	atomic_fetch_add(&best->n_conns, 1);
+	return best;
+}
+
+static void worker_hand_over(struct net_worker *to, int fd, const struct sockaddr_storage *ss)
+{
+	struct post *p = calloc(1, sizeof(*p));
+	struct adopt *a = malloc(sizeof(*a));
+	if (!p || !a) {
+		log_event(LOG_ERROR, "conn.nomem", "worker=%u", to->index);
+		free(p);
+		free(a);
+		close(fd);
+		atomic_fetch_sub(&to->n_conns, 1);
+		return;
+	}
+	a->fd = fd;
+	a->ss = *ss;
+	p->adopt = a;
+	worker_push(to, p);
+}
+
 static void worker_accept(struct net_worker *w)
 {
 	for (int i = 0; i < 64; i++) {
@@ -831,7 +892,11 @@ static void worker_accept(struct net_worker *w)
 				log_event(LOG_WARN, "net.accept_failed", "errno=%d", errno);
 			return;
 		}
-		worker_accept_one(w, fd, &ss);
+		struct net_worker *to = least_loaded(w);
+		if (to == w)
+			worker_accept_one(w, fd, &ss);
+		else
+			worker_hand_over(to, fd, &ss);
 	}
 }
 
@@ -1008,6 +1073,7 @@ static int worker_init(struct net_worker *w, struct net_server *s, uint32_t inde
 	w->index = index;
 	w->listen_fd = w->epfd = w->event_fd = -1;
 	atomic_init(&w->n_waiters, 0);
+	atomic_init(&w->n_conns, 0);
 	pthread_mutex_init(&w->mu, NULL);
 	/* The first listener may have picked the port (port 0); the rest share it. */
 	int r =

@@ -15,8 +15,10 @@ identifiers (test_exchange.py, test_pseudonyms.py), daily limits
 (test_limits.py).
 """
 
+import collections
 import itertools
 import os
+import re
 import socket
 import ssl
 import time
@@ -600,6 +602,30 @@ class TestConnectionLimit(HardeningCase):
                 time.sleep(0.1)
         self.assertServing(pending=["limit-kept"])
         self.assertGreater(kept.gateway_id, 0)
+
+
+class TestWorkers(HardeningCase):
+    def test_connections_spread_evenly_over_workers(self):
+        """Each connection goes to the worker with the fewest: the kernel's
+        SO_REUSEPORT hash alone splits 16 connections 8/8 only one time in
+        five, and the busier worker then sets the pace of everyone on it."""
+        pb = self.pb
+        self.gw = self.gateway(log_level="debug", threads=2)
+        names = ("police", "nhs", "council")
+        conns = [self.connect(names[i % 3]) for i in range(16)]
+        for i, c in enumerate(conns):
+            self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=i)), "pong").nonce, i)
+        workers = re.findall(r"event=conn\.accepted .*worker=(\d+)", self.gw.log)
+        self.assertEqual(len(workers), 16, self.gw.log)
+        self.assertEqual(sorted(collections.Counter(workers).values()), [8, 8])
+        # A message sent on a connection a worker took over is accepted as any other.
+        kept = self.accepted(conns[0], "spread-kept", [{"nhs_number": NHS_A}])
+        self.assertGreater(kept.gateway_id, 0)
+        kept = self.accepted(conns[3], "spread-kept-2", [{"nhs_number": NHS_A}])
+        self.assertGreater(kept.gateway_id, 0)
+        for c in conns:
+            c.close()
+        self.assertServing(pending=["spread-kept", "spread-kept-2"])
 
 
 class TestPartnerRemoved(HardeningCase):
