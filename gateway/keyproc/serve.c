@@ -376,6 +376,7 @@ struct channel {
 static void *channel_main(void *arg)
 {
 	struct channel *ch = arg;
+	pthread_setname_np(pthread_self(), "isg-keyproc");
 	for (;;) {
 		uint32_t len;
 		if (keyproc_read_full(ch->fd, &len, 4) != 0 || len == 0 || len > KEYPROC_FRAME_MAX)

@@ -990,6 +990,9 @@ static void *worker_main(void *arg)
 	struct net_worker *w = arg;
 	struct epoll_event events[64];
 	int64_t timeout = TICK_MS;
+	char name[16];
+	snprintf(name, sizeof(name), "isg-worker-%u", (unsigned)w->index % 1000);
+	pthread_setname_np(pthread_self(), name); /* for top -H and perf; best effort */
 	for (;;) {
 		int n = epoll_wait(w->epfd, events, 64, (int)(timeout > 0 ? timeout : 0));
 		for (int i = 0; i < n; i++) {

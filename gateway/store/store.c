@@ -239,6 +239,7 @@ static void checkpoint_if_due(struct store *s, bool final)
 static void *writer_main(void *arg)
 {
 	struct store *s = arg;
+	pthread_setname_np(pthread_self(), "isg-writer");
 	/* Sweep first: messages may have expired while isgd was down. */
 	int64_t next_sweep = time_mono_ms();
 	for (;;) {

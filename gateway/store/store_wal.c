@@ -109,6 +109,7 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 static void *wal_main(void *arg)
 {
 	struct store *s = arg;
+	pthread_setname_np(pthread_self(), "isg-wal");
 	pthread_mutex_lock(&s->wal_mu);
 	for (;;) {
 		while ((!s->wal_wanted || s->wal_writer) && !s->wal_closing)
