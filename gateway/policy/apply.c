@@ -172,13 +172,51 @@ struct builder {
 	Isg__Field *fields;
 	Isg__Field **field_ptrs; /* NULL at an unused place */
 	Isg__Value *values;
-	char **texts; /* text the output values point at: normalised, generalised, pseudonyms */
 	size_t n_out, cap_out;
 	struct pseudo_request *reqs; /* every value of the message to pseudonymise */
-	char **req_norm;             /* their normalised values (wiped when freed) */
 	size_t *req_out;             /* their output places */
 	size_t n_reqs, cap_reqs;
+	/* The text output values point at (normalised, generalised, pseudonyms)
+	 * and the normalised values to pseudonymise, the newest chunk first. */
+	struct text_chunk *text;
 };
+
+/*
+ * Texts are copied into chunks that go, wiped, with the builder: a message
+ * of 100 records has some 800 of them, and a malloc and a free for each
+ * cost more than the copying.
+ */
+struct text_chunk {
+	struct text_chunk *next;
+	size_t used, size;
+	char data[];
+};
+
+#define TEXT_CHUNK_MIN 4096
+#define TEXT_CHUNK_MAX (1024 * 1024)
+
+static char *text_copy(struct builder *b, const char *s, size_t len)
+{
+	struct text_chunk *c = b->text;
+	if (!c || c->size - c->used <= len) {
+		size_t size = c ? 2 * c->size : TEXT_CHUNK_MIN;
+		if (size > TEXT_CHUNK_MAX)
+			size = TEXT_CHUNK_MAX;
+		if (size <= len)
+			size = len + 1;
+		if (!(c = malloc(sizeof(*c) + size)))
+			return NULL;
+		c->next = b->text;
+		c->used = 0;
+		c->size = size;
+		b->text = c;
+	}
+	char *p = c->data + c->used;
+	memcpy(p, s, len);
+	p[len] = '\0';
+	c->used += len + 1;
+	return p;
+}
 
 static void sort_fields(struct builder *b)
 {
@@ -399,10 +437,9 @@ static Isg__Field *out_field(struct builder *b, const char *name)
 
 static int out_text(struct builder *b, size_t o, const char *text)
 {
-	if (!(b->texts[o] = strdup(text)))
+	if (!(b->values[o].text = text_copy(b, text, strlen(text))))
 		return ISG_ERR_NOMEM;
 	b->values[o].kind_case = ISG__VALUE__KIND_TEXT;
-	b->values[o].text = b->texts[o];
 	return 0;
 }
 
@@ -476,16 +513,15 @@ static int add_pseudonymised(struct builder *b, size_t k, const char *norm)
 		memcpy(b->prev_name[k], pf->name, len);
 		memcpy(b->prev_name[k] + len, ".previous", sizeof(".previous"));
 	}
-	size_t q = b->n_reqs;
-	if (!(b->req_norm[q] = strdup(norm)))
-		return ISG_ERR_NOMEM;
-	b->n_reqs++;
+	size_t q = b->n_reqs, len = strlen(norm);
 	struct pseudo_request *r = &b->reqs[q];
 	memset(r, 0, sizeof(*r));
+	if (!(r->norm = text_copy(b, norm, len)))
+		return ISG_ERR_NOMEM;
+	b->n_reqs++;
 	r->domain = pf->domain;
 	r->type = policy_field_pseudo_type(pf->type);
-	r->norm = b->req_norm[q];
-	r->len = strlen(norm);
+	r->len = len;
 	b->req_out[q] = b->n_out;
 	b->asked[k] = true;
 	out_field(b, pf->name);
@@ -651,16 +687,13 @@ static void builder_release(struct builder *b)
 	free(b->fields);
 	free(b->field_ptrs);
 	free(b->values);
-	for (size_t i = 0; b->texts && i < b->n_out; i++)
-		free(b->texts[i]);
-	free(b->texts);
 	for (size_t i = 0; i < POLICY_MAX_FIELDS; i++)
 		free(b->prev_name[i]);
-	for (size_t i = 0; b->req_norm && i < b->n_reqs; i++) {
-		sodium_memzero(b->req_norm[i], strlen(b->req_norm[i]));
-		free(b->req_norm[i]);
+	for (struct text_chunk *c = b->text, *next; c; c = next) {
+		next = c->next;
+		sodium_memzero(c->data, c->used); /* personal data, normalised */
+		free(c);
 	}
-	free(b->req_norm);
 	free(b->req_out);
 	free(b->reqs);
 }
@@ -690,12 +723,10 @@ static int builder_alloc(struct builder *b, const Isg__SendRequest *req)
 	b->fields = calloc(cap, sizeof(*b->fields));
 	b->field_ptrs = calloc(cap, sizeof(*b->field_ptrs));
 	b->values = calloc(cap, sizeof(*b->values));
-	b->texts = calloc(cap, sizeof(*b->texts));
-	b->reqs = calloc(cap_reqs, sizeof(*b->reqs));
-	b->req_norm = calloc(cap_reqs, sizeof(*b->req_norm));
+	b->reqs = malloc(cap_reqs * sizeof(*b->reqs)); /* each cleared when taken */
 	b->req_out = calloc(cap_reqs, sizeof(*b->req_out));
-	if (!b->recs || !b->rec_ptrs || !b->fields || !b->field_ptrs || !b->values || !b->texts ||
-	    !b->reqs || !b->req_norm || !b->req_out)
+	if (!b->recs || !b->rec_ptrs || !b->fields || !b->field_ptrs || !b->values || !b->reqs ||
+	    !b->req_out)
 		return ISG_ERR_NOMEM;
 	return 0;
 }

@@ -985,7 +985,7 @@ static void test_partner_by_cert(void **state)
 
 /* ---- policy_apply ---- */
 
-#define MAX_RECS 8
+#define MAX_RECS 64
 #define MAX_FIELDS 20
 
 struct req {
@@ -1847,6 +1847,49 @@ static void test_apply_pseudonymise(void **state)
 	policy_set_unref(set);
 }
 
+/* 64 records: the texts copied for the output (normalised values, pseudonyms,
+ * bands) fill several of the builder's chunks, each kept until the end. */
+static void test_apply_many_records(void **state)
+{
+	(void)state;
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = load_transform(false, &d);
+	ydoc_diags_release(&d);
+	struct fake fk;
+	struct pseudo_service ps = fake_service(&fk);
+	static struct req r;
+	static char names[MAX_RECS][32];
+	req_init(&r, "linkage-research", "nhs-trust", "cases");
+	for (size_t i = 0; i < MAX_RECS; i++) {
+		snprintf(names[i], sizeof(names[i]), "Family Name %c%c", 'A' + (int)(i % 26),
+		         'a' + (int)(i / 26));
+		size_t k = req_record(&r);
+		req_text(&r, k, "nhs_number", "943 476 5919");
+		req_text(&r, k, "pnc_id", "79/163001b");
+		req_text(&r, k, "family_name", names[i]);
+		req_text(&r, k, "district", "sw1a 1aa");
+	}
+	struct policy_outcome out;
+	Isg__Delivery *del = apply_ok(set, "met-police", &r, &ps, &out);
+	assert_int_equal(del->n_records, MAX_RECS);
+	assert_int_equal(fk.n, 3 * MAX_RECS);
+	for (size_t i = 0; i < MAX_RECS; i++) {
+		char family[96];
+		snprintf(family, sizeof(family), "fake:research:5:family name %c%c",
+		         'a' + (int)(i % 26), 'a' + (int)(i / 26));
+		const char *want[] = {"nhs_number",      "fake:research:1:9434765919",
+		                      "pnc_id",          "fake:research-police:2:1979/0163001B",
+		                      "pnc_id.previous", "prev:1979/0163001B",
+		                      "family_name",     family,
+		                      "district",        "SW1A"};
+		assert_record(del->records[i], want, ARRAY_LEN(want) / 2);
+	}
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	policy_set_unref(set);
+}
+
 static void test_apply_pseudonymise_refusals(void **state)
 {
 	struct ydoc_diags d;
@@ -2033,6 +2076,7 @@ int main(void)
 	    cmocka_unit_test(test_clear_and_pseudonymised_warning),
 	    cmocka_unit_test(test_apply_generalise),
 	    cmocka_unit_test(test_apply_pseudonymise),
+	    cmocka_unit_test(test_apply_many_records),
 	    cmocka_unit_test(test_apply_pseudonymise_refusals),
 	    cmocka_unit_test(test_shipped_examples),
 	};
