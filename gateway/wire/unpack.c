@@ -20,6 +20,16 @@
 struct in {
 	const uint8_t *p, *end;
 	ProtobufCAllocator *a;
+	struct text *text; /* inside a record: where its strings go */
+};
+
+/*
+ * A record's strings share one allocation made with it, of the record's
+ * length: each string takes its length and a NUL, and came after at least
+ * a tag and a length byte of the record.
+ */
+struct text {
+	char *at, *end;
 };
 
 enum { WT_VARINT = 0, WT_FIXED64 = 1, WT_LEN = 2, WT_FIXED32 = 5 };
@@ -30,7 +40,7 @@ static void *take(struct in *in, size_t size)
 }
 
 /* A minimally encoded varint of at most 64 bits. */
-static bool get_varint(struct in *in, uint64_t *v)
+static bool get_varint_long(struct in *in, uint64_t *v)
 {
 	uint64_t r = 0;
 	for (unsigned shift = 0; shift < 64 && in->p < in->end; shift += 7) {
@@ -44,6 +54,16 @@ static bool get_varint(struct in *in, uint64_t *v)
 		}
 	}
 	return false;
+}
+
+/* Tags, lengths and most numbers take one byte: that case inline. */
+static inline bool get_varint(struct in *in, uint64_t *v)
+{
+	if (in->p < in->end && *in->p < 0x80) {
+		*v = *in->p++;
+		return true;
+	}
+	return get_varint_long(in, v);
 }
 
 static bool get_tag(struct in *in, uint32_t *field, unsigned *wt)
@@ -62,7 +82,7 @@ static bool get_len(struct in *in, struct in *body)
 	uint64_t n;
 	if (!get_varint(in, &n) || n > (uint64_t)(in->end - in->p))
 		return false;
-	*body = (struct in){in->p, in->p + n, in->a};
+	*body = (struct in){in->p, in->p + n, in->a, in->text};
 	in->p += n;
 	return true;
 }
@@ -73,9 +93,15 @@ static bool get_string(struct in *in, char **out)
 	if (!get_len(in, &s))
 		return false;
 	size_t n = (size_t)(s.end - s.p);
-	char *str = take(in, n + 1);
-	if (!str)
+	char *str;
+	if (in->text) {
+		if ((size_t)(in->text->end - in->text->at) <= n)
+			return false; /* cannot happen (see struct text) */
+		str = in->text->at;
+		in->text->at += n + 1;
+	} else if (!(str = take(in, n + 1))) {
 		return false;
+	}
 	memcpy(str, s.p, n);
 	str[n] = '\0';
 	*out = str;
@@ -164,7 +190,7 @@ static bool get_value(struct in in, Isg__Value *v)
 	return true;
 }
 
-static bool get_field(struct in in, Isg__Field *f)
+static bool get_field(struct in in, Isg__Field *f, Isg__Value *value)
 {
 	*f = (Isg__Field)ISG__FIELD__INIT;
 	uint32_t seen = 0;
@@ -178,8 +204,8 @@ static bool get_field(struct in in, Isg__Field *f)
 			if (!get_string(&in, &f->name))
 				return false;
 		} else {
-			f->value = take(&in, sizeof(*f->value));
-			if (!f->value || !get_len(&in, &body) || !get_value(body, f->value))
+			f->value = value;
+			if (!get_len(&in, &body) || !get_value(body, value))
 				return false;
 		}
 	}
@@ -194,10 +220,17 @@ static bool get_record(struct in in, Isg__Record *r)
 		return false;
 	if (n == 0)
 		return in.p == in.end; /* any other field is unknown */
-	Isg__Field **ptrs = take(&in, n * sizeof(*ptrs));
-	Isg__Field *fields = take(&in, n * sizeof(*fields));
-	if (!ptrs || !fields)
+	/* One allocation for the record's parts: n fields take at least 2n
+	 * bytes of a frame the arena's budget bounds, so this cannot overflow. */
+	size_t len = (size_t)(in.end - in.p);
+	Isg__Field **ptrs =
+	    take(&in, n * (sizeof(*ptrs) + sizeof(Isg__Field) + sizeof(Isg__Value)) + len);
+	if (!ptrs)
 		return false;
+	Isg__Field *fields = (Isg__Field *)(ptrs + n);
+	Isg__Value *values = (Isg__Value *)(fields + n);
+	struct text text = {(char *)(values + n), (char *)(values + n) + len};
+	in.text = &text;
 	r->fields = ptrs;
 	while (in.p < in.end) {
 		uint32_t field;
@@ -207,7 +240,7 @@ static bool get_record(struct in in, Isg__Record *r)
 		    !get_len(&in, &body))
 			return false;
 		Isg__Field *f = &fields[r->n_fields];
-		if (!get_field(body, f))
+		if (!get_field(body, f, &values[r->n_fields]))
 			return false;
 		ptrs[r->n_fields++] = f;
 	}
@@ -346,7 +379,7 @@ static bool get_fetch_result(struct in in, Isg__FetchResult *r)
 
 Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf, size_t len)
 {
-	struct in in = {buf, buf + len, a};
+	struct in in = {buf, buf + len, a, NULL};
 	Isg__Frame *f = take(&in, sizeof(*f)); /* first, as wire_frame_free expects */
 	if (!f)
 		return NULL;
