@@ -1,7 +1,8 @@
 /*
  * Workers, listeners and connections. Each worker owns an epoll loop, a
- * SO_REUSEPORT listener, an eventfd for work posted by other threads, and the
- * connections it accepted; a connection is only ever touched by its worker.
+ * SO_REUSEPORT listener, an eventfd for work posted by other threads, and its
+ * connections: each goes, as soon as it is accepted, to the worker with the
+ * fewest, and is only ever touched by that worker.
  *
  * OpenSSL is driven directly, as nginx and HAProxy do: read until
  * WANT_READ, keep going while OpenSSL still holds decrypted bytes, wait for
@@ -844,14 +845,18 @@ static void worker_accept_one(struct net_worker *w, int fd, const struct sockadd
  * by a hash of their addresses, so eight partners could land six on one
  * worker and two on the other, and the busier worker's queue sets the pace.
  * A connection goes to the worker with the fewest, counted when given; it
- * has not started its handshake yet, so any worker can take it.
+ * has not started its handshake yet, so any worker can take it. One over
+ * max_connections, or arriving while isgd stops, stays where it is, to be
+ * refused or closed there at no cost to another worker.
  */
 static struct net_worker *least_loaded(struct net_worker *w)
 {
 	struct net_server *s = w->s;
 	struct net_worker *best = w;
 	unsigned least = atomic_load(&w->n_conns);
-	for (uint32_t i = 0; i < s->n_workers; i++) {
+	bool stay =
+	    atomic_load(&s->stopping) || atomic_load(&s->conn_count) >= s->opt.max_connections;
+	for (uint32_t i = 0; i < s->n_workers && !stay; i++) {
 		unsigned n = atomic_load(&s->workers[i].n_conns);
 		if (n < least) {
 			least = n;
@@ -867,7 +872,9 @@ static void worker_hand_over(struct net_worker *to, int fd, const struct sockadd
 	struct post *p = calloc(1, sizeof(*p));
 	struct adopt *a = malloc(sizeof(*a));
 	if (!p || !a) {
-		log_event(LOG_ERROR, "conn.nomem", "worker=%u", to->index);
+		char peer[64];
+		format_peer(ss, peer, sizeof(peer));
+		log_event(LOG_ERROR, "conn.nomem", "peer=%s", peer);
 		free(p);
 		free(a);
 		close(fd);
