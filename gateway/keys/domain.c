@@ -582,6 +582,15 @@ static const struct domain *keyring_find(const struct keyring *ring, const char 
 	return bsearch(&key, ring->domains, ring->n, sizeof(*ring->domains), domain_cmp);
 }
 
+/* keyring_find for a batch, whose requests mostly name the domain the one before did. */
+static const struct domain *keyring_find_next(const struct keyring *ring, const char *name,
+                                              const struct domain **last)
+{
+	if (!*last || !name || strcmp(name, (*last)->name) != 0)
+		*last = keyring_find(ring, name);
+	return *last;
+}
+
 bool keyring_has(const struct keyring *ring, const char *domain)
 {
 	return keyring_find(ring, domain) != NULL;
@@ -617,9 +626,10 @@ static int keyring_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n
                                 int64_t today_days)
 {
 	const struct keyring *ring = ctx;
+	const struct domain *last = NULL;
 	/* Check the whole batch first, so a refusal fills nothing. */
 	for (size_t i = 0; i < n; i++) {
-		const struct domain *d = keyring_find(ring, reqs[i].domain);
+		const struct domain *d = keyring_find_next(ring, reqs[i].domain, &last);
 		if (!d)
 			return ISG_ERR_NOT_FOUND;
 		if (!d->keys) /* a description: it holds no key */
@@ -630,7 +640,7 @@ static int keyring_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct pseudo_request *r = &reqs[i];
-		const struct domain *d = keyring_find(ring, r->domain);
+		const struct domain *d = keyring_find_next(ring, r->domain, &last);
 		answer(d, d->n - 1, r, r->out);
 		size_t prev = domain_previous(d, today_days);
 		if (prev == SIZE_MAX)

@@ -811,6 +811,17 @@ static void test_service_known_answers(void **state)
 	assert_string_equal(out, P7_NHS);
 	pseudonymise(ring, "second", day("2026-06-01"), out, prev);
 	assert_string_equal(out, P1_NHS_KEY2);
+	/* One batch across domains, each request answered under its own. */
+	static const char *const batch[] = {"known", "known", "second", "seven", "seven", "known"};
+	static const char *const batch_want[] = {P1_NHS, P1_NHS, P1_NHS_KEY2,
+	                                         P7_NHS, P7_NHS, P1_NHS};
+	struct pseudo_request rs[ARRAY_LEN(batch)];
+	for (size_t i = 0; i < ARRAY_LEN(batch); i++)
+		request(&rs[i], batch[i], NHS);
+	struct pseudo_service bsvc = keyring_service(ring);
+	assert_int_equal(bsvc.pseudonymise(bsvc.ctx, rs, ARRAY_LEN(rs), day("2026-06-01")), 0);
+	for (size_t i = 0; i < ARRAY_LEN(batch); i++)
+		assert_string_equal(rs[i].out, batch_want[i]);
 
 	/* Every type, as pseudo_format(pseudo_hash(...)) gives it for the known key. */
 	uint8_t key[PSEUDO_KEY_LEN];
