@@ -79,13 +79,14 @@ static void check_hand_packing(const Isg__Frame *f)
 	check_same_bytes(got, len, &d.base);
 }
 
-/* Whatever the hand decoder takes, protobuf-c decodes to the same frame. */
+/* Whatever the hand decoder takes, protobuf-c decodes to the same frame
+ * (with no memory bound: near the arena's, the hand decoder needs less). */
 static void check_hand_decoding(const uint8_t *body, size_t len)
 {
 	Isg__Frame *hand = wire_frame_decode_by(body, len, WIRE_DECODE_HAND);
 	if (!hand)
 		return;
-	Isg__Frame *pc = wire_frame_decode_by(body, len, WIRE_DECODE_PROTOBUF_C);
+	Isg__Frame *pc = isg__frame__unpack(NULL, len, body);
 	if (!pc || hand->body_case != pc->body_case || hand->request_id != pc->request_id)
 		abort();
 	size_t a_len = isg__frame__get_packed_size(hand), b_len = isg__frame__get_packed_size(pc);
@@ -96,7 +97,7 @@ static void check_hand_decoding(const uint8_t *body, size_t len)
 		abort();
 	free(a);
 	free(b);
-	wire_frame_free(pc);
+	isg__frame__free_unpacked(pc, NULL);
 	wire_frame_free(hand);
 }
 
