@@ -515,6 +515,18 @@ static void rand_records_free(struct rand_records *r)
 	free(r->recs);
 }
 
+static void rand_send(Isg__SendRequest *q, const struct rand_records *r, char **heads, size_t *used)
+{
+	isg__send_request__init(q);
+	q->message_id = rand_string(heads, used);
+	q->recipient = rand_string(heads, used);
+	q->agreement_id = rand_string(heads, used);
+	q->dataset = rand_string(heads, used);
+	q->records = r->ptrs;
+	q->n_records = r->n;
+	q->reply_to = rng() % 2 ? 0 : rng() >> (rng() % 64);
+}
+
 static void assert_packs_as_protobuf_c(const ProtobufCMessage *m, const uint8_t *got, size_t len)
 {
 	size_t want_len = protobuf_c_message_get_packed_size(m);
@@ -540,16 +552,10 @@ static void test_pack_matches_protobuf_c(void **state)
 		assert_packs_as_protobuf_c(&d.base, got, len);
 		free(got);
 
-		Isg__SendRequest q = ISG__SEND_REQUEST__INIT;
+		Isg__SendRequest q;
 		char *heads[4];
 		size_t used = 0;
-		q.message_id = rand_string(heads, &used);
-		q.recipient = rand_string(heads, &used);
-		q.agreement_id = rand_string(heads, &used);
-		q.dataset = rand_string(heads, &used);
-		q.records = r.ptrs;
-		q.n_records = r.n;
-		q.reply_to = rng() % 2 ? 0 : rng() >> (rng() % 64);
+		rand_send(&q, &r, heads, &used);
 		got = wire_pack_send_request(&q, &len);
 		assert_non_null(got);
 		assert_packs_as_protobuf_c(&q.base, got, len);
@@ -572,27 +578,29 @@ static void test_pack_matches_protobuf_c(void **state)
 	}
 }
 
+/* The 73 bytes of the body of the record in test_pack_known_answer:
+ * nhs_number text, age integer -3, score real 1.5, urgent true. */
+#define KNOWN_RECORD                                                                               \
+	0x0a, 0x1a, 0x0a, 0x0a, 'n', 'h', 's', '_', 'n', 'u', 'm', 'b', 'e', 'r', 0x12, 0x0c,      \
+	    0x0a, 0x0a, '9', '4', '3', '4', '7', '6', '5', '9', '1', '9', 0x0a, 0x09, 0x0a, 0x03,  \
+	    'a', 'g', 'e', 0x12, 0x02, 0x10, 0x05, 0x0a, 0x12, 0x0a, 0x05, 's', 'c', 'o', 'r',     \
+	    'e', 0x12, 0x09, 0x19, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf8, 0x3f, 0x0a, 0x0c,     \
+	    0x0a, 0x06, 'u', 'r', 'g', 'e', 'n', 't', 0x12, 0x02, 0x20, 0x01
+
 /* One request's bytes, written out by hand from the protobuf encoding rules:
  * its idempotency hash is taken over them, so they must never change. */
 static void test_pack_known_answer(void **state)
 {
 	(void)state;
-	static const uint8_t want[] =
-	    {
-	        0x0a, 0x03, 'm',  '-',  '1',                                     /* message_id */
-	        0x12, 0x09, 'n',  'h',  's',  '-',  't',  'r',  'u',  's',  't', /* recipient */
-	        0x1a, 0x01, 'a',  0x22, 0x01, 'd', /* agreement, dataset */
-	        0x2a, 0x49,                        /* records[0], 73 bytes */
-	        0x0a, 0x1a, 0x0a, 0x0a, 'n',  'h',  's',  '_',  'n',  'u',  'm',
-	        'b',  'e',  'r',  0x12, 0x0c, 0x0a, 0x0a, '9',  '4',  '3',  '4',
-	        '7',  '6',  '5',  '9',  '1',  '9',                                /* text */
-	        0x0a, 0x09, 0x0a, 0x03, 'a',  'g',  'e',  0x12, 0x02, 0x10, 0x05, /* integer -3 */
-	        0x0a, 0x12, 0x0a, 0x05, 's',  'c',  'o',  'r',  'e',  0x12, 0x09,
-	        0x19, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf8, 0x3f, /* real 1.5 */
-	        0x0a, 0x0c, 0x0a, 0x06, 'u',  'r',  'g',  'e',  'n',  't',  0x12,
-	        0x02, 0x20, 0x01, /* true */
-	        0x30, 0xac, 0x02, /* reply_to 300 */
-	    };
+	/* clang-format off */
+	static const uint8_t want[] = {
+	    0x0a, 0x03, 'm', '-', '1',                                   /* message_id */
+	    0x12, 0x09, 'n', 'h', 's', '-', 't', 'r', 'u', 's', 't',     /* recipient */
+	    0x1a, 0x01, 'a', 0x22, 0x01, 'd',                            /* agreement, dataset */
+	    0x2a, 0x49, KNOWN_RECORD,                                    /* records[0], 73 bytes */
+	    0x30, 0xac, 0x02,                                            /* reply_to 300 */
+	};
+	/* clang-format on */
 	Isg__Value v[4];
 	Isg__Field fs[4], *fp[4];
 	static const char *const names[] = {"nhs_number", "age", "score", "urgent"};
@@ -788,13 +796,7 @@ static void test_unpack_matches_protobuf_c(void **state)
 		f.request_id = rng() % 3 ? rng() >> (rng() % 64) : 0;
 		switch (round % 3) {
 		case 0:
-			q.message_id = rand_string(heads, &used);
-			q.recipient = rand_string(heads, &used);
-			q.agreement_id = rand_string(heads, &used);
-			q.dataset = rand_string(heads, &used);
-			q.records = r.ptrs;
-			q.n_records = r.n;
-			q.reply_to = rng() % 2 ? 0 : rng() >> (rng() % 64);
+			rand_send(&q, &r, heads, &used);
 			f.body_case = ISG__FRAME__BODY_SEND;
 			f.send = &q;
 			break;
@@ -849,24 +851,17 @@ static void test_unpack_matches_protobuf_c(void **state)
 static void test_unpack_known_answer(void **state)
 {
 	(void)state;
-	static const uint8_t frame[] =
-	    {
-	        0x08, 0x07, /* request_id 7 */
-	        0x62, 0x64, /* send, 100 bytes; its records before its other fields */
-	        0x2a, 0x49, /* records[0], 73 bytes */
-	        0x0a, 0x1a, 0x0a, 0x0a, 'n',  'h',  's',  '_',  'n',  'u',  'm',
-	        'b',  'e',  'r',  0x12, 0x0c, 0x0a, 0x0a, '9',  '4',  '3',  '4',
-	        '7',  '6',  '5',  '9',  '1',  '9',                                /* text */
-	        0x0a, 0x09, 0x0a, 0x03, 'a',  'g',  'e',  0x12, 0x02, 0x10, 0x05, /* integer -3 */
-	        0x0a, 0x12, 0x0a, 0x05, 's',  'c',  'o',  'r',  'e',  0x12, 0x09,
-	        0x19, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf8, 0x3f, /* real 1.5 */
-	        0x0a, 0x0c, 0x0a, 0x06, 'u',  'r',  'g',  'e',  'n',  't',  0x12,
-	        0x02, 0x20, 0x01,                                                /* true */
-	        0x0a, 0x03, 'm',  '-',  '1',                                     /* message_id */
-	        0x12, 0x09, 'n',  'h',  's',  '-',  't',  'r',  'u',  's',  't', /* recipient */
-	        0x1a, 0x01, 'a',  0x22, 0x01, 'd', /* agreement, dataset */
-	        0x30, 0xac, 0x02,                  /* reply_to 300 */
-	    };
+	/* clang-format off */
+	static const uint8_t frame[] = {
+	    0x08, 0x07,                                                  /* request_id 7 */
+	    0x62, 0x64,                     /* send, 100 bytes: its records before its other fields */
+	    0x2a, 0x49, KNOWN_RECORD,                                    /* records[0], 73 bytes */
+	    0x0a, 0x03, 'm', '-', '1',                                   /* message_id */
+	    0x12, 0x09, 'n', 'h', 's', '-', 't', 'r', 'u', 's', 't',     /* recipient */
+	    0x1a, 0x01, 'a', 0x22, 0x01, 'd',                            /* agreement, dataset */
+	    0x30, 0xac, 0x02,                                            /* reply_to 300 */
+	};
+	/* clang-format on */
 	Isg__Frame *f = wire_frame_decode_by(frame, sizeof(frame), WIRE_DECODE_HAND);
 	assert_non_null(f);
 	assert_int_equal(f->request_id, 7);
