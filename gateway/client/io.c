@@ -315,11 +315,12 @@ static int input_frame(struct isg_client *c, Isg__Frame **out, size_t *size, siz
 		*want = hdr + body;
 		return 0;
 	}
-	Isg__Frame *f = wire_frame_decode(c->in + hdr, body);
+	Isg__Frame *f;
+	int bad = wire_frame_decode_checked(c->in + hdr, body, &f);
 	if (!f)
 		return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
 		                   "the gateway sent an undecodable frame of %zu bytes", body);
-	if (wire_frame_check_utf8(f) < 0) {
+	if (bad) {
 		wire_frame_free(f);
 		return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
 		                   "the gateway sent a frame with invalid UTF-8");

@@ -380,9 +380,10 @@ static void conn_take_frames(struct net_conn *c)
 			net_conn_close(c); /* the stream cannot be resynchronised */
 			break;
 		}
-		Isg__Frame *frame = wire_frame_decode(c->in + off + hdr, body);
+		Isg__Frame *frame;
+		int bad = wire_frame_decode_checked(c->in + off + hdr, body, &frame);
 		off += hdr + body;
-		if (!frame || wire_frame_check_utf8(frame) != 0) {
+		if (bad) {
 			log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=%s", c->peer,
 			          frame ? "invalid UTF-8" : "undecodable frame");
 			Isg__Error e = ISG__ERROR__INIT;

@@ -8,7 +8,8 @@
  * A Frame holding a Send, a Delivery or a FetchResult, decoded by hand with
  * allocator a (unpack.c); NULL for every other frame, and for any encoding
  * protobuf-c's own packing would not write, which wire_frame_decode then
- * hands to protobuf-c. The Frame is a's first allocation.
+ * hands to protobuf-c. Its strings are valid UTF-8. The Frame is a's
+ * first allocation.
  */
 Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf, size_t len);
 

@@ -7,9 +7,10 @@
  *
  * Only the encoding protobuf-c itself writes is taken: known fields with
  * their own wire types, each singular field and oneof at most once, and
- * varints (tags included) minimally encoded. Anything else (unknown or
- * repeated fields, another frame body, a non-minimal varint, a truncated
- * part) is declined, and wire_frame_decode hands the frame to protobuf-c,
+ * varints (tags included) minimally encoded, and strings of valid UTF-8.
+ * Anything else (unknown or repeated fields, another frame body, a
+ * non-minimal varint, a truncated part, a string that is not UTF-8) is
+ * declined, and wire_frame_decode hands the frame to protobuf-c,
  * which decides. So every frame this decodes, protobuf-c decodes to the
  * same thing: the unit tests and fuzz_frame compare the two. The one
  * difference is memory: this takes less than protobuf-c, whose scratch
@@ -22,6 +23,7 @@
  */
 #include <string.h>
 
+#include "util/util.h"
 #include "wire/internal.h"
 
 struct in {
@@ -94,12 +96,15 @@ static bool get_len(struct in *in, struct in *body)
 	return true;
 }
 
+/* Only valid UTF-8 is taken, so a frame decoded here needs no other check. */
 static bool get_string(struct in *in, char **out)
 {
 	struct in s;
 	if (!get_len(in, &s))
 		return false;
 	size_t n = (size_t)(s.end - s.p);
+	if (!str_utf8_valid((const char *)s.p, n))
+		return false; /* protobuf-c decodes it, and wire_frame_check_utf8 decides */
 	char *str;
 	if (in->text) {
 		if ((size_t)(in->text->end - in->text->at) <= n)

@@ -194,8 +194,10 @@ Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len)
 	return wire_frame_decode_by(body, len, WIRE_DECODE_ANY);
 }
 
-Isg__Frame *wire_frame_decode_by(const uint8_t *body, size_t len, enum wire_decoder by)
+/* *by_hand: whether unpack.c decoded it (and so checked its strings). */
+static Isg__Frame *decode(const uint8_t *body, size_t len, enum wire_decoder by, bool *by_hand)
 {
+	*by_hand = false;
 	/* A Send or Delivery decodes to about 4.5 times its size (every string
 	 * gains a NUL, a pointer and alignment, every message its header): one
 	 * chunk holds it. */
@@ -221,6 +223,7 @@ Isg__Frame *wire_frame_decode_by(const uint8_t *body, size_t len, enum wire_deco
 		if (f || by == WIRE_DECODE_HAND) {
 			if (!f)
 				arena_release(a->chunks);
+			*by_hand = f != NULL;
 			return f;
 		}
 		arena_reset(a);
@@ -234,6 +237,21 @@ Isg__Frame *wire_frame_decode_by(const uint8_t *body, size_t len, enum wire_deco
 		return NULL;
 	}
 	return f;
+}
+
+Isg__Frame *wire_frame_decode_by(const uint8_t *body, size_t len, enum wire_decoder by)
+{
+	bool by_hand;
+	return decode(body, len, by, &by_hand);
+}
+
+int wire_frame_decode_checked(const uint8_t *body, size_t len, Isg__Frame **out)
+{
+	bool by_hand;
+	*out = decode(body, len, WIRE_DECODE_ANY, &by_hand);
+	if (!*out)
+		return ISG_ERR_PARSE;
+	return by_hand ? 0 : wire_frame_check_utf8(*out) == 0 ? 0 : ISG_ERR_INVALID;
 }
 
 void wire_frame_free(Isg__Frame *frame)

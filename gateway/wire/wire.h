@@ -104,6 +104,14 @@ uint8_t *wire_frame_pack(const Isg__Frame *frame, size_t *len);
  */
 int wire_frame_check_utf8(const Isg__Frame *frame);
 
+/*
+ * wire_frame_decode and wire_frame_check_utf8 in one, checking the strings
+ * as they are copied when the frame is decoded by hand. Returns 0 and the
+ * frame; ISG_ERR_PARSE and NULL when it does not decode; ISG_ERR_INVALID
+ * and the frame (for its request_id; free it) when a string is not UTF-8.
+ */
+int wire_frame_decode_checked(const uint8_t *body, size_t len, Isg__Frame **out);
+
 /* Name of a frame body, for logs ("send", "fetch", ...). */
 const char *wire_body_name(Isg__Frame__BodyCase body);
 

@@ -161,9 +161,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (hdr + body > size - off)
 			break;
 		check_hand_decoding(data + off + hdr, body);
+		Isg__Frame *checked = NULL;
+		int rc = wire_frame_decode_checked(data + off + hdr, body, &checked);
 		Isg__Frame *f = wire_frame_decode(data + off + hdr, body);
+		/* The check in one with decoding says what the check after it says. */
+		if (!f != !checked || (f && (rc == 0) != (wire_frame_check_utf8(f) == 0)) ||
+		    (!f && rc != ISG_ERR_PARSE))
+			abort();
+		wire_frame_free(checked);
 		if (f) {
-			(void)wire_frame_check_utf8(f);
 			(void)wire_body_name(f->body_case);
 			check_round_trip(f);
 			check_hand_packing(f);

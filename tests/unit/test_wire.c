@@ -242,6 +242,45 @@ static void test_invalid_utf8_refused(void **state)
 	assert_int_equal(wire_frame_check_utf8(&f), 0);
 }
 
+/* Decoding and the UTF-8 check in one: the hand decoder checks as it copies,
+ * and a frame it declines is checked after protobuf-c decodes it. */
+static void test_decode_checked(void **state)
+{
+	(void)state;
+	/* Frame{request_id 9, send{message_id "m", records [{name "a", text T}]}} */
+	uint8_t frame[] = {0x08, 0x09, 0x62, 0x0e, 0x0a, 0x01, 'm',  0x2a, 0x09,
+	                   0x0a, 0x07, 0x0a, 0x01, 'a',  0x12, 0x02, 0x0a, 0x00};
+	Isg__Frame *f;
+	assert_int_equal(wire_frame_decode_checked(frame, sizeof(frame), &f), 0);
+	assert_non_null(f);
+	assert_int_equal(f->body_case, ISG__FRAME__BODY_SEND);
+	wire_frame_free(f);
+	/* Text "\xc3(": the hand decoder declines it, the check refuses it, and the
+	 * frame comes back for its request_id. */
+	uint8_t bad[sizeof(frame) + 2];
+	memcpy(bad, frame, sizeof(frame));
+	bad[3] += 2, bad[8] += 2, bad[10] += 2, bad[15] += 2, bad[16] = 0x0a, bad[17] = 0x02;
+	bad[18] = 0xc3, bad[19] = '(';
+	assert_null(wire_frame_decode_by(bad, sizeof(bad), WIRE_DECODE_HAND));
+	assert_int_equal(wire_frame_decode_checked(bad, sizeof(bad), &f), ISG_ERR_INVALID);
+	assert_non_null(f);
+	assert_int_equal(f->request_id, 9);
+	wire_frame_free(f);
+	/* Past an embedded NUL the check never looked, and still does not. */
+	bad[18] = 0x00, bad[19] = 0xff;
+	assert_null(wire_frame_decode_by(bad, sizeof(bad), WIRE_DECODE_HAND));
+	assert_int_equal(wire_frame_decode_checked(bad, sizeof(bad), &f), 0);
+	wire_frame_free(f);
+	/* Not UTF-8 in a Hello, which protobuf-c decodes. */
+	static const uint8_t hello[] = {0x08, 0x03, 0x52, 0x05, 0x12, 0x03, 'p', 'y', 0x80};
+	assert_int_equal(wire_frame_decode_checked(hello, sizeof(hello), &f), ISG_ERR_INVALID);
+	assert_int_equal(f->request_id, 3);
+	wire_frame_free(f);
+	/* Not a frame at all. */
+	assert_int_equal(wire_frame_decode_checked(frame, sizeof(frame) - 1, &f), ISG_ERR_PARSE);
+	assert_null(f);
+}
+
 static void test_field_number_zero_refused(void **state)
 {
 	/* Found by fuzz_frame: request_id 4, then an unknown field numbered 0 whose tag
@@ -973,6 +1012,7 @@ int main(void)
 	    cmocka_unit_test(test_decode_large_array),
 	    cmocka_unit_test(test_decode_memory_bounded),
 	    cmocka_unit_test(test_invalid_utf8_refused),
+	    cmocka_unit_test(test_decode_checked),
 	    cmocka_unit_test(test_field_number_zero_refused),
 	    cmocka_unit_test(test_deliveries_as_stored),
 	    cmocka_unit_test(test_stored_records_checked),
