@@ -1,11 +1,12 @@
 /*
  * bench_wire: decoding a Send frame of R referral-shaped records (ten text
  * fields each), then freeing it, in frames per second on one core:
- * wire_frame_decode, which decodes it by hand (unpack.c) into one arena,
- * against two baselines in the same run: protobuf-c's unpack into the same
- * arena (what wire_frame_decode did before unpack.c), and protobuf-c's
- * unpack with its default allocator (a malloc and a free per message,
- * string and array, as before the arena). All decode the same bytes; the
+ * wire_frame_decode, which decodes it by hand (unpack.c) into one arena and
+ * checks each string is UTF-8 as it copies it, against two baselines in
+ * the same run that do not check UTF-8 (isgd walks their strings after):
+ * protobuf-c's unpack into the same arena (what wire_frame_decode did
+ * before unpack.c), and protobuf-c's unpack with its default allocator (a
+ * malloc and a free per message, string and array, as before the arena). All decode the same bytes; the
  * decoded frames are checked equal first. Then packing the decoded Send
  * again, as isgd does for its request hash: pack.c's wire_pack_send_request
  * against protobuf-c's get_packed_size and pack, checked to give the same
