@@ -532,10 +532,15 @@ static void fetch_done(struct net_conn *c, void *arg)
 		goto out;
 	}
 	size_t used = fetch_deliver(c, s, j->res);
-	/* The store may stop short of max (it bounds a batch by bytes): any full use means more may
-	 * wait. */
-	bool more = j->res->n > 0 && used == j->res->n;
-	if (s->fetching && s->expired) {
+	/* With every result used, go on after the last message read, past any
+	 * whose payload did not open (the store logged and left them out): a
+	 * batch of them must not hold up the messages behind it. */
+	bool all_used = used == j->res->n, more = all_used && j->res->more;
+	if (all_used && j->res->scanned_to > s->cursor)
+		s->cursor = j->res->scanned_to;
+	if (s->fetching && more) {
+		fetch_issue(c, s); /* nothing answered yet: the next batch */
+	} else if (s->fetching && s->expired) {
 		fetch_answer(c, s, NULL, 0);
 	} else if (s->subscribed && (s->dirty || more)) {
 		s->dirty = true;
@@ -561,10 +566,12 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 {
 	struct fetch_job *j = calloc(1, sizeof(*j));
 	if (!j) {
-		if (s->fetching)
+		if (s->fetching) {
 			send_simple_error(c, s->fetch_rid, ISG__ERROR_CODE__INTERNAL,
 			                  "out of memory");
-		s->fetching = false;
+			s->fetching = false;
+			net_conn_unwait(c); /* back under the idle timeout */
+		}
 		return;
 	}
 	j->ref = net_conn_ref(c);

@@ -159,6 +159,11 @@ struct store_delivery {
 struct store_fetch_result {
 	size_t n;
 	struct store_delivery *items;
+	/* The last message read, opened or not: a payload that does not open
+	 * is logged and left out of items, and a fetch after scanned_to goes
+	 * on past it. 0 when none was read. */
+	uint64_t scanned_to;
+	bool more; /* stopped at max or the byte bound: more may wait */
 };
 
 /*

@@ -295,10 +295,12 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, str
 		acc->marks[res->n].first_delivery = sqlite3_column_int(st, 10) == MSG_PENDING;
 		acc->marks[res->n].accepted_index = (uint64_t)sqlite3_column_int64(st, 9);
 		bytes += acc->sealed[res->n].sealed_len;
+		res->scanned_to = res->items[res->n].gateway_id;
 		res->n++;
 		if (err)
 			break;
 	}
+	res->more = res->n == jf->max || bytes >= STORE_FETCH_BYTES;
 	finish_stmt(st);
 	return err;
 }

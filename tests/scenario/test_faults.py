@@ -392,6 +392,25 @@ class TestCorruptStore(FaultCase):
             db.close()
         self.assertEqual(sorted(os.listdir(os.path.dirname(self.gw.store_path))), ["isg.db"])
 
+    def test_payloads_that_do_not_open_are_passed_over(self):
+        """The first five messages' sealed payloads changed: each is logged and
+        left in the store, and a fetch of one message at a time gets the sixth,
+        not an empty answer for as long as the five stay at the head."""
+        for i in range(5):
+            (payload,), = read_store(self.gw.store_path,
+                                     "SELECT payload FROM messages WHERE message_id = 'corrupt-%d'" % i)
+            changed = bytes(payload[:-1]) + bytes([payload[-1] ^ 0x01])
+            self.tamper("UPDATE messages SET payload = ? WHERE message_id = ?", (changed, "corrupt-%d" % i))
+        self.gw.start()
+        pb = self.pb
+        with isgtest.FrameConn(self.gw, self.pki.certs["nhs"]) as nhs:
+            got = nhs.request(fetch=pb.FetchRequest(max_messages=1)).fetch_result.deliveries
+            self.assertEqual([d.message_id for d in got], ["corrupt-5"])
+            nhs.request(ack=pb.Ack(gateway_ids=[got[0].gateway_id]))
+        self.assertEqual(self.gw.log.count("event=store.unseal_failed"), 5, self.gw.log)
+        msgs = self.partner(self.gw, "nhs").fetch_messages(max=100)
+        self.assertEqual([m["message_id"] for m in msgs], ["corrupt-%d" % i for i in range(6, 24)])
+
     def test_audit_entry_changed(self):
         """An old "message.accepted" entry says 2 records instead of 1: the checkpoint does not match."""
         (seq, entry), = read_store(self.gw.store_path, "SELECT seq, entry FROM audit WHERE kind = 'message.accepted'"
