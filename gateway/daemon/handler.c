@@ -24,11 +24,16 @@ struct session {
 	bool subscribed;
 	uint64_t fetch_rid; /* request_id of the fetch or subscribe */
 	uint32_t fetch_max;
-	bool store_busy;  /* a store_fetch is in flight */
-	uint32_t unacked; /* deliveries pushed to a subscriber and not yet acked */
-	bool dirty;       /* a wake-up came while it was */
-	bool expired;     /* the long-poll deadline passed while it was */
+	bool store_busy;   /* a store_fetch is in flight */
+	uint32_t unacked;  /* deliveries pushed to a subscriber and not yet acked */
+	bool dirty;        /* a wake-up came while it was */
+	bool expired;      /* the long-poll deadline passed while it was */
+	uint32_t retry_ms; /* a subscriber's wait before it fetches again after a failure */
 };
+
+/* A subscriber's fetch that failed is tried again after 100 ms, doubling to 5 s. */
+#define SUBSCRIBE_RETRY_FIRST_MS 100
+#define SUBSCRIBE_RETRY_MAX_MS 5000
 
 /* ------------------------------------------------------------------------ */
 /* Answers. */
@@ -441,6 +446,20 @@ struct fetch_job {
 static void fetch_issue(struct net_conn *c, struct session *s);
 static void subscription_pump(struct net_conn *c, struct session *s);
 
+/*
+ * A subscriber's fetch failed (the store refused or failed it, or memory
+ * ran out): nothing else would fetch again before the next message for
+ * this partner, so the connection's deadline does (handler_wake).
+ */
+static void subscription_retry(struct net_conn *c, struct session *s)
+{
+	s->dirty = true;
+	s->retry_ms = s->retry_ms ? s->retry_ms * 2 : SUBSCRIBE_RETRY_FIRST_MS;
+	if (s->retry_ms > SUBSCRIBE_RETRY_MAX_MS)
+		s->retry_ms = SUBSCRIBE_RETRY_MAX_MS;
+	net_conn_wait(c, time_mono_ms() + s->retry_ms);
+}
+
 static void fetch_answer(struct net_conn *c, struct session *s, const struct wire_delivery *items,
                          size_t n)
 {
@@ -528,9 +547,12 @@ static void fetch_done(struct net_conn *c, void *arg)
 			send_store_error(c, s->fetch_rid, j->err);
 			s->fetching = false;
 			net_conn_unwait(c);
+		} else {
+			subscription_retry(c, s);
 		}
 		goto out;
 	}
+	s->retry_ms = 0;
 	size_t used = fetch_deliver(c, s, j->res);
 	/* With every result used, go on after the last message read, past any
 	 * whose payload did not open (the store logged and left them out): a
@@ -571,6 +593,8 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 			                  "out of memory");
 			s->fetching = false;
 			net_conn_unwait(c); /* back under the idle timeout */
+		} else if (s->subscribed) {
+			subscription_retry(c, s);
 		}
 		return;
 	}
@@ -587,6 +611,8 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 			send_store_error(c, s->fetch_rid, err);
 			s->fetching = false;
 			net_conn_unwait(c);
+		} else if (s->subscribed) {
+			subscription_retry(c, s);
 		}
 	}
 }
@@ -830,6 +856,11 @@ static void handler_wake(void *ctx, struct net_conn *c, const char *key)
 	struct session *s = net_conn_data(c);
 	if (!s || (!s->fetching && !s->subscribed))
 		return;
+	if (!key && s->subscribed) { /* the retry after a failed fetch */
+		net_conn_wait(c, 0);
+		subscription_pump(c, s);
+		return;
+	}
 	if (!key) { /* the long-poll's deadline */
 		if (s->store_busy)
 			s->expired = true;

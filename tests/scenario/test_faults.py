@@ -249,6 +249,10 @@ class TestDiskFull(FaultCase):
             # "message.acknowledged" entry: neither can be written, so both are refused and change nothing.
             self.assertDiskFull(gw, nhs2.request(fetch=pb.FetchRequest(max_messages=10)))
             self.assertDiskFull(gw, nhs.request(ack=pb.Ack(gateway_ids=[receipts["full-1"].gateway_id])))
+            # A subscriber's first batch holds full-3, never handed out: it fails too, and is
+            # tried again until it goes through (below), with no new message to wake it.
+            nhs3 = self.connect(gw, "nhs")
+            nhs3.send_frame(pb.Frame(request_id=77, subscribe=pb.Subscribe()))
             self.assertAlive(gw, "while the disk is full")
             self.audit_verify(gw, "while the disk is full")
             time.sleep(1.2 * isgtest.SLOW)  # past checkpoint_interval: a checkpoint may fall due and fail
@@ -256,6 +260,9 @@ class TestDiskFull(FaultCase):
 
             # Space comes back: everything works again, without a restart.
             os.unlink(filler)
+            pushed = [nhs3.recv_frame(timeout=10 * isgtest.SLOW) for _ in range(3)]
+            self.assertEqual([(f.request_id, f.delivery.message_id) for f in pushed],
+                             [(77, "full-1"), (77, "full-2"), (77, "full-3")])
             r4 = self.expect(gw, police.request(send=self.send_request("full-4", [rec])), "send_result").receipt
             self.assertFalse(r4.duplicate)
             r5 = self.expect(gw, police.request(send=self.send_request("full-5", big)), "send_result").receipt
