@@ -560,7 +560,9 @@ static void fetch_done(struct net_conn *c, void *arg)
 	bool all_used = used == j->res->n, more = all_used && j->res->more;
 	if (all_used && j->res->scanned_to > s->cursor)
 		s->cursor = j->res->scanned_to;
-	if (s->fetching && more) {
+	if (s->subscribed && !all_used) {
+		subscription_retry(c, s); /* a push found no memory */
+	} else if (s->fetching && more) {
 		fetch_issue(c, s); /* nothing answered yet: the next batch */
 	} else if (s->fetching && s->expired) {
 		fetch_answer(c, s, NULL, 0);

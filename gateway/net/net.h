@@ -113,7 +113,8 @@ void net_conn_end_async(struct net_conn *c);
 /* Mark the connection as waiting for wake-ups (long-poll or subscription) until
  * deadline_ms (monotonic; 0 = no deadline). On the deadline on_wake is called
  * with key NULL. Waiting connections are exempt from the idle timeout. Call it
- * before looking for the state being waited on (net_server_wake). */
+ * before looking for the state being waited on (net_server_wake). A closing
+ * connection does not wait. */
 void net_conn_wait(struct net_conn *c, int64_t deadline_ms);
 void net_conn_unwait(struct net_conn *c);
 

@@ -599,6 +599,8 @@ void net_conn_end_async(struct net_conn *c)
 
 void net_conn_wait(struct net_conn *c, int64_t deadline_ms)
 {
+	if (c->state == CONN_CLOSING)
+		return; /* closing waits for nothing, and stays under the idle timeout */
 	c->wait_deadline = deadline_ms;
 	if (c->waiting)
 		return;

@@ -275,6 +275,9 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, str
 	sqlite3_stmt *st = s->stmt[ST_FETCH];
 	size_t bytes = 0;
 	int err = 0;
+	/* A job run again alone after its batch failed starts afresh. */
+	res->scanned_to = 0;
+	res->more = false;
 	bind_text(st, 1, jf->recipient);
 	sqlite3_bind_int64(st, 2, jf->after_id > INT64_MAX ? INT64_MAX : (int64_t)jf->after_id);
 	sqlite3_bind_int64(st, 3, now);
