@@ -6,8 +6,9 @@
  * the same run that do not check UTF-8 (isgd walks their strings after):
  * protobuf-c's unpack into the same arena (what wire_frame_decode did
  * before unpack.c), and protobuf-c's unpack with its default allocator (a
- * malloc and a free per message, string and array, as before the arena). All decode the same bytes; the
- * decoded frames are checked equal first. Then packing the decoded Send
+ * malloc and a free per message, string and array, as before the arena).
+ * All decode the same bytes; the decoded frames are checked equal first.
+ * Then packing the decoded Send
  * again, as isgd does for its request hash: pack.c's wire_pack_send_request
  * against protobuf-c's get_packed_size and pack, checked to give the same
  * bytes. Each figure is the median of 5 runs.
