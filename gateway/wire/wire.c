@@ -173,9 +173,9 @@ static void arena_release(struct arena_chunk *c)
 /* Back to empty, for protobuf-c to start again where unpack.c declined. */
 static void arena_reset(struct arena *a)
 {
-	struct arena_chunk *first = a->chunks;
-	while (first->next)
-		first = first->next;
+	/* The first chunk is the one the arena itself lives in. */
+	struct arena_chunk *first =
+	    (struct arena_chunk *)((unsigned char *)a - offsetof(struct arena_chunk, data));
 	struct arena_chunk *c = a->chunks;
 	while (c != first) {
 		struct arena_chunk *next = c->next;
@@ -251,7 +251,9 @@ int wire_frame_decode_checked(const uint8_t *body, size_t len, Isg__Frame **out)
 	*out = decode(body, len, WIRE_DECODE_ANY, &by_hand);
 	if (!*out)
 		return ISG_ERR_PARSE;
-	return by_hand ? 0 : wire_frame_check_utf8(*out) == 0 ? 0 : ISG_ERR_INVALID;
+	if (!by_hand && wire_frame_check_utf8(*out) != 0)
+		return ISG_ERR_INVALID;
+	return 0;
 }
 
 void wire_frame_free(Isg__Frame *frame)
