@@ -630,6 +630,26 @@ class TestWorkers(HardeningCase):
             c.close()
         self.assertServing(pending=sent)
 
+    def test_threads_are_named(self):
+        """top -H, perf and /proc tell isgd's threads apart, the key process's too."""
+        self.gw = self.gateway(threads=2)
+        pid = self.gw.proc.pid
+
+        def names(p):
+            task = "/proc/%d/task" % p
+            return {open(os.path.join(task, t, "comm")).read().strip() for t in os.listdir(task)}
+
+        def parent(d):
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    return int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:  # gone since the listing
+                return None
+
+        children = [int(d) for d in os.listdir("/proc") if d.isdigit() and parent(d) == pid]
+        self.assertLessEqual({"isg-worker-0", "isg-worker-1", "isg-writer", "isg-wal"}, names(pid))
+        self.assertIn("isg-keyproc", set().union(*(names(c) for c in children)))
+
 
 class TestPartnerRemoved(HardeningCase):
     def test_removed_partner_connection_closed_on_sighup(self):
