@@ -143,6 +143,8 @@ ISG_CLIENT_API void isg_client_close(struct isg_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	queue_release(&c->pushed);
+	for (size_t i = 0; i < c->n_started; i++)
+		wire_frame_free(c->started[i].answer);
 	free(c->in);
 	free(c->partner_id);
 	free(c->partner_name);

@@ -29,6 +29,12 @@ struct frame_queue {
 	size_t bytes;
 };
 
+/* A send started with isg_client_send_start and not yet finished. */
+struct started_send {
+	uint64_t id;
+	Isg__Frame *answer; /* its SendResult or Error once read, until finished */
+};
+
 struct isg_client {
 	int fd;
 	SSL_CTX *ctx;
@@ -46,6 +52,8 @@ struct isg_client {
 	bool subscribed;
 	uint64_t subscribe_id;
 	struct frame_queue pushed;
+	struct started_send started[ISG_CLIENT_MAX_STARTED];
+	size_t n_started;
 
 	uint8_t *in; /* bytes read but not yet decoded */
 	size_t in_len, in_cap;

@@ -191,6 +191,29 @@ ISG_CLIENT_API int isg_client_send(struct isg_client *client, const struct isg_m
                                    struct isg_receipt *receipt,
                                    struct isg_error *err) ISG_CLIENT_WUR;
 
+/*
+ * Pipelining: isg_client_send_start checks and writes a message and returns
+ * at once with a ticket; isg_client_send_finish waits for that message's
+ * receipt or refusal and returns what isg_client_send would have. Up to
+ * ISG_CLIENT_MAX_STARTED sends may be started and not yet finished; finish
+ * them in any order, and make other calls in between as you like (answers
+ * that arrive meanwhile are kept). The gateway works on a connection's
+ * started sends together, so one connection with several in flight goes
+ * about as fast as as many connections.
+ *
+ * Finish every send you start. If the connection fails first, finishing
+ * gives the answer if it had arrived and ISG_CLIENT_E_CLOSED otherwise; the
+ * message may or may not have been accepted then, so send it again with the
+ * same message_id to find out (a resend of an accepted message gets its
+ * receipt, marked duplicate). isg_client_close discards unfinished sends.
+ */
+#define ISG_CLIENT_MAX_STARTED 64
+ISG_CLIENT_API int isg_client_send_start(struct isg_client *client, const struct isg_message *msg,
+                                         uint64_t *ticket, struct isg_error *err) ISG_CLIENT_WUR;
+ISG_CLIENT_API int isg_client_send_finish(struct isg_client *client, uint64_t ticket,
+                                          struct isg_receipt *receipt,
+                                          struct isg_error *err) ISG_CLIENT_WUR;
+
 /* A message delivered to this partner. Owned by the library; strings are UTF-8. */
 struct isg_delivery {
 	uint64_t gateway_id;    /* pass to isg_client_ack */

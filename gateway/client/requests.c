@@ -1,7 +1,8 @@
 /*
  * Requests and answers. Each request gets a fresh request_id and waits for
  * the frame echoing it. Deliveries pushed on a subscription meanwhile are
- * queued in order for isg_client_next_delivery.
+ * queued in order for isg_client_next_delivery, and answers to started sends
+ * are kept with them for isg_client_send_finish.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -40,11 +41,26 @@ static int connection_error(struct isg_client *c, Isg__Frame *f, struct isg_erro
 	return -1;
 }
 
+static struct started_send *started_find(struct isg_client *c, uint64_t id)
+{
+	for (size_t i = 0; i < c->n_started; i++)
+		if (c->started[i].id == id)
+			return &c->started[i];
+	return NULL;
+}
+
 /* A frame that answers no request we are waiting for. */
 static int side_frame(struct isg_client *c, Isg__Frame *f, size_t size, struct isg_error *err)
 {
 	if (f->request_id == 0 && f->body_case == ISG__FRAME__BODY_ERROR)
 		return connection_error(c, f, err);
+	struct started_send *st = started_find(c, f->request_id);
+	if (st && !st->answer &&
+	    (f->body_case == ISG__FRAME__BODY_SEND_RESULT ||
+	     f->body_case == ISG__FRAME__BODY_ERROR)) {
+		st->answer = f; /* kept for isg_client_send_finish */
+		return 0;
+	}
 	if (c->subscribed && f->request_id == c->subscribe_id &&
 	    (f->body_case == ISG__FRAME__BODY_DELIVERY || f->body_case == ISG__FRAME__BODY_ERROR)) {
 		int rc = queue_push(&c->pushed, f, size);
@@ -88,6 +104,26 @@ static void salvage_error(struct isg_client *c, struct isg_error *err)
 		wire_frame_free(f);
 }
 
+/* The answer to the request we wait for: what was wanted, or its error. */
+static int take_answer(struct isg_client *c, Isg__Frame *f, Isg__Frame__BodyCase want,
+                       Isg__Frame **out, struct isg_error *err)
+{
+	if (f->body_case == ISG__FRAME__BODY_ERROR) {
+		client_error_from_wire(err, f->error);
+		wire_frame_free(f);
+		return -1;
+	}
+	if (f->body_case != want) {
+		const char *got = wire_body_name(f->body_case);
+		wire_frame_free(f);
+		return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
+		                   "the gateway answered '%s' where '%s' was expected", got,
+		                   wire_body_name(want));
+	}
+	*out = f;
+	return 0;
+}
+
 static int wait_answer(struct isg_client *c, uint64_t id, Isg__Frame__BodyCase want,
                        int64_t deadline, Isg__Frame **out, struct isg_error *err)
 {
@@ -101,25 +137,10 @@ static int wait_answer(struct isg_client *c, uint64_t id, Isg__Frame__BodyCase w
 			                   c->timeout_ms);
 		if (r != READ_FRAME)
 			return -1;
-		if (f->request_id != id) {
-			if (side_frame(c, f, size, err) < 0)
-				return -1;
-			continue;
-		}
-		if (f->body_case == ISG__FRAME__BODY_ERROR) {
-			client_error_from_wire(err, f->error);
-			wire_frame_free(f);
+		if (f->request_id == id)
+			return take_answer(c, f, want, out, err);
+		if (side_frame(c, f, size, err) < 0)
 			return -1;
-		}
-		if (f->body_case != want) {
-			const char *got = wire_body_name(f->body_case);
-			wire_frame_free(f);
-			return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
-			                   "the gateway answered '%s' where '%s' was expected", got,
-			                   wire_body_name(want));
-		}
-		*out = f;
-		return 0;
 	}
 }
 
@@ -182,13 +203,20 @@ static int fill_receipt(struct isg_client *c, const Isg__Frame *f, struct isg_re
 	return 0;
 }
 
-ISG_CLIENT_API int isg_client_send(struct isg_client *c, const struct isg_message *msg,
-                                   struct isg_receipt *receipt, struct isg_error *err)
+ISG_CLIENT_API int isg_client_send_start(struct isg_client *c, const struct isg_message *msg,
+                                         uint64_t *ticket, struct isg_error *err)
 {
 	if (check_usable(c, err) < 0)
 		return -1;
-	if (!msg) {
-		client_error(err, ISG_CLIENT_E_USAGE, "no message");
+	if (!msg || !ticket) {
+		client_error(err, ISG_CLIENT_E_USAGE,
+		             msg ? "no place for the ticket" : "no message");
+		return -1;
+	}
+	if (c->n_started == ISG_CLIENT_MAX_STARTED) {
+		client_error(err, ISG_CLIENT_E_USAGE,
+		             "%d sends are started and not finished; finish one first",
+		             ISG_CLIENT_MAX_STARTED);
 		return -1;
 	}
 	char generated[33];
@@ -206,13 +234,54 @@ ISG_CLIENT_API int isg_client_send(struct isg_client *c, const struct isg_messag
 	Isg__Frame req = ISG__FRAME__INIT;
 	req.body_case = ISG__FRAME__BODY_SEND;
 	req.send = &b.req;
-	Isg__Frame *resp = NULL;
-	int rc = client_call(c, &req, ISG__FRAME__BODY_SEND_RESULT, 0, &resp, err);
+	req.request_id = ++c->last_request_id;
+	int rc = client_write_frame(c, &req, client_deadline(c->timeout_ms), err);
 	send_build_release(&b);
+	if (rc < 0) {
+		if (c->broken)
+			salvage_error(c, err);
+		return -1;
+	}
+	c->started[c->n_started++] = (struct started_send){.id = req.request_id};
+	*ticket = req.request_id;
+	return 0;
+}
+
+ISG_CLIENT_API int isg_client_send_finish(struct isg_client *c, uint64_t ticket,
+                                          struct isg_receipt *receipt, struct isg_error *err)
+{
+	if (!c)
+		return check_usable(c, err);
+	client_error_clear(err);
+	struct started_send *st = started_find(c, ticket);
+	if (!st) {
+		client_error(err, ISG_CLIENT_E_USAGE, "no started send has ticket %" PRIu64,
+		             ticket);
+		return -1;
+	}
+	Isg__Frame *parked = st->answer, *answer = NULL;
+	*st = c->started[--c->n_started]; /* finished now, whatever the answer */
+	int rc;
+	if (parked)
+		rc = take_answer(c, parked, ISG__FRAME__BODY_SEND_RESULT, &answer, err);
+	else if (check_usable(c, err) < 0)
+		return -1;
+	else
+		rc = wait_answer(c, ticket, ISG__FRAME__BODY_SEND_RESULT,
+		                 client_deadline(c->timeout_ms), &answer, err);
 	if (rc == 0)
-		rc = fill_receipt(c, resp, receipt, err);
-	wire_frame_free(resp);
+		rc = fill_receipt(c, answer, receipt, err);
+	wire_frame_free(answer);
 	return rc;
+}
+
+ISG_CLIENT_API int isg_client_send(struct isg_client *c, const struct isg_message *msg,
+                                   struct isg_receipt *receipt, struct isg_error *err)
+{
+	uint64_t ticket;
+	if (isg_client_send_start(c, msg, &ticket, err) < 0)
+		return -1;
+	return isg_client_send_finish(c, ticket, receipt, err);
 }
 
 ISG_CLIENT_API int isg_client_fetch(struct isg_client *c, unsigned max, unsigned wait_ms,

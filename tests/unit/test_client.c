@@ -565,6 +565,26 @@ static void test_bad_options(void **state)
 
 /* Tests: requests. */
 
+/* A send's receipt; the audit index is the gateway id + 4004. */
+static void mock_receipt(SSL *ssl, uint64_t request_id, const char *message_id, uint64_t gateway_id)
+{
+	Isg__Receipt r = ISG__RECEIPT__INIT;
+	r.message_id = (char *)message_id;
+	r.gateway_id = gateway_id;
+	r.audit_index = gateway_id + 4004;
+	r.accepted_at_ms = 1795446245123;
+	r.duplicate = true;
+	r.policy_version = "3f2a";
+	r.record_count = 2;
+	Isg__SendResult res = ISG__SEND_RESULT__INIT;
+	res.receipt = &r;
+	Isg__Frame out = ISG__FRAME__INIT;
+	out.request_id = request_id;
+	out.body_case = ISG__FRAME__BODY_SEND_RESULT;
+	out.send_result = &res;
+	mock_write(ssl, &out);
+}
+
 static void script_send(struct mock *m, SSL *ssl)
 {
 	mock_welcome(m, ssl);
@@ -591,21 +611,7 @@ static void script_send(struct mock *m, SSL *ssl)
 	} else {
 		MOCK_CHECK(m, !"record shapes");
 	}
-	Isg__Receipt r = ISG__RECEIPT__INIT;
-	r.message_id = s->message_id;
-	r.gateway_id = 1001;
-	r.audit_index = 5005;
-	r.accepted_at_ms = 1795446245123;
-	r.duplicate = true;
-	r.policy_version = "3f2a";
-	r.record_count = 2;
-	Isg__SendResult res = ISG__SEND_RESULT__INIT;
-	res.receipt = &r;
-	Isg__Frame out = ISG__FRAME__INIT;
-	out.request_id = f->request_id;
-	out.body_case = ISG__FRAME__BODY_SEND_RESULT;
-	out.send_result = &res;
-	mock_write(ssl, &out);
+	mock_receipt(ssl, f->request_id, s->message_id, 1001);
 	mock_drain(m, ssl);
 }
 
@@ -713,6 +719,131 @@ static void test_refusal_reported_exactly_and_connection_usable(void **state)
 	if (isg_client_ping(c, &rtt, &err) < 0)
 		fail_msg("%s", err.message);
 	assert_true(rtt >= 0);
+	isg_client_close(c);
+	mock_finish(&m);
+}
+
+/*
+ * Three sends started before any answer, then a ping: the gateway answers the
+ * ping first and the sends in another order (b refused, c, then a).
+ */
+static void script_pipelined(struct mock *m, SSL *ssl)
+{
+	mock_welcome(m, ssl);
+	uint64_t ids[3];
+	for (size_t i = 0; i < 3; i++) {
+		Isg__Frame *f = mock_expect(m, ssl, ISG__FRAME__BODY_SEND);
+		if (!f)
+			return;
+		const char want[] = {(char)('a' + i), '\0'};
+		MOCK_CHECK(m, strcmp(f->send->message_id, want) == 0);
+		ids[i] = f->request_id;
+	}
+	Isg__Frame *f = mock_expect(m, ssl, ISG__FRAME__BODY_PING);
+	if (!f)
+		return;
+	Isg__Pong pong = ISG__PONG__INIT;
+	pong.nonce = f->ping->nonce;
+	Isg__Frame out = ISG__FRAME__INIT;
+	out.request_id = f->request_id;
+	out.body_case = ISG__FRAME__BODY_PONG;
+	out.pong = &pong;
+	mock_write(ssl, &out);
+	mock_error(ssl, ids[1], ISG__ERROR_CODE__NOT_PERMITTED, "no agreement allows this", -1,
+	           NULL, "agreement.none", 78);
+	mock_receipt(ssl, ids[2], "c", 3003);
+	mock_receipt(ssl, ids[0], "a", 1001);
+	mock_drain(m, ssl);
+}
+
+static void test_pipelined_sends(void **state)
+{
+	struct mock m;
+	struct isg_client *c = connect_to(&m, script_pipelined);
+	struct isg_message msg = {
+	    .recipient = "nhs-trust", .agreement_id = "isa-42", .dataset = "referrals"};
+	struct isg_error err;
+	struct isg_receipt r;
+	uint64_t t[3];
+	const char *names[] = {"a", "b", "c"};
+	for (size_t i = 0; i < 3; i++) {
+		msg.message_id = names[i];
+		if (isg_client_send_start(c, &msg, &t[i], &err) < 0)
+			fail_msg("%s", err.message);
+	}
+	/* Another request in between; the sends' answers come after its own. */
+	if (isg_client_ping(c, NULL, &err) < 0)
+		fail_msg("%s", err.message);
+	/* c's answer comes after b's refusal, which is kept for b. */
+	if (isg_client_send_finish(c, t[2], &r, &err) < 0)
+		fail_msg("%s", err.message);
+	assert_string_equal(r.message_id, "c");
+	assert_int_equal(r.gateway_id, 3003);
+	assert_int_equal(r.audit_index, 7007);
+	assert_int_equal(isg_client_send_finish(c, t[1], &r, &err), -1);
+	assert_true(err.from_gateway);
+	assert_int_equal(err.code, ISG_WIRE_NOT_PERMITTED);
+	assert_string_equal(err.rule, "agreement.none");
+	assert_int_equal(err.audit_index, 78);
+	if (isg_client_send_finish(c, t[0], &r, &err) < 0)
+		fail_msg("%s", err.message);
+	assert_string_equal(r.message_id, "a");
+	assert_int_equal(r.gateway_id, 1001);
+	/* A ticket is finished once. */
+	assert_int_equal(isg_client_send_finish(c, t[0], &r, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+
+	/* At most ISG_CLIENT_MAX_STARTED unfinished; close discards them. */
+	msg.message_id = NULL;
+	for (int i = 0; i < ISG_CLIENT_MAX_STARTED; i++)
+		if (isg_client_send_start(c, &msg, &t[0], &err) < 0)
+			fail_msg("start %d: %s", i, err.message);
+	assert_int_equal(isg_client_send_start(c, &msg, &t[0], &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+	isg_client_close(c);
+	mock_finish(&m);
+}
+
+/* Two sends; the first is answered, then the connection drops. */
+static void script_answer_one_then_drop(struct mock *m, SSL *ssl)
+{
+	mock_welcome(m, ssl);
+	Isg__Frame *f = mock_expect(m, ssl, ISG__FRAME__BODY_SEND);
+	if (!f)
+		return;
+	uint64_t first = f->request_id;
+	if (!mock_expect(m, ssl, ISG__FRAME__BODY_SEND))
+		return;
+	mock_receipt(ssl, first, "first", 1001);
+	shutdown(SSL_get_fd(ssl), SHUT_RDWR);
+}
+
+/* An answer read before the connection failed is not lost. */
+static void test_pipelined_answer_kept_when_connection_fails(void **state)
+{
+	struct mock m;
+	struct isg_client *c = connect_to(&m, script_answer_one_then_drop);
+	struct isg_message msg = {.recipient = "nhs-trust",
+	                          .agreement_id = "isa-42",
+	                          .dataset = "referrals",
+	                          .message_id = "first"};
+	struct isg_error err;
+	struct isg_receipt r;
+	uint64_t first, second;
+	if (isg_client_send_start(c, &msg, &first, &err) < 0)
+		fail_msg("%s", err.message);
+	msg.message_id = "second";
+	if (isg_client_send_start(c, &msg, &second, &err) < 0)
+		fail_msg("%s", err.message);
+	assert_int_equal(isg_client_send_finish(c, second, &r, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_IO);
+	if (isg_client_send_finish(c, first, &r, &err) < 0)
+		fail_msg("%s", err.message);
+	assert_string_equal(r.message_id, "first");
+	assert_int_equal(r.gateway_id, 1001);
+	msg.message_id = "third";
+	assert_int_equal(isg_client_send_start(c, &msg, &first, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_CLOSED);
 	isg_client_close(c);
 	mock_finish(&m);
 }
@@ -1069,6 +1200,8 @@ int main(void)
 	    cmocka_unit_test(test_bad_options),
 	    cmocka_unit_test(test_send_and_receipt),
 	    cmocka_unit_test(test_refusal_reported_exactly_and_connection_usable),
+	    cmocka_unit_test(test_pipelined_sends),
+	    cmocka_unit_test(test_pipelined_answer_kept_when_connection_fails),
 	    cmocka_unit_test(test_fetch_and_ack),
 	    cmocka_unit_test(test_subscription_keeps_pushes_during_ack),
 	    cmocka_unit_test(test_timeout_then_unusable),
