@@ -3,16 +3,16 @@
  *
  *   isg-bench-load --gateway HOST:PORT --ca F --cert F --key F
  *                  [--recipient NAME:CERT:KEY ...] --agreement ID --dataset NAME
- *                  [--senders P] [--messages M] [--records R] [--runs N]
+ *                  [--senders P] [--window W] [--messages M] [--records R] [--runs N]
  *                  [--idle K] [--pid PID[,PID...]] [--label TEXT] [--to NAME]
  *
  * P sender threads, each with its own connection, send M messages of R
- * records (a safeguarding referral of ten fields) one after another and wait
- * for each receipt, which the gateway gives only once the message is on
- * disk. Each --recipient is one more thread with its own connection that
- * subscribes and acknowledges in batches what it is pushed; sender i sends
- * its m-th message to recipient (i + m) mod Q. Without recipients, messages
- * go to --to and stay undelivered.
+ * records (a safeguarding referral of ten fields) and wait for each receipt,
+ * which the gateway gives only once the message is on disk. With --window W
+ * (default 1) each keeps W messages in flight, pipelined on its connection
+ * (isg_client_send_start and _finish). Each --recipient is one more thread with its own connection
+ * that subscribes and acknowledges in batches what it is pushed; sender i sends its m-th message to
+ * recipient (i + m) mod Q. Without recipients, messages go to --to and stay undelivered.
  *
  * A run ends when every message has its receipt and, with recipients, has
  * been delivered and acknowledged. Printed per run and as the median of N
@@ -49,6 +49,7 @@
 #define MAX_RUNS 100
 #define FIELDS 10
 #define ACK_BATCH 64
+#define MAX_WINDOW ISG_CLIENT_MAX_STARTED
 
 struct recipient {
 	const char *name;
@@ -60,7 +61,7 @@ struct opts {
 	struct recipient recipients[MAX_RECIPIENTS];
 	unsigned n_recipients;
 	const char *to, *agreement, *dataset, *label;
-	unsigned senders, messages, records, runs, idle;
+	unsigned senders, window, messages, records, runs, idle;
 	int pids[MAX_PIDS];
 	unsigned n_pids;
 };
@@ -187,27 +188,47 @@ static void *sender_main(void *arg)
 		ok = 0;
 	}
 	pthread_barrier_wait(&rs->ready);
-	for (unsigned m = 0; ok && m < o->messages && !atomic_load(&rs->failed); m++) {
-		fill_records(&b, o->records,
-		             (uint64_t)(rs->run * 1000003u + w->index) * 65537u + m);
-		const char *to =
-		    o->n_recipients ? o->recipients[(w->index + m) % o->n_recipients].name : o->to;
-		int64_t t0 = now_ns();
-		char id[96];
-		snprintf(id, sizeof(id), "b%ld-%u-%u-%u-%" PRId64, (long)getpid(), rs->run,
-		         w->index, m, t0);
-		struct isg_message msg = {.message_id = id,
-		                          .recipient = to,
-		                          .agreement_id = o->agreement,
-		                          .dataset = o->dataset,
-		                          .n_records = o->records,
-		                          .records = b.recs};
+	/* Messages done .. sent - 1 are started, up to --window of them; their
+	 * receipts are collected oldest first, each timed when collected. */
+	struct started {
+		uint64_t ticket;
+		int64_t t0;
+	} ring[MAX_WINDOW];
+	unsigned sent = 0, done = 0;
+	while (ok && done < o->messages && !atomic_load(&rs->failed)) {
+		if (sent < o->messages && sent - done < o->window) {
+			unsigned m = sent++;
+			fill_records(&b, o->records,
+			             (uint64_t)(rs->run * 1000003u + w->index) * 65537u + m);
+			const char *to = o->n_recipients
+			                     ? o->recipients[(w->index + m) % o->n_recipients].name
+			                     : o->to;
+			struct started *st = &ring[m % MAX_WINDOW];
+			st->t0 = now_ns();
+			char id[96];
+			snprintf(id, sizeof(id), "b%ld-%u-%u-%u-%" PRId64, (long)getpid(), rs->run,
+			         w->index, m, st->t0);
+			struct isg_message msg = {.message_id = id,
+			                          .recipient = to,
+			                          .agreement_id = o->agreement,
+			                          .dataset = o->dataset,
+			                          .n_records = o->records,
+			                          .records = b.recs};
+			if (isg_client_send_start(c, &msg, &st->ticket, &err) != 0) {
+				fail(rs, "send", &err);
+				break;
+			}
+			continue;
+		}
+		unsigned m = done++;
+		struct started *st = &ring[m % MAX_WINDOW];
 		struct isg_receipt r;
-		if (isg_client_send(c, &msg, &r, &err) != 0) {
+		if (isg_client_send_finish(c, st->ticket, &r, &err) != 0) {
 			fail(rs, "send", &err);
 			break;
 		}
-		rs->receipt_ms[(size_t)w->index * o->messages + m] = (double)(now_ns() - t0) / 1e6;
+		rs->receipt_ms[(size_t)w->index * o->messages + m] =
+		    (double)(now_ns() - st->t0) / 1e6;
 	}
 	message_buf_release(&b);
 	isg_client_close(c);
@@ -478,8 +499,8 @@ static void usage(void)
 {
 	fputs("usage: isg-bench-load --gateway HOST:PORT --ca F --cert F --key F\n"
 	      "         [--recipient NAME:CERT:KEY ...] [--to NAME] --agreement ID --dataset NAME\n"
-	      "         [--senders P] [--messages M] [--records R] [--runs N] [--idle K]\n"
-	      "         [--pid PID[,PID...]] [--label TEXT]\n",
+	      "         [--senders P] [--window W] [--messages M] [--records R] [--runs N]\n"
+	      "         [--idle K] [--pid PID[,PID...]] [--label TEXT]\n",
 	      stderr);
 	exit(2);
 }
@@ -525,7 +546,8 @@ static void parse_pids(struct opts *o, char *list)
 
 int main(int argc, char **argv)
 {
-	struct opts o = {.senders = 4, .messages = 200, .records = 1, .runs = 5, .label = "load"};
+	struct opts o = {
+	    .senders = 4, .window = 1, .messages = 200, .records = 1, .runs = 5, .label = "load"};
 	isg_client_options_init(&o.client);
 	o.client.timeout_ms = 60000;
 	static const struct option lopts[] = {
@@ -534,7 +556,7 @@ int main(int argc, char **argv)
 	    {"dataset", 1, NULL, 'd'}, {"senders", 1, NULL, 'P'}, {"messages", 1, NULL, 'M'},
 	    {"records", 1, NULL, 'R'}, {"runs", 1, NULL, 'N'},    {"idle", 1, NULL, 'I'},
 	    {"pid", 1, NULL, 'p'},     {"label", 1, NULL, 'l'},   {"recipient", 1, NULL, 'r'},
-	    {NULL, 0, NULL, 0},
+	    {"window", 1, NULL, 'W'},  {NULL, 0, NULL, 0},
 	};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
@@ -563,6 +585,9 @@ int main(int argc, char **argv)
 		case 'P':
 			o.senders = parse_uint(optarg, 1000);
 			break;
+		case 'W':
+			o.window = parse_uint(optarg, MAX_WINDOW);
+			break;
 		case 'M':
 			o.messages = parse_uint(optarg, 10000000);
 			break;
@@ -589,15 +614,16 @@ int main(int argc, char **argv)
 		}
 	}
 	if (!o.client.gateway || (!o.to && !o.n_recipients) || !o.agreement || !o.dataset ||
-	    !o.senders || !o.messages || !o.records || !o.runs)
+	    !o.senders || !o.window || !o.messages || !o.records || !o.runs)
 		usage();
 	for (unsigned i = 0; i < o.n_recipients; i++) {
 		o.recipients[i].client.gateway = o.client.gateway;
 		o.recipients[i].client.ca_file = o.client.ca_file;
 		o.recipients[i].client.timeout_ms = o.client.timeout_ms;
 	}
-	printf("%s: %u senders x %u messages x %u records, %u recipients, %u idle, %u runs\n",
-	       o.label, o.senders, o.messages, o.records, o.n_recipients, o.idle, o.runs);
+	printf("%s: %u senders (%u in flight each) x %u messages x %u records, %u recipients, "
+	       "%u idle, %u runs\n",
+	       o.label, o.senders, o.window, o.messages, o.records, o.n_recipients, o.idle, o.runs);
 	double rss_before = pids_mem(&o, "VmRSS:");
 	struct isg_client **idle = NULL;
 	if (o.idle) {
@@ -624,8 +650,8 @@ int main(int argc, char **argv)
 		med[m] = median_of(rs, o.runs, (enum metric)m);
 	print_line("  median:", med, o.n_recipients > 0, o.n_pids > 0);
 	double hwm = pids_mem(&o, "VmHWM:"), rss = pids_mem(&o, "VmRSS:");
-	printf("RESULT %s records=%u senders=%u recipients=%u idle=%u", o.label, o.records,
-	       o.senders, o.n_recipients, o.idle);
+	printf("RESULT %s records=%u senders=%u window=%u recipients=%u idle=%u", o.label,
+	       o.records, o.senders, o.window, o.n_recipients, o.idle);
 	for (int m = 0; m < M_COUNT; m++)
 		printf(" %s=%.3f", metric_key[m], med[m]);
 	printf(" server_rss_mib=%.1f server_hwm_mib=%.1f rss_before_idle_mib=%.1f\n", rss, hwm,

@@ -206,6 +206,42 @@ class TestDelivery(ExchangeCase):
         self.assertNothingPending(nhs)
 
 
+class TestPipelining(ExchangeCase):
+    def test_pipelined_sends_through_the_c_library(self):
+        """libisgclient's isg_client_send_start and _finish against the real
+        isgd, through the benchmark's load generator: two police connections
+        keep 8 sends each in flight while the two recipients take every
+        message by subscription and acknowledge it. isg-bench-load fails on
+        any refused send, missing receipt or missing delivery; the audit log
+        then holds each message accepted, delivered and acknowledged once."""
+        bench = os.path.join(isgtest.SOURCE, "tests", "bench", "policies")
+        gw = self.gateway(policy_dir=bench, domains=("bench",))
+        certs = self.pki.certs
+
+        def recipient(partner, name):
+            return "%s:%s:%s" % (partner, certs[name].cert, certs[name].key)
+
+        senders, messages = 2, 40
+        r = subprocess.run(
+            [os.path.join(isgtest.BIN, "isg-bench-load"), "--gateway", gw.address,
+             "--ca", self.pki.server_ca.cert, "--cert", certs["police"].cert,
+             "--key", certs["police"].key, "--recipient", recipient("nhs-trust", "nhs"),
+             "--recipient", recipient("city-council", "council"),
+             "--agreement", "bench-referral", "--dataset", "referral",
+             "--senders", str(senders), "--window", "8", "--messages", str(messages),
+             "--records", "5", "--runs", "1", "--label", "pipelined"],
+            capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"RESULT pipelined records=5 senders=2 window=8 recipients=2 ")
+        for kind in ("message.accepted", "message.delivered", "message.acknowledged"):
+            out = isgtest.ctl("audit", "list", "--kind", kind, "--format", "jsonl",
+                              "--config", gw.config_path)
+            self.assertEqual(out.rc, 0, str(out))
+            ids = [json.loads(line)["entry"]["message_id"] for line in out.out.splitlines()]
+            self.assertEqual(len(ids), senders * messages, kind)
+            self.assertEqual(len(set(ids)), senders * messages, kind)
+
+
 class TestRefusals(ExchangeCase):
     """(c) refusals: a clear error to the partner, and the gateway keeps serving."""
 
