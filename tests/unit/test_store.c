@@ -783,6 +783,27 @@ static void test_submit_validation(void **state)
 	uint64_t seq = 0;
 	for (size_t i = 0; i < ARRAY_LEN(good_bodies); i++)
 		assert_int_equal(audit_sync(s, "test.kind", good_bodies[i], &seq), 0);
+	/* Long strings are checked eight bytes at a time: what matters in them
+	 * (a control byte, a quote, a backslash) counts at every offset. */
+	for (size_t at = 0; at < 24; at++) {
+		static const struct {
+			const char *insert;
+			bool ok;
+		} cases[] = {{"\t", false}, {"\x01", false}, {"\\\"", true}, {"\\\\", true},
+		             {"\"", false}, {"\xc3\xa9", true}, {"\\", true}};
+		for (size_t k = 0; k < ARRAY_LEN(cases); k++) {
+			char body[128];
+			snprintf(body, sizeof(body), "{\"event\":\"test.kind\",\"s\":\"%.*s%s%.*s\"}",
+			         (int)at, "abcdefghijklmnopqrstuvwxyz", cases[k].insert, (int)(23 - at),
+			         "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+			/* A lone backslash escapes what follows: the closing quote at 23. */
+			bool ok = cases[k].ok && !(k == ARRAY_LEN(cases) - 1 && at == 23);
+			int rc = ok ? audit_sync(s, "test.kind", body, &seq)
+			            : store_audit(s, "test.kind", body, strlen(body), NULL, NULL);
+			if ((rc == 0) != ok)
+				fail_msg("insert %zu at %zu: %d", k, at, rc);
+		}
+	}
 	/* A kind that would need escaping, and a send whose entry is not message.accepted. */
 	const char *quoted = "{\"event\":\"a\\\"b\"}";
 	assert_int_equal(store_audit(s, "a\"b", quoted, strlen(quoted), NULL, NULL),
@@ -802,7 +823,7 @@ static void test_submit_validation(void **state)
 	assert_int_equal(res->n, 1);
 	assert_string_equal(res->items[0].purpose, "");
 	store_fetch_result_free(res);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 4);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 4 + 24 * 3 + 23);
 }
 
 int main(void)
