@@ -126,9 +126,17 @@ static size_t subject_requests(const struct policy_dataset *ds, const Isg__SendR
  * as it is, which costs far less than escaping it a byte at a time. Anything
  * else takes the escaping path.
  */
+static bool base64url_char(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '_' || c == '-';
+}
+
 static void json_pseudonym(struct strbuf *b, const char *p)
 {
-	size_t len = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-");
+	size_t len = 0;
+	while (base64url_char((unsigned char)p[len]))
+		len++;
 	if (p[len] != '\0') {
 		strbuf_json_string(b, p);
 		return;
