@@ -307,18 +307,9 @@ static int joint_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, 
 	struct subjects *sj = jp->subj;
 	if (sj->n == 0 || sj->answered)
 		return jp->inner->pseudonymise(jp->inner->ctx, reqs, n, today);
-	struct pseudo_request *all = malloc((n + sj->n) * sizeof(*all));
-	if (!all)
-		return ISG_ERR_NOMEM;
-	memcpy(all, reqs, n * sizeof(*all));
-	memcpy(all + n, sj->reqs, sj->n * sizeof(*all));
-	int err = jp->inner->pseudonymise(jp->inner->ctx, all, n + sj->n, today);
-	if (err == 0) {
-		memcpy(reqs, all, n * sizeof(*all));
-		memcpy(sj->reqs, all + n, sj->n * sizeof(*all));
-		sj->answered = true;
-	}
-	free(all);
+	const struct pseudo_batch parts[] = {{reqs, n}, {sj->reqs, sj->n}};
+	int err = jp->inner->pseudonymise_parts(jp->inner->ctx, parts, 2, today);
+	sj->answered = err == 0;
 	return err;
 }
 

@@ -491,19 +491,53 @@ void keyproc_ring_free(struct keyproc_ring *r)
 	free(r);
 }
 
-/* One round trip per batch. The answers are checked like any input. */
-static int remote_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
+static uint8_t *put_request(uint8_t *p, const struct pseudo_request *r)
+{
+	uint8_t dlen = (uint8_t)strlen(r->domain), type = (uint8_t)r->type;
+	uint32_t vlen = (uint32_t)r->len;
+	*p++ = dlen;
+	memcpy(p, r->domain, dlen);
+	p += dlen;
+	*p++ = type;
+	memcpy(p, &vlen, 4);
+	if (vlen)
+		memcpy(p + 4, r->norm, vlen);
+	return p + 4 + vlen;
+}
+
+/* A request's two answers (current and previous key), checked like any input. */
+static int get_answer(const uint8_t **q, const uint8_t *end, struct pseudo_request *r)
+{
+	char *texts[2] = {r->out, r->previous};
+	for (int k = 0; k < 2; k++) {
+		const uint8_t *at = *q;
+		if (at >= end || *at >= PSEUDO_TEXT_MAX || (size_t)(end - at - 1) < *at)
+			return ISG_ERR_IO;
+		memcpy(texts[k], at + 1, *at);
+		texts[k][*at] = '\0';
+		*q = at + 1 + *at;
+	}
+	return 0;
+}
+
+/* One round trip per batch, however many arrays hold it. */
+static int remote_pseudonymise_parts(void *ctx, const struct pseudo_batch *parts, size_t n_parts,
+                                     int64_t today)
 {
 	struct keyproc_ring *r = ctx;
+	size_t size = 16, n = 0;
+	for (size_t k = 0; k < n_parts; k++) {
+		for (size_t i = 0; i < parts[k].n; i++) {
+			const struct pseudo_request *q = &parts[k].reqs[i];
+			if (!q->domain || strlen(q->domain) > KEYS_DOMAIN_NAME_MAX ||
+			    q->len > PSEUDO_VALUE_MAX || (unsigned)q->type > 0xff)
+				return ISG_ERR_INVALID;
+			size += 6 + strlen(q->domain) + q->len;
+		}
+		n += parts[k].n;
+	}
 	if (n == 0)
 		return 0;
-	size_t size = 16;
-	for (size_t i = 0; i < n; i++) {
-		if (!reqs[i].domain || strlen(reqs[i].domain) > KEYS_DOMAIN_NAME_MAX ||
-		    reqs[i].len > PSEUDO_VALUE_MAX || (unsigned)reqs[i].type > 0xff)
-			return ISG_ERR_INVALID;
-		size += 6 + strlen(reqs[i].domain) + reqs[i].len;
-	}
 	if (n > UINT32_MAX || size > KEYPROC_FRAME_MAX)
 		return ISG_ERR_TOO_BIG;
 	uint8_t *req = malloc(size), *p = req;
@@ -514,18 +548,9 @@ static int remote_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n,
 	memcpy(p + 4, &today, 8);
 	memcpy(p + 12, &n32, 4);
 	p += 16;
-	for (size_t i = 0; i < n; i++) {
-		uint8_t dlen = (uint8_t)strlen(reqs[i].domain), type = (uint8_t)reqs[i].type;
-		uint32_t vlen = (uint32_t)reqs[i].len;
-		*p++ = dlen;
-		memcpy(p, reqs[i].domain, dlen);
-		p += dlen;
-		*p++ = type;
-		memcpy(p, &vlen, 4);
-		if (vlen)
-			memcpy(p + 4, reqs[i].norm, vlen);
-		p += 4 + vlen;
-	}
+	for (size_t k = 0; k < n_parts; k++)
+		for (size_t i = 0; i < parts[k].n; i++)
+			p = put_request(p, &parts[k].reqs[i]);
 	struct iovec part = {req, (size_t)(p - req)};
 	uint8_t *body = NULL;
 	size_t len = 0;
@@ -533,25 +558,24 @@ static int remote_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n,
 	sodium_memzero(req, size);
 	free(req);
 	const uint8_t *q = body, *end = body ? body + len : NULL;
-	for (size_t i = 0; rc == 0 && i < n; i++) {
-		char *texts[2] = {reqs[i].out, reqs[i].previous};
-		for (int k = 0; rc == 0 && k < 2; k++) {
-			if (q >= end || *q >= PSEUDO_TEXT_MAX || (size_t)(end - q - 1) < *q) {
-				rc = ISG_ERR_IO;
-				break;
-			}
-			memcpy(texts[k], q + 1, *q);
-			texts[k][*q] = '\0';
-			q += 1 + *q;
-		}
-	}
+	for (size_t k = 0; rc == 0 && k < n_parts; k++)
+		for (size_t i = 0; rc == 0 && i < parts[k].n; i++)
+			rc = get_answer(&q, end, &parts[k].reqs[i]);
 	if (rc == 0 && q != end)
 		rc = ISG_ERR_IO;
 	free(body);
 	return rc;
 }
 
+static int remote_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
+{
+	const struct pseudo_batch all = {reqs, n};
+	return remote_pseudonymise_parts(ctx, &all, 1, today);
+}
+
 struct pseudo_service keyproc_ring_service(struct keyproc_ring *r)
 {
-	return (struct pseudo_service){.ctx = r, .pseudonymise = remote_pseudonymise};
+	return (struct pseudo_service){.ctx = r,
+	                               .pseudonymise = remote_pseudonymise,
+	                               .pseudonymise_parts = remote_pseudonymise_parts};
 }

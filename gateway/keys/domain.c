@@ -622,33 +622,45 @@ static void answer(const struct domain *d, size_t j, const struct pseudo_request
  * Read-only access to an immutable keyring, and pseudo_hash keeps its state
  * on the stack: any number of threads may call this at once.
  */
-static int keyring_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n,
-                                int64_t today_days)
+static int keyring_pseudonymise_parts(void *ctx, const struct pseudo_batch *parts, size_t n_parts,
+                                      int64_t today_days)
 {
 	const struct keyring *ring = ctx;
 	const struct domain *last = NULL;
 	/* Check the whole batch first, so a refusal fills nothing. */
-	for (size_t i = 0; i < n; i++) {
-		const struct domain *d = keyring_find_next(ring, reqs[i].domain, &last);
-		if (!d)
-			return ISG_ERR_NOT_FOUND;
-		if (!d->keys) /* a description: it holds no key */
-			return ISG_ERR_CRYPTO;
-		if ((!reqs[i].norm && reqs[i].len) || reqs[i].len > PSEUDO_VALUE_MAX ||
-		    (unsigned)reqs[i].type == 0 || (unsigned)reqs[i].type > 0xff)
-			return ISG_ERR_INVALID;
+	for (size_t p = 0; p < n_parts; p++) {
+		for (size_t i = 0; i < parts[p].n; i++) {
+			const struct pseudo_request *r = &parts[p].reqs[i];
+			const struct domain *d = keyring_find_next(ring, r->domain, &last);
+			if (!d)
+				return ISG_ERR_NOT_FOUND;
+			if (!d->keys) /* a description: it holds no key */
+				return ISG_ERR_CRYPTO;
+			if ((!r->norm && r->len) || r->len > PSEUDO_VALUE_MAX ||
+			    (unsigned)r->type == 0 || (unsigned)r->type > 0xff)
+				return ISG_ERR_INVALID;
+		}
 	}
-	for (size_t i = 0; i < n; i++) {
-		struct pseudo_request *r = &reqs[i];
-		const struct domain *d = keyring_find_next(ring, r->domain, &last);
-		answer(d, d->n - 1, r, r->out);
-		size_t prev = domain_previous(d, today_days);
-		if (prev == SIZE_MAX)
-			r->previous[0] = '\0';
-		else
-			answer(d, prev, r, r->previous);
+	for (size_t p = 0; p < n_parts; p++) {
+		for (size_t i = 0; i < parts[p].n; i++) {
+			struct pseudo_request *r = &parts[p].reqs[i];
+			const struct domain *d = keyring_find_next(ring, r->domain, &last);
+			answer(d, d->n - 1, r, r->out);
+			size_t prev = domain_previous(d, today_days);
+			if (prev == SIZE_MAX)
+				r->previous[0] = '\0';
+			else
+				answer(d, prev, r, r->previous);
+		}
 	}
 	return 0;
+}
+
+static int keyring_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n,
+                                int64_t today_days)
+{
+	const struct pseudo_batch all = {reqs, n};
+	return keyring_pseudonymise_parts(ctx, &all, 1, today_days);
 }
 
 size_t keyring_pseudonymise_all(const struct keyring *ring, const char *domain,
@@ -667,7 +679,9 @@ size_t keyring_pseudonymise_all(const struct keyring *ring, const char *domain,
 struct pseudo_service keyring_service(const struct keyring *ring)
 {
 	/* The service only reads through ctx; the cast drops const for the generic slot. */
-	return (struct pseudo_service){.ctx = (void *)ring, .pseudonymise = keyring_pseudonymise};
+	return (struct pseudo_service){.ctx = (void *)ring,
+	                               .pseudonymise = keyring_pseudonymise,
+	                               .pseudonymise_parts = keyring_pseudonymise_parts};
 }
 
 size_t keyring_domain_count(const struct keyring *ring)

@@ -110,10 +110,20 @@ struct pseudo_request {
 	char previous[PSEUDO_TEXT_MAX];
 };
 
+/* Some of a batch's requests, in an array of their own. */
+struct pseudo_batch {
+	struct pseudo_request *reqs;
+	size_t n;
+};
+
 struct pseudo_service {
 	void *ctx;
 	/* Answer every request; 0, or ISG_ERR_NOT_FOUND when a domain has no key. */
 	int (*pseudonymise)(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today_days);
+	/* The same for a batch held in several arrays, answered together (one
+	 * round trip to the key process) without copying them into one. */
+	int (*pseudonymise_parts)(void *ctx, const struct pseudo_batch *parts, size_t n_parts,
+	                          int64_t today_days);
 };
 
 #endif
