@@ -789,12 +789,13 @@ static void test_submit_validation(void **state)
 		static const struct {
 			const char *insert;
 			bool ok;
-		} cases[] = {{"\t", false}, {"\x01", false}, {"\\\"", true}, {"\\\\", true},
+		} cases[] = {{"\t", false}, {"\x01", false},    {"\\\"", true}, {"\\\\", true},
 		             {"\"", false}, {"\xc3\xa9", true}, {"\\", true}};
 		for (size_t k = 0; k < ARRAY_LEN(cases); k++) {
 			char body[128];
-			snprintf(body, sizeof(body), "{\"event\":\"test.kind\",\"s\":\"%.*s%s%.*s\"}",
-			         (int)at, "abcdefghijklmnopqrstuvwxyz", cases[k].insert, (int)(23 - at),
+			snprintf(body, sizeof(body),
+			         "{\"event\":\"test.kind\",\"s\":\"%.*s%s%.*s\"}", (int)at,
+			         "abcdefghijklmnopqrstuvwxyz", cases[k].insert, (int)(23 - at),
 			         "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
 			/* A lone backslash escapes what follows: the closing quote at 23. */
 			bool ok = cases[k].ok && !(k == ARRAY_LEN(cases) - 1 && at == 23);
