@@ -26,7 +26,9 @@ struct keyproc_server {
 	const struct keyproc_options *opt;
 	uint8_t *storage_key;
 	struct audit_signer *signer;
-	pthread_mutex_t mu; /* guards rings, next_gen and signed_size */
+	/* Guards rings, next_gen and signed_size. Pseudonym batches only read
+	 * the rings, so the channels' batches run side by side. */
+	pthread_rwlock_t lock;
 	struct ring_slot rings[KEYPROC_RINGS_MAX];
 	uint32_t next_gen;
 	uint64_t signed_size;
@@ -94,7 +96,7 @@ static int do_load(struct keyproc_server *sv, struct keyproc_answer *a)
 		keyring_free(ring);
 		return a->status = rc;
 	}
-	pthread_mutex_lock(&sv->mu);
+	pthread_rwlock_wrlock(&sv->lock);
 	struct ring_slot *slot = NULL;
 	for (size_t i = 0; i < KEYPROC_RINGS_MAX && !slot; i++)
 		if (sv->rings[i].gen == 0)
@@ -106,7 +108,7 @@ static int do_load(struct keyproc_server *sv, struct keyproc_answer *a)
 		slot->ring = ring;
 		ring = NULL;
 	}
-	pthread_mutex_unlock(&sv->mu);
+	pthread_rwlock_unlock(&sv->lock);
 	keyring_free(ring);
 	if (!slot) {
 		free(desc);
@@ -128,49 +130,47 @@ static int do_drop(struct keyproc_server *sv, struct cursor *c, struct keyproc_a
 	if (!take(c, &gen, 4) || c->left != 0 || gen == 0)
 		return a->status = ISG_ERR_PARSE;
 	struct keyring *ring = NULL;
-	pthread_mutex_lock(&sv->mu);
+	pthread_rwlock_wrlock(&sv->lock);
 	for (size_t i = 0; i < KEYPROC_RINGS_MAX; i++) {
 		if (sv->rings[i].gen == gen) {
 			ring = sv->rings[i].ring;
 			sv->rings[i] = (struct ring_slot){0};
 		}
 	}
-	pthread_mutex_unlock(&sv->mu);
+	pthread_rwlock_unlock(&sv->lock);
 	keyring_free(ring); /* wipes: no request can be using it, see do_pseudo */
 	return a->status = ring ? 0 : ISG_ERR_NOT_FOUND;
 }
 
-/* One request of a batch, with its domain name made a C string. */
-struct pseudo_item {
-	char domain[KEYS_DOMAIN_NAME_MAX + 1];
-	struct pseudo_request r;
-};
+/* A batch's domain names, each made a C string. */
+typedef char domain_name[KEYS_DOMAIN_NAME_MAX + 1];
 
-static int parse_pseudo(struct cursor *c, struct pseudo_item *items, uint32_t n)
+/* Requests read straight into place; each answer is written by the keyring. */
+static int parse_pseudo(struct cursor *c, struct pseudo_request *reqs, domain_name *domains,
+                        uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++) {
-		struct pseudo_item *it = &items[i];
 		uint8_t dlen, type;
 		uint32_t vlen;
-		if (!take(c, &dlen, 1) || dlen > KEYS_DOMAIN_NAME_MAX || !take(c, it->domain, dlen))
+		if (!take(c, &dlen, 1) || dlen > KEYS_DOMAIN_NAME_MAX || !take(c, domains[i], dlen))
 			return ISG_ERR_PARSE;
-		it->domain[dlen] = '\0';
+		domains[i][dlen] = '\0';
 		if (!take(c, &type, 1) || !take(c, &vlen, 4) || vlen > PSEUDO_VALUE_MAX)
 			return ISG_ERR_PARSE;
 		const uint8_t *v = take_ref(c, vlen);
 		if (!v)
 			return ISG_ERR_PARSE;
-		it->r = (struct pseudo_request){.domain = it->domain,
-		                                .type = (enum pseudo_type)type,
-		                                .norm = (const char *)v,
-		                                .len = vlen};
+		reqs[i].domain = domains[i];
+		reqs[i].type = (enum pseudo_type)type;
+		reqs[i].norm = (const char *)v;
+		reqs[i].len = vlen;
 	}
 	return c->left == 0 ? 0 : ISG_ERR_PARSE;
 }
 
 /*
- * The ring is used under the lock: a DROP waits for the batch to finish.
- * Batches are short (microseconds per pseudonym), and isgd drops a
+ * The ring is used under the read lock: a DROP waits for the batch to
+ * finish. Batches are short (microseconds per pseudonym), and isgd drops a
  * generation only after the last request using it has finished anyway.
  */
 static int do_pseudo(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
@@ -181,17 +181,11 @@ static int do_pseudo(struct keyproc_server *sv, struct cursor *c, struct keyproc
 	if (!take(c, &gen, 4) || !take(c, &today, 8) || !take(c, &n, 4) || n == 0 ||
 	    n > c->left / 6)
 		return a->status = ISG_ERR_PARSE;
-	struct pseudo_item *items = calloc(n, sizeof(*items));
-	if (!items)
-		return a->status = ISG_ERR_NOMEM;
-	int rc = parse_pseudo(c, items, n);
-	struct pseudo_request *reqs = NULL;
-	if (rc == 0 && !(reqs = malloc(n * sizeof(*reqs))))
-		rc = ISG_ERR_NOMEM;
-	for (uint32_t i = 0; rc == 0 && i < n; i++)
-		reqs[i] = items[i].r;
+	struct pseudo_request *reqs = malloc(n * sizeof(*reqs));
+	domain_name *domains = malloc(n * sizeof(*domains));
+	int rc = reqs && domains ? parse_pseudo(c, reqs, domains, n) : ISG_ERR_NOMEM;
 	if (rc == 0) {
-		pthread_mutex_lock(&sv->mu);
+		pthread_rwlock_rdlock(&sv->lock);
 		const struct keyring *ring = NULL;
 		for (size_t i = 0; i < KEYPROC_RINGS_MAX; i++)
 			if (sv->rings[i].gen == gen)
@@ -202,7 +196,7 @@ static int do_pseudo(struct keyproc_server *sv, struct cursor *c, struct keyproc
 			struct pseudo_service svc = keyring_service(ring);
 			rc = svc.pseudonymise(svc.ctx, reqs, n, today);
 		}
-		pthread_mutex_unlock(&sv->mu);
+		pthread_rwlock_unlock(&sv->lock);
 	}
 	if (rc == 0 && answer_alloc(a, (size_t)n * 2 * (1 + PSEUDO_TEXT_MAX)) == 0) {
 		uint8_t *p = a->body;
@@ -220,10 +214,9 @@ static int do_pseudo(struct keyproc_server *sv, struct cursor *c, struct keyproc
 		a->status = rc;
 	}
 	if (reqs)
-		sodium_memzero(reqs, n * sizeof(*reqs));
-	sodium_memzero(items, n * sizeof(*items));
+		sodium_memzero(reqs, n * sizeof(*reqs)); /* the answers */
 	free(reqs);
-	free(items);
+	free(domains);
 	return a->status;
 }
 
@@ -300,13 +293,13 @@ static int do_sign(struct keyproc_server *sv, struct cursor *c, struct keyproc_a
 		return answer_text(a, ISG_ERR_INVALID, "not a checkpoint");
 	if (strcmp(cp.origin, audit_signer_name(sv->signer)) != 0)
 		return answer_text(a, ISG_ERR_DENIED, "a checkpoint of another log");
-	pthread_mutex_lock(&sv->mu);
+	pthread_rwlock_wrlock(&sv->lock);
 	bool ok = !sv->signed_any || cp.size >= sv->signed_size;
 	if (ok) {
 		sv->signed_any = true;
 		sv->signed_size = cp.size;
 	}
-	pthread_mutex_unlock(&sv->mu);
+	pthread_rwlock_unlock(&sv->lock);
 	if (!ok)
 		return answer_text(a, ISG_ERR_DENIED,
 		                   "a checkpoint smaller than one already signed");
@@ -411,7 +404,7 @@ struct keyproc_server *keyproc_server_new(const struct keyproc_options *opt, cha
 		return NULL;
 	}
 	sv->opt = opt;
-	pthread_mutex_init(&sv->mu, NULL);
+	pthread_rwlock_init(&sv->lock, NULL);
 	int rc = keys_load_storage(opt->keys_dir, &sv->storage_key, err, errlen);
 	uint8_t *seed = NULL;
 	if (rc == 0)
@@ -435,7 +428,7 @@ void keyproc_server_free(struct keyproc_server *sv)
 		keyring_free(sv->rings[i].ring);
 	keys_free(sv->storage_key);
 	audit_signer_free(sv->signer);
-	pthread_mutex_destroy(&sv->mu);
+	pthread_rwlock_destroy(&sv->lock);
 	free(sv);
 }
 
