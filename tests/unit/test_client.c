@@ -565,6 +565,18 @@ static void test_bad_options(void **state)
 
 /* Tests: requests. */
 
+/* A ping's answer. */
+static void mock_pong(SSL *ssl, const Isg__Frame *ping)
+{
+	Isg__Pong pong = ISG__PONG__INIT;
+	pong.nonce = ping->ping->nonce;
+	Isg__Frame out = ISG__FRAME__INIT;
+	out.request_id = ping->request_id;
+	out.body_case = ISG__FRAME__BODY_PONG;
+	out.pong = &pong;
+	mock_write(ssl, &out);
+}
+
 /* A send's receipt; the audit index is the gateway id + 4004. */
 static void mock_receipt(SSL *ssl, uint64_t request_id, const char *message_id, uint64_t gateway_id)
 {
@@ -681,13 +693,7 @@ static void script_refuse_then_pong(struct mock *m, SSL *ssl)
 	f = mock_expect(m, ssl, ISG__FRAME__BODY_PING);
 	if (!f)
 		return;
-	Isg__Pong pong = ISG__PONG__INIT;
-	pong.nonce = f->ping->nonce;
-	Isg__Frame out = ISG__FRAME__INIT;
-	out.request_id = f->request_id;
-	out.body_case = ISG__FRAME__BODY_PONG;
-	out.pong = &pong;
-	mock_write(ssl, &out);
+	mock_pong(ssl, f);
 	mock_drain(m, ssl);
 }
 
@@ -742,13 +748,7 @@ static void script_pipelined(struct mock *m, SSL *ssl)
 	Isg__Frame *f = mock_expect(m, ssl, ISG__FRAME__BODY_PING);
 	if (!f)
 		return;
-	Isg__Pong pong = ISG__PONG__INIT;
-	pong.nonce = f->ping->nonce;
-	Isg__Frame out = ISG__FRAME__INIT;
-	out.request_id = f->request_id;
-	out.body_case = ISG__FRAME__BODY_PONG;
-	out.pong = &pong;
-	mock_write(ssl, &out);
+	mock_pong(ssl, f);
 	mock_error(ssl, ids[1], ISG__ERROR_CODE__NOT_PERMITTED, "no agreement allows this", -1,
 	           NULL, "agreement.none", 78);
 	mock_receipt(ssl, ids[2], "c", 3003);
