@@ -18,6 +18,8 @@
 
 #define CLIENT_DEFAULT_TIMEOUT_MS 30000
 #define CLIENT_DEFAULT_MAX_FRAME (64u * 1024 * 1024)
+/* Largest answer to a started send kept for isg_client_send_finish. */
+#define CLIENT_MAX_ANSWER_BYTES (64u * 1024)
 /* Bytes of pushed deliveries kept while another request is waiting. */
 #define CLIENT_MAX_QUEUED_BYTES (256u * 1024 * 1024)
 

@@ -205,7 +205,9 @@ ISG_CLIENT_API int isg_client_send(struct isg_client *client, const struct isg_m
  * gives the answer if it had arrived and ISG_CLIENT_E_CLOSED otherwise; the
  * message may or may not have been accepted then, so send it again with the
  * same message_id to find out (a resend of an accepted message gets its
- * receipt, marked duplicate). isg_client_close discards unfinished sends.
+ * receipt, marked duplicate): give pipelined messages ids of your own.
+ * isg_client_send counts as one started send while it runs.
+ * isg_client_close discards unfinished sends.
  */
 #define ISG_CLIENT_MAX_STARTED 64
 ISG_CLIENT_API int isg_client_send_start(struct isg_client *client, const struct isg_message *msg,

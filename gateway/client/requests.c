@@ -49,18 +49,28 @@ static struct started_send *started_find(struct isg_client *c, uint64_t id)
 	return NULL;
 }
 
+/*
+ * An answer to a started send, kept for isg_client_send_finish. A receipt or
+ * an error is a few hundred bytes; a larger one is not kept.
+ */
+static bool keep_send_answer(struct isg_client *c, Isg__Frame *f, size_t size)
+{
+	struct started_send *st = started_find(c, f->request_id);
+	if (!st || st->answer || size > CLIENT_MAX_ANSWER_BYTES ||
+	    (f->body_case != ISG__FRAME__BODY_SEND_RESULT &&
+	     f->body_case != ISG__FRAME__BODY_ERROR))
+		return false;
+	st->answer = f;
+	return true;
+}
+
 /* A frame that answers no request we are waiting for. */
 static int side_frame(struct isg_client *c, Isg__Frame *f, size_t size, struct isg_error *err)
 {
 	if (f->request_id == 0 && f->body_case == ISG__FRAME__BODY_ERROR)
 		return connection_error(c, f, err);
-	struct started_send *st = started_find(c, f->request_id);
-	if (st && !st->answer &&
-	    (f->body_case == ISG__FRAME__BODY_SEND_RESULT ||
-	     f->body_case == ISG__FRAME__BODY_ERROR)) {
-		st->answer = f; /* kept for isg_client_send_finish */
+	if (keep_send_answer(c, f, size))
 		return 0;
-	}
 	if (c->subscribed && f->request_id == c->subscribe_id &&
 	    (f->body_case == ISG__FRAME__BODY_DELIVERY || f->body_case == ISG__FRAME__BODY_ERROR)) {
 		int rc = queue_push(&c->pushed, f, size);
@@ -84,24 +94,31 @@ static int side_frame(struct isg_client *c, Isg__Frame *f, size_t size, struct i
 
 /*
  * A write failed: the gateway may have said why before closing (for example
- * a certificate it does not know). Surface that error instead of ours.
+ * a certificate it does not know). Surface that error instead of ours, and
+ * keep the answers to started sends that came before it.
  */
 static void salvage_error(struct isg_client *c, struct isg_error *err)
 {
 	struct isg_error ignored;
 	client_error_clear(&ignored);
-	Isg__Frame *f = NULL;
-	size_t size;
 	bool dead = c->tls_dead;
 	c->tls_dead = false;
-	enum read_result r = client_read_frame(c, client_deadline(250), false, &f, &size, &ignored);
+	int64_t deadline = client_deadline(250);
+	for (;;) {
+		Isg__Frame *f = NULL;
+		size_t size;
+		enum read_result r = client_read_frame(c, deadline, false, &f, &size, &ignored);
+		if (r == READ_FRAME && keep_send_answer(c, f, size))
+			continue;
+		if (r == READ_FRAME && f->body_case == ISG__FRAME__BODY_ERROR)
+			client_error_from_wire(err, f->error);
+		else if (r == READ_ERROR && ignored.code == ISG_CLIENT_E_TLS && err)
+			*err = ignored; /* a TLS alert, e.g. the client certificate was refused */
+		if (r == READ_FRAME)
+			wire_frame_free(f);
+		break;
+	}
 	c->tls_dead = c->tls_dead || dead;
-	if (r == READ_FRAME && f->body_case == ISG__FRAME__BODY_ERROR)
-		client_error_from_wire(err, f->error);
-	else if (r == READ_ERROR && ignored.code == ISG_CLIENT_E_TLS && err)
-		*err = ignored; /* a TLS alert, e.g. the client certificate was refused */
-	if (r == READ_FRAME)
-		wire_frame_free(f);
 }
 
 /* The answer to the request we wait for: what was wanted, or its error. */
@@ -203,8 +220,8 @@ static int fill_receipt(struct isg_client *c, const Isg__Frame *f, struct isg_re
 	return 0;
 }
 
-ISG_CLIENT_API int isg_client_send_start(struct isg_client *c, const struct isg_message *msg,
-                                         uint64_t *ticket, struct isg_error *err)
+static int send_start(struct isg_client *c, const struct isg_message *msg, int64_t deadline,
+                      uint64_t *ticket, struct isg_error *err)
 {
 	if (check_usable(c, err) < 0)
 		return -1;
@@ -235,7 +252,7 @@ ISG_CLIENT_API int isg_client_send_start(struct isg_client *c, const struct isg_
 	req.body_case = ISG__FRAME__BODY_SEND;
 	req.send = &b.req;
 	req.request_id = ++c->last_request_id;
-	int rc = client_write_frame(c, &req, client_deadline(c->timeout_ms), err);
+	int rc = client_write_frame(c, &req, deadline, err);
 	send_build_release(&b);
 	if (rc < 0) {
 		if (c->broken)
@@ -247,8 +264,8 @@ ISG_CLIENT_API int isg_client_send_start(struct isg_client *c, const struct isg_
 	return 0;
 }
 
-ISG_CLIENT_API int isg_client_send_finish(struct isg_client *c, uint64_t ticket,
-                                          struct isg_receipt *receipt, struct isg_error *err)
+static int send_finish(struct isg_client *c, uint64_t ticket, int64_t deadline,
+                       struct isg_receipt *receipt, struct isg_error *err)
 {
 	if (!c)
 		return check_usable(c, err);
@@ -267,21 +284,34 @@ ISG_CLIENT_API int isg_client_send_finish(struct isg_client *c, uint64_t ticket,
 	else if (check_usable(c, err) < 0)
 		return -1;
 	else
-		rc = wait_answer(c, ticket, ISG__FRAME__BODY_SEND_RESULT,
-		                 client_deadline(c->timeout_ms), &answer, err);
+		rc = wait_answer(c, ticket, ISG__FRAME__BODY_SEND_RESULT, deadline, &answer, err);
 	if (rc == 0)
 		rc = fill_receipt(c, answer, receipt, err);
 	wire_frame_free(answer);
 	return rc;
 }
 
+ISG_CLIENT_API int isg_client_send_start(struct isg_client *c, const struct isg_message *msg,
+                                         uint64_t *ticket, struct isg_error *err)
+{
+	return send_start(c, msg, client_deadline(c ? c->timeout_ms : 0), ticket, err);
+}
+
+ISG_CLIENT_API int isg_client_send_finish(struct isg_client *c, uint64_t ticket,
+                                          struct isg_receipt *receipt, struct isg_error *err)
+{
+	return send_finish(c, ticket, client_deadline(c ? c->timeout_ms : 0), receipt, err);
+}
+
+/* Start and finish within one timeout, as any other request. */
 ISG_CLIENT_API int isg_client_send(struct isg_client *c, const struct isg_message *msg,
                                    struct isg_receipt *receipt, struct isg_error *err)
 {
+	int64_t deadline = client_deadline(c ? c->timeout_ms : 0);
 	uint64_t ticket;
-	if (isg_client_send_start(c, msg, &ticket, err) < 0)
+	if (send_start(c, msg, deadline, &ticket, err) < 0)
 		return -1;
-	return isg_client_send_finish(c, ticket, receipt, err);
+	return send_finish(c, ticket, deadline, receipt, err);
 }
 
 ISG_CLIENT_API int isg_client_fetch(struct isg_client *c, unsigned max, unsigned wait_ms,

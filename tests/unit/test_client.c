@@ -848,6 +848,49 @@ static void test_pipelined_answer_kept_when_connection_fails(void **state)
 	mock_finish(&m);
 }
 
+/* A send answered, then the gateway's error about the connection, then a reset. */
+static void script_answer_then_error_and_reset(struct mock *m, SSL *ssl)
+{
+	mock_welcome(m, ssl);
+	Isg__Frame *f = mock_expect(m, ssl, ISG__FRAME__BODY_SEND);
+	if (!f)
+		return;
+	mock_receipt(ssl, f->request_id, "first", 1001);
+	mock_error(ssl, 0, ISG__ERROR_CODE__UNAVAILABLE, "the gateway is shutting down", -1, NULL,
+	           "gateway.shutdown", 0);
+	struct linger reset = {.l_onoff = 1, .l_linger = 0};
+	setsockopt(SSL_get_fd(ssl), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+}
+
+/*
+ * A write that fails makes the client read what the gateway said before it
+ * closed: the receipt of a started send that came first is kept for it.
+ */
+static void test_pipelined_answer_kept_when_write_fails(void **state)
+{
+	struct mock m;
+	struct isg_client *c = connect_to(&m, script_answer_then_error_and_reset);
+	struct isg_message msg = {.recipient = "nhs-trust",
+	                          .agreement_id = "isa-42",
+	                          .dataset = "referrals",
+	                          .message_id = "first"};
+	struct isg_error err;
+	struct isg_receipt r;
+	uint64_t first, second;
+	if (isg_client_send_start(c, &msg, &first, &err) < 0)
+		fail_msg("%s", err.message);
+	mock_finish(&m); /* the gateway has answered, said why and reset the connection */
+	msg.message_id = "second";
+	assert_int_equal(isg_client_send_start(c, &msg, &second, &err), -1);
+	/* The gateway's error may be lost with the reset; the receipt before it is not. */
+	assert_true(err.from_gateway ? err.code == ISG_WIRE_UNAVAILABLE
+	                             : err.code == ISG_CLIENT_E_IO);
+	if (isg_client_send_finish(c, first, &r, &err) < 0)
+		fail_msg("%s", err.message);
+	assert_string_equal(r.message_id, "first");
+	isg_client_close(c);
+}
+
 static void fill_delivery(Isg__Delivery *d, uint64_t id, Isg__Record **recs, size_t n)
 {
 	isg__delivery__init(d);
@@ -1202,6 +1245,7 @@ int main(void)
 	    cmocka_unit_test(test_refusal_reported_exactly_and_connection_usable),
 	    cmocka_unit_test(test_pipelined_sends),
 	    cmocka_unit_test(test_pipelined_answer_kept_when_connection_fails),
+	    cmocka_unit_test(test_pipelined_answer_kept_when_write_fails),
 	    cmocka_unit_test(test_fetch_and_ack),
 	    cmocka_unit_test(test_subscription_keeps_pushes_during_ack),
 	    cmocka_unit_test(test_timeout_then_unusable),
