@@ -404,8 +404,18 @@ struct keyproc_server *keyproc_server_new(const struct keyproc_options *opt, cha
 		return NULL;
 	}
 	sv->opt = opt;
-	pthread_rwlock_init(&sv->lock, NULL);
-	int rc = keys_load_storage(opt->keys_dir, &sv->storage_key, err, errlen);
+	/* Writers first: a stream of batches must not hold off a reload. */
+	pthread_rwlockattr_t attr;
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	int rc = pthread_rwlock_init(&sv->lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	if (rc != 0) {
+		snprintf(err, errlen, "key process: cannot make a lock");
+		free(sv);
+		return NULL;
+	}
+	rc = keys_load_storage(opt->keys_dir, &sv->storage_key, err, errlen);
 	uint8_t *seed = NULL;
 	if (rc == 0)
 		rc = keys_load_audit_signing(opt->keys_dir, &seed, err, errlen);

@@ -121,7 +121,8 @@ struct pseudo_service {
 	/* Answer every request; 0, or ISG_ERR_NOT_FOUND when a domain has no key. */
 	int (*pseudonymise)(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today_days);
 	/* The same for a batch held in several arrays, answered together (one
-	 * round trip to the key process) without copying them into one. */
+	 * round trip to the key process) without copying them into one. Both
+	 * of isgd's services have it; NULL makes isgd ask once per array. */
 	int (*pseudonymise_parts)(void *ctx, const struct pseudo_batch *parts, size_t n_parts,
 	                          int64_t today_days);
 };

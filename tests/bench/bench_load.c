@@ -193,6 +193,7 @@ static void *sender_main(void *arg)
 	struct started {
 		uint64_t ticket;
 		int64_t t0;
+		char id[96];
 	} ring[MAX_WINDOW];
 	unsigned sent = 0, done = 0;
 	while (ok && done < o->messages && !atomic_load(&rs->failed)) {
@@ -205,10 +206,9 @@ static void *sender_main(void *arg)
 			                     : o->to;
 			struct started *st = &ring[m % MAX_WINDOW];
 			st->t0 = now_ns();
-			char id[96];
-			snprintf(id, sizeof(id), "b%ld-%u-%u-%u-%" PRId64, (long)getpid(), rs->run,
-			         w->index, m, st->t0);
-			struct isg_message msg = {.message_id = id,
+			snprintf(st->id, sizeof(st->id), "b%ld-%u-%u-%u-%" PRId64, (long)getpid(),
+			         rs->run, w->index, m, st->t0);
+			struct isg_message msg = {.message_id = st->id,
 			                          .recipient = to,
 			                          .agreement_id = o->agreement,
 			                          .dataset = o->dataset,
@@ -225,6 +225,12 @@ static void *sender_main(void *arg)
 		struct isg_receipt r;
 		if (isg_client_send_finish(c, st->ticket, &r, &err) != 0) {
 			fail(rs, "send", &err);
+			break;
+		}
+		if (strcmp(r.message_id, st->id) != 0) {
+			fprintf(stderr, "isg-bench-load: the receipt for %s names %s\n", st->id,
+			        r.message_id);
+			atomic_store(&rs->failed, 1);
 			break;
 		}
 		rs->receipt_ms[(size_t)w->index * o->messages + m] =

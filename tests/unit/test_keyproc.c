@@ -122,15 +122,19 @@ static void test_pseudonyms_match_the_keys(void **state)
 		struct pseudo_request first[1], second[2];
 		memcpy(first, remote + 2, sizeof(first));
 		memcpy(second, remote, sizeof(second));
-		for (int i = 0; i < 3; i++)
-			(i < 1 ? first[i] : second[i - 1]).out[0] = '\0';
+		for (int i = 0; i < 3; i++) {
+			struct pseudo_request *r = i < 1 ? &first[i] : &second[i - 1];
+			memset(r->out, 'x', sizeof(r->out));
+			memset(r->previous, 'x', sizeof(r->previous));
+		}
 		const struct pseudo_batch parts[] = {{first, 1}, {NULL, 0}, {second, 2}};
 		const struct pseudo_service *svc = via ? &ls : &rs;
 		assert_int_equal(svc->pseudonymise_parts(svc->ctx, parts, 3, 20000), 0);
-		assert_string_equal(first[0].out, here[2].out);
-		assert_string_equal(second[0].out, here[0].out);
-		assert_string_equal(second[1].out, here[1].out);
-		assert_string_equal(second[1].previous, here[1].previous);
+		const struct pseudo_request *got[] = {&second[0], &second[1], &first[0]};
+		for (int i = 0; i < 3; i++) {
+			assert_string_equal(got[i]->out, here[i].out);
+			assert_string_equal(got[i]->previous, here[i].previous);
+		}
 	}
 	/* A domain without a key is refused as in process. */
 	struct pseudo_request unknown = {

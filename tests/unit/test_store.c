@@ -789,8 +789,9 @@ static void test_submit_validation(void **state)
 		static const struct {
 			const char *insert;
 			bool ok;
-		} cases[] = {{"\t", false}, {"\x01", false},    {"\\\"", true}, {"\\\\", true},
-		             {"\"", false}, {"\xc3\xa9", true}, {"\\", true}};
+		} cases[] = {{"\t", false},  {"\x01", false},    {"\\\"", true},  {"\\\\", true},
+		             {"\"", false},  {"\xc3\xa9", true}, {"\x1f", false}, {" ", true},
+		             {"\x7f", true}, {"\\", true}};
 		for (size_t k = 0; k < ARRAY_LEN(cases); k++) {
 			char body[128];
 			snprintf(body, sizeof(body),
@@ -824,7 +825,7 @@ static void test_submit_validation(void **state)
 	assert_int_equal(res->n, 1);
 	assert_string_equal(res->items[0].purpose, "");
 	store_fetch_result_free(res);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 4 + 24 * 3 + 23);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 4 + 24 * 5 + 23);
 }
 
 int main(void)
