@@ -155,6 +155,9 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 		}
 	}
 	rc = store_db_exec(s, "COMMIT", "commit");
+	if (rc && s->commit_full) /* tests only: the disk filled up as the WAL grew */
+		rc = ISG_ERR_FULL;
+	s->commit_full = false;
 	if (rc) {
 		batch_fail(s, batch, &start, rc);
 		return rc;
@@ -224,6 +227,11 @@ static void batch_finish(struct store *s, struct store_job *batch)
 static int commit_hook(void *arg)
 {
 	struct store *s = arg;
+	if (atomic_load(&s->full_commits) > 0) {
+		atomic_fetch_sub(&s->full_commits, 1);
+		s->commit_full = true;
+		return 1;
+	}
 	return atomic_exchange(&s->fail_next_commit, false) ? 1 : 0;
 }
 
@@ -616,6 +624,11 @@ void store_test_pause(struct store *s, bool paused)
 void store_test_fail_next_commit(struct store *s)
 {
 	atomic_store(&s->fail_next_commit, true);
+}
+
+void store_test_full_commits(struct store *s, int n)
+{
+	atomic_store(&s->full_commits, n);
 }
 
 struct exec_wait {

@@ -186,6 +186,8 @@ struct store {
 
 	atomic_uint_fast64_t commits;
 	atomic_bool fail_next_commit; /* tests only */
+	atomic_int full_commits;      /* tests only: COMMITs to fail as on a full disk */
+	bool commit_full;             /* tests only: the last COMMIT failed so */
 
 	/* The audit log; writer thread only (and store_open before it starts). */
 	struct store_log log;

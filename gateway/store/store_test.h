@@ -16,6 +16,9 @@ uint64_t store_test_commits(struct store *s);
 void store_test_pause(struct store *s, bool paused);
 /* Make the next COMMIT fail (a commit hook turns it into a rollback). */
 void store_test_fail_next_commit(struct store *s);
+/* Make the next n COMMITs that write anything fail as on a full disk
+ * (ISG_ERR_FULL), as when the WAL cannot grow at commit. */
+void store_test_full_commits(struct store *s, int n);
 /* Run SQL on the writer's connection as a job of a batch; waits for the result. */
 int store_test_exec(struct store *s, const char *sql);
 /* The writer's audit tree, read as a job of a batch: its size and root. */

@@ -321,6 +321,45 @@ static void test_disk_full_then_recovers(void **state)
 	free(big);
 }
 
+/*
+ * A full disk fails a batch at its COMMIT, and each job runs again alone. A
+ * fetch that read the batch's new message then reads nothing alone, the
+ * send failing again: it must not report that message's id as read, for
+ * the next message takes the same id and would be passed over.
+ */
+static void test_fetch_run_alone_forgets_the_failed_batch(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct wait w[2];
+	wait_init(&w[0]);
+	wait_init(&w[1]);
+	store_test_pause(s, true);
+	assert_int_equal(store_send(s, &m, on_send, &w[0]), 0);
+	assert_int_equal(store_fetch(s, "nhs-b", 0, 10, on_fetch, &w[1]), 0);
+	store_test_full_commits(s, 2); /* the batch's, then the send's alone */
+	store_test_pause(s, false);
+	assert_int_equal(wait_for(&w[0]), ISG_ERR_FULL);
+	assert_int_equal(wait_for(&w[1]), 0);
+	assert_false(w[0].bad || w[1].bad);
+	assert_int_equal(w[1].res->n, 0);
+	assert_int_equal(w[1].res->scanned_to, 0);
+	assert_false(w[1].res->more);
+	uint64_t cursor = w[1].res->scanned_to;
+	store_fetch_result_free(w[1].res);
+
+	/* Space again: the message, sent anew, is found after that cursor. */
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	assert_false(r.duplicate);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", cursor, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_int_equal(res->items[0].gateway_id, r.gateway_id);
+	store_fetch_result_free(res);
+}
+
 /* --- WAL checkpoints ------------------------------------------------------------------- */
 
 static off_t file_size(const char *path)
@@ -615,6 +654,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_fetch_in_failed_commit_is_not_delivered, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_disk_full_then_recovers, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_run_alone_forgets_the_failed_batch, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_checkpointed_in_background, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_stays_bounded, fx_setup, fx_teardown),
