@@ -729,6 +729,15 @@ static void test_refusal_reported_exactly_and_connection_usable(void **state)
 	mock_finish(&m);
 }
 
+/* A message without records, as the pipelining tests send them. */
+static struct isg_message bare_message(const char *message_id)
+{
+	return (struct isg_message){.message_id = message_id,
+	                            .recipient = "nhs-trust",
+	                            .agreement_id = "isa-42",
+	                            .dataset = "referrals"};
+}
+
 /*
  * Three sends started before any answer, then a ping: the gateway answers the
  * ping first and the sends in another order (b refused, c, then a).
@@ -760,8 +769,7 @@ static void test_pipelined_sends(void **state)
 {
 	struct mock m;
 	struct isg_client *c = connect_to(&m, script_pipelined);
-	struct isg_message msg = {
-	    .recipient = "nhs-trust", .agreement_id = "isa-42", .dataset = "referrals"};
+	struct isg_message msg = bare_message(NULL);
 	struct isg_error err;
 	struct isg_receipt r;
 	uint64_t t[3];
@@ -823,10 +831,7 @@ static void test_pipelined_answer_kept_when_connection_fails(void **state)
 {
 	struct mock m;
 	struct isg_client *c = connect_to(&m, script_answer_one_then_drop);
-	struct isg_message msg = {.recipient = "nhs-trust",
-	                          .agreement_id = "isa-42",
-	                          .dataset = "referrals",
-	                          .message_id = "first"};
+	struct isg_message msg = bare_message("first");
 	struct isg_error err;
 	struct isg_receipt r;
 	uint64_t first, second;
@@ -870,10 +875,7 @@ static void test_pipelined_answer_kept_when_write_fails(void **state)
 {
 	struct mock m;
 	struct isg_client *c = connect_to(&m, script_answer_then_error_and_reset);
-	struct isg_message msg = {.recipient = "nhs-trust",
-	                          .agreement_id = "isa-42",
-	                          .dataset = "referrals",
-	                          .message_id = "first"};
+	struct isg_message msg = bare_message("first");
 	struct isg_error err;
 	struct isg_receipt r;
 	uint64_t first, second;
