@@ -222,6 +222,36 @@ int client_tls_handshake(struct isg_client *c, int64_t deadline, struct isg_erro
 	}
 }
 
+static int input_grow(struct isg_client *c, size_t want);
+
+/*
+ * Take in what the gateway has sent, without waiting, while a write waits
+ * for room: the gateway may itself be waiting for its pushes to be read
+ * before it reads more. The bytes are decoded later, by client_read_frame.
+ * false when nothing more should be read now (the buffer is at its bound,
+ * or reading failed: the write or the next read will say why).
+ */
+static bool input_take_in(struct isg_client *c)
+{
+	while (c->in_len < CLIENT_MAX_QUEUED_BYTES) {
+		if (input_grow(c, 0) < 0) /* doubling: no frame's size to aim at */
+			return false;
+		struct sigpipe_guard g;
+		size_t n = 0;
+		ERR_clear_error();
+		sigpipe_block(&g);
+		int ok = SSL_read_ex(c->ssl, c->in + c->in_len, c->in_cap - c->in_len, &n);
+		int e = ok == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, ok);
+		sigpipe_restore(&g);
+		if (ok != 1) {
+			ERR_clear_error();
+			return e == SSL_ERROR_WANT_READ;
+		}
+		c->in_len += n;
+	}
+	return false;
+}
+
 int client_write_frame(struct isg_client *c, const Isg__Frame *f, int64_t deadline,
                        struct isg_error *err)
 {
@@ -232,6 +262,7 @@ int client_write_frame(struct isg_client *c, const Isg__Frame *f, int64_t deadli
 		return -1;
 	}
 	int rc = 0;
+	bool take_in = true;
 	for (;;) {
 		struct sigpipe_guard g;
 		size_t written = 0;
@@ -246,7 +277,7 @@ int client_write_frame(struct isg_client *c, const Isg__Frame *f, int64_t deadli
 			break;
 		short ev;
 		if (e == SSL_ERROR_WANT_WRITE)
-			ev = POLLOUT;
+			ev = take_in ? POLLOUT | POLLIN : POLLOUT;
 		else if (e == SSL_ERROR_WANT_READ)
 			ev = POLLIN;
 		else {
@@ -254,6 +285,8 @@ int client_write_frame(struct isg_client *c, const Isg__Frame *f, int64_t deadli
 			break;
 		}
 		int w = wait_fd(c->fd, ev, deadline, false);
+		if (w > 0 && e == SSL_ERROR_WANT_WRITE && take_in)
+			take_in = input_take_in(c);
 		if (w <= 0) {
 			rc = w == 0 ? client_fail(c, err, ISG_CLIENT_E_TIMEOUT,
 			                          "sending to %s: timed out after %d ms", c->peer,

@@ -350,17 +350,23 @@ static void options_for(struct isg_client_options *opt, const struct mock *m, ch
 }
 
 /* Connect to a fresh mock running `script`; the test then drives the client. */
-static struct isg_client *connect_to(struct mock *m, mock_script script)
+static struct isg_client *connect_within(struct mock *m, mock_script script, int timeout_ms)
 {
 	mock_start(m, script, pki.ca);
 	struct isg_client_options opt;
 	char addr[64];
 	options_for(&opt, m, addr, sizeof(addr));
+	opt.timeout_ms = timeout_ms;
 	struct isg_client *c = NULL;
 	struct isg_error err;
 	if (isg_client_connect(&opt, &c, &err) < 0)
 		fail_msg("connect: %s: %s", err.code_name, err.message);
 	return c;
+}
+
+static struct isg_client *connect_to(struct mock *m, mock_script script)
+{
+	return connect_within(m, script, 5000);
 }
 
 /* Scripts. */
@@ -1052,6 +1058,93 @@ static void script_subscription(struct mock *m, SSL *ssl)
 	mock_drain(m, ssl);
 }
 
+#define BIG_PUSHES 16
+#define BIG_PUSH_BYTES (512 * 1024)
+#define BIG_SEND_BYTES (8 * 1024 * 1024)
+
+/*
+ * The gateway pushes more than the sockets hold before it reads again, as
+ * one does whose output buffer for the connection is full, while the
+ * client writes a send larger than they hold too.
+ */
+static void script_pushes_while_client_writes(struct mock *m, SSL *ssl)
+{
+	mock_welcome(m, ssl);
+	Isg__Frame *f = mock_expect(m, ssl, ISG__FRAME__BODY_SUBSCRIBE);
+	if (!f)
+		return;
+	uint64_t sub = f->request_id;
+	char *text = malloc(BIG_PUSH_BYTES);
+	MOCK_CHECK(m, text != NULL);
+	if (!text)
+		return;
+	memset(text, 'p', BIG_PUSH_BYTES - 1);
+	text[BIG_PUSH_BYTES - 1] = '\0';
+	Isg__Value v = ISG__VALUE__INIT;
+	v.kind_case = ISG__VALUE__KIND_TEXT;
+	v.text = text;
+	Isg__Field fld = ISG__FIELD__INIT;
+	fld.name = "notes";
+	fld.value = &v;
+	Isg__Field *fp = &fld;
+	Isg__Record rec = ISG__RECORD__INIT;
+	rec.n_fields = 1;
+	rec.fields = &fp;
+	Isg__Record *rp = &rec;
+	for (uint64_t i = 0; i < BIG_PUSHES; i++) {
+		Isg__Delivery d;
+		fill_delivery(&d, 700 + i, &rp, 1);
+		Isg__Frame out = ISG__FRAME__INIT;
+		out.request_id = sub;
+		out.body_case = ISG__FRAME__BODY_DELIVERY;
+		out.delivery = &d;
+		mock_write(ssl, &out);
+	}
+	free(text);
+	f = mock_expect(m, ssl, ISG__FRAME__BODY_SEND);
+	if (!f)
+		return;
+	MOCK_CHECK(m, f->send->n_records == 1);
+	mock_receipt(ssl, f->request_id, f->send->message_id, 1001);
+	mock_drain(m, ssl);
+}
+
+/* Reading while writing: neither side waits for the other to read first. */
+static void test_send_while_gateway_pushes(void **state)
+{
+	struct mock m;
+	/* Long enough for a sanitizer's build; without reading while writing
+	 * both sides wait for each other until it runs out. */
+	struct isg_client *c = connect_within(&m, script_pushes_while_client_writes, 60000);
+	struct isg_error err;
+	if (isg_client_subscribe(c, &err) < 0)
+		fail_msg("%s", err.message);
+	char *text = malloc(BIG_SEND_BYTES);
+	assert_non_null(text);
+	memset(text, 's', BIG_SEND_BYTES - 1);
+	text[BIG_SEND_BYTES - 1] = '\0';
+	struct isg_field fld = {"notes", {.kind = ISG_VALUE_TEXT, .text = text}};
+	struct isg_record rec = {1, &fld};
+	struct isg_message msg = bare_message("big");
+	msg.n_records = 1;
+	msg.records = &rec;
+	struct isg_receipt r;
+	if (isg_client_send(c, &msg, &r, &err) < 0)
+		fail_msg("%s: %s", err.code_name, err.message);
+	assert_string_equal(r.message_id, "big");
+	free(text);
+	for (uint64_t i = 0; i < BIG_PUSHES; i++) {
+		struct isg_delivery *d = NULL;
+		if (isg_client_next_delivery(c, 60000, &d, &err) < 0 || !d)
+			fail_msg("push %" PRIu64 ": %s", i, d ? err.message : "none");
+		assert_int_equal(d->gateway_id, 700 + i);
+		assert_int_equal(strlen(d->records[0].fields[0].value.text), BIG_PUSH_BYTES - 1);
+		isg_delivery_free(d);
+	}
+	isg_client_close(c);
+	mock_finish(&m);
+}
+
 static void test_subscription_keeps_pushes_during_ack(void **state)
 {
 	struct mock m;
@@ -1250,6 +1343,7 @@ int main(void)
 	    cmocka_unit_test(test_pipelined_answer_kept_when_write_fails),
 	    cmocka_unit_test(test_fetch_and_ack),
 	    cmocka_unit_test(test_subscription_keeps_pushes_during_ack),
+	    cmocka_unit_test(test_send_while_gateway_pushes),
 	    cmocka_unit_test(test_timeout_then_unusable),
 	    cmocka_unit_test(test_eof_without_close_notify),
 	    cmocka_unit_test(test_clean_close_by_gateway),
