@@ -156,6 +156,42 @@ class PythonPartnerTest(isgtest.ScenarioCase):
         fetched = self.expect(nhs.request(fetch=pb.FetchRequest()), "fetch_result")
         self.assertEqual(len(fetched.deliveries), 0)
 
+    def test_pipelined_requests(self):
+        """protocol.md: requests may be pipelined, answers matched by
+        request_id. Twenty sends (one refused) and a ping go out in one
+        write before any answer is read; each gets its own answer."""
+        pb = self.pb
+        police = self.connect("police")
+        frames = []
+        for i in range(20):
+            rec = {"nhs_number": NHS_A, "age": i}
+            if i == 7:
+                rec["shoe_size"] = "11"
+            frames.append(pb.Frame(request_id=100 + i, send=self.send_request("py-pipe-%d" % i, [rec])))
+        frames.append(pb.Frame(request_id=200, ping=pb.Ping(nonce=42)))
+        police.send_raw(b"".join(isgtest.varint_encode(f.ByteSize()) + f.SerializeToString() for f in frames))
+        answers = {}
+        for _ in frames:
+            f = police.recv_frame()
+            self.assertNotIn(f.request_id, answers, "two answers for one request")
+            answers[f.request_id] = f
+        self.assertEqual(sorted(answers), sorted(f.request_id for f in frames))
+        self.assertEqual(self.expect(answers[200], "pong").nonce, 42)
+        e = self.expect(answers[107], "error")
+        self.assertEqual((e.code, e.record_index, e.field), (pb.UNKNOWN_FIELD, 0, "shoe_size"))
+        ids = {}
+        for i in range(20):
+            if i != 7:
+                r = self.expect(answers[100 + i], "send_result").receipt
+                self.assertEqual(r.message_id, "py-pipe-%d" % i)
+                ids[r.gateway_id] = i
+        self.assertEqual(len(ids), 19)
+        nhs = self.connect("nhs")
+        got = self.expect(nhs.request(fetch=pb.FetchRequest(max_messages=50)), "fetch_result")
+        self.assertEqual(sorted(d.gateway_id for d in got.deliveries), sorted(ids))
+        for d in got.deliveries:
+            self.assertEqual(d.message_id, "py-pipe-%d" % ids[d.gateway_id])
+
     def test_sender_not_named(self):
         pb = self.pb
         nhs = self.connect("nhs")
