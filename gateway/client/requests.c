@@ -291,23 +291,29 @@ static int send_finish(struct isg_client *c, uint64_t ticket, int64_t deadline,
 	return rc;
 }
 
+/* The deadline of c's next request; a NULL c is refused by what it calls. */
+static int64_t request_deadline(const struct isg_client *c)
+{
+	return client_deadline(c ? c->timeout_ms : 0);
+}
+
 ISG_CLIENT_API int isg_client_send_start(struct isg_client *c, const struct isg_message *msg,
                                          uint64_t *ticket, struct isg_error *err)
 {
-	return send_start(c, msg, client_deadline(c ? c->timeout_ms : 0), ticket, err);
+	return send_start(c, msg, request_deadline(c), ticket, err);
 }
 
 ISG_CLIENT_API int isg_client_send_finish(struct isg_client *c, uint64_t ticket,
                                           struct isg_receipt *receipt, struct isg_error *err)
 {
-	return send_finish(c, ticket, client_deadline(c ? c->timeout_ms : 0), receipt, err);
+	return send_finish(c, ticket, request_deadline(c), receipt, err);
 }
 
 /* Start and finish within one timeout, as any other request. */
 ISG_CLIENT_API int isg_client_send(struct isg_client *c, const struct isg_message *msg,
                                    struct isg_receipt *receipt, struct isg_error *err)
 {
-	int64_t deadline = client_deadline(c ? c->timeout_ms : 0);
+	int64_t deadline = request_deadline(c);
 	uint64_t ticket;
 	if (send_start(c, msg, deadline, &ticket, err) < 0)
 		return -1;

@@ -121,17 +121,17 @@ static size_t subject_requests(const struct policy_dataset *ds, const Isg__SendR
 	return n;
 }
 
-/*
- * A pseudonym ("p<version>_" and base64url) needs no JSON escaping: write it
- * as it is, which costs far less than escaping it a byte at a time. Anything
- * else takes the escaping path.
- */
 static bool base64url_char(unsigned char c)
 {
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
 	       c == '_' || c == '-';
 }
 
+/*
+ * A pseudonym ("p<version>_" and base64url) needs no JSON escaping: write it
+ * as it is, which costs far less than escaping it a byte at a time. Anything
+ * else takes the escaping path.
+ */
 static void json_pseudonym(struct strbuf *b, const char *p)
 {
 	size_t len = 0;

@@ -307,12 +307,8 @@ static int joint_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, 
 	struct subjects *sj = jp->subj;
 	if (sj->n == 0 || sj->answered)
 		return jp->inner->pseudonymise(jp->inner->ctx, reqs, n, today);
-	const struct pseudo_service *in = jp->inner;
 	const struct pseudo_batch parts[] = {{reqs, n}, {sj->reqs, sj->n}};
-	int err = in->pseudonymise_parts ? in->pseudonymise_parts(in->ctx, parts, 2, today)
-	                                 : in->pseudonymise(in->ctx, reqs, n, today);
-	if (err == 0 && !in->pseudonymise_parts)
-		err = in->pseudonymise(in->ctx, sj->reqs, sj->n, today); /* a second round trip */
+	int err = jp->inner->pseudonymise_parts(jp->inner->ctx, parts, 2, today);
 	sj->answered = err == 0;
 	return err;
 }

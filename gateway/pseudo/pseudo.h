@@ -122,7 +122,8 @@ struct pseudo_service {
 	int (*pseudonymise)(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today_days);
 	/* The same for a batch held in several arrays, answered together (one
 	 * round trip to the key process) without copying them into one. Both
-	 * of isgd's services have it; NULL makes isgd ask once per array. */
+	 * of isgd's services (keyring_service, keyproc_ring_service) have it,
+	 * and the gateway's sends need it; a test's service may leave it NULL. */
 	int (*pseudonymise_parts)(void *ctx, const struct pseudo_batch *parts, size_t n_parts,
 	                          int64_t today_days);
 };
