@@ -10,9 +10,10 @@
  * records (a safeguarding referral of ten fields) and wait for each receipt,
  * which the gateway gives only once the message is on disk. With --window W
  * (default 1) each keeps W messages in flight, pipelined on its connection
- * (isg_client_send_start and _finish). Each --recipient is one more thread with its own connection
- * that subscribes and acknowledges in batches what it is pushed; sender i sends its m-th message to
- * recipient (i + m) mod Q. Without recipients, messages go to --to and stay undelivered.
+ * (isg_client_send_start and _finish). Each --recipient is one more thread
+ * with its own connection that subscribes and acknowledges in batches what
+ * it is pushed; sender i sends its m-th message to recipient (i + m) mod Q.
+ * Without recipients, messages go to --to and stay undelivered.
  *
  * A run ends when every message has its receipt and, with recipients, has
  * been delivered and acknowledged. Printed per run and as the median of N
