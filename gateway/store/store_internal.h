@@ -20,9 +20,11 @@
 /* "ISG1": PRAGMA application_id of every ISG store. */
 #define STORE_APPLICATION_ID 0x49534731
 #define STORE_FORMAT "isg-store"
-/* 2: payloads sealed under data keys (96-byte seal headers) beside rows of
- * version 1 (24-byte headers), which still open; see store_db_open. */
-#define STORE_SCHEMA_VERSION 2
+/* 3: payloads sealed with AES-256-GCM under data keys (84-byte seal
+ * headers), beside rows of version 2 (XChaCha20-Poly1305 under data keys,
+ * 96-byte headers) and version 1 (24-byte headers), which still open; see
+ * store_db_open and store_seal.c. */
+#define STORE_SCHEMA_VERSION 3
 
 #define STORE_KEY_LEN crypto_aead_xchacha20poly1305_ietf_KEYBYTES
 #define STORE_NONCE_LEN crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
@@ -30,9 +32,13 @@
 #define STORE_SEAL_CONTEXT "isg-msg-v1"
 #define STORE_KEY_CONTEXT "isg-key-v1"
 /* messages.nonce, the seal header: the wrapped data key and the payload's
- * nonce; or, in rows sealed before envelopes, the nonce alone. */
-#define STORE_HEADER_LEN (STORE_WRAPPED_KEY_LEN + STORE_NONCE_LEN)
+ * AES-256-GCM nonce; in older rows the wrapped key and an XChaCha20 nonce,
+ * or, sealed before envelopes, the XChaCha20 nonce alone. */
+#define STORE_GCM_NONCE_LEN 12
+#define STORE_HEADER_LEN (STORE_WRAPPED_KEY_LEN + STORE_GCM_NONCE_LEN)
+#define STORE_HEADER_V2_LEN (STORE_WRAPPED_KEY_LEN + STORE_NONCE_LEN)
 #define STORE_HEADER_V1_LEN STORE_NONCE_LEN
+#define STORE_HEADER_MAX STORE_HEADER_V2_LEN
 
 /* Bounds on what callers may submit; see docs/store.md. */
 #define STORE_MAX_STRING 1024                 /* ids, names, purposes */
@@ -266,7 +272,7 @@ int store_seal(struct store *s, const char *sender, const char *message_id, cons
 /* A sealed payload as read from its row, and what opening it gave. */
 struct store_sealed {
 	const char *sender, *message_id; /* the row's */
-	uint8_t header[STORE_HEADER_LEN];
+	uint8_t header[STORE_HEADER_MAX];
 	size_t header_len;
 	uint8_t *sealed; /* malloc'd copy */
 	size_t sealed_len;

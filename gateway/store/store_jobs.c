@@ -221,7 +221,8 @@ static int fetch_row(sqlite3_stmt *st, struct store_delivery *d, struct store_se
 	*sl = (struct store_sealed){.sender = d->sender, .message_id = d->message_id};
 	const uint8_t *header = sqlite3_column_blob(st, 11);
 	size_t header_len = (size_t)sqlite3_column_bytes(st, 11);
-	if (header && (header_len == STORE_HEADER_LEN || header_len == STORE_HEADER_V1_LEN)) {
+	if (header && (header_len == STORE_HEADER_LEN || header_len == STORE_HEADER_V2_LEN ||
+	               header_len == STORE_HEADER_V1_LEN)) {
 		memcpy(sl->header, header, header_len);
 		sl->header_len = header_len; /* any other length does not open */
 	}

@@ -1,15 +1,22 @@
 /*
  * Sealing message payloads at rest, by envelope. Each payload is sealed
- * with XChaCha20-Poly1305 under a random data key of its own, with a random
- * 24-byte nonce and associated data binding it to its sender, message id
+ * with AES-256-GCM under a random data key of its own, with a random
+ * 12-byte nonce and associated data binding it to its sender, message id
  * and recipient, so a sealed payload moved to another row does not open.
- * The data key is kept beside it, wrapped (sealed) under the storage key.
- * The storage key's holder makes data keys STORE_KEY_POOL at a time and
- * unwraps a fetch's keys in one call; payloads never travel to it. The
- * exact construction is in docs/store.md.
+ * The data key is kept beside it, wrapped (sealed with libsodium's
+ * XChaCha20-Poly1305) under the storage key. The storage key's holder makes
+ * data keys STORE_KEY_POOL at a time and unwraps a fetch's keys in one
+ * call; payloads never travel to it. Rows sealed before (XChaCha20-Poly1305
+ * under the data key, or under the storage key itself) still open. The
+ * exact construction, and why payloads use OpenSSL's AES-256-GCM, are in
+ * docs/store.md.
  */
+#include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/evp.h>
 
 #include "store/store_internal.h"
 #include "util/util.h"
@@ -68,6 +75,54 @@ int store_aead_open(const uint8_t key[static STORE_SEAL_KEY_LEN], const uint8_t 
 		return ISG_ERR_CRYPTO;
 	return 0;
 }
+
+/* --- AES-256-GCM, for payloads under data keys --------------------------------- */
+
+static EVP_CIPHER *gcm_cipher;
+static pthread_once_t gcm_once = PTHREAD_ONCE_INIT;
+
+static void gcm_fetch(void)
+{
+	gcm_cipher = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL); /* kept for the process's life */
+}
+
+/*
+ * AES-256-GCM with a 12-byte nonce and a 16-byte tag after the text: seals
+ * len bytes of in to len + STORE_TAG_LEN bytes of out, or opens len +
+ * STORE_TAG_LEN bytes of in to len bytes of out. Whatever fails wipes what
+ * it wrote: an open that is not authentic, or an OpenSSL without
+ * AES-256-GCM, is ISG_ERR_CRYPTO; a context OpenSSL could not set up is
+ * ISG_ERR_NOMEM, since it has nothing else to fail on here.
+ */
+static int gcm(bool seal, const uint8_t key[static STORE_KEY_LEN],
+               const uint8_t nonce[static STORE_GCM_NONCE_LEN], const uint8_t *ad, size_t ad_len,
+               const uint8_t *in, size_t len, uint8_t *out)
+{
+	_Static_assert(STORE_MAX_PAYLOAD <= INT_MAX && AD_MAX <= INT_MAX,
+	               "lengths fit OpenSSL's int");
+	pthread_once(&gcm_once, gcm_fetch);
+	EVP_CIPHER_CTX *x = gcm_cipher ? EVP_CIPHER_CTX_new() : NULL;
+	uint8_t tag[STORE_TAG_LEN];
+	int n_ad = 0, n = 0, fin = 0;
+	if (!seal)
+		memcpy(tag, in + len, sizeof(tag));
+	bool ok = x && EVP_CipherInit_ex2(x, gcm_cipher, key, nonce, seal, NULL) == 1 &&
+	          (ad_len == 0 || EVP_CipherUpdate(x, NULL, &n_ad, ad, (int)ad_len) == 1) &&
+	          (len == 0 || EVP_CipherUpdate(x, out, &n, in, (int)len) == 1) &&
+	          (seal || EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_TAG, sizeof(tag), tag) == 1);
+	/* GCM writes nothing at the end; out + n is within out (n == len). */
+	bool authentic = ok && EVP_CipherFinal_ex(x, out + n, &fin) == 1;
+	if (authentic && seal)
+		authentic =
+		    EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, STORE_TAG_LEN, out + len) == 1;
+	EVP_CIPHER_CTX_free(x); /* wipes the key schedule */
+	if (authentic)
+		return 0;
+	sodium_memzero(out, seal ? len + STORE_TAG_LEN : len);
+	return (ok && !seal) || !gcm_cipher ? ISG_ERR_CRYPTO : ISG_ERR_NOMEM;
+}
+
+/* --- XChaCha20-Poly1305: data keys, and payloads of older rows -------------------- */
 
 /* wrapped = nonce || XChaCha20-Poly1305(storage key, nonce, "isg-key-v1", data key) */
 void store_key_wrap(const uint8_t storage_key[static STORE_SEAL_KEY_LEN],
@@ -187,12 +242,16 @@ int store_seal(struct store *s, const char *sender, const char *message_id, cons
 	if (!c)
 		return ISG_ERR_NOMEM;
 	rc = take_key(s, key, header);
+	if (rc == 0) {
+		randombytes_buf(header + STORE_WRAPPED_KEY_LEN, STORE_GCM_NONCE_LEN);
+		rc =
+		    gcm(true, key, header + STORE_WRAPPED_KEY_LEN, ad, ad_len, plain, plain_len, c);
+	}
+	sodium_memzero(key, sizeof(key));
 	if (rc) {
 		free(c);
 		return rc;
 	}
-	store_aead_seal(key, ad, ad_len, plain, plain_len, header + STORE_WRAPPED_KEY_LEN, c);
-	sodium_memzero(key, sizeof(key));
 	*sealed = c;
 	*sealed_len = plain_len + STORE_TAG_LEN;
 	return 0;
@@ -200,9 +259,16 @@ int store_seal(struct store *s, const char *sender, const char *message_id, cons
 
 /* --- opening -------------------------------------------------------------------- */
 
+/* A row sealed by envelope, under a data key of its own (schema versions 2 and 3). */
+static bool has_data_key(const struct store_sealed *it)
+{
+	return it->header_len == STORE_HEADER_LEN || it->header_len == STORE_HEADER_V2_LEN;
+}
+
 /*
- * Open one payload with its data key, or for an old row through the holder.
- * One that does not open keeps plain NULL; an error is not the payload's.
+ * Open one payload with its data key (NULL for a row sealed before
+ * envelopes, opened through the holder). One that does not open keeps plain
+ * NULL; an error is not the payload's.
  */
 static int open_one(struct store *s, const char *recipient, struct store_sealed *it,
                     const uint8_t *data_key)
@@ -217,10 +283,12 @@ static int open_one(struct store *s, const char *recipient, struct store_sealed 
 	uint8_t *m = malloc(len + 1);
 	if (!m)
 		return ISG_ERR_NOMEM;
+	const uint8_t *nonce = it->header + STORE_WRAPPED_KEY_LEN;
 	int rc;
-	if (data_key)
-		rc = store_aead_open(data_key, ad, ad_len, it->header + STORE_WRAPPED_KEY_LEN,
-		                     it->sealed, it->sealed_len, m);
+	if (it->header_len == STORE_HEADER_LEN)
+		rc = gcm(false, data_key, nonce, ad, ad_len, it->sealed, len, m);
+	else if (it->header_len == STORE_HEADER_V2_LEN)
+		rc = store_aead_open(data_key, ad, ad_len, nonce, it->sealed, it->sealed_len, m);
 	else
 		rc = s->sealer.open(s->sealer.ctx, ad, ad_len, it->header, it->sealed,
 		                    it->sealed_len, m);
@@ -237,20 +305,20 @@ int store_unseal_all(struct store *s, const char *recipient, struct store_sealed
 {
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++)
-		k += items[i].header_len == STORE_HEADER_LEN;
+		k += has_data_key(&items[i]);
 	uint8_t *wrapped = malloc(k ? k * STORE_WRAPPED_KEY_LEN : 1);
 	uint8_t *ok = malloc(k ? k : 1);
 	uint8_t *keys = malloc(k ? k * STORE_KEY_LEN : 1);
 	int rc = wrapped && ok && keys ? 0 : ISG_ERR_NOMEM;
 	for (size_t i = 0, j = 0; rc == 0 && i < n; i++)
-		if (items[i].header_len == STORE_HEADER_LEN)
+		if (has_data_key(&items[i]))
 			memcpy(wrapped + j++ * STORE_WRAPPED_KEY_LEN, items[i].header,
 			       STORE_WRAPPED_KEY_LEN);
 	if (rc == 0 && k > 0)
 		rc = s->sealer.unwrap(s->sealer.ctx, k, wrapped, keys, ok);
 	for (size_t i = 0, j = 0; rc == 0 && i < n; i++) {
 		struct store_sealed *it = &items[i];
-		if (it->header_len == STORE_HEADER_LEN) {
+		if (has_data_key(it)) {
 			if (ok[j])
 				rc = open_one(s, recipient, it, keys + j * STORE_KEY_LEN);
 			j++;

@@ -408,6 +408,37 @@ static inline void store_write_v1_row(struct store *s, const uint8_t key[32], ui
 	assert_int_equal(store_test_exec(s, sql), 0);
 }
 
+/*
+ * Make row id hold plain as a store of schema version 2 sealed it
+ * (docs/store.md): XChaCha20-Poly1305 under a data key of its own, wrapped
+ * under the storage key, the 96-byte seal header being the wrapped key and
+ * the 24-byte nonce.
+ */
+static inline void store_write_v2_row(struct store *s, const uint8_t key[32], uint64_t id,
+                                      const char *sender, const char *message_id,
+                                      const char *recipient, const char *plain)
+{
+	uint8_t ad[256], data_key[STORE_SEAL_KEY_LEN], sealed[64 + STORE_SEAL_OVERHEAD];
+	uint8_t header[STORE_WRAPPED_KEY_LEN + STORE_SEAL_NONCE_LEN];
+	size_t len = strlen(plain);
+	assert_true(len <= 64);
+	size_t ad_len = store_lp(ad, "isg-msg-v1");
+	ad_len += store_lp(ad + ad_len, sender);
+	ad_len += store_lp(ad + ad_len, message_id);
+	ad_len += store_lp(ad + ad_len, recipient);
+	randombytes_buf(data_key, sizeof(data_key));
+	store_key_wrap(key, data_key, header);
+	store_aead_seal(data_key, ad, ad_len, (const uint8_t *)plain, len,
+	                header + STORE_WRAPPED_KEY_LEN, sealed);
+	char hh[2 * sizeof(header) + 1], hs[2 * sizeof(sealed) + 1], sql[640];
+	hex_encode(hh, header, sizeof(header));
+	hex_encode(hs, sealed, len + STORE_SEAL_OVERHEAD);
+	snprintf(sql, sizeof(sql),
+	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hh, hs,
+	         id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+}
+
 static inline bool file_contains(const char *path, const char *needle)
 {
 	size_t len = 0;

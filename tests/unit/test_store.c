@@ -6,6 +6,8 @@
 
 #include <time.h>
 
+#include <openssl/evp.h>
+
 static void sleep_ms(int ms)
 {
 	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
@@ -543,29 +545,104 @@ static void test_moved_payload_does_not_open(void **state)
 	assert_int_equal(fetch_count(s, "council-c"), 0);
 }
 
-/* Rows written before envelopes hold a payload sealed under the storage key
- * itself and a 24-byte nonce: they still open. A seal header (wrapped key
- * and nonce) moved to another row does not open there (the wrong data key;
- * the associated data's part is test_moved_payload_does_not_open). */
+/* Open row id's payload with OpenSSL, from docs/store.md's description of
+ * a schema version 3 row alone; true when it opens to plain. */
+static bool opens_as_documented(const struct fx *f, uint64_t id, const char *sender,
+                                const char *message_id, const char *recipient, const char *plain)
+{
+	sqlite3 *db = db_ro(f);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db, "SELECT nonce, payload FROM messages WHERE id = ?1",
+	                                    -1, &st, NULL),
+	                 SQLITE_OK);
+	sqlite3_bind_int64(st, 1, (int64_t)id);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	const uint8_t *header = sqlite3_column_blob(st, 0), *sealed = sqlite3_column_blob(st, 1);
+	int header_len = sqlite3_column_bytes(st, 0), sealed_len = sqlite3_column_bytes(st, 1);
+	assert_int_equal(header_len, 72 + 12);
+	assert_true(sealed_len >= 16 && sealed_len - 16 < 256);
+	uint8_t data_key[32], ad[512], out[256], tag[16];
+	assert_int_equal(store_key_unwrap(f->key, header, data_key), 0);
+	size_t ad_len = store_lp(ad, "isg-msg-v1");
+	ad_len += store_lp(ad + ad_len, sender);
+	ad_len += store_lp(ad + ad_len, message_id);
+	ad_len += store_lp(ad + ad_len, recipient);
+	int len = sealed_len - 16, n = 0, fin = 0;
+	memcpy(tag, sealed + len, sizeof(tag));
+	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+	bool ok = x && EVP_DecryptInit_ex2(x, EVP_aes_256_gcm(), data_key, header + 72, NULL) &&
+	          EVP_DecryptUpdate(x, NULL, &n, ad, (int)ad_len) &&
+	          EVP_DecryptUpdate(x, out, &n, sealed, len) &&
+	          EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_TAG, sizeof(tag), tag) &&
+	          EVP_DecryptFinal_ex(x, out + n, &fin) == 1;
+	EVP_CIPHER_CTX_free(x);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return ok && (size_t)len == strlen(plain) && memcmp(out, plain, (size_t)len) == 0;
+}
+
+/* Flip one bit of row id's sealed payload, through the writer. */
+static void flip_payload_bit(struct fx *f, uint64_t id)
+{
+	sqlite3 *db = db_ro(f);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db, "SELECT hex(payload) FROM messages WHERE id = ?1",
+	                                    -1, &st, NULL),
+	                 SQLITE_OK);
+	sqlite3_bind_int64(st, 1, (int64_t)id);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	char hex[600];
+	str_copy(hex, (const char *)sqlite3_column_text(st, 0), sizeof(hex));
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	assert_true(strlen(hex) >= 2);
+	static const char digits[] = "0123456789ABCDEF";
+	hex[1] = digits[(strchr(digits, hex[1]) - digits) ^ 1]; /* the first byte's low bit */
+	char update[800];
+	snprintf(update, sizeof(update), "UPDATE messages SET payload = X'%s' WHERE id = %" PRIu64,
+	         hex, id);
+	assert_int_equal(store_test_exec(f->s, update), 0);
+}
+
+/*
+ * Payloads are sealed with AES-256-GCM under a data key of their own, as
+ * docs/store.md describes: the test opens one with OpenSSL from that
+ * description. Rows sealed by older versions still open: XChaCha20-Poly1305
+ * under a data key (a 96-byte header), or under the storage key itself (the
+ * 24-byte nonce alone). A seal header moved to another row does not open
+ * there (the wrong data key; the associated data's part is
+ * test_moved_payload_does_not_open), nor does a payload with a bit changed,
+ * nor a header of any other length.
+ */
 static void test_seal_headers(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
-	struct store_receipt r1, r2;
+	struct store_receipt r1, r2, r3;
 	struct store_message m1 = fx_msg("police-a", "m-1", "nhs-b", "one");
 	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "two");
+	struct store_message m3 = fx_msg("police-a", "m-3", "nhs-b", "three");
 	assert_int_equal(send_sync(s, &m1, &r1), 0);
 	assert_int_equal(send_sync(s, &m2, &r2), 0);
-	assert_int_equal(db_int(f, "SELECT length(nonce) FROM messages WHERE id = 1", 0), 96);
+	assert_int_equal(send_sync(s, &m3, &r3), 0);
+	assert_int_equal(db_int(f, "SELECT length(nonce) FROM messages WHERE id = 1", 0), 84);
+	assert_int_equal(db_int(f, "SELECT length(payload) FROM messages WHERE id = 2", 0), 3 + 16);
+	assert_true(opens_as_documented(f, r2.gateway_id, "police-a", "m-2", "nhs-b", "two"));
+	assert_false(opens_as_documented(f, r2.gateway_id, "police-a", "m-2", "nhs-c", "two"));
 
-	/* Message one as the store sealed it before envelopes. */
+	/* Message one as the store sealed it before envelopes, three as version 2 did. */
 	store_write_v1_row(s, f->key, r1.gateway_id, "police-a", "m-1", "nhs-b", "old style");
+	store_write_v2_row(s, f->key, r3.gateway_id, "police-a", "m-3", "nhs-b", "version two");
+	assert_int_equal(db_int(f, "SELECT length(nonce) FROM messages WHERE id = 3", 0), 96);
 	struct store_fetch_result *res = NULL;
 	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
-	assert_int_equal(res->n, 2);
+	assert_int_equal(res->n, 3);
 	assert_int_equal(res->items[0].payload_len, 9);
 	assert_memory_equal(res->items[0].payload, "old style", 9);
+	assert_int_equal(res->items[1].payload_len, 3);
 	assert_memory_equal(res->items[1].payload, "two", 3);
+	assert_int_equal(res->items[2].payload_len, 11);
+	assert_memory_equal(res->items[2].payload, "version two", 11);
 	store_fetch_result_free(res);
 
 	/* Message two's seal header over one's: one no longer opens, two does. */
@@ -576,12 +653,23 @@ static void test_seal_headers(void **state)
 	         r2.gateway_id, r1.gateway_id);
 	assert_int_equal(store_test_exec(s, sql), 0);
 	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
-	assert_int_equal(res->n, 1);
+	assert_int_equal(res->n, 2);
 	assert_int_equal(res->items[0].gateway_id, r2.gateway_id);
+	assert_int_equal(res->items[1].gateway_id, r3.gateway_id);
 	store_fetch_result_free(res);
-	/* A header of any other length does not open either. */
+	/* One bit of two's payload, then of three's, changed. */
+	flip_payload_bit(f, r2.gateway_id);
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_int_equal(res->items[0].gateway_id, r3.gateway_id);
+	store_fetch_result_free(res);
+	flip_payload_bit(f, r3.gateway_id);
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+	/* Restored, three opens again; with a header of any other length it does not. */
+	flip_payload_bit(f, r3.gateway_id);
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
 	snprintf(sql, sizeof(sql), "UPDATE messages SET nonce = X'00' WHERE id = %" PRIu64,
-	         r2.gateway_id);
+	         r3.gateway_id);
 	assert_int_equal(store_test_exec(s, sql), 0);
 	assert_int_equal(fetch_count(s, "nhs-b"), 0);
 }

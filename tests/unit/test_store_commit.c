@@ -587,20 +587,28 @@ static void test_refuses_damaged_store(void **state)
 }
 
 /* A store of schema version 1 (payloads sealed under the storage key
- * itself) is marked version 2 when opened, so an older isgd refuses it
- * rather than skip the rows it could not open; its messages stay. */
-static void test_upgrades_version_1(void **state)
+ * itself) or 2 (XChaCha20-Poly1305 under data keys) is marked version 3
+ * when opened, so an older isgd refuses it rather than skip the rows it
+ * could not open; its messages stay. */
+static void test_upgrades_older_versions(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
 	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "kept");
 	assert_int_equal(send_sync(s, &m, NULL), 0);
-	fx_close(f);
-	make_db(f->path, "UPDATE meta SET value = 1 WHERE key = 'schema_version'");
-	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 1);
-	s = fx_open(f);
-	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 2);
-	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+	for (int v = 1; v <= 2; v++) {
+		fx_close(f);
+		char sql[96];
+		snprintf(sql, sizeof(sql),
+		         "UPDATE meta SET value = %d WHERE key = 'schema_version'", v);
+		make_db(f->path, sql);
+		assert_int_equal(
+		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), v);
+		s = fx_open(f);
+		assert_int_equal(
+		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 3);
+		assert_int_equal(fetch_count(s, "nhs-b"), 1);
+	}
 }
 
 static void test_creates_new_store(void **state)
@@ -608,7 +616,7 @@ static void test_creates_new_store(void **state)
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
 	assert_int_equal(db_int(f, "PRAGMA application_id", 0), 0x49534731);
-	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 2);
+	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 3);
 	sqlite3 *db = db_ro(f);
 	sqlite3_stmt *st = NULL;
 	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
@@ -665,7 +673,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_refuses_foreign_database, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_damaged_store, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_creates_new_store, fx_setup, fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_upgrades_version_1, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_upgrades_older_versions, fx_setup, fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
