@@ -9,9 +9,10 @@
  * A callback therefore runs only after the data is on disk. Callbacks must
  * be short: hand the result to the caller's own thread.
  *
- * Payloads are sealed at rest (XChaCha20-Poly1305, associated data binding
+ * Payloads are sealed at rest (AES-256-GCM, associated data binding
  * sender, message id and recipient) under a data key of their own, which
- * is kept beside them wrapped under the storage key (envelope encryption).
+ * is kept beside them wrapped under the storage key (envelope encryption,
+ * XChaCha20-Poly1305).
  * Sealing happens in the submitting thread so the writer only writes.
  * Whoever holds the storage key makes and unwraps data keys, in batches:
  * the store itself, or (in isgd) the key process, through a sealer.
@@ -29,7 +30,8 @@ struct store;
 struct audit_signer;
 
 /*
- * The AEAD at the heart of sealing: seal writes plain_len +
+ * XChaCha20-Poly1305, which wraps data keys under the storage key (and
+ * sealed payloads before schema version 3): seal writes plain_len +
  * STORE_SEAL_OVERHEAD bytes to out and picks a random nonce; open writes
  * sealed_len - STORE_SEAL_OVERHEAD bytes, or refuses with ISG_ERR_CRYPTO.
  * The store builds the associated data.

@@ -450,7 +450,7 @@ static int configure(struct store *s, char *err, size_t errlen)
 /*
  * A store of an older schema version is marked with this one before
  * anything is written: an older isgd then refuses it ("understands up to
- * 1") instead of skipping the rows it cannot open. Version 1 to 2 changes
+ * 2") instead of skipping the rows it cannot open. Versions 2 and 3 change
  * no table, only how new payloads are sealed.
  */
 static int upgrade(struct store *s, char *err, size_t errlen)

@@ -39,6 +39,10 @@
 #define STORE_HEADER_V2_LEN (STORE_WRAPPED_KEY_LEN + STORE_NONCE_LEN)
 #define STORE_HEADER_V1_LEN STORE_NONCE_LEN
 #define STORE_HEADER_MAX STORE_HEADER_V2_LEN
+_Static_assert(STORE_KEY_LEN == 32 && STORE_TAG_LEN == 16,
+               "AES-256-GCM's key and tag are the sizes of XChaCha20-Poly1305's");
+_Static_assert(STORE_HEADER_LEN <= STORE_HEADER_MAX && STORE_HEADER_V1_LEN <= STORE_HEADER_MAX,
+               "every seal header fits STORE_HEADER_MAX");
 
 /* Bounds on what callers may submit; see docs/store.md. */
 #define STORE_MAX_STRING 1024                 /* ids, names, purposes */
@@ -173,6 +177,7 @@ struct store {
 	/* Data keys made but not used yet, and their wrappings. */
 	pthread_mutex_t pool_mu;
 	uint8_t *pool_keys; /* sodium_malloc'd, STORE_KEY_POOL keys */
+	struct evp_cipher_st *gcm; /* OpenSSL's AES-256-GCM, fetched once */
 	uint8_t pool_wrapped[STORE_KEY_POOL][STORE_WRAPPED_KEY_LEN];
 	size_t pool_n;
 	int64_t sweep_interval_ms;

@@ -12,7 +12,6 @@
  * docs/store.md.
  */
 #include <limits.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,48 +77,58 @@ int store_aead_open(const uint8_t key[static STORE_SEAL_KEY_LEN], const uint8_t 
 
 /* --- AES-256-GCM, for payloads under data keys --------------------------------- */
 
-static EVP_CIPHER *gcm_cipher;
-static pthread_once_t gcm_once = PTHREAD_ONCE_INIT;
+_Static_assert(STORE_MAX_PAYLOAD <= INT_MAX && AD_MAX <= INT_MAX, "lengths fit OpenSSL's int");
 
-static void gcm_fetch(void)
+/* A context for cipher under key and nonce, with the associated data fed; NULL on failure. */
+static EVP_CIPHER_CTX *gcm_start(const EVP_CIPHER *cipher, int seal,
+                                 const uint8_t key[static STORE_KEY_LEN],
+                                 const uint8_t nonce[static STORE_GCM_NONCE_LEN], const uint8_t *ad,
+                                 size_t ad_len)
 {
-	gcm_cipher = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL); /* kept for the process's life */
+	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+	int n = 0;
+	if (x && EVP_CipherInit_ex2(x, cipher, key, nonce, seal, NULL) == 1 &&
+	    (ad_len == 0 || EVP_CipherUpdate(x, NULL, &n, ad, (int)ad_len) == 1))
+		return x;
+	EVP_CIPHER_CTX_free(x);
+	return NULL;
+}
+
+/* Seal len bytes of plain to len + STORE_TAG_LEN bytes of out (text, then tag). */
+static int gcm_seal(const EVP_CIPHER *cipher, const uint8_t key[static STORE_KEY_LEN],
+                    const uint8_t nonce[static STORE_GCM_NONCE_LEN], const uint8_t *ad,
+                    size_t ad_len, const uint8_t *plain, size_t len, uint8_t *out)
+{
+	EVP_CIPHER_CTX *x = gcm_start(cipher, 1, key, nonce, ad, ad_len);
+	int n = 0, fin = 0;
+	bool ok = x && (len == 0 || EVP_CipherUpdate(x, out, &n, plain, (int)len) == 1) &&
+	          EVP_CipherFinal_ex(x, out + len, &fin) == 1 && /* GCM writes nothing here */
+	          EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, STORE_TAG_LEN, out + len) == 1;
+	EVP_CIPHER_CTX_free(x);        /* wipes the key schedule */
+	return ok ? 0 : ISG_ERR_NOMEM; /* OpenSSL has nothing else to fail on here */
 }
 
 /*
- * AES-256-GCM with a 12-byte nonce and a 16-byte tag after the text: seals
- * len bytes of in to len + STORE_TAG_LEN bytes of out, or opens len +
- * STORE_TAG_LEN bytes of in to len bytes of out. Whatever fails wipes what
- * it wrote: an open that is not authentic, or an OpenSSL without
- * AES-256-GCM, is ISG_ERR_CRYPTO; a context OpenSSL could not set up is
- * ISG_ERR_NOMEM, since it has nothing else to fail on here.
+ * Open len + STORE_TAG_LEN bytes of sealed to len bytes of out. One that is
+ * not authentic is ISG_ERR_CRYPTO, with what was written to out wiped.
  */
-static int gcm(bool seal, const uint8_t key[static STORE_KEY_LEN],
-               const uint8_t nonce[static STORE_GCM_NONCE_LEN], const uint8_t *ad, size_t ad_len,
-               const uint8_t *in, size_t len, uint8_t *out)
+static int gcm_open(const EVP_CIPHER *cipher, const uint8_t key[static STORE_KEY_LEN],
+                    const uint8_t nonce[static STORE_GCM_NONCE_LEN], const uint8_t *ad,
+                    size_t ad_len, const uint8_t *sealed, size_t len, uint8_t *out)
 {
-	_Static_assert(STORE_MAX_PAYLOAD <= INT_MAX && AD_MAX <= INT_MAX,
-	               "lengths fit OpenSSL's int");
-	pthread_once(&gcm_once, gcm_fetch);
-	EVP_CIPHER_CTX *x = gcm_cipher ? EVP_CIPHER_CTX_new() : NULL;
+	EVP_CIPHER_CTX *x = gcm_start(cipher, 0, key, nonce, ad, ad_len);
+	if (!x)
+		return ISG_ERR_NOMEM;
 	uint8_t tag[STORE_TAG_LEN];
-	int n_ad = 0, n = 0, fin = 0;
-	if (!seal)
-		memcpy(tag, in + len, sizeof(tag));
-	bool ok = x && EVP_CipherInit_ex2(x, gcm_cipher, key, nonce, seal, NULL) == 1 &&
-	          (ad_len == 0 || EVP_CipherUpdate(x, NULL, &n_ad, ad, (int)ad_len) == 1) &&
-	          (len == 0 || EVP_CipherUpdate(x, out, &n, in, (int)len) == 1) &&
-	          (seal || EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_TAG, sizeof(tag), tag) == 1);
-	/* GCM writes nothing at the end; out + n is within out (n == len). */
-	bool authentic = ok && EVP_CipherFinal_ex(x, out + n, &fin) == 1;
-	if (authentic && seal)
-		authentic =
-		    EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, STORE_TAG_LEN, out + len) == 1;
-	EVP_CIPHER_CTX_free(x); /* wipes the key schedule */
-	if (authentic)
-		return 0;
-	sodium_memzero(out, seal ? len + STORE_TAG_LEN : len);
-	return (ok && !seal) || !gcm_cipher ? ISG_ERR_CRYPTO : ISG_ERR_NOMEM;
+	memcpy(tag, sealed + len, sizeof(tag));
+	int n = 0, fin = 0, rc = ISG_ERR_NOMEM;
+	if ((len == 0 || EVP_CipherUpdate(x, out, &n, sealed, (int)len) == 1) &&
+	    EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_TAG, sizeof(tag), tag) == 1)
+		rc = EVP_CipherFinal_ex(x, out + len, &fin) == 1 ? 0 : ISG_ERR_CRYPTO;
+	EVP_CIPHER_CTX_free(x);
+	if (rc)
+		sodium_memzero(out, len);
+	return rc;
 }
 
 /* --- XChaCha20-Poly1305: data keys, and payloads of older rows -------------------- */
@@ -183,12 +192,15 @@ struct store_sealer store_sealer_own(uint8_t *key)
 
 int store_keys_init(struct store *s)
 {
+	s->gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+	if (!s->gcm)
+		return ISG_ERR_CRYPTO;
 	s->pool_keys = sodium_malloc(STORE_KEY_POOL * STORE_KEY_LEN);
-	if (!s->pool_keys)
-		return ISG_ERR_NOMEM;
-	if (pthread_mutex_init(&s->pool_mu, NULL) != 0) {
+	if (!s->pool_keys || pthread_mutex_init(&s->pool_mu, NULL) != 0) {
 		sodium_free(s->pool_keys);
 		s->pool_keys = NULL;
+		EVP_CIPHER_free(s->gcm);
+		s->gcm = NULL;
 		return ISG_ERR_NOMEM;
 	}
 	s->pool_n = 0;
@@ -202,6 +214,8 @@ void store_keys_release(struct store *s)
 	sodium_free(s->pool_keys); /* wipes them */
 	s->pool_keys = NULL;
 	pthread_mutex_destroy(&s->pool_mu);
+	EVP_CIPHER_free(s->gcm);
+	s->gcm = NULL;
 }
 
 /* One unused data key and its wrapping, asking the holder for more when none are left. */
@@ -244,8 +258,8 @@ int store_seal(struct store *s, const char *sender, const char *message_id, cons
 	rc = take_key(s, key, header);
 	if (rc == 0) {
 		randombytes_buf(header + STORE_WRAPPED_KEY_LEN, STORE_GCM_NONCE_LEN);
-		rc =
-		    gcm(true, key, header + STORE_WRAPPED_KEY_LEN, ad, ad_len, plain, plain_len, c);
+		rc = gcm_seal(s->gcm, key, header + STORE_WRAPPED_KEY_LEN, ad, ad_len, plain,
+		              plain_len, c);
 	}
 	sodium_memzero(key, sizeof(key));
 	if (rc) {
@@ -286,7 +300,7 @@ static int open_one(struct store *s, const char *recipient, struct store_sealed 
 	const uint8_t *nonce = it->header + STORE_WRAPPED_KEY_LEN;
 	int rc;
 	if (it->header_len == STORE_HEADER_LEN)
-		rc = gcm(false, data_key, nonce, ad, ad_len, it->sealed, len, m);
+		rc = gcm_open(s->gcm, data_key, nonce, ad, ad_len, it->sealed, len, m);
 	else if (it->header_len == STORE_HEADER_V2_LEN)
 		rc = store_aead_open(data_key, ad, ad_len, nonce, it->sealed, it->sealed_len, m);
 	else

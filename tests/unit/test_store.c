@@ -626,6 +626,8 @@ static void test_seal_headers(void **state)
 	assert_int_equal(send_sync(s, &m2, &r2), 0);
 	assert_int_equal(send_sync(s, &m3, &r3), 0);
 	assert_int_equal(db_int(f, "SELECT length(nonce) FROM messages WHERE id = 1", 0), 84);
+	/* Each its own data key and nonce. */
+	assert_int_equal(db_int(f, "SELECT count(DISTINCT substr(nonce, 73)) FROM messages", 0), 3);
 	assert_int_equal(db_int(f, "SELECT length(payload) FROM messages WHERE id = 2", 0), 3 + 16);
 	assert_true(opens_as_documented(f, r2.gateway_id, "police-a", "m-2", "nhs-b", "two"));
 	assert_false(opens_as_documented(f, r2.gateway_id, "police-a", "m-2", "nhs-c", "two"));

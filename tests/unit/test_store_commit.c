@@ -595,7 +595,9 @@ static void test_upgrades_older_versions(void **state)
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
 	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "kept");
-	assert_int_equal(send_sync(s, &m, NULL), 0);
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	store_write_v2_row(s, f->key, r.gateway_id, "police-a", "m-1", "nhs-b", "sealed by v2");
 	for (int v = 1; v <= 2; v++) {
 		fx_close(f);
 		char sql[96];
@@ -607,7 +609,12 @@ static void test_upgrades_older_versions(void **state)
 		s = fx_open(f);
 		assert_int_equal(
 		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 3);
-		assert_int_equal(fetch_count(s, "nhs-b"), 1);
+		struct store_fetch_result *res = NULL;
+		assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+		assert_int_equal(res->n, 1);
+		assert_int_equal(res->items[0].payload_len, 12);
+		assert_memory_equal(res->items[0].payload, "sealed by v2", 12);
+		store_fetch_result_free(res);
 	}
 }
 
