@@ -381,11 +381,36 @@ static inline size_t store_lp(uint8_t *out, const char *s)
 	return 4 + n;
 }
 
+/* The associated data of docs/store.md, built here from its description. */
+static inline size_t store_doc_ad(uint8_t ad[static 256], const char *sender,
+                                  const char *message_id, const char *recipient)
+{
+	assert_true(strlen(sender) + strlen(message_id) + strlen(recipient) + 10 + 16 <= 256);
+	size_t ad_len = store_lp(ad, "isg-msg-v1");
+	ad_len += store_lp(ad + ad_len, sender);
+	ad_len += store_lp(ad + ad_len, message_id);
+	ad_len += store_lp(ad + ad_len, recipient);
+	return ad_len;
+}
+
+/* Set row id's seal header and sealed payload, through the writer. */
+static inline void store_set_sealed(struct store *s, uint64_t id, const uint8_t *header,
+                                    size_t header_len, const uint8_t *sealed, size_t sealed_len)
+{
+	char hh[2 * 128 + 1], hs[2 * 128 + 1], sql[640];
+	assert_true(header_len <= 128 && sealed_len <= 128);
+	hex_encode(hh, header, header_len);
+	hex_encode(hs, sealed, sealed_len);
+	snprintf(sql, sizeof(sql),
+	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hh, hs,
+	         id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+}
+
 /*
  * Make row id hold plain as a store of schema version 1 sealed it
- * (docs/store.md): under the storage key itself, with the associated data
- * built here from the documented construction, and the 24-byte nonce alone
- * as the row's seal header.
+ * (docs/store.md): under the storage key itself, and the 24-byte nonce
+ * alone as the row's seal header.
  */
 static inline void store_write_v1_row(struct store *s, const uint8_t key[32], uint64_t id,
                                       const char *sender, const char *message_id,
@@ -394,18 +419,9 @@ static inline void store_write_v1_row(struct store *s, const uint8_t key[32], ui
 	uint8_t ad[256], nonce[STORE_SEAL_NONCE_LEN], sealed[64 + STORE_SEAL_OVERHEAD];
 	size_t len = strlen(plain);
 	assert_true(len <= 64);
-	size_t ad_len = store_lp(ad, "isg-msg-v1");
-	ad_len += store_lp(ad + ad_len, sender);
-	ad_len += store_lp(ad + ad_len, message_id);
-	ad_len += store_lp(ad + ad_len, recipient);
+	size_t ad_len = store_doc_ad(ad, sender, message_id, recipient);
 	store_aead_seal(key, ad, ad_len, (const uint8_t *)plain, len, nonce, sealed);
-	char hn[2 * sizeof(nonce) + 1], hs[2 * sizeof(sealed) + 1], sql[512];
-	hex_encode(hn, nonce, sizeof(nonce));
-	hex_encode(hs, sealed, len + STORE_SEAL_OVERHEAD);
-	snprintf(sql, sizeof(sql),
-	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hn, hs,
-	         id);
-	assert_int_equal(store_test_exec(s, sql), 0);
+	store_set_sealed(s, id, nonce, sizeof(nonce), sealed, len + STORE_SEAL_OVERHEAD);
 }
 
 /*
@@ -422,21 +438,12 @@ static inline void store_write_v2_row(struct store *s, const uint8_t key[32], ui
 	uint8_t header[STORE_WRAPPED_KEY_LEN + STORE_SEAL_NONCE_LEN];
 	size_t len = strlen(plain);
 	assert_true(len <= 64);
-	size_t ad_len = store_lp(ad, "isg-msg-v1");
-	ad_len += store_lp(ad + ad_len, sender);
-	ad_len += store_lp(ad + ad_len, message_id);
-	ad_len += store_lp(ad + ad_len, recipient);
+	size_t ad_len = store_doc_ad(ad, sender, message_id, recipient);
 	randombytes_buf(data_key, sizeof(data_key));
 	store_key_wrap(key, data_key, header);
 	store_aead_seal(data_key, ad, ad_len, (const uint8_t *)plain, len,
 	                header + STORE_WRAPPED_KEY_LEN, sealed);
-	char hh[2 * sizeof(header) + 1], hs[2 * sizeof(sealed) + 1], sql[640];
-	hex_encode(hh, header, sizeof(header));
-	hex_encode(hs, sealed, len + STORE_SEAL_OVERHEAD);
-	snprintf(sql, sizeof(sql),
-	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hh, hs,
-	         id);
-	assert_int_equal(store_test_exec(s, sql), 0);
+	store_set_sealed(s, id, header, sizeof(header), sealed, len + STORE_SEAL_OVERHEAD);
 }
 
 static inline bool file_contains(const char *path, const char *needle)

@@ -545,28 +545,30 @@ static void test_moved_payload_does_not_open(void **state)
 	assert_int_equal(fetch_count(s, "council-c"), 0);
 }
 
+/* sql with ?1 = id, stepped to its row. */
+static sqlite3_stmt *row_query(sqlite3 *db, const char *sql, uint64_t id)
+{
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+	sqlite3_bind_int64(st, 1, (int64_t)id);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	return st;
+}
+
 /* Open row id's payload with OpenSSL, from docs/store.md's description of
  * a schema version 3 row alone; true when it opens to plain. */
 static bool opens_as_documented(const struct fx *f, uint64_t id, const char *sender,
                                 const char *message_id, const char *recipient, const char *plain)
 {
 	sqlite3 *db = db_ro(f);
-	sqlite3_stmt *st = NULL;
-	assert_int_equal(sqlite3_prepare_v2(db, "SELECT nonce, payload FROM messages WHERE id = ?1",
-	                                    -1, &st, NULL),
-	                 SQLITE_OK);
-	sqlite3_bind_int64(st, 1, (int64_t)id);
-	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	sqlite3_stmt *st = row_query(db, "SELECT nonce, payload FROM messages WHERE id = ?1", id);
 	const uint8_t *header = sqlite3_column_blob(st, 0), *sealed = sqlite3_column_blob(st, 1);
 	int header_len = sqlite3_column_bytes(st, 0), sealed_len = sqlite3_column_bytes(st, 1);
 	assert_int_equal(header_len, 72 + 12);
 	assert_true(sealed_len >= 16 && sealed_len - 16 < 256);
-	uint8_t data_key[32], ad[512], out[256], tag[16];
+	uint8_t data_key[32], ad[256], out[256], tag[16];
 	assert_int_equal(store_key_unwrap(f->key, header, data_key), 0);
-	size_t ad_len = store_lp(ad, "isg-msg-v1");
-	ad_len += store_lp(ad + ad_len, sender);
-	ad_len += store_lp(ad + ad_len, message_id);
-	ad_len += store_lp(ad + ad_len, recipient);
+	size_t ad_len = store_doc_ad(ad, sender, message_id, recipient);
 	int len = sealed_len - 16, n = 0, fin = 0;
 	memcpy(tag, sealed + len, sizeof(tag));
 	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
@@ -585,12 +587,7 @@ static bool opens_as_documented(const struct fx *f, uint64_t id, const char *sen
 static void flip_payload_bit(struct fx *f, uint64_t id)
 {
 	sqlite3 *db = db_ro(f);
-	sqlite3_stmt *st = NULL;
-	assert_int_equal(sqlite3_prepare_v2(db, "SELECT hex(payload) FROM messages WHERE id = ?1",
-	                                    -1, &st, NULL),
-	                 SQLITE_OK);
-	sqlite3_bind_int64(st, 1, (int64_t)id);
-	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	sqlite3_stmt *st = row_query(db, "SELECT hex(payload) FROM messages WHERE id = ?1", id);
 	char hex[600];
 	str_copy(hex, (const char *)sqlite3_column_text(st, 0), sizeof(hex));
 	sqlite3_finalize(st);
