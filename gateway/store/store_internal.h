@@ -177,9 +177,9 @@ struct store {
 	/* Data keys made but not used yet, and their wrappings. */
 	pthread_mutex_t pool_mu;
 	uint8_t *pool_keys; /* sodium_malloc'd, STORE_KEY_POOL keys */
-	struct evp_cipher_st *gcm; /* OpenSSL's AES-256-GCM, fetched once */
 	uint8_t pool_wrapped[STORE_KEY_POOL][STORE_WRAPPED_KEY_LEN];
 	size_t pool_n;
+	struct evp_cipher_st *gcm; /* OpenSSL's AES-256-GCM, fetched by store_keys_init */
 	int64_t sweep_interval_ms;
 	uint32_t max_batch;
 
