@@ -369,9 +369,10 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	}
 	rc = s->path ? store_keys_init(s) : ISG_ERR_NOMEM;
 	if (rc) {
-		store_seterr(err, errlen, rc == ISG_ERR_CRYPTO
-		                              ? "store: OpenSSL has no AES-256-GCM to seal payloads with"
-		                              : "store: out of memory");
+		store_seterr(err, errlen,
+		             rc == ISG_ERR_CRYPTO
+		                 ? "store: OpenSSL has no AES-256-GCM to seal payloads with"
+		                 : "store: out of memory");
 		goto out;
 	}
 	rc = store_db_open(s, s->path, err, errlen);
