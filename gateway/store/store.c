@@ -92,21 +92,21 @@ static void cond_wait_until(struct store *s, int64_t deadline_mono_ms)
 static int run_savepoint(struct store *s, struct store_job *j, int64_t now, bool *sweep_more,
                          int *job_err)
 {
-	int rc = store_db_exec(s, "SAVEPOINT j", "savepoint");
+	int rc = store_db_step_done(s, s->stmt[ST_SAVEPOINT], "savepoint");
 	if (rc)
 		return rc;
 	struct store_log before = s->log;
 	int err = j ? store_job_run(s, j, now) : store_sweep(s, now, sweep_more);
 	*job_err = err;
 	if (err == 0)
-		return store_db_exec(s, "RELEASE j", "release");
+		return store_db_step_done(s, s->stmt[ST_RELEASE], "release");
 	s->log = before; /* the job's entries are rolled back with its savepoint */
 	/* Some errors (disk full, I/O) make SQLite roll back the whole transaction. */
 	if (sqlite3_get_autocommit(s->db))
 		return err == ISG_ERR_FULL ? ISG_ERR_FULL : ISG_ERR_STORE;
 	rc = store_db_exec(s, "ROLLBACK TO j", "rollback_to");
 	if (rc == 0)
-		rc = store_db_exec(s, "RELEASE j", "release");
+		rc = store_db_step_done(s, s->stmt[ST_RELEASE], "release");
 	return rc;
 }
 
@@ -132,7 +132,7 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 {
 	int64_t now = time_now_ms();
 	const struct store_log start = s->log;
-	int rc = store_db_exec(s, "BEGIN IMMEDIATE", "begin");
+	int rc = store_db_step_done(s, s->stmt[ST_BEGIN], "begin");
 	if (rc) {
 		batch_fail(s, batch, &start, rc);
 		return rc;
@@ -154,7 +154,7 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 			return rc;
 		}
 	}
-	rc = store_db_exec(s, "COMMIT", "commit");
+	rc = store_db_step_done(s, s->stmt[ST_COMMIT], "commit");
 	if (rc && s->commit_full) /* tests only: the disk filled up as the WAL grew */
 		rc = ISG_ERR_FULL;
 	s->commit_full = false;

@@ -74,6 +74,10 @@ static const char *const stmt_sql[ST_COUNT] = {
                           " WHERE state IN (0, 1) AND expires_at <= ?1"
                           " ORDER BY expires_at LIMIT ?2",
     [ST_CHECKPOINT_INSERT] = "INSERT INTO checkpoints(size, at, note) VALUES (?1, ?2, ?3)",
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_SAVEPOINT] = "SAVEPOINT j",
+    [ST_RELEASE] = "RELEASE j",
 };
 
 static int map_rc(int rc)

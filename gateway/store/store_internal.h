@@ -82,6 +82,11 @@ enum store_stmt {
 	ST_SET_FINAL_STATE,
 	ST_EXPIRED_SELECT,
 	ST_CHECKPOINT_INSERT,
+	/* The writer's transaction control, run for every batch and job. */
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_SAVEPOINT,
+	ST_RELEASE,
 	ST_COUNT
 };
 
