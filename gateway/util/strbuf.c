@@ -52,19 +52,29 @@ void strbuf_puts(struct strbuf *b, const char *s)
 	strbuf_append(b, s, strlen(s));
 }
 
+/* Written straight into the room there is, and again only when it did not fit. */
 void strbuf_printf(struct strbuf *b, const char *fmt, ...)
 {
+	if (b->failed)
+		return;
+	size_t room = b->cap - b->len;
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(NULL, 0, fmt, ap);
+	int n = vsnprintf(b->p ? b->p + b->len : NULL, room, fmt, ap);
 	va_end(ap);
-	if (n < 0 || !strbuf_grow(b, (size_t)n)) {
+	if (n < 0) {
 		b->failed = true;
 		return;
 	}
-	va_start(ap, fmt);
-	vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-	va_end(ap);
+	if ((size_t)n >= room) {
+		if (b->p)
+			b->p[b->len] = '\0'; /* what did not fit is not kept */
+		if (!strbuf_grow(b, (size_t)n))
+			return;
+		va_start(ap, fmt);
+		vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+		va_end(ap);
+	}
 	b->len += (size_t)n;
 }
 
@@ -81,34 +91,43 @@ static size_t utf8_seq(const unsigned char *s, size_t left)
 	return n;
 }
 
+/* A byte that goes into a JSON string as it is. */
+static bool json_plain(unsigned char c)
+{
+	return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
 void strbuf_json_string(struct strbuf *b, const char *str)
 {
 	const unsigned char *s = (const unsigned char *)str;
 	size_t left = strlen(str);
 	strbuf_append(b, "\"", 1);
 	while (left > 0) {
+		/* A run of plain bytes goes in one piece. */
+		size_t run = 0;
+		while (run < left && json_plain(s[run]))
+			run++;
+		if (run) {
+			strbuf_append(b, (const char *)s, run);
+			s += run;
+			left -= run;
+			continue;
+		}
 		unsigned char c = *s;
+		size_t n = 1;
 		if (c == '"' || c == '\\') {
 			char esc[2] = {'\\', (char)c};
 			strbuf_append(b, esc, 2);
 		} else if (c < 0x20) {
 			strbuf_printf(b, "\\u%04x", c);
-		} else if (c < 0x80) {
-			strbuf_append(b, (const char *)s, 1);
+		} else if ((n = utf8_seq(s, left)) == 0) {
+			strbuf_puts(b, "\\ufffd");
+			n = 1;
 		} else {
-			size_t n = utf8_seq(s, left);
-			if (n == 0) {
-				strbuf_puts(b, "\\ufffd");
-				n = 1;
-			} else {
-				strbuf_append(b, (const char *)s, n);
-			}
-			s += n;
-			left -= n;
-			continue;
+			strbuf_append(b, (const char *)s, n);
 		}
-		s++;
-		left--;
+		s += n;
+		left -= n;
 	}
 	strbuf_append(b, "\"", 1);
 }

@@ -106,9 +106,33 @@ static void test_json_string(void **state)
 	assert_string_equal(s, "\"a\\\"b\\\\c\\u000a\\u0001 caf\xc3\xa9 \\ufffd!\"");
 	free(s);
 	strbuf_init(&b);
+	strbuf_json_string(&b, "\"plain\\");
+	strbuf_json_string(&b, "");
+	strbuf_json_string(&b, "\xe2\x82\xac"
+	                       "10"
+	                       "\xe2\x82");
+	s = strbuf_take(&b, NULL);
+	assert_string_equal(s, "\"\\\"plain\\\\\"\"\"\"\xe2\x82\xac"
+	                       "10\\ufffd\\ufffd\"");
+	free(s);
+	strbuf_init(&b);
 	strbuf_printf(&b, "%d-%s", 7, "x");
 	s = strbuf_take(&b, NULL);
 	assert_string_equal(s, "7-x");
+	free(s);
+	/* Text that does not fit the room left is written again after growing. */
+	char big[300];
+	memset(big, 'y', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	size_t len = 0;
+	strbuf_init(&b);
+	strbuf_puts(&b, "ab");
+	strbuf_printf(&b, "<%s>", big);
+	strbuf_printf(&b, "%d", 42);
+	s = strbuf_take(&b, &len);
+	assert_int_equal(len, 2 + 1 + 299 + 1 + 2);
+	assert_memory_equal(s, "ab<yyy", 6);
+	assert_string_equal(s + 2 + 1 + 299, ">42");
 	free(s);
 	strbuf_init(&b);
 	s = strbuf_take(&b, NULL);
