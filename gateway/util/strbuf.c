@@ -63,6 +63,8 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...)
 	int n = vsnprintf(b->p ? b->p + b->len : NULL, room, fmt, ap);
 	va_end(ap);
 	if (n < 0) {
+		if (b->p)
+			b->p[b->len] = '\0'; /* nor is what was written before the error */
 		b->failed = true;
 		return;
 	}

@@ -134,6 +134,25 @@ static void test_json_string(void **state)
 	assert_memory_equal(s, "ab<yyy", 6);
 	assert_string_equal(s + 2 + 1 + 299, ">42");
 	free(s);
+	/* After "ab" the first buffer (128 bytes) has room for 125 more and the NUL. */
+	for (size_t fill = 125; fill <= 126; fill++) {
+		big[fill] = '\0';
+		strbuf_init(&b);
+		strbuf_puts(&b, "ab");
+		strbuf_printf(&b, "%s", big);
+		s = strbuf_take(&b, &len);
+		assert_int_equal(len, 2 + fill);
+		assert_int_equal(strspn(s + 2, "y"), fill);
+		free(s);
+		big[fill] = 'y';
+	}
+	/* DEL and 4-byte sequences are plain; a lone continuation byte or a
+	 * 4-byte sequence cut short is not. */
+	strbuf_init(&b);
+	strbuf_json_string(&b, "\x7f\xf0\x9f\x98\x80|\x80|\xf0\x9f\x98");
+	s = strbuf_take(&b, NULL);
+	assert_string_equal(s, "\"\x7f\xf0\x9f\x98\x80|\\ufffd|\\ufffd\\ufffd\\ufffd\"");
+	free(s);
 	strbuf_init(&b);
 	s = strbuf_take(&b, NULL);
 	assert_string_equal(s, "");
