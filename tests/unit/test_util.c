@@ -146,8 +146,8 @@ static void test_json_string(void **state)
 		free(s);
 		big[fill] = 'y';
 	}
-	/* DEL and 4-byte sequences are plain; a lone continuation byte or a
-	 * 4-byte sequence cut short is not. */
+	/* DEL and a whole 4-byte sequence go in as they are; a lone
+	 * continuation byte and a 4-byte sequence cut short do not. */
 	strbuf_init(&b);
 	strbuf_json_string(&b, "\x7f\xf0\x9f\x98\x80|\x80|\xf0\x9f\x98");
 	s = strbuf_take(&b, NULL);
