@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,8 +165,18 @@ struct mock {
 	bool saw_close_notify;
 	int failures; /* checks that failed on the server thread */
 	char failure[256];
-	Isg__Frame *last; /* the last request the script read, for the test to inspect */
+	Isg__Frame *last;    /* the last request the script read, for the test to inspect */
+	bool running;        /* started and not yet joined */
+	_Atomic int conn_fd; /* the connection accepted, or -1 */
 };
+
+/*
+ * Outside any test's stack: a test that fails returns early, without
+ * mock_finish, and its gateway thread must not be left writing into a
+ * frame that is gone. The next mock_start, or the group's teardown,
+ * stops that thread first (mock_reap).
+ */
+static struct mock mock_slot;
 
 #define MOCK_CHECK(m, cond)                                                                        \
 	do {                                                                                       \
@@ -288,6 +299,7 @@ static void *mock_main(void *arg)
 	int fd = accept(m->listen_fd, NULL, NULL);
 	if (fd < 0)
 		return NULL;
+	m->conn_fd = fd;
 	SSL *ssl = SSL_new(m->ctx);
 	SSL_set_fd(ssl, fd);
 	if (SSL_accept(ssl) == 1) {
@@ -300,13 +312,54 @@ static void *mock_main(void *arg)
 			;
 	}
 	SSL_free(ssl);
+	m->conn_fd = -1;
 	close(fd);
 	return NULL;
 }
 
+static void mock_release(struct mock *m)
+{
+	close(m->listen_fd);
+	SSL_CTX_free(m->ctx);
+	wire_frame_free(m->last);
+	m->last = NULL;
+	m->running = false;
+}
+
+/* Stop the gateway thread of a test that failed before mock_finish. */
+static void mock_reap(struct mock *m)
+{
+	if (!m->running)
+		return;
+	shutdown(m->listen_fd, SHUT_RDWR); /* wakes accept */
+	for (;;) {
+		int fd = m->conn_fd;
+		if (fd >= 0)
+			shutdown(fd, SHUT_RDWR); /* wakes the script's reads */
+		struct timespec t;
+		clock_gettime(CLOCK_REALTIME, &t);
+		t.tv_nsec += 50 * 1000 * 1000;
+		if (t.tv_nsec >= 1000000000) {
+			t.tv_sec++;
+			t.tv_nsec -= 1000000000;
+		}
+		if (pthread_timedjoin_np(m->thread, NULL, &t) == 0)
+			break;
+	}
+	mock_release(m);
+}
+
+static int teardown(void **state)
+{
+	mock_reap(&mock_slot);
+	return pki_teardown(state);
+}
+
 static void mock_start(struct mock *m, mock_script script, const char *ca_for_clients)
 {
+	mock_reap(m);
 	memset(m, 0, sizeof(*m));
+	m->conn_fd = -1;
 	m->script = script;
 	m->ctx = SSL_CTX_new(TLS_server_method());
 	SSL_CTX_set_min_proto_version(m->ctx, TLS1_3_VERSION);
@@ -324,14 +377,13 @@ static void mock_start(struct mock *m, mock_script script, const char *ca_for_cl
 	getsockname(m->listen_fd, (struct sockaddr *)&a, &len);
 	m->port = ntohs(a.sin_port);
 	assert_int_equal(pthread_create(&m->thread, NULL, mock_main, m), 0);
+	m->running = true;
 }
 
 static void mock_finish(struct mock *m)
 {
 	pthread_join(m->thread, NULL);
-	close(m->listen_fd);
-	SSL_CTX_free(m->ctx);
-	wire_frame_free(m->last);
+	mock_release(m);
 	if (m->failures)
 		fail_msg("gateway script: %d failed checks, last %s", m->failures, m->failure);
 }
@@ -390,42 +442,62 @@ static void script_refuse_connection(struct mock *m, SSL *ssl)
 
 static void test_connect_welcome_and_close_notify(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_welcome_then_drain);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_welcome_then_drain);
 	assert_non_null(c);
 	assert_string_equal(isg_client_partner_id(c), "met-police");
 	assert_string_equal(isg_client_partner_name(c), "Metropolitan Police Service");
 	assert_string_equal(isg_client_policy_version(c), "3f2a");
 	assert_string_equal(isg_client_gateway_version(c), "0.1.0");
 	isg_client_close(c);
-	mock_finish(&m);
-	assert_true(m.saw_close_notify);
+	mock_finish(m);
+	assert_true(m->saw_close_notify);
+}
+
+/* What a failed test leaves behind: a gateway thread still in its script. */
+static void test_mock_left_running_is_stopped(void **state)
+{
+	struct mock *m = &mock_slot;
+	struct isg_client *left = connect_to(m, script_welcome_then_drain);
+	assert_non_null(left);
+	/* No close, no mock_finish: the thread waits in mock_drain. */
+	struct isg_client *c = connect_to(m, script_welcome_then_drain);
+	assert_non_null(c);
+	assert_string_equal(isg_client_partner_id(c), "met-police");
+	isg_client_close(c);
+	mock_finish(m);
+	assert_true(m->saw_close_notify);
+	/* The first gateway was stopped: its connection is gone, not silent. */
+	struct isg_error err;
+	assert_int_equal(isg_client_ping(left, NULL, &err), -1);
+	assert_int_not_equal(err.code, ISG_CLIENT_E_TIMEOUT);
+	isg_client_close(left);
 }
 
 static void test_connect_by_dns_name(void **state)
 {
-	struct mock m;
-	mock_start(&m, script_welcome_then_drain, pki.ca);
+	struct mock *m = &mock_slot;
+	mock_start(m, script_welcome_then_drain, pki.ca);
 	struct isg_client_options opt;
 	char addr[64];
-	options_for(&opt, &m, addr, sizeof(addr));
-	snprintf(addr, sizeof(addr), "localhost:%u", m.port);
+	options_for(&opt, m, addr, sizeof(addr));
+	snprintf(addr, sizeof(addr), "localhost:%u", m->port);
 	struct isg_client *c = NULL;
 	struct isg_error err;
 	int rc = isg_client_connect(&opt, &c, &err);
 	if (rc < 0)
 		fail_msg("%s", err.message);
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void test_gateway_certificate_from_other_ca(void **state)
 {
-	struct mock m;
-	mock_start(&m, script_welcome_then_drain, pki.ca);
+	struct mock *m = &mock_slot;
+	mock_start(m, script_welcome_then_drain, pki.ca);
 	struct isg_client_options opt;
 	char addr[64];
-	options_for(&opt, &m, addr, sizeof(addr));
+	options_for(&opt, m, addr, sizeof(addr));
 	opt.ca_file = pki.rogue_ca;
 	struct isg_client *c = NULL;
 	struct isg_error err;
@@ -435,49 +507,49 @@ static void test_gateway_certificate_from_other_ca(void **state)
 	assert_int_equal(err.code, ISG_CLIENT_E_TLS);
 	assert_string_equal(err.code_name, "TLS");
 	assert_non_null(strstr(err.message, "certificate verify failed"));
-	mock_finish(&m);
-	assert_false(m.handshake_ok);
+	mock_finish(m);
+	assert_false(m->handshake_ok);
 }
 
 static void test_gateway_certificate_wrong_name(void **state)
 {
-	struct mock m;
-	mock_start(&m, script_welcome_then_drain, pki.ca);
+	struct mock *m = &mock_slot;
+	mock_start(m, script_welcome_then_drain, pki.ca);
 	struct isg_client_options opt;
 	char addr[64];
-	options_for(&opt, &m, addr, sizeof(addr));
+	options_for(&opt, m, addr, sizeof(addr));
 	opt.server_name = "gateway.other.example";
 	struct isg_client *c = NULL;
 	struct isg_error err;
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_TLS);
 	assert_non_null(strstr(err.message, "not for 'gateway.other.example'"));
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void test_gateway_certificate_wrong_ip(void **state)
 {
-	struct mock m;
-	mock_start(&m, script_welcome_then_drain, pki.ca);
+	struct mock *m = &mock_slot;
+	mock_start(m, script_welcome_then_drain, pki.ca);
 	struct isg_client_options opt;
 	char addr[64];
-	options_for(&opt, &m, addr, sizeof(addr));
+	options_for(&opt, m, addr, sizeof(addr));
 	opt.server_name = "127.0.0.2"; /* the certificate names 127.0.0.1 only */
 	struct isg_client *c = NULL;
 	struct isg_error err;
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_TLS);
 	assert_non_null(strstr(err.message, "not for '127.0.0.2'"));
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void test_client_certificate_refused_by_tls(void **state)
 {
-	struct mock m;
-	mock_start(&m, script_welcome_then_drain, pki.ca);
+	struct mock *m = &mock_slot;
+	mock_start(m, script_welcome_then_drain, pki.ca);
 	struct isg_client_options opt;
 	char addr[64];
-	options_for(&opt, &m, addr, sizeof(addr));
+	options_for(&opt, m, addr, sizeof(addr));
 	opt.cert_file = pki.rogue_cert;
 	opt.key_file = pki.rogue_key;
 	struct isg_client *c = NULL;
@@ -485,16 +557,16 @@ static void test_client_certificate_refused_by_tls(void **state)
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_TLS);
 	assert_non_null(strstr(err.message, "did not accept the client certificate"));
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void test_gateway_refuses_connection_with_error(void **state)
 {
-	struct mock m;
-	mock_start(&m, script_refuse_connection, pki.ca);
+	struct mock *m = &mock_slot;
+	mock_start(m, script_refuse_connection, pki.ca);
 	struct isg_client_options opt;
 	char addr[64];
-	options_for(&opt, &m, addr, sizeof(addr));
+	options_for(&opt, m, addr, sizeof(addr));
 	struct isg_client *c = NULL;
 	struct isg_error err;
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
@@ -506,7 +578,7 @@ static void test_gateway_refuses_connection_with_error(void **state)
 	assert_string_equal(err.rule, "partner.certificate");
 	assert_int_equal(err.record_index, -1);
 	assert_int_equal(err.audit_index, 12);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void test_connection_refused(void **state)
@@ -635,8 +707,10 @@ static void script_send(struct mock *m, SSL *ssl)
 
 static void test_send_and_receipt(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_send);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_send);
+	if (getenv("INJECT"))
+		fail_msg("injected early failure");
 	struct isg_field fields[] = {
 	    {"nhs_number", {.kind = ISG_VALUE_TEXT, .text = "9434765919"}},
 	    {"age", {.kind = ISG_VALUE_INTEGER, .integer = -42}},
@@ -683,7 +757,7 @@ static void test_send_and_receipt(void **state)
 	assert_int_equal(receipt.record_count, 2);
 	assert_string_equal(receipt.policy_version, "3f2a");
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void script_refuse_then_pong(struct mock *m, SSL *ssl)
@@ -705,8 +779,8 @@ static void script_refuse_then_pong(struct mock *m, SSL *ssl)
 
 static void test_refusal_reported_exactly_and_connection_usable(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_refuse_then_pong);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_refuse_then_pong);
 	struct isg_field field = {"nhs_number", {.kind = ISG_VALUE_TEXT, .text = "1"}};
 	struct isg_record rec = {1, &field};
 	struct isg_message msg = {.message_id = "msg-1",
@@ -732,7 +806,7 @@ static void test_refusal_reported_exactly_and_connection_usable(void **state)
 		fail_msg("%s", err.message);
 	assert_true(rtt >= 0);
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 /* A message without records, as the pipelining tests send them. */
@@ -773,8 +847,8 @@ static void script_pipelined(struct mock *m, SSL *ssl)
 
 static void test_pipelined_sends(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_pipelined);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_pipelined);
 	struct isg_message msg = bare_message(NULL);
 	struct isg_error err;
 	struct isg_receipt r;
@@ -815,7 +889,7 @@ static void test_pipelined_sends(void **state)
 	assert_int_equal(isg_client_send_start(c, &msg, &t[0], &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 /* Two sends; the first is answered, then the connection drops. */
@@ -835,8 +909,8 @@ static void script_answer_one_then_drop(struct mock *m, SSL *ssl)
 /* An answer read before the connection failed is not lost. */
 static void test_pipelined_answer_kept_when_connection_fails(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_answer_one_then_drop);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_answer_one_then_drop);
 	struct isg_message msg = bare_message("first");
 	struct isg_error err;
 	struct isg_receipt r;
@@ -856,7 +930,7 @@ static void test_pipelined_answer_kept_when_connection_fails(void **state)
 	assert_int_equal(isg_client_send_start(c, &msg, &first, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_CLOSED);
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 /* A send answered, then the gateway's error about the connection, then a reset. */
@@ -879,15 +953,15 @@ static void script_answer_then_error_and_reset(struct mock *m, SSL *ssl)
  */
 static void test_pipelined_answer_kept_when_write_fails(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_answer_then_error_and_reset);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_answer_then_error_and_reset);
 	struct isg_message msg = bare_message("first");
 	struct isg_error err;
 	struct isg_receipt r;
 	uint64_t first, second;
 	if (isg_client_send_start(c, &msg, &first, &err) < 0)
 		fail_msg("%s", err.message);
-	mock_finish(&m); /* the gateway has answered, said why and reset the connection */
+	mock_finish(m); /* the gateway has answered, said why and reset the connection */
 	msg.message_id = "second";
 	assert_int_equal(isg_client_send_start(c, &msg, &second, &err), -1);
 	/* The gateway's error may be lost with the reset; the receipt before it is not. */
@@ -974,8 +1048,8 @@ static void script_fetch_and_ack(struct mock *m, SSL *ssl)
 
 static void test_fetch_and_ack(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_fetch_and_ack);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_fetch_and_ack);
 	struct isg_delivery_list *list = NULL;
 	struct isg_error err;
 	if (isg_client_fetch(c, 10, 100, &list, &err) < 0)
@@ -1013,7 +1087,7 @@ static void test_fetch_and_ack(void **state)
 	assert_int_equal(isg_client_ack(c, ids, 0, &acked, &err), 0); /* nothing to do */
 	assert_int_equal(acked, 0);
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void push_delivery(SSL *ssl, uint64_t request_id, uint64_t gateway_id)
@@ -1112,10 +1186,10 @@ static void script_pushes_while_client_writes(struct mock *m, SSL *ssl)
 /* Reading while writing: neither side waits for the other to read first. */
 static void test_send_while_gateway_pushes(void **state)
 {
-	struct mock m;
+	struct mock *m = &mock_slot;
 	/* Long enough for a sanitizer's build; without reading while writing
 	 * both sides wait for each other until it runs out. */
-	struct isg_client *c = connect_within(&m, script_pushes_while_client_writes, 60000);
+	struct isg_client *c = connect_within(m, script_pushes_while_client_writes, 60000);
 	struct isg_error err;
 	if (isg_client_subscribe(c, &err) < 0)
 		fail_msg("%s", err.message);
@@ -1142,13 +1216,13 @@ static void test_send_while_gateway_pushes(void **state)
 		isg_delivery_free(d);
 	}
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void test_subscription_keeps_pushes_during_ack(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_subscription);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_subscription);
 	struct isg_error err;
 	struct isg_delivery *d = NULL;
 	assert_int_equal(isg_client_next_delivery(c, 100, &d, &err), -1);
@@ -1178,7 +1252,7 @@ static void test_subscription_keeps_pushes_during_ack(void **state)
 	assert_int_equal(err.code, ISG_WIRE_UNAVAILABLE);
 	assert_string_equal(err.message, "gateway shutting down");
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void script_silent(struct mock *m, SSL *ssl)
@@ -1189,11 +1263,11 @@ static void script_silent(struct mock *m, SSL *ssl)
 
 static void test_timeout_then_unusable(void **state)
 {
-	struct mock m;
-	mock_start(&m, script_silent, pki.ca);
+	struct mock *m = &mock_slot;
+	mock_start(m, script_silent, pki.ca);
 	struct isg_client_options opt;
 	char addr[64];
-	options_for(&opt, &m, addr, sizeof(addr));
+	options_for(&opt, m, addr, sizeof(addr));
 	opt.timeout_ms = 1000; /* the handshake too: valgrind's takes some hundreds of ms */
 	struct isg_client *c = NULL;
 	struct isg_error err;
@@ -1210,7 +1284,7 @@ static void test_timeout_then_unusable(void **state)
 	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_CLOSED);
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void script_eof_without_close_notify(struct mock *m, SSL *ssl)
@@ -1223,14 +1297,14 @@ static void script_eof_without_close_notify(struct mock *m, SSL *ssl)
 
 static void test_eof_without_close_notify(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_eof_without_close_notify);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_eof_without_close_notify);
 	struct isg_error err;
 	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_IO);
 	assert_non_null(strstr(err.message, "without close_notify"));
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void script_clean_close(struct mock *m, SSL *ssl)
@@ -1244,14 +1318,14 @@ static void script_clean_close(struct mock *m, SSL *ssl)
 
 static void test_clean_close_by_gateway(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_clean_close);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_clean_close);
 	struct isg_error err;
 	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_CLOSED);
 	assert_string_equal(err.message, "the gateway closed the connection");
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void script_oversize(struct mock *m, SSL *ssl)
@@ -1267,11 +1341,11 @@ static void script_oversize(struct mock *m, SSL *ssl)
 
 static void test_oversize_frame_refused(void **state)
 {
-	struct mock m;
-	mock_start(&m, script_oversize, pki.ca);
+	struct mock *m = &mock_slot;
+	mock_start(m, script_oversize, pki.ca);
 	struct isg_client_options opt;
 	char addr[64];
-	options_for(&opt, &m, addr, sizeof(addr));
+	options_for(&opt, m, addr, sizeof(addr));
 	opt.max_frame_bytes = 1024 * 1024;
 	struct isg_client *c = NULL;
 	struct isg_error err;
@@ -1280,7 +1354,7 @@ static void test_oversize_frame_refused(void **state)
 	assert_int_equal(err.code, ISG_CLIENT_E_TOO_BIG);
 	assert_non_null(strstr(err.message, "more than 1048576 bytes"));
 	isg_client_close(c);
-	mock_finish(&m);
+	mock_finish(m);
 }
 
 static void script_wrong_request_id(struct mock *m, SSL *ssl)
@@ -1301,8 +1375,8 @@ static void script_wrong_request_id(struct mock *m, SSL *ssl)
 
 static void test_answer_with_wrong_request_id(void **state)
 {
-	struct mock m;
-	struct isg_client *c = connect_to(&m, script_wrong_request_id);
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_wrong_request_id);
 	struct isg_error err;
 	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_PROTOCOL);
@@ -1310,8 +1384,8 @@ static void test_answer_with_wrong_request_id(void **state)
 	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_CLOSED);
 	isg_client_close(c);
-	mock_finish(&m);
-	assert_true(m.saw_close_notify); /* still a clean TLS close */
+	mock_finish(m);
+	assert_true(m->saw_close_notify); /* still a clean TLS close */
 }
 
 static void test_code_names(void **state)
@@ -1328,6 +1402,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_connect_welcome_and_close_notify),
+	    cmocka_unit_test(test_mock_left_running_is_stopped),
 	    cmocka_unit_test(test_connect_by_dns_name),
 	    cmocka_unit_test(test_gateway_certificate_from_other_ca),
 	    cmocka_unit_test(test_gateway_certificate_wrong_name),
@@ -1351,5 +1426,8 @@ int main(void)
 	    cmocka_unit_test(test_answer_with_wrong_request_id),
 	    cmocka_unit_test(test_code_names),
 	};
-	return cmocka_run_group_tests(tests, pki_setup, pki_teardown);
+	/* The scripted gateway writes with plain SSL_write: a client gone, or a
+	 * connection mock_reap shut down, must not end the whole run. */
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, pki_setup, teardown);
 }
