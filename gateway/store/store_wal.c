@@ -22,9 +22,15 @@
  * is left once the WAL holds STORE_WAL_RESTART^2 times wal_pages, which
  * bounds it.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "store/store_internal.h"
 #include "store/store_test.h"
@@ -129,6 +135,77 @@ static void *wal_main(void *arg)
 	return NULL;
 }
 
+/*
+ * Write the WAL's first STORE_WAL_RESTART * wal_pages frames as zeros when
+ * the store opens. A commit that extends the file makes its fdatasync
+ * write the file's size as well (on ext4 with a journal, a journal commit),
+ * and isgd's WAL starts empty after every start (the last close copies and
+ * removes it), so until the WAL first started over every commit paid for
+ * that: the first 900 or so single-record sends, at about half again the
+ * latency of the rest. Overwriting blocks already written changes nothing
+ * but the data. Zeros are safe there: SQLite reads a WAL only as far as its
+ * frames' salts and checksums hold, and an empty WAL is one whose header
+ * does not. Only what lies past the file's end is written, so frames left by
+ * a crash are not touched. Best effort: without the room, the zeros are
+ * taken back and the store runs as before.
+ */
+static void wal_preallocate(struct store *s)
+{
+	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
+	sqlite3_stmt *st = NULL;
+	int64_t page = 0;
+	if (sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		page = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	int fd = wal && page > 0 ? open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
+	struct stat sb;
+	if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+		if (fd >= 0)
+			close(fd);
+		log_event(LOG_WARN, "store.wal_not_preallocated", "reason=%s",
+		          fd < 0 ? "no_wal_file" : "not_a_file");
+		return;
+	}
+	const off_t want = 32 + (off_t)s->wal_pages * STORE_WAL_RESTART * (page + 24);
+	if (sb.st_size >= want) {
+		close(fd);
+		return;
+	}
+	/* Not at the cost of filling the disk, even for a moment. */
+	struct statvfs fs;
+	if (fstatvfs(fd, &fs) != 0 ||
+	    (uint64_t)fs.f_bavail * fs.f_frsize < 2 * (uint64_t)(want - sb.st_size)) {
+		close(fd);
+		log_event(LOG_WARN, "store.wal_not_preallocated", "reason=little_free_space");
+		return;
+	}
+	const size_t chunk = 1 << 20;
+	char *zeros = calloc(1, chunk);
+	off_t at = sb.st_size;
+	int e = zeros ? 0 : ENOMEM;
+	while (zeros && at < want && e == 0) {
+		size_t n = want - at < (off_t)chunk ? (size_t)(want - at) : chunk;
+		ssize_t w = pwrite(fd, zeros, n, at);
+		if (w > 0)
+			at += w;
+		else if (w == 0)
+			e = EIO;
+		else if (errno != EINTR)
+			e = errno;
+	}
+	if (e == 0 && fdatasync(fd) != 0)
+		e = errno;
+	if (e != 0 && at > sb.st_size && ftruncate(fd, sb.st_size) != 0)
+		log_event(LOG_WARN, "store.wal_truncate_failed", "error=%s", strerror(errno));
+	if (e != 0)
+		log_event(LOG_WARN, "store.wal_not_preallocated", "error=%s", strerror(e));
+	else
+		log_event(LOG_INFO, "store.wal_preallocated", "bytes=%lld", (long long)want);
+	free(zeros);
+	close(fd);
+}
+
 int store_wal_start(struct store *s, uint32_t wal_pages, char *err, size_t errlen)
 {
 	s->wal_pages = wal_pages ? wal_pages : STORE_DEFAULT_WAL_PAGES;
@@ -142,6 +219,7 @@ int store_wal_start(struct store *s, uint32_t wal_pages, char *err, size_t errle
 		return ISG_ERR_NOMEM;
 	}
 	s->wal_sync = true;
+	wal_preallocate(s);
 	/*
 	 * A new connection learns that the file is in WAL mode when it first reads
 	 * it; until then a checkpoint through it copies nothing. Hence the read.

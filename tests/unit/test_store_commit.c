@@ -418,6 +418,73 @@ static void test_wal_stays_bounded(void **state)
 	assert_true(file_size(wal) <= 32 + (16 + 14) * (4096 + 24));
 }
 
+/* Copy src to dst, keeping its first `keep` bytes (all of them with -1). */
+static void copy_file(const char *src, const char *dst, off_t keep)
+{
+	FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+	assert_non_null(in);
+	assert_non_null(out);
+	char buf[65536];
+	size_t n;
+	off_t done = 0;
+	while ((keep < 0 || done < keep) && (n = fread(buf, 1, sizeof(buf), in)) > 0) {
+		if (keep >= 0 && (off_t)n > keep - done)
+			n = (size_t)(keep - done);
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+		done += (off_t)n;
+	}
+	fclose(in);
+	assert_int_equal(fclose(out), 0);
+}
+
+/* Frames in a WAL: those before the first whose page number is 0. */
+static off_t wal_frames_end(const char *wal)
+{
+	FILE *in = fopen(wal, "rb");
+	assert_non_null(in);
+	off_t at = 32;
+	uint8_t pgno[4];
+	while (fseeko(in, at, SEEK_SET) == 0 && fread(pgno, 1, 4, in) == 4 &&
+	       (pgno[0] | pgno[1] | pgno[2] | pgno[3]) != 0)
+		at += 4096 + 24;
+	fclose(in);
+	return at;
+}
+
+/*
+ * The WAL is written ahead as zeros when the store opens, and only past its
+ * end. What a crash leaves (committed frames not yet copied into the file,
+ * here a copy taken while the store is open, cut right after its last
+ * frame) opens with every message, zeros written after those frames and all.
+ */
+static void test_wal_written_ahead(void **state)
+{
+	struct fx *f = *state;
+	char wal[160];
+	fx_path(f, wal, sizeof(wal), "-wal");
+	wal_sends(f, 256, 12); /* some 40 pages: no checkpoint */
+	assert_true(file_size(wal) >= 32 + 256 * 2 * (4096 + 24));
+	off_t frames = wal_frames_end(wal);
+	assert_true(frames > 32 + 12 * (4096 + 24));
+
+	void *gstate = NULL;
+	assert_int_equal(fx_setup(&gstate), 0);
+	struct fx *g = gstate;
+	char gwal[160];
+	fx_path(g, gwal, sizeof(gwal), "-wal");
+	copy_file(f->path, g->path, -1);
+	copy_file(wal, gwal, frames);
+	char err[512] = "";
+	struct store_options opt = {.path = g->path, .storage_key = g->key, .wal_pages = 1024};
+	memcpy(g->key, f->key, sizeof(g->key));
+	assert_int_equal(store_open(&opt, &g->s, err, sizeof(err)), 0);
+	assert_true(file_size(gwal) >= 32 + 1024 * 2 * (4096 + 24));
+	assert_int_equal(db_int(g, "SELECT count(*) FROM messages", 0), 12);
+	assert_int_equal(db_int(g, "SELECT count(*) FROM audit WHERE kind = 'message.accepted'", 0),
+	                 12);
+	fx_teardown(&gstate);
+}
+
 /* --- close ----------------------------------------------------------------------------- */
 
 struct close_ctx {
@@ -674,6 +741,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_wal_checkpointed_in_background, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_stays_bounded, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_wal_written_ahead, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_close_drains_queue, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_random_bytes, fx_setup, fx_teardown),
