@@ -26,5 +26,8 @@ int store_test_audit_root(struct store *s, uint64_t *size, uint8_t root[32]);
 
 /* Checkpoints the checkpointer thread ran that copied WAL pages into the file. */
 uint64_t store_test_wal_checkpoints(struct store *s);
+/* Write the WAL ahead again, as store_open does, for wal_pages from now on.
+ * Call it with the writer paused (store_test_pause). */
+void store_test_wal_preallocate(struct store *s, uint32_t wal_pages);
 
 #endif

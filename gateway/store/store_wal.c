@@ -144,47 +144,34 @@ static void *wal_main(void *arg)
  * that: the first 900 or so single-record sends, at about half again the
  * latency of the rest. Overwriting blocks already written changes nothing
  * but the data. Zeros are safe there: SQLite reads a WAL only as far as its
- * frames' salts and checksums hold, and an empty WAL is one whose header
- * does not. Only what lies past the file's end is written, so frames left by
- * a crash are not touched. Best effort: without the room, the zeros are
- * taken back and the store runs as before.
+ * frames' salts and checksums hold (a frame of page 0 never does), and an
+ * empty WAL is one whose header does not. Only what lies past the file's
+ * end is written, so frames left by a crash are not touched, and under the
+ * WAL's write lock, so no other connection's frames can land there
+ * meanwhile. Best effort: without the room, the zeros are taken back and
+ * the store runs as before.
  */
-static void wal_preallocate(struct store *s)
+static int wal_zeros(const char *wal, off_t want, off_t *wrote)
 {
-	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
-	sqlite3_stmt *st = NULL;
-	int64_t page = 0;
-	if (sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
-	    sqlite3_step(st) == SQLITE_ROW)
-		page = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
-	int fd = wal && page > 0 ? open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
+	int fd = open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return errno;
 	struct stat sb;
-	if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-		if (fd >= 0)
-			close(fd);
-		log_event(LOG_WARN, "store.wal_not_preallocated", "reason=%s",
-		          fd < 0 ? "no_wal_file" : "not_a_file");
-		return;
-	}
-	const off_t want = 32 + (off_t)s->wal_pages * STORE_WAL_RESTART * (page + 24);
-	if (sb.st_size >= want) {
-		close(fd);
-		return;
-	}
-	/* Not at the cost of filling the disk, even for a moment. */
 	struct statvfs fs;
-	if (fstatvfs(fd, &fs) != 0 ||
-	    (uint64_t)fs.f_bavail * fs.f_frsize < 2 * (uint64_t)(want - sb.st_size)) {
-		close(fd);
-		log_event(LOG_WARN, "store.wal_not_preallocated", "reason=little_free_space");
-		return;
-	}
+	int e = 0;
+	if (fstat(fd, &sb) != 0 || fstatvfs(fd, &fs) != 0)
+		e = errno;
+	else if (!S_ISREG(sb.st_mode))
+		e = EINVAL;
+	else if (sb.st_size < want &&
+	         (uint64_t)fs.f_bavail * fs.f_frsize < 2 * (uint64_t)(want - sb.st_size))
+		e = ENOSPC; /* not at the cost of filling the disk, even for a moment */
 	const size_t chunk = 1 << 20;
-	char *zeros = calloc(1, chunk);
-	off_t at = sb.st_size;
-	int e = zeros ? 0 : ENOMEM;
-	while (zeros && at < want && e == 0) {
+	char *zeros = e == 0 && sb.st_size < want ? calloc(1, chunk) : NULL;
+	if (e == 0 && sb.st_size < want && !zeros)
+		e = ENOMEM;
+	off_t at = e == 0 ? sb.st_size : want;
+	while (at < want && e == 0) {
 		size_t n = want - at < (off_t)chunk ? (size_t)(want - at) : chunk;
 		ssize_t w = pwrite(fd, zeros, n, at);
 		if (w > 0)
@@ -194,16 +181,38 @@ static void wal_preallocate(struct store *s)
 		else if (errno != EINTR)
 			e = errno;
 	}
-	if (e == 0 && fdatasync(fd) != 0)
+	if (zeros && e == 0 && fdatasync(fd) != 0)
 		e = errno;
-	if (e != 0 && at > sb.st_size && ftruncate(fd, sb.st_size) != 0)
+	if (zeros && e != 0 && at > sb.st_size && ftruncate(fd, sb.st_size) != 0)
 		log_event(LOG_WARN, "store.wal_truncate_failed", "error=%s", strerror(errno));
-	if (e != 0)
-		log_event(LOG_WARN, "store.wal_not_preallocated", "error=%s", strerror(e));
-	else
-		log_event(LOG_INFO, "store.wal_preallocated", "bytes=%lld", (long long)want);
+	*wrote = zeros && e == 0 ? want - sb.st_size : 0;
 	free(zeros);
 	close(fd);
+	return e;
+}
+
+static void wal_preallocate(struct store *s)
+{
+	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
+	sqlite3_stmt *st = NULL;
+	int64_t page = 0;
+	if (sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		page = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	off_t wrote = 0;
+	int e = wal && page > 0 ? EBUSY : EINVAL;
+	if (e == EBUSY && store_db_step_done(s, s->stmt[ST_BEGIN], "wal.begin") == 0) {
+		e = wal_zeros(wal, 32 + (off_t)s->wal_pages * STORE_WAL_RESTART * (page + 24),
+		              &wrote);
+		/* An empty transaction: it writes nothing. */
+		if (store_db_step_done(s, s->stmt[ST_COMMIT], "wal.commit") != 0)
+			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	}
+	if (e != 0)
+		log_event(LOG_WARN, "store.wal_not_preallocated", "error=%s", strerror(e));
+	else if (wrote > 0)
+		log_event(LOG_INFO, "store.wal_preallocated", "bytes=%lld", (long long)wrote);
 }
 
 int store_wal_start(struct store *s, uint32_t wal_pages, char *err, size_t errlen)
@@ -274,4 +283,10 @@ void store_wal_stop(struct store *s)
 uint64_t store_test_wal_checkpoints(struct store *s)
 {
 	return atomic_load(&s->wal_checkpoints);
+}
+
+void store_test_wal_preallocate(struct store *s, uint32_t wal_pages)
+{
+	s->wal_pages = wal_pages;
+	wal_preallocate(s);
 }

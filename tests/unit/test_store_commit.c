@@ -437,52 +437,124 @@ static void copy_file(const char *src, const char *dst, off_t keep)
 	assert_int_equal(fclose(out), 0);
 }
 
-/* Frames in a WAL: those before the first whose page number is 0. */
+static uint32_t be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Where a WAL's frames end: at the first whose page is 0 or whose salts are not the header's. */
 static off_t wal_frames_end(const char *wal)
 {
 	FILE *in = fopen(wal, "rb");
 	assert_non_null(in);
-	off_t at = 32;
-	uint8_t pgno[4];
-	while (fseeko(in, at, SEEK_SET) == 0 && fread(pgno, 1, 4, in) == 4 &&
-	       (pgno[0] | pgno[1] | pgno[2] | pgno[3]) != 0)
-		at += 4096 + 24;
+	uint8_t hdr[32], fh[24];
+	assert_int_equal(fread(hdr, 1, sizeof(hdr), in), sizeof(hdr));
+	off_t frame = 24 + (off_t)be32(hdr + 8), at = 32;
+	while (fseeko(in, at, SEEK_SET) == 0 && fread(fh, 1, sizeof(fh), in) == sizeof(fh) &&
+	       be32(fh) != 0 && memcmp(fh + 8, hdr + 16, 8) == 0)
+		at += frame;
 	fclose(in);
 	return at;
 }
 
+/* Open a copy of f's store made of its file and the first `keep` bytes of its WAL. */
+static struct fx *crash_copy(const struct fx *f, const char *wal, off_t keep, uint32_t wal_pages)
+{
+	void *state = NULL;
+	assert_int_equal(fx_setup(&state), 0);
+	struct fx *g = state;
+	char gwal[160];
+	fx_path(g, gwal, sizeof(gwal), "-wal");
+	copy_file(f->path, g->path, -1);
+	copy_file(wal, gwal, keep);
+	memcpy(g->key, f->key, sizeof(g->key));
+	char err[512] = "";
+	struct store_options opt = {.path = g->path, .storage_key = g->key, .wal_pages = wal_pages};
+	int rc = store_open(&opt, &g->s, err, sizeof(err));
+	if (rc)
+		fail_msg("store_open: %d %s", rc, err);
+	return g;
+}
+
 /*
  * The WAL is written ahead as zeros when the store opens, and only past its
- * end. What a crash leaves (committed frames not yet copied into the file,
- * here a copy taken while the store is open, cut right after its last
- * frame) opens with every message, zeros written after those frames and all.
+ * end. What a crash leaves, committed frames not yet copied into the file,
+ * opens with every message (here copies taken while the store is open):
+ * cut right after its last frame, when the next open writes its zeros after
+ * them; and as a crash of a running isgd leaves it, its frames and then
+ * the zeros written ahead.
  */
 static void test_wal_written_ahead(void **state)
 {
 	struct fx *f = *state;
 	char wal[160];
 	fx_path(f, wal, sizeof(wal), "-wal");
-	wal_sends(f, 256, 12); /* some 40 pages: no checkpoint */
-	assert_true(file_size(wal) >= 32 + 256 * 2 * (4096 + 24));
-	off_t frames = wal_frames_end(wal);
-	assert_true(frames > 32 + 12 * (4096 + 24));
+	wal_sends(f, 256, 12); /* 122 frames: no checkpoint */
+	off_t ahead = file_size(wal), frames = wal_frames_end(wal);
+	assert_true(ahead >= 32 + 256 * 2 * (4096 + 24));
+	assert_true(frames > 32 + 12 * (4096 + 24) && frames < ahead);
 
-	void *gstate = NULL;
-	assert_int_equal(fx_setup(&gstate), 0);
-	struct fx *g = gstate;
-	char gwal[160];
-	fx_path(g, gwal, sizeof(gwal), "-wal");
-	copy_file(f->path, g->path, -1);
-	copy_file(wal, gwal, frames);
-	char err[512] = "";
-	struct store_options opt = {.path = g->path, .storage_key = g->key, .wal_pages = 1024};
-	memcpy(g->key, f->key, sizeof(g->key));
-	assert_int_equal(store_open(&opt, &g->s, err, sizeof(err)), 0);
-	assert_true(file_size(gwal) >= 32 + 1024 * 2 * (4096 + 24));
-	assert_int_equal(db_int(g, "SELECT count(*) FROM messages", 0), 12);
-	assert_int_equal(db_int(g, "SELECT count(*) FROM audit WHERE kind = 'message.accepted'", 0),
-	                 12);
-	fx_teardown(&gstate);
+	struct fx *cut = crash_copy(f, wal, frames, 1024);
+	char cut_wal[160];
+	fx_path(cut, cut_wal, sizeof(cut_wal), "-wal");
+	off_t cut_size = file_size(cut_wal);
+	int64_t cut_msgs = db_int(cut, "SELECT count(*) FROM messages", 0);
+	void *st = cut;
+	fx_teardown(&st);
+
+	struct fx *whole = crash_copy(f, wal, -1, 256);
+	int64_t msgs = db_int(whole, "SELECT count(*) FROM messages", 0);
+	int64_t accepted =
+	    db_int(whole, "SELECT count(*) FROM audit WHERE kind = 'message.accepted'", 0);
+	st = whole;
+	fx_teardown(&st);
+
+	assert_true(cut_size >= 32 + 1024 * 2 * (4096 + 24));
+	assert_int_equal(cut_msgs, 12);
+	assert_int_equal(msgs, 12);
+	assert_int_equal(accepted, 12);
+}
+
+struct preallocation {
+	struct store *s;
+	uint32_t wal_pages;
+};
+
+static void *preallocate(void *arg)
+{
+	struct preallocation *p = arg;
+	store_test_wal_preallocate(p->s, p->wal_pages);
+	return NULL;
+}
+
+/*
+ * The zeros go in under the WAL's write lock: while another connection (say
+ * a second isgd on the same store) holds it, nothing is written, and once
+ * it lets go the WAL is written ahead.
+ */
+static void test_wal_written_ahead_under_the_write_lock(void **state)
+{
+	struct fx *f = *state;
+	char wal[160];
+	fx_path(f, wal, sizeof(wal), "-wal");
+	wal_sends(f, 64, 1);
+	store_test_pause(f->s, true);
+	sqlite3 *other = NULL;
+	assert_int_equal(sqlite3_open_v2(f->path, &other, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	off_t before = file_size(wal);
+	struct preallocation p = {.s = f->s, .wal_pages = 256};
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, preallocate, &p), 0);
+	usleep(300 * 1000);
+	off_t held = file_size(wal);
+	assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	pthread_join(th, NULL);
+	sqlite3_close(other);
+	store_test_pause(f->s, false);
+	assert_true(before >= 32 + 64 * 2 * (4096 + 24));
+	assert_int_equal(held, before);
+	assert_true(file_size(wal) >= 32 + 256 * 2 * (4096 + 24));
 }
 
 /* --- close ----------------------------------------------------------------------------- */
@@ -742,6 +814,8 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_stays_bounded, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_written_ahead, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_wal_written_ahead_under_the_write_lock, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_close_drains_queue, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_random_bytes, fx_setup, fx_teardown),
