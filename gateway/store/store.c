@@ -343,6 +343,7 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 		store_seterr(err, errlen, "store: out of memory");
 		return ISG_ERR_NOMEM;
 	}
+	s->lock_fd = -1;
 	s->sweep_interval_ms =
 	    opt->sweep_interval_ms > 0 ? opt->sweep_interval_ms : STORE_DEFAULT_SWEEP_MS;
 	s->max_batch = opt->max_batch > 0 ? opt->max_batch : STORE_DEFAULT_MAX_BATCH;

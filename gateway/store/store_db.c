@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -488,6 +489,37 @@ static int prepare_all(struct store *s, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * One isgd per store: two would each keep their own copy of the audit log's
+ * tree and fork it. An flock on the database file, on a descriptor of its
+ * own held until the store closes. It is closed after SQLite's connections,
+ * since closing any descriptor of a file drops the process's POSIX locks on
+ * it, which are SQLite's; flock's locks are apart from those on Linux.
+ */
+static int lock_store(struct store *s, const char *path, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+	if (fd < 0) {
+		store_seterr(err, errlen, "store '%s': cannot open: %s", path, strerror(errno));
+		return ISG_ERR_IO;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		int e = errno;
+		close(fd);
+		if (e == EWOULDBLOCK) {
+			store_seterr(err, errlen,
+			             "store '%s' is in use by another process (is isgd already "
+			             "running on it?)",
+			             path);
+			return ISG_ERR_CONFLICT;
+		}
+		store_seterr(err, errlen, "store '%s': cannot lock: %s", path, strerror(e));
+		return ISG_ERR_IO;
+	}
+	s->lock_fd = fd;
+	return 0;
+}
+
 int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 {
 	struct stat st;
@@ -503,6 +535,8 @@ int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 			return rc;
 	}
 	rc = check_existing(s, path, err, errlen);
+	if (rc == 0)
+		rc = lock_store(s, path, err, errlen);
 	if (rc)
 		return rc;
 	int src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL);
@@ -531,4 +565,7 @@ void store_db_close(struct store *s)
 			log_sqlite(s->db, rc, "close");
 		s->db = NULL;
 	}
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
+	s->lock_fd = -1;
 }

@@ -175,6 +175,7 @@ struct store_log {
 
 struct store {
 	char *path;
+	int lock_fd; /* the file, flock'ed: one isgd per store (store_db.c) */
 	sqlite3 *db;
 	sqlite3_stmt *stmt[ST_COUNT];
 	uint8_t *key; /* sodium_malloc'd, read-only; NULL when another holds it */

@@ -365,6 +365,16 @@ class TestCorruptStore(FaultCase):
         msgs = self.partner(self.gw, "nhs").fetch_messages(max=100)
         self.assertEqual([m["message_id"] for m in msgs], ["corrupt-%d" % i for i in range(24)])
 
+    def test_second_isgd_on_the_store_refused(self):
+        """A second isgd on a store in use exits naming the store, and the first goes on serving."""
+        self.gw.start()
+        err = self.run_isgd_refused(self.gw)
+        self.assertIn("isgd: store '%s' is in use by another process" % self.gw.store_path, err)
+        self.assertTrue(self.gw.running)
+        msgs = self.partner(self.gw, "nhs").fetch_messages(max=100)
+        self.assertEqual([m["message_id"] for m in msgs], ["corrupt-%d" % i for i in range(24)])
+        self.audit_verify(self.gw, "after a second isgd was refused")
+
     def test_sqlite_header_overwritten(self):
         with open(self.gw.store_path, "r+b") as f:
             f.write(b"\0" * 16)

@@ -557,6 +557,27 @@ static void test_wal_written_ahead_under_the_write_lock(void **state)
 	assert_true(file_size(wal) >= 32 + 256 * 2 * (4096 + 24));
 }
 
+/* A second store_open of the same file (say, a second isgd) is refused until the first closes. */
+static void test_one_store_open_at_a_time(void **state)
+{
+	struct fx *f = *state;
+	wal_sends(f, 64, 1);
+	char err[512] = "";
+	struct store *second = NULL;
+	struct store_options opt = {.path = f->path, .storage_key = f->key};
+	assert_int_equal(store_open(&opt, &second, err, sizeof(err)), ISG_ERR_CONFLICT);
+	assert_null(second);
+	assert_non_null(strstr(err, "is in use by another process"));
+	/* The first is untouched: it still stores. */
+	struct store_message m = fx_msg("police-a", "after", "nhs-b", "");
+	assert_int_equal(send_sync(f->s, &m, NULL), 0);
+	store_close(f->s);
+	f->s = NULL;
+	assert_int_equal(store_open(&opt, &second, err, sizeof(err)), 0);
+	f->s = second;
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 2);
+}
+
 /* --- close ----------------------------------------------------------------------------- */
 
 struct close_ctx {
@@ -814,6 +835,7 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_stays_bounded, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_written_ahead, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_one_store_open_at_a_time, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_written_ahead_under_the_write_lock, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_close_drains_queue, fx_setup, fx_teardown),
