@@ -296,6 +296,13 @@ static void mock_drain(struct mock *m, SSL *ssl)
 static void *mock_main(void *arg)
 {
 	struct mock *m = arg;
+	/* The scripted gateway writes with plain SSL_write: a client gone, or a
+	 * connection mock_reap shut down, must not end the run. Blocked on this
+	 * thread only, so the client library's own guard stays under test. */
+	sigset_t pipe;
+	sigemptyset(&pipe);
+	sigaddset(&pipe, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe, NULL);
 	int fd = accept(m->listen_fd, NULL, NULL);
 	if (fd < 0)
 		return NULL;
@@ -343,7 +350,7 @@ static void mock_reap(struct mock *m)
 			t.tv_sec++;
 			t.tv_nsec -= 1000000000;
 		}
-		if (pthread_timedjoin_np(m->thread, NULL, &t) == 0)
+		if (pthread_timedjoin_np(m->thread, NULL, &t) != ETIMEDOUT)
 			break;
 	}
 	mock_release(m);
@@ -709,8 +716,6 @@ static void test_send_and_receipt(void **state)
 {
 	struct mock *m = &mock_slot;
 	struct isg_client *c = connect_to(m, script_send);
-	if (getenv("INJECT"))
-		fail_msg("injected early failure");
 	struct isg_field fields[] = {
 	    {"nhs_number", {.kind = ISG_VALUE_TEXT, .text = "9434765919"}},
 	    {"age", {.kind = ISG_VALUE_INTEGER, .integer = -42}},
@@ -1426,8 +1431,5 @@ int main(void)
 	    cmocka_unit_test(test_answer_with_wrong_request_id),
 	    cmocka_unit_test(test_code_names),
 	};
-	/* The scripted gateway writes with plain SSL_write: a client gone, or a
-	 * connection mock_reap shut down, must not end the whole run. */
-	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, pki_setup, teardown);
 }
