@@ -101,7 +101,8 @@ struct store_options {
  * audit log has a gap, an entry whose leaf names another index, or a tree
  * that does not match its latest checkpoint (or a checkpoint whose
  * signature does not verify with opt->signer): err names the first bad seq
- * or the checkpoint's size.
+ * or the checkpoint's size. A store another process has open (another isgd)
+ * is refused with ISG_ERR_CONFLICT.
  */
 int store_open(const struct store_options *opt, struct store **out, char *err, size_t errlen)
     __attribute__((warn_unused_result));

@@ -492,16 +492,23 @@ static int prepare_all(struct store *s, char *err, size_t errlen)
 /*
  * One isgd per store: two would each keep their own copy of the audit log's
  * tree and fork it. An flock on the database file, on a descriptor of its
- * own held until the store closes. It is closed after SQLite's connections,
- * since closing any descriptor of a file drops the process's POSIX locks on
- * it, which are SQLite's; flock's locks are apart from those on Linux.
+ * own held until the store closes, taken before anything is read from the
+ * file, so a second isgd is refused before it reads a tree the first may
+ * still add to. flock's locks are apart from SQLite's POSIX locks on local
+ * filesystems. But closing any descriptor of a file drops the process's
+ * POSIX locks on it: the descriptor is closed after SQLite's connections,
+ * and a second open in the same process (tests only) costs the first its
+ * SQLite locks. Anything but a regular file is left to check_existing to
+ * refuse.
  */
 static int lock_store(struct store *s, const char *path, char *err, size_t errlen)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-	if (fd < 0) {
-		store_seterr(err, errlen, "store '%s': cannot open: %s", path, strerror(errno));
-		return ISG_ERR_IO;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
 		int e = errno;
@@ -534,9 +541,9 @@ int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 		if (rc)
 			return rc;
 	}
-	rc = check_existing(s, path, err, errlen);
+	rc = lock_store(s, path, err, errlen);
 	if (rc == 0)
-		rc = lock_store(s, path, err, errlen);
+		rc = check_existing(s, path, err, errlen);
 	if (rc)
 		return rc;
 	int src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL);

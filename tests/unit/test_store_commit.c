@@ -568,7 +568,9 @@ static void test_one_store_open_at_a_time(void **state)
 	assert_int_equal(store_open(&opt, &second, err, sizeof(err)), ISG_ERR_CONFLICT);
 	assert_null(second);
 	assert_non_null(strstr(err, "is in use by another process"));
-	/* The first is untouched: it still stores. */
+	/* The first still stores. (The refusal closed descriptors of the file,
+	 * which drops this process's SQLite locks on it: one store per process
+	 * in isgd, so only a test meets that.) */
 	struct store_message m = fx_msg("police-a", "after", "nhs-b", "");
 	assert_int_equal(send_sync(f->s, &m, NULL), 0);
 	store_close(f->s);
