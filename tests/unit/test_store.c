@@ -405,7 +405,9 @@ static void test_expiry(void **state)
 	struct fx *f = *state;
 	struct store *s = fx_open_with(f, 20, 0);
 	struct store_message m = fx_msg("police-a", "short", "nhs-b", "soon gone");
-	m.ttl_ms = 50;
+	/* Long enough that both sends and the fetch below finish first, on a disk
+	 * busy with the other tests' commits (50 ms was not, once in CI). */
+	m.ttl_ms = 1000;
 	struct store_receipt r;
 	assert_int_equal(send_sync(s, &m, &r), 0);
 	struct store_message keep = fx_msg("police-a", "long", "nhs-b", "stays");
