@@ -159,8 +159,7 @@ out:
 	return rc;
 }
 
-/* Run a query returning one integer; *found is false when it returns no row. */
-static int query_int(sqlite3 *db, const char *sql, int64_t *v, bool *found)
+int store_db_query_int(sqlite3 *db, const char *sql, int64_t *v, bool *found)
 {
 	sqlite3_stmt *st = NULL;
 	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
@@ -199,7 +198,8 @@ static int check_meta(sqlite3 *db, const char *path, char *err, size_t errlen)
 	}
 	int64_t version = 0;
 	bool found = false;
-	rc = query_int(db, "SELECT value FROM meta WHERE key = 'schema_version'", &version, &found);
+	rc = store_db_query_int(db, "SELECT value FROM meta WHERE key = 'schema_version'", &version,
+	                        &found);
 	if (rc != SQLITE_OK || !found || version < 1) {
 		store_seterr(err, errlen, "store '%s' has no valid schema version", path);
 		return ISG_ERR_CORRUPT;
@@ -286,7 +286,7 @@ static int check_existing(struct store *s, const char *path, char *err, size_t e
 		goto out;
 	}
 	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
-	src = query_int(db, "PRAGMA application_id", &app_id, &found);
+	src = store_db_query_int(db, "PRAGMA application_id", &app_id, &found);
 	if (src != SQLITE_OK) {
 		int code = src & 0xff;
 		store_seterr(err, errlen, "store '%s': cannot read: %s", path, sqlite3_errmsg(db));

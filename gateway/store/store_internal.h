@@ -241,6 +241,8 @@ int store_db_fail(struct store *s, int rc, const char *op);
 int store_db_exec(struct store *s, const char *sql, const char *op);
 /* Step a bound statement that returns no rows, then reset it. */
 int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op);
+/* Run a query returning one integer; *found is false when it returns no row. */
+int store_db_query_int(sqlite3 *db, const char *sql, int64_t *v, bool *found);
 
 /*
  * store_wal.c: copy the WAL into the database file on a thread of its own

@@ -135,6 +135,45 @@ static void *wal_main(void *arg)
 	return NULL;
 }
 
+/* Zeros from fd's end up to want, synced; on failure the file is cut back. */
+static int zero_fill(int fd, off_t want, off_t *wrote)
+{
+	struct stat sb;
+	struct statvfs fs;
+	if (fstat(fd, &sb) != 0 || fstatvfs(fd, &fs) != 0)
+		return errno;
+	if (!S_ISREG(sb.st_mode))
+		return EINVAL;
+	if (sb.st_size >= want)
+		return 0;
+	/* Not at the cost of filling the disk, even for a moment. */
+	if ((uint64_t)fs.f_bavail * fs.f_frsize < 2 * (uint64_t)(want - sb.st_size))
+		return ENOSPC;
+	const size_t chunk = 1 << 20;
+	char *zeros = calloc(1, chunk);
+	if (!zeros)
+		return ENOMEM;
+	int e = 0;
+	for (off_t at = sb.st_size; at < want && e == 0;) {
+		size_t n = want - at < (off_t)chunk ? (size_t)(want - at) : chunk;
+		ssize_t w = pwrite(fd, zeros, n, at);
+		if (w > 0)
+			at += w;
+		else if (w == 0)
+			e = EIO;
+		else if (errno != EINTR)
+			e = errno;
+	}
+	free(zeros);
+	if (e == 0 && fdatasync(fd) != 0)
+		e = errno;
+	if (e == 0)
+		*wrote = want - sb.st_size;
+	else if (ftruncate(fd, sb.st_size) != 0)
+		log_event(LOG_WARN, "store.wal_truncate_failed", "error=%s", strerror(errno));
+	return e;
+}
+
 /*
  * Write the WAL's first STORE_WAL_RESTART * wal_pages frames as zeros when
  * the store opens. A commit that extends the file makes its fdatasync
@@ -151,60 +190,26 @@ static void *wal_main(void *arg)
  * meanwhile. Best effort: without the room, the zeros are taken back and
  * the store runs as before.
  */
-static int wal_zeros(const char *wal, off_t want, off_t *wrote)
-{
-	int fd = open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	if (fd < 0)
-		return errno;
-	struct stat sb;
-	struct statvfs fs;
-	int e = 0;
-	if (fstat(fd, &sb) != 0 || fstatvfs(fd, &fs) != 0)
-		e = errno;
-	else if (!S_ISREG(sb.st_mode))
-		e = EINVAL;
-	else if (sb.st_size < want &&
-	         (uint64_t)fs.f_bavail * fs.f_frsize < 2 * (uint64_t)(want - sb.st_size))
-		e = ENOSPC; /* not at the cost of filling the disk, even for a moment */
-	const size_t chunk = 1 << 20;
-	char *zeros = e == 0 && sb.st_size < want ? calloc(1, chunk) : NULL;
-	if (e == 0 && sb.st_size < want && !zeros)
-		e = ENOMEM;
-	off_t at = e == 0 ? sb.st_size : want;
-	while (at < want && e == 0) {
-		size_t n = want - at < (off_t)chunk ? (size_t)(want - at) : chunk;
-		ssize_t w = pwrite(fd, zeros, n, at);
-		if (w > 0)
-			at += w;
-		else if (w == 0)
-			e = EIO;
-		else if (errno != EINTR)
-			e = errno;
-	}
-	if (zeros && e == 0 && fdatasync(fd) != 0)
-		e = errno;
-	if (zeros && e != 0 && at > sb.st_size && ftruncate(fd, sb.st_size) != 0)
-		log_event(LOG_WARN, "store.wal_truncate_failed", "error=%s", strerror(errno));
-	*wrote = zeros && e == 0 ? want - sb.st_size : 0;
-	free(zeros);
-	close(fd);
-	return e;
-}
-
 static void wal_preallocate(struct store *s)
 {
 	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
-	sqlite3_stmt *st = NULL;
 	int64_t page = 0;
-	if (sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
-	    sqlite3_step(st) == SQLITE_ROW)
-		page = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
+	bool found = false;
 	off_t wrote = 0;
-	int e = wal && page > 0 ? EBUSY : EINVAL;
-	if (e == EBUSY && store_db_step_done(s, s->stmt[ST_BEGIN], "wal.begin") == 0) {
-		e = wal_zeros(wal, 32 + (off_t)s->wal_pages * STORE_WAL_RESTART * (page + 24),
-		              &wrote);
+	int e;
+	if (!wal || store_db_query_int(s->db, "PRAGMA page_size", &page, &found) != SQLITE_OK ||
+	    page <= 0) {
+		e = EINVAL;
+	} else if (store_db_step_done(s, s->stmt[ST_BEGIN], "wal.begin") != 0) {
+		e = EBUSY;
+	} else {
+		int fd = open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+		e = fd < 0
+		        ? errno
+		        : zero_fill(fd, 32 + (off_t)s->wal_pages * STORE_WAL_RESTART * (page + 24),
+		                    &wrote);
+		if (fd >= 0)
+			close(fd);
 		/* An empty transaction: it writes nothing. */
 		if (store_db_step_done(s, s->stmt[ST_COMMIT], "wal.commit") != 0)
 			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
