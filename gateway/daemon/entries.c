@@ -121,11 +121,21 @@ static size_t subject_requests(const struct policy_dataset *ds, const Isg__SendR
 	return n;
 }
 
-static bool base64url_char(unsigned char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-	       c == '_' || c == '-';
-}
+/* The base64url alphabet, as a table: a pseudonym's characters are random, so
+ * comparing each against ranges mispredicts a branch at nearly every one. */
+static const bool base64url[256] = {
+    ['A'] = true, ['B'] = true, ['C'] = true, ['D'] = true, ['E'] = true, ['F'] = true,
+    ['G'] = true, ['H'] = true, ['I'] = true, ['J'] = true, ['K'] = true, ['L'] = true,
+    ['M'] = true, ['N'] = true, ['O'] = true, ['P'] = true, ['Q'] = true, ['R'] = true,
+    ['S'] = true, ['T'] = true, ['U'] = true, ['V'] = true, ['W'] = true, ['X'] = true,
+    ['Y'] = true, ['Z'] = true, ['a'] = true, ['b'] = true, ['c'] = true, ['d'] = true,
+    ['e'] = true, ['f'] = true, ['g'] = true, ['h'] = true, ['i'] = true, ['j'] = true,
+    ['k'] = true, ['l'] = true, ['m'] = true, ['n'] = true, ['o'] = true, ['p'] = true,
+    ['q'] = true, ['r'] = true, ['s'] = true, ['t'] = true, ['u'] = true, ['v'] = true,
+    ['w'] = true, ['x'] = true, ['y'] = true, ['z'] = true, ['0'] = true, ['1'] = true,
+    ['2'] = true, ['3'] = true, ['4'] = true, ['5'] = true, ['6'] = true, ['7'] = true,
+    ['8'] = true, ['9'] = true, ['-'] = true, ['_'] = true,
+};
 
 /*
  * A pseudonym ("p<version>_" and base64url) needs no JSON escaping: write it
@@ -135,7 +145,7 @@ static bool base64url_char(unsigned char c)
 static void json_pseudonym(struct strbuf *b, const char *p)
 {
 	size_t len = 0;
-	while (base64url_char((unsigned char)p[len]))
+	while (base64url[(unsigned char)p[len]])
 		len++;
 	if (p[len] != '\0') {
 		strbuf_json_string(b, p);
