@@ -86,9 +86,31 @@ int str_to_size(const char *s, uint64_t *out)
 	return err;
 }
 
+/* True when no byte of s[0..len) has its high bit set: a word at a time, and
+ * the last (overlapping) word for the tail, so short strings take few branches. */
+static bool all_ascii(const unsigned char *s, size_t len)
+{
+	uint64_t acc = 0, word;
+	if (len < 8) {
+		for (size_t i = 0; i < len; i++)
+			acc |= s[i];
+		return (acc & 0x80) == 0;
+	}
+	for (size_t i = 0; i + 8 <= len; i += 8) {
+		memcpy(&word, s + i, 8);
+		acc |= word;
+	}
+	memcpy(&word, s + len - 8, 8);
+	acc |= word;
+	return (acc & 0x8080808080808080u) == 0;
+}
+
 bool str_utf8_valid(const char *str, size_t len)
 {
 	const unsigned char *s = (const unsigned char *)str;
+	/* Nearly everything checked (names, codes, pseudonyms) is ASCII. */
+	if (all_ascii(s, len))
+		return true;
 	size_t i = 0;
 	while (i < len) {
 		/* Eight ASCII bytes at a time: most of what is checked is ASCII. */

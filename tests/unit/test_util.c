@@ -95,6 +95,16 @@ static void test_utf8(void **state)
 		assert_false(str_utf8_valid(buf, at + 2));
 		assert_true(str_utf8_valid(buf, at + 1));
 	}
+	/* Every length, a bad byte at every position: ASCII is first checked a
+	 * word at a time, with the last word overlapping the one before it. */
+	for (size_t len = 1; len <= 48; len++) {
+		for (size_t at = 0; at < len; at++) {
+			char buf[48];
+			memset(buf, 'a', sizeof(buf));
+			buf[at] = (char)0x80;
+			assert_false(str_utf8_valid(buf, len));
+		}
+	}
 }
 
 static void test_json_string(void **state)
