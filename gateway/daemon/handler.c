@@ -370,9 +370,14 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	    .ttl_ms = o.agreement->undelivered_ttl_ms ? o.agreement->undelivered_ttl_ms
 	                                              : s->g->cfg.undelivered_ttl_ms,
 	};
-	/* The request's own bytes identify its content for idempotent resends. */
+	/* The request's own bytes identify its content for idempotent resends:
+	 * as protobuf-c packs it, which is how nearly every client sent it, so
+	 * the bytes as they came usually do without packing it again. */
+	const uint8_t *as_sent;
 	size_t packed_len = 0;
-	uint8_t *packed = wire_pack_send_request(req, &packed_len);
+	uint8_t *packed = NULL;
+	if (!wire_frame_send_bytes(f, &as_sent, &packed_len))
+		as_sent = packed = wire_pack_send_request(req, &packed_len);
 	if (!collected || o.dataset != named) {
 		subjects_release(&subj);
 		collected = subjects_collect(&subj, o.dataset, req) == 0;
@@ -382,7 +387,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	    subjects ? entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len) : NULL;
 	free(subjects);
 	struct send_job *j = send_job_new(c, f->request_id, req->message_id, set);
-	if (!packed || !entry || !j) {
+	if (!as_sent || !entry || !j) {
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
 		free(j);
 		goto done;
@@ -405,7 +410,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	}
 	j->quota = s->g->quota;
 	j->store = s->g->store;
-	sha256_digest(packed, packed_len, m.request_hash);
+	sha256_digest(as_sent, packed_len, m.request_hash);
 	m.audit_entry = entry;
 	net_conn_begin_async(c);
 	err = store_send(s->g->store, &m, send_stored, j);

@@ -30,6 +30,7 @@ struct in {
 	const uint8_t *p, *end;
 	ProtobufCAllocator *a;
 	struct text *text; /* inside a record: where its strings go */
+	bool *repacks;     /* set when protobuf-c would pack what is decoded otherwise */
 };
 
 /*
@@ -91,7 +92,7 @@ static bool get_len(struct in *in, struct in *body)
 	uint64_t n;
 	if (!get_varint(in, &n) || n > (uint64_t)(in->end - in->p))
 		return false;
-	*body = (struct in){in->p, in->p + n, in->a, in->text};
+	*body = (struct in){in->p, in->p + n, in->a, in->text, in->repacks};
 	in->p += n;
 	return true;
 }
@@ -105,6 +106,8 @@ static bool get_string(struct in *in, char **out)
 	size_t n = (size_t)(s.end - s.p);
 	if (!str_utf8_valid((const char *)s.p, n))
 		return false; /* protobuf-c decodes it, and wire_frame_check_utf8 decides */
+	if (memchr(s.p, 0, n)) /* the string ends there, and packs shorter */
+		*in->repacks = true;
 	char *str;
 	if (in->text) {
 		if ((size_t)(in->text->end - in->text->at) <= n)
@@ -215,6 +218,9 @@ static bool get_field(struct in in, Isg__Field *f, Isg__Value *value)
 		if (field == 1) {
 			if (!get_string(&in, &f->name))
 				return false;
+			/* protobuf-c leaves an empty name out, and packs the name first */
+			if (!f->name[0] || f->value)
+				*in.repacks = true;
 		} else {
 			f->value = value;
 			if (!get_len(&in, &body) || !get_value(body, value))
@@ -280,7 +286,7 @@ static bool get_send(struct in in, Isg__SendRequest *s)
 	size_t n;
 	if (!count(in, 5, &n) || !records_alloc(&in, n, &s->records))
 		return false;
-	uint32_t seen = 0;
+	uint32_t seen = 0, last = 0;
 	char **strings[] = {NULL, &s->message_id, &s->recipient, &s->agreement_id, &s->dataset};
 	while (in.p < in.end) {
 		uint32_t field;
@@ -288,9 +294,14 @@ static bool get_send(struct in in, Isg__SendRequest *s)
 		struct in body;
 		if (!get_tag(&in, &field, &wt))
 			return false;
+		if (field < last) /* protobuf-c packs fields in the order of their numbers */
+			*in.repacks = true;
+		last = field;
 		if (field >= 1 && field <= 4 && wt == WT_LEN) {
 			if (!first(&seen, field) || !get_string(&in, strings[field]))
 				return false;
+			if (!(*strings[field])[0]) /* left out when empty */
+				*in.repacks = true;
 		} else if (field == 5 && wt == WT_LEN) {
 			if (s->n_records == n || !get_len(&in, &body) ||
 			    !get_record(body, s->records[s->n_records++]))
@@ -298,6 +309,8 @@ static bool get_send(struct in in, Isg__SendRequest *s)
 		} else if (field == 6 && wt == WT_VARINT) {
 			if (!first(&seen, field) || !get_varint(&in, &s->reply_to))
 				return false;
+			if (s->reply_to == 0) /* left out when zero */
+				*in.repacks = true;
 		} else {
 			return false;
 		}
@@ -395,9 +408,12 @@ static bool get_fetch_result(struct in in, Isg__FetchResult *r)
 	return true;
 }
 
-Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf, size_t len)
+Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf, size_t len,
+                                      struct wire_span *send)
 {
-	struct in in = {buf, buf + len, a, NULL};
+	bool repacks = false;
+	struct in in = {buf, buf + len, a, NULL, &repacks};
+	*send = (struct wire_span){0};
 	Isg__Frame *f = take(&in, sizeof(*f)); /* first, as wire_frame_free expects */
 	if (!f)
 		return NULL;
@@ -422,6 +438,8 @@ Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf,
 		switch (field) {
 		case ISG__FRAME__BODY_SEND:
 			ok = (f->send = take(&in, sizeof(*f->send))) && get_send(body, f->send);
+			if (ok && !repacks)
+				*send = (struct wire_span){body.p, (size_t)(body.end - body.p)};
 			break;
 		case ISG__FRAME__BODY_DELIVERY:
 			ok = (f->delivery = take(&in, sizeof(*f->delivery))) &&

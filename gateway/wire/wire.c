@@ -92,6 +92,7 @@ struct arena {
 	ProtobufCAllocator alloc;
 	struct arena_chunk *chunks; /* the newest first; the last holds this arena */
 	size_t total, budget;       /* bytes of every chunk; the most they may reach */
+	struct wire_span send;      /* see wire_frame_send_bytes */
 	alignas(max_align_t) unsigned char data[];
 };
 
@@ -219,7 +220,7 @@ static Isg__Frame *decode(const uint8_t *body, size_t len, enum wire_decoder by,
 	                    .budget = WIRE_ARENA_FACTOR * len + ARENA_SLACK};
 	Isg__Frame *f = NULL;
 	if (by != WIRE_DECODE_PROTOBUF_C) {
-		f = wire_unpack_records_frame(&a->alloc, body, len);
+		f = wire_unpack_records_frame(&a->alloc, body, len, &a->send);
 		if (f || by == WIRE_DECODE_HAND) {
 			if (!f)
 				arena_release(a->chunks);
@@ -227,6 +228,7 @@ static Isg__Frame *decode(const uint8_t *body, size_t len, enum wire_decoder by,
 			return f;
 		}
 		arena_reset(a);
+		a->send = (struct wire_span){0};
 	}
 	f = isg__frame__unpack(&a->alloc, len, body);
 	/* protobuf-c allocates the message first; if a version ever did not,
@@ -254,6 +256,15 @@ int wire_frame_decode_checked(const uint8_t *body, size_t len, Isg__Frame **out)
 	if (!by_hand && wire_frame_check_utf8(*out) != 0)
 		return ISG_ERR_INVALID;
 	return 0;
+}
+
+bool wire_frame_send_bytes(const Isg__Frame *frame, const uint8_t **p, size_t *len)
+{
+	const struct arena *a =
+	    (const struct arena *)((const unsigned char *)frame - offsetof(struct arena, data));
+	*p = a->send.p;
+	*len = a->send.len;
+	return a->send.p != NULL;
 }
 
 void wire_frame_free(Isg__Frame *frame)

@@ -112,6 +112,16 @@ int wire_frame_check_utf8(const Isg__Frame *frame);
  */
 int wire_frame_decode_checked(const uint8_t *body, size_t len, Isg__Frame **out);
 
+/*
+ * The bytes a decoded frame's Send was decoded from, when they are exactly
+ * what wire_pack_send_request packs of it (as protobuf-c and most encoders
+ * write a Send): a request hash taken over them needs no packing. They lie
+ * in the buffer the frame was decoded from, so they are only valid while
+ * that buffer is unchanged: for isgd, during the net handler's on_frame.
+ * false (and nothing to hash) for any other frame, or encoding.
+ */
+bool wire_frame_send_bytes(const Isg__Frame *frame, const uint8_t **p, size_t *len);
+
 /* Name of a frame body, for logs ("send", "fetch", ...). */
 const char *wire_body_name(Isg__Frame__BodyCase body);
 

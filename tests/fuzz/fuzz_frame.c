@@ -3,8 +3,10 @@
  * length (checked against the limit before anything is allocated), decode
  * the frame, check its strings are UTF-8, and for every frame that decodes,
  * check that encoding it again gives a frame that decodes to the same bytes,
- * that packing it by hand (pack.c) gives protobuf-c's bytes, and that
- * decoding it by hand (unpack.c) either declines or gives protobuf-c's frame.
+ * that packing it by hand (pack.c) gives protobuf-c's bytes, that decoding
+ * it by hand (unpack.c) either declines or gives protobuf-c's frame, and
+ * that a Send's bytes offered as they came (wire_frame_send_bytes) are the
+ * ones pack.c would write.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +100,16 @@ static void check_hand_decoding(const uint8_t *body, size_t len)
 	free(a);
 	free(b);
 	isg__frame__free_unpacked(pc, NULL);
+	/* The bytes isgd hashes as they came must be those it would pack. */
+	const uint8_t *sent;
+	size_t sent_len, packed_len;
+	if (wire_frame_send_bytes(hand, &sent, &sent_len)) {
+		uint8_t *packed = wire_pack_send_request(hand->send, &packed_len);
+		if (packed && (packed_len != sent_len || memcmp(packed, sent, sent_len) != 0 ||
+		               sent < body || sent + sent_len > body + len))
+			abort();
+		free(packed);
+	}
 	wire_frame_free(hand);
 }
 

@@ -776,10 +776,35 @@ static void assert_same_frame(const Isg__Frame *a, const Isg__Frame *b)
  * wire_frame_decode gives that result, or protobuf-c's in the arena when
  * the hand decoder declines. Returns whether the hand decoder took them.
  */
+/* The bytes isgd would take its request hash over: the Send's own when
+ * wire_frame_send_bytes offers them, which must be what pack.c writes. */
+static uint8_t *hashed_bytes(const Isg__Frame *f, const uint8_t *buf, size_t len, size_t *out_len,
+                             bool *as_sent)
+{
+	const uint8_t *sent;
+	size_t sent_len, packed_len;
+	uint8_t *packed = wire_pack_send_request(f->send, &packed_len);
+	assert_non_null(packed);
+	*as_sent = wire_frame_send_bytes(f, &sent, &sent_len);
+	if (*as_sent) {
+		assert_true(sent >= buf && sent + sent_len <= buf + len);
+		assert_int_equal(sent_len, packed_len);
+		assert_memory_equal(sent, packed, packed_len);
+	}
+	*out_len = packed_len;
+	return packed;
+}
+
 static bool decoders_agree(const uint8_t *buf, size_t len)
 {
 	Isg__Frame *hand = wire_frame_decode_by(buf, len, WIRE_DECODE_HAND);
 	Isg__Frame *any = wire_frame_decode(buf, len);
+	if (hand && hand->body_case == ISG__FRAME__BODY_SEND) {
+		size_t n;
+		bool as_sent;
+		free(hashed_bytes(hand, buf, len, &n, &as_sent));
+		free(hashed_bytes(any, buf, len, &n, &as_sent));
+	}
 	if (hand) {
 		Isg__Frame *ref = isg__frame__unpack(NULL, len, buf);
 		assert_non_null(ref);
@@ -857,6 +882,14 @@ static void test_unpack_matches_protobuf_c(void **state)
 		uint8_t *buf = frame_bytes(&f, &len);
 		assert_true(decoders_agree(buf, len));
 		taken++;
+		if (f.body_case == ISG__FRAME__BODY_SEND) {
+			/* As protobuf-c packed it: hashed as it came. */
+			Isg__Frame *g = wire_frame_decode(buf, len);
+			const uint8_t *sent;
+			size_t sent_len;
+			assert_true(wire_frame_send_bytes(g, &sent, &sent_len));
+			wire_frame_free(g);
+		}
 		/* Mutants: a byte changed, one dropped, or the frame cut short. */
 		uint8_t *m = malloc(len + 1);
 		for (int k = 0; k < 40 && len; k++) {
@@ -926,6 +959,52 @@ static void test_unpack_known_answer(void **state)
 	assert_true(r->fields[3]->value->boolean);
 	wire_frame_free(f);
 	assert_true(decoders_agree(frame, sizeof(frame)));
+}
+
+/*
+ * A Send encoded otherwise than protobuf-c packs it (its fields out of
+ * order, a default written out, a string with a NUL inside) decodes by hand but is not hashed as it
+ * came: the request hash is taken over its packing, the same bytes as for
+ * the Send packed by protobuf-c, so a resend in either encoding matches.
+ */
+static void test_send_bytes_only_as_packed(void **state)
+{
+	(void)state;
+	static const uint8_t packed[] = {0x62, 0x07, 0x0a, 0x01, 'm', 0x2a, 0x02, 0x0a, 0x00};
+	static const uint8_t records_first[] = {0x62, 0x07, 0x2a, 0x02, 0x0a,
+	                                        0x00, 0x0a, 0x01, 'm'};
+	static const uint8_t empty_id[] = {0x62, 0x02, 0x0a, 0x00};
+	static const uint8_t zero_reply[] = {0x62, 0x05, 0x0a, 0x01, 'm', 0x30, 0x00};
+	static const uint8_t empty_name[] = {0x62, 0x09, 0x0a, 0x01, 'm', 0x2a,
+	                                     0x04, 0x0a, 0x02, 0x0a, 0x00};
+	static const uint8_t value_first[] = {0x62, 0x0c, 0x0a, 0x01, 'm',  0x2a, 0x07,
+	                                      0x0a, 0x05, 0x12, 0x00, 0x0a, 0x01, 'n'};
+	static const uint8_t nul_inside[] = {0x62, 0x05, 0x0a, 0x03, 'm', 0x00, 'x'};
+	static const struct {
+		const uint8_t *bytes;
+		size_t len;
+		bool as_sent;
+	} cases[] = {
+	    {packed, sizeof(packed), true},          {records_first, sizeof(records_first), false},
+	    {empty_id, sizeof(empty_id), false},     {zero_reply, sizeof(zero_reply), false},
+	    {empty_name, sizeof(empty_name), false}, {value_first, sizeof(value_first), false},
+	    {nul_inside, sizeof(nul_inside), false},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		Isg__Frame *f =
+		    wire_frame_decode_by(cases[i].bytes, cases[i].len, WIRE_DECODE_HAND);
+		assert_non_null(f);
+		size_t len;
+		bool as_sent;
+		uint8_t *hashed = hashed_bytes(f, cases[i].bytes, cases[i].len, &len, &as_sent);
+		assert_int_equal(as_sent, cases[i].as_sent);
+		if (cases[i].bytes == records_first) { /* the same Send as packed */
+			assert_int_equal(len, sizeof(packed) - 2);
+			assert_memory_equal(hashed, packed + 2, len);
+		}
+		free(hashed);
+		wire_frame_free(f);
+	}
 }
 
 /* What protobuf-c never writes goes to protobuf-c, which decides. */
@@ -1021,6 +1100,7 @@ int main(void)
 	    cmocka_unit_test(test_pack_keeps_unknown_fields),
 	    cmocka_unit_test(test_unpack_matches_protobuf_c),
 	    cmocka_unit_test(test_unpack_known_answer),
+	    cmocka_unit_test(test_send_bytes_only_as_packed),
 	    cmocka_unit_test(test_unpack_declines_the_rest),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
