@@ -146,15 +146,24 @@ int pseudo_norm_postcode(const char *s, size_t len, char out[static PSEUDO_VALUE
 	const char *in = pc + nout;
 	if (!is_digit(in[0]) || !inward_letter(in[1]) || !inward_letter(in[2]))
 		return pseudo_refuse(reason, shape);
-	/* The outward code's shape, as A (letter) and 9 (digit). */
-	char form[5];
+	/* The outward code's shape: a bit for each character, set for a letter,
+	 * after a leading 1 that keeps the length (A9 is 0b110). */
+	unsigned form = 1;
 	for (size_t i = 0; i < nout; i++)
-		form[i] = is_digit(pc[i]) ? '9' : 'A';
-	form[nout] = '\0';
-	static const char *const forms[] = {"A9", "A99", "AA9", "AA99", "A9A", "AA9A"};
+		form = form << 1 | !is_digit(pc[i]);
 	bool ok = nout == 3 && memcmp(pc, "GIR0AA", 6) == 0 && n == 6;
-	for (size_t k = 0; k < ARRAY_LEN(forms) && !ok; k++)
-		ok = strcmp(form, forms[k]) == 0;
+	switch (form) {
+	case 0x6:  /* A9 */
+	case 0xc:  /* A99 */
+	case 0xe:  /* AA9 */
+	case 0xd:  /* A9A */
+	case 0x1c: /* AA99 */
+	case 0x1d: /* AA9A */
+		ok = true;
+		break;
+	default:
+		break;
+	}
 	if (!ok)
 		return pseudo_refuse(reason, shape);
 	memcpy(out, pc, nout);

@@ -206,6 +206,28 @@ static void test_postcode(void **state)
 	expect_refused(PSEUDO_POSTCODE, "SW1A AAA", shape);
 	expect_refused(PSEUDO_POSTCODE, "GIR 0AB", shape);
 	expect_refused(PSEUDO_POSTCODE, "1AA", shape);
+	/* Every outward code of 2 to 4 letters (A) and digits (9): only the six
+	 * shapes Royal Mail uses are taken. */
+	static const char *const shapes[] = {"A9", "A99", "AA9", "A9A", "AA99", "AA9A"};
+	for (unsigned len = 2; len <= 4; len++) {
+		for (unsigned bits = 0; bits < 1u << len; bits++) {
+			char form[5], in[9], want[9];
+			for (unsigned i = 0; i < len; i++)
+				form[i] = bits >> (len - 1 - i) & 1 ? 'A' : '9';
+			form[len] = '\0';
+			bool taken = false;
+			for (size_t k = 0; k < ARRAY_LEN(shapes); k++)
+				taken = taken || strcmp(form, shapes[k]) == 0;
+			for (unsigned i = 0; i < len; i++)
+				in[i] = form[i] == 'A' ? 'B' : '2';
+			snprintf(in + len, sizeof(in) - len, "%s", "3AB");
+			snprintf(want, sizeof(want), "%.*s 3AB", (int)len, in);
+			if (taken)
+				expect_norm(PSEUDO_POSTCODE, in, want);
+			else
+				expect_refused(PSEUDO_POSTCODE, in, shape);
+		}
+	}
 	expect_refused(PSEUDO_POSTCODE, "SW1A-1AA",
 	               "postcode may hold only letters, digits and spaces");
 	expect_refused(PSEUDO_POSTCODE, "SW1Á 1AA",
