@@ -1036,8 +1036,28 @@ static void *worker_main(void *arg)
 /* ------------------------------------------------------------------------ */
 /* Start and stop. */
 
-static int listen_socket(const struct net_options *opt, uint16_t port, int *out, char *err,
-                         size_t errlen)
+/*
+ * SO_REUSEPORT lets the workers' listeners share a port, but it would as
+ * well let another process's (a second isgd started by mistake, on its own
+ * store or on ours until it found it locked) join them, and the kernel
+ * would hand that one some of the partners' connections. A socket without
+ * it cannot bind a port anything listens on: the first listener tries one
+ * first. Another process could still bind in the moment between the two.
+ */
+static int port_in_use(const struct addrinfo *ai)
+{
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0; /* the real bind will say why */
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)); /* past TIME_WAIT */
+	int in_use = bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno == EADDRINUSE;
+	close(fd);
+	return in_use;
+}
+
+static int listen_socket(const struct net_options *opt, uint16_t port, bool first, int *out,
+                         char *err, size_t errlen)
 {
 	struct addrinfo hints = {.ai_family = AF_UNSPEC,
 	                         .ai_socktype = SOCK_STREAM,
@@ -1050,6 +1070,14 @@ static int listen_socket(const struct net_options *opt, uint16_t port, int *out,
 		snprintf(err, errlen, "invalid listen address '%s': %s", opt->host,
 		         gai_strerror(r));
 		return ISG_ERR_INVALID;
+	}
+	if (first && port != 0 && port_in_use(ai)) {
+		snprintf(err, errlen,
+		         "cannot listen on %s:%u: another process is listening on it (is isgd "
+		         "already running?)",
+		         opt->host, port);
+		freeaddrinfo(ai);
+		return ISG_ERR_CONFLICT;
 	}
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	int one = 1;
@@ -1089,8 +1117,8 @@ static int worker_init(struct net_worker *w, struct net_server *s, uint32_t inde
 	atomic_init(&w->n_conns, 0);
 	pthread_mutex_init(&w->mu, NULL);
 	/* The first listener may have picked the port (port 0); the rest share it. */
-	int r =
-	    listen_socket(&s->opt, index == 0 ? s->opt.port : s->port, &w->listen_fd, err, errlen);
+	int r = listen_socket(&s->opt, index == 0 ? s->opt.port : s->port, index == 0,
+	                      &w->listen_fd, err, errlen);
 	if (r != 0)
 		return r;
 	if (index == 0)

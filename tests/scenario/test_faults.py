@@ -136,9 +136,9 @@ class FaultCase(isgtest.ScenarioCase):
             self.fail("isgctl audit verify failed %s\n%s\n%s" % (when, r, gw.diagnostics()))
         return r
 
-    def run_isgd_refused(self, gw):
+    def run_isgd_refused(self, gw, config_path=None):
         """
-        isgd on gw's configuration must exit 1 at start-up; returns its stderr.
+        isgd on gw's configuration (or config_path) must exit 1 at start-up; returns its stderr.
         Under ISG_VALGRIND only the first refusal of each class runs under
         valgrind (a start-up under valgrind takes seconds; the ASan build
         runs every one).
@@ -147,6 +147,8 @@ class FaultCase(isgtest.ScenarioCase):
         if not getattr(type(self), "_refused_under_valgrind", False):
             argv = gw.argv()
             type(self)._refused_under_valgrind = True
+        if config_path:
+            argv[argv.index(gw.config_path)] = config_path
         try:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=isgtest.START_TIMEOUT,
                                stdin=subprocess.DEVNULL, preexec_fn=isgtest._die_with_parent)
@@ -366,14 +368,30 @@ class TestCorruptStore(FaultCase):
         self.assertEqual([m["message_id"] for m in msgs], ["corrupt-%d" % i for i in range(24)])
 
     def test_second_isgd_on_the_store_refused(self):
-        """A second isgd on a store in use exits naming the store, and the first goes on serving."""
+        """A second isgd on a store in use, on a port of its own, exits naming the store, and
+        the first goes on serving."""
         self.gw.start()
-        err = self.run_isgd_refused(self.gw)
+        other = os.path.join(os.path.dirname(self.gw.config_path), "second.yaml")
+        isgtest.write_yaml(other, dict(self.gw.config, listen="127.0.0.1:%d" % isgtest.free_port()))
+        err = self.run_isgd_refused(self.gw, other)
         self.assertIn("isgd: store '%s' is in use by another process" % self.gw.store_path, err)
         self.assertTrue(self.gw.running)
         msgs = self.partner(self.gw, "nhs").fetch_messages(max=100)
         self.assertEqual([m["message_id"] for m in msgs], ["corrupt-%d" % i for i in range(24)])
         self.audit_verify(self.gw, "after a second isgd was refused")
+
+    def test_second_isgd_on_the_port_refused(self):
+        """A second isgd on the port of a running one, even on a store of its own, exits before
+        it listens (SO_REUSEPORT would have let it share the port and take some of the first's
+        partners), and the first goes on serving."""
+        self.gw.start()
+        second = self.gateway(name="second", start=False, listen=self.gw.address)
+        err = self.run_isgd_refused(second)
+        self.assertIn("isgd: cannot listen on %s: another process is listening on it" % self.gw.address, err)
+        self.assertFalse(os.path.exists(second.store_path), "the second isgd opened its store")
+        self.assertTrue(self.gw.running)
+        msgs = self.partner(self.gw, "nhs").fetch_messages(max=100)
+        self.assertEqual([m["message_id"] for m in msgs], ["corrupt-%d" % i for i in range(24)])
 
     def test_sqlite_header_overwritten(self):
         with open(self.gw.store_path, "r+b") as f:
