@@ -105,7 +105,7 @@ static bool get_string(struct in *in, char **out)
 		return false;
 	size_t n = (size_t)(s.end - s.p);
 	if (!str_utf8_valid((const char *)s.p, n))
-		return false; /* protobuf-c decodes it, and wire_frame_check_utf8 decides */
+		return false;  /* protobuf-c decodes it, and wire_frame_check_utf8 decides */
 	if (memchr(s.p, 0, n)) /* the string ends there, and packs shorter */
 		*in->repacks = true;
 	char *str;
@@ -413,7 +413,8 @@ Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf,
 {
 	bool repacks = false;
 	struct in in = {buf, buf + len, a, NULL, &repacks};
-	*send = (struct wire_span){0};
+	struct wire_span span = {0};
+	*send = span;
 	Isg__Frame *f = take(&in, sizeof(*f)); /* first, as wire_frame_free expects */
 	if (!f)
 		return NULL;
@@ -438,8 +439,7 @@ Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf,
 		switch (field) {
 		case ISG__FRAME__BODY_SEND:
 			ok = (f->send = take(&in, sizeof(*f->send))) && get_send(body, f->send);
-			if (ok && !repacks)
-				*send = (struct wire_span){body.p, (size_t)(body.end - body.p)};
+			span = (struct wire_span){body.p, (size_t)(body.end - body.p)};
 			break;
 		case ISG__FRAME__BODY_DELIVERY:
 			ok = (f->delivery = take(&in, sizeof(*f->delivery))) &&
@@ -457,5 +457,9 @@ Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf,
 		f->body_case = (Isg__Frame__BodyCase)field;
 	}
 	/* Only these bodies: the rest are small, and protobuf-c's to decode. */
-	return f->body_case == ISG__FRAME__BODY__NOT_SET ? NULL : f;
+	if (f->body_case == ISG__FRAME__BODY__NOT_SET)
+		return NULL;
+	if (f->body_case == ISG__FRAME__BODY_SEND && !repacks)
+		*send = span; /* only for a frame taken whole */
+	return f;
 }

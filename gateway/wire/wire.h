@@ -118,7 +118,9 @@ int wire_frame_decode_checked(const uint8_t *body, size_t len, Isg__Frame **out)
  * write a Send): a request hash taken over them needs no packing. They lie
  * in the buffer the frame was decoded from, so they are only valid while
  * that buffer is unchanged: for isgd, during the net handler's on_frame.
- * false (and nothing to hash) for any other frame, or encoding.
+ * false (and nothing to hash) for any other frame, or encoding. Only for a
+ * frame from wire_frame_decode, wire_frame_decode_by or
+ * wire_frame_decode_checked: it reads the arena the frame lives in.
  */
 bool wire_frame_send_bytes(const Isg__Frame *frame, const uint8_t **p, size_t *len);
 

@@ -100,17 +100,27 @@ static void check_hand_decoding(const uint8_t *body, size_t len)
 	free(a);
 	free(b);
 	isg__frame__free_unpacked(pc, NULL);
-	/* The bytes isgd hashes as they came must be those it would pack. */
+	wire_frame_free(hand);
+}
+
+/* The bytes isgd hashes as they came must be those it would pack, and only
+ * ever from a frame the hand decoder took whole. */
+static void check_send_bytes(const uint8_t *body, size_t len)
+{
+	Isg__Frame *f = wire_frame_decode(body, len);
 	const uint8_t *sent;
 	size_t sent_len, packed_len;
-	if (wire_frame_send_bytes(hand, &sent, &sent_len)) {
-		uint8_t *packed = wire_pack_send_request(hand->send, &packed_len);
-		if (packed && (packed_len != sent_len || memcmp(packed, sent, sent_len) != 0 ||
-		               sent < body || sent + sent_len > body + len))
+	if (f && wire_frame_send_bytes(f, &sent, &sent_len)) {
+		Isg__Frame *hand = wire_frame_decode_by(body, len, WIRE_DECODE_HAND);
+		uint8_t *packed = wire_pack_send_request(f->send, &packed_len);
+		if (!hand ||
+		    (packed && (packed_len != sent_len || memcmp(packed, sent, sent_len) != 0 ||
+		                sent < body || sent + sent_len > body + len)))
 			abort();
 		free(packed);
+		wire_frame_free(hand);
 	}
-	wire_frame_free(hand);
+	wire_frame_free(f);
 }
 
 /*
@@ -173,6 +183,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (hdr + body > size - off)
 			break;
 		check_hand_decoding(data + off + hdr, body);
+		check_send_bytes(data + off + hdr, body);
 		Isg__Frame *checked = NULL;
 		int rc = wire_frame_decode_checked(data + off + hdr, body, &checked);
 		Isg__Frame *f = wire_frame_decode(data + off + hdr, body);

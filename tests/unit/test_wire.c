@@ -770,12 +770,6 @@ static void assert_same_frame(const Isg__Frame *a, const Isg__Frame *b)
 	free(pb);
 }
 
-/*
- * The hand decoder on bytes either declines them or decodes them as
- * protobuf-c does (with no memory bound: the hand decoder needs less), and
- * wire_frame_decode gives that result, or protobuf-c's in the arena when
- * the hand decoder declines. Returns whether the hand decoder took them.
- */
 /* The bytes isgd would take its request hash over: the Send's own when
  * wire_frame_send_bytes offers them, which must be what pack.c writes. */
 static uint8_t *hashed_bytes(const Isg__Frame *f, const uint8_t *buf, size_t len, size_t *out_len,
@@ -795,15 +789,24 @@ static uint8_t *hashed_bytes(const Isg__Frame *f, const uint8_t *buf, size_t len
 	return packed;
 }
 
+/*
+ * The hand decoder on bytes either declines them or decodes them as
+ * protobuf-c does (with no memory bound: the hand decoder needs less), and
+ * wire_frame_decode gives that result, or protobuf-c's in the arena when
+ * the hand decoder declines. Returns whether the hand decoder took them.
+ * Either way, a Send's bytes offered as they came are its packing.
+ */
 static bool decoders_agree(const uint8_t *buf, size_t len)
 {
 	Isg__Frame *hand = wire_frame_decode_by(buf, len, WIRE_DECODE_HAND);
 	Isg__Frame *any = wire_frame_decode(buf, len);
-	if (hand && hand->body_case == ISG__FRAME__BODY_SEND) {
-		size_t n;
-		bool as_sent;
+	size_t n;
+	bool as_sent;
+	if (hand && hand->body_case == ISG__FRAME__BODY_SEND)
 		free(hashed_bytes(hand, buf, len, &n, &as_sent));
+	if (any && any->body_case == ISG__FRAME__BODY_SEND) {
 		free(hashed_bytes(any, buf, len, &n, &as_sent));
+		assert_true(hand || !as_sent); /* only what the hand decoder took whole */
 	}
 	if (hand) {
 		Isg__Frame *ref = isg__frame__unpack(NULL, len, buf);
@@ -980,16 +983,38 @@ static void test_send_bytes_only_as_packed(void **state)
 	static const uint8_t value_first[] = {0x62, 0x0c, 0x0a, 0x01, 'm',  0x2a, 0x07,
 	                                      0x0a, 0x05, 0x12, 0x00, 0x0a, 0x01, 'n'};
 	static const uint8_t nul_inside[] = {0x62, 0x05, 0x0a, 0x03, 'm', 0x00, 'x'};
+	static const uint8_t nul_in_name[] = {0x62, 0x0a, 0x0a, 0x01, 'm',  0x2a,
+	                                      0x05, 0x0a, 0x03, 0x0a, 0x01, 0x00};
+	static const uint8_t nul_in_text[] = {0x62, 0x0c, 0x0a, 0x01, 'm',  0x2a, 0x07,
+	                                      0x0a, 0x05, 0x12, 0x03, 0x0a, 0x01, 0x00};
+	static const uint8_t reply_first[] = {0x62, 0x09, 0x30, 0x05, 0x0a, 0x01,
+	                                      'm',  0x2a, 0x02, 0x0a, 0x00};
 	static const struct {
 		const uint8_t *bytes;
 		size_t len;
 		bool as_sent;
 	} cases[] = {
-	    {packed, sizeof(packed), true},          {records_first, sizeof(records_first), false},
-	    {empty_id, sizeof(empty_id), false},     {zero_reply, sizeof(zero_reply), false},
-	    {empty_name, sizeof(empty_name), false}, {value_first, sizeof(value_first), false},
+	    {packed, sizeof(packed), true},
+	    {records_first, sizeof(records_first), false},
+	    {empty_id, sizeof(empty_id), false},
+	    {zero_reply, sizeof(zero_reply), false},
+	    {empty_name, sizeof(empty_name), false},
+	    {value_first, sizeof(value_first), false},
 	    {nul_inside, sizeof(nul_inside), false},
+	    {nul_in_name, sizeof(nul_in_name), false},
+	    {nul_in_text, sizeof(nul_in_text), false},
+	    {reply_first, sizeof(reply_first), false},
 	};
+	/* Two Send bodies: the hand decoder takes the first, then declines the
+	 * frame, and protobuf-c's Send is not offered as it came. */
+	static const uint8_t two_sends[] = {0x62, 0x03, 0x0a, 0x01, 'm',
+	                                    0x62, 0x03, 0x0a, 0x01, 'n'};
+	Isg__Frame *twice = wire_frame_decode(two_sends, sizeof(two_sends));
+	assert_non_null(twice);
+	const uint8_t *sent;
+	size_t sent_len;
+	assert_false(wire_frame_send_bytes(twice, &sent, &sent_len));
+	wire_frame_free(twice);
 	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
 		Isg__Frame *f =
 		    wire_frame_decode_by(cases[i].bytes, cases[i].len, WIRE_DECODE_HAND);
