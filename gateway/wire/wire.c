@@ -227,8 +227,7 @@ static Isg__Frame *decode(const uint8_t *body, size_t len, enum wire_decoder by,
 			*by_hand = f != NULL;
 			return f;
 		}
-		arena_reset(a);
-		a->send = (struct wire_span){0};
+		arena_reset(a); /* a->send stays empty: the hand decoder declined */
 	}
 	f = isg__frame__unpack(&a->alloc, len, body);
 	/* protobuf-c allocates the message first; if a version ever did not,
