@@ -373,11 +373,11 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	/* The request's own bytes identify its content for idempotent resends:
 	 * as protobuf-c packs it, which is how nearly every client sent it, so
 	 * the bytes as they came usually do without packing it again. */
-	const uint8_t *as_sent;
-	size_t packed_len = 0;
+	const uint8_t *hashed;
+	size_t hashed_len = 0;
 	uint8_t *packed = NULL;
-	if (!wire_frame_send_bytes(f, &as_sent, &packed_len))
-		as_sent = packed = wire_pack_send_request(req, &packed_len);
+	if (!wire_frame_send_bytes(f, &hashed, &hashed_len))
+		hashed = packed = wire_pack_send_request(req, &hashed_len);
 	if (!collected || o.dataset != named) {
 		subjects_release(&subj);
 		collected = subjects_collect(&subj, o.dataset, req) == 0;
@@ -387,7 +387,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	    subjects ? entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len) : NULL;
 	free(subjects);
 	struct send_job *j = send_job_new(c, f->request_id, req->message_id, set);
-	if (!as_sent || !entry || !j) {
+	if (!hashed || !entry || !j) {
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
 		free(j);
 		goto done;
@@ -410,7 +410,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	}
 	j->quota = s->g->quota;
 	j->store = s->g->store;
-	sha256_digest(as_sent, packed_len, m.request_hash);
+	sha256_digest(hashed, hashed_len, m.request_hash);
 	m.audit_entry = entry;
 	net_conn_begin_async(c);
 	err = store_send(s->g->store, &m, send_stored, j);

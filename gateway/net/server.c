@@ -1044,14 +1044,14 @@ static void *worker_main(void *arg)
  * it cannot bind a port anything listens on: the first listener tries one
  * first. Another process could still bind in the moment between the two.
  */
-static int port_in_use(const struct addrinfo *ai)
+static bool port_in_use(const struct addrinfo *ai)
 {
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
-		return 0; /* the real bind will say why */
+		return false; /* the real bind will say why */
 	int one = 1;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)); /* past TIME_WAIT */
-	int in_use = bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno == EADDRINUSE;
+	bool in_use = bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno == EADDRINUSE;
 	close(fd);
 	return in_use;
 }

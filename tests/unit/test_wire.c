@@ -966,9 +966,10 @@ static void test_unpack_known_answer(void **state)
 
 /*
  * A Send encoded otherwise than protobuf-c packs it (its fields out of
- * order, a default written out, a string with a NUL inside) decodes by hand but is not hashed as it
- * came: the request hash is taken over its packing, the same bytes as for
- * the Send packed by protobuf-c, so a resend in either encoding matches.
+ * order, a default written out, a string with a NUL inside) decodes by hand
+ * but is not hashed as it came: the request hash is taken over its packing,
+ * the same bytes as for the Send packed by protobuf-c, so a resend in either
+ * encoding matches.
  */
 static void test_send_bytes_only_as_packed(void **state)
 {
