@@ -149,14 +149,23 @@ static int zero_fill(int fd, off_t want, off_t *wrote)
 	/* Not at the cost of filling the disk, even for a moment. */
 	if ((uint64_t)fs.f_bavail * fs.f_frsize < 2 * (uint64_t)(want - sb.st_size))
 		return ENOSPC;
-	const size_t chunk = 1 << 20;
-	char *zeros = calloc(1, chunk);
+	/*
+	 * A page at a time. Since Linux 6.16, ext4 caches a file in folios as
+	 * large as the writes that made them, and every later write into a
+	 * folio walks all of its blocks: 1 MiB writes here made each of a
+	 * commit's small writes into the WAL walk 256 blocks, twice.
+	 */
+	long page = sysconf(_SC_PAGESIZE);
+	const off_t chunk = page > 0 ? page : 4096;
+	char *zeros = calloc(1, (size_t)chunk);
 	if (!zeros)
 		return ENOMEM;
 	int e = 0;
 	for (off_t at = sb.st_size; at < want && e == 0;) {
-		size_t n = want - at < (off_t)chunk ? (size_t)(want - at) : chunk;
-		ssize_t w = pwrite(fd, zeros, n, at);
+		off_t n = chunk - at % chunk; /* up to the next page boundary */
+		if (n > want - at)
+			n = want - at;
+		ssize_t w = pwrite(fd, zeros, (size_t)n, at);
 		if (w > 0)
 			at += w;
 		else if (w == 0)
