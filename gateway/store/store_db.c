@@ -4,7 +4,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -528,25 +527,8 @@ static int lock_store(struct store *s, const char *path, char *err, size_t errle
 	return 0;
 }
 
-/*
- * Every job runs in a savepoint, so SQLite journals what the pages a job
- * changes held before, to undo the job alone. Past 64 KiB (SQLite's
- * default) that journal goes to a temporary file, made and deleted again in
- * every batch that passes it: at R = 100 about half the batches did
- * (docs/performance.md). Up to STORE_STMT_JOURNAL_MEMORY it now stays in
- * memory; a larger job, say an ack of many large payloads, still spills.
- * SQLite takes this only before it first initialises, so a process that
- * used SQLite before opening a store keeps the default.
- */
-static void stmt_journal_config(void)
-{
-	(void)sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, STORE_STMT_JOURNAL_MEMORY);
-}
-
 int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	pthread_once(&once, stmt_journal_config);
 	struct stat st;
 	int rc;
 	if (stat(path, &st) != 0) {

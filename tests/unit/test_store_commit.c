@@ -5,9 +5,7 @@
  */
 #include "store_test_util.h"
 
-#include <errno.h>
 #include <fcntl.h>
-#include <sys/inotify.h>
 
 #define THREADS 4
 #define PER_THREAD 125
@@ -598,54 +596,6 @@ static void close_cb(void *ctx, int err, const struct store_receipt *r)
 	c->resubmit_rc = store_send(c->s, &m, close_cb, c);
 }
 
-/*
- * A job's savepoint journal stays in memory. Acknowledging a large message
- * zeroes its pages inside the job's savepoint, which journals more than the
- * 64 KiB SQLite otherwise keeps in memory before it spills the journal to
- * a temporary file, made and deleted again in every such batch.
- */
-static void test_savepoint_journal_in_memory(void **state)
-{
-	struct fx *f = *state;
-	char tmp[96];
-	snprintf(tmp, sizeof(tmp), "%s/tmp", f->dir);
-	assert_int_equal(mkdir(tmp, 0700), 0);
-	sqlite3_temp_directory = sqlite3_mprintf("%s", tmp);
-	int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	assert_true(in >= 0);
-	assert_true(inotify_add_watch(in, tmp, IN_CREATE) >= 0);
-
-	struct store *s = fx_open(f);
-	size_t big = 512 * 1024;
-	char *payload = malloc(big + 1);
-	assert_non_null(payload);
-	memset(payload, 'x', big);
-	payload[big] = '\0';
-	struct store_message m = fx_msg("police-a", "big-1", "nhs-b", payload);
-	struct store_receipt r;
-	assert_int_equal(send_sync(s, &m, &r), 0);
-	struct store_fetch_result *res = NULL;
-	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
-	assert_int_equal(res->n, 1);
-	store_fetch_result_free(res);
-	uint32_t acked = 0;
-	size_t n_unknown = 0;
-	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown), 0);
-	assert_int_equal(acked, 1);
-	fx_close(f);
-
-	char ev[sizeof(struct inotify_event) + 256];
-	ssize_t n = read(in, ev, sizeof(ev));
-	int e = errno;
-	close(in);
-	sqlite3_free(sqlite3_temp_directory);
-	sqlite3_temp_directory = NULL;
-	rmdir(tmp);
-	free(payload);
-	assert_int_equal(n, -1); /* no file was made there */
-	assert_int_equal(e, EAGAIN);
-}
-
 static void test_close_drains_queue(void **state)
 {
 	struct fx *f = *state;
@@ -885,8 +835,6 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_wal_written_ahead, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_one_store_open_at_a_time, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_written_ahead_under_the_write_lock, fx_setup,
-	                                    fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_savepoint_journal_in_memory, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_close_drains_queue, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
