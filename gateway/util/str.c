@@ -88,8 +88,9 @@ int str_to_size(const char *s, uint64_t *out)
 
 /* True when no byte of s[0..len) has its high bit set: a word at a time, and
  * the last (overlapping) word for the tail, so short strings take few branches. */
-static bool all_ascii(const unsigned char *s, size_t len)
+bool str_ascii(const void *str, size_t len)
 {
+	const unsigned char *s = str;
 	uint64_t acc = 0, word;
 	if (len < 8) {
 		for (size_t i = 0; i < len; i++)
@@ -109,7 +110,7 @@ bool str_utf8_valid(const char *str, size_t len)
 {
 	const unsigned char *s = (const unsigned char *)str;
 	/* Nearly everything checked (names, codes, pseudonyms) is ASCII. */
-	if (all_ascii(s, len))
+	if (str_ascii(s, len))
 		return true;
 	size_t i = 0;
 	while (i < len) {

@@ -76,6 +76,8 @@ int str_to_duration_ms(const char *s, int64_t *out);
 int str_to_size(const char *s, uint64_t *out);
 /* True when s is valid UTF-8 of length len. */
 bool str_utf8_valid(const char *s, size_t len);
+/* True when no byte of s[0..len) is above 0x7f. */
+bool str_ascii(const void *s, size_t len);
 /*
  * Decode standard base64 with padding, all of s[0..len), into at most max
  * bytes. The alphabet is checked first: libsodium 1.0.18's decoder takes any

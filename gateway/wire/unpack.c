@@ -31,6 +31,7 @@ struct in {
 	ProtobufCAllocator *a;
 	struct text *text; /* inside a record: where its strings go */
 	bool *repacks;     /* set when protobuf-c would pack what is decoded otherwise */
+	bool ascii;        /* inside a record of ASCII bytes only: its strings are UTF-8 */
 };
 
 /*
@@ -66,8 +67,15 @@ static bool get_varint_long(struct in *in, uint64_t *v)
 	return false;
 }
 
+/*
+ * The small readers are inlined into every loop that calls them. Called,
+ * each handed its results back through memory for the caller to read at
+ * once: a 100-record Send took 102-113 us to decode instead of 65-70.
+ */
+#define INLINE static inline __attribute__((always_inline))
+
 /* Tags, lengths and most numbers take one byte: that case inline. */
-static inline bool get_varint(struct in *in, uint64_t *v)
+INLINE bool get_varint(struct in *in, uint64_t *v)
 {
 	if (in->p < in->end && *in->p < 0x80) {
 		*v = *in->p++;
@@ -76,7 +84,7 @@ static inline bool get_varint(struct in *in, uint64_t *v)
 	return get_varint_long(in, v);
 }
 
-static bool get_tag(struct in *in, uint32_t *field, unsigned *wt)
+INLINE bool get_tag(struct in *in, uint32_t *field, unsigned *wt)
 {
 	uint64_t t;
 	if (!get_varint(in, &t) || t > UINT32_MAX || t >> 3 == 0)
@@ -87,12 +95,12 @@ static bool get_tag(struct in *in, uint32_t *field, unsigned *wt)
 }
 
 /* The body of a length-delimited field, as its own input. */
-static bool get_len(struct in *in, struct in *body)
+INLINE bool get_len(struct in *in, struct in *body)
 {
 	uint64_t n;
 	if (!get_varint(in, &n) || n > (uint64_t)(in->end - in->p))
 		return false;
-	*body = (struct in){in->p, in->p + n, in->a, in->text, in->repacks};
+	*body = (struct in){in->p, in->p + n, in->a, in->text, in->repacks, in->ascii};
 	in->p += n;
 	return true;
 }
@@ -104,7 +112,7 @@ static bool get_string(struct in *in, char **out)
 	if (!get_len(in, &s))
 		return false;
 	size_t n = (size_t)(s.end - s.p);
-	if (!str_utf8_valid((const char *)s.p, n))
+	if (!in->ascii && !str_utf8_valid((const char *)s.p, n))
 		return false;  /* protobuf-c decodes it, and wire_frame_check_utf8 decides */
 	if (memchr(s.p, 0, n)) /* the string ends there, and packs shorter */
 		*in->repacks = true;
@@ -249,6 +257,9 @@ static bool get_record(struct in in, Isg__Record *r)
 	Isg__Value *values = (Isg__Value *)(fields + n);
 	struct text text = {(char *)(values + n), (char *)(values + n) + len};
 	in.text = &text;
+	/* Any byte of a multi-byte character is above 0x7f: a record without
+	 * one holds only ASCII strings, and one check covers them all. */
+	in.ascii = str_ascii(in.p, len);
 	r->fields = ptrs;
 	while (in.p < in.end) {
 		uint32_t field;
@@ -412,7 +423,7 @@ Isg__Frame *wire_unpack_records_frame(ProtobufCAllocator *a, const uint8_t *buf,
                                       struct wire_span *send)
 {
 	bool repacks = false;
-	struct in in = {buf, buf + len, a, NULL, &repacks};
+	struct in in = {buf, buf + len, a, NULL, &repacks, false};
 	struct wire_span span = {0};
 	*send = span;
 	Isg__Frame *f = take(&in, sizeof(*f)); /* first, as wire_frame_free expects */

@@ -274,27 +274,6 @@ void wire_frame_free(Isg__Frame *frame)
 	arena_release(a->chunks);
 }
 
-size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX])
-{
-	size_t n = 0;
-	while (v >= 0x80) {
-		out[n++] = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	out[n++] = (uint8_t)v;
-	return n;
-}
-
-size_t wire_varint_size(uint64_t v)
-{
-	size_t n = 1;
-	while (v >= 0x80) {
-		v >>= 7;
-		n++;
-	}
-	return n;
-}
-
 size_t wire_frame_size(const Isg__Frame *frame)
 {
 	size_t body = isg__frame__get_packed_size(frame);

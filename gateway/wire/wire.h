@@ -83,9 +83,27 @@ size_t wire_deliveries_size(uint64_t request_id, bool push, const struct wire_de
 size_t wire_deliveries_encode(uint64_t request_id, bool push, const struct wire_delivery *d,
                               size_t n, uint8_t *out);
 
-/* Varint helpers (exposed for tests and the client). */
-size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX]);
-size_t wire_varint_size(uint64_t v);
+/* Varint helpers, inline: the packers call them several times a field. */
+static inline size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX])
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		out[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	out[n++] = (uint8_t)v;
+	return n;
+}
+
+static inline size_t wire_varint_size(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
 
 /*
  * The same bytes as protobuf-c's pack, measuring each string once
