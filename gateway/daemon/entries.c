@@ -73,54 +73,6 @@ char *entry_accepted(const struct policy_set *set, const struct policy_outcome *
 	return strbuf_take(&b, len);
 }
 
-/* Identifiers name a subject; dates alone do not. */
-static enum pseudo_type subject_type(enum field_type t)
-{
-	enum pseudo_type p = policy_field_pseudo_type(t);
-	return p == PSEUDO_DATE ? 0 : p;
-}
-
-/* Records mostly list their fields in the dataset's order: try position at first. */
-static const struct policy_field *dataset_field(const struct policy_dataset *ds, const char *name,
-                                                size_t at)
-{
-	if (at < ds->n_fields && strcmp(ds->fields[at].name, name) == 0)
-		return &ds->fields[at];
-	for (size_t i = 0; i < ds->n_fields; i++)
-		if (strcmp(ds->fields[i].name, name) == 0)
-			return &ds->fields[i];
-	return NULL;
-}
-
-/* Collect one request per identifier value; norms holds the normalised values. */
-static size_t subject_requests(const struct policy_dataset *ds, const Isg__SendRequest *req,
-                               struct pseudo_request *reqs, char (*norms)[PSEUDO_VALUE_MAX + 1],
-                               size_t max)
-{
-	size_t n = 0;
-	for (size_t r = 0; r < req->n_records; r++) {
-		const Isg__Record *rec = req->records[r];
-		for (size_t i = 0; rec && i < rec->n_fields && n < max; i++) {
-			const Isg__Field *f = rec->fields[i];
-			const struct policy_field *pf =
-			    f && f->name ? dataset_field(ds, f->name, i) : NULL;
-			enum pseudo_type t = pf ? subject_type(pf->type) : 0;
-			if (!t || !f->value || f->value->kind_case != ISG__VALUE__KIND_TEXT)
-				continue;
-			const char *reason;
-			if (pseudo_normalise(t, f->value->text, strlen(f->value->text), norms[n],
-			                     &reason) != 0)
-				continue; /* policy_apply refused these already */
-			reqs[n] = (struct pseudo_request){.domain = AUDIT_DOMAIN,
-			                                  .type = t,
-			                                  .norm = norms[n],
-			                                  .len = strlen(norms[n])};
-			n++;
-		}
-	}
-	return n;
-}
-
 /* The base64url alphabet, as a table: a pseudonym's characters are random, so
  * comparing each against ranges mispredicts a branch at nearly every one. */
 static const bool base64url[256] = {
@@ -156,22 +108,31 @@ static void json_pseudonym(struct strbuf *b, const char *p)
 	strbuf_append(b, "\"", 1);
 }
 
-int subjects_collect(struct subjects *s, const struct policy_dataset *ds,
-                     const Isg__SendRequest *req)
+int subjects_init(struct subjects *s, const Isg__SendRequest *req)
 {
 	*s = (struct subjects){0};
-	size_t max = 0;
 	for (size_t r = 0; r < req->n_records; r++)
-		max += req->records[r] ? req->records[r]->n_fields : 0;
-	if (max == 0)
+		s->cap += req->records[r] ? req->records[r]->n_fields : 0;
+	if (s->cap == 0)
 		return 0;
-	/* Not zeroed: subject_requests writes each one it uses (some 400 bytes
-	 * a field for both: zeroing them took as long as filling them). */
-	s->reqs = malloc(max * sizeof(*s->reqs));
-	s->norms = malloc(max * sizeof(*s->norms));
-	if (!s->reqs || !s->norms)
-		return ISG_ERR_NOMEM;
-	s->n = subject_requests(ds, req, s->reqs, s->norms, max);
+	/* Not zeroed: subjects_add writes each one it uses (some 400 bytes a
+	 * field for both: zeroing them took as long as filling them). */
+	s->reqs = malloc(s->cap * sizeof(*s->reqs));
+	s->norms = malloc(s->cap * sizeof(*s->norms));
+	return s->reqs && s->norms ? 0 : ISG_ERR_NOMEM;
+}
+
+int subjects_add(struct subjects *s, enum pseudo_type type, const char *norm, size_t len)
+{
+	if (type == PSEUDO_DATE) /* identifiers name a subject; dates alone do not */
+		return 0;
+	if (s->n == s->cap || len > PSEUDO_VALUE_MAX)
+		return ISG_ERR_LIMIT; /* one a field at most, as normalised */
+	memcpy(s->norms[s->n], norm, len);
+	s->norms[s->n][len] = '\0';
+	s->reqs[s->n] = (struct pseudo_request){
+	    .domain = AUDIT_DOMAIN, .type = type, .norm = s->norms[s->n], .len = len};
+	s->n++;
 	return 0;
 }
 

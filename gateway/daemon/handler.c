@@ -301,6 +301,12 @@ struct joint_pseudo {
 	struct subjects *subj;
 };
 
+static int joint_checked(void *ctx, enum pseudo_type type, const char *norm, size_t len)
+{
+	struct joint_pseudo *jp = ctx;
+	return subjects_add(jp->subj, type, norm, len);
+}
+
 static int joint_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
 {
 	struct joint_pseudo *jp = ctx;
@@ -311,18 +317,6 @@ static int joint_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, 
 	int err = jp->inner->pseudonymise_parts(jp->inner->ctx, parts, 2, today);
 	sj->answered = err == 0;
 	return err;
-}
-
-/* The dataset a send names, if its agreement has it (policy_apply decides). */
-static const struct policy_dataset *named_dataset(const struct policy_set *set,
-                                                  const Isg__SendRequest *req)
-{
-	const struct policy_agreement *a =
-	    req->agreement_id ? policy_agreement_by_id(set, req->agreement_id) : NULL;
-	for (size_t i = 0; a && req->dataset && i < a->n_datasets; i++)
-		if (strcmp(a->datasets[i].name, req->dataset) == 0)
-			return &a->datasets[i];
-	return NULL;
 }
 
 static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
@@ -338,13 +332,14 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		goto out;
 	}
 	int64_t now = time_now_ms();
-	const struct policy_dataset *named = named_dataset(set, req);
-	bool collected = named && subjects_collect(&subj, named, req) == 0;
-	if (!collected)
-		subjects_release(&subj); /* collected, and asked for, on their own below */
+	/* The audit entry's subjects come from policy_apply as it checks the
+	 * records, and go to the key process with the message's pseudonyms. */
 	struct joint_pseudo jp = {.inner = &rg->pseudo, .subj = &subj};
-	struct pseudo_service joint = {.ctx = &jp, .pseudonymise = joint_pseudonymise};
-	int err = policy_apply(set, s->partner, req, now, &joint, &o, &why);
+	struct pseudo_service joint = {
+	    .ctx = &jp, .pseudonymise = joint_pseudonymise, .checked = joint_checked};
+	int err = subjects_init(&subj, req);
+	if (err == 0)
+		err = policy_apply(set, s->partner, req, now, &joint, &o, &why);
 	if (err == ISG_ERR_DENIED || err == ISG_ERR_INVALID) {
 		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
@@ -378,11 +373,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	uint8_t *packed = NULL;
 	if (!wire_frame_send_bytes(f, &hashed, &hashed_len))
 		hashed = packed = wire_pack_send_request(req, &hashed_len);
-	if (!collected || o.dataset != named) {
-		subjects_release(&subj);
-		collected = subjects_collect(&subj, o.dataset, req) == 0;
-	}
-	char *subjects = collected ? entry_subjects(rg, &subj, now) : NULL;
+	char *subjects = entry_subjects(rg, &subj, now);
 	char *entry =
 	    subjects ? entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len) : NULL;
 	free(subjects);

@@ -159,6 +159,7 @@ static int check_agreement(const struct policy_set *set, const char *sender,
  * squeezed out once the service has answered.
  */
 struct builder {
+	const struct pseudo_service *pseudo;
 	const struct policy_agreement *a;
 	const struct policy_dataset *ds;
 	int64_t today;                     /* the exchange date, UTC days */
@@ -585,6 +586,10 @@ static int build_record(struct builder *b, const Isg__Record *rec, int64_t ri,
 			              "of agreement '%s')",
 			              (long long)ri, pf->name, policy_field_type_name(pf->type),
 			              expectation(pf->type), b->ds->name, b->a->id);
+		enum pseudo_type t = policy_field_pseudo_type(pf->type);
+		if (t && b->pseudo && b->pseudo->checked &&
+		    (err = b->pseudo->checked(b->pseudo->ctx, t, norm, strlen(norm))) != 0)
+			return err;
 		err = add_output(b, k, v, norm, ri, why);
 		if (err == ISG_ERR_LIMIT)
 			return refuse(why, CODE(INTERNAL), "internal", ri, NULL,
@@ -632,9 +637,9 @@ static bool answered(const char *text, bool may_be_empty)
  * answers into their places. A missing key is the gateway's fault, not the
  * sender's: isgd checks at start that every domain has one.
  */
-static int pseudonymise_all(struct builder *b, const struct pseudo_service *pseudo,
-                            struct policy_refusal *why)
+static int pseudonymise_all(struct builder *b, struct policy_refusal *why)
 {
+	const struct pseudo_service *pseudo = b->pseudo;
 	if (b->n_reqs == 0)
 		return 0;
 	char domains[256];
@@ -761,6 +766,7 @@ int policy_apply(const struct policy_set *set, const char *sender, const Isg__Se
 		goto out;
 	}
 	sort_fields(b);
+	b->pseudo = pseudo;
 	b->today = today_utc(now_ms);
 	if ((err = builder_alloc(b, req)) != 0)
 		goto out;
@@ -770,7 +776,7 @@ int policy_apply(const struct policy_set *set, const char *sender, const Isg__Se
 		if ((err = build_record(b, rec, (int64_t)i, why)) != 0)
 			goto out;
 	}
-	if ((err = pseudonymise_all(b, pseudo, why)) != 0)
+	if ((err = pseudonymise_all(b, why)) != 0)
 		goto out;
 	compact_records(b, req->n_records);
 	if ((err = pack_delivery(b, req->n_records, out)) != 0)

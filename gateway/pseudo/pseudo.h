@@ -126,6 +126,12 @@ struct pseudo_service {
 	 * and the gateway's sends need it; a test's service may leave it NULL. */
 	int (*pseudonymise_parts)(void *ctx, const struct pseudo_batch *parts, size_t n_parts,
 	                          int64_t today_days);
+	/* Optional: told each identifier and date policy_apply has checked, as
+	 * normalised (norm, len bytes), whatever its field's action, record by
+	 * record, before pseudonymise is asked. isgd's sends collect the audit
+	 * entry's subjects so, without normalising them again. 0 or an ISG_ERR_
+	 * code, which policy_apply returns. */
+	int (*checked)(void *ctx, enum pseudo_type type, const char *norm, size_t len);
 };
 
 #endif
