@@ -37,13 +37,28 @@ static bool kind_ok(const char *kind, size_t len)
 #define ONES 0x0101010101010101u
 #define HIGHS 0x8080808080808080u
 
-/* Whether any of a word's eight bytes is a control byte, '"' or '\\'. */
-static bool string_special(uint64_t w)
+/*
+ * The high bits of a word's control bytes, '"' and '\\'. A borrow may mark
+ * a more significant byte than a marked one as well, never a less
+ * significant one: the least significant mark is the first such byte.
+ */
+static uint64_t string_special(uint64_t w)
 {
 	uint64_t quote = w ^ (ONES * '"'), backslash = w ^ (ONES * '\\');
 	uint64_t any = ((w - ONES * 0x20) & ~w) | ((quote - ONES) & ~quote) |
 	               ((backslash - ONES) & ~backslash);
-	return (any & HIGHS) != 0;
+	return any & HIGHS;
+}
+
+/* Eight bytes, the first in memory the least significant. */
+static uint64_t load_le(const char *p)
+{
+	uint64_t w;
+	memcpy(&w, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	w = __builtin_bswap64(w);
+#endif
+	return w;
 }
 
 /*
@@ -59,9 +74,11 @@ static bool body_shape_ok(const char *body, size_t len)
 	size_t depth = 0;
 	for (size_t i = 0; i < len; i++) {
 		if (in_string && !escaped) {
-			uint64_t w;
-			while (len - i >= 8 && (memcpy(&w, body + i, 8), !string_special(w)))
+			uint64_t m = 0;
+			while (len - i >= 8 && !(m = string_special(load_le(body + i))))
 				i += 8;
+			if (m) /* straight to the byte that matters */
+				i += (size_t)__builtin_ctzll(m) / 8;
 			if (i == len)
 				break;
 		}
