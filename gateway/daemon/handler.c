@@ -294,7 +294,8 @@ static bool request_refused(const Isg__SendRequest *req, const struct gateway *g
 
 /*
  * One round trip to the key process per message, not two: the agreement's
- * pseudonyms and the audit subjects, collected beforehand, go in one batch.
+ * pseudonyms and the audit subjects, collected as policy_apply checks each
+ * record (joint_checked), go in one batch once every record is checked.
  */
 struct joint_pseudo {
 	const struct pseudo_service *inner;

@@ -1847,6 +1847,112 @@ static void test_apply_pseudonymise(void **state)
 	policy_set_unref(set);
 }
 
+/* What pseudo_service.checked was told, one line per value ("type:norm"),
+ * beside the fake service that answers the pseudonyms. */
+struct checked {
+	char text[512];
+	int fail; /* an error to return, or 0 */
+	struct fake fk;
+};
+
+static int log_checked(void *ctx, enum pseudo_type type, const char *norm, size_t len)
+{
+	struct checked *c = ctx;
+	assert_int_equal(len, strlen(norm));
+	size_t used = strlen(c->text);
+	snprintf(c->text + used, sizeof(c->text) - used, "%d:%s\n", (int)type, norm);
+	return c->fail;
+}
+
+static int checked_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
+{
+	return fake_pseudonymise(&((struct checked *)ctx)->fk, reqs, n, today);
+}
+
+/*
+ * Every identifier and date policy_apply checks reaches pseudo_service.checked
+ * as normalised, whatever its field's action (dropped ones too), record by
+ * record in the dataset's order: isgd's audit subjects are made of them.
+ * Text, numbers and unknown fields dropped unread do not; an error from it
+ * is policy_apply's.
+ */
+static void test_apply_checked(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	char path[200];
+	snprintf(path, sizeof(path), "%s/agreements/checked.yaml", dir);
+	write_text(path, "agreement:\n"
+	                 "  id: checked\n"
+	                 "  version: 1\n"
+	                 "  title: Checked\n"
+	                 "  senders: [met-police]\n"
+	                 "  recipients: [nhs-trust]\n"
+	                 "  purpose: {code: testing, text: Testing}\n"
+	                 "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	                 "  valid_from: 2025-01-01\n"
+	                 "  datasets:\n"
+	                 "    - name: people\n"
+	                 "      unknown_fields: drop\n"
+	                 "      fields:\n"
+	                 "        - {name: nhs_number, type: nhs_number, action: pseudonymise,"
+	                 " domain: research}\n"
+	                 "        - {name: old_nhs, type: nhs_number, action: drop}\n"
+	                 "        - {name: postcode, type: postcode, action: generalise,"
+	                 " to: postcode_district}\n"
+	                 "        - {name: name, type: name, action: pass}\n"
+	                 "        - {name: dob, type: date, action: generalise, to: year}\n"
+	                 "        - {name: notes, type: text, action: pass}\n"
+	                 "        - {name: age, type: integer, action: pass}\n");
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	assert_int_equal(d.errors, 0);
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+
+	struct req r;
+	req_init(&r, "checked", "nhs-trust", "people");
+	size_t i = req_record(&r); /* in another order than the dataset's */
+	req_text(&r, i, "notes", "SECRET-NOTES");
+	req_text(&r, i, "dob", "01/02/1958");
+	req_text(&r, i, "other", "SECRET-OTHER");
+	req_text(&r, i, "name", " Jane  DOE ");
+	req_text(&r, i, "age", "67");
+	req_text(&r, i, "postcode", "sw1a1aa");
+	req_text(&r, i, "old_nhs", "401 023 2137");
+	req_text(&r, i, "nhs_number", "943 476 5919");
+	i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+
+	struct checked c = {0};
+	struct pseudo_service ps = {
+	    .ctx = &c, .pseudonymise = checked_pseudonymise, .checked = log_checked};
+	struct policy_outcome out;
+	Isg__Delivery *del = apply_ok(set, "met-police", &r, &ps, &out);
+	assert_string_equal(c.text, "1:9434765919\n"
+	                            "1:4010232137\n"
+	                            "3:SW1A 1AA\n"
+	                            "5:jane doe\n"
+	                            "4:1958-02-01\n"
+	                            "1:9434765919\n");
+	assert_int_equal(c.fk.calls, 1); /* the pseudonyms, asked after every check */
+	assert_int_equal(c.fk.n, 2);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+
+	/* An error from it stops the message before anything is pseudonymised. */
+	c = (struct checked){.fail = ISG_ERR_LIMIT};
+	struct policy_refusal why;
+	assert_int_equal(policy_apply(set, "met-police", &r.req, now_ok(), &ps, &out, &why),
+	                 ISG_ERR_LIMIT);
+	assert_string_equal(c.text, "1:9434765919\n");
+	assert_int_equal(c.fk.calls, 0);
+	assert_null(out.payload);
+	policy_set_unref(set);
+}
+
 /* 64 records: the texts copied for the output (normalised values, pseudonyms,
  * bands) fill several of the builder's chunks, each kept until the end. */
 static void test_apply_many_records(void **state)
@@ -2076,6 +2182,7 @@ int main(void)
 	    cmocka_unit_test(test_clear_and_pseudonymised_warning),
 	    cmocka_unit_test(test_apply_generalise),
 	    cmocka_unit_test(test_apply_pseudonymise),
+	    cmocka_unit_test(test_apply_checked),
 	    cmocka_unit_test(test_apply_many_records),
 	    cmocka_unit_test(test_apply_pseudonymise_refusals),
 	    cmocka_unit_test(test_shipped_examples),
