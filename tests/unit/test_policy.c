@@ -1880,30 +1880,7 @@ static void test_apply_checked(void **state)
 {
 	char *dir = temp_policy_dir();
 	install(dir, "valid/partners.yaml", "partners.yaml");
-	char path[200];
-	snprintf(path, sizeof(path), "%s/agreements/checked.yaml", dir);
-	write_text(path, "agreement:\n"
-	                 "  id: checked\n"
-	                 "  version: 1\n"
-	                 "  title: Checked\n"
-	                 "  senders: [met-police]\n"
-	                 "  recipients: [nhs-trust]\n"
-	                 "  purpose: {code: testing, text: Testing}\n"
-	                 "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
-	                 "  valid_from: 2025-01-01\n"
-	                 "  datasets:\n"
-	                 "    - name: people\n"
-	                 "      unknown_fields: drop\n"
-	                 "      fields:\n"
-	                 "        - {name: nhs_number, type: nhs_number, action: pseudonymise,"
-	                 " domain: research}\n"
-	                 "        - {name: old_nhs, type: nhs_number, action: drop}\n"
-	                 "        - {name: postcode, type: postcode, action: generalise,"
-	                 " to: postcode_district}\n"
-	                 "        - {name: name, type: name, action: pass}\n"
-	                 "        - {name: dob, type: date, action: generalise, to: year}\n"
-	                 "        - {name: notes, type: text, action: pass}\n"
-	                 "        - {name: age, type: integer, action: pass}\n");
+	install(dir, "transform/checked.yaml", "agreements/checked.yaml");
 	struct ydoc_diags d;
 	ydoc_diags_init(&d);
 	struct policy_set *set = NULL;
