@@ -98,6 +98,9 @@ static int run_savepoint(struct store *s, struct store_job *j, int64_t now, bool
 	struct store_log before = s->log;
 	int err = j ? store_job_run(s, j, now) : store_sweep(s, now, sweep_more);
 	*job_err = err;
+	/* Nothing more runs with secure_delete left at FAST (store_jobs.c). */
+	if (s->secure_fast)
+		return ISG_ERR_STORE;
 	if (err == 0)
 		return store_db_step_done(s, s->stmt[ST_RELEASE], "release");
 	s->log = before; /* the job's entries are rolled back with its savepoint */
@@ -132,7 +135,9 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 {
 	int64_t now = time_now_ms();
 	const struct store_log start = s->log;
-	int rc = store_db_step_done(s, s->stmt[ST_BEGIN], "begin");
+	int rc = store_secure_delete_on(s);
+	if (rc == 0)
+		rc = store_db_step_done(s, s->stmt[ST_BEGIN], "begin");
 	if (rc) {
 		batch_fail(s, batch, &start, rc);
 		return rc;
@@ -653,13 +658,14 @@ static void exec_done(void *ctx, int err)
 }
 
 /* Run an exec job (sql, or a copy of the tree when sql is NULL) and wait for it. */
-static int exec_job(struct store *s, const char *sql, struct audit_tree *tree_out)
+static int exec_job(struct store *s, const char *sql, int64_t *int_out, struct audit_tree *tree_out)
 {
 	struct exec_wait w = {.done = false};
 	struct store_job *j = job_new(JOB_EXEC);
 	if (!j)
 		return ISG_ERR_NOMEM;
 	j->u.exec.sql = sql ? strdup(sql) : NULL;
+	j->u.exec.int_out = int_out;
 	j->u.exec.tree_out = tree_out;
 	j->u.exec.cb = exec_done;
 	j->u.exec.ctx = &w;
@@ -684,7 +690,12 @@ static int exec_job(struct store *s, const char *sql, struct audit_tree *tree_ou
 
 int store_test_exec(struct store *s, const char *sql)
 {
-	return exec_job(s, sql, NULL);
+	return exec_job(s, sql, NULL, NULL);
+}
+
+int store_test_query_int(struct store *s, const char *sql, int64_t *v)
+{
+	return exec_job(s, sql, v, NULL);
 }
 
 int store_test_audit_root(struct store *s, uint64_t *size, uint8_t root[32])
@@ -692,7 +703,7 @@ int store_test_audit_root(struct store *s, uint64_t *size, uint8_t root[32])
 	struct audit_tree *t = malloc(sizeof(*t));
 	if (!t)
 		return ISG_ERR_NOMEM;
-	int rc = exec_job(s, NULL, t);
+	int rc = exec_job(s, NULL, NULL, t);
 	if (rc == 0) {
 		*size = audit_tree_size(t);
 		audit_tree_root(t, root);

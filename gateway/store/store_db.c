@@ -15,6 +15,13 @@
 #include "store/store_internal.h"
 #include "util/util.h"
 
+/*
+ * A message's sealed payload, under the message's id, apart from its row:
+ * it is deleted under secure_delete=FAST (store_jobs.c) while messages is
+ * only ever changed under ON.
+ */
+#define PAYLOADS_SQL "CREATE TABLE payloads(id INTEGER PRIMARY KEY, data BLOB NOT NULL);"
+
 static const char *const schema_sql =
     "CREATE TABLE meta("
     " key TEXT PRIMARY KEY NOT NULL,"
@@ -45,11 +52,10 @@ static const char *const schema_sql =
     " audit_index INTEGER NOT NULL,"
     " state INTEGER NOT NULL CHECK (state BETWEEN 0 AND 3),"
     " nonce BLOB,"
-    " payload BLOB,"
     " UNIQUE (sender, message_id));"
     "CREATE INDEX messages_pending ON messages(recipient, id) WHERE state IN (0, 1);"
     "CREATE INDEX messages_expiry ON messages(expires_at) WHERE state IN (0, 1);"
-    "CREATE INDEX messages_accepted ON messages(accepted_at);";
+    "CREATE INDEX messages_accepted ON messages(accepted_at);" PAYLOADS_SQL;
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_MSG_BY_SENDER_ID] = "SELECT id, request_hash, audit_index, accepted_at, record_count"
@@ -58,23 +64,25 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_AUDIT_INSERT] = "INSERT INTO audit(seq, at, kind, entry) VALUES (?1, ?2, ?3, ?4)",
     [ST_MSG_INSERT] = "INSERT INTO messages(sender, message_id, recipient, agreement_id,"
                       " agreement_version, purpose, dataset, reply_to, request_hash,"
-                      " record_count, accepted_at, expires_at, audit_index, state, nonce,"
-                      " payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
-                      " ?13, 0, ?14, ?15)",
+                      " record_count, accepted_at, expires_at, audit_index, state, nonce)"
+                      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0,"
+                      " ?14)",
     [ST_FETCH] = "SELECT id, sender, message_id, agreement_id, agreement_version, purpose,"
-                 " dataset, reply_to, accepted_at, audit_index, state, nonce, payload"
+                 " dataset, reply_to, accepted_at, audit_index, state, nonce,"
+                 " (SELECT data FROM payloads WHERE payloads.id = messages.id)"
                  " FROM messages WHERE recipient = ?1 AND id > ?2 AND state IN (0, 1)"
                  " AND expires_at > ?3 ORDER BY id LIMIT ?4",
     [ST_MARK_DELIVERED] = "UPDATE messages SET state = 1 WHERE id = ?1 AND state = 0",
     [ST_ACK_SELECT] = "SELECT sender, message_id, agreement_id, agreement_version,"
                       " audit_index, state FROM messages WHERE id = ?1 AND recipient = ?2",
-    [ST_SET_FINAL_STATE] = "UPDATE messages SET state = ?2, payload = NULL, nonce = NULL"
-                           " WHERE id = ?1",
+    [ST_SET_FINAL_STATE] = "UPDATE messages SET state = ?2, nonce = NULL WHERE id = ?1",
     [ST_EXPIRED_SELECT] = "SELECT id, sender, recipient, message_id, agreement_id,"
                           " agreement_version, audit_index FROM messages"
                           " WHERE state IN (0, 1) AND expires_at <= ?1"
                           " ORDER BY expires_at LIMIT ?2",
     [ST_CHECKPOINT_INSERT] = "INSERT INTO checkpoints(size, at, note) VALUES (?1, ?2, ?3)",
+    [ST_PAYLOAD_INSERT] = "INSERT INTO payloads(id, data) VALUES (?1, ?2)",
+    [ST_PAYLOAD_DELETE] = "DELETE FROM payloads WHERE id = ?1",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_SAVEPOINT] = "SAVEPOINT j",
@@ -453,25 +461,43 @@ static int configure(struct store *s, char *err, size_t errlen)
 }
 
 /*
- * A store of an older schema version is marked with this one before
- * anything is written: an older isgd then refuses it ("understands up to
- * 2") instead of skipping the rows it cannot open. Versions 2 and 3 change
- * no table, only how new payloads are sealed.
+ * A store of an older schema version is brought to this one before anything
+ * else is written, in one transaction, and marked with it: an older isgd
+ * then refuses it ("understands up to 3") instead of skipping the rows it
+ * cannot open. Versions 2 and 3 changed no table, only how new payloads are
+ * sealed. Version 4 moves the sealed payloads out of messages into payloads;
+ * dropping the column rewrites messages under secure_delete=ON, so the
+ * pages that held them are zeroed.
  */
 static int upgrade(struct store *s, char *err, size_t errlen)
 {
-	char sql[128];
-	snprintf(sql, sizeof(sql),
-	         "UPDATE meta SET value = %d WHERE key = 'schema_version' AND value < %d",
-	         STORE_SCHEMA_VERSION, STORE_SCHEMA_VERSION);
-	int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
-	if (rc != SQLITE_OK) {
-		store_seterr(err, errlen, "store '%s': cannot record schema version %d: %s",
-		             s->path, STORE_SCHEMA_VERSION, sqlite3_errmsg(s->db));
-		return store_db_fail(s, rc, "upgrade");
+	char sql[512];
+	int64_t version = 0;
+	bool found = false;
+	int rc = store_db_query_int(s->db, "SELECT value FROM meta WHERE key = 'schema_version'",
+	                            &version, &found);
+	if (rc == SQLITE_OK && found && version >= STORE_SCHEMA_VERSION)
+		return 0;
+	if (rc == SQLITE_OK) {
+		snprintf(sql, sizeof(sql),
+		         "BEGIN IMMEDIATE;" PAYLOADS_SQL "INSERT INTO payloads(id, data)"
+		         " SELECT id, payload FROM messages WHERE payload IS NOT NULL;"
+		         "ALTER TABLE messages DROP COLUMN payload;"
+		         "UPDATE meta SET value = %d WHERE key = 'schema_version';"
+		         "COMMIT;",
+		         STORE_SCHEMA_VERSION);
+		rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
 	}
-	if (sqlite3_changes(s->db) > 0)
-		log_event(LOG_INFO, "store.upgraded", "schema_version=%d", STORE_SCHEMA_VERSION);
+	if (rc != SQLITE_OK) {
+		store_seterr(err, errlen, "store '%s': cannot upgrade to schema version %d: %s",
+		             s->path, STORE_SCHEMA_VERSION, sqlite3_errmsg(s->db));
+		int ret = store_db_fail(s, rc, "upgrade");
+		if (!sqlite3_get_autocommit(s->db))
+			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+		return ret;
+	}
+	log_event(LOG_INFO, "store.upgraded", "from=%lld schema_version=%d", (long long)version,
+	          STORE_SCHEMA_VERSION);
 	return 0;
 }
 

@@ -20,11 +20,13 @@
 /* "ISG1": PRAGMA application_id of every ISG store. */
 #define STORE_APPLICATION_ID 0x49534731
 #define STORE_FORMAT "isg-store"
-/* 3: payloads sealed with AES-256-GCM under data keys (84-byte seal
- * headers), beside rows of version 2 (XChaCha20-Poly1305 under data keys,
- * 96-byte headers) and version 1 (24-byte headers), which still open; see
- * store_db_open and store_seal.c. */
-#define STORE_SCHEMA_VERSION 3
+/* 4: sealed payloads in a table of their own, payloads, so they can be
+ * deleted with secure_delete=FAST (store_jobs.c). 3: payloads sealed with
+ * AES-256-GCM under data keys (84-byte seal headers), beside rows of
+ * version 2 (XChaCha20-Poly1305 under data keys, 96-byte headers) and
+ * version 1 (24-byte headers), which still open; see store_db.c's
+ * upgrade and store_seal.c. */
+#define STORE_SCHEMA_VERSION 4
 
 #define STORE_KEY_LEN crypto_aead_xchacha20poly1305_ietf_KEYBYTES
 #define STORE_NONCE_LEN crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
@@ -82,6 +84,8 @@ enum store_stmt {
 	ST_SET_FINAL_STATE,
 	ST_EXPIRED_SELECT,
 	ST_CHECKPOINT_INSERT,
+	ST_PAYLOAD_INSERT,
+	ST_PAYLOAD_DELETE,
 	/* The writer's transaction control, run for every batch and job. */
 	ST_BEGIN,
 	ST_COMMIT,
@@ -144,7 +148,8 @@ struct job_audit {
 };
 
 struct job_exec {
-	char *sql; /* NULL: copy the audit tree to tree_out instead */
+	char *sql;        /* NULL: copy the audit tree to tree_out instead */
+	int64_t *int_out; /* not NULL: sql's first column of its first row, or 0 */
 	struct audit_tree *tree_out;
 	void (*cb)(void *ctx, int err);
 	void *ctx;
@@ -188,6 +193,9 @@ struct store {
 	struct evp_cipher_st *gcm; /* OpenSSL's AES-256-GCM, fetched by store_keys_init */
 	int64_t sweep_interval_ms;
 	uint32_t max_batch;
+	/* Writer thread only: secure_delete is at FAST, set for a payload's
+	 * delete and not yet back at ON (store_jobs.c). */
+	bool secure_fast;
 
 	pthread_t writer;
 	bool writer_started;
@@ -301,6 +309,8 @@ int store_unseal_all(struct store *s, const char *recipient, struct store_sealed
 int store_job_run(struct store *s, struct store_job *j, int64_t now);
 /* Expire due messages; *more when the sweep stopped at its limit. */
 int store_sweep(struct store *s, int64_t now, bool *more);
+/* Set secure_delete back to ON if a payload's delete left it at FAST; 0 when it is ON. */
+int store_secure_delete_on(struct store *s);
 /* Forget a job's results after its writes were rolled back. */
 void store_job_discard(struct store_job *j);
 /* Call the job's callback with its result. */

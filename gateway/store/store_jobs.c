@@ -87,12 +87,50 @@ static int audit_message_event(struct store *s, int64_t now, const char *event,
 	return rc;
 }
 
+/*
+ * secure_delete: ON zeroes every page SQLite frees; FAST leaves freed
+ * pages as they were. A pragma takes effect when it is compiled, so each
+ * is run afresh with sqlite3_exec; a prepared one would not switch.
+ */
+static int secure_delete(struct store *s, bool on)
+{
+	int err = store_db_exec(s, on ? "PRAGMA secure_delete = ON" : "PRAGMA secure_delete = FAST",
+	                        "secure_delete");
+	s->secure_fast = on ? err != 0 : true;
+	return err;
+}
+
+int store_secure_delete_on(struct store *s)
+{
+	return s->secure_fast ? secure_delete(s, true) : 0;
+}
+
+/*
+ * A message acknowledged or expired: its row loses the seal header (the
+ * wrapped data key) under secure_delete=ON, so a page of messages that is
+ * freed is zeroed, whichever rows' keys it held. Its sealed payload is
+ * then deleted under FAST, which spares writing its pages again as zeros:
+ * a freed page of payloads keeps only ciphertext, which opens only under a
+ * data key wrapped in messages, zeroed as its message is finished. If ON
+ * cannot be set again, the whole batch fails, and the next starts by
+ * setting it (store_secure_delete_on).
+ */
 static int set_final_state(struct store *s, uint64_t id, enum msg_state state)
 {
 	sqlite3_stmt *st = s->stmt[ST_SET_FINAL_STATE];
 	sqlite3_bind_int64(st, 1, (int64_t)id);
 	sqlite3_bind_int(st, 2, state);
-	return store_db_step_done(s, st, "message.finish");
+	int err = store_db_step_done(s, st, "message.finish");
+	if (err)
+		return err;
+	err = secure_delete(s, false);
+	if (!err) {
+		st = s->stmt[ST_PAYLOAD_DELETE];
+		sqlite3_bind_int64(st, 1, (int64_t)id);
+		err = store_db_step_done(s, st, "message.finish_payload");
+	}
+	int on = secure_delete(s, true);
+	return err ? err : on;
 }
 
 /* --- send --------------------------------------------------------------------- */
@@ -161,8 +199,13 @@ static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64
 	sqlite3_bind_int64(st, 12, now + js->ttl_ms);
 	sqlite3_bind_int64(st, 13, (int64_t)seq);
 	bind_blob(st, 14, js->header, sizeof(js->header));
-	bind_blob(st, 15, js->sealed, js->sealed_len);
-	return store_db_step_done(s, st, "send.insert");
+	int err = store_db_step_done(s, st, "send.insert");
+	if (err)
+		return err;
+	st = s->stmt[ST_PAYLOAD_INSERT];
+	sqlite3_bind_int64(st, 1, sqlite3_last_insert_rowid(s->db));
+	bind_blob(st, 2, js->sealed, js->sealed_len);
+	return store_db_step_done(s, st, "send.insert_payload");
 }
 
 static int job_send_run(struct store *s, struct job_send *js, int64_t now)
@@ -448,7 +491,12 @@ static int job_exec_run(struct store *s, struct job_exec *je)
 		*je->tree_out = s->log.tree;
 		return 0;
 	}
-	return store_db_exec(s, je->sql, "test.exec");
+	if (!je->int_out)
+		return store_db_exec(s, je->sql, "test.exec");
+	bool found = false;
+	*je->int_out = 0;
+	int rc = store_db_query_int(s->db, je->sql, je->int_out, &found);
+	return rc == SQLITE_OK ? 0 : store_db_fail(s, rc, "test.query");
 }
 
 int store_job_run(struct store *s, struct store_job *j, int64_t now)

@@ -21,6 +21,9 @@ void store_test_fail_next_commit(struct store *s);
 void store_test_full_commits(struct store *s, int n);
 /* Run SQL on the writer's connection as a job of a batch; waits for the result. */
 int store_test_exec(struct store *s, const char *sql);
+/* Run a query on the writer's connection as a job of a batch: *v is its
+ * first column of its first row, or 0 when it has none. */
+int store_test_query_int(struct store *s, const char *sql, int64_t *v);
 /* The writer's audit tree, read as a job of a batch: its size and root. */
 int store_test_audit_root(struct store *s, uint64_t *size, uint8_t root[32]);
 

@@ -744,36 +744,95 @@ static void test_refuses_damaged_store(void **state)
 	expect_refused_unchanged(f, "integrity check");
 }
 
+/* Give a closed store the layout of schema versions 1 to 3, each sealed
+ * payload in its message's row, and mark it version v. */
+static void make_old_layout(const char *path, int v)
+{
+	char sql[384];
+	snprintf(sql, sizeof(sql),
+	         "ALTER TABLE messages ADD COLUMN payload BLOB;"
+	         "UPDATE messages SET payload ="
+	         " (SELECT data FROM payloads WHERE payloads.id = messages.id);"
+	         "DROP TABLE payloads;"
+	         "UPDATE meta SET value = %d WHERE key = 'schema_version';",
+	         v);
+	make_db(path, sql);
+}
+
+static int64_t payload_columns(struct fx *f)
+{
+	return db_int(
+	    f, "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'payload'", 0);
+}
+
 /* A store of schema version 1 (payloads sealed under the storage key
- * itself) or 2 (XChaCha20-Poly1305 under data keys) is marked version 3
- * when opened, so an older isgd refuses it rather than skip the rows it
- * could not open; its messages stay. */
+ * itself), 2 (XChaCha20-Poly1305 under data keys) or 3 (AES-256-GCM) is
+ * brought to version 4 when opened: its pending payloads move to the table
+ * payloads, and an older isgd then refuses it rather than find its
+ * messages without payloads. Its messages stay, and open. */
 static void test_upgrades_older_versions(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
-	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "kept");
-	struct store_receipt r;
-	assert_int_equal(send_sync(s, &m, &r), 0);
-	store_write_v2_row(s, f->key, r.gateway_id, "police-a", "m-1", "nhs-b", "sealed by v2");
-	for (int v = 1; v <= 2; v++) {
+	struct store_message m1 = fx_msg("police-a", "m-1", "nhs-b", "kept");
+	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "acknowledged");
+	struct store_message m3 = fx_msg("police-a", "m-3", "nhs-b", "sealed by v3");
+	struct store_receipt r1, r2, r3;
+	assert_int_equal(send_sync(s, &m1, &r1), 0);
+	assert_int_equal(send_sync(s, &m2, &r2), 0);
+	assert_int_equal(send_sync(s, &m3, &r3), 0);
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", &r2.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 1);
+	store_write_v2_row(s, f->key, r1.gateway_id, "police-a", "m-1", "nhs-b", "sealed by v2");
+	for (int v = 1; v <= 3; v++) {
 		fx_close(f);
-		char sql[96];
-		snprintf(sql, sizeof(sql),
-		         "UPDATE meta SET value = %d WHERE key = 'schema_version'", v);
-		make_db(f->path, sql);
+		make_old_layout(f->path, v);
 		assert_int_equal(
 		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), v);
+		assert_int_equal(payload_columns(f), 1);
+		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 2);
 		s = fx_open(f);
 		assert_int_equal(
-		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 3);
+		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 4);
+		assert_int_equal(payload_columns(f), 0);
+		assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 2);
+		assert_int_equal(db_int(f, "SELECT sum(id) FROM payloads", 0),
+		                 (int64_t)(r1.gateway_id + r3.gateway_id));
 		struct store_fetch_result *res = NULL;
 		assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
-		assert_int_equal(res->n, 1);
+		assert_int_equal(res->n, 2);
 		assert_int_equal(res->items[0].payload_len, 12);
 		assert_memory_equal(res->items[0].payload, "sealed by v2", 12);
+		assert_int_equal(res->items[1].payload_len, 12);
+		assert_memory_equal(res->items[1].payload, "sealed by v3", 12);
 		store_fetch_result_free(res);
 	}
+	/* Acknowledged after the upgrade: its payload goes as any other's. */
+	assert_int_equal(ack_sync(s, "nhs-b", &r1.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 1);
+	assert_int_equal(db_int(f, "SELECT sum(id) FROM payloads", 0), (int64_t)r3.gateway_id);
+}
+
+/* An upgrade that cannot finish leaves the store as it was: here a store
+ * marked version 3 without version 3's payload column. */
+static void test_failed_upgrade_changes_nothing(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "kept");
+	assert_int_equal(send_sync(s, &m, NULL), 0);
+	fx_close(f);
+	make_db(f->path, "UPDATE meta SET value = 3 WHERE key = 'schema_version'");
+	char err[512] = "";
+	struct store_options opt = {.path = f->path, .storage_key = f->key};
+	assert_int_equal(store_open(&opt, &s, err, sizeof(err)), ISG_ERR_STORE);
+	assert_null(s);
+	if (!strstr(err, "cannot upgrade to schema version 4"))
+		fail_msg("error '%s' does not say it cannot upgrade", err);
+	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 3);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 1);
 }
 
 static void test_creates_new_store(void **state)
@@ -781,7 +840,7 @@ static void test_creates_new_store(void **state)
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
 	assert_int_equal(db_int(f, "PRAGMA application_id", 0), 0x49534731);
-	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 3);
+	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 4);
 	sqlite3 *db = db_ro(f);
 	sqlite3_stmt *st = NULL;
 	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
@@ -843,6 +902,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_refuses_damaged_store, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_creates_new_store, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_upgrades_older_versions, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_upgrade_changes_nothing, fx_setup,
+	                                    fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
