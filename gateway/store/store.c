@@ -245,6 +245,8 @@ static void checkpoint_if_due(struct store *s, bool final)
 {
 	if (!s->signer || audit_tree_size(&s->log.tree) == s->checkpoint_size)
 		return;
+	if (store_secure_delete_on(s) != 0)
+		return; /* logged; the next batch tries again */
 	if (final || store_log_checkpoint_due(s, time_mono_ms()))
 		store_log_checkpoint(s); /* a failure is logged and retried later */
 }
@@ -638,6 +640,11 @@ void store_test_fail_next_commit(struct store *s)
 void store_test_full_commits(struct store *s, int n)
 {
 	atomic_store(&s->full_commits, n);
+}
+
+void store_test_fail_secure_delete_on(struct store *s)
+{
+	atomic_store(&s->fail_secure_on, true);
 }
 
 struct exec_wait {

@@ -428,7 +428,8 @@ static int configure(struct store *s, char *err, size_t errlen)
 	static const char *const pragmas[] = {
 	    "PRAGMA journal_mode = WAL",
 	    "PRAGMA synchronous = FULL",
-	    /* Freed pages (acknowledged payloads) are zeroed, not left behind. */
+	    /* Freed pages are zeroed, not left behind; FAST only for a payload's
+	     * delete (store_jobs.c's set_final_state). */
 	    "PRAGMA secure_delete = ON",
 	    "PRAGMA journal_size_limit = 67108864",
 	    "PRAGMA trusted_schema = OFF",
@@ -463,11 +464,12 @@ static int configure(struct store *s, char *err, size_t errlen)
 /*
  * A store of an older schema version is brought to this one before anything
  * else is written, in one transaction, and marked with it: an older isgd
- * then refuses it ("understands up to 3") instead of skipping the rows it
- * cannot open. Versions 2 and 3 changed no table, only how new payloads are
- * sealed. Version 4 moves the sealed payloads out of messages into payloads;
- * dropping the column rewrites messages under secure_delete=ON, so the
- * pages that held them are zeroed.
+ * then refuses it ("understands up to 3") instead of finding its messages
+ * without payloads. Versions 2 and 3 changed no table, only how new
+ * payloads are sealed. Version 4 moves the payloads still pending out of
+ * messages into payloads. messages keeps its payload column, empty: only
+ * the pending rows are written, however many finished rows the store
+ * keeps, and as secure_delete is ON the pages freed are zeroed.
  */
 static int upgrade(struct store *s, char *err, size_t errlen)
 {
@@ -482,7 +484,7 @@ static int upgrade(struct store *s, char *err, size_t errlen)
 		snprintf(sql, sizeof(sql),
 		         "BEGIN IMMEDIATE;" PAYLOADS_SQL "INSERT INTO payloads(id, data)"
 		         " SELECT id, payload FROM messages WHERE payload IS NOT NULL;"
-		         "ALTER TABLE messages DROP COLUMN payload;"
+		         "UPDATE messages SET payload = NULL WHERE payload IS NOT NULL;"
 		         "UPDATE meta SET value = %d WHERE key = 'schema_version';"
 		         "COMMIT;",
 		         STORE_SCHEMA_VERSION);

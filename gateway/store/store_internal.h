@@ -212,6 +212,7 @@ struct store {
 	atomic_uint_fast64_t commits;
 	atomic_bool fail_next_commit; /* tests only */
 	atomic_int full_commits;      /* tests only: COMMITs to fail as on a full disk */
+	atomic_bool fail_secure_on;   /* tests only: fail the next setting of secure_delete ON */
 	bool commit_full;             /* tests only: the last COMMIT failed so */
 
 	/* The audit log; writer thread only (and store_open before it starts). */

@@ -94,8 +94,10 @@ static int audit_message_event(struct store *s, int64_t now, const char *event,
  */
 static int secure_delete(struct store *s, bool on)
 {
-	int err = store_db_exec(s, on ? "PRAGMA secure_delete = ON" : "PRAGMA secure_delete = FAST",
-	                        "secure_delete");
+	const char *sql = on ? "PRAGMA secure_delete = ON" : "PRAGMA secure_delete = FAST";
+	if (on && atomic_exchange(&s->fail_secure_on, false))
+		sql = "SELECT isg_test_failure()"; /* tests only: fails, FAST stays */
+	int err = store_db_exec(s, sql, "secure_delete");
 	s->secure_fast = on ? err != 0 : true;
 	return err;
 }
@@ -182,7 +184,7 @@ static int send_check_reply(struct store *s, struct job_send *js)
 	return ret;
 }
 
-static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64_t seq)
+static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64_t seq, int64_t *id)
 {
 	sqlite3_stmt *st = s->stmt[ST_MSG_INSERT];
 	bind_text(st, 1, js->sender);
@@ -202,8 +204,9 @@ static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64
 	int err = store_db_step_done(s, st, "send.insert");
 	if (err)
 		return err;
+	*id = sqlite3_last_insert_rowid(s->db);
 	st = s->stmt[ST_PAYLOAD_INSERT];
-	sqlite3_bind_int64(st, 1, sqlite3_last_insert_rowid(s->db));
+	sqlite3_bind_int64(st, 1, *id);
 	bind_blob(st, 2, js->sealed, js->sealed_len);
 	return store_db_step_done(s, st, "send.insert_payload");
 }
@@ -226,10 +229,11 @@ static int job_send_run(struct store *s, struct job_send *js, int64_t now)
 	err = store_log_append(s, now, "message.accepted", js->audit_entry, js->audit_len, &seq);
 	if (err)
 		return err;
-	err = send_insert(s, js, now, seq);
+	int64_t id = 0;
+	err = send_insert(s, js, now, seq, &id);
 	if (err)
 		return err;
-	js->receipt.gateway_id = (uint64_t)sqlite3_last_insert_rowid(s->db);
+	js->receipt.gateway_id = (uint64_t)id;
 	js->receipt.audit_index = seq;
 	js->receipt.accepted_at_ms = now;
 	js->receipt.record_count = js->record_count;

@@ -529,6 +529,42 @@ static void test_durable_across_reopen(void **state)
 	assert_int_equal(fetch_count(s, "nhs-b"), 0);
 }
 
+/*
+ * If secure_delete cannot be set back to ON after a payload's delete,
+ * nothing else runs under FAST: the whole batch fails and is rolled back
+ * (here an acknowledgement and a send queued behind it), and the next
+ * batch sets ON before it begins.
+ */
+static void test_secure_delete_not_left_fast(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m1 = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "two");
+	struct store_receipt r1;
+	assert_int_equal(send_sync(s, &m1, &r1), 0);
+	store_test_fail_secure_delete_on(s);
+	store_test_pause(s, true);
+	struct wait wa, ws;
+	wait_init(&wa);
+	assert_int_equal(store_ack(s, "nhs-b", &r1.gateway_id, 1, on_ack, &wa), 0);
+	wait_init(&ws);
+	assert_int_equal(store_send(s, &m2, on_send, &ws), 0);
+	store_test_pause(s, false);
+	assert_int_equal(wait_for(&wa), ISG_ERR_STORE);
+	assert_int_equal(wait_for(&ws), ISG_ERR_STORE);
+	assert_int_equal(
+	    db_int(f, "SELECT count(*) FROM payloads WHERE id = ?1", (int64_t)r1.gateway_id), 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 1);
+	assert_secure_delete_on(s);
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", &r1.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 0);
+	assert_secure_delete_on(s);
+}
+
 static void test_moved_payload_does_not_open(void **state)
 {
 	struct fx *f = *state;
@@ -953,6 +989,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_expired_not_fetchable_before_sweep, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_durable_across_reopen, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_secure_delete_not_left_fast, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_moved_payload_does_not_open, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_empty_and_large_payloads, fx_setup, fx_teardown),

@@ -744,25 +744,25 @@ static void test_refuses_damaged_store(void **state)
 	expect_refused_unchanged(f, "integrity check");
 }
 
-/* Give a closed store the layout of schema versions 1 to 3, each sealed
- * payload in its message's row, and mark it version v. */
-static void make_old_layout(const char *path, int v)
-{
-	char sql[384];
-	snprintf(sql, sizeof(sql),
-	         "ALTER TABLE messages ADD COLUMN payload BLOB;"
-	         "UPDATE messages SET payload ="
-	         " (SELECT data FROM payloads WHERE payloads.id = messages.id);"
-	         "DROP TABLE payloads;"
-	         "UPDATE meta SET value = %d WHERE key = 'schema_version';",
-	         v);
-	make_db(path, sql);
-}
-
 static int64_t payload_columns(struct fx *f)
 {
 	return db_int(
 	    f, "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'payload'", 0);
+}
+
+/* Give a closed store the layout of schema versions 1 to 3, each sealed
+ * payload in its message's row, and mark it version v. */
+static void make_old_layout(struct fx *f, int v)
+{
+	char sql[384];
+	snprintf(sql, sizeof(sql),
+	         "%s"
+	         "UPDATE messages SET payload ="
+	         " (SELECT data FROM payloads WHERE payloads.id = messages.id);"
+	         "DROP TABLE payloads;"
+	         "UPDATE meta SET value = %d WHERE key = 'schema_version';",
+	         payload_columns(f) ? "" : "ALTER TABLE messages ADD COLUMN payload BLOB;", v);
+	make_db(f->path, sql);
 }
 
 /* A store of schema version 1 (payloads sealed under the storage key
@@ -788,15 +788,16 @@ static void test_upgrades_older_versions(void **state)
 	store_write_v2_row(s, f->key, r1.gateway_id, "police-a", "m-1", "nhs-b", "sealed by v2");
 	for (int v = 1; v <= 3; v++) {
 		fx_close(f);
-		make_old_layout(f->path, v);
+		make_old_layout(f, v);
 		assert_int_equal(
 		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), v);
-		assert_int_equal(payload_columns(f), 1);
 		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 2);
 		s = fx_open(f);
 		assert_int_equal(
 		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 4);
-		assert_int_equal(payload_columns(f), 0);
+		/* The column stays, empty. */
+		assert_int_equal(payload_columns(f), 1);
+		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 0);
 		assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 2);
 		assert_int_equal(db_int(f, "SELECT sum(id) FROM payloads", 0),
 		                 (int64_t)(r1.gateway_id + r3.gateway_id));
@@ -815,8 +816,9 @@ static void test_upgrades_older_versions(void **state)
 	assert_int_equal(db_int(f, "SELECT sum(id) FROM payloads", 0), (int64_t)r3.gateway_id);
 }
 
-/* An upgrade that cannot finish leaves the store as it was: here a store
- * marked version 3 without version 3's payload column. */
+/* An upgrade that cannot finish leaves the store as it was, and is tried
+ * again at the next start: here a trigger refuses to empty the payload
+ * column, after the payloads were copied. */
 static void test_failed_upgrade_changes_nothing(void **state)
 {
 	struct fx *f = *state;
@@ -824,7 +826,9 @@ static void test_failed_upgrade_changes_nothing(void **state)
 	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "kept");
 	assert_int_equal(send_sync(s, &m, NULL), 0);
 	fx_close(f);
-	make_db(f->path, "UPDATE meta SET value = 3 WHERE key = 'schema_version'");
+	make_old_layout(f, 3);
+	make_db(f->path, "CREATE TRIGGER refuse BEFORE UPDATE OF payload ON messages"
+	                 " BEGIN SELECT RAISE(ABORT, 'refused'); END;");
 	char err[512] = "";
 	struct store_options opt = {.path = f->path, .storage_key = f->key};
 	assert_int_equal(store_open(&opt, &s, err, sizeof(err)), ISG_ERR_STORE);
@@ -832,7 +836,14 @@ static void test_failed_upgrade_changes_nothing(void **state)
 	if (!strstr(err, "cannot upgrade to schema version 4"))
 		fail_msg("error '%s' does not say it cannot upgrade", err);
 	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 3);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM sqlite_schema WHERE name = 'payloads'", 0),
+	                 0);
+	assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 1);
+	/* Without the trigger, the next start upgrades it. */
+	make_db(f->path, "DROP TRIGGER refuse;");
+	s = fx_open(f);
+	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 4);
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
 }
 
 static void test_creates_new_store(void **state)
