@@ -21,6 +21,10 @@
  * only ever changed under ON.
  */
 #define PAYLOADS_SQL "CREATE TABLE payloads(id INTEGER PRIMARY KEY, data BLOB NOT NULL);"
+/* A message's payload's length, 0 when it has none; read from the record's
+ * header, without its overflow pages. */
+#define PAYLOAD_LEN_SQL                                                                            \
+	" coalesce((SELECT length(data) FROM payloads WHERE payloads.id = messages.id), 0)"
 
 static const char *const schema_sql =
     "CREATE TABLE meta("
@@ -73,11 +77,12 @@ static const char *const stmt_sql[ST_COUNT] = {
                  " FROM messages WHERE recipient = ?1 AND id > ?2 AND state IN (0, 1)"
                  " AND expires_at > ?3 ORDER BY id LIMIT ?4",
     [ST_MARK_DELIVERED] = "UPDATE messages SET state = 1 WHERE id = ?1 AND state = 0",
-    [ST_ACK_SELECT] = "SELECT sender, message_id, agreement_id, agreement_version,"
-                      " audit_index, state FROM messages WHERE id = ?1 AND recipient = ?2",
+    [ST_ACK_SELECT] =
+        "SELECT sender, message_id, agreement_id, agreement_version,"
+        " audit_index, state," PAYLOAD_LEN_SQL " FROM messages WHERE id = ?1 AND recipient = ?2",
     [ST_SET_FINAL_STATE] = "UPDATE messages SET state = ?2, nonce = NULL WHERE id = ?1",
     [ST_EXPIRED_SELECT] = "SELECT id, sender, recipient, message_id, agreement_id,"
-                          " agreement_version, audit_index FROM messages"
+                          " agreement_version, audit_index," PAYLOAD_LEN_SQL " FROM messages"
                           " WHERE state IN (0, 1) AND expires_at <= ?1"
                           " ORDER BY expires_at LIMIT ?2",
     [ST_CHECKPOINT_INSERT] = "INSERT INTO checkpoints(size, at, note) VALUES (?1, ?2, ?3)",

@@ -60,6 +60,9 @@ _Static_assert(STORE_HEADER_LEN <= STORE_HEADER_MAX && STORE_HEADER_V1_LEN <= ST
 #define STORE_DEFAULT_SWEEP_MS 60000
 #define STORE_DEFAULT_MAX_BATCH 512
 #define STORE_BUSY_TIMEOUT_MS 5000
+/* Payloads of this many bytes or more are deleted under secure_delete=FAST
+ * (store_jobs.c's set_final_state): smaller ones fit in their leaf page. */
+#define STORE_FAST_DELETE_MIN 4096
 #define STORE_DEFAULT_CHECKPOINT_EVERY 1000
 #define STORE_DEFAULT_CHECKPOINT_MS 10000
 #define STORE_DEFAULT_WAL_PAGES 4000             /* 16 MB: docs/performance.md */

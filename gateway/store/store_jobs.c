@@ -44,6 +44,7 @@ struct msg_ref {
 	char *sender, *recipient, *message_id, *agreement_id;
 	uint32_t agreement_version;
 	uint64_t accepted_index;
+	int64_t payload_len; /* bytes of its sealed payload; 0 when it has none */
 };
 
 static void msg_ref_release(struct msg_ref *m)
@@ -107,30 +108,36 @@ int store_secure_delete_on(struct store *s)
 	return s->secure_fast ? secure_delete(s, true) : 0;
 }
 
+static int payload_delete(struct store *s, uint64_t id)
+{
+	sqlite3_stmt *st = s->stmt[ST_PAYLOAD_DELETE];
+	sqlite3_bind_int64(st, 1, (int64_t)id);
+	return store_db_step_done(s, st, "message.finish_payload");
+}
+
 /*
  * A message acknowledged or expired: its row loses the seal header (the
  * wrapped data key) under secure_delete=ON, so a page of messages that is
- * freed is zeroed, whichever rows' keys it held. Its sealed payload is
- * then deleted under FAST, which spares writing its pages again as zeros:
- * a freed page of payloads keeps only ciphertext, which opens only under a
- * data key wrapped in messages, zeroed as its message is finished. If ON
- * cannot be set again, the whole batch fails, and the next starts by
- * setting it (store_secure_delete_on).
+ * freed is zeroed, whichever rows' keys it held. Then its sealed payload
+ * is deleted. A payload of a page or more, with overflow pages, is
+ * deleted under FAST, which spares writing those pages again as zeros: a
+ * freed page of payloads keeps only ciphertext, which opens only under a
+ * data key wrapped in messages, zeroed as its message is finished. A
+ * smaller one sits in its leaf, which is written anyway, and switching
+ * would cost more than it saves. If ON cannot be set again, the whole
+ * batch fails, and the next starts by setting it (store_secure_delete_on).
  */
-static int set_final_state(struct store *s, uint64_t id, enum msg_state state)
+static int set_final_state(struct store *s, const struct msg_ref *m, enum msg_state state)
 {
 	sqlite3_stmt *st = s->stmt[ST_SET_FINAL_STATE];
-	sqlite3_bind_int64(st, 1, (int64_t)id);
+	sqlite3_bind_int64(st, 1, (int64_t)m->id);
 	sqlite3_bind_int(st, 2, state);
 	int err = store_db_step_done(s, st, "message.finish");
-	if (err)
-		return err;
+	if (err || m->payload_len < STORE_FAST_DELETE_MIN)
+		return err ? err : payload_delete(s, m->id);
 	err = secure_delete(s, false);
-	if (!err) {
-		st = s->stmt[ST_PAYLOAD_DELETE];
-		sqlite3_bind_int64(st, 1, (int64_t)id);
-		err = store_db_step_done(s, st, "message.finish_payload");
-	}
+	if (!err)
+		err = payload_delete(s, m->id);
 	int on = secure_delete(s, true);
 	return err ? err : on;
 }
@@ -448,6 +455,7 @@ static int ack_lookup(struct store *s, uint64_t id, const char *recipient, struc
 			m->agreement_id = dup_column(st, 2);
 			m->agreement_version = (uint32_t)sqlite3_column_int64(st, 3);
 			m->accepted_index = (uint64_t)sqlite3_column_int64(st, 4);
+			m->payload_len = sqlite3_column_int64(st, 6);
 			m->recipient = strdup(recipient);
 			ret = m->sender && m->message_id && m->agreement_id && m->recipient
 			          ? 1
@@ -467,7 +475,7 @@ static int job_ack_run(struct store *s, struct job_ack *ja, int64_t now)
 		int found = ack_lookup(s, ja->ids[i], ja->recipient, &m);
 		int err = found < 0 ? found : 0;
 		if (found == 1) {
-			err = set_final_state(s, ja->ids[i], MSG_ACKED);
+			err = set_final_state(s, &m, MSG_ACKED);
 			if (!err)
 				err = audit_message_event(s, now, "message.acknowledged", &m);
 			if (!err)
@@ -545,6 +553,7 @@ static int sweep_collect(struct store *s, int64_t now, struct msg_ref *refs, siz
 		m->agreement_id = dup_column(st, 4);
 		m->agreement_version = (uint32_t)sqlite3_column_int64(st, 5);
 		m->accepted_index = (uint64_t)sqlite3_column_int64(st, 6);
+		m->payload_len = sqlite3_column_int64(st, 7);
 		if (!m->sender || !m->recipient || !m->message_id || !m->agreement_id) {
 			err = ISG_ERR_NOMEM;
 			break;
@@ -563,7 +572,7 @@ int store_sweep(struct store *s, int64_t now, bool *more)
 		return ISG_ERR_NOMEM;
 	int err = sweep_collect(s, now, refs, &n);
 	for (size_t i = 0; !err && i < n; i++) {
-		err = set_final_state(s, refs[i].id, MSG_EXPIRED);
+		err = set_final_state(s, &refs[i], MSG_EXPIRED);
 		if (!err)
 			err = audit_message_event(s, now, "message.expired", &refs[i]);
 	}

@@ -530,7 +530,8 @@ static void test_durable_across_reopen(void **state)
 }
 
 /*
- * If secure_delete cannot be set back to ON after a payload's delete,
+ * A payload of a page or more is deleted under secure_delete=FAST, a
+ * smaller one under ON. If ON cannot be set back after such a delete,
  * nothing else runs under FAST: the whole batch fails and is rolled back
  * (here an acknowledgement and a send queued behind it), and the next
  * batch sets ON before it begins.
@@ -539,27 +540,35 @@ static void test_secure_delete_not_left_fast(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
-	struct store_message m1 = fx_msg("police-a", "m-1", "nhs-b", "one");
-	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "two");
-	struct store_receipt r1;
-	assert_int_equal(send_sync(s, &m1, &r1), 0);
+	static uint8_t page[4096]; /* STORE_FAST_DELETE_MIN, sealed with 16 more */
+	struct store_message small = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct store_message large = fx_msg("police-a", "m-2", "nhs-b", "");
+	struct store_message behind = fx_msg("police-a", "m-3", "nhs-b", "three");
+	large.payload = page;
+	large.payload_len = sizeof(page);
+	struct store_receipt rs, rl;
+	assert_int_equal(send_sync(s, &small, &rs), 0);
+	assert_int_equal(send_sync(s, &large, &rl), 0);
 	store_test_fail_secure_delete_on(s);
+	/* The small one's delete does not switch, so does not meet the failure. */
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", &rs.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 1);
 	store_test_pause(s, true);
 	struct wait wa, ws;
 	wait_init(&wa);
-	assert_int_equal(store_ack(s, "nhs-b", &r1.gateway_id, 1, on_ack, &wa), 0);
+	assert_int_equal(store_ack(s, "nhs-b", &rl.gateway_id, 1, on_ack, &wa), 0);
 	wait_init(&ws);
-	assert_int_equal(store_send(s, &m2, on_send, &ws), 0);
+	assert_int_equal(store_send(s, &behind, on_send, &ws), 0);
 	store_test_pause(s, false);
 	assert_int_equal(wait_for(&wa), ISG_ERR_STORE);
 	assert_int_equal(wait_for(&ws), ISG_ERR_STORE);
-	assert_int_equal(
-	    db_int(f, "SELECT count(*) FROM payloads WHERE id = ?1", (int64_t)r1.gateway_id), 1);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 1);
+	assert_int_equal(db_int(f, "SELECT id FROM payloads", 0), (int64_t)rl.gateway_id);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 2);
 	assert_secure_delete_on(s);
-	uint32_t acked = 0;
-	size_t n_unknown = 0;
-	assert_int_equal(ack_sync(s, "nhs-b", &r1.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(ack_sync(s, "nhs-b", &rl.gateway_id, 1, &acked, NULL, &n_unknown), 0);
 	assert_int_equal(acked, 1);
 	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 0);
 	assert_secure_delete_on(s);
