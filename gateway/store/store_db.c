@@ -16,15 +16,12 @@
 #include "util/util.h"
 
 /*
- * A message's sealed payload, under the message's id, apart from its row:
- * it is deleted under secure_delete=FAST (store_jobs.c) while messages is
- * only ever changed under ON.
+ * A sealed payload of STORE_PAYLOAD_APART bytes or more, under its
+ * message's id, apart from the message's row: it is deleted under
+ * secure_delete=FAST (store_jobs.c), while messages is only ever changed
+ * under ON. A smaller one stays in messages.payload.
  */
 #define PAYLOADS_SQL "CREATE TABLE payloads(id INTEGER PRIMARY KEY, data BLOB NOT NULL);"
-/* A message's payload's length, 0 when it has none; read from the record's
- * header, without its overflow pages. */
-#define PAYLOAD_LEN_SQL                                                                            \
-	" coalesce((SELECT length(data) FROM payloads WHERE payloads.id = messages.id), 0)"
 
 static const char *const schema_sql =
     "CREATE TABLE meta("
@@ -56,6 +53,7 @@ static const char *const schema_sql =
     " audit_index INTEGER NOT NULL,"
     " state INTEGER NOT NULL CHECK (state BETWEEN 0 AND 3),"
     " nonce BLOB,"
+    " payload BLOB,"
     " UNIQUE (sender, message_id));"
     "CREATE INDEX messages_pending ON messages(recipient, id) WHERE state IN (0, 1);"
     "CREATE INDEX messages_expiry ON messages(expires_at) WHERE state IN (0, 1);"
@@ -68,21 +66,22 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_AUDIT_INSERT] = "INSERT INTO audit(seq, at, kind, entry) VALUES (?1, ?2, ?3, ?4)",
     [ST_MSG_INSERT] = "INSERT INTO messages(sender, message_id, recipient, agreement_id,"
                       " agreement_version, purpose, dataset, reply_to, request_hash,"
-                      " record_count, accepted_at, expires_at, audit_index, state, nonce)"
-                      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0,"
-                      " ?14)",
+                      " record_count, accepted_at, expires_at, audit_index, state, nonce,"
+                      " payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
+                      " ?13, 0, ?14, ?15)",
     [ST_FETCH] = "SELECT id, sender, message_id, agreement_id, agreement_version, purpose,"
                  " dataset, reply_to, accepted_at, audit_index, state, nonce,"
-                 " (SELECT data FROM payloads WHERE payloads.id = messages.id)"
+                 " coalesce(payload, (SELECT data FROM payloads WHERE payloads.id = messages.id))"
                  " FROM messages WHERE recipient = ?1 AND id > ?2 AND state IN (0, 1)"
                  " AND expires_at > ?3 ORDER BY id LIMIT ?4",
     [ST_MARK_DELIVERED] = "UPDATE messages SET state = 1 WHERE id = ?1 AND state = 0",
     [ST_ACK_SELECT] =
         "SELECT sender, message_id, agreement_id, agreement_version,"
-        " audit_index, state," PAYLOAD_LEN_SQL " FROM messages WHERE id = ?1 AND recipient = ?2",
-    [ST_SET_FINAL_STATE] = "UPDATE messages SET state = ?2, nonce = NULL WHERE id = ?1",
+        " audit_index, state, payload IS NULL FROM messages WHERE id = ?1 AND recipient = ?2",
+    [ST_SET_FINAL_STATE] = "UPDATE messages SET state = ?2, nonce = NULL, payload = NULL"
+                           " WHERE id = ?1",
     [ST_EXPIRED_SELECT] = "SELECT id, sender, recipient, message_id, agreement_id,"
-                          " agreement_version, audit_index," PAYLOAD_LEN_SQL " FROM messages"
+                          " agreement_version, audit_index, payload IS NULL FROM messages"
                           " WHERE state IN (0, 1) AND expires_at <= ?1"
                           " ORDER BY expires_at LIMIT ?2",
     [ST_CHECKPOINT_INSERT] = "INSERT INTO checkpoints(size, at, note) VALUES (?1, ?2, ?3)",
@@ -469,16 +468,14 @@ static int configure(struct store *s, char *err, size_t errlen)
 /*
  * A store of an older schema version is brought to this one before anything
  * else is written, in one transaction, and marked with it: an older isgd
- * then refuses it ("understands up to 3") instead of finding its messages
- * without payloads. Versions 2 and 3 changed no table, only how new
- * payloads are sealed. Version 4 moves the payloads still pending out of
- * messages into payloads. messages keeps its payload column, empty: only
- * the pending rows are written, however many finished rows the store
- * keeps, and as secure_delete is ON the pages freed are zeroed.
+ * then refuses it ("understands up to 3") instead of missing the payloads
+ * kept apart. Versions 2 and 3 changed no table, only how new payloads are
+ * sealed. Version 4 adds the table payloads; the payloads already stored
+ * stay in their rows.
  */
 static int upgrade(struct store *s, char *err, size_t errlen)
 {
-	char sql[512];
+	char sql[256];
 	int64_t version = 0;
 	bool found = false;
 	int rc = store_db_query_int(s->db, "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -487,9 +484,7 @@ static int upgrade(struct store *s, char *err, size_t errlen)
 		return 0;
 	if (rc == SQLITE_OK) {
 		snprintf(sql, sizeof(sql),
-		         "BEGIN IMMEDIATE;" PAYLOADS_SQL "INSERT INTO payloads(id, data)"
-		         " SELECT id, payload FROM messages WHERE payload IS NOT NULL;"
-		         "UPDATE messages SET payload = NULL WHERE payload IS NOT NULL;"
+		         "BEGIN IMMEDIATE;" PAYLOADS_SQL
 		         "UPDATE meta SET value = %d WHERE key = 'schema_version';"
 		         "COMMIT;",
 		         STORE_SCHEMA_VERSION);

@@ -20,8 +20,8 @@
 /* "ISG1": PRAGMA application_id of every ISG store. */
 #define STORE_APPLICATION_ID 0x49534731
 #define STORE_FORMAT "isg-store"
-/* 4: sealed payloads in a table of their own, payloads, so they can be
- * deleted with secure_delete=FAST (store_jobs.c). 3: payloads sealed with
+/* 4: large sealed payloads in a table of their own, payloads, so they can
+ * be deleted with secure_delete=FAST (store_jobs.c). 3: payloads sealed with
  * AES-256-GCM under data keys (84-byte seal headers), beside rows of
  * version 2 (XChaCha20-Poly1305 under data keys, 96-byte headers) and
  * version 1 (24-byte headers), which still open; see store_db.c's
@@ -60,9 +60,10 @@ _Static_assert(STORE_HEADER_LEN <= STORE_HEADER_MAX && STORE_HEADER_V1_LEN <= ST
 #define STORE_DEFAULT_SWEEP_MS 60000
 #define STORE_DEFAULT_MAX_BATCH 512
 #define STORE_BUSY_TIMEOUT_MS 5000
-/* Payloads of this many bytes or more are deleted under secure_delete=FAST
- * (store_jobs.c's set_final_state): smaller ones fit in their leaf page. */
-#define STORE_FAST_DELETE_MIN 4096
+/* Sealed payloads of this many bytes or more are kept in the table
+ * payloads and deleted under secure_delete=FAST (store_jobs.c's
+ * set_final_state); smaller ones fit in their message's leaf page. */
+#define STORE_PAYLOAD_APART 4096
 #define STORE_DEFAULT_CHECKPOINT_EVERY 1000
 #define STORE_DEFAULT_CHECKPOINT_MS 10000
 #define STORE_DEFAULT_WAL_PAGES 4000             /* 16 MB: docs/performance.md */

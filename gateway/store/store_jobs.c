@@ -44,7 +44,7 @@ struct msg_ref {
 	char *sender, *recipient, *message_id, *agreement_id;
 	uint32_t agreement_version;
 	uint64_t accepted_index;
-	int64_t payload_len; /* bytes of its sealed payload; 0 when it has none */
+	bool payload_apart; /* its sealed payload is in the table payloads */
 };
 
 static void msg_ref_release(struct msg_ref *m)
@@ -108,24 +108,16 @@ int store_secure_delete_on(struct store *s)
 	return s->secure_fast ? secure_delete(s, true) : 0;
 }
 
-static int payload_delete(struct store *s, uint64_t id)
-{
-	sqlite3_stmt *st = s->stmt[ST_PAYLOAD_DELETE];
-	sqlite3_bind_int64(st, 1, (int64_t)id);
-	return store_db_step_done(s, st, "message.finish_payload");
-}
-
 /*
  * A message acknowledged or expired: its row loses the seal header (the
- * wrapped data key) under secure_delete=ON, so a page of messages that is
- * freed is zeroed, whichever rows' keys it held. Then its sealed payload
- * is deleted. A payload of a page or more, with overflow pages, is
- * deleted under FAST, which spares writing those pages again as zeros: a
- * freed page of payloads keeps only ciphertext, which opens only under a
- * data key wrapped in messages, zeroed as its message is finished. A
- * smaller one sits in its leaf, which is written anyway, and switching
- * would cost more than it saves. If ON cannot be set again, the whole
- * batch fails, and the next starts by setting it (store_secure_delete_on).
+ * wrapped data key) and any payload kept in it under secure_delete=ON, so
+ * a page of messages that is freed is zeroed, whichever rows' keys it
+ * held. A payload kept apart, of STORE_PAYLOAD_APART bytes or more, is
+ * then deleted under FAST, which spares writing its overflow pages again
+ * as zeros: a freed page of payloads keeps only ciphertext, which opens
+ * only under a data key wrapped in messages, zeroed as its message is
+ * finished. If ON cannot be set again, the whole batch fails, and the
+ * next starts by setting it (store_secure_delete_on).
  */
 static int set_final_state(struct store *s, const struct msg_ref *m, enum msg_state state)
 {
@@ -133,11 +125,14 @@ static int set_final_state(struct store *s, const struct msg_ref *m, enum msg_st
 	sqlite3_bind_int64(st, 1, (int64_t)m->id);
 	sqlite3_bind_int(st, 2, state);
 	int err = store_db_step_done(s, st, "message.finish");
-	if (err || m->payload_len < STORE_FAST_DELETE_MIN)
-		return err ? err : payload_delete(s, m->id);
+	if (err || !m->payload_apart)
+		return err;
 	err = secure_delete(s, false);
-	if (!err)
-		err = payload_delete(s, m->id);
+	if (!err) {
+		st = s->stmt[ST_PAYLOAD_DELETE];
+		sqlite3_bind_int64(st, 1, (int64_t)m->id);
+		err = store_db_step_done(s, st, "message.finish_payload");
+	}
 	int on = secure_delete(s, true);
 	return err ? err : on;
 }
@@ -208,10 +203,15 @@ static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64
 	sqlite3_bind_int64(st, 12, now + js->ttl_ms);
 	sqlite3_bind_int64(st, 13, (int64_t)seq);
 	bind_blob(st, 14, js->header, sizeof(js->header));
+	bool apart = js->sealed_len >= STORE_PAYLOAD_APART;
+	if (apart)
+		sqlite3_bind_null(st, 15);
+	else
+		bind_blob(st, 15, js->sealed, js->sealed_len);
 	int err = store_db_step_done(s, st, "send.insert");
-	if (err)
-		return err;
 	*id = sqlite3_last_insert_rowid(s->db);
+	if (err || !apart)
+		return err;
 	st = s->stmt[ST_PAYLOAD_INSERT];
 	sqlite3_bind_int64(st, 1, *id);
 	bind_blob(st, 2, js->sealed, js->sealed_len);
@@ -455,7 +455,7 @@ static int ack_lookup(struct store *s, uint64_t id, const char *recipient, struc
 			m->agreement_id = dup_column(st, 2);
 			m->agreement_version = (uint32_t)sqlite3_column_int64(st, 3);
 			m->accepted_index = (uint64_t)sqlite3_column_int64(st, 4);
-			m->payload_len = sqlite3_column_int64(st, 6);
+			m->payload_apart = sqlite3_column_int(st, 6);
 			m->recipient = strdup(recipient);
 			ret = m->sender && m->message_id && m->agreement_id && m->recipient
 			          ? 1
@@ -553,7 +553,7 @@ static int sweep_collect(struct store *s, int64_t now, struct msg_ref *refs, siz
 		m->agreement_id = dup_column(st, 4);
 		m->agreement_version = (uint32_t)sqlite3_column_int64(st, 5);
 		m->accepted_index = (uint64_t)sqlite3_column_int64(st, 6);
-		m->payload_len = sqlite3_column_int64(st, 7);
+		m->payload_apart = sqlite3_column_int(st, 7);
 		if (!m->sender || !m->recipient || !m->message_id || !m->agreement_id) {
 			err = ISG_ERR_NOMEM;
 			break;

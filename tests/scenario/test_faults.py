@@ -432,11 +432,10 @@ class TestCorruptStore(FaultCase):
         left in the store, and a fetch of one message at a time gets the sixth,
         not an empty answer for as long as the five stay at the head."""
         for i in range(5):
-            (gateway_id, payload), = read_store(
-                self.gw.store_path, "SELECT id, data FROM payloads JOIN messages USING (id)"
-                " WHERE message_id = 'corrupt-%d'" % i)
+            (payload,), = read_store(self.gw.store_path,
+                                     "SELECT payload FROM messages WHERE message_id = 'corrupt-%d'" % i)
             changed = bytes(payload[:-1]) + bytes([payload[-1] ^ 0x01])
-            self.tamper("UPDATE payloads SET data = ? WHERE id = ?", (changed, gateway_id))
+            self.tamper("UPDATE messages SET payload = ? WHERE message_id = ?", (changed, "corrupt-%d" % i))
         self.gw.start()
         pb = self.pb
         with isgtest.FrameConn(self.gw, self.pki.certs["nhs"]) as nhs:

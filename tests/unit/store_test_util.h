@@ -397,14 +397,13 @@ static inline size_t store_doc_ad(uint8_t ad[static 256], const char *sender,
 static inline void store_set_sealed(struct store *s, uint64_t id, const uint8_t *header,
                                     size_t header_len, const uint8_t *sealed, size_t sealed_len)
 {
-	char hh[2 * 128 + 1], hs[2 * 128 + 1], sql[720];
+	char hh[2 * 128 + 1], hs[2 * 128 + 1], sql[640];
 	assert_true(header_len <= 128 && sealed_len <= 128);
 	hex_encode(hh, header, header_len);
 	hex_encode(hs, sealed, sealed_len);
 	snprintf(sql, sizeof(sql),
-	         "UPDATE messages SET nonce = X'%s' WHERE id = %" PRIu64 ";"
-	         "UPDATE payloads SET data = X'%s' WHERE id = %" PRIu64,
-	         hh, id, hs, id);
+	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hh, hs,
+	         id);
 	assert_int_equal(store_test_exec(s, sql), 0);
 }
 

@@ -76,7 +76,7 @@ static void test_round_trip(void **state)
 	assert_int_equal(
 	    db_int(f, "SELECT state FROM messages WHERE id = ?1", (int64_t)r.gateway_id), 2);
 	assert_int_equal(
-	    db_int(f, "SELECT count(*) FROM payloads WHERE id = ?1", (int64_t)r.gateway_id), 0);
+	    db_int(f, "SELECT payload FROM messages WHERE id = ?1", (int64_t)r.gateway_id), -2);
 	assert_secure_delete_on(s);
 	assert_int_equal(
 	    db_int(f, "SELECT nonce FROM messages WHERE id = ?1", (int64_t)r.gateway_id), -2);
@@ -436,8 +436,8 @@ static void test_expiry(void **state)
 	}
 	assert_int_equal(state_now, 3);
 	assert_int_equal(db_int(f,
-	                        "SELECT nonce IS NULL AND id NOT IN (SELECT id FROM payloads)"
-	                        " FROM messages WHERE id = ?1",
+	                        "SELECT payload IS NULL AND nonce IS NULL FROM messages"
+	                        " WHERE id = ?1",
 	                        (int64_t)r.gateway_id),
 	                 1);
 	assert_secure_delete_on(s);
@@ -584,13 +584,11 @@ static void test_moved_payload_does_not_open(void **state)
 	assert_int_equal(send_sync(s, &m1, &r1), 0);
 	assert_int_equal(send_sync(s, &m2, &r2), 0);
 	/* Someone with write access to the file copies message two's sealed payload over one. */
-	char sql[384];
+	char sql[256];
 	snprintf(sql, sizeof(sql),
-	         "UPDATE messages SET nonce = (SELECT nonce FROM messages WHERE id = %" PRIu64 ")"
-	         " WHERE id = %" PRIu64 ";"
-	         "UPDATE payloads SET data = (SELECT data FROM payloads WHERE id = %" PRIu64 ")"
-	         " WHERE id = %" PRIu64,
-	         r2.gateway_id, r1.gateway_id, r2.gateway_id, r1.gateway_id);
+	         "UPDATE messages SET (nonce, payload) = (SELECT nonce, payload FROM messages"
+	         " WHERE id = %" PRIu64 ") WHERE id = %" PRIu64,
+	         r2.gateway_id, r1.gateway_id);
 	assert_int_equal(store_test_exec(s, sql), 0);
 	struct store_fetch_result *res = NULL;
 	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
@@ -615,14 +613,13 @@ static sqlite3_stmt *row_query(sqlite3 *db, const char *sql, uint64_t id)
 	return st;
 }
 
-/* Open message id's payload with OpenSSL, from docs/store.md's description
- * of a schema version 4 store alone; true when it opens to plain. */
+/* Open row id's payload with OpenSSL, from docs/store.md's description of
+ * a schema version 3 row alone; true when it opens to plain. */
 static bool opens_as_documented(const struct fx *f, uint64_t id, const char *sender,
                                 const char *message_id, const char *recipient, const char *plain)
 {
 	sqlite3 *db = db_ro(f);
-	sqlite3_stmt *st = row_query(
-	    db, "SELECT nonce, data FROM messages JOIN payloads USING (id) WHERE id = ?1", id);
+	sqlite3_stmt *st = row_query(db, "SELECT nonce, payload FROM messages WHERE id = ?1", id);
 	const uint8_t *header = sqlite3_column_blob(st, 0), *sealed = sqlite3_column_blob(st, 1);
 	int header_len = sqlite3_column_bytes(st, 0), sealed_len = sqlite3_column_bytes(st, 1);
 	assert_int_equal(header_len, 72 + 12);
@@ -644,11 +641,11 @@ static bool opens_as_documented(const struct fx *f, uint64_t id, const char *sen
 	return ok && (size_t)len == strlen(plain) && memcmp(out, plain, (size_t)len) == 0;
 }
 
-/* Flip one bit of message id's sealed payload, through the writer. */
+/* Flip one bit of row id's sealed payload, through the writer. */
 static void flip_payload_bit(struct fx *f, uint64_t id)
 {
 	sqlite3 *db = db_ro(f);
-	sqlite3_stmt *st = row_query(db, "SELECT hex(data) FROM payloads WHERE id = ?1", id);
+	sqlite3_stmt *st = row_query(db, "SELECT hex(payload) FROM messages WHERE id = ?1", id);
 	char hex[600];
 	str_copy(hex, (const char *)sqlite3_column_text(st, 0), sizeof(hex));
 	sqlite3_finalize(st);
@@ -657,7 +654,7 @@ static void flip_payload_bit(struct fx *f, uint64_t id)
 	static const char digits[] = "0123456789ABCDEF";
 	hex[1] = digits[(strchr(digits, hex[1]) - digits) ^ 1]; /* the first byte's low bit */
 	char update[800];
-	snprintf(update, sizeof(update), "UPDATE payloads SET data = X'%s' WHERE id = %" PRIu64,
+	snprintf(update, sizeof(update), "UPDATE messages SET payload = X'%s' WHERE id = %" PRIu64,
 	         hex, id);
 	assert_int_equal(store_test_exec(f->s, update), 0);
 }
@@ -686,7 +683,7 @@ static void test_seal_headers(void **state)
 	assert_int_equal(db_int(f, "SELECT length(nonce) FROM messages WHERE id = 1", 0), 84);
 	/* Each its own data key and nonce. */
 	assert_int_equal(db_int(f, "SELECT count(DISTINCT substr(nonce, 73)) FROM messages", 0), 3);
-	assert_int_equal(db_int(f, "SELECT length(data) FROM payloads WHERE id = 2", 0), 3 + 16);
+	assert_int_equal(db_int(f, "SELECT length(payload) FROM messages WHERE id = 2", 0), 3 + 16);
 	assert_true(opens_as_documented(f, r2.gateway_id, "police-a", "m-2", "nhs-b", "two"));
 	assert_false(opens_as_documented(f, r2.gateway_id, "police-a", "m-2", "nhs-c", "two"));
 
@@ -858,6 +855,14 @@ static void test_empty_and_large_payloads(void **state)
 	large.payload = big;
 	large.payload_len = big_len;
 	assert_int_equal(send_sync(s, &large, NULL), 0);
+	/* The large one is kept apart, in payloads; the empty one in its row. */
+	assert_int_equal(db_int(f,
+	                        "SELECT count(*) FROM payloads JOIN messages USING (id)"
+	                        " WHERE message_id = 'large' AND payload IS NULL",
+	                        0),
+	                 1);
+	assert_int_equal(
+	    db_int(f, "SELECT length(payload) FROM messages WHERE message_id = 'empty'", 0), 16);
 	struct store_fetch_result *res = NULL;
 	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
 	assert_int_equal(res->n, 2);

@@ -744,39 +744,42 @@ static void test_refuses_damaged_store(void **state)
 	expect_refused_unchanged(f, "integrity check");
 }
 
-static int64_t payload_columns(struct fx *f)
-{
-	return db_int(
-	    f, "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'payload'", 0);
-}
-
-/* Give a closed store the layout of schema versions 1 to 3, each sealed
+/* Give a closed store the layout of schema versions 1 to 3, every sealed
  * payload in its message's row, and mark it version v. */
 static void make_old_layout(struct fx *f, int v)
 {
 	char sql[384];
 	snprintf(sql, sizeof(sql),
-	         "%s"
 	         "UPDATE messages SET payload ="
-	         " (SELECT data FROM payloads WHERE payloads.id = messages.id);"
+	         " (SELECT data FROM payloads WHERE payloads.id = messages.id)"
+	         " WHERE payload IS NULL AND state IN (0, 1);"
 	         "DROP TABLE payloads;"
 	         "UPDATE meta SET value = %d WHERE key = 'schema_version';",
-	         payload_columns(f) ? "" : "ALTER TABLE messages ADD COLUMN payload BLOB;", v);
+	         v);
 	make_db(f->path, sql);
 }
 
+static int64_t payloads_table(struct fx *f)
+{
+	return db_int(f, "SELECT count(*) FROM sqlite_schema WHERE name = 'payloads'", 0);
+}
+
 /* A store of schema version 1 (payloads sealed under the storage key
- * itself), 2 (XChaCha20-Poly1305 under data keys) or 3 (AES-256-GCM) is
- * brought to version 4 when opened: its pending payloads move to the table
- * payloads, and an older isgd then refuses it rather than find its
- * messages without payloads. Its messages stay, and open. */
+ * itself), 2 (XChaCha20-Poly1305 under data keys) or 3 (AES-256-GCM), every
+ * payload in its message's row, is brought to version 4 when opened: it
+ * gains the table payloads, and an older isgd then refuses it rather than
+ * miss the payloads kept there. Its messages stay where they are, and open;
+ * a large one kept in its row is finished there. */
 static void test_upgrades_older_versions(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
+	static uint8_t page[8192];
 	struct store_message m1 = fx_msg("police-a", "m-1", "nhs-b", "kept");
 	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "acknowledged");
-	struct store_message m3 = fx_msg("police-a", "m-3", "nhs-b", "sealed by v3");
+	struct store_message m3 = fx_msg("police-a", "m-3", "nhs-b", "");
+	m3.payload = page;
+	m3.payload_len = sizeof(page);
 	struct store_receipt r1, r2, r3;
 	assert_int_equal(send_sync(s, &m1, &r1), 0);
 	assert_int_equal(send_sync(s, &m2, &r2), 0);
@@ -791,34 +794,38 @@ static void test_upgrades_older_versions(void **state)
 		make_old_layout(f, v);
 		assert_int_equal(
 		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), v);
+		assert_int_equal(payloads_table(f), 0);
 		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 2);
 		s = fx_open(f);
 		assert_int_equal(
 		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 4);
-		/* The column stays, empty. */
-		assert_int_equal(payload_columns(f), 1);
-		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 0);
-		assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 2);
-		assert_int_equal(db_int(f, "SELECT sum(id) FROM payloads", 0),
-		                 (int64_t)(r1.gateway_id + r3.gateway_id));
+		assert_int_equal(payloads_table(f), 1);
+		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 2);
 		struct store_fetch_result *res = NULL;
 		assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
 		assert_int_equal(res->n, 2);
 		assert_int_equal(res->items[0].payload_len, 12);
 		assert_memory_equal(res->items[0].payload, "sealed by v2", 12);
-		assert_int_equal(res->items[1].payload_len, 12);
-		assert_memory_equal(res->items[1].payload, "sealed by v3", 12);
+		assert_int_equal(res->items[1].payload_len, sizeof(page));
 		store_fetch_result_free(res);
 	}
-	/* Acknowledged after the upgrade: its payload goes as any other's. */
-	assert_int_equal(ack_sync(s, "nhs-b", &r1.gateway_id, 1, &acked, NULL, &n_unknown), 0);
-	assert_int_equal(acked, 1);
-	assert_int_equal(db_int(f, "SELECT sum(id) FROM payloads", 0), (int64_t)r3.gateway_id);
+	/* Finished after the upgrade, in their rows. */
+	uint64_t ids[2] = {r1.gateway_id, r3.gateway_id};
+	assert_int_equal(ack_sync(s, "nhs-b", ids, 2, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 2);
+	assert_int_equal(db_int(f, "SELECT count(payload) + count(nonce) FROM messages", 0), 0);
+	/* A large payload sent since is kept apart. */
+	struct store_message m4 = fx_msg("police-a", "m-4", "nhs-b", "");
+	m4.payload = page;
+	m4.payload_len = sizeof(page);
+	struct store_receipt r4;
+	assert_int_equal(send_sync(s, &m4, &r4), 0);
+	assert_int_equal(db_int(f, "SELECT id FROM payloads", 0), (int64_t)r4.gateway_id);
 }
 
 /* An upgrade that cannot finish leaves the store as it was, and is tried
- * again at the next start: here a trigger refuses to empty the payload
- * column, after the payloads were copied. */
+ * again at the next start: here a trigger refuses the new schema version,
+ * after the table was made. */
 static void test_failed_upgrade_changes_nothing(void **state)
 {
 	struct fx *f = *state;
@@ -827,7 +834,7 @@ static void test_failed_upgrade_changes_nothing(void **state)
 	assert_int_equal(send_sync(s, &m, NULL), 0);
 	fx_close(f);
 	make_old_layout(f, 3);
-	make_db(f->path, "CREATE TRIGGER refuse BEFORE UPDATE OF payload ON messages"
+	make_db(f->path, "CREATE TRIGGER refuse BEFORE UPDATE ON meta"
 	                 " BEGIN SELECT RAISE(ABORT, 'refused'); END;");
 	char err[512] = "";
 	struct store_options opt = {.path = f->path, .storage_key = f->key};
@@ -836,9 +843,7 @@ static void test_failed_upgrade_changes_nothing(void **state)
 	if (!strstr(err, "cannot upgrade to schema version 4"))
 		fail_msg("error '%s' does not say it cannot upgrade", err);
 	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 3);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM sqlite_schema WHERE name = 'payloads'", 0),
-	                 0);
-	assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 1);
+	assert_int_equal(payloads_table(f), 0);
 	/* Without the trigger, the next start upgrades it. */
 	make_db(f->path, "DROP TRIGGER refuse;");
 	s = fx_open(f);
