@@ -90,8 +90,10 @@ static int audit_message_event(struct store *s, int64_t now, const char *event,
 
 /*
  * secure_delete: ON zeroes every page SQLite frees; FAST leaves freed
- * pages as they were. A pragma takes effect when it is compiled, so each
- * is run afresh with sqlite3_exec; a prepared one would not switch.
+ * pages as they were. The pragma takes effect when it is compiled, and
+ * the first step of a prepared one does nothing, so a pair prepared once
+ * would not switch when first used: each is compiled afresh, with
+ * sqlite3_exec.
  */
 static int secure_delete(struct store *s, bool on)
 {

@@ -77,7 +77,6 @@ static void test_round_trip(void **state)
 	    db_int(f, "SELECT state FROM messages WHERE id = ?1", (int64_t)r.gateway_id), 2);
 	assert_int_equal(
 	    db_int(f, "SELECT payload FROM messages WHERE id = ?1", (int64_t)r.gateway_id), -2);
-	assert_secure_delete_on(s);
 	assert_int_equal(
 	    db_int(f, "SELECT nonce FROM messages WHERE id = ?1", (int64_t)r.gateway_id), -2);
 	/* One delivered entry although fetched twice. */
@@ -414,7 +413,11 @@ static void test_expiry(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open_with(f, 20, 0);
-	struct store_message m = fx_msg("police-a", "short", "nhs-b", "soon gone");
+	/* Large enough to be kept apart, so the sweep deletes it under FAST. */
+	static uint8_t big[4000];
+	struct store_message m = fx_msg("police-a", "short", "nhs-b", "");
+	m.payload = big;
+	m.payload_len = sizeof(big);
 	/* Long enough that both sends and the fetch below finish first, on a disk
 	 * busy with the other tests' commits (50 ms was not, once in CI). */
 	m.ttl_ms = 1000;
@@ -440,6 +443,7 @@ static void test_expiry(void **state)
 	                        " WHERE id = ?1",
 	                        (int64_t)r.gateway_id),
 	                 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 0);
 	assert_secure_delete_on(s);
 	assert_int_equal(db_int(f,
 	                        "SELECT count(*) FROM audit WHERE kind = 'message.expired'"
@@ -530,8 +534,8 @@ static void test_durable_across_reopen(void **state)
 }
 
 /*
- * A payload of a page or more is deleted under secure_delete=FAST, a
- * smaller one under ON. If ON cannot be set back after such a delete,
+ * A payload kept apart is deleted under secure_delete=FAST, one kept in
+ * its row under ON. If ON cannot be set back after such a delete,
  * nothing else runs under FAST: the whole batch fails and is rolled back
  * (here an acknowledgement and a send queued behind it), and the next
  * batch sets ON before it begins.
@@ -540,7 +544,7 @@ static void test_secure_delete_not_left_fast(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
-	static uint8_t page[4096]; /* STORE_FAST_DELETE_MIN, sealed with 16 more */
+	static uint8_t page[4096]; /* sealed, 16 bytes more: kept apart */
 	struct store_message small = fx_msg("police-a", "m-1", "nhs-b", "one");
 	struct store_message large = fx_msg("police-a", "m-2", "nhs-b", "");
 	struct store_message behind = fx_msg("police-a", "m-3", "nhs-b", "three");
@@ -869,8 +873,60 @@ static void test_empty_and_large_payloads(void **state)
 	assert_int_equal(res->items[0].payload_len, 0);
 	assert_int_equal(res->items[1].payload_len, big_len);
 	assert_memory_equal(res->items[1].payload, big, big_len);
+	uint64_t ids[2] = {res->items[0].gateway_id, res->items[1].gateway_id};
 	store_fetch_result_free(res);
 	free(big);
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", ids, 2, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 2);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 0);
+	assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 0);
+}
+
+/* A sealed payload of 3584 bytes or more (3568 of plaintext) is kept
+ * apart, in payloads; one a byte shorter in its message's row. Both open,
+ * and both go when acknowledged. */
+static void test_where_payloads_are_kept(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	static uint8_t plain[3568];
+	randombytes_buf(plain, sizeof(plain));
+	struct store_message row = fx_msg("police-a", "row", "nhs-b", "");
+	struct store_message apart = fx_msg("police-a", "apart", "nhs-b", "");
+	row.payload = plain;
+	row.payload_len = sizeof(plain) - 1;
+	apart.payload = plain;
+	apart.payload_len = sizeof(plain);
+	struct store_receipt rr, ra;
+	assert_int_equal(send_sync(s, &row, &rr), 0);
+	assert_int_equal(send_sync(s, &apart, &ra), 0);
+	assert_int_equal(
+	    db_int(f, "SELECT length(payload) FROM messages WHERE id = ?1", (int64_t)rr.gateway_id),
+	    3583);
+	assert_int_equal(
+	    db_int(f, "SELECT payload FROM messages WHERE id = ?1", (int64_t)ra.gateway_id), -2);
+	assert_int_equal(
+	    db_int(f, "SELECT length(data) FROM payloads WHERE id = ?1", (int64_t)ra.gateway_id),
+	    3584);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 1);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 2);
+	assert_int_equal(res->items[0].payload_len, sizeof(plain) - 1);
+	assert_memory_equal(res->items[0].payload, plain, sizeof(plain) - 1);
+	assert_int_equal(res->items[1].payload_len, sizeof(plain));
+	assert_memory_equal(res->items[1].payload, plain, sizeof(plain));
+	store_fetch_result_free(res);
+	uint64_t ids[2] = {rr.gateway_id, ra.gateway_id};
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", ids, 2, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 2);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 0);
+	assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 0);
+	assert_secure_delete_on(s);
 }
 
 static void noop_send(void *ctx, int err, const struct store_receipt *r)
@@ -1008,6 +1064,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_moved_payload_does_not_open, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_empty_and_large_payloads, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_where_payloads_are_kept, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_submit_validation, fx_setup, fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
