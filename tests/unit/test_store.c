@@ -844,6 +844,19 @@ static void test_data_keys_per_message(void **state)
 	store_fetch_result_free(res);
 }
 
+/* Acknowledge n messages of nhs-b, the only ones in the store: every
+ * payload, in its row or apart, is gone, and secure_delete is back at ON. */
+static void ack_all_gone(struct fx *f, const uint64_t *ids, size_t n)
+{
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(f->s, "nhs-b", ids, n, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, n);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 0);
+	assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 0);
+	assert_secure_delete_on(f->s);
+}
+
 static void test_empty_and_large_payloads(void **state)
 {
 	struct fx *f = *state;
@@ -876,12 +889,7 @@ static void test_empty_and_large_payloads(void **state)
 	uint64_t ids[2] = {res->items[0].gateway_id, res->items[1].gateway_id};
 	store_fetch_result_free(res);
 	free(big);
-	uint32_t acked = 0;
-	size_t n_unknown = 0;
-	assert_int_equal(ack_sync(s, "nhs-b", ids, 2, &acked, NULL, &n_unknown), 0);
-	assert_int_equal(acked, 2);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 0);
-	assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 0);
+	ack_all_gone(f, ids, 2);
 }
 
 /* A sealed payload of 3584 bytes or more (3568 of plaintext) is kept
@@ -920,13 +928,7 @@ static void test_where_payloads_are_kept(void **state)
 	assert_memory_equal(res->items[1].payload, plain, sizeof(plain));
 	store_fetch_result_free(res);
 	uint64_t ids[2] = {rr.gateway_id, ra.gateway_id};
-	uint32_t acked = 0;
-	size_t n_unknown = 0;
-	assert_int_equal(ack_sync(s, "nhs-b", ids, 2, &acked, NULL, &n_unknown), 0);
-	assert_int_equal(acked, 2);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 0);
-	assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 0);
-	assert_secure_delete_on(s);
+	ack_all_gone(f, ids, 2);
 }
 
 static void noop_send(void *ctx, int err, const struct store_receipt *r)
