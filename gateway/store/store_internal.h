@@ -62,9 +62,10 @@ _Static_assert(STORE_HEADER_LEN <= STORE_HEADER_MAX && STORE_HEADER_V1_LEN <= ST
 #define STORE_BUSY_TIMEOUT_MS 5000
 /* Sealed payloads of this many bytes or more are kept in the table
  * payloads and deleted under secure_delete=FAST (store_jobs.c's
- * set_final_state). A smaller one leaves room in its message's row for
- * the other columns within a 4096-byte leaf page (4061 bytes), so it has
- * no overflow page to zero, unless the row's ids are unusually long. */
+ * set_final_state). A smaller one leaves room for its row's other columns
+ * within the 4061 bytes a row may keep in a 4096-byte leaf page, so unless
+ * the row's ids and names are unusually long it has no overflow page for
+ * ON to zero. */
 #define STORE_PAYLOAD_APART 3584
 #define STORE_DEFAULT_CHECKPOINT_EVERY 1000
 #define STORE_DEFAULT_CHECKPOINT_MS 10000
