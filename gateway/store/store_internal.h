@@ -260,6 +260,11 @@ int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op);
 /* Run a query returning one integer; *found is false when it returns no row. */
 int store_db_query_int(sqlite3 *db, const char *sql, int64_t *v, bool *found);
 
+/* The VFS of the writer's connection: the default one, but a commit's WAL
+ * frames go to the file in one write (store_vfs.c). 0 or an SQLite code. */
+#define STORE_VFS "isg-store"
+int store_vfs_register(void);
+
 /*
  * store_wal.c: copy the WAL into the database file on a thread of its own
  * once it holds wal_pages pages (0: the default), instead of on the commit

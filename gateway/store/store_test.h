@@ -30,6 +30,11 @@ int store_test_query_int(struct store *s, const char *sql, int64_t *v);
 /* The writer's audit tree, read as a job of a batch: its size and root. */
 int store_test_audit_root(struct store *s, uint64_t *size, uint8_t root[32]);
 
+/* The writer's VFS (store_vfs.c), registered for any connection to use
+ * by this name; NULL if it cannot be. */
+const char *store_test_vfs(void);
+/* Writes that reached a WAL through it, in this process. */
+uint64_t store_test_wal_writes(void);
 /* Checkpoints the checkpointer thread ran that copied WAL pages into the file. */
 uint64_t store_test_wal_checkpoints(struct store *s);
 /* Write the WAL ahead again, as store_open does, for wal_pages from now on.
