@@ -575,8 +575,12 @@ int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 	if (rc)
 		return rc;
 	int src = store_vfs_register();
-	if (src == SQLITE_OK)
-		src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, STORE_VFS);
+	if (src != SQLITE_OK) {
+		store_seterr(err, errlen, "store '%s': cannot register its SQLite VFS: %s", path,
+		             sqlite3_errstr(src));
+		return ISG_ERR_STORE;
+	}
+	src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, STORE_VFS);
 	if (src != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot open: %s", path,
 		             s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));

@@ -35,6 +35,8 @@ int store_test_audit_root(struct store *s, uint64_t *size, uint8_t root[32]);
 const char *store_test_vfs(void);
 /* Writes that reached a WAL through it, in this process. */
 uint64_t store_test_wal_writes(void);
+/* Make its next n writes to a WAL fail as on a full disk, writing nothing. */
+void store_test_fail_wal_writes(int n);
 /* Checkpoints the checkpointer thread ran that copied WAL pages into the file. */
 uint64_t store_test_wal_checkpoints(struct store *s);
 /* Write the WAL ahead again, as store_open does, for wal_pages from now on.

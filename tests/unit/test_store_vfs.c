@@ -1,8 +1,10 @@
 /*
  * store_vfs.c: a commit's WAL frames reach the file in one write, and
  * before anything can need them there: another connection's read after a
- * commit without a sync, and the same connection's read of pages it
- * spilled to the WAL in the middle of a transaction.
+ * commit without a sync, the same connection's read of pages it spilled to
+ * the WAL in the middle of a transaction, a crash after checksums were
+ * rewritten in place, a reader after a commit padded to a sector; and a
+ * write that fails leaves no hole in a commit.
  */
 #include "store_test_util.h"
 
@@ -31,7 +33,6 @@ static void test_one_write_per_commit(void **state)
 	assert_int_equal(send_sync(s, &m, NULL), 0);
 	uint64_t writes = store_test_wal_writes() - before;
 	assert_in_range(writes, 2, 3);
-	fx_close(f);
 
 	/* All of it is in the file, as another connection reads it. */
 	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 3);
@@ -86,8 +87,10 @@ static void test_commit_reaches_the_file_without_a_sync(void **state)
 	const char *vfs = store_test_vfs();
 	assert_non_null(vfs);
 	sqlite3 *w = open_with(f->path, vfs);
+	uint64_t before = store_test_wal_writes();
 	exec(w, "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;"
 	        " CREATE TABLE t(x BLOB); INSERT INTO t VALUES (randomblob(5000)), (zeroblob(7))");
+	assert_true(store_test_wal_writes() > before); /* through the VFS */
 	sqlite3 *r = open_with(f->path, NULL);
 	assert_int_equal(query(r, "SELECT count(*) FROM t"), 2);
 	assert_int_equal(query(r, "SELECT sum(length(x)) FROM t"), 5007);
@@ -124,6 +127,106 @@ static void test_spilled_pages_read_back(void **state)
 	sqlite3_close(w);
 }
 
+static void copy_file(const char *from, const char *to)
+{
+	FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+	assert_non_null(in);
+	assert_non_null(out);
+	char buf[65536];
+	size_t n;
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	fclose(in);
+	assert_int_equal(fclose(out), 0);
+}
+
+#define ROWS "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 400)"
+
+/*
+ * A transaction that changes pages it spilled rewrites their frames in
+ * place, then the checksums of every frame after them, the commit's
+ * header last. Without a sync nothing writes that header later, so it
+ * must not be held back: the files copied as a crash would leave them
+ * recover only as far as the checksums hold.
+ */
+static void test_rewritten_checksums_reach_the_file(void **state)
+{
+	struct fx *f = *state;
+	sqlite3 *w = open_with(f->path, store_test_vfs());
+	exec(w,
+	     "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA cache_size = 10;"
+	     " PRAGMA wal_autocheckpoint = 0; CREATE TABLE t(n INTEGER PRIMARY KEY, x BLOB);" ROWS
+	     " INSERT INTO t SELECT n, randomblob(1500) FROM c");
+	exec(w, "BEGIN; UPDATE t SET x = zeroblob(1500); UPDATE t SET x = zeroblob(1499); COMMIT");
+	char db[160], wal[160], copy[160], copy_wal[160];
+	fx_path(f, db, sizeof(db), "");
+	fx_path(f, wal, sizeof(wal), "-wal");
+	fx_path(f, copy, sizeof(copy), ".copy");
+	fx_path(f, copy_wal, sizeof(copy_wal), ".copy-wal");
+	copy_file(db, copy);
+	copy_file(wal, copy_wal);
+	sqlite3 *r = open_with(copy, NULL);
+	assert_int_equal(query(r, "SELECT count(*) FROM t WHERE x = zeroblob(1499)"), 400);
+	assert_intact(r);
+	sqlite3_close(r);
+	sqlite3_close(w);
+}
+
+/* Without powersafe overwrite SQLite pads a commit to a sector boundary and
+ * syncs in the middle of its last frame; the rest of that frame is still the
+ * commit's, and another connection reads it. */
+static void test_padded_commit_reaches_the_file(void **state)
+{
+	struct fx *f = *state;
+	char uri[200];
+	snprintf(uri, sizeof(uri), "file:%s?psow=0", f->path);
+	sqlite3 *w = NULL;
+	assert_int_equal(
+	    sqlite3_open_v2(uri, &w, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
+	                    store_test_vfs()),
+	    SQLITE_OK);
+	exec(w, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;"
+	        " CREATE TABLE t(n INTEGER PRIMARY KEY, x BLOB)");
+	sqlite3 *r = open_with(f->path, NULL);
+	for (int i = 1; i <= 20; i++) {
+		exec(w, "INSERT INTO t VALUES (NULL, randomblob(700))");
+		assert_int_equal(query(r, "SELECT count(*) FROM t WHERE length(x) = 700"), i);
+	}
+	assert_intact(r);
+	sqlite3_close(r);
+	sqlite3_close(w);
+}
+
+/*
+ * Frames a transaction spilled are held when a later statement's read
+ * cannot write them (a full disk). That statement may be undone alone and
+ * the transaction committed: SQLite must not commit frames the file does
+ * not hold, so the failure takes the whole transaction back.
+ */
+static void test_failed_write_leaves_no_hole(void **state)
+{
+	struct fx *f = *state;
+	sqlite3 *w = open_with(f->path, store_test_vfs());
+	exec(w, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = 10;"
+	        " CREATE TABLE t(n INTEGER PRIMARY KEY, x BLOB)");
+	exec(w, "BEGIN; SAVEPOINT a;" ROWS " INSERT INTO t SELECT n, randomblob(1500) FROM c;"
+	        " RELEASE a; SAVEPOINT b");
+	store_test_fail_wal_writes(1);
+	assert_int_not_equal(
+	    sqlite3_exec(w, "UPDATE t SET x = zeroblob(1500) WHERE n % 2 = 0", NULL, NULL, NULL),
+	    SQLITE_OK);
+	store_test_fail_wal_writes(0);
+	sqlite3_exec(w, "ROLLBACK TO b", NULL, NULL, NULL);
+	sqlite3_exec(w, "COMMIT", NULL, NULL, NULL);
+	sqlite3 *r = open_with(f->path, NULL);
+	assert_intact(r);
+	int64_t n = query(r, "SELECT count(*) FROM t");
+	if (n != 0) /* committed after all: then all of it */
+		assert_int_equal(query(r, "SELECT count(*) FROM t WHERE length(x) = 1500"), 400);
+	sqlite3_close(r);
+	sqlite3_close(w);
+}
+
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -134,6 +237,12 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_commit_reaches_the_file_without_a_sync, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_spilled_pages_read_back, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_rewritten_checksums_reach_the_file, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_padded_commit_reaches_the_file, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_write_leaves_no_hole, fx_setup,
+	                                    fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
