@@ -79,6 +79,20 @@ static void assert_intact(sqlite3 *db)
 	sqlite3_finalize(st);
 }
 
+/* A connection through the VFS, in WAL mode with synchronous as given, a
+ * page cache of 10 pages, and an empty table t(n, x). */
+static sqlite3 *open_small_cache(const struct fx *f, const char *synchronous)
+{
+	sqlite3 *w = open_with(f->path, store_test_vfs());
+	char sql[256];
+	snprintf(sql, sizeof(sql),
+	         "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA cache_size = 10;"
+	         " PRAGMA wal_autocheckpoint = 0; CREATE TABLE t(n INTEGER PRIMARY KEY, x BLOB)",
+	         synchronous);
+	exec(w, sql);
+	return w;
+}
+
 /* The store syncs every commit, which writes the frames; without a sync,
  * the commit's last frame must write them. */
 static void test_commit_reaches_the_file_without_a_sync(void **state)
@@ -106,9 +120,7 @@ static void test_commit_reaches_the_file_without_a_sync(void **state)
 static void test_spilled_pages_read_back(void **state)
 {
 	struct fx *f = *state;
-	sqlite3 *w = open_with(f->path, store_test_vfs());
-	exec(w, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = 10;"
-	        " CREATE TABLE t(n INTEGER PRIMARY KEY, x BLOB)");
+	sqlite3 *w = open_small_cache(f, "FULL");
 	uint64_t before = store_test_wal_writes();
 	exec(w,
 	     "BEGIN; WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 400)"
@@ -152,11 +164,8 @@ static void copy_file(const char *from, const char *to)
 static void test_rewritten_checksums_reach_the_file(void **state)
 {
 	struct fx *f = *state;
-	sqlite3 *w = open_with(f->path, store_test_vfs());
-	exec(w,
-	     "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA cache_size = 10;"
-	     " PRAGMA wal_autocheckpoint = 0; CREATE TABLE t(n INTEGER PRIMARY KEY, x BLOB);" ROWS
-	     " INSERT INTO t SELECT n, randomblob(1500) FROM c");
+	sqlite3 *w = open_small_cache(f, "OFF");
+	exec(w, ROWS " INSERT INTO t SELECT n, randomblob(1500) FROM c");
 	exec(w, "BEGIN; UPDATE t SET x = zeroblob(1500); UPDATE t SET x = zeroblob(1499); COMMIT");
 	char db[160], wal[160], copy[160], copy_wal[160];
 	fx_path(f, db, sizeof(db), "");
@@ -198,17 +207,15 @@ static void test_padded_commit_reaches_the_file(void **state)
 }
 
 /*
- * Frames a transaction spilled are held when a later statement's read
- * cannot write them (a full disk). That statement may be undone alone and
- * the transaction committed: SQLite must not commit frames the file does
- * not hold, so the failure takes the whole transaction back.
+ * Frames a transaction spilled can still be held when a later statement's
+ * read fails to write them (a full disk). Reported as a full disk, that
+ * statement could be undone alone and the rest committed, frames the file
+ * does not hold and all: the failure must take the whole transaction back.
  */
 static void test_failed_write_leaves_no_hole(void **state)
 {
 	struct fx *f = *state;
-	sqlite3 *w = open_with(f->path, store_test_vfs());
-	exec(w, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = 10;"
-	        " CREATE TABLE t(n INTEGER PRIMARY KEY, x BLOB)");
+	sqlite3 *w = open_small_cache(f, "FULL");
 	exec(w, "BEGIN; SAVEPOINT a;" ROWS " INSERT INTO t SELECT n, randomblob(1500) FROM c;"
 	        " RELEASE a; SAVEPOINT b");
 	store_test_fail_wal_writes(1);
