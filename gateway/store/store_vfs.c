@@ -3,11 +3,11 @@
  * in two writes, its 24-byte header and then its page, so a commit of n
  * pages makes 2n pwrite calls: at R = 100 these were a third of the store
  * writer's time (docs/performance.md#finding-the-wal-in-one-write). This VFS,
- * STORE_VFS, is the default one (unix) but for WAL files, whose writes that
- * continue the one before are gathered in a buffer and written in one call
- * before anything that needs them in the file: a sync, a read, a
- * truncation, its size, a file control, a close, or the end of a commit's
- * frames.
+ * STORE_VFS, is the default one (unix) but for WAL files, where the frames
+ * SQLite appends one after another are held in a buffer and written in one
+ * call before anything that needs them in the file: a sync, a read, a
+ * write elsewhere, a truncation, its size, a file control, a close, or the
+ * end of a commit's frames.
  *
  * Nothing is lost by holding frames back. Other connections read a frame
  * only once its commit is published in the WAL index's header, which
@@ -127,7 +127,7 @@ static uint32_t be32(const unsigned char *p)
  */
 static bool held(struct wal_file *f, bool after_header, int amt, sqlite3_int64 off)
 {
-	if (f->direct || off < f->end) /* in place */
+	if (f->direct || off < f->end) /* off < end: in place */
 		return false;
 	if (amt == WAL_FRAME_HEADER || (off == 0 && amt == WAL_HEADER))
 		return true;
