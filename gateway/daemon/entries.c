@@ -16,15 +16,18 @@ static void kv_str(struct strbuf *b, const char *key, const char *value)
 {
 	char bounded[CLIENT_STR_MAX + 1];
 	str_copy(bounded, value ? value : "", sizeof(bounded));
-	strbuf_printf(b, ",\"%s\":", key);
+	strbuf_puts(b, ",\"");
+	strbuf_puts(b, key);
+	strbuf_puts(b, "\":");
 	strbuf_json_string(b, bounded);
 }
 
 static void fields_by_action(struct strbuf *b, const struct policy_dataset *ds,
                              enum field_action action)
 {
-	strbuf_printf(b, "%s\"%s\":[", action == ACTION_PASS ? "" : ",",
-	              policy_field_action_name(action));
+	strbuf_puts(b, action == ACTION_PASS ? "\"" : ",\"");
+	strbuf_puts(b, policy_field_action_name(action));
+	strbuf_puts(b, "\":[");
 	bool first = true;
 	for (size_t i = 0; i < ds->n_fields; i++) {
 		if (ds->fields[i].action != action)
@@ -49,7 +52,8 @@ char *entry_accepted(const struct policy_set *set, const struct policy_outcome *
 	kv_str(&b, "recipient", req->recipient);
 	kv_str(&b, "message_id", req->message_id);
 	kv_str(&b, "agreement_id", a->id);
-	strbuf_printf(&b, ",\"agreement_version\":%u", a->version);
+	strbuf_puts(&b, ",\"agreement_version\":");
+	strbuf_u64(&b, a->version);
 	kv_str(&b, "policy_version", set->version);
 	kv_str(&b, "purpose", a->purpose_code);
 	strbuf_puts(&b, ",\"lawful_basis\":[");
@@ -60,12 +64,16 @@ char *entry_accepted(const struct policy_set *set, const struct policy_outcome *
 	}
 	strbuf_puts(&b, "]");
 	kv_str(&b, "dataset", o->dataset->name);
-	strbuf_printf(&b, ",\"records\":%u,\"bytes\":%zu", o->record_count, o->payload_len);
+	strbuf_puts(&b, ",\"records\":");
+	strbuf_u64(&b, o->record_count);
+	strbuf_puts(&b, ",\"bytes\":");
+	strbuf_u64(&b, o->payload_len);
 	strbuf_puts(&b, ",\"fields\":{");
 	for (enum field_action act = ACTION_PASS; act <= ACTION_PSEUDONYMISE; act++)
 		fields_by_action(&b, o->dataset, act);
 	strbuf_puts(&b, "}");
-	strbuf_printf(&b, ",\"reply_to\":%llu", (unsigned long long)req->reply_to);
+	strbuf_puts(&b, ",\"reply_to\":");
+	strbuf_u64(&b, req->reply_to);
 	/* Not through printf: a 100-record message's subjects are some 15 KB. */
 	strbuf_puts(&b, ",\"subjects\":");
 	strbuf_puts(&b, subjects);

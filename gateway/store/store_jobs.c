@@ -68,16 +68,21 @@ static int audit_message_event(struct store *s, int64_t now, const char *event,
 	strbuf_init(&b);
 	strbuf_puts(&b, "{\"event\":");
 	strbuf_json_string(&b, event);
-	strbuf_printf(&b, ",\"gateway_id\":%" PRIu64 ",\"sender\":", m->id);
+	strbuf_puts(&b, ",\"gateway_id\":");
+	strbuf_u64(&b, m->id);
+	strbuf_puts(&b, ",\"sender\":");
 	strbuf_json_string(&b, m->sender ? m->sender : "");
 	strbuf_puts(&b, ",\"recipient\":");
 	strbuf_json_string(&b, m->recipient ? m->recipient : "");
 	strbuf_puts(&b, ",\"agreement_id\":");
 	strbuf_json_string(&b, m->agreement_id ? m->agreement_id : "");
-	strbuf_printf(&b,
-	              ",\"agreement_version\":%" PRIu32 ",\"message_id\":", m->agreement_version);
+	strbuf_puts(&b, ",\"agreement_version\":");
+	strbuf_u64(&b, m->agreement_version);
+	strbuf_puts(&b, ",\"message_id\":");
 	strbuf_json_string(&b, m->message_id ? m->message_id : "");
-	strbuf_printf(&b, ",\"accepted_index\":%" PRIu64 "}", m->accepted_index);
+	strbuf_puts(&b, ",\"accepted_index\":");
+	strbuf_u64(&b, m->accepted_index);
+	strbuf_puts(&b, "}");
 	size_t len = 0;
 	char *entry = strbuf_take(&b, &len);
 	if (!entry)

@@ -52,6 +52,17 @@ void strbuf_puts(struct strbuf *b, const char *s)
 	strbuf_append(b, s, strlen(s));
 }
 
+void strbuf_u64(struct strbuf *b, uint64_t v)
+{
+	char digits[20];
+	size_t n = sizeof(digits);
+	do {
+		digits[--n] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	strbuf_append(b, digits + n, sizeof(digits) - n);
+}
+
 /* Written straight into the room there is, and again only when it did not fit. */
 void strbuf_printf(struct strbuf *b, const char *fmt, ...)
 {

@@ -104,6 +104,8 @@ void strbuf_release(struct strbuf *b);
 void strbuf_append(struct strbuf *b, const char *s, size_t len);
 void strbuf_puts(struct strbuf *b, const char *s);
 void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append v in decimal: what printf's %llu writes, without parsing a format. */
+void strbuf_u64(struct strbuf *b, uint64_t v);
 /* Append s as a JSON string literal (quotes and escapes; invalid UTF-8 bytes as U+FFFD). */
 void strbuf_json_string(struct strbuf *b, const char *s);
 /* Hand over the NUL-terminated text (caller frees); NULL after a failure. */

@@ -107,6 +107,31 @@ static void test_utf8(void **state)
 	}
 }
 
+static void test_strbuf_u64(void **state)
+{
+	(void)state;
+	const struct {
+		uint64_t v;
+		const char *text;
+	} cases[] = {
+	    {0, "n=0"},
+	    {7, "n=7"},
+	    {10, "n=10"},
+	    {99, "n=99"},
+	    {4294967296u, "n=4294967296"},
+	    {UINT64_MAX, "n=18446744073709551615"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct strbuf b;
+		strbuf_init(&b);
+		strbuf_puts(&b, "n=");
+		strbuf_u64(&b, cases[i].v);
+		char *s = strbuf_take(&b, NULL);
+		assert_string_equal(s, cases[i].text);
+		free(s);
+	}
+}
+
 static void test_json_string(void **state)
 {
 	struct strbuf b;
@@ -250,11 +275,11 @@ static void test_sha256(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_durations), cmocka_unit_test(test_sizes),
-	    cmocka_unit_test(test_numbers),   cmocka_unit_test(test_dates),
-	    cmocka_unit_test(test_utf8),      cmocka_unit_test(test_json_string),
-	    cmocka_unit_test(test_log_quote), cmocka_unit_test(test_base64),
-	    cmocka_unit_test(test_sha256),
+	    cmocka_unit_test(test_durations),   cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_numbers),     cmocka_unit_test(test_dates),
+	    cmocka_unit_test(test_utf8),        cmocka_unit_test(test_strbuf_u64),
+	    cmocka_unit_test(test_json_string), cmocka_unit_test(test_log_quote),
+	    cmocka_unit_test(test_base64),      cmocka_unit_test(test_sha256),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
