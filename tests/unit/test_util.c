@@ -107,6 +107,28 @@ static void test_utf8(void **state)
 	}
 }
 
+static void test_time_format(void **state)
+{
+	(void)state;
+	const struct {
+		int64_t ms;
+		const char *text;
+	} cases[] = {
+	    {0, "1970-01-01T00:00:00.000Z"},
+	    {999, "1970-01-01T00:00:00.999Z"},
+	    {951827696789, "2000-02-29T12:34:56.789Z"},
+	    {1764000000123, "2025-11-24T16:00:00.123Z"},
+	    {253402300799999, "9999-12-31T23:59:59.999Z"},
+	    {253402300800000, "10000-01-01T00:00:00.000Z"}, /* past 9999: as printf writes it */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char buf[32];
+		assert_string_equal(time_format_ms(buf, sizeof(buf), cases[i].ms), cases[i].text);
+	}
+	char small[11]; /* too small: cut short, as snprintf does */
+	assert_string_equal(time_format_ms(small, sizeof(small), 0), "1970-01-01");
+}
+
 static void test_strbuf_u64(void **state)
 {
 	(void)state;
@@ -275,11 +297,12 @@ static void test_sha256(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_durations),   cmocka_unit_test(test_sizes),
-	    cmocka_unit_test(test_numbers),     cmocka_unit_test(test_dates),
-	    cmocka_unit_test(test_utf8),        cmocka_unit_test(test_strbuf_u64),
-	    cmocka_unit_test(test_json_string), cmocka_unit_test(test_log_quote),
-	    cmocka_unit_test(test_base64),      cmocka_unit_test(test_sha256),
+	    cmocka_unit_test(test_durations),  cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_numbers),    cmocka_unit_test(test_dates),
+	    cmocka_unit_test(test_utf8),       cmocka_unit_test(test_time_format),
+	    cmocka_unit_test(test_strbuf_u64), cmocka_unit_test(test_json_string),
+	    cmocka_unit_test(test_log_quote),  cmocka_unit_test(test_base64),
+	    cmocka_unit_test(test_sha256),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
