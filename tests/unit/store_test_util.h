@@ -369,6 +369,21 @@ static inline uint8_t *file_slurp(const char *path, size_t *len)
 	return buf;
 }
 
+/* Copy src to dst, keeping its first `keep` bytes (all of them with -1). */
+static inline void file_copy(const char *src, const char *dst, long keep)
+{
+	size_t len = 0;
+	uint8_t *buf = file_slurp(src, &len);
+	assert_non_null(buf);
+	if (keep >= 0 && (size_t)keep < len)
+		len = (size_t)keep;
+	FILE *out = fopen(dst, "wb");
+	assert_non_null(out);
+	assert_int_equal(fwrite(buf, 1, len, out), len);
+	assert_int_equal(fclose(out), 0);
+	free(buf);
+}
+
 /* lp(s) of docs/store.md: a 4-byte big-endian length, then the bytes. */
 static inline size_t store_lp(uint8_t *out, const char *s)
 {

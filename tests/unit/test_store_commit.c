@@ -418,21 +418,6 @@ static void test_wal_stays_bounded(void **state)
 	assert_true(file_size(wal) <= 32 + (16 + 14) * (4096 + 24));
 }
 
-/* Copy src to dst, keeping its first `keep` bytes (all of them with -1). */
-static void copy_file(const char *src, const char *dst, off_t keep)
-{
-	size_t len = 0;
-	uint8_t *buf = file_slurp(src, &len);
-	assert_non_null(buf);
-	if (keep >= 0 && (size_t)keep < len)
-		len = (size_t)keep;
-	FILE *out = fopen(dst, "wb");
-	assert_non_null(out);
-	assert_int_equal(fwrite(buf, 1, len, out), len);
-	assert_int_equal(fclose(out), 0);
-	free(buf);
-}
-
 static uint32_t be32(const uint8_t *p)
 {
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
@@ -461,8 +446,8 @@ static struct fx *crash_copy(const struct fx *f, const char *wal, off_t keep, ui
 	struct fx *g = state;
 	char gwal[160];
 	fx_path(g, gwal, sizeof(gwal), "-wal");
-	copy_file(f->path, g->path, -1);
-	copy_file(wal, gwal, keep);
+	file_copy(f->path, g->path, -1);
+	file_copy(wal, gwal, keep);
 	memcpy(g->key, f->key, sizeof(g->key));
 	char err[512] = "";
 	struct store_options opt = {.path = g->path, .storage_key = g->key, .wal_pages = wal_pages};

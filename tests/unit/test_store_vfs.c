@@ -79,6 +79,9 @@ static void assert_intact(sqlite3 *db)
 	sqlite3_finalize(st);
 }
 
+/* 400 rows, n = 1 ... 400, for an INSERT ... SELECT n FROM c. */
+#define ROWS "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 400)"
+
 /* A connection through the VFS, in WAL mode with synchronous as given, a
  * page cache of 10 pages, and an empty table t(n, x). */
 static sqlite3 *open_small_cache(const struct fx *f, const char *synchronous)
@@ -122,9 +125,7 @@ static void test_spilled_pages_read_back(void **state)
 	struct fx *f = *state;
 	sqlite3 *w = open_small_cache(f, "FULL");
 	uint64_t before = store_test_wal_writes();
-	exec(w,
-	     "BEGIN; WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 400)"
-	     " INSERT INTO t SELECT n, randomblob(1500) FROM c");
+	exec(w, "BEGIN;" ROWS " INSERT INTO t SELECT n, randomblob(1500) FROM c");
 	assert_true(store_test_wal_writes() > before); /* spilled */
 	assert_int_equal(query(w, "SELECT count(*) FROM t WHERE length(x) = 1500"), 400);
 	exec(w, "UPDATE t SET x = zeroblob(1500) WHERE n % 2 = 0");
@@ -138,21 +139,6 @@ static void test_spilled_pages_read_back(void **state)
 	sqlite3_close(r);
 	sqlite3_close(w);
 }
-
-static void copy_file(const char *from, const char *to)
-{
-	FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-	assert_non_null(in);
-	assert_non_null(out);
-	char buf[65536];
-	size_t n;
-	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-		assert_int_equal(fwrite(buf, 1, n, out), n);
-	fclose(in);
-	assert_int_equal(fclose(out), 0);
-}
-
-#define ROWS "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 400)"
 
 /*
  * A transaction that changes pages it spilled rewrites their frames in
@@ -172,8 +158,8 @@ static void test_rewritten_checksums_reach_the_file(void **state)
 	fx_path(f, wal, sizeof(wal), "-wal");
 	fx_path(f, copy, sizeof(copy), ".copy");
 	fx_path(f, copy_wal, sizeof(copy_wal), ".copy-wal");
-	copy_file(db, copy);
-	copy_file(wal, copy_wal);
+	file_copy(db, copy, -1);
+	file_copy(wal, copy_wal, -1);
 	sqlite3 *r = open_with(copy, NULL);
 	assert_int_equal(query(r, "SELECT count(*) FROM t WHERE x = zeroblob(1499)"), 400);
 	assert_intact(r);
