@@ -817,6 +817,171 @@ static void test_sealer_failures(void **state)
 	store_fetch_result_free(res);
 }
 
+/*
+ * A holder whose unwrap waits at a gate until the test opens it, as a key
+ * process waiting for a core would: the store's writer must not wait with it.
+ */
+struct gated {
+	struct flaky fl;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool held;
+	unsigned arrived; /* unwraps that reached the gate */
+};
+
+static int gated_new_keys(void *ctx, size_t n, uint8_t *keys, uint8_t *wrapped)
+{
+	return flaky_new_keys(&((struct gated *)ctx)->fl, n, keys, wrapped);
+}
+
+static int gated_unwrap(void *ctx, size_t n, const uint8_t *wrapped, uint8_t *keys, uint8_t *ok)
+{
+	struct gated *g = ctx;
+	pthread_mutex_lock(&g->mu);
+	g->arrived++;
+	pthread_cond_broadcast(&g->cv);
+	while (g->held)
+		pthread_cond_wait(&g->cv, &g->mu);
+	pthread_mutex_unlock(&g->mu);
+	return flaky_unwrap(&g->fl, n, wrapped, keys, ok);
+}
+
+static int gated_open(void *ctx, const uint8_t *ad, size_t ad_len,
+                      const uint8_t nonce[static STORE_SEAL_NONCE_LEN], const uint8_t *sealed,
+                      size_t sealed_len, uint8_t *out)
+{
+	return flaky_open(&((struct gated *)ctx)->fl, ad, ad_len, nonce, sealed, sealed_len, out);
+}
+
+static struct store *gated_open_store(struct fx *f, struct gated *g)
+{
+	*g = (struct gated){.fl = {.key = f->key}, .held = true};
+	pthread_mutex_init(&g->mu, NULL);
+	pthread_cond_init(&g->cv, NULL);
+	struct store_sealer sealer = {
+	    .ctx = g, .new_keys = gated_new_keys, .unwrap = gated_unwrap, .open = gated_open};
+	struct store_options opt = {.path = f->path, .sealer = &sealer};
+	char err[256];
+	assert_int_equal(store_open(&opt, &f->s, err, sizeof(err)), 0);
+	return f->s;
+}
+
+static void gate_wait_arrived(struct gated *g, unsigned n)
+{
+	pthread_mutex_lock(&g->mu);
+	while (g->arrived < n)
+		pthread_cond_wait(&g->cv, &g->mu);
+	pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_open(struct gated *g)
+{
+	pthread_mutex_lock(&g->mu);
+	g->held = false;
+	pthread_cond_broadcast(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+}
+
+/* Send without waiting past deadline_ms: 0 when the receipt came in time, -1 when not. */
+static int send_within(struct store *s, const struct store_message *m, int deadline_ms)
+{
+	struct wait *w = calloc(1, sizeof(*w)); /* leaked on a timeout: the writer still has it */
+	wait_init(w);
+	assert_int_equal(store_send(s, m, on_send, w), 0);
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += deadline_ms / 1000;
+	pthread_mutex_lock(&w->mu);
+	while (!w->done)
+		if (pthread_cond_timedwait(&w->cv, &w->mu, &until) != 0)
+			break;
+	bool done = w->done;
+	int err = w->err;
+	pthread_mutex_unlock(&w->mu);
+	if (!done)
+		return -1;
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	free(w);
+	return err;
+}
+
+static void fetch_start(struct store *s, const char *recipient, struct wait *w)
+{
+	wait_init(w);
+	assert_int_equal(store_fetch(s, recipient, 0, 10, on_fetch, w), 0);
+}
+
+/*
+ * A fetch opens its payloads away from the writer: while the key's holder
+ * keeps it waiting, sends and acks still commit. What was acknowledged
+ * meanwhile is not handed out, nor logged as delivered after its ack.
+ */
+static void test_fetch_opens_off_the_writer(void **state)
+{
+	struct fx *f = *state;
+	struct gated g;
+	struct store *s = gated_open_store(f, &g);
+	struct store_message m = fx_msg("police-a", "m-x", "nhs-b", "x");
+	struct store_receipt rx;
+	assert_int_equal(send_sync(s, &m, &rx), 0);
+	struct wait w;
+	fetch_start(s, "nhs-b", &w);
+	gate_wait_arrived(&g, 1);
+	m = fx_msg("police-a", "m-y", "nhs-b", "y");
+	int sent = send_within(s, &m, 5000);
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	if (sent == 0)
+		assert_int_equal(ack_sync(s, "nhs-b", &rx.gateway_id, 1, &acked, NULL, &n_unknown),
+		                 0);
+	gate_open(&g);
+	assert_int_equal(sent, 0);
+	assert_int_equal(acked, 1);
+	assert_int_equal(wait_for(&w), 0);
+	assert_int_equal(w.res->n, 0); /* m-x was read, then acknowledged */
+	store_fetch_result_free(w.res);
+	assert_int_equal(
+	    db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.delivered'", 0), 0);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_memory_equal(res->items[0].payload, "y", 1);
+	store_fetch_result_free(res);
+	assert_int_equal(
+	    db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.delivered'", 0), 1);
+}
+
+/* Two fetches read the same pending message: both hand it out, and it is
+ * marked and logged delivered once. */
+static void test_fetches_mark_once(void **state)
+{
+	struct fx *f = *state;
+	struct gated g;
+	struct store *s = gated_open_store(f, &g);
+	struct store_message m = fx_msg("police-a", "m-x", "nhs-b", "x");
+	assert_int_equal(send_sync(s, &m, NULL), 0);
+	struct wait w1, w2;
+	fetch_start(s, "nhs-b", &w1);
+	gate_wait_arrived(&g, 1);
+	fetch_start(s, "nhs-b", &w2);
+	/* Jobs run in order: once this send is done, the second fetch has read. */
+	m = fx_msg("police-a", "m-z", "nhs-c", "z");
+	int sent = send_within(s, &m, 5000);
+	gate_open(&g);
+	assert_int_equal(sent, 0);
+	assert_int_equal(wait_for(&w1), 0);
+	assert_int_equal(wait_for(&w2), 0);
+	assert_int_equal(w1.res->n, 1);
+	assert_int_equal(w2.res->n, 1);
+	assert_memory_equal(w2.res->items[0].payload, "x", 1);
+	store_fetch_result_free(w1.res);
+	store_fetch_result_free(w2.res);
+	assert_int_equal(
+	    db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.delivered'", 0), 1);
+	assert_int_equal(db_int(f, "SELECT state FROM messages WHERE message_id = 'm-x'", 0), 1);
+}
+
 /* More messages than one batch of data keys: each has its own, all open. */
 static void test_data_keys_per_message(void **state)
 {
@@ -1051,6 +1216,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_seal_headers, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_data_keys_per_message, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_sealer_failures, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_opens_off_the_writer, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_fetches_mark_once, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reply_to_rules, fx_setup, fx_teardown),
