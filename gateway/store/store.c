@@ -218,73 +218,13 @@ static void batch_notify(struct store *s, struct store_job *batch)
 static void batch_finish(struct store *s, struct store_job *batch)
 {
 	for (struct store_job *j = batch; j; j = j->next)
-		if (!store_job_to_open(j))
-			store_job_finish(j);
+		store_job_finish(j);
 	batch_notify(s, batch);
-	struct store_job *first = NULL, *last = NULL;
 	while (batch) {
 		struct store_job *next = batch->next;
-		if (store_job_to_open(batch)) {
-			batch->next = NULL;
-			if (last)
-				last->next = batch;
-			else
-				first = batch;
-			last = batch;
-		} else {
-			store_job_free(batch);
-		}
+		store_job_free(batch);
 		batch = next;
 	}
-	if (!first)
-		return;
-	pthread_mutex_lock(&s->mu);
-	if (s->open_tail)
-		s->open_tail->next = first;
-	else
-		s->open_head = first;
-	s->open_tail = last;
-	pthread_cond_signal(&s->open_cv);
-	pthread_mutex_unlock(&s->mu);
-}
-
-/* --- the opener thread ------------------------------------------------------------ */
-
-/*
- * Opens what fetches read, away from the writer: unwrapping their data keys
- * is a round trip to the key process, which on a busy machine waits for a
- * core. The jobs then go back to the writer's queue, ahead of anything
- * queued since, to be marked delivered.
- */
-static void *opener_main(void *arg)
-{
-	struct store *s = arg;
-	pthread_setname_np(pthread_self(), "isg-opener");
-	pthread_mutex_lock(&s->mu);
-	for (;;) {
-		while (!s->open_head && !s->opener_closing)
-			pthread_cond_wait(&s->open_cv, &s->mu);
-		if (!s->open_head)
-			break;
-		struct store_job *jobs = s->open_head, *last = s->open_tail;
-		s->open_head = s->open_tail = NULL;
-		s->opening = true;
-		pthread_mutex_unlock(&s->mu);
-		store_fetch_open(s, jobs);
-		size_t n = 0;
-		for (struct store_job *j = jobs; j; j = j->next)
-			n++;
-		pthread_mutex_lock(&s->mu);
-		last->next = s->head;
-		s->head = jobs;
-		if (!s->tail)
-			s->tail = last;
-		s->queued += n;
-		s->opening = false;
-		pthread_cond_signal(&s->cv);
-	}
-	pthread_mutex_unlock(&s->mu);
-	return NULL;
 }
 
 /* --- the writer thread ------------------------------------------------------------ */
@@ -328,15 +268,13 @@ static void *writer_main(void *arg)
 			int64_t now = time_mono_ms();
 			sweep = now >= next_sweep;
 			checkpoint = store_log_checkpoint_due(s, now);
-			/* Closing waits for the fetches the opener holds. */
-			bool opening = s->open_head || s->opening;
-			if (s->head || sweep || checkpoint || (s->closing && !opening))
+			if (s->head || sweep || checkpoint || s->closing)
 				break;
 			int64_t cp = store_log_checkpoint_deadline(s);
 			cond_wait_until(s, cp < next_sweep ? cp : next_sweep);
 		}
 		struct store_job *batch = queue_take(s);
-		bool stop = !batch && s->closing && !s->open_head && !s->opening;
+		bool stop = !batch && s->closing;
 		pthread_mutex_unlock(&s->mu);
 		if (stop)
 			break;
@@ -355,22 +293,8 @@ static void *writer_main(void *arg)
 
 /* --- open and close ------------------------------------------------------------------ */
 
-/* After the writer: it waits for the opener to hand back every job. */
-static void opener_stop(struct store *s)
-{
-	if (!s->opener_started)
-		return;
-	pthread_mutex_lock(&s->mu);
-	s->opener_closing = true;
-	pthread_cond_signal(&s->open_cv);
-	pthread_mutex_unlock(&s->mu);
-	pthread_join(s->opener, NULL);
-	s->opener_started = false;
-}
-
 static void store_release(struct store *s)
 {
-	opener_stop(s);
 	store_wal_stop(s);
 	store_db_close(s);
 	store_keys_release(s);
@@ -379,7 +303,6 @@ static void store_release(struct store *s)
 		sodium_memzero(s->key, STORE_KEY_LEN);
 		sodium_free(s->key);
 	}
-	pthread_cond_destroy(&s->open_cv);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);
 	free(s->leaf);
@@ -400,10 +323,6 @@ static int store_init_sync(struct store *s)
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	int rc = pthread_cond_init(&s->cv, &attr);
 	pthread_condattr_destroy(&attr);
-	if (rc == 0 && pthread_cond_init(&s->open_cv, NULL) != 0) {
-		pthread_cond_destroy(&s->cv);
-		rc = -1;
-	}
 	if (rc != 0) {
 		pthread_mutex_destroy(&s->mu);
 		return ISG_ERR_NOMEM;
@@ -470,12 +389,6 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	if (rc)
 		goto out;
 	sqlite3_commit_hook(s->db, commit_hook, s);
-	if (pthread_create(&s->opener, NULL, opener_main, s) != 0) {
-		store_seterr(err, errlen, "store: cannot start the opener thread");
-		rc = ISG_ERR_NOMEM;
-		goto out;
-	}
-	s->opener_started = true;
 	if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
 		store_seterr(err, errlen, "store: cannot start the writer thread");
 		rc = ISG_ERR_NOMEM;

@@ -87,7 +87,6 @@ enum store_stmt {
 	ST_MSG_INSERT,
 	ST_FETCH,
 	ST_MARK_DELIVERED,
-	ST_FETCH_STATE,
 	ST_ACK_SELECT,
 	ST_SET_FINAL_STATE,
 	ST_EXPIRED_SELECT,
@@ -125,8 +124,6 @@ struct job_send {
 	bool added; /* a new message row, not a duplicate */
 };
 
-struct fetch_mark;
-
 struct job_fetch {
 	char *recipient;
 	uint64_t after_id;
@@ -134,12 +131,6 @@ struct job_fetch {
 	store_fetch_cb cb;
 	void *ctx;
 	struct store_fetch_result *res; /* always allocated; handed to cb */
-	/* What its first run read, for res->items, opened by the opener: */
-	struct fetch_mark *marks;
-	struct store_sealed *sealed;
-	size_t cap;   /* of marks, sealed and res->items */
-	bool read;    /* run once: its rows are read, and go to the opener */
-	int open_err; /* the holder's failure to open them */
 };
 
 struct job_ack {
@@ -220,15 +211,6 @@ struct store {
 	/* under mu */
 	struct store_job *head, *tail;
 	size_t queued;
-	/* Fetches whose rows were read, for the opener thread, which unwraps
-	 * their data keys and opens their payloads away from the writer, then
-	 * queues them again for the writer to mark delivered (under mu). */
-	struct store_job *open_head, *open_tail;
-	bool opening; /* the opener holds jobs */
-	bool opener_closing;
-	pthread_cond_t open_cv;
-	pthread_t opener;
-	bool opener_started;
 	bool closing;
 	bool paused; /* tests only */
 	store_notify_fn notify;
@@ -323,7 +305,7 @@ int store_seal(struct store *s, const char *sender, const char *message_id, cons
                uint8_t **sealed, size_t *sealed_len);
 /* A sealed payload as read from its row, and what opening it gave. */
 struct store_sealed {
-	const char *sender, *message_id, *recipient; /* the row's */
+	const char *sender, *message_id; /* the row's */
 	uint8_t header[STORE_HEADER_MAX];
 	size_t header_len;
 	uint8_t *sealed; /* malloc'd copy */
@@ -331,19 +313,13 @@ struct store_sealed {
 	uint8_t *plain; /* malloc'd; NULL when it did not open */
 	size_t plain_len;
 };
-/*
- * Open n payloads, unwrapping their data keys in one batch. A payload that
- * does not open is left with plain NULL; an error is the holder's failure
- * (or no memory), not a payload's. Every sealed copy is freed.
- */
-int store_unseal(struct store *s, struct store_sealed *const *items, size_t n);
+/* Open n payloads for recipient, unwrapping their data keys in one batch.
+ * A payload that does not open is left with plain NULL; an error is the
+ * holder's failure (or no memory), not a payload's. */
+int store_unseal_all(struct store *s, const char *recipient, struct store_sealed *items, size_t n);
 
 /* store_jobs.c: what each job does inside the writer's transaction. */
 int store_job_run(struct store *s, struct store_job *j, int64_t now);
-/* A fetch whose rows were read and wait for the opener. */
-bool store_job_to_open(const struct store_job *j);
-/* The opener's part: open the payloads the fetches of jobs read. */
-void store_fetch_open(struct store *s, struct store_job *jobs);
 /* Expire due messages; *more when the sweep stopped at its limit. */
 int store_sweep(struct store *s, int64_t now, bool *more);
 /* Set secure_delete back to ON if a payload's delete left it at FAST; 0 when it is ON. */

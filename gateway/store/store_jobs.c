@@ -297,68 +297,47 @@ static int fetch_row(sqlite3_stmt *st, struct store_delivery *d, struct store_se
 	return 0;
 }
 
+struct fetch_acc {
+	struct fetch_mark *marks;
+	struct store_sealed *sealed;
+	size_t cap; /* of marks, sealed and res->items */
+};
+
 /* Room for one more delivery; grows by doubling up to max, so a small fetch stays small. */
-static int fetch_reserve(struct job_fetch *jf)
+static int fetch_reserve(struct job_fetch *jf, struct fetch_acc *acc)
 {
 	struct store_fetch_result *res = jf->res;
-	if (res->n < jf->cap)
+	if (res->n < acc->cap)
 		return 0;
-	size_t cap = jf->cap ? jf->cap * 2 : 16;
+	size_t cap = acc->cap ? acc->cap * 2 : 16;
 	if (cap > jf->max)
 		cap = jf->max;
 	struct store_delivery *items = realloc(res->items, cap * sizeof(*items));
 	if (!items)
 		return ISG_ERR_NOMEM;
 	res->items = items;
-	memset(items + jf->cap, 0, (cap - jf->cap) * sizeof(*items));
-	struct fetch_mark *marks = realloc(jf->marks, cap * sizeof(*marks));
+	memset(items + acc->cap, 0, (cap - acc->cap) * sizeof(*items));
+	struct fetch_mark *marks = realloc(acc->marks, cap * sizeof(*marks));
 	if (!marks)
 		return ISG_ERR_NOMEM;
-	jf->marks = marks;
-	struct store_sealed *sealed = realloc(jf->sealed, cap * sizeof(*sealed));
+	acc->marks = marks;
+	struct store_sealed *sealed = realloc(acc->sealed, cap * sizeof(*sealed));
 	if (!sealed)
 		return ISG_ERR_NOMEM;
-	memset(sealed + jf->cap, 0, (cap - jf->cap) * sizeof(*sealed));
-	jf->sealed = sealed;
-	jf->cap = cap;
+	memset(sealed + acc->cap, 0, (cap - acc->cap) * sizeof(*sealed));
+	acc->sealed = sealed;
+	acc->cap = cap;
 	return 0;
 }
 
-/* Forget what a fetch read: its rows, sealed or opened. */
-static void fetch_release(struct job_fetch *jf)
-{
-	struct store_fetch_result *res = jf->res;
-	for (size_t i = 0; res && i < res->n; i++) {
-		if (jf->sealed) {
-			struct store_sealed *sl = &jf->sealed[i];
-			free(sl->sealed);
-			if (sl->plain) {
-				sodium_memzero(sl->plain, sl->plain_len);
-				free(sl->plain);
-			}
-		}
-		delivery_release(&res->items[i]);
-	}
-	if (res)
-		res->n = 0;
-	free(jf->marks);
-	free(jf->sealed);
-	jf->marks = NULL;
-	jf->sealed = NULL;
-	jf->cap = 0;
-	jf->read = false;
-	jf->open_err = 0;
-}
-
 /* Read the rows first: the table is not changed under a running SELECT. */
-static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now)
+static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, struct fetch_acc *acc)
 {
 	struct store_fetch_result *res = jf->res;
 	sqlite3_stmt *st = s->stmt[ST_FETCH];
 	size_t bytes = 0;
 	int err = 0;
 	/* A job run again alone after its batch failed starts afresh. */
-	fetch_release(jf);
 	res->scanned_to = 0;
 	res->more = false;
 	bind_text(st, 1, jf->recipient);
@@ -373,15 +352,14 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now)
 			err = store_db_fail(s, rc, "fetch.select");
 			break;
 		}
-		err = fetch_reserve(jf);
+		err = fetch_reserve(jf, acc);
 		if (err)
 			break;
-		err = fetch_row(st, &res->items[res->n], &jf->sealed[res->n]);
-		jf->sealed[res->n].recipient = jf->recipient;
+		err = fetch_row(st, &res->items[res->n], &acc->sealed[res->n]);
 		/* Count it even when half filled, so discard frees what it holds. */
-		jf->marks[res->n].first_delivery = sqlite3_column_int(st, 10) == MSG_PENDING;
-		jf->marks[res->n].accepted_index = (uint64_t)sqlite3_column_int64(st, 9);
-		bytes += jf->sealed[res->n].sealed_len;
+		acc->marks[res->n].first_delivery = sqlite3_column_int(st, 10) == MSG_PENDING;
+		acc->marks[res->n].accepted_index = (uint64_t)sqlite3_column_int64(st, 9);
+		bytes += acc->sealed[res->n].sealed_len;
 		res->scanned_to = res->items[res->n].gateway_id;
 		res->n++;
 		if (err)
@@ -392,138 +370,75 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now)
 	return err;
 }
 
-/* The payloads every fetch in jobs read, in order; NULL when there are none. */
-static struct store_sealed **read_items(struct store_job *jobs, size_t *n)
+static int fetch_mark_delivered(struct store *s, struct job_fetch *jf, int64_t now,
+                                const struct store_delivery *d, const struct fetch_mark *mark)
 {
-	*n = 0;
-	for (struct store_job *j = jobs; j; j = j->next)
-		*n += j->u.fetch.res->n;
-	struct store_sealed **items = *n ? malloc(*n * sizeof(*items)) : NULL;
-	size_t k = 0;
-	for (struct store_job *j = jobs; items && j; j = j->next)
-		for (size_t i = 0; i < j->u.fetch.res->n; i++)
-			items[k++] = &j->u.fetch.sealed[i];
-	return items;
-}
-
-bool store_job_to_open(const struct store_job *j)
-{
-	return j->kind == JOB_FETCH && j->err == 0 && j->u.fetch.read;
-}
-
-void store_fetch_open(struct store *s, struct store_job *jobs)
-{
-	size_t n;
-	struct store_sealed **items = read_items(jobs, &n);
-	int err = n && !items ? ISG_ERR_NOMEM : store_unseal(s, items, n);
-	free(items);
-	for (struct store_job *j = jobs; j; j = j->next)
-		j->u.fetch.open_err = err;
+	sqlite3_stmt *st = s->stmt[ST_MARK_DELIVERED];
+	sqlite3_bind_int64(st, 1, (int64_t)d->gateway_id);
+	int err = store_db_step_done(s, st, "fetch.mark_delivered");
+	if (err)
+		return err;
+	struct msg_ref m = {
+	    .id = d->gateway_id,
+	    .sender = d->sender,
+	    .recipient = jf->recipient,
+	    .message_id = d->message_id,
+	    .agreement_id = d->agreement_id,
+	    .agreement_version = d->agreement_version,
+	    .accepted_index = mark->accepted_index,
+	};
+	return audit_message_event(s, now, "message.delivered", &m);
 }
 
 /*
- * Keep the deliveries whose payload opened; one that did not (moved to
+ * Open what was read, in one batch; a payload that does not open (moved to
  * another row, changed, or under another key) is logged and left out, and
  * its row stays as it is.
  */
-static void fetch_keep_opened(struct job_fetch *jf)
+static int fetch_open(struct store *s, struct job_fetch *jf, struct fetch_acc *acc)
 {
 	struct store_fetch_result *res = jf->res;
+	int err = store_unseal_all(s, jf->recipient, acc->sealed, res->n);
 	size_t kept = 0;
 	for (size_t i = 0; i < res->n; i++) {
-		struct store_sealed *sl = &jf->sealed[i];
+		struct store_sealed *sl = &acc->sealed[i];
 		struct store_delivery *d = &res->items[i];
-		if (!sl->plain) {
+		free(sl->sealed);
+		if (!err && !sl->plain)
 			log_event(LOG_ERROR, "store.unseal_failed", "gateway_id=%" PRIu64,
 			          d->gateway_id);
+		if (err || !sl->plain) {
+			if (sl->plain) {
+				sodium_memzero(sl->plain, sl->plain_len);
+				free(sl->plain);
+			}
 			delivery_release(d);
 			continue;
 		}
 		d->payload = sl->plain;
 		d->payload_len = sl->plain_len;
-		sl->plain = NULL;
 		res->items[kept] = *d;
-		jf->marks[kept++] = jf->marks[i];
+		acc->marks[kept++] = acc->marks[i];
 	}
 	res->n = kept;
+	return err;
 }
 
-/*
- * The fetch was read a batch or more ago: since then another fetch may
- * have marked a message delivered, or it was acknowledged or expired.
- * A first delivery marks the row and logs it only if it is still pending;
- * any other is handed out only while its row is pending or delivered.
- */
-static int fetch_mark(struct store *s, struct job_fetch *jf, int64_t now,
-                      const struct store_delivery *d, const struct fetch_mark *mark, bool *keep)
-{
-	*keep = true;
-	if (mark->first_delivery) {
-		sqlite3_stmt *st = s->stmt[ST_MARK_DELIVERED];
-		sqlite3_bind_int64(st, 1, (int64_t)d->gateway_id);
-		int err = store_db_step_done(s, st, "fetch.mark_delivered");
-		if (err)
-			return err;
-		if (sqlite3_changes(s->db) == 1) {
-			struct msg_ref m = {
-			    .id = d->gateway_id,
-			    .sender = d->sender,
-			    .recipient = jf->recipient,
-			    .message_id = d->message_id,
-			    .agreement_id = d->agreement_id,
-			    .agreement_version = d->agreement_version,
-			    .accepted_index = mark->accepted_index,
-			};
-			return audit_message_event(s, now, "message.delivered", &m);
-		}
-	}
-	sqlite3_stmt *st = s->stmt[ST_FETCH_STATE];
-	sqlite3_bind_int64(st, 1, (int64_t)d->gateway_id);
-	int rc = sqlite3_step(st);
-	*keep = rc == SQLITE_ROW && (sqlite3_column_int(st, 0) == MSG_PENDING ||
-	                             sqlite3_column_int(st, 0) == MSG_DELIVERED);
-	finish_stmt(st);
-	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : store_db_fail(s, rc, "fetch.state");
-}
-
-/*
- * A fetch runs twice. First it reads the rows (and changes nothing), and
- * after the commit goes to the opener thread, so the writer never waits
- * for the storage key's holder. Then, queued again with what opened, it
- * marks them delivered.
- */
 static int job_fetch_run(struct store *s, struct job_fetch *jf, int64_t now)
 {
-	if (!jf->read) {
-		int err = fetch_collect(s, jf, now);
-		jf->read = err == 0;
-		return err;
-	}
-	if (jf->open_err)
-		return jf->open_err;
-	fetch_keep_opened(jf);
-	struct store_fetch_result *res = jf->res;
-	size_t kept = 0;
-	for (size_t i = 0; i < res->n; i++) {
-		bool keep;
-		int err = fetch_mark(s, jf, now, &res->items[i], &jf->marks[i], &keep);
-		if (err)
-			return err;
-		struct store_delivery d = res->items[i];
-		res->items[i] = (struct store_delivery){0}; /* one owner, should a later one fail */
-		if (keep)
-			res->items[kept++] = d;
-		else
-			delivery_release(&d);
-	}
-	res->n = kept;
-	free(jf->marks);
-	free(jf->sealed);
-	jf->marks = NULL;
-	jf->sealed = NULL;
-	jf->cap = 0;
-	jf->read = false; /* done */
-	return 0;
+	struct fetch_acc acc = {0};
+	int err = fetch_collect(s, jf, now, &acc);
+	if (!err)
+		err = fetch_open(s, jf, &acc);
+	else
+		for (size_t i = 0; i < jf->res->n; i++)
+			free(acc.sealed[i].sealed);
+	for (size_t i = 0; !err && i < jf->res->n; i++)
+		if (acc.marks[i].first_delivery)
+			err = fetch_mark_delivered(s, jf, now, &jf->res->items[i], &acc.marks[i]);
+	free(acc.marks);
+	free(acc.sealed);
+	return err;
 }
 
 /* --- ack ---------------------------------------------------------------------- */
@@ -711,7 +626,11 @@ void store_job_discard(struct store_job *j)
 		j->u.send.added = false;
 		break;
 	case JOB_FETCH:
-		fetch_release(&j->u.fetch);
+		if (j->u.fetch.res) {
+			for (size_t i = 0; i < j->u.fetch.res->n; i++)
+				delivery_release(&j->u.fetch.res->items[i]);
+			j->u.fetch.res->n = 0;
+		}
 		break;
 	case JOB_ACK:
 		j->u.ack.acknowledged = 0;
@@ -769,7 +688,6 @@ void store_job_free(struct store_job *j)
 		free(j->u.send.audit_entry);
 		break;
 	case JOB_FETCH:
-		fetch_release(&j->u.fetch);
 		free(j->u.fetch.recipient);
 		store_fetch_result_free(j->u.fetch.res);
 		break;

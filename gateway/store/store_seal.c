@@ -315,39 +315,29 @@ static int open_one(struct store *s, const char *recipient, struct store_sealed 
 	return 0;
 }
 
-/* The wrapped data keys of items, in order, to wrapped (NULL: only count them); how many. */
-static size_t wrapped_keys(struct store_sealed *const *items, size_t n, uint8_t *wrapped)
+int store_unseal_all(struct store *s, const char *recipient, struct store_sealed *items, size_t n)
 {
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++)
-		if (has_data_key(items[i])) {
-			if (wrapped)
-				memcpy(wrapped + k * STORE_WRAPPED_KEY_LEN, items[i]->header,
-				       STORE_WRAPPED_KEY_LEN);
-			k++;
-		}
-	return k;
-}
-
-int store_unseal(struct store *s, struct store_sealed *const *items, size_t n)
-{
-	size_t k = wrapped_keys(items, n, NULL);
+		k += has_data_key(&items[i]);
 	uint8_t *wrapped = malloc(k ? k * STORE_WRAPPED_KEY_LEN : 1);
 	uint8_t *ok = malloc(k ? k : 1);
 	uint8_t *keys = malloc(k ? k * STORE_KEY_LEN : 1);
 	int rc = wrapped && ok && keys ? 0 : ISG_ERR_NOMEM;
-	if (rc == 0 && k > 0) {
-		wrapped_keys(items, n, wrapped);
+	for (size_t i = 0, j = 0; rc == 0 && i < n; i++)
+		if (has_data_key(&items[i]))
+			memcpy(wrapped + j++ * STORE_WRAPPED_KEY_LEN, items[i].header,
+			       STORE_WRAPPED_KEY_LEN);
+	if (rc == 0 && k > 0)
 		rc = s->sealer.unwrap(s->sealer.ctx, k, wrapped, keys, ok);
-	}
-	for (size_t i = 0, j = 0; i < n; i++) {
-		struct store_sealed *it = items[i];
-		if (rc == 0 && has_data_key(it)) {
+	for (size_t i = 0, j = 0; rc == 0 && i < n; i++) {
+		struct store_sealed *it = &items[i];
+		if (has_data_key(it)) {
 			if (ok[j])
-				rc = open_one(s, it->recipient, it, keys + j * STORE_KEY_LEN);
+				rc = open_one(s, recipient, it, keys + j * STORE_KEY_LEN);
 			j++;
-		} else if (rc == 0 && it->header_len == STORE_HEADER_V1_LEN) {
-			rc = open_one(s, it->recipient, it, NULL);
+		} else if (it->header_len == STORE_HEADER_V1_LEN) {
+			rc = open_one(s, recipient, it, NULL);
 		}
 		/* Opened or not, the sealed copy goes now: a fetch near its byte
 		 * limit holds the plaintexts, not both. */
