@@ -59,6 +59,8 @@ int store_key_unwrap(const uint8_t storage_key[static STORE_SEAL_KEY_LEN],
 
 /* Data keys the store asks its sealer for at a time. */
 #define STORE_KEY_POOL 64
+/* Data keys of sealed payloads the store keeps for their first fetch, at most. */
+#define STORE_KEYS_KEPT 2048
 
 /* The storage key's holder, when it is not the store (any thread may call). */
 struct store_sealer {

@@ -196,9 +196,15 @@ int store_keys_init(struct store *s)
 	if (!s->gcm)
 		return ISG_ERR_CRYPTO;
 	s->pool_keys = sodium_malloc(STORE_KEY_POOL * STORE_KEY_LEN);
-	if (!s->pool_keys || pthread_mutex_init(&s->pool_mu, NULL) != 0) {
+	s->used_keys = sodium_malloc(STORE_KEYS_KEPT * STORE_KEY_LEN);
+	s->used_wrapped = calloc(STORE_KEYS_KEPT, sizeof(*s->used_wrapped));
+	if (!s->pool_keys || !s->used_keys || !s->used_wrapped ||
+	    pthread_mutex_init(&s->pool_mu, NULL) != 0) {
 		sodium_free(s->pool_keys);
-		s->pool_keys = NULL;
+		sodium_free(s->used_keys);
+		free(s->used_wrapped);
+		s->pool_keys = s->used_keys = NULL;
+		s->used_wrapped = NULL;
 		EVP_CIPHER_free(s->gcm);
 		s->gcm = NULL;
 		return ISG_ERR_NOMEM;
@@ -212,10 +218,46 @@ void store_keys_release(struct store *s)
 	if (!s->pool_keys)
 		return;
 	sodium_free(s->pool_keys); /* wipes them */
-	s->pool_keys = NULL;
+	sodium_free(s->used_keys);
+	free(s->used_wrapped);
+	s->pool_keys = s->used_keys = NULL;
+	s->used_wrapped = NULL;
 	pthread_mutex_destroy(&s->pool_mu);
 	EVP_CIPHER_free(s->gcm);
 	s->gcm = NULL;
+}
+
+/* The slot of a wrapped key among the kept ones: by its random nonce. */
+static size_t kept_slot(const uint8_t wrapped[static STORE_WRAPPED_KEY_LEN])
+{
+	uint64_t h;
+	memcpy(&h, wrapped, sizeof(h));
+	return (size_t)(h % STORE_KEYS_KEPT);
+}
+
+/* Keep a data key for its first fetch, in place of the one in its slot; pool_mu held. */
+static void keep_key(struct store *s, const uint8_t key[static STORE_KEY_LEN],
+                     const uint8_t wrapped[static STORE_WRAPPED_KEY_LEN])
+{
+	size_t i = kept_slot(wrapped);
+	memcpy(s->used_keys + i * STORE_KEY_LEN, key, STORE_KEY_LEN);
+	memcpy(s->used_wrapped[i], wrapped, STORE_WRAPPED_KEY_LEN);
+}
+
+/* The kept key of wrapped into key, wiped from the slot; false when it is not kept. */
+static bool take_kept(struct store *s, const uint8_t wrapped[static STORE_WRAPPED_KEY_LEN],
+                      uint8_t key[static STORE_KEY_LEN])
+{
+	size_t i = kept_slot(wrapped);
+	pthread_mutex_lock(&s->pool_mu);
+	bool kept = sodium_memcmp(s->used_wrapped[i], wrapped, STORE_WRAPPED_KEY_LEN) == 0;
+	if (kept) {
+		memcpy(key, s->used_keys + i * STORE_KEY_LEN, STORE_KEY_LEN);
+		sodium_memzero(s->used_keys + i * STORE_KEY_LEN, STORE_KEY_LEN);
+		memset(s->used_wrapped[i], 0, STORE_WRAPPED_KEY_LEN);
+	}
+	pthread_mutex_unlock(&s->pool_mu);
+	return kept;
 }
 
 /* One unused data key and its wrapping, asking the holder for more when none are left. */
@@ -234,6 +276,7 @@ static int take_key(struct store *s, uint8_t key[static STORE_KEY_LEN],
 		memcpy(key, s->pool_keys + i * STORE_KEY_LEN, STORE_KEY_LEN);
 		memcpy(wrapped, s->pool_wrapped[i], STORE_WRAPPED_KEY_LEN);
 		sodium_memzero(s->pool_keys + i * STORE_KEY_LEN, STORE_KEY_LEN); /* used once */
+		keep_key(s, key, wrapped);
 	}
 	pthread_mutex_unlock(&s->pool_mu);
 	return rc;
@@ -320,16 +363,31 @@ int store_unseal_all(struct store *s, const char *recipient, struct store_sealed
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++)
 		k += has_data_key(&items[i]);
+	/* Room for k keys, then for those the holder unwraps, which come after. */
 	uint8_t *wrapped = malloc(k ? k * STORE_WRAPPED_KEY_LEN : 1);
-	uint8_t *ok = malloc(k ? k : 1);
-	uint8_t *keys = malloc(k ? k * STORE_KEY_LEN : 1);
+	uint8_t *ok = malloc(k ? 2 * k : 1);
+	uint8_t *keys = malloc(k ? 2 * k * STORE_KEY_LEN : 1);
 	int rc = wrapped && ok && keys ? 0 : ISG_ERR_NOMEM;
-	for (size_t i = 0, j = 0; rc == 0 && i < n; i++)
-		if (has_data_key(&items[i]))
-			memcpy(wrapped + j++ * STORE_WRAPPED_KEY_LEN, items[i].header,
+	/* Keys kept since sealing need no round trip; the rest go in one. */
+	size_t asked = 0;
+	for (size_t i = 0, j = 0; rc == 0 && i < n; i++) {
+		if (!has_data_key(&items[i]))
+			continue;
+		ok[j] = take_kept(s, items[i].header, keys + j * STORE_KEY_LEN);
+		if (!ok[j])
+			memcpy(wrapped + asked++ * STORE_WRAPPED_KEY_LEN, items[i].header,
 			       STORE_WRAPPED_KEY_LEN);
-	if (rc == 0 && k > 0)
-		rc = s->sealer.unwrap(s->sealer.ctx, k, wrapped, keys, ok);
+		j++;
+	}
+	if (rc == 0 && asked > 0)
+		rc = s->sealer.unwrap(s->sealer.ctx, asked, wrapped, keys + k * STORE_KEY_LEN,
+		                      ok + k);
+	for (size_t j = 0, a = 0; rc == 0 && j < k; j++)
+		if (!ok[j]) {
+			memcpy(keys + j * STORE_KEY_LEN, keys + (k + a) * STORE_KEY_LEN,
+			       STORE_KEY_LEN);
+			ok[j] = ok[k + a++];
+		}
 	for (size_t i = 0, j = 0; rc == 0 && i < n; i++) {
 		struct store_sealed *it = &items[i];
 		if (has_data_key(it)) {
@@ -345,7 +403,7 @@ int store_unseal_all(struct store *s, const char *recipient, struct store_sealed
 		it->sealed = NULL;
 	}
 	if (keys)
-		sodium_memzero(keys, k * STORE_KEY_LEN);
+		sodium_memzero(keys, 2 * k * STORE_KEY_LEN);
 	free(wrapped);
 	free(ok);
 	free(keys);

@@ -741,6 +741,7 @@ struct flaky {
 	const uint8_t *key;
 	bool fail;
 	unsigned new_calls, unwrap_calls;
+	size_t unwrapped; /* keys asked for */
 };
 
 static int flaky_new_keys(void *ctx, size_t n, uint8_t *keys, uint8_t *wrapped)
@@ -761,6 +762,7 @@ static int flaky_unwrap(void *ctx, size_t n, const uint8_t *wrapped, uint8_t *ke
 {
 	struct flaky *fl = ctx;
 	fl->unwrap_calls++;
+	fl->unwrapped += n;
 	if (fl->fail)
 		return ISG_ERR_IO;
 	for (size_t i = 0; i < n; i++)
@@ -778,6 +780,16 @@ static int flaky_open(void *ctx, const uint8_t *ad, size_t ad_len,
 	                : store_aead_open(fl->key, ad, ad_len, nonce, sealed, sealed_len, out);
 }
 
+static struct store *flaky_store(struct fx *f, struct flaky *fl)
+{
+	struct store_sealer sealer = {
+	    .ctx = fl, .new_keys = flaky_new_keys, .unwrap = flaky_unwrap, .open = flaky_open};
+	struct store_options opt = {.path = f->path, .sealer = &sealer};
+	char err[256];
+	assert_int_equal(store_open(&opt, &f->s, err, sizeof(err)), 0);
+	return f->s;
+}
+
 /* When the key's holder fails, a send is refused and a fetch fails; nothing
  * is lost or skipped, and both work once it answers again. A fetch unwraps
  * all its keys in one call. */
@@ -785,12 +797,7 @@ static void test_sealer_failures(void **state)
 {
 	struct fx *f = *state;
 	struct flaky fl = {.key = f->key, .fail = true};
-	struct store_sealer sealer = {
-	    .ctx = &fl, .new_keys = flaky_new_keys, .unwrap = flaky_unwrap, .open = flaky_open};
-	struct store_options opt = {.path = f->path, .sealer = &sealer};
-	char err[256];
-	assert_int_equal(store_open(&opt, &f->s, err, sizeof(err)), 0);
-	struct store *s = f->s;
+	struct store *s = flaky_store(f, &fl);
 	struct store_message m = fx_msg("police-a", "m-0", "nhs-b", "refused");
 	assert_int_equal(send_sync(s, &m, NULL), ISG_ERR_IO);
 	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 0);
@@ -802,6 +809,9 @@ static void test_sealer_failures(void **state)
 		assert_int_equal(send_sync(s, &m, NULL), 0);
 	}
 	assert_int_equal(fl.new_calls, 2); /* the failed refill, then one pool */
+	/* Reopened, the store has no data keys kept from sealing: it must ask. */
+	fx_close(f);
+	s = flaky_store(f, &fl);
 	fl.fail = true;
 	struct store_fetch_result *res = NULL;
 	assert_int_not_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
@@ -815,6 +825,73 @@ static void test_sealer_failures(void **state)
 	for (size_t i = 0; i < res->n; i++)
 		assert_memory_equal(res->items[i].payload, "kept", 4);
 	store_fetch_result_free(res);
+}
+
+/* The slot store_seal.c keeps a data key in: its wrapping's first 8 bytes. */
+static size_t kept_slot_of(const uint8_t *wrapped)
+{
+	uint64_t h;
+	memcpy(&h, wrapped, sizeof(h));
+	return (size_t)(h % STORE_KEYS_KEPT);
+}
+
+/*
+ * A data key is kept from sealing until its message's first fetch, which
+ * then asks the holder only for keys a later message's took the slot of;
+ * a second delivery asks again, and a reopened store has none kept.
+ */
+static void test_data_keys_kept_for_first_fetch(void **state)
+{
+	struct fx *f = *state;
+	struct flaky fl = {.key = f->key};
+	struct store *s = flaky_store(f, &fl);
+	enum { N = 300 };
+	for (int i = 0; i < N; i++) {
+		char id[16], body[32];
+		snprintf(id, sizeof(id), "m-%d", i);
+		snprintf(body, sizeof(body), "payload %d", i);
+		struct store_message m = fx_msg("police-a", id, "nhs-b", body);
+		assert_int_equal(send_sync(s, &m, NULL), 0);
+	}
+	/* Sent one at a time, so sealed in id order: a key is gone when a later
+	 * message's hashed to its slot. */
+	size_t slot_last[STORE_KEYS_KEPT], slots[N], evicted = 0;
+	memset(slot_last, 0xff, sizeof(slot_last));
+	sqlite3 *db = db_ro(f);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(
+	    sqlite3_prepare_v2(db, "SELECT nonce FROM messages ORDER BY id", -1, &st, NULL),
+	    SQLITE_OK);
+	for (size_t i = 0; i < N; i++) {
+		assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+		assert_true(sqlite3_column_bytes(st, 0) >= STORE_WRAPPED_KEY_LEN);
+		slots[i] = kept_slot_of(sqlite3_column_blob(st, 0));
+		slot_last[slots[i]] = i;
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	for (size_t i = 0; i < N; i++)
+		evicted += slot_last[slots[i]] != i;
+	fl.unwrap_calls = 0;
+	fl.unwrapped = 0;
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, N, &res), 0);
+	assert_int_equal(res->n, N);
+	for (int i = 0; i < N; i++) {
+		char body[32];
+		int len = snprintf(body, sizeof(body), "payload %d", i);
+		assert_int_equal(res->items[i].payload_len, (size_t)len);
+		assert_memory_equal(res->items[i].payload, body, (size_t)len);
+	}
+	store_fetch_result_free(res);
+	assert_int_equal(fl.unwrapped, evicted);
+	assert_int_equal(fl.unwrap_calls, evicted ? 1 : 0);
+	/* Handed out again: every key was wiped at its first fetch. */
+	fl.unwrap_calls = 0;
+	fl.unwrapped = 0;
+	assert_int_equal(fetch_count(s, "nhs-b"), N);
+	assert_int_equal(fl.unwrap_calls, 1);
+	assert_int_equal(fl.unwrapped, N);
 }
 
 /* More messages than one batch of data keys: each has its own, all open. */
@@ -1051,6 +1128,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_seal_headers, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_data_keys_per_message, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_sealer_failures, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_data_keys_kept_for_first_fetch, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reply_to_rules, fx_setup, fx_teardown),
