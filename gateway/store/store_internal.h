@@ -197,11 +197,15 @@ struct store {
 	uint8_t *pool_keys; /* sodium_malloc'd, STORE_KEY_POOL keys */
 	uint8_t pool_wrapped[STORE_KEY_POOL][STORE_WRAPPED_KEY_LEN];
 	size_t pool_n;
-	/* Data keys used since, each kept by its wrapping (under pool_mu) until
-	 * its message's first fetch, so that fetch need not ask the holder to
-	 * unwrap it (store_seal.c). A slot holds the latest key hashed to it. */
-	uint8_t *used_keys;                             /* sodium_malloc'd, STORE_KEYS_KEPT keys */
-	uint8_t (*used_wrapped)[STORE_WRAPPED_KEY_LEN]; /* all zeros: an empty slot */
+	/* Data keys used since, each kept by its wrapping until its message's
+	 * first fetch, so that fetch need not ask the holder to unwrap it
+	 * (store_seal.c). A slot holds the latest key hashed to it. */
+	pthread_mutex_t kept_mu;
+	uint8_t *kept_keys; /* sodium_malloc'd, STORE_KEYS_KEPT keys */
+	struct kept_slot {
+		bool set;
+		uint8_t wrapped[STORE_WRAPPED_KEY_LEN];
+	} * kept;                  /* STORE_KEYS_KEPT of them */
 	struct evp_cipher_st *gcm; /* OpenSSL's AES-256-GCM, fetched by store_keys_init */
 	int64_t sweep_interval_ms;
 	uint32_t max_batch;

@@ -196,15 +196,19 @@ int store_keys_init(struct store *s)
 	if (!s->gcm)
 		return ISG_ERR_CRYPTO;
 	s->pool_keys = sodium_malloc(STORE_KEY_POOL * STORE_KEY_LEN);
-	s->used_keys = sodium_malloc(STORE_KEYS_KEPT * STORE_KEY_LEN);
-	s->used_wrapped = calloc(STORE_KEYS_KEPT, sizeof(*s->used_wrapped));
-	if (!s->pool_keys || !s->used_keys || !s->used_wrapped ||
-	    pthread_mutex_init(&s->pool_mu, NULL) != 0) {
+	s->kept_keys = sodium_malloc(STORE_KEYS_KEPT * STORE_KEY_LEN);
+	s->kept = calloc(STORE_KEYS_KEPT, sizeof(*s->kept));
+	bool pool_mu = false;
+	if (!s->pool_keys || !s->kept_keys || !s->kept ||
+	    !(pool_mu = pthread_mutex_init(&s->pool_mu, NULL) == 0) ||
+	    pthread_mutex_init(&s->kept_mu, NULL) != 0) {
+		if (pool_mu)
+			pthread_mutex_destroy(&s->pool_mu);
 		sodium_free(s->pool_keys);
-		sodium_free(s->used_keys);
-		free(s->used_wrapped);
-		s->pool_keys = s->used_keys = NULL;
-		s->used_wrapped = NULL;
+		sodium_free(s->kept_keys);
+		free(s->kept);
+		s->pool_keys = s->kept_keys = NULL;
+		s->kept = NULL;
 		EVP_CIPHER_free(s->gcm);
 		s->gcm = NULL;
 		return ISG_ERR_NOMEM;
@@ -218,11 +222,12 @@ void store_keys_release(struct store *s)
 	if (!s->pool_keys)
 		return;
 	sodium_free(s->pool_keys); /* wipes them */
-	sodium_free(s->used_keys);
-	free(s->used_wrapped);
-	s->pool_keys = s->used_keys = NULL;
-	s->used_wrapped = NULL;
+	sodium_free(s->kept_keys);
+	free(s->kept);
+	s->pool_keys = s->kept_keys = NULL;
+	s->kept = NULL;
 	pthread_mutex_destroy(&s->pool_mu);
+	pthread_mutex_destroy(&s->kept_mu);
 	EVP_CIPHER_free(s->gcm);
 	s->gcm = NULL;
 }
@@ -235,29 +240,31 @@ static size_t kept_slot(const uint8_t wrapped[static STORE_WRAPPED_KEY_LEN])
 	return (size_t)(h % STORE_KEYS_KEPT);
 }
 
-/* Keep a data key for its first fetch, in place of the one in its slot; pool_mu held. */
+/* Keep a data key for its first fetch, in place of the one in its slot. */
 static void keep_key(struct store *s, const uint8_t key[static STORE_KEY_LEN],
                      const uint8_t wrapped[static STORE_WRAPPED_KEY_LEN])
 {
 	size_t i = kept_slot(wrapped);
-	memcpy(s->used_keys + i * STORE_KEY_LEN, key, STORE_KEY_LEN);
-	memcpy(s->used_wrapped[i], wrapped, STORE_WRAPPED_KEY_LEN);
+	pthread_mutex_lock(&s->kept_mu);
+	memcpy(s->kept_keys + i * STORE_KEY_LEN, key, STORE_KEY_LEN);
+	memcpy(s->kept[i].wrapped, wrapped, STORE_WRAPPED_KEY_LEN);
+	s->kept[i].set = true;
+	pthread_mutex_unlock(&s->kept_mu);
 }
 
-/* The kept key of wrapped into key, wiped from the slot; false when it is not kept. */
+/* The kept key of wrapped into key, wiped from its slot; false when it is not
+ * kept. kept_mu held. */
 static bool take_kept(struct store *s, const uint8_t wrapped[static STORE_WRAPPED_KEY_LEN],
                       uint8_t key[static STORE_KEY_LEN])
 {
-	size_t i = kept_slot(wrapped);
-	pthread_mutex_lock(&s->pool_mu);
-	bool kept = sodium_memcmp(s->used_wrapped[i], wrapped, STORE_WRAPPED_KEY_LEN) == 0;
-	if (kept) {
-		memcpy(key, s->used_keys + i * STORE_KEY_LEN, STORE_KEY_LEN);
-		sodium_memzero(s->used_keys + i * STORE_KEY_LEN, STORE_KEY_LEN);
-		memset(s->used_wrapped[i], 0, STORE_WRAPPED_KEY_LEN);
-	}
-	pthread_mutex_unlock(&s->pool_mu);
-	return kept;
+	struct kept_slot *k = &s->kept[kept_slot(wrapped)];
+	if (!k->set || sodium_memcmp(k->wrapped, wrapped, STORE_WRAPPED_KEY_LEN) != 0)
+		return false;
+	uint8_t *kept = s->kept_keys + (size_t)(k - s->kept) * STORE_KEY_LEN;
+	memcpy(key, kept, STORE_KEY_LEN);
+	sodium_memzero(kept, STORE_KEY_LEN);
+	k->set = false;
+	return true;
 }
 
 /* One unused data key and its wrapping, asking the holder for more when none are left. */
@@ -276,9 +283,10 @@ static int take_key(struct store *s, uint8_t key[static STORE_KEY_LEN],
 		memcpy(key, s->pool_keys + i * STORE_KEY_LEN, STORE_KEY_LEN);
 		memcpy(wrapped, s->pool_wrapped[i], STORE_WRAPPED_KEY_LEN);
 		sodium_memzero(s->pool_keys + i * STORE_KEY_LEN, STORE_KEY_LEN); /* used once */
-		keep_key(s, key, wrapped);
 	}
 	pthread_mutex_unlock(&s->pool_mu);
+	if (rc == 0)
+		keep_key(s, key, wrapped);
 	return rc;
 }
 
@@ -370,6 +378,7 @@ int store_unseal_all(struct store *s, const char *recipient, struct store_sealed
 	int rc = wrapped && ok && keys ? 0 : ISG_ERR_NOMEM;
 	/* Keys kept since sealing need no round trip; the rest go in one. */
 	size_t asked = 0;
+	pthread_mutex_lock(&s->kept_mu);
 	for (size_t i = 0, j = 0; rc == 0 && i < n; i++) {
 		if (!has_data_key(&items[i]))
 			continue;
@@ -379,6 +388,7 @@ int store_unseal_all(struct store *s, const char *recipient, struct store_sealed
 			       STORE_WRAPPED_KEY_LEN);
 		j++;
 	}
+	pthread_mutex_unlock(&s->kept_mu);
 	if (rc == 0 && asked > 0)
 		rc = s->sealer.unwrap(s->sealer.ctx, asked, wrapped, keys + k * STORE_KEY_LEN,
 		                      ok + k);

@@ -894,6 +894,53 @@ static void test_data_keys_kept_for_first_fetch(void **state)
 	assert_int_equal(fl.unwrapped, N);
 }
 
+/* Replace row id's seal: header = 72 zero bytes || nonce, payload = plain
+ * sealed as docs/store.md describes under key. */
+static void forge_row(struct store *s, uint64_t id, const uint8_t key[32], const char *sender,
+                      const char *message_id, const char *recipient, const char *plain)
+{
+	uint8_t header[72 + 12] = {0}, ad[256], sealed[256];
+	randombytes_buf(header + 72, 12);
+	size_t ad_len = store_doc_ad(ad, sender, message_id, recipient);
+	int len = (int)strlen(plain), n = 0, fin = 0;
+	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+	assert_true(x && EVP_EncryptInit_ex2(x, EVP_aes_256_gcm(), key, header + 72, NULL) &&
+	            EVP_EncryptUpdate(x, NULL, &n, ad, (int)ad_len) &&
+	            EVP_EncryptUpdate(x, sealed, &n, (const uint8_t *)plain, len) &&
+	            EVP_EncryptFinal_ex(x, sealed + n, &fin) &&
+	            EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, 16, sealed + len));
+	EVP_CIPHER_CTX_free(x);
+	char hh[2 * sizeof(header) + 1], ph[2 * 256 + 1], sql[1200];
+	sodium_bin2hex(hh, sizeof(hh), header, sizeof(header));
+	sodium_bin2hex(ph, sizeof(ph), sealed, (size_t)len + 16);
+	snprintf(sql, sizeof(sql),
+	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hh, ph,
+	         id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+}
+
+/*
+ * A wrapping of zeros, what an empty slot of kept keys once held, opens
+ * nothing: not under a key of zeros (a slot's after its key was taken), nor
+ * under libsodium's fill of fresh guarded memory (one never used).
+ */
+static void test_zero_wrapping_opens_nothing(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "real");
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	uint8_t key[32];
+	memset(key, 0xdb, sizeof(key)); /* first: a fetch that took the slot's key wipes it */
+	forge_row(s, r.gateway_id, key, "police-a", "m-1", "nhs-b", "forged");
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+	memset(key, 0, sizeof(key));
+	forge_row(s, r.gateway_id, key, "police-a", "m-1", "nhs-b", "forged");
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+	assert_int_equal(db_int(f, "SELECT state FROM messages", 0), 0);
+}
+
 /* More messages than one batch of data keys: each has its own, all open. */
 static void test_data_keys_per_message(void **state)
 {
@@ -1129,6 +1176,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_data_keys_per_message, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_sealer_failures, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_data_keys_kept_for_first_fetch, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_zero_wrapping_opens_nothing, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
