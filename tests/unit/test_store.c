@@ -827,6 +827,33 @@ static void test_sealer_failures(void **state)
 	store_fetch_result_free(res);
 }
 
+/* n messages "m-<i>" from police-a to nhs-b, each "payload <i>", one after another. */
+static void send_numbered(struct store *s, int n)
+{
+	for (int i = 0; i < n; i++) {
+		char id[16], body[32];
+		snprintf(id, sizeof(id), "m-%d", i);
+		snprintf(body, sizeof(body), "payload %d", i);
+		struct store_message m = fx_msg("police-a", id, "nhs-b", body);
+		assert_int_equal(send_sync(s, &m, NULL), 0);
+	}
+}
+
+/* One fetch hands out all n of send_numbered's messages, each opened. */
+static void fetch_numbered(struct store *s, int n)
+{
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, (uint32_t)n, &res), 0);
+	assert_int_equal(res->n, n);
+	for (int i = 0; i < n; i++) {
+		char body[32];
+		int len = snprintf(body, sizeof(body), "payload %d", i);
+		assert_int_equal(res->items[i].payload_len, (size_t)len);
+		assert_memory_equal(res->items[i].payload, body, (size_t)len);
+	}
+	store_fetch_result_free(res);
+}
+
 /* The slot store_seal.c keeps a data key in: its wrapping's first 8 bytes. */
 static size_t kept_slot_of(const uint8_t *wrapped)
 {
@@ -846,13 +873,7 @@ static void test_data_keys_kept_for_first_fetch(void **state)
 	struct flaky fl = {.key = f->key};
 	struct store *s = flaky_store(f, &fl);
 	enum { N = 300 };
-	for (int i = 0; i < N; i++) {
-		char id[16], body[32];
-		snprintf(id, sizeof(id), "m-%d", i);
-		snprintf(body, sizeof(body), "payload %d", i);
-		struct store_message m = fx_msg("police-a", id, "nhs-b", body);
-		assert_int_equal(send_sync(s, &m, NULL), 0);
-	}
+	send_numbered(s, N);
 	/* Sent one at a time, so sealed in id order: a key is gone when a later
 	 * message's hashed to its slot. */
 	size_t slot_last[STORE_KEYS_KEPT], slots[N], evicted = 0;
@@ -874,16 +895,7 @@ static void test_data_keys_kept_for_first_fetch(void **state)
 		evicted += slot_last[slots[i]] != i;
 	fl.unwrap_calls = 0;
 	fl.unwrapped = 0;
-	struct store_fetch_result *res = NULL;
-	assert_int_equal(fetch_sync(s, "nhs-b", 0, N, &res), 0);
-	assert_int_equal(res->n, N);
-	for (int i = 0; i < N; i++) {
-		char body[32];
-		int len = snprintf(body, sizeof(body), "payload %d", i);
-		assert_int_equal(res->items[i].payload_len, (size_t)len);
-		assert_memory_equal(res->items[i].payload, body, (size_t)len);
-	}
-	store_fetch_result_free(res);
+	fetch_numbered(s, N);
 	assert_int_equal(fl.unwrapped, evicted);
 	assert_int_equal(fl.unwrap_calls, evicted ? 1 : 0);
 	/* Handed out again: every key was wiped at its first fetch. */
@@ -920,9 +932,9 @@ static void forge_row(struct store *s, uint64_t id, const uint8_t key[32], const
 }
 
 /*
- * A wrapping of zeros, what an empty slot of kept keys once held, opens
- * nothing: not under a key of zeros (a slot's after its key was taken), nor
- * under libsodium's fill of fresh guarded memory (one never used).
+ * A wrapping of zeros, which d29569b took for an empty slot of kept keys,
+ * opens nothing: not under a key of zeros (a slot's after its key was
+ * taken), nor under libsodium's fill of fresh guarded memory (one never used).
  */
 static void test_zero_wrapping_opens_nothing(void **state)
 {
@@ -947,25 +959,10 @@ static void test_data_keys_per_message(void **state)
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
 	enum { N = 150 };
-	for (int i = 0; i < N; i++) {
-		char id[16], body[32];
-		snprintf(id, sizeof(id), "m-%d", i);
-		snprintf(body, sizeof(body), "payload %d", i);
-		struct store_message m = fx_msg("police-a", id, "nhs-b", body);
-		assert_int_equal(send_sync(s, &m, NULL), 0);
-	}
+	send_numbered(s, N);
 	assert_int_equal(db_int(f, "SELECT count(DISTINCT substr(nonce, 1, 72)) FROM messages", 0),
 	                 N);
-	struct store_fetch_result *res = NULL;
-	assert_int_equal(fetch_sync(s, "nhs-b", 0, N, &res), 0);
-	assert_int_equal(res->n, N);
-	for (int i = 0; i < N; i++) {
-		char body[32];
-		int len = snprintf(body, sizeof(body), "payload %d", i);
-		assert_int_equal(res->items[i].payload_len, (size_t)len);
-		assert_memory_equal(res->items[i].payload, body, (size_t)len);
-	}
-	store_fetch_result_free(res);
+	fetch_numbered(s, N);
 }
 
 /* Acknowledge n messages of nhs-b, the only ones in the store: every
