@@ -185,6 +185,12 @@ struct store_log {
 	uint64_t next_seq;
 };
 
+/* Where a kept data key is, by its wrapping (store_seal.c). */
+struct kept_slot {
+	bool set; /* it holds one */
+	uint8_t wrapped[STORE_WRAPPED_KEY_LEN];
+};
+
 struct store {
 	char *path;
 	int lock_fd; /* the file, flock'ed: one isgd per store (store_db.c) */
@@ -201,11 +207,8 @@ struct store {
 	 * first fetch, so that fetch need not ask the holder to unwrap it
 	 * (store_seal.c). A slot holds the latest key hashed to it. */
 	pthread_mutex_t kept_mu;
-	uint8_t *kept_keys; /* sodium_malloc'd, STORE_KEYS_KEPT keys */
-	struct kept_slot {
-		bool set;
-		uint8_t wrapped[STORE_WRAPPED_KEY_LEN];
-	} * kept;                  /* STORE_KEYS_KEPT of them */
+	uint8_t *kept_keys;        /* sodium_malloc'd, STORE_KEYS_KEPT keys */
+	struct kept_slot *kept;    /* STORE_KEYS_KEPT of them */
 	struct evp_cipher_st *gcm; /* OpenSSL's AES-256-GCM, fetched by store_keys_init */
 	int64_t sweep_interval_ms;
 	uint32_t max_batch;
