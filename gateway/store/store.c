@@ -217,8 +217,13 @@ static void batch_notify(struct store *s, struct store_job *batch)
 
 static void batch_finish(struct store *s, struct store_job *batch)
 {
-	for (struct store_job *j = batch; j; j = j->next)
+	for (struct store_job *j = batch; j; j = j->next) {
+		/* A send that stored nothing (refused, or a resend answered from
+		 * its first copy) will never be fetched: its data key goes now. */
+		if (j->kind == JOB_SEND && !j->u.send.added)
+			store_seal_forget(s, j->u.send.header);
 		store_job_finish(j);
+	}
 	batch_notify(s, batch);
 	while (batch) {
 		struct store_job *next = batch->next;
@@ -532,7 +537,11 @@ int store_send(struct store *s, const struct store_message *m, store_send_cb cb,
 	                js->header, &js->sealed, &js->sealed_len);
 	if (rc)
 		goto fail;
-	return submit(s, j);
+	rc = queue_push(s, j);
+	if (rc)
+		store_seal_forget(s, js->header);
+	else
+		return 0;
 fail:
 	store_job_free(j);
 	return rc;
@@ -618,6 +627,16 @@ int store_audit(struct store *s, const char *kind, const char *entry, size_t len
 }
 
 /* --- test hooks (store_test.h) --------------------------------------------------------------- */
+
+size_t store_test_keys_kept(struct store *s)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&s->kept_mu);
+	for (size_t i = 0; i < STORE_KEYS_KEPT; i++)
+		n += s->kept[i].set;
+	pthread_mutex_unlock(&s->kept_mu);
+	return n;
+}
 
 uint64_t store_test_commits(struct store *s)
 {

@@ -312,6 +312,8 @@ int store_log_checkpoint(struct store *s);
 struct store_sealer store_sealer_own(uint8_t *key);
 int store_keys_init(struct store *s);
 void store_keys_release(struct store *s);
+/* Wipe the data key kept for a payload sealed under header that will never be fetched. */
+void store_seal_forget(struct store *s, const uint8_t header[static STORE_WRAPPED_KEY_LEN]);
 int store_seal(struct store *s, const char *sender, const char *message_id, const char *recipient,
                const uint8_t *plain, size_t plain_len, uint8_t header[STORE_HEADER_LEN],
                uint8_t **sealed, size_t *sealed_len);

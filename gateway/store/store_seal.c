@@ -267,6 +267,15 @@ static bool take_kept(struct store *s, const uint8_t wrapped[static STORE_WRAPPE
 	return true;
 }
 
+void store_seal_forget(struct store *s, const uint8_t header[static STORE_WRAPPED_KEY_LEN])
+{
+	uint8_t key[STORE_KEY_LEN];
+	pthread_mutex_lock(&s->kept_mu);
+	if (take_kept(s, header, key))
+		sodium_memzero(key, sizeof(key));
+	pthread_mutex_unlock(&s->kept_mu);
+}
+
 /* One unused data key and its wrapping, asking the holder for more when none are left. */
 static int take_key(struct store *s, uint8_t key[static STORE_KEY_LEN],
                     uint8_t wrapped[static STORE_WRAPPED_KEY_LEN])

@@ -10,6 +10,8 @@
 
 #include "store/store.h"
 
+/* Data keys the store keeps for their messages' first fetch. */
+size_t store_test_keys_kept(struct store *s);
 /* Transactions the writer has committed since store_open. */
 uint64_t store_test_commits(struct store *s);
 /* Hold the writer before it takes the next batch, so jobs pile up; false releases it. */

@@ -931,6 +931,23 @@ static void forge_row(struct store *s, uint64_t id, const uint8_t key[32], const
 	assert_int_equal(store_test_exec(s, sql), 0);
 }
 
+/* A send that stores nothing (a resend, a refusal) keeps no data key. */
+static void test_refused_sends_keep_no_key(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "first");
+	assert_int_equal(send_sync(s, &m, NULL), 0);
+	assert_int_equal(store_test_keys_kept(s), 1);
+	assert_int_equal(send_sync(s, &m, NULL), 0); /* the same again: a duplicate */
+	assert_int_equal(store_test_keys_kept(s), 1);
+	m = fx_msg("police-a", "m-1", "nhs-b", "other");
+	assert_int_equal(send_sync(s, &m, NULL), ISG_ERR_CONFLICT);
+	assert_int_equal(store_test_keys_kept(s), 1);
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+	assert_int_equal(store_test_keys_kept(s), 0);
+}
+
 /*
  * A wrapping of zeros, which d29569b took for an empty slot of kept keys,
  * opens nothing: not under a key of zeros (a slot's after its key was
@@ -1174,6 +1191,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_sealer_failures, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_data_keys_kept_for_first_fetch, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_refused_sends_keep_no_key, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_zero_wrapping_opens_nothing, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
