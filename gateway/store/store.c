@@ -538,10 +538,9 @@ int store_send(struct store *s, const struct store_message *m, store_send_cb cb,
 	if (rc)
 		goto fail;
 	rc = queue_push(s, j);
-	if (rc)
-		store_seal_forget(s, js->header);
-	else
+	if (rc == 0)
 		return 0;
+	store_seal_forget(s, js->header); /* never queued, so never fetched */
 fail:
 	store_job_free(j);
 	return rc;
