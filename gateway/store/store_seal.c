@@ -252,27 +252,27 @@ static void keep_key(struct store *s, const uint8_t key[static STORE_KEY_LEN],
 	pthread_mutex_unlock(&s->kept_mu);
 }
 
-/* The kept key of wrapped into key, wiped from its slot; false when it is not
- * kept. kept_mu held. */
+/* The kept key of wrapped into key (NULL: nowhere), wiped from its slot;
+ * false when it is not kept. kept_mu held. */
 static bool take_kept(struct store *s, const uint8_t wrapped[static STORE_WRAPPED_KEY_LEN],
-                      uint8_t key[static STORE_KEY_LEN])
+                      uint8_t *key)
 {
-	struct kept_slot *k = &s->kept[kept_slot(wrapped)];
-	if (!k->set || sodium_memcmp(k->wrapped, wrapped, STORE_WRAPPED_KEY_LEN) != 0)
+	size_t i = kept_slot(wrapped);
+	if (!s->kept[i].set ||
+	    sodium_memcmp(s->kept[i].wrapped, wrapped, STORE_WRAPPED_KEY_LEN) != 0)
 		return false;
-	uint8_t *kept = s->kept_keys + (size_t)(k - s->kept) * STORE_KEY_LEN;
-	memcpy(key, kept, STORE_KEY_LEN);
+	uint8_t *kept = s->kept_keys + i * STORE_KEY_LEN;
+	if (key)
+		memcpy(key, kept, STORE_KEY_LEN);
 	sodium_memzero(kept, STORE_KEY_LEN);
-	k->set = false;
+	s->kept[i].set = false;
 	return true;
 }
 
 void store_seal_forget(struct store *s, const uint8_t header[static STORE_WRAPPED_KEY_LEN])
 {
-	uint8_t key[STORE_KEY_LEN];
 	pthread_mutex_lock(&s->kept_mu);
-	if (take_kept(s, header, key))
-		sodium_memzero(key, sizeof(key));
+	take_kept(s, header, NULL);
 	pthread_mutex_unlock(&s->kept_mu);
 }
 
