@@ -46,9 +46,12 @@ static int queue_push(struct store *s, struct store_job *j)
 			s->head = j;
 		s->tail = j;
 		s->queued++;
-		pthread_cond_signal(&s->cv);
 	}
 	pthread_mutex_unlock(&s->mu);
+	/* Signalled once unlocked: woken under the lock, the writer would block
+	 * on it at once and need a second wake-up. */
+	if (rc == 0)
+		pthread_cond_signal(&s->cv);
 	return rc;
 }
 
