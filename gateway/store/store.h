@@ -108,7 +108,12 @@ struct store_options {
  */
 int store_open(const struct store_options *opt, struct store **out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
-/* Run every queued job, stop the writer thread, close. NULL ok. */
+/*
+ * Run every queued job, stop the writer thread, close. NULL ok. No other
+ * thread may still be submitting (isgd stops its workers first); a job's
+ * callback, which runs on the writer, may, and is refused with
+ * ISG_ERR_CLOSED.
+ */
 void store_close(struct store *s);
 
 /* --- send --------------------------------------------------------------- */
