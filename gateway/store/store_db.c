@@ -81,7 +81,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_SET_FINAL_STATE] = "UPDATE messages SET state = ?2, nonce = NULL, payload = NULL"
                            " WHERE id = ?1",
     [ST_EXPIRED_SELECT] = "SELECT id, sender, recipient, message_id, agreement_id,"
-                          " agreement_version, audit_index, payload IS NULL FROM messages"
+                          " agreement_version, audit_index, payload IS NULL, nonce FROM messages"
                           " WHERE state IN (0, 1) AND expires_at <= ?1"
                           " ORDER BY expires_at LIMIT ?2",
     [ST_CHECKPOINT_INSERT] = "INSERT INTO checkpoints(size, at, note) VALUES (?1, ?2, ?3)",

@@ -561,6 +561,12 @@ static int sweep_collect(struct store *s, int64_t now, struct msg_ref *refs, siz
 		m->agreement_version = (uint32_t)sqlite3_column_int64(st, 5);
 		m->accepted_index = (uint64_t)sqlite3_column_int64(st, 6);
 		m->payload_apart = sqlite3_column_int(st, 7);
+		/* Its data key, if still kept for a first fetch that will not come:
+		 * wiped now, even if this batch fails (a fetch would then ask the
+		 * key process for it). */
+		const uint8_t *header = sqlite3_column_blob(st, 8);
+		if (header && sqlite3_column_bytes(st, 8) >= STORE_WRAPPED_KEY_LEN)
+			store_seal_forget(s, header);
 		if (!m->sender || !m->recipient || !m->message_id || !m->agreement_id) {
 			err = ISG_ERR_NOMEM;
 			break;

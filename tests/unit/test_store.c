@@ -948,6 +948,29 @@ static void test_refused_sends_keep_no_key(void **state)
 	assert_int_equal(store_test_keys_kept(s), 0);
 }
 
+/* A message that expires unfetched has its kept data key wiped by the sweep. */
+static void test_expired_messages_keep_no_key(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 20, 0);
+	struct store_message m = fx_msg("police-a", "short", "nhs-b", "goes");
+	m.ttl_ms = 1000; /* as in test_expiry: both sends finish first */
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	struct store_message keep = fx_msg("police-a", "long", "nhs-b", "stays");
+	assert_int_equal(send_sync(s, &keep, NULL), 0);
+	assert_int_equal(store_test_keys_kept(s), 2);
+	int64_t st = 0;
+	for (int i = 0; i < 1000 && st != 3; i++) {
+		sleep_ms(10);
+		st = db_int(f, "SELECT state FROM messages WHERE id = ?1", (int64_t)r.gateway_id);
+	}
+	assert_int_equal(st, 3);
+	assert_int_equal(store_test_keys_kept(s), 1);
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+	assert_int_equal(store_test_keys_kept(s), 0);
+}
+
 /*
  * A wrapping of zeros, which d29569b took for an empty slot of kept keys,
  * opens nothing: not under a key of zeros (a slot's after its key was
@@ -1192,6 +1215,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_data_keys_kept_for_first_fetch, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refused_sends_keep_no_key, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_expired_messages_keep_no_key, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_zero_wrapping_opens_nothing, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
