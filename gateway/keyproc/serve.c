@@ -450,7 +450,17 @@ static void hello(int fd, int status, const void *body, size_t len)
 
 _Noreturn void keyproc_serve(const struct keyproc_options *opt, int *fds, unsigned n)
 {
-	/* isgd blocks these for its own sigwait; here they should just end the process. */
+	/*
+	 * isgd blocks these for its own sigwait. Here they are ignored: a stop or
+	 * reload meant for isgd often reaches the whole process group (a service
+	 * manager's default, Ctrl-C, pkill), and isgd's drain still needs this
+	 * process, which ends when isgd closes its channels.
+	 */
+	struct sigaction ign = {.sa_handler = SIG_IGN};
+	sigemptyset(&ign.sa_mask);
+	sigaction(SIGINT, &ign, NULL);
+	sigaction(SIGTERM, &ign, NULL);
+	sigaction(SIGHUP, &ign, NULL);
 	sigset_t none;
 	sigemptyset(&none);
 	pthread_sigmask(SIG_SETMASK, &none, NULL);

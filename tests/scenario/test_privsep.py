@@ -162,6 +162,25 @@ class KeyProcessLifetime(PrivsepCase):
         isgtest.Partner(gw, self.pki, "police").send_ok([{"nhs_number": NHS, "age": 1}])
         self.assertEqual(len(self.partner(gw, "nhs").fetch_messages()), 1)
 
+    def test_signals_to_both_processes_stop_isgd_cleanly(self):
+        # As a service manager's default stop, Ctrl-C or pkill deliver them:
+        # to the key process as well. It ignores them; isgd reloads or drains.
+        gw = self.gateway()
+        kp = self.key_process(gw)
+        os.kill(kp, signal.SIGHUP)
+        gw.reload()
+        self.exchange(gw)
+        os.kill(kp, signal.SIGTERM)
+        os.kill(kp, signal.SIGINT)
+        time.sleep(0.2)
+        self.assertTrue(gw.running, "isgd stopped when its key process was signalled")
+        self.exchange(gw)
+        gw.stop()  # SIGTERM to isgd: exit status 0, checked by stop()
+        self.assertIn("event=isgd.stopped", gw.log)
+        self.assertNotIn("event=keyproc.exited", gw.log)
+        self.assertFalse(os.path.exists("/proc/%d" % kp) and not status(kp)["State"].startswith("Z"),
+                         "the key process outlived isgd")
+
     def test_key_process_exits_with_isgd(self):
         gw = self.gateway()
         kp = self.key_process(gw)
