@@ -241,13 +241,15 @@ static void reload(struct gateway *g)
 	}
 }
 
-/* Log how the key process ended; true when that was a failure. */
+/*
+ * True, logged, when the key process has ended before keyproc_stop asked
+ * it to: whatever its status, it ends only when its channels are gone, and
+ * isgd cannot pseudonymise, seal or sign without them.
+ */
 static bool keyproc_failed(struct gateway *g)
 {
 	int status;
 	if (!g->keyproc || !keyproc_exited(g->keyproc, &status))
-		return false;
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return false;
 	log_event(LOG_ERROR, "keyproc.exited", "pid=%d status=%d signal=%d",
 	          (int)keyproc_pid(g->keyproc), WIFEXITED(status) ? WEXITSTATUS(status) : -1,
