@@ -443,14 +443,20 @@ static int job_fetch_run(struct store *s, struct job_fetch *jf, int64_t now)
 
 /* --- ack ---------------------------------------------------------------------- */
 
-/* 1 and m filled when id is pending or delivered for recipient; 0 when not; <0 on error. */
-static int ack_lookup(struct store *s, uint64_t id, const char *recipient, struct msg_ref *m)
+/*
+ * 1 and m filled when id is pending or delivered for recipient and not
+ * expired at now (as a fetch sees it: the sweep will expire it); 0 when
+ * not; <0 on error.
+ */
+static int ack_lookup(struct store *s, uint64_t id, const char *recipient, int64_t now,
+                      struct msg_ref *m)
 {
 	if (id == 0 || id > INT64_MAX)
 		return 0;
 	sqlite3_stmt *st = s->stmt[ST_ACK_SELECT];
 	sqlite3_bind_int64(st, 1, (int64_t)id);
 	bind_text(st, 2, recipient);
+	sqlite3_bind_int64(st, 3, now);
 	int ret = 0;
 	int rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
@@ -464,6 +470,11 @@ static int ack_lookup(struct store *s, uint64_t id, const char *recipient, struc
 			m->accepted_index = (uint64_t)sqlite3_column_int64(st, 4);
 			m->payload_apart = sqlite3_column_int(st, 6);
 			m->recipient = strdup(recipient);
+			/* Its data key, if kept for a first fetch it no longer needs
+			 * (acknowledged unfetched), wiped as the sweep's is. */
+			const uint8_t *header = sqlite3_column_blob(st, 7);
+			if (header && sqlite3_column_bytes(st, 7) >= STORE_WRAPPED_KEY_LEN)
+				store_seal_forget(s, header);
 			ret = m->sender && m->message_id && m->agreement_id && m->recipient
 			          ? 1
 			          : ISG_ERR_NOMEM;
@@ -479,7 +490,7 @@ static int job_ack_run(struct store *s, struct job_ack *ja, int64_t now)
 {
 	for (size_t i = 0; i < ja->n; i++) {
 		struct msg_ref m = {0};
-		int found = ack_lookup(s, ja->ids[i], ja->recipient, &m);
+		int found = ack_lookup(s, ja->ids[i], ja->recipient, now, &m);
 		int err = found < 0 ? found : 0;
 		if (found == 1) {
 			err = set_final_state(s, &m, MSG_ACKED);

@@ -992,6 +992,49 @@ static void test_expired_messages_keep_no_key(void **state)
 	assert_int_equal(store_test_keys_kept(s), 0);
 }
 
+/* A message acknowledged without a fetch has its kept data key wiped. */
+static void test_acked_unfetched_keeps_no_key(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "never fetched");
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	assert_int_equal(store_test_keys_kept(s), 1);
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown), 0);
+	assert_int_equal(acked, 1);
+	assert_int_equal(store_test_keys_kept(s), 0);
+}
+
+/*
+ * An acknowledgement after a message's expiry, before the sweep marks it,
+ * finds it expired, as a fetch would: it stays for the sweep to record.
+ */
+static void test_ack_after_expiry_is_unknown(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 3600 * 1000, 0); /* no sweep during the test */
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "expires");
+	m.ttl_ms = 1000; /* the send finishes first, on a busy disk */
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	sleep_ms(1100);
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+	uint32_t acked = 7;
+	uint64_t unknown[1];
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, unknown, &n_unknown), 0);
+	assert_int_equal(acked, 0);
+	assert_int_equal(n_unknown, 1);
+	assert_int_equal(unknown[0], r.gateway_id);
+	assert_int_equal(
+	    db_int(f, "SELECT state FROM messages WHERE id = ?1", (int64_t)r.gateway_id), 0);
+	assert_int_equal(
+	    db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.acknowledged'", 0), 0);
+}
+
 /*
  * A wrapping of zeros, which d29569b took for an empty slot of kept keys,
  * opens nothing: not under a key of zeros (a slot's after its key was
@@ -1236,6 +1279,10 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_data_keys_kept_for_first_fetch, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refused_sends_keep_no_key, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_acked_unfetched_keeps_no_key, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_ack_after_expiry_is_unknown, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expired_messages_keep_no_key, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_zero_wrapping_opens_nothing, fx_setup,
