@@ -987,14 +987,19 @@ static int rotation_allowed(const struct domain *d, const char *path, int64_t to
 	return 0;
 }
 
-/* The new contents of d's file after a rotation on today, into buf; its length. */
+/*
+ * The new contents of d's file after a rotation on today, into buf; its length.
+ * Every older version retires by today + overlap too, or one still in its own
+ * overlap would answer as previous again and keep alive the linkage an
+ * emergency rotation (overlap 0) is meant to break. No retirement is extended.
+ */
 static size_t rotated_contents(const struct domain *d, char *buf, int64_t today,
                                int64_t overlap_days)
 {
 	size_t len = 0;
 	for (size_t j = 0; j < d->n; j++) {
 		struct domain_version v = d->versions[j];
-		if (j + 1 == d->n)
+		if (v.retires > today + overlap_days)
 			v.retires = today + overlap_days;
 		len += format_line(buf + len, d->name, &v, d->keys + j * PSEUDO_KEY_LEN);
 	}

@@ -1007,17 +1007,21 @@ static void test_rotate_overlap(void **state)
 	assert_int_equal(info.state, KEYS_VERSION_SUPERSEDED);
 	keyring_free(ring);
 
-	/* Overlap 0 retires at once: version 3 is gone as previous the same day, and version
-	 * 2 (retiring on t + 31) is the newest older one still in use. */
+	/* Overlap 0 retires at once: version 3 is gone as previous the same day, and so is
+	 * version 2, whose own overlap (to t + 31) the emergency rotation cuts short. */
 	assert_int_equal(keys_rotate(f->dir, "d", t + 2, 0, &version, err, sizeof(err)), 0);
 	assert_int_equal(version, 4);
 	ring = load_ok(f);
 	char out4[PSEUDO_TEXT_MAX];
 	pseudonymise(ring, "d", t + 2, out4, prev);
 	assert_int_equal(strncmp(out4, "p4_", 3), 0);
-	assert_string_equal(prev, out);
-	pseudonymise(ring, "d", t + 31, out4, prev);
 	assert_string_equal(prev, "");
+	assert_int_equal(keyring_version_info(ring, 0, 1, t + 2, &info), 0);
+	assert_int_equal(info.retires, t + 2);
+	assert_int_equal(info.state, KEYS_VERSION_RETIRED);
+	/* Version 1 (retiring on t + 30) too. */
+	assert_int_equal(keyring_version_info(ring, 0, 0, t + 2, &info), 0);
+	assert_int_equal(info.retires, t + 2);
 	keyring_free(ring);
 
 	/* Overlap 0 with no older version in use: no previous at all. */
@@ -1027,6 +1031,48 @@ static void test_rotate_overlap(void **state)
 	pseudonymise(ring, "e", t, out, prev);
 	assert_int_equal(strncmp(out, "p2_", 3), 0);
 	assert_string_equal(prev, "");
+	keyring_free(ring);
+}
+
+/*
+ * The reviewer's case: v1 -> v2 with a 30-day overlap, then v2 compromised and
+ * v2 -> v3 with overlap 0 the next day. No version may answer as previous,
+ * v1 included, and the shorter retirement dates are never extended again.
+ */
+static void test_rotate_emergency_retires_all(void **state)
+{
+	struct fixture *f = *state;
+	char err[512] = "";
+	write_known_domain(f, "d", 1);
+	int64_t t = day("2026-03-10");
+	uint32_t version = 0;
+	assert_int_equal(keys_rotate(f->dir, "d", t, 30, &version, err, sizeof(err)), 0);
+	assert_int_equal(keys_rotate(f->dir, "d", t + 1, 0, &version, err, sizeof(err)), 0);
+	assert_int_equal(version, 3);
+	struct keyring *ring = load_ok(f);
+	char out[PSEUDO_TEXT_MAX], prev[PSEUDO_TEXT_MAX];
+	for (int64_t d = t + 1; d <= t + 31; d += 10) {
+		pseudonymise(ring, "d", d, out, prev);
+		assert_int_equal(strncmp(out, "p3_", 3), 0);
+		assert_string_equal(prev, "");
+	}
+	struct keys_version_info info;
+	for (size_t j = 0; j < 2; j++) {
+		assert_int_equal(keyring_version_info(ring, 0, j, t + 1, &info), 0);
+		assert_int_equal(info.retires, t + 1);
+		assert_int_equal(info.state, KEYS_VERSION_RETIRED);
+	}
+	keyring_free(ring);
+	/* A later rotation with a long overlap leaves them retired. */
+	assert_int_equal(keys_rotate(f->dir, "d", t + 2, 30, &version, err, sizeof(err)), 0);
+	ring = load_ok(f);
+	for (size_t j = 0; j < 2; j++) {
+		assert_int_equal(keyring_version_info(ring, 0, j, t + 2, &info), 0);
+		assert_int_equal(info.retires, t + 1);
+	}
+	pseudonymise(ring, "d", t + 2, out, prev);
+	assert_int_equal(strncmp(out, "p4_", 3), 0);
+	assert_int_equal(strncmp(prev, "p3_", 3), 0);
 	keyring_free(ring);
 }
 
@@ -1158,6 +1204,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_service_refuses_whole_batch, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_domains_unrelated_and_stable, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_rotate_overlap, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_rotate_emergency_retires_all, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_rotate_refusals, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_service_concurrent_readers, setup, teardown),
 	};
