@@ -176,11 +176,18 @@ static int parse_pseudo(struct cursor *c, struct pseudo_request *reqs, domain_na
 static int do_pseudo(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
 {
 	uint32_t gen, n;
-	int64_t today;
+	int64_t gateway_today;
 	/* Each item takes at least 6 bytes on the wire: n is bounded by the body. */
-	if (!take(c, &gen, 4) || !take(c, &today, 8) || !take(c, &n, 4) || n == 0 ||
+	if (!take(c, &gen, 4) || !take(c, &gateway_today, 8) || !take(c, &n, 4) || n == 0 ||
 	    n > c->left / 6)
 		return a->status = ISG_ERR_PARSE;
+	/*
+	 * Which versions answer is decided by this process's own clock, never the
+	 * gateway's day: a compromised gateway sending a past day would otherwise get
+	 * pseudonyms under retired versions. The field stays in the request.
+	 */
+	(void)gateway_today;
+	const int64_t today = date_days_of_ms(time_now_ms());
 	struct pseudo_request *reqs = malloc(n * sizeof(*reqs));
 	domain_name *domains = malloc(n * sizeof(*domains));
 	int rc = reqs && domains ? parse_pseudo(c, reqs, domains, n) : ISG_ERR_NOMEM;

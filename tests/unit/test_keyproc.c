@@ -153,6 +153,41 @@ static void test_pseudonyms_match_the_keys(void **state)
 	keyring_free(local);
 }
 
+/*
+ * A compromised gateway cannot bring a retired version back by sending a
+ * past day: the key process decides by its own clock.
+ */
+static void test_pseudo_uses_its_own_clock(void **state)
+{
+	struct fixture *f = *state;
+	char err[512];
+	int64_t today = date_days_of_ms(time_now_ms());
+	uint32_t version;
+	/* health v1 retires today, overlap 0; audit v1 answers as previous to tomorrow. */
+	assert_int_equal(keys_rotate(f->dir, "health", today, 0, &version, err, sizeof(err)), 0);
+	assert_int_equal(keys_rotate(f->dir, "audit", today, 1, &version, err, sizeof(err)), 0);
+	struct keyproc *kp = start(f);
+	struct keyproc_ring *ring;
+	assert_int_equal(keyproc_ring_load(kp, &ring, err, sizeof(err)), 0);
+	struct pseudo_service rs = keyproc_ring_service(ring);
+	const int64_t days[] = {today, today - 1, today - 1000, 0, today + 5};
+	for (size_t i = 0; i < sizeof(days) / sizeof(days[0]); i++) {
+		struct pseudo_request r[2] = {
+		    {.domain = "health",
+		     .type = PSEUDO_NHS_NUMBER,
+		     .norm = "9434765919",
+		     .len = 10},
+		    {.domain = "audit", .type = PSEUDO_NHS_NUMBER, .norm = "9434765919", .len = 10},
+		};
+		assert_int_equal(rs.pseudonymise(rs.ctx, r, 2, days[i]), 0);
+		assert_int_equal(strncmp(r[0].out, "p2_", 3), 0);
+		assert_string_equal(r[0].previous, "");
+		assert_int_equal(strncmp(r[1].out, "p2_", 3), 0);
+		assert_int_equal(strncmp(r[1].previous, "p1_", 3), 0);
+	}
+	keyproc_ring_free(ring);
+}
+
 static void test_seals_open_with_the_storage_key(void **state)
 {
 	struct fixture *f = *state;
@@ -523,6 +558,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_pseudonyms_match_the_keys, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_pseudo_uses_its_own_clock, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_seals_open_with_the_storage_key, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_store_through_the_key_process, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_signs_checkpoints_never_backwards, setup,
