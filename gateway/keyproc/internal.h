@@ -49,6 +49,14 @@ enum keyproc_op {
 
 /* The largest message either way: a payload at the store's limit, and room. */
 #define KEYPROC_FRAME_MAX (64u * 1024 * 1024 + 4096)
+/*
+ * The most pseudonyms one PSEUDO request may ask for: every answer then fits
+ * a frame (two texts of at most PSEUDO_TEXT_MAX - 1 bytes, each after its
+ * length byte), so the gateway never meets an answer it must refuse by
+ * closing the channel, and the key process's arrays for one request stay
+ * bounded (about 224 bytes an item, 117 MB at most).
+ */
+#define KEYPROC_PSEUDO_MAX ((KEYPROC_FRAME_MAX - 4) / (2 * PSEUDO_TEXT_MAX))
 /* Generations of domain keys the key process keeps at once. */
 #define KEYPROC_RINGS_MAX 16
 #define KEYPROC_REASON_MAX 512

@@ -538,7 +538,7 @@ static int remote_pseudonymise_parts(void *ctx, const struct pseudo_batch *parts
 	}
 	if (n == 0)
 		return 0;
-	if (n > UINT32_MAX || size > KEYPROC_FRAME_MAX)
+	if (n > KEYPROC_PSEUDO_MAX || size > KEYPROC_FRAME_MAX)
 		return ISG_ERR_TOO_BIG;
 	uint8_t *req = malloc(size), *p = req;
 	if (!req)

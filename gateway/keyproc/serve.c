@@ -188,6 +188,9 @@ static int do_pseudo(struct keyproc_server *sv, struct cursor *c, struct keyproc
 	 */
 	(void)gateway_today;
 	const int64_t today = date_days_of_ms(time_now_ms());
+	/* Refused before anything is allocated or computed; the channel serves on. */
+	if (n > KEYPROC_PSEUDO_MAX)
+		return a->status = ISG_ERR_TOO_BIG;
 	struct pseudo_request *reqs = malloc(n * sizeof(*reqs));
 	domain_name *domains = malloc(n * sizeof(*domains));
 	int rc = reqs && domains ? parse_pseudo(c, reqs, domains, n) : ISG_ERR_NOMEM;

@@ -454,6 +454,79 @@ static void test_malformed_requests_are_refused(void **state)
 	close(r.fd);
 }
 
+/*
+ * A PSEUDO request whose answer could not fit a frame is refused with an
+ * error before anything is computed, and the channel serves on.
+ */
+static void test_pseudo_too_many_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct raw r;
+	raw_start(f, &r);
+	assert_int_equal(raw_call(&r, KEYPROC_LOAD, NULL, 0), 0); /* generation 1 */
+	uint32_t gen = 1, n = KEYPROC_PSEUDO_MAX + 1;
+	const size_t item = 1 + 5 + 1 + 4; /* "audit", a type, an empty value */
+	size_t size = 16 + (size_t)n * item;
+	uint8_t *body = calloc(1, size);
+	assert_non_null(body);
+	memcpy(body, &gen, 4);
+	memcpy(body + 12, &n, 4);
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t *p = body + 16 + (size_t)i * item;
+		p[0] = 5;
+		memcpy(p + 1, "audit", 5);
+		p[6] = PSEUDO_NHS_NUMBER;
+	}
+	assert_int_equal(raw_call(&r, KEYPROC_PSEUDO, body, (uint32_t)size), ISG_ERR_TOO_BIG);
+	n = 1;
+	memcpy(body + 12, &n, 4);
+	assert_int_equal(raw_call(&r, KEYPROC_PSEUDO, body, 16 + item), 0);
+	free(body);
+	close(r.fd);
+	int st;
+	assert_int_equal(waitpid(r.pid, &st, 0), r.pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/*
+ * The reviewer's case through the gateway's side: a batch whose answer
+ * (about 48 bytes a pseudonym) would be larger than a frame. It is refused,
+ * and the only channel still answers pseudonyms and data keys after.
+ */
+static void test_pseudo_batch_over_a_frame_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct keyproc_options o = {.keys_dir = f->dir, .audit_origin = "test-log", .channels = 1};
+	char err[512] = "";
+	assert_int_equal(keyproc_start(&o, &f->kp, err, sizeof(err)), 0);
+	struct keyproc_ring *ring;
+	assert_int_equal(keyproc_ring_load(f->kp, &ring, err, sizeof(err)), 0);
+	struct pseudo_service svc = keyproc_ring_service(ring);
+	enum { EACH = 1000 };
+	struct pseudo_request *reqs = calloc(EACH, sizeof(*reqs));
+	assert_non_null(reqs);
+	for (size_t i = 0; i < EACH; i++)
+		reqs[i] = (struct pseudo_request){
+		    .domain = "audit", .type = PSEUDO_NHS_NUMBER, .norm = "9434765919", .len = 10};
+	size_t n_parts = KEYPROC_FRAME_MAX / 48 / EACH + 1;
+	struct pseudo_batch *parts = calloc(n_parts, sizeof(*parts));
+	assert_non_null(parts);
+	for (size_t k = 0; k < n_parts; k++)
+		parts[k] = (struct pseudo_batch){reqs, EACH};
+	assert_int_equal(svc.pseudonymise_parts(svc.ctx, parts, n_parts, 20000), ISG_ERR_TOO_BIG);
+	assert_int_equal(svc.pseudonymise(svc.ctx, reqs, 1, 20000), 0);
+	assert_int_equal(strncmp(reqs[0].out, "p1_", 3), 0);
+	struct store_sealer s = keyproc_sealer(f->kp);
+	uint8_t k[32], w[STORE_WRAPPED_KEY_LEN];
+	assert_int_equal(s.new_keys(s.ctx, 1, k, w), 0);
+	sodium_memzero(k, sizeof(k));
+	int st;
+	assert_false(keyproc_exited(f->kp, &st));
+	free(parts);
+	free(reqs);
+	keyproc_ring_free(ring);
+}
+
 struct blast {
 	pthread_t target;
 	atomic_bool done;
@@ -565,6 +638,9 @@ int main(void)
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_key_file_refused_at_start, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_malformed_requests_are_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_pseudo_too_many_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_pseudo_batch_over_a_frame_refused, setup,
+	                                    teardown),
 	    cmocka_unit_test(test_writev_resumes_partial_writes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
