@@ -276,31 +276,6 @@ static int parse_file(const char *path, const char *name, const char *buf, size_
 
 /* --- reading ---------------------------------------------------------------- */
 
-/* Refuse a keys directory that others could write into, or that someone else owns. */
-static int check_dir_secrecy(int fd, const char *path, char *err, size_t errlen)
-{
-	struct stat st;
-	if (fstat(fd, &st) != 0) {
-		keys_seterr(err, errlen, "key directory '%s': cannot stat: %s", path,
-		            strerror(errno));
-		return ISG_ERR_IO;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		keys_seterr(err, errlen, "key directory '%s' is not a directory", path);
-		return ISG_ERR_DENIED;
-	}
-	uid_t euid = geteuid();
-	if ((st.st_mode & 022) != 0 || (st.st_uid != euid && st.st_uid != 0)) {
-		keys_seterr(
-		    err, errlen,
-		    "key directory '%s' has mode %04o and owner uid %u; it must not be "
-		    "writable by group or others (0700) and must be owned by uid %u or root",
-		    path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid, (unsigned)euid);
-		return ISG_ERR_DENIED;
-	}
-	return 0;
-}
-
 /* Open dir/domains and check it. ISG_ERR_NOT_FOUND, silently, when it does not exist. */
 static int open_domains_dir(const char *dir, char *path, size_t size, int *fd_out, char *err,
                             size_t errlen)
@@ -310,7 +285,11 @@ static int open_domains_dir(const char *dir, char *path, size_t size, int *fd_ou
 		keys_seterr(err, errlen, "no key directory given");
 		return ISG_ERR_INVALID;
 	}
-	int rc = keys_path(path, size, dir, KEYS_DOMAINS_DIR, err, errlen);
+	/* The keys directory first: whoever can write there can replace domains/. */
+	int rc = keys_check_dir(dir, err, errlen);
+	if (rc)
+		return rc;
+	rc = keys_path(path, size, dir, KEYS_DOMAINS_DIR, err, errlen);
 	if (rc)
 		return rc;
 	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -327,7 +306,7 @@ static int open_domains_dir(const char *dir, char *path, size_t size, int *fd_ou
 		keys_seterr(err, errlen, "key directory '%s': cannot open: %s", path, strerror(e));
 		return e == EACCES || e == EPERM ? ISG_ERR_DENIED : ISG_ERR_IO;
 	}
-	rc = check_dir_secrecy(fd, path, err, errlen);
+	rc = keys_check_dir_secrecy(fd, path, err, errlen);
 	if (rc) {
 		close(fd);
 		return rc;

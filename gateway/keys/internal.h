@@ -25,7 +25,16 @@ int keys_write_all(int fd, const char *buf, size_t len);
 /* fsync an open directory or the directory at path. */
 int keys_fsync_dirfd(int fd, const char *path, char *err, size_t errlen);
 int keys_fsync_dir(const char *path, char *err, size_t errlen);
-/* mkdir path 0700; an existing directory is fine. *created says which. */
+/*
+ * Refuse (ISG_ERR_DENIED, the path, mode and owner in err) a key directory,
+ * open as fd, that is not a directory, is writable by group or others, or is
+ * owned by another user than this process's or root.
+ */
+int keys_check_dir_secrecy(int fd, const char *path, char *err, size_t errlen);
+/* keys_check_dir_secrecy on the directory at path; ISG_ERR_NOT_FOUND, with a message, if missing.
+ */
+int keys_check_dir(const char *path, char *err, size_t errlen);
+/* mkdir path 0700; an existing directory is fine if keys_check_dir passes. *created says which. */
 int keys_prepare_dir(const char *path, int *created, char *err, size_t errlen);
 /* ISG_ERR_CONFLICT when path exists (even as a dangling symbolic link). */
 int keys_refuse_existing(const char *path, char *err, size_t errlen);

@@ -79,6 +79,55 @@ int keys_check_secrecy_for(int fd, const char *path, unsigned owner, char *err, 
 	return 0;
 }
 
+int keys_check_dir_secrecy(int fd, const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		keys_seterr(err, errlen, "key directory '%s': cannot stat: %s", path,
+		            strerror(errno));
+		return ISG_ERR_IO;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		keys_seterr(err, errlen, "key directory '%s' is not a directory", path);
+		return ISG_ERR_DENIED;
+	}
+	uid_t euid = geteuid();
+	if ((st.st_mode & 022) != 0 || (st.st_uid != euid && st.st_uid != 0)) {
+		keys_seterr(
+		    err, errlen,
+		    "key directory '%s' has mode %04o and owner uid %u; it must not be "
+		    "writable by group or others (0700) and must be owned by uid %u or root",
+		    path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid, (unsigned)euid);
+		return ISG_ERR_DENIED;
+	}
+	return 0;
+}
+
+int keys_check_dir(const char *path, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+		if (e == ENOENT) {
+			keys_seterr(
+			    err, errlen,
+			    "key directory '%s' does not exist; create it with 'isgctl keys "
+			    "init'",
+			    path);
+			return ISG_ERR_NOT_FOUND;
+		}
+		if (e == ENOTDIR) {
+			keys_seterr(err, errlen, "key directory '%s' is not a directory", path);
+			return ISG_ERR_CONFLICT;
+		}
+		keys_seterr(err, errlen, "key directory '%s': cannot open: %s", path, strerror(e));
+		return e == EACCES || e == EPERM ? ISG_ERR_DENIED : ISG_ERR_IO;
+	}
+	int rc = keys_check_dir_secrecy(fd, path, err, errlen);
+	close(fd);
+	return rc;
+}
+
 static int keys_open(const char *path, int *fd_out, char *err, size_t errlen)
 {
 	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
@@ -213,6 +262,11 @@ static int keys_load(const char *dir, const char *file, const char *kind, uint8_
 	rc = keys_path(path, sizeof(path), dir, file, err, errlen);
 	if (rc)
 		goto out;
+	/* Whoever can write the directory can replace the key: refuse it. A missing
+	 * directory is left to keys_open, which says how to make the file. */
+	rc = keys_check_dir(dir, err, errlen);
+	if (rc && rc != ISG_ERR_NOT_FOUND)
+		goto out;
 	rc = keys_open(path, &fd, err, errlen);
 	if (rc)
 		goto out;
@@ -324,7 +378,8 @@ int keys_prepare_dir(const char *path, int *created, char *err, size_t errlen)
 		keys_seterr(err, errlen, "key directory '%s' exists and is not a directory", path);
 		return ISG_ERR_CONFLICT;
 	}
-	return 0;
+	/* Keys are not written where others could replace them. */
+	return keys_check_dir(path, err, errlen);
 }
 
 int keys_refuse_existing(const char *path, char *err, size_t errlen)

@@ -516,6 +516,28 @@ class TestKeyFiles(FaultCase):
                         os.chmod(path, 0o600)
         self.assertChecksOut()
 
+    def check_config_refused(self):
+        p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,
+                           text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL,
+                           preexec_fn=isgtest._die_with_parent)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertNotIn("configuration OK", p.stdout)
+        return p.stderr
+
+    def test_key_directory_writable_by_group_or_others(self):
+        """Whoever can write the key directory can replace its keys: isgd and --check-config refuse it."""
+        keys = self.gw.keys_dir
+        for mode in (0o777, 0o770, 0o702):
+            with self.subTest(mode=oct(mode)):
+                os.chmod(keys, mode)
+                try:
+                    want = "key directory '%s' has mode %04o" % (keys, mode)
+                    self.assertRefusedCreatingNothing(want)
+                    self.assertIn(want, self.check_config_refused())
+                finally:
+                    os.chmod(keys, 0o700)
+        self.assertChecksOut()
+
     def assertChecksOut(self):
         """The control: with the files as isgctl keys init made them, the same configuration passes."""
         p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,

@@ -255,6 +255,58 @@ static void test_load_refuses_lax_modes(void **state)
 	}
 }
 
+/* Whoever can write the keys directory can replace a key: every entry point refuses it. */
+static void test_keys_dir_writable_by_others_refused(void **state)
+{
+	struct fixture *f = *state;
+	char err[512] = "", want[300];
+	uint8_t *key = NULL;
+	struct keyring *ring = NULL;
+	assert_int_equal(keys_init(f->dir, err, sizeof(err)), 0);
+	const mode_t bad[] = {0777, 0770, 0720, 0702};
+	for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+		assert_int_equal(chmod(f->dir, bad[i]), 0);
+		snprintf(want, sizeof(want), "key directory '%s' has mode %04o", f->dir,
+		         (unsigned)bad[i]);
+		err[0] = '\0';
+		assert_int_equal(keys_load_storage(f->dir, &key, err, sizeof(err)), ISG_ERR_DENIED);
+		assert_null(key);
+		assert_non_null(strstr(err, want));
+		err[0] = '\0';
+		assert_int_equal(keys_load_audit_signing(f->dir, &key, err, sizeof(err)),
+		                 ISG_ERR_DENIED);
+		assert_non_null(strstr(err, want));
+		err[0] = '\0';
+		assert_int_equal(keys_load_domains(f->dir, &ring, err, sizeof(err)),
+		                 ISG_ERR_DENIED);
+		assert_null(ring);
+		assert_non_null(strstr(err, want));
+		err[0] = '\0';
+		assert_int_equal(keys_new_domain(f->dir, "more", err, sizeof(err)), ISG_ERR_DENIED);
+		assert_non_null(strstr(err, want));
+	}
+	/* keys_init (keys_prepare_dir) will not write into such a directory either. */
+	char other[200];
+	snprintf(other, sizeof(other), "%s-other", f->dir);
+	assert_int_equal(mkdir(other, 0700), 0);
+	assert_int_equal(chmod(other, 0777), 0);
+	err[0] = '\0';
+	assert_int_equal(keys_init(other, err, sizeof(err)), ISG_ERR_DENIED);
+	assert_non_null(strstr(err, "has mode 0777"));
+	assert_int_equal(rmdir(other), 0); /* nothing was written */
+	/* 0700 and 0755 are fine. */
+	const mode_t good[] = {0700, 0755};
+	for (size_t i = 0; i < ARRAY_LEN(good); i++) {
+		assert_int_equal(chmod(f->dir, good[i]), 0);
+		assert_int_equal(keys_load_storage(f->dir, &key, err, sizeof(err)), 0);
+		keys_free(key);
+		key = NULL;
+		assert_int_equal(keys_load_domains(f->dir, &ring, err, sizeof(err)), 0);
+		keyring_free(ring);
+		ring = NULL;
+	}
+}
+
 static void test_load_refuses_other_owner(void **state)
 {
 	struct fixture *f = *state;
@@ -1190,6 +1242,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_init_existing_dir_and_not_a_dir, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_init_all_or_nothing, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_load_refuses_lax_modes, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_keys_dir_writable_by_others_refused, setup,
+	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_load_refuses_other_owner, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_load_refuses_links_dirs_and_missing, setup,
 	                                    teardown),
