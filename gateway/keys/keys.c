@@ -130,7 +130,8 @@ int keys_check_dir(const char *path, char *err, size_t errlen)
 
 static int keys_open(const char *path, int *fd_out, char *err, size_t errlen)
 {
-	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+	/* O_NONBLOCK: a FIFO planted here must not hang start-up; fstat then refuses it. */
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd >= 0) {
 		*fd_out = fd;
 		return 0;

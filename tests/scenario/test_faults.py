@@ -538,6 +538,20 @@ class TestKeyFiles(FaultCase):
                     os.chmod(keys, 0o700)
         self.assertChecksOut()
 
+    def test_fifo_in_place_of_a_key(self):
+        """A FIFO where a key file or the TLS key should be is refused at once, never read (which would hang)."""
+        tls_key = self.gw.config["tls"]["key"]
+        for path in (os.path.join(self.gw.keys_dir, "storage.key"), tls_key):
+            with self.subTest(path=path):
+                os.rename(path, path + ".away")
+                os.mkfifo(path, 0o600)
+                try:
+                    self.assertRefusedCreatingNothing("key file '%s' is not a regular file" % path)
+                finally:
+                    os.unlink(path)
+                    os.rename(path + ".away", path)
+        self.assertChecksOut()
+
     def assertChecksOut(self):
         """The control: with the files as isgctl keys init made them, the same configuration passes."""
         p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,

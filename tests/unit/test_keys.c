@@ -307,6 +307,24 @@ static void test_keys_dir_writable_by_others_refused(void **state)
 	}
 }
 
+/* A FIFO in place of a key file is refused at once; opening it blocking would hang. */
+static void test_load_refuses_fifo(void **state)
+{
+	struct fixture *f = *state;
+	char err[512] = "";
+	uint8_t *key = NULL;
+	assert_int_equal(keys_init(f->dir, err, sizeof(err)), 0);
+	assert_int_equal(unlink(f->storage), 0);
+	assert_int_equal(mkfifo(f->storage, 0600), 0);
+	alarm(10); /* a hang ends the test (SIGALRM) rather than the suite's timeout */
+	assert_int_equal(keys_load_storage(f->dir, &key, err, sizeof(err)), ISG_ERR_DENIED);
+	alarm(0);
+	assert_null(key);
+	char want[300];
+	snprintf(want, sizeof(want), "key file '%s' is not a regular file", f->storage);
+	assert_non_null(strstr(err, want));
+}
+
 static void test_load_refuses_other_owner(void **state)
 {
 	struct fixture *f = *state;
@@ -1244,6 +1262,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_load_refuses_lax_modes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_keys_dir_writable_by_others_refused, setup,
 	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_load_refuses_fifo, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_load_refuses_other_owner, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_load_refuses_links_dirs_and_missing, setup,
 	                                    teardown),
