@@ -452,6 +452,12 @@ static bool add_matcher(struct pctx *c, const struct ydoc_node *n, enum cert_mat
 {
 	if (!want_kind(c, n, YDOC_SCALAR, matcher_keys[kind]))
 		return false;
+	/* A matcher is security-relevant: an unquoted null in a list is a mistake, never "null". */
+	if (is_null(n)) {
+		PERR(c, n, "%s lists an empty value (quote it if it is meant literally)",
+		     matcher_keys[kind]);
+		return false;
+	}
 	if (pt->n_match == POLICY_MAX_MATCHERS) {
 		PERR(c, n, "a partner may have at most %d certificate matchers",
 		     POLICY_MAX_MATCHERS);
@@ -484,8 +490,9 @@ static bool parse_certificate(struct pctx *c, const struct ydoc_node *map,
 	}
 	const struct ydoc_node *at[POLICY_MAX_MATCHERS];
 	for (int kind = MATCH_SUBJECT_CN; kind <= MATCH_ISSUER_CN; kind++) {
+		/* Null means absent, as for every key: never the literal text "null" or "~". */
 		const struct ydoc_node *v = ydoc_get(cert, matcher_keys[kind]);
-		if (!v)
+		if (!v || is_null(v))
 			continue;
 		if (v->kind == YDOC_SEQ && v->n == 0) {
 			PERR(c, v, "%s must list at least one value", matcher_keys[kind]);

@@ -602,6 +602,97 @@ static void test_broken_issuers(void **state)
 	remove_dir(dir);
 }
 
+static void put_file(const char *dir, const char *rel, const char *text)
+{
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/%s", dir, rel);
+	FILE *f = fopen(path, "wb");
+	assert_non_null(f);
+	assert_int_equal(fputs(text, f) >= 0, 1);
+	assert_int_equal(fclose(f), 0);
+}
+
+static const struct policy_partner *who(const struct policy_set *set, const char *cn,
+                                        const char *issuer, const char *dns)
+{
+	struct cert_identity id;
+	memset(&id, 0, sizeof(id));
+	str_copy(id.subject_cn, cn, sizeof(id.subject_cn));
+	str_copy(id.issuer_cn, issuer, sizeof(id.issuer_cn));
+	if (dns) {
+		id.n_san_dns = 1;
+		str_copy(id.san_dns[0], dns, sizeof(id.san_dns[0]));
+	}
+	return policy_partner_by_cert(set, &id);
+}
+
+/*
+ * A matcher written as null, ~ or nothing is absent, like any other key: it
+ * must not match a certificate that literally says "null" or "~".
+ */
+static void test_null_matchers(void **state)
+{
+	char *dir = temp_policy_dir();
+	put_file(dir, "partners.yaml",
+	         "partners:\n"
+	         "  - id: met-police\n"
+	         "    name: Met\n"
+	         "    kind: police\n"
+	         "    certificate:\n"
+	         "      subject_cn: met.test\n"
+	         "      san_dns: null\n"
+	         "      san_uri:\n"
+	         "  - id: nhs-trust\n"
+	         "    name: Trust\n"
+	         "    kind: nhs\n"
+	         "    certificate:\n"
+	         "      subject_cn: trust.test\n"
+	         "      issuer_cn: ~\n");
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	assert_int_equal(d.errors, 0);
+	assert_int_equal(policy_partner_by_id(set, "met-police")->n_match, 1);
+	assert_int_equal(policy_partner_by_id(set, "nhs-trust")->n_match, 1);
+	/* No literal "null" DNS name, no literal "~" CA. */
+	assert_null(who(set, "someone.test", "Any CA", "null"));
+	assert_null(who(set, "someone.test", "~", NULL));
+	/* And the partners are still recognised by what they do name, from any CA. */
+	assert_string_equal(who(set, "met.test", "Any CA", NULL)->id, "met-police");
+	assert_string_equal(who(set, "trust.test", "Any CA", NULL)->id, "nhs-trust");
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+
+	/* Nothing but nulls: no matcher at all; a null inside a list: refused. */
+	put_file(dir, "partners.yaml",
+	         "partners:\n"
+	         "  - id: met-police\n"
+	         "    name: Met\n"
+	         "    kind: police\n"
+	         "    certificate:\n"
+	         "      san_dns: null\n"
+	         "      issuer_cn: ~\n"
+	         "  - id: nhs-trust\n"
+	         "    name: Trust\n"
+	         "    kind: nhs\n"
+	         "    certificate:\n"
+	         "      san_dns: [trust.test, null]\n");
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_load(dir, &set, &d), ISG_ERR_INVALID);
+	if (d.errors != 2)
+		ydoc_diags_print(&d, stderr);
+	assert_int_equal(d.errors, 2);
+	size_t k = d.items[0].warning ? 1 : 0;
+	assert_int_equal(d.items[k].line, 6);
+	assert_non_null(strstr(d.items[k].message, "certificate must name at least one"));
+	assert_int_equal(d.items[k + 1].line, 12);
+	assert_int_equal(d.items[k + 1].col, 29);
+	assert_non_null(strstr(d.items[k + 1].message, "san_dns lists an empty value"));
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
 static struct policy_set *load_features(int64_t today, struct ydoc_diags *d)
 {
 	struct policy_set *set = NULL;
@@ -2147,6 +2238,7 @@ int main(void)
 	    cmocka_unit_test(test_broken_issuers),
 	    cmocka_unit_test(test_errors_collected_across_files),
 	    cmocka_unit_test(test_issuer_cn),
+	    cmocka_unit_test(test_null_matchers),
 	    cmocka_unit_test(test_review_dates),
 	    cmocka_unit_test(test_daily_limits),
 	    cmocka_unit_test(test_check_domains),
