@@ -367,7 +367,11 @@ static void diff_same_exposure(struct dctx *c, const struct policy_agreement *a1
 		                         : "");
 		return;
 	}
-	if (f0->action == ACTION_PSEUDONYMISE && f1->action == ACTION_PSEUDONYMISE) {
+	/*
+	 * Into pseudonyms, from other pseudonyms or from a generalisation: a
+	 * domain other agreements use lets the values be joined with theirs.
+	 */
+	if (f1->action == ACTION_PSEUDONYMISE) {
 		struct strbuf users;
 		strbuf_init(&users);
 		domain_users(c->new, a1->id, f1->domain, &users);
@@ -417,12 +421,21 @@ static void diff_field(struct dctx *c, const struct policy_agreement *a1,
 		line(c, CHANGED, "field '%s': %s", f1->name,
 		     f1->required ? "now required" : "no longer required");
 	int e0 = exposure(f0), e1 = exposure(f1);
-	if (e0 == e1)
+	if (e0 == e1) {
 		diff_same_exposure(c, a1, f0, f1);
-	else
-		line(c, e1 > e0 ? WEAKENED : STRENGTHENED, "field '%s': %s -> %s", f1->name,
-		     policy_field_how(f0, how0, sizeof(how0)),
-		     policy_field_how(f1, how, sizeof(how)));
+		return;
+	}
+	/* Dropped to pseudonymised is weakened anyway; say when the pseudonyms can be joined. */
+	struct strbuf users;
+	strbuf_init(&users);
+	if (e1 > e0 && f1->action == ACTION_PSEUDONYMISE)
+		domain_users(c->new, a1->id, f1->domain, &users);
+	line(c, e1 > e0 ? WEAKENED : STRENGTHENED, "field '%s': %s -> %s%s%s%s", f1->name,
+	     policy_field_how(f0, how0, sizeof(how0)), policy_field_how(f1, how, sizeof(how)),
+	     users.len ? ", which agreements " : "", users.len ? users.p : "",
+	     users.len ? " also use: the pseudonyms can be linked with theirs" : "");
+	c->out->failed |= users.failed;
+	strbuf_release(&users);
 }
 
 static const struct policy_field *field_by_name(const struct policy_dataset *ds, const char *name)

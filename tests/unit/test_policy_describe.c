@@ -397,6 +397,25 @@ static void test_diff_fields(void **state)
 	     "generalised as a 1-year age "
 	     "band\n",
 	     .other = 2},
+	    /* A domain other agreements use: the pseudonyms can be joined with theirs. */
+	    {"generalise to pseudonymise in a shared domain",
+	     .new_edits = {{SAFE, "action: generalise, to: age_band, width: 5",
+	                    "action: pseudonymise, domain: planning"}},
+	     .want = FLOW_SAFE W "field 'date_of_birth': generalised as a 5-year age band -> "
+	                         "pseudonymised in linkage domain planning, which agreements "
+	                         "'council-planning' also use: the pseudonyms can now be linked "
+	                         "with theirs\n",
+	     .weakened = 1},
+	    {"drop to pseudonymise in a shared domain",
+	     .old_edits = {{SAFE, "officer_notes, type: text, action: drop",
+	                    "officer_notes, type: identifier, action: drop"}},
+	     .new_edits =
+	         {{SAFE, "officer_notes, type: text, action: drop",
+	           "officer_notes, type: identifier, action: pseudonymise, domain: planning"}},
+	     .want = FLOW_SAFE W "field 'officer_notes': dropped -> pseudonymised in linkage "
+	                         "domain planning, which agreements 'council-planning' also use: "
+	                         "the pseudonyms can be linked with theirs\n",
+	     .weakened = 1},
 	    {"generalise to pseudonymise: neither",
 	     .new_edits = {{SAFE, "action: generalise, to: age_band, width: 5",
 	                    "action: pseudonymise, domain: dob"}},
