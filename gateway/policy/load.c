@@ -140,7 +140,11 @@ static int source_order(const void *a, const void *b)
 
 static void read_source(struct loader *l, struct source *s)
 {
-	int fd = open(s->path, O_RDONLY | O_CLOEXEC);
+	/*
+	 * O_NONBLOCK: opening a FIFO for reading would wait for a writer, and
+	 * isgd reloads in its signal loop. Non-regular files are refused below.
+	 */
+	int fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	struct stat st;
 	if (fd < 0) {
 		ydoc_error(l->d, s->path, NULL, "cannot open: %s", strerror(errno));
@@ -148,7 +152,8 @@ static void read_source(struct loader *l, struct source *s)
 		return;
 	}
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		ydoc_error(l->d, s->path, NULL, "not a regular file");
+		ydoc_error(l->d, s->path, NULL,
+		           "not a regular file (a policy file must be a plain file)");
 		note_err(l, ISG_ERR_IO);
 		goto out;
 	}

@@ -335,7 +335,8 @@ static int read_file(const char *path, size_t max, char **buf, size_t *len, stru
 {
 	int err = 0;
 	char *data = NULL;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO must be refused below, not wait for a writer. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		ydoc_error(d, path, NULL, "cannot open: %s", strerror(errno));
 		return ISG_ERR_IO;

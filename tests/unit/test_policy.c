@@ -693,6 +693,37 @@ static void test_null_matchers(void **state)
 	remove_dir(dir);
 }
 
+/*
+ * A partners.yaml that is a FIFO is refused at once: opening it must not
+ * wait for a writer, since isgd reloads in its signal loop (alarm: fail).
+ * A FIFO named like an agreement is not an agreement.
+ */
+static void test_fifo_refused(void **state)
+{
+	char *dir = temp_policy_dir();
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	snprintf(path, sizeof(path), "%s/agreements/a.yaml", dir);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = (struct policy_set *)1;
+	alarm(10);
+	assert_int_equal(policy_load(dir, &set, &d), ISG_ERR_IO);
+	alarm(0);
+	assert_null(set);
+	if (d.errors != 1)
+		ydoc_diags_print(&d, stderr);
+	assert_int_equal(d.errors, 1);
+	size_t k = d.items[0].warning ? 1 : 0;
+	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
+	assert_string_equal(d.items[k].file, path);
+	assert_non_null(strstr(d.items[k].message, "not a regular file"));
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
 static struct policy_set *load_features(int64_t today, struct ydoc_diags *d)
 {
 	struct policy_set *set = NULL;
@@ -2239,6 +2270,7 @@ int main(void)
 	    cmocka_unit_test(test_errors_collected_across_files),
 	    cmocka_unit_test(test_issuer_cn),
 	    cmocka_unit_test(test_null_matchers),
+	    cmocka_unit_test(test_fifo_refused),
 	    cmocka_unit_test(test_review_dates),
 	    cmocka_unit_test(test_daily_limits),
 	    cmocka_unit_test(test_check_domains),

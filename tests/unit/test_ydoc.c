@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -254,6 +255,19 @@ static void test_load_file(void **state)
 
 	assert_int_equal(ydoc_load_file("/tmp", 1024, &doc, &d), ISG_ERR_IO);
 	assert_non_null(strstr(d.items[2].message, "not a regular file"));
+
+	/* A FIFO with no writer is refused at once; opening it must not wait (alarm: fail). */
+	char fifo[] = "/tmp/test_ydoc_fifo_XXXXXX";
+	assert_non_null(mkdtemp(fifo));
+	char fpath[64];
+	snprintf(fpath, sizeof(fpath), "%s/f.yaml", fifo);
+	assert_int_equal(mkfifo(fpath, 0600), 0);
+	alarm(10);
+	assert_int_equal(ydoc_load_file(fpath, 1024, &doc, &d), ISG_ERR_IO);
+	alarm(0);
+	assert_non_null(strstr(d.items[3].message, "not a regular file"));
+	unlink(fpath);
+	rmdir(fifo);
 	ydoc_diags_release(&d);
 }
 
