@@ -182,26 +182,31 @@ static void test_show_cleans_text(void **state)
 	                "{subject_cn: a}}\n"
 	                "  - {id: b, name: Org B, kind: other, certificate: {subject_cn: b}}\n");
 	snprintf(path, sizeof(path), "%s/agreements/x.yaml", dir);
-	write_all(path, "agreement:\n"
-	                "  id: x\n"
-	                "  version: 1\n"
-	                "  title: \"Bell\\a and\\ttab\"\n"
-	                "  senders: [a]\n"
-	                "  recipients: [b]\n"
-	                "  purpose:\n"
-	                "    code: p\n"
-	                "    text: |\n"
-	                "      One line.\n"
-	                "      Another line.\n"
-	                "  lawful_basis: [\"x\\x7f\"]\n"
-	                "  valid_from: 2025-01-01\n"
-	                "  datasets:\n"
-	                "    - {name: d, fields: [{name: f, type: text, action: pass}]}\n");
+	write_all(path,
+	          "agreement:\n"
+	          "  id: x\n"
+	          "  version: 1\n"
+	          "  title: \"Bell\\a and\\ttab, CSI \\u009b31m, NEL \\x85, caf\\u00e9 \\u2603\"\n"
+	          "  senders: [a]\n"
+	          "  recipients: [b]\n"
+	          "  purpose:\n"
+	          "    code: p\n"
+	          "    text: |\n"
+	          "      One line.\n"
+	          "      Another line.\n"
+	          "  lawful_basis: [\"x\\x7f\"]\n"
+	          "  valid_from: 2025-01-01\n"
+	          "  datasets:\n"
+	          "    - {name: d, fields: [{name: f, type: text, action: pass}]}\n");
 	struct policy_set *set = load(dir, day("2026-01-01"));
 	char *t = describe(set, "x", INT64_MIN);
 	for (const char *p = t; *p; p++)
 		assert_true(*p == '\n' || ((unsigned char)*p >= 0x20 && *p != 0x7f));
-	assert_non_null(strstr(t, "Agreement x, version 1: Bell? and tab\n"));
+	/* C1 controls too (U+009B is CSI); other non-ASCII text is kept. */
+	assert_non_null(strstr(t, "Agreement x, version 1: Bell? and tab, CSI ?31m, NEL ?, "
+	                          "caf\xc3\xa9 \xe2\x98\x83\n"));
+	assert_null(strstr(t, "\xc2\x9b"));
+	assert_null(strstr(t, "\xc2\x85"));
 	assert_non_null(strstr(t, "Org ?[31mA (a) sends to Org B (b).\n"));
 	assert_non_null(strstr(t, "Purpose (p): One line. Another line.\n"));
 	assert_non_null(strstr(t, "  - x?\n"));

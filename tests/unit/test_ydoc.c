@@ -187,7 +187,7 @@ static void test_diags_print_and_sanitise(void **state)
 	struct ydoc_node at = {.line = 4, .col = 10};
 	ydoc_error(&d, "isgd.yaml", &at, "invalid duration '%s' for %s", "10x",
 	           "limits.idle_timeout");
-	ydoc_warning(&d, "p.yaml", &at, "line\nbreak");
+	ydoc_warning(&d, "p.yaml", &at, "line\nbreak, CSI \xc2\x9b, lone \x9b, caf\xc3\xa9");
 	ydoc_error(&d, "dir/x.yaml", NULL, "cannot open: %s", "No such file or directory");
 	assert_int_equal(d.errors, 2);
 	assert_int_equal(d.warnings, 1);
@@ -199,7 +199,7 @@ static void test_diags_print_and_sanitise(void **state)
 	fclose(f);
 	assert_string_equal(text, "isgd.yaml:4:10: error: invalid duration '10x' for "
 	                          "limits.idle_timeout\n"
-	                          "p.yaml:4:10: warning: line?break\n"
+	                          "p.yaml:4:10: warning: line?break, CSI ?, lone ?, caf\xc3\xa9\n"
 	                          "dir/x.yaml: error: cannot open: No such file or directory\n");
 	free(text);
 	ydoc_diags_release(&d);
