@@ -2227,6 +2227,41 @@ static void test_shipped_examples(void **state)
 	                                    "'triage-incident' of agreement "
 	                                    "'police-nhs-mh-triage-analytics')"});
 
+	/* policy.md's worked example: a DD/MM/YYYY date is normalised, an impossible one refused.
+	 */
+	req_init(&r, "police-nhs-adult-safeguarding", "nhs-trust", "safeguarding-concern");
+	i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+	req_text(&r, i, "concern_category", "self-neglect");
+	req_text(&r, i, "officer_notes", "neighbour at no. 12 called it in");
+	req_text(&r, i, "incident_date", "20/11/2026");
+	assert_int_equal(
+	    policy_apply(set, "met-police", &r.req, day_ms("2026-11-23", 9), &ps, &out, &why), 0);
+	del = isg__delivery__unpack(NULL, out.payload_len, out.payload);
+	const char *want_safe[] = {"nhs_number",   "9434765919",    "concern_category",
+	                           "self-neglect", "incident_date", "2026-11-20"};
+	assert_record(del->records[0], want_safe, ARRAY_LEN(want_safe) / 2);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	r.fields[0][3].value->text = "2026-11-31";
+	apply_refused_with(set, "met-police", &r, day_ms("2026-11-23", 9), &ps, "31",
+	                   &(struct expect){ISG_ERR_INVALID, ISG__ERROR_CODE__BAD_VALUE,
+	                                    "dataset.field_value", 0, "incident_date",
+	                                    "record 0: field 'incident_date' is not a valid date: "
+	                                    "date is not a real calendar date (dataset "
+	                                    "'safeguarding-concern' of agreement "
+	                                    "'police-nhs-adult-safeguarding')"});
+
+	req_init(&r, "police-nhs-adult-safeguarding", "nhs-trust", "safeguarding-concern");
+	i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+	req_text(&r, i, "concern_category", "self-neglect");
+	req_int(&r, i, "incident_date", 20261120);
+	apply_refused_with(set, "met-police", &r, day_ms("2026-11-23", 9), &ps, "20261120",
+	                   &(struct expect){ISG_ERR_INVALID, ISG__ERROR_CODE__BAD_VALUE,
+	                                    "dataset.field_type", 0, "incident_date",
+	                                    "must be a date"});
+
 	/* The council's referrals, from health; the demo's figures still pass. */
 	req_init(&r, "council-service-planning", "city-council", "referral-planning");
 	i = req_record(&r);
