@@ -390,6 +390,14 @@ class PolicyCli(unittest.TestCase):
             "'met-polise' in senders (not in partners.yaml)" % d,
         ])
 
+    def test_check_fifo_refused(self):
+        # A FIFO as partners.yaml is refused at once, not waited on (ctl's timeout: fail).
+        d = self.copy(FEATURES, "fifo")
+        os.unlink(os.path.join(d, "partners.yaml"))
+        os.mkfifo(os.path.join(d, "partners.yaml"), 0o600)
+        p = self.ctl("policy", "check", d, rc=1)
+        self.assertIn("%s/partners.yaml: error: not a regular file" % d, p.stderr)
+
     def test_check_keys(self):
         keys = os.path.join(self.tmp, "keys")
         os.mkdir(keys, 0o700)
