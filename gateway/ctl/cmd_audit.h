@@ -145,6 +145,7 @@ int audit_where_option(struct audit_where *w, int opt, const char *arg);
 struct audit_log {
 	sqlite3 *db;
 	char *store_path, *keys_dir, *origin; /* keys_dir NULL when not known */
+	int64_t checkpoint_interval_ms; /* the config's audit.checkpoint_interval; 0: unknown */
 	bool in_txn;
 };
 
@@ -189,6 +190,21 @@ int audit_ctl_read_file(const char *path, size_t max, char **buf, size_t *len);
 
 /* ---- cmd_audit_verify.c: the checks of audit verify, for the report ---- */
 
+/*
+ * How long entries may stay covered by no signed checkpoint before verify
+ * calls it a problem. isgd signs within audit.checkpoint_interval (10 s by
+ * default, at most a day) of an entry and when it stops: ten minutes is 60
+ * default intervals, room for a slow disk or a retried signature, and short
+ * enough that deleted checkpoints show the same day.
+ */
+#define AUDIT_GRACE_DEFAULT_MS (600 * 1000LL)
+/* The --grace option's bound, in seconds (about 100 years). */
+#define AUDIT_GRACE_MAX_S (3153600000LL)
+/* The default grace: ten minutes, or twice the configured interval when longer. */
+int64_t audit_grace_default_ms(const struct audit_log *l);
+/* Parse --grace SECONDS into *ms; false when it is no number of seconds in range. */
+bool audit_grace_parse(const char *arg, int64_t *ms);
+
 struct audit_verify_result {
 	unsigned problems;
 	uint64_t entries;
@@ -197,14 +213,16 @@ struct audit_verify_result {
 	uint64_t latest_size;       /* of the latest verified checkpoint; 0 when none */
 	uint8_t latest_root[AUDIT_HASH_LEN];
 	uint64_t uncovered; /* entries after the latest checkpoint */
+	uint64_t stale;     /* of those, written longer than the grace ago (a problem) */
 };
 /*
  * Run every check of `isgctl audit verify` (without --against) on an open
- * log, writing each problem to out as a line "problem: ...". CTL_EXIT_OK
- * when the log could be read (res->problems says whether it verified).
+ * log, writing each problem to out as a line "problem: ...". Entries covered
+ * by no checkpoint and older than grace_ms are a problem. CTL_EXIT_OK when
+ * the log could be read (res->problems says whether it verified).
  */
-int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, FILE *out,
-                     struct audit_verify_result *res);
+int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_t grace_ms,
+                     FILE *out, struct audit_verify_result *res);
 
 /* ---- the subcommands ---- */
 

@@ -73,6 +73,7 @@ static int read_config(struct audit_log *l, const char *path)
 		l->store_path = dup_or_null(cfg.store_path);
 		l->keys_dir = dup_or_null(cfg.keys_dir);
 		l->origin = dup_or_null(cfg.audit_origin);
+		l->checkpoint_interval_ms = cfg.checkpoint_interval_ms;
 		if ((cfg.store_path && !l->store_path) || (cfg.keys_dir && !l->keys_dir) ||
 		    (cfg.audit_origin && !l->origin)) {
 			ctl_warn("out of memory");

@@ -37,7 +37,7 @@ static const char report_usage[] =
     "usage: isgctl audit report --from YYYY-MM-DD --to YYYY-MM-DD\n"
     "                           (--html FILE | --markdown FILE | --csv FILE)...\n"
     "                           [--policy DIR] (--config ISGD_YAML | --store DB [--keys DIR])\n"
-    "                           [--pubkey KEY | --pubkey-file FILE]\n";
+    "                           [--pubkey KEY | --pubkey-file FILE] [--grace SECONDS]\n";
 
 enum {
 	OPT_FROM = AUDIT_OPT_FIRST_OWN,
@@ -46,6 +46,7 @@ enum {
 	OPT_MARKDOWN,
 	OPT_CSV,
 	OPT_POLICY,
+	OPT_GRACE,
 };
 
 /* ---- interned strings ---- */
@@ -371,7 +372,8 @@ static int report_scan(struct report *r, struct audit_log *l)
 }
 
 /* The checks of audit verify; problems are kept for the report. */
-static int report_verify(struct report *r, struct audit_log *l, const struct audit_where *w)
+static int report_verify(struct report *r, struct audit_log *l, const struct audit_where *w,
+                         int64_t grace_ms)
 {
 	struct audit_verifier v;
 	if (audit_log_verifier(l, w, &v, r->key, &r->key_from) != CTL_EXIT_OK) {
@@ -383,7 +385,7 @@ static int report_verify(struct report *r, struct audit_log *l, const struct aud
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;
 	}
-	int status = audit_verify_log(l, &v, out, &r->vr);
+	int status = audit_verify_log(l, &v, grace_ms, out, &r->vr);
 	if (fclose(out) != 0 && status == CTL_EXIT_OK) {
 		ctl_warn("out of memory");
 		status = CTL_EXIT_LOCAL;
@@ -1348,6 +1350,7 @@ static int render_csv(struct strbuf *b, const struct report *r)
 
 struct report_args {
 	const char *from, *to, *html, *markdown, *csv, *policy;
+	int64_t grace_ms; /* -1: the default */
 };
 
 static int write_output(const char *path, struct strbuf *b)
@@ -1412,6 +1415,7 @@ static int report_options(int argc, char **argv, struct audit_where *w, struct r
 	    {"markdown", required_argument, NULL, OPT_MARKDOWN},
 	    {"csv", required_argument, NULL, OPT_CSV},
 	    {"policy", required_argument, NULL, OPT_POLICY},
+	    {"grace", required_argument, NULL, OPT_GRACE},
 	    {NULL, 0, NULL, 0},
 	};
 	int opt;
@@ -1434,6 +1438,13 @@ static int report_options(int argc, char **argv, struct audit_where *w, struct r
 			break;
 		case OPT_POLICY:
 			a->policy = optarg;
+			break;
+		case OPT_GRACE:
+			if (!audit_grace_parse(optarg, &a->grace_ms))
+				return ctl_usage_error(report_usage,
+				                       "--grace must be a number of seconds, 0 or "
+				                       "more, not '%s'",
+				                       optarg);
 			break;
 		default:
 			if (!audit_where_option(w, opt, optarg))
@@ -1510,6 +1521,8 @@ static int report_help(void)
 	       "  --csv FILE          one row per day, agreement and sending partner\n"
 	       "  --policy DIR        a policy directory, to show the agreements' daily limits\n"
 	       "  --pubkey KEY, --pubkey-file FILE  the verifier key, as for verify\n"
+	       "  --grace SECONDS     as for verify: older entries covered by no checkpoint\n"
+	       "                      fail the integrity check (default 600)\n"
 	       "FILE '-' is standard output. Exits 0 when the report is written and the log\n"
 	       "verifies, 1 when it is written but the log failed verification or could not\n"
 	       "be verified, or when it could not be written.\n\n%s",
@@ -1520,7 +1533,7 @@ static int report_help(void)
 int audit_report_cmd(int argc, char **argv)
 {
 	struct audit_where w = {0};
-	struct report_args a = {0};
+	struct report_args a = {.grace_ms = -1};
 	int status = report_options(argc, argv, &w, &a);
 	if (status != CTL_EXIT_OK)
 		return status;
@@ -1544,7 +1557,7 @@ int audit_report_cmd(int argc, char **argv)
 	if (status == CTL_EXIT_OK)
 		status = report_scan(&r, &l);
 	if (status == CTL_EXIT_OK)
-		status = report_verify(&r, &l, &w);
+		status = report_verify(&r, &l, &w, a.grace_ms);
 	if (status == CTL_EXIT_OK)
 		status = report_render(&r, &a);
 	if (status == CTL_EXIT_OK && (!r.verified || r.vr.problems)) {

@@ -14,6 +14,9 @@
  *    entries and checked by the verifier of gateway/audit, from the
  *    previous checkpoint to this one (a log rewritten and signed again);
  *  - no checkpoint covers more entries than the log holds (truncated);
+ *  - no entry older than the grace (--grace) is left covered by no
+ *    checkpoint: isgd signs within seconds and when it stops, so such
+ *    entries mean deleted checkpoints (or a crash before the last one);
  *  - each --against checkpoint, saved elsewhere earlier: its signature, its
  *    size within the log and its root at that size (truncated or rolled
  *    back).
@@ -33,7 +36,8 @@
 
 static const char verify_usage[] =
     "usage: isgctl audit verify (--config ISGD_YAML | --store DB [--keys KEYS_DIR])\n"
-    "                           [--pubkey KEY | --pubkey-file FILE] [--against FILE ...]\n";
+    "                           [--pubkey KEY | --pubkey-file FILE] [--against FILE ...]\n"
+    "                           [--grace SECONDS]\n";
 static const char prove_usage[] =
     "usage: isgctl audit prove SEQ [--size N] (--config ISGD_YAML | --store DB [--keys DIR])\n"
     "                              [--pubkey KEY | --pubkey-file FILE]\n";
@@ -66,6 +70,9 @@ struct verify {
 	struct aj_doc doc;
 	unsigned problems, stored_total, saved_total;
 	unsigned roots, roots_matched, proofs, proofs_verified;
+	/* entries after the last stored checkpoint reached, and those older than the grace */
+	uint64_t covered, stale, stale_first, stale_last;
+	int64_t stale_first_at, grace_ms, cutoff_ms;
 	bool oom;
 	FILE *out; /* where problems are written */
 };
@@ -325,6 +332,8 @@ static void reach_stored(struct verify *vs, struct cp *k)
 	vs->prev = k;
 	vs->prev_tree = vs->tree;
 	vs->window_n = 0;
+	vs->covered = pos;
+	vs->stale = 0;
 }
 
 static void reach_saved(struct verify *vs, struct cp *k)
@@ -366,6 +375,18 @@ static bool window_add(struct verify *vs, const uint8_t hash[static AUDIT_HASH_L
 	return true;
 }
 
+/* The entry just appended is older than the grace: uncovered so far, it may stay so. */
+static void note_stale(struct verify *vs, int64_t at)
+{
+	if (at >= vs->cutoff_ms)
+		return;
+	if (vs->stale++ == 0) {
+		vs->stale_first = vs->tree.size;
+		vs->stale_first_at = at;
+	}
+	vs->stale_last = vs->tree.size;
+}
+
 static int stream_entries(struct verify *vs, struct audit_log *l)
 {
 	sqlite3_stmt *st =
@@ -387,6 +408,7 @@ static int stream_entries(struct verify *vs, struct audit_log *l)
 			vs->oom = true;
 		if (vs->oom)
 			break;
+		note_stale(vs, at);
 		reach(vs);
 	}
 	int status = CTL_EXIT_OK;
@@ -420,17 +442,46 @@ static void report_unreached(struct verify *vs)
 		        vs->saved[i].size, vs->saved[i].file, n);
 }
 
+/*
+ * Entries after the last checkpoint that are older than the grace. isgd
+ * signs a checkpoint within audit.checkpoint_interval and when it stops, so
+ * only deleted checkpoints, or isgd stopped by a crash, leave them. Starting
+ * isgd would sign them, tampered or not: hence a copy first.
+ */
+static void report_stale(struct verify *vs)
+{
+	if (!vs->stale)
+		return;
+	char when[32], span[64];
+	time_format_ms(when, sizeof(when), vs->stale_first_at);
+	if (vs->stale == 1)
+		snprintf(span, sizeof(span), "entry %" PRIu64 " is", vs->stale_first);
+	else
+		snprintf(span, sizeof(span), "%" PRIu64 " entries, from entry %" PRIu64 ", are",
+		         vs->stale, vs->stale_first);
+	problem(vs,
+	        "%s covered by no signed checkpoint though written more than %" PRId64
+	        " s ago (the first at %s): isgd signs a checkpoint within seconds and when it "
+	        "stops, so checkpoints were deleted, or isgd stopped without signing (a crash "
+	        "or power loss). Check isgd's log for a crash. If it crashed and is stopped, "
+	        "keep a copy of the store file, then start isgd: it signs them within "
+	        "audit.checkpoint_interval of starting (not at once), and verify again. If "
+	        "isgd was running, or did not crash, treat the log as tampered with and keep "
+	        "the store as evidence",
+	        span, vs->grace_ms / 1000, when);
+}
+
 static void summarise(const struct verify *vs)
 {
 	uint64_t n = vs->tree.size;
 	const struct cp *last = vs->n_stored ? &vs->stored[vs->n_stored - 1] : NULL;
-	uint64_t covered = last && last->reached ? last->size : 0;
-	if (covered + 1 == n)
+	uint64_t covered = vs->covered, fresh_from = vs->stale ? vs->stale_last + 1 : covered + 1;
+	if (fresh_from == n)
 		printf("note: entry %" PRIu64 " is not yet covered by a checkpoint\n", n);
-	else if (covered < n)
+	else if (fresh_from < n)
 		printf("note: entries %" PRIu64 "..%" PRIu64 " (%" PRIu64
 		       ") are not yet covered by a checkpoint\n",
-		       covered + 1, n, n - covered);
+		       fresh_from, n, n - fresh_from + 1);
 	size_t saved_ok = 0;
 	for (size_t i = 0; i < vs->n_saved; i++)
 		saved_ok += vs->saved[i].matched;
@@ -476,7 +527,12 @@ static int verify_help(void)
 	    "  --pubkey-file FILE  the same, read from the first line of FILE\n"
 	    "  --against FILE      a checkpoint saved elsewhere earlier (isgctl audit\n"
 	    "                      checkpoint > FILE); the log must still contain it:\n"
-	    "                      otherwise it was truncated or rolled back. Repeatable.\n\n"
+	    "                      otherwise it was truncated or rolled back. Repeatable.\n"
+	    "  --grace SECONDS     entries covered by no checkpoint are a problem once older\n"
+	    "                      than this (default 600, or twice the config's\n"
+	    "                      audit.checkpoint_interval when that is longer): isgd\n"
+	    "                      signs within seconds, so they mean deleted checkpoints\n"
+	    "                      or a crash; newer ones are a note\n\n"
 	    "Exits 0 and prints 'audit log OK: ...' when every check passes, 1 when any\n"
 	    "fails (each problem on a line starting 'problem:') or the log cannot be read.\n\n%s",
 	    verify_usage, audit_where_help);
@@ -491,18 +547,43 @@ static int verify_run(struct verify *vs, struct audit_log *l, char **against, si
 		status = load_saved(vs, against, n_against);
 	if (status == CTL_EXIT_OK)
 		status = stream_entries(vs, l);
-	if (status == CTL_EXIT_OK)
+	if (status == CTL_EXIT_OK) {
 		report_unreached(vs);
+		report_stale(vs);
+	}
 	return status;
 }
 
-int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, FILE *out,
-                     struct audit_verify_result *res)
+int64_t audit_grace_default_ms(const struct audit_log *l)
+{
+	int64_t twice = l->checkpoint_interval_ms * 2;
+	return twice > AUDIT_GRACE_DEFAULT_MS ? twice : AUDIT_GRACE_DEFAULT_MS;
+}
+
+bool audit_grace_parse(const char *arg, int64_t *ms)
+{
+	int64_t s;
+	if (str_to_i64(arg, 0, AUDIT_GRACE_MAX_S, &s) != 0)
+		return false;
+	*ms = s * 1000;
+	return true;
+}
+
+/* Entries written before this are past the grace. */
+static void set_grace(struct verify *vs, const struct audit_log *l, int64_t grace_ms)
+{
+	vs->grace_ms = grace_ms >= 0 ? grace_ms : audit_grace_default_ms(l);
+	vs->cutoff_ms = time_now_ms() - vs->grace_ms;
+}
+
+int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_t grace_ms,
+                     FILE *out, struct audit_verify_result *res)
 {
 	struct verify vs = {.v = *v, .out = out};
 	audit_tree_init(&vs.tree);
 	aj_doc_init(&vs.doc);
 	memset(res, 0, sizeof(*res));
+	set_grace(&vs, l, grace_ms);
 	int status = verify_run(&vs, l, NULL, 0);
 	res->problems = vs.problems;
 	res->entries = vs.tree.size;
@@ -513,8 +594,8 @@ int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, FILE *
 		res->latest_size = last->size;
 		memcpy(res->latest_root, last->root, AUDIT_HASH_LEN);
 	}
-	uint64_t covered = last && last->reached ? last->size : 0;
-	res->uncovered = covered < vs.tree.size ? vs.tree.size - covered : 0;
+	res->uncovered = vs.covered < vs.tree.size ? vs.tree.size - vs.covered : 0;
+	res->stale = vs.stale;
 	verify_release(&vs);
 	return status;
 }
@@ -525,11 +606,13 @@ int audit_verify_cmd(int argc, char **argv)
 	    AUDIT_LOG_LONGOPTS,
 	    AUDIT_KEY_LONGOPTS,
 	    {"against", required_argument, NULL, AUDIT_OPT_FIRST_OWN},
+	    {"grace", required_argument, NULL, AUDIT_OPT_FIRST_OWN + 1},
 	    {NULL, 0, NULL, 0},
 	};
 	struct audit_where w = {0};
 	char **against = calloc((size_t)argc + 1, sizeof(*against));
 	size_t n_against = 0;
+	int64_t grace_ms = -1;
 	int opt, status = CTL_EXIT_OK;
 	if (!against) {
 		ctl_warn("out of memory");
@@ -538,7 +621,12 @@ int audit_verify_cmd(int argc, char **argv)
 	while (status == CTL_EXIT_OK && (opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
 		if (opt == AUDIT_OPT_FIRST_OWN)
 			against[n_against++] = optarg;
-		else if (!audit_where_option(&w, opt, optarg))
+		else if (opt == AUDIT_OPT_FIRST_OWN + 1 && !audit_grace_parse(optarg, &grace_ms))
+			status = ctl_usage_error(verify_usage,
+			                         "--grace must be a number of seconds, 0 or more, "
+			                         "not '%s'",
+			                         optarg);
+		else if (opt != AUDIT_OPT_FIRST_OWN + 1 && !audit_where_option(&w, opt, optarg))
 			status = ctl_bad_option(verify_usage, opt, argv);
 	}
 	if (status == CTL_EXIT_OK && w.help) {
@@ -562,6 +650,7 @@ int audit_verify_cmd(int argc, char **argv)
 		status = audit_log_verifier(&l, &w, &vs.v, key, &from);
 	if (status == CTL_EXIT_OK) {
 		printf("verifier key: %s (from %s)\n", key, from);
+		set_grace(&vs, &l, grace_ms);
 		status = verify_run(&vs, &l, against, n_against);
 	}
 	if (status == CTL_EXIT_OK) {

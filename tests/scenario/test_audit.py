@@ -375,6 +375,50 @@ class AuditLog(isgtest.ScenarioCase):
                                % (len(self.entries), len(self.entries)),
                                extra=["--against", self.saved_final])
 
+    def test_deleted_checkpoints(self):
+        """Entries no checkpoint covers are a problem once older than the grace."""
+        first = self.checkpoints[0][0]
+        db = self.tamper("no-late-checkpoints", ("DELETE FROM checkpoints WHERE size > ?", (first,)))
+        # Just written: isgd may not have signed them yet, so a note only.
+        r = self.audit("verify", store=db)
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("note: entries %d..%d (%d) are not yet covered by a checkpoint"
+                      % (first + 1, len(self.entries), len(self.entries) - first), r.out)
+        # With no grace they are too old.
+        r = self.assertVerifyFails(db, r"problem: %d entries, from entry %d, are covered by no "
+                                       r"signed checkpoint though written more than 0 s ago"
+                                   % (len(self.entries) - first, first + 1),
+                                   extra=["--grace", "0"])
+        self.assertIn("checkpoints were deleted", r.out)
+        self.assertIn("start isgd", r.out)
+        self.assertNotIn("not yet covered", r.out)
+        r = self.audit("verify", "--grace", "-1", store=db)
+        self.assertEqual(r.rc, 2, r)
+
+    def test_deleted_checkpoints_of_an_old_log(self):
+        """Every checkpoint deleted and the entries rewritten: only their age shows it."""
+        at_ms = 1735689600000  # 2025-01-01T00:00:00Z
+        statements = [("DELETE FROM checkpoints", ())]
+        for seq, _, _, entry in self.entries:
+            leaf = re.sub(rb'"at":"[^"]*"', b'"at":"2025-01-01T00:00:00.000Z"', bytes(entry), 1)
+            statements.append(("UPDATE audit SET entry = ?, at = ? WHERE seq = ?",
+                               (leaf, at_ms, seq)))
+        db = self.tamper("old-no-checkpoints", *statements)
+        r = self.assertVerifyFails(db, r"problem: %d entries, from entry 1, are covered by no "
+                                       r"signed checkpoint though written more than 600 s ago "
+                                       r"\(the first at 2025-01-01T00:00:00.000Z\)"
+                                   % len(self.entries))
+        self.assertNotIn("audit log OK", r.out)
+        # The report's integrity section says so too.
+        r = self.audit("report", "--from", "2025-01-01", "--to", "2025-01-01",
+                       "--markdown", "-", store=db)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("**FAILED**", r.out)
+        self.assertIn("covered by no signed checkpoint", r.out)
+        # A grace longer than their age: a note again.
+        r = self.audit("verify", "--grace", str(100 * 365 * 86400), store=db)
+        self.assertEqual(r.rc, 0, r)
+
     def test_forged_checkpoint(self):
         size, note = self.checkpoints[1]
         text, sig = note.split("\n\n")
