@@ -22,6 +22,7 @@
  *    back).
  * It prints every problem and exits 1, or a summary and exits 0.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -795,10 +796,10 @@ static int prove_leaves(struct audit_log *l, uint64_t size, uint64_t seq,
 	return status;
 }
 
-static void print_proof(const struct prove_args *a, const struct audit_checkpoint *c,
-                        const uint8_t hash[static AUDIT_HASH_LEN],
-                        const uint8_t (*proof)[AUDIT_HASH_LEN], size_t n, const char *leaf,
-                        size_t leaf_len, const char *note)
+static int print_proof(const struct prove_args *a, const struct audit_checkpoint *c,
+                       const uint8_t hash[static AUDIT_HASH_LEN],
+                       const uint8_t (*proof)[AUDIT_HASH_LEN], size_t n, const char *leaf,
+                       size_t leaf_len, const char *note)
 {
 	char b64[64];
 	struct strbuf b;
@@ -828,11 +829,16 @@ static void print_proof(const struct prove_args *a, const struct audit_checkpoin
 	strbuf_puts(&b, "}\n");
 	size_t len = 0;
 	char *text = strbuf_take(&b, &len);
-	if (!text)
+	int status = CTL_EXIT_OK;
+	if (!text) {
 		ctl_warn("out of memory");
-	else
-		fwrite(text, 1, len, stdout);
+		status = CTL_EXIT_LOCAL;
+	} else if (fwrite(text, 1, len, stdout) != len || fflush(stdout) != 0) {
+		ctl_warn("cannot write the proof: %s", ctl_errno_text(errno));
+		status = CTL_EXIT_LOCAL;
+	}
 	free(text);
+	return status;
 }
 
 static int prove_help(void)
@@ -886,8 +892,9 @@ int audit_prove_cmd(int argc, char **argv)
 		status = CTL_EXIT_LOCAL;
 	}
 	if (status == CTL_EXIT_OK)
-		print_proof(&a, &c, leaves[a.seq - 1], (const uint8_t(*)[AUDIT_HASH_LEN])proof, n,
-		            leaf, leaf_len, note);
+		status =
+		    print_proof(&a, &c, leaves[a.seq - 1], (const uint8_t(*)[AUDIT_HASH_LEN])proof,
+		                n, leaf, leaf_len, note);
 	free(leaves);
 	free(leaf);
 	free(note);

@@ -223,6 +223,7 @@ enum { DIFF_SAME = 0, DIFF_DIFFERENT = 1, DIFF_TROUBLE = 2 };
 
 static int policy_diff_cmd(int argc, char **argv)
 {
+	ctl_output_failure = DIFF_TROUBLE; /* 0 and 1 say whether the policies differ */
 	if (wants_help(argc, argv)) {
 		printf(
 		    "%s\nShows the privacy effect of replacing the policy in OLD_DIR by the one "

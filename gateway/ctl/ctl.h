@@ -31,6 +31,13 @@ struct ctl_command {
 int ctl_dispatch(const struct ctl_command *table, size_t n, const char *prefix, int argc,
                  char **argv);
 
+/*
+ * The exit status when standard output cannot be written (main checks it
+ * after every command): CTL_EXIT_LOCAL, unless a command whose statuses mean
+ * something else sets its own trouble code (policy diff: 2).
+ */
+extern int ctl_output_failure;
+
 /* Print "isgctl: message" to stderr. */
 void ctl_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print "isgctl: message" and the usage line, and return CTL_EXIT_USAGE. */

@@ -2,6 +2,7 @@
  * isgctl: the command-line tool of ISG for partners, admins and IG officers.
  * One file per subcommand; this one dispatches and prints help.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -9,6 +10,8 @@
 #include "ctl/ctl.h"
 
 static int cmd_help(int argc, char **argv);
+
+int ctl_output_failure = CTL_EXIT_LOCAL;
 
 static const struct ctl_command commands[] = {
     {"send", cmd_send, "send records from a CSV or JSON Lines file to a partner"},
@@ -147,15 +150,35 @@ static int main_options(int argc, char **argv, bool *done)
 	return CTL_EXIT_OK;
 }
 
+/*
+ * Output that never arrived (a full disk, a closed pipe) is a failure, or a
+ * script would take a truncated proof, list or key for the whole: one check
+ * here, after any command, so no command can forget it.
+ */
+static int finish_output(int status)
+{
+	errno = 0;
+	bool failed = fflush(stdout) != 0;
+	int err = errno;
+	if (!failed && !ferror(stdout))
+		return status;
+	ctl_warn("cannot write output: %s", err ? ctl_errno_text(err) : "a write failed");
+	if (ctl_output_failure != CTL_EXIT_LOCAL || status == CTL_EXIT_OK)
+		return ctl_output_failure;
+	return status;
+}
+
 int main(int argc, char **argv)
 {
 	bool done = false;
 	int status = main_options(argc, argv, &done);
 	if (status != CTL_EXIT_OK || done)
-		return status;
+		return finish_output(status);
 	if (optind >= argc) {
 		print_help(stderr);
 		return CTL_EXIT_USAGE;
 	}
-	return ctl_dispatch(commands, ARRAY_LEN(commands), "isgctl", argc - optind, argv + optind);
+	status =
+	    ctl_dispatch(commands, ARRAY_LEN(commands), "isgctl", argc - optind, argv + optind);
+	return finish_output(status);
 }

@@ -22,6 +22,7 @@ Environment:
 import atexit
 import base64
 import collections
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -528,12 +529,16 @@ def _die_with_parent():
         pass
 
 
-def ctl(*args, timeout=CTL_TIMEOUT, input=None):
-    """Run isgctl; returns a CtlResult."""
+def ctl(*args, timeout=CTL_TIMEOUT, input=None, stdout_path=None):
+    """Run isgctl; returns a CtlResult. stdout_path: write standard output
+    to that file (for example /dev/full) instead of capturing it."""
     argv = [ISGCTL] + [str(a) for a in args]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input,
-                       stdin=None if input is not None else subprocess.DEVNULL)
-    return CtlResult(p.returncode, p.stdout, p.stderr, argv)
+    with contextlib.ExitStack() as stack:
+        out = (stack.enter_context(open(stdout_path, "w")) if stdout_path
+               else subprocess.PIPE)
+        p = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, text=True, timeout=timeout,
+                           input=input, stdin=None if input is not None else subprocess.DEVNULL)
+    return CtlResult(p.returncode, p.stdout or "", p.stderr, argv)
 
 
 class CtlResult(collections.namedtuple("CtlResult", "rc out err argv")):

@@ -419,6 +419,16 @@ class AuditLog(isgtest.ScenarioCase):
         r = self.audit("verify", "--grace", str(100 * 365 * 86400), store=db)
         self.assertEqual(r.rc, 0, r)
 
+    def test_output_that_cannot_be_written_fails(self):
+        """A full disk under standard output is an error, not a silent success."""
+        seq, _ = self.a_covered_entry()
+        for args in (["prove", seq], ["verify"], ["pubkey"], ["checkpoint"], ["list"],
+                     ["export"]):
+            r = isgtest.ctl("audit", *(args + ["--config", self.gw.config_path]),
+                            stdout_path="/dev/full")
+            self.assertEqual(r.rc, 1, r)
+            self.assertRegex(r.err, r"cannot write", r)
+
     def test_forged_checkpoint(self):
         size, note = self.checkpoints[1]
         text, sig = note.split("\n\n")

@@ -219,6 +219,22 @@ class IsgctlCase(isgtest.ScenarioCase):
         self.assertRegex(r.err, r"agreements/%s\.yaml:\d+:\d+: error: .*nobody" % AGREEMENT_ID)
         self.assertEqual(r.out, "")
 
+    def test_output_that_cannot_be_written_fails(self):
+        """Every command checks that its output reached standard output."""
+        gw, police, _ = self.start()
+        keys = os.path.join(self.tmp, "keys")
+        policy = self.policy("good")
+        full = "/dev/full"
+        for argv, rc in [(["keys", "init", keys], 1), (["keys", "list", keys], 1),
+                         (["keys", "rotate", keys, "audit"], 1), (["policy", "show", policy], 1),
+                         (["policy", "show", policy, AGREEMENT_ID], 1),
+                         (["policy", "check", policy], 1),
+                         (["policy", "diff", policy, policy], 2), (["help"], 1),
+                         (police.conn_flags() + ["whoami"], 1)]:
+            r = isgtest.ctl(*argv, stdout_path=full)
+            self.assertEqual(r.rc, rc, r)
+            self.assertIn("isgctl: cannot write output: no space left on device", r.err, r)
+
     def test_usage(self):
         for argv, rc in [([], 2), (["help"], 0), (["--version"], 0), (["bogus"], 2),
                          (["send", "--bogus"], 2), (["fetch", "--max", "0"], 2),
