@@ -150,38 +150,87 @@ static const char *header_key(const struct audit_log *l, const struct audit_wher
 	return NULL;
 }
 
-static FILE *open_output(const char *path)
+/*
+ * --output FILE is written as a new file of mode 0600 beside it
+ * (".FILE.XXXXXX") and renamed over FILE only once written whole: the
+ * export holds pseudonyms, so an existing FILE's wider mode must not carry
+ * over, and a failed export must leave an earlier FILE as it was.
+ */
+static FILE *open_output(const char *path, char **tmp)
 {
+	*tmp = NULL;
 	if (!path)
 		return stdout;
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	const char *slash = strrchr(path, '/');
+	int dir_len = slash ? (int)(slash - path + 1) : 0;
+	if (asprintf(tmp, "%.*s.%s.XXXXXX", dir_len, path, slash ? slash + 1 : path) < 0) {
+		*tmp = NULL;
+		ctl_warn("out of memory");
+		return NULL;
+	}
+	int fd = mkostemp(*tmp, O_CLOEXEC); /* mode 0600 */
 	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
 	if (!f) {
 		ctl_warn("cannot write '%s': %s", path, ctl_errno_text(errno));
-		if (fd >= 0)
+		if (fd >= 0) {
 			close(fd);
+			unlink(*tmp);
+		}
+		free(*tmp);
+		*tmp = NULL;
 	}
 	return f;
 }
 
-/* Flush, sync and close; remove a file that was not written whole (abandoned: silently). */
-static int close_output(FILE *f, const char *path, bool write_failed, bool abandoned)
+/* Sync the directory of path, so the rename survives a crash. */
+static int sync_dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir = slash ? strndup(path, (size_t)(slash - path + 1)) : strdup(".");
+	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
+	if (fd >= 0)
+		close(fd);
+	free(dir);
+	return rc;
+}
+
+/*
+ * Flush, sync, close and rename the temporary file over path; on any
+ * failure remove the temporary file (abandoned: silently), never path.
+ */
+static int close_output(FILE *f, const char *path, char *tmp, bool write_failed, bool abandoned)
 {
 	bool ok = !write_failed && fflush(f) == 0;
 	int err = errno;
 	if (path) {
-		ok = ok && fsync(fileno(f)) == 0;
-		err = ok ? err : errno;
-		ok = fclose(f) == 0 && ok;
+		if (ok && fsync(fileno(f)) != 0) {
+			ok = false;
+			err = errno;
+		}
+		if (fclose(f) != 0 && ok) {
+			ok = false;
+			err = errno;
+		}
+		if (ok && !abandoned && rename(tmp, path) != 0) {
+			ok = false;
+			err = errno;
+		}
+		if (ok && !abandoned && sync_dir_of(path) != 0)
+			ctl_warn("'%s' written, but its directory cannot be synced: %s", path,
+			         ctl_errno_text(errno));
 	}
-	if (ok && !abandoned)
+	if (ok && !abandoned) {
+		free(tmp);
 		return CTL_EXIT_OK;
+	}
 	if (!abandoned && path)
 		ctl_warn("cannot write '%s': %s", path, ctl_errno_text(err ? err : errno));
 	else if (!abandoned)
 		ctl_warn("cannot write the export: %s", ctl_errno_text(err ? err : errno));
-	if (path)
-		unlink(path);
+	if (tmp)
+		unlink(tmp);
+	free(tmp);
 	return CTL_EXIT_LOCAL;
 }
 
@@ -208,7 +257,8 @@ int audit_export_cmd(int argc, char **argv)
 		    "key), then every entry with its exact leaf bytes in base64, and every\n"
 		    "signed checkpoint after the entry its size ends at. Anyone can verify it\n"
 		    "without ISG's code (docs/audit.md). --output FILE writes FILE (mode 0600)\n"
-		    "instead of standard output.\n\n%s",
+		    "instead of standard output: a new file, renamed over FILE once written\n"
+		    "whole, so a failure leaves an earlier FILE as it was.\n\n%s",
 		    export_usage, audit_where_help);
 		return CTL_EXIT_OK;
 	}
@@ -218,17 +268,18 @@ int audit_export_cmd(int argc, char **argv)
 	struct exporter ex = {0};
 	char key[AUDIT_VERIFIER_KEY_MAX];
 	const char *vkey = NULL;
+	char *tmp = NULL;
 	int status = audit_log_open(&l, &w, export_usage, true);
 	if (status == CTL_EXIT_OK)
 		status = audit_log_checkpoints(&l, &ex.cps, &ex.n_cps);
 	if (status == CTL_EXIT_OK)
 		vkey = header_key(&l, &w, key, &status);
-	if (status == CTL_EXIT_OK && !(ex.out = open_output(output)))
+	if (status == CTL_EXIT_OK && !(ex.out = open_output(output, &tmp)))
 		status = CTL_EXIT_LOCAL;
 	if (status == CTL_EXIT_OK) {
 		put_header(&ex, &l, vkey);
 		status = export_entries(&ex, &l);
-		int cs = close_output(ex.out, output, ex.failed, status != CTL_EXIT_OK);
+		int cs = close_output(ex.out, output, tmp, ex.failed, status != CTL_EXIT_OK);
 		if (status == CTL_EXIT_OK)
 			status = cs;
 	}

@@ -19,7 +19,9 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import sqlite3
 import subprocess
 import unittest
@@ -635,6 +637,41 @@ class AuditLog(isgtest.ScenarioCase):
         r2 = self.audit("export")
         self.assertEqual(r2.rc, 0, r2)
         self.assertEqual(r2.out, isgtest.read_text(out))
+
+    def test_export_over_an_existing_file(self):
+        """--output replaces a file with a new one of mode 0600, and only when written whole."""
+        path = os.path.join(self.tmp, "export.jsonl")
+
+        def old_file():
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("old\n")
+            os.chmod(path, 0o644)
+
+        old_file()
+        r = self.audit("export", "--output", path)
+        self.assertEqual(r.rc, 0, r)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(json.loads(f.readline())["type"], "header")
+        self.assertEqual(os.listdir(self.tmp).count("export.jsonl"), 1)
+        self.assertEqual([n for n in os.listdir(self.tmp) if n.startswith(".export")], [])
+        # A write that fails (the file size limit, EFBIG) leaves the old file as it was.
+        old_file()
+
+        def small_files():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+        argv = [isgtest.ISGCTL, "audit", "export", "--config", self.gw.config_path,
+                "--output", path]
+        p = subprocess.run(argv, capture_output=True, text=True, preexec_fn=small_files,
+                           timeout=isgtest.CTL_TIMEOUT, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 1, p)
+        self.assertIn("cannot write '%s'" % path, p.stderr)
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(f.read(), "old\n")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o644)
+        self.assertEqual([n for n in os.listdir(self.tmp) if n.startswith(".export")], [])
 
     def test_read_only(self):
         """The audit commands never write the store: its bytes and its directory stay the same."""
