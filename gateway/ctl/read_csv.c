@@ -318,7 +318,8 @@ static int convert(struct csv_reader *r, const struct cell *c, const struct colu
 			            col->name);
 		errno = 0;
 		v->real = strtod(text, NULL);
-		if (!isfinite(v->real))
+		/* ERANGE: beyond a double, or so small it would silently become 0 */
+		if (!isfinite(v->real) || errno == ERANGE)
 			return fail(r, ISG_ERR_PARSE, c->line, c->col,
 			            "column '%s': number out of range", col->name);
 		return 0;

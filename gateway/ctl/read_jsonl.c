@@ -3,6 +3,7 @@
  * values are strings, numbers, booleans or null. No recursion: nested
  * values are refused, so depth is never a question.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -213,8 +214,10 @@ static int number(struct jl_reader *r, struct isg_value *v)
 	memcpy(text, r->p + start, i - start);
 	text[i - start] = '\0';
 	v->kind = ISG_VALUE_REAL;
+	errno = 0;
 	v->real = strtod(text, NULL);
-	if (!isfinite(v->real))
+	/* ERANGE: beyond a double, or so small it would silently become 0 */
+	if (!isfinite(v->real) || errno == ERANGE)
 		return fail_at(r, start, "number out of range");
 	return 0;
 }
