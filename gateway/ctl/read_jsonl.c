@@ -26,6 +26,9 @@ struct jl_reader {
 	struct strbuf scratch;
 	struct isg_field *fields;
 	size_t n_fields;
+	/* keys whose value was null: not fields, but a second copy is still a duplicate */
+	const char **nulls;
+	size_t n_nulls;
 	struct ctl_batch *out;
 };
 
@@ -263,13 +266,25 @@ static int value(struct jl_reader *r, struct isg_value *v, bool *absent)
 	return 0;
 }
 
-static int add_field(struct jl_reader *r, const char *key, const struct isg_value *v, size_t key_at)
+/*
+ * Keep a member (absent: its value was null, so it is no field). Null keys
+ * count against max_fields too, which bounds the duplicate search.
+ */
+static int add_field(struct jl_reader *r, const char *key, const struct isg_value *v, bool absent,
+                     size_t key_at)
 {
 	for (size_t i = 0; i < r->n_fields; i++)
 		if (strcmp(r->fields[i].name, key) == 0)
 			return fail_at(r, key_at, "duplicate key");
-	if (r->n_fields == r->lim->max_fields)
+	for (size_t i = 0; i < r->n_nulls; i++)
+		if (strcmp(r->nulls[i], key) == 0)
+			return fail_at(r, key_at, "duplicate key");
+	if (r->n_fields + r->n_nulls == r->lim->max_fields)
 		return fail_at(r, key_at, "more than %zu keys in an object", r->lim->max_fields);
+	if (absent) {
+		r->nulls[r->n_nulls++] = key;
+		return 0;
+	}
 	r->fields[r->n_fields].name = key;
 	r->fields[r->n_fields].value = *v;
 	r->n_fields++;
@@ -305,7 +320,7 @@ static int member(struct jl_reader *r)
 	bool absent;
 	if ((rc = value(r, &v, &absent)) < 0)
 		return rc;
-	if (!absent && (rc = add_field(r, key, &v, key_at)) < 0)
+	if ((rc = add_field(r, key, &v, absent, key_at)) < 0)
 		return rc;
 	return 0; /* r->key stays: "expected ','" after a value names the key */
 }
@@ -313,6 +328,7 @@ static int member(struct jl_reader *r)
 static int object(struct jl_reader *r)
 {
 	r->n_fields = 0;
+	r->n_nulls = 0;
 	r->key = NULL;
 	skip_ws(r);
 	if (peek(r) != '{')
@@ -406,7 +422,8 @@ int ctl_read_jsonl(const char *name, const char *buf, size_t len, const struct c
 		return ISG_ERR_PARSE;
 	}
 	r.fields = calloc(lim->max_fields ? lim->max_fields : 1, sizeof(*r.fields));
-	if (!r.fields)
+	r.nulls = calloc(lim->max_fields ? lim->max_fields : 1, sizeof(*r.nulls));
+	if (!r.fields || !r.nulls)
 		rc = ISG_ERR_NOMEM;
 	else
 		rc = read_lines(&r, buf, len,
@@ -415,5 +432,6 @@ int ctl_read_jsonl(const char *name, const char *buf, size_t len, const struct c
 		snprintf(err, errlen, "%s: out of memory", name);
 	strbuf_release(&r.scratch);
 	free(r.fields);
+	free(r.nulls);
 	return rc;
 }

@@ -166,6 +166,10 @@ static void test_bad_json_refused_with_position(void **state)
 	               "in.jsonl:1:10: key 'a': control character in a string (escape it)");
 	assert_refused("{\"a\":\"open}", "in.jsonl:1:6: key 'a': string is not closed");
 	assert_refused("{\"a\":1,\"a\":2}", "in.jsonl:1:8: key 'a': duplicate key");
+	/* a null copy is a duplicate too, before or after the other */
+	assert_refused("{\"a\":\"x\",\"a\":null}", "in.jsonl:1:10: key 'a': duplicate key");
+	assert_refused("{\"a\":null,\"a\":\"x\"}", "in.jsonl:1:11: key 'a': duplicate key");
+	assert_refused("{\"a\":null,\"a\":null}", "in.jsonl:1:11: key 'a': duplicate key");
 	assert_refused("{\"\":1}", "in.jsonl:1:2: empty key");
 	assert_refused("{\"a\\nb\":1}", "in.jsonl:1:2: key has a control character");
 	assert_refused("{\"ok\":1}\n\n{\"b\":\xff}", "in.jsonl:3:6: invalid UTF-8");
