@@ -73,7 +73,8 @@ static bool two_digits(const char *s, int *out)
 
 /*
  * YYYY-MM-DD (the whole day: its start, or with end set its last
- * millisecond) or YYYY-MM-DDTHH:MM:SS[.mmm]Z, into Unix ms.
+ * millisecond) or YYYY-MM-DDTHH:MM:SS[.mmm]Z, into Unix ms; with end set,
+ * a time without milliseconds is the last millisecond of its second.
  */
 static int parse_time(const char *s, bool end, int64_t *out)
 {
@@ -106,6 +107,9 @@ static int parse_time(const char *s, bool end, int64_t *out)
 	}
 	if (h > 23 || m > 59 || sec > 59)
 		return ISG_ERR_PARSE;
+	/* an end given to the second covers that whole second, as a date covers its day */
+	if (end && len == 20)
+		ms = 999;
 	*out = days * 86400000 + ((int64_t)h * 3600 + m * 60 + sec) * 1000 + ms;
 	return 0;
 }
@@ -415,6 +419,7 @@ static int list_help(void)
 	printf("%s\nLists audit entries, oldest first. Filters (all must match):\n"
 	       "  --from TIME, --to TIME   UTC, YYYY-MM-DD (a whole day) or\n"
 	       "                           YYYY-MM-DDTHH:MM:SS[.mmm]Z; both ends included\n"
+	       "                           (a --to day or second: all of it)\n"
 	       "  --partner ID             the entry's sender, recipient or partner\n"
 	       "  --agreement ID           the agreement id\n"
 	       "  --kind KIND              an event (message.refused) or a family (message)\n"

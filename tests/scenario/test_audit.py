@@ -504,6 +504,29 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertIn(DATASET, r.out)
         self.assertEqual(self.audit("list", "--outcome", "maybe").rc, 2)
 
+    def test_list_times_to_the_second_cover_the_second(self):
+        """--to given to the second includes that whole second, as a date its day."""
+        second_ms = 1763900000000  # 2025-11-23T12:13:20Z
+        db = self.tamper("half-second", ("UPDATE audit SET at = ? WHERE seq = 1",
+                                         (second_ms + 500,)))
+
+        def listed(*args):
+            r = self.audit("list", "--format", "jsonl", *args, store=db)
+            self.assertEqual(r.rc, 0, r)
+            return [json.loads(line)["index"] for line in r.out.splitlines()]
+
+        self.assertEqual(listed("--to", "2025-11-23T12:13:20Z"), [1])
+        self.assertEqual(listed("--from", "2025-11-23T12:13:20Z",
+                                "--to", "2025-11-23T12:13:20Z"), [1])
+        self.assertEqual(listed("--to", "2025-11-23T12:13:19Z"), [])
+        self.assertEqual(listed("--to", "2025-11-23T12:13:20.499Z"), [])
+        self.assertEqual(listed("--to", "2025-11-23T12:13:20.500Z"), [1])
+        self.assertEqual(listed("--from", "2025-11-23T12:13:20.501Z",
+                                "--to", "2025-11-23"), [])
+        r = self.audit("subject", "--nhs-number", NHS_B, "--to", "2025-11-23T12:13:20Z",
+                       store=db)
+        self.assertEqual(r.rc, 0, r)
+
     def subject(self, *args, **kw):
         r = self.audit("subject", "--format", "jsonl", *args, **kw)
         for ident in IDENTIFIERS:
