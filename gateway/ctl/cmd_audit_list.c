@@ -29,6 +29,7 @@
 #define AUDIT_DOMAIN_NAME "audit"
 #define SHOWN_MAX 120 /* bytes of one value shown in a table cell */
 #define SUBJECT_LINE_MAX 1024
+#define BAD_SHOWN 10 /* unreadable entries named by index in subject's warning */
 
 static const char list_usage[] =
     "usage: isgctl audit list (--config ISGD_YAML | --store DB) [--from TIME] [--to TIME]\n"
@@ -217,6 +218,8 @@ struct lister {
 	bool header;
 	uint64_t shown;
 	struct aj_doc doc;
+	uint64_t bad; /* entries that are not valid audit entries, left out */
+	int64_t bad_seq[BAD_SHOWN];
 };
 
 /* A member as text: a string (made printable), a number's literal, or "". */
@@ -368,7 +371,6 @@ static int scan(struct audit_log *l, const char *sql, const struct list_filter *
 	sqlite3_bind_int64(st, 1, f->from_ms);
 	sqlite3_bind_int64(st, 2, f->to_ms);
 	int rc, status = CTL_EXIT_OK;
-	uint64_t bad = 0;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		int64_t seq = sqlite3_column_int64(st, 0);
 		const char *leaf = sqlite3_column_blob(st, 1);
@@ -381,7 +383,9 @@ static int scan(struct audit_log *l, const char *sql, const struct list_filter *
 			break;
 		}
 		if (prc != 0) {
-			if (bad++ == 0)
+			if (ls->bad < BAD_SHOWN)
+				ls->bad_seq[ls->bad] = seq;
+			if (ls->bad++ == 0)
 				ctl_warn("entry %" PRId64
 				         " is not a valid audit entry and is left out; "
 				         "run 'isgctl audit verify'",
@@ -396,8 +400,8 @@ static int scan(struct audit_log *l, const char *sql, const struct list_filter *
 		         sqlite3_errmsg(l->db));
 		status = CTL_EXIT_LOCAL;
 	}
-	if (bad > 1)
-		ctl_warn("%" PRIu64 " entries in all are not valid audit entries", bad);
+	if (ls->bad > 1)
+		ctl_warn("%" PRIu64 " entries in all are not valid audit entries", ls->bad);
 	sqlite3_finalize(st);
 	if (fflush(stdout) != 0) {
 		ctl_warn("cannot write the list");
@@ -667,7 +671,9 @@ static int subject_help(void)
 	       "input, which keeps it off the command line (other local users can see\n"
 	       "command lines). The identifier is normalised as the gateway does and never\n"
 	       "printed. Refused messages and connections hold no subjects and are not\n"
-	       "found. --from, --to and --format are as for 'isgctl audit list'.\n\n%s",
+	       "found. --from, --to and --format are as for 'isgctl audit list'. Exits 1,\n"
+	       "after listing what it found, when entries it searched cannot be read:\n"
+	       "the answer is then incomplete.\n\n%s",
 	       subject_usage, audit_where_help);
 	return CTL_EXIT_OK;
 }
@@ -718,6 +724,26 @@ static int subject_options(int argc, char **argv, struct audit_where *w, struct 
 	return CTL_EXIT_OK;
 }
 
+/*
+ * An answer to a subject access request that left entries out must not
+ * look complete: name them (by index) and fail.
+ */
+static int subject_incomplete(const struct lister *ls)
+{
+	struct strbuf b;
+	strbuf_init(&b);
+	for (uint64_t i = 0; i < ls->bad && i < BAD_SHOWN; i++)
+		strbuf_printf(&b, "%s%" PRId64, i ? ", " : "", ls->bad_seq[i]);
+	if (ls->bad > BAD_SHOWN)
+		strbuf_printf(&b, " and %" PRIu64 " more", ls->bad - BAD_SHOWN);
+	ctl_warn("the answer is INCOMPLETE: %" PRIu64 " entr%s (%s) could not be read and may be "
+	         "about this person; run 'isgctl audit verify' and do not send this answer as "
+	         "complete",
+	         ls->bad, ls->bad == 1 ? "y" : "ies", b.p ? b.p : "?");
+	strbuf_release(&b);
+	return CTL_EXIT_LOCAL;
+}
+
 int audit_subject_cmd(int argc, char **argv)
 {
 	struct audit_where w = {0};
@@ -760,6 +786,8 @@ int audit_subject_cmd(int argc, char **argv)
 			         s.without_subjects, s.accepted_seen);
 		ctl_warn("%zu exchange%s involved this person (%" PRIu64 " entries listed)",
 		         s.n_messages, s.n_messages == 1 ? "" : "s", ls.shown);
+		if (ls.bad)
+			status = subject_incomplete(&ls);
 	}
 	if (s.pseudonyms)
 		sodium_free(s.pseudonyms);

@@ -527,6 +527,18 @@ class AuditLog(isgtest.ScenarioCase):
                        store=db)
         self.assertEqual(r.rc, 0, r)
 
+    def test_subject_with_unreadable_entries_fails(self):
+        """An answer that left entries out must not look complete."""
+        late = self.receipts[2]["audit_index"]
+        db = self.tamper("unreadable", ("UPDATE audit SET entry = ? WHERE seq = ?",
+                                        (b"not an entry", late)))
+        r = self.subject("--nhs-number", NHS_A, store=db)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("the answer is INCOMPLETE: 1 entry (%d) could not be read" % late, r.err)
+        found = [json.loads(line)["index"] for line in r.out.splitlines()]
+        self.assertIn(self.receipts[0]["audit_index"], found)  # what it could read, printed
+        self.assertNotIn("not an entry", r.out + r.err)
+
     def subject(self, *args, **kw):
         r = self.audit("subject", "--format", "jsonl", *args, **kw)
         for ident in IDENTIFIERS:
