@@ -462,13 +462,14 @@ static void report_stale(struct verify *vs)
 		         vs->stale, vs->stale_first);
 	problem(vs,
 	        "%s covered by no signed checkpoint though written more than %" PRId64
-	        " s ago (the first at %s): isgd signs a checkpoint within seconds and when it "
-	        "stops, so checkpoints were deleted, or isgd stopped without signing (a crash "
-	        "or power loss). Check isgd's log for a crash. If it crashed and is stopped, "
-	        "keep a copy of the store file, then start isgd: it signs them within "
-	        "audit.checkpoint_interval of starting (not at once), and verify again. If "
-	        "isgd was running, or did not crash, treat the log as tampered with and keep "
-	        "the store as evidence",
+	        " s ago (the first at %s): isgd signs a checkpoint within "
+	        "audit.checkpoint_interval (10 s by default) and when it stops, so checkpoints "
+	        "were deleted, or isgd stopped without signing (a crash or power loss). Check "
+	        "isgd's log for a crash. If it crashed and is stopped, keep a copy of the store "
+	        "file, then start isgd: it does not sign at start but within "
+	        "audit.checkpoint_interval of starting; then verify again. If isgd was running, "
+	        "or did not crash, treat the log as tampered with and keep the store as "
+	        "evidence",
 	        span, vs->grace_ms / 1000, when);
 }
 
@@ -532,8 +533,8 @@ static int verify_help(void)
 	    "  --grace SECONDS     entries covered by no checkpoint are a problem once older\n"
 	    "                      than this (default 600, or twice the config's\n"
 	    "                      audit.checkpoint_interval when that is longer): isgd\n"
-	    "                      signs within seconds, so they mean deleted checkpoints\n"
-	    "                      or a crash; newer ones are a note\n\n"
+	    "                      signs within that interval and when it stops, so they\n"
+	    "                      mean deleted checkpoints or a crash; newer ones are a note\n\n"
 	    "Exits 0 and prints 'audit log OK: ...' when every check passes, 1 when any\n"
 	    "fails (each problem on a line starting 'problem:') or the log cannot be read.\n\n%s",
 	    verify_usage, audit_where_help);
