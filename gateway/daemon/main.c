@@ -100,12 +100,7 @@ static int drop_privileges(const struct isgd_config *cfg, const struct identity 
 static int check_tls_key(const struct isgd_config *cfg, uid_t owner, char *err, size_t errlen)
 {
 	/* O_NONBLOCK: a FIFO in its place must not hang start-up; the check refuses it. */
-	int fd = open(cfg->tls_key, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0 && errno == ELOOP) {
-		snprintf(err, errlen, "TLS key '%s' is a symbolic link; it must be a regular file",
-		         cfg->tls_key);
-		return ISG_ERR_DENIED;
-	}
+	int fd = open(cfg->tls_key, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		snprintf(err, errlen, "cannot open TLS key '%s': %s", cfg->tls_key,
 		         strerror(errno));
