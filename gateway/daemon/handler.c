@@ -115,41 +115,16 @@ struct send_job {
 	struct store_receipt receipt;
 	char policy_version[65];
 	char message_id[MESSAGE_ID_MAX + 1];
-	/* A refusal waiting for its audit entry. */
+	/* A refusal, answered once its audit entry is stored. */
 	bool refused;
 	struct policy_refusal why;
 	uint64_t audit_index;
 	/* The daily-limit reservation, given back if nothing new was stored. */
 	struct quota *quota;
 	struct quota_claim claim;
-	/* Over a daily limit: the refusal's audit entry, written unless it was a resend. */
-	char *over_limit;
-	size_t over_limit_len;
-	struct store *store;
+	/* Over a daily limit: the store wrote the refusal unless it was a resend. */
+	bool over_limit;
 };
-
-static void refusal_stored(void *ctx, int err, uint64_t audit_index);
-
-/* Over the limit and not a resend: audit the refusal, answer once it is stored. */
-static bool send_refuse_over_limit(struct net_conn *c, struct send_job *j)
-{
-	char *entry = j->over_limit;
-	j->over_limit = NULL;
-	j->refused = true;
-	j->err = 0;
-	log_event(LOG_INFO, "message.refused", "rule=%s", j->why.rule);
-	/* Audited even if the sender has gone: every refusal is on record. */
-	int err =
-	    store_audit(j->store, "message.refused", entry, j->over_limit_len, refusal_stored, j);
-	free(entry);
-	if (err != 0) {
-		j->err = err;
-		return false;
-	}
-	if (c)
-		net_conn_begin_async(c);
-	return true;
-}
 
 static void send_reply(struct net_conn *c, void *arg)
 {
@@ -157,15 +132,13 @@ static void send_reply(struct net_conn *c, void *arg)
 	if (j->quota && (j->err != 0 || j->receipt.duplicate))
 		quota_release(j->quota, &j->claim);
 	if (j->over_limit && j->err == ISG_ERR_LIMIT) {
-		if (c)
-			net_conn_end_async(c);
-		if (send_refuse_over_limit(c, j))
-			return; /* answered when the refusal's audit entry is stored */
-		if (c)
-			net_conn_begin_async(c); /* balanced by the end below */
+		/* Already on record, in the store job's own transaction. */
+		log_event(LOG_INFO, "message.refused", "rule=%s audit_index=%llu", j->why.rule,
+		          (unsigned long long)j->receipt.audit_index);
+		j->refused = true;
+		j->err = 0;
+		j->audit_index = j->receipt.audit_index;
 	}
-	free(j->over_limit);
-	j->over_limit = NULL;
 	if (!c)
 		goto out;
 	net_conn_end_async(c);
@@ -386,24 +359,26 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	}
 	err = quota_reserve(s->g->quota, s->partner, o.agreement, o.record_count, now, &j->claim,
 	                    &why);
+	m.audit_entry = entry;
 	if (err == ISG_ERR_LIMIT) {
 		/* Over the limit, a resend of an accepted message still gets its receipt:
-		 * the store answers duplicates and refuses anything new. */
-		j->over_limit = entry_refused(set, s->partner, req, &why, &j->over_limit_len);
+		 * the store answers duplicates and, for anything new, writes the
+		 * refusal's audit entry instead of the message. */
+		free(entry);
+		entry = entry_refused(set, s->partner, req, &why, &m.audit_len);
+		m.audit_entry = entry;
+		j->over_limit = true;
 		j->why = why;
 		m.duplicate_only = true;
-		if (!j->over_limit)
-			err = ISG_ERR_NOMEM;
+		err = entry ? 0 : ISG_ERR_NOMEM;
 	}
-	if (err != 0 && err != ISG_ERR_LIMIT) {
+	if (err != 0) {
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
 		free(j);
 		goto done;
 	}
 	j->quota = s->g->quota;
-	j->store = s->g->store;
 	sha256_digest(hashed, hashed_len, m.request_hash);
-	m.audit_entry = entry;
 	net_conn_begin_async(c);
 	err = store_send(s->g->store, &m, send_stored, j);
 	if (err != 0) {

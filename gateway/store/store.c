@@ -475,7 +475,8 @@ static int send_validate(const struct store_message *m)
 		return ISG_ERR_TOO_BIG;
 	if ((m->payload_len && !m->payload) || !m->audit_entry)
 		return ISG_ERR_INVALID;
-	if (store_log_check_body("message.accepted", m->audit_entry, m->audit_len) != 0)
+	const char *kind = m->duplicate_only ? "message.refused" : "message.accepted";
+	if (store_log_check_body(kind, m->audit_entry, m->audit_len) != 0)
 		return ISG_ERR_INVALID;
 	if (m->ttl_ms <= 0 || m->ttl_ms > STORE_MAX_TTL_MS)
 		return ISG_ERR_INVALID;

@@ -129,8 +129,9 @@ struct store_message {
 	const uint8_t *payload; /* plaintext; sealed before it is queued */
 	size_t payload_len;
 	int64_t ttl_ms; /* undelivered data expires after this */
-	const char
-	    *audit_entry; /* "message.accepted" entry body, same transaction (see store_audit) */
+	/* "message.accepted" entry body, same transaction (see store_audit); with
+	 * duplicate_only, the "message.refused" entry written when it is not a resend. */
+	const char *audit_entry;
 	size_t audit_len;
 	bool duplicate_only; /* answer a resend, but store nothing new (ISG_ERR_LIMIT) */
 };
@@ -144,11 +145,13 @@ struct store_receipt {
 };
 
 /*
- * err: 0; ISG_ERR_LIMIT when duplicate_only was set and this is not a resend;
+ * err: 0; ISG_ERR_LIMIT when duplicate_only was set and this is not a resend
+ * (the refusal's audit entry is then on disk, r->audit_index its index: the
+ * refusal needs no second job, which could come after the store closed);
  * ISG_ERR_CONFLICT when (sender, message_id) exists with another
  * request_hash; ISG_ERR_NOT_FOUND when reply_to names no message sent by
  * the recipient to the sender; ISG_ERR_FULL when the disk is full;
- * ISG_ERR_STORE otherwise. r is NULL unless err is 0.
+ * ISG_ERR_STORE otherwise. r is NULL unless err is 0 or ISG_ERR_LIMIT.
  */
 typedef void (*store_send_cb)(void *ctx, int err, const struct store_receipt *r);
 /* Copies what it needs from m. Returns 0, or an error without calling cb. */

@@ -121,7 +121,8 @@ struct job_send {
 	void *ctx;
 	/* result */
 	struct store_receipt receipt;
-	bool added; /* a new message row, not a duplicate */
+	bool added;   /* a new message row, not a duplicate */
+	bool refused; /* duplicate_only and not a resend: the refusal entry was written */
 };
 
 struct job_fetch {

@@ -232,8 +232,14 @@ static int job_send_run(struct store *s, struct job_send *js, int64_t now)
 		return err;
 	if (err)
 		return err;
-	if (js->duplicate_only)
-		return ISG_ERR_LIMIT; /* over a limit: only a resend may be answered */
+	if (js->duplicate_only) {
+		/* Over a limit: only a resend may be answered; the refusal is audited
+		 * here, so it commits (the job succeeds) and cb hears ISG_ERR_LIMIT. */
+		err = store_log_append(s, now, "message.refused", js->audit_entry, js->audit_len,
+		                       &js->receipt.audit_index);
+		js->refused = err == 0;
+		return err;
+	}
 	if (js->reply_to != 0) {
 		err = send_check_reply(s, js);
 		if (err)
@@ -641,6 +647,7 @@ void store_job_discard(struct store_job *j)
 	case JOB_SEND:
 		memset(&j->u.send.receipt, 0, sizeof(j->u.send.receipt));
 		j->u.send.added = false;
+		j->u.send.refused = false;
 		break;
 	case JOB_FETCH:
 		if (j->u.fetch.res) {
@@ -667,7 +674,10 @@ void store_job_finish(struct store_job *j)
 	switch (j->kind) {
 	case JOB_SEND: {
 		struct job_send *js = &j->u.send;
-		js->cb(js->ctx, err, err ? NULL : &js->receipt);
+		if (!err && js->refused)
+			js->cb(js->ctx, ISG_ERR_LIMIT, &js->receipt);
+		else
+			js->cb(js->ctx, err, err ? NULL : &js->receipt);
 		break;
 	}
 	case JOB_FETCH: {

@@ -5,6 +5,11 @@ the refusal says, that resends and refusals do not use the allowance, and
 that a restart does not reset the counters.
 """
 
+import os
+import signal
+import sqlite3
+import subprocess
+import time
 import unittest
 
 import isgtest
@@ -66,6 +71,70 @@ class DailyLimitCase(isgtest.ScenarioCase):
         bad = [{"nhs_number": "9434765918"}]  # check digit wrong: refused before the limit
         self.assertEqual(self.police.send(bad).rc, 3)
         self.police.send_ok([record(0), record(1)], message_id="ok")
+
+
+# fsync and fdatasync that take 300 ms, so store jobs are still queued at SIGTERM.
+SLOW_SYNC_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <time.h>
+static void nap(void) { struct timespec t = {0, 300 * 1000000L}; nanosleep(&t, 0); }
+int fsync(int fd) { static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fsync"); nap(); return real(fd); }
+int fdatasync(int fd) { static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fdatasync"); nap(); return real(fd); }
+"""
+
+
+class ShutdownRefusalCase(isgtest.ScenarioCase):
+    """Over-limit sends whose connections closed, still in the store at SIGTERM:
+    each refusal is audited before the store closes (it was once submitted
+    after, to the freed store), and isgd exits cleanly."""
+
+    def slow_sync_lib(self):
+        src = os.path.join(self.tmp, "slowsync.c")
+        lib = os.path.join(self.tmp, "slowsync.so")
+        with open(src, "w") as f:
+            f.write(SLOW_SYNC_C)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, "-ldl"], check=True)
+        return lib
+
+    def test_refusals_queued_at_shutdown_are_audited(self):
+        lib = self.slow_sync_lib()
+        agreement = isgtest.default_agreement(limits={"messages_per_day": 1})
+        gw = self.gateway(self.policy(agreements=[agreement]), start=False)
+        plain = gw.argv
+        gw.argv = lambda: ["env", "LD_PRELOAD=" + lib] + plain()
+        gw.start()
+        pb = isgtest.isg_pb2()
+        police = self.pki.certs["police"]
+        rec = isgtest.pb_record(pb, record(0))
+
+        def send(i, mid):
+            f = pb.Frame(request_id=i, send=pb.SendRequest(
+                message_id=mid, recipient="nhs-trust", agreement_id=isgtest.AGREEMENT_ID,
+                dataset=isgtest.DATASET, records=[rec]))
+            b = f.SerializeToString()
+            return isgtest.varint_encode(len(b)) + b
+
+        with isgtest.FrameConn(gw, police) as c:
+            c.send_raw(send(1, "first"))
+            self.assertEqual(c.recv_frame().WhichOneof("body"), "send_result")
+        conns = [isgtest.FrameConn(gw, police, timeout=60) for _ in range(4)]
+        for k, c in enumerate(conns):
+            c.send_raw(b"".join(send(i + 1, "x-%d-%d" % (k, i)) for i in range(60)))
+        for c in conns:
+            c.close()
+        time.sleep(0.2)  # the store is in its first slow commit
+        gw.stop(timeout=120)
+        logged = gw.log.count("event=message.refused")
+        db = sqlite3.connect("file:%s?mode=ro" % gw.store_path, uri=True)
+        try:
+            audited = db.execute("SELECT count(*) FROM audit WHERE kind = 'message.refused'"
+                                 ).fetchone()[0]
+        finally:
+            db.close()
+        self.assertGreater(logged, 0, gw.diagnostics())
+        self.assertEqual(audited, logged, gw.diagnostics())
+        self.assertNotIn("audit.failed", gw.log)
 
 
 if __name__ == "__main__":

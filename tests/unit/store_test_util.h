@@ -178,9 +178,10 @@ static inline int wait_for(struct wait *w)
 static inline void on_send(void *ctx, int err, const struct store_receipt *r)
 {
 	struct wait *w = ctx;
-	if (err == 0 && r)
+	bool with_receipt = err == 0 || err == ISG_ERR_LIMIT;
+	if (with_receipt && r)
 		w->receipt = *r;
-	else if ((err == 0) != (r != NULL))
+	else if (with_receipt != (r != NULL))
 		w->bad = true;
 	wait_done(w, err);
 }
