@@ -480,8 +480,11 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 		if (!s->subscribed && n > 0 && bytes + size > max_frame)
 			break;
 		if (s->subscribed) {
-			if (net_conn_send_deliveries(c, s->fetch_rid, true, &items[n], 1) != 0)
-				break; /* out of memory: it waits for the next round */
+			/* Pushes stop at the connection's output bound: the rest
+			 * wait for on_drained (handler_drained), not in memory. */
+			if (net_conn_output_full(c) ||
+			    net_conn_send_deliveries(c, s->fetch_rid, true, &items[n], 1) != 0)
+				break; /* or out of memory: it waits for the next round */
 			s->unacked++;
 		}
 		bytes += size;
@@ -523,7 +526,9 @@ static void fetch_done(struct net_conn *c, void *arg)
 	bool all_used = used == j->res->n, more = all_used && j->res->more;
 	if (all_used && j->res->scanned_to > s->cursor)
 		s->cursor = j->res->scanned_to;
-	if (s->subscribed && !all_used) {
+	if (s->subscribed && !all_used && net_conn_output_full(c)) {
+		s->dirty = true; /* handler_drained goes on once the partner reads */
+	} else if (s->subscribed && !all_used) {
 		subscription_retry(c, s); /* a push found no memory */
 	} else if (s->fetching && more) {
 		fetch_issue(c, s); /* nothing answered yet: the next batch */
@@ -590,7 +595,7 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 static void subscription_pump(struct net_conn *c, struct session *s)
 {
 	if (s->subscribed && s->dirty && !s->store_busy &&
-	    s->unacked < s->g->cfg.max_fetch_messages)
+	    s->unacked < s->g->cfg.max_fetch_messages && !net_conn_output_full(c))
 		fetch_issue(c, s);
 }
 
@@ -845,6 +850,13 @@ static void handler_wake(void *ctx, struct net_conn *c, const char *key)
 	}
 }
 
+static void handler_drained(void *ctx, struct net_conn *c)
+{
+	struct session *s = net_conn_data(c);
+	if (s)
+		subscription_pump(c, s);
+}
+
 static void handler_close(void *ctx, struct net_conn *c)
 {
 	struct session *s = net_conn_data(c);
@@ -867,6 +879,7 @@ struct net_handler handler_new(struct gateway *g)
 	    .on_frame = handler_frame,
 	    .on_close = handler_close,
 	    .on_wake = handler_wake,
+	    .on_drained = handler_drained,
 	    .on_refused = handler_refused,
 	};
 }

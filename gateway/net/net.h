@@ -41,6 +41,9 @@ struct net_handler {
 	void (*on_close)(void *ctx, struct net_conn *c);
 	/* A net_server_wake for `key` reached this waiting connection. */
 	void (*on_wake)(void *ctx, struct net_conn *c, const char *key);
+	/* The output queue, found over the connection's bound by net_conn_output_full,
+	 * has drained to within it: what was held back may be queued again. */
+	void (*on_drained)(void *ctx, struct net_conn *c);
 	/* A connection was refused before on_open (TLS or certificate failure). */
 	void (*on_refused)(void *ctx, const char *peer, const char *subject, const char *reason);
 };
@@ -100,6 +103,12 @@ int net_conn_send(struct net_conn *c, const Isg__Frame *frame);
 /* Queue a frame of deliveries whose records are sent as stored (wire_deliveries_encode). */
 int net_conn_send_deliveries(struct net_conn *c, uint64_t request_id, bool push,
                              const struct wire_delivery *d, size_t n);
+/*
+ * Whether the output queue holds more than the connection's bound
+ * (conn_buffer_bytes). Output the handler queues on its own initiative
+ * (pushes) stops while it does; on_drained says when to go on.
+ */
+bool net_conn_output_full(struct net_conn *c);
 /* Close after queued output is flushed; no more frames are read. */
 void net_conn_close(struct net_conn *c);
 void net_conn_set_data(struct net_conn *c, void *data);

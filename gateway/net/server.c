@@ -56,6 +56,7 @@ struct net_conn {
 	bool read_wants_write; /* SSL_read said WANT_WRITE */
 	bool interest_out;     /* EPOLLOUT registered */
 	bool interest_in;      /* EPOLLIN registered */
+	bool drain_wanted;     /* net_conn_output_full said yes: on_drained is owed */
 	char peer[64];
 
 	uint8_t *in;
@@ -173,11 +174,15 @@ static struct net_conn *slot_find(struct net_worker *w, uint64_t id)
 /* ------------------------------------------------------------------------ */
 /* Epoll interest follows what the connection needs. */
 
+static bool out_over_bound(const struct net_conn *c)
+{
+	return c->out_len - c->out_off > c->w->s->opt.conn_buffer_bytes;
+}
+
 static void conn_update_interest(struct net_conn *c)
 {
 	struct net_server *s = c->w->s;
-	bool backlogged = c->out_len - c->out_off > s->opt.conn_buffer_bytes ||
-	                  c->inflight >= s->opt.max_inflight;
+	bool backlogged = out_over_bound(c) || c->inflight >= s->opt.max_inflight;
 	bool want_in = c->state != CONN_CLOSING && !c->w->stopping &&
 	               (c->state == CONN_HANDSHAKE || !backlogged);
 	bool want_out = c->out_len > c->out_off || c->read_wants_write;
@@ -432,7 +437,7 @@ static void conn_on_readable(struct net_conn *c)
 		/* Frames already buffered first: they may free room or hit backpressure. */
 		conn_take_frames(c); /* handlers never free c; only closing here does */
 		if (c->state != CONN_OPEN || c->w->stopping || c->inflight >= s->opt.max_inflight ||
-		    c->out_len - c->out_off > s->opt.conn_buffer_bytes)
+		    out_over_bound(c))
 			break;
 		if (conn_in_reserve(c) != 0) {
 			log_event(LOG_ERROR, "conn.nomem", "peer=%s", c->peer);
@@ -478,7 +483,8 @@ static void conn_on_readable(struct net_conn *c)
 /* Writing. */
 
 /* Write what is queued; may close and free c, so callers must not touch it after. */
-static void conn_flush(struct net_conn *c)
+/* Write what is queued; false when the connection was closed (and freed). */
+static bool conn_write(struct net_conn *c)
 {
 	while (c->out_len > c->out_off && c->state != CONN_HANDSHAKE) {
 		size_t wrote = 0;
@@ -494,7 +500,23 @@ static void conn_flush(struct net_conn *c)
 		ERR_clear_error();
 		log_tls_close(c, "conn.write_failed", "peer closed the connection");
 		conn_close_now(c, false);
+		return false;
+	}
+	return true;
+}
+
+static void conn_flush(struct net_conn *c)
+{
+	if (!conn_write(c))
 		return;
+	/* Within its bound again: the handler may queue what it held back, and
+	 * that is written now (the handler never frees c). */
+	while (c->drain_wanted && c->w->s->h.on_drained && !out_over_bound(c) &&
+	       c->state == CONN_OPEN && !c->w->stopping) {
+		c->drain_wanted = false;
+		c->w->s->h.on_drained(c->w->s->h.ctx, c);
+		if (!conn_write(c))
+			return;
 	}
 	if (c->out_off == c->out_len) {
 		c->out_off = c->out_len = 0;
@@ -535,6 +557,14 @@ static bool out_reserve(struct net_conn *c, size_t size)
 		c->out = p;
 		c->out_cap = cap;
 	}
+	return true;
+}
+
+bool net_conn_output_full(struct net_conn *c)
+{
+	if (!out_over_bound(c))
+		return false;
+	c->drain_wanted = true;
 	return true;
 }
 

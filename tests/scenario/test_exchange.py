@@ -403,6 +403,58 @@ class TestNoPersonalDataInClear(ExchangeCase):
         self.scan(gw, "after delivery and SIGTERM")
 
 
+def rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise AssertionError("no VmRSS for pid %d" % pid)
+
+
+class TestSubscriberBackpressure(ExchangeCase):
+    def test_pushes_stop_at_the_connection_buffer(self):
+        """Subscribers that do not read hold isgd to its connection buffer each
+        (pushes once queued without bound); once one reads it gets every message."""
+        n_msgs, n_subs = 12, 4
+        gw = self.gateway(limits={"idle_timeout": "300s", "max_frame": "1MiB",
+                                  "connection_buffer": "1MiB"})
+        pb = isgtest.isg_pb2()
+        big = "x" * (900 * 1024)
+        sent = []
+        with isgtest.FrameConn(gw, self.pki.certs["police"]) as c:
+            for i in range(n_msgs):
+                rec = isgtest.pb_record(pb, {"nhs_number": NHS_A, "concern_summary": big})
+                r = c.request(send=pb.SendRequest(message_id="big-%d" % i, recipient="nhs-trust",
+                                                  agreement_id=AGREEMENT_ID, dataset=DATASET,
+                                                  records=[rec]))
+                self.assertEqual(r.WhichOneof("body"), "send_result", r)
+                sent.append("big-%d" % i)
+        time.sleep(0.5)
+        before = rss_mib(gw.proc.pid)
+        subs = []
+        for k in range(n_subs):
+            s = isgtest.FrameConn(gw, self.pki.certs["nhs"], timeout=30 * isgtest.SLOW)
+            self.addCleanup(s.close)
+            if k > 0:  # the first reads later, at full speed
+                s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.send_frame(pb.Frame(request_id=1, subscribe=pb.Subscribe()))
+            subs.append(s)
+        time.sleep(2.0 * isgtest.SLOW)
+        grown = rss_mib(gw.proc.pid) - before
+        # Unbounded, each subscriber would hold all 12 (about 10.5 MiB) queued.
+        self.assertLess(grown, 16.0, "isgd grew %.1f MiB with %d idle subscribers\n%s"
+                        % (grown, n_subs, gw.diagnostics()))
+        # A subscriber that reads gets every message, in order, none skipped.
+        got = []
+        while len(got) < n_msgs:
+            f = subs[0].recv_frame(timeout=30 * isgtest.SLOW)
+            self.assertEqual(f.WhichOneof("body"), "delivery", f)
+            self.assertEqual(len(f.delivery.records), 1)
+            got.append(f.delivery.message_id)
+        self.assertEqual(got, sent)
+        self.assertAlive(gw)
+
+
 class TestShutdown(ExchangeCase):
     def test_sigterm_with_connected_clients(self):
         """(g) SIGTERM: isgd exits 0 promptly with an idle client and a long-polling one."""
