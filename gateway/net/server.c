@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -37,6 +38,10 @@
 /* Under load, look for timed-out connections at most this often. */
 #define IDLE_SCAN_MS 100
 #define LINGER_MS 2000
+/* Out of descriptors: the listener rests this long (it stays readable, so
+ * epoll would otherwise spin), and the failure is logged at most this often. */
+#define ACCEPT_PAUSE_MS 100
+#define ACCEPT_LOG_MS 1000
 
 /*
  * CONN_LINGER: a refused handshake. The alert is sent and our side shut
@@ -112,7 +117,10 @@ struct net_worker {
 	atomic_uint n_conns;      /* connections given to this worker, adopted or not yet */
 	bool stopping;
 	int64_t stop_deadline;
-	int64_t idle_scan_at; /* worker_sweep's next pass over every connection */
+	int64_t idle_scan_at;     /* worker_sweep's next pass over every connection */
+	int64_t accept_resume_at; /* the listener rests until then; 0 = listening */
+	int64_t accept_log_at;    /* the next net.accept_failed may be logged then */
+	uint64_t accept_unlogged; /* failures since the last one logged */
 };
 
 struct net_server {
@@ -920,6 +928,43 @@ static void worker_hand_over(struct net_worker *to, int fd, const struct sockadd
 	worker_push(to, p);
 }
 
+/*
+ * The pending connection stays queued and the listener readable: without
+ * a pause an epoll loop would spin on it. Out of descriptors (or memory),
+ * the listener rests ACCEPT_PAUSE_MS (worker_sweep re-arms it); any other
+ * failure is as likely gone by the next wake-up.
+ */
+static void worker_accept_failed(struct net_worker *w, int err)
+{
+	int64_t now = time_mono_ms();
+	bool pause = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+	if (pause) {
+		struct epoll_event ev = {.events = 0, .data.ptr = (void *)TAG_LISTEN};
+		epoll_ctl(w->epfd, EPOLL_CTL_MOD, w->listen_fd, &ev);
+		w->accept_resume_at = now + ACCEPT_PAUSE_MS;
+	}
+	w->accept_unlogged++;
+	if (now < w->accept_log_at)
+		return;
+	log_event(LOG_WARN, "net.accept_failed", "errno=%d failures=%llu paused_ms=%d", err,
+	          (unsigned long long)w->accept_unlogged, pause ? ACCEPT_PAUSE_MS : 0);
+	w->accept_unlogged = 0;
+	w->accept_log_at = now + ACCEPT_LOG_MS;
+}
+
+/* The listener's rest is over: listen again (not while stopping: it is gone then). */
+static int64_t worker_accept_resume(struct net_worker *w, int64_t now, int64_t next)
+{
+	if (!w->accept_resume_at || w->stopping)
+		return next;
+	if (now < w->accept_resume_at)
+		return w->accept_resume_at < next ? w->accept_resume_at : next;
+	w->accept_resume_at = 0;
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = (void *)TAG_LISTEN};
+	epoll_ctl(w->epfd, EPOLL_CTL_MOD, w->listen_fd, &ev);
+	return next;
+}
+
 static void worker_accept(struct net_worker *w)
 {
 	for (int i = 0; i < 64; i++) {
@@ -929,7 +974,7 @@ static void worker_accept(struct net_worker *w)
 		                 SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-				log_event(LOG_WARN, "net.accept_failed", "errno=%d", errno);
+				worker_accept_failed(w, errno);
 			return;
 		}
 		struct net_worker *to = least_loaded(w);
@@ -946,6 +991,7 @@ static void worker_accept(struct net_worker *w)
 static int64_t worker_sweep(struct net_worker *w)
 {
 	int64_t now = time_mono_ms(), next = now + TICK_MS;
+	next = worker_accept_resume(w, now, next);
 	for (struct net_conn *c = w->waiters, *nx; c; c = nx) {
 		nx = c->wait_next;
 		if (c->wait_deadline && c->wait_deadline <= now) {
@@ -1183,9 +1229,30 @@ static void worker_release(struct net_worker *w)
 	pthread_mutex_destroy(&w->mu);
 }
 
+/*
+ * Each connection costs a descriptor, and the usual soft limit (1024) is
+ * far below what max_connections allows: take what the hard limit gives.
+ */
+static void raise_nofile_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rlim_t was = rl.rlim_cur;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		log_event(LOG_WARN, "net.nofile_limit", "soft=%llu error=%d",
+		          (unsigned long long)was, errno);
+		return;
+	}
+	log_event(LOG_INFO, "net.nofile_limit", "soft=%llu was=%llu",
+	          (unsigned long long)rl.rlim_cur, (unsigned long long)was);
+}
+
 int net_server_new(const struct net_options *opt, SSL_CTX *tls, const struct net_handler *h,
                    struct net_server **out, char *err, size_t errlen)
 {
+	raise_nofile_limit();
 	struct net_server *s = calloc(1, sizeof(*s));
 	if (!s)
 		return ISG_ERR_NOMEM;
