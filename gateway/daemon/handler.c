@@ -891,17 +891,36 @@ void handler_notify(void *ctx, const char *recipient)
 		net_server_wake(g->net, recipient);
 }
 
-static void close_if_removed(struct net_conn *c, void *arg)
+/*
+ * After a reload: the partner must still exist, and the connection's
+ * certificate must still be recognised as that partner by the new registry
+ * (a pin, subject or SAN taken away for a compromised key cuts its open
+ * connections, not only new ones).
+ */
+static void close_if_unrecognised(struct net_conn *c, void *arg)
 {
 	struct session *s = net_conn_data(c);
 	const struct regime *rg = arg;
-	if (s && !policy_partner_by_id(rg->policy, s->partner)) {
-		log_event(LOG_WARN, "partner.removed", "peer=%s partner=%s", net_conn_peer(c),
-		          s->partner);
-		send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, "partner.removed",
-		           "this partner was removed from the gateway's registry", -1, NULL, 0);
-		net_conn_close(c);
+	if (!s)
+		return;
+	const char *rule = NULL, *message = NULL;
+	struct cert_identity id;
+	const struct policy_partner *p = NULL;
+	if (!policy_partner_by_id(rg->policy, s->partner)) {
+		rule = "partner.removed";
+		message = "this partner was removed from the gateway's registry";
+	} else if (net_conn_peer_identity(c, &id) != 0 ||
+	           !(p = policy_partner_by_cert(rg->policy, &id)) ||
+	           strcmp(p->id, s->partner) != 0) {
+		rule = "partner.unrecognised";
+		message = "the gateway's registry no longer recognises this client certificate as "
+		          "this partner";
+	} else {
+		return;
 	}
+	log_event(LOG_WARN, rule, "peer=%s partner=%s", net_conn_peer(c), s->partner);
+	send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, rule, message, -1, NULL, 0);
+	net_conn_close(c);
 }
 
 static void unref_regime(void *arg)
@@ -911,5 +930,5 @@ static void unref_regime(void *arg)
 
 void handler_recheck_partners(struct gateway *g)
 {
-	net_server_each(g->net, close_if_removed, gateway_regime(g), unref_regime);
+	net_server_each(g->net, close_if_unrecognised, gateway_regime(g), unref_regime);
 }

@@ -115,6 +115,8 @@ void net_conn_set_data(struct net_conn *c, void *data);
 void *net_conn_data(const struct net_conn *c);
 const char *net_conn_peer(const struct net_conn *c);
 struct net_conn_ref net_conn_ref(struct net_conn *c);
+/* What policy matching needs from the peer's certificate; ISG_ERR_NOT_FOUND if none. */
+int net_conn_peer_identity(struct net_conn *c, struct cert_identity *id);
 /* A request of this connection now waits on another thread (store); while
  * max_inflight are outstanding the connection is not read. */
 void net_conn_begin_async(struct net_conn *c);

@@ -568,6 +568,15 @@ static bool out_reserve(struct net_conn *c, size_t size)
 	return true;
 }
 
+int net_conn_peer_identity(struct net_conn *c, struct cert_identity *id)
+{
+	X509 *cert = c->ssl ? SSL_get0_peer_certificate(c->ssl) : NULL;
+	if (!cert)
+		return ISG_ERR_NOT_FOUND;
+	net_cert_identity(cert, id);
+	return 0;
+}
+
 bool net_conn_output_full(struct net_conn *c)
 {
 	if (!out_over_bound(c))

@@ -684,6 +684,34 @@ class TestPartnerRemoved(HardeningCase):
         self.assertServing()
         self.assertLogClean()
 
+    def test_unrecognised_certificate_connection_closed_on_sighup(self):
+        """A partner kept in the registry but no longer matching the certificate
+        its connection was opened with (a key replaced after a compromise) is
+        cut at the reload, not only refused on its next connection."""
+        pb = self.pb
+        policy = self.policy()
+        self.gw = self.gateway(policy)
+        council = self.connect("council")
+        police = self.connect("police")
+        for c in (council, police):
+            self.expect(c.request(ping=pb.Ping(nonce=1)), "pong")
+        partners = isgtest.default_partners()
+        for p in partners:
+            if p["id"] == "city-council":
+                p["certificate"] = {"subject_cn": "replacement-council.partners.isg.example"}
+        isgtest.write_yaml(os.path.join(policy, "partners.yaml"), {"partners": partners})
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        reply = council.recv_frame(timeout=5 * isgtest.SLOW)
+        self.assertEqual(reply.request_id, 0)
+        self.expect_error(reply, pb.NOT_PERMITTED, "partner.unrecognised")
+        self.assertClosed(council, what="the connection with the unrecognised certificate")
+        self.assertIn("event=partner.unrecognised", self.gw.log)
+        # a partner whose certificate still matches keeps its connection
+        self.assertEqual(self.expect(police.request(ping=pb.Ping(nonce=2)), "pong").nonce, 2)
+        self.assertServing()
+        self.assertLogClean()
+
 
 if __name__ == "__main__":
     unittest.main()
