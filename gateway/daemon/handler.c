@@ -138,6 +138,12 @@ static void send_reply(struct net_conn *c, void *arg)
 		j->refused = true;
 		j->err = 0;
 		j->audit_index = j->receipt.audit_index;
+	} else if (j->over_limit && j->err != 0 && j->err != ISG_ERR_CONFLICT) {
+		/* The store failed the job: nothing stored and no refusal on record.
+		 * The partner (if still there) is told to retry; the log says so. */
+		char q[64];
+		log_event(LOG_ERROR, "audit.failed", "kind=message.refused rule=%s error=%s",
+		          j->why.rule, log_quote(q, sizeof(q), isg_strerror(j->err)));
 	}
 	if (!c)
 		goto out;

@@ -137,5 +137,44 @@ class ShutdownRefusalCase(isgtest.ScenarioCase):
         self.assertNotIn("audit.failed", gw.log)
 
 
+# fsync and fdatasync that fail with EIO while the file named by ISG_TEST_FAIL_SYNC exists.
+FAIL_SYNC_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int failing(void) { const char *f = getenv("ISG_TEST_FAIL_SYNC"); return f && access(f, F_OK) == 0; }
+int fsync(int fd) { static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fsync"); if (failing()) { errno = EIO; return -1; } return real(fd); }
+int fdatasync(int fd) { static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fdatasync"); if (failing()) { errno = EIO; return -1; } return real(fd); }
+"""
+
+
+class RefusalNotStoredCase(isgtest.ScenarioCase):
+    def test_over_limit_send_the_store_fails_is_logged(self):
+        """A refusal that cannot be put on record is an error in the log, never silent."""
+        src = os.path.join(self.tmp, "failsync.c")
+        lib = os.path.join(self.tmp, "failsync.so")
+        flag = os.path.join(self.tmp, "fail-sync")
+        with open(src, "w") as f:
+            f.write(FAIL_SYNC_C)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, "-ldl"], check=True)
+        agreement = isgtest.default_agreement(limits={"messages_per_day": 1})
+        gw = self.gateway(self.policy(agreements=[agreement]), start=False)
+        plain = gw.argv
+        gw.argv = lambda: ["env", "LD_PRELOAD=" + lib, "ISG_TEST_FAIL_SYNC=" + flag] + plain()
+        gw.start()
+        self.addCleanup(gw.close)  # after a failed commit its exit code is not the point
+        police = self.partner(gw, "police")
+        police.send_ok([record(0)], message_id="m-1")
+        open(flag, "w").close()
+        r = police.send([record(1)], message_id="m-2")
+        os.unlink(flag)
+        self.assertEqual(r.rc, 3, r)
+        self.assertIn("UNAVAILABLE", r.err)
+        self.assertRegex(gw.log, r"event=audit\.failed kind=message\.refused "
+                                 r"rule=agreement\.messages_per_day")
+
+
 if __name__ == "__main__":
     unittest.main()
