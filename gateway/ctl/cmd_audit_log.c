@@ -399,30 +399,14 @@ int audit_log_count(struct audit_log *l, uint64_t *count, uint64_t *max_seq)
 	return status;
 }
 
-/*
- * Length of the printable UTF-8 sequence at s (at most n bytes); 0 if it is
- * invalid or a C1 control character (U+0080..U+009F, which some terminals
- * obey as escape sequences).
- */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-	size_t len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
-	if (len == 0 || len > n || !str_utf8_valid((const char *)s, len))
-		return 0;
-	if (len == 2 && s[0] == 0xc2 && s[1] < 0xa0)
-		return 0;
-	return len;
-}
-
 void audit_ctl_printable(char *out, size_t size, const char *s, size_t max)
 {
 	size_t o = 0, n = strlen(s);
 	if (n > max)
 		n = max;
 	for (size_t i = 0; i < n && o + 5 < size;) {
-		unsigned char c = (unsigned char)s[i];
-		size_t len = c < 0x80 ? 1 : utf8_seq((const unsigned char *)s + i, n - i);
-		if (c < 0x20 || c == 0x7f || len == 0) {
+		size_t len = str_utf8_char(s + i, n - i);
+		if (len == 0 || str_utf8_control(s + i, len)) {
 			out[o++] = '?';
 			i++;
 			continue;

@@ -86,17 +86,6 @@ const char *policy_field_how(const struct policy_field *f, char *buf, size_t siz
 	return "?";
 }
 
-/* Bytes of the valid UTF-8 character at s (len bytes left), or 0. */
-static size_t utf8_char_len(const unsigned char *s, size_t len)
-{
-	size_t n = s[0] < 0x80             ? 1
-	           : (s[0] & 0xe0) == 0xc0 ? 2
-	           : (s[0] & 0xf0) == 0xe0 ? 3
-	           : (s[0] & 0xf8) == 0xf0 ? 4
-	                                   : 0;
-	return n && n <= len && str_utf8_valid((const char *)s, n) ? n : 0;
-}
-
 /*
  * C0 controls, DEL, C1 controls (U+0080-U+009F: U+009B is CSI, an escape
  * introducer for terminals) and invalid UTF-8 become '?'; line breaks and
@@ -105,15 +94,13 @@ static size_t utf8_char_len(const unsigned char *s, size_t len)
 void policy_put_clean(struct strbuf *b, const char *s, size_t len)
 {
 	for (size_t i = 0; i < len;) {
-		const unsigned char *u = (const unsigned char *)s + i;
-		size_t n = utf8_char_len(u, len - i);
+		const char *u = s + i;
+		size_t n = str_utf8_char(u, len - i);
 		bool blank = n == 1 && (u[0] == '\n' || u[0] == '\t' || u[0] == '\r');
-		bool control = n == 0 || (n == 1 && (u[0] < 0x20 || u[0] == 0x7f)) ||
-		               (n == 2 && u[0] == 0xc2 && u[1] < 0xa0);
-		if (blank || control)
+		if (blank || n == 0 || str_utf8_control(u, n))
 			strbuf_append(b, blank ? " " : "?", 1);
 		else
-			strbuf_append(b, (const char *)u, n);
+			strbuf_append(b, u, n);
 		i += n ? n : 1;
 	}
 }

@@ -154,6 +154,23 @@ bool str_utf8_valid(const char *str, size_t len)
 	return true;
 }
 
+size_t str_utf8_char(const char *s, size_t left)
+{
+	unsigned char c = (unsigned char)s[0];
+	size_t n = c < 0x80             ? 1
+	           : (c & 0xe0) == 0xc0 ? 2
+	           : (c & 0xf0) == 0xe0 ? 3
+	           : (c & 0xf8) == 0xf0 ? 4
+	                                : 0;
+	return n && n <= left && str_utf8_valid(s, n) ? n : 0;
+}
+
+bool str_utf8_control(const char *s, size_t n)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	return (n == 1 && (u[0] < 0x20 || u[0] == 0x7f)) || (n == 2 && u[0] == 0xc2 && u[1] < 0xa0);
+}
+
 void hex_encode(char *out, const uint8_t *in, size_t len)
 {
 	static const char digits[] = "0123456789abcdef";

@@ -91,19 +91,6 @@ void strbuf_printf(struct strbuf *b, const char *fmt, ...)
 	b->len += (size_t)n;
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 when it is not valid. */
-static size_t utf8_seq(const unsigned char *s, size_t left)
-{
-	size_t n = s[0] < 0x80             ? 1
-	           : (s[0] & 0xe0) == 0xc0 ? 2
-	           : (s[0] & 0xf0) == 0xe0 ? 3
-	           : (s[0] & 0xf8) == 0xf0 ? 4
-	                                   : 0;
-	if (n == 0 || n > left || !str_utf8_valid((const char *)s, n))
-		return 0;
-	return n;
-}
-
 /* A byte that goes into a JSON string as it is. */
 static bool json_plain(unsigned char c)
 {
@@ -133,7 +120,7 @@ void strbuf_json_string(struct strbuf *b, const char *str)
 			strbuf_append(b, esc, 2);
 		} else if (c < 0x20) {
 			strbuf_printf(b, "\\u%04x", c);
-		} else if ((n = utf8_seq(s, left)) == 0) {
+		} else if ((n = str_utf8_char((const char *)s, left)) == 0) {
 			strbuf_puts(b, "\\ufffd");
 			n = 1;
 		} else {

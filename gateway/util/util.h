@@ -76,6 +76,13 @@ int str_to_duration_ms(const char *s, int64_t *out);
 int str_to_size(const char *s, uint64_t *out);
 /* True when s is valid UTF-8 of length len. */
 bool str_utf8_valid(const char *s, size_t len);
+/* Bytes (1 to 4) of the valid UTF-8 character at s, left bytes on; 0 when invalid. */
+size_t str_utf8_char(const char *s, size_t left);
+/*
+ * True when the character of n bytes at s is one a terminal may obey: a C0
+ * control, DEL or a C1 control (U+0080-U+009F; U+009B is CSI).
+ */
+bool str_utf8_control(const char *s, size_t n);
 /* True when no byte of s[0..len) is above 0x7f. */
 bool str_ascii(const void *s, size_t len);
 /*

@@ -45,17 +45,6 @@ static size_t utf8_prefix(const char *s, size_t len, size_t max)
 	return n;
 }
 
-/* Bytes of the valid UTF-8 character at s (len bytes left), or 0. */
-static size_t utf8_char_len(const unsigned char *s, size_t len)
-{
-	size_t n = s[0] < 0x80             ? 1
-	           : (s[0] & 0xe0) == 0xc0 ? 2
-	           : (s[0] & 0xf0) == 0xe0 ? 3
-	           : (s[0] & 0xf8) == 0xf0 ? 4
-	                                   : 0;
-	return n && n <= len && str_utf8_valid((const char *)s, n) ? n : 0;
-}
-
 /*
  * Copy src to dst with C0 controls, DEL, C1 controls (U+0080-U+009F: U+009B
  * is CSI, an escape introducer for terminals) and invalid UTF-8 as '?'.
@@ -65,10 +54,9 @@ static size_t clean_controls(char *dst, const char *src, size_t len)
 {
 	size_t out = 0;
 	for (size_t i = 0; i < len;) {
-		const unsigned char *u = (const unsigned char *)src + i;
-		size_t n = utf8_char_len(u, len - i);
-		if (n == 0 || (n == 1 && (u[0] < 0x20 || u[0] == 0x7f)) ||
-		    (n == 2 && u[0] == 0xc2 && u[1] < 0xa0)) {
+		const char *u = src + i;
+		size_t n = str_utf8_char(u, len - i);
+		if (n == 0 || str_utf8_control(u, n)) {
 			dst[out++] = '?';
 		} else {
 			memcpy(dst + out, u, n);

@@ -78,6 +78,22 @@ static void test_utf8(void **state)
 	assert_false(str_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
 	assert_false(str_utf8_valid("\xf4\x90\x80\x80", 4)); /* past U+10FFFF */
 	assert_false(str_utf8_valid("\xff", 1));
+
+	/* One character at a time, and which of them a terminal would obey. */
+	assert_int_equal(str_utf8_char("a", 1), 1);
+	assert_int_equal(str_utf8_char("\xc3\xa9x", 3), 2);
+	assert_int_equal(str_utf8_char("\xe2\x98\x83", 3), 3);
+	assert_int_equal(str_utf8_char("\xf0\x9f\x98\x80", 4), 4);
+	assert_int_equal(str_utf8_char("\xf0\x9f\x98\x80", 3), 0); /* cut short */
+	assert_int_equal(str_utf8_char("\xc0\xaf", 2), 0);         /* overlong */
+	assert_int_equal(str_utf8_char("\x80", 1), 0);
+	assert_true(str_utf8_control("\x1b", 1));
+	assert_true(str_utf8_control("\x7f", 1));
+	assert_true(str_utf8_control("\xc2\x80", 2));
+	assert_true(str_utf8_control("\xc2\x9b", 2)); /* CSI */
+	assert_false(str_utf8_control("\xc2\xa0", 2));
+	assert_false(str_utf8_control(" ", 1));
+	assert_false(str_utf8_control("\xc3\xa9", 2));
 	/* Inside long ASCII runs, which are checked eight bytes at a time: a bad
 	 * byte or a sequence across an eight-byte boundary, at every offset. */
 	for (size_t at = 0; at < 40; at++) {
