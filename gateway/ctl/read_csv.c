@@ -318,8 +318,9 @@ static int convert(struct csv_reader *r, const struct cell *c, const struct colu
 			            col->name);
 		errno = 0;
 		v->real = strtod(text, NULL);
-		/* ERANGE: beyond a double, or so small it would silently become 0 */
-		if (!isfinite(v->real) || errno == ERANGE)
+		/* ERANGE: beyond a double, or so small it became 0 (a subnormal
+		 * result, also ERANGE in glibc, is kept) */
+		if (!isfinite(v->real) || (errno == ERANGE && v->real == 0))
 			return fail(r, ISG_ERR_PARSE, c->line, c->col,
 			            "column '%s': number out of range", col->name);
 		return 0;

@@ -219,8 +219,9 @@ static int number(struct jl_reader *r, struct isg_value *v)
 	v->kind = ISG_VALUE_REAL;
 	errno = 0;
 	v->real = strtod(text, NULL);
-	/* ERANGE: beyond a double, or so small it would silently become 0 */
-	if (!isfinite(v->real) || errno == ERANGE)
+	/* ERANGE: beyond a double, or so small it became 0 (a subnormal
+	 * result, also ERANGE in glibc, is kept) */
+	if (!isfinite(v->real) || (errno == ERANGE && v->real == 0))
 		return fail_at(r, start, "number out of range");
 	return 0;
 }

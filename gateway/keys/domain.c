@@ -285,11 +285,11 @@ static int open_domains_dir(const char *dir, char *path, size_t size, int *fd_ou
 		keys_seterr(err, errlen, "no key directory given");
 		return ISG_ERR_INVALID;
 	}
-	/* The keys directory first: whoever can write there can replace domains/. */
-	int rc = keys_check_dir(dir, err, errlen);
+	int rc = keys_path(path, size, dir, KEYS_DOMAINS_DIR, err, errlen);
 	if (rc)
 		return rc;
-	rc = keys_path(path, size, dir, KEYS_DOMAINS_DIR, err, errlen);
+	/* The keys directory first: whoever can write there can replace domains/. */
+	rc = keys_check_dir(dir, err, errlen);
 	if (rc)
 		return rc;
 	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -879,6 +879,8 @@ int keys_domain_create(const char *dir, const char *name, int64_t today, char *e
 	rc = keys_path(dpath, sizeof(dpath), dir, KEYS_DOMAINS_DIR, err, errlen);
 	if (rc == 0)
 		rc = keys_path(path, sizeof(path), dpath, file, err, errlen);
+	if (rc == 0) /* before domains/ is made in it */
+		rc = keys_check_dir(dir, err, errlen);
 	if (rc == 0)
 		rc = keys_prepare_dir(dpath, &created, err, errlen);
 	if (rc == 0)
