@@ -520,37 +520,31 @@ static int get_answer(const uint8_t **q, const uint8_t *end, struct pseudo_reque
 	return 0;
 }
 
-/* One round trip per batch, however many arrays hold it. */
-static int remote_pseudonymise_parts(void *ctx, const struct pseudo_batch *parts, size_t n_parts,
-                                     int64_t today)
+/* The next request from (*k, *i) on, across the arrays; advances the cursor. */
+static struct pseudo_request *next_request(const struct pseudo_batch *parts, size_t *k, size_t *i)
 {
-	struct keyproc_ring *r = ctx;
-	size_t size = 16, n = 0;
-	for (size_t k = 0; k < n_parts; k++) {
-		for (size_t i = 0; i < parts[k].n; i++) {
-			const struct pseudo_request *q = &parts[k].reqs[i];
-			if (!q->domain || strlen(q->domain) > KEYS_DOMAIN_NAME_MAX ||
-			    q->len > PSEUDO_VALUE_MAX || (unsigned)q->type > 0xff)
-				return ISG_ERR_INVALID;
-			size += 6 + strlen(q->domain) + q->len;
-		}
-		n += parts[k].n;
+	while (*i == parts[*k].n) {
+		++*k;
+		*i = 0;
 	}
-	if (n == 0)
-		return 0;
-	if (n > KEYPROC_PSEUDO_MAX || size > KEYPROC_FRAME_MAX)
-		return ISG_ERR_TOO_BIG;
+	return &parts[*k].reqs[(*i)++];
+}
+
+/* One round trip for the count requests from (k, i) on, size bytes of request. */
+static int round_trip(struct keyproc_ring *r, const struct pseudo_batch *parts, size_t k, size_t i,
+                      size_t count, size_t size, int64_t today)
+{
 	uint8_t *req = malloc(size), *p = req;
 	if (!req)
 		return ISG_ERR_NOMEM;
-	uint32_t n32 = (uint32_t)n;
+	uint32_t n32 = (uint32_t)count;
 	memcpy(p, &r->gen, 4);
 	memcpy(p + 4, &today, 8);
 	memcpy(p + 12, &n32, 4);
 	p += 16;
-	for (size_t k = 0; k < n_parts; k++)
-		for (size_t i = 0; i < parts[k].n; i++)
-			p = put_request(p, &parts[k].reqs[i]);
+	size_t kk = k, ii = i;
+	for (size_t c = 0; c < count; c++)
+		p = put_request(p, next_request(parts, &kk, &ii));
 	struct iovec part = {req, (size_t)(p - req)};
 	uint8_t *body = NULL;
 	size_t len = 0;
@@ -558,13 +552,46 @@ static int remote_pseudonymise_parts(void *ctx, const struct pseudo_batch *parts
 	sodium_memzero(req, size);
 	free(req);
 	const uint8_t *q = body, *end = body ? body + len : NULL;
-	for (size_t k = 0; rc == 0 && k < n_parts; k++)
-		for (size_t i = 0; rc == 0 && i < parts[k].n; i++)
-			rc = get_answer(&q, end, &parts[k].reqs[i]);
+	kk = k, ii = i;
+	for (size_t c = 0; rc == 0 && c < count; c++)
+		rc = get_answer(&q, end, next_request(parts, &kk, &ii));
 	if (rc == 0 && q != end)
 		rc = ISG_ERR_IO;
 	free(body);
 	return rc;
+}
+
+/*
+ * One round trip per batch, however many arrays hold it; a batch larger
+ * than one request may carry (KEYPROC_PSEUDO_MAX, or a frame) goes in as
+ * many as it needs.
+ */
+static int remote_pseudonymise_parts(void *ctx, const struct pseudo_batch *parts, size_t n_parts,
+                                     int64_t today)
+{
+	struct keyproc_ring *r = ctx;
+	for (size_t k = 0; k < n_parts; k++)
+		for (size_t i = 0; i < parts[k].n; i++) {
+			const struct pseudo_request *q = &parts[k].reqs[i];
+			if (!q->domain || strlen(q->domain) > KEYS_DOMAIN_NAME_MAX ||
+			    q->len > PSEUDO_VALUE_MAX || (unsigned)q->type > 0xff)
+				return ISG_ERR_INVALID;
+		}
+	size_t size = 16, n = 0, k0 = 0, i0 = 0;
+	for (size_t k = 0; k < n_parts; k++)
+		for (size_t i = 0; i < parts[k].n; i++) {
+			const struct pseudo_request *q = &parts[k].reqs[i];
+			size_t item = 6 + strlen(q->domain) + q->len;
+			if (n == KEYPROC_PSEUDO_MAX || size + item >= KEYPROC_FRAME_MAX) {
+				int rc = round_trip(r, parts, k0, i0, n, size, today);
+				if (rc)
+					return rc;
+				size = 16, n = 0, k0 = k, i0 = i;
+			}
+			size += item;
+			n++;
+		}
+	return n ? round_trip(r, parts, k0, i0, n, size, today) : 0;
 }
 
 static int remote_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
