@@ -16,6 +16,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -151,16 +152,42 @@ static const char *header_key(const struct audit_log *l, const struct audit_wher
 }
 
 /*
+ * What is at path already and is not a plain file (a FIFO, a device such
+ * as /dev/stdout, a symbolic link) is written through, as it is: renaming
+ * over it would replace it. A file reached through a link is cut to 0600.
+ */
+static FILE *open_through(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_TRUNC | O_NOCTTY | O_CLOEXEC);
+	struct stat st;
+	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && fchmod(fd, 0600) != 0) {
+		close(fd);
+		fd = -1;
+	}
+	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+	if (!f) {
+		ctl_warn("cannot write '%s': %s", path, ctl_errno_text(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	return f;
+}
+
+/*
  * --output FILE is written as a new file of mode 0600 beside it
  * (".FILE.XXXXXX") and renamed over FILE only once written whole: the
  * export holds pseudonyms, so an existing FILE's wider mode must not carry
- * over, and a failed export must leave an earlier FILE as it was.
+ * over, and a failed export must leave an earlier FILE as it was. *tmp
+ * stays NULL for a path written through (open_through).
  */
 static FILE *open_output(const char *path, char **tmp)
 {
 	*tmp = NULL;
 	if (!path)
 		return stdout;
+	struct stat st;
+	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
+		return open_through(path);
 	const char *slash = strrchr(path, '/');
 	int dir_len = slash ? (int)(slash - path + 1) : 0;
 	if (asprintf(tmp, "%.*s.%s.XXXXXX", dir_len, path, slash ? slash + 1 : path) < 0) {
@@ -204,7 +231,9 @@ static int close_output(FILE *f, const char *path, char *tmp, bool write_failed,
 	bool ok = !write_failed && fflush(f) == 0;
 	int err = errno;
 	if (path) {
-		if (ok && fsync(fileno(f)) != 0) {
+		struct stat st;
+		if (ok && fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
+		    fsync(fileno(f)) != 0) {
 			ok = false;
 			err = errno;
 		}
@@ -212,11 +241,11 @@ static int close_output(FILE *f, const char *path, char *tmp, bool write_failed,
 			ok = false;
 			err = errno;
 		}
-		if (ok && !abandoned && rename(tmp, path) != 0) {
+		if (ok && !abandoned && tmp && rename(tmp, path) != 0) {
 			ok = false;
 			err = errno;
 		}
-		if (ok && !abandoned && sync_dir_of(path) != 0)
+		if (ok && !abandoned && tmp && sync_dir_of(path) != 0)
 			ctl_warn("'%s' written, but its directory cannot be synced: %s", path,
 			         ctl_errno_text(errno));
 	}
@@ -258,7 +287,8 @@ int audit_export_cmd(int argc, char **argv)
 		    "signed checkpoint after the entry its size ends at. Anyone can verify it\n"
 		    "without ISG's code (docs/audit.md). --output FILE writes FILE (mode 0600)\n"
 		    "instead of standard output: a new file, renamed over FILE once written\n"
-		    "whole, so a failure leaves an earlier FILE as it was.\n\n%s",
+		    "whole, so a failure leaves an earlier FILE as it was (a FIFO, device or\n"
+		    "symbolic link there is written through instead).\n\n%s",
 		    export_usage, audit_where_help);
 		return CTL_EXIT_OK;
 	}

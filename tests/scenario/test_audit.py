@@ -23,7 +23,9 @@ import resource
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
+import threading
 import unittest
 
 import isgtest
@@ -707,6 +709,38 @@ class AuditLog(isgtest.ScenarioCase):
             self.assertEqual(f.read(), "old\n")
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o644)
         self.assertEqual([n for n in os.listdir(self.tmp) if n.startswith(".export")], [])
+
+    def test_export_through_a_link_or_a_fifo(self):
+        """--output writes through what is not a plain file instead of replacing it."""
+        target = os.path.join(self.tmp, "real.jsonl")
+        with open(target, "w", encoding="utf-8") as f:
+            f.write("old\n")
+        os.chmod(target, 0o644)
+        link = os.path.join(self.tmp, "link.jsonl")
+        os.symlink(target, link)
+        r = self.audit("export", "--output", link)
+        self.assertEqual(r.rc, 0, r)
+        self.assertTrue(os.path.islink(link))
+        self.assertEqual(os.stat(target).st_mode & 0o777, 0o600)
+        with open(target, encoding="utf-8") as f:
+            self.assertEqual(json.loads(f.readline())["type"], "header")
+        # A FIFO, as a consumer reading a pipe would give: it stays a FIFO.
+        fifo = os.path.join(self.tmp, "pipe")
+        os.mkfifo(fifo)
+        got = []
+
+        def read_all():
+            with open(fifo, "rb") as f:
+                got.append(f.read())
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        r = self.audit("export", "--output", fifo)
+        reader.join(timeout=30)
+        self.assertEqual(r.rc, 0, r)
+        self.assertTrue(stat.S_ISFIFO(os.lstat(fifo).st_mode))
+        self.assertEqual(json.loads(got[0].split(b"\n")[0])["type"], "header")
+        self.assertEqual([n for n in os.listdir(self.tmp) if n.startswith(".")], [])
 
     def test_read_only(self):
         """The audit commands never write the store: its bytes and its directory stay the same."""
