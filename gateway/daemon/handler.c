@@ -578,7 +578,10 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 	s->store_busy = true;
 	s->dirty = false;
 	net_conn_begin_async(c);
-	int err = store_fetch(s->g->store, s->partner, s->cursor, s->fetch_max, fetch_stored, j);
+	/* A subscriber takes what its connection can: the rest stays in the store. */
+	size_t bytes = s->subscribed ? net_conn_output_room(c) : SIZE_MAX;
+	int err = store_fetch_within(s->g->store, s->partner, s->cursor, s->fetch_max,
+	                             bytes ? bytes : 1, fetch_stored, j);
 	if (err != 0) {
 		net_conn_end_async(c);
 		s->store_busy = false;

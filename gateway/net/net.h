@@ -109,6 +109,8 @@ int net_conn_send_deliveries(struct net_conn *c, uint64_t request_id, bool push,
  * (pushes) stops while it does; on_drained says when to go on.
  */
 bool net_conn_output_full(struct net_conn *c);
+/* Bytes the output queue may still take before its bound; 0 at or over it. */
+size_t net_conn_output_room(const struct net_conn *c);
 /* Close after queued output is flushed; no more frames are read. */
 void net_conn_close(struct net_conn *c);
 void net_conn_set_data(struct net_conn *c, void *data);

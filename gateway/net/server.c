@@ -585,6 +585,12 @@ bool net_conn_output_full(struct net_conn *c)
 	return true;
 }
 
+size_t net_conn_output_room(const struct net_conn *c)
+{
+	size_t queued = c->out_len - c->out_off, bound = c->w->s->opt.conn_buffer_bytes;
+	return queued < bound ? bound - queued : 0;
+}
+
 int net_conn_send(struct net_conn *c, const Isg__Frame *frame)
 {
 	if (!out_reserve(c, wire_frame_size(frame)))

@@ -553,6 +553,12 @@ fail:
 int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
                 store_fetch_cb cb, void *ctx)
 {
+	return store_fetch_within(s, recipient, after_id, max, STORE_FETCH_BYTES, cb, ctx);
+}
+
+int store_fetch_within(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
+                       size_t max_bytes, store_fetch_cb cb, void *ctx)
+{
 	if (!s || !cb || !string_ok(recipient, true) || max == 0)
 		return ISG_ERR_INVALID;
 	if (max > STORE_MAX_FETCH)
@@ -565,6 +571,7 @@ int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint3
 	jf->ctx = ctx;
 	jf->after_id = after_id;
 	jf->max = max;
+	jf->max_bytes = max_bytes < STORE_FETCH_BYTES ? max_bytes : STORE_FETCH_BYTES;
 	jf->recipient = strdup(recipient);
 	jf->res = calloc(1, sizeof(*jf->res)); /* items grow in the writer */
 	if (!jf->recipient || !jf->res) {

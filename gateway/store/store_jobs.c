@@ -350,7 +350,7 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, str
 	sqlite3_bind_int64(st, 2, jf->after_id > INT64_MAX ? INT64_MAX : (int64_t)jf->after_id);
 	sqlite3_bind_int64(st, 3, now);
 	sqlite3_bind_int64(st, 4, jf->max);
-	while (res->n < jf->max && bytes < STORE_FETCH_BYTES) {
+	while (res->n < jf->max && bytes < jf->max_bytes) {
 		int rc = sqlite3_step(st);
 		if (rc == SQLITE_DONE)
 			break;
@@ -371,7 +371,7 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, str
 		if (err)
 			break;
 	}
-	res->more = res->n == jf->max || bytes >= STORE_FETCH_BYTES;
+	res->more = res->n == jf->max || bytes >= jf->max_bytes;
 	finish_stmt(st);
 	return err;
 }
