@@ -158,11 +158,15 @@ static const char *header_key(const struct audit_log *l, const struct audit_wher
  */
 static FILE *open_through(const char *path)
 {
-	int fd = open(path, O_WRONLY | O_TRUNC | O_NOCTTY | O_CLOEXEC);
+	int fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC);
 	struct stat st;
-	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && fchmod(fd, 0600) != 0) {
+	/* Narrowed before it is emptied: a file isgctl may not chmod stays as it was. */
+	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (fchmod(fd, 0600) != 0 || ftruncate(fd, 0) != 0)) {
+		int e = errno;
 		close(fd);
 		fd = -1;
+		errno = e;
 	}
 	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
 	if (!f) {

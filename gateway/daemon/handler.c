@@ -388,6 +388,12 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	net_conn_begin_async(c);
 	err = store_send(s->g->store, &m, send_stored, j);
 	if (err != 0) {
+		if (j->over_limit) { /* its refusal was to be written with it */
+			char q[64];
+			log_event(LOG_ERROR, "audit.failed",
+			          "kind=message.refused rule=%s error=%s", j->why.rule,
+			          log_quote(q, sizeof(q), isg_strerror(err)));
+		}
 		net_conn_end_async(c);
 		quota_release(j->quota, &j->claim);
 		send_store_error(c, f->request_id, err);
