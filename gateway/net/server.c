@@ -490,7 +490,6 @@ static void conn_on_readable(struct net_conn *c)
 /* ------------------------------------------------------------------------ */
 /* Writing. */
 
-/* Write what is queued; may close and free c, so callers must not touch it after. */
 /* Write what is queued; false when the connection was closed (and freed). */
 static bool conn_write(struct net_conn *c)
 {
@@ -513,6 +512,7 @@ static bool conn_write(struct net_conn *c)
 	return true;
 }
 
+/* Write what is queued; may close and free c, so callers must not touch it after. */
 static void conn_flush(struct net_conn *c)
 {
 	if (!conn_write(c))
