@@ -126,6 +126,14 @@ struct send_job {
 	bool over_limit;
 };
 
+/* An over-limit refusal that the store did not record: the log must say so. */
+static void log_refusal_unrecorded(const struct send_job *j, int err)
+{
+	char q[64];
+	log_event(LOG_ERROR, "audit.failed", "kind=message.refused rule=%s error=%s", j->why.rule,
+	          log_quote(q, sizeof(q), isg_strerror(err)));
+}
+
 static void send_reply(struct net_conn *c, void *arg)
 {
 	struct send_job *j = arg;
@@ -141,9 +149,7 @@ static void send_reply(struct net_conn *c, void *arg)
 	} else if (j->over_limit && j->err != 0 && j->err != ISG_ERR_CONFLICT) {
 		/* The store failed the job: nothing stored and no refusal on record.
 		 * The partner (if still there) is told to retry; the log says so. */
-		char q[64];
-		log_event(LOG_ERROR, "audit.failed", "kind=message.refused rule=%s error=%s",
-		          j->why.rule, log_quote(q, sizeof(q), isg_strerror(j->err)));
+		log_refusal_unrecorded(j, j->err);
 	}
 	if (!c)
 		goto out;
@@ -388,12 +394,8 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	net_conn_begin_async(c);
 	err = store_send(s->g->store, &m, send_stored, j);
 	if (err != 0) {
-		if (j->over_limit) { /* its refusal was to be written with it */
-			char q[64];
-			log_event(LOG_ERROR, "audit.failed",
-			          "kind=message.refused rule=%s error=%s", j->why.rule,
-			          log_quote(q, sizeof(q), isg_strerror(err)));
-		}
+		if (j->over_limit) /* its refusal was to be written with it */
+			log_refusal_unrecorded(j, err);
 		net_conn_end_async(c);
 		quota_release(j->quota, &j->claim);
 		send_store_error(c, f->request_id, err);
