@@ -6,6 +6,12 @@
  *                                  (net_tls_new, net_server_start) with the
  *                                  listener, threads, TLS files and limits of
  *                                  the isgd configuration file CONFIG
+ *   isg-bench-relay tls CONFIG --sync FILE
+ *                                  the same, but each Send's receipt waits for
+ *                                  one 4 KiB block of FILE overwritten and
+ *                                  made durable (pwrite + fdatasync): the
+ *                                  floor of any durable send over this
+ *                                  transport on this disk
  *   isg-bench-relay plain PORT     plain TCP on 127.0.0.1:PORT, a thread per
  *                                  connection (stunnel's backend)
  *
@@ -18,6 +24,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -38,6 +45,36 @@
 #define MAX_SUBSCRIBERS 64
 
 static atomic_uint_fast64_t next_gateway_id = 1;
+
+/* --sync: the file whose blocks each receipt waits for, written ahead. */
+#define SYNC_BLOCK 4096
+#define SYNC_BLOCKS 4096 /* 16 MiB, overwritten in turn */
+static int sync_fd = -1;
+static atomic_uint_fast64_t sync_next;
+
+static int sync_open(const char *path)
+{
+	static uint8_t zeros[SYNC_BLOCK];
+	sync_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (sync_fd < 0)
+		return -1;
+	for (off_t i = 0; i < SYNC_BLOCKS; i++)
+		if (pwrite(sync_fd, zeros, sizeof(zeros), i * SYNC_BLOCK) != SYNC_BLOCK)
+			return -1;
+	return fdatasync(sync_fd);
+}
+
+/* One block overwritten and made durable, as a store's commit would be at least. */
+static void sync_block(const Isg__Frame *f)
+{
+	uint8_t block[SYNC_BLOCK] = {0};
+	memcpy(block, &f->request_id, sizeof(f->request_id));
+	off_t at = (off_t)(atomic_fetch_add(&sync_next, 1) % SYNC_BLOCKS) * SYNC_BLOCK;
+	if (pwrite(sync_fd, block, sizeof(block), at) != SYNC_BLOCK || fdatasync(sync_fd) != 0) {
+		perror("isg-bench-relay: --sync");
+		exit(1);
+	}
+}
 
 static int64_t wall_ms(void)
 {
@@ -219,6 +256,8 @@ static void tls_frame(void *ctx, struct net_conn *c, Isg__Frame *f)
 		Isg__SendResult sr;
 		Isg__Receipt r;
 		uint64_t id = atomic_fetch_add(&next_gateway_id, 1);
+		if (sync_fd >= 0)
+			sync_block(f);
 		receipt_of(f, id, &out, &sr, &r);
 		net_conn_send(c, &out);
 		if (!tls_relay(s, f, id))
@@ -499,9 +538,16 @@ static int run_plain(const char *port_text, const sigset_t *sigs)
 
 int main(int argc, char **argv)
 {
-	if (argc != 3 || (strcmp(argv[1], "tls") != 0 && strcmp(argv[1], "plain") != 0)) {
-		fputs("usage: isg-bench-relay tls ISGD-CONFIG | plain PORT\n", stderr);
+	bool durable = argc == 5 && strcmp(argv[1], "tls") == 0 && strcmp(argv[3], "--sync") == 0;
+	if ((argc != 3 && !durable) ||
+	    (strcmp(argv[1], "tls") != 0 && strcmp(argv[1], "plain") != 0)) {
+		fputs("usage: isg-bench-relay tls ISGD-CONFIG [--sync FILE] | plain PORT\n",
+		      stderr);
 		return 2;
+	}
+	if (durable && sync_open(argv[4]) != 0) {
+		fprintf(stderr, "isg-bench-relay: %s: %s\n", argv[4], strerror(errno));
+		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
 	sigset_t sigs;
