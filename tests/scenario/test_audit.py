@@ -529,6 +529,28 @@ class AuditLog(isgtest.ScenarioCase):
                        store=db)
         self.assertEqual(r.rc, 0, r)
 
+    def test_list_with_unreadable_entries_fails(self):
+        """A list that left entries out must not look complete to a script."""
+        bad = self.receipts[1]["audit_index"]
+        db = self.tamper("unreadable-list", ("UPDATE audit SET entry = ? WHERE seq = ?",
+                                             (b"not an entry", bad)))
+        for fmt in ("jsonl", "table"):
+            r = self.audit("list", "--format", fmt, store=db)
+            self.assertEqual(r.rc, 1, r)
+            self.assertIn("entry %d is not a valid audit entry and is left out" % bad, r.err)
+            self.assertNotIn("not an entry", r.out + r.err)
+        # What it could read is still printed, in full.
+        found = [json.loads(line)["index"] for line in
+                 self.audit("list", "--format", "jsonl", store=db).out.splitlines()]
+        self.assertEqual(found, [row[0] for row in self.entries if row[0] != bad])
+        # Filtered out or not, an unreadable entry makes the list incomplete.
+        r = self.audit("list", "--kind", "connection", store=db)
+        self.assertEqual(r.rc, 1, r)
+        # An entry outside --from/--to is not read, so it does not count.
+        r = self.audit("list", "--from", "2099-01-01", store=db)
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("no entry matches", r.err)
+
     def test_subject_with_unreadable_entries_fails(self):
         """An answer that left entries out must not look complete."""
         late = self.receipts[2]["audit_index"]
