@@ -188,6 +188,33 @@ void audit_ctl_printable(char *out, size_t size, const char *s, size_t max);
 /* Read a small text file (a saved checkpoint, a key) of at most max bytes. Exit status. */
 int audit_ctl_read_file(const char *path, size_t max, char **buf, size_t *len);
 
+/* ---- cmd_audit_output.c: where export and report write ---- */
+
+/*
+ * Standard output when path is NULL. Otherwise a new file of mode 0600
+ * beside path (".NAME.XXXXXX"), renamed over path by audit_output_close
+ * only once written whole: the output holds what the log holds, so an
+ * existing file's wider mode must not carry over, and a failure must leave
+ * an earlier file as it was. What is at path already and is not a plain
+ * file (a FIFO, a device such as /dev/stdout, a symbolic link) is written
+ * through instead, and a plain file reached through a link is cut to 0600.
+ */
+struct audit_output {
+	FILE *f;
+	const char *path; /* NULL: standard output */
+	const char *what; /* standard output in messages: "the export" */
+	char *tmp;        /* renamed over path; NULL when there is none */
+};
+/* Exit status; says why on failure. */
+int audit_output_open(struct audit_output *o, const char *path, const char *what);
+/*
+ * Flush, sync and close, then rename the temporary file over path. When
+ * write_failed (the caller's writes failed) or anything here fails, say so;
+ * when abandoned (the caller failed and said why), silently. Either way the
+ * temporary file is removed, never path. Exit status.
+ */
+int audit_output_close(struct audit_output *o, bool write_failed, bool abandoned);
+
 /* ---- cmd_audit_verify.c: the checks of audit verify, for the report ---- */
 
 /*

@@ -11,13 +11,9 @@
  * size ends at (one of size 0 follows the header, and any that cover more
  * entries than the log holds come last, where a verifier will find them).
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <sodium.h>
 
@@ -151,122 +147,6 @@ static const char *header_key(const struct audit_log *l, const struct audit_wher
 	return NULL;
 }
 
-/*
- * What is at path already and is not a plain file (a FIFO, a device such
- * as /dev/stdout, a symbolic link) is written through, as it is: renaming
- * over it would replace it. A file reached through a link is cut to 0600.
- */
-static FILE *open_through(const char *path)
-{
-	int fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC);
-	struct stat st;
-	/* Narrowed before it is emptied: a file isgctl may not chmod stays as it was. */
-	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-	    (fchmod(fd, 0600) != 0 || ftruncate(fd, 0) != 0)) {
-		int e = errno;
-		close(fd);
-		fd = -1;
-		errno = e;
-	}
-	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-	if (!f) {
-		ctl_warn("cannot write '%s': %s", path, ctl_errno_text(errno));
-		if (fd >= 0)
-			close(fd);
-	}
-	return f;
-}
-
-/*
- * --output FILE is written as a new file of mode 0600 beside it
- * (".FILE.XXXXXX") and renamed over FILE only once written whole: the
- * export holds pseudonyms, so an existing FILE's wider mode must not carry
- * over, and a failed export must leave an earlier FILE as it was. *tmp
- * stays NULL for a path written through (open_through).
- */
-static FILE *open_output(const char *path, char **tmp)
-{
-	*tmp = NULL;
-	if (!path)
-		return stdout;
-	struct stat st;
-	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
-		return open_through(path);
-	const char *slash = strrchr(path, '/');
-	int dir_len = slash ? (int)(slash - path + 1) : 0;
-	if (asprintf(tmp, "%.*s.%s.XXXXXX", dir_len, path, slash ? slash + 1 : path) < 0) {
-		*tmp = NULL;
-		ctl_warn("out of memory");
-		return NULL;
-	}
-	int fd = mkostemp(*tmp, O_CLOEXEC); /* mode 0600 */
-	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-	if (!f) {
-		ctl_warn("cannot write '%s': %s", path, ctl_errno_text(errno));
-		if (fd >= 0) {
-			close(fd);
-			unlink(*tmp);
-		}
-		free(*tmp);
-		*tmp = NULL;
-	}
-	return f;
-}
-
-/* Sync the directory of path, so the rename survives a crash. */
-static int sync_dir_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	char *dir = slash ? strndup(path, (size_t)(slash - path + 1)) : strdup(".");
-	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
-	if (fd >= 0)
-		close(fd);
-	free(dir);
-	return rc;
-}
-
-/*
- * Flush, sync, close and rename the temporary file over path; on any
- * failure remove the temporary file (abandoned: silently), never path.
- */
-static int close_output(FILE *f, const char *path, char *tmp, bool write_failed, bool abandoned)
-{
-	bool ok = !write_failed && fflush(f) == 0;
-	int err = errno;
-	if (path) {
-		struct stat st;
-		if (ok && fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
-		    fsync(fileno(f)) != 0) {
-			ok = false;
-			err = errno;
-		}
-		if (fclose(f) != 0 && ok) {
-			ok = false;
-			err = errno;
-		}
-		if (ok && !abandoned && tmp && rename(tmp, path) != 0) {
-			ok = false;
-			err = errno;
-		}
-		if (ok && !abandoned && tmp && sync_dir_of(path) != 0)
-			ctl_warn("'%s' written, but its directory cannot be synced: %s", path,
-			         ctl_errno_text(errno));
-	}
-	if (ok && !abandoned) {
-		free(tmp);
-		return CTL_EXIT_OK;
-	}
-	if (!abandoned && path)
-		ctl_warn("cannot write '%s': %s", path, ctl_errno_text(err ? err : errno));
-	else if (!abandoned)
-		ctl_warn("cannot write the export: %s", ctl_errno_text(err ? err : errno));
-	if (tmp)
-		unlink(tmp);
-	free(tmp);
-	return CTL_EXIT_LOCAL;
-}
-
 int audit_export_cmd(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -302,18 +182,19 @@ int audit_export_cmd(int argc, char **argv)
 	struct exporter ex = {0};
 	char key[AUDIT_VERIFIER_KEY_MAX];
 	const char *vkey = NULL;
-	char *tmp = NULL;
+	struct audit_output o;
 	int status = audit_log_open(&l, &w, export_usage, true);
 	if (status == CTL_EXIT_OK)
 		status = audit_log_checkpoints(&l, &ex.cps, &ex.n_cps);
 	if (status == CTL_EXIT_OK)
 		vkey = header_key(&l, &w, key, &status);
-	if (status == CTL_EXIT_OK && !(ex.out = open_output(output, &tmp)))
-		status = CTL_EXIT_LOCAL;
+	if (status == CTL_EXIT_OK)
+		status = audit_output_open(&o, output, "the export");
 	if (status == CTL_EXIT_OK) {
+		ex.out = o.f;
 		put_header(&ex, &l, vkey);
 		status = export_entries(&ex, &l);
-		int cs = close_output(ex.out, output, tmp, ex.failed, status != CTL_EXIT_OK);
+		int cs = audit_output_close(&o, ex.failed, status != CTL_EXIT_OK);
 		if (status == CTL_EXIT_OK)
 			status = cs;
 	}

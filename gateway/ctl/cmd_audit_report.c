@@ -18,7 +18,6 @@
  * subject or pseudonym: only agreements, partners, datasets, fields, rules
  * and counts.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1353,6 +1352,7 @@ struct report_args {
 	int64_t grace_ms; /* -1: the default */
 };
 
+/* A report describes exchanges of personal data: a file is written as export writes one. */
 static int write_output(const char *path, struct strbuf *b)
 {
 	size_t len = 0;
@@ -1361,15 +1361,10 @@ static int write_output(const char *path, struct strbuf *b)
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;
 	}
-	bool to_stdout = strcmp(path, "-") == 0;
-	FILE *f = to_stdout ? stdout : fopen(path, "w");
-	int status = CTL_EXIT_OK;
-	if (!f || fwrite(text, 1, len, f) != len || (to_stdout ? fflush(f) : fclose(f)) != 0) {
-		ctl_warn("cannot write '%s': %s", path, strerror(errno));
-		if (f && !to_stdout)
-			fclose(f);
-		status = CTL_EXIT_LOCAL;
-	}
+	struct audit_output o;
+	int status = audit_output_open(&o, strcmp(path, "-") == 0 ? NULL : path, "the report");
+	if (status == CTL_EXIT_OK)
+		status = audit_output_close(&o, fwrite(text, 1, len, o.f) != len, false);
 	free(text);
 	return status;
 }
@@ -1523,7 +1518,9 @@ static int report_help(void)
 	       "  --pubkey KEY, --pubkey-file FILE  the verifier key, as for verify\n"
 	       "  --grace SECONDS     as for verify: older entries covered by no checkpoint\n"
 	       "                      fail the integrity check (default 600)\n"
-	       "FILE '-' is standard output. Exits 0 when the report is written and the log\n"
+	       "FILE '-' is standard output. A FILE is written as a new file of mode 0600,\n"
+	       "renamed over FILE once written whole (a FIFO, device or symbolic link there\n"
+	       "is written through instead). Exits 0 when the report is written and the log\n"
 	       "verifies, 1 when it is written but the log failed verification or could not\n"
 	       "be verified, or when it could not be written.\n\n%s",
 	       report_usage, REPORT_DAYS_MAX, audit_where_help);

@@ -317,6 +317,33 @@ class AuditReport(isgtest.ScenarioCase):
         self.assertEqual(len(keys), len(set(keys)))
         self.assertIn(HOSTILE_AGREEMENT, [r["agreement"] for r in rows])
 
+    def test_report_files_are_private(self):
+        """Report files are written anew with mode 0600, whatever the umask or an old file's mode."""
+        d = os.path.join(self.tmp, "private")
+        os.mkdir(d)
+        paths = [os.path.join(d, name) for name in ("r.html", "r.md", "r.csv")]
+        with open(paths[0], "w", encoding="utf-8") as f:
+            f.write("old\n")
+        os.chmod(paths[0], 0o644)
+        umask = os.umask(0o022)  # isgctl inherits it: a plain fopen would make 0644 files
+        try:
+            r = isgtest.ctl("audit", "report", "--config", self.gw.config_path,
+                            "--from", self.first_day, "--to", self.last_day,
+                            "--html", paths[0], "--markdown", paths[1], "--csv", paths[2])
+        finally:
+            os.umask(umask)
+        self.assertEqual(r.rc, 0, r)
+        for path in paths:
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600, path)
+        self.assertIn("integrity-status", isgtest.read_text(paths[0]))
+        self.assertEqual(isgtest.read_text(paths[2]), isgtest.read_text(self.csv_path))
+        self.assertEqual(sorted(os.listdir(d)), ["r.csv", "r.html", "r.md"])  # no temporary left
+        # '-' is still standard output.
+        r = isgtest.ctl("audit", "report", "--config", self.gw.config_path,
+                        "--from", self.first_day, "--to", self.last_day, "--csv", "-")
+        self.assertEqual(r.rc, 0, r)
+        self.assertEqual(r.out, isgtest.read_text(self.csv_path))
+
     def test_empty_period_and_usage(self):
         out = os.path.join(self.tmp, "empty.html")
         r = isgtest.ctl("audit", "report", "--config", self.gw.config_path,
