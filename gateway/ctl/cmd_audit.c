@@ -5,6 +5,7 @@
  * cmd_audit_verify.c, list and subject in cmd_audit_list.c, export in
  * cmd_audit_export.c, report in cmd_audit_report.c. None of them writes to the store.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,7 +88,7 @@ int audit_checkpoint_cmd(int argc, char **argv)
 	if (status == CTL_EXIT_OK) {
 		const struct audit_stored_cp *c = &cps[n - 1];
 		if (fwrite(c->note, 1, c->note_len, stdout) != c->note_len || fflush(stdout) != 0) {
-			ctl_warn("cannot write the checkpoint");
+			ctl_output_warn("cannot write the checkpoint: %s", ctl_errno_text(errno));
 			status = CTL_EXIT_LOCAL;
 		}
 	}

@@ -15,6 +15,7 @@
  * messages. The identifier is never printed, and wiped from memory (and
  * from the command line) once hashed.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -404,7 +405,7 @@ static int scan(struct audit_log *l, const char *sql, const struct list_filter *
 		ctl_warn("%" PRIu64 " entries in all are not valid audit entries", ls->bad);
 	sqlite3_finalize(st);
 	if (fflush(stdout) != 0) {
-		ctl_warn("cannot write the list");
+		ctl_output_warn("cannot write the list: %s", ctl_errno_text(errno));
 		status = CTL_EXIT_LOCAL;
 	}
 	return status;

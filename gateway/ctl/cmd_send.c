@@ -154,7 +154,7 @@ static int send_records(struct send_args *a, const struct ctl_batch *batch)
 			         "twice, use --message-id %s",
 			         a->msg.message_id);
 	} else if (ctl_write_receipt(stdout, &receipt) < 0 || fflush(stdout) != 0) {
-		ctl_warn("cannot write the receipt: %s", ctl_errno_text(errno));
+		ctl_output_warn("cannot write the receipt: %s", ctl_errno_text(errno));
 		status = CTL_EXIT_LOCAL;
 	}
 	isg_client_close(client);

@@ -40,6 +40,12 @@ extern int ctl_output_failure;
 
 /* Print "isgctl: message" to stderr. */
 void ctl_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * The same, for a command that reports standard output it could not write
+ * ("cannot write the list: REASON"): main then prints no "cannot write
+ * output" of its own, so the failure is told once.
+ */
+void ctl_output_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print "isgctl: message" and the usage line, and return CTL_EXIT_USAGE. */
 int ctl_usage_error(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -12,6 +12,7 @@
 static int cmd_help(int argc, char **argv);
 
 int ctl_output_failure = CTL_EXIT_LOCAL;
+static bool output_reported; /* a command said why its output failed: main says no more */
 
 static const struct ctl_command commands[] = {
     {"send", cmd_send, "send records from a CSV or JSON Lines file to a partner"},
@@ -69,23 +70,35 @@ static int cmd_help(int argc, char **argv)
 	return ctl_dispatch(commands, ARRAY_LEN(commands), "isgctl", 2, args);
 }
 
+static __attribute__((format(printf, 1, 0))) void vwarn(const char *fmt, va_list ap)
+{
+	fputs("isgctl: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
 void ctl_warn(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("isgctl: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	vwarn(fmt, ap);
 	va_end(ap);
+}
+
+void ctl_output_warn(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vwarn(fmt, ap);
+	va_end(ap);
+	output_reported = true;
 }
 
 int ctl_usage_error(const char *usage, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("isgctl: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	vwarn(fmt, ap);
 	va_end(ap);
 	fputs(usage, stderr);
 	return CTL_EXIT_USAGE;
@@ -153,7 +166,8 @@ static int main_options(int argc, char **argv, bool *done)
 /*
  * Output that never arrived (a full disk, a closed pipe) is a failure, or a
  * script would take a truncated proof, list or key for the whole: one check
- * here, after any command, so no command can forget it.
+ * here, after any command, so no command can forget it. When the command
+ * has said so itself (ctl_output_warn), once is enough.
  */
 static int finish_output(int status)
 {
@@ -162,7 +176,8 @@ static int finish_output(int status)
 	int err = errno;
 	if (!failed && !ferror(stdout))
 		return status;
-	ctl_warn("cannot write output: %s", err ? ctl_errno_text(err) : "a write failed");
+	if (!output_reported)
+		ctl_warn("cannot write output: %s", err ? ctl_errno_text(err) : "a write failed");
 	if (ctl_output_failure != CTL_EXIT_LOCAL || status == CTL_EXIT_OK)
 		return ctl_output_failure;
 	return status;

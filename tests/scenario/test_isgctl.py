@@ -221,7 +221,7 @@ class IsgctlCase(isgtest.ScenarioCase):
 
     def test_output_that_cannot_be_written_fails(self):
         """Every command checks that its output reached standard output."""
-        gw, police, _ = self.start()
+        gw, police, nhs = self.start()
         keys = os.path.join(self.tmp, "keys")
         policy = self.policy("good")
         full = "/dev/full"
@@ -234,6 +234,20 @@ class IsgctlCase(isgtest.ScenarioCase):
             r = isgtest.ctl(*argv, stdout_path=full)
             self.assertEqual(r.rc, rc, r)
             self.assertIn("isgctl: cannot write output: no space left on device", r.err, r)
+            self.assertEqual(r.err.count("cannot write"), 1, r)
+        # send and fetch say what was lost; isgctl does not say it again.
+        path = police.write_records([RECORD_A])
+        for argv, said in [(police.conn_flags() + ["send", "--to", "nhs-trust", "--agreement",
+                                                   AGREEMENT_ID, "--dataset", DATASET, path],
+                            "cannot write the receipt: no space left on device"),
+                           (nhs.conn_flags() + ["fetch"],
+                            "cannot write message 1: no space left on device; it stays "
+                            "unacknowledged")]:
+            r = isgtest.ctl(*argv, stdout_path=full)
+            self.assertEqual(r.rc, 1, r)
+            self.assertIn(said, r.err, r)
+            self.assertEqual(r.err.count("cannot write"), 1, r)
+        self.assertEqual(len(nhs.fetch_messages()), 1)
 
     def test_usage(self):
         for argv, rc in [([], 2), (["help"], 0), (["--version"], 0), (["bogus"], 2),
