@@ -1017,11 +1017,16 @@ int keys_rotate(const char *dir, const char *name, int64_t today_days, int64_t o
 	}
 	snprintf(file, sizeof(file), "%s" DOMAIN_SUFFIX, name);
 	snprintf(tmp, sizeof(tmp), "%s" DOMAIN_TMP_SUFFIX, name);
-	rc = open_domains_dir(dir, dpath, sizeof(dpath), &dfd, err, errlen);
-	if (rc == ISG_ERR_NOT_FOUND)
-		keys_seterr(err, errlen,
-		            "no domain keys in '%s'; create one with 'isgctl keys new-domain'",
-		            dpath);
+	/* The keys directory first: its absence is told as such, not as a missing domains/. */
+	rc = dir ? keys_check_dir(dir, err, errlen) : 0;
+	if (rc == 0) {
+		rc = open_domains_dir(dir, dpath, sizeof(dpath), &dfd, err, errlen);
+		if (rc == ISG_ERR_NOT_FOUND)
+			keys_seterr(
+			    err, errlen,
+			    "no domain keys in '%s'; create one with 'isgctl keys new-domain'",
+			    dpath);
+	}
 	if (rc == 0)
 		rc = keys_path(path, sizeof(path), dpath, file, err, errlen);
 	if (rc == 0)

@@ -215,7 +215,15 @@ class KeysCli(unittest.TestCase):
         self.ctl("keys", "bogus", rc=2)
         p = self.ctl("keys", "rotate", self.keys, "nope", rc=1)
         self.assertIn("domain 'nope' has no key file", p.stderr)
-        p = self.ctl("keys", "rotate", os.path.join(self.tmp, "nowhere"), "audit", rc=1)
+        nowhere = os.path.join(self.tmp, "nowhere")
+        p = self.ctl("keys", "rotate", nowhere, "audit", rc=1)
+        self.assertEqual(p.stderr, "isgctl: key directory '%s' does not exist; create it with "
+                         "'isgctl keys init'\n" % nowhere)
+        self.assertFalse(os.path.exists(nowhere))
+        # A keys directory without domains/ is another matter: make a domain.
+        os.mkdir(nowhere, 0o700)
+        p = self.ctl("keys", "rotate", nowhere, "audit", rc=1)
+        self.assertIn("no domain keys in '%s/domains'" % nowhere, p.stderr)
         self.assertIn("isgctl keys new-domain", p.stderr)
 
         # An interrupted (or concurrent) rotation's temporary file blocks the next one.

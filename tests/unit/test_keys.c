@@ -1152,10 +1152,15 @@ static void test_rotate_refusals(void **state)
 	char err[512] = "";
 	uint32_t version = 0;
 	int64_t t = day("2026-03-10");
+	/* No keys directory: said so, with how to make one. */
+	assert_int_equal(keys_rotate(f->dir, "d", t, 30, &version, err, sizeof(err)),
+	                 ISG_ERR_NOT_FOUND);
+	assert_non_null(strstr(err, "does not exist; create it with 'isgctl keys init'"));
 	/* No domains directory, no such domain. */
 	assert_int_equal(mkdir(f->dir, 0700), 0);
 	assert_int_equal(keys_rotate(f->dir, "d", t, 30, &version, err, sizeof(err)),
 	                 ISG_ERR_NOT_FOUND);
+	assert_non_null(strstr(err, "no domain keys in"));
 	assert_non_null(strstr(err, "new-domain"));
 	write_known_domain(f, "d", 1);
 	assert_int_equal(keys_rotate(f->dir, "nope", t, 30, &version, err, sizeof(err)),
