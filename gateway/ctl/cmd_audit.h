@@ -229,8 +229,11 @@ int audit_output_close(struct audit_output *o, bool write_failed, bool abandoned
 #define AUDIT_GRACE_MAX_S (3153600000LL)
 /* The default grace: ten minutes, or twice the configured interval when longer. */
 int64_t audit_grace_default_ms(const struct audit_log *l);
-/* Parse --grace SECONDS into *ms; false when it is no number of seconds in range. */
-bool audit_grace_parse(const char *arg, int64_t *ms);
+/*
+ * Parse --grace SECONDS (verify's and report's) into *ms: CTL_EXIT_OK, or
+ * CTL_EXIT_USAGE after saying why and printing usage.
+ */
+int audit_grace_option(const char *arg, const char *usage, int64_t *ms);
 
 struct audit_verify_result {
 	unsigned problems;

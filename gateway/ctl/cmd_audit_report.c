@@ -1435,11 +1435,8 @@ static int report_options(int argc, char **argv, struct audit_where *w, struct r
 			a->policy = optarg;
 			break;
 		case OPT_GRACE:
-			if (!audit_grace_parse(optarg, &a->grace_ms))
-				return ctl_usage_error(report_usage,
-				                       "--grace must be a number of seconds, 0 or "
-				                       "more, not '%s'",
-				                       optarg);
+			if (audit_grace_option(optarg, report_usage, &a->grace_ms) != CTL_EXIT_OK)
+				return CTL_EXIT_USAGE;
 			break;
 		default:
 			if (!audit_where_option(w, opt, optarg))

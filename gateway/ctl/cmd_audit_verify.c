@@ -562,13 +562,16 @@ int64_t audit_grace_default_ms(const struct audit_log *l)
 	return twice > AUDIT_GRACE_DEFAULT_MS ? twice : AUDIT_GRACE_DEFAULT_MS;
 }
 
-bool audit_grace_parse(const char *arg, int64_t *ms)
+int audit_grace_option(const char *arg, const char *usage, int64_t *ms)
 {
 	int64_t s;
 	if (str_to_i64(arg, 0, AUDIT_GRACE_MAX_S, &s) != 0)
-		return false;
+		return ctl_usage_error(usage,
+		                       "--grace must be a number of seconds, 0 or more, "
+		                       "not '%s'",
+		                       arg);
 	*ms = s * 1000;
-	return true;
+	return CTL_EXIT_OK;
 }
 
 /* Entries written before this are past the grace. */
@@ -623,12 +626,9 @@ int audit_verify_cmd(int argc, char **argv)
 	while (status == CTL_EXIT_OK && (opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
 		if (opt == AUDIT_OPT_FIRST_OWN)
 			against[n_against++] = optarg;
-		else if (opt == AUDIT_OPT_FIRST_OWN + 1 && !audit_grace_parse(optarg, &grace_ms))
-			status = ctl_usage_error(verify_usage,
-			                         "--grace must be a number of seconds, 0 or more, "
-			                         "not '%s'",
-			                         optarg);
-		else if (opt != AUDIT_OPT_FIRST_OWN + 1 && !audit_where_option(&w, opt, optarg))
+		else if (opt == AUDIT_OPT_FIRST_OWN + 1)
+			status = audit_grace_option(optarg, verify_usage, &grace_ms);
+		else if (!audit_where_option(&w, opt, optarg))
 			status = ctl_bad_option(verify_usage, opt, argv);
 	}
 	if (status == CTL_EXIT_OK && w.help) {
