@@ -883,10 +883,11 @@ int keys_domain_create(const char *dir, const char *name, int64_t today, char *e
 		rc = keys_check_dir(dir, err, errlen);
 	if (rc == 0)
 		rc = keys_prepare_dir(dpath, &created, err, errlen);
-	if (rc == 0)
+	if (rc == 0) {
 		rc = open_domains_dir(dir, dpath, sizeof(dpath), &dfd, err, errlen);
-	if (rc == ISG_ERR_NOT_FOUND)
-		keys_seterr(err, errlen, "key directory '%s' disappeared", dpath);
+		if (rc == ISG_ERR_NOT_FOUND) /* it was there a moment ago */
+			keys_seterr(err, errlen, "key directory '%s' disappeared", dpath);
+	}
 	if (rc)
 		goto out;
 	fd = openat(dfd, file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);

@@ -119,6 +119,11 @@ class KeysCli(unittest.TestCase):
         self.assertIn("'a_b' is not a valid domain name", p.stderr)
         self.ctl("keys", "new-domain", self.keys, rc=2)
         self.ctl("keys", "new-domain", self.keys, "a", "b", rc=2)
+        nowhere = os.path.join(self.tmp, "nowhere")
+        p = self.ctl("keys", "new-domain", nowhere, "police-nhs", rc=1)
+        self.assertEqual(p.stderr, "isgctl: key directory '%s' does not exist; create it with "
+                         "'isgctl keys init'\n" % nowhere)
+        self.assertFalse(os.path.exists(nowhere))
 
     def test_rotate_and_list(self):
         self.ctl("keys", "init", self.keys)
