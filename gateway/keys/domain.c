@@ -522,10 +522,18 @@ int keys_load_domains(const char *dir, struct keyring **out, char *err, size_t e
 		keys_seterr(err, errlen, "out of memory");
 		return ISG_ERR_NOMEM;
 	}
-	int rc = open_domains_dir(dir, path, sizeof(path), &dfd, err, errlen);
-	if (rc == ISG_ERR_NOT_FOUND) {
-		*out = ring; /* no domains yet */
-		return 0;
+	/*
+	 * The keys directory first: open_domains_dir's ISG_ERR_NOT_FOUND would
+	 * not tell a missing keys directory (a mistyped or unmounted path, which
+	 * must be told as such) from a missing domains/ (no domains yet).
+	 */
+	int rc = dir ? keys_check_dir(dir, err, errlen) : 0;
+	if (rc == 0) {
+		rc = open_domains_dir(dir, path, sizeof(path), &dfd, err, errlen);
+		if (rc == ISG_ERR_NOT_FOUND) {
+			*out = ring; /* no domains yet */
+			return 0;
+		}
 	}
 	if (rc == 0)
 		rc = load_all(dfd, path, ring, err, errlen);

@@ -63,7 +63,8 @@ int keys_init(const char *dir, char *err, size_t errlen) __attribute__((warn_unu
 struct keyring;
 
 /* Load every domain key file (each checked like the others); an empty or
- * missing domains directory gives an empty keyring. */
+ * missing domains directory gives an empty keyring, a missing keys directory
+ * ISG_ERR_NOT_FOUND with "key directory 'DIR' does not exist; ...". */
 int keys_load_domains(const char *dir, struct keyring **out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 /* Wipe and free; NULL ok. */

@@ -646,6 +646,24 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual(found, indexes)
         self.assertNotIn(NHS_A, r.out + r.err)
 
+    def test_subject_without_keys_directory(self):
+        """A mistyped or unmounted --keys is told as such, not as a missing audit domain."""
+        nowhere = os.path.join(self.tmp, "nowhere")
+        args = ["audit", "subject", "--nhs-number", NHS_A, "--store", self.gw.store_path,
+                "--keys", nowhere, "--origin", ORIGIN]
+        r = isgtest.ctl(*args)
+        self.assertEqual((r.rc, r.out), (1, ""), r)
+        self.assertEqual(r.err, "isgctl: key directory '%s' does not exist; create it with "
+                         "'isgctl keys init'\n" % nowhere)
+        self.assertFalse(os.path.exists(nowhere))
+        # A keys directory without the audit domain's key is another matter: make the key.
+        os.mkdir(nowhere, 0o700)
+        r = isgtest.ctl(*args)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("no key for the audit linkage domain", r.err)
+        self.assertIn("isgctl keys new-domain %s audit" % nowhere, r.err)
+        self.assertNotIn(NHS_A, r.out + r.err)
+
     def test_subject_refuses_bad_identifiers(self):
         bad = NHS_A[:-1] + "8"
         r = self.audit("subject", "--nhs-number", bad)

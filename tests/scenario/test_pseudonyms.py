@@ -476,6 +476,25 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
         self.send(self.police, [{"nhs_number": NHS_A}], agreement="police-council-extra")
         self.assertEqual(self.fetch_records(self.council), [{"nhs_number": ghost}])
 
+    def test_reload_without_the_keys_directory_keeps_the_running_keys(self):
+        """(8) SIGHUP while the keys directory is gone (moved, unmounted): told as such, keys kept."""
+        self.start()
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        before = self.fetch_records(self.council)[0]["nhs_number"]
+        away = self.gw.keys_dir + ".away"
+        os.rename(self.gw.keys_dir, away)
+        try:
+            outcome, text = self.gw.reload()
+        finally:
+            os.rename(away, self.gw.keys_dir)
+        self.assertEqual(outcome, "refused", text)
+        self.assertIn("event=keys.error message=\"key directory '%s' does not exist; create it with "
+                      "'isgctl keys init'\"" % self.gw.keys_dir, text)
+        self.assertNotIn("keys.missing_domain", text)
+        self.assertAlive(self.gw, "after a refused reload")
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        self.assertEqual(self.fetch_records(self.council), [{"nhs_number": before}])
+
 
 if __name__ == "__main__":
     unittest.main()

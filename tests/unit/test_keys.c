@@ -630,8 +630,16 @@ static void test_new_domain_creates_private_file(void **state)
 static void test_load_missing_and_empty(void **state)
 {
 	struct fixture *f = *state;
-	/* No keys directory at all, then no domains directory: an empty keyring. */
-	struct keyring *ring = load_ok(f);
+	/* No keys directory: said so, with how to make one; not "no domains". */
+	char err[512] = "";
+	struct keyring *ring = NULL;
+	assert_int_equal(keys_load_domains(f->dir, &ring, err, sizeof(err)), ISG_ERR_NOT_FOUND);
+	assert_null(ring);
+	assert_non_null(strstr(err, "does not exist; create it with 'isgctl keys init'"));
+
+	/* No domains directory: an empty keyring. */
+	assert_int_equal(mkdir(f->dir, 0700), 0);
+	ring = load_ok(f);
 	assert_int_equal(keyring_domain_count(ring), 0);
 	assert_false(keyring_has(ring, "audit"));
 	struct pseudo_service svc = keyring_service(ring);
@@ -643,11 +651,6 @@ static void test_load_missing_and_empty(void **state)
 	keyring_free(NULL);
 	assert_false(keyring_has(NULL, "audit"));
 	assert_int_equal(keyring_domain_count(NULL), 0);
-
-	assert_int_equal(mkdir(f->dir, 0700), 0);
-	ring = load_ok(f);
-	assert_int_equal(keyring_domain_count(ring), 0);
-	keyring_free(ring);
 
 	/* Other files are ignored: a rotation's temporary file, notes. */
 	assert_int_equal(mkdir(f->domains, 0700), 0);
