@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "ctl/ctl.h"
 #include "keys/keys.h"
@@ -247,12 +246,9 @@ static int keys_list_cmd(int argc, char **argv)
 		return ctl_usage_error(list_usage, "keys list takes one directory");
 	const char *dir = argv[1];
 	char err[512] = "";
-	struct stat st;
-	if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-		ctl_warn("key directory '%s' does not exist or is not a directory", dir);
-		return CTL_EXIT_LOCAL;
-	}
 	struct keyring *ring = NULL;
+	/* keys_load_domains refuses a DIR that is missing (with the keys init advice) or is not a
+	 * directory, each with its own message; only a missing DIR/domains is "no domains". */
 	int rc = keys_load_domains(dir, &ring, err, sizeof(err));
 	if (rc < 0)
 		return fail(rc, err);

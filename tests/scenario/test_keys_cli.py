@@ -174,8 +174,17 @@ class KeysCli(unittest.TestCase):
         os.mkdir(self.keys, 0o700)
         p = self.ctl("keys", "list", self.keys)
         self.assertIn("no linkage domains in %s/domains" % self.keys, p.stdout)
-        p = self.ctl("keys", "list", os.path.join(self.tmp, "nowhere"), rc=1)
-        self.assertIn("does not exist", p.stderr)
+        nowhere = os.path.join(self.tmp, "nowhere")
+        p = self.ctl("keys", "list", nowhere, rc=1)
+        self.assertEqual(p.stderr, "isgctl: key directory '%s' does not exist; create it with "
+                         "'isgctl keys init'\n" % nowhere)
+        self.assertFalse(os.path.exists(nowhere))
+        # A path that is there but is no directory is told apart.
+        afile = os.path.join(self.tmp, "afile")
+        with open(afile, "w"):
+            pass
+        p = self.ctl("keys", "list", afile, rc=1)
+        self.assertEqual(p.stderr, "isgctl: key directory '%s' is not a directory\n" % afile)
         self.ctl("keys", "list", rc=2)
 
     def test_refusals(self):
