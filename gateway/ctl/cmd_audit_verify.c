@@ -567,9 +567,9 @@ int audit_grace_option(const char *arg, const char *usage, int64_t *ms)
 	int64_t s;
 	if (str_to_i64(arg, 0, AUDIT_GRACE_MAX_S, &s) != 0)
 		return ctl_usage_error(usage,
-		                       "--grace must be a number of seconds, 0 or more, "
-		                       "not '%s'",
-		                       arg);
+		                       "--grace must be a whole number of seconds from 0 to %lld "
+		                       "(about 100 years), not '%s'",
+		                       (long long)AUDIT_GRACE_MAX_S, arg);
 	*ms = s * 1000;
 	return CTL_EXIT_OK;
 }

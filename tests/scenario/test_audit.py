@@ -399,6 +399,18 @@ class AuditLog(isgtest.ScenarioCase):
         r = self.audit("verify", "--grace", "-1", store=db)
         self.assertEqual(r.rc, 2, r)
 
+    def test_grace_usage_error_names_the_range(self):
+        """verify's and report's --grace refusal is true of every refused value, too large ones too."""
+        want = ("isgctl: --grace must be a whole number of seconds from 0 to 3153600000 "
+                "(about 100 years), not '%s'\nusage: isgctl audit %s ")
+        report = ["--from", "2025-01-01", "--to", "2025-01-01", "--markdown", "-"]
+        for cmd, args in (("verify", []), ("report", report)):
+            for bad in ("-1", "abc", "", "1.5", "3153600001", "99999999999999999999"):
+                with self.subTest(cmd=cmd, grace=bad):
+                    r = self.audit(cmd, *args, "--grace", bad)
+                    self.assertEqual((r.rc, r.out), (2, ""), r)
+                    self.assertTrue(r.err.startswith(want % (bad, cmd)), r)
+
     def test_deleted_checkpoints_of_an_old_log(self):
         """Every checkpoint deleted and the entries rewritten: only their age shows it."""
         at_ms = 1735689600000  # 2025-01-01T00:00:00Z
