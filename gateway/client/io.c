@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -128,8 +127,7 @@ static int connect_one(const struct addrinfo *ai, int64_t deadline, int *fd_out,
 			return -1;
 		}
 	}
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	sock_tcp_options(fd);
 	*fd_out = fd;
 	return 0;
 }

@@ -267,7 +267,10 @@ ISG_CLIENT_API int isg_client_subscribe(struct isg_client *client,
  * delivery. On success *out is the delivery (free with isg_delivery_free),
  * or NULL when the time ran out; the connection stays usable either way.
  * A signal caught while waiting fails with ISG_CLIENT_E_INTERRUPTED, which
- * also leaves the connection usable.
+ * also leaves the connection usable. The connection sends TCP keepalive
+ * probes after 60 s of silence: if the gateway or the network path to it
+ * is gone, even a wait of -1 fails (ISG_CLIENT_E_IO) within about two
+ * minutes; reconnect and subscribe again.
  */
 ISG_CLIENT_API int isg_client_next_delivery(struct isg_client *client, int timeout_ms,
                                             struct isg_delivery **out,

@@ -16,7 +16,6 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -870,9 +869,7 @@ static void worker_accept_one(struct net_worker *w, int fd, const struct sockadd
 		atomic_fetch_sub(&w->n_conns, 1);
 		return;
 	}
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	sock_tcp_options(fd);
 	c->w = w;
 	c->fd = fd;
 	c->ssl = ssl;

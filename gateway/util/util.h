@@ -97,6 +97,20 @@ size_t utf8_encode(uint32_t cp, char out[static 4]);
 void hex_encode(char *out, const uint8_t *in, size_t len);
 
 /*
+ * TCP options for a partner connection, gateway and client alike: no Nagle
+ * delay (every frame is a request or an answer someone waits for), and
+ * keepalive probes after SOCK_KEEPALIVE_IDLE_S of silence, so a connection
+ * whose peer vanished (a crash, a pulled cable, a firewall or NAT that
+ * forgot the flow) is dropped after about two minutes rather than the
+ * kernel's default of over two hours, and a firewall in between sees a
+ * subscriber's otherwise silent connection in use.
+ */
+#define SOCK_KEEPALIVE_IDLE_S 60
+#define SOCK_KEEPALIVE_INTERVAL_S 10
+#define SOCK_KEEPALIVE_PROBES 6
+void sock_tcp_options(int fd);
+
+/*
  * A growable string. After an allocation failure it stays failed and
  * strbuf_take returns NULL, so a builder can append freely and check once.
  */

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -124,6 +125,39 @@ class IsgctlCase(isgtest.ScenarioCase):
         self.assertEqual(json.loads(lines[1])["records"], [RECORD_B])
         # both were acknowledged after printing
         self.assertEqual(nhs.fetch().out, "")
+
+    def test_silent_subscription_is_kept_alive_at_both_ends(self):
+        """A subscriber waits in silence; TCP keepalive probes it within a minute at both
+        ends (the kernel's default is two hours), so a vanished peer or a firewall that
+        forgot the flow is found out, and the firewall sees the flow in use."""
+        gw, police, nhs = self.start()
+        argv = [isgtest.ISGCTL, "fetch", "--follow"] + nhs.conn_flags()
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            timers = {}
+            deadline = time.time() + 10 * isgtest.SLOW
+            while time.time() < deadline and len(timers) < 2:
+                time.sleep(0.2)
+                out = subprocess.run(["ss", "-tnopH", "state", "established"], capture_output=True,
+                                     text=True, check=True).stdout
+                timers = {}
+                for line in out.splitlines():
+                    fields = line.split()
+                    if len(fields) < 4 or "127.0.0.1:%d" % gw.port not in fields[2:4]:
+                        continue
+                    end = "isgd" if fields[2].endswith(":%d" % gw.port) else "isgctl"
+                    m = re.search(r"timer:\(keepalive,(?:(\d+)min)?(?:(\d+)sec)?", line)
+                    if m and (end == "isgd" or "pid=%d," % p.pid in line):
+                        timers[end] = int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
+            self.assertEqual(sorted(timers), ["isgctl", "isgd"], "no keepalive timer at: %s\n%s"
+                             % (sorted({"isgd", "isgctl"} - set(timers)), out))
+            for end, left in timers.items():
+                self.assertLessEqual(left, 60, "%s's first probe in %d s" % (end, left))
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=10)
+            p.stderr.close()
+        self.assertEqual(p.returncode, 0)
 
     def test_long_poll_returns_when_a_message_arrives(self):
         gw, police, nhs = self.start()
