@@ -132,8 +132,11 @@ class IsgctlCase(isgtest.ScenarioCase):
         forgot the flow is found out, and the firewall sees the flow in use."""
         gw, police, nhs = self.start()
         argv = [isgtest.ISGCTL, "fetch", "--follow"] + nhs.conn_flags()
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
+            # Subscribed once a message sent now is printed; then the connection is silent.
+            police.send_ok([RECORD_A], message_id="keepalive")
+            self.assertEqual(json.loads(p.stdout.readline())["message_id"], "keepalive")
             timers = {}
             deadline = time.time() + 10 * isgtest.SLOW
             while time.time() < deadline and len(timers) < 2:
@@ -156,6 +159,7 @@ class IsgctlCase(isgtest.ScenarioCase):
         finally:
             p.send_signal(signal.SIGINT)
             p.wait(timeout=10)
+            p.stdout.close()
             p.stderr.close()
         self.assertEqual(p.returncode, 0)
 
