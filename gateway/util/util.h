@@ -103,11 +103,15 @@ void hex_encode(char *out, const uint8_t *in, size_t len);
  * whose peer vanished (a crash, a pulled cable, a firewall or NAT that
  * forgot the flow) is dropped after about two minutes rather than the
  * kernel's default of over two hours, and a firewall in between sees a
- * subscriber's otherwise silent connection in use.
+ * subscriber's otherwise silent connection in use. The same two minutes
+ * bound data sent and not acknowledged (TCP_USER_TIMEOUT), which keepalive
+ * does not probe, and a peer that keeps its receive window shut.
  */
 #define SOCK_KEEPALIVE_IDLE_S 60
 #define SOCK_KEEPALIVE_INTERVAL_S 10
 #define SOCK_KEEPALIVE_PROBES 6
+#define SOCK_USER_TIMEOUT_MS                                                                       \
+	((SOCK_KEEPALIVE_IDLE_S + SOCK_KEEPALIVE_INTERVAL_S * SOCK_KEEPALIVE_PROBES) * 1000)
 void sock_tcp_options(int fd);
 
 /*

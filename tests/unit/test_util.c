@@ -1,10 +1,15 @@
-/* util: parsing of durations, sizes, dates and numbers; UTF-8; JSON strings; logfmt quoting. */
+/* util: parsing of durations, sizes, dates and numbers; UTF-8; JSON strings; logfmt quoting;
+ * a partner connection's TCP options. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "util/util.h"
@@ -272,6 +277,29 @@ static void expect_sha256(const uint8_t got[SHA256_LEN], const char *hex)
 	assert_string_equal(h, hex);
 }
 
+/* The options a partner connection gets at both ends, read back from a socket. */
+static void test_tcp_options(void **state)
+{
+	(void)state;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	sock_tcp_options(fd);
+	const struct {
+		int level, name, want;
+	} opts[] = {
+	    {IPPROTO_TCP, TCP_NODELAY, 1},   {SOL_SOCKET, SO_KEEPALIVE, 1},
+	    {IPPROTO_TCP, TCP_KEEPIDLE, 60}, {IPPROTO_TCP, TCP_KEEPINTVL, 10},
+	    {IPPROTO_TCP, TCP_KEEPCNT, 6},   {IPPROTO_TCP, TCP_USER_TIMEOUT, 120000},
+	};
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		int v = -1;
+		socklen_t len = sizeof(v);
+		assert_int_equal(getsockopt(fd, opts[i].level, opts[i].name, &v, &len), 0);
+		assert_int_equal(v, opts[i].want);
+	}
+	close(fd);
+}
+
 static void test_sha256(void **state)
 {
 	(void)state;
@@ -318,7 +346,7 @@ int main(void)
 	    cmocka_unit_test(test_utf8),       cmocka_unit_test(test_time_format),
 	    cmocka_unit_test(test_strbuf_u64), cmocka_unit_test(test_json_string),
 	    cmocka_unit_test(test_log_quote),  cmocka_unit_test(test_base64),
-	    cmocka_unit_test(test_sha256),
+	    cmocka_unit_test(test_sha256),     cmocka_unit_test(test_tcp_options),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
