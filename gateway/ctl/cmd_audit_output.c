@@ -16,11 +16,12 @@
 /*
  * What is at path already and is not a plain file (a FIFO, a device such
  * as /dev/stdout, a symbolic link) is written through, as it is: renaming
- * over it would replace it. A file reached through a link is cut to 0600.
+ * over it would replace it. A file reached through a link is cut to 0600,
+ * or made 0600 when the link points to nothing yet.
  */
 static FILE *open_through(const char *path)
 {
-	int fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC);
+	int fd = open(path, O_WRONLY | O_CREAT | O_NOCTTY | O_CLOEXEC, 0600);
 	struct stat st;
 	/* Narrowed before it is emptied: a file isgctl may not chmod stays as it was. */
 	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&

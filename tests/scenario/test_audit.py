@@ -779,6 +779,16 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual(os.stat(target).st_mode & 0o777, 0o600)
         with open(target, encoding="utf-8") as f:
             self.assertEqual(json.loads(f.readline())["type"], "header")
+        # A link to nothing yet: its target is made, 0600.
+        new = os.path.join(self.tmp, "new.jsonl")
+        dangling = os.path.join(self.tmp, "dangling.jsonl")
+        os.symlink(new, dangling)
+        r = self.audit("export", "--output", dangling)
+        self.assertEqual(r.rc, 0, r)
+        self.assertTrue(os.path.islink(dangling))
+        self.assertEqual(os.stat(new).st_mode & 0o777, 0o600)
+        with open(new, encoding="utf-8") as f:
+            self.assertEqual(json.loads(f.readline())["type"], "header")
         # A FIFO, as a consumer reading a pipe would give: it stays a FIFO.
         fifo = os.path.join(self.tmp, "pipe")
         os.mkfifo(fifo)
