@@ -121,9 +121,15 @@ static int print_delivery(struct printer *p, const struct isg_delivery *d)
 	if (rc == 0 && fflush(stdout) != 0)
 		rc = ISG_ERR_IO;
 	if (rc < 0) {
-		ctl_output_warn("cannot write message %" PRIu64 ": %s; it stays unacknowledged",
-		                d->gateway_id,
-		                rc == ISG_ERR_NOMEM ? "out of memory" : ctl_errno_text(errno));
+		/* Out of memory is not an output failure: main still checks standard output. */
+		if (rc == ISG_ERR_NOMEM)
+			ctl_warn("cannot write message %" PRIu64 ": out of memory; it stays "
+			         "unacknowledged",
+			         d->gateway_id);
+		else
+			ctl_output_warn("cannot write message %" PRIu64
+			                ": %s; it stays unacknowledged",
+			                d->gateway_id, ctl_errno_text(errno));
 		return CTL_EXIT_LOCAL;
 	}
 	return CTL_EXIT_OK;
