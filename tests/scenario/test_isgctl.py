@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
@@ -136,6 +137,8 @@ class IsgctlCase(isgtest.ScenarioCase):
         try:
             # Subscribed once a message sent now is printed; then the connection is silent.
             police.send_ok([RECORD_A], message_id="keepalive")
+            ready, _, _ = select.select([p.stdout], [], [], 30 * isgtest.SLOW)
+            self.assertTrue(ready, "fetch --follow printed nothing\n" + gw.diagnostics())
             self.assertEqual(json.loads(p.stdout.readline())["message_id"], "keepalive")
             timers = {}
             deadline = time.time() + 10 * isgtest.SLOW
@@ -158,7 +161,11 @@ class IsgctlCase(isgtest.ScenarioCase):
                 self.assertLessEqual(left, 60, "%s's first probe in %d s" % (end, left))
         finally:
             p.send_signal(signal.SIGINT)
-            p.wait(timeout=10)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
             p.stdout.close()
             p.stderr.close()
         self.assertEqual(p.returncode, 0)
