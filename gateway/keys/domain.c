@@ -276,7 +276,11 @@ static int parse_file(const char *path, const char *name, const char *buf, size_
 
 /* --- reading ---------------------------------------------------------------- */
 
-/* Open dir/domains and check it. ISG_ERR_NOT_FOUND, silently, when it does not exist. */
+/*
+ * Open dir/domains and check it, dir first: a missing dir is an error
+ * (ISG_ERR_NOT_FOUND, "does not exist; create it with isgctl keys init"),
+ * a missing dir/domains is not: 0 with *fd_out -1, no domains yet.
+ */
 static int open_domains_dir(const char *dir, char *path, size_t size, int *fd_out, char *err,
                             size_t errlen)
 {
@@ -296,7 +300,7 @@ static int open_domains_dir(const char *dir, char *path, size_t size, int *fd_ou
 	if (fd < 0) {
 		int e = errno;
 		if (e == ENOENT)
-			return ISG_ERR_NOT_FOUND;
+			return 0;
 		if (e == ELOOP || e == ENOTDIR) {
 			keys_seterr(err, errlen,
 			            "key directory '%s' is a symbolic link or not a directory",
@@ -522,18 +526,11 @@ int keys_load_domains(const char *dir, struct keyring **out, char *err, size_t e
 		keys_seterr(err, errlen, "out of memory");
 		return ISG_ERR_NOMEM;
 	}
-	/*
-	 * The keys directory first: open_domains_dir's ISG_ERR_NOT_FOUND would
-	 * not tell a missing keys directory (a mistyped or unmounted path, which
-	 * must be told as such) from a missing domains/ (no domains yet).
-	 */
-	int rc = dir ? keys_check_dir(dir, err, errlen) : 0;
-	if (rc == 0) {
-		rc = open_domains_dir(dir, path, sizeof(path), &dfd, err, errlen);
-		if (rc == ISG_ERR_NOT_FOUND) {
-			*out = ring; /* no domains yet */
-			return 0;
-		}
+	/* A missing keys directory (mistyped, unmounted) is an error; a missing domains/ is not. */
+	int rc = open_domains_dir(dir, path, sizeof(path), &dfd, err, errlen);
+	if (rc == 0 && dfd < 0) {
+		*out = ring; /* no domains yet */
+		return 0;
 	}
 	if (rc == 0)
 		rc = load_all(dfd, path, ring, err, errlen);
@@ -893,8 +890,10 @@ int keys_domain_create(const char *dir, const char *name, int64_t today, char *e
 		rc = keys_prepare_dir(dpath, &created, err, errlen);
 	if (rc == 0) {
 		rc = open_domains_dir(dir, dpath, sizeof(dpath), &dfd, err, errlen);
-		if (rc == ISG_ERR_NOT_FOUND) /* it was there a moment ago */
+		if (rc == 0 && dfd < 0) { /* it was there a moment ago */
 			keys_seterr(err, errlen, "key directory '%s' disappeared", dpath);
+			rc = ISG_ERR_NOT_FOUND;
+		}
 	}
 	if (rc)
 		goto out;
@@ -1026,15 +1025,13 @@ int keys_rotate(const char *dir, const char *name, int64_t today_days, int64_t o
 	}
 	snprintf(file, sizeof(file), "%s" DOMAIN_SUFFIX, name);
 	snprintf(tmp, sizeof(tmp), "%s" DOMAIN_TMP_SUFFIX, name);
-	/* The keys directory first: its absence is told as such, not as a missing domains/. */
-	rc = dir ? keys_check_dir(dir, err, errlen) : 0;
-	if (rc == 0) {
-		rc = open_domains_dir(dir, dpath, sizeof(dpath), &dfd, err, errlen);
-		if (rc == ISG_ERR_NOT_FOUND)
-			keys_seterr(
-			    err, errlen,
-			    "no domain keys in '%s'; create one with 'isgctl keys new-domain'",
-			    dpath);
+	/* A missing keys directory is told as such, not as a missing domains/. */
+	rc = open_domains_dir(dir, dpath, sizeof(dpath), &dfd, err, errlen);
+	if (rc == 0 && dfd < 0) {
+		keys_seterr(err, errlen,
+		            "no domain keys in '%s'; create one with 'isgctl keys new-domain'",
+		            dpath);
+		rc = ISG_ERR_NOT_FOUND;
 	}
 	if (rc == 0)
 		rc = keys_path(path, sizeof(path), dpath, file, err, errlen);
