@@ -1,6 +1,7 @@
 /*
- * util: error codes, structured logging, time and small string helpers
- * shared by every module, the client library and the tools.
+ * util: error codes, structured logging, time, small string helpers and the
+ * TCP options of a partner connection, shared by every module, the client
+ * library and the tools.
  */
 #ifndef ISG_UTIL_H
 #define ISG_UTIL_H
