@@ -278,7 +278,8 @@ static int parse_file(const char *path, const char *name, const char *buf, size_
 
 /*
  * Open dir/domains and check it, dir first: a missing dir is an error
- * (ISG_ERR_NOT_FOUND, "does not exist; create it with isgctl keys init"),
+ * (ISG_ERR_NOT_FOUND, "does not exist; restore it from its backup, or create one
+ * ... with isgctl keys init"),
  * a missing dir/domains is not: 0 with *fd_out -1, no domains yet.
  */
 static int open_domains_dir(const char *dir, char *path, size_t size, int *fd_out, char *err,

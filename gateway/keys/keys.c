@@ -111,8 +111,8 @@ int keys_check_dir(const char *path, char *err, size_t errlen)
 		if (e == ENOENT) {
 			keys_seterr(
 			    err, errlen,
-			    "key directory '%s' does not exist; create it with 'isgctl keys "
-			    "init'",
+			    "key directory '%s' does not exist; restore it from its backup, or "
+			    "create one for a new gateway with 'isgctl keys init'",
 			    path);
 			return ISG_ERR_NOT_FOUND;
 		}
@@ -139,7 +139,8 @@ static int keys_open(const char *path, int *fd_out, char *err, size_t errlen)
 	int e = errno;
 	if (e == ENOENT) {
 		keys_seterr(err, errlen,
-		            "key file '%s' does not exist; create it with 'isgctl keys init'",
+		            "key file '%s' does not exist; restore the keys directory from its "
+		            "backup, or create one for a new gateway with 'isgctl keys init'",
 		            path);
 		return ISG_ERR_NOT_FOUND;
 	}

@@ -665,7 +665,8 @@ class AuditLog(isgtest.ScenarioCase):
                 "--keys", nowhere, "--origin", ORIGIN]
         r = isgtest.ctl(*args)
         self.assertEqual((r.rc, r.out), (1, ""), r)
-        self.assertEqual(r.err, "isgctl: key directory '%s' does not exist; create it with "
+        self.assertEqual(r.err, "isgctl: key directory '%s' does not exist; restore it from "
+                         "its backup, or create one for a new gateway with "
                          "'isgctl keys init'\n" % nowhere)
         self.assertFalse(os.path.exists(nowhere))
         # A keys directory without the audit domain's key is another matter: make the key.

@@ -121,7 +121,8 @@ class KeysCli(unittest.TestCase):
         self.ctl("keys", "new-domain", self.keys, "a", "b", rc=2)
         nowhere = os.path.join(self.tmp, "nowhere")
         p = self.ctl("keys", "new-domain", nowhere, "police-nhs", rc=1)
-        self.assertEqual(p.stderr, "isgctl: key directory '%s' does not exist; create it with "
+        self.assertEqual(p.stderr, "isgctl: key directory '%s' does not exist; restore it from "
+                         "its backup, or create one for a new gateway with "
                          "'isgctl keys init'\n" % nowhere)
         self.assertFalse(os.path.exists(nowhere))
 
@@ -176,7 +177,8 @@ class KeysCli(unittest.TestCase):
         self.assertIn("no linkage domains in %s/domains" % self.keys, p.stdout)
         nowhere = os.path.join(self.tmp, "nowhere")
         p = self.ctl("keys", "list", nowhere, rc=1)
-        self.assertEqual(p.stderr, "isgctl: key directory '%s' does not exist; create it with "
+        self.assertEqual(p.stderr, "isgctl: key directory '%s' does not exist; restore it from "
+                         "its backup, or create one for a new gateway with "
                          "'isgctl keys init'\n" % nowhere)
         self.assertFalse(os.path.exists(nowhere))
         # A path that is there but is no directory is told apart.
@@ -231,7 +233,8 @@ class KeysCli(unittest.TestCase):
         self.assertIn("domain 'nope' has no key file", p.stderr)
         nowhere = os.path.join(self.tmp, "nowhere")
         p = self.ctl("keys", "rotate", nowhere, "audit", rc=1)
-        self.assertEqual(p.stderr, "isgctl: key directory '%s' does not exist; create it with "
+        self.assertEqual(p.stderr, "isgctl: key directory '%s' does not exist; restore it from "
+                         "its backup, or create one for a new gateway with "
                          "'isgctl keys init'\n" % nowhere)
         self.assertFalse(os.path.exists(nowhere))
         # A keys directory without domains/ is another matter: make a domain.

@@ -488,7 +488,8 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
         finally:
             os.rename(away, self.gw.keys_dir)
         self.assertEqual(outcome, "refused", text)
-        self.assertIn("event=keys.error message=\"key directory '%s' does not exist; create it with "
+        self.assertIn("event=keys.error message=\"key directory '%s' does not exist; restore it from "
+                      "its backup, or create one for a new gateway with "
                       "'isgctl keys init'\"" % self.gw.keys_dir, text)
         self.assertNotIn("keys.missing_domain", text)
         self.assertAlive(self.gw, "after a refused reload")
