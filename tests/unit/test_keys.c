@@ -635,8 +635,9 @@ static void test_load_missing_and_empty(void **state)
 	struct keyring *ring = NULL;
 	assert_int_equal(keys_load_domains(f->dir, &ring, err, sizeof(err)), ISG_ERR_NOT_FOUND);
 	assert_null(ring);
-	assert_non_null(strstr(err, "does not exist; restore it from its backup, or create one for a "
-	                           "new gateway with 'isgctl keys init'"));
+	assert_non_null(strstr(err,
+	                       "does not exist; restore it from its backup, or create one for a "
+	                       "new gateway with 'isgctl keys init'"));
 
 	/* No domains directory: an empty keyring. */
 	assert_int_equal(mkdir(f->dir, 0700), 0);
@@ -1159,8 +1160,9 @@ static void test_rotate_refusals(void **state)
 	/* No keys directory: said so, with how to make one. */
 	assert_int_equal(keys_rotate(f->dir, "d", t, 30, &version, err, sizeof(err)),
 	                 ISG_ERR_NOT_FOUND);
-	assert_non_null(strstr(err, "does not exist; restore it from its backup, or create one for a "
-	                           "new gateway with 'isgctl keys init'"));
+	assert_non_null(strstr(err,
+	                       "does not exist; restore it from its backup, or create one for a "
+	                       "new gateway with 'isgctl keys init'"));
 	/* No domains directory, no such domain. */
 	assert_int_equal(mkdir(f->dir, 0700), 0);
 	assert_int_equal(keys_rotate(f->dir, "d", t, 30, &version, err, sizeof(err)),
