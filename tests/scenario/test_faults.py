@@ -496,7 +496,9 @@ class TestKeyFiles(FaultCase):
                 os.rename(path, path + ".away")
                 try:
                     if name == "storage.key" or name == "audit-signing.key":
-                        self.assertRefusedCreatingNothing("key file '%s' does not exist" % path)
+                        self.assertRefusedCreatingNothing(
+                            "key file '%s' does not exist; restore the keys directory from its "
+                            "backup, or create one for a new gateway with 'isgctl keys init'" % path)
                     else:
                         self.assertRefusedCreatingNothing(
                             "linkage domain 'audit' has no key in '%s'" % os.path.join(self.gw.keys_dir, "domains"))
