@@ -68,6 +68,13 @@ static int check_keys(const struct policy_set *set, const char *keys_dir, struct
 {
 	struct stat st;
 	int err = stat(keys_dir, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+	if (err == ENOENT) {
+		/* As keys_check_dir words it, for isgd and the keys commands. */
+		ydoc_error(diags, keys_dir, NULL,
+		           "key directory does not exist; restore it from its backup, or create "
+		           "one for a new gateway with 'isgctl keys init'");
+		return 1;
+	}
 	if (err) {
 		ydoc_error(diags, keys_dir, NULL, "cannot open keys directory: %s", strerror(err));
 		return 1;

@@ -427,7 +427,13 @@ class PolicyCli(unittest.TestCase):
         self.assertNotIn("error", p.stderr)
 
         p = self.ctl("policy", "check", FEATURES, "--keys", os.path.join(self.tmp, "none"), rc=1)
-        self.assertIn("%s/none: error: cannot open keys directory: No such file or directory"
+        self.assertIn("%s/none: error: key directory does not exist; restore it from its "
+                      "backup, or create one for a new gateway with 'isgctl keys init'"
+                      % self.tmp, p.stderr)
+        with open(os.path.join(self.tmp, "plain"), "w"):
+            pass
+        p = self.ctl("policy", "check", FEATURES, "--keys", os.path.join(self.tmp, "plain"), rc=1)
+        self.assertIn("%s/plain: error: cannot open keys directory: Not a directory"
                       % self.tmp, p.stderr)
         # A broken policy: its errors, and a note that the keys were not checked.
         d = self.copy(FEATURES, "broken")
