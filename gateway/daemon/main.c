@@ -78,11 +78,18 @@ static int resolve_user(const struct isgd_config *cfg, struct identity *id)
 	return 0;
 }
 
-/* For good: no way back to root, and no gaining privileges by exec. */
+/*
+ * For good: no way back to root, and no gaining privileges by exec, whether
+ * isgd became its user here or was started as it (or as root without one).
+ */
 static int drop_privileges(const struct isgd_config *cfg, const struct identity *id)
 {
-	if (!id->drop)
-		return 0;
+	if (!id->drop) {
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0)
+			return 0;
+		fprintf(stderr, "isgd: cannot give up gaining privileges: %s\n", strerror(errno));
+		return ISG_ERR_DENIED;
+	}
 	if (setgroups(1, &id->gid) != 0 || setgid(id->gid) != 0 || setuid(id->uid) != 0 ||
 	    setuid(0) == 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
 		fprintf(stderr, "isgd: cannot become user '%s': %s\n", cfg->user, strerror(errno));

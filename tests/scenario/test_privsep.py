@@ -141,6 +141,13 @@ class KeysOutOfReach(PrivsepCase):
         self.assertFalse(inodes & net_inodes)
 
 
+    def test_isgd_cannot_gain_privileges(self):
+        """Without a user to become as well: no exec can make isgd more than it is."""
+        gw = self.gateway()
+        self.assertNotIn("user", gw.config)
+        self.assertEqual(status(gw.proc.pid)["NoNewPrivs"], "1")
+
+
 class KeyProcessLifetime(PrivsepCase):
     def test_isgd_stops_when_the_key_process_dies(self):
         gw = self.gateway()
