@@ -211,6 +211,24 @@ char *entry_connection(const char *peer, const char *subject, const char *partne
 	return strbuf_take(&b, len);
 }
 
+char *entry_connection_closed(const struct policy_set *set, const char *peer, const char *subject,
+                              const char *partner, const char *rule, const char *reason,
+                              size_t *len)
+{
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_puts(&b, "{\"event\":\"connection.closed\"");
+	kv_str(&b, "peer", peer);
+	strbuf_puts(&b, ",\"subject\":");
+	strbuf_json_string(&b, subject ? subject : "");
+	kv_str(&b, "partner", partner);
+	kv_str(&b, "policy_version", set->version);
+	kv_str(&b, "rule", rule);
+	kv_str(&b, "reason", reason);
+	strbuf_puts(&b, "}");
+	return strbuf_take(&b, len);
+}
+
 char *entry_policy(const struct policy_set *set, const char *dir, const char *outcome,
                    size_t errors, size_t *len)
 {

@@ -117,6 +117,13 @@ char *entry_refused(const struct policy_set *set, const char *sender, const Isg_
                     const struct policy_refusal *why, size_t *len);
 char *entry_connection(const char *peer, const char *subject, const char *partner,
                        const char *reason, size_t *len);
+/*
+ * "connection.closed": a reload cut an open connection (rule
+ * "partner.removed" or "partner.unrecognised"), under policy set `set`.
+ */
+char *entry_connection_closed(const struct policy_set *set, const char *peer, const char *subject,
+                              const char *partner, const char *rule, const char *reason,
+                              size_t *len);
 char *entry_policy(const struct policy_set *set, const char *dir, const char *outcome,
                    size_t errors, size_t *len);
 /*

@@ -769,6 +769,25 @@ static void audit_connection(struct gateway *g, const char *peer, const char *su
 	free(entry);
 }
 
+/*
+ * A reload cut this connection. Queued to the store before the close, and
+ * whatever becomes of the connection: the job holds copies of everything
+ * it writes, so the entry lands even once the connection is gone. The close
+ * never waits for it: cutting a compromised key's access comes first.
+ */
+static void audit_closed(struct gateway *g, const struct policy_set *set, struct net_conn *c,
+                         const char *rule, const char *reason)
+{
+	const struct session *s = net_conn_data(c);
+	size_t len;
+	char *entry = entry_connection_closed(set, net_conn_peer(c), s->subject, s->partner, rule,
+	                                      reason, &len);
+	if (!entry || store_audit(g->store, "connection.closed", entry, len, NULL, NULL) != 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=connection.closed partner=%s",
+		          s->partner);
+	free(entry);
+}
+
 static int handler_open(void *ctx, struct net_conn *c, const struct cert_identity *id)
 {
 	struct gateway *g = ctx;
@@ -920,22 +939,25 @@ static void close_if_unrecognised(struct net_conn *c, void *arg)
 	const struct regime *rg = arg;
 	if (!s)
 		return;
-	const char *rule = NULL, *message = NULL;
+	const char *rule = NULL, *message = NULL, *reason = NULL;
 	struct cert_identity id;
 	const struct policy_partner *p = NULL;
 	if (!policy_partner_by_id(rg->policy, s->partner)) {
 		rule = "partner.removed";
 		message = "this partner was removed from the gateway's registry";
+		reason = "partner removed from the registry";
 	} else if (net_conn_peer_identity(c, &id) != 0 ||
 	           !(p = policy_partner_by_cert(rg->policy, &id)) ||
 	           strcmp(p->id, s->partner) != 0) {
 		rule = "partner.unrecognised";
 		message = "the gateway's registry no longer recognises this client certificate as "
 		          "this partner";
+		reason = "certificate no longer recognised as this partner";
 	} else {
 		return;
 	}
 	log_event(LOG_WARN, rule, "peer=%s partner=%s", net_conn_peer(c), s->partner);
+	audit_closed(s->g, rg->policy, c, rule, reason);
 	send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, rule, message, -1, NULL, 0);
 	net_conn_close(c);
 }
