@@ -17,6 +17,7 @@ identifiers (test_exchange.py, test_pseudonyms.py), daily limits
 
 import collections
 import itertools
+import json
 import os
 import re
 import socket
@@ -652,6 +653,50 @@ class TestWorkers(HardeningCase):
 
 
 class TestPartnerRemoved(HardeningCase):
+    def audit_jsonl(self, *args):
+        r = isgtest.ctl("audit", "list", "--config", self.gw.config_path, "--format", "jsonl",
+                        *args)
+        self.assertEqual(r.rc, 0, r)
+        return [json.loads(line) for line in r.out.splitlines()]
+
+    def assertCutAudited(self, partner, cn, rule, timeout=5.0):
+        """
+        The reload's cut is in the audit log, where an IG officer looks for
+        when a partner lost its access: one connection.closed entry naming
+        the partner, its certificate and the rule, after the policy.loaded
+        entry of the reload that cut it and carrying that policy's version.
+        The entry is committed just after the close, hence the wait. The log
+        still verifies.
+        """
+        deadline = time.monotonic() + timeout * isgtest.SLOW
+        closed = self.audit_jsonl("--kind", "connection.closed")
+        while not closed:
+            if time.monotonic() > deadline:
+                self.fail("no connection.closed audit entry within %.0fs of the cut\n%s"
+                          % (timeout, self.gw.diagnostics()))
+            time.sleep(0.05)
+            closed = self.audit_jsonl("--kind", "connection.closed")
+        self.assertEqual(len(closed), 1, closed)
+        body = closed[0]["entry"]
+        self.assertEqual((body["event"], body["partner"], body["rule"]),
+                         ("connection.closed", partner, rule), body)
+        self.assertIn(cn, body["subject"])
+        self.assertTrue(body["peer"].startswith("127.0.0.1"), body)
+        self.assertTrue(body["reason"], body)
+        loaded = self.audit_jsonl("--kind", "policy.loaded")[-1]
+        self.assertGreater(closed[0]["index"], loaded["index"])
+        self.assertEqual(body["policy_version"], loaded["entry"]["policy_version"])
+        self.assertEqual(self.audit_jsonl("--partner", partner, "--kind", "connection")[-1],
+                         closed[0])
+        r = isgtest.ctl("audit", "list", "--config", self.gw.config_path, "--kind",
+                        "connection.closed")
+        self.assertEqual(r.rc, 0, r)
+        self.assertRegex(r.out, r"connection\.closed +%s .* %s\n" % (re.escape(partner),
+                                                                    re.escape(rule)))
+        r = isgtest.ctl("audit", "verify", "--config", self.gw.config_path)
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("audit log OK", r.out)
+
     def test_removed_partner_connection_closed_on_sighup(self):
         pb = self.pb
         policy = self.policy()
@@ -670,6 +715,7 @@ class TestPartnerRemoved(HardeningCase):
         self.assertEqual(reply.request_id, 0)
         self.expect_error(reply, pb.NOT_PERMITTED, "partner.removed")
         self.assertClosed(council, what="the removed partner's connection")
+        self.assertCutAudited("city-council", isgtest.COUNCIL_CN, "partner.removed")
         # the other partners' connections stay usable
         self.assertEqual(self.expect(nhs.request(ping=pb.Ping(nonce=2)), "pong").nonce, 2)
         self.assertEqual(self.expect(police.request(ping=pb.Ping(nonce=3)), "pong").nonce, 3)
@@ -707,6 +753,7 @@ class TestPartnerRemoved(HardeningCase):
         self.expect_error(reply, pb.NOT_PERMITTED, "partner.unrecognised")
         self.assertClosed(council, what="the connection with the unrecognised certificate")
         self.assertIn("event=partner.unrecognised", self.gw.log)
+        self.assertCutAudited("city-council", isgtest.COUNCIL_CN, "partner.unrecognised")
         # a partner whose certificate still matches keeps its connection
         self.assertEqual(self.expect(police.request(ping=pb.Ping(nonce=2)), "pong").nonce, 2)
         self.assertServing()
