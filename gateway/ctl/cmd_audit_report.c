@@ -223,7 +223,7 @@ struct report {
 	struct tmap kinds;    /* (event): V_MESSAGES = entries */
 	uint64_t entries, invalid;
 	uint64_t total[V_N];
-	uint64_t conn_accepted, conn_refused;
+	uint64_t conn_accepted, conn_refused, conn_closed;
 	struct aj_doc doc;
 	/* integrity */
 	bool verified; /* the checks ran */
@@ -291,6 +291,8 @@ static int tally_entry(struct report *r, uint32_t day, const struct audit_leaf *
 		r->conn_accepted++;
 	if (strcmp(ev, "connection.refused") == 0)
 		r->conn_refused++;
+	if (strcmp(ev, "connection.closed") == 0)
+		r->conn_closed++;
 	int v = strcmp(ev, "message.accepted") == 0       ? V_MESSAGES
 	        : strcmp(ev, "message.refused") == 0      ? V_REFUSED
 	        : strcmp(ev, "message.delivered") == 0    ? V_DELIVERED
@@ -839,6 +841,9 @@ static void html_summary(struct strbuf *b, const struct report *r)
 	html_num(b, "total-connections-accepted", NULL, r->conn_accepted);
 	strbuf_puts(b, "</tr><tr><th>connections refused</th>");
 	html_num(b, "total-connections-refused", NULL, r->conn_refused);
+	strbuf_puts(b, "</tr><tr><th>connections closed by a reload (partner removed or "
+	               "certificate no longer recognised)</th>");
+	html_num(b, "total-connections-closed", NULL, r->conn_closed);
 	strbuf_puts(b, "</tr></table>");
 }
 
@@ -1199,10 +1204,11 @@ static int render_markdown(struct strbuf *b, const struct report *r, const struc
 	              " |\n| messages refused | %" PRIu64 " |\n| messages delivered | %" PRIu64
 	              " |\n| messages acknowledged | %" PRIu64 " |\n| messages expired | %" PRIu64
 	              " |\n| connections accepted | %" PRIu64 " |\n| connections refused | %" PRIu64
+	              " |\n| connections closed by a reload | %" PRIu64
 	              " |\n\n## Integrity of the log\n\n",
 	              r->entries, r->total[V_MESSAGES], r->total[V_RECORDS], r->total[V_REFUSED],
 	              r->total[V_DELIVERED], r->total[V_ACKED], r->total[V_EXPIRED],
-	              r->conn_accepted, r->conn_refused);
+	              r->conn_accepted, r->conn_refused, r->conn_closed);
 	if (!r->verified) {
 		strbuf_puts(b, "**NOT VERIFIED**: no verifier key.\n");
 	} else {
