@@ -5,7 +5,8 @@ on a log written by the real isgd.
 setUpClass runs one gateway through accepted sends from two partners,
 refusals for three different rules (one of them under an agreement id full
 of HTML that a hostile partner chose), and a fetch with its
-acknowledgement, and stops it. The tests count the same figures from the
+acknowledgement, then cuts city-council's open connection with a reload
+whose registry no longer recognises its certificate, and stops it. The tests count the same figures from the
 store with sqlite3 and check that the HTML report (read with html.parser),
 the Markdown and the CSV carry them; that no partner-chosen string reaches
 the page unescaped; and that headless Chromium renders the page with its
@@ -130,6 +131,7 @@ class AuditReport(isgtest.ScenarioCase):
                     raise AssertionError("expected a refusal\n%s" % (r,))
             if len(nhs.fetch_messages()) != 3:
                 raise AssertionError("nhs-trust should fetch 3 messages")
+            cls._cut_council(gw)
         finally:
             gw.stop()
         db = sqlite3.connect("file:%s?mode=ro&immutable=1" % gw.store_path, uri=True)
@@ -156,6 +158,27 @@ class AuditReport(isgtest.ScenarioCase):
         if cls.report.rc == 0:
             cls.page.feed(isgtest.read_text(cls.html_path))
 
+    @classmethod
+    def _cut_council(cls, gw):
+        """A key compromise: council's certificate is taken out of the registry
+        while it is connected, and the reload cuts the connection."""
+        pb = isgtest.isg_pb2()
+        with isgtest.FrameConn(gw, cls.pki.certs["council"]) as c:
+            if c.request(ping=pb.Ping(nonce=1)).WhichOneof("body") != "pong":
+                raise AssertionError("council's connection should answer a ping")
+            partners = isgtest.default_partners()
+            for p in partners:
+                if p["id"] == "city-council":
+                    p["certificate"] = {"subject_cn": "replacement-council.partners.isg.example"}
+            isgtest.write_yaml(os.path.join(cls.policy_dir, "partners.yaml"),
+                               {"partners": partners})
+            outcome, text = gw.reload()
+            if outcome != "loaded":
+                raise AssertionError("the reload should load\n%s" % text)
+            e = c.recv_frame(timeout=5 * isgtest.SLOW).error
+            if e.rule != "partner.unrecognised":
+                raise AssertionError("council's connection should be cut: %s" % (e,))
+
     # -- figures counted from the store
 
     def of_kind(self, kind):
@@ -172,6 +195,7 @@ class AuditReport(isgtest.ScenarioCase):
             "total-acknowledged": len(self.of_kind("message.acknowledged")),
             "total-expired": len(self.of_kind("message.expired")),
             "total-connections-refused": len(self.of_kind("connection.refused")),
+            "total-connections-closed": len(self.of_kind("connection.closed")),
         }
 
     def setUp(self):
@@ -188,6 +212,7 @@ class AuditReport(isgtest.ScenarioCase):
         self.assertEqual(e["total-acknowledged"], 3)
         rules = {x["rule"] for x in self.of_kind("message.refused")}
         self.assertEqual(len(rules), 3, rules)
+        self.assertEqual(e["total-connections-closed"], 1)
 
     def test_totals_match_the_log(self):
         for ident, want in self.expected().items():
@@ -304,6 +329,8 @@ class AuditReport(isgtest.ScenarioCase):
         self.assertIn("| messages accepted | %d |" % e["total-accepted"], md)
         self.assertIn("| records accepted | %d |" % e["total-records"], md)
         self.assertIn("| messages refused | %d |" % e["total-refused"], md)
+        self.assertIn("| connections closed by a reload | %d |" % e["total-connections-closed"],
+                      md)
         self.assertIn("**OK**", md)
         self.assertNotIn("<script", md)
 
