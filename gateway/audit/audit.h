@@ -90,10 +90,48 @@ int audit_root_from_leaves(const uint8_t (*leaves)[AUDIT_HASH_LEN], uint64_t n,
 /*
  * Inclusion proof PATH(index, D[n]) for leaf `index` of the tree of the n
  * leaf hashes leaves[0..n): *proof_len hashes, lowest level first, into
- * proof. ISG_ERR_INVALID unless index < n. Costs O(n) hashing.
+ * proof. ISG_ERR_INVALID unless index < n. Costs O(n) hashing; audit_prover
+ * below gives the same proof without holding the n hashes.
  */
 int audit_inclusion_proof(const uint8_t (*leaves)[AUDIT_HASH_LEN], uint64_t n, uint64_t index,
                           uint8_t proof[static AUDIT_PROOF_MAX][AUDIT_HASH_LEN], size_t *proof_len)
+    __attribute__((warn_unused_result));
+
+/*
+ * The same inclusion proof, and the root, computed while the n leaf hashes
+ * stream past once, in order, in O(log n) memory: for a log too large to
+ * hold one hash per entry. The proof's hashes are the roots of subtrees
+ * that, with leaf index, partition the leaves [0, n), and their ranges
+ * depend on (index, n) alone; audit_prover_init computes them, and each
+ * leaf goes to the compact tree of the whole and to that of its range.
+ * Plain data (a few kilobytes, on the stack is fine).
+ */
+struct audit_prover {
+	uint64_t index, size;
+	size_t len;                    /* proof hashes */
+	size_t next;                   /* the range being filled, in leaf order */
+	uint64_t end[AUDIT_PROOF_MAX]; /* one past each range's last leaf, in leaf order */
+	uint8_t slot[AUDIT_PROOF_MAX]; /* each range's place in the proof */
+	struct audit_tree tree, range; /* every leaf so far; this range's so far */
+	uint8_t leaf[AUDIT_HASH_LEN];  /* leaf index's hash, once seen */
+	uint8_t proof[AUDIT_PROOF_MAX][AUDIT_HASH_LEN];
+};
+
+/* Prepare the proof of leaf index in a tree of size leaves. ISG_ERR_INVALID unless index < size. */
+int audit_prover_init(struct audit_prover *p, uint64_t size, uint64_t index)
+    __attribute__((warn_unused_result));
+/* The next leaf hash, leaf 0 first. ISG_ERR_LIMIT past size leaves. */
+int audit_prover_append(struct audit_prover *p, const uint8_t leaf_hash[static AUDIT_HASH_LEN])
+    __attribute__((warn_unused_result));
+/*
+ * Once all size leaves were appended (ISG_ERR_INVALID before): the root of
+ * the tree, the proof exactly as audit_inclusion_proof gives it, and the
+ * hash of leaf index. Verify the proof against the trusted root with
+ * audit_verify_inclusion: this only computes.
+ */
+int audit_prover_finish(const struct audit_prover *p, uint8_t root[static AUDIT_HASH_LEN],
+                        uint8_t proof[static AUDIT_PROOF_MAX][AUDIT_HASH_LEN], size_t *proof_len,
+                        uint8_t leaf_hash[static AUDIT_HASH_LEN])
     __attribute__((warn_unused_result));
 
 /*

@@ -223,6 +223,87 @@ int audit_consistency_proof(const uint8_t (*leaves)[AUDIT_HASH_LEN], uint64_t n2
 	return 0;
 }
 
+/* --- streaming inclusion proof ------------------------------------------ */
+
+/*
+ * The descent of audit_inclusion_proof, keeping each sibling's range
+ * instead of its hash. The left siblings lie before index, the first found
+ * first; the right siblings after it, the first found last. So the leaves
+ * meet the ranges in the order: left ones as found, then right ones
+ * reversed, one range at a time.
+ */
+int audit_prover_init(struct audit_prover *p, uint64_t size, uint64_t index)
+{
+	if (!p || index >= size)
+		return ISG_ERR_INVALID;
+	memset(p, 0, sizeof(*p));
+	p->index = index;
+	p->size = size;
+	uint64_t right_end[AUDIT_PROOF_MAX];
+	size_t right_step[AUDIT_PROOF_MAX], n_right = 0, steps = 0;
+	uint64_t lo = 0, hi = size;
+	while (hi - lo > 1) {
+		if (steps == AUDIT_PROOF_MAX)
+			return ISG_ERR_LIMIT;
+		uint64_t k = split_point(hi - lo);
+		if (index - lo < k) {
+			right_end[n_right] = hi;
+			right_step[n_right++] = steps;
+			hi = lo + k;
+		} else {
+			p->end[p->len] = lo + k;
+			p->slot[p->len++] = (uint8_t)steps;
+			lo += k;
+		}
+		steps++;
+	}
+	while (n_right > 0) {
+		n_right--;
+		p->end[p->len] = right_end[n_right];
+		p->slot[p->len++] = (uint8_t)right_step[n_right];
+	}
+	/* Steps count from the top; the proof lists the lowest level first. */
+	for (size_t i = 0; i < p->len; i++)
+		p->slot[i] = (uint8_t)(steps - 1 - p->slot[i]);
+	return 0;
+}
+
+int audit_prover_append(struct audit_prover *p, const uint8_t leaf_hash[static AUDIT_HASH_LEN])
+{
+	if (p->tree.size == p->size)
+		return ISG_ERR_LIMIT;
+	uint64_t pos = p->tree.size;
+	int rc = audit_tree_append(&p->tree, leaf_hash);
+	if (rc != 0)
+		return rc;
+	if (pos == p->index) {
+		memcpy(p->leaf, leaf_hash, AUDIT_HASH_LEN);
+		return 0;
+	}
+	rc = audit_tree_append(&p->range, leaf_hash);
+	if (rc != 0)
+		return rc;
+	if (p->next < p->len && pos + 1 == p->end[p->next]) {
+		audit_tree_root(&p->range, p->proof[p->slot[p->next]]);
+		audit_tree_init(&p->range);
+		p->next++;
+	}
+	return 0;
+}
+
+int audit_prover_finish(const struct audit_prover *p, uint8_t root[static AUDIT_HASH_LEN],
+                        uint8_t proof[static AUDIT_PROOF_MAX][AUDIT_HASH_LEN], size_t *proof_len,
+                        uint8_t leaf_hash[static AUDIT_HASH_LEN])
+{
+	if (!proof_len || p->tree.size != p->size || p->next != p->len)
+		return ISG_ERR_INVALID;
+	audit_tree_root(&p->tree, root);
+	memcpy(proof, p->proof, p->len * AUDIT_HASH_LEN);
+	*proof_len = p->len;
+	memcpy(leaf_hash, p->leaf, AUDIT_HASH_LEN);
+	return 0;
+}
+
 /* --- proof verification -------------------------------------------------- */
 
 /*
