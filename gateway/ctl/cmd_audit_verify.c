@@ -741,15 +741,47 @@ static int prove_checkpoint(struct audit_log *l, const struct audit_verifier *v,
 	return status;
 }
 
-/* The leaf hashes of entries 1..size, and a copy of entry seq's leaf. */
-static int prove_leaves(struct audit_log *l, uint64_t size, uint64_t seq,
-                        uint8_t (**leaves)[AUDIT_HASH_LEN], char **leaf, size_t *leaf_len)
+/* Entry seq of the stream at pos (entries 1..size, in seq order): to the prover. */
+static int prove_row(sqlite3_stmt *st, uint64_t pos, uint64_t seq, struct audit_prover *p,
+                     char **leaf, size_t *leaf_len)
+{
+	int64_t s = sqlite3_column_int64(st, 0);
+	const void *blob = sqlite3_column_blob(st, 1);
+	size_t len = (size_t)sqlite3_column_bytes(st, 1);
+	if (s != (int64_t)pos + 1) {
+		ctl_warn("the log is not in order at entry %" PRIu64
+		         " (a gap or an inserted row); run 'isgctl audit verify'",
+		         pos + 1);
+		return CTL_EXIT_LOCAL;
+	}
+	uint8_t hash[AUDIT_HASH_LEN];
+	audit_leaf_hash(blob ? blob : (const void *)"", len, hash);
+	if (audit_prover_append(p, hash) != 0)
+		fatal("audit prove: more entries than the tree size");
+	if (s != (int64_t)seq)
+		return CTL_EXIT_OK;
+	if (!(*leaf = malloc(len + 1))) {
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	if (len)
+		memcpy(*leaf, blob, len);
+	*leaf_len = len;
+	return CTL_EXIT_OK;
+}
+
+/*
+ * Stream entries 1..size once, in order, into the prover (O(log size)
+ * memory, whatever the log's size), keeping a copy of entry seq's leaf.
+ */
+static int prove_stream(struct audit_log *l, uint64_t size, uint64_t seq, struct audit_prover *p,
+                        char **leaf, size_t *leaf_len)
 {
 	uint64_t count = 0, max_seq = 0;
 	int status = audit_log_count(l, &count, &max_seq);
 	if (status != CTL_EXIT_OK)
 		return status;
-	if (count < size || size > SIZE_MAX / AUDIT_HASH_LEN) {
+	if (count < size) {
 		ctl_warn("the log holds %" PRIu64 " entries, fewer than the checkpoint's %" PRIu64
 		         "; run 'isgctl audit verify'",
 		         count, size);
@@ -757,37 +789,14 @@ static int prove_leaves(struct audit_log *l, uint64_t size, uint64_t seq,
 	}
 	sqlite3_stmt *st =
 	    audit_log_prepare(l, "SELECT seq, entry FROM audit WHERE seq <= ?1 ORDER BY seq");
-	*leaves = st ? malloc((size_t)size * AUDIT_HASH_LEN) : NULL;
-	if (!*leaves) {
-		sqlite3_finalize(st);
-		ctl_warn("%s", st ? "out of memory" : "cannot read the audit log");
+	if (!st) {
+		ctl_warn("cannot read the audit log");
 		return CTL_EXIT_LOCAL;
 	}
 	sqlite3_bind_int64(st, 1, (int64_t)size);
 	uint64_t pos = 0;
-	status = CTL_EXIT_OK;
-	while (status == CTL_EXIT_OK && pos < size && sqlite3_step(st) == SQLITE_ROW) {
-		int64_t s = sqlite3_column_int64(st, 0);
-		const void *blob = sqlite3_column_blob(st, 1);
-		size_t len = (size_t)sqlite3_column_bytes(st, 1);
-		if (s != (int64_t)pos + 1) {
-			ctl_warn("the log is not in order at entry %" PRIu64
-			         " (a gap or an inserted row); run 'isgctl audit verify'",
-			         pos + 1);
-			status = CTL_EXIT_LOCAL;
-			break;
-		}
-		audit_leaf_hash(blob ? blob : (const void *)"", len, (*leaves)[pos]);
-		if (s == (int64_t)seq && !(*leaf = malloc(len + 1))) {
-			ctl_warn("out of memory");
-			status = CTL_EXIT_LOCAL;
-		} else if (s == (int64_t)seq) {
-			if (len)
-				memcpy(*leaf, blob, len);
-			*leaf_len = len;
-		}
-		pos++;
-	}
+	while (status == CTL_EXIT_OK && pos < size && sqlite3_step(st) == SQLITE_ROW)
+		status = prove_row(st, pos++, seq, p, leaf, leaf_len);
 	if (status == CTL_EXIT_OK && pos != size) {
 		ctl_warn("cannot read entries 1..%" PRIu64 " of the log; run 'isgctl audit verify'",
 		         size);
@@ -865,38 +874,36 @@ int audit_prove_cmd(int argc, char **argv)
 	struct audit_log l;
 	struct audit_verifier v;
 	struct audit_checkpoint c;
+	struct audit_prover p;
 	char key[AUDIT_VERIFIER_KEY_MAX], *note = NULL, *leaf = NULL;
 	const char *from = NULL;
 	size_t leaf_len = 0, n = 0;
-	uint8_t(*leaves)[AUDIT_HASH_LEN] = NULL;
-	uint8_t proof[AUDIT_PROOF_MAX][AUDIT_HASH_LEN], root[AUDIT_HASH_LEN];
+	uint8_t proof[AUDIT_PROOF_MAX][AUDIT_HASH_LEN], root[AUDIT_HASH_LEN], hash[AUDIT_HASH_LEN];
 	status = audit_log_open(&l, &w, prove_usage, true);
 	if (status == CTL_EXIT_OK)
 		status = audit_log_verifier(&l, &w, &v, key, &from);
 	if (status == CTL_EXIT_OK)
 		status = prove_checkpoint(&l, &v, &a, &c, &note);
+	/* prove_checkpoint made sure that 1 <= seq <= c.size. */
+	if (status == CTL_EXIT_OK && audit_prover_init(&p, c.size, a.seq - 1) != 0)
+		fatal("audit prove: entry %" PRIu64 " outside the tree", a.seq);
 	if (status == CTL_EXIT_OK)
-		status = prove_leaves(&l, c.size, a.seq, &leaves, &leaf, &leaf_len);
-	const uint8_t(*cl)[AUDIT_HASH_LEN] = (const uint8_t(*)[AUDIT_HASH_LEN])leaves;
-	if (status == CTL_EXIT_OK && (audit_root_from_leaves(cl, c.size, root) != 0 ||
+		status = prove_stream(&l, c.size, a.seq, &p, &leaf, &leaf_len);
+	if (status == CTL_EXIT_OK && (audit_prover_finish(&p, root, proof, &n, hash) != 0 ||
 	                              memcmp(root, c.root, AUDIT_HASH_LEN) != 0)) {
 		ctl_warn("the log does not match the checkpoint of size %" PRIu64
 		         "; run 'isgctl audit verify'",
 		         c.size);
 		status = CTL_EXIT_LOCAL;
 	}
+	const uint8_t(*path)[AUDIT_HASH_LEN] = (const uint8_t(*)[AUDIT_HASH_LEN])proof;
 	if (status == CTL_EXIT_OK &&
-	    (audit_inclusion_proof(cl, c.size, a.seq - 1, proof, &n) != 0 ||
-	     audit_verify_inclusion(a.seq - 1, c.size, leaves[a.seq - 1],
-	                            (const uint8_t(*)[AUDIT_HASH_LEN])proof, n, c.root) != 0)) {
+	    audit_verify_inclusion(a.seq - 1, c.size, hash, path, n, c.root) != 0) {
 		ctl_warn("the inclusion proof of entry %" PRIu64 " does not verify", a.seq);
 		status = CTL_EXIT_LOCAL;
 	}
 	if (status == CTL_EXIT_OK)
-		status =
-		    print_proof(&a, &c, leaves[a.seq - 1], (const uint8_t(*)[AUDIT_HASH_LEN])proof,
-		                n, leaf, leaf_len, note);
-	free(leaves);
+		status = print_proof(&a, &c, hash, path, n, leaf, leaf_len, note);
 	free(leaf);
 	free(note);
 	audit_log_release(&l);
