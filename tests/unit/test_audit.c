@@ -4,6 +4,8 @@
  * and consistency case of transparency-dev/merkle, each accepted or refused
  * as it must be), proof generation cross-checked against the RFC's
  * recursive definitions and against verification for every size up to 64,
+ * the streaming prover against the in-memory generator (every leaf of every
+ * size up to 200, and more around 256, 300 and 2^17),
  * and signed notes against the golang.org/x/mod sumdb/note known answer.
  */
 #include <setjmp.h>
@@ -357,6 +359,90 @@ static void test_consistency_all(void **state)
 }
 
 /* Sizes at the top of the 64-bit range: bounded, no shift by 64. */
+/* --- the streaming prover against the in-memory generator --------------- */
+
+#define STREAM_MAX 300
+
+/* Stream n leaves into a prover for index: its root, proof and leaf hash are the generator's. */
+static void check_prover(const uint8_t (*leaves)[H], uint64_t n, uint64_t index,
+                         const uint8_t root[H])
+{
+	struct audit_prover p;
+	uint8_t got_root[H], got_leaf[H], proof[AUDIT_PROOF_MAX][H], want[AUDIT_PROOF_MAX][H];
+	size_t len = 99, want_len = 0;
+	assert_int_equal(audit_prover_init(&p, n, index), 0);
+	for (uint64_t i = 0; i < n; i++) {
+		assert_int_equal(audit_prover_finish(&p, got_root, proof, &len, got_leaf),
+		                 ISG_ERR_INVALID);
+		assert_int_equal(audit_prover_append(&p, leaves[i]), 0);
+	}
+	assert_int_equal(audit_prover_append(&p, leaves[0]), ISG_ERR_LIMIT);
+	assert_int_equal(audit_prover_finish(&p, got_root, proof, &len, got_leaf), 0);
+	assert_int_equal(audit_inclusion_proof(leaves, n, index, want, &want_len), 0);
+	if (len != want_len)
+		fail_msg("n %llu index %llu: proof of %zu hashes, not %zu", (unsigned long long)n,
+		         (unsigned long long)index, len, want_len);
+	for (size_t j = 0; j < len; j++)
+		if (memcmp(proof[j], want[j], H) != 0)
+			fail_msg("n %llu index %llu: proof hash %zu differs", (unsigned long long)n,
+			         (unsigned long long)index, j);
+	assert_memory_equal(got_root, root, H);
+	assert_memory_equal(got_leaf, leaves[index], H);
+}
+
+static void test_prover_all(void **state)
+{
+	(void)state;
+	static uint8_t leaves[STREAM_MAX][H];
+	for (unsigned i = 0; i < STREAM_MAX; i++) {
+		char entry[32];
+		int len = snprintf(entry, sizeof(entry), "{\"seq\":%u}", i);
+		audit_leaf_hash((const uint8_t *)entry, (size_t)len, leaves[i]);
+	}
+	const uint8_t(*l)[H] = (const uint8_t(*)[H])leaves;
+	for (uint64_t n = 1; n <= STREAM_MAX; n++) {
+		/* Every leaf of size n costs O(n^2): all up to 200, around 256 and at 300; a
+		 * sample (edges, powers of two) elsewhere. */
+		bool every = n <= 200 || (n >= 254 && n <= 258) || n == STREAM_MAX;
+		uint8_t root[H];
+		assert_int_equal(audit_root_from_leaves(l, n, root), 0);
+		for (uint64_t i = 0; i < n; i++)
+			if (every || i % 13 == 0 || i >= n - 2 || (i & (i - 1)) == 0 ||
+			    ((i + 1) & i) == 0)
+				check_prover(l, n, i, root);
+	}
+	struct audit_prover p;
+	assert_int_equal(audit_prover_init(&p, 0, 0), ISG_ERR_INVALID);
+	assert_int_equal(audit_prover_init(&p, 5, 5), ISG_ERR_INVALID);
+	assert_int_equal(audit_prover_init(NULL, 5, 1), ISG_ERR_INVALID);
+	/* The deepest tree has a proof of 64 hashes, its ranges known before any leaf. */
+	assert_int_equal(audit_prover_init(&p, UINT64_MAX, UINT64_MAX - 1), 0);
+	assert_int_equal(p.len, 63);
+	assert_int_equal(audit_prover_init(&p, UINT64_MAX, 0), 0);
+	assert_int_equal(p.len, 64);
+}
+
+/* A larger tree, some leaves chosen at its edges: cheap synthetic leaf hashes. */
+static void test_prover_large(void **state)
+{
+	(void)state;
+	const uint64_t n = (UINT64_C(1) << 17) + 3;
+	uint8_t(*leaves)[H] = malloc(n * H);
+	assert_non_null(leaves);
+	for (uint64_t i = 0; i < n; i++) {
+		memset(leaves[i], 0x5a, H);
+		memcpy(leaves[i], &i, sizeof(i));
+	}
+	const uint8_t(*l)[H] = (const uint8_t(*)[H])leaves;
+	uint8_t root[H];
+	assert_int_equal(audit_root_from_leaves(l, n, root), 0);
+	const uint64_t k16 = UINT64_C(1) << 16, k17 = k16 * 2;
+	const uint64_t chosen[] = {0, 1, 12345, k16 - 1, k16, k17 - 1, k17, n - 2, n - 1};
+	for (size_t i = 0; i < ARRAY_LEN(chosen); i++)
+		check_prover(l, n, chosen[i], root);
+	free(leaves);
+}
+
 static void test_proof_extremes(void **state)
 {
 	(void)state;
@@ -1342,6 +1428,8 @@ int main(void)
 	    cmocka_unit_test(test_tree_bounds),
 	    cmocka_unit_test(test_inclusion_all),
 	    cmocka_unit_test(test_consistency_all),
+	    cmocka_unit_test(test_prover_all),
+	    cmocka_unit_test(test_prover_large),
 	    cmocka_unit_test(test_proof_extremes),
 	    cmocka_unit_test(test_transparency_dev_vectors),
 	    cmocka_unit_test(test_note_known_answer),
