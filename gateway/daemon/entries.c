@@ -211,6 +211,23 @@ char *entry_connection(const char *peer, const char *subject, const char *partne
 	return strbuf_take(&b, len);
 }
 
+char *entry_connection_repeated(const struct refusal_record *rec, size_t *len)
+{
+	char first[32], last[32];
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_puts(&b, "{\"event\":\"connection.refused\"");
+	kv_str(&b, "peer", rec->peer);
+	strbuf_puts(&b, ",\"subject\":");
+	strbuf_json_string(&b, rec->subject ? rec->subject : "");
+	kv_str(&b, "reason", rec->reason);
+	strbuf_printf(&b, ",\"repeated\":%llu", (unsigned long long)rec->repeated);
+	kv_str(&b, "first_at", time_format_ms(first, sizeof(first), rec->first_at_ms));
+	kv_str(&b, "last_at", time_format_ms(last, sizeof(last), rec->last_at_ms));
+	strbuf_puts(&b, "}");
+	return strbuf_take(&b, len);
+}
+
 char *entry_connection_closed(const struct policy_set *set, const char *peer, const char *subject,
                               const char *partner, const char *rule, const char *reason,
                               size_t *len)

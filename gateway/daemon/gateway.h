@@ -59,9 +59,47 @@ int quota_reserve(struct quota *q, const char *sender, const struct policy_agree
 /* Give back a reservation whose message was not stored (or was a duplicate). */
 void quota_release(struct quota *q, const struct quota_claim *claim);
 
+/*
+ * refusals.c: connection refusals, coalesced so that a flood of them writes
+ * a bounded number of audit entries. Keyed by the peer's address (without
+ * the port), the reason and the certificate subject: the first refusal of
+ * a key is written at once; those within REFUSALS_WINDOW_MS after it are
+ * counted, and written as one entry once the window is over. At most
+ * REFUSALS_MAX_KEYS keys; past that, refusals are counted per reason under
+ * address and subject "*" (REFUSALS_MAX_OVERFLOW reasons, then one bucket
+ * with reason "*" too). Thread-safe.
+ */
+#define REFUSALS_WINDOW_MS 60000
+#define REFUSALS_MAX_KEYS 4096
+#define REFUSALS_MAX_OVERFLOW 64
+#define REFUSALS_ADDR_MAX 64
+struct refusals;
+struct refusal_record {
+	/* repeated 0: one refusal as it happened, peer with its port. Otherwise
+	 * the entry stands for `repeated` refusals, the first and last at these
+	 * wall-clock times; peer is the address, or "*" with subject "*". */
+	const char *peer, *subject, *reason;
+	uint64_t repeated;
+	int64_t first_at_ms, last_at_ms;
+};
+/* Writes one entry (called with the table locked); 0, or it is counted or kept. */
+typedef int (*refusals_write_fn)(void *ctx, const struct refusal_record *rec);
+struct refusals *refusals_new(refusals_write_fn write, void *ctx);
+void refusals_free(struct refusals *r);
+/* One refusal: subject NULL or "" when there was no certificate. */
+void refusals_note(struct refusals *r, const char *peer, const char *subject, const char *reason,
+                   int64_t mono_ms, int64_t wall_ms);
+/*
+ * Write the counts of the windows over at mono_ms (every count when `all`)
+ * and forget their keys. Returns how many counts are due and could not be
+ * written: they are kept, to be tried again.
+ */
+size_t refusals_flush(struct refusals *r, int64_t mono_ms, bool all);
+
 struct gateway {
 	struct isgd_config cfg;
 	struct quota *quota;
+	struct refusals *refusals;
 	struct store *store;
 	struct net_server *net;
 	struct keyproc *keyproc; /* NULL when key_process is false */
@@ -76,6 +114,8 @@ void gateway_regime_swap(struct gateway *g, struct regime *r);
 
 /* handler.c: the net callbacks. */
 struct net_handler handler_new(struct gateway *g);
+/* The refusals table's writer: one connection.refused entry (ctx: the gateway). */
+int handler_write_refusal(void *ctx, const struct refusal_record *rec);
 /* Store notification: wake connections waiting for this recipient. */
 void handler_notify(void *ctx, const char *recipient);
 /* After a reload: close connections of partners the new set no longer has. */
@@ -117,6 +157,11 @@ char *entry_refused(const struct policy_set *set, const char *sender, const Isg_
                     const struct policy_refusal *why, size_t *len);
 char *entry_connection(const char *peer, const char *subject, const char *partner,
                        const char *reason, size_t *len);
+/*
+ * "connection.refused" standing for rec->repeated refusals of one peer
+ * address, reason and subject ("repeated", "first_at", "last_at").
+ */
+char *entry_connection_repeated(const struct refusal_record *rec, size_t *len);
 /*
  * "connection.closed": a reload cut an open connection (rule
  * "partner.removed" or "partner.unrecognised"), under policy set `set`.

@@ -756,17 +756,39 @@ static void on_ping(struct net_conn *c, const Isg__Frame *f)
 /* ------------------------------------------------------------------------ */
 /* Net callbacks. */
 
-static void audit_connection(struct gateway *g, const char *peer, const char *subject,
-                             const char *partner, const char *reason)
+static void audit_accepted(struct gateway *g, const char *peer, const char *subject,
+                           const char *partner)
 {
 	size_t len;
-	char *entry = entry_connection(peer, subject, partner, reason, &len);
-	if (!entry)
-		return;
-	const char *kind = reason ? "connection.refused" : "connection.accepted";
-	if (store_audit(g->store, kind, entry, len, NULL, NULL) != 0)
-		log_event(LOG_ERROR, "audit.failed", "kind=%s", kind);
+	char *entry = entry_connection(peer, subject, partner, NULL, &len);
+	if (!entry || store_audit(g->store, "connection.accepted", entry, len, NULL, NULL) != 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=connection.accepted");
 	free(entry);
+}
+
+/* Written at once, or counted with the same peer's, reason's and subject's (refusals.c). */
+static void audit_refused(struct gateway *g, const char *peer, const char *subject,
+                          const char *reason)
+{
+	refusals_note(g->refusals, peer, subject, reason, time_mono_ms(), time_now_ms());
+}
+
+int handler_write_refusal(void *ctx, const struct refusal_record *rec)
+{
+	struct gateway *g = ctx;
+	size_t len;
+	char *entry = rec->repeated
+	                  ? entry_connection_repeated(rec, &len)
+	                  : entry_connection(rec->peer, rec->subject, NULL, rec->reason, &len);
+	int err = entry ? store_audit(g->store, "connection.refused", entry, len, NULL, NULL)
+	                : ISG_ERR_NOMEM;
+	free(entry);
+	/* Not lost: the table counts it, or keeps the count for its next flush. */
+	if (err != 0)
+		log_event(LOG_WARN, "audit.deferred",
+		          "kind=connection.refused repeated=%llu error=%s",
+		          (unsigned long long)rec->repeated, isg_strerror(err));
+	return err;
 }
 
 /*
@@ -797,8 +819,7 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 	if (!p) {
 		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=partner.unknown",
 		          net_conn_peer(c), log_quote(q, sizeof(q), id->subject));
-		audit_connection(g, net_conn_peer(c), id->subject, NULL,
-		                 "certificate matches no partner");
+		audit_refused(g, net_conn_peer(c), id->subject, "certificate matches no partner");
 		char msg[700];
 		snprintf(msg, sizeof(msg),
 		         "the client certificate (subject \"%s\") matches no partner in the "
@@ -819,7 +840,7 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 	str_copy(s->subject, id->subject, sizeof(s->subject));
 	net_conn_set_data(c, s);
 	log_event(LOG_INFO, "partner.connected", "peer=%s partner=%s", net_conn_peer(c), p->id);
-	audit_connection(g, net_conn_peer(c), id->subject, p->id, NULL);
+	audit_accepted(g, net_conn_peer(c), id->subject, p->id);
 	regime_unref(rg);
 	return 0;
 }
@@ -904,7 +925,7 @@ static void handler_close(void *ctx, struct net_conn *c)
 
 static void handler_refused(void *ctx, const char *peer, const char *subject, const char *reason)
 {
-	audit_connection(ctx, peer, subject, NULL, reason);
+	audit_refused(ctx, peer, subject, reason);
 }
 
 struct net_handler handler_new(struct gateway *g)

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/ssl.h>
@@ -33,6 +34,11 @@
 #include "util/util.h"
 
 #define SHUTDOWN_GRACE_MS 5000
+/* How often counted connection refusals are looked at (refusals.c). */
+#define REFUSALS_TICK_MS 1000
+/* At shutdown, how long counts the store's full queue refused are retried. */
+#define REFUSALS_FINAL_TRIES 50
+#define REFUSALS_FINAL_PAUSE_MS 100
 
 static void usage(FILE *f)
 {
@@ -267,15 +273,20 @@ static bool keyproc_failed(struct gateway *g)
 
 /*
  * Signals are taken synchronously by the main thread; workers never see
- * them. Returns nonzero when isgd must stop because the key process died:
- * nothing can be pseudonymised, sealed or signed without it.
+ * them. Between them, every REFUSALS_TICK_MS, it writes the counts of
+ * refused connections whose window is over. Returns nonzero when isgd must
+ * stop because the key process died: nothing can be pseudonymised, sealed
+ * or signed without it.
  */
 static int serve(struct gateway *g, const sigset_t *sigs)
 {
+	const struct timespec tick = {.tv_sec = REFUSALS_TICK_MS / 1000,
+	                              .tv_nsec = REFUSALS_TICK_MS % 1000 * 1000000L};
 	for (;;) {
-		int sig;
-		if (sigwait(sigs, &sig) != 0)
-			continue;
+		int sig = sigtimedwait(sigs, NULL, &tick);
+		refusals_flush(g->refusals, time_mono_ms(), false);
+		if (sig < 0)
+			continue; /* the tick (EAGAIN) or EINTR */
 		if (sig == SIGCHLD) {
 			if (!keyproc_failed(g))
 				continue;
@@ -289,6 +300,23 @@ static int serve(struct gateway *g, const sigset_t *sigs)
 		log_event(LOG_INFO, "shutdown.start", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
 		return 0;
 	}
+}
+
+/*
+ * At shutdown, before the store closes: every refusal still counted is
+ * written. The store's queue may be full of the last requests' work; it
+ * drains, so a count it refused is tried again for a while.
+ */
+static void flush_refusals(struct gateway *g)
+{
+	size_t kept = refusals_flush(g->refusals, time_mono_ms(), true);
+	for (int i = 0; kept > 0 && i < REFUSALS_FINAL_TRIES; i++) {
+		struct timespec pause = {.tv_nsec = REFUSALS_FINAL_PAUSE_MS * 1000000L};
+		nanosleep(&pause, NULL);
+		kept = refusals_flush(g->refusals, time_mono_ms(), true);
+	}
+	if (kept > 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=connection.refused counts=%zu", kept);
 }
 
 static int run(struct gateway *g, const struct identity *id, struct regime *regime,
@@ -342,12 +370,14 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	}
 	g->regime = regime;
 	g->quota = quota_new();
-	if (!g->quota || quota_seed(g->quota, g->store, time_now_ms()) != 0) {
+	g->refusals = refusals_new(handler_write_refusal, g);
+	if (!g->quota || !g->refusals || quota_seed(g->quota, g->store, time_now_ms()) != 0) {
 		fputs("isgd: cannot read today's usage from the store for the daily limits\n",
 		      stderr);
 		store_close(g->store);
 		net_server_free(g->net);
 		quota_free(g->quota);
+		refusals_free(g->refusals);
 		regime_unref(regime);
 		return ISG_ERR_STORE;
 	}
@@ -363,11 +393,13 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	          g->keyproc ? (int)keyproc_pid(g->keyproc) : 0);
 	r = serve(g, sigs);
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
+	flush_refusals(g); /* the workers, which count them, are gone */
 	/* After the workers, so their last requests are stored; before net_server_free,
 	 * which cleans up what the store's last commits posted to the stopped workers. */
 	store_close(g->store);
 	net_server_free(g->net);
 	quota_free(g->quota);
+	refusals_free(g->refusals);
 	regime_unref(g->regime);
 	log_event(LOG_INFO, "isgd.stopped", "pid=%d", (int)getpid());
 	return r;

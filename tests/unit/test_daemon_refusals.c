@@ -1,0 +1,284 @@
+/* daemon/refusals.c: connection refusals coalesced per address, reason and subject. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "daemon/gateway.h"
+
+#define T0 1000000         /* monotonic ms */
+#define WALL 1790000000000 /* wall-clock ms */
+#define WINDOW REFUSALS_WINDOW_MS
+
+struct written {
+	char peer[REFUSALS_ADDR_MAX], subject[64], reason[64];
+	uint64_t repeated;
+	int64_t first_at_ms, last_at_ms;
+};
+
+struct sink {
+	struct written *w;
+	size_t n, cap;
+	int fail; /* the next `fail` writes fail as a full store queue would */
+};
+
+static int sink_write(void *ctx, const struct refusal_record *rec)
+{
+	struct sink *s = ctx;
+	if (s->fail > 0) {
+		s->fail--;
+		return ISG_ERR_AGAIN;
+	}
+	if (s->n == s->cap) {
+		s->cap = s->cap ? s->cap * 2 : 16;
+		s->w = realloc(s->w, s->cap * sizeof(*s->w));
+		assert_non_null(s->w);
+	}
+	struct written *w = &s->w[s->n++];
+	snprintf(w->peer, sizeof(w->peer), "%s", rec->peer);
+	snprintf(w->subject, sizeof(w->subject), "%s", rec->subject);
+	snprintf(w->reason, sizeof(w->reason), "%s", rec->reason);
+	w->repeated = rec->repeated;
+	w->first_at_ms = rec->first_at_ms;
+	w->last_at_ms = rec->last_at_ms;
+	return 0;
+}
+
+/* Refusals each written entry stands for, in all. */
+static uint64_t sink_total(const struct sink *s)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < s->n; i++)
+		n += s->w[i].repeated ? s->w[i].repeated : 1;
+	return n;
+}
+
+static void test_first_at_once_repeats_counted(void **state)
+{
+	struct sink s = {0};
+	struct refusals *r = refusals_new(sink_write, &s);
+	assert_non_null(r);
+	refusals_note(r, "198.51.100.7:40001", "", "connection closed during handshake", T0, WALL);
+	/* written at once, in full, with the port */
+	assert_int_equal(s.n, 1);
+	assert_string_equal(s.w[0].peer, "198.51.100.7:40001");
+	assert_string_equal(s.w[0].reason, "connection closed during handshake");
+	assert_int_equal(s.w[0].repeated, 0);
+	/* 49 more from other ports within the window: only counted */
+	for (int i = 1; i < 50; i++) {
+		char peer[32];
+		snprintf(peer, sizeof(peer), "198.51.100.7:%d", 40001 + i);
+		refusals_note(r, peer, NULL, "connection closed during handshake", T0 + i * 100,
+		              WALL + i * 100);
+	}
+	assert_int_equal(s.n, 1);
+	assert_int_equal(refusals_flush(r, T0 + WINDOW - 1, false), 0);
+	assert_int_equal(s.n, 1);
+	/* the window is over: one entry stands for the 49 */
+	assert_int_equal(refusals_flush(r, T0 + WINDOW, false), 0);
+	assert_int_equal(s.n, 2);
+	assert_string_equal(s.w[1].peer, "198.51.100.7");
+	assert_string_equal(s.w[1].subject, "");
+	assert_string_equal(s.w[1].reason, "connection closed during handshake");
+	assert_int_equal(s.w[1].repeated, 49);
+	assert_int_equal(s.w[1].first_at_ms, WALL + 100);
+	assert_int_equal(s.w[1].last_at_ms, WALL + 4900);
+	assert_int_equal(sink_total(&s), 50);
+	/* nothing more to write, and the key is forgotten: the next is written at once */
+	refusals_flush(r, T0 + 2 * WINDOW, false);
+	assert_int_equal(s.n, 2);
+	refusals_note(r, "198.51.100.7:40100", "", "connection closed during handshake",
+	              T0 + 2 * WINDOW, WALL + 2 * WINDOW);
+	assert_int_equal(s.n, 3);
+	assert_int_equal(s.w[2].repeated, 0);
+	refusals_free(r);
+	free(s.w);
+}
+
+static void test_single_refusal_has_no_second_entry(void **state)
+{
+	struct sink s = {0};
+	struct refusals *r = refusals_new(sink_write, &s);
+	refusals_note(r, "192.0.2.1:5000", "CN=partner", "certificate verify failed: expired", T0,
+	              WALL);
+	refusals_flush(r, T0 + WINDOW, false);
+	assert_int_equal(refusals_flush(r, T0 + WINDOW, true), 0);
+	assert_int_equal(s.n, 1);
+	refusals_free(r);
+	free(s.w);
+}
+
+static void test_keys(void **state)
+{
+	struct sink s = {0};
+	struct refusals *r = refusals_new(sink_write, &s);
+	/* each a key of its own: written at once */
+	refusals_note(r, "192.0.2.1:1", "CN=a", "expired", T0, WALL);
+	refusals_note(r, "192.0.2.1:2", "CN=b", "expired", T0, WALL);
+	refusals_note(r, "192.0.2.1:3", "CN=a", "revoked", T0, WALL);
+	refusals_note(r, "192.0.2.2:1", "CN=a", "expired", T0, WALL);
+	refusals_note(r, "[2001:db8::7]:443", "CN=a", "expired", T0, WALL);
+	refusals_note(r, "192.0.2.1:4", NULL, "expired", T0, WALL);
+	assert_int_equal(s.n, 6);
+	assert_string_equal(s.w[4].peer, "[2001:db8::7]:443");
+	/* the same again, from other ports: counted */
+	refusals_note(r, "[2001:db8::7]:444", "CN=a", "expired", T0 + 1, WALL + 1);
+	refusals_note(r, "192.0.2.1:5", "", "expired", T0 + 1, WALL + 1);
+	assert_int_equal(s.n, 6);
+	assert_int_equal(refusals_flush(r, T0, true), 0);
+	assert_int_equal(s.n, 8);
+	assert_int_equal(sink_total(&s), 8);
+	bool v6 = false, none = false;
+	for (size_t i = 6; i < 8; i++) {
+		assert_int_equal(s.w[i].repeated, 1);
+		v6 |=
+		    strcmp(s.w[i].peer, "2001:db8::7") == 0 && strcmp(s.w[i].subject, "CN=a") == 0;
+		none |= strcmp(s.w[i].peer, "192.0.2.1") == 0 && strcmp(s.w[i].subject, "") == 0;
+	}
+	assert_true(v6);
+	assert_true(none);
+	refusals_free(r);
+	free(s.w);
+}
+
+static void note_key(struct refusals *r, unsigned i, const char *reason, int64_t at)
+{
+	char peer[48];
+	snprintf(peer, sizeof(peer), "10.%u.%u.%u:9", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+	refusals_note(r, peer, "", reason, at, WALL + (at - T0));
+}
+
+static void test_table_full_overflow_per_reason(void **state)
+{
+	struct sink s = {0};
+	struct refusals *r = refusals_new(sink_write, &s);
+	unsigned i = 0;
+	for (; i < REFUSALS_MAX_KEYS; i++)
+		note_key(r, i, "eof", T0);
+	assert_int_equal(s.n, REFUSALS_MAX_KEYS);
+	/* new addresses now: counted per reason, none written at once */
+	for (int k = 0; k < 100; k++)
+		note_key(r, i++, k % 2 ? "eof" : "bad record", T0 + 10);
+	/* a key already in the table is counted with its own */
+	note_key(r, 0, "eof", T0 + 20);
+	assert_int_equal(s.n, REFUSALS_MAX_KEYS);
+	/* more reasons than overflow buckets: the rest go to one bucket */
+	for (int k = 0; k < REFUSALS_MAX_OVERFLOW + 5; k++) {
+		char reason[32];
+		snprintf(reason, sizeof(reason), "reason %d", k);
+		note_key(r, i++, reason, T0 + 30);
+	}
+	assert_int_equal(s.n, REFUSALS_MAX_KEYS);
+	size_t before = s.n;
+	assert_int_equal(refusals_flush(r, T0 + WINDOW + 30, false), 0);
+	uint64_t eof = 0, bad = 0, other = 0, own = 0, buckets = 0;
+	for (size_t k = before; k < s.n; k++) {
+		struct written *w = &s.w[k];
+		if (strcmp(w->peer, "*") != 0) {
+			assert_string_equal(w->peer, "10.0.0.0");
+			own += w->repeated;
+			continue;
+		}
+		assert_string_equal(w->subject, "*");
+		buckets++;
+		if (strcmp(w->reason, "eof") == 0)
+			eof = w->repeated;
+		else if (strcmp(w->reason, "bad record") == 0)
+			bad = w->repeated;
+		else if (strcmp(w->reason, "*") == 0)
+			other = w->repeated;
+		assert_true(w->first_at_ms <= w->last_at_ms);
+	}
+	assert_int_equal(eof, 50);
+	assert_int_equal(bad, 50);
+	assert_int_equal(own, 1);
+	/* 2 buckets taken above, so REFUSALS_MAX_OVERFLOW - 2 reasons had one */
+	assert_int_equal(other, 7);
+	assert_int_equal(buckets, REFUSALS_MAX_OVERFLOW + 1);
+	assert_int_equal(sink_total(&s), REFUSALS_MAX_KEYS + 100 + 1 + REFUSALS_MAX_OVERFLOW + 5);
+	/* the table is empty again: a new key is written at once */
+	note_key(r, i++, "eof", T0 + 2 * WINDOW);
+	assert_int_equal(s.w[s.n - 1].repeated, 0);
+	refusals_free(r);
+	free(s.w);
+}
+
+static void test_failed_writes_are_counted_and_kept(void **state)
+{
+	struct sink s = {0};
+	struct refusals *r = refusals_new(sink_write, &s);
+	/* the first, written at once, fails: it is counted instead */
+	s.fail = 1;
+	refusals_note(r, "192.0.2.9:1", "", "eof", T0, WALL);
+	assert_int_equal(s.n, 0);
+	refusals_note(r, "192.0.2.9:2", "", "eof", T0 + 1, WALL + 1);
+	/* the count's write fails too: kept for the next flush */
+	s.fail = 1;
+	assert_int_equal(refusals_flush(r, T0 + WINDOW, false), 1);
+	assert_int_equal(s.n, 0);
+	assert_int_equal(refusals_flush(r, T0 + WINDOW + 1000, false), 0);
+	assert_int_equal(s.n, 1);
+	assert_int_equal(s.w[0].repeated, 2);
+	assert_int_equal(s.w[0].first_at_ms, WALL);
+	assert_int_equal(s.w[0].last_at_ms, WALL + 1);
+	refusals_free(r);
+	free(s.w);
+}
+
+struct flood {
+	struct refusals *r;
+	int thread;
+};
+
+#define THREADS 4
+#define PER_THREAD 5000
+
+static void *flood_main(void *arg)
+{
+	struct flood *f = arg;
+	for (int i = 0; i < PER_THREAD; i++) {
+		char peer[32];
+		snprintf(peer, sizeof(peer), "10.9.%d.%d:%d", f->thread, i % 7, i);
+		refusals_note(f->r, peer, "", i % 3 ? "eof" : "bad", T0 + i, WALL + i);
+	}
+	return NULL;
+}
+
+static void test_threads(void **state)
+{
+	struct sink s = {0};
+	struct refusals *r = refusals_new(sink_write, &s);
+	pthread_t t[THREADS];
+	struct flood f[THREADS];
+	for (int i = 0; i < THREADS; i++) {
+		f[i] = (struct flood){.r = r, .thread = i};
+		assert_int_equal(pthread_create(&t[i], NULL, flood_main, &f[i]), 0);
+	}
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(t[i], NULL);
+	/* 7 addresses and 2 reasons a thread: 56 keys, each written at once */
+	assert_int_equal(s.n, THREADS * 7 * 2);
+	assert_int_equal(refusals_flush(r, T0, true), 0);
+	assert_int_equal(s.n, 2 * THREADS * 7 * 2);
+	assert_int_equal(sink_total(&s), THREADS * PER_THREAD);
+	refusals_free(r);
+	free(s.w);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_first_at_once_repeats_counted),
+	    cmocka_unit_test(test_single_refusal_has_no_second_entry),
+	    cmocka_unit_test(test_keys),
+	    cmocka_unit_test(test_table_full_overflow_per_reason),
+	    cmocka_unit_test(test_failed_writes_are_counted_and_kept),
+	    cmocka_unit_test(test_threads),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
