@@ -248,6 +248,7 @@ static void print_table_row(const struct aj_doc *d, int64_t seq, const struct au
 	char sender[SHOWN_MAX * 2], recipient[SHOWN_MAX * 2], partner[SHOWN_MAX * 2];
 	char agreement[SHOWN_MAX * 2], version[32], dataset[SHOWN_MAX * 2], records[32];
 	char rule[SHOWN_MAX * 2], kind[SHOWN_MAX * 2], who[SHOWN_MAX * 5], what[SHOWN_MAX * 3];
+	char repeated[32], why[SHOWN_MAX * 3];
 	const struct aj_node *b = lf->body;
 	member_text(sender, sizeof(sender), d, b, "sender");
 	member_text(recipient, sizeof(recipient), d, b, "recipient");
@@ -259,6 +260,12 @@ static void print_table_row(const struct aj_doc *d, int64_t seq, const struct au
 	member_text(rule, sizeof(rule), d, b, "rule");
 	if (!rule[0])
 		member_text(rule, sizeof(rule), d, b, "reason");
+	/* A connection.refused entry that stands for several refusals says how many. */
+	member_text(repeated, sizeof(repeated), d, b, "repeated");
+	if (repeated[0])
+		snprintf(why, sizeof(why), "%s (%s refusals)", or_dash(rule), repeated);
+	else
+		snprintf(why, sizeof(why), "%s", or_dash(rule));
 	audit_ctl_printable(kind, sizeof(kind), lf->event, SHOWN_MAX);
 	if (sender[0] || recipient[0])
 		snprintf(who, sizeof(who), "%s -> %s", or_dash(sender), or_dash(recipient));
@@ -269,12 +276,13 @@ static void print_table_row(const struct aj_doc *d, int64_t seq, const struct au
 	else
 		snprintf(what, sizeof(what), "%s", or_dash(agreement));
 	printf("%6" PRId64 "  %-24s  %-20s  %-28s  %-34s  %-22s  %7s  %s\n", seq, lf->at, kind, who,
-	       what, or_dash(dataset), or_dash(records), or_dash(rule));
+	       what, or_dash(dataset), or_dash(records), why);
 }
 
 static const char *const csv_members[] = {
-    "sender",  "recipient", "partner", "agreement_id", "agreement_version", "purpose", "dataset",
-    "records", "code",      "rule",    "reason",       "message_id",
+    "sender",  "recipient",  "partner",  "agreement_id", "agreement_version",
+    "purpose", "dataset",    "records",  "code",         "rule",
+    "reason",  "message_id", "repeated", "first_at",     "last_at",
 };
 
 /*

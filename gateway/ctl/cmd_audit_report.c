@@ -289,8 +289,13 @@ static int tally_entry(struct report *r, uint32_t day, const struct audit_leaf *
 	k->v[V_MESSAGES]++;
 	if (strcmp(ev, "connection.accepted") == 0)
 		r->conn_accepted++;
-	if (strcmp(ev, "connection.refused") == 0)
-		r->conn_refused++;
+	/* An entry with "repeated" stands for that many refusals (a flood coalesced). */
+	if (strcmp(ev, "connection.refused") == 0) {
+		uint64_t n = member_uint(d, b, "repeated");
+		n = n ? n : 1;
+		r->conn_refused =
+		    n > UINT64_MAX - r->conn_refused ? UINT64_MAX : r->conn_refused + n;
+	}
 	if (strcmp(ev, "connection.closed") == 0)
 		r->conn_closed++;
 	int v = strcmp(ev, "message.accepted") == 0       ? V_MESSAGES
