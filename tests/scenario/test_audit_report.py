@@ -6,11 +6,13 @@ setUpClass runs one gateway through accepted sends from two partners,
 refusals for three different rules (one of them under an agreement id full
 of HTML that a hostile partner chose), and a fetch with its
 acknowledgement, then cuts city-council's open connection with a reload
-whose registry no longer recognises its certificate, and stops it. The tests count the same figures from the
-store with sqlite3 and check that the HTML report (read with html.parser),
-the Markdown and the CSV carry them; that no partner-chosen string reaches
-the page unescaped; and that headless Chromium renders the page with its
-totals in the DOM. The screenshot is kept in <build>/test-artefacts/.
+whose registry no longer recognises its certificate, makes a few bare TCP
+connections (a health check) and stops it. The tests count the same
+figures from the store with sqlite3 and check that the HTML report (read
+with html.parser), the Markdown and the CSV carry them; that no
+partner-chosen string reaches the page unescaped; and that headless
+Chromium renders the page with its totals in the DOM. The screenshot is
+kept in <build>/test-artefacts/.
 """
 
 import collections
@@ -20,8 +22,10 @@ import html.parser
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
+import time
 import unittest
 
 import isgtest
@@ -132,6 +136,7 @@ class AuditReport(isgtest.ScenarioCase):
             if len(nhs.fetch_messages()) != 3:
                 raise AssertionError("nhs-trust should fetch 3 messages")
             cls._cut_council(gw)
+            cls._bare_connections(gw)
         finally:
             gw.stop()
         db = sqlite3.connect("file:%s?mode=ro&immutable=1" % gw.store_path, uri=True)
@@ -179,6 +184,21 @@ class AuditReport(isgtest.ScenarioCase):
             if e.rule != "partner.unrecognised":
                 raise AssertionError("council's connection should be cut: %s" % (e,))
 
+    BARE = 5
+
+    @classmethod
+    def _bare_connections(cls, gw):
+        """A health check's connect-and-close, BARE times from one address:
+        the first is written at once, the rest counted into one entry
+        written when isgd stops ("repeated")."""
+        for _ in range(cls.BARE):
+            socket.create_connection(("127.0.0.1", gw.port), timeout=5 * isgtest.SLOW).close()
+        deadline = time.monotonic() + 10 * isgtest.SLOW
+        while gw.log.count("event=conn.refused") < cls.BARE:
+            if time.monotonic() > deadline:
+                raise AssertionError("%d refusals expected\n%s" % (cls.BARE, gw.diagnostics()))
+            time.sleep(0.05)
+
     # -- figures counted from the store
 
     def of_kind(self, kind):
@@ -194,7 +214,9 @@ class AuditReport(isgtest.ScenarioCase):
             "total-delivered": len(self.of_kind("message.delivered")),
             "total-acknowledged": len(self.of_kind("message.acknowledged")),
             "total-expired": len(self.of_kind("message.expired")),
-            "total-connections-refused": len(self.of_kind("connection.refused")),
+            # an entry with "repeated" stands for that many refusals
+            "total-connections-refused": sum(e.get("repeated", 1)
+                                             for e in self.of_kind("connection.refused")),
             "total-connections-closed": len(self.of_kind("connection.closed")),
         }
 
@@ -213,6 +235,10 @@ class AuditReport(isgtest.ScenarioCase):
         rules = {x["rule"] for x in self.of_kind("message.refused")}
         self.assertEqual(len(rules), 3, rules)
         self.assertEqual(e["total-connections-closed"], 1)
+        # the bare connections: one entry at once, one with the count of the rest
+        self.assertEqual(e["total-connections-refused"], self.BARE)
+        self.assertEqual([x.get("repeated") for x in self.of_kind("connection.refused")],
+                         [None, self.BARE - 1])
 
     def test_totals_match_the_log(self):
         for ident, want in self.expected().items():
@@ -331,6 +357,7 @@ class AuditReport(isgtest.ScenarioCase):
         self.assertIn("| messages refused | %d |" % e["total-refused"], md)
         self.assertIn("| connections closed by a reload | %d |" % e["total-connections-closed"],
                       md)
+        self.assertIn("| connections refused | %d |" % e["total-connections-refused"], md)
         self.assertIn("**OK**", md)
         self.assertNotIn("<script", md)
 

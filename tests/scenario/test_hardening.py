@@ -605,6 +605,103 @@ class TestConnectionLimit(HardeningCase):
         self.assertGreater(kept.gateway_id, 0)
 
 
+class TestRefusalFlood(HardeningCase):
+    """
+    A port scanner's or a load balancer's bare connect-and-close, over and
+    over: every refusal stays on record, but a flood of them from one
+    address writes the first at once and then, when its minute is over or
+    isgd stops, one entry with the count (docs/audit.md), instead of one
+    entry and one commit each.
+    """
+
+    FLOOD = 50
+
+    def refused(self, gw):
+        r = isgtest.ctl("audit", "list", "--config", gw.config_path, "--format", "jsonl",
+                        "--kind", "connection.refused")
+        self.assertEqual(r.rc, 0, r)
+        return [json.loads(line)["entry"] for line in r.out.splitlines()]
+
+    def wait_refused(self, gw, count, what):
+        deadline = time.monotonic() + 10 * isgtest.SLOW
+        while True:
+            entries = self.refused(gw)
+            if len(entries) >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(len(entries), count, "%s: %s\n%s" % (what, entries, gw.diagnostics()))
+        return entries
+
+    def wait_log(self, gw, event, count):
+        deadline = time.monotonic() + 10 * isgtest.SLOW
+        while gw.log.count("event=" + event) < count:
+            if time.monotonic() > deadline:
+                self.fail("%d %s lines expected\n%s" % (count, event, gw.diagnostics()))
+            time.sleep(0.05)
+
+    def test_bare_connections_coalesced(self):
+        self.gw = gw = self.gateway()
+        for _ in range(self.FLOOD):
+            socket.create_connection(("127.0.0.1", gw.port), timeout=5 * isgtest.SLOW).close()
+        # each one is refused, and the operational log has each one
+        self.wait_log(gw, "conn.refused", self.FLOOD)
+        # the first is on record at once, in full, as before
+        first = self.wait_refused(gw, 1, "the first refusal, at once")[0]
+        self.assertRegex(first["peer"], r"^127\.0\.0\.1:\d+$")
+        self.assertEqual(first["subject"], "")
+        self.assertTrue(first["reason"], first)
+        self.assertNotIn("repeated", first)
+        self.assertServing()
+        # a graceful stop writes what was only counted
+        gw.stop()
+        entries = [e for e in self.refused(gw)
+                   if e["peer"].rsplit(":", 1)[0] == "127.0.0.1" and e["subject"] == ""]
+        self.assertEqual({e["reason"] for e in entries}, {first["reason"]}, entries)
+        self.assertLessEqual(len(entries), 2, entries)
+        self.assertEqual(sum(e.get("repeated", 1) for e in entries), self.FLOOD, entries)
+        count = entries[-1]
+        self.assertEqual(count["repeated"], self.FLOOD - 1, count)
+        self.assertEqual(count["peer"], "127.0.0.1")
+        self.assertLessEqual(count["first_at"], count["last_at"])
+        r = isgtest.ctl("audit", "verify", "--config", gw.config_path)
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("audit log OK", r.out)
+        # the table names the count
+        r = isgtest.ctl("audit", "list", "--config", gw.config_path, "--kind", "connection.refused")
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("(%d refusals)" % (self.FLOOD - 1), r.out)
+
+    def test_certificates_are_keys_of_their_own(self):
+        """A partner's expired certificate shows at once and in full, whatever
+        else is refused from its address; only its own repeats are counted."""
+        for name, cn in (("flood-expired-a", "flood-a.partners.isg.example"),
+                         ("flood-expired-b", "flood-b.partners.isg.example")):
+            if name not in self.pki.certs:
+                self.pki.expired_client(name, cn)
+        self.gw = gw = self.gateway()
+        a = isgtest.Partner(gw, self.pki, "flood-expired-a")
+        b = isgtest.Partner(gw, self.pki, "flood-expired-b")
+        socket.create_connection(("127.0.0.1", gw.port), timeout=5 * isgtest.SLOW).close()
+        for p in (a, b, a, a):
+            self.assertCtl(p.whoami(), 4, gw)
+        self.wait_log(gw, "conn.refused", 5)
+        entries = self.wait_refused(gw, 3, "one at once per certificate and the bare connection")
+        subjects = sorted(e["subject"] for e in entries)
+        self.assertEqual(subjects[0], "")
+        self.assertIn("flood-a.partners.isg.example", subjects[1])
+        self.assertIn("flood-b.partners.isg.example", subjects[2])
+        for e in entries:
+            self.assertNotIn("repeated", e)
+        gw.stop()
+        entries = self.refused(gw)
+        self.assertEqual(len(entries), 4, entries)
+        count = entries[-1]
+        self.assertIn("flood-a.partners.isg.example", count["subject"])
+        self.assertEqual((count["peer"], count["repeated"]), ("127.0.0.1", 2), count)
+        r = isgtest.ctl("audit", "verify", "--config", gw.config_path)
+        self.assertEqual(r.rc, 0, r)
+
+
 class TestWorkers(HardeningCase):
     def test_connections_spread_evenly_over_workers(self):
         """Each connection goes to the worker with the fewest: the kernel's
