@@ -263,7 +263,8 @@ static void print_table_row(const struct aj_doc *d, int64_t seq, const struct au
 	/* A connection.refused entry that stands for several refusals says how many. */
 	member_text(repeated, sizeof(repeated), d, b, "repeated");
 	if (repeated[0])
-		snprintf(why, sizeof(why), "%s (%s refusals)", or_dash(rule), repeated);
+		snprintf(why, sizeof(why), "%s (%s refusal%s)", or_dash(rule), repeated,
+		         strcmp(repeated, "1") == 0 ? "" : "s");
 	else
 		snprintf(why, sizeof(why), "%s", or_dash(rule));
 	audit_ctl_printable(kind, sizeof(kind), lf->event, SHOWN_MAX);

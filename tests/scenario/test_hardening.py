@@ -682,9 +682,9 @@ class TestRefusalFlood(HardeningCase):
         a = isgtest.Partner(gw, self.pki, "flood-expired-a")
         b = isgtest.Partner(gw, self.pki, "flood-expired-b")
         socket.create_connection(("127.0.0.1", gw.port), timeout=5 * isgtest.SLOW).close()
-        for p in (a, b, a, a):
+        for p in (a, b, a, a, b):
             self.assertCtl(p.whoami(), 4, gw)
-        self.wait_log(gw, "conn.refused", 5)
+        self.wait_log(gw, "conn.refused", 6)
         entries = self.wait_refused(gw, 3, "one at once per certificate and the bare connection")
         subjects = sorted(e["subject"] for e in entries)
         self.assertEqual(subjects[0], "")
@@ -694,12 +694,19 @@ class TestRefusalFlood(HardeningCase):
             self.assertNotIn("repeated", e)
         gw.stop()
         entries = self.refused(gw)
-        self.assertEqual(len(entries), 4, entries)
-        count = entries[-1]
-        self.assertIn("flood-a.partners.isg.example", count["subject"])
-        self.assertEqual((count["peer"], count["repeated"]), ("127.0.0.1", 2), count)
+        self.assertEqual(len(entries), 5, entries)
+        counts = {("a" if "flood-a." in e["subject"] else "b"): e for e in entries[3:]}
+        self.assertEqual(sorted(counts), ["a", "b"], entries)
+        for who, n in (("a", 2), ("b", 1)):
+            self.assertEqual((counts[who]["peer"], counts[who]["repeated"]), ("127.0.0.1", n),
+                             counts[who])
         r = isgtest.ctl("audit", "verify", "--config", gw.config_path)
         self.assertEqual(r.rc, 0, r)
+        # the table says how many each stands for, in words that fit the number
+        r = isgtest.ctl("audit", "list", "--config", gw.config_path, "--kind", "connection.refused")
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("(2 refusals)", r.out)
+        self.assertIn("(1 refusal)", r.out)
 
 
 class TestWorkers(HardeningCase):
