@@ -86,6 +86,7 @@ static const struct opt opts[] = {
     {"audit", "checkpoint_every", OPT_U32, AT(checkpoint_every), false, 1, 1000000, "1 to 1000000"},
     {"audit", "checkpoint_interval", OPT_DURATION, AT(checkpoint_interval_ms), false, SEC, DAY,
      "1s to 1d"},
+    {"audit", "refusal_window", OPT_DURATION, AT(refusal_window_ms), false, SEC, HOUR, "1s to 1h"},
 };
 
 static const char *const sections[] = {"tls", "store", "limits", "audit"};
@@ -124,6 +125,7 @@ void config_init(struct isgd_config *c)
 	c->log_level = LOG_INFO;
 	c->checkpoint_every = 1000;
 	c->checkpoint_interval_ms = 10 * SEC;
+	c->refusal_window_ms = 60 * SEC;
 }
 
 void config_release(struct isgd_config *c)

@@ -62,14 +62,14 @@ void quota_release(struct quota *q, const struct quota_claim *claim);
 /*
  * refusals.c: connection refusals, coalesced so that a flood of them writes
  * a bounded number of audit entries. Keyed by the peer's address (without
- * the port), the reason and the certificate subject: the first refusal of
- * a key is written at once; those within REFUSALS_WINDOW_MS after it are
- * counted, and written as one entry once the window is over. At most
+ * the port), the reason and the subject of a certificate that verified
+ * ("*" for one that did not): the first refusal of a key is written at
+ * once; those within the window after it are counted, and written as one
+ * entry once the window is over. At most
  * REFUSALS_MAX_KEYS keys; past that, refusals are counted per reason under
  * address and subject "*" (REFUSALS_MAX_OVERFLOW reasons, then one bucket
  * with reason "*" too). Thread-safe.
  */
-#define REFUSALS_WINDOW_MS 60000
 #define REFUSALS_MAX_KEYS 4096
 #define REFUSALS_MAX_OVERFLOW 64
 #define REFUSALS_ADDR_MAX 64
@@ -84,11 +84,15 @@ struct refusal_record {
 };
 /* Writes one entry (called with the table locked); 0, or it is counted or kept. */
 typedef int (*refusals_write_fn)(void *ctx, const struct refusal_record *rec);
-struct refusals *refusals_new(refusals_write_fn write, void *ctx);
+/* window_ms: how long after the first of a key refusals like it are counted. */
+struct refusals *refusals_new(int64_t window_ms, refusals_write_fn write, void *ctx);
 void refusals_free(struct refusals *r);
-/* One refusal: subject NULL or "" when there was no certificate. */
-void refusals_note(struct refusals *r, const char *peer, const char *subject, const char *reason,
-                   int64_t mono_ms, int64_t wall_ms);
+/*
+ * One refusal: subject NULL or "" when there was no certificate; verified
+ * when the certificate verified, so that its subject is the CA's word.
+ */
+void refusals_note(struct refusals *r, const char *peer, const char *subject, bool verified,
+                   const char *reason, int64_t mono_ms, int64_t wall_ms);
 /*
  * Write the counts of the windows over at mono_ms (every count when `all`)
  * and forget their keys. Returns how many counts are due and could not be

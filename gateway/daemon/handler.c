@@ -767,10 +767,10 @@ static void audit_accepted(struct gateway *g, const char *peer, const char *subj
 }
 
 /* Written at once, or counted with the same peer's, reason's and subject's (refusals.c). */
-static void audit_refused(struct gateway *g, const char *peer, const char *subject,
+static void audit_refused(struct gateway *g, const char *peer, const char *subject, bool verified,
                           const char *reason)
 {
-	refusals_note(g->refusals, peer, subject, reason, time_mono_ms(), time_now_ms());
+	refusals_note(g->refusals, peer, subject, verified, reason, time_mono_ms(), time_now_ms());
 }
 
 int handler_write_refusal(void *ctx, const struct refusal_record *rec)
@@ -819,7 +819,8 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 	if (!p) {
 		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=partner.unknown",
 		          net_conn_peer(c), log_quote(q, sizeof(q), id->subject));
-		audit_refused(g, net_conn_peer(c), id->subject, "certificate matches no partner");
+		audit_refused(g, net_conn_peer(c), id->subject, true,
+		              "certificate matches no partner");
 		char msg[700];
 		snprintf(msg, sizeof(msg),
 		         "the client certificate (subject \"%s\") matches no partner in the "
@@ -923,9 +924,10 @@ static void handler_close(void *ctx, struct net_conn *c)
 	free(s);
 }
 
+/* The handshake failed: the subject, if any, is of a certificate that did not verify. */
 static void handler_refused(void *ctx, const char *peer, const char *subject, const char *reason)
 {
-	audit_refused(ctx, peer, subject, reason);
+	audit_refused(ctx, peer, subject, false, reason);
 }
 
 struct net_handler handler_new(struct gateway *g)

@@ -370,16 +370,20 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	}
 	g->regime = regime;
 	g->quota = quota_new();
-	g->refusals = refusals_new(handler_write_refusal, g);
-	if (!g->quota || !g->refusals || quota_seed(g->quota, g->store, time_now_ms()) != 0) {
-		fputs("isgd: cannot read today's usage from the store for the daily limits\n",
+	g->refusals = refusals_new(g->cfg.refusal_window_ms, handler_write_refusal, g);
+	r = !g->quota || !g->refusals ? ISG_ERR_NOMEM
+	                              : quota_seed(g->quota, g->store, time_now_ms());
+	if (r != 0) {
+		fputs(r == ISG_ERR_NOMEM
+		          ? "isgd: out of memory\n"
+		          : "isgd: cannot read today's usage from the store for the daily limits\n",
 		      stderr);
 		store_close(g->store);
 		net_server_free(g->net);
 		quota_free(g->quota);
 		refusals_free(g->refusals);
 		regime_unref(regime);
-		return ISG_ERR_STORE;
+		return r;
 	}
 	store_set_notify(g->store, handler_notify, g);
 	audit_policy(g, regime->policy, "loaded", 0);

@@ -8,10 +8,16 @@
  * So a refusal is keyed by the peer's address (without the port), the
  * reason and the certificate subject. The first of a key is written at
  * once, as it happened, so a partner's expired certificate shows at once
- * and in full; those that follow within REFUSALS_WINDOW_MS of it are only
- * counted, and once the window is over one entry stands for them all
+ * and in full; those that follow within the window (audit.refusal_window)
+ * are only counted, and once it is over one entry stands for them all
  * (refusals_flush, called every second and at shutdown). The key is then
  * forgotten: the next refusal is written at once again.
+ *
+ * The subject is in the key only when the certificate verified. The
+ * subject of one that did not is whatever its maker wrote: keyed by it, one
+ * address could fill the table with self-made certificates and push every
+ * other refusal into the overflow buckets. Those are keyed by address and
+ * reason, with subject "*" (the first is still written with its subject).
  *
  * At most REFUSALS_MAX_KEYS keys are kept. Past that a new key is counted,
  * never written at once, in an overflow bucket of its reason (address and
@@ -41,6 +47,7 @@ struct refusal {
 
 struct refusals {
 	pthread_mutex_t mu;
+	int64_t window_ms;
 	refusals_write_fn write;
 	void *ctx;
 	size_t n_keys, n_overflow;
@@ -79,7 +86,7 @@ static size_t refusal_hash(const char *addr, const char *reason, const char *sub
 }
 
 static struct refusal *refusal_new(const char *addr, const char *reason, const char *subject,
-                                   bool overflow, int64_t mono_ms)
+                                   bool overflow, int64_t window_end)
 {
 	size_t la = strlen(addr), lr = strlen(reason), ls = strlen(subject);
 	struct refusal *e = calloc(1, sizeof(*e) + la + lr + ls + 3);
@@ -92,7 +99,7 @@ static struct refusal *refusal_new(const char *addr, const char *reason, const c
 	e->subject = p += lr + 1;
 	memcpy(p, subject, ls + 1);
 	e->overflow = overflow;
-	e->window_end = mono_ms + REFUSALS_WINDOW_MS;
+	e->window_end = window_end;
 	return e;
 }
 
@@ -111,7 +118,7 @@ static struct refusal *refusal_add(struct refusals *r, size_t h, const char *add
                                    const char *reason, const char *subject, bool overflow,
                                    int64_t mono_ms)
 {
-	struct refusal *e = refusal_new(addr, reason, subject, overflow, mono_ms);
+	struct refusal *e = refusal_new(addr, reason, subject, overflow, mono_ms + r->window_ms);
 	if (!e)
 		return NULL;
 	e->next = r->buckets[h];
@@ -130,7 +137,7 @@ static void refusal_count(struct refusals *r, struct refusal *e, int64_t mono_ms
 	if (e->repeated == 0) {
 		e->first_at_ms = wall_ms;
 		if (e == r->every) { /* never in the table: its window starts now */
-			e->window_end = mono_ms + REFUSALS_WINDOW_MS;
+			e->window_end = mono_ms + r->window_ms;
 			if (e->window_end < r->next_due)
 				r->next_due = e->window_end;
 		}
@@ -150,7 +157,7 @@ static struct refusal *refusal_overflow(struct refusals *r, const char *reason, 
 	return e ? e : r->every;
 }
 
-struct refusals *refusals_new(refusals_write_fn write, void *ctx)
+struct refusals *refusals_new(int64_t window_ms, refusals_write_fn write, void *ctx)
 {
 	struct refusals *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -162,6 +169,7 @@ struct refusals *refusals_new(refusals_write_fn write, void *ctx)
 		return NULL;
 	}
 	pthread_mutex_init(&r->mu, NULL);
+	r->window_ms = window_ms;
 	r->write = write;
 	r->ctx = ctx;
 	r->next_due = INT64_MAX;
@@ -183,18 +191,19 @@ void refusals_free(struct refusals *r)
 	free(r);
 }
 
-void refusals_note(struct refusals *r, const char *peer, const char *subject, const char *reason,
-                   int64_t mono_ms, int64_t wall_ms)
+void refusals_note(struct refusals *r, const char *peer, const char *subject, bool verified,
+                   const char *reason, int64_t mono_ms, int64_t wall_ms)
 {
 	char addr[REFUSALS_ADDR_MAX];
 	refusal_address(peer ? peer : "", addr, sizeof(addr));
 	subject = subject ? subject : "";
 	reason = reason ? reason : "";
-	size_t h = refusal_hash(addr, reason, subject);
+	const char *keyed = verified || !subject[0] ? subject : ANY;
+	size_t h = refusal_hash(addr, reason, keyed);
 	pthread_mutex_lock(&r->mu);
-	struct refusal *e = refusal_find(r, h, addr, reason, subject);
+	struct refusal *e = refusal_find(r, h, addr, reason, keyed);
 	if (!e && r->n_keys < REFUSALS_MAX_KEYS &&
-	    (e = refusal_add(r, h, addr, reason, subject, false, mono_ms)) != NULL) {
+	    (e = refusal_add(r, h, addr, reason, keyed, false, mono_ms)) != NULL) {
 		struct refusal_record rec = {.peer = peer, .subject = subject, .reason = reason};
 		if (r->write(r->ctx, &rec) == 0)
 			goto out;

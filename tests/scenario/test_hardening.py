@@ -671,35 +671,55 @@ class TestRefusalFlood(HardeningCase):
         self.assertEqual(r.rc, 0, r)
         self.assertIn("(%d refusals)" % (self.FLOOD - 1), r.out)
 
-    def test_certificates_are_keys_of_their_own(self):
-        """A partner's expired certificate shows at once and in full, whatever
-        else is refused from its address; only its own repeats are counted."""
-        for name, cn in (("flood-expired-a", "flood-a.partners.isg.example"),
-                         ("flood-expired-b", "flood-b.partners.isg.example")):
-            if name not in self.pki.certs:
-                self.pki.expired_client(name, cn)
-        self.gw = gw = self.gateway()
-        a = isgtest.Partner(gw, self.pki, "flood-expired-a")
-        b = isgtest.Partner(gw, self.pki, "flood-expired-b")
+    def test_count_written_while_running(self):
+        """When the window is over, the count is written by isgd as it runs,
+        not only at shutdown (audit.refusal_window, shortened here)."""
+        self.gw = gw = self.gateway(audit={"refusal_window": "1s"})
+        for _ in range(5):
+            socket.create_connection(("127.0.0.1", gw.port), timeout=5 * isgtest.SLOW).close()
+        self.wait_log(gw, "conn.refused", 5)
+        entries = self.wait_refused(gw, 2, "the first at once, then the count within seconds")
+        self.assertNotIn("repeated", entries[0])
+        count = entries[1]
+        self.assertEqual((count["peer"], count["repeated"]), ("127.0.0.1", 4), count)
+        # the key is forgotten: the next refusal is written at once again
         socket.create_connection(("127.0.0.1", gw.port), timeout=5 * isgtest.SLOW).close()
-        for p in (a, b, a, a, b):
-            self.assertCtl(p.whoami(), 4, gw)
-        self.wait_log(gw, "conn.refused", 6)
-        entries = self.wait_refused(gw, 3, "one at once per certificate and the bare connection")
+        again = self.wait_refused(gw, 3, "the next one at once")[2]
+        self.assertNotIn("repeated", again)
+        self.assertServing()
+
+    def test_subject_is_a_key_only_when_the_certificate_verifies(self):
+        """A certificate that verifies but matches no partner is a key of its
+        own, so its refusal shows at once and in full whatever else is refused
+        from its address. The subject of one that does not verify is whatever
+        its maker wrote: those are counted per address and reason, or one
+        address could fill the table with made-up subjects."""
+        for name, make in (("stray-a", self.pki.client), ("stray-b", self.pki.client),
+                           ("rogue-a", self.pki.untrusted_client),
+                           ("rogue-b", self.pki.untrusted_client)):
+            if name not in self.pki.certs:
+                make(name, name + ".partners.isg.example")
+        self.gw = gw = self.gateway()
+        p = {n: isgtest.Partner(gw, self.pki, n) for n in ("stray-a", "stray-b", "rogue-a", "rogue-b")}
+        socket.create_connection(("127.0.0.1", gw.port), timeout=5 * isgtest.SLOW).close()
+        for name in ("stray-a", "stray-b", "stray-a", "rogue-a", "rogue-b", "rogue-a"):
+            self.assertCtl(p[name].whoami(), 3 if name.startswith("stray") else 4, gw)
+        self.wait_log(gw, "conn.refused", 7)
+        entries = self.wait_refused(gw, 4, "at once: the bare connection, each stray, the first rogue")
         subjects = sorted(e["subject"] for e in entries)
         self.assertEqual(subjects[0], "")
-        self.assertIn("flood-a.partners.isg.example", subjects[1])
-        self.assertIn("flood-b.partners.isg.example", subjects[2])
+        for i, name in ((1, "rogue-a"), (2, "stray-a"), (3, "stray-b")):
+            self.assertIn("CN=%s.partners.isg.example" % name, subjects[i])
         for e in entries:
             self.assertNotIn("repeated", e)
         gw.stop()
-        entries = self.refused(gw)
-        self.assertEqual(len(entries), 5, entries)
-        counts = {("a" if "flood-a." in e["subject"] else "b"): e for e in entries[3:]}
-        self.assertEqual(sorted(counts), ["a", "b"], entries)
-        for who, n in (("a", 2), ("b", 1)):
-            self.assertEqual((counts[who]["peer"], counts[who]["repeated"]), ("127.0.0.1", n),
-                             counts[who])
+        counts = self.refused(gw)[4:]
+        self.assertEqual(len(counts), 2, counts)
+        by_subject = {("stray-a" if "stray-a." in e["subject"] else e["subject"]): e for e in counts}
+        self.assertEqual(sorted(by_subject), ["*", "stray-a"], counts)
+        self.assertEqual(by_subject["stray-a"]["repeated"], 1)
+        self.assertEqual(by_subject["stray-a"]["reason"], "certificate matches no partner")
+        self.assertEqual((by_subject["*"]["peer"], by_subject["*"]["repeated"]), ("127.0.0.1", 2))
         r = isgtest.ctl("audit", "verify", "--config", gw.config_path)
         self.assertEqual(r.rc, 0, r)
         # the table says how many each stands for, in words that fit the number

@@ -132,6 +132,7 @@ static void test_defaults_and_relative_config_path(void **state)
 	assert_string_equal(c.audit_origin, "isg-gateway");
 	assert_int_equal(c.checkpoint_every, 1000);
 	assert_int_equal(c.checkpoint_interval_ms, 10000);
+	assert_int_equal(c.refusal_window_ms, 60000);
 	config_release(&c);
 	assert_null(c.audit_origin);
 	ydoc_diags_release(&d);
@@ -274,24 +275,27 @@ static void test_audit_section(void **state)
 	char path[32];
 	assert_int_equal(load_text(BASE
 	                           "listen: h:1\naudit:\n  origin: gw.police.example/isg-audit_1\n"
-	                           "  checkpoint_every: 1000000\n  checkpoint_interval: 1d\n",
+	                           "  checkpoint_every: 1000000\n  checkpoint_interval: 1d\n"
+	                           "  refusal_window: 1h\n",
 	                           &c, &d, path),
 	                 0);
 	assert_string_equal(c.audit_origin, "gw.police.example/isg-audit_1");
 	assert_int_equal(c.checkpoint_every, 1000000);
 	assert_int_equal(c.checkpoint_interval_ms, 86400000);
+	assert_int_equal(c.refusal_window_ms, 3600000);
 	config_release(&c);
 	ydoc_diags_release(&d);
 	/* The smallest values, and an origin of exactly 64 characters. */
 	assert_int_equal(
 	    load_text(BASE "listen: h:1\naudit: {checkpoint_every: 1, checkpoint_interval: "
-	                   "1s, origin: "
+	                   "1s, refusal_window: 1s, origin: "
 	                   "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}\n",
 	              &c, &d, path),
 	    0);
 	assert_int_equal(strlen(c.audit_origin), 64);
 	assert_int_equal(c.checkpoint_every, 1);
 	assert_int_equal(c.checkpoint_interval_ms, 1000);
+	assert_int_equal(c.refusal_window_ms, 1000);
 	config_release(&c);
 	ydoc_diags_release(&d);
 	/* An empty audit section keeps every default. */
@@ -299,6 +303,7 @@ static void test_audit_section(void **state)
 	assert_string_equal(c.audit_origin, "isg-gateway");
 	assert_int_equal(c.checkpoint_every, 1000);
 	assert_int_equal(c.checkpoint_interval_ms, 10000);
+	assert_int_equal(c.refusal_window_ms, 60000);
 	config_release(&c);
 	ydoc_diags_release(&d);
 
@@ -326,6 +331,10 @@ static void test_audit_section(void **state)
 	    "duration '999ms' for audit.checkpoint_interval is out of range (1s to 1d)");
 	load_text_fails(BASE "listen: h:1\naudit: {checkpoint_interval: 2d}\n", 6, 30,
 	                "duration '2d' for audit.checkpoint_interval is out of range");
+	load_text_fails(BASE "listen: h:1\naudit: {refusal_window: 500ms}\n", 6, 25,
+	                "duration '500ms' for audit.refusal_window is out of range (1s to 1h)");
+	load_text_fails(BASE "listen: h:1\naudit: {refusal_window: 61m}\n", 6, 25,
+	                "duration '61m' for audit.refusal_window is out of range");
 	load_text_fails(
 	    BASE "listen: h:1\naudit: {chekpoint_every: 5}\n", 6, 9,
 	    "unknown key 'chekpoint_every' in audit (did you mean 'checkpoint_every'?)");

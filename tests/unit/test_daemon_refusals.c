@@ -13,7 +13,7 @@
 
 #define T0 1000000         /* monotonic ms */
 #define WALL 1790000000000 /* wall-clock ms */
-#define WINDOW REFUSALS_WINDOW_MS
+#define WINDOW 60000       /* ms */
 
 struct written {
 	char peer[REFUSALS_ADDR_MAX], subject[64], reason[64];
@@ -61,9 +61,10 @@ static uint64_t sink_total(const struct sink *s)
 static void test_first_at_once_repeats_counted(void **state)
 {
 	struct sink s = {0};
-	struct refusals *r = refusals_new(sink_write, &s);
+	struct refusals *r = refusals_new(WINDOW, sink_write, &s);
 	assert_non_null(r);
-	refusals_note(r, "198.51.100.7:40001", "", "connection closed during handshake", T0, WALL);
+	refusals_note(r, "198.51.100.7:40001", "", false, "connection closed during handshake", T0,
+	              WALL);
 	/* written at once, in full, with the port */
 	assert_int_equal(s.n, 1);
 	assert_string_equal(s.w[0].peer, "198.51.100.7:40001");
@@ -73,8 +74,8 @@ static void test_first_at_once_repeats_counted(void **state)
 	for (int i = 1; i < 50; i++) {
 		char peer[32];
 		snprintf(peer, sizeof(peer), "198.51.100.7:%d", 40001 + i);
-		refusals_note(r, peer, NULL, "connection closed during handshake", T0 + i * 100,
-		              WALL + i * 100);
+		refusals_note(r, peer, NULL, false, "connection closed during handshake",
+		              T0 + i * 100, WALL + i * 100);
 	}
 	assert_int_equal(s.n, 1);
 	assert_int_equal(refusals_flush(r, T0 + WINDOW - 1, false), 0);
@@ -92,7 +93,7 @@ static void test_first_at_once_repeats_counted(void **state)
 	/* nothing more to write, and the key is forgotten: the next is written at once */
 	refusals_flush(r, T0 + 2 * WINDOW, false);
 	assert_int_equal(s.n, 2);
-	refusals_note(r, "198.51.100.7:40100", "", "connection closed during handshake",
+	refusals_note(r, "198.51.100.7:40100", "", false, "connection closed during handshake",
 	              T0 + 2 * WINDOW, WALL + 2 * WINDOW);
 	assert_int_equal(s.n, 3);
 	assert_int_equal(s.w[2].repeated, 0);
@@ -103,9 +104,9 @@ static void test_first_at_once_repeats_counted(void **state)
 static void test_single_refusal_has_no_second_entry(void **state)
 {
 	struct sink s = {0};
-	struct refusals *r = refusals_new(sink_write, &s);
-	refusals_note(r, "192.0.2.1:5000", "CN=partner", "certificate verify failed: expired", T0,
-	              WALL);
+	struct refusals *r = refusals_new(WINDOW, sink_write, &s);
+	refusals_note(r, "192.0.2.1:5000", "CN=partner", false,
+	              "certificate verify failed: expired", T0, WALL);
 	refusals_flush(r, T0 + WINDOW, false);
 	assert_int_equal(refusals_flush(r, T0 + WINDOW, true), 0);
 	assert_int_equal(s.n, 1);
@@ -116,19 +117,19 @@ static void test_single_refusal_has_no_second_entry(void **state)
 static void test_keys(void **state)
 {
 	struct sink s = {0};
-	struct refusals *r = refusals_new(sink_write, &s);
-	/* each a key of its own: written at once */
-	refusals_note(r, "192.0.2.1:1", "CN=a", "expired", T0, WALL);
-	refusals_note(r, "192.0.2.1:2", "CN=b", "expired", T0, WALL);
-	refusals_note(r, "192.0.2.1:3", "CN=a", "revoked", T0, WALL);
-	refusals_note(r, "192.0.2.2:1", "CN=a", "expired", T0, WALL);
-	refusals_note(r, "[2001:db8::7]:443", "CN=a", "expired", T0, WALL);
-	refusals_note(r, "192.0.2.1:4", NULL, "expired", T0, WALL);
+	struct refusals *r = refusals_new(WINDOW, sink_write, &s);
+	/* certificates that verified: each a key of its own, written at once */
+	refusals_note(r, "192.0.2.1:1", "CN=a", true, "expired", T0, WALL);
+	refusals_note(r, "192.0.2.1:2", "CN=b", true, "expired", T0, WALL);
+	refusals_note(r, "192.0.2.1:3", "CN=a", true, "revoked", T0, WALL);
+	refusals_note(r, "192.0.2.2:1", "CN=a", true, "expired", T0, WALL);
+	refusals_note(r, "[2001:db8::7]:443", "CN=a", true, "expired", T0, WALL);
+	refusals_note(r, "192.0.2.1:4", NULL, false, "expired", T0, WALL);
 	assert_int_equal(s.n, 6);
 	assert_string_equal(s.w[4].peer, "[2001:db8::7]:443");
 	/* the same again, from other ports: counted */
-	refusals_note(r, "[2001:db8::7]:444", "CN=a", "expired", T0 + 1, WALL + 1);
-	refusals_note(r, "192.0.2.1:5", "", "expired", T0 + 1, WALL + 1);
+	refusals_note(r, "[2001:db8::7]:444", "CN=a", true, "expired", T0 + 1, WALL + 1);
+	refusals_note(r, "192.0.2.1:5", "", false, "expired", T0 + 1, WALL + 1);
 	assert_int_equal(s.n, 6);
 	assert_int_equal(refusals_flush(r, T0, true), 0);
 	assert_int_equal(s.n, 8);
@@ -146,17 +147,52 @@ static void test_keys(void **state)
 	free(s.w);
 }
 
+/*
+ * The subject of a certificate that did not verify is whatever its maker
+ * wrote: a flood of self-made ones from one address is one key, and leaves
+ * the table free for everyone else's refusals.
+ */
+static void test_unverified_subjects_share_a_key(void **state)
+{
+	struct sink s = {0};
+	struct refusals *r = refusals_new(WINDOW, sink_write, &s);
+	for (int i = 0; i < REFUSALS_MAX_KEYS + 10; i++) {
+		char subject[32];
+		snprintf(subject, sizeof(subject), "CN=made-up-%d", i);
+		refusals_note(r, "203.0.113.5:7000", subject, false, "self-signed certificate",
+		              T0 + i, WALL + i);
+	}
+	/* the first at once, with the subject it showed */
+	assert_int_equal(s.n, 1);
+	assert_string_equal(s.w[0].subject, "CN=made-up-0");
+	/* a partner's refusal from elsewhere still has a key of its own */
+	refusals_note(r, "192.0.2.1:1", "CN=partner", false, "certificate has expired", T0, WALL);
+	assert_int_equal(s.n, 2);
+	assert_string_equal(s.w[1].peer, "192.0.2.1:1");
+	assert_string_equal(s.w[1].subject, "CN=partner");
+	assert_int_equal(s.w[1].repeated, 0);
+	/* the rest of the flood is one count, its subject "*" */
+	assert_int_equal(refusals_flush(r, T0, true), 0);
+	assert_int_equal(s.n, 3);
+	assert_string_equal(s.w[2].peer, "203.0.113.5");
+	assert_string_equal(s.w[2].subject, "*");
+	assert_string_equal(s.w[2].reason, "self-signed certificate");
+	assert_int_equal(s.w[2].repeated, REFUSALS_MAX_KEYS + 9);
+	refusals_free(r);
+	free(s.w);
+}
+
 static void note_key(struct refusals *r, unsigned i, const char *reason, int64_t at)
 {
 	char peer[48];
 	snprintf(peer, sizeof(peer), "10.%u.%u.%u:9", (i >> 16) & 255, (i >> 8) & 255, i & 255);
-	refusals_note(r, peer, "", reason, at, WALL + (at - T0));
+	refusals_note(r, peer, "", false, reason, at, WALL + (at - T0));
 }
 
 static void test_table_full_overflow_per_reason(void **state)
 {
 	struct sink s = {0};
-	struct refusals *r = refusals_new(sink_write, &s);
+	struct refusals *r = refusals_new(WINDOW, sink_write, &s);
 	unsigned i = 0;
 	for (; i < REFUSALS_MAX_KEYS; i++)
 		note_key(r, i, "eof", T0);
@@ -211,12 +247,12 @@ static void test_table_full_overflow_per_reason(void **state)
 static void test_failed_writes_are_counted_and_kept(void **state)
 {
 	struct sink s = {0};
-	struct refusals *r = refusals_new(sink_write, &s);
+	struct refusals *r = refusals_new(WINDOW, sink_write, &s);
 	/* the first, written at once, fails: it is counted instead */
 	s.fail = 1;
-	refusals_note(r, "192.0.2.9:1", "", "eof", T0, WALL);
+	refusals_note(r, "192.0.2.9:1", "", false, "eof", T0, WALL);
 	assert_int_equal(s.n, 0);
-	refusals_note(r, "192.0.2.9:2", "", "eof", T0 + 1, WALL + 1);
+	refusals_note(r, "192.0.2.9:2", "", false, "eof", T0 + 1, WALL + 1);
 	/* the count's write fails too: kept for the next flush */
 	s.fail = 1;
 	assert_int_equal(refusals_flush(r, T0 + WINDOW, false), 1);
@@ -244,7 +280,7 @@ static void *flood_main(void *arg)
 	for (int i = 0; i < PER_THREAD; i++) {
 		char peer[32];
 		snprintf(peer, sizeof(peer), "10.9.%d.%d:%d", f->thread, i % 7, i);
-		refusals_note(f->r, peer, "", i % 3 ? "eof" : "bad", T0 + i, WALL + i);
+		refusals_note(f->r, peer, "", false, i % 3 ? "eof" : "bad", T0 + i, WALL + i);
 	}
 	return NULL;
 }
@@ -252,7 +288,7 @@ static void *flood_main(void *arg)
 static void test_threads(void **state)
 {
 	struct sink s = {0};
-	struct refusals *r = refusals_new(sink_write, &s);
+	struct refusals *r = refusals_new(WINDOW, sink_write, &s);
 	pthread_t t[THREADS];
 	struct flood f[THREADS];
 	for (int i = 0; i < THREADS; i++) {
@@ -276,6 +312,7 @@ int main(void)
 	    cmocka_unit_test(test_first_at_once_repeats_counted),
 	    cmocka_unit_test(test_single_refusal_has_no_second_entry),
 	    cmocka_unit_test(test_keys),
+	    cmocka_unit_test(test_unverified_subjects_share_a_key),
 	    cmocka_unit_test(test_table_full_overflow_per_reason),
 	    cmocka_unit_test(test_failed_writes_are_counted_and_kept),
 	    cmocka_unit_test(test_threads),
