@@ -358,7 +358,6 @@ static void test_consistency_all(void **state)
 	}
 }
 
-/* Sizes at the top of the 64-bit range: bounded, no shift by 64. */
 /* --- the streaming prover against the in-memory generator --------------- */
 
 #define STREAM_MAX 300
@@ -443,6 +442,7 @@ static void test_prover_large(void **state)
 	free(leaves);
 }
 
+/* Sizes at the top of the 64-bit range: bounded, no shift by 64. */
 static void test_proof_extremes(void **state)
 {
 	(void)state;
