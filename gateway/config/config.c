@@ -86,7 +86,8 @@ static const struct opt opts[] = {
     {"audit", "checkpoint_every", OPT_U32, AT(checkpoint_every), false, 1, 1000000, "1 to 1000000"},
     {"audit", "checkpoint_interval", OPT_DURATION, AT(checkpoint_interval_ms), false, SEC, DAY,
      "1s to 1d"},
-    {"audit", "refusal_window", OPT_DURATION, AT(refusal_window_ms), false, SEC, HOUR, "1s to 1h"},
+    {"audit", "refusal_window", OPT_DURATION, AT(refusal_window_ms), false, 10 * SEC, HOUR,
+     "10s to 1h"},
 };
 
 static const char *const sections[] = {"tls", "store", "limits", "audit"};

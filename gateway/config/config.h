@@ -54,7 +54,7 @@ struct isgd_config {
 	uint32_t checkpoint_every;      /* audit.checkpoint_every: default 1000, 1..1000000 */
 	int64_t checkpoint_interval_ms; /* audit.checkpoint_interval: default 10s, 1s..1d */
 	int64_t refusal_window_ms; /* audit.refusal_window: refused connections alike within this
-	                              long are written as one entry, default 60s, 1s..1h */
+	                              long are written as one entry, default 60s, 10s..1h */
 };
 
 /* Zero the struct and set every default. */

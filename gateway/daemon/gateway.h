@@ -62,10 +62,10 @@ void quota_release(struct quota *q, const struct quota_claim *claim);
 /*
  * refusals.c: connection refusals, coalesced so that a flood of them writes
  * a bounded number of audit entries. Keyed by the peer's address (without
- * the port), the reason and the subject of a certificate that verified
- * ("*" for one that did not): the first refusal of a key is written at
- * once; those within the window after it are counted, and written as one
- * entry once the window is over. At most
+ * the port; an IPv6 address's /64), the reason and the subject of a
+ * certificate that verified ("*" for one that did not): the first refusal
+ * of a key is written at once; those within the window after it are
+ * counted, and written as one entry once the window is over. At most
  * REFUSALS_MAX_KEYS keys; past that, refusals are counted per reason under
  * address and subject "*" (REFUSALS_MAX_OVERFLOW reasons, then one bucket
  * with reason "*" too). Thread-safe.
@@ -77,7 +77,8 @@ struct refusals;
 struct refusal_record {
 	/* repeated 0: one refusal as it happened, peer with its port. Otherwise
 	 * the entry stands for `repeated` refusals, the first and last at these
-	 * wall-clock times; peer is the address, or "*" with subject "*". */
+	 * wall-clock times; peer is the address (an IPv6 address's /64), or "*"
+	 * with subject "*". */
 	const char *peer, *subject, *reason;
 	uint64_t repeated;
 	int64_t first_at_ms, last_at_ms;
@@ -162,8 +163,8 @@ char *entry_refused(const struct policy_set *set, const char *sender, const Isg_
 char *entry_connection(const char *peer, const char *subject, const char *partner,
                        const char *reason, size_t *len);
 /*
- * "connection.refused" standing for rec->repeated refusals of one peer
- * address, reason and subject ("repeated", "first_at", "last_at").
+ * "connection.refused" standing for rec->repeated refusals of one key
+ * (refusals.c) with "repeated", "first_at" and "last_at".
  */
 char *entry_connection_repeated(const struct refusal_record *rec, size_t *len);
 /*

@@ -766,7 +766,7 @@ static void audit_accepted(struct gateway *g, const char *peer, const char *subj
 	free(entry);
 }
 
-/* Written at once, or counted with the same peer's, reason's and subject's (refusals.c). */
+/* Written at once, or counted with others like it (refusals.c). */
 static void audit_refused(struct gateway *g, const char *peer, const char *subject, bool verified,
                           const char *reason)
 {

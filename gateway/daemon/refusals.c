@@ -5,19 +5,21 @@
  * balancer's health check grow the log without bound and make the store
  * commit once per TCP connection.
  *
- * So a refusal is keyed by the peer's address (without the port), the
- * reason and the certificate subject. The first of a key is written at
- * once, as it happened, so a partner's expired certificate shows at once
- * and in full; those that follow within the window (audit.refusal_window)
- * are only counted, and once it is over one entry stands for them all
- * (refusals_flush, called every second and at shutdown). The key is then
- * forgotten: the next refusal is written at once again.
+ * So a refusal is keyed by the peer's address (without the port; for
+ * IPv6, its /64), the reason and the subject of a certificate that
+ * verified. The first of a key is written at once, as it happened, so a
+ * partner's expired certificate shows at once and in full; those that
+ * follow within the window (audit.refusal_window) are only counted, and
+ * once it is over one entry stands for them all (refusals_flush, called
+ * every second and at shutdown). The key is then forgotten: the next
+ * refusal is written at once again.
  *
- * The subject is in the key only when the certificate verified. The
- * subject of one that did not is whatever its maker wrote: keyed by it, one
- * address could fill the table with self-made certificates and push every
- * other refusal into the overflow buckets. Those are keyed by address and
- * reason, with subject "*" (the first is still written with its subject).
+ * The subject of a certificate that did not verify is whatever its maker
+ * wrote: keyed by it, one address could fill the table with made-up
+ * subjects and push every other refusal into the overflow buckets. Those
+ * are keyed with subject "*" (the first is still written with the subject
+ * it showed), so a second partner's failing certificate from the same
+ * address, for the same reason, is only counted.
  *
  * At most REFUSALS_MAX_KEYS keys are kept. Past that a new key is counted,
  * never written at once, in an overflow bucket of its reason (address and
@@ -25,6 +27,9 @@
  * every reason. A write the store refuses (its queue full) is counted
  * instead, or kept for the next flush: every refusal is on record.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,11 +61,17 @@ struct refusals {
 	struct refusal *buckets[REFUSALS_BUCKETS];
 };
 
-/* The address of "198.51.100.7:40022" or "[2001:db8::7]:40022", without the port. */
+/*
+ * Who a refusal is counted against: the address of "198.51.100.7:40022", or
+ * the /64 of "[2001:db8::7]:40022" ("2001:db8::/64"), since one host
+ * commonly has a whole /64 to choose its address from. An IPv4 address
+ * mapped into IPv6 stays whole.
+ */
 static void refusal_address(const char *peer, char *out, size_t size)
 {
 	const char *start = peer, *end = strrchr(peer, ':');
-	if (peer[0] == '[' && strchr(peer, ']')) {
+	bool v6 = peer[0] == '[' && strchr(peer, ']');
+	if (v6) {
 		start = peer + 1;
 		end = strchr(start, ']');
 	}
@@ -71,6 +82,13 @@ static void refusal_address(const char *peer, char *out, size_t size)
 		n = size - 1;
 	memcpy(out, start, n);
 	out[n] = '\0';
+	struct in6_addr a;
+	char text[INET6_ADDRSTRLEN];
+	if (!v6 || inet_pton(AF_INET6, out, &a) != 1 || IN6_IS_ADDR_V4MAPPED(&a))
+		return;
+	memset(a.s6_addr + 8, 0, 8);
+	if (inet_ntop(AF_INET6, &a, text, sizeof(text)))
+		snprintf(out, size, "%s/64", text);
 }
 
 static size_t refusal_hash(const char *addr, const char *reason, const char *subject)

@@ -84,7 +84,7 @@ static void check_loaded(const struct isgd_config *c)
 	    c->max_fetch_messages < 1 || c->max_wait_ms < 0 || c->handshake_timeout_ms < 100 ||
 	    c->idle_timeout_ms < 1000 || c->undelivered_ttl_ms < 1000 ||
 	    c->sweep_interval_ms < 100 || c->checkpoint_every < 1 ||
-	    c->checkpoint_interval_ms < 1000 || c->refusal_window_ms < 1000 ||
+	    c->checkpoint_interval_ms < 1000 || c->refusal_window_ms < 10000 ||
 	    c->refusal_window_ms > 3600000 || !c->audit_origin || !c->audit_origin[0] ||
 	    strchr(c->audit_origin, '+') || strchr(c->audit_origin, ' '))
 		abort();

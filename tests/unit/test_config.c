@@ -288,14 +288,14 @@ static void test_audit_section(void **state)
 	/* The smallest values, and an origin of exactly 64 characters. */
 	assert_int_equal(
 	    load_text(BASE "listen: h:1\naudit: {checkpoint_every: 1, checkpoint_interval: "
-	                   "1s, refusal_window: 1s, origin: "
+	                   "1s, refusal_window: 10s, origin: "
 	                   "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}\n",
 	              &c, &d, path),
 	    0);
 	assert_int_equal(strlen(c.audit_origin), 64);
 	assert_int_equal(c.checkpoint_every, 1);
 	assert_int_equal(c.checkpoint_interval_ms, 1000);
-	assert_int_equal(c.refusal_window_ms, 1000);
+	assert_int_equal(c.refusal_window_ms, 10000);
 	config_release(&c);
 	ydoc_diags_release(&d);
 	/* An empty audit section keeps every default. */
@@ -331,8 +331,8 @@ static void test_audit_section(void **state)
 	    "duration '999ms' for audit.checkpoint_interval is out of range (1s to 1d)");
 	load_text_fails(BASE "listen: h:1\naudit: {checkpoint_interval: 2d}\n", 6, 30,
 	                "duration '2d' for audit.checkpoint_interval is out of range");
-	load_text_fails(BASE "listen: h:1\naudit: {refusal_window: 500ms}\n", 6, 25,
-	                "duration '500ms' for audit.refusal_window is out of range (1s to 1h)");
+	load_text_fails(BASE "listen: h:1\naudit: {refusal_window: 9s}\n", 6, 25,
+	                "duration '9s' for audit.refusal_window is out of range (10s to 1h)");
 	load_text_fails(BASE "listen: h:1\naudit: {refusal_window: 61m}\n", 6, 25,
 	                "duration '61m' for audit.refusal_window is out of range");
 	load_text_fails(

@@ -1,4 +1,4 @@
-/* daemon/refusals.c: connection refusals coalesced per address, reason and subject. */
+/* daemon/refusals.c: connection refusals coalesced per address, reason and verified subject. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -127,22 +127,33 @@ static void test_keys(void **state)
 	refusals_note(r, "192.0.2.1:4", NULL, false, "expired", T0, WALL);
 	assert_int_equal(s.n, 6);
 	assert_string_equal(s.w[4].peer, "[2001:db8::7]:443");
-	/* the same again, from other ports: counted */
+	/* an IPv4 address mapped into IPv6 is an address of its own */
+	refusals_note(r, "[::ffff:192.0.2.1]:1", NULL, false, "expired", T0, WALL);
+	assert_int_equal(s.n, 7);
+	/* the same again, from other ports, and for IPv6 from the same /64: counted */
 	refusals_note(r, "[2001:db8::7]:444", "CN=a", true, "expired", T0 + 1, WALL + 1);
+	refusals_note(r, "[2001:db8:0:0:ffff:1:2:3]:444", "CN=a", true, "expired", T0 + 1,
+	              WALL + 1);
 	refusals_note(r, "192.0.2.1:5", "", false, "expired", T0 + 1, WALL + 1);
-	assert_int_equal(s.n, 6);
-	assert_int_equal(refusals_flush(r, T0, true), 0);
+	refusals_note(r, "[::ffff:192.0.2.1]:2", "", false, "expired", T0 + 1, WALL + 1);
+	assert_int_equal(s.n, 7);
+	/* from the next /64: a key of its own */
+	refusals_note(r, "[2001:db8:0:1::7]:443", "CN=a", true, "expired", T0 + 1, WALL + 1);
 	assert_int_equal(s.n, 8);
-	assert_int_equal(sink_total(&s), 8);
-	bool v6 = false, none = false;
-	for (size_t i = 6; i < 8; i++) {
-		assert_int_equal(s.w[i].repeated, 1);
-		v6 |=
-		    strcmp(s.w[i].peer, "2001:db8::7") == 0 && strcmp(s.w[i].subject, "CN=a") == 0;
-		none |= strcmp(s.w[i].peer, "192.0.2.1") == 0 && strcmp(s.w[i].subject, "") == 0;
+	assert_int_equal(refusals_flush(r, T0, true), 0);
+	assert_int_equal(s.n, 11);
+	assert_int_equal(sink_total(&s), 12);
+	bool v6 = false, none = false, mapped = false;
+	for (size_t i = 8; i < 11; i++) {
+		v6 |= strcmp(s.w[i].peer, "2001:db8::/64") == 0 &&
+		      strcmp(s.w[i].subject, "CN=a") == 0 && s.w[i].repeated == 2;
+		none |= strcmp(s.w[i].peer, "192.0.2.1") == 0 && strcmp(s.w[i].subject, "") == 0 &&
+		        s.w[i].repeated == 1;
+		mapped |= strcmp(s.w[i].peer, "::ffff:192.0.2.1") == 0 && s.w[i].repeated == 1;
 	}
 	assert_true(v6);
 	assert_true(none);
+	assert_true(mapped);
 	refusals_free(r);
 	free(s.w);
 }
@@ -244,6 +255,41 @@ static void test_table_full_overflow_per_reason(void **state)
 	free(s.w);
 }
 
+/* The window is the one given, for a key and for the last overflow bucket. */
+static void test_window(void **state)
+{
+	struct sink s = {0};
+	struct refusals *r = refusals_new(5000, sink_write, &s);
+	unsigned i = 0;
+	for (; i < REFUSALS_MAX_KEYS; i++)
+		note_key(r, i, "eof", T0);
+	for (int k = 0; k < REFUSALS_MAX_OVERFLOW; k++) {
+		char reason[32];
+		snprintf(reason, sizeof(reason), "reason %d", k);
+		note_key(r, i++, reason, T0);
+	}
+	note_key(r, 0, "eof", T0 + 1);       /* counted under its own key */
+	note_key(r, i++, "another", T0 + 2); /* in the bucket for every reason */
+	assert_int_equal(s.n, REFUSALS_MAX_KEYS);
+	assert_int_equal(refusals_flush(r, T0 + 4999, false), 0);
+	assert_int_equal(s.n, REFUSALS_MAX_KEYS);
+	/* the keys' windows are over; the last bucket's, begun 2 ms later, is not */
+	assert_int_equal(refusals_flush(r, T0 + 5000, false), 0);
+	assert_int_equal(s.n, REFUSALS_MAX_KEYS + 1 + REFUSALS_MAX_OVERFLOW);
+	size_t own = 0;
+	for (size_t k = REFUSALS_MAX_KEYS; k < s.n; k++)
+		own += strcmp(s.w[k].peer, "10.0.0.0") == 0 && s.w[k].repeated == 1;
+	assert_int_equal(own, 1);
+	assert_int_equal(refusals_flush(r, T0 + 5001, false), 0);
+	assert_int_equal(s.n, REFUSALS_MAX_KEYS + 1 + REFUSALS_MAX_OVERFLOW);
+	assert_int_equal(refusals_flush(r, T0 + 5002, false), 0);
+	assert_int_equal(s.n, REFUSALS_MAX_KEYS + 2 + REFUSALS_MAX_OVERFLOW);
+	assert_string_equal(s.w[s.n - 1].reason, "*");
+	assert_int_equal(sink_total(&s), REFUSALS_MAX_KEYS + REFUSALS_MAX_OVERFLOW + 2);
+	refusals_free(r);
+	free(s.w);
+}
+
 static void test_failed_writes_are_counted_and_kept(void **state)
 {
 	struct sink s = {0};
@@ -314,6 +360,7 @@ int main(void)
 	    cmocka_unit_test(test_keys),
 	    cmocka_unit_test(test_unverified_subjects_share_a_key),
 	    cmocka_unit_test(test_table_full_overflow_per_reason),
+	    cmocka_unit_test(test_window),
 	    cmocka_unit_test(test_failed_writes_are_counted_and_kept),
 	    cmocka_unit_test(test_threads),
 	};
