@@ -189,7 +189,7 @@ char *entry_refused(const struct policy_set *set, const char *sender, const Isg_
 	kv_str(&b, "rule", why->rule);
 	kv_str(&b, "reason", why->message);
 	strbuf_printf(&b, ",\"record_index\":%lld", (long long)why->record_index);
-	kv_str(&b, "field", why->field);
+	kv_str(&b, "field", why->field_undeclared ? "" : why->field);
 	strbuf_printf(&b, ",\"records\":%zu}", req->n_records);
 	return strbuf_take(&b, len);
 }

@@ -231,7 +231,7 @@ static void refuse_send(struct net_conn *c, struct session *s, uint64_t rid,
 	char q[96];
 	log_event(LOG_INFO, "message.refused", "partner=%s rule=%s record=%lld field=%s",
 	          s->partner, why->rule, (long long)why->record_index,
-	          log_quote(q, sizeof(q), why->field));
+	          log_quote(q, sizeof(q), why->field_undeclared ? "" : why->field));
 	struct send_job *j = send_job_new(c, rid, req->message_id, set);
 	size_t len;
 	char *entry = entry_refused(set, s->partner, req, why, &len);

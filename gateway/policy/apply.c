@@ -382,7 +382,6 @@ static const char *expectation(enum field_type type)
 static int collect_fields(struct builder *b, const Isg__Record *rec, int64_t ri,
                           struct policy_refusal *why)
 {
-	char q[80];
 	memset(b->slot, 0, b->ds->n_fields * sizeof(b->slot[0]));
 	memset(b->seen, 0, b->ds->n_fields * sizeof(b->seen[0]));
 	for (size_t i = 0; i < rec->n_fields; i++) {
@@ -392,11 +391,17 @@ static int collect_fields(struct builder *b, const Isg__Record *rec, int64_t ri,
 		if (k < 0) {
 			if (b->ds->unknown_drop)
 				continue;
-			return refuse(why, CODE(UNKNOWN_FIELD), "dataset.unknown_field", ri, name,
-			              "record %lld: field '%s' is not in dataset '%s' of agreement "
-			              "'%s'",
-			              (long long)ri, clean(q, sizeof(q), name), b->ds->name,
-			              b->a->id);
+			/* The sender's name for it, not one the policy declares: told
+			 * back to the sender only if it has a field name's shape (a
+			 * CSV without its header row would name a person's data),
+			 * never kept (field_undeclared), never in the message. */
+			refuse(why, CODE(UNKNOWN_FIELD), "dataset.unknown_field", ri,
+			       policy_field_name_valid(name) ? name : "",
+			       "record %lld: its field at position %zu is not in dataset '%s' of "
+			       "agreement '%s'",
+			       (long long)ri, i, b->ds->name, b->a->id);
+			why->field_undeclared = true;
+			return ISG_ERR_INVALID;
 		}
 		if (b->seen[k])
 			return refuse(

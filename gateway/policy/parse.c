@@ -581,7 +581,7 @@ void policy_parse_partners(struct policy_parser *p, const struct ydoc *doc)
 /* ---- agreements/<name>.yaml ---- */
 
 /* Field names as partners send them: [A-Za-z_][A-Za-z0-9_-]{0,63}. */
-static bool valid_field_name(const char *s)
+bool policy_field_name_valid(const char *s)
 {
 	size_t len = strlen(s);
 	if (len == 0 || len > POLICY_FIELD_NAME_MAX ||
@@ -741,7 +741,7 @@ static bool parse_field(struct pctx *c, const struct ydoc_node *n, struct policy
 	const struct ydoc_node *name = lookup(c, n, "name", "field", true, &got);
 	if (name && want_kind(c, name, YDOC_SCALAR, "field name")) {
 		fname = name->scalar;
-		if (!valid_field_name(name->scalar))
+		if (!policy_field_name_valid(name->scalar))
 			PERR(c, name,
 			     "invalid field name '%s' (use letters, digits, '_' and '-', starting "
 			     "with a letter or '_', at most 64 characters)",

@@ -174,6 +174,9 @@ struct policy_refusal {
 	char message[512];
 	int64_t record_index; /* -1 when not about one record */
 	char field[128];      /* "" when not about one field */
+	/* field is the sender's name for a field the dataset does not declare:
+	 * for the sender's answer only, never for a log or the audit log. */
+	bool field_undeclared;
 };
 
 /* What an accepted message becomes. */

@@ -391,6 +391,13 @@ class TestNoPersonalDataInClear(ExchangeCase):
         police.send_ok([dict(RECORD_A, officer_notes=NOTES), RECORD_B], message_id="clear-1")
         police.send_ok([RECORD_B], message_id="clear-2", fmt="csv")
         self.assertEqual(police.send([dict(RECORD_A, shoe_size=SECRET_UNKNOWN)]).rc, 3)
+        # records whose names are data, as from a CSV read without its header
+        # row: refused, and the names are in no log and no audit entry
+        for names_are_data in ({NHS_A: NAME_A}, {NAME_B: NHS_B}):
+            r = police.send([names_are_data], fmt="csv")
+            self.assertRefused(r, gw, "UNKNOWN_FIELD", "dataset.unknown_field")
+            self.assertIn("record 0: its field at position 0", r.err)
+        self.assertNotIn(NHS_A, r.err + police.send([{NHS_A: "1"}]).err)
         self.assertEqual(nhs.send([RECORD_A], to="met-police").rc, 3)
         # killed before any checkpoint: the -wal file holds the undelivered messages
         gw.kill()

@@ -1347,8 +1347,29 @@ static void test_apply_record_rules(void **state)
 	    set, "met-police", &r, now_ok(),
 	    &(struct expect){INVALID, ISG__ERROR_CODE__UNKNOWN_FIELD, "dataset.unknown_field", 1,
 	                     "shoe_size",
-	                     "record 1: field 'shoe_size' is not in dataset "
+	                     "record 1: its field at position 2 is not in dataset "
 	                     "'safeguarding-concern' of agreement 'police-nhs-safeguarding'"});
+
+	/* A record whose names are data (a CSV read without its header row):
+	 * a name without a field name's shape is not told back, and none is
+	 * in the message, which goes to the logs. */
+	static const char *const undeclared[][2] = {
+	    {"9434765919", ""}, {"SW1A 1AA", ""}, {"1980-02-29", ""}, {"Okafor", "Okafor"}};
+	for (size_t k = 0; k < ARRAY_LEN(undeclared); k++) {
+		req_init(&r, "police-nhs-safeguarding", "nhs-trust", "safeguarding-concern");
+		i = req_record(&r);
+		req_text(&r, i, "concern", "SECRET-CONCERN-TEXT");
+		req_text(&r, i, undeclared[k][0], "SECRET-9");
+		apply_refused_with(set, "met-police", &r, now_ok(), NULL, undeclared[k][0],
+		                   &(struct expect){INVALID, ISG__ERROR_CODE__UNKNOWN_FIELD,
+		                                    "dataset.unknown_field", 0, undeclared[k][1],
+		                                    "record 0: its field at position 1 is not in"});
+		struct policy_outcome out;
+		struct policy_refusal why;
+		policy_apply(set, "met-police", &r.req, now_ok(), NULL, &out, &why);
+		assert_true(why.field_undeclared);
+		policy_outcome_release(&out);
+	}
 
 	req_init(&r, "police-nhs-safeguarding", "nhs-trust", "safeguarding-concern");
 	i = req_concern(&r);
