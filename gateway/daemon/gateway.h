@@ -34,10 +34,11 @@ struct regime {
 /*
  * Load the policy set and the domain keys (through the key process kp, or
  * here when kp is NULL) and check that every domain an agreement names has
- * a key. Errors go to stderr (at start) or the log (on reload, log=true).
- * Returns NULL when anything is wrong.
+ * a key. Errors go to stderr (at start) or the log (on reload, log=true),
+ * and *errors counts them. Returns NULL when anything is wrong.
  */
-struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bool log);
+struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bool log,
+                           size_t *errors);
 void regime_unref(struct regime *r);
 
 /* quota.c: daily limits per sender and agreement. */

@@ -179,8 +179,9 @@ static int check_all(struct gateway *g, const struct identity *id, struct regime
 	} else if (load_secrets(cfg, sec) != 0) {
 		failed = 1;
 	}
+	size_t errors;
 	if ((!cfg->key_process || g->keyproc) &&
-	    (*regime = regime_load(cfg, g->keyproc, false)) == NULL)
+	    (*regime = regime_load(cfg, g->keyproc, false, &errors)) == NULL)
 		failed = 1;
 	if (check_tls_key(cfg, id->uid, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
@@ -222,7 +223,8 @@ static void audit_keys(struct gateway *g, const struct keyring *now, const struc
 static void reload(struct gateway *g)
 {
 	log_event(LOG_INFO, "reload.start", "policy_dir=%s", g->cfg.policy_dir);
-	struct regime *r = regime_load(&g->cfg, g->keyproc, true);
+	size_t errors;
+	struct regime *r = regime_load(&g->cfg, g->keyproc, true, &errors);
 	if (r) {
 		const struct policy_set *set = r->policy;
 		audit_policy(g, set, "loaded", 0);
@@ -237,7 +239,7 @@ static void reload(struct gateway *g)
 	} else {
 		log_event(LOG_ERROR, "policy.refused",
 		          "action=\"kept the running policy set and keys\"");
-		audit_policy(g, NULL, "refused", 1);
+		audit_policy(g, NULL, "refused", errors);
 	}
 
 	char err[512];

@@ -16,11 +16,16 @@ static void report(bool log, const char *event, const char *msg)
 		fprintf(stderr, "isgd: %s\n", msg);
 }
 
-static bool policy_errors(const struct isgd_config *cfg, bool log, struct policy_set **set)
+/* Loads the policy set, counting its errors (not its warnings) into *errors. */
+static bool policy_errors(const struct isgd_config *cfg, bool log, struct policy_set **set,
+                          size_t *errors)
 {
 	struct ydoc_diags d;
 	ydoc_diags_init(&d);
 	int r = policy_load(cfg->policy_dir, set, &d);
+	size_t before = *errors;
+	for (size_t i = 0; i < d.n; i++)
+		*errors += !d.items[i].warning;
 	if (!log) {
 		ydoc_diags_print(&d, stderr);
 	} else {
@@ -37,13 +42,15 @@ static bool policy_errors(const struct isgd_config *cfg, bool log, struct policy
 		char msg[600];
 		snprintf(msg, sizeof(msg), "policy directory '%s' has errors", cfg->policy_dir);
 		report(log, "policy.error", msg);
+		if (*errors == before) /* refused, though no single diagnostic said why */
+			(*errors)++;
 	}
 	return r != 0;
 }
 
 /* Every linkage domain an agreement names must have a key. */
 static bool domains_missing(const struct policy_set *set, const struct keyring *keys, bool log,
-                            const char *keys_dir)
+                            const char *keys_dir, size_t *errors)
 {
 	const char *domains[MAX_DOMAINS];
 	size_t n = policy_domains(set, domains, MAX_DOMAINS);
@@ -53,6 +60,7 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 		         "the agreements name %zu linkage domains; at most %d are supported", n,
 		         MAX_DOMAINS);
 		report(log, "keys.too_many_domains", msg);
+		(*errors)++;
 		return true;
 	}
 	bool missing = false;
@@ -65,6 +73,7 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 		         "(create it with: isgctl keys new-domain %s %s)",
 		         domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
 		report(log, "keys.missing_domain", msg);
+		(*errors)++;
 		missing = true;
 	}
 	return missing;
@@ -89,19 +98,22 @@ static int load_keys(const struct isgd_config *cfg, struct keyproc *kp, struct r
 	return 0;
 }
 
-struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bool log)
+struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bool log,
+                           size_t *errors)
 {
+	*errors = 0;
 	struct regime *r = calloc(1, sizeof(*r));
 	if (!r)
 		return NULL;
 	atomic_init(&r->refs, 1);
-	bool failed = policy_errors(cfg, log, &r->policy);
+	bool failed = policy_errors(cfg, log, &r->policy, errors);
 	char err[512];
 	if (load_keys(cfg, kp, r, err, sizeof(err)) != 0) {
 		report(log, "keys.error", err);
+		(*errors)++;
 		failed = true;
 	}
-	if (!failed && domains_missing(r->policy, r->keys, log, cfg->keys_dir))
+	if (!failed && domains_missing(r->policy, r->keys, log, cfg->keys_dir, errors))
 		failed = true;
 	if (!failed && !keyring_has(r->keys, AUDIT_DOMAIN)) {
 		snprintf(err, sizeof(err),
@@ -110,6 +122,7 @@ struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bo
 		         AUDIT_DOMAIN, cfg->keys_dir, KEYS_DOMAINS_DIR, cfg->keys_dir,
 		         AUDIT_DOMAIN);
 		report(log, "keys.missing_domain", err);
+		(*errors)++;
 		failed = true;
 	}
 	if (failed) {

@@ -439,11 +439,15 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
         # a rotated key and a policy naming a domain that has no key
         isgtest.rotate_domain(self.gw.keys_dir, COUNCIL_DOMAIN, overlap=30)
         extra = agreement("police-council-extra", "met-police", "city-council", "ghost-link")
-        isgtest.write_policy(self.gw.policy_dir, agreements=agreements() + [extra])
+        other = agreement("police-council-other", "met-police", "city-council", "ghost-two")
+        isgtest.write_policy(self.gw.policy_dir, agreements=agreements() + [extra, other])
         outcome, text = self.gw.reload()
         self.assertEqual(outcome, "refused", text)
         self.assertRegex(text, r"event=keys\.missing_domain .*'ghost-link'.*isgctl keys new-domain")
         self.assertAlive(self.gw, "after a refused reload")
+        # the audit entry counts what was wrong: two domains without a key
+        self.assertEqual(self.audit_bodies("policy.refused")[-1]["errors"], 2)
+        os.remove(os.path.join(self.gw.policy_dir, "agreements", "police-council-other.yaml"))
 
         # the running policy: the new agreement is unknown, the old one works with the old key
         r = self.police.send([{"nhs_number": NHS_A}], to="city-council", agreement="police-council-extra",
