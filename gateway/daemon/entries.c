@@ -9,12 +9,9 @@
 #include "daemon/gateway.h"
 #include "util/util.h"
 
-/* Client-chosen strings are bounded so a hostile request cannot bloat the log. */
-#define CLIENT_STR_MAX 128
-
 static void kv_str(struct strbuf *b, const char *key, const char *value)
 {
-	char bounded[CLIENT_STR_MAX + 1];
+	char bounded[ENTRY_STR_MAX + 1];
 	str_copy(bounded, value ? value : "", sizeof(bounded));
 	strbuf_puts(b, ",\"");
 	strbuf_puts(b, key);
@@ -171,7 +168,7 @@ char *entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms
 	return strbuf_take(&b, NULL);
 }
 
-char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
+char *entry_refused(const char *policy_version, const char *sender, const Isg__SendRequest *req,
                     const struct policy_refusal *why, size_t *len)
 {
 	struct strbuf b;
@@ -182,7 +179,7 @@ char *entry_refused(const struct policy_set *set, const char *sender, const Isg_
 	kv_str(&b, "message_id", req->message_id);
 	kv_str(&b, "agreement_id", req->agreement_id);
 	kv_str(&b, "dataset", req->dataset);
-	kv_str(&b, "policy_version", set ? set->version : "");
+	kv_str(&b, "policy_version", policy_version);
 	kv_str(&b, "code",
 	       protobuf_c_enum_descriptor_get_value(&isg__error_code__descriptor, (int)why->code)
 	           ->name);

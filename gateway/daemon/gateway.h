@@ -159,7 +159,10 @@ void subjects_release(struct subjects *s);
 char *entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms);
 
 #define AUDIT_DOMAIN "audit"
-char *entry_refused(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
+/* Client-chosen strings in entries are cut to this many bytes, so a hostile
+ * request cannot bloat the log. */
+#define ENTRY_STR_MAX 128
+char *entry_refused(const char *policy_version, const char *sender, const Isg__SendRequest *req,
                     const struct policy_refusal *why, size_t *len);
 char *entry_connection(const char *peer, const char *subject, const char *partner,
                        const char *reason, size_t *len);

@@ -124,6 +124,14 @@ struct send_job {
 	struct quota_claim claim;
 	/* Over a daily limit: the store wrote the refusal unless it was a resend. */
 	bool over_limit;
+	/* For a refusal the store finds (a conflicting resend, a reply to no
+	 * message): its audit entry is written after the request is gone. */
+	struct store *store;
+	char sender[ENTRY_STR_MAX + 1];
+	char recipient[ENTRY_STR_MAX + 1];
+	char agreement_id[ENTRY_STR_MAX + 1];
+	char dataset[ENTRY_STR_MAX + 1];
+	size_t records;
 };
 
 /* An over-limit refusal that the store did not record: the log must say so. */
@@ -134,22 +142,68 @@ static void log_refusal_unrecorded(const struct send_job *j, int err)
 	          log_quote(q, sizeof(q), isg_strerror(err)));
 }
 
+static void refusal_stored(void *ctx, int err, uint64_t audit_index);
+
+/*
+ * A conflicting resend or a reply to no message, found by the store: put the
+ * refusal on record like any other, and answer once it is (refusal_stored).
+ * False when it could not be submitted: j->err says why.
+ */
+static bool refuse_found(struct send_job *j)
+{
+	j->refused = true;
+	j->why = (struct policy_refusal){.record_index = -1};
+	if (j->err == ISG_ERR_CONFLICT) {
+		j->why.code = ISG__ERROR_CODE__CONFLICT;
+		str_copy(j->why.rule, "message.id", sizeof(j->why.rule));
+		str_copy(j->why.message,
+		         "message_id was already used for a message with different content",
+		         sizeof(j->why.message));
+	} else {
+		j->why.code = ISG__ERROR_CODE__NOT_FOUND;
+		str_copy(j->why.rule, "message.reply_to", sizeof(j->why.rule));
+		str_copy(j->why.message, "reply_to names no message that the recipient sent to you",
+		         sizeof(j->why.message));
+	}
+	log_event(LOG_INFO, "message.refused", "partner=%s rule=%s record=-1 field=\"\"", j->sender,
+	          j->why.rule);
+	Isg__SendRequest req = ISG__SEND_REQUEST__INIT;
+	req.recipient = j->recipient;
+	req.message_id = j->message_id;
+	req.agreement_id = j->agreement_id;
+	req.dataset = j->dataset;
+	req.n_records = j->records;
+	size_t len;
+	char *entry = entry_refused(j->policy_version, j->sender, &req, &j->why, &len);
+	j->err = entry ? store_audit(j->store, "message.refused", entry, len, refusal_stored, j)
+	               : ISG_ERR_NOMEM;
+	free(entry);
+	if (j->err != 0)
+		log_refusal_unrecorded(j, j->err);
+	return j->err == 0;
+}
+
 static void send_reply(struct net_conn *c, void *arg)
 {
 	struct send_job *j = arg;
-	if (j->quota && (j->err != 0 || j->receipt.duplicate))
-		quota_release(j->quota, &j->claim);
-	if (j->over_limit && j->err == ISG_ERR_LIMIT) {
-		/* Already on record, in the store job's own transaction. */
-		log_event(LOG_INFO, "message.refused", "rule=%s audit_index=%llu", j->why.rule,
-		          (unsigned long long)j->receipt.audit_index);
-		j->refused = true;
-		j->err = 0;
-		j->audit_index = j->receipt.audit_index;
-	} else if (j->over_limit && j->err != 0 && j->err != ISG_ERR_CONFLICT) {
-		/* The store failed the job: nothing stored and no refusal on record.
-		 * The partner (if still there) is told to retry; the log says so. */
-		log_refusal_unrecorded(j, j->err);
+	if (!j->refused) {
+		if (j->quota && (j->err != 0 || j->receipt.duplicate))
+			quota_release(j->quota, &j->claim);
+		if (j->over_limit && j->err == ISG_ERR_LIMIT) {
+			/* Already on record, in the store job's own transaction. */
+			log_event(LOG_INFO, "message.refused", "rule=%s audit_index=%llu",
+			          j->why.rule, (unsigned long long)j->receipt.audit_index);
+			j->refused = true;
+			j->err = 0;
+			j->audit_index = j->receipt.audit_index;
+		} else if (j->over_limit && j->err != 0 && j->err != ISG_ERR_CONFLICT) {
+			/* The store failed the job: nothing stored and no refusal on
+			 * record. The partner (if still there) is told to retry; the
+			 * log says so. */
+			log_refusal_unrecorded(j, j->err);
+		}
+		if ((j->err == ISG_ERR_CONFLICT || j->err == ISG_ERR_NOT_FOUND) && refuse_found(j))
+			return; /* back here from refusal_stored */
 	}
 	if (!c)
 		goto out;
@@ -163,14 +217,7 @@ static void send_reply(struct net_conn *c, void *arg)
 		           j->why.field, j->audit_index);
 		goto out;
 	}
-	if (j->err == ISG_ERR_CONFLICT) {
-		send_error(c, j->rid, ISG__ERROR_CODE__CONFLICT, "message.id",
-		           "message_id was already used for a message with different content", -1,
-		           NULL, 0);
-	} else if (j->err == ISG_ERR_NOT_FOUND) {
-		send_error(c, j->rid, ISG__ERROR_CODE__NOT_FOUND, "message.reply_to",
-		           "reply_to names no message that the recipient sent to you", -1, NULL, 0);
-	} else if (j->err != 0) {
+	if (j->err != 0) {
 		send_store_error(c, j->rid, j->err);
 	} else {
 		Isg__Receipt r = ISG__RECEIPT__INIT;
@@ -234,7 +281,7 @@ static void refuse_send(struct net_conn *c, struct session *s, uint64_t rid,
 	          log_quote(q, sizeof(q), why->field_undeclared ? "" : why->field));
 	struct send_job *j = send_job_new(c, rid, req->message_id, set);
 	size_t len;
-	char *entry = entry_refused(set, s->partner, req, why, &len);
+	char *entry = entry_refused(set->version, s->partner, req, why, &len);
 	if (!j || !entry) {
 		free(j);
 		free(entry);
@@ -369,6 +416,12 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		free(j);
 		goto done;
 	}
+	j->store = s->g->store;
+	str_copy(j->sender, s->partner, sizeof(j->sender));
+	str_copy(j->recipient, req->recipient, sizeof(j->recipient));
+	str_copy(j->agreement_id, req->agreement_id, sizeof(j->agreement_id));
+	str_copy(j->dataset, req->dataset, sizeof(j->dataset));
+	j->records = req->n_records;
 	err = quota_reserve(s->g->quota, s->partner, o.agreement, o.record_count, now, &j->claim,
 	                    &why);
 	m.audit_entry = entry;
@@ -377,7 +430,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		 * the store answers duplicates and, for anything new, writes the
 		 * refusal's audit entry instead of the message. */
 		free(entry);
-		entry = entry_refused(set, s->partner, req, &why, &m.audit_len);
+		entry = entry_refused(set->version, s->partner, req, &why, &m.audit_len);
 		m.audit_entry = entry;
 		j->over_limit = true;
 		j->why = why;

@@ -94,6 +94,12 @@ class HardeningCase(isgtest.ScenarioCase):
         self.assertTrue(e.message, e)
         return e
 
+    def audit_jsonl(self, *args):
+        r = isgtest.ctl("audit", "list", "--config", self.gw.config_path, "--format", "jsonl",
+                        *args)
+        self.assertEqual(r.rc, 0, r)
+        return [json.loads(line) for line in r.out.splitlines()]
+
     def send_request(self, message_id, records, recipient="nhs-trust"):
         req = self.pb.SendRequest(message_id=message_id, recipient=recipient, agreement_id=AGREEMENT_ID,
                                   dataset=DATASET)
@@ -562,6 +568,46 @@ class TestMaxFrame(HardeningCase):
         self.assertServing(pending=["maxframe-kept"])
 
 
+class TestRefusedByTheStore(HardeningCase):
+    def test_conflict_and_reply_to_nothing_are_audited(self):
+        """A message_id reused for other content and a reply to no message are
+        refused only when the store looks: they are on record like every other
+        refusal, and the answer gives the entry's index."""
+        pb = self.pb
+        reply = isgtest.default_agreement(id="nhs-police-reply", senders=["nhs-trust"],
+                                          recipients=["met-police"], allow_reply=True)
+        self.gw = self.gateway(self.policy(agreements=[isgtest.default_agreement(), reply]))
+        police, nhs = self.connect("police"), self.connect("nhs")
+        first = self.accepted(police, "used-1", [{"nhs_number": NHS_A}])
+        conflict = self.expect_error(
+            police.request(send=self.send_request("used-1", [{"nhs_number": NHS_B}] * 2)),
+            pb.CONFLICT, "message.id")
+
+        def reply_to(message_id, gateway_id):
+            req = pb.SendRequest(message_id=message_id, recipient="met-police",
+                                 agreement_id="nhs-police-reply", dataset=DATASET,
+                                 reply_to=gateway_id)
+            req.records.extend([pb_record(pb, {"nhs_number": NHS_A})])
+            return nhs.request(send=req)
+
+        nothing = self.expect_error(reply_to("re-1", first.gateway_id + 1000), pb.NOT_FOUND,
+                                    "message.reply_to")
+        self.expect(reply_to("re-2", first.gateway_id), "send_result")
+        entries = {e["index"]: e for e in self.audit_jsonl("--kind", "message.refused")}
+        for e, code, sender, message_id, records in (
+                (conflict, "CONFLICT", "met-police", "used-1", 2),
+                (nothing, "NOT_FOUND", "nhs-trust", "re-1", 1)):
+            self.assertGreater(e.audit_index, first.audit_index)
+            entry = entries[e.audit_index]["entry"]
+            self.assertEqual((entry["code"], entry["rule"], entry["sender"], entry["message_id"],
+                              entry["records"], entry["record_index"]),
+                             (code, e.rule, sender, message_id, records, -1), entry)
+            self.assertEqual(entry["reason"], e.message)
+            self.assertRegex(self.gw.log, r"event=message\.refused partner=%s rule=%s"
+                             % (sender, re.escape(e.rule)))
+        self.assertServing(pending=["used-1"])
+
+
 class TestConnectionLimit(HardeningCase):
     def test_over_max_connections(self):
         pb = self.pb
@@ -781,12 +827,6 @@ class TestWorkers(HardeningCase):
 
 
 class TestPartnerRemoved(HardeningCase):
-    def audit_jsonl(self, *args):
-        r = isgtest.ctl("audit", "list", "--config", self.gw.config_path, "--format", "jsonl",
-                        *args)
-        self.assertEqual(r.rc, 0, r)
-        return [json.loads(line) for line in r.out.splitlines()]
-
     def assertCutAudited(self, partner, cn, rule, timeout=5.0):
         """
         The reload's cut is in the audit log, where an IG officer looks for
