@@ -184,7 +184,8 @@ char *entry_refused(const char *policy_version, const char *sender, const Isg__S
 	       protobuf_c_enum_descriptor_get_value(&isg__error_code__descriptor, (int)why->code)
 	           ->name);
 	kv_str(&b, "rule", why->rule);
-	kv_str(&b, "reason", why->message);
+	strbuf_puts(&b, ",\"reason\":"); /* the gateway's own text, in full */
+	strbuf_json_string(&b, why->message);
 	strbuf_printf(&b, ",\"record_index\":%lld", (long long)why->record_index);
 	kv_str(&b, "field", why->field_undeclared ? "" : why->field);
 	strbuf_printf(&b, ",\"records\":%zu}", req->n_records);

@@ -352,6 +352,48 @@ static int joint_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, 
 	return err;
 }
 
+/*
+ * A fetch answer's bytes as fetch_deliver counts them: the frame's own, and
+ * each delivery's with its tag and length. Generous: a frame so counted
+ * never passes limits.max_frame.
+ */
+#define FETCH_FRAME_BYTES 64
+#define DELIVERY_FRAMING_BYTES 16
+
+/*
+ * Whether the message, as the agreement made it, fits in one fetch answer:
+ * accepted otherwise, it would reach its recipient in a frame over
+ * limits.max_frame, which a client that keeps to that limit (Go's
+ * protodelim does by default) cannot read, and stay undelivered.
+ */
+static bool delivery_fits(const struct session *s, const Isg__SendRequest *req,
+                          const struct policy_outcome *o, struct policy_refusal *why)
+{
+	Isg__Delivery meta = ISG__DELIVERY__INIT;
+	meta.gateway_id = UINT64_MAX; /* the largest each number could be */
+	meta.message_id = req->message_id;
+	meta.sender = (char *)s->partner;
+	meta.agreement_id = o->agreement->id;
+	meta.agreement_version = o->agreement->version;
+	meta.purpose = o->agreement->purpose_code;
+	meta.dataset = o->dataset->name;
+	meta.reply_to = req->reply_to;
+	meta.accepted_at_ms = INT64_MAX;
+	struct wire_delivery d;
+	wire_delivery_init(&d, &meta, o->payload, o->payload_len);
+	size_t bytes = FETCH_FRAME_BYTES + d.len + DELIVERY_FRAMING_BYTES;
+	uint64_t max = s->g->cfg.max_frame_bytes;
+	if (bytes <= max)
+		return true;
+	*why = (struct policy_refusal){.code = ISG__ERROR_CODE__LIMIT_EXCEEDED, .record_index = -1};
+	str_copy(why->rule, "gateway.max_frame", sizeof(why->rule));
+	snprintf(why->message, sizeof(why->message),
+	         "as the agreement makes it for its recipient, the message is %zu bytes, more "
+	         "than the gateway's frame limit of %llu: send fewer records in each message",
+	         bytes, (unsigned long long)max);
+	return false;
+}
+
 static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 {
 	const Isg__SendRequest *req = f->send;
@@ -380,6 +422,11 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	if (err != 0) {
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL,
 		                  "the gateway could not apply the agreement");
+		goto out;
+	}
+	if (!delivery_fits(s, req, &o, &why)) {
+		policy_outcome_release(&o);
+		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
 	}
 
@@ -521,7 +568,7 @@ static void delivery_meta(const struct store_delivery *sd, Isg__Delivery *d)
 /* Hand out results; returns how many were used (the rest wait for the next round). */
 static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_fetch_result *res)
 {
-	size_t max_frame = s->g->cfg.max_frame_bytes, bytes = 64, n = 0;
+	size_t max_frame = s->g->cfg.max_frame_bytes, bytes = FETCH_FRAME_BYTES, n = 0;
 	size_t cap = res->n ? res->n : 1;
 	Isg__Delivery *metas = calloc(cap, sizeof(*metas));
 	struct wire_delivery *items = calloc(cap, sizeof(*items));
@@ -542,7 +589,7 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 		}
 		delivery_meta(sd, &metas[n]);
 		wire_delivery_init(&items[n], &metas[n], sd->payload, sd->payload_len);
-		size_t size = items[n].len + 16;
+		size_t size = items[n].len + DELIVERY_FRAMING_BYTES;
 		/* One answer stays within the frame limit; the first always goes. */
 		if (!s->subscribed && n > 0 && bytes + size > max_frame)
 			break;

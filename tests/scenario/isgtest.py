@@ -974,6 +974,7 @@ class FrameConn:
                     frame = self.pb.Frame()
                     frame.ParseFromString(self.buf[pos:pos + n])
                     self.buf = self.buf[pos + n:]
+                    self.last_frame_len = n  # as the length prefix said
                     return frame
             self._fill()
 

@@ -608,6 +608,44 @@ class TestRefusedByTheStore(HardeningCase):
         self.assertServing(pending=["used-1"])
 
 
+class TestDeliveryWithinMaxFrame(HardeningCase):
+    def test_a_message_its_recipient_could_not_fetch_is_refused(self):
+        """limits.max_frame bounds the gateway's frames too: a message that, as
+        the agreement makes it (the sender, the purpose, the gateway's numbers
+        added), would reach its recipient in a larger frame is refused and
+        audited, and every message accepted is fetched in a frame within it."""
+        pb = self.pb
+        limit = 16 * 1024
+        self.gw = self.gateway(limits={"max_frame": "16KiB"})
+        police, nhs = self.connect("police"), self.connect("nhs")
+        accepted, refused = [], []
+        for pad in range(limit - 800, limit, 16):
+            req = self.send_request("mf-%d" % pad, [{"nhs_number": NHS_A,
+                                                      "concern_summary": "x" * pad}])
+            if len(pb.Frame(request_id=police.next_id, send=req).SerializeToString()) > limit:
+                break  # what comes in is bounded by the limit as it always was
+            reply = police.request(send=req)
+            if reply.WhichOneof("body") == "send_result":
+                accepted.append(req.message_id)
+                continue
+            e = self.expect_error(reply, pb.LIMIT_EXCEEDED, "gateway.max_frame")
+            self.assertIn("16384", e.message)
+            self.assertGreater(e.audit_index, 0)
+            refused.append((e.audit_index, e.message))
+        self.assertTrue(accepted and refused, (accepted, refused))
+        for message_id in accepted:
+            r = self.expect(nhs.request(fetch=pb.FetchRequest(max_messages=1)), "fetch_result")
+            self.assertEqual([d.message_id for d in r.deliveries], [message_id])
+            self.assertLessEqual(nhs.last_frame_len, limit)
+            self.expect(nhs.request(ack=pb.Ack(gateway_ids=[r.deliveries[0].gateway_id])), "ack_result")
+        entries = {e["index"]: e["entry"] for e in self.audit_jsonl("--kind", "message.refused")}
+        for index, message in refused:
+            self.assertEqual(entries[index]["rule"], "gateway.max_frame")
+            self.assertGreater(len(message), 128)
+            self.assertEqual(entries[index]["reason"], message)  # in full, as the sender had it
+        self.assertServing()
+
+
 class TestConnectionLimit(HardeningCase):
     def test_over_max_connections(self):
         pb = self.pb
