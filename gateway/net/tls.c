@@ -17,13 +17,20 @@ static const char tls12_ciphers[] = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES
                                     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 static const char groups[] = "X25519:P-256:P-384";
 
+/*
+ * OpenSSL's last error, or, when a system call failed below it, that
+ * call's: "No such file or directory" says more to an admin than
+ * "x509 certificate routines::system lib".
+ */
 static void tls_error(char *err, size_t errlen, const char *what, const char *path)
 {
 	unsigned long e = ERR_peek_last_error();
 	char reason[256] = "";
 	if (e)
 		ERR_error_string_n(e, reason, sizeof(reason));
-	ERR_clear_error();
+	for (unsigned long x; (x = ERR_get_error()) != 0;)
+		if (ERR_SYSTEM_ERROR(x))
+			str_copy(reason, strerror(ERR_GET_REASON(x)), sizeof(reason));
 	if (path)
 		snprintf(err, errlen, "%s '%s': %s", what, path, e ? reason : "failed");
 	else

@@ -554,6 +554,19 @@ class TestKeyFiles(FaultCase):
                     os.rename(path + ".away", path)
         self.assertChecksOut()
 
+    def test_tls_files_missing(self):
+        """A TLS file that is not there is named with the system's reason, not OpenSSL's."""
+        tls = self.gw.config["tls"]
+        for key in ("certificate", "client_ca"):
+            with self.subTest(file=key):
+                path = tls[key]
+                os.rename(path, path + ".away")
+                try:
+                    self.assertIn("'%s': No such file or directory" % path, self.check_config_refused())
+                finally:
+                    os.rename(path + ".away", path)
+        self.assertChecksOut()
+
     def assertChecksOut(self):
         """The control: with the files as isgctl keys init made them, the same configuration passes."""
         p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,
