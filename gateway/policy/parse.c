@@ -447,6 +447,34 @@ static void check_matchers_unique(struct pctx *c, const struct policy_partner *s
 	}
 }
 
+/*
+ * A partner recognised by issuer_cn alone claims every certificate of its
+ * CA, and a partner with no issuer_cn accepts its own from any CA: if that
+ * CA issued the second one's certificate, both recognise it, so neither
+ * does, and the second partner is locked out (policy.md, "Matchers are
+ * never ambiguous"). Whether it did is the CA's business, so this warns.
+ */
+static void warn_issuer_alone(struct pctx *c, const struct policy_partner *self,
+                              const struct ydoc_node *at)
+{
+	const struct policy_set *set = c->p->set;
+	bool self_alone = n_issuers(self) == self->n_match;
+	for (size_t i = 0; i < set->n_partners; i++) {
+		const struct policy_partner *q = &set->partners[i];
+		bool q_alone = n_issuers(q) == q->n_match;
+		const struct policy_partner *alone = self_alone ? self : q_alone ? q : NULL;
+		const struct policy_partner *open = alone == self ? q : self;
+		if (!alone || n_issuers(open) != 0)
+			continue;
+		ydoc_warning(c->d, c->file, at,
+		             "partner '%s' is recognised by issuer_cn alone and partner '%s' has "
+		             "no issuer_cn: a certificate of '%s' from that CA would be claimed "
+		             "by both, and refused (give '%s' an issuer_cn)",
+		             alone->id ? alone->id : "?", open->id ? open->id : "?",
+		             open->id ? open->id : "?", open->id ? open->id : "?");
+	}
+}
+
 static bool add_matcher(struct pctx *c, const struct ydoc_node *n, enum cert_match_kind kind,
                         struct policy_partner *pt, const struct ydoc_node **at)
 {
@@ -509,8 +537,10 @@ static bool parse_certificate(struct pctx *c, const struct ydoc_node *map,
 		     "spki_sha256 or issuer_cn");
 		ok = false;
 	}
-	if (ok)
+	if (ok) {
 		check_matchers_unique(c, pt, at);
+		warn_issuer_alone(c, pt, cert);
+	}
 	return ok;
 }
 

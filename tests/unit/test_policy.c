@@ -748,6 +748,13 @@ static void test_issuer_cn(void **state)
 	ydoc_diags_init(&d);
 	struct policy_set *set = load_features(day("2026-01-01"), &d);
 	assert_int_equal(d.errors, 0);
+	/* The council claims its CA whole; the charity's certificate may come from any CA. */
+	assert_int_equal(d.warnings, 1);
+	assert_int_equal(d.items[0].line, 28);
+	assert_string_equal(d.items[0].message,
+	                    "partner 'city-council' is recognised by issuer_cn alone and partner "
+	                    "'charity' has no issuer_cn: a certificate of 'charity' from that CA "
+	                    "would be claimed by both, and refused (give 'charity' an issuer_cn)");
 	const struct policy_partner *met = policy_partner_by_id(set, "met-police");
 	assert_int_equal(met->n_match, 2);
 	assert_int_equal(met->match[1].kind, MATCH_ISSUER_CN);
@@ -777,6 +784,8 @@ static void test_issuer_cn(void **state)
 	    {"x", "Anything", "CHARITY.test", "charity"},
 	    /* Recognised twice (charity's DNS name, met-police's CN and CA): neither. */
 	    {"gateway-client.test", "Police Issuing CA 1", "charity.test", NULL},
+	    /* The charity's certificate from the council's CA: both, so neither (the warning). */
+	    {"x", "City Council Devices CA", "charity.test", NULL},
 	};
 	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
 		struct cert_identity id;
@@ -810,9 +819,10 @@ static void test_review_dates(void **state)
 {
 	struct ydoc_diags d;
 	ydoc_diags_init(&d);
-	/* The review day itself is not overdue. */
+	/* The review day itself is not overdue (the one warning is the partners'). */
 	struct policy_set *set = load_features(day("2026-06-30"), &d);
-	assert_int_equal(d.warnings, 0);
+	assert_int_equal(d.warnings, 1);
+	assert_non_null(strstr(d.items[0].file, "features/partners.yaml"));
 	assert_int_equal(policy_agreement_by_id(set, "nhs-police-reply")->review_days,
 	                 day("2026-06-30"));
 	assert_int_equal(policy_agreement_by_id(set, "police-nhs-safeguarding")->review_days,
@@ -824,12 +834,12 @@ static void test_review_dates(void **state)
 	ydoc_diags_init(&d);
 	set = load_features(day("2026-07-01"), &d);
 	assert_int_equal(d.errors, 0);
-	assert_int_equal(d.warnings, 1);
-	assert_true(d.items[0].warning);
-	assert_non_null(strstr(d.items[0].file, "features/agreements/nhs-police-reply.yaml"));
-	assert_int_equal(d.items[0].line, 12);
-	assert_int_equal(d.items[0].col, 16);
-	assert_string_equal(d.items[0].message,
+	assert_int_equal(d.warnings, 2);
+	assert_true(d.items[1].warning);
+	assert_non_null(strstr(d.items[1].file, "features/agreements/nhs-police-reply.yaml"));
+	assert_int_equal(d.items[1].line, 12);
+	assert_int_equal(d.items[1].col, 16);
+	assert_string_equal(d.items[1].message,
 	                    "agreement 'nhs-police-reply' was due for review on 2026-06-30 "
 	                    "(review_date); today (UTC) is 2026-07-01");
 	policy_set_unref(set);
