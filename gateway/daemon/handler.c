@@ -914,18 +914,38 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 {
 	struct gateway *g = ctx;
 	struct regime *rg = gateway_regime(g);
-	const struct policy_partner *p = policy_partner_by_cert(rg->policy, id);
+	const struct policy_partner *claimants[2];
+	size_t n_claimants = policy_partner_claimants(rg->policy, id, claimants);
+	const struct policy_partner *p = n_claimants == 1 ? claimants[0] : NULL;
 	char q[600];
 	if (!p) {
-		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=partner.unknown",
-		          net_conn_peer(c), log_quote(q, sizeof(q), id->subject));
+		/* Two partners recognising one certificate is a registry mistake
+		 * the admin must see as such, not as a stranger at the door. */
+		char both[160] = "", ids[160] = "";
+		if (n_claimants == 2) {
+			snprintf(both, sizeof(both), "'%s' and '%s'", claimants[0]->id,
+			         claimants[1]->id);
+			snprintf(ids, sizeof(ids), " claimed_by=%s,%s", claimants[0]->id,
+			         claimants[1]->id);
+		}
+		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=partner.unknown%s",
+		          net_conn_peer(c), log_quote(q, sizeof(q), id->subject), ids);
 		audit_refused(g, net_conn_peer(c), id->subject, true,
-		              "certificate matches no partner");
+		              *both ? "certificate matches more than one partner"
+		                    : "certificate matches no partner");
 		char msg[700];
-		snprintf(msg, sizeof(msg),
-		         "the client certificate (subject \"%s\") matches no partner in the "
-		         "gateway's registry",
-		         id->subject);
+		if (*both)
+			snprintf(msg, sizeof(msg),
+			         "the client certificate (subject \"%s\") matches more than one "
+			         "partner in the gateway's registry (%s), so it is recognised as "
+			         "neither",
+			         id->subject, both);
+		else
+			snprintf(
+			    msg, sizeof(msg),
+			    "the client certificate (subject \"%s\") matches no partner in the "
+			    "gateway's registry",
+			    id->subject);
 		send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, "partner.unknown", msg, -1, NULL,
 		           0);
 		regime_unref(rg);

@@ -288,22 +288,22 @@ static bool partner_matches(const struct policy_partner *p, const struct cert_id
 	return (n_subject == 0 || subject_hit) && (n_issuer == 0 || issuer_hit);
 }
 
+size_t policy_partner_claimants(const struct policy_set *set, const struct cert_identity *id,
+                                const struct policy_partner *out[2])
+{
+	size_t n = 0;
+	for (size_t i = 0; set && id && i < set->n_partners && n < 2; i++)
+		if (partner_matches(&set->partners[i], id))
+			out[n++] = &set->partners[i];
+	return n;
+}
+
 const struct policy_partner *policy_partner_by_cert(const struct policy_set *set,
                                                     const struct cert_identity *id)
 {
-	if (!set || !id)
-		return NULL;
-	const struct policy_partner *found = NULL;
 	/* Look at every partner: a certificate two partners claim is recognised as neither. */
-	for (size_t i = 0; i < set->n_partners; i++) {
-		const struct policy_partner *p = &set->partners[i];
-		if (!partner_matches(p, id))
-			continue;
-		if (found)
-			return NULL;
-		found = p;
-	}
-	return found;
+	const struct policy_partner *found[2];
+	return policy_partner_claimants(set, id, found) == 1 ? found[0] : NULL;
 }
 
 size_t policy_check_domains(const struct policy_set *set,

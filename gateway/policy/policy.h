@@ -157,9 +157,14 @@ struct policy_set *policy_set_ref(struct policy_set *set); /* thread-safe */
 void policy_set_unref(struct policy_set *set);             /* NULL ok; frees at zero */
 
 const struct policy_partner *policy_partner_by_id(const struct policy_set *set, const char *id);
-/* The partner whose matchers recognise this certificate; NULL when none does. */
+/* The partner whose matchers recognise this certificate; NULL when none
+ * does, or when more than one does (neither is recognised). */
 const struct policy_partner *policy_partner_by_cert(const struct policy_set *set,
                                                     const struct cert_identity *id);
+/* The first two partners whose matchers recognise it, in registry order;
+ * how many there are (0, 1 or 2: two means two or more). */
+size_t policy_partner_claimants(const struct policy_set *set, const struct cert_identity *id,
+                                const struct policy_partner *out[2]);
 const struct policy_agreement *policy_agreement_by_id(const struct policy_set *set, const char *id);
 const char *policy_partner_kind_name(enum partner_kind kind);
 const char *policy_field_type_name(enum field_type type);

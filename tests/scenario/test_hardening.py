@@ -936,6 +936,34 @@ class TestPartnerRemoved(HardeningCase):
         self.assertServing()
         self.assertLogClean()
 
+    def test_partner_claiming_a_ca_whole_is_warned_of_and_named(self):
+        """A partner added by issuer_cn alone, for the CA that issued the others'
+        certificates, locks them out: the reload warns of it, and a refused
+        partner is told, as the log and the audit log say, which partners its
+        certificate matched rather than that it matched none."""
+        pb = self.pb
+        self.gw = self.gateway()
+        partners = isgtest.default_partners() + [
+            {"id": "ca-wide", "name": "Everyone", "kind": "other",
+             "certificate": {"issuer_cn": "ISG Test Partner CA"}}]
+        isgtest.write_policy(self.gw.policy_dir, partners=partners)
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        self.assertRegex(text, r"level=warn event=policy\.diagnostic .*partner 'ca-wide' is "
+                               r"recognised by issuer_cn alone and partner 'met-police' has no "
+                               r"issuer_cn")
+        c = self.connect("police")
+        e = self.expect_error(c.recv_frame(timeout=5 * isgtest.SLOW), pb.NOT_PERMITTED,
+                              "partner.unknown")
+        self.assertIn("matches more than one partner in the gateway's registry ('met-police' and "
+                      "'ca-wide'), so it is recognised as neither", e.message)
+        self.assertIn("reason=partner.unknown claimed_by=met-police,ca-wide", self.gw.log)
+        deadline = time.monotonic() + 5 * isgtest.SLOW
+        while not (refused := self.audit_jsonl("--kind", "connection.refused")):
+            self.assertLess(time.monotonic(), deadline, "no connection.refused entry")
+            time.sleep(0.05)
+        self.assertEqual(refused[-1]["entry"]["reason"], "certificate matches more than one partner")
+
     def test_unrecognised_certificate_connection_closed_on_sighup(self):
         """A partner kept in the registry but no longer matching the certificate
         its connection was opened with (a key replaced after a compromise) is

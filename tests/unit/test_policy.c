@@ -804,6 +804,17 @@ static void test_issuer_cn(void **state)
 			         cases[i].issuer, p ? p->id : "nobody",
 			         cases[i].partner ? cases[i].partner : "nobody");
 	}
+	/* Claimed twice: the two claimants, in registry order, for the refusal to name. */
+	struct cert_identity both = {.n_san_dns = 1};
+	str_copy(both.issuer_cn, "City Council Devices CA", sizeof(both.issuer_cn));
+	str_copy(both.san_dns[0], "charity.test", sizeof(both.san_dns[0]));
+	const struct policy_partner *claimants[2];
+	assert_int_equal(policy_partner_claimants(set, &both, claimants), 2);
+	assert_string_equal(claimants[0]->id, "city-council");
+	assert_string_equal(claimants[1]->id, "charity");
+	str_copy(both.issuer_cn, "Anything", sizeof(both.issuer_cn));
+	assert_int_equal(policy_partner_claimants(set, &both, claimants), 1);
+	assert_string_equal(claimants[0]->id, "charity");
 	/* An issuer_cn the TLS layer left unterminated matches nothing. */
 	struct cert_identity id;
 	memset(&id, 0, sizeof(id));
