@@ -97,6 +97,7 @@ struct loader {
 	char *dir;        /* absolute directory of the config file */
 	struct ydoc_diags *d;
 	struct isgd_config *c;
+	bool frame_sizes_ok; /* limits.max_frame and limits.connection_buffer valid alone */
 };
 
 static uint32_t default_threads(void)
@@ -529,7 +530,7 @@ static void check_relations(struct loader *l, const struct ydoc_node *root)
 {
 	const struct ydoc_node *buf = ydoc_get(ydoc_get(root, "limits"), "connection_buffer");
 	const struct ydoc_node *frame = ydoc_get(ydoc_get(root, "limits"), "max_frame");
-	if (l->c->conn_buffer_bytes < l->c->max_frame_bytes)
+	if (l->frame_sizes_ok && l->c->conn_buffer_bytes < l->c->max_frame_bytes)
 		ydoc_error(
 		    l->d, l->file, buf ? buf : frame,
 		    "limits.connection_buffer (%llu bytes) must be at least limits.max_frame "
@@ -577,10 +578,17 @@ int config_load(const char *path, struct isgd_config *c, struct ydoc_diags *diag
 		goto out;
 	}
 	check_structure(&l, doc->root);
-	for (size_t i = 0; i < ARRAY_LEN(opts); i++)
+	l.frame_sizes_ok = true;
+	for (size_t i = 0; i < ARRAY_LEN(opts); i++) {
+		size_t before = diags->errors;
 		apply_opt(&l, doc->root, &opts[i]);
-	if (diags->errors == errors_before)
-		check_relations(&l, doc->root);
+		bool sized = opts[i].offset == AT(max_frame_bytes) ||
+		             opts[i].offset == AT(conn_buffer_bytes);
+		if (sized && diags->errors != before)
+			l.frame_sizes_ok = false;
+	}
+	/* Reported with the others, not only once they are mended. */
+	check_relations(&l, doc->root);
 	if (diags->errors == errors_before && !c->audit_origin &&
 	    !(c->audit_origin = strdup(CONFIG_DEFAULT_ORIGIN)))
 		ydoc_error(diags, path, NULL, "out of memory");

@@ -214,6 +214,8 @@ static void test_syntax_error(void **state)
 	ydoc_diags_release(&d);
 }
 
+static int load_text(const char *text, struct isgd_config *c, struct ydoc_diags *d, char *path);
+
 static void test_relation_between_limits(void **state)
 {
 	struct isgd_config c;
@@ -222,6 +224,28 @@ static void test_relation_between_limits(void **state)
 	assert_int_equal(config_load(fixture("relation.yaml"), &c, &d), ISG_ERR_INVALID);
 	assert_int_equal(d.errors, 1);
 	assert_diag(&d, 0, 7, 14, "limits.connection_buffer (8388608 bytes) must be at least");
+	ydoc_diags_release(&d);
+
+	/* Said with the other errors, not only once they are mended; but not
+	 * about a size that is itself wrong. */
+	char path[32];
+	assert_int_equal(load_text("listen: localhost:7443\n"
+	                           "tls: {certificate: a.crt, key: a.key, client_ca: ca.crt}\n"
+	                           "store: {path: isg.db}\npolicy_dir: policies\nkeys_dir: keys\n"
+	                           "threads: lots\nlimits: {max_frame: 16MiB}\n",
+	                           &c, &d, path),
+	                 ISG_ERR_INVALID);
+	assert_int_equal(d.errors, 2);
+	assert_diag(&d, 1, 7, 21, "limits.connection_buffer (8388608 bytes) must be at least");
+	ydoc_diags_release(&d);
+	assert_int_equal(load_text("listen: localhost:7443\n"
+	                           "tls: {certificate: a.crt, key: a.key, client_ca: ca.crt}\n"
+	                           "store: {path: isg.db}\npolicy_dir: policies\nkeys_dir: keys\n"
+	                           "limits: {max_frame: 99GiB}\n",
+	                           &c, &d, path),
+	                 ISG_ERR_INVALID);
+	assert_int_equal(d.errors, 1);
+	assert_diag(&d, 0, 6, 21, "max_frame");
 	ydoc_diags_release(&d);
 }
 
