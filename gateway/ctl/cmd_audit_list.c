@@ -12,7 +12,11 @@
  * identifier it is given, computes its pseudonyms under the versions of the
  * audit key it can reach and lists the matching message.accepted entries
  * with the delivered, acknowledged and expired entries of the same
- * messages. The identifier is never printed, and wiped from memory (and
+ * messages. It reads every entry of the period and judges each by its
+ * signed bytes, never by the table's kind or seq column: anyone who can
+ * edit the table could otherwise hide an exchange by relabelling its row,
+ * and an entry that cannot be read, whatever its row says, makes the answer
+ * incomplete. The identifier is never printed, and wiped from memory (and
  * from the command line) once hashed.
  */
 #include <errno.h>
@@ -498,7 +502,7 @@ int audit_list_cmd(int argc, char **argv)
 struct subject {
 	char (*pseudonyms)[PSEUDO_TEXT_MAX];
 	size_t n, cap;
-	uint64_t *messages; /* seq of matching message.accepted entries, ascending */
+	uint64_t *messages; /* signed index of matching message.accepted entries, ascending */
 	size_t n_messages, cap_messages;
 	uint64_t without_subjects, accepted_seen;
 	bool oom;
@@ -512,8 +516,17 @@ static bool subject_has(const struct subject *s, const char *p)
 	return false;
 }
 
-static bool message_add(struct subject *s, uint64_t seq)
+/*
+ * Kept sorted: entries come in seq order, which is index order unless the
+ * table was edited, so this nearly always appends.
+ */
+static bool message_add(struct subject *s, uint64_t index)
 {
+	size_t i = s->n_messages;
+	while (i > 0 && s->messages[i - 1] > index)
+		i--;
+	if (i > 0 && s->messages[i - 1] == index)
+		return true; /* a second entry claiming the same index: one exchange */
 	if (s->n_messages == s->cap_messages) {
 		size_t cap = s->cap_messages ? s->cap_messages * 2 : 64;
 		uint64_t *m = realloc(s->messages, cap * sizeof(*m));
@@ -522,18 +535,20 @@ static bool message_add(struct subject *s, uint64_t seq)
 		s->messages = m;
 		s->cap_messages = cap;
 	}
-	s->messages[s->n_messages++] = seq;
+	memmove(&s->messages[i + 1], &s->messages[i], (s->n_messages - i) * sizeof(*s->messages));
+	s->messages[i] = index;
+	s->n_messages++;
 	return true;
 }
 
-static bool message_known(const struct subject *s, uint64_t seq)
+static bool message_known(const struct subject *s, uint64_t index)
 {
 	size_t lo = 0, hi = s->n_messages;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (s->messages[mid] == seq)
+		if (s->messages[mid] == index)
 			return true;
-		if (s->messages[mid] < seq)
+		if (s->messages[mid] < index)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -541,13 +556,27 @@ static bool message_known(const struct subject *s, uint64_t seq)
 	return false;
 }
 
+/* The events that follow a message.accepted entry and name it by accepted_index. */
+static bool is_message_outcome(const char *event)
+{
+	return strcmp(event, "message.delivered") == 0 ||
+	       strcmp(event, "message.acknowledged") == 0 || strcmp(event, "message.expired") == 0;
+}
+
+/*
+ * Judged by the signed entry alone (lf), so an edited kind or seq column
+ * can neither hide an exchange nor break the link from a delivery to it:
+ * accepted_index is the signed index of the message.accepted entry.
+ */
 static bool subject_pick(void *ctx, const struct aj_doc *d, int64_t seq,
                          const struct audit_leaf *lf)
 {
 	struct subject *s = ctx;
+	(void)seq;
 	if (strcmp(lf->event, "message.accepted") != 0) {
 		uint64_t accepted;
-		return aj_uint(aj_member(d, lf->body, "accepted_index"), &accepted) &&
+		return is_message_outcome(lf->event) &&
+		       aj_uint(aj_member(d, lf->body, "accepted_index"), &accepted) &&
 		       message_known(s, accepted);
 	}
 	s->accepted_seen++;
@@ -558,7 +587,7 @@ static bool subject_pick(void *ctx, const struct aj_doc *d, int64_t seq,
 	}
 	for (const struct aj_node *p = aj_first(d, subjects); p; p = aj_next(d, p)) {
 		if (p->type == AJ_STRING && subject_has(s, p->str)) {
-			if (!message_add(s, (uint64_t)seq))
+			if (!message_add(s, lf->index))
 				s->oom = true;
 			return true;
 		}
@@ -783,11 +812,10 @@ int audit_subject_cmd(int argc, char **argv)
 	else
 		sodium_memzero(id.value, strlen(id.value));
 	if (status == CTL_EXIT_OK)
-		status = scan(&l,
-		              "SELECT seq, entry FROM audit WHERE at >= ?1 AND at <= ?2 AND kind IN"
-		              " ('message.accepted', 'message.delivered', 'message.acknowledged',"
-		              " 'message.expired') ORDER BY seq",
-		              &f, &ls, subject_pick, &s);
+		/* every entry of the period: its kind column is not signed (see the top) */
+		status = scan(
+		    &l, "SELECT seq, entry FROM audit WHERE at >= ?1 AND at <= ?2 ORDER BY seq", &f,
+		    &ls, subject_pick, &s);
 	if (status == CTL_EXIT_OK && s.oom) {
 		ctl_warn("out of memory");
 		status = CTL_EXIT_LOCAL;

@@ -578,6 +578,48 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertIn(self.receipts[0]["audit_index"], found)  # what it could read, printed
         self.assertNotIn("not an entry", r.out + r.err)
 
+    def exchange_of(self, receipt):
+        """The signed indexes of a message's accepted, delivered and acknowledged entries."""
+        index = receipt["audit_index"]
+        return [index] + [row[0] for row in self.entries
+                          if json.loads(bytes(row[3]))["entry"].get("accepted_index") == index]
+
+    def test_subject_judges_entries_by_their_signed_bytes(self):
+        """The table's kind column is not signed: relabelling a row hides nothing."""
+        exchange = self.exchange_of(self.receipts[0])
+        self.assertEqual(len(exchange), 3, exchange)  # accepted, delivered, acknowledged
+        accepted, delivered, _ = exchange
+        db = self.tamper("relabelled",
+                         ("UPDATE audit SET kind = 'connection.accepted' WHERE seq = ?",
+                          (accepted,)),
+                         ("UPDATE audit SET kind = 'policy.loaded' WHERE seq = ?", (delivered,)))
+        r = self.subject("--nhs-number", NHS_A, store=db)
+        self.assertEqual(r.rc, 0, r)
+        found = [json.loads(line)["index"] for line in r.out.splitlines()]
+        for seq in exchange:
+            self.assertIn(seq, found, r)
+        self.assertIn("2 exchanges involved this person", r.err)
+        # Junk under a kind that subject has no use for is still an entry it could not read.
+        other = next(row[0] for row in self.entries if row[2] == "connection.accepted")
+        db = self.tamper("junk-connection", ("UPDATE audit SET entry = ? WHERE seq = ?",
+                                             (b"not an entry", other)))
+        r = self.subject("--nhs-number", NHS_A, store=db)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("the answer is INCOMPLETE: 1 entry (%d) could not be read" % other, r.err)
+
+    def test_subject_follows_signed_indexes(self):
+        """A delivery names its message by the signed index, whatever the seq column says."""
+        exchange = self.exchange_of(self.receipts[0])
+        # An entry before the message deleted and the rest renumbered down.
+        gone = exchange[0] - 1
+        db = self.tamper("renumbered", ("DELETE FROM audit WHERE seq = ?", (gone,)),
+                         ("UPDATE audit SET seq = seq - 1 WHERE seq > ?", (gone,)))
+        r = self.subject("--nhs-number", NHS_A, store=db)
+        self.assertEqual(r.rc, 0, r)
+        found = [json.loads(line)["index"] for line in r.out.splitlines()]
+        for seq in exchange:
+            self.assertIn(seq, found, r)
+
     def subject(self, *args, **kw):
         r = self.audit("subject", "--format", "jsonl", *args, **kw)
         for ident in IDENTIFIERS:
