@@ -12,12 +12,12 @@
  * identifier it is given, computes its pseudonyms under the versions of the
  * audit key it can reach and lists the matching message.accepted entries
  * with the delivered, acknowledged and expired entries of the same
- * messages. It reads every entry of the period and judges each by its
- * signed bytes, never by the table's kind or seq column: anyone who can
- * edit the table could otherwise hide an exchange by relabelling its row,
- * and an entry that cannot be read, whatever its row says, makes the answer
- * incomplete. The identifier is never printed, and wiped from memory (and
- * from the command line) once hashed.
+ * messages. It reads every entry of the log and judges each by its signed
+ * bytes, never by the table's at, kind or seq column: anyone who can edit
+ * the table could otherwise hide an exchange by relabelling or redating
+ * its row, and an entry that cannot be read, whatever its row says, makes
+ * the answer incomplete. The identifier is never printed, and wiped from
+ * memory (and from the command line) once hashed.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -382,8 +382,10 @@ static int scan(struct audit_log *l, const char *sql, const struct list_filter *
 	sqlite3_stmt *st = audit_log_prepare(l, sql);
 	if (!st)
 		return CTL_EXIT_LOCAL;
-	sqlite3_bind_int64(st, 1, f->from_ms);
-	sqlite3_bind_int64(st, 2, f->to_ms);
+	if (sqlite3_bind_parameter_count(st) == 2) { /* the period, on the at column */
+		sqlite3_bind_int64(st, 1, f->from_ms);
+		sqlite3_bind_int64(st, 2, f->to_ms);
+	}
 	int rc, status = CTL_EXIT_OK;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		int64_t seq = sqlite3_column_int64(st, 0);
@@ -505,6 +507,7 @@ struct subject {
 	uint64_t *messages; /* signed index of matching message.accepted entries, ascending */
 	size_t n_messages, cap_messages;
 	uint64_t without_subjects, accepted_seen;
+	int64_t from_ms, to_ms; /* --from and --to, against the signed time */
 	bool oom;
 };
 
@@ -564,7 +567,7 @@ static bool is_message_outcome(const char *event)
 }
 
 /*
- * Judged by the signed entry alone (lf), so an edited kind or seq column
+ * Judged by the signed entry alone (lf), so an edited at, kind or seq column
  * can neither hide an exchange nor break the link from a delivery to it:
  * accepted_index is the signed index of the message.accepted entry.
  */
@@ -572,7 +575,11 @@ static bool subject_pick(void *ctx, const struct aj_doc *d, int64_t seq,
                          const struct audit_leaf *lf)
 {
 	struct subject *s = ctx;
+	int64_t at;
 	(void)seq;
+	/* a time that is no date (a 31 February) cannot be placed: judge the entry */
+	if (parse_time(lf->at, false, &at) == 0 && (at < s->from_ms || at > s->to_ms))
+		return false;
 	if (strcmp(lf->event, "message.accepted") != 0) {
 		uint64_t accepted;
 		return is_message_outcome(lf->event) &&
@@ -715,9 +722,11 @@ static int subject_help(void)
 	       "input, which keeps it off the command line (other local users can see\n"
 	       "command lines). The identifier is normalised as the gateway does and never\n"
 	       "printed. Refused messages and connections hold no subjects and are not\n"
-	       "found. --from, --to and --format are as for 'isgctl audit list'. Exits 1,\n"
-	       "after listing what it found, when entries it searched cannot be read:\n"
-	       "the answer is then incomplete.\n\n%s",
+	       "found. --from, --to and --format are as for 'isgctl audit list', but the\n"
+	       "times are the signed entries' own: every entry is read and judged by its\n"
+	       "signed bytes, never by the store table's columns. Exits 1, after listing\n"
+	       "what it found, when entries cannot be read: the answer is then\n"
+	       "incomplete.\n\n%s",
 	       subject_usage, audit_where_help);
 	return CTL_EXIT_OK;
 }
@@ -803,7 +812,7 @@ int audit_subject_cmd(int argc, char **argv)
 		return subject_help();
 	struct audit_log l;
 	struct keyring *ring = NULL;
-	struct subject s = {0};
+	struct subject s = {.from_ms = f.from_ms, .to_ms = f.to_ms};
 	struct lister ls = {.format = f.format};
 	aj_doc_init(&ls.doc);
 	status = audit_log_open(&l, &w, subject_usage, true);
@@ -812,10 +821,9 @@ int audit_subject_cmd(int argc, char **argv)
 	else
 		sodium_memzero(id.value, strlen(id.value));
 	if (status == CTL_EXIT_OK)
-		/* every entry of the period: its kind column is not signed (see the top) */
-		status = scan(
-		    &l, "SELECT seq, entry FROM audit WHERE at >= ?1 AND at <= ?2 ORDER BY seq", &f,
-		    &ls, subject_pick, &s);
+		/* every entry: the at and kind columns are not signed (see the top) */
+		status = scan(&l, "SELECT seq, entry FROM audit ORDER BY seq", &f, &ls,
+		              subject_pick, &s);
 	if (status == CTL_EXIT_OK && s.oom) {
 		ctl_warn("out of memory");
 		status = CTL_EXIT_LOCAL;

@@ -607,6 +607,26 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual(r.rc, 1, r)
         self.assertIn("the answer is INCOMPLETE: 1 entry (%d) could not be read" % other, r.err)
 
+    def test_subject_judges_times_by_the_signed_entry(self):
+        """--from and --to hold against the signed time: redating a row hides nothing."""
+        exchange = self.exchange_of(self.receipts[0])
+        long_ago = 946684800000  # 2000-01-01T00:00:00Z
+        db = self.tamper("redated", ("UPDATE audit SET at = ? WHERE seq IN (%s)"
+                                     % ",".join("?" * len(exchange)), [long_ago] + exchange))
+        r = self.subject("--nhs-number", NHS_A, "--from", "2001-01-01", store=db)
+        self.assertEqual(r.rc, 0, r)
+        found = [json.loads(line)["index"] for line in r.out.splitlines()]
+        for seq in exchange:
+            self.assertIn(seq, found, r)
+        r = self.subject("--nhs-number", NHS_A, "--to", "2000-12-31", store=db)
+        self.assertEqual((r.rc, r.out), (0, ""), r)
+        # An entry that cannot be read cannot be placed in time either.
+        db = self.tamper("redated-junk", ("UPDATE audit SET at = ?, entry = ? WHERE seq = ?",
+                                          (long_ago, b"not an entry", exchange[0])))
+        r = self.subject("--nhs-number", NHS_A, "--from", "2001-01-01", store=db)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("the answer is INCOMPLETE: 1 entry (%d)" % exchange[0], r.err)
+
     def test_subject_follows_signed_indexes(self):
         """A delivery names its message by the signed index, whatever the seq column says."""
         exchange = self.exchange_of(self.receipts[0])
