@@ -51,6 +51,7 @@ enum outcome { OUTCOME_ANY, OUTCOME_ACCEPTED, OUTCOME_REFUSED };
 
 struct list_filter {
 	int64_t from_ms, to_ms;
+	const char *from, *to; /* as given, for messages */
 	const char *partner, *agreement, *kind;
 	enum outcome outcome;
 	enum list_format format;
@@ -137,6 +138,7 @@ static int filter_option(struct list_filter *f, int opt, const char *arg, const 
 			                opt == OPT_FROM ? "--from" : "--to", arg);
 			return -1;
 		}
+		*(opt == OPT_FROM ? &f->from : &f->to) = arg;
 		return 1;
 	case OPT_PARTNER:
 		f->partner = arg;
@@ -166,6 +168,14 @@ static int filter_option(struct list_filter *f, int opt, const char *arg, const 
 	default:
 		return 0;
 	}
+}
+
+/* After the options: a period that ends before it starts is a mistake, as in report. */
+static int filter_check(const struct list_filter *f, const char *usage)
+{
+	if (f->from && f->to && f->to_ms < f->from_ms)
+		return ctl_usage_error(usage, "--to '%s' is before --from '%s'", f->to, f->from);
+	return CTL_EXIT_OK;
 }
 
 static void filter_init(struct list_filter *f)
@@ -480,6 +490,8 @@ int audit_list_cmd(int argc, char **argv)
 		return list_help();
 	if (optind != argc)
 		return ctl_usage_error(list_usage, "audit list takes no arguments");
+	if (filter_check(&f, list_usage) != CTL_EXIT_OK)
+		return CTL_EXIT_USAGE;
 	struct audit_log l;
 	struct lister ls = {.format = f.format};
 	aj_doc_init(&ls.doc);
@@ -774,7 +786,7 @@ static int subject_options(int argc, char **argv, struct audit_where *w, struct 
 		return ctl_usage_error(subject_usage, "say whom to search for: --nhs-number, "
 		                                      "--pnc-id, --postcode, --email, --name or "
 		                                      "--identifier");
-	return CTL_EXIT_OK;
+	return filter_check(f, subject_usage);
 }
 
 /*

@@ -521,6 +521,28 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertIn(DATASET, r.out)
         self.assertEqual(self.audit("list", "--outcome", "maybe").rc, 2)
 
+    def test_list_refuses_a_period_that_ends_before_it_starts(self):
+        """As report does, with the same words and exit status: not an empty list."""
+        report = self.audit("report", "--from", "2026-12-05", "--to", "2026-12-04",
+                            "--markdown", "-")
+        self.assertEqual(report.rc, 2, report)
+        said = "isgctl: --to '2026-12-04' is before --from '2026-12-05'\n"
+        self.assertTrue(report.err.startswith(said), report)
+        for args in (["list"], ["subject", "--nhs-number", NHS_A]):
+            r = self.audit(*args, "--from", "2026-12-05", "--to", "2026-12-04")
+            self.assertEqual((r.rc, r.out), (2, ""), r)
+            self.assertTrue(r.err.startswith(said), r)
+            self.assertIn("usage: isgctl audit " + args[0], r.err)
+            self.assertNotIn("no entry matches", r.err)
+            self.assertNotIn(NHS_A, r.err)
+        r = self.audit("list", "--from", "2026-12-04T10:00:01Z", "--to", "2026-12-04T10:00:00Z")
+        self.assertEqual(r.rc, 2, r)
+        self.assertIn("--to '2026-12-04T10:00:00Z' is before --from '2026-12-04T10:00:01Z'", r.err)
+        # One instant, or a --to second that covers a --from within it, is a period.
+        for to in ("2026-12-04T10:00:00.500Z", "2026-12-04T10:00:00Z"):
+            r = self.audit("list", "--from", "2026-12-04T10:00:00.500Z", "--to", to)
+            self.assertEqual(r.rc, 0, r)
+
     def test_list_times_to_the_second_cover_the_second(self):
         """--to given to the second includes that whole second, as a date its day."""
         second_ms = 1763900000000  # 2025-11-23T12:13:20Z
