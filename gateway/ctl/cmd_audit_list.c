@@ -123,6 +123,25 @@ static int parse_time(const char *s, bool end, int64_t *out)
 
 /* ---- options shared by list and subject ---- */
 
+/* The events isgd writes (docs/audit.md, "What is logged"); --kind takes one or its family. */
+static const char *const audit_events[] = {
+    "connection.accepted", "connection.refused", "connection.closed",    "message.accepted",
+    "message.refused",     "message.delivered",  "message.acknowledged", "message.expired",
+    "policy.loaded",       "policy.refused",     "keys.loaded",
+};
+
+/* An event, or a family: the part of an event before its dot ("message"). */
+static bool kind_known(const char *kind)
+{
+	size_t n = strlen(kind);
+	for (size_t i = 0; i < ARRAY_LEN(audit_events); i++) {
+		const char *e = audit_events[i];
+		if (strcmp(kind, e) == 0 || (strncmp(kind, e, n) == 0 && e[n] == '.'))
+			return true;
+	}
+	return false;
+}
+
 /* 1 when opt was a filter option, 0 when not, CTL_EXIT_USAGE (as -1) on a bad value. */
 static int filter_option(struct list_filter *f, int opt, const char *arg, const char *usage)
 {
@@ -147,6 +166,17 @@ static int filter_option(struct list_filter *f, int opt, const char *arg, const 
 		f->agreement = arg;
 		return 1;
 	case OPT_KIND:
+		if (!kind_known(arg)) {
+			ctl_usage_error(
+			    usage,
+			    "--kind must be a family (connection, message, policy, keys) or "
+			    "one of its events (connection.accepted, connection.refused, "
+			    "connection.closed, message.accepted, message.refused, "
+			    "message.delivered, message.acknowledged, message.expired, "
+			    "policy.loaded, policy.refused, keys.loaded), not '%s'",
+			    arg);
+			return -1;
+		}
 		f->kind = arg;
 		return 1;
 	case OPT_OUTCOME:
@@ -452,7 +482,8 @@ static int list_help(void)
 	       "                           (a --to day or second: all of it)\n"
 	       "  --partner ID             the entry's sender, recipient or partner\n"
 	       "  --agreement ID           the agreement id\n"
-	       "  --kind KIND              an event (message.refused) or a family (message)\n"
+	       "  --kind KIND              an event (message.refused) or a family: connection,\n"
+	       "                           message, policy or keys\n"
 	       "  --outcome accepted|refused  events ending in .accepted or .refused\n"
 	       "  --format table|csv|jsonl table (default) for people, csv for a spreadsheet,\n"
 	       "                           jsonl for the exact entries, one per line\n"

@@ -543,6 +543,20 @@ class AuditLog(isgtest.ScenarioCase):
             r = self.audit("list", "--from", "2026-12-04T10:00:00.500Z", "--to", to)
             self.assertEqual(r.rc, 0, r)
 
+    def test_list_refuses_an_unknown_kind(self):
+        """--kind takes the events docs/audit.md lists, or their families."""
+        for kind in ("bogus", "message.bogus", "mess", "message.", ".accepted",
+                     "message.accepted.x", "MESSAGE", ""):
+            r = self.audit("list", "--kind", kind)
+            self.assertEqual((r.rc, r.out), (2, ""), (kind, r))
+            self.assertIn("--kind must be a family (connection, message, policy, keys) or one "
+                          "of its events", r.err)
+            self.assertIn("not '%s'" % kind, r.err)
+        kinds = {row[2] for row in self.entries}
+        for kind in sorted(kinds | {k.split(".")[0] for k in kinds} | {"message.expired"}):
+            r = self.audit("list", "--kind", kind)
+            self.assertEqual(r.rc, 0, (kind, r))
+
     def test_list_times_to_the_second_cover_the_second(self):
         """--to given to the second includes that whole second, as a date its day."""
         second_ms = 1763900000000  # 2025-11-23T12:13:20Z
