@@ -706,6 +706,26 @@ static int prove_options(int argc, char **argv, struct audit_where *w, struct pr
 	return CTL_EXIT_OK;
 }
 
+/*
+ * An entry past the end of the log is not "not yet covered": no checkpoint
+ * will ever cover it, so say that it does not exist rather than to wait.
+ */
+static int prove_entry_exists(struct audit_log *l, uint64_t seq)
+{
+	uint64_t count = 0, max_seq = 0;
+	int status = audit_log_count(l, &count, &max_seq);
+	if (status != CTL_EXIT_OK || seq <= max_seq)
+		return status;
+	if (count == max_seq)
+		ctl_warn("entry %" PRIu64 " does not exist: the log has %" PRIu64 " entr%s", seq,
+		         count, count == 1 ? "y" : "ies");
+	else /* entries are missing: numbers and count disagree */
+		ctl_warn("entry %" PRIu64 " does not exist: the log has %" PRIu64
+		         " entries, the last numbered %" PRIu64 "; run 'isgctl audit verify'",
+		         seq, count, max_seq);
+	return CTL_EXIT_LOCAL;
+}
+
 /* The checkpoint to prove against: of size a->size, or the latest; verified. */
 static int prove_checkpoint(struct audit_log *l, const struct audit_verifier *v,
                             const struct prove_args *a, struct audit_checkpoint *c, char **note)
@@ -882,6 +902,8 @@ int audit_prove_cmd(int argc, char **argv)
 	status = audit_log_open(&l, &w, prove_usage, true);
 	if (status == CTL_EXIT_OK)
 		status = audit_log_verifier(&l, &w, &v, key, &from);
+	if (status == CTL_EXIT_OK)
+		status = prove_entry_exists(&l, a.seq);
 	if (status == CTL_EXIT_OK)
 		status = prove_checkpoint(&l, &v, &a, &c, &note);
 	/* prove_checkpoint made sure that 1 <= seq <= c.size. */

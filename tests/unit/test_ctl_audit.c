@@ -396,6 +396,26 @@ static void test_cmd_good_log(void **state)
 	assert_out_has(f, "no stored checkpoint has size 12");
 }
 
+static void test_cmd_prove_past_the_end(void **state)
+{
+	struct fixture *f = *state;
+	/* No checkpoint will ever cover an entry that is not there: not "wait". */
+	assert_int_equal(run(f, "prove 26 --store %s --pubkey %s", f->db, f->vkey), 1);
+	assert_string_equal(f->out, "isgctl: entry 26 does not exist: the log has 25 entries\n");
+	assert_int_equal(run(f, "prove 26 --size 10 --store %s --pubkey %s", f->db, f->vkey), 1);
+	assert_string_equal(f->out, "isgctl: entry 26 does not exist: the log has 25 entries\n");
+	/* An entry written after the latest checkpoint is there: wait for the next one. */
+	const char *db = tampered(f, "uncovered", "DELETE FROM checkpoints WHERE size = 25");
+	assert_int_equal(run(f, "prove 25 --store %s --pubkey %s", db, f->vkey), 1);
+	assert_out_has(f, "entry 25 is not covered by the checkpoint of size 20 (the latest): wait "
+	                  "for the next checkpoint");
+	/* Entries deleted from the middle: the count and the last number disagree. */
+	db = tampered(f, "gap", "DELETE FROM audit WHERE seq = 5");
+	assert_int_equal(run(f, "prove 26 --store %s --pubkey %s", db, f->vkey), 1);
+	assert_out_has(f, "entry 26 does not exist: the log has 24 entries, the last numbered 25; "
+	                  "run 'isgctl audit verify'");
+}
+
 static void test_cmd_list(void **state)
 {
 	struct fixture *f = *state;
@@ -507,6 +527,7 @@ int main(void)
 	    cmocka_unit_test(test_leaf_parse),
 	    cmocka_unit_test(test_consistency_streaming),
 	    cmocka_unit_test_setup_teardown(test_cmd_good_log, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cmd_prove_past_the_end, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_list, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_changed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_deleted_reordered, setup, teardown),
