@@ -830,6 +830,58 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual(r2.rc, 0, r2)
         self.assertEqual(r2.out, isgtest.read_text(out))
 
+    def test_doc_script_reports_damage_without_crashing(self):
+        """The documented verifier prints each problem and exits 1; it never raises."""
+        out = os.path.join(self.tmp, "export.jsonl")
+        self.assertEqual(self.audit("export", "--output", out).rc, 0)
+        with open(out, "rb") as f:
+            lines = f.read().split(b"\n")
+        script = os.path.join(self.tmp, "verify_export.py")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(doc_script("verify_export.py"))
+
+        def run(name, damaged):
+            path = os.path.join(self.tmp, name + ".jsonl")
+            with open(path, "wb") as f:
+                f.write(b"\n".join(damaged))
+            p = subprocess.run(["/usr/bin/python3", script, path], capture_output=True,
+                               text=True, timeout=60)
+            self.assertNotIn("Traceback", p.stderr, name)
+            self.assertEqual(p.returncode, 1, (name, p.stdout, p.stderr))
+            return p
+
+        first = next(i for i, line in enumerate(lines) if b'"type":"entry"' in line)
+        cp = next(i for i, line in enumerate(lines) if b'"type":"checkpoint"' in line)
+
+        def entry(leaf, seq=1):
+            return json.dumps({"type": "entry", "seq": seq,
+                               "leaf": base64.b64encode(leaf).decode()}).encode()
+
+        cases = {
+            "leaf-not-json": (first, entry(b"not json")),  # the IG audit's case
+            "leaf-not-object": (first, entry(b"[1,2]")),
+            "leaf-not-utf8": (first, entry(b"\xff\xfe")),
+            "leaf-not-base64": (first, b'{"type":"entry","seq":1,"leaf":"***"}'),
+            "line-not-json": (first, b"{not json"),
+            "line-not-object": (first, b"[]"),
+            "line-not-utf8": (first, b"\xff\xfe junk"),
+            "seq-not-number": (first, b'{"type":"entry","seq":"1","leaf":"e30="}'),
+            "note-one-line": (cp, b'{"type":"checkpoint","note":"one line"}'),
+            "note-bad-size": (cp, b'{"type":"checkpoint","note":"o\\nNaN\\nAAAA\\n\\nsig"}'),
+        }
+        for name, (i, line) in cases.items():
+            damaged = list(lines)
+            damaged[i] = line
+            p = run(name, damaged)
+            self.assertIn("problem: ", p.stdout, name)
+            self.assertNotIn("export OK", p.stdout, name)
+        p = run("leaf-not-json", lines[:first] + [entry(b"not json")] + lines[first + 1:])
+        self.assertIn("problem: line %d is not a valid entry or checkpoint" % (first + 1), p.stdout)
+        for name, head in (("empty", b""), ("header-list", b"[1]"), ("header-text", b'"x"'),
+                           ("header-format", b'{"type":"header","format":"other"}')):
+            p = run(name, [head] + lines[1:])
+            self.assertIn("not an isgctl audit export", p.stderr, name)
+
     def test_export_over_an_existing_file(self):
         """--output replaces a file with a new one of mode 0600, and only when written whole."""
         path = os.path.join(self.tmp, "export.jsonl")
