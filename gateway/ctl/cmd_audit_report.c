@@ -482,6 +482,64 @@ static void sums_release(struct sums *s)
 	tmap_release(&s->peaks);
 }
 
+/*
+ * The rows of the per-partner table, the same for every output: senders by
+ * name, then partners that only received.
+ */
+struct partner_row {
+	uint32_t id;
+	uint64_t sent, records_sent, refused, received, records_received;
+};
+
+static struct partner_row *partner_rows(const struct report *r, const struct sums *s, size_t *n)
+{
+	static const struct tally none;
+	size_t cap = s->by_sender.n + r->received.n;
+	struct partner_row *rows = malloc((cap ? cap : 1) * sizeof(*rows));
+	size_t *o = tmap_order(r, &s->by_sender, 1, false);
+	if (!rows || !o) {
+		free(rows);
+		free(o);
+		return NULL;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < s->by_sender.n; i++) {
+		const struct tally *t = &s->by_sender.items[o[i]];
+		const struct tally *in = tmap_find(&r->received, t->key[0]);
+		if (!in)
+			in = &none;
+		rows[k++] =
+		    (struct partner_row){t->key[0],       t->v[V_MESSAGES],  t->v[V_RECORDS],
+		                         t->v[V_REFUSED], in->v[V_MESSAGES], in->v[V_RECORDS]};
+	}
+	for (size_t i = 0; i < r->received.n; i++) {
+		const struct tally *in = &r->received.items[i];
+		if (!tmap_find(&s->by_sender, in->key[0]))
+			rows[k++] = (struct partner_row){
+			    in->key[0], 0, 0, 0, in->v[V_MESSAGES], in->v[V_RECORDS]};
+	}
+	free(o);
+	*n = k;
+	return rows;
+}
+
+/* The limits of a peaks tally's agreement (0: none known) and whether a peak used 90%. */
+struct limit_use {
+	uint32_t messages, records;
+	bool messages_near, records_near;
+};
+
+static struct limit_use limit_use(const struct report *r, const struct tally *t)
+{
+	const struct policy_agreement *a =
+	    r->policy ? policy_agreement_by_id(r->policy, r->str.s[t->key[0]]) : NULL;
+	struct limit_use u = {a ? a->messages_per_day : 0, a ? a->records_per_day : 0, false,
+	                      false};
+	u.messages_near = u.messages && t->v[V_MESSAGES] * 10 >= (uint64_t)u.messages * 9;
+	u.records_near = u.records && t->v[V_RECORDS] * 10 >= (uint64_t)u.records * 9;
+	return u;
+}
+
 /* ---- escaping ---- */
 
 /* Append s as HTML text or attribute value; invalid UTF-8 and controls become '?'. */
@@ -953,49 +1011,28 @@ static int html_volumes(struct strbuf *b, const struct report *r, const struct s
 	strbuf_puts(b, "</table>");
 	free(o);
 
-	o = tmap_order(r, &s->by_sender, 1, false);
-	if (!o)
+	size_t n = 0;
+	struct partner_row *rows = partner_rows(r, s, &n);
+	if (!rows)
 		return ISG_ERR_NOMEM;
 	strbuf_puts(b, "<h3>By partner</h3><table id=\"partners\"><tr><th>partner</th>"
 	               "<th>messages sent</th><th>records sent</th><th>sends refused</th>"
 	               "<th>messages received</th><th>records received</th></tr>");
-	const struct tmap *recv = &r->received;
-	static const struct tally none;
-	for (size_t i = 0; i < s->by_sender.n; i++) {
-		const struct tally *t = &s->by_sender.items[o[i]];
-		const struct tally *in = tmap_find(recv, t->key[0]);
-		if (!in)
-			in = &none;
+	for (size_t i = 0; i < n; i++) {
+		const struct partner_row *p = &rows[i];
 		strbuf_puts(b, "<tr");
-		html_attr(b, "data-partner", r->str.s[t->key[0]]);
+		html_attr(b, "data-partner", r->str.s[p->id]);
 		strbuf_puts(b, "><td>");
-		html_escape(b, name_or_none(r, t->key[0]));
+		html_escape(b, name_or_none(r, p->id));
 		strbuf_puts(b, "</td>");
-		html_num(b, NULL, "sent", t->v[V_MESSAGES]);
-		html_num(b, NULL, "records-sent", t->v[V_RECORDS]);
-		html_num(b, NULL, "refused", t->v[V_REFUSED]);
-		html_num(b, NULL, "received", in->v[V_MESSAGES]);
-		html_num(b, NULL, "records-received", in->v[V_RECORDS]);
+		html_num(b, NULL, "sent", p->sent);
+		html_num(b, NULL, "records-sent", p->records_sent);
+		html_num(b, NULL, "refused", p->refused);
+		html_num(b, NULL, "received", p->received);
+		html_num(b, NULL, "records-received", p->records_received);
 		strbuf_puts(b, "</tr>");
 	}
-	free(o);
-	/* recipients that sent nothing */
-	for (size_t i = 0; i < recv->n; i++) {
-		const struct tally *in = &recv->items[i];
-		if (tmap_find(&s->by_sender, in->key[0]))
-			continue;
-		strbuf_puts(b, "<tr");
-		html_attr(b, "data-partner", r->str.s[in->key[0]]);
-		strbuf_puts(b, "><td>");
-		html_escape(b, name_or_none(r, in->key[0]));
-		strbuf_puts(b, "</td>");
-		html_num(b, NULL, "sent", 0);
-		html_num(b, NULL, "records-sent", 0);
-		html_num(b, NULL, "refused", 0);
-		html_num(b, NULL, "received", in->v[V_MESSAGES]);
-		html_num(b, NULL, "records-received", in->v[V_RECORDS]);
-		strbuf_puts(b, "</tr>");
-	}
+	free(rows);
 	strbuf_puts(b, "</table>");
 	return 0;
 }
@@ -1103,11 +1140,9 @@ static int html_limits(struct strbuf *b, const struct report *r, const struct su
 		const struct tally *t = &s->peaks.items[o[i]];
 		if (!t->v[V_MESSAGES])
 			continue;
-		const struct policy_agreement *a =
-		    r->policy ? policy_agreement_by_id(r->policy, r->str.s[t->key[0]]) : NULL;
-		uint32_t lm = a ? a->messages_per_day : 0, lr = a ? a->records_per_day : 0;
-		bool over = (lm && t->v[V_MESSAGES] * 10 >= (uint64_t)lm * 9) ||
-		            (lr && t->v[V_RECORDS] * 10 >= (uint64_t)lr * 9);
+		struct limit_use u = limit_use(r, t);
+		uint32_t lm = u.messages, lr = u.records;
+		bool over = u.messages_near || u.records_near;
 		char dm[11], dr[11];
 		day_text(dm, r, t->v[V_ACKED]);
 		day_text(dr, r, t->v[V_EXPIRED]);
@@ -1187,9 +1222,9 @@ static int render_html(struct strbuf *b, const struct report *r, const struct su
 	return 0;
 }
 
-/* ---- Markdown ---- */
+/* ---- Markdown: the figures of the HTML page, section by section, as tables ---- */
 
-static int render_markdown(struct strbuf *b, const struct report *r, const struct sums *s)
+static void md_summary(struct strbuf *b, const struct report *r)
 {
 	char from[11], to[11];
 	day_text(from, r, 0);
@@ -1200,7 +1235,9 @@ static int render_markdown(struct strbuf *b, const struct report *r, const struc
 	              from, to, from, to);
 	md_escape(b, r->origin);
 	strbuf_printf(b,
-	              "`. Generated %s by isgctl " ISG_VERSION ".\n\n## Summary\n\n"
+	              "`. Generated %s by isgctl " ISG_VERSION ". The figures come from the audit "
+	              "log alone; it holds no personal data in clear, and this report shows no "
+	              "message id, certificate subject or pseudonym.\n\n## Summary\n\n"
 	              "| figure | value |\n| --- | ---: |\n",
 	              r->generated);
 	strbuf_printf(b,
@@ -1209,36 +1246,56 @@ static int render_markdown(struct strbuf *b, const struct report *r, const struc
 	              " |\n| messages refused | %" PRIu64 " |\n| messages delivered | %" PRIu64
 	              " |\n| messages acknowledged | %" PRIu64 " |\n| messages expired | %" PRIu64
 	              " |\n| connections accepted | %" PRIu64 " |\n| connections refused | %" PRIu64
-	              " |\n| connections closed by a reload | %" PRIu64
-	              " |\n\n## Integrity of the log\n\n",
+	              " |\n| connections closed by a reload | %" PRIu64 " |\n",
 	              r->entries, r->total[V_MESSAGES], r->total[V_RECORDS], r->total[V_REFUSED],
 	              r->total[V_DELIVERED], r->total[V_ACKED], r->total[V_EXPIRED],
 	              r->conn_accepted, r->conn_refused, r->conn_closed);
+	if (r->invalid)
+		strbuf_printf(b,
+		              "\n**%" PRIu64
+		              " entries of the period are not valid audit entries and "
+		              "are left out of these figures.**\n",
+		              r->invalid);
+}
+
+static int md_integrity(struct strbuf *b, const struct report *r)
+{
+	strbuf_puts(b, "\n## Integrity of the log\n\n");
 	if (!r->verified) {
 		strbuf_puts(b, "**NOT VERIFIED**: no verifier key.\n");
-	} else {
-		char root[64] = "-";
-		if (r->vr.latest_size)
-			audit_ctl_b64(root, sizeof(root), r->vr.latest_root, AUDIT_HASH_LEN);
-		strbuf_printf(b,
-		              "**%s**: %" PRIu64 " entries, %zu checkpoints verified, latest "
-		              "checkpoint size %" PRIu64 ", root `%s`, %" PRIu64
-		              " entries not yet covered, %u problems.\n",
-		              r->vr.problems ? "FAILED" : "OK", r->vr.entries, r->vr.checkpoints,
-		              r->vr.latest_size, root, r->vr.uncovered, r->vr.problems);
-		for (const char *p = r->problems; p && *p;) {
-			const char *e = strchr(p, '\n');
-			size_t n = e ? (size_t)(e - p) : strlen(p);
-			char *line = strndup(p, n);
-			if (!line)
-				return ISG_ERR_NOMEM;
-			strbuf_puts(b, "\n- ");
-			md_escape(b, line);
-			free(line);
-			p += n + (e != NULL);
-		}
-		strbuf_puts(b, "\n");
+		return 0;
 	}
+	char root[64] = "-";
+	if (r->vr.latest_size)
+		audit_ctl_b64(root, sizeof(root), r->vr.latest_root, AUDIT_HASH_LEN);
+	strbuf_printf(b,
+	              "**%s**: %" PRIu64 " entries, %zu checkpoints verified, latest "
+	              "checkpoint size %" PRIu64 ", root `%s`, %" PRIu64
+	              " entries not yet covered, %u problems.\n\nVerifier key ",
+	              r->vr.problems ? "FAILED" : "OK", r->vr.entries, r->vr.checkpoints,
+	              r->vr.latest_size, root, r->vr.uncovered, r->vr.problems);
+	md_escape(b, r->key);
+	strbuf_puts(b, " (from ");
+	md_escape(b, r->key_from ? r->key_from : "?");
+	strbuf_puts(b, ").\n");
+	for (const char *p = r->problems; p && *p;) {
+		const char *e = strchr(p, '\n');
+		size_t n = e ? (size_t)(e - p) : strlen(p);
+		char *line = strndup(p, n);
+		if (!line)
+			return ISG_ERR_NOMEM;
+		strbuf_puts(b, "\n- ");
+		md_escape(b, line);
+		free(line);
+		p += n + (e != NULL);
+	}
+	if (r->problems && *r->problems)
+		strbuf_puts(b, "\n");
+	return 0;
+}
+
+static int md_volumes(struct strbuf *b, const struct report *r, const struct sums *s)
+{
 	size_t *o = tmap_order(r, &s->by_agreement, 1, false);
 	if (!o)
 		return ISG_ERR_NOMEM;
@@ -1256,6 +1313,22 @@ static int render_markdown(struct strbuf *b, const struct report *r, const struc
 		              t->v[V_ACKED], t->v[V_EXPIRED]);
 	}
 	free(o);
+	size_t n = 0;
+	struct partner_row *rows = partner_rows(r, s, &n);
+	if (!rows)
+		return ISG_ERR_NOMEM;
+	strbuf_puts(b, "\n## Volumes by partner\n\n| partner | messages sent | records sent | "
+	               "sends refused | messages received | records received |\n| --- | ---: | "
+	               "---: | ---: | ---: | ---: |\n");
+	for (size_t i = 0; i < n; i++) {
+		strbuf_puts(b, "| ");
+		md_escape(b, name_or_none(r, rows[i].id));
+		strbuf_printf(
+		    b, " | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " |\n",
+		    rows[i].sent, rows[i].records_sent, rows[i].refused, rows[i].received,
+		    rows[i].records_received);
+	}
+	free(rows);
 	if (!(o = tmap_order(r, &r->cells, 2, true)))
 		return ISG_ERR_NOMEM;
 	strbuf_puts(b, "\n## Volumes per day\n\n| day | agreement | sender | messages | records | "
@@ -1272,7 +1345,13 @@ static int render_markdown(struct strbuf *b, const struct report *r, const struc
 		              t->v[V_RECORDS], t->v[V_REFUSED]);
 	}
 	free(o);
-	if (!(o = tmap_order(r, &r->rules, 1, false)))
+	return 0;
+}
+
+static int md_refusals(struct strbuf *b, const struct report *r)
+{
+	size_t *o = tmap_order(r, &r->rules, 1, false);
+	if (!o)
 		return ISG_ERR_NOMEM;
 	strbuf_puts(b, "\n## Refusals by rule\n\n| rule | messages refused | records |\n| --- | "
 	               "---: | ---: |\n");
@@ -1284,7 +1363,13 @@ static int render_markdown(struct strbuf *b, const struct report *r, const struc
 		              t->v[V_RECORDS]);
 	}
 	free(o);
-	if (!(o = tmap_order(r, &r->fields, 3, false)))
+	return 0;
+}
+
+static int md_fields(struct strbuf *b, const struct report *r)
+{
+	size_t *o = tmap_order(r, &r->fields, 3, false);
+	if (!o)
 		return ISG_ERR_NOMEM;
 	strbuf_puts(b, "\n## Fields shared, by action (records)\n\n| agreement | dataset | field | "
 	               "action | records |\n| --- | --- | --- | --- | ---: |\n");
@@ -1299,34 +1384,80 @@ static int render_markdown(struct strbuf *b, const struct report *r, const struc
 		              t->v[V_RECORDS]);
 	}
 	free(o);
-	if (!(o = tmap_order(r, &s->peaks, 2, false)))
+	return 0;
+}
+
+/* A limit and the share of it the peak used; bold at 90% or more, as the page highlights. */
+static void md_limit(struct strbuf *b, uint64_t peak, uint32_t limit, bool near)
+{
+	if (!limit) {
+		strbuf_puts(b, " | -");
+		return;
+	}
+	strbuf_printf(b, " | %s%" PRIu32 " (%" PRIu64 "%%)%s", near ? "**" : "", limit,
+	              peak * 100 / limit, near ? "**" : "");
+}
+
+static int md_limits(struct strbuf *b, const struct report *r, const struct sums *s)
+{
+	size_t *o = tmap_order(r, &s->peaks, 2, false);
+	if (!o)
 		return ISG_ERR_NOMEM;
-	strbuf_puts(b,
-	            "\n## Limits used (busiest day)\n\n| agreement | sender | peak messages | "
-	            "limit | peak records | limit |\n| --- | --- | ---: | ---: | ---: | ---: |\n");
+	strbuf_printf(
+	    b,
+	    "\n## Limits used (busiest day)\n\nThe busiest day of each sending partner "
+	    "under each agreement. %s\n\n| agreement | sender | peak messages per day "
+	    "| on | limit | peak records per day | on | limit |\n| --- | --- | ---: | --- "
+	    "| ---: | ---: | --- | ---: |\n",
+	    r->policy ? "Limits are those of the policy given with --policy (which may "
+	                "differ from the policy in force on the day: each "
+	                "message.accepted entry names its policy version); a share of "
+	                "90% or more is in bold."
+	              : "Give --policy DIR to show the agreements' daily limits.");
 	for (size_t i = 0; i < s->peaks.n; i++) {
 		const struct tally *t = &s->peaks.items[o[i]];
 		if (!t->v[V_MESSAGES])
 			continue;
-		const struct policy_agreement *a =
-		    r->policy ? policy_agreement_by_id(r->policy, r->str.s[t->key[0]]) : NULL;
+		struct limit_use u = limit_use(r, t);
+		char dm[11], dr[11];
+		day_text(dm, r, t->v[V_ACKED]);
+		day_text(dr, r, t->v[V_EXPIRED]);
 		strbuf_puts(b, "| ");
 		md_escape(b, name_or_none(r, t->key[0]));
 		strbuf_puts(b, " | ");
 		md_escape(b, name_or_none(r, t->key[1]));
-		strbuf_printf(b, " | %" PRIu64 " | ", t->v[V_MESSAGES]);
-		if (a && a->messages_per_day)
-			strbuf_printf(b, "%" PRIu32, a->messages_per_day);
-		else
-			strbuf_puts(b, "-");
-		strbuf_printf(b, " | %" PRIu64 " | ", t->v[V_RECORDS]);
-		if (a && a->records_per_day)
-			strbuf_printf(b, "%" PRIu32, a->records_per_day);
-		else
-			strbuf_puts(b, "-");
+		strbuf_printf(b, " | %" PRIu64 " | %s", t->v[V_MESSAGES], dm);
+		md_limit(b, t->v[V_MESSAGES], u.messages, u.messages_near);
+		strbuf_printf(b, " | %" PRIu64 " | %s", t->v[V_RECORDS], dr);
+		md_limit(b, t->v[V_RECORDS], u.records, u.records_near);
 		strbuf_puts(b, " |\n");
 	}
 	free(o);
+	return 0;
+}
+
+static int md_events(struct strbuf *b, const struct report *r)
+{
+	size_t *o = tmap_order(r, &r->kinds, 1, false);
+	if (!o)
+		return ISG_ERR_NOMEM;
+	strbuf_puts(b, "\n## Entries by event\n\n| event | entries |\n| --- | ---: |\n");
+	for (size_t i = 0; i < r->kinds.n; i++) {
+		const struct tally *t = &r->kinds.items[o[i]];
+		strbuf_puts(b, "| ");
+		md_escape(b, r->str.s[t->key[0]]);
+		strbuf_printf(b, " | %" PRIu64 " |\n", t->v[V_MESSAGES]);
+	}
+	free(o);
+	return 0;
+}
+
+static int render_markdown(struct strbuf *b, const struct report *r, const struct sums *s)
+{
+	md_summary(b, r);
+	if (md_integrity(b, r) != 0 || md_volumes(b, r, s) != 0 || md_refusals(b, r) != 0 ||
+	    md_fields(b, r) != 0 || md_limits(b, r, s) != 0 || md_events(b, r) != 0)
+		return ISG_ERR_NOMEM;
 	return 0;
 }
 

@@ -21,6 +21,7 @@ import datetime
 import html.parser
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -90,6 +91,23 @@ class Page(html.parser.HTMLParser):
 
     def table(self, ident):
         return [r for r in self.rows if r["table"] == ident and r["attrs"]]
+
+
+def md_unescape(cell):
+    """A Markdown cell as isgctl escapes it (backslashes, <, > and &), read back."""
+    cell = re.sub(r"\\(.)", r"\1", cell)
+    return cell.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def md_sections(text):
+    """{heading: [row cells]} of every table, header and rule rows left out."""
+    sections, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:], [])
+        elif line.startswith("|") and current is not None:
+            current.append([md_unescape(c.strip()) for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return {k: v[2:] for k, v in sections.items()}
 
 
 class AuditReport(isgtest.ScenarioCase):
@@ -360,6 +378,76 @@ class AuditReport(isgtest.ScenarioCase):
         self.assertIn("| connections refused | %d |" % e["total-connections-refused"], md)
         self.assertIn("**OK**", md)
         self.assertNotIn("<script", md)
+
+    def test_markdown_has_every_table_of_the_page(self):
+        """docs/audit.md: the Markdown carries the same figures as the page."""
+        md = md_sections(isgtest.read_text(self.md_path))
+
+        def name(row, attr):
+            return row["attrs"][attr] or "(none)"
+
+        want = [[name(r, "data-partner")] + [str(r["cells"][c]) for c in
+                ("sent", "records-sent", "refused", "received", "records-received")]
+                for r in self.page.table("partners")]
+        self.assertEqual(md.get("Volumes by partner"), want)
+        self.assertIn(["nhs-trust", "0", "0", "0", "3", "6"], want)  # a partner that only received
+        want = [[r["attrs"]["data-event"], str(r["cells"]["count"])]
+                for r in self.page.table("events-table")]
+        self.assertEqual(md.get("Entries by event"), want)
+        self.assertEqual(sum(int(n) for _, n in want), len(self.entries))
+        want = [[name(r, "data-agreement")] + [str(r["cells"][c]) for c in
+                ("messages", "records", "refused", "delivered", "acknowledged", "expired")]
+                for r in self.page.table("agreements")]
+        self.assertEqual(md.get("Volumes by agreement"), want)
+
+        def limit(peak, value):
+            return "%d (%d%%)" % (value, peak * 100 // value)
+
+        rows = self.page.table("limits-table")
+        self.assertTrue(rows)
+        got = md.get("Limits used (busiest day)")
+        self.assertEqual(len(got), len(rows))
+        for r, m in zip(rows, got):
+            c = r["cells"]
+            self.assertEqual(m, [name(r, "data-agreement"), name(r, "data-partner"),
+                                 str(c["peak-messages"]), m[3],
+                                 limit(c["peak-messages"], c["limit-messages"]),
+                                 str(c["peak-records"]), c["day"],
+                                 limit(c["peak-records"], c["limit-records"])])
+            self.assertTrue(self.first_day <= m[3] <= self.last_day, m)
+        text = isgtest.read_text(self.md_path)
+        self.assertIn("Verifier key %s (from " % md_unescape(
+            isgtest.ctl("audit", "pubkey", "--config", self.gw.config_path).out.strip()), text)
+
+    def test_markdown_marks_limits_nearly_reached(self):
+        """A peak at 90% of its limit or more is bold, as the page highlights its row."""
+        tight = isgtest.default_agreement(senders=["met-police", "city-council"],
+                                          limits={"messages_per_day": 2, "records_per_day": 200})
+        policy = isgtest.write_policy(os.path.join(self.tmp, "tight"), agreements=[tight])
+        out = os.path.join(self.tmp, "tight-report")
+        r = isgtest.ctl("audit", "report", "--config", self.gw.config_path, "--from",
+                        self.first_day, "--to", self.last_day, "--policy", policy,
+                        "--markdown", out + ".md", "--html", out + ".html")
+        self.assertEqual(r.rc, 0, r)
+        rows = {(m[0], m[1]): m for m in
+                md_sections(isgtest.read_text(out + ".md"))["Limits used (busiest day)"]}
+        if self.first_day == self.last_day:  # met-police sent its 2 messages on that day
+            self.assertEqual(rows[(AGREEMENT_ID, "met-police")][4], "**2 (100%)**")
+        self.assertEqual(rows[(AGREEMENT_ID, "city-council")][4], "2 (50%)")
+        self.assertIn('class="over"', isgtest.read_text(out + ".html"))
+
+    def test_markdown_says_what_was_left_out(self):
+        store = os.path.join(self.tmp, "junk.db")
+        shutil.copyfile(self.gw.store_path, store)
+        with sqlite3.connect(store) as db:
+            db.execute("UPDATE audit SET entry = ? WHERE seq = 2", (b"not an entry",))
+        db.close()
+        r = isgtest.ctl("audit", "report", "--store", store, "--keys", self.gw.keys_dir,
+                        "--from", self.first_day, "--to", self.last_day, "--markdown", "-")
+        self.assertEqual(r.rc, 1, r)  # the log no longer verifies
+        self.assertIn("**1 entries of the period are not valid audit entries and are left "
+                      "out of these figures.**", r.out)
+        self.assertIn("**FAILED**", r.out)
 
     def test_csv_rows(self):
         with open(self.csv_path, newline="", encoding="utf-8") as f:
