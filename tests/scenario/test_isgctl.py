@@ -305,6 +305,96 @@ class IsgctlCase(isgtest.ScenarioCase):
             self.assertIn(word, r.out)
 
 
+DOC = os.path.join(isgtest.SOURCE, "docs", "isgctl.md")
+SHIPPED = os.path.join(isgtest.SOURCE, "policies")
+SHIPPED_DOMAINS = ("mh-triage", "council-planning")
+
+
+def doc_blocks(path, heading, lang):
+    """The ```lang blocks of the section `heading` (a whole heading line) of a Markdown file."""
+    blocks, section, fence, block = [], False, None, None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if fence is None and line.startswith("```"):
+                fence = line[3:].strip()
+                block = [] if section and fence == lang else None
+            elif fence is not None and line.startswith("```"):
+                if block is not None:
+                    blocks.append("".join(block))
+                fence = block = None
+            elif fence is not None:
+                if block is not None:
+                    block.append(line)
+            elif line.startswith("#"):
+                if section:
+                    break
+                section = line.rstrip("\n") == heading
+    if not blocks:
+        raise AssertionError("%s: no ```%s block under %r" % (path, lang, heading))
+    return blocks
+
+
+class DocExamplesTest(isgtest.ScenarioCase):
+    """The examples of docs/isgctl.md, run as written against the example
+    policies in policies/: what `send` reads is accepted, and what `fetch`
+    prints is what the gateway delivers for it."""
+
+    def setUp(self):
+        super().setUp()
+        self.gw = self.gateway(policy_dir=SHIPPED, domains=SHIPPED_DOMAINS)
+        self.police = self.partner(self.gw, "police")
+
+    def write(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        return path
+
+    def send(self, path, to, agreement, dataset, *extra):
+        r = self.police.run("send", "--to", to, "--agreement", agreement, "--dataset", dataset,
+                            *(list(extra) + [path]))
+        self.assertCtl(r, 0, self.gw)
+        return json.loads(r.out)
+
+    def send_concerns(self, path, *extra):
+        return self.send(path, "nhs-trust", "police-nhs-adult-safeguarding", "safeguarding-concern",
+                         *extra)
+
+    def send_planning(self, path, *extra):
+        return self.send(path, "city-council", "council-service-planning", "service-planning",
+                         *extra)
+
+    def test_csv_input_examples_are_accepted(self):
+        blocks = doc_blocks(DOC, "### CSV input", "csv")
+        self.assertEqual(len(blocks), 2, blocks)
+        self.assertEqual(self.send_concerns(self.write("concerns.csv", blocks[0]))["records"], 2)
+        self.assertEqual(self.send_planning(self.write("planning.csv", blocks[1]))["records"], 2)
+
+    def test_jsonl_example_and_what_fetch_prints_for_it(self):
+        [sent] = doc_blocks(DOC, "### JSON Lines input", "json")
+        receipt = self.send_concerns(self.write("concerns.jsonl", sent), "--message-id",
+                                     "case-2026-00042")
+        [shown] = doc_blocks(DOC, "### JSON Lines output (the default)", "json")
+        shown = json.loads(shown)
+        r = self.partner(self.gw, "nhs").fetch()
+        self.assertCtl(r, 0, self.gw)
+        got = json.loads(r.out)
+        self.assertEqual(got["gateway_id"], receipt["gateway_id"])
+        shown.update(gateway_id=got["gateway_id"], accepted_at=got["accepted_at"])
+        self.assertEqual(got, shown)
+
+    def test_csv_output_example(self):
+        typed = doc_blocks(DOC, "### CSV input", "csv")[1]
+        receipt = self.send_planning(self.write("planning.csv", typed), "--message-id",
+                                     "planning-2026-11")
+        council = self.partner(self.gw, "council")
+        r = council.fetch(fmt="csv")
+        self.assertCtl(r, 0, self.gw)
+        [shown] = doc_blocks(DOC, "### CSV output", "csv")
+        self.assertEqual(r.out, re.sub(r"(?m)^\d+,planning-2026-11,",
+                                       "%d,planning-2026-11," % receipt["gateway_id"], shown))
+
+
 if __name__ == "__main__":
     import unittest
     unittest.main()
