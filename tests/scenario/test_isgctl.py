@@ -2,7 +2,7 @@
 Scenario: isgctl as a partner integrator uses it, against the real isgd.
 
 What test_exchange.py does not already cover: the client config file and
-option precedence, CSV output that reads back with send, --follow until a
+option precedence, CSV output and what send makes of it, --follow until a
 signal, long-poll fetch, input errors that send nothing, where a refused
 record is in the file, connection failures and their exit status, and the
 admin commands keys init and policy check.
@@ -383,7 +383,7 @@ class DocExamplesTest(isgtest.ScenarioCase):
         shown.update(gateway_id=got["gateway_id"], accepted_at=got["accepted_at"])
         self.assertEqual(got, shown)
 
-    def test_csv_output_example(self):
+    def test_csv_output_example_and_reading_it_back(self):
         typed = doc_blocks(DOC, "### CSV input", "csv")[1]
         receipt = self.send_planning(self.write("planning.csv", typed), "--message-id",
                                      "planning-2026-11")
@@ -393,6 +393,27 @@ class DocExamplesTest(isgtest.ScenarioCase):
         [shown] = doc_blocks(DOC, "### CSV output", "csv")
         self.assertEqual(r.out, re.sub(r"(?m)^\d+,planning-2026-11,",
                                        "%d,planning-2026-11," % receipt["gateway_id"], shown))
+        # each block reads back with send once the five columns about the
+        # message are dropped; with them, they are fields the dataset lacks
+        blocks = r.out.split("\n\n")
+        self.assertEqual(len(blocks), 2, r.out)
+        whole = self.police.run("send", "--to", "city-council", "--agreement",
+                                "council-service-planning", "--dataset", "service-planning",
+                                self.write("whole.csv", blocks[0]))
+        self.assertRefused(whole, self.gw, "UNKNOWN_FIELD", "dataset.unknown_field")
+        self.assertIn('field "gateway_id"', whole.err)
+        for i, block in enumerate(blocks):
+            rows = list(csv.reader(io.StringIO(block)))
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows(row[5:] for row in rows)
+            self.send_planning(self.write("block-%d.csv" % i, out.getvalue()))
+        again = council.fetch(fmt="csv")
+        self.assertCtl(again, 0, self.gw)
+
+        def ids_out(text):
+            return re.sub(r"(?m)^\d+,[^,]+,", "ID,MESSAGE_ID,", text)
+
+        self.assertEqual(ids_out(again.out), ids_out(r.out))
 
 
 if __name__ == "__main__":
