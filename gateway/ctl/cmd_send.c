@@ -49,8 +49,8 @@ static int parse_option(struct send_args *a, int opt, const char *arg)
 		a->msg.dataset = arg;
 		break;
 	case OPT_MESSAGE_ID:
-		if (!*arg || strlen(arg) > ISG_CLIENT_MAX_ID)
-			return ctl_usage_error(usage, "--message-id must be 1 to %d bytes",
+		if (!*arg || strlen(arg) > ISG_CLIENT_MAX_ID || !str_utf8_valid(arg, strlen(arg)))
+			return ctl_usage_error(usage, "--message-id must be 1 to %d bytes of UTF-8",
 			                       ISG_CLIENT_MAX_ID);
 		a->msg.message_id = arg;
 		break;

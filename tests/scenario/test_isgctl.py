@@ -205,6 +205,15 @@ class IsgctlCase(isgtest.ScenarioCase):
         self.assertCtl(r, 1, gw, "cannot open")
         self.assertEqual(nhs.fetch().out, "")
 
+    def test_message_id_is_up_to_128_bytes_of_utf8(self):
+        gw, police, nhs = self.start()
+        longest = "é" * 64  # 64 characters, 128 bytes
+        self.assertEqual(police.send_ok([RECORD_A], message_id=longest)["message_id"], longest)
+        for bad in ("é" * 65, "x" * 129, "", "bad-\udcff"):  # the last is the byte 0xff
+            r = police.send([RECORD_A], message_id=bad)
+            self.assertCtl(r, 2, gw, "--message-id must be 1 to 128 bytes of UTF-8")
+        self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], [longest])
+
     def test_refusal_names_the_line_of_the_record(self):
         gw, police, nhs = self.start()
         path = self.write("in.csv", "nhs_number,family_name,shoe_size\n%s,A,\n\n%s,B,44\n"
