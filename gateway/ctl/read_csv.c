@@ -211,28 +211,44 @@ static const char *cell_text(const struct csv_reader *r, const struct cell *c)
 	return r->scratch.p ? r->scratch.p + c->off : "";
 }
 
-/* "age:integer" is column "age" of integer values; any other name is text. */
-static void split_type(const char *s, size_t len, size_t *name_len, enum isg_value_kind *kind)
+/*
+ * "age:integer" is column "age" of integer values; a name without ':' is
+ * text. A field name never holds ':' (policy field names are letters,
+ * digits, '_' and '-'), so what follows the last ':' is always meant as a
+ * type: one isgctl does not know ("age:integr", "count:Integer") is refused
+ * here, not sent as a field that the gateway would refuse. The last ':',
+ * not the first, so that "a:integer:text", which fetch writes for a text
+ * field named "a:integer", reads back.
+ */
+static int split_type(struct csv_reader *r, const struct cell *c, size_t *name_len,
+                      enum isg_value_kind *kind)
 {
 	static const struct {
-		const char *suffix;
+		const char *name;
 		enum isg_value_kind kind;
 	} types[] = {
-	    {":text", ISG_VALUE_TEXT},
-	    {":integer", ISG_VALUE_INTEGER},
-	    {":real", ISG_VALUE_REAL},
-	    {":boolean", ISG_VALUE_BOOLEAN},
+	    {"text", ISG_VALUE_TEXT},
+	    {"integer", ISG_VALUE_INTEGER},
+	    {"real", ISG_VALUE_REAL},
+	    {"boolean", ISG_VALUE_BOOLEAN},
 	};
-	*name_len = len;
+	const char *s = cell_text(r, c);
+	const char *colon = memrchr(s, ':', c->len);
+	*name_len = c->len;
 	*kind = ISG_VALUE_TEXT;
+	if (!colon)
+		return 0;
+	*name_len = (size_t)(colon - s);
+	const char *type = colon + 1;
 	for (size_t i = 0; i < ARRAY_LEN(types); i++) {
-		size_t n = strlen(types[i].suffix);
-		if (len > n && memcmp(s + len - n, types[i].suffix, n) == 0) {
-			*name_len = len - n;
+		if (strcmp(type, types[i].name) == 0) {
 			*kind = types[i].kind;
-			return;
+			return 0;
 		}
 	}
+	return fail(r, ISG_ERR_PARSE, c->line, c->col,
+	            "column '%.*s': unknown type '%s' (give text, integer, real or boolean)",
+	            (int)*name_len, s, type);
 }
 
 static int header(struct csv_reader *r, struct ctl_batch *out)
@@ -244,15 +260,17 @@ static int header(struct csv_reader *r, struct ctl_batch *out)
 	for (size_t i = 0; i < r->n_cells; i++) {
 		const struct cell *c = &r->cells[i];
 		const char *text = cell_text(r, c);
-		size_t len;
-		enum isg_value_kind kind;
-		split_type(text, c->len, &len, &kind);
-		if (len == 0)
-			return fail(r, ISG_ERR_PARSE, c->line, c->col, "empty column name");
-		for (size_t k = 0; k < len; k++)
+		for (size_t k = 0; k < c->len; k++)
 			if ((unsigned char)text[k] < 0x20 || text[k] == 0x7f)
 				return fail(r, ISG_ERR_PARSE, c->line, c->col,
 				            "column name has a control character");
+		size_t len;
+		enum isg_value_kind kind;
+		int rc = split_type(r, c, &len, &kind);
+		if (rc < 0)
+			return rc;
+		if (len == 0)
+			return fail(r, ISG_ERR_PARSE, c->line, c->col, "empty column name");
 		char *name = ctl_arena_strdup(out, text, len);
 		if (!name)
 			return ISG_ERR_NOMEM;

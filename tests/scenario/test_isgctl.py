@@ -190,6 +190,8 @@ class IsgctlCase(isgtest.ScenarioCase):
              "ragged.csv:3: record has 1 fields, the header has 2"),
             ("typed.csv", "nhs_number,age:integer\n%s,forty\n" % NHS_A,
              "typed.csv:2:12: column 'age': not an integer"),
+            ("typo.csv", "nhs_number,age:integr\n%s,42\n" % NHS_A,
+             "typo.csv:1:12: column 'age': unknown type 'integr'"),
             ("nested.jsonl", '{"nhs_number":"%s"}\n{"nhs_number":"%s","addr":{"town":"Leeds"}}\n'
              % (NHS_A, NHS_B), "nested.jsonl:2:35: key 'addr': nested objects and arrays"),
             ("bad.jsonl", '{"nhs_number":"%s",}\n' % NHS_A, "bad.jsonl:1:28:"),

@@ -130,7 +130,7 @@ static void test_blank_lines_and_bom_skipped(void **state)
 static void test_typed_columns(void **state)
 {
 	struct parsed p;
-	parse(&p, "age:integer,score:real,ok:boolean,note:text,ratio:percent\n"
+	parse(&p, "age:integer,score:real,ok:boolean,note:text,odd:integer:text\n"
 	          "-42,2.5e1,TRUE,007,x\n"
 	          "+9223372036854775807,-.5,false,,y\n");
 	assert_int_equal(p.rc, 0);
@@ -145,8 +145,8 @@ static void test_typed_columns(void **state)
 	f = field(&p, 0, 2);
 	assert_int_equal(f->value.kind, ISG_VALUE_BOOLEAN);
 	assert_true(f->value.boolean);
-	assert_text(&p, 0, 3, "note", "007");        /* text keeps leading zeros */
-	assert_text(&p, 0, 4, "ratio:percent", "x"); /* not a type: part of the name */
+	assert_text(&p, 0, 3, "note", "007");      /* text keeps leading zeros */
+	assert_text(&p, 0, 4, "odd:integer", "x"); /* the last ':' starts the type */
 	assert_int_equal(field(&p, 1, 0)->value.integer, INT64_MAX);
 	assert_true(field(&p, 1, 1)->value.real == -0.5);
 	assert_false(field(&p, 1, 2)->value.boolean);
@@ -173,6 +173,31 @@ static void test_bad_typed_values_name_column_not_value(void **state)
 	ctl_batch_release(&p.batch);
 	assert_refused("b:boolean\nyes\n", "in.csv:2:1: column 'b': not true or false");
 	assert_refused("age:integer\n\"\"\n", "in.csv:2:1: column 'age': not an integer");
+}
+
+/* A ':' in a header always starts a type (field names have none): a typo is not a field name. */
+static void test_unknown_types_refused(void **state)
+{
+	assert_refused(
+	    "nhs_number,age:integr\n9434765919,1\n",
+	    "in.csv:1:12: column 'age': unknown type 'integr' (give text, integer, real or "
+	    "boolean)");
+	assert_refused(
+	    "id,count:Integer\n",
+	    "in.csv:1:4: column 'count': unknown type 'Integer' (give text, integer, real "
+	    "or boolean)");
+	assert_refused(
+	    "id,\"ratio:percent\"\n",
+	    "in.csv:1:4: column 'ratio': unknown type 'percent' (give text, integer, real "
+	    "or boolean)");
+	assert_refused(
+	    "id,age:\n",
+	    "in.csv:1:4: column 'age': unknown type '' (give text, integer, real or boolean)");
+	assert_refused(
+	    "id,a:b:integer:real:x\n",
+	    "in.csv:1:4: column 'a:b:integer:real': unknown type 'x' (give text, integer, "
+	    "real or boolean)");
+	assert_refused("id,:integer\n", "in.csv:1:4: empty column name");
 }
 
 static void test_ragged_rows_refused_with_line(void **state)
@@ -300,6 +325,7 @@ int main(void)
 	    cmocka_unit_test(test_blank_lines_and_bom_skipped),
 	    cmocka_unit_test(test_typed_columns),
 	    cmocka_unit_test(test_bad_typed_values_name_column_not_value),
+	    cmocka_unit_test(test_unknown_types_refused),
 	    cmocka_unit_test(test_ragged_rows_refused_with_line),
 	    cmocka_unit_test(test_header_problems),
 	    cmocka_unit_test(test_quoting_errors),
