@@ -27,7 +27,11 @@ struct ctl_command {
 	const char *description;
 };
 
-/* Find and run a subcommand of a table (argv[0] names it); usage errors say `prefix`. */
+/*
+ * Find and run a subcommand of a table (argv[0] names it). `prefix` is the
+ * command whose subcommands the table holds ("audit"), NULL for isgctl's
+ * own: an unknown name is reported as 'audit bogus' or 'bogus'.
+ */
 int ctl_dispatch(const struct ctl_command *table, size_t n, const char *prefix, int argc,
                  char **argv);
 

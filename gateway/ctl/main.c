@@ -67,7 +67,7 @@ static int cmd_help(int argc, char **argv)
 	}
 	char help[] = "--help";
 	char *args[] = {argv[1], help, NULL};
-	return ctl_dispatch(commands, ARRAY_LEN(commands), "isgctl", 2, args);
+	return ctl_dispatch(commands, ARRAY_LEN(commands), NULL, 2, args);
 }
 
 static __attribute__((format(printf, 1, 0))) void vwarn(const char *fmt, va_list ap)
@@ -124,7 +124,10 @@ int ctl_dispatch(const struct ctl_command *table, size_t n, const char *prefix, 
 			return table[i].fn(argc, argv);
 		}
 	}
-	fprintf(stderr, "isgctl: unknown command '%s %s'; commands:", prefix, argv[0]);
+	if (prefix)
+		fprintf(stderr, "isgctl: unknown command '%s %s'; commands:", prefix, argv[0]);
+	else
+		fprintf(stderr, "isgctl: unknown command '%s'; commands:", argv[0]);
 	for (size_t i = 0; i < n; i++)
 		fprintf(stderr, " %s", table[i].name);
 	fputc('\n', stderr);
@@ -193,7 +196,6 @@ int main(int argc, char **argv)
 		print_help(stderr);
 		return CTL_EXIT_USAGE;
 	}
-	status =
-	    ctl_dispatch(commands, ARRAY_LEN(commands), "isgctl", argc - optind, argv + optind);
+	status = ctl_dispatch(commands, ARRAY_LEN(commands), NULL, argc - optind, argv + optind);
 	return finish_output(status);
 }

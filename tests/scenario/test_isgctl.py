@@ -314,6 +314,12 @@ class IsgctlCase(isgtest.ScenarioCase):
         r = isgtest.ctl("help")
         for word in ["send", "fetch", "ping", "whoami", "keys", "policy", "exit status"]:
             self.assertIn(word, r.out)
+        # an unknown command is named as typed, a subcommand with its command
+        for argv, named in [(["bogus"], "'bogus'"), (["help", "bogus"], "'bogus'"),
+                            (["audit", "bogus"], "'audit bogus'")]:
+            r = isgtest.ctl(*argv)
+            self.assertEqual(r.rc, 2, r)
+            self.assertTrue(r.err.startswith("isgctl: unknown command %s; commands: " % named), r)
 
 
 DOC = os.path.join(isgtest.SOURCE, "docs", "isgctl.md")
