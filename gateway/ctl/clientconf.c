@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl/ctl.h"
 #include "ctl/ctl_internal.h"
 
 void ctl_client_config_init(struct ctl_client_config *c)
@@ -27,6 +28,29 @@ int ctl_parse_timeout(const char *s, int *out_ms)
 	if (rc < 0 || ms < 1 || ms > 86400000)
 		return ISG_ERR_INVALID;
 	*out_ms = (int)ms;
+	return 0;
+}
+
+int ctl_check_gateway(const char *s)
+{
+	const char *colon;
+	size_t host_len;
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || close[1] != ':')
+			return ISG_ERR_PARSE;
+		host_len = (size_t)(close - s - 1);
+		colon = close + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon || memchr(s, ':', (size_t)(colon - s)))
+			return ISG_ERR_PARSE; /* no port, or an IPv6 address without brackets */
+		host_len = (size_t)(colon - s);
+	}
+	int64_t port;
+	if (host_len == 0 || host_len > CTL_GATEWAY_HOST_MAX ||
+	    str_to_i64(colon + 1, 1, 65535, &port) < 0)
+		return ISG_ERR_PARSE;
 	return 0;
 }
 
@@ -81,6 +105,12 @@ static int fill(struct ydoc_diags *d, const char *file, const struct ydoc_node *
 	for (size_t i = 0; i < ARRAY_LEN(r); i++)
 		if (r[i] < 0 && (rc == 0 || r[i] == ISG_ERR_NOMEM))
 			rc = r[i];
+	if (out->gateway && ctl_check_gateway(out->gateway) < 0) {
+		ydoc_error(d, file, ydoc_get(root, "gateway"),
+		           "'gateway' must be HOST:PORT, or [IPv6]:PORT, not '%s'", out->gateway);
+		if (rc == 0)
+			rc = ISG_ERR_PARSE;
+	}
 	const struct ydoc_node *t = ydoc_get(root, "timeout");
 	if (t && (t->kind != YDOC_SCALAR || ctl_parse_timeout(t->scalar, &out->timeout_ms) < 0)) {
 		ydoc_error(d, file, t,

@@ -28,6 +28,11 @@ int ctl_conn_option(struct ctl_conn *c, int opt, const char *arg, const char *us
 {
 	switch (opt) {
 	case CTL_OPT_GATEWAY:
+		if (ctl_check_gateway(arg) < 0) {
+			ctl_usage_error(usage, "--gateway '%s': give HOST:PORT, or [IPv6]:PORT",
+			                arg);
+			return -1;
+		}
 		c->gateway = arg;
 		return 1;
 	case CTL_OPT_CERT:

@@ -88,6 +88,15 @@ struct ctl_conn {
 	struct ctl_client_config file;
 };
 
+/*
+ * A gateway address as libisgclient takes it: "HOST:PORT" or "[IPv6]:PORT",
+ * host 1 to CTL_GATEWAY_HOST_MAX bytes, port 1 to 65535. 0 or ISG_ERR_PARSE.
+ * Checked where the address is given (--gateway, the config file), so a bad
+ * one is a usage or config error there, not a failure to connect.
+ */
+#define CTL_GATEWAY_HOST_MAX 255
+int ctl_check_gateway(const char *s);
+
 /* Connection options given before the command name; ctl_conn_init starts from these. */
 extern struct ctl_conn ctl_global_conn;
 

@@ -75,6 +75,9 @@ class IsgctlCase(isgtest.ScenarioCase):
         bad = self.write("bad.yaml", "gateway: x:1\ncertficate: c.pem\n")
         r = isgtest.ctl("ping", "--config", bad)
         self.assertCtl(r, 1, gw, "bad.yaml:2:1", "unknown key 'certficate'")
+        noport = self.write("noport.yaml", "certificate: c.pem\ngateway: 127.0.0.1\n")
+        r = isgtest.ctl("ping", "--config", noport)
+        self.assertCtl(r, 1, gw, "noport.yaml:2:10: error: 'gateway' must be HOST:PORT")
 
     def test_csv_fetch_output(self):
         gw, police, nhs = self.start()
@@ -249,6 +252,13 @@ class IsgctlCase(isgtest.ScenarioCase):
         self.assertCtl(r, 1, gw, "does not belong to certificate")
         r = isgtest.ctl("ping", "--gateway", gw.address, "--timeout", "soon", *base)
         self.assertCtl(r, 2, gw, "--timeout")
+        # a gateway address without a port, or none, is a bad command line
+        for flags in (["--gateway", "127.0.0.1"], ["--gateway", ""], []):
+            for sub in ("ping", "fetch"):
+                r = isgtest.ctl(sub, *(flags + base))
+                self.assertCtl(r, 2, gw, "--gateway")
+        r = isgtest.ctl("--gateway", "127.0.0.1", "whoami", *base)
+        self.assertCtl(r, 2, gw, "--gateway '127.0.0.1': give HOST:PORT, or [IPv6]:PORT")
         r = police.run("ping")
         self.assertCtl(r, 0, gw)
         self.assertIn("pong from %s in" % gw.address, r.out)

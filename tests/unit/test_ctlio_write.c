@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl/ctl.h"
 #include "ctl/ctlio.h"
 
 /* Everything written to a memory stream. */
@@ -316,6 +317,43 @@ static void test_timeouts(void **state)
 	assert_int_equal(ctl_parse_timeout("99999999999999999999", &ms), ISG_ERR_INVALID);
 }
 
+/* The addresses libisgclient takes, and no others: a bad one fails where it was given. */
+static void test_gateway_addresses(void **state)
+{
+	static const char *const good[] = {"gw.example.nhs.uk:7443", "192.0.2.7:1", "h:65535",
+	                                   "[2001:db8::7]:7443", "[::1]:1"};
+	static const char *const bad[] = {
+	    "127.0.0.1", "",     "127.0.0.1:",       ":7443", "h:0",       "h:65536", "h:+1",
+	    "h: 1",      "h:1x", "2001:db8::7:7443", "[::1]", "[::1]7443", "[]:1",    "[::1:1"};
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		assert_int_equal(ctl_check_gateway(good[i]), 0);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(ctl_check_gateway(bad[i]), ISG_ERR_PARSE);
+	char host[CTL_GATEWAY_HOST_MAX + 8];
+	memset(host, 'a', CTL_GATEWAY_HOST_MAX);
+	strcpy(host + CTL_GATEWAY_HOST_MAX, ":1");
+	assert_int_equal(ctl_check_gateway(host), 0);
+	memset(host, 'a', CTL_GATEWAY_HOST_MAX + 1);
+	strcpy(host + CTL_GATEWAY_HOST_MAX + 1, ":1");
+	assert_int_equal(ctl_check_gateway(host), ISG_ERR_PARSE);
+
+	/* in the config file: file:line:column, the address quoted */
+	const char *yaml = "certificate: c.pem\ngateway: 127.0.0.1\n";
+	struct ctl_client_config c;
+	ctl_client_config_init(&c);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	assert_int_equal(ctl_client_config_parse("client.yaml", yaml, strlen(yaml), &c, &d),
+	                 ISG_ERR_PARSE);
+	assert_int_equal(d.errors, 1);
+	assert_int_equal(d.items[0].line, 2);
+	assert_int_equal(d.items[0].col, 10);
+	assert_string_equal(d.items[0].message,
+	                    "'gateway' must be HOST:PORT, or [IPv6]:PORT, not '127.0.0.1'");
+	ctl_client_config_release(&c);
+	ydoc_diags_release(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -328,6 +366,7 @@ int main(void)
 	    cmocka_unit_test(test_client_config),
 	    cmocka_unit_test(test_client_config_errors),
 	    cmocka_unit_test(test_timeouts),
+	    cmocka_unit_test(test_gateway_addresses),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
