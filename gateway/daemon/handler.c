@@ -310,7 +310,7 @@ static bool request_refused(const Isg__SendRequest *req, const struct gateway *g
 	if (id_len == 0 || id_len > MESSAGE_ID_MAX) {
 		str_copy(why->rule, "request.message_id", sizeof(why->rule));
 		snprintf(why->message, sizeof(why->message),
-		         "message_id must be 1 to %d characters", MESSAGE_ID_MAX);
+		         "message_id must be 1 to %d bytes of UTF-8", MESSAGE_ID_MAX);
 		return true;
 	}
 	if (req->n_records > g->cfg.max_records_per_message) {

@@ -362,13 +362,15 @@ class TestBadFrames(HardeningCase):
     def test_bad_message_ids(self):
         pb = self.pb
         police = self.connect("police")
-        for mid in ["", "x" * 129]:
+        for mid in ["", "x" * 129, "\u00e9" * 65]:
             with self.subTest(length=len(mid)):
                 e = self.expect_error(police.request(send=self.send_request(mid, [{"nhs_number": NHS_A}])),
                                       pb.BAD_REQUEST, "request.message_id")
                 self.assertEqual(e.record_index, -1)
+                self.assertIn("1 to 128 bytes of UTF-8", e.message)  # what is counted
         self.accepted(police, "x" * 128, [{"nhs_number": NHS_A}])
-        self.assertServing(pending=["x" * 128])
+        self.accepted(police, "\u00e9" * 64, [{"nhs_number": NHS_A}])
+        self.assertServing(pending=["x" * 128, "\u00e9" * 64])
 
     def test_huge_repeated_field(self):
         pb = self.pb
