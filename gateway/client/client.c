@@ -19,36 +19,23 @@ ISG_CLIENT_API void isg_client_options_init(struct isg_client_options *opt)
 static int split_gateway(const char *s, char *host, size_t hsize, char *port, size_t psize,
                          struct isg_error *err)
 {
-	const char *h = s, *colon;
-	size_t hlen;
 	if (!s || !*s) {
 		client_error(err, ISG_CLIENT_E_USAGE, "no gateway address (HOST:PORT)");
 		return -1;
 	}
-	if (s[0] == '[') {
-		const char *close = strchr(s, ']');
-		if (!close || close[1] != ':')
-			goto bad;
-		h = s + 1;
-		hlen = (size_t)(close - h);
-		colon = close + 1;
-	} else {
-		colon = strrchr(s, ':');
-		if (!colon || memchr(s, ':', (size_t)(colon - s)))
-			goto bad; /* no port, or an IPv6 address without brackets */
-		hlen = (size_t)(colon - s);
+	const char *h, *why;
+	size_t hlen;
+	uint16_t p;
+	if (str_host_port(s, &h, &hlen, &p, &why) != 0 || hlen == 0 || hlen >= hsize) {
+		client_error(err, ISG_CLIENT_E_USAGE,
+		             "bad gateway address '%s' (HOST:PORT, or [IPv6]:PORT)", s);
+		return -1;
 	}
-	int64_t p;
-	if (hlen == 0 || hlen >= hsize || str_to_i64(colon + 1, 1, 65535, &p) < 0)
-		goto bad;
 	memcpy(host, h, hlen);
 	host[hlen] = '\0';
-	str_copy(port, colon + 1, psize);
+	/* The number, not the text: "0000443" is port 443. */
+	snprintf(port, psize, "%u", (unsigned)p);
 	return 0;
-bad:
-	client_error(err, ISG_CLIENT_E_USAGE,
-	             "bad gateway address '%s' (HOST:PORT, or [IPv6]:PORT)", s);
-	return -1;
 }
 
 static char *dup_or_empty(const char *s)

@@ -283,33 +283,10 @@ static bool valid_hostname(const char *h, size_t len)
 /* "host:port" or "[v6addr]:port"; the host is stored without brackets. */
 static int parse_listen(const char *s, char **host, uint16_t *port, const char **why)
 {
-	const char *hs = s, *he, *ps;
-	if (s[0] == '[') {
-		hs = s + 1;
-		he = strchr(hs, ']');
-		if (!he || he[1] != ':') {
-			*why = "use host:port or [v6addr]:port";
-			return ISG_ERR_PARSE;
-		}
-		ps = he + 2;
-	} else {
-		he = strrchr(s, ':');
-		if (!he) {
-			*why = "use host:port or [v6addr]:port";
-			return ISG_ERR_PARSE;
-		}
-		if (memchr(s, ':', (size_t)(he - s))) {
-			*why = "an IPv6 address needs brackets: [v6addr]:port";
-			return ISG_ERR_PARSE;
-		}
-		ps = he + 1;
-	}
-	int64_t p;
-	if (str_to_i64(ps, 1, 65535, &p) != 0) {
-		*why = "the port must be a number from 1 to 65535";
+	const char *hs;
+	size_t hl;
+	if (str_host_port(s, &hs, &hl, port, why) != 0)
 		return ISG_ERR_PARSE;
-	}
-	size_t hl = (size_t)(he - hs);
 	char buf[INET6_ADDRSTRLEN + 16];
 	if (hl == 0 || hl > 253) {
 		*why = "the host is missing or too long";
@@ -334,7 +311,6 @@ static int parse_listen(const char *s, char **host, uint16_t *port, const char *
 	*host = strndup(hs, hl);
 	if (!*host)
 		return ISG_ERR_NOMEM;
-	*port = (uint16_t)p;
 	return 0;
 }
 

@@ -33,23 +33,11 @@ int ctl_parse_timeout(const char *s, int *out_ms)
 
 int ctl_check_gateway(const char *s)
 {
-	const char *colon;
+	const char *host, *why;
 	size_t host_len;
-	if (s[0] == '[') {
-		const char *close = strchr(s, ']');
-		if (!close || close[1] != ':')
-			return ISG_ERR_PARSE;
-		host_len = (size_t)(close - s - 1);
-		colon = close + 1;
-	} else {
-		colon = strrchr(s, ':');
-		if (!colon || memchr(s, ':', (size_t)(colon - s)))
-			return ISG_ERR_PARSE; /* no port, or an IPv6 address without brackets */
-		host_len = (size_t)(colon - s);
-	}
-	int64_t port;
-	if (host_len == 0 || host_len > CTL_GATEWAY_HOST_MAX ||
-	    str_to_i64(colon + 1, 1, 65535, &port) < 0)
+	uint16_t port;
+	if (str_host_port(s, &host, &host_len, &port, &why) != 0 || host_len == 0 ||
+	    host_len > CTL_GATEWAY_HOST_MAX)
 		return ISG_ERR_PARSE;
 	return 0;
 }

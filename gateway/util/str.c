@@ -60,6 +60,38 @@ static int parse_with_units(const char *s, const struct unit *units, size_t n, i
 	return ISG_ERR_PARSE;
 }
 
+int str_host_port(const char *s, const char **host, size_t *host_len, uint16_t *port,
+                  const char **why)
+{
+	const char *colon;
+	*why = "use host:port or [v6addr]:port";
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || close[1] != ':')
+			return ISG_ERR_PARSE;
+		*host = s + 1;
+		colon = close + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon)
+			return ISG_ERR_PARSE;
+		if (memchr(s, ':', (size_t)(colon - s))) {
+			*why = "an IPv6 address needs brackets: [v6addr]:port";
+			return ISG_ERR_PARSE;
+		}
+		*host = s;
+	}
+	*host_len = (size_t)(colon - *host) - (s[0] == '[');
+	int64_t p;
+	if (str_to_i64(colon + 1, 1, 65535, &p) != 0) {
+		*why = "the port must be a number from 1 to 65535";
+		return ISG_ERR_PARSE;
+	}
+	*port = (uint16_t)p;
+	*why = NULL;
+	return 0;
+}
+
 int str_to_duration_ms(const char *s, int64_t *out)
 {
 	static const struct unit units[] = {

@@ -71,6 +71,14 @@ int64_t date_days_of_ms(int64_t unix_ms);
 size_t str_copy(char *dst, const char *src, size_t size);
 /* Parse a whole decimal number in [min, max]; 0 or ISG_ERR_PARSE/ISG_ERR_INVALID. */
 int str_to_i64(const char *s, int64_t min, int64_t max, int64_t *out);
+/*
+ * Split "host:port" or "[IPv6]:port" (port 1 to 65535): *host points at the
+ * host in s, brackets left out, *host_len bytes of it, not terminated. 0, or
+ * ISG_ERR_PARSE with *why (a static string). The host itself is the
+ * caller's to check.
+ */
+int str_host_port(const char *s, const char **host, size_t *host_len, uint16_t *port,
+                  const char **why);
 /* Parse a duration such as "30d", "12h", "15m", "10s", "250ms" into ms. */
 int str_to_duration_ms(const char *s, int64_t *out);
 /* Parse a size such as "4MiB", "512KiB", "1000" into bytes. */

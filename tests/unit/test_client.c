@@ -498,6 +498,24 @@ static void test_connect_by_dns_name(void **state)
 	mock_finish(m);
 }
 
+/* A port is a number: written with leading zeros it is the same port, not
+ * its first seven characters. */
+static void test_connect_port_with_leading_zeros(void **state)
+{
+	struct mock *m = &mock_slot;
+	mock_start(m, script_welcome_then_drain, pki.ca);
+	struct isg_client_options opt;
+	char addr[64];
+	options_for(&opt, m, addr, sizeof(addr));
+	snprintf(addr, sizeof(addr), "127.0.0.1:00000000%u", m->port);
+	struct isg_client *c = NULL;
+	struct isg_error err;
+	if (isg_client_connect(&opt, &c, &err) < 0)
+		fail_msg("%s", err.message);
+	isg_client_close(c);
+	mock_finish(m);
+}
+
 static void test_gateway_certificate_from_other_ca(void **state)
 {
 	struct mock *m = &mock_slot;
@@ -1409,6 +1427,7 @@ int main(void)
 	    cmocka_unit_test(test_connect_welcome_and_close_notify),
 	    cmocka_unit_test(test_mock_left_running_is_stopped),
 	    cmocka_unit_test(test_connect_by_dns_name),
+	    cmocka_unit_test(test_connect_port_with_leading_zeros),
 	    cmocka_unit_test(test_gateway_certificate_from_other_ca),
 	    cmocka_unit_test(test_gateway_certificate_wrong_name),
 	    cmocka_unit_test(test_gateway_certificate_wrong_ip),

@@ -57,6 +57,47 @@ static void test_numbers(void **state)
 	assert_int_equal(str_to_i64("", 0, 1, &v), ISG_ERR_PARSE);
 }
 
+static void test_host_port(void **state)
+{
+	static const struct {
+		const char *in, *host;
+		unsigned port;
+	} good[] = {
+	    {"localhost:7443", "localhost", 7443},
+	    {"[::1]:443", "::1", 443},
+	    {"10.0.0.1:00080", "10.0.0.1", 80},
+	    {":1", "", 1},
+	    {"[]:65535", "", 65535},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(good); i++) {
+		const char *host, *why = "x";
+		size_t len;
+		uint16_t port;
+		assert_int_equal(str_host_port(good[i].in, &host, &len, &port, &why), 0);
+		assert_int_equal(len, strlen(good[i].host));
+		assert_memory_equal(host, good[i].host, len);
+		assert_int_equal(port, good[i].port);
+		assert_null(why);
+	}
+	static const struct {
+		const char *in, *why;
+	} bad[] = {
+	    {"localhost", "use host:port"}, {"[::1]443", "use host:port"},
+	    {"[::1", "use host:port"},      {"::1:443", "needs brackets"},
+	    {"host:0", "1 to 65535"},       {"host:65536", "1 to 65535"},
+	    {"host:http", "1 to 65535"},    {"host:", "1 to 65535"},
+	    {"host:-443", "1 to 65535"},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+		const char *host, *why = NULL;
+		size_t len;
+		uint16_t port;
+		assert_int_equal(str_host_port(bad[i].in, &host, &len, &port, &why), ISG_ERR_PARSE);
+		assert_non_null(why);
+		assert_non_null(strstr(why, bad[i].why));
+	}
+}
+
 static void test_dates(void **state)
 {
 	int64_t d;
@@ -341,12 +382,13 @@ static void test_sha256(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_durations),  cmocka_unit_test(test_sizes),
-	    cmocka_unit_test(test_numbers),    cmocka_unit_test(test_dates),
-	    cmocka_unit_test(test_utf8),       cmocka_unit_test(test_time_format),
-	    cmocka_unit_test(test_strbuf_u64), cmocka_unit_test(test_json_string),
-	    cmocka_unit_test(test_log_quote),  cmocka_unit_test(test_base64),
-	    cmocka_unit_test(test_sha256),     cmocka_unit_test(test_tcp_options),
+	    cmocka_unit_test(test_durations),   cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_numbers),     cmocka_unit_test(test_dates),
+	    cmocka_unit_test(test_host_port),   cmocka_unit_test(test_utf8),
+	    cmocka_unit_test(test_time_format), cmocka_unit_test(test_strbuf_u64),
+	    cmocka_unit_test(test_json_string), cmocka_unit_test(test_log_quote),
+	    cmocka_unit_test(test_base64),      cmocka_unit_test(test_sha256),
+	    cmocka_unit_test(test_tcp_options),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
