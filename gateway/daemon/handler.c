@@ -125,8 +125,8 @@ struct send_job {
 	/* Over a daily limit: the store wrote the refusal unless it was a resend. */
 	bool over_limit;
 	/* For a refusal the store finds (a conflicting resend, a reply to no
-	 * message): its audit entry is written after the request is gone. */
-	struct store *store;
+	 * message): its audit entry is built on the writer, once the request
+	 * is gone (found_refusal_entry). */
 	char sender[ENTRY_STR_MAX + 1];
 	char recipient[ENTRY_STR_MAX + 1];
 	char agreement_id[ENTRY_STR_MAX + 1];
@@ -142,18 +142,11 @@ static void log_refusal_unrecorded(const struct send_job *j, int err)
 	          log_quote(q, sizeof(q), isg_strerror(err)));
 }
 
-static void refusal_stored(void *ctx, int err, uint64_t audit_index);
-
-/*
- * A conflicting resend or a reply to no message, found by the store: put the
- * refusal on record like any other, and answer once it is (refusal_stored).
- * False when it could not be submitted: j->err says why.
- */
-static bool refuse_found(struct send_job *j)
+/* Why the store refused it: a conflicting resend, or a reply to no message. */
+static void found_refusal(struct send_job *j, int err)
 {
-	j->refused = true;
 	j->why = (struct policy_refusal){.record_index = -1};
-	if (j->err == ISG_ERR_CONFLICT) {
+	if (err == ISG_ERR_CONFLICT) {
 		j->why.code = ISG__ERROR_CODE__CONFLICT;
 		str_copy(j->why.rule, "message.id", sizeof(j->why.rule));
 		str_copy(j->why.message,
@@ -165,22 +158,23 @@ static bool refuse_found(struct send_job *j)
 		str_copy(j->why.message, "reply_to names no message that the recipient sent to you",
 		         sizeof(j->why.message));
 	}
-	log_event(LOG_INFO, "message.refused", "partner=%s rule=%s record=-1 field=\"\"", j->sender,
-	          j->why.rule);
+}
+
+/*
+ * store_message.refusal_entry: run on the writer while the worker waits
+ * for the send's answer, so j is the writer's until then.
+ */
+static char *found_refusal_entry(void *ctx, int err, size_t *len)
+{
+	struct send_job *j = ctx;
+	found_refusal(j, err);
 	Isg__SendRequest req = ISG__SEND_REQUEST__INIT;
 	req.recipient = j->recipient;
 	req.message_id = j->message_id;
 	req.agreement_id = j->agreement_id;
 	req.dataset = j->dataset;
 	req.n_records = j->records;
-	size_t len;
-	char *entry = entry_refused(j->policy_version, j->sender, &req, &j->why, &len);
-	j->err = entry ? store_audit(j->store, "message.refused", entry, len, refusal_stored, j)
-	               : ISG_ERR_NOMEM;
-	free(entry);
-	if (j->err != 0)
-		log_refusal_unrecorded(j, j->err);
-	return j->err == 0;
+	return entry_refused(j->policy_version, j->sender, &req, &j->why, len);
 }
 
 static void send_reply(struct net_conn *c, void *arg)
@@ -202,8 +196,17 @@ static void send_reply(struct net_conn *c, void *arg)
 			 * log says so. */
 			log_refusal_unrecorded(j, j->err);
 		}
-		if ((j->err == ISG_ERR_CONFLICT || j->err == ISG_ERR_NOT_FOUND) && refuse_found(j))
-			return; /* back here from refusal_stored */
+		if (j->err == ISG_ERR_CONFLICT || j->err == ISG_ERR_NOT_FOUND) {
+			/* On record in the send's own transaction. */
+			found_refusal(j, j->err);
+			log_event(LOG_INFO, "message.refused",
+			          "partner=%s rule=%s record=-1 field=\"\" audit_index=%llu",
+			          j->sender, j->why.rule,
+			          (unsigned long long)j->receipt.audit_index);
+			j->refused = true;
+			j->audit_index = j->receipt.audit_index;
+			j->err = 0;
+		}
 	}
 	if (!c)
 		goto out;
@@ -463,7 +466,6 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		free(j);
 		goto done;
 	}
-	j->store = s->g->store;
 	str_copy(j->sender, s->partner, sizeof(j->sender));
 	str_copy(j->recipient, req->recipient, sizeof(j->recipient));
 	str_copy(j->agreement_id, req->agreement_id, sizeof(j->agreement_id));
@@ -472,6 +474,8 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	err = quota_reserve(s->g->quota, s->partner, o.agreement, o.record_count, now, &j->claim,
 	                    &why);
 	m.audit_entry = entry;
+	m.refusal_entry = found_refusal_entry;
+	m.refusal_ctx = j;
 	if (err == ISG_ERR_LIMIT) {
 		/* Over the limit, a resend of an accepted message still gets its receipt:
 		 * the store answers duplicates and, for anything new, writes the

@@ -526,6 +526,8 @@ int store_send(struct store *s, const struct store_message *m, store_send_cb cb,
 	js->record_count = m->record_count;
 	js->ttl_ms = m->ttl_ms;
 	js->duplicate_only = m->duplicate_only;
+	js->refusal_entry = m->refusal_entry;
+	js->refusal_ctx = m->refusal_ctx;
 	rc = send_copy_strings(js, m);
 	if (rc)
 		goto fail;

@@ -134,6 +134,16 @@ struct store_message {
 	const char *audit_entry;
 	size_t audit_len;
 	bool duplicate_only; /* answer a resend, but store nothing new (ISG_ERR_LIMIT) */
+	/*
+	 * The "message.refused" entry for a refusal the store itself finds
+	 * (ISG_ERR_CONFLICT, ISG_ERR_NOT_FOUND), built on the writer when it
+	 * does and written in the same transaction, so the refusal is on
+	 * record before it is answered, with no second job that could come
+	 * after the store closed. A malloc'd body and its *len, or NULL when
+	 * out of memory. With refusal_entry NULL such a refusal is not audited.
+	 */
+	char *(*refusal_entry)(void *ctx, int err, size_t *len);
+	void *refusal_ctx;
 };
 
 struct store_receipt {
@@ -150,8 +160,10 @@ struct store_receipt {
  * refusal needs no second job, which could come after the store closed);
  * ISG_ERR_CONFLICT when (sender, message_id) exists with another
  * request_hash; ISG_ERR_NOT_FOUND when reply_to names no message sent by
- * the recipient to the sender; ISG_ERR_FULL when the disk is full;
- * ISG_ERR_STORE otherwise. r is NULL unless err is 0 or ISG_ERR_LIMIT.
+ * the recipient to the sender (for these two, with refusal_entry, the
+ * refusal is on disk as for ISG_ERR_LIMIT); ISG_ERR_FULL when the disk is
+ * full; ISG_ERR_STORE otherwise. r is NULL unless err is 0 or a refusal on
+ * disk.
  */
 typedef void (*store_send_cb)(void *ctx, int err, const struct store_receipt *r);
 /* Copies what it needs from m. Returns 0, or an error without calling cb. */

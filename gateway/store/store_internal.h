@@ -117,12 +117,15 @@ struct job_send {
 	size_t sealed_len;
 	char *audit_entry;
 	size_t audit_len;
+	char *(*refusal_entry)(void *ctx, int err, size_t *len);
+	void *refusal_ctx;
 	store_send_cb cb;
 	void *ctx;
 	/* result */
 	struct store_receipt receipt;
-	bool added;   /* a new message row, not a duplicate */
-	bool refused; /* duplicate_only and not a resend: the refusal entry was written */
+	bool added; /* a new message row, not a duplicate */
+	/* A refusal whose entry was written (ISG_ERR_LIMIT, _CONFLICT, _NOT_FOUND); 0: none. */
+	int refused;
 };
 
 struct job_fetch {

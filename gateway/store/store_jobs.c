@@ -225,11 +225,35 @@ static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64
 	return store_db_step_done(s, st, "send.insert_payload");
 }
 
+/*
+ * A conflicting resend or a reply to no message: its refusal entry, built
+ * by the sender's refusal_entry, is written here, so the job commits and cb
+ * hears `why` with the entry's index. Without refusal_entry, the job fails
+ * with `why` and nothing is written.
+ */
+static int send_refuse_found(struct store *s, struct job_send *js, int64_t now, int why)
+{
+	if (!js->refusal_entry)
+		return why;
+	size_t len = 0;
+	char *entry = js->refusal_entry(js->refusal_ctx, why, &len);
+	if (!entry)
+		return ISG_ERR_NOMEM;
+	int err =
+	    len > STORE_MAX_AUDIT_ENTRY || store_log_check_body("message.refused", entry, len) != 0
+	        ? ISG_ERR_INVALID
+	        : store_log_append(s, now, "message.refused", entry, len, &js->receipt.audit_index);
+	free(entry);
+	if (err == 0)
+		js->refused = why;
+	return err;
+}
+
 static int job_send_run(struct store *s, struct job_send *js, int64_t now)
 {
 	int err = 0;
 	if (send_find_existing(s, js, &err))
-		return err;
+		return err == ISG_ERR_CONFLICT ? send_refuse_found(s, js, now, err) : err;
 	if (err)
 		return err;
 	if (js->duplicate_only) {
@@ -237,11 +261,13 @@ static int job_send_run(struct store *s, struct job_send *js, int64_t now)
 		 * here, so it commits (the job succeeds) and cb hears ISG_ERR_LIMIT. */
 		err = store_log_append(s, now, "message.refused", js->audit_entry, js->audit_len,
 		                       &js->receipt.audit_index);
-		js->refused = err == 0;
+		js->refused = err == 0 ? ISG_ERR_LIMIT : 0;
 		return err;
 	}
 	if (js->reply_to != 0) {
 		err = send_check_reply(s, js);
+		if (err == ISG_ERR_NOT_FOUND)
+			return send_refuse_found(s, js, now, err);
 		if (err)
 			return err;
 	}
@@ -647,7 +673,7 @@ void store_job_discard(struct store_job *j)
 	case JOB_SEND:
 		memset(&j->u.send.receipt, 0, sizeof(j->u.send.receipt));
 		j->u.send.added = false;
-		j->u.send.refused = false;
+		j->u.send.refused = 0;
 		break;
 	case JOB_FETCH:
 		if (j->u.fetch.res) {
@@ -675,7 +701,7 @@ void store_job_finish(struct store_job *j)
 	case JOB_SEND: {
 		struct job_send *js = &j->u.send;
 		if (!err && js->refused)
-			js->cb(js->ctx, ISG_ERR_LIMIT, &js->receipt);
+			js->cb(js->ctx, js->refused, &js->receipt);
 		else
 			js->cb(js->ctx, err, err ? NULL : &js->receipt);
 		break;

@@ -607,6 +607,15 @@ class TestRefusedByTheStore(HardeningCase):
             self.assertEqual(entry["reason"], e.message)
             self.assertRegex(self.gw.log, r"event=message\.refused partner=%s rule=%s"
                              % (sender, re.escape(e.rule)))
+        # a sender gone before its answer: the refusal is on record all the same
+        gone = self.connect("police")
+        gone.send_frame(pb.Frame(request_id=1, send=self.send_request("used-1", [{"nhs_number": NHS_B}])))
+        gone.close()
+        deadline = time.monotonic() + 5 * isgtest.SLOW
+        while len([e for e in self.audit_jsonl("--kind", "message.refused")
+                   if e["entry"]["rule"] == "message.id"]) < 2:
+            self.assertLess(time.monotonic(), deadline, "the gone sender's refusal is not on record")
+            time.sleep(0.05)
         self.assertServing(pending=["used-1"])
 
 

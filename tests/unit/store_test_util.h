@@ -178,10 +178,12 @@ static inline int wait_for(struct wait *w)
 static inline void on_send(void *ctx, int err, const struct store_receipt *r)
 {
 	struct wait *w = ctx;
-	bool with_receipt = err == 0 || err == ISG_ERR_LIMIT;
-	if (with_receipt && r)
+	/* A refusal the store found comes with one when it is on record. */
+	bool must = err == 0 || err == ISG_ERR_LIMIT;
+	bool may = must || err == ISG_ERR_CONFLICT || err == ISG_ERR_NOT_FOUND;
+	if (r && may)
 		w->receipt = *r;
-	else if (with_receipt != (r != NULL))
+	else if (must || r)
 		w->bad = true;
 	wait_done(w, err);
 }

@@ -312,6 +312,57 @@ static void test_reply_to_rules(void **state)
 	assert_int_equal(fetch_count(s, "council-c"), 0);
 }
 
+/* A refusal_entry for tests: the refusal's code in the entry, or NULL (out of memory). */
+static int refusal_calls;
+static char *test_refusal_entry(void *ctx, int err, size_t *len)
+{
+	refusal_calls++;
+	if (ctx)
+		return NULL;
+	char *e = malloc(64);
+	snprintf(e, 64, "{\"event\":\"message.refused\",\"err\":%d}", err);
+	*len = strlen(e);
+	return e;
+}
+
+/*
+ * With refusal_entry, a conflicting resend and a reply to no message put
+ * their refusal on record in the send's own job (the answer comes with its
+ * index, and no second job is needed once the store may have closed);
+ * without it, or when it cannot be built, nothing is written.
+ */
+static void test_refusals_found_are_recorded(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_receipt r, refused;
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "first");
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	struct store_message changed = fx_msg("police-a", "m-1", "nhs-b", "other");
+	changed.refusal_entry = test_refusal_entry;
+	struct store_message none = fx_msg("nhs-b", "a-1", "police-a", "?");
+	none.reply_to = 99999;
+	none.refusal_entry = test_refusal_entry;
+	refusal_calls = 0;
+	assert_int_equal(send_sync(s, &changed, &refused), ISG_ERR_CONFLICT);
+	assert_int_equal(refused.audit_index, r.audit_index + 1);
+	assert_int_equal(send_sync(s, &none, &refused), ISG_ERR_NOT_FOUND);
+	assert_int_equal(refused.audit_index, r.audit_index + 2);
+	assert_int_equal(refusal_calls, 2);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.refused'", 0),
+	                 2);
+	/* Nothing else was stored, and the resend of the first is still a duplicate. */
+	assert_int_equal(fetch_count(s, "police-a"), 0);
+	m.refusal_entry = test_refusal_entry;
+	assert_int_equal(send_sync(s, &m, &refused), 0);
+	assert_true(refused.duplicate);
+	assert_int_equal(refusal_calls, 2);
+	/* An entry that cannot be built: the job fails, nothing is written. */
+	changed.refusal_ctx = &refusal_calls;
+	assert_int_equal(send_sync(s, &changed, NULL), ISG_ERR_NOMEM);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 3);
+}
+
 static void test_ack_rules(void **state)
 {
 	struct fx *f = *state;
@@ -1325,6 +1376,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_send_duplicate_only, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reply_to_rules, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_refusals_found_are_recorded, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_ack_rules, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_cursor, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_many, fx_setup, fx_teardown),
