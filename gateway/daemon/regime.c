@@ -103,8 +103,10 @@ struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bo
 {
 	*errors = 0;
 	struct regime *r = calloc(1, sizeof(*r));
-	if (!r)
+	if (!r) {
+		*errors = 1;
 		return NULL;
+	}
 	atomic_init(&r->refs, 1);
 	bool failed = policy_errors(cfg, log, &r->policy, errors);
 	char err[512];

@@ -70,6 +70,7 @@ static int load_crl(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
 int net_tls_new(const struct isgd_config *cfg, SSL_CTX **out, char *err, size_t errlen)
 {
 	int rc = ISG_ERR_TLS;
+	ERR_clear_error(); /* tls_error reports what this call leaves, nothing older */
 	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
 	if (!ctx) {
 		tls_error(err, errlen, "cannot create TLS context", NULL);
