@@ -10,6 +10,8 @@
  *   5  utf8_encode: the bytes are valid UTF-8 and decode to the code point
  *   6  strbuf_json_string: one valid JSON string that unescapes to the input
  *   7  log_quote: NUL-terminated within size, one logfmt value, no control bytes
+ *   8  (that byte only) str_host_port: the host and port put back together
+ *      are the input
  */
 #include <inttypes.h>
 #include <sodium.h>
@@ -283,6 +285,25 @@ static void fuzz_log_quote(const uint8_t *in, size_t len)
 	free(s);
 }
 
+static void fuzz_host_port(const char *s)
+{
+	const char *host, *why;
+	size_t len;
+	uint16_t port;
+	if (str_host_port(s, &host, &len, &port, &why) != 0) {
+		if (!why)
+			abort();
+		return;
+	}
+	bool v6 = s[0] == '[';
+	if (why || port == 0 || host != s + v6 || memchr(host, '\0', len) ||
+	    strncmp(host + len, v6 ? "]:" : ":", 2 - !v6) != 0)
+		abort();
+	int64_t again;
+	if (str_to_i64(host + len + 1 + v6, 1, 65535, &again) != 0 || again != port)
+		abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1 || size > 4096)
@@ -295,6 +316,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(s, in, len);
 	s[len] = '\0';
+	if (data[0] == 8) {
+		fuzz_host_port(s);
+		free(s);
+		return 0;
+	}
 	switch (data[0] % 8) {
 	case 0:
 		fuzz_utf8(in, len);
