@@ -1,6 +1,8 @@
 /* The policy set and the domain keys it needs, loaded, checked and swapped together. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "daemon/gateway.h"
 #include "util/util.h"
@@ -9,7 +11,7 @@
 
 static void report(bool log, const char *event, const char *msg)
 {
-	char q[700];
+	char q[PATH_MAX + 800];
 	if (log)
 		log_event(LOG_ERROR, event, "message=%s", log_quote(q, sizeof(q), msg));
 	else
@@ -67,11 +69,17 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 	for (size_t i = 0; i < n; i++) {
 		if (keyring_has(keys, domains[i]))
 			continue;
-		char msg[600];
+		/* Where, as policy check --keys says it: the admin may have meant another name. */
+		const char *file = "";
+		int line = 0, col = 0;
+		char at[PATH_MAX + 32] = "";
+		if (policy_domain_named_at(set, domains[i], &file, &line, &col))
+			snprintf(at, sizeof(at), "%s:%d:%d: ", file, line, col);
+		char msg[PATH_MAX + 700];
 		snprintf(msg, sizeof(msg),
-		         "linkage domain '%s' is named by an agreement but has no key in '%s/%s' "
+		         "%slinkage domain '%s' is named by an agreement but has no key in '%s/%s' "
 		         "(create it with: isgctl keys new-domain %s %s)",
-		         domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
+		         at, domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
 		report(log, "keys.missing_domain", msg);
 		(*errors)++;
 		missing = true;

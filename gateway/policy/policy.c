@@ -229,6 +229,25 @@ size_t policy_domains(const struct policy_set *set, const char **out, size_t max
 	return n;
 }
 
+bool policy_domain_named_at(const struct policy_set *set, const char *domain, const char **file,
+                            int *line, int *col)
+{
+	for (size_t i = 0; set && i < set->n_agreements; i++) {
+		const struct policy_agreement *a = &set->agreements[i];
+		for (size_t k = 0; k < a->n_datasets; k++)
+			for (size_t j = 0; j < a->datasets[k].n_fields; j++) {
+				const struct policy_field *f = &a->datasets[k].fields[j];
+				if (!f->domain || strcmp(f->domain, domain) != 0)
+					continue;
+				*file = a->file;
+				*line = f->domain_line;
+				*col = f->domain_col;
+				return true;
+			}
+	}
+	return false;
+}
+
 /* A certificate field (a fixed array the TLS layer filled) equals want; never past cap. */
 static bool cert_text_eq(const char *field, size_t cap, const char *want, bool fold_case)
 {

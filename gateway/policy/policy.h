@@ -206,6 +206,9 @@ int policy_apply(const struct policy_set *set, const char *sender, const Isg__Se
 /* The linkage domains the set's agreements name, sorted, each once: fills at most
  * max and returns how many there are (which may be more than max). */
 size_t policy_domains(const struct policy_set *set, const char **out, size_t max);
+/* Where an agreement first names linkage domain `domain` (its `domain:`); false if none does. */
+bool policy_domain_named_at(const struct policy_set *set, const char *domain, const char **file,
+                            int *line, int *col);
 void policy_outcome_release(struct policy_outcome *out);
 
 /* ---- for admins and IG officers: isgctl policy check --keys, show and diff ---- */

@@ -406,6 +406,9 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
                 self.assertIn("isgctl keys new-domain", err)
                 self.assertIn(HEALTH_DOMAIN, err.split("isgctl keys new-domain", 1)[1])
                 self.assertNotIn("'%s'" % COUNCIL_DOMAIN, err)
+                # where the policy names it, as policy check --keys says
+                self.assertRegex(err, r"agreements/%s\.yaml:\d+:\d+: linkage domain '%s'"
+                                 % (POLICE_NHS, HEALTH_DOMAIN))
         # with the key it is fine
         isgtest.new_domain(gw.keys_dir, HEALTH_DOMAIN)
         p = self.check_config(gw)
