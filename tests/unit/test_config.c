@@ -228,25 +228,23 @@ static void test_relation_between_limits(void **state)
 
 	/* Said with the other errors, not only once they are mended; but not
 	 * about a size that is itself wrong. */
+#define REQUIRED                                                                                   \
+	"listen: localhost:7443\n"                                                                 \
+	"tls: {certificate: a.crt, key: a.key, client_ca: ca.crt}\n"                               \
+	"store: {path: isg.db}\npolicy_dir: policies\nkeys_dir: keys\n"
 	char path[32];
-	assert_int_equal(load_text("listen: localhost:7443\n"
-	                           "tls: {certificate: a.crt, key: a.key, client_ca: ca.crt}\n"
-	                           "store: {path: isg.db}\npolicy_dir: policies\nkeys_dir: keys\n"
-	                           "threads: lots\nlimits: {max_frame: 16MiB}\n",
-	                           &c, &d, path),
-	                 ISG_ERR_INVALID);
+	assert_int_equal(
+	    load_text(REQUIRED "threads: lots\nlimits: {max_frame: 16MiB}\n", &c, &d, path),
+	    ISG_ERR_INVALID);
 	assert_int_equal(d.errors, 2);
 	assert_diag(&d, 1, 7, 21, "limits.connection_buffer (8388608 bytes) must be at least");
 	ydoc_diags_release(&d);
-	assert_int_equal(load_text("listen: localhost:7443\n"
-	                           "tls: {certificate: a.crt, key: a.key, client_ca: ca.crt}\n"
-	                           "store: {path: isg.db}\npolicy_dir: policies\nkeys_dir: keys\n"
-	                           "limits: {max_frame: 99GiB}\n",
-	                           &c, &d, path),
+	assert_int_equal(load_text(REQUIRED "limits: {max_frame: 99GiB}\n", &c, &d, path),
 	                 ISG_ERR_INVALID);
 	assert_int_equal(d.errors, 1);
 	assert_diag(&d, 0, 6, 21, "max_frame");
 	ydoc_diags_release(&d);
+#undef REQUIRED
 }
 
 /* Write text to a temporary config file and load it. */
