@@ -503,6 +503,54 @@ static int upgrade(struct store *s, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * Gateway ids are never handed out twice, even after the store is put back
+ * from a copy (operations.md, "Restoring"): the ids given out after the
+ * copy was taken are not in it. Each was given out with an audit entry in
+ * the same transaction, at most STORE_IDS_PER_MS a millisecond, so skipping
+ * that many ids for every millisecond since the store's newest entry puts
+ * the next one past all of them. A store that only stopped skips ids for
+ * its time down, which costs nothing: ids are opaque and never promised to
+ * be consecutive. Kept below 2^53, where JSON readers still count exactly.
+ */
+#define STORE_IDS_PER_MS 1000
+#define STORE_ID_MAX ((INT64_C(1) << 53) - 1)
+
+static int skip_ids_since_last_entry(struct store *s, char *err, size_t errlen)
+{
+	int64_t last = 0;
+	bool found = false;
+	int rc = store_db_query_int(s->db, "SELECT at FROM audit ORDER BY seq DESC LIMIT 1", &last,
+	                            &found);
+	int64_t now = time_now_ms();
+	if (rc == SQLITE_OK && (!found || now <= last))
+		return 0; /* a new store, or a clock behind the log: nothing to skip */
+	if (rc == SQLITE_OK) {
+		int64_t span = now - last;
+		int64_t skip =
+		    span > STORE_ID_MAX / STORE_IDS_PER_MS ? STORE_ID_MAX : span * STORE_IDS_PER_MS;
+		char sql[400];
+		snprintf(
+		    sql, sizeof(sql),
+		    "BEGIN IMMEDIATE;"
+		    "INSERT INTO sqlite_sequence(name, seq) SELECT 'messages', 0"
+		    " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messages');"
+		    "UPDATE sqlite_sequence SET seq = min(seq + %lld, %lld) WHERE name = "
+		    "'messages';"
+		    "COMMIT;",
+		    (long long)skip, (long long)STORE_ID_MAX);
+		rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+	}
+	if (rc == SQLITE_OK)
+		return 0;
+	store_seterr(err, errlen, "store '%s': cannot move its gateway ids on: %s", s->path,
+	             sqlite3_errmsg(s->db));
+	int ret = store_db_fail(s, rc, "skip_ids");
+	if (!sqlite3_get_autocommit(s->db))
+		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	return ret;
+}
+
 static int prepare_all(struct store *s, char *err, size_t errlen)
 {
 	for (size_t i = 0; i < ST_COUNT; i++) {
@@ -589,6 +637,8 @@ int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 	rc = configure(s, err, errlen);
 	if (rc == 0)
 		rc = upgrade(s, err, errlen);
+	if (rc == 0)
+		rc = skip_ids_since_last_entry(s, err, errlen);
 	if (rc)
 		return rc;
 	return prepare_all(s, err, errlen);

@@ -312,6 +312,68 @@ static void test_reply_to_rules(void **state)
 	assert_int_equal(fetch_count(s, "council-c"), 0);
 }
 
+/* The whole of a file (up to 4 MiB), or NULL. */
+static char *slurp(const char *path, size_t *len)
+{
+	FILE *fp = fopen(path, "rb");
+	char *buf = fp ? malloc(1 << 22) : NULL;
+	*len = buf ? fread(buf, 1, 1 << 22, fp) : 0;
+	if (fp)
+		fclose(fp);
+	return buf;
+}
+
+static void spill(const char *path, const char *buf, size_t len)
+{
+	FILE *fp = fopen(path, "wb");
+	assert_non_null(fp);
+	assert_int_equal(fwrite(buf, 1, len, fp), len);
+	fclose(fp);
+}
+
+/*
+ * A store put back from a copy hands out no gateway id twice: the ids
+ * given out after the copy was taken are past, whatever the copy holds,
+ * so a recipient that de-duplicates on them loses nothing. A new store
+ * still starts at 1.
+ */
+static void test_no_id_twice_after_a_restore(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_receipt r;
+	struct store_message m = fx_msg("police-a", "before", "nhs-b", "one");
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	assert_int_equal(r.gateway_id, 1);
+	fx_close(f);
+	char wal[160];
+	fx_path(f, wal, sizeof(wal), "-wal");
+	assert_int_equal(access(wal, F_OK), -1); /* stopped cleanly: the file is all */
+	size_t len;
+	char *copy = slurp(f->path, &len);
+	assert_non_null(copy);
+
+	s = fx_open(f);
+	uint64_t highest = 0;
+	for (int i = 0; i < 3; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "after-%d", i);
+		struct store_message n = fx_msg("police-a", id, "nhs-b", "later");
+		assert_int_equal(send_sync(s, &n, &r), 0);
+		assert_true(r.gateway_id > highest);
+		highest = r.gateway_id;
+	}
+	fx_close(f);
+
+	spill(f->path, copy, len); /* the restore */
+	free(copy);
+	s = fx_open(f);
+	struct store_message again = fx_msg("nhs-b", "other", "police-a", "new");
+	assert_int_equal(send_sync(s, &again, &r), 0);
+	assert_true(r.gateway_id > highest);
+	assert_true(r.gateway_id < (UINT64_C(1) << 53));
+}
+
 /* A refusal_entry for tests: the refusal's code in the entry, or NULL (out of memory). */
 static int refusal_calls;
 static char *test_refusal_entry(void *ctx, int err, size_t *len)
@@ -1377,6 +1439,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reply_to_rules, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refusals_found_are_recorded, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_no_id_twice_after_a_restore, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_ack_rules, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_cursor, fx_setup, fx_teardown),
