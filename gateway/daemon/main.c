@@ -11,10 +11,12 @@
  * before anything else; with `user:` isgd binds its port as root and then
  * becomes that user before it opens the store or serves anyone.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <limits.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -84,6 +86,14 @@ static int resolve_user(const struct isgd_config *cfg, struct identity *id)
 	return 0;
 }
 
+/* The user's uid and its one group: no supplementary groups, not root's. */
+static int become_user(const struct identity *id)
+{
+	return setgroups(1, &id->gid) != 0 || setgid(id->gid) != 0 || setuid(id->uid) != 0
+	           ? ISG_ERR_DENIED
+	           : 0;
+}
+
 /*
  * For good: no way back to root, and no gaining privileges by exec, whether
  * isgd became its user here or was started as it (or as root without one).
@@ -96,8 +106,7 @@ static int drop_privileges(const struct isgd_config *cfg, const struct identity 
 		fprintf(stderr, "isgd: cannot give up gaining privileges: %s\n", strerror(errno));
 		return ISG_ERR_DENIED;
 	}
-	if (setgroups(1, &id->gid) != 0 || setgid(id->gid) != 0 || setuid(id->uid) != 0 ||
-	    setuid(0) == 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+	if (become_user(id) != 0 || setuid(0) == 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
 		fprintf(stderr, "isgd: cannot become user '%s': %s\n", cfg->user, strerror(errno));
 		return ISG_ERR_DENIED;
 	}
@@ -122,6 +131,108 @@ static int check_tls_key(const struct isgd_config *cfg, uid_t owner, char *err, 
 	int r = keys_check_secrecy_for(fd, cfg->tls_key, (unsigned)owner, err, errlen);
 	close(fd);
 	return r;
+}
+
+/*
+ * What a reload reads, read as the user who reloads. isgd reads these as
+ * root at start, so a file only root can read would pass then and fail at
+ * every SIGHUP. A missing file is left to the checks as root, which say so.
+ */
+struct user_reads {
+	const char *user;
+	int failed;
+};
+
+static void cannot_read(struct user_reads *u, const char *what, const char *path)
+{
+	fprintf(stderr, "isgd: cannot read %s '%s' as user '%s', as every reload does: %s\n", what,
+	        path, u->user, strerror(errno));
+	u->failed = 1;
+}
+
+static void try_read(struct user_reads *u, const char *what, const char *path)
+{
+	if (!path)
+		return;
+	/* O_NONBLOCK: a FIFO in a file's place must not hang the check. */
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd >= 0)
+		close(fd);
+	else if (errno != ENOENT)
+		cannot_read(u, what, path);
+}
+
+/* As the policy loader names them: not hidden, ending in ".yaml". */
+static bool is_agreement_file(const char *name)
+{
+	size_t len = strlen(name);
+	return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".yaml") == 0;
+}
+
+/* What the policy loader opens: partners.yaml, agreements/ and its *.yaml. */
+static void try_read_policy(struct user_reads *u, const char *dir)
+{
+	char path[PATH_MAX], adir[PATH_MAX];
+	if (access(dir, X_OK) != 0) {
+		if (errno != ENOENT)
+			cannot_read(u, "policy directory", dir);
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/%s", dir, POLICY_PARTNERS_FILE);
+	try_read(u, "policy file", path);
+	snprintf(adir, sizeof(adir), "%s/%s", dir, POLICY_AGREEMENTS_DIR);
+	DIR *dp = opendir(adir);
+	if (!dp) {
+		if (errno != ENOENT)
+			cannot_read(u, "policy directory", adir);
+		return;
+	}
+	const struct dirent *e;
+	while ((e = readdir(dp))) {
+		if (!is_agreement_file(e->d_name))
+			continue;
+		if (snprintf(path, sizeof(path), "%s/%s", adir, e->d_name) < (int)sizeof(path))
+			try_read(u, "policy file", path);
+	}
+	closedir(dp);
+}
+
+/*
+ * In a child that becomes the user as drop_privileges does, so modes, ACLs
+ * and security modules answer as they will at reload. Only when isgd is to
+ * become a user: otherwise start and reload read as the same one.
+ */
+static int check_user_reads(const struct isgd_config *cfg, const struct identity *id)
+{
+	if (!id->drop)
+		return 0;
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, "isgd: cannot fork to check files as user '%s': %s\n", cfg->user,
+		        strerror(errno));
+		return ISG_ERR_IO;
+	}
+	if (pid == 0) {
+		struct user_reads u = {.user = cfg->user};
+		if (become_user(id) != 0) {
+			fprintf(stderr, "isgd: cannot become user '%s': %s\n", cfg->user,
+			        strerror(errno));
+			_exit(1);
+		}
+		try_read_policy(&u, cfg->policy_dir);
+		try_read(&u, "TLS certificate", cfg->tls_certificate);
+		try_read(&u, "TLS key", cfg->tls_key);
+		try_read(&u, "partner CA bundle", cfg->tls_client_ca);
+		try_read(&u, "CRL", cfg->tls_crl);
+		_exit(u.failed);
+	}
+	int status;
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR)
+			return ISG_ERR_IO;
+	}
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : ISG_ERR_DENIED;
 }
 
 /*
@@ -190,6 +301,8 @@ static int check_all(struct gateway *g, const struct identity *id, struct regime
 		fprintf(stderr, "isgd: %s\n", err);
 		failed = 1;
 	}
+	if (check_user_reads(cfg, id) != 0)
+		failed = 1;
 	return failed ? ISG_ERR_INVALID : 0;
 }
 

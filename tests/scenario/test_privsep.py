@@ -215,23 +215,43 @@ class KeyProcessLifetime(PrivsepCase):
 
 
 class DropRoot(PrivsepCase):
-    def test_serves_as_the_configured_user(self):
-        require_root(self)
+    def user_gateway(self, crl=False):
+        """A stopped gateway with user: nobody, whose files that user can read."""
         user = pwd.getpwnam("nobody")
-        # The user needs its store, its TLS key and read access on the way there.
+        # The user needs its store, its TLS files and read access on the way there.
         os.chmod(self.tmp, 0o755)
         gw = self.gateway(start=False, user="nobody")
         os.chmod(gw.dir, 0o755)
         store_dir = os.path.dirname(gw.store_path)
         os.chown(store_dir, user.pw_uid, user.pw_gid)
-        for what, src in (("certificate", self.pki.gateway_chain), ("key", self.pki.gateway.key),
-                          ("client_ca", self.pki.partner_ca.cert)):
+        files = [("certificate", self.pki.gateway_chain), ("key", self.pki.gateway.key),
+                 ("client_ca", self.pki.partner_ca.cert)]
+        if crl:
+            files.append(("crl", self.pki.crl("privsep-%s.crl" % self._testMethodName)))
+        for what, src in files:
             dst = os.path.join(self.tmp, "tls-" + what + ".pem")
             shutil.copy(src, dst)
             os.chown(dst, user.pw_uid, user.pw_gid)
             gw.config["tls"][what] = dst
         os.chmod(gw.config["tls"]["key"], 0o600)
         gw.write_config()
+        return gw
+
+    def refused(self, gw, *messages):
+        """Both --check-config and a start refuse, each saying every one of messages."""
+        for extra in (["--check-config"], []):
+            r = isgtest.subprocess.run(gw.argv() + extra, capture_output=True, text=True,
+                                       timeout=isgtest.START_TIMEOUT)
+            self.assertEqual(r.returncode, 1, "%s\n%s" % (extra, r.stderr))
+            self.assertNotIn("configuration OK", r.stdout)
+            self.assertNotIn("event=isgd.started", r.stderr)
+            for m in messages:
+                self.assertIn(m, r.stderr, extra)
+
+    def test_serves_as_the_configured_user(self):
+        require_root(self)
+        user = pwd.getpwnam("nobody")
+        gw = self.user_gateway(crl=True)
         gw.start()
         self.assertIn("event=isgd.privileges_dropped user=nobody", gw.log)
         st = status(gw.proc.pid)
@@ -244,6 +264,65 @@ class DropRoot(PrivsepCase):
         self.assertEqual(os.stat(gw.store_path).st_uid, user.pw_uid)
         self.assertEqual(os.stat(os.path.join(gw.keys_dir, "storage.key")).st_uid, 0)
         # Reloads still work: the key process reads the domain keys, isgd the TLS key.
+        outcome, text = gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        self.assertIn("event=tls.reloaded", text)
+
+    def test_policy_only_root_can_read_is_refused(self):
+        """Read as root at start, as the user at every SIGHUP: refused at start."""
+        require_root(self)
+        gw = self.user_gateway()
+        os.chmod(gw.policy_dir, 0o700)
+        self.refused(gw, "cannot read policy directory '%s' as user 'nobody'" % gw.policy_dir)
+        os.chmod(gw.policy_dir, 0o755)
+        agreements = os.path.join(gw.policy_dir, "agreements")
+        os.chmod(agreements, 0o700)
+        self.refused(gw, "cannot read policy directory '%s' as user 'nobody'" % agreements)
+        os.chmod(agreements, 0o755)
+        partners = os.path.join(gw.policy_dir, "partners.yaml")
+        agreement = os.path.join(agreements, sorted(os.listdir(agreements))[0])
+        os.chmod(partners, 0o600)
+        os.chmod(agreement, 0o600)
+        self.refused(gw, "cannot read policy file '%s' as user 'nobody'" % partners,
+                     "cannot read policy file '%s' as user 'nobody'" % agreement)
+        # What the loader does not read is not asked for: an editor's swap file.
+        os.chmod(partners, 0o644)
+        os.chmod(agreement, 0o644)
+        swap = os.path.join(agreements, ".x.yaml.swp")
+        with open(swap, "w"):
+            pass
+        os.chmod(swap, 0o600)
+        gw.start()
+        outcome, text = gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+
+    def test_tls_files_only_root_can_read_are_refused(self):
+        require_root(self)
+        gw = self.user_gateway(crl=True)
+        tls = gw.config["tls"]
+        for what in ("certificate", "client_ca", "crl"):
+            os.chown(tls[what], 0, 0)
+            os.chmod(tls[what], 0o600)
+        # The key is the user's, 0600, but in a directory the user cannot enter.
+        private = os.path.join(self.tmp, "private")
+        os.mkdir(private, 0o700)
+        key = os.path.join(private, "tls-key.pem")
+        shutil.move(tls["key"], key)
+        tls["key"] = key
+        gw.write_config()
+        self.refused(gw, *["cannot read %s '%s' as user 'nobody'" % (name, tls[what])
+                           for what, name in (("certificate", "TLS certificate"),
+                                              ("key", "TLS key"),
+                                              ("client_ca", "partner CA bundle"),
+                                              ("crl", "CRL"))])
+
+    def test_without_user_files_only_root_can_read_are_fine(self):
+        """Without user: start and reload read as the same user: nothing to refuse."""
+        require_root(self)
+        gw = self.gateway(start=False)
+        os.chmod(gw.policy_dir, 0o700)
+        os.chmod(gw.config["tls"]["client_ca"], 0o600)
+        gw.start()
         outcome, text = gw.reload()
         self.assertEqual(outcome, "loaded", text)
         self.assertIn("event=tls.reloaded", text)
