@@ -143,38 +143,41 @@ static void log_refusal_unrecorded(const struct send_job *j, int err)
 }
 
 /* Why the store refused it: a conflicting resend, or a reply to no message. */
-static void found_refusal(struct send_job *j, int err)
+static void found_refusal(int err, struct policy_refusal *why)
 {
-	j->why = (struct policy_refusal){.record_index = -1};
+	*why = (struct policy_refusal){.record_index = -1};
 	if (err == ISG_ERR_CONFLICT) {
-		j->why.code = ISG__ERROR_CODE__CONFLICT;
-		str_copy(j->why.rule, "message.id", sizeof(j->why.rule));
-		str_copy(j->why.message,
+		why->code = ISG__ERROR_CODE__CONFLICT;
+		str_copy(why->rule, "message.id", sizeof(why->rule));
+		str_copy(why->message,
 		         "message_id was already used for a message with different content",
-		         sizeof(j->why.message));
+		         sizeof(why->message));
 	} else {
-		j->why.code = ISG__ERROR_CODE__NOT_FOUND;
-		str_copy(j->why.rule, "message.reply_to", sizeof(j->why.rule));
-		str_copy(j->why.message, "reply_to names no message that the recipient sent to you",
-		         sizeof(j->why.message));
+		why->code = ISG__ERROR_CODE__NOT_FOUND;
+		str_copy(why->rule, "message.reply_to", sizeof(why->rule));
+		str_copy(why->message, "reply_to names no message that the recipient sent to you",
+		         sizeof(why->message));
 	}
 }
 
 /*
- * store_message.refusal_entry: run on the writer while the worker waits
- * for the send's answer, so j is the writer's until then.
+ * store_message.refusal_entry, run on the writer while the worker waits for
+ * the send's answer. It only reads j: the store may build an entry and then
+ * roll it back with its batch, and answer the send otherwise (send_reply
+ * works out the refusal again from what the store reports).
  */
 static char *found_refusal_entry(void *ctx, int err, size_t *len)
 {
-	struct send_job *j = ctx;
-	found_refusal(j, err);
+	const struct send_job *j = ctx;
+	struct policy_refusal why;
+	found_refusal(err, &why);
 	Isg__SendRequest req = ISG__SEND_REQUEST__INIT;
-	req.recipient = j->recipient;
-	req.message_id = j->message_id;
-	req.agreement_id = j->agreement_id;
-	req.dataset = j->dataset;
+	req.recipient = (char *)j->recipient;
+	req.message_id = (char *)j->message_id;
+	req.agreement_id = (char *)j->agreement_id;
+	req.dataset = (char *)j->dataset;
 	req.n_records = j->records;
-	return entry_refused(j->policy_version, j->sender, &req, &j->why, len);
+	return entry_refused(j->policy_version, j->sender, &req, &why, len);
 }
 
 static void send_reply(struct net_conn *c, void *arg)
@@ -198,7 +201,7 @@ static void send_reply(struct net_conn *c, void *arg)
 		}
 		if (j->err == ISG_ERR_CONFLICT || j->err == ISG_ERR_NOT_FOUND) {
 			/* On record in the send's own transaction. */
-			found_refusal(j, j->err);
+			found_refusal(j->err, &j->why);
 			log_event(LOG_INFO, "message.refused",
 			          "partner=%s rule=%s record=-1 field=\"\" audit_index=%llu",
 			          j->sender, j->why.rule,

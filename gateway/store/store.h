@@ -141,6 +141,9 @@ struct store_message {
 	 * record before it is answered, with no second job that could come
 	 * after the store closed. A malloc'd body and its *len, or NULL when
 	 * out of memory. With refusal_entry NULL such a refusal is not audited.
+	 * It may be called and its entry rolled back with a failed batch, the
+	 * send then answered otherwise (run alone, it may be over a limit
+	 * instead): it must change nothing the answer depends on.
 	 */
 	char *(*refusal_entry)(void *ctx, int err, size_t *len);
 	void *refusal_ctx;

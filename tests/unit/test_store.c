@@ -425,6 +425,42 @@ static void test_refusals_found_are_recorded(void **state)
 	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 3);
 }
 
+/*
+ * A found refusal's entry can be rolled back with its batch: run alone
+ * after the batch's commit failed, the same send is over a limit instead
+ * (the message it conflicted with was in that batch and failed too). The
+ * answer is the limit's, with the limit's entry, and the builder's entry
+ * is nowhere: the builder must change nothing the answer depends on.
+ */
+static void test_found_refusal_rolled_back_with_its_batch(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	const char limit[] = "{\"event\":\"message.refused\",\"rule\":\"limit\"}";
+	struct store_message a = fx_msg("police-a", "m-1", "nhs-b", "first");
+	struct store_message b = fx_msg("police-a", "m-1", "nhs-b", "other");
+	b.duplicate_only = true;
+	b.audit_entry = limit;
+	b.audit_len = strlen(limit);
+	b.refusal_entry = test_refusal_entry;
+	refusal_calls = 0;
+	struct wait w[2];
+	store_test_pause(s, true);
+	wait_init(&w[0]);
+	wait_init(&w[1]);
+	assert_int_equal(store_send(s, &a, on_send, &w[0]), 0);
+	assert_int_equal(store_send(s, &b, on_send, &w[1]), 0);
+	store_test_full_commits(s, 2); /* the batch's, then a's alone */
+	store_test_pause(s, false);
+	assert_int_equal(wait_for(&w[0]), ISG_ERR_FULL);
+	assert_int_equal(wait_for(&w[1]), ISG_ERR_LIMIT);
+	assert_false(w[0].bad || w[1].bad);
+	assert_int_equal(refusal_calls, 1); /* built in the batch, then rolled back */
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
+	assert_int_equal(w[1].receipt.audit_index, 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 0);
+}
+
 static void test_ack_rules(void **state)
 {
 	struct fx *f = *state;
@@ -1441,6 +1477,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_refusals_found_are_recorded, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_no_id_twice_after_a_restore, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_found_refusal_rolled_back_with_its_batch, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_ack_rules, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_cursor, fx_setup, fx_teardown),
