@@ -507,11 +507,14 @@ static int upgrade(struct store *s, char *err, size_t errlen)
  * Gateway ids are never handed out twice, even after the store is put back
  * from a copy (operations.md, "Restoring"): the ids given out after the
  * copy was taken are not in it. Each was given out with an audit entry in
- * the same transaction, at most STORE_IDS_PER_MS a millisecond, so skipping
- * that many ids for every millisecond since the store's newest entry puts
- * the next one past all of them. A store that only stopped skips ids for
- * its time down, which costs nothing: ids are opaque and never promised to
- * be consecutive. Kept below 2^53, where JSON readers still count exactly.
+ * the same transaction, at most STORE_IDS_PER_MS a millisecond, and each
+ * open skips that many ids for every millisecond since the later of the
+ * newest entry and the last skip (meta 'ids_skipped_at'), so the ids a
+ * store moves on by after a moment never outrun 1,000 for each millisecond
+ * since, and the one skip of a restored copy puts its next id past all of
+ * them. A store that only stopped skips ids for its time down, which costs
+ * nothing: ids are opaque and never promised to be consecutive. Kept below
+ * 2^53, where JSON readers still count exactly (some 285 years of skips).
  */
 #define STORE_IDS_PER_MS 1000
 #define STORE_ID_MAX ((INT64_C(1) << 53) - 1)
@@ -520,25 +523,29 @@ static int skip_ids_since_last_entry(struct store *s, char *err, size_t errlen)
 {
 	int64_t last = 0;
 	bool found = false;
-	int rc = store_db_query_int(s->db, "SELECT at FROM audit ORDER BY seq DESC LIMIT 1", &last,
-	                            &found);
+	int rc = store_db_query_int(
+	    s->db,
+	    "SELECT max(coalesce((SELECT at FROM audit ORDER BY seq DESC LIMIT 1), -1),"
+	    " coalesce((SELECT value FROM meta WHERE key = 'ids_skipped_at'), -1))",
+	    &last, &found);
 	int64_t now = time_now_ms();
-	if (rc == SQLITE_OK && (!found || now <= last))
+	if (rc == SQLITE_OK && (last < 0 || now <= last))
 		return 0; /* a new store, or a clock behind the log: nothing to skip */
 	if (rc == SQLITE_OK) {
 		int64_t span = now - last;
 		int64_t skip =
 		    span > STORE_ID_MAX / STORE_IDS_PER_MS ? STORE_ID_MAX : span * STORE_IDS_PER_MS;
-		char sql[400];
+		char sql[600];
 		snprintf(
 		    sql, sizeof(sql),
 		    "BEGIN IMMEDIATE;"
 		    "INSERT INTO sqlite_sequence(name, seq) SELECT 'messages', 0"
 		    " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messages');"
-		    "UPDATE sqlite_sequence SET seq = min(seq + %lld, %lld) WHERE name = "
-		    "'messages';"
+		    "UPDATE sqlite_sequence SET seq = max(seq, min(seq + %lld, %lld))"
+		    " WHERE name = 'messages';"
+		    "INSERT OR REPLACE INTO meta(key, value) VALUES ('ids_skipped_at', %lld);"
 		    "COMMIT;",
-		    (long long)skip, (long long)STORE_ID_MAX);
+		    (long long)skip, (long long)STORE_ID_MAX, (long long)now);
 		rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
 	}
 	if (rc == SQLITE_OK)

@@ -374,6 +374,36 @@ static void test_no_id_twice_after_a_restore(void **state)
 	assert_true(r.gateway_id < (UINT64_C(1) << 53));
 }
 
+/*
+ * Opening again and again without writing an entry (a start that fails
+ * after the store opens, in a restart loop) does not skip ids again for
+ * time already skipped: the ids a store moves on by stay within 1,000 a
+ * millisecond of the time since, or a restored copy's one skip could fall
+ * short of them.
+ */
+static void test_id_skips_do_not_add_up(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_receipt r;
+	int64_t before = time_now_ms();
+	struct store_message m = fx_msg("police-a", "first", "nhs-b", "one");
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	fx_close(f);
+	for (int i = 0; i < 6; i++) {
+		struct timespec pause = {.tv_nsec = 50 * 1000 * 1000};
+		nanosleep(&pause, NULL);
+		fx_open(f);
+		fx_close(f);
+	}
+	s = fx_open(f);
+	struct store_message n = fx_msg("police-a", "second", "nhs-b", "two");
+	assert_int_equal(send_sync(s, &n, &r), 0);
+	int64_t elapsed = time_now_ms() - before;
+	assert_true(r.gateway_id > 2);
+	assert_true(r.gateway_id <= (uint64_t)(2 + 1000 * elapsed));
+}
+
 /* A refusal_entry for tests: the refusal's code in the entry, or NULL (out of memory). */
 static int refusal_calls;
 static char *test_refusal_entry(void *ctx, int err, size_t *len)
@@ -1478,6 +1508,7 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_no_id_twice_after_a_restore, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_id_skips_do_not_add_up, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_found_refusal_rolled_back_with_its_batch, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_ack_rules, fx_setup, fx_teardown),
