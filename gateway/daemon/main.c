@@ -22,8 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/prctl.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -173,11 +173,15 @@ static bool is_agreement_file(const char *name)
 static void try_read_policy(struct user_reads *u, const char *dir)
 {
 	char path[PATH_MAX], adir[PATH_MAX];
-	if (access(dir, X_OK) != 0) {
+	/* "dir/." with O_PATH: whether the user may search it (access() would ask as root) */
+	snprintf(path, sizeof(path), "%s/.", dir);
+	int fd = open(path, O_PATH | O_CLOEXEC);
+	if (fd < 0) {
 		if (errno != ENOENT)
 			cannot_read(u, "policy directory", dir);
 		return;
 	}
+	close(fd);
 	snprintf(path, sizeof(path), "%s/%s", dir, POLICY_PARTNERS_FILE);
 	try_read(u, "policy file", path);
 	snprintf(adir, sizeof(adir), "%s/%s", dir, POLICY_AGREEMENTS_DIR);
@@ -198,41 +202,51 @@ static void try_read_policy(struct user_reads *u, const char *dir)
 }
 
 /*
- * In a child that becomes the user as drop_privileges does, so modes, ACLs
- * and security modules answer as they will at reload. Only when isgd is to
+ * As the user, for the file system only (setfsuid, setfsgid, and the one
+ * group drop_privileges leaves it), so modes, ACLs and security modules
+ * answer as they will at reload; then root's own ids again, as isgd still
+ * has work to do as root. In this process, not a child: a forked child's
+ * exit would be a second process for valgrind and its leak check. isgd is
+ * single-threaded here, and setfsuid is per thread. Only when isgd is to
  * become a user: otherwise start and reload read as the same one.
  */
 static int check_user_reads(const struct isgd_config *cfg, const struct identity *id)
 {
 	if (!id->drop)
 		return 0;
-	fflush(NULL);
-	pid_t pid = fork();
-	if (pid < 0) {
-		fprintf(stderr, "isgd: cannot fork to check files as user '%s': %s\n", cfg->user,
+	int n = getgroups(0, NULL);
+	gid_t *groups = n > 0 ? calloc((size_t)n, sizeof(*groups)) : NULL;
+	if (n < 0 || (n > 0 && (!groups || getgroups(n, groups) != n)) ||
+	    setgroups(1, &id->gid) != 0) {
+		fprintf(stderr, "isgd: cannot check files as user '%s': %s\n", cfg->user,
 		        strerror(errno));
+		free(groups);
 		return ISG_ERR_IO;
 	}
-	if (pid == 0) {
-		struct user_reads u = {.user = cfg->user};
-		if (become_user(id) != 0) {
-			fprintf(stderr, "isgd: cannot become user '%s': %s\n", cfg->user,
-			        strerror(errno));
-			_exit(1);
-		}
+	setfsgid(id->gid);
+	setfsuid(id->uid);
+	struct user_reads u = {.user = cfg->user};
+	/* setfsuid says nothing of failure: ask what is in force */
+	if ((uid_t)setfsuid((uid_t)-1) != id->uid || (gid_t)setfsgid((gid_t)-1) != id->gid) {
+		fprintf(stderr, "isgd: cannot check files as user '%s'\n", cfg->user);
+		u.failed = 1;
+	} else {
 		try_read_policy(&u, cfg->policy_dir);
 		try_read(&u, "TLS certificate", cfg->tls_certificate);
 		try_read(&u, "TLS key", cfg->tls_key);
 		try_read(&u, "partner CA bundle", cfg->tls_client_ca);
 		try_read(&u, "CRL", cfg->tls_crl);
-		_exit(u.failed);
 	}
-	int status;
-	while (waitpid(pid, &status, 0) < 0) {
-		if (errno != EINTR)
-			return ISG_ERR_IO;
+	setfsuid(geteuid());
+	setfsgid(getegid());
+	int back = setgroups((size_t)n, groups);
+	free(groups);
+	if (back != 0 || (uid_t)setfsuid((uid_t)-1) != geteuid()) {
+		fprintf(stderr, "isgd: cannot take back its own ids after checking files as '%s'\n",
+		        cfg->user);
+		return ISG_ERR_DENIED;
 	}
-	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : ISG_ERR_DENIED;
+	return u.failed ? ISG_ERR_DENIED : 0;
 }
 
 /*
