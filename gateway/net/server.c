@@ -259,7 +259,11 @@ static int verify_cb(int ok, X509_STORE_CTX *store)
 		int e = X509_STORE_CTX_get_error(store);
 		str_copy(c->verify_error, X509_verify_cert_error_string(e),
 		         sizeof(c->verify_error));
-		X509 *cert = X509_STORE_CTX_get_current_cert(store);
+		/* The partner's own certificate, not the one the error is about
+		 * (for a chain from an unknown CA, the CA's). */
+		X509 *cert = X509_STORE_CTX_get0_cert(store);
+		if (!cert)
+			cert = X509_STORE_CTX_get_current_cert(store);
 		if (cert) {
 			struct cert_identity id;
 			net_cert_identity(cert, &id);

@@ -734,6 +734,31 @@ class TestRefusalFlood(HardeningCase):
                 self.fail("%d %s lines expected\n%s" % (count, event, gw.diagnostics()))
             time.sleep(0.05)
 
+    def test_a_chain_from_an_unknown_ca_is_named_by_its_partner_certificate(self):
+        """A partner that sends its certificate with its (untrusted) CA's fails on
+        the CA's: the refusal names the partner's certificate, not the CA."""
+        name = "rogue-chain"
+        if name not in self.pki.certs:
+            self.pki.untrusted_client(name, name + ".partners.isg.example")
+        leaf = self.pki.certs[name]
+        chain = os.path.join(self.tmp, name + "-with-ca.crt")
+        with open(chain, "w") as out:
+            for part in (leaf.cert, os.path.join(self.pki.dir, "rogue-ca.crt")):
+                with open(part) as f:
+                    out.write(f.read())
+        self.gw = gw = self.gateway()
+        self.pki.certs[name + "-with-ca"] = isgtest.Cert(name, chain, leaf.key, leaf.cn)
+        try:
+            self.connect(name + "-with-ca").request(ping=self.pb.Ping(nonce=1))
+        except (OSError, ssl.SSLError, AssertionError):
+            pass
+        self.wait_log(gw, "conn.refused", 1)
+        line = [l for l in gw.log.splitlines() if "event=conn.refused" in l][0]
+        self.assertIn("CN=%s.partners.isg.example" % name, line)
+        self.assertNotIn("Rogue Partner CA", line)
+        entry = self.wait_refused(gw, 1, "the refusal, at once")[0]
+        self.assertIn("CN=%s.partners.isg.example" % name, entry["subject"])
+
     def test_bare_connections_coalesced(self):
         self.gw = gw = self.gateway()
         for _ in range(self.FLOOD):
