@@ -937,9 +937,11 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 		}
 		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=partner.unknown%s",
 		          net_conn_peer(c), log_quote(q, sizeof(q), id->subject), ids);
-		audit_refused(g, net_conn_peer(c), id->subject, true,
-		              *both ? "certificate matches more than one partner"
-		                    : "certificate matches no partner");
+		char reason[200] = "certificate matches no partner";
+		if (*both)
+			snprintf(reason, sizeof(reason),
+			         "certificate matches more than one partner (%s)", both);
+		audit_refused(g, net_conn_peer(c), id->subject, true, reason);
 		char msg[700];
 		if (*both)
 			snprintf(msg, sizeof(msg),

@@ -998,7 +998,8 @@ class TestPartnerRemoved(HardeningCase):
         while not (refused := self.audit_jsonl("--kind", "connection.refused")):
             self.assertLess(time.monotonic(), deadline, "no connection.refused entry")
             time.sleep(0.05)
-        self.assertEqual(refused[-1]["entry"]["reason"], "certificate matches more than one partner")
+        self.assertEqual(refused[-1]["entry"]["reason"],
+                         "certificate matches more than one partner ('met-police' and 'ca-wide')")
 
     def test_unrecognised_certificate_connection_closed_on_sighup(self):
         """A partner kept in the registry but no longer matching the certificate
