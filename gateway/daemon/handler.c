@@ -183,33 +183,29 @@ static char *found_refusal_entry(void *ctx, int err, size_t *len)
 static void send_reply(struct net_conn *c, void *arg)
 {
 	struct send_job *j = arg;
-	if (!j->refused) {
-		if (j->quota && (j->err != 0 || j->receipt.duplicate))
-			quota_release(j->quota, &j->claim);
-		if (j->over_limit && j->err == ISG_ERR_LIMIT) {
-			/* Already on record, in the store job's own transaction. */
-			log_event(LOG_INFO, "message.refused", "rule=%s audit_index=%llu",
-			          j->why.rule, (unsigned long long)j->receipt.audit_index);
-			j->refused = true;
-			j->err = 0;
-			j->audit_index = j->receipt.audit_index;
-		} else if (j->over_limit && j->err != 0 && j->err != ISG_ERR_CONFLICT) {
-			/* The store failed the job: nothing stored and no refusal on
-			 * record. The partner (if still there) is told to retry; the
-			 * log says so. */
-			log_refusal_unrecorded(j, j->err);
-		}
-		if (j->err == ISG_ERR_CONFLICT || j->err == ISG_ERR_NOT_FOUND) {
-			/* On record in the send's own transaction. */
-			found_refusal(j->err, &j->why);
-			log_event(LOG_INFO, "message.refused",
-			          "partner=%s rule=%s record=-1 field=\"\" audit_index=%llu",
-			          j->sender, j->why.rule,
-			          (unsigned long long)j->receipt.audit_index);
-			j->refused = true;
-			j->audit_index = j->receipt.audit_index;
-			j->err = 0;
-		}
+	if (j->quota && (j->err != 0 || j->receipt.duplicate))
+		quota_release(j->quota, &j->claim);
+	if (j->over_limit && j->err == ISG_ERR_LIMIT) {
+		/* Already on record, in the store job's own transaction. */
+		log_event(LOG_INFO, "message.refused", "rule=%s audit_index=%llu", j->why.rule,
+		          (unsigned long long)j->receipt.audit_index);
+		j->refused = true;
+		j->err = 0;
+		j->audit_index = j->receipt.audit_index;
+	} else if (j->over_limit && j->err != 0 && j->err != ISG_ERR_CONFLICT) {
+		/* The store failed the job: nothing stored and no refusal on record.
+		 * The partner (if still there) is told to retry; the log says so. */
+		log_refusal_unrecorded(j, j->err);
+	}
+	if (j->err == ISG_ERR_CONFLICT || j->err == ISG_ERR_NOT_FOUND) {
+		/* On record in the send's own transaction. */
+		found_refusal(j->err, &j->why);
+		log_event(LOG_INFO, "message.refused",
+		          "partner=%s rule=%s record=-1 field=\"\" audit_index=%llu", j->sender,
+		          j->why.rule, (unsigned long long)j->receipt.audit_index);
+		j->refused = true;
+		j->audit_index = j->receipt.audit_index;
+		j->err = 0;
 	}
 	if (!c)
 		goto out;
