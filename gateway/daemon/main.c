@@ -86,14 +86,6 @@ static int resolve_user(const struct isgd_config *cfg, struct identity *id)
 	return 0;
 }
 
-/* The user's uid and its one group: no supplementary groups, not root's. */
-static int become_user(const struct identity *id)
-{
-	return setgroups(1, &id->gid) != 0 || setgid(id->gid) != 0 || setuid(id->uid) != 0
-	           ? ISG_ERR_DENIED
-	           : 0;
-}
-
 /*
  * For good: no way back to root, and no gaining privileges by exec, whether
  * isgd became its user here or was started as it (or as root without one).
@@ -106,7 +98,8 @@ static int drop_privileges(const struct isgd_config *cfg, const struct identity 
 		fprintf(stderr, "isgd: cannot give up gaining privileges: %s\n", strerror(errno));
 		return ISG_ERR_DENIED;
 	}
-	if (become_user(id) != 0 || setuid(0) == 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+	if (setgroups(1, &id->gid) != 0 || setgid(id->gid) != 0 || setuid(id->uid) != 0 ||
+	    setuid(0) == 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
 		fprintf(stderr, "isgd: cannot become user '%s': %s\n", cfg->user, strerror(errno));
 		return ISG_ERR_DENIED;
 	}
