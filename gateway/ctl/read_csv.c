@@ -212,6 +212,22 @@ static const char *cell_text(const struct csv_reader *r, const struct cell *c)
 }
 
 /*
+ * How an error names a column: by its name when that has a field name's
+ * shape, else by its place, since a CSV without its header row makes the
+ * first record's values (a person's data) the column names.
+ */
+#define COLUMN_LABEL (sizeof("column ''") + STR_FIELD_NAME_MAX)
+static const char *column_label(char buf[static COLUMN_LABEL], const char *name, size_t len,
+                                size_t index)
+{
+	if (str_field_name(name, len))
+		snprintf(buf, COLUMN_LABEL, "column '%.*s'", (int)len, name);
+	else
+		snprintf(buf, COLUMN_LABEL, "column %zu", index + 1);
+	return buf;
+}
+
+/*
  * "age:integer" is column "age" of integer values; a name without ':' is
  * text. A field name never holds ':' (policy field names are letters,
  * digits, '_' and '-'), so what follows the last ':' is always meant as a
@@ -246,9 +262,13 @@ static int split_type(struct csv_reader *r, const struct cell *c, size_t *name_l
 			return 0;
 		}
 	}
+	char label[COLUMN_LABEL];
+	column_label(label, s, *name_len, (size_t)(c - r->cells));
+	if (*type && !str_field_name(type, strlen(type)))
+		return fail(r, ISG_ERR_PARSE, c->line, c->col,
+		            "%s: unknown type (give text, integer, real or boolean)", label);
 	return fail(r, ISG_ERR_PARSE, c->line, c->col,
-	            "column '%.*s': unknown type '%s' (give text, integer, real or boolean)",
-	            (int)*name_len, s, type);
+	            "%s: unknown type '%s' (give text, integer, real or boolean)", label, type);
 }
 
 static int header(struct csv_reader *r, struct ctl_batch *out)
@@ -266,6 +286,7 @@ static int header(struct csv_reader *r, struct ctl_batch *out)
 				            "column name has a control character");
 		size_t len;
 		enum isg_value_kind kind;
+		char label[COLUMN_LABEL];
 		int rc = split_type(r, c, &len, &kind);
 		if (rc < 0)
 			return rc;
@@ -277,7 +298,8 @@ static int header(struct csv_reader *r, struct ctl_batch *out)
 		for (size_t k = 0; k < i; k++)
 			if (strcmp(r->columns[k].name, name) == 0)
 				return fail(r, ISG_ERR_PARSE, c->line, c->col,
-				            "duplicate column '%s'", name);
+				            "%s has the same name as column %zu",
+				            column_label(label, name, len, i), k + 1);
 		r->columns[i] = (struct column){.name = name, .kind = kind};
 	}
 	r->n_columns = r->n_cells;

@@ -396,7 +396,7 @@ static int collect_fields(struct builder *b, const Isg__Record *rec, int64_t ri,
 			 * CSV without its header row would name a person's data),
 			 * never kept (field_undeclared), never in the message. */
 			refuse(why, CODE(UNKNOWN_FIELD), "dataset.unknown_field", ri,
-			       policy_field_name_valid(name) ? name : "",
+			       str_field_name(name, strlen(name)) ? name : "",
 			       "record %lld: its field at position %zu is not in dataset '%s' of "
 			       "agreement '%s'",
 			       (long long)ri, i, b->ds->name, b->a->id);

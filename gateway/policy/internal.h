@@ -24,13 +24,9 @@
 #define POLICY_MAX_RECORDS_PER_DAY 100000000
 #define POLICY_MAX_MESSAGES_PER_DAY 10000000
 #define POLICY_ID_MAX 63
-#define POLICY_FIELD_NAME_MAX 64
 #define POLICY_AGE_BAND_MAX 50
 #define POLICY_AGE_BAND_DEFAULT 5
 #define POLICY_NUMBER_BAND_MAX 1000000000
-
-/* A name a dataset could declare: [A-Za-z_][A-Za-z0-9_-]{0,63}. */
-bool policy_field_name_valid(const char *s);
 
 /* Names of field types, actions and generalisations; `supported` false: reserved. */
 struct policy_name {

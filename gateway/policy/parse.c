@@ -611,18 +611,6 @@ void policy_parse_partners(struct policy_parser *p, const struct ydoc *doc)
 /* ---- agreements/<name>.yaml ---- */
 
 /* Field names as partners send them: [A-Za-z_][A-Za-z0-9_-]{0,63}. */
-bool policy_field_name_valid(const char *s)
-{
-	size_t len = strlen(s);
-	if (len == 0 || len > POLICY_FIELD_NAME_MAX ||
-	    !(isalpha((unsigned char)s[0]) || s[0] == '_'))
-		return false;
-	for (size_t i = 0; i < len; i++)
-		if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-')
-			return false;
-	return true;
-}
-
 static bool pseudonymisable(enum field_type t)
 {
 	return t == FIELD_DATE || t >= FIELD_NHS_NUMBER;
@@ -771,7 +759,7 @@ static bool parse_field(struct pctx *c, const struct ydoc_node *n, struct policy
 	const struct ydoc_node *name = lookup(c, n, "name", "field", true, &got);
 	if (name && want_kind(c, name, YDOC_SCALAR, "field name")) {
 		fname = name->scalar;
-		if (!policy_field_name_valid(name->scalar))
+		if (!str_field_name(name->scalar, strlen(name->scalar)))
 			PERR(c, name,
 			     "invalid field name '%s' (use letters, digits, '_' and '-', starting "
 			     "with a letter or '_', at most 64 characters)",

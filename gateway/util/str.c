@@ -1,5 +1,6 @@
 #include "util/util.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,16 @@ int str_to_size(const char *s, uint64_t *out)
 	if (err == 0)
 		*out = (uint64_t)v;
 	return err;
+}
+
+bool str_field_name(const char *s, size_t len)
+{
+	if (len == 0 || len > STR_FIELD_NAME_MAX || !(isalpha((unsigned char)s[0]) || s[0] == '_'))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-')
+			return false;
+	return true;
 }
 
 /* True when no byte of s[0..len) has its high bit set: a word at a time, and

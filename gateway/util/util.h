@@ -95,6 +95,14 @@ bool str_utf8_control(const char *s, size_t n);
 /* True when no byte of s[0..len) is above 0x7f. */
 bool str_ascii(const void *s, size_t len);
 /*
+ * True when s[0..len) has a field name's shape, as a policy's datasets
+ * declare them: [A-Za-z_][A-Za-z0-9_-], at most STR_FIELD_NAME_MAX bytes.
+ * What lacks it may be a person's data (a CSV without its header row), so
+ * errors name such a field by its position instead.
+ */
+#define STR_FIELD_NAME_MAX 64
+bool str_field_name(const char *s, size_t len);
+/*
  * Decode standard base64 with padding, all of s[0..len), into at most max
  * bytes. The alphabet is checked first: libsodium 1.0.18's decoder takes any
  * byte >= 0x80 as a digit. Returns 0 or ISG_ERR_PARSE.

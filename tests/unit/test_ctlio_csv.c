@@ -195,9 +195,24 @@ static void test_unknown_types_refused(void **state)
 	    "in.csv:1:4: column 'age': unknown type '' (give text, integer, real or boolean)");
 	assert_refused(
 	    "id,a:b:integer:real:x\n",
-	    "in.csv:1:4: column 'a:b:integer:real': unknown type 'x' (give text, integer, "
-	    "real or boolean)");
+	    "in.csv:1:4: column 2: unknown type 'x' (give text, integer, real or boolean)");
 	assert_refused("id,:integer\n", "in.csv:1:4: empty column name");
+}
+
+/*
+ * A CSV without its header row makes the first record's values the column
+ * names: an error names such a column by its place, never by its text.
+ */
+static void test_header_errors_quote_no_data(void **state)
+{
+	assert_refused("9434765919,12:30\n",
+	               "in.csv:1:12: column 2: unknown type (give text, integer, real or boolean)");
+	assert_refused("9434765919,1984-03-07,10:15:00\n",
+	               "in.csv:1:23: column 3: unknown type (give text, integer, real or boolean)");
+	assert_refused("9434765919,SW1A 1AA,9434765919\n",
+	               "in.csv:1:21: column 3 has the same name as column 1");
+	assert_refused("Smith,Jones,Smith\n",
+	               "in.csv:1:13: column 'Smith' has the same name as column 1");
 }
 
 static void test_ragged_rows_refused_with_line(void **state)
@@ -209,8 +224,10 @@ static void test_ragged_rows_refused_with_line(void **state)
 
 static void test_header_problems(void **state)
 {
-	assert_refused("id,name,id\n1,2,3\n", "in.csv:1:9: duplicate column 'id'");
-	assert_refused("id,age:integer,age\n", "in.csv:1:16: duplicate column 'age'");
+	assert_refused("id,name,id\n1,2,3\n",
+	               "in.csv:1:9: column 'id' has the same name as column 1");
+	assert_refused("id,age:integer,age\n",
+	               "in.csv:1:16: column 'age' has the same name as column 2");
 	assert_refused("id,,x\n", "in.csv:1:4: empty column name");
 	assert_refused("\"a\nb\"\n", "in.csv:1:1: column name has a control character");
 	assert_refused("", "in.csv:1: no header row");
@@ -326,6 +343,7 @@ int main(void)
 	    cmocka_unit_test(test_typed_columns),
 	    cmocka_unit_test(test_bad_typed_values_name_column_not_value),
 	    cmocka_unit_test(test_unknown_types_refused),
+	    cmocka_unit_test(test_header_errors_quote_no_data),
 	    cmocka_unit_test(test_ragged_rows_refused_with_line),
 	    cmocka_unit_test(test_header_problems),
 	    cmocka_unit_test(test_quoting_errors),
