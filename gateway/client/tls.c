@@ -139,6 +139,10 @@ static bool is_ip_literal(const char *s)
 
 int client_tls_new(struct isg_client *c, const char *server_name, struct isg_error *err)
 {
+	if (!str_host_name(server_name))
+		return client_fail(c, err, ISG_CLIENT_E_USAGE,
+		                   "invalid server name '%s' (a DNS name or an IP address)",
+		                   server_name);
 	str_copy(c->server_name, server_name, sizeof(c->server_name));
 	c->ssl = SSL_new(c->ctx);
 	if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
@@ -152,7 +156,7 @@ int client_tls_new(struct isg_client *c, const char *server_name, struct isg_err
 		     SSL_set1_host(c->ssl, server_name) == 1;
 	}
 	if (!ok)
-		return client_fail(c, err, ISG_CLIENT_E_USAGE, "invalid server name '%s'",
+		return client_fail(c, err, ISG_CLIENT_E_NOMEM, "cannot set server name '%s'",
 		                   server_name);
 	return 0;
 }

@@ -99,6 +99,13 @@ static int fill(struct ydoc_diags *d, const char *file, const struct ydoc_node *
 		if (rc == 0)
 			rc = ISG_ERR_PARSE;
 	}
+	if (out->server_name && !str_host_name(out->server_name)) {
+		ydoc_error(d, file, ydoc_get(root, "server_name"),
+		           "'server_name' must be a DNS name or an IP address, not '%s'",
+		           out->server_name);
+		if (rc == 0)
+			rc = ISG_ERR_PARSE;
+	}
 	const struct ydoc_node *t = ydoc_get(root, "timeout");
 	if (t && (t->kind != YDOC_SCALAR || ctl_parse_timeout(t->scalar, &out->timeout_ms) < 0)) {
 		ydoc_error(d, file, t,

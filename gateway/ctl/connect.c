@@ -45,6 +45,11 @@ int ctl_conn_option(struct ctl_conn *c, int opt, const char *arg, const char *us
 		c->ca = arg;
 		return 1;
 	case CTL_OPT_SERVER_NAME:
+		if (!str_host_name(arg)) {
+			ctl_usage_error(
+			    usage, "--server-name '%s': give a DNS name or an IP address", arg);
+			return -1;
+		}
 		c->server_name = arg;
 		return 1;
 	case CTL_OPT_CONFIG:

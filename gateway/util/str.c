@@ -1,5 +1,6 @@
 #include "util/util.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -117,6 +118,34 @@ int str_to_size(const char *s, uint64_t *out)
 	if (err == 0)
 		*out = (uint64_t)v;
 	return err;
+}
+
+static bool host_label(const char *s, size_t len)
+{
+	if (len == 0 || len > 63 || s[0] == '-' || s[len - 1] == '-')
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_')
+			return false;
+	return true;
+}
+
+bool str_host_name(const char *s)
+{
+	unsigned char addr[16];
+	if (inet_pton(AF_INET, s, addr) == 1 || inet_pton(AF_INET6, s, addr) == 1)
+		return true;
+	size_t len = strlen(s);
+	if (len > 0 && s[len - 1] == '.')
+		len--;
+	if (len == 0 || len > 253)
+		return false;
+	size_t at = 0;
+	for (const char *dot; (dot = memchr(s + at, '.', len - at)); at = (size_t)(dot - s) + 1)
+		if (!host_label(s + at, (size_t)(dot - s) - at))
+			return false;
+	/* the last label is not all digits: "10.0.0.300" is a mistyped address */
+	return host_label(s + at, len - at) && strspn(s + at, "0123456789") < len - at;
 }
 
 bool str_field_name(const char *s, size_t len)

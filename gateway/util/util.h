@@ -79,6 +79,13 @@ int str_to_i64(const char *s, int64_t min, int64_t max, int64_t *out);
  */
 int str_host_port(const char *s, const char **host, size_t *host_len, uint16_t *port,
                   const char **why);
+/*
+ * True when s is a name a certificate can be checked against: an IPv4 or
+ * IPv6 address, or a DNS name of dot-separated labels of 1 to 63 letters,
+ * digits, '-' and '_' (no '-' at a label's ends, the last not all digits),
+ * at most 253 bytes, one final '.' allowed. An internationalised name is given in its xn-- form.
+ */
+bool str_host_name(const char *s);
 /* Parse a duration such as "30d", "12h", "15m", "10s", "250ms" into ms. */
 int str_to_duration_ms(const char *s, int64_t *out);
 /* Parse a size such as "4MiB", "512KiB", "1000" into bytes. */

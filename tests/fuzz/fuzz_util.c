@@ -11,8 +11,10 @@
  *   6  strbuf_json_string: one valid JSON string that unescapes to the input
  *   7  log_quote: NUL-terminated within size, one logfmt value, no control bytes
  *   8  (that byte only) str_host_port: the host and port put back together
- *      are the input
+ *      are the input; str_host_name: what it takes is an address or a DNS name's
+ *      characters
  */
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdint.h>
@@ -285,8 +287,21 @@ static void fuzz_log_quote(const uint8_t *in, size_t len)
 	free(s);
 }
 
+/* A name str_host_name takes is an address or the characters of a DNS name. */
+static void fuzz_host_name(const char *s)
+{
+	if (!str_host_name(s))
+		return;
+	unsigned char addr[16];
+	if (inet_pton(AF_INET, s, addr) != 1 && inet_pton(AF_INET6, s, addr) != 1 &&
+	    (strlen(s) > 254 || s[strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	                                    "0123456789-_.")] != '\0'))
+		abort();
+}
+
 static void fuzz_host_port(const char *s)
 {
+	fuzz_host_name(s);
 	const char *host, *why;
 	size_t len;
 	uint16_t port;

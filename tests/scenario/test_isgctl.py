@@ -78,6 +78,9 @@ class IsgctlCase(isgtest.ScenarioCase):
         noport = self.write("noport.yaml", "certificate: c.pem\ngateway: 127.0.0.1\n")
         r = isgtest.ctl("ping", "--config", noport)
         self.assertCtl(r, 1, gw, "noport.yaml:2:10: error: 'gateway' must be HOST:PORT")
+        badname = self.write("badname.yaml", "certificate: c.pem\nserver_name: isg .nhs.uk\n")
+        r = isgtest.ctl("ping", "--config", badname)
+        self.assertCtl(r, 1, gw, "badname.yaml:2:14: error: 'server_name' must be a DNS name")
 
     def test_csv_fetch_output(self):
         gw, police, nhs = self.start()
@@ -259,6 +262,11 @@ class IsgctlCase(isgtest.ScenarioCase):
                 self.assertCtl(r, 2, gw, "--gateway")
         r = isgtest.ctl("--gateway", "127.0.0.1", "whoami", *base)
         self.assertCtl(r, 2, gw, "--gateway '127.0.0.1': give HOST:PORT, or [IPv6]:PORT")
+        # a server name no certificate could carry is a bad command line too
+        for name in ("", "isg .example", "*.example", "10.0.0.300"):
+            r = isgtest.ctl("ping", "--gateway", gw.address, "--server-name", name, *base)
+            self.assertCtl(r, 2, gw, "--server-name '%s': give a DNS name or an IP address"
+                           % name)
         r = police.run("ping")
         self.assertCtl(r, 0, gw)
         self.assertIn("pong from %s in" % gw.address, r.out)

@@ -98,6 +98,55 @@ static void test_host_port(void **state)
 	}
 }
 
+/* Names a certificate can be checked against; the rest refused before connecting. */
+static void test_host_names(void **state)
+{
+	(void)state;
+	const char *good[] = {"isg.example.nhs.uk",
+	                      "isg.example.nhs.uk.",
+	                      "localhost",
+	                      "gw_1.local",
+	                      "xn--bcher-kva.example",
+	                      "10.0.0.1",
+	                      "::1",
+	                      "2001:db8::1",
+	                      "a1.b2",
+	                      "3com.example"};
+	const char *bad[] = {"",
+	                     ".",
+	                     "a..b",
+	                     ".a",
+	                     "-gw.example",
+	                     "gw-.example",
+	                     "a b",
+	                     "*.example",
+	                     "bücher.example",
+	                     "10.0.0.300",
+	                     "1.2.3",
+	                     "a.b..",
+	                     "[::1]",
+	                     "gw.example:443"};
+	for (size_t i = 0; i < ARRAY_LEN(good); i++)
+		assert_true(str_host_name(good[i]));
+	for (size_t i = 0; i < ARRAY_LEN(bad); i++)
+		assert_false(str_host_name(bad[i]));
+	char name[300];
+	memset(name, 'a', sizeof(name));
+	name[63] = '\0';
+	assert_true(str_host_name(name)); /* a label of 63 */
+	name[63] = 'a';
+	name[64] = '\0';
+	assert_false(str_host_name(name)); /* of 64 */
+	memset(name, 'a', sizeof(name));
+	for (size_t i = 1; i < 254; i += 2)
+		name[i] = '.';
+	name[253] = '\0';
+	assert_true(str_host_name(name)); /* 253 bytes */
+	name[253] = 'a';
+	name[254] = '\0';
+	assert_false(str_host_name(name)); /* 254 */
+}
+
 static void test_dates(void **state)
 {
 	int64_t d;
@@ -382,13 +431,13 @@ static void test_sha256(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_durations),   cmocka_unit_test(test_sizes),
-	    cmocka_unit_test(test_numbers),     cmocka_unit_test(test_dates),
-	    cmocka_unit_test(test_host_port),   cmocka_unit_test(test_utf8),
-	    cmocka_unit_test(test_time_format), cmocka_unit_test(test_strbuf_u64),
-	    cmocka_unit_test(test_json_string), cmocka_unit_test(test_log_quote),
-	    cmocka_unit_test(test_base64),      cmocka_unit_test(test_sha256),
-	    cmocka_unit_test(test_tcp_options),
+	    cmocka_unit_test(test_durations),  cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_numbers),    cmocka_unit_test(test_dates),
+	    cmocka_unit_test(test_host_port),  cmocka_unit_test(test_host_names),
+	    cmocka_unit_test(test_utf8),       cmocka_unit_test(test_time_format),
+	    cmocka_unit_test(test_strbuf_u64), cmocka_unit_test(test_json_string),
+	    cmocka_unit_test(test_log_quote),  cmocka_unit_test(test_base64),
+	    cmocka_unit_test(test_sha256),     cmocka_unit_test(test_tcp_options),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
