@@ -54,7 +54,9 @@ void ctl_limits_default(struct ctl_limits *l);
  * are skipped; a UTF-8 byte order mark is ignored. An empty cell means the
  * field is absent; a quoted empty cell ("") is empty text. Values are text
  * unless the header gives a type: "age:integer", "score:real",
- * "consent:boolean" (true/false), "name:text".
+ * "consent:boolean" (true/false), "name:text"; any other text after a
+ * header's last ':' is refused as an unknown type. An error names a column
+ * by its place when its name lacks a field name's shape (str_field_name).
  *
  * Returns 0, or ISG_ERR_PARSE / ISG_ERR_LIMIT with "name:line:col: message"
  * in err, or ISG_ERR_NOMEM. The batch is appended to.
