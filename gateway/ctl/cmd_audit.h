@@ -188,6 +188,54 @@ void audit_ctl_printable(char *out, size_t size, const char *s, size_t max);
 /* Read a small text file (a saved checkpoint, a key) of at most max bytes. Exit status. */
 int audit_ctl_read_file(const char *path, size_t max, char **buf, size_t *len);
 
+/* ---- cmd_audit_read.c: every entry, judged by its signed bytes (list, subject, report) ---- */
+
+/*
+ * YYYY-MM-DD (the whole day: its start, or with end set its last
+ * millisecond) or YYYY-MM-DDTHH:MM:SS[.mmm]Z, into Unix ms; with end set, a
+ * time without milliseconds is the last millisecond of its second. A
+ * signed entry's at reads the same way. 0 or ISG_ERR_PARSE.
+ */
+int audit_time_parse(const char *s, bool end, int64_t *ms);
+
+/* Entries named by index in a warning; the rest are counted. */
+#define AUDIT_READ_SHOWN 10
+
+/*
+ * A read of the whole log for list, subject and report. Every row is read,
+ * whatever its unsigned at, kind and seq columns say, and judged by its
+ * leaf: the signed time places it in the period [from_ms, to_ms], and the
+ * signed entry is what is printed or counted. A leaf that cannot be read
+ * (or whose time is no time) cannot be placed: it is `unread`, and may
+ * belong to any period. The first is warned about on standard error, by
+ * index.
+ */
+struct audit_reader {
+	int64_t from_ms, to_ms;
+	struct aj_doc doc;
+	uint64_t unread;
+	int64_t unread_seq[AUDIT_READ_SHOWN];
+};
+
+/*
+ * One entry of the period: its parsed leaf (in d), its signed time and its
+ * exact bytes. Returns an exit status; anything but CTL_EXIT_OK stops the
+ * read (the callback has said why).
+ */
+typedef int (*audit_entry_fn)(void *ctx, const struct aj_doc *d, const struct audit_leaf *lf,
+                              int64_t at_ms, const char *leaf, size_t len);
+
+/* The period, both ends included: INT64_MIN and INT64_MAX for the whole log. */
+void audit_reader_init(struct audit_reader *r, int64_t from_ms, int64_t to_ms);
+void audit_reader_release(struct audit_reader *r);
+/* Read every entry of the open log, in the table's order. Exit status. */
+int audit_read_entries(struct audit_log *l, struct audit_reader *r, audit_entry_fn fn, void *ctx);
+/*
+ * Say that an answer left out entries it could not read (r->unread > 0):
+ * "ANSWER is INCOMPLETE: N entries (SEQ, ...) could not be read and WHY".
+ */
+void audit_reader_incomplete(const struct audit_reader *r, const char *answer, const char *why);
+
 /* ---- cmd_audit_output.c: where export and report write ---- */
 
 /*

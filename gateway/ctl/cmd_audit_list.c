@@ -2,9 +2,10 @@
  * isgctl audit list and subject: the IG officer's questions without SQL.
  *
  * list shows entries, filtered by time, partner, agreement, kind and
- * outcome, as a table, CSV or JSON Lines (the exact entries). Times are
- * filtered on the at column and everything else on the entry itself; verify
- * checks that the two agree.
+ * outcome, as a table, CSV or JSON Lines (the exact entries). Like subject
+ * and report, it reads every entry through cmd_audit_read.c and judges it by
+ * its signed bytes alone: its time, kind and every member shown or matched
+ * come from the signed entry, never from the table's columns.
  *
  * subject finds every exchange that involved one person. The log never
  * holds an identifier: message.accepted entries list their subjects as
@@ -34,7 +35,6 @@
 #define AUDIT_DOMAIN_NAME "audit"
 #define SHOWN_MAX 120 /* bytes of one value shown in a table cell */
 #define SUBJECT_LINE_MAX 1024
-#define BAD_SHOWN 10 /* unreadable entries named by index in subject's warning */
 
 static const char list_usage[] =
     "usage: isgctl audit list (--config ISGD_YAML | --store DB) [--from TIME] [--to TIME]\n"
@@ -68,59 +68,6 @@ enum {
 	OPT_IDENT, /* OPT_IDENT + pseudo_type: the identifier options of subject */
 };
 
-/* ---- times ---- */
-
-static bool two_digits(const char *s, int *out)
-{
-	if (s[0] < '0' || s[0] > '9' || s[1] < '0' || s[1] > '9')
-		return false;
-	*out = (s[0] - '0') * 10 + (s[1] - '0');
-	return true;
-}
-
-/*
- * YYYY-MM-DD (the whole day: its start, or with end set its last
- * millisecond) or YYYY-MM-DDTHH:MM:SS[.mmm]Z, into Unix ms; with end set,
- * a time without milliseconds is the last millisecond of its second.
- */
-static int parse_time(const char *s, bool end, int64_t *out)
-{
-	char date[11];
-	size_t len = strlen(s);
-	int64_t days;
-	if (len < 10)
-		return ISG_ERR_PARSE;
-	memcpy(date, s, 10);
-	date[10] = '\0';
-	if (date_parse_days(date, &days) != 0)
-		return ISG_ERR_PARSE;
-	if (len == 10) {
-		*out = (days + (end ? 1 : 0)) * 86400000 - (end ? 1 : 0);
-		return 0;
-	}
-	int h, m, sec, ms = 0;
-	const char *t = s + 10;
-	if (len != 20 && len != 24)
-		return ISG_ERR_PARSE;
-	if (t[0] != 'T' || !two_digits(t + 1, &h) || t[3] != ':' || !two_digits(t + 4, &m) ||
-	    t[6] != ':' || !two_digits(t + 7, &sec) || s[len - 1] != 'Z')
-		return ISG_ERR_PARSE;
-	if (len == 24) {
-		int hi, lo;
-		if (t[9] != '.' || !two_digits(t + 10, &hi) || t[12] < '0' || t[12] > '9')
-			return ISG_ERR_PARSE;
-		lo = t[12] - '0';
-		ms = hi * 10 + lo;
-	}
-	if (h > 23 || m > 59 || sec > 59)
-		return ISG_ERR_PARSE;
-	/* an end given to the second covers that whole second, as a date covers its day */
-	if (end && len == 20)
-		ms = 999;
-	*out = days * 86400000 + ((int64_t)h * 3600 + m * 60 + sec) * 1000 + ms;
-	return 0;
-}
-
 /* ---- options shared by list and subject ---- */
 
 /* The events isgd writes (docs/audit.md, "What is logged"); --kind takes one or its family. */
@@ -149,8 +96,8 @@ static int filter_option(struct list_filter *f, int opt, const char *arg, const 
 	switch (opt) {
 	case OPT_FROM:
 	case OPT_TO:
-		if (parse_time(arg, opt == OPT_TO, opt == OPT_FROM ? &f->from_ms : &f->to_ms) !=
-		    0) {
+		if (audit_time_parse(arg, opt == OPT_TO,
+		                     opt == OPT_FROM ? &f->from_ms : &f->to_ms) != 0) {
 			ctl_usage_error(usage,
 			                "%s must be a date YYYY-MM-DD or a time "
 			                "YYYY-MM-DDTHH:MM:SS[.mmm]Z (UTC), not '%s'",
@@ -262,9 +209,6 @@ struct lister {
 	enum list_format format;
 	bool header;
 	uint64_t shown;
-	struct aj_doc doc;
-	uint64_t bad; /* entries that are not valid audit entries, left out */
-	int64_t bad_seq[BAD_SHOWN];
 };
 
 /* A member as text: a string (made printable), a number's literal, or "". */
@@ -287,7 +231,7 @@ static const char *or_dash(const char *s)
 	return s[0] ? s : "-";
 }
 
-static void print_table_row(const struct aj_doc *d, int64_t seq, const struct audit_leaf *lf)
+static void print_table_row(const struct aj_doc *d, const struct audit_leaf *lf)
 {
 	char sender[SHOWN_MAX * 2], recipient[SHOWN_MAX * 2], partner[SHOWN_MAX * 2];
 	char agreement[SHOWN_MAX * 2], version[32], dataset[SHOWN_MAX * 2], records[32];
@@ -320,8 +264,8 @@ static void print_table_row(const struct aj_doc *d, int64_t seq, const struct au
 		snprintf(what, sizeof(what), "%s v%s", agreement, version);
 	else
 		snprintf(what, sizeof(what), "%s", or_dash(agreement));
-	printf("%6" PRId64 "  %-24s  %-20s  %-28s  %-34s  %-22s  %7s  %s\n", seq, lf->at, kind, who,
-	       what, or_dash(dataset), or_dash(records), why);
+	printf("%6" PRIu64 "  %-24s  %-20s  %-28s  %-34s  %-22s  %7s  %s\n", lf->index, lf->at,
+	       kind, who, what, or_dash(dataset), or_dash(records), why);
 }
 
 static const char *const csv_members[] = {
@@ -361,11 +305,11 @@ static void csv_cell(struct strbuf *b, const char *raw, bool text)
 	free(s);
 }
 
-static void print_csv_row(const struct aj_doc *d, int64_t seq, const struct audit_leaf *lf)
+static void print_csv_row(const struct aj_doc *d, const struct audit_leaf *lf)
 {
 	struct strbuf b;
 	strbuf_init(&b);
-	strbuf_printf(&b, "%" PRId64 ",%s", seq, lf->at);
+	strbuf_printf(&b, "%" PRIu64 ",%s", lf->index, lf->at);
 	csv_cell(&b, lf->event, true);
 	for (size_t i = 0; i < ARRAY_LEN(csv_members); i++) {
 		const struct aj_node *m = aj_member(d, lf->body, csv_members[i]);
@@ -388,7 +332,8 @@ static void print_csv_row(const struct aj_doc *d, int64_t seq, const struct audi
 	free(text);
 }
 
-static void lister_row(struct lister *ls, int64_t seq, const struct audit_leaf *lf,
+/* The entry's signed index, time and members: what was signed, not the table's columns. */
+static void lister_row(struct lister *ls, const struct aj_doc *d, const struct audit_leaf *lf,
                        const char *leaf, size_t len)
 {
 	if (!ls->header && ls->format == FORMAT_TABLE)
@@ -403,75 +348,40 @@ static void lister_row(struct lister *ls, int64_t seq, const struct audit_leaf *
 	ls->header = true;
 	ls->shown++;
 	if (ls->format == FORMAT_TABLE)
-		print_table_row(&ls->doc, seq, lf);
+		print_table_row(d, lf);
 	else if (ls->format == FORMAT_CSV)
-		print_csv_row(&ls->doc, seq, lf);
+		print_csv_row(d, lf);
 	else if (fwrite(leaf, 1, len, stdout) == len) /* the exact entry, one per line */
 		fputc('\n', stdout);
 }
 
-/* ---- scanning ---- */
+/* ---- reading ---- */
 
-/* Decides whether an entry is shown; may keep state (subject's message set). */
-typedef bool (*scan_fn)(void *ctx, const struct aj_doc *d, int64_t seq,
-                        const struct audit_leaf *lf);
-
-static int scan(struct audit_log *l, const char *sql, const struct list_filter *f,
-                struct lister *ls, scan_fn pick, void *ctx)
+/* After the read: a list that could not be written fails. */
+static int lister_flush(int status)
 {
-	sqlite3_stmt *st = audit_log_prepare(l, sql);
-	if (!st)
-		return CTL_EXIT_LOCAL;
-	if (sqlite3_bind_parameter_count(st) == 2) { /* the period, on the at column */
-		sqlite3_bind_int64(st, 1, f->from_ms);
-		sqlite3_bind_int64(st, 2, f->to_ms);
-	}
-	int rc, status = CTL_EXIT_OK;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		int64_t seq = sqlite3_column_int64(st, 0);
-		const char *leaf = sqlite3_column_blob(st, 1);
-		size_t len = (size_t)sqlite3_column_bytes(st, 1);
-		struct audit_leaf lf;
-		int prc = audit_leaf_parse(&ls->doc, leaf ? leaf : "", len, &lf, NULL);
-		if (prc == ISG_ERR_NOMEM) {
-			ctl_warn("out of memory");
-			status = CTL_EXIT_LOCAL;
-			break;
-		}
-		if (prc != 0) {
-			if (ls->bad < BAD_SHOWN)
-				ls->bad_seq[ls->bad] = seq;
-			if (ls->bad++ == 0)
-				ctl_warn("entry %" PRId64
-				         " is not a valid audit entry and is left out; "
-				         "run 'isgctl audit verify'",
-				         seq);
-			continue;
-		}
-		if (pick(ctx, &ls->doc, seq, &lf))
-			lister_row(ls, seq, &lf, leaf, len);
-	}
-	if (status == CTL_EXIT_OK && rc != SQLITE_DONE) {
-		ctl_warn("cannot read the audit log of '%s': %s", l->store_path,
-		         sqlite3_errmsg(l->db));
-		status = CTL_EXIT_LOCAL;
-	}
-	if (ls->bad > 1)
-		ctl_warn("%" PRIu64 " entries in all are not valid audit entries", ls->bad);
-	sqlite3_finalize(st);
 	if (fflush(stdout) != 0) {
 		ctl_output_warn("cannot write the list: %s", ctl_errno_text(errno));
-		status = CTL_EXIT_LOCAL;
+		return CTL_EXIT_LOCAL;
 	}
 	return status;
 }
 
 /* ---- list ---- */
 
-static bool list_pick(void *ctx, const struct aj_doc *d, int64_t seq, const struct audit_leaf *lf)
+struct list_ctx {
+	const struct list_filter *f;
+	struct lister ls;
+};
+
+static int list_entry(void *ctx, const struct aj_doc *d, const struct audit_leaf *lf, int64_t at_ms,
+                      const char *leaf, size_t len)
 {
-	(void)seq;
-	return entry_matches(ctx, d, lf);
+	struct list_ctx *c = ctx;
+	(void)at_ms;
+	if (entry_matches(c->f, d, lf))
+		lister_row(&c->ls, d, lf, leaf, len);
+	return CTL_EXIT_OK;
 }
 
 static int list_help(void)
@@ -487,8 +397,11 @@ static int list_help(void)
 	       "  --outcome accepted|refused  events ending in .accepted or .refused\n"
 	       "  --format table|csv|jsonl table (default) for people, csv for a spreadsheet,\n"
 	       "                           jsonl for the exact entries, one per line\n"
-	       "Exits 1, after listing what it could read, when entries cannot be read\n"
-	       "(a warning names the first): the list is then incomplete.\n\n%s",
+	       "Every entry is read and judged by its signed bytes, never by the store\n"
+	       "table's columns: the times are the entries' own. Exits 1, after listing\n"
+	       "what it could read, when entries cannot be read: wherever their rows say\n"
+	       "they are, they may belong to the list, which is then INCOMPLETE (a warning\n"
+	       "names them).\n\n%s",
 	       list_usage, audit_where_help);
 	return CTL_EXIT_OK;
 }
@@ -524,19 +437,24 @@ int audit_list_cmd(int argc, char **argv)
 	if (filter_check(&f, list_usage) != CTL_EXIT_OK)
 		return CTL_EXIT_USAGE;
 	struct audit_log l;
-	struct lister ls = {.format = f.format};
-	aj_doc_init(&ls.doc);
+	struct audit_reader r;
+	struct list_ctx c = {.f = &f, .ls = {.format = f.format}};
+	audit_reader_init(&r, f.from_ms, f.to_ms);
 	int status = audit_log_open(&l, &w, list_usage, true);
 	if (status == CTL_EXIT_OK)
-		status = scan(
-		    &l, "SELECT seq, entry FROM audit WHERE at >= ?1 AND at <= ?2 ORDER BY seq", &f,
-		    &ls, list_pick, &f);
-	/* A script must not take a list that left entries out for the whole, as in subject. */
-	if (status == CTL_EXIT_OK && ls.bad)
+		status = lister_flush(audit_read_entries(&l, &r, list_entry, &c));
+	/*
+	 * An entry that cannot be read cannot be placed in time or matched: it may
+	 * belong to the list, so the list must not pass for the whole, as in subject.
+	 */
+	if (status == CTL_EXIT_OK && r.unread) {
+		audit_reader_incomplete(&r, "the list",
+		                        "may belong to it; run 'isgctl audit verify'");
 		status = CTL_EXIT_LOCAL;
-	else if (status == CTL_EXIT_OK && ls.shown == 0)
+	} else if (status == CTL_EXIT_OK && c.ls.shown == 0) {
 		ctl_warn("no entry matches");
-	aj_doc_release(&ls.doc);
+	}
+	audit_reader_release(&r);
 	audit_log_release(&l);
 	return status;
 }
@@ -550,8 +468,7 @@ struct subject {
 	uint64_t *messages; /* signed index of matching message.accepted entries, ascending */
 	size_t n_messages, cap_messages;
 	uint64_t without_subjects, accepted_seen;
-	int64_t from_ms, to_ms; /* --from and --to, against the signed time */
-	bool oom;
+	struct lister ls;
 };
 
 static bool subject_has(const struct subject *s, const char *p)
@@ -614,15 +531,8 @@ static bool is_message_outcome(const char *event)
  * can neither hide an exchange nor break the link from a delivery to it:
  * accepted_index is the signed index of the message.accepted entry.
  */
-static bool subject_pick(void *ctx, const struct aj_doc *d, int64_t seq,
-                         const struct audit_leaf *lf)
+static bool subject_pick(struct subject *s, const struct aj_doc *d, const struct audit_leaf *lf)
 {
-	struct subject *s = ctx;
-	int64_t at;
-	(void)seq;
-	/* a time that is no date (a 31 February) cannot be placed: judge the entry */
-	if (parse_time(lf->at, false, &at) == 0 && (at < s->from_ms || at > s->to_ms))
-		return false;
 	if (strcmp(lf->event, "message.accepted") != 0) {
 		uint64_t accepted;
 		return is_message_outcome(lf->event) &&
@@ -636,13 +546,25 @@ static bool subject_pick(void *ctx, const struct aj_doc *d, int64_t seq,
 		return false;
 	}
 	for (const struct aj_node *p = aj_first(d, subjects); p; p = aj_next(d, p)) {
-		if (p->type == AJ_STRING && subject_has(s, p->str)) {
-			if (!message_add(s, lf->index))
-				s->oom = true;
+		if (p->type == AJ_STRING && subject_has(s, p->str))
 			return true;
-		}
 	}
 	return false;
+}
+
+static int subject_entry(void *ctx, const struct aj_doc *d, const struct audit_leaf *lf,
+                         int64_t at_ms, const char *leaf, size_t len)
+{
+	struct subject *s = ctx;
+	(void)at_ms;
+	if (!subject_pick(s, d, lf))
+		return CTL_EXIT_OK;
+	if (strcmp(lf->event, "message.accepted") == 0 && !message_add(s, lf->index)) {
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	lister_row(&s->ls, d, lf, leaf, len);
+	return CTL_EXIT_OK;
 }
 
 struct ident_arg {
@@ -820,26 +742,6 @@ static int subject_options(int argc, char **argv, struct audit_where *w, struct 
 	return filter_check(f, subject_usage);
 }
 
-/*
- * An answer to a subject access request that left entries out must not
- * look complete: name them (by index) and fail.
- */
-static int subject_incomplete(const struct lister *ls)
-{
-	struct strbuf b;
-	strbuf_init(&b);
-	for (uint64_t i = 0; i < ls->bad && i < BAD_SHOWN; i++)
-		strbuf_printf(&b, "%s%" PRId64, i ? ", " : "", ls->bad_seq[i]);
-	if (ls->bad > BAD_SHOWN)
-		strbuf_printf(&b, " and %" PRIu64 " more", ls->bad - BAD_SHOWN);
-	ctl_warn("the answer is INCOMPLETE: %" PRIu64 " entr%s (%s) could not be read and may be "
-	         "about this person; run 'isgctl audit verify' and do not send this answer as "
-	         "complete",
-	         ls->bad, ls->bad == 1 ? "y" : "ies", b.p ? b.p : "?");
-	strbuf_release(&b);
-	return CTL_EXIT_LOCAL;
-}
-
 int audit_subject_cmd(int argc, char **argv)
 {
 	struct audit_where w = {0};
@@ -855,22 +757,16 @@ int audit_subject_cmd(int argc, char **argv)
 		return subject_help();
 	struct audit_log l;
 	struct keyring *ring = NULL;
-	struct subject s = {.from_ms = f.from_ms, .to_ms = f.to_ms};
-	struct lister ls = {.format = f.format};
-	aj_doc_init(&ls.doc);
+	struct subject s = {.ls = {.format = f.format}};
+	struct audit_reader r;
+	audit_reader_init(&r, f.from_ms, f.to_ms);
 	status = audit_log_open(&l, &w, subject_usage, true);
 	if (status == CTL_EXIT_OK)
 		status = subject_prepare(&l, &id, &ring, &s);
 	else
 		sodium_memzero(id.value, strlen(id.value));
 	if (status == CTL_EXIT_OK)
-		/* every entry: the at and kind columns are not signed (see the top) */
-		status = scan(&l, "SELECT seq, entry FROM audit ORDER BY seq", &f, &ls,
-		              subject_pick, &s);
-	if (status == CTL_EXIT_OK && s.oom) {
-		ctl_warn("out of memory");
-		status = CTL_EXIT_LOCAL;
-	}
+		status = lister_flush(audit_read_entries(&l, &r, subject_entry, &s));
 	if (status == CTL_EXIT_OK) {
 		if (s.without_subjects)
 			ctl_warn("note: %" PRIu64 " of %" PRIu64
@@ -879,15 +775,21 @@ int audit_subject_cmd(int argc, char **argv)
 			         "searched",
 			         s.without_subjects, s.accepted_seen);
 		ctl_warn("%zu exchange%s involved this person (%" PRIu64 " entries listed)",
-		         s.n_messages, s.n_messages == 1 ? "" : "s", ls.shown);
-		if (ls.bad)
-			status = subject_incomplete(&ls);
+		         s.n_messages, s.n_messages == 1 ? "" : "s", s.ls.shown);
+	}
+	/* An answer to a subject access request that left entries out must not look complete. */
+	if (status == CTL_EXIT_OK && r.unread) {
+		audit_reader_incomplete(
+		    &r, "the answer",
+		    "may be about this person; run 'isgctl audit verify' and do "
+		    "not send this answer as complete");
+		status = CTL_EXIT_LOCAL;
 	}
 	if (s.pseudonyms)
 		sodium_free(s.pseudonyms);
 	free(s.messages);
 	keyring_free(ring);
-	aj_doc_release(&ls.doc);
+	audit_reader_release(&r);
 	audit_log_release(&l);
 	return status;
 }

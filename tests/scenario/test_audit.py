@@ -15,7 +15,10 @@ Python script printed in docs/audit.md.
 
 import base64
 import contextlib
+import csv
+import datetime
 import hashlib
+import io
 import json
 import os
 import re
@@ -558,11 +561,21 @@ class AuditLog(isgtest.ScenarioCase):
             r = self.audit("list", "--kind", kind)
             self.assertEqual(r.rc, 0, (kind, r))
 
+    def redate(self, name, seq, at, ms=None):
+        """A copy whose entry seq says it was written at `at` (YYYY-MM-DDTHH:MM:SS.mmmZ),
+        in its signed bytes and its at column (ms, by default the same time) alike,
+        so it no longer verifies."""
+        leaf = json.loads(bytes(self.entry(seq)[3]))
+        leaf["at"] = at
+        if ms is None:
+            ms = int(datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp() * 1000)
+        return self.tamper(name, ("UPDATE audit SET at = ?, entry = ? WHERE seq = ?",
+                                  (ms, json.dumps(leaf, separators=(",", ":")).encode(), seq)))
+
     def test_list_times_to_the_second_cover_the_second(self):
         """--to given to the second includes that whole second, as a date its day."""
-        second_ms = 1763900000000  # 2025-11-23T12:13:20Z
-        db = self.tamper("half-second", ("UPDATE audit SET at = ? WHERE seq = 1",
-                                         (second_ms + 500,)))
+        db = self.redate("half-second", 1, "2025-11-23T12:13:20.500Z")
 
         def listed(*args):
             r = self.audit("list", "--format", "jsonl", *args, store=db)
@@ -598,10 +611,70 @@ class AuditLog(isgtest.ScenarioCase):
         # Filtered out or not, an unreadable entry makes the list incomplete.
         r = self.audit("list", "--kind", "connection", store=db)
         self.assertEqual(r.rc, 1, r)
-        # An entry outside --from/--to is not read, so it does not count.
+        self.assertIn("the list is INCOMPLETE: 1 entry (%d) could not be read" % bad, r.err)
+        # Its time cannot be read either: whatever its row says, it may be in any period.
+        db = self.tamper("unreadable-redated", ("UPDATE audit SET at = 0 WHERE seq = ?", (bad,)),
+                         ("UPDATE audit SET entry = ? WHERE seq = ?", (b"not an entry", bad)))
         r = self.audit("list", "--from", "2099-01-01", store=db)
-        self.assertEqual(r.rc, 0, r)
+        self.assertEqual((r.rc, r.out), (1, ""), r)
+        self.assertIn("the list is INCOMPLETE: 1 entry (%d) could not be read" % bad, r.err)
+        self.assertNotIn("no entry matches", r.err)
+        # So is an entry whose signed time is no time at all.
+        db = self.redate("no-such-day", bad, "2026-02-31T10:00:00.000Z",
+                         ms=1772359200000)  # its column says 2026-03-01T10:00:00Z
+        r = self.audit("list", "--from", "2026-01-01", "--to", "2026-03-31", store=db)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("the list is INCOMPLETE: 1 entry (%d) could not be read" % bad, r.err)
+
+    def test_list_judges_entries_by_their_signed_bytes(self):
+        """The table's at, kind and seq columns are not signed: editing them hides no entry
+        from its period or kind, and changes nothing that list prints."""
+        exchange = self.exchange_of(self.receipts[0])
+        accepted = exchange[0]
+        leaf = json.loads(bytes(self.entry(accepted)[3]))
+        long_ago = 946684800000  # 2000-01-01T00:00:00Z
+        db = self.tamper("relabelled-redated",
+                         ("UPDATE audit SET at = ? WHERE seq IN (%s)" % ",".join("?" * len(exchange)),
+                          [long_ago] + exchange),
+                         ("UPDATE audit SET kind = 'connection.accepted' WHERE seq = ?", (accepted,)))
+
+        def listed(*args, fmt="jsonl"):
+            r = self.audit("list", "--format", fmt, *args, store=db)
+            self.assertEqual(r.rc, 0, r)
+            return r
+
+        def indexes(r):
+            return [json.loads(line)["index"] for line in r.out.splitlines()]
+
+        # In its signed period, to the millisecond, whatever its at column says...
+        self.assertEqual(indexes(listed("--from", leaf["at"], "--to", leaf["at"],
+                                        "--kind", "message.accepted")), [accepted])
+        every = indexes(listed("--from", leaf["at"][:10], "--to", leaf["at"][:10]))
+        for seq in exchange:
+            self.assertIn(seq, every)
+        # ...and not in the period its at column claims.
+        r = listed("--to", "2000-12-31")
+        self.assertEqual(r.out, "", r)
         self.assertIn("no entry matches", r.err)
+        # Its kind is the signed one, for --kind, --outcome and in every format.
+        self.assertIn(accepted, indexes(listed("--kind", "message.accepted")))
+        self.assertIn(accepted, indexes(listed("--outcome", "accepted", "--kind", "message")))
+        self.assertNotIn(accepted, indexes(listed("--kind", "connection")))
+        rows = list(csv.DictReader(io.StringIO(listed("--partner", "met-police",
+                                                      fmt="csv").out)))
+        row = next(x for x in rows if x["seq"] == str(accepted))
+        self.assertEqual((row["at"], row["kind"]), (leaf["at"], "message.accepted"))
+        table = listed("--kind", "message.accepted", fmt="table").out
+        self.assertRegex(table, r"(?m)^ *%d  %s  message\.accepted " % (accepted,
+                                                                         re.escape(leaf["at"])))
+        self.assertNotIn("2000-01-01", table)
+        # A renumbered row is shown under its signed index.
+        db = self.tamper("renumbered-row", ("UPDATE audit SET seq = 1000 WHERE seq = ?",
+                                            (accepted,)))
+        rows = list(csv.DictReader(io.StringIO(self.audit("list", "--format", "csv",
+                                                          store=db).out)))
+        self.assertEqual([x["seq"] for x in rows], [str(row[0]) for row in self.entries
+                                                    if row[0] != accepted] + [str(accepted)])
 
     def test_subject_with_unreadable_entries_fails(self):
         """An answer that left entries out must not look complete."""
@@ -661,6 +734,12 @@ class AuditLog(isgtest.ScenarioCase):
         db = self.tamper("redated-junk", ("UPDATE audit SET at = ?, entry = ? WHERE seq = ?",
                                           (long_ago, b"not an entry", exchange[0])))
         r = self.subject("--nhs-number", NHS_A, "--from", "2001-01-01", store=db)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("the answer is INCOMPLETE: 1 entry (%d)" % exchange[0], r.err)
+        # Nor can one whose signed time is no day of the calendar.
+        db = self.redate("redated-no-such-day", exchange[0], "2026-02-31T10:00:00.000Z",
+                         ms=1772359200000)
+        r = self.subject("--nhs-number", NHS_A, store=db)
         self.assertEqual(r.rc, 1, r)
         self.assertIn("the answer is INCOMPLETE: 1 entry (%d)" % exchange[0], r.err)
 
