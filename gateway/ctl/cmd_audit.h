@@ -230,6 +230,8 @@ void audit_reader_init(struct audit_reader *r, int64_t from_ms, int64_t to_ms);
 void audit_reader_release(struct audit_reader *r);
 /* Read every entry of the open log, in the table's order. Exit status. */
 int audit_read_entries(struct audit_log *l, struct audit_reader *r, audit_entry_fn fn, void *ctx);
+/* Append the indexes of the entries that could not be read: "3, 9 and 4 more". */
+void audit_reader_unread_text(const struct audit_reader *r, struct strbuf *b);
 /*
  * Say that an answer left out entries it could not read (r->unread > 0):
  * "ANSWER is INCOMPLETE: N entries (SEQ, ...) could not be read and WHY".

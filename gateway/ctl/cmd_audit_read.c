@@ -139,11 +139,16 @@ int audit_read_entries(struct audit_log *l, struct audit_reader *r, audit_entry_
 	return status;
 }
 
+void audit_reader_unread_text(const struct audit_reader *r, struct strbuf *b)
+{
+	seqs_text(b, r->unread_seq, r->unread);
+}
+
 void audit_reader_incomplete(const struct audit_reader *r, const char *answer, const char *why)
 {
 	struct strbuf b;
 	strbuf_init(&b);
-	seqs_text(&b, r->unread_seq, r->unread);
+	audit_reader_unread_text(r, &b);
 	ctl_warn("%s is INCOMPLETE: %" PRIu64 " entr%s (%s) could not be read and %s", answer,
 	         r->unread, r->unread == 1 ? "y" : "ies", b.p ? b.p : "?", why);
 	strbuf_release(&b);

@@ -8,9 +8,14 @@
  * sending partner, the messages and records accepted, the refusals and the
  * deliveries; refusals per rule; per agreement, dataset and field the
  * records shared under each action (the "fields" of message.accepted); and
- * entries per event. The same read transaction then runs the checks of
- * `isgctl audit verify` over the whole log, so the integrity section and the
- * figures describe one snapshot.
+ * entries per event. As in list and subject, the pass reads every entry of
+ * the log (cmd_audit_read.c) and judges it by its signed bytes alone: its
+ * day is its signed time and everything counted comes from the signed
+ * entry, never from the table's at or kind column, which nothing signs; an
+ * entry that cannot be read may belong to the period, so the report says it
+ * is INCOMPLETE. The same read transaction then runs the checks of `isgctl
+ * audit verify` over the whole log, so the integrity section and the figures
+ * describe one snapshot.
  *
  * Every string in the output comes from the log, which holds strings a
  * partner chose (message ids, agreement ids asked for): each is escaped for
@@ -221,10 +226,10 @@ struct report {
 	struct tmap rules;    /* (rule): V_REFUSED, V_RECORDS */
 	struct tmap fields;   /* (agreement, dataset, field, action): V_RECORDS, V_MESSAGES */
 	struct tmap kinds;    /* (event): V_MESSAGES = entries */
-	uint64_t entries, invalid;
+	uint64_t entries;
 	uint64_t total[V_N];
 	uint64_t conn_accepted, conn_refused, conn_closed;
-	struct aj_doc doc;
+	struct audit_reader read; /* the pass; read.unread: entries left out */
 	/* integrity */
 	bool verified; /* the checks ran */
 	struct audit_verify_result vr;
@@ -248,9 +253,9 @@ static uint64_t member_uint(const struct aj_doc *d, const struct aj_node *o, con
 }
 
 /* The "fields" object of a message.accepted entry: records per field per action. */
-static int tally_fields(struct report *r, const struct aj_node *b, uint32_t agr, uint64_t records)
+static int tally_fields(struct report *r, const struct aj_doc *d, const struct aj_node *b,
+                        uint32_t agr, uint64_t records)
 {
-	const struct aj_doc *d = &r->doc;
 	uint32_t ds;
 	if (strtab_id(&r->str, aj_string(d, b, "dataset"), &ds) != 0)
 		return ISG_ERR_NOMEM;
@@ -275,9 +280,9 @@ static int tally_fields(struct report *r, const struct aj_node *b, uint32_t agr,
 	return 0;
 }
 
-static int tally_entry(struct report *r, uint32_t day, const struct audit_leaf *lf)
+static int tally_entry(struct report *r, const struct aj_doc *d, uint32_t day,
+                       const struct audit_leaf *lf)
 {
-	const struct aj_doc *d = &r->doc;
 	const struct aj_node *b = lf->body;
 	const char *ev = lf->event;
 	uint32_t kind, agr, sender, recipient;
@@ -324,7 +329,7 @@ static int tally_entry(struct report *r, uint32_t day, const struct audit_leaf *
 			return ISG_ERR_NOMEM;
 		t->v[V_MESSAGES]++;
 		t->v[V_RECORDS] += records;
-		return tally_fields(r, b, agr, records);
+		return tally_fields(r, d, b, agr, records);
 	}
 	if (v == V_REFUSED) {
 		uint32_t rule;
@@ -339,42 +344,29 @@ static int tally_entry(struct report *r, uint32_t day, const struct audit_leaf *
 	return 0;
 }
 
+/* An entry of the period, placed on its day by its signed time. */
+static int report_entry(void *ctx, const struct aj_doc *d, const struct audit_leaf *lf,
+                        int64_t at_ms, const char *leaf, size_t len)
+{
+	struct report *r = ctx;
+	(void)leaf;
+	(void)len;
+	int64_t day = date_days_of_ms(at_ms) - r->from_days;
+	if (day < 0 || (size_t)day >= r->ndays) /* the reader kept to the period */
+		fatal("audit entry outside the report's period");
+	r->entries++;
+	if (tally_entry(r, d, (uint32_t)day, lf) != 0) {
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
 static int report_scan(struct report *r, struct audit_log *l)
 {
-	sqlite3_stmt *st = audit_log_prepare(
-	    l, "SELECT seq, at, entry FROM audit WHERE at >= ?1 AND at <= ?2 ORDER BY seq");
-	if (!st)
-		return CTL_EXIT_LOCAL;
-	sqlite3_bind_int64(st, 1, r->from_days * 86400000);
-	sqlite3_bind_int64(st, 2, (r->to_days + 1) * 86400000 - 1);
-	int rc, status = CTL_EXIT_OK;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		int64_t seq = sqlite3_column_int64(st, 0);
-		int64_t day = date_days_of_ms(sqlite3_column_int64(st, 1)) - r->from_days;
-		const char *leaf = sqlite3_column_blob(st, 2);
-		size_t len = (size_t)sqlite3_column_bytes(st, 2);
-		struct audit_leaf lf;
-		int prc = audit_leaf_parse(&r->doc, leaf ? leaf : "", len, &lf, NULL);
-		if (prc == ISG_ERR_NOMEM || (prc == 0 && day >= 0 && (size_t)day < r->ndays &&
-		                             tally_entry(r, (uint32_t)day, &lf) != 0)) {
-			ctl_warn("out of memory");
-			status = CTL_EXIT_LOCAL;
-			break;
-		}
-		if (prc != 0 && r->invalid++ == 0)
-			ctl_warn("entry %" PRId64
-			         " is not a valid audit entry and is left out of the "
-			         "figures (the integrity section reports it)",
-			         seq);
-		r->entries += prc == 0;
-	}
-	if (status == CTL_EXIT_OK && rc != SQLITE_DONE) {
-		ctl_warn("cannot read the audit log of '%s': %s", l->store_path,
-		         sqlite3_errmsg(l->db));
-		status = CTL_EXIT_LOCAL;
-	}
-	sqlite3_finalize(st);
-	return status;
+	r->read.from_ms = r->from_days * 86400000;
+	r->read.to_ms = (r->to_days + 1) * 86400000 - 1;
+	return audit_read_entries(l, &r->read, report_entry, r);
 }
 
 /* The checks of audit verify; problems are kept for the report. */
@@ -1189,6 +1181,26 @@ static int html_events(struct strbuf *b, const struct report *r)
 	return 0;
 }
 
+/*
+ * What a report that could not read some entries says first, in every
+ * format: plain words and numbers, nothing from the log but indexes.
+ */
+static void incomplete_text(struct strbuf *b, const struct report *r)
+{
+	uint64_t n = r->read.unread;
+	strbuf_printf(b,
+	              "These figures are INCOMPLETE: %" PRIu64 " entr%s of the log could not be "
+	              "read (",
+	              n, n == 1 ? "y" : "ies");
+	audit_reader_unread_text(&r->read, b);
+	strbuf_puts(b, n == 1 ? "): it cannot be placed in time, so wherever the store's table "
+	                        "puts it, it may belong to this period, and it is counted nowhere."
+	                      : "): they cannot be placed in time, so wherever the store's table "
+	                        "puts them, any of them may belong to this period, and none is "
+	                        "counted.");
+	strbuf_puts(b, " Run isgctl audit verify.");
+}
+
 static int render_html(struct strbuf *b, const struct report *r, const struct sums *s)
 {
 	char from[11], to[11];
@@ -1208,16 +1220,16 @@ static int render_html(struct strbuf *b, const struct report *r, const struct su
 	              "audit log alone; it holds no personal data in clear, and this report shows "
 	              "no message id, certificate subject or pseudonym.</p>\n",
 	              r->generated);
+	if (r->read.unread) {
+		strbuf_puts(b, "<p class=\"bad\" id=\"incomplete\">");
+		incomplete_text(b, r);
+		strbuf_puts(b, "</p>\n");
+	}
 	html_summary(b, r);
 	html_integrity(b, r);
 	if (html_volumes(b, r, s) != 0 || html_refusals(b, r) != 0 || html_fields(b, r) != 0 ||
 	    html_limits(b, r, s) != 0 || html_events(b, r) != 0)
 		return ISG_ERR_NOMEM;
-	if (r->invalid)
-		strbuf_printf(b,
-		              "<p class=\"bad\">%" PRIu64 " entries of the period are not valid "
-		              "audit entries and are left out of these figures.</p>",
-		              r->invalid);
 	strbuf_puts(b, "</body></html>\n");
 	return 0;
 }
@@ -1237,9 +1249,14 @@ static void md_summary(struct strbuf *b, const struct report *r)
 	strbuf_printf(b,
 	              "`. Generated %s by isgctl " ISG_VERSION ". The figures come from the audit "
 	              "log alone; it holds no personal data in clear, and this report shows no "
-	              "message id, certificate subject or pseudonym.\n\n## Summary\n\n"
-	              "| figure | value |\n| --- | ---: |\n",
+	              "message id, certificate subject or pseudonym.\n\n",
 	              r->generated);
+	if (r->read.unread) {
+		strbuf_puts(b, "**");
+		incomplete_text(b, r);
+		strbuf_puts(b, "**\n\n");
+	}
+	strbuf_puts(b, "## Summary\n\n| figure | value |\n| --- | ---: |\n");
 	strbuf_printf(b,
 	              "| audit entries in the period | %" PRIu64
 	              " |\n| messages accepted | %" PRIu64 " |\n| records accepted | %" PRIu64
@@ -1250,12 +1267,6 @@ static void md_summary(struct strbuf *b, const struct report *r)
 	              r->entries, r->total[V_MESSAGES], r->total[V_RECORDS], r->total[V_REFUSED],
 	              r->total[V_DELIVERED], r->total[V_ACKED], r->total[V_EXPIRED],
 	              r->conn_accepted, r->conn_refused, r->conn_closed);
-	if (r->invalid)
-		strbuf_printf(b,
-		              "\n**%" PRIu64
-		              " entries of the period are not valid audit entries and "
-		              "are left out of these figures.**\n",
-		              r->invalid);
 }
 
 static int md_integrity(struct strbuf *b, const struct report *r)
@@ -1638,7 +1649,7 @@ static void report_release(struct report *r)
 	tmap_release(&r->rules);
 	tmap_release(&r->fields);
 	tmap_release(&r->kinds);
-	aj_doc_release(&r->doc);
+	audit_reader_release(&r->read);
 	free(r->problems);
 	policy_set_unref(r->policy);
 }
@@ -1677,7 +1688,7 @@ int audit_report_cmd(int argc, char **argv)
 	if (w.help)
 		return report_help();
 	struct report r = {0};
-	aj_doc_init(&r.doc);
+	audit_reader_init(&r.read, INT64_MIN, INT64_MAX); /* the period is set once known */
 	status = report_period(&r, &a);
 	if (status != CTL_EXIT_OK) {
 		report_release(&r);
@@ -1697,11 +1708,20 @@ int audit_report_cmd(int argc, char **argv)
 		status = report_verify(&r, &l, &w, a.grace_ms);
 	if (status == CTL_EXIT_OK)
 		status = report_render(&r, &a);
-	if (status == CTL_EXIT_OK && (!r.verified || r.vr.problems)) {
-		ctl_warn("report written, but the log %s",
-		         r.verified ? "FAILED verification: see its integrity section"
-		                    : "could not be verified");
-		status = CTL_EXIT_LOCAL;
+	if (status == CTL_EXIT_OK) {
+		bool failed = !r.verified || r.vr.problems;
+		/* figures that left out entries must not pass for the whole, as in list */
+		if (r.read.unread)
+			audit_reader_incomplete(
+			    &r.read, "the report",
+			    "may belong to its period (the figures leave out what "
+			    "could not be read); run 'isgctl audit verify'");
+		if (failed)
+			ctl_warn("report written, but the log %s",
+			         r.verified ? "FAILED verification: see its integrity section"
+			                    : "could not be verified");
+		if (r.read.unread || failed)
+			status = CTL_EXIT_LOCAL;
 	}
 	audit_log_release(&l);
 	report_release(&r);

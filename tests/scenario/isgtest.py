@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import struct
 import subprocess
@@ -489,6 +490,20 @@ def domain_keys(keys_dir, name):
         key = base64.b64decode(m.group(5), validate=True)
         out.append(DomainKey(m.group(1), int(m.group(2)), m.group(3), m.group(4), key))
     return out
+
+
+def tampered_store(src, path, *statements):
+    """A copy of the store file src at path, changed by sqlite3 statements (sql, args),
+    as someone who can write the file would change it. Returns path."""
+    shutil.copyfile(src, path)
+    db = sqlite3.connect(path)
+    try:
+        for sql, args in statements:
+            db.execute(sql, args)
+        db.commit()
+    finally:
+        db.close()
+    return path
 
 
 def pseudonym(key, key_version, type_byte, normalised):

@@ -167,15 +167,8 @@ class AuditLog(isgtest.ScenarioCase):
         return path
 
     def tamper(self, name, *statements):
-        path = self.copy_store(name)
-        db = sqlite3.connect(path)
-        try:
-            for sql, args in statements:
-                db.execute(sql, args)
-            db.commit()
-        finally:
-            db.close()
-        return path
+        return isgtest.tampered_store(self.gw.store_path, os.path.join(self.tmp, name + ".db"),
+                                      *statements)
 
     def assertVerifyFails(self, store, *messages, extra=()):
         r = self.audit("verify", *extra, store=store)

@@ -436,18 +436,77 @@ class AuditReport(isgtest.ScenarioCase):
         self.assertEqual(rows[(AGREEMENT_ID, "city-council")][4], "2 (50%)")
         self.assertIn('class="over"', isgtest.read_text(out + ".html"))
 
+    def tampered(self, name, *statements):
+        return isgtest.tampered_store(self.gw.store_path, os.path.join(self.tmp, name + ".db"),
+                                      *statements)
+
+    def report_of(self, store, *args):
+        return isgtest.ctl("audit", "report", "--store", store, "--keys", self.gw.keys_dir,
+                           *args)
+
     def test_markdown_says_what_was_left_out(self):
-        store = os.path.join(self.tmp, "junk.db")
-        shutil.copyfile(self.gw.store_path, store)
-        with sqlite3.connect(store) as db:
-            db.execute("UPDATE audit SET entry = ? WHERE seq = 2", (b"not an entry",))
-        db.close()
-        r = isgtest.ctl("audit", "report", "--store", store, "--keys", self.gw.keys_dir,
-                        "--from", self.first_day, "--to", self.last_day, "--markdown", "-")
-        self.assertEqual(r.rc, 1, r)  # the log no longer verifies
-        self.assertIn("**1 entries of the period are not valid audit entries and are left "
-                      "out of these figures.**", r.out)
-        self.assertIn("**FAILED**", r.out)
+        """An entry that cannot be read cannot be placed in time: wherever its row says it
+        is, the figures of any period are INCOMPLETE, in every format and the exit status."""
+        for at in (None, 946684800000):  # as written, and redated to 2000-01-01 in the table
+            store = self.tampered("junk-%s" % at, ("UPDATE audit SET entry = ?, at = coalesce(?, at)"
+                                                   " WHERE seq = 2", (b"not an entry", at)))
+            html_out = os.path.join(self.tmp, "junk-%s.html" % at)
+            r = self.report_of(store, "--from", self.first_day, "--to", self.last_day,
+                               "--markdown", "-", "--html", html_out)
+            self.assertEqual(r.rc, 1, r)
+            said = ("These figures are INCOMPLETE: 1 entry of the log could not be read (2): it "
+                    "cannot be placed in time, so wherever the store's table puts it, it may "
+                    "belong to this period, and it is counted nowhere. Run isgctl audit verify.")
+            self.assertIn("**%s**" % said, r.out)
+            self.assertLess(r.out.index(said), r.out.index("## Summary"))  # said first
+            self.assertIn("**FAILED**", r.out)
+            self.assertIn("isgctl: the report is INCOMPLETE: 1 entry (2) could not be read",
+                          r.err)
+            page = Page()
+            page.feed(isgtest.read_text(html_out))
+            self.assertEqual(page.ids.get("incomplete"), said)
+            self.assertEqual(page.ids["total-entries"], str(len(self.entries) - 1))
+        # It may belong to any period, one of other days too.
+        r = self.report_of(store, "--from", "2001-01-01", "--to", "2001-01-31", "--csv", "-")
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("the report is INCOMPLETE", r.err)
+
+    def test_report_judges_entries_by_their_signed_bytes(self):
+        """The table's at and kind columns are not signed: redating or relabelling rows moves
+        nothing out of its signed period and changes no figure."""
+        long_ago = 979516800000  # 2001-01-15T00:00:00Z
+        relabel = {"message.accepted": "connection.accepted", "message.refused": "policy.loaded",
+                   "message.acknowledged": "keys.loaded", "connection.accepted": "message.accepted",
+                   "connection.refused": "message.refused"}
+        store = self.tampered(
+            "redated-relabelled",
+            *[("UPDATE audit SET kind = ?, at = ? WHERE seq = ?",
+               (relabel.get(kind, kind), long_ago if kind.startswith("message.") else at, seq))
+              for seq, at, kind, _ in self.entries])
+        out = os.path.join(self.tmp, "relabelled.html")
+        r = self.report_of(store, "--from", self.first_day, "--to", self.last_day,
+                           "--html", out, "--csv", "-")
+        self.assertEqual(r.rc, 1, r)  # verify reports the edited columns
+        self.assertIn("FAILED verification", r.err)
+        self.assertNotIn("INCOMPLETE", r.err)
+        page = Page()
+        page.feed(isgtest.read_text(out))
+        for ident, want in self.expected().items():
+            self.assertEqual(page.ids.get(ident), str(want), ident)
+        events = {row["attrs"]["data-event"]: row["cells"]["count"]
+                  for row in page.table("events-table")}
+        self.assertEqual(events, dict(collections.Counter(kind for _, _, kind, _ in self.entries)))
+        got = {row["attrs"]["data-rule"]: row["cells"]["count"]
+               for row in page.table("refusal-rules")}
+        self.assertEqual(got, dict(collections.Counter(e["rule"] for e in
+                                                       self.of_kind("message.refused"))))
+        self.assertEqual(r.out, isgtest.read_text(self.csv_path))  # the same days and figures
+        # The period the at column claims holds none of them.
+        r = self.report_of(store, "--from", "2001-01-01", "--to", "2001-01-31", "--html", out)
+        self.assertEqual(r.rc, 1, r)
+        page = Page()
+        page.feed(isgtest.read_text(out))
+        self.assertEqual((page.ids["total-entries"], page.ids["total-accepted"]), ("0", "0"))
 
     def test_csv_rows(self):
         with open(self.csv_path, newline="", encoding="utf-8") as f:
