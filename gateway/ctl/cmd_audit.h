@@ -207,14 +207,17 @@ int audit_time_parse(const char *s, bool end, int64_t *ms);
  * leaf: the signed time places it in the period [from_ms, to_ms], and the
  * signed entry is what is printed or counted. A leaf that cannot be read
  * (or whose time is no time) cannot be placed: it is `unread`, and may
- * belong to any period. The first is warned about on standard error, by
- * index.
+ * belong to any period. A row whose columns disagree with its leaf was
+ * edited: it is `edited`, and still judged by its leaf alone. The first of
+ * each is warned about on standard error, by index (and for an edited kind
+ * by the two kind names, never another value), and the edited ones counted
+ * at the end.
  */
 struct audit_reader {
 	int64_t from_ms, to_ms;
 	struct aj_doc doc;
-	uint64_t unread;
-	int64_t unread_seq[AUDIT_READ_SHOWN];
+	uint64_t unread, edited;
+	int64_t unread_seq[AUDIT_READ_SHOWN], edited_index[AUDIT_READ_SHOWN];
 };
 
 /*

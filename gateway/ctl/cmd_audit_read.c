@@ -10,13 +10,19 @@
  * the commands print or count comes from the leaf too. An entry whose leaf
  * cannot be read (or whose signed time is no time) cannot be placed, so it
  * may belong to any period: the reader counts it, and each command says its
- * answer is INCOMPLETE.
+ * answer is INCOMPLETE. A row whose columns disagree with its leaf was
+ * edited: the answer is still whole and right, since it comes from the
+ * leaf, but the officer must hear of it, so the reader warns, naming the
+ * entry by its signed index and, for the kind, the two kind names, never
+ * another value from the row.
  */
 #include <inttypes.h>
 #include <string.h>
 
 #include "ctl/cmd_audit.h"
 #include "ctl/ctl.h"
+
+#define KIND_SHOWN_MAX 128 /* bytes of a kind name in a warning (isgd's are far shorter) */
 
 static bool two_digits(const char *s, int *out)
 {
@@ -97,9 +103,47 @@ static void note_unread(struct audit_reader *r, int64_t seq)
 		         seq);
 }
 
+/* One row of the table: its unsigned columns. */
+struct audit_row {
+	int64_t seq, at;
+	const char *kind; /* "" when the column is NULL */
+};
+
+/*
+ * The row's columns against its leaf (index, time and event), which is what
+ * was signed and what the commands go by. The first edited row is named,
+ * the others counted.
+ */
+static void check_columns(struct audit_reader *r, const struct audit_row *row,
+                          const struct audit_leaf *lf, int64_t at)
+{
+	bool kind = strcmp(row->kind, lf->event) != 0;
+	bool seq = row->seq < 1 || (uint64_t)row->seq != lf->index;
+	if (!kind && !seq && row->at == at)
+		return;
+	int64_t index = lf->index > INT64_MAX ? INT64_MAX : (int64_t)lf->index;
+	if (r->edited < AUDIT_READ_SHOWN)
+		r->edited_index[r->edited] = index;
+	if (r->edited++ > 0)
+		return;
+	const char *what = "the table was edited, and the signed entry is what counts (run 'isgctl "
+	                   "audit verify')";
+	if (kind) {
+		char column[KIND_SHOWN_MAX * 2], signed_kind[KIND_SHOWN_MAX * 2];
+		audit_ctl_printable(column, sizeof(column), row->kind, KIND_SHOWN_MAX);
+		audit_ctl_printable(signed_kind, sizeof(signed_kind), lf->event, KIND_SHOWN_MAX);
+		ctl_warn("entry %" PRId64 ": its kind column says '%s' but the signed entry is "
+		         "'%s': %s",
+		         index, column, signed_kind, what);
+	} else {
+		ctl_warn("entry %" PRId64 ": its %s column disagrees with the signed entry: %s",
+		         index, seq ? "seq" : "at", what);
+	}
+}
+
 /* One row: CTL_EXIT_OK, or the callback's status, which stops the read. */
-static int read_row(struct audit_reader *r, int64_t seq, const char *leaf, size_t len,
-                    audit_entry_fn fn, void *ctx)
+static int read_row(struct audit_reader *r, const struct audit_row *row, const char *leaf,
+                    size_t len, audit_entry_fn fn, void *ctx)
 {
 	struct audit_leaf lf;
 	int64_t at;
@@ -110,9 +154,10 @@ static int read_row(struct audit_reader *r, int64_t seq, const char *leaf, size_
 	}
 	/* a time that is no date (a 31 February) cannot be placed in any period */
 	if (rc != 0 || audit_time_parse(lf.at, false, &at) != 0) {
-		note_unread(r, seq);
+		note_unread(r, row->seq);
 		return CTL_EXIT_OK;
 	}
+	check_columns(r, row, &lf, at);
 	if (at < r->from_ms || at > r->to_ms)
 		return CTL_EXIT_OK;
 	return fn(ctx, &r->doc, &lf, at, leaf, len);
@@ -121,14 +166,17 @@ static int read_row(struct audit_reader *r, int64_t seq, const char *leaf, size_
 int audit_read_entries(struct audit_log *l, struct audit_reader *r, audit_entry_fn fn, void *ctx)
 {
 	/* every row, in the table's order: no column narrows the read (see the top) */
-	sqlite3_stmt *st = audit_log_prepare(l, "SELECT seq, entry FROM audit ORDER BY seq");
+	sqlite3_stmt *st =
+	    audit_log_prepare(l, "SELECT seq, at, kind, entry FROM audit ORDER BY seq");
 	if (!st)
 		return CTL_EXIT_LOCAL;
 	int rc = SQLITE_DONE, status = CTL_EXIT_OK;
 	while (status == CTL_EXIT_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *leaf = sqlite3_column_blob(st, 1);
-		status = read_row(r, sqlite3_column_int64(st, 0), leaf,
-		                  (size_t)sqlite3_column_bytes(st, 1), fn, ctx);
+		const char *kind = (const char *)sqlite3_column_text(st, 2);
+		struct audit_row row = {sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+		                        kind ? kind : ""};
+		const char *leaf = sqlite3_column_blob(st, 3);
+		status = read_row(r, &row, leaf, (size_t)sqlite3_column_bytes(st, 3), fn, ctx);
 	}
 	if (status == CTL_EXIT_OK && rc != SQLITE_DONE) {
 		ctl_warn("cannot read the audit log of '%s': %s", l->store_path,
@@ -136,6 +184,16 @@ int audit_read_entries(struct audit_log *l, struct audit_reader *r, audit_entry_
 		status = CTL_EXIT_LOCAL;
 	}
 	sqlite3_finalize(st);
+	if (r->edited > 1) {
+		struct strbuf b;
+		strbuf_init(&b);
+		seqs_text(&b, r->edited_index, r->edited);
+		ctl_warn("%" PRIu64
+		         " entries in all (%s) disagree with their rows' at, kind or seq "
+		         "column; for each, the signed entry is what counts",
+		         r->edited, b.p ? b.p : "?");
+		strbuf_release(&b);
+	}
 	return status;
 }
 

@@ -669,6 +669,52 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual([x["seq"] for x in rows], [str(row[0]) for row in self.entries
                                                     if row[0] != accepted] + [str(accepted)])
 
+    def test_edited_columns_are_warned_about(self):
+        """A row whose unsigned columns disagree with its signed entry was edited: list,
+        subject and report say so, naming the entry by index (and for the kind, the two
+        kind names, no other value), and still answer in full from the signed entry."""
+        exchange = self.exchange_of(self.receipts[0])
+        accepted, delivered, acked = exchange
+        long_ago = 946684800000  # 2000-01-01T00:00:00Z
+        db = self.tamper("edited-columns",
+                         ("UPDATE audit SET kind = 'connection.accepted', at = ? WHERE seq = ?",
+                          (long_ago, accepted)),
+                         ("UPDATE audit SET at = ? WHERE seq = ?", (long_ago, delivered)))
+        first = ("isgctl: entry %d: its kind column says 'connection.accepted' but the signed "
+                 "entry is 'message.accepted': the table was edited, and the signed entry is "
+                 "what counts (run 'isgctl audit verify')\n" % accepted)
+        in_all = ("isgctl: 2 entries in all (%d, %d) disagree with their rows' at, kind or seq "
+                  "column; for each, the signed entry is what counts\n" % (accepted, delivered))
+        for args in (["list"], ["list", "--kind", "keys"], ["list", "--from", "2099-01-01"],
+                     ["subject", "--nhs-number", NHS_A]):
+            r = self.audit(*args, "--format", "jsonl", store=db)
+            self.assertEqual(r.rc, 0, r)  # nothing was left out: the answer is whole
+            self.assertIn(first, r.err)
+            self.assertIn(in_all, r.err)
+            self.assertNotIn("2000-01-01", r.err)
+            self.assertNotIn(str(long_ago), r.err)
+        r = self.audit("subject", "--nhs-number", NHS_A, "--format", "jsonl", store=db)
+        self.assertIn("2 exchanges involved this person", r.err)
+        self.assertEqual([json.loads(line)["index"] for line in r.out.splitlines()][:3], exchange)
+        # Only the time, or only the place, edited: the column is named, not its value.
+        db = self.tamper("edited-at", ("UPDATE audit SET at = ? WHERE seq = ?", (long_ago, acked)))
+        r = self.audit("list", store=db)
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("isgctl: entry %d: its at column disagrees with the signed entry: the "
+                      "table was edited" % acked, r.err)
+        self.assertNotIn("in all", r.err)
+        db = self.tamper("edited-seq", ("UPDATE audit SET seq = 1000 WHERE seq = ?", (acked,)))
+        r = self.audit("list", store=db)
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("isgctl: entry %d: its seq column disagrees with the signed entry" % acked,
+                      r.err)
+        self.assertNotIn("1000", r.err)
+        # A log as isgd wrote it draws no such warning.
+        for args in (["list"], ["subject", "--nhs-number", NHS_A]):
+            r = self.audit(*args)
+            self.assertEqual(r.rc, 0, r)
+            self.assertNotIn("column", r.err)
+
     def test_subject_with_unreadable_entries_fails(self):
         """An answer that left entries out must not look complete."""
         late = self.receipts[2]["audit_index"]

@@ -471,6 +471,24 @@ class AuditReport(isgtest.ScenarioCase):
         self.assertEqual(r.rc, 1, r)
         self.assertIn("the report is INCOMPLETE", r.err)
 
+    def test_edited_columns_are_warned_about(self):
+        """report, as list and subject, says which entry's row was edited (the integrity
+        section lists every such problem too) and counts it by its signed entry."""
+        seq = [s for s, _, k, _ in self.entries if k == "message.accepted"][0]
+        store = self.tampered("relabelled-one", ("UPDATE audit SET kind = 'policy.loaded' "
+                                                 "WHERE seq = ?", (seq,)))
+        r = self.report_of(store, "--from", self.first_day, "--to", self.last_day,
+                           "--markdown", "-")
+        self.assertEqual(r.rc, 1, r)  # verify reports the edited column
+        self.assertIn("isgctl: entry %d: its kind column says 'policy.loaded' but the signed "
+                      "entry is 'message.accepted': the table was edited, and the signed entry "
+                      "is what counts (run 'isgctl audit verify')\n" % seq, r.err)
+        self.assertIn("| messages accepted | %d |" % self.expected()["total-accepted"], r.out)
+        self.assertIn("problem: entry %d: its kind column says 'policy.loaded'" % seq, r.out)
+        self.assertNotIn("column", isgtest.ctl("audit", "report", "--config", self.gw.config_path,
+                                               "--from", self.first_day, "--to", self.last_day,
+                                               "--csv", "-").err)
+
     def test_report_judges_entries_by_their_signed_bytes(self):
         """The table's at and kind columns are not signed: redating or relabelling rows moves
         nothing out of its signed period and changes no figure."""
