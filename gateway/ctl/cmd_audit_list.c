@@ -398,10 +398,10 @@ static int list_help(void)
 	       "  --format table|csv|jsonl table (default) for people, csv for a spreadsheet,\n"
 	       "                           jsonl for the exact entries, one per line\n"
 	       "Every entry is read and judged by its signed bytes, never by the store\n"
-	       "table's columns: the times are the entries' own. Exits 1, after listing\n"
-	       "what it could read, when entries cannot be read: wherever their rows say\n"
-	       "they are, they may belong to the list, which is then INCOMPLETE (a warning\n"
-	       "names them).\n\n%s",
+	       "table's columns: the times are the entries' own, and a row whose columns\n"
+	       "were edited is named in a warning. Exits 1, after listing what it could\n"
+	       "read, when entries cannot be read: wherever their rows say they are, they\n"
+	       "may belong to the list, which is then INCOMPLETE (a warning names them).\n\n%s",
 	       list_usage, audit_where_help);
 	return CTL_EXIT_OK;
 }
@@ -687,11 +687,11 @@ static int subject_help(void)
 	       "input, which keeps it off the command line (other local users can see\n"
 	       "command lines). The identifier is normalised as the gateway does and never\n"
 	       "printed. Refused messages and connections hold no subjects and are not\n"
-	       "found. --from, --to and --format are as for 'isgctl audit list', but the\n"
-	       "times are the signed entries' own: every entry is read and judged by its\n"
-	       "signed bytes, never by the store table's columns. Exits 1, after listing\n"
-	       "what it found, when entries cannot be read: the answer is then\n"
-	       "incomplete.\n\n%s",
+	       "found. --from, --to and --format are as for 'isgctl audit list', and as\n"
+	       "there every entry is read and judged by its signed bytes, never by the\n"
+	       "store table's columns (a row whose columns were edited is named in a\n"
+	       "warning). Exits 1, after listing what it found, when entries cannot be\n"
+	       "read: the answer is then INCOMPLETE.\n\n%s",
 	       subject_usage, audit_where_help);
 	return CTL_EXIT_OK;
 }

@@ -1671,9 +1671,13 @@ static int report_help(void)
 	       "                      config's audit.checkpoint_interval when that is longer)\n"
 	       "FILE '-' is standard output. A FILE is written as a new file of mode 0600,\n"
 	       "renamed over FILE once written whole (a FIFO, device or symbolic link there\n"
-	       "is written through instead). Exits 0 when the report is written and the log\n"
-	       "verifies, 1 when it is written but the log failed verification or could not\n"
-	       "be verified, or when it could not be written.\n\n%s",
+	       "is written through instead). Every entry of the log is read and counted on\n"
+	       "the day of its own signed time, as its signed kind, never by the store\n"
+	       "table's columns (a row whose columns were edited is named in a warning).\n"
+	       "Exits 0 when the report is written and the log verifies, 1 when it is\n"
+	       "written but the log failed verification or could not be verified, or\n"
+	       "entries could not be read (the report then says it is INCOMPLETE), or when\n"
+	       "it could not be written.\n\n%s",
 	       report_usage, REPORT_DAYS_MAX, audit_where_help);
 	return CTL_EXIT_OK;
 }
