@@ -109,6 +109,7 @@ struct gateway {
 	struct store *store;
 	struct net_server *net;
 	struct keyproc *keyproc; /* NULL when key_process is false */
+	bool keyproc_died;       /* it ended on its own, and that was logged */
 	pthread_mutex_t regime_mu;
 	struct regime *regime; /* current; swapped on reload */
 };

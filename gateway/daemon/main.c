@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -378,18 +379,41 @@ static void reload(struct gateway *g)
 }
 
 /*
- * True, logged, when the key process has ended before keyproc_stop asked
- * it to: whatever its status, it ends only when its channels are gone, and
- * isgd cannot pseudonymise, seal or sign without them.
+ * One line for the key process's end, with what an operator needs to tell
+ * a kill from a crash or a failure: its pid and its exit status or signal.
+ * status is a wait status, or -1 when the key process could not be reaped.
+ */
+static void log_keyproc_exit(pid_t pid, int status, const char *reason)
+{
+	char how[48], q[64] = "";
+	if (status == -1)
+		snprintf(how, sizeof(how), "status=unknown");
+	else if (WIFSIGNALED(status) && sigabbrev_np(WTERMSIG(status)))
+		snprintf(how, sizeof(how), "signal=%s", sigabbrev_np(WTERMSIG(status)));
+	else if (WIFSIGNALED(status))
+		snprintf(how, sizeof(how), "signal=%d", WTERMSIG(status));
+	else
+		snprintf(how, sizeof(how), "status=%d", WEXITSTATUS(status));
+	if (reason)
+		snprintf(q, sizeof(q), " reason=\"%s\"", reason);
+	log_event(LOG_ERROR, "keyproc.exited", "pid=%d %s%s", (int)pid, how, q);
+}
+
+/*
+ * True when the key process has ended before keyproc_stop asked it to:
+ * whatever its status, it ends only when its channels are gone, and isgd
+ * cannot pseudonymise, seal or sign without them. Logged once, the first
+ * time it is seen, however often isgd asks afterwards.
  */
 static bool keyproc_failed(struct gateway *g)
 {
 	int status;
+	if (g->keyproc_died)
+		return true;
 	if (!g->keyproc || !keyproc_exited(g->keyproc, &status))
 		return false;
-	log_event(LOG_ERROR, "keyproc.exited", "pid=%d status=%d signal=%d",
-	          (int)keyproc_pid(g->keyproc), WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-	          WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+	log_keyproc_exit(keyproc_pid(g->keyproc), status, NULL);
+	g->keyproc_died = true;
 	return true;
 }
 
@@ -613,9 +637,11 @@ int main(int argc, char **argv)
 	SSL_CTX_free(tls);
 	/* Last: the regimes and the store used it until now. */
 	bool died = keyproc_failed(&g);
-	if (!keyproc_stop(g.keyproc) || died) {
+	pid_t kp_pid = g.keyproc ? keyproc_pid(g.keyproc) : 0;
+	int kp_status;
+	if (!keyproc_stop(g.keyproc, &kp_status) || died) {
 		if (!died)
-			log_event(LOG_ERROR, "keyproc.exited", "reason=\"failed at stop\"");
+			log_keyproc_exit(kp_pid, kp_status, "failed at stop");
 		r = r ? r : ISG_ERR_IO;
 	}
 	config_release(&g.cfg);

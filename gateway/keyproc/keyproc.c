@@ -304,7 +304,7 @@ out:
 				close(theirs[i]);
 	free(theirs);
 	if (rc)
-		keyproc_stop(kp);
+		keyproc_stop(kp, NULL);
 	return rc;
 }
 
@@ -326,8 +326,10 @@ bool keyproc_exited(struct keyproc *kp, int *status)
 	return kp->reaped;
 }
 
-bool keyproc_stop(struct keyproc *kp)
+bool keyproc_stop(struct keyproc *kp, int *status)
 {
+	if (status)
+		*status = -1;
 	if (!kp)
 		return true;
 	for (unsigned i = 0; kp->fds && i < kp->n; i++)
@@ -340,6 +342,8 @@ bool keyproc_stop(struct keyproc *kp)
 		kp->reaped = r == kp->pid;
 	}
 	bool ok = kp->reaped && WIFEXITED(kp->status) && WEXITSTATUS(kp->status) == 0;
+	if (status && kp->reaped)
+		*status = kp->status;
 	audit_signer_free(kp->signer);
 	if (kp->n) {
 		pthread_cond_destroy(&kp->cv);

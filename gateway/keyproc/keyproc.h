@@ -42,9 +42,11 @@ int keyproc_start(const struct keyproc_options *opt, struct keyproc **out, char 
     __attribute__((warn_unused_result));
 /*
  * Close the channels (the key process then wipes its keys and exits), reap
- * it and free. True when it ended well (exit status 0); NULL ok.
+ * it and free. True when it ended well (exit status 0); NULL ok. *status
+ * (when status is not NULL) gets its wait status, or -1 when it could not
+ * be reaped or never started.
  */
-bool keyproc_stop(struct keyproc *kp);
+bool keyproc_stop(struct keyproc *kp, int *status);
 /* The key process's pid. */
 pid_t keyproc_pid(const struct keyproc *kp);
 /*

@@ -62,7 +62,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fixture *f = *state;
-	assert_true(keyproc_stop(f->kp));
+	assert_true(keyproc_stop(f->kp, NULL));
 	char cmd[200];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->root);
 	if (system(cmd) != 0)
@@ -347,6 +347,26 @@ static void test_bad_key_file_refused_at_start(void **state)
 	assert_int_not_equal(keyproc_start(&o, &f->kp, err, sizeof(err)), 0);
 	assert_null(f->kp);
 	assert_non_null(strstr(err, "audit-signing.key' has mode 0644"));
+}
+
+/* keyproc_stop says how the key process ended: isgd logs it (keyproc.exited). */
+static void test_stop_gives_the_wait_status(void **state)
+{
+	struct fixture *f = *state;
+	int st = 0;
+	assert_true(keyproc_stop(start(f), &st));
+	f->kp = NULL;
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	struct keyproc *kp = start(f);
+	assert_int_equal(kill(keyproc_pid(kp), SIGKILL), 0);
+	assert_false(keyproc_stop(kp, &st));
+	f->kp = NULL;
+	assert_true(WIFSIGNALED(st));
+	assert_int_equal(WTERMSIG(st), SIGKILL);
+	st = 0;
+	assert_true(keyproc_stop(NULL, &st));
+	assert_int_equal(st, -1);
 }
 
 /* --- the protocol, spoken badly: the key process is on the other side of a trust boundary */
@@ -652,6 +672,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_signs_checkpoints_never_backwards, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_key_file_refused_at_start, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stop_gives_the_wait_status, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_malformed_requests_are_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pseudo_too_many_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pseudo_batch_over_a_frame_split, setup, teardown),
