@@ -32,13 +32,26 @@ struct regime {
 };
 
 /*
+ * Who reads what regime_load reports. --check-config prints every error and
+ * warning for the admin at the terminal, as isgctl policy check does. A
+ * start prints its errors the same way, since they stop it, but logs the
+ * warnings, which stay true of the gateway it goes on to run. A reload logs
+ * both, as events.
+ */
+enum regime_report {
+	REGIME_CHECK,  /* errors and warnings printed (file:line:col: ...) */
+	REGIME_START,  /* errors printed, warnings logged */
+	REGIME_RELOAD, /* errors and warnings logged */
+};
+
+/*
  * Load the policy set and the domain keys (through the key process kp, or
  * here when kp is NULL) and check that every domain an agreement names has
- * a key. Errors go to stderr (at start) or the log (on reload, log=true),
- * and *errors counts them. Returns NULL when anything is wrong.
+ * a key. Problems are reported as `report` says, and *errors counts the
+ * errors. Returns NULL when anything is wrong.
  */
-struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bool log,
-                           size_t *errors);
+struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp,
+                           enum regime_report report, size_t *errors);
 void regime_unref(struct regime *r);
 
 /* quota.c: daily limits per sender and agreement. */

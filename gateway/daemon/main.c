@@ -280,9 +280,13 @@ static int load_secrets(const struct isgd_config *cfg, struct secrets *s)
 	return failed ? ISG_ERR_INVALID : 0;
 }
 
-/* Everything --check-config checks, and what a start needs before it listens. */
-static int check_all(struct gateway *g, const struct identity *id, struct regime **regime,
-                     struct secrets *sec, SSL_CTX **tls)
+/*
+ * Everything --check-config checks, and what a start needs before it
+ * listens; how says who reads the policy's problems (REGIME_CHECK or
+ * REGIME_START).
+ */
+static int check_all(struct gateway *g, const struct identity *id, enum regime_report how,
+                     struct regime **regime, struct secrets *sec, SSL_CTX **tls)
 {
 	const struct isgd_config *cfg = &g->cfg;
 	char err[512];
@@ -300,7 +304,7 @@ static int check_all(struct gateway *g, const struct identity *id, struct regime
 	}
 	size_t errors;
 	if ((!cfg->key_process || g->keyproc) &&
-	    (*regime = regime_load(cfg, g->keyproc, false, &errors)) == NULL)
+	    (*regime = regime_load(cfg, g->keyproc, how, &errors)) == NULL)
 		failed = 1;
 	if (check_tls_key(cfg, id->uid, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
@@ -345,7 +349,7 @@ static void reload(struct gateway *g)
 {
 	log_event(LOG_INFO, "reload.start", "policy_dir=%s", g->cfg.policy_dir);
 	size_t errors;
-	struct regime *r = regime_load(&g->cfg, g->keyproc, true, &errors);
+	struct regime *r = regime_load(&g->cfg, g->keyproc, REGIME_RELOAD, &errors);
 	if (r) {
 		const struct policy_set *set = r->policy;
 		audit_policy(g, set, "loaded", 0);
@@ -625,7 +629,8 @@ int main(int argc, char **argv)
 	SSL_CTX *tls = NULL;
 	r = resolve_user(&g.cfg, &id);
 	if (r == 0)
-		r = check_all(&g, &id, &regime, &sec, &tls);
+		r = check_all(&g, &id, check_only ? REGIME_CHECK : REGIME_START, &regime, &sec,
+		              &tls);
 	if (r == 0 && !check_only) {
 		r = run(&g, &id, regime, &sec, tls, &sigs); /* takes the regime */
 	} else {

@@ -9,18 +9,44 @@
 
 #define MAX_DOMAINS 256
 
-static void report(bool log, const char *event, const char *msg)
+/* An error: a line of isgd's log at a reload, a line for the admin otherwise. */
+static void report(enum regime_report how, const char *event, const char *msg)
 {
 	char q[PATH_MAX + 800];
-	if (log)
+	if (how == REGIME_RELOAD)
 		log_event(LOG_ERROR, event, "message=%s", log_quote(q, sizeof(q), msg));
 	else
 		fprintf(stderr, "isgd: %s\n", msg);
 }
 
+/* One policy problem as a policy.diagnostic event, its place in fields of its own. */
+static void log_diagnostic(const struct ydoc_diag *g)
+{
+	char qf[PATH_MAX + 8], qm[600];
+	log_event(g->warning ? LOG_WARN : LOG_ERROR, "policy.diagnostic",
+	          "file=%s line=%d col=%d message=%s",
+	          log_quote(qf, sizeof(qf), g->file ? g->file : ""), g->line, g->col,
+	          log_quote(qm, sizeof(qm), g->message));
+}
+
+/* The policy's problems, each where `how` sends it (see enum regime_report). */
+static void report_diagnostics(enum regime_report how, const struct ydoc_diags *d)
+{
+	for (size_t i = 0; i < d->n; i++) {
+		const struct ydoc_diag *g = &d->items[i];
+		if (how == REGIME_RELOAD || (how == REGIME_START && g->warning))
+			log_diagnostic(g);
+		else
+			ydoc_diag_print(g, stderr);
+	}
+	size_t total = d->errors + d->warnings;
+	if (how != REGIME_RELOAD && total > d->n)
+		fprintf(stderr, "(%zu more diagnostics not shown)\n", total - d->n);
+}
+
 /* Loads the policy set, counting its errors (not its warnings) into *errors. */
-static bool policy_errors(const struct isgd_config *cfg, bool log, struct policy_set **set,
-                          size_t *errors)
+static bool policy_errors(const struct isgd_config *cfg, enum regime_report how,
+                          struct policy_set **set, size_t *errors)
 {
 	struct ydoc_diags d;
 	ydoc_diags_init(&d);
@@ -28,22 +54,12 @@ static bool policy_errors(const struct isgd_config *cfg, bool log, struct policy
 	size_t before = *errors;
 	for (size_t i = 0; i < d.n; i++)
 		*errors += !d.items[i].warning;
-	if (!log) {
-		ydoc_diags_print(&d, stderr);
-	} else {
-		for (size_t i = 0; i < d.n; i++) {
-			char q[600];
-			log_event(d.items[i].warning ? LOG_WARN : LOG_ERROR, "policy.diagnostic",
-			          "file=%s line=%d col=%d message=%s",
-			          d.items[i].file ? d.items[i].file : "", d.items[i].line,
-			          d.items[i].col, log_quote(q, sizeof(q), d.items[i].message));
-		}
-	}
+	report_diagnostics(how, &d);
 	ydoc_diags_release(&d);
 	if (r != 0) {
 		char msg[600];
 		snprintf(msg, sizeof(msg), "policy directory '%s' has errors", cfg->policy_dir);
-		report(log, "policy.error", msg);
+		report(how, "policy.error", msg);
 		if (*errors == before) /* refused, though no single diagnostic said why */
 			(*errors)++;
 	}
@@ -51,8 +67,8 @@ static bool policy_errors(const struct isgd_config *cfg, bool log, struct policy
 }
 
 /* Every linkage domain an agreement names must have a key. */
-static bool domains_missing(const struct policy_set *set, const struct keyring *keys, bool log,
-                            const char *keys_dir, size_t *errors)
+static bool domains_missing(const struct policy_set *set, const struct keyring *keys,
+                            enum regime_report how, const char *keys_dir, size_t *errors)
 {
 	const char *domains[MAX_DOMAINS];
 	size_t n = policy_domains(set, domains, MAX_DOMAINS);
@@ -61,7 +77,7 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 		snprintf(msg, sizeof(msg),
 		         "the agreements name %zu linkage domains; at most %d are supported", n,
 		         MAX_DOMAINS);
-		report(log, "keys.too_many_domains", msg);
+		report(how, "keys.too_many_domains", msg);
 		(*errors)++;
 		return true;
 	}
@@ -80,7 +96,7 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 		         "%slinkage domain '%s' is named by an agreement but has no key in '%s/%s' "
 		         "(create it with: isgctl keys new-domain %s %s)",
 		         at, domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
-		report(log, "keys.missing_domain", msg);
+		report(how, "keys.missing_domain", msg);
 		(*errors)++;
 		missing = true;
 	}
@@ -106,8 +122,8 @@ static int load_keys(const struct isgd_config *cfg, struct keyproc *kp, struct r
 	return 0;
 }
 
-struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bool log,
-                           size_t *errors)
+struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp,
+                           enum regime_report how, size_t *errors)
 {
 	*errors = 0;
 	struct regime *r = calloc(1, sizeof(*r));
@@ -116,14 +132,14 @@ struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bo
 		return NULL;
 	}
 	atomic_init(&r->refs, 1);
-	bool failed = policy_errors(cfg, log, &r->policy, errors);
+	bool failed = policy_errors(cfg, how, &r->policy, errors);
 	char err[512];
 	if (load_keys(cfg, kp, r, err, sizeof(err)) != 0) {
-		report(log, "keys.error", err);
+		report(how, "keys.error", err);
 		(*errors)++;
 		failed = true;
 	}
-	if (!failed && domains_missing(r->policy, r->keys, log, cfg->keys_dir, errors))
+	if (!failed && domains_missing(r->policy, r->keys, how, cfg->keys_dir, errors))
 		failed = true;
 	if (!failed && !keyring_has(r->keys, AUDIT_DOMAIN)) {
 		snprintf(err, sizeof(err),
@@ -131,7 +147,7 @@ struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp, bo
 		         "init makes it; or: isgctl keys new-domain %s %s)",
 		         AUDIT_DOMAIN, cfg->keys_dir, KEYS_DOMAINS_DIR, cfg->keys_dir,
 		         AUDIT_DOMAIN);
-		report(log, "keys.missing_domain", err);
+		report(how, "keys.missing_domain", err);
 		(*errors)++;
 		failed = true;
 	}

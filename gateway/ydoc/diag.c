@@ -139,17 +139,21 @@ void ydoc_warning(struct ydoc_diags *d, const char *file, const struct ydoc_node
 	va_end(ap);
 }
 
+void ydoc_diag_print(const struct ydoc_diag *g, void *stdio_file)
+{
+	FILE *f = stdio_file;
+	const char *sev = g->warning ? "warning" : "error";
+	if (g->line > 0)
+		fprintf(f, "%s:%d:%d: %s: %s\n", g->file, g->line, g->col, sev, g->message);
+	else
+		fprintf(f, "%s: %s: %s\n", g->file, sev, g->message);
+}
+
 void ydoc_diags_print(const struct ydoc_diags *d, void *stdio_file)
 {
 	FILE *f = stdio_file;
-	for (size_t i = 0; i < d->n; i++) {
-		const struct ydoc_diag *g = &d->items[i];
-		const char *sev = g->warning ? "warning" : "error";
-		if (g->line > 0)
-			fprintf(f, "%s:%d:%d: %s: %s\n", g->file, g->line, g->col, sev, g->message);
-		else
-			fprintf(f, "%s: %s: %s\n", g->file, sev, g->message);
-	}
+	for (size_t i = 0; i < d->n; i++)
+		ydoc_diag_print(&d->items[i], f);
 	size_t total = d->errors + d->warnings;
 	if (total > d->n)
 		fprintf(f, "(%zu more diagnostics not shown)\n", total - d->n);

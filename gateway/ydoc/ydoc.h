@@ -49,6 +49,8 @@ void ydoc_warning(struct ydoc_diags *d, const char *file, const struct ydoc_node
                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* Print every diagnostic as "file:line:column: error: message" lines. */
 void ydoc_diags_print(const struct ydoc_diags *d, void *stdio_file);
+/* Print one diagnostic as ydoc_diags_print does. */
+void ydoc_diag_print(const struct ydoc_diag *g, void *stdio_file);
 
 /*
  * Parse a file (or a buffer named `name`). Files longer than max_bytes are

@@ -1031,5 +1031,54 @@ class TestPartnerRemoved(HardeningCase):
         self.assertLogClean()
 
 
+def logfmt(line):
+    """The key=value pairs of one logfmt line, quoted values unquoted."""
+    pairs = re.findall(r'([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|[^ "]*)(?: |$)', line)
+    rebuilt = " ".join(k + "=" + v for k, v in pairs)
+    if rebuilt != line:
+        raise AssertionError("not one logfmt line: %r" % line)
+    return {k: json.loads(v) if v.startswith('"') else v for k, v in pairs}
+
+
+class TestPolicyWarnings(HardeningCase):
+    def test_warnings_are_events_in_the_log_and_text_for_check_config(self):
+        """A policy that loads with a warning: --check-config prints it for the
+        admin at the terminal, as isgctl policy check does; a start and a
+        reload write it into isgd's log as the same policy.diagnostic event,
+        level=warn, with its file, line and column, like every other line
+        there. The policy directory's name has a space, which must not break
+        the file= field."""
+        agreement = isgtest.default_agreement(review_date="2025-06-30")
+        policy = self.policy(name="policy dir", agreements=[agreement])
+        gw = self.gateway(policy, start=False)
+        check = isgtest.subprocess.run([isgtest.ISGD, "--check-config", "--config",
+                                        gw.config_path], capture_output=True, text=True,
+                                       timeout=isgtest.START_TIMEOUT)
+        self.assertEqual((check.returncode, check.stdout), (0, "configuration OK\n"),
+                         check.stderr)
+        path = os.path.join(policy, "agreements", AGREEMENT_ID + ".yaml")
+        m = re.fullmatch(r"(.*):(\d+):(\d+): warning: (.*)\n", check.stderr)
+        self.assertIsNotNone(m, check.stderr)
+        self.assertEqual(m.group(1), path)
+        self.assertRegex(m.group(4), r"^agreement '%s' was due for review on 2025-06-30 "
+                                     r"\(review_date\); today \(UTC\) is \d{4}-\d\d-\d\d$"
+                         % AGREEMENT_ID)
+        want = {"level": "warn", "event": "policy.diagnostic", "file": path,
+                "line": m.group(2), "col": m.group(3), "message": m.group(4)}
+
+        self.gw = gw
+        gw.start()
+        lines = [l for l in gw.log.splitlines() if not l.startswith("# isgtest:")]
+        events = [logfmt(l) for l in lines]  # every line isgd wrote is an event
+        at_start = [e for e in events if e["event"] == "policy.diagnostic"]
+        self.assertEqual([{k: e[k] for k in want} for e in at_start], [want])
+        self.assertNotIn("warning:", gw.log)
+
+        outcome, text = gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        at_reload = [logfmt(l) for l in text.splitlines() if "event=policy.diagnostic" in l]
+        self.assertEqual([{k: e[k] for k in want} for e in at_reload], [want])
+
+
 if __name__ == "__main__":
     unittest.main()
