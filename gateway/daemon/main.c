@@ -11,7 +11,6 @@
  * before anything else; with `user:` isgd binds its port as root and then
  * becomes that user before it opens the store or serves anyone.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -137,10 +136,10 @@ struct user_reads {
 	int failed;
 };
 
-static void cannot_read(struct user_reads *u, const char *what, const char *path)
+static void cannot_read(struct user_reads *u, const char *what, const char *path, int errnum)
 {
 	fprintf(stderr, "isgd: cannot read %s '%s' as user '%s', as every reload does: %s\n", what,
-	        path, u->user, strerror(errno));
+	        path, u->user, strerror(errnum));
 	u->failed = 1;
 }
 
@@ -153,46 +152,42 @@ static void try_read(struct user_reads *u, const char *what, const char *path)
 	if (fd >= 0)
 		close(fd);
 	else if (errno != ENOENT)
-		cannot_read(u, what, path);
+		cannot_read(u, what, path, errno);
 }
 
-/* As the policy loader names them: not hidden, ending in ".yaml". */
-static bool is_agreement_file(const char *name)
+/* Each file the policy loader reads, as policy_list_files gives them. */
+static int try_read_listed(void *ctx, const char *rel, const char *path, int errnum)
 {
-	size_t len = strlen(name);
-	return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".yaml") == 0;
+	struct user_reads *u = ctx;
+	if (errnum == 0)
+		try_read(u, "policy file", path);
+	else if (errnum != ENOENT)
+		cannot_read(
+		    u, strcmp(rel, POLICY_AGREEMENTS_DIR) == 0 ? "policy directory" : "policy file",
+		    path, errnum);
+	return 0;
 }
 
-/* What the policy loader opens: partners.yaml, agreements/ and its *.yaml. */
+/*
+ * What the policy loader opens, listed by the loader's own code: a
+ * directory or a FIFO named like an agreement is not read, so not asked for.
+ */
 static void try_read_policy(struct user_reads *u, const char *dir)
 {
-	char path[PATH_MAX], adir[PATH_MAX];
+	char path[PATH_MAX];
 	/* "dir/." with O_PATH: whether the user may search it (access() would ask as root) */
 	snprintf(path, sizeof(path), "%s/.", dir);
 	int fd = open(path, O_PATH | O_CLOEXEC);
 	if (fd < 0) {
 		if (errno != ENOENT)
-			cannot_read(u, "policy directory", dir);
+			cannot_read(u, "policy directory", dir, errno);
 		return;
 	}
 	close(fd);
-	snprintf(path, sizeof(path), "%s/%s", dir, POLICY_PARTNERS_FILE);
-	try_read(u, "policy file", path);
-	snprintf(adir, sizeof(adir), "%s/%s", dir, POLICY_AGREEMENTS_DIR);
-	DIR *dp = opendir(adir);
-	if (!dp) {
-		if (errno != ENOENT)
-			cannot_read(u, "policy directory", adir);
-		return;
+	if (policy_list_files(dir, try_read_listed, u) != 0) {
+		fprintf(stderr, "isgd: out of memory listing the policy directory '%s'\n", dir);
+		u->failed = 1;
 	}
-	const struct dirent *e;
-	while ((e = readdir(dp))) {
-		if (!is_agreement_file(e->d_name))
-			continue;
-		if (snprintf(path, sizeof(path), "%s/%s", adir, e->d_name) < (int)sizeof(path))
-			try_read(u, "policy file", path);
-	}
-	closedir(dp);
 }
 
 /*

@@ -102,35 +102,70 @@ static bool is_agreement_name(const char *name)
 	return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".yaml") == 0;
 }
 
-static int list_agreements(struct loader *l)
+/*
+ * Whether agreements/NAME.yaml is an agreement: a regular file, or a link
+ * to one. A link that leads to no file is none, for whoever asks; a type
+ * that cannot be learnt (EACCES: a link into a directory this process may
+ * not enter) is the caller's to report, or a reload, run as another user
+ * than the start, would quietly drop an agreement the start loaded.
+ */
+static int list_entry(const char *dir, const char *name, policy_file_fn fn, void *ctx)
 {
-	char *adir = path_join(l->dir, POLICY_AGREEMENTS_DIR);
-	if (!adir)
+	char rel[sizeof(POLICY_AGREEMENTS_DIR) + 256 + 1];
+	snprintf(rel, sizeof(rel), "%s/%s", POLICY_AGREEMENTS_DIR, name);
+	char *full = path_join(dir, rel);
+	if (!full)
 		return ISG_ERR_NOMEM;
-	int err = 0;
+	struct stat st;
+	int r = 0;
+	if (stat(full, &st) == 0) {
+		if (S_ISREG(st.st_mode))
+			r = fn(ctx, rel, full, 0);
+	} else if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP) {
+		r = fn(ctx, rel, full, errno);
+	}
+	free(full);
+	return r;
+}
+
+int policy_list_files(const char *dir, policy_file_fn fn, void *ctx)
+{
+	char *partners = path_join(dir, POLICY_PARTNERS_FILE);
+	char *adir = path_join(dir, POLICY_AGREEMENTS_DIR);
+	int r = ISG_ERR_NOMEM;
+	if (!partners || !adir || (r = fn(ctx, POLICY_PARTNERS_FILE, partners, 0)) != 0)
+		goto out;
 	DIR *dp = opendir(adir);
 	if (!dp) {
-		ydoc_error(l->d, adir, NULL, "cannot open directory: %s", strerror(errno));
-		err = ISG_ERR_IO;
+		r = fn(ctx, POLICY_AGREEMENTS_DIR, adir, errno);
 		goto out;
 	}
-	struct dirent *e;
-	char rel[sizeof(POLICY_AGREEMENTS_DIR) + 256 + 1];
-	while (!err && (e = readdir(dp))) {
-		if (!is_agreement_name(e->d_name))
-			continue;
-		snprintf(rel, sizeof(rel), "%s/%s", POLICY_AGREEMENTS_DIR, e->d_name);
-		char *full = path_join(l->dir, rel);
-		struct stat st;
-		bool regular = full && stat(full, &st) == 0 && S_ISREG(st.st_mode);
-		free(full);
-		if (regular) /* directories and dangling links named *.yaml are not agreements */
-			err = add_source(l, rel);
-	}
+	const struct dirent *e;
+	while (r == 0 && (e = readdir(dp)))
+		if (is_agreement_name(e->d_name))
+			r = list_entry(dir, e->d_name, fn, ctx);
 	closedir(dp);
 out:
+	free(partners);
 	free(adir);
-	return err;
+	return r;
+}
+
+/* policy_list_files's callback for the loader: each file a source, each failure an error. */
+static int list_source(void *ctx, const char *rel, const char *path, int errnum)
+{
+	struct loader *l = ctx;
+	if (errnum == 0)
+		return add_source(l, rel);
+	if (strcmp(rel, POLICY_AGREEMENTS_DIR) == 0) {
+		ydoc_error(l->d, path, NULL, "cannot open directory: %s", strerror(errnum));
+		/* The partners are still checked, to report everything at once. */
+		l->no_agreements_dir = true;
+	} else {
+		ydoc_error(l->d, path, NULL, "cannot open: %s", strerror(errnum));
+	}
+	note_err(l, ISG_ERR_IO);
+	return 0;
 }
 
 static int source_order(const void *a, const void *b)
@@ -286,19 +321,10 @@ int policy_load_at(const char *dir, int64_t today_days, struct policy_set **out,
 		goto out;
 	}
 	atomic_init(&p.set->refs, 1);
-	int err = add_source(&l, POLICY_PARTNERS_FILE);
+	int err = policy_list_files(clean_dir, list_source, &l);
 	if (err) {
 		note_err(&l, err);
 		goto out;
-	}
-	/* Without agreements/ the partners are still checked, to report everything at once. */
-	err = list_agreements(&l);
-	if (err == ISG_ERR_IO)
-		l.no_agreements_dir = true;
-	if (err) {
-		note_err(&l, err);
-		if (err != ISG_ERR_IO)
-			goto out;
 	}
 	qsort(l.src, l.n_src, sizeof(*l.src), source_order);
 	for (size_t i = 0; i < l.n_src; i++)

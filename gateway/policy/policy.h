@@ -153,6 +153,21 @@ struct policy_set {
  * Returns 0 (set has one reference) or ISG_ERR_PARSE / ISG_ERR_INVALID / ISG_ERR_IO.
  */
 int policy_load(const char *dir, struct policy_set **out, struct ydoc_diags *diags);
+/*
+ * The files policy_load reads in dir, listed by the code that lists them
+ * for it, so that a check of them (isgd's, as the user who reloads) judges
+ * exactly those: partners.yaml, then each agreements/NAME.yaml whose name
+ * does not start with '.' and that is a regular file or a link to one.
+ * Directories, FIFOs and links that lead to no file are no agreements. fn
+ * gets each one's path relative to dir and dir/rel, with errnum 0; or,
+ * with the errno, the agreements directory when it cannot be listed, or an
+ * entry whose type cannot be learnt (a link into a directory this process
+ * may not enter), which policy_load reports rather than skips. The
+ * listing stops at fn's first nonzero return, which it returns; otherwise
+ * 0 or ISG_ERR_NOMEM. Not in any order.
+ */
+typedef int (*policy_file_fn)(void *ctx, const char *rel, const char *path, int errnum);
+int policy_list_files(const char *dir, policy_file_fn fn, void *ctx);
 struct policy_set *policy_set_ref(struct policy_set *set); /* thread-safe */
 void policy_set_unref(struct policy_set *set);             /* NULL ok; frees at zero */
 

@@ -300,6 +300,52 @@ class DropRoot(PrivsepCase):
         outcome, text = gw.reload()
         self.assertEqual(outcome, "loaded", text)
 
+    def started_version(self, gw):
+        return re.findall(r"event=isgd\.started .*policy_version=([0-9a-f]{64})", gw.log)[-1]
+
+    def test_what_the_loader_skips_is_not_asked_for(self):
+        """A directory or a FIFO named like an agreement is no agreement: the
+        loader skips it, so the start's check as the user does not ask to read
+        it, even when only root could; start and reload load the same set."""
+        require_root(self)
+        gw = self.user_gateway()
+        agreements = os.path.join(gw.policy_dir, "agreements")
+        os.mkdir(os.path.join(agreements, "x.yaml"), 0o700)
+        os.mkfifo(os.path.join(agreements, "f.yaml"), 0o600)
+        check = isgtest.subprocess.run(gw.argv() + ["--check-config"], capture_output=True,
+                                       text=True, timeout=isgtest.START_TIMEOUT)
+        self.assertEqual((check.returncode, check.stdout, check.stderr),
+                         (0, "configuration OK\n", ""))
+        gw.start()
+        outcome, text = gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        self.assertRegex(text, r"event=policy\.loaded version=%s partners=3 agreements=1\n"
+                         % self.started_version(gw))
+
+    def test_a_link_the_user_cannot_follow_is_refused_not_skipped(self):
+        """An agreement that is a link into a directory only root may enter:
+        refused at start, as the user would not read it at a reload; and if
+        the directory is closed while isgd runs, the reload is refused with
+        the file named, rather than loading the set without that agreement."""
+        require_root(self)
+        gw = self.user_gateway()
+        private = os.path.join(self.tmp, "private")
+        os.mkdir(private, 0o700)
+        target = os.path.join(private, "extra.yaml")
+        isgtest.write_yaml(target, {"agreement": isgtest.default_agreement(id="extra")})
+        os.chmod(target, 0o644)
+        link = os.path.join(gw.policy_dir, "agreements", "extra.yaml")
+        os.symlink(target, link)
+        self.refused(gw, "cannot read policy file '%s' as user 'nobody'" % link)
+        os.chmod(private, 0o755)
+        gw.start()
+        os.chmod(private, 0o700)
+        outcome, text = gw.reload()
+        self.assertEqual(outcome, "refused", text)
+        self.assertRegex(text, r"level=error event=policy\.diagnostic file=%s line=0 col=0 "
+                               r"message=\"cannot open: Permission denied\"" % re.escape(link))
+        self.assertNotIn("event=policy.loaded", text)
+
     def test_tls_files_only_root_can_read_are_refused(self):
         require_root(self)
         gw = self.user_gateway(crl=True)

@@ -724,6 +724,71 @@ static void test_fifo_refused(void **state)
 	remove_dir(dir);
 }
 
+/* policy_list_files's callback: each listed path relative to the directory, sorted. */
+struct listed {
+	char rel[8][300];
+	size_t n;
+};
+
+static int note_listed(void *ctx, const char *rel, const char *path, int errnum)
+{
+	struct listed *l = ctx;
+	assert_int_equal(errnum, 0);
+	assert_true(l->n < 8);
+	assert_non_null(strstr(path, rel));
+	snprintf(l->rel[l->n++], sizeof(l->rel[0]), "%s", rel);
+	return 0;
+}
+
+static int rel_order(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/*
+ * What policy_list_files lists is what policy_load loads, and isgd checks
+ * the user can read: partners.yaml and the agreements that are files or
+ * links to one, never a directory, a FIFO, a hidden file or a link to
+ * nothing named like an agreement.
+ */
+static void test_listed_files_are_the_loaded_ones(void **state)
+{
+	char *dir = temp_policy_dir();
+	char path[4400], to[4400];
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	install(dir, "valid/agreements/police-nhs-safeguarding.yaml",
+	        "agreements/police-nhs-safeguarding.yaml");
+	install(dir, "valid/agreements/nhs-police-reply.yaml", "nhs-police-reply.yaml");
+	snprintf(path, sizeof(path), "%s/agreements/nhs-police-reply.yaml", dir);
+	snprintf(to, sizeof(to), "%s/nhs-police-reply.yaml", dir);
+	assert_int_equal(symlink(to, path), 0);
+	snprintf(path, sizeof(path), "%s/agreements/a-directory.yaml", dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/agreements/a-fifo.yaml", dir);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	snprintf(path, sizeof(path), "%s/agreements/gone.yaml", dir);
+	assert_int_equal(symlink("/nonexistent/isg/gone.yaml", path), 0);
+	install(dir, "valid/agreements/council-planning.yaml", "agreements/.council.yaml");
+
+	struct listed l = {.n = 0};
+	assert_int_equal(policy_list_files(dir, note_listed, &l), 0);
+	qsort(l.rel, l.n, sizeof(l.rel[0]), rel_order);
+	assert_int_equal(l.n, 3);
+	assert_string_equal(l.rel[0], "agreements/nhs-police-reply.yaml");
+	assert_string_equal(l.rel[1], "agreements/police-nhs-safeguarding.yaml");
+	assert_string_equal(l.rel[2], "partners.yaml");
+
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	assert_int_equal(set->n_agreements, 2);
+	assert_int_equal(d.errors, 0);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
 static struct policy_set *load_features(int64_t today, struct ydoc_diags *d)
 {
 	struct policy_set *set = NULL;
@@ -2348,6 +2413,7 @@ int main(void)
 	    cmocka_unit_test(test_issuer_cn),
 	    cmocka_unit_test(test_null_matchers),
 	    cmocka_unit_test(test_fifo_refused),
+	    cmocka_unit_test(test_listed_files_are_the_loaded_ones),
 	    cmocka_unit_test(test_review_dates),
 	    cmocka_unit_test(test_daily_limits),
 	    cmocka_unit_test(test_check_domains),
