@@ -191,6 +191,27 @@ static void try_read_policy(struct user_reads *u, const char *dir)
 }
 
 /*
+ * Without a key process, isgd loads the domain keys itself: as root at
+ * start, as the user at every reload. A key file must be owned by whoever
+ * loads it, with no group or other access, so no file passes both, and
+ * every reload would fail on them. Refused at start instead; the rule on
+ * key files stays as it is. With a key process, the key process, which
+ * keeps root's uid, loads them every time.
+ */
+static int domain_keys_unreadable(const struct isgd_config *cfg)
+{
+	if (cfg->key_process)
+		return 0;
+	fprintf(stderr,
+	        "isgd: cannot load the linkage-domain keys in '%s/%s' as user '%s', as every "
+	        "reload does with key_process: false: a key file must be owned by the user that "
+	        "loads it, and the start loads them as root; keep key_process on (the default), "
+	        "or start isgd as user '%s'\n",
+	        cfg->keys_dir, KEYS_DOMAINS_DIR, cfg->user, cfg->user);
+	return 1;
+}
+
+/*
  * As the user, for the file system only (setfsuid, setfsgid, and the one
  * group drop_privileges leaves it), so modes, ACLs and security modules
  * answer as they will at reload; then root's own ids again, as isgd still
@@ -203,6 +224,7 @@ static int check_user_reads(const struct isgd_config *cfg, const struct identity
 {
 	if (!id->drop)
 		return 0;
+	struct user_reads u = {.user = cfg->user, .failed = domain_keys_unreadable(cfg)};
 	int n = getgroups(0, NULL);
 	gid_t *groups = n > 0 ? calloc((size_t)n, sizeof(*groups)) : NULL;
 	if (n < 0 || (n > 0 && (!groups || getgroups(n, groups) != n)) ||
@@ -214,7 +236,6 @@ static int check_user_reads(const struct isgd_config *cfg, const struct identity
 	}
 	setfsgid(id->gid);
 	setfsuid(id->uid);
-	struct user_reads u = {.user = cfg->user};
 	/* setfsuid says nothing of failure: ask what is in force */
 	if ((uid_t)setfsuid((uid_t)-1) != id->uid || (gid_t)setfsgid((gid_t)-1) != id->gid) {
 		fprintf(stderr, "isgd: cannot check files as user '%s'\n", cfg->user);

@@ -346,6 +346,43 @@ class DropRoot(PrivsepCase):
                                r"message=\"cannot open: Permission denied\"" % re.escape(link))
         self.assertNotIn("event=policy.loaded", text)
 
+    def test_key_process_off_is_refused_when_root_becomes_the_user(self):
+        """key_process: false loads the domain keys in isgd: as root at start
+        and as the user at every reload. A key file must belong to whoever
+        loads it, so none would pass both, and every reload would fail on
+        them: refused at start, not at the first SIGHUP."""
+        require_root(self)
+        gw = self.user_gateway()
+        gw.config["key_process"] = False
+        gw.write_config()
+        self.refused(gw, "cannot load the linkage-domain keys in '%s/domains' as user 'nobody', "
+                         "as every reload does with key_process: false" % gw.keys_dir,
+                     "start isgd as user 'nobody'")
+        self.assertEqual(os.listdir(os.path.dirname(gw.store_path)), [])
+
+    def test_key_process_off_started_as_the_user_reloads(self):
+        """The way the refusal points to: isgd started as the user itself, its
+        keys the user's, loads them as the same user at start and at reload."""
+        require_root(self)
+        user = pwd.getpwnam("nobody")
+        gw = self.user_gateway()
+        gw.config["key_process"] = False
+        gw.write_config()
+        os.chown(gw.dir, user.pw_uid, user.pw_gid)  # valgrind's log, when it runs
+        for root, dirs, files in os.walk(gw.keys_dir):
+            for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+                os.chown(name, user.pw_uid, user.pw_gid)
+        with open(gw.log_path, "a") as log:
+            gw.proc = isgtest.subprocess.Popen(
+                gw.argv(), stdin=isgtest.subprocess.DEVNULL, stdout=log, stderr=log,
+                user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                preexec_fn=isgtest._die_with_parent)
+        gw.wait_ready()
+        self.assertEqual(children(gw.proc.pid), [])
+        outcome, text = gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        self.assertNotIn("keys.error", text)
+
     def test_tls_files_only_root_can_read_are_refused(self):
         require_root(self)
         gw = self.user_gateway(crl=True)
