@@ -714,9 +714,14 @@ static void fetch_issue(struct net_conn *c, struct session *s)
  */
 static void subscription_pump(struct net_conn *c, struct session *s)
 {
-	if (s->subscribed && s->dirty && !s->store_busy &&
-	    s->unacked < s->g->cfg.max_fetch_messages && !net_conn_output_full(c))
-		fetch_issue(c, s);
+	uint32_t window = s->g->cfg.max_fetch_messages;
+	if (!s->subscribed || !s->dirty || s->store_busy || s->unacked >= window ||
+	    net_conn_output_full(c))
+		return;
+	/* No more than the window has room for: a full fetch on top of what is
+	 * still unacknowledged would push up to twice the window. */
+	s->fetch_max = window - s->unacked;
+	fetch_issue(c, s);
 }
 
 static bool fetch_busy_refused(struct net_conn *c, struct session *s, uint64_t rid)

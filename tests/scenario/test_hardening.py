@@ -1080,5 +1080,46 @@ class TestPolicyWarnings(HardeningCase):
         self.assertEqual([{k: e[k] for k in want} for e in at_reload], [want])
 
 
+class TestSubscriptionWindow(HardeningCase):
+    """
+    A subscriber gets at most limits.max_fetch_messages unacknowledged
+    pushes at a time (protocol.md), and its acks open the window again.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.gw = self.gateway(limits={"max_fetch_messages": 3})
+
+    def pushes(self, conn, want=None, quiet=1.0):
+        """The gateway_ids pushed to conn until `want` arrived, or none came for `quiet` s."""
+        got = []
+        while want is None or len(got) < want:
+            try:
+                f = conn.recv_frame(timeout=(quiet if want is None else 10.0) * isgtest.SLOW)
+            except socket.timeout:
+                break
+            got.append(self.expect(f, "delivery").gateway_id)
+        return got
+
+    def subscribe(self):
+        c = self.connect("nhs")
+        c.send_frame(self.pb.Frame(request_id=50, subscribe=self.pb.Subscribe()))
+        return c
+
+    def test_window_never_exceeded(self):
+        police = self.connect("police")
+        ids = [self.accepted(police, "win-%d" % i, [{"nhs_number": NHS_A}]).gateway_id
+               for i in range(7)]
+        sub = self.subscribe()
+        self.assertEqual(self.pushes(sub, want=3), ids[:3])
+        self.assertEqual(self.pushes(sub), [], "pushes past the window of 3")
+        sub.send_frame(self.pb.Frame(request_id=51, ack=self.pb.Ack(gateway_ids=ids[:1])))
+        self.assertEqual(self.expect(sub.recv_frame(timeout=10 * isgtest.SLOW),
+                                     "ack_result").acknowledged, 1)
+        # one acked: one more pushed, not another window's worth
+        self.assertEqual(self.pushes(sub), ids[3:4], "with 2 of 3 unacknowledged")
+        self.assertAlive(self.gw)
+
+
 if __name__ == "__main__":
     unittest.main()
