@@ -25,7 +25,8 @@ struct session {
 	uint64_t fetch_rid; /* request_id of the fetch or subscribe */
 	uint32_t fetch_max;
 	bool store_busy;   /* a store_fetch is in flight */
-	uint32_t unacked;  /* deliveries pushed to a subscriber and not yet acked */
+	uint64_t *pushed;  /* ids pushed to a subscriber and not yet acked on it, ascending */
+	uint32_t unacked;  /* how many: the window holds max_fetch_messages */
 	bool dirty;        /* a wake-up came while it was */
 	bool expired;      /* the long-poll deadline passed while it was */
 	uint32_t retry_ms; /* a subscriber's wait before it fetches again after a failure */
@@ -599,10 +600,10 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 		if (s->subscribed) {
 			/* Pushes stop at the connection's output bound: the rest
 			 * wait for on_drained (handler_drained), not in memory. */
-			if (net_conn_output_full(c) ||
+			if (net_conn_output_full(c) || s->unacked == s->g->cfg.max_fetch_messages ||
 			    net_conn_send_deliveries(c, s->fetch_rid, true, &items[n], 1) != 0)
 				break; /* or out of memory: it waits for the next round */
-			s->unacked++;
+			s->pushed[s->unacked++] = sd->gateway_id;
 		}
 		bytes += size;
 		n++;
@@ -764,6 +765,11 @@ static void on_subscribe(struct net_conn *c, struct session *s, const Isg__Frame
 {
 	if (fetch_busy_refused(c, s, f->request_id))
 		return;
+	s->pushed = calloc(s->g->cfg.max_fetch_messages, sizeof(*s->pushed));
+	if (!s->pushed) {
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
+		return;
+	}
 	s->subscribed = true;
 	s->fetch_rid = f->request_id;
 	s->fetch_max = s->g->cfg.max_fetch_messages;
@@ -793,9 +799,7 @@ static void ack_reply(struct net_conn *c, void *arg)
 		send_store_error(c, j->rid, j->err);
 		goto out;
 	}
-	struct session *s = net_conn_data(c);
-	s->unacked -= j->acknowledged < s->unacked ? j->acknowledged : s->unacked;
-	subscription_pump(c, s);
+	subscription_pump(c, net_conn_data(c));
 	Isg__AckResult ar = ISG__ACK_RESULT__INIT;
 	ar.acknowledged = j->acknowledged;
 	ar.unknown_ids = j->unknown;
@@ -822,6 +826,35 @@ static void ack_stored(void *ctx, int err, uint32_t acknowledged, const uint64_t
 	net_post(j->ref, ack_reply, j);
 }
 
+static int id_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+/*
+ * Every id a subscriber acks leaves its window, acknowledged or not: one
+ * that comes back unknown (acked by another of the partner's connections,
+ * or expired) is no more its to ack, and counted it would shut the window
+ * for good. ids is the Ack's own array, sorted here once the store has
+ * its copy.
+ */
+static void window_remove(struct session *s, uint64_t *ids, size_t n)
+{
+	if (!s->unacked)
+		return;
+	qsort(ids, n, sizeof(*ids), id_cmp);
+	size_t k = 0;
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < s->unacked; i++) {
+		while (k < n && ids[k] < s->pushed[i])
+			k++;
+		if (k == n || ids[k] != s->pushed[i])
+			s->pushed[kept++] = s->pushed[i];
+	}
+	s->unacked = kept;
+}
+
 static void on_ack(struct net_conn *c, struct session *s, const Isg__Frame *f)
 {
 	size_t n = f->ack->n_gateway_ids;
@@ -844,7 +877,9 @@ static void on_ack(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		net_conn_end_async(c);
 		send_store_error(c, f->request_id, err);
 		free(j);
+		return;
 	}
+	window_remove(s, f->ack->gateway_ids, n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1048,9 +1083,11 @@ static void handler_drained(void *ctx, struct net_conn *c)
 static void handler_close(void *ctx, struct net_conn *c)
 {
 	struct session *s = net_conn_data(c);
-	if (s)
-		log_event(LOG_INFO, "partner.disconnected", "peer=%s partner=%s", net_conn_peer(c),
-		          s->partner);
+	if (!s)
+		return;
+	log_event(LOG_INFO, "partner.disconnected", "peer=%s partner=%s", net_conn_peer(c),
+	          s->partner);
+	free(s->pushed);
 	free(s);
 }
 

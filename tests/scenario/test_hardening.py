@@ -1083,7 +1083,10 @@ class TestPolicyWarnings(HardeningCase):
 class TestSubscriptionWindow(HardeningCase):
     """
     A subscriber gets at most limits.max_fetch_messages unacknowledged
-    pushes at a time (protocol.md), and its acks open the window again.
+    pushes at a time (protocol.md), and its acks open the window again:
+    every id it acks that was pushed to it, also one the gateway no longer
+    holds as pending (acknowledged by another of the partner's
+    connections, or expired), and never more pushes than the window.
     """
 
     def setUp(self):
@@ -1118,6 +1121,27 @@ class TestSubscriptionWindow(HardeningCase):
                                      "ack_result").acknowledged, 1)
         # one acked: one more pushed, not another window's worth
         self.assertEqual(self.pushes(sub), ids[3:4], "with 2 of 3 unacknowledged")
+        self.assertAlive(self.gw)
+
+    def test_ids_acked_elsewhere_open_the_window(self):
+        police = self.connect("police")
+        ids = [self.accepted(police, "ha-%d" % i, [{"nhs_number": NHS_A}]).gateway_id
+               for i in range(3)]
+        # A partner runs two subscribers (for redundancy): both get every push.
+        first, second = self.subscribe(), self.subscribe()
+        self.assertEqual(self.pushes(first, want=3), ids)
+        self.assertEqual(self.pushes(second, want=3), ids)
+        for c, acknowledged, unknown in ((first, 3, []), (second, 0, ids)):
+            c.send_frame(self.pb.Frame(request_id=52, ack=self.pb.Ack(gateway_ids=ids)))
+            res = self.expect(c.recv_frame(timeout=10 * isgtest.SLOW), "ack_result")
+            self.assertEqual((res.acknowledged, list(res.unknown_ids)), (acknowledged, unknown))
+        # The second's acks came back unknown (the first had acked them), yet
+        # none of its pushes is left unacknowledged: new messages reach both.
+        more = [self.accepted(police, "ha-more-%d" % i, [{"nhs_number": NHS_B}]).gateway_id
+                for i in range(2)]
+        self.assertEqual(self.pushes(first, want=2), more)
+        self.assertEqual(self.pushes(second, want=2), more,
+                         "the subscriber whose acks came back unknown got nothing more")
         self.assertAlive(self.gw)
 
 
