@@ -354,7 +354,8 @@ static int input_frame(struct isg_client *c, Isg__Frame **out, size_t *size, siz
 	if (bad) {
 		wire_frame_free(f);
 		return client_fail(c, err, ISG_CLIENT_E_PROTOCOL,
-		                   "the gateway sent a frame with invalid UTF-8");
+		                   "the gateway sent a frame with a string that is not UTF-8 "
+		                   "or holds a NUL");
 	}
 	input_consume(c, hdr + body);
 	*out = f;

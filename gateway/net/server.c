@@ -401,11 +401,12 @@ static void conn_take_frames(struct net_conn *c)
 		off += hdr + body;
 		if (bad) {
 			log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=%s", c->peer,
-			          frame ? "invalid UTF-8" : "undecodable frame");
+			          frame ? "invalid string" : "undecodable frame");
 			Isg__Error e = ISG__ERROR__INIT;
 			e.code = ISG__ERROR_CODE__BAD_FRAME;
 			e.record_index = -1;
-			e.message = frame ? "a string in the frame is not valid UTF-8"
+			e.message = frame ? "a string in the frame is not valid UTF-8 or holds a "
+			                    "NUL character"
 			                  : "the frame is not a valid isg.Frame";
 			Isg__Frame f = ISG__FRAME__INIT;
 			f.request_id = frame ? frame->request_id : 0;

@@ -7,9 +7,10 @@
  *
  * Only the encoding protobuf-c itself writes is taken: known fields with
  * their own wire types, each singular field and oneof at most once, and
- * varints (tags included) minimally encoded, and strings of valid UTF-8.
- * Anything else (unknown or repeated fields, another frame body, a
- * non-minimal varint, a truncated part, a string that is not UTF-8) is
+ * varints (tags included) minimally encoded, and strings of valid UTF-8
+ * without a NUL. Anything else (unknown or repeated fields, another frame
+ * body, a non-minimal varint, a truncated part, a string that is not UTF-8
+ * or holds a NUL) is
  * declined, and wire_frame_decode hands the frame to protobuf-c,
  * which decides. So every frame this decodes, protobuf-c decodes to the
  * same thing: the unit tests and fuzz_frame compare the two. The one
@@ -112,10 +113,9 @@ static bool get_string(struct in *in, char **out)
 	if (!get_len(in, &s))
 		return false;
 	size_t n = (size_t)(s.end - s.p);
-	if (!in->ascii && !str_utf8_valid((const char *)s.p, n))
-		return false;  /* protobuf-c decodes it, and wire_frame_check_utf8 decides */
-	if (memchr(s.p, 0, n)) /* the string ends there, and packs shorter */
-		*in->repacks = true;
+	/* protobuf-c decodes it, and wire_frame_strings_valid refuses it. */
+	if ((!in->ascii && !str_utf8_valid((const char *)s.p, n)) || memchr(s.p, 0, n))
+		return false;
 	char *str;
 	if (in->text) {
 		if ((size_t)(in->text->end - in->text->at) <= n)

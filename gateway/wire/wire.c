@@ -252,9 +252,62 @@ int wire_frame_decode_checked(const uint8_t *body, size_t len, Isg__Frame **out)
 	*out = decode(body, len, WIRE_DECODE_ANY, &by_hand);
 	if (!*out)
 		return ISG_ERR_PARSE;
-	if (!by_hand && wire_frame_check_utf8(*out) != 0)
+	if (!by_hand && !wire_frame_strings_valid(body, len))
 		return ISG_ERR_INVALID;
 	return 0;
+}
+
+/* A varint as protobuf-c reads it: at most 10 bytes, minimal or not. */
+static bool raw_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	uint64_t r = 0;
+	for (unsigned i = 0; i < WIRE_VARINT_MAX && *p < end; i++) {
+		uint8_t b = *(*p)++;
+		r |= (uint64_t)(b & 0x7f) << (7 * i);
+		if (!(b & 0x80)) {
+			*v = r;
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool strings_valid(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end,
+                          unsigned depth)
+{
+	if (depth > 8) /* deeper than isg.proto nests */
+		return false;
+	while (p < end) {
+		uint64_t tag, n;
+		if (!raw_varint(&p, end, &tag))
+			return false;
+		unsigned wt = (unsigned)(tag & 7);
+		if (wt == 0 && raw_varint(&p, end, &n))
+			continue;
+		if ((wt == 1 || wt == 5) && (size_t)(end - p) >= (wt == 1 ? 8u : 4u)) {
+			p += wt == 1 ? 8 : 4;
+			continue;
+		}
+		if (wt != 2 || !raw_varint(&p, end, &n) || n > (uint64_t)(end - p))
+			return false;
+		const ProtobufCFieldDescriptor *f =
+		    tag >> 3 <= UINT32_MAX
+		        ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3))
+		        : NULL;
+		if (f && f->type == PROTOBUF_C_TYPE_STRING &&
+		    (memchr(p, 0, n) || !str_utf8_valid((const char *)p, n)))
+			return false;
+		if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+		    !strings_valid(f->descriptor, p, p + n, depth + 1))
+			return false;
+		p += n;
+	}
+	return true;
+}
+
+bool wire_frame_strings_valid(const uint8_t *body, size_t len)
+{
+	return strings_valid(&isg__frame__descriptor, body, body + len, 0);
 }
 
 bool wire_frame_send_bytes(const Isg__Frame *frame, const uint8_t **p, size_t *len)

@@ -123,10 +123,19 @@ uint8_t *wire_frame_pack(const Isg__Frame *frame, size_t *len);
 int wire_frame_check_utf8(const Isg__Frame *frame);
 
 /*
- * wire_frame_decode and wire_frame_check_utf8 in one, checking the strings
- * as they are copied when the frame is decoded by hand. Returns 0 and the
- * frame; ISG_ERR_PARSE and NULL when it does not decode; ISG_ERR_INVALID
- * and the frame (for its request_id; free it) when a string is not UTF-8.
+ * Whether every string field of a frame's body, at every depth, is valid
+ * UTF-8 and holds no NUL. Read from the bytes: a decoded string ends at its
+ * first NUL, so "9434765919\0..." would pass as a valid NHS number, and what
+ * follows the NUL would be lost without a word.
+ */
+bool wire_frame_strings_valid(const uint8_t *body, size_t len);
+
+/*
+ * wire_frame_decode and wire_frame_strings_valid in one, checking the
+ * strings as they are copied when the frame is decoded by hand. Returns 0
+ * and the frame; ISG_ERR_PARSE and NULL when it does not decode;
+ * ISG_ERR_INVALID and the frame (for its request_id; free it) when a string
+ * is not UTF-8 or holds a NUL.
  */
 int wire_frame_decode_checked(const uint8_t *body, size_t len, Isg__Frame **out);
 

@@ -187,9 +187,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		Isg__Frame *checked = NULL;
 		int rc = wire_frame_decode_checked(data + off + hdr, body, &checked);
 		Isg__Frame *f = wire_frame_decode(data + off + hdr, body);
-		/* The check in one with decoding says what the check after it says. */
-		if (!f != !checked || (f && (rc == 0) != (wire_frame_check_utf8(f) == 0)) ||
-		    (!f && rc != ISG_ERR_PARSE))
+		/* The check in one with decoding says what the check of the bytes
+		 * says, and a frame it passes has UTF-8 strings once decoded. */
+		bool valid = wire_frame_strings_valid(data + off + hdr, body);
+		if (!f != !checked || (f && (rc == 0) != valid) ||
+		    (f && valid && wire_frame_check_utf8(f) != 0) || (!f && rc != ISG_ERR_PARSE))
 			abort();
 		wire_frame_free(checked);
 		if (f) {

@@ -301,6 +301,48 @@ class TestBadFrames(HardeningCase):
         self.assertServing(pending=["utf8-kept"])
         self.assertLogClean()
 
+    def test_nul_in_strings(self):
+        """
+        A NUL character (valid UTF-8) would cut a string short once decoded:
+        an NHS number with more after a NUL would pass as valid, a field
+        name with more after it as a field the dataset declares, and the
+        rest of a text be lost after a receipt. Refused as BAD_FRAME
+        instead, in the decoder by hand and in protobuf-c's path alike.
+        """
+        pb = self.pb
+        police = self.connect("police")
+        self.accepted(police, "nul-kept", [{"nhs_number": NHS_A}])
+        head = ld(2, "nhs-trust") + ld(3, AGREEMENT_ID) + ld(4, DATASET)
+        nhs = ld(1, ld(1, "nhs_number") + ld(2, ld(1, NHS_A)))
+        cases = {
+            "identifier": ld(1, "nul-1") + head + ld(5, ld(1, ld(1, "nhs_number")
+                                                          + ld(2, ld(1, NHS_A + "\x00" + NAME_A)))),
+            "field name": ld(1, "nul-2") + head + ld(5, nhs + ld(1, ld(1, "concern_summary\x00x")
+                                                                 + ld(2, ld(1, "y")))),
+            "text value": ld(1, "nul-3") + head + ld(5, nhs + ld(1, ld(1, "concern_summary")
+                                                                 + ld(2, ld(1, "seen\x00" + SUMMARY)))),
+            "message_id": ld(1, "nul-4\x00b") + head + ld(5, nhs),
+            # a field protobuf-c's packing does not write: the frame goes to protobuf-c
+            "after an unknown field": ld(1, "nul-5") + head + ld(5, nhs) + ld(99, b"z")
+            + ld(5, ld(1, ld(1, "nhs_number") + ld(2, ld(1, NHS_B + "\x00"))))
+            + ld(5, ld(1, ld(1, "family_name\x00") + ld(2, ld(1, NAME_B)))),
+            "hello client_name": None,
+        }
+        for n, (what, send) in enumerate(cases.items()):
+            with self.subTest(string=what):
+                if send is None:
+                    raw = vi(1, 70 + n) + ld(10, vi(1, 1) + ld(2, b"py\x00"))
+                else:
+                    raw = vi(1, 70 + n) + ld(12, send)
+                police.send_raw(delimited(raw))
+                reply = police.recv_frame(timeout=5 * isgtest.SLOW)
+                self.assertEqual(reply.request_id, 70 + n)
+                self.expect_error(reply, pb.BAD_FRAME)
+        # the connection carries on and nothing was stored
+        self.assertEqual(self.expect(police.request(ping=pb.Ping(nonce=8)), "pong").nonce, 8)
+        self.assertServing(pending=["nul-kept"])
+        self.assertLogClean()
+
     def test_wrong_wire_types(self):
         """A field encoded with another wire type than the schema's: the frame does not decode."""
         pb = self.pb
