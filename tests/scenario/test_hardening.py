@@ -343,6 +343,30 @@ class TestBadFrames(HardeningCase):
         self.assertServing(pending=["nul-kept"])
         self.assertLogClean()
 
+    def test_bad_frames_logged_once_per_connection(self):
+        """
+        Every bad frame is answered, but a partner sending thousands of them
+        (3 bytes each) gets one conn.bad_frame line, and one conn.bad_frames
+        line with the count when the connection ends: not a line each.
+        """
+        pb = self.pb
+        c = self.connect("police")
+        n = 500
+        c.send_raw(delimited(vi(1, 9) + b"\xff") * n)  # a field of wire type 7: undecodable
+        for _ in range(n):
+            self.expect_error(c.recv_frame(timeout=5 * isgtest.SLOW), pb.BAD_FRAME)
+        self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=3)), "pong").nonce, 3)
+        self.assertEqual(self.gw.log.count("event=conn.bad_frame "), 1, self.gw.log)
+        c.close()
+        deadline = time.monotonic() + 10 * isgtest.SLOW
+        while "event=conn.bad_frames " not in self.gw.log and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = [l for l in self.gw.log.splitlines() if "event=conn.bad_frames " in l]
+        self.assertEqual(len(lines), 1, self.gw.diagnostics())
+        self.assertIn(" count=%d" % n, lines[0])
+        self.assertEqual(self.gw.log.count("event=conn.bad_frame "), 1)
+        self.assertServing()
+
     def test_wrong_wire_types(self):
         """A field encoded with another wire type than the schema's: the frame does not decode."""
         pb = self.pb
