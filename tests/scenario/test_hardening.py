@@ -171,6 +171,20 @@ class TestBadFrames(HardeningCase):
         super().setUp()
         self.gw = self.gateway()
 
+    def assertStringsRefused(self, conn, cases, first_id, client_name):
+        """Each SendRequest body of cases (None: a Hello with client_name) gets
+        BAD_FRAME with its own request_id, and the connection carries on."""
+        for n, (what, send) in enumerate(cases.items()):
+            with self.subTest(string=what):
+                if send is None:
+                    raw = vi(1, first_id + n) + ld(10, vi(1, 1) + ld(2, client_name))
+                else:
+                    raw = vi(1, first_id + n) + ld(12, send)
+                conn.send_raw(delimited(raw))
+                reply = conn.recv_frame(timeout=5 * isgtest.SLOW)
+                self.assertEqual(reply.request_id, first_id + n)
+                self.expect_error(reply, self.pb.BAD_FRAME)
+
     def test_truncated_frame_then_close(self):
         police = self.connect("police")
         kept = self.accepted(police, "trunc-kept", [{"nhs_number": NHS_A, "family_name": NAME_A}])
@@ -287,15 +301,7 @@ class TestBadFrames(HardeningCase):
                    + ld(1, ld(1, "nhs_number") + ld(2, ld(1, NHS_A)))),
             "hello client_name": None,
         }
-        for n, (what, send) in enumerate(cases.items()):
-            with self.subTest(string=what):
-                if send is None:
-                    raw = vi(1, 40 + n) + ld(10, vi(1, 1) + ld(2, b"py\x80"))
-                else:
-                    raw = vi(1, 40 + n) + ld(12, send)
-                police.send_raw(delimited(raw))
-                reply = police.recv_frame(timeout=5 * isgtest.SLOW)
-                self.expect_error(reply, pb.BAD_FRAME)
+        self.assertStringsRefused(police, cases, 40, b"py\x80")
         # the connection carries on and nothing was stored
         self.assertEqual(self.expect(police.request(ping=pb.Ping(nonce=8)), "pong").nonce, 8)
         self.assertServing(pending=["utf8-kept"])
@@ -328,16 +334,7 @@ class TestBadFrames(HardeningCase):
             + ld(5, ld(1, ld(1, "family_name\x00") + ld(2, ld(1, NAME_B)))),
             "hello client_name": None,
         }
-        for n, (what, send) in enumerate(cases.items()):
-            with self.subTest(string=what):
-                if send is None:
-                    raw = vi(1, 70 + n) + ld(10, vi(1, 1) + ld(2, b"py\x00"))
-                else:
-                    raw = vi(1, 70 + n) + ld(12, send)
-                police.send_raw(delimited(raw))
-                reply = police.recv_frame(timeout=5 * isgtest.SLOW)
-                self.assertEqual(reply.request_id, 70 + n)
-                self.expect_error(reply, pb.BAD_FRAME)
+        self.assertStringsRefused(police, cases, 70, b"py\x00")
         # the connection carries on and nothing was stored
         self.assertEqual(self.expect(police.request(ping=pb.Ping(nonce=8)), "pong").nonce, 8)
         self.assertServing(pending=["nul-kept"])
