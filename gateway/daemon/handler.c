@@ -780,12 +780,42 @@ static void on_subscribe(struct net_conn *c, struct session *s, const Isg__Frame
 /* ------------------------------------------------------------------------ */
 /* Ack. */
 
+static int id_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+/*
+ * Every id a subscriber acks leaves its window, acknowledged or not: one
+ * that comes back unknown (acked by another of the partner's connections,
+ * or expired) is no more its to ack, and counted it would shut the window
+ * for good. Only once the store wrote the Ack: ids that failed to be
+ * acknowledged are still outstanding. ids (the job's copy) is sorted here.
+ */
+static void window_remove(struct session *s, uint64_t *ids, size_t n)
+{
+	if (!s->unacked)
+		return;
+	qsort(ids, n, sizeof(*ids), id_cmp);
+	size_t k = 0;
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < s->unacked; i++) {
+		while (k < n && ids[k] < s->pushed[i])
+			k++;
+		if (k == n || ids[k] != s->pushed[i])
+			s->pushed[kept++] = s->pushed[i];
+	}
+	s->unacked = kept;
+}
+
 struct ack_job {
 	struct net_conn_ref ref;
 	uint64_t rid;
 	int err;
 	uint32_t acknowledged;
-	size_t n_unknown;
+	size_t n, n_unknown;
+	uint64_t *ids; /* a copy of the Ack's ids, after unknown[n], for window_remove */
 	uint64_t unknown[];
 };
 
@@ -799,6 +829,7 @@ static void ack_reply(struct net_conn *c, void *arg)
 		send_store_error(c, j->rid, j->err);
 		goto out;
 	}
+	window_remove(net_conn_data(c), j->ids, j->n);
 	subscription_pump(c, net_conn_data(c));
 	Isg__AckResult ar = ISG__ACK_RESULT__INIT;
 	ar.acknowledged = j->acknowledged;
@@ -826,35 +857,6 @@ static void ack_stored(void *ctx, int err, uint32_t acknowledged, const uint64_t
 	net_post(j->ref, ack_reply, j);
 }
 
-static int id_cmp(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return (x > y) - (x < y);
-}
-
-/*
- * Every id a subscriber acks leaves its window, acknowledged or not: one
- * that comes back unknown (acked by another of the partner's connections,
- * or expired) is no more its to ack, and counted it would shut the window
- * for good. ids is the Ack's own array, sorted here once the store has
- * its copy.
- */
-static void window_remove(struct session *s, uint64_t *ids, size_t n)
-{
-	if (!s->unacked)
-		return;
-	qsort(ids, n, sizeof(*ids), id_cmp);
-	size_t k = 0;
-	uint32_t kept = 0;
-	for (uint32_t i = 0; i < s->unacked; i++) {
-		while (k < n && ids[k] < s->pushed[i])
-			k++;
-		if (k == n || ids[k] != s->pushed[i])
-			s->pushed[kept++] = s->pushed[i];
-	}
-	s->unacked = kept;
-}
-
 static void on_ack(struct net_conn *c, struct session *s, const Isg__Frame *f)
 {
 	size_t n = f->ack->n_gateway_ids;
@@ -864,13 +866,16 @@ static void on_ack(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__BAD_REQUEST, msg);
 		return;
 	}
-	struct ack_job *j = calloc(1, sizeof(*j) + n * sizeof(uint64_t));
+	struct ack_job *j = calloc(1, sizeof(*j) + 2 * n * sizeof(uint64_t));
 	if (!j) {
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
 		return;
 	}
 	j->ref = net_conn_ref(c);
 	j->rid = f->request_id;
+	j->n = n;
+	j->ids = j->unknown + n;
+	memcpy(j->ids, f->ack->gateway_ids, n * sizeof(uint64_t));
 	net_conn_begin_async(c);
 	int err = store_ack(s->g->store, s->partner, f->ack->gateway_ids, n, ack_stored, j);
 	if (err != 0) {
@@ -879,7 +884,6 @@ static void on_ack(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		free(j);
 		return;
 	}
-	window_remove(s, f->ack->gateway_ids, n);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -33,6 +33,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -207,6 +208,52 @@ class TestDiskFull(FaultCase):
         st = os.statvfs(dir)
         self.assertEqual(st.f_bavail, 0, "the file system is not full")
         return path
+
+    def test_failed_ack_keeps_the_subscription_window(self):
+        """
+        An Ack the store could not write leaves its ids unacknowledged, so
+        they stay in the subscriber's window: no more than
+        max_fetch_messages unacknowledged pushes, disk full or not. Acked
+        again once there is room, they open it.
+        """
+        pb = self.pb
+        store_dir = os.path.join(self.tmp, "gw", "store")
+        self.mount_tmpfs(store_dir, "4m")
+        gw = None
+        try:
+            gw = self.gateway(limits={"max_fetch_messages": 2})
+            police = self.connect(gw, "police")
+            rec = {"nhs_number": NHS_A}
+            ids = [self.expect(gw, police.request(send=self.send_request("win-%d" % i, [rec])),
+                               "send_result").receipt.gateway_id for i in range(4)]
+            sub = self.connect(gw, "nhs")
+            sub.send_frame(pb.Frame(request_id=50, subscribe=pb.Subscribe()))
+            self.assertEqual(self.pushes(sub), ids[:2])
+            filler = self.fill(store_dir)
+            sub.send_frame(pb.Frame(request_id=51, ack=pb.Ack(gateway_ids=ids[:2])))
+            self.assertDiskFull(gw, sub.recv_frame(timeout=10 * isgtest.SLOW))
+            os.unlink(filler)
+            self.expect(gw, police.request(send=self.send_request("win-wake", [rec])), "send_result")
+            self.assertEqual(self.pushes(sub), [], "pushed past a window of 2 unacknowledged")
+            sub.send_frame(pb.Frame(request_id=52, ack=pb.Ack(gateway_ids=ids[:2])))
+            self.assertEqual(self.expect(gw, sub.recv_frame(timeout=10 * isgtest.SLOW),
+                                         "ack_result").acknowledged, 2)
+            self.assertEqual(self.pushes(sub), ids[2:4])
+        finally:
+            if gw is not None:
+                gw.close()
+            self.umount(store_dir)
+
+    def pushes(self, conn, quiet=1.0):
+        """The gateway_ids pushed to conn until none came for `quiet` seconds."""
+        got = []
+        while True:
+            try:
+                f = conn.recv_frame(timeout=quiet * isgtest.SLOW)
+            except socket.timeout:
+                return got
+            self.assertEqual(f.WhichOneof("body"), "delivery", f)
+            got.append(f.delivery.gateway_id)
 
     def test_disk_full_refuses_sends_and_recovers(self):
         pb = self.pb
