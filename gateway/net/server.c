@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -69,7 +70,7 @@ struct net_conn {
 	size_t out_off, out_len, out_cap;
 
 	uint32_t inflight;
-	uint32_t bad_frames;   /* answered with BAD_FRAME; only the first is logged */
+	uint64_t bad_frames;   /* answered with BAD_FRAME; only the first is logged */
 	int64_t deadline;      /* handshake or idle deadline, monotonic ms */
 	int64_t wait_deadline; /* long-poll deadline while waiting, 0 = none */
 	bool waiting;
@@ -228,8 +229,8 @@ static void conn_free(struct net_conn *c)
 {
 	struct net_worker *w = c->w;
 	if (c->bad_frames > 1)
-		log_event(LOG_WARN, "conn.bad_frames", "peer=%s count=%u", c->peer,
-		          (unsigned)c->bad_frames);
+		log_event(LOG_WARN, "conn.bad_frames", "peer=%s count=%" PRIu64, c->peer,
+		          c->bad_frames);
 	if (c->opened && w->s->h.on_close)
 		w->s->h.on_close(w->s->h.ctx, c);
 	net_conn_unwait(c);
