@@ -709,6 +709,20 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertIn("isgctl: entry %d: its seq column disagrees with the signed entry" % acked,
                       r.err)
         self.assertNotIn("1000", r.err)
+        # Both: both named. A kind column holding what no kind looks like: named, not shown.
+        db = self.tamper("edited-two", ("UPDATE audit SET seq = 1000, at = ? WHERE seq = ?",
+                                        (long_ago, acked)))
+        r = self.audit("list", store=db)
+        self.assertIn("isgctl: entry %d: its seq, at columns disagree with the signed entry"
+                      % acked, r.err)
+        db = self.tamper("edited-data", ("UPDATE audit SET kind = ? WHERE seq = ?",
+                                         ("Mrs " + NAME_A, acked)))
+        for args in (["list"], ["subject", "--nhs-number", NHS_A]):
+            r = self.audit(*args, store=db)
+            self.assertEqual(r.rc, 0, r)
+            self.assertIn("isgctl: entry %d: its kind column disagrees with the signed entry"
+                          % acked, r.err)
+            self.assertNotIn(NAME_A, r.err)
         # A log as isgd wrote it draws no such warning.
         for args in (["list"], ["subject", "--nhs-number", NHS_A]):
             r = self.audit(*args)
