@@ -332,6 +332,15 @@ static bool real_syntax(const char *s)
 	return *s == '\0';
 }
 
+/* A cell its column's type refuses: named by column (column_label), never by value. */
+static int bad_value(struct csv_reader *r, const struct cell *c, const struct column *col,
+                     const char *what)
+{
+	char label[COLUMN_LABEL];
+	column_label(label, col->name, strlen(col->name), (size_t)(col - r->columns));
+	return fail(r, ISG_ERR_PARSE, c->line, c->col, "%s: %s", label, what);
+}
+
 static int convert(struct csv_reader *r, const struct cell *c, const struct column *col,
                    struct isg_value *v, struct ctl_batch *out)
 {
@@ -344,32 +353,27 @@ static int convert(struct csv_reader *r, const struct cell *c, const struct colu
 		return v->text ? 0 : ISG_ERR_NOMEM;
 	case ISG_VALUE_INTEGER: {
 		int rc = ctl_parse_integer(text, c->len, &v->integer);
-		if (rc == ISG_ERR_PARSE)
-			return fail(r, ISG_ERR_PARSE, c->line, c->col,
-			            "column '%s': not an integer", col->name);
 		if (rc < 0)
-			return fail(r, ISG_ERR_PARSE, c->line, c->col,
-			            "column '%s': integer out of 64-bit range", col->name);
+			return bad_value(r, c, col,
+			                 rc == ISG_ERR_PARSE ? "not an integer"
+			                                     : "integer out of 64-bit range");
 		return 0;
 	}
 	case ISG_VALUE_REAL:
 		if (!real_syntax(text))
-			return fail(r, ISG_ERR_PARSE, c->line, c->col, "column '%s': not a number",
-			            col->name);
+			return bad_value(r, c, col, "not a number");
 		errno = 0;
 		v->real = strtod(text, NULL);
 		/* ERANGE: beyond a double, or so small it became 0 (a subnormal
 		 * result, also ERANGE in glibc, is kept) */
 		if (!isfinite(v->real) || (errno == ERANGE && v->real == 0))
-			return fail(r, ISG_ERR_PARSE, c->line, c->col,
-			            "column '%s': number out of range", col->name);
+			return bad_value(r, c, col, "number out of range");
 		return 0;
 	case ISG_VALUE_BOOLEAN:
 		if (strcasecmp(text, "true") == 0)
 			v->boolean = true;
 		else if (strcasecmp(text, "false") != 0)
-			return fail(r, ISG_ERR_PARSE, c->line, c->col,
-			            "column '%s': not true or false", col->name);
+			return bad_value(r, c, col, "not true or false");
 		return 0;
 	case ISG_VALUE_NONE:
 		break;

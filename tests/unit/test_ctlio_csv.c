@@ -211,6 +211,7 @@ static void test_header_errors_quote_no_data(void **state)
 	               "in.csv:1:23: column 3: unknown type (give text, integer, real or boolean)");
 	assert_refused("9434765919,SW1A 1AA,9434765919\n",
 	               "in.csv:1:21: column 3 has the same name as column 1");
+	assert_refused("id,1984-03-07:integer\nA1,x\n", "in.csv:2:4: column 2: not an integer");
 	assert_refused("Smith,Jones,Smith\n",
 	               "in.csv:1:13: column 'Smith' has the same name as column 1");
 }
