@@ -308,8 +308,7 @@ static int open_domains_dir(const char *dir, char *path, size_t size, int *fd_ou
 			            path);
 			return ISG_ERR_DENIED;
 		}
-		keys_seterr(err, errlen, "key directory '%s': cannot open: %s", path, strerror(e));
-		return e == EACCES || e == EPERM ? ISG_ERR_DENIED : ISG_ERR_IO;
+		return keys_open_failed(AT_FDCWD, path, path, true, e, err, errlen);
 	}
 	rc = keys_check_dir_secrecy(fd, path, err, errlen);
 	if (rc) {
@@ -393,8 +392,7 @@ static int load_domain(int dfd, const char *path, const char *name, struct domai
 			            path);
 			return ISG_ERR_DENIED;
 		}
-		keys_seterr(err, errlen, "key file '%s': cannot open: %s", path, strerror(e));
-		return e == EACCES || e == EPERM ? ISG_ERR_DENIED : ISG_ERR_IO;
+		return keys_open_failed(dfd, file, path, false, e, err, errlen);
 	}
 	rc = keys_check_secrecy(fd, path, err, errlen);
 	if (rc == 0)

@@ -31,6 +31,14 @@ int keys_fsync_dir(const char *path, char *err, size_t errlen);
  * owned by another user than this process's or root.
  */
 int keys_check_dir_secrecy(int fd, const char *path, char *err, size_t errlen);
+/*
+ * Why dfd/name (path in messages), a key file or, with dir, a key directory,
+ * could not be opened (errno e): when it is there but its mode or owner breaks
+ * the rules above, that, as for an open one (ISG_ERR_DENIED); otherwise
+ * "cannot open" and strerror(e).
+ */
+int keys_open_failed(int dfd, const char *name, const char *path, bool dir, int e, char *err,
+                     size_t errlen);
 /* keys_check_dir_secrecy on the directory at path; ISG_ERR_NOT_FOUND, with a message, if missing.
  */
 int keys_check_dir(const char *path, char *err, size_t errlen);

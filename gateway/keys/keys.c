@@ -58,6 +58,23 @@ int keys_check_secrecy(int fd, const char *path, char *err, size_t errlen)
 	return keys_check_secrecy_for(fd, path, (unsigned)geteuid(), err, errlen);
 }
 
+static int file_secrecy(const struct stat *st, const char *path, unsigned owner, char *err,
+                        size_t errlen)
+{
+	if (!S_ISREG(st->st_mode)) {
+		keys_seterr(err, errlen, "key file '%s' is not a regular file", path);
+		return ISG_ERR_DENIED;
+	}
+	if ((st->st_mode & 077) != 0 || st->st_uid != owner) {
+		keys_seterr(err, errlen,
+		            "key file '%s' has mode %04o and owner uid %u; it must be 0600 and "
+		            "owned by uid %u",
+		            path, (unsigned)(st->st_mode & 07777), (unsigned)st->st_uid, owner);
+		return ISG_ERR_DENIED;
+	}
+	return 0;
+}
+
 int keys_check_secrecy_for(int fd, const char *path, unsigned owner, char *err, size_t errlen)
 {
 	struct stat st;
@@ -65,15 +82,22 @@ int keys_check_secrecy_for(int fd, const char *path, unsigned owner, char *err, 
 		keys_seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
 		return ISG_ERR_IO;
 	}
-	if (!S_ISREG(st.st_mode)) {
-		keys_seterr(err, errlen, "key file '%s' is not a regular file", path);
+	return file_secrecy(&st, path, owner, err, errlen);
+}
+
+static int dir_secrecy(const struct stat *st, const char *path, char *err, size_t errlen)
+{
+	if (!S_ISDIR(st->st_mode)) {
+		keys_seterr(err, errlen, "key directory '%s' is not a directory", path);
 		return ISG_ERR_DENIED;
 	}
-	if ((st.st_mode & 077) != 0 || st.st_uid != owner) {
-		keys_seterr(err, errlen,
-		            "key file '%s' has mode %04o and owner uid %u; it must be 0600 and "
-		            "owned by uid %u",
-		            path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid, owner);
+	uid_t euid = geteuid();
+	if ((st->st_mode & 022) != 0 || (st->st_uid != euid && st->st_uid != 0)) {
+		keys_seterr(
+		    err, errlen,
+		    "key directory '%s' has mode %04o and owner uid %u; it must not be "
+		    "writable by group or others (0700) and must be owned by uid %u or root",
+		    path, (unsigned)(st->st_mode & 07777), (unsigned)st->st_uid, (unsigned)euid);
 		return ISG_ERR_DENIED;
 	}
 	return 0;
@@ -87,20 +111,25 @@ int keys_check_dir_secrecy(int fd, const char *path, char *err, size_t errlen)
 		            strerror(errno));
 		return ISG_ERR_IO;
 	}
-	if (!S_ISDIR(st.st_mode)) {
-		keys_seterr(err, errlen, "key directory '%s' is not a directory", path);
-		return ISG_ERR_DENIED;
+	return dir_secrecy(&st, path, err, errlen);
+}
+
+int keys_open_failed(int dfd, const char *name, const char *path, bool dir, int e, char *err,
+                     size_t errlen)
+{
+	/* Without CAP_DAC_OVERRIDE (the key process), a key owned by someone else
+	 * cannot be opened at all: say what is wrong with it, as the check of an
+	 * open one would, not just "Permission denied". */
+	struct stat st;
+	if ((e == EACCES || e == EPERM) && fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		int rc = dir ? dir_secrecy(&st, path, err, errlen)
+		             : file_secrecy(&st, path, (unsigned)geteuid(), err, errlen);
+		if (rc)
+			return rc;
 	}
-	uid_t euid = geteuid();
-	if ((st.st_mode & 022) != 0 || (st.st_uid != euid && st.st_uid != 0)) {
-		keys_seterr(
-		    err, errlen,
-		    "key directory '%s' has mode %04o and owner uid %u; it must not be "
-		    "writable by group or others (0700) and must be owned by uid %u or root",
-		    path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid, (unsigned)euid);
-		return ISG_ERR_DENIED;
-	}
-	return 0;
+	keys_seterr(err, errlen, "key %s '%s': cannot open: %s", dir ? "directory" : "file", path,
+	            strerror(e));
+	return e == EACCES || e == EPERM ? ISG_ERR_DENIED : ISG_ERR_IO;
 }
 
 int keys_check_dir(const char *path, char *err, size_t errlen)
@@ -120,8 +149,7 @@ int keys_check_dir(const char *path, char *err, size_t errlen)
 			keys_seterr(err, errlen, "key directory '%s' is not a directory", path);
 			return ISG_ERR_CONFLICT;
 		}
-		keys_seterr(err, errlen, "key directory '%s': cannot open: %s", path, strerror(e));
-		return e == EACCES || e == EPERM ? ISG_ERR_DENIED : ISG_ERR_IO;
+		return keys_open_failed(AT_FDCWD, path, path, true, e, err, errlen);
 	}
 	int rc = keys_check_dir_secrecy(fd, path, err, errlen);
 	close(fd);
@@ -149,8 +177,7 @@ static int keys_open(const char *path, int *fd_out, char *err, size_t errlen)
 		            "key file '%s' is a symbolic link; it must be a regular file", path);
 		return ISG_ERR_DENIED;
 	}
-	keys_seterr(err, errlen, "key file '%s': cannot open: %s", path, strerror(e));
-	return e == EACCES || e == EPERM ? ISG_ERR_DENIED : ISG_ERR_IO;
+	return keys_open_failed(AT_FDCWD, path, path, false, e, err, errlen);
 }
 
 /* Read the whole file into buf (at most size - 1 bytes), refusing longer files. */

@@ -483,6 +483,36 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
         self.send(self.police, [{"nhs_number": NHS_A}], agreement="police-council-extra")
         self.assertEqual(self.fetch_records(self.council), [{"nhs_number": ghost}])
 
+    def test_domain_key_owned_by_another_user(self):
+        """(8) a domain key file or domains/ owned by another user: refused naming its owner,
+        at start and at a reload, though the key process (no CAP_DAC_OVERRIDE) cannot open it."""
+        if os.geteuid() != 0:
+            if os.environ.get("ISG_ALLOW_SKIP"):
+                self.skipTest("needs root to give a key file to another user")
+            self.fail("this test needs root (set ISG_ALLOW_SKIP=1 to skip it)")
+        self.start()
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        before = self.fetch_records(self.council)[0]["nhs_number"]
+        domains = os.path.join(self.gw.keys_dir, "domains")
+        path = os.path.join(domains, COUNCIL_DOMAIN + ".key")
+        cases = [(path, "key file '%s' has mode 0600 and owner uid 4242; it must be 0600 and "
+                  "owned by uid 0" % path),
+                 (domains, "key directory '%s' has mode 0700 and owner uid 4242; it must not be "
+                  "writable by group or others (0700) and must be owned by uid 0 or root" % domains)]
+        for what, message in cases:
+            with self.subTest(what=what):
+                os.chown(what, 4242, 4242)
+                try:
+                    outcome, text = self.gw.reload()
+                    err = self.check_config(self.gw).stderr
+                finally:
+                    os.chown(what, 0, 0)
+                self.assertEqual(outcome, "refused", text)
+                self.assertIn('event=keys.error message="%s"' % message, text)
+                self.assertIn("isgd: %s\n" % message, err)
+                self.send(self.police, [{"nhs_number": NHS_A}])
+                self.assertEqual(self.fetch_records(self.council), [{"nhs_number": before}])
+
     def test_reload_without_the_keys_directory_keeps_the_running_keys(self):
         """(8) SIGHUP while the keys directory is gone (moved, unmounted): told as such, keys kept."""
         self.start()
