@@ -296,6 +296,8 @@ static void test_name(void **state)
 	expect_norm(PSEUDO_NAME, "ИВАН Ёлкин", "иван ёлкин");
 	expect_norm(PSEUDO_NAME, "王芳", "王芳");
 	expect_norm(PSEUDO_NAME, "-O'Neil-", "oneil");
+	/* The letters of Latin Extended-A with no canonical decomposition. */
+	expect_norm(PSEUDO_NAME, "Ŀŀ ŉ", "ll n");
 
 	expect_refused(PSEUDO_NAME, "R2D2", "name contains a digit");
 	expect_refused(PSEUDO_NAME, "Bob!", "name contains a character that is not a letter");
@@ -703,6 +705,65 @@ static void test_gen_number_band(void **state)
 	assert_int_equal(pseudo_gen_number_band(37, 10, out, 6, &reason), 0);
 }
 
+/* The second table of vectors in docs/pseudonyms.md, from the input as sent:
+ * each computed by pseudo_* and by an independent Python implementation of
+ * the page alone. */
+static void test_doc_vectors_from_input(void **state)
+{
+	(void)state;
+	static const struct {
+		enum pseudo_type type;
+		const char *in, *norm, *text;
+	} v[] = {
+	    {PSEUDO_PNC_ID, "51/1234567W", "1951/1234567W",
+	     "p1_t_wTvO1RWHcAkmxeAwKF9OT7DGZGwpvs06F3mjPTAVY"},
+	    {PSEUDO_PNC_ID, " 50/1234567f ", "2050/1234567F",
+	     "p1_Wpf47vXEtEeeQ0HMa8cMrDJ-B4hHQ5UB6nwg6svI2X4"},
+	    {PSEUDO_POSTCODE, "gir0aa", "GIR 0AA",
+	     "p1_FN5akdTvjs5pbUPbGlPEAe1ghmgu1IvyF2AvZYB-1zI"},
+	    {PSEUDO_POSTCODE, "dn55 1pt", "DN55 1PT",
+	     "p1_6tUdEb9U1i2c8QaoOCvcecMejwr_mRFliAYLgXdePvI"},
+	    {PSEUDO_DATE, "29/2/2000", "2000-02-29",
+	     "p1_7gVjKQxq73_d3tysv56MPFLWmIOWoYpvXfsvqUK2iRs"},
+	    {PSEUDO_NAME, "ΟΔΥΣΣΕΑΣ", "οδυσσεασ", "p1_KXzCdiRyydcGwKXQyIcC_F2-0vazUDaLLbWNlNWVvSM"},
+	    {PSEUDO_NAME, "ИВАН Ёлкин", "иван ёлкин",
+	     "p1_oZrPeOyhsQvo-iiUQP1MHLBY2q-0YgNvUUzj3Qv4CpA"},
+	    {PSEUDO_NAME,
+	     "Sio\xcc\x81"
+	     "bhan",
+	     "siobhan", /* o + U+0301 */
+	     "p1_1nZAKXaGsTodbsAZmRWe3R1qVsC4vNXRPKONmTmGQpU"},
+	    {PSEUDO_NAME, "Gaŀlard", "gallard", "p1_NztXFFSQX5knh8kltQCg_c9JjmcLQNfr8CaT1wia0tE"},
+	    {PSEUDO_NAME, "Łukasz Żółć", "lukasz zolc",
+	     "p1_UJENVpfjOc-A4CGwvzwCIuxs-cOfWC3jamcEFdAJS4w"},
+	    {PSEUDO_EMAIL, "Ünïcode@Exämple.COM", "Ünïcode@exämple.com",
+	     "p1_DzT8aYT31d08tUQWW5JzrZNIG_pkRfVb9iWn_5zJ1Ho"},
+	    {PSEUDO_IDENTIFIER,
+	     "AB\xc2\xa0"
+	     "12",
+	     "ab\xc2\xa0"
+	     "12", /* a no-break space */
+	     "p1_-GCD9onNhv7hWaFEPk17kfLD2kU4L3FI88Fhyaho_yA"},
+	};
+	uint8_t k[PSEUDO_KEY_LEN];
+	test_key(k, 0x00);
+	char text[PSEUDO_TEXT_MAX];
+	for (size_t i = 0; i < ARRAY_LEN(v); i++) {
+		expect_norm(v[i].type, v[i].in, v[i].norm);
+		pseudonym_of(k, v[i].type, v[i].in, text);
+		assert_string_equal(text, v[i].text);
+	}
+	/* 256 bytes, the longest value: its length field is 00 00 01 00. */
+	char in[PSEUDO_VALUE_MAX + 1], norm[PSEUDO_VALUE_MAX + 1];
+	memset(in, 'X', PSEUDO_VALUE_MAX);
+	in[PSEUDO_VALUE_MAX] = '\0';
+	memset(norm, 'x', PSEUDO_VALUE_MAX);
+	norm[PSEUDO_VALUE_MAX] = '\0';
+	expect_norm(PSEUDO_IDENTIFIER, in, norm);
+	pseudonym_of(k, PSEUDO_IDENTIFIER, in, text);
+	assert_string_equal(text, "p1_F56s2BB-u0XH5geM-BLCR-ztl22rc92plfhZPkdU8bY");
+}
+
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -721,6 +782,7 @@ int main(void)
 	    cmocka_unit_test(test_hash_is_hmac),
 	    cmocka_unit_test(test_format_is_base64url),
 	    cmocka_unit_test(test_hash_equivalence),
+	    cmocka_unit_test(test_doc_vectors_from_input),
 	    cmocka_unit_test(test_format_length),
 	    cmocka_unit_test(test_gen_dates),
 	    cmocka_unit_test(test_gen_age_band),
