@@ -125,9 +125,9 @@ static int rotate_options(int argc, char **argv, int64_t *overlap, const char **
 }
 
 /*
- * Which version answers as previous after a rotation: usually the one just
- * replaced, but an older one whose overlap lasts longer may (docs/keys.md).
- * False when the keyring could not be read back.
+ * Which version answers as previous after a rotation, read back as isgd will
+ * read it: the one just replaced, as keys_rotate retires no older version
+ * later (docs/keys.md). False when the keyring could not be read back.
  */
 static bool print_previous(const char *dir, const char *name, int64_t day)
 {
