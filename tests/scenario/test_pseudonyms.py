@@ -15,6 +15,7 @@ the construction of docs/pseudonyms.md (isgtest.pseudonym), so these tests
 also prove that the documentation is true.
 """
 
+import base64
 import datetime
 import json
 import os
@@ -283,6 +284,49 @@ class TestPseudonyms(PseudonymCase):
         self.assertEqual(got[2][1:], ("1958", "M", "W1A", "GIR 0", "2023-12", "0-9999"))
         for r in recs:
             self.assertIsInstance(r["income_band"], str)
+
+
+class TestDocumentedVectors(PseudonymCase):
+    # docs/pseudonyms.md "Test vectors": (type, input as sent, pseudonym under the test key).
+    VECTORS = [
+        ("nhs_number", "943 476 5919", "p1_3OclCLKM5wMlaCmiStTYz8SUpPKTbA4OyifUBQE5d_w"),
+        ("pnc_id", "79/163001b", "p1_Ozh5VLAXW3PoH1KoKPkqmbyl8dtVX694rMjzBZJjw54"),
+        ("pnc_id", "51/1234567W", "p1_t_wTvO1RWHcAkmxeAwKF9OT7DGZGwpvs06F3mjPTAVY"),
+        ("pnc_id", " 50/1234567f ", "p1_Wpf47vXEtEeeQ0HMa8cMrDJ-B4hHQ5UB6nwg6svI2X4"),
+        ("postcode", "sw1a1aa", "p1_u_RuvuxcubBc4VtSZaf3ys8aNMxFcT0F6ZFGEv-Nkbw"),
+        ("postcode", "gir0aa", "p1_FN5akdTvjs5pbUPbGlPEAe1ghmgu1IvyF2AvZYB-1zI"),
+        ("date", "01/02/1958", "p1_lctHRyLoqWaSIKKy2FWPIOiqDssAtLpIHd9Yl6yZx54"),
+        ("date", "29/2/2000", "p1_7gVjKQxq73_d3tysv56MPFLWmIOWoYpvXfsvqUK2iRs"),
+        ("name", "Siobh\u00e1n O\u2019Brien-Murphy", "p1_A8MR2OdR7RElh03kd492c6pGdnsgPMOx5wab2gC27AI"),
+        ("name", "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u0391\u03a3",
+         "p1_KXzCdiRyydcGwKXQyIcC_F2-0vazUDaLLbWNlNWVvSM"),
+        ("name", "Sio\u0301bhan", "p1_1nZAKXaGsTodbsAZmRWe3R1qVsC4vNXRPKONmTmGQpU"),
+        ("name", "Ga\u0140lard", "p1_NztXFFSQX5knh8kltQCg_c9JjmcLQNfr8CaT1wia0tE"),
+        ("email", " Jane.Doe@Example.NHS.uk ", "p1_ppVaShpPiW1SGwqvigLn7twOotwMp-kAKXD8O9tSYMo"),
+        ("email", "\u00dcn\u00efcode@Ex\u00e4mple.COM", "p1_DzT8aYT31d08tUQWW5JzrZNIG_pkRfVb9iWn_5zJ1Ho"),
+        ("identifier", "  AB  12 cd ", "p1__YrUhLbMkX2hcRl0hQM8u70rlLW7qb1-yva9uCwHcjk"),
+        ("identifier", "AB\u00a012", "p1_-GCD9onNhv7hWaFEPk17kfLD2kU4L3FI88Fhyaho_yA"),
+        ("identifier", "X" * 256, "p1_F56s2BB-u0XH5geM-BLCR-ztl22rc92plfhZPkdU8bY"),
+    ]
+
+    def test_delivered_pseudonyms_are_the_documented_vectors(self):
+        """(4) with the documented test key as a domain's key, isgd delivers the page's vectors."""
+        types = sorted({t for t, _, _ in self.VECTORS})
+        fields = [{"name": t, "type": t, "action": "pseudonymise", "domain": "doc-test"}
+                  for t in types]
+        a = isgtest.default_agreement(datasets=[{"name": DATASET, "unknown_fields": "reject",
+                                                 "fields": fields}])
+        gw = self.gateway(self.policy(agreements=[a]), domains=["doc-test"], start=False)
+        path = os.path.join(gw.keys_dir, "domains", "doc-test.key")
+        with open(path, "w", encoding="ascii") as f:
+            f.write("isg-domain-key-v1 doc-test 1 %s - %s\n"
+                    % (utc_today(), base64.b64encode(bytes(range(32))).decode("ascii")))
+        gw.start()
+        police, nhs = self.partner(gw, "police"), self.partner(gw, "nhs")
+        police.send_ok([{t: value} for t, value, _ in self.VECTORS], to="nhs-trust",
+                       agreement=isgtest.AGREEMENT_ID, dataset=DATASET)
+        got = [r for m in nhs.fetch_messages() for r in m["records"]]
+        self.assertEqual(got, [{t: want} for t, _, want in self.VECTORS])
 
 
 class TestInvalidIdentifiers(PseudonymCase):
