@@ -230,8 +230,8 @@ static int keys_parse(const char *path, const char *buf, size_t len, const char 
 		for (size_t i = 0; sp && i < ARRAY_LEN(known); i++) {
 			if (kind_len == strlen(known[i]) && memcmp(kind, known[i], kind_len) == 0) {
 				keys_seterr(err, errlen,
-				            "%s:1:%zu: holds a '%s' key; expected '%s'", path,
-				            pos + 1, known[i], want_kind);
+				            "%s:1:%zu: holds a key of kind '%s'; expected '%s'",
+				            path, pos + 1, known[i], want_kind);
 				return ISG_ERR_PARSE;
 			}
 		}
