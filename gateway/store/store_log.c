@@ -18,6 +18,7 @@
 #define BODY_PREFIX "{\"event\":\""
 /* {"index":<20 digits>,"at":"<24 characters>","entry": */
 #define LEAF_HEAD_MAX 80
+#define AT_LEN 24 /* 2026-11-23T15:04:05.123Z */
 
 /* --- entry bodies ------------------------------------------------------------ */
 
@@ -391,6 +392,88 @@ int store_log_load(struct store *s, sqlite3 *db, const char *path, char *err, si
 out:
 	free(cp.note);
 	return rc;
+}
+
+/* --- reading an entry back --------------------------------------------------------------- */
+
+/*
+ * The body inside a leaf of entry seq: after {"index":SEQ,"at":"<24>","entry":
+ * and before the final '}', checked as store_audit checks a body of kind.
+ * NULL when the leaf is not in that form.
+ */
+static const char *leaf_body(const char *leaf, size_t len, uint64_t seq, const char *kind,
+                             size_t *body_len)
+{
+	static const char tail[] = "\",\"entry\":";
+	char head[LEAF_HEAD_MAX];
+	int hl = snprintf(head, sizeof(head), "{\"index\":%" PRIu64 ",\"at\":\"", seq);
+	if (!leaf || !kind || hl < 0 || (size_t)hl >= sizeof(head))
+		return NULL;
+	size_t at_end = (size_t)hl + AT_LEN, start = at_end + sizeof(tail) - 1;
+	if (len <= start || len > LEAF_HEAD_MAX + STORE_MAX_AUDIT_ENTRY + 1 ||
+	    memcmp(leaf, head, (size_t)hl) != 0 ||
+	    memcmp(leaf + at_end, tail, sizeof(tail) - 1) != 0 || leaf[len - 1] != '}' ||
+	    store_log_check_body(kind, leaf + start, len - start - 1) != 0)
+		return NULL;
+	*body_len = len - start - 1;
+	return leaf + start;
+}
+
+/* Copy the body of the row (seq, kind, entry) that st is on, or only its seq. */
+static int newest_row(sqlite3_stmt *st, uint64_t *seq, char **body, size_t *len)
+{
+	int64_t row = sqlite3_column_int64(st, 0);
+	const char *kind = (const char *)sqlite3_column_text(st, 1);
+	const char *leaf = sqlite3_column_blob(st, 2);
+	size_t n = 0, leaf_len = (size_t)sqlite3_column_bytes(st, 2);
+	if (row <= 0)
+		return ISG_ERR_CORRUPT;
+	*seq = (uint64_t)row;
+	const char *b = leaf_body(leaf, leaf_len, *seq, kind, &n);
+	if (!b)
+		return ISG_ERR_CORRUPT;
+	if (!body)
+		return 0;
+	*body = strndup(b, n);
+	*len = n;
+	return *body ? 0 : ISG_ERR_NOMEM;
+}
+
+int store_audit_newest(struct store *s, const char *kind, uint64_t *seq, char **body, size_t *len)
+{
+	if (body)
+		*body = NULL;
+	if (len)
+		*len = 0;
+	*seq = 0;
+	if (!s || (kind && strnlen(kind, STORE_MAX_KIND + 1) > STORE_MAX_KIND) || (body && !len))
+		return ISG_ERR_INVALID;
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	int err = ISG_ERR_STORE;
+	if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+	/* From the newest row back: the rows since the last entry of kind. */
+	static const char sql[] = "SELECT seq, kind, entry FROM audit WHERE ?1 IS NULL OR kind = ?1"
+	                          " ORDER BY seq DESC LIMIT 1";
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		err = newest_row(st, seq, body, len);
+	else if (rc == SQLITE_DONE)
+		err = ISG_ERR_NOT_FOUND;
+out:
+	if (err == ISG_ERR_STORE) {
+		char q[512];
+		log_event(LOG_ERROR, "store.sqlite_error", "op=audit.newest error=%s",
+		          log_quote(q, sizeof(q), db ? sqlite3_errmsg(db) : "cannot open"));
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return err;
 }
 
 /* --- checkpoints ------------------------------------------------------------------------ */

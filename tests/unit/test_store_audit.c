@@ -505,6 +505,114 @@ static void test_reopen_rebuilds_tree(void **state)
 	audit_signer_free(signer);
 }
 
+/* --- reading the newest entry of a kind back --------------------------------------------- */
+
+/* Entry seq's leaf bytes as text (malloc'd). */
+static char *leaf_text(const struct fx *f, int64_t seq)
+{
+	sqlite3 *db = db_ro(f);
+	sqlite3_stmt *st = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db,
+	                                    "SELECT CAST(entry AS TEXT) FROM audit WHERE seq = ?1",
+	                                    -1, &st, NULL),
+	                 SQLITE_OK);
+	sqlite3_bind_int64(st, 1, seq);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	char *text = strdup((const char *)sqlite3_column_text(st, 0));
+	assert_non_null(text);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return text;
+}
+
+/* store_audit_newest(kind) must give entry want_seq with body want (NULL: ISG_ERR_NOT_FOUND). */
+static void assert_newest(struct store *s, const char *kind, uint64_t want_seq, const char *want)
+{
+	uint64_t seq = 99;
+	char *body = (char *)"x";
+	size_t len = 99;
+	int rc = store_audit_newest(s, kind, &seq, &body, &len);
+	if (!want) {
+		assert_int_equal(rc, ISG_ERR_NOT_FOUND);
+		assert_null(body);
+		assert_int_equal(seq, 0);
+		return;
+	}
+	assert_int_equal(rc, 0);
+	assert_int_equal(seq, want_seq);
+	assert_int_equal(len, strlen(want));
+	assert_string_equal(body, want);
+	free(body);
+	seq = 0; /* the index alone */
+	assert_int_equal(store_audit_newest(s, kind, &seq, NULL, NULL), 0);
+	assert_int_equal(seq, want_seq);
+}
+
+static void test_newest_entry_of_a_kind(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	assert_newest(s, "test.event", 0, NULL);
+	assert_newest(s, NULL, 0, NULL);
+	static const char other[] = "{\"event\":\"other.event\",\"n\":[1,2]}";
+	uint64_t seq = 0;
+	add_entries(s, 3);
+	assert_int_equal(audit_sync(s, "other.event", other, &seq), 0);
+	assert_int_equal(seq, 4);
+	add_entry(s, "bob", 7);
+	assert_newest(s, "test.event", 5, "{\"event\":\"test.event\",\"who\":\"bob\",\"n\":7}");
+	assert_newest(s, "other.event", 4, other);
+	assert_newest(s, NULL, 5, "{\"event\":\"test.event\",\"who\":\"bob\",\"n\":7}");
+	assert_newest(s, "no.such", 0, NULL);
+	fx_close(f);
+
+	/* The kind column is not signed: a row it mislabels is found, and refused. */
+	raw_exec(f, "UPDATE audit SET kind = 'other.event' WHERE seq = 5", NULL);
+	s = fx_open(f);
+	char *body = NULL;
+	size_t len = 0;
+	assert_int_equal(store_audit_newest(s, "other.event", &seq, &body, &len), ISG_ERR_CORRUPT);
+	assert_int_equal(seq, 5);
+	assert_null(body);
+	assert_newest(s, "test.event", 3, "{\"event\":\"test.event\",\"who\":\"alice\",\"n\":2}");
+	fx_close(f);
+
+	/* Leaves edited after their checkpoint (none here: no signer) are refused, not read. */
+	static const char *const edits[] = {
+	    "UPDATE audit SET entry = substr(entry, 1, length(entry) - 1) WHERE seq = 4",
+	    "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), '[1,2]', '[1,2') AS BLOB)"
+	    " WHERE seq = 4",
+	    "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), '\"entry\":', '\"entrx\":')"
+	    " AS BLOB) WHERE seq = 4",
+	    "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), 'other.event', "
+	    "'test.event')"
+	    " AS BLOB) WHERE seq = 4",
+	    "UPDATE audit SET entry = x'7b22696e646578223a342c' WHERE seq = 4",
+	    "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), '[1,2]', '\"\x01\"') AS "
+	    "BLOB)"
+	    " WHERE seq = 4",
+	};
+	raw_exec(f, "UPDATE audit SET kind = 'test.event' WHERE seq = 5", NULL);
+	char *leaf = leaf_text(f, 4);
+	for (size_t i = 0; i < ARRAY_LEN(edits); i++) {
+		raw_exec(f, "UPDATE audit SET entry = CAST(?1 AS BLOB) WHERE seq = 4", leaf);
+		raw_exec(f, edits[i], NULL);
+		s = fx_open(f);
+		seq = 0;
+		assert_int_equal(store_audit_newest(s, "other.event", &seq, &body, &len),
+		                 ISG_ERR_CORRUPT);
+		assert_int_equal(seq, 4);
+		assert_null(body);
+		assert_newest(s, "test.event", 5,
+		              "{\"event\":\"test.event\",\"who\":\"bob\",\"n\":7}");
+		fx_close(f);
+	}
+	/* The leaf put back reads again. */
+	raw_exec(f, "UPDATE audit SET entry = CAST(?1 AS BLOB) WHERE seq = 4", leaf);
+	assert_newest(fx_open(f), "other.event", 4, other);
+	free(leaf);
+}
+
 /* --- changed logs are refused, and left as they are ----------------------------------------- */
 
 static void expect_refused(struct fx *f, const struct audit_signer *signer, const char *why)
@@ -626,6 +734,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_checkpoint_after_interval_when_idle, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reopen_rebuilds_tree, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_newest_entry_of_a_kind, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_changed_log_refused, fx_setup, fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
