@@ -171,6 +171,14 @@ out:
 	return rc;
 }
 
+int store_db_reader(const struct store *s, sqlite3 **db)
+{
+	int rc = sqlite3_open_v2(s->path, db, SQLITE_OPEN_READONLY, NULL);
+	if (rc == SQLITE_OK)
+		sqlite3_busy_timeout(*db, STORE_BUSY_TIMEOUT_MS);
+	return rc;
+}
+
 int store_db_query_int(sqlite3 *db, const char *sql, int64_t *v, bool *found)
 {
 	sqlite3_stmt *st = NULL;

@@ -276,6 +276,12 @@ int store_db_exec(struct store *s, const char *sql, const char *op);
 int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op);
 /* Run a query returning one integer; *found is false when it returns no row. */
 int store_db_query_int(sqlite3 *db, const char *sql, int64_t *v, bool *found);
+/*
+ * A read-only connection of its own to the store's file, for reads that
+ * need not wait for the writer (which owns s->db); SQLITE_OK or SQLite's
+ * error, *db then NULL or holding the error. Close with sqlite3_close.
+ */
+int store_db_reader(const struct store *s, sqlite3 **db);
 
 /* The VFS of the writer's connection: the default one, but a commit's WAL
  * frames go to the file in one write (store_vfs.c). 0 or an SQLite code. */

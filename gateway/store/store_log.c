@@ -451,9 +451,8 @@ int store_audit_newest(struct store *s, const char *kind, uint64_t *seq, char **
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
 	int err = ISG_ERR_STORE;
-	if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+	if (store_db_reader(s, &db) != SQLITE_OK)
 		goto out;
-	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
 	/* From the newest row back: the rows since the last entry of kind. */
 	static const char sql[] = "SELECT seq, kind, entry FROM audit WHERE ?1 IS NULL OR kind = ?1"
 	                          " ORDER BY seq DESC LIMIT 1";

@@ -10,9 +10,8 @@ int store_usage_since(struct store *s, int64_t since_ms,
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
 	int err = ISG_ERR_STORE;
-	if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+	if (store_db_reader(s, &db) != SQLITE_OK)
 		goto out;
-	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
 	static const char sql[] =
 	    "SELECT sender, agreement_id, count(*), sum(record_count) "
 	    "FROM messages WHERE accepted_at >= ?1 GROUP BY sender, agreement_id";
