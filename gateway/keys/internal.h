@@ -47,8 +47,6 @@ int keys_prepare_dir(const char *path, int *created, char *err, size_t errlen);
 /* ISG_ERR_CONFLICT when path exists (even as a dangling symbolic link). */
 int keys_refuse_existing(const char *path, char *err, size_t errlen);
 
-/* True for a valid domain name: [a-z0-9][a-z0-9-]{0,62}. */
-bool keys_domain_name_valid(const char *name);
 /*
  * Create dir/domains (0700) if needed and dir/domains/NAME.key with version
  * 1 created on `today` (days since 1970-01-01). ISG_ERR_CONFLICT when the

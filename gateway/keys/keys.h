@@ -62,6 +62,9 @@ int keys_init(const char *dir, char *err, size_t errlen) __attribute__((warn_unu
 
 struct keyring;
 
+/* True for a valid domain name: [a-z0-9][a-z0-9-]{0,62}. */
+bool keys_domain_name_valid(const char *name);
+
 /* Load every domain key file (each checked like the others); an empty or
  * missing domains directory gives an empty keyring, a missing keys directory
  * ISG_ERR_NOT_FOUND with "key directory 'DIR' does not exist; ...". */
