@@ -261,24 +261,6 @@ char *entry_policy(const struct policy_set *set, const char *dir, const char *ou
 	return strbuf_take(&b, len);
 }
 
-/* The current version of domain `name` in ring; 0 when it has none. */
-static uint32_t current_version(const struct keyring *ring, const char *name, int64_t today)
-{
-	for (size_t i = 0; ring && i < keyring_domain_count(ring); i++) {
-		size_t nv;
-		const char *n = keyring_domain_name(ring, i, &nv);
-		if (!n || strcmp(n, name) != 0)
-			continue;
-		for (size_t j = nv; j-- > 0;) {
-			struct keys_version_info v;
-			if (keyring_version_info(ring, i, j, today, &v) == 0 &&
-			    v.state == KEYS_VERSION_CURRENT)
-				return v.version;
-		}
-	}
-	return 0;
-}
-
 /* Append "name" to a JSON list being built in b (first: no comma). */
 static void list_add(struct strbuf *b, bool *first, const char *name)
 {
@@ -287,34 +269,65 @@ static void list_add(struct strbuf *b, bool *first, const char *name)
 	*first = false;
 }
 
-char *entry_keys(const struct keyring *now, const struct keyring *before, int64_t today_days,
-                 bool *rotated, size_t *len)
+enum key_change { KEY_CREATED, KEY_ROTATED, KEY_REMOVED, KEY_CHANGES };
+
+/*
+ * Append "created", "rotated" and "removed": now against before, both
+ * sorted by name, in one merge. True when a domain was created or rotated.
+ */
+static bool key_changes(struct strbuf *b, const struct key_versions *now,
+                        const struct key_versions *before)
 {
-	struct strbuf b, created, changed;
-	strbuf_init(&b);
-	strbuf_init(&created);
-	strbuf_init(&changed);
-	bool no_created = true, no_changed = true;
-	strbuf_puts(&b, "{\"event\":\"keys.loaded\",\"domains\":{");
-	for (size_t i = 0; i < keyring_domain_count(now); i++) {
-		size_t nv;
-		const char *name = keyring_domain_name(now, i, &nv);
-		uint32_t v = current_version(now, name, today_days);
-		strbuf_puts(&b, i ? "," : "");
-		strbuf_json_string(&b, name);
-		strbuf_printf(&b, ":%u", v);
-		if (!before)
-			continue;
-		uint32_t was = current_version(before, name, today_days);
-		if (was == 0)
-			list_add(&created, &no_created, name);
-		else if (was != v)
-			list_add(&changed, &no_changed, name);
+	static const char *const names[KEY_CHANGES] = {"created", "rotated", "removed"};
+	struct strbuf lists[KEY_CHANGES];
+	bool empty[KEY_CHANGES];
+	for (size_t k = 0; k < KEY_CHANGES; k++) {
+		strbuf_init(&lists[k]);
+		empty[k] = true;
 	}
-	*rotated = !no_changed || !no_created;
-	char *c = strbuf_take(&created, NULL), *r = strbuf_take(&changed, NULL);
-	strbuf_printf(&b, "},\"created\":[%s],\"rotated\":[%s]}", c ? c : "", r ? r : "");
-	free(c);
-	free(r);
+	size_t i = 0, j = 0;
+	while (i < now->n || j < before->n) {
+		int cmp = i == now->n      ? 1
+		          : j == before->n ? -1
+		                           : strcmp(now->items[i].name, before->items[j].name);
+		if (cmp < 0) {
+			list_add(&lists[KEY_CREATED], &empty[KEY_CREATED], now->items[i++].name);
+		} else if (cmp > 0) {
+			list_add(&lists[KEY_REMOVED], &empty[KEY_REMOVED], before->items[j++].name);
+		} else {
+			if (now->items[i].version != before->items[j].version)
+				list_add(&lists[KEY_ROTATED], &empty[KEY_ROTATED],
+				         now->items[i].name);
+			i++;
+			j++;
+		}
+	}
+	for (size_t k = 0; k < KEY_CHANGES; k++) {
+		char *list = strbuf_take(&lists[k], NULL);
+		b->failed |= list == NULL;
+		strbuf_printf(b, ",\"%s\":[%s]", names[k], list ? list : "");
+		free(list);
+	}
+	return !empty[KEY_CREATED] || !empty[KEY_ROTATED];
+}
+
+char *entry_keys(const struct key_versions *now, const struct key_versions *before, bool *rotated,
+                 size_t *len)
+{
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_puts(&b, "{\"event\":\"keys.loaded\",\"domains\":{");
+	for (size_t i = 0; i < now->n; i++) {
+		strbuf_puts(&b, i ? "," : "");
+		strbuf_json_string(&b, now->items[i].name);
+		strbuf_printf(&b, ":%u", (unsigned)now->items[i].version);
+	}
+	strbuf_puts(&b, "}");
+	*rotated = false;
+	if (before)
+		*rotated = key_changes(&b, now, before);
+	else
+		strbuf_puts(&b, ",\"created\":[],\"rotated\":[],\"removed\":[]");
+	strbuf_puts(&b, "}");
 	return strbuf_take(&b, len);
 }

@@ -194,12 +194,29 @@ char *entry_connection_closed(const struct policy_set *set, const char *peer, co
                               size_t *len);
 char *entry_policy(const struct policy_set *set, const char *dir, const char *outcome,
                    size_t errors, size_t *len);
+
+/* keyvers.c: each linkage domain's current key version, as keys.loaded lists them. */
+struct key_version {
+	char name[KEYS_DOMAIN_NAME_MAX + 1];
+	uint32_t version; /* 0: the domain has no current version */
+};
+/* Sorted by name (strcmp), each name once. */
+struct key_versions {
+	struct key_version *items;
+	size_t n, cap;
+};
+void key_versions_release(struct key_versions *kv);
+/* The current versions of ring's domains on day today_days: 0 or ISG_ERR_NOMEM. */
+int key_versions_of_ring(const struct keyring *ring, int64_t today_days, struct key_versions *out);
 /*
- * "keys.loaded": the current version of every linkage domain key, listing
- * as "rotated" those whose version differs from `before` (NULL at start).
- * Never holds key material.
+ * "keys.loaded": the current version of every linkage domain key (now),
+ * and against the versions before, in "created" the domains new since,
+ * in "rotated" those with another version, in "removed" those gone; all
+ * three empty with before NULL (at start: nothing to compare with).
+ * *rotated says whether any domain was created or rotated. Never holds key
+ * material.
  */
-char *entry_keys(const struct keyring *now, const struct keyring *before, int64_t today_days,
-                 bool *rotated, size_t *len);
+char *entry_keys(const struct key_versions *now, const struct key_versions *before, bool *rotated,
+                 size_t *len);
 
 #endif

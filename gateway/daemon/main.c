@@ -348,17 +348,22 @@ static void audit_policy(struct gateway *g, const struct policy_set *set, const 
 	log_event(LOG_ERROR, "audit.failed", "kind=policy.%s", outcome);
 }
 
-/* Record which key versions are in use, and which changed since `before`. */
-static void audit_keys(struct gateway *g, const struct keyring *now, const struct keyring *before)
+/* Record which key versions are in use, and which changed since `before` (NULL at start). */
+static void audit_keys(struct gateway *g, const struct keyring *now,
+                       const struct key_versions *before)
 {
-	bool rotated;
+	bool rotated = false;
 	size_t len;
-	char *entry = entry_keys(now, before, date_days_of_ms(time_now_ms()), &rotated, &len);
+	char *entry = NULL;
+	struct key_versions cur;
+	if (key_versions_of_ring(now, date_days_of_ms(time_now_ms()), &cur) == 0)
+		entry = entry_keys(&cur, before, &rotated, &len);
 	if (!entry || store_audit(g->store, "keys.loaded", entry, len, NULL, NULL) != 0)
 		log_event(LOG_ERROR, "audit.failed", "kind=keys.loaded");
 	else if (rotated)
 		log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
 	free(entry);
+	key_versions_release(&cur);
 }
 
 static void reload(struct gateway *g)
@@ -370,7 +375,11 @@ static void reload(struct gateway *g)
 		const struct policy_set *set = r->policy;
 		audit_policy(g, set, "loaded", 0);
 		struct regime *old = gateway_regime(g);
-		audit_keys(g, r->keys, old->keys);
+		struct key_versions before;
+		bool known =
+		    key_versions_of_ring(old->keys, date_days_of_ms(time_now_ms()), &before) == 0;
+		audit_keys(g, r->keys, known ? &before : NULL);
+		key_versions_release(&before);
 		regime_unref(old);
 		gateway_regime_swap(g, r); /* r stays referenced by the gateway */
 		/* Logged after the swap: whoever waits for this line gets the new set. */

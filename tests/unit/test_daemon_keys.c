@@ -1,0 +1,168 @@
+/*
+ * daemon/keyvers.c and entry_keys: the keys.loaded entry's comparison of the
+ * key versions in use with those before a reload.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+
+#include "daemon/gateway.h"
+
+/* A list from "name=version" pairs, sorted as key_versions_of_ring sorts. */
+static struct key_versions versions(const char *const *pairs, size_t n)
+{
+	struct key_versions kv = {.items = calloc(n + 1, sizeof(struct key_version)), .n = n};
+	assert_non_null(kv.items);
+	kv.cap = n + 1;
+	for (size_t i = 0; i < n; i++) {
+		const char *eq = strchr(pairs[i], '=');
+		assert_non_null(eq);
+		snprintf(kv.items[i].name, sizeof(kv.items[i].name), "%.*s", (int)(eq - pairs[i]),
+		         pairs[i]);
+		kv.items[i].version = (uint32_t)strtoul(eq + 1, NULL, 10);
+	}
+	return kv;
+}
+
+static void assert_entry(const struct key_versions *now, const struct key_versions *before,
+                         const char *want, bool want_rotated)
+{
+	bool rotated = !want_rotated;
+	size_t len = 0;
+	char *entry = entry_keys(now, before, &rotated, &len);
+	assert_non_null(entry);
+	assert_string_equal(entry, want);
+	assert_int_equal(len, strlen(want));
+	assert_int_equal(rotated, want_rotated);
+	free(entry);
+}
+
+/* --- the comparison ----------------------------------------------------------------- */
+
+static void test_created_rotated_removed(void **state)
+{
+	(void)state;
+	static const char *const was[] = {"audit=1", "council-link=1", "gone=3", "health-link=2"};
+	static const char *const is[] = {"audit=1", "council-link=2", "health-link=2", "new-link=1",
+	                                 "zeta=4"};
+	struct key_versions before = versions(was, 4), now = versions(is, 5);
+	assert_entry(&now, &before,
+	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":2,"
+	             "\"health-link\":2,\"new-link\":1,\"zeta\":4},\"created\":[\"new-link\","
+	             "\"zeta\"],\"rotated\":[\"council-link\"],\"removed\":[\"gone\"]}",
+	             true);
+	/* the other way round: only removed, and a version that went down is another version */
+	assert_entry(&before, &now,
+	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":1,"
+	             "\"gone\":3,\"health-link\":2},\"created\":[\"gone\"],\"rotated\":"
+	             "[\"council-link\"],\"removed\":[\"new-link\",\"zeta\"]}",
+	             true);
+	key_versions_release(&before);
+	key_versions_release(&now);
+}
+
+static void test_nothing_changed_or_only_removed(void **state)
+{
+	(void)state;
+	static const char *const two[] = {"audit=1", "council-link=7"};
+	struct key_versions now = versions(two, 2), same = versions(two, 2),
+	                    more = versions(two, 2);
+	assert_entry(&now, &same,
+	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":7},"
+	             "\"created\":[],\"rotated\":[],\"removed\":[]}",
+	             false);
+	struct key_version *v = &more.items[more.n++];
+	snprintf(v->name, sizeof(v->name), "old-link");
+	v->version = 2;
+	/* a domain gone, none new: removed, and no rotation to log */
+	assert_entry(&now, &more,
+	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":7},"
+	             "\"created\":[],\"rotated\":[],\"removed\":[\"old-link\"]}",
+	             false);
+	key_versions_release(&now);
+	key_versions_release(&same);
+	key_versions_release(&more);
+}
+
+static void test_nothing_before(void **state)
+{
+	(void)state;
+	static const char *const two[] = {"audit=1", "council-link=2"};
+	struct key_versions now = versions(two, 2), none = {0};
+	/* no keys before: every domain is new */
+	assert_entry(&now, &none,
+	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":2},"
+	             "\"created\":[\"audit\",\"council-link\"],\"rotated\":[],\"removed\":[]}",
+	             true);
+	/* at start, nothing to compare with */
+	assert_entry(&now, NULL,
+	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":2},"
+	             "\"created\":[],\"rotated\":[],\"removed\":[]}",
+	             false);
+	assert_entry(&none, &none,
+	             "{\"event\":\"keys.loaded\",\"domains\":{},\"created\":[],\"rotated\":[],"
+	             "\"removed\":[]}",
+	             false);
+	key_versions_release(&now);
+}
+
+/* --- from a keyring ------------------------------------------------------------------- */
+
+static void test_versions_of_a_keyring(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/isg-keyvers-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	char err[512] = "";
+	uint32_t version = 0;
+	int64_t today = date_days_of_ms(time_now_ms());
+	assert_int_equal(keys_new_domain(dir, "zeta-link", err, sizeof(err)), 0);
+	assert_int_equal(keys_new_domain(dir, "alpha-link", err, sizeof(err)), 0);
+	assert_int_equal(keys_rotate(dir, "zeta-link", today, 30, &version, err, sizeof(err)), 0);
+	assert_int_equal(keys_rotate(dir, "zeta-link", today, 0, &version, err, sizeof(err)), 0);
+	assert_int_equal(version, 3);
+	struct keyring *ring = NULL;
+	assert_int_equal(keys_load_domains(dir, &ring, err, sizeof(err)), 0);
+	struct key_versions kv;
+	assert_int_equal(key_versions_of_ring(ring, today, &kv), 0);
+	assert_int_equal(kv.n, 2);
+	assert_string_equal(kv.items[0].name, "alpha-link");
+	assert_int_equal(kv.items[0].version, 1);
+	assert_string_equal(kv.items[1].name, "zeta-link");
+	assert_int_equal(kv.items[1].version, 3);
+	key_versions_release(&kv);
+	keyring_free(ring);
+	assert_int_equal(key_versions_of_ring(NULL, today, &kv), 0);
+	assert_int_equal(kv.n, 0);
+	key_versions_release(&kv);
+	key_versions_release(NULL);
+
+	const char *files[] = {"domains/zeta-link.key", "domains/alpha-link.key", "domains", ""};
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		char p[128];
+		snprintf(p, sizeof(p), "%s/%s", dir, files[i]);
+		assert_int_equal(remove(p), 0);
+	}
+}
+
+int main(void)
+{
+	if (sodium_init() < 0)
+		return 1;
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_created_rotated_removed),
+	    cmocka_unit_test(test_nothing_changed_or_only_removed),
+	    cmocka_unit_test(test_nothing_before),
+	    cmocka_unit_test(test_versions_of_a_keyring),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
