@@ -326,8 +326,8 @@ char *entry_keys(const struct key_versions *now, const struct key_versions *befo
 	*rotated = false;
 	if (before)
 		*rotated = key_changes(&b, now, before);
-	else
-		strbuf_puts(&b, ",\"created\":[],\"rotated\":[],\"removed\":[]");
+	else /* not known: claim nothing */
+		strbuf_puts(&b, ",\"created\":null,\"rotated\":null,\"removed\":null");
 	strbuf_puts(&b, "}");
 	return strbuf_take(&b, len);
 }

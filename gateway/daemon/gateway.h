@@ -1,7 +1,8 @@
 /*
  * daemon: isgd's own wiring. main.c loads the config, keys and policy,
  * starts the store and the listeners and handles signals; handler.c serves
- * partner requests; entries.c writes the audit entries' JSON.
+ * partner requests; entries.c writes the audit entries' JSON, and keyvers.c
+ * reads back the key versions of the keys.loaded entry before a start.
  */
 #ifndef ISG_DAEMON_GATEWAY_H
 #define ISG_DAEMON_GATEWAY_H
@@ -209,12 +210,19 @@ void key_versions_release(struct key_versions *kv);
 /* The current versions of ring's domains on day today_days: 0 or ISG_ERR_NOMEM. */
 int key_versions_of_ring(const struct keyring *ring, int64_t today_days, struct key_versions *out);
 /*
+ * The "domains" of a keys.loaded entry's body, in the form entry_keys
+ * writes: {"event":"keys.loaded","domains":{"NAME":VERSION,...},... where
+ * only what "domains" holds is read. 0; ISG_ERR_PARSE with *reason (static,
+ * never quoting the body) for anything else, a name twice included; or
+ * ISG_ERR_NOMEM.
+ */
+int key_versions_parse(const char *body, size_t len, struct key_versions *out, const char **reason);
+/*
  * "keys.loaded": the current version of every linkage domain key (now),
  * and against the versions before, in "created" the domains new since,
- * in "rotated" those with another version, in "removed" those gone; all
- * three empty with before NULL (at start: nothing to compare with).
- * *rotated says whether any domain was created or rotated. Never holds key
- * material.
+ * in "rotated" those with another version, in "removed" those gone. With
+ * before NULL (not known) all three are null: nothing is claimed. *rotated
+ * says whether any domain was created or rotated. Never holds key material.
  */
 char *entry_keys(const struct key_versions *now, const struct key_versions *before, bool *rotated,
                  size_t *len);

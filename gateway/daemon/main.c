@@ -348,7 +348,10 @@ static void audit_policy(struct gateway *g, const struct policy_set *set, const 
 	log_event(LOG_ERROR, "audit.failed", "kind=policy.%s", outcome);
 }
 
-/* Record which key versions are in use, and which changed since `before` (NULL at start). */
+/*
+ * Record which key versions are in use, and which changed since the
+ * versions before (NULL: not known).
+ */
 static void audit_keys(struct gateway *g, const struct keyring *now,
                        const struct key_versions *before)
 {
@@ -364,6 +367,54 @@ static void audit_keys(struct gateway *g, const struct keyring *now,
 		log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
 	free(entry);
 	key_versions_release(&cur);
+}
+
+/* No keys.loaded entry in the log: 0 when the log is new, else why that cannot be. */
+static int new_log(struct gateway *g, const char **reason)
+{
+	uint64_t seq = 0;
+	int rc = store_audit_newest(g->store, NULL, &seq, NULL, NULL);
+	if (rc == ISG_ERR_NOT_FOUND)
+		return 0;
+	*reason = rc == ISG_ERR_STORE || rc == ISG_ERR_NOMEM
+	              ? "cannot read the audit log"
+	              : "the audit log has entries but no keys.loaded entry";
+	return rc ? rc : ISG_ERR_NOT_FOUND;
+}
+
+/*
+ * The key versions before a start: those of the newest keys.loaded entry
+ * in the log, which the last start or reload wrote, so that a start
+ * records what changed while isgd was stopped as a reload would. A new log
+ * has none: nothing was in use before, so every domain is new. Read before
+ * this start writes an entry (its first sweep can only add to a log that
+ * has messages). False, and logged, when it cannot be said.
+ */
+static bool keys_before_start(struct gateway *g, struct key_versions *before)
+{
+	uint64_t seq = 0;
+	char *body = NULL;
+	size_t len = 0;
+	const char *reason = "cannot read the audit log";
+	*before = (struct key_versions){0};
+	int rc = store_audit_newest(g->store, "keys.loaded", &seq, &body, &len);
+	if (rc == 0)
+		rc = key_versions_parse(body, len, before, &reason);
+	else if (rc == ISG_ERR_NOT_FOUND)
+		rc = new_log(g, &reason);
+	else if (rc == ISG_ERR_CORRUPT)
+		reason = "its leaf does not hold a keys.loaded entry";
+	free(body);
+	if (rc == 0)
+		return true;
+	char q[160], prev[24] = "none";
+	if (seq > 0)
+		snprintf(prev, sizeof(prev), "%llu", (unsigned long long)seq);
+	log_event(LOG_WARN, "keys.compare_failed",
+	          "previous=%s reason=%s action=\"this start's keys.loaded entry says null for "
+	          "created, rotated and removed\"",
+	          prev, log_quote(q, sizeof(q), reason));
+	return false;
 }
 
 static void reload(struct gateway *g)
@@ -561,8 +612,11 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 		return r;
 	}
 	store_set_notify(g->store, handler_notify, g);
+	struct key_versions before;
+	bool known = keys_before_start(g, &before);
 	audit_policy(g, regime->policy, "loaded", 0);
-	audit_keys(g, regime->keys, NULL);
+	audit_keys(g, regime->keys, known ? &before : NULL);
+	key_versions_release(&before);
 
 	net_server_run(g->net);
 	log_event(LOG_INFO, "isgd.started",

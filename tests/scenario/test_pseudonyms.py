@@ -23,6 +23,7 @@ import re
 import sqlite3
 import stat
 import subprocess
+import time
 import unittest
 
 import isgtest
@@ -427,17 +428,140 @@ class TestRotation(PseudonymCase):
         self.assertEqual(health["nhs_number"], self.expected(HEALTH_DOMAIN, 2, T_NHS, NHS_A))
         self.assertEqual(health["postcode"], self.expected(HEALTH_DOMAIN, 2, T_POSTCODE, "SW1A 1AA"))
 
-        # the audit log records the versions in use, at start and at the reload that rotated
+        # the audit log records the versions in use, at start and at the reload that rotated;
+        # the first start of a new store finds no keys in use before it: every domain is new
         loaded = self.audit_bodies("keys.loaded")
         self.assertEqual(len(loaded), 2, loaded)
         self.assertEqual(loaded[0], {"event": "keys.loaded",
                                      "domains": {"audit": 1, COUNCIL_DOMAIN: 1, HEALTH_DOMAIN: 1},
-                                     "created": [], "rotated": [], "removed": []})
+                                     "created": ["audit", COUNCIL_DOMAIN, HEALTH_DOMAIN],
+                                     "rotated": [], "removed": []})
         self.assertEqual(loaded[1], {"event": "keys.loaded",
                                      "domains": {"audit": 1, COUNCIL_DOMAIN: 2, HEALTH_DOMAIN: 2},
                                      "created": [], "rotated": [COUNCIL_DOMAIN, HEALTH_DOMAIN],
                                      "removed": []})
         self.assertIn("event=keys.rotated", text)
+
+
+class TestRotationAcrossRestarts(PseudonymCase):
+    """
+    A start compares the keys it loads with the newest keys.loaded entry in
+    the log, as a reload compares with the keys in use (docs/keys.md): a
+    rotation taken in by a restart is recorded as one.
+    """
+
+    def keys_loaded(self, count):
+        """The bodies of the keys.loaded entries, once there are `count` of them."""
+        deadline = time.monotonic() + isgtest.START_TIMEOUT
+        while True:
+            loaded = self.audit_bodies("keys.loaded")
+            if len(loaded) >= count or time.monotonic() > deadline:
+                self.assertEqual(len(loaded), count, loaded)
+                return loaded
+            time.sleep(0.02)
+
+    def this_start(self):
+        """isgd's log since its latest start."""
+        return self.gw.log.split("# isgtest: start %d:" % self.gw.starts, 1)[1]
+
+    def test_restart_records_rotated_created_and_removed_domains(self):
+        """isgctl keys rotate, new-domain and a removed domain file while stopped: the start's
+        keys.loaded entry lists each as a reload would, and isgd logs keys.rotated."""
+        self.start(domains=(COUNCIL_DOMAIN, HEALTH_DOMAIN, "spare-link"))
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        old = self.fetch_records(self.council)[0]["nhs_number"]
+        self.keys_loaded(1)
+        self.gw.stop()
+        r = isgtest.rotate_domain(self.gw.keys_dir, COUNCIL_DOMAIN, overlap=30)
+        self.assertIn("reload isgd (SIGHUP) or restart it to use version 2", r.out)
+        isgtest.new_domain(self.gw.keys_dir, "extra-link")
+        os.remove(os.path.join(self.gw.keys_dir, "domains", "spare-link.key"))
+        self.gw.start()
+
+        loaded = self.keys_loaded(2)
+        self.assertEqual(loaded[1], {"event": "keys.loaded",
+                                     "domains": {"audit": 1, COUNCIL_DOMAIN: 2, "extra-link": 1,
+                                                 HEALTH_DOMAIN: 1},
+                                     "created": ["extra-link"], "rotated": [COUNCIL_DOMAIN],
+                                     "removed": ["spare-link"]})
+        self.assertRegex(self.this_start(), r"level=info event=keys\.rotated ")
+        self.assertNotIn("keys.compare_failed", self.gw.log)
+        # and the new version is the one in use, with the old pseudonym beside it
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        self.assertEqual(self.fetch_records(self.council),
+                         [{"nhs_number": self.expected(COUNCIL_DOMAIN, 2, T_NHS, NHS_A),
+                           "nhs_number.previous": old}])
+
+        # a restart with no change lists nothing, and logs no rotation
+        self.gw.restart()
+        loaded = self.keys_loaded(3)
+        self.assertEqual(loaded[2], dict(loaded[1], created=[], rotated=[], removed=[]))
+        self.assertNotIn("keys.rotated", self.this_start())
+
+    def test_start_after_the_previous_entry_was_corrupted(self):
+        """A keys.loaded entry damaged in the store (with sqlite3) does not stop isgd: it warns,
+        claims nothing (null), and the next start compares with its own entry again."""
+        self.start()
+        self.send(self.police, [{"nhs_number": NHS_A}])
+        self.fetch_records(self.council)
+        self.keys_loaded(1)
+        self.gw.stop()
+        damages = [
+            # the entry's own bytes, and the checkpoints that would refuse the store for it
+            ("leaf", lambda keys_seq, newest: (keys_seq, [
+                ("UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), '\"domains\":{\"audit\":1',"
+                 " '\"domains\":{\"Audit\":1') AS BLOB) WHERE seq = ?", (keys_seq,)),
+                ("DELETE FROM checkpoints WHERE size >= ?", (keys_seq,))]),
+             "a domain name that is not valid"),
+            # the kind column, which nothing signs: a later entry labelled keys.loaded
+            ("kind", lambda keys_seq, newest: (newest, [
+                ("UPDATE audit SET kind = 'keys.loaded' WHERE seq = ?", (newest,))]),
+             "its leaf does not hold a keys.loaded entry"),
+            # no row labelled keys.loaded left: the log is not new, so nothing is known
+            ("none", lambda keys_seq, newest: (None, [
+                ("UPDATE audit SET kind = 'policy.loaded' WHERE kind = 'keys.loaded'", ())]),
+             "the audit log has entries but no keys.loaded entry"),
+        ]
+        for what, damage, reason in damages:
+            with self.subTest(damaged=what):
+                db = sqlite3.connect(self.gw.store_path)  # read-write: leaves no -wal behind
+                try:
+                    keys_seq, newest = db.execute(
+                        "SELECT (SELECT max(seq) FROM audit WHERE kind = 'keys.loaded'),"
+                        " max(seq) FROM audit").fetchone()
+                finally:
+                    db.close()
+                self.assertGreater(newest, keys_seq)
+                seq, statements = damage(keys_seq, newest)
+                copy = isgtest.tampered_store(self.gw.store_path, self.gw.store_path + ".tmp",
+                                              *statements)
+                os.replace(copy, self.gw.store_path)
+                for suffix in ("-wal", "-shm"):
+                    self.assertFalse(os.path.exists(self.gw.store_path + suffix))
+                before = len(self.audit_bodies("keys.loaded"))
+                self.gw.start()
+                self.assertAlive(self.gw)
+                log = self.this_start()
+                self.assertIn('level=warn event=keys.compare_failed previous=%s reason="%s"'
+                              % (seq or "none", reason), log)
+                self.assertNotIn("keys.rotated", log)
+                loaded = self.keys_loaded(before + 1)
+                self.assertEqual(loaded[-1], {"event": "keys.loaded",
+                                              "domains": {"audit": 1, COUNCIL_DOMAIN: 1,
+                                                          HEALTH_DOMAIN: 1},
+                                              "created": None, "rotated": None, "removed": None})
+                # it still serves, with the same keys
+                self.send(self.police, [{"nhs_number": NHS_A}])
+                self.assertEqual(self.fetch_records(self.council),
+                                 [{"nhs_number": self.expected(COUNCIL_DOMAIN, 1, T_NHS, NHS_A)}])
+                # the next start compares with the entry this one wrote
+                self.gw.restart()
+                loaded = self.keys_loaded(before + 2)
+                self.assertEqual(loaded[-1], dict(loaded[-2], created=[], rotated=[], removed=[]))
+                self.assertNotIn("keys.compare_failed", self.this_start())
+                self.send(self.police, [{"nhs_number": NHS_A}])  # entries after it
+                self.fetch_records(self.council)
+                self.gw.stop()
 
 
 class TestRefusalsAtStartAndReload(PseudonymCase):
