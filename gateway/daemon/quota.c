@@ -3,7 +3,9 @@
  * counted in UTC days. A send reserves its share before it is stored and
  * gives it back if the store refuses it or it was a duplicate, so two
  * concurrent sends cannot both slip under a limit. At start the counters are
- * rebuilt from the store, so a restart does not reset them.
+ * rebuilt from the store, so a restart does not reset them. Sends under an
+ * agreement without limits are counted too, so that a limit a reload brings
+ * in counts what was accepted earlier that day, as it would after a restart.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,14 +122,13 @@ int quota_reserve(struct quota *q, const char *sender, const struct policy_agree
                   struct policy_refusal *why)
 {
 	memset(claim, 0, sizeof(*claim));
-	if (a->records_per_day == 0 && a->messages_per_day == 0)
-		return 0;
+	bool limited = a->records_per_day != 0 || a->messages_per_day != 0;
 	int64_t day = date_days_of_ms(now_ms);
 	int err = 0;
 	pthread_mutex_lock(&q->mu);
 	struct quota_entry *e = quota_entry(q, sender, a->id);
 	if (!e) {
-		err = ISG_ERR_NOMEM;
+		err = limited ? ISG_ERR_NOMEM : 0;
 		goto out;
 	}
 	if (e->day != day) {

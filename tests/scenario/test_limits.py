@@ -72,6 +72,32 @@ class DailyLimitCase(isgtest.ScenarioCase):
         self.assertEqual(self.police.send(bad).rc, 3)
         self.police.send_ok([record(0), record(1)], message_id="ok")
 
+    def test_limit_added_at_reload_counts_what_was_sent_today(self):
+        """A limit a reload brings in counts the messages accepted earlier that
+        day, as one a restart brings in does (found by tests/soak/soak.py)."""
+        self.start()
+        for i in range(3):
+            self.police.send_ok([record(i)], message_id="before-%d" % i)
+        isgtest.write_policy(self.gw.policy_dir, agreements=[isgtest.default_agreement(
+            senders=["met-police", "city-council"], limits={"messages_per_day": 3})])
+        self.assertEqual(self.gw.reload()[0], "loaded")
+        self.assertRefused(self.police.send([record(3)], message_id="after-0"),
+                           "agreement.messages_per_day", 3, "messages")
+        # Sends between the start and the reload count too, not only those
+        # the counters were seeded with at the start.
+        isgtest.write_policy(self.gw.policy_dir, agreements=[isgtest.default_agreement(
+            senders=["met-police", "city-council"])])
+        self.assertEqual(self.gw.reload()[0], "loaded")
+        self.council.send_ok([record(0)], message_id="c-0")
+        self.gw.restart()
+        self.council.send_ok([record(1)], message_id="c-1")
+        isgtest.write_policy(self.gw.policy_dir, agreements=[isgtest.default_agreement(
+            senders=["met-police", "city-council"], limits={"messages_per_day": 3})])
+        self.assertEqual(self.gw.reload()[0], "loaded")
+        self.council.send_ok([record(2)], message_id="c-2")
+        self.assertRefused(self.council.send([record(3)], message_id="c-3"),
+                           "agreement.messages_per_day", 3, "messages")
+
 
 def preload_env(lib):
     """env(1) arguments preloading lib; under ASan, which wants its runtime
