@@ -482,6 +482,48 @@ class TestSubscriberBackpressure(ExchangeCase):
         self.assertAlive(gw)
 
 
+class TestSubscriberWindow(ExchangeCase):
+    def test_window_reopens_when_pushes_expire_before_their_ack(self):
+        """A subscriber that acknowledges pushes only after they expired (its ack
+        comes back with them in unknown_ids) gets further pushes: an expired
+        push is no longer outstanding. Found by tests/soak/soak.py's reading of
+        the subscription window; before, each such push held one slot of it for
+        the life of the connection, and max_fetch_messages of them stopped the
+        subscription for good."""
+        agreement = isgtest.default_agreement(undelivered_ttl="1s")
+        gw = self.gateway(self.policy(agreements=[agreement]),
+                          store={"sweep_interval": "100ms"}, limits={"max_fetch_messages": 2})
+        pb = isgtest.isg_pb2()
+        police = isgtest.FrameConn(gw, self.pki.certs["police"])
+        self.addCleanup(police.close)
+
+        def send(mid):
+            r = police.request(send=pb.SendRequest(
+                message_id=mid, recipient="nhs-trust", agreement_id=AGREEMENT_ID, dataset=DATASET,
+                records=[isgtest.pb_record(pb, {"nhs_number": NHS_A})]))
+            self.assertEqual(r.WhichOneof("body"), "send_result", r)
+            return r.send_result.receipt.gateway_id
+
+        sub = isgtest.FrameConn(gw, self.pki.certs["nhs"])
+        self.addCleanup(sub.close)
+        sub.send_frame(pb.Frame(request_id=1, subscribe=pb.Subscribe()))
+        late = [send("late-%d" % i) for i in range(2)]
+        pushed = [sub.recv_frame(timeout=5 * isgtest.SLOW).delivery.gateway_id for _ in late]
+        self.assertEqual(pushed, late)
+        time.sleep(1.5)  # both expire, and the sweep marks them so
+        sub.send_frame(pb.Frame(request_id=2, ack=pb.Ack(gateway_ids=late)))
+        f = sub.recv_frame(timeout=5 * isgtest.SLOW)
+        self.assertEqual(f.WhichOneof("body"), "ack_result", f)
+        self.assertEqual(sorted(f.ack_result.unknown_ids), sorted(late), f)
+        fresh = send("fresh")
+        try:
+            f = sub.recv_frame(timeout=3 * isgtest.SLOW)
+        except socket.timeout:
+            self.fail("no push of a new message after the window's pushes expired\n%s"
+                      % gw.diagnostics())
+        self.assertEqual(f.delivery.gateway_id, fresh, f)
+
+
 class TestShutdown(ExchangeCase):
     def test_sigterm_with_connected_clients(self):
         """(g) SIGTERM: isgd exits 0 promptly with an idle client and a long-polling one."""
