@@ -403,7 +403,7 @@ static bool keys_before_start(struct gateway *g, struct key_versions *before)
 	else if (rc == ISG_ERR_NOT_FOUND)
 		rc = new_log(g, &reason);
 	else if (rc == ISG_ERR_CORRUPT)
-		reason = "its leaf does not hold a keys.loaded entry";
+		reason = "an entry whose leaf cannot be read or disagrees with its kind column";
 	free(body);
 	if (rc == 0)
 		return true;

@@ -240,17 +240,18 @@ int store_audit(struct store *s, const char *kind, const char *entry, size_t len
                 void *ctx);
 
 /*
- * The newest audit entry whose kind column is `kind` (of any kind when
- * NULL), read through a read-only connection of its own, like
+ * The newest audit entry whose leaf holds an event of `kind` (of any kind
+ * when NULL), read through a read-only connection of its own, like
  * store_usage_since; meant for looking back at start. *seq gets its audit
  * index and, when body is not NULL, *body its body as store_audit was
  * given it (malloc'd, NUL-terminated, *len bytes). Returns 0;
- * ISG_ERR_NOT_FOUND when there is none; ISG_ERR_CORRUPT, *seq set, when
- * that row's leaf does not hold a body of that kind in the form store_audit
- * checks (the kind column is not signed, and the file may have been
- * edited: the leaf is the truth); ISG_ERR_STORE or ISG_ERR_NOMEM. It reads
- * back from the newest row, so its time grows with the entries written
- * since the last one of `kind`.
+ * ISG_ERR_NOT_FOUND when there is none; ISG_ERR_CORRUPT, *seq set, when a
+ * row on the way back cannot be judged: a leaf not in store_audit's form,
+ * or a kind column that disagrees with its leaf where either is `kind`
+ * (the column is not signed and the file may have been edited: an older
+ * entry must not pass for the newest); ISG_ERR_STORE or ISG_ERR_NOMEM. It
+ * reads every row back from the newest, so its time grows with the entries
+ * written since the last one of `kind`.
  */
 int store_audit_newest(struct store *s, const char *kind, uint64_t *seq, char **body, size_t *len)
     __attribute__((warn_unused_result));

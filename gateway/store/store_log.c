@@ -398,45 +398,57 @@ out:
 
 /*
  * The body inside a leaf of entry seq: after {"index":SEQ,"at":"<24>","entry":
- * and before the final '}', checked as store_audit checks a body of kind.
- * NULL when the leaf is not in that form.
+ * and before the final '}'. NULL when the leaf is not in that form.
  */
-static const char *leaf_body(const char *leaf, size_t len, uint64_t seq, const char *kind,
-                             size_t *body_len)
+static const char *leaf_body(const char *leaf, size_t len, uint64_t seq, size_t *body_len)
 {
 	static const char tail[] = "\",\"entry\":";
 	char head[LEAF_HEAD_MAX];
 	int hl = snprintf(head, sizeof(head), "{\"index\":%" PRIu64 ",\"at\":\"", seq);
-	if (!leaf || !kind || hl < 0 || (size_t)hl >= sizeof(head))
+	if (!leaf || hl < 0 || (size_t)hl >= sizeof(head))
 		return NULL;
 	size_t at_end = (size_t)hl + AT_LEN, start = at_end + sizeof(tail) - 1;
 	if (len <= start || len > LEAF_HEAD_MAX + STORE_MAX_AUDIT_ENTRY + 1 ||
 	    memcmp(leaf, head, (size_t)hl) != 0 ||
-	    memcmp(leaf + at_end, tail, sizeof(tail) - 1) != 0 || leaf[len - 1] != '}' ||
-	    store_log_check_body(kind, leaf + start, len - start - 1) != 0)
+	    memcmp(leaf + at_end, tail, sizeof(tail) - 1) != 0 || leaf[len - 1] != '}')
 		return NULL;
 	*body_len = len - start - 1;
 	return leaf + start;
 }
 
-/* Copy the body of the row (seq, kind, entry) that st is on, or only its seq. */
-static int newest_row(sqlite3_stmt *st, uint64_t *seq, char **body, size_t *len)
+/* Whether a body's event, the first member as store_audit writes it, is kind. */
+static bool body_event_is(const char *body, size_t len, const char *kind)
+{
+	const size_t plen = sizeof(BODY_PREFIX) - 1, klen = strlen(kind);
+	return len > plen + klen && memcmp(body, BODY_PREFIX, plen) == 0 &&
+	       memcmp(body + plen, kind, klen) == 0 && body[plen + klen] == '"';
+}
+
+/*
+ * The row (seq, kind, entry) st is on, judged by its leaf: 0 and its body
+ * when the leaf holds a body of kind (any kind when NULL) in the form
+ * store_audit checks and the row's kind column agrees; 1 when the leaf is
+ * of another kind (look further back); ISG_ERR_CORRUPT, *seq set, when the
+ * leaf cannot be read or the columns disagree with it: an entry of kind may
+ * be hidden there, and an older one would not be the newest.
+ */
+static int judge_row(sqlite3_stmt *st, const char *kind, uint64_t *seq, const char **body,
+                     size_t *len)
 {
 	int64_t row = sqlite3_column_int64(st, 0);
-	const char *kind = (const char *)sqlite3_column_text(st, 1);
+	const char *column = (const char *)sqlite3_column_text(st, 1);
 	const char *leaf = sqlite3_column_blob(st, 2);
-	size_t n = 0, leaf_len = (size_t)sqlite3_column_bytes(st, 2);
-	if (row <= 0)
-		return ISG_ERR_CORRUPT;
-	*seq = (uint64_t)row;
-	const char *b = leaf_body(leaf, leaf_len, *seq, kind, &n);
+	size_t leaf_len = (size_t)sqlite3_column_bytes(st, 2);
+	*seq = row > 0 ? (uint64_t)row : 0;
+	const char *b = row > 0 ? leaf_body(leaf, leaf_len, *seq, len) : NULL;
 	if (!b)
 		return ISG_ERR_CORRUPT;
-	if (!body)
-		return 0;
-	*body = strndup(b, n);
-	*len = n;
-	return *body ? 0 : ISG_ERR_NOMEM;
+	if (kind && !body_event_is(b, *len, kind))
+		return column && strcmp(column, kind) == 0 ? ISG_ERR_CORRUPT : 1;
+	if (!column || store_log_check_body(column, b, *len) != 0)
+		return ISG_ERR_CORRUPT;
+	*body = b;
+	return 0;
 }
 
 int store_audit_newest(struct store *s, const char *kind, uint64_t *seq, char **body, size_t *len)
@@ -453,17 +465,28 @@ int store_audit_newest(struct store *s, const char *kind, uint64_t *seq, char **
 	int err = ISG_ERR_STORE;
 	if (store_db_reader(s, &db) != SQLITE_OK)
 		goto out;
-	/* From the newest row back: the rows since the last entry of kind. */
-	static const char sql[] = "SELECT seq, kind, entry FROM audit WHERE ?1 IS NULL OR kind = ?1"
-	                          " ORDER BY seq DESC LIMIT 1";
+	/* From the newest row back, each judged by its leaf, not by its kind
+	 * column, which nothing signs: relabelling the newest entry of kind must
+	 * not make an older one pass for it. */
+	static const char sql[] = "SELECT seq, kind, entry FROM audit ORDER BY seq DESC";
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
 		goto out;
-	sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		err = newest_row(st, seq, body, len);
-	else if (rc == SQLITE_DONE)
+	int rc;
+	const char *b = NULL;
+	size_t n = 0;
+	err = ISG_ERR_NOT_FOUND;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW &&
+	       (err = judge_row(st, kind, seq, &b, &n)) == 1)
 		err = ISG_ERR_NOT_FOUND;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		err = ISG_ERR_STORE;
+	else if (err == 0 && body) {
+		*body = strndup(b, n);
+		*len = n;
+		err = *body ? 0 : ISG_ERR_NOMEM;
+	}
+	if (err == ISG_ERR_NOT_FOUND)
+		*seq = 0;
 out:
 	if (err == ISG_ERR_STORE) {
 		char q[512];

@@ -516,10 +516,22 @@ class TestRotationAcrossRestarts(PseudonymCase):
             # the kind column, which nothing signs: a later entry labelled keys.loaded
             ("kind", lambda keys_seq, newest: (newest, [
                 ("UPDATE audit SET kind = 'keys.loaded' WHERE seq = ?", (newest,))]),
-             "its leaf does not hold a keys.loaded entry"),
-            # no row labelled keys.loaded left: the log is not new, so nothing is known
+             "an entry whose leaf cannot be read or disagrees with its kind column"),
+            # the newest keys.loaded relabelled: an older one must not pass for it
+            ("relabelled", lambda keys_seq, newest: (keys_seq, [
+                ("UPDATE audit SET kind = 'policy.loaded' WHERE seq = ?", (keys_seq,))]),
+             "an entry whose leaf cannot be read or disagrees with its kind column"),
+            # no keys.loaded entry left, leaves and columns alike (and the checkpoints
+            # that would refuse the store for it): the log is not new, so nothing is known
             ("none", lambda keys_seq, newest: (None, [
-                ("UPDATE audit SET kind = 'policy.loaded' WHERE kind = 'keys.loaded'", ())]),
+                # the earlier subtests' labels put back first: every kind column its leaf's event
+                ("UPDATE audit SET kind = substr(CAST(entry AS TEXT), instr(CAST(entry AS TEXT),"
+                 " '\"entry\":{\"event\":\"') + 18, instr(substr(CAST(entry AS TEXT),"
+                 " instr(CAST(entry AS TEXT), '\"entry\":{\"event\":\"') + 18), '\"') - 1)", ()),
+                ("UPDATE audit SET kind = 'keys.unloaded', entry = CAST(replace(CAST(entry AS TEXT),"
+                 " '\"event\":\"keys.loaded\"', '\"event\":\"keys.unloaded\"') AS BLOB)"
+                 " WHERE instr(CAST(entry AS TEXT), '\"event\":\"keys.loaded\"') > 0", ()),
+                ("DELETE FROM checkpoints", ())]),
              "the audit log has entries but no keys.loaded entry"),
         ]
         for what, damage, reason in damages:
