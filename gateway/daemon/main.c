@@ -429,6 +429,11 @@ static void reload(struct gateway *g)
 		struct key_versions before;
 		bool known =
 		    key_versions_of_ring(old->keys, date_days_of_ms(time_now_ms()), &before) == 0;
+		if (!known) /* only out of memory: say so, as a start does */
+			log_event(
+			    LOG_WARN, "keys.compare_failed",
+			    "previous=running reason=\"out of memory\" action=\"this reload's "
+			    "keys.loaded entry says null for created, rotated and removed\"");
 		audit_keys(g, r->keys, known ? &before : NULL);
 		key_versions_release(&before);
 		regime_unref(old);
