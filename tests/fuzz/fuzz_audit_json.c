@@ -11,13 +11,7 @@
 #include <string.h>
 
 #include "ctl/cmd_audit_json.c"
-
-/* An oracle that holds in every build (assert would vanish under NDEBUG). */
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
+#include "fuzz_check.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

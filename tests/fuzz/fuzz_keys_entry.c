@@ -12,13 +12,7 @@
 #include <string.h>
 
 #include "daemon/gateway.h"
-
-/* An oracle that holds in every build (assert would vanish under NDEBUG). */
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
+#include "fuzz_check.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
