@@ -88,6 +88,10 @@ void net_server_wake(struct net_server *s, const char *key);
  * on every worker: it is freed with free_arg after the last worker ran it. */
 void net_server_each(struct net_server *s, void (*fn)(struct net_conn *c, void *arg), void *arg,
                      void (*free_arg)(void *arg));
+/* net_server_each for the connections in net_conn_wait only; workers with none
+ * are skipped, as by net_server_wake (arg is freed at once when no worker has one). */
+void net_server_each_waiting(struct net_server *s, void (*fn)(struct net_conn *c, void *arg),
+                             void *arg, void (*free_arg)(void *arg));
 /*
  * Stop accepting, stop reading requests, let requests waiting on the store
  * finish and their answers flush (up to grace_ms), send close_notify, close

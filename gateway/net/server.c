@@ -87,6 +87,7 @@ struct post {
 	void (*fn)(struct net_conn *c, void *arg);
 	void *arg;
 	struct shared_arg *shared; /* broadcast argument, freed by its last worker */
+	bool waiters_only;         /* a broadcast to waiting connections only */
 	char *wake_key;            /* a wake-up, not a call */
 	struct adopt *adopt;       /* a connection accepted by another worker */
 };
@@ -750,6 +751,43 @@ void net_server_wake(struct net_server *s, const char *key)
 	}
 }
 
+static void shared_release(struct shared_arg *sh)
+{
+	if (atomic_fetch_sub(&sh->refs, 1) != 1)
+		return;
+	if (sh->free_arg)
+		sh->free_arg(sh->arg);
+	free(sh);
+}
+
+/*
+ * Workers with no waiting connection are skipped, as by net_server_wake: a
+ * connection waits before it asks the store for what fn is about.
+ */
+void net_server_each_waiting(struct net_server *s, void (*fn)(struct net_conn *c, void *arg),
+                             void *arg, void (*free_arg)(void *arg))
+{
+	struct shared_arg *sh = calloc(1, sizeof(*sh));
+	if (!sh)
+		fatal("out of memory");
+	atomic_init(&sh->refs, 1); /* this call's own, until every post is queued */
+	sh->arg = arg;
+	sh->free_arg = free_arg;
+	for (uint32_t i = 0; i < s->n_workers; i++) {
+		if (atomic_load(&s->workers[i].n_waiters) == 0)
+			continue;
+		struct post *p = calloc(1, sizeof(*p));
+		if (!p)
+			fatal("out of memory");
+		p->fn = fn;
+		p->shared = sh;
+		p->waiters_only = true;
+		atomic_fetch_add(&sh->refs, 1);
+		worker_push(&s->workers[i], p);
+	}
+	shared_release(sh);
+}
+
 void net_server_each(struct net_server *s, void (*fn)(struct net_conn *c, void *arg), void *arg,
                      void (*free_arg)(void *arg))
 {
@@ -791,19 +829,16 @@ static void run_post(struct net_worker *w, struct post *p)
 		}
 		free(p->wake_key);
 	} else if (p->shared) {
-		for (struct net_conn *c = w->conns, *next; c; c = next) {
-			next = c->next;
+		struct net_conn *c = p->waiters_only ? w->waiters : w->conns;
+		for (struct net_conn *next; c; c = next) {
+			next = p->waiters_only ? c->wait_next : c->next;
 			uint64_t id = c->id;
 			if (c->state == CONN_OPEN)
 				p->fn(c, p->shared->arg);
 			if (slot_find(w, id))
 				conn_flush(c);
 		}
-		if (atomic_fetch_sub(&p->shared->refs, 1) == 1) {
-			if (p->shared->free_arg)
-				p->shared->free_arg(p->shared->arg);
-			free(p->shared);
-		}
+		shared_release(p->shared);
 	} else {
 		struct net_conn *c = slot_find(w, p->id);
 		p->fn(c, p->arg);
