@@ -25,7 +25,7 @@ struct session {
 	uint64_t fetch_rid; /* request_id of the fetch or subscribe */
 	uint32_t fetch_max;
 	bool store_busy;   /* a store_fetch is in flight */
-	uint64_t *pushed;  /* ids pushed to a subscriber and not yet acked on it, ascending */
+	uint64_t *pushed;  /* ids pushed and not yet acked by the partner, ascending */
 	uint32_t unacked;  /* how many: the window holds max_fetch_messages */
 	bool dirty;        /* a wake-up came while it was */
 	bool expired;      /* the long-poll deadline passed while it was */
@@ -786,18 +786,9 @@ static int id_cmp(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/*
- * Every id a subscriber acks leaves its window, acknowledged or not: one
- * that comes back unknown (acked by another of the partner's connections,
- * or expired) is no more its to ack, and counted it would shut the window
- * for good. Only once the store wrote the Ack: ids that failed to be
- * acknowledged are still outstanding. ids (the job's copy) is sorted here.
- */
-static void window_remove(struct session *s, uint64_t *ids, size_t n)
+/* Take the ids (ascending) out of a subscriber's window. */
+static void window_remove(struct session *s, const uint64_t *ids, size_t n)
 {
-	if (!s->unacked)
-		return;
-	qsort(ids, n, sizeof(*ids), id_cmp);
 	size_t k = 0;
 	uint32_t kept = 0;
 	for (uint32_t i = 0; i < s->unacked; i++) {
@@ -809,13 +800,40 @@ static void window_remove(struct session *s, uint64_t *ids, size_t n)
 	s->unacked = kept;
 }
 
+/*
+ * The ids of an Ack the store wrote, for the windows of every subscriber
+ * of its partner, on whichever connection the Ack came: a partner may
+ * subscribe on one connection and ack on another (a pool, or isgctl).
+ * Every id leaves, acknowledged or not: one that comes back unknown
+ * (acked before, or expired) is no more the partner's to ack, and counted
+ * it would shut the window for good. Ids of another partner's messages
+ * are never in a window, and its acks are not even looked at: they would
+ * come back unknown, and let a subscriber past its window.
+ */
+struct acked {
+	char partner[64];
+	size_t n;
+	uint64_t ids[]; /* ascending */
+};
+
+static void window_acked(struct net_conn *c, void *arg)
+{
+	struct session *s = net_conn_data(c);
+	const struct acked *a = arg;
+	if (!s || !s->subscribed || strcmp(s->partner, a->partner) != 0)
+		return;
+	window_remove(s, a->ids, a->n);
+	subscription_pump(c, s);
+}
+
 struct ack_job {
 	struct net_conn_ref ref;
+	struct gateway *g;
 	uint64_t rid;
 	int err;
 	uint32_t acknowledged;
-	size_t n, n_unknown;
-	uint64_t *ids; /* a copy of the Ack's ids, after unknown[n], for window_remove */
+	struct acked *acked; /* handed to the windows once the store wrote the Ack */
+	size_t n_unknown;
 	uint64_t unknown[];
 };
 
@@ -829,8 +847,6 @@ static void ack_reply(struct net_conn *c, void *arg)
 		send_store_error(c, j->rid, j->err);
 		goto out;
 	}
-	window_remove(net_conn_data(c), j->ids, j->n);
-	subscription_pump(c, net_conn_data(c));
 	Isg__AckResult ar = ISG__ACK_RESULT__INIT;
 	ar.acknowledged = j->acknowledged;
 	ar.unknown_ids = j->unknown;
@@ -850,6 +866,17 @@ static void ack_stored(void *ctx, int err, uint32_t acknowledged, const uint64_t
 	struct ack_job *j = ctx;
 	j->err = err;
 	j->acknowledged = acknowledged;
+	/*
+	 * Only an Ack the store wrote opens windows: ids that failed to be
+	 * acknowledged are still outstanding. Queued before the answer, so a
+	 * subscriber that acked on its own connection has its window open
+	 * when the AckResult goes out.
+	 */
+	if (err == 0)
+		net_server_each_waiting(j->g->net, window_acked, j->acked, free);
+	else
+		free(j->acked);
+	j->acked = NULL;
 	/* The job was sized for every id, so the unknown ones always fit. */
 	j->n_unknown = n_unknown;
 	if (n_unknown)
@@ -866,21 +893,28 @@ static void on_ack(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__BAD_REQUEST, msg);
 		return;
 	}
-	struct ack_job *j = calloc(1, sizeof(*j) + 2 * n * sizeof(uint64_t));
-	if (!j) {
+	struct ack_job *j = calloc(1, sizeof(*j) + n * sizeof(uint64_t));
+	struct acked *a = malloc(sizeof(*a) + n * sizeof(uint64_t));
+	if (!j || !a) {
+		free(j);
+		free(a);
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
 		return;
 	}
+	str_copy(a->partner, s->partner, sizeof(a->partner));
+	a->n = n;
+	memcpy(a->ids, f->ack->gateway_ids, n * sizeof(uint64_t));
+	qsort(a->ids, n, sizeof(*a->ids), id_cmp); /* here, not on the store's writer */
 	j->ref = net_conn_ref(c);
+	j->g = s->g;
 	j->rid = f->request_id;
-	j->n = n;
-	j->ids = j->unknown + n;
-	memcpy(j->ids, f->ack->gateway_ids, n * sizeof(uint64_t));
+	j->acked = a;
 	net_conn_begin_async(c);
 	int err = store_ack(s->g->store, s->partner, f->ack->gateway_ids, n, ack_stored, j);
 	if (err != 0) {
 		net_conn_end_async(c);
 		send_store_error(c, f->request_id, err);
+		free(a);
 		free(j);
 		return;
 	}

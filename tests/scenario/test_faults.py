@@ -216,6 +216,14 @@ class TestDiskFull(FaultCase):
         max_fetch_messages unacknowledged pushes, disk full or not. Acked
         again once there is room, they open it.
         """
+        self.check_failed_ack_keeps_the_window(ack_elsewhere=False)
+
+    def test_failed_ack_on_another_connection_keeps_the_subscription_window(self):
+        """As above, with the partner acking on a connection of its own: the
+        window opens for acks on any of its connections, written ones only."""
+        self.check_failed_ack_keeps_the_window(ack_elsewhere=True)
+
+    def check_failed_ack_keeps_the_window(self, ack_elsewhere):
         pb = self.pb
         store_dir = os.path.join(self.tmp, "gw", "store")
         self.mount_tmpfs(store_dir, "4m")
@@ -227,16 +235,17 @@ class TestDiskFull(FaultCase):
             ids = [self.expect(gw, police.request(send=self.send_request("win-%d" % i, [rec])),
                                "send_result").receipt.gateway_id for i in range(4)]
             sub = self.connect(gw, "nhs")
+            acker = self.connect(gw, "nhs") if ack_elsewhere else sub
             sub.send_frame(pb.Frame(request_id=50, subscribe=pb.Subscribe()))
             self.assertEqual(self.pushes(sub), ids[:2])
             filler = self.fill(store_dir)
-            sub.send_frame(pb.Frame(request_id=51, ack=pb.Ack(gateway_ids=ids[:2])))
-            self.assertDiskFull(gw, sub.recv_frame(timeout=10 * isgtest.SLOW))
+            acker.send_frame(pb.Frame(request_id=51, ack=pb.Ack(gateway_ids=ids[:2])))
+            self.assertDiskFull(gw, acker.recv_frame(timeout=10 * isgtest.SLOW))
             os.unlink(filler)
             self.expect(gw, police.request(send=self.send_request("win-wake", [rec])), "send_result")
             self.assertEqual(self.pushes(sub), [], "pushed past a window of 2 unacknowledged")
-            sub.send_frame(pb.Frame(request_id=52, ack=pb.Ack(gateway_ids=ids[:2])))
-            self.assertEqual(self.expect(gw, sub.recv_frame(timeout=10 * isgtest.SLOW),
+            acker.send_frame(pb.Frame(request_id=52, ack=pb.Ack(gateway_ids=ids[:2])))
+            self.assertEqual(self.expect(gw, acker.recv_frame(timeout=10 * isgtest.SLOW),
                                          "ack_result").acknowledged, 2)
             self.assertEqual(self.pushes(sub), ids[2:4])
         finally:

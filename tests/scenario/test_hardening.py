@@ -1146,10 +1146,11 @@ class TestPolicyWarnings(HardeningCase):
 class TestSubscriptionWindow(HardeningCase):
     """
     A subscriber gets at most limits.max_fetch_messages unacknowledged
-    pushes at a time (protocol.md), and its acks open the window again:
-    every id it acks that was pushed to it, also one the gateway no longer
-    holds as pending (acknowledged by another of the partner's
-    connections, or expired), and never more pushes than the window.
+    pushes at a time (protocol.md), and the partner's acks open the window
+    again, on whichever of its connections they come: every id the partner
+    acks that was pushed to it, also one the gateway no longer holds as
+    pending (acknowledged before, or expired), and never more pushes than
+    the window.
     """
 
     def setUp(self):
@@ -1205,6 +1206,52 @@ class TestSubscriptionWindow(HardeningCase):
         self.assertEqual(self.pushes(first, want=2), more)
         self.assertEqual(self.pushes(second, want=2), more,
                          "the subscriber whose acks came back unknown got nothing more")
+        self.assertAlive(self.gw)
+
+    def test_acks_on_another_connection_open_the_window(self):
+        """A partner that subscribes on one connection and acks on another (a
+        pool of connections, or isgctl from another process) gets every
+        message, once each, in order. Before, only acks on the subscription's
+        own connection opened its window: after 3 pushes it got nothing more,
+        for good, and the rest waited in the store until they expired."""
+        police = self.connect("police")
+        sub, acker = self.subscribe(), self.connect("nhs")
+        # Ten wait before the first push, ten arrive while the subscriber works.
+        sent = [self.accepted(police, "pool-%d" % i, [{"nhs_number": NHS_A}]).gateway_id
+                for i in range(10)]
+        got = []
+        while len(got) < 20:
+            if len(sent) < 20:
+                sent.append(self.accepted(police, "pool-%d" % len(sent),
+                                          [{"nhs_number": NHS_B}]).gateway_id)
+            try:
+                f = sub.recv_frame(timeout=5 * isgtest.SLOW)
+            except socket.timeout:
+                self.fail("the subscription stalled after %d of 20 pushes, each acked on "
+                          "another connection\n%s" % (len(got), self.gw.diagnostics()))
+            got.append(self.expect(f, "delivery").gateway_id)
+            res = self.expect(acker.request(ack=self.pb.Ack(gateway_ids=got[-1:])), "ack_result")
+            self.assertEqual((res.acknowledged, list(res.unknown_ids)), (1, []), res)
+        self.assertEqual(got, sent, "each message pushed once, in order")
+        self.assertEqual(self.pushes(sub), [], "pushes after every message was acked")
+        left = self.expect(acker.request(fetch=self.pb.FetchRequest(max_messages=100)),
+                           "fetch_result")
+        self.assertEqual(list(left.deliveries), [], "still pending after its ack")
+        self.assertAlive(self.gw)
+
+    def test_acks_of_another_partner_leave_the_window_shut(self):
+        """Only the subscriber's own partner's acks count: another partner
+        naming the ids pushed to it (they come back unknown) must not let a
+        subscriber past its window of unacknowledged pushes."""
+        police = self.connect("police")
+        ids = [self.accepted(police, "other-%d" % i, [{"nhs_number": NHS_A}]).gateway_id
+               for i in range(5)]
+        sub = self.subscribe()
+        self.assertEqual(self.pushes(sub, want=3), ids[:3])
+        res = self.expect(police.request(ack=self.pb.Ack(gateway_ids=ids[:3])), "ack_result")
+        self.assertEqual((res.acknowledged, sorted(res.unknown_ids)), (0, ids[:3]), res)
+        self.assertEqual(self.pushes(sub), [], "pushed past the window after another "
+                         "partner's ack of its ids")
         self.assertAlive(self.gw)
 
 
