@@ -180,6 +180,9 @@ struct store_delivery {
 	uint32_t agreement_version;
 	uint64_t reply_to;
 	int64_t accepted_at_ms;
+	/* Unix ms from which it is no longer pending: no fetch hands it out and
+	 * an ack finds it unknown, swept or not. */
+	int64_t expires_at_ms;
 	uint8_t *payload; /* opened (plaintext) */
 	size_t payload_len;
 };

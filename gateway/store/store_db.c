@@ -71,7 +71,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                       " ?13, 0, ?14, ?15)",
     [ST_FETCH] = "SELECT id, sender, message_id, agreement_id, agreement_version, purpose,"
                  " dataset, reply_to, accepted_at, audit_index, state, nonce,"
-                 " coalesce(payload, (SELECT data FROM payloads WHERE payloads.id = messages.id))"
+                 " coalesce(payload, (SELECT data FROM payloads WHERE payloads.id = messages.id)),"
+                 " expires_at"
                  " FROM messages WHERE recipient = ?1 AND id > ?2 AND state IN (0, 1)"
                  " AND expires_at > ?3 ORDER BY id LIMIT ?4",
     [ST_MARK_DELIVERED] = "UPDATE messages SET state = 1 WHERE id = ?1 AND state = 0",

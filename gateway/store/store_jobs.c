@@ -309,6 +309,7 @@ static int fetch_row(sqlite3_stmt *st, struct store_delivery *d, struct store_se
 	d->dataset = dup_column(st, 6);
 	d->reply_to = (uint64_t)sqlite3_column_int64(st, 7);
 	d->accepted_at_ms = sqlite3_column_int64(st, 8);
+	d->expires_at_ms = sqlite3_column_int64(st, 13);
 	if (!d->sender || !d->message_id || !d->agreement_id || !d->purpose || !d->dataset)
 		return ISG_ERR_NOMEM;
 	*sl = (struct store_sealed){.sender = d->sender, .message_id = d->message_id};

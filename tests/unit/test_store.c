@@ -56,6 +56,7 @@ static void test_round_trip(void **state)
 	assert_string_equal(d->dataset, "referral");
 	assert_int_equal(d->reply_to, 0);
 	assert_int_equal(d->accepted_at_ms, r.accepted_at_ms);
+	assert_int_equal(d->expires_at_ms, r.accepted_at_ms + m.ttl_ms);
 	assert_int_equal(d->payload_len, strlen(payload));
 	assert_memory_equal(d->payload, payload, strlen(payload));
 	store_fetch_result_free(res);
