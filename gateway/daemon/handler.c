@@ -14,6 +14,12 @@
 #define MESSAGE_ID_MAX 128
 #define ACK_MAX 10000
 
+/* A message pushed to a subscriber, pending until acked or expired. */
+struct push {
+	uint64_t gateway_id;
+	int64_t expires_at_ms; /* Unix ms */
+};
+
 struct session {
 	struct gateway *g;
 	char partner[64];
@@ -24,12 +30,12 @@ struct session {
 	bool subscribed;
 	uint64_t fetch_rid; /* request_id of the fetch or subscribe */
 	uint32_t fetch_max;
-	bool store_busy;   /* a store_fetch is in flight */
-	uint64_t *pushed;  /* ids pushed and not yet acked by the partner, ascending */
-	uint32_t unacked;  /* how many: the window holds max_fetch_messages */
-	bool dirty;        /* a wake-up came while it was */
-	bool expired;      /* the long-poll deadline passed while it was */
-	uint32_t retry_ms; /* a subscriber's wait before it fetches again after a failure */
+	bool store_busy;     /* a store_fetch is in flight */
+	struct push *pushed; /* pushed and still pending, in id order */
+	uint32_t unacked;    /* how many: the window holds max_fetch_messages */
+	bool dirty;          /* a wake-up came while it was */
+	bool expired;        /* the long-poll deadline passed while it was */
+	uint32_t retry_ms;   /* a subscriber's wait before it fetches again after a failure */
 };
 
 /* A subscriber's fetch that failed is tried again after 100 ms, doubling to 5 s. */
@@ -603,7 +609,7 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 			if (net_conn_output_full(c) || s->unacked == s->g->cfg.max_fetch_messages ||
 			    net_conn_send_deliveries(c, s->fetch_rid, true, &items[n], 1) != 0)
 				break; /* or out of memory: it waits for the next round */
-			s->pushed[s->unacked++] = sd->gateway_id;
+			s->pushed[s->unacked++] = (struct push){sd->gateway_id, sd->expires_at_ms};
 		}
 		bytes += size;
 		n++;
@@ -709,6 +715,29 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 }
 
 /*
+ * A push that expired unacknowledged is no longer pending either (an ack
+ * finds it unknown): it leaves the window, or a partner that never acks
+ * some pushes would see its subscription stop for good once they filled
+ * it. While the window stays full the connection waits for its first
+ * push to expire (handler_wake pumps again then).
+ */
+static void window_expire(struct net_conn *c, struct session *s, uint32_t window)
+{
+	int64_t now = time_now_ms(), first = INT64_MAX;
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < s->unacked; i++) {
+		if (s->pushed[i].expires_at_ms <= now)
+			continue;
+		if (s->pushed[i].expires_at_ms < first)
+			first = s->pushed[i].expires_at_ms;
+		s->pushed[kept++] = s->pushed[i];
+	}
+	s->unacked = kept;
+	if (kept >= window)
+		net_conn_wait(c, time_mono_ms() + (first - now));
+}
+
+/*
  * A subscriber gets at most one window of unacknowledged pushes (the
  * gateway's max_fetch_messages); acks open the window again. Without it an
  * idle subscriber would make the gateway queue every pending message.
@@ -716,8 +745,11 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 static void subscription_pump(struct net_conn *c, struct session *s)
 {
 	uint32_t window = s->g->cfg.max_fetch_messages;
-	if (!s->subscribed || !s->dirty || s->store_busy || s->unacked >= window ||
-	    net_conn_output_full(c))
+	if (!s->subscribed || !s->dirty || s->store_busy || net_conn_output_full(c))
+		return;
+	if (s->unacked >= window)
+		window_expire(c, s, window);
+	if (s->unacked >= window)
 		return;
 	/* No more than the window has room for: a full fetch on top of what is
 	 * still unacknowledged would push up to twice the window. */
@@ -792,9 +824,9 @@ static void window_remove(struct session *s, const uint64_t *ids, size_t n)
 	size_t k = 0;
 	uint32_t kept = 0;
 	for (uint32_t i = 0; i < s->unacked; i++) {
-		while (k < n && ids[k] < s->pushed[i])
+		while (k < n && ids[k] < s->pushed[i].gateway_id)
 			k++;
-		if (k == n || ids[k] != s->pushed[i])
+		if (k == n || ids[k] != s->pushed[i].gateway_id)
 			s->pushed[kept++] = s->pushed[i];
 	}
 	s->unacked = kept;
@@ -1087,7 +1119,7 @@ static void handler_wake(void *ctx, struct net_conn *c, const char *key)
 	struct session *s = net_conn_data(c);
 	if (!s || (!s->fetching && !s->subscribed))
 		return;
-	if (!key && s->subscribed) { /* the retry after a failed fetch */
+	if (!key && s->subscribed) { /* a retry after a failed fetch, or a push expired */
 		net_conn_wait(c, 0);
 		subscription_pump(c, s);
 		return;

@@ -523,6 +523,46 @@ class TestSubscriberWindow(ExchangeCase):
                       % gw.diagnostics())
         self.assertEqual(f.delivery.gateway_id, fresh, f)
 
+    def test_window_reopens_when_pushes_expire_unacknowledged(self):
+        """Pushes that expire with no ack at all (the partner's system
+        dropped them) leave the window: an expired message is no longer
+        pending, whether or not the sweep has run. A message that waits
+        behind a full window is pushed once the window's first push expires.
+        Before, each such push held its slot for the life of the connection,
+        and max_fetch_messages of them stopped the subscription for good."""
+        agreement = isgtest.default_agreement(undelivered_ttl="3s")
+        gw = self.gateway(self.policy(agreements=[agreement]), limits={"max_fetch_messages": 2})
+        pb = isgtest.isg_pb2()
+        police = isgtest.FrameConn(gw, self.pki.certs["police"])
+        self.addCleanup(police.close)
+
+        def send(mid):
+            r = police.request(send=pb.SendRequest(
+                message_id=mid, recipient="nhs-trust", agreement_id=AGREEMENT_ID, dataset=DATASET,
+                records=[isgtest.pb_record(pb, {"nhs_number": NHS_A})]))
+            self.assertEqual(r.WhichOneof("body"), "send_result", r)
+            return r.send_result.receipt.gateway_id
+
+        sub = isgtest.FrameConn(gw, self.pki.certs["nhs"])
+        self.addCleanup(sub.close)
+        sub.send_frame(pb.Frame(request_id=1, subscribe=pb.Subscribe()))
+        first_expiry = time.monotonic() + 3.0  # no earlier: accepted after this
+        dropped = [send("dropped-%d" % i) for i in range(2)]
+        pushed = [sub.recv_frame(timeout=5 * isgtest.SLOW).delivery.gateway_id for _ in dropped]
+        self.assertEqual(pushed, dropped)
+        time.sleep(1.5)
+        waiting = send("waiting")  # behind a full window: expires 1.5 s after the first push
+        quiet = first_expiry - 0.5 - time.monotonic()
+        if quiet > 0.2:
+            with self.assertRaises(socket.timeout, msg="pushed past a full window"):
+                sub.recv_frame(timeout=quiet)
+        try:
+            f = sub.recv_frame(timeout=5 * isgtest.SLOW)
+        except socket.timeout:
+            self.fail("no push of a waiting message after the window's pushes expired "
+                      "unacknowledged\n%s" % gw.diagnostics())
+        self.assertEqual(f.delivery.gateway_id, waiting, f)
+
 
 class TestShutdown(ExchangeCase):
     def test_sigterm_with_connected_clients(self):
