@@ -192,10 +192,17 @@ static void read_source(struct loader *l, struct source *s)
 		note_err(l, ISG_ERR_IO);
 		goto out;
 	}
-	if (st.st_size > POLICY_MAX_FILE_BYTES ||
-	    l->total_bytes + (size_t)st.st_size > POLICY_MAX_TOTAL_BYTES) {
+	if (st.st_size > POLICY_MAX_FILE_BYTES) {
 		ydoc_error(l->d, s->path, NULL, "file too big (a policy file may have %d bytes)",
 		           POLICY_MAX_FILE_BYTES);
+		note_err(l, ISG_ERR_INVALID);
+		goto out;
+	}
+	if (l->total_bytes + (size_t)st.st_size > POLICY_MAX_TOTAL_BYTES) {
+		ydoc_error(l->d, s->path, NULL,
+		           "with this file the policy files together have more than %d bytes, "
+		           "the most a policy set may have",
+		           POLICY_MAX_TOTAL_BYTES);
 		note_err(l, ISG_ERR_INVALID);
 		goto out;
 	}

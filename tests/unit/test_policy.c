@@ -724,6 +724,67 @@ static void test_fifo_refused(void **state)
 	remove_dir(dir);
 }
 
+/* A file of `size` bytes that takes no disk space: reading it gives NULs. */
+static void sparse_file(const char *dir, const char *rel, off_t size)
+{
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/%s", dir, rel);
+	FILE *f = fopen(path, "wb");
+	assert_non_null(f);
+	assert_int_equal(ftruncate(fileno(f), size), 0);
+	fclose(f);
+}
+
+/* The diagnostic about the file at dir/rel; fails when there is none. */
+static const struct ydoc_diag *diag_of(const struct ydoc_diags *d, const char *dir, const char *rel)
+{
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/%s", dir, rel);
+	for (size_t i = 0; i < d->n; i++)
+		if (strcmp(d->items[i].file, path) == 0)
+			return &d->items[i];
+	fail_msg("no diagnostic about %s", path);
+	return NULL;
+}
+
+/*
+ * One file over its limit is told it is too big; a small file that takes
+ * the set over the limit of all files together is told that, not that it
+ * is too big itself. The files are read in path order, agreements/ first.
+ */
+static void test_size_limits(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	sparse_file(dir, "agreements/big.yaml", 1024 * 1024 + 1);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), ISG_ERR_INVALID);
+	assert_null(set);
+	assert_non_null(strstr(diag_of(&d, dir, "agreements/big.yaml")->message,
+	                       "file too big (a policy file may have 1048576 bytes)"));
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+
+	/* 64 files of 1 MiB each are the most a set may have: partners.yaml is one too many. */
+	dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	for (int i = 0; i < 64; i++) {
+		char rel[64];
+		snprintf(rel, sizeof(rel), "agreements/a%02d.yaml", i);
+		sparse_file(dir, rel, 1024 * 1024);
+	}
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_load(dir, &set, &d), ISG_ERR_PARSE); /* NULs are no YAML */
+	assert_null(set);
+	const char *msg = diag_of(&d, dir, "partners.yaml")->message;
+	assert_non_null(strstr(msg, "the policy files together have more than 67108864 bytes"));
+	assert_null(strstr(msg, "too big"));
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
 /* policy_list_files's callback: each listed path relative to the directory, sorted. */
 struct listed {
 	char rel[8][300];
@@ -2413,6 +2474,7 @@ int main(void)
 	    cmocka_unit_test(test_issuer_cn),
 	    cmocka_unit_test(test_null_matchers),
 	    cmocka_unit_test(test_fifo_refused),
+	    cmocka_unit_test(test_size_limits),
 	    cmocka_unit_test(test_listed_files_are_the_loaded_ones),
 	    cmocka_unit_test(test_review_dates),
 	    cmocka_unit_test(test_daily_limits),
