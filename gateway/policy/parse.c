@@ -610,7 +610,7 @@ void policy_parse_partners(struct policy_parser *p, const struct ydoc *doc)
 
 /* ---- agreements/<name>.yaml ---- */
 
-/* Field names as partners send them: [A-Za-z_][A-Za-z0-9_-]{0,63}. */
+/* Dates and the identifier types: what pseudo_normalise has a rule for. */
 static bool pseudonymisable(enum field_type t)
 {
 	return t == FIELD_DATE || t >= FIELD_NHS_NUMBER;
