@@ -70,7 +70,7 @@ enum field_type {
 	FIELD_NUMBER, /* integer or real */
 	FIELD_BOOLEAN,
 	FIELD_DATE, /* text YYYY-MM-DD */
-	/* identifier types; validated and normalised by the pseudo module (issue 4) */
+	/* identifier types; validated and normalised by the pseudo module */
 	FIELD_NHS_NUMBER,
 	FIELD_PNC_ID,
 	FIELD_POSTCODE,
@@ -143,14 +143,15 @@ struct policy_set {
 	size_t n_partners, n_agreements;
 	struct policy_partner *partners;
 	struct policy_agreement *agreements;
-	/* private: reference count */
-	atomic_int refs; /* private */
+	atomic_int refs; /* private: policy_set_ref and policy_set_unref only */
 };
 
 /*
  * Load every file of a policy directory: partners.yaml and every agreements/NAME.yaml.
  * All problems are collected in diags with file:line:column before failing.
- * Returns 0 (set has one reference) or ISG_ERR_PARSE / ISG_ERR_INVALID / ISG_ERR_IO.
+ * Returns 0 (set has one reference; free with policy_set_unref), or the most
+ * basic failure: ISG_ERR_IO, ISG_ERR_NOMEM, ISG_ERR_PARSE, then ISG_ERR_INVALID;
+ * ISG_ERR_CRYPTO when libsodium cannot start. *out is NULL on failure.
  */
 int policy_load(const char *dir, struct policy_set **out, struct ydoc_diags *diags);
 /*
@@ -212,8 +213,9 @@ struct policy_outcome {
  * Apply the policy to a send request from `sender` at time `now_ms`:
  * find the agreement (request's agreement_id, sender and recipient named,
  * dataset declared, valid today in UTC, record limit), then check and
- * transform each record field by field. Returns 0 and fills `out`, or
- * ISG_ERR_DENIED / ISG_ERR_INVALID and fills `why`, or ISG_ERR_NOMEM.
+ * transform each record field by field. Returns 0 and fills `out` (free
+ * with policy_outcome_release), or ISG_ERR_DENIED / ISG_ERR_INVALID and
+ * fills `why`, or ISG_ERR_NOMEM, or what pseudo->checked returned.
  */
 int policy_apply(const struct policy_set *set, const char *sender, const Isg__SendRequest *req,
                  int64_t now_ms, const struct pseudo_service *pseudo, struct policy_outcome *out,
