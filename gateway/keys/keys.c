@@ -260,7 +260,6 @@ static int keys_parse(const char *path, const char *buf, size_t len, const char 
 	return 0;
 }
 
-/* Load one key of the given kind from dir/file into guarded, read-only memory. */
 /* What every operation on a key directory needs first. */
 static int keys_ready(const char *dir, char *err, size_t errlen)
 {
@@ -275,6 +274,7 @@ static int keys_ready(const char *dir, char *err, size_t errlen)
 	return 0;
 }
 
+/* Load one key of the given kind from dir/file into guarded, read-only memory. */
 static int keys_load(const char *dir, const char *file, const char *kind, uint8_t **key, char *err,
                      size_t errlen)
 {

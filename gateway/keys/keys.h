@@ -21,7 +21,7 @@
 /*
  * Refuse a key file that is not a regular file, is group- or
  * world-accessible, or is owned by someone else. 0 or ISG_ERR_DENIED, with
- * the reason in err (path and mode quoted).
+ * the reason in err (path and mode quoted); ISG_ERR_IO when fstat fails.
  */
 int keys_check_secrecy(int fd, const char *path, char *err, size_t errlen);
 /* The same check for a file that must be owned by `owner` (not the caller). */
@@ -45,8 +45,11 @@ int keys_load_audit_signing(const char *dir, uint8_t **seed, char *err, size_t e
 void keys_free(uint8_t *key);
 
 /*
- * Create dir (0700) if needed and write a fresh storage key and audit signing
- * key (Ed25519) with mode 0600. Refuses to overwrite an existing key file.
+ * Create dir (0700) if needed and write a fresh storage key, audit signing
+ * key (Ed25519) and linkage domain "audit" (domains/audit.key, the domain
+ * the audit log's subjects are pseudonymised in), each with mode 0600.
+ * Refuses, before writing anything, when any of the three exists; a
+ * failure removes the key files it wrote. 0, or an error with the reason in err.
  */
 int keys_init(const char *dir, char *err, size_t errlen) __attribute__((warn_unused_result));
 
