@@ -96,8 +96,10 @@ int pseudo_gen_number_band(int64_t value, int64_t width, char *out, size_t size,
 /*
  * How policy_apply gets pseudonyms without holding keys: it collects every
  * value of a message that must be pseudonymised and asks once, in a batch.
- * Today the keys module answers in-process; later a key process without
- * network access answers over a socketpair (DESIGN.md section 9).
+ * In isgd the key process answers over a socketpair (keyproc_ring_service,
+ * DESIGN.md section 9); the keys module answers in-process
+ * (keyring_service) inside the key process, in an isgd configured with
+ * key_process: false, and in the tests.
  */
 struct pseudo_request {
 	const char *domain; /* linkage domain named by the agreement */
@@ -118,7 +120,8 @@ struct pseudo_batch {
 
 struct pseudo_service {
 	void *ctx;
-	/* Answer every request; 0, or ISG_ERR_NOT_FOUND when a domain has no key. */
+	/* Answer every request; 0, or ISG_ERR_NOT_FOUND when a domain has no key,
+	 * or another error (the key process gone, out of memory). */
 	int (*pseudonymise)(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today_days);
 	/* The same for a batch held in several arrays, answered together (one
 	 * round trip to the key process) without copying them into one. Both
