@@ -7,8 +7,11 @@
  * channels, cannot create sockets or run programs (seccomp), cannot gain
  * privileges or capabilities and cannot be ptraced or dumped. It answers
  * requests over socketpairs, one request at a time per channel:
- * pseudonyms (a batch per call), seals and opens of payloads, and
- * signatures of audit checkpoints. The gateway's threads never hold a key.
+ * pseudonyms (a batch per call), fresh data keys wrapped under the storage
+ * key, unwrapping them again, opening payloads sealed under the storage key
+ * itself (before envelopes), and signatures of audit checkpoints. The
+ * gateway's threads never hold the storage key, the signing key or a domain
+ * key, only data keys, each for one payload (docs/security.md).
  *
  * Every call may be made from any thread; at most `channels` at once, the
  * rest wait for a free channel. When the key process is gone every call
@@ -57,7 +60,8 @@ bool keyproc_exited(struct keyproc *kp, int *status);
 
 /* The audit signer: its public key and name, signing in the key process. */
 const struct audit_signer *keyproc_signer(const struct keyproc *kp);
-/* Seal and open payloads with the storage key in the key process. */
+/* The store's sealer: data keys made and unwrapped, and payloads sealed
+ * under the storage key itself opened, in the key process. */
 struct store_sealer keyproc_sealer(struct keyproc *kp);
 
 /*
