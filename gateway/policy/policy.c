@@ -82,19 +82,12 @@ const char *policy_partner_kind_name(enum partner_kind kind)
 	return "unknown";
 }
 
-/* YYYY-MM-DD of a day number (Howard Hinnant's civil_from_days). */
-const char *policy_format_day(char buf[48], int64_t z)
+const char *policy_format_day(char buf[48], int64_t days)
 {
-	z += 719468;
-	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-	unsigned doe = (unsigned)(z - era * 146097);
-	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-	unsigned mp = (5 * doy + 2) / 153;
-	unsigned d = doy - (153 * mp + 2) / 5 + 1;
-	unsigned m = mp < 10 ? mp + 3 : mp - 9;
-	long long y = (long long)yoe + (long long)era * 400 + (m <= 2);
-	snprintf(buf, 48, "%04lld-%02u-%02u", y, m, d);
+	int64_t y;
+	unsigned m, d;
+	date_civil_of_days(days, &y, &m, &d);
+	snprintf(buf, 48, "%04lld-%02u-%02u", (long long)y, m, d);
 	return buf;
 }
 

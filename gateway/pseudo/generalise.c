@@ -54,20 +54,6 @@ int pseudo_gen_month(const char *date, char *out, size_t size, const char **reas
 	return put_out(out, size, norm, reason);
 }
 
-/* Civil date of days since 1970-01-01, after Howard Hinnant's algorithm. */
-static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
-{
-	z += 719468;
-	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-	unsigned doe = (unsigned)(z - era * 146097);
-	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-	unsigned mp = (5 * doy + 2) / 153;
-	*d = doy - (153 * mp + 2) / 5 + 1;
-	*m = mp < 10 ? mp + 3 : mp - 9;
-	*y = (int64_t)yoe + era * 400 + (*m <= 2);
-}
-
 static unsigned two(const char *s)
 {
 	return (unsigned)((s[0] - '0') * 10 + (s[1] - '0'));
@@ -87,7 +73,7 @@ int pseudo_gen_age_band(const char *date, int64_t today_days, unsigned width, ch
 		return err;
 	int64_t by = (int64_t)two(norm) * 100 + two(norm + 2), ty;
 	unsigned bm = two(norm + 5), bd = two(norm + 8), tm, td;
-	civil_from_days(today_days, &ty, &tm, &td);
+	date_civil_of_days(today_days, &ty, &tm, &td);
 	/*
 	 * Completed years: one less while this year's birthday is still to
 	 * come. A 29 February birthday is reached on 1 March in other years.

@@ -65,6 +65,8 @@ const char *time_format_ms(char *buf, size_t size, int64_t unix_ms);
 int date_parse_days(const char *s, int64_t *days);
 /* Days since 1970-01-01 of a Unix time in ms. */
 int64_t date_days_of_ms(int64_t unix_ms);
+/* The (proleptic Gregorian) year, month 1-12 and day 1-31 of days since 1970-01-01. */
+void date_civil_of_days(int64_t days, int64_t *year, unsigned *month, unsigned *day);
 
 /* Strings. */
 /* Copy with truncation, always NUL-terminated; returns strlen(src). */

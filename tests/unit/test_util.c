@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
@@ -162,6 +163,35 @@ static void test_dates(void **state)
 	assert_int_equal(date_parse_days("2026-01-011", &d), ISG_ERR_PARSE);
 	assert_int_equal(date_days_of_ms(86400000LL * 3 + 5), 3);
 	assert_int_equal(date_days_of_ms(-1), -1);
+}
+
+/* date_civil_of_days against known days, and as the inverse of date_parse_days. */
+static void test_civil_dates(void **state)
+{
+	static const struct {
+		int64_t days, y;
+		unsigned m, d;
+	} known[] = {
+	    {0, 1970, 1, 1},      {-1, 1969, 12, 31}, {11016, 2000, 2, 29}, {11017, 2000, 3, 1},
+	    {-25508, 1900, 3, 1}, {-719468, 0, 3, 1}, {-719469, 0, 2, 29},  {2932896, 9999, 12, 31},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(known); i++) {
+		int64_t y;
+		unsigned m, d;
+		date_civil_of_days(known[i].days, &y, &m, &d);
+		assert_int_equal(y, known[i].y);
+		assert_int_equal(m, known[i].m);
+		assert_int_equal(d, known[i].d);
+	}
+	for (int64_t days = -719468; days <= 2932896; days += 97) {
+		int64_t y, back;
+		unsigned m, d;
+		date_civil_of_days(days, &y, &m, &d);
+		char text[16];
+		snprintf(text, sizeof(text), "%04lld-%02u-%02u", (long long)y, m, d);
+		assert_int_equal(date_parse_days(text, &back), 0);
+		assert_int_equal(back, days);
+	}
 }
 
 static void test_utf8(void **state)
@@ -431,13 +461,14 @@ static void test_sha256(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_durations),  cmocka_unit_test(test_sizes),
-	    cmocka_unit_test(test_numbers),    cmocka_unit_test(test_dates),
-	    cmocka_unit_test(test_host_port),  cmocka_unit_test(test_host_names),
-	    cmocka_unit_test(test_utf8),       cmocka_unit_test(test_time_format),
-	    cmocka_unit_test(test_strbuf_u64), cmocka_unit_test(test_json_string),
-	    cmocka_unit_test(test_log_quote),  cmocka_unit_test(test_base64),
-	    cmocka_unit_test(test_sha256),     cmocka_unit_test(test_tcp_options),
+	    cmocka_unit_test(test_durations),   cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_numbers),     cmocka_unit_test(test_dates),
+	    cmocka_unit_test(test_civil_dates), cmocka_unit_test(test_host_port),
+	    cmocka_unit_test(test_host_names),  cmocka_unit_test(test_utf8),
+	    cmocka_unit_test(test_time_format), cmocka_unit_test(test_strbuf_u64),
+	    cmocka_unit_test(test_json_string), cmocka_unit_test(test_log_quote),
+	    cmocka_unit_test(test_base64),      cmocka_unit_test(test_sha256),
+	    cmocka_unit_test(test_tcp_options),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
