@@ -81,42 +81,19 @@ static bool same_text(const char *a, const char *b)
 
 /* ---- the partner registry ---- */
 
-static bool has_match(const struct policy_partner *p, const struct cert_match *m)
-{
-	for (size_t k = 0; k < p->n_match; k++)
-		if (p->match[k].kind == m->kind && strcmp(p->match[k].value, m->value) == 0)
-			return true;
-	return false;
-}
-
-static size_t count_issuers(const struct policy_partner *p)
-{
-	size_t n = 0;
-	for (size_t k = 0; k < p->n_match; k++)
-		n += p->match[k].kind == MATCH_ISSUER_CN;
-	return n;
-}
-
-static const char *matcher_key(enum cert_match_kind kind)
-{
-	static const char *const keys[] = {"subject_cn", "san_uri", "san_dns", "spki_sha256",
-	                                   "issuer_cn"};
-	return (size_t)kind < ARRAY_LEN(keys) ? keys[kind] : "?";
-}
-
 /* Matchers recognise the partner; issuer_cn values constrain the others (see policy.h). */
 static void diff_matchers(struct dctx *c, const struct policy_partner *p0,
                           const struct policy_partner *p1)
 {
-	size_t iss0 = count_issuers(p0), iss1 = count_issuers(p1);
+	size_t iss0 = policy_partner_issuers(p0), iss1 = policy_partner_issuers(p1);
 	size_t sub0 = p0->n_match - iss0, sub1 = p1->n_match - iss1;
 	for (size_t k = 0; k < p1->n_match; k++) {
 		const struct cert_match *m = &p1->match[k];
-		if (has_match(p0, m))
+		if (policy_partner_has_matcher(p0, m))
 			continue;
 		if (m->kind != MATCH_ISSUER_CN)
 			line(c, WEAKENED, "partner '%s': now also recognised by %s '%s'", p1->id,
-			     matcher_key(m->kind), m->value);
+			     policy_matcher_keys[m->kind], m->value);
 		else if (iss0 == 0 && sub1 > 0)
 			line(c, STRENGTHENED,
 			     "partner '%s': now recognised only with a certificate issued by '%s'",
@@ -128,11 +105,11 @@ static void diff_matchers(struct dctx *c, const struct policy_partner *p0,
 	}
 	for (size_t k = 0; k < p0->n_match; k++) {
 		const struct cert_match *m = &p0->match[k];
-		if (has_match(p1, m))
+		if (policy_partner_has_matcher(p1, m))
 			continue;
 		if (m->kind != MATCH_ISSUER_CN)
 			line(c, CHANGED, "partner '%s': no longer recognised by %s '%s'", p1->id,
-			     matcher_key(m->kind), m->value);
+			     policy_matcher_keys[m->kind], m->value);
 		else if (iss1 == 0 && sub1 > 0)
 			line(c, WEAKENED,
 			     "partner '%s': no longer limited to certificates issued by '%s'",

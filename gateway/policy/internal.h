@@ -48,6 +48,14 @@ const char *policy_format_day(char buf[48], int64_t days);
 int policy_load_at(const char *dir, int64_t today_days, struct policy_set **out,
                    struct ydoc_diags *diags);
 
+/* Each matcher's key in partners.yaml, indexed by enum cert_match_kind; NULL-terminated
+ * (parse.c, with the other key lists). */
+extern const char *const policy_matcher_keys[];
+/* Whether p lists matcher m (the same kind and value). */
+bool policy_partner_has_matcher(const struct policy_partner *p, const struct cert_match *m);
+/* How many of p's matchers are issuer_cn. */
+size_t policy_partner_issuers(const struct policy_partner *p);
+
 /* Plain-language pieces shared by describe.c and diff.c. */
 const char *policy_type_label(enum field_type t); /* "NHS number" */
 const char *policy_generalise_label(const struct policy_field *f, char *buf,

@@ -310,8 +310,7 @@ static enum got text_list_at(struct pctx *c, const struct ydoc_node *map, const 
 
 /* ---- partners.yaml ---- */
 
-/* Indexed by enum cert_match_kind. */
-static const char *const matcher_keys[] = {"subject_cn",  "san_uri",   "san_dns",
+const char *const policy_matcher_keys[] = {"subject_cn",  "san_uri",   "san_dns",
                                            "spki_sha256", "issuer_cn", NULL};
 
 static int hex_digit(char ch)
@@ -327,7 +326,7 @@ static bool matcher_value_ok(struct pctx *c, const struct ydoc_node *n, enum cer
 {
 	const char *s = n->scalar;
 	size_t len = strlen(s);
-	const char *key = matcher_keys[kind];
+	const char *key = policy_matcher_keys[kind];
 	switch (kind) {
 	case MATCH_SUBJECT_CN:
 	case MATCH_ISSUER_CN:
@@ -374,34 +373,14 @@ static bool matcher_value_ok(struct pctx *c, const struct ydoc_node *n, enum cer
 	return true;
 }
 
-static bool same_matcher(const struct cert_match *a, const struct cert_match *b)
-{
-	return a->kind == b->kind && strcmp(a->value, b->value) == 0;
-}
-
-static bool has_matcher(const struct policy_partner *p, const struct cert_match *m)
-{
-	for (size_t k = 0; k < p->n_match; k++)
-		if (same_matcher(&p->match[k], m))
-			return true;
-	return false;
-}
-
-static size_t n_issuers(const struct policy_partner *p)
-{
-	size_t n = 0;
-	for (size_t k = 0; k < p->n_match; k++)
-		n += p->match[k].kind == MATCH_ISSUER_CN;
-	return n;
-}
-
 /* Whether one CA could have issued certificates both partners accept. */
 static bool issuers_overlap(const struct policy_partner *a, const struct policy_partner *b)
 {
-	if (n_issuers(a) == 0 || n_issuers(b) == 0)
+	if (policy_partner_issuers(a) == 0 || policy_partner_issuers(b) == 0)
 		return true;
 	for (size_t k = 0; k < a->n_match; k++)
-		if (a->match[k].kind == MATCH_ISSUER_CN && has_matcher(b, &a->match[k]))
+		if (a->match[k].kind == MATCH_ISSUER_CN &&
+		    policy_partner_has_matcher(b, &a->match[k]))
 			return true;
 	return false;
 }
@@ -416,20 +395,21 @@ static void check_matchers_unique(struct pctx *c, const struct policy_partner *s
                                   const struct ydoc_node *const *at)
 {
 	const struct policy_set *set = c->p->set;
-	size_t own_issuers = n_issuers(self);
+	size_t own_issuers = policy_partner_issuers(self);
 	for (size_t k = 0; k < self->n_match; k++) {
 		const struct cert_match *m = &self->match[k];
 		for (size_t i = 0; i < set->n_partners; i++) {
 			const struct policy_partner *q = &set->partners[i];
-			if (!has_matcher(q, m))
+			if (!policy_partner_has_matcher(q, m))
 				continue;
 			if (m->kind != MATCH_ISSUER_CN && issuers_overlap(self, q)) {
 				PERR(c, at[k],
 				     "%s '%s' of partner '%s' is already used by partner '%s'",
-				     matcher_keys[m->kind], m->value, self->id ? self->id : "?",
-				     q->id);
+				     policy_matcher_keys[m->kind], m->value,
+				     self->id ? self->id : "?", q->id);
 			} else if (m->kind == MATCH_ISSUER_CN &&
-			           (own_issuers == self->n_match || n_issuers(q) == q->n_match)) {
+			           (own_issuers == self->n_match ||
+			            policy_partner_issuers(q) == q->n_match)) {
 				const char *alone = own_issuers == self->n_match
 				                        ? (self->id ? self->id : "?")
 				                        : q->id;
@@ -458,13 +438,13 @@ static void warn_issuer_alone(struct pctx *c, const struct policy_partner *self,
                               const struct ydoc_node *at)
 {
 	const struct policy_set *set = c->p->set;
-	bool self_alone = n_issuers(self) == self->n_match;
+	bool self_alone = policy_partner_issuers(self) == self->n_match;
 	for (size_t i = 0; i < set->n_partners; i++) {
 		const struct policy_partner *q = &set->partners[i];
-		bool q_alone = n_issuers(q) == q->n_match;
+		bool q_alone = policy_partner_issuers(q) == q->n_match;
 		const struct policy_partner *alone = self_alone ? self : q_alone ? q : NULL;
 		const struct policy_partner *open = alone == self ? q : self;
-		if (!alone || n_issuers(open) != 0)
+		if (!alone || policy_partner_issuers(open) != 0)
 			continue;
 		ydoc_warning(c->d, c->file, at,
 		             "partner '%s' is recognised by issuer_cn alone and partner '%s' has "
@@ -478,12 +458,12 @@ static void warn_issuer_alone(struct pctx *c, const struct policy_partner *self,
 static bool add_matcher(struct pctx *c, const struct ydoc_node *n, enum cert_match_kind kind,
                         struct policy_partner *pt, const struct ydoc_node **at)
 {
-	if (!want_kind(c, n, YDOC_SCALAR, matcher_keys[kind]))
+	if (!want_kind(c, n, YDOC_SCALAR, policy_matcher_keys[kind]))
 		return false;
 	/* A matcher is security-relevant: an unquoted null in a list is a mistake, never "null". */
 	if (is_null(n)) {
 		PERR(c, n, "%s lists an empty value (quote it if it is meant literally)",
-		     matcher_keys[kind]);
+		     policy_matcher_keys[kind]);
 		return false;
 	}
 	if (pt->n_match == POLICY_MAX_MATCHERS) {
@@ -494,8 +474,8 @@ static bool add_matcher(struct pctx *c, const struct ydoc_node *n, enum cert_mat
 	struct cert_match m = {0};
 	if (!matcher_value_ok(c, n, kind, &m))
 		return false;
-	if (has_matcher(pt, &m)) {
-		PERR(c, n, "%s '%s' is listed twice", matcher_keys[m.kind], m.value);
+	if (policy_partner_has_matcher(pt, &m)) {
+		PERR(c, n, "%s '%s' is listed twice", policy_matcher_keys[m.kind], m.value);
 		free(m.value);
 		return false;
 	}
@@ -511,7 +491,7 @@ static bool parse_certificate(struct pctx *c, const struct ydoc_node *map,
 	const struct ydoc_node *cert = lookup(c, map, "certificate", "partner", true, &got);
 	if (!cert || !want_kind(c, cert, YDOC_MAP, "certificate"))
 		return false;
-	bool ok = ydoc_check_keys(c->d, c->file, cert, "certificate", matcher_keys) == 0;
+	bool ok = ydoc_check_keys(c->d, c->file, cert, "certificate", policy_matcher_keys) == 0;
 	if (!(pt->match = calloc(POLICY_MAX_MATCHERS, sizeof(*pt->match)))) {
 		PERR(c, cert, "out of memory");
 		return false;
@@ -519,11 +499,11 @@ static bool parse_certificate(struct pctx *c, const struct ydoc_node *map,
 	const struct ydoc_node *at[POLICY_MAX_MATCHERS];
 	for (int kind = MATCH_SUBJECT_CN; kind <= MATCH_ISSUER_CN; kind++) {
 		/* Null means absent, as for every key: never the literal text "null" or "~". */
-		const struct ydoc_node *v = ydoc_get(cert, matcher_keys[kind]);
+		const struct ydoc_node *v = ydoc_get(cert, policy_matcher_keys[kind]);
 		if (!v || is_null(v))
 			continue;
 		if (v->kind == YDOC_SEQ && v->n == 0) {
-			PERR(c, v, "%s must list at least one value", matcher_keys[kind]);
+			PERR(c, v, "%s must list at least one value", policy_matcher_keys[kind]);
 			ok = false;
 		}
 		for (size_t i = 0; v->kind == YDOC_SEQ && i < v->n; i++)

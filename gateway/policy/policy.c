@@ -241,6 +241,22 @@ bool policy_domain_named_at(const struct policy_set *set, const char *domain, co
 	return false;
 }
 
+bool policy_partner_has_matcher(const struct policy_partner *p, const struct cert_match *m)
+{
+	for (size_t k = 0; k < p->n_match; k++)
+		if (p->match[k].kind == m->kind && strcmp(p->match[k].value, m->value) == 0)
+			return true;
+	return false;
+}
+
+size_t policy_partner_issuers(const struct policy_partner *p)
+{
+	size_t n = 0;
+	for (size_t k = 0; k < p->n_match; k++)
+		n += p->match[k].kind == MATCH_ISSUER_CN;
+	return n;
+}
+
 /* A certificate field (a fixed array the TLS layer filled) equals want; never past cap. */
 static bool cert_text_eq(const char *field, size_t cap, const char *want, bool fold_case)
 {
