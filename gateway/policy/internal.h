@@ -28,11 +28,10 @@
 #define POLICY_AGE_BAND_DEFAULT 5
 #define POLICY_NUMBER_BAND_MAX 1000000000
 
-/* Names of field types, actions and generalisations; `supported` false: reserved. */
+/* Names of field types, actions and generalisations. */
 struct policy_name {
 	const char *name;
 	int value;
-	bool supported;
 };
 extern const struct policy_name policy_field_types[];
 extern const size_t policy_n_field_types;

@@ -212,20 +212,13 @@ static int word_value(struct pctx *c, const struct ydoc_node *n, const struct po
 	if (!want_kind(c, n, YDOC_SCALAR, what))
 		return -1;
 	char choices[256] = "";
-	size_t used = 0, n_supported = 0;
-	for (size_t i = 0; i < count; i++)
-		n_supported += names[i].supported;
-	for (size_t i = 0, k = 0; i < count; i++) {
-		if (strcmp(n->scalar, names[i].name) == 0) {
-			if (names[i].supported)
-				return names[i].value;
-			PERR(c, n, "%s '%s' is not supported yet", what, n->scalar);
-			return -1;
-		}
-		if (!names[i].supported || used >= sizeof(choices))
+	size_t used = 0;
+	for (size_t i = 0; i < count; i++) {
+		if (strcmp(n->scalar, names[i].name) == 0)
+			return names[i].value;
+		if (used >= sizeof(choices))
 			continue;
-		k++;
-		const char *sep = k == 1 ? "" : k == n_supported ? " or " : ", ";
+		const char *sep = i == 0 ? "" : i + 1 == count ? " or " : ", ";
 		int w =
 		    snprintf(choices + used, sizeof(choices) - used, "%s%s", sep, names[i].name);
 		used += w > 0 ? (size_t)w : 0;
@@ -528,10 +521,10 @@ static bool parse_partner(struct pctx *c, const struct ydoc_node *n, struct poli
 {
 	static const char *const keys[] = {"id", "name", "kind", "contact", "certificate", NULL};
 	static const struct policy_name kinds[] = {
-	    {"police", PARTNER_POLICE, true},
-	    {"nhs", PARTNER_NHS, true},
-	    {"council", PARTNER_COUNCIL, true},
-	    {"other", PARTNER_OTHER, true},
+	    {"police", PARTNER_POLICE},
+	    {"nhs", PARTNER_NHS},
+	    {"council", PARTNER_COUNCIL},
+	    {"other", PARTNER_OTHER},
 	};
 	if (!want_kind(c, n, YDOC_MAP, "each partner"))
 		return false;
@@ -798,7 +791,7 @@ static bool parse_fields(struct pctx *c, const struct ydoc_node *map, struct pol
 static bool parse_dataset(struct pctx *c, const struct ydoc_node *n, struct policy_agreement *a)
 {
 	static const char *const keys[] = {"name", "unknown_fields", "fields", NULL};
-	static const struct policy_name unknown[] = {{"reject", 0, true}, {"drop", 1, true}};
+	static const struct policy_name unknown[] = {{"reject", 0}, {"drop", 1}};
 	if (!want_kind(c, n, YDOC_MAP, "each dataset"))
 		return false;
 	size_t before = c->d->errors;

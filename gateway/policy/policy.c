@@ -11,36 +11,36 @@
 #include <strings.h>
 
 const struct policy_name policy_field_types[] = {
-    {"text", FIELD_TEXT, true},
-    {"integer", FIELD_INTEGER, true},
-    {"number", FIELD_NUMBER, true},
-    {"boolean", FIELD_BOOLEAN, true},
-    {"date", FIELD_DATE, true},
-    {"nhs_number", FIELD_NHS_NUMBER, true},
-    {"pnc_id", FIELD_PNC_ID, true},
-    {"postcode", FIELD_POSTCODE, true},
-    {"name", FIELD_NAME, true},
-    {"email", FIELD_EMAIL, true},
-    {"identifier", FIELD_IDENTIFIER, true},
+    {"text", FIELD_TEXT},
+    {"integer", FIELD_INTEGER},
+    {"number", FIELD_NUMBER},
+    {"boolean", FIELD_BOOLEAN},
+    {"date", FIELD_DATE},
+    {"nhs_number", FIELD_NHS_NUMBER},
+    {"pnc_id", FIELD_PNC_ID},
+    {"postcode", FIELD_POSTCODE},
+    {"name", FIELD_NAME},
+    {"email", FIELD_EMAIL},
+    {"identifier", FIELD_IDENTIFIER},
 };
 const size_t policy_n_field_types = ARRAY_LEN(policy_field_types);
 
 const struct policy_name policy_field_actions[] = {
-    {"pass", ACTION_PASS, true},
-    {"drop", ACTION_DROP, true},
-    {"generalise", ACTION_GENERALISE, true},
-    {"pseudonymise", ACTION_PSEUDONYMISE, true},
+    {"pass", ACTION_PASS},
+    {"drop", ACTION_DROP},
+    {"generalise", ACTION_GENERALISE},
+    {"pseudonymise", ACTION_PSEUDONYMISE},
 };
 const size_t policy_n_field_actions = ARRAY_LEN(policy_field_actions);
 
 const struct policy_name policy_generalise_tos[] = {
-    {"year", GEN_YEAR, true},
-    {"age_band", GEN_AGE_BAND, true},
-    {"month", GEN_MONTH, true},
-    {"postcode_area", GEN_POSTCODE_AREA, true},
-    {"postcode_district", GEN_POSTCODE_DISTRICT, true},
-    {"postcode_sector", GEN_POSTCODE_SECTOR, true},
-    {"number_band", GEN_NUMBER_BAND, true},
+    {"year", GEN_YEAR},
+    {"age_band", GEN_AGE_BAND},
+    {"month", GEN_MONTH},
+    {"postcode_area", GEN_POSTCODE_AREA},
+    {"postcode_district", GEN_POSTCODE_DISTRICT},
+    {"postcode_sector", GEN_POSTCODE_SECTOR},
+    {"number_band", GEN_NUMBER_BAND},
 };
 const size_t policy_n_generalise_tos = ARRAY_LEN(policy_generalise_tos);
 
