@@ -40,6 +40,8 @@ extern const size_t policy_n_field_actions;
 extern const struct policy_name policy_generalise_tos[];
 extern const size_t policy_n_generalise_tos;
 const char *policy_generalise_to_name(enum generalise_to to);
+/* The pseudo module's type for a field type (identifiers and dates); 0 for others. */
+enum pseudo_type policy_field_pseudo_type(enum field_type type);
 /* YYYY-MM-DD of a day number (days since 1970-01-01). */
 const char *policy_format_day(char buf[48], int64_t days);
 

@@ -185,8 +185,6 @@ const struct policy_agreement *policy_agreement_by_id(const struct policy_set *s
 const char *policy_partner_kind_name(enum partner_kind kind);
 const char *policy_field_type_name(enum field_type type);
 const char *policy_field_action_name(enum field_action action);
-/* The pseudo module's type for a field type (identifiers and dates); 0 for others. */
-enum pseudo_type policy_field_pseudo_type(enum field_type type);
 
 /* Why a message was refused. The message never quotes a field's value. */
 struct policy_refusal {
