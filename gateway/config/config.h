@@ -61,7 +61,8 @@ struct isgd_config {
 void config_init(struct isgd_config *c);
 /*
  * Load and validate; every problem goes to diags with file:line:column.
- * Returns 0 or ISG_ERR_PARSE / ISG_ERR_INVALID / ISG_ERR_IO.
+ * Returns 0 or ISG_ERR_PARSE / ISG_ERR_INVALID / ISG_ERR_IO / ISG_ERR_NOMEM;
+ * on failure *c holds only the defaults again. Free with config_release.
  */
 int config_load(const char *path, struct isgd_config *c, struct ydoc_diags *diags);
 void config_release(struct isgd_config *c);

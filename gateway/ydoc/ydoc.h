@@ -54,8 +54,9 @@ void ydoc_diag_print(const struct ydoc_diag *g, void *stdio_file);
 
 /*
  * Parse a file (or a buffer named `name`). Files longer than max_bytes are
- * refused. Syntax errors go to diags with their position. Returns 0,
- * ISG_ERR_PARSE (see diags), ISG_ERR_IO or ISG_ERR_TOO_BIG.
+ * refused. Syntax errors go to diags with their position. Returns 0 (free
+ * *out with ydoc_free), ISG_ERR_PARSE (see diags), ISG_ERR_IO,
+ * ISG_ERR_TOO_BIG or ISG_ERR_NOMEM.
  */
 int ydoc_load_file(const char *path, size_t max_bytes, struct ydoc **out, struct ydoc_diags *d);
 int ydoc_load_buffer(const char *name, const char *buf, size_t len, struct ydoc **out,
