@@ -117,10 +117,11 @@ uint8_t *wire_pack_send_request(const Isg__SendRequest *req, size_t *len);
 uint8_t *wire_frame_pack(const Isg__Frame *frame, size_t *len);
 
 /*
- * Walk a decoded frame's strings and check they are valid UTF-8 (protobuf-c
+ * Walk the strings of a decoded Hello, Send, Delivery or Error frame (other
+ * bodies are not looked at) and check they are valid UTF-8 (protobuf-c
  * does not). Returns 0 or ISG_ERR_PARSE. isgd and the client check the
- * bytes instead (wire_frame_strings_valid, which also sees a NUL); this is
- * the unit tests' and fuzz_frame's second opinion on the decoded frame.
+ * bytes instead (wire_frame_strings_valid, which also sees a NUL and every
+ * body); this is the unit tests' and fuzz_frame's second opinion.
  */
 int wire_frame_check_utf8(const Isg__Frame *frame);
 
