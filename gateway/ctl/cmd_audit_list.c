@@ -32,7 +32,6 @@
 #include "keys/keys.h"
 #include "pseudo/pseudo.h"
 
-#define AUDIT_DOMAIN_NAME "audit"
 #define SHOWN_MAX 120 /* bytes of one value shown in a table cell */
 #define SUBJECT_LINE_MAX 1024
 
@@ -605,7 +604,7 @@ static int read_identifier(const struct ident_arg *id, char *buf, size_t size, s
 static size_t audit_domain(const struct keyring *ring, size_t *n_versions)
 {
 	for (size_t i = 0; i < keyring_domain_count(ring); i++)
-		if (strcmp(keyring_domain_name(ring, i, n_versions), AUDIT_DOMAIN_NAME) == 0)
+		if (strcmp(keyring_domain_name(ring, i, n_versions), KEYS_AUDIT_DOMAIN) == 0)
 			return i;
 	return SIZE_MAX;
 }
@@ -622,7 +621,7 @@ static int subject_pseudonyms(const struct keyring *ring, enum pseudo_type type,
 		return CTL_EXIT_LOCAL;
 	}
 	s->cap = n_versions;
-	s->n = keyring_pseudonymise_all(ring, AUDIT_DOMAIN_NAME, type, norm, len, s->pseudonyms,
+	s->n = keyring_pseudonymise_all(ring, KEYS_AUDIT_DOMAIN, type, norm, len, s->pseudonyms,
 	                                s->cap);
 	return CTL_EXIT_OK;
 }
@@ -639,12 +638,12 @@ static int load_audit_keyring(const struct audit_log *l, struct keyring **ring)
 		ctl_warn("%s", err[0] ? err : isg_strerror(rc));
 		return CTL_EXIT_LOCAL;
 	}
-	if (!keyring_has(*ring, AUDIT_DOMAIN_NAME)) {
+	if (!keyring_has(*ring, KEYS_AUDIT_DOMAIN)) {
 		ctl_warn("no key for the audit linkage domain in '%s/%s/%s.key': the log's "
 		         "subjects cannot be searched (create it with 'isgctl keys new-domain %s "
 		         "%s')",
-		         l->keys_dir, KEYS_DOMAINS_DIR, AUDIT_DOMAIN_NAME, l->keys_dir,
-		         AUDIT_DOMAIN_NAME);
+		         l->keys_dir, KEYS_DOMAINS_DIR, KEYS_AUDIT_DOMAIN, l->keys_dir,
+		         KEYS_AUDIT_DOMAIN);
 		return CTL_EXIT_LOCAL;
 	}
 	return CTL_EXIT_OK;

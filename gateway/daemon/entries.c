@@ -136,7 +136,7 @@ int subjects_add(struct subjects *s, enum pseudo_type type, const char *norm, si
 	memcpy(s->norms[s->n], norm, len);
 	s->norms[s->n][len] = '\0';
 	s->reqs[s->n] = (struct pseudo_request){
-	    .domain = AUDIT_DOMAIN, .type = type, .norm = s->norms[s->n], .len = len};
+	    .domain = KEYS_AUDIT_DOMAIN, .type = type, .norm = s->norms[s->n], .len = len};
 	s->n++;
 	return 0;
 }

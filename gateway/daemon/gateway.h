@@ -173,7 +173,6 @@ void subjects_release(struct subjects *s);
  */
 char *entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms);
 
-#define AUDIT_DOMAIN "audit"
 /* Client-chosen strings in entries are cut to this many bytes, so a hostile
  * request cannot bloat the log. */
 #define ENTRY_STR_MAX 128

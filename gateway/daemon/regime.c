@@ -141,12 +141,12 @@ struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp,
 	}
 	if (!failed && domains_missing(r->policy, r->keys, how, cfg->keys_dir, errors))
 		failed = true;
-	if (!failed && !keyring_has(r->keys, AUDIT_DOMAIN)) {
+	if (!failed && !keyring_has(r->keys, KEYS_AUDIT_DOMAIN)) {
 		snprintf(err, sizeof(err),
 		         "the audit log's linkage domain '%s' has no key in '%s/%s' (isgctl keys "
 		         "init makes it; or: isgctl keys new-domain %s %s)",
-		         AUDIT_DOMAIN, cfg->keys_dir, KEYS_DOMAINS_DIR, cfg->keys_dir,
-		         AUDIT_DOMAIN);
+		         KEYS_AUDIT_DOMAIN, cfg->keys_dir, KEYS_DOMAINS_DIR, cfg->keys_dir,
+		         KEYS_AUDIT_DOMAIN);
 		report(how, "keys.missing_domain", err);
 		(*errors)++;
 		failed = true;

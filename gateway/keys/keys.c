@@ -28,9 +28,6 @@
 /* Longest valid file: magic, longest kind, key, two spaces and a newline. */
 #define KEYS_LINE_MAX                                                                              \
 	(sizeof(KEYS_MAGIC) - 1 + sizeof(KEYS_KIND_AUDIT_SIGNING) - 1 + KEYS_B64_LEN + 3)
-/* The linkage domain the audit log pseudonymises subjects under (DESIGN.md section 8). */
-#define KEYS_AUDIT_DOMAIN "audit"
-
 _Static_assert(KEYS_STORAGE_LEN == KEYS_RAW_LEN, "storage key is one raw key");
 
 void keys_seterr(char *err, size_t errlen, const char *fmt, ...)
