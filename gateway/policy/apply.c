@@ -12,7 +12,6 @@
  */
 #include "policy/internal.h"
 
-#include <errno.h>
 #include <math.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -263,7 +262,6 @@ static bool parse_real(const char *s, double *out)
 			return false;
 	}
 	char *end;
-	errno = 0;
 	double d = strtod(s, &end);
 	if (!digits || *end || !isfinite(d))
 		return false;
