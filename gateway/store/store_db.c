@@ -129,14 +129,18 @@ int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op)
 
 /* --- recognising an existing file ------------------------------------------ */
 
-/* Read the first 16 bytes ourselves: SQLite is never given a file that is not one of its own. */
+/*
+ * Read the first 16 bytes ourselves: SQLite is never given a file that is
+ * not one of its own. Opened without blocking, so a FIFO is refused below
+ * instead of waited on for a writer.
+ */
 static int check_header(const char *path, char *err, size_t errlen)
 {
 	static const char magic[16] = "SQLite format 3";
 	char hdr[16];
 	struct stat st;
 	int rc = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		int e = errno;
 		store_seterr(err, errlen, "store '%s': cannot open: %s", path, strerror(e));

@@ -679,6 +679,23 @@ static void test_refuses_random_bytes(void **state)
 	expect_refused_unchanged(f, "not an SQLite database");
 }
 
+/* A FIFO in place of the store is refused at once; opening it blocking would hang. */
+static void test_refuses_a_fifo(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(mkfifo(f->path, 0600), 0);
+	char err[512] = "";
+	struct store *s = NULL;
+	struct store_options opt = {.path = f->path, .storage_key = f->key};
+	alarm(10); /* a hang ends the test (SIGALRM) rather than the suite's timeout */
+	assert_int_equal(store_open(&opt, &s, err, sizeof(err)), ISG_ERR_CORRUPT);
+	alarm(0);
+	assert_null(s);
+	char want[300];
+	snprintf(want, sizeof(want), "store '%s' is not a regular file", f->path);
+	assert_non_null(strstr(err, want));
+}
+
 static void make_db(const char *path, const char *sql)
 {
 	sqlite3 *db = NULL;
@@ -899,6 +916,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_close_drains_queue, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_random_bytes, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_refuses_a_fifo, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_foreign_database, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_damaged_store, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_creates_new_store, fx_setup, fx_teardown),
