@@ -286,11 +286,14 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&s->mu);
 		if (stop)
 			break;
-		if ((batch || sweep) && run_batch(s, batch, sweep, &sweep_more) == ISG_ERR_FULL &&
-		    batch && batch->next)
+		int rc = batch || sweep ? run_batch(s, batch, sweep, &sweep_more) : 0;
+		if (rc == ISG_ERR_FULL && batch && batch->next)
 			run_alone(s, batch);
+		/* A sweep that stopped at its limit goes on at once, once it has
+		 * committed: one whose batch failed (a full disk) would fail again. */
 		if (sweep)
-			next_sweep = time_mono_ms() + (sweep_more ? 0 : s->sweep_interval_ms);
+			next_sweep =
+			    time_mono_ms() + (rc == 0 && sweep_more ? 0 : s->sweep_interval_ms);
 		batch_finish(s, batch);
 		checkpoint_if_due(s, false);
 	}
