@@ -201,7 +201,8 @@ struct store_fetch_result {
  * The recipient's unacknowledged, unexpired messages with gateway_id >
  * after_id, oldest first, at most max. The first time a message is handed
  * out, its "message.delivered" audit entry is written. res belongs to the
- * callback, which frees it with store_fetch_result_free (also on error).
+ * callback, which frees it with store_fetch_result_free (also on error; it
+ * is then empty: no items, scanned_to 0, more false).
  */
 typedef void (*store_fetch_cb)(void *ctx, int err, struct store_fetch_result *res);
 int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,

@@ -370,9 +370,6 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, str
 	sqlite3_stmt *st = s->stmt[ST_FETCH];
 	size_t bytes = 0;
 	int err = 0;
-	/* A job run again alone after its batch failed starts afresh. */
-	res->scanned_to = 0;
-	res->more = false;
 	bind_text(st, 1, jf->recipient);
 	sqlite3_bind_int64(st, 2, jf->after_id > INT64_MAX ? INT64_MAX : (int64_t)jf->after_id);
 	sqlite3_bind_int64(st, 3, now);
@@ -677,10 +674,14 @@ void store_job_discard(struct store_job *j)
 		j->u.send.refused = 0;
 		break;
 	case JOB_FETCH:
+		/* Nothing read either: a job run again alone starts afresh, and a
+		 * failed one's callback gets no cursor to go on after. */
 		if (j->u.fetch.res) {
 			for (size_t i = 0; i < j->u.fetch.res->n; i++)
 				delivery_release(&j->u.fetch.res->items[i]);
 			j->u.fetch.res->n = 0;
+			j->u.fetch.res->scanned_to = 0;
+			j->u.fetch.res->more = false;
 		}
 		break;
 	case JOB_ACK:

@@ -286,12 +286,23 @@ static void test_fetch_in_failed_commit_is_not_delivered(void **state)
 	store_test_fail_next_commit(s);
 	struct store_fetch_result *res = NULL;
 	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), ISG_ERR_STORE);
+	/* No result: nothing handed out, nothing read to go on after. */
 	assert_int_equal(res->n, 0);
+	assert_int_equal(res->scanned_to, 0);
 	store_fetch_result_free(res);
-	assert_int_equal(db_int(f, "SELECT state FROM messages", 0), 0);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
-	assert_int_equal(fetch_count(s, "nhs-b"), 1);
-	assert_int_equal(db_int(f, "SELECT state FROM messages", 0), 1);
+	/* Likewise when the fetch stopped at its max. */
+	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "two");
+	assert_int_equal(send_sync(s, &m2, NULL), 0);
+	store_test_fail_next_commit(s);
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 1, &res), ISG_ERR_STORE);
+	assert_int_equal(res->n, 0);
+	assert_int_equal(res->scanned_to, 0);
+	assert_false(res->more);
+	store_fetch_result_free(res);
+	assert_int_equal(db_int(f, "SELECT max(state) FROM messages", 0), 0);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 2);
+	assert_int_equal(fetch_count(s, "nhs-b"), 2);
+	assert_int_equal(db_int(f, "SELECT min(state) FROM messages", 0), 1);
 }
 
 static void test_disk_full_then_recovers(void **state)
