@@ -576,7 +576,10 @@ int store_fetch_within(struct store *s, const char *recipient, uint64_t after_id
 	jf->ctx = ctx;
 	jf->after_id = after_id;
 	jf->max = max;
-	jf->max_bytes = max_bytes < STORE_FETCH_BYTES ? max_bytes : STORE_FETCH_BYTES;
+	/* At least 1, so the first message always comes. */
+	jf->max_bytes = max_bytes == 0                  ? 1
+	                : max_bytes < STORE_FETCH_BYTES ? max_bytes
+	                                                : STORE_FETCH_BYTES;
 	jf->recipient = strdup(recipient);
 	jf->res = calloc(1, sizeof(*jf->res)); /* items grow in the writer */
 	if (!jf->recipient || !jf->res) {

@@ -208,10 +208,10 @@ typedef void (*store_fetch_cb)(void *ctx, int err, struct store_fetch_result *re
 int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
                 store_fetch_cb cb, void *ctx);
 /*
- * store_fetch that stops adding messages once their payloads reach
- * max_bytes (the first always comes): a subscriber asks for what its
- * connection can take, so little is handed out (and audited as delivered)
- * that then waits unsent.
+ * store_fetch that stops adding messages once their payloads, as sealed
+ * (16 bytes more each), reach max_bytes; the first always comes, even with
+ * max_bytes 0. A subscriber asks for what its connection can take, so
+ * little is handed out (and audited as delivered) that then waits unsent.
  */
 int store_fetch_within(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
                        size_t max_bytes, store_fetch_cb cb, void *ctx);

@@ -132,7 +132,7 @@ struct job_fetch {
 	char *recipient;
 	uint64_t after_id;
 	uint32_t max;
-	size_t max_bytes; /* payload bytes it stops adding at (STORE_FETCH_BYTES at most) */
+	size_t max_bytes; /* sealed payload bytes it stops adding at (1 to STORE_FETCH_BYTES) */
 	store_fetch_cb cb;
 	void *ctx;
 	struct store_fetch_result *res; /* always allocated; handed to cb */

@@ -623,6 +623,62 @@ static void test_fetch_many(void **state)
 	store_fetch_result_free(res);
 }
 
+static int fetch_within_sync(struct store *s, uint32_t max, size_t max_bytes,
+                             struct store_fetch_result **res)
+{
+	struct wait w;
+	wait_init(&w);
+	int rc = store_fetch_within(s, "nhs-b", 0, max, max_bytes, on_fetch, &w);
+	assert_int_equal(rc, 0);
+	rc = wait_for(&w);
+	assert_false(w.bad);
+	*res = w.res;
+	return rc;
+}
+
+/*
+ * store_fetch_within stops adding messages once their (sealed) payloads
+ * reach max_bytes, and says more may wait; the first always comes, so a
+ * caller with little room still moves on.
+ */
+static void test_fetch_within_bytes(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	static const char payload[100] = "";
+	for (int i = 0; i < 3; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "m-%d", i);
+		struct store_message m = fx_msg("police-a", id, "nhs-b", "");
+		m.payload = (const uint8_t *)payload;
+		m.payload_len = sizeof(payload);
+		assert_int_equal(send_sync(s, &m, NULL), 0);
+	}
+	static const struct {
+		size_t max_bytes;
+		size_t n;
+		bool more;
+	} cases[] = {{SIZE_MAX, 3, true}, /* at max: more may wait */
+	             {232, 2, true},      /* two sealed payloads of 116 bytes reach it */
+	             {233, 3, true},
+	             {1, 1, true},
+	             {0, 1, true}};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct store_fetch_result *res = NULL;
+		assert_int_equal(fetch_within_sync(s, 3, cases[i].max_bytes, &res), 0);
+		if (res->n != cases[i].n || res->more != cases[i].more)
+			fail_msg("max_bytes %zu: %zu messages, more %d", cases[i].max_bytes, res->n,
+			         res->more);
+		assert_int_equal(res->scanned_to, res->items[res->n - 1].gateway_id);
+		store_fetch_result_free(res);
+	}
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_within_sync(s, 10, SIZE_MAX, &res), 0);
+	assert_int_equal(res->n, 3);
+	assert_false(res->more);
+	store_fetch_result_free(res);
+}
+
 static void test_expiry(void **state)
 {
 	struct fx *f = *state;
@@ -1572,6 +1628,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_ack_rules, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_cursor, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_many, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_within_bytes, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expired_not_fetchable_before_sweep, fx_setup,
 	                                    fx_teardown),
