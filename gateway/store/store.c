@@ -364,6 +364,8 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	s->lock_fd = -1;
 	s->sweep_interval_ms =
 	    opt->sweep_interval_ms > 0 ? opt->sweep_interval_ms : STORE_DEFAULT_SWEEP_MS;
+	if (s->sweep_interval_ms > STORE_MAX_SWEEP_MS) /* added to a clock: no overflow */
+		s->sweep_interval_ms = STORE_MAX_SWEEP_MS;
 	s->max_batch = opt->max_batch > 0 ? opt->max_batch : STORE_DEFAULT_MAX_BATCH;
 	s->signer = opt->signer;
 	s->checkpoint_every =

@@ -82,7 +82,7 @@ struct store_options {
 	/* Exactly one of: */
 	const uint8_t *storage_key;        /* 32 bytes; the store keeps its own guarded copy */
 	const struct store_sealer *sealer; /* copied; its ctx must outlive the store */
-	int64_t sweep_interval_ms;         /* how often expired messages are purged; default 60s */
+	int64_t sweep_interval_ms;         /* expiry sweep interval; default 60s, at most 1d */
 	uint32_t max_batch;                /* most jobs per commit; default 512 */
 	/*
 	 * Signs the audit log's checkpoints (key name = checkpoint origin). NULL:

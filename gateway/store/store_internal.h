@@ -58,6 +58,7 @@ _Static_assert(STORE_HEADER_LEN <= STORE_HEADER_MAX && STORE_HEADER_V1_LEN <= ST
 #define STORE_QUEUE_MAX 65536  /* queued jobs before ISG_ERR_AGAIN */
 #define STORE_SWEEP_LIMIT 1000 /* messages expired per sweep */
 #define STORE_DEFAULT_SWEEP_MS 60000
+#define STORE_MAX_SWEEP_MS (86400LL * 1000) /* longer intervals are taken as a day */
 #define STORE_DEFAULT_MAX_BATCH 512
 #define STORE_BUSY_TIMEOUT_MS 5000
 /* Sealed payloads of this many bytes or more are kept in the table

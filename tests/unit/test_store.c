@@ -822,6 +822,19 @@ static void test_failed_sweep_waits_for_its_interval(void **state)
 	                 0);
 }
 
+/* A sweep interval too long to add to a clock is taken as a day: the
+ * writer sweeps at open, then waits, instead of sweeping without end. */
+static void test_long_sweep_interval(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, INT64_MAX, 0);
+	uint64_t seq = 0;
+	assert_int_equal(audit_sync(s, "test.event", "{\"event\":\"test.event\"}", &seq), 0);
+	uint64_t commits = store_test_commits(s);
+	sleep_ms(200);
+	assert_int_equal(store_test_commits(s), commits);
+}
+
 static void test_durable_across_reopen(void **state)
 {
 	struct fx *f = *state;
@@ -1634,6 +1647,7 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_failed_sweep_waits_for_its_interval, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_long_sweep_interval, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_durable_across_reopen, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_secure_delete_not_left_fast, fx_setup,
 	                                    fx_teardown),
