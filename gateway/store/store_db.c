@@ -76,13 +76,11 @@ static const char *const stmt_sql[ST_COUNT] = {
                  " FROM messages WHERE recipient = ?1 AND id > ?2 AND state IN (0, 1)"
                  " AND expires_at > ?3 ORDER BY id LIMIT ?4",
     [ST_MARK_DELIVERED] = "UPDATE messages SET state = 1 WHERE id = ?1 AND state = 0",
-    [ST_ACK_SELECT] = "SELECT sender, message_id, agreement_id, agreement_version,"
-                      " audit_index, state, payload IS NULL, nonce FROM messages"
-                      " WHERE id = ?1 AND recipient = ?2 AND expires_at > ?3",
+    [ST_ACK_SELECT] = "SELECT " STORE_MSG_REF_COLUMNS " FROM messages WHERE id = ?1"
+                      " AND recipient = ?2 AND state IN (0, 1) AND expires_at > ?3",
     [ST_SET_FINAL_STATE] = "UPDATE messages SET state = ?2, nonce = NULL, payload = NULL"
                            " WHERE id = ?1",
-    [ST_EXPIRED_SELECT] = "SELECT id, sender, recipient, message_id, agreement_id,"
-                          " agreement_version, audit_index, payload IS NULL, nonce FROM messages"
+    [ST_EXPIRED_SELECT] = "SELECT " STORE_MSG_REF_COLUMNS " FROM messages"
                           " WHERE state IN (0, 1) AND expires_at <= ?1"
                           " ORDER BY expires_at LIMIT ?2",
     [ST_CHECKPOINT_INSERT] = "INSERT INTO checkpoints(size, at, note) VALUES (?1, ?2, ?3)",

@@ -81,6 +81,13 @@ _Static_assert(STORE_HEADER_LEN <= STORE_HEADER_MAX && STORE_HEADER_V1_LEN <= ST
 void store_seterr(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The columns of a message that an acknowledgement or the sweep finishes
+ * (ST_ACK_SELECT, ST_EXPIRED_SELECT), as store_jobs.c's msg_ref_read
+ * reads them. */
+#define STORE_MSG_REF_COLUMNS                                                                      \
+	"id, sender, recipient, message_id, agreement_id, agreement_version, audit_index,"         \
+	" payload IS NULL, nonce"
+
 enum store_stmt {
 	ST_MSG_BY_SENDER_ID,
 	ST_REPLY_CHECK,

@@ -47,6 +47,28 @@ struct msg_ref {
 	bool payload_apart; /* its sealed payload is in the table payloads */
 };
 
+/*
+ * m from the row st is on, of STORE_MSG_REF_COLUMNS. The message is being
+ * finished, so the data key still kept for its first fetch, which will not
+ * come, is wiped now, even if the batch fails (a fetch would then ask the
+ * key process for it). 0 or ISG_ERR_NOMEM.
+ */
+static int msg_ref_read(struct store *s, sqlite3_stmt *st, struct msg_ref *m)
+{
+	m->id = (uint64_t)sqlite3_column_int64(st, 0);
+	m->sender = dup_column(st, 1);
+	m->recipient = dup_column(st, 2);
+	m->message_id = dup_column(st, 3);
+	m->agreement_id = dup_column(st, 4);
+	m->agreement_version = (uint32_t)sqlite3_column_int64(st, 5);
+	m->accepted_index = (uint64_t)sqlite3_column_int64(st, 6);
+	m->payload_apart = sqlite3_column_int(st, 7);
+	const uint8_t *header = sqlite3_column_blob(st, 8);
+	if (header && sqlite3_column_bytes(st, 8) >= STORE_WRAPPED_KEY_LEN)
+		store_seal_forget(s, header);
+	return m->sender && m->recipient && m->message_id && m->agreement_id ? 0 : ISG_ERR_NOMEM;
+}
+
 static void msg_ref_release(struct msg_ref *m)
 {
 	free(m->sender);
@@ -489,29 +511,10 @@ static int ack_lookup(struct store *s, uint64_t id, const char *recipient, int64
 	sqlite3_bind_int64(st, 3, now);
 	int ret = 0;
 	int rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		int state = sqlite3_column_int(st, 5);
-		if (state == MSG_PENDING || state == MSG_DELIVERED) {
-			m->id = id;
-			m->sender = dup_column(st, 0);
-			m->message_id = dup_column(st, 1);
-			m->agreement_id = dup_column(st, 2);
-			m->agreement_version = (uint32_t)sqlite3_column_int64(st, 3);
-			m->accepted_index = (uint64_t)sqlite3_column_int64(st, 4);
-			m->payload_apart = sqlite3_column_int(st, 6);
-			m->recipient = strdup(recipient);
-			/* Its data key, if kept for a first fetch it no longer needs
-			 * (acknowledged unfetched), wiped as the sweep's is. */
-			const uint8_t *header = sqlite3_column_blob(st, 7);
-			if (header && sqlite3_column_bytes(st, 7) >= STORE_WRAPPED_KEY_LEN)
-				store_seal_forget(s, header);
-			ret = m->sender && m->message_id && m->agreement_id && m->recipient
-			          ? 1
-			          : ISG_ERR_NOMEM;
-		}
-	} else if (rc != SQLITE_DONE) {
+	if (rc == SQLITE_ROW)
+		ret = msg_ref_read(s, st, m) == 0 ? 1 : ISG_ERR_NOMEM;
+	else if (rc != SQLITE_DONE)
 		ret = store_db_fail(s, rc, "ack.lookup");
-	}
 	finish_stmt(st);
 	return ret;
 }
@@ -593,25 +596,9 @@ static int sweep_collect(struct store *s, int64_t now, struct msg_ref *refs, siz
 			err = store_db_fail(s, rc, "sweep.select");
 			break;
 		}
-		struct msg_ref *m = &refs[(*n)++];
-		m->id = (uint64_t)sqlite3_column_int64(st, 0);
-		m->sender = dup_column(st, 1);
-		m->recipient = dup_column(st, 2);
-		m->message_id = dup_column(st, 3);
-		m->agreement_id = dup_column(st, 4);
-		m->agreement_version = (uint32_t)sqlite3_column_int64(st, 5);
-		m->accepted_index = (uint64_t)sqlite3_column_int64(st, 6);
-		m->payload_apart = sqlite3_column_int(st, 7);
-		/* Its data key, if still kept for a first fetch that will not come:
-		 * wiped now, even if this batch fails (a fetch would then ask the
-		 * key process for it). */
-		const uint8_t *header = sqlite3_column_blob(st, 8);
-		if (header && sqlite3_column_bytes(st, 8) >= STORE_WRAPPED_KEY_LEN)
-			store_seal_forget(s, header);
-		if (!m->sender || !m->recipient || !m->message_id || !m->agreement_id) {
-			err = ISG_ERR_NOMEM;
+		err = msg_ref_read(s, st, &refs[(*n)++]);
+		if (err)
 			break;
-		}
 	}
 	finish_stmt(st);
 	return err;
