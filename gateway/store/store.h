@@ -112,7 +112,7 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
  * Run every queued job, stop the writer thread, close. NULL ok. No other
  * thread may still be submitting (isgd stops its workers first); a job's
  * callback, which runs on the writer, may, and is refused with
- * ISG_ERR_CLOSED.
+ * ISG_ERR_CLOSED. Never call it from a callback: it joins the writer.
  */
 void store_close(struct store *s);
 
@@ -222,7 +222,8 @@ void store_fetch_result_free(struct store_fetch_result *res);
 /*
  * Acknowledge messages of this recipient: each one's payload is deleted and
  * a "message.acknowledged" entry written. Ids that are not pending for this
- * recipient are returned in unknown and change nothing.
+ * recipient are returned in unknown and change nothing; unknown is the
+ * store's, valid only during the callback (NULL, with 0 and 0, on error).
  */
 typedef void (*store_ack_cb)(void *ctx, int err, uint32_t acknowledged, const uint64_t *unknown,
                              size_t n_unknown);
@@ -277,15 +278,21 @@ struct store_usage {
 
 /*
  * Report usage since since_ms (Unix ms), one call of cb per (sender,
- * agreement). Reads through its own read-only connection, so it does not
- * wait for the writer; meant for rebuilding daily counters at start.
+ * agreement), on the calling thread; u's strings live only for the call.
+ * Reads through its own read-only connection, so it does not wait for the
+ * writer; meant for rebuilding daily counters at start. ISG_ERR_STORE
+ * (logged) when the store cannot be read, maybe after some calls of cb.
  */
 int store_usage_since(struct store *s, int64_t since_ms,
                       void (*cb)(void *ctx, const struct store_usage *u), void *ctx);
 
 /* --- notification ------------------------------------------------------- */
 
-/* Called on the writer thread after a commit that added a message for recipient. */
+/*
+ * Called on the writer thread, after a batch of jobs has committed, once
+ * for each recipient the batch added messages for; until store_close
+ * returns. A new fn (or NULL) takes effect from the next batch.
+ */
 typedef void (*store_notify_fn)(void *ctx, const char *recipient);
 void store_set_notify(struct store *s, store_notify_fn fn, void *ctx);
 
