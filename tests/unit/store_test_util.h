@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -105,6 +106,12 @@ static inline void fx_close(struct fx *f)
 {
 	store_close(f->s);
 	f->s = NULL;
+}
+
+static inline void sleep_ms(int ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
+	nanosleep(&ts, NULL);
 }
 
 /* --- a message ------------------------------------------------------------- */

@@ -4,15 +4,7 @@
  */
 #include "store_test_util.h"
 
-#include <time.h>
-
 #include <openssl/evp.h>
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
-	nanosleep(&ts, NULL);
-}
 
 /* The writer's connection has secure_delete at ON, as every job but a
  * payload's delete must (store_jobs.c's set_final_state). */
@@ -313,25 +305,6 @@ static void test_reply_to_rules(void **state)
 	assert_int_equal(fetch_count(s, "council-c"), 0);
 }
 
-/* The whole of a file (up to 4 MiB), or NULL. */
-static char *slurp(const char *path, size_t *len)
-{
-	FILE *fp = fopen(path, "rb");
-	char *buf = fp ? malloc(1 << 22) : NULL;
-	*len = buf ? fread(buf, 1, 1 << 22, fp) : 0;
-	if (fp)
-		fclose(fp);
-	return buf;
-}
-
-static void spill(const char *path, const char *buf, size_t len)
-{
-	FILE *fp = fopen(path, "wb");
-	assert_non_null(fp);
-	assert_int_equal(fwrite(buf, 1, len, fp), len);
-	fclose(fp);
-}
-
 /*
  * A store put back from a copy hands out no gateway id twice: the ids
  * given out after the copy was taken are past, whatever the copy holds,
@@ -350,9 +323,9 @@ static void test_no_id_twice_after_a_restore(void **state)
 	char wal[160];
 	fx_path(f, wal, sizeof(wal), "-wal");
 	assert_int_equal(access(wal, F_OK), -1); /* stopped cleanly: the file is all */
-	size_t len;
-	char *copy = slurp(f->path, &len);
-	assert_non_null(copy);
+	char copy[160];
+	fx_path(f, copy, sizeof(copy), ".copy");
+	file_copy(f->path, copy, -1);
 
 	s = fx_open(f);
 	uint64_t highest = 0;
@@ -366,8 +339,7 @@ static void test_no_id_twice_after_a_restore(void **state)
 	}
 	fx_close(f);
 
-	spill(f->path, copy, len); /* the restore */
-	free(copy);
+	file_copy(copy, f->path, -1); /* the restore */
 	s = fx_open(f);
 	struct store_message again = fx_msg("nhs-b", "other", "police-a", "new");
 	assert_int_equal(send_sync(s, &again, &r), 0);
@@ -392,8 +364,7 @@ static void test_id_skips_do_not_add_up(void **state)
 	assert_int_equal(send_sync(s, &m, &r), 0);
 	fx_close(f);
 	for (int i = 0; i < 6; i++) {
-		struct timespec pause = {.tv_nsec = 50 * 1000 * 1000};
-		nanosleep(&pause, NULL);
+		sleep_ms(50);
 		fx_open(f);
 		fx_close(f);
 	}

@@ -7,17 +7,10 @@
 #include "store_test_util.h"
 
 #include <fcntl.h>
-#include <time.h>
 
 #include "audit/audit.h"
 
 #define ORIGIN "isg-test.example/audit"
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
-	nanosleep(&ts, NULL);
-}
 
 static struct audit_signer *signer_new(uint8_t first_byte)
 {
