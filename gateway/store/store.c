@@ -6,7 +6,6 @@
  * each job and each batch and put back when they are rolled back, and
  * checkpoints are written between batches (store_log.c).
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
