@@ -282,7 +282,8 @@ int store_db_fail(struct store *s, int rc, const char *op);
 int store_db_exec(struct store *s, const char *sql, const char *op);
 /* Step a bound statement that returns no rows, then reset it. */
 int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op);
-/* Run a query returning one integer; *found is false when it returns no row. */
+/* Run a query returning one integer; *found is false when it returns no row.
+ * SQLITE_OK or SQLite's error, not an ISG_ERR_ code (nothing is logged). */
 int store_db_query_int(sqlite3 *db, const char *sql, int64_t *v, bool *found);
 /*
  * A read-only connection of its own to the store's file, for reads that
@@ -348,7 +349,9 @@ struct store_sealed {
 };
 /* Open n payloads for recipient, unwrapping their data keys in one batch.
  * A payload that does not open is left with plain NULL; an error is the
- * holder's failure (or no memory), not a payload's. */
+ * holder's failure (or no memory), not a payload's. Each item's sealed
+ * copy is freed (and set NULL) once it is tried; after an error, those not
+ * yet tried keep theirs for the caller to free. */
 int store_unseal_all(struct store *s, const char *recipient, struct store_sealed *items, size_t n);
 
 /* store_jobs.c: what each job does inside the writer's transaction. */
