@@ -163,6 +163,13 @@ static void test_dates(void **state)
 	assert_int_equal(date_parse_days("2026-01-011", &d), ISG_ERR_PARSE);
 	assert_int_equal(date_days_of_ms(86400000LL * 3 + 5), 3);
 	assert_int_equal(date_days_of_ms(-1), -1);
+	/* a day is [00:00:00.000, 24:00:00.000): midnight is the first instant of the next */
+	assert_int_equal(date_parse_days("2026-03-01", &d), 0);
+	assert_int_equal(date_days_of_ms(d * 86400000 - 1), d - 1);
+	assert_int_equal(date_days_of_ms(d * 86400000), d);
+	assert_int_equal(date_days_of_ms(d * 86400000 + 86399999), d);
+	assert_int_equal(date_days_of_ms(-86400000), -1);
+	assert_int_equal(date_days_of_ms(-86400001), -2);
 }
 
 /* date_civil_of_days against known days, and as the inverse of date_parse_days. */
@@ -261,6 +268,11 @@ static void test_time_format(void **state)
 	    {1764000000123, "2025-11-24T16:00:00.123Z"},
 	    {253402300799999, "9999-12-31T23:59:59.999Z"},
 	    {253402300800000, "10000-01-01T00:00:00.000Z"}, /* past 9999: as printf writes it */
+	    {-1, "1969-12-31T23:59:59.999Z"},               /* before 1970: rounded down */
+	    {-1000, "1969-12-31T23:59:59.000Z"},
+	    {-1001, "1969-12-31T23:59:58.999Z"},
+	    {-86400000, "1969-12-31T00:00:00.000Z"},
+	    {-62167219200000, "0000-01-01T00:00:00.000Z"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char buf[32];
