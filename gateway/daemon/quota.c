@@ -6,7 +6,14 @@
  * rebuilt from the store, so a restart does not reset them. Sends under an
  * agreement without limits are counted too, so that a limit a reload brings
  * in counts what was accepted earlier that day, as it would after a restart.
+ *
+ * A counter's day only moves forward. A send whose clock reading is from an
+ * earlier day than the counter's (a worker that read the clock just before
+ * midnight and reserves just after another that read it just after, or a
+ * wall clock set back by NTP or by hand) counts on the counter's day: going
+ * back would zero the counts, and a day already spent would start again.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +57,7 @@ static struct quota_entry *quota_entry(struct quota *q, const char *sender, cons
 	struct quota_entry *e = calloc(1, sizeof(*e) + ls + la + 2);
 	if (!e)
 		return NULL;
+	e->day = INT64_MIN; /* no day yet: the first send's counts */
 	memcpy(e->key, sender, ls + 1);
 	memcpy(e->key + ls + 1, agreement, la + 1);
 	e->next = *head;
@@ -131,10 +139,11 @@ int quota_reserve(struct quota *q, const char *sender, const struct policy_agree
 		err = limited ? ISG_ERR_NOMEM : 0;
 		goto out;
 	}
-	if (e->day != day) {
+	if (day > e->day) {
 		e->day = day;
 		e->messages = e->records = 0;
 	}
+	day = e->day;
 	if (a->messages_per_day && e->messages + 1 > a->messages_per_day) {
 		quota_refuse(why, "agreement.messages_per_day", "messages", a->messages_per_day, a);
 		err = ISG_ERR_LIMIT;
