@@ -73,6 +73,12 @@ int quota_reserve(struct quota *q, const char *sender, const struct policy_agree
                   struct policy_refusal *why);
 /* Give back a reservation whose message was not stored (or was a duplicate). */
 void quota_release(struct quota *q, const struct quota_claim *claim);
+/*
+ * A reservation whose message was stored: it counts on the day of its
+ * accepted time, the store's stamp, when that is later than the day it was
+ * reserved on (a send that straddled midnight).
+ */
+void quota_settle(struct quota *q, struct quota_claim *claim, int64_t accepted_at_ms);
 
 /*
  * refusals.c: connection refusals, coalesced so that a flood of them writes

@@ -192,6 +192,8 @@ static void send_reply(struct net_conn *c, void *arg)
 	struct send_job *j = arg;
 	if (j->quota && (j->err != 0 || j->receipt.duplicate))
 		quota_release(j->quota, &j->claim);
+	else if (j->quota)
+		quota_settle(j->quota, &j->claim, j->receipt.accepted_at_ms);
 	if (j->over_limit && j->err == ISG_ERR_LIMIT) {
 		/* Already on record, in the store job's own transaction. */
 		log_event(LOG_INFO, "message.refused", "rule=%s audit_index=%llu", j->why.rule,

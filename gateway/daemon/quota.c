@@ -12,6 +12,11 @@
  * midnight and reserves just after another that read it just after, or a
  * wall clock set back by NTP or by hand) counts on the counter's day: going
  * back would zero the counts, and a day already spent would start again.
+ *
+ * The store stamps a message with its own clock reading, taken after the
+ * reservation: a send reserved at 23:59:59.990 may be stamped 00:00:00.004.
+ * Its stamp is the day the audit log, the report and a restart's counts put
+ * it on, so once stored it counts on that day too (quota_settle).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -170,5 +175,25 @@ void quota_release(struct quota *q, const struct quota_claim *claim)
 		e->messages -= e->messages ? 1 : 0;
 		e->records -= claim->records <= e->records ? claim->records : e->records;
 	}
+	pthread_mutex_unlock(&q->mu);
+}
+
+void quota_settle(struct quota *q, struct quota_claim *claim, int64_t accepted_at_ms)
+{
+	int64_t day = date_days_of_ms(accepted_at_ms);
+	if (!claim->entry || day <= claim->day)
+		return;
+	pthread_mutex_lock(&q->mu);
+	struct quota_entry *e = claim->entry;
+	/* Its old day's share is left where it is: that day is over. */
+	if (day > e->day) {
+		e->day = day;
+		e->messages = e->records = 0;
+	}
+	if (e->day == day) {
+		e->messages++;
+		e->records += claim->records;
+	}
+	claim->day = day;
 	pthread_mutex_unlock(&q->mu);
 }

@@ -86,12 +86,41 @@ static void test_release(void **state)
 	quota_free(q);
 }
 
+/*
+ * Reserved at 23:59:59.990 and stamped 00:00:00.004 by the store: the
+ * message is on the new day in the audit log, the report and a restart's
+ * counts, so it takes its share of the new day's allowance, not the old's.
+ */
+static void test_stored_send_counts_on_its_stamped_day(void **state)
+{
+	(void)state;
+	struct quota *q = quota_new();
+	struct policy_agreement a = limited(2, 10);
+	struct quota_claim c;
+	assert_int_equal(send_at(q, &a, 1, MIDNIGHT - 10, NULL), 0);
+	assert_int_equal(send_at(q, &a, 4, MIDNIGHT - 10, &c), 0);
+	quota_settle(q, &c, MIDNIGHT + 4);
+	assert_int_equal(c.day, D);
+	assert_int_equal(send_at(q, &a, 7, MIDNIGHT + 10, NULL), ISG_ERR_LIMIT); /* 4 + 7 > 10 */
+	assert_int_equal(send_at(q, &a, 6, MIDNIGHT + 20, NULL), 0);
+	assert_int_equal(send_at(q, &a, 1, MIDNIGHT + 30, NULL), ISG_ERR_LIMIT); /* 2 messages */
+	/* stamped on the day it was reserved on, or earlier (a clock set back): no change */
+	struct quota_claim same;
+	assert_int_equal(send_at(q, &a, 0, MIDNIGHT + DAY_MS, &same), 0);
+	quota_settle(q, &same, MIDNIGHT + DAY_MS + 5);
+	quota_settle(q, &same, MIDNIGHT + 5);
+	assert_int_equal(send_at(q, &a, 0, MIDNIGHT + DAY_MS + 6, NULL), 0);
+	assert_int_equal(send_at(q, &a, 0, MIDNIGHT + DAY_MS + 7, NULL), ISG_ERR_LIMIT);
+	quota_free(q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_day_starts_at_midnight),
 	    cmocka_unit_test(test_day_never_goes_back),
 	    cmocka_unit_test(test_release),
+	    cmocka_unit_test(test_stored_send_counts_on_its_stamped_day),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
