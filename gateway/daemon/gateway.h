@@ -131,8 +131,16 @@ struct gateway {
 	struct keyproc *keyproc; /* NULL when key_process is false */
 	bool keyproc_died;       /* it ended on its own, and that was logged */
 	pthread_mutex_t regime_mu;
-	struct regime *regime; /* current; swapped on reload */
+	struct regime *regime;     /* current; swapped on reload */
+	_Atomic int64_t latest_ms; /* gateway_today_ms's */
 };
+
+/*
+ * The wall clock for what isgd decides by the day (an agreement in force,
+ * the key versions that answer, a daily limit), never earlier than it gave
+ * before: a clock set back cannot bring back a day that has ended.
+ */
+int64_t gateway_today_ms(struct gateway *g);
 
 /* The current regime, referenced: release with regime_unref. */
 struct regime *gateway_regime(struct gateway *g);

@@ -417,7 +417,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
 	}
-	int64_t now = time_now_ms();
+	int64_t now = gateway_today_ms(s->g);
 	/* The audit entry's subjects come from policy_apply as it checks the
 	 * records, and go to the key process with the message's pseudonyms. */
 	struct joint_pseudo jp = {.inner = &rg->pseudo, .subj = &subj};

@@ -359,7 +359,7 @@ static void audit_keys(struct gateway *g, const struct keyring *now,
 	size_t len;
 	char *entry = NULL;
 	struct key_versions cur;
-	if (key_versions_of_ring(now, date_days_of_ms(time_now_ms()), &cur) == 0)
+	if (key_versions_of_ring(now, date_days_of_ms(gateway_today_ms(g)), &cur) == 0)
 		entry = entry_keys(&cur, before, &rotated, &len);
 	if (!entry || store_audit(g->store, "keys.loaded", entry, len, NULL, NULL) != 0)
 		log_event(LOG_ERROR, "audit.failed", "kind=keys.loaded");
@@ -427,8 +427,8 @@ static void reload(struct gateway *g)
 		audit_policy(g, set, "loaded", 0);
 		struct regime *old = gateway_regime(g);
 		struct key_versions before;
-		bool known =
-		    key_versions_of_ring(old->keys, date_days_of_ms(time_now_ms()), &before) == 0;
+		bool known = key_versions_of_ring(old->keys, date_days_of_ms(gateway_today_ms(g)),
+		                                  &before) == 0;
 		if (!known) /* only out of memory: say so, as a start does */
 			log_event(
 			    LOG_WARN, "keys.compare_failed",

@@ -33,6 +33,7 @@ struct keyproc_server {
 	uint32_t next_gen;
 	uint64_t signed_size;
 	bool signed_any;
+	_Atomic int64_t latest_ms; /* the latest clock reading a pseudonym batch went by */
 };
 
 static int answer_text(struct keyproc_answer *a, int status, const char *text)
@@ -184,10 +185,12 @@ static int do_pseudo(struct keyproc_server *sv, struct cursor *c, struct keyproc
 	/*
 	 * Which versions answer is decided by this process's own clock, never the
 	 * gateway's day: a compromised gateway sending a past day would otherwise get
-	 * pseudonyms under retired versions. The field stays in the request.
+	 * pseudonyms under retired versions. The field stays in the request. Nor
+	 * does the day go back when the clock is set back: a version retired
+	 * today stays retired.
 	 */
 	(void)gateway_today;
-	const int64_t today = date_days_of_ms(time_now_ms());
+	const int64_t today = date_days_of_ms(time_not_back_ms(&sv->latest_ms, time_now_ms()));
 	/* Refused before anything is allocated or computed; the channel serves on. */
 	if (n > KEYPROC_PSEUDO_MAX)
 		return a->status = ISG_ERR_TOO_BIG;

@@ -1,5 +1,6 @@
 #include "util/util.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -15,6 +16,15 @@ int64_t time_mono_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t time_not_back_ms(_Atomic int64_t *latest, int64_t now_ms)
+{
+	int64_t seen = atomic_load(latest);
+	while (now_ms > seen)
+		if (atomic_compare_exchange_weak(latest, &seen, now_ms))
+			return now_ms;
+	return seen;
 }
 
 /* v's last n decimal digits at p, zero-padded; returns the end. */

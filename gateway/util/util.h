@@ -59,6 +59,13 @@ _Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
 /* Time. */
 int64_t time_now_ms(void);  /* wall clock, Unix milliseconds */
 int64_t time_mono_ms(void); /* monotonic milliseconds */
+/*
+ * now_ms, or the latest time *latest was given when now_ms is earlier: for
+ * what is decided by the day (an agreement in force, the key versions that
+ * answer), which must not return to a day that has ended when the wall clock
+ * is set back (an NTP step, a VM restored from a snapshot). Thread-safe.
+ */
+int64_t time_not_back_ms(_Atomic int64_t *latest, int64_t now_ms);
 /* Format Unix ms as 2026-11-23T15:04:05.123Z; buf needs 25 bytes. */
 const char *time_format_ms(char *buf, size_t size, int64_t unix_ms);
 /* Parse YYYY-MM-DD into days since 1970-01-01; returns 0 or ISG_ERR_PARSE. */

@@ -201,6 +201,19 @@ static void test_civil_dates(void **state)
 	}
 }
 
+/* A clock set back gives the latest time seen until it catches up. */
+static void test_time_not_back(void **state)
+{
+	(void)state;
+	_Atomic int64_t latest = 0;
+	assert_int_equal(time_not_back_ms(&latest, 1000), 1000);
+	assert_int_equal(time_not_back_ms(&latest, 5000), 5000);
+	assert_int_equal(time_not_back_ms(&latest, 1500), 5000);
+	assert_int_equal(time_not_back_ms(&latest, 4999), 5000);
+	assert_int_equal(time_not_back_ms(&latest, 5001), 5001);
+	assert_int_equal(latest, 5001);
+}
+
 static void test_utf8(void **state)
 {
 	assert_true(str_utf8_valid("caf\xc3\xa9", 5));
@@ -477,10 +490,10 @@ int main(void)
 	    cmocka_unit_test(test_numbers),     cmocka_unit_test(test_dates),
 	    cmocka_unit_test(test_civil_dates), cmocka_unit_test(test_host_port),
 	    cmocka_unit_test(test_host_names),  cmocka_unit_test(test_utf8),
-	    cmocka_unit_test(test_time_format), cmocka_unit_test(test_strbuf_u64),
-	    cmocka_unit_test(test_json_string), cmocka_unit_test(test_log_quote),
-	    cmocka_unit_test(test_base64),      cmocka_unit_test(test_sha256),
-	    cmocka_unit_test(test_tcp_options),
+	    cmocka_unit_test(test_time_format), cmocka_unit_test(test_time_not_back),
+	    cmocka_unit_test(test_strbuf_u64),  cmocka_unit_test(test_json_string),
+	    cmocka_unit_test(test_log_quote),   cmocka_unit_test(test_base64),
+	    cmocka_unit_test(test_sha256),      cmocka_unit_test(test_tcp_options),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
