@@ -136,11 +136,24 @@ struct gateway {
 };
 
 /*
- * The wall clock for what isgd decides by the day (an agreement in force,
- * the key versions that answer, a daily limit), never earlier than it gave
- * before: a clock set back cannot bring back a day that has ended.
+ * clock.c. The wall clock for what isgd decides by the day (an agreement
+ * in force, the key versions that answer, a daily limit), never earlier
+ * than it gave before: a clock set back cannot bring back a day that has
+ * ended.
  */
 int64_t gateway_today_ms(struct gateway *g);
+/*
+ * Steps of the wall clock, seen against the monotonic clock: their
+ * difference moves only when the wall clock is stepped (NTP slews both
+ * alike) or the machine was suspended. clock_watch_step returns how far the
+ * wall clock moved beyond the monotonic one since the last call, when that
+ * is a second or more either way, else 0; the first call returns 0.
+ */
+struct clock_watch {
+	bool started;
+	int64_t offset_ms; /* wall - monotonic at the last call */
+};
+int64_t clock_watch_step(struct clock_watch *w, int64_t wall_ms, int64_t mono_ms);
 
 /* The current regime, referenced: release with regime_unref. */
 struct regime *gateway_regime(struct gateway *g);

@@ -503,19 +503,34 @@ static bool keyproc_failed(struct gateway *g)
 }
 
 /*
+ * A step of the wall clock changes the audit entries' times (a step back
+ * makes them go back) and when undelivered messages expire: the log says
+ * when and by how much, for the admin and the IG officer.
+ */
+static void watch_clock(struct clock_watch *w)
+{
+	int64_t step = clock_watch_step(w, time_now_ms(), time_mono_ms());
+	if (step != 0)
+		log_event(LOG_WARN, "clock.stepped", "by_ms=%lld", (long long)step);
+}
+
+/*
  * Signals are taken synchronously by the main thread; workers never see
  * them. Between them, every REFUSALS_TICK_MS, it writes the counts of
- * refused connections whose window is over. Returns nonzero when isgd must
- * stop because the key process died: nothing can be pseudonymised, sealed
- * or signed without it.
+ * refused connections whose window is over and looks for a step of the
+ * wall clock. Returns nonzero when isgd must stop because the key process
+ * died: nothing can be pseudonymised, sealed or signed without it.
  */
 static int serve(struct gateway *g, const sigset_t *sigs)
 {
 	const struct timespec tick = {.tv_sec = REFUSALS_TICK_MS / 1000,
 	                              .tv_nsec = REFUSALS_TICK_MS % 1000 * 1000000L};
+	struct clock_watch clock = {0};
+	watch_clock(&clock);
 	for (;;) {
 		int sig = sigtimedwait(sigs, NULL, &tick);
 		refusals_flush(g->refusals, time_mono_ms(), false);
+		watch_clock(&clock);
 		if (sig < 0)
 			continue; /* the tick (EAGAIN) or EINTR */
 		if (sig == SIGCHLD) {

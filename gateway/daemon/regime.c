@@ -185,8 +185,3 @@ void gateway_regime_swap(struct gateway *g, struct regime *r)
 	pthread_mutex_unlock(&g->regime_mu);
 	regime_unref(old);
 }
-
-int64_t gateway_today_ms(struct gateway *g)
-{
-	return time_not_back_ms(&g->latest_ms, time_now_ms());
-}
