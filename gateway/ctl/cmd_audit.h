@@ -297,6 +297,10 @@ struct audit_verify_result {
 	uint8_t latest_root[AUDIT_HASH_LEN];
 	uint64_t uncovered; /* entries after the latest checkpoint */
 	uint64_t stale;     /* of those, written longer than the grace ago (a problem) */
+	/* entries with an earlier time than the entry before them (isgd's clock set back;
+	 * not a problem): how many, the first, and the largest step back */
+	uint64_t times_back;
+	int64_t times_back_seq, times_back_max_ms;
 };
 /*
  * Run every check of `isgctl audit verify` (without --against) on an open

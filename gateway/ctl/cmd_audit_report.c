@@ -902,6 +902,24 @@ static void html_summary(struct strbuf *b, const struct report *r)
 	strbuf_puts(b, "</tr></table>");
 }
 
+/*
+ * isgd's clock was set back while it wrote the log: not a problem with the
+ * log, but the figures count each entry on the day of its own time. Plain
+ * text (digits and fixed words), the same in HTML and Markdown.
+ */
+static void times_back_text(struct strbuf *b, const struct report *r)
+{
+	int64_t ms = r->vr.times_back_max_ms;
+	strbuf_printf(b,
+	              "Entry %" PRId64 " has an earlier time than the entry before it (%" PRIu64
+	              " entr%s in all, by up to %" PRId64 ".%03d s): the gateway's clock was set "
+	              "back (an NTP step, a change by hand, or a restore onto a host whose clock "
+	              "was behind). This is not a sign of tampering, but each entry is counted on "
+	              "the day of the time its clock gave.",
+	              r->vr.times_back_seq, r->vr.times_back, r->vr.times_back == 1 ? "y" : "ies",
+	              ms / 1000, (int)(ms % 1000));
+}
+
 static void html_integrity(struct strbuf *b, const struct report *r)
 {
 	strbuf_puts(b, "<h2 id=\"integrity\">Integrity of the log</h2>");
@@ -934,6 +952,9 @@ static void html_integrity(struct strbuf *b, const struct report *r)
 	              root);
 	strbuf_puts(b, "<tr><th>entries not yet covered by a checkpoint</th>");
 	html_num(b, "integrity-uncovered", NULL, r->vr.uncovered);
+	strbuf_puts(b, "</tr><tr><th>entries with an earlier time than the entry before "
+	               "(isgd's clock was set back)</th>");
+	html_num(b, "integrity-times-back", NULL, r->vr.times_back);
 	strbuf_puts(b, "</tr><tr><th>verifier key</th><td><code>");
 	html_escape(b, r->key);
 	strbuf_puts(b, "</code> (from ");
@@ -941,6 +962,11 @@ static void html_integrity(struct strbuf *b, const struct report *r)
 	strbuf_printf(b, ")</td></tr><tr><th>problems</th>");
 	html_num(b, "integrity-problems", NULL, r->vr.problems);
 	strbuf_puts(b, "</tr></table>");
+	if (r->vr.times_back) {
+		strbuf_puts(b, "<p id=\"integrity-times-back-note\" class=\"warn\">");
+		times_back_text(b, r);
+		strbuf_puts(b, "</p>");
+	}
 	if (!ok && r->problems) {
 		strbuf_puts(b, "<ul id=\"integrity-problem-list\">");
 		for (const char *p = r->problems; *p;) {
@@ -1289,6 +1315,11 @@ static int md_integrity(struct strbuf *b, const struct report *r)
 	strbuf_puts(b, " (from ");
 	md_escape(b, r->key_from ? r->key_from : "?");
 	strbuf_puts(b, ").\n");
+	if (r->vr.times_back) {
+		strbuf_puts(b, "\n");
+		times_back_text(b, r);
+		strbuf_puts(b, "\n");
+	}
 	for (const char *p = r->problems; p && *p;) {
 		const char *e = strchr(p, '\n');
 		size_t n = e ? (size_t)(e - p) : strlen(p);

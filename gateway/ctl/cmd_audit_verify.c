@@ -74,6 +74,11 @@ struct verify {
 	/* entries after the last stored checkpoint reached, and those older than the grace */
 	uint64_t covered, stale, stale_first, stale_last;
 	int64_t stale_first_at, grace_ms, cutoff_ms;
+	/* entries whose time is before the entry's before them: the first, the largest step */
+	bool have_at;
+	int64_t last_at, last_at_seq;
+	uint64_t back;
+	int64_t back_seq, back_prev_seq, back_at, back_prev_at, back_max_ms;
 	bool oom;
 	FILE *out; /* where problems are written */
 };
@@ -258,6 +263,34 @@ static void check_seq(struct verify *vs, int64_t seq)
 	vs->last_seq = seq;
 }
 
+/*
+ * isgd stamps each entry with its wall clock, which an NTP step, a change by
+ * hand or a restore onto a host whose clock is behind can set back: entries
+ * then have earlier times than the ones before them. That is no sign of
+ * tampering (an entry moved would break the roots), so it is no problem,
+ * but the officer is told, since a period is taken by the entries' times.
+ */
+static void note_time(struct verify *vs, int64_t seq, const char *text)
+{
+	int64_t at;
+	if (audit_time_parse(text, false, &at) != 0)
+		return;
+	if (vs->have_at && at < vs->last_at) {
+		int64_t by = vs->last_at - at;
+		if (vs->back++ == 0) {
+			vs->back_seq = seq;
+			vs->back_prev_seq = vs->last_at_seq;
+			vs->back_at = at;
+			vs->back_prev_at = vs->last_at;
+		}
+		if (by > vs->back_max_ms)
+			vs->back_max_ms = by;
+	}
+	vs->have_at = true;
+	vs->last_at = at;
+	vs->last_at_seq = seq;
+}
+
 /* The columns against the leaf, which is what was signed. */
 static void check_leaf(struct verify *vs, int64_t seq, int64_t at, const char *kind,
                        const char *leaf, size_t len)
@@ -286,6 +319,7 @@ static void check_leaf(struct verify *vs, int64_t seq, int64_t at, const char *k
 	if (strcmp(when, lf.at) != 0)
 		problem(vs, "entry %" PRId64 ": its at column says %s but the entry says %s", seq,
 		        when, lf.at);
+	note_time(vs, seq, lf.at);
 }
 
 static void reach_stored(struct verify *vs, struct cp *k)
@@ -473,8 +507,28 @@ static void report_stale(struct verify *vs)
 	        span, vs->grace_ms / 1000, when);
 }
 
+static void summarise_times(const struct verify *vs)
+{
+	if (!vs->back)
+		return;
+	char at[32], prev[32];
+	time_format_ms(at, sizeof(at), vs->back_at);
+	time_format_ms(prev, sizeof(prev), vs->back_prev_at);
+	printf("note: entry %" PRId64 " has an earlier time (%s) than entry %" PRId64 " (%s)",
+	       vs->back_seq, at, vs->back_prev_seq, prev);
+	if (vs->back > 1)
+		printf(", and the times go back %" PRIu64 " times in all, by up to %" PRId64
+		       ".%03d s",
+		       vs->back, vs->back_max_ms / 1000, (int)(vs->back_max_ms % 1000));
+	printf(": isgd's clock was set back (an NTP step, a change by hand, or a restore "
+	       "onto a host whose clock was behind). This is not a sign of tampering: each "
+	       "entry keeps the time its clock gave, and the order of the log is its index. "
+	       "--from, --to and report place each entry by its own time\n");
+}
+
 static void summarise(const struct verify *vs)
 {
+	summarise_times(vs);
 	uint64_t n = vs->tree.size;
 	const struct cp *last = vs->n_stored ? &vs->stored[vs->n_stored - 1] : NULL;
 	uint64_t covered = vs->covered, fresh_from = vs->stale ? vs->stale_last + 1 : covered + 1;
@@ -523,7 +577,9 @@ static int verify_help(void)
 	    "(a gap in seq), inserted or reordered (an entry whose index is not its seq),\n"
 	    "the columns disagreeing with the signed entry, a forged checkpoint (its\n"
 	    "signature does not verify), checkpoints that are not consistent with each\n"
-	    "other, and a log truncated below a checkpoint.\n\n"
+	    "other, and a log truncated below a checkpoint. Entries whose time is earlier\n"
+	    "than the entry's before them (isgd's clock was set back) are a note, not a\n"
+	    "problem.\n\n"
 	    "  --pubkey KEY        the verifier key to trust (isgctl audit pubkey); default:\n"
 	    "                      derived from KEYS_DIR/audit-signing.key\n"
 	    "  --pubkey-file FILE  the same, read from the first line of FILE\n"
@@ -601,6 +657,9 @@ int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_
 	}
 	res->uncovered = vs.covered < vs.tree.size ? vs.tree.size - vs.covered : 0;
 	res->stale = vs.stale;
+	res->times_back = vs.back;
+	res->times_back_seq = vs.back_seq;
+	res->times_back_max_ms = vs.back_max_ms;
 	verify_release(&vs);
 	return status;
 }

@@ -15,6 +15,7 @@ without failing the log.
 import calendar
 import datetime
 import os
+import re
 import subprocess
 import time
 import unittest
@@ -92,6 +93,15 @@ class SteppedClockCase(isgtest.ScenarioCase):
         gw.argv = lambda: env + plain()
         gw.start()
 
+    def wait_for_log(self, gw, pattern, count=1, timeout=10.0 * isgtest.SLOW):
+        """Until isgd's log holds `count` lines matching pattern (it looks at its clock every second)."""
+        deadline = time.monotonic() + timeout
+        while len(re.findall(pattern, gw.log, re.M)) < count:
+            if time.monotonic() > deadline:
+                self.fail("no %d lines matching %r in isgd's log\n%s"
+                          % (count, pattern, gw.diagnostics()))
+            time.sleep(0.05)
+
     @staticmethod
     def midnight_after(day_text):
         """Unix seconds of 00:00 UTC on the day YYYY-MM-DD."""
@@ -133,6 +143,61 @@ class RetiredKeyVersionCase(SteppedClockCase):
 
     def test_in_isgd_itself(self):
         self.check(False)
+
+
+class SetBackPastMidnightCase(SteppedClockCase):
+    """The clock set back an hour past midnight while a sender is at its
+    daily limit: no second allowance, and the audit log, whose entries keep
+    the clock's times, verifies with a note saying where the times go back
+    (docs/audit.md "Checking the log")."""
+
+    def test_limit_holds_and_verify_points_out_the_times(self):
+        agreement = isgtest.default_agreement(limits={"messages_per_day": 2})
+        gw = self.gateway(self.policy(agreements=[agreement]), start=False)
+        midnight = (int(time.time()) // DAY + 1) * DAY
+        self.set_clock(midnight + AFTER_MIDNIGHT)
+        self.start_shifted(gw)
+        police = self.partner(gw, "police")
+        police.send_ok([{"nhs_number": NHS}], message_id="m-1")
+        police.send_ok([{"nhs_number": NHS}], message_id="m-2")
+        self.assertRefused(police.send([{"nhs_number": NHS}], message_id="m-3"), gw,
+                           "LIMIT_EXCEEDED", "agreement.messages_per_day")
+
+        self.step(-STEP_BACK)  # the day before, by the clock: not a new allowance
+        self.assertRefused(police.send([{"nhs_number": NHS}], message_id="m-4"), gw,
+                           "LIMIT_EXCEEDED", "agreement.messages_per_day")
+        # isgd's log says when the clock moved, and by how much
+        self.wait_for_log(gw, r"^ts=%sT23:\S+ level=warn event=clock\.stepped by_ms=-3[56]\d{5}$"
+                          % time.strftime("%Y-%m-%d", time.gmtime(midnight - DAY)))
+        self.step(STEP_BACK)
+        self.wait_for_log(gw, r"event=clock\.stepped by_ms=3[56]\d{5}$")
+        self.assertRefused(police.send([{"nhs_number": NHS}], message_id="m-5"), gw,
+                           "LIMIT_EXCEEDED", "agreement.messages_per_day")
+        self.step(-STEP_BACK // 2)
+        self.assertRefused(police.send([{"nhs_number": NHS}], message_id="m-6"), gw,
+                           "LIMIT_EXCEEDED", "agreement.messages_per_day")
+        self.wait_for_log(gw, r"event=clock\.stepped by_ms=-", count=2)
+        gw.stop()  # signs the last checkpoint
+
+        day = time.strftime("%Y-%m-%d", time.gmtime(midnight))
+        before = time.strftime("%Y-%m-%d", time.gmtime(midnight - DAY))
+        v = isgtest.ctl("audit", "verify", "--config", gw.config_path)
+        self.assertEqual(v.rc, 0, v)
+        self.assertNotIn("problem:", v.out)
+        m = re.search(r"^note: entry (\d+) has an earlier time \(%sT23:\S+\) than entry (\d+) "
+                      r"\(%sT00:\S+\), and the times go back 2 times in all, by up to "
+                      r"3[56]\d\d\.\d{3} s: isgd's clock was set back .* not a sign of tampering"
+                      % (before, day), v.out, re.M)
+        self.assertIsNotNone(m, v.out)
+        self.assertEqual(int(m.group(1)), int(m.group(2)) + 1)
+        self.assertIn("audit log OK", v.out)
+
+        r = isgtest.ctl("audit", "report", "--config", gw.config_path, "--from", before,
+                        "--to", day, "--markdown", "-")
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("**OK**", r.out)
+        self.assertRegex(r.out, r"Entry %s has an earlier time than the entry before it \(2 "
+                         r"entries in all, by up to 3[56]\d\d\.\d{3} s\)" % m.group(1))
 
 
 if __name__ == "__main__":
