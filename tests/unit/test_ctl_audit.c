@@ -435,6 +435,56 @@ static void test_cmd_list(void **state)
 	assert_int_equal(run(f, "list --store %s --from 2026-13-01", f->db), 2);
 }
 
+/*
+ * --from and --to are UTC dates or times to the millisecond, read strictly:
+ * anything else is a usage error (exit 2) naming the value, never a period
+ * read some other way. Dates outside 1970..2038 are dates like any other.
+ */
+static void test_cmd_times_strict(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const bad[] = {
+	    "2026-02-30", /* no such day */
+	    "2026-02-29", /* not a leap year */
+	    "1900-02-29", /* nor is 1900 */
+	    "2026-00-10",
+	    "2026-1-1",
+	    "2026-01-01T24:00:00Z",      /* 24:00 is the next day's 00:00 */
+	    "2016-12-31T23:59:60Z",      /* a leap second: Unix time, and the log, have none */
+	    "2026-01-01T12:00:00+01:00", /* offsets: give the time in UTC */
+	    "2026-01-01T12:00:00",       /* no Z: local time? */
+	    "2026-01-01T12:00Z",
+	    "2026-01-01T12:00:00.5Z",
+	    "2026-01-01T12:00:00.500z",
+	    "2026-01-01 12:00:00Z",
+	    "10000-01-01",
+	    "+2026-01-01",
+	    "",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(run(f, "list --store %s --from '%s'", f->db, bad[i]), 2);
+		char want[128];
+		snprintf(want, sizeof(want),
+		         "--from must be a date YYYY-MM-DD or a time "
+		         "YYYY-MM-DDTHH:MM:SS[.mmm]Z (UTC), not '%s'",
+		         bad[i]);
+		assert_out_has(f, want);
+		assert_int_equal(run(f, "list --store %s --to '%s'", f->db, bad[i]), 2);
+	}
+	static const char *const good[] = {
+	    "2024-02-29", "2000-02-29",           "1969-12-31",
+	    "0000-01-01", "2038-01-19T03:14:08Z", "9999-12-31T23:59:59.999Z",
+	};
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		assert_int_equal(run(f, "list --store %s --from '%s'", f->db, good[i]), 0);
+	/* the whole log is from 2026: to the end of 1969 lists nothing, to 9999 everything */
+	assert_int_equal(run(f, "list --store %s --to 1969-12-31 --format csv", f->db), 0);
+	assert_null(strstr(f->out, "\n1,"));
+	assert_int_equal(
+	    run(f, "list --store %s --from 1969-12-31 --to 9999-12-31 --format csv", f->db), 0);
+	assert_out_has(f, "\n25,");
+}
+
 static void test_cmd_changed(void **state)
 {
 	struct fixture *f = *state;
@@ -529,6 +579,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cmd_good_log, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_prove_past_the_end, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_list, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cmd_times_strict, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_changed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_deleted_reordered, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_columns_forged, setup, teardown),
