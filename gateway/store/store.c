@@ -301,6 +301,14 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+void store_checkpoint_soon(struct store *s)
+{
+	atomic_store(&s->checkpoint_soon, true);
+	pthread_mutex_lock(&s->mu);
+	pthread_cond_signal(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
 /* --- open and close ------------------------------------------------------------------ */
 
 static void store_release(struct store *s)

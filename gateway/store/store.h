@@ -268,6 +268,16 @@ int store_audit_newest(struct store *s, const char *kind, uint64_t *seq, char **
  */
 int store_latest_checkpoint(struct store *s, char *note, size_t size);
 
+/*
+ * Have the writer sign a checkpoint of every entry written so far as soon
+ * as it can, not audit.checkpoint_interval after the last one (when every
+ * entry is covered already, with the next entry); returns at once. isgd
+ * asks when the wall clock stepped forward: the entries written before the
+ * step would otherwise look older than they are, and older than the grace
+ * of `isgctl audit verify`, until the interval is over.
+ */
+void store_checkpoint_soon(struct store *s);
+
 /* --- usage --------------------------------------------------------------- */
 
 /* Accepted messages and records per (sender, agreement) since a time. */

@@ -257,6 +257,7 @@ struct store {
 	uint64_t checkpoint_size;      /* size of the latest checkpoint; 0 when none */
 	int64_t checkpoint_mono;       /* when it was written (or the store opened) */
 	int64_t checkpoint_retry_mono; /* no attempt before this after a failure */
+	atomic_bool checkpoint_soon;   /* store_checkpoint_soon: due now, if the log grew */
 	/* under mu: the latest checkpoint note, for store_latest_checkpoint */
 	char *checkpoint_note;
 

@@ -507,7 +507,7 @@ bool store_log_checkpoint_due(const struct store *s, int64_t mono_now)
 	uint64_t grown = audit_tree_size(&s->log.tree) - s->checkpoint_size;
 	if (grown == 0 || mono_now < s->checkpoint_retry_mono)
 		return false;
-	return grown >= s->checkpoint_every ||
+	return grown >= s->checkpoint_every || atomic_load(&s->checkpoint_soon) ||
 	       mono_now - s->checkpoint_mono >= s->checkpoint_interval_ms;
 }
 
@@ -516,9 +516,10 @@ int64_t store_log_checkpoint_deadline(const struct store *s)
 	uint64_t size = audit_tree_size(&s->log.tree);
 	if (!s->signer || size == s->checkpoint_size)
 		return INT64_MAX;
-	int64_t due = size - s->checkpoint_size >= s->checkpoint_every
-	                  ? s->checkpoint_retry_mono
-	                  : s->checkpoint_mono + s->checkpoint_interval_ms;
+	int64_t due =
+	    size - s->checkpoint_size >= s->checkpoint_every || atomic_load(&s->checkpoint_soon)
+	        ? s->checkpoint_retry_mono
+	        : s->checkpoint_mono + s->checkpoint_interval_ms;
 	return due > s->checkpoint_retry_mono ? due : s->checkpoint_retry_mono;
 }
 
@@ -565,6 +566,7 @@ int store_log_checkpoint(struct store *s)
 	s->checkpoint_size = c.size;
 	s->checkpoint_mono = mono;
 	s->checkpoint_retry_mono = 0;
+	atomic_store(&s->checkpoint_soon, false); /* the writer wrote every entry it covers */
 	log_event(LOG_DEBUG, "audit.checkpoint", "size=%" PRIu64, c.size);
 	return 0;
 }

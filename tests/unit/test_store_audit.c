@@ -460,6 +460,38 @@ static void test_checkpoint_after_interval_when_idle(void **state)
 	audit_signer_free(signer);
 }
 
+/*
+ * store_checkpoint_soon (isgd's answer to a step of the wall clock): the
+ * entries so far are signed at once, not an hour later; asked with nothing
+ * new to sign, it signs the next entry at once.
+ */
+static void test_checkpoint_soon(void **state)
+{
+	struct fx *f = *state;
+	struct audit_signer *signer = signer_new(3);
+	struct store *s = open_audit(f, signer, 1000, 3600 * 1000);
+	add_entries(s, 3);
+	sleep_ms(100);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM checkpoints", 0), 0);
+	store_checkpoint_soon(s);
+	assert_true(wait_checkpoints(f, 1));
+	const uint64_t first[] = {3};
+	assert_checkpoints(f, signer, first, ARRAY_LEN(first));
+
+	store_checkpoint_soon(s); /* nothing new: nothing to sign until the next entry */
+	sleep_ms(100);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM checkpoints", 0), 1);
+	add_entry(s, "bob", 1);
+	assert_true(wait_checkpoints(f, 2));
+	add_entry(s, "carol", 2); /* and then by the interval again */
+	sleep_ms(200);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM checkpoints", 0), 2);
+	fx_close(f);
+	const uint64_t sizes[] = {3, 4, 5};
+	assert_checkpoints(f, signer, sizes, ARRAY_LEN(sizes));
+	audit_signer_free(signer);
+}
+
 static void test_reopen_rebuilds_tree(void **state)
 {
 	struct fx *f = *state;
@@ -732,6 +764,7 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_checkpoint_after_interval_when_idle, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_checkpoint_soon, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reopen_rebuilds_tree, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_newest_entry_of_a_kind, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_changed_log_refused, fx_setup, fx_teardown),
