@@ -2,6 +2,7 @@
 
 #include <stdatomic.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 int64_t time_now_ms(void)
@@ -42,11 +43,16 @@ static char *put_digits(char *p, unsigned v, int n)
 const char *time_format_ms(char *buf, size_t size, int64_t unix_ms)
 {
 	/* Rounded down, so that a time before 1970 is its second and a positive ms. */
-	int64_t whole = unix_ms >= 0 ? unix_ms / 1000 : (unix_ms - 999) / 1000;
+	int64_t whole = unix_ms / 1000, rest = unix_ms % 1000;
+	if (rest < 0) {
+		whole--;
+		rest += 1000;
+	}
 	time_t secs = (time_t)whole;
 	struct tm tm;
-	gmtime_r(&secs, &tm);
-	int year = tm.tm_year + 1900, ms = (int)(unix_ms - whole * 1000);
+	if (!gmtime_r(&secs, &tm))
+		memset(&tm, 0, sizeof(tm)); /* out of its range: no time at all */
+	int year = tm.tm_year + 1900, ms = (int)rest;
 	if (size < 25 || year < 0 || year > 9999) {
 		snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", year, tm.tm_mon + 1,
 		         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);

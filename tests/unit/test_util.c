@@ -291,6 +291,12 @@ static void test_time_format(void **state)
 		char buf[32];
 		assert_string_equal(time_format_ms(buf, sizeof(buf), cases[i].ms), cases[i].text);
 	}
+	/* any int64 at all (a tampered at column): no overflow, a whole text */
+	char big[64];
+	const char *t = time_format_ms(big, sizeof(big), INT64_MIN);
+	assert_string_equal(t + strlen(t) - 5, ".192Z");
+	t = time_format_ms(big, sizeof(big), INT64_MAX);
+	assert_string_equal(t + strlen(t) - 5, ".807Z");
 	char small[11]; /* too small: cut short, as snprintf does */
 	assert_string_equal(time_format_ms(small, sizeof(small), 0), "1970-01-01");
 }
