@@ -168,6 +168,8 @@ int handler_write_refusal(void *ctx, const struct refusal_record *rec);
 void handler_notify(void *ctx, const char *recipient);
 /* After a reload: close connections of partners the new set no longer has. */
 void handler_recheck_partners(struct gateway *g);
+/* After a step of the wall clock: subscribers judge again which pushes expired. */
+void handler_clock_stepped(struct gateway *g);
 
 /* entries.c: audit entries as JSON text; NULL when out of memory. */
 struct store_message;

@@ -1233,3 +1233,20 @@ void handler_recheck_partners(struct gateway *g)
 {
 	net_server_each(g->net, close_if_unrecognised, gateway_regime(g), unref_regime);
 }
+
+/*
+ * A full window waits on the monotonic clock for its first push to expire,
+ * reckoned from the wall clock when it filled (window_expire): after a step
+ * forward that wait is too long, so each subscriber judges its pushes again.
+ */
+static void window_rejudge(struct net_conn *c, void *arg)
+{
+	struct session *s = net_conn_data(c);
+	if (s && s->subscribed)
+		subscription_pump(c, s);
+}
+
+void handler_clock_stepped(struct gateway *g)
+{
+	net_server_each_waiting(g->net, window_rejudge, NULL, NULL);
+}

@@ -505,13 +505,16 @@ static bool keyproc_failed(struct gateway *g)
 /*
  * A step of the wall clock changes the audit entries' times (a step back
  * makes them go back) and when undelivered messages expire: the log says
- * when and by how much, for the admin and the IG officer.
+ * when and by how much, for the admin and the IG officer, and subscribers
+ * whose window waits for a push to expire judge again.
  */
 static void watch_clock(struct gateway *g, struct clock_watch *w)
 {
 	int64_t step = clock_watch_step(w, time_now_ms(), time_mono_ms());
-	if (step != 0)
-		log_event(LOG_WARN, "clock.stepped", "by_ms=%lld", (long long)step);
+	if (step == 0)
+		return;
+	log_event(LOG_WARN, "clock.stepped", "by_ms=%lld", (long long)step);
+	handler_clock_stepped(g);
 	/* The entries from before a step forward look older than they are: cover
 	 * them now, not after audit.checkpoint_interval, so verify's grace holds. */
 	if (step > 0)

@@ -15,6 +15,7 @@ points out without failing the log. Stepped a day forward, it must not make
 import calendar
 import os
 import re
+import socket
 import subprocess
 import time
 import unittest
@@ -248,6 +249,48 @@ class ForwardStepCase(SteppedClockCase):
         # The message's two hours are over by the new clock: expired, on record.
         self.wait_for_log(gw, r"event=store\.expired count=1$")
         self.assertEqual(self.partner(gw, "nhs").fetch_messages(), [])
+        gw.stop()
+
+    def test_a_full_window_judged_again(self):
+        """A subscriber's full window waits for its first push to expire (2 h
+        away by the clock then); stepped a day forward, those pushes have
+        expired and the message waiting behind them, under an agreement that
+        keeps it longer, is pushed now, not two hours later."""
+        short = isgtest.default_agreement(undelivered_ttl="2h")
+        long = isgtest.default_agreement(id="long-wait", undelivered_ttl="14d")
+        gw = self.gateway(self.policy(agreements=[short, long]), start=False,
+                          limits={"max_fetch_messages": 2})
+        self.set_clock(time.time())
+        self.start_shifted(gw)
+        pb = isgtest.isg_pb2()
+        police = isgtest.FrameConn(gw, self.pki.certs["police"])
+        self.addCleanup(police.close)
+
+        def send(mid, agreement):
+            r = police.request(send=pb.SendRequest(
+                message_id=mid, recipient="nhs-trust", agreement_id=agreement["id"],
+                dataset=isgtest.DATASET, records=[isgtest.pb_record(pb, {"nhs_number": NHS})]))
+            self.assertEqual(r.WhichOneof("body"), "send_result", r)
+            return r.send_result.receipt.gateway_id
+
+        sub = isgtest.FrameConn(gw, self.pki.certs["nhs"])
+        self.addCleanup(sub.close)
+        sub.send_frame(pb.Frame(request_id=1, subscribe=pb.Subscribe()))
+        unacked = [send("unacked-%d" % i, short) for i in range(2)]
+        pushed = [sub.recv_frame(timeout=5 * isgtest.SLOW).delivery.gateway_id for _ in unacked]
+        self.assertEqual(pushed, unacked)
+        waiting = send("waiting", long)
+        with self.assertRaises(socket.timeout, msg="pushed past a full window"):
+            sub.recv_frame(timeout=0.5)
+
+        self.step(DAY)
+        self.wait_for_log(gw, r"event=clock\.stepped by_ms=86(39|40)\d{4}$")
+        try:
+            f = sub.recv_frame(timeout=5 * isgtest.SLOW)
+        except socket.timeout:
+            self.fail("the window stayed shut after its pushes expired by a step of the "
+                      "clock\n%s" % gw.diagnostics())
+        self.assertEqual(f.delivery.gateway_id, waiting, f)
         gw.stop()
 
 
