@@ -84,6 +84,7 @@ static struct isg_client *client_new(const struct isg_client_options *opt)
 	struct isg_client *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
+	c->owner = getpid();
 	c->fd = -1;
 	c->timeout_ms = opt->timeout_ms > 0 ? opt->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
 	c->max_frame = opt->max_frame_bytes ? opt->max_frame_bytes : CLIENT_DEFAULT_MAX_FRAME;
@@ -120,11 +121,24 @@ ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, stru
 	return 0;
 }
 
+int client_check_owner(const struct isg_client *c, struct isg_error *err)
+{
+	if (c->owner == getpid())
+		return 0;
+	client_error(err, ISG_CLIENT_E_USAGE,
+	             "the connection belongs to process %ld: after fork(), connect anew",
+	             (long)c->owner);
+	return -1;
+}
+
 ISG_CLIENT_API void isg_client_close(struct isg_client *c)
 {
 	if (!c)
 		return;
-	client_tls_shutdown(c);
+	/* A child of fork() frees its copy without a close_notify, which would
+	 * end the parent's session: the socket itself stays open in the parent. */
+	if (c->owner == getpid())
+		client_tls_shutdown(c);
 	SSL_free(c->ssl);
 	SSL_CTX_free(c->ctx);
 	if (c->fd >= 0)

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <openssl/ssl.h>
 
@@ -38,6 +39,7 @@ struct started_send {
 };
 
 struct isg_client {
+	pid_t owner; /* the process that connected: a child of fork() shares the TLS state */
 	int fd;
 	SSL_CTX *ctx;
 	SSL *ssl;
@@ -68,6 +70,8 @@ void client_error(struct isg_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void client_error_clear(struct isg_error *err);
 void client_error_from_wire(struct isg_error *err, const Isg__Error *e);
+/* 0 in the process that connected; -1 and E_USAGE in a child of fork(). */
+int client_check_owner(const struct isg_client *c, struct isg_error *err);
 /* Mark the connection unusable and fill err. Returns -1. */
 int client_fail(struct isg_client *c, struct isg_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -122,7 +122,13 @@ struct isg_client;
 ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, struct isg_client **out,
                                       struct isg_error *err) ISG_CLIENT_WUR;
 
-/* Send close_notify (best effort, bounded by the timeout) and free the handle. NULL ok. */
+/*
+ * Send close_notify (best effort, bounded by the timeout) and free the handle.
+ * NULL ok. A handle belongs to the process that connected it: in a child of
+ * fork() every call on it fails with ISG_CLIENT_E_USAGE, and closing it there
+ * frees the child's copy without sending anything, so the parent's
+ * connection carries on. (The socket is close-on-exec.)
+ */
 ISG_CLIENT_API void isg_client_close(struct isg_client *client);
 
 /* What the gateway said in Welcome. Valid until isg_client_close; never NULL. */

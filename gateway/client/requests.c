@@ -21,6 +21,8 @@ static int check_usable(struct isg_client *c, struct isg_error *err)
 		client_error(err, ISG_CLIENT_E_USAGE, "no client");
 		return -1;
 	}
+	if (client_check_owner(c, err) < 0)
+		return -1;
 	if (c->broken) {
 		client_error(err, ISG_CLIENT_E_CLOSED,
 		             "the connection is unusable after an earlier failure (%s)",
@@ -267,7 +269,7 @@ static int send_start(struct isg_client *c, const struct isg_message *msg, int64
 static int send_finish(struct isg_client *c, uint64_t ticket, int64_t deadline,
                        struct isg_receipt *receipt, struct isg_error *err)
 {
-	if (!c)
+	if (!c || client_check_owner(c, err) < 0)
 		return check_usable(c, err);
 	client_error_clear(err);
 	struct started_send *st = started_find(c, ticket);

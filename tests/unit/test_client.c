@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -1296,6 +1297,57 @@ static void test_timeout_then_unusable(void **state)
 	mock_finish(m);
 }
 
+static void script_pong(struct mock *m, SSL *ssl)
+{
+	mock_welcome(m, ssl);
+	Isg__Frame *f = mock_expect(m, ssl, ISG__FRAME__BODY_PING);
+	if (!f)
+		return;
+	mock_pong(ssl, f);
+	mock_drain(m, ssl);
+}
+
+/* What a child of fork() does with the handle it inherited: 0 when it was refused. */
+static int child_uses_copy(struct isg_client *c)
+{
+	struct isg_error err;
+	if (isg_client_ping(c, NULL, &err) != -1 || err.code != ISG_CLIENT_E_USAGE ||
+	    !strstr(err.message, "fork"))
+		return 1;
+	uint64_t ticket;
+	struct isg_message msg = {.recipient = "nhs-trust", .agreement_id = "a", .dataset = "d"};
+	if (isg_client_send_start(c, &msg, &ticket, &err) != -1 || err.code != ISG_CLIENT_E_USAGE)
+		return 2;
+	isg_client_close(c); /* frees the copy; must not end the parent's session */
+	return 0;
+}
+
+/*
+ * A child of fork() shares the TLS session: a close_notify from its copy
+ * would end the parent's connection, and a request from it would corrupt
+ * the session. The child is refused, and its close sends nothing.
+ */
+static void test_fork_child_leaves_connection_alone(void **state)
+{
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_pong);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(child_uses_copy(c));
+	int status = -1;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	struct isg_error err;
+	if (isg_client_ping(c, NULL, &err) < 0)
+		fail_msg("parent's ping after the child closed its copy: %s: %s", err.code_name,
+		         err.message);
+	isg_client_close(c);
+	mock_finish(m);
+	assert_true(m->saw_close_notify);
+}
+
 static void script_eof_without_close_notify(struct mock *m, SSL *ssl)
 {
 	mock_welcome(m, ssl);
@@ -1429,6 +1481,7 @@ int main(void)
 	    cmocka_unit_test(test_subscription_keeps_pushes_during_ack),
 	    cmocka_unit_test(test_send_while_gateway_pushes),
 	    cmocka_unit_test(test_timeout_then_unusable),
+	    cmocka_unit_test(test_fork_child_leaves_connection_alone),
 	    cmocka_unit_test(test_eof_without_close_notify),
 	    cmocka_unit_test(test_clean_close_by_gateway),
 	    cmocka_unit_test(test_oversize_frame_refused),
