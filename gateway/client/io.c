@@ -159,7 +159,12 @@ int client_tcp_connect(struct isg_client *c, const char *host, const char *port,
 	                   errno_text(why, text, sizeof(text)));
 }
 
-/* Turn a failed OpenSSL call (SSL_get_error result e, errno saved) into err; closes. */
+/*
+ * Turn a failed OpenSSL call (SSL_get_error result e, errno saved) into err;
+ * closes. A reset or an EOF is IO also during the handshake: the gateway
+ * went away (restarting, at its connection limit), which is worth retrying;
+ * TLS is kept for what a retry cannot mend (certificates, alerts).
+ */
 static int tls_failure(struct isg_client *c, struct isg_error *err, int e, int saved,
                        const char *during)
 {
@@ -169,20 +174,16 @@ static int tls_failure(struct isg_client *c, struct isg_error *err, int e, int s
 		return client_fail(c, err, ISG_CLIENT_E_CLOSED,
 		                   "the gateway closed the connection");
 	unsigned long code = ERR_peek_error();
-	if (e == SSL_ERROR_SSL && ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
-		return client_fail(c, err, c->handshake_done ? ISG_CLIENT_E_IO : ISG_CLIENT_E_TLS,
+	bool eof =
+	    (e == SSL_ERROR_SSL && ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
+	    (e == SSL_ERROR_SYSCALL && code == 0 && saved == 0);
+	if (eof)
+		return client_fail(c, err, ISG_CLIENT_E_IO,
 		                   "%s: the gateway closed the connection without close_notify",
 		                   during);
-	if (e == SSL_ERROR_SYSCALL) {
-		if (code == 0 && saved == 0)
-			return client_fail(
-			    c, err, c->handshake_done ? ISG_CLIENT_E_IO : ISG_CLIENT_E_TLS,
-			    "%s: the gateway closed the connection without close_notify", during);
-		if (code == 0)
-			return client_fail(c, err,
-			                   c->handshake_done ? ISG_CLIENT_E_IO : ISG_CLIENT_E_TLS,
-			                   "%s: %s", during, errno_text(saved, text, sizeof(text)));
-	}
+	if (e == SSL_ERROR_SYSCALL && code == 0)
+		return client_fail(c, err, ISG_CLIENT_E_IO, "%s: %s", during,
+		                   errno_text(saved, text, sizeof(text)));
 	client_tls_describe(c, text, sizeof(text));
 	return client_fail(c, err, ISG_CLIENT_E_TLS, "%s: %s", during, text);
 }

@@ -69,8 +69,9 @@ enum isg_client_code {
 	ISG_CLIENT_E_NOMEM = 1001,    /* out of memory */
 	ISG_CLIENT_E_CONFIG = 1002,   /* certificate, key or CA file unusable */
 	ISG_CLIENT_E_CONNECT = 1003,  /* name resolution or TCP connect failed */
-	ISG_CLIENT_E_TLS = 1004,      /* handshake, certificate verification or TLS alert */
-	ISG_CLIENT_E_IO = 1005,       /* the connection broke (reset, EOF without close_notify) */
+	ISG_CLIENT_E_TLS = 1004,      /* certificate verification or TLS alert in the handshake */
+	ISG_CLIENT_E_IO = 1005,       /* the connection broke (reset, EOF without close_notify),
+	                                 also in the middle of the handshake */
 	ISG_CLIENT_E_PROTOCOL = 1006, /* the gateway sent something unexpected or undecodable */
 	ISG_CLIENT_E_TIMEOUT = 1007,  /* no answer within the timeout */
 	ISG_CLIENT_E_CLOSED = 1008,   /* the gateway closed the connection, or it is unusable */

@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -614,6 +615,80 @@ static void test_connection_refused(void **state)
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_CONNECT);
 	assert_non_null(strstr(err.message, "connection refused"));
+}
+
+/* A TCP server that takes the ClientHello and hangs up: with a reset, or a FIN. */
+struct hangup {
+	int listen_fd;
+	uint16_t port;
+	bool reset;
+	pthread_t thread;
+};
+
+static void *hangup_main(void *arg)
+{
+	struct hangup *h = arg;
+	int fd = accept(h->listen_fd, NULL, NULL);
+	if (fd < 0)
+		return NULL;
+	char buf[512];
+	(void)!read(fd, buf, sizeof(buf));
+	if (h->reset) {
+		struct linger now = {.l_onoff = 1, .l_linger = 0};
+		setsockopt(fd, SOL_SOCKET, SO_LINGER, &now, sizeof(now));
+	}
+	close(fd);
+	return NULL;
+}
+
+static int open_fds(void)
+{
+	int n = 0;
+	for (int fd = 0; fd < 1024; fd++)
+		if (fcntl(fd, F_GETFD) >= 0)
+			n++;
+	return n;
+}
+
+/*
+ * A gateway that goes away during the handshake (restarting, or at its
+ * connection limit) broke the connection: IO, which a partner retries, not
+ * TLS, which says a certificate or the configuration is wrong. No
+ * descriptor is left open either way.
+ */
+static void test_hangup_during_handshake_is_io(void **state)
+{
+	for (int reset = 0; reset < 2; reset++) {
+		int fds = open_fds();
+		struct hangup h = {.reset = reset};
+		h.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = {.sin_family = AF_INET,
+		                        .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		assert_int_equal(bind(h.listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+		assert_int_equal(listen(h.listen_fd, 1), 0);
+		socklen_t len = sizeof(a);
+		getsockname(h.listen_fd, (struct sockaddr *)&a, &len);
+		assert_int_equal(pthread_create(&h.thread, NULL, hangup_main, &h), 0);
+		struct isg_client_options opt;
+		char addr[64];
+		isg_client_options_init(&opt);
+		snprintf(addr, sizeof(addr), "127.0.0.1:%u", ntohs(a.sin_port));
+		opt.gateway = addr;
+		opt.cert_file = pki.client_cert;
+		opt.key_file = pki.client_key;
+		opt.ca_file = pki.ca;
+		opt.timeout_ms = 5000;
+		struct isg_client *c = NULL;
+		struct isg_error err;
+		assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+		pthread_join(h.thread, NULL);
+		close(h.listen_fd);
+		assert_null(c);
+		if (err.code != ISG_CLIENT_E_IO)
+			fail_msg("%s: %s: %s", reset ? "reset" : "FIN", err.code_name, err.message);
+		assert_non_null(strstr(err.message, "TLS handshake"));
+		assert_int_equal(open_fds(), fds);
+	}
 }
 
 static void test_bad_options(void **state)
@@ -1471,6 +1546,7 @@ int main(void)
 	    cmocka_unit_test(test_client_certificate_refused_by_tls),
 	    cmocka_unit_test(test_gateway_refuses_connection_with_error),
 	    cmocka_unit_test(test_connection_refused),
+	    cmocka_unit_test(test_hangup_during_handshake_is_io),
 	    cmocka_unit_test(test_bad_options),
 	    cmocka_unit_test(test_send_and_receipt),
 	    cmocka_unit_test(test_refusal_reported_exactly_and_connection_usable),
