@@ -2,6 +2,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/err.h>
+
 #include "client_impl.h"
 #include "util/util.h"
 
@@ -53,8 +55,15 @@ void client_error_clear(struct isg_error *err)
 	err->record_index = -1;
 }
 
+/*
+ * Every failure is reported here, after its message was made from what
+ * OpenSSL said: what OpenSSL queued is then dropped, so that the calling
+ * thread's error queue, which the partner's program may read for its own
+ * OpenSSL calls, holds nothing of ours.
+ */
 void client_error(struct isg_error *err, int code, const char *fmt, ...)
 {
+	ERR_clear_error();
 	if (!err)
 		return;
 	client_error_clear(err);

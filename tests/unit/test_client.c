@@ -432,6 +432,8 @@ static struct isg_client *connect_to(struct mock *m, mock_script script)
 
 /* Scripts. */
 
+static void script_eof_without_close_notify(struct mock *m, SSL *ssl);
+
 static void script_welcome_then_drain(struct mock *m, SSL *ssl)
 {
 	mock_welcome(m, ssl);
@@ -689,6 +691,56 @@ static void test_hangup_during_handshake_is_io(void **state)
 		assert_non_null(strstr(err.message, "TLS handshake"));
 		assert_int_equal(open_fds(), fds);
 	}
+}
+
+/*
+ * The OpenSSL error queue is the calling thread's, and the partner's program
+ * may use OpenSSL too: a call into the library leaves nothing on it, failed
+ * or not, for the program's next ERR_get_error to report as its own.
+ */
+static void test_openssl_error_queue_left_empty(void **state)
+{
+	struct mock *m = &mock_slot;
+	struct isg_client_options opt;
+	char addr[64];
+	struct isg_client *c = NULL;
+	struct isg_error err;
+
+	mock_start(m, script_welcome_then_drain, pki.ca);
+	options_for(&opt, m, addr, sizeof(addr));
+	opt.ca_file = pki.rogue_ca; /* the gateway's certificate does not verify */
+	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_TLS);
+	assert_int_equal(ERR_peek_error(), 0);
+	mock_finish(m);
+
+	mock_start(m, script_welcome_then_drain, pki.ca);
+	options_for(&opt, m, addr, sizeof(addr));
+	opt.cert_file = pki.rogue_cert; /* refused by the gateway with an alert */
+	opt.key_file = pki.rogue_key;
+	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_TLS);
+	assert_int_equal(ERR_peek_error(), 0);
+	mock_finish(m);
+
+	options_for(&opt, m, addr, sizeof(addr));
+	opt.key_file = pki.server_key; /* not the certificate's key */
+	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_CONFIG);
+	assert_int_equal(ERR_peek_error(), 0);
+	opt.key_file = pki.ca; /* not a key */
+	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_CONFIG);
+	assert_int_equal(ERR_peek_error(), 0);
+
+	c = connect_to(m, script_eof_without_close_notify);
+	assert_int_equal(ERR_peek_error(), 0);
+	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_IO);
+	assert_int_equal(ERR_peek_error(), 0);
+	isg_client_close(c);
+	assert_int_equal(ERR_peek_error(), 0);
+	mock_finish(m);
 }
 
 static void test_bad_options(void **state)
@@ -1547,6 +1599,7 @@ int main(void)
 	    cmocka_unit_test(test_gateway_refuses_connection_with_error),
 	    cmocka_unit_test(test_connection_refused),
 	    cmocka_unit_test(test_hangup_during_handshake_is_io),
+	    cmocka_unit_test(test_openssl_error_queue_left_empty),
 	    cmocka_unit_test(test_bad_options),
 	    cmocka_unit_test(test_send_and_receipt),
 	    cmocka_unit_test(test_refusal_reported_exactly_and_connection_usable),
