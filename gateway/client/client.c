@@ -43,7 +43,8 @@ static char *dup_or_empty(const char *s)
 	return strdup(s ? s : "");
 }
 
-static int hello(struct isg_client *c, const char *client_name, struct isg_error *err)
+static int hello(struct isg_client *c, const char *client_name, int64_t deadline,
+                 struct isg_error *err)
 {
 	Isg__Hello h = ISG__HELLO__INIT;
 	h.protocol_version = WIRE_PROTOCOL_VERSION;
@@ -55,7 +56,7 @@ static int hello(struct isg_client *c, const char *client_name, struct isg_error
 	req.body_case = ISG__FRAME__BODY_HELLO;
 	req.hello = &h;
 	Isg__Frame *resp = NULL;
-	if (client_call(c, &req, ISG__FRAME__BODY_WELCOME, 0, &resp, err) < 0)
+	if (client_call(c, &req, ISG__FRAME__BODY_WELCOME, deadline, &resp, err) < 0)
 		return -1;
 	const Isg__Welcome *w = resp->welcome;
 	const char *parts[] = {w->partner_id, w->partner_name, w->gateway_version,
@@ -109,11 +110,13 @@ ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, stru
 		client_error(err, ISG_CLIENT_E_NOMEM, "out of memory");
 		return -1;
 	}
+	/* One deadline for TCP, TLS and Welcome: timeout_ms bounds the whole call. */
 	int64_t deadline = client_deadline(c->timeout_ms);
 	if (client_tls_context(opt, &c->ctx, err) < 0 ||
 	    client_tcp_connect(c, host, port, deadline, err) < 0 ||
 	    client_tls_new(c, opt->server_name ? opt->server_name : host, err) < 0 ||
-	    client_tls_handshake(c, deadline, err) < 0 || hello(c, opt->client_name, err) < 0) {
+	    client_tls_handshake(c, deadline, err) < 0 ||
+	    hello(c, opt->client_name, deadline, err) < 0) {
 		isg_client_close(c);
 		return -1;
 	}

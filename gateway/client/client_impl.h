@@ -113,9 +113,9 @@ int client_deliveries_from_fetch(Isg__Frame *f, struct isg_delivery_list **out,
                                  struct isg_error *err);
 int client_delivery_from_push(Isg__Frame *f, struct isg_delivery **out, struct isg_error *err);
 
-/* requests.c: one request and its answer; 0 and *out, or -1 with err filled. */
-int client_call(struct isg_client *c, Isg__Frame *req, Isg__Frame__BodyCase want,
-                int64_t extra_wait_ms, Isg__Frame **out, struct isg_error *err);
+/* requests.c: one request and its answer by deadline; 0 and *out, or -1 with err filled. */
+int client_call(struct isg_client *c, Isg__Frame *req, Isg__Frame__BodyCase want, int64_t deadline,
+                Isg__Frame **out, struct isg_error *err);
 
 /* queue.c */
 int queue_push(struct frame_queue *q, Isg__Frame *f, size_t size);

@@ -163,13 +163,18 @@ static int wait_answer(struct isg_client *c, uint64_t id, Isg__Frame__BodyCase w
 	}
 }
 
-int client_call(struct isg_client *c, Isg__Frame *req, Isg__Frame__BodyCase want,
-                int64_t extra_wait_ms, Isg__Frame **out, struct isg_error *err)
+/* The deadline of c's next request; a NULL c is refused by what it calls. */
+static int64_t request_deadline(const struct isg_client *c)
+{
+	return client_deadline(c ? c->timeout_ms : 0);
+}
+
+int client_call(struct isg_client *c, Isg__Frame *req, Isg__Frame__BodyCase want, int64_t deadline,
+                Isg__Frame **out, struct isg_error *err)
 {
 	if (c->broken)
 		return check_usable(c, err);
 	req->request_id = ++c->last_request_id;
-	int64_t deadline = client_deadline((int64_t)c->timeout_ms + extra_wait_ms);
 	if (client_write_frame(c, req, deadline, err) < 0) {
 		if (c->broken)
 			salvage_error(c, err);
@@ -293,12 +298,6 @@ static int send_finish(struct isg_client *c, uint64_t ticket, int64_t deadline,
 	return rc;
 }
 
-/* The deadline of c's next request; a NULL c is refused by what it calls. */
-static int64_t request_deadline(const struct isg_client *c)
-{
-	return client_deadline(c ? c->timeout_ms : 0);
-}
-
 ISG_CLIENT_API int isg_client_send_start(struct isg_client *c, const struct isg_message *msg,
                                          uint64_t *ticket, struct isg_error *err)
 {
@@ -339,7 +338,8 @@ ISG_CLIENT_API int isg_client_fetch(struct isg_client *c, unsigned max, unsigned
 	req.body_case = ISG__FRAME__BODY_FETCH;
 	req.fetch = &fetch;
 	Isg__Frame *resp = NULL;
-	if (client_call(c, &req, ISG__FRAME__BODY_FETCH_RESULT, wait_ms, &resp, err) < 0)
+	if (client_call(c, &req, ISG__FRAME__BODY_FETCH_RESULT,
+	                client_deadline((int64_t)c->timeout_ms + wait_ms), &resp, err) < 0)
 		return -1;
 	return client_deliveries_from_fetch(resp, out, err);
 }
@@ -364,7 +364,7 @@ ISG_CLIENT_API int isg_client_ack(struct isg_client *c, const uint64_t *ids, siz
 	req.body_case = ISG__FRAME__BODY_ACK;
 	req.ack = &ack;
 	Isg__Frame *resp = NULL;
-	if (client_call(c, &req, ISG__FRAME__BODY_ACK_RESULT, 0, &resp, err) < 0)
+	if (client_call(c, &req, ISG__FRAME__BODY_ACK_RESULT, request_deadline(c), &resp, err) < 0)
 		return -1;
 	if (acknowledged)
 		*acknowledged = resp->ack_result->acknowledged;
@@ -465,7 +465,7 @@ ISG_CLIENT_API int isg_client_ping(struct isg_client *c, int64_t *rtt_us, struct
 	req.ping = &ping;
 	Isg__Frame *resp = NULL;
 	int64_t start = mono_us();
-	if (client_call(c, &req, ISG__FRAME__BODY_PONG, 0, &resp, err) < 0)
+	if (client_call(c, &req, ISG__FRAME__BODY_PONG, request_deadline(c), &resp, err) < 0)
 		return -1;
 	int64_t took = mono_us() - start;
 	uint64_t nonce = resp->pong->nonce;

@@ -169,6 +169,7 @@ struct mock {
 	char failure[256];
 	Isg__Frame *last;    /* the last request the script read, for the test to inspect */
 	bool running;        /* started and not yet joined */
+	int accept_delay_ms; /* before the TLS handshake: a gateway slow to answer */
 	_Atomic int conn_fd; /* the connection accepted, or -1 */
 };
 
@@ -309,6 +310,8 @@ static void *mock_main(void *arg)
 	if (fd < 0)
 		return NULL;
 	m->conn_fd = fd;
+	if (m->accept_delay_ms)
+		usleep((useconds_t)m->accept_delay_ms * 1000);
 	SSL *ssl = SSL_new(m->ctx);
 	SSL_set_fd(ssl, fd);
 	if (SSL_accept(ssl) == 1) {
@@ -364,12 +367,14 @@ static int teardown(void **state)
 	return pki_teardown(state);
 }
 
-static void mock_start(struct mock *m, mock_script script, const char *ca_for_clients)
+static void mock_start_slow(struct mock *m, mock_script script, const char *ca_for_clients,
+                            int accept_delay_ms)
 {
 	mock_reap(m);
 	memset(m, 0, sizeof(*m));
 	m->conn_fd = -1;
 	m->script = script;
+	m->accept_delay_ms = accept_delay_ms;
 	m->ctx = SSL_CTX_new(TLS_server_method());
 	SSL_CTX_set_min_proto_version(m->ctx, TLS1_3_VERSION);
 	assert_int_equal(SSL_CTX_use_certificate_file(m->ctx, pki.server_cert, SSL_FILETYPE_PEM),
@@ -387,6 +392,11 @@ static void mock_start(struct mock *m, mock_script script, const char *ca_for_cl
 	m->port = ntohs(a.sin_port);
 	assert_int_equal(pthread_create(&m->thread, NULL, mock_main, m), 0);
 	m->running = true;
+}
+
+static void mock_start(struct mock *m, mock_script script, const char *ca_for_clients)
+{
+	mock_start_slow(m, script, ca_for_clients, 0);
 }
 
 static void mock_finish(struct mock *m)
@@ -1475,6 +1485,35 @@ static void test_fork_child_leaves_connection_alone(void **state)
 	assert_true(m->saw_close_notify);
 }
 
+static void script_no_welcome(struct mock *m, SSL *ssl)
+{
+	mock_drain(m, ssl); /* reads the Hello, never answers */
+}
+
+/*
+ * timeout_ms bounds isg_client_connect as a whole: a gateway slow to
+ * handshake leaves less time for its Welcome, not a fresh timeout.
+ */
+static void test_connect_within_one_timeout(void **state)
+{
+	struct mock *m = &mock_slot;
+	mock_start_slow(m, script_no_welcome, pki.ca, 800);
+	struct isg_client_options opt;
+	char addr[64];
+	options_for(&opt, m, addr, sizeof(addr));
+	opt.timeout_ms = 1500;
+	struct isg_client *c = NULL;
+	struct isg_error err;
+	int64_t start = time_mono_ms();
+	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+	int64_t took = time_mono_ms() - start;
+	assert_null(c);
+	assert_int_equal(err.code, ISG_CLIENT_E_TIMEOUT);
+	if (took < 1490 || took > 2100)
+		fail_msg("connect gave up after %" PRId64 " ms, not 1500", took);
+	mock_finish(m);
+}
+
 static void script_eof_without_close_notify(struct mock *m, SSL *ssl)
 {
 	mock_welcome(m, ssl);
@@ -1610,6 +1649,7 @@ int main(void)
 	    cmocka_unit_test(test_subscription_keeps_pushes_during_ack),
 	    cmocka_unit_test(test_send_while_gateway_pushes),
 	    cmocka_unit_test(test_timeout_then_unusable),
+	    cmocka_unit_test(test_connect_within_one_timeout),
 	    cmocka_unit_test(test_fork_child_leaves_connection_alone),
 	    cmocka_unit_test(test_eof_without_close_notify),
 	    cmocka_unit_test(test_clean_close_by_gateway),
