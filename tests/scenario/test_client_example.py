@@ -9,6 +9,7 @@ the library or from the agreements it names.
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import unittest
@@ -41,7 +42,7 @@ def build_settings():
 
 def doc_block(path, heading, lang):
     """The first ```lang block after the line `heading` in a Markdown file."""
-    text = isgtest.read_text(path)
+    text = "\n" + isgtest.read_text(path)  # a heading on the first line too
     start = text.find("\n" + heading + "\n")
     if start < 0:
         raise AssertionError("%s has no heading %r" % (path, heading))
@@ -67,6 +68,28 @@ class CompleteExampleTest(isgtest.ScenarioCase):
         self.assertEqual(r.returncode, 0, "the example does not build:\n" + r.stderr)
         return exe
 
+    def build_example_statically(self):
+        """The example built with the page's own commands for a static link."""
+        lines = doc_block(DOC, "# libisgclient: the C client library", "sh").replace("\\\n", " ")
+        commands = [shlex.split(line) for line in lines.splitlines() if line.startswith("cc ")]
+        static = [c for c in commands if any(a.endswith("libisgclient_static.a") for a in c)]
+        self.assertEqual(len(static), 1, "the page has no static link command:\n" + lines)
+        compile_ = [c for c in commands if "-c" in c]
+        self.assertEqual(len(compile_), 1, "the page has no compile command:\n" + lines)
+        work = os.path.join(self.tmp, "static")
+        os.makedirs(work)
+        with open(os.path.join(work, "partner.c"), "w", encoding="utf-8") as f:
+            f.write(doc_block(DOC, "## A complete example", "c"))
+        cc, flags = build_settings()
+        for argv in (compile_[0], static[0]):
+            argv = [a.replace("/path/to/isg/build", BUILD).replace("/path/to/isg", isgtest.SOURCE)
+                    for a in argv[1:]]
+            r = subprocess.run([cc] + flags + argv, cwd=work, capture_output=True, text=True,
+                               timeout=120)
+            self.assertEqual(r.returncode, 0, "the page's command does not build the example:\n$ "
+                             + " ".join(argv) + "\n" + r.stderr)
+        return os.path.join(work, "partner")
+
     def run_example(self, exe, gw):
         cert = self.pki.certs["police"]
         env = dict(os.environ, LD_LIBRARY_PATH=LIB)
@@ -75,6 +98,7 @@ class CompleteExampleTest(isgtest.ScenarioCase):
 
     def test_complete_example_runs_against_the_shipped_policies(self):
         exe = self.build_example()
+        static_exe = self.build_example_statically()
         gw = self.gateway(policy_dir=SHIPPED, domains=SHIPPED_DOMAINS)
         police, nhs = self.partner(gw, "police"), self.partner(gw, "nhs")
         # something waiting for the police, so the example's fetch and ack have work
@@ -96,8 +120,8 @@ class CompleteExampleTest(isgtest.ScenarioCase):
         self.assertEqual(len(msgs[0]["records"]), 2)
         self.assertEqual(police.fetch_messages(), [])
 
-        # the example's message id makes running it again safe
-        r = self.run_example(exe, gw)
+        # the example's message id makes running it again safe; linked statically this time
+        r = self.run_example(static_exe, gw)
         self.assertEqual(r.returncode, 0, "%s\n%s" % (r.stdout, r.stderr))
         self.assertIn("(sent before)", r.stdout)
         self.assertEqual(nhs.fetch_messages(), [])
