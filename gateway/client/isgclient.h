@@ -7,8 +7,17 @@
  * example.
  *
  * The API is blocking: each call sends one request over a mutual-TLS
- * connection and waits (up to the configured timeout) for its answer. A
- * client handle is used by one thread at a time; use one handle per thread.
+ * connection and waits (up to the configured timeout) for its answer. The
+ * library never reconnects or resends by itself.
+ *
+ * Threads: different handles may be used by different threads at once (the
+ * library has no global state); one handle by one thread at a time (one
+ * handle per thread, or a lock of yours around every call on it).
+ *
+ * Ownership: nothing passed in is kept after a call returns. Strings the
+ * handle returns live until isg_client_close; deliveries until
+ * isg_delivery_free / isg_delivery_list_free, also after the handle is
+ * closed, and any thread may free them.
  *
  * Every function that can fail returns 0 on success or -1 on failure and
  * then fills *err when err is not NULL. err->from_gateway tells a refusal
@@ -17,10 +26,12 @@
  * failure (err->code is one of ISG_CLIENT_E_*, all >= 1000).
  *
  * After a refusal the connection stays usable. After a local failure other
- * than ISG_CLIENT_E_USAGE, ISG_CLIENT_E_NOMEM and ISG_CLIENT_E_INTERRUPTED,
- * or after a gateway error that is not an answer to a request (the gateway
- * closes the connection then), every further call fails with
- * ISG_CLIENT_E_CLOSED: close the handle and connect again.
+ * than ISG_CLIENT_E_USAGE, ISG_CLIENT_E_NOMEM (unless memory ran out reading
+ * an answer) and ISG_CLIENT_E_INTERRUPTED, or after a gateway error that is
+ * not an answer to a request (rules partner.*: the gateway closes the
+ * connection then), every further call fails with ISG_CLIENT_E_CLOSED:
+ * close the handle and connect again. docs/client-library.md says which
+ * failures are worth a retry.
  *
  * Field values never appear in error messages, neither the library's nor
  * the gateway's: errors name the record (0-based index) and the field.

@@ -1226,7 +1226,6 @@ static void test_fetch_and_ack(void **state)
 	assert_int_equal(list->items[1].reply_to, 77);
 	assert_int_equal(list->items[1].n_records, 0);
 	uint64_t ids[] = {list->items[0].gateway_id, list->items[1].gateway_id};
-	isg_delivery_list_free(list);
 	unsigned acked = 0;
 	if (isg_client_ack(c, ids, 2, &acked, &err) < 0)
 		fail_msg("%s", err.message);
@@ -1235,6 +1234,10 @@ static void test_fetch_and_ack(void **state)
 	assert_int_equal(acked, 0);
 	isg_client_close(c);
 	mock_finish(m);
+	/* The list is the caller's until freed, not the handle's: it outlives close. */
+	assert_string_equal(list->items[0].records[1].fields[0].value.text, "ab12");
+	assert_string_equal(list->items[1].sender, "met-police");
+	isg_delivery_list_free(list);
 }
 
 static void push_delivery(SSL *ssl, uint64_t request_id, uint64_t gateway_id)
@@ -1555,6 +1558,35 @@ static void test_clean_close_by_gateway(void **state)
 	mock_finish(m);
 }
 
+/* A reload took the partner away: an error about the connection (isgd then closes). */
+static void script_partner_removed(struct mock *m, SSL *ssl)
+{
+	mock_welcome(m, ssl);
+	if (!mock_expect(m, ssl, ISG__FRAME__BODY_PING))
+		return;
+	mock_error(ssl, 0, ISG__ERROR_CODE__NOT_PERMITTED,
+	           "this partner was removed from the gateway's registry", -1, "",
+	           "partner.removed", 0);
+	mock_drain(m, ssl); /* still open: the client alone must know it is over */
+}
+
+/* The call that reads the gateway's error about the connection returns it; the next is CLOSED. */
+static void test_connection_refused_while_connected(void **state)
+{
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_partner_removed);
+	struct isg_error err;
+	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
+	assert_true(err.from_gateway);
+	assert_int_equal(err.code, ISG_WIRE_NOT_PERMITTED);
+	assert_string_equal(err.rule, "partner.removed");
+	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
+	assert_false(err.from_gateway);
+	assert_int_equal(err.code, ISG_CLIENT_E_CLOSED);
+	isg_client_close(c);
+	mock_finish(m);
+}
+
 static void script_oversize(struct mock *m, SSL *ssl)
 {
 	mock_welcome(m, ssl);
@@ -1653,6 +1685,7 @@ int main(void)
 	    cmocka_unit_test(test_fork_child_leaves_connection_alone),
 	    cmocka_unit_test(test_eof_without_close_notify),
 	    cmocka_unit_test(test_clean_close_by_gateway),
+	    cmocka_unit_test(test_connection_refused_while_connected),
 	    cmocka_unit_test(test_oversize_frame_refused),
 	    cmocka_unit_test(test_answer_with_wrong_request_id),
 	    cmocka_unit_test(test_code_names),
