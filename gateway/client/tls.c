@@ -5,10 +5,14 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include "client_impl.h"
@@ -17,6 +21,8 @@
 #define CLIENT_CIPHERSUITES                                                                        \
 	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 #define CLIENT_GROUPS "X25519:P-256:P-384"
+/* A PEM private key is a few hundred bytes (a few KiB for RSA): a bigger file is not one. */
+#define KEY_FILE_MAX (64 * 1024)
 
 /* Never prompt on a terminal for a key passphrase: encrypted keys are refused. */
 static int no_passphrase(char *buf, int size, int rwflag, void *u)
@@ -31,26 +37,125 @@ static const char *openssl_reason(void)
 	return r ? r : "unknown error";
 }
 
-/* Say why a file cannot be opened, in words people know, before OpenSSL tries. */
-static int check_readable(const char *what, const char *path, struct isg_error *err)
+static int cannot_read(const char *what, const char *path, int e, struct isg_error *err)
 {
-	FILE *f = fopen(path, "r");
-	if (f) {
-		fclose(f);
-		return 0;
-	}
 	char text[128];
-	str_copy(text, strerror(errno), sizeof(text));
+	str_copy(text, strerror(e), sizeof(text));
 	if (text[0] >= 'A' && text[0] <= 'Z')
 		text[0] = (char)(text[0] - 'A' + 'a');
 	client_error(err, ISG_CLIENT_E_CONFIG, "cannot read %s '%s': %s", what, path, text);
 	return -1;
 }
 
+/* Say why a file cannot be opened, in words people know, before OpenSSL tries. */
+static int check_readable(const char *what, const char *path, struct isg_error *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return cannot_read(what, path, errno, err);
+	close(fd);
+	return 0;
+}
+
+/* Read fd to its end, or until b's cap bytes are full; the bytes read, or -1 and errno. */
+static ssize_t read_all(int fd, unsigned char *b, size_t cap)
+{
+	size_t len = 0;
+	while (len < cap) {
+		ssize_t n = read(fd, b + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	return (ssize_t)len;
+}
+
+/* The key file in *buf, of *cap bytes (OPENSSL_clear_free it): its size, or -1. */
+static ssize_t read_key_file(const char *path, unsigned char **buf, size_t *cap,
+                             struct isg_error *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return cannot_read("private key", path, errno, err);
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > KEY_FILE_MAX) {
+		close(fd);
+		client_error(err, ISG_CLIENT_E_CONFIG,
+		             "private key '%s' is not a file of at most %d bytes", path,
+		             KEY_FILE_MAX);
+		return -1;
+	}
+	*cap = (size_t)st.st_size + 1; /* a byte more, to see a file that grew */
+	unsigned char *b = OPENSSL_malloc(*cap);
+	if (!b) {
+		close(fd);
+		client_error(err, ISG_CLIENT_E_NOMEM, "out of memory reading private key '%s'",
+		             path);
+		return -1;
+	}
+	ssize_t len = read_all(fd, b, *cap);
+	int e = errno;
+	close(fd);
+	if (len >= 0 && (size_t)len < *cap) {
+		*buf = b;
+		return len;
+	}
+	if (len < 0)
+		cannot_read("private key", path, e, err);
+	else
+		client_error(err, ISG_CLIENT_E_CONFIG, "private key '%s' changed while being read",
+		             path);
+	OPENSSL_clear_free(b, *cap);
+	return -1;
+}
+
+/*
+ * The key is read here, not by SSL_CTX_use_PrivateKey_file: stdio, which
+ * OpenSSL reads files with, frees its buffer holding the key's text without
+ * wiping it, once per connect, and opens the file without close-on-exec.
+ * (OpenSSL's own decoding still frees pieces of the decoded key unwiped;
+ * that is beyond this library.) 0; KEY_MISMATCH when the key is not the
+ * certificate's; -1 with err filled.
+ */
+#define KEY_MISMATCH (-2)
+static int use_key_file(SSL_CTX *ctx, const char *path, struct isg_error *err)
+{
+	unsigned char *text = NULL;
+	size_t cap = 0;
+	ssize_t len = read_key_file(path, &text, &cap, err);
+	if (len < 0)
+		return -1;
+	ERR_clear_error();
+	BIO *bio = BIO_new_mem_buf(text, (int)len);
+	EVP_PKEY *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL) : NULL;
+	BIO_free(bio);
+	OPENSSL_clear_free(text, cap);
+	int rc = 0;
+	if (!key) {
+		client_error(err, ISG_CLIENT_E_CONFIG,
+		             "cannot load private key '%s': %s (it must be an unencrypted PEM key)",
+		             path, openssl_reason());
+		rc = -1;
+	} else if (SSL_CTX_use_PrivateKey(ctx, key) != 1) {
+		if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+			rc = KEY_MISMATCH;
+		} else {
+			client_error(err, ISG_CLIENT_E_CONFIG, "cannot use private key '%s': %s",
+			             path, openssl_reason());
+			rc = -1;
+		}
+	}
+	EVP_PKEY_free(key);
+	return rc;
+}
+
 static int load_identity(SSL_CTX *ctx, const struct isg_client_options *opt, struct isg_error *err)
 {
-	if (check_readable("certificate", opt->cert_file, err) < 0 ||
-	    check_readable("private key", opt->key_file, err) < 0)
+	if (check_readable("certificate", opt->cert_file, err) < 0)
 		return -1;
 	ERR_clear_error();
 	if (SSL_CTX_use_certificate_chain_file(ctx, opt->cert_file) != 1) {
@@ -58,15 +163,11 @@ static int load_identity(SSL_CTX *ctx, const struct isg_client_options *opt, str
 		             opt->cert_file, openssl_reason());
 		return -1;
 	}
-	ERR_clear_error();
-	if (SSL_CTX_use_PrivateKey_file(ctx, opt->key_file, SSL_FILETYPE_PEM) != 1) {
-		if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
-			goto mismatch;
-		client_error(err, ISG_CLIENT_E_CONFIG,
-		             "cannot load private key '%s': %s (it must be an unencrypted PEM key)",
-		             opt->key_file, openssl_reason());
+	int r = use_key_file(ctx, opt->key_file, err);
+	if (r == KEY_MISMATCH)
+		goto mismatch;
+	if (r < 0)
 		return -1;
-	}
 	ERR_clear_error();
 	if (SSL_CTX_check_private_key(ctx) != 1)
 		goto mismatch;
