@@ -2,9 +2,9 @@
  * libisgclient: the C client library of the Information Sharing Gateway.
  *
  * This is the only header a partner system includes; link with -lisgclient
- * (or libisgclient.a plus OpenSSL, protobuf-c and libsodium). It depends on
- * nothing but the C standard library. docs/client-library.md has a complete
- * example.
+ * (or libisgclient_static.a and libisgwire.a, plus OpenSSL and protobuf-c).
+ * It depends on nothing but the C standard library. docs/client-library.md
+ * has a complete example.
  *
  * The API is blocking: each call sends one request over a mutual-TLS
  * connection and waits (up to the configured timeout) for its answer. The
