@@ -1004,6 +1004,17 @@ class FrameConn:
                                  % (reply.request_id, frame.request_id, reply))
         return reply
 
+    def send_ok(self, message_id, records, agreement_id=AGREEMENT_ID, dataset=DATASET,
+                recipient="nhs-trust"):
+        """Send records (dicts) in one SendRequest; the receipt's gateway_id,
+        or an AssertionError when the answer is no SendResult."""
+        reply = self.request(send=self.pb.SendRequest(
+            message_id=message_id, recipient=recipient, agreement_id=agreement_id,
+            dataset=dataset, records=[pb_record(self.pb, r) for r in records]))
+        if reply.WhichOneof("body") != "send_result":
+            raise AssertionError("send %r answered with\n%s" % (message_id, reply))
+        return reply.send_result.receipt.gateway_id
+
 
 def pb_record(pb, fields):
     """An isg.Record from a dict; Python types choose the Value kind."""

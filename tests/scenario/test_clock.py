@@ -267,11 +267,7 @@ class ForwardStepCase(SteppedClockCase):
         self.addCleanup(police.close)
 
         def send(mid, agreement):
-            r = police.request(send=pb.SendRequest(
-                message_id=mid, recipient="nhs-trust", agreement_id=agreement["id"],
-                dataset=isgtest.DATASET, records=[isgtest.pb_record(pb, {"nhs_number": NHS})]))
-            self.assertEqual(r.WhichOneof("body"), "send_result", r)
-            return r.send_result.receipt.gateway_id
+            return police.send_ok(mid, [{"nhs_number": NHS}], agreement_id=agreement["id"])
 
         sub = isgtest.FrameConn(gw, self.pki.certs["nhs"])
         self.addCleanup(sub.close)

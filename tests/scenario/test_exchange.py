@@ -498,11 +498,7 @@ class TestSubscriberWindow(ExchangeCase):
         self.addCleanup(police.close)
 
         def send(mid):
-            r = police.request(send=pb.SendRequest(
-                message_id=mid, recipient="nhs-trust", agreement_id=AGREEMENT_ID, dataset=DATASET,
-                records=[isgtest.pb_record(pb, {"nhs_number": NHS_A})]))
-            self.assertEqual(r.WhichOneof("body"), "send_result", r)
-            return r.send_result.receipt.gateway_id
+            return police.send_ok(mid, [{"nhs_number": NHS_A}])
 
         sub = isgtest.FrameConn(gw, self.pki.certs["nhs"])
         self.addCleanup(sub.close)
@@ -537,11 +533,7 @@ class TestSubscriberWindow(ExchangeCase):
         self.addCleanup(police.close)
 
         def send(mid):
-            r = police.request(send=pb.SendRequest(
-                message_id=mid, recipient="nhs-trust", agreement_id=AGREEMENT_ID, dataset=DATASET,
-                records=[isgtest.pb_record(pb, {"nhs_number": NHS_A})]))
-            self.assertEqual(r.WhichOneof("body"), "send_result", r)
-            return r.send_result.receipt.gateway_id
+            return police.send_ok(mid, [{"nhs_number": NHS_A}])
 
         sub = isgtest.FrameConn(gw, self.pki.certs["nhs"])
         self.addCleanup(sub.close)

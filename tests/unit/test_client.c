@@ -407,10 +407,10 @@ static void mock_finish(struct mock *m)
 		fail_msg("gateway script: %d failed checks, last %s", m->failures, m->failure);
 }
 
-static void options_for(struct isg_client_options *opt, const struct mock *m, char *addr,
-                        size_t size)
+/* Options for a gateway at 127.0.0.1:port, with the test PKI. */
+static void options_at(struct isg_client_options *opt, unsigned port, char *addr, size_t size)
 {
-	snprintf(addr, size, "127.0.0.1:%u", m->port);
+	snprintf(addr, size, "127.0.0.1:%u", port);
 	isg_client_options_init(opt);
 	opt->gateway = addr;
 	opt->cert_file = pki.client_cert;
@@ -418,6 +418,12 @@ static void options_for(struct isg_client_options *opt, const struct mock *m, ch
 	opt->ca_file = pki.ca;
 	opt->timeout_ms = 5000;
 	opt->client_name = "test_client";
+}
+
+static void options_for(struct isg_client_options *opt, const struct mock *m, char *addr,
+                        size_t size)
+{
+	options_at(opt, m->port, addr, size);
 }
 
 /* Connect to a fresh mock running `script`; the test then drives the client. */
@@ -616,12 +622,7 @@ static void test_connection_refused(void **state)
 	close(fd); /* nothing listens there now */
 	struct isg_client_options opt;
 	char addr[64];
-	isg_client_options_init(&opt);
-	snprintf(addr, sizeof(addr), "127.0.0.1:%u", ntohs(a.sin_port));
-	opt.gateway = addr;
-	opt.cert_file = pki.client_cert;
-	opt.key_file = pki.client_key;
-	opt.ca_file = pki.ca;
+	options_at(&opt, ntohs(a.sin_port), addr, sizeof(addr));
 	struct isg_client *c = NULL;
 	struct isg_error err;
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
@@ -683,13 +684,7 @@ static void test_hangup_during_handshake_is_io(void **state)
 		assert_int_equal(pthread_create(&h.thread, NULL, hangup_main, &h), 0);
 		struct isg_client_options opt;
 		char addr[64];
-		isg_client_options_init(&opt);
-		snprintf(addr, sizeof(addr), "127.0.0.1:%u", ntohs(a.sin_port));
-		opt.gateway = addr;
-		opt.cert_file = pki.client_cert;
-		opt.key_file = pki.client_key;
-		opt.ca_file = pki.ca;
-		opt.timeout_ms = 5000;
+		options_at(&opt, ntohs(a.sin_port), addr, sizeof(addr));
 		struct isg_client *c = NULL;
 		struct isg_error err;
 		assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
