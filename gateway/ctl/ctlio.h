@@ -69,6 +69,7 @@ int ctl_read_csv(const char *name, const char *buf, size_t len, const struct ctl
  * text, an integer number (no fraction or exponent, within 64 bits) is an
  * integer, any other number is real, true/false are boolean, null means
  * absent. Nested objects and arrays, duplicate keys and U+0000 are refused.
+ * An error names a key by its place when it lacks a field name's shape.
  */
 int ctl_read_jsonl(const char *name, const char *buf, size_t len, const struct ctl_limits *lim,
                    struct ctl_batch *out, char *err, size_t errlen);

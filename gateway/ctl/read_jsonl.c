@@ -19,7 +19,8 @@ struct jl_reader {
 	const char *p;   /* the current line */
 	size_t len, pos; /* line length (without CR/LF) and position in it */
 	int line;
-	const char *key; /* the key being read, for messages; NULL before one */
+	const char *key;  /* the key being read, for messages; NULL before one */
+	size_t key_index; /* its place in the object, from 0 */
 	const struct ctl_limits *lim;
 	char *err;
 	size_t errlen;
@@ -42,9 +43,13 @@ static int fail_at(struct jl_reader *r, size_t pos, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (r->key)
+	/* Named only when it has a field name's shape: a key may be data (an NHS number). */
+	if (r->key && str_field_name(r->key, strlen(r->key)))
 		snprintf(r->err, r->errlen, "%s:%d:%zu: key '%s': %s", r->name, r->line, pos + 1,
 		         r->key, msg);
+	else if (r->key)
+		snprintf(r->err, r->errlen, "%s:%d:%zu: key %zu: %s", r->name, r->line, pos + 1,
+		         r->key_index + 1, msg);
 	else
 		snprintf(r->err, r->errlen, "%s:%d:%zu: %s", r->name, r->line, pos + 1, msg);
 	return ISG_ERR_PARSE;
@@ -312,6 +317,7 @@ static int member(struct jl_reader *r)
 	if (!key)
 		return ISG_ERR_NOMEM;
 	r->key = key;
+	r->key_index = r->n_fields + r->n_nulls;
 	skip_ws(r);
 	if (peek(r) != ':')
 		return fail_at(r, r->pos, "expected ':'");

@@ -187,6 +187,25 @@ static void test_messages_never_hold_values(void **state)
 	ctl_batch_release(&p.batch);
 }
 
+static void test_keys_that_may_be_data_are_named_by_place(void **state)
+{
+	/*
+	 * An object keyed by identifier ({"9434765919": {...}}) makes a person's
+	 * data the key: a key without a field name's shape is named by its place
+	 * in the object (nulls counted), as a CSV column is.
+	 */
+	assert_refused("{\"9434765919\":{\"dob\":\"1980-01-01\"}}",
+	               "in.jsonl:1:15: key 1: nested objects and arrays are not allowed");
+	assert_refused("{\"a\":null,\"O'Brien, Se\u00e1n\":1,\"O'Brien, Se\u00e1n\":2}",
+	               "in.jsonl:1:30: key 3: duplicate key");
+	assert_refused("{\"a\":1,\"NE3 4RT\":tru}", "in.jsonl:1:18: key 2: invalid value");
+	assert_refused("{\"NE3 4RT\":1 \"b\":2}", "in.jsonl:1:14: key 1: expected ',' or '}'");
+	/* a field name's shape: named */
+	assert_refused("{\"date_of-birth2\":[1]}",
+	               "in.jsonl:1:19: key 'date_of-birth2': nested objects and arrays are not "
+	               "allowed");
+}
+
 static void test_limits(void **state)
 {
 	struct ctl_limits lim = {.max_line = 20, .max_fields = 2, .max_records = 2};
@@ -229,6 +248,7 @@ int main(void)
 	    cmocka_unit_test(test_nested_values_refused_naming_line_and_key),
 	    cmocka_unit_test(test_bad_json_refused_with_position),
 	    cmocka_unit_test(test_messages_never_hold_values),
+	    cmocka_unit_test(test_keys_that_may_be_data_are_named_by_place),
 	    cmocka_unit_test(test_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
