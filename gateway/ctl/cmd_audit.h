@@ -198,6 +198,13 @@ int audit_ctl_read_file(const char *path, size_t max, char **buf, size_t *len);
  */
 int audit_time_parse(const char *s, bool end, int64_t *ms);
 
+/*
+ * Whether a kind column's text has the shape of an event kind
+ * ("message.accepted"): only then is it shown, since an edited column may
+ * hold anything, a person's data included.
+ */
+bool audit_kind_shaped(const char *s);
+
 /* Entries named by index in a warning; the rest are counted. */
 #define AUDIT_READ_SHOWN 10
 

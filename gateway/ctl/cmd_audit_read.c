@@ -103,12 +103,7 @@ static void note_unread(struct audit_reader *r, int64_t seq)
 		         seq);
 }
 
-/*
- * Whether a kind column's text has the shape of an event kind
- * ("message.accepted"): only then is it shown, since an edited column may
- * hold anything, a person's data included.
- */
-static bool kind_shaped(const char *s)
+bool audit_kind_shaped(const char *s)
 {
 	size_t len = strlen(s);
 	return len > 0 && len <= KIND_SHOWN_MAX &&
@@ -140,7 +135,7 @@ static void check_columns(struct audit_reader *r, const struct audit_row *row,
 		return;
 	const char *what = "the table was edited, and the signed entry is what counts (run 'isgctl "
 	                   "audit verify')";
-	if (kind && kind_shaped(row->kind) && kind_shaped(lf->event)) {
+	if (kind && audit_kind_shaped(row->kind) && audit_kind_shaped(lf->event)) {
 		ctl_warn("entry %" PRId64 ": its kind column says '%s' but the signed entry is "
 		         "'%s': %s",
 		         index, row->kind, lf->event, what);

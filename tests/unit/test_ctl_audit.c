@@ -536,6 +536,13 @@ static void test_cmd_columns_forged(void **state)
 	assert_out_has(f, "entry 2: its kind column says 'message.delivered' but the entry is "
 	                  "'message.accepted'");
 	assert_out_has(f, "entry 2: its at column says");
+	/* A kind column holding what is no kind (a person's data, say) is named, not shown. */
+	db = tampered(f, "kind-data",
+	              "UPDATE audit SET kind = 'Mrs O''Brien 9434765919' WHERE seq = 2");
+	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 1);
+	assert_out_has(f, "problem: entry 2: its kind column disagrees with the entry\n");
+	assert_null(strstr(f->out, "9434765919"));
+	assert_null(strstr(f->out, "Brien"));
 
 	db = tampered(f, "forged",
 	              "UPDATE checkpoints SET note = replace(note, char(10) || '20' || char(10),"
