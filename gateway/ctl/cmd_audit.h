@@ -173,7 +173,6 @@ int audit_log_verifier(const struct audit_log *l, const struct audit_where *w,
 /* One stored checkpoint. */
 struct audit_stored_cp {
 	uint64_t size;
-	int64_t at;
 	char *note;
 	size_t note_len;
 };
@@ -298,9 +297,8 @@ int audit_grace_option(const char *arg, const char *usage, int64_t *ms);
 struct audit_verify_result {
 	unsigned problems;
 	uint64_t entries;
-	size_t checkpoints;         /* stored checkpoints whose signature verified */
-	unsigned checkpoints_total; /* stored checkpoints */
-	uint64_t latest_size;       /* of the latest verified checkpoint; 0 when none */
+	size_t checkpoints;   /* stored checkpoints whose signature verified */
+	uint64_t latest_size; /* of the latest verified checkpoint; 0 when none */
 	uint8_t latest_root[AUDIT_HASH_LEN];
 	uint64_t uncovered; /* entries after the latest checkpoint */
 	uint64_t stale;     /* of those, written longer than the grace ago (a problem) */

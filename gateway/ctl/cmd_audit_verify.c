@@ -46,7 +46,7 @@ struct cp {
 	uint64_t size;
 	uint8_t root[AUDIT_HASH_LEN];
 	const char *file; /* --against FILE; NULL for a stored checkpoint */
-	bool reached, matched;
+	bool matched;
 };
 
 struct verify {
@@ -357,7 +357,6 @@ static void reach_stored(struct verify *vs, struct cp *k)
 		        " are not consistent (the consistency proof fails): the log was rewritten "
 		        "and signed again after the checkpoint of size %" PRIu64,
 		        prev->size, pos, prev->size);
-	k->reached = true;
 	k->matched = matched;
 	vs->roots++;
 	vs->roots_matched += matched;
@@ -372,7 +371,6 @@ static void reach_saved(struct verify *vs, struct cp *k)
 {
 	uint8_t root[AUDIT_HASH_LEN];
 	audit_tree_root(&vs->tree, root);
-	k->reached = true;
 	k->matched = memcmp(root, k->root, AUDIT_HASH_LEN) == 0;
 	if (!k->matched)
 		problem(vs,
@@ -646,7 +644,6 @@ int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_
 	res->problems = vs.problems;
 	res->entries = vs.tree.size;
 	res->checkpoints = vs.n_stored;
-	res->checkpoints_total = vs.stored_total;
 	const struct cp *last = vs.n_stored ? &vs.stored[vs.n_stored - 1] : NULL;
 	if (last) {
 		res->latest_size = last->size;
