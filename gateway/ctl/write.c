@@ -158,11 +158,13 @@ void ctl_csv_writer_release(struct ctl_csv_writer *w)
 	ctl_csv_writer_init(w);
 }
 
-/* A CSV cell: quoted when it holds a separator, quote or line break, or is empty text. */
-static void csv_cell(struct strbuf *b, const char *s, bool first)
+/*
+ * A separator, then a CSV cell: quoted when it holds a separator, quote or
+ * line break, or is empty text.
+ */
+static void csv_cell(struct strbuf *b, const char *s)
 {
-	if (!first)
-		strbuf_append(b, ",", 1);
+	strbuf_append(b, ",", 1);
 	if (*s && !strpbrk(s, ",\"\r\n")) {
 		strbuf_puts(b, s);
 		return;
@@ -207,7 +209,7 @@ static char *csv_header(const struct isg_record *r)
 		const char *n = r->fields[i].name ? r->fields[i].name : "";
 		strbuf_puts(&name, n);
 		strbuf_puts(&name, type_suffix(n, r->fields[i].value.kind));
-		csv_cell(&b, name.failed || !name.p ? "" : name.p, false);
+		csv_cell(&b, name.failed || !name.p ? "" : name.p);
 	}
 	strbuf_release(&name);
 	return strbuf_take(&b, NULL);
@@ -218,7 +220,7 @@ static void csv_value(struct strbuf *b, const struct isg_value *v)
 	char num[40];
 	switch (v->kind) {
 	case ISG_VALUE_TEXT:
-		csv_cell(b, v->text ? v->text : "", false);
+		csv_cell(b, v->text ? v->text : "");
 		return;
 	case ISG_VALUE_INTEGER:
 		snprintf(num, sizeof(num), ",%" PRId64, v->integer);
@@ -256,10 +258,10 @@ static int csv_row(FILE *out, struct ctl_csv_writer *w, const struct isg_deliver
 		free(header);
 	}
 	strbuf_printf(&b, "%" PRIu64, d->gateway_id);
-	csv_cell(&b, d->message_id ? d->message_id : "", false);
-	csv_cell(&b, d->sender ? d->sender : "", false);
-	csv_cell(&b, d->agreement_id ? d->agreement_id : "", false);
-	csv_cell(&b, d->dataset ? d->dataset : "", false);
+	csv_cell(&b, d->message_id ? d->message_id : "");
+	csv_cell(&b, d->sender ? d->sender : "");
+	csv_cell(&b, d->agreement_id ? d->agreement_id : "");
+	csv_cell(&b, d->dataset ? d->dataset : "");
 	for (size_t i = 0; i < r->n_fields; i++)
 		csv_value(&b, &r->fields[i].value);
 	w->wrote = true;
