@@ -188,6 +188,10 @@ int audit_log_open(struct audit_log *l, const struct audit_where *w, const char 
 {
 	memset(l, 0, sizeof(*l));
 	int status = CTL_EXIT_OK;
+	/* one key to trust: neither may silently win over the other */
+	if (w->pubkey && w->pubkey_file)
+		return ctl_usage_error(usage, "give one verifier key: --pubkey or --pubkey-file, "
+		                              "not both");
 	if (!w->config && !w->store && !w->keys)
 		return ctl_usage_error(usage,
 		                       "say where the log is: --config ISGD_YAML, or --store "

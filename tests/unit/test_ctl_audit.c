@@ -378,6 +378,11 @@ static void test_cmd_good_log(void **state)
 	                  "root ");
 	assert_out_has(f, "2 of 2 consistency proofs");
 	assert_int_equal(run(f, "verify --store %s --pubkey %s", f->db, f->vkey), 0);
+	/* Two keys to trust is a mistake, not a choice for isgctl to make. */
+	assert_int_equal(
+	    run(f, "verify --store %s --pubkey %s --pubkey-file %s/none", f->db, f->vkey, f->dir),
+	    2);
+	assert_out_has(f, "give one verifier key: --pubkey or --pubkey-file, not both");
 
 	/* The wrong origin: no checkpoint carries a signature by that key. */
 	assert_int_equal(run(f, "verify --store %s --keys %s", f->db, f->keys), 1);
