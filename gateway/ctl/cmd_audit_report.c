@@ -1583,6 +1583,16 @@ static int report_render(const struct report *r, const struct report_args *a)
 	return status;
 }
 
+/* An option that names one thing: given twice, one of the two would be dropped unsaid. */
+static int once(const char **slot, const char *value, const char *option)
+{
+	if (*slot)
+		return ctl_usage_error(report_usage, "%s given twice ('%s' and '%s')", option,
+		                       *slot, value);
+	*slot = value;
+	return CTL_EXIT_OK;
+}
+
 static int report_options(int argc, char **argv, struct audit_where *w, struct report_args *a)
 {
 	static const struct option opts[] = {
@@ -1597,26 +1607,26 @@ static int report_options(int argc, char **argv, struct audit_where *w, struct r
 	    {"grace", required_argument, NULL, OPT_GRACE},
 	    {NULL, 0, NULL, 0},
 	};
-	int opt;
+	int opt, status = CTL_EXIT_OK;
 	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
 		switch (opt) {
 		case OPT_FROM:
-			a->from = optarg;
+			status = once(&a->from, optarg, "--from");
 			break;
 		case OPT_TO:
-			a->to = optarg;
+			status = once(&a->to, optarg, "--to");
 			break;
 		case OPT_HTML:
-			a->html = optarg;
+			status = once(&a->html, optarg, "--html");
 			break;
 		case OPT_MARKDOWN:
-			a->markdown = optarg;
+			status = once(&a->markdown, optarg, "--markdown");
 			break;
 		case OPT_CSV:
-			a->csv = optarg;
+			status = once(&a->csv, optarg, "--csv");
 			break;
 		case OPT_POLICY:
-			a->policy = optarg;
+			status = once(&a->policy, optarg, "--policy");
 			break;
 		case OPT_GRACE:
 			if (audit_grace_option(optarg, report_usage, &a->grace_ms) != CTL_EXIT_OK)
@@ -1626,6 +1636,8 @@ static int report_options(int argc, char **argv, struct audit_where *w, struct r
 			if (!audit_where_option(w, opt, optarg))
 				return ctl_bad_option(report_usage, opt, argv);
 		}
+		if (status != CTL_EXIT_OK)
+			return status;
 	}
 	if (w->help)
 		return CTL_EXIT_OK;

@@ -383,6 +383,16 @@ static void test_cmd_good_log(void **state)
 	    run(f, "verify --store %s --pubkey %s --pubkey-file %s/none", f->db, f->vkey, f->dir),
 	    2);
 	assert_out_has(f, "give one verifier key: --pubkey or --pubkey-file, not both");
+	/* report writes each file it is given: a second --csv would silently drop the first. */
+	assert_int_equal(run(f,
+	                     "report --store %s --pubkey %s --from 2001-01-01 --to 2001-01-02 "
+	                     "--csv %s/a.csv --csv %s/b.csv",
+	                     f->db, f->vkey, f->dir, f->dir),
+	                 2);
+	assert_out_has(f, "--csv given twice");
+	char written[512];
+	snprintf(written, sizeof(written), "%s/b.csv", f->dir);
+	assert_int_equal(access(written, F_OK), -1); /* nothing written */
 
 	/* The wrong origin: no checkpoint carries a signature by that key. */
 	assert_int_equal(run(f, "verify --store %s --keys %s", f->db, f->keys), 1);
