@@ -958,9 +958,19 @@ class TestWorkers(HardeningCase):
             except OSError:  # gone since the listing
                 return None
 
-        children = [int(d) for d in os.listdir("/proc") if d.isdigit() and parent(d) == pid]
-        self.assertLessEqual({"isg-worker-0", "isg-worker-1", "isg-writer", "isg-wal"}, names(pid))
-        self.assertIn("isg-keyproc", set().union(*(names(c) for c in children)))
+        def seen():
+            children = [int(d) for d in os.listdir("/proc") if d.isdigit() and parent(d) == pid]
+            return names(pid), set().union(*(names(c) for c in children))
+
+        # A thread names itself once it runs, which may be just after isgd listens.
+        deadline = time.monotonic() + 5 * isgtest.SLOW
+        mine, keyproc = seen()
+        while not ({"isg-worker-0", "isg-worker-1", "isg-writer", "isg-wal"} <= mine
+                   and "isg-keyproc" in keyproc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            mine, keyproc = seen()
+        self.assertLessEqual({"isg-worker-0", "isg-worker-1", "isg-writer", "isg-wal"}, mine)
+        self.assertIn("isg-keyproc", keyproc)
 
 
 class TestPartnerRemoved(HardeningCase):
