@@ -126,6 +126,17 @@ class CompleteExampleTest(isgtest.ScenarioCase):
         self.assertIn("(sent before)", r.stdout)
         self.assertEqual(nhs.fetch_messages(), [])
 
+    @unittest.skipUnless(shutil.which("nm"), "no nm")
+    def test_static_library_defines_only_what_the_shared_one_exports(self):
+        def defined(*argv):
+            out = subprocess.run(["nm", "--defined-only"] + list(argv), capture_output=True,
+                                 text=True, check=True).stdout
+            return {f[2].split("@")[0] for f in map(str.split, out.splitlines())
+                    if len(f) == 3 and f[1] != "A"}  # not the version node
+        exported = defined("-D", os.path.join(LIB, "libisgclient.so"))
+        self.assertIn("isg_client_connect", exported)
+        self.assertEqual(defined("-g", os.path.join(LIB, "libisgclient.a")), exported)
+
 
 if __name__ == "__main__":
     unittest.main()
