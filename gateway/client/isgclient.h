@@ -2,7 +2,7 @@
  * libisgclient: the C client library of the Information Sharing Gateway.
  *
  * This is the only header a partner system includes; link with -lisgclient
- * (or libisgclient_static.a and libisgwire.a, plus OpenSSL and protobuf-c).
+ * (or statically with libisgclient.a, plus OpenSSL and protobuf-c).
  * It depends on nothing but the C standard library. docs/client-library.md
  * has a complete example.
  *

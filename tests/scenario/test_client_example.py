@@ -4,7 +4,10 @@ would copy it. The program is taken from the document (the first C block
 under "## A complete example"), built against build/lib/libisgclient.so
 with the document's compiler flags, and run against the real isgd on the
 example policies that ship in policies/, so the document cannot drift from
-the library or from the agreements it names.
+the library or from the agreements it names. It is also linked statically,
+with the document's static link line, next to a partner file that defines
+names the library uses inside (str_copy, log_event, wire_frame_peek): the
+static library must keep those to itself, as the shared one does.
 """
 
 import os
@@ -22,6 +25,24 @@ BUILD = os.path.dirname(isgtest.BIN)
 LIB = os.path.join(BUILD, "lib")
 # the linkage domains the shipped agreements pseudonymise under
 SHIPPED_DOMAINS = ("mh-triage", "council-planning")
+# a partner's own functions, named as the library's internal ones are: linking
+# must neither fail (multiple definition) nor bind the library's calls to these
+PARTNER_OWN_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+
+static void not_yours(const char *name)
+{
+	fprintf(stderr, "the library called the partner's own %s\n", name);
+	abort();
+}
+void str_copy(void);
+void str_copy(void) { not_yours("str_copy"); }
+void log_event(void);
+void log_event(void) { not_yours("log_event"); }
+void wire_frame_peek(void);
+void wire_frame_peek(void) { not_yours("wire_frame_peek"); }
+"""
 
 
 def build_settings():
@@ -69,10 +90,11 @@ class CompleteExampleTest(isgtest.ScenarioCase):
         return exe
 
     def build_example_statically(self):
-        """The example built with the page's own commands for a static link."""
+        """The example built with the page's own commands for a static link, with
+        the partner's own str_copy, log_event and wire_frame_peek (own.o) beside it."""
         lines = doc_block(DOC, "# libisgclient: the C client library", "sh").replace("\\\n", " ")
         commands = [shlex.split(line) for line in lines.splitlines() if line.startswith("cc ")]
-        static = [c for c in commands if any(a.endswith("libisgclient_static.a") for a in c)]
+        static = [c for c in commands if any(a.endswith("libisgclient.a") for a in c)]
         self.assertEqual(len(static), 1, "the page has no static link command:\n" + lines)
         compile_ = [c for c in commands if "-c" in c]
         self.assertEqual(len(compile_), 1, "the page has no compile command:\n" + lines)
@@ -80,8 +102,12 @@ class CompleteExampleTest(isgtest.ScenarioCase):
         os.makedirs(work)
         with open(os.path.join(work, "partner.c"), "w", encoding="utf-8") as f:
             f.write(doc_block(DOC, "## A complete example", "c"))
+        with open(os.path.join(work, "own.c"), "w", encoding="utf-8") as f:
+            f.write(PARTNER_OWN_C)
+        link = list(static[0])
+        link.insert(link.index("partner.o") + 1, "own.o")
         cc, flags = build_settings()
-        for argv in (compile_[0], static[0]):
+        for argv in (compile_[0], ["cc", "-Wall", "-Wextra", "-Werror", "-c", "own.c"], link):
             argv = [a.replace("/path/to/isg/build", BUILD).replace("/path/to/isg", isgtest.SOURCE)
                     for a in argv[1:]]
             r = subprocess.run([cc] + flags + argv, cwd=work, capture_output=True, text=True,
