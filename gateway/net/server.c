@@ -7,7 +7,9 @@
  * OpenSSL is driven directly, as nginx and HAProxy do: read until
  * WANT_READ, keep going while OpenSSL still holds decrypted bytes, wait for
  * writability when a read says WANT_WRITE, treat EOF without close_notify
- * as a dirty close, and always send close_notify on a clean one.
+ * as a dirty close, and always send close_notify on a clean one. A peer's
+ * close_notify is a half-close: nothing more is read, but the requests
+ * already read are answered before ours goes.
  */
 #include "net/net.h"
 
@@ -62,6 +64,7 @@ struct net_conn {
 	bool interest_out;     /* EPOLLOUT registered */
 	bool interest_in;      /* EPOLLIN registered */
 	bool drain_wanted;     /* net_conn_output_full said yes: on_drained is owed */
+	bool peer_closed;      /* its close_notify came: answers owed, then ours */
 	char peer[64];
 
 	uint8_t *in;
@@ -451,6 +454,26 @@ static int conn_in_reserve(struct net_conn *c)
 	return 0;
 }
 
+/*
+ * The peer's close_notify: a TLS half-close (Go's CloseWrite, Java's
+ * shutdownOutput), after which it still reads. No frame follows it, so the
+ * connection closes as one the server closes: the requests already taken
+ * are answered, then our close_notify goes (conn_flush). The bytes of a
+ * frame it cut short answer no request and are dropped. It may wait for
+ * those answers idle_timeout at most, from now, store included
+ * (worker_sweep): a half-close cannot pin a connection.
+ */
+static void conn_peer_closed(struct net_conn *c)
+{
+	struct net_server *s = c->w->s;
+	c->peer_closed = true;
+	c->in_len = 0;
+	net_conn_close(c);
+	c->deadline = time_mono_ms() + s->opt.idle_timeout_ms;
+	if (s->h.on_peer_closed)
+		s->h.on_peer_closed(s->h.ctx, c);
+}
+
 static void conn_on_readable(struct net_conn *c)
 {
 	struct net_server *s = c->w->s;
@@ -482,9 +505,8 @@ static void conn_on_readable(struct net_conn *c)
 			break;
 		}
 		if (e == SSL_ERROR_ZERO_RETURN) {
-			log_event(LOG_INFO, "conn.closed", "peer=%s reason=close_notify", c->peer);
-			conn_close_now(c, true);
-			return;
+			conn_peer_closed(c);
+			break; /* conn_flush closes it once nothing is owed */
 		}
 		/* EOF without close_notify, reset, or a TLS error: a dirty close. */
 		unsigned long err = ERR_peek_last_error();
@@ -549,7 +571,8 @@ static void conn_flush(struct net_conn *c)
 			c->out_cap = 0;
 		}
 		if (c->state == CONN_CLOSING && c->inflight == 0) {
-			log_event(LOG_INFO, "conn.closed", "peer=%s reason=server", c->peer);
+			log_event(LOG_INFO, "conn.closed", "peer=%s reason=%s", c->peer,
+			          c->peer_closed ? "close_notify" : "server");
 			conn_close_now(c, true);
 			return;
 		}
@@ -1072,16 +1095,22 @@ static int64_t worker_sweep(struct net_worker *w)
 	w->idle_scan_at = now + IDLE_SCAN_MS;
 	for (struct net_conn *c = w->conns, *nx; c; c = nx) {
 		nx = c->next;
-		if (c->waiting || c->inflight > 0 || c->deadline > now)
+		/* A half-closed connection's bound holds even while the store
+		 * keeps a request: its answer then finds the connection gone. */
+		if (c->deadline > now || (!c->peer_closed && (c->waiting || c->inflight > 0)))
 			continue;
 		if (c->state == CONN_LINGER) {
 			conn_close_now(c, false);
 			continue;
 		}
 		bool hs = c->state == CONN_HANDSHAKE;
-		log_event(LOG_INFO, hs ? "conn.handshake_timeout" : "conn.idle_timeout", "peer=%s",
-		          c->peer);
-		conn_close_now(c, !hs);
+		log_event(LOG_INFO,
+		          hs               ? "conn.handshake_timeout"
+		          : c->peer_closed ? "conn.half_close_timeout"
+		                           : "conn.idle_timeout",
+		          "peer=%s", c->peer);
+		/* Half-closed, answers are still owed: no close_notify says so. */
+		conn_close_now(c, !hs && !c->peer_closed);
 	}
 	return next - now;
 }
