@@ -1152,6 +1152,28 @@ static void handler_drained(void *ctx, struct net_conn *c)
 		subscription_pump(c, s);
 }
 
+/*
+ * The partner half-closed (close_notify) and reads until we close: nothing
+ * it could still ask for is worth waiting for. A long-poll fetch is
+ * answered now with what is pending (one more look at the store, so a
+ * message whose wake-up is still on its way is not missed), not at its
+ * deadline. A subscription ends: no more pushes, and a fetch for it in
+ * flight is dropped; what was pushed and not acked stays pending, for the
+ * partner's next connection.
+ */
+static void handler_peer_closed(void *ctx, struct net_conn *c)
+{
+	struct session *s = net_conn_data(c);
+	if (!s)
+		return;
+	s->subscribed = false;
+	if (!s->fetching)
+		return;
+	s->expired = true; /* fetch_done answers with what the store gives */
+	if (!s->store_busy)
+		fetch_issue(c, s);
+}
+
 static void handler_close(void *ctx, struct net_conn *c)
 {
 	struct session *s = net_conn_data(c);
@@ -1178,6 +1200,7 @@ struct net_handler handler_new(struct gateway *g)
 	    .on_close = handler_close,
 	    .on_wake = handler_wake,
 	    .on_drained = handler_drained,
+	    .on_peer_closed = handler_peer_closed,
 	    .on_refused = handler_refused,
 	};
 }

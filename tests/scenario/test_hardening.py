@@ -1265,5 +1265,215 @@ class TestSubscriptionWindow(HardeningCase):
         self.assertAlive(self.gw)
 
 
+class HalfCloser:
+    """
+    A partner that half-closes as Go's tls.Conn.CloseWrite or Java's
+    SSLSocket.shutdownOutput does: it sends its close_notify and goes on
+    reading. Python's SSLSocket cannot (its unwrap waits for the peer's
+    close_notify), so TLS runs over memory BIOs on a plain socket.
+    """
+
+    def __init__(self, gw, cert, timeout, rcvbuf=None):
+        ctx = isgtest.tls_context(cert, gw.pki.server_ca.cert)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:  # before connect, so the window it offers stays small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", gw.port))
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._receive()
+        self._flush()
+
+    def close(self):
+        self.sock.close()
+
+    def _flush(self):
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _receive(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError("the gateway closed the TCP connection")
+        self.incoming.write(data)
+
+    def send_frames(self, frames):
+        self.tls.write(b"".join(delimited(f.SerializeToString()) for f in frames))
+        self._flush()
+
+    def close_notify(self, tcp_eof=False):
+        """Send close_notify (and with tcp_eof a TCP FIN after it), and read on."""
+        # unwrap() sends close_notify, then looks for the gateway's, which
+        # must not be there yet: nothing has been fed to the BIO since the handshake.
+        assert self.incoming.pending == 0
+        try:
+            self.tls.unwrap()
+            raise AssertionError("the gateway's close_notify came before ours")
+        except ssl.SSLWantReadError:
+            pass
+        self._flush()
+        if tcp_eof:
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def read_to_end(self, pb):
+        """Every frame the gateway sends until it closes, and whether it closed with close_notify."""
+        buf = b""
+        while True:
+            try:
+                buf += self.tls.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                notify = True
+                break
+            try:
+                self._receive()
+            except (EOFError, ConnectionError):
+                notify = False
+                break
+        frames = []
+        while isgtest.varint_decode(buf) is not None:
+            n, pos = isgtest.varint_decode(buf)
+            if len(buf) - pos < n:
+                break  # cut short: it was never sent whole
+            frames.append(pb.Frame.FromString(buf[pos:pos + n]))
+            buf = buf[pos + n:]
+        return frames, notify
+
+
+class TestHalfClose(HardeningCase):
+    """
+    A partner that pipelines its requests and half-closes (close_notify,
+    then reading until the gateway closes) gets an answer to every request
+    it sent before its close_notify, then the gateway's close_notify
+    (protocol.md, Transport).
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.gw = self.gateway()
+
+    def half_closer(self, name):
+        c = HalfCloser(self.gw, self.pki.certs[name], timeout=30 * isgtest.SLOW)
+        self.addCleanup(c.close)
+        return c
+
+    def answers(self, conn, started, within):
+        frames, notify = conn.read_to_end(self.pb)
+        took = time.monotonic() - started
+        self.assertTrue(notify, "the gateway closed without close_notify after %d frames\n%s"
+                        % (len(frames), self.gw.diagnostics()))
+        self.assertLess(took, within * isgtest.SLOW, "the answers took %.1fs" % took)
+        return {f.request_id: f for f in frames}
+
+    def test_pipelined_sends_answered_after_close_notify(self):
+        pb = self.pb
+        sent = []
+        for tcp_eof in (False, True):  # close_notify alone, then followed by a TCP FIN
+            with self.subTest(tcp_eof=tcp_eof):
+                c = self.half_closer("police")
+                ids = ["half-%d-%d" % (tcp_eof, i) for i in range(20)]
+                sent += ids  # stored, answered or not
+                frames = [pb.Frame(request_id=100 + i, send=self.send_request(
+                    mid, [{"nhs_number": NHS_A, "family_name": NAME_A}])) for i, mid in enumerate(ids)]
+                frames.insert(5, pb.Frame(request_id=1, ping=pb.Ping(nonce=7)))
+                # one the agreement refuses, on record through the store as well
+                frames.insert(12, pb.Frame(request_id=2, send=self.send_request(
+                    "half-refused-%d" % tcp_eof, [{"nhs_number": NHS_A}], recipient="city-council")))
+                t0 = time.monotonic()
+                c.send_frames(frames)
+                c.close_notify(tcp_eof=tcp_eof)
+                got = self.answers(c, t0, within=10)
+                self.assertEqual(sorted(got), sorted(f.request_id for f in frames),
+                                 "answered request ids")
+                self.assertEqual(self.expect(got[1], "pong").nonce, 7)
+                self.expect_error(got[2], pb.NOT_PERMITTED, "agreement.recipient")
+                for i in range(20):
+                    receipt = self.expect(got[100 + i], "send_result").receipt
+                    self.assertEqual(receipt.message_id, ids[i])
+                    self.assertGreater(receipt.gateway_id, 0)
+                    self.assertFalse(receipt.duplicate)
+        self.assertEqual(self.gw.log.count("reason=close_notify"), 2, self.gw.diagnostics())
+        self.assertServing(pending=sent)
+
+    def test_waiting_fetch_answered_at_once(self):
+        """A long-poll fetch is answered when the partner half-closes, not at its deadline."""
+        pb = self.pb
+        nhs = self.half_closer("nhs")
+        nhs.send_frames([pb.Frame(request_id=3, fetch=pb.FetchRequest(max_messages=10, wait_ms=40000))])
+        time.sleep(0.5 * isgtest.SLOW)  # the fetch found nothing and waits
+        t0 = time.monotonic()
+        nhs.close_notify()
+        got = self.answers(nhs, t0, within=5)
+        self.assertEqual(list(got), [3])
+        self.assertEqual(len(self.expect(got[3], "fetch_result").deliveries), 0)
+
+        # what is pending goes in the answer
+        police = self.connect("police")
+        kept = self.accepted(police, "half-fetched", [{"nhs_number": NHS_A, "family_name": NAME_A}])
+        nhs = self.half_closer("nhs")
+        t0 = time.monotonic()
+        nhs.send_frames([pb.Frame(request_id=4, fetch=pb.FetchRequest(max_messages=10, wait_ms=40000))])
+        nhs.close_notify()
+        got = self.answers(nhs, t0, within=5)
+        self.assertEqual(list(got), [4])
+        fetched = self.expect(got[4], "fetch_result")
+        self.assertEqual([d.gateway_id for d in fetched.deliveries], [kept.gateway_id])
+        self.assertServing(pending=["half-fetched"])  # fetched, never acked: still pending
+
+    def test_subscription_ends(self):
+        """A subscription on a half-closed connection pushes no more; the gateway closes
+        at once, and what was pushed and not acked stays pending."""
+        pb = self.pb
+        police = self.connect("police")
+        first = self.accepted(police, "half-sub-1", [{"nhs_number": NHS_A}])
+        nhs = self.half_closer("nhs")
+        nhs.send_frames([pb.Frame(request_id=5, subscribe=pb.Subscribe()),
+                         pb.Frame(request_id=6, ping=pb.Ping(nonce=9))])
+        time.sleep(0.5 * isgtest.SLOW)  # the push of half-sub-1 is on its way
+        t0 = time.monotonic()
+        nhs.close_notify()
+        frames, notify = nhs.read_to_end(pb)
+        self.assertTrue(notify, self.gw.diagnostics())
+        self.assertLess(time.monotonic() - t0, 5 * isgtest.SLOW)
+        self.assertEqual([(f.request_id, f.WhichOneof("body")) for f in frames],
+                         [(6, "pong"), (5, "delivery")])
+        self.assertEqual(frames[1].delivery.gateway_id, first.gateway_id)
+        self.assertServing(pending=["half-sub-1"])
+
+    def test_half_closed_with_answers_unread(self):
+        """A partner that half-closes and does not read what it is owed is cut
+        idle_timeout after its close_notify, without the gateway's close_notify."""
+        pb = self.pb
+        gw = self.gateway(name="gw-big", limits={
+            "idle_timeout": "2s", "max_frame": "16MiB", "connection_buffer": "32MiB"})
+        police = self.connect("police", gw)
+        for i in range(4):  # a fetch answer of 10 MB: more than the sockets between hold
+            self.accepted(police, "unread-%d" % i, [{"nhs_number": NHS_A, "concern_summary": "x" * 2500000}])
+        c = HalfCloser(gw, self.pki.certs["nhs"], timeout=30 * isgtest.SLOW, rcvbuf=4096)
+        self.addCleanup(c.close)
+        c.send_frames([pb.Frame(request_id=9, fetch=pb.FetchRequest(max_messages=10))])
+        c.close_notify()
+        t0 = time.monotonic()
+        while "event=conn.half_close_timeout" not in gw.log:
+            if time.monotonic() - t0 > 30 * isgtest.SLOW:
+                self.fail("no conn.half_close_timeout\n" + gw.diagnostics())
+            time.sleep(0.2)
+        self.assertGreater(time.monotonic() - t0, 1.5, "cut before idle_timeout")
+        frames, notify = c.read_to_end(pb)
+        self.assertEqual(frames, [], "the 10 MB answer came whole")
+        self.assertFalse(notify, "close_notify with an answer owed")
+        self.assertServing(gw, pending=["unread-%d" % i for i in range(4)])
+
+
 if __name__ == "__main__":
     unittest.main()
