@@ -1249,6 +1249,70 @@ class TestSubscriptionWindow(HardeningCase):
         self.assertEqual(list(left.deliveries), [], "still pending after its ack")
         self.assertAlive(self.gw)
 
+    def test_late_batched_acks_drain_the_backlog(self):
+        """A slow subscriber (the soak's nhs-south) holds its pushes and acks
+        them late, in batches, some on its own connection and some on
+        another, while a sender keeps sending. Once the sender stops, what
+        is left comes within seconds: each ack refills the window at once,
+        and nothing waits in the store while the window has room."""
+        police = self.connect("police")
+        sub, other = self.subscribe(), self.connect("nhs")
+        sent, got, held, batches = [], [], [], 0
+
+        def take(f):
+            d = self.expect(f, "delivery")
+            got.append(d.gateway_id)
+            held.append(d.gateway_id)
+
+        def ack_held(k):
+            nonlocal batches
+            ids, held[:] = held[:k], held[k:]
+            batches += 1
+            if batches % 2:  # on the subscription: pushes may come before the AckResult
+                sub.send_frame(self.pb.Frame(request_id=100 + batches,
+                                             ack=self.pb.Ack(gateway_ids=ids)))
+                while True:
+                    f = sub.recv_frame(timeout=10 * isgtest.SLOW)
+                    if f.WhichOneof("body") != "delivery":
+                        break
+                    take(f)
+            else:
+                f = other.request(ack=self.pb.Ack(gateway_ids=ids))
+            res = self.expect(f, "ack_result")
+            self.assertEqual((res.acknowledged, list(res.unknown_ids)), (len(ids), []), res)
+
+        while len(sent) < 30:
+            sent.append(self.accepted(police, "slow-%d" % len(sent),
+                                      [{"nhs_number": NHS_A}]).gateway_id)
+            try:
+                take(sub.recv_frame(timeout=0.05 * isgtest.SLOW))
+            except socket.timeout:
+                pass
+            if len(held) == 3 and len(sent) % 4 == 0:
+                ack_held(2)  # late, and not all: one stays held
+        # The sender stopped with a backlog; the subscriber goes on acking
+        # what it holds (all but the newest push) whenever its window is full.
+        deadline = time.monotonic() + 10 * isgtest.SLOW
+        while len(got) < len(sent):
+            if time.monotonic() > deadline:
+                self.fail("%d of %d pushed within 10 s of the last send, %d held\n%s"
+                          % (len(got), len(sent), len(held), self.gw.diagnostics()))
+            try:
+                take(sub.recv_frame(timeout=1.0 * isgtest.SLOW))
+            except socket.timeout:
+                if len(held) < 3:
+                    self.fail("the subscription stalled with %d of 3 held, %d of %d pushed\n%s"
+                              % (len(held), len(got), len(sent), self.gw.diagnostics()))
+            if len(held) == 3:
+                ack_held(2)
+        ack_held(len(held))
+        self.assertEqual(got, sent, "each message pushed once, in order")
+        self.assertEqual(self.pushes(sub), [], "pushes after every message was acked")
+        left = self.expect(other.request(fetch=self.pb.FetchRequest(max_messages=100)),
+                           "fetch_result")
+        self.assertEqual(list(left.deliveries), [], "still pending after its ack")
+        self.assertAlive(self.gw)
+
     def test_acks_of_another_partner_leave_the_window_shut(self):
         """Only the subscriber's own partner's acks count: another partner
         naming the ids pushed to it (they come back unknown) must not let a
