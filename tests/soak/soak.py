@@ -788,6 +788,12 @@ class SlowAcker(Recipient):
     def on_push(self, gid):
         self.held.append((self.ack_due(), gid))
 
+    def window_room(self, now):
+        """Room in the gateway's window for this subscription: a push that
+        expired has left it (handler.c window_expire), acked or not."""
+        live = sum(1 for _, g in self.held if self.expiry.get(g, float("inf")) > now * 1000)
+        return WINDOW - live
+
     def ack_due(self):
         late = self.rng.random() < 0.1
         return time.time() + (self.rng.uniform(10, 20) if late else self.rng.uniform(2, 8))
@@ -796,6 +802,7 @@ class SlowAcker(Recipient):
         c = self.conn.get()
         self.held = []  # (due time, gid)
         self.seen = set()  # gids got on this connection
+        self.expiry = {}  # gid: expires_at_ms, of those got on this connection
         subscribe = self.rng.random() < 0.5
         until = time.time() + self.rng.uniform(60, 120) if subscribe else time.time() + self.rng.uniform(20, 60)
         drop_at = time.time() + self.rng.uniform(5, 40) if self.rng.random() < 0.25 else None
@@ -803,6 +810,7 @@ class SlowAcker(Recipient):
             c.send_frame(PB.Frame(request_id=self.req_id(), subscribe=PB.Subscribe()))
             LEDGER.count("subscriptions." + self.partner)
         self.last_got = self.checked = time.time()
+        self.room_since = None  # since when the window has had room without a pause
         while not self.soak.stop_recipients.is_set() and time.time() < until:
             if subscribe:
                 try:
@@ -831,6 +839,8 @@ class SlowAcker(Recipient):
                     return
                 self.held = [(t, g) for t, g in self.held if t > time.time()]
                 self.ack(c, due)
+        if subscribe and self.soak.stop_recipients.is_set():
+            self.drain_over()
         if self.held and self.rng.random() < 0.5:  # ack on the next connection
             self.conn.drop()
             c = self.conn.get()
@@ -841,27 +851,53 @@ class SlowAcker(Recipient):
         self.last_got = time.time()
         gid = self.got(d)
         self.seen.add(gid)
+        ttl = ttl_ms(d.agreement_id, d.agreement_version)
+        self.expiry[gid] = d.accepted_at_ms + ttl if ttl is not None else float("inf")
         return gid
 
+    def waiting(self, now, older_than):
+        """Messages for this partner accepted more than older_than s ago, not
+        yet pushed on this connection nor acked, and not about to expire."""
+        with LEDGER.lock:
+            return [m for m in LEDGER.sends.values()
+                    if m["recipient"] == self.partner and m["outcome"] == "accepted"
+                    and now - m["accepted_local"] > older_than
+                    and m["receipt"]["gateway_id"] not in self.seen
+                    and m["receipt"]["gateway_id"] not in LEDGER.ack_sent
+                    and m["receipt"]["accepted_at_ms"] + ttl_ms(m["agreement"], 1) > now * 1000 + 3000]
+
     def check_stall(self):
-        """A subscription with room in its window that pushes nothing while a
-        message for it waits: stalled."""
+        """A subscription whose window has had room for 3 s while a message
+        for it waited: stalled. The gateway pushes as soon as an ack (or an
+        expiry) opens the window, so room lasts only while nothing waits;
+        a window kept full by slow acks is a backlog, not a stall."""
         now = time.time()
-        if now - self.last_got < 10 or now - self.checked < 1 or len(self.held) >= WINDOW // 2:
+        if self.window_room(now) <= 0:
+            self.room_since = None
+            return
+        if self.room_since is None:
+            self.room_since = now
+        if now - self.room_since < 3 or now - self.checked < 1:
             return
         self.checked = now
-        with LEDGER.lock:
-            waiting = [m for m in LEDGER.sends.values()
-                       if m["recipient"] == self.partner and m["outcome"] == "accepted"
-                       and now - m["accepted_local"] > 10
-                       and m["receipt"]["gateway_id"] not in self.seen
-                       and m["receipt"]["gateway_id"] not in LEDGER.ack_sent
-                       and m["receipt"]["accepted_at_ms"] + ttl_ms(m["agreement"], 1) > now * 1000 + 3000]
+        waiting = self.waiting(now, 3)
         if waiting:
-            LEDGER.problem("%s: subscription stalled: nothing pushed for %.0f s, %d messages waiting, "
-                           "%d unacked on this connection" % (self.partner, now - self.last_got, len(waiting),
-                                                              len(self.held)))
-            self.last_got = now  # once per stall, not every second
+            LEDGER.problem("%s: subscription stalled: room for %d in the window for %.0f s, nothing "
+                           "pushed for %.0f s, %d messages waiting, %d unacked on this connection"
+                           % (self.partner, self.window_room(now), now - self.room_since,
+                              now - self.last_got, len(waiting), len(self.held)))
+            self.room_since = None  # once per stall, not every second
+
+    def drain_over(self):
+        """Say why messages are still pending as the soak ends: behind a full
+        window they wait on this recipient's acks (check_stall finds the rest)."""
+        now = time.time()
+        waiting = self.waiting(now, 0)
+        if waiting:
+            LEDGER.note("%s: drain over with %d messages not yet pushed, window room %d of %d "
+                        "(%d held), the oldest waiting %.0f s" % (
+                            self.partner, len(waiting), self.window_room(now), WINDOW, len(self.held),
+                            now - min(m["accepted_local"] for m in waiting)))
 
 
 class NeverAcker(Recipient):
