@@ -14,6 +14,8 @@ Environment:
   ISG_BIN        directory holding isgd and isgctl (default <repo>/build/bin)
   ISG_SOURCE     repository root (default: two levels above this file)
   ISG_VALGRIND=1 run isgd under valgrind (memcheck, leaks are errors)
+  TSAN_OPTIONS   for a ThreadSanitizer build (-DISG_TSAN=ON); the harness adds
+                 suppressions=tests/tsan.supp unless it names its own
   ISG_KEEP_TMP=1 keep the temporary directories for inspection
   ISG_CTL_FLAGS  "after" (default) puts isgctl's connection flags after the
                  subcommand name, "before" puts them before it
@@ -51,6 +53,30 @@ ISGCTL = os.path.join(BIN, "isgctl")
 VALGRIND = os.environ.get("ISG_VALGRIND", "") not in ("", "0")
 KEEP_TMP = os.environ.get("ISG_KEEP_TMP", "") not in ("", "0")
 CTL_FLAGS = os.environ.get("ISG_CTL_FLAGS", "after")
+
+
+
+def _built_with(path, symbol):
+    try:
+        with open(path, "rb") as f:
+            return symbol in f.read()
+    except OSError:
+        return False
+
+
+# A ThreadSanitizer build (cmake -DISG_TSAN=ON): its shadow memory counts in
+# isgd's RSS, and it reads its suppressions (what lies outside our code) from
+# tests/tsan.supp, for isgd and isgctl alike.
+TSAN = _built_with(ISGD, b"__tsan_init")
+if TSAN and "suppressions=" not in os.environ.get("TSAN_OPTIONS", ""):
+    os.environ["TSAN_OPTIONS"] = (os.environ.get("TSAN_OPTIONS", "") + " suppressions="
+                                  + os.path.join(SOURCE, "tests", "tsan.supp")).strip()
+
+# What a sanitizer prints on isgd's stderr (its log) when it finds a bug:
+# ThreadSanitizer's warnings, AddressSanitizer's and LeakSanitizer's errors,
+# UndefinedBehaviorSanitizer's runtime errors.
+SANITIZER_RE = re.compile(r"^(?:WARNING: ThreadSanitizer: |==\d+==ERROR: (?:Address|Leak)Sanitizer: "
+                          r"|\S+:\d+:\d+: runtime error: )", re.M)
 
 # Timeouts in seconds; valgrind slows the daemon down by an order of magnitude.
 SLOW = 6.0 if VALGRIND else 1.0
@@ -562,6 +588,20 @@ class CtlResult(collections.namedtuple("CtlResult", "rc out err argv")):
             " ".join(self.argv), self.rc, self.out, self.err)
 
 
+class SanitizerReport(AssertionError):
+    """A sanitizer's report in isgd's log."""
+
+
+def sanitizer_reports(text, max_lines=80):
+    """Each sanitizer report in text, up to its SUMMARY line (or max_lines)."""
+    out = []
+    for m in SANITIZER_RE.finditer(text):
+        lines = text[m.start():].splitlines()[:max_lines]
+        end = next((i for i, l in enumerate(lines) if l.startswith("SUMMARY: ")), len(lines) - 1)
+        out.append("\n".join(lines[:end + 1]))
+    return out
+
+
 class Gateway:
     """
     One isgd in tmpdir: keys in tmpdir/keys (isgctl keys init), store in
@@ -588,6 +628,7 @@ class Gateway:
         self.last_rc = None
         self.starts = 0
         self._final_log = None
+        self._sanitizer_seen = 0
         if "crl" in overrides:
             overrides.setdefault("tls", {})["crl"] = overrides.pop("crl")
         self.config = _merge({
@@ -685,6 +726,7 @@ class Gateway:
         took = time.monotonic() - t0
         self.proc = None
         self.last_rc = rc
+        self.assert_no_sanitizer_report()
         if expect_rc is not None and rc != expect_rc:
             raise AssertionError("isgd exited with %d %s, expected %d\n%s"
                                  % (rc, "before SIGTERM" if already else "after SIGTERM", expect_rc,
@@ -698,6 +740,7 @@ class Gateway:
                 self.proc.kill()
             self.last_rc = self.proc.wait()
             self.proc = None
+            self.assert_no_sanitizer_report()
 
     def restart(self):
         self.stop()
@@ -728,7 +771,8 @@ class Gateway:
     def close(self, strict=False):
         """
         For cleanups: stop isgd and keep a copy of the log. strict: SIGTERM
-        must make it exit 0 (valgrind's errors and leaks show up here).
+        must make it exit 0 (valgrind's errors and leaks show up here). A
+        sanitizer's report in the log fails either way.
         """
         try:
             if strict:
@@ -736,6 +780,8 @@ class Gateway:
             elif self.running:
                 try:
                     self.stop(expect_rc=None)
+                except SanitizerReport:
+                    raise
                 except AssertionError:
                     pass
         finally:
@@ -756,7 +802,24 @@ class Gateway:
 
     def diagnostics(self, lines=40):
         text = self._final_log if self._final_log is not None else self.log + self._valgrind_text()
-        return "--- isgd log tail (%s)\n%s" % (self.log_path, tail(text, lines))
+        reports = sanitizer_reports(text)
+        return "--- isgd log tail (%s)\n%s%s" % (
+            self.log_path, tail(text, lines),
+            "".join("\n--- sanitizer report\n" + r for r in reports))
+
+    def assert_no_sanitizer_report(self):
+        """
+        Fail on a report a sanitizer build wrote in isgd's log (its stderr,
+        the key process's too) since the last look: a race ThreadSanitizer
+        saw, or an error AddressSanitizer or UBSan saw without stopping
+        isgd, fails the test even when isgd went on to exit 0 or was killed.
+        """
+        text = self.log
+        reports = sanitizer_reports(text[self._sanitizer_seen:])
+        self._sanitizer_seen = len(text)
+        if reports:
+            raise SanitizerReport("%d sanitizer report(s) in isgd's log (%s):\n%s"
+                                  % (len(reports), self.log_path, "\n".join(reports)))
 
     def store_files(self):
         d = os.path.dirname(self.store_path)

@@ -237,5 +237,53 @@ class FrameConnTest(unittest.TestCase):
             isgtest.FrameConn(self.fake, self.pki.certs["police"], server_hostname="other.example")
 
 
+# Reports as ThreadSanitizer, AddressSanitizer and UBSan print them, between log lines.
+TSAN_REPORT = """==================
+WARNING: ThreadSanitizer: data race (pid=4242)
+  Write of size 4 at 0x7b0400000010 by thread T1:
+    #0 worker_main gateway/net/server.c:10 (isgd+0x1234)
+
+SUMMARY: ThreadSanitizer: data race gateway/net/server.c:10 in worker_main
+=================="""
+ASAN_REPORT = """=================================================================
+==4243==ERROR: AddressSanitizer: heap-use-after-free on address 0x602000000010
+    #0 0x4005 in conn_event gateway/net/server.c:1056
+SUMMARY: AddressSanitizer: heap-use-after-free gateway/net/server.c:1056 in conn_event"""
+UBSAN_REPORT = "gateway/store/store.c:12:5: runtime error: signed integer overflow"
+LOG_LINE = 'ts=2026-01-01T00:00:00.000Z level=info event=x reason="a: runtime error: b"'
+
+
+class SanitizerReportTest(unittest.TestCase):
+    def test_reports_found_up_to_their_summary(self):
+        text = "\n".join([LOG_LINE, TSAN_REPORT, LOG_LINE, ASAN_REPORT, UBSAN_REPORT, LOG_LINE])
+        reports = isgtest.sanitizer_reports(text)
+        self.assertEqual(len(reports), 3, reports)
+        self.assertTrue(reports[0].startswith("WARNING: ThreadSanitizer: data race"))
+        self.assertTrue(reports[0].endswith("in worker_main"), reports[0])
+        self.assertTrue(reports[1].startswith("==4243==ERROR: AddressSanitizer"))
+        self.assertTrue(reports[1].endswith("in conn_event"), reports[1])
+        self.assertTrue(reports[2].startswith(UBSAN_REPORT))
+
+    def test_log_lines_are_no_report(self):
+        self.assertEqual(isgtest.sanitizer_reports("\n".join([LOG_LINE] * 3)), [])
+
+    def test_gateway_fails_once_on_a_report_in_its_log(self):
+        d = isgtest.make_tmpdir("isg-harness-")
+        self.addCleanup(isgtest.remove_tmpdir, d)
+        gw = isgtest.Gateway.__new__(isgtest.Gateway)  # no isgd: only its log
+        gw.log_path, gw.proc, gw._final_log, gw._sanitizer_seen = os.path.join(d, "log"), None, None, 0
+        with open(gw.log_path, "w") as f:
+            f.write(LOG_LINE + "\n")
+        gw.assert_no_sanitizer_report()
+        with open(gw.log_path, "a") as f:
+            f.write(TSAN_REPORT + "\n" + LOG_LINE + "\n")
+        with self.assertRaises(isgtest.SanitizerReport) as cm:
+            gw.assert_no_sanitizer_report()
+        self.assertIn("WARNING: ThreadSanitizer: data race", str(cm.exception))
+        self.assertIn("--- sanitizer report", gw.diagnostics())
+        gw.assert_no_sanitizer_report()  # said once: a later stop need not say it again
+        gw.close(strict=True)  # nothing running, nothing new
+
+
 if __name__ == "__main__":
     unittest.main()
