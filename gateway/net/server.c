@@ -141,7 +141,14 @@ struct net_server {
 	struct net_worker *workers;
 };
 
-/* epoll user data: listener and eventfd are tagged by small values. */
+/*
+ * epoll user data: a connection's id, never its address. One batch of
+ * events may hold several for a connection that an earlier event of the
+ * same batch freed (a post that cut it, a wake-up whose write failed); its
+ * id then finds nothing, where its address would be used after the free.
+ * The listener and the eventfd are tagged by values no id can be: an id's
+ * upper half, its generation, is never 0.
+ */
 #define TAG_LISTEN 1
 #define TAG_EVENT 2
 
@@ -170,9 +177,9 @@ static int slot_take(struct net_worker *w, struct net_conn *c)
 	w->n_slots = n;
 found:
 	w->slots[c->slot] = c;
-	c->id = ((uint64_t)++w->next_gen << 32) | c->slot;
-	if (w->next_gen == 0)
-		w->next_gen = 1; /* id 0 means "no connection" */
+	if (++w->next_gen == 0)
+		w->next_gen = 1; /* id 0 means "no connection"; see TAG_LISTEN too */
+	c->id = ((uint64_t)w->next_gen << 32) | c->slot;
 	return 0;
 }
 
@@ -204,7 +211,7 @@ static void conn_update_interest(struct net_conn *c)
 	if (want_in == c->interest_in && want_out == c->interest_out)
 		return;
 	struct epoll_event ev = {.events = (want_in ? EPOLLIN : 0) | (want_out ? EPOLLOUT : 0),
-	                         .data.ptr = c};
+	                         .data.u64 = c->id};
 	epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 	bool resumed = want_in && !c->interest_in && c->state == CONN_OPEN;
 	c->interest_in = want_in;
@@ -293,7 +300,7 @@ static void conn_refuse(struct net_conn *c, const char *reason)
 	shutdown(c->fd, SHUT_WR);
 	c->state = CONN_LINGER;
 	c->deadline = time_mono_ms() + LINGER_MS;
-	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = c->id};
 	epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
@@ -319,8 +326,9 @@ static void conn_handshake(struct net_conn *c)
 		int e = SSL_get_error(c->ssl, r);
 		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
 			c->interest_out = e == SSL_ERROR_WANT_WRITE;
-			struct epoll_event ev = {
-			    .events = EPOLLIN | (c->interest_out ? EPOLLOUT : 0), .data.ptr = c};
+			struct epoll_event ev = {.events =
+			                             EPOLLIN | (c->interest_out ? EPOLLOUT : 0),
+			                         .data.u64 = c->id};
 			epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 			return;
 		}
@@ -957,7 +965,7 @@ static void worker_accept_one(struct net_worker *w, int fd, const struct sockadd
 	if (w->conns)
 		w->conns->prev = c;
 	w->conns = c;
-	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = c->id};
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
 		conn_free(c);
 		return;
@@ -1023,7 +1031,7 @@ static void worker_accept_failed(struct net_worker *w, int err)
 	int64_t now = time_mono_ms();
 	bool pause = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
 	if (pause) {
-		struct epoll_event ev = {.events = 0, .data.ptr = (void *)TAG_LISTEN};
+		struct epoll_event ev = {.events = 0, .data.u64 = TAG_LISTEN};
 		epoll_ctl(w->epfd, EPOLL_CTL_MOD, w->listen_fd, &ev);
 		w->accept_resume_at = now + ACCEPT_PAUSE_MS;
 	}
@@ -1044,7 +1052,7 @@ static int64_t worker_accept_resume(struct net_worker *w, int64_t now, int64_t n
 	if (now < w->accept_resume_at)
 		return w->accept_resume_at < next ? w->accept_resume_at : next;
 	w->accept_resume_at = 0;
-	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = (void *)TAG_LISTEN};
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_LISTEN};
 	epoll_ctl(w->epfd, EPOLL_CTL_MOD, w->listen_fd, &ev);
 	return next;
 }
@@ -1172,13 +1180,14 @@ static void *worker_main(void *arg)
 	for (;;) {
 		int n = epoll_wait(w->epfd, events, 64, (int)(timeout > 0 ? timeout : 0));
 		for (int i = 0; i < n; i++) {
-			void *ptr = events[i].data.ptr;
-			if (ptr == (void *)TAG_LISTEN)
+			uint64_t tag = events[i].data.u64;
+			struct net_conn *c;
+			if (tag == TAG_LISTEN)
 				worker_accept(w);
-			else if (ptr == (void *)TAG_EVENT)
+			else if (tag == TAG_EVENT)
 				worker_run_posts(w);
-			else
-				conn_event(ptr, events[i].events);
+			else if ((c = slot_find(w, tag)) != NULL) /* NULL: freed this batch */
+				conn_event(c, events[i].events);
 		}
 		if (atomic_load(&w->s->stopping) && !w->stopping) {
 			w->stopping = true;
@@ -1295,8 +1304,8 @@ static int worker_init(struct net_worker *w, struct net_server *s, uint32_t inde
 		snprintf(err, errlen, "cannot create epoll or eventfd: %s", strerror(errno));
 		return ISG_ERR_IO;
 	}
-	struct epoll_event lev = {.events = EPOLLIN, .data.ptr = (void *)TAG_LISTEN};
-	struct epoll_event eev = {.events = EPOLLIN, .data.ptr = (void *)TAG_EVENT};
+	struct epoll_event lev = {.events = EPOLLIN, .data.u64 = TAG_LISTEN};
+	struct epoll_event eev = {.events = EPOLLIN, .data.u64 = TAG_EVENT};
 	epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &lev);
 	epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->event_fd, &eev);
 	return 0;
