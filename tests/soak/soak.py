@@ -1231,6 +1231,7 @@ class Soak:
                                   store={"sweep_interval": "5s"},
                                   limits={"idle_timeout": "%ds" % ISGD_IDLE_TIMEOUT,
                                           "max_fetch_messages": WINDOW})
+        self.gw.check_sanitizers = False  # check_log lists their reports with the rest
         for d in ("soak-planning", "soak-triage"):
             isgtest.new_domain(self.gw.keys_dir, d)
             self.load_keys(d)
@@ -1772,7 +1773,7 @@ class Soak:
                 if re.match(r"\S+:\d+:\d+: warning: ", line):  # policy warnings at start
                     warns["start-up policy warning"] += 1
                     continue
-                if re.search(r"AddressSanitizer|LeakSanitizer|runtime error|SUMMARY:", line):
+                if re.search(r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error|SUMMARY:", line):
                     LEDGER.problem("sanitizer: " + line)
                 else:
                     LEDGER.note("log line not in logfmt: " + line[:200])
