@@ -409,6 +409,8 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	if (rc)
 		goto out;
 	sqlite3_commit_hook(s->db, commit_hook, s);
+	/* The log is the writer's from its start (its first sweep appends at once). */
+	uint64_t entries = audit_tree_size(&s->log.tree), checkpoint = s->checkpoint_size;
 	if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
 		store_seterr(err, errlen, "store: cannot start the writer thread");
 		rc = ISG_ERR_NOMEM;
@@ -418,8 +420,8 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 	log_event(LOG_INFO, "store.opened",
 	          "max_batch=%" PRIu32 " sweep_interval_ms=%" PRId64 " audit_entries=%" PRIu64
 	          " checkpoint=%" PRIu64 " checkpoints=%s",
-	          s->max_batch, s->sweep_interval_ms, audit_tree_size(&s->log.tree),
-	          s->checkpoint_size, s->signer ? "signed" : "off");
+	          s->max_batch, s->sweep_interval_ms, entries, checkpoint,
+	          s->signer ? "signed" : "off");
 out:
 	if (rc) {
 		store_release(s);

@@ -806,6 +806,29 @@ static void test_long_sweep_interval(void **state)
 	assert_int_equal(store_test_commits(s), commits);
 }
 
+/*
+ * Once the writer runs it owns the audit log: what store_open logs of it
+ * (its size, its checkpoint) is read before the writer starts. Here the
+ * writer's first sweep appends an expiry entry while this thread waits
+ * without touching the store, so nothing orders a read of store_open's made
+ * after the start before that append: ThreadSanitizer reports it.
+ */
+static void test_open_reads_the_log_before_the_writer_starts(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 3600 * 1000, 0);
+	struct store_message m = fx_msg("police-a", "short", "nhs-b", "soon gone");
+	m.ttl_ms = 1;
+	assert_int_equal(send_sync(s, &m, NULL), 0);
+	fx_close(f);
+	sleep_ms(5);
+	fx_open_with(f, 3600 * 1000, 0);
+	sleep_ms(200); /* the sweep at start, with no lock taken here meanwhile */
+	fx_close(f);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.expired'", 0),
+	                 1);
+}
+
 static void test_durable_across_reopen(void **state)
 {
 	struct fx *f = *state;
@@ -1619,6 +1642,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_failed_sweep_waits_for_its_interval, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_long_sweep_interval, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_open_reads_the_log_before_the_writer_starts,
+	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_durable_across_reopen, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_secure_delete_not_left_fast, fx_setup,
 	                                    fx_teardown),
