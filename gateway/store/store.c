@@ -269,9 +269,12 @@ static void *writer_main(void *arg)
 		pthread_mutex_lock(&s->mu);
 		for (;;) {
 			if (s->paused && !s->closing) {
+				s->parked = true;
+				pthread_cond_broadcast(&s->cv); /* store_test_pause waits for it */
 				pthread_cond_wait(&s->cv, &s->mu);
 				continue;
 			}
+			s->parked = false;
 			int64_t now = time_mono_ms();
 			sweep = now >= next_sweep;
 			checkpoint = store_log_checkpoint_due(s, now);
@@ -677,6 +680,9 @@ void store_test_pause(struct store *s, bool paused)
 	pthread_mutex_lock(&s->mu);
 	s->paused = paused;
 	pthread_cond_broadcast(&s->cv);
+	/* Until the writer is held: not in a batch, nor in its start-up sweep. */
+	while (paused && !s->parked && !s->closing)
+		pthread_cond_wait(&s->cv, &s->mu);
 	pthread_mutex_unlock(&s->mu);
 }
 

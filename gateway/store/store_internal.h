@@ -238,6 +238,7 @@ struct store {
 	size_t queued;
 	bool closing;
 	bool paused; /* tests only */
+	bool parked; /* tests only: the writer waits, paused, between batches */
 	store_notify_fn notify;
 	void *notify_ctx;
 

@@ -14,12 +14,15 @@
 size_t store_test_keys_kept(struct store *s);
 /* Transactions the writer has committed since store_open. */
 uint64_t store_test_commits(struct store *s);
-/* Hold the writer before it takes the next batch, so jobs pile up; false releases it. */
+/* Hold the writer before it takes the next batch, so jobs pile up; returns
+ * once it is held (a batch or sweep under way ends first). false releases it. */
 void store_test_pause(struct store *s, bool paused);
-/* Make the next COMMIT fail (a commit hook turns it into a rollback). */
+/* Make the next COMMIT fail (a commit hook turns it into a rollback). Every
+ * transaction commits, a sweep's with nothing to expire too: arm it with
+ * the writer paused, or the next one may be another's. */
 void store_test_fail_next_commit(struct store *s);
-/* Make the next n COMMITs that write anything fail as on a full disk
- * (ISG_ERR_FULL), as when the WAL cannot grow at commit. */
+/* Make the next n COMMITs fail as on a full disk (ISG_ERR_FULL), as when
+ * the WAL cannot grow at commit; as above, any transaction's. */
 void store_test_full_commits(struct store *s, int n);
 /* Make the next setting of secure_delete back to ON, after a payload's
  * delete, fail, leaving FAST in force. */

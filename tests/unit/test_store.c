@@ -434,6 +434,51 @@ static void test_refusals_found_are_recorded(void **state)
  * answer is the limit's, with the limit's entry, and the builder's entry
  * is nowhere: the builder must change nothing the answer depends on.
  */
+/*
+ * store_test_pause returns once the writer is held between batches, and
+ * nothing commits until it is released: a sweep under way ends first (a
+ * transaction, as every sweep is, even one with nothing to expire). The
+ * tests that pause, queue jobs and then make the next COMMITs fail rely on
+ * it: a sweep committing after that would take a failure meant for their
+ * batch. Here the start-up sweeps expire 3000 messages, 1000 at a time,
+ * so one is still running when the pause is asked for.
+ */
+static void test_pause_holds_the_writer_between_batches(void **state)
+{
+	enum { N = 3000 };
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 3600 * 1000, 0);
+	static struct wait w[N];
+	char ids[N][16];
+	store_test_pause(s, true);
+	for (int i = 0; i < N; i++) {
+		snprintf(ids[i], sizeof(ids[i]), "m-%d", i);
+		struct store_message m = fx_msg("police-a", ids[i], "nhs-b", "soon gone");
+		m.ttl_ms = 1;
+		wait_init(&w[i]);
+		assert_int_equal(store_send(s, &m, on_send, &w[i]), 0);
+	}
+	store_test_pause(s, false);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(wait_for(&w[i]), 0);
+	fx_close(f);
+	sleep_ms(5);
+	s = fx_open_with(f, 3600 * 1000, 0);
+	sleep_ms(5); /* into the start-up sweep */
+	store_test_pause(s, true);
+	uint64_t held = store_test_commits(s);
+	sleep_ms(100);
+	assert_int_equal(store_test_commits(s), held);
+	store_test_pause(s, false);
+	int64_t expired = 0;
+	for (int i = 0; i < 500 && expired < N; i++) {
+		sleep_ms(10);
+		expired = db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.expired'", 0);
+	}
+	assert_int_equal(expired, N);
+	assert_true(store_test_commits(s) > held);
+}
+
 static void test_found_refusal_rolled_back_with_its_batch(void **state)
 {
 	struct fx *f = *state;
@@ -1630,6 +1675,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_no_id_twice_after_a_restore, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_id_skips_do_not_add_up, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_pause_holds_the_writer_between_batches, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_found_refusal_rolled_back_with_its_batch, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_ack_rules, fx_setup, fx_teardown),
