@@ -272,7 +272,7 @@ class SanitizerReportTest(unittest.TestCase):
         self.addCleanup(isgtest.remove_tmpdir, d)
         gw = isgtest.Gateway.__new__(isgtest.Gateway)  # no isgd: only its log
         gw.log_path, gw.proc, gw._final_log, gw._sanitizer_seen = os.path.join(d, "log"), None, None, 0
-        gw.check_sanitizers = True
+        gw.check_sanitizers, gw.valgrind_log = True, os.path.join(d, "valgrind.log")
         with open(gw.log_path, "w") as f:
             f.write(LOG_LINE + "\n")
         gw.assert_no_sanitizer_report()
