@@ -58,6 +58,8 @@ def build_settings():
     flags = []
     if cache.get("ISG_SANITIZE") == "ON":
         flags = ["-fsanitize=address,undefined"]
+    elif cache.get("ISG_TSAN") == "ON":
+        flags = ["-fsanitize=thread"]
     return cc, flags
 
 
