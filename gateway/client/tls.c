@@ -57,23 +57,6 @@ static int check_readable(const char *what, const char *path, struct isg_error *
 	return 0;
 }
 
-/* Read fd to its end, or until b's cap bytes are full; the bytes read, or -1 and errno. */
-static ssize_t read_all(int fd, unsigned char *b, size_t cap)
-{
-	size_t len = 0;
-	while (len < cap) {
-		ssize_t n = read(fd, b + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -1;
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	return (ssize_t)len;
-}
-
 /* The key file in *buf, of *cap bytes (OPENSSL_clear_free it): its size, or -1. */
 static ssize_t read_key_file(const char *path, unsigned char **buf, size_t *cap,
                              struct isg_error *err)
@@ -97,7 +80,7 @@ static ssize_t read_key_file(const char *path, unsigned char **buf, size_t *cap,
 		             path);
 		return -1;
 	}
-	ssize_t len = read_all(fd, b, *cap);
+	ssize_t len = fd_read_up_to(fd, b, *cap);
 	int e = errno;
 	close(fd);
 	if (len >= 0 && (size_t)len < *cap) {

@@ -333,34 +333,25 @@ static int read_file(int fd, const char *path, char **out, size_t *len, char *er
 		            (size_t)DOMAIN_FILE_MAX);
 		return ISG_ERR_PARSE;
 	}
-	size_t cap = (size_t)st.st_size + 1, used = 0;
+	size_t cap = (size_t)st.st_size + 1;
 	char *buf = sodium_malloc(cap);
 	if (!buf) {
 		keys_seterr(err, errlen, "key file '%s': cannot allocate guarded memory", path);
 		return ISG_ERR_NOMEM;
 	}
-	for (;;) {
-		ssize_t n = read(fd, buf + used, cap - used);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
+	ssize_t used = fd_read_up_to(fd, buf, cap);
+	if (used < 0 || (size_t)used == cap) {
+		if (used < 0)
 			keys_seterr(err, errlen, "key file '%s': cannot read: %s", path,
 			            strerror(errno));
-			sodium_free(buf);
-			return ISG_ERR_IO;
-		}
-		if (n == 0)
-			break;
-		used += (size_t)n;
-		if (used == cap) {
+		else
 			keys_seterr(err, errlen, "key file '%s' changed while it was read", path);
-			sodium_free(buf); /* sodium_free wipes */
-			return ISG_ERR_IO;
-		}
+		sodium_free(buf); /* sodium_free wipes */
+		return ISG_ERR_IO;
 	}
 	buf[used] = '\0';
 	*out = buf;
-	*len = used;
+	*len = (size_t)used;
 	return 0;
 }
 

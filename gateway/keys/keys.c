@@ -181,27 +181,17 @@ static int keys_open(const char *path, int *fd_out, char *err, size_t errlen)
 static int keys_read_all(int fd, const char *path, char *buf, size_t size, size_t *len, char *err,
                          size_t errlen)
 {
-	size_t used = 0;
-	for (;;) {
-		ssize_t n = read(fd, buf + used, size - used);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			keys_seterr(err, errlen, "key file '%s': cannot read: %s", path,
-			            strerror(errno));
-			return ISG_ERR_IO;
-		}
-		if (n == 0)
-			break;
-		used += (size_t)n;
-		if (used >= size - 1) {
-			keys_seterr(err, errlen, "%s:1:1: file is longer than a key file can be",
-			            path);
-			return ISG_ERR_PARSE;
-		}
+	ssize_t used = fd_read_up_to(fd, buf, size - 1);
+	if (used < 0) {
+		keys_seterr(err, errlen, "key file '%s': cannot read: %s", path, strerror(errno));
+		return ISG_ERR_IO;
+	}
+	if ((size_t)used == size - 1) {
+		keys_seterr(err, errlen, "%s:1:1: file is longer than a key file can be", path);
+		return ISG_ERR_PARSE;
 	}
 	buf[used] = '\0';
-	*len = used;
+	*len = (size_t)used;
 	return 0;
 }
 

@@ -211,20 +211,13 @@ static void read_source(struct loader *l, struct source *s)
 		note_err(l, ISG_ERR_NOMEM);
 		goto out;
 	}
-	while (s->len < cap) {
-		ssize_t r = read(fd, s->buf + s->len, cap - s->len);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			if (r < 0) {
-				ydoc_error(l->d, s->path, NULL, "cannot read: %s", strerror(errno));
-				note_err(l, ISG_ERR_IO);
-				goto out;
-			}
-			break;
-		}
-		s->len += (size_t)r;
+	ssize_t r = fd_read_up_to(fd, s->buf, cap);
+	if (r < 0) {
+		ydoc_error(l->d, s->path, NULL, "cannot read: %s", strerror(errno));
+		note_err(l, ISG_ERR_IO);
+		goto out;
 	}
+	s->len = (size_t)r;
 	if (s->len == cap) {
 		ydoc_error(l->d, s->path, NULL, "file changed while being read");
 		note_err(l, ISG_ERR_IO);

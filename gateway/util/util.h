@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <openssl/sha.h>
 
@@ -146,6 +147,11 @@ void hex_encode(char *out, const uint8_t *in, size_t len);
 #define SOCK_USER_TIMEOUT_MS                                                                       \
 	((SOCK_KEEPALIVE_IDLE_S + SOCK_KEEPALIVE_INTERVAL_S * SOCK_KEEPALIVE_PROBES) * 1000)
 void sock_tcp_options(int fd);
+
+/* Read fd until its end or until cap bytes are in buf, whichever is first
+ * (EINTR retried): the bytes read, or -1 with errno. A loader passes one
+ * byte more than it accepts, to see a file that grew since its fstat. */
+ssize_t fd_read_up_to(int fd, void *buf, size_t cap);
 
 /*
  * A growable string. After an allocation failure it stays failed and

@@ -353,32 +353,25 @@ static int read_file(const char *path, size_t max, char **buf, size_t *len, stru
 		goto out;
 	}
 	/* One byte more than allowed, to notice a file that grew since fstat. */
-	size_t cap = (size_t)st.st_size + 1, used = 0;
+	size_t cap = (size_t)st.st_size + 1;
 	data = malloc(cap);
 	if (!data) {
 		err = ISG_ERR_NOMEM;
 		goto out;
 	}
-	for (;;) {
-		ssize_t r = read(fd, data + used, cap - used);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			ydoc_error(d, path, NULL, "cannot read: %s", strerror(errno));
-			err = ISG_ERR_IO;
-			goto out;
-		}
-		if (r == 0)
-			break;
-		used += (size_t)r;
-		if (used == cap) {
-			ydoc_error(d, path, NULL, "file changed while being read");
-			err = ISG_ERR_IO;
-			goto out;
-		}
+	ssize_t used = fd_read_up_to(fd, data, cap);
+	if (used < 0) {
+		ydoc_error(d, path, NULL, "cannot read: %s", strerror(errno));
+		err = ISG_ERR_IO;
+		goto out;
+	}
+	if ((size_t)used == cap) {
+		ydoc_error(d, path, NULL, "file changed while being read");
+		err = ISG_ERR_IO;
+		goto out;
 	}
 	*buf = data;
-	*len = used;
+	*len = (size_t)used;
 	data = NULL;
 out:
 	free(data);
