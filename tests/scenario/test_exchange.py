@@ -486,6 +486,15 @@ class TestSubscriberBackpressure(ExchangeCase):
 
 
 class TestSubscriberWindow(ExchangeCase):
+    def subscribed(self, gw):
+        """A send(message_id) for the police, and an NHS connection that has subscribed."""
+        police = isgtest.FrameConn(gw, self.pki.certs["police"])
+        self.addCleanup(police.close)
+        sub = isgtest.FrameConn(gw, self.pki.certs["nhs"])
+        self.addCleanup(sub.close)
+        sub.send_frame(sub.pb.Frame(request_id=1, subscribe=sub.pb.Subscribe()))
+        return (lambda mid: police.send_ok(mid, [{"nhs_number": NHS_A}])), sub
+
     def test_window_reopens_when_pushes_expire_before_their_ack(self):
         """A subscriber that acknowledges pushes only after they expired (its ack
         comes back with them in unknown_ids) gets further pushes: an expired
@@ -497,15 +506,7 @@ class TestSubscriberWindow(ExchangeCase):
         gw = self.gateway(self.policy(agreements=[agreement]),
                           store={"sweep_interval": "100ms"}, limits={"max_fetch_messages": 2})
         pb = isgtest.isg_pb2()
-        police = isgtest.FrameConn(gw, self.pki.certs["police"])
-        self.addCleanup(police.close)
-
-        def send(mid):
-            return police.send_ok(mid, [{"nhs_number": NHS_A}])
-
-        sub = isgtest.FrameConn(gw, self.pki.certs["nhs"])
-        self.addCleanup(sub.close)
-        sub.send_frame(pb.Frame(request_id=1, subscribe=pb.Subscribe()))
+        send, sub = self.subscribed(gw)
         late = [send("late-%d" % i) for i in range(2)]
         pushed = [sub.recv_frame(timeout=5 * isgtest.SLOW).delivery.gateway_id for _ in late]
         self.assertEqual(pushed, late)
@@ -531,16 +532,7 @@ class TestSubscriberWindow(ExchangeCase):
         and max_fetch_messages of them stopped the subscription for good."""
         agreement = isgtest.default_agreement(undelivered_ttl="3s")
         gw = self.gateway(self.policy(agreements=[agreement]), limits={"max_fetch_messages": 2})
-        pb = isgtest.isg_pb2()
-        police = isgtest.FrameConn(gw, self.pki.certs["police"])
-        self.addCleanup(police.close)
-
-        def send(mid):
-            return police.send_ok(mid, [{"nhs_number": NHS_A}])
-
-        sub = isgtest.FrameConn(gw, self.pki.certs["nhs"])
-        self.addCleanup(sub.close)
-        sub.send_frame(pb.Frame(request_id=1, subscribe=pb.Subscribe()))
+        send, sub = self.subscribed(gw)
         first_expiry = time.monotonic() + 3.0  # no earlier: accepted after this
         dropped = [send("dropped-%d" % i) for i in range(2)]
         pushed = [sub.recv_frame(timeout=5 * isgtest.SLOW).delivery.gateway_id for _ in dropped]

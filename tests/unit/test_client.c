@@ -367,6 +367,18 @@ static int teardown(void **state)
 	return pki_teardown(state);
 }
 
+/* A TCP socket bound to a free loopback port, not yet listening; the port in *port. */
+static int loopback_socket(uint16_t *port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	socklen_t len = sizeof(a);
+	getsockname(fd, (struct sockaddr *)&a, &len);
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
 static void mock_start_slow(struct mock *m, mock_script script, const char *ca_for_clients,
                             int accept_delay_ms)
 {
@@ -383,13 +395,8 @@ static void mock_start_slow(struct mock *m, mock_script script, const char *ca_f
 	assert_int_equal(SSL_CTX_load_verify_locations(m->ctx, ca_for_clients, NULL), 1);
 	SSL_CTX_set_verify(m->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
 	SSL_CTX_set_num_tickets(m->ctx, 0);
-	m->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	assert_int_equal(bind(m->listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	m->listen_fd = loopback_socket(&m->port);
 	assert_int_equal(listen(m->listen_fd, 4), 0);
-	socklen_t len = sizeof(a);
-	getsockname(m->listen_fd, (struct sockaddr *)&a, &len);
-	m->port = ntohs(a.sin_port);
 	assert_int_equal(pthread_create(&m->thread, NULL, mock_main, m), 0);
 	m->running = true;
 }
@@ -614,15 +621,11 @@ static void test_gateway_refuses_connection_with_error(void **state)
 
 static void test_connection_refused(void **state)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	socklen_t len = sizeof(a);
-	getsockname(fd, (struct sockaddr *)&a, &len);
-	close(fd); /* nothing listens there now */
+	uint16_t port;
+	close(loopback_socket(&port)); /* nothing listens there now */
 	struct isg_client_options opt;
 	char addr[64];
-	options_at(&opt, ntohs(a.sin_port), addr, sizeof(addr));
+	options_at(&opt, port, addr, sizeof(addr));
 	struct isg_client *c = NULL;
 	struct isg_error err;
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
@@ -674,17 +677,12 @@ static void test_hangup_during_handshake_is_io(void **state)
 	for (int reset = 0; reset < 2; reset++) {
 		int fds = open_fds();
 		struct hangup h = {.reset = reset};
-		h.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in a = {.sin_family = AF_INET,
-		                        .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-		assert_int_equal(bind(h.listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+		h.listen_fd = loopback_socket(&h.port);
 		assert_int_equal(listen(h.listen_fd, 1), 0);
-		socklen_t len = sizeof(a);
-		getsockname(h.listen_fd, (struct sockaddr *)&a, &len);
 		assert_int_equal(pthread_create(&h.thread, NULL, hangup_main, &h), 0);
 		struct isg_client_options opt;
 		char addr[64];
-		options_at(&opt, ntohs(a.sin_port), addr, sizeof(addr));
+		options_at(&opt, h.port, addr, sizeof(addr));
 		struct isg_client *c = NULL;
 		struct isg_error err;
 		assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
