@@ -32,10 +32,14 @@ int audit_pubkey_cmd(int argc, char **argv)
 {
 	static const struct option opts[] = {AUDIT_LOG_LONGOPTS, {NULL, 0, NULL, 0}};
 	struct audit_where w = {0};
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, pubkey_usage);
 	int opt;
-	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1)
-		if (!audit_where_option(&w, opt, optarg))
-			return ctl_bad_option(pubkey_usage, opt, argv);
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
+		audit_where_option(&w, opt, optarg);
+	}
 	if (w.help) {
 		printf("%s\nPrints the verifier key of the log's checkpoints in signed-note form,\n"
 		       "<origin>+<key hash>+<base64 public key>, from the audit signing key\n"
@@ -61,10 +65,14 @@ int audit_checkpoint_cmd(int argc, char **argv)
 {
 	static const struct option opts[] = {AUDIT_LOG_LONGOPTS, {NULL, 0, NULL, 0}};
 	struct audit_where w = {0};
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, checkpoint_usage);
 	int opt;
-	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1)
-		if (!audit_where_option(&w, opt, optarg))
-			return ctl_bad_option(checkpoint_usage, opt, argv);
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
+		audit_where_option(&w, opt, optarg);
+	}
 	if (w.help) {
 		printf("%s\nPrints the latest signed checkpoint exactly as the gateway stored it:\n"
 		       "the log's origin, its size and its root, signed. Keep copies outside the\n"

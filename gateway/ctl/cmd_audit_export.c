@@ -157,12 +157,16 @@ int audit_export_cmd(int argc, char **argv)
 	};
 	struct audit_where w = {0};
 	const char *output = NULL;
+	struct ctl_opts parse;
+	ctl_opts_init(&parse, argc, argv, ":", opts, export_usage);
 	int opt;
-	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+	while ((opt = ctl_opts_next(&parse)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
 		if (opt == AUDIT_OPT_FIRST_OWN)
 			output = optarg;
-		else if (!audit_where_option(&w, opt, optarg))
-			return ctl_bad_option(export_usage, opt, argv);
+		else
+			audit_where_option(&w, opt, optarg);
 	}
 	if (w.help) {
 		printf(

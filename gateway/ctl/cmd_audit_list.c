@@ -421,13 +421,17 @@ int audit_list_cmd(int argc, char **argv)
 	struct audit_where w = {0};
 	struct list_filter f;
 	filter_init(&f);
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, list_usage);
 	int opt;
-	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
 		int r = filter_option(&f, opt, optarg, list_usage);
 		if (r < 0)
 			return CTL_EXIT_USAGE;
-		if (r == 0 && !audit_where_option(&w, opt, optarg))
-			return ctl_bad_option(list_usage, opt, argv);
+		if (r == 0)
+			audit_where_option(&w, opt, optarg);
 	}
 	if (w.help)
 		return list_help();
@@ -711,24 +715,26 @@ static int subject_options(int argc, char **argv, struct audit_where *w, struct 
 	    {"identifier", required_argument, NULL, OPT_IDENT + PSEUDO_IDENTIFIER},
 	    {NULL, 0, NULL, 0},
 	};
-	int opt, index = 0;
-	while ((opt = getopt_long(argc, argv, ":", opts, &index)) != -1) {
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, subject_usage);
+	int opt;
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
 		if (opt > OPT_IDENT && opt <= OPT_IDENT + PSEUDO_IDENTIFIER) {
 			if (id->value)
 				return ctl_usage_error(subject_usage,
 				                       "give one identifier per search");
 			id->type = (enum pseudo_type)(opt - OPT_IDENT);
 			id->value = optarg;
-			id->option = opts[index].name;
+			id->option = o.name;
 			continue;
 		}
-		int r = opt == OPT_FROM || opt == OPT_TO || opt == OPT_FORMAT
-		            ? filter_option(f, opt, optarg, subject_usage)
-		            : 0;
+		int r = filter_option(f, opt, optarg, subject_usage);
 		if (r < 0)
 			return CTL_EXIT_USAGE;
-		if (r == 0 && !audit_where_option(w, opt, optarg))
-			return ctl_bad_option(subject_usage, opt, argv);
+		if (r == 0)
+			audit_where_option(w, opt, optarg);
 	}
 	if (w->help)
 		return CTL_EXIT_OK;

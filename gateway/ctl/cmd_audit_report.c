@@ -1583,16 +1583,6 @@ static int report_render(const struct report *r, const struct report_args *a)
 	return status;
 }
 
-/* An option that names one thing: given twice, one of the two would be dropped unsaid. */
-static int once(const char **slot, const char *value, const char *option)
-{
-	if (*slot)
-		return ctl_usage_error(report_usage, "%s given twice ('%s' and '%s')", option,
-		                       *slot, value);
-	*slot = value;
-	return CTL_EXIT_OK;
-}
-
 static int report_options(int argc, char **argv, struct audit_where *w, struct report_args *a)
 {
 	static const struct option opts[] = {
@@ -1607,37 +1597,38 @@ static int report_options(int argc, char **argv, struct audit_where *w, struct r
 	    {"grace", required_argument, NULL, OPT_GRACE},
 	    {NULL, 0, NULL, 0},
 	};
-	int opt, status = CTL_EXIT_OK;
-	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, report_usage);
+	int opt;
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
 		switch (opt) {
+		case CTL_OPTS_ERROR:
+			return CTL_EXIT_USAGE;
 		case OPT_FROM:
-			status = once(&a->from, optarg, "--from");
+			a->from = optarg;
 			break;
 		case OPT_TO:
-			status = once(&a->to, optarg, "--to");
+			a->to = optarg;
 			break;
 		case OPT_HTML:
-			status = once(&a->html, optarg, "--html");
+			a->html = optarg;
 			break;
 		case OPT_MARKDOWN:
-			status = once(&a->markdown, optarg, "--markdown");
+			a->markdown = optarg;
 			break;
 		case OPT_CSV:
-			status = once(&a->csv, optarg, "--csv");
+			a->csv = optarg;
 			break;
 		case OPT_POLICY:
-			status = once(&a->policy, optarg, "--policy");
+			a->policy = optarg;
 			break;
 		case OPT_GRACE:
 			if (audit_grace_option(optarg, report_usage, &a->grace_ms) != CTL_EXIT_OK)
 				return CTL_EXIT_USAGE;
 			break;
 		default:
-			if (!audit_where_option(w, opt, optarg))
-				return ctl_bad_option(report_usage, opt, argv);
+			audit_where_option(w, opt, optarg);
 		}
-		if (status != CTL_EXIT_OK)
-			return status;
 	}
 	if (w->help)
 		return CTL_EXIT_OK;

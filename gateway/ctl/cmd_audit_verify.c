@@ -676,13 +676,19 @@ int audit_verify_cmd(int argc, char **argv)
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;
 	}
-	while (status == CTL_EXIT_OK && (opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
-		if (opt == AUDIT_OPT_FIRST_OWN)
+	static const int many[] = {AUDIT_OPT_FIRST_OWN, 0}; /* --against: each saved checkpoint */
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, verify_usage);
+	o.many = many;
+	while (status == CTL_EXIT_OK && (opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			status = CTL_EXIT_USAGE;
+		else if (opt == AUDIT_OPT_FIRST_OWN)
 			against[n_against++] = optarg;
 		else if (opt == AUDIT_OPT_FIRST_OWN + 1)
 			status = audit_grace_option(optarg, verify_usage, &grace_ms);
-		else if (!audit_where_option(&w, opt, optarg))
-			status = ctl_bad_option(verify_usage, opt, argv);
+		else
+			audit_where_option(&w, opt, optarg);
 	}
 	if (status == CTL_EXIT_OK && w.help) {
 		free(against);
@@ -732,9 +738,13 @@ static int prove_options(int argc, char **argv, struct audit_where *w, struct pr
 	    {"size", required_argument, NULL, AUDIT_OPT_FIRST_OWN},
 	    {NULL, 0, NULL, 0},
 	};
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, prove_usage);
 	int opt;
 	int64_t v;
-	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
 		if (opt == AUDIT_OPT_FIRST_OWN) {
 			if (str_to_i64(optarg, 1, INT64_MAX, &v) != 0)
 				return ctl_usage_error(
@@ -743,8 +753,8 @@ static int prove_options(int argc, char **argv, struct audit_where *w, struct pr
 				    "'%s'",
 				    optarg);
 			a->size = (uint64_t)v;
-		} else if (!audit_where_option(w, opt, optarg)) {
-			return ctl_bad_option(prove_usage, opt, argv);
+		} else {
+			audit_where_option(w, opt, optarg);
 		}
 	}
 	if (w->help)

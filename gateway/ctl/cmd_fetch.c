@@ -94,14 +94,16 @@ static int parse_args(struct fetch_args *a, int argc, char **argv, bool *done)
 	};
 	int opt, status;
 	a->format = CTL_FORMAT_JSONL;
-	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":h", opts, usage);
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
 		if (opt == 'h') {
 			printf("%s\n%s", usage, help);
 			*done = true;
 			return CTL_EXIT_OK;
 		}
-		if (opt == '?' || opt == ':')
-			return ctl_bad_option(usage, opt, argv);
 		int c = ctl_conn_option(&a->conn, opt, optarg, usage);
 		if (c < 0)
 			return CTL_EXIT_USAGE;

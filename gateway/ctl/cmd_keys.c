@@ -106,10 +106,12 @@ static int rotate_options(int argc, char **argv, int64_t *overlap, const char **
 	    {"overlap", required_argument, NULL, 'o'},
 	    {NULL, 0, NULL, 0},
 	};
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, rotate_usage);
 	int opt;
-	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
-		if (opt != 'o')
-			return ctl_bad_option(rotate_usage, opt, argv);
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
 		if (str_to_i64(optarg, 0, KEYS_OVERLAP_MAX, overlap) != 0)
 			return ctl_usage_error(rotate_usage,
 			                       "--overlap must be a whole number of days from 0 to "

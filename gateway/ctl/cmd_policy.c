@@ -91,8 +91,12 @@ static int policy_check_cmd(int argc, char **argv)
 	    {NULL, 0, NULL, 0},
 	};
 	const char *keys_dir = NULL;
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":hk:", opts, check_usage);
 	int opt;
-	while ((opt = getopt_long(argc, argv, ":hk:", opts, NULL)) != -1) {
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
 		if (opt == 'h') {
 			printf(
 			    "%s\nLoads every policy file in DIR as the gateway would and prints "
@@ -105,10 +109,7 @@ static int policy_check_cmd(int argc, char **argv)
 			    check_usage);
 			return CTL_EXIT_OK;
 		}
-		if (opt == 'k')
-			keys_dir = optarg;
-		else
-			return ctl_bad_option(check_usage, opt, argv);
+		keys_dir = optarg; /* 'k' */
 	}
 	if (argc - optind != 1)
 		return ctl_usage_error(check_usage, "policy check takes one directory");

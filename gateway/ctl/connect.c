@@ -120,20 +120,19 @@ int ctl_parse_conn_only(struct ctl_conn *conn, const char *use, const char *help
 	    CTL_CONN_LONGOPTS,
 	    {NULL, 0, NULL, 0},
 	};
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":h", opts, use);
 	int opt;
-	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
 		if (opt == 'h') {
 			printf("%s\n%s", use, help);
 			*done = true;
 			return CTL_EXIT_OK;
 		}
-		if (opt == '?' || opt == ':')
-			return ctl_bad_option(use, opt, argv);
-		int c = ctl_conn_option(conn, opt, optarg, use);
-		if (c < 0)
+		if (ctl_conn_option(conn, opt, optarg, use) < 0)
 			return CTL_EXIT_USAGE;
-		if (c == 0)
-			return ctl_bad_option(use, '?', argv);
 	}
 	if (optind < argc)
 		return ctl_usage_error(use, "unexpected argument '%s'", argv[optind]);

@@ -53,8 +53,43 @@ void ctl_output_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
 /* Print "isgctl: message" and the usage line, and return CTL_EXIT_USAGE. */
 int ctl_usage_error(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* getopt_long (with a ':' first in its option string) returned ':' or '?': say which option. */
-int ctl_bad_option(const char *usage, int opt, char **argv);
+/*
+ * The option parser of every command: getopt_long over argv (optind as
+ * ctl_dispatch left it), that also refuses, as a usage error naming the
+ * option (never its value):
+ *   - an unknown option, or one whose value is missing;
+ *   - an option with a value given twice (also once before and once after
+ *     the command name), unless `many` lists it: one of the two would be
+ *     dropped unsaid. A flag (no value) may be given twice: it says the same.
+ * Every short option needs a long one with the same val (its name is used
+ * in messages), among the first CTL_OPTS_MAX.
+ */
+#define CTL_OPTS_MAX 64
+enum { CTL_OPTS_END = -1, CTL_OPTS_ERROR = -2 };
+
+struct ctl_opts {
+	int argc;
+	char **argv;
+	const char *shortopts; /* getopt's, starting with ':' (after a '+') */
+	const struct option *longopts;
+	const char *usage; /* printed after a usage error */
+	const int *many;   /* vals of options that may be given more than once, 0 ends; or NULL */
+	uint64_t given;    /* bit i: longopts[i], an option with a value, was given */
+	const char *name;  /* the long name of the option ctl_opts_next returned */
+};
+
+void ctl_opts_init(struct ctl_opts *o, int argc, char **argv, const char *shortopts,
+                   const struct option *longopts, const char *usage);
+/*
+ * The next option's val (its value in optarg); CTL_OPTS_END after the last;
+ * CTL_OPTS_ERROR once the mistake was said and the usage printed: the
+ * command then exits CTL_EXIT_USAGE.
+ */
+int ctl_opts_next(struct ctl_opts *o);
+/* Whether the option with this val, one with a value, was given. */
+bool ctl_opts_given(const struct ctl_opts *o, int opt);
+/* main's options, before the command name: a command's parser refuses them again. */
+void ctl_opts_before_command(const struct ctl_opts *o);
 
 /* Connection options shared by send, fetch, ping and whoami. */
 enum {

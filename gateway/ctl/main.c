@@ -104,16 +104,6 @@ int ctl_usage_error(const char *usage, const char *fmt, ...)
 	return CTL_EXIT_USAGE;
 }
 
-int ctl_bad_option(const char *usage, int opt, char **argv)
-{
-	const char *what = optind > 0 ? argv[optind - 1] : "?";
-	if (opt == ':')
-		return ctl_usage_error(usage, "option '%s' needs a value", what);
-	if (optopt && optopt < 256 && what[0] == '-' && what[1] != '-')
-		return ctl_usage_error(usage, "unknown option '-%c'", optopt);
-	return ctl_usage_error(usage, "unknown option '%s'", what);
-}
-
 int ctl_dispatch(const struct ctl_command *table, size_t n, const char *prefix, int argc,
                  char **argv)
 {
@@ -146,9 +136,13 @@ static int main_options(int argc, char **argv, bool *done)
 	    CTL_CONN_LONGOPTS,
 	    {NULL, 0, NULL, 0},
 	};
+	static struct ctl_opts o; /* the commands' parsers look back at it */
+	ctl_opts_init(&o, argc, argv, "+:hV", opts, main_usage);
+	ctl_opts_before_command(&o);
 	int opt;
-	opterr = 0;
-	while ((opt = getopt_long(argc, argv, "+:hV", opts, NULL)) != -1) {
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
 		if (opt == 'h' || opt == 'V') {
 			if (opt == 'h')
 				print_help(stdout);
@@ -158,8 +152,6 @@ static int main_options(int argc, char **argv, bool *done)
 			*done = true;
 			return CTL_EXIT_OK;
 		}
-		if (opt == '?' || opt == ':')
-			return ctl_bad_option(main_usage, opt, argv);
 		if (ctl_conn_option(&ctl_global_conn, opt, optarg, main_usage) < 0)
 			return CTL_EXIT_USAGE;
 	}

@@ -1,0 +1,300 @@
+"""
+Scenario: isgctl's command lines, every command and every option that takes
+a value (docs/isgctl.md, "Options").
+
+An option that names one thing given twice is a usage error (exit 2) that
+names the option, and nothing is done: no connection to the gateway, no
+file written, no key rotated, nothing printed. The table below lists every
+option that takes a value; a test checks that every option in a command's
+--help that takes a value is in it, so a new option cannot be left out.
+
+The audit commands read a log written by a real isgd (started once, for the
+class); the connecting commands are pointed at a listening socket that
+never answers, which shows whether they connected.
+"""
+
+import datetime
+import json
+import os
+import re
+import select
+import socket
+
+import isgtest
+from isgtest import AGREEMENT_ID, DATASET
+
+NHS_A = "9434765919"
+NHS_B = "6281948211"
+RECORD = {"nhs_number": NHS_A, "age": 42}
+
+
+class Command:
+    """One command: its words, the options a run needs (base), each option
+    that takes a value with two valid values, its positional arguments, and
+    what it does that a refused command line must not (a check)."""
+
+    def __init__(self, words, base, values, positional=(), done=None, many=()):
+        self.words = list(words)
+        self.base = dict(base)
+        self.values = dict(values)
+        self.positional = list(positional)
+        self.done = done
+        self.many = set(many)  # options that may be given more than once
+
+    def argv(self, first=(), last=(), without=None):
+        """first, the base options but `without`, last, then the positional arguments."""
+        args = list(first)
+        for opt, value in self.base.items():
+            if opt != without:
+                args += [opt, value]
+        return self.words + args + list(last) + self.positional
+
+    def __str__(self):
+        return " ".join(self.words)
+
+
+class OptionsTest(isgtest.ScenarioCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = isgtest.make_tmpdir("isg-ctl-options-")
+        try:
+            cls._prepare()
+        except BaseException:
+            if getattr(cls, "listener", None):
+                cls.listener.close()
+            isgtest.remove_tmpdir(cls.root)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.listener.close()
+        isgtest.remove_tmpdir(cls.root)
+        super().tearDownClass()
+
+    @classmethod
+    def _prepare(cls):
+        root = cls.root
+        cls.policy_dir = isgtest.write_policy(os.path.join(root, "policies"))
+        gw = isgtest.Gateway(os.path.join(root, "gw"), cls.pki, cls.policy_dir, start=False)
+        gw.start()
+        try:
+            isgtest.Partner(gw, cls.pki, "police").send_ok([RECORD], message_id="options-1")
+        finally:
+            gw.stop()
+        cls.gw = gw
+        r = isgtest.ctl("audit", "pubkey", "--keys", gw.keys_dir)
+        if r.rc != 0:
+            raise AssertionError("audit pubkey failed\n%s" % (r,))
+        cls.vkey = r.out.strip()
+        cls.vkey_file = cls.write("vkey.txt", r.out)
+        r = isgtest.ctl("audit", "checkpoint", "--store", gw.store_path)
+        if r.rc != 0:
+            raise AssertionError("audit checkpoint failed\n%s" % (r,))
+        cls.saved = cls.write("saved.cp", r.out)
+        cls.tree_size = r.out.split("\n")[1]
+        # A keys directory of its own for keys rotate, which must not change.
+        cls.keys = os.path.join(root, "keys")
+        for argv in (["keys", "init", cls.keys], ["keys", "new-domain", cls.keys, "test"]):
+            r = isgtest.ctl(*argv)
+            if r.rc != 0:
+                raise AssertionError("%s\n%s" % (argv, r))
+        cls.domain_key = os.path.join(cls.keys, "domains", "test.key")
+        # A "gateway" that accepts TCP connections and never answers.
+        cls.listener = socket.socket()
+        cls.listener.bind(("127.0.0.1", 0))
+        cls.listener.listen(64)
+        cls.address = "127.0.0.1:%d" % cls.listener.getsockname()[1]
+        police, nhs = cls.pki.certs["police"], cls.pki.certs["nhs"]
+        cls.client_conf = cls.write("client.yaml", "gateway: %s\ncertificate: %s\nkey: %s\n" % (
+            cls.address, police.cert, police.key))
+        cls.records = cls.write("records.jsonl", json.dumps(RECORD) + "\n")
+        cls.out_dir = os.path.join(root, "out")
+        os.makedirs(cls.out_dir)
+        cls.day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        cls.commands = cls._table(police, nhs)
+
+    @classmethod
+    def write(cls, name, text):
+        path = os.path.join(cls.root, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    @classmethod
+    def _table(cls, police, nhs):
+        ca = cls.pki.server_ca.cert
+        conn_base = {"--gateway": cls.address, "--cert": police.cert, "--key": police.key,
+                     "--ca": ca, "--timeout": "1s"}
+        conn = {"--gateway": (cls.address, "[::1]:%s" % cls.address.rsplit(":", 1)[1]),
+                "--cert": (police.cert, nhs.cert), "--key": (police.key, nhs.key),
+                "--ca": (ca, ca), "--server-name": ("localhost", "isg.example.nhs.uk"),
+                "--timeout": ("1s", "2000"), "--config": (cls.client_conf, cls.client_conf)}
+        store, keys = cls.gw.store_path, cls.gw.keys_dir
+        where = {"--config": (cls.gw.config_path, cls.gw.config_path), "--store": (store, store),
+                 "--keys": (keys, keys), "--origin": ("isg-gateway", "isg-gateway")}
+        key = {"--pubkey": (cls.vkey, cls.vkey), "--pubkey-file": (cls.vkey_file, cls.vkey_file)}
+        period = {"--from": (cls.day, "2001-01-01"), "--to": (cls.day, "2099-12-31")}
+        out = lambda name: os.path.join(cls.out_dir, name)
+        idents = {"--nhs-number": (NHS_A, NHS_B), "--pnc-id": ("2008/0056560Z", "79/163001B"),
+                  "--postcode": ("NE3 4RT", "SW1A 1AA"), "--email": ("a@b.example", "c@d.example"),
+                  "--name": ("featherstonehaugh", "okonkwo"), "--identifier": ("x-1", "x-2")}
+        connected, printed, wrote = cls.connected, cls.printed, cls.wrote
+        return [
+            Command(["send"], dict(conn_base, **{"--to": "nhs-trust", "--agreement": AGREEMENT_ID,
+                                                 "--dataset": DATASET}),
+                    dict(conn, **{"--to": ("nhs-trust", "city-council"),
+                                  "--agreement": (AGREEMENT_ID, "other"),
+                                  "--dataset": (DATASET, "other"),
+                                  "--message-id": ("m-1", "m-2"), "--reply-to": ("1", "2"),
+                                  "--format": ("jsonl", "csv")}),
+                    [cls.records], connected),
+            Command(["fetch"], conn_base,
+                    dict(conn, **{"--max": ("1", "5"), "--wait": ("0", "1s"),
+                                  "--format": ("jsonl", "csv")}), done=connected),
+            Command(["ping"], conn_base, conn, done=connected),
+            Command(["whoami"], conn_base, conn, done=connected),
+            Command(["keys", "rotate"], {}, {"--overlap": ("1", "2")}, [cls.keys, "test"],
+                    cls.rotated),
+            Command(["policy", "check"], {}, {"--keys": (keys, cls.keys)}, [cls.policy_dir],
+                    printed),
+            Command(["audit", "verify"], {"--store": store, "--keys": keys},
+                    dict(where, **key, **{"--grace": ("600", "60"),
+                                          "--against": (cls.saved, cls.saved)}),
+                    done=printed, many={"--against"}),
+            Command(["audit", "checkpoint"], {"--store": store}, where, done=printed),
+            Command(["audit", "pubkey"], {"--keys": keys}, where, done=printed),
+            Command(["audit", "prove"], {"--store": store, "--keys": keys},
+                    dict(where, **key, **{"--size": (cls.tree_size, cls.tree_size)}), ["1"],
+                    printed),
+            Command(["audit", "list"], {"--store": store},
+                    dict(where, **period, **{"--partner": ("met-police", "nhs-trust"),
+                                             "--agreement": (AGREEMENT_ID, "other"),
+                                             "--kind": ("message", "connection"),
+                                             "--outcome": ("accepted", "refused"),
+                                             "--format": ("table", "jsonl")}), done=printed),
+            Command(["audit", "subject"], {"--store": store, "--keys": keys, "--nhs-number": NHS_A},
+                    dict(where, **period, **idents, **{"--format": ("table", "jsonl")}),
+                    done=printed),
+            Command(["audit", "export"], {"--store": store, "--keys": keys, "--output": out("e")},
+                    dict(where, **key, **{"--output": (out("e"), out("e2"))}), done=wrote),
+            Command(["audit", "report"], {"--store": store, "--keys": keys, "--from": cls.day,
+                                          "--to": cls.day, "--html": out("r.html")},
+                    dict(where, **key, **period, **{
+                        "--html": (out("r.html"), out("r2.html")),
+                        "--markdown": (out("r.md"), out("r2.md")),
+                        "--csv": (out("r.csv"), out("r2.csv")),
+                        "--policy": (cls.policy_dir, cls.policy_dir),
+                        "--grace": ("600", "60")}), done=wrote),
+        ]
+
+    # What a command does: after forget(), each is false unless it was done.
+
+    @classmethod
+    def forget(cls):
+        """No connection waiting, no file written, the domain key as it is now."""
+        while select.select([cls.listener], [], [], 0)[0]:
+            cls.listener.accept()[0].close()
+        for name in os.listdir(cls.out_dir):
+            os.unlink(os.path.join(cls.out_dir, name))
+        with open(cls.domain_key, "rb") as f:
+            cls.domain_key_text = f.read()
+
+    @classmethod
+    def connected(cls, r):
+        """Whether a connection reached the listener (or is on its queue)."""
+        return bool(select.select([cls.listener], [], [], 0)[0])
+
+    @classmethod
+    def printed(cls, r):
+        return r.out != ""
+
+    @classmethod
+    def wrote(cls, r):
+        return r.out != "" or bool(os.listdir(cls.out_dir))
+
+    @classmethod
+    def rotated(cls, r):
+        with open(cls.domain_key, "rb") as f:
+            return f.read() != cls.domain_key_text or r.out != ""
+
+    def run_ctl(self, argv):
+        self.forget()
+        return isgtest.ctl(*argv)
+
+    def refused(self, cmd, argv, *said):
+        """isgctl exits 2 saying `said`, having done nothing."""
+        r = self.run_ctl(argv)
+        self.assertEqual(r.rc, 2, r)
+        for s in said:
+            self.assertIn(s, r.err, r)
+        self.assertFalse(cmd.done(r), "%s did something\n%s" % (cmd, r))
+        return r
+
+    def options(self):
+        """(command, option, value, another value) for every option that takes a value."""
+        return [(cmd, opt, v1, v2) for cmd in self.commands
+                for opt, (v1, v2) in sorted(cmd.values.items())]
+
+    def test_the_table_runs(self):
+        """Each command's base command line does what the checks look for, so a refused
+        one that did nothing was refused, not idle."""
+        for cmd in self.commands:
+            with self.subTest(command=str(cmd)):
+                r = self.run_ctl(cmd.argv())
+                self.assertNotEqual(r.rc, 2, r)
+                self.assertTrue(cmd.done(r), "%s did nothing\n%s" % (cmd, r))
+
+    def test_an_option_given_twice_is_refused(self):
+        for cmd, opt, v1, v2 in self.options():
+            if opt in cmd.many:
+                continue
+            with self.subTest(command=str(cmd), option=opt):
+                r = self.refused(cmd, cmd.argv([opt, v1, opt, v2], without=opt),
+                                 "isgctl: %s given twice\n" % opt)
+                # never a value: subject's identifiers are personal data
+                self.assertNotIn(v2, r.err.split("\nusage:")[0], r)
+
+    def test_a_connection_option_before_and_after_the_command_is_refused(self):
+        for cmd in self.commands[:4]:
+            for opt in ("--gateway", "--cert", "--key", "--ca", "--server-name", "--timeout",
+                        "--config"):
+                v1, v2 = cmd.values[opt]
+                with self.subTest(command=str(cmd), option=opt):
+                    argv = cmd.argv([opt, v2], without=opt)
+                    self.refused(cmd, [opt, v1] + argv,
+                                 "isgctl: %s given twice (before and after the command)" % opt)
+        # before the command, twice
+        cmd = self.commands[2]
+        self.refused(cmd, ["--timeout", "1s", "--timeout", "2s"] + cmd.argv(without="--timeout"),
+                     "isgctl: --timeout given twice")
+
+    def test_an_option_that_may_repeat(self):
+        """verify's --against takes each saved checkpoint; a flag may be said twice."""
+        r = isgtest.ctl("audit", "verify", "--store", self.gw.store_path, "--keys",
+                        self.gw.keys_dir, "--against", self.saved, "--against", self.saved)
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("audit log OK", r.out)
+        fetch = self.commands[1]
+        r = self.run_ctl(fetch.argv(["--no-ack", "--no-ack"]))
+        self.assertEqual(r.rc, 4, r)  # the listener never answers
+        self.assertTrue(self.connected(r), r)
+        r = isgtest.ctl("audit", "list", "--help", "--help")
+        self.assertEqual(r.rc, 0, r)
+
+    def test_every_option_with_a_value_is_in_the_table(self):
+        """What --help names and isgctl takes with a value is in the table above."""
+        for cmd in self.commands:
+            r = isgtest.ctl(*(cmd.words + ["--help"]))
+            self.assertEqual(r.rc, 0, r)
+            for opt in sorted(set(re.findall(r"--[a-z][a-z-]*", r.out))):
+                if opt in cmd.values or opt == "--help":
+                    continue
+                with self.subTest(command=str(cmd), option=opt):
+                    r = isgtest.ctl(*(cmd.words + cmd.positional + [opt]))
+                    self.assertNotIn("needs a value", r.err, r)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
