@@ -58,6 +58,8 @@ int ctl_usage_error(const char *usage, const char *fmt, ...) __attribute__((form
  * ctl_dispatch left it), that also refuses, as a usage error naming the
  * option (never its value):
  *   - an unknown option, or one whose value is missing;
+ *   - an empty value (--to ''), or a value that is one of the command's
+ *     own options (--html --csv: the value of --html was forgotten);
  *   - an option with a value given twice (also once before and once after
  *     the command name), unless `many` lists it: one of the two would be
  *     dropped unsaid. A flag (no value) may be given twice: it says the same.

@@ -3,9 +3,11 @@
  * on a command line that getopt_long lets through, refused alike by every
  * command. An option that names one thing (a recipient, a file, a number)
  * given twice would silently lose one of its values: a script that sends
- * "--to nhs-south ... --to police-north" must not send to police-north.
- * The messages name options, never their values: an identifier searched
- * for by audit subject is personal data.
+ * "--to nhs-south ... --to police-north" must not send to police-north. An
+ * empty value, or a value that is another option of the command (its own
+ * value forgotten: "--html --csv r.csv"), is a mistake too. The messages
+ * name options, never their values: an identifier searched for by audit
+ * subject is personal data.
  */
 #include <stdio.h>
 #include <string.h>
@@ -65,6 +67,19 @@ static bool given_before(const char *name)
 	return false;
 }
 
+/* The long option of this command that s is, as "--name" or "--name=...": NULL when none. */
+static const char *is_option(const struct ctl_opts *o, const char *s)
+{
+	if (strncmp(s, "--", 2) != 0)
+		return NULL;
+	s += 2;
+	size_t n = strcspn(s, "=");
+	for (int i = 0; o->longopts[i].name; i++)
+		if (strlen(o->longopts[i].name) == n && strncmp(o->longopts[i].name, s, n) == 0)
+			return o->longopts[i].name;
+	return NULL;
+}
+
 static int bad_option(const struct ctl_opts *o, int opt)
 {
 	const char *what = optind > 0 ? o->argv[optind - 1] : "?";
@@ -80,7 +95,12 @@ static int bad_option(const struct ctl_opts *o, int opt)
 /* The checks of a value option: an exit status. */
 static int check_value(struct ctl_opts *o, int opt, int i)
 {
-	const char *name = o->longopts[i].name;
+	const char *name = o->longopts[i].name, *other;
+	if (!*optarg)
+		return ctl_usage_error(o->usage, "option '--%s' has an empty value", name);
+	if ((other = is_option(o, optarg)))
+		return ctl_usage_error(
+		    o->usage, "option '--%s' needs a value, not the option '--%s'", name, other);
 	if (may_repeat(o, opt))
 		return CTL_EXIT_OK;
 	if (given(o, i))

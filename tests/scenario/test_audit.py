@@ -400,13 +400,15 @@ class AuditLog(isgtest.ScenarioCase):
         """verify's and report's --grace refusal is true of every refused value, too large ones too."""
         want = ("isgctl: --grace must be a whole number of seconds from 0 to 3153600000 "
                 "(about 100 years), not '%s'\nusage: isgctl audit %s ")
+        empty = "isgctl: option '--grace' has an empty value\nusage: isgctl audit %s "
         report = ["--from", "2025-01-01", "--to", "2025-01-01", "--markdown", "-"]
         for cmd, args in (("verify", []), ("report", report)):
             for bad in ("-1", "abc", "", "1.5", "3153600001", "99999999999999999999"):
                 with self.subTest(cmd=cmd, grace=bad):
                     r = self.audit(cmd, *args, "--grace", bad)
                     self.assertEqual((r.rc, r.out), (2, ""), r)
-                    self.assertTrue(r.err.startswith(want % (bad, cmd)), r)
+                    self.assertTrue(r.err.startswith(want % (bad, cmd) if bad else empty % cmd),
+                                    r)
 
     def test_deleted_checkpoints_of_an_old_log(self):
         """Every checkpoint deleted and the entries rewritten: only their age shows it."""
@@ -546,6 +548,9 @@ class AuditLog(isgtest.ScenarioCase):
                      "message.accepted.x", "MESSAGE", ""):
             r = self.audit("list", "--kind", kind)
             self.assertEqual((r.rc, r.out), (2, ""), (kind, r))
+            if not kind:  # as for every option (docs/isgctl.md, "Options")
+                self.assertIn("option '--kind' has an empty value", r.err)
+                continue
             self.assertIn("--kind must be a family (connection, message, policy, keys) or one "
                           "of its events", r.err)
             self.assertIn("not '%s'" % kind, r.err)

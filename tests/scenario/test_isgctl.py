@@ -219,7 +219,8 @@ class IsgctlCase(isgtest.ScenarioCase):
         self.assertEqual(police.send_ok([RECORD_A], message_id=longest)["message_id"], longest)
         for bad in ("é" * 65, "x" * 129, "", "bad-\udcff"):  # the last is the byte 0xff
             r = police.send([RECORD_A], message_id=bad)
-            self.assertCtl(r, 2, gw, "--message-id must be 1 to 128 bytes of UTF-8")
+            self.assertCtl(r, 2, gw, "--message-id must be 1 to 128 bytes of UTF-8" if bad
+                           else "option '--message-id' has an empty value")
         self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], [longest])
 
     def test_refusal_names_the_line_of_the_record(self):
@@ -266,7 +267,7 @@ class IsgctlCase(isgtest.ScenarioCase):
         for name in ("", "isg .example", "*.example", "10.0.0.300"):
             r = isgtest.ctl("ping", "--gateway", gw.address, "--server-name", name, *base)
             self.assertCtl(r, 2, gw, "--server-name '%s': give a DNS name or an IP address"
-                           % name)
+                           % name if name else "option '--server-name' has an empty value")
         r = police.run("ping")
         self.assertCtl(r, 0, gw)
         self.assertIn("pong from %s in" % gw.address, r.out)

@@ -4,9 +4,11 @@ a value (docs/isgctl.md, "Options").
 
 An option that names one thing given twice is a usage error (exit 2) that
 names the option, and nothing is done: no connection to the gateway, no
-file written, no key rotated, nothing printed. The table below lists every
-option that takes a value; a test checks that every option in a command's
---help that takes a value is in it, so a new option cannot be left out.
+file written, no key rotated, nothing printed. So is an empty value, a
+value left out at the end of the line or replaced by another option, and a
+number that is not one. The table below lists every option that takes a
+value; a test checks that every option in a command's --help that takes a
+value is in it, so a new option cannot be left out.
 
 The audit commands read a log written by a real isgd (started once, for the
 class); the connecting commands are pointed at a listening socket that
@@ -281,6 +283,46 @@ class OptionsTest(isgtest.ScenarioCase):
         self.assertTrue(self.connected(r), r)
         r = isgtest.ctl("audit", "list", "--help", "--help")
         self.assertEqual(r.rc, 0, r)
+
+    def test_an_empty_value_is_refused(self):
+        for cmd, opt, v1, v2 in self.options():
+            with self.subTest(command=str(cmd), option=opt):
+                for given in ([opt, ""], ["%s=" % opt]):
+                    self.refused(cmd, cmd.argv(given, without=opt),
+                                 "isgctl: option '%s' has an empty value\n" % opt)
+
+    def test_a_missing_value_is_refused(self):
+        for cmd, opt, v1, v2 in self.options():
+            with self.subTest(command=str(cmd), option=opt):
+                self.refused(cmd, cmd.argv(without=opt) + [opt],
+                             "isgctl: option '%s' needs a value\n" % opt)
+
+    def test_a_value_that_is_an_option_is_refused(self):
+        """The value forgotten: the next option would be taken for it."""
+        for cmd, opt, v1, v2 in self.options():
+            other = next((o for o in sorted(cmd.values) if o != opt), None)
+            if other is None:
+                continue
+            with self.subTest(command=str(cmd), option=opt):
+                self.refused(cmd, cmd.argv([opt, other], without=opt),
+                             "isgctl: option '%s' needs a value, not the option '%s'\n"
+                             % (opt, other))
+
+    def test_a_number_that_is_not_one_is_refused(self):
+        by_name = {str(c): c for c in self.commands}
+        junk = ["10x", "-1", "99999999999999999999", " 5", "5 ", "0x10", "1e3", "+", "-"]
+        for words, opt, extra in [("fetch", "--max", ["0"]), ("fetch", "--wait", []),
+                                  ("fetch", "--timeout", ["0"]), ("ping", "--timeout", ["0"]),
+                                  ("send", "--reply-to", ["0"]),
+                                  ("keys rotate", "--overlap", ["3661"]),
+                                  ("audit prove", "--size", ["0"]),
+                                  ("audit verify", "--grace", ["3153600001"]),
+                                  ("audit report", "--grace", [])]:
+            cmd = by_name[words]
+            for value in junk + extra:
+                with self.subTest(command=words, option=opt, value=value):
+                    r = self.refused(cmd, cmd.argv([opt, value], without=opt), opt)
+                    self.assertRegex(r.err, r"^isgctl: [^\n]*%s" % re.escape(opt))
 
     def test_every_option_with_a_value_is_in_the_table(self):
         """What --help names and isgctl takes with a value is in the table above."""

@@ -224,7 +224,8 @@ class KeysCli(unittest.TestCase):
         # Options and arguments.
         for overlap in ("-1", "abc", "3661", ""):
             p = self.ctl("keys", "rotate", self.keys, "audit", "--overlap", overlap, rc=2)
-            self.assertIn("--overlap must be a whole number of days", p.stderr)
+            self.assertIn("--overlap must be a whole number of days" if overlap
+                          else "option '--overlap' has an empty value", p.stderr)
         self.ctl("keys", "rotate", self.keys, "audit", "--overlap", rc=2)
         self.ctl("keys", "rotate", self.keys, "audit", "--bogus", rc=2)
         self.ctl("keys", "rotate", self.keys, rc=2)
