@@ -127,6 +127,9 @@ int ctl_dispatch(const struct ctl_command *table, size_t n, const char *prefix, 
 static const char main_usage[] = "usage: isgctl [connection options] COMMAND [OPTIONS]\n"
                                  "       isgctl help | --help | --version\n";
 
+/* The first connection option given before the command name; NULL when none. */
+static const char *conn_option_given;
+
 /* Options before the command: --help, --version and connection options. */
 static int main_options(int argc, char **argv, bool *done)
 {
@@ -154,8 +157,32 @@ static int main_options(int argc, char **argv, bool *done)
 		}
 		if (ctl_conn_option(&ctl_global_conn, opt, optarg, main_usage) < 0)
 			return CTL_EXIT_USAGE;
+		if (!conn_option_given)
+			conn_option_given = o.name;
 	}
 	return CTL_EXIT_OK;
+}
+
+/*
+ * Connection options before a command that does not connect would be
+ * ignored: "isgctl --config client.yaml audit list" is not the isgd config
+ * it may look like, and a --gateway meant for another command would be lost.
+ */
+static int check_conn_options(const char *command)
+{
+	static const char *const connecting[] = {"send", "fetch", "ping", "whoami"};
+	if (!conn_option_given)
+		return CTL_EXIT_OK;
+	for (size_t i = 0; i < ARRAY_LEN(connecting); i++)
+		if (strcmp(command, connecting[i]) == 0)
+			return CTL_EXIT_OK;
+	for (size_t i = 0; i < ARRAY_LEN(commands); i++)
+		if (strcmp(command, commands[i].name) == 0)
+			return ctl_usage_error(main_usage,
+			                       "--%s is a connection option: it goes with send, "
+			                       "fetch, ping or whoami, not with %s",
+			                       conn_option_given, command);
+	return CTL_EXIT_OK; /* an unknown command: ctl_dispatch says so */
 }
 
 /*
@@ -188,6 +215,8 @@ int main(int argc, char **argv)
 		print_help(stderr);
 		return CTL_EXIT_USAGE;
 	}
+	if ((status = check_conn_options(argv[optind])) != CTL_EXIT_OK)
+		return finish_output(status);
 	status = ctl_dispatch(commands, ARRAY_LEN(commands), NULL, argc - optind, argv + optind);
 	return finish_output(status);
 }

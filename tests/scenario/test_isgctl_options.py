@@ -271,6 +271,17 @@ class OptionsTest(isgtest.ScenarioCase):
         self.refused(cmd, ["--timeout", "1s", "--timeout", "2s"] + cmd.argv(without="--timeout"),
                      "isgctl: --timeout given twice")
 
+    def test_a_connection_option_before_a_command_that_does_not_connect_is_refused(self):
+        """It would be ignored: --config before audit is not isgd's configuration."""
+        conn = self.commands[2].values
+        for cmd in self.commands[4:]:
+            for opt in ("--gateway", "--cert", "--key", "--ca", "--server-name", "--timeout",
+                        "--config"):
+                with self.subTest(command=str(cmd), option=opt):
+                    self.refused(cmd, [opt, conn[opt][0]] + cmd.argv(),
+                                 "isgctl: %s is a connection option: it goes with send, fetch, "
+                                 "ping or whoami, not with %s\n" % (opt, cmd.words[0]))
+
     def test_an_option_that_may_repeat(self):
         """verify's --against takes each saved checkpoint; a flag may be said twice."""
         r = isgtest.ctl("audit", "verify", "--store", self.gw.store_path, "--keys",
