@@ -25,7 +25,8 @@ static const char help[] =
     "  --format jsonl|csv    one JSON line per message (default), or CSV with one row\n"
     "                        per record and a new header when the columns change\n"
     "  --no-ack              do not acknowledge: the messages will be delivered again\n"
-    "  --follow              keep printing messages as they arrive, until interrupted\n";
+    "  --follow              keep printing messages as they arrive, until interrupted\n"
+    "                        (not with --max or --wait)\n";
 
 struct fetch_args {
 	struct ctl_conn conn;
@@ -112,6 +113,16 @@ static int parse_args(struct fetch_args *a, int argc, char **argv, bool *done)
 	}
 	if (optind < argc)
 		return ctl_usage_error(usage, "unexpected argument '%s'", argv[optind]);
+	/* A subscription takes every message as it comes: a limit asked for would be ignored. */
+	const char *ignored = !a->follow                     ? NULL
+	                      : ctl_opts_given(&o, OPT_MAX)  ? "--max"
+	                      : ctl_opts_given(&o, OPT_WAIT) ? "--wait"
+	                                                     : NULL;
+	if (ignored)
+		return ctl_usage_error(usage,
+		                       "give --follow or %s, not both: --follow prints every "
+		                       "message as it arrives",
+		                       ignored);
 	return CTL_EXIT_OK;
 }
 

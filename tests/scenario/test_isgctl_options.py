@@ -282,6 +282,15 @@ class OptionsTest(isgtest.ScenarioCase):
                                  "isgctl: %s is a connection option: it goes with send, fetch, "
                                  "ping or whoami, not with %s\n" % (opt, cmd.words[0]))
 
+    def test_fetch_follow_takes_no_max_or_wait(self):
+        """--follow takes every message as it comes: a --max or --wait would be ignored."""
+        fetch = self.commands[1]
+        for opt, value in (("--max", "5"), ("--wait", "1s")):
+            for given in (["--follow", opt, value], [opt, value, "--follow"]):
+                with self.subTest(given=given):
+                    self.refused(fetch, fetch.argv(given), "isgctl: give --follow or %s, not "
+                                 "both: --follow prints every message as it arrives\n" % opt)
+
     def test_an_option_that_may_repeat(self):
         """verify's --against takes each saved checkpoint; a flag may be said twice."""
         r = isgtest.ctl("audit", "verify", "--store", self.gw.store_path, "--keys",
