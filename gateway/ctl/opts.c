@@ -80,6 +80,7 @@ static const char *is_option(const struct ctl_opts *o, const char *s)
 	return NULL;
 }
 
+/* An unknown option is named without what follows its '=': a mistyped --nhs-number=N. */
 static int bad_option(const struct ctl_opts *o, int opt)
 {
 	const char *what = optind > 0 ? o->argv[optind - 1] : "?";
@@ -88,7 +89,7 @@ static int bad_option(const struct ctl_opts *o, int opt)
 	else if (optopt && optopt < 256 && what[0] == '-' && what[1] != '-')
 		ctl_usage_error(o->usage, "unknown option '-%c'", optopt);
 	else
-		ctl_usage_error(o->usage, "unknown option '%s'", what);
+		ctl_usage_error(o->usage, "unknown option '%.*s'", (int)strcspn(what, "="), what);
 	return CTL_OPTS_ERROR;
 }
 

@@ -291,6 +291,14 @@ class OptionsTest(isgtest.ScenarioCase):
                     self.refused(fetch, fetch.argv(given), "isgctl: give --follow or %s, not "
                                  "both: --follow prints every message as it arrives\n" % opt)
 
+    def test_an_unknown_option_is_named_without_its_value(self):
+        """A mistyped --nhs-number=N must not print N."""
+        for cmd in self.commands:
+            with self.subTest(command=str(cmd)):
+                r = self.refused(cmd, cmd.argv(["--nhsnumber=%s" % NHS_A]),
+                                 "isgctl: unknown option '--nhsnumber'\n")
+                self.assertNotIn(NHS_A, r.err, r)
+
     def test_an_option_that_may_repeat(self):
         """verify's --against takes each saved checkpoint; a flag may be said twice."""
         r = isgtest.ctl("audit", "verify", "--store", self.gw.store_path, "--keys",
