@@ -1583,6 +1583,23 @@ static int report_render(const struct report *r, const struct report_args *a)
 	return status;
 }
 
+/*
+ * Two outputs named alike would leave one file, the one written last, as
+ * a repeated --csv would: refused. Standard output ("-") takes several.
+ */
+static int report_outputs_differ(const struct report_args *a)
+{
+	const char *paths[3] = {a->html, a->markdown, a->csv};
+	static const char *const names[3] = {"--html", "--markdown", "--csv"};
+	for (int i = 0; i < 3; i++)
+		for (int j = i + 1; j < 3; j++)
+			if (paths[i] && paths[j] && strcmp(paths[i], "-") != 0 &&
+			    strcmp(paths[i], paths[j]) == 0)
+				return ctl_usage_error(report_usage, "%s and %s name the same file",
+				                       names[i], names[j]);
+	return CTL_EXIT_OK;
+}
+
 static int report_options(int argc, char **argv, struct audit_where *w, struct report_args *a)
 {
 	static const struct option opts[] = {
@@ -1639,7 +1656,7 @@ static int report_options(int argc, char **argv, struct audit_where *w, struct r
 	if (!a->html && !a->markdown && !a->csv)
 		return ctl_usage_error(report_usage,
 		                       "audit report needs --html, --markdown or --csv FILE");
-	return CTL_EXIT_OK;
+	return report_outputs_differ(a);
 }
 
 static int report_period(struct report *r, const struct report_args *a)

@@ -299,6 +299,19 @@ class OptionsTest(isgtest.ScenarioCase):
                                  "isgctl: unknown option '--nhsnumber'\n")
                 self.assertNotIn(NHS_A, r.err, r)
 
+    def test_report_outputs_name_different_files(self):
+        """Two outputs to one file would leave the one written last; standard output takes both."""
+        report = self.commands[-1]
+        same = os.path.join(self.out_dir, "r")
+        for first, second in (("--html", "--csv"), ("--html", "--markdown"),
+                              ("--markdown", "--csv")):
+            with self.subTest(outputs=(first, second)):
+                self.refused(report, report.argv([first, same, second, same], without="--html"),
+                             "isgctl: %s and %s name the same file\n" % (first, second))
+        r = self.run_ctl(report.argv(["--markdown", "-", "--csv", "-"], without="--html"))
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("day,agreement,partner", r.out)
+
     def test_an_option_that_may_repeat(self):
         """verify's --against takes each saved checkpoint; a flag may be said twice."""
         r = isgtest.ctl("audit", "verify", "--store", self.gw.store_path, "--keys",
