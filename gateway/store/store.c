@@ -696,9 +696,9 @@ void store_test_full_commits(struct store *s, int n)
 	atomic_store(&s->full_commits, n);
 }
 
-void store_test_fail_secure_delete_on(struct store *s)
+int store_test_fail_secure_delete_on(struct store *s, int n)
 {
-	atomic_store(&s->fail_secure_on, true);
+	return atomic_exchange(&s->fail_secure_on, n);
 }
 
 struct exec_wait {

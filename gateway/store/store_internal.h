@@ -245,7 +245,7 @@ struct store {
 	atomic_uint_fast64_t commits;
 	atomic_bool fail_next_commit; /* tests only */
 	atomic_int full_commits;      /* tests only: COMMITs to fail as on a full disk */
-	atomic_bool fail_secure_on;   /* tests only: fail the next setting of secure_delete ON */
+	atomic_int fail_secure_on;    /* tests only: settings of secure_delete ON to fail */
 	bool commit_full;             /* tests only: the last COMMIT failed so */
 
 	/* The audit log; writer thread only (and store_open before it starts). */
@@ -275,6 +275,15 @@ struct store {
 	uint32_t wal_last_total;              /* frames in the WAL at the last commit (writer) */
 	atomic_uint_fast64_t wal_checkpoints; /* the checkpointer's, that copied pages (tests) */
 };
+
+/* Tests only: true, and one fewer to come, while failures are armed. */
+static inline bool store_take_failure(atomic_int *left)
+{
+	int n = atomic_load(left);
+	while (n > 0 && !atomic_compare_exchange_weak(left, &n, n - 1))
+		;
+	return n > 0;
+}
 
 /* store_db.c: the database file, schema, pragmas and statements. */
 int store_db_open(struct store *s, const char *path, char *err, size_t errlen);

@@ -125,7 +125,7 @@ static int audit_message_event(struct store *s, int64_t now, const char *event,
 static int secure_delete(struct store *s, bool on)
 {
 	const char *sql = on ? "PRAGMA secure_delete = ON" : "PRAGMA secure_delete = FAST";
-	if (on && atomic_exchange(&s->fail_secure_on, false))
+	if (on && store_take_failure(&s->fail_secure_on))
 		sql = "SELECT isg_test_failure()"; /* tests only: fails, FAST stays */
 	int err = store_db_exec(s, sql, "secure_delete");
 	s->secure_fast = on ? err != 0 : true;

@@ -24,9 +24,10 @@ void store_test_fail_next_commit(struct store *s);
 /* Make the next n COMMITs fail as on a full disk (ISG_ERR_FULL), as when
  * the WAL cannot grow at commit; as above, any transaction's. */
 void store_test_full_commits(struct store *s, int n);
-/* Make the next setting of secure_delete back to ON, after a payload's
- * delete, fail, leaving FAST in force. */
-void store_test_fail_secure_delete_on(struct store *s);
+/* Make the next n settings of secure_delete back to ON, after a payload's
+ * delete, fail, leaving FAST in force; returns how many of the failures
+ * armed before were still to come (n 0 disarms and counts them). */
+int store_test_fail_secure_delete_on(struct store *s, int n);
 /* Run SQL on the writer's connection as a job of a batch; waits for the result. */
 int store_test_exec(struct store *s, const char *sql);
 /* Run a query on the writer's connection as a job of a batch: *v is its

@@ -932,7 +932,7 @@ static void test_secure_delete_not_left_fast(void **state)
 	struct store_receipt rs, rl;
 	assert_int_equal(send_sync(s, &small, &rs), 0);
 	assert_int_equal(send_sync(s, &large, &rl), 0);
-	store_test_fail_secure_delete_on(s);
+	store_test_fail_secure_delete_on(s, 1);
 	/* The small one's delete does not switch, so does not meet the failure. */
 	uint32_t acked = 0;
 	size_t n_unknown = 0;
