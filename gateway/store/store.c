@@ -252,8 +252,12 @@ static void checkpoint_if_due(struct store *s, bool final)
 {
 	if (!s->signer || audit_tree_size(&s->log.tree) == s->checkpoint_size)
 		return;
-	if (store_secure_delete_on(s) != 0)
-		return; /* logged; the next batch tries again */
+	if (store_secure_delete_on(s) != 0) {
+		/* Logged. Waits as a failed checkpoint does: while one is due the
+		 * writer would otherwise go round at once, failing again. */
+		s->checkpoint_retry_mono = time_mono_ms() + STORE_CHECKPOINT_RETRY_MS;
+		return;
+	}
 	if (final || store_log_checkpoint_due(s, time_mono_ms()))
 		store_log_checkpoint(s); /* a failure is logged and retried later */
 }

@@ -492,6 +492,43 @@ static void test_checkpoint_soon(void **state)
 	audit_signer_free(signer);
 }
 
+/*
+ * A checkpoint is written with secure_delete at ON. If a payload's delete
+ * left it at FAST and ON cannot be set again, the checkpoint waits as a
+ * failed one does before it is tried again: tried at once, the writer
+ * would go round without pause, failing and logging, while one is due.
+ */
+static void test_checkpoint_waits_while_secure_delete_fails(void **state)
+{
+	struct fx *f = *state;
+	struct audit_signer *signer = signer_new(4);
+	struct store *s = open_audit(f, signer, 1000, 3600 * 1000);
+	static uint8_t page[4096]; /* sealed, 16 bytes more: kept apart */
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "");
+	m.payload = page;
+	m.payload_len = sizeof(page);
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	enum { ARMED = 1000000 };
+	store_test_fail_secure_delete_on(s, ARMED);
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown),
+	                 ISG_ERR_STORE);
+	store_checkpoint_soon(s); /* due now */
+	sleep_ms(300);
+	int tried = ARMED - store_test_fail_secure_delete_on(s, 0);
+	/* The ack's own, and the checkpoint's after its batch; then a wait. */
+	assert_in_range(tried, 1, 3);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM checkpoints", 0), 0);
+	/* Once ON can be set, the checkpoint is written after the wait. */
+	assert_true(wait_checkpoints(f, 1));
+	const uint64_t sizes[] = {1};
+	assert_checkpoints(f, signer, sizes, ARRAY_LEN(sizes));
+	fx_close(f);
+	audit_signer_free(signer);
+}
+
 static void test_reopen_rebuilds_tree(void **state)
 {
 	struct fx *f = *state;
@@ -765,6 +802,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_checkpoint_after_interval_when_idle, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_checkpoint_soon, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_checkpoint_waits_while_secure_delete_fails,
+	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reopen_rebuilds_tree, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_newest_entry_of_a_kind, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_changed_log_refused, fx_setup, fx_teardown),
