@@ -115,12 +115,27 @@ static int run_savepoint(struct store *s, struct store_job *j, int64_t now, bool
 	return rc;
 }
 
+/*
+ * Roll back the open transaction, if any: 0 once none is open. A failed
+ * batch's ROLLBACK that fails leaves its transaction open, and BEGIN
+ * inside it would fail, so a batch and a checkpoint call this before they
+ * write; they fail (logged) while it cannot be undone.
+ */
+static int rollback_open(struct store *s)
+{
+	if (sqlite3_get_autocommit(s->db))
+		return 0;
+	const char *sql =
+	    store_take_failure(&s->fail_rollback) ? "SELECT isg_test_failure()" : "ROLLBACK";
+	store_db_exec(s, sql, "rollback"); /* logged */
+	return sqlite3_get_autocommit(s->db) ? 0 : ISG_ERR_STORE;
+}
+
 static void batch_fail(struct store *s, struct store_job *batch, const struct store_log *start,
                        int err)
 {
-	if (!sqlite3_get_autocommit(s->db))
-		store_db_exec(s, "ROLLBACK", "rollback");
-	s->log = *start; /* nothing of the batch is in the log */
+	rollback_open(s); /* if it fails, the next batch tries again */
+	s->log = *start;  /* nothing of the batch is in the log */
 	size_t n = 0;
 	for (struct store_job *j = batch; j; j = j->next, n++) {
 		if (j->err == 0)
@@ -137,7 +152,9 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 {
 	int64_t now = time_now_ms();
 	const struct store_log start = s->log;
-	int rc = store_secure_delete_on(s);
+	int rc = rollback_open(s);
+	if (rc == 0)
+		rc = store_secure_delete_on(s);
 	if (rc == 0)
 		rc = store_db_step_done(s, s->stmt[ST_BEGIN], "begin");
 	if (rc) {
@@ -247,14 +264,15 @@ static int commit_hook(void *arg)
 	return atomic_exchange(&s->fail_next_commit, false) ? 1 : 0;
 }
 
-/* Only committed entries are in s->log here: no transaction is open. */
+/* Only committed entries are in s->log here: a failed batch put it back. */
 static void checkpoint_if_due(struct store *s, bool final)
 {
 	if (!s->signer || audit_tree_size(&s->log.tree) == s->checkpoint_size)
 		return;
-	if (store_secure_delete_on(s) != 0) {
-		/* Logged. Waits as a failed checkpoint does: while one is due the
-		 * writer would otherwise go round at once, failing again. */
+	if (rollback_open(s) != 0 || store_secure_delete_on(s) != 0) {
+		/* Logged. Not written into a transaction a failed ROLLBACK left
+		 * open, nor under FAST. Waits as a failed checkpoint does: while
+		 * one is due the writer would otherwise go round at once. */
 		s->checkpoint_retry_mono = time_mono_ms() + STORE_CHECKPOINT_RETRY_MS;
 		return;
 	}
@@ -703,6 +721,11 @@ void store_test_full_commits(struct store *s, int n)
 int store_test_fail_secure_delete_on(struct store *s, int n)
 {
 	return atomic_exchange(&s->fail_secure_on, n);
+}
+
+void store_test_fail_next_rollback(struct store *s)
+{
+	atomic_store(&s->fail_rollback, 1);
 }
 
 struct exec_wait {

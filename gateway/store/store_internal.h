@@ -246,6 +246,7 @@ struct store {
 	atomic_bool fail_next_commit; /* tests only */
 	atomic_int full_commits;      /* tests only: COMMITs to fail as on a full disk */
 	atomic_int fail_secure_on;    /* tests only: settings of secure_delete ON to fail */
+	atomic_int fail_rollback;     /* tests only: ROLLBACKs of a failed batch to fail */
 	bool commit_full;             /* tests only: the last COMMIT failed so */
 
 	/* The audit log; writer thread only (and store_open before it starts). */

@@ -28,6 +28,8 @@ void store_test_full_commits(struct store *s, int n);
  * delete, fail, leaving FAST in force; returns how many of the failures
  * armed before were still to come (n 0 disarms and counts them). */
 int store_test_fail_secure_delete_on(struct store *s, int n);
+/* Make the next ROLLBACK of a failed batch fail, leaving its transaction open. */
+void store_test_fail_next_rollback(struct store *s);
 /* Run SQL on the writer's connection as a job of a batch; waits for the result. */
 int store_test_exec(struct store *s, const char *sql);
 /* Run a query on the writer's connection as a job of a batch: *v is its

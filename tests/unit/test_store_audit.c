@@ -529,6 +529,43 @@ static void test_checkpoint_waits_while_secure_delete_fails(void **state)
 	audit_signer_free(signer);
 }
 
+/*
+ * A checkpoint is written outside any transaction. One due after a failed
+ * batch whose ROLLBACK failed too is not written inside the transaction
+ * left open (and rolled back with it): that is rolled back first.
+ */
+static void test_checkpoint_after_failed_rollback_is_kept(void **state)
+{
+	struct fx *f = *state;
+	struct audit_signer *signer = signer_new(5);
+	struct store *s = open_audit(f, signer, 1000, 3600 * 1000);
+	static uint8_t page[4096]; /* sealed, 16 bytes more: kept apart */
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "");
+	m.payload = page;
+	m.payload_len = sizeof(page);
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	/* The ack's batch fails (secure_delete stays FAST), then its ROLLBACK. */
+	store_test_fail_secure_delete_on(s, 1);
+	store_test_fail_next_rollback(s);
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown),
+	                 ISG_ERR_STORE);
+	store_checkpoint_soon(s);
+	assert_true(wait_checkpoints(f, 1));
+	char note[1024];
+	assert_int_equal(store_latest_checkpoint(s, note, sizeof(note)), 0);
+	add_entry(s, "bob", 1); /* the next batch commits */
+	fx_close(f);
+	const uint64_t sizes[] = {1, 2};
+	assert_checkpoints(f, signer, sizes, ARRAY_LEN(sizes));
+	struct cp_row rows[4];
+	assert_int_equal(read_checkpoints(f, rows, ARRAY_LEN(rows)), 2);
+	assert_string_equal(rows[0].note, note); /* the note handed out is the one kept */
+	audit_signer_free(signer);
+}
+
 static void test_reopen_rebuilds_tree(void **state)
 {
 	struct fx *f = *state;
@@ -804,6 +841,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_checkpoint_soon, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_checkpoint_waits_while_secure_delete_fails,
 	                                    fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_checkpoint_after_failed_rollback_is_kept, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reopen_rebuilds_tree, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_newest_entry_of_a_kind, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_changed_log_refused, fx_setup, fx_teardown),

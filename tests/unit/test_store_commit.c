@@ -277,6 +277,35 @@ static void test_commit_failure_reports_nothing_stored(void **state)
 	db_audit_kinds(f, kinds, sizeof(kinds));
 }
 
+/*
+ * A failed batch whose ROLLBACK fails too leaves its transaction open.
+ * The next batch rolls it back before it begins (BEGIN inside it would
+ * fail, and the next batch with it); nothing of the failed batch is kept.
+ */
+static void test_failed_rollback_does_not_fail_the_next_batch(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	static uint8_t page[4096]; /* sealed, 16 bytes more: kept apart */
+	struct store_message large = fx_msg("police-a", "m-1", "nhs-b", "");
+	large.payload = page;
+	large.payload_len = sizeof(page);
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &large, &r), 0);
+	/* The ack's batch fails (secure_delete stays FAST), then its ROLLBACK. */
+	store_test_fail_secure_delete_on(s, 1);
+	store_test_fail_next_rollback(s);
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown),
+	                 ISG_ERR_STORE);
+	struct store_message next = fx_msg("police-a", "m-2", "nhs-b", "two");
+	assert_int_equal(send_sync(s, &next, NULL), 0);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 1);
+	assert_int_equal(db_int(f, "SELECT max(state) FROM messages", 0), 0);
+	assert_int_equal(fetch_count(s, "nhs-b"), 2);
+}
+
 static void test_fetch_in_failed_commit_is_not_delivered(void **state)
 {
 	struct fx *f = *state;
@@ -912,6 +941,8 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_commit_failure_reports_nothing_stored, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_failed_rollback_does_not_fail_the_next_batch,
+	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_in_failed_commit_is_not_delivered, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_disk_full_then_recovers, fx_setup, fx_teardown),
