@@ -30,7 +30,8 @@ struct keyproc {
 	int *fds; /* -1 once broken */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	unsigned *free_list, n_free;
+	/* under mu: the channels free for a call, and those not broken (free or in use) */
+	unsigned *free_list, n_free, n_live;
 	struct audit_signer *signer;
 };
 
@@ -87,21 +88,34 @@ int keyproc_writev_full(int fd, struct iovec *iov, int n)
 
 /* --- calls --------------------------------------------------------------------- */
 
+/* A free channel, once one is; -1 when every channel has broken. */
 static int channel_take(struct keyproc *kp)
 {
 	pthread_mutex_lock(&kp->mu);
-	while (kp->n_free == 0)
+	while (kp->n_free == 0 && kp->n_live > 0)
 		pthread_cond_wait(&kp->cv, &kp->mu);
-	unsigned i = kp->free_list[--kp->n_free];
+	int i = kp->n_free > 0 ? (int)kp->free_list[--kp->n_free] : -1;
 	pthread_mutex_unlock(&kp->mu);
-	return (int)i;
+	return i;
 }
 
-static void channel_give(struct keyproc *kp, unsigned i)
+/*
+ * A broken channel leaves the pool. Given back, it would be the next one
+ * taken (the free list is a stack), so one broken channel would fail
+ * nearly every call while the others, and the key process, still work.
+ */
+static void channel_give(struct keyproc *kp, unsigned i, bool broken)
 {
 	pthread_mutex_lock(&kp->mu);
-	kp->free_list[kp->n_free++] = i;
-	pthread_cond_signal(&kp->cv);
+	if (broken)
+		kp->n_live--;
+	else
+		kp->free_list[kp->n_free++] = i;
+	/* The last channel broken: every waiter fails at once. */
+	if (broken && kp->n_live == 0)
+		pthread_cond_broadcast(&kp->cv);
+	else if (!broken)
+		pthread_cond_signal(&kp->cv);
 	pthread_mutex_unlock(&kp->mu);
 }
 
@@ -147,22 +161,24 @@ static int call(struct keyproc *kp, uint8_t op, const struct iovec *parts, int n
 		iov[2 + i] = parts[i];
 
 	int c = channel_take(kp);
+	if (c < 0)
+		return ISG_ERR_IO;
 	int fd = kp->fds[c];
-	int rc = fd < 0 ? ISG_ERR_IO : 0;
-	if (rc == 0 && keyproc_writev_full(fd, iov, 2 + n_parts) != 0)
+	int rc = 0;
+	if (keyproc_writev_full(fd, iov, 2 + n_parts) != 0)
 		rc = ISG_ERR_IO;
 	int32_t status = 0;
 	uint8_t *b = NULL;
 	size_t blen = 0;
 	if (rc == 0)
 		rc = read_response(fd, &status, &b, &blen);
-	if (rc != 0 && fd >= 0) {
+	if (rc != 0) {
 		log_event(LOG_ERROR, "keyproc.failed", "channel=%d reason=%s", c,
 		          errno == EPIPE ? "closed" : "io");
 		close(fd);
 		kp->fds[c] = -1;
 	}
-	channel_give(kp, (unsigned)c);
+	channel_give(kp, (unsigned)c, rc != 0);
 	if (rc != 0)
 		return rc;
 	if (body) {
@@ -248,6 +264,7 @@ static int make_channels(struct keyproc *kp, int *theirs, char *err, size_t errl
 		kp->fds[i] = sv[0];
 		theirs[i] = sv[1];
 		kp->free_list[kp->n_free++] = i;
+		kp->n_live++;
 	}
 	return 0;
 }

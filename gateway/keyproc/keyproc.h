@@ -14,8 +14,10 @@
  * key, only data keys, each for one payload (docs/security.md).
  *
  * Every call may be made from any thread; at most `channels` at once, the
- * rest wait for a free channel. When the key process is gone every call
- * fails with ISG_ERR_IO.
+ * rest wait for a free channel. A channel that fails mid-call (a read or a
+ * write) is closed and not used again: that call fails with ISG_ERR_IO,
+ * later ones go over the others. When the key process is gone, or every
+ * channel has failed, every call fails with ISG_ERR_IO.
  */
 #ifndef ISG_KEYPROC_H
 #define ISG_KEYPROC_H

@@ -4,6 +4,7 @@
  * compromised gateway might ask (rolled-back or foreign checkpoints,
  * malformed requests), and reports bad key files at start.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -369,6 +370,65 @@ static void test_stop_gives_the_wait_status(void **state)
 	assert_int_equal(st, -1);
 }
 
+/* The descriptors open in this process, as a bitmap of the first 1024. */
+static void open_fds(bool open[static 1024])
+{
+	for (int fd = 0; fd < 1024; fd++)
+		open[fd] = fcntl(fd, F_GETFD) >= 0;
+}
+
+/* New data keys through the key process: 0 or the error. */
+static int new_key(struct keyproc *kp)
+{
+	struct store_sealer s = keyproc_sealer(kp);
+	uint8_t k[STORE_SEAL_KEY_LEN], w[STORE_WRAPPED_KEY_LEN];
+	int rc = s.new_keys(s.ctx, 1, k, w);
+	sodium_memzero(k, sizeof(k));
+	return rc;
+}
+
+/*
+ * A channel that breaks (here shut down under the gateway's feet, as a
+ * failed read or write leaves it) is not handed out again: the call that
+ * met it fails, the calls after it go to the channels that still work,
+ * whichever channel broke. When none is left, a call fails at once.
+ */
+static void test_broken_channel_is_not_reused(void **state)
+{
+	struct fixture *f = *state;
+	for (int which = 0; which < 2; which++) {
+		bool before[1024], after[1024];
+		open_fds(before);
+		struct keyproc *kp = start(f); /* two channels */
+		open_fds(after);
+		int chans[2], n = 0;
+		for (int fd = 0; fd < 1024 && n < 2; fd++)
+			if (after[fd] && !before[fd])
+				chans[n++] = fd;
+		assert_int_equal(n, 2);
+		assert_int_equal(shutdown(chans[which], SHUT_RDWR), 0);
+		int failed = 0;
+		for (int i = 0; i < 4; i++)
+			failed += new_key(kp) != 0;
+		assert_in_range(failed, 0, 1);
+		assert_int_equal(new_key(kp), 0);
+		assert_true(keyproc_stop(kp, NULL));
+		f->kp = NULL;
+	}
+	/* The only channel broken: every call fails, none waits. */
+	struct keyproc_options o = {.keys_dir = f->dir, .audit_origin = "test-log", .channels = 1};
+	char err[512] = "";
+	bool before[1024], after[1024];
+	open_fds(before);
+	assert_int_equal(keyproc_start(&o, &f->kp, err, sizeof(err)), 0);
+	open_fds(after);
+	for (int fd = 0; fd < 1024; fd++)
+		if (after[fd] && !before[fd])
+			assert_int_equal(shutdown(fd, SHUT_RDWR), 0);
+	assert_int_equal(new_key(f->kp), ISG_ERR_IO);
+	assert_int_equal(new_key(f->kp), ISG_ERR_IO);
+}
+
 /* --- the protocol, spoken badly: the key process is on the other side of a trust boundary */
 
 struct raw {
@@ -673,6 +733,7 @@ int main(void)
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_key_file_refused_at_start, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stop_gives_the_wait_status, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_broken_channel_is_not_reused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_malformed_requests_are_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pseudo_too_many_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pseudo_batch_over_a_frame_split, setup, teardown),
