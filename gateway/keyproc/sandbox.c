@@ -8,8 +8,9 @@
  *     even when isgd starts as root the key process can only read and
  *     write what root owns, as any owner could;
  *   - the network and other programs: a seccomp filter makes socket(2),
- *     connect(2), bind(2), listen(2), accept(2), execve(2), ptrace(2) and
- *     the process_vm_* calls fail with EPERM.
+ *     connect(2), bind(2), listen(2), accept(2), execve(2), ptrace(2), the
+ *     process_vm_* calls, pidfd_getfd(2) and io_uring (whose operations
+ *     reach sockets unseen by seccomp) fail with EPERM.
  * A denylist rather than an allowlist: the calls libc, the sanitizers and
  * valgrind make vary, the ones the key process must never make do not.
  */
@@ -61,6 +62,13 @@ static int install_filter(void)
 	    DENY(__NR_ptrace),
 	    DENY(__NR_process_vm_readv),
 	    DENY(__NR_process_vm_writev),
+	    /* Another process's descriptors (isgd's sockets) by pidfd. */
+	    DENY(__NR_pidfd_getfd),
+	    /* io_uring's operations (IORING_OP_SOCKET, CONNECT, ...) are not
+	     * system calls: seccomp never sees them, so the ring itself is denied. */
+	    DENY(__NR_io_uring_setup),
+	    DENY(__NR_io_uring_enter),
+	    DENY(__NR_io_uring_register),
 	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 	};
 	struct sock_fprog prog = {.len = (unsigned short)(sizeof(filter) / sizeof(filter[0])),

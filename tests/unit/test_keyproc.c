@@ -6,6 +6,7 @@
  */
 #include <fcntl.h>
 #include <pthread.h>
+#include <errno.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -15,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/io_uring.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -429,6 +432,43 @@ static void test_broken_channel_is_not_reused(void **state)
 	assert_int_equal(new_key(f->kp), ISG_ERR_IO);
 }
 
+/* In a child: 0 when call failed with EPERM, else bit. */
+static int denied(long rc, int bit)
+{
+	return rc == -1 && errno == EPERM ? 0 : bit;
+}
+
+/*
+ * The sandbox denies the network and other processes, also by the ways
+ * around the calls it names: io_uring, whose operations (IORING_OP_SOCKET,
+ * CONNECT) seccomp does not see, and pidfd_getfd, which takes a descriptor
+ * from another process (here its own, which is always allowed without the
+ * filter). Run in a child, as the filter cannot be taken off.
+ */
+static void test_sandbox_denies_the_network(void **state)
+{
+	(void)state;
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		const char *what = NULL;
+		if (keyproc_sandbox(&what) != 0)
+			_exit(100);
+		struct io_uring_params p;
+		memset(&p, 0, sizeof(p));
+		int pidfd = (int)syscall(__NR_pidfd_open, getpid(), 0);
+		int bits = denied(socket(AF_INET, SOCK_STREAM, 0), 1) |
+		           denied(syscall(__NR_io_uring_setup, 4, &p), 2) |
+		           (pidfd < 0 ? 4 : denied(syscall(__NR_pidfd_getfd, pidfd, 0, 0), 8)) |
+		           denied(execl("/bin/true", "true", (char *)NULL), 16);
+		_exit(bits);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* --- the protocol, spoken badly: the key process is on the other side of a trust boundary */
 
 struct raw {
@@ -734,6 +774,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_bad_key_file_refused_at_start, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stop_gives_the_wait_status, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_broken_channel_is_not_reused, setup, teardown),
+	    cmocka_unit_test(test_sandbox_denies_the_network),
 	    cmocka_unit_test_setup_teardown(test_malformed_requests_are_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pseudo_too_many_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pseudo_batch_over_a_frame_split, setup, teardown),
