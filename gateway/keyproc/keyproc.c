@@ -3,6 +3,7 @@
  * channels (socketpairs), one call per channel at a time.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -251,6 +252,21 @@ static int remote_sign(void *ctx, const uint8_t *msg, size_t len, uint8_t sig[st
 	return rc;
 }
 
+/*
+ * fd, moved to 3 or above when it is 0 to 2 (isgd started with one of them
+ * closed): the key process keeps 0 to 2 open as its standard descriptors
+ * (close_others), so isgd's end there would keep its channel open in the
+ * key process after isgd died; and isgd's log lines go to 2. -1 on failure.
+ */
+static int above_stdio(int fd)
+{
+	if (fd > 2)
+		return fd;
+	int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	close(fd);
+	return moved;
+}
+
 /* Make the channels: ours in kp->fds, the child's in theirs. */
 static int make_channels(struct keyproc *kp, int *theirs, char *err, size_t errlen)
 {
@@ -261,8 +277,13 @@ static int make_channels(struct keyproc *kp, int *theirs, char *err, size_t errl
 			         strerror(errno));
 			return ISG_ERR_IO;
 		}
-		kp->fds[i] = sv[0];
-		theirs[i] = sv[1];
+		kp->fds[i] = above_stdio(sv[0]);
+		theirs[i] = above_stdio(sv[1]);
+		if (kp->fds[i] < 0 || theirs[i] < 0) {
+			snprintf(err, errlen, "cannot make the key process's channels: %s",
+			         strerror(errno));
+			return ISG_ERR_IO;
+		}
 		kp->free_list[kp->n_free++] = i;
 		kp->n_live++;
 	}

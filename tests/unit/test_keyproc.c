@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/io_uring.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -432,6 +433,60 @@ static void test_broken_channel_is_not_reused(void **state)
 	assert_int_equal(new_key(f->kp), ISG_ERR_IO);
 }
 
+/* Wait up to about 5 s for pid (a child) to end; its wait status, or -1 (it is then killed). */
+static int wait_briefly(pid_t pid)
+{
+	int st;
+	for (int i = 0; i < 500; i++) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+		if (r == pid)
+			return st;
+		usleep(10000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	return -1;
+}
+
+/*
+ * isgd started with standard input (or output, or error) closed: its
+ * channels' descriptors could be 0 to 2, which the key process keeps as
+ * its own standard ones. Holding the gateway's end of a channel, it would
+ * never see that channel close, and outlive a gateway that died.
+ */
+static void test_key_process_ends_with_a_gateway_started_without_stdin(void **state)
+{
+	struct fixture *f = *state;
+	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+	int pipefd[2];
+	assert_int_equal(pipe(pipefd), 0);
+	pid_t gw = fork(); /* the gateway, which dies */
+	assert_true(gw >= 0);
+	if (gw == 0) {
+		close(pipefd[0]);
+		close(0);
+		struct keyproc_options o = {
+		    .keys_dir = f->dir, .audit_origin = "test-log", .channels = 1};
+		char err[512];
+		struct keyproc *kp = NULL;
+		pid_t kpid = keyproc_start(&o, &kp, err, sizeof(err)) == 0 ? keyproc_pid(kp) : -1;
+		if (write(pipefd[1], &kpid, sizeof(kpid)) != sizeof(kpid))
+			_exit(2);
+		_exit(0); /* without keyproc_stop */
+	}
+	close(pipefd[1]);
+	pid_t kpid = -1;
+	assert_int_equal(read(pipefd[0], &kpid, sizeof(kpid)), sizeof(kpid));
+	close(pipefd[0]);
+	assert_int_equal(wait_briefly(gw), 0);
+	assert_true(kpid > 0);
+	int st = wait_briefly(kpid); /* reparented to this process, the subreaper */
+	prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
+	assert_int_not_equal(st, -1);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* In a child: 0 when call failed with EPERM, else bit. */
 static int denied(long rc, int bit)
 {
@@ -774,6 +829,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_bad_key_file_refused_at_start, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stop_gives_the_wait_status, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_broken_channel_is_not_reused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+	        test_key_process_ends_with_a_gateway_started_without_stdin, setup, teardown),
 	    cmocka_unit_test(test_sandbox_denies_the_network),
 	    cmocka_unit_test_setup_teardown(test_malformed_requests_are_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pseudo_too_many_refused, setup, teardown),
