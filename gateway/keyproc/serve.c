@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -490,9 +491,8 @@ _Noreturn void keyproc_serve(const struct keyproc_options *opt, int *fds, unsign
 		hello(fds[0], ISG_ERR_IO, err, strlen(err));
 		_exit(1);
 	}
-	uint8_t pk[AUDIT_PUBKEY_LEN];
-	audit_signer_public_key(sv->signer, pk);
-	hello(fds[0], 0, pk, sizeof(pk));
+	/* Every channel served, or none: isgd would wait for ever on one without
+	 * a thread. isgd sends nothing before the hello, so the threads start first. */
 	struct channel *chs = calloc(n, sizeof(*chs));
 	unsigned started = 0;
 	for (unsigned i = 0; chs && i < n; i++) {
@@ -500,6 +500,16 @@ _Noreturn void keyproc_serve(const struct keyproc_options *opt, int *fds, unsign
 		if (pthread_create(&chs[i].thread, NULL, channel_main, &chs[i]) != 0)
 			break;
 		started++;
+	}
+	if (started == n) {
+		uint8_t pk[AUDIT_PUBKEY_LEN];
+		audit_signer_public_key(sv->signer, pk);
+		hello(fds[0], 0, pk, sizeof(pk));
+	} else {
+		snprintf(err, sizeof(err), "key process: cannot start its threads");
+		hello(fds[0], ISG_ERR_NOMEM, err, strlen(err));
+		for (unsigned i = 0; i < n; i++)
+			shutdown(fds[i], SHUT_RDWR); /* the threads started read their end */
 	}
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(chs[i].thread, NULL);

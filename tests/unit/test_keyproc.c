@@ -433,6 +433,32 @@ static void test_broken_channel_is_not_reused(void **state)
 	assert_int_equal(new_key(f->kp), ISG_ERR_IO);
 }
 
+/*
+ * A key process that cannot start a thread for each channel says so at
+ * start, and keyproc_start fails with the reason: started, it would have
+ * left the gateway calls on channels nobody serves, waiting for ever.
+ * Threads are made to fail by a default stack larger than any address
+ * space, which the forked key process inherits.
+ */
+static void test_threads_that_cannot_start_fail_the_start(void **state)
+{
+	struct fixture *f = *state;
+	pthread_attr_t old, huge;
+	assert_int_equal(pthread_getattr_default_np(&old), 0);
+	assert_int_equal(pthread_attr_init(&huge), 0);
+	assert_int_equal(pthread_attr_setstacksize(&huge, (size_t)1 << 48), 0);
+	assert_int_equal(pthread_setattr_default_np(&huge), 0);
+	struct keyproc_options o = {.keys_dir = f->dir, .audit_origin = "test-log", .channels = 2};
+	char err[512] = "";
+	int rc = keyproc_start(&o, &f->kp, err, sizeof(err));
+	assert_int_equal(pthread_setattr_default_np(&old), 0);
+	pthread_attr_destroy(&huge);
+	pthread_attr_destroy(&old);
+	assert_int_not_equal(rc, 0);
+	assert_null(f->kp);
+	assert_string_equal(err, "key process: cannot start its threads");
+}
+
 /* Wait up to about 5 s for pid (a child) to end; its wait status, or -1 (it is then killed). */
 static int wait_briefly(pid_t pid)
 {
@@ -831,6 +857,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_broken_channel_is_not_reused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(
 	        test_key_process_ends_with_a_gateway_started_without_stdin, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_threads_that_cannot_start_fail_the_start, setup,
+	                                    teardown),
 	    cmocka_unit_test(test_sandbox_denies_the_network),
 	    cmocka_unit_test_setup_teardown(test_malformed_requests_are_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pseudo_too_many_refused, setup, teardown),
