@@ -198,7 +198,21 @@ static int int_cmp(const void *a, const void *b)
 	return *(const int *)a - *(const int *)b;
 }
 
-/* In the child: keep only stdin/stdout/stderr and the child's channel ends. */
+/* Close descriptors lo to hi (~0u: every one from lo). */
+static void close_from_to(unsigned lo, unsigned hi)
+{
+	if (lo > hi || close_range(lo, hi, 0) == 0)
+		return;
+	/* Before Linux 5.9, or refused by a container's seccomp profile: one by
+	 * one, up to the most this process may have open. */
+	long max = sysconf(_SC_OPEN_MAX);
+	unsigned long limit = max > 0 ? (unsigned long)max : 1ul << 20;
+	for (unsigned long fd = lo; fd <= hi && fd < limit; fd++)
+		close((int)fd);
+}
+
+/* In the child: keep only stdin/stdout/stderr and the child's channel ends
+ * (3 or above, see above_stdio). */
 static void close_others(const int *theirs, unsigned n)
 {
 	int keep[CHANNELS_MAX];
@@ -207,10 +221,10 @@ static void close_others(const int *theirs, unsigned n)
 	unsigned next = 3;
 	for (unsigned i = 0; i < n; i++) {
 		if ((unsigned)keep[i] > next)
-			close_range(next, (unsigned)keep[i] - 1, 0);
+			close_from_to(next, (unsigned)keep[i] - 1);
 		next = (unsigned)keep[i] + 1;
 	}
-	close_range(next, ~0u, 0);
+	close_from_to(next, ~0u);
 }
 
 /* The key process's first answer: its audit public key, or why it could not start. */

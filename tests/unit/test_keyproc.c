@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
 #include <linux/io_uring.h>
+#include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -475,22 +477,20 @@ static int wait_briefly(pid_t pid)
 }
 
 /*
- * isgd started with standard input (or output, or error) closed: its
- * channels' descriptors could be 0 to 2, which the key process keeps as
- * its own standard ones. Holding the gateway's end of a channel, it would
- * never see that channel close, and outlive a gateway that died.
+ * A gateway (a child, prepared by prepare) starts a key process and dies
+ * without stopping it: the key process must see its channels close and
+ * exit 0. Asserts that it does, within about 5 s.
  */
-static void test_key_process_ends_with_a_gateway_started_without_stdin(void **state)
+static void assert_key_process_ends_with_its_gateway(struct fixture *f, void (*prepare)(void))
 {
-	struct fixture *f = *state;
 	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
 	int pipefd[2];
 	assert_int_equal(pipe(pipefd), 0);
-	pid_t gw = fork(); /* the gateway, which dies */
+	pid_t gw = fork();
 	assert_true(gw >= 0);
 	if (gw == 0) {
 		close(pipefd[0]);
-		close(0);
+		prepare();
 		struct keyproc_options o = {
 		    .keys_dir = f->dir, .audit_origin = "test-log", .channels = 1};
 		char err[512];
@@ -511,6 +511,48 @@ static void test_key_process_ends_with_a_gateway_started_without_stdin(void **st
 	assert_int_not_equal(st, -1);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+static void close_stdin(void)
+{
+	close(0);
+}
+
+/*
+ * isgd started with standard input (or output, or error) closed: its
+ * channels' descriptors could be 0 to 2, which the key process keeps as
+ * its own standard ones. Holding the gateway's end of a channel, it would
+ * never see that channel close, and outlive a gateway that died.
+ */
+static void test_key_process_ends_with_a_gateway_started_without_stdin(void **state)
+{
+	assert_key_process_ends_with_its_gateway(*state, close_stdin);
+}
+
+/* close_range(2) fails with ENOSYS, as on kernels before 5.9. */
+static void deny_close_range(void)
+{
+	struct sock_filter filter[] = {
+	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_close_range, 0, 1),
+	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {.len = ARRAY_LEN(filter), .filter = filter};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0)
+		_exit(3);
+}
+
+/*
+ * Where close_range(2) is missing (before Linux 5.9) or refused (an older
+ * container runtime's seccomp profile), the key process still closes the
+ * descriptors it must not keep, the gateway's ends of its channels among
+ * them: else it would outlive a gateway that died.
+ */
+static void test_key_process_ends_with_its_gateway_without_close_range(void **state)
+{
+	assert_key_process_ends_with_its_gateway(*state, deny_close_range);
 }
 
 /* In a child: 0 when call failed with EPERM, else bit. */
@@ -857,6 +899,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_broken_channel_is_not_reused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(
 	        test_key_process_ends_with_a_gateway_started_without_stdin, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+	        test_key_process_ends_with_its_gateway_without_close_range, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_threads_that_cannot_start_fail_the_start, setup,
 	                                    teardown),
 	    cmocka_unit_test(test_sandbox_denies_the_network),
