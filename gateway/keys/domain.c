@@ -752,7 +752,9 @@ static int describe_domain(struct reader *r, struct domain *d, const struct doma
 	if (!take(r, &nl, 1) || nl > KEYS_DOMAIN_NAME_MAX || !take(r, d->name, nl))
 		return ISG_ERR_PARSE;
 	d->name[nl] = '\0';
-	if (!keys_domain_name_valid(d->name) || (prev && strcmp(prev->name, d->name) >= 0))
+	/* A NUL among its bytes would make it read as a shorter name. */
+	if (strlen(d->name) != nl || !keys_domain_name_valid(d->name) ||
+	    (prev && strcmp(prev->name, d->name) >= 0))
 		return ISG_ERR_PARSE;
 	if (!take(r, &nv, 4) || nv == 0 || nv > DOMAIN_VERSIONS_MAX || nv > r->left / 20)
 		return ISG_ERR_PARSE;

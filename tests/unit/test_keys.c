@@ -1244,6 +1244,50 @@ static void *hash_many(void *p)
 	return NULL;
 }
 
+/*
+ * A keyring's description (what the key process tells isgd of its keys)
+ * reads back as the same domains and versions, with no key; a malformed
+ * one is refused, a name whose bytes stop at a NUL before its length
+ * among them (it would read as a shorter name than the one described).
+ */
+static void test_description_round_trip_and_refusals(void **state)
+{
+	struct fixture *f = *state;
+	write_known_domain(f, "alpha", 1);
+	write_known_domain(f, "beta", 1);
+	struct keyring *ring = load_ok(f);
+	uint8_t *desc = NULL;
+	size_t len = 0;
+	assert_int_equal(keyring_describe(ring, &desc, &len), 0);
+	struct keyring *back = NULL;
+	assert_int_equal(keyring_from_description(desc, len, &back), 0);
+	assert_int_equal(keyring_domain_count(back), 2);
+	size_t versions = 0;
+	assert_string_equal(keyring_domain_name(back, 0, &versions), "alpha");
+	assert_int_equal(versions, 1);
+	assert_string_equal(keyring_domain_name(back, 1, NULL), "beta");
+	struct pseudo_request r;
+	request(&r, "alpha", "9434765919");
+	struct pseudo_service svc = keyring_service(back);
+	assert_int_equal(svc.pseudonymise(svc.ctx, &r, 1, 20000), ISG_ERR_CRYPTO);
+	keyring_free(back);
+
+	/* u32 count, then "alpha" at 4: its length byte, then its five bytes. */
+	assert_int_equal(desc[4], 5);
+	uint8_t *bad = malloc(len + 1);
+	assert_non_null(bad);
+	memcpy(bad, desc, len);
+	bad[len] = 0;
+	assert_int_equal(keyring_from_description(bad, len + 1, &back), ISG_ERR_PARSE);
+	assert_int_equal(keyring_from_description(bad, len - 1, &back), ISG_ERR_PARSE);
+	bad[7] = '\0'; /* "al\0ha": a valid "al" by strlen, but five bytes long */
+	assert_int_equal(keyring_from_description(bad, len, &back), ISG_ERR_PARSE);
+	assert_null(back);
+	free(bad);
+	free(desc);
+	keyring_free(ring);
+}
+
 static void test_service_concurrent_readers(void **state)
 {
 	struct fixture *f = *state;
@@ -1292,6 +1336,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_rotate_emergency_retires_all, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_rotate_refusals, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_service_concurrent_readers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_description_round_trip_and_refusals, setup,
+	                                    teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
