@@ -142,7 +142,8 @@ static int read_response(int fd, int32_t *status, uint8_t **body, size_t *len)
 /*
  * One round trip: the request is op and the iov parts, concatenated. The
  * answer's status is returned (0 or negative), its body in *body (malloc'd;
- * free it) unless body is NULL. A channel that fails mid-call is closed.
+ * free it) unless body is NULL. A channel that fails mid-call is closed and
+ * leaves the pool (channel_give).
  */
 static int call(struct keyproc *kp, uint8_t op, const struct iovec *parts, int n_parts,
                 uint8_t **body, size_t *len)

@@ -2,7 +2,9 @@
  * keyproc: the key process answers exactly what the keys would answer in
  * process (pseudonyms, seals, checkpoint signatures), refuses what a
  * compromised gateway might ask (rolled-back or foreign checkpoints,
- * malformed requests), and reports bad key files at start.
+ * malformed requests), reports bad key files and threads that cannot
+ * start at start, ends with its gateway, and is sandboxed; the gateway's
+ * side gets by a broken channel.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -733,13 +735,9 @@ static void test_pseudo_too_many_refused(void **state)
 }
 
 /*
- * The reviewer's case through the gateway's side: a batch whose answer
- * (about 48 bytes a pseudonym) would be larger than a frame. It is refused,
+ * A batch whose answer (about 48 bytes a pseudonym) would be larger than a
+ * frame goes to the key process in parts, each answer back in its place,
  * and the only channel still answers pseudonyms and data keys after.
- */
-/*
- * A batch larger than one request may carry goes to the key process in
- * parts, each answer back in its place, and the channel stays usable.
  */
 static void test_pseudo_batch_over_a_frame_split(void **state)
 {
