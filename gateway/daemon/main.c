@@ -704,6 +704,14 @@ int main(int argc, char **argv)
 		fputs("isgd: cannot initialise libsodium\n", stderr);
 		return 1;
 	}
+	/* Out of reach of its own uid: no ptrace, no /proc/PID/mem, no core dump
+	 * (its memory holds records in clear). Started as a non-root user without
+	 * user:, the key process has that uid too, and one taken over would
+	 * otherwise write into isgd and have its network. */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+		fprintf(stderr, "isgd: cannot make itself undumpable: %s\n", strerror(errno));
+		return 1;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	/* Blocked before any thread starts, so every thread inherits the mask and only
 	 * the main thread's sigwait ever takes these signals. */

@@ -241,6 +241,22 @@ class DropRoot(PrivsepCase):
         gw.write_config()
         return gw
 
+    def start_as_the_user(self, gw):
+        """Start gw as its user itself, with the keys and files that user's."""
+        user = pwd.getpwnam(gw.config.pop("user"))
+        gw.write_config()
+        os.chown(gw.dir, user.pw_uid, user.pw_gid)  # valgrind's log, when it runs
+        for root, dirs, files in os.walk(gw.keys_dir):
+            for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+                os.chown(name, user.pw_uid, user.pw_gid)
+        with open(gw.log_path, "a") as log:
+            gw.proc = isgtest.subprocess.Popen(
+                gw.argv(), stdin=isgtest.subprocess.DEVNULL, stdout=log, stderr=log,
+                user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                preexec_fn=isgtest._die_with_parent)
+        gw.wait_ready()
+        return user
+
     def refused(self, gw, *messages):
         """Both --check-config and a start refuse, each saying every one of messages."""
         for extra in (["--check-config"], []):
@@ -364,24 +380,43 @@ class DropRoot(PrivsepCase):
         """The way the refusal points to: isgd started as the user itself, its
         keys the user's, loads them as the same user at start and at reload."""
         require_root(self)
-        user = pwd.getpwnam("nobody")
         gw = self.user_gateway()
         gw.config["key_process"] = False
-        gw.write_config()
-        os.chown(gw.dir, user.pw_uid, user.pw_gid)  # valgrind's log, when it runs
-        for root, dirs, files in os.walk(gw.keys_dir):
-            for name in [root] + [os.path.join(root, n) for n in dirs + files]:
-                os.chown(name, user.pw_uid, user.pw_gid)
-        with open(gw.log_path, "a") as log:
-            gw.proc = isgtest.subprocess.Popen(
-                gw.argv(), stdin=isgtest.subprocess.DEVNULL, stdout=log, stderr=log,
-                user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-                preexec_fn=isgtest._die_with_parent)
-        gw.wait_ready()
+        self.start_as_the_user(gw)
         self.assertEqual(children(gw.proc.pid), [])
         outcome, text = gw.reload()
         self.assertEqual(outcome, "loaded", text)
         self.assertNotIn("keys.error", text)
+
+    def test_started_as_the_user_its_memory_is_out_of_that_users_reach(self):
+        """Started as a non-root user without user:, isgd shares its uid with
+        the key process, which has no capabilities: were isgd dumpable, a key
+        process taken over could write into isgd through /proc/PID/mem and
+        have its network. Any process of that uid is tried here."""
+        require_root(self)
+        gw = self.user_gateway()
+        user = self.start_as_the_user(gw)
+        self.assertEqual(len(children(gw.proc.pid)), 1)
+        probe = ("import sys\n"
+                 "try:\n"
+                 "    open('/proc/%s/mem' % sys.argv[1], 'rb').close()\n"
+                 "    print('opened')\n"
+                 "except OSError as e:\n"
+                 "    print('refused', e.errno)\n")
+        def open_mem(pid):
+            r = isgtest.subprocess.run(
+                ["/usr/bin/python3", "-c", probe, str(pid)], capture_output=True, text=True,
+                user=user.pw_uid, group=user.pw_gid, extra_groups=[], timeout=30)
+            return r.stdout.strip()
+        # The control: another process of that user is within its reach.
+        other = isgtest.subprocess.Popen(["sleep", "30"], user=user.pw_uid, group=user.pw_gid,
+                                         extra_groups=[])
+        try:
+            self.assertEqual(open_mem(other.pid), "opened")
+        finally:
+            other.kill()
+            other.wait()
+        self.assertEqual(open_mem(gw.proc.pid), "refused 13")
 
     def test_tls_files_only_root_can_read_are_refused(self):
         require_root(self)
