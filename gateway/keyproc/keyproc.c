@@ -305,6 +305,16 @@ static int make_channels(struct keyproc *kp, int *theirs, char *err, size_t errl
 	return 0;
 }
 
+/* In the child: isgd's side of the channels, whose descriptors close_others closed. */
+static void free_in_child(struct keyproc *kp)
+{
+	pthread_cond_destroy(&kp->cv);
+	pthread_mutex_destroy(&kp->mu);
+	free(kp->free_list);
+	free(kp->fds);
+	free(kp);
+}
+
 int keyproc_start(const struct keyproc_options *opt, struct keyproc **out, char *err, size_t errlen)
 {
 	*out = NULL;
@@ -336,6 +346,7 @@ int keyproc_start(const struct keyproc_options *opt, struct keyproc **out, char 
 	}
 	if (kp->pid == 0) {
 		close_others(theirs, n);
+		free_in_child(kp); /* isgd's side; the child never returns to it */
 		keyproc_serve(opt, theirs, n);
 	}
 	for (unsigned i = 0; i < n; i++) {
