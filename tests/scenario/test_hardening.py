@@ -1479,13 +1479,17 @@ class HalfCloser:
         buf = b""
         while True:
             try:
-                buf += self.tls.read(65536)
-                continue
+                data = self.tls.read(65536)
             except ssl.SSLWantReadError:
-                pass
+                data = None
             except ssl.SSLZeroReturnError:
+                data = b""
+            if data == b"":  # the gateway's close_notify (read returns b"" before ours is sent)
                 notify = True
                 break
+            if data:
+                buf += data
+                continue
             try:
                 self._receive()
             except (EOFError, ConnectionError):
