@@ -10,6 +10,11 @@
  * as a dirty close, and always send close_notify on a clean one. A peer's
  * close_notify is a half-close: nothing more is read, but the requests
  * already read are answered before ours goes.
+ *
+ * A connection is idle when nothing moves either way: no byte read, and no
+ * byte of what it is owed written out. One that reads nothing is so cut at
+ * idle_timeout whatever it is owed; a slow reader is not while its answer
+ * flows.
  */
 #include "net/net.h"
 
@@ -24,9 +29,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -75,6 +82,8 @@ struct net_conn {
 	uint32_t inflight;
 	uint64_t bad_frames;   /* answered with BAD_FRAME; only the first is logged */
 	int64_t deadline;      /* handshake or idle deadline, monotonic ms */
+	int unacked;           /* bytes the kernel held for the peer at the last look;
+	                          -1: not looked since our last write (conn_watch_acks) */
 	int64_t wait_deadline; /* long-poll deadline while waiting, 0 = none */
 	bool waiting;
 	struct net_conn *wait_prev, *wait_next;
@@ -534,9 +543,16 @@ static void conn_on_readable(struct net_conn *c)
 /* ------------------------------------------------------------------------ */
 /* Writing. */
 
-/* Write what is queued; false when the connection was closed (and freed). */
+/*
+ * Write what is queued; false when the connection was closed (and freed).
+ * Bytes written out are activity, as bytes read are: a slow reader is not
+ * idle while its answer flows (and while the kernel still holds some of it
+ * for the peer, conn_watch_acks). Not after the peer's close_notify, whose
+ * bound holds however it reads (conn_peer_closed).
+ */
 static bool conn_write(struct net_conn *c)
 {
+	size_t was = c->out_off;
 	while (c->out_len > c->out_off && c->state != CONN_HANDSHAKE) {
 		size_t wrote = 0;
 		ERR_clear_error();
@@ -552,6 +568,10 @@ static bool conn_write(struct net_conn *c)
 		log_tls_close(c, "conn.write_failed", "peer closed the connection");
 		conn_close_now(c, false);
 		return false;
+	}
+	if (c->out_off != was && !c->peer_closed) {
+		c->deadline = time_mono_ms() + c->w->s->opt.idle_timeout_ms;
+		c->unacked = -1;
 	}
 	return true;
 }
@@ -1080,6 +1100,22 @@ static void worker_accept(struct net_worker *w)
 /* ------------------------------------------------------------------------ */
 /* Timeouts and the loop. */
 
+/*
+ * The end of an answer flows out of the kernel's buffers, not out of ours:
+ * the peer taking those bytes (the kernel holds fewer for it than at the
+ * last look) is activity too, or a slow reader would be cut just before
+ * the request that follows its answer. One whose window stays shut is not.
+ */
+static void conn_watch_acks(struct net_conn *c, int64_t now)
+{
+	int unacked;
+	if (ioctl(c->fd, SIOCOUTQ, &unacked) != 0)
+		return;
+	if (c->unacked > 0 && unacked < c->unacked)
+		c->deadline = now + c->w->s->opt.idle_timeout_ms;
+	c->unacked = unacked;
+}
+
 static int64_t worker_sweep(struct net_worker *w)
 {
 	int64_t now = time_mono_ms(), next = now + TICK_MS;
@@ -1103,6 +1139,8 @@ static int64_t worker_sweep(struct net_worker *w)
 	w->idle_scan_at = now + IDLE_SCAN_MS;
 	for (struct net_conn *c = w->conns, *nx; c; c = nx) {
 		nx = c->next;
+		if (c->unacked != 0 && !c->peer_closed && c->state != CONN_LINGER)
+			conn_watch_acks(c, now);
 		/* A half-closed connection's bound holds even while the store
 		 * keeps a request: its answer then finds the connection gone. */
 		if (c->deadline > now || (!c->peer_closed && (c->waiting || c->inflight > 0)))
@@ -1112,13 +1150,15 @@ static int64_t worker_sweep(struct net_worker *w)
 			continue;
 		}
 		bool hs = c->state == CONN_HANDSHAKE;
+		bool owed = c->out_len > c->out_off;
 		log_event(LOG_INFO,
 		          hs               ? "conn.handshake_timeout"
 		          : c->peer_closed ? "conn.half_close_timeout"
 		                           : "conn.idle_timeout",
 		          "peer=%s", c->peer);
-		/* Half-closed, answers are still owed: no close_notify says so. */
-		conn_close_now(c, !hs && !c->peer_closed);
+		/* With answers still owed, or half-closed with answers owed, no
+		 * close_notify may say all went out. */
+		conn_close_now(c, !hs && !owed && !c->peer_closed);
 	}
 	return next - now;
 }
