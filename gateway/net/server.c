@@ -14,7 +14,12 @@
  * A connection is idle when nothing moves either way: no byte read, and no
  * byte of what it is owed written out. One that reads nothing is so cut at
  * idle_timeout whatever it is owed; a slow reader is not while its answer
- * flows.
+ * flows. A clean close sends every answer owed, then close_notify (waiting
+ * for room for it if need be), and shuts our half of the TCP connection,
+ * then reads and drops what the peer still sends until it closes its half
+ * or has acknowledged everything (conn_finish): closing with bytes unread
+ * makes the kernel reset the connection, and a reset throws away what is
+ * still on its way to the peer.
  */
 #include "net/net.h"
 
@@ -53,11 +58,14 @@
 #define ACCEPT_LOG_MS 1000
 
 /*
- * CONN_LINGER: a refused handshake. The alert is sent and our side shut
- * down; we read and discard until the peer closes, so the kernel does not
- * answer the peer's unread bytes with a reset that would hide the alert.
+ * CONN_SHUTDOWN: a clean close whose close_notify waits for room in the
+ * socket. CONN_LINGER: a refused handshake's alert, or a clean close's
+ * close_notify, is sent and our side shut down; we read and discard until
+ * the peer closes or has acknowledged all we sent, so the kernel does not
+ * answer the peer's unread bytes with a reset that would hide what it has
+ * yet to receive. In both the handler is done with the connection.
  */
-enum conn_state { CONN_HANDSHAKE, CONN_OPEN, CONN_CLOSING, CONN_LINGER };
+enum conn_state { CONN_HANDSHAKE, CONN_OPEN, CONN_CLOSING, CONN_SHUTDOWN, CONN_LINGER };
 
 struct net_conn {
 	struct net_worker *w;
@@ -165,6 +173,12 @@ static void conn_free(struct net_conn *c);
 static void conn_on_readable(struct net_conn *c);
 static void conn_flush(struct net_conn *c);
 
+/* Open and serving: the handler may use it (not yet closing, or closing with answers owed). */
+static bool conn_serving(const struct net_conn *c)
+{
+	return c->state == CONN_OPEN || c->state == CONN_CLOSING;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Slots map a connection id to the connection for posted work. */
 
@@ -215,8 +229,8 @@ static void conn_update_interest(struct net_conn *c)
 	bool want_in = c->state != CONN_CLOSING && !c->w->stopping &&
 	               (c->state == CONN_HANDSHAKE || !backlogged);
 	bool want_out = c->out_len > c->out_off || c->read_wants_write;
-	if (c->state == CONN_HANDSHAKE || c->state == CONN_LINGER)
-		return; /* these set their own interest */
+	if (!conn_serving(c))
+		return; /* the others set their own interest */
 	if (want_in == c->interest_in && want_out == c->interest_out)
 		return;
 	struct epoll_event ev = {.events = (want_in ? EPOLLIN : 0) | (want_out ? EPOLLOUT : 0),
@@ -236,24 +250,26 @@ static void log_tls_close(const struct net_conn *c, const char *event, const cha
 	log_event(LOG_INFO, event, "peer=%s reason=%s", c->peer, log_quote(q, sizeof(q), reason));
 }
 
-/* Close now. A clean close sends close_notify; a failed connection does not. */
-static void conn_close_now(struct net_conn *c, bool clean)
-{
-	if (c->ssl && clean && c->state != CONN_HANDSHAKE) {
-		SSL_shutdown(c->ssl); /* non-blocking: best effort close_notify */
-	}
-	conn_free(c);
-}
-
-static void conn_free(struct net_conn *c)
+/* The handler is done with the connection: on_close, once. */
+static void conn_release(struct net_conn *c)
 {
 	struct net_worker *w = c->w;
 	if (c->bad_frames > 1)
 		log_event(LOG_WARN, "conn.bad_frames", "peer=%s count=%" PRIu64, c->peer,
 		          c->bad_frames);
+	c->bad_frames = 0;
 	if (c->opened && w->s->h.on_close)
 		w->s->h.on_close(w->s->h.ctx, c);
+	c->opened = false;
+	c->data = NULL;
 	net_conn_unwait(c);
+}
+
+/* Free it now; a connection that failed, or whose clean close is over or ran out of time. */
+static void conn_free(struct net_conn *c)
+{
+	struct net_worker *w = c->w;
+	conn_release(c);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -269,6 +285,73 @@ static void conn_free(struct net_conn *c)
 	atomic_fetch_sub(&w->s->conn_count, 1);
 	atomic_fetch_sub(&w->n_conns, 1);
 	free(c);
+}
+
+/* Our side shut, read and drop the peer's bytes until it closes (conn_linger_read). */
+static void conn_linger(struct net_conn *c)
+{
+	shutdown(c->fd, SHUT_WR);
+	c->state = CONN_LINGER;
+	c->deadline = time_mono_ms() + LINGER_MS;
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = c->id};
+	epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/*
+ * Read and drop what the peer sent. The linger is over when it closes, or
+ * when its kernel has acknowledged all we sent (our FIN included) and
+ * nothing is left unread: a close then resets nothing that is still on
+ * its way. A peer that does neither is closed at the deadline (worker_sweep).
+ */
+static bool linger_over(int fd)
+{
+	char scratch[4096];
+	for (int i = 0; i < 16; i++) {
+		ssize_t n = recv(fd, scratch, sizeof(scratch), 0);
+		if (n > 0 || (n < 0 && errno == EINTR))
+			continue;
+		if (n == 0 || errno != EAGAIN)
+			return true; /* EOF or error: the peer has seen what we sent */
+		int unacked = 0;
+		return ioctl(fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
+	}
+	return false; /* more to drop: the next event, or the deadline */
+}
+
+static void conn_linger_read(struct net_conn *c)
+{
+	if (linger_over(c->fd))
+		conn_free(c);
+}
+
+/*
+ * A clean close, once nothing is owed: close_notify, and when the socket
+ * has no room for it, wait for room (CONN_SHUTDOWN, conn_event) as an
+ * answer would, idle_timeout at most (a half-closed connection keeps the
+ * bound its close_notify set); then linger.
+ */
+static void conn_finish(struct net_conn *c)
+{
+	conn_release(c);
+	ERR_clear_error();
+	int r = SSL_shutdown(c->ssl);
+	int e = r < 0 ? SSL_get_error(c->ssl, r) : SSL_ERROR_NONE;
+	ERR_clear_error();
+	if (e == SSL_ERROR_NONE) {
+		conn_linger(c);
+		return;
+	}
+	if (e != SSL_ERROR_WANT_WRITE) {
+		conn_free(c); /* the peer is gone */
+		return;
+	}
+	if (c->state == CONN_SHUTDOWN)
+		return; /* still no room */
+	c->state = CONN_SHUTDOWN;
+	if (!c->peer_closed)
+		c->deadline = time_mono_ms() + c->w->s->opt.idle_timeout_ms;
+	struct epoll_event ev = {.events = EPOLLOUT, .data.u64 = c->id};
+	epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -306,25 +389,7 @@ static void conn_refuse(struct net_conn *c, const char *reason)
 	          log_quote(q1, sizeof(q1), c->verify_subject), log_quote(q2, sizeof(q2), reason));
 	if (s->h.on_refused)
 		s->h.on_refused(s->h.ctx, c->peer, c->verify_subject, reason);
-	shutdown(c->fd, SHUT_WR);
-	c->state = CONN_LINGER;
-	c->deadline = time_mono_ms() + LINGER_MS;
-	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = c->id};
-	epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
-}
-
-static void conn_linger_read(struct net_conn *c)
-{
-	char scratch[4096];
-	for (int i = 0; i < 16; i++) {
-		ssize_t n = recv(c->fd, scratch, sizeof(scratch), 0);
-		if (n > 0)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
-			return;
-		break; /* EOF or error: the peer has seen the alert */
-	}
-	conn_close_now(c, false);
+	conn_linger(c);
 }
 
 static void conn_handshake(struct net_conn *c)
@@ -503,7 +568,7 @@ static void conn_on_readable(struct net_conn *c)
 			break;
 		if (conn_in_reserve(c) != 0) {
 			log_event(LOG_ERROR, "conn.nomem", "peer=%s", c->peer);
-			conn_close_now(c, false);
+			conn_free(c);
 			return;
 		}
 		size_t got = 0;
@@ -534,7 +599,7 @@ static void conn_on_readable(struct net_conn *c)
 			str_copy(reason, "connection closed without close_notify", sizeof(reason));
 		ERR_clear_error();
 		log_tls_close(c, "conn.dirty_close", reason);
-		conn_close_now(c, false);
+		conn_free(c);
 		return;
 	}
 	conn_flush(c);
@@ -566,7 +631,7 @@ static bool conn_write(struct net_conn *c)
 			break;
 		ERR_clear_error();
 		log_tls_close(c, "conn.write_failed", "peer closed the connection");
-		conn_close_now(c, false);
+		conn_free(c);
 		return false;
 	}
 	if (c->out_off != was && !c->peer_closed) {
@@ -579,6 +644,8 @@ static bool conn_write(struct net_conn *c)
 /* Write what is queued; may close and free c, so callers must not touch it after. */
 static void conn_flush(struct net_conn *c)
 {
+	if (!conn_serving(c))
+		return; /* closed cleanly: nothing more goes out */
 	if (!conn_write(c))
 		return;
 	/* Within its bound again: the handler may queue what it held back, and
@@ -601,7 +668,7 @@ static void conn_flush(struct net_conn *c)
 		if (c->state == CONN_CLOSING && c->inflight == 0) {
 			log_event(LOG_INFO, "conn.closed", "peer=%s reason=%s", c->peer,
 			          c->peer_closed ? "close_notify" : "server");
-			conn_close_now(c, true);
+			conn_finish(c);
 			return;
 		}
 	}
@@ -892,6 +959,8 @@ static void run_post(struct net_worker *w, struct post *p)
 		shared_release(p->shared);
 	} else {
 		struct net_conn *c = slot_find(w, p->id);
+		if (c && !conn_serving(c))
+			c = NULL; /* closed as far as the handler knows */
 		p->fn(c, p->arg);
 		if (c && slot_find(w, p->id))
 			conn_flush(c);
@@ -1139,26 +1208,32 @@ static int64_t worker_sweep(struct net_worker *w)
 	w->idle_scan_at = now + IDLE_SCAN_MS;
 	for (struct net_conn *c = w->conns, *nx; c; c = nx) {
 		nx = c->next;
-		if (c->unacked != 0 && !c->peer_closed && c->state != CONN_LINGER)
+		if (c->state == CONN_LINGER) {
+			if (c->deadline <= now)
+				conn_free(c);
+			else
+				conn_linger_read(c); /* over once the peer has all we sent */
+			continue;
+		}
+		if (c->unacked != 0 && !c->peer_closed)
 			conn_watch_acks(c, now);
 		/* A half-closed connection's bound holds even while the store
 		 * keeps a request: its answer then finds the connection gone. */
 		if (c->deadline > now || (!c->peer_closed && (c->waiting || c->inflight > 0)))
 			continue;
-		if (c->state == CONN_LINGER) {
-			conn_close_now(c, false);
-			continue;
-		}
 		bool hs = c->state == CONN_HANDSHAKE;
-		bool owed = c->out_len > c->out_off;
+		bool owed = c->state == CONN_SHUTDOWN || c->out_len > c->out_off;
 		log_event(LOG_INFO,
 		          hs               ? "conn.handshake_timeout"
 		          : c->peer_closed ? "conn.half_close_timeout"
 		                           : "conn.idle_timeout",
 		          "peer=%s", c->peer);
-		/* With answers still owed, or half-closed with answers owed, no
-		 * close_notify may say all went out. */
-		conn_close_now(c, !hs && !owed && !c->peer_closed);
+		/* With answers (or our close_notify) still owed, or half-closed
+		 * with answers owed, no close_notify may say all went out. */
+		if (hs || owed || c->peer_closed)
+			conn_free(c);
+		else
+			conn_finish(c);
 	}
 	return next - now;
 }
@@ -1175,9 +1250,13 @@ static void conn_event(struct net_conn *c, uint32_t events)
 		conn_linger_read(c);
 		return;
 	}
+	if (c->state == CONN_SHUTDOWN) {
+		conn_finish(c); /* room for the close_notify, or an error */
+		return;
+	}
 	if ((events & (EPOLLERR | EPOLLHUP)) && !(events & EPOLLIN)) {
 		log_tls_close(c, "conn.dirty_close", "socket error or hang-up");
-		conn_close_now(c, false);
+		conn_free(c);
 		return;
 	}
 	if (events & EPOLLOUT) {
@@ -1191,19 +1270,20 @@ static void conn_event(struct net_conn *c, uint32_t events)
 		conn_on_readable(c);
 }
 
+/* Connections closing cleanly (CONN_SHUTDOWN, CONN_LINGER) end on their own bounds. */
 static bool worker_drained(struct net_worker *w)
 {
 	for (struct net_conn *c = w->conns, *nx; c; c = nx) {
 		nx = c->next;
-		if (c->state == CONN_HANDSHAKE || c->state == CONN_LINGER) {
-			conn_close_now(c, false);
+		if (c->state == CONN_HANDSHAKE) {
+			conn_free(c);
 			continue;
 		}
-		if (c->inflight == 0 && c->out_len == c->out_off) {
+		if (conn_serving(c) && c->inflight == 0 && c->out_len == c->out_off) {
 			if (c->opened)
 				log_event(LOG_INFO, "conn.closed", "peer=%s reason=shutdown",
 				          c->peer);
-			conn_close_now(c, true);
+			conn_finish(c);
 		}
 	}
 	return w->conns == NULL || time_mono_ms() >= w->stop_deadline;
@@ -1242,8 +1322,9 @@ static void *worker_main(void *arg)
 		if (w->stopping && timeout > 100)
 			timeout = 100;
 	}
+	/* Past the grace: what is left still owed answers, or its close_notify. */
 	while (w->conns)
-		conn_close_now(w->conns, true);
+		conn_free(w->conns);
 	worker_run_posts(w); /* give late completions their cleanup */
 	return NULL;
 }

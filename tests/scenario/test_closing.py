@@ -5,19 +5,52 @@ sees it (protocol.md, Transport and Errors).
 - A recipient that reads a large answer slowly is not cut while the answer
   flows: writing it out counts as activity. One that reads nothing is cut
   at limits.idle_timeout all the same, without close_notify.
+- A clean close reaches the partner whole: every answer owed, then the
+  gateway's close_notify, also when the socket has no room for it at
+  first, and when the partner sent more than the gateway read and reads
+  late.
 
 The partner is raw TLS over memory BIOs (test_hardening.HalfCloser), so a
 test sees whether the gateway's close_notify came.
 """
 
+import os
 import ssl
+import subprocess
 import time
 import unittest
 
 import isgtest
+from isgtest import varint_encode
 from test_hardening import NHS_A, HalfCloser, HardeningCase
 
 BIG_SUMMARY = "x" * 2500000  # four such messages: a 10 MB fetch answer
+
+# write(2) that says EAGAIN, once a descriptor, to the record of a TLS 1.3
+# alert (24 bytes, an encrypted 2-byte alert: 17 03 03 00 13 ...), as a
+# socket with no room left would: isgd's close_notify finds it full. The
+# frames isgd sends are never 2 bytes, so they are never taken for one.
+FULL_AT_ALERT_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+static char refused[65536];
+ssize_t write(int fd, const void *buf, size_t n)
+{
+	static const unsigned char alert[5] = {0x17, 0x03, 0x03, 0x00, 0x13};
+	static ssize_t (*real)(int, const void *, size_t);
+	if (!real)
+		real = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+	if (n == 24 && fd >= 0 && fd < 65536 && memcmp(buf, alert, 5) == 0 &&
+	    !__atomic_exchange_n(&refused[fd], 1, __ATOMIC_SEQ_CST)) {
+		errno = EAGAIN;
+		return -1;
+	}
+	return real(fd, buf, n);
+}
+"""
 
 
 class ClosingCase(HardeningCase):
@@ -120,6 +153,63 @@ class TestSlowReader(ClosingCase):
         self.assertEqual(frames, [], "the 10 MB answer came whole")
         self.assertFalse(notify, "close_notify with an answer owed")
         self.assertServing(pending=self.sent)
+
+
+class TestCleanClose(ClosingCase):
+    def setUp(self):
+        super().setUp()
+        self.gw = self.gateway()
+
+    def test_close_notify_waits_for_room(self):
+        """A close_notify that finds the socket full waits for room: the partner
+        sees a clean close, not an EOF that says answers may be missing."""
+        pb = self.pb
+        src, lib = os.path.join(self.tmp, "full.c"), os.path.join(self.tmp, "full.so")
+        with open(src, "w") as f:
+            f.write(FULL_AT_ALERT_C)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, "-ldl"], check=True)
+        gw = self.gateway(name="gw-full", start=False)
+        plain = gw.argv
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = ["env", "LD_PRELOAD=" + lib,
+               "ASAN_OPTIONS=" + asan + (":" if asan else "") + "verify_asan_link_order=0"]
+        gw.argv = lambda: env + plain()
+        gw.start()
+        c = self.client("police", gw)
+        c.send_frames([pb.Frame(request_id=1, ping=pb.Ping(nonce=4))])
+        c.close_notify()
+        frames, notify = c.read_to_end(pb)
+        self.assertEqual([(f.request_id, f.pong.nonce) for f in frames], [(1, 4)])
+        self.assertTrue(notify, "closed without close_notify\n%s" % gw.diagnostics())
+        self.assertIn("reason=close_notify", gw.log)
+
+    def test_answers_reach_a_late_reader_that_sent_more(self):
+        """
+        A partner pipelines pings, then a length prefix over max_frame and
+        the start of that frame, and reads only later through a small
+        window: the gateway stops reading at the bad prefix, with the
+        frame's bytes still unread, and answers BAD_FRAME. Every pong and
+        the BAD_FRAME error reach the partner, then the close_notify: a
+        close with input unread must not reset the connection and take
+        the answers still on their way with it.
+        """
+        pb = self.pb
+        c = self.client("police", rcvbuf=4096)
+        pings = [pb.Frame(request_id=100 + i, ping=pb.Ping(nonce=i)) for i in range(2000)]
+        c.send_frames(pings)
+        c.tls.write(varint_encode(64 << 20) + b"\0" * 200000)  # a frame of 64 MiB, begun
+        c._flush()
+        self.wait_log("event=conn.bad_frame")
+        time.sleep(0.5 * isgtest.SLOW)  # the answers wait in the sockets
+        frames, notify = c.read_to_end(pb)
+        got = self.by_id(frames)
+        self.assertEqual(sorted(got), [0] + [f.request_id for f in pings],
+                         "answered request ids\n%s" % self.gw.diagnostics())
+        for f in pings:
+            self.assertEqual(self.expect(got[f.request_id], "pong").nonce, f.ping.nonce)
+        self.expect_error(got[0], pb.BAD_FRAME)
+        self.assertTrue(notify, "closed without close_notify\n%s" % self.gw.diagnostics())
+        self.assertServing()
 
 
 if __name__ == "__main__":
