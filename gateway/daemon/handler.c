@@ -1174,6 +1174,32 @@ static void handler_peer_closed(void *ctx, struct net_conn *c)
 		fetch_issue(c, s);
 }
 
+/*
+ * The gateway ends the connection (a reload cut it, or isgd stops): a
+ * fetch waiting for messages is answered, and a subscription ended, with
+ * an Error naming why, under its own request_id, rather than left to find
+ * the close. Other requests are answered as ever. A fetch the store is
+ * reading for is answered now too, and what the store hands back is
+ * dropped: it stays pending for the partner's next connection.
+ */
+static void session_end(struct net_conn *c, struct session *s, Isg__ErrorCode code,
+                        const char *rule, const char *message)
+{
+	if (!s || (!s->fetching && !s->subscribed))
+		return;
+	send_error(c, s->fetch_rid, code, rule, message, -1, NULL, 0);
+	s->fetching = false;
+	s->subscribed = false;
+	net_conn_unwait(c);
+}
+
+static void handler_stop(void *ctx, struct net_conn *c)
+{
+	session_end(c, net_conn_data(c), ISG__ERROR_CODE__UNAVAILABLE, NULL,
+	            "the gateway is shutting down; nothing more is delivered on this "
+	            "connection: reconnect later");
+}
+
 static void handler_close(void *ctx, struct net_conn *c)
 {
 	struct session *s = net_conn_data(c);
@@ -1201,6 +1227,7 @@ struct net_handler handler_new(struct gateway *g)
 	    .on_wake = handler_wake,
 	    .on_drained = handler_drained,
 	    .on_peer_closed = handler_peer_closed,
+	    .on_stop = handler_stop,
 	    .on_refused = handler_refused,
 	};
 }
@@ -1244,6 +1271,7 @@ static void close_if_unrecognised(struct net_conn *c, void *arg)
 	log_event(LOG_WARN, rule, "peer=%s partner=%s", net_conn_peer(c), s->partner);
 	audit_closed(s->g, rg->policy, c, rule, reason);
 	send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, rule, message, -1, NULL, 0);
+	session_end(c, s, ISG__ERROR_CODE__NOT_PERMITTED, rule, message);
 	net_conn_close(c);
 }
 

@@ -48,6 +48,10 @@ struct net_handler {
 	 * already handed to on_frame. Their answers are still sent, and the
 	 * connection closes once none is owed; nothing is waited for (optional). */
 	void (*on_peer_closed)(void *ctx, struct net_conn *c);
+	/* isgd stops (net_server_stop): nothing more is read, and the connection
+	 * closes once no answer is owed. Answer now what would wait for more
+	 * than the store: a long-poll, a subscription (optional). */
+	void (*on_stop)(void *ctx, struct net_conn *c);
 	/* A connection was refused before on_open (TLS or certificate failure). */
 	void (*on_refused)(void *ctx, const char *peer, const char *subject, const char *reason);
 };
@@ -97,9 +101,10 @@ void net_server_each(struct net_server *s, void (*fn)(struct net_conn *c, void *
 void net_server_each_waiting(struct net_server *s, void (*fn)(struct net_conn *c, void *arg),
                              void *arg, void (*free_arg)(void *arg));
 /*
- * Stop accepting, stop reading requests, let requests waiting on the store
- * finish and their answers flush (up to grace_ms), send close_notify, close
- * everything and join the workers. Then free with net_server_free.
+ * Stop accepting, stop reading requests, tell the handler (on_stop), let
+ * requests waiting on the store finish and their answers flush, send
+ * close_notify and close, all within grace_ms; then close what is left and
+ * join the workers. Then free with net_server_free.
  */
 void net_server_stop(struct net_server *s, int64_t grace_ms);
 void net_server_free(struct net_server *s);

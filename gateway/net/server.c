@@ -1270,6 +1270,26 @@ static void conn_event(struct net_conn *c, uint32_t events)
 		conn_on_readable(c);
 }
 
+/*
+ * isgd stops: nothing more is read, and the handler answers what waits for
+ * messages rather than leave it to find the close (on_stop).
+ */
+static void worker_stop(struct net_worker *w)
+{
+	struct net_server *s = w->s;
+	w->stopping = true;
+	w->stop_deadline = time_mono_ms() + s->grace_ms;
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen_fd, NULL);
+	for (struct net_conn *c = w->conns, *nx; c; c = nx) {
+		nx = c->next;
+		uint64_t id = c->id;
+		if (c->opened && conn_serving(c) && s->h.on_stop)
+			s->h.on_stop(s->h.ctx, c);
+		if (slot_find(w, id))
+			conn_flush(c); /* sets the interest: no more reading */
+	}
+}
+
 /* Connections closing cleanly (CONN_SHUTDOWN, CONN_LINGER) end on their own bounds. */
 static bool worker_drained(struct net_worker *w)
 {
@@ -1309,13 +1329,8 @@ static void *worker_main(void *arg)
 			else if ((c = slot_find(w, tag)) != NULL) /* NULL: freed this batch */
 				conn_event(c, events[i].events);
 		}
-		if (atomic_load(&w->s->stopping) && !w->stopping) {
-			w->stopping = true;
-			w->stop_deadline = time_mono_ms() + w->s->grace_ms;
-			epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen_fd, NULL);
-			for (struct net_conn *c = w->conns; c; c = c->next)
-				conn_update_interest(c);
-		}
+		if (atomic_load(&w->s->stopping) && !w->stopping)
+			worker_stop(w);
 		if (w->stopping && worker_drained(w))
 			break;
 		timeout = worker_sweep(w);

@@ -9,6 +9,9 @@ sees it (protocol.md, Transport and Errors).
   gateway's close_notify, also when the socket has no room for it at
   first, and when the partner sent more than the gateway read and reads
   late.
+- A fetch waiting for messages, and a subscription, are told why when the
+  gateway cuts the connection: a reload that removes the partner
+  (NOT_PERMITTED, partner.removed) or a shutdown (UNAVAILABLE).
 
 The partner is raw TLS over memory BIOs (test_hardening.HalfCloser), so a
 test sees whether the gateway's close_notify came.
@@ -17,6 +20,7 @@ test sees whether the gateway's close_notify came.
 import os
 import ssl
 import subprocess
+import threading
 import time
 import unittest
 
@@ -210,6 +214,73 @@ class TestCleanClose(ClosingCase):
         self.expect_error(got[0], pb.BAD_FRAME)
         self.assertTrue(notify, "closed without close_notify\n%s" % self.gw.diagnostics())
         self.assertServing()
+
+
+class TestServerClose(ClosingCase):
+    """
+    A fetch that waits for messages and a subscription are answered with the
+    reason when the gateway ends the connection, not left to find an EOF.
+    """
+
+    def waiting(self, name, rid, **body):
+        c = self.client(name)
+        c.send_frames([self.pb.Frame(request_id=rid, **body)])
+        return c
+
+    def test_waiting_fetch_and_subscription_told_their_partner_was_removed(self):
+        pb = self.pb
+        policy = self.policy()
+        self.gw = self.gateway(policy)
+        fetch = self.waiting("council", 7, fetch=pb.FetchRequest(max_messages=10, wait_ms=40000))
+        sub = self.waiting("council", 8, subscribe=pb.Subscribe())
+        nhs = self.waiting("nhs", 9, fetch=pb.FetchRequest(max_messages=10, wait_ms=40000))
+        time.sleep(0.5 * isgtest.SLOW)  # both wait: nothing is pending for council
+        partners = [p for p in isgtest.default_partners() if p["id"] != "city-council"]
+        isgtest.write_yaml(os.path.join(policy, "partners.yaml"), {"partners": partners})
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        for c, rid in ((fetch, 7), (sub, 8)):
+            frames, notify = c.read_to_end(pb)
+            got = self.by_id(frames)
+            self.assertEqual(sorted(got), [0, rid], frames)
+            self.expect_error(got[0], pb.NOT_PERMITTED, "partner.removed")
+            e = self.expect_error(got[rid], pb.NOT_PERMITTED, "partner.removed")
+            self.assertEqual(e.audit_index, 0)
+            self.assertTrue(notify, self.gw.diagnostics())
+        # another partner's long-poll goes on waiting, and is answered as ever
+        police = self.connect("police")
+        kept = self.accepted(police, "after-cut", [{"nhs_number": NHS_A}])
+        nhs.close_notify()
+        frames, notify = nhs.read_to_end(pb)
+        self.assertEqual([(f.request_id, [d.gateway_id for d in f.fetch_result.deliveries])
+                          for f in frames], [(9, [kept.gateway_id])])
+        self.assertServing(pending=["after-cut"])
+
+    def test_waiting_fetch_and_subscription_told_the_gateway_stops(self):
+        pb = self.pb
+        self.gw = self.gateway()
+        fetch = self.waiting("nhs", 7, fetch=pb.FetchRequest(max_messages=10, wait_ms=40000))
+        sub = self.waiting("nhs", 8, subscribe=pb.Subscribe())
+        idle = self.waiting("police", 9, ping=pb.Ping(nonce=3))
+        time.sleep(0.5 * isgtest.SLOW)  # both wait: nothing is pending for nhs
+        stopped = []
+        t = threading.Thread(target=lambda: stopped.append(self.gw.stop()))
+        t.start()
+        try:
+            for c, rid in ((fetch, 7), (sub, 8)):
+                frames, notify = c.read_to_end(pb)
+                self.assertEqual([f.request_id for f in frames], [rid], frames)
+                e = self.expect_error(frames[0], pb.UNAVAILABLE)
+                self.assertEqual(e.rule, "")
+                self.assertIn("shutting down", e.message)
+                self.assertTrue(notify, self.gw.diagnostics())
+            frames, notify = idle.read_to_end(pb)
+            self.assertEqual([(f.request_id, f.pong.nonce) for f in frames], [(9, 3)])
+            self.assertTrue(notify)
+        finally:
+            t.join(isgtest.STOP_TIMEOUT + 5)
+        self.assertEqual(len(stopped), 1, "isgd did not stop\n%s" % self.gw.diagnostics())
+        self.assertEqual(self.gw.log.count("reason=shutdown"), 3, self.gw.diagnostics())
 
 
 if __name__ == "__main__":
