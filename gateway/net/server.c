@@ -468,7 +468,7 @@ static void conn_take_frames(struct net_conn *c)
 			break;
 		if (r < 0) {
 			c->bad_frames++;
-			log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=%s", c->peer,
+			log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=\"%s\"", c->peer,
 			          r == ISG_ERR_TOO_BIG ? "frame over max_frame"
 			                               : "bad length prefix");
 			Isg__Error e = ISG__ERROR__INIT;
@@ -495,8 +495,8 @@ static void conn_take_frames(struct net_conn *c)
 			/* One line a connection, the rest counted at its close: a frame
 			 * of 3 bytes must not buy a partner a line of isgd's log. */
 			if (c->bad_frames++ == 0)
-				log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=%s", c->peer,
-				          frame ? "invalid string" : "undecodable frame");
+				log_event(LOG_WARN, "conn.bad_frame", "peer=%s reason=\"%s\"",
+				          c->peer, frame ? "invalid string" : "undecodable frame");
 			Isg__Error e = ISG__ERROR__INIT;
 			e.code = ISG__ERROR_CODE__BAD_FRAME;
 			e.record_index = -1;

@@ -203,7 +203,7 @@ class TestCleanClose(ClosingCase):
         c.send_frames(pings)
         c.tls.write(varint_encode(64 << 20) + b"\0" * 200000)  # a frame of 64 MiB, begun
         c._flush()
-        self.wait_log("event=conn.bad_frame")
+        self.wait_log('reason="frame over max_frame"')  # logfmt: quoted, as it holds spaces
         time.sleep(0.5 * isgtest.SLOW)  # the answers wait in the sockets
         frames, notify = c.read_to_end(pb)
         got = self.by_id(frames)

@@ -355,6 +355,7 @@ class TestBadFrames(HardeningCase):
             self.expect_error(c.recv_frame(timeout=5 * isgtest.SLOW), pb.BAD_FRAME)
         self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=3)), "pong").nonce, 3)
         self.assertEqual(self.gw.log.count("event=conn.bad_frame "), 1, self.gw.log)
+        self.assertRegex(self.gw.log, r'event=conn\.bad_frame peer=\S+ reason="undecodable frame"\n')
         c.close()
         deadline = time.monotonic() + 10 * isgtest.SLOW
         while "event=conn.bad_frames " not in self.gw.log and time.monotonic() < deadline:
