@@ -334,39 +334,107 @@ static int check_all(struct gateway *g, const struct identity *id, enum regime_r
 	return failed ? ISG_ERR_INVALID : 0;
 }
 
-static void audit_policy(struct gateway *g, const struct policy_set *set, const char *outcome,
-                         size_t errors)
+/*
+ * Audit entries whose commit someone waits for: a reload uses its new
+ * policy set only once the entries that record it are on disk.
+ */
+struct audit_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned pending; /* handed to the store, not yet committed or failed */
+	int err;          /* the first failure */
+};
+
+static void audit_wait_init(struct audit_wait *w)
 {
-	size_t len;
-	char *entry = entry_policy(set, g->cfg.policy_dir, outcome, errors, &len);
-	if (entry && store_audit(g->store, outcome[0] == 'l' ? "policy.loaded" : "policy.refused",
-	                         entry, len, NULL, NULL) == 0) {
-		free(entry);
-		return;
+	*w = (struct audit_wait){0};
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+}
+
+/* The store's callback, on its writer thread. */
+static void audit_committed(void *ctx, int err, uint64_t audit_index)
+{
+	(void)audit_index;
+	struct audit_wait *w = ctx;
+	pthread_mutex_lock(&w->mu);
+	if (err != 0 && w->err == 0)
+		w->err = err;
+	w->pending--;
+	/* Signalled under the lock: once it is released the waiter may return
+	 * and take w with it. */
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* Wait until every entry handed over is committed or failed, and release w:
+ * 0 when all were committed, else the first error. */
+static int audit_wait_end(struct audit_wait *w)
+{
+	pthread_mutex_lock(&w->mu);
+	while (w->pending > 0)
+		pthread_cond_wait(&w->cv, &w->mu);
+	int err = w->err;
+	pthread_mutex_unlock(&w->mu);
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	return err;
+}
+
+/* Hand one entry (NULL: out of memory) to the store; with w, w waits for its commit. */
+static int audit_write(struct gateway *g, const char *kind, const char *entry, size_t len,
+                       struct audit_wait *w)
+{
+	if (!entry)
+		return ISG_ERR_NOMEM;
+	if (w) { /* counted first: the commit may come before store_audit returns */
+		pthread_mutex_lock(&w->mu);
+		w->pending++;
+		pthread_mutex_unlock(&w->mu);
 	}
+	int err = store_audit(g->store, kind, entry, len, w ? audit_committed : NULL, w);
+	if (err != 0 && w) {
+		pthread_mutex_lock(&w->mu);
+		w->pending--;
+		pthread_mutex_unlock(&w->mu);
+	}
+	return err;
+}
+
+/* A policy.loaded or policy.refused entry: 0 when handed over (and w waits for it). */
+static int audit_policy(struct gateway *g, const struct policy_set *set, const char *outcome,
+                        size_t errors, struct audit_wait *w)
+{
+	size_t len = 0;
+	char *entry = entry_policy(set, g->cfg.policy_dir, outcome, errors, &len);
+	int err =
+	    audit_write(g, outcome[0] == 'l' ? "policy.loaded" : "policy.refused", entry, len, w);
 	free(entry);
-	log_event(LOG_ERROR, "audit.failed", "kind=policy.%s", outcome);
+	if (err != 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=policy.%s", outcome);
+	return err;
 }
 
 /*
  * Record which key versions are in use, and which changed since the
- * versions before (NULL: not known).
+ * versions before (NULL: not known); *rotated says whether any domain was
+ * created or rotated. 0 when handed over (and w waits for it).
  */
-static void audit_keys(struct gateway *g, const struct keyring *now,
-                       const struct key_versions *before)
+static int audit_keys(struct gateway *g, const struct keyring *now,
+                      const struct key_versions *before, struct audit_wait *w, bool *rotated)
 {
-	bool rotated = false;
-	size_t len;
+	size_t len = 0;
 	char *entry = NULL;
 	struct key_versions cur;
+	*rotated = false;
 	if (key_versions_of_ring(now, date_days_of_ms(gateway_today_ms(g)), &cur) == 0)
-		entry = entry_keys(&cur, before, &rotated, &len);
-	if (!entry || store_audit(g->store, "keys.loaded", entry, len, NULL, NULL) != 0)
-		log_event(LOG_ERROR, "audit.failed", "kind=keys.loaded");
-	else if (rotated)
-		log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
+		entry = entry_keys(&cur, before, rotated, &len);
+	int err = audit_write(g, "keys.loaded", entry, len, w);
 	free(entry);
 	key_versions_release(&cur);
+	if (err != 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=keys.loaded");
+	return err;
 }
 
 /* No keys.loaded entry in the log: 0 when the log is new, else why that cannot be. */
@@ -417,35 +485,66 @@ static bool keys_before_start(struct gateway *g, struct key_versions *before)
 	return false;
 }
 
+/*
+ * A reload's policy.loaded and keys.loaded entries, committed: 0, or the
+ * store's error when either was not. The new set is used only once both
+ * are on disk, so that every entry written under it names a policy set the
+ * log records. The keys.loaded entry is written only once the policy.loaded
+ * one is committed: it must never stand in the log for a refused reload,
+ * since a start compares the keys with the newest one.
+ */
+static int audit_reload(struct gateway *g, const struct regime *r, bool *rotated)
+{
+	struct regime *old = gateway_regime(g);
+	struct key_versions before;
+	bool known =
+	    key_versions_of_ring(old->keys, date_days_of_ms(gateway_today_ms(g)), &before) == 0;
+	regime_unref(old);
+	if (!known) /* only out of memory: say so, as a start does */
+		log_event(LOG_WARN, "keys.compare_failed",
+		          "previous=running reason=\"out of memory\" action=\"this reload's "
+		          "keys.loaded entry says null for created, rotated and removed\"");
+	struct audit_wait w;
+	audit_wait_init(&w);
+	int err = audit_policy(g, r->policy, "loaded", 0, &w);
+	int committed = audit_wait_end(&w);
+	if (err == 0 && committed == 0) {
+		audit_wait_init(&w);
+		err = audit_keys(g, r->keys, known ? &before : NULL, &w, rotated);
+		committed = audit_wait_end(&w);
+	}
+	key_versions_release(&before);
+	return err ? err : committed;
+}
+
 static void reload(struct gateway *g)
 {
 	log_event(LOG_INFO, "reload.start", "policy_dir=%s", g->cfg.policy_dir);
 	size_t errors;
+	bool rotated = false;
 	struct regime *r = regime_load(&g->cfg, g->keyproc, REGIME_RELOAD, &errors);
-	if (r) {
+	int rc = r ? audit_reload(g, r, &rotated) : 0;
+	if (r && rc == 0) {
 		const struct policy_set *set = r->policy;
-		audit_policy(g, set, "loaded", 0);
-		struct regime *old = gateway_regime(g);
-		struct key_versions before;
-		bool known = key_versions_of_ring(old->keys, date_days_of_ms(gateway_today_ms(g)),
-		                                  &before) == 0;
-		if (!known) /* only out of memory: say so, as a start does */
-			log_event(
-			    LOG_WARN, "keys.compare_failed",
-			    "previous=running reason=\"out of memory\" action=\"this reload's "
-			    "keys.loaded entry says null for created, rotated and removed\"");
-		audit_keys(g, r->keys, known ? &before : NULL);
-		key_versions_release(&before);
-		regime_unref(old);
 		gateway_regime_swap(g, r); /* r stays referenced by the gateway */
 		/* Logged after the swap: whoever waits for this line gets the new set. */
 		log_event(LOG_INFO, "policy.loaded", "version=%s partners=%zu agreements=%zu",
 		          set->version, set->n_partners, set->n_agreements);
+		if (rotated)
+			log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
 		handler_recheck_partners(g);
+	} else if (r) {
+		char q[64];
+		log_event(LOG_ERROR, "policy.refused",
+		          "reason=\"the audit log did not record the new policy set and keys\" "
+		          "error=%s action=\"kept the running policy set and keys\"",
+		          log_quote(q, sizeof(q), isg_strerror(rc)));
+		regime_unref(r);
+		audit_policy(g, NULL, "refused", 0, NULL);
 	} else {
 		log_event(LOG_ERROR, "policy.refused",
 		          "action=\"kept the running policy set and keys\"");
-		audit_policy(g, NULL, "refused", errors);
+		audit_policy(g, NULL, "refused", errors, NULL);
 	}
 
 	char err[512];
@@ -641,8 +740,10 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	store_set_notify(g->store, handler_notify, g);
 	struct key_versions before;
 	bool known = keys_before_start(g, &before);
-	audit_policy(g, regime->policy, "loaded", 0);
-	audit_keys(g, regime->keys, known ? &before : NULL);
+	bool rotated = false;
+	audit_policy(g, regime->policy, "loaded", 0, NULL);
+	if (audit_keys(g, regime->keys, known ? &before : NULL, NULL, &rotated) == 0 && rotated)
+		log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
 	key_versions_release(&before);
 
 	net_server_run(g->net);

@@ -4,7 +4,8 @@ Scenario: the faults of issue 7 against the real isgd.
   - disk full: the store on a small tmpfs filled to the last byte; sends are
     refused with UNAVAILABLE and a message naming the full disk, nothing that
     was accepted is lost, messages already handed out are handed out again,
-    and once space returns sends and fetches succeed without a restart;
+    and once space returns sends and fetches succeed without a restart; a
+    reload whose policy.loaded entry cannot be written is refused;
   - store file corrupted (SQLite header, a b-tree page, an audit entry
     changed or deleted): isgd refuses to start with a message naming the
     store and the problem, and the file stays byte for byte as it was;
@@ -29,6 +30,7 @@ lax modes refused by isgctl keys by test_keys_cli.py; they are not repeated.
 import collections
 import errno
 import hashlib
+import json
 import os
 import random
 import re
@@ -263,6 +265,50 @@ class TestDiskFull(FaultCase):
                 return got
             self.assertEqual(f.WhichOneof("body"), "delivery", f)
             got.append(f.delivery.gateway_id)
+
+    def test_reload_on_a_full_disk_keeps_the_running_policy(self):
+        """
+        A reload whose policy.loaded and keys.loaded entries the store cannot
+        write is refused: the running policy set and keys stay in force, so
+        no message is ever accepted under a policy set the audit log does
+        not record. Once there is room the same reload loads, on record.
+        """
+        store_dir = os.path.join(self.tmp, "gw", "store")
+        self.mount_tmpfs(store_dir, "4m")
+        gw = None
+        try:
+            gw = self.gateway()
+            police = self.connect(gw, "police")
+            rec = {"nhs_number": NHS_A}
+            old = self.expect(gw, police.request(send=self.send_request("pol-1", [rec])),
+                              "send_result").receipt.policy_version
+            isgtest.write_policy(gw.policy_dir, agreements=[isgtest.default_agreement(version=2)])
+            filler = self.fill(store_dir)
+            outcome, text = gw.reload()
+            self.assertEqual(outcome, "refused", text)
+            self.assertIn('level=error event=policy.refused reason="the audit log did not record '
+                          'the new policy set and keys" error="disk full" action="kept the running '
+                          'policy set and keys"', text)
+            os.unlink(filler)
+            kept = self.expect(gw, police.request(send=self.send_request("pol-2", [rec])),
+                               "send_result").receipt.policy_version
+            self.assertEqual(kept, old, "a refused reload changed the policy set in force")
+            outcome, text = gw.reload()
+            self.assertEqual(outcome, "loaded", text)
+            new = self.expect(gw, police.request(send=self.send_request("pol-3", [rec])),
+                              "send_result").receipt.policy_version
+            self.assertNotEqual(new, old)
+            gw.stop()
+            self.audit_verify(gw, "after the stop")
+            loaded = [json.loads(e)["entry"]["policy_version"] for (e,) in read_store(
+                gw.store_path, "SELECT entry FROM audit WHERE kind = 'policy.loaded' ORDER BY seq")]
+            self.assertEqual(loaded, [old, new])
+            keys = read_store(gw.store_path, "SELECT count(*) FROM audit WHERE kind = 'keys.loaded'")
+            self.assertEqual(keys, [(2,)])
+        finally:
+            if gw is not None:
+                gw.close()
+            self.umount(store_dir)
 
     def test_disk_full_refuses_sends_and_recovers(self):
         pb = self.pb
