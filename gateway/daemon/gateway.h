@@ -53,6 +53,12 @@ enum regime_report {
  */
 struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp,
                            enum regime_report report, size_t *errors);
+/*
+ * The policy set alone, its problems reported and counted as regime_load
+ * does: for a check whose key process did not start, so that the policy's
+ * errors are not left for the next run to find.
+ */
+void regime_check_policy(const struct isgd_config *cfg, enum regime_report report, size_t *errors);
 void regime_unref(struct regime *r);
 
 /* quota.c: daily limits per sender and agreement. */

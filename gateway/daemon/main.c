@@ -319,8 +319,9 @@ static int check_all(struct gateway *g, const struct identity *id, enum regime_r
 		failed = 1;
 	}
 	size_t errors;
-	if ((!cfg->key_process || g->keyproc) &&
-	    (*regime = regime_load(cfg, g->keyproc, how, &errors)) == NULL)
+	if (cfg->key_process && !g->keyproc) /* no domain keys to check the policy against */
+		regime_check_policy(cfg, how, &errors);
+	else if ((*regime = regime_load(cfg, g->keyproc, how, &errors)) == NULL)
 		failed = 1;
 	if (check_tls_key(cfg, id->uid, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);

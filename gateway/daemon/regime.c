@@ -158,6 +158,14 @@ struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp,
 	return r;
 }
 
+void regime_check_policy(const struct isgd_config *cfg, enum regime_report how, size_t *errors)
+{
+	*errors = 0;
+	struct policy_set *set = NULL;
+	policy_errors(cfg, how, &set, errors);
+	policy_set_unref(set);
+}
+
 void regime_unref(struct regime *r)
 {
 	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)

@@ -620,6 +620,28 @@ class TestKeyFiles(FaultCase):
                         os.chmod(path, 0o600)
         self.assertChecksOut()
 
+    def test_policy_checked_when_the_key_process_cannot_start(self):
+        """
+        --check-config prints every error, and a start every error that
+        stops it: a broken policy too when a key file keeps the key process
+        from starting (only the domain keys, which it would load, go
+        unchecked), so the admin does not fix one only to meet the other.
+        """
+        path = os.path.join(self.gw.keys_dir, "storage.key")
+        agreement = os.path.join(self.gw.policy_dir, "agreements", AGREEMENT_ID + ".yaml")
+        isgtest.write_policy(self.gw.policy_dir,
+                             agreements=[isgtest.default_agreement(recipents=["nhs-trust"])])
+        os.rename(path, path + ".away")
+        try:
+            policy_error = re.escape(agreement) + r":\d+:\d+: error: unknown key 'recipents'"
+            self.assertRegex(self.check_config_refused(), policy_error)
+            err = self.assertRefusedCreatingNothing("key file '%s' does not exist" % path)
+            self.assertRegex(err, policy_error)
+        finally:
+            os.rename(path + ".away", path)
+        isgtest.write_policy(self.gw.policy_dir)
+        self.assertChecksOut()
+
     def check_config_refused(self):
         p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,
                            text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL,
