@@ -1,8 +1,12 @@
 /*
  * daemon: isgd's own wiring. main.c loads the config, keys and policy,
- * starts the store and the listeners and handles signals; handler.c serves
- * partner requests; entries.c writes the audit entries' JSON, and keyvers.c
- * reads back the key versions of the keys.loaded entry before a start.
+ * starts the store and the listeners and handles signals; regime.c loads
+ * the policy set and domain keys a reload swaps as one; handler.c serves
+ * partner requests; quota.c counts the daily limits; refusals.c coalesces
+ * refused connections; entries.c writes the audit entries' JSON; keyvers.c
+ * lists the key versions a keys.loaded entry holds, from a keyring or read
+ * back from the entry before a start; clock.c is the wall clock for days,
+ * and its steps.
  */
 #ifndef ISG_DAEMON_GATEWAY_H
 #define ISG_DAEMON_GATEWAY_H

@@ -4,8 +4,9 @@
  *   isgd --config FILE                 run
  *   isgd --check-config --config FILE  check everything, print "configuration OK"
  *
- * Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads the policy set and
- * the TLS certificates, keeping the running ones if the new ones are broken.
+ * Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads the policy set with
+ * its linkage-domain keys, and the TLS files, keeping the running ones if
+ * the new ones are broken (or, for the policy, cannot be put on record).
  *
  * The keys live in a child, the key process (gateway/keyproc), started
  * before anything else; with `user:` isgd binds its port as root and then
