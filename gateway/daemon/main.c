@@ -521,7 +521,9 @@ static int audit_reload(struct gateway *g, const struct regime *r, bool *rotated
 
 static void reload(struct gateway *g)
 {
-	log_event(LOG_INFO, "reload.start", "policy_dir=%s", g->cfg.policy_dir);
+	char qp[PATH_MAX + 8];
+	log_event(LOG_INFO, "reload.start", "policy_dir=%s",
+	          log_quote(qp, sizeof(qp), g->cfg.policy_dir));
 	size_t errors;
 	bool rotated = false;
 	struct regime *r = regime_load(&g->cfg, g->keyproc, REGIME_RELOAD, &errors);
@@ -555,7 +557,8 @@ static void reload(struct gateway *g)
 	    net_tls_new(&g->cfg, &tls, err, sizeof(err)) == 0) {
 		net_server_set_tls(g->net, tls);
 		SSL_CTX_free(tls);
-		log_event(LOG_INFO, "tls.reloaded", "certificate=%s", g->cfg.tls_certificate);
+		log_event(LOG_INFO, "tls.reloaded", "certificate=%s",
+		          log_quote(qp, sizeof(qp), g->cfg.tls_certificate));
 	} else {
 		char q[600];
 		log_event(LOG_ERROR, "tls.reload_failed",

@@ -1241,6 +1241,25 @@ class TestPolicyWarnings(HardeningCase):
         self.assertEqual([{k: e[k] for k in want} for e in at_reload], [want])
 
 
+class TestLogLines(HardeningCase):
+    def test_paths_with_spaces_stay_one_value(self):
+        """Every line isgd writes at a start, a reload and a stop is one
+        logfmt line, and a path with a space in it (the policy directory's,
+        the TLS certificate's) is one value, not a value and a stray word."""
+        policy = self.policy(name="policy dir")
+        cert = os.path.join(self.tmp, "tls files", "gateway chain.crt")
+        os.makedirs(os.path.dirname(cert))
+        with open(self.pki.gateway_chain, "rb") as src, open(cert, "wb") as dst:
+            dst.write(src.read())
+        self.gw = self.gateway(policy, tls={"certificate": cert})
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        self.gw.stop()
+        events = [logfmt(l) for l in self.gw.log.splitlines() if not l.startswith("# isgtest:")]
+        self.assertEqual([e["policy_dir"] for e in events if e["event"] == "reload.start"], [policy])
+        self.assertEqual([e["certificate"] for e in events if e["event"] == "tls.reloaded"], [cert])
+
+
 class TestSubscriptionWindow(HardeningCase):
     """
     A subscriber gets at most limits.max_fetch_messages unacknowledged
