@@ -286,6 +286,29 @@ static inline int ack_sync(struct store *s, const char *recipient, const uint64_
 	return rc;
 }
 
+/*
+ * A message whose payload is kept apart (a page: sealed, 16 bytes more)
+ * is stored, and its acknowledgement fails: setting secure_delete=ON back
+ * after the payload's delete fails the next fail_on times, and with
+ * fail_rollback the failed batch's ROLLBACK fails too.
+ */
+static inline void fx_fail_ack_of_kept_apart(struct store *s, int fail_on, bool fail_rollback)
+{
+	static uint8_t page[4096];
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "");
+	m.payload = page;
+	m.payload_len = sizeof(page);
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
+	store_test_fail_secure_delete_on(s, fail_on);
+	if (fail_rollback)
+		store_test_fail_next_rollback(s);
+	uint32_t acked = 0;
+	size_t n_unknown = 0;
+	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown),
+	                 ISG_ERR_STORE);
+}
+
 static inline void on_audit(void *ctx, int err, uint64_t seq)
 {
 	struct wait *w = ctx;

@@ -503,18 +503,8 @@ static void test_checkpoint_waits_while_secure_delete_fails(void **state)
 	struct fx *f = *state;
 	struct audit_signer *signer = signer_new(4);
 	struct store *s = open_audit(f, signer, 1000, 3600 * 1000);
-	static uint8_t page[4096]; /* sealed, 16 bytes more: kept apart */
-	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "");
-	m.payload = page;
-	m.payload_len = sizeof(page);
-	struct store_receipt r;
-	assert_int_equal(send_sync(s, &m, &r), 0);
 	enum { ARMED = 1000000 };
-	store_test_fail_secure_delete_on(s, ARMED);
-	uint32_t acked = 0;
-	size_t n_unknown = 0;
-	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown),
-	                 ISG_ERR_STORE);
+	fx_fail_ack_of_kept_apart(s, ARMED, false);
 	store_checkpoint_soon(s); /* due now */
 	sleep_ms(300);
 	int tried = ARMED - store_test_fail_secure_delete_on(s, 0);
@@ -539,19 +529,8 @@ static void test_checkpoint_after_failed_rollback_is_kept(void **state)
 	struct fx *f = *state;
 	struct audit_signer *signer = signer_new(5);
 	struct store *s = open_audit(f, signer, 1000, 3600 * 1000);
-	static uint8_t page[4096]; /* sealed, 16 bytes more: kept apart */
-	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "");
-	m.payload = page;
-	m.payload_len = sizeof(page);
-	struct store_receipt r;
-	assert_int_equal(send_sync(s, &m, &r), 0);
 	/* The ack's batch fails (secure_delete stays FAST), then its ROLLBACK. */
-	store_test_fail_secure_delete_on(s, 1);
-	store_test_fail_next_rollback(s);
-	uint32_t acked = 0;
-	size_t n_unknown = 0;
-	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown),
-	                 ISG_ERR_STORE);
+	fx_fail_ack_of_kept_apart(s, 1, true);
 	store_checkpoint_soon(s);
 	assert_true(wait_checkpoints(f, 1));
 	char note[1024];

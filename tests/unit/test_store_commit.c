@@ -286,19 +286,8 @@ static void test_failed_rollback_does_not_fail_the_next_batch(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
-	static uint8_t page[4096]; /* sealed, 16 bytes more: kept apart */
-	struct store_message large = fx_msg("police-a", "m-1", "nhs-b", "");
-	large.payload = page;
-	large.payload_len = sizeof(page);
-	struct store_receipt r;
-	assert_int_equal(send_sync(s, &large, &r), 0);
 	/* The ack's batch fails (secure_delete stays FAST), then its ROLLBACK. */
-	store_test_fail_secure_delete_on(s, 1);
-	store_test_fail_next_rollback(s);
-	uint32_t acked = 0;
-	size_t n_unknown = 0;
-	assert_int_equal(ack_sync(s, "nhs-b", &r.gateway_id, 1, &acked, NULL, &n_unknown),
-	                 ISG_ERR_STORE);
+	fx_fail_ack_of_kept_apart(s, 1, true);
 	struct store_message next = fx_msg("police-a", "m-2", "nhs-b", "two");
 	assert_int_equal(send_sync(s, &next, NULL), 0);
 	assert_int_equal(db_int(f, "SELECT count(*) FROM payloads", 0), 1);
