@@ -113,26 +113,46 @@ static void json_pseudonym(struct strbuf *b, const char *p)
 	strbuf_append(b, "\"", 1);
 }
 
-int subjects_init(struct subjects *s, const Isg__SendRequest *req)
+void subjects_init(struct subjects *s, const Isg__SendRequest *req)
 {
 	*s = (struct subjects){0};
 	for (size_t r = 0; r < req->n_records; r++)
-		s->cap += req->records[r] ? req->records[r]->n_fields : 0;
-	if (s->cap == 0)
-		return 0;
-	/* Not zeroed: subjects_add writes each one it uses (some 400 bytes a
-	 * field for both: zeroing them took as long as filling them). */
-	s->reqs = malloc(s->cap * sizeof(*s->reqs));
-	s->norms = malloc(s->cap * sizeof(*s->norms));
-	return s->reqs && s->norms ? 0 : ISG_ERR_NOMEM;
+		s->max += req->records[r] ? req->records[r]->n_fields : 0;
+}
+
+/*
+ * Room for more, doubled (and the requests pointed at their moved texts).
+ * Not reserved for every field at the start: some 400 bytes a field, and a
+ * frame of empty fields has millions, almost none of them identifiers.
+ */
+static int subjects_grow(struct subjects *s)
+{
+	size_t cap = s->cap ? 2 * s->cap : 16;
+	if (cap > s->max)
+		cap = s->max;
+	struct pseudo_request *reqs = realloc(s->reqs, cap * sizeof(*reqs));
+	if (!reqs)
+		return ISG_ERR_NOMEM;
+	s->reqs = reqs;
+	/* Not zeroed: subjects_add writes each one it uses. */
+	char(*norms)[PSEUDO_VALUE_MAX + 1] = realloc(s->norms, cap * sizeof(*norms));
+	if (!norms)
+		return ISG_ERR_NOMEM;
+	s->norms = norms;
+	for (size_t i = 0; i < s->n; i++)
+		s->reqs[i].norm = s->norms[i];
+	s->cap = cap;
+	return 0;
 }
 
 int subjects_add(struct subjects *s, enum pseudo_type type, const char *norm, size_t len)
 {
 	if (type == PSEUDO_DATE) /* identifiers name a subject; dates alone do not */
 		return 0;
-	if (s->n == s->cap || len > PSEUDO_VALUE_MAX)
+	if (s->n == s->max || len > PSEUDO_VALUE_MAX)
 		return ISG_ERR_LIMIT; /* one a field at most, as normalised */
+	if (s->n == s->cap && subjects_grow(s) != 0)
+		return ISG_ERR_NOMEM;
 	memcpy(s->norms[s->n], norm, len);
 	s->norms[s->n][len] = '\0';
 	s->reqs[s->n] = (struct pseudo_request){

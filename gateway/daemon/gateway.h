@@ -195,14 +195,13 @@ char *entry_accepted(const struct policy_set *set, const struct policy_outcome *
 struct subjects {
 	struct pseudo_request *reqs;
 	char (*norms)[PSEUDO_VALUE_MAX + 1];
-	size_t n, cap;
+	size_t n, cap, max; /* max: one a field of the request */
 	bool answered;
 };
-/* Room for one subject per field of req: 0 or ISG_ERR_NOMEM; release with
- * subjects_release either way. */
-int subjects_init(struct subjects *s, const Isg__SendRequest *req);
+/* None yet, for req's records; release with subjects_release. */
+void subjects_init(struct subjects *s, const Isg__SendRequest *req);
 /* A value policy_apply checked (pseudo_service.checked): a subject unless
- * it is a date. 0, or ISG_ERR_LIMIT past one a field. */
+ * it is a date. 0, ISG_ERR_LIMIT past one a field, or ISG_ERR_NOMEM. */
 int subjects_add(struct subjects *s, enum pseudo_type type, const char *norm, size_t len);
 void subjects_release(struct subjects *s);
 /*

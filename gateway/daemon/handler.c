@@ -423,9 +423,8 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	struct joint_pseudo jp = {.inner = &rg->pseudo, .subj = &subj};
 	struct pseudo_service joint = {
 	    .ctx = &jp, .pseudonymise = joint_pseudonymise, .checked = joint_checked};
-	int err = subjects_init(&subj, req);
-	if (err == 0)
-		err = policy_apply(set, s->partner, req, now, &joint, &o, &why);
+	subjects_init(&subj, req);
+	int err = policy_apply(set, s->partner, req, now, &joint, &o, &why);
 	if (err == ISG_ERR_DENIED || err == ISG_ERR_INVALID) {
 		refuse_send(c, s, f->request_id, set, req, &why);
 		goto out;
