@@ -79,12 +79,19 @@ struct policy_parser {
 	struct ydoc_diags *d;
 	bool partners_ok; /* partners.yaml loaded: check references to it */
 	int64_t today;    /* UTC days, for review dates */
-	/* Where each loaded agreement's id was written, for duplicate reports. */
-	struct {
-		const char *file;
+	/* Every valid agreement id read so far, whether its agreement loaded or
+	 * not, and where it was written: a duplicate is reported even behind
+	 * another error. Room for one per agreement file; the parser owns id
+	 * and file (policy_parser_release). */
+	struct policy_id_seen {
+		char *id, *file;
 		int line, col;
-	} * agreement_at;
+	} * ids_seen;
+	size_t n_ids_seen;
 };
+
+/* Free what the parser holds of its own (not the set). */
+void policy_parser_release(struct policy_parser *p);
 
 void policy_parse_partners(struct policy_parser *p, const struct ydoc *doc);
 /* rel_name: the file's name inside agreements/, for the id-vs-file-name warning. */

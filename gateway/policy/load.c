@@ -269,8 +269,8 @@ static void parse_all(struct loader *l, struct policy_parser *p)
 {
 	size_t n_agreements = l->n_src > 1 ? l->n_src - 1 : 0; /* partners.yaml is one source */
 	p->set->agreements = calloc(n_agreements ? n_agreements : 1, sizeof(*p->set->agreements));
-	p->agreement_at = calloc(n_agreements ? n_agreements : 1, sizeof(*p->agreement_at));
-	if (!p->set->agreements || !p->agreement_at) {
+	p->ids_seen = calloc(n_agreements ? n_agreements : 1, sizeof(*p->ids_seen));
+	if (!p->set->agreements || !p->ids_seen) {
 		note_err(l, ISG_ERR_NOMEM);
 		return;
 	}
@@ -342,7 +342,7 @@ out:
 		free(l.src[i].buf);
 	}
 	free(l.src);
-	free(p.agreement_at);
+	policy_parser_release(&p);
 	free(clean_dir);
 	if (l.err) {
 		if (l.err == ISG_ERR_NOMEM)

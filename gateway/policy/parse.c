@@ -63,6 +63,28 @@ static const struct ydoc_node *lookup(struct pctx *c, const struct ydoc_node *ma
 	return n;
 }
 
+/* The name an item of a list gives itself under key, as written; NULL when it gives none. */
+static const char *item_name(const struct ydoc_node *item, const char *key)
+{
+	const struct ydoc_node *n = item->kind == YDOC_MAP ? ydoc_get(item, key) : NULL;
+	return n && n->kind == YDOC_SCALAR && !is_null(n) ? n->scalar : NULL;
+}
+
+/*
+ * Whether an item before list->items[i] gives itself this name. Judged on
+ * what the file says, not on what loaded, so that a name given twice is
+ * reported even when the first of the two has an error of its own.
+ */
+static bool named_before(const struct ydoc_node *list, size_t i, const char *key, const char *name)
+{
+	for (size_t k = 0; k < i; k++) {
+		const char *other = item_name(list->items[k], key);
+		if (other && strcmp(other, name) == 0)
+			return true;
+	}
+	return false;
+}
+
 static bool printable(const char *s)
 {
 	for (; *s; s++)
@@ -517,8 +539,11 @@ static bool parse_certificate(struct pctx *c, const struct ydoc_node *map,
 	return ok;
 }
 
-static bool parse_partner(struct pctx *c, const struct ydoc_node *n, struct policy_partner *pt)
+/* Partner i of the registry's list. */
+static bool parse_partner(struct pctx *c, const struct ydoc_node *list, size_t i,
+                          struct policy_partner *pt)
 {
+	const struct ydoc_node *n = list->items[i];
 	static const char *const keys[] = {"id", "name", "kind", "contact", "certificate", NULL};
 	static const struct policy_name kinds[] = {
 	    {"police", PARTNER_POLICE},
@@ -532,7 +557,7 @@ static bool parse_partner(struct pctx *c, const struct ydoc_node *n, struct poli
 	ydoc_check_keys(c->d, c->file, n, "partner", keys);
 	const struct ydoc_node *id_node = NULL;
 	if (id_at(c, n, "id", "partner", "partner id", &pt->id, &id_node) == GOT_VALUE &&
-	    policy_partner_by_id(c->p->set, pt->id))
+	    named_before(list, i, "id", pt->id))
 		PERR(c, id_node, "duplicate partner id '%s'", pt->id);
 	text_at(c, n, "name", "partner", true, 200, &pt->name);
 	enum got got;
@@ -570,7 +595,7 @@ void policy_parse_partners(struct policy_parser *p, const struct ydoc *doc)
 	}
 	for (size_t i = 0; i < list->n; i++) {
 		struct policy_partner *pt = &p->set->partners[p->set->n_partners];
-		if (parse_partner(&c, list->items[i], pt)) {
+		if (parse_partner(&c, list, i, pt)) {
 			p->set->n_partners++;
 		} else {
 			policy_partner_release(pt);
@@ -718,8 +743,11 @@ static void parse_action_options(struct pctx *c, const struct ydoc_node *n, cons
 		parse_generalise(c, n, fname, action, opt[1], opt[2], f);
 }
 
-static bool parse_field(struct pctx *c, const struct ydoc_node *n, struct policy_dataset *ds)
+/* Field i of the dataset's list of fields. */
+static bool parse_field(struct pctx *c, const struct ydoc_node *list, size_t i,
+                        struct policy_dataset *ds)
 {
+	const struct ydoc_node *n = list->items[i];
 	static const char *const keys[] = {"name",   "type", "action", "required",
 	                                   "domain", "to",   "width",  NULL};
 	if (!want_kind(c, n, YDOC_MAP, "each field"))
@@ -737,10 +765,9 @@ static bool parse_field(struct pctx *c, const struct ydoc_node *n, struct policy
 			     "invalid field name '%s' (use letters, digits, '_' and '-', starting "
 			     "with a letter or '_', at most 64 characters)",
 			     name->scalar);
-		for (size_t i = 0; i < ds->n_fields; i++)
-			if (strcmp(ds->fields[i].name, name->scalar) == 0)
-				PERR(c, name, "duplicate field '%s' in dataset '%s'", name->scalar,
-				     ds->name ? ds->name : "?");
+		if (named_before(list, i, "name", name->scalar))
+			PERR(c, name, "duplicate field '%s' in dataset '%s'", name->scalar,
+			     ds->name ? ds->name : "?");
 	}
 	const struct ydoc_node *type = lookup(c, n, "type", "field", true, &got);
 	int t =
@@ -784,12 +811,15 @@ static bool parse_fields(struct pctx *c, const struct ydoc_node *map, struct pol
 	}
 	bool ok = true;
 	for (size_t i = 0; i < list->n; i++)
-		ok &= parse_field(c, list->items[i], ds);
+		ok &= parse_field(c, list, i, ds);
 	return ok;
 }
 
-static bool parse_dataset(struct pctx *c, const struct ydoc_node *n, struct policy_agreement *a)
+/* Dataset i of the agreement's list of datasets. */
+static bool parse_dataset(struct pctx *c, const struct ydoc_node *list, size_t i,
+                          struct policy_agreement *a)
 {
+	const struct ydoc_node *n = list->items[i];
 	static const char *const keys[] = {"name", "unknown_fields", "fields", NULL};
 	static const struct policy_name unknown[] = {{"reject", 0}, {"drop", 1}};
 	if (!want_kind(c, n, YDOC_MAP, "each dataset"))
@@ -798,10 +828,9 @@ static bool parse_dataset(struct pctx *c, const struct ydoc_node *n, struct poli
 	ydoc_check_keys(c->d, c->file, n, "dataset", keys);
 	struct policy_dataset *ds = &a->datasets[a->n_datasets];
 	const struct ydoc_node *name = NULL;
-	if (id_at(c, n, "name", "dataset", "dataset name", &ds->name, &name) == GOT_VALUE)
-		for (size_t i = 0; i < a->n_datasets; i++)
-			if (strcmp(a->datasets[i].name, ds->name) == 0)
-				PERR(c, name, "duplicate dataset '%s'", ds->name);
+	if (id_at(c, n, "name", "dataset", "dataset name", &ds->name, &name) == GOT_VALUE &&
+	    named_before(list, i, "name", ds->name))
+		PERR(c, name, "duplicate dataset '%s'", ds->name);
 	enum got got;
 	const struct ydoc_node *uf = lookup(c, n, "unknown_fields", "dataset", false, &got);
 	if (uf)
@@ -832,7 +861,7 @@ static void parse_datasets(struct pctx *c, const struct ydoc_node *map, struct p
 		return;
 	}
 	for (size_t i = 0; i < list->n; i++)
-		parse_dataset(c, list->items[i], a);
+		parse_dataset(c, list, i, a);
 }
 
 static void parse_purpose(struct pctx *c, const struct ydoc_node *map, struct policy_agreement *a)
@@ -946,17 +975,39 @@ static void check_file_name(struct pctx *c, const struct ydoc_node *id_node, con
 		             "agreement id '%s' differs from its file name '%s'", id, rel_name);
 }
 
-static void check_unique_id(struct pctx *c, const struct ydoc_node *id_node,
-                            const struct policy_agreement *a)
+/* Against every id read before, so that one in a file with other errors still counts. */
+static void check_unique_id(struct pctx *c, const struct ydoc_node *id_node, const char *id)
 {
-	const struct policy_set *set = c->p->set;
-	for (size_t i = 0; i < set->n_agreements; i++) {
-		if (strcmp(set->agreements[i].id, a->id) != 0)
-			continue;
-		PERR(c, id_node, "duplicate agreement id '%s' (also in %s:%d:%d)", a->id,
-		     c->p->agreement_at[i].file, c->p->agreement_at[i].line,
-		     c->p->agreement_at[i].col);
+	struct policy_parser *p = c->p;
+	for (size_t i = 0; i < p->n_ids_seen; i++) {
+		const struct policy_id_seen *s = &p->ids_seen[i];
+		if (strcmp(s->id, id) == 0)
+			PERR(c, id_node, "duplicate agreement id '%s' (also in %s:%d:%d)", id,
+			     s->file, s->line, s->col);
 	}
+	struct policy_id_seen *s = &p->ids_seen[p->n_ids_seen];
+	if (!(s->id = strdup(id)) || !(s->file = strdup(c->file))) {
+		free(s->id);
+		s->id = NULL;
+		PERR(c, id_node, "out of memory");
+		return;
+	}
+	s->line = id_node->line;
+	s->col = id_node->col;
+	p->n_ids_seen++;
+}
+
+void policy_parser_release(struct policy_parser *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->n_ids_seen; i++) {
+		free(p->ids_seen[i].id);
+		free(p->ids_seen[i].file);
+	}
+	free(p->ids_seen);
+	p->ids_seen = NULL;
+	p->n_ids_seen = 0;
 }
 
 void policy_parse_agreement(struct policy_parser *p, const struct ydoc *doc, const char *rel_name)
@@ -980,7 +1031,7 @@ void policy_parse_agreement(struct policy_parser *p, const struct ydoc *doc, con
 	const struct ydoc_node *id_node = NULL;
 	parse_agreement_body(&c, n, &a, &id_node);
 	if (a.id) {
-		check_unique_id(&c, id_node, &a);
+		check_unique_id(&c, id_node, a.id);
 		check_file_name(&c, id_node, a.id, rel_name);
 	}
 	if (p->d->errors == before && !(a.file = strdup(doc->file)))
@@ -989,11 +1040,7 @@ void policy_parse_agreement(struct policy_parser *p, const struct ydoc *doc, con
 		policy_agreement_release(&a);
 		return;
 	}
-	size_t i = p->set->n_agreements++;
-	p->set->agreements[i] = a;
-	p->agreement_at[i].file = a.file;
-	p->agreement_at[i].line = id_node->line;
-	p->agreement_at[i].col = id_node->col;
+	p->set->agreements[p->set->n_agreements++] = a;
 }
 
 /* ---- the set as a whole ---- */

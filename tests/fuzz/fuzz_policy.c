@@ -54,7 +54,7 @@ static void borrowed_release(struct borrowed *b)
 	for (size_t i = 0; i < b->set.n_agreements; i++)
 		policy_agreement_release(&b->set.agreements[i]);
 	free(b->set.agreements);
-	free(b->p.agreement_at);
+	policy_parser_release(&b->p);
 }
 
 static const char *every_key_missing(void *ctx, const char *domain)
@@ -113,8 +113,8 @@ static void as_agreement(const struct ydoc *doc, struct ydoc_diags *d)
 	b.set.n_agreements = 0;
 	b.set.agreements = calloc(1, sizeof(*b.set.agreements));
 	b.p = (struct policy_parser){.set = &b.set, .d = d, .partners_ok = true, .today = TODAY};
-	b.p.agreement_at = calloc(1, sizeof(*b.p.agreement_at));
-	if (b.set.agreements && b.p.agreement_at) {
+	b.p.ids_seen = calloc(1, sizeof(*b.p.ids_seen));
+	if (b.set.agreements && b.p.ids_seen) {
 		policy_parse_agreement(&b.p, doc, "fuzz.yaml");
 		if (b.set.n_agreements == 1 && policy_check_set(&b.p) == 0)
 			use_agreement(&b.set, d);

@@ -1131,6 +1131,105 @@ static void test_check_domains(void **state)
 	policy_set_unref(set);
 }
 
+/* The errors of one load, in order, each with its file, line, column and message. */
+struct want_diag {
+	const char *file; /* ends the diagnostic's path */
+	int line, col;
+	const char *msg;
+};
+
+static void expect_errors(const char *dir, const struct want_diag *want, size_t n)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = (struct policy_set *)1;
+	assert_int_equal(policy_load(dir, &set, &d), ISG_ERR_INVALID);
+	assert_null(set);
+	size_t k = 0;
+	bool ok = d.errors == n;
+	for (size_t i = 0; ok && i < d.n; i++) {
+		if (d.items[i].warning)
+			continue;
+		const struct ydoc_diag *g = &d.items[i];
+		size_t fl = strlen(g->file), wl = strlen(want[k].file);
+		ok = fl >= wl && !strcmp(g->file + fl - wl, want[k].file) &&
+		     g->line == want[k].line && g->col == want[k].col &&
+		     strstr(g->message, want[k].msg);
+		k++;
+	}
+	if (!ok)
+		ydoc_diags_print(&d, stderr);
+	assert_true(ok);
+	ydoc_diags_release(&d);
+}
+
+#define AGREEMENT_HEAD(id)                                                                         \
+	"agreement:\n"                                                                             \
+	"  id: " id "\n"                                                                           \
+	"  version: 1\n"                                                                           \
+	"  title: Duplicates\n"                                                                    \
+	"  senders: [met-police]\n"                                                                \
+	"  recipients: [nhs-trust]\n"                                                              \
+	"  purpose: {code: testing, text: Testing}\n"                                              \
+	"  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"                                             \
+	"  valid_from: 2025-01-01\n"
+
+/*
+ * A name given twice is reported even when the first of the two has an error
+ * of its own: the admin sees every problem in one check, not one more after
+ * each fix.
+ */
+static void test_duplicates_behind_errors(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	put_file(dir, "agreements/dups.yaml",
+	         AGREEMENT_HEAD("dups") "  datasets:\n"
+	                                "    - name: things\n"
+	                                "      fields:\n"
+	                                "        - {name: a, type: txt, action: pass}\n"
+	                                "        - {name: a, type: text, action: pass}\n"
+	                                "    - name: things\n"
+	                                "      fields:\n"
+	                                "        - {name: b, type: text, action: pass}\n");
+	/* Its id is the one a later file's has. */
+	put_file(dir, "agreements/one.yaml", AGREEMENT_HEAD("same") "  datasets: {}\n");
+	put_file(dir, "agreements/two.yaml",
+	         AGREEMENT_HEAD("same") "  datasets:\n"
+	                                "    - name: things\n"
+	                                "      fields:\n"
+	                                "        - {name: b, type: text, action: pass}\n");
+	const struct want_diag agreements[] = {
+	    {"agreements/dups.yaml", 13, 27, "unknown field type 'txt'"},
+	    {"agreements/dups.yaml", 14, 18, "duplicate field 'a' in dataset 'things'"},
+	    {"agreements/dups.yaml", 15, 13, "duplicate dataset 'things'"},
+	    {"agreements/one.yaml", 10, 13, "datasets must be a list, not a mapping"},
+	    {"agreements/two.yaml", 2, 7, "duplicate agreement id 'same' (also in "},
+	};
+	expect_errors(dir, agreements, ARRAY_LEN(agreements));
+
+	remove_dir(dir);
+
+	/* A partner registry of its own: agreements are not checked against a broken one. */
+	dir = temp_policy_dir();
+	put_file(dir, "partners.yaml",
+	         "partners:\n"
+	         "  - id: met-police\n"
+	         "    name: Met\n"
+	         "    kind: polize\n"
+	         "    certificate: {subject_cn: met.test}\n"
+	         "  - id: met-police\n"
+	         "    name: Met again\n"
+	         "    kind: police\n"
+	         "    certificate: {subject_cn: met2.test}\n");
+	const struct want_diag partners[] = {
+	    {"partners.yaml", 4, 11, "unknown partner kind 'polize'"},
+	    {"partners.yaml", 6, 9, "duplicate partner id 'met-police'"},
+	};
+	expect_errors(dir, partners, ARRAY_LEN(partners));
+	remove_dir(dir);
+}
+
 /* Errors in several files are all reported, each against its own file. */
 static void test_errors_collected_across_files(void **state)
 {
@@ -2473,6 +2572,7 @@ int main(void)
 	    cmocka_unit_test(test_errors_collected_across_files),
 	    cmocka_unit_test(test_issuer_cn),
 	    cmocka_unit_test(test_null_matchers),
+	    cmocka_unit_test(test_duplicates_behind_errors),
 	    cmocka_unit_test(test_fifo_refused),
 	    cmocka_unit_test(test_size_limits),
 	    cmocka_unit_test(test_listed_files_are_the_loaded_ones),
