@@ -315,10 +315,16 @@ static enum got text_list_at(struct pctx *c, const struct ydoc_node *map, const 
 	got = GOT_VALUE;
 	for (size_t i = 0; i < n->n; i++) {
 		char *s = NULL;
-		if (dup_text(c, n->items[i], key, max_len, &s) != GOT_VALUE)
+		/* YAML reads an unquoted ~ or null as nothing, never as that text. */
+		if (is_null(n->items[i])) {
+			PERR(c, n->items[i],
+			     "%s lists an empty value (quote it if it is meant literally)", key);
 			got = GOT_ERROR;
-		else
+		} else if (dup_text(c, n->items[i], key, max_len, &s) != GOT_VALUE) {
+			got = GOT_ERROR;
+		} else {
 			(*out)[(*n_out)++] = s;
+		}
 	}
 	return got;
 }

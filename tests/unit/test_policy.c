@@ -1230,6 +1230,36 @@ static void test_duplicates_behind_errors(void **state)
 	remove_dir(dir);
 }
 
+/*
+ * In a list, as anywhere, an unquoted ~ or null is YAML's null, not the text
+ * "~" or "null": a lawful basis so written is refused, not taken literally.
+ */
+static void test_null_in_lawful_basis(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	put_file(dir, "agreements/nulls.yaml",
+	         "agreement:\n"
+	         "  id: nulls\n"
+	         "  version: 1\n"
+	         "  title: Nulls\n"
+	         "  senders: [met-police]\n"
+	         "  recipients: [nhs-trust]\n"
+	         "  purpose: {code: testing, text: Testing}\n"
+	         "  lawful_basis: [~, null, \"null\", \"UK GDPR Art. 6(1)(e)\"]\n"
+	         "  valid_from: 2025-01-01\n"
+	         "  datasets:\n"
+	         "    - name: things\n"
+	         "      fields:\n"
+	         "        - {name: a, type: text, action: pass}\n");
+	const struct want_diag want[] = {
+	    {"agreements/nulls.yaml", 8, 18, "lawful_basis lists an empty value"},
+	    {"agreements/nulls.yaml", 8, 21, "lawful_basis lists an empty value"},
+	};
+	expect_errors(dir, want, ARRAY_LEN(want));
+	remove_dir(dir);
+}
+
 /* Errors in several files are all reported, each against its own file. */
 static void test_errors_collected_across_files(void **state)
 {
@@ -2573,6 +2603,7 @@ int main(void)
 	    cmocka_unit_test(test_issuer_cn),
 	    cmocka_unit_test(test_null_matchers),
 	    cmocka_unit_test(test_duplicates_behind_errors),
+	    cmocka_unit_test(test_null_in_lawful_basis),
 	    cmocka_unit_test(test_fifo_refused),
 	    cmocka_unit_test(test_size_limits),
 	    cmocka_unit_test(test_listed_files_are_the_loaded_ones),
