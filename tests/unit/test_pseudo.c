@@ -187,6 +187,11 @@ static void test_postcode(void **state)
 	expect_norm(PSEUDO_POSTCODE, "NE3 4AB", "NE3 4AB");
 	expect_norm(PSEUDO_POSTCODE, "NE35 7XY", "NE35 7XY");
 	expect_norm(PSEUDO_POSTCODE, "gir0aa", "GIR 0AA");
+	/* British Forces, Gibraltar and the Crown Dependencies have UK shapes. */
+	expect_norm(PSEUDO_POSTCODE, "bf1 3aa", "BF1 3AA");
+	expect_norm(PSEUDO_POSTCODE, "GX111AA", "GX11 1AA");
+	expect_norm(PSEUDO_POSTCODE, "JE2 3AB", "JE2 3AB");
+	expect_norm(PSEUDO_POSTCODE, "IM1 1AA", "IM1 1AA");
 
 	const char *shape = "postcode is not a valid UK postcode";
 	/* C I K M O V never appear in the inward code. */
@@ -206,6 +211,13 @@ static void test_postcode(void **state)
 	expect_refused(PSEUDO_POSTCODE, "SW1A AAA", shape);
 	expect_refused(PSEUDO_POSTCODE, "GIR 0AB", shape);
 	expect_refused(PSEUDO_POSTCODE, "1AA", shape);
+	/* Neither is a BFPO number, nor an overseas territory's own code. */
+	expect_refused(PSEUDO_POSTCODE, "BFPO 1234", shape);
+	expect_refused(PSEUDO_POSTCODE, "BFPO 12", shape);
+	expect_refused(PSEUDO_POSTCODE, "FIQQ 1ZZ", shape);
+	expect_refused(PSEUDO_POSTCODE, "stHL 1zz", shape);
+	expect_refused(PSEUDO_POSTCODE, "KY1-1000",
+	               "postcode may hold only letters, digits and spaces");
 	/* Every outward code of 2 to 4 letters (A) and digits (9): only the six
 	 * shapes Royal Mail uses are taken. */
 	static const char *const shapes[] = {"A9", "A99", "AA9", "A9A", "AA99", "AA9A"};
@@ -610,6 +622,7 @@ static void test_gen_age_band(void **state)
 	/* 120 is the oldest age accepted. */
 	expect_band("1900-05-01", "2020-04-30", 5, "115-119");
 	expect_band("1900-05-01", "2020-05-01", 5, "120-124");
+	expect_band("1900-05-01", "2021-04-30", 5, "120-124"); /* a day short of 121 */
 	expect_band_refused("1900-05-01", "2021-05-01", 5, "age is over 120 years");
 	expect_band_refused("2024-03-11", "2024-03-10", 5,
 	                    "date of birth is after the exchange date");
@@ -653,7 +666,12 @@ static void test_gen_postcode(void **state)
 	expect_postcode("w1a0ax", POSTCODE_SECTOR, "W1A 0");
 	expect_postcode("ec1a 1bb", POSTCODE_DISTRICT, "EC1A");
 	expect_postcode("B33 8TH", POSTCODE_DISTRICT, "B33");
+	expect_postcode("GIR 0AA", POSTCODE_AREA, "GIR");
+	expect_postcode("GIR 0AA", POSTCODE_DISTRICT, "GIR");
 	expect_postcode("GIR 0AA", POSTCODE_SECTOR, "GIR 0");
+	expect_postcode("gx111aa", POSTCODE_AREA, "GX");
+	expect_postcode("gx111aa", POSTCODE_DISTRICT, "GX11");
+	expect_postcode("bf13aa", POSTCODE_DISTRICT, "BF1");
 
 	char out[16];
 	const char *reason;
