@@ -1735,6 +1735,21 @@ static void test_apply_record_rules(void **state)
 		                     invalid ? "dataset.field_value" : "dataset.field_type", 1,
 		                     bad[b].field, bad[b].expect});
 	}
+
+	/* Empty text is a value: it is a required text field's, but no identifier's. */
+	req_init(&r, "police-nhs-safeguarding", "nhs-trust", "safeguarding-concern");
+	i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+	req_text(&r, i, "concern", "");
+	struct policy_outcome out;
+	struct policy_refusal why;
+	assert_int_equal(policy_apply(set, "met-police", &r.req, now_ok(), NULL, &out, &why), 0);
+	policy_outcome_release(&out);
+	req_text(&r, i, "family_name", "");
+	apply_refused(set, "met-police", &r, now_ok(),
+	              &(struct expect){INVALID, ISG__ERROR_CODE__BAD_VALUE, "dataset.field_value",
+	                               0, "family_name",
+	                               "field 'family_name' is not a valid name: value is empty"});
 	policy_set_unref(set);
 }
 
