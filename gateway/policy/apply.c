@@ -122,6 +122,13 @@ static int check_agreement(const struct policy_set *set, const char *sender,
 		return refuse(why, CODE(NOT_PERMITTED), "agreement.recipient", -1, NULL,
 		              "partner '%s' is not a recipient under agreement '%s'",
 		              clean(q, sizeof(q), rcpt), a->id);
+	/* A two-way agreement names each partner both ways, but a partner sent its
+	 * own records back would get the pseudonyms of any identifier it chose: an
+	 * oracle that undoes the pseudonymisation of the whole domain. */
+	if (strcmp(rcpt, sender) == 0)
+		return refuse(why, CODE(NOT_PERMITTED), "agreement.recipient", -1, NULL,
+		              "partner '%s' cannot send to itself (agreement '%s')",
+		              clean(q, sizeof(q), rcpt), a->id);
 	const struct policy_dataset *ds = NULL;
 	for (size_t i = 0; req->dataset && i < a->n_datasets; i++)
 		if (strcmp(a->datasets[i].name, req->dataset) == 0)

@@ -2407,6 +2407,63 @@ static void test_apply_many_records(void **state)
 	policy_set_unref(set);
 }
 
+/*
+ * A two-way agreement lists each partner as sender and recipient, but no
+ * partner may send to itself: it would get back the pseudonyms of whatever
+ * identifiers it chose, an oracle that undoes the pseudonymisation of its
+ * domain. Refused before any value reaches the keys.
+ */
+static void test_apply_no_send_to_self(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	put_file(dir, "agreements/two-way.yaml",
+	         "agreement:\n"
+	         "  id: two-way\n"
+	         "  version: 1\n"
+	         "  title: Both ways\n"
+	         "  senders: [met-police, nhs-trust]\n"
+	         "  recipients: [met-police, nhs-trust]\n"
+	         "  purpose: {code: testing, text: Testing}\n"
+	         "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	         "  valid_from: 2025-01-01\n"
+	         "  datasets:\n"
+	         "    - name: cases\n"
+	         "      fields:\n"
+	         "        - {name: nhs_number, type: nhs_number, action: pseudonymise, "
+	         "domain: two-way}\n");
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	ydoc_diags_release(&d);
+
+	struct fake fk;
+	struct pseudo_service ps = fake_service(&fk);
+	struct req r;
+	req_init(&r, "two-way", "met-police", "cases");
+	size_t i = req_record(&r);
+	req_text(&r, i, "nhs_number", "9434765919");
+	apply_refused_with(set, "met-police", &r, now_ok(), &ps, NULL,
+	                   &(struct expect){ISG_ERR_DENIED, ISG__ERROR_CODE__NOT_PERMITTED,
+	                                    "agreement.recipient", -1, "",
+	                                    "partner 'met-police' cannot send to itself "
+	                                    "(agreement 'two-way')"});
+	assert_int_equal(fk.calls, 0);
+	/* Each way between the two partners is fine. */
+	struct policy_outcome out;
+	Isg__Delivery *del = apply_ok(set, "nhs-trust", &r, &ps, &out);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	r.req.recipient = "nhs-trust";
+	del = apply_ok(set, "met-police", &r, &ps, &out);
+	isg__delivery__free_unpacked(del, NULL);
+	policy_outcome_release(&out);
+	assert_int_equal(fk.calls, 2);
+	policy_set_unref(set);
+	remove_dir(dir);
+}
+
 static void test_apply_pseudonymise_refusals(void **state)
 {
 	struct ydoc_diags d;
@@ -2637,6 +2694,7 @@ int main(void)
 	    cmocka_unit_test(test_apply_checked),
 	    cmocka_unit_test(test_apply_many_records),
 	    cmocka_unit_test(test_apply_pseudonymise_refusals),
+	    cmocka_unit_test(test_apply_no_send_to_self),
 	    cmocka_unit_test(test_shipped_examples),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
