@@ -376,6 +376,34 @@ class TestInvalidIdentifiers(PseudonymCase):
         self.assertEqual(len(self.fetch_records(self.council)), 1)
 
 
+class TestNoSendToSelf(PseudonymCase):
+    def test_a_partner_never_gets_its_own_records_pseudonymised(self):
+        """A two-way agreement names the police both as sender and recipient,
+        but the police cannot send to themselves: they would fetch back the
+        pseudonyms of any NHS numbers they chose (docs/policy.md, agreement.recipient)."""
+        both = ["met-police", "city-council"]
+        two_way = isgtest.default_agreement(
+            id="two-way", senders=both, recipients=both,
+            datasets=[{"name": DATASET, "fields": fields(COUNCIL_DOMAIN)}])
+        self.gw = self.gateway(self.policy(agreements=[two_way]), domains=(COUNCIL_DOMAIN,))
+        police = self.partner(self.gw, "police")
+        council = self.partner(self.gw, "council")
+        since = len(self.gw.log)
+        r = police.send([{"nhs_number": NHS_A}], to="met-police", agreement="two-way",
+                        dataset=DATASET)
+        self.assertRefused(r, self.gw, "NOT_PERMITTED", "agreement.recipient")
+        self.assertIn("cannot send to itself", r.err)
+        self.assertIn("rule=agreement.recipient", self.gw.log[since:])
+        self.assertEqual(police.fetch_messages(), [])
+        # each way between the two partners passes
+        police.send_ok([{"nhs_number": NHS_A}], to="city-council", agreement="two-way",
+                       dataset=DATASET)
+        council.send_ok([{"nhs_number": NHS_B}], to="met-police", agreement="two-way",
+                        dataset=DATASET)
+        self.assertEqual(len(council.fetch_messages()), 1)
+        self.assertEqual(len(police.fetch_messages()), 1)
+
+
 class TestRotation(PseudonymCase):
     def test_rotation_with_and_without_overlap(self):
         """(7) --overlap 30: p2 with <field>.previous = the old p1; --overlap 0: p2 alone."""
