@@ -8,6 +8,14 @@
  * value forgotten: "--html --csv r.csv"), is a mistake too. The messages
  * name options, never their values: an identifier searched for by audit
  * subject is personal data.
+ *
+ * Options are taken by their full names only. getopt_long also takes any
+ * unambiguous prefix ("--agr" for --agreement), so a script that
+ * abbreviates would change meaning, or stop working, the day a command
+ * gains an option with the same prefix; and a prefix where a value belongs
+ * ("--html --cs") would pass for a value. Hence also: a value given as a
+ * word of its own may not begin with "--" (one that does is given after
+ * '=': "--message-id=--7").
  */
 #include <stdio.h>
 #include <string.h>
@@ -80,6 +88,50 @@ static const char *is_option(const struct ctl_opts *o, const char *s)
 	return NULL;
 }
 
+/* The length of an option word's name, "--name" or "--name=VALUE", without its "--". */
+static size_t name_len(const char *word)
+{
+	return strcspn(word + 2, "=");
+}
+
+/*
+ * The word of argv that getopt_long just took as an option: the one before
+ * its value when the value was a word of its own (optarg is that word).
+ */
+static const char *option_word(const struct ctl_opts *o)
+{
+	if (optind >= 2 && optarg && optarg == o->argv[optind - 1])
+		return o->argv[optind - 2];
+	return optind >= 1 ? o->argv[optind - 1] : "?";
+}
+
+/* Whether the value was a word of its own ("--to X"), not after '=' ("--to=X"). */
+static bool value_is_word(const struct ctl_opts *o)
+{
+	return optind >= 1 && optarg == o->argv[optind - 1];
+}
+
+/*
+ * An abbreviation that getopt_long took for the long option i: refused as
+ * unknown, saying which option it would have been (a name of ours, never
+ * what followed its '=').
+ */
+static int abbreviated(const struct ctl_opts *o, int i)
+{
+	const char *word = option_word(o);
+	if (strncmp(word, "--", 2) != 0)
+		return 0; /* a short option */
+	size_t n = name_len(word);
+	const char *name = o->longopts[i].name;
+	if (strlen(name) == n && strncmp(name, word + 2, n) == 0)
+		return 0;
+	ctl_usage_error(o->usage,
+	                "unknown option '%.*s' (options are not abbreviated: did you mean "
+	                "'--%s'?)",
+	                (int)(n + 2), word, name);
+	return CTL_OPTS_ERROR;
+}
+
 /* An unknown option is named without what follows its '=': a mistyped --nhs-number=N. */
 static int bad_option(const struct ctl_opts *o, int opt)
 {
@@ -99,9 +151,14 @@ static int check_value(struct ctl_opts *o, int opt, int i)
 	const char *name = o->longopts[i].name, *other;
 	if (!*optarg)
 		return ctl_usage_error(o->usage, "option '--%s' has an empty value", name);
-	if ((other = is_option(o, optarg)))
+	if (value_is_word(o) && (other = is_option(o, optarg)))
 		return ctl_usage_error(
 		    o->usage, "option '--%s' needs a value, not the option '--%s'", name, other);
+	if (value_is_word(o) && strncmp(optarg, "--", 2) == 0)
+		return ctl_usage_error(o->usage,
+		                       "option '--%s' needs a value, not an option; a value that "
+		                       "begins with '--' is given as --%s=VALUE",
+		                       name, name);
 	if (may_repeat(o, opt))
 		return CTL_EXIT_OK;
 	if (given(o, i))
@@ -116,11 +173,15 @@ static int check_value(struct ctl_opts *o, int opt, int i)
 int ctl_opts_next(struct ctl_opts *o)
 {
 	opterr = 0;
-	int opt = getopt_long(o->argc, o->argv, o->shortopts, o->longopts, NULL);
+	optarg = NULL;
+	int longindex = -1;
+	int opt = getopt_long(o->argc, o->argv, o->shortopts, o->longopts, &longindex);
 	if (opt == -1)
 		return CTL_OPTS_END;
 	if (opt == '?' || opt == ':')
 		return bad_option(o, opt);
+	if (longindex >= 0 && abbreviated(o, longindex) != 0)
+		return CTL_OPTS_ERROR;
 	int i = long_index(o, opt);
 	if (i < 0 || i >= CTL_OPTS_MAX)
 		fatal("isgctl option %d has no long option among the first %d", opt, CTL_OPTS_MAX);

@@ -35,13 +35,14 @@ class Command:
     that takes a value with two valid values, its positional arguments, and
     what it does that a refused command line must not (a check)."""
 
-    def __init__(self, words, base, values, positional=(), done=None, many=()):
+    def __init__(self, words, base, values, positional=(), done=None, many=(), flags=()):
         self.words = list(words)
         self.base = dict(base)
         self.values = dict(values)
         self.positional = list(positional)
         self.done = done
         self.many = set(many)  # options that may be given more than once
+        self.flags = {"--help"} | set(flags)  # options without a value
 
     def argv(self, first=(), last=(), without=None):
         """first, the base options but `without`, last, then the positional arguments."""
@@ -153,7 +154,8 @@ class OptionsTest(isgtest.ScenarioCase):
                     [cls.records], connected),
             Command(["fetch"], conn_base,
                     dict(conn, **{"--max": ("1", "5"), "--wait": ("0", "1s"),
-                                  "--format": ("jsonl", "csv")}), done=connected),
+                                  "--format": ("jsonl", "csv")}), done=connected,
+                    flags=("--no-ack", "--follow")),
             Command(["ping"], conn_base, conn, done=connected),
             Command(["whoami"], conn_base, conn, done=connected),
             Command(["keys", "rotate"], {}, {"--overlap": ("1", "2")}, [cls.keys, "test"],
@@ -311,6 +313,47 @@ class OptionsTest(isgtest.ScenarioCase):
         r = self.run_ctl(report.argv(["--markdown", "-", "--csv", "-"], without="--html"))
         self.assertEqual(r.rc, 0, r)
         self.assertIn("day,agreement,partner", r.out)
+
+    def test_an_abbreviated_option_is_unknown(self):
+        """getopt_long would take "--agr" for --agreement: a script that abbreviates would
+        change meaning the day a command gains an option with the same prefix."""
+        for cmd in self.commands:
+            for opt in sorted(cmd.flags | set(cmd.values)):
+                short = opt[:-1]
+                with self.subTest(command=str(cmd), option=opt):
+                    if opt in cmd.flags:
+                        self.refused(cmd, cmd.argv([short]), "isgctl: unknown option '%s'" % short)
+                        continue
+                    v1 = cmd.values[opt][0]
+                    for given in ([short, v1], ["%s=%s" % (short, v1)]):
+                        r = self.refused(cmd, cmd.argv(given, without=opt),
+                                         "isgctl: unknown option '%s'" % short)
+                        self.assertNotIn(v1, r.err.split("\nusage:")[0], r)
+        # before the command name too
+        ping = self.commands[2]
+        self.refused(ping, ["--time", "1s"] + ping.argv(without="--timeout"),
+                     "isgctl: unknown option '--time' (options are not abbreviated: did you "
+                     "mean '--timeout'?)\n")
+        r = isgtest.ctl("--vers")
+        self.assertEqual((r.rc, r.out), (2, ""), r)
+
+    def test_a_value_that_looks_like_an_option_is_refused(self):
+        """"--html --cs": a forgotten value followed by a mistyped option. A value that
+        begins with '--' is given after '='."""
+        cwd = os.getcwd()
+        os.chdir(self.out_dir)  # a file named "--xhtml", if written, is seen there
+        try:
+            for cmd, opt, v1, v2 in self.options():
+                with self.subTest(command=str(cmd), option=opt):
+                    self.refused(cmd, cmd.argv([opt, "--x" + opt[2:]], without=opt),
+                                 "isgctl: option '%s' needs a value, not an option; a value "
+                                 "that begins with '--' is given as %s=VALUE\n" % (opt, opt))
+        finally:
+            os.chdir(cwd)
+        send = self.commands[0]
+        r = self.run_ctl(send.argv(["--message-id=--7"]))
+        self.assertEqual(r.rc, 4, r)  # taken: the listener never answers
+        self.assertTrue(self.connected(r), r)
 
     def test_an_option_that_may_repeat(self):
         """verify's --against takes each saved checkpoint; a flag may be said twice."""
