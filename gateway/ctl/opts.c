@@ -111,11 +111,17 @@ static bool value_is_word(const struct ctl_opts *o)
 	return optind >= 1 && optarg == o->argv[optind - 1];
 }
 
-/*
- * An abbreviation that getopt_long took for the long option i: refused as
- * unknown, saying which option it would have been (a name of ours, never
- * what followed its '=').
- */
+/* Refuse an abbreviation (the option word) of the long option name as unknown, naming name. */
+static int abbreviation(const struct ctl_opts *o, const char *word, const char *name)
+{
+	ctl_usage_error(o->usage,
+	                "unknown option '%.*s' (options are not abbreviated: did you mean "
+	                "'--%s'?)",
+	                (int)(name_len(word) + 2), word, name);
+	return CTL_OPTS_ERROR;
+}
+
+/* Whether getopt_long took an abbreviation for the long option i; if so, say so. */
 static int abbreviated(const struct ctl_opts *o, int i)
 {
 	const char *word = option_word(o);
@@ -125,17 +131,19 @@ static int abbreviated(const struct ctl_opts *o, int i)
 	const char *name = o->longopts[i].name;
 	if (strlen(name) == n && strncmp(name, word + 2, n) == 0)
 		return 0;
-	ctl_usage_error(o->usage,
-	                "unknown option '%.*s' (options are not abbreviated: did you mean "
-	                "'--%s'?)",
-	                (int)(n + 2), word, name);
-	return CTL_OPTS_ERROR;
+	return abbreviation(o, word, name);
 }
 
 /* An unknown option is named without what follows its '=': a mistyped --nhs-number=N. */
 static int bad_option(const struct ctl_opts *o, int opt)
 {
 	const char *what = optind > 0 ? o->argv[optind - 1] : "?";
+	if (opt == ':' && strncmp(what, "--", 2) == 0 && !is_option(o, what)) {
+		/* an abbreviation, its value missing: getopt_long found the option */
+		for (int i = 0; o->longopts[i].name; i++)
+			if (strncmp(o->longopts[i].name, what + 2, name_len(what)) == 0)
+				return abbreviation(o, what, o->longopts[i].name);
+	}
 	if (opt == ':')
 		ctl_usage_error(o->usage, "option '%s' needs a value", what);
 	else if (optopt && optopt < 256 && what[0] == '-' && what[1] != '-')

@@ -325,9 +325,10 @@ class OptionsTest(isgtest.ScenarioCase):
                         self.refused(cmd, cmd.argv([short]), "isgctl: unknown option '%s'" % short)
                         continue
                     v1 = cmd.values[opt][0]
-                    for given in ([short, v1], ["%s=%s" % (short, v1)]):
-                        r = self.refused(cmd, cmd.argv(given, without=opt),
-                                         "isgctl: unknown option '%s'" % short)
+                    for argv in (cmd.argv([short, v1], without=opt),
+                                 cmd.argv(["%s=%s" % (short, v1)], without=opt),
+                                 cmd.argv(without=opt) + [short]):  # its value missing
+                        r = self.refused(cmd, argv, "isgctl: unknown option '%s'" % short)
                         self.assertNotIn(v1, r.err.split("\nusage:")[0], r)
         # before the command name too
         ping = self.commands[2]
