@@ -19,19 +19,34 @@ static const char pubkey_usage[] =
 static const char checkpoint_usage[] =
     "usage: isgctl audit checkpoint (--config ISGD_YAML | --store DB)\n";
 
-const char audit_where_help[] =
-    "The log is found with:\n"
-    "  --config ISGD_YAML  isgd's configuration: store.path, keys_dir, audit.origin\n"
-    "  --store DB          the store file (overrides the config's)\n"
-    "  --keys KEYS_DIR     the keys directory (overrides the config's)\n"
-    "  --origin NAME       the log's origin, which names its signing key\n"
-    "                      (default: the config's audit.origin, else " AUDIT_ORIGIN_DEFAULT ")\n"
-    "The store is opened read-only; a running isgd is not disturbed.\n";
+void audit_where_help(FILE *out, unsigned takes)
+{
+	/* in the order of the AUDIT_TAKES_* bits */
+	static const char *const from_config[] = {"store.path", "keys_dir", "audit.origin"};
+	fprintf(out, "The log is found with:\n  --config ISGD_YAML  isgd's configuration:");
+	for (unsigned i = 0, n = 0; i < ARRAY_LEN(from_config); i++)
+		if (takes & (1u << i))
+			fprintf(out, "%s %s", n++ ? "," : "", from_config[i]);
+	fputc('\n', out);
+	if (takes & AUDIT_TAKES_STORE)
+		fprintf(out, "  --store DB          the store file (overrides the config's)\n");
+	if (takes & AUDIT_TAKES_KEYS)
+		fprintf(out, "  --keys KEYS_DIR     the keys directory (overrides the config's)\n");
+	if (takes & AUDIT_TAKES_ORIGIN)
+		fprintf(out, "  --origin NAME       the log's origin, which names its signing key\n"
+		             "                      (default: the config's audit.origin, else "
+		             "" AUDIT_ORIGIN_DEFAULT ")\n");
+	if (takes & AUDIT_TAKES_STORE)
+		fprintf(out, "The store is opened read-only; a running isgd is not disturbed.\n");
+}
 
 int audit_pubkey_cmd(int argc, char **argv)
 {
-	static const struct option opts[] = {AUDIT_LOG_LONGOPTS, {NULL, 0, NULL, 0}};
-	struct audit_where w = {0};
+	static const struct option opts[] = {
+	    AUDIT_LONGOPT_CONFIG, AUDIT_LONGOPT_KEYS, AUDIT_LONGOPT_ORIGIN,
+	    AUDIT_LONGOPT_HELP,   {NULL, 0, NULL, 0},
+	};
+	struct audit_where w = {.takes = AUDIT_TAKES_KEYS | AUDIT_TAKES_ORIGIN};
 	struct ctl_opts o;
 	ctl_opts_init(&o, argc, argv, ":", opts, pubkey_usage);
 	int opt;
@@ -44,8 +59,9 @@ int audit_pubkey_cmd(int argc, char **argv)
 		printf("%s\nPrints the verifier key of the log's checkpoints in signed-note form,\n"
 		       "<origin>+<key hash>+<base64 public key>, from the audit signing key\n"
 		       "KEYS_DIR/audit-signing.key. Publish it to whoever checks the log\n"
-		       "(isgctl audit verify --pubkey KEY, or any signed-note tool).\n\n%s",
-		       pubkey_usage, audit_where_help);
+		       "(isgctl audit verify --pubkey KEY, or any signed-note tool).\n\n",
+		       pubkey_usage);
+		audit_where_help(stdout, w.takes);
 		return CTL_EXIT_OK;
 	}
 	if (optind != argc)
@@ -63,8 +79,13 @@ int audit_pubkey_cmd(int argc, char **argv)
 
 int audit_checkpoint_cmd(int argc, char **argv)
 {
-	static const struct option opts[] = {AUDIT_LOG_LONGOPTS, {NULL, 0, NULL, 0}};
-	struct audit_where w = {0};
+	static const struct option opts[] = {
+	    AUDIT_LONGOPT_CONFIG,
+	    AUDIT_LONGOPT_STORE,
+	    AUDIT_LONGOPT_HELP,
+	    {NULL, 0, NULL, 0},
+	};
+	struct audit_where w = {.takes = AUDIT_TAKES_STORE};
 	struct ctl_opts o;
 	ctl_opts_init(&o, argc, argv, ":", opts, checkpoint_usage);
 	int opt;
@@ -77,8 +98,9 @@ int audit_checkpoint_cmd(int argc, char **argv)
 		printf("%s\nPrints the latest signed checkpoint exactly as the gateway stored it:\n"
 		       "the log's origin, its size and its root, signed. Keep copies outside the\n"
 		       "gateway (for example a daily cron job) and check the log against them\n"
-		       "with 'isgctl audit verify --against FILE'.\n\n%s",
-		       checkpoint_usage, audit_where_help);
+		       "with 'isgctl audit verify --against FILE'.\n\n",
+		       checkpoint_usage);
+		audit_where_help(stdout, w.takes);
 		return CTL_EXIT_OK;
 	}
 	if (optind != argc)
@@ -128,8 +150,9 @@ int cmd_audit(int argc, char **argv)
 		for (size_t i = 0; i < ARRAY_LEN(audit_commands); i++)
 			fprintf(out, "  %-11s %s\n", audit_commands[i].name,
 			        audit_commands[i].description);
-		fprintf(out, "\n%s\n'isgctl audit COMMAND --help' shows a command's options.\n",
-		        audit_where_help);
+		fputc('\n', out);
+		audit_where_help(out, AUDIT_TAKES_ALL);
+		fprintf(out, "\n'isgctl audit COMMAND --help' shows a command's options.\n");
 		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
 	}
 	return ctl_dispatch(audit_commands, ARRAY_LEN(audit_commands), "audit", argc - 1, argv + 1);

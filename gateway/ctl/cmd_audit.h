@@ -104,7 +104,11 @@ void audit_ctl_b64(char *out, size_t size, const uint8_t *in, size_t len);
 
 /* ---- cmd_audit_log.c: where the log is, and reading it ---- */
 
-/* Options every audit command takes to find the log (docs/isgctl.md). */
+/*
+ * Options that say where the log is (docs/isgctl.md). Each command takes
+ * those it reads, and no other: an option a command would ignore is an
+ * unknown option there, not a silent no-op ("audit checkpoint --keys K").
+ */
 enum {
 	AUDIT_OPT_CONFIG = 2000,
 	AUDIT_OPT_STORE,
@@ -117,26 +121,36 @@ enum {
 };
 
 /* clang-format off */
+#define AUDIT_LONGOPT_CONFIG {"config", required_argument, NULL, AUDIT_OPT_CONFIG}
+#define AUDIT_LONGOPT_STORE {"store", required_argument, NULL, AUDIT_OPT_STORE}
+#define AUDIT_LONGOPT_KEYS {"keys", required_argument, NULL, AUDIT_OPT_KEYS}
+#define AUDIT_LONGOPT_ORIGIN {"origin", required_argument, NULL, AUDIT_OPT_ORIGIN}
+#define AUDIT_LONGOPT_HELP {"help", no_argument, NULL, AUDIT_OPT_HELP}
+/* The store and the signing key: what verify, prove, export and report read. */
 #define AUDIT_LOG_LONGOPTS \
-	{"config", required_argument, NULL, AUDIT_OPT_CONFIG}, \
-	{"store", required_argument, NULL, AUDIT_OPT_STORE}, \
-	{"keys", required_argument, NULL, AUDIT_OPT_KEYS}, \
-	{"origin", required_argument, NULL, AUDIT_OPT_ORIGIN}, \
-	{"help", no_argument, NULL, AUDIT_OPT_HELP}
+	AUDIT_LONGOPT_CONFIG, AUDIT_LONGOPT_STORE, AUDIT_LONGOPT_KEYS, AUDIT_LONGOPT_ORIGIN, \
+	AUDIT_LONGOPT_HELP
 #define AUDIT_KEY_LONGOPTS \
 	{"pubkey", required_argument, NULL, AUDIT_OPT_PUBKEY}, \
 	{"pubkey-file", required_argument, NULL, AUDIT_OPT_PUBKEY_FILE}
 /* clang-format on */
 
-/* What --config, --store, --keys and --origin mean, for each command's --help. */
-extern const char audit_where_help[];
+/* Which of --store, --keys and --origin a command takes (--config it always takes). */
+enum {
+	AUDIT_TAKES_STORE = 1,
+	AUDIT_TAKES_KEYS = 2,
+	AUDIT_TAKES_ORIGIN = 4,
+	AUDIT_TAKES_ALL = 7,
+};
 
-#define AUDIT_LOG_USAGE "log: --config ISGD_YAML | --store DB [--keys KEYS_DIR] [--origin NAME]\n"
+/* What --config and those of --store, --keys and --origin it takes mean, for --help. */
+void audit_where_help(FILE *out, unsigned takes);
 
 struct audit_where {
 	const char *config, *store, *keys, *origin;
 	const char *pubkey, *pubkey_file;
 	bool help;
+	unsigned takes; /* AUDIT_TAKES_*: the command's, for "say where the log is" */
 };
 
 /* A getopt result: 1 when it was one of the options above (or --help), 0 when not. */

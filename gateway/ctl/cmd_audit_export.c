@@ -24,7 +24,8 @@
 
 static const char export_usage[] =
     "usage: isgctl audit export (--config ISGD_YAML | --store DB [--keys KEYS_DIR])\n"
-    "                           [--pubkey KEY | --pubkey-file FILE] [--output FILE]\n";
+    "                           [--origin NAME] [--pubkey KEY | --pubkey-file FILE]\n"
+    "                           [--output FILE]\n";
 
 struct exporter {
 	FILE *out;
@@ -155,7 +156,7 @@ int audit_export_cmd(int argc, char **argv)
 	    {"output", required_argument, NULL, AUDIT_OPT_FIRST_OWN},
 	    {NULL, 0, NULL, 0},
 	};
-	struct audit_where w = {0};
+	struct audit_where w = {.takes = AUDIT_TAKES_ALL};
 	const char *output = NULL;
 	struct ctl_opts parse;
 	ctl_opts_init(&parse, argc, argv, ":", opts, export_usage);
@@ -176,8 +177,9 @@ int audit_export_cmd(int argc, char **argv)
 		    "without ISG's code (docs/audit.md). --output FILE writes FILE (mode 0600)\n"
 		    "instead of standard output: a new file, renamed over FILE once written\n"
 		    "whole, so a failure leaves an earlier FILE as it was (a FIFO, device or\n"
-		    "symbolic link there is written through instead).\n\n%s",
-		    export_usage, audit_where_help);
+		    "symbolic link there is written through instead).\n\n",
+		    export_usage);
+		audit_where_help(stdout, w.takes);
 		return CTL_EXIT_OK;
 	}
 	if (optind != argc)

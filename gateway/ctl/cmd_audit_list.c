@@ -69,6 +69,10 @@ enum {
 
 /* ---- options shared by list and subject ---- */
 
+/* What they read: list the store, subject also the audit domain's key (never the origin). */
+#define LIST_TAKES AUDIT_TAKES_STORE
+#define SUBJECT_TAKES (AUDIT_TAKES_STORE | AUDIT_TAKES_KEYS)
+
 /* The events isgd writes (docs/audit.md, "What is logged"); --kind takes one or its family. */
 static const char *const audit_events[] = {
     "connection.accepted", "connection.refused", "connection.closed",    "message.accepted",
@@ -400,15 +404,18 @@ static int list_help(void)
 	       "table's columns: the times are the entries' own, and a row whose columns\n"
 	       "were edited is named in a warning. Exits 1, after listing what it could\n"
 	       "read, when entries cannot be read: wherever their rows say they are, they\n"
-	       "may belong to the list, which is then INCOMPLETE (a warning names them).\n\n%s",
-	       list_usage, audit_where_help);
+	       "may belong to the list, which is then INCOMPLETE (a warning names them).\n\n",
+	       list_usage);
+	audit_where_help(stdout, LIST_TAKES);
 	return CTL_EXIT_OK;
 }
 
 int audit_list_cmd(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    AUDIT_LOG_LONGOPTS,
+	    AUDIT_LONGOPT_CONFIG,
+	    AUDIT_LONGOPT_STORE,
+	    AUDIT_LONGOPT_HELP,
 	    {"from", required_argument, NULL, OPT_FROM},
 	    {"to", required_argument, NULL, OPT_TO},
 	    {"partner", required_argument, NULL, OPT_PARTNER},
@@ -418,7 +425,7 @@ int audit_list_cmd(int argc, char **argv)
 	    {"format", required_argument, NULL, OPT_FORMAT},
 	    {NULL, 0, NULL, 0},
 	};
-	struct audit_where w = {0};
+	struct audit_where w = {.takes = LIST_TAKES};
 	struct list_filter f;
 	filter_init(&f);
 	struct ctl_opts o;
@@ -694,8 +701,9 @@ static int subject_help(void)
 	       "there every entry is read and judged by its signed bytes, never by the\n"
 	       "store table's columns (a row whose columns were edited is named in a\n"
 	       "warning). Exits 1, after listing what it found, when entries cannot be\n"
-	       "read: the answer is then INCOMPLETE.\n\n%s",
-	       subject_usage, audit_where_help);
+	       "read: the answer is then INCOMPLETE.\n\n",
+	       subject_usage);
+	audit_where_help(stdout, SUBJECT_TAKES);
 	return CTL_EXIT_OK;
 }
 
@@ -703,7 +711,10 @@ static int subject_options(int argc, char **argv, struct audit_where *w, struct 
                            struct ident_arg *id)
 {
 	static const struct option opts[] = {
-	    AUDIT_LOG_LONGOPTS,
+	    AUDIT_LONGOPT_CONFIG,
+	    AUDIT_LONGOPT_STORE,
+	    AUDIT_LONGOPT_KEYS,
+	    AUDIT_LONGOPT_HELP,
 	    {"from", required_argument, NULL, OPT_FROM},
 	    {"to", required_argument, NULL, OPT_TO},
 	    {"format", required_argument, NULL, OPT_FORMAT},
@@ -749,7 +760,7 @@ static int subject_options(int argc, char **argv, struct audit_where *w, struct 
 
 int audit_subject_cmd(int argc, char **argv)
 {
-	struct audit_where w = {0};
+	struct audit_where w = {.takes = SUBJECT_TAKES};
 	struct list_filter f;
 	struct ident_arg id = {0};
 	filter_init(&f);

@@ -193,9 +193,11 @@ int audit_log_open(struct audit_log *l, const struct audit_where *w, const char 
 		return ctl_usage_error(usage, "give one verifier key: --pubkey or --pubkey-file, "
 		                              "not both");
 	if (!w->config && !w->store && !w->keys)
-		return ctl_usage_error(usage,
-		                       "say where the log is: --config ISGD_YAML, or --store "
-		                       "DB (and --keys KEYS_DIR)");
+		return ctl_usage_error(usage, "say where the log is: --config ISGD_YAML, or %s",
+		                       !(w->takes & AUDIT_TAKES_KEYS)    ? "--store DB"
+		                       : !(w->takes & AUDIT_TAKES_STORE) ? "--keys KEYS_DIR"
+		                                                         : "--store DB (and --keys "
+		                                                           "KEYS_DIR)");
 	if (w->config)
 		status = read_config(l, w->config);
 	if (status == CTL_EXIT_OK)

@@ -40,8 +40,10 @@
 static const char report_usage[] =
     "usage: isgctl audit report --from YYYY-MM-DD --to YYYY-MM-DD\n"
     "                           (--html FILE | --markdown FILE | --csv FILE)...\n"
-    "                           [--policy DIR] (--config ISGD_YAML | --store DB [--keys DIR])\n"
-    "                           [--pubkey KEY | --pubkey-file FILE] [--grace SECONDS]\n";
+    "                           [--policy DIR]\n"
+    "                           (--config ISGD_YAML | --store DB [--keys KEYS_DIR])\n"
+    "                           [--origin NAME] [--pubkey KEY | --pubkey-file FILE]\n"
+    "                           [--grace SECONDS]\n";
 
 enum {
 	OPT_FROM = AUDIT_OPT_FIRST_OWN,
@@ -1728,14 +1730,15 @@ static int report_help(void)
 	       "Exits 0 when the report is written and the log verifies, 1 when it is\n"
 	       "written but the log failed verification or could not be verified, or\n"
 	       "entries could not be read (the report then says it is INCOMPLETE), or when\n"
-	       "it could not be written.\n\n%s",
-	       report_usage, REPORT_DAYS_MAX, audit_where_help);
+	       "it could not be written.\n\n",
+	       report_usage, REPORT_DAYS_MAX);
+	audit_where_help(stdout, AUDIT_TAKES_ALL);
 	return CTL_EXIT_OK;
 }
 
 int audit_report_cmd(int argc, char **argv)
 {
-	struct audit_where w = {0};
+	struct audit_where w = {.takes = AUDIT_TAKES_ALL};
 	struct report_args a = {.grace_ms = -1};
 	int status = report_options(argc, argv, &w, &a);
 	if (status != CTL_EXIT_OK)

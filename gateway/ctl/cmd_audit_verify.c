@@ -35,11 +35,12 @@
 
 static const char verify_usage[] =
     "usage: isgctl audit verify (--config ISGD_YAML | --store DB [--keys KEYS_DIR])\n"
-    "                           [--pubkey KEY | --pubkey-file FILE] [--against FILE ...]\n"
-    "                           [--grace SECONDS]\n";
+    "                           [--origin NAME] [--pubkey KEY | --pubkey-file FILE]\n"
+    "                           [--against FILE ...] [--grace SECONDS]\n";
 static const char prove_usage[] =
-    "usage: isgctl audit prove SEQ [--size N] (--config ISGD_YAML | --store DB [--keys DIR])\n"
-    "                              [--pubkey KEY | --pubkey-file FILE]\n";
+    "usage: isgctl audit prove SEQ [--size N]\n"
+    "                              (--config ISGD_YAML | --store DB [--keys KEYS_DIR])\n"
+    "                              [--origin NAME] [--pubkey KEY | --pubkey-file FILE]\n";
 
 /* A checkpoint whose signature verified: the size and root it vouches for. */
 struct cp {
@@ -587,8 +588,9 @@ static int verify_help(void)
 	    "                      signs within that interval and when it stops, so they\n"
 	    "                      mean deleted checkpoints or a crash; newer ones are a note\n\n"
 	    "Exits 0 and prints 'audit log OK: ...' when every check passes, 1 when any\n"
-	    "fails (each problem on a line starting 'problem:') or the log cannot be read.\n\n%s",
-	    verify_usage, audit_where_help);
+	    "fails (each problem on a line starting 'problem:') or the log cannot be read.\n\n",
+	    verify_usage);
+	audit_where_help(stdout, AUDIT_TAKES_ALL);
 	return CTL_EXIT_OK;
 }
 
@@ -667,7 +669,7 @@ int audit_verify_cmd(int argc, char **argv)
 	    {"grace", required_argument, NULL, AUDIT_OPT_FIRST_OWN + 1},
 	    {NULL, 0, NULL, 0},
 	};
-	struct audit_where w = {0};
+	struct audit_where w = {.takes = AUDIT_TAKES_ALL};
 	char **against = calloc((size_t)argc + 1, sizeof(*against));
 	size_t n_against = 0;
 	int64_t grace_ms = -1;
@@ -940,14 +942,15 @@ static int prove_help(void)
 	       "leaf hash, the inclusion proof (RFC 9162), the root and the signed\n"
 	       "checkpoint of the tree it is proved in (the latest, or the stored one of size\n"
 	       "N), and the entry itself (base64). The proof is verified before it is\n"
-	       "printed. SEQ is the audit index a receipt or an error carries.\n\n%s",
-	       prove_usage, audit_where_help);
+	       "printed. SEQ is the audit index a receipt or an error carries.\n\n",
+	       prove_usage);
+	audit_where_help(stdout, AUDIT_TAKES_ALL);
 	return CTL_EXIT_OK;
 }
 
 int audit_prove_cmd(int argc, char **argv)
 {
-	struct audit_where w = {0};
+	struct audit_where w = {.takes = AUDIT_TAKES_ALL};
 	struct prove_args a = {0};
 	int status = prove_options(argc, argv, &w, &a);
 	if (status != CTL_EXIT_OK)

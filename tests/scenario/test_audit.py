@@ -156,9 +156,15 @@ class AuditLog(isgtest.ScenarioCase):
     # -- helpers
 
     def audit(self, *args, store=None, input=None):
-        """isgctl audit ARGS with the gateway's config (or --store a copy and --keys)."""
-        where = (["--config", self.gw.config_path] if store is None
-                 else ["--store", store, "--keys", self.gw.keys_dir, "--origin", ORIGIN])
+        """isgctl audit ARGS with the gateway's config (or --store a copy, and --keys and
+        --origin for the commands that take them)."""
+        where = ["--config", self.gw.config_path]
+        if store is not None:
+            where = ["--store", store]
+            if args[0] not in ("list", "checkpoint"):
+                where += ["--keys", self.gw.keys_dir]
+            if args[0] not in ("list", "checkpoint", "subject"):
+                where += ["--origin", ORIGIN]
         return isgtest.ctl("audit", *(list(args) + where), input=input)
 
     def copy_store(self, name):
@@ -898,7 +904,7 @@ class AuditLog(isgtest.ScenarioCase):
         """A mistyped or unmounted --keys is told as such, not as a missing audit domain."""
         nowhere = os.path.join(self.tmp, "nowhere")
         args = ["audit", "subject", "--nhs-number", NHS_A, "--store", self.gw.store_path,
-                "--keys", nowhere, "--origin", ORIGIN]
+                "--keys", nowhere]
         r = isgtest.ctl(*args)
         self.assertEqual((r.rc, r.out), (1, ""), r)
         self.assertEqual(r.err, "isgctl: key directory '%s' does not exist; restore it from "

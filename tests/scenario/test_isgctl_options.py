@@ -28,6 +28,44 @@ from isgtest import AGREEMENT_ID, DATASET
 NHS_A = "9434765919"
 NHS_B = "6281948211"
 RECORD = {"nhs_number": NHS_A, "age": 42}
+GUIDE = os.path.join(isgtest.SOURCE, "docs", "isgctl.md")
+CONNECTION = {"--gateway", "--cert", "--key", "--ca", "--server-name", "--timeout", "--config"}
+
+
+def help_options(text):
+    """The options a command's --help offers: those of its usage lines (up to the first
+    empty line) and of the lines that describe an option ("  --name VALUE   what")."""
+    usage, _, rest = text.partition("\n\n")
+    found = set(re.findall(r"--[a-z][a-z-]*", usage))
+    for spec in re.findall(r"(?m)^\s+(--[a-z].*?)(?:\s{2,}|$)", rest):
+        found |= set(re.findall(r"--[a-z][a-z-]*", spec))
+    return found
+
+
+def guide_synopses():
+    """{command words: options} from docs/isgctl.md: the lines of its code blocks that
+    start with "isgctl COMMAND" (and the indented lines that go on with them), and its
+    "### isgctl COMMAND ..." headings. "[connection]" stands for the connection options."""
+    found, block, current = {}, False, None
+    for line in isgtest.read_text(GUIDE).splitlines():
+        if line.startswith("```"):
+            block, current = not block, None
+            continue
+        heading = line.startswith("### isgctl ")
+        if (block or heading) and (line.startswith("isgctl ") or heading):
+            words = []
+            for word in line.split("isgctl ", 1)[1].split():
+                if not re.fullmatch(r"[a-z][a-z-]*", word):
+                    break
+                words.append(word)
+            current = found.setdefault(" ".join(words), set()) if words else None
+        elif not (block and current is not None and line.startswith(" ")):
+            current = None
+        if current is not None:
+            current |= set(re.findall(r"--[a-z][a-z-]*", line))
+            if "[connection]" in line:
+                current |= CONNECTION
+    return found
 
 
 class Command:
@@ -166,19 +204,23 @@ class OptionsTest(isgtest.ScenarioCase):
                     dict(where, **key, **{"--grace": ("600", "60"),
                                           "--against": (cls.saved, cls.saved)}),
                     done=printed, many={"--against"}),
-            Command(["audit", "checkpoint"], {"--store": store}, where, done=printed),
-            Command(["audit", "pubkey"], {"--keys": keys}, where, done=printed),
+            Command(["audit", "checkpoint"], {"--store": store},
+                    {k: where[k] for k in ("--config", "--store")}, done=printed),
+            Command(["audit", "pubkey"], {"--keys": keys},
+                    {k: where[k] for k in ("--config", "--keys", "--origin")}, done=printed),
             Command(["audit", "prove"], {"--store": store, "--keys": keys},
                     dict(where, **key, **{"--size": (cls.tree_size, cls.tree_size)}), ["1"],
                     printed),
             Command(["audit", "list"], {"--store": store},
-                    dict(where, **period, **{"--partner": ("met-police", "nhs-trust"),
+                    dict(period, **{k: where[k] for k in ("--config", "--store")},
+                         **{"--partner": ("met-police", "nhs-trust"),
                                              "--agreement": (AGREEMENT_ID, "other"),
                                              "--kind": ("message", "connection"),
                                              "--outcome": ("accepted", "refused"),
                                              "--format": ("table", "jsonl")}), done=printed),
             Command(["audit", "subject"], {"--store": store, "--keys": keys, "--nhs-number": NHS_A},
-                    dict(where, **period, **idents, **{"--format": ("table", "jsonl")}),
+                    dict(period, **idents, **{k: where[k] for k in ("--config", "--store", "--keys")},
+                         **{"--format": ("table", "jsonl")}),
                     done=printed),
             Command(["audit", "export"], {"--store": store, "--keys": keys, "--output": out("e")},
                     dict(where, **key, **{"--output": (out("e"), out("e2"))}), done=wrote),
@@ -355,6 +397,28 @@ class OptionsTest(isgtest.ScenarioCase):
         r = self.run_ctl(send.argv(["--message-id=--7"]))
         self.assertEqual(r.rc, 4, r)  # taken: the listener never answers
         self.assertTrue(self.connected(r), r)
+
+    def test_each_command_takes_the_options_its_help_and_the_guide_list(self):
+        """No more, no fewer: an option a command would ignore (audit pubkey --store, audit
+        checkpoint --keys) is unknown there, not silently dropped."""
+        helps = {}
+        for cmd in self.commands:
+            r = isgtest.ctl(*(cmd.words + ["--help"]))
+            self.assertEqual(r.rc, 0, r)
+            helps[str(cmd)] = help_options(r.out)
+        guide = guide_synopses()
+        universe = set().union(*helps.values(), *guide.values())
+        for cmd in self.commands:
+            with self.subTest(command=str(cmd)):
+                takes = set()
+                for opt in sorted(universe):
+                    r = isgtest.ctl(*(cmd.words + cmd.positional + [opt]))
+                    if not re.search(r"isgctl: unknown option '%s'[\n ]" % opt, r.err):
+                        takes.add(opt)
+                self.assertEqual(helps[str(cmd)] | {"--help"}, takes)
+                self.assertEqual(cmd.flags | set(cmd.values), takes)
+                if str(cmd) not in ("ping", "whoami"):  # the guide shows no synopsis
+                    self.assertEqual(guide[str(cmd)], takes - {"--help"})
 
     def test_an_option_that_may_repeat(self):
         """verify's --against takes each saved checkpoint; a flag may be said twice."""
