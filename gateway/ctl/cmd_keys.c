@@ -17,12 +17,42 @@ static const char new_domain_usage[] = "usage: isgctl keys new-domain DIR NAME\n
 static const char rotate_usage[] = "usage: isgctl keys rotate DIR NAME [--overlap DAYS]\n";
 static const char list_usage[] = "usage: isgctl keys list DIR\n";
 
-static bool wants_help(int argc, char **argv)
+/*
+ * The command line of a keys command: --help, and --overlap when overlap is
+ * not NULL (rotate); then the positional arguments, as many as names holds
+ * (n), none empty, else count_error. Exit status; *help when asked for.
+ */
+static int keys_options(int argc, char **argv, const char *usage, const char *const *names, int n,
+                        const char *count_error, int64_t *overlap, bool *help)
 {
-	for (int i = 1; i < argc; i++)
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-			return true;
-	return false;
+	static const struct option plain[] = {
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	static const struct option rotate[] = {
+	    {"overlap", required_argument, NULL, 'o'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":h", overlap ? rotate : plain, usage);
+	int opt;
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
+		if (opt == 'h') {
+			*help = true;
+			return CTL_EXIT_OK;
+		}
+		if (str_to_i64(optarg, 0, KEYS_OVERLAP_MAX, overlap) != 0) /* 'o' */
+			return ctl_usage_error(usage,
+			                       "--overlap must be a whole number of days from 0 to "
+			                       "%d, not '%s'",
+			                       KEYS_OVERLAP_MAX, optarg);
+	}
+	if (argc - optind != n)
+		return ctl_usage_error(usage, "%s", count_error);
+	return ctl_opts_args(&o, names);
 }
 
 /* "dir/" unless dir already ends in a slash. */
@@ -53,7 +83,13 @@ static int fail(int rc, const char *err)
 
 static int keys_init_cmd(int argc, char **argv)
 {
-	if (wants_help(argc, argv)) {
+	static const char *const names[] = {"DIR"};
+	bool help = false;
+	int status = keys_options(argc, argv, init_usage, names, 1, "keys init takes one directory",
+	                          NULL, &help);
+	if (status != CTL_EXIT_OK)
+		return status;
+	if (help) {
 		printf("%s\nCreates DIR (mode 0700) if needed, and in it a storage key (%s), an\n"
 		       "audit signing key (%s) and the linkage domain 'audit' that the audit\n"
 		       "log pseudonymises subjects under (%s/audit.key), each of mode 0600.\n"
@@ -61,9 +97,7 @@ static int keys_init_cmd(int argc, char **argv)
 		       init_usage, KEYS_STORAGE_FILE, KEYS_AUDIT_SIGNING_FILE, KEYS_DOMAINS_DIR);
 		return CTL_EXIT_OK;
 	}
-	if (argc != 2 || argv[1][0] == '-')
-		return ctl_usage_error(init_usage, "keys init takes one directory");
-	const char *dir = argv[1];
+	const char *dir = argv[optind];
 	char err[512] = "";
 	int rc = keys_init(dir, err, sizeof(err));
 	if (rc < 0)
@@ -77,7 +111,14 @@ static int keys_init_cmd(int argc, char **argv)
 
 static int keys_new_domain_cmd(int argc, char **argv)
 {
-	if (wants_help(argc, argv)) {
+	static const char *const names[] = {"DIR", "NAME"};
+	bool help = false;
+	int status =
+	    keys_options(argc, argv, new_domain_usage, names, 2,
+	                 "keys new-domain takes a directory and a domain name", NULL, &help);
+	if (status != CTL_EXIT_OK)
+		return status;
+	if (help) {
 		printf("%s\nCreates the linkage domain NAME: %s/NAME.key in DIR (mode 0600), with\n"
 		       "version 1 of a fresh random 256-bit key. NAME is 1 to %d characters\n"
 		       "a-z, 0-9 and '-', not starting with '-'. Refuses an existing domain.\n"
@@ -85,44 +126,13 @@ static int keys_new_domain_cmd(int argc, char **argv)
 		       new_domain_usage, KEYS_DOMAINS_DIR, KEYS_DOMAIN_NAME_MAX);
 		return CTL_EXIT_OK;
 	}
-	if (argc != 3 || argv[1][0] == '-' || argv[2][0] == '-')
-		return ctl_usage_error(new_domain_usage,
-		                       "keys new-domain takes a directory and a domain name");
-	const char *dir = argv[1], *name = argv[2];
+	const char *dir = argv[optind], *name = argv[optind + 1];
 	char err[512] = "";
 	int rc = keys_new_domain(dir, name, err, sizeof(err));
 	if (rc < 0)
 		return fail(rc, err);
 	printf("created %s%s%s/%s.key: domain '%s', version 1\n", dir, slash(dir), KEYS_DOMAINS_DIR,
 	       name, name);
-	return CTL_EXIT_OK;
-}
-
-/* Parse the options of rotate; the positional arguments go to dir and name. */
-static int rotate_options(int argc, char **argv, int64_t *overlap, const char **dir,
-                          const char **name)
-{
-	static const struct option opts[] = {
-	    {"overlap", required_argument, NULL, 'o'},
-	    {NULL, 0, NULL, 0},
-	};
-	struct ctl_opts o;
-	ctl_opts_init(&o, argc, argv, ":", opts, rotate_usage);
-	int opt;
-	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
-		if (opt == CTL_OPTS_ERROR)
-			return CTL_EXIT_USAGE;
-		if (str_to_i64(optarg, 0, KEYS_OVERLAP_MAX, overlap) != 0)
-			return ctl_usage_error(rotate_usage,
-			                       "--overlap must be a whole number of days from 0 to "
-			                       "%d, not '%s'",
-			                       KEYS_OVERLAP_MAX, optarg);
-	}
-	if (argc - optind != 2)
-		return ctl_usage_error(rotate_usage,
-		                       "keys rotate takes a directory and a domain name");
-	*dir = argv[optind];
-	*name = argv[optind + 1];
 	return CTL_EXIT_OK;
 }
 
@@ -165,7 +175,15 @@ static bool print_previous(const char *dir, const char *name, int64_t day)
 
 static int keys_rotate_cmd(int argc, char **argv)
 {
-	if (wants_help(argc, argv)) {
+	static const char *const names[] = {"DIR", "NAME"};
+	int64_t overlap = OVERLAP_DEFAULT;
+	bool help = false;
+	int status =
+	    keys_options(argc, argv, rotate_usage, names, 2,
+	                 "keys rotate takes a directory and a domain name", &overlap, &help);
+	if (status != CTL_EXIT_OK)
+		return status;
+	if (help) {
 		printf(
 		    "%s\nAdds a new version, with a fresh random key, to the linkage domain NAME\n"
 		    "in DIR. The new version makes pseudonyms from isgd's next reload\n"
@@ -176,11 +194,7 @@ static int keys_rotate_cmd(int argc, char **argv)
 		    rotate_usage, OVERLAP_DEFAULT, KEYS_OVERLAP_MAX);
 		return CTL_EXIT_OK;
 	}
-	int64_t overlap = OVERLAP_DEFAULT;
-	const char *dir = NULL, *name = NULL;
-	int status = rotate_options(argc, argv, &overlap, &dir, &name);
-	if (status != CTL_EXIT_OK)
-		return status;
+	const char *dir = argv[optind], *name = argv[optind + 1];
 	char err[512] = "", date[32];
 	uint32_t version = 0;
 	int64_t day = today();
@@ -232,7 +246,13 @@ static void print_domain(const struct keyring *ring, size_t i, int width, int64_
 
 static int keys_list_cmd(int argc, char **argv)
 {
-	if (wants_help(argc, argv)) {
+	static const char *const names[] = {"DIR"};
+	bool help = false;
+	int status = keys_options(argc, argv, list_usage, names, 1, "keys list takes one directory",
+	                          NULL, &help);
+	if (status != CTL_EXIT_OK)
+		return status;
+	if (help) {
 		printf("%s\nLoads every linkage domain key file in DIR/%s as isgd would (a bad\n"
 		       "file is an error) and prints each domain's versions, oldest first: when\n"
 		       "each was created, when it retires, and its state today:\n"
@@ -244,9 +264,7 @@ static int keys_list_cmd(int argc, char **argv)
 		       list_usage, KEYS_DOMAINS_DIR);
 		return CTL_EXIT_OK;
 	}
-	if (argc != 2 || argv[1][0] == '-')
-		return ctl_usage_error(list_usage, "keys list takes one directory");
-	const char *dir = argv[1];
+	const char *dir = argv[optind];
 	char err[512] = "";
 	struct keyring *ring = NULL;
 	/* keys_load_domains refuses a DIR that is missing (with the keys init advice) or is not a

@@ -14,15 +14,30 @@
 
 /* ---- shared ---- */
 
-static bool wants_help(int argc, char **argv)
+/*
+ * The command line of show and diff: --help, then from min to max
+ * positional arguments (names), none empty, else count_error. Exit status;
+ * *help when asked for.
+ */
+static int policy_options(int argc, char **argv, const char *usage, const char *const *names,
+                          int min, int max, const char *count_error, bool *help)
 {
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--") == 0)
-			return false;
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-			return true;
+	static const struct option opts[] = {
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":h", opts, usage);
+	int opt = ctl_opts_next(&o);
+	if (opt == CTL_OPTS_ERROR)
+		return CTL_EXIT_USAGE;
+	if (opt != CTL_OPTS_END) { /* 'h' */
+		*help = true;
+		return CTL_EXIT_OK;
 	}
-	return false;
+	if (argc - optind < min || argc - optind > max)
+		return ctl_usage_error(usage, "%s", count_error);
+	return ctl_opts_args(&o, names);
 }
 
 /* Load a policy directory, printing its diagnostics; NULL (and a note) when it has errors. */
@@ -111,8 +126,11 @@ static int policy_check_cmd(int argc, char **argv)
 		}
 		keys_dir = optarg; /* 'k' */
 	}
+	static const char *const names[] = {"DIR"};
 	if (argc - optind != 1)
 		return ctl_usage_error(check_usage, "policy check takes one directory");
+	if (ctl_opts_args(&o, names) != CTL_EXIT_OK)
+		return CTL_EXIT_USAGE;
 	const char *dir = argv[optind];
 	struct ydoc_diags diags;
 	ydoc_diags_init(&diags);
@@ -180,7 +198,13 @@ static int unknown_agreement(const struct policy_set *set, const char *dir, cons
 
 static int policy_show_cmd(int argc, char **argv)
 {
-	if (wants_help(argc, argv)) {
+	static const char *const names[] = {"DIR", "AGREEMENT_ID"};
+	bool help = false;
+	int status = policy_options(argc, argv, show_usage, names, 1, 2,
+	                            "policy show takes a directory and an agreement id", &help);
+	if (status != CTL_EXIT_OK)
+		return status;
+	if (help) {
 		printf(
 		    "%s\nPrints a plain-language summary of agreement AGREEMENT_ID of the policy\n"
 		    "in DIR: who sends what to whom, why, on what basis, until when, and which\n"
@@ -190,19 +214,13 @@ static int policy_show_cmd(int argc, char **argv)
 		    show_usage);
 		return CTL_EXIT_OK;
 	}
-	int first = argc > 1 && strcmp(argv[1], "--") == 0 ? 2 : 1;
-	int n = argc - first;
-	if (n < 1 || n > 2 || (argv[first][0] == '-' && first == 1))
-		return ctl_usage_error(show_usage,
-		                       "policy show takes a directory and an agreement id");
-	const char *dir = argv[first], *id = n == 2 ? argv[first + 1] : NULL;
+	const char *dir = argv[optind], *id = argc - optind == 2 ? argv[optind + 1] : NULL;
 	struct ydoc_diags diags;
 	ydoc_diags_init(&diags);
 	struct policy_set *set = load_policy(dir, &diags);
 	ydoc_diags_release(&diags);
 	if (!set)
 		return CTL_EXIT_LOCAL;
-	int status = CTL_EXIT_OK;
 	const struct policy_agreement *a = id ? policy_agreement_by_id(set, id) : NULL;
 	if (!id) {
 		list_agreements(set);
@@ -231,8 +249,13 @@ enum { DIFF_SAME = 0, DIFF_DIFFERENT = 1, DIFF_TROUBLE = 2 };
 
 static int policy_diff_cmd(int argc, char **argv)
 {
+	static const char *const names[] = {"OLD_DIR", "NEW_DIR"};
 	ctl_output_failure = DIFF_TROUBLE; /* 0 and 1 say whether the policies differ */
-	if (wants_help(argc, argv)) {
+	bool help = false;
+	if (policy_options(argc, argv, diff_usage, names, 2, 2, "policy diff takes two directories",
+	                   &help) != CTL_EXIT_OK)
+		return DIFF_TROUBLE;
+	if (help) {
 		printf(
 		    "%s\nShows the privacy effect of replacing the policy in OLD_DIR by the one "
 		    "in\n"
@@ -244,10 +267,7 @@ static int policy_diff_cmd(int argc, char **argv)
 		    diff_usage);
 		return DIFF_SAME;
 	}
-	int first = argc > 1 && strcmp(argv[1], "--") == 0 ? 2 : 1;
-	if (argc - first != 2 || (first == 1 && (argv[1][0] == '-' || argv[2][0] == '-')))
-		return ctl_usage_error(diff_usage, "policy diff takes two directories");
-	const char *old_dir = argv[first], *new_dir = argv[first + 1];
+	const char *old_dir = argv[optind], *new_dir = argv[optind + 1];
 	struct ydoc_diags diags;
 	ydoc_diags_init(&diags);
 	struct policy_set *old_set = load_policy(old_dir, &diags);

@@ -97,9 +97,12 @@ static int parse_args(struct send_args *a, int argc, char **argv, bool *done)
 		if (c == 0 && (status = parse_option(a, opt, optarg)) != CTL_EXIT_OK)
 			return status;
 	}
-	a->file = optind < argc ? argv[optind++] : "-";
-	if (optind < argc)
-		return ctl_usage_error(usage, "unexpected argument '%s'", argv[optind]);
+	static const char *const names[] = {"FILE"};
+	if (argc - optind > 1)
+		return ctl_usage_error(usage, "unexpected argument '%s'", argv[optind + 1]);
+	if (ctl_opts_args(&o, names) != CTL_EXIT_OK)
+		return CTL_EXIT_USAGE;
+	a->file = optind < argc ? argv[optind] : "-";
 	if (!a->msg.recipient || !a->msg.agreement_id || !a->msg.dataset)
 		return ctl_usage_error(usage, "--to, --agreement and --dataset are required");
 	if (a->format == CTL_FORMAT_NONE)

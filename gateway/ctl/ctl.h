@@ -90,6 +90,14 @@ void ctl_opts_init(struct ctl_opts *o, int argc, char **argv, const char *shorto
 int ctl_opts_next(struct ctl_opts *o);
 /* Whether the option with this val, one with a value, was given. */
 bool ctl_opts_given(const struct ctl_opts *o, int opt);
+/*
+ * After the options, their count checked: an empty positional argument
+ * (argv[optind..argc)) is a usage error, as an empty value is ("policy
+ * check ''" would read "/partners.yaml"), naming it by names[i - optind]
+ * ("DIR").
+ * An exit status.
+ */
+int ctl_opts_args(const struct ctl_opts *o, const char *const *names);
 /* main's options, before the command name: a command's parser refuses them again. */
 void ctl_opts_before_command(const struct ctl_opts *o);
 

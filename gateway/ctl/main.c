@@ -55,12 +55,18 @@ static void print_help(FILE *out)
 	    exit_codes);
 }
 
+static const char help_usage[] = "usage: isgctl help [COMMAND]\n";
+
 static int cmd_help(int argc, char **argv)
 {
 	if (argc < 2) {
 		print_help(stdout);
 		return CTL_EXIT_OK;
 	}
+	/* "help keys rotate" would show the help of keys, not of keys rotate */
+	if (argc > 2)
+		return ctl_usage_error(help_usage, "help takes one command; a subcommand's help is "
+		                                   "'isgctl COMMAND SUBCOMMAND --help'");
 	if (strcmp(argv[1], "help") == 0) {
 		print_help(stdout);
 		return CTL_EXIT_OK;

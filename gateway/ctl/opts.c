@@ -203,3 +203,12 @@ bool ctl_opts_given(const struct ctl_opts *o, int opt)
 {
 	return given(o, long_index(o, opt));
 }
+
+int ctl_opts_args(const struct ctl_opts *o, const char *const *names)
+{
+	for (int i = optind; i < o->argc; i++)
+		if (!o->argv[i][0])
+			return ctl_usage_error(o->usage, "the %s argument is empty",
+			                       names[i - optind]);
+	return CTL_EXIT_OK;
+}

@@ -154,6 +154,15 @@ class OptionsTest(isgtest.ScenarioCase):
         os.makedirs(cls.out_dir)
         cls.day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
         cls.commands = cls._table(police, nhs)
+        # Commands that take no option but --help, with the positional arguments a run
+        # needs (and one that does not exist yet for keys init).
+        printed = cls.printed
+        cls.plain = [Command(["keys", "init"], {}, {}, [os.path.join(root, "new-keys")], printed),
+                     Command(["keys", "new-domain"], {}, {}, [cls.keys, "other"], printed),
+                     Command(["keys", "list"], {}, {}, [cls.keys], printed),
+                     Command(["policy", "show"], {}, {}, [cls.policy_dir, AGREEMENT_ID], printed),
+                     Command(["policy", "diff"], {}, {}, [cls.policy_dir, cls.policy_dir],
+                             printed)]
 
     @classmethod
     def write(cls, name, text):
@@ -402,13 +411,13 @@ class OptionsTest(isgtest.ScenarioCase):
         """No more, no fewer: an option a command would ignore (audit pubkey --store, audit
         checkpoint --keys) is unknown there, not silently dropped."""
         helps = {}
-        for cmd in self.commands:
+        for cmd in self.commands + self.plain:
             r = isgtest.ctl(*(cmd.words + ["--help"]))
             self.assertEqual(r.rc, 0, r)
             helps[str(cmd)] = help_options(r.out)
         guide = guide_synopses()
         universe = set().union(*helps.values(), *guide.values())
-        for cmd in self.commands:
+        for cmd in self.commands + self.plain:
             with self.subTest(command=str(cmd)):
                 takes = set()
                 for opt in sorted(universe):
@@ -419,6 +428,34 @@ class OptionsTest(isgtest.ScenarioCase):
                 self.assertEqual(cmd.flags | set(cmd.values), takes)
                 if str(cmd) not in ("ping", "whoami"):  # the guide shows no synopsis
                     self.assertEqual(guide[str(cmd)], takes - {"--help"})
+
+    def test_an_empty_argument_is_refused(self):
+        """As an empty value is: "policy check ''" read /partners.yaml and /agreements."""
+        by_name = {str(c): c for c in self.commands + self.plain}
+        for words, names in [("keys init", ["DIR"]), ("keys new-domain", ["DIR", "NAME"]),
+                             ("keys rotate", ["DIR", "NAME"]), ("keys list", ["DIR"]),
+                             ("policy check", ["DIR"]), ("policy show", ["DIR", "AGREEMENT_ID"]),
+                             ("policy diff", ["OLD_DIR", "NEW_DIR"]), ("send", ["FILE"])]:
+            cmd = by_name[words]
+            self.assertEqual(len(cmd.positional), len(names))
+            for i, name in enumerate(names):
+                with self.subTest(command=words, argument=name):
+                    argv = cmd.argv()
+                    argv[len(argv) - len(names) + i] = ""
+                    self.refused(cmd, argv, "isgctl: the %s argument is empty\n" % name)
+
+    def test_help_takes_one_command(self):
+        """"help keys rotate" showed the help of keys, the extra word ignored."""
+        for argv in (["help", "keys", "rotate"], ["help", "send", "x"], ["help", "help", "x"]):
+            with self.subTest(argv=argv):
+                r = isgtest.ctl(*argv)
+                self.assertEqual((r.rc, r.out), (2, ""), r)
+                self.assertTrue(r.err.startswith(
+                    "isgctl: help takes one command; a subcommand's help is 'isgctl COMMAND "
+                    "SUBCOMMAND --help'\nusage: isgctl help [COMMAND]\n"), r)
+        r = isgtest.ctl("help", "keys")
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("usage: isgctl keys COMMAND", r.out)
 
     def test_an_option_that_may_repeat(self):
         """verify's --against takes each saved checkpoint; a flag may be said twice."""
