@@ -178,7 +178,9 @@ int ctl_report(const struct ctl_conn *c, const struct isg_error *err)
 		fputc('\n', stderr);
 		if (err->audit_index)
 			ctl_warn("the refusal is audit entry %" PRIu64, err->audit_index);
-		return CTL_EXIT_REFUSED;
+		/* The one refusal that says "not now" rather than "not this": a script retries it.
+		 */
+		return err->code == ISG_WIRE_UNAVAILABLE ? CTL_EXIT_UNAVAILABLE : CTL_EXIT_REFUSED;
 	}
 	switch (err->code) {
 	case ISG_CLIENT_E_USAGE:

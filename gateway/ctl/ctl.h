@@ -19,6 +19,9 @@ enum ctl_exit {
 	CTL_EXIT_USAGE = 2,   /* bad command line */
 	CTL_EXIT_REFUSED = 3, /* the gateway refused the request */
 	CTL_EXIT_CONNECT = 4, /* connection, TLS or protocol failure */
+	/* the gateway cannot serve now (UNAVAILABLE: disk full, shutting down); nothing was
+	 * done, and the same request later may succeed, unlike one refused (3) */
+	CTL_EXIT_UNAVAILABLE = 5,
 };
 
 struct ctl_command {

@@ -31,7 +31,9 @@ static const char exit_codes[] =
     "  1  local error: bad input file, config or certificate file\n"
     "  2  usage error: bad command line\n"
     "  3  the gateway refused the request (the reason is printed exactly as given)\n"
-    "  4  connection, TLS or protocol failure (gateway unreachable, certificate refused)\n";
+    "  4  connection, TLS or protocol failure (gateway unreachable, certificate refused)\n"
+    "  5  the gateway is unavailable for now (UNAVAILABLE: disk full, shutting down):\n"
+    "     nothing was done; run the same command again later\n";
 
 static void print_help(FILE *out)
 {

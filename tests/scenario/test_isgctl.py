@@ -176,6 +176,30 @@ class IsgctlCase(isgtest.ScenarioCase):
             p.stderr.close()
         self.assertEqual(p.returncode, 0)
 
+    def test_a_gateway_shutting_down_exits_5(self):
+        """UNAVAILABLE is the refusal that says "not now": exit 5, which a script retries,
+        not 3, which says the same request will be refused again."""
+        gw, police, nhs = self.start()
+        argv = [isgtest.ISGCTL, "fetch", "--follow"] + nhs.conn_flags()
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # Subscribed once a message sent now is printed.
+            police.send_ok([RECORD_A], message_id="before-shutdown")
+            ready, _, _ = select.select([p.stdout], [], [], 30 * isgtest.SLOW)
+            self.assertTrue(ready, "fetch --follow printed nothing\n" + gw.diagnostics())
+            self.assertEqual(json.loads(p.stdout.readline())["message_id"], "before-shutdown")
+            gw.stop()
+            p.wait(timeout=30 * isgtest.SLOW)
+            err = p.stderr.read()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+            p.stderr.close()
+        self.assertEqual(p.returncode, 5, err)
+        self.assertRegex(err, r"^isgctl: refused: UNAVAILABLE: [^\n]*shutting down")
+
     def test_long_poll_returns_when_a_message_arrives(self):
         gw, police, nhs = self.start()
         result = {}
