@@ -287,6 +287,13 @@ int audit_output_open(struct audit_output *o, const char *path, const char *what
  * temporary file is removed, never path. Exit status.
  */
 int audit_output_close(struct audit_output *o, bool write_failed, bool abandoned);
+/*
+ * Whether two output paths name one file, so that writing both would leave
+ * one: the same file when both exist (stat's device and inode, through any
+ * link), else the same name in the same directory once the directories are
+ * resolved ("r.html", "./r.html", "/abs/r.html").
+ */
+bool audit_output_same(const char *a, const char *b);
 
 /* ---- cmd_audit_verify.c: the checks of audit verify, for the report ---- */
 

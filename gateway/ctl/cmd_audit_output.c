@@ -133,3 +133,48 @@ int audit_output_close(struct audit_output *o, bool write_failed, bool abandoned
 	free(tmp);
 	return CTL_EXIT_LOCAL;
 }
+
+/*
+ * The directory of path resolved (symbolic links, "." and "..") and its
+ * last component: "out/../out/r.html" and "./out/r.html" are one name.
+ * NULL when the directory cannot be resolved or there is no last component.
+ */
+static char *resolved_name(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	const char *base = slash ? slash + 1 : path;
+	if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+		return NULL;
+	char *dir = NULL;
+	if (!slash) {
+		dir = realpath(".", NULL);
+	} else {
+		char *d = strndup(path, slash == path ? 1 : (size_t)(slash - path));
+		dir = d ? realpath(d, NULL) : NULL;
+		free(d);
+	}
+	if (!dir)
+		return NULL;
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_printf(&b, "%s/%s", strcmp(dir, "/") == 0 ? "" : dir, base);
+	free(dir);
+	return strbuf_take(&b, NULL);
+}
+
+bool audit_output_same(const char *a, const char *b)
+{
+	if (strcmp(a, b) == 0)
+		return true;
+	struct stat sa, sb;
+	bool has_a = stat(a, &sa) == 0, has_b = stat(b, &sb) == 0;
+	if (has_a && has_b) /* through any link or path: the file itself */
+		return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+	if (has_a != has_b)
+		return false;
+	char *ra = resolved_name(a), *rb = resolved_name(b);
+	bool same = ra && rb && strcmp(ra, rb) == 0;
+	free(ra);
+	free(rb);
+	return same;
+}

@@ -1586,8 +1586,9 @@ static int report_render(const struct report *r, const struct report_args *a)
 }
 
 /*
- * Two outputs named alike would leave one file, the one written last, as
- * a repeated --csv would: refused. Standard output ("-") takes several.
+ * Two outputs that name one file would leave one, the one written last, as
+ * a repeated --csv would: refused, however the two are spelt ("r.html" and
+ * "./r.html", or a link to it). Standard output ("-") takes several.
  */
 static int report_outputs_differ(const struct report_args *a)
 {
@@ -1596,7 +1597,7 @@ static int report_outputs_differ(const struct report_args *a)
 	for (int i = 0; i < 3; i++)
 		for (int j = i + 1; j < 3; j++)
 			if (paths[i] && paths[j] && strcmp(paths[i], "-") != 0 &&
-			    strcmp(paths[i], paths[j]) == 0)
+			    strcmp(paths[j], "-") != 0 && audit_output_same(paths[i], paths[j]))
 				return ctl_usage_error(report_usage, "%s and %s name the same file",
 				                       names[i], names[j]);
 	return CTL_EXIT_OK;

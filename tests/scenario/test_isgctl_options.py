@@ -365,6 +365,37 @@ class OptionsTest(isgtest.ScenarioCase):
         self.assertEqual(r.rc, 0, r)
         self.assertIn("day,agreement,partner", r.out)
 
+    def test_report_outputs_are_compared_by_the_file_they_name(self):
+        """Not as strings: "r" and "./r" are one file, and the second written would replace
+        the first."""
+        report = self.commands[-1]
+        same = os.path.join(self.out_dir, "r")
+        linked_dir = os.path.join(self.root, "out-link")
+        kept = os.path.join(self.root, "kept")
+        if not os.path.exists(linked_dir):
+            os.symlink(self.out_dir, linked_dir)
+            os.makedirs(kept)
+            with open(os.path.join(kept, "r.md"), "w") as f:
+                f.write("an earlier report\n")
+            os.symlink("r.md", os.path.join(kept, "link.md"))
+        for other in (os.path.join(self.out_dir, ".", "r"),  # neither exists yet
+                      os.path.join(self.out_dir, "..", "out", "r"),
+                      os.path.relpath(same),
+                      os.path.join(linked_dir, "r")):
+            with self.subTest(other=other):
+                self.refused(report, report.argv(["--html", same, "--csv", other], without="--html"),
+                             "isgctl: --html and --csv name the same file\n")
+        # an existing file and a link to it
+        self.refused(report, report.argv(["--markdown", os.path.join(kept, "r.md"), "--csv",
+                                          os.path.join(kept, "link.md")]),
+                     "isgctl: --markdown and --csv name the same file\n")
+        with open(os.path.join(kept, "r.md")) as f:
+            self.assertEqual(f.read(), "an earlier report\n")
+        # files of their own, spelt alike
+        r = self.run_ctl(report.argv(["--csv", os.path.join(self.out_dir, ".", "r.csv")]))
+        self.assertEqual(r.rc, 0, r)
+        self.assertEqual(sorted(os.listdir(self.out_dir)), ["r.csv", "r.html"])
+
     def test_an_abbreviated_option_is_unknown(self):
         """getopt_long would take "--agr" for --agreement: a script that abbreviates would
         change meaning the day a command gains an option with the same prefix."""
