@@ -112,7 +112,7 @@ static int parse_args(struct fetch_args *a, int argc, char **argv, bool *done)
 			return status;
 	}
 	if (optind < argc)
-		return ctl_usage_error(usage, "unexpected argument '%s'", argv[optind]);
+		return ctl_usage_error(usage, "fetch takes no arguments");
 	/* A subscription takes every message as it comes: a limit asked for would be ignored. */
 	const char *ignored = !a->follow                     ? NULL
 	                      : ctl_opts_given(&o, OPT_MAX)  ? "--max"

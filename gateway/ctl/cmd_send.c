@@ -99,7 +99,7 @@ static int parse_args(struct send_args *a, int argc, char **argv, bool *done)
 	}
 	static const char *const names[] = {"FILE"};
 	if (argc - optind > 1)
-		return ctl_usage_error(usage, "unexpected argument '%s'", argv[optind + 1]);
+		return ctl_usage_error(usage, "send takes one FILE at most");
 	if (ctl_opts_args(&o, names) != CTL_EXIT_OK)
 		return CTL_EXIT_USAGE;
 	a->file = optind < argc ? argv[optind] : "-";

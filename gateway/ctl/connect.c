@@ -135,7 +135,7 @@ int ctl_parse_conn_only(struct ctl_conn *conn, const char *use, const char *help
 			return CTL_EXIT_USAGE;
 	}
 	if (optind < argc)
-		return ctl_usage_error(use, "unexpected argument '%s'", argv[optind]);
+		return ctl_usage_error(use, "%s takes no arguments", argv[0]);
 	return CTL_EXIT_OK;
 }
 

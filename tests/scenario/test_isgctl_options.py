@@ -475,6 +475,14 @@ class OptionsTest(isgtest.ScenarioCase):
                     argv[len(argv) - len(names) + i] = ""
                     self.refused(cmd, argv, "isgctl: the %s argument is empty\n" % name)
 
+    def test_an_argument_too_many_is_refused_without_its_value(self):
+        """An NHS number given where no argument belongs, a value whose option
+        was forgotten, is refused and not printed back."""
+        for cmd in self.commands:
+            with self.subTest(command=str(cmd)):
+                r = self.refused(cmd, cmd.argv() + [NHS_A], "isgctl: %s takes " % cmd)
+                self.assertNotIn(NHS_A, r.err, r)
+
     def test_help_takes_one_command(self):
         """"help keys rotate" showed the help of keys, the extra word ignored."""
         for argv in (["help", "keys", "rotate"], ["help", "send", "x"], ["help", "help", "x"]):
