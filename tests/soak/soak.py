@@ -643,6 +643,14 @@ class Recipient(threading.Thread):
         self.next_req += 1
         return self.next_req
 
+    def told_to_go(self, f):
+        """A waiting fetch or a subscription answered UNAVAILABLE as isgd stops
+        (protocol.md): the session is over, and the next connection goes on."""
+        if f.WhichOneof("body") != "error" or PB.ErrorCode.Name(f.error.code) != "UNAVAILABLE":
+            return False
+        LEDGER.count("told_to_go." + self.partner)
+        return True
+
     def got(self, d):
         """Record one Delivery; returns its gateway_id."""
         now = time.time()
@@ -764,6 +772,8 @@ class Subscriber(Recipient):
                 body = f.WhichOneof("body")
                 if body == "delivery":
                     self.on_push(self.got(f.delivery))
+                elif self.told_to_go(f):
+                    break
                 else:
                     LEDGER.problem("%s: unexpected %s on a subscription" % (self.partner, body))
             except socket.timeout:
@@ -815,6 +825,8 @@ class SlowAcker(Recipient):
             if subscribe:
                 try:
                     f = c.recv_frame(timeout=0.25)
+                    if self.told_to_go(f):
+                        break
                     if f.WhichOneof("body") != "delivery":
                         LEDGER.problem("%s: unexpected %s on a subscription" % (self.partner, f))
                     else:
@@ -825,6 +837,8 @@ class SlowAcker(Recipient):
             else:
                 f = c.request(fetch=PB.FetchRequest(max_messages=20, wait_ms=1000))
                 body = f.WhichOneof("body")
+                if self.told_to_go(f):
+                    break
                 if body != "fetch_result":
                     LEDGER.problem("%s: fetch answered %s: %s" % (self.partner, body, f))
                     time.sleep(1)
