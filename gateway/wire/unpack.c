@@ -12,7 +12,8 @@
  * body, a non-minimal varint, a truncated part, a string that is not UTF-8
  * or holds a NUL) is
  * declined, and wire_frame_decode hands the frame to protobuf-c,
- * which decides. So every frame this decodes, protobuf-c decodes to the
+ * which decides (refusing with wire.c's walk what protobuf would read
+ * otherwise). So every frame this decodes, protobuf-c decodes to the
  * same thing: the unit tests and fuzz_frame compare the two. The one
  * difference is memory: this takes less than protobuf-c, whose scratch
  * space counts against the same arena's bound (WIRE_ARENA_FACTOR), so a

@@ -30,42 +30,84 @@ int wire_frame_peek(const uint8_t *buf, size_t len, size_t max_frame, size_t *hd
 	return ISG_ERR_PARSE;
 }
 
+/* A varint as protobuf-c reads it: at most 10 bytes, minimal or not. */
+static bool raw_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	uint64_t r = 0;
+	for (unsigned i = 0; i < WIRE_VARINT_MAX && *p < end; i++) {
+		uint8_t b = *(*p)++;
+		r |= (uint64_t)(b & 0x7f) << (7 * i);
+		if (!(b & 0x80)) {
+			*v = r;
+			return true;
+		}
+	}
+	return false;
+}
+
 /*
- * protobuf-c keeps unknown fields, and accepts one numbered 0 (invalid
- * protobuf) when its tag is not minimally encoded, yet refuses its own
- * re-encoding of it. Refuse such frames outright, at every depth.
+ * What a walk over a frame's bytes checks, at every depth (walk):
+ *
+ * WALK_SHAPE, what protobuf-c takes and protobuf does not read the same
+ * way, for a frame protobuf-c decoded:
+ * - a field numbered 0 (invalid protobuf), which protobuf-c keeps as an
+ *   unknown field when its tag is not minimally encoded, yet refuses its
+ *   own re-encoding of;
+ * - a message field that is not repeated given twice. protobuf merges the
+ *   two; protobuf-c keeps only the second of a oneof's member (a second
+ *   send{} drops the first's strings and records) and, merging the others,
+ *   drops the first's text where the second has no kind (Field.value). isgd
+ *   would act on other values than the sender's runtime wrote.
+ *
+ * WALK_STRINGS: every string is UTF-8 without a NUL (wire_frame_strings_valid).
  */
-static bool unknown_fields_valid(const ProtobufCMessage *m, unsigned depth)
+enum walk_check { WALK_SHAPE = 1, WALK_STRINGS = 2 };
+
+static bool walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end,
+                 unsigned depth, unsigned check)
 {
 	if (depth > 8) /* deeper than isg.proto nests */
 		return false;
-	for (unsigned i = 0; i < m->n_unknown_fields; i++)
-		if (m->unknown_fields[i].tag == 0)
+	uint64_t seen = 0; /* the message fields met that are not repeated, by index */
+	while (p < end) {
+		uint64_t tag, n;
+		if (!raw_varint(&p, end, &tag) || (check & WALK_SHAPE && tag >> 3 == 0))
 			return false;
-	const ProtobufCMessageDescriptor *d = m->descriptor;
-	for (unsigned i = 0; i < d->n_fields; i++) {
-		const ProtobufCFieldDescriptor *f = &d->fields[i];
-		if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+		unsigned wt = (unsigned)(tag & 7);
+		if (wt == 0 && raw_varint(&p, end, &n))
 			continue;
-		const char *base = (const char *)m;
-		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-			size_t n = *(const size_t *)(base + f->quantifier_offset);
-			ProtobufCMessage *const *items =
-			    *(ProtobufCMessage *const *const *)(base + f->offset);
-			for (size_t k = 0; k < n; k++)
-				if (items[k] && !unknown_fields_valid(items[k], depth + 1))
+		if ((wt == 1 || wt == 5) && (size_t)(end - p) >= (wt == 1 ? 8u : 4u)) {
+			p += wt == 1 ? 8 : 4;
+			continue;
+		}
+		if (wt != 2 || !raw_varint(&p, end, &n) || n > (uint64_t)(end - p))
+			return false;
+		const ProtobufCFieldDescriptor *f =
+		    tag >> 3 <= UINT32_MAX
+		        ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3))
+		        : NULL;
+		if (check & WALK_STRINGS && f && f->type == PROTOBUF_C_TYPE_STRING &&
+		    (memchr(p, 0, n) || !str_utf8_valid((const char *)p, n)))
+			return false;
+		if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+			/* (isg.proto's messages have far fewer than 64 fields) */
+			size_t i = (size_t)(f - d->fields);
+			if (check & WALK_SHAPE && f->label != PROTOBUF_C_LABEL_REPEATED) {
+				if (i >= 64 || seen & (UINT64_C(1) << i))
 					return false;
-		} else {
-			const ProtobufCMessage *sub =
-			    *(ProtobufCMessage *const *)(base + f->offset);
-			if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF &&
-			    *(const uint32_t *)(base + f->quantifier_offset) != f->id)
-				continue; /* another member of the oneof is set */
-			if (sub && !unknown_fields_valid(sub, depth + 1))
+				seen |= UINT64_C(1) << i;
+			}
+			if (!walk(f->descriptor, p, p + n, depth + 1, check))
 				return false;
 		}
+		p += n;
 	}
 	return true;
+}
+
+bool wire_frame_strings_valid(const uint8_t *body, size_t len)
+{
+	return walk(&isg__frame__descriptor, body, body + len, 0, WALK_STRINGS);
 }
 
 /*
@@ -232,7 +274,8 @@ static Isg__Frame *decode(const uint8_t *body, size_t len, enum wire_decoder by,
 	f = isg__frame__unpack(&a->alloc, len, body);
 	/* protobuf-c allocates the message first; if a version ever did not,
 	 * no frame would decode, rather than wire_frame_free going astray. */
-	bool ok = f && (void *)f == a->data && unknown_fields_valid(&f->base, 0);
+	bool ok = f && (void *)f == a->data &&
+	          walk(&isg__frame__descriptor, body, body + len, 0, WALK_SHAPE);
 	if (!ok) {
 		arena_release(a->chunks);
 		return NULL;
@@ -255,59 +298,6 @@ int wire_frame_decode_checked(const uint8_t *body, size_t len, Isg__Frame **out)
 	if (!by_hand && !wire_frame_strings_valid(body, len))
 		return ISG_ERR_INVALID;
 	return 0;
-}
-
-/* A varint as protobuf-c reads it: at most 10 bytes, minimal or not. */
-static bool raw_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-	uint64_t r = 0;
-	for (unsigned i = 0; i < WIRE_VARINT_MAX && *p < end; i++) {
-		uint8_t b = *(*p)++;
-		r |= (uint64_t)(b & 0x7f) << (7 * i);
-		if (!(b & 0x80)) {
-			*v = r;
-			return true;
-		}
-	}
-	return false;
-}
-
-static bool strings_valid(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end,
-                          unsigned depth)
-{
-	if (depth > 8) /* deeper than isg.proto nests */
-		return false;
-	while (p < end) {
-		uint64_t tag, n;
-		if (!raw_varint(&p, end, &tag))
-			return false;
-		unsigned wt = (unsigned)(tag & 7);
-		if (wt == 0 && raw_varint(&p, end, &n))
-			continue;
-		if ((wt == 1 || wt == 5) && (size_t)(end - p) >= (wt == 1 ? 8u : 4u)) {
-			p += wt == 1 ? 8 : 4;
-			continue;
-		}
-		if (wt != 2 || !raw_varint(&p, end, &n) || n > (uint64_t)(end - p))
-			return false;
-		const ProtobufCFieldDescriptor *f =
-		    tag >> 3 <= UINT32_MAX
-		        ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3))
-		        : NULL;
-		if (f && f->type == PROTOBUF_C_TYPE_STRING &&
-		    (memchr(p, 0, n) || !str_utf8_valid((const char *)p, n)))
-			return false;
-		if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
-		    !strings_valid(f->descriptor, p, p + n, depth + 1))
-			return false;
-		p += n;
-	}
-	return true;
-}
-
-bool wire_frame_strings_valid(const uint8_t *body, size_t len)
-{
-	return strings_valid(&isg__frame__descriptor, body, body + len, 0);
 }
 
 bool wire_frame_send_bytes(const Isg__Frame *frame, const uint8_t **p, size_t *len)

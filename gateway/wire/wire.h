@@ -28,9 +28,12 @@ int wire_frame_peek(const uint8_t *buf, size_t len, size_t max_frame, size_t *hd
                     size_t *body_len);
 
 /*
- * Decode one frame body; NULL when it is not a valid isg.Frame, or when
- * decoded it would take more than WIRE_ARENA_FACTOR times its size (plus
- * 64 KiB) in memory. Free with wire_frame_free.
+ * Decode one frame body; NULL when it is not a valid isg.Frame, when it
+ * gives a message field that is not repeated twice (protobuf merges the
+ * two, protobuf-c does not always: refused rather than read otherwise
+ * than its sender meant), or when decoded it would take more than
+ * WIRE_ARENA_FACTOR times its size (plus 64 KiB) in memory. Free with
+ * wire_frame_free.
  */
 #define WIRE_ARENA_FACTOR 64
 Isg__Frame *wire_frame_decode(const uint8_t *body, size_t len);

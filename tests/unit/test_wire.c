@@ -302,6 +302,63 @@ static void test_field_number_zero_refused(void **state)
 	wire_frame_free(f);
 }
 
+/*
+ * A message field that is not repeated, given twice: protobuf merges the
+ * two (Google's runtimes and the spec), protobuf-c does not always, so
+ * isgd would act on another message than the sender's runtime built. Such
+ * a frame is refused, at every depth.
+ */
+static void test_message_field_twice_refused(void **state)
+{
+	(void)state;
+	/* send{message_id "a"}, send{recipient "b"}: protobuf reads both
+	 * strings, protobuf-c only the recipient. */
+	static const uint8_t send_twice[] = {0x62, 0x03, 0x0a, 0x01, 'a',
+	                                     0x62, 0x03, 0x12, 0x01, 'b'};
+	/* A record's field with value{text "x"}, then value{}: protobuf keeps
+	 * the text, protobuf-c drops it. */
+	static const uint8_t value_twice[] = {0x62, 0x11, 0x0a, 0x01, 'm', 0x2a, 0x0c,
+	                                      0x0a, 0x0a, 0x0a, 0x01, 'n', 0x12, 0x03,
+	                                      0x0a, 0x01, 'x',  0x12, 0x00};
+	/* ping{nonce 1}, ping{}: protobuf's nonce is 1, protobuf-c's 0. */
+	static const uint8_t ping_twice[] = {0xa2, 0x01, 0x02, 0x08, 0x01, 0xa2, 0x01, 0x00};
+	/* send_result{receipt{message_id "a"}, receipt{}}: not in a oneof. */
+	static const uint8_t receipt_twice[] = {0x6a, 0x07, 0x0a, 0x03, 0x0a,
+	                                        0x01, 'a',  0x0a, 0x00};
+	static const struct {
+		const uint8_t *bytes;
+		size_t len;
+	} cases[] = {{send_twice, sizeof(send_twice)},
+	             {value_twice, sizeof(value_twice)},
+	             {ping_twice, sizeof(ping_twice)},
+	             {receipt_twice, sizeof(receipt_twice)}};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		Isg__Frame *pc = isg__frame__unpack(NULL, cases[i].len, cases[i].bytes);
+		assert_non_null(pc); /* protobuf-c alone takes each */
+		isg__frame__free_unpacked(pc, NULL);
+		assert_null(wire_frame_decode(cases[i].bytes, cases[i].len));
+		assert_null(
+		    wire_frame_decode_by(cases[i].bytes, cases[i].len, WIRE_DECODE_PROTOBUF_C));
+		Isg__Frame *f;
+		assert_int_equal(wire_frame_decode_checked(cases[i].bytes, cases[i].len, &f),
+		                 ISG_ERR_PARSE);
+		assert_null(f);
+	}
+	/* Two members of one oneof: the last counts, in protobuf and protobuf-c alike. */
+	static const uint8_t hello_then_send[] = {0x52, 0x00, 0x62, 0x03, 0x0a, 0x01, 'm'};
+	Isg__Frame *f = wire_frame_decode(hello_then_send, sizeof(hello_then_send));
+	assert_non_null(f);
+	assert_int_equal(f->body_case, ISG__FRAME__BODY_SEND);
+	assert_string_equal(f->send->message_id, "m");
+	wire_frame_free(f);
+	/* A repeated message field given twice is two of them. */
+	static const uint8_t two_records[] = {0x62, 0x04, 0x2a, 0x00, 0x2a, 0x00};
+	f = wire_frame_decode(two_records, sizeof(two_records));
+	assert_non_null(f);
+	assert_int_equal(f->send->n_records, 2);
+	wire_frame_free(f);
+}
+
 /* --- deliveries with their records as stored ------------------------------------- */
 
 /* A records-only Delivery, packed, as policy_apply stores it: k records of one text field. */
@@ -1006,16 +1063,17 @@ static void test_send_bytes_only_as_packed(void **state)
 	    {value_first, sizeof(value_first), false},
 	    {reply_first, sizeof(reply_first), false},
 	};
-	/* Two Send bodies: the hand decoder takes the first, then declines the
-	 * frame, and protobuf-c's Send is not offered as it came. */
-	static const uint8_t two_sends[] = {0x62, 0x03, 0x0a, 0x01, 'm',
-	                                    0x62, 0x03, 0x0a, 0x01, 'n'};
-	Isg__Frame *twice = wire_frame_decode(two_sends, sizeof(two_sends));
-	assert_non_null(twice);
+	/* A Send, then an unknown field of the Frame: the hand decoder takes
+	 * the Send, then declines the frame, and protobuf-c's Send is not
+	 * offered as it came. */
+	static const uint8_t send_unknown[] = {0x62, 0x03, 0x0a, 0x01, 'm', 0x18, 0x01};
+	Isg__Frame *after = wire_frame_decode(send_unknown, sizeof(send_unknown));
+	assert_non_null(after);
+	assert_int_equal(after->base.n_unknown_fields, 1);
 	const uint8_t *sent;
 	size_t sent_len;
-	assert_false(wire_frame_send_bytes(twice, &sent, &sent_len));
-	wire_frame_free(twice);
+	assert_false(wire_frame_send_bytes(after, &sent, &sent_len));
+	wire_frame_free(after);
 	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
 		Isg__Frame *f =
 		    wire_frame_decode_by(cases[i].bytes, cases[i].len, WIRE_DECODE_HAND);
@@ -1095,12 +1153,10 @@ static void test_unpack_declines_the_rest(void **state)
 		assert_null(wire_frame_decode_by(cases[i].bytes, cases[i].len, WIRE_DECODE_HAND));
 		assert_false(decoders_agree(cases[i].bytes, cases[i].len));
 	}
-	/* protobuf-c keeps the last of a repeated oneof member and of a repeated string. */
-	Isg__Frame *f = wire_frame_decode(send_twice, sizeof(send_twice));
-	assert_non_null(f);
-	assert_string_equal(f->send->message_id, "");
-	wire_frame_free(f);
-	f = wire_frame_decode(string_twice, sizeof(string_twice));
+	/* A string given twice: the last counts, as in protobuf. (A message
+	 * given twice is refused: test_message_field_twice_refused.) */
+	assert_null(wire_frame_decode(send_twice, sizeof(send_twice)));
+	Isg__Frame *f = wire_frame_decode(string_twice, sizeof(string_twice));
 	assert_non_null(f);
 	assert_string_equal(f->send->message_id, "b");
 	wire_frame_free(f);
@@ -1119,6 +1175,7 @@ int main(void)
 	    cmocka_unit_test(test_invalid_utf8_refused),
 	    cmocka_unit_test(test_decode_checked),
 	    cmocka_unit_test(test_field_number_zero_refused),
+	    cmocka_unit_test(test_message_field_twice_refused),
 	    cmocka_unit_test(test_deliveries_as_stored),
 	    cmocka_unit_test(test_stored_records_checked),
 	    cmocka_unit_test(test_pack_matches_protobuf_c),
