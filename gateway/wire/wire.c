@@ -52,7 +52,9 @@ static bool raw_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
  * way, for a frame protobuf-c decoded:
  * - a field numbered 0 (invalid protobuf), which protobuf-c keeps as an
  *   unknown field when its tag is not minimally encoded, yet refuses its
- *   own re-encoding of;
+ *   own re-encoding of; and one numbered past protobuf's largest, 2^29 - 1,
+ *   which protobuf-c, reading tags of 32 bits, keeps where protobuf's
+ *   runtimes refuse the message;
  * - a message field that is not repeated given twice. protobuf merges the
  *   two; protobuf-c keeps only the second of a oneof's member (a second
  *   send{} drops the first's strings and records) and, merging the others,
@@ -62,6 +64,7 @@ static bool raw_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
  * WALK_STRINGS: every string is UTF-8 without a NUL (wire_frame_strings_valid).
  */
 enum walk_check { WALK_SHAPE = 1, WALK_STRINGS = 2 };
+#define FIELD_NUMBER_MAX 0x1fffffffu
 
 static bool walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end,
                  unsigned depth, unsigned check)
@@ -71,7 +74,8 @@ static bool walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const ui
 	uint64_t seen = 0; /* the message fields met that are not repeated, by index */
 	while (p < end) {
 		uint64_t tag, n;
-		if (!raw_varint(&p, end, &tag) || (check & WALK_SHAPE && tag >> 3 == 0))
+		if (!raw_varint(&p, end, &tag) ||
+		    (check & WALK_SHAPE && (tag >> 3 == 0 || tag >> 3 > FIELD_NUMBER_MAX)))
 			return false;
 		unsigned wt = (unsigned)(tag & 7);
 		if (wt == 0 && raw_varint(&p, end, &n))

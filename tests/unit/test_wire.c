@@ -302,6 +302,30 @@ static void test_field_number_zero_refused(void **state)
 	wire_frame_free(f);
 }
 
+/* Field numbers end at 2^29 - 1 (protobuf's runtimes refuse a larger one);
+ * protobuf-c reads tags of up to 32 bits, and so takes numbers past it. */
+static void test_field_number_past_largest_refused(void **state)
+{
+	(void)state;
+	/* request_id 4, then an unknown varint field numbered 2^29 (its tag
+	 * 2^32), value 1; then the same in a ping. */
+	static const uint8_t past[] = {0x08, 0x04, 0x80, 0x80, 0x80, 0x80, 0x10, 0x01};
+	static const uint8_t past_in_ping[] = {0xa2, 0x01, 0x06, 0x80, 0x80,
+	                                       0x80, 0x80, 0x10, 0x01};
+	Isg__Frame *pc = isg__frame__unpack(NULL, sizeof(past), past);
+	assert_non_null(pc); /* protobuf-c alone takes it */
+	isg__frame__free_unpacked(pc, NULL);
+	assert_null(wire_frame_decode(past, sizeof(past)));
+	assert_null(wire_frame_decode(past_in_ping, sizeof(past_in_ping)));
+	/* The largest field number, 2^29 - 1 (its tag 0xfffffff8), is unknown, not wrong. */
+	static const uint8_t largest[] = {0x08, 0x04, 0xf8, 0xff, 0xff, 0xff, 0x0f, 0x01};
+	Isg__Frame *f = wire_frame_decode(largest, sizeof(largest));
+	assert_non_null(f);
+	assert_int_equal(f->request_id, 4);
+	assert_int_equal(f->base.n_unknown_fields, 1);
+	wire_frame_free(f);
+}
+
 /*
  * A message field that is not repeated, given twice: protobuf merges the
  * two (Google's runtimes and the spec), protobuf-c does not always, so
@@ -1175,6 +1199,7 @@ int main(void)
 	    cmocka_unit_test(test_invalid_utf8_refused),
 	    cmocka_unit_test(test_decode_checked),
 	    cmocka_unit_test(test_field_number_zero_refused),
+	    cmocka_unit_test(test_field_number_past_largest_refused),
 	    cmocka_unit_test(test_message_field_twice_refused),
 	    cmocka_unit_test(test_deliveries_as_stored),
 	    cmocka_unit_test(test_stored_records_checked),
