@@ -341,6 +341,24 @@ class TestBadFrames(HardeningCase):
         self.assertServing(pending=["nul-kept"])
         self.assertLogClean()
 
+    def test_a_send_given_twice_is_refused(self):
+        """Protobuf merges a message field given twice: a Send in two pieces
+        (its ids in one, its records in the other) is one Send to a partner's
+        runtime. protobuf-c kept only the second piece, so isgd would have
+        judged other values than the partner sent; the frame is refused."""
+        pb = self.pb
+        c = self.connect("police")
+        first = pb.Frame(request_id=41, send=self.send_request("twice-1", []))
+        second = pb.Frame(send=pb.SendRequest(records=[pb_record(pb, {"nhs_number": NHS_A})]))
+        body = first.SerializeToString() + second.SerializeToString()
+        merged = pb.Frame()
+        merged.ParseFromString(body)  # what the partner's runtime reads: one whole Send
+        self.assertEqual((merged.send.message_id, len(merged.send.records)), ("twice-1", 1))
+        c.send_raw(delimited(body))
+        self.expect_error(c.recv_frame(timeout=5 * isgtest.SLOW), pb.BAD_FRAME)
+        self.assertEqual(self.expect(c.request(ping=pb.Ping(nonce=4)), "pong").nonce, 4)
+        self.assertServing()
+
     def test_bad_frames_logged_once_per_connection(self):
         """
         Every bad frame is answered, but a partner sending thousands of them
