@@ -133,19 +133,32 @@ class IsgctlCase(isgtest.ScenarioCase):
         # both were acknowledged after printing
         self.assertEqual(nhs.fetch().out, "")
 
+    def following(self, gw, police, nhs, message_id):
+        """nhs's `isgctl fetch --follow`, subscribed: it has printed a message
+        police sent now. The caller ends the process."""
+        argv = [isgtest.ISGCTL, "fetch", "--follow"] + nhs.conn_flags()
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            police.send_ok([RECORD_A], message_id=message_id)
+            ready, _, _ = select.select([p.stdout], [], [], 30 * isgtest.SLOW)
+            self.assertTrue(ready, "fetch --follow printed nothing\n" + gw.diagnostics())
+            self.assertEqual(json.loads(p.stdout.readline())["message_id"], message_id)
+        except BaseException:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
+            raise
+        return p
+
     def test_silent_subscription_is_kept_alive_at_both_ends(self):
         """A subscriber waits in silence; TCP keepalive probes it within a minute at both
         ends (the kernel's default is two hours), so a vanished peer or a firewall that
         forgot the flow is found out, and the firewall sees the flow in use."""
         gw, police, nhs = self.start()
-        argv = [isgtest.ISGCTL, "fetch", "--follow"] + nhs.conn_flags()
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = self.following(gw, police, nhs, "keepalive")
         try:
-            # Subscribed once a message sent now is printed; then the connection is silent.
-            police.send_ok([RECORD_A], message_id="keepalive")
-            ready, _, _ = select.select([p.stdout], [], [], 30 * isgtest.SLOW)
-            self.assertTrue(ready, "fetch --follow printed nothing\n" + gw.diagnostics())
-            self.assertEqual(json.loads(p.stdout.readline())["message_id"], "keepalive")
+            # Then the connection is silent.
             timers = {}
             deadline = time.time() + 10 * isgtest.SLOW
             while time.time() < deadline and len(timers) < 2:
@@ -180,14 +193,8 @@ class IsgctlCase(isgtest.ScenarioCase):
         """UNAVAILABLE is the refusal that says "not now": exit 5, which a script retries,
         not 3, which says the same request will be refused again."""
         gw, police, nhs = self.start()
-        argv = [isgtest.ISGCTL, "fetch", "--follow"] + nhs.conn_flags()
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = self.following(gw, police, nhs, "before-shutdown")
         try:
-            # Subscribed once a message sent now is printed.
-            police.send_ok([RECORD_A], message_id="before-shutdown")
-            ready, _, _ = select.select([p.stdout], [], [], 30 * isgtest.SLOW)
-            self.assertTrue(ready, "fetch --follow printed nothing\n" + gw.diagnostics())
-            self.assertEqual(json.loads(p.stdout.readline())["message_id"], "before-shutdown")
             gw.stop()
             p.wait(timeout=30 * isgtest.SLOW)
             err = p.stderr.read()
