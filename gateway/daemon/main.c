@@ -337,80 +337,28 @@ static int check_all(struct gateway *g, const struct identity *id, enum regime_r
 }
 
 /*
- * Audit entries whose commit someone waits for: a reload uses its new
- * policy set only once the entries that record it are on disk.
+ * Hand one entry (NULL: out of memory) to the store. With committed, wait
+ * for its commit (store_audit_wait): a reload uses its new policy set only
+ * once the entries that record it are on disk.
  */
-struct audit_wait {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	unsigned pending; /* handed to the store, not yet committed or failed */
-	int err;          /* the first failure */
-};
-
-static void audit_wait_init(struct audit_wait *w)
-{
-	*w = (struct audit_wait){0};
-	pthread_mutex_init(&w->mu, NULL);
-	pthread_cond_init(&w->cv, NULL);
-}
-
-/* The store's callback, on its writer thread. */
-static void audit_committed(void *ctx, int err, uint64_t audit_index)
-{
-	(void)audit_index;
-	struct audit_wait *w = ctx;
-	pthread_mutex_lock(&w->mu);
-	if (err != 0 && w->err == 0)
-		w->err = err;
-	w->pending--;
-	/* Signalled under the lock: once it is released the waiter may return
-	 * and take w with it. */
-	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-}
-
-/* Wait until every entry handed over is committed or failed, and release w:
- * 0 when all were committed, else the first error. */
-static int audit_wait_end(struct audit_wait *w)
-{
-	pthread_mutex_lock(&w->mu);
-	while (w->pending > 0)
-		pthread_cond_wait(&w->cv, &w->mu);
-	int err = w->err;
-	pthread_mutex_unlock(&w->mu);
-	pthread_cond_destroy(&w->cv);
-	pthread_mutex_destroy(&w->mu);
-	return err;
-}
-
-/* Hand one entry (NULL: out of memory) to the store; with w, w waits for its commit. */
 static int audit_write(struct gateway *g, const char *kind, const char *entry, size_t len,
-                       struct audit_wait *w)
+                       int *committed)
 {
 	if (!entry)
 		return ISG_ERR_NOMEM;
-	if (w) { /* counted first: the commit may come before store_audit returns */
-		pthread_mutex_lock(&w->mu);
-		w->pending++;
-		pthread_mutex_unlock(&w->mu);
-	}
-	int err = store_audit(g->store, kind, entry, len, w ? audit_committed : NULL, w);
-	if (err != 0 && w) {
-		pthread_mutex_lock(&w->mu);
-		w->pending--;
-		pthread_mutex_unlock(&w->mu);
-	}
-	return err;
+	if (committed)
+		return store_audit_wait(g->store, kind, entry, len, committed);
+	return store_audit(g->store, kind, entry, len, NULL, NULL);
 }
 
-/* A policy.loaded or policy.refused entry: 0 when handed over (and w waits for it). */
+/* A policy.loaded or policy.refused entry: 0 when handed over (and committed as audit_write). */
 static int audit_policy(struct gateway *g, const struct policy_set *set, const char *outcome,
-                        size_t errors, struct audit_wait *w)
+                        size_t errors, int *committed)
 {
 	size_t len = 0;
 	char *entry = entry_policy(set, g->cfg.policy_dir, outcome, errors, &len);
-	int err =
-	    audit_write(g, outcome[0] == 'l' ? "policy.loaded" : "policy.refused", entry, len, w);
+	int err = audit_write(g, outcome[0] == 'l' ? "policy.loaded" : "policy.refused", entry, len,
+	                      committed);
 	free(entry);
 	if (err != 0)
 		log_event(LOG_ERROR, "audit.failed", "kind=policy.%s", outcome);
@@ -420,10 +368,10 @@ static int audit_policy(struct gateway *g, const struct policy_set *set, const c
 /*
  * Record which key versions are in use, and which changed since the
  * versions before (NULL: not known); *rotated says whether any domain was
- * created or rotated. 0 when handed over (and w waits for it).
+ * created or rotated. 0 when handed over (and committed as audit_write).
  */
 static int audit_keys(struct gateway *g, const struct keyring *now,
-                      const struct key_versions *before, struct audit_wait *w, bool *rotated)
+                      const struct key_versions *before, int *committed, bool *rotated)
 {
 	size_t len = 0;
 	char *entry = NULL;
@@ -431,7 +379,7 @@ static int audit_keys(struct gateway *g, const struct keyring *now,
 	*rotated = false;
 	if (key_versions_of_ring(now, date_days_of_ms(gateway_today_ms(g)), &cur) == 0)
 		entry = entry_keys(&cur, before, rotated, &len);
-	int err = audit_write(g, "keys.loaded", entry, len, w);
+	int err = audit_write(g, "keys.loaded", entry, len, committed);
 	free(entry);
 	key_versions_release(&cur);
 	if (err != 0)
@@ -506,15 +454,10 @@ static int audit_reload(struct gateway *g, const struct regime *r, bool *rotated
 		log_event(LOG_WARN, "keys.compare_failed",
 		          "previous=running reason=\"out of memory\" action=\"this reload's "
 		          "keys.loaded entry says null for created, rotated and removed\"");
-	struct audit_wait w;
-	audit_wait_init(&w);
-	int err = audit_policy(g, r->policy, "loaded", 0, &w);
-	int committed = audit_wait_end(&w);
-	if (err == 0 && committed == 0) {
-		audit_wait_init(&w);
-		err = audit_keys(g, r->keys, known ? &before : NULL, &w, rotated);
-		committed = audit_wait_end(&w);
-	}
+	int committed = 0;
+	int err = audit_policy(g, r->policy, "loaded", 0, &committed);
+	if (err == 0 && committed == 0)
+		err = audit_keys(g, r->keys, known ? &before : NULL, &committed, rotated);
 	key_versions_release(&before);
 	return err ? err : committed;
 }

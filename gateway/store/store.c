@@ -745,6 +745,38 @@ static void exec_done(void *ctx, int err)
 	pthread_mutex_unlock(&w->mu);
 }
 
+/* Wait for exec_done, and release w: the job's error. */
+static int exec_wait_end(struct exec_wait *w)
+{
+	pthread_mutex_lock(&w->mu);
+	while (!w->done)
+		pthread_cond_wait(&w->cv, &w->mu);
+	int err = w->err;
+	pthread_mutex_unlock(&w->mu);
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	return err;
+}
+
+static void audit_waited(void *ctx, int err, uint64_t audit_index)
+{
+	(void)audit_index;
+	exec_done(ctx, err);
+}
+
+int store_audit_wait(struct store *s, const char *kind, const char *entry, size_t len,
+                     int *committed)
+{
+	struct exec_wait w = {.done = false};
+	pthread_mutex_init(&w.mu, NULL);
+	pthread_cond_init(&w.cv, NULL);
+	int rc = store_audit(s, kind, entry, len, audit_waited, &w);
+	if (rc != 0)
+		exec_done(&w, rc);
+	*committed = exec_wait_end(&w);
+	return rc;
+}
+
 /* Run an exec job (sql, or a copy of the tree when sql is NULL) and wait for it. */
 static int exec_job(struct store *s, const char *sql, int64_t *int_out, struct audit_tree *tree_out)
 {
@@ -764,16 +796,9 @@ static int exec_job(struct store *s, const char *sql, int64_t *int_out, struct a
 	pthread_mutex_init(&w.mu, NULL);
 	pthread_cond_init(&w.cv, NULL);
 	int rc = submit(s, j);
-	if (rc == 0) {
-		pthread_mutex_lock(&w.mu);
-		while (!w.done)
-			pthread_cond_wait(&w.cv, &w.mu);
-		rc = w.err;
-		pthread_mutex_unlock(&w.mu);
-	}
-	pthread_cond_destroy(&w.cv);
-	pthread_mutex_destroy(&w.mu);
-	return rc;
+	if (rc != 0)
+		exec_done(&w, rc);
+	return exec_wait_end(&w);
 }
 
 int store_test_exec(struct store *s, const char *sql)

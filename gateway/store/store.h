@@ -243,6 +243,13 @@ int store_ack(struct store *s, const char *recipient, const uint64_t *ids, size_
 typedef void (*store_audit_cb)(void *ctx, int err, uint64_t audit_index);
 int store_audit(struct store *s, const char *kind, const char *entry, size_t len, store_audit_cb cb,
                 void *ctx);
+/*
+ * store_audit, then wait for the entry's commit: *committed is 0 once it is
+ * on disk, else why not. Returns store_audit's result (not 0: nothing was
+ * handed over, and *committed is that error too).
+ */
+int store_audit_wait(struct store *s, const char *kind, const char *entry, size_t len,
+                     int *committed);
 
 /*
  * The newest audit entry whose leaf holds an event of `kind` (of any kind
