@@ -60,6 +60,13 @@ int pseudo_norm_nhs(const char *s, size_t len, char out[static PSEUDO_VALUE_MAX 
 		return pseudo_refuse(reason, "NHS number is not valid (no check digit possible)");
 	if ((unsigned)(d[9] - '0') != check)
 		return pseudo_refuse(reason, "NHS number check digit does not match");
+	/*
+	 * Ten equal digits pass the check (digit d gives the stem 54d, and
+	 * 11 - 54d mod 11 = d) but none is issued: they are placeholders for
+	 * "not known", and pseudonymised they would link unrelated people.
+	 */
+	if (memcmp(d, d + 1, sizeof(d) - 1) == 0)
+		return pseudo_refuse(reason, "NHS number is a placeholder (ten equal digits)");
 	memcpy(out, d, sizeof(d));
 	out[sizeof(d)] = '\0';
 	return 0;

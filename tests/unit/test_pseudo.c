@@ -118,7 +118,18 @@ static void test_nhs_number(void **state)
 	/* 401023211: sum 88, 88 mod 11 = 0, so check 11, which means 0 */
 	expect_norm(PSEUDO_NHS_NUMBER, "4010232110", "4010232110");
 	expect_refused(PSEUDO_NHS_NUMBER, "4010232111", "NHS number check digit does not match");
-	expect_norm(PSEUDO_NHS_NUMBER, "0000000000", "0000000000");
+	/* Every ten-equal-digit number passes the check digit: placeholders. */
+	for (char c = '0'; c <= '9'; c++) {
+		char same[11];
+		memset(same, c, 10);
+		same[10] = '\0';
+		expect_refused(PSEUDO_NHS_NUMBER, same,
+		               "NHS number is a placeholder (ten equal digits)");
+	}
+	expect_refused(PSEUDO_NHS_NUMBER, "000 000 0000",
+	               "NHS number is a placeholder (ten equal digits)");
+	/* One digit different is an ordinary number (stem 000000001: check 9). */
+	expect_norm(PSEUDO_NHS_NUMBER, "0000000019", "0000000019");
 
 	expect_refused(PSEUDO_NHS_NUMBER, "9434765918", "NHS number check digit does not match");
 	expect_refused(PSEUDO_NHS_NUMBER, "4010232138", "NHS number check digit does not match");
