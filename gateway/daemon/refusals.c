@@ -153,7 +153,7 @@ static struct refusal *refusal_add(struct refusals *r, size_t h, const char *add
 static void refusal_count(struct refusals *r, struct refusal *e, int64_t mono_ms, int64_t wall_ms)
 {
 	if (e->repeated == 0) {
-		e->first_at_ms = wall_ms;
+		e->first_at_ms = e->last_at_ms = wall_ms;
 		if (e == r->every) { /* never in the table: its window starts now */
 			e->window_end = mono_ms + r->window_ms;
 			if (e->window_end < r->next_due)
@@ -162,7 +162,12 @@ static void refusal_count(struct refusals *r, struct refusal *e, int64_t mono_ms
 	}
 	if (e->repeated < UINT64_MAX)
 		e->repeated++;
-	e->last_at_ms = wall_ms;
+	/* The earliest and latest readings: a wall clock set back within the
+	 * window must not give a count that ends before it starts. */
+	if (wall_ms < e->first_at_ms)
+		e->first_at_ms = wall_ms;
+	if (wall_ms > e->last_at_ms)
+		e->last_at_ms = wall_ms;
 }
 
 /* The bucket a key counts in when the table is full. */

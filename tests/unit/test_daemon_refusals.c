@@ -101,6 +101,27 @@ static void test_first_at_once_repeats_counted(void **state)
 	free(s.w);
 }
 
+/* A wall clock set back within a window: the count spans the earliest and latest readings. */
+static void test_clock_set_back_within_a_window(void **state)
+{
+	(void)state;
+	struct sink s = {0};
+	struct refusals *r = refusals_new(WINDOW, sink_write, &s);
+	assert_non_null(r);
+	const char *why = "connection closed during handshake";
+	refusals_note(r, "198.51.100.7:1", "", false, why, T0, WALL);
+	refusals_note(r, "198.51.100.7:2", "", false, why, T0 + 100, WALL + 100);
+	refusals_note(r, "198.51.100.7:3", "", false, why, T0 + 200, WALL - 3600000 + 200);
+	refusals_note(r, "198.51.100.7:4", "", false, why, T0 + 300, WALL - 3600000 + 300);
+	assert_int_equal(refusals_flush(r, T0 + WINDOW, false), 0);
+	assert_int_equal(s.n, 2);
+	assert_int_equal(s.w[1].repeated, 3);
+	assert_int_equal(s.w[1].first_at_ms, WALL - 3600000 + 200);
+	assert_int_equal(s.w[1].last_at_ms, WALL + 100);
+	refusals_free(r);
+	free(s.w);
+}
+
 static void test_single_refusal_has_no_second_entry(void **state)
 {
 	struct sink s = {0};
@@ -356,6 +377,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_first_at_once_repeats_counted),
+	    cmocka_unit_test(test_clock_set_back_within_a_window),
 	    cmocka_unit_test(test_single_refusal_has_no_second_entry),
 	    cmocka_unit_test(test_keys),
 	    cmocka_unit_test(test_unverified_subjects_share_a_key),
