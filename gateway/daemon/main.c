@@ -695,10 +695,11 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	key_versions_release(&before);
 
 	net_server_run(g->net);
+	bool v6 = strchr(g->cfg.listen_host, ':') != NULL; /* written as listen: takes it */
 	log_event(LOG_INFO, "isgd.started",
-	          "listen=%s:%u threads=%u policy_version=%s pid=%d key_process=%d",
-	          g->cfg.listen_host, net_server_port(g->net), g->cfg.threads,
-	          regime->policy->version, (int)getpid(),
+	          "listen=%s%s%s:%u threads=%u policy_version=%s pid=%d key_process=%d",
+	          v6 ? "[" : "", g->cfg.listen_host, v6 ? "]" : "", net_server_port(g->net),
+	          g->cfg.threads, regime->policy->version, (int)getpid(),
 	          g->keyproc ? (int)keyproc_pid(g->keyproc) : 0);
 	r = serve(g, sigs);
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);

@@ -240,7 +240,7 @@ keyUsage = critical,digitalSignature
 extendedKeyUsage = serverAuth
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
-subjectAltName = DNS:localhost,IP:127.0.0.1
+subjectAltName = DNS:localhost,IP:127.0.0.1,IP:::1
 """
 
 
@@ -260,7 +260,7 @@ class Pki:
     A test PKI in `dir`:
       partner CA (ECDSA P-256, an `openssl ca` database so it can revoke),
       gateway server CA and the gateway certificate (CN gateway.isg.test,
-      SAN DNS:localhost and IP:127.0.0.1), and client certificates on demand.
+      SAN DNS:localhost, IP:127.0.0.1 and IP:::1), and client certificates on demand.
     Client certificates are kept in self.certs by name.
     """
 
@@ -659,7 +659,7 @@ class Gateway:
 
     @property
     def address(self):
-        return "127.0.0.1:%d" % self.port
+        return self.config["listen"]
 
     @property
     def running(self):

@@ -243,6 +243,45 @@ class TestPipelining(ExchangeCase):
             self.assertEqual(len(set(ids)), senders * messages, kind)
 
 
+def _ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@unittest.skipUnless(_ipv6_loopback(), "no IPv6 loopback")
+class TestIPv6(ExchangeCase):
+    def test_exchange_over_ipv6(self):
+        """listen: "[::1]:PORT" serves partners; the log writes v6 addresses in brackets."""
+        gw = self.gateway(start=False)
+        gw.config["listen"] = "[::1]:%d" % gw.port
+        gw.write_config()
+        gw.start()
+        self.assertIn("listen=[::1]:%d " % gw.port, gw.log)
+        police, nhs = self.partner(gw, "police"), self.partner(gw, "nhs")
+        police.send_ok([RECORD_A])
+        msgs = nhs.fetch_messages()
+        self.assertEqual([m["records"] for m in msgs], [[without(RECORD_A, "officer_notes")]])
+        self.assertRegex(gw.log, r"peer=\[::1\]:\d+ ")
+        self.assertNotRegex(gw.log, r"=::1:")
+        # A refused certificate is audited by its address (the /64 once counted).
+        _pki_cert(self.pki, "rogue", lambda: self.pki.untrusted_client("rogue", POLICE_CN))
+        rogue = self.partner(gw, "rogue")
+        for _ in range(2):
+            self.assertCtl(rogue.whoami(), 4, gw)
+        gw.stop()
+        out = isgtest.ctl("audit", "list", "--kind", "connection.refused", "--format", "jsonl",
+                          "--config", gw.config_path)
+        self.assertEqual(out.rc, 0, str(out))
+        peers = [json.loads(line)["entry"]["peer"] for line in out.out.splitlines()]
+        self.assertEqual(len(peers), 2, peers)
+        self.assertRegex(peers[0], r"^\[::1\]:\d+$")
+        self.assertEqual(peers[1], "::/64")
+
+
 class TestRefusals(ExchangeCase):
     """(c) refusals: a clear error to the partner, and the gateway keeps serving."""
 
