@@ -148,6 +148,9 @@ static int bad_option(const struct ctl_opts *o, int opt)
 		ctl_usage_error(o->usage, "option '%s' needs a value", what);
 	else if (optopt && optopt < 256 && what[0] == '-' && what[1] != '-')
 		ctl_usage_error(o->usage, "unknown option '-%c'", optopt);
+	else if (strchr(what, '=') && is_option(o, what))
+		ctl_usage_error(o->usage, "option '%.*s' takes no value", (int)strcspn(what, "="),
+		                what);
 	else
 		ctl_usage_error(o->usage, "unknown option '%.*s'", (int)strcspn(what, "="), what);
 	return CTL_OPTS_ERROR;

@@ -516,6 +516,17 @@ class OptionsTest(isgtest.ScenarioCase):
                     self.refused(cmd, cmd.argv(given, without=opt),
                                  "isgctl: option '%s' has an empty value\n" % opt)
 
+    def test_a_value_given_to_an_option_without_one_is_refused(self):
+        """--no-ack=1 is refused by name, without its value."""
+        for cmd in self.commands:
+            for opt in sorted(cmd.flags):
+                with self.subTest(command=str(cmd), option=opt):
+                    r = self.refused(cmd, cmd.argv(["%s=%s" % (opt, NHS_A)]),
+                                     "isgctl: option '%s' takes no value\n" % opt)
+                    self.assertNotIn(NHS_A, r.err, r)
+        r = isgtest.ctl("--help=%s" % NHS_A)
+        self.assertEqual((r.rc, r.err.splitlines()[0]), (2, "isgctl: option '--help' takes no value"))
+
     def test_a_missing_value_is_refused(self):
         for cmd, opt, v1, v2 in self.options():
             with self.subTest(command=str(cmd), option=opt):
