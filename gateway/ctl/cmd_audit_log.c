@@ -192,6 +192,11 @@ int audit_log_open(struct audit_log *l, const struct audit_where *w, const char 
 	if (w->pubkey && w->pubkey_file)
 		return ctl_usage_error(usage, "give one verifier key: --pubkey or --pubkey-file, "
 		                              "not both");
+	if ((w->pubkey || w->pubkey_file) && w->keys)
+		return ctl_usage_error(usage,
+		                       "give --keys or %s, not both: the key given is the one "
+		                       "trusted, and the keys directory would not be read",
+		                       w->pubkey ? "--pubkey" : "--pubkey-file");
 	if (!w->config && !w->store && !w->keys)
 		return ctl_usage_error(usage, "say where the log is: --config ISGD_YAML, or %s",
 		                       !(w->takes & AUDIT_TAKES_KEYS)    ? "--store DB"
@@ -318,6 +323,12 @@ int audit_log_verifier(const struct audit_log *l, const struct audit_where *w,
 	if (audit_verifier_parse(text, strlen(text), v, &reason) != 0) {
 		ctl_warn("%s is not a valid verifier key: %s", *from,
 		         reason ? reason : "malformed");
+		return CTL_EXIT_LOCAL;
+	}
+	/* A key given names its log's origin; an --origin that says otherwise is a mix-up. */
+	if (w->origin && (w->pubkey || w->pubkey_file) && strcmp(w->origin, v->name) != 0) {
+		ctl_warn("%s is the key of origin '%s', not of --origin '%s'", *from, v->name,
+		         w->origin);
 		return CTL_EXIT_LOCAL;
 	}
 	return CTL_EXIT_OK;

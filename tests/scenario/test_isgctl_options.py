@@ -527,6 +527,31 @@ class OptionsTest(isgtest.ScenarioCase):
         r = isgtest.ctl("--help=%s" % NHS_A)
         self.assertEqual((r.rc, r.err.splitlines()[0]), (2, "isgctl: option '--help' takes no value"))
 
+    def test_a_verifier_key_given_is_not_mixed_with_keys_or_another_origin(self):
+        """--pubkey names the key trusted and its origin: --keys beside it would not be
+        read, and an --origin that differs is a mix-up; neither is ignored."""
+        for cmd in self.commands:
+            if "--pubkey" not in cmd.values:
+                continue
+            for opt, value in (("--pubkey", self.vkey), ("--pubkey-file", self.vkey_file)):
+                with self.subTest(command=str(cmd), option=opt):
+                    self.refused(cmd, cmd.argv([opt, value]),
+                                 "isgctl: give --keys or %s, not both: " % opt)
+                    r = self.run_ctl(cmd.argv([opt, value, "--origin", "other-gateway"],
+                                              without="--keys"))
+                    self.assertEqual(r.rc, 1, r)
+                    self.assertIn("is the key of origin 'isg-gateway', not of --origin "
+                                  "'other-gateway'", r.err)
+                    if str(cmd) == "audit report":  # written, saying it could not verify
+                        self.assertIn("report written, but the log could not be verified",
+                                      r.err)
+                    else:
+                        self.assertFalse(cmd.done(r), r)
+                    r = self.run_ctl(cmd.argv([opt, value, "--origin", "isg-gateway"],
+                                              without="--keys"))
+                    self.assertEqual(r.rc, 0, r)
+                    self.assertTrue(cmd.done(r), r)
+
     def test_a_missing_value_is_refused(self):
         for cmd, opt, v1, v2 in self.options():
             with self.subTest(command=str(cmd), option=opt):
