@@ -96,11 +96,20 @@ static int map_rc(int rc)
 	return (rc & 0xff) == SQLITE_FULL ? ISG_ERR_FULL : ISG_ERR_STORE;
 }
 
+const char *store_db_errmsg(sqlite3 *db)
+{
+	int rc = sqlite3_extended_errcode(db) & 0xff;
+	if ((rc == SQLITE_IOERR || rc == SQLITE_FULL || rc == SQLITE_CANTOPEN) &&
+	    sqlite3_system_errno(db) == ENOSPC)
+		return "disk full (no space left on the store's file system)";
+	return sqlite3_errmsg(db);
+}
+
 static void log_sqlite(sqlite3 *db, int rc, const char *op)
 {
 	char q[512];
 	log_event(LOG_ERROR, "store.sqlite_error", "op=%s code=%d error=%s", op, rc,
-	          log_quote(q, sizeof(q), db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
+	          log_quote(q, sizeof(q), db ? store_db_errmsg(db) : sqlite3_errstr(rc)));
 }
 
 int store_db_fail(struct store *s, int rc, const char *op)
@@ -303,7 +312,7 @@ static int check_existing(struct store *s, const char *path, char *err, size_t e
 	free(uri);
 	if (src != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot open read-only: %s", path,
-		             db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
+		             db ? store_db_errmsg(db) : sqlite3_errstr(src));
 		rc = ISG_ERR_STORE;
 		goto out;
 	}
@@ -311,7 +320,7 @@ static int check_existing(struct store *s, const char *path, char *err, size_t e
 	src = store_db_query_int(db, "PRAGMA application_id", &app_id, &found);
 	if (src != SQLITE_OK) {
 		int code = src & 0xff;
-		store_seterr(err, errlen, "store '%s': cannot read: %s", path, sqlite3_errmsg(db));
+		store_seterr(err, errlen, "store '%s': cannot read: %s", path, store_db_errmsg(db));
 		rc = code == SQLITE_NOTADB || code == SQLITE_CORRUPT ? ISG_ERR_CORRUPT
 		                                                     : ISG_ERR_STORE;
 		goto out;
@@ -404,7 +413,7 @@ static int create_new(const char *path, char *err, size_t errlen)
 		src = init_schema(db);
 	if (src != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot create: %s", path,
-		             db ? sqlite3_errmsg(db) : sqlite3_errstr(src));
+		             db ? store_db_errmsg(db) : sqlite3_errstr(src));
 		rc = map_rc(src);
 		goto out;
 	}
@@ -455,7 +464,7 @@ static int configure(struct store *s, char *err, size_t errlen)
 		int rc = sqlite3_exec(s->db, pragmas[i], NULL, NULL, NULL);
 		if (rc != SQLITE_OK) {
 			store_seterr(err, errlen, "store '%s': '%s' failed: %s", s->path,
-			             pragmas[i], sqlite3_errmsg(s->db));
+			             pragmas[i], store_db_errmsg(s->db));
 			return store_db_fail(s, rc, "configure");
 		}
 	}
@@ -502,7 +511,7 @@ static int upgrade(struct store *s, char *err, size_t errlen)
 	}
 	if (rc != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot upgrade to schema version %d: %s",
-		             s->path, STORE_SCHEMA_VERSION, sqlite3_errmsg(s->db));
+		             s->path, STORE_SCHEMA_VERSION, store_db_errmsg(s->db));
 		int ret = store_db_fail(s, rc, "upgrade");
 		if (!sqlite3_get_autocommit(s->db))
 			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
@@ -561,7 +570,7 @@ static int skip_ids_since_last_entry(struct store *s, char *err, size_t errlen)
 	if (rc == SQLITE_OK)
 		return 0;
 	store_seterr(err, errlen, "store '%s': cannot move its gateway ids on: %s", s->path,
-	             sqlite3_errmsg(s->db));
+	             store_db_errmsg(s->db));
 	int ret = store_db_fail(s, rc, "skip_ids");
 	if (!sqlite3_get_autocommit(s->db))
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
@@ -575,7 +584,7 @@ static int prepare_all(struct store *s, char *err, size_t errlen)
 		                            &s->stmt[i], NULL);
 		if (rc != SQLITE_OK) {
 			store_seterr(err, errlen, "store '%s': cannot prepare statement %zu: %s",
-			             s->path, i, sqlite3_errmsg(s->db));
+			             s->path, i, store_db_errmsg(s->db));
 			return store_db_fail(s, rc, "prepare");
 		}
 	}
@@ -648,7 +657,7 @@ int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
 	src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, STORE_VFS);
 	if (src != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot open: %s", path,
-		             s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
+		             s->db ? store_db_errmsg(s->db) : sqlite3_errstr(src));
 		return map_rc(src);
 	}
 	rc = configure(s, err, errlen);

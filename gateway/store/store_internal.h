@@ -77,6 +77,9 @@ _Static_assert(STORE_HEADER_LEN <= STORE_HEADER_MAX && STORE_HEADER_V1_LEN <= ST
 /* A signed checkpoint note: body, blank line, one signature line. */
 #define STORE_NOTE_MAX (AUDIT_CHECKPOINT_MAX + 1 + AUDIT_NAME_MAX + 128)
 
+/* sqlite3_errmsg, but "disk full" when the cause was ENOSPC: SQLite calls a
+ * full disk met while it maps its WAL index an I/O error. */
+const char *store_db_errmsg(sqlite3 *db);
 /* Format an error message for a caller's err buffer (NULL or empty: nothing). */
 void store_seterr(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

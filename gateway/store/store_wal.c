@@ -43,7 +43,7 @@ static void log_failure(sqlite3 *db, int rc, const char *who)
 {
 	char q[256];
 	log_event(LOG_WARN, "store.wal_checkpoint_failed", "by=%s code=%d error=%s", who, rc,
-	          log_quote(q, sizeof(q), sqlite3_errmsg(db)));
+	          log_quote(q, sizeof(q), store_db_errmsg(db)));
 }
 
 /* A passive checkpoint; true when pages had been copied. */
@@ -257,7 +257,7 @@ int store_wal_start(struct store *s, uint32_t wal_pages, char *err, size_t errle
 	}
 	if (rc != SQLITE_OK) {
 		store_seterr(err, errlen, "store '%s': cannot open for checkpoints: %s", s->path,
-		             s->wal_db ? sqlite3_errmsg(s->wal_db) : sqlite3_errstr(rc));
+		             s->wal_db ? store_db_errmsg(s->wal_db) : sqlite3_errstr(rc));
 		return ISG_ERR_STORE;
 	}
 	if (pthread_create(&s->wal_thread, NULL, wal_main, s) != 0) {

@@ -310,6 +310,35 @@ class TestDiskFull(FaultCase):
                 gw.close()
             self.umount(store_dir)
 
+    def test_start_on_a_full_disk_says_so_and_starts_once_there_is_room(self):
+        """SQLite reports a full disk while it maps its WAL index as an I/O error:
+        the admin is told the disk is full, not that it failed."""
+        store_dir = os.path.join(self.tmp, "gw", "store")
+        self.mount_tmpfs(store_dir, "4m")
+        gw = None
+        try:
+            gw = self.gateway()
+            police = self.connect(gw, "police")
+            self.expect(gw, police.request(send=self.send_request("full-1", [{"nhs_number": NHS_A}])),
+                        "send_result")
+            gw.stop()
+            filler = self.fill(store_dir)
+            err = self.run_isgd_refused(gw)
+            self.assertRegex(err, r"isgd: store '[^']*': [^\n]*: disk full \(no space left on "
+                                  r"the store's file system\)\n")
+            self.assertNotIn("disk I/O error", err)
+            os.unlink(filler)
+            gw.start()
+            self.partner(gw, "nhs")
+            got = self.partner(gw, "nhs").fetch_messages()
+            self.assertEqual([m["message_id"] for m in got], ["full-1"])
+            gw.stop()
+            self.audit_verify(gw, "after the start that had room")
+        finally:
+            if gw is not None:
+                gw.close()
+            self.umount(store_dir)
+
     def test_disk_full_refuses_sends_and_recovers(self):
         pb = self.pb
         store_dir = os.path.join(self.tmp, "gw", "store")
