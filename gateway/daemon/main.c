@@ -689,10 +689,27 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	struct key_versions before;
 	bool known = keys_before_start(g, &before);
 	bool rotated = false;
-	audit_policy(g, regime->policy, "loaded", 0, NULL);
-	if (audit_keys(g, regime->keys, known ? &before : NULL, NULL, &rotated) == 0 && rotated)
-		log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
+	/* Committed before the first partner is served, as at a reload: every
+	 * entry written under this policy set names one the log records. */
+	int committed = 0;
+	r = audit_policy(g, regime->policy, "loaded", 0, &committed);
+	if (r == 0 && committed == 0)
+		r = audit_keys(g, regime->keys, known ? &before : NULL, &committed, &rotated);
 	key_versions_release(&before);
+	if (r == 0 && committed != 0)
+		r = committed;
+	if (r != 0) {
+		fprintf(stderr, "isgd: the audit log did not record the policy set and keys: %s\n",
+		        isg_strerror(r));
+		store_close(g->store);
+		net_server_free(g->net);
+		quota_free(g->quota);
+		refusals_free(g->refusals);
+		regime_unref(regime);
+		return r;
+	}
+	if (rotated)
+		log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
 
 	net_server_run(g->net);
 	bool v6 = strchr(g->cfg.listen_host, ':') != NULL; /* written as listen: takes it */

@@ -339,6 +339,65 @@ class TestDiskFull(FaultCase):
                 gw.close()
             self.umount(store_dir)
 
+    def test_start_serves_only_once_its_policy_is_on_record(self):
+        """
+        Started with room to open the store but not to commit its
+        policy.loaded and keys.loaded entries, isgd used to serve all the
+        same, under a policy set the audit log did not record. It now
+        refuses to start; with room, the entries are there before it serves.
+        """
+        store_dir = os.path.join(self.tmp, "gw", "store")
+        self.mount_tmpfs(store_dir, "4m")
+        gw = None
+        try:
+            gw = self.gateway()
+            gw.stop()
+            filler = self.fill(store_dir)
+            size = os.path.getsize(filler)
+            def count():  # read as isgctl does, the WAL included, isgd running or not
+                n = 0
+                for kind in ("policy.loaded", "keys.loaded"):
+                    r = isgtest.ctl("audit", "list", "--config", gw.config_path, "--kind", kind,
+                                    "--format", "jsonl")
+                    self.assertEqual(r.rc, 0, r)
+                    n += len(r.out.splitlines())
+                return n
+
+            outcomes = set()
+            # Room from too little to open the store to enough for everything.
+            for kib in range(32, 132, 4):
+                os.truncate(filler, size - kib * 1024)
+                before = count()
+                p = subprocess.Popen([isgtest.ISGD, "--config", gw.config_path], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=isgtest._die_with_parent)
+                started, said = False, []
+                for line in p.stderr:
+                    said.append(line)
+                    if "event=isgd.started" in line:
+                        started = True
+                        break
+                if started:
+                    after = count()
+                    p.terminate()
+                rest = "".join(said) + p.communicate(timeout=isgtest.STOP_TIMEOUT)[1]
+                if started:
+                    self.assertEqual(after, before + 2, "%d KiB free: isgd served before its policy "
+                                     "set and keys were on record" % kib)
+                    outcomes.add("started")
+                    break
+                self.assertEqual(p.returncode, 1, rest)
+                if "isgd: the audit log did not record the policy set and keys: disk full" in rest:
+                    outcomes.add("refused")
+                os.truncate(filler, size)
+            self.assertEqual(outcomes, {"refused", "started"})
+            os.unlink(filler)
+            self.audit_verify(gw, "after the starts")
+        finally:
+            if gw is not None:
+                gw.close()
+            self.umount(store_dir)
+
     def test_disk_full_refuses_sends_and_recovers(self):
         pb = self.pb
         store_dir = os.path.join(self.tmp, "gw", "store")
