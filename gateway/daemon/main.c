@@ -462,6 +462,17 @@ static int audit_reload(struct gateway *g, const struct regime *r, bool *rotated
 	return err ? err : committed;
 }
 
+/* A refused reload's entry, committed before its log line, so that whoever reads
+ * the line finds the entry. */
+static void audit_refused(struct gateway *g, size_t errors)
+{
+	int committed = 0;
+	char q[64];
+	if (audit_policy(g, NULL, "refused", errors, &committed) == 0 && committed != 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=policy.refused error=%s",
+		          log_quote(q, sizeof(q), isg_strerror(committed)));
+}
+
 static void reload(struct gateway *g)
 {
 	char qp[PATH_MAX + 8];
@@ -482,16 +493,16 @@ static void reload(struct gateway *g)
 		handler_recheck_partners(g);
 	} else if (r) {
 		char q[64];
+		regime_unref(r);
+		audit_refused(g, 0);
 		log_event(LOG_ERROR, "policy.refused",
 		          "reason=\"the audit log did not record the new policy set and keys\" "
 		          "error=%s action=\"kept the running policy set and keys\"",
 		          log_quote(q, sizeof(q), isg_strerror(rc)));
-		regime_unref(r);
-		audit_policy(g, NULL, "refused", 0, NULL);
 	} else {
+		audit_refused(g, errors);
 		log_event(LOG_ERROR, "policy.refused",
 		          "action=\"kept the running policy set and keys\"");
-		audit_policy(g, NULL, "refused", errors, NULL);
 	}
 
 	char err[512];

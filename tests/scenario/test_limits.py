@@ -118,18 +118,47 @@ int fdatasync(int fd) { static int (*real)(int); if (!real) real = dlsym(RTLD_NE
 """
 
 
+def slow_sync_lib(tmp):
+    src = os.path.join(tmp, "slowsync.c")
+    lib = os.path.join(tmp, "slowsync.so")
+    with open(src, "w") as f:
+        f.write(SLOW_SYNC_C)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, "-ldl"], check=True)
+    return lib
+
+
+class RefusedReloadOnRecordCase(isgtest.ScenarioCase):
+    def test_a_refused_reload_is_on_record_when_it_is_logged(self):
+        """Whoever reads policy.refused in isgd's log finds its audit entry: it
+        is committed first, even when the disk takes 300 ms to sync."""
+        lib = slow_sync_lib(self.tmp)
+        gw = self.gateway(start=False)
+        plain = gw.argv
+        gw.argv = lambda: preload_env(lib) + plain()
+        gw.start()
+
+        def refused():
+            db = sqlite3.connect("file:%s?mode=ro" % gw.store_path, uri=True)
+            try:
+                return db.execute("SELECT count(*) FROM audit WHERE kind = 'policy.refused'").fetchone()[0]
+            finally:
+                db.close()
+
+        with open(os.path.join(gw.policy_dir, "agreements", "broken.yaml"), "w") as f:
+            f.write("agreement: [unclosed\n")
+        for n in (1, 2):
+            outcome, text = gw.reload()
+            self.assertEqual(outcome, "refused", text)
+            self.assertEqual(refused(), n, text)
+
+
 class ShutdownRefusalCase(isgtest.ScenarioCase):
     """Over-limit sends whose connections closed, still in the store at SIGTERM:
     each refusal is audited before the store closes (it was once submitted
     after, to the freed store), and isgd exits cleanly."""
 
     def slow_sync_lib(self):
-        src = os.path.join(self.tmp, "slowsync.c")
-        lib = os.path.join(self.tmp, "slowsync.so")
-        with open(src, "w") as f:
-            f.write(SLOW_SYNC_C)
-        subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, "-ldl"], check=True)
-        return lib
+        return slow_sync_lib(self.tmp)
 
     def test_refusals_queued_at_shutdown_are_audited(self):
         lib = self.slow_sync_lib()
