@@ -1,4 +1,5 @@
 /* The handle: connect (TCP, TLS, Hello/Welcome), accessors, close. */
+#include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -110,18 +111,25 @@ ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, stru
 		client_error(err, ISG_CLIENT_E_NOMEM, "out of memory");
 		return -1;
 	}
-	/* One deadline for TCP, TLS and Welcome: timeout_ms bounds the whole call. */
-	int64_t deadline = client_deadline(c->timeout_ms);
+	struct addrinfo *addrs = NULL;
 	if (client_tls_context(opt, &c->ctx, err) < 0 ||
-	    client_tcp_connect(c, host, port, deadline, err) < 0 ||
-	    client_tls_new(c, opt->server_name ? opt->server_name : host, err) < 0 ||
+	    client_resolve(c, host, port, &addrs, err) < 0)
+		goto fail;
+	/* One deadline for TCP, TLS and Welcome: timeout_ms bounds them as a
+	 * whole. It starts once the name is resolved, as documented: a slow
+	 * resolver must not leave the handshake no time at all. */
+	int64_t deadline = client_deadline(c->timeout_ms);
+	int rc = client_tcp_connect(c, addrs, deadline, err);
+	freeaddrinfo(addrs);
+	if (rc < 0 || client_tls_new(c, opt->server_name ? opt->server_name : host, err) < 0 ||
 	    client_tls_handshake(c, deadline, err) < 0 ||
-	    hello(c, opt->client_name, deadline, err) < 0) {
-		isg_client_close(c);
-		return -1;
-	}
+	    hello(c, opt->client_name, deadline, err) < 0)
+		goto fail;
 	*out = c;
 	return 0;
+fail:
+	isg_client_close(c);
+	return -1;
 }
 
 int client_check_owner(const struct isg_client *c, struct isg_error *err)

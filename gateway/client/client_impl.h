@@ -78,7 +78,12 @@ int client_fail(struct isg_client *c, struct isg_error *err, int code, const cha
 
 /* io.c: deadlines are time_mono_ms() values; -1 means none. */
 int64_t client_deadline(int64_t timeout_ms);
-int client_tcp_connect(struct isg_client *c, const char *host, const char *port, int64_t deadline,
+struct addrinfo;
+/* Name resolution, outside the connect's deadline (getaddrinfo cannot be cut short). */
+int client_resolve(struct isg_client *c, const char *host, const char *port, struct addrinfo **out,
+                   struct isg_error *err);
+/* Each address of res in turn, all within the one deadline. */
+int client_tcp_connect(struct isg_client *c, const struct addrinfo *res, int64_t deadline,
                        struct isg_error *err);
 int client_tls_handshake(struct isg_client *c, int64_t deadline, struct isg_error *err);
 int client_write_frame(struct isg_client *c, const Isg__Frame *f, int64_t deadline,

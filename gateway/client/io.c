@@ -132,25 +132,27 @@ static int connect_one(const struct addrinfo *ai, int64_t deadline, int *fd_out,
 	return 0;
 }
 
-int client_tcp_connect(struct isg_client *c, const char *host, const char *port, int64_t deadline,
-                       struct isg_error *err)
+int client_resolve(struct isg_client *c, const char *host, const char *port, struct addrinfo **out,
+                   struct isg_error *err)
 {
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC};
-	struct addrinfo *res = NULL;
-	int rc = getaddrinfo(host, port, &hints, &res);
+	int rc = getaddrinfo(host, port, &hints, out);
 	if (rc != 0)
 		return client_fail(c, err, ISG_CLIENT_E_CONNECT, "cannot resolve '%s': %s", host,
 		                   gai_strerror(rc));
+	return 0;
+}
+
+int client_tcp_connect(struct isg_client *c, const struct addrinfo *res, int64_t deadline,
+                       struct isg_error *err)
+{
 	int why = 0;
 	for (const struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-		if (connect_one(ai, deadline, &c->fd, &why) == 0) {
-			freeaddrinfo(res);
+		if (connect_one(ai, deadline, &c->fd, &why) == 0)
 			return 0;
-		}
 		if (why == ETIMEDOUT)
 			break;
 	}
-	freeaddrinfo(res);
 	char text[128];
 	if (why == ETIMEDOUT)
 		return client_fail(c, err, ISG_CLIENT_E_TIMEOUT,

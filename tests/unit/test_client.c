@@ -11,8 +11,10 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -527,6 +529,51 @@ static void test_connect_by_dns_name(void **state)
 		isg_client_close(c);
 		mock_finish(m);
 	}
+}
+
+/*
+ * A slow resolver, for the test that needs one: the library's getaddrinfo
+ * is this one (the program's own definition comes first), which waits
+ * resolver_delay_ms before asking the real one.
+ */
+static int resolver_delay_ms;
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res)
+{
+	static int (*real)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
+	if (!real)
+		*(void **)&real = dlsym(RTLD_NEXT, "getaddrinfo");
+	if (resolver_delay_ms)
+		usleep((useconds_t)resolver_delay_ms * 1000);
+	return real(node, service, hints, res);
+}
+
+/*
+ * timeout_ms bounds TCP, TLS and Welcome, not name resolution (which
+ * getaddrinfo does not let a caller cut short): a resolver that takes
+ * longer than the timeout leaves the connection its whole timeout, and
+ * does not fail it in the handshake as if the gateway were slow.
+ */
+static void test_connect_timeout_starts_after_resolution(void **state)
+{
+	struct mock *m = &mock_slot;
+	mock_start(m, script_welcome_then_drain, pki.ca);
+	struct isg_client_options opt;
+	char addr[64];
+	options_for(&opt, m, addr, sizeof(addr));
+	snprintf(addr, sizeof(addr), "localhost:%u", m->port);
+	opt.timeout_ms = 1000; /* valgrind's handshake takes some hundreds of ms */
+	struct isg_client *c = NULL;
+	struct isg_error err;
+	resolver_delay_ms = 1200;
+	int rc = isg_client_connect(&opt, &c, &err);
+	resolver_delay_ms = 0;
+	if (rc < 0)
+		fail_msg("connect after a slow resolver: %s: %s", err.code_name, err.message);
+	assert_string_equal(isg_client_partner_id(c), "met-police");
+	isg_client_close(c);
+	mock_finish(m);
 }
 
 static void test_gateway_certificate_from_other_ca(void **state)
@@ -1665,6 +1712,7 @@ int main(void)
 	    cmocka_unit_test(test_connect_welcome_and_close_notify),
 	    cmocka_unit_test(test_mock_left_running_is_stopped),
 	    cmocka_unit_test(test_connect_by_dns_name),
+	    cmocka_unit_test(test_connect_timeout_starts_after_resolution),
 	    cmocka_unit_test(test_gateway_certificate_from_other_ca),
 	    cmocka_unit_test(test_gateway_certificate_wrong_name),
 	    cmocka_unit_test(test_gateway_certificate_wrong_ip),
