@@ -174,7 +174,7 @@ struct isg_field {
 
 struct isg_record {
 	size_t n_fields;
-	struct isg_field *fields;
+	const struct isg_field *fields; /* the library never writes through it */
 };
 
 /* Longest message_id the library accepts, in bytes. */

@@ -947,6 +947,41 @@ static void test_send_and_receipt(void **state)
 	mock_finish(m);
 }
 
+/*
+ * A partner's fixed records, in read-only memory, go as they are: nothing
+ * in a message, down to its fields, needs a cast to send.
+ */
+static const struct isg_field fixed_fields[] = {
+    {"nhs_number", {.kind = ISG_VALUE_TEXT, .text = "9434765919"}},
+    {"age", {.kind = ISG_VALUE_INTEGER, .integer = -42}},
+    {"score", {.kind = ISG_VALUE_REAL, .real = 2.5}},
+    {"consent", {.kind = ISG_VALUE_BOOLEAN, .boolean = true}},
+};
+static const struct isg_record fixed_records[] = {{ARRAY_LEN(fixed_fields), fixed_fields},
+                                                  {0, NULL}};
+
+static void test_send_from_const_records(void **state)
+{
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_send);
+	const struct isg_message msg = {
+	    .message_id = "fixed-1",
+	    .recipient = "nhs-trust",
+	    .agreement_id = "isa-42",
+	    .dataset = "referrals",
+	    .reply_to = 9,
+	    .n_records = ARRAY_LEN(fixed_records),
+	    .records = fixed_records,
+	};
+	struct isg_receipt receipt;
+	struct isg_error err;
+	if (isg_client_send(c, &msg, &receipt, &err) < 0)
+		fail_msg("%s: %s", err.code_name, err.message);
+	assert_string_equal(receipt.message_id, "fixed-1");
+	isg_client_close(c);
+	mock_finish(m);
+}
+
 static void script_refuse_then_pong(struct mock *m, SSL *ssl)
 {
 	mock_welcome(m, ssl);
@@ -1723,6 +1758,7 @@ int main(void)
 	    cmocka_unit_test(test_openssl_error_queue_left_empty),
 	    cmocka_unit_test(test_bad_options),
 	    cmocka_unit_test(test_send_and_receipt),
+	    cmocka_unit_test(test_send_from_const_records),
 	    cmocka_unit_test(test_refusal_reported_exactly_and_connection_usable),
 	    cmocka_unit_test(test_pipelined_sends),
 	    cmocka_unit_test(test_pipelined_answer_kept_when_connection_fails),
