@@ -27,7 +27,7 @@
  *
  * After a refusal the connection stays usable. After a local failure other
  * than ISG_CLIENT_E_USAGE, ISG_CLIENT_E_NOMEM (unless memory ran out reading
- * an answer) and ISG_CLIENT_E_INTERRUPTED, or after a gateway error that is
+ * an answer or building deliveries) and ISG_CLIENT_E_INTERRUPTED, or after a gateway error that is
  * not an answer to a request (rules partner.*: the gateway closes the
  * connection then), every further call fails with ISG_CLIENT_E_CLOSED:
  * close the handle and connect again. docs/client-library.md says which

@@ -321,6 +321,19 @@ ISG_CLIENT_API int isg_client_send(struct isg_client *c, const struct isg_messag
 	return send_finish(c, ticket, deadline, receipt, err);
 }
 
+/*
+ * Deliveries the gateway handed out but the library could not hand over
+ * (no memory to build them): the gateway offers them again only on another
+ * connection, so this one must end, or they would wait, unacknowledged and
+ * never seen, for as long as a long-running service keeps it.
+ */
+static int deliveries_lost(struct isg_client *c, struct isg_error *err)
+{
+	return client_fail(c, err, ISG_CLIENT_E_NOMEM,
+	                   "out of memory for the deliveries received; the gateway delivers them "
+	                   "again on the next connection");
+}
+
 ISG_CLIENT_API int isg_client_fetch(struct isg_client *c, unsigned max, unsigned wait_ms,
                                     struct isg_delivery_list **out, struct isg_error *err)
 {
@@ -341,7 +354,9 @@ ISG_CLIENT_API int isg_client_fetch(struct isg_client *c, unsigned max, unsigned
 	if (client_call(c, &req, ISG__FRAME__BODY_FETCH_RESULT,
 	                client_deadline((int64_t)c->timeout_ms + wait_ms), &resp, err) < 0)
 		return -1;
-	return client_deliveries_from_fetch(resp, out, err);
+	if (client_deliveries_from_fetch(resp, out, err) < 0)
+		return deliveries_lost(c, err);
+	return 0;
 }
 
 ISG_CLIENT_API int isg_client_ack(struct isg_client *c, const uint64_t *ids, size_t n,
@@ -405,7 +420,9 @@ static int pushed_frame(struct isg_client *c, Isg__Frame *f, struct isg_delivery
 		wire_frame_free(f);
 		return -1;
 	}
-	return client_delivery_from_push(f, out, err);
+	if (client_delivery_from_push(f, out, err) < 0)
+		return deliveries_lost(c, err);
+	return 0;
 }
 
 ISG_CLIENT_API int isg_client_next_delivery(struct isg_client *c, int timeout_ms,
