@@ -49,10 +49,7 @@ static int hello(struct isg_client *c, const char *client_name, int64_t deadline
 {
 	Isg__Hello h = ISG__HELLO__INIT;
 	h.protocol_version = WIRE_PROTOCOL_VERSION;
-	if (client_name && str_utf8_valid(client_name, strlen(client_name)))
-		h.client_name = (char *)client_name;
-	else
-		h.client_name = (char *)"libisgclient/" ISG_CLIENT_VERSION;
+	h.client_name = (char *)(client_name ? client_name : "libisgclient/" ISG_CLIENT_VERSION);
 	Isg__Frame req = ISG__FRAME__INIT;
 	req.body_case = ISG__FRAME__BODY_HELLO;
 	req.hello = &h;
@@ -106,6 +103,11 @@ ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, stru
 	char host[256], port[8];
 	if (split_gateway(opt->gateway, host, sizeof(host), port, sizeof(port), err) < 0)
 		return -1;
+	/* The gateway would refuse the Hello: say so before connecting. */
+	if (opt->client_name && !str_utf8_valid(opt->client_name, strlen(opt->client_name))) {
+		client_error(err, ISG_CLIENT_E_USAGE, "client_name is not valid UTF-8");
+		return -1;
+	}
 	struct isg_client *c = client_new(opt);
 	if (!c) {
 		client_error(err, ISG_CLIENT_E_NOMEM, "out of memory");

@@ -810,6 +810,11 @@ static void test_bad_options(void **state)
 		assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
 	}
 	opt.gateway = "127.0.0.1:1";
+	opt.client_name = "export/\xff"; /* not UTF-8: refused, not replaced, before connecting */
+	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+	assert_string_equal(err.message, "client_name is not valid UTF-8");
+	opt.client_name = NULL;
 	opt.key_file = pki.server_key; /* not the client certificate's key */
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_CONFIG);
