@@ -118,7 +118,8 @@ struct isg_client_options {
 	                            NULL: the host part of `gateway` */
 	int timeout_ms;          /* isg_client_connect as a whole (TCP, TLS, Hello/Welcome; not
 	                            name resolution), then each request; 0: 30000 */
-	const char *client_name; /* for the gateway's log; NULL: "libisgclient/<version>" */
+	const char *client_name; /* UTF-8, for the gateway's log (partner.hello);
+	                            NULL: "libisgclient/<version>" */
 	size_t max_frame_bytes;  /* largest frame accepted from the gateway; 0: 64 MiB */
 };
 

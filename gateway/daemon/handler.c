@@ -95,6 +95,12 @@ static void on_hello(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__UNSUPPORTED, msg);
 		return;
 	}
+	/* Which software the partner runs, for the admin who helps it: the
+	 * name the partner chose (never a record's value), quoted and cut short. */
+	char q[100];
+	log_event(LOG_INFO, "partner.hello", "peer=%s partner=%s client=%s", net_conn_peer(c),
+	          s->partner,
+	          log_quote(q, sizeof(q), f->hello->client_name ? f->hello->client_name : ""));
 	struct regime *rg = gateway_regime(s->g);
 	const struct policy_set *set = rg->policy;
 	const struct policy_partner *p = policy_partner_by_id(set, s->partner);

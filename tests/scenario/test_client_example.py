@@ -141,6 +141,9 @@ class CompleteExampleTest(isgtest.ScenarioCase):
         self.assertIn("message %d from nhs-trust under nhs-police-mh-crisis-reply v1"
                       % answer["gateway_id"], r.stdout)
         self.assertIn("known_to_services=true", r.stdout)
+        # the page says the client_name it sets shows in the gateway's log
+        self.assertRegex(gw.log, r"event=partner\.hello peer=\S+ partner=met-police "
+                         r"client=partner-example/1\.0\n")
 
         # the trust got what the example sent; the police's inbox was acknowledged
         msgs = nhs.fetch_messages()
