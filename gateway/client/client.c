@@ -85,7 +85,7 @@ static struct isg_client *client_new(const struct isg_client_options *opt)
 		return NULL;
 	c->owner = getpid();
 	c->fd = -1;
-	c->timeout_ms = opt->timeout_ms > 0 ? opt->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+	c->timeout_ms = opt->timeout_ms ? opt->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
 	c->max_frame = opt->max_frame_bytes ? opt->max_frame_bytes : CLIENT_DEFAULT_MAX_FRAME;
 	str_copy(c->peer, opt->gateway, sizeof(c->peer));
 	return c;
@@ -103,6 +103,13 @@ ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, stru
 	char host[256], port[8];
 	if (split_gateway(opt->gateway, host, sizeof(host), port, sizeof(port), err) < 0)
 		return -1;
+	/* -1 means "forever" to isg_client_next_delivery, not here. */
+	if (opt->timeout_ms < 0) {
+		client_error(err, ISG_CLIENT_E_USAGE,
+		             "timeout_ms %d is negative (0: the default of %d ms)", opt->timeout_ms,
+		             CLIENT_DEFAULT_TIMEOUT_MS);
+		return -1;
+	}
 	/* The gateway would refuse the Hello: say so before connecting. */
 	if (opt->client_name && !str_utf8_valid(opt->client_name, strlen(opt->client_name))) {
 		client_error(err, ISG_CLIENT_E_USAGE, "client_name is not valid UTF-8");

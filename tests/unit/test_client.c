@@ -815,6 +815,11 @@ static void test_bad_options(void **state)
 	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
 	assert_string_equal(err.message, "client_name is not valid UTF-8");
 	opt.client_name = NULL;
+	opt.timeout_ms = -1; /* not "forever", as for isg_client_next_delivery */
+	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+	assert_non_null(strstr(err.message, "timeout_ms -1 is negative"));
+	opt.timeout_ms = 0;
 	opt.key_file = pki.server_key; /* not the client certificate's key */
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_CONFIG);
