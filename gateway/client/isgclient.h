@@ -117,7 +117,8 @@ struct isg_client_options {
 	const char *server_name; /* name (or IP address) the gateway's certificate must carry;
 	                            NULL: the host part of `gateway` */
 	int timeout_ms;          /* isg_client_connect as a whole (TCP, TLS, Hello/Welcome; not
-	                            name resolution), then each request; 0: 30000 */
+	                            name resolution), then each request; 0: 30000;
+	                            negative: refused (ISG_CLIENT_E_USAGE) */
 	const char *client_name; /* UTF-8, for the gateway's log (partner.hello);
 	                            NULL: "libisgclient/<version>" */
 	size_t max_frame_bytes;  /* largest frame accepted from the gateway; 0: 64 MiB */
@@ -203,9 +204,9 @@ struct isg_receipt {
 };
 
 /*
- * Send a message and wait for its receipt. Values are checked first (text is
- * UTF-8, names are not empty, reals are finite): a problem is
- * ISG_CLIENT_E_USAGE naming the record and field.
+ * Send a message and wait for its receipt (receipt may be NULL). Values are
+ * checked first (text is UTF-8, names are not empty, reals are finite): a
+ * problem is ISG_CLIENT_E_USAGE naming the record and field.
  */
 ISG_CLIENT_API int isg_client_send(struct isg_client *client, const struct isg_message *msg,
                                    struct isg_receipt *receipt,
