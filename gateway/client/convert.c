@@ -43,12 +43,25 @@ static int check_header(const struct isg_message *msg, struct isg_error *err)
 	return 0;
 }
 
-static int field_problem(struct isg_error *err, size_t rec, const char *name, const char *what)
+/*
+ * A field's name is quoted when err->field holds it whole; a longer one is
+ * named by its position, as the gateway does, so that neither a cut name
+ * nor the cut end of the message (the problem itself) misleads.
+ */
+static int field_problem(struct isg_error *err, size_t rec, size_t idx, const char *name,
+                         const char *what)
 {
-	client_error(err, ISG_CLIENT_E_USAGE, "record %zu field '%s': %s", rec, name, what);
+	bool fits = strlen(name) < sizeof(err->field);
+	if (fits)
+		client_error(err, ISG_CLIENT_E_USAGE, "record %zu field '%s': %s", rec, name, what);
+	else
+		client_error(err, ISG_CLIENT_E_USAGE,
+		             "record %zu: field %zu (its name is %zu bytes): %s", rec, idx,
+		             strlen(name), what);
 	if (err) {
 		err->record_index = (int64_t)rec;
-		str_copy(err->field, name, sizeof(err->field));
+		if (fits)
+			str_copy(err->field, name, sizeof(err->field));
 	}
 	return -1;
 }
@@ -72,21 +85,21 @@ static int check_field(const struct isg_field *f, size_t rec, size_t idx, struct
 	switch (f->value.kind) {
 	case ISG_VALUE_TEXT:
 		if (!f->value.text)
-			return field_problem(err, rec, f->name, "text value is NULL");
+			return field_problem(err, rec, idx, f->name, "text value is NULL");
 		if (!utf8_ok(f->value.text))
-			return field_problem(err, rec, f->name, "text is not valid UTF-8");
+			return field_problem(err, rec, idx, f->name, "text is not valid UTF-8");
 		return 0;
 	case ISG_VALUE_REAL:
 		if (!isfinite(f->value.real))
-			return field_problem(err, rec, f->name, "real value is not finite");
+			return field_problem(err, rec, idx, f->name, "real value is not finite");
 		return 0;
 	case ISG_VALUE_INTEGER:
 	case ISG_VALUE_BOOLEAN:
 		return 0;
 	case ISG_VALUE_NONE:
-		return field_problem(err, rec, f->name, "no value (leave absent fields out)");
+		return field_problem(err, rec, idx, f->name, "no value (leave absent fields out)");
 	}
-	return field_problem(err, rec, f->name, "unknown value kind");
+	return field_problem(err, rec, idx, f->name, "unknown value kind");
 }
 
 static void fill_value(Isg__Value *v, const struct isg_value *in)

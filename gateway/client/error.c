@@ -47,6 +47,49 @@ ISG_CLIENT_API const char *isg_client_code_name(int code)
 	return v ? v->name : "UNKNOWN";
 }
 
+/* Drop a character that a cut at the end of s (len bytes) left incomplete. */
+static void utf8_trim_cut(char *s, size_t len)
+{
+	size_t i = len, cont = 0;
+	while (i > 0 && cont < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80) {
+		i--;
+		cont++;
+	}
+	if (i == 0)
+		return;
+	unsigned char lead = (unsigned char)s[i - 1];
+	size_t need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+	if (lead >= 0xc0 && need > cont + 1)
+		s[i - 1] = '\0';
+}
+
+/*
+ * The texts of struct isg_error are valid UTF-8 (a partner's log may be
+ * JSON): cut at a character's boundary, and a byte of a caller's string
+ * that is not UTF-8 (quoted back, as a bad address is) shown as '?'.
+ */
+static void utf8_mend(char *s)
+{
+	size_t len = strlen(s);
+	utf8_trim_cut(s, len);
+	len = strlen(s);
+	for (size_t i = 0; i < len;) {
+		size_t n = str_utf8_char(s + i, len - i);
+		if (n == 0) {
+			s[i] = '?';
+			n = 1;
+		}
+		i += n;
+	}
+}
+
+/* A string from the gateway (valid UTF-8, the frame was checked) into a field of err. */
+static void copy_text(char *dst, const char *src, size_t size)
+{
+	str_copy(dst, src ? src : "", size);
+	utf8_mend(dst);
+}
+
 void client_error_clear(struct isg_error *err)
 {
 	if (!err)
@@ -73,6 +116,7 @@ void client_error(struct isg_error *err, int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(err->message, sizeof(err->message), fmt, ap);
 	va_end(ap);
+	utf8_mend(err->message);
 }
 
 void client_error_from_wire(struct isg_error *err, const Isg__Error *e)
@@ -86,10 +130,10 @@ void client_error_from_wire(struct isg_error *err, const Isg__Error *e)
 		str_copy(err->code_name, isg_client_code_name(err->code), sizeof(err->code_name));
 	else /* a code newer than this library */
 		snprintf(err->code_name, sizeof(err->code_name), "CODE_%d", err->code);
-	str_copy(err->message, e->message ? e->message : "", sizeof(err->message));
+	copy_text(err->message, e->message, sizeof(err->message));
 	err->record_index = e->record_index;
-	str_copy(err->field, e->field ? e->field : "", sizeof(err->field));
-	str_copy(err->rule, e->rule ? e->rule : "", sizeof(err->rule));
+	copy_text(err->field, e->field, sizeof(err->field));
+	copy_text(err->rule, e->rule, sizeof(err->rule));
 	err->audit_index = e->audit_index;
 }
 

@@ -97,7 +97,7 @@ struct isg_error {
 	int code;             /* enum isg_wire_code when from_gateway, else enum isg_client_code */
 	bool from_gateway;    /* the gateway sent this error (a refusal) */
 	char code_name[32];   /* "NOT_PERMITTED", "BAD_VALUE", ... or "TLS", "TIMEOUT", ... */
-	char message[512];    /* human-readable; never holds a field value */
+	char message[512];    /* human-readable, valid UTF-8; never holds a field value */
 	int64_t record_index; /* 0-based record the error is about; -1 when none */
 	char field[128];      /* field name the error is about; "" when none */
 	char rule[64];        /* policy rule that refused, e.g. "agreement.sender"; "" when none */

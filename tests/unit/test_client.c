@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -1050,6 +1051,79 @@ static struct isg_message bare_message(const char *message_id)
 	                            .dataset = "referrals"};
 }
 
+/* 300 characters of two bytes each: more than err.message's 511 bytes hold. */
+static const char *long_accented(void)
+{
+	static char text[601];
+	for (size_t i = 0; i < 300; i++)
+		memcpy(text + 2 * i, "\xc3\xa9", 2); /* é */
+	text[600] = '\0';
+	return text;
+}
+
+static void script_refuse_at_length(struct mock *m, SSL *ssl)
+{
+	mock_welcome(m, ssl);
+	Isg__Frame *f = mock_expect(m, ssl, ISG__FRAME__BODY_PING);
+	if (!f)
+		return;
+	mock_error(ssl, f->request_id, ISG__ERROR_CODE__UNAVAILABLE, long_accented(), -1,
+	           long_accented(), long_accented(), 0);
+	mock_drain(m, ssl);
+}
+
+static bool utf8(const char *s)
+{
+	return str_utf8_valid(s, strlen(s));
+}
+
+/*
+ * What struct isg_error holds is text a partner logs, often as JSON: it is
+ * valid UTF-8 however long the gateway's words or the caller's strings,
+ * and a long field name does not push the problem out of the message.
+ */
+static void test_error_texts_are_utf8_and_whole(void **state)
+{
+	struct mock *m = &mock_slot;
+	struct isg_client *c = connect_to(m, script_refuse_at_length);
+	struct isg_error err;
+	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
+	assert_true(err.from_gateway);
+	assert_true(utf8(err.message) && utf8(err.field) && utf8(err.rule));
+	assert_int_equal(strlen(err.message), 510); /* 255 whole characters */
+	assert_int_equal(strlen(err.field), 126);
+	assert_int_equal(strlen(err.rule), 62);
+
+	char name[600];
+	memset(name, 'n', sizeof(name) - 1);
+	name[sizeof(name) - 1] = '\0';
+	struct isg_field fields[] = {{"ok", {.kind = ISG_VALUE_INTEGER, .integer = 1}},
+	                             {name, {.kind = ISG_VALUE_REAL, .real = NAN}}};
+	struct isg_record rec = {ARRAY_LEN(fields), fields};
+	struct isg_message msg = bare_message("long-name");
+	msg.n_records = 1;
+	msg.records = &rec;
+	struct isg_receipt receipt;
+	assert_int_equal(isg_client_send(c, &msg, &receipt, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+	assert_string_equal(err.message, "record 0: field 1 (its name is 599 bytes): real value is "
+	                                 "not finite");
+	assert_string_equal(err.field, ""); /* not a name cut short */
+	assert_int_equal(err.record_index, 0);
+	isg_client_close(c);
+	mock_finish(m);
+
+	struct isg_client_options opt;
+	isg_client_options_init(&opt);
+	opt.gateway = "127.0.0.1:44\xff"; /* quoted back, not UTF-8 */
+	opt.cert_file = pki.client_cert;
+	opt.key_file = pki.client_key;
+	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+	assert_true(utf8(err.message));
+	assert_non_null(strstr(err.message, "'127.0.0.1:44?'"));
+}
+
 /*
  * Three sends started before any answer, then a ping: the gateway answers the
  * ping first and the sends in another order (b refused, c, then a).
@@ -1770,6 +1844,7 @@ int main(void)
 	    cmocka_unit_test(test_send_and_receipt),
 	    cmocka_unit_test(test_send_from_const_records),
 	    cmocka_unit_test(test_refusal_reported_exactly_and_connection_usable),
+	    cmocka_unit_test(test_error_texts_are_utf8_and_whole),
 	    cmocka_unit_test(test_pipelined_sends),
 	    cmocka_unit_test(test_pipelined_answer_kept_when_connection_fails),
 	    cmocka_unit_test(test_pipelined_answer_kept_when_write_fails),
