@@ -91,18 +91,19 @@ static struct isg_client *client_new(const struct isg_client_options *opt)
 	return c;
 }
 
-ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, struct isg_client **out,
-                                      struct isg_error *err)
+/* What can be refused before anything is opened: a caller's mistake is
+ * USAGE, never a failure that looks worth retrying. */
+static int check_options(const struct isg_client_options *opt, const char *server_name,
+                         struct isg_error *err)
 {
-	client_error_clear(err);
-	if (!opt || !out) {
-		client_error(err, ISG_CLIENT_E_USAGE, "no options or no place for the client");
+	/* Checked again by client_tls_new, but before the name is resolved: a
+	 * host that cannot be a name would otherwise fail as CONNECT, which a
+	 * service takes for a network fault and retries for ever. */
+	if (!str_host_name(server_name)) {
+		client_error(err, ISG_CLIENT_E_USAGE,
+		             "invalid server name '%s' (a DNS name or an IP address)", server_name);
 		return -1;
 	}
-	*out = NULL;
-	char host[256], port[8];
-	if (split_gateway(opt->gateway, host, sizeof(host), port, sizeof(port), err) < 0)
-		return -1;
 	/* -1 means "forever" to isg_client_next_delivery, not here. */
 	if (opt->timeout_ms < 0) {
 		client_error(err, ISG_CLIENT_E_USAGE,
@@ -115,6 +116,24 @@ ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, stru
 		client_error(err, ISG_CLIENT_E_USAGE, "client_name is not valid UTF-8");
 		return -1;
 	}
+	return 0;
+}
+
+ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, struct isg_client **out,
+                                      struct isg_error *err)
+{
+	client_error_clear(err);
+	if (!opt || !out) {
+		client_error(err, ISG_CLIENT_E_USAGE, "no options or no place for the client");
+		return -1;
+	}
+	*out = NULL;
+	char host[256], port[8];
+	if (split_gateway(opt->gateway, host, sizeof(host), port, sizeof(port), err) < 0)
+		return -1;
+	const char *server_name = opt->server_name ? opt->server_name : host;
+	if (check_options(opt, server_name, err) < 0)
+		return -1;
 	struct isg_client *c = client_new(opt);
 	if (!c) {
 		client_error(err, ISG_CLIENT_E_NOMEM, "out of memory");
@@ -130,7 +149,7 @@ ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, stru
 	int64_t deadline = client_deadline(c->timeout_ms);
 	int rc = client_tcp_connect(c, addrs, deadline, err);
 	freeaddrinfo(addrs);
-	if (rc < 0 || client_tls_new(c, opt->server_name ? opt->server_name : host, err) < 0 ||
+	if (rc < 0 || client_tls_new(c, server_name, err) < 0 ||
 	    client_tls_handshake(c, deadline, err) < 0 ||
 	    hello(c, opt->client_name, deadline, err) < 0)
 		goto fail;

@@ -810,6 +810,11 @@ static void test_bad_options(void **state)
 		assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
 		assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
 	}
+	/* a host that cannot be a name: the caller's mistake, not a network fault to retry */
+	opt.gateway = "isg_gateway\xff:4433";
+	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+	assert_non_null(strstr(err.message, "invalid server name"));
 	opt.gateway = "127.0.0.1:1";
 	opt.client_name = "export/\xff"; /* not UTF-8: refused, not replaced, before connecting */
 	assert_int_equal(isg_client_connect(&opt, &c, &err), -1);
