@@ -291,7 +291,9 @@ ISG_CLIENT_API int isg_client_subscribe(struct isg_client *client,
  * also leaves the connection usable. The connection sends TCP keepalive
  * probes after 60 s of silence: if the gateway or the network path to it
  * is gone, even a wait of -1 fails (ISG_CLIENT_E_IO) within about two
- * minutes; reconnect and subscribe again.
+ * minutes; reconnect and subscribe again. The gateway ends a subscription
+ * only as it closes the connection: the call returns its error, and every
+ * later call ISG_CLIENT_E_CLOSED.
  */
 ISG_CLIENT_API int isg_client_next_delivery(struct isg_client *client, int timeout_ms,
                                             struct isg_delivery **out,

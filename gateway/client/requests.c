@@ -32,15 +32,25 @@ static int check_usable(struct isg_client *c, struct isg_error *err)
 	return 0;
 }
 
-/* The gateway's error about the connection itself: it closes after sending it. */
-static int connection_error(struct isg_client *c, Isg__Frame *f, struct isg_error *err)
+/*
+ * The gateway's error that ends the connection: it closes after sending it.
+ * err gets the gateway's own error; every later call, ISG_CLIENT_E_CLOSED.
+ */
+static int gateway_ended(struct isg_client *c, Isg__Frame *f, const char *what,
+                         struct isg_error *err)
 {
 	client_error_from_wire(err, f->error);
 	c->broken = true;
-	snprintf(c->broken_why, sizeof(c->broken_why), "the gateway refused the connection: %s",
+	snprintf(c->broken_why, sizeof(c->broken_why), "the gateway %s: %s", what,
 	         f->error->message ? f->error->message : "");
 	wire_frame_free(f);
 	return -1;
+}
+
+/* The gateway's error about the connection itself (request_id 0). */
+static int connection_error(struct isg_client *c, Isg__Frame *f, struct isg_error *err)
+{
+	return gateway_ended(c, f, "refused the connection", err);
 }
 
 static struct started_send *started_find(struct isg_client *c, uint64_t id)
@@ -410,15 +420,18 @@ ISG_CLIENT_API int isg_client_subscribe(struct isg_client *c, struct isg_error *
 	return 0;
 }
 
-/* A frame on the subscription: a delivery, or the gateway ending it with an error. */
+/*
+ * A frame on the subscription: a delivery, or the gateway ending it with an
+ * error, which it does only as it ends the connection (isgd stopping, a
+ * reload that no longer knows the partner): the next call is
+ * ISG_CLIENT_E_CLOSED, as the error's words say, not "not subscribed".
+ */
 static int pushed_frame(struct isg_client *c, Isg__Frame *f, struct isg_delivery **out,
                         struct isg_error *err)
 {
 	if (f->body_case == ISG__FRAME__BODY_ERROR) {
 		c->subscribed = false;
-		client_error_from_wire(err, f->error);
-		wire_frame_free(f);
-		return -1;
+		return gateway_ended(c, f, "ended the subscription", err);
 	}
 	if (client_delivery_from_push(f, out, err) < 0)
 		return deliveries_lost(c, err);

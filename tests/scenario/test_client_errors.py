@@ -80,20 +80,63 @@ int main(int argc, char **argv)
 }
 """
 
+# Subscribed, waiting, as isgd stops: what the wait says, then the next call.
+SUBSCRIBER = r"""
+#include <stdio.h>
+#include "isgclient.h"
+
+int main(int argc, char **argv)
+{
+	if (argc != 5)
+		return 2;
+	struct isg_client_options opt;
+	isg_client_options_init(&opt);
+	opt.gateway = argv[1];
+	opt.cert_file = argv[2];
+	opt.key_file = argv[3];
+	opt.ca_file = argv[4];
+	struct isg_client *c = NULL;
+	struct isg_error err;
+	/* the ping's answer comes after the gateway took the subscription in */
+	if (isg_client_connect(&opt, &c, &err) < 0 || isg_client_subscribe(c, &err) < 0 ||
+	    isg_client_ping(c, NULL, &err) < 0) {
+		printf("connect %s: %s\n", err.code_name, err.message);
+		return 1;
+	}
+	printf("subscribed\n");
+	fflush(stdout);
+	struct isg_delivery *d = NULL;
+	int rc = isg_client_next_delivery(c, 60000, &d, &err);
+	printf("ended %s%s", rc < 0 ? err.code_name : d ? "delivery" : "nothing",
+	       rc < 0 && err.from_gateway ? " gateway" : "");
+	isg_delivery_free(d);
+	rc = isg_client_next_delivery(c, 60000, &d, &err);
+	printf(" next %s\n", rc < 0 ? err.code_name : d ? "delivery" : "nothing");
+	isg_delivery_free(d);
+	isg_client_close(c);
+	return 0;
+}
+"""
+
+
+def build(case, name, text):
+    src = os.path.join(case.tmp, name + ".c")
+    with open(src, "w") as f:
+        f.write(text)
+    prog = os.path.join(case.tmp, name)
+    cc, flags = build_settings()
+    r = subprocess.run([cc] + flags + ["-Wall", "-Wextra", "-Werror", "-I",
+                                       os.path.join(isgtest.SOURCE, "gateway", "client"), src,
+                                       "-L", LIB, "-lisgclient", "-o", prog],
+                       capture_output=True, text=True, timeout=120)
+    case.assertEqual(r.returncode, 0, r.stderr)
+    return prog
+
 
 @unittest.skipUnless(build_settings()[0], "no C compiler")
 class ClientErrorsTest(isgtest.ScenarioCase):
     def test_refusals_and_the_handle_afterwards(self):
-        src = os.path.join(self.tmp, "errors.c")
-        with open(src, "w") as f:
-            f.write(PROGRAM)
-        prog = os.path.join(self.tmp, "errors")
-        cc, flags = build_settings()
-        r = subprocess.run([cc] + flags + ["-Wall", "-Wextra", "-Werror", "-I",
-                                           os.path.join(isgtest.SOURCE, "gateway", "client"), src,
-                                           "-L", LIB, "-lisgclient", "-o", prog],
-                           capture_output=True, text=True, timeout=120)
-        self.assertEqual(r.returncode, 0, r.stderr)
+        prog = build(self, "errors", PROGRAM)
         gw = self.gateway()
         police = self.pki.certs["police"]
         r = subprocess.run([prog, gw.address, police.cert, police.key, self.pki.server_ca.cert],
@@ -108,6 +151,22 @@ class ClientErrorsTest(isgtest.ScenarioCase):
         ], r.stderr)
         self.assertAlive(gw)
         self.assertEqual(self.partner(gw, "nhs").fetch_messages(), [])
+
+    def test_subscription_ended_by_isgd_stopping(self):
+        """The gateway ends a subscription only as it closes: the wait gets its
+        UNAVAILABLE, and the next call CLOSED (connect again), not USAGE."""
+        prog = build(self, "subscriber", SUBSCRIBER)
+        gw = self.gateway()
+        nhs = self.pki.certs["nhs"]
+        p = subprocess.Popen([prog, gw.address, nhs.cert, nhs.key, self.pki.server_ca.cert],
+                             env=dict(os.environ, LD_LIBRARY_PATH=LIB), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self.addCleanup(p.kill)
+        self.assertEqual(p.stdout.readline(), "subscribed\n")
+        gw.stop()
+        out, err = p.communicate(timeout=isgtest.CTL_TIMEOUT)
+        self.assertEqual(p.returncode, 0, out + err)
+        self.assertEqual(out, "ended UNAVAILABLE gateway next CLOSED\n", err)
 
 
 if __name__ == "__main__":

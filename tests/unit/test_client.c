@@ -1565,6 +1565,12 @@ static void test_subscription_keeps_pushes_during_ack(void **state)
 	assert_true(err.from_gateway);
 	assert_int_equal(err.code, ISG_WIRE_UNAVAILABLE);
 	assert_string_equal(err.message, "gateway shutting down");
+	/* It does so only as it closes: the handle is done, not merely unsubscribed. */
+	assert_int_equal(isg_client_next_delivery(c, 0, &d, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_CLOSED);
+	assert_non_null(strstr(err.message, "ended the subscription: gateway shutting down"));
+	assert_int_equal(isg_client_ping(c, NULL, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_CLOSED);
 	isg_client_close(c);
 	mock_finish(m);
 }
