@@ -104,7 +104,7 @@ struct isg_error {
 	uint64_t audit_index; /* the refusal's audit entry; 0 when none */
 };
 
-/* Name of a wire or local code: "NOT_PERMITTED", "TLS", ...; never NULL. */
+/* Name of a wire or local code: "NOT_PERMITTED", "TLS", ...; a constant, never NULL. */
 ISG_CLIENT_API const char *isg_client_code_name(int code);
 
 /* Connection settings. Start from isg_client_options_init (or zero them). */
@@ -132,7 +132,9 @@ struct isg_client;
  * Connect over TCP, handshake TLS 1.3 (verifying the gateway's certificate
  * against ca_file and server_name, presenting cert_file), send Hello and
  * read Welcome. The gateway may refuse the certificate: that comes back as
- * a gateway error (err->from_gateway) or ISG_CLIENT_E_TLS.
+ * a gateway error (err->from_gateway) or ISG_CLIENT_E_TLS. On success *out
+ * is the handle, yours to pass to isg_client_close (also once a call on it
+ * failed); on failure *out is NULL and nothing is left open.
  */
 ISG_CLIENT_API int isg_client_connect(const struct isg_client_options *opt, struct isg_client **out,
                                       struct isg_error *err) ISG_CLIENT_WUR;
