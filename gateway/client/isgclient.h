@@ -27,10 +27,11 @@
  *
  * After a refusal the connection stays usable. After a local failure other
  * than ISG_CLIENT_E_USAGE, ISG_CLIENT_E_NOMEM (unless memory ran out reading
- * an answer or building deliveries) and ISG_CLIENT_E_INTERRUPTED, or after a gateway error that is
- * not an answer to a request (rules partner.*: the gateway closes the
- * connection then), every further call fails with ISG_CLIENT_E_CLOSED:
- * close the handle and connect again. docs/client-library.md says which
+ * an answer or building deliveries) and ISG_CLIENT_E_INTERRUPTED, or after
+ * a gateway error that is not an answer to a request (rules partner.*, a
+ * frame over the gateway's size limit: the gateway closes the connection
+ * then), every further call fails with ISG_CLIENT_E_CLOSED: close the
+ * handle and connect again. docs/client-library.md says which
  * failures are worth a retry.
  *
  * Field values never appear in error messages, neither the library's nor
