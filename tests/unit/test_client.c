@@ -564,10 +564,10 @@ static void test_connect_timeout_starts_after_resolution(void **state)
 	char addr[64];
 	options_for(&opt, m, addr, sizeof(addr));
 	snprintf(addr, sizeof(addr), "localhost:%u", m->port);
-	opt.timeout_ms = 1000; /* valgrind's handshake takes some hundreds of ms */
+	opt.timeout_ms = 2000; /* valgrind's handshake takes some hundreds of ms */
 	struct isg_client *c = NULL;
 	struct isg_error err;
-	resolver_delay_ms = 1200;
+	resolver_delay_ms = 2200;
 	int rc = isg_client_connect(&opt, &c, &err);
 	resolver_delay_ms = 0;
 	if (rc < 0)
