@@ -125,6 +125,7 @@ int client_call(struct isg_client *c, Isg__Frame *req, Isg__Frame__BodyCase want
 /* queue.c */
 int queue_push(struct frame_queue *q, Isg__Frame *f, size_t size);
 Isg__Frame *queue_pop(struct frame_queue *q);
+const Isg__Frame *queue_last(const struct frame_queue *q);
 void queue_release(struct frame_queue *q);
 
 #endif

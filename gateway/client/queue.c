@@ -47,6 +47,11 @@ Isg__Frame *queue_pop(struct frame_queue *q)
 	return f;
 }
 
+const Isg__Frame *queue_last(const struct frame_queue *q)
+{
+	return q->n ? q->items[(q->head + q->n - 1) % q->cap] : NULL;
+}
+
 void queue_release(struct frame_queue *q)
 {
 	Isg__Frame *f;

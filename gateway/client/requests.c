@@ -153,6 +153,22 @@ static int take_answer(struct isg_client *c, Isg__Frame *f, Isg__Frame__BodyCase
 	return 0;
 }
 
+/*
+ * The connection ended while a request waited for its answer. If the
+ * gateway had ended the subscription first, saying why (it is stopping:
+ * UNAVAILABLE), that is the reason the request got no answer, and the one
+ * to act on (retry later), not the close that followed it.
+ */
+static int ended_waiting(struct isg_client *c, struct isg_error *err)
+{
+	const Isg__Frame *last = queue_last(&c->pushed);
+	if (err && !err->from_gateway &&
+	    (err->code == ISG_CLIENT_E_CLOSED || err->code == ISG_CLIENT_E_IO) && last &&
+	    last->body_case == ISG__FRAME__BODY_ERROR)
+		client_error_from_wire(err, last->error);
+	return -1;
+}
+
 static int wait_answer(struct isg_client *c, uint64_t id, Isg__Frame__BodyCase want,
                        int64_t deadline, Isg__Frame **out, struct isg_error *err)
 {
@@ -165,7 +181,7 @@ static int wait_answer(struct isg_client *c, uint64_t id, Isg__Frame__BodyCase w
 			                   "no answer from the gateway within %d ms",
 			                   c->timeout_ms);
 		if (r != READ_FRAME)
-			return -1;
+			return r == READ_ERROR ? ended_waiting(c, err) : -1;
 		if (f->request_id == id)
 			return take_answer(c, f, want, out, err);
 		if (side_frame(c, f, size, err) < 0)

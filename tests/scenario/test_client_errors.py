@@ -6,7 +6,9 @@ usable afterwards (the next call, a ping, says so).
 """
 
 import os
+import signal
 import subprocess
+import time
 import unittest
 
 import isgtest
@@ -118,6 +120,41 @@ int main(int argc, char **argv)
 }
 """
 
+# Subscribed as isgd stops, then a request: the gateway ended the
+# subscription and closed without reading it; the request says why.
+LATE_REQUEST = r"""
+#include <stdio.h>
+#include "isgclient.h"
+
+int main(int argc, char **argv)
+{
+	if (argc != 5)
+		return 2;
+	struct isg_client_options opt;
+	isg_client_options_init(&opt);
+	opt.gateway = argv[1];
+	opt.cert_file = argv[2];
+	opt.key_file = argv[3];
+	opt.ca_file = argv[4];
+	struct isg_client *c = NULL;
+	struct isg_error err;
+	if (isg_client_connect(&opt, &c, &err) < 0 || isg_client_subscribe(c, &err) < 0 ||
+	    isg_client_ping(c, NULL, &err) < 0) {
+		printf("connect %s: %s\n", err.code_name, err.message);
+		return 1;
+	}
+	printf("subscribed\n");
+	fflush(stdout);
+	char go[8];
+	if (!fgets(go, sizeof(go), stdin))
+		return 1;
+	int rc = isg_client_ping(c, NULL, &err);
+	printf("ping %s%s\n", rc < 0 ? err.code_name : "ok", rc < 0 && err.from_gateway ? " gateway" : "");
+	isg_client_close(c);
+	return 0;
+}
+"""
+
 
 def build(case, name, text):
     src = os.path.join(case.tmp, name + ".c")
@@ -167,6 +204,29 @@ class ClientErrorsTest(isgtest.ScenarioCase):
         out, err = p.communicate(timeout=isgtest.CTL_TIMEOUT)
         self.assertEqual(p.returncode, 0, out + err)
         self.assertEqual(out, "ended UNAVAILABLE gateway next CLOSED\n", err)
+
+    def test_a_request_the_stopping_gateway_never_read_is_unavailable(self):
+        """A request sent as isgd stops is never read: the gateway ended the
+        subscription saying it is shutting down, then closed. The request
+        fails with that UNAVAILABLE (retry later), not a bare close (isgctl
+        fetch --follow acknowledging at that moment exited 4, not 5)."""
+        prog = build(self, "late", LATE_REQUEST)
+        gw = self.gateway()
+        nhs = self.pki.certs["nhs"]
+        p = subprocess.Popen([prog, gw.address, nhs.cert, nhs.key, self.pki.server_ca.cert],
+                             env=dict(os.environ, LD_LIBRARY_PATH=LIB), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(p.kill)
+        self.assertEqual(p.stdout.readline(), "subscribed\n")
+        since = len(gw.log)
+        gw.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + isgtest.STOP_TIMEOUT
+        while "event=conn.closed" not in gw.log[since:] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        out, err = p.communicate("go\n", timeout=isgtest.CTL_TIMEOUT)
+        self.assertEqual(p.returncode, 0, out + err)
+        self.assertEqual(out, "ping UNAVAILABLE gateway\n", err)
+        gw.stop()
 
 
 if __name__ == "__main__":
