@@ -79,6 +79,8 @@ static const struct opt opts[] = {
     {"limits", "connection_buffer", OPT_SIZE, AT(conn_buffer_bytes), false, 64 * KIB, GIB,
      "64KiB to 1GiB"},
     {"limits", "max_inflight", OPT_U32, AT(max_inflight), false, 1, 4096, "1 to 4096"},
+    {"limits", "inflight_buffer", OPT_SIZE, AT(inflight_buffer_bytes), false, MIB, 1024 * GIB,
+     "1MiB to 1024GiB"},
     {NULL, "user", OPT_USER, AT(user), false, 0, 0, NULL},
     {NULL, "key_process", OPT_BOOL, AT(key_process), false, 0, 0, NULL},
     {NULL, "log_level", OPT_LOG_LEVEL, AT(log_level), false, 0, 0, NULL},
@@ -97,7 +99,8 @@ struct loader {
 	char *dir;        /* absolute directory of the config file */
 	struct ydoc_diags *d;
 	struct isgd_config *c;
-	bool frame_sizes_ok; /* limits.max_frame and limits.connection_buffer valid alone */
+	bool frame_sizes_ok;   /* limits.max_frame and limits.connection_buffer valid alone */
+	bool inflight_size_ok; /* limits.inflight_buffer valid alone */
 };
 
 static uint32_t default_threads(void)
@@ -123,6 +126,7 @@ void config_init(struct isgd_config *c)
 	c->idle_timeout_ms = 300 * SEC;
 	c->conn_buffer_bytes = 8 * MIB;
 	c->max_inflight = 64;
+	c->inflight_buffer_bytes = 256 * MIB;
 	c->key_process = true;
 	c->log_level = LOG_INFO;
 	c->checkpoint_every = 1000;
@@ -513,6 +517,14 @@ static void check_relations(struct loader *l, const struct ydoc_node *root)
 		    "(%llu bytes): a connection must be able to queue one whole frame",
 		    (unsigned long long)l->c->conn_buffer_bytes,
 		    (unsigned long long)l->c->max_frame_bytes);
+	const struct ydoc_node *held = ydoc_get(ydoc_get(root, "limits"), "inflight_buffer");
+	if (l->frame_sizes_ok && l->inflight_size_ok &&
+	    l->c->inflight_buffer_bytes < l->c->max_frame_bytes)
+		ydoc_error(l->d, l->file, held ? held : frame,
+		           "limits.inflight_buffer (%llu bytes) must be at least limits.max_frame "
+		           "(%llu bytes): the gateway must be able to hold one whole request",
+		           (unsigned long long)l->c->inflight_buffer_bytes,
+		           (unsigned long long)l->c->max_frame_bytes);
 }
 
 /* The config file's absolute path, and its directory. */
@@ -555,6 +567,7 @@ int config_load(const char *path, struct isgd_config *c, struct ydoc_diags *diag
 	}
 	check_structure(&l, doc->root);
 	l.frame_sizes_ok = true;
+	l.inflight_size_ok = true;
 	for (size_t i = 0; i < ARRAY_LEN(opts); i++) {
 		size_t before = diags->errors;
 		apply_opt(&l, doc->root, &opts[i]);
@@ -562,6 +575,8 @@ int config_load(const char *path, struct isgd_config *c, struct ydoc_diags *diag
 		             opts[i].offset == AT(conn_buffer_bytes);
 		if (sized && diags->errors != before)
 			l.frame_sizes_ok = false;
+		if (opts[i].offset == AT(inflight_buffer_bytes) && diags->errors != before)
+			l.inflight_size_ok = false;
 	}
 	/* Reported with the others, not only once they are mended. */
 	check_relations(&l, doc->root);

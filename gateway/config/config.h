@@ -43,6 +43,9 @@ struct isgd_config {
 	                               reads stop, default 8MiB */
 	uint32_t max_inflight; /* limits.max_inflight: requests per connection awaiting the store,
 	                          default 64 */
+	uint64_t inflight_buffer_bytes; /* limits.inflight_buffer: bytes of requests awaiting an
+	                                   answer over all connections before no connection's next
+	                                   frame is taken, default 256MiB */
 
 	char *user;               /* user: drop to this user after binding; NULL = stay */
 	bool key_process;         /* key_process: keys in a separate process (default true); false

@@ -84,6 +84,7 @@ static void test_full(void **state)
 	assert_int_equal(c.idle_timeout_ms, 15 * 60000);
 	assert_int_equal(c.conn_buffer_bytes, 2 * 1024 * 1024);
 	assert_int_equal(c.max_inflight, 16);
+	assert_int_equal(c.inflight_buffer_bytes, 64 * 1024 * 1024);
 	assert_string_equal(c.user, "isg");
 	assert_false(c.key_process);
 	assert_int_equal(c.log_level, LOG_DEBUG);
@@ -128,6 +129,7 @@ static void test_defaults_and_relative_config_path(void **state)
 	assert_int_equal(c.idle_timeout_ms, 300000);
 	assert_int_equal(c.conn_buffer_bytes, 8 * 1024 * 1024);
 	assert_int_equal(c.max_inflight, 64);
+	assert_int_equal(c.inflight_buffer_bytes, 256 * 1024 * 1024);
 	assert_int_equal(c.log_level, LOG_INFO);
 	assert_string_equal(c.audit_origin, "isg-gateway");
 	assert_int_equal(c.checkpoint_every, 1000);
@@ -243,6 +245,31 @@ static void test_relation_between_limits(void **state)
 	                 ISG_ERR_INVALID);
 	assert_int_equal(d.errors, 1);
 	assert_diag(&d, 0, 6, 21, "max_frame");
+	ydoc_diags_release(&d);
+
+	/* The bytes of requests in flight must hold one whole frame too. */
+	assert_int_equal(load_text(REQUIRED "limits: {max_frame: 16MiB, connection_buffer: 16MiB, "
+	                                    "inflight_buffer: 8MiB}\n",
+	                           &c, &d, path),
+	                 ISG_ERR_INVALID);
+	assert_int_equal(d.errors, 1);
+	assert_diag(&d, 0, 6, 71,
+	            "limits.inflight_buffer (8388608 bytes) must be at least limits.max_frame "
+	            "(16777216 bytes)");
+	ydoc_diags_release(&d);
+	/* Out of its own range: said once, not again as too small for max_frame. */
+	assert_int_equal(load_text(REQUIRED "limits: {inflight_buffer: 512KiB}\n", &c, &d, path),
+	                 ISG_ERR_INVALID);
+	assert_int_equal(d.errors, 1);
+	assert_diag(&d, 0, 6, 27,
+	            "size '512KiB' for limits.inflight_buffer is out of range (1MiB to 1024GiB)");
+	ydoc_diags_release(&d);
+	/* Each alone valid, and the relation holds: loaded. */
+	assert_int_equal(
+	    load_text(REQUIRED "limits: {max_frame: 1MiB, inflight_buffer: 1MiB}\n", &c, &d, path),
+	    0);
+	assert_int_equal(c.inflight_buffer_bytes, 1024 * 1024);
+	config_release(&c);
 	ydoc_diags_release(&d);
 #undef REQUIRED
 }
