@@ -123,6 +123,7 @@ static void on_hello(struct net_conn *c, struct session *s, const Isg__Frame *f)
 
 struct send_job {
 	struct net_conn_ref ref;
+	struct net_hold hold; /* what it holds while the store has it */
 	uint64_t rid;
 	int err;
 	struct store_receipt receipt;
@@ -222,9 +223,9 @@ static void send_reply(struct net_conn *c, void *arg)
 		j->audit_index = j->receipt.audit_index;
 		j->err = 0;
 	}
+	net_conn_end_async(c, &j->hold);
 	if (!c)
 		goto out;
-	net_conn_end_async(c);
 	if (j->refused) {
 		if (j->err != 0) {
 			send_store_error(c, j->rid, j->err); /* no audit, no answer but retry */
@@ -307,11 +308,11 @@ static void refuse_send(struct net_conn *c, struct session *s, uint64_t rid,
 	}
 	j->refused = true;
 	j->why = *why;
-	net_conn_begin_async(c);
+	j->hold = net_conn_begin_async(c, len);
 	int err = store_audit(s->g->store, "message.refused", entry, len, refusal_stored, j);
 	free(entry);
 	if (err != 0) {
-		net_conn_end_async(c);
+		net_conn_end_async(c, &j->hold);
 		send_store_error(c, rid, err);
 		free(j);
 	}
@@ -508,12 +509,13 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	}
 	j->quota = s->g->quota;
 	sha256_digest(hashed, hashed_len, m.request_hash);
-	net_conn_begin_async(c);
+	/* The store keeps the sealed payload and the audit entry until it answers. */
+	j->hold = net_conn_begin_async(c, m.payload_len + m.audit_len);
 	err = store_send(s->g->store, &m, send_stored, j);
 	if (err != 0) {
 		if (j->over_limit) /* its refusal was to be written with it */
 			log_refusal_unrecorded(j, err);
-		net_conn_end_async(c);
+		net_conn_end_async(c, &j->hold);
 		quota_release(j->quota, &j->claim);
 		send_store_error(c, f->request_id, err);
 		free(j);
@@ -533,6 +535,7 @@ out:
 
 struct fetch_job {
 	struct net_conn_ref ref;
+	struct net_hold hold;
 	int err;
 	struct store_fetch_result *res;
 };
@@ -632,9 +635,9 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 static void fetch_done(struct net_conn *c, void *arg)
 {
 	struct fetch_job *j = arg;
+	net_conn_end_async(c, &j->hold);
 	if (!c)
 		goto out;
-	net_conn_end_async(c);
 	struct session *s = net_conn_data(c);
 	s->store_busy = false;
 	if (!s->fetching && !s->subscribed)
@@ -702,13 +705,13 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 	j->ref = net_conn_ref(c);
 	s->store_busy = true;
 	s->dirty = false;
-	net_conn_begin_async(c);
+	j->hold = net_conn_begin_async(c, 0);
 	/* A subscriber takes what its connection can: the rest stays in the store. */
 	size_t bytes = s->subscribed ? net_conn_output_room(c) : SIZE_MAX;
 	int err = store_fetch_within(s->g->store, s->partner, s->cursor, s->fetch_max,
 	                             bytes ? bytes : 1, fetch_stored, j);
 	if (err != 0) {
-		net_conn_end_async(c);
+		net_conn_end_async(c, &j->hold);
 		s->store_busy = false;
 		free(j);
 		if (s->fetching) {
@@ -867,6 +870,7 @@ static void window_acked(struct net_conn *c, void *arg)
 
 struct ack_job {
 	struct net_conn_ref ref;
+	struct net_hold hold;
 	struct gateway *g;
 	uint64_t rid;
 	int err;
@@ -879,9 +883,9 @@ struct ack_job {
 static void ack_reply(struct net_conn *c, void *arg)
 {
 	struct ack_job *j = arg;
+	net_conn_end_async(c, &j->hold);
 	if (!c)
 		goto out;
-	net_conn_end_async(c);
 	if (j->err != 0) {
 		send_store_error(c, j->rid, j->err);
 		goto out;
@@ -948,10 +952,10 @@ static void on_ack(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	j->g = s->g;
 	j->rid = f->request_id;
 	j->acked = a;
-	net_conn_begin_async(c);
+	j->hold = net_conn_begin_async(c, 2 * n * sizeof(uint64_t));
 	int err = store_ack(s->g->store, s->partner, f->ack->gateway_ids, n, ack_stored, j);
 	if (err != 0) {
-		net_conn_end_async(c);
+		net_conn_end_async(c, &j->hold);
 		send_store_error(c, f->request_id, err);
 		free(a);
 		free(j);

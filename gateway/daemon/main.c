@@ -644,6 +644,7 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	    .idle_timeout_ms = g->cfg.idle_timeout_ms,
 	    .conn_buffer_bytes = g->cfg.conn_buffer_bytes,
 	    .max_inflight = g->cfg.max_inflight,
+	    .inflight_buffer = g->cfg.inflight_buffer_bytes,
 	};
 	struct net_handler h = handler_new(g);
 	int r = net_server_new(&no, tls, &h, &g->net, err, sizeof(err));

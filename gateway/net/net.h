@@ -3,7 +3,9 @@
  * own epoll loop and SO_REUSEPORT listener, drive non-blocking OpenSSL
  * directly. Each connection has bounded buffers: while its output queue is
  * over the limit, or too many of its requests are waiting on the store, it
- * is not read (backpressure). Frames are decoded here and handed to the
+ * is not read (backpressure); nor is any connection's next frame taken while
+ * the requests of all of them hold inflight_buffer bytes, until answers free
+ * room (first held back, first served). Frames are decoded here and handed to the
  * handler; the handler answers with net_conn_send on the connection's thread,
  * or from any other thread through net_post.
  */
@@ -28,6 +30,12 @@ struct net_conn_ref {
 	struct net_server *server;
 	uint32_t worker;
 	uint64_t id;
+};
+
+/* What one request holds while it waits on another thread (net_conn_begin_async). */
+struct net_hold {
+	struct net_server *server;
+	size_t bytes;
 };
 
 struct net_handler {
@@ -66,6 +74,8 @@ struct net_options {
 	int64_t idle_timeout_ms;
 	size_t conn_buffer_bytes;
 	uint32_t max_inflight;
+	size_t inflight_buffer; /* bytes held by requests awaiting answers, all connections;
+	                           0 = no bound */
 };
 
 /* Build the server TLS context from the config (TLS 1.3, client certificates, CRL). */
@@ -132,10 +142,18 @@ const char *net_conn_peer(const struct net_conn *c);
 struct net_conn_ref net_conn_ref(struct net_conn *c);
 /* What policy matching needs from the peer's certificate; ISG_ERR_NOT_FOUND if none. */
 int net_conn_peer_identity(struct net_conn *c, struct cert_identity *id);
-/* A request of this connection now waits on another thread (store); while
- * max_inflight are outstanding the connection is not read. */
-void net_conn_begin_async(struct net_conn *c);
-void net_conn_end_async(struct net_conn *c);
+/*
+ * A request of this connection now waits on another thread (the store) and
+ * holds about `bytes` of memory until it is answered; begun while its frame
+ * is handed to on_frame, it counts at least that frame's length. While
+ * max_inflight of the connection's requests are outstanding it is not read,
+ * and while the requests of every connection hold inflight_buffer bytes no
+ * connection's next frame is taken. Give the hold back with net_conn_end_async.
+ */
+struct net_hold net_conn_begin_async(struct net_conn *c, size_t bytes);
+/* The request is answered (on the connection's thread): c is NULL when the
+ * connection has closed, and what it held is given back all the same. */
+void net_conn_end_async(struct net_conn *c, struct net_hold *hold);
 /* Mark the connection as waiting for wake-ups (long-poll or subscription) until
  * deadline_ms (monotonic; 0 = no deadline). On the deadline on_wake is called
  * with key NULL. Waiting connections are exempt from the idle timeout. Call it

@@ -88,6 +88,13 @@ struct net_conn {
 	size_t out_off, out_len, out_cap;
 
 	uint32_t inflight;
+	bool held_back;      /* its next frame waits for room (room_take): not read */
+	size_t frame_held;   /* bytes the frame in on_frame took from the room */
+	size_t room_granted; /* room given while held back, for the frame at the head of in */
+	/* Guarded by the server's room_mu: in its queue of held-back connections. */
+	bool room_queued;
+	size_t room_need;
+	struct net_conn *room_prev, *room_next;
 	uint64_t bad_frames;   /* answered with BAD_FRAME; only the first is logged */
 	int64_t deadline;      /* handshake or idle deadline, monotonic ms */
 	int unacked;           /* bytes the kernel held for the peer at the last look;
@@ -109,6 +116,7 @@ struct post {
 	struct shared_arg *shared; /* broadcast argument, freed by its last worker */
 	bool waiters_only;         /* a broadcast to waiting connections only */
 	char *wake_key;            /* a wake-up, not a call */
+	size_t room;               /* room given to held-back connection id (room_grant) */
 	struct adopt *adopt;       /* a connection accepted by another worker */
 };
 
@@ -153,6 +161,17 @@ struct net_server {
 	uint16_t port;
 	atomic_uint conn_count;
 	atomic_bool stopping;
+	/*
+	 * limits.inflight_buffer: bytes of requests handed to the handler and
+	 * not yet answered, over every connection. Connections whose next frame
+	 * did not fit wait in a queue, first come first served, and are handed
+	 * room as answers give it back (room_give), each on its own worker.
+	 */
+	atomic_size_t room_held;
+	atomic_uint room_waiting; /* queued, or about to be: room_give looks only then */
+	pthread_mutex_t room_mu;
+	struct net_conn *room_head, *room_tail;
+	int64_t room_log_at; /* under room_mu: net.inflight_full may be logged then */
 	int64_t grace_ms;
 	uint32_t n_workers;
 	struct net_worker *workers;
@@ -215,6 +234,157 @@ static struct net_conn *slot_find(struct net_worker *w, uint64_t id)
 }
 
 /* ------------------------------------------------------------------------ */
+/*
+ * Room for requests in flight (limits.inflight_buffer). A frame is taken
+ * only if its bytes fit beside what the requests of every connection hold,
+ * or if nothing is held at all (so a frame as big as the bound still goes).
+ * Otherwise its connection is held back: it reads no more, and what the
+ * partner sends after waits in the kernel's buffers, so TCP slows it down.
+ * Held-back connections queue in order; as answers give room back, the
+ * first ones that fit are handed their frame's room and woken on their own
+ * worker, and no other connection is: no polling, no herd. While nobody
+ * waits, taking and giving back cost an atomic operation each.
+ */
+
+static void worker_push(struct net_worker *w, struct post *p);
+
+static bool room_fits(const struct net_server *s, size_t held, size_t n)
+{
+	size_t bound = s->opt.inflight_buffer;
+	return held == 0 || bound == 0 || (held <= bound && n <= bound - held);
+}
+
+/* Take n bytes of room if they fit. */
+static bool room_try(struct net_server *s, size_t n)
+{
+	size_t held = atomic_load(&s->room_held);
+	do {
+		if (!room_fits(s, held, n))
+			return false;
+	} while (!atomic_compare_exchange_weak(&s->room_held, &held, held + n));
+	return true;
+}
+
+/* Out of the queue (room_mu held). */
+static void room_unlink(struct net_server *s, struct net_conn *c)
+{
+	if (c->room_prev)
+		c->room_prev->room_next = c->room_next;
+	else
+		s->room_head = c->room_next;
+	if (c->room_next)
+		c->room_next->room_prev = c->room_prev;
+	else
+		s->room_tail = c->room_prev;
+	c->room_prev = c->room_next = NULL;
+	c->room_queued = false;
+	atomic_fetch_sub(&s->room_waiting, 1);
+}
+
+/* Hand room to the first queued connections while it fits (room_mu held). */
+static void room_grant(struct net_server *s)
+{
+	struct net_conn *c;
+	while ((c = s->room_head) != NULL && room_try(s, c->room_need)) {
+		room_unlink(s, c);
+		struct post *p = calloc(1, sizeof(*p));
+		if (!p)
+			fatal("out of memory handing room to a connection");
+		p->id = c->id;
+		p->room = c->room_need;
+		worker_push(c->w, p); /* conn_room_granted */
+	}
+}
+
+/* Held back: said in the log at most once a second, with how many wait. */
+static void room_log_full(struct net_server *s)
+{
+	int64_t now = time_mono_ms();
+	if (now < s->room_log_at)
+		return;
+	s->room_log_at = now + 1000;
+	log_event(LOG_WARN, "net.inflight_full", "held=%zu limit=%zu waiting=%u",
+	          atomic_load(&s->room_held), s->opt.inflight_buffer,
+	          atomic_load(&s->room_waiting));
+}
+
+/* Room for the next frame, n bytes; false: the connection is held back, queued for it. */
+static bool room_take(struct net_conn *c, size_t n)
+{
+	struct net_server *s = c->w->s;
+	if (atomic_load(&s->room_waiting) == 0 && room_try(s, n))
+		return true;
+	pthread_mutex_lock(&s->room_mu);
+	/* Counted before room_try looks: a room_give whose bytes it missed sees the count. */
+	atomic_fetch_add(&s->room_waiting, 1);
+	bool taken = !s->room_head && room_try(s, n);
+	if (taken) {
+		atomic_fetch_sub(&s->room_waiting, 1);
+	} else {
+		c->held_back = true;
+		c->room_queued = true;
+		c->room_need = n;
+		c->room_prev = s->room_tail;
+		c->room_next = NULL;
+		if (s->room_tail)
+			s->room_tail->room_next = c;
+		else
+			s->room_head = c;
+		s->room_tail = c;
+		room_log_full(s);
+	}
+	pthread_mutex_unlock(&s->room_mu);
+	return taken;
+}
+
+/* n bytes are no longer held: connections waiting for them get them. */
+static void room_give(struct net_server *s, size_t n)
+{
+	if (n == 0)
+		return;
+	atomic_fetch_sub(&s->room_held, n);
+	if (atomic_load(&s->room_waiting) == 0)
+		return;
+	pthread_mutex_lock(&s->room_mu);
+	room_grant(s);
+	pthread_mutex_unlock(&s->room_mu);
+}
+
+/* The connection takes no more frames: out of the queue, and what it was given back. */
+static void room_leave(struct net_conn *c)
+{
+	struct net_server *s = c->w->s;
+	if (c->held_back) {
+		pthread_mutex_lock(&s->room_mu);
+		if (c->room_queued) {
+			room_unlink(s, c);
+			room_grant(s); /* those behind it may fit */
+		}
+		pthread_mutex_unlock(&s->room_mu);
+		c->held_back = false; /* room on its way comes back (conn_room_granted) */
+	}
+	room_give(s, c->room_granted);
+	c->room_granted = 0;
+}
+
+/*
+ * Room came for a held-back connection's next frame: it reads on. It was
+ * not idle while held back; its idle time starts again now, as after
+ * net_conn_unwait.
+ */
+static void conn_room_granted(struct net_worker *w, struct net_conn *c, size_t room)
+{
+	if (!c || c->state != CONN_OPEN || !c->held_back || w->stopping) {
+		room_give(w->s, room);
+		return;
+	}
+	c->held_back = false;
+	c->room_granted = room;
+	c->deadline = time_mono_ms() + w->s->opt.idle_timeout_ms;
+	conn_on_readable(c); /* takes the frame, reads on, flushes */
+}
+
+/* ------------------------------------------------------------------------ */
 /* Epoll interest follows what the connection needs. */
 
 static bool out_over_bound(const struct net_conn *c)
@@ -225,7 +395,7 @@ static bool out_over_bound(const struct net_conn *c)
 static void conn_update_interest(struct net_conn *c)
 {
 	struct net_server *s = c->w->s;
-	bool backlogged = out_over_bound(c) || c->inflight >= s->opt.max_inflight;
+	bool backlogged = out_over_bound(c) || c->inflight >= s->opt.max_inflight || c->held_back;
 	bool want_in = c->state != CONN_CLOSING && !c->w->stopping &&
 	               (c->state == CONN_HANDSHAKE || !backlogged);
 	bool want_out = c->out_len > c->out_off || c->read_wants_write;
@@ -258,6 +428,7 @@ static void conn_release(struct net_conn *c)
 		log_event(LOG_WARN, "conn.bad_frames", "peer=%s count=%" PRIu64, c->peer,
 		          c->bad_frames);
 	c->bad_frames = 0;
+	room_leave(c);
 	if (c->opened && w->s->h.on_close)
 		w->s->h.on_close(w->s->h.ctx, c);
 	c->opened = false;
@@ -460,7 +631,7 @@ static void conn_take_frames(struct net_conn *c)
 {
 	struct net_server *s = c->w->s;
 	size_t off = 0;
-	while (c->state == CONN_OPEN && c->inflight < s->opt.max_inflight) {
+	while (c->state == CONN_OPEN && c->inflight < s->opt.max_inflight && !c->held_back) {
 		size_t hdr, body;
 		int r =
 		    wire_frame_peek(c->in + off, c->in_len - off, s->opt.max_frame, &hdr, &body);
@@ -488,6 +659,14 @@ static void conn_take_frames(struct net_conn *c)
 			net_conn_close(c); /* the stream cannot be resynchronised */
 			break;
 		}
+		/* Room for it first; room handed to a held-back connection was for this frame. */
+		if (c->room_granted)
+			c->frame_held = c->room_granted;
+		else if (room_take(c, hdr + body))
+			c->frame_held = hdr + body;
+		else
+			break; /* held back: conn_room_granted resumes it */
+		c->room_granted = 0;
 		Isg__Frame *frame;
 		int bad = wire_frame_decode_checked(c->in + off + hdr, body, &frame);
 		off += hdr + body;
@@ -509,9 +688,14 @@ static void conn_take_frames(struct net_conn *c)
 			f.error = &e;
 			net_conn_send(c, &f);
 			wire_frame_free(frame);
+			room_give(s, c->frame_held);
+			c->frame_held = 0;
 			continue; /* framing is intact: keep serving */
 		}
 		s->h.on_frame(s->h.ctx, c, frame);
+		/* Answered already, or kept by net_conn_begin_async until answered. */
+		room_give(s, c->frame_held);
+		c->frame_held = 0;
 	}
 	if (off) {
 		memmove(c->in, c->in + off, c->in_len - off);
@@ -564,7 +748,7 @@ static void conn_on_readable(struct net_conn *c)
 		/* Frames already buffered first: they may free room or hit backpressure. */
 		conn_take_frames(c); /* handlers never free c; only closing here does */
 		if (c->state != CONN_OPEN || c->w->stopping || c->inflight >= s->opt.max_inflight ||
-		    out_over_bound(c))
+		    c->held_back || out_over_bound(c))
 			break;
 		if (conn_in_reserve(c) != 0) {
 			log_event(LOG_ERROR, "conn.nomem", "peer=%s", c->peer);
@@ -749,6 +933,7 @@ void net_conn_close(struct net_conn *c)
 		return;
 	c->state = CONN_CLOSING;
 	net_conn_unwait(c);
+	room_leave(c);
 }
 
 void net_conn_set_data(struct net_conn *c, void *data)
@@ -771,15 +956,28 @@ struct net_conn_ref net_conn_ref(struct net_conn *c)
 	return (struct net_conn_ref){.server = c->w->s, .worker = c->w->index, .id = c->id};
 }
 
-void net_conn_begin_async(struct net_conn *c)
+struct net_hold net_conn_begin_async(struct net_conn *c, size_t bytes)
 {
+	struct net_server *s = c->w->s;
+	/* The request keeps its frame's room until it is answered. */
+	struct net_hold hold = {.server = s, .bytes = c->frame_held};
+	c->frame_held = 0;
 	c->inflight++;
+	if (bytes > hold.bytes) {
+		/* Read already: counted, so the next frames wait, but not refused. */
+		atomic_fetch_add(&s->room_held, bytes - hold.bytes);
+		hold.bytes = bytes;
+	}
+	return hold;
 }
 
-void net_conn_end_async(struct net_conn *c)
+void net_conn_end_async(struct net_conn *c, struct net_hold *hold)
 {
-	if (c->inflight > 0)
+	if (c && c->inflight > 0)
 		c->inflight--;
+	if (hold->server)
+		room_give(hold->server, hold->bytes);
+	hold->bytes = 0;
 }
 
 void net_conn_wait(struct net_conn *c, int64_t deadline_ms)
@@ -937,6 +1135,8 @@ static void run_post(struct net_worker *w, struct post *p)
 			worker_accept_one(w, p->adopt->fd, &p->adopt->ss);
 		}
 		free(p->adopt);
+	} else if (p->room) {
+		conn_room_granted(w, slot_find(w, p->id), p->room);
 	} else if (p->wake_key) {
 		for (struct net_conn *c = w->waiters, *next; c; c = next) {
 			next = c->wait_next;
@@ -1219,7 +1419,8 @@ static int64_t worker_sweep(struct net_worker *w)
 			conn_watch_acks(c, now);
 		/* A half-closed connection's bound holds even while the store
 		 * keeps a request: its answer then finds the connection gone. */
-		if (c->deadline > now || (!c->peer_closed && (c->waiting || c->inflight > 0)))
+		if (c->deadline > now ||
+		    (!c->peer_closed && (c->waiting || c->inflight > 0 || c->held_back)))
 			continue;
 		bool hs = c->state == CONN_HANDSHAKE;
 		bool owed = c->state == CONN_SHUTDOWN || c->out_len > c->out_off;
@@ -1495,6 +1696,9 @@ int net_server_new(const struct net_options *opt, SSL_CTX *tls, const struct net
 	s->h = *h;
 	s->n_workers = opt->threads ? opt->threads : 1;
 	pthread_mutex_init(&s->tls_mu, NULL);
+	pthread_mutex_init(&s->room_mu, NULL);
+	atomic_init(&s->room_held, 0);
+	atomic_init(&s->room_waiting, 0);
 	SSL_CTX_up_ref(tls);
 	s->tls = tls;
 	s->workers = calloc(s->n_workers, sizeof(*s->workers));
@@ -1568,5 +1772,6 @@ void net_server_free(struct net_server *s)
 	free(s->workers);
 	SSL_CTX_free(s->tls);
 	pthread_mutex_destroy(&s->tls_mu);
+	pthread_mutex_destroy(&s->room_mu);
 	free(s);
 }

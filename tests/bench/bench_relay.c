@@ -322,6 +322,7 @@ static int run_tls(const char *config_path, const sigset_t *sigs)
 	    .idle_timeout_ms = cfg.idle_timeout_ms,
 	    .conn_buffer_bytes = cfg.conn_buffer_bytes,
 	    .max_inflight = cfg.max_inflight,
+	    .inflight_buffer = cfg.inflight_buffer_bytes,
 	};
 	struct net_handler h = {.on_open = tls_open,
 	                        .on_frame = tls_frame,
