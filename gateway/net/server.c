@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -48,6 +49,9 @@
 
 #define READ_CHUNK 16384
 #define IN_INITIAL 4096
+/* A larger input buffer is given back once empty and quiet this long (conn_in_shrink). */
+#define IN_KEEP 65536
+#define IN_QUIET_MS 500
 #define TICK_MS 1000
 /* Under load, look for timed-out connections at most this often. */
 #define IDLE_SCAN_MS 100
@@ -56,6 +60,10 @@
  * epoll would otherwise spin), and the failure is logged at most this often. */
 #define ACCEPT_PAUSE_MS 100
 #define ACCEPT_LOG_MS 1000
+/* Bytes a worker takes in frames (or frees in buffers) before its next idle moment
+ * gives memory back (worker_idle). */
+#define TRIM_AFTER_BYTES (16u << 20)
+#define TRIM_QUIET_MS 500
 
 /*
  * CONN_SHUTDOWN: a clean close whose close_notify waits for room in the
@@ -151,6 +159,9 @@ struct net_worker {
 	int64_t accept_resume_at; /* the listener rests until then; 0 = listening */
 	int64_t accept_log_at;    /* the next net.accept_failed may be logged then */
 	uint64_t accept_unlogged; /* failures since the last one logged */
+	uint64_t trim_due;        /* bytes of frames taken, and of buffers freed, since
+	                             worker_idle last gave memory back */
+	int64_t quiet_since;      /* the first of this run of idle wake-ups; 0 = busy */
 };
 
 struct net_server {
@@ -667,6 +678,7 @@ static void conn_take_frames(struct net_conn *c)
 		else
 			break; /* held back: conn_room_granted resumes it */
 		c->room_granted = 0;
+		c->w->trim_due += hdr + body;
 		Isg__Frame *frame;
 		int bad = wire_frame_decode_checked(c->in + off + hdr, body, &frame);
 		off += hdr + body;
@@ -718,6 +730,31 @@ static int conn_in_reserve(struct net_conn *c)
 	c->in = p;
 	c->in_cap = cap;
 	return 0;
+}
+
+/*
+ * Give back an input buffer a large frame grew, once it is empty and the
+ * connection has been quiet for IN_QUIET_MS (its deadline was set at its
+ * last activity): 1,000 connections that each sent one 4 MiB frame would
+ * otherwise keep 4 GiB. Not at once when it empties: a partner sending
+ * large frames one after another would grow it again for each.
+ */
+static void conn_in_shrink(struct net_conn *c, int64_t now)
+{
+	if (c->in_len != 0 || c->in_cap <= IN_KEEP || c->state == CONN_HANDSHAKE ||
+	    c->deadline - c->w->s->opt.idle_timeout_ms + IN_QUIET_MS > now)
+		return;
+	c->w->trim_due += c->in_cap;
+	free(c->in);
+	c->in = NULL;
+	c->in_cap = 0;
+}
+
+/* The worker is quiet: every empty input buffer goes, whatever its connection's last read. */
+static void worker_in_shrink(struct net_worker *w)
+{
+	for (struct net_conn *c = w->conns; c; c = c->next)
+		conn_in_shrink(c, INT64_MAX);
 }
 
 /*
@@ -1417,6 +1454,7 @@ static int64_t worker_sweep(struct net_worker *w)
 		}
 		if (c->unacked != 0 && !c->peer_closed)
 			conn_watch_acks(c, now);
+		conn_in_shrink(c, now);
 		/* A half-closed connection's bound holds even while the store
 		 * keeps a request: its answer then finds the connection gone. */
 		if (c->deadline > now ||
@@ -1510,6 +1548,31 @@ static bool worker_drained(struct net_worker *w)
 	return w->conns == NULL || time_mono_ms() >= w->stop_deadline;
 }
 
+/*
+ * glibc keeps what a burst of large frames took in its arenas once they are
+ * freed (their decoded forms and payloads, freed on other threads, are
+ * scattered through them), and the process stays that big. A worker that
+ * took many bytes since it last looked, and has found nothing to do for
+ * TRIM_QUIET_MS (so the store has freed what its last answers held too),
+ * hands the free pages back while the gateway holds no request: never on
+ * the busy path, at most once a burst.
+ */
+static void worker_idle(struct net_worker *w)
+{
+	if (w->trim_due < TRIM_AFTER_BYTES || atomic_load(&w->s->room_held) != 0)
+		return;
+	int64_t now = time_mono_ms();
+	if (!w->quiet_since)
+		w->quiet_since = now;
+	if (now - w->quiet_since < TRIM_QUIET_MS)
+		return;
+	worker_in_shrink(w);
+	w->trim_due = 0;
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+}
+
 static void *worker_main(void *arg)
 {
 	struct net_worker *w = arg;
@@ -1535,6 +1598,10 @@ static void *worker_main(void *arg)
 		if (w->stopping && worker_drained(w))
 			break;
 		timeout = worker_sweep(w);
+		if (n > 0)
+			w->quiet_since = 0;
+		else
+			worker_idle(w); /* after the sweep, which may free buffers */
 		if (w->stopping && timeout > 100)
 			timeout = 100;
 	}
