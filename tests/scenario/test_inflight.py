@@ -212,7 +212,7 @@ class TestMemoryGivenBack(InflightCase):
         """After a burst of large sends on 24 connections isgd gives the
         memory they took back to the system once it is quiet: the input
         buffers the frames grew, and what glibc would keep."""
-        k_conns, n_sends, bound = (24, 3, "96MiB") if MEASURED else (4, 2, "16MiB")
+        k_conns, n_sends, bound = (24, 3, "96MiB") if MEASURED else (4, 3, "16MiB")
         gw = self.slow_gateway(0, inflight_buffer=bound)
         records = [{"nhs_number": NHS_A, "concern_summary": "z" * 60000} for _ in range(68)]
         data = [b"".join(send_frame(self.pb, i + 1, "burst-%d-%d" % (k, i), records)
@@ -230,11 +230,13 @@ class TestMemoryGivenBack(InflightCase):
         # MiB, 2 to 3 s after the last answer 6 to 25 MiB over the start
         # (SQLite keeps some); 100 over it stay when the input buffers are
         # kept, 150 to 180 when glibc keeps what was freed too.
+        # Under a sanitizer or valgrind, only long enough for the workers
+        # to give back what they can (their memory is not glibc's there).
         left = peak
-        deadline = time.monotonic() + 8
-        while MEASURED and time.monotonic() < deadline:
+        deadline = time.monotonic() + (8 if MEASURED else 3 * isgtest.SLOW)
+        while time.monotonic() < deadline:
             left = status_kib(gw.proc.pid, "VmRSS") / 1024.0
-            if left - before < 60:
+            if MEASURED and left - before < 60:
                 break
             time.sleep(0.25)
         if MEASURED:
@@ -258,13 +260,17 @@ class TestHeldBackNotIdle(InflightCase):
         first.send_raw(send_frame(self.pb, 1, "first", records))
         time.sleep(0.3)  # taken, and in the store's slow commit
         second.send_raw(send_frame(self.pb, 1, "second", records))
+        sent = time.monotonic()
+        # Cut while it waits, a connection would read EOF here. Once
+        # answered it may be cut: it is idle then.
         for c, mid in ((first, "first"), (second, "second")):
             r = c.recv_frame(timeout=30 * isgtest.SLOW)
             self.assertEqual(r.WhichOneof("body"), "send_result", "%s: %s\n%s"
                              % (mid, r, gw.diagnostics()))
+        waited = time.monotonic() - sent
         self.slow_sync(False)
         self.assertIn("event=net.inflight_full", gw.log)
-        self.assertNotIn("event=conn.idle_timeout", gw.log)
+        self.assertGreater(waited, 1.5, "the second send did not wait past idle_timeout")
         self.assertEqual(sorted(self.fetch_all(gw, ["first", "second"])), ["first", "second"])
 
 
