@@ -1052,8 +1052,10 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 			snprintf(ids, sizeof(ids), " claimed_by=%s,%s", claimants[0]->id,
 			         claimants[1]->id);
 		}
-		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=partner.unknown%s",
-		          net_conn_peer(c), log_quote(q, sizeof(q), id->subject), ids);
+		if (net_refusal_log(c))
+			log_event(LOG_WARN, "conn.refused",
+			          "peer=%s subject=%s reason=partner.unknown%s", net_conn_peer(c),
+			          log_quote(q, sizeof(q), id->subject), ids);
 		char reason[200] = "certificate matches no partner";
 		if (*both)
 			snprintf(reason, sizeof(reason),

@@ -142,6 +142,9 @@ const char *net_conn_peer(const struct net_conn *c);
 struct net_conn_ref net_conn_ref(struct net_conn *c);
 /* What policy matching needs from the peer's certificate; ISG_ERR_NOT_FOUND if none. */
 int net_conn_peer_identity(struct net_conn *c, struct cert_identity *id);
+/* Whether the handler writes a conn.refused line for c: a few a second per
+ * worker; the others are counted into conn.refused_unlogged. */
+bool net_refusal_log(struct net_conn *c);
 /*
  * A request of this connection now waits on another thread (the store) and
  * holds about `bytes` of memory until it is answered; begun while its frame

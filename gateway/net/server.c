@@ -60,6 +60,9 @@
  * epoll would otherwise spin), and the failure is logged at most this often. */
 #define ACCEPT_PAUSE_MS 100
 #define ACCEPT_LOG_MS 1000
+/* conn.refused lines a worker writes in a second; the rest are counted (net_refusal_log). */
+#define REFUSED_LOG_PER_S 10
+#define REFUSED_LOG_MS 1000
 /* Bytes a worker takes in frames (or frees in buffers) before its next idle moment
  * gives memory back (worker_idle). */
 #define TRIM_AFTER_BYTES (16u << 20)
@@ -155,13 +158,16 @@ struct net_worker {
 	atomic_uint n_conns;      /* connections given to this worker, adopted or not yet */
 	bool stopping;
 	int64_t stop_deadline;
-	int64_t idle_scan_at;     /* worker_sweep's next pass over every connection */
-	int64_t accept_resume_at; /* the listener rests until then; 0 = listening */
-	int64_t accept_log_at;    /* the next net.accept_failed may be logged then */
-	uint64_t accept_unlogged; /* failures since the last one logged */
-	uint64_t trim_due;        /* bytes of frames taken, and of buffers freed, since
-	                             worker_idle last gave memory back */
-	int64_t quiet_since;      /* the first of this run of idle wake-ups; 0 = busy */
+	int64_t idle_scan_at;      /* worker_sweep's next pass over every connection */
+	int64_t accept_resume_at;  /* the listener rests until then; 0 = listening */
+	int64_t accept_log_at;     /* the next net.accept_failed may be logged then */
+	uint64_t accept_unlogged;  /* failures since the last one logged */
+	int64_t refused_window;    /* when this second of conn.refused lines ends */
+	uint32_t refused_logged;   /* lines written in it */
+	uint64_t refused_unlogged; /* refusals not written since conn.refused_unlogged */
+	uint64_t trim_due;         /* bytes of frames taken, and of buffers freed, since
+	                              worker_idle last gave memory back */
+	int64_t quiet_since;       /* the first of this run of idle wake-ups; 0 = busy */
 };
 
 struct net_server {
@@ -563,12 +569,50 @@ static int verify_cb(int ok, X509_STORE_CTX *store)
 	return ok;
 }
 
+/*
+ * A refused connection gets its conn.refused line only while its worker
+ * has written fewer than REFUSED_LOG_PER_S in the current second, so that
+ * a scanner or a client reconnecting in a loop cannot fill the disk with
+ * the log. The others are counted, and their number is written when the
+ * second is over (conn.refused_unlogged). The audit log counts every
+ * refusal on its own (refusals.c).
+ */
+static void worker_refused_roll(struct net_worker *w, int64_t now)
+{
+	if (now < w->refused_window)
+		return;
+	if (w->refused_unlogged)
+		log_event(LOG_WARN, "conn.refused_unlogged", "count=%llu",
+		          (unsigned long long)w->refused_unlogged);
+	w->refused_unlogged = 0;
+	w->refused_logged = 0;
+	w->refused_window = now + REFUSED_LOG_MS;
+}
+
+static bool worker_refusal_log(struct net_worker *w)
+{
+	worker_refused_roll(w, time_mono_ms());
+	if (w->refused_logged < REFUSED_LOG_PER_S) {
+		w->refused_logged++;
+		return true;
+	}
+	w->refused_unlogged++;
+	return false;
+}
+
+bool net_refusal_log(struct net_conn *c)
+{
+	return worker_refusal_log(c->w);
+}
+
 static void conn_refuse(struct net_conn *c, const char *reason)
 {
 	struct net_server *s = c->w->s;
 	char q1[256], q2[320];
-	log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=%s", c->peer,
-	          log_quote(q1, sizeof(q1), c->verify_subject), log_quote(q2, sizeof(q2), reason));
+	if (worker_refusal_log(c->w))
+		log_event(LOG_WARN, "conn.refused", "peer=%s subject=%s reason=%s", c->peer,
+		          log_quote(q1, sizeof(q1), c->verify_subject),
+		          log_quote(q2, sizeof(q2), reason));
 	if (s->h.on_refused)
 		s->h.on_refused(s->h.ctx, c->peer, c->verify_subject, reason);
 	conn_linger(c);
@@ -1258,8 +1302,10 @@ static void worker_accept_one(struct net_worker *w, int fd, const struct sockadd
 	format_peer(ss, peer, sizeof(peer));
 	if (atomic_fetch_add(&s->conn_count, 1) >= s->opt.max_connections) {
 		atomic_fetch_sub(&s->conn_count, 1);
-		log_event(LOG_WARN, "conn.refused", "peer=%s reason=max_connections limit=%u", peer,
-		          s->opt.max_connections);
+		if (worker_refusal_log(w))
+			log_event(LOG_WARN, "conn.refused",
+			          "peer=%s reason=max_connections limit=%u", peer,
+			          s->opt.max_connections);
 		close(fd);
 		atomic_fetch_sub(&w->n_conns, 1);
 		return;
@@ -1426,6 +1472,11 @@ static int64_t worker_sweep(struct net_worker *w)
 {
 	int64_t now = time_mono_ms(), next = now + TICK_MS;
 	next = worker_accept_resume(w, now, next);
+	if (w->refused_unlogged) {
+		worker_refused_roll(w, now);
+		if (w->refused_unlogged && w->refused_window < next)
+			next = w->refused_window;
+	}
 	for (struct net_conn *c = w->waiters, *nx; c; c = nx) {
 		nx = c->wait_next;
 		if (c->wait_deadline && c->wait_deadline <= now) {
