@@ -1701,11 +1701,14 @@ static int listen_socket(const struct net_options *opt, uint16_t port, bool firs
 		         gai_strerror(r));
 		return ISG_ERR_INVALID;
 	}
+	/* host:port as listen: takes it, an IPv6 address in brackets */
+	bool v6 = strchr(opt->host, ':') != NULL;
+	const char *open_b = v6 ? "[" : "", *close_b = v6 ? "]" : "";
 	if (first && port != 0 && port_in_use(ai)) {
 		snprintf(err, errlen,
-		         "cannot listen on %s:%u: another process is listening on it (is isgd "
+		         "cannot listen on %s%s%s:%u: another process is listening on it (is isgd "
 		         "already running?)",
-		         opt->host, port);
+		         open_b, opt->host, close_b, port);
 		freeaddrinfo(ai);
 		return ISG_ERR_CONFLICT;
 	}
@@ -1714,8 +1717,8 @@ static int listen_socket(const struct net_options *opt, uint16_t port, bool firs
 	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
 	    bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
-		snprintf(err, errlen, "cannot listen on %s:%u: %s", opt->host, port,
-		         strerror(errno));
+		snprintf(err, errlen, "cannot listen on %s%s%s:%u: %s", open_b, opt->host, close_b,
+		         port, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		freeaddrinfo(ai);

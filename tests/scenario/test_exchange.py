@@ -280,6 +280,16 @@ class TestIPv6(ExchangeCase):
         self.assertEqual(len(peers), 2, peers)
         self.assertRegex(peers[0], r"^\[::1\]:\d+$")
         self.assertEqual(peers[1], "::/64")
+        # Another process on the port: named as listen: takes it.
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.bind(("::1", gw.port))
+            taken.listen(1)
+            p = subprocess.run([isgtest.ISGD, "--config", gw.config_path], capture_output=True,
+                               text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("isgd: cannot listen on [::1]:%d: another process is listening on it"
+                      % gw.port, p.stderr)
 
 
 class TestRefusals(ExchangeCase):
