@@ -630,6 +630,20 @@ static void flush_refusals(struct gateway *g)
 		log_event(LOG_ERROR, "audit.failed", "kind=connection.refused counts=%zu", kept);
 }
 
+/*
+ * What run set up, in order: the store closes after the workers, so their
+ * last requests are stored, and before net_server_free, which cleans up
+ * what the store's last commits posted to the stopped workers.
+ */
+static void run_end(struct gateway *g)
+{
+	store_close(g->store);
+	net_server_free(g->net);
+	quota_free(g->quota);
+	refusals_free(g->refusals);
+	regime_unref(g->regime);
+}
+
 static int run(struct gateway *g, const struct identity *id, struct regime *regime,
                struct secrets *sec, SSL_CTX *tls, const sigset_t *sigs)
 {
@@ -690,11 +704,7 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 		          ? "isgd: out of memory\n"
 		          : "isgd: cannot read today's usage from the store for the daily limits\n",
 		      stderr);
-		store_close(g->store);
-		net_server_free(g->net);
-		quota_free(g->quota);
-		refusals_free(g->refusals);
-		regime_unref(regime);
+		run_end(g);
 		return r;
 	}
 	store_set_notify(g->store, handler_notify, g);
@@ -713,11 +723,7 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	if (r != 0) {
 		fprintf(stderr, "isgd: the audit log did not record the policy set and keys: %s\n",
 		        isg_strerror(r));
-		store_close(g->store);
-		net_server_free(g->net);
-		quota_free(g->quota);
-		refusals_free(g->refusals);
-		regime_unref(regime);
+		run_end(g);
 		return r;
 	}
 	if (rotated)
@@ -733,13 +739,7 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	r = serve(g, sigs);
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
 	flush_refusals(g); /* the workers, which count them, are gone */
-	/* After the workers, so their last requests are stored; before net_server_free,
-	 * which cleans up what the store's last commits posted to the stopped workers. */
-	store_close(g->store);
-	net_server_free(g->net);
-	quota_free(g->quota);
-	refusals_free(g->refusals);
-	regime_unref(g->regime);
+	run_end(g);
 	log_event(LOG_INFO, "isgd.stopped", "pid=%d", (int)getpid());
 	return r;
 }
