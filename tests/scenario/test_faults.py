@@ -329,7 +329,6 @@ class TestDiskFull(FaultCase):
             self.assertNotIn("disk I/O error", err)
             os.unlink(filler)
             gw.start()
-            self.partner(gw, "nhs")
             got = self.partner(gw, "nhs").fetch_messages()
             self.assertEqual([m["message_id"] for m in got], ["full-1"])
             gw.stop()
