@@ -36,6 +36,7 @@ struct session {
 	bool dirty;          /* a wake-up came while it was */
 	bool expired;        /* the long-poll deadline passed while it was */
 	uint32_t retry_ms;   /* a subscriber's wait before it fetches again after a failure */
+	bool hello_logged;   /* partner.hello is written once a connection */
 };
 
 /* A subscriber's fetch that failed is tried again after 100 ms, doubling to 5 s. */
@@ -96,11 +97,17 @@ static void on_hello(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		return;
 	}
 	/* Which software the partner runs, for the admin who helps it: the
-	 * name the partner chose (never a record's value), quoted and cut short. */
-	char q[100];
-	log_event(LOG_INFO, "partner.hello", "peer=%s partner=%s client=%s", net_conn_peer(c),
-	          s->partner,
-	          log_quote(q, sizeof(q), f->hello->client_name ? f->hello->client_name : ""));
+	 * name the partner chose (never a record's value), quoted and cut
+	 * short, once a connection: a Hello is a few bytes, and a partner
+	 * repeating it must not buy a line of the log with each. */
+	if (!s->hello_logged) {
+		char q[100];
+		s->hello_logged = true;
+		log_event(
+		    LOG_INFO, "partner.hello", "peer=%s partner=%s client=%s", net_conn_peer(c),
+		    s->partner,
+		    log_quote(q, sizeof(q), f->hello->client_name ? f->hello->client_name : ""));
+	}
 	struct regime *rg = gateway_regime(s->g);
 	const struct policy_set *set = rg->policy;
 	const struct policy_partner *p = policy_partner_by_id(set, s->partner);

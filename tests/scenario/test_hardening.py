@@ -1297,6 +1297,21 @@ class TestLogLines(HardeningCase):
         self.assertEqual([e["certificate"] for e in events if e["event"] == "tls.reloaded"], [cert])
 
 
+    def test_a_repeated_hello_writes_one_line(self):
+        """partner.hello names the partner's software once a connection: a
+        Hello is a few bytes, and repeating it must not buy a log line each."""
+        self.gw = self.gateway()
+        c = self.connect("police")
+        for i in range(200):
+            self.expect(c.request(hello=self.pb.Hello(protocol_version=1, client_name="loop/%d" % i)),
+                        "welcome")
+        self.assertServing()
+        self.gw.stop()
+        hellos = [l for l in self.gw.log.splitlines() if "event=partner.hello " in l]
+        self.assertEqual(len([l for l in hellos if "partner=met-police" in l and "client=loop/" in l]),
+                         1, hellos)
+
+
 class TestSubscriptionWindow(HardeningCase):
     """
     A subscriber gets at most limits.max_fetch_messages unacknowledged
