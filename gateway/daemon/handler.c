@@ -713,8 +713,10 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 	s->store_busy = true;
 	s->dirty = false;
 	j->hold = net_conn_begin_async(c, 0);
-	/* A subscriber takes what its connection can: the rest stays in the store. */
-	size_t bytes = s->subscribed ? net_conn_output_room(c) : SIZE_MAX;
+	/* A subscriber takes what its connection can, a fetch what one answer
+	 * can hold (limits.max_frame): the rest stays in the store, not read,
+	 * opened and recorded as delivered to be dropped (fetch_deliver). */
+	size_t bytes = s->subscribed ? net_conn_output_room(c) : s->g->cfg.max_frame_bytes;
 	int err = store_fetch_within(s->g->store, s->partner, s->cursor, s->fetch_max,
 	                             bytes ? bytes : 1, fetch_stored, j);
 	if (err != 0) {

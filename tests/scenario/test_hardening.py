@@ -740,6 +740,31 @@ class TestDeliveryWithinMaxFrame(HardeningCase):
         self.assertServing()
 
 
+    def test_a_fetch_reads_what_one_answer_holds(self):
+        """A fetch takes from the store what one answer can hold, not 64 MiB
+        of which it would send max_frame: the messages past it are not
+        recorded as delivered before they are (at most the one that did
+        not fit), and come in the next answers."""
+        pb = self.pb
+        self.gw = self.gateway(limits={"max_frame": "256KiB"})
+        police, nhs = self.connect("police"), self.connect("nhs")
+        sent = ["big-%d" % i for i in range(12)]
+        for message_id in sent:
+            self.accepted(police, message_id, [{"nhs_number": NHS_A, "concern_summary": "x" * 60000}])
+        r = self.expect(nhs.request(fetch=pb.FetchRequest(max_messages=100)), "fetch_result")
+        first = [d.message_id for d in r.deliveries]
+        self.assertTrue(0 < len(first) < len(sent), first)
+        delivered = self.audit_jsonl("--kind", "message.delivered")
+        self.assertLessEqual(len(delivered), len(first) + 1, [e["entry"]["message_id"] for e in delivered])
+        got = list(first)
+        while len(got) < len(sent):
+            r = self.expect(nhs.request(fetch=pb.FetchRequest(max_messages=100)), "fetch_result")
+            self.assertTrue(r.deliveries)
+            got += [d.message_id for d in r.deliveries]
+        self.assertEqual(got, sent)
+        self.assertEqual(len(self.audit_jsonl("--kind", "message.delivered")), len(sent))
+
+
 class TestConnectionLimit(HardeningCase):
     def test_over_max_connections(self):
         pb = self.pb
