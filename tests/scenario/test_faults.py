@@ -370,6 +370,9 @@ class TestDiskFull(FaultCase):
                 p = subprocess.Popen([isgtest.ISGD, "--config", gw.config_path], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      preexec_fn=isgtest._die_with_parent)
+                # an isgd that neither starts nor exits is killed, not waited for
+                watchdog = threading.Timer(isgtest.START_TIMEOUT, p.kill)
+                watchdog.start()
                 started, said = False, []
                 for line in p.stderr:
                     said.append(line)
@@ -380,6 +383,7 @@ class TestDiskFull(FaultCase):
                     after = count()
                     p.terminate()
                 rest = "".join(said) + p.communicate(timeout=isgtest.STOP_TIMEOUT)[1]
+                watchdog.cancel()
                 if started:
                     self.assertEqual(after, before + 2, "%d KiB free: isgd served before its policy "
                                      "set and keys were on record" % kib)
