@@ -1659,7 +1659,8 @@ static void *worker_main(void *arg)
 	/* Past the grace: what is left still owed answers, or its close_notify. */
 	while (w->conns)
 		conn_free(w->conns);
-	worker_run_posts(w); /* give late completions their cleanup */
+	worker_run_posts(w);               /* give late completions their cleanup */
+	worker_refused_roll(w, INT64_MAX); /* a count not written yet */
 	return NULL;
 }
 

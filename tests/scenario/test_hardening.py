@@ -918,6 +918,15 @@ class TestRefusalFlood(HardeningCase):
         self.assertEqual(r.rc, 0, r)
         self.assertIn("(%d refusals)" % (self.FLOOD - 1), r.out)
 
+    def test_a_count_not_yet_written_is_written_at_stop(self):
+        """Refusals counted and not logged when isgd stops are written as it stops."""
+        self.gw = gw = self.gateway(threads=1)
+        for _ in range(30):
+            socket.create_connection(("127.0.0.1", gw.port), timeout=5 * isgtest.SLOW).close()
+        self.wait_log(gw, "conn.refused peer=", 10)
+        gw.stop()
+        self.wait_log_refusals(gw, 30)
+
     def test_count_written_while_running(self):
         """When the window is over, the count is written by isgd as it runs,
         not only at shutdown (audit.refusal_window, at its shortest here)."""
