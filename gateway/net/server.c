@@ -577,14 +577,19 @@ static int verify_cb(int ok, X509_STORE_CTX *store)
  * second is over (conn.refused_unlogged). The audit log counts every
  * refusal on its own (refusals.c).
  */
-static void worker_refused_roll(struct net_worker *w, int64_t now)
+static void worker_refused_flush(struct net_worker *w)
 {
-	if (now < w->refused_window)
-		return;
 	if (w->refused_unlogged)
 		log_event(LOG_WARN, "conn.refused_unlogged", "count=%llu",
 		          (unsigned long long)w->refused_unlogged);
 	w->refused_unlogged = 0;
+}
+
+static void worker_refused_roll(struct net_worker *w, int64_t now)
+{
+	if (now < w->refused_window)
+		return;
+	worker_refused_flush(w);
 	w->refused_logged = 0;
 	w->refused_window = now + REFUSED_LOG_MS;
 }
@@ -1659,8 +1664,8 @@ static void *worker_main(void *arg)
 	/* Past the grace: what is left still owed answers, or its close_notify. */
 	while (w->conns)
 		conn_free(w->conns);
-	worker_run_posts(w);               /* give late completions their cleanup */
-	worker_refused_roll(w, INT64_MAX); /* a count not written yet */
+	worker_run_posts(w);     /* give late completions their cleanup */
+	worker_refused_flush(w); /* a count not written yet */
 	return NULL;
 }
 
