@@ -82,8 +82,10 @@ int main(int argc, char **argv)
 }
 """
 
-# Subscribed, waiting, as isgd stops: what the wait says, then the next call.
-SUBSCRIBER = r"""
+# The start of a program that connects, subscribes and says "subscribed"
+# once the gateway has taken the subscription in (the ping's answer comes
+# after it); what follows it ends main.
+SUBSCRIBED = r"""
 #include <stdio.h>
 #include "isgclient.h"
 
@@ -99,7 +101,6 @@ int main(int argc, char **argv)
 	opt.ca_file = argv[4];
 	struct isg_client *c = NULL;
 	struct isg_error err;
-	/* the ping's answer comes after the gateway took the subscription in */
 	if (isg_client_connect(&opt, &c, &err) < 0 || isg_client_subscribe(c, &err) < 0 ||
 	    isg_client_ping(c, NULL, &err) < 0) {
 		printf("connect %s: %s\n", err.code_name, err.message);
@@ -107,6 +108,10 @@ int main(int argc, char **argv)
 	}
 	printf("subscribed\n");
 	fflush(stdout);
+"""
+
+# Subscribed, waiting, as isgd stops: what the wait says, then the next call.
+SUBSCRIBER = SUBSCRIBED + r"""
 	struct isg_delivery *d = NULL;
 	int rc = isg_client_next_delivery(c, 60000, &d, &err);
 	printf("ended %s%s", rc < 0 ? err.code_name : d ? "delivery" : "nothing",
@@ -122,29 +127,7 @@ int main(int argc, char **argv)
 
 # Subscribed as isgd stops, then a request: the gateway ended the
 # subscription and closed without reading it; the request says why.
-LATE_REQUEST = r"""
-#include <stdio.h>
-#include "isgclient.h"
-
-int main(int argc, char **argv)
-{
-	if (argc != 5)
-		return 2;
-	struct isg_client_options opt;
-	isg_client_options_init(&opt);
-	opt.gateway = argv[1];
-	opt.cert_file = argv[2];
-	opt.key_file = argv[3];
-	opt.ca_file = argv[4];
-	struct isg_client *c = NULL;
-	struct isg_error err;
-	if (isg_client_connect(&opt, &c, &err) < 0 || isg_client_subscribe(c, &err) < 0 ||
-	    isg_client_ping(c, NULL, &err) < 0) {
-		printf("connect %s: %s\n", err.code_name, err.message);
-		return 1;
-	}
-	printf("subscribed\n");
-	fflush(stdout);
+LATE_REQUEST = SUBSCRIBED + r"""
 	char go[8];
 	if (!fgets(go, sizeof(go), stdin))
 		return 1;
@@ -154,7 +137,6 @@ int main(int argc, char **argv)
 	return 0;
 }
 """
-
 
 def build(case, name, text):
     src = os.path.join(case.tmp, name + ".c")
