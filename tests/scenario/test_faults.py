@@ -184,6 +184,13 @@ class TestDiskFull(FaultCase):
                 self.skipTest(msg)
             self.fail(msg + " (set ISG_ALLOW_SKIP=1 to skip it instead)")
 
+    def tmpfs_store(self):
+        """The store's directory on a 4 MB tmpfs, unmounted after the gateway's cleanup."""
+        store_dir = os.path.join(self.tmp, "gw", "store")
+        self.mount_tmpfs(store_dir, "4m")
+        self.addCleanup(self.umount, store_dir)
+        return store_dir
+
     def umount(self, path):
         p = subprocess.run(["umount", path], capture_output=True, text=True, timeout=30)
         if p.returncode != 0:
@@ -313,30 +320,23 @@ class TestDiskFull(FaultCase):
     def test_start_on_a_full_disk_says_so_and_starts_once_there_is_room(self):
         """SQLite reports a full disk while it maps its WAL index as an I/O error:
         the admin is told the disk is full, not that it failed."""
-        store_dir = os.path.join(self.tmp, "gw", "store")
-        self.mount_tmpfs(store_dir, "4m")
-        gw = None
-        try:
-            gw = self.gateway()
-            police = self.connect(gw, "police")
-            self.expect(gw, police.request(send=self.send_request("full-1", [{"nhs_number": NHS_A}])),
-                        "send_result")
-            gw.stop()
-            filler = self.fill(store_dir)
-            err = self.run_isgd_refused(gw)
-            self.assertRegex(err, r"isgd: store '[^']*': [^\n]*: disk full \(no space left on "
-                                  r"the store's file system\)\n")
-            self.assertNotIn("disk I/O error", err)
-            os.unlink(filler)
-            gw.start()
-            got = self.partner(gw, "nhs").fetch_messages()
-            self.assertEqual([m["message_id"] for m in got], ["full-1"])
-            gw.stop()
-            self.audit_verify(gw, "after the start that had room")
-        finally:
-            if gw is not None:
-                gw.close()
-            self.umount(store_dir)
+        store_dir = self.tmpfs_store()
+        gw = self.gateway()
+        police = self.connect(gw, "police")
+        self.expect(gw, police.request(send=self.send_request("full-1", [{"nhs_number": NHS_A}])),
+                    "send_result")
+        gw.stop()
+        filler = self.fill(store_dir)
+        err = self.run_isgd_refused(gw)
+        self.assertRegex(err, r"isgd: store '[^']*': [^\n]*: disk full \(no space left on "
+                              r"the store's file system\)\n")
+        self.assertNotIn("disk I/O error", err)
+        os.unlink(filler)
+        gw.start()
+        got = self.partner(gw, "nhs").fetch_messages()
+        self.assertEqual([m["message_id"] for m in got], ["full-1"])
+        gw.stop()
+        self.audit_verify(gw, "after the start that had room")
 
     def test_start_serves_only_once_its_policy_is_on_record(self):
         """
@@ -345,61 +345,54 @@ class TestDiskFull(FaultCase):
         same, under a policy set the audit log did not record. It now
         refuses to start; with room, the entries are there before it serves.
         """
-        store_dir = os.path.join(self.tmp, "gw", "store")
-        self.mount_tmpfs(store_dir, "4m")
-        gw = None
-        try:
-            gw = self.gateway()
-            gw.stop()
-            filler = self.fill(store_dir)
-            size = os.path.getsize(filler)
-            def count():  # read as isgctl does, the WAL included, isgd running or not
-                n = 0
-                for kind in ("policy.loaded", "keys.loaded"):
-                    r = isgtest.ctl("audit", "list", "--config", gw.config_path, "--kind", kind,
-                                    "--format", "jsonl")
-                    self.assertEqual(r.rc, 0, r)
-                    n += len(r.out.splitlines())
-                return n
+        store_dir = self.tmpfs_store()
+        gw = self.gateway()
+        gw.stop()
+        filler = self.fill(store_dir)
+        size = os.path.getsize(filler)
+        def count():  # read as isgctl does, the WAL included, isgd running or not
+            n = 0
+            for kind in ("policy.loaded", "keys.loaded"):
+                r = isgtest.ctl("audit", "list", "--config", gw.config_path, "--kind", kind,
+                                "--format", "jsonl")
+                self.assertEqual(r.rc, 0, r)
+                n += len(r.out.splitlines())
+            return n
 
-            outcomes = set()
-            # Room from too little to open the store to enough for everything.
-            for kib in range(32, 132, 4):
-                os.truncate(filler, size - kib * 1024)
-                before = count()
-                p = subprocess.Popen([isgtest.ISGD, "--config", gw.config_path], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=isgtest._die_with_parent)
-                # an isgd that neither starts nor exits is killed, not waited for
-                watchdog = threading.Timer(isgtest.START_TIMEOUT, p.kill)
-                watchdog.start()
-                started, said = False, []
-                for line in p.stderr:
-                    said.append(line)
-                    if "event=isgd.started" in line:
-                        started = True
-                        break
-                if started:
-                    after = count()
-                    p.terminate()
-                rest = "".join(said) + p.communicate(timeout=isgtest.STOP_TIMEOUT)[1]
-                watchdog.cancel()
-                if started:
-                    self.assertEqual(after, before + 2, "%d KiB free: isgd served before its policy "
-                                     "set and keys were on record" % kib)
-                    outcomes.add("started")
+        outcomes = set()
+        # Room from too little to open the store to enough for everything.
+        for kib in range(32, 132, 4):
+            os.truncate(filler, size - kib * 1024)
+            before = count()
+            p = subprocess.Popen([isgtest.ISGD, "--config", gw.config_path], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=isgtest._die_with_parent)
+            # an isgd that neither starts nor exits is killed, not waited for
+            watchdog = threading.Timer(isgtest.START_TIMEOUT, p.kill)
+            watchdog.start()
+            started, said = False, []
+            for line in p.stderr:
+                said.append(line)
+                if "event=isgd.started" in line:
+                    started = True
                     break
-                self.assertEqual(p.returncode, 1, rest)
-                if "isgd: the audit log did not record the policy set and keys: disk full" in rest:
-                    outcomes.add("refused")
-                os.truncate(filler, size)
-            self.assertEqual(outcomes, {"refused", "started"})
-            os.unlink(filler)
-            self.audit_verify(gw, "after the starts")
-        finally:
-            if gw is not None:
-                gw.close()
-            self.umount(store_dir)
+            if started:
+                after = count()
+                p.terminate()
+            rest = "".join(said) + p.communicate(timeout=isgtest.STOP_TIMEOUT)[1]
+            watchdog.cancel()
+            if started:
+                self.assertEqual(after, before + 2, "%d KiB free: isgd served before its policy "
+                                 "set and keys were on record" % kib)
+                outcomes.add("started")
+                break
+            self.assertEqual(p.returncode, 1, rest)
+            if "isgd: the audit log did not record the policy set and keys: disk full" in rest:
+                outcomes.add("refused")
+            os.truncate(filler, size)
+        self.assertEqual(outcomes, {"refused", "started"})
+        os.unlink(filler)
+        self.audit_verify(gw, "after the starts")
 
     def test_disk_full_refuses_sends_and_recovers(self):
         pb = self.pb
