@@ -27,12 +27,13 @@ struct keyproc_server {
 	const struct keyproc_options *opt;
 	uint8_t *storage_key;
 	struct audit_signer *signer;
-	/* Guards rings, next_gen and signed_size. Pseudonym batches only read
-	 * the rings, so the channels' batches run side by side. */
+	/* Guards rings, next_gen and the last checkpoint signed. Pseudonym
+	 * batches only read the rings, so the channels' batches run side by side. */
 	pthread_rwlock_t lock;
 	struct ring_slot rings[KEYPROC_RINGS_MAX];
 	uint32_t next_gen;
 	uint64_t signed_size;
+	uint8_t signed_root[AUDIT_HASH_LEN];
 	bool signed_any;
 	_Atomic int64_t latest_ms; /* the latest clock reading a pseudonym batch went by */
 };
@@ -296,8 +297,10 @@ static int do_open(struct keyproc_server *sv, struct cursor *c, struct keyproc_a
 /* --- the audit signing key ------------------------------------------------------- */
 
 /*
- * Only checkpoints of this log, never smaller than the last one signed: a
- * compromised gateway cannot have the key vouch for a rolled-back log.
+ * Only checkpoints of this log, never smaller than the last one signed, and
+ * at the same size only with the same root (an idle gateway signs its
+ * checkpoint again): a compromised gateway cannot have the key vouch for a
+ * rolled-back log, nor for a second history of the same length.
  */
 static int do_sign(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
 {
@@ -308,15 +311,20 @@ static int do_sign(struct keyproc_server *sv, struct cursor *c, struct keyproc_a
 	if (strcmp(cp.origin, audit_signer_name(sv->signer)) != 0)
 		return answer_text(a, ISG_ERR_DENIED, "a checkpoint of another log");
 	pthread_rwlock_wrlock(&sv->lock);
-	bool ok = !sv->signed_any || cp.size >= sv->signed_size;
-	if (ok) {
+	const char *refused = NULL;
+	if (sv->signed_any && cp.size < sv->signed_size)
+		refused = "a checkpoint smaller than one already signed";
+	else if (sv->signed_any && cp.size == sv->signed_size &&
+	         sodium_memcmp(cp.root, sv->signed_root, AUDIT_HASH_LEN) != 0)
+		refused = "a checkpoint of the size already signed, with another root";
+	if (!refused) {
 		sv->signed_any = true;
 		sv->signed_size = cp.size;
+		memcpy(sv->signed_root, cp.root, AUDIT_HASH_LEN);
 	}
 	pthread_rwlock_unlock(&sv->lock);
-	if (!ok)
-		return answer_text(a, ISG_ERR_DENIED,
-		                   "a checkpoint smaller than one already signed");
+	if (refused)
+		return answer_text(a, ISG_ERR_DENIED, refused);
 	if (answer_alloc(a, AUDIT_SIG_LEN) != 0)
 		return a->status;
 	return a->status = audit_signer_sign(sv->signer, c->p, c->left, a->body);

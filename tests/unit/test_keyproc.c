@@ -310,14 +310,20 @@ static void test_store_through_the_key_process(void **state)
 	store_close(s);
 }
 
-static int sign(const struct audit_signer *s, const char *origin, uint64_t size, char *note,
-                size_t *len)
+static int sign_root(const struct audit_signer *s, const char *origin, uint64_t size,
+                     uint8_t root_byte, char *note, size_t *len)
 {
 	struct audit_checkpoint c = {.size = size};
 	str_copy(c.origin, origin, sizeof(c.origin));
-	memset(c.root, 0x5a, sizeof(c.root));
+	memset(c.root, root_byte, sizeof(c.root));
 	const char *reason;
 	return audit_checkpoint_sign(s, &c, note, AUDIT_NOTE_MAX, len, &reason);
+}
+
+static int sign(const struct audit_signer *s, const char *origin, uint64_t size, char *note,
+                size_t *len)
+{
+	return sign_root(s, origin, size, 0x5a, note, len);
 }
 
 static void test_signs_checkpoints_never_backwards(void **state)
@@ -338,7 +344,11 @@ static void test_signs_checkpoints_never_backwards(void **state)
 	assert_int_equal(audit_checkpoint_open(&v, note, len, &c, &reason), 0);
 	assert_int_equal(c.size, 10);
 	assert_int_equal(sign(s, "test-log", 10, note, &len), 0); /* the same size again: idle */
+	/* The same size with another root is a second history: refused. */
+	assert_int_equal(sign_root(s, "test-log", 10, 0x11, note, &len), ISG_ERR_CRYPTO);
 	assert_int_equal(sign(s, "test-log", 11, note, &len), 0);
+	assert_int_equal(sign_root(s, "test-log", 11, 0x11, note, &len), ISG_ERR_CRYPTO);
+	assert_int_equal(sign_root(s, "test-log", 12, 0x11, note, &len), 0);
 	/* A rolled-back log, another log, or a note that is no checkpoint: refused. */
 	assert_int_equal(sign(s, "test-log", 9, note, &len), ISG_ERR_CRYPTO);
 	assert_int_equal(sign(s, "other-log", 12, note, &len), ISG_ERR_CRYPTO);
