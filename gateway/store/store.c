@@ -578,8 +578,18 @@ int store_send(struct store *s, const struct store_message *m, store_send_cb cb,
 	memcpy(js->audit_entry, m->audit_entry, m->audit_len);
 	js->audit_entry[m->audit_len] = '\0';
 	js->audit_len = m->audit_len;
-	rc = store_seal(s, js->sender, js->message_id, js->recipient, m->payload, m->payload_len,
-	                js->header, &js->sealed, &js->sealed_len);
+	struct store_bound bound = {
+	    .sender = js->sender,
+	    .message_id = js->message_id,
+	    .recipient = js->recipient,
+	    .agreement_id = js->agreement_id,
+	    .purpose = js->purpose,
+	    .dataset = js->dataset,
+	    .agreement_version = js->agreement_version,
+	    .reply_to = js->reply_to,
+	};
+	rc = store_seal(s, &bound, m->payload, m->payload_len, js->header, &js->sealed,
+	                &js->sealed_len);
 	if (rc)
 		goto fail;
 	rc = queue_push(s, j);

@@ -53,6 +53,7 @@ static const char *const schema_sql =
     " state INTEGER NOT NULL CHECK (state BETWEEN 0 AND 3),"
     " nonce BLOB,"
     " payload BLOB,"
+    " ad INTEGER NOT NULL DEFAULT 1,"
     " UNIQUE (sender, message_id));"
     "CREATE INDEX messages_pending ON messages(recipient, id) WHERE state IN (0, 1);"
     "CREATE INDEX messages_expiry ON messages(expires_at) WHERE state IN (0, 1);"
@@ -66,12 +67,12 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MSG_INSERT] = "INSERT INTO messages(sender, message_id, recipient, agreement_id,"
                       " agreement_version, purpose, dataset, reply_to, request_hash,"
                       " record_count, accepted_at, expires_at, audit_index, state, nonce,"
-                      " payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
-                      " ?13, 0, ?14, ?15)",
+                      " payload, ad) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
+                      " ?12, ?13, 0, ?14, ?15, ?16)",
     [ST_FETCH] = "SELECT id, sender, message_id, agreement_id, agreement_version, purpose,"
                  " dataset, reply_to, accepted_at, audit_index, state, nonce,"
                  " coalesce(payload, (SELECT data FROM payloads WHERE payloads.id = messages.id)),"
-                 " expires_at"
+                 " expires_at, ad"
                  " FROM messages WHERE recipient = ?1 AND id > ?2 AND state IN (0, 1)"
                  " AND expires_at > ?3 ORDER BY id LIMIT ?4",
     [ST_MARK_DELIVERED] = "UPDATE messages SET state = 1 WHERE id = ?1 AND state = 0",
@@ -487,14 +488,19 @@ static int configure(struct store *s, char *err, size_t errlen)
 /*
  * A store of an older schema version is brought to this one before anything
  * else is written, in one transaction, and marked with it: an older isgd
- * then refuses it ("understands up to 3") instead of missing the payloads
- * kept apart. Versions 2 and 3 changed no table, only how new payloads are
- * sealed. Version 4 adds the table payloads; the payloads already stored
- * stay in their rows.
+ * then refuses it ("understands up to 4") instead of missing the payloads
+ * kept apart or opening rows under the wrong associated data. Versions 2
+ * and 3 changed no table, only how new payloads are sealed. Version 4 adds
+ * the table payloads; the payloads already stored stay in their rows.
+ * Version 5 adds messages.ad with a constant default, which SQLite records
+ * in the schema without rewriting the table: every row already stored has
+ * STORE_AD_V1, as it was sealed.
  */
+#define ADD_AD_SQL "ALTER TABLE messages ADD COLUMN ad INTEGER NOT NULL DEFAULT 1;"
+
 static int upgrade(struct store *s, char *err, size_t errlen)
 {
-	char sql[256];
+	char sql[512];
 	int64_t version = 0;
 	bool found = false;
 	int rc = store_db_query_int(s->db, "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -502,10 +508,12 @@ static int upgrade(struct store *s, char *err, size_t errlen)
 	if (rc == SQLITE_OK && found && version >= STORE_SCHEMA_VERSION)
 		return 0;
 	if (rc == SQLITE_OK) {
+		_Static_assert(STORE_AD_V1 == 1, "ADD_AD_SQL's default is STORE_AD_V1");
 		snprintf(sql, sizeof(sql),
-		         "BEGIN IMMEDIATE;" PAYLOADS_SQL
+		         "BEGIN IMMEDIATE;%s%s"
 		         "UPDATE meta SET value = %d WHERE key = 'schema_version';"
 		         "COMMIT;",
+		         version < 4 ? PAYLOADS_SQL : "", version < 5 ? ADD_AD_SQL : "",
 		         STORE_SCHEMA_VERSION);
 		rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
 	}

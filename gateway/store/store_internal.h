@@ -20,18 +20,25 @@
 /* "ISG1": PRAGMA application_id of every ISG store. */
 #define STORE_APPLICATION_ID 0x49534731
 #define STORE_FORMAT "isg-store"
-/* 4: large sealed payloads in a table of their own, payloads, so they can
- * be deleted with secure_delete=FAST (store_jobs.c). 3: payloads sealed with
- * AES-256-GCM under data keys (84-byte seal headers), beside rows of
- * version 2 (XChaCha20-Poly1305 under data keys, 96-byte headers) and
- * version 1 (24-byte headers), which still open; see store_db.c's
+/* 5: new payloads sealed with associated data binding the fields a
+ * delivery hands out beside them (STORE_AD_V2), and messages.ad saying
+ * which associated data a row has. 4: large sealed payloads in a table of their own, payloads, so
+ * they can be deleted with secure_delete=FAST (store_jobs.c). 3: payloads sealed with AES-256-GCM
+ * under data keys (84-byte seal headers), beside rows of version 2 (XChaCha20-Poly1305 under data
+ * keys, 96-byte headers) and version 1 (24-byte headers), which still open; see store_db.c's
  * upgrade and store_seal.c. */
-#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_VERSION 5
 
 #define STORE_KEY_LEN crypto_aead_xchacha20poly1305_ietf_KEYBYTES
 #define STORE_NONCE_LEN crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 #define STORE_TAG_LEN crypto_aead_xchacha20poly1305_ietf_ABYTES
+/* messages.ad: which associated data a row's payload was sealed with
+ * (store_seal.c). Each begins with a context string of its own, so the
+ * two can never be the same bytes. */
+#define STORE_AD_V1 1 /* sender, message id, recipient: rows before version 5 */
+#define STORE_AD_V2 2 /* and agreement, version, purpose, dataset, reply_to */
 #define STORE_SEAL_CONTEXT "isg-msg-v1"
+#define STORE_SEAL_CONTEXT_V2 "isg-msg-v2"
 #define STORE_KEY_CONTEXT "isg-key-v1"
 /* messages.nonce, the seal header: the wrapped data key and the payload's
  * AES-256-GCM nonce; in older rows the wrapped key and an XChaCha20 nonce,
@@ -349,12 +356,19 @@ int store_keys_init(struct store *s);
 void store_keys_release(struct store *s);
 /* Wipe the data key kept for a payload sealed under header that will never be fetched. */
 void store_seal_forget(struct store *s, const uint8_t header[static STORE_WRAPPED_KEY_LEN]);
-int store_seal(struct store *s, const char *sender, const char *message_id, const char *recipient,
-               const uint8_t *plain, size_t plain_len, uint8_t header[STORE_HEADER_LEN],
-               uint8_t **sealed, size_t *sealed_len);
+/* The fields of a message that its sealed payload is bound to. */
+struct store_bound {
+	const char *sender, *message_id, *recipient, *agreement_id, *purpose, *dataset;
+	uint32_t agreement_version;
+	uint64_t reply_to;
+};
+/* Seal plain for the message b with STORE_AD_V2, the row's messages.ad. */
+int store_seal(struct store *s, const struct store_bound *b, const uint8_t *plain, size_t plain_len,
+               uint8_t header[STORE_HEADER_LEN], uint8_t **sealed, size_t *sealed_len);
 /* A sealed payload as read from its row, and what opening it gave. */
 struct store_sealed {
-	const char *sender, *message_id; /* the row's */
+	struct store_bound bound; /* the row's fields, pointing into its delivery */
+	int64_t ad;               /* the row's messages.ad */
 	uint8_t header[STORE_HEADER_MAX];
 	size_t header_len;
 	uint8_t *sealed; /* malloc'd copy */
@@ -362,12 +376,12 @@ struct store_sealed {
 	uint8_t *plain; /* malloc'd; NULL when it did not open */
 	size_t plain_len;
 };
-/* Open n payloads for recipient, unwrapping their data keys in one batch.
+/* Open n payloads, unwrapping their data keys in one batch.
  * A payload that does not open is left with plain NULL; an error is the
  * holder's failure (or no memory), not a payload's. Each item's sealed
  * copy is freed (and set NULL) once it is tried; after an error, those not
  * yet tried keep theirs for the caller to free. */
-int store_unseal_all(struct store *s, const char *recipient, struct store_sealed *items, size_t n);
+int store_unseal_all(struct store *s, struct store_sealed *items, size_t n);
 
 /* store_jobs.c: what each job does inside the writer's transaction. */
 int store_job_run(struct store *s, struct store_job *j, int64_t now);

@@ -232,6 +232,7 @@ static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64
 	sqlite3_bind_int64(st, 12, now + js->ttl_ms);
 	sqlite3_bind_int64(st, 13, (int64_t)seq);
 	bind_blob(st, 14, js->header, sizeof(js->header));
+	sqlite3_bind_int(st, 16, STORE_AD_V2); /* as store_seal sealed it */
 	bool apart = js->sealed_len >= STORE_PAYLOAD_APART;
 	if (apart)
 		sqlite3_bind_null(st, 15);
@@ -319,8 +320,9 @@ struct fetch_mark {
 
 static void delivery_release(struct store_delivery *d);
 
-/* Fill one delivery from the current row, with its payload still sealed in *sl. */
-static int fetch_row(sqlite3_stmt *st, struct store_delivery *d, struct store_sealed *sl)
+/* Fill one delivery to recipient from the current row, with its payload still sealed in *sl. */
+static int fetch_row(sqlite3_stmt *st, const char *recipient, struct store_delivery *d,
+                     struct store_sealed *sl)
 {
 	d->gateway_id = (uint64_t)sqlite3_column_int64(st, 0);
 	d->sender = dup_column(st, 1);
@@ -334,7 +336,18 @@ static int fetch_row(sqlite3_stmt *st, struct store_delivery *d, struct store_se
 	d->expires_at_ms = sqlite3_column_int64(st, 13);
 	if (!d->sender || !d->message_id || !d->agreement_id || !d->purpose || !d->dataset)
 		return ISG_ERR_NOMEM;
-	*sl = (struct store_sealed){.sender = d->sender, .message_id = d->message_id};
+	/* Opened under the values as delivered, so the recipient gets what was sealed. */
+	*sl = (struct store_sealed){
+	    .bound = {.sender = d->sender,
+	              .message_id = d->message_id,
+	              .recipient = recipient,
+	              .agreement_id = d->agreement_id,
+	              .purpose = d->purpose,
+	              .dataset = d->dataset,
+	              .agreement_version = d->agreement_version,
+	              .reply_to = d->reply_to},
+	    .ad = sqlite3_column_int64(st, 14),
+	};
 	const uint8_t *header = sqlite3_column_blob(st, 11);
 	size_t header_len = (size_t)sqlite3_column_bytes(st, 11);
 	if (header && (header_len == STORE_HEADER_LEN || header_len == STORE_HEADER_V2_LEN ||
@@ -407,7 +420,7 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, str
 		err = fetch_reserve(jf, acc);
 		if (err)
 			break;
-		err = fetch_row(st, &res->items[res->n], &acc->sealed[res->n]);
+		err = fetch_row(st, jf->recipient, &res->items[res->n], &acc->sealed[res->n]);
 		/* Count it even when half filled, so discard frees what it holds. */
 		acc->marks[res->n].first_delivery = sqlite3_column_int(st, 10) == MSG_PENDING;
 		acc->marks[res->n].accepted_index = (uint64_t)sqlite3_column_int64(st, 9);
@@ -450,7 +463,7 @@ static int fetch_mark_delivered(struct store *s, struct job_fetch *jf, int64_t n
 static int fetch_open(struct store *s, struct job_fetch *jf, struct fetch_acc *acc)
 {
 	struct store_fetch_result *res = jf->res;
-	int err = store_unseal_all(s, jf->recipient, acc->sealed, res->n);
+	int err = store_unseal_all(s, acc->sealed, res->n);
 	size_t kept = 0;
 	for (size_t i = 0; i < res->n; i++) {
 		struct store_sealed *sl = &acc->sealed[i];

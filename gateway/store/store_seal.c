@@ -1,8 +1,12 @@
 /*
  * Sealing message payloads at rest, by envelope. Each payload is sealed
  * with AES-256-GCM under a random data key of its own, with a random
- * 12-byte nonce and associated data binding it to its sender, message id
- * and recipient, so a sealed payload moved to another row does not open.
+ * 12-byte nonce and associated data binding it to the fields of its row
+ * that a delivery hands out beside it: sender, message id, recipient,
+ * agreement id and version, purpose, dataset and reply_to (STORE_AD_V2). A
+ * sealed payload moved to another row, or a row with one of those changed,
+ * does not open. Rows sealed before schema version 5 are bound to sender,
+ * message id and recipient alone (STORE_AD_V1); messages.ad says which.
  * The data key is kept beside it, wrapped (sealed with libsodium's
  * XChaCha20-Poly1305) under the storage key. The storage key's holder makes
  * data keys STORE_KEY_POOL at a time and unwraps a fetch's keys in one
@@ -20,36 +24,69 @@
 #include "store/store_internal.h"
 #include "util/util.h"
 
-/* 4-byte length prefixes of the context and three strings of at most STORE_MAX_STRING. */
-#define AD_MAX (4 * 4 + sizeof(STORE_SEAL_CONTEXT) - 1 + 3 * STORE_MAX_STRING)
+/* The larger associated data, STORE_AD_V2's: the context and six strings of
+ * at most STORE_MAX_STRING, each after its 4-byte length, then the 4-byte
+ * agreement version and the 8-byte reply_to. */
+#define AD_MAX (7 * 4 + sizeof(STORE_SEAL_CONTEXT_V2) - 1 + 6 * STORE_MAX_STRING + 4 + 8)
 
 _Static_assert(STORE_SEAL_KEY_LEN == STORE_KEY_LEN && STORE_SEAL_NONCE_LEN == STORE_NONCE_LEN &&
                    STORE_SEAL_OVERHEAD == STORE_TAG_LEN,
                "store.h's sealing sizes are libsodium's");
 
+static size_t ad_put_u32(uint8_t *ad, size_t pos, uint32_t v)
+{
+	ad[pos++] = (uint8_t)(v >> 24);
+	ad[pos++] = (uint8_t)(v >> 16);
+	ad[pos++] = (uint8_t)(v >> 8);
+	ad[pos++] = (uint8_t)v;
+	return pos;
+}
+
+static size_t ad_put_u64(uint8_t *ad, size_t pos, uint64_t v)
+{
+	pos = ad_put_u32(ad, pos, (uint32_t)(v >> 32));
+	return ad_put_u32(ad, pos, (uint32_t)v);
+}
+
+/* lp(s) = u32be(len) || bytes */
 static size_t ad_put(uint8_t *ad, size_t pos, const char *s)
 {
 	size_t len = strlen(s);
-	ad[pos++] = (uint8_t)(len >> 24);
-	ad[pos++] = (uint8_t)(len >> 16);
-	ad[pos++] = (uint8_t)(len >> 8);
-	ad[pos++] = (uint8_t)len;
+	pos = ad_put_u32(ad, pos, (uint32_t)len);
 	memcpy(ad + pos, s, len);
 	return pos + len;
 }
 
-/* AD = for each of ("isg-msg-v1", sender, message_id, recipient): u32be(len) || bytes */
-static int ad_build(uint8_t ad[static AD_MAX], size_t *ad_len, const char *sender,
-                    const char *message_id, const char *recipient)
+/*
+ * The associated data a row's messages.ad names (docs/store.md, "Sealing"):
+ *   STORE_AD_V1 = lp("isg-msg-v1") || lp(sender) || lp(message_id) || lp(recipient)
+ *   STORE_AD_V2 = lp("isg-msg-v2") || lp(sender) || lp(message_id) || lp(recipient)
+ *                 || lp(agreement_id) || u32be(agreement_version) || lp(purpose)
+ *                 || lp(dataset) || u64be(reply_to)
+ * Any other version is ISG_ERR_INVALID: a row that names one does not open.
+ */
+static int ad_build(uint8_t ad[static AD_MAX], size_t *ad_len, int64_t version,
+                    const struct store_bound *b)
 {
-	if (strlen(sender) > STORE_MAX_STRING || strlen(message_id) > STORE_MAX_STRING ||
-	    strlen(recipient) > STORE_MAX_STRING)
-		return ISG_ERR_TOO_BIG;
+	const char *strings[] = {b->sender,       b->message_id, b->recipient,
+	                         b->agreement_id, b->purpose,    b->dataset};
+	if (version != STORE_AD_V1 && version != STORE_AD_V2)
+		return ISG_ERR_INVALID;
+	for (size_t i = 0; i < (version == STORE_AD_V1 ? 3 : ARRAY_LEN(strings)); i++)
+		if (strlen(strings[i]) > STORE_MAX_STRING)
+			return ISG_ERR_TOO_BIG;
 	size_t pos = 0;
-	pos = ad_put(ad, pos, STORE_SEAL_CONTEXT);
-	pos = ad_put(ad, pos, sender);
-	pos = ad_put(ad, pos, message_id);
-	pos = ad_put(ad, pos, recipient);
+	pos = ad_put(ad, pos, version == STORE_AD_V1 ? STORE_SEAL_CONTEXT : STORE_SEAL_CONTEXT_V2);
+	pos = ad_put(ad, pos, b->sender);
+	pos = ad_put(ad, pos, b->message_id);
+	pos = ad_put(ad, pos, b->recipient);
+	if (version == STORE_AD_V2) {
+		pos = ad_put(ad, pos, b->agreement_id);
+		pos = ad_put_u32(ad, pos, b->agreement_version);
+		pos = ad_put(ad, pos, b->purpose);
+		pos = ad_put(ad, pos, b->dataset);
+		pos = ad_put_u64(ad, pos, b->reply_to);
+	}
 	*ad_len = pos;
 	return 0;
 }
@@ -299,9 +336,8 @@ static int take_key(struct store *s, uint8_t key[static STORE_KEY_LEN],
 	return rc;
 }
 
-int store_seal(struct store *s, const char *sender, const char *message_id, const char *recipient,
-               const uint8_t *plain, size_t plain_len, uint8_t header[STORE_HEADER_LEN],
-               uint8_t **sealed, size_t *sealed_len)
+int store_seal(struct store *s, const struct store_bound *b, const uint8_t *plain, size_t plain_len,
+               uint8_t header[STORE_HEADER_LEN], uint8_t **sealed, size_t *sealed_len)
 {
 	uint8_t ad[AD_MAX], key[STORE_KEY_LEN];
 	size_t ad_len = 0;
@@ -309,7 +345,7 @@ int store_seal(struct store *s, const char *sender, const char *message_id, cons
 	*sealed_len = 0;
 	if (plain_len > STORE_MAX_PAYLOAD)
 		return ISG_ERR_TOO_BIG;
-	int rc = ad_build(ad, &ad_len, sender, message_id, recipient);
+	int rc = ad_build(ad, &ad_len, STORE_AD_V2, b);
 	if (rc)
 		return rc;
 	uint8_t *c = malloc(plain_len + STORE_TAG_LEN);
@@ -341,16 +377,19 @@ static bool has_data_key(const struct store_sealed *it)
 
 /*
  * Open one payload with its data key (NULL for a row sealed before
- * envelopes, opened through the holder). One that does not open keeps plain
- * NULL; an error is not the payload's.
+ * envelopes, opened through the holder), under the associated data its row
+ * names. One that does not open keeps plain NULL; an error is not the
+ * payload's. STORE_AD_V2 came with AES-256-GCM's header, so a row naming it
+ * with any other is not tried: the holder's OPEN would refuse it as not a
+ * payload's, failing the whole fetch.
  */
-static int open_one(struct store *s, const char *recipient, struct store_sealed *it,
-                    const uint8_t *data_key)
+static int open_one(struct store *s, struct store_sealed *it, const uint8_t *data_key)
 {
 	uint8_t ad[AD_MAX];
 	size_t ad_len = 0;
 	if (it->sealed_len < STORE_TAG_LEN || it->sealed_len - STORE_TAG_LEN > STORE_MAX_PAYLOAD ||
-	    ad_build(ad, &ad_len, it->sender, it->message_id, recipient) != 0)
+	    (it->ad == STORE_AD_V2 && it->header_len != STORE_HEADER_LEN) ||
+	    ad_build(ad, &ad_len, it->ad, &it->bound) != 0)
 		return 0;
 	size_t len = it->sealed_len - STORE_TAG_LEN;
 	/* One spare byte so an empty payload still has a non-NULL buffer. */
@@ -375,7 +414,7 @@ static int open_one(struct store *s, const char *recipient, struct store_sealed 
 	return 0;
 }
 
-int store_unseal_all(struct store *s, const char *recipient, struct store_sealed *items, size_t n)
+int store_unseal_all(struct store *s, struct store_sealed *items, size_t n)
 {
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++)
@@ -411,10 +450,10 @@ int store_unseal_all(struct store *s, const char *recipient, struct store_sealed
 		struct store_sealed *it = &items[i];
 		if (has_data_key(it)) {
 			if (ok[j])
-				rc = open_one(s, recipient, it, keys + j * STORE_KEY_LEN);
+				rc = open_one(s, it, keys + j * STORE_KEY_LEN);
 			j++;
 		} else if (it->header_len == STORE_HEADER_V1_LEN) {
-			rc = open_one(s, recipient, it, NULL);
+			rc = open_one(s, it, NULL);
 		}
 		/* Opened or not, the sealed copy goes now: a fetch near its byte
 		 * limit holds the plaintexts, not both. */

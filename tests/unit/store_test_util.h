@@ -21,6 +21,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <openssl/evp.h>
 #include <sodium.h>
 #include <sqlite3.h>
 
@@ -429,9 +430,40 @@ static inline size_t store_lp(uint8_t *out, const char *s)
 	return 4 + n;
 }
 
-/* The associated data of docs/store.md, built here from its description. */
-static inline size_t store_doc_ad(uint8_t ad[static 256], const char *sender,
-                                  const char *message_id, const char *recipient)
+static inline size_t store_put_u32(uint8_t *out, uint32_t v)
+{
+	out[0] = (uint8_t)(v >> 24);
+	out[1] = (uint8_t)(v >> 16);
+	out[2] = (uint8_t)(v >> 8);
+	out[3] = (uint8_t)v;
+	return 4;
+}
+
+/* The associated data of docs/store.md for a row with ad = 2 (sealed since
+ * schema version 5) holding message m, built here from its description. */
+static inline size_t store_doc_ad(uint8_t ad[static 512], const struct store_message *m)
+{
+	assert_true(strlen(m->sender) + strlen(m->message_id) + strlen(m->recipient) +
+	                strlen(m->agreement_id) + strlen(m->purpose) + strlen(m->dataset) + 10 +
+	                7 * 4 + 4 + 8 <=
+	            512);
+	size_t ad_len = store_lp(ad, "isg-msg-v2");
+	ad_len += store_lp(ad + ad_len, m->sender);
+	ad_len += store_lp(ad + ad_len, m->message_id);
+	ad_len += store_lp(ad + ad_len, m->recipient);
+	ad_len += store_lp(ad + ad_len, m->agreement_id);
+	ad_len += store_put_u32(ad + ad_len, m->agreement_version);
+	ad_len += store_lp(ad + ad_len, m->purpose);
+	ad_len += store_lp(ad + ad_len, m->dataset);
+	ad_len += store_put_u32(ad + ad_len, (uint32_t)(m->reply_to >> 32));
+	ad_len += store_put_u32(ad + ad_len, (uint32_t)m->reply_to);
+	return ad_len;
+}
+
+/* The associated data of docs/store.md for a row with ad = 1 (sealed before
+ * schema version 5), built here from its description. */
+static inline size_t store_doc_ad_v1(uint8_t ad[static 256], const char *sender,
+                                     const char *message_id, const char *recipient)
 {
 	assert_true(strlen(sender) + strlen(message_id) + strlen(recipient) + 10 + 16 <= 256);
 	size_t ad_len = store_lp(ad, "isg-msg-v1");
@@ -441,24 +473,42 @@ static inline size_t store_doc_ad(uint8_t ad[static 256], const char *sender,
 	return ad_len;
 }
 
-/* Set row id's seal header and sealed payload, through the writer. */
+/* AES-256-GCM as docs/store.md describes it, with OpenSSL: len bytes of
+ * plain to len + 16 bytes of out, the text then the tag. */
+static inline void store_doc_gcm_seal(const uint8_t key[static 32], const uint8_t nonce[static 12],
+                                      const uint8_t *ad, size_t ad_len, const uint8_t *plain,
+                                      size_t len, uint8_t *out)
+{
+	int n = 0, fin = 0;
+	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+	assert_true(x && EVP_EncryptInit_ex2(x, EVP_aes_256_gcm(), key, nonce, NULL) &&
+	            EVP_EncryptUpdate(x, NULL, &n, ad, (int)ad_len) &&
+	            (len == 0 || EVP_EncryptUpdate(x, out, &n, plain, (int)len)) &&
+	            EVP_EncryptFinal_ex(x, out + len, &fin) &&
+	            EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, 16, out + len));
+	EVP_CIPHER_CTX_free(x);
+}
+
+/* Set row id's seal header, sealed payload and ad (which associated data
+ * it has), through the writer. */
 static inline void store_set_sealed(struct store *s, uint64_t id, const uint8_t *header,
-                                    size_t header_len, const uint8_t *sealed, size_t sealed_len)
+                                    size_t header_len, const uint8_t *sealed, size_t sealed_len,
+                                    int ad)
 {
 	char hh[2 * 128 + 1], hs[2 * 128 + 1], sql[640];
 	assert_true(header_len <= 128 && sealed_len <= 128);
 	hex_encode(hh, header, header_len);
 	hex_encode(hs, sealed, sealed_len);
 	snprintf(sql, sizeof(sql),
-	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hh, hs,
-	         id);
+	         "UPDATE messages SET nonce = X'%s', payload = X'%s', ad = %d WHERE id = %" PRIu64,
+	         hh, hs, ad, id);
 	assert_int_equal(store_test_exec(s, sql), 0);
 }
 
 /*
  * Make row id hold plain as a store of schema version 1 sealed it
- * (docs/store.md): under the storage key itself, and the 24-byte nonce
- * alone as the row's seal header.
+ * (docs/store.md): under the storage key itself with the associated data
+ * of ad = 1, and the 24-byte nonce alone as the row's seal header.
  */
 static inline void store_write_v1_row(struct store *s, const uint8_t key[32], uint64_t id,
                                       const char *sender, const char *message_id,
@@ -467,16 +517,16 @@ static inline void store_write_v1_row(struct store *s, const uint8_t key[32], ui
 	uint8_t ad[256], nonce[STORE_SEAL_NONCE_LEN], sealed[64 + STORE_SEAL_OVERHEAD];
 	size_t len = strlen(plain);
 	assert_true(len <= 64);
-	size_t ad_len = store_doc_ad(ad, sender, message_id, recipient);
+	size_t ad_len = store_doc_ad_v1(ad, sender, message_id, recipient);
 	store_aead_seal(key, ad, ad_len, (const uint8_t *)plain, len, nonce, sealed);
-	store_set_sealed(s, id, nonce, sizeof(nonce), sealed, len + STORE_SEAL_OVERHEAD);
+	store_set_sealed(s, id, nonce, sizeof(nonce), sealed, len + STORE_SEAL_OVERHEAD, 1);
 }
 
 /*
  * Make row id hold plain as a store of schema version 2 sealed it
  * (docs/store.md): XChaCha20-Poly1305 under a data key of its own, wrapped
- * under the storage key, the 96-byte seal header being the wrapped key and
- * the 24-byte nonce.
+ * under the storage key, with the associated data of ad = 1, the 96-byte
+ * seal header being the wrapped key and the 24-byte nonce.
  */
 static inline void store_write_v2_row(struct store *s, const uint8_t key[32], uint64_t id,
                                       const char *sender, const char *message_id,
@@ -486,12 +536,64 @@ static inline void store_write_v2_row(struct store *s, const uint8_t key[32], ui
 	uint8_t header[STORE_WRAPPED_KEY_LEN + STORE_SEAL_NONCE_LEN];
 	size_t len = strlen(plain);
 	assert_true(len <= 64);
-	size_t ad_len = store_doc_ad(ad, sender, message_id, recipient);
+	size_t ad_len = store_doc_ad_v1(ad, sender, message_id, recipient);
 	randombytes_buf(data_key, sizeof(data_key));
 	store_key_wrap(key, data_key, header);
 	store_aead_seal(data_key, ad, ad_len, (const uint8_t *)plain, len,
 	                header + STORE_WRAPPED_KEY_LEN, sealed);
-	store_set_sealed(s, id, header, sizeof(header), sealed, len + STORE_SEAL_OVERHEAD);
+	store_set_sealed(s, id, header, sizeof(header), sealed, len + STORE_SEAL_OVERHEAD, 1);
+}
+
+/*
+ * Make row id of the closed store hold plain as schema versions 3 and 4
+ * sealed it (docs/store.md): AES-256-GCM under a data key of its own,
+ * wrapped under the storage key, with the associated data of ad = 1, the
+ * 84-byte seal header being the wrapped key and the 12-byte nonce; the
+ * payload in its row or in payloads, wherever the row's is.
+ */
+static inline void store_write_v4_row(const struct fx *f, uint64_t id, const char *sender,
+                                      const char *message_id, const char *recipient,
+                                      const uint8_t *plain, size_t len)
+{
+	uint8_t ad[256], data_key[32], header[STORE_WRAPPED_KEY_LEN + 12];
+	uint8_t *sealed = malloc(len + 16);
+	assert_non_null(sealed);
+	size_t ad_len = store_doc_ad_v1(ad, sender, message_id, recipient);
+	randombytes_buf(data_key, sizeof(data_key));
+	store_key_wrap(f->key, data_key, header);
+	randombytes_buf(header + STORE_WRAPPED_KEY_LEN, 12);
+	store_doc_gcm_seal(data_key, header + STORE_WRAPPED_KEY_LEN, ad, ad_len, plain, len,
+	                   sealed);
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+	static const char *const sql[] = {
+	    "UPDATE messages SET nonce = ?2,"
+	    " payload = CASE WHEN payload IS NULL THEN NULL ELSE ?3 END WHERE id = ?1",
+	    "UPDATE payloads SET data = ?3 WHERE id = ?1",
+	};
+	for (size_t i = 0; i < ARRAY_LEN(sql); i++) {
+		sqlite3_stmt *st = NULL;
+		if (sqlite3_prepare_v2(db, sql[i], -1, &st, NULL) != SQLITE_OK)
+			fail_msg("prepare %s: %s", sql[i], sqlite3_errmsg(db));
+		sqlite3_bind_int64(st, 1, (int64_t)id);
+		sqlite3_bind_blob(st, 2, header, sizeof(header), SQLITE_TRANSIENT);
+		sqlite3_bind_blob(st, 3, sealed, (int)(len + 16), SQLITE_TRANSIENT);
+		assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+		sqlite3_finalize(st);
+	}
+	assert_int_equal(sqlite3_close(db), SQLITE_OK);
+	free(sealed);
+}
+
+/* Run sql on the closed store's file. */
+static inline void db_exec(const struct fx *f, const char *sql)
+{
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+	char *msg = NULL;
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+		fail_msg("%s: %s", sql, msg);
+	sqlite3_close(db);
 }
 
 static inline bool file_contains(const char *path, const char *needle)

@@ -307,6 +307,17 @@ static void test_store_through_the_key_process(void **state)
 	assert_int_equal(res->items[1].payload_len, 3);
 	assert_memory_equal(res->items[1].payload, "two", 3);
 	store_fetch_result_free(res);
+
+	/* The old row marked as sealed with the associated data of version 5
+	 * does not open, and is not sent to OPEN, which would refuse that
+	 * associated data and fail the whole fetch. */
+	char sql[128];
+	snprintf(sql, sizeof(sql), "UPDATE messages SET ad = 2 WHERE id = %" PRIu64, r1.gateway_id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_memory_equal(res->items[0].payload, "two", 3);
+	store_fetch_result_free(res);
 	store_close(s);
 }
 

@@ -986,6 +986,110 @@ static void test_moved_payload_does_not_open(void **state)
 	assert_int_equal(fetch_count(s, "council-c"), 0);
 }
 
+/*
+ * Every field a delivery hands out beside its payload is bound to it, not
+ * only sender, message id and recipient: a row whose agreement id or
+ * version, purpose, dataset or reply_to was changed in the file does not
+ * open (the fetch skips it), and opens again once put back.
+ */
+static void test_changed_fields_do_not_open(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	static const char *const changes[] = {
+	    "agreement_id = 'council-to-police-housing'",
+	    "agreement_version = 4",
+	    "purpose = 'direct care'",
+	    "dataset = 'case-note'",
+	    "reply_to = 1",
+	};
+	enum { N = ARRAY_LEN(changes) };
+	struct store_receipt r[N + 1];
+	for (size_t i = 0; i <= N; i++) {
+		char mid[16];
+		snprintf(mid, sizeof(mid), "m-%zu", i);
+		struct store_message m = fx_msg("police-a", mid, "nhs-b", "a referral");
+		assert_int_equal(send_sync(s, &m, &r[i]), 0);
+	}
+	fx_close(f);
+	char sql[256];
+	for (size_t i = 0; i < N; i++) {
+		snprintf(sql, sizeof(sql), "UPDATE messages SET %s WHERE id = %" PRIu64, changes[i],
+		         r[i].gateway_id);
+		db_exec(f, sql);
+	}
+	s = fx_open(f);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_int_equal(res->items[0].gateway_id, r[N].gateway_id);
+	store_fetch_result_free(res);
+	fx_close(f);
+	db_exec(f, "UPDATE messages SET agreement_id = 'police-to-nhs-safeguarding',"
+	           " agreement_version = 3, purpose = 'safeguarding', dataset = 'referral',"
+	           " reply_to = 0");
+	s = fx_open(f);
+	assert_int_equal(fetch_count(s, "nhs-b"), N + 1);
+}
+
+/* Set row id's messages.ad, through the writer. */
+static void set_ad(struct store *s, uint64_t id, int ad)
+{
+	char sql[128];
+	snprintf(sql, sizeof(sql), "UPDATE messages SET ad = %d WHERE id = %" PRIu64, ad, id);
+	assert_int_equal(store_test_exec(s, sql), 0);
+}
+
+/*
+ * messages.ad names the associated data a row's payload opens under. A
+ * row sealed since schema version 5 (ad = 2) does not open when its ad
+ * says 1, the associated data of rows sealed before, which begins with
+ * another context string; a row sealed before does not open as ad = 2;
+ * neither opens under any other value. Each opens again with its own.
+ */
+static void test_ad_column_names_the_associated_data(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_receipt r1, r2;
+	struct store_message m1 = fx_msg("police-a", "m-1", "nhs-b", "new");
+	struct store_message m2 = fx_msg("police-a", "m-2", "nhs-b", "");
+	assert_int_equal(send_sync(s, &m1, &r1), 0);
+	assert_int_equal(send_sync(s, &m2, &r2), 0);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages WHERE ad = 2", 0), 2);
+	fx_close(f);
+	store_write_v4_row(f, r2.gateway_id, "police-a", "m-2", "nhs-b", (const uint8_t *)"old", 3);
+	db_exec(f, "UPDATE messages SET ad = 1 WHERE message_id = 'm-2'");
+	s = fx_open(f);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 2);
+	assert_memory_equal(res->items[0].payload, "new", 3);
+	assert_memory_equal(res->items[1].payload, "old", 3);
+	store_fetch_result_free(res);
+
+	static const int others[] = {1, 0, 3, -1};
+	for (size_t i = 0; i < ARRAY_LEN(others); i++) {
+		set_ad(s, r1.gateway_id, others[i]);
+		assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+		assert_int_equal(res->n, 1);
+		assert_int_equal(res->items[0].gateway_id, r2.gateway_id);
+		store_fetch_result_free(res);
+	}
+	set_ad(s, r1.gateway_id, 2);
+	assert_int_equal(fetch_count(s, "nhs-b"), 2);
+	static const int others_old[] = {2, 0, 3};
+	for (size_t i = 0; i < ARRAY_LEN(others_old); i++) {
+		set_ad(s, r2.gateway_id, others_old[i]);
+		assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+		assert_int_equal(res->n, 1);
+		assert_int_equal(res->items[0].gateway_id, r1.gateway_id);
+		store_fetch_result_free(res);
+	}
+	set_ad(s, r2.gateway_id, 1);
+	assert_int_equal(fetch_count(s, "nhs-b"), 2);
+}
+
 /* sql with ?1 = id, stepped to its row. */
 static sqlite3_stmt *row_query(sqlite3 *db, const char *sql, uint64_t id)
 {
@@ -997,19 +1101,21 @@ static sqlite3_stmt *row_query(sqlite3 *db, const char *sql, uint64_t id)
 }
 
 /* Open row id's payload with OpenSSL, from docs/store.md's description of
- * a schema version 3 row alone; true when it opens to plain. */
-static bool opens_as_documented(const struct fx *f, uint64_t id, const char *sender,
-                                const char *message_id, const char *recipient, const char *plain)
+ * a row sealed since schema version 5 alone, as message m; true when it
+ * opens to m's payload. */
+static bool opens_as_documented(const struct fx *f, uint64_t id, const struct store_message *m)
 {
 	sqlite3 *db = db_ro(f);
-	sqlite3_stmt *st = row_query(db, "SELECT nonce, payload FROM messages WHERE id = ?1", id);
+	sqlite3_stmt *st =
+	    row_query(db, "SELECT nonce, payload, ad FROM messages WHERE id = ?1", id);
 	const uint8_t *header = sqlite3_column_blob(st, 0), *sealed = sqlite3_column_blob(st, 1);
 	int header_len = sqlite3_column_bytes(st, 0), sealed_len = sqlite3_column_bytes(st, 1);
 	assert_int_equal(header_len, 72 + 12);
+	assert_int_equal(sqlite3_column_int(st, 2), 2);
 	assert_true(sealed_len >= 16 && sealed_len - 16 < 256);
-	uint8_t data_key[32], ad[256], out[256], tag[16];
+	uint8_t data_key[32], ad[512], out[256], tag[16];
 	assert_int_equal(store_key_unwrap(f->key, header, data_key), 0);
-	size_t ad_len = store_doc_ad(ad, sender, message_id, recipient);
+	size_t ad_len = store_doc_ad(ad, m);
 	int len = sealed_len - 16, n = 0, fin = 0;
 	memcpy(tag, sealed + len, sizeof(tag));
 	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
@@ -1021,7 +1127,7 @@ static bool opens_as_documented(const struct fx *f, uint64_t id, const char *sen
 	EVP_CIPHER_CTX_free(x);
 	sqlite3_finalize(st);
 	sqlite3_close(db);
-	return ok && (size_t)len == strlen(plain) && memcmp(out, plain, (size_t)len) == 0;
+	return ok && (size_t)len == m->payload_len && memcmp(out, m->payload, (size_t)len) == 0;
 }
 
 /* Flip one bit of row id's sealed payload, through the writer. */
@@ -1067,8 +1173,13 @@ static void test_seal_headers(void **state)
 	/* Each its own data key and nonce. */
 	assert_int_equal(db_int(f, "SELECT count(DISTINCT substr(nonce, 73)) FROM messages", 0), 3);
 	assert_int_equal(db_int(f, "SELECT length(payload) FROM messages WHERE id = 2", 0), 3 + 16);
-	assert_true(opens_as_documented(f, r2.gateway_id, "police-a", "m-2", "nhs-b", "two"));
-	assert_false(opens_as_documented(f, r2.gateway_id, "police-a", "m-2", "nhs-c", "two"));
+	assert_true(opens_as_documented(f, r2.gateway_id, &m2));
+	struct store_message other = m2;
+	other.recipient = "nhs-c";
+	assert_false(opens_as_documented(f, r2.gateway_id, &other));
+	other = m2;
+	other.purpose = "direct care";
+	assert_false(opens_as_documented(f, r2.gateway_id, &other));
 
 	/* Message one as the store sealed it before envelopes, three as version 2 did. */
 	store_write_v1_row(s, f->key, r1.gateway_id, "police-a", "m-1", "nhs-b", "old style");
@@ -1286,24 +1397,19 @@ static void test_data_keys_kept_for_first_fetch(void **state)
 }
 
 /* Replace row id's seal: header = 72 zero bytes || nonce, payload = plain
- * sealed as docs/store.md describes under key. */
-static void forge_row(struct store *s, uint64_t id, const uint8_t key[32], const char *sender,
-                      const char *message_id, const char *recipient, const char *plain)
+ * sealed as docs/store.md describes under key, for message m. */
+static void forge_row(struct store *s, uint64_t id, const uint8_t key[32],
+                      const struct store_message *m, const char *plain)
 {
-	uint8_t header[72 + 12] = {0}, ad[256], sealed[256];
+	uint8_t header[72 + 12] = {0}, ad[512], sealed[256];
 	randombytes_buf(header + 72, 12);
-	size_t ad_len = store_doc_ad(ad, sender, message_id, recipient);
-	int len = (int)strlen(plain), n = 0, fin = 0;
-	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
-	assert_true(x && EVP_EncryptInit_ex2(x, EVP_aes_256_gcm(), key, header + 72, NULL) &&
-	            EVP_EncryptUpdate(x, NULL, &n, ad, (int)ad_len) &&
-	            EVP_EncryptUpdate(x, sealed, &n, (const uint8_t *)plain, len) &&
-	            EVP_EncryptFinal_ex(x, sealed + n, &fin) &&
-	            EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, 16, sealed + len));
-	EVP_CIPHER_CTX_free(x);
+	size_t ad_len = store_doc_ad(ad, m);
+	size_t len = strlen(plain);
+	assert_true(len + 16 <= sizeof(sealed));
+	store_doc_gcm_seal(key, header + 72, ad, ad_len, (const uint8_t *)plain, len, sealed);
 	char hh[2 * sizeof(header) + 1], ph[2 * 256 + 1], sql[1200];
 	sodium_bin2hex(hh, sizeof(hh), header, sizeof(header));
-	sodium_bin2hex(ph, sizeof(ph), sealed, (size_t)len + 16);
+	sodium_bin2hex(ph, sizeof(ph), sealed, len + 16);
 	snprintf(sql, sizeof(sql),
 	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hh, ph,
 	         id);
@@ -1428,10 +1534,10 @@ static void test_zero_wrapping_opens_nothing(void **state)
 	assert_int_equal(send_sync(s, &m, &r), 0);
 	uint8_t key[32];
 	memset(key, 0xdb, sizeof(key)); /* first: a fetch that took the slot's key wipes it */
-	forge_row(s, r.gateway_id, key, "police-a", "m-1", "nhs-b", "forged");
+	forge_row(s, r.gateway_id, key, &m, "forged");
 	assert_int_equal(fetch_count(s, "nhs-b"), 0);
 	memset(key, 0, sizeof(key));
-	forge_row(s, r.gateway_id, key, "police-a", "m-1", "nhs-b", "forged");
+	forge_row(s, r.gateway_id, key, &m, "forged");
 	assert_int_equal(fetch_count(s, "nhs-b"), 0);
 	assert_int_equal(db_int(f, "SELECT state FROM messages", 0), 0);
 }
@@ -1693,6 +1799,9 @@ int main(void)
 	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_durable_across_reopen, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_secure_delete_not_left_fast, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_changed_fields_do_not_open, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_ad_column_names_the_associated_data, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_moved_payload_does_not_open, fx_setup,
 	                                    fx_teardown),

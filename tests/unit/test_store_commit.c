@@ -752,6 +752,12 @@ static void test_refuses_foreign_database(void **state)
 	        "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
 	        "INSERT INTO meta VALUES ('format', 'isg-store'), ('schema_version', 99);");
 	expect_refused_unchanged(f, "schema version 99");
+	unlink(f->path);
+	/* The next version, as this isgd refuses it. */
+	make_db(f->path, "PRAGMA application_id = 1230194481;"
+	                 "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
+	                 "INSERT INTO meta VALUES ('format', 'isg-store'), ('schema_version', 6);");
+	expect_refused_unchanged(f, "has schema version 6; this isgd understands up to 5");
 }
 
 static void test_refuses_damaged_store(void **state)
@@ -775,19 +781,22 @@ static void test_refuses_damaged_store(void **state)
 	expect_refused_unchanged(f, "integrity check");
 }
 
-/* Give a closed store the layout of schema versions 1 to 3, every sealed
- * payload in its message's row, and mark it version v. */
+/* Give a closed store the layout of schema version v (1 to 4): no column
+ * messages.ad, and before version 4 every sealed payload in its message's
+ * row. Its rows must have been sealed as then (ad = 1). */
 static void make_old_layout(struct fx *f, int v)
 {
-	char sql[384];
+	char sql[512];
 	snprintf(sql, sizeof(sql),
-	         "UPDATE messages SET payload ="
-	         " (SELECT data FROM payloads WHERE payloads.id = messages.id)"
-	         " WHERE payload IS NULL AND state IN (0, 1);"
-	         "DROP TABLE payloads;"
+	         "ALTER TABLE messages DROP COLUMN ad;"
 	         "UPDATE meta SET value = %d WHERE key = 'schema_version';",
 	         v);
 	make_db(f->path, sql);
+	if (v < 4)
+		make_db(f->path, "UPDATE messages SET payload ="
+		                 " (SELECT data FROM payloads WHERE payloads.id = messages.id)"
+		                 " WHERE payload IS NULL AND state IN (0, 1);"
+		                 "DROP TABLE payloads;");
 }
 
 static int64_t payloads_table(struct fx *f)
@@ -795,12 +804,25 @@ static int64_t payloads_table(struct fx *f)
 	return db_int(f, "SELECT count(*) FROM sqlite_schema WHERE name = 'payloads'", 0);
 }
 
+static int64_t ad_column(struct fx *f)
+{
+	return db_int(f, "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'ad'", 0);
+}
+
+static int64_t schema_version(struct fx *f)
+{
+	return db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0);
+}
+
 /* A store of schema version 1 (payloads sealed under the storage key
- * itself), 2 (XChaCha20-Poly1305 under data keys) or 3 (AES-256-GCM), every
- * payload in its message's row, is brought to version 4 when opened: it
- * gains the table payloads, and an older isgd then refuses it rather than
- * miss the payloads kept there. Its messages stay where they are, and open;
- * a large one kept in its row is finished there. */
+ * itself), 2 (XChaCha20-Poly1305 under data keys), 3 (AES-256-GCM) or 4
+ * (large payloads in the table payloads), every payload sealed with the
+ * associated data of sender, message id and recipient, is brought to
+ * version 5 when opened. It gains the column messages.ad, 1 for every row
+ * it holds, so they all still open; before version 4 it gains the table
+ * payloads too, and its messages stay in their rows, a large one finished
+ * there. An older isgd then refuses it rather than open new rows wrongly
+ * or miss the payloads kept apart. Messages sent since have ad = 2. */
 static void test_upgrades_older_versions(void **state)
 {
 	struct fx *f = *state;
@@ -820,18 +842,22 @@ static void test_upgrades_older_versions(void **state)
 	assert_int_equal(ack_sync(s, "nhs-b", &r2.gateway_id, 1, &acked, NULL, &n_unknown), 0);
 	assert_int_equal(acked, 1);
 	store_write_v2_row(s, f->key, r1.gateway_id, "police-a", "m-1", "nhs-b", "sealed by v2");
-	for (int v = 1; v <= 3; v++) {
-		fx_close(f);
+	fx_close(f);
+	store_write_v4_row(f, r3.gateway_id, "police-a", "m-3", "nhs-b", page, sizeof(page));
+	for (int v = 4; v >= 1; v--) {
 		make_old_layout(f, v);
-		assert_int_equal(
-		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), v);
-		assert_int_equal(payloads_table(f), 0);
-		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 2);
+		assert_int_equal(schema_version(f), v);
+		assert_int_equal(ad_column(f), 0);
+		assert_int_equal(payloads_table(f), v == 4);
+		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0),
+		                 v == 4 ? 1 : 2);
 		s = fx_open(f);
-		assert_int_equal(
-		    db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 4);
+		assert_int_equal(schema_version(f), 5);
+		assert_int_equal(ad_column(f), 1);
+		assert_int_equal(db_int(f, "SELECT count(*) FROM messages WHERE ad = 1", 0), 3);
 		assert_int_equal(payloads_table(f), 1);
-		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0), 2);
+		assert_int_equal(db_int(f, "SELECT count(payload) FROM messages", 0),
+		                 v == 4 ? 1 : 2);
 		struct store_fetch_result *res = NULL;
 		assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
 		assert_int_equal(res->n, 2);
@@ -839,47 +865,65 @@ static void test_upgrades_older_versions(void **state)
 		assert_memory_equal(res->items[0].payload, "sealed by v2", 12);
 		assert_int_equal(res->items[1].payload_len, sizeof(page));
 		store_fetch_result_free(res);
+		fx_close(f);
 	}
+	s = fx_open(f);
 	/* Finished after the upgrade, in their rows. */
 	uint64_t ids[2] = {r1.gateway_id, r3.gateway_id};
 	assert_int_equal(ack_sync(s, "nhs-b", ids, 2, &acked, NULL, &n_unknown), 0);
 	assert_int_equal(acked, 2);
 	assert_int_equal(db_int(f, "SELECT count(payload) + count(nonce) FROM messages", 0), 0);
-	/* A large payload sent since is kept apart. */
+	/* A large payload sent since is kept apart, and sealed with ad = 2. */
 	struct store_message m4 = fx_msg("police-a", "m-4", "nhs-b", "");
 	m4.payload = page;
 	m4.payload_len = sizeof(page);
 	struct store_receipt r4;
 	assert_int_equal(send_sync(s, &m4, &r4), 0);
 	assert_int_equal(db_int(f, "SELECT id FROM payloads", 0), (int64_t)r4.gateway_id);
+	assert_int_equal(db_int(f, "SELECT ad FROM messages WHERE id = ?1", (int64_t)r4.gateway_id),
+	                 2);
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sync(s, "nhs-b", 0, 10, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_int_equal(res->items[0].gateway_id, r4.gateway_id);
+	assert_int_equal(res->items[0].payload_len, sizeof(page));
+	store_fetch_result_free(res);
 }
 
 /* An upgrade that cannot finish leaves the store as it was, and is tried
  * again at the next start: here a trigger refuses the new schema version,
- * after the table was made. */
+ * after the table or column was added. */
 static void test_failed_upgrade_changes_nothing(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
 	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "kept");
-	assert_int_equal(send_sync(s, &m, NULL), 0);
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &m, &r), 0);
 	fx_close(f);
-	make_old_layout(f, 3);
-	make_db(f->path, "CREATE TRIGGER refuse BEFORE UPDATE ON meta"
-	                 " BEGIN SELECT RAISE(ABORT, 'refused'); END;");
-	char err[512] = "";
-	struct store_options opt = {.path = f->path, .storage_key = f->key};
-	assert_int_equal(store_open(&opt, &s, err, sizeof(err)), ISG_ERR_STORE);
-	assert_null(s);
-	if (!strstr(err, "cannot upgrade to schema version 4"))
-		fail_msg("error '%s' does not say it cannot upgrade", err);
-	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 3);
-	assert_int_equal(payloads_table(f), 0);
-	/* Without the trigger, the next start upgrades it. */
-	make_db(f->path, "DROP TRIGGER refuse;");
-	s = fx_open(f);
-	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 4);
-	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+	store_write_v4_row(f, r.gateway_id, "police-a", "m-1", "nhs-b", m.payload, m.payload_len);
+	for (int v = 3; v <= 4; v++) {
+		make_old_layout(f, v);
+		make_db(f->path, "CREATE TRIGGER refuse BEFORE UPDATE ON meta"
+		                 " BEGIN SELECT RAISE(ABORT, 'refused'); END;");
+		char err[512] = "";
+		struct store_options opt = {.path = f->path, .storage_key = f->key};
+		assert_int_equal(store_open(&opt, &s, err, sizeof(err)), ISG_ERR_STORE);
+		assert_null(s);
+		if (!strstr(err, "cannot upgrade to schema version 5"))
+			fail_msg("error '%s' does not say it cannot upgrade", err);
+		assert_int_equal(schema_version(f), v);
+		assert_int_equal(payloads_table(f), v == 4);
+		assert_int_equal(ad_column(f), 0);
+		/* Without the trigger, the next start upgrades it. */
+		make_db(f->path, "DROP TRIGGER refuse;");
+		s = fx_open(f);
+		assert_int_equal(schema_version(f), 5);
+		assert_int_equal(payloads_table(f), 1);
+		assert_int_equal(ad_column(f), 1);
+		assert_int_equal(fetch_count(s, "nhs-b"), 1);
+		fx_close(f);
+	}
 }
 
 static void test_creates_new_store(void **state)
@@ -887,7 +931,8 @@ static void test_creates_new_store(void **state)
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
 	assert_int_equal(db_int(f, "PRAGMA application_id", 0), 0x49534731);
-	assert_int_equal(db_int(f, "SELECT value FROM meta WHERE key = 'schema_version'", 0), 4);
+	assert_int_equal(schema_version(f), 5);
+	assert_int_equal(ad_column(f), 1);
 	sqlite3 *db = db_ro(f);
 	sqlite3_stmt *st = NULL;
 	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
