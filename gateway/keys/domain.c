@@ -958,11 +958,17 @@ static int rotation_allowed(const struct domain *d, const char *path, int64_t to
 		keys_seterr(err, errlen, "key file '%s': no version number is left", path);
 		return ISG_ERR_LIMIT;
 	}
-	if (today < cur->created) {
+	/* Every version, not only the current one: the parser takes older lines in any date
+	 * order, and an older one created after today would retire before its creation once
+	 * the rotation cuts its retirement to today + overlap, a file the loader refuses. */
+	for (size_t j = 0; j < d->n; j++) {
+		if (today >= d->versions[j].created)
+			continue;
 		keys_seterr(err, errlen,
 		            "key file '%s': version %" PRIu32
-		            " was created after today; is the clock right?",
-		            path, cur->version);
+		            " was created after today: the clock is wrong or the file's dates "
+		            "are; the file is left as it was",
+		            path, d->versions[j].version);
 		return ISG_ERR_INVALID;
 	}
 	return 0;
@@ -986,6 +992,27 @@ static size_t rotated_contents(const struct domain *d, char *buf, int64_t today,
 	}
 	append_new_version(buf, &len, d->name, d->versions[d->n - 1].version + 1, today);
 	return len;
+}
+
+/*
+ * A belt to rotation_allowed: the rotated contents read back with the loader's own
+ * parser before they replace the file, so a rotation never leaves a file isgd
+ * refuses at its next reload or start.
+ */
+static int rotation_loadable(const struct domain *d, const char *path, const char *buf, size_t len,
+                             char *err, size_t errlen)
+{
+	struct domain check = {0};
+	char why[KEYS_PATH_MAX + 256];
+	int rc = parse_file(path, d->name, buf, len, &check, why, sizeof(why));
+	domain_release(&check);
+	if (rc == 0)
+		return 0;
+	keys_seterr(err, errlen,
+	            "rotation refused, the file is left as it was: its result would "
+	            "not load: %s",
+	            why);
+	return rc == ISG_ERR_NOMEM ? rc : ISG_ERR_INVALID;
 }
 
 int keys_rotate(const char *dir, const char *name, int64_t today_days, int64_t overlap_days,
@@ -1067,6 +1094,9 @@ int keys_rotate(const char *dir, const char *name, int64_t today_days, int64_t o
 		goto out;
 	}
 	len = rotated_contents(&d, buf, today_days, overlap_days);
+	rc = rotation_loadable(&d, path, buf, len, err, errlen);
+	if (rc)
+		goto out;
 	rc = write_file(fd, tmppath, buf, len, err, errlen);
 	fd = -1;
 	if (rc)

@@ -1221,6 +1221,45 @@ static void test_rotate_refusals(void **state)
 	assert_int_equal(version, 2);
 }
 
+/*
+ * The loader takes older lines in any date order, so one may be created after
+ * today though the current one is not. Cutting its retirement to today + overlap
+ * would put it before its creation: the rotation is refused, naming that version,
+ * and the file is left as it was and still loads.
+ */
+static void test_rotate_refuses_older_version_created_after_today(void **state)
+{
+	struct fixture *f = *state;
+	char err[512] = "", b64[45], content[512], path[256], tmp[300], after[1024];
+	uint32_t version = 0;
+	key_b64(0x00, b64);
+	snprintf(content, sizeof(content),
+	         "isg-domain-key-v1 dom 1 2027-01-01 2027-06-01 %s\n"
+	         "isg-domain-key-v1 dom 2 2026-11-01 - %s\n",
+	         b64, b64);
+	write_domain(f, "dom", content, 0600);
+	keyring_free(load_ok(f));
+	domain_path(f, "dom", path, sizeof(path));
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	for (int64_t overlap = 0; overlap <= 30; overlap += 30) {
+		assert_int_equal(keys_rotate(f->dir, "dom", day("2026-12-01"), overlap, &version,
+		                             err, sizeof(err)),
+		                 ISG_ERR_INVALID);
+		assert_non_null(strstr(err, "version 1 was created after today"));
+		assert_non_null(strstr(err, "left as it was"));
+		read_file(path, after, sizeof(after));
+		assert_string_equal(after, content);
+		struct stat st;
+		assert_int_not_equal(lstat(tmp, &st), 0);
+		keyring_free(load_ok(f));
+	}
+	/* From the older version's creation date on, the rotation goes through and loads. */
+	assert_int_equal(
+	    keys_rotate(f->dir, "dom", day("2027-01-01"), 0, &version, err, sizeof(err)), 0);
+	assert_int_equal(version, 3);
+	keyring_free(load_ok(f));
+}
+
 struct thread_arg {
 	const struct keyring *ring;
 	int ok;
@@ -1335,6 +1374,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_rotate_overlap, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_rotate_emergency_retires_all, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_rotate_refusals, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_rotate_refuses_older_version_created_after_today,
+	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_service_concurrent_readers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_description_round_trip_and_refusals, setup,
 	                                    teardown),
