@@ -506,7 +506,11 @@ static void diff_flow(struct dctx *c, const char *id, const struct policy_agreem
 	}
 }
 
-/* Every (sender, recipient) pair of either version, for one dataset. */
+/*
+ * Every (sender, recipient) pair of either version, for one dataset; a partner
+ * both sender and recipient has no flow to itself, since the gateway refuses
+ * that send (rule agreement.recipient).
+ */
 static void diff_flows_of(struct dctx *c, const char *id, const struct policy_agreement *a0,
                           const struct policy_agreement *a1, const char *dsname)
 {
@@ -521,6 +525,8 @@ static void diff_flows_of(struct dctx *c, const char *id, const struct policy_ag
 					const char *rcp = v[ri]->recipients[r];
 					if (ri == 1 && a1 &&
 					    listed(a1->recipients, a1->n_recipients, rcp))
+						continue;
+					if (strcmp(snd, rcp) == 0)
 						continue;
 					diff_flow(c, id, a0, a1, dsname, snd, rcp);
 				}

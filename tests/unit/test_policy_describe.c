@@ -641,6 +641,48 @@ static void test_diff_flows(void **state)
 		check_diff(&cases[i]);
 }
 
+#define TWO_WAY                                                                                    \
+	{                                                                                          \
+		REPLY, "senders: [nhs-trust]\n  recipients: [met-police]",                         \
+		    "senders: [nhs-trust, met-police]\n  recipients: [met-police, nhs-trust]"      \
+	}
+#define FLOW_REPLY(s, r, ds) "Flow " s " -> " r ", agreement nhs-police-reply, dataset " ds ":\n"
+
+/*
+ * A partner both sender and recipient of an agreement never sends to itself (the
+ * gateway refuses it), so the diff lists and counts no flow from it to itself.
+ */
+static void test_diff_two_way_no_self_flow(void **state)
+{
+	const struct diff_case cases[] = {
+	    {"made two-way", .new_edits = {TWO_WAY},
+	     .want =
+	         "Agreement nhs-police-reply:\n" W "sender 'met-police' added\n" W
+	         "recipient 'nhs-trust' added\n\n" FLOW_REPLY("met-police", "nhs-trust", "answer") W
+	     "new flow: in clear: known_to_services, care_coordinator; dropped: "
+	     "clinical_notes\n",
+	     .weakened = 3},
+	    {"made one-way", .old_edits = {TWO_WAY},
+	     .want =
+	         "Agreement nhs-police-reply:\n" S "sender 'met-police' removed\n" S
+	         "recipient 'nhs-trust' removed\n\n" FLOW_REPLY("met-police", "nhs-trust", "answer")
+	             S "flow removed: nothing is shared on it any more\n",
+	     .strengthened = 3},
+	    {"two-way, dataset added", .old_edits = {TWO_WAY},
+	     .new_edits = {TWO_WAY,
+	                   {REPLY, "  datasets:\n",
+	                    "  datasets:\n    - {name: more, fields: [{name: pnc_id, type: "
+	                    "pnc_id, action: pseudonymise, domain: crisis}]}\n"}},
+	     .want = FLOW_REPLY("nhs-trust", "met-police", "more") W
+	     "new flow: pseudonymised: pnc_id (linkage domain crisis)\n\n" FLOW_REPLY(
+	         "met-police", "nhs-trust", "more") W "new flow: pseudonymised: pnc_id (linkage "
+	                                              "domain crisis)\n",
+	     .weakened = 2},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++)
+		check_diff(&cases[i]);
+}
+
 static void test_diff_partners(void **state)
 {
 	const struct diff_case cases[] = {
@@ -721,6 +763,7 @@ int main(void)
 	    cmocka_unit_test(test_diff_domains),
 	    cmocka_unit_test(test_diff_terms),
 	    cmocka_unit_test(test_diff_flows),
+	    cmocka_unit_test(test_diff_two_way_no_self_flow),
 	    cmocka_unit_test(test_diff_partners),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
