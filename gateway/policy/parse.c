@@ -93,12 +93,27 @@ static bool printable(const char *s)
 	return true;
 }
 
+/*
+ * Characters (Unicode code points) in s, as docs/policy.md and the schema's
+ * maxLength count them, not bytes: a title in Welsh or Polish must not be cut
+ * to half. Scalars are valid UTF-8 without NUL (libyaml refuses other input and
+ * invalid escapes, ydoc a NUL), so counting the bytes that start a character
+ * is exact; a text of max characters holds at most 4 * max bytes.
+ */
+static size_t utf8_chars(const char *s)
+{
+	size_t n = 0;
+	for (; *s; s++)
+		n += ((unsigned char)*s & 0xc0) != 0x80;
+	return n;
+}
+
 static enum got dup_text(struct pctx *c, const struct ydoc_node *n, const char *what, size_t max,
                          char **out)
 {
 	if (!want_kind(c, n, YDOC_SCALAR, what))
 		return GOT_ERROR;
-	size_t len = strlen(n->scalar);
+	size_t len = utf8_chars(n->scalar);
 	if (len == 0 || len > max) {
 		PERR(c, n, "%s must be 1 to %zu characters long", what, max);
 		return GOT_ERROR;

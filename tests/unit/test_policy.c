@@ -1260,6 +1260,81 @@ static void test_null_in_lawful_basis(void **state)
 	remove_dir(dir);
 }
 
+/* n copies of the UTF-8 character ch into out, NUL-terminated. */
+static char *repeat(char *out, const char *ch, size_t n)
+{
+	size_t len = strlen(ch);
+	for (size_t i = 0; i < n; i++)
+		memcpy(out + i * len, ch, len);
+	out[n * len] = '\0';
+	return out;
+}
+
+/* An agreement with this title, lawful basis and purpose text. */
+static void put_texts(const char *dir, const char *title, const char *basis, const char *purpose)
+{
+	size_t size = strlen(title) + strlen(basis) + strlen(purpose) + 512;
+	char *text = malloc(size);
+	assert_non_null(text);
+	snprintf(text, size,
+	         "agreement:\n"
+	         "  id: texts\n"
+	         "  version: 1\n"
+	         "  title: %s\n"
+	         "  senders: [met-police]\n"
+	         "  recipients: [nhs-trust]\n"
+	         "  purpose: {code: testing, text: %s}\n"
+	         "  lawful_basis: [\"%s\"]\n"
+	         "  valid_from: 2025-01-01\n"
+	         "  datasets:\n"
+	         "    - name: things\n"
+	         "      fields:\n"
+	         "        - {name: a, type: text, action: pass}\n",
+	         title, purpose, basis);
+	put_file(dir, "agreements/texts.yaml", text);
+	free(text);
+}
+
+/*
+ * Text lengths count characters (code points), as docs/policy.md and the
+ * schema's maxLength do, not bytes: 200 two-byte or four-byte characters make
+ * a title, 201 do not; the same for a lawful basis (512) and a purpose (4096).
+ */
+static void test_text_lengths_in_characters(void **state)
+{
+	static char title[4 * 201 + 1], basis[4 * 513 + 1], purpose[3 * 4097 + 1];
+	const char *chars[] = {"\xc3\xa9", "\xf0\x9f\x98\x80"}; /* U+00E9, U+1F600 */
+	for (size_t i = 0; i < ARRAY_LEN(chars); i++) {
+		char *dir = temp_policy_dir();
+		install(dir, "valid/partners.yaml", "partners.yaml");
+		put_texts(dir, repeat(title, chars[i], 200), repeat(basis, chars[i], 512),
+		          repeat(purpose, "\xe2\x82\xac", 4096)); /* U+20AC */
+		struct ydoc_diags d;
+		ydoc_diags_init(&d);
+		struct policy_set *set = NULL;
+		if (policy_load(dir, &set, &d) != 0)
+			ydoc_diags_print(&d, stderr);
+		assert_non_null(set);
+		const struct policy_agreement *a = policy_agreement_by_id(set, "texts");
+		assert_non_null(a);
+		assert_string_equal(a->title, title);
+		assert_string_equal(a->lawful_basis[0], basis);
+		policy_set_unref(set);
+		ydoc_diags_release(&d);
+
+		put_texts(dir, repeat(title, chars[i], 201), repeat(basis, chars[i], 513),
+		          repeat(purpose, "\xe2\x82\xac", 4097));
+		const struct want_diag want[] = {
+		    {"agreements/texts.yaml", 4, 10, "title must be 1 to 200 characters long"},
+		    {"agreements/texts.yaml", 7, 34, "text must be 1 to 4096 characters long"},
+		    {"agreements/texts.yaml", 8, 18,
+		     "lawful_basis must be 1 to 512 characters long"},
+		};
+		expect_errors(dir, want, ARRAY_LEN(want));
+		remove_dir(dir);
+	}
+}
+
 /* Errors in several files are all reported, each against its own file. */
 static void test_errors_collected_across_files(void **state)
 {
@@ -2676,6 +2751,7 @@ int main(void)
 	    cmocka_unit_test(test_null_matchers),
 	    cmocka_unit_test(test_duplicates_behind_errors),
 	    cmocka_unit_test(test_null_in_lawful_basis),
+	    cmocka_unit_test(test_text_lengths_in_characters),
 	    cmocka_unit_test(test_fifo_refused),
 	    cmocka_unit_test(test_size_limits),
 	    cmocka_unit_test(test_listed_files_are_the_loaded_ones),
