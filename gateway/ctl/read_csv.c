@@ -148,19 +148,26 @@ static int quoted(struct csv_reader *r)
 	return 0;
 }
 
+/*
+ * Skip lines of nothing but spaces, tabs and carriage returns, as the JSON
+ * Lines reader does: one made of spaces would otherwise be a record of one
+ * cell, sent as text in a one-column file and "record has 1 fields" in any
+ * other. A blank last line without a newline is skipped too.
+ */
 static void skip_blank_lines(struct csv_reader *r)
 {
 	for (;;) {
-		if (r->pos < r->len && r->buf[r->pos] == '\n') {
-			newline_at(r, r->pos);
-			r->pos++;
-		} else if (r->pos + 1 < r->len && r->buf[r->pos] == '\r' &&
-		           r->buf[r->pos + 1] == '\n') {
-			newline_at(r, r->pos + 1);
-			r->pos += 2;
-		} else {
+		size_t i = r->pos;
+		while (i < r->len && (r->buf[i] == ' ' || r->buf[i] == '\t' || r->buf[i] == '\r'))
+			i++;
+		if (i == r->len) {
+			r->pos = i;
 			return;
 		}
+		if (r->buf[i] != '\n')
+			return;
+		newline_at(r, i);
+		r->pos = i + 1;
 	}
 }
 

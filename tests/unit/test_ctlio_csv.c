@@ -127,6 +127,40 @@ static void test_blank_lines_and_bom_skipped(void **state)
 	ctl_batch_release(&p.batch);
 }
 
+/*
+ * A line of only spaces, tabs and carriage returns is blank too, as in the
+ * JSON Lines reader: no record of "   " in a one-column file, no "record has
+ * 1 fields" in a wider one, and later line numbers stay right.
+ */
+static void test_whitespace_lines_skipped(void **state)
+{
+	struct parsed p;
+	parse(&p, "a\n   \n");
+	assert_int_equal(p.rc, 0);
+	assert_int_equal(p.batch.n, 0);
+	ctl_batch_release(&p.batch);
+
+	parse(&p, " \t\r\na,b\n1,2\n\t \r\n  \n3,4\n \t");
+	assert_int_equal(p.rc, 0);
+	assert_int_equal(p.batch.n, 2);
+	assert_text(&p, 0, 0, "a", "1");
+	assert_text(&p, 1, 1, "b", "4");
+	assert_int_equal(p.batch.lines[0], 3);
+	assert_int_equal(p.batch.lines[1], 6);
+	ctl_batch_release(&p.batch);
+
+	/* Spaces around a value are kept: only a line with nothing else is blank. */
+	parse(&p, "a\n x \n");
+	assert_int_equal(p.rc, 0);
+	assert_int_equal(p.batch.n, 1);
+	assert_text(&p, 0, 0, "a", " x ");
+	ctl_batch_release(&p.batch);
+
+	/* Errors after blank lines name their own line. */
+	assert_refused("a,b\n  \n\t\n1\n", "in.csv:4: record has 1 fields, the header has 2");
+	assert_refused("a,n:integer\n \n\r\n1,x\n", "in.csv:4:3: column 'n': not an integer");
+}
+
 static void test_typed_columns(void **state)
 {
 	struct parsed p;
@@ -341,6 +375,7 @@ int main(void)
 	    cmocka_unit_test(test_embedded_newlines_keep_line_numbers),
 	    cmocka_unit_test(test_empty_cells_are_absent),
 	    cmocka_unit_test(test_blank_lines_and_bom_skipped),
+	    cmocka_unit_test(test_whitespace_lines_skipped),
 	    cmocka_unit_test(test_typed_columns),
 	    cmocka_unit_test(test_bad_typed_values_name_column_not_value),
 	    cmocka_unit_test(test_unknown_types_refused),
