@@ -674,6 +674,7 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 		return r;
 	}
 	struct store_sealer sealer;
+	struct store_witness witness;
 	struct store_options so = {.path = g->cfg.store_path,
 	                           .storage_key = sec->storage_key,
 	                           .sweep_interval_ms = g->cfg.sweep_interval_ms,
@@ -684,6 +685,9 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 		sealer = keyproc_sealer(g->keyproc);
 		so.sealer = &sealer;
 		so.signer = keyproc_signer(g->keyproc);
+		/* Started here, before any partner's frame: see docs/security.md. */
+		witness = keyproc_witness(g->keyproc);
+		so.witness = &witness;
 	}
 	r = store_open(&so, &g->store, err, sizeof(err));
 	keys_free(sec->storage_key); /* the store keeps its own guarded copy */

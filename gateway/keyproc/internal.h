@@ -23,8 +23,14 @@
  *                                -> n x (u8 1 | data key, or u8 0 | 32 zeros)
  *   OPEN   body: u32 ad length | ad | nonce | sealed -> plaintext
  *         (payloads sealed under the storage key itself, before envelopes)
- *   SIGN   body: a checkpoint body, for the configured origin, no smaller
- *         than the last one signed -> 64-byte signature
+ *   LOG_START body: the audit tree as isgd loaded it at store open
+ *         (audit_tree_encode); once per key process -> -
+ *   LOG_APPEND body: u64 size | n x 32-byte leaf hash (1 to
+ *         KEYPROC_LOG_APPEND_MAX), size being the key process's tree size
+ *         before them -> -
+ *   SIGN   body: a checkpoint body of the configured origin whose size and
+ *         root are exactly those of the tree LOG_START and LOG_APPEND built
+ *         -> 64-byte signature
  */
 #ifndef ISG_KEYPROC_INTERNAL_H
 #define ISG_KEYPROC_INTERNAL_H
@@ -42,10 +48,14 @@ enum keyproc_op {
 	KEYPROC_OPEN,
 	KEYPROC_SIGN,
 	KEYPROC_UNWRAP,
+	KEYPROC_LOG_START,
+	KEYPROC_LOG_APPEND,
 };
 
 /* Data keys made or unwrapped in one request. */
 #define KEYPROC_KEYS_MAX 1024
+/* Leaf hashes in one LOG_APPEND: 2 MiB, far inside a frame. */
+#define KEYPROC_LOG_APPEND_MAX 65536
 
 /* The largest message either way: a payload at the store's limit, and room. */
 #define KEYPROC_FRAME_MAX (64u * 1024 * 1024 + 4096)

@@ -251,6 +251,21 @@ static int hello(struct keyproc *kp, uint8_t pk[static AUDIT_PUBKEY_LEN], char *
 	return rc;
 }
 
+/*
+ * A failed or refused request about the audit log, with the key process's
+ * reason when it gave one: its own fixed words, never a secret or a value.
+ */
+static void log_refused(const char *event, int rc, const uint8_t *body, size_t len)
+{
+	char text[KEYPROC_REASON_MAX], q[KEYPROC_REASON_MAX + 16], e[64];
+	snprintf(text, sizeof(text), "%.*s", (int)(len < sizeof(text) ? len : sizeof(text) - 1),
+	         body ? (const char *)body : "");
+	if (!str_utf8_valid(text, strlen(text)))
+		text[0] = '\0';
+	log_event(LOG_ERROR, event, "error=%s%s%s", log_quote(e, sizeof(e), isg_strerror(rc)),
+	          text[0] ? " reason=" : "", text[0] ? log_quote(q, sizeof(q), text) : "");
+}
+
 static int remote_sign(void *ctx, const uint8_t *msg, size_t len, uint8_t sig[static AUDIT_SIG_LEN])
 {
 	uint8_t *body = NULL;
@@ -262,9 +277,50 @@ static int remote_sign(void *ctx, const uint8_t *msg, size_t len, uint8_t sig[st
 	if (rc == 0)
 		memcpy(sig, body, AUDIT_SIG_LEN);
 	else
-		log_event(LOG_ERROR, "keyproc.sign_refused", "error=%s", isg_strerror(rc));
+		log_refused("keyproc.sign_refused", rc, rc == ISG_ERR_IO ? NULL : body, blen);
 	free(body);
 	return rc;
+}
+
+/* --- the audit log's witness ------------------------------------------------------ */
+
+_Static_assert(STORE_WITNESS_APPEND_MAX <= KEYPROC_LOG_APPEND_MAX,
+               "the store's appends fit one request");
+
+/* A request about the log, answered with nothing but a status. */
+static int log_call(struct keyproc *kp, uint8_t op, struct iovec *parts, int n)
+{
+	uint8_t *body = NULL;
+	size_t len = 0;
+	int rc = call(kp, op, parts, n, &body, &len);
+	if (rc == 0 && len != 0)
+		rc = ISG_ERR_IO;
+	if (rc)
+		log_refused(op == KEYPROC_LOG_START ? "keyproc.log_start_refused"
+		                                    : "keyproc.log_append_refused",
+		            rc, rc == ISG_ERR_IO ? NULL : body, len);
+	free(body);
+	return rc;
+}
+
+static int remote_log_start(void *ctx, const uint8_t *tree, size_t len)
+{
+	struct iovec part = {(void *)tree, len};
+	return log_call(ctx, KEYPROC_LOG_START, &part, 1);
+}
+
+static int remote_log_append(void *ctx, uint64_t size, const uint8_t *leaf_hashes, size_t n)
+{
+	if (n == 0 || n > KEYPROC_LOG_APPEND_MAX)
+		return ISG_ERR_INVALID;
+	struct iovec parts[2] = {{&size, 8}, {(void *)leaf_hashes, n * AUDIT_HASH_LEN}};
+	return log_call(ctx, KEYPROC_LOG_APPEND, parts, 2);
+}
+
+struct store_witness keyproc_witness(struct keyproc *kp)
+{
+	return (struct store_witness){
+	    .ctx = kp, .start = remote_log_start, .append = remote_log_append};
 }
 
 /*

@@ -62,6 +62,13 @@ bool keyproc_exited(struct keyproc *kp, int *status);
 
 /* The audit signer: its public key and name, signing in the key process. */
 const struct audit_signer *keyproc_signer(const struct keyproc *kp);
+/*
+ * The store's witness of the audit log: the key process signs only
+ * checkpoints of the tree the store started it with (once per key process)
+ * and the leaves appended since. isgd passes it with keyproc_signer, or
+ * nothing is signed.
+ */
+struct store_witness keyproc_witness(struct keyproc *kp);
 /* The store's sealer: data keys made and unwrapped, and payloads sealed
  * under the storage key itself opened, in the key process. */
 struct store_sealer keyproc_sealer(struct keyproc *kp);

@@ -27,14 +27,20 @@ struct keyproc_server {
 	const struct keyproc_options *opt;
 	uint8_t *storage_key;
 	struct audit_signer *signer;
-	/* Guards rings, next_gen and the last checkpoint signed. Pseudonym
-	 * batches only read the rings, so the channels' batches run side by side. */
+	/* Guards rings and next_gen. Pseudonym batches only read the rings, so
+	 * the channels' batches run side by side. */
 	pthread_rwlock_t lock;
 	struct ring_slot rings[KEYPROC_RINGS_MAX];
 	uint32_t next_gen;
-	uint64_t signed_size;
-	uint8_t signed_root[AUDIT_HASH_LEN];
-	bool signed_any;
+	/*
+	 * The audit log as this process has seen it grow: the tree isgd loaded
+	 * at store open (LOG_START, once), then every leaf it appended since
+	 * (LOG_APPEND). Only checkpoints of exactly this tree are signed. Under
+	 * log_mu, apart from lock, so an append never holds up pseudonyms.
+	 */
+	pthread_mutex_t log_mu;
+	struct audit_tree log;
+	bool log_started;
 	_Atomic int64_t latest_ms; /* the latest clock reading a pseudonym batch went by */
 };
 
@@ -294,13 +300,83 @@ static int do_open(struct keyproc_server *sv, struct cursor *c, struct keyproc_a
 	return a->status;
 }
 
-/* --- the audit signing key ------------------------------------------------------- */
+/* --- the audit log and its signing key ------------------------------------------- */
 
 /*
- * Only checkpoints of this log, never smaller than the last one signed, and
- * at the same size only with the same root (an idle gateway signs its
- * checkpoint again): a compromised gateway cannot have the key vouch for a
- * rolled-back log, nor for a second history of the same length.
+ * The tree isgd loaded, and checked against its latest signed checkpoint,
+ * when it opened the store: accepted once, so code that takes over the
+ * gateway later cannot start the log afresh from a tree of its own.
+ */
+static int do_log_start(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
+{
+	struct audit_tree t;
+	if (audit_tree_decode(&t, c->p, c->left) != 0)
+		return answer_text(a, ISG_ERR_PARSE, "not an audit tree");
+	pthread_mutex_lock(&sv->log_mu);
+	bool again = sv->log_started;
+	if (!again) {
+		sv->log = t;
+		sv->log_started = true;
+	}
+	pthread_mutex_unlock(&sv->log_mu);
+	if (again)
+		return answer_text(a, ISG_ERR_DENIED, "the audit log was started already");
+	return a->status = 0;
+}
+
+/* Leaves of committed entries, in order, from the size the tree has now. */
+static int do_log_append(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
+{
+	uint64_t from;
+	if (!take(c, &from, 8) || c->left == 0 || c->left % AUDIT_HASH_LEN != 0)
+		return a->status = ISG_ERR_PARSE;
+	size_t n = c->left / AUDIT_HASH_LEN;
+	if (n > KEYPROC_LOG_APPEND_MAX)
+		return a->status = ISG_ERR_TOO_BIG;
+	const char *refused = NULL;
+	pthread_mutex_lock(&sv->log_mu);
+	uint64_t size = audit_tree_size(&sv->log);
+	if (!sv->log_started)
+		refused = "entries of an audit log not started";
+	else if (from != size)
+		refused = "entries that do not follow the log the key process has seen";
+	else if (UINT64_MAX - size < n)
+		refused = "more entries than a log can hold";
+	for (size_t i = 0; !refused && i < n; i++)
+		if (audit_tree_append(&sv->log, c->p + i * AUDIT_HASH_LEN) != 0)
+			fatal("keyproc: audit tree overflow"); /* checked above */
+	pthread_mutex_unlock(&sv->log_mu);
+	if (refused)
+		return answer_text(a, ISG_ERR_DENIED, refused);
+	return a->status = 0;
+}
+
+/* Why the checkpoint c is not the log this process has seen; NULL when it is. */
+static const char *not_the_log(struct keyproc_server *sv, const struct audit_checkpoint *c)
+{
+	uint8_t root[AUDIT_HASH_LEN] = {0};
+	pthread_mutex_lock(&sv->log_mu);
+	uint64_t size = audit_tree_size(&sv->log);
+	bool started = sv->log_started;
+	if (started && c->size == size)
+		audit_tree_root(&sv->log, root);
+	pthread_mutex_unlock(&sv->log_mu);
+	if (!started)
+		return "a checkpoint before the audit log was started";
+	if (c->size < size)
+		return "a checkpoint smaller than the log the key process has seen";
+	if (c->size > size)
+		return "a checkpoint larger than the log the key process has seen";
+	if (sodium_memcmp(c->root, root, AUDIT_HASH_LEN) != 0)
+		return "a checkpoint that is not the log the key process has seen";
+	return NULL;
+}
+
+/*
+ * Only checkpoints of this log, and only of the tree it has seen grow: a
+ * compromised gateway cannot have the key vouch for a rolled-back log, a
+ * second history of any length, nor a tree that drops or changes an entry
+ * it appended. An idle gateway signs its checkpoint again.
  */
 static int do_sign(struct keyproc_server *sv, struct cursor *c, struct keyproc_answer *a)
 {
@@ -310,19 +386,7 @@ static int do_sign(struct keyproc_server *sv, struct cursor *c, struct keyproc_a
 		return answer_text(a, ISG_ERR_INVALID, "not a checkpoint");
 	if (strcmp(cp.origin, audit_signer_name(sv->signer)) != 0)
 		return answer_text(a, ISG_ERR_DENIED, "a checkpoint of another log");
-	pthread_rwlock_wrlock(&sv->lock);
-	const char *refused = NULL;
-	if (sv->signed_any && cp.size < sv->signed_size)
-		refused = "a checkpoint smaller than one already signed";
-	else if (sv->signed_any && cp.size == sv->signed_size &&
-	         sodium_memcmp(cp.root, sv->signed_root, AUDIT_HASH_LEN) != 0)
-		refused = "a checkpoint of the size already signed, with another root";
-	if (!refused) {
-		sv->signed_any = true;
-		sv->signed_size = cp.size;
-		memcpy(sv->signed_root, cp.root, AUDIT_HASH_LEN);
-	}
-	pthread_rwlock_unlock(&sv->lock);
+	const char *refused = not_the_log(sv, &cp);
 	if (refused)
 		return answer_text(a, ISG_ERR_DENIED, refused);
 	if (answer_alloc(a, AUDIT_SIG_LEN) != 0)
@@ -365,6 +429,12 @@ void keyproc_server_answer(struct keyproc_server *sv, const uint8_t *req, size_t
 		break;
 	case KEYPROC_SIGN:
 		do_sign(sv, c, a);
+		break;
+	case KEYPROC_LOG_START:
+		do_log_start(sv, c, a);
+		break;
+	case KEYPROC_LOG_APPEND:
+		do_log_append(sv, c, a);
 		break;
 	default:
 		a->status = ISG_ERR_PARSE;
@@ -432,11 +502,16 @@ struct keyproc_server *keyproc_server_new(const struct keyproc_options *opt, cha
 	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 	int rc = pthread_rwlock_init(&sv->lock, &attr);
 	pthread_rwlockattr_destroy(&attr);
+	if (rc == 0 && pthread_mutex_init(&sv->log_mu, NULL) != 0) {
+		pthread_rwlock_destroy(&sv->lock);
+		rc = -1;
+	}
 	if (rc != 0) {
 		snprintf(err, errlen, "key process: cannot make a lock");
 		free(sv);
 		return NULL;
 	}
+	audit_tree_init(&sv->log);
 	rc = keys_load_storage(opt->keys_dir, &sv->storage_key, err, errlen);
 	uint8_t *seed = NULL;
 	if (rc == 0)
@@ -461,6 +536,7 @@ void keyproc_server_free(struct keyproc_server *sv)
 	keys_free(sv->storage_key);
 	audit_signer_free(sv->signer);
 	pthread_rwlock_destroy(&sv->lock);
+	pthread_mutex_destroy(&sv->log_mu);
 	free(sv);
 }
 

@@ -349,6 +349,7 @@ static void store_release(struct store *s)
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);
 	free(s->leaf);
+	free(s->witness_leaves);
 	free(s->checkpoint_note);
 	free(s->path);
 	free(s);
@@ -420,6 +421,16 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 		rc = ISG_ERR_INVALID;
 		goto out;
 	}
+	if (opt->witness) {
+		s->witness = *opt->witness;
+		s->has_witness = true;
+		if (!s->signer || !s->witness.start || !s->witness.append) {
+			store_seterr(err, errlen,
+			             "store: a witness needs a signer, start and append");
+			rc = ISG_ERR_INVALID;
+			goto out;
+		}
+	}
 	rc = s->path ? store_keys_init(s) : ISG_ERR_NOMEM;
 	if (rc) {
 		store_seterr(err, errlen,
@@ -429,6 +440,8 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 		goto out;
 	}
 	rc = store_db_open(s, s->path, err, errlen);
+	if (rc == 0)
+		rc = store_log_witness_start(s, err, errlen);
 	if (rc == 0)
 		rc = store_wal_start(s, opt->wal_pages, err, errlen);
 	if (rc)

@@ -77,6 +77,24 @@ struct store_sealer {
 	            size_t sealed_len, uint8_t *out);
 };
 
+/*
+ * A witness of the audit log's growth (in isgd, the key process, which
+ * holds the signing key and signs only checkpoints of the tree it has
+ * seen). The store gives it the tree it loaded at open, checked against
+ * the latest checkpoint, before the writer starts, then, before it signs
+ * each checkpoint, the leaf hashes of every entry committed since it last
+ * gave some, in order. Called on the writer thread (start in store_open).
+ */
+#define STORE_WITNESS_APPEND_MAX 65536 /* leaf hashes in one append */
+struct store_witness {
+	void *ctx;
+	/* The tree as audit_tree_encode writes it. */
+	int (*start)(void *ctx, const uint8_t *tree, size_t len);
+	/* n (1 to STORE_WITNESS_APPEND_MAX) leaf hashes of 32 bytes, following
+	 * the size entries given so far (the tree's size before them). */
+	int (*append)(void *ctx, uint64_t size, const uint8_t *leaf_hashes, size_t n);
+};
+
 struct store_options {
 	const char *path;
 	/* Exactly one of: */
@@ -90,6 +108,8 @@ struct store_options {
 	 * checked at open. Not copied: it must outlive the store.
 	 */
 	const struct audit_signer *signer;
+	/* Needs a signer; copied, its ctx must outlive the store. NULL: none. */
+	const struct store_witness *witness;
 	uint32_t checkpoint_every;      /* a checkpoint after this many entries; default 1000 */
 	int64_t checkpoint_interval_ms; /* ... or this long, if the log grew; default 10s, max 1d */
 	uint32_t wal_pages; /* copy the WAL into the file, off the commit path, at this many

@@ -200,12 +200,15 @@ struct store_job {
 
 /*
  * The audit log as the writer sees it: the Merkle tree of every entry in
- * the table, and the seq the next entry gets. Plain data, so a copy taken
- * before a job or a batch restores it when that job or batch is rolled back.
+ * the table, the seq the next entry gets, and how many of the leaf hashes
+ * in store->witness_leaves the witness has not had yet. Plain data, so a
+ * copy taken before a job or a batch restores it when that job or batch is
+ * rolled back: the rolled-back leaves drop out of the witness's too.
  */
 struct store_log {
 	struct audit_tree tree;
 	uint64_t next_seq;
+	size_t witness_pending;
 };
 
 /* Where a kept data key is, by its wrapping (store_seal.c). */
@@ -264,6 +267,14 @@ struct store {
 	uint8_t *leaf; /* buffer the leaf bytes are built in, grown as needed */
 	size_t leaf_cap;
 	const struct audit_signer *signer; /* NULL: no checkpoints */
+	/* The witness (store.h), when has_witness; the leaf hashes it has not had
+	 * yet are the first log.witness_pending of witness_leaves (grown as
+	 * needed, witness_cap hashes). Outside struct store_log: a rollback
+	 * restores the count, never a pointer realloc may have freed. */
+	struct store_witness witness;
+	bool has_witness;
+	uint8_t (*witness_leaves)[AUDIT_HASH_LEN];
+	size_t witness_cap;
 	uint32_t checkpoint_every;
 	int64_t checkpoint_interval_ms;
 	uint64_t checkpoint_size;      /* size of the latest checkpoint; 0 when none */
@@ -343,6 +354,8 @@ int store_log_append(struct store *s, int64_t now, const char *kind, const char 
  * s->signer when set). ISG_ERR_CORRUPT with the first bad seq in err.
  */
 int store_log_load(struct store *s, sqlite3 *db, const char *path, char *err, size_t errlen);
+/* Give the witness, if there is one, the tree store_log_load loaded. */
+int store_log_witness_start(struct store *s, char *err, size_t errlen);
 /* Monotonic time a checkpoint falls due without further entries; INT64_MAX: none pending. */
 int64_t store_log_checkpoint_deadline(const struct store *s);
 /* True when a checkpoint is due now (mono_now) per the cadence. */

@@ -143,6 +143,20 @@ static int leaf_reserve(struct store *s, size_t need)
 	return 0;
 }
 
+/* Room for one more leaf hash the witness has not had. */
+static int witness_reserve(struct store *s)
+{
+	if (!s->has_witness || s->log.witness_pending < s->witness_cap)
+		return 0;
+	size_t cap = s->witness_cap ? s->witness_cap * 2 : 1024;
+	void *p = reallocarray(s->witness_leaves, cap, AUDIT_HASH_LEN);
+	if (!p)
+		return ISG_ERR_NOMEM;
+	s->witness_leaves = p;
+	s->witness_cap = cap;
+	return 0;
+}
+
 int store_log_append(struct store *s, int64_t now, const char *kind, const char *body, size_t len,
                      uint64_t *seq)
 {
@@ -155,6 +169,8 @@ int store_log_append(struct store *s, int64_t now, const char *kind, const char 
 		return ISG_ERR_TOO_BIG;
 	size_t total = (size_t)hl + len + 1;
 	int rc = leaf_reserve(s, total);
+	if (rc == 0)
+		rc = witness_reserve(s);
 	if (rc)
 		return rc;
 	memcpy(s->leaf, head, (size_t)hl);
@@ -176,6 +192,8 @@ int store_log_append(struct store *s, int64_t now, const char *kind, const char 
 	rc = audit_tree_append(&s->log.tree, hash);
 	if (rc)
 		return rc;
+	if (s->has_witness)
+		memcpy(s->witness_leaves[s->log.witness_pending++], hash, AUDIT_HASH_LEN);
 	s->log.next_seq = n + 1;
 	*seq = n;
 	return 0;
@@ -369,6 +387,7 @@ int store_log_load(struct store *s, sqlite3 *db, const char *path, char *err, si
 	uint8_t root_at[AUDIT_HASH_LEN] = {0};
 	audit_tree_init(&log.tree);
 	log.next_seq = 1;
+	log.witness_pending = 0;
 	int rc = read_latest_checkpoint(db, path, &cp, err, errlen);
 	if (rc == 0 && cp.found)
 		rc = open_checkpoint(s, &cp, path, &c, err, errlen);
@@ -391,6 +410,26 @@ int store_log_load(struct store *s, sqlite3 *db, const char *path, char *err, si
 	cp.note = NULL;
 out:
 	free(cp.note);
+	return rc;
+}
+
+/*
+ * Before the writer starts, so before any entry of this run (and before
+ * isgd serves a partner): the witness trusts this tree, checked above
+ * against the latest checkpoint, as the log's start.
+ */
+int store_log_witness_start(struct store *s, char *err, size_t errlen)
+{
+	if (!s->has_witness)
+		return 0;
+	uint8_t tree[AUDIT_TREE_ENCODED_MAX];
+	size_t len = audit_tree_encode(&s->log.tree, tree);
+	int rc = s->witness.start(s->witness.ctx, tree, len);
+	if (rc)
+		store_seterr(err, errlen,
+		             "store '%s': the audit log's witness refused its start at %" PRIu64
+		             " entries: %s",
+		             s->path, audit_tree_size(&s->log.tree), isg_strerror(rc));
 	return rc;
 }
 
@@ -533,8 +572,46 @@ static int checkpoint_insert(struct store *s, uint64_t size, const char *note, s
 	return store_db_step_done(s, st, "checkpoint.insert");
 }
 
+/*
+ * Give the witness every leaf hash it has not had, in appends of at most
+ * STORE_WITNESS_APPEND_MAX; those it took leave the buffer even when a
+ * later append fails. Only committed entries are pending here (see
+ * checkpoint_if_due). A refusal means the witness has seen another log
+ * than this one: nothing more will be signed until isgd restarts.
+ */
+static int witness_catch_up(struct store *s)
+{
+	size_t n = s->log.witness_pending, done = 0;
+	uint64_t from = audit_tree_size(&s->log.tree) - n;
+	int rc = 0;
+	while (rc == 0 && done < n) {
+		size_t k =
+		    n - done < STORE_WITNESS_APPEND_MAX ? n - done : STORE_WITNESS_APPEND_MAX;
+		rc = s->witness.append(s->witness.ctx, from + done, s->witness_leaves[done], k);
+		if (rc == 0)
+			done += k;
+	}
+	if (done > 0 && done < n)
+		memmove(s->witness_leaves, s->witness_leaves[done], (n - done) * AUDIT_HASH_LEN);
+	s->log.witness_pending = n - done;
+	if (rc) {
+		char q[64];
+		log_event(LOG_ERROR,
+		          rc == ISG_ERR_DENIED ? "audit.witness_refused" : "audit.witness_failed",
+		          "size=%" PRIu64 " unwitnessed=%zu error=%s",
+		          audit_tree_size(&s->log.tree), n - done,
+		          log_quote(q, sizeof(q), isg_strerror(rc)));
+	}
+	return rc;
+}
+
 int store_log_checkpoint(struct store *s)
 {
+	int rc = s->has_witness && s->log.witness_pending > 0 ? witness_catch_up(s) : 0;
+	if (rc) {
+		s->checkpoint_retry_mono = time_mono_ms() + STORE_CHECKPOINT_RETRY_MS;
+		return rc;
+	}
 	struct audit_checkpoint c;
 	char note[STORE_NOTE_MAX];
 	size_t len = 0;
@@ -543,7 +620,7 @@ int store_log_checkpoint(struct store *s)
 	str_copy(c.origin, audit_signer_name(s->signer), sizeof(c.origin));
 	c.size = audit_tree_size(&s->log.tree);
 	audit_tree_root(&s->log.tree, c.root);
-	int rc = audit_checkpoint_sign(s->signer, &c, note, sizeof(note), &len, &reason);
+	rc = audit_checkpoint_sign(s->signer, &c, note, sizeof(note), &len, &reason);
 	if (rc) {
 		char q[128];
 		log_event(LOG_ERROR, "audit.checkpoint_failed", "size=%" PRIu64 " error=%s", c.size,

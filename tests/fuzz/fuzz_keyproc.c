@@ -4,7 +4,8 @@
  * gateway that may be compromised. Checks, beyond "no crash": an answer's
  * body is consistent with its status (a failure carries at most a reason;
  * a success of NEW_KEYS or UNWRAP holds exactly the keys asked for, and a
- * key that did not unwrap is zeros), and
+ * key that did not unwrap is zeros; the audit log, started in setup, is
+ * never started again), and
  * the process keeps answering well-formed requests after any input.
  */
 #include <stdint.h>
@@ -57,6 +58,12 @@ static void setup(void)
 	if (a.status != 0)
 		abort();
 	free(a.body);
+	/* The audit log started (empty), so LOG_APPEND and SIGN reach their checks. */
+	const uint8_t start[9] = {KEYPROC_LOG_START};
+	keyproc_server_answer(sv, start, sizeof(start), &a);
+	if (a.status != 0)
+		abort();
+	free(a.body);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -89,6 +96,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	if (a.status != 0 && a.len > KEYPROC_REASON_MAX)
+		abort();
+	/* The log is started once, in setup; a log request's success says nothing more. */
+	if (size >= 1 && data[0] == KEYPROC_LOG_START && a.status == 0)
+		abort();
+	if (size >= 1 && data[0] == KEYPROC_LOG_APPEND && a.status == 0 && a.len != 0)
 		abort();
 	free(a.body);
 

@@ -1,10 +1,10 @@
 /*
  * keyproc: the key process answers exactly what the keys would answer in
  * process (pseudonyms, seals, checkpoint signatures), refuses what a
- * compromised gateway might ask (rolled-back or foreign checkpoints,
- * malformed requests), reports bad key files and threads that cannot
- * start at start, ends with its gateway, and is sandboxed; the gateway's
- * side gets by a broken channel.
+ * compromised gateway might ask (checkpoints of any tree but the one it
+ * has seen grow, foreign checkpoints, malformed requests), reports bad key files and threads that
+ * cannot start at start, ends with its gateway, and is sandboxed; the gateway's side gets by a
+ * broken channel.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -321,50 +321,168 @@ static void test_store_through_the_key_process(void **state)
 	store_close(s);
 }
 
-static int sign_root(const struct audit_signer *s, const char *origin, uint64_t size,
-                     uint8_t root_byte, char *note, size_t *len)
+/* Sign the checkpoint (origin, size, root) through s; the note in note. */
+static int sign_cp(const struct audit_signer *s, const char *origin, uint64_t size,
+                   const uint8_t root[static AUDIT_HASH_LEN], char *note, size_t *len)
 {
 	struct audit_checkpoint c = {.size = size};
 	str_copy(c.origin, origin, sizeof(c.origin));
-	memset(c.root, root_byte, sizeof(c.root));
+	memcpy(c.root, root, AUDIT_HASH_LEN);
 	const char *reason;
 	return audit_checkpoint_sign(s, &c, note, AUDIT_NOTE_MAX, len, &reason);
 }
 
-static int sign(const struct audit_signer *s, const char *origin, uint64_t size, char *note,
-                size_t *len)
+/* Leaf hashes of the entries "<tag> 0", "<tag> 1", ... */
+static void leaves_of(const char *tag, uint8_t (*leaves)[AUDIT_HASH_LEN], size_t n)
 {
-	return sign_root(s, origin, size, 0x5a, note, len);
+	for (size_t i = 0; i < n; i++) {
+		char entry[32];
+		int len = snprintf(entry, sizeof(entry), "%s %zu", tag, i);
+		audit_leaf_hash((const uint8_t *)entry, (size_t)len, leaves[i]);
+	}
 }
 
-static void test_signs_checkpoints_never_backwards(void **state)
+static void root_of(const uint8_t (*leaves)[AUDIT_HASH_LEN], uint64_t n,
+                    uint8_t root[static AUDIT_HASH_LEN])
+{
+	assert_int_equal(audit_root_from_leaves(leaves, n, root), 0);
+}
+
+/*
+ * The key process signs only the tree it has seen: the one the store
+ * started it with (once), and the leaves appended since, in order. Not
+ * before the start, not a larger, smaller or other tree; the same one
+ * again (an idle gateway) it does.
+ */
+static void test_signs_only_the_log_it_has_seen(void **state)
 {
 	struct fixture *f = *state;
 	struct keyproc *kp = start(f);
 	const struct audit_signer *s = keyproc_signer(kp);
+	struct store_witness w = keyproc_witness(kp);
 	assert_string_equal(audit_signer_name(s), "test-log");
 	char vkey[AUDIT_VERIFIER_KEY_MAX], note[AUDIT_NOTE_MAX];
 	audit_signer_verifier_key(s, vkey);
 	struct audit_verifier v;
 	const char *reason;
 	assert_int_equal(audit_verifier_parse(vkey, strlen(vkey), &v, &reason), 0);
+	uint8_t ours[6][AUDIT_HASH_LEN], theirs[6][AUDIT_HASH_LEN], root[AUDIT_HASH_LEN];
+	leaves_of("ours", ours, 6);
+	leaves_of("theirs", theirs, 6);
+	const uint8_t(*o)[AUDIT_HASH_LEN] = (const uint8_t(*)[AUDIT_HASH_LEN])ours;
+	const uint8_t(*t)[AUDIT_HASH_LEN] = (const uint8_t(*)[AUDIT_HASH_LEN])theirs;
 
+	/* Before the log is started: nothing signed, nothing appended. */
 	size_t len;
-	assert_int_equal(sign(s, "test-log", 10, note, &len), 0);
+	root_of(o, 0, root);
+	assert_int_equal(sign_cp(s, "test-log", 0, root, note, &len), ISG_ERR_CRYPTO);
+	assert_int_equal(w.append(w.ctx, 0, ours[0], 1), ISG_ERR_DENIED);
+
+	/* Started from a store holding two entries; a second start is refused. */
+	struct audit_tree tree;
+	audit_tree_init(&tree);
+	assert_int_equal(audit_tree_append(&tree, ours[0]), 0);
+	assert_int_equal(audit_tree_append(&tree, ours[1]), 0);
+	uint8_t enc[AUDIT_TREE_ENCODED_MAX];
+	size_t enc_len = audit_tree_encode(&tree, enc);
+	assert_int_equal(w.start(w.ctx, enc, enc_len), 0);
+	audit_tree_init(&tree);
+	enc_len = audit_tree_encode(&tree, enc);
+	assert_int_equal(w.start(w.ctx, enc, enc_len), ISG_ERR_DENIED);
+
+	root_of(o, 2, root);
+	assert_int_equal(sign_cp(s, "test-log", 2, root, note, &len), 0);
 	struct audit_checkpoint c;
 	assert_int_equal(audit_checkpoint_open(&v, note, len, &c, &reason), 0);
-	assert_int_equal(c.size, 10);
-	assert_int_equal(sign(s, "test-log", 10, note, &len), 0); /* the same size again: idle */
-	/* The same size with another root is a second history: refused. */
-	assert_int_equal(sign_root(s, "test-log", 10, 0x11, note, &len), ISG_ERR_CRYPTO);
-	assert_int_equal(sign(s, "test-log", 11, note, &len), 0);
-	assert_int_equal(sign_root(s, "test-log", 11, 0x11, note, &len), ISG_ERR_CRYPTO);
-	assert_int_equal(sign_root(s, "test-log", 12, 0x11, note, &len), 0);
-	/* A rolled-back log, another log, or a note that is no checkpoint: refused. */
-	assert_int_equal(sign(s, "test-log", 9, note, &len), ISG_ERR_CRYPTO);
-	assert_int_equal(sign(s, "other-log", 12, note, &len), ISG_ERR_CRYPTO);
+	assert_int_equal(c.size, 2);
+	assert_memory_equal(c.root, root, AUDIT_HASH_LEN);
+
+	/* Three more appended: that tree is signed, and again when idle. */
+	assert_int_equal(w.append(w.ctx, 2, ours[2], 3), 0);
+	root_of(o, 5, root);
+	assert_int_equal(sign_cp(s, "test-log", 5, root, note, &len), 0);
+	assert_int_equal(audit_checkpoint_open(&v, note, len, &c, &reason), 0);
+	assert_int_equal(c.size, 5);
+	assert_int_equal(sign_cp(s, "test-log", 5, root, note, &len), 0);
+
+	/* The right size from other leaves, or sharing only the first two. */
+	root_of(t, 5, root);
+	assert_int_equal(sign_cp(s, "test-log", 5, root, note, &len), ISG_ERR_CRYPTO);
+	memcpy(theirs[0], ours[0], AUDIT_HASH_LEN);
+	memcpy(theirs[1], ours[1], AUDIT_HASH_LEN);
+	root_of(t, 5, root);
+	assert_int_equal(sign_cp(s, "test-log", 5, root, note, &len), ISG_ERR_CRYPTO);
+	/* Larger than what was appended; smaller (a rolled-back log), even if true once. */
+	root_of(o, 6, root);
+	assert_int_equal(sign_cp(s, "test-log", 6, root, note, &len), ISG_ERR_CRYPTO);
+	root_of(o, 4, root);
+	assert_int_equal(sign_cp(s, "test-log", 4, root, note, &len), ISG_ERR_CRYPTO);
+	root_of(o, 2, root);
+	assert_int_equal(sign_cp(s, "test-log", 2, root, note, &len), ISG_ERR_CRYPTO);
+
+	/* Appends that do not follow the tree (a repeat, a gap) are refused and
+	 * change nothing. */
+	assert_int_equal(w.append(w.ctx, 4, ours[4], 2), ISG_ERR_DENIED);
+	assert_int_equal(w.append(w.ctx, 6, ours[5], 1), ISG_ERR_DENIED);
+	root_of(o, 5, root);
+	assert_int_equal(sign_cp(s, "test-log", 5, root, note, &len), 0);
+	assert_int_equal(w.append(w.ctx, 5, ours[5], 1), 0);
+	root_of(o, 6, root);
+	assert_int_equal(sign_cp(s, "test-log", 6, root, note, &len), 0);
+
+	/* Another log, or a note that is no checkpoint: refused. */
+	assert_int_equal(sign_cp(s, "other-log", 6, root, note, &len), ISG_ERR_CRYPTO);
 	assert_int_equal(audit_note_sign(s, "hello\n", 6, note, sizeof(note), &len, &reason),
 	                 ISG_ERR_CRYPTO);
+}
+
+/*
+ * A store with the key process as signer and witness, as in isgd: its
+ * checkpoints are signed; a second store opened on the same key process
+ * cannot start the log again, and is refused.
+ */
+static void test_store_witnessed_by_the_key_process(void **state)
+{
+	struct fixture *f = *state;
+	struct keyproc *kp = start(f);
+	struct store_sealer sealer = keyproc_sealer(kp);
+	struct store_witness witness = keyproc_witness(kp);
+	char path[160], err[512] = "";
+	snprintf(path, sizeof(path), "%s/isg.db", f->root);
+	struct store_options opt = {.path = path,
+	                            .sealer = &sealer,
+	                            .signer = keyproc_signer(kp),
+	                            .witness = &witness,
+	                            .checkpoint_every = 2};
+	struct store *s = NULL;
+	assert_int_equal(store_open(&opt, &s, err, sizeof(err)), 0);
+	for (int i = 0; i < 5; i++) {
+		uint64_t seq = 0;
+		assert_int_equal(audit_sync(s, "test.event", "{\"event\":\"test.event\"}", &seq),
+		                 0);
+		assert_int_equal(seq, (uint64_t)i + 1);
+	}
+	store_close(s);
+	s = NULL;
+	char note[AUDIT_NOTE_MAX];
+	opt.witness = NULL; /* the signature is checked at open */
+	assert_int_equal(store_open(&opt, &s, err, sizeof(err)), 0);
+	assert_int_equal(store_latest_checkpoint(s, note, sizeof(note)), 0);
+	store_close(s);
+	s = NULL;
+	char vkey[AUDIT_VERIFIER_KEY_MAX];
+	audit_signer_verifier_key(keyproc_signer(kp), vkey);
+	struct audit_verifier v;
+	struct audit_checkpoint c;
+	const char *reason;
+	assert_int_equal(audit_verifier_parse(vkey, strlen(vkey), &v, &reason), 0);
+	assert_int_equal(audit_checkpoint_open(&v, note, strlen(note), &c, &reason), 0);
+	assert_int_equal(c.size, 5);
+
+	opt.witness = &witness;
+	assert_int_equal(store_open(&opt, &s, err, sizeof(err)), ISG_ERR_DENIED);
+	assert_null(s);
+	assert_non_null(strstr(err, "witness refused its start at 5 entries"));
 }
 
 static void test_bad_key_file_refused_at_start(void **state)
@@ -709,6 +827,29 @@ static void test_malformed_requests_are_refused(void **state)
 	uint8_t o[4 + STORE_SEAL_NONCE_LEN + 3] = {0};
 	assert_int_equal(raw_call(&r, KEYPROC_OPEN, o, sizeof(o)), ISG_ERR_PARSE);
 	assert_int_equal(raw_call(&r, KEYPROC_SIGN, "not\na checkpoint\n", 17), ISG_ERR_INVALID);
+	/* The log: a checkpoint (of the empty tree) and an append before the
+	 * start; a start that is no tree; appends that are not whole hashes, or
+	 * more than one request may carry. */
+	static const char cp[] = "test-log\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n";
+	assert_int_equal(raw_call(&r, KEYPROC_SIGN, cp, sizeof(cp) - 1), ISG_ERR_DENIED);
+	uint8_t ap[8 + AUDIT_HASH_LEN + 1] = {0};
+	assert_int_equal(raw_call(&r, KEYPROC_LOG_APPEND, ap, 8 + AUDIT_HASH_LEN), ISG_ERR_DENIED);
+	assert_int_equal(raw_call(&r, KEYPROC_LOG_START, ap, 7), ISG_ERR_PARSE);
+	ap[7] = 1; /* a tree of one leaf whose hash is missing */
+	assert_int_equal(raw_call(&r, KEYPROC_LOG_START, ap, 8), ISG_ERR_PARSE);
+	ap[7] = 0;
+	assert_int_equal(raw_call(&r, KEYPROC_LOG_START, ap, 8), 0);
+	assert_int_equal(raw_call(&r, KEYPROC_LOG_START, ap, 8), ISG_ERR_DENIED);
+	assert_int_equal(raw_call(&r, KEYPROC_SIGN, cp, sizeof(cp) - 1), 0);
+	assert_int_equal(raw_call(&r, KEYPROC_LOG_APPEND, ap, 8), ISG_ERR_PARSE);
+	assert_int_equal(raw_call(&r, KEYPROC_LOG_APPEND, ap, 8 + AUDIT_HASH_LEN + 1),
+	                 ISG_ERR_PARSE);
+	size_t big = 8 + (KEYPROC_LOG_APPEND_MAX + 1) * (size_t)AUDIT_HASH_LEN;
+	uint8_t *many = calloc(1, big);
+	assert_non_null(many);
+	assert_int_equal(raw_call(&r, KEYPROC_LOG_APPEND, many, (uint32_t)big), ISG_ERR_TOO_BIG);
+	free(many);
+	assert_int_equal(raw_call(&r, KEYPROC_LOG_APPEND, ap, 8 + AUDIT_HASH_LEN), 0);
 	/* Still serving; then a frame over the limit closes the channel, and the process exits. */
 	assert_int_equal(raw_call(&r, KEYPROC_LOAD, NULL, 0), 0);
 	uint32_t huge = KEYPROC_FRAME_MAX + 1;
@@ -911,7 +1052,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_pseudo_uses_its_own_clock, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_seals_open_with_the_storage_key, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_store_through_the_key_process, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_signs_checkpoints_never_backwards, setup,
+	    cmocka_unit_test_setup_teardown(test_signs_only_the_log_it_has_seen, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_store_witnessed_by_the_key_process, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_key_file_refused_at_start, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stop_gives_the_wait_status, setup, teardown),

@@ -7,6 +7,7 @@
 #include "store_test_util.h"
 
 #include <fcntl.h>
+#include <stdatomic.h>
 
 #include "audit/audit.h"
 
@@ -545,6 +546,239 @@ static void test_checkpoint_after_failed_rollback_is_kept(void **state)
 	audit_signer_free(signer);
 }
 
+/* --- the witness ------------------------------------------------------------------------ */
+
+/*
+ * A witness as the key process is one: its own tree, from the start the
+ * store gives it and the leaves appended since; its signer signs only a
+ * checkpoint of exactly that tree. It keeps every leaf hash given it, to
+ * compare with the stored leaves. Called on the writer thread; read by the
+ * test once the store is closed.
+ */
+struct fake_witness {
+	struct audit_signer *key;    /* what it signs with */
+	struct audit_signer *signer; /* the store's: through fake_sign */
+	int starts;
+	uint8_t start[AUDIT_TREE_ENCODED_MAX];
+	size_t start_len;
+	struct audit_tree tree;
+	uint8_t (*leaves)[AUDIT_HASH_LEN];
+	size_t n_leaves;
+	atomic_int refuse;   /* appends still to refuse */
+	int refused_appends; /* by refuse, or for not following the tree */
+	int refused_signs;
+};
+
+/* True, and one fewer to come, while refusals are armed. */
+static bool take_one(atomic_int *left)
+{
+	int n = atomic_load(left);
+	while (n > 0 && !atomic_compare_exchange_weak(left, &n, n - 1))
+		;
+	return n > 0;
+}
+
+static int fake_start(void *ctx, const uint8_t *tree, size_t len)
+{
+	struct fake_witness *w = ctx;
+	if (w->starts++ > 0 || len > sizeof(w->start) || audit_tree_decode(&w->tree, tree, len))
+		return ISG_ERR_DENIED;
+	memcpy(w->start, tree, len);
+	w->start_len = len;
+	return 0;
+}
+
+static int fake_append(void *ctx, uint64_t size, const uint8_t *hashes, size_t n)
+{
+	struct fake_witness *w = ctx;
+	if (take_one(&w->refuse) || w->starts != 1 || size != audit_tree_size(&w->tree) || n == 0 ||
+	    n > STORE_WITNESS_APPEND_MAX) {
+		w->refused_appends++;
+		return ISG_ERR_DENIED;
+	}
+	w->leaves = reallocarray(w->leaves, w->n_leaves + n, AUDIT_HASH_LEN);
+	assert_non_null(w->leaves);
+	memcpy(w->leaves[w->n_leaves], hashes, n * AUDIT_HASH_LEN);
+	w->n_leaves += n;
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(audit_tree_append(&w->tree, hashes + i * AUDIT_HASH_LEN), 0);
+	return 0;
+}
+
+static int fake_sign(void *ctx, const uint8_t *msg, size_t len, uint8_t sig[static AUDIT_SIG_LEN])
+{
+	struct fake_witness *w = ctx;
+	struct audit_checkpoint c;
+	uint8_t root[AUDIT_HASH_LEN];
+	audit_tree_root(&w->tree, root);
+	if (audit_checkpoint_parse((const char *)msg, len, &c, NULL) != 0 || w->starts != 1 ||
+	    c.size != audit_tree_size(&w->tree) || memcmp(c.root, root, AUDIT_HASH_LEN) != 0) {
+		w->refused_signs++;
+		return ISG_ERR_DENIED;
+	}
+	return audit_signer_sign(w->key, msg, len, sig);
+}
+
+static void fake_init(struct fake_witness *w, struct audit_signer *key)
+{
+	memset(w, 0, sizeof(*w));
+	w->key = key;
+	uint8_t pk[AUDIT_PUBKEY_LEN];
+	audit_signer_public_key(key, pk);
+	assert_int_equal(audit_signer_remote(ORIGIN, pk, fake_sign, w, &w->signer), 0);
+}
+
+static void fake_release(struct fake_witness *w)
+{
+	audit_signer_free(w->signer);
+	free(w->leaves);
+}
+
+static struct store *open_witnessed(struct fx *f, struct fake_witness *w, uint32_t every)
+{
+	struct store_witness sw = {.ctx = w, .start = fake_start, .append = fake_append};
+	struct store_options opt = {.path = f->path,
+	                            .storage_key = f->key,
+	                            .signer = w->signer,
+	                            .witness = &sw,
+	                            .checkpoint_every = every,
+	                            .checkpoint_interval_ms = 3600 * 1000};
+	char err[512] = "";
+	int rc = store_open(&opt, &f->s, err, sizeof(err));
+	if (rc)
+		fail_msg("store_open: %d %s", rc, err);
+	return f->s;
+}
+
+/* The witness was given exactly the stored leaves from..n (seq from + 1 on). */
+static void assert_witnessed(const struct fx *f, const struct fake_witness *w, uint64_t from)
+{
+	uint64_t n = 0;
+	uint8_t(*leaves)[AUDIT_HASH_LEN] = stored_leaves(f, &n);
+	assert_int_equal(w->n_leaves, n - from);
+	assert_memory_equal(w->leaves, leaves[from], (n - from) * AUDIT_HASH_LEN);
+	free(leaves);
+}
+
+/* n audit entries queued while the writer is held, so they run as one batch
+ * (or as few as max_batch allows); each waited for through w, when given. */
+static void queue_entries(struct store *s, int n, struct wait *w)
+{
+	const char *body = "{\"event\":\"test.event\"}";
+	store_test_pause(s, true);
+	for (int i = 0; i < n; i++)
+		assert_int_equal(store_audit(s, "test.event", body, strlen(body),
+		                             w && i == n - 1 ? on_audit : NULL, w),
+		                 0);
+}
+
+/*
+ * The witness gets the tree loaded at open, then the leaf hashes of
+ * committed entries, in order, and nothing of a failed job or a failed
+ * batch: its signer, which signs only the tree it has seen, signs every
+ * checkpoint. The failed batch grows the store's buffer of leaves for the
+ * witness past its first size, and is rolled back.
+ */
+static void test_witness_sees_committed_leaves_only(void **state)
+{
+	struct fx *f = *state;
+	struct audit_signer *key = signer_new(6);
+	struct fake_witness w;
+	fake_init(&w, key);
+	struct store *s = open_witnessed(f, &w, 5000);
+	assert_int_equal(w.starts, 1);
+	assert_int_equal(w.start_len, 8);
+	assert_int_equal(audit_tree_size(&w.tree), 0);
+	add_entries(s, 3);
+
+	/* A job that fails after its entry was appended, in a batch that commits. */
+	assert_int_equal(store_test_exec(s, "CREATE TEMP TRIGGER boom BEFORE INSERT ON messages"
+	                                    " WHEN NEW.message_id = 'boom'"
+	                                    " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"),
+	                 0);
+	struct wait ws[2];
+	wait_init(&ws[0]);
+	wait_init(&ws[1]);
+	struct store_message boom = fx_msg("police-a", "boom", "nhs-b", "fails");
+	store_test_pause(s, true);
+	assert_int_equal(store_send(s, &boom, on_send, &ws[0]), 0);
+	queue_entries(s, 2, &ws[1]);
+	store_test_pause(s, false);
+	assert_int_equal(wait_for(&ws[0]), ISG_ERR_STORE);
+	assert_int_equal(wait_for(&ws[1]), 0);
+
+	/* 1,000 committed, then a batch of 100 whose commit fails. */
+	queue_entries(s, 1000, NULL);
+	store_test_pause(s, false);
+	assert_int_equal(add_entry(s, "bob", 1), 1006);
+	struct wait lost;
+	wait_init(&lost);
+	queue_entries(s, 100, &lost);
+	store_test_fail_next_commit(s);
+	store_test_pause(s, false);
+	assert_int_equal(wait_for(&lost), ISG_ERR_STORE);
+	assert_int_equal(add_entry(s, "carol", 2), 1007);
+	fx_close(f);
+
+	assert_int_equal(w.refused_appends, 0);
+	assert_int_equal(w.refused_signs, 0);
+	assert_witnessed(f, &w, 0);
+	const uint64_t sizes[] = {1007};
+	assert_checkpoints(f, key, sizes, ARRAY_LEN(sizes));
+	fake_release(&w);
+
+	/* Opened again: the witness starts from the tree of the stored leaves. */
+	fake_init(&w, key);
+	s = open_witnessed(f, &w, 5000);
+	uint64_t n = 0;
+	uint8_t(*leaves)[AUDIT_HASH_LEN] = stored_leaves(f, &n);
+	struct audit_tree t;
+	audit_tree_init(&t);
+	for (uint64_t i = 0; i < n; i++)
+		assert_int_equal(audit_tree_append(&t, leaves[i]), 0);
+	free(leaves);
+	uint8_t enc[AUDIT_TREE_ENCODED_MAX];
+	size_t enc_len = audit_tree_encode(&t, enc);
+	assert_int_equal(w.start_len, enc_len);
+	assert_memory_equal(w.start, enc, enc_len);
+	add_entries(s, 2);
+	fx_close(f);
+	assert_int_equal(w.refused_signs, 0);
+	assert_witnessed(f, &w, 1007);
+	const uint64_t more[] = {1007, 1009};
+	assert_checkpoints(f, key, more, ARRAY_LEN(more));
+	fake_release(&w);
+	audit_signer_free(key);
+}
+
+/*
+ * A witness that refuses an append: no checkpoint then, the store serves
+ * on, and the leaves are given again at the next attempt, with those that
+ * came since.
+ */
+static void test_witness_refusal_retried(void **state)
+{
+	struct fx *f = *state;
+	struct audit_signer *key = signer_new(7);
+	struct fake_witness w;
+	fake_init(&w, key);
+	atomic_store(&w.refuse, 1);
+	struct store *s = open_witnessed(f, &w, 3);
+	add_entries(s, 3);
+	assert_int_equal(add_entry(s, "dave", 1), 4); /* serving */
+	assert_true(wait_checkpoints(f, 1));
+	fx_close(f);
+	assert_int_equal(w.refused_appends, 1);
+	assert_int_equal(w.refused_signs, 0);
+	assert_witnessed(f, &w, 0);
+	struct cp_row rows[4];
+	size_t n = read_checkpoints(f, rows, ARRAY_LEN(rows));
+	assert_int_equal(n, 1);
+	assert_int_equal(rows[0].size, 4);
+	fake_release(&w);
+	audit_signer_free(key);
+}
+
 static void test_reopen_rebuilds_tree(void **state)
 {
 	struct fx *f = *state;
@@ -822,6 +1056,9 @@ int main(void)
 	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_checkpoint_after_failed_rollback_is_kept, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_witness_sees_committed_leaves_only, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_witness_refusal_retried, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reopen_rebuilds_tree, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_newest_entry_of_a_kind, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_changed_log_refused, fx_setup, fx_teardown),
