@@ -13,12 +13,15 @@
  * identifier it is given, computes its pseudonyms under the versions of the
  * audit key it can reach and lists the matching message.accepted entries
  * with the delivered, acknowledged and expired entries of the same
- * messages. It reads every entry of the log and judges each by its signed
- * bytes, never by the table's at, kind or seq column: anyone who can edit
- * the table could otherwise hide an exchange by relabelling or redating
- * its row, and an entry that cannot be read, whatever its row says, makes
- * the answer incomplete. The identifier is never printed, and wiped from
- * memory (and from the command line) once hashed.
+ * messages. The person is matched over the whole log and --from and --to
+ * say only what is listed: a delivery in the period of a message accepted
+ * before it is a disclosure in the period. It reads every entry of the log
+ * and judges each by its signed bytes, never by the table's at, kind or
+ * seq column: anyone who can edit the table could otherwise hide an
+ * exchange by relabelling or redating its row, and an entry that cannot be
+ * read, whatever its row says, makes the answer incomplete. The identifier
+ * is never printed, and wiped from memory (and from the command line) once
+ * hashed.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -471,12 +474,20 @@ int audit_list_cmd(int argc, char **argv)
 
 /* ---- subject ---- */
 
+/* A message.accepted entry about the person, and whether an entry of it was listed. */
+struct subject_message {
+	uint64_t index; /* signed */
+	bool listed;
+};
+
 /* The pseudonyms of one person under every reachable version of the audit key. */
 struct subject {
 	char (*pseudonyms)[PSEUDO_TEXT_MAX];
 	size_t n, cap;
-	uint64_t *messages; /* signed index of matching message.accepted entries, ascending */
+	int64_t from_ms, to_ms;           /* what is listed: entries of this period */
+	struct subject_message *messages; /* every one of the whole log, by index */
 	size_t n_messages, cap_messages;
+	uint64_t exchanges; /* messages with an entry listed */
 	uint64_t without_subjects, accepted_seen;
 	struct lister ls;
 };
@@ -493,40 +504,41 @@ static bool subject_has(const struct subject *s, const char *p)
  * Kept sorted: entries come in seq order, which is index order unless the
  * table was edited, so this nearly always appends.
  */
-static bool message_add(struct subject *s, uint64_t index)
+static struct subject_message *message_add(struct subject *s, uint64_t index)
 {
 	size_t i = s->n_messages;
-	while (i > 0 && s->messages[i - 1] > index)
+	while (i > 0 && s->messages[i - 1].index > index)
 		i--;
-	if (i > 0 && s->messages[i - 1] == index)
-		return true; /* a second entry claiming the same index: one exchange */
+	/* a second entry claiming the same index: one exchange */
+	if (i > 0 && s->messages[i - 1].index == index)
+		return &s->messages[i - 1];
 	if (s->n_messages == s->cap_messages) {
 		size_t cap = s->cap_messages ? s->cap_messages * 2 : 64;
-		uint64_t *m = realloc(s->messages, cap * sizeof(*m));
+		struct subject_message *m = realloc(s->messages, cap * sizeof(*m));
 		if (!m)
-			return false;
+			return NULL;
 		s->messages = m;
 		s->cap_messages = cap;
 	}
 	memmove(&s->messages[i + 1], &s->messages[i], (s->n_messages - i) * sizeof(*s->messages));
-	s->messages[i] = index;
+	s->messages[i] = (struct subject_message){index, false};
 	s->n_messages++;
-	return true;
+	return &s->messages[i];
 }
 
-static bool message_known(const struct subject *s, uint64_t index)
+static struct subject_message *message_find(struct subject *s, uint64_t index)
 {
 	size_t lo = 0, hi = s->n_messages;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (s->messages[mid] == index)
-			return true;
-		if (s->messages[mid] < index)
+		if (s->messages[mid].index == index)
+			return &s->messages[mid];
+		if (s->messages[mid].index < index)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
-	return false;
+	return NULL;
 }
 
 /* The events that follow a message.accepted entry and name it by accepted_index. */
@@ -536,25 +548,12 @@ static bool is_message_outcome(const char *event)
 	       strcmp(event, "message.acknowledged") == 0 || strcmp(event, "message.expired") == 0;
 }
 
-/*
- * Judged by the signed entry alone (lf), so an edited at, kind or seq column
- * can neither hide an exchange nor break the link from a delivery to it:
- * accepted_index is the signed index of the message.accepted entry.
- */
-static bool subject_pick(struct subject *s, const struct aj_doc *d, const struct audit_leaf *lf)
+static bool about_the_person(const struct subject *s, const struct aj_doc *d,
+                             const struct audit_leaf *lf)
 {
-	if (strcmp(lf->event, "message.accepted") != 0) {
-		uint64_t accepted;
-		return is_message_outcome(lf->event) &&
-		       aj_uint(aj_member(d, lf->body, "accepted_index"), &accepted) &&
-		       message_known(s, accepted);
-	}
-	s->accepted_seen++;
 	const struct aj_node *subjects = aj_member(d, lf->body, "subjects");
-	if (!subjects || subjects->type != AJ_ARRAY) {
-		s->without_subjects++;
+	if (!subjects || subjects->type != AJ_ARRAY)
 		return false;
-	}
 	for (const struct aj_node *p = aj_first(d, subjects); p; p = aj_next(d, p)) {
 		if (p->type == AJ_STRING && subject_has(s, p->str))
 			return true;
@@ -562,17 +561,55 @@ static bool subject_pick(struct subject *s, const struct aj_doc *d, const struct
 	return false;
 }
 
+/*
+ * The message the entry belongs to when it is about the person, else NULL
+ * (*oom set when it could not be remembered). Judged by the signed entry
+ * alone (lf), so an edited at, kind or seq column can neither hide an
+ * exchange nor break the link from a delivery to it: accepted_index is the
+ * signed index of the message.accepted entry.
+ */
+static struct subject_message *subject_pick(struct subject *s, const struct aj_doc *d,
+                                            const struct audit_leaf *lf, bool *oom)
+{
+	if (strcmp(lf->event, "message.accepted") != 0) {
+		uint64_t accepted;
+		if (!is_message_outcome(lf->event) ||
+		    !aj_uint(aj_member(d, lf->body, "accepted_index"), &accepted))
+			return NULL;
+		return message_find(s, accepted);
+	}
+	s->accepted_seen++;
+	const struct aj_node *subjects = aj_member(d, lf->body, "subjects");
+	if (!subjects || subjects->type != AJ_ARRAY)
+		s->without_subjects++;
+	if (!about_the_person(s, d, lf))
+		return NULL;
+	struct subject_message *m = message_add(s, lf->index);
+	*oom = !m;
+	return m;
+}
+
+/*
+ * Every entry of the log comes here, whatever its time: a message accepted
+ * before the period may be delivered, acknowledged or expire in it, and only
+ * its message.accepted entry says it is about the person. What is listed,
+ * and counted as an exchange, is what happened in the period.
+ */
 static int subject_entry(void *ctx, const struct aj_doc *d, const struct audit_leaf *lf,
                          int64_t at_ms, const char *leaf, size_t len)
 {
 	struct subject *s = ctx;
-	(void)at_ms;
-	if (!subject_pick(s, d, lf))
-		return CTL_EXIT_OK;
-	if (strcmp(lf->event, "message.accepted") == 0 && !message_add(s, lf->index)) {
+	bool oom = false;
+	struct subject_message *m = subject_pick(s, d, lf, &oom);
+	if (oom) {
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;
 	}
+	if (!m || at_ms < s->from_ms || at_ms > s->to_ms)
+		return CTL_EXIT_OK;
+	if (!m->listed)
+		s->exchanges++;
+	m->listed = true;
 	lister_row(&s->ls, d, lf, leaf, len);
 	return CTL_EXIT_OK;
 }
@@ -700,8 +737,10 @@ static int subject_help(void)
 	       "found. --from, --to and --format are as for 'isgctl audit list', and as\n"
 	       "there every entry is read and judged by its signed bytes, never by the\n"
 	       "store table's columns (a row whose columns were edited is named in a\n"
-	       "warning). Exits 1, after listing what it found, when entries cannot be\n"
-	       "read: the answer is then INCOMPLETE.\n\n",
+	       "warning). The person is matched over the whole log: --from and --to say\n"
+	       "what is listed, so a delivery in the period of a message accepted before\n"
+	       "it is listed, and its exchange counted. Exits 1, after listing what it\n"
+	       "found, when entries cannot be read: the answer is then INCOMPLETE.\n\n",
 	       subject_usage);
 	audit_where_help(stdout, SUBJECT_TAKES);
 	return CTL_EXIT_OK;
@@ -773,9 +812,9 @@ int audit_subject_cmd(int argc, char **argv)
 		return subject_help();
 	struct audit_log l;
 	struct keyring *ring = NULL;
-	struct subject s = {.ls = {.format = f.format}};
+	struct subject s = {.from_ms = f.from_ms, .to_ms = f.to_ms, .ls = {.format = f.format}};
 	struct audit_reader r;
-	audit_reader_init(&r, f.from_ms, f.to_ms);
+	audit_reader_init(&r, INT64_MIN, INT64_MAX); /* the person is matched over the whole log */
 	status = audit_log_open(&l, &w, subject_usage, true);
 	if (status == CTL_EXIT_OK)
 		status = subject_prepare(&l, &id, &ring, &s);
@@ -785,13 +824,13 @@ int audit_subject_cmd(int argc, char **argv)
 		status = lister_flush(audit_read_entries(&l, &r, subject_entry, &s));
 	if (status == CTL_EXIT_OK) {
 		if (s.without_subjects)
-			ctl_warn("note: %" PRIu64 " of %" PRIu64
+			ctl_warn("note: %" PRIu64 " of the log's %" PRIu64
 			         " message.accepted entries carry no "
 			         "subjects (written before isgd audited subjects) and cannot be "
 			         "searched",
 			         s.without_subjects, s.accepted_seen);
-		ctl_warn("%zu exchange%s involved this person (%" PRIu64 " entries listed)",
-		         s.n_messages, s.n_messages == 1 ? "" : "s", s.ls.shown);
+		ctl_warn("%" PRIu64 " exchange%s involved this person (%" PRIu64 " entries listed)",
+		         s.exchanges, s.exchanges == 1 ? "" : "s", s.ls.shown);
 	}
 	/* An answer to a subject access request that left entries out must not look complete. */
 	if (status == CTL_EXIT_OK && r.unread) {

@@ -820,6 +820,40 @@ class AuditLog(isgtest.ScenarioCase):
         for seq in exchange:
             self.assertIn(seq, found, r)
 
+    def test_subject_lists_deliveries_in_the_period_of_messages_accepted_before_it(self):
+        """A disclosure since X is found though the message was accepted before X: the
+        person is matched over the whole log, and --from and --to say what is listed."""
+        accepted, delivered, acked = self.exchange_of(self.receipts[0])
+        # The message accepted on 2025-11-23 (its signed time), delivered and
+        # acknowledged when isgd wrote those entries.
+        db = self.redate("accepted-before", accepted, "2025-11-23T12:00:00.000Z")
+        delivered_at = json.loads(bytes(self.entry(delivered)[3]))["at"]
+        later = self.receipts[2]["audit_index"]  # RECORD_A again, never delivered
+
+        def found(*args):
+            r = self.subject("--nhs-number", "-", *args, input=NHS_A + "\n", store=db)
+            self.assertEqual(r.rc, 0, r)
+            return [json.loads(line)["index"] for line in r.out.splitlines()], r.err
+
+        listed, err = found("--from", "2025-11-24")
+        self.assertEqual(listed, [delivered, acked, later])
+        # The exchange with its delivery in the period counts, as docs/audit.md says.
+        self.assertIn("2 exchanges involved this person (3 entries listed)", err)
+        listed, err = found("--from", delivered_at)
+        self.assertEqual(listed, [delivered, acked, later])
+        # Only NHS_C's message: its delivery in the period, its acceptance before it.
+        r = self.subject("--nhs-number", NHS_C, "--from", delivered_at, store=db)
+        self.assertEqual(r.rc, 0, r)
+        self.assertEqual([json.loads(line)["entry"]["event"] for line in r.out.splitlines()],
+                         ["message.delivered", "message.acknowledged"])
+        self.assertIn("1 exchange involved this person (2 entries listed)", r.err)
+        # --to still ends what is listed: the acceptance alone, before the deliveries.
+        listed, err = found("--to", "2025-11-23")
+        self.assertEqual(listed, [accepted])
+        self.assertIn("1 exchange involved this person (1 entries listed)", err)
+        listed, err = found("--from", "2025-11-24", "--to", "2025-12-31")
+        self.assertEqual((listed, err.count("0 exchanges involved")), ([], 1))
+
     def subject(self, *args, **kw):
         r = self.audit("subject", "--format", "jsonl", *args, **kw)
         for ident in IDENTIFIERS:
