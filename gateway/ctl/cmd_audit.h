@@ -211,12 +211,15 @@ int audit_ctl_read_file(const char *path, size_t max, char **buf, size_t *len);
  */
 int audit_time_parse(const char *s, bool end, int64_t *ms);
 
+/* The events isgd writes (docs/audit.md, "What is logged"). */
+extern const char *const audit_events[];
+extern const size_t audit_events_n;
 /*
- * Whether a kind column's text has the shape of an event kind
- * ("message.accepted"): only then is it shown, since an edited column may
- * hold anything, a person's data included.
+ * Whether s is one of those events. Only then is a kind column's text
+ * shown: an edited column may hold anything, a person's data included, and
+ * text shaped like a kind ("okafor.9434765919") is no safer.
  */
-bool audit_kind_shaped(const char *s);
+bool audit_event_known(const char *s);
 
 /* Entries named by index in a warning; the rest are counted. */
 #define AUDIT_READ_SHOWN 10

@@ -76,18 +76,11 @@ enum {
 #define LIST_TAKES AUDIT_TAKES_STORE
 #define SUBJECT_TAKES (AUDIT_TAKES_STORE | AUDIT_TAKES_KEYS)
 
-/* The events isgd writes (docs/audit.md, "What is logged"); --kind takes one or its family. */
-static const char *const audit_events[] = {
-    "connection.accepted", "connection.refused", "connection.closed",    "message.accepted",
-    "message.refused",     "message.delivered",  "message.acknowledged", "message.expired",
-    "policy.loaded",       "policy.refused",     "keys.loaded",
-};
-
 /* An event, or a family: the part of an event before its dot ("message"). */
 static bool kind_known(const char *kind)
 {
 	size_t n = strlen(kind);
-	for (size_t i = 0; i < ARRAY_LEN(audit_events); i++) {
+	for (size_t i = 0; i < audit_events_n; i++) {
 		const char *e = audit_events[i];
 		if (strcmp(kind, e) == 0 || (strncmp(kind, e, n) == 0 && e[n] == '.'))
 			return true;

@@ -13,16 +13,14 @@
  * answer is INCOMPLETE. A row whose columns disagree with its leaf was
  * edited: the answer is still whole and right, since it comes from the
  * leaf, but the officer must hear of it, so the reader warns, naming the
- * entry by its signed index and, for the kind, the two kind names, never
- * another value from the row.
+ * entry by its signed index and, for the kind, the two event names when
+ * both are events isgd writes, never another value from the row.
  */
 #include <inttypes.h>
 #include <string.h>
 
 #include "ctl/cmd_audit.h"
 #include "ctl/ctl.h"
-
-#define KIND_SHOWN_MAX 64 /* bytes of a kind name in a warning (isgd's are far shorter) */
 
 static bool two_digits(const char *s, int *out)
 {
@@ -103,11 +101,19 @@ static void note_unread(struct audit_reader *r, int64_t seq)
 		         seq);
 }
 
-bool audit_kind_shaped(const char *s)
+const char *const audit_events[] = {
+    "connection.accepted", "connection.refused", "connection.closed",    "message.accepted",
+    "message.refused",     "message.delivered",  "message.acknowledged", "message.expired",
+    "policy.loaded",       "policy.refused",     "keys.loaded",
+};
+const size_t audit_events_n = ARRAY_LEN(audit_events);
+
+bool audit_event_known(const char *s)
 {
-	size_t len = strlen(s);
-	return len > 0 && len <= KIND_SHOWN_MAX &&
-	       strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789._") == len;
+	for (size_t i = 0; i < audit_events_n; i++)
+		if (strcmp(s, audit_events[i]) == 0)
+			return true;
+	return false;
 }
 
 /* One row of the table: its unsigned columns. */
@@ -135,7 +141,7 @@ static void check_columns(struct audit_reader *r, const struct audit_row *row,
 		return;
 	const char *what = "the table was edited, and the signed entry is what counts (run 'isgctl "
 	                   "audit verify')";
-	if (kind && audit_kind_shaped(row->kind) && audit_kind_shaped(lf->event)) {
+	if (kind && audit_event_known(row->kind) && audit_event_known(lf->event)) {
 		ctl_warn("entry %" PRId64 ": its kind column says '%s' but the signed entry is "
 		         "'%s': %s",
 		         index, row->kind, lf->event, what);

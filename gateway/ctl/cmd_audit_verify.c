@@ -306,8 +306,8 @@ static void check_leaf(struct verify *vs, int64_t seq, int64_t at, const char *k
 		problem(vs, "entry %" PRId64 " is not a valid audit entry: %s", seq, reason);
 		return;
 	}
-	/* the kind names only: an edited column may hold anything, a person's data included */
-	if (strcmp(kind, lf.event) != 0 && audit_kind_shaped(kind) && audit_kind_shaped(lf.event))
+	/* event names only: an edited column may hold anything, a person's data included */
+	if (strcmp(kind, lf.event) != 0 && audit_event_known(kind) && audit_event_known(lf.event))
 		problem(vs, "entry %" PRId64 ": its kind column says '%s' but the entry is '%s'",
 		        seq, kind, lf.event);
 	else if (strcmp(kind, lf.event) != 0)

@@ -726,14 +726,22 @@ class AuditLog(isgtest.ScenarioCase):
         r = self.audit("list", store=db)
         self.assertIn("isgctl: entry %d: its seq, at columns disagree with the signed entry"
                       % acked, r.err)
-        db = self.tamper("edited-data", ("UPDATE audit SET kind = ? WHERE seq = ?",
-                                         ("Mrs " + NAME_A, acked)))
-        for args in (["list"], ["subject", "--nhs-number", NHS_A]):
-            r = self.audit(*args, store=db)
-            self.assertEqual(r.rc, 0, r)
-            self.assertIn("isgctl: entry %d: its kind column disagrees with the signed entry"
-                          % acked, r.err)
-            self.assertNotIn(NAME_A, r.err)
+        # Nor one shaped like a kind but no event isgd writes: it may be data too.
+        for name, kind in (("edited-data", "Mrs " + NAME_A),
+                           ("edited-kind-shaped", "okafor.%s.ne3.4rt" % NHS_A)):
+            db = self.tamper(name, ("UPDATE audit SET kind = ? WHERE seq = ?", (kind, acked)))
+            for args in (["list"], ["subject", "--nhs-number", "-"]):
+                r = self.audit(*args, store=db, input=NHS_A + "\n")
+                self.assertEqual(r.rc, 0, r)
+                self.assertIn("isgctl: entry %d: its kind column disagrees with the signed "
+                              "entry" % acked, r.err)
+                self.assertNotIn(kind, r.err)
+                self.assertNotIn(NHS_A, r.err)
+            r = self.audit("verify", store=db)
+            self.assertEqual(r.rc, 1, r)
+            self.assertIn("problem: entry %d: its kind column disagrees with the entry\n"
+                          % acked, r.out)
+            self.assertNotIn(kind, r.out + r.err)
         # A log as isgd wrote it draws no such warning.
         for args in (["list"], ["subject", "--nhs-number", NHS_A]):
             r = self.audit(*args)
