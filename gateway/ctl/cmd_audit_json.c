@@ -428,6 +428,13 @@ int audit_leaf_parse(struct aj_doc *d, const char *leaf, size_t len, struct audi
 	const char *why = NULL;
 	if (len > AUDIT_LEAF_PARSE_MAX)
 		why = "entry too long to read";
+	/*
+	 * isgd writes no white space outside strings, and a string holds no raw
+	 * control character, so a line break is damage; refused, so that no entry
+	 * printed as it was signed (list --format jsonl) takes two lines.
+	 */
+	else if (memchr(leaf, '\n', len) || memchr(leaf, '\r', len))
+		why = "it holds a line break";
 	int rc = why ? ISG_ERR_PARSE : aj_parse(d, leaf, len, &why);
 	if (rc == ISG_ERR_NOMEM)
 		return rc;

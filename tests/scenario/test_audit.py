@@ -630,6 +630,25 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual(r.rc, 1, r)
         self.assertIn("the list is INCOMPLETE: 1 entry (%d) could not be read" % bad, r.err)
 
+    def test_list_jsonl_never_splits_an_entry_over_two_lines(self):
+        """A leaf edited to hold a line break between its JSON tokens still parses as JSON,
+        but isgd never wrote it: it is a damaged entry, left out and named, and verify
+        reports it, so every line of --format jsonl is one whole entry."""
+        bad = self.receipts[1]["audit_index"]
+        leaf = bytes(self.entry(bad)[3]).replace(b',"entry":', b',\n"entry":', 1)
+        self.assertIn(b"\n", leaf)
+        json.loads(leaf)
+        db = self.tamper("line-break", ("UPDATE audit SET entry = ? WHERE seq = ?", (leaf, bad)))
+        r = self.audit("list", "--format", "jsonl", store=db)
+        self.assertEqual(r.rc, 1, r)
+        lines = r.out.splitlines()
+        self.assertEqual([json.loads(line)["index"] for line in lines],
+                         [row[0] for row in self.entries if row[0] != bad])
+        self.assertIn("entry %d is not a valid audit entry and is left out" % bad, r.err)
+        self.assertIn("the list is INCOMPLETE: 1 entry (%d) could not be read" % bad, r.err)
+        self.assertVerifyFails(db, r"entry %d is not a valid audit entry: it holds a line break"
+                               % bad)
+
     def test_list_judges_entries_by_their_signed_bytes(self):
         """The table's at, kind and seq columns are not signed: editing them hides no entry
         from its period or kind, and changes nothing that list prints."""

@@ -129,6 +129,9 @@ static void test_leaf_parse(void **state)
 	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":[]}",
 	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":{\"event\":1}}",
 	    "{\"index\":99999999999999999999999,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":{}}",
+	    /* valid JSON, but a line break is no part of an entry isgd wrote */
+	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\n\"entry\":{\"event\":\"x\"}}",
+	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":{\"event\":\"x\"}}\r",
 	};
 	for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
 		const char *reason = NULL;
