@@ -156,17 +156,22 @@ struct audit_where {
 /* A getopt result: 1 when it was one of the options above (or --help), 0 when not. */
 int audit_where_option(struct audit_where *w, int opt, const char *arg);
 
+#define AUDIT_KEY_ERROR_MAX 512
+
 struct audit_log {
 	sqlite3 *db;
 	char *store_path, *keys_dir, *origin; /* keys_dir NULL when not known */
 	int64_t checkpoint_interval_ms; /* the config's audit.checkpoint_interval; 0: unknown */
 	bool in_txn;
+	char key_error[AUDIT_KEY_ERROR_MAX]; /* why audit_log_verifier failed; "" when unknown */
 };
 
 /*
  * Resolve --config / --store / --keys / --origin and, with need_store, open
- * the store read-only in a read transaction. Returns an exit status; prints
- * why on failure. `usage` is printed on a usage error. Release l always.
+ * the store read-only in a read transaction. A --pubkey that is no verifier
+ * key is a usage error, a --pubkey-file that holds none an error, before
+ * anything is read. Returns an exit status; prints why on failure. `usage`
+ * is printed on a usage error. Release l always.
  */
 int audit_log_open(struct audit_log *l, const struct audit_where *w, const char *usage,
                    bool need_store);
@@ -175,14 +180,15 @@ void audit_log_release(struct audit_log *l);
 sqlite3_stmt *audit_log_prepare(struct audit_log *l, const char *sql);
 
 /* The verifier key text for the configured signing key (keys_dir/audit-signing.key). */
-int audit_log_signer_key(const struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX]);
+int audit_log_signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX]);
 /*
  * The verifier the commands check against: --pubkey, --pubkey-file, or the
- * configured signing key. *from says where it came from. Exit status.
+ * configured signing key. *from says where it came from. Exit status; on
+ * failure l->key_error holds what it said (for the report's page).
+ * audit_log_open has already refused a malformed --pubkey or --pubkey-file.
  */
-int audit_log_verifier(const struct audit_log *l, const struct audit_where *w,
-                       struct audit_verifier *v, char text[static AUDIT_VERIFIER_KEY_MAX],
-                       const char **from);
+int audit_log_verifier(struct audit_log *l, const struct audit_where *w, struct audit_verifier *v,
+                       char text[static AUDIT_VERIFIER_KEY_MAX], const char **from);
 
 /* One stored checkpoint. */
 struct audit_stored_cp {

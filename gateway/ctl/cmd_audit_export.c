@@ -131,7 +131,7 @@ static int export_entries(struct exporter *ex, struct audit_log *l)
  * The verifier key for the header: --pubkey or --pubkey-file (which must be
  * good), else the signing key's if it can be read; NULL when there is none.
  */
-static const char *header_key(const struct audit_log *l, const struct audit_where *w,
+static const char *header_key(struct audit_log *l, const struct audit_where *w,
                               char key[static AUDIT_VERIFIER_KEY_MAX], int *status)
 {
 	struct audit_verifier v;

@@ -6,6 +6,8 @@
  * while isgd keeps writing.
  */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -183,6 +185,58 @@ static int open_store(struct audit_log *l)
 	return CTL_EXIT_OK;
 }
 
+/* The first line of a file, without its line end. */
+static int read_key_file(const char *path, char out[static AUDIT_VERIFIER_KEY_MAX])
+{
+	char *buf = NULL;
+	size_t len = 0;
+	int status = audit_ctl_read_file(path, PUBKEY_FILE_MAX, &buf, &len);
+	if (status != CTL_EXIT_OK)
+		return status;
+	size_t n = 0;
+	while (n < len && buf[n] != '\n' && buf[n] != '\r')
+		n++;
+	if (n >= AUDIT_VERIFIER_KEY_MAX) {
+		ctl_warn("'%s' does not hold a verifier key (its first line is too long)", path);
+		status = CTL_EXIT_LOCAL;
+	} else {
+		memcpy(out, buf, n);
+		out[n] = '\0';
+	}
+	free(buf);
+	return status;
+}
+
+/*
+ * A verifier key given is checked before anything is read or written, so
+ * that a mistyped one never becomes a report that says only "not verified":
+ * a bad --pubkey is a bad command line, a bad --pubkey-file a bad input file.
+ */
+static int given_key_check(const struct audit_where *w, const char *usage)
+{
+	char text[AUDIT_VERIFIER_KEY_MAX];
+	struct audit_verifier v;
+	const char *reason = NULL;
+	if (w->pubkey) {
+		if (strlen(w->pubkey) >= AUDIT_VERIFIER_KEY_MAX)
+			return ctl_usage_error(usage,
+			                       "--pubkey is not a valid verifier key: too long");
+		if (audit_verifier_parse(w->pubkey, strlen(w->pubkey), &v, &reason) != 0)
+			return ctl_usage_error(usage, "--pubkey is not a valid verifier key: %s",
+			                       reason ? reason : "malformed");
+		return CTL_EXIT_OK;
+	}
+	if (!w->pubkey_file)
+		return CTL_EXIT_OK;
+	int status = read_key_file(w->pubkey_file, text);
+	if (status == CTL_EXIT_OK && audit_verifier_parse(text, strlen(text), &v, &reason) != 0) {
+		ctl_warn("--pubkey-file '%s' is not a valid verifier key: %s", w->pubkey_file,
+		         reason ? reason : "malformed");
+		status = CTL_EXIT_LOCAL;
+	}
+	return status;
+}
+
 int audit_log_open(struct audit_log *l, const struct audit_where *w, const char *usage,
                    bool need_store)
 {
@@ -203,7 +257,8 @@ int audit_log_open(struct audit_log *l, const struct audit_where *w, const char 
 		                       : !(w->takes & AUDIT_TAKES_STORE) ? "--keys KEYS_DIR"
 		                                                         : "--store DB (and --keys "
 		                                                           "KEYS_DIR)");
-	if (w->config)
+	status = given_key_check(w, usage);
+	if (status == CTL_EXIT_OK && w->config)
 		status = read_config(l, w->config);
 	if (status == CTL_EXIT_OK)
 		status = override(&l->store_path, w->store);
@@ -244,10 +299,21 @@ sqlite3_stmt *audit_log_prepare(struct audit_log *l, const char *sql)
 	return st;
 }
 
-int audit_log_signer_key(const struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX])
+/* Why there is no verifier key: said now, and kept for report's page (l->key_error). */
+static void __attribute__((format(printf, 2, 3)))
+key_error(struct audit_log *l, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(l->key_error, sizeof(l->key_error), fmt, ap);
+	va_end(ap);
+	ctl_warn("%s", l->key_error);
+}
+
+int audit_log_signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX])
 {
 	if (!l->keys_dir) {
-		ctl_warn("no keys directory: give --keys KEYS_DIR or --config ISGD_YAML");
+		key_error(l, "no keys directory: give --keys KEYS_DIR or --config ISGD_YAML");
 		return CTL_EXIT_LOCAL;
 	}
 	const char *origin = l->origin ? l->origin : AUDIT_ORIGIN_DEFAULT;
@@ -255,7 +321,7 @@ int audit_log_signer_key(const struct audit_log *l, char out[static AUDIT_VERIFI
 	uint8_t *seed = NULL;
 	int rc = keys_load_audit_signing(l->keys_dir, &seed, err, sizeof(err));
 	if (rc != 0) {
-		ctl_warn("%s", err[0] ? err : isg_strerror(rc));
+		key_error(l, "%s", err[0] ? err : isg_strerror(rc));
 		return CTL_EXIT_LOCAL;
 	}
 	struct audit_signer *s = NULL;
@@ -263,12 +329,13 @@ int audit_log_signer_key(const struct audit_log *l, char out[static AUDIT_VERIFI
 	keys_free(seed);
 	if (rc != 0) {
 		if (rc == ISG_ERR_INVALID)
-			ctl_warn(
+			key_error(
+			    l,
 			    "origin '%s' is not a valid key name (1 to %d bytes, no spaces, no "
 			    "'+')",
 			    origin, AUDIT_NAME_MAX);
 		else
-			ctl_warn("%s", isg_strerror(rc));
+			key_error(l, "%s", isg_strerror(rc));
 		return CTL_EXIT_LOCAL;
 	}
 	audit_signer_verifier_key(s, out);
@@ -276,36 +343,14 @@ int audit_log_signer_key(const struct audit_log *l, char out[static AUDIT_VERIFI
 	return CTL_EXIT_OK;
 }
 
-/* The first line of a file, without its line end. */
-static int read_key_file(const char *path, char out[static AUDIT_VERIFIER_KEY_MAX])
-{
-	char *buf = NULL;
-	size_t len = 0;
-	int status = audit_ctl_read_file(path, PUBKEY_FILE_MAX, &buf, &len);
-	if (status != CTL_EXIT_OK)
-		return status;
-	size_t n = 0;
-	while (n < len && buf[n] != '\n' && buf[n] != '\r')
-		n++;
-	if (n >= AUDIT_VERIFIER_KEY_MAX) {
-		ctl_warn("'%s' does not hold a verifier key (its first line is too long)", path);
-		status = CTL_EXIT_LOCAL;
-	} else {
-		memcpy(out, buf, n);
-		out[n] = '\0';
-	}
-	free(buf);
-	return status;
-}
-
-int audit_log_verifier(const struct audit_log *l, const struct audit_where *w,
-                       struct audit_verifier *v, char text[static AUDIT_VERIFIER_KEY_MAX],
-                       const char **from)
+int audit_log_verifier(struct audit_log *l, const struct audit_where *w, struct audit_verifier *v,
+                       char text[static AUDIT_VERIFIER_KEY_MAX], const char **from)
 {
 	int status = CTL_EXIT_OK;
+	l->key_error[0] = '\0';
 	if (w->pubkey) {
 		if (strlen(w->pubkey) >= AUDIT_VERIFIER_KEY_MAX) {
-			ctl_warn("--pubkey is not a verifier key (too long)");
+			key_error(l, "--pubkey is not a verifier key (too long)");
 			return CTL_EXIT_LOCAL;
 		}
 		str_copy(text, w->pubkey, AUDIT_VERIFIER_KEY_MAX);
@@ -321,14 +366,14 @@ int audit_log_verifier(const struct audit_log *l, const struct audit_where *w,
 		return status;
 	const char *reason = NULL;
 	if (audit_verifier_parse(text, strlen(text), v, &reason) != 0) {
-		ctl_warn("%s is not a valid verifier key: %s", *from,
-		         reason ? reason : "malformed");
+		key_error(l, "%s is not a valid verifier key: %s", *from,
+		          reason ? reason : "malformed");
 		return CTL_EXIT_LOCAL;
 	}
 	/* A key given names its log's origin; an --origin that says otherwise is a mix-up. */
 	if (w->origin && (w->pubkey || w->pubkey_file) && strcmp(w->origin, v->name) != 0) {
-		ctl_warn("%s is the key of origin '%s', not of --origin '%s'", *from, v->name,
-		         w->origin);
+		key_error(l, "%s is the key of origin '%s', not of --origin '%s'", *from, v->name,
+		          w->origin);
 		return CTL_EXIT_LOCAL;
 	}
 	return CTL_EXIT_OK;

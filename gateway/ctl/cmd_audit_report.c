@@ -239,6 +239,7 @@ struct report {
 	size_t problems_len;
 	char key[AUDIT_VERIFIER_KEY_MAX];
 	const char *key_from;
+	char key_error[AUDIT_KEY_ERROR_MAX]; /* why the checks did not run */
 	/* context */
 	struct policy_set *policy;
 	const char *origin;
@@ -377,7 +378,8 @@ static int report_verify(struct report *r, struct audit_log *l, const struct aud
 {
 	struct audit_verifier v;
 	if (audit_log_verifier(l, w, &v, r->key, &r->key_from) != CTL_EXIT_OK) {
-		ctl_warn("the log's integrity cannot be checked: the report says so");
+		str_copy(r->key_error, l->key_error, sizeof(r->key_error));
+		ctl_warn("the log's integrity cannot be checked: the report says why");
 		return CTL_EXIT_OK;
 	}
 	FILE *out = open_memstream(&r->problems, &r->problems_len);
@@ -928,9 +930,10 @@ static void html_integrity(struct strbuf *b, const struct report *r)
 	if (!r->verified) {
 		strbuf_puts(b,
 		            "<p id=\"integrity-status\" data-status=\"unverified\" class=\"warn\">"
-		            "NOT VERIFIED: isgctl had no verifier key (give --keys, --pubkey or "
-		            "--pubkey-file), so these figures are not backed by the signed "
-		            "checkpoints.</p>");
+		            "NOT VERIFIED: isgctl had no verifier key it could use (");
+		html_escape(b, r->key_error[0] ? r->key_error
+		                               : "give --keys, --pubkey or --pubkey-file");
+		strbuf_puts(b, "), so these figures are not backed by the signed checkpoints.</p>");
 		return;
 	}
 	bool ok = r->vr.problems == 0;
@@ -1301,7 +1304,10 @@ static int md_integrity(struct strbuf *b, const struct report *r)
 {
 	strbuf_puts(b, "\n## Integrity of the log\n\n");
 	if (!r->verified) {
-		strbuf_puts(b, "**NOT VERIFIED**: no verifier key.\n");
+		strbuf_puts(b, "**NOT VERIFIED**: no verifier key it could use (");
+		md_escape(b, r->key_error[0] ? r->key_error
+		                             : "give --keys, --pubkey or --pubkey-file");
+		strbuf_puts(b, ").\n");
 		return 0;
 	}
 	char root[64] = "-";

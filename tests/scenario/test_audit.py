@@ -478,10 +478,14 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertVerifyFails(self.copy_store("plain"),
                                r"saved checkpoint '[^']*forged.cp': its signature does not verify",
                                extra=["--against", path])
-        # The wrong verifier key.
-        r = self.audit("verify", "--pubkey",
-                       "someone-else+7a6b9e0c+AXgqmhm0Y/RF3mmTx2hJ1FPO+BSUwAqwZO9o6Co1cXXI")
+        # The wrong verifier key: a valid one, of another gateway's signing key.
+        other = os.path.join(self.tmp, "other-keys")
+        self.assertEqual(isgtest.ctl("keys", "init", other).rc, 0)
+        key = isgtest.ctl("audit", "pubkey", "--keys", other, "--origin", ORIGIN).out.strip()
+        self.assertNotEqual(key, self.audit("pubkey").out.strip())
+        r = self.audit("verify", "--pubkey", key)
         self.assertEqual(r.rc, 1, r)
+        self.assertIn("it carries no signature by this verifier key", r.out)
 
     # -- list and subject
 
@@ -1178,9 +1182,20 @@ class AuditLog(isgtest.ScenarioCase):
         r = isgtest.ctl("audit", "verify")
         self.assertEqual(r.rc, 2, r)
         self.assertIn("--config", r.err)
-        r = isgtest.ctl("audit", "verify", "--store", os.path.join(self.tmp, "none.db"),
-                        "--pubkey", "x")
-        self.assertEqual(r.rc, 1, r)
+        # A --pubkey that is no key is a bad command line, refused before the store is read
+        # (here it does not exist); a --pubkey-file that holds none, a bad input file.
+        garbage = os.path.join(self.tmp, "garbage.pub")
+        with open(garbage, "w", encoding="utf-8") as f:
+            f.write("x\n")
+        out = os.path.join(self.tmp, "never.jsonl")
+        for sub in (["verify"], ["prove", "1"], ["export", "--output", out]):
+            for opt, value, rc in (("--pubkey", "x", 2), ("--pubkey-file", garbage, 1)):
+                r = isgtest.ctl("audit", *sub, "--store", os.path.join(self.tmp, "none.db"),
+                                opt, value)
+                self.assertEqual((r.rc, r.out), (rc, ""), (sub, opt, r))
+                self.assertIn("is not a valid verifier key: ", r.err)
+                self.assertNotIn("none.db", r.err)
+        self.assertFalse(os.path.exists(out))
         r = isgtest.ctl("audit", "frobnicate")
         self.assertEqual(r.rc, 2, r)
         for sub in ["verify", "checkpoint", "pubkey", "prove", "list", "subject", "export"]:

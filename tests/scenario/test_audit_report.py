@@ -563,6 +563,43 @@ class AuditReport(isgtest.ScenarioCase):
         self.assertEqual(r.rc, 0, r)
         self.assertEqual(r.out, isgtest.read_text(self.csv_path))
 
+    def test_a_bad_verifier_key_writes_no_report(self):
+        """A mistyped --pubkey is a bad command line and a --pubkey-file that holds no key a
+        bad input file: refused with the reason before anything is written, never a report
+        whose integrity section blames a missing key."""
+        d = os.path.join(self.tmp, "badkey")
+        os.mkdir(d)
+        garbage = os.path.join(self.tmp, "garbage.pub")
+        with open(garbage, "w", encoding="utf-8") as f:
+            f.write("garbage\n")
+        for opt, value, rc in (("--pubkey", "garbage", 2), ("--pubkey-file", garbage, 1)):
+            r = isgtest.ctl("audit", "report", "--config", self.gw.config_path,
+                            "--from", self.first_day, "--to", self.last_day, opt, value,
+                            "--html", os.path.join(d, "r.html"),
+                            "--markdown", os.path.join(d, "r.md"), "--csv", "-")
+            self.assertEqual((r.rc, r.out), (rc, ""), r)
+            self.assertIn("%s%s is not a valid verifier key: " % (
+                opt, "" if rc == 2 else " '%s'" % garbage), r.err)
+            self.assertEqual("usage: isgctl audit report" in r.err, rc == 2, r)
+            self.assertNotIn("report written", r.err)
+            self.assertEqual(os.listdir(d), [])
+        # A good key of another origin is documented to write the report (exit 1): the
+        # page says why it could not verify, not that there was no key.
+        key = isgtest.ctl("audit", "pubkey", "--config", self.gw.config_path).out.strip()
+        html, md = os.path.join(d, "r.html"), os.path.join(d, "r.md")
+        r = isgtest.ctl("audit", "report", "--config", self.gw.config_path,
+                        "--from", self.first_day, "--to", self.last_day, "--pubkey", key,
+                        "--origin", "other-gateway", "--html", html, "--markdown", md)
+        self.assertEqual(r.rc, 1, r)
+        why = "--pubkey is the key of origin 'isg-gateway', not of --origin 'other-gateway'"
+        self.assertIn(why, r.err)
+        page = Page()
+        page.feed(isgtest.read_text(html))
+        self.assertIn(why, page.ids["integrity-status"])
+        self.assertTrue(page.ids["integrity-status"].startswith("NOT VERIFIED"), page.ids)
+        self.assertIn("**NOT VERIFIED**: no verifier key it could use (%s)" % why,
+                      isgtest.read_text(md))
+
     def test_empty_period_and_usage(self):
         out = os.path.join(self.tmp, "empty.html")
         r = isgtest.ctl("audit", "report", "--config", self.gw.config_path,
