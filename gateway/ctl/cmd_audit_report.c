@@ -224,7 +224,8 @@ struct report {
 	size_t ndays;
 	struct strtab str;
 	struct tmap cells;    /* (day, agreement, sender): every V_ */
-	struct tmap received; /* (recipient): V_MESSAGES, V_RECORDS accepted for it */
+	struct tmap received; /* (recipient): V_MESSAGES, V_RECORDS accepted for it; V_DELIVERED,
+	                         V_ACKED, V_EXPIRED of messages for it */
 	struct tmap rules;    /* (rule): V_REFUSED, V_RECORDS */
 	struct tmap fields;   /* (agreement, dataset, field, action): V_RECORDS, V_MESSAGES */
 	struct tmap kinds;    /* (event): V_MESSAGES = entries */
@@ -333,6 +334,14 @@ static int tally_entry(struct report *r, const struct aj_doc *d, uint32_t day,
 		t->v[V_MESSAGES]++;
 		t->v[V_RECORDS] += records;
 		return tally_fields(r, d, b, agr, records);
+	}
+	if (v == V_DELIVERED || v == V_ACKED || v == V_EXPIRED) {
+		/* by recipient too: one receiving far more than it acknowledges shows */
+		struct tally *t = tmap_get(&r->received, recipient, 0, 0, 0);
+		if (!t)
+			return ISG_ERR_NOMEM;
+		t->v[v]++;
+		return 0;
 	}
 	if (v == V_REFUSED) {
 		uint32_t rule;
@@ -485,6 +494,7 @@ static void sums_release(struct sums *s)
 struct partner_row {
 	uint32_t id;
 	uint64_t sent, records_sent, refused, received, records_received;
+	uint64_t delivered, acked, expired; /* of messages for it */
 };
 
 static struct partner_row *partner_rows(const struct report *r, const struct sums *s, size_t *n)
@@ -505,14 +515,19 @@ static struct partner_row *partner_rows(const struct report *r, const struct sum
 		if (!in)
 			in = &none;
 		rows[k++] =
-		    (struct partner_row){t->key[0],       t->v[V_MESSAGES],  t->v[V_RECORDS],
-		                         t->v[V_REFUSED], in->v[V_MESSAGES], in->v[V_RECORDS]};
+		    (struct partner_row){t->key[0],          t->v[V_MESSAGES],  t->v[V_RECORDS],
+		                         t->v[V_REFUSED],    in->v[V_MESSAGES], in->v[V_RECORDS],
+		                         in->v[V_DELIVERED], in->v[V_ACKED],    in->v[V_EXPIRED]};
 	}
 	for (size_t i = 0; i < r->received.n; i++) {
 		const struct tally *in = &r->received.items[i];
 		if (!tmap_find(&s->by_sender, in->key[0]))
-			rows[k++] = (struct partner_row){
-			    in->key[0], 0, 0, 0, in->v[V_MESSAGES], in->v[V_RECORDS]};
+			rows[k++] = (struct partner_row){.id = in->key[0],
+			                                 .received = in->v[V_MESSAGES],
+			                                 .records_received = in->v[V_RECORDS],
+			                                 .delivered = in->v[V_DELIVERED],
+			                                 .acked = in->v[V_ACKED],
+			                                 .expired = in->v[V_EXPIRED]};
 	}
 	free(o);
 	*n = k;
@@ -1040,7 +1055,9 @@ static int html_volumes(struct strbuf *b, const struct report *r, const struct s
 		return ISG_ERR_NOMEM;
 	strbuf_puts(b, "<h3>By partner</h3><table id=\"partners\"><tr><th>partner</th>"
 	               "<th>messages sent</th><th>records sent</th><th>sends refused</th>"
-	               "<th>messages received</th><th>records received</th></tr>");
+	               "<th>messages received</th><th>records received</th>"
+	               "<th>delivered to it</th><th>acknowledged by it</th>"
+	               "<th>expired undelivered</th></tr>");
 	for (size_t i = 0; i < n; i++) {
 		const struct partner_row *p = &rows[i];
 		strbuf_puts(b, "<tr");
@@ -1053,6 +1070,9 @@ static int html_volumes(struct strbuf *b, const struct report *r, const struct s
 		html_num(b, NULL, "refused", p->refused);
 		html_num(b, NULL, "received", p->received);
 		html_num(b, NULL, "records-received", p->records_received);
+		html_num(b, NULL, "delivered", p->delivered);
+		html_num(b, NULL, "acknowledged", p->acked);
+		html_num(b, NULL, "expired", p->expired);
 		strbuf_puts(b, "</tr>");
 	}
 	free(rows);
@@ -1368,15 +1388,18 @@ static int md_volumes(struct strbuf *b, const struct report *r, const struct sum
 	if (!rows)
 		return ISG_ERR_NOMEM;
 	strbuf_puts(b, "\n## Volumes by partner\n\n| partner | messages sent | records sent | "
-	               "sends refused | messages received | records received |\n| --- | ---: | "
-	               "---: | ---: | ---: | ---: |\n");
+	               "sends refused | messages received | records received | delivered to it | "
+	               "acknowledged by it | expired undelivered |\n| --- | ---: | ---: | ---: | "
+	               "---: | ---: | ---: | ---: | ---: |\n");
 	for (size_t i = 0; i < n; i++) {
+		const struct partner_row *p = &rows[i];
 		strbuf_puts(b, "| ");
-		md_escape(b, name_or_none(r, rows[i].id));
-		strbuf_printf(
-		    b, " | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " |\n",
-		    rows[i].sent, rows[i].records_sent, rows[i].refused, rows[i].received,
-		    rows[i].records_received);
+		md_escape(b, name_or_none(r, p->id));
+		strbuf_printf(b,
+		              " | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " | %" PRIu64
+		              " | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " |\n",
+		              p->sent, p->records_sent, p->refused, p->received,
+		              p->records_received, p->delivered, p->acked, p->expired);
 	}
 	free(rows);
 	if (!(o = tmap_order(r, &r->cells, 2, true)))

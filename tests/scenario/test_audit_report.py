@@ -288,6 +288,18 @@ class AuditReport(isgtest.ScenarioCase):
             self.assertEqual(partners[p]["refused"],
                              len([e for e in refused if e["sender"] == p]), p)
         self.assertEqual(partners["nhs-trust"]["received"], len(acc))
+        # What each recipient collected, so one receiving far more than it acknowledges shows
+        # (docs/audit.md): counted by the recipient of each delivered, acknowledged and
+        # expired entry.
+        for p, cells in partners.items():
+            for cls, kind in (("delivered", "message.delivered"),
+                              ("acknowledged", "message.acknowledged"),
+                              ("expired", "message.expired")):
+                self.assertEqual(cells[cls], len([e for e in self.of_kind(kind)
+                                                  if e["recipient"] == p]), (p, cls))
+        self.assertEqual([partners["nhs-trust"][c] for c in ("delivered", "acknowledged")],
+                         [len(acc), len(acc)])
+        self.assertEqual(partners["met-police"]["delivered"], 0)
         for chart in ["chart-records-by-agreement", "chart-messages-by-partner"]:
             self.assertIn(chart, self.page.ids)
 
@@ -387,10 +399,12 @@ class AuditReport(isgtest.ScenarioCase):
             return row["attrs"][attr] or "(none)"
 
         want = [[name(r, "data-partner")] + [str(r["cells"][c]) for c in
-                ("sent", "records-sent", "refused", "received", "records-received")]
+                ("sent", "records-sent", "refused", "received", "records-received",
+                 "delivered", "acknowledged", "expired")]
                 for r in self.page.table("partners")]
         self.assertEqual(md.get("Volumes by partner"), want)
-        self.assertIn(["nhs-trust", "0", "0", "0", "3", "6"], want)  # a partner that only received
+        # a partner that only received, and collected and acknowledged all of it
+        self.assertIn(["nhs-trust", "0", "0", "0", "3", "6", "3", "3", "0"], want)
         want = [[r["attrs"]["data-event"], str(r["cells"]["count"])]
                 for r in self.page.table("events-table")]
         self.assertEqual(md.get("Entries by event"), want)
