@@ -270,51 +270,31 @@ static void set_u32(struct loader *l, const struct opt *o, const struct ydoc_nod
 	*(uint32_t *)((char *)l->c + o->offset) = (uint32_t)v;
 }
 
-static bool valid_hostname(const char *h, size_t len)
-{
-	if (len == 0 || len > 253 || h[0] == '-' || h[0] == '.' || h[len - 1] == '-')
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		char c = h[i];
-		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		          (c >= '0' && c <= '9') || c == '-' || c == '.';
-		if (!ok)
-			return false;
-	}
-	return true;
-}
-
-/* "host:port" or "[v6addr]:port"; the host is stored without brackets. */
+/*
+ * "host:port" or "[v6addr]:port"; the host is stored without brackets. The
+ * host is checked as the clients check a server name (str_host_name), so a
+ * mistyped address such as 10.0.0.300 is refused here, at its line.
+ */
 static int parse_listen(const char *s, char **host, uint16_t *port, const char **why)
 {
 	const char *hs;
 	size_t hl;
 	if (str_host_port(s, &hs, &hl, port, why) != 0)
 		return ISG_ERR_PARSE;
-	char buf[INET6_ADDRSTRLEN + 16];
 	if (hl == 0 || hl > 253) {
 		*why = "the host is missing or too long";
 		return ISG_ERR_PARSE;
 	}
-	if (s[0] == '[') {
-		struct in6_addr a6;
-		if (hl >= sizeof(buf)) {
-			*why = "invalid IPv6 address";
-			return ISG_ERR_PARSE;
-		}
-		memcpy(buf, hs, hl);
-		buf[hl] = '\0';
-		if (inet_pton(AF_INET6, buf, &a6) != 1) {
-			*why = "invalid IPv6 address";
-			return ISG_ERR_PARSE;
-		}
-	} else if (!valid_hostname(hs, hl)) {
-		*why = "invalid host name or IPv4 address";
+	char *h = strndup(hs, hl);
+	if (!h)
+		return ISG_ERR_NOMEM;
+	struct in6_addr a6;
+	if (s[0] == '[' ? inet_pton(AF_INET6, h, &a6) != 1 : !str_host_name(h)) {
+		*why = s[0] == '[' ? "invalid IPv6 address" : "invalid host name or IPv4 address";
+		free(h);
 		return ISG_ERR_PARSE;
 	}
-	*host = strndup(hs, hl);
-	if (!*host)
-		return ISG_ERR_NOMEM;
+	*host = h;
 	return 0;
 }
 
@@ -331,6 +311,8 @@ static void set_listen(struct loader *l, const struct ydoc_node *n)
 	free(l->c->listen_host);
 	l->c->listen_host = host;
 	l->c->listen_port = port;
+	l->c->listen_line = n->line;
+	l->c->listen_col = n->col;
 }
 
 static bool valid_user(const char *u)

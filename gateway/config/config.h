@@ -17,7 +17,8 @@ struct isgd_config {
 
 	char *listen_host; /* listen: "127.0.0.1:7443" or "[::1]:7443" */
 	uint16_t listen_port;
-	uint32_t threads; /* I/O threads; default: number of cores, 1..64 */
+	int listen_line, listen_col; /* where listen's value is written, for --check-config */
+	uint32_t threads;            /* I/O threads; default: number of cores, 1..64 */
 
 	char *tls_certificate; /* tls.certificate: gateway chain, PEM */
 	char *tls_key;         /* tls.key: gateway private key, PEM, mode 0600 */

@@ -308,6 +308,13 @@ static int check_all(struct gateway *g, const struct identity *id, enum regime_r
 	const struct isgd_config *cfg = &g->cfg;
 	char err[512];
 	int failed = 0;
+	/* As the start will look it up, named where it is written; the file
+	 * only says it is an address or a name. */
+	if (net_listen_check(cfg->listen_host, cfg->listen_port, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s:%d:%d: error: %s\n", cfg->path, cfg->listen_line,
+		        cfg->listen_col, err);
+		failed = 1;
+	}
 	if (cfg->key_process) {
 		struct keyproc_options ko = {.keys_dir = cfg->keys_dir,
 		                             .audit_origin = cfg->audit_origin,

@@ -84,6 +84,13 @@ int net_tls_new(const struct isgd_config *cfg, SSL_CTX **out, char *err, size_t 
 void net_cert_identity(X509 *cert, struct cert_identity *id);
 
 /*
+ * Whether host:port is an address the listeners can be bound to, as
+ * net_server_new looks it up (an IP address; no name is looked up), without
+ * binding: what --check-config asks of listen. 0, or ISG_ERR_INVALID and
+ * why in err, naming listen.
+ */
+int net_listen_check(const char *host, uint16_t port, char *err, size_t errlen);
+/*
  * Bind the listeners (one per worker) without starting the workers, so a
  * daemon can bind while privileged and serve after dropping privileges.
  */

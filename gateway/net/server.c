@@ -1692,21 +1692,45 @@ static bool port_in_use(const struct addrinfo *ai)
 	return in_use;
 }
 
-static int listen_socket(const struct net_options *opt, uint16_t port, bool first, int *out,
-                         char *err, size_t errlen)
+/*
+ * The address listen names: an address, never a name looked up, so a
+ * start does not wait on DNS nor bind where a name happens to point.
+ * --check-config asks the same through net_listen_check.
+ */
+static int listen_address(const char *host, uint16_t port, struct addrinfo **ai, char *err,
+                          size_t errlen)
 {
 	struct addrinfo hints = {.ai_family = AF_UNSPEC,
 	                         .ai_socktype = SOCK_STREAM,
 	                         .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
-	struct addrinfo *ai;
 	char service[8];
 	snprintf(service, sizeof(service), "%u", port);
-	int r = getaddrinfo(opt->host, service, &hints, &ai);
-	if (r != 0) {
-		snprintf(err, errlen, "invalid listen address '%s': %s", opt->host,
-		         gai_strerror(r));
-		return ISG_ERR_INVALID;
-	}
+	int r = getaddrinfo(host, service, &hints, ai);
+	if (r == 0)
+		return 0;
+	/* with AI_NUMERICHOST, EAI_NONAME says the host is not an address */
+	snprintf(err, errlen, "invalid address '%s' for listen: %s", host,
+	         r == EAI_NONAME ? "not an IP address (isgd does not look host names up)"
+	                         : gai_strerror(r));
+	return ISG_ERR_INVALID;
+}
+
+int net_listen_check(const char *host, uint16_t port, char *err, size_t errlen)
+{
+	struct addrinfo *ai;
+	int r = listen_address(host, port, &ai, err, errlen);
+	if (r == 0)
+		freeaddrinfo(ai);
+	return r;
+}
+
+static int listen_socket(const struct net_options *opt, uint16_t port, bool first, int *out,
+                         char *err, size_t errlen)
+{
+	struct addrinfo *ai;
+	int r = listen_address(opt->host, port, &ai, err, errlen);
+	if (r != 0)
+		return r;
 	/* host:port as listen: takes it, an IPv6 address in brackets */
 	bool v6 = strchr(opt->host, ':') != NULL;
 	const char *open_b = v6 ? "[" : "", *close_b = v6 ? "]" : "";

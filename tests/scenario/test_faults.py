@@ -11,6 +11,8 @@ Scenario: the faults of issue 7 against the real isgd.
     store and the problem, and the file stays byte for byte as it was;
   - key files missing, group-readable (0640) or world-readable (0604): isgd
     refuses to start naming the file (and the mode), and creates nothing;
+  - isgd.yaml values a start cannot use (a listen address no socket takes):
+    --check-config refuses them too, at the key's line and column;
   - SIGKILL at a random moment under load, 20 rounds: no acknowledged send
     is lost, none is delivered again after its ack, sends without an answer
     are either stored once or not at all (a resend gives a consistent
@@ -161,6 +163,21 @@ class FaultCase(isgtest.ScenarioCase):
         self.assertEqual(p.returncode, 1, "isgd exit status\n--- stdout\n%s--- stderr\n%s" % (p.stdout, p.stderr))
         self.assertNotIn("event=isgd.started", p.stderr)
         return p.stderr
+
+    def check_config_refused(self):
+        p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,
+                           text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL,
+                           preexec_fn=isgtest._die_with_parent)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertNotIn("configuration OK", p.stdout)
+        return p.stderr
+
+    def assertChecksOut(self):
+        """The control: with the files as isgctl keys init made them, the same configuration passes."""
+        p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,
+                           text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL,
+                           preexec_fn=isgtest._die_with_parent)
+        self.assertEqual((p.returncode, p.stdout), (0, "configuration OK\n"), p.stderr)
 
 
 # --------------------------------------------------------------------------
@@ -726,14 +743,6 @@ class TestKeyFiles(FaultCase):
         isgtest.write_policy(self.gw.policy_dir)
         self.assertChecksOut()
 
-    def check_config_refused(self):
-        p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,
-                           text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL,
-                           preexec_fn=isgtest._die_with_parent)
-        self.assertNotEqual(p.returncode, 0, p.stdout)
-        self.assertNotIn("configuration OK", p.stdout)
-        return p.stderr
-
     def test_key_directory_writable_by_group_or_others(self):
         """Whoever can write the key directory can replace its keys: isgd and --check-config refuse it."""
         keys = self.gw.keys_dir
@@ -775,12 +784,42 @@ class TestKeyFiles(FaultCase):
                     os.rename(path + ".away", path)
         self.assertChecksOut()
 
-    def assertChecksOut(self):
-        """The control: with the files as isgctl keys init made them, the same configuration passes."""
-        p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,
-                           text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL,
-                           preexec_fn=isgtest._die_with_parent)
-        self.assertEqual((p.returncode, p.stdout), (0, "configuration OK\n"), p.stderr)
+class TestConfigChecked(FaultCase):
+    """
+    What a start refuses in isgd.yaml, --check-config refuses too, at the
+    key's line and column: an ExecStartPre check that passes must not be
+    followed by a start that fails.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.gw = self.gateway(start=False)
+
+    def assertBothRefuse(self, want):
+        self.assertIn(want, self.check_config_refused())
+        self.assertIn(want, self.run_isgd_refused(self.gw))
+
+    def test_listen_that_start_cannot_bind(self):
+        good = self.gw.config["listen"]
+        port = self.gw.port
+        for listen, why in (
+                # read as a host name, whose last label is all digits: a mistyped address
+                ("10.0.0.300:%d", "invalid listen address '10.0.0.300:%d' (invalid host name or IPv4 address)"),
+                ("999.1.1.1:%d", "invalid listen address '999.1.1.1:%d' (invalid host name or IPv4 address)"),
+                # a name: isgd looks none up
+                ("nonexistent.invalid:%d",
+                 "invalid address 'nonexistent.invalid' for listen: not an IP address "
+                 "(isgd does not look host names up)"),
+                ("localhost:%d", "invalid address 'localhost' for listen: not an IP address")):
+            with self.subTest(listen=listen):
+                self.gw.config["listen"] = listen % port
+                self.gw.write_config()
+                try:
+                    self.assertBothRefuse("%s:1:9: error: %s" % (self.gw.config_path, why.replace("%d", str(port))))
+                finally:
+                    self.gw.config["listen"] = good
+                    self.gw.write_config()
+        self.assertChecksOut()
 
 
 # --------------------------------------------------------------------------

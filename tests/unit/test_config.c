@@ -58,6 +58,8 @@ static void test_full(void **state)
 	assert_string_equal(c.path, fixture("full.yaml"));
 	assert_string_equal(c.listen_host, "127.0.0.1");
 	assert_int_equal(c.listen_port, 7443);
+	assert_int_equal(c.listen_line, 2); /* where --check-config names it */
+	assert_int_equal(c.listen_col, 9);
 	assert_int_equal(c.threads, 2);
 	snprintf(want, sizeof(want), "%s/pki/gateway.crt", data_dir);
 	assert_string_equal(c.tls_certificate, want);
@@ -397,6 +399,12 @@ static void test_listen_and_more_errors(void **state)
 	load_text_fails(BASE "listen: '[::g]:7443'\n", 5, 9, "invalid IPv6 address");
 	load_text_fails(BASE "listen: 7443\n", 5, 9, "use host:port or [v6addr]:port");
 	load_text_fails(BASE "listen: 'bad host:1'\n", 5, 9, "invalid host name or IPv4 address");
+	/* Digits only in the last label: a mistyped IPv4 address, which start cannot bind. */
+	load_text_fails(BASE "listen: 10.0.0.300:17443\n", 5, 9,
+	                "invalid listen address '10.0.0.300:17443' (invalid host name or IPv4 "
+	                "address)");
+	load_text_fails(BASE "listen: 999.1.1.1:1\n", 5, 9, "invalid host name or IPv4 address");
+	load_text_fails(BASE "listen: 10.0.0:1\n", 5, 9, "invalid host name or IPv4 address");
 	load_text_fails(BASE "listen: ':7443'\n", 5, 9, "the host is missing");
 	load_text_fails(BASE "listen: 'h:0'\n", 5, 9, "the port must be a number from 1 to 65535");
 	load_text_fails(BASE "listen: h:1\nuser: 'root;rm'\n", 6, 7, "invalid user name 'root;rm'");
