@@ -207,6 +207,13 @@ static const char *kind_name(enum ydoc_kind k)
 static void set_path(struct loader *l, const struct opt *o, const struct ydoc_node *n,
                      const char *name)
 {
+	/* "" would resolve to the configuration's own directory: never meant */
+	if (!n->scalar[0]) {
+		ydoc_error(l->d, l->file, n, "path for %s is empty%s", name,
+		           o->required ? ""
+		                       : " (to leave it unset, write the key without a value)");
+		return;
+	}
 	if (strlen(n->scalar) >= PATH_MAX) {
 		ydoc_error(l->d, l->file, n, "path for %s is longer than %d bytes", name,
 		           PATH_MAX - 1);

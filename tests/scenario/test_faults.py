@@ -11,8 +11,9 @@ Scenario: the faults of issue 7 against the real isgd.
     store and the problem, and the file stays byte for byte as it was;
   - key files missing, group-readable (0640) or world-readable (0604): isgd
     refuses to start naming the file (and the mode), and creates nothing;
-  - isgd.yaml values a start cannot use (a listen address no socket takes):
-    --check-config refuses them too, at the key's line and column;
+  - isgd.yaml values a start cannot use (a listen address no socket takes,
+    an empty path): --check-config refuses them too, at the key's line and
+    column;
   - SIGKILL at a random moment under load, 20 rounds: no acknowledged send
     is lost, none is delivered again after its ack, sends without an answer
     are either stored once or not at all (a resend gives a consistent
@@ -818,6 +819,23 @@ class TestConfigChecked(FaultCase):
                     self.assertBothRefuse("%s:1:9: error: %s" % (self.gw.config_path, why.replace("%d", str(port))))
                 finally:
                     self.gw.config["listen"] = good
+                    self.gw.write_config()
+        self.assertChecksOut()
+
+    def test_empty_paths(self):
+        """A quoted empty path would be the configuration's directory: refused where it is written."""
+        for section, key in (("store", "path"), ("tls", "crl"), ("tls", "key"), (None, "keys_dir")):
+            with self.subTest(key=key):
+                before = json.loads(json.dumps(self.gw.config))
+                (self.gw.config[section] if section else self.gw.config)[key] = ""
+                self.gw.write_config()
+                try:
+                    want = re.escape(self.gw.config_path) + r":\d+:\d+: error: path for %s is empty" % (
+                        "%s.%s" % (section, key) if section else key)
+                    self.assertRegex(self.check_config_refused(), want)
+                    self.assertRegex(self.run_isgd_refused(self.gw), want)
+                finally:
+                    self.gw.config = before
                     self.gw.write_config()
         self.assertChecksOut()
 

@@ -422,6 +422,37 @@ static void test_listen_and_more_errors(void **state)
 	load_text_fails("", 0, 0, "the configuration must be a mapping");
 }
 
+static void test_empty_paths(void **state)
+{
+	/* A quoted empty path is not a key without a value: it would be the config's directory. */
+	load_text_fails("listen: h:1\ntls: {certificate: a.crt, key: a.key, client_ca: ca.crt}\n"
+	                "store: {path: \"\"}\npolicy_dir: p\nkeys_dir: k\n",
+	                3, 15, "path for store.path is empty");
+	load_text_fails(
+	    "listen: h:1\ntls: {certificate: a.crt, key: a.key, client_ca: ca.crt, "
+	    "crl: ''}\nstore: {path: x}\npolicy_dir: p\nkeys_dir: k\n",
+	    2, 63, "path for tls.crl is empty (to leave it unset, write the key without a value)");
+	load_text_fails("listen: h:1\ntls: {certificate: a.crt, key: a.key, client_ca: ca.crt}\n"
+	                "store: {path: x}\npolicy_dir: ''\nkeys_dir: k\n",
+	                4, 13, "path for policy_dir is empty");
+	/* Without a value, ~ or null, an optional path is unset, as before. */
+	static const char *const unset[] = {"crl:", "crl: ~", "crl: null"};
+	for (size_t i = 0; i < ARRAY_LEN(unset); i++) {
+		char text[256], path[32];
+		snprintf(
+		    text, sizeof(text),
+		    "listen: h:1\ntls:\n  certificate: a.crt\n  key: a.key\n  client_ca: ca.crt\n"
+		    "  %s\nstore: {path: x}\npolicy_dir: p\nkeys_dir: k\n",
+		    unset[i]);
+		struct isgd_config c;
+		struct ydoc_diags d;
+		assert_int_equal(load_text(text, &c, &d, path), 0);
+		assert_null(c.tls_crl);
+		config_release(&c);
+		ydoc_diags_release(&d);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -432,6 +463,7 @@ int main(void)
 	    cmocka_unit_test(test_syntax_error),
 	    cmocka_unit_test(test_relation_between_limits),
 	    cmocka_unit_test(test_listen_and_more_errors),
+	    cmocka_unit_test(test_empty_paths),
 	    cmocka_unit_test(test_audit_section),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
