@@ -168,12 +168,14 @@ void subjects_release(struct subjects *s)
 	*s = (struct subjects){0};
 }
 
-char *entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms)
+int entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms, char **out)
 {
+	*out = NULL;
 	if (s->n && !s->answered) {
-		if (rg->pseudo.pseudonymise(rg->pseudo.ctx, s->reqs, s->n,
-		                            date_days_of_ms(now_ms)) != 0)
-			return NULL;
+		int err =
+		    rg->pseudo.pseudonymise(rg->pseudo.ctx, s->reqs, s->n, date_days_of_ms(now_ms));
+		if (err != 0)
+			return err;
 		s->answered = true;
 	}
 	struct strbuf b;
@@ -185,7 +187,19 @@ char *entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms
 		json_pseudonym(&b, s->reqs[i].out);
 	}
 	strbuf_puts(&b, "]");
-	return strbuf_take(&b, NULL);
+	*out = strbuf_take(&b, NULL);
+	return *out ? 0 : ISG_ERR_NOMEM;
+}
+
+void subjects_refusal(int err, const char *agreement_id, struct policy_refusal *why)
+{
+	*why = (struct policy_refusal){.code = ISG__ERROR_CODE__INTERNAL, .record_index = -1};
+	str_copy(why->rule, "keys.domain", sizeof(why->rule));
+	snprintf(why->message, sizeof(why->message),
+	         err == ISG_ERR_NOT_FOUND
+	             ? "the gateway has no key for linkage domain '%s' (agreement '%s')"
+	             : "pseudonymisation failed for linkage domain '%s' (agreement '%s')",
+	         KEYS_AUDIT_DOMAIN, agreement_id);
 }
 
 char *entry_refused(const char *policy_version, const char *sender, const Isg__SendRequest *req,

@@ -205,11 +205,16 @@ void subjects_init(struct subjects *s, const Isg__SendRequest *req);
 int subjects_add(struct subjects *s, enum pseudo_type type, const char *norm, size_t len);
 void subjects_release(struct subjects *s);
 /*
- * The subjects as a JSON array of audit-domain pseudonyms, asking the
- * regime's service first if they are not answered yet. NULL when out of
- * memory or when the audit domain cannot answer.
+ * The subjects as a JSON array of audit-domain pseudonyms into *out,
+ * asking the regime's service first if they are not answered yet. 0;
+ * ISG_ERR_NOMEM; or the service's own error when the audit domain cannot
+ * answer (the key process failed), which is a key failure like any other:
+ * refused with subjects_refusal's keys.domain.
  */
-char *entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms);
+int entry_subjects(const struct regime *rg, struct subjects *s, int64_t now_ms, char **out);
+/* The refusal for an entry_subjects error other than memory, as policy_apply
+ * words its own keys.domain refusals. */
+void subjects_refusal(int err, const char *agreement_id, struct policy_refusal *why);
 
 /* Client-chosen strings in entries are cut to this many bytes, so a hostile
  * request cannot bloat the log. */

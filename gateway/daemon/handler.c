@@ -477,9 +477,17 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	uint8_t *packed = NULL;
 	if (!wire_frame_send_bytes(f, &hashed, &hashed_len))
 		hashed = packed = wire_pack_send_request(req, &hashed_len);
-	char *subjects = entry_subjects(rg, &subj, now);
-	char *entry =
-	    subjects ? entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len) : NULL;
+	char *subjects = NULL, *entry = NULL;
+	err = entry_subjects(rg, &subj, now, &subjects);
+	if (err != 0 && err != ISG_ERR_NOMEM) {
+		/* The key process could not name the subjects: a key failure, refused
+		 * and audited as policy_apply's are, not an out-of-memory. */
+		subjects_refusal(err, o.agreement->id, &why);
+		refuse_send(c, s, f->request_id, set, req, &why);
+		goto done;
+	}
+	if (subjects)
+		entry = entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len);
 	free(subjects);
 	struct send_job *j = send_job_new(c, f->request_id, req->message_id, set);
 	if (!hashed || !entry || !j) {

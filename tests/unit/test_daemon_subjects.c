@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -106,12 +107,86 @@ static void test_one_subject_a_field_at_most(void **state)
 	subjects_release(&s);
 }
 
+/* A pseudonymisation service that answers with a fixed status (and "p1", "p2"... when 0). */
+static int service_status;
+static size_t service_calls;
+
+static int fixed_service(void *ctx, struct pseudo_request *reqs, size_t n, int64_t today)
+{
+	(void)ctx;
+	(void)today;
+	service_calls++;
+	for (size_t i = 0; service_status == 0 && i < n; i++) {
+		assert_string_equal(reqs[i].domain, KEYS_AUDIT_DOMAIN);
+		snprintf(reqs[i].out, sizeof(reqs[i].out), "p%zu", i + 1);
+	}
+	return service_status;
+}
+
+/*
+ * The key process failing to name the subjects is told apart from memory
+ * running out: the send is refused as a key failure (keys.domain), not
+ * answered "out of memory" with no rule and no audit entry.
+ */
+static void test_a_key_failure_is_not_out_of_memory(void **state)
+{
+	(void)state;
+	struct regime rg = {.pseudo = {.pseudonymise = fixed_service}};
+	struct req_fx fx;
+	req_init(&fx, 1, 2);
+	static const int failures[] = {ISG_ERR_IO, ISG_ERR_NOT_FOUND, ISG_ERR_CRYPTO};
+	for (size_t i = 0; i < sizeof(failures) / sizeof(failures[0]); i++) {
+		struct subjects s;
+		subjects_init(&s, &fx.req);
+		assert_int_equal(subjects_add(&s, PSEUDO_NHS_NUMBER, "9434765919", 10), 0);
+		service_status = failures[i];
+		char *out = (char *)"untouched";
+		assert_int_equal(entry_subjects(&rg, &s, 0, &out), failures[i]);
+		assert_int_not_equal(failures[i], ISG_ERR_NOMEM);
+		assert_null(out);
+		assert_false(s.answered);
+
+		struct policy_refusal why;
+		subjects_refusal(failures[i], "police-to-nhs", &why);
+		assert_int_equal(why.code, ISG__ERROR_CODE__INTERNAL);
+		assert_string_equal(why.rule, "keys.domain");
+		assert_int_equal(why.record_index, -1);
+		assert_string_equal(why.field, "");
+		assert_string_equal(
+		    why.message,
+		    failures[i] == ISG_ERR_NOT_FOUND
+		        ? "the gateway has no key for linkage domain 'audit' (agreement "
+		          "'police-to-nhs')"
+		        : "pseudonymisation failed for linkage domain 'audit' (agreement "
+		          "'police-to-nhs')");
+		subjects_release(&s);
+	}
+
+	/* Answered: the subjects, asked once. */
+	struct subjects s;
+	subjects_init(&s, &fx.req);
+	assert_int_equal(subjects_add(&s, PSEUDO_NHS_NUMBER, "9434765919", 10), 0);
+	assert_int_equal(subjects_add(&s, PSEUDO_NAME, "ann", 3), 0);
+	service_status = 0;
+	service_calls = 0;
+	char *out = NULL;
+	assert_int_equal(entry_subjects(&rg, &s, 0, &out), 0);
+	assert_string_equal(out, "[\"p1\",\"p2\"]");
+	free(out);
+	assert_int_equal(entry_subjects(&rg, &s, 0, &out), 0);
+	assert_string_equal(out, "[\"p1\",\"p2\"]");
+	free(out);
+	assert_int_equal(service_calls, 1);
+	subjects_release(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_room_follows_the_identifiers_not_the_fields),
 	    cmocka_unit_test(test_requests_keep_their_texts_as_room_grows),
 	    cmocka_unit_test(test_one_subject_a_field_at_most),
+	    cmocka_unit_test(test_a_key_failure_is_not_out_of_memory),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
