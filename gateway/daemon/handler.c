@@ -845,6 +845,16 @@ static int id_cmp(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* Drop the repeats from n ascending ids; how many are left. */
+static size_t ids_unique(uint64_t *ids, size_t n)
+{
+	size_t kept = n ? 1 : 0;
+	for (size_t i = 1; i < n; i++)
+		if (ids[i] != ids[kept - 1])
+			ids[kept++] = ids[i];
+	return kept;
+}
+
 /* Take the ids (ascending) out of a subscriber's window. */
 static void window_remove(struct session *s, const uint64_t *ids, size_t n)
 {
@@ -962,15 +972,17 @@ static void on_ack(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		return;
 	}
 	str_copy(a->partner, s->partner, sizeof(a->partner));
-	a->n = n;
 	memcpy(a->ids, f->ack->gateway_ids, n * sizeof(uint64_t));
 	qsort(a->ids, n, sizeof(*a->ids), id_cmp); /* here, not on the store's writer */
+	/* An id given twice is one acknowledgement: asked again, the store would
+	 * find it no longer pending and answer it unknown as well as acknowledged. */
+	a->n = ids_unique(a->ids, n);
 	j->ref = net_conn_ref(c);
 	j->g = s->g;
 	j->rid = f->request_id;
 	j->acked = a;
 	j->hold = net_conn_begin_async(c, 2 * n * sizeof(uint64_t));
-	int err = store_ack(s->g->store, s->partner, f->ack->gateway_ids, n, ack_stored, j);
+	int err = store_ack(s->g->store, s->partner, a->ids, a->n, ack_stored, j);
 	if (err != 0) {
 		net_conn_end_async(c, &j->hold);
 		send_store_error(c, f->request_id, err);

@@ -111,6 +111,22 @@ class PythonPartnerTest(isgtest.ScenarioCase):
         self.assertEqual(ack.acknowledged, 0)
         self.assertEqual(sorted(ack.unknown_ids), sorted([d.gateway_id, 999999]))
 
+    def test_an_id_given_twice_in_one_ack_counts_once(self):
+        """Acknowledged once, never also unknown; an unknown id given twice is named once."""
+        pb = self.pb
+        police = self.connect("police")
+        ids = [self.expect(police.request(send=self.send_request("py-twice-%d" % i, [{"nhs_number": NHS_A}])),
+                           "send_result").receipt.gateway_id for i in range(2)]
+        nhs = self.connect("nhs")
+        fetched = self.expect(nhs.request(fetch=pb.FetchRequest()), "fetch_result")
+        self.assertEqual([d.gateway_id for d in fetched.deliveries], ids)
+        ack = self.expect(nhs.request(ack=pb.Ack(gateway_ids=[ids[0], ids[0]])), "ack_result")
+        self.assertEqual((ack.acknowledged, list(ack.unknown_ids)), (1, []))
+        ack = self.expect(nhs.request(ack=pb.Ack(gateway_ids=[ids[1], 999999, ids[1], 999999, ids[0]])),
+                          "ack_result")
+        self.assertEqual((ack.acknowledged, sorted(ack.unknown_ids)), (1, sorted([999999, ids[0]])))
+        self.assertEqual(len(self.expect(nhs.request(fetch=pb.FetchRequest()), "fetch_result").deliveries), 0)
+
     def test_cannot_ack_someone_elses_message(self):
         pb = self.pb
         police = self.connect("police")
