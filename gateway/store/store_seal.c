@@ -356,6 +356,8 @@ int store_seal(struct store *s, const struct store_bound *b, const uint8_t *plai
 		randombytes_buf(header + STORE_WRAPPED_KEY_LEN, STORE_GCM_NONCE_LEN);
 		rc = gcm_seal(s->gcm, key, header + STORE_WRAPPED_KEY_LEN, ad, ad_len, plain,
 		              plain_len, c);
+		if (rc) /* kept for a first fetch that will never come */
+			store_seal_forget(s, header);
 	}
 	sodium_memzero(key, sizeof(key));
 	if (rc) {
