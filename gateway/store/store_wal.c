@@ -46,7 +46,11 @@ static void log_failure(sqlite3 *db, int rc, const char *who)
 	          log_quote(q, sizeof(q), store_db_errmsg(db)));
 }
 
-/* A passive checkpoint; true when pages had been copied. */
+/*
+ * A passive checkpoint; true when it copied pages. SQLite's count is of
+ * every frame of this WAL copied so far, by any checkpoint, so one that
+ * copied nothing gives the count the last one left (or 0, the WAL new).
+ */
 static bool checkpoint(struct store *s, sqlite3 *db, const char *who)
 {
 	int log = -1, copied = -1;
@@ -60,8 +64,8 @@ static bool checkpoint(struct store *s, sqlite3 *db, const char *who)
 		log_event(LOG_WARN, "store.wal_checkpoint_failed", "by=%s error=\"no WAL\"", who);
 		return false;
 	}
-	atomic_store(&s->wal_copied, (uint32_t)copied);
-	return copied > 0;
+	uint32_t before = (uint32_t)atomic_exchange(&s->wal_copied, (uint32_t)copied);
+	return copied > 0 && (uint32_t)copied != before;
 }
 
 /*
