@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "daemon/gateway.h"
 #include "util/util.h"
 
@@ -134,10 +136,16 @@ static int subjects_grow(struct subjects *s)
 	if (!reqs)
 		return ISG_ERR_NOMEM;
 	s->reqs = reqs;
-	/* Not zeroed: subjects_add writes each one it uses. */
-	char(*norms)[PSEUDO_VALUE_MAX + 1] = realloc(s->norms, cap * sizeof(*norms));
+	/* Not zeroed: subjects_add writes each one it uses. Moved by hand, not
+	 * realloc'd, so the old block's identifiers are wiped before it goes. */
+	char(*norms)[PSEUDO_VALUE_MAX + 1] = malloc(cap * sizeof(*norms));
 	if (!norms)
 		return ISG_ERR_NOMEM;
+	if (s->n) {
+		memcpy(norms, s->norms, s->n * sizeof(*norms));
+		sodium_memzero(s->norms, s->n * sizeof(*norms));
+	}
+	free(s->norms);
 	s->norms = norms;
 	for (size_t i = 0; i < s->n; i++)
 		s->reqs[i].norm = s->norms[i];
@@ -163,6 +171,8 @@ int subjects_add(struct subjects *s, enum pseudo_type type, const char *norm, si
 
 void subjects_release(struct subjects *s)
 {
+	if (s->norms) /* personal data, normalised, as policy_apply's texts */
+		sodium_memzero(s->norms, s->n * sizeof(*s->norms));
 	free(s->reqs);
 	free(s->norms);
 	*s = (struct subjects){0};
