@@ -585,9 +585,19 @@ int keyproc_ring_load(struct keyproc *kp, struct keyproc_ring **out, char *err, 
 		free(body);
 		return rc;
 	}
-	struct keyproc_ring *r = calloc(1, sizeof(*r));
-	if (!r || len < 4 || keyring_from_description(body + 4, len - 4, &r->desc) != 0) {
-		snprintf(err, errlen, "the key process described its keys badly");
+	struct keyproc_ring *r = len >= 4 ? calloc(1, sizeof(*r)) : NULL;
+	if (!r || keyring_from_description(body + 4, len - 4, &r->desc) != 0) {
+		/* The key process holds the generation now: give it back, or each
+		 * such failure keeps a slot of KEYPROC_RINGS_MAX for good. */
+		uint32_t gen;
+		struct iovec part = {&gen, 4};
+		if (len >= 4) {
+			memcpy(&gen, body, 4);
+			call(kp, KEYPROC_DROP, &part, 1, NULL, NULL);
+		}
+		snprintf(err, errlen, "%s",
+		         r ? "the key process described its keys badly"
+		           : "out of memory, or no generation in the answer");
 		free(r);
 		free(body);
 		return ISG_ERR_IO;
