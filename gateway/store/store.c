@@ -614,6 +614,39 @@ fail:
 	return rc;
 }
 
+int store_refuse_send(struct store *s, const struct store_refusal *f, store_send_cb cb, void *ctx)
+{
+	if (!s || !f || !cb || !string_ok(f->sender, true) || !string_ok(f->message_id, true) ||
+	    !f->audit_entry)
+		return ISG_ERR_INVALID;
+	if (f->audit_len > STORE_MAX_AUDIT_ENTRY)
+		return ISG_ERR_TOO_BIG;
+	if (store_log_check_body("message.refused", f->audit_entry, f->audit_len) != 0)
+		return ISG_ERR_INVALID;
+	struct store_job *j = job_new(JOB_REFUSE);
+	if (!j)
+		return ISG_ERR_NOMEM;
+	struct job_refuse *jr = &j->u.refuse;
+	jr->cb = cb;
+	jr->ctx = ctx;
+	memcpy(jr->request_hash, f->request_hash, sizeof(jr->request_hash));
+	size_t sender_len = strlen(f->sender), id_len = strlen(f->message_id);
+	jr->strings = malloc(sender_len + id_len + 2);
+	jr->audit_entry = malloc(f->audit_len + 1);
+	if (!jr->strings || !jr->audit_entry) {
+		store_job_free(j);
+		return ISG_ERR_NOMEM;
+	}
+	memcpy(jr->strings, f->sender, sender_len + 1);
+	memcpy(jr->strings + sender_len + 1, f->message_id, id_len + 1);
+	jr->sender = jr->strings;
+	jr->message_id = jr->strings + sender_len + 1;
+	memcpy(jr->audit_entry, f->audit_entry, f->audit_len);
+	jr->audit_entry[f->audit_len] = '\0';
+	jr->audit_len = f->audit_len;
+	return submit(s, j);
+}
+
 int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
                 store_fetch_cb cb, void *ctx)
 {

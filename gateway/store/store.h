@@ -192,6 +192,30 @@ typedef void (*store_send_cb)(void *ctx, int err, const struct store_receipt *r)
 /* Copies what it needs from m. Returns 0, or an error without calling cb. */
 int store_send(struct store *s, const struct store_message *m, store_send_cb cb, void *ctx);
 
+/*
+ * A send the gateway refuses before it would store it (its agreement, a
+ * limit, a key failure), unless it is a resend of a message accepted
+ * earlier, under whatever agreement was in force then: the sender whose
+ * receipt was lost must get it, not a refusal of what will be delivered.
+ */
+struct store_refusal {
+	const char *sender, *message_id;
+	uint8_t request_hash[32]; /* as store_message's */
+	const char *audit_entry;  /* the "message.refused" entry body (see store_audit) */
+	size_t audit_len;
+};
+
+/*
+ * One job on the writer, in place of store_audit's: when (sender,
+ * message_id) is stored with this request_hash, cb gets that message's
+ * receipt (duplicate true) and nothing is written; otherwise (not stored,
+ * or stored with other content) the refusal's entry is, and cb gets a
+ * receipt with duplicate false and only audit_index set, its index. r is
+ * NULL unless err is 0. Copies what it needs from f. Returns 0, or an
+ * error without calling cb.
+ */
+int store_refuse_send(struct store *s, const struct store_refusal *f, store_send_cb cb, void *ctx);
+
 /* --- fetch -------------------------------------------------------------- */
 
 struct store_delivery {

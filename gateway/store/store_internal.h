@@ -119,7 +119,7 @@ enum store_stmt {
 	ST_COUNT
 };
 
-enum store_job_kind { JOB_SEND, JOB_FETCH, JOB_ACK, JOB_AUDIT, JOB_EXEC };
+enum store_job_kind { JOB_SEND, JOB_REFUSE, JOB_FETCH, JOB_ACK, JOB_AUDIT, JOB_EXEC };
 
 struct job_send {
 	char *strings; /* one allocation holding the six strings below */
@@ -144,6 +144,17 @@ struct job_send {
 	bool added; /* a new message row, not a duplicate */
 	/* A refusal whose entry was written (ISG_ERR_LIMIT, _CONFLICT, _NOT_FOUND); 0: none. */
 	int refused;
+};
+
+struct job_refuse {
+	char *strings; /* one allocation holding sender and message_id */
+	const char *sender, *message_id;
+	uint8_t request_hash[32];
+	char *audit_entry;
+	size_t audit_len;
+	store_send_cb cb;
+	void *ctx;
+	struct store_receipt receipt; /* result */
 };
 
 struct job_fetch {
@@ -191,6 +202,7 @@ struct store_job {
 	int err;
 	union {
 		struct job_send send;
+		struct job_refuse refuse;
 		struct job_fetch fetch;
 		struct job_ack ack;
 		struct job_audit audit;

@@ -168,34 +168,44 @@ static int set_final_state(struct store *s, const struct msg_ref *m, enum msg_st
 
 /* --- send --------------------------------------------------------------------- */
 
-/* 1 when (sender, message_id) exists (receipt filled or conflict), 0 when new. */
-static int send_find_existing(struct store *s, struct job_send *js, int *err)
+/*
+ * 1 when (sender, message_id) exists: r filled when its request_hash is
+ * this one, *err ISG_ERR_CONFLICT when not; 0 when new.
+ */
+static int msg_find_existing(struct store *s, const char *sender, const char *message_id,
+                             const uint8_t hash[static 32], struct store_receipt *r, int *err)
 {
 	sqlite3_stmt *st = s->stmt[ST_MSG_BY_SENDER_ID];
-	bind_text(st, 1, js->sender);
-	bind_text(st, 2, js->message_id);
+	bind_text(st, 1, sender);
+	bind_text(st, 2, message_id);
 	int rc = sqlite3_step(st);
 	int found = 0;
 	*err = 0;
 	if (rc == SQLITE_ROW) {
 		found = 1;
-		const void *hash = sqlite3_column_blob(st, 1);
-		int hash_len = sqlite3_column_bytes(st, 1);
-		if (hash_len != (int)sizeof(js->request_hash) || !hash ||
-		    memcmp(hash, js->request_hash, sizeof(js->request_hash)) != 0) {
+		const void *stored = sqlite3_column_blob(st, 1);
+		int stored_len = sqlite3_column_bytes(st, 1);
+		if (stored_len != 32 || !stored || memcmp(stored, hash, 32) != 0) {
 			*err = ISG_ERR_CONFLICT;
 		} else {
-			js->receipt.gateway_id = (uint64_t)sqlite3_column_int64(st, 0);
-			js->receipt.audit_index = (uint64_t)sqlite3_column_int64(st, 2);
-			js->receipt.accepted_at_ms = sqlite3_column_int64(st, 3);
-			js->receipt.record_count = (uint32_t)sqlite3_column_int64(st, 4);
-			js->receipt.duplicate = true;
+			r->gateway_id = (uint64_t)sqlite3_column_int64(st, 0);
+			r->audit_index = (uint64_t)sqlite3_column_int64(st, 2);
+			r->accepted_at_ms = sqlite3_column_int64(st, 3);
+			r->record_count = (uint32_t)sqlite3_column_int64(st, 4);
+			r->duplicate = true;
 		}
 	} else if (rc != SQLITE_DONE) {
 		*err = store_db_fail(s, rc, "send.lookup");
 	}
 	finish_stmt(st);
 	return found;
+}
+
+/* 1 when (sender, message_id) exists (receipt filled or conflict), 0 when new. */
+static int send_find_existing(struct store *s, struct job_send *js, int *err)
+{
+	return msg_find_existing(s, js->sender, js->message_id, js->request_hash, &js->receipt,
+	                         err);
 }
 
 /* The message replied to must have gone from this recipient to this sender. */
@@ -309,6 +319,21 @@ static int job_send_run(struct store *s, struct job_send *js, int64_t now)
 	js->receipt.duplicate = false;
 	js->added = true;
 	return 0;
+}
+
+/* A refused send: answered from the stored message if it is a resend, else audited. */
+static int job_refuse_run(struct store *s, struct job_refuse *jr, int64_t now)
+{
+	int err = 0;
+	if (msg_find_existing(s, jr->sender, jr->message_id, jr->request_hash, &jr->receipt,
+	                      &err) &&
+	    err == 0)
+		return 0;
+	if (err != 0 && err != ISG_ERR_CONFLICT)
+		return err;
+	/* New, or the id with other content: the refusal stands as it was found. */
+	return store_log_append(s, now, "message.refused", jr->audit_entry, jr->audit_len,
+	                        &jr->receipt.audit_index);
 }
 
 /* --- fetch -------------------------------------------------------------------- */
@@ -580,6 +605,8 @@ int store_job_run(struct store *s, struct store_job *j, int64_t now)
 	switch (j->kind) {
 	case JOB_SEND:
 		return job_send_run(s, &j->u.send, now);
+	case JOB_REFUSE:
+		return job_refuse_run(s, &j->u.refuse, now);
 	case JOB_FETCH:
 		return job_fetch_run(s, &j->u.fetch, now);
 	case JOB_ACK:
@@ -673,6 +700,9 @@ void store_job_discard(struct store_job *j)
 		j->u.send.added = false;
 		j->u.send.refused = 0;
 		break;
+	case JOB_REFUSE:
+		memset(&j->u.refuse.receipt, 0, sizeof(j->u.refuse.receipt));
+		break;
 	case JOB_FETCH:
 		/* Nothing read either: a job run again alone starts afresh, and a
 		 * failed one's callback gets no cursor to go on after. */
@@ -708,6 +738,9 @@ void store_job_finish(struct store_job *j)
 			js->cb(js->ctx, err, err ? NULL : &js->receipt);
 		break;
 	}
+	case JOB_REFUSE:
+		j->u.refuse.cb(j->u.refuse.ctx, err, err ? NULL : &j->u.refuse.receipt);
+		break;
 	case JOB_FETCH: {
 		struct job_fetch *jf = &j->u.fetch;
 		struct store_fetch_result *res = jf->res;
@@ -741,6 +774,10 @@ void store_job_free(struct store_job *j)
 		free(j->u.send.strings);
 		free(j->u.send.sealed);
 		free(j->u.send.audit_entry);
+		break;
+	case JOB_REFUSE:
+		free(j->u.refuse.strings);
+		free(j->u.refuse.audit_entry);
 		break;
 	case JOB_FETCH:
 		free(j->u.fetch.recipient);

@@ -215,6 +215,34 @@ static inline int send_sync(struct store *s, const struct store_message *m, stru
 	return rc;
 }
 
+static inline void on_refuse(void *ctx, int err, const struct store_receipt *r)
+{
+	struct wait *w = ctx;
+	if (r && err == 0)
+		w->receipt = *r;
+	else if (r || err == 0)
+		w->bad = true; /* a receipt exactly when err is 0 */
+	wait_done(w, err);
+}
+
+static inline int refuse_sync(struct store *s, const struct store_refusal *f,
+                              struct store_receipt *r)
+{
+	struct wait w;
+	memset(r, 0, sizeof(*r));
+	wait_init(&w);
+	int rc = store_refuse_send(s, f, on_refuse, &w);
+	if (rc) {
+		pthread_cond_destroy(&w.cv);
+		pthread_mutex_destroy(&w.mu);
+		return rc;
+	}
+	rc = wait_for(&w);
+	assert_false(w.bad);
+	*r = w.receipt;
+	return rc;
+}
+
 static inline void on_fetch(void *ctx, int err, struct store_fetch_result *res)
 {
 	struct wait *w = ctx;

@@ -247,6 +247,63 @@ static void test_send_duplicate_only(void **state)
 	assert_int_equal(db_int(f, "SELECT seq FROM audit WHERE kind = 'message.refused'", 0), 2);
 }
 
+/*
+ * A send refused before it would be stored: a resend of a stored message
+ * (same sender, id and content) gets its receipt and writes nothing; a new
+ * id, the id with other content, or the id from another sender has its
+ * refusal written.
+ */
+static void test_refuse_send(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "msg-r", "nhs-b", "payload one");
+	struct store_receipt r1, r;
+	assert_int_equal(send_sync(s, &m, &r1), 0);
+	const char refused[] = "{\"event\":\"message.refused\",\"rule\":\"agreement.validity\"}";
+	struct store_refusal rf = {.sender = "police-a",
+	                           .message_id = "msg-r",
+	                           .audit_entry = "{\"event\":\"message.accepted\"}",
+	                           .audit_len = strlen("{\"event\":\"message.accepted\"}")};
+	memcpy(rf.request_hash, m.request_hash, sizeof(rf.request_hash));
+	/* Only a refusal's entry is taken. */
+	assert_int_equal(store_refuse_send(s, &rf, on_refuse, NULL), ISG_ERR_INVALID);
+	rf.audit_entry = refused;
+	rf.audit_len = strlen(refused);
+
+	assert_int_equal(refuse_sync(s, &rf, &r), 0);
+	assert_true(r.duplicate);
+	assert_int_equal(r.gateway_id, r1.gateway_id);
+	assert_int_equal(r.audit_index, r1.audit_index);
+	assert_int_equal(r.accepted_at_ms, r1.accepted_at_ms);
+	assert_int_equal(r.record_count, r1.record_count);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
+
+	/* Other content under the id: the refusal stands, not a conflict. */
+	struct store_refusal other = rf;
+	other.request_hash[0] ^= 1;
+	assert_int_equal(refuse_sync(s, &other, &r), 0);
+	assert_false(r.duplicate);
+	assert_int_equal(r.gateway_id, 0);
+	assert_int_equal(r.audit_index, 2);
+	/* A new id, and the same id from another sender. */
+	other = rf;
+	other.message_id = "msg-new";
+	assert_int_equal(refuse_sync(s, &other, &r), 0);
+	assert_false(r.duplicate);
+	assert_int_equal(r.audit_index, 3);
+	other = rf;
+	other.sender = "council-c";
+	assert_int_equal(refuse_sync(s, &other, &r), 0);
+	assert_false(r.duplicate);
+	assert_int_equal(r.audit_index, 4);
+
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.refused'", 0),
+	                 3);
+	assert_int_equal(fetch_count(s, "nhs-b"), 1);
+}
+
 static void test_conflicting_send(void **state)
 {
 	struct fx *f = *state;
@@ -1774,6 +1831,7 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_send_duplicate_only, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_refuse_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reply_to_rules, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refusals_found_are_recorded, fx_setup,
