@@ -138,6 +138,7 @@ struct send_job {
 	char message_id[MESSAGE_ID_MAX + 1];
 	/* A refusal, answered once its audit entry is stored. */
 	bool refused;
+	bool refused_here; /* by refuse_send, not the store: logged as it is answered */
 	struct policy_refusal why;
 	uint64_t audit_index;
 	/* The daily-limit reservation, given back if nothing new was stored. */
@@ -155,7 +156,18 @@ struct send_job {
 	size_t records;
 };
 
-/* An over-limit refusal that the store did not record: the log must say so. */
+/* A refusal of a send, without values: the field only when the agreement declares it. */
+static void log_refused(const char *partner, const struct policy_refusal *why, uint64_t audit_index)
+{
+	char q[96];
+	log_event(LOG_INFO, "message.refused",
+	          "partner=%s rule=%s record=%lld field=%s audit_index=%llu", partner, why->rule,
+	          (long long)why->record_index,
+	          log_quote(q, sizeof(q), why->field_undeclared ? "" : why->field),
+	          (unsigned long long)audit_index);
+}
+
+/* A refusal that the store did not record: the log must say so. */
 static void log_refusal_unrecorded(const struct send_job *j, int err)
 {
 	char q[64];
@@ -230,6 +242,10 @@ static void send_reply(struct net_conn *c, void *arg)
 		j->audit_index = j->receipt.audit_index;
 		j->err = 0;
 	}
+	if (j->refused_here && j->err == 0)
+		log_refused(j->sender, &j->why, j->audit_index);
+	else if (j->refused_here)
+		log_refusal_unrecorded(j, j->err);
 	net_conn_end_async(c, &j->hold);
 	if (!c)
 		goto out;
@@ -282,6 +298,20 @@ static void refusal_stored(void *ctx, int err, uint64_t audit_index)
 	net_post(j->ref, send_reply, j);
 }
 
+/* store_refuse_send's answer: the refusal on record, or a resend's receipt. */
+static void refusal_answered(void *ctx, int err, const struct store_receipt *r)
+{
+	struct send_job *j = ctx;
+	j->err = err;
+	if (r && r->duplicate) {
+		j->refused = j->refused_here = false;
+		j->receipt = *r;
+	} else if (r) {
+		j->audit_index = r->audit_index;
+	}
+	net_post(j->ref, send_reply, j);
+}
+
 static struct send_job *send_job_new(struct net_conn *c, uint64_t rid, const char *message_id,
                                      const struct policy_set *set)
 {
@@ -295,15 +325,17 @@ static struct send_job *send_job_new(struct net_conn *c, uint64_t rid, const cha
 	return j;
 }
 
-/* Refused: audit first, answer when the refusal is on disk. */
+/*
+ * Refused: audit first, answer when the refusal is on disk. With the
+ * request's hash (its sender and message_id are sound), the store answers
+ * a resend of a message it accepted with that message's receipt instead,
+ * whatever the agreement says now: the message will be delivered, and a
+ * partner whose receipt was lost must not be told it was refused.
+ */
 static void refuse_send(struct net_conn *c, struct session *s, uint64_t rid,
                         const struct policy_set *set, const Isg__SendRequest *req,
-                        const struct policy_refusal *why)
+                        const struct policy_refusal *why, const uint8_t *request_hash)
 {
-	char q[96];
-	log_event(LOG_INFO, "message.refused", "partner=%s rule=%s record=%lld field=%s",
-	          s->partner, why->rule, (long long)why->record_index,
-	          log_quote(q, sizeof(q), why->field_undeclared ? "" : why->field));
 	struct send_job *j = send_job_new(c, rid, req->message_id, set);
 	size_t len;
 	char *entry = entry_refused(set->version, s->partner, req, why, &len);
@@ -313,40 +345,73 @@ static void refuse_send(struct net_conn *c, struct session *s, uint64_t rid,
 		send_simple_error(c, rid, ISG__ERROR_CODE__INTERNAL, "out of memory");
 		return;
 	}
-	j->refused = true;
+	str_copy(j->sender, s->partner, sizeof(j->sender));
+	j->refused = j->refused_here = true;
 	j->why = *why;
 	j->hold = net_conn_begin_async(c, len);
-	int err = store_audit(s->g->store, "message.refused", entry, len, refusal_stored, j);
+	int err;
+	if (request_hash) {
+		struct store_refusal f = {.sender = s->partner,
+		                          .message_id = req->message_id,
+		                          .audit_entry = entry,
+		                          .audit_len = len};
+		memcpy(f.request_hash, request_hash, sizeof(f.request_hash));
+		err = store_refuse_send(s->g->store, &f, refusal_answered, j);
+	} else {
+		err = store_audit(s->g->store, "message.refused", entry, len, refusal_stored, j);
+	}
 	free(entry);
 	if (err != 0) {
+		log_refusal_unrecorded(j, err);
 		net_conn_end_async(c, &j->hold);
 		send_store_error(c, rid, err);
 		free(j);
 	}
 }
 
-static bool request_refused(const Isg__SendRequest *req, const struct gateway *g,
+static bool message_id_refused(const Isg__SendRequest *req, struct policy_refusal *why)
+{
+	*why = (struct policy_refusal){.code = ISG__ERROR_CODE__BAD_REQUEST, .record_index = -1};
+	size_t id_len = strlen(req->message_id);
+	if (id_len > 0 && id_len <= MESSAGE_ID_MAX)
+		return false;
+	str_copy(why->rule, "request.message_id", sizeof(why->rule));
+	snprintf(why->message, sizeof(why->message), "message_id must be 1 to %d bytes of UTF-8",
+	         MESSAGE_ID_MAX);
+	return true;
+}
+
+static bool records_refused(const Isg__SendRequest *req, const struct gateway *g,
                             struct policy_refusal *why)
 {
-	memset(why, 0, sizeof(*why));
-	why->record_index = -1;
-	why->code = ISG__ERROR_CODE__BAD_REQUEST;
-	size_t id_len = strlen(req->message_id);
-	if (id_len == 0 || id_len > MESSAGE_ID_MAX) {
-		str_copy(why->rule, "request.message_id", sizeof(why->rule));
-		snprintf(why->message, sizeof(why->message),
-		         "message_id must be 1 to %d bytes of UTF-8", MESSAGE_ID_MAX);
-		return true;
-	}
-	if (req->n_records > g->cfg.max_records_per_message) {
-		why->code = ISG__ERROR_CODE__LIMIT_EXCEEDED;
-		str_copy(why->rule, "gateway.max_records_per_message", sizeof(why->rule));
-		snprintf(why->message, sizeof(why->message),
-		         "%zu records is more than the gateway's limit of %u per message",
-		         req->n_records, g->cfg.max_records_per_message);
-		return true;
-	}
-	return false;
+	if (req->n_records <= g->cfg.max_records_per_message)
+		return false;
+	*why = (struct policy_refusal){.code = ISG__ERROR_CODE__LIMIT_EXCEEDED, .record_index = -1};
+	str_copy(why->rule, "gateway.max_records_per_message", sizeof(why->rule));
+	snprintf(why->message, sizeof(why->message),
+	         "%zu records is more than the gateway's limit of %u per message", req->n_records,
+	         g->cfg.max_records_per_message);
+	return true;
+}
+
+/*
+ * The request's own bytes identify its content for idempotent resends: as
+ * protobuf-c packs it, which is how nearly every client sent it, so the
+ * bytes as they came usually do without packing it again. 0 or
+ * ISG_ERR_NOMEM.
+ */
+static int send_request_hash(const Isg__Frame *f, uint8_t hash[static SHA256_LEN])
+{
+	const uint8_t *bytes;
+	size_t len = 0;
+	uint8_t *packed = NULL;
+	if (!wire_frame_send_bytes(f, &bytes, &len))
+		bytes = packed = wire_pack_send_request(f->send, &len);
+	if (!bytes)
+		return ISG_ERR_NOMEM;
+	sha256_digest(bytes, len, hash);
+	free(packed);
+	return 0;
 }
 
 /*
@@ -427,8 +492,19 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	struct policy_outcome o = {0};
 	struct policy_refusal why;
 	struct subjects subj = {0};
-	if (request_refused(req, s->g, &why)) {
-		refuse_send(c, s, f->request_id, set, req, &why);
+	uint8_t hash[SHA256_LEN];
+	/* Without a sound message_id it cannot be a resend of a stored message. */
+	if (message_id_refused(req, &why)) {
+		refuse_send(c, s, f->request_id, set, req, &why, NULL);
+		goto out;
+	}
+	if (send_request_hash(f, hash) != 0) {
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
+		goto out;
+	}
+	/* Every refusal from here on answers a resend with its receipt (refuse_send). */
+	if (records_refused(req, s->g, &why)) {
+		refuse_send(c, s, f->request_id, set, req, &why, hash);
 		goto out;
 	}
 	int64_t now = gateway_today_ms(s->g);
@@ -440,7 +516,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	subjects_init(&subj, req);
 	int err = policy_apply(set, s->partner, req, now, &joint, &o, &why);
 	if (err == ISG_ERR_DENIED || err == ISG_ERR_INVALID) {
-		refuse_send(c, s, f->request_id, set, req, &why);
+		refuse_send(c, s, f->request_id, set, req, &why, hash);
 		goto out;
 	}
 	if (err != 0) {
@@ -450,7 +526,7 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	}
 	if (!delivery_fits(s, req, &o, &why)) {
 		policy_outcome_release(&o);
-		refuse_send(c, s, f->request_id, set, req, &why);
+		refuse_send(c, s, f->request_id, set, req, &why, hash);
 		goto out;
 	}
 
@@ -469,28 +545,21 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	    .ttl_ms = o.agreement->undelivered_ttl_ms ? o.agreement->undelivered_ttl_ms
 	                                              : s->g->cfg.undelivered_ttl_ms,
 	};
-	/* The request's own bytes identify its content for idempotent resends:
-	 * as protobuf-c packs it, which is how nearly every client sent it, so
-	 * the bytes as they came usually do without packing it again. */
-	const uint8_t *hashed;
-	size_t hashed_len = 0;
-	uint8_t *packed = NULL;
-	if (!wire_frame_send_bytes(f, &hashed, &hashed_len))
-		hashed = packed = wire_pack_send_request(req, &hashed_len);
+	memcpy(m.request_hash, hash, sizeof(m.request_hash));
 	char *subjects = NULL, *entry = NULL;
 	err = entry_subjects(rg, &subj, now, &subjects);
 	if (err != 0 && err != ISG_ERR_NOMEM) {
 		/* The key process could not name the subjects: a key failure, refused
 		 * and audited as policy_apply's are, not an out-of-memory. */
 		subjects_refusal(err, o.agreement->id, &why);
-		refuse_send(c, s, f->request_id, set, req, &why);
+		refuse_send(c, s, f->request_id, set, req, &why, hash);
 		goto done;
 	}
 	if (subjects)
 		entry = entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len);
 	free(subjects);
 	struct send_job *j = send_job_new(c, f->request_id, req->message_id, set);
-	if (!hashed || !entry || !j) {
+	if (!entry || !j) {
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
 		free(j);
 		goto done;
@@ -523,7 +592,6 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		goto done;
 	}
 	j->quota = s->g->quota;
-	sha256_digest(hashed, hashed_len, m.request_hash);
 	/* The store keeps the sealed payload and the audit entry until it answers. */
 	j->hold = net_conn_begin_async(c, m.payload_len + m.audit_len);
 	err = store_send(s->g->store, &m, send_stored, j);
@@ -536,7 +604,6 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 		free(j);
 	}
 done:
-	free(packed);
 	free(entry);
 	policy_outcome_release(&o);
 out:

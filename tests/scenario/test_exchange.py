@@ -207,6 +207,91 @@ class TestDelivery(ExchangeCase):
         self.assertNothingPending(nhs)
 
 
+class TestResendAfterChange(ExchangeCase):
+    """
+    A resend of an accepted message (same message_id, same content) gets its
+    receipt even when what was agreed has changed since and would refuse it
+    now: the message is stored and will be delivered, and the partner resends
+    because it lost the receipt. Anything else is refused as before.
+    """
+
+    def refused_ids(self, gw):
+        """The message_id of every message.refused entry in the audit log."""
+        r = isgtest.ctl("audit", "list", "--config", gw.config_path, "--kind", "message.refused",
+                        "--format", "jsonl")
+        self.assertEqual(r.rc, 0, r)
+        return [json.loads(line)["entry"]["message_id"] for line in r.out.splitlines()]
+
+    def assertSameReceipt(self, again, first, records):
+        self.assertReceipt(again, records, first["message_id"], duplicate=True)
+        self.assertEqual(again["gateway_id"], first["gateway_id"])
+        self.assertEqual(again["audit_index"], first["audit_index"])
+
+    def check_after_change(self, gw, police, nhs, first, rule, code="NOT_PERMITTED"):
+        """The resend of `first` ([RECORD_A]) is answered; a new id and the id
+        with other content are refused by `rule`; only those two are audited."""
+        refused_before = self.refused_ids(gw)
+        again = police.send_ok([RECORD_A], message_id=first["message_id"])
+        self.assertSameReceipt(again, first, 1)
+        self.assertEqual(self.refused_ids(gw), refused_before)
+        new_id = first["message_id"] + "-new"
+        self.assertRefused(police.send([RECORD_A], message_id=new_id), gw, code, rule)
+        self.assertRefused(police.send([RECORD_B], message_id=first["message_id"]), gw, code, rule)
+        self.assertEqual(self.refused_ids(gw), refused_before + [new_id, first["message_id"]])
+        msgs = nhs.fetch_messages()
+        self.assertEqual([(m["gateway_id"], m["records"]) for m in msgs],
+                         [(first["gateway_id"], [RECORD_A])])
+
+    def test_after_the_agreement_ended(self):
+        gw, police, nhs = self.start()
+        first = police.send_ok([RECORD_A], message_id="ended-1")
+        isgtest.write_policy(gw.policy_dir, agreements=[isgtest.default_agreement(
+            version=2, valid_from="2020-01-01", valid_until="2021-12-31")])
+        self.assertEqual(gw.reload()[0], "loaded")
+        self.check_after_change(gw, police, nhs, first, "agreement.validity")
+
+    def test_after_the_sender_was_removed(self):
+        gw, police, nhs = self.start()
+        first = police.send_ok([RECORD_A], message_id="sender-1")
+        isgtest.write_policy(gw.policy_dir, agreements=[isgtest.default_agreement(
+            version=2, senders=["city-council"])])
+        self.assertEqual(gw.reload()[0], "loaded")
+        self.check_after_change(gw, police, nhs, first, "agreement.sender")
+
+    def test_after_the_dataset_was_removed(self):
+        gw, police, nhs = self.start()
+        first = police.send_ok([RECORD_A], message_id="dataset-1")
+        agreement = isgtest.default_agreement(version=2)
+        agreement["datasets"][0]["name"] = "another-dataset"
+        isgtest.write_policy(gw.policy_dir, agreements=[agreement])
+        self.assertEqual(gw.reload()[0], "loaded")
+        self.check_after_change(gw, police, nhs, first, "agreement.dataset")
+
+    def test_after_the_gateway_limits_were_lowered(self):
+        """limits.max_frame lowered below the message's delivery (though not
+        below its request), and limits.max_records_per_message below its count."""
+        gw, police, nhs = self.start()
+        big = dict(RECORD_A, concern_summary="s" * 750)
+        two = [RECORD_A, RECORD_B]
+        first_big = police.send_ok([big], message_id="big-1")
+        first_two = police.send_ok(two, message_id="two-1")
+        gw.stop()
+        gw.config["limits"].update(max_frame="1KiB", max_records_per_message=1)
+        gw.write_config()
+        gw.start()
+        refused_before = self.refused_ids(gw)
+        self.assertSameReceipt(police.send_ok([big], message_id="big-1"), first_big, 1)
+        self.assertSameReceipt(police.send_ok(two, message_id="two-1"), first_two, 2)
+        self.assertEqual(self.refused_ids(gw), refused_before)
+        # New messages like them are refused, for the delivery's size (the
+        # request itself fits in a frame) and for the number of records.
+        self.assertRefused(police.send([big], message_id="big-2"), gw, "LIMIT_EXCEEDED",
+                           "gateway.max_frame")
+        self.assertRefused(police.send(two, message_id="two-2"), gw, "LIMIT_EXCEEDED",
+                           "gateway.max_records_per_message")
+        self.assertEqual(self.refused_ids(gw), refused_before + ["big-2", "two-2"])
+
+
 class TestPipelining(ExchangeCase):
     def test_pipelined_sends_through_the_c_library(self):
         """libisgclient's isg_client_send_start and _finish against the real
