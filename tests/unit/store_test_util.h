@@ -196,23 +196,28 @@ static inline void on_send(void *ctx, int err, const struct store_receipt *r)
 	wait_done(w, err);
 }
 
+/* The answer to a job submitted with rc (0: it calls back); its receipt into r (may be NULL). */
+static inline int wait_receipt(struct wait *w, int rc, struct store_receipt *r)
+{
+	if (rc) {
+		pthread_cond_destroy(&w->cv);
+		pthread_mutex_destroy(&w->mu);
+		return rc;
+	}
+	rc = wait_for(w);
+	assert_false(w->bad);
+	if (r)
+		*r = w->receipt;
+	return rc;
+}
+
 static inline int send_sync(struct store *s, const struct store_message *m, struct store_receipt *r)
 {
 	struct wait w;
 	if (r)
 		memset(r, 0, sizeof(*r));
 	wait_init(&w);
-	int rc = store_send(s, m, on_send, &w);
-	if (rc) {
-		pthread_cond_destroy(&w.cv);
-		pthread_mutex_destroy(&w.mu);
-		return rc;
-	}
-	rc = wait_for(&w);
-	assert_false(w.bad);
-	if (r)
-		*r = w.receipt;
-	return rc;
+	return wait_receipt(&w, store_send(s, m, on_send, &w), r);
 }
 
 static inline void on_refuse(void *ctx, int err, const struct store_receipt *r)
@@ -231,16 +236,7 @@ static inline int refuse_sync(struct store *s, const struct store_refusal *f,
 	struct wait w;
 	memset(r, 0, sizeof(*r));
 	wait_init(&w);
-	int rc = store_refuse_send(s, f, on_refuse, &w);
-	if (rc) {
-		pthread_cond_destroy(&w.cv);
-		pthread_mutex_destroy(&w.mu);
-		return rc;
-	}
-	rc = wait_for(&w);
-	assert_false(w.bad);
-	*r = w.receipt;
-	return rc;
+	return wait_receipt(&w, store_refuse_send(s, f, on_refuse, &w), r);
 }
 
 static inline void on_fetch(void *ctx, int err, struct store_fetch_result *res)
