@@ -222,8 +222,7 @@ static void send_reply(struct net_conn *c, void *arg)
 		quota_settle(j->quota, &j->claim, j->receipt.accepted_at_ms);
 	if (j->over_limit && j->err == ISG_ERR_LIMIT) {
 		/* Already on record, in the store job's own transaction. */
-		log_event(LOG_INFO, "message.refused", "rule=%s audit_index=%llu", j->why.rule,
-		          (unsigned long long)j->receipt.audit_index);
+		log_refused(j->sender, &j->why, j->receipt.audit_index);
 		j->refused = true;
 		j->err = 0;
 		j->audit_index = j->receipt.audit_index;
@@ -235,9 +234,7 @@ static void send_reply(struct net_conn *c, void *arg)
 	if (j->err == ISG_ERR_CONFLICT || j->err == ISG_ERR_NOT_FOUND) {
 		/* On record in the send's own transaction. */
 		found_refusal(j->err, &j->why);
-		log_event(LOG_INFO, "message.refused",
-		          "partner=%s rule=%s record=-1 field=\"\" audit_index=%llu", j->sender,
-		          j->why.rule, (unsigned long long)j->receipt.audit_index);
+		log_refused(j->sender, &j->why, j->receipt.audit_index);
 		j->refused = true;
 		j->audit_index = j->receipt.audit_index;
 		j->err = 0;

@@ -47,8 +47,10 @@ class DailyLimitCase(isgtest.ScenarioCase):
                            "agreement.messages_per_day", 2, "messages")
         # Another sender under the same agreement has an allowance of its own.
         self.council.send_ok([record(3)], message_id="c-1")
-        # The refusal is audited and the gateway says so in the log, without values.
-        self.assertIn("rule=agreement.messages_per_day", self.gw.log)
+        # The refusal is audited and the gateway says so in the log, as it
+        # logs every refused send (who, which rule), without values.
+        self.assertRegex(self.gw.log, r"event=message\.refused partner=\S+ "
+                         r"rule=agreement\.messages_per_day record=-1 field=\"\" audit_index=\d+")
         self.assertNotIn(NHS[2], self.gw.log)
         # A restart rebuilds today's counters from the store.
         self.gw.restart()
