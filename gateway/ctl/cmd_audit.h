@@ -163,7 +163,8 @@ struct audit_log {
 	char *store_path, *keys_dir, *origin; /* keys_dir NULL when not known */
 	int64_t checkpoint_interval_ms; /* the config's audit.checkpoint_interval; 0: unknown */
 	bool in_txn;
-	char key_error[AUDIT_KEY_ERROR_MAX]; /* why audit_log_verifier failed; "" when unknown */
+	char key_error[AUDIT_KEY_ERROR_MAX];    /* why audit_log_verifier failed; "" when unknown */
+	char given_key[AUDIT_VERIFIER_KEY_MAX]; /* --pubkey or --pubkey-file's text, checked */
 };
 
 /*

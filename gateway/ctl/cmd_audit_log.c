@@ -211,17 +211,18 @@ static int read_key_file(const char *path, char out[static AUDIT_VERIFIER_KEY_MA
  * A verifier key given is checked before anything is read or written, so
  * that a mistyped one never becomes a report that says only "not verified":
  * a bad --pubkey is a bad command line, a bad --pubkey-file a bad input file.
+ * Its text is kept in l->given_key for audit_log_verifier.
  */
-static int given_key_check(const struct audit_where *w, const char *usage)
+static int given_key_check(struct audit_log *l, const struct audit_where *w, const char *usage)
 {
-	char text[AUDIT_VERIFIER_KEY_MAX];
+	char *text = l->given_key;
 	struct audit_verifier v;
 	const char *reason = NULL;
 	if (w->pubkey) {
-		if (strlen(w->pubkey) >= AUDIT_VERIFIER_KEY_MAX)
+		if (str_copy(text, w->pubkey, AUDIT_VERIFIER_KEY_MAX) >= AUDIT_VERIFIER_KEY_MAX)
 			return ctl_usage_error(usage,
 			                       "--pubkey is not a valid verifier key: too long");
-		if (audit_verifier_parse(w->pubkey, strlen(w->pubkey), &v, &reason) != 0)
+		if (audit_verifier_parse(text, strlen(text), &v, &reason) != 0)
 			return ctl_usage_error(usage, "--pubkey is not a valid verifier key: %s",
 			                       reason ? reason : "malformed");
 		return CTL_EXIT_OK;
@@ -257,7 +258,7 @@ int audit_log_open(struct audit_log *l, const struct audit_where *w, const char 
 		                       : !(w->takes & AUDIT_TAKES_STORE) ? "--keys KEYS_DIR"
 		                                                         : "--store DB (and --keys "
 		                                                           "KEYS_DIR)");
-	status = given_key_check(w, usage);
+	status = given_key_check(l, w, usage);
 	if (status == CTL_EXIT_OK && w->config)
 		status = read_config(l, w->config);
 	if (status == CTL_EXIT_OK)
@@ -348,16 +349,9 @@ int audit_log_verifier(struct audit_log *l, const struct audit_where *w, struct 
 {
 	int status = CTL_EXIT_OK;
 	l->key_error[0] = '\0';
-	if (w->pubkey) {
-		if (strlen(w->pubkey) >= AUDIT_VERIFIER_KEY_MAX) {
-			key_error(l, "--pubkey is not a verifier key (too long)");
-			return CTL_EXIT_LOCAL;
-		}
-		str_copy(text, w->pubkey, AUDIT_VERIFIER_KEY_MAX);
-		*from = "--pubkey";
-	} else if (w->pubkey_file) {
-		status = read_key_file(w->pubkey_file, text);
-		*from = w->pubkey_file;
+	if (w->pubkey || w->pubkey_file) { /* read and checked by audit_log_open */
+		str_copy(text, l->given_key, AUDIT_VERIFIER_KEY_MAX);
+		*from = w->pubkey ? "--pubkey" : w->pubkey_file;
 	} else {
 		status = audit_log_signer_key(l, text);
 		*from = "the gateway's signing key";
