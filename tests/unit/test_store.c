@@ -1464,13 +1464,7 @@ static void forge_row(struct store *s, uint64_t id, const uint8_t key[32],
 	size_t len = strlen(plain);
 	assert_true(len + 16 <= sizeof(sealed));
 	store_doc_gcm_seal(key, header + 72, ad, ad_len, (const uint8_t *)plain, len, sealed);
-	char hh[2 * sizeof(header) + 1], ph[2 * 256 + 1], sql[1200];
-	sodium_bin2hex(hh, sizeof(hh), header, sizeof(header));
-	sodium_bin2hex(ph, sizeof(ph), sealed, len + 16);
-	snprintf(sql, sizeof(sql),
-	         "UPDATE messages SET nonce = X'%s', payload = X'%s' WHERE id = %" PRIu64, hh, ph,
-	         id);
-	assert_int_equal(store_test_exec(s, sql), 0);
+	store_set_sealed(s, id, header, sizeof(header), sealed, len + 16, 2);
 }
 
 /* A send that stores nothing (a resend, a refusal) keeps no data key. */

@@ -725,38 +725,27 @@ static void test_refuses_a_fifo(void **state)
 	assert_non_null(strstr(err, want));
 }
 
-static void make_db(const char *path, const char *sql)
-{
-	sqlite3 *db = NULL;
-	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-	char *msg = NULL;
-	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
-		fail_msg("%s", msg);
-	sqlite3_close(db);
-}
-
 static void test_refuses_foreign_database(void **state)
 {
 	struct fx *f = *state;
-	make_db(f->path, "CREATE TABLE patients(nhs_number TEXT, name TEXT);"
-	                 "INSERT INTO patients VALUES ('9434765919', 'Jane');");
+	db_exec(f, "CREATE TABLE patients(nhs_number TEXT, name TEXT);"
+	           "INSERT INTO patients VALUES ('9434765919', 'Jane');");
 	expect_refused_unchanged(f, "not an ISG store");
 	unlink(f->path);
 	/* Our application id but no meta table. */
-	make_db(f->path, "PRAGMA application_id = 1230194481; CREATE TABLE t(x);");
+	db_exec(f, "PRAGMA application_id = 1230194481; CREATE TABLE t(x);");
 	expect_refused_unchanged(f, "not an ISG store");
 	unlink(f->path);
 	/* A store from a newer isgd. */
-	make_db(f->path,
-	        "PRAGMA application_id = 1230194481;"
-	        "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
-	        "INSERT INTO meta VALUES ('format', 'isg-store'), ('schema_version', 99);");
+	db_exec(f, "PRAGMA application_id = 1230194481;"
+	           "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
+	           "INSERT INTO meta VALUES ('format', 'isg-store'), ('schema_version', 99);");
 	expect_refused_unchanged(f, "schema version 99");
 	unlink(f->path);
 	/* The next version, as this isgd refuses it. */
-	make_db(f->path, "PRAGMA application_id = 1230194481;"
-	                 "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
-	                 "INSERT INTO meta VALUES ('format', 'isg-store'), ('schema_version', 6);");
+	db_exec(f, "PRAGMA application_id = 1230194481;"
+	           "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
+	           "INSERT INTO meta VALUES ('format', 'isg-store'), ('schema_version', 6);");
 	expect_refused_unchanged(f, "has schema version 6; this isgd understands up to 5");
 }
 
@@ -791,12 +780,12 @@ static void make_old_layout(struct fx *f, int v)
 	         "ALTER TABLE messages DROP COLUMN ad;"
 	         "UPDATE meta SET value = %d WHERE key = 'schema_version';",
 	         v);
-	make_db(f->path, sql);
+	db_exec(f, sql);
 	if (v < 4)
-		make_db(f->path, "UPDATE messages SET payload ="
-		                 " (SELECT data FROM payloads WHERE payloads.id = messages.id)"
-		                 " WHERE payload IS NULL AND state IN (0, 1);"
-		                 "DROP TABLE payloads;");
+		db_exec(f, "UPDATE messages SET payload ="
+		           " (SELECT data FROM payloads WHERE payloads.id = messages.id)"
+		           " WHERE payload IS NULL AND state IN (0, 1);"
+		           "DROP TABLE payloads;");
 }
 
 static int64_t payloads_table(struct fx *f)
@@ -904,8 +893,8 @@ static void test_failed_upgrade_changes_nothing(void **state)
 	store_write_v4_row(f, r.gateway_id, "police-a", "m-1", "nhs-b", m.payload, m.payload_len);
 	for (int v = 3; v <= 4; v++) {
 		make_old_layout(f, v);
-		make_db(f->path, "CREATE TRIGGER refuse BEFORE UPDATE ON meta"
-		                 " BEGIN SELECT RAISE(ABORT, 'refused'); END;");
+		db_exec(f, "CREATE TRIGGER refuse BEFORE UPDATE ON meta"
+		           " BEGIN SELECT RAISE(ABORT, 'refused'); END;");
 		char err[512] = "";
 		struct store_options opt = {.path = f->path, .storage_key = f->key};
 		assert_int_equal(store_open(&opt, &s, err, sizeof(err)), ISG_ERR_STORE);
@@ -916,7 +905,7 @@ static void test_failed_upgrade_changes_nothing(void **state)
 		assert_int_equal(payloads_table(f), v == 4);
 		assert_int_equal(ad_column(f), 0);
 		/* Without the trigger, the next start upgrades it. */
-		make_db(f->path, "DROP TRIGGER refuse;");
+		db_exec(f, "DROP TRIGGER refuse;");
 		s = fx_open(f);
 		assert_int_equal(schema_version(f), 5);
 		assert_int_equal(payloads_table(f), 1);
