@@ -95,14 +95,17 @@ void quota_free(struct quota *q)
 struct seed_ctx {
 	struct quota *q;
 	int64_t day;
+	int err;
 };
 
 static void quota_seed_one(void *ctx, const struct store_usage *u)
 {
 	struct seed_ctx *sc = ctx;
 	struct quota_entry *e = quota_entry(sc->q, u->sender, u->agreement_id);
-	if (!e)
+	if (!e) {
+		sc->err = ISG_ERR_NOMEM;
 		return;
+	}
 	e->day = sc->day;
 	e->messages = u->messages;
 	e->records = u->records;
@@ -114,7 +117,7 @@ int quota_seed(struct quota *q, struct store *store, int64_t now_ms)
 	pthread_mutex_lock(&q->mu);
 	int err = store_usage_since(store, sc.day * 86400000LL, quota_seed_one, &sc);
 	pthread_mutex_unlock(&q->mu);
-	return err;
+	return err ? err : sc.err;
 }
 
 static void quota_refuse(struct policy_refusal *why, const char *rule, const char *what,
