@@ -99,9 +99,11 @@ static int map_rc(int rc)
 
 const char *store_db_errmsg(sqlite3 *db)
 {
+	/* SQLite's unix VFS reports a write cut short by a full disk as
+	 * SQLITE_FULL with no errno, so SQLITE_FULL alone says it. */
 	int rc = sqlite3_extended_errcode(db) & 0xff;
-	if ((rc == SQLITE_IOERR || rc == SQLITE_FULL || rc == SQLITE_CANTOPEN) &&
-	    sqlite3_system_errno(db) == ENOSPC)
+	if (rc == SQLITE_FULL ||
+	    ((rc == SQLITE_IOERR || rc == SQLITE_CANTOPEN) && sqlite3_system_errno(db) == ENOSPC))
 		return "disk full (no space left on the store's file system)";
 	return sqlite3_errmsg(db);
 }

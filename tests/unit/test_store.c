@@ -895,6 +895,29 @@ static void test_failed_sweep_waits_for_its_interval(void **state)
 	                 0);
 }
 
+/* SQLite reports a write cut short by a full disk as SQLITE_FULL with no
+ * errno (as the test's failing writes do): the start's error still says
+ * the disk is full, not SQLite's "database or disk is full". */
+static void test_full_disk_at_open_says_so(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	uint64_t seq = 0;
+	assert_int_equal(audit_sync(s, "test.event", "{\"event\":\"test.event\"}", &seq), 0);
+	fx_close(f);
+	sleep_ms(5); /* the next open moves the gateway ids on: a write */
+
+	store_test_fail_wal_writes(1000);
+	char err[512] = "";
+	struct store_options opt = {.path = f->path, .storage_key = f->key};
+	int rc = store_open(&opt, &f->s, err, sizeof(err));
+	store_test_fail_wal_writes(0);
+	assert_int_equal(rc, ISG_ERR_FULL);
+	assert_non_null(strstr(err, "disk full (no space left on the store's file system)"));
+	assert_null(strstr(err, "database or disk is full"));
+	fx_open(f);
+}
+
 /* A sweep interval too long to add to a clock is taken as a day: the
  * writer sweeps at open, then waits, instead of sweeping without end. */
 static void test_long_sweep_interval(void **state)
@@ -1847,6 +1870,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_failed_sweep_waits_for_its_interval, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_long_sweep_interval, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_full_disk_at_open_says_so, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_open_reads_the_log_before_the_writer_starts,
 	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_durable_across_reopen, fx_setup, fx_teardown),
