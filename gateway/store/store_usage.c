@@ -32,9 +32,11 @@ int store_usage_since(struct store *s, int64_t since_ms,
 	if (rc == SQLITE_DONE)
 		err = 0;
 out:
-	if (err)
-		log_event(LOG_ERROR, "store.usage_failed", "error=\"%s\"",
-		          db ? sqlite3_errmsg(db) : "cannot open");
+	if (err) {
+		char q[256];
+		log_event(LOG_ERROR, "store.usage_failed", "error=%s",
+		          log_quote(q, sizeof(q), db ? sqlite3_errmsg(db) : "cannot open"));
+	}
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	return err;

@@ -182,8 +182,11 @@ static int zero_fill(int fd, off_t want, off_t *wrote)
 		e = errno;
 	if (e == 0)
 		*wrote = want - sb.st_size;
-	else if (ftruncate(fd, sb.st_size) != 0)
-		log_event(LOG_WARN, "store.wal_truncate_failed", "error=%s", strerror(errno));
+	else if (ftruncate(fd, sb.st_size) != 0) {
+		char q[128];
+		log_event(LOG_WARN, "store.wal_truncate_failed", "error=%s",
+		          log_quote(q, sizeof(q), strerror(errno)));
+	}
 	return e;
 }
 
@@ -227,8 +230,10 @@ static void wal_preallocate(struct store *s)
 		if (store_db_step_done(s, s->stmt[ST_COMMIT], "wal.commit") != 0)
 			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 	}
+	char q[128];
 	if (e != 0)
-		log_event(LOG_WARN, "store.wal_not_preallocated", "error=%s", strerror(e));
+		log_event(LOG_WARN, "store.wal_not_preallocated", "error=%s",
+		          log_quote(q, sizeof(q), strerror(e)));
 	else if (wrote > 0)
 		log_event(LOG_INFO, "store.wal_preallocated", "bytes=%lld", (long long)wrote);
 }
