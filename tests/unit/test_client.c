@@ -538,6 +538,7 @@ static void test_connect_by_dns_name(void **state)
  * resolver_delay_ms before asking the real one.
  */
 static int resolver_delay_ms;
+static int resolver_delayed; /* calls that waited: the test knows the delay took effect */
 
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
                 struct addrinfo **res)
@@ -545,8 +546,10 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
 	static int (*real)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
 	if (!real)
 		*(void **)&real = dlsym(RTLD_NEXT, "getaddrinfo");
-	if (resolver_delay_ms)
+	if (resolver_delay_ms) {
+		resolver_delayed++;
 		usleep((useconds_t)resolver_delay_ms * 1000);
+	}
 	return real(node, service, hints, res);
 }
 
@@ -568,8 +571,17 @@ static void test_connect_timeout_starts_after_resolution(void **state)
 	struct isg_client *c = NULL;
 	struct isg_error err;
 	resolver_delay_ms = 5000;
+	resolver_delayed = 0;
+	int64_t start = time_mono_ms();
 	int rc = isg_client_connect(&opt, &c, &err);
+	int64_t took = time_mono_ms() - start;
 	resolver_delay_ms = 0;
+	/* The library asked this resolver, and it was slower than the timeout:
+	 * otherwise the connect below proves nothing about where it starts. */
+	assert_true(resolver_delayed > 0);
+	if (took < 5000)
+		fail_msg("connect took %lld ms: the resolver's 5000 ms did not count",
+		         (long long)took);
 	if (rc < 0)
 		fail_msg("connect after a slow resolver: %s: %s", err.code_name, err.message);
 	assert_string_equal(isg_client_partner_id(c), "met-police");
