@@ -266,8 +266,11 @@ static void test_refuse_send(void **state)
 	                           .audit_entry = "{\"event\":\"message.accepted\"}",
 	                           .audit_len = strlen("{\"event\":\"message.accepted\"}")};
 	memcpy(rf.request_hash, m.request_hash, sizeof(rf.request_hash));
-	/* Only a refusal's entry is taken. */
-	assert_int_equal(store_refuse_send(s, &rf, on_refuse, NULL), ISG_ERR_INVALID);
+	/* Only a refusal's entry is taken: refused up front, with a callback and
+	 * context as the handler gives (so nothing but the entry is wrong), and
+	 * nothing written. */
+	assert_int_equal(refuse_sync(s, &rf, &r), ISG_ERR_INVALID);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
 	rf.audit_entry = refused;
 	rf.audit_len = strlen(refused);
 
