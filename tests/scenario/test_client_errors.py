@@ -6,6 +6,7 @@ usable afterwards (the next call, a ping, says so).
 """
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -202,9 +203,19 @@ class ClientErrorsTest(isgtest.ScenarioCase):
         self.assertEqual(p.stdout.readline(), "subscribed\n")
         since = len(gw.log)
         gw.proc.send_signal(signal.SIGTERM)
+        # The ping goes only once the gateway has closed the subscriber's
+        # connection (its only one): sent earlier, it could be read and
+        # answered, and the test would not be about a request never read.
         deadline = time.monotonic() + isgtest.STOP_TIMEOUT
-        while "event=conn.closed" not in gw.log[since:] and time.monotonic() < deadline:
+        while "event=conn.closed" not in gw.log[since:]:
+            if time.monotonic() > deadline:
+                self.fail("no event=conn.closed within %.0fs of SIGTERM\n%s"
+                          % (isgtest.STOP_TIMEOUT, gw.diagnostics()))
             time.sleep(0.01)
+        opened = re.findall(r"event=conn\.established peer=(\S+)", gw.log)
+        closed = re.findall(r"event=conn\.closed peer=(\S+) reason=(\S+)", gw.log[since:])
+        self.assertEqual(len(opened), 1, gw.diagnostics())
+        self.assertEqual(closed, [(opened[0], "shutdown")], gw.diagnostics())
         out, err = p.communicate("go\n", timeout=isgtest.CTL_TIMEOUT)
         self.assertEqual(p.returncode, 0, out + err)
         self.assertEqual(out, "ping UNAVAILABLE gateway\n", err)
