@@ -30,9 +30,13 @@ NHS_A = "9434765919"
 
 # fsync and fdatasync that take ISG_TEST_SLOW_SYNC_MS while the file named by
 # ISG_TEST_SLOW_SYNC exists (not during start-up, whose syncs stay quick).
+# ISG_TEST_SLOW_SYNC_MS=-1 holds them for as long as that file exists (ten
+# minutes at most), and first creates ISG_TEST_SLOW_SYNC_HELD: the test
+# knows a commit is held, and says when it ends.
 SLOW_SYNC_C = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,6 +45,16 @@ static void nap(void) {
 	if (!f || !ms || access(f, F_OK) != 0)
 		return;
 	long n = atol(ms);
+	if (n < 0) {
+		const char *held = getenv("ISG_TEST_SLOW_SYNC_HELD");
+		int fd = held ? open(held, O_WRONLY | O_CREAT, 0600) : -1;
+		if (fd >= 0)
+			close(fd);
+		struct timespec t = {0, 10000000L};
+		for (int i = 0; i < 60000 && access(f, F_OK) == 0; i++)
+			nanosleep(&t, 0);
+		return;
+	}
 	struct timespec t = {n / 1000, (n % 1000) * 1000000L};
 	nanosleep(&t, 0);
 }
@@ -122,15 +136,16 @@ class InflightCase(isgtest.ScenarioCase):
         super().setUp()
         self.pb = isgtest.isg_pb2()
         self.flag = os.path.join(self.tmp, "slow-sync")
+        self.held = os.path.join(self.tmp, "slow-sync-held")
 
-    def slow_gateway(self, sync_ms, **limits):
+    def slow_gateway(self, sync_ms, threads=None, **limits):
         src = os.path.join(self.tmp, "slowsync.c")
         lib = os.path.join(self.tmp, "slowsync.so")
         with open(src, "w") as f:
             f.write(SLOW_SYNC_C)
         subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, "-ldl"], check=True)
         limits.setdefault("idle_timeout", "300s")
-        gw = self.gateway(start=False, limits=limits)
+        gw = self.gateway(start=False, limits=limits, **({"threads": threads} if threads else {}))
         asan = os.environ.get("ASAN_OPTIONS", "")
         # Under ASan freed memory sits in quarantine; its link-order check
         # would refuse the preloaded library.
@@ -139,8 +154,12 @@ class InflightCase(isgtest.ScenarioCase):
         plain = gw.argv
         gw.argv = lambda: ["env", "LD_PRELOAD=" + lib, "ASAN_OPTIONS=" + asan,
                            "ISG_TEST_SLOW_SYNC=" + self.flag,
+                           "ISG_TEST_SLOW_SYNC_HELD=" + self.held,
                            "ISG_TEST_SLOW_SYNC_MS=%d" % sync_ms] + plain()
         gw.start()
+        # Before gw.close (cleanups run last in, first out): a held commit
+        # would keep isgd from stopping.
+        self.addCleanup(self.slow_sync, False)
         return gw
 
     def slow_sync(self, on):
@@ -247,28 +266,52 @@ class TestMemoryGivenBack(InflightCase):
 
 class TestHeldBackNotIdle(InflightCase):
     def test_connection_held_back_past_idle_timeout_is_served(self):
-        """One connection's send fills the bound while the store takes 1.5 s
-        for it; another's waits for room for longer than idle_timeout (1 s),
-        is not cut, and gets its receipt."""
-        gw = self.slow_gateway(1500, max_frame="1MiB",
+        """One connection's send fills the bound while the store's commit is
+        held; another's waits for room past its idle_timeout (1 s), and past
+        a sweep of its worker that cuts an idle connection, is not cut, and
+        gets its receipt once the commit ends."""
+        gw = self.slow_gateway(-1, threads=1, max_frame="1MiB",
                                inflight_buffer="1MiB", idle_timeout="1s")
         records = [{"nhs_number": NHS_A, "concern_summary": "y" * 60000} for _ in range(12)]
-        first = isgtest.FrameConn(gw, self.pki.certs["police"], timeout=30 * isgtest.SLOW)
-        second = isgtest.FrameConn(gw, self.pki.certs["police"], timeout=30 * isgtest.SLOW)
-        self.addCleanup(first.close)
-        self.addCleanup(second.close)
+        timeout = 30 * isgtest.SLOW
+
+        def wait_for(what, done):
+            deadline = time.monotonic() + timeout
+            while not done():
+                if time.monotonic() > deadline:
+                    self.fail("%s: not within %.0fs\n%s" % (what, timeout, gw.diagnostics()))
+                time.sleep(0.02)
+
+        def conn():
+            c = isgtest.FrameConn(gw, self.pki.certs["police"], timeout=timeout)
+            self.addCleanup(c.close)
+            return c
+
         self.slow_sync(True)
+        first = conn()
         first.send_raw(send_frame(self.pb, 1, "first", records))
-        time.sleep(0.3)  # taken, and in the store's slow commit
+        wait_for("a commit held", lambda: os.path.exists(self.held))
+        # Each connection is opened just before it sends: idle before its
+        # send, it could be cut for that, under valgrind.
+        second = conn()
         second.send_raw(send_frame(self.pb, 1, "second", records))
-        # Cut while it waits, a connection would read EOF here. Once
-        # answered it may be cut: it is idle then.
+        wait_for("a connection held back", lambda: "event=net.inflight_full" in gw.log)
+        self.assertIn("waiting=1", gw.log)
+        # Opened once one is held back, so its idle deadline comes after that
+        # one's: the sweep that cuts it (the only worker's) finds the held
+        # back one past its deadline too.
+        idle = conn()
+        line = "event=conn.idle_timeout peer=127.0.0.1:%d\n" % idle.sock.getsockname()[1]
+        wait_for("the idle connection cut", lambda: line in gw.log)
+        self.assertTrue(os.path.exists(self.flag))  # the commit is still held
+        self.slow_sync(False)
         for c, mid in ((first, "first"), (second, "second")):
-            r = c.recv_frame(timeout=30 * isgtest.SLOW)
+            try:
+                r = c.recv_frame(timeout=timeout)
+            except (EOFError, OSError) as e:
+                self.fail("%s: %r: cut while it waited\n%s" % (mid, e, gw.diagnostics()))
             self.assertEqual(r.WhichOneof("body"), "send_result", "%s: %s\n%s"
                              % (mid, r, gw.diagnostics()))
-        self.slow_sync(False)
-        self.assertIn("event=net.inflight_full", gw.log)
         self.assertEqual(sorted(self.fetch_all(gw, ["first", "second"])), ["first", "second"])
 
 
