@@ -231,7 +231,9 @@ static int read_latest_checkpoint(sqlite3 *db, const char *path, struct latest_c
 	int64_t size = sqlite3_column_int64(st, 0);
 	const unsigned char *note = sqlite3_column_text(st, 1);
 	int note_len = sqlite3_column_bytes(st, 1);
-	if (size <= 0 || !note || note_len <= 0 || note_len > AUDIT_NOTE_MAX) {
+	/* A NUL inside would cut the copy short of note_len. */
+	if (size <= 0 || !note || note_len <= 0 || note_len > AUDIT_NOTE_MAX ||
+	    memchr(note, 0, (size_t)note_len)) {
 		store_seterr(err, errlen, "store '%s': audit checkpoint of size %lld is malformed",
 		             path, (long long)size);
 		rc = ISG_ERR_CORRUPT;

@@ -973,6 +973,22 @@ static void build_log(struct fx *f, const struct audit_signer *signer)
 	assert_int_equal(db_int(f, "SELECT count(*) FROM checkpoints WHERE size = 6", 0), 1);
 }
 
+/* A checkpoint note with a NUL inside is malformed: read as a C string it
+ * would be shorter than its length, and its parse would read past it (the
+ * ASan build catches that without the check). */
+static void test_checkpoint_note_with_nul_refused(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	add_entries(s, 1);
+	fx_close(f);
+	raw_exec(f,
+	         "INSERT INTO checkpoints(size, at, note)"
+	         " VALUES (1, 0, CAST(x'4100' || zeroblob(4000) || x'0a0a' AS TEXT))",
+	         NULL);
+	expect_refused(f, NULL, "audit checkpoint of size 1 is malformed");
+}
+
 static void test_changed_log_refused(void **state)
 {
 	struct fx *f = *state;
@@ -1062,6 +1078,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_reopen_rebuilds_tree, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_newest_entry_of_a_kind, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_changed_log_refused, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_checkpoint_note_with_nul_refused, fx_setup,
+	                                    fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
