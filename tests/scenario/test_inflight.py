@@ -15,8 +15,10 @@ took back to the system.
 """
 
 import os
+import re
 import select
 import socket
+import signal
 import ssl
 import struct
 import subprocess
@@ -321,10 +323,19 @@ class TestHeldBackConnectionsEnd(InflightCase):
         partner, cut by a reload that removes their partner, or open at
         SIGTERM) give back all they held: later sends, each as large as
         the bound, still go through, and isgd stops cleanly."""
-        gw = self.slow_gateway(1500, max_frame="1MiB", inflight_buffer="1MiB")
+        gw = self.slow_gateway(-1, max_frame="1MiB", inflight_buffer="1MiB")
+        timeout = 60 * isgtest.SLOW
+        logged = [None]  # when the last net.inflight_full line was seen
+
+        def wait_for(what, done):
+            deadline = time.monotonic() + timeout
+            while not done():
+                if time.monotonic() > deadline:
+                    self.fail("%s: not within %.0fs\n%s" % (what, timeout, gw.diagnostics()))
+                time.sleep(0.02)
 
         def conn(name):
-            c = isgtest.FrameConn(gw, self.pki.certs[name], timeout=60 * isgtest.SLOW)
+            c = isgtest.FrameConn(gw, self.pki.certs[name], timeout=timeout)
             self.addCleanup(c.close)
             return c
 
@@ -332,39 +343,74 @@ class TestHeldBackConnectionsEnd(InflightCase):
             records = [{"nhs_number": NHS_A, "concern_summary": "y" * 60000} for _ in range(12)]
             return send_frame(self.pb, 1, mid, records)
 
+        def held_back(c, mid, n):
+            """c's send waits for room, n-th in the queue: isgd says so. It
+            logs net.inflight_full at most once a second (its monotonic
+            clock is time.monotonic's), so the send waits until a line
+            about it can be written, whatever the machine's speed."""
+            if logged[0] is not None:
+                time.sleep(max(0.0, logged[0] + 1.05 - time.monotonic()))
+            since = len(gw.log)
+            c.send_raw(big(mid))
+            line = re.compile(r"event=net\.inflight_full .*\bwaiting=%d$" % n, re.M)
+            wait_for("%s held back, %d waiting" % (mid, n), lambda: line.search(gw.log[since:]))
+            logged[0] = time.monotonic()
+
+        def held_commit(c, mid):
+            """c's send is taken and its commit held: the room is used up."""
+            if os.path.exists(self.held):
+                os.unlink(self.held)
+            self.slow_sync(True)
+            c.send_raw(big(mid))
+            wait_for("%s's commit held" % mid, lambda: os.path.exists(self.held))
+
         p1, p2, p3, p4 = [conn("police") for _ in range(4)]
         c1, c2 = conn("council"), conn("council")
-        self.slow_sync(True)
-        p1.send_raw(big("p1"))
-        time.sleep(0.3)
-        for c, mid in ((c1, "c1"), (p2, "p2"), (p3, "p3"), (c2, "c2"), (p4, "p4")):
-            c.send_raw(big(mid))
-            time.sleep(0.1)
-        time.sleep(0.3)
+        held_commit(p1, "p1")
+        # In this order: the council's at the back, behind two sends that
+        # each need a commit of their own once p1's ends.
+        for n, (c, mid) in enumerate(((p2, "p2"), (p3, "p3"), (p4, "p4"), (c1, "c1"),
+                                      (c2, "c2")), 1):
+            held_back(c, mid, n)
+        port = p3.sock.getsockname()[1]
         p3.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         p3.sock.close()  # a reset while held back
+        wait_for("p3's reset seen", lambda: "event=conn.dirty_close peer=127.0.0.1:%d " % port
+                 in gw.log)
+        self.assertTrue(os.path.exists(self.flag))  # p1's commit still held: p3 never had room
+        # The reload writes its audit entries through the store before it
+        # cuts anyone, so they wait for p1's commit too: SIGHUP while it is
+        # held, then let it end.
         partners = [p for p in isgtest.default_partners() if p["id"] != "city-council"]
         isgtest.write_yaml(os.path.join(gw.policy_dir, "partners.yaml"), {"partners": partners})
-        outcome, text = gw.reload()
-        self.assertEqual(outcome, "loaded", text)
+        since = len(gw.log)
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for("the reload started", lambda: "event=reload.start" in gw.log[since:])
+        self.slow_sync(False)
+        wait_for("the reload over", lambda: "event=tls.reloaded" in gw.log[since:])
+        self.assertIn("event=policy.loaded", gw.log[since:], gw.diagnostics())
+        for c, mid in ((c1, "c1"), (c2, "c2")):
+            line = "event=partner.removed peer=127.0.0.1:%d " % c.sock.getsockname()[1]
+            wait_for("%s cut" % mid, lambda: line in gw.log)
         for c, mid in ((p1, "p1"), (p2, "p2"), (p4, "p4")):
-            r = c.recv_frame(timeout=60 * isgtest.SLOW)
+            r = c.recv_frame(timeout=timeout)
             self.assertEqual(r.WhichOneof("body"), "send_result",
                              "%s %s\n%s" % (mid, r, gw.diagnostics()))
-        self.slow_sync(False)
         # Nothing held is lost: sends as large as the bound, one at a time.
         for i in range(3):
             p = conn("police")
             p.send_raw(big("after-%d" % i))
             r = p.recv_frame(timeout=20 * isgtest.SLOW)
             self.assertEqual(r.WhichOneof("body"), "send_result", gw.diagnostics())
-        # Held back at SIGTERM.
-        self.slow_sync(True)
+        # Held back at SIGTERM, behind a send whose commit ends only once
+        # isgd has begun to stop.
         q1, q2 = conn("police"), conn("police")
-        q1.send_raw(big("q1"))
-        time.sleep(0.3)
-        q2.send_raw(big("q2"))
-        time.sleep(0.3)
+        held_commit(q1, "q1")
+        held_back(q2, "q2", 1)
+        since = len(gw.log)
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_for("the shutdown started", lambda: "event=shutdown.start" in gw.log[since:])
+        self.slow_sync(False)
         gw.stop()
 
 
