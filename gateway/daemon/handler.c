@@ -78,7 +78,13 @@ static void send_store_error(struct net_conn *c, uint64_t rid, int err)
 	else if (err == ISG_ERR_CLOSED)
 		send_simple_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE,
 		                  "the gateway is shutting down; nothing was stored, retry");
-	else
+	else if (err == ISG_ERR_INVALID || err == ISG_ERR_TOO_BIG) {
+		/* The store never takes it: a retry would loop, so not UNAVAILABLE. */
+		log_event(LOG_ERROR, "store.request_refused", "request_id=%" PRIu64 " error=%d",
+		          rid, err);
+		send_simple_error(c, rid, ISG__ERROR_CODE__INTERNAL,
+		                  "the gateway cannot store this request; a retry will not help");
+	} else
 		send_simple_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE,
 		                  "the gateway could not store the request; retry later");
 }
@@ -481,6 +487,19 @@ static bool delivery_fits(const struct session *s, const Isg__SendRequest *req,
 	return false;
 }
 
+/* The audit entry that would record the message is larger than the store
+ * takes: its subjects, one pseudonym for each identifier, make it so. */
+static void entry_too_big(const struct subjects *subj, size_t len, struct policy_refusal *why)
+{
+	*why = (struct policy_refusal){.code = ISG__ERROR_CODE__LIMIT_EXCEEDED, .record_index = -1};
+	str_copy(why->rule, "gateway.audit_entry", sizeof(why->rule));
+	snprintf(why->message, sizeof(why->message),
+	         "the message holds %zu identifiers, and the audit entry naming them would be "
+	         "%zu bytes, more than the gateway's limit of %u: send fewer records in each "
+	         "message",
+	         subj->n, len, STORE_MAX_AUDIT_ENTRY);
+}
+
 static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 {
 	const Isg__SendRequest *req = f->send;
@@ -555,6 +574,11 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	if (subjects)
 		entry = entry_accepted(set, &o, s->partner, req, subjects, &m.audit_len);
 	free(subjects);
+	if (entry && m.audit_len > STORE_MAX_AUDIT_ENTRY) {
+		entry_too_big(&subj, m.audit_len, &why);
+		refuse_send(c, s, f->request_id, set, req, &why, hash);
+		goto done;
+	}
 	struct send_job *j = send_job_new(c, f->request_id, req->message_id, set);
 	if (!entry || !j) {
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");

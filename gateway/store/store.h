@@ -189,7 +189,11 @@ struct store_receipt {
  * disk.
  */
 typedef void (*store_send_cb)(void *ctx, int err, const struct store_receipt *r);
-/* Copies what it needs from m. Returns 0, or an error without calling cb. */
+#define STORE_MAX_AUDIT_ENTRY (1024u * 1024) /* bytes of one audit entry */
+/* Copies what it needs from m. Returns 0, or an error without calling cb:
+ * ISG_ERR_INVALID or ISG_ERR_TOO_BIG for a message the store never takes
+ * (an audit entry over STORE_MAX_AUDIT_ENTRY, say), which a retry cannot
+ * mend. */
 int store_send(struct store *s, const struct store_message *m, store_send_cb cb, void *ctx);
 
 /*

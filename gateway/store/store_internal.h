@@ -56,7 +56,6 @@ _Static_assert(STORE_HEADER_LEN <= STORE_HEADER_MAX && STORE_HEADER_V1_LEN <= ST
 /* Bounds on what callers may submit; see docs/store.md. */
 #define STORE_MAX_STRING 1024                 /* ids, names, purposes */
 #define STORE_MAX_PAYLOAD (64u * 1024 * 1024) /* plaintext bytes of one message */
-#define STORE_MAX_AUDIT_ENTRY (1024u * 1024)  /* bytes of one audit entry */
 #define STORE_MAX_KIND 128                    /* bytes of an audit kind */
 #define STORE_MAX_ACK 10000                   /* ids in one ack */
 #define STORE_MAX_FETCH 10000                 /* messages in one fetch */

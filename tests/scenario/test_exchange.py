@@ -408,6 +408,33 @@ class TestRefusals(ExchangeCase):
                       % (len(untold), len(results), "\n".join(map(str, untold))))
         return gw
 
+    def test_more_identifiers_than_one_audit_entry_holds(self):
+        """A message whose audit entry, one subject pseudonym for each
+        identifier, would pass the 1 MiB the store takes is refused as a
+        limit, audited, and not to be retried; one just under it is stored."""
+        gw = self.gateway(limits={"max_records_per_message": 20000})
+        police = self.partner(gw, "police")
+        # Two identifiers a record (NHS number and family name), 49 bytes each
+        # in the entry: 11,000 records make about 1.08 MB of subjects.
+        record = {"nhs_number": NHS_A, "family_name": NAME_A}
+        r = police.send([record] * 11000, message_id="too-many-subjects")
+        self.assertRefused(r, gw, "LIMIT_EXCEEDED", "gateway.audit_entry")
+        self.assertIn("holds 22000 identifiers", r.err)
+        self.assertIn("send fewer records in each message", r.err)
+        self.assertNotIn("retry", r.err)
+        self.assertNotIn(NHS_A, r.err + gw.log)
+        listed = isgtest.ctl("audit", "list", "--config", gw.config_path, "--kind",
+                             "message.refused", "--format", "jsonl")
+        self.assertEqual(listed.rc, 0, listed)
+        entries = [json.loads(line)["entry"] for line in listed.out.splitlines()]
+        self.assertEqual([(e["message_id"], e["rule"]) for e in entries],
+                         [("too-many-subjects", "gateway.audit_entry")])
+        # Half as many fit, and arrive.
+        police.send_ok([record] * 5500, message_id="many-subjects")
+        got = self.partner(gw, "nhs").fetch_messages()
+        self.assertEqual([(m["message_id"], len(m["records"])) for m in got],
+                         [("many-subjects", 5500)])
+
     def test_untrusted_ca(self):
         _pki_cert(self.pki, "rogue", lambda: self.pki.untrusted_client("rogue", POLICE_CN))
         self.check_tls_refusal("rogue")
