@@ -320,13 +320,15 @@ static bool convert(enum field_type type, const Isg__Value *in, Isg__Value *out,
 		out->kind_case = ISG__VALUE__KIND_INTEGER;
 		out->integer = i;
 		return true;
-	case FIELD_NUMBER:
-		if (in->kind_case == ISG__VALUE__KIND_INTEGER ||
-		    (text && str_to_i64(in->text, INT64_MIN, INT64_MAX, &i) == 0)) {
+	case FIELD_NUMBER: {
+		int rc = text ? str_to_i64(in->text, INT64_MIN, INT64_MAX, &i) : ISG_ERR_PARSE;
+		if (in->kind_case == ISG__VALUE__KIND_INTEGER || rc == 0) {
 			out->kind_case = ISG__VALUE__KIND_INTEGER;
 			out->integer = text ? i : in->integer;
 			return true;
 		}
+		if (rc == ISG_ERR_INVALID)
+			return false; /* integer text past 64 bits: not rounded into a real */
 		if (in->kind_case == ISG__VALUE__KIND_REAL && isfinite(in->real))
 			d = in->real;
 		else if (!text || !parse_real(in->text, &d))
@@ -334,6 +336,7 @@ static bool convert(enum field_type type, const Isg__Value *in, Isg__Value *out,
 		out->kind_case = ISG__VALUE__KIND_REAL;
 		out->real = d;
 		return true;
+	}
 	case FIELD_BOOLEAN:
 		if (in->kind_case == ISG__VALUE__KIND_BOOLEAN) {
 			out->boolean = in->boolean;
@@ -373,7 +376,7 @@ static const char *expectation(enum field_type type)
 	case FIELD_INTEGER:
 		return "an integer (or its decimal text)";
 	case FIELD_NUMBER:
-		return "a finite number (or its text)";
+		return "a finite number (or its text; integer text within 64 bits)";
 	case FIELD_BOOLEAN:
 		return "a boolean (or the text true or false)";
 	case FIELD_DATE:

@@ -1774,6 +1774,8 @@ static void test_apply_record_rules(void **state)
 	    {"score", 0, "nan", 0, "must be a finite number"},
 	    {"score", 0, "0x10", 0, "must be a finite number"},
 	    {"score", 0, "1e999", 0, "must be a finite number"},
+	    {"score", 0, "12345678901234567890123", 0, "integer text within 64 bits"},
+	    {"score", 0, "-9223372036854775809", 0, "must be a finite number"},
 	    {"score", 2, NULL, INFINITY, "must be a finite number"},
 	    {"score", 3, NULL, 1, "must be a finite number"},
 	    {"urgent", 0, "yes", 0, "must be a boolean (or the text true or false)"},
