@@ -334,7 +334,7 @@ static int check_all(struct gateway *g, const struct identity *id, enum regime_r
 	if (check_tls_key(cfg, id->uid, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		failed = 1;
-	} else if (net_tls_new(cfg, tls, err, sizeof(err)) != 0) {
+	} else if (net_tls_new(cfg, -1, tls, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		failed = 1;
 	}
@@ -515,7 +515,7 @@ static void reload(struct gateway *g)
 	char err[512];
 	SSL_CTX *tls = NULL;
 	if (check_tls_key(&g->cfg, geteuid(), err, sizeof(err)) == 0 &&
-	    net_tls_new(&g->cfg, &tls, err, sizeof(err)) == 0) {
+	    net_tls_new(&g->cfg, -1, &tls, err, sizeof(err)) == 0) {
 		net_server_set_tls(g->net, tls);
 		SSL_CTX_free(tls);
 		log_event(LOG_INFO, "tls.reloaded", "certificate=%s",

@@ -78,8 +78,13 @@ struct net_options {
 	                           0 = no bound */
 };
 
-/* Build the server TLS context from the config (TLS 1.3, client certificates, CRL). */
-int net_tls_new(const struct isgd_config *cfg, SSL_CTX **out, char *err, size_t errlen);
+/*
+ * Build the server TLS context from the config (TLS 1.3, client certificates,
+ * CRL). Each file is opened once, without waiting, and refused unless it is a
+ * regular file. key_fd is tls.key, opened and checked by the caller, so the
+ * key checked is the key read; or -1 to open tls.key here.
+ */
+int net_tls_new(const struct isgd_config *cfg, int key_fd, SSL_CTX **out, char *err, size_t errlen);
 /* Extract what policy matching needs from a certificate. */
 void net_cert_identity(X509 *cert, struct cert_identity *id);
 

@@ -1,10 +1,17 @@
 /* The server's TLS context and what we read from a client certificate. */
 #include "net/net.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include "util/util.h"
@@ -37,37 +44,276 @@ static void tls_error(char *err, size_t errlen, const char *what, const char *pa
 		snprintf(err, errlen, "%s: %s", what, e ? reason : "failed");
 }
 
-static int load_crl(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
+/* The most a TLS file may hold: a CA bundle or a CRL is big, but not this big. */
+#define TLS_MAX_FILE_BYTES (64u << 20)
+
+/* A TLS file read whole: what it is, for messages, and its bytes. */
+struct tls_file {
+	const char *what; /* "certificate", "private key", "partner CA bundle", "CRL" */
+	const char *path;
+	char *buf;
+	size_t len;
+};
+
+static void tls_file_release(struct tls_file *f, bool secret)
 {
-	FILE *f = fopen(path, "r");
-	if (!f) {
-		snprintf(err, errlen, "cannot open CRL '%s': %m", path);
+	if (f->buf && secret)
+		OPENSSL_cleanse(f->buf, f->len);
+	free(f->buf);
+	f->buf = NULL;
+	f->len = 0;
+}
+
+/*
+ * Read all of fd, opened on f->path, after fstat on that descriptor says
+ * it is a regular file: a FIFO or a device in a TLS file's place is
+ * refused, not read (which would wait for a writer).
+ */
+static int tls_file_read_fd(struct tls_file *f, int fd, char *err, size_t errlen)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		snprintf(err, errlen, "cannot load %s '%s': %s", f->what, f->path, strerror(errno));
 		return ISG_ERR_IO;
 	}
-	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-	size_t n = 0;
-	X509_CRL *crl;
-	while ((crl = PEM_read_X509_CRL(f, NULL, NULL, NULL)) != NULL) {
-		int ok = X509_STORE_add_crl(store, crl);
-		X509_CRL_free(crl);
-		if (!ok) {
-			fclose(f);
-			tls_error(err, errlen, "cannot add CRL", path);
-			return ISG_ERR_TLS;
-		}
-		n++;
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "%s '%s' is not a regular file", f->what, f->path);
+		return ISG_ERR_INVALID;
 	}
-	fclose(f);
-	ERR_clear_error(); /* the loop ends on a "no start line" error */
-	if (n == 0) {
-		snprintf(err, errlen, "no CRL found in '%s'", path);
-		return ISG_ERR_PARSE;
+	if ((uint64_t)st.st_size > TLS_MAX_FILE_BYTES) {
+		snprintf(err, errlen, "%s '%s' is larger than %u bytes", f->what, f->path,
+		         TLS_MAX_FILE_BYTES);
+		return ISG_ERR_TOO_BIG;
 	}
-	X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+	size_t cap = (size_t)st.st_size + 1; /* one more, to see a file that grew */
+	if (!(f->buf = malloc(cap))) {
+		snprintf(err, errlen, "cannot load %s '%s': out of memory", f->what, f->path);
+		return ISG_ERR_NOMEM;
+	}
+	ssize_t n = fd_read_up_to(fd, f->buf, cap);
+	if (n < 0 || (size_t)n == cap) {
+		snprintf(err, errlen, "cannot load %s '%s': %s", f->what, f->path,
+		         n < 0 ? strerror(errno) : "file changed while being read");
+		return ISG_ERR_IO;
+	}
+	f->len = (size_t)n;
 	return 0;
 }
 
-int net_tls_new(const struct isgd_config *cfg, SSL_CTX **out, char *err, size_t errlen)
+/*
+ * Open f->path once, without waiting (O_NONBLOCK: a FIFO must not hang a
+ * start, or a reload in the signal loop, and with it SIGTERM), and read
+ * it. Symbolic links are followed: certificates and CA bundles often are
+ * links (certbot's live/ directory).
+ */
+static int tls_file_read(struct tls_file *f, char *err, size_t errlen)
+{
+	int fd = open(f->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot load %s '%s': %s", f->what, f->path, strerror(errno));
+		return ISG_ERR_IO;
+	}
+	int rc = tls_file_read_fd(f, fd, err, errlen);
+	close(fd);
+	return rc;
+}
+
+/* A read-only memory BIO over the file's bytes (which must outlive it). */
+static BIO *tls_file_bio(const struct tls_file *f, char *err, size_t errlen)
+{
+	BIO *bio = BIO_new_mem_buf(f->buf, (int)f->len);
+	if (!bio)
+		snprintf(err, errlen, "cannot load %s '%s': out of memory", f->what, f->path);
+	return bio;
+}
+
+/* Whether the last PEM read ended at the end of the input, not on bad PEM. */
+static bool pem_at_end(void)
+{
+	unsigned long e = ERR_peek_last_error();
+	if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
+		ERR_clear_error();
+		return true;
+	}
+	return false;
+}
+
+/* The certificate, then the chain after it, as SSL_CTX_use_certificate_chain_file would. */
+static int load_certificate(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
+{
+	struct tls_file f = {.what = "certificate", .path = path};
+	BIO *bio = NULL;
+	X509 *cert = NULL, *ca;
+	int rc = tls_file_read(&f, err, errlen);
+	if (rc)
+		goto out;
+	rc = ISG_ERR_TLS;
+	if (!(bio = tls_file_bio(&f, err, errlen)))
+		goto out;
+	cert = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL);
+	if (!cert || SSL_CTX_use_certificate(ctx, cert) != 1 || !SSL_CTX_clear_chain_certs(ctx)) {
+		tls_error(err, errlen, "cannot load certificate", path);
+		goto out;
+	}
+	while ((ca = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+		if (!SSL_CTX_add0_chain_cert(ctx, ca)) {
+			X509_free(ca);
+			tls_error(err, errlen, "cannot load certificate", path);
+			goto out;
+		}
+	}
+	if (!pem_at_end()) {
+		tls_error(err, errlen, "cannot load certificate", path);
+		goto out;
+	}
+	rc = 0;
+out:
+	X509_free(cert);
+	BIO_free(bio);
+	tls_file_release(&f, false);
+	return rc;
+}
+
+/*
+ * The private key from key_fd, the descriptor the caller checked (mode,
+ * owner, type), so the file checked is the file read; or, with key_fd -1,
+ * from the path. The bytes read are wiped.
+ */
+static int load_private_key(SSL_CTX *ctx, const char *path, int key_fd, char *err, size_t errlen)
+{
+	struct tls_file f = {.what = "private key", .path = path};
+	BIO *bio = NULL;
+	EVP_PKEY *pkey = NULL;
+	int rc = key_fd >= 0 ? tls_file_read_fd(&f, key_fd, err, errlen)
+	                     : tls_file_read(&f, err, errlen);
+	if (rc)
+		goto out;
+	rc = ISG_ERR_TLS;
+	if (!(bio = tls_file_bio(&f, err, errlen)))
+		goto out;
+	pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+	if (!pkey || SSL_CTX_use_PrivateKey(ctx, pkey) != 1)
+		tls_error(err, errlen, "cannot load private key", path);
+	else
+		rc = 0;
+out:
+	EVP_PKEY_free(pkey);
+	BIO_free(bio);
+	tls_file_release(&f, true);
+	return rc;
+}
+
+static bool name_listed(STACK_OF(X509_NAME) * names, const X509_NAME *name)
+{
+	for (int i = 0; i < sk_X509_NAME_num(names); i++)
+		if (X509_NAME_cmp(sk_X509_NAME_value(names, i), name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The partner CA bundle into the verify store (its certificates and any
+ * CRLs, as SSL_CTX_load_verify_locations would) and its subjects into the
+ * list of CAs sent to clients.
+ */
+static int add_bundle(SSL_CTX *ctx, STACK_OF(X509_INFO) * infos, STACK_OF(X509_NAME) * names)
+{
+	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+	for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
+		X509_INFO *info = sk_X509_INFO_value(infos, i);
+		if (info->x509) {
+			if (!X509_STORE_add_cert(store, info->x509))
+				return ISG_ERR_TLS;
+			X509_NAME *name = X509_get_subject_name(info->x509);
+			if (!name_listed(names, name)) {
+				X509_NAME *dup = X509_NAME_dup(name);
+				if (!dup || !sk_X509_NAME_push(names, dup)) {
+					X509_NAME_free(dup);
+					return ISG_ERR_NOMEM;
+				}
+			}
+		}
+		if (info->crl && !X509_STORE_add_crl(store, info->crl))
+			return ISG_ERR_TLS;
+	}
+	return 0;
+}
+
+static int load_client_ca(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
+{
+	struct tls_file f = {.what = "partner CA bundle", .path = path};
+	STACK_OF(X509_INFO) *infos = NULL;
+	STACK_OF(X509_NAME) *names = NULL;
+	BIO *bio = NULL;
+	int rc = tls_file_read(&f, err, errlen);
+	if (rc)
+		goto out;
+	rc = ISG_ERR_TLS;
+	if (!(bio = tls_file_bio(&f, err, errlen)))
+		goto out;
+	infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
+	if (!infos || sk_X509_INFO_num(infos) == 0) {
+		if (infos) /* an empty file: the message SSL_CTX_load_verify_locations gave */
+			ERR_raise(ERR_LIB_X509, X509_R_NO_CERTIFICATE_OR_CRL_FOUND);
+		tls_error(err, errlen, "cannot load partner CA bundle", path);
+		goto out;
+	}
+	if (!(names = sk_X509_NAME_new_null()) || add_bundle(ctx, infos, names) != 0) {
+		tls_error(err, errlen, "cannot load partner CA bundle", path);
+		goto out;
+	}
+	if (sk_X509_NAME_num(names) == 0) {
+		snprintf(err, errlen, "no CA certificate in partner CA bundle '%s'", path);
+		goto out;
+	}
+	SSL_CTX_set_client_CA_list(ctx, names);
+	names = NULL;
+	rc = 0;
+out:
+	BIO_free(bio);
+	sk_X509_NAME_pop_free(names, X509_NAME_free);
+	sk_X509_INFO_pop_free(infos, X509_INFO_free);
+	tls_file_release(&f, false);
+	return rc;
+}
+
+static int load_crl(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
+{
+	struct tls_file f = {.what = "CRL", .path = path};
+	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+	BIO *bio = NULL;
+	X509_CRL *crl;
+	size_t n = 0;
+	int rc = tls_file_read(&f, err, errlen);
+	if (rc)
+		goto out;
+	rc = ISG_ERR_TLS;
+	if (!(bio = tls_file_bio(&f, err, errlen)))
+		goto out;
+	while ((crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL)) != NULL) {
+		int ok = X509_STORE_add_crl(store, crl);
+		X509_CRL_free(crl);
+		if (!ok) {
+			tls_error(err, errlen, "cannot add CRL", path);
+			goto out;
+		}
+		n++;
+	}
+	ERR_clear_error(); /* the loop ends on a "no start line" error */
+	if (n == 0) {
+		snprintf(err, errlen, "no CRL found in '%s'", path);
+		rc = ISG_ERR_PARSE;
+		goto out;
+	}
+	X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+	rc = 0;
+out:
+	BIO_free(bio);
+	tls_file_release(&f, false);
+	return rc;
+}
+
+int net_tls_new(const struct isgd_config *cfg, int key_fd, SSL_CTX **out, char *err, size_t errlen)
 {
 	int rc = ISG_ERR_TLS;
 	ERR_clear_error(); /* tls_error reports what this call leaves, nothing older */
@@ -87,29 +333,16 @@ int net_tls_new(const struct isgd_config *cfg, SSL_CTX **out, char *err, size_t 
 		tls_error(err, errlen, "cannot set TLS parameters", NULL);
 		goto out;
 	}
-	if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_certificate) != 1) {
-		tls_error(err, errlen, "cannot load certificate", cfg->tls_certificate);
+	if ((rc = load_certificate(ctx, cfg->tls_certificate, err, errlen)) != 0 ||
+	    (rc = load_private_key(ctx, cfg->tls_key, key_fd, err, errlen)) != 0)
 		goto out;
-	}
-	if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1) {
-		tls_error(err, errlen, "cannot load private key", cfg->tls_key);
-		goto out;
-	}
 	if (SSL_CTX_check_private_key(ctx) != 1) {
 		tls_error(err, errlen, "private key does not match certificate", cfg->tls_key);
+		rc = ISG_ERR_TLS;
 		goto out;
 	}
-	if (SSL_CTX_load_verify_locations(ctx, cfg->tls_client_ca, NULL) != 1) {
-		tls_error(err, errlen, "cannot load partner CA bundle", cfg->tls_client_ca);
+	if ((rc = load_client_ca(ctx, cfg->tls_client_ca, err, errlen)) != 0)
 		goto out;
-	}
-	STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->tls_client_ca);
-	if (!names) {
-		tls_error(err, errlen, "no CA certificate in partner CA bundle",
-		          cfg->tls_client_ca);
-		goto out;
-	}
-	SSL_CTX_set_client_CA_list(ctx, names);
 	if (cfg->tls_crl && (rc = load_crl(ctx, cfg->tls_crl, err, errlen)) != 0)
 		goto out;
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);

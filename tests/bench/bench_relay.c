@@ -308,7 +308,7 @@ static int run_tls(const char *config_path, const sigset_t *sigs)
 	log_set_level(cfg.log_level);
 	char err[512];
 	SSL_CTX *tls;
-	if (net_tls_new(&cfg, &tls, err, sizeof(err)) != 0) {
+	if (net_tls_new(&cfg, -1, &tls, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isg-bench-relay: %s\n", err);
 		return 1;
 	}

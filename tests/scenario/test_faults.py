@@ -772,6 +772,57 @@ class TestKeyFiles(FaultCase):
                     os.rename(path + ".away", path)
         self.assertChecksOut()
 
+    def tls_copies(self):
+        """The gateway's certificate chain and partner CA bundle copied into its directory, for this test to break."""
+        tls = self.gw.config["tls"]
+        for key in ("certificate", "client_ca"):
+            copy = os.path.join(self.gw.dir, key + ".pem")
+            shutil.copyfile(tls[key], copy)
+            tls[key] = copy
+        self.gw.write_config()
+        return tls
+
+    def test_fifo_in_place_of_a_tls_file(self):
+        """A FIFO where the certificate or the partner CA bundle should be is refused at once, never read (which would hang)."""
+        tls = self.tls_copies()
+        for key, what in (("certificate", "certificate"), ("client_ca", "partner CA bundle")):
+            with self.subTest(file=key):
+                path = tls[key]
+                os.rename(path, path + ".away")
+                os.mkfifo(path, 0o600)
+                try:
+                    want = "%s '%s' is not a regular file" % (what, path)
+                    self.assertRefusedCreatingNothing(want)
+                    self.assertIn(want, self.check_config_refused())
+                finally:
+                    os.unlink(path)
+                    os.rename(path + ".away", path)
+        self.assertChecksOut()
+
+    def test_reload_with_a_fifo_in_place_of_a_tls_file(self):
+        """
+        A SIGHUP that finds a FIFO where the partner CA bundle should be
+        keeps the running certificates, and isgd still serves and stops at
+        SIGTERM: the reload runs in the signal loop, and a blocking open
+        would wait there for a writer.
+        """
+        path = self.tls_copies()["client_ca"]
+        self.gw.start()
+        os.rename(path, path + ".away")
+        os.mkfifo(path, 0o600)
+        try:
+            outcome, text = self.gw.reload()
+            self.assertEqual(outcome, "loaded", text)
+            self.assertRegex(text, r"event=tls\.reload_failed reason=\"partner CA bundle '%s' is not a regular "
+                                   r"file\" action=\"kept the running certificates\"" % re.escape(path))
+            c = self.connect(self.gw, "police")
+            self.expect(self.gw, c.request(hello=self.pb.Hello(protocol_version=1, client_name="after")), "welcome")
+            c.close()
+            self.assertLess(self.gw.stop(), 5.0)
+        finally:
+            os.unlink(path)
+            os.rename(path + ".away", path)
+
     def test_tls_files_missing(self):
         """A TLS file that is not there is named with the system's reason, not OpenSSL's."""
         tls = self.gw.config["tls"]
