@@ -111,9 +111,12 @@ static int drop_privileges(const struct isgd_config *cfg, const struct identity 
 
 /*
  * The TLS private key is a secret like the others: 0600 or refused, and
- * owned by the user isgd serves as, who reads it again on reload.
+ * owned by the user isgd serves as, who reads it again on reload. Checked
+ * and then read on the one descriptor (net_tls_new), so that a file
+ * swapped in between is not read unchecked.
  */
-static int check_tls_key(const struct isgd_config *cfg, uid_t owner, char *err, size_t errlen)
+static int tls_new_checked(const struct isgd_config *cfg, uid_t owner, SSL_CTX **tls, char *err,
+                           size_t errlen)
 {
 	/* O_NONBLOCK: a FIFO in its place must not hang start-up; the check refuses it. */
 	int fd = open(cfg->tls_key, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
@@ -123,6 +126,8 @@ static int check_tls_key(const struct isgd_config *cfg, uid_t owner, char *err, 
 		return ISG_ERR_IO;
 	}
 	int r = keys_check_secrecy_for(fd, cfg->tls_key, (unsigned)owner, err, errlen);
+	if (r == 0)
+		r = net_tls_new(cfg, fd, tls, err, errlen);
 	close(fd);
 	return r;
 }
@@ -331,10 +336,7 @@ static int check_all(struct gateway *g, const struct identity *id, enum regime_r
 		regime_check_policy(cfg, how, &errors);
 	else if ((*regime = regime_load(cfg, g->keyproc, how, &errors)) == NULL)
 		failed = 1;
-	if (check_tls_key(cfg, id->uid, err, sizeof(err)) != 0) {
-		fprintf(stderr, "isgd: %s\n", err);
-		failed = 1;
-	} else if (net_tls_new(cfg, -1, tls, err, sizeof(err)) != 0) {
+	if (tls_new_checked(cfg, id->uid, tls, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		failed = 1;
 	}
@@ -514,8 +516,7 @@ static void reload(struct gateway *g)
 
 	char err[512];
 	SSL_CTX *tls = NULL;
-	if (check_tls_key(&g->cfg, geteuid(), err, sizeof(err)) == 0 &&
-	    net_tls_new(&g->cfg, -1, &tls, err, sizeof(err)) == 0) {
+	if (tls_new_checked(&g->cfg, geteuid(), &tls, err, sizeof(err)) == 0) {
 		net_server_set_tls(g->net, tls);
 		SSL_CTX_free(tls);
 		log_event(LOG_INFO, "tls.reloaded", "certificate=%s",
