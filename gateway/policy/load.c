@@ -173,6 +173,31 @@ static int source_order(const void *a, const void *b)
 	return strcmp(((const struct source *)a)->rel, ((const struct source *)b)->rel);
 }
 
+/*
+ * Whoever may write a policy file, or the directory that names it, may
+ * change the policy (a "pseudonymise" into a "pass"): refused, whoever
+ * owns it. Only the write bits: a policy is no secret.
+ */
+static bool writable_by_others(struct loader *l, const char *path, const char *what, mode_t mode)
+{
+	if ((mode & 022) == 0)
+		return false;
+	ydoc_error(l->d, path, NULL,
+	           "%s is writable by group or others (mode %04o), so anyone who can write it "
+	           "can change the policy; chmod go-w it",
+	           what, (unsigned)(mode & 07777));
+	note_err(l, ISG_ERR_DENIED);
+	return true;
+}
+
+/* The policy directory and agreements/ (what a link leads to); a missing one is reported later. */
+static void check_dir_mode(struct loader *l, const char *path, const char *what)
+{
+	struct stat st;
+	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+		writable_by_others(l, path, what, st.st_mode);
+}
+
 static void read_source(struct loader *l, struct source *s)
 {
 	/*
@@ -192,6 +217,8 @@ static void read_source(struct loader *l, struct source *s)
 		note_err(l, ISG_ERR_IO);
 		goto out;
 	}
+	if (writable_by_others(l, s->path, "policy file", st.st_mode))
+		goto out;
 	if (st.st_size > POLICY_MAX_FILE_BYTES) {
 		ydoc_error(l->d, s->path, NULL, "file too big (a policy file may have %d bytes)",
 		           POLICY_MAX_FILE_BYTES);
@@ -313,7 +340,7 @@ int policy_load_at(const char *dir, int64_t today_days, struct policy_set **out,
 	size_t dl = strlen(dir);
 	while (dl > 1 && dir[dl - 1] == '/')
 		dl--;
-	char *clean_dir = strndup(dir, dl);
+	char *clean_dir = strndup(dir, dl), *adir = NULL;
 	struct loader l = {.dir = clean_dir, .d = diags};
 	struct policy_parser p = {.d = diags, .today = today_days};
 	if (!clean_dir || !(p.set = calloc(1, sizeof(*p.set)))) {
@@ -321,6 +348,12 @@ int policy_load_at(const char *dir, int64_t today_days, struct policy_set **out,
 		goto out;
 	}
 	atomic_init(&p.set->refs, 1);
+	if (!(adir = path_join(clean_dir, POLICY_AGREEMENTS_DIR))) {
+		l.err = ISG_ERR_NOMEM;
+		goto out;
+	}
+	check_dir_mode(&l, clean_dir, "policy directory");
+	check_dir_mode(&l, adir, "agreements directory");
 	int err = policy_list_files(clean_dir, list_source, &l);
 	if (err) {
 		note_err(&l, err);
@@ -343,6 +376,7 @@ out:
 	}
 	free(l.src);
 	policy_parser_release(&p);
+	free(adir);
 	free(clean_dir);
 	if (l.err) {
 		if (l.err == ISG_ERR_NOMEM)

@@ -78,6 +78,11 @@ if TSAN and "suppressions=" not in os.environ.get("TSAN_OPTIONS", ""):
 SANITIZER_RE = re.compile(r"^(?:WARNING: ThreadSanitizer: |==\d+==ERROR: (?:Address|Leak)Sanitizer: "
                           r"|\S+:\d+:\d+: runtime error: )", re.M)
 
+# isgd refuses a policy directory or file that group or others may write: with
+# umask 002, every policy file a test writes would be refused. Files the
+# tests write are made as an admin would make them, whatever the caller's umask.
+os.umask(0o022)
+
 # Timeouts in seconds; valgrind slows the daemon down by an order of magnitude.
 SLOW = 6.0 if VALGRIND else 1.0
 START_TIMEOUT = 60.0 if VALGRIND else 10.0
@@ -466,12 +471,22 @@ def default_agreement(**changes):
 
 
 def write_policy(dir, partners=None, agreements=None):
-    """Write partners.yaml and agreements/<id>.yaml into dir; returns dir."""
-    os.makedirs(os.path.join(dir, "agreements"), exist_ok=True)
-    write_yaml(os.path.join(dir, "partners.yaml"),
-               {"partners": default_partners() if partners is None else partners})
+    """
+    Write partners.yaml and agreements/<id>.yaml into dir; returns dir.
+    The modes are set, whatever the umask: isgd refuses a policy directory
+    or file that group or others may write.
+    """
+    adir = os.path.join(dir, "agreements")
+    os.makedirs(adir, exist_ok=True)
+    for d in (dir, adir):
+        os.chmod(d, 0o755)
+    files = [(os.path.join(dir, "partners.yaml"),
+              {"partners": default_partners() if partners is None else partners})]
     for a in [default_agreement()] if agreements is None else agreements:
-        write_yaml(os.path.join(dir, "agreements", a["id"] + ".yaml"), {"agreement": a})
+        files.append((os.path.join(adir, a["id"] + ".yaml"), {"agreement": a}))
+    for path, obj in files:
+        write_yaml(path, obj)
+        os.chmod(path, 0o644)
     return dir
 
 

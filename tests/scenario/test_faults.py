@@ -836,6 +836,62 @@ class TestKeyFiles(FaultCase):
                     os.rename(path + ".away", path)
         self.assertChecksOut()
 
+class TestPolicyModes(FaultCase):
+    """
+    A policy directory, its agreements/ or a policy file that group or
+    others may write is refused at start, at a reload (which keeps the
+    running policy) and by isgctl policy check: whoever may write it could
+    turn a pseudonymise into a pass.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.gw = self.gateway(start=False)
+        self.agreement = os.path.join(self.gw.policy_dir, "agreements", AGREEMENT_ID + ".yaml")
+        self.adir = os.path.dirname(self.agreement)
+
+    def refusal(self, path, what, mode):
+        return "%s: error: %s is writable by group or others (mode %04o), so anyone who can write it " \
+               "can change the policy; chmod go-w it" % (path, what, mode)
+
+    def test_start_and_check_refuse(self):
+        for path, what, mode, good in ((self.agreement, "policy file", 0o666, 0o644),
+                                       (self.adir, "agreements directory", 0o777, 0o755),
+                                       (self.gw.policy_dir, "policy directory", 0o775, 0o755)):
+            with self.subTest(path=path, mode=oct(mode)):
+                os.chmod(path, mode)
+                try:
+                    want = self.refusal(path, what, mode)
+                    self.assertIn(want, self.run_isgd_refused(self.gw))
+                    self.assertIn(want, self.check_config_refused())
+                    r = isgtest.ctl("policy", "check", self.gw.policy_dir)
+                    self.assertEqual(r.rc, 1, r)
+                    self.assertIn(want, r.err)
+                finally:
+                    os.chmod(path, good)
+        self.assertChecksOut()
+
+    def test_reload_keeps_the_running_policy(self):
+        self.gw.start()
+        version = re.search(r"event=isgd\.started .*policy_version=(\w+)", self.gw.log).group(1)
+        os.chmod(self.adir, 0o777)
+        os.chmod(self.agreement, 0o666)
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "refused", text)
+        self.assertIn("file=%s" % self.agreement, text)
+        self.assertIn("file=%s" % self.adir, text)
+        self.assertIn("(mode 0666)", text)
+        self.assertIn("(mode 0777)", text)
+        # The running set still serves: the agreement's exchange still passes.
+        c = self.connect(self.gw, "police")
+        self.expect(self.gw, c.request(send=self.send_request("m-1", [{"nhs_number": NHS_A}])), "send_result")
+        os.chmod(self.adir, 0o755)
+        os.chmod(self.agreement, 0o644)
+        outcome, text = self.gw.reload()
+        self.assertEqual(outcome, "loaded", text)
+        self.assertIn("version=%s" % version, text)
+
+
 class TestConfigChecked(FaultCase):
     """
     What a start refuses in isgd.yaml, --check-config refuses too, at the

@@ -850,6 +850,69 @@ static void test_listed_files_are_the_loaded_ones(void **state)
 	remove_dir(dir);
 }
 
+/* policy_load on dir: its return code, and what it printed in out. */
+static int load_printed(const char *dir, char *out, size_t size)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	int err = policy_load(dir, &set, &d);
+	FILE *f = fmemopen(out, size, "w");
+	assert_non_null(f);
+	ydoc_diags_print(&d, f);
+	fclose(f);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+	return err;
+}
+
+/*
+ * Whoever may write a policy file, or a directory that names one, may turn
+ * a pseudonymise into a pass: such a directory or file is refused, named
+ * with its mode and the fix; write bits alone count, not read bits or owner.
+ */
+static void test_writable_policy_refused(void **state)
+{
+	char *dir = temp_policy_dir();
+	char adir[4400], file[4400], want[9000], out[8192];
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	install(dir, "valid/agreements/police-nhs-safeguarding.yaml",
+	        "agreements/police-nhs-safeguarding.yaml");
+	snprintf(adir, sizeof(adir), "%s/agreements", dir);
+	snprintf(file, sizeof(file), "%s/agreements/police-nhs-safeguarding.yaml", dir);
+	assert_int_equal(chmod(file, 0644), 0);
+	assert_int_equal(chmod(adir, 0755), 0);
+	assert_int_equal(chmod(dir, 0755), 0);
+	assert_int_equal(load_printed(dir, out, sizeof(out)), 0);
+
+	static const struct {
+		int which; /* 0 the directory, 1 agreements/, 2 the file */
+		mode_t mode;
+		const char *what;
+	} cases[] = {
+	    {2, 0666, "policy file"},          {2, 0646, "policy file"},
+	    {2, 0664, "policy file"},          {1, 0777, "agreements directory"},
+	    {1, 0775, "agreements directory"}, {0, 0757, "policy directory"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *path = cases[i].which == 0 ? dir : cases[i].which == 1 ? adir : file;
+		mode_t good = cases[i].which == 2 ? 0644 : 0755;
+		assert_int_equal(chmod(path, cases[i].mode), 0);
+		assert_int_not_equal(load_printed(dir, out, sizeof(out)), 0);
+		snprintf(want, sizeof(want),
+		         "%s: error: %s is writable by group or others (mode %04o), so anyone who "
+		         "can write it can change the policy; chmod go-w it\n",
+		         path, cases[i].what, (unsigned)cases[i].mode);
+		if (!strstr(out, want))
+			fail_msg("wanted\n%sgot\n%s", want, out);
+		assert_int_equal(chmod(path, good), 0);
+	}
+	/* Read bits for all are no risk: a policy is no secret. */
+	assert_int_equal(chmod(file, 0444), 0);
+	assert_int_equal(load_printed(dir, out, sizeof(out)), 0);
+	remove_dir(dir);
+}
+
 static struct policy_set *load_features(int64_t today, struct ydoc_diags *d)
 {
 	struct policy_set *set = NULL;
@@ -2742,6 +2805,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_valid_set_loads),
+	    cmocka_unit_test(test_writable_policy_refused),
 	    cmocka_unit_test(test_refcount),
 	    cmocka_unit_test(test_version_hash),
 	    cmocka_unit_test(test_broken_agreements),
