@@ -291,6 +291,15 @@ int ydoc_load_buffer(const char *name, const char *buf, size_t len, struct ydoc 
 		ydoc_error(d, name, NULL, "file is larger than %zu bytes", YDOC_MAX_BUFFER);
 		return ISG_ERR_TOO_BIG;
 	}
+	/*
+	 * A UTF-8 byte order mark (some editors write one) is no content.
+	 * libyaml, told the encoding, would read it as a character of the
+	 * first line: skipped here, so columns on line 1 count from after it.
+	 */
+	if (len >= 3 && memcmp(buf, "\xef\xbb\xbf", 3) == 0) {
+		buf += 3;
+		len -= 3;
+	}
 	struct builder b = {.name = name, .buf = buf, .len = len, .d = d};
 	b.doc = calloc(1, sizeof(*b.doc));
 	if (!b.doc || !(b.doc->file = strdup(name))) {

@@ -422,6 +422,19 @@ static void test_listen_and_more_errors(void **state)
 	load_text_fails("", 0, 0, "the configuration must be a mapping");
 }
 
+/* A UTF-8 byte order mark at the start is ignored: the file loads, columns on line 1 stay right. */
+static void test_byte_order_mark(void **state)
+{
+	struct isgd_config c;
+	struct ydoc_diags d;
+	char path[32];
+	assert_int_equal(load_text("\xef\xbb\xbflisten: h:1\n" BASE, &c, &d, path), 0);
+	assert_string_equal(c.listen_host, "h");
+	config_release(&c);
+	ydoc_diags_release(&d);
+	load_text_fails("\xef\xbb\xbflisten: 7443\n" BASE, 1, 9, "use host:port or [v6addr]:port");
+}
+
 static void test_empty_paths(void **state)
 {
 	/* A quoted empty path is not a key without a value: it would be the config's directory. */
@@ -464,6 +477,7 @@ int main(void)
 	    cmocka_unit_test(test_relation_between_limits),
 	    cmocka_unit_test(test_listen_and_more_errors),
 	    cmocka_unit_test(test_empty_paths),
+	    cmocka_unit_test(test_byte_order_mark),
 	    cmocka_unit_test(test_audit_section),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);

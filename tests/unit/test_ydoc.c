@@ -136,6 +136,31 @@ static void test_syntax_errors_positioned(void **state)
 	load_fails("a: 1\nb: \xff\n", 2, 4, "invalid leading UTF-8 octet");
 }
 
+/*
+ * A UTF-8 byte order mark (what some Windows editors write) is ignored: the
+ * file loads, and positions on line 1 count from the character after it.
+ */
+static void test_byte_order_mark_ignored(void **state)
+{
+	struct ydoc *doc = load_ok("\xef\xbb\xbflisten: 127.0.0.1:7443\nthreads: 2\n");
+	const struct ydoc_node *listen = ydoc_get(doc->root, "listen");
+	assert_non_null(listen);
+	assert_string_equal(listen->scalar, "127.0.0.1:7443");
+	assert_int_equal(doc->root->keys[0]->line, 1);
+	assert_int_equal(doc->root->keys[0]->col, 1);
+	assert_int_equal(listen->col, 9);
+	ydoc_free(doc);
+	load_fails("\xef\xbb\xbf"
+	           "a: &x 1\n",
+	           1, 4, "anchors are not supported");
+	load_fails("\xef\xbb\xbf"
+	           "a: 1\nb: \xff\n",
+	           2, 4, "invalid leading UTF-8 octet");
+	load_fails("\xef\xbb\xbf"
+	           "a: \xff\n",
+	           1, 4, "invalid leading UTF-8 octet");
+}
+
 static void test_depth_limit(void **state)
 {
 	char buf[400];
@@ -278,6 +303,7 @@ int main(void)
 	    cmocka_unit_test(test_empty_and_comment_only),
 	    cmocka_unit_test(test_refuses_anchor_alias_tag_documents),
 	    cmocka_unit_test(test_syntax_errors_positioned),
+	    cmocka_unit_test(test_byte_order_mark_ignored),
 	    cmocka_unit_test(test_depth_limit),
 	    cmocka_unit_test(test_check_keys),
 	    cmocka_unit_test(test_diags_print_and_sanitise),
