@@ -89,6 +89,19 @@ static __attribute__((format(printf, 1, 0))) char *format_message(const char *fm
 	return msg;
 }
 
+/*
+ * A file name cleaned as a message is: a policy file named with ESC or a
+ * newline must not forge lines or terminal sequences where it is printed.
+ */
+static char *clean_name(const char *file)
+{
+	size_t len = strlen(file);
+	char *name = malloc(len + 1);
+	if (name)
+		name[clean_controls(name, file, len)] = '\0';
+	return name;
+}
+
 static __attribute__((format(printf, 5, 0))) void diag_add(struct ydoc_diags *d, const char *file,
                                                            const struct ydoc_node *at, bool warning,
                                                            const char *fmt, va_list ap)
@@ -108,7 +121,7 @@ static __attribute__((format(printf, 5, 0))) void diag_add(struct ydoc_diags *d,
 		d->cap = cap;
 	}
 	struct ydoc_diag *g = &d->items[d->n];
-	g->file = strdup(file ? file : "");
+	g->file = clean_name(file ? file : "");
 	g->message = format_message(fmt, ap);
 	if (!g->file || !g->message) {
 		free(g->file);

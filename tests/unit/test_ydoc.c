@@ -249,6 +249,30 @@ static void test_diags_print_and_sanitise(void **state)
 	ydoc_diags_release(&d);
 }
 
+/*
+ * A file name is as hostile as a message: an agreement named with ESC and a
+ * newline must not forge lines or terminal sequences in isgctl policy check.
+ */
+static void test_diags_clean_file_names(void **state)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct ydoc_node at = {.line = 1, .col = 2};
+	ydoc_error(&d, "agreements/\x1b[2Jx\ny.yaml: error: forged\x9b\xc2\x9b\xff.yaml", &at,
+	           "bad");
+	ydoc_warning(&d, "caf\xc3\xa9\r.yaml", NULL, "w");
+	char *text = NULL;
+	size_t size = 0;
+	FILE *f = open_memstream(&text, &size);
+	assert_non_null(f);
+	ydoc_diags_print(&d, f);
+	fclose(f);
+	assert_string_equal(text, "agreements/?[2Jx?y.yaml: error: forged???.yaml:1:2: error: bad\n"
+	                          "caf\xc3\xa9?.yaml: warning: w\n");
+	free(text);
+	ydoc_diags_release(&d);
+}
+
 static void test_load_file(void **state)
 {
 	char path[] = "/tmp/test_ydoc_XXXXXX";
@@ -307,6 +331,7 @@ int main(void)
 	    cmocka_unit_test(test_depth_limit),
 	    cmocka_unit_test(test_check_keys),
 	    cmocka_unit_test(test_diags_print_and_sanitise),
+	    cmocka_unit_test(test_diags_clean_file_names),
 	    cmocka_unit_test(test_load_file),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
