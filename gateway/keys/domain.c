@@ -259,6 +259,18 @@ static int parse_file(const char *path, const char *name, const char *buf, size_
 		return ISG_ERR_NOMEM;
 	}
 	d->n = lines;
+	/*
+	 * An empty line first, at its own number: parsed in order, the line
+	 * before a trailing blank one would be blamed, its '-' not on the last line.
+	 */
+	for (size_t i = 0, pos = 0; i < lines; i++) {
+		const char *nl = memchr(buf + pos, '\n', len - pos);
+		if (nl == buf + pos) {
+			w.line = i + 1;
+			return parse_error(&w, 1, "empty line; each line is one key version");
+		}
+		pos = (size_t)(nl - buf) + 1;
+	}
 	size_t pos = 0;
 	for (size_t i = 0; i < lines; i++) {
 		const char *nl = memchr(buf + pos, '\n', len - pos);

@@ -820,6 +820,10 @@ static void test_load_refuses_malformed_domain(void **state)
 	CASE(1, 81, "too many fields", "isg-domain-key-v1 d 1 2026-01-01 - %s x\n", k);
 	CASE(1, 35, "too few fields", "isg-domain-key-v1 d 1 2026-01-01 -\n%s", "");
 	CASE(2, 1, "empty line", "%s%s\n\n", v1, k);
+	/* A blank line after the current version is blamed on itself, not on the line before. */
+	CASE(2, 1, "empty line; each line is one key version",
+	     "isg-domain-key-v1 d 1 2026-01-01 - %s\n\n", k);
+	CASE(3, 1, "empty line", "%s%s\n%s%s\n\n", v1, k, v2, k2);
 	CASE(1, 1, "empty line", "\n%s", "");
 #undef CASE
 	assert_true(n <= ARRAY_LEN(c));
