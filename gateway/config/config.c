@@ -423,16 +423,15 @@ static void apply_opt(struct loader *l, const struct ydoc_node *root, const stru
 	char name[64];
 	opt_name(o, name, sizeof(name));
 	const struct ydoc_node *sec = o->section ? ydoc_get(root, o->section) : root;
-	if (o->section && sec && sec->kind != YDOC_MAP)
+	const struct ydoc_node *where = sec ? sec : root;
+	if (o->section && sec && is_null(sec))
+		sec = NULL; /* a section written without a value is absent */
+	else if (o->section && sec && sec->kind != YDOC_MAP)
 		return; /* reported once for the section */
 	const struct ydoc_node *n = sec ? ydoc_get(sec, o->key) : NULL;
 	if (!n || is_null(n)) {
 		if (o->required)
-			ydoc_error(l->d, l->file,
-			           n     ? n
-			           : sec ? sec
-			                 : root,
-			           "missing required key '%s'", name);
+			ydoc_error(l->d, l->file, n ? n : where, "missing required key '%s'", name);
 		return;
 	}
 	if (n->kind != YDOC_SCALAR) {
@@ -482,7 +481,7 @@ static void check_structure(struct loader *l, const struct ydoc_node *root)
 	ydoc_check_keys(l->d, l->file, root, "the configuration", allowed);
 	for (size_t i = 0; i < ARRAY_LEN(sections); i++) {
 		const struct ydoc_node *sec = ydoc_get(root, sections[i]);
-		if (!sec)
+		if (!sec || is_null(sec)) /* without a value: absent, as any key */
 			continue;
 		if (sec->kind != YDOC_MAP) {
 			ydoc_error(l->d, l->file, sec, "%s must be a mapping, not %s", sections[i],

@@ -435,6 +435,45 @@ static void test_byte_order_mark(void **state)
 	load_text_fails("\xef\xbb\xbflisten: 7443\n" BASE, 1, 9, "use host:port or [v6addr]:port");
 }
 
+/* A section written without a value (audit:, limits: ~) is absent, as any other key is. */
+static void test_section_without_a_value(void **state)
+{
+	static const char *const texts[] = {
+	    "listen: h:1\naudit:\nlimits: ~\n" BASE,
+	    "listen: h:1\naudit: null\nlimits:\n" BASE,
+	};
+	for (size_t i = 0; i < ARRAY_LEN(texts); i++) {
+		struct isgd_config c, defaults;
+		struct ydoc_diags d;
+		char path[32];
+		if (load_text(texts[i], &c, &d, path) != 0)
+			ydoc_diags_print(&d, stderr);
+		assert_int_equal(d.errors, 0);
+		ydoc_diags_release(&d);
+		assert_int_equal(load_text("listen: h:1\n" BASE, &defaults, &d, path), 0);
+		ydoc_diags_release(&d);
+		assert_int_equal(c.max_frame_bytes, defaults.max_frame_bytes);
+		assert_int_equal(c.idle_timeout_ms, defaults.idle_timeout_ms);
+		assert_int_equal(c.checkpoint_every, defaults.checkpoint_every);
+		config_release(&c);
+		config_release(&defaults);
+	}
+	/* A required section without a value: its keys are missing, at the section. */
+	struct isgd_config c;
+	struct ydoc_diags d;
+	char path[32];
+	assert_int_equal(
+	    load_text("listen: h:1\ntls:\nstore: {path: x}\npolicy_dir: p\nkeys_dir: k\n", &c, &d,
+	              path),
+	    ISG_ERR_INVALID);
+	assert_int_equal(d.errors, 3);
+	assert_diag(&d, 0, 2, 5, "missing required key 'tls.certificate'");
+	assert_diag(&d, 1, 2, 5, "missing required key 'tls.key'");
+	assert_diag(&d, 2, 2, 5, "missing required key 'tls.client_ca'");
+	config_release(&c);
+	ydoc_diags_release(&d);
+}
+
 static void test_empty_paths(void **state)
 {
 	/* A quoted empty path is not a key without a value: it would be the config's directory. */
@@ -477,6 +516,7 @@ int main(void)
 	    cmocka_unit_test(test_relation_between_limits),
 	    cmocka_unit_test(test_listen_and_more_errors),
 	    cmocka_unit_test(test_empty_paths),
+	    cmocka_unit_test(test_section_without_a_value),
 	    cmocka_unit_test(test_byte_order_mark),
 	    cmocka_unit_test(test_audit_section),
 	};
