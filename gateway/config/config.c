@@ -411,6 +411,8 @@ static void set_special(struct loader *l, const struct opt *o, const struct ydoc
 			free(l->c->user);
 			if (!(l->c->user = strdup(v)))
 				ydoc_error(l->d, l->file, n, "out of memory");
+			l->c->user_line = n->line;
+			l->c->user_col = n->col;
 		}
 		break;
 	default:

@@ -49,6 +49,7 @@ struct isgd_config {
 	                                   frame is taken, default 256MiB */
 
 	char *user;               /* user: drop to this user after binding; NULL = stay */
+	int user_line, user_col;  /* where user's value is written, for errors about the user */
 	bool key_process;         /* key_process: keys in a separate process (default true); false
 	                             only to measure what that costs */
 	enum log_level log_level; /* log_level: debug, info (default), warn, error */

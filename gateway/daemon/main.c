@@ -67,20 +67,23 @@ static int resolve_user(const struct isgd_config *cfg, struct identity *id)
 	*id = (struct identity){.uid = geteuid(), .gid = getegid()};
 	if (!cfg->user)
 		return 0;
+	/* At user's value, as the configuration's other errors are placed. */
+	char at[PATH_MAX + 32];
+	snprintf(at, sizeof(at), "%s:%d:%d", cfg->path, cfg->user_line, cfg->user_col);
 	errno = 0;
 	const struct passwd *pw = getpwnam(cfg->user);
 	if (!pw) {
-		fprintf(stderr, "%s: error: user '%s' does not exist\n", cfg->path, cfg->user);
+		fprintf(stderr, "%s: error: user '%s' does not exist\n", at, cfg->user);
 		return ISG_ERR_INVALID;
 	}
 	if (pw->pw_uid == 0) {
-		fprintf(stderr, "%s: error: user '%s' is root; name an unprivileged user\n",
-		        cfg->path, cfg->user);
+		fprintf(stderr, "%s: error: user '%s' is root; name an unprivileged user\n", at,
+		        cfg->user);
 		return ISG_ERR_INVALID;
 	}
 	if (geteuid() != 0 && geteuid() != pw->pw_uid) {
-		fprintf(stderr, "%s: error: isgd must start as root to become user '%s'\n",
-		        cfg->path, cfg->user);
+		fprintf(stderr, "%s: error: isgd must start as root to become user '%s'\n", at,
+		        cfg->user);
 		return ISG_ERR_DENIED;
 	}
 	*id = (struct identity){.uid = pw->pw_uid, .gid = pw->pw_gid, .drop = geteuid() == 0};

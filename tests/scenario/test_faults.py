@@ -929,6 +929,22 @@ class TestConfigChecked(FaultCase):
                     self.gw.write_config()
         self.assertChecksOut()
 
+    def test_user_refused_at_its_line(self):
+        """A user: that isgd cannot serve as is named at its line and column, as every other error in the file."""
+        for user, why in (("root", "user 'root' is root; name an unprivileged user"),
+                          ("no-such-user-isg", "user 'no-such-user-isg' does not exist")):
+            with self.subTest(user=user):
+                self.gw.config["user"] = user
+                self.gw.write_config()
+                try:
+                    with open(self.gw.config_path) as f:
+                        line = next(i for i, l in enumerate(f, 1) if l.startswith("user:"))
+                    self.assertBothRefuse("%s:%d:7: error: %s\n" % (self.gw.config_path, line, why))
+                finally:
+                    del self.gw.config["user"]
+                    self.gw.write_config()
+        self.assertChecksOut()
+
     def test_empty_paths(self):
         """A quoted empty path would be the configuration's directory: refused where it is written."""
         for section, key in (("store", "path"), ("tls", "crl"), ("tls", "key"), (None, "keys_dir")):

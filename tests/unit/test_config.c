@@ -408,6 +408,15 @@ static void test_listen_and_more_errors(void **state)
 	load_text_fails(BASE "listen: ':7443'\n", 5, 9, "the host is missing");
 	load_text_fails(BASE "listen: 'h:0'\n", 5, 9, "the port must be a number from 1 to 65535");
 	load_text_fails(BASE "listen: h:1\nuser: 'root;rm'\n", 6, 7, "invalid user name 'root;rm'");
+	/* Where user is written, for the errors isgd finds when it looks the user up. */
+	struct isgd_config c;
+	struct ydoc_diags d;
+	char path[32];
+	assert_int_equal(load_text(BASE "listen: h:1\nuser:   nobody\n", &c, &d, path), 0);
+	assert_int_equal(c.user_line, 6);
+	assert_int_equal(c.user_col, 9);
+	config_release(&c);
+	ydoc_diags_release(&d);
 	load_text_fails(BASE "listen: h:1\nthreads: 65\n", 6, 10, "from 1 to 64");
 	load_text_fails(BASE "listen: h:1\nlimits: {max_wait: 11m}\n", 6, 20,
 	                "duration '11m' for limits.max_wait is out of range (0s to 10m)");
