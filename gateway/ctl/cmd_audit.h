@@ -194,6 +194,7 @@ int audit_log_verifier(struct audit_log *l, const struct audit_where *w, struct 
 /* One stored checkpoint. */
 struct audit_stored_cp {
 	uint64_t size;
+	int64_t at; /* when isgd wrote it (Unix ms): the row's column, not signed */
 	char *note;
 	size_t note_len;
 };

@@ -384,7 +384,8 @@ int audit_log_checkpoints(struct audit_log *l, struct audit_stored_cp **out, siz
 {
 	*out = NULL;
 	*n = 0;
-	sqlite3_stmt *st = audit_log_prepare(l, "SELECT size, note FROM checkpoints ORDER BY size");
+	sqlite3_stmt *st =
+	    audit_log_prepare(l, "SELECT size, at, note FROM checkpoints ORDER BY size");
 	if (!st)
 		return CTL_EXIT_LOCAL;
 	struct audit_stored_cp *cps = NULL;
@@ -404,8 +405,9 @@ int audit_log_checkpoints(struct audit_log *l, struct audit_stored_cp **out, siz
 		struct audit_stored_cp *c = &cps[count];
 		int64_t size = sqlite3_column_int64(st, 0);
 		c->size = size < 0 ? UINT64_MAX : (uint64_t)size;
-		const void *note = sqlite3_column_blob(st, 1);
-		c->note_len = (size_t)sqlite3_column_bytes(st, 1);
+		c->at = sqlite3_column_int64(st, 1);
+		const void *note = sqlite3_column_blob(st, 2);
+		c->note_len = (size_t)sqlite3_column_bytes(st, 2);
 		c->note = malloc(c->note_len + 1);
 		if (!c->note) {
 			status = CTL_EXIT_LOCAL;

@@ -922,8 +922,9 @@ static void html_summary(struct strbuf *b, const struct report *r)
 }
 
 /*
- * isgd's clock was set back while it wrote the log: not a problem with the
- * log, but the figures count each entry on the day of its own time. Plain
+ * isgd's clock was set back while it wrote the log (or entries were rewritten
+ * with later times and signed by a restarted isgd, which verify cannot always
+ * tell apart): the figures count each entry on the day of its own time. Plain
  * text (digits and fixed words), the same in HTML and Markdown.
  */
 static void times_back_text(struct strbuf *b, const struct report *r)
@@ -933,8 +934,9 @@ static void times_back_text(struct strbuf *b, const struct report *r)
 	              "Entry %" PRId64 " has an earlier time than the entry before it (%" PRIu64
 	              " entr%s in all, by up to %" PRId64 ".%03d s): the gateway's clock was set "
 	              "back (an NTP step, a change by hand, or a restore onto a host whose clock "
-	              "was behind). This is not a sign of tampering, but each entry is counted on "
-	              "the day of the time its clock gave.",
+	              "was behind), or entries were rewritten with later times and signed by a "
+	              "restarted isgd: compare with a checkpoint saved outside the gateway. Each "
+	              "entry is counted on the day of the time its clock gave.",
 	              r->vr.times_back_seq, r->vr.times_back, r->vr.times_back == 1 ? "y" : "ies",
 	              ms / 1000, (int)(ms % 1000));
 }

@@ -46,6 +46,7 @@ static const char prove_usage[] =
 struct cp {
 	uint64_t size;
 	uint8_t root[AUDIT_HASH_LEN];
+	int64_t at;       /* a stored one's at column: when isgd wrote it (not signed) */
 	const char *file; /* --against FILE; NULL for a stored checkpoint */
 	bool matched;
 };
@@ -73,11 +74,19 @@ struct verify {
 	/* entries after the last stored checkpoint reached, and those older than the grace */
 	uint64_t covered, stale, stale_first, stale_last;
 	int64_t stale_first_at, grace_ms, cutoff_ms;
+	/* entries after the last stored checkpoint reached dated more than the grace ahead */
+	uint64_t future, future_first, future_last;
+	int64_t future_first_at, ahead_ms;
+	/* entries dated after the checkpoint covering them was written: how many, the first */
+	uint64_t late;
+	int64_t late_seq, late_at, late_cp_at, last_late_seq;
+	uint64_t late_cp_size;
 	/* entries whose time is before the entry's before them: the first, the largest step */
 	bool have_at;
 	int64_t last_at, last_at_seq;
 	uint64_t back;
 	int64_t back_seq, back_prev_seq, back_at, back_prev_at, back_max_ms;
+	bool back_late; /* the first such entry's predecessor is dated after its checkpoint */
 	bool oom;
 	FILE *out; /* where problems are written */
 };
@@ -152,6 +161,7 @@ static int load_stored(struct verify *vs, struct audit_log *l)
 			    size_text, c.size);
 		struct cp *k = &vs->stored[vs->n_stored++];
 		k->size = c.size;
+		k->at = rows[i].at;
 		memcpy(k->root, c.root, AUDIT_HASH_LEN);
 	}
 	audit_stored_cps_free(rows, n);
@@ -265,15 +275,32 @@ static void check_seq(struct verify *vs, int64_t seq)
 /*
  * isgd stamps each entry with its wall clock, which an NTP step, a change by
  * hand or a restore onto a host whose clock is behind can set back: entries
- * then have earlier times than the ones before them. That is no sign of
- * tampering (an entry moved would break the roots), so it is no problem,
- * but the officer is told, since a period is taken by the entries' times.
+ * then have earlier times than the ones before them. So do entries rewritten
+ * with later times while no checkpoint covered them, then signed by a
+ * restarted isgd, and the roots cannot tell the two apart. What can: isgd
+ * writes a checkpoint's at no earlier than any entry it stamped (store_log.c),
+ * so an entry dated after the checkpoint covering it was written was not
+ * dated by the isgd that signed it. That is a problem; a time going back
+ * otherwise is a note, since a period is taken by the entries' times. The
+ * at column is not signed: this holds only if the rows were not edited too.
  */
 static void note_time(struct verify *vs, int64_t seq, const char *text)
 {
 	int64_t at;
 	if (audit_time_parse(text, false, &at) != 0)
 		return;
+	/* the entry is not appended yet: the next stored checkpoint is the first to cover it */
+	const struct cp *cover =
+	    vs->next_stored < vs->n_stored ? &vs->stored[vs->next_stored] : NULL;
+	if (cover && at > cover->at) {
+		if (vs->late++ == 0) {
+			vs->late_seq = seq;
+			vs->late_at = at;
+			vs->late_cp_at = cover->at;
+			vs->late_cp_size = cover->size;
+		}
+		vs->last_late_seq = seq;
+	}
 	if (vs->have_at && at < vs->last_at) {
 		int64_t by = vs->last_at - at;
 		if (vs->back++ == 0) {
@@ -281,6 +308,7 @@ static void note_time(struct verify *vs, int64_t seq, const char *text)
 			vs->back_prev_seq = vs->last_at_seq;
 			vs->back_at = at;
 			vs->back_prev_at = vs->last_at;
+			vs->back_late = vs->late && vs->last_late_seq == vs->last_at_seq;
 		}
 		if (by > vs->back_max_ms)
 			vs->back_max_ms = by;
@@ -366,6 +394,7 @@ static void reach_stored(struct verify *vs, struct cp *k)
 	vs->window_n = 0;
 	vs->covered = pos;
 	vs->stale = 0;
+	vs->future = 0;
 }
 
 static void reach_saved(struct verify *vs, struct cp *k)
@@ -406,9 +435,23 @@ static bool window_add(struct verify *vs, const uint8_t hash[static AUDIT_HASH_L
 	return true;
 }
 
-/* The entry just appended is older than the grace: uncovered so far, it may stay so. */
+/*
+ * The entry just appended, uncovered so far (it may stay so), is older than
+ * the grace, or dated more than the grace ahead of this computer's clock:
+ * isgd stamps entries with its clock as it writes them, so no entry it wrote
+ * is from the future, and once a restarted isgd signs it, only its time
+ * going back in the entries after it would show.
+ */
 static void note_stale(struct verify *vs, int64_t at)
 {
+	if (at > vs->ahead_ms) {
+		if (vs->future++ == 0) {
+			vs->future_first = vs->tree.size;
+			vs->future_first_at = at;
+		}
+		vs->future_last = vs->tree.size;
+		return;
+	}
 	if (at >= vs->cutoff_ms)
 		return;
 	if (vs->stale++ == 0) {
@@ -503,23 +546,97 @@ static void report_stale(struct verify *vs)
 	        span, vs->grace_ms / 1000, when);
 }
 
-static void summarise_times(const struct verify *vs)
+/* Uncovered entries dated more than the grace ahead: see note_stale. */
+static void report_future(struct verify *vs)
 {
-	if (!vs->back)
+	if (!vs->future)
 		return;
+	char when[32], span[80];
+	time_format_ms(when, sizeof(when), vs->future_first_at);
+	if (vs->future == 1)
+		snprintf(span, sizeof(span), "entry %" PRIu64 " is", vs->future_first);
+	else
+		snprintf(span, sizeof(span),
+		         "%" PRIu64 " entries, from entry %" PRIu64 " to entry %" PRIu64 ", are",
+		         vs->future, vs->future_first, vs->future_last);
+	problem(vs,
+	        "%s dated in the future (the first at %s, more than %" PRId64
+	        " s ahead of this computer's clock) and no checkpoint covers them: isgd stamps "
+	        "each entry with its clock as it writes it, so they were rewritten with later "
+	        "times (perhaps after deleting the checkpoints that covered them), or isgd's "
+	        "clock is ahead of this computer's. Keep a copy of the store file before isgd "
+	        "is started again (it would sign them as they are) and compare with a "
+	        "checkpoint saved outside the gateway (--against)",
+	        span, when, vs->grace_ms / 1000);
+}
+
+/* Entries dated after the checkpoint covering them was written: see note_time. */
+static void report_late(struct verify *vs)
+{
+	if (!vs->late)
+		return;
+	char at[32], cp_at[32], span[64];
+	time_format_ms(at, sizeof(at), vs->late_at);
+	time_format_ms(cp_at, sizeof(cp_at), vs->late_cp_at);
+	if (vs->late == 1)
+		snprintf(span, sizeof(span), "entry %" PRId64 " is", vs->late_seq);
+	else
+		snprintf(span, sizeof(span), "%" PRIu64 " entries, from entry %" PRId64 ", are",
+		         vs->late, vs->late_seq);
+	problem(vs,
+	        "%s dated after the checkpoint covering %s was written (the first at %s, "
+	        "covered by the checkpoint of size %" PRIu64 " written at %s): isgd never "
+	        "writes a checkpoint dated before an entry it stamped, so their times were "
+	        "rewritten while no checkpoint covered them and a restarted isgd then signed "
+	        "them (or isgd crashed and was restarted with its clock set back). Compare with "
+	        "a checkpoint saved outside the gateway (--against)",
+	        span, vs->late == 1 ? "it" : "them", at, vs->late_cp_size, cp_at);
+}
+
+/* "entry N has an earlier time (T) than entry P (T')[, and ...]": note or problem. */
+static void times_back_text(const struct verify *vs, char *out, size_t size)
+{
 	char at[32], prev[32];
 	time_format_ms(at, sizeof(at), vs->back_at);
 	time_format_ms(prev, sizeof(prev), vs->back_prev_at);
-	printf("note: entry %" PRId64 " has an earlier time (%s) than entry %" PRId64 " (%s)",
-	       vs->back_seq, at, vs->back_prev_seq, prev);
-	if (vs->back > 1)
-		printf(", and the times go back %" PRIu64 " times in all, by up to %" PRId64
-		       ".%03d s",
-		       vs->back, vs->back_max_ms / 1000, (int)(vs->back_max_ms % 1000));
-	printf(": isgd's clock was set back (an NTP step, a change by hand, or a restore "
-	       "onto a host whose clock was behind). This is not a sign of tampering: each "
-	       "entry keeps the time its clock gave, and the order of the log is its index. "
-	       "--from, --to and report place each entry by its own time\n");
+	int n = snprintf(out, size,
+	                 "entry %" PRId64 " has an earlier time (%s) than entry %" PRId64 " (%s)",
+	                 vs->back_seq, at, vs->back_prev_seq, prev);
+	if (vs->back > 1 && n > 0 && (size_t)n < size)
+		snprintf(out + n, size - (size_t)n,
+		         ", and the times go back %" PRIu64 " times in all, by up to %" PRId64
+		         ".%03d s",
+		         vs->back, vs->back_max_ms / 1000, (int)(vs->back_max_ms % 1000));
+}
+
+/* The first time going back, when the entry before it is dated after its checkpoint. */
+static void report_back(struct verify *vs)
+{
+	if (!vs->back || !vs->back_late)
+		return;
+	char text[256];
+	times_back_text(vs, text, sizeof(text));
+	problem(vs,
+	        "%s, and entry %" PRId64 " is dated after the checkpoint covering it was "
+	        "written: entries rewritten with later times and then signed by a restarted "
+	        "isgd look like this, a clock set back while isgd ran does not. Compare with a "
+	        "checkpoint saved outside the gateway (--against)",
+	        text, vs->back_prev_seq);
+}
+
+static void summarise_times(const struct verify *vs)
+{
+	if (!vs->back || vs->back_late)
+		return;
+	char text[256];
+	times_back_text(vs, text, sizeof(text));
+	printf("note: %s: this is what isgd's clock set back looks like (an NTP step, a "
+	       "change by hand, or a restore onto a host whose clock was behind), and also "
+	       "what entries rewritten with later times and then signed by a restarted isgd "
+	       "look like. Ask the admin for isgd's clock.stepped log line, and compare with "
+	       "a checkpoint saved outside the gateway (--against). --from, --to and report "
+	       "place each entry by its own time\n",
+	       text);
 }
 
 static void summarise(const struct verify *vs)
@@ -573,9 +690,10 @@ static int verify_help(void)
 	    "(a gap in seq), inserted or reordered (an entry whose index is not its seq),\n"
 	    "the columns disagreeing with the signed entry, a forged checkpoint (its\n"
 	    "signature does not verify), checkpoints that are not consistent with each\n"
-	    "other, and a log truncated below a checkpoint. Entries whose time is earlier\n"
-	    "than the entry's before them (isgd's clock was set back) are a note, not a\n"
-	    "problem.\n\n"
+	    "other, a log truncated below a checkpoint, entries dated after the checkpoint\n"
+	    "covering them was written, and uncovered entries dated in the future. Entries\n"
+	    "whose time is earlier than the entry's before them (isgd's clock set back, or\n"
+	    "entries rewritten with later times and signed by a restarted isgd) are a note.\n\n"
 	    "  --pubkey KEY        the verifier key to trust (isgctl audit pubkey); default:\n"
 	    "                      derived from KEYS_DIR/audit-signing.key\n"
 	    "  --pubkey-file FILE  the same, read from the first line of FILE\n"
@@ -605,6 +723,9 @@ static int verify_run(struct verify *vs, struct audit_log *l, char **against, si
 	if (status == CTL_EXIT_OK) {
 		report_unreached(vs);
 		report_stale(vs);
+		report_future(vs);
+		report_late(vs);
+		report_back(vs);
 	}
 	return status;
 }
@@ -631,7 +752,9 @@ int audit_grace_option(const char *arg, const char *usage, int64_t *ms)
 static void set_grace(struct verify *vs, const struct audit_log *l, int64_t grace_ms)
 {
 	vs->grace_ms = grace_ms >= 0 ? grace_ms : audit_grace_default_ms(l);
-	vs->cutoff_ms = time_now_ms() - vs->grace_ms;
+	int64_t now = time_now_ms();
+	vs->cutoff_ms = now - vs->grace_ms;
+	vs->ahead_ms = now + vs->grace_ms;
 }
 
 int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_t grace_ms,

@@ -220,6 +220,7 @@ struct store_log {
 	struct audit_tree tree;
 	uint64_t next_seq;
 	size_t witness_pending;
+	int64_t latest_at; /* the latest time this isgd stamped on an entry; 0: none yet */
 };
 
 /* Where a kept data key is, by its wrapping (store_seal.c). */

@@ -195,6 +195,8 @@ int store_log_append(struct store *s, int64_t now, const char *kind, const char 
 	if (s->has_witness)
 		memcpy(s->witness_leaves[s->log.witness_pending++], hash, AUDIT_HASH_LEN);
 	s->log.next_seq = n + 1;
+	if (now > s->log.latest_at)
+		s->log.latest_at = now;
 	*seq = n;
 	return 0;
 }
@@ -390,6 +392,7 @@ int store_log_load(struct store *s, sqlite3 *db, const char *path, char *err, si
 	audit_tree_init(&log.tree);
 	log.next_seq = 1;
 	log.witness_pending = 0;
+	log.latest_at = 0; /* not the log's: its times may have been rewritten */
 	int rc = read_latest_checkpoint(db, path, &cp, err, errlen);
 	if (rc == 0 && cp.found)
 		rc = open_checkpoint(s, &cp, path, &c, err, errlen);
@@ -564,11 +567,20 @@ int64_t store_log_checkpoint_deadline(const struct store *s)
 	return due > s->checkpoint_retry_mono ? due : s->checkpoint_retry_mono;
 }
 
+/*
+ * The row's at is when the checkpoint was written, but never earlier than an
+ * entry this isgd stamped: a clock set back between an entry and the
+ * checkpoint covering it leaves at no earlier than the entry's time. So an
+ * entry dated after the checkpoint covering it was not dated by the isgd
+ * that signed it (`isgctl audit verify` reports it: entries rewritten with
+ * later times while uncovered, then signed by a restarted isgd).
+ */
 static int checkpoint_insert(struct store *s, uint64_t size, const char *note, size_t len)
 {
 	sqlite3_stmt *st = s->stmt[ST_CHECKPOINT_INSERT];
+	int64_t now = time_now_ms();
 	sqlite3_bind_int64(st, 1, (int64_t)size);
-	sqlite3_bind_int64(st, 2, time_now_ms());
+	sqlite3_bind_int64(st, 2, now > s->log.latest_at ? now : s->log.latest_at);
 	sqlite3_bind_text(st, 3, note, (int)len, SQLITE_STATIC);
 	/* Outside any transaction: the statement is a transaction of its own. */
 	return store_db_step_done(s, st, "checkpoint.insert");

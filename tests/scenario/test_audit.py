@@ -402,6 +402,57 @@ class AuditLog(isgtest.ScenarioCase):
         r = self.audit("verify", "--grace", "-1", store=db)
         self.assertEqual(r.rc, 2, r)
 
+    def test_entries_rewritten_with_later_times(self):
+        """The latest checkpoint deleted and the entries after the one before it rewritten a
+        year ahead: uncovered, they are dated in the future; signed by a restarted isgd,
+        they are dated after the checkpoint covering them was written. Either way a
+        problem, never "audit log OK"."""
+        keep, n = self.checkpoints[-2][0], len(self.entries)
+        year = 365 * 86400 * 1000
+        statements = [("DELETE FROM checkpoints WHERE size > ?", (keep,))]
+        for seq, at, _, entry in self.entries[keep:]:
+            later = datetime.datetime.fromtimestamp((at + year) / 1000, datetime.timezone.utc)
+            text = later.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % ((at + year) % 1000)
+            leaf = re.sub(rb'"at":"[^"]*"', b'"at":"' + text.encode() + b'"', bytes(entry), 1)
+            self.assertNotEqual(leaf, bytes(entry))
+            statements.append(("UPDATE audit SET entry = ?, at = ? WHERE seq = ?",
+                               (leaf, at + year, seq)))
+        db = self.tamper("later-times", *statements)
+        span = (r"entry %d is" % n if n == keep + 1
+                else r"%d entries, from entry %d to entry %d, are" % (n - keep, keep + 1, n))
+        r = self.assertVerifyFails(db, r"problem: %s dated in the future \(the first at \S+, more "
+                                       r"than 0 s ahead of this computer's clock\) and no "
+                                       r"checkpoint covers them" % span,
+                                   extra=["--grace", "0"])
+        self.assertNotIn("audit log OK", r.out)
+        self.assertVerifyFails(db, r"problem: %s dated in the future" % span)  # default grace
+
+        # A restarted isgd signs them as they are, and writes entry n + 1 at today's time.
+        policy = os.path.join(self.root, "policies")
+        gw_dir = os.path.join(self.tmp, "restarted")
+        shutil.copytree(self.gw.keys_dir, os.path.join(gw_dir, "keys"))
+        gw = isgtest.Gateway(gw_dir, self.pki, policy, start=False,
+                             audit={"origin": ORIGIN, "checkpoint_every": 3})
+        shutil.copyfile(db, gw.store_path)
+        gw.start()
+        try:
+            isgtest.Partner(gw, self.pki, "police").send_ok([RECORD_C], message_id="after")
+        finally:
+            gw.stop()
+        r = self.audit("verify", store=gw.store_path)
+        self.assertEqual(r.rc, 1, r)
+        late = (r"entry %d is dated after the checkpoint covering it" % n if n == keep + 1
+                else r"%d entries, from entry %d, are dated after the checkpoint covering them"
+                % (n - keep, keep + 1))
+        self.assertRegex(r.out, r"problem: %s was written \(the first at \S+, covered by the "
+                                r"checkpoint of size \d+ written at \S+\)" % late, r)
+        self.assertRegex(r.out, r"problem: entry %d has an earlier time \(\S+\) than entry %d "
+                                r"\(\S+\), and entry %d is dated after the checkpoint covering it "
+                                r"was written" % (n + 1, n, n), r)
+        self.assertNotIn("not a sign of tampering", r.out)
+        self.assertNotIn("note: entry", r.out)
+        self.assertIn("audit log FAILED verification: 2 problems", r.out)
+
     def test_grace_usage_error_names_the_range(self):
         """verify's and report's --grace refusal is true of every refused value, too large ones too."""
         want = ("isgctl: --grace must be a whole number of seconds from 0 to 3153600000 "

@@ -197,7 +197,9 @@ class SetBackPastMidnightCase(SteppedClockCase):
         self.assertNotIn("problem:", v.out)
         m = re.search(r"^note: entry (\d+) has an earlier time \(%sT23:\S+\) than entry (\d+) "
                       r"\(%sT00:\S+\), and the times go back 2 times in all, by up to "
-                      r"3[56]\d\d\.\d{3} s: isgd's clock was set back .* not a sign of tampering"
+                      r"3[56]\d\d\.\d{3} s: this is what isgd's clock set back looks like .* "
+                      r"and also what entries rewritten with later times and then signed by a "
+                      r"restarted isgd look like"
                       % (before, day), v.out, re.M)
         self.assertIsNotNone(m, v.out)
         self.assertEqual(int(m.group(1)), int(m.group(2)) + 1)

@@ -237,7 +237,7 @@ static void add_checkpoint(sqlite3 *db, struct audit_signer *s, uint64_t size,
 	    sqlite3_prepare_v2(db, "INSERT INTO checkpoints VALUES (?1, ?2, ?3)", -1, &st, NULL),
 	    SQLITE_OK);
 	sqlite3_bind_int64(st, 1, (int64_t)size);
-	sqlite3_bind_int64(st, 2, 1700000000000);
+	sqlite3_bind_int64(st, 2, 1795000000000 + (int64_t)size * 1000); /* its last entry's time */
 	sqlite3_bind_text(st, 3, note, (int)len, SQLITE_TRANSIENT);
 	assert_int_equal(sqlite3_step(st), SQLITE_DONE);
 	sqlite3_finalize(st);
@@ -596,6 +596,30 @@ static void test_cmd_truncated(void **state)
 	assert_out_has(f, "1 of 1 saved checkpoints");
 }
 
+/*
+ * isgd dates a checkpoint row no earlier than the entries it stamped: entries
+ * dated after the checkpoint covering them were dated by someone else.
+ */
+static void test_cmd_dated_after_checkpoint(void **state)
+{
+	struct fixture *f = *state;
+	const char *db =
+	    tampered(f, "late", "UPDATE checkpoints SET at = at - 5000 WHERE size = 20");
+	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 1);
+	assert_out_has(f,
+	               "problem: 5 entries, from entry 16, are dated after the checkpoint "
+	               "covering them was written (the first at 2026-11-18T11:06:56.000Z, "
+	               "covered by the checkpoint of size 20 written at 2026-11-18T11:06:55.000Z)");
+	assert_out_has(f, "audit log FAILED verification: 1 problem\n");
+	/* One entry a second after it; dated at its time: OK. */
+	db = tampered(f, "at-time", "UPDATE checkpoints SET at = at - 1000 WHERE size = 20");
+	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 1);
+	assert_out_has(f,
+	               "problem: entry 20 is dated after the checkpoint covering it was written");
+	db = tampered(f, "same-time", "UPDATE checkpoints SET at = at WHERE size = 20");
+	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -611,6 +635,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cmd_deleted_reordered, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_columns_forged, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_truncated, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cmd_dated_after_checkpoint, setup, teardown),
 	};
 	if (sodium_init() < 0)
 		return 1;
