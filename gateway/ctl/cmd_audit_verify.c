@@ -110,12 +110,17 @@ static int cp_cmp(const void *a, const void *b)
 	return x->size < y->size ? -1 : x->size > y->size;
 }
 
-/* Open a note with the verifier; a reason when it does not verify. */
-static const char *open_note(const struct audit_verifier *v, const char *note, size_t len,
-                             struct audit_checkpoint *c)
+/*
+ * Open a note with the verifier; a reason when it does not verify, with
+ * *unreadable set when it is no signed checkpoint at all (its form, not its
+ * signature).
+ */
+static const char *open_note_why(const struct audit_verifier *v, const char *note, size_t len,
+                                 struct audit_checkpoint *c, bool *unreadable)
 {
 	const char *reason = NULL;
 	int rc = audit_checkpoint_open(v, note, len, c, &reason);
+	*unreadable = rc != 0 && rc != ISG_ERR_NOT_FOUND && rc != ISG_ERR_CRYPTO;
 	if (rc == ISG_ERR_NOT_FOUND)
 		return "it carries no signature by this verifier key (another key, or another "
 		       "origin: see --origin and --pubkey)";
@@ -126,6 +131,13 @@ static const char *open_note(const struct audit_verifier *v, const char *note, s
 	if (strcmp(c->origin, v->name) != 0)
 		return "its origin is not the verifier key's name";
 	return NULL;
+}
+
+static const char *open_note(const struct audit_verifier *v, const char *note, size_t len,
+                             struct audit_checkpoint *c)
+{
+	bool unreadable;
+	return open_note_why(v, note, len, c, &unreadable);
 }
 
 /* Check the stored checkpoints' signatures; keep the good ones, sorted by size. */
@@ -169,6 +181,32 @@ static int load_stored(struct verify *vs, struct audit_log *l)
 	return CTL_EXIT_OK;
 }
 
+/*
+ * A saved checkpoint that went through mail, a ticket or a Windows editor:
+ * CRLF line ends made LF, a final newline added when it lost it. Safe: the
+ * signature must still verify over the result. buf is len + 1 bytes (NUL);
+ * false when out of memory.
+ */
+static bool normalise_saved(char **buf, size_t *len)
+{
+	char *b = *buf;
+	size_t n = 0;
+	for (size_t i = 0; i < *len; i++)
+		if (!(b[i] == '\r' && i + 1 < *len && b[i + 1] == '\n'))
+			b[n++] = b[i];
+	if (n > 0 && b[n - 1] != '\n') {
+		char *grown = realloc(b, n + 2);
+		if (!grown)
+			return false;
+		b = grown;
+		b[n++] = '\n';
+	}
+	b[n] = '\0';
+	*buf = b;
+	*len = n;
+	return true;
+}
+
 /* Read and check each --against file. */
 static int load_saved(struct verify *vs, char **files, size_t n)
 {
@@ -181,12 +219,24 @@ static int load_saved(struct verify *vs, char **files, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		char *buf = NULL;
 		size_t len = 0;
-		int status = audit_ctl_read_file(files[i], AUDIT_NOTE_MAX + 1, &buf, &len);
+		/* twice the note's bound: each line end may have become CRLF */
+		int status = audit_ctl_read_file(files[i], 2 * AUDIT_NOTE_MAX + 2, &buf, &len);
 		if (status != CTL_EXIT_OK)
 			return status;
+		if (!normalise_saved(&buf, &len)) {
+			free(buf);
+			ctl_warn("out of memory");
+			return CTL_EXIT_LOCAL;
+		}
 		struct audit_checkpoint c;
-		const char *why = open_note(&vs->v, buf, len, &c);
+		bool unreadable = false;
+		const char *why = open_note_why(&vs->v, buf, len, &c, &unreadable);
 		free(buf);
+		if (why && unreadable) {
+			problem(vs, "saved checkpoint '%s' could not be read as a checkpoint: %s",
+			        files[i], why);
+			continue;
+		}
 		if (why) {
 			problem(vs, "saved checkpoint '%s': %s", files[i], why);
 			continue;

@@ -358,6 +358,39 @@ class AuditLog(isgtest.ScenarioCase):
                                r"problem: entry %d is out of place: it holds index %d" % (b, a),
                                r"checkpoint of size %d does not match the log" % cp)
 
+    def test_saved_checkpoint_through_mail(self):
+        """A saved checkpoint with CRLF line ends, or without its final newline (mail, a
+        ticket, a Windows editor), still vouches for the log: its signature decides."""
+        note = isgtest.read_text(self.saved_final)
+        self.assertTrue(note.endswith("\n") and "\r" not in note)
+        for name, text in (("crlf", note.replace("\n", "\r\n")), ("no-newline", note[:-1]),
+                           ("crlf-no-newline", note.replace("\n", "\r\n")[:-2])):
+            with self.subTest(name):
+                path = os.path.join(self.tmp, name + ".cp")
+                with open(path, "wb") as f:
+                    f.write(text.encode())
+                r = self.audit("verify", "--against", path)
+                self.assertEqual(r.rc, 0, r)
+                self.assertIn("1 of 1 saved checkpoints", r.out)
+                self.assertIn("audit log OK", r.out)
+        # Still signed over the text: a line changed after the CRLF is no checkpoint.
+        origin, size, root = note_body(note)
+        changed = note.replace("\n%d\n" % size, "\n%d\n" % (size - 1), 1).replace("\n", "\r\n")
+        path = os.path.join(self.tmp, "changed-crlf.cp")
+        with open(path, "wb") as f:
+            f.write(changed.encode())
+        self.assertVerifyFails(self.copy_store("plain-crlf"),
+                               r"problem: saved checkpoint '[^']*changed-crlf.cp': its signature "
+                               r"does not verify", extra=["--against", path])
+        # Not a checkpoint at all: said as such, apart from the log failing.
+        path = os.path.join(self.tmp, "not-a-checkpoint.cp")
+        with open(path, "wb") as f:
+            f.write(b"see the attached file\r\n")
+        r = self.assertVerifyFails(self.copy_store("plain-text"),
+                                   r"problem: saved checkpoint '[^']*not-a-checkpoint.cp' could not "
+                                   r"be read as a checkpoint: \S", extra=["--against", path])
+        self.assertNotIn("control character", r.out)
+
     def test_truncated_log(self):
         keep = self.checkpoints[-2][0]
         db = self.tamper("truncated", ("DELETE FROM audit WHERE seq > ?", (keep,)),
