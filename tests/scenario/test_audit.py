@@ -1160,6 +1160,9 @@ class AuditLog(isgtest.ScenarioCase):
             "seq-not-number": (first, b'{"type":"entry","seq":"1","leaf":"e30="}'),
             "note-one-line": (cp, b'{"type":"checkpoint","note":"one line"}'),
             "note-bad-size": (cp, b'{"type":"checkpoint","note":"o\\nNaN\\nAAAA\\n\\nsig"}'),
+            # nested past Python's recursion limit: RecursionError, not ValueError
+            "leaf-deep": (first, entry(b"[" * 100000 + b"]" * 100000)),
+            "line-deep": (first, b"[" * 100000 + b"]" * 100000),
         }
         for name, (i, line) in cases.items():
             damaged = list(lines)
@@ -1170,7 +1173,8 @@ class AuditLog(isgtest.ScenarioCase):
         p = run("leaf-not-json", lines[:first] + [entry(b"not json")] + lines[first + 1:])
         self.assertIn("problem: line %d is not a valid entry or checkpoint" % (first + 1), p.stdout)
         for name, head in (("empty", b""), ("header-list", b"[1]"), ("header-text", b'"x"'),
-                           ("header-format", b'{"type":"header","format":"other"}')):
+                           ("header-format", b'{"type":"header","format":"other"}'),
+                           ("header-deep", b"[" * 100000 + b"]" * 100000)):
             p = run(name, [head] + lines[1:])
             self.assertIn("not an isgctl audit export", p.stderr, name)
 
