@@ -120,6 +120,7 @@ bool audit_event_known(const char *s)
 struct audit_row {
 	int64_t seq, at;
 	const char *kind; /* "" when the column is NULL */
+	size_t kind_len;  /* its bytes: a NUL inside makes it longer than strlen */
 };
 
 /*
@@ -130,7 +131,8 @@ struct audit_row {
 static void check_columns(struct audit_reader *r, const struct audit_row *row,
                           const struct audit_leaf *lf, int64_t at)
 {
-	bool kind = strcmp(row->kind, lf->event) != 0;
+	/* by length too: 'message.accepted' || x'00' || '...' is an edit like any other */
+	bool kind = row->kind_len != strlen(lf->event) || strcmp(row->kind, lf->event) != 0;
 	bool seq = row->seq < 1 || (uint64_t)row->seq != lf->index;
 	if (!kind && !seq && row->at == at)
 		return;
@@ -141,7 +143,8 @@ static void check_columns(struct audit_reader *r, const struct audit_row *row,
 		return;
 	const char *what = "the table was edited, and the signed entry is what counts (run 'isgctl "
 	                   "audit verify')";
-	if (kind && audit_event_known(row->kind) && audit_event_known(lf->event)) {
+	if (kind && row->kind_len == strlen(row->kind) && audit_event_known(row->kind) &&
+	    audit_event_known(lf->event)) {
 		ctl_warn("entry %" PRId64 ": its kind column says '%s' but the signed entry is "
 		         "'%s': %s",
 		         index, row->kind, lf->event, what);
@@ -189,7 +192,8 @@ int audit_read_entries(struct audit_log *l, struct audit_reader *r, audit_entry_
 	while (status == CTL_EXIT_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *kind = (const char *)sqlite3_column_text(st, 2);
 		struct audit_row row = {sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
-		                        kind ? kind : ""};
+		                        kind ? kind : "",
+		                        kind ? (size_t)sqlite3_column_bytes(st, 2) : 0};
 		const char *leaf = sqlite3_column_blob(st, 3);
 		status = read_row(r, &row, leaf, (size_t)sqlite3_column_bytes(st, 3), fn, ctx);
 	}

@@ -563,6 +563,16 @@ static void test_cmd_columns_forged(void **state)
 	assert_out_has(f, "problem: entry 2: its kind column disagrees with the entry\n");
 	assert_null(strstr(f->out, "9434765919"));
 	assert_null(strstr(f->out, "Brien"));
+	/* A NUL inside: the column's bytes, not its C string, are compared. */
+	db = tampered(
+	    f, "kind-nul",
+	    "UPDATE audit SET kind = CAST('message.accepted' || x'00' || 'anything' AS TEXT)"
+	    " WHERE seq = 2");
+	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 1);
+	assert_out_has(f, "problem: entry 2: its kind column disagrees with the entry\n");
+	assert_out_has(f, "audit log FAILED verification: 1 problem\n");
+	assert_int_equal(run(f, "list --store %s --format csv", db), 0);
+	assert_out_has(f, "entry 2: its kind column disagrees with the signed entry");
 
 	db = tampered(f, "forged",
 	              "UPDATE checkpoints SET note = replace(note, char(10) || '20' || char(10),"
