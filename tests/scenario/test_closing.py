@@ -204,7 +204,11 @@ class TestCleanClose(ClosingCase):
         c.tls.write(varint_encode(64 << 20) + b"\0" * 200000)  # a frame of 64 MiB, begun
         c._flush()
         self.wait_log('reason="frame over max_frame"')  # logfmt: quoted, as it holds spaces
-        time.sleep(0.5 * isgtest.SLOW)  # the answers wait in the sockets
+        # The answers wait in the sockets once every one is written out and
+        # the close begun: isgd logs conn.closed just before its close_notify
+        # and the shutdown of its half, and we have read nothing yet.
+        self.wait_log("event=conn.closed peer=127.0.0.1:%d reason=server"
+                      % c.sock.getsockname()[1])
         frames, notify = c.read_to_end(pb)
         got = self.by_id(frames)
         self.assertEqual(sorted(got), [0] + [f.request_id for f in pings],
