@@ -1221,10 +1221,11 @@ class TestPartnerRemoved(HardeningCase):
         police.close()
         sends = [frame(send=self.send_request(mid, records)) for mid in busy_ids]
 
-        def stream(c, data, ended, stop=None):
+        def stream(c, data, ended, flowing, stop=None):
             # Requests as fast as they go, the answers read so that
             # backpressure never stops them, until the gateway closes (or
             # stop is set: an SSLSocket is not for two threads to close).
+            # Once answers come back (flowing), requests are arriving.
             c.sock.settimeout(10 * isgtest.SLOW)
             try:
                 for n in itertools.count():
@@ -1233,6 +1234,8 @@ class TestPartnerRemoved(HardeningCase):
                     c.sock.sendall(data[n % len(data)] if isinstance(data, list) else data)
                     if not c.sock.recv(65536):
                         break
+                    if n == 1:
+                        flowing.release()
             except (OSError, ssl.SSLError):
                 pass
             ended.append(c)
@@ -1243,13 +1246,19 @@ class TestPartnerRemoved(HardeningCase):
             for c in busy + conns:
                 self.expect(c.request(ping=pb.Ping(nonce=1)), "pong")
             ended, busy_ended, stop = [], [], threading.Event()
-            threads = [threading.Thread(target=stream, args=(c, pings, ended), daemon=True)
-                       for c in conns]
-            threads += [threading.Thread(target=stream, args=(c, sends, busy_ended, stop),
+            flowing = threading.Semaphore(0)
+            threads = [threading.Thread(target=stream, args=(c, pings, ended, flowing),
+                                        daemon=True) for c in conns]
+            threads += [threading.Thread(target=stream, args=(c, sends, busy_ended, flowing, stop),
                                          daemon=True) for c in busy]
             for t in threads:
                 t.start()
-            time.sleep(0.15 * isgtest.SLOW)
+            # Cut only once every connection's requests flow: a cut before
+            # a thread got going would be one between requests.
+            deadline = time.monotonic() + 15 * isgtest.SLOW
+            for t in threads:
+                self.assertTrue(flowing.acquire(timeout=max(0.0, deadline - time.monotonic())),
+                                "round %d: requests not flowing\n%s" % (r, self.gw.diagnostics()))
             isgtest.write_yaml(os.path.join(policy, "partners.yaml"), {"partners": without})
             outcome, text = self.gw.reload()
             self.assertEqual(outcome, "loaded", text)
