@@ -1512,9 +1512,13 @@ static int64_t worker_sweep(struct net_worker *w)
 			conn_watch_acks(c, now);
 		conn_in_shrink(c, now);
 		/* A half-closed connection's bound holds even while the store
-		 * keeps a request: its answer then finds the connection gone. */
-		if (c->deadline > now ||
-		    (!c->peer_closed && (c->waiting || c->inflight > 0 || c->held_back)))
+		 * keeps a request: its answer then finds the connection gone.
+		 * Waiting for messages exempts a connection only while nothing
+		 * it is owed stands still: a subscriber that stopped reading,
+		 * its window shut on pushes, is idle like any other. */
+		bool stuck = c->out_len > c->out_off || c->unacked > 0;
+		if (c->deadline > now || (!c->peer_closed && ((c->waiting && !stuck) ||
+		                                              c->inflight > 0 || c->held_back)))
 			continue;
 		bool hs = c->state == CONN_HANDSHAKE;
 		bool owed = c->state == CONN_SHUTDOWN || c->out_len > c->out_off;

@@ -159,6 +159,37 @@ class TestSlowReader(ClosingCase):
         self.assertServing(pending=self.sent)
 
 
+    def test_subscriber_that_never_reads_is_cut(self):
+        """A subscriber, exempt from idle_timeout while it waits for messages,
+        is cut like any reader once its pushes stand still in a shut window:
+        it cannot pin its connection and the pushes' memory."""
+        pb = self.pb
+        c = self.client("nhs", rcvbuf=4096)
+        t0 = time.monotonic()
+        c.send_frames([pb.Frame(request_id=9, subscribe=pb.Subscribe())])
+        self.wait_log("event=conn.idle_timeout")
+        if not isgtest.VALGRIND:
+            self.assertGreater(time.monotonic() - t0, self.idle - 0.5, "cut before idle_timeout")
+        frames, notify = c.read_to_end(pb)
+        self.assertLess(len(frames), len(self.sent), "every push arrived whole")
+        self.assertFalse(notify, "close_notify with pushes owed")
+        # Handed out, never acknowledged: each is delivered again.
+        self.assertServing(pending=self.sent)
+
+    def test_waiting_subscriber_is_not_idle(self):
+        """One that is owed nothing (nothing waits for the council) waits on
+        past idle_timeout, and is served."""
+        pb = self.pb
+        c = self.client("council")
+        c.send_frames([pb.Frame(request_id=4, subscribe=pb.Subscribe()),
+                       pb.Frame(request_id=5, ping=pb.Ping(nonce=1))])
+        self.assertEqual(self.expect(c.recv_frame(pb), "pong").nonce, 1)
+        time.sleep(self.idle * 2.5)
+        c.send_frames([pb.Frame(request_id=6, ping=pb.Ping(nonce=2))])
+        self.assertEqual(self.expect(c.recv_frame(pb), "pong").nonce, 2)
+        self.assertNotIn("event=conn.idle_timeout", self.gw.log)
+
+
 class TestCleanClose(ClosingCase):
     def setUp(self):
         super().setUp()
