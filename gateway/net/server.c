@@ -717,6 +717,10 @@ static void conn_take_frames(struct net_conn *c)
 			f.error = &e;
 			net_conn_send(c, &f);
 			net_conn_close(c); /* the stream cannot be resynchronised */
+			/* Nothing more is read, as after a close_notify: a
+			 * subscription ends, a waiting fetch is answered. */
+			if (s->h.on_peer_closed)
+				s->h.on_peer_closed(s->h.ctx, c);
 			break;
 		}
 		/* Room for it first; room handed to a held-back connection was for this frame. */

@@ -218,6 +218,29 @@ class TestCleanClose(ClosingCase):
         self.assertTrue(notify, "closed without close_notify\n%s" % gw.diagnostics())
         self.assertIn("reason=close_notify", gw.log)
 
+    def test_subscription_ends_at_a_bad_frame(self):
+        """A subscription whose first look at the store is under way when
+        the partner sends a frame the stream cannot survive (a length over
+        max_frame) ends there: nothing is pushed after the BAD_FRAME error,
+        and the message stays pending."""
+        pb = self.pb
+        police = self.connect("police")
+        self.accepted(police, "sub-bad-1", [{"nhs_number": NHS_A}])
+        police.close()
+        c = self.client("nhs")
+        # One write: isgd takes the subscription and the bad prefix in one
+        # pass, before the store answers the subscription's look.
+        body = pb.Frame(request_id=5, subscribe=pb.Subscribe()).SerializeToString()
+        c.tls.write(varint_encode(len(body)) + body + varint_encode(64 << 20))
+        c._flush()
+        frames, notify = c.read_to_end(pb)
+        kinds = [(f.request_id, f.WhichOneof("body")) for f in frames]
+        self.assertIn((0, "error"), kinds, self.gw.diagnostics())
+        after = kinds[kinds.index((0, "error")) + 1:]
+        self.assertEqual(after, [], "sent after the BAD_FRAME error\n%s" % self.gw.diagnostics())
+        self.assertTrue(notify)
+        self.assertServing(pending=["sub-bad-1"])
+
     def test_answers_reach_a_late_reader_that_sent_more(self):
         """
         A partner pipelines pings, then a length prefix over max_frame and
