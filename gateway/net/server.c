@@ -691,7 +691,10 @@ static void conn_take_frames(struct net_conn *c)
 {
 	struct net_server *s = c->w->s;
 	size_t off = 0;
-	while (c->state == CONN_OPEN && c->inflight < s->opt.max_inflight && !c->held_back) {
+	/* Not once stopping: on_stop has answered what waits, and a frame taken
+	 * after it (a read that wanted a write can still come) would wait on. */
+	while (c->state == CONN_OPEN && !c->w->stopping && c->inflight < s->opt.max_inflight &&
+	       !c->held_back) {
 		size_t hdr, body;
 		int r =
 		    wire_frame_peek(c->in + off, c->in_len - off, s->opt.max_frame, &hdr, &body);
