@@ -114,6 +114,20 @@ class HardeningCase(isgtest.ScenarioCase):
         reply = conn.request(send=self.send_request(message_id, records))
         return self.expect(reply, "send_result").receipt
 
+    def wait_peers_logged(self, ports, event, gw=None, timeout=10.0):
+        """isgd logged event for the connection from each of ports on 127.0.0.1."""
+        gw = gw or self.gw
+        deadline = time.monotonic() + timeout * isgtest.SLOW
+        while True:
+            log = gw.log
+            missing = [p for p in ports if "event=%s peer=127.0.0.1:%d " % (event, p) not in log]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                self.fail("no %s for the connections from ports %s within %.0fs\n%s"
+                          % (event, missing, timeout * isgtest.SLOW, gw.diagnostics()))
+            time.sleep(0.05)
+
     def assertClosed(self, conn, timeout=5.0, what="connection"):
         """The gateway closes conn: EOF (or a reset / TLS error) within timeout; no frame first."""
         conn.sock.settimeout(timeout * isgtest.SLOW)
@@ -196,19 +210,26 @@ class TestBadFrames(HardeningCase):
         # half a SendRequest frame (length says more), then the client goes away
         body = self.pb.Frame(request_id=7, send=self.send_request(
             "trunc-lost", [{"nhs_number": NHS_A, "concern_summary": SUMMARY}])).SerializeToString()
+        ports = []
         c = self.connect("police")
         c.send_raw(varint_encode(len(body)) + body[:len(body) // 2])
+        ports.append(c.sock.getsockname()[1])
         c.close()
         # a varint cut in the middle, then close
         c = self.connect("police")
         c.send_raw(b"\x80")
+        ports.append(c.sock.getsockname()[1])
         c.close()
         # a truncated frame then a TCP reset without TLS close_notify
         c = self.connect("police")
         c.send_raw(varint_encode(len(body)) + body[:5])
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        ports.append(c.sock.getsockname()[1])
         c.sock.close()
-        time.sleep(0.2)
+        # None of them sent a close_notify. isgd is done with each once it
+        # has logged its dirty close: what it logs about them is all there
+        # for assertLogClean, however late a slow isgd gets to them.
+        self.wait_peers_logged(ports, "conn.dirty_close")
         self.assertServing(pending=["trunc-kept"])
         self.assertGreater(kept.gateway_id, 0)
         self.assertLogClean()
