@@ -311,7 +311,8 @@ static void *writer_main(void *arg)
 		if (stop)
 			break;
 		int rc = batch || sweep ? run_batch(s, batch, sweep, &sweep_more) : 0;
-		if (rc == ISG_ERR_FULL && batch && batch->next)
+		/* Alone, unless the job was all the transaction held. */
+		if (rc == ISG_ERR_FULL && batch && (batch->next || sweep))
 			run_alone(s, batch);
 		/* A sweep that stopped at its limit goes on at once, once it has
 		 * committed: one whose batch failed (a full disk) would fail again. */

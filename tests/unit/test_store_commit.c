@@ -389,6 +389,30 @@ static void test_fetch_run_alone_forgets_the_failed_batch(void **state)
 	store_fetch_result_free(res);
 }
 
+/*
+ * A full disk fails a batch of one job and the sweep that fell due with it:
+ * the job, a resend that writes nothing, runs again alone and gets its
+ * receipt, rather than an UNAVAILABLE the sweep's writes caused.
+ */
+static void test_one_job_beside_a_sweep_runs_alone(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 50, 0);
+	struct store_message m = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct store_receipt first, again = {0};
+	assert_int_equal(send_sync(s, &m, &first), 0);
+	store_test_pause(s, true);
+	sleep_ms(120); /* the sweep is due when the writer goes on */
+	struct wait w;
+	wait_init(&w);
+	int rc = store_send(s, &m, on_send, &w);
+	store_test_full_commits(s, 1); /* the batch's: the resend and the sweep */
+	store_test_pause(s, false);
+	assert_int_equal(wait_receipt(&w, rc, &again), 0);
+	assert_true(again.duplicate);
+	assert_int_equal(again.gateway_id, first.gateway_id);
+}
+
 /* --- WAL checkpoints ------------------------------------------------------------------- */
 
 static off_t file_size(const char *path)
@@ -969,6 +993,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_fetch_in_failed_commit_is_not_delivered, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_disk_full_then_recovers, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_one_job_beside_a_sweep_runs_alone, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_run_alone_forgets_the_failed_batch, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_checkpointed_in_background, fx_setup,
