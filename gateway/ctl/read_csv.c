@@ -293,7 +293,6 @@ static int header(struct csv_reader *r, struct ctl_batch *out)
 				            "column name has a control character");
 		size_t len;
 		enum isg_value_kind kind;
-		char label[COLUMN_LABEL];
 		int rc = split_type(r, c, &len, &kind);
 		if (rc < 0)
 			return rc;
@@ -302,11 +301,15 @@ static int header(struct csv_reader *r, struct ctl_batch *out)
 		char *name = ctl_arena_strdup(out, text, len);
 		if (!name)
 			return ISG_ERR_NOMEM;
+		/*
+		 * By place only: two equal names are most often a record taken for
+		 * the header row ("Smith,Jones,Smith"), and the name is its data.
+		 */
 		for (size_t k = 0; k < i; k++)
 			if (strcmp(r->columns[k].name, name) == 0)
 				return fail(r, ISG_ERR_PARSE, c->line, c->col,
-				            "%s has the same name as column %zu",
-				            column_label(label, name, len, i), k + 1);
+				            "column %zu has the same name as column %zu", i + 1,
+				            k + 1);
 		r->columns[i] = (struct column){.name = name, .kind = kind};
 	}
 	r->n_columns = r->n_cells;
