@@ -3,6 +3,7 @@
  * One file per subcommand; this one dispatches and prints help.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -215,6 +216,12 @@ static int finish_output(int status)
 
 int main(int argc, char **argv)
 {
+	/*
+	 * A reader that went away (a closed pipe) is a write that fails, said
+	 * as such ("cannot write message N: broken pipe; it stays
+	 * unacknowledged"), not a silent death by SIGPIPE.
+	 */
+	signal(SIGPIPE, SIG_IGN);
 	bool done = false;
 	int status = main_options(argc, argv, &done);
 	if (status != CTL_EXIT_OK || done)

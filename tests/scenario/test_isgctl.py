@@ -355,6 +355,27 @@ class IsgctlCase(isgtest.ScenarioCase):
             self.assertEqual(r.err.count("cannot write"), 1, r)
         self.assertEqual(len(nhs.fetch_messages()), 1)
 
+    def run_into_closed_pipe(self, argv):
+        """isgctl with standard output a pipe whose reader has gone."""
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            p = subprocess.run([isgtest.ISGCTL] + argv, stdout=w, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, text=True, timeout=isgtest.CTL_TIMEOUT)
+        finally:
+            os.close(w)
+        return isgtest.CtlResult(p.returncode, "", p.stderr, argv)
+
+    def test_a_closed_pipe_is_a_write_failure(self):
+        """A reader that went away is said, exit 1, not a silent death by SIGPIPE (141)."""
+        gw, police, nhs = self.start()
+        police.send_ok([RECORD_A], message_id="piped")
+        r = self.run_into_closed_pipe(nhs.conn_flags() + ["fetch"])
+        self.assertEqual(r.rc, 1, r)
+        self.assertRegex(r.err, r"^isgctl: cannot write message \d+: broken pipe; it stays "
+                                r"unacknowledged\n$")
+        self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], ["piped"])
+
     def test_usage(self):
         for argv, rc in [([], 2), (["help"], 0), (["--version"], 0), (["bogus"], 2),
                          (["send", "--bogus"], 2), (["fetch", "--max", "0"], 2),
