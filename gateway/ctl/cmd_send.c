@@ -159,7 +159,15 @@ static int send_records(struct send_args *a, const struct ctl_batch *batch)
 			         "twice, use --message-id %s",
 			         a->msg.message_id);
 	} else if (ctl_write_receipt(stdout, &receipt) < 0 || fflush(stdout) != 0) {
-		ctl_output_warn("cannot write the receipt: %s", ctl_errno_text(errno));
+		/*
+		 * The message is stored: a script that sent it again under a new
+		 * random id would give the recipient a second copy.
+		 */
+		ctl_output_warn("cannot write the receipt: %s; the gateway accepted message '%s' "
+		                "(gateway_id %" PRIu64 ", audit entry %" PRIu64
+		                "): do not send it again",
+		                ctl_errno_text(errno), receipt.message_id, receipt.gateway_id,
+		                receipt.audit_index);
 		status = CTL_EXIT_LOCAL;
 	}
 	isg_client_close(client);

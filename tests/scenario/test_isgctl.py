@@ -376,6 +376,25 @@ class IsgctlCase(isgtest.ScenarioCase):
                                 r"unacknowledged\n$")
         self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], ["piped"])
 
+    def test_a_receipt_that_cannot_be_written_names_the_message_accepted(self):
+        """So that a script does not send it again under a new random id."""
+        gw, police, nhs = self.start()
+        path = police.write_records([RECORD_A])
+        r = isgtest.ctl(*(police.conn_flags() + ["send", "--to", "nhs-trust", "--agreement",
+                                                 AGREEMENT_ID, "--dataset", DATASET, path]),
+                        stdout_path="/dev/full")
+        self.assertEqual(r.rc, 1, r)
+        m = re.fullmatch(r"isgctl: cannot write the receipt: no space left on device; the gateway "
+                         r"accepted message '([0-9a-f]{32})' \(gateway_id (\d+), audit entry "
+                         r"(\d+)\): do not send it again\n", r.err)
+        self.assertTrue(m, r)
+        # the ids said are the message's: sent again under its id, it is a duplicate
+        again = police.send_ok([RECORD_A], message_id=m.group(1))
+        self.assertTrue(again["duplicate"], again)
+        self.assertEqual((again["gateway_id"], again["audit_index"]),
+                         (int(m.group(2)), int(m.group(3))))
+        self.assertEqual([x["message_id"] for x in nhs.fetch_messages()], [m.group(1)])
+
     def test_usage(self):
         for argv, rc in [([], 2), (["help"], 0), (["--version"], 0), (["bogus"], 2),
                          (["send", "--bogus"], 2), (["fetch", "--max", "0"], 2),
