@@ -1,8 +1,8 @@
 /*
  * isgctl fetch: print the messages delivered to this partner, then
- * acknowledge them. A message is acknowledged only after it was printed and
- * standard output flushed, so a crash or a full disk means it is delivered
- * again, never lost.
+ * acknowledge them. A message is acknowledged only after it was printed,
+ * standard output flushed and, when it is a file, synced to disk, so a
+ * crash, a power cut or a full disk means it is delivered again, never lost.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ctl/ctl.h"
 
@@ -148,6 +150,37 @@ static int print_delivery(struct printer *p, const struct isg_delivery *d)
 	return CTL_EXIT_OK;
 }
 
+/*
+ * What was printed to a file is on disk before it is acknowledged: the
+ * gateway deletes what is acknowledged, and a power cut must not take the
+ * only copy left in the page cache. A pipe or a terminal is its reader's
+ * to keep; a file that cannot be synced (EINVAL) has nothing to sync.
+ */
+static int sync_output(void)
+{
+	struct stat st;
+	if (fstat(STDOUT_FILENO, &st) < 0 || !S_ISREG(st.st_mode))
+		return 0;
+	if (fsync(STDOUT_FILENO) == 0 || errno == EINVAL || errno == ENOTSUP)
+		return 0;
+	return -1;
+}
+
+/* Sync before acknowledging ids[0..n); an exit status. */
+static int sync_printed(const uint64_t *ids, size_t n)
+{
+	if (n == 0 || sync_output() == 0)
+		return CTL_EXIT_OK;
+	if (n == 1)
+		ctl_output_warn("cannot write message %" PRIu64 ": %s; it stays unacknowledged",
+		                ids[0], ctl_errno_text(errno));
+	else
+		ctl_output_warn("cannot write the %zu messages from %" PRIu64 " to %" PRIu64
+		                ": %s; they stay unacknowledged",
+		                n, ids[0], ids[n - 1], ctl_errno_text(errno));
+	return CTL_EXIT_LOCAL;
+}
+
 static int acknowledge(struct fetch_args *a, struct isg_client *c, const uint64_t *ids, size_t n)
 {
 	unsigned acked = 0;
@@ -184,7 +217,9 @@ static int fetch_once(struct fetch_args *a, struct isg_client *c, struct printer
 		printed--; /* the one that failed */
 	/* Acknowledge what was printed, even when a later one failed. */
 	if (!a->no_ack && printed > 0) {
-		int s = acknowledge(a, c, ids, printed);
+		int s = sync_printed(ids, printed);
+		if (s == CTL_EXIT_OK)
+			s = acknowledge(a, c, ids, printed);
 		if (status == CTL_EXIT_OK)
 			status = s;
 	}
@@ -219,6 +254,8 @@ static int follow(struct fetch_args *a, struct isg_client *c, struct printer *p)
 		if (!d)
 			continue;
 		int status = print_delivery(p, d);
+		if (status == CTL_EXIT_OK && !a->no_ack)
+			status = sync_printed(&d->gateway_id, 1);
 		if (status == CTL_EXIT_OK && !a->no_ack)
 			status = acknowledge(a, c, &d->gateway_id, 1);
 		isg_delivery_free(d);

@@ -14,10 +14,12 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import threading
 import time
+import unittest
 
 import isgtest
 from isgtest import AGREEMENT_ID, DATASET
@@ -395,6 +397,40 @@ class IsgctlCase(isgtest.ScenarioCase):
                          (int(m.group(2)), int(m.group(3))))
         self.assertEqual([x["message_id"] for x in nhs.fetch_messages()], [m.group(1)])
 
+    @unittest.skipUnless(shutil.which("strace"), "needs strace (scripts/deps test installs it)")
+    def test_output_to_a_file_is_synced_before_the_ack(self):
+        """A power cut cannot be staged, so fsync is made to fail (strace
+        injects EIO): what was printed is acknowledged only once fsync
+        succeeded, so the messages are still waiting."""
+        gw, police, nhs = self.start()
+        for mid in ("sync-1", "sync-2"):
+            police.send_ok([RECORD_A], message_id=mid)
+        inbox = os.path.join(self.tmp, "inbox.jsonl")
+        strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,fdatasync",
+                  "-e", "inject=fsync,fdatasync:error=EIO"]
+        for follow in (False, True):
+            argv = strace + [isgtest.ISGCTL, "fetch"] + (["--follow"] if follow else []) + \
+                nhs.conn_flags()
+            with open(inbox, "w") as out:
+                p = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, text=True,
+                                   stdin=subprocess.DEVNULL, timeout=isgtest.CTL_TIMEOUT)
+            self.assertEqual(p.returncode, 1, p.stderr)
+            printed = [json.loads(line) for line in isgtest.read_text(inbox).splitlines()]
+            ids = [m["gateway_id"] for m in printed]
+            said = ("isgctl: cannot write message %d: input/output error; it stays "
+                    "unacknowledged\n" % ids[0] if follow else
+                    "isgctl: cannot write the 2 messages from %d to %d: input/output error; they "
+                    "stay unacknowledged\n" % tuple(ids))
+            self.assertEqual(p.stderr, said)
+            self.assertEqual(len(printed), 1 if follow else 2)
+        self.assertEqual([m["message_id"] for m in nhs.fetch_messages(no_ack=True)],
+                         ["sync-1", "sync-2"])
+        # without the fault, the file gets them and they are acknowledged
+        r = isgtest.ctl(*(nhs.conn_flags() + ["fetch"]), stdout_path=inbox)
+        self.assertCtl(r, 0, gw)
+        self.assertEqual(len(isgtest.read_text(inbox).splitlines()), 2)
+        self.assertEqual(nhs.fetch_messages(), [])
+
     def test_usage(self):
         for argv, rc in [([], 2), (["help"], 0), (["--version"], 0), (["bogus"], 2),
                          (["send", "--bogus"], 2), (["fetch", "--max", "0"], 2),
@@ -524,5 +560,4 @@ class DocExamplesTest(isgtest.ScenarioCase):
 
 
 if __name__ == "__main__":
-    import unittest
     unittest.main()
