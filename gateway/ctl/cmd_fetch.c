@@ -6,6 +6,8 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,11 +46,13 @@ struct printer {
 
 enum { OPT_MAX = 1, OPT_WAIT, OPT_FORMAT, OPT_NO_ACK, OPT_FOLLOW };
 
+/* SIGINT or SIGTERM: 1 to stop between messages, 2 or more to stop at once. */
 static volatile sig_atomic_t stop_requested;
 
 static void on_stop(int sig)
 {
-	stop_requested = 1;
+	if (stop_requested < 2)
+		stop_requested++;
 }
 
 static int parse_option(struct fetch_args *a, int opt, const char *arg)
@@ -128,23 +132,97 @@ static int parse_args(struct fetch_args *a, int argc, char **argv, bool *done)
 	return CTL_EXIT_OK;
 }
 
-/* Print one delivery and flush; an exit status. */
-static int print_delivery(struct printer *p, const struct isg_delivery *d)
+/* One delivery's text in *buf (free it) of *len bytes; 0 or ISG_ERR_NOMEM. */
+static int format_delivery(struct printer *p, const struct isg_delivery *d, char **buf, size_t *len)
 {
-	int rc = p->format == CTL_FORMAT_CSV ? ctl_write_delivery_csv(stdout, &p->csv, d)
-	                                     : ctl_write_delivery_jsonl(stdout, d);
-	if (rc == 0 && fflush(stdout) != 0)
-		rc = ISG_ERR_IO;
+	*buf = NULL;
+	FILE *m = open_memstream(buf, len);
+	if (!m)
+		return ISG_ERR_NOMEM;
+	int rc = p->format == CTL_FORMAT_CSV ? ctl_write_delivery_csv(m, &p->csv, d)
+	                                     : ctl_write_delivery_jsonl(m, d);
+	if (fclose(m) != 0 || rc < 0) {
+		free(*buf);
+		*buf = NULL;
+		return ISG_ERR_NOMEM; /* a memory stream fails for want of memory only */
+	}
+	return 0;
+}
+
+/* Not an exit status: a stop was asked for before anything was written. */
+enum { WRITE_STOPPED = -100 };
+
+/*
+ * Write all of buf to fd: 0, WRITE_STOPPED when a stop was asked for before
+ * any of it was written, or -1 with errno. A message begun is finished, so
+ * that a reader never gets part of a line; only a second signal gives up
+ * (EINTR). The stop signals are blocked but while waiting (ppoll) and
+ * writing: a signal that comes before the wait ends it at once, so a reader
+ * that never reads cannot keep fetch from stopping; and once fd is ready, a
+ * write of PIPE_BUF bytes to a pipe does not block.
+ */
+static int write_whole(int fd, const char *buf, size_t len)
+{
+	sigset_t stops, old;
+	sigemptyset(&stops);
+	sigaddset(&stops, SIGINT);
+	sigaddset(&stops, SIGTERM);
+	sigprocmask(SIG_BLOCK, &stops, &old);
+	int rc = 0;
+	size_t done = 0;
+	while (done < len) {
+		if (stop_requested && (done == 0 || stop_requested > 1)) {
+			rc = done == 0 ? WRITE_STOPPED : -1;
+			errno = EINTR;
+			break;
+		}
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		if (ppoll(&pfd, 1, NULL, &old) < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = -1;
+			break;
+		}
+		size_t chunk = len - done < PIPE_BUF ? len - done : PIPE_BUF;
+		sigprocmask(SIG_SETMASK, &old, NULL);
+		ssize_t n = write(fd, buf + done, chunk);
+		int e = errno;
+		sigprocmask(SIG_BLOCK, &stops, NULL);
+		if (n < 0 && e != EINTR && e != EAGAIN) {
+			errno = e;
+			rc = -1;
+			break;
+		}
+		if (n > 0)
+			done += (size_t)n;
+	}
+	int e = errno;
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	errno = e;
+	return rc;
+}
+
+/* Print one delivery to fd; an exit status, or WRITE_STOPPED when none of it was written. */
+static int print_delivery(struct printer *p, int fd, const struct isg_delivery *d)
+{
+	char *buf;
+	size_t len;
+	int rc = format_delivery(p, d, &buf, &len);
 	if (rc < 0) {
 		/* Out of memory is not an output failure: main still checks standard output. */
-		if (rc == ISG_ERR_NOMEM)
-			ctl_warn("cannot write message %" PRIu64 ": out of memory; it stays "
-			         "unacknowledged",
-			         d->gateway_id);
-		else
-			ctl_output_warn("cannot write message %" PRIu64
-			                ": %s; it stays unacknowledged",
-			                d->gateway_id, ctl_errno_text(errno));
+		ctl_warn("cannot write message %" PRIu64 ": out of memory; it stays "
+		         "unacknowledged",
+		         d->gateway_id);
+		return CTL_EXIT_LOCAL;
+	}
+	rc = write_whole(fd, buf, len);
+	int e = errno;
+	free(buf);
+	if (rc == WRITE_STOPPED)
+		return WRITE_STOPPED;
+	if (rc < 0) {
+		ctl_output_warn("cannot write message %" PRIu64 ": %s; it stays unacknowledged",
+		                d->gateway_id, ctl_errno_text(e));
 		return CTL_EXIT_LOCAL;
 	}
 	return CTL_EXIT_OK;
@@ -210,7 +288,7 @@ static int fetch_once(struct fetch_args *a, struct isg_client *c, struct printer
 	}
 	size_t printed = 0;
 	for (; status == CTL_EXIT_OK && printed < list->n; printed++) {
-		status = print_delivery(p, &list->items[printed]);
+		status = print_delivery(p, STDOUT_FILENO, &list->items[printed]);
 		ids[printed] = list->items[printed].gateway_id;
 	}
 	if (status != CTL_EXIT_OK && printed > 0)
@@ -228,11 +306,16 @@ static int fetch_once(struct fetch_args *a, struct isg_client *c, struct printer
 	return status;
 }
 
+/*
+ * SA_RESTART, so that no other system call fails with EINTR; the waits
+ * that must end at a stop are poll and ppoll, which Linux never restarts.
+ */
 static void catch_stop_signals(void)
 {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_stop; /* no SA_RESTART: a wait returns at once */
+	sa.sa_handler = on_stop;
+	sa.sa_flags = SA_RESTART;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
@@ -253,12 +336,14 @@ static int follow(struct fetch_args *a, struct isg_client *c, struct printer *p)
 		}
 		if (!d)
 			continue;
-		int status = print_delivery(p, d);
+		int status = print_delivery(p, STDOUT_FILENO, d);
 		if (status == CTL_EXIT_OK && !a->no_ack)
 			status = sync_printed(&d->gateway_id, 1);
 		if (status == CTL_EXIT_OK && !a->no_ack)
 			status = acknowledge(a, c, &d->gateway_id, 1);
 		isg_delivery_free(d);
+		if (status == WRITE_STOPPED)
+			break; /* nothing of it was printed: it stays unacknowledged */
 		if (status != CTL_EXIT_OK)
 			return status;
 	}

@@ -9,6 +9,7 @@ admin commands keys init and policy check.
 """
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import select
 import shutil
 import signal
 import subprocess
+import termios
 import threading
 import time
 import unittest
@@ -430,6 +432,109 @@ class IsgctlCase(isgtest.ScenarioCase):
         self.assertCtl(r, 0, gw)
         self.assertEqual(len(isgtest.read_text(inbox).splitlines()), 2)
         self.assertEqual(nhs.fetch_messages(), [])
+
+    def follow_into_pipe(self, nhs):
+        """fetch --follow writing into a pipe that nobody reads yet; (process, read end)."""
+        r, w = os.pipe()
+        p = subprocess.Popen([isgtest.ISGCTL, "fetch", "--follow"] + nhs.conn_flags(), stdout=w,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        os.close(w)
+        return p, r
+
+    def wait_for_full_pipe(self, p, r):
+        """Until the pipe stops filling: fetch is blocked writing."""
+        last, since = -1, time.time()
+        deadline = time.time() + 30 * isgtest.SLOW
+        while time.time() < deadline:
+            queued = int.from_bytes(fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0"), "little")
+            if queued != last:
+                last, since = queued, time.time()
+            elif queued > 0 and time.time() - since > 0.5:
+                return queued
+            if p.poll() is not None:
+                self.fail("fetch --follow ended: " + p.stderr.read())
+            time.sleep(0.05)
+        self.fail("the pipe did not fill")
+
+    def read_all(self, r):
+        chunks = []
+        while True:
+            b = os.read(r, 65536)
+            if not b:
+                return b"".join(chunks).decode("utf-8")
+            chunks.append(b)
+
+    def test_sigterm_while_blocked_on_a_reader_stops_between_messages(self):
+        """A consumer that does not read: SIGTERM ends fetch --follow with status 0,
+        every line printed whole, and what was not printed still waiting."""
+        gw, police, nhs = self.start()
+        # 3.5 kB lines: a pipe of 16 pages holds 16 of them, then the 17th waits
+        for i in range(20):
+            police.send_ok([dict(RECORD_A, concern_summary="s" * 3500)], message_id="big-%d" % i)
+        p, r = self.follow_into_pipe(nhs)
+        try:
+            self.wait_for_full_pipe(p, r)
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=10 * isgtest.SLOW)
+            err = p.stderr.read()
+            self.assertEqual((p.returncode, err), (0, ""))
+            out = self.read_all(r)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+            os.close(r)
+        self.assertTrue(out.endswith("\n"), out[-100:])
+        printed = [json.loads(line)["message_id"] for line in out.splitlines()]
+        self.assertEqual(printed, ["big-%d" % i for i in range(len(printed))])
+        self.assertLess(len(printed), 20)
+        # what was printed was acknowledged; the rest waits
+        self.assertEqual([m["message_id"] for m in nhs.fetch_messages()],
+                         ["big-%d" % i for i in range(len(printed), 20)])
+
+    def test_a_message_begun_is_finished_unless_signalled_twice(self):
+        gw, police, nhs = self.start()
+        for i in range(2):
+            police.send_ok([dict(RECORD_A, concern_summary="s" * 100000)],
+                           message_id="huge-%d" % i)
+        # one SIGTERM: the line begun is finished once the reader reads, and acknowledged
+        p, r = self.follow_into_pipe(nhs)
+        try:
+            self.wait_for_full_pipe(p, r)
+            p.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            self.assertIsNone(p.poll(), "fetch left a line half written")
+            out = self.read_all(r)
+            p.wait(timeout=10 * isgtest.SLOW)
+            self.assertEqual((p.returncode, p.stderr.read()), (0, ""))
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+            os.close(r)
+        self.assertEqual([json.loads(line)["message_id"] for line in out.splitlines()],
+                         ["huge-0"])
+        # two: it gives up the line, which stays unacknowledged
+        p, r = self.follow_into_pipe(nhs)
+        try:
+            self.wait_for_full_pipe(p, r)
+            p.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=10 * isgtest.SLOW)
+            err = p.stderr.read()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+            os.close(r)
+        self.assertEqual(p.returncode, 1, err)
+        self.assertRegex(err, r"^isgctl: cannot write message \d+: interrupted system call; it "
+                              r"stays unacknowledged\n$")
+        self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], ["huge-1"])
 
     def test_usage(self):
         for argv, rc in [([], 2), (["help"], 0), (["--version"], 0), (["bogus"], 2),
