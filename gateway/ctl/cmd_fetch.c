@@ -5,21 +5,24 @@
  * crash, a power cut or a full disk means it is delivered again, never lost.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ctl/ctl.h"
 
 static const char usage[] =
     "usage: isgctl fetch [--max N] [--wait MS] [--format jsonl|csv] [--no-ack] [--follow]\n"
-    "                    [connection]\n" CTL_CONN_USAGE;
+    "                    [--exec CMD] [connection]\n" CTL_CONN_USAGE;
 
 static const char help[] =
     "Prints the messages waiting for you, then acknowledges them so the gateway\n"
@@ -30,13 +33,17 @@ static const char help[] =
     "                        per record and a new header when the columns change\n"
     "  --no-ack              do not acknowledge: the messages will be delivered again\n"
     "  --follow              keep printing messages as they arrive, until interrupted\n"
-    "                        (not with --max or --wait)\n";
+    "                        (not with --max or --wait)\n"
+    "  --exec CMD            instead of printing them, give each batch of messages (with\n"
+    "                        --follow, each message) to a new run of /bin/sh -c CMD on\n"
+    "                        its standard input; acknowledge them only if it exits 0\n";
 
 struct fetch_args {
 	struct ctl_conn conn;
 	unsigned max, wait_ms;
 	enum ctl_format format;
 	bool no_ack, follow;
+	const char *exec; /* the importer to run, or NULL to print */
 };
 
 struct printer {
@@ -44,7 +51,7 @@ struct printer {
 	struct ctl_csv_writer csv;
 };
 
-enum { OPT_MAX = 1, OPT_WAIT, OPT_FORMAT, OPT_NO_ACK, OPT_FOLLOW };
+enum { OPT_MAX = 1, OPT_WAIT, OPT_FORMAT, OPT_NO_ACK, OPT_FOLLOW, OPT_EXEC };
 
 /* SIGINT or SIGTERM: 1 to stop between messages, 2 or more to stop at once. */
 static volatile sig_atomic_t stop_requested;
@@ -83,6 +90,9 @@ static int parse_option(struct fetch_args *a, int opt, const char *arg)
 	case OPT_FOLLOW:
 		a->follow = true;
 		break;
+	case OPT_EXEC:
+		a->exec = arg;
+		break;
 	}
 	return CTL_EXIT_OK;
 }
@@ -95,6 +105,7 @@ static int parse_args(struct fetch_args *a, int argc, char **argv, bool *done)
 	    {"format", required_argument, NULL, OPT_FORMAT},
 	    {"no-ack", no_argument, NULL, OPT_NO_ACK},
 	    {"follow", no_argument, NULL, OPT_FOLLOW},
+	    {"exec", required_argument, NULL, OPT_EXEC},
 	    {"help", no_argument, NULL, 'h'},
 	    CTL_CONN_LONGOPTS,
 	    {NULL, 0, NULL, 0},
@@ -202,8 +213,12 @@ static int write_whole(int fd, const char *buf, size_t len)
 	return rc;
 }
 
-/* Print one delivery to fd; an exit status, or WRITE_STOPPED when none of it was written. */
-static int print_delivery(struct printer *p, int fd, const struct isg_delivery *d)
+/*
+ * Print one delivery to fd; an exit status, or WRITE_STOPPED when none of it
+ * was written. A write to an --exec command that fails is said by
+ * exec_batch, with how the command ended.
+ */
+static int print_delivery(struct printer *p, int fd, const struct isg_delivery *d, bool to_command)
 {
 	char *buf;
 	size_t len;
@@ -220,12 +235,11 @@ static int print_delivery(struct printer *p, int fd, const struct isg_delivery *
 	free(buf);
 	if (rc == WRITE_STOPPED)
 		return WRITE_STOPPED;
-	if (rc < 0) {
+	if (rc < 0 && !to_command)
 		ctl_output_warn("cannot write message %" PRIu64 ": %s; it stays unacknowledged",
 		                d->gateway_id, ctl_errno_text(e));
-		return CTL_EXIT_LOCAL;
-	}
-	return CTL_EXIT_OK;
+	errno = e;
+	return rc < 0 ? CTL_EXIT_LOCAL : CTL_EXIT_OK;
 }
 
 /*
@@ -259,6 +273,113 @@ static int sync_printed(const uint64_t *ids, size_t n)
 	return CTL_EXIT_LOCAL;
 }
 
+/* A run of the --exec command: its process and the pipe to its standard input. */
+struct command_run {
+	pid_t pid;
+	int fd;
+};
+
+/*
+ * Start /bin/sh -c CMD reading a pipe: 0, or -1 with errno. The signals
+ * isgctl catches or ignores are the command's own again (SIGPIPE above all,
+ * or a command writing to a closed pipe would not stop).
+ */
+static int run_start(const char *cmd, struct command_run *run)
+{
+	extern char **environ;
+	int pipefd[2];
+	if (pipe2(pipefd, O_CLOEXEC) < 0)
+		return -1;
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	sigset_t dfl, none;
+	sigemptyset(&dfl);
+	sigaddset(&dfl, SIGPIPE);
+	sigaddset(&dfl, SIGINT);
+	sigaddset(&dfl, SIGTERM);
+	sigemptyset(&none);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[0], STDIN_FILENO);
+	posix_spawnattr_init(&attr);
+	posix_spawnattr_setsigdefault(&attr, &dfl);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+	char *argv[] = {"sh", "-c", (char *)cmd, NULL};
+	int e = posix_spawn(&run->pid, "/bin/sh", &fa, &attr, argv, environ);
+	posix_spawnattr_destroy(&attr);
+	posix_spawn_file_actions_destroy(&fa);
+	close(pipefd[0]);
+	if (e != 0) {
+		close(pipefd[1]);
+		errno = e;
+		return -1;
+	}
+	run->fd = pipefd[1];
+	return 0;
+}
+
+/* Close the command's input and wait for it to end; its wait status, or -1 with errno. */
+static int run_wait(struct command_run *run)
+{
+	close(run->fd);
+	int ws;
+	pid_t r;
+	while ((r = waitpid(run->pid, &ws, 0)) < 0 && errno == EINTR)
+		;
+	return r < 0 ? -1 : ws;
+}
+
+/* Say why the n messages given to the command stay unacknowledged. */
+static void run_failed(int ws, int write_errno, size_t n)
+{
+	char how[96];
+	if (ws < 0)
+		snprintf(how, sizeof(how), "could not be waited for (%s)", ctl_errno_text(errno));
+	else if (WIFSIGNALED(ws))
+		snprintf(how, sizeof(how), "was killed by signal %d (SIG%s)", WTERMSIG(ws),
+		         sigabbrev_np(WTERMSIG(ws)) ? sigabbrev_np(WTERMSIG(ws)) : "?");
+	else if (WIFEXITED(ws) && WEXITSTATUS(ws) != 0)
+		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(ws));
+	else
+		snprintf(how, sizeof(how), "exited 0 without reading all of them (%s)",
+		         ctl_errno_text(write_errno));
+	ctl_warn("the --exec command %s: the %zu message%s given to it stay%s unacknowledged", how,
+	         n, n == 1 ? "" : "s", n == 1 ? "s" : "");
+}
+
+/*
+ * Give items[0..n) to a new run of the command: CTL_EXIT_OK when it read
+ * them all and exited 0, so that they may be acknowledged; WRITE_STOPPED
+ * when a stop came before any was written; otherwise a failure, said.
+ */
+static int exec_batch(const char *cmd, struct printer *p, const struct isg_delivery *items,
+                      size_t n)
+{
+	struct command_run run;
+	if (run_start(cmd, &run) < 0) {
+		ctl_warn("cannot run the --exec command: %s; the %zu message%s stay%s "
+		         "unacknowledged",
+		         ctl_errno_text(errno), n, n == 1 ? "" : "s", n == 1 ? "s" : "");
+		return CTL_EXIT_LOCAL;
+	}
+	/* Each run is a file of its own: CSV starts with its header row. */
+	ctl_csv_writer_release(&p->csv);
+	ctl_csv_writer_init(&p->csv);
+	int status = CTL_EXIT_OK, write_errno = 0;
+	size_t written = 0;
+	for (; status == CTL_EXIT_OK && written < n; written++) {
+		status = print_delivery(p, run.fd, &items[written], true);
+		write_errno = errno;
+	}
+	int ws = run_wait(&run);
+	if (status == WRITE_STOPPED && written == 1)
+		return WRITE_STOPPED; /* the command got nothing: nothing to say */
+	if (ws == 0 && status == CTL_EXIT_OK)
+		return CTL_EXIT_OK;
+	run_failed(ws, write_errno, n);
+	return CTL_EXIT_LOCAL;
+}
+
 static int acknowledge(struct fetch_args *a, struct isg_client *c, const uint64_t *ids, size_t n)
 {
 	unsigned acked = 0;
@@ -287,15 +408,22 @@ static int fetch_once(struct fetch_args *a, struct isg_client *c, struct printer
 		status = CTL_EXIT_LOCAL;
 	}
 	size_t printed = 0;
-	for (; status == CTL_EXIT_OK && printed < list->n; printed++) {
-		status = print_delivery(p, STDOUT_FILENO, &list->items[printed]);
+	if (status == CTL_EXIT_OK && a->exec) {
+		for (size_t i = 0; i < list->n; i++)
+			ids[i] = list->items[i].gateway_id;
+		if (list->n > 0)
+			status = exec_batch(a->exec, p, list->items, list->n);
+		printed = status == CTL_EXIT_OK ? list->n : 0; /* all or nothing */
+	}
+	for (; !a->exec && status == CTL_EXIT_OK && printed < list->n; printed++) {
+		status = print_delivery(p, STDOUT_FILENO, &list->items[printed], false);
 		ids[printed] = list->items[printed].gateway_id;
 	}
-	if (status != CTL_EXIT_OK && printed > 0)
+	if (!a->exec && status != CTL_EXIT_OK && printed > 0)
 		printed--; /* the one that failed */
 	/* Acknowledge what was printed, even when a later one failed. */
 	if (!a->no_ack && printed > 0) {
-		int s = sync_printed(ids, printed);
+		int s = a->exec ? CTL_EXIT_OK : sync_printed(ids, printed);
 		if (s == CTL_EXIT_OK)
 			s = acknowledge(a, c, ids, printed);
 		if (status == CTL_EXIT_OK)
@@ -336,8 +464,9 @@ static int follow(struct fetch_args *a, struct isg_client *c, struct printer *p)
 		}
 		if (!d)
 			continue;
-		int status = print_delivery(p, STDOUT_FILENO, d);
-		if (status == CTL_EXIT_OK && !a->no_ack)
+		int status = a->exec ? exec_batch(a->exec, p, d, 1)
+		                     : print_delivery(p, STDOUT_FILENO, d, false);
+		if (status == CTL_EXIT_OK && !a->no_ack && !a->exec)
 			status = sync_printed(&d->gateway_id, 1);
 		if (status == CTL_EXIT_OK && !a->no_ack)
 			status = acknowledge(a, c, &d->gateway_id, 1);

@@ -536,6 +536,63 @@ class IsgctlCase(isgtest.ScenarioCase):
                               r"stays unacknowledged\n$")
         self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], ["huge-1"])
 
+    def fetch_exec(self, nhs, cmd, *extra, follow=False):
+        argv = [isgtest.ISGCTL, "fetch"] + (["--follow"] if follow else []) + \
+            ["--exec", cmd] + list(extra) + nhs.conn_flags()
+        return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=isgtest.CTL_TIMEOUT)
+
+    def test_exec_acknowledges_only_what_the_command_took(self):
+        gw, police, nhs = self.start()
+        for mid in ("ex-1", "ex-2"):
+            police.send_ok([RECORD_A, RECORD_B], message_id=mid)
+        expected = nhs.fetch(no_ack=True).out
+        got = os.path.join(self.tmp, "got.jsonl")
+        # a command that fails, or is killed: nothing is acknowledged, no value is said
+        for cmd, how in [("cat > %s; exit 3" % got, "exited with status 3"),
+                         ("cat > %s; kill -9 $$" % got, "was killed by signal 9 (SIGKILL)")]:
+            p = self.fetch_exec(nhs, cmd)
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertEqual(p.stderr, "isgctl: the --exec command %s: the 2 messages given to "
+                                       "it stay unacknowledged\n" % how)
+            self.assertEqual(p.stdout, "")
+            self.assertEqual(nhs.fetch(no_ack=True).out, expected)
+        self.assertEqual(isgtest.read_text(got), expected)
+        # one that succeeds gets exactly what fetch prints, in one run, and they are acknowledged
+        runs = os.path.join(self.tmp, "runs")
+        p = self.fetch_exec(nhs, "cat >> %s; echo run >> %s" % (got + ".ok", runs))
+        self.assertEqual((p.returncode, p.stderr, p.stdout), (0, "", ""))
+        self.assertEqual(isgtest.read_text(got + ".ok"), expected)
+        self.assertEqual(isgtest.read_text(runs), "run\n")
+        self.assertEqual(nhs.fetch().out, "")
+        # none waiting: the command is not run
+        p = self.fetch_exec(nhs, "echo run >> %s" % runs)
+        self.assertEqual((p.returncode, isgtest.read_text(runs)), (0, "run\n"))
+        # one that ends before reading more than the pipe holds has not taken them
+        police.send_ok([dict(RECORD_A, concern_summary="s" * 200000)], message_id="ex-3")
+        p = self.fetch_exec(nhs, "head -c 10 > /dev/null")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr, "isgctl: the --exec command exited 0 without reading all of "
+                                   "them (broken pipe): the 1 message given to it stays "
+                                   "unacknowledged\n")
+        self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], ["ex-3"])
+
+    def test_follow_exec_runs_the_command_for_each_message(self):
+        gw, police, nhs = self.start()
+        police.send_ok([RECORD_A], message_id="fx-1")
+        police.send_ok([RECORD_B], message_id="fx-2")
+        got = os.path.join(self.tmp, "got.jsonl")
+        # each message to a run of its own; the second run fails: fetch stops, exit 1
+        cmd = ("n=$(cat %s.n 2>/dev/null || echo 0); echo $((n+1)) > %s.n; "
+               "cat >> %s; [ $n = 0 ]") % (got, got, got)
+        p = self.fetch_exec(nhs, cmd, follow=True)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr, "isgctl: the --exec command exited with status 1: the 1 "
+                                   "message given to it stays unacknowledged\n")
+        lines = isgtest.read_text(got).splitlines()
+        self.assertEqual([json.loads(line)["message_id"] for line in lines], ["fx-1", "fx-2"])
+        self.assertEqual([m["message_id"] for m in nhs.fetch_messages(no_ack=True)], ["fx-2"])
+
     def test_usage(self):
         for argv, rc in [([], 2), (["help"], 0), (["--version"], 0), (["bogus"], 2),
                          (["send", "--bogus"], 2), (["fetch", "--max", "0"], 2),
