@@ -72,6 +72,15 @@ static ssize_t read_key_file(const char *path, unsigned char **buf, size_t *cap,
 		             KEY_FILE_MAX);
 		return -1;
 	}
+	/* As isgd does with its keys: a private key that others may read is refused. */
+	if ((st.st_mode & 077) != 0) {
+		close(fd);
+		client_error(err, ISG_CLIENT_E_CONFIG,
+		             "private key '%s' has mode %04o; it must be 0600, readable by its "
+		             "owner only (chmod 600 '%s')",
+		             path, (unsigned)(st.st_mode & 07777), path);
+		return -1;
+	}
 	*cap = (size_t)st.st_size + 1; /* a byte more, to see a file that grew */
 	unsigned char *b = OPENSSL_malloc(*cap);
 	if (!b) {

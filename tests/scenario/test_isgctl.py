@@ -593,6 +593,24 @@ class IsgctlCase(isgtest.ScenarioCase):
         self.assertEqual([json.loads(line)["message_id"] for line in lines], ["fx-1", "fx-2"])
         self.assertEqual([m["message_id"] for m in nhs.fetch_messages(no_ack=True)], ["fx-2"])
 
+    def test_a_key_file_others_may_read_is_refused(self):
+        gw, police, nhs = self.start()
+        key = os.path.join(self.tmp, "nhs.key")
+        with open(self.pki.certs["nhs"].key, "rb") as f, open(key, "wb") as g:
+            g.write(f.read())
+        flags = ["--gateway", gw.address, "--cert", self.pki.certs["nhs"].cert, "--key", key,
+                 "--ca", self.pki.server_ca.cert]
+        for mode in (0o644, 0o640, 0o604, 0o601):
+            os.chmod(key, mode)
+            r = isgtest.ctl("whoami", *flags)
+            self.assertEqual(r.rc, 1, r)
+            self.assertEqual(r.err, "isgctl: private key '%s' has mode %04o; it must be 0600, "
+                                    "readable by its owner only (chmod 600 '%s')\n"
+                             % (key, mode, key), r)
+        for mode in (0o600, 0o400):
+            os.chmod(key, mode)
+            self.assertCtl(isgtest.ctl("whoami", *flags), 0, gw)
+
     def test_usage(self):
         for argv, rc in [([], 2), (["help"], 0), (["--version"], 0), (["bogus"], 2),
                          (["send", "--bogus"], 2), (["fetch", "--max", "0"], 2),
