@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -101,6 +102,7 @@ static void write_key(const char *path, EVP_PKEY *k)
 	assert_non_null(f);
 	PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
 	fclose(f);
+	assert_int_equal(chmod(path, 0600), 0); /* the library refuses a key others may read */
 }
 
 static void path_in(char *out, const char *file)
