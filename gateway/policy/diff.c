@@ -225,16 +225,23 @@ static const char *duration(char buf[32], int64_t ms)
 	return buf;
 }
 
-static void diff_limits(struct dctx *c, const struct policy_agreement *a0,
-                        const struct policy_agreement *a1)
+/*
+ * A fixed undelivered_ttl removed hands retention to the gateway's
+ * store.undelivered_ttl, which an admin may set up to the longest a policy
+ * allows: weakened, unless the fixed one was that longest already. A fixed
+ * one added may be shorter or longer than the gateway's: changed.
+ */
+static void diff_ttl(struct dctx *c, int64_t t0, int64_t t1)
 {
-	diff_limit(c, "max_records_per_message", a0->max_records_per_message,
-	           a1->max_records_per_message, "the gateway's limit");
-	diff_limit(c, "records_per_day", a0->records_per_day, a1->records_per_day, "none");
-	diff_limit(c, "messages_per_day", a0->messages_per_day, a1->messages_per_day, "none");
-	int64_t t0 = a0->undelivered_ttl_ms, t1 = a1->undelivered_ttl_ms;
 	char s0[32], s1[32];
-	if (t0 != t1)
+	if (t0 == t1)
+		return;
+	if (!t1 && t0 < POLICY_TTL_MAX_MS)
+		line(c, WEAKENED,
+		     "undelivered_ttl %s -> the gateway's default (its store.undelivered_ttl, "
+		     "which may be up to %s: undelivered data may wait longer)",
+		     duration(s0, t0), duration(s1, POLICY_TTL_MAX_MS));
+	else
 		line(c,
 		     !t0 || !t1 ? CHANGED
 		     : t1 > t0  ? WEAKENED
@@ -243,6 +250,16 @@ static void diff_limits(struct dctx *c, const struct policy_agreement *a0,
 		     !t0 || !t1 ? ""
 		     : t1 > t0  ? " (undelivered data may wait longer)"
 		                : " (undelivered data is deleted sooner)");
+}
+
+static void diff_limits(struct dctx *c, const struct policy_agreement *a0,
+                        const struct policy_agreement *a1)
+{
+	diff_limit(c, "max_records_per_message", a0->max_records_per_message,
+	           a1->max_records_per_message, "the gateway's limit");
+	diff_limit(c, "records_per_day", a0->records_per_day, a1->records_per_day, "none");
+	diff_limit(c, "messages_per_day", a0->messages_per_day, a1->messages_per_day, "none");
+	diff_ttl(c, a0->undelivered_ttl_ms, a1->undelivered_ttl_ms);
 	if (a0->allow_reply != a1->allow_reply)
 		line(c, a1->allow_reply ? WEAKENED : STRENGTHENED, "replies: %s -> %s",
 		     a0->allow_reply ? "allowed" : "not allowed",

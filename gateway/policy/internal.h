@@ -13,6 +13,8 @@
 
 /* Bounds on what a policy may declare; see docs/policy.md. */
 #define POLICY_MAX_FILE_BYTES (1024 * 1024)
+/* The longest undelivered_ttl, in an agreement or as the gateway's store.undelivered_ttl. */
+#define POLICY_TTL_MAX_MS (365LL * 86400000)
 #define POLICY_MAX_TOTAL_BYTES (64 * 1024 * 1024)
 #define POLICY_MAX_FILES 10000
 #define POLICY_MAX_PARTNERS 1000

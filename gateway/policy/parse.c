@@ -235,7 +235,7 @@ static enum got duration_at(struct pctx *c, const struct ydoc_node *map, const c
 		PERR(c, n, "invalid duration '%s' for %s (use e.g. 12h, 14d)", n->scalar, key);
 		return GOT_ERROR;
 	}
-	if (*ms < 1000 || *ms > 365LL * 86400000) {
+	if (*ms < 1000 || *ms > POLICY_TTL_MAX_MS) {
 		PERR(c, n, "duration '%s' for %s is out of range (1s to 365d)", n->scalar, key);
 		return GOT_ERROR;
 	}

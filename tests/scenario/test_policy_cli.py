@@ -573,6 +573,28 @@ class PolicyCli(unittest.TestCase):
         self.assertEqual(p.stdout.splitlines()[-1],
                          "7 changes: 3 weakened, 4 strengthened, 0 other.")
 
+    def test_diff_ttl_to_default_weakened(self):
+        # A fixed undelivered_ttl removed lets the gateway's store.undelivered_ttl (up to
+        # 365d) apply: data may wait longer, so grep '^!' must find it.
+        new = self.copy(FEATURES, "new")
+        planning = os.path.join(new, "agreements", "council-planning.yaml")
+        self.edit(planning, "  undelivered_ttl: 36h\n", "")
+        p = self.ctl("policy", "diff", FEATURES, new, rc=1)
+        self.assertIn("\nAgreement council-planning:\n! WEAKENED      undelivered_ttl 36h -> the "
+                      "gateway's default (its store.undelivered_ttl, which may be up to 365d: "
+                      "undelivered data may wait longer)\n", p.stdout)
+        self.assertEqual(p.stdout.splitlines()[-1], "1 change: 1 weakened, 0 strengthened, 0 other.")
+        # Setting one where the gateway's applied may shorten or lengthen: changed.
+        p = self.ctl("policy", "diff", new, FEATURES, rc=1)
+        self.assertIn("  changed       undelivered_ttl the gateway's default -> 36h\n", p.stdout)
+        self.assertEqual(p.stdout.splitlines()[-1], "1 change: 0 weakened, 0 strengthened, 1 other.")
+        # The longest a policy allows removed: the gateway's can be no longer.
+        year = self.copy(FEATURES, "year")
+        self.edit(os.path.join(year, "agreements", "council-planning.yaml"),
+                  "undelivered_ttl: 36h", "undelivered_ttl: 365d")
+        p = self.ctl("policy", "diff", year, new, rc=1)
+        self.assertIn("  changed       undelivered_ttl 365d -> the gateway's default\n", p.stdout)
+
     def test_diff_trouble(self):
         d = self.copy(FEATURES, "broken")
         shutil.copy(os.path.join(DATA, "broken", "agreement-syntax.yaml"),
