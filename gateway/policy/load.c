@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,6 +199,59 @@ static void check_dir_mode(struct loader *l, const char *path, const char *what)
 		writable_by_others(l, path, what, st.st_mode);
 }
 
+/* The directory part of path: "/" for "/x", "." for "x". */
+static void dir_of(const char *path, char out[static PATH_MAX])
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash)
+		snprintf(out, PATH_MAX, ".");
+	else
+		snprintf(out, PATH_MAX, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+}
+
+/*
+ * What a link leads to may be replaced by whoever may write the directory
+ * holding it, whatever its own mode: a 0644 file in a 0777 shared/ is
+ * anyone's to rename over. So for a link, each directory holding a link on
+ * the way and the one holding what it finally leads to must not be writable
+ * by group or others either. A sticky bit (/tmp) does not make one safe:
+ * anyone may create the name there once it is gone, and its owner may
+ * replace it. The directory holding path itself is the caller's (the policy
+ * directory or agreements/, checked once). True when one is refused.
+ */
+static bool link_dirs_writable(struct loader *l, const char *path, const char *what)
+{
+	char cur[PATH_MAX], target[PATH_MAX], dir[PATH_MAX], real[PATH_MAX];
+	struct stat st;
+	if (snprintf(cur, sizeof(cur), "%s", path) >= (int)sizeof(cur))
+		return false; /* opening it reports that */
+	/* At most as many links as the kernel follows; a longer chain fails to open. */
+	for (int hops = 0; hops < 40; hops++) {
+		ssize_t n;
+		if (lstat(cur, &st) != 0 || !S_ISLNK(st.st_mode) ||
+		    (n = readlink(cur, target, sizeof(target) - 1)) < 0)
+			return false;
+		target[n] = '\0';
+		dir_of(cur, dir);
+		int w = target[0] == '/' ? snprintf(cur, sizeof(cur), "%s", target)
+		                         : snprintf(cur, sizeof(cur), "%s/%s", dir, target);
+		if (w < 0 || w >= (int)sizeof(cur))
+			return false;
+		/* The directory holding the name the link leads to, its own links followed. */
+		dir_of(cur, dir);
+		if (!realpath(dir, real) || stat(real, &st) != 0 || (st.st_mode & 022) == 0)
+			continue;
+		ydoc_error(l->d, path, NULL,
+		           "%s is a link into directory '%s', which is writable by group or others "
+		           "(mode %04o), so anyone who can write there can replace it and change "
+		           "the policy; chmod go-w that directory, or move the file out of it",
+		           what, real, (unsigned)(st.st_mode & 07777));
+		note_err(l, ISG_ERR_DENIED);
+		return true;
+	}
+	return false;
+}
+
 static void read_source(struct loader *l, struct source *s)
 {
 	/*
@@ -217,7 +271,8 @@ static void read_source(struct loader *l, struct source *s)
 		note_err(l, ISG_ERR_IO);
 		goto out;
 	}
-	if (writable_by_others(l, s->path, "policy file", st.st_mode))
+	if (writable_by_others(l, s->path, "policy file", st.st_mode) ||
+	    link_dirs_writable(l, s->path, "policy file"))
 		goto out;
 	if (st.st_size > POLICY_MAX_FILE_BYTES) {
 		ydoc_error(l->d, s->path, NULL, "file too big (a policy file may have %d bytes)",
@@ -353,7 +408,9 @@ int policy_load_at(const char *dir, int64_t today_days, struct policy_set **out,
 		goto out;
 	}
 	check_dir_mode(&l, clean_dir, "policy directory");
+	link_dirs_writable(&l, clean_dir, "policy directory");
 	check_dir_mode(&l, adir, "agreements directory");
+	link_dirs_writable(&l, adir, "agreements directory");
 	int err = policy_list_files(clean_dir, list_source, &l);
 	if (err) {
 		note_err(&l, err);

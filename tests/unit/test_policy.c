@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ftw.h>
+#include <limits.h>
 #include <math.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -910,6 +911,107 @@ static void test_writable_policy_refused(void **state)
 	/* Read bits for all are no risk: a policy is no secret. */
 	assert_int_equal(chmod(file, 0444), 0);
 	assert_int_equal(load_printed(dir, out, sizeof(out)), 0);
+	remove_dir(dir);
+}
+
+/* Whether load_printed(dir) refuses, and out has want (NULL: loads, no error printed). */
+static void assert_link_verdict(const char *dir, const char *want)
+{
+	char out[8192];
+	int err = load_printed(dir, out, sizeof(out));
+	if (!want) {
+		if (err != 0)
+			fail_msg("wanted the policy to load, got\n%s", out);
+		return;
+	}
+	assert_int_not_equal(err, 0);
+	if (!strstr(out, want))
+		fail_msg("wanted\n%s\ngot\n%s", want, out);
+}
+
+/*
+ * A link's target may be replaced by whoever may write the directory that
+ * holds it, whatever the target's own mode: a link into such a directory,
+ * or through one on the way, is refused, sticky bit or not; a link into a
+ * 0755 directory loads.
+ */
+static void test_link_into_writable_dir_refused(void **state)
+{
+	char *dir = temp_policy_dir();
+	char real[PATH_MAX], shared[512], safe[512], path[1024], want[4096];
+	assert_non_null(realpath(dir, real));
+	snprintf(shared, sizeof(shared), "%.300s/shared", real);
+	snprintf(safe, sizeof(safe), "%.300s/safe", real);
+	assert_int_equal(mkdir(shared, 0755), 0);
+	assert_int_equal(mkdir(safe, 0755), 0);
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	install(dir, "valid/agreements/police-nhs-safeguarding.yaml",
+	        "shared/police-nhs-safeguarding.yaml");
+	snprintf(path, sizeof(path), "%.300s/agreements/police-nhs-safeguarding.yaml", dir);
+	assert_int_equal(symlink("../shared/police-nhs-safeguarding.yaml", path), 0);
+	assert_link_verdict(dir, NULL);
+
+	static const mode_t unsafe[] = {0777, 01777, 0775, 0757};
+	for (size_t i = 0; i < sizeof(unsafe) / sizeof(unsafe[0]); i++) {
+		assert_int_equal(chmod(shared, unsafe[i]), 0);
+		snprintf(
+		    want, sizeof(want),
+		    "%s: error: policy file is a link into directory '%s', which is writable "
+		    "by group or others (mode %04o), so anyone who can write there can replace "
+		    "it and change the policy; chmod go-w that directory, or move the file "
+		    "out of it\n",
+		    path, shared, (unsigned)unsafe[i]);
+		assert_link_verdict(dir, want);
+	}
+
+	/* A link on the way in a writable directory, then the file in a safe one. */
+	snprintf(path, sizeof(path), "%.400s/police-nhs-safeguarding.yaml", shared);
+	snprintf(want, sizeof(want), "%.400s/police-nhs-safeguarding.yaml", safe);
+	assert_int_equal(rename(path, want), 0);
+	assert_int_equal(chmod(shared, 0777), 0);
+	snprintf(path, sizeof(path), "%.400s/hop.yaml", shared);
+	assert_int_equal(symlink("../safe/police-nhs-safeguarding.yaml", path), 0);
+	snprintf(path, sizeof(path), "%.300s/agreements/police-nhs-safeguarding.yaml", dir);
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(symlink("../shared/hop.yaml", path), 0);
+	snprintf(want, sizeof(want), "%s: error: policy file is a link into directory '%s'", path,
+	         shared);
+	assert_link_verdict(dir, want);
+	/* And the other way round: the writable directory holds the file, reached last. */
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(symlink("../safe/hop.yaml", path), 0);
+	snprintf(path, sizeof(path), "%.400s/hop.yaml", safe);
+	assert_int_equal(symlink("../shared/police-nhs-safeguarding.yaml", path), 0);
+	snprintf(path, sizeof(path), "%.400s/police-nhs-safeguarding.yaml", safe);
+	snprintf(want, sizeof(want), "%.400s/police-nhs-safeguarding.yaml", shared);
+	assert_int_equal(rename(path, want), 0);
+	snprintf(path, sizeof(path), "%.300s/agreements/police-nhs-safeguarding.yaml", dir);
+	snprintf(want, sizeof(want), "%s: error: policy file is a link into directory '%s'", path,
+	         shared);
+	assert_link_verdict(dir, want);
+	assert_int_equal(chmod(shared, 0755), 0);
+	assert_link_verdict(dir, NULL);
+
+	/* partners.yaml and agreements/ alike. */
+	assert_int_equal(chmod(shared, 0777), 0);
+	snprintf(path, sizeof(path), "%.300s/partners.yaml", dir);
+	snprintf(want, sizeof(want), "%.400s/partners.yaml", shared);
+	assert_int_equal(rename(path, want), 0);
+	assert_int_equal(symlink(want, path), 0);
+	snprintf(want, sizeof(want), "%s: error: policy file is a link into directory '%s'", path,
+	         shared);
+	assert_link_verdict(dir, want);
+	snprintf(want, sizeof(want), "%.400s/partners.yaml", shared);
+	assert_int_equal(rename(want, path), 0);
+	snprintf(path, sizeof(path), "%.300s/agreements", dir);
+	snprintf(want, sizeof(want), "%.400s/agreements", shared);
+	assert_int_equal(rename(path, want), 0);
+	assert_int_equal(symlink(want, path), 0);
+	snprintf(want, sizeof(want),
+	         "%s: error: agreements directory is a link into directory '%s'", path, shared);
+	assert_link_verdict(dir, want);
+	assert_int_equal(chmod(shared, 0755), 0);
+	assert_link_verdict(dir, NULL);
 	remove_dir(dir);
 }
 
@@ -2806,6 +2908,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_valid_set_loads),
 	    cmocka_unit_test(test_writable_policy_refused),
+	    cmocka_unit_test(test_link_into_writable_dir_refused),
 	    cmocka_unit_test(test_refcount),
 	    cmocka_unit_test(test_version_hash),
 	    cmocka_unit_test(test_broken_agreements),
