@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "ctl/ctl.h"
+#include "keys/keys.h"
 #include "policy/policy.h"
 
 /* ---- shared ---- */
@@ -61,24 +62,28 @@ static const char check_usage[] = "usage: isgctl policy check DIR [--keys KEYS_D
 
 struct key_probe {
 	const char *keys_dir;
+	const struct keyring *ring;
 	char why[4400 + 200];
 };
 
-/* NULL when keys_dir/domains/NAME.key exists, else what is missing. */
+/* NULL when the loaded keyring has the domain, else what is missing. */
 static const char *key_missing(void *ctx, const char *domain)
 {
 	struct key_probe *k = ctx;
-	char path[4400];
-	struct stat st;
-	snprintf(path, sizeof(path), "%s/domains/%s.key", k->keys_dir, domain);
-	if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
+	if (keyring_has(k->ring, domain))
 		return NULL;
 	snprintf(k->why, sizeof(k->why),
-	         "no file '%s' (create it with: isgctl keys new-domain %s %s)", path, k->keys_dir,
-	         domain);
+	         "no file '%s/%s/%s.key' (create it with: isgctl keys new-domain %s %s)",
+	         k->keys_dir, KEYS_DOMAINS_DIR, domain, k->keys_dir, domain);
 	return k->why;
 }
 
+/*
+ * The domain keys as isgd's key process loads them (keys_load_domains): a
+ * key file isgd would refuse (its mode, owner, a link, a line it cannot
+ * parse), and so refuse to start or reload, fails here too, and so does a
+ * missing key for audit, the domain of the audit log's subjects.
+ */
 static int check_keys(const struct policy_set *set, const char *keys_dir, struct ydoc_diags *diags)
 {
 	struct stat st;
@@ -95,7 +100,28 @@ static int check_keys(const struct policy_set *set, const char *keys_dir, struct
 		return 1;
 	}
 	struct key_probe probe = {.keys_dir = keys_dir};
-	return policy_check_domains(set, key_missing, &probe, diags) ? 1 : 0;
+	struct keyring *ring = NULL;
+	if (keys_load_domains(keys_dir, &ring, probe.why, sizeof(probe.why)) != 0) {
+		ydoc_error(diags, keys_dir, NULL,
+		           "isgd would refuse the linkage domain keys, and so refuse to start or "
+		           "reload: %s",
+		           probe.why);
+		return 1;
+	}
+	probe.ring = ring;
+	int bad = policy_check_domains(set, key_missing, &probe, diags) ? 1 : 0;
+	if (!keyring_has(ring, KEYS_AUDIT_DOMAIN)) {
+		ydoc_error(
+		    diags, keys_dir, NULL,
+		    "the audit log's linkage domain '%s' has no key file '%s/%s/%s.key', "
+		    "without which isgd refuses to start or reload ('isgctl keys init' makes "
+		    "it; or: isgctl keys new-domain %s %s)",
+		    KEYS_AUDIT_DOMAIN, keys_dir, KEYS_DOMAINS_DIR, KEYS_AUDIT_DOMAIN, keys_dir,
+		    KEYS_AUDIT_DOMAIN);
+		bad = 1;
+	}
+	keyring_free(ring);
+	return bad;
 }
 
 static int policy_check_cmd(int argc, char **argv)
@@ -113,15 +139,18 @@ static int policy_check_cmd(int argc, char **argv)
 		if (opt == CTL_OPTS_ERROR)
 			return CTL_EXIT_USAGE;
 		if (opt == 'h') {
-			printf(
-			    "%s\nLoads every policy file in DIR as the gateway would and prints "
-			    "every\n"
-			    "problem as file:line:column. With --keys, also reports every linkage\n"
-			    "domain an agreement names that has no key file "
-			    "KEYS_DIR/domains/NAME.key.\n"
-			    "Exits 0 when the policy is valid (warnings may be printed), 1 when "
-			    "not.\n",
-			    check_usage);
+			printf("%s\nLoads every policy file in DIR as the gateway would and prints "
+			       "every\n"
+			       "problem as file:line:column. With --keys, also loads the linkage "
+			       "domain\n"
+			       "keys in KEYS_DIR as isgd would (run it as the keys' owner) and "
+			       "reports\n"
+			       "a key file isgd would refuse, and every domain an agreement names, "
+			       "and\n"
+			       "audit, that has no key file KEYS_DIR/domains/NAME.key.\n"
+			       "Exits 0 when the policy is valid (warnings may be printed), 1 when "
+			       "not.\n",
+			       check_usage);
 			return CTL_EXIT_OK;
 		}
 		keys_dir = optarg; /* 'k' */
@@ -142,8 +171,8 @@ static int policy_check_cmd(int argc, char **argv)
 		printf("policy OK: %zu partners, %zu agreements, version %s\n", set->n_partners,
 		       set->n_agreements, set->version);
 		if (keys_dir)
-			printf("keys OK: every linkage domain the agreements name (%zu) has a key "
-			       "file in %s/domains\n",
+			printf("keys OK: every linkage domain the agreements name (%zu), and "
+			       "audit, has a key in %s/domains that isgd can load\n",
 			       policy_domains(set, NULL, 0), keys_dir);
 	} else if (rc != 0 && diags.errors == 0) {
 		ctl_warn("%s: %s", dir, isg_strerror(rc));

@@ -405,7 +405,7 @@ class PolicyCli(unittest.TestCase):
 
     def test_check_keys(self):
         keys = os.path.join(self.tmp, "keys")
-        os.mkdir(keys, 0o700)
+        self.ctl("keys", "init", keys)
         self.ctl("keys", "new-domain", keys, "planning")
         p = self.ctl("policy", "check", FEATURES, "--keys", keys, rc=1)
         self.assertEqual(p.stdout, "")
@@ -428,7 +428,7 @@ class PolicyCli(unittest.TestCase):
         self.ctl("keys", "new-domain", keys, "planning-police")
         p = self.ctl("policy", "check", FEATURES, "--keys", keys)
         self.assertEqual(p.stdout.splitlines()[1], "keys OK: every linkage domain the agreements "
-                         "name (2) has a key file in %s/domains" % keys)
+                         "name (2), and audit, has a key in %s/domains that isgd can load" % keys)
         self.assertNotIn("error", p.stderr)
 
         p = self.ctl("policy", "check", FEATURES, "--keys", os.path.join(self.tmp, "none"), rc=1)
@@ -447,6 +447,53 @@ class PolicyCli(unittest.TestCase):
         p = self.ctl("policy", "check", d, "--keys", keys, rc=1)
         self.assertIn("unknown field type 'string'", p.stderr)
         self.assertIn("isgctl: linkage domain keys not checked: the policy has errors", p.stderr)
+
+    def test_check_keys_as_isgd_loads_them(self):
+        # Key files isgd's key process would refuse, so refusing to start or reload, are
+        # refused here too, with the loader's reason; and audit, which isgd needs, counts.
+        keys = os.path.join(self.tmp, "keys")
+        self.ctl("keys", "init", keys)
+        self.ctl("keys", "new-domain", keys, "planning")
+        self.ctl("keys", "new-domain", keys, "planning-police")
+        self.ctl("policy", "check", FEATURES, "--keys", keys)
+        domains = os.path.join(keys, "domains")
+        planning = os.path.join(domains, "planning.key")
+        refused = "%s: error: isgd would refuse the linkage domain keys, and so refuse to start " \
+                  "or reload: " % keys
+
+        def refuses(why):
+            p = self.ctl("policy", "check", FEATURES, "--keys", keys, rc=1)
+            self.assertIn(refused + why, p.stderr)
+            self.assertNotIn("keys OK", p.stdout)
+
+        os.chmod(planning, 0o644)
+        refuses("key file '%s' has mode 0644" % planning)
+        os.chmod(planning, 0o600)
+        os.chmod(domains, 0o770)
+        refuses("key directory '%s'" % domains)
+        os.chmod(domains, 0o700)
+        # A linked key file, its target itself 0600.
+        elsewhere = os.path.join(self.tmp, "planning.key")
+        os.rename(planning, elsewhere)
+        os.symlink(elsewhere, planning)
+        refuses("key file '%s' is a symbolic link" % planning)
+        os.unlink(planning)
+        with open(elsewhere) as f:
+            text = f.read()
+        with open(os.open(planning, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(text.replace(" 1 ", " x ", 1))
+        refuses("%s:1:" % planning)
+        os.unlink(planning)
+        os.rename(elsewhere, planning)
+        self.ctl("policy", "check", FEATURES, "--keys", keys)
+
+        os.unlink(os.path.join(domains, "audit.key"))
+        p = self.ctl("policy", "check", FEATURES, "--keys", keys, rc=1)
+        self.assertIn("%s: error: the audit log's linkage domain 'audit' has no key file "
+                      "'%s/domains/audit.key', without which isgd refuses to start or reload "
+                      "('isgctl keys init' makes it; or: isgctl keys new-domain %s audit)\n"
+                      % (keys, keys, keys), p.stderr)
+        self.assertEqual(p.stderr.count(": error: "), 1)
 
     def test_check_usage(self):
         self.ctl("policy", "check", rc=2)
