@@ -871,7 +871,7 @@ int keys_domain_create(const char *dir, const char *name, int64_t today, char *e
 	char dpath[KEYS_PATH_MAX], path[KEYS_PATH_MAX], file[KEYS_DOMAIN_NAME_MAX + 8];
 	char *buf = NULL;
 	size_t len = 0;
-	int created = 0, dfd = -1, fd = -1;
+	int created = 0, dfd = -1;
 	int rc;
 
 	if (!keys_domain_name_valid(name))
@@ -901,21 +901,6 @@ int keys_domain_create(const char *dir, const char *name, int64_t today, char *e
 	}
 	if (rc)
 		goto out;
-	fd = openat(dfd, file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		if (errno == EEXIST) {
-			keys_seterr(err, errlen,
-			            "domain '%s' exists ('%s'); refusing to overwrite it: use "
-			            "'isgctl keys rotate' for a new key version",
-			            name, path);
-			rc = ISG_ERR_CONFLICT;
-		} else {
-			keys_seterr(err, errlen, "key file '%s': cannot create: %s", path,
-			            strerror(errno));
-			rc = ISG_ERR_IO;
-		}
-		goto out;
-	}
 	buf = sodium_malloc(DOMAIN_LINE_MAX + 1);
 	if (!buf) {
 		keys_seterr(err, errlen, "key file '%s': cannot allocate guarded memory", path);
@@ -923,22 +908,20 @@ int keys_domain_create(const char *dir, const char *name, int64_t today, char *e
 		goto out;
 	}
 	append_new_version(buf, &len, name, 1, today);
-	rc = write_file(fd, path, buf, len, err, errlen);
-	fd = -1;
-	if (rc == 0)
-		rc = keys_fsync_dirfd(dfd, dpath, err, errlen);
-	if (rc == 0 && created)
-		rc = keys_fsync_dir(dir, err, errlen);
-	if (rc)
+	/* Whole or not at all; NAME.key.tmp is also rotation's lock. */
+	bool exists;
+	rc = keys_create_file(dfd, dpath, file, buf, len, &exists, err, errlen);
+	if (rc == ISG_ERR_CONFLICT && exists)
+		keys_seterr(err, errlen,
+		            "domain '%s' exists ('%s'); refusing to overwrite it: use "
+		            "'isgctl keys rotate' for a new key version",
+		            name, path);
+	if (rc == 0 && created && (rc = keys_fsync_dir(dir, err, errlen)) != 0)
 		unlinkat(dfd, file, 0);
 out:
 	if (buf) {
 		sodium_memzero(buf, DOMAIN_LINE_MAX + 1);
 		sodium_free(buf);
-	}
-	if (fd >= 0) {
-		close(fd);
-		unlinkat(dfd, file, 0);
 	}
 	if (dfd >= 0)
 		close(dfd);

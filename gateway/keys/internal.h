@@ -44,8 +44,21 @@ int keys_open_failed(int dfd, const char *name, const char *path, bool dir, int 
 int keys_check_dir(const char *path, char *err, size_t errlen);
 /* mkdir path 0700; an existing directory is fine if keys_check_dir passes. *created says which. */
 int keys_prepare_dir(const char *path, int *created, char *err, size_t errlen);
-/* ISG_ERR_CONFLICT when path exists (even as a dangling symbolic link). */
-int keys_refuse_existing(const char *path, char *err, size_t errlen);
+
+/* What a key file is written as before it gets its name (docs/keys.md). */
+#define KEYS_TMP_SUFFIX ".tmp"
+
+/*
+ * Create dfd/name (dpath names the directory in messages) holding buf, mode
+ * 0600, so that name never exists incomplete, even after a crash: buf is
+ * written and synced as name.tmp, created exclusively (also a lock against
+ * another keys command), which is then linked to name, failing when name
+ * exists, so nothing is ever replaced; then the directory is synced. A failure
+ * removes what it wrote. ISG_ERR_CONFLICT when name exists (*name_exists set)
+ * or name.tmp does (*name_exists clear), the reason in err.
+ */
+int keys_create_file(int dfd, const char *dpath, const char *name, const char *buf, size_t len,
+                     bool *name_exists, char *err, size_t errlen);
 
 /*
  * Create dir/domains (0700) if needed and dir/domains/NAME.key with version

@@ -398,65 +398,186 @@ int keys_prepare_dir(const char *path, int *created, char *err, size_t errlen)
 	return keys_check_dir(path, err, errlen);
 }
 
-int keys_refuse_existing(const char *path, char *err, size_t errlen)
+/* Give the synced dfd/tmp the name `name`, unless name exists: link(2), or on a file system
+ * without hard links, rename(2) with RENAME_NOREPLACE. 0 or an errno. */
+static int name_new_file(int dfd, const char *tmp, const char *name)
 {
-	struct stat st;
-	if (lstat(path, &st) == 0) {
+	if (linkat(dfd, tmp, dfd, name, 0) == 0)
+		return 0;
+	int e = errno;
+	if (e != EPERM && e != EOPNOTSUPP && e != ENOSYS)
+		return e;
+	return renameat2(dfd, tmp, dfd, name, RENAME_NOREPLACE) == 0 ? 0 : errno;
+}
+
+int keys_create_file(int dfd, const char *dpath, const char *name, const char *buf, size_t len,
+                     bool *name_exists, char *err, size_t errlen)
+{
+	char path[KEYS_PATH_MAX], tmppath[KEYS_PATH_MAX], tmp[KEYS_PATH_MAX];
+	*name_exists = false;
+	int n = snprintf(tmp, sizeof(tmp), "%s" KEYS_TMP_SUFFIX, name);
+	if (n < 0 || (size_t)n >= sizeof(tmp)) {
+		keys_seterr(err, errlen, "key file name '%s' is too long", name);
+		return ISG_ERR_TOO_BIG;
+	}
+	int rc = keys_path(path, sizeof(path), dpath, name, err, errlen);
+	if (rc == 0)
+		rc = keys_path(tmppath, sizeof(tmppath), dpath, tmp, err, errlen);
+	if (rc)
+		return rc;
+	int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0 && errno == EEXIST) {
+		keys_seterr(err, errlen,
+		            "'%s' exists: another isgctl keys command is writing '%s' or one was "
+		            "interrupted; once none is running, remove it and retry",
+		            tmppath, path);
+		return ISG_ERR_CONFLICT;
+	}
+	if (fd < 0) {
+		keys_seterr(err, errlen, "key file '%s': cannot create: %s", tmppath,
+		            strerror(errno));
+		return ISG_ERR_IO;
+	}
+	/* The umask can only remove bits, but say exactly what we mean. */
+	if (fchmod(fd, 0600) != 0 || keys_write_all(fd, buf, len) != 0 || fsync(fd) != 0) {
+		keys_seterr(err, errlen, "key file '%s': cannot write: %s", tmppath,
+		            strerror(errno));
+		rc = ISG_ERR_IO;
+	}
+	if (close(fd) != 0 && rc == 0) {
+		keys_seterr(err, errlen, "key file '%s': cannot close: %s", tmppath,
+		            strerror(errno));
+		rc = ISG_ERR_IO;
+	}
+	int e = rc ? 0 : name_new_file(dfd, tmp, name);
+	unlinkat(dfd, tmp, 0);
+	if (rc)
+		return rc;
+	if (e == EEXIST) {
+		*name_exists = true;
 		keys_seterr(err, errlen, "key file '%s' exists; refusing to overwrite it", path);
 		return ISG_ERR_CONFLICT;
 	}
-	if (errno != ENOENT && errno != ENOTDIR) {
-		keys_seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
+	if (e) {
+		keys_seterr(err, errlen, "key file '%s': cannot create: %s", path, strerror(e));
 		return ISG_ERR_IO;
 	}
-	return 0;
+	rc = keys_fsync_dirfd(dfd, dpath, err, errlen);
+	if (rc)
+		unlinkat(dfd, name, 0);
+	return rc;
 }
 
-/* Write a fresh random key of the given kind to path, mode 0600, never overwriting. */
-static int keys_write_new(const char *path, const char *kind, char *err, size_t errlen)
+/* Write a fresh random key of the given kind to dir/file, mode 0600, never overwriting. */
+static int keys_write_new(const char *dir, const char *file, const char *kind, char *err,
+                          size_t errlen)
 {
 	uint8_t raw[KEYS_RAW_LEN];
 	char b64[KEYS_B64_LEN + 1];
 	char line[KEYS_LINE_MAX + 1];
-	int rc = 0;
-	int fd = -1;
+	bool exists;
 
+	/* Followed if a link, as keys_check_dir did; the file's own name is not (O_NOFOLLOW). */
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		keys_seterr(err, errlen, "key directory '%s': cannot open: %s", dir,
+		            strerror(errno));
+		return ISG_ERR_IO;
+	}
 	randombytes_buf(raw, sizeof(raw));
 	sodium_bin2base64(b64, sizeof(b64), raw, sizeof(raw), sodium_base64_VARIANT_ORIGINAL);
 	int n = snprintf(line, sizeof(line), KEYS_MAGIC " %s %s\n", kind, b64);
 	if (n < 0 || (size_t)n >= sizeof(line))
 		fatal("key line does not fit");
-
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		if (errno == EEXIST) {
-			keys_seterr(err, errlen, "key file '%s' exists; refusing to overwrite it",
-			            path);
-			rc = ISG_ERR_CONFLICT;
-		} else {
-			keys_seterr(err, errlen, "key file '%s': cannot create: %s", path,
-			            strerror(errno));
-			rc = ISG_ERR_IO;
-		}
-		goto out;
-	}
-	/* The umask can only remove bits, but say exactly what we mean. */
-	if (fchmod(fd, 0600) != 0 || keys_write_all(fd, line, (size_t)n) != 0 || fsync(fd) != 0) {
-		keys_seterr(err, errlen, "key file '%s': cannot write: %s", path, strerror(errno));
-		rc = ISG_ERR_IO;
-		goto out;
-	}
-out:
-	if (fd >= 0 && close(fd) != 0 && rc == 0) {
-		keys_seterr(err, errlen, "key file '%s': cannot close: %s", path, strerror(errno));
-		rc = ISG_ERR_IO;
-	}
-	if (rc && fd >= 0)
-		unlink(path);
+	int rc = keys_create_file(dfd, dir, file, line, (size_t)n, &exists, err, errlen);
+	close(dfd);
 	sodium_memzero(raw, sizeof(raw));
 	sodium_memzero(b64, sizeof(b64));
 	sodium_memzero(line, sizeof(line));
 	return rc;
+}
+
+/* The files keys_init makes, under the keys directory. */
+static const char *const init_files[] = {
+    KEYS_STORAGE_FILE,
+    KEYS_AUDIT_SIGNING_FILE,
+    KEYS_DOMAINS_DIR "/" KEYS_AUDIT_DOMAIN ".key",
+};
+#define INIT_FILES (sizeof(init_files) / sizeof(init_files[0]))
+
+/* Append ", 'item'" (or "'item'" first) to list; a list too long for it is cut. */
+static void list_add(char *list, size_t size, const char *item)
+{
+	size_t used = strlen(list);
+	snprintf(list + used, size - used, "%s'%s'", used ? ", " : "", item);
+}
+
+/* Whether dir/file exists (a dangling link too): 1, 0, or an error with the reason in err. */
+static int init_file_exists(const char *dir, const char *file, char *err, size_t errlen)
+{
+	char path[KEYS_PATH_MAX];
+	struct stat st;
+	int rc = keys_path(path, sizeof(path), dir, file, err, errlen);
+	if (rc)
+		return rc;
+	if (lstat(path, &st) == 0)
+		return 1;
+	if (errno == ENOENT || errno == ENOTDIR)
+		return 0;
+	keys_seterr(err, errlen, "key file '%s': cannot stat: %s", path, strerror(errno));
+	return ISG_ERR_IO;
+}
+
+/*
+ * Refuse, before writing anything, when any of init's files, or a NAME.tmp
+ * an interrupted init left, is there. Keys are never overwritten; when only
+ * some are there, say which to remove to rerun an interrupted init, and to
+ * restore the others from the backup otherwise.
+ */
+static int init_refuse_existing(const char *dir, char *err, size_t errlen)
+{
+	char have[256] = "", lack[256] = "", left[256] = "", rm[512] = "";
+	size_t n_have = 0, n_rm = 0;
+	for (size_t i = 0; i < INIT_FILES; i++) {
+		char tmp[64];
+		snprintf(tmp, sizeof(tmp), "%s" KEYS_TMP_SUFFIX, init_files[i]);
+		int is = init_file_exists(dir, init_files[i], err, errlen);
+		int is_tmp = is < 0 ? 0 : init_file_exists(dir, tmp, err, errlen);
+		if (is < 0 || is_tmp < 0)
+			return is < 0 ? is : is_tmp;
+		list_add(is ? have : lack, sizeof(have), init_files[i]);
+		if (is)
+			list_add(rm, sizeof(rm), init_files[i]);
+		if (is_tmp) {
+			list_add(left, sizeof(left), tmp);
+			list_add(rm, sizeof(rm), tmp);
+		}
+		n_have += (size_t)is;
+		n_rm += (size_t)(is + is_tmp);
+	}
+	if (n_have == INIT_FILES) {
+		keys_seterr(
+		    err, errlen,
+		    "key file '%s/%s' exists; refusing to overwrite it: this keys directory "
+		    "was made already",
+		    dir, init_files[0]);
+		return ISG_ERR_CONFLICT;
+	}
+	if (n_rm == 0)
+		return 0;
+	if (n_have == 0)
+		keys_seterr(err, errlen,
+		            "'%s' has %s: an 'isgctl keys init' is running or one was interrupted; "
+		            "once none is running, remove %s from '%s' and retry",
+		            dir, left, n_rm == 1 ? "it" : "them", dir);
+	else
+		keys_seterr(err, errlen,
+		            "'%s' has %s but not %s; keys init refuses to overwrite a key: if an "
+		            "'isgctl keys init' was interrupted (isgd never ran with these keys), "
+		            "remove %s from '%s' and run it again; if key files were lost, restore "
+		            "them from the backup",
+		            dir, have, lack, rm, dir);
+	return ISG_ERR_CONFLICT;
 }
 
 int keys_init(const char *dir, char *err, size_t errlen)
@@ -467,31 +588,23 @@ int keys_init(const char *dir, char *err, size_t errlen)
 
 	if ((rc = keys_ready(dir, err, errlen)) != 0)
 		return rc;
-	rc = keys_path(storage, sizeof(storage), dir, KEYS_STORAGE_FILE, err, errlen);
-	if (rc)
-		return rc;
-	rc = keys_path(signing, sizeof(signing), dir, KEYS_AUDIT_SIGNING_FILE, err, errlen);
-	if (rc)
-		return rc;
-	rc = keys_path(audit, sizeof(audit), dir, KEYS_DOMAINS_DIR "/" KEYS_AUDIT_DOMAIN ".key",
-	               err, errlen);
-	if (rc)
-		return rc;
-	rc = keys_prepare_dir(dir, &created_dir, err, errlen);
-	if (rc)
-		return rc;
+	rc = keys_path(storage, sizeof(storage), dir, init_files[0], err, errlen);
+	if (rc == 0)
+		rc = keys_path(signing, sizeof(signing), dir, init_files[1], err, errlen);
+	if (rc == 0)
+		rc = keys_path(audit, sizeof(audit), dir, init_files[2], err, errlen);
+	if (rc == 0)
+		rc = keys_prepare_dir(dir, &created_dir, err, errlen);
 	/* Check every file first so a refusal leaves the directory as it was. */
-	rc = keys_refuse_existing(storage, err, errlen);
 	if (rc == 0)
-		rc = keys_refuse_existing(signing, err, errlen);
-	if (rc == 0)
-		rc = keys_refuse_existing(audit, err, errlen);
+		rc = init_refuse_existing(dir, err, errlen);
 	if (rc)
 		return rc;
-	rc = keys_write_new(storage, KEYS_KIND_STORAGE, err, errlen);
+	/* Each file appears whole or not at all (keys_create_file). */
+	rc = keys_write_new(dir, KEYS_STORAGE_FILE, KEYS_KIND_STORAGE, err, errlen);
 	if (rc)
 		return rc;
-	rc = keys_write_new(signing, KEYS_KIND_AUDIT_SIGNING, err, errlen);
+	rc = keys_write_new(dir, KEYS_AUDIT_SIGNING_FILE, KEYS_KIND_AUDIT_SIGNING, err, errlen);
 	if (rc)
 		goto out;
 	/* Syncs domains/ and, when it made it, the keys directory too. */

@@ -48,8 +48,10 @@ void keys_free(uint8_t *key);
  * Create dir (0700) if needed and write a fresh storage key, audit signing
  * key (Ed25519) and linkage domain "audit" (domains/audit.key, the domain
  * the audit log's subjects are pseudonymised in), each with mode 0600.
- * Refuses, before writing anything, when any of the three exists; a
- * failure removes the key files it wrote. 0, or an error with the reason in err.
+ * Each file appears whole or not at all (written as NAME.tmp, then linked).
+ * Refuses, before writing anything, when any of the three, or a NAME.tmp an
+ * interrupted init left, exists, naming what to remove; a failure removes
+ * the key files it wrote. 0, or an error with the reason in err.
  */
 int keys_init(const char *dir, char *err, size_t errlen) __attribute__((warn_unused_result));
 
@@ -130,7 +132,8 @@ size_t keyring_pseudonymise_all(const struct keyring *ring, const char *domain,
                                 enum pseudo_type type, const char *norm, size_t len,
                                 char (*out)[PSEUDO_TEXT_MAX], size_t max);
 
-/* Create domains/NAME.key with version 1; refuses an existing domain. */
+/* Create domains/NAME.key with version 1, whole or not at all (written as
+ * NAME.key.tmp, then linked); refuses an existing domain, or NAME.key.tmp. */
 int keys_new_domain(const char *dir, const char *name, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 /*

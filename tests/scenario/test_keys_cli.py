@@ -29,6 +29,27 @@ def today():
     return datetime.datetime.now(datetime.timezone.utc).date()
 
 
+# Preloaded into isgctl: SIGKILL at the Nth write(2) the program makes itself (stdio's writes
+# are glibc's own), as a crash or kill -9 between creating a key file and filling it would.
+KILL_AT_WRITE_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+ssize_t write(int fd, const void *buf, size_t n)
+{
+	static int count;
+	const char *at = getenv("ISG_TEST_KILL_AT_WRITE");
+	if (at && ++count == atoi(at))
+		raise(SIGKILL);
+	ssize_t (*real)(int, const void *, size_t) = dlsym(RTLD_NEXT, "write");
+	return real(fd, buf, n);
+}
+"""
+
+
 class KeysCli(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="isg-keys-cli-")
@@ -98,6 +119,14 @@ class KeysCli(unittest.TestCase):
         self.assertIn("refusing to overwrite", p.stderr)
         with open(os.path.join(self.domains, "audit.key")) as f:
             self.assertEqual(f.read(), before)
+
+    def test_init_through_a_linked_directory(self):
+        # A keys directory reached through a link (/etc/isg/keys -> /srv/keys) is used.
+        real = os.path.join(self.tmp, "real")
+        os.mkdir(real, 0o700)
+        os.symlink(real, self.keys)
+        self.ctl("keys", "init", self.keys)
+        self.assertEqual(sorted(os.listdir(real)), ["audit-signing.key", "domains", "storage.key"])
 
     def test_new_domain(self):
         self.ctl("keys", "init", self.keys)
@@ -254,6 +283,77 @@ class KeysCli(unittest.TestCase):
         os.unlink(tmp)
         self.ctl("keys", "rotate", self.keys, "audit")
         self.assertEqual(len(self.lines("audit")), 2)
+
+    def killed_at_write(self, n, *args):
+        """isgctl ARGS, killed (SIGKILL) at its nth write(2) of its own."""
+        shim_dir = tempfile.mkdtemp(prefix="isg-keys-shim-")
+        self.addCleanup(shutil.rmtree, shim_dir, True)
+        src, lib = os.path.join(shim_dir, "kill.c"), os.path.join(shim_dir, "kill.so")
+        with open(src, "w") as f:
+            f.write(KILL_AT_WRITE_C)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, "-ldl"], check=True)
+        env = dict(os.environ, LD_PRELOAD=lib, ISG_TEST_KILL_AT_WRITE=str(n))
+        asan = env.get("ASAN_OPTIONS", "")
+        env["ASAN_OPTIONS"] = asan + (":" if asan else "") + "verify_asan_link_order=0"
+        p = subprocess.run([ISGCTL] + list(args), capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL, env=env)
+        self.outputs += [p.stdout, p.stderr]
+        self.assertEqual(p.returncode, -9, p.stderr)
+
+    def test_killed_new_domain_leaves_no_key_file(self):
+        # Killed after creating the file, before writing it: the domain's file must not
+        # exist empty (every later command, and isgd, would refuse it), only NAME.key.tmp.
+        self.ctl("keys", "init", self.keys)
+        path = os.path.join(self.domains, "police-nhs.key")
+        self.killed_at_write(1, "keys", "new-domain", self.keys, "police-nhs")
+        self.assertFalse(os.path.lexists(path))
+        self.assertEqual(sorted(os.listdir(self.domains)), ["audit.key", "police-nhs.key.tmp"])
+        # The keys still load (list; isgd's loader is the same), and the leftover is named.
+        p = self.ctl("keys", "list", self.keys)
+        self.assertNotIn("police-nhs", p.stdout)
+        p = self.ctl("keys", "new-domain", self.keys, "police-nhs", rc=1)
+        self.assertEqual(p.stderr, "isgctl: '%s.tmp' exists: another isgctl keys command is "
+                         "writing '%s' or one was interrupted; once none is running, remove "
+                         "it and retry\n" % (path, path))
+        p = self.ctl("keys", "rotate", self.keys, "police-nhs", rc=1)
+        self.assertIn("one was interrupted; once none is running, remove it and retry", p.stderr)
+        os.unlink(path + ".tmp")
+        self.ctl("keys", "new-domain", self.keys, "police-nhs")
+        self.assertEqual(len(self.lines("police-nhs")), 1)
+
+    def test_killed_init_says_what_to_remove(self):
+        files = ["storage.key", "audit-signing.key", "domains/audit.key"]
+        for n in (1, 2, 3):
+            keys = os.path.join(self.tmp, "keys%d" % n)
+            self.killed_at_write(n, "keys", "init", keys)
+            # The files before the nth are whole; the nth is only NAME.tmp.
+            for f in files[:n - 1]:
+                with open(os.path.join(keys, f)) as fh:
+                    self.assertTrue(fh.read().endswith("=\n"), f)
+            for f in files[n - 1:]:
+                self.assertFalse(os.path.lexists(os.path.join(keys, f)), f)
+            left = files[n - 1] + ".tmp"
+            self.assertTrue(os.path.exists(os.path.join(keys, left)))
+            p = self.ctl("keys", "init", keys, rc=1)
+            q = lambda names: ", ".join("'%s'" % f for f in names)
+            if n == 1:
+                self.assertEqual(p.stderr, "isgctl: '%s' has 'storage.key.tmp': an 'isgctl keys "
+                                 "init' is running or one was interrupted; once none is "
+                                 "running, remove it from '%s' and retry\n" % (keys, keys))
+            else:
+                self.assertEqual(p.stderr, "isgctl: '%s' has %s but not %s; keys init refuses "
+                                 "to overwrite a key: if an 'isgctl keys init' was interrupted "
+                                 "(isgd never ran with these keys), remove %s from '%s' and "
+                                 "run it again; if key files were lost, restore them from the "
+                                 "backup\n" % (keys, q(files[:n - 1]), q(files[n - 1:]),
+                                                q(files[:n - 1] + [left]), keys))
+            # Doing as told makes a whole keys directory.
+            for f in files[:n - 1] + [left]:
+                os.unlink(os.path.join(keys, f))
+            self.ctl("keys", "init", keys)
+            self.ctl("keys", "list", keys)
+            for f in files:
+                self.assertEqual(self.mode(os.path.join(keys, f)), 0o600)
 
     def test_help(self):
         p = self.ctl("keys", "--help")
