@@ -400,14 +400,18 @@ int keys_prepare_dir(const char *path, int *created, char *err, size_t errlen)
 
 /* Give the synced dfd/tmp the name `name`, unless name exists: link(2), or on a file system
  * without hard links, rename(2) with RENAME_NOREPLACE. 0 or an errno. */
-static int name_new_file(int dfd, const char *tmp, const char *name)
+static int name_new_file(int dfd, const char *tmp, const char *name, bool *moved)
 {
+	*moved = false;
 	if (linkat(dfd, tmp, dfd, name, 0) == 0)
 		return 0;
 	int e = errno;
 	if (e != EPERM && e != EOPNOTSUPP && e != ENOSYS)
 		return e;
-	return renameat2(dfd, tmp, dfd, name, RENAME_NOREPLACE) == 0 ? 0 : errno;
+	if (renameat2(dfd, tmp, dfd, name, RENAME_NOREPLACE) != 0)
+		return errno;
+	*moved = true; /* tmp is gone: the name another command may take as its lock */
+	return 0;
 }
 
 int keys_create_file(int dfd, const char *dpath, const char *name, const char *buf, size_t len,
@@ -449,8 +453,10 @@ int keys_create_file(int dfd, const char *dpath, const char *name, const char *b
 		            strerror(errno));
 		rc = ISG_ERR_IO;
 	}
-	int e = rc ? 0 : name_new_file(dfd, tmp, name);
-	unlinkat(dfd, tmp, 0);
+	bool moved = false;
+	int e = rc ? 0 : name_new_file(dfd, tmp, name, &moved);
+	if (!moved)
+		unlinkat(dfd, tmp, 0);
 	if (rc)
 		return rc;
 	if (e == EEXIST) {
