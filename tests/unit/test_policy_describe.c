@@ -22,16 +22,23 @@
 #include "util/util.h"
 #include "ydoc/ydoc.h"
 
-static char data_dir[4096];
+/*
+ * data_dir: the build's copy of tests/data/policy, which the tests load (the
+ * checkout's may be group-writable); golden_dir: the checkout's show/, which
+ * ISG_UPDATE_GOLDEN rewrites.
+ */
+static char data_dir[4096], golden_dir[4096];
 
 static int setup(void **state)
 {
-	const char *d = getenv("ISG_TEST_DATA");
-	if (!d) {
-		fprintf(stderr, "ISG_TEST_DATA is not set (run through ctest)\n");
+	const char *d = getenv("ISG_TEST_POLICY"), *src = getenv("ISG_TEST_DATA");
+	if (!d || !src) {
+		fprintf(stderr,
+		        "ISG_TEST_POLICY or ISG_TEST_DATA is not set (run through ctest)\n");
 		return -1;
 	}
-	snprintf(data_dir, sizeof(data_dir), "%s/policy", d);
+	snprintf(data_dir, sizeof(data_dir), "%s", d);
+	snprintf(golden_dir, sizeof(golden_dir), "%s/policy/show", src);
 	return 0;
 }
 
@@ -83,7 +90,7 @@ static struct policy_set *load(const char *dir, int64_t today)
 static void assert_golden(const char *name, const char *got)
 {
 	char path[4400];
-	snprintf(path, sizeof(path), "%s/show/%s.txt", data_dir, name);
+	snprintf(path, sizeof(path), "%s/%s.txt", golden_dir, name);
 	if (getenv("ISG_UPDATE_GOLDEN")) {
 		write_all(path, got);
 		return;
@@ -753,6 +760,8 @@ static void test_diff_partners(void **state)
 
 int main(void)
 {
+	/* The loader refuses group-writable files: the tests' own are 0644 whatever the umask. */
+	umask(022);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_show_golden),
 	    cmocka_unit_test(test_show_dates),
