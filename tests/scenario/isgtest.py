@@ -83,6 +83,34 @@ SANITIZER_RE = re.compile(r"^(?:WARNING: ThreadSanitizer: |==\d+==ERROR: (?:Addr
 # tests write are made as an admin would make them, whatever the caller's umask.
 os.umask(0o022)
 
+# The policy trees of the checkout (policies/, tests/bench/policies,
+# tests/data/policy) as the build copies them (CMakeLists.txt), with modes
+# 0644 and 0755: git keeps no modes, so the checkout's own may be
+# group-writable (umask 002), and isgd would refuse them.
+POLICY_TREES = os.path.join(os.path.dirname(BIN), "policy-trees")
+
+
+def policy_tree(rel):
+    """The build's copy of the checkout's policy tree `rel` ("policies",
+    "tests/bench/policies", "tests/data/policy/features", ...)."""
+    path = os.path.join(POLICY_TREES, rel)
+    if not os.path.isdir(path):
+        raise AssertionError("%s: no such copy of %s (build first: cmake --build)"
+                             % (path, os.path.join(SOURCE, rel)))
+    return path
+
+
+def built_policy_dir(path):
+    """A policy directory inside one of the checkout's policy trees becomes
+    its copy in the build; any other is returned as it is."""
+    path = os.path.abspath(path)
+    rel = os.path.relpath(path, SOURCE)
+    for tree in ("policies", os.path.join("tests", "bench", "policies"),
+                 os.path.join("tests", "data", "policy")):
+        if rel == tree or rel.startswith(tree + os.sep):
+            return policy_tree(rel)
+    return path
+
 # Timeouts in seconds; valgrind slows the daemon down by an order of magnitude.
 SLOW = 6.0 if VALGRIND else 1.0
 START_TIMEOUT = 60.0 if VALGRIND else 10.0
@@ -630,7 +658,8 @@ class Gateway:
         self.dir = os.path.abspath(tmpdir)
         os.makedirs(self.dir, exist_ok=True)
         self.pki = pki
-        self.policy_dir = os.path.abspath(policy_dir)
+        # Never the checkout's own tree: its modes are whatever the umask made.
+        self.policy_dir = built_policy_dir(policy_dir)
         self.port = free_port()
         self.config_path = os.path.join(self.dir, "isgd.yaml")
         self.log_path = os.path.join(self.dir, "isgd.log")

@@ -300,7 +300,7 @@ class TestPipelining(ExchangeCase):
         message by subscription and acknowledge it. isg-bench-load fails on
         any refused send, missing receipt or missing delivery; the audit log
         then holds each message accepted, delivered and acknowledged once."""
-        bench = os.path.join(isgtest.SOURCE, "tests", "bench", "policies")
+        bench = isgtest.policy_tree("tests/bench/policies")
         gw = self.gateway(policy_dir=bench, domains=("bench",))
         certs = self.pki.certs
 

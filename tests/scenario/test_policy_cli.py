@@ -8,7 +8,9 @@ library has none).
 
 Standard library and Debian's PyYAML only. Environment: ISG_BIN, the
 directory holding isgctl (default <repo>/build/bin); ISG_SOURCE, the
-repository (default: two directories up).
+repository (default: two directories up). The policy trees are loaded from
+the build's copy (<build>/policy-trees, made with modes 0644 and 0755), not
+from the checkout, whose modes are whatever the umask made (git keeps none).
 """
 
 import datetime
@@ -28,9 +30,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.abspath(os.environ.get("ISG_SOURCE") or os.path.join(HERE, "..", ".."))
 BIN = os.path.abspath(os.environ.get("ISG_BIN") or os.path.join(SOURCE, "build", "bin"))
 ISGCTL = os.path.join(BIN, "isgctl")
-DATA = os.path.join(SOURCE, "tests", "data", "policy")
+TREES = os.path.join(os.path.dirname(BIN), "policy-trees")
+DATA = os.path.join(TREES, "tests", "data", "policy")
 FEATURES = os.path.join(DATA, "features")
-SHIPPED = os.path.join(SOURCE, "policies")
+SHIPPED = os.path.join(TREES, "policies")
 SCHEMA = os.path.join(SOURCE, "docs", "policy.schema.json")
 
 
