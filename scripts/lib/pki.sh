@@ -1,5 +1,5 @@
 # Shell functions shared by scripts/demo, scripts/bench and scripts/tls-scan: a throwaway PKI
-# (ECDSA P-256) and a running isgd. Source this file; nothing runs on its own.
+# (ECDSA P-256), a copy of a policy directory and a running isgd. Source this file; nothing runs on its own.
 
 pki_newkey() { # file
 	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null
@@ -36,6 +36,16 @@ extendedKeyUsage=serverAuth"
 			pki_cert "$p" partner-ca "$p.partners.isg.example" "extendedKeyUsage=clientAuth"
 		done
 	)
+}
+
+# Copy the policy directory FROM (partners.yaml, agreements/*.yaml) to TO
+# with the modes an admin would give it, 0755 and 0644: isgd refuses policy
+# files that group or others may write, and git keeps no modes, so a checkout
+# made under umask 002 cannot be loaded as it is.
+policy_copy() { # from to
+	install -d -m 0755 "$2" "$2/agreements"
+	install -m 0644 "$1/partners.yaml" "$2/"
+	install -m 0644 "$1"/agreements/*.yaml "$2/agreements/"
 }
 
 # Write DIR/isgd.yaml for a gateway on PORT with the policy directory POLICY.
