@@ -500,6 +500,20 @@ class IsgctlCase(isgtest.ScenarioCase):
         self.assertEqual([m["message_id"] for m in nhs.fetch_messages()],
                          ["big-%d" % i for i in range(len(printed), 20)])
 
+    def wait_signal_taken(self, p, sig):
+        """Until p has taken sig (it is no longer pending): another of it is a signal of its
+        own, not merged with this one."""
+        bit = 1 << (sig - 1)
+        deadline = time.time() + 30 * isgtest.SLOW
+        while time.time() < deadline:
+            with open("/proc/%d/status" % p.pid, encoding="ascii") as f:
+                pending = [int(line.split()[1], 16) for line in f
+                           if line.startswith(("SigPnd:", "ShdPnd:"))]
+            if not any(m & bit for m in pending):
+                return
+            time.sleep(0.01)
+        self.fail("signal %d was not taken" % sig)
+
     def test_a_message_begun_is_finished_unless_signalled_twice(self):
         gw, police, nhs = self.start()
         for i in range(2):
@@ -528,7 +542,7 @@ class IsgctlCase(isgtest.ScenarioCase):
         try:
             self.wait_for_full_pipe(p, r)
             p.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
+            self.wait_signal_taken(p, signal.SIGTERM)
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=10 * isgtest.SLOW)
             err = p.stderr.read()
