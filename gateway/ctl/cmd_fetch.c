@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -213,12 +215,8 @@ static int write_whole(int fd, const char *buf, size_t len)
 	return rc;
 }
 
-/*
- * Print one delivery to fd; an exit status, or WRITE_STOPPED when none of it
- * was written. A write to an --exec command that fails is said by
- * exec_batch, with how the command ended.
- */
-static int print_delivery(struct printer *p, int fd, const struct isg_delivery *d, bool to_command)
+/* Print one delivery to fd; an exit status, or WRITE_STOPPED when none of it was written. */
+static int print_delivery(struct printer *p, int fd, const struct isg_delivery *d)
 {
 	char *buf;
 	size_t len;
@@ -235,7 +233,7 @@ static int print_delivery(struct printer *p, int fd, const struct isg_delivery *
 	free(buf);
 	if (rc == WRITE_STOPPED)
 		return WRITE_STOPPED;
-	if (rc < 0 && !to_command)
+	if (rc < 0)
 		ctl_output_warn("cannot write message %" PRIu64 ": %s; it stays unacknowledged",
 		                d->gateway_id, ctl_errno_text(e));
 	errno = e;
@@ -273,11 +271,35 @@ static int sync_printed(const uint64_t *ids, size_t n)
 	return CTL_EXIT_LOCAL;
 }
 
-/* A run of the --exec command: its process and the pipe to its standard input. */
+/*
+ * A run of the --exec command. isgctl keeps the pipe's read end open too:
+ * what is left in the pipe once the command has ended is what it did not
+ * read, however small the batch. Holding it, a write to a command that has
+ * gone never fails with EPIPE, so writing waits on the pidfd as well.
+ */
 struct command_run {
 	pid_t pid;
-	int fd;
+	int in;     /* the write end of the command's standard input */
+	int unread; /* isgctl's own read end of that pipe */
+	int pidfd;  /* readable once the command has ended */
 };
+
+/* How a run of the command ended, when it did not take its batch and exit 0. */
+enum run_end {
+	RUN_TOOK_ALL,   /* it read its whole input */
+	RUN_LEFT_INPUT, /* it ended with input still unread */
+	RUN_WRITE_FAILED,
+	RUN_STOPPED, /* a second signal: it was sent SIGTERM */
+};
+
+static void run_close(struct command_run *run)
+{
+	if (run->in >= 0)
+		close(run->in);
+	close(run->unread);
+	close(run->pidfd);
+	run->in = -1;
+}
 
 /*
  * Start /bin/sh -c CMD reading a pipe: 0, or -1 with errno. The signals
@@ -308,53 +330,161 @@ static int run_start(const char *cmd, struct command_run *run)
 	int e = posix_spawn(&run->pid, "/bin/sh", &fa, &attr, argv, environ);
 	posix_spawnattr_destroy(&attr);
 	posix_spawn_file_actions_destroy(&fa);
-	close(pipefd[0]);
 	if (e != 0) {
+		close(pipefd[0]);
 		close(pipefd[1]);
 		errno = e;
 		return -1;
 	}
-	run->fd = pipefd[1];
+	run->in = pipefd[1];
+	run->unread = pipefd[0];
+	/* Not yet waited for, the pid cannot be another process's. */
+	run->pidfd = (int)syscall(SYS_pidfd_open, run->pid, 0);
+	if (run->pidfd < 0 || fcntl(run->in, F_SETFL, O_NONBLOCK) < 0) {
+		e = errno;
+		kill(run->pid, SIGKILL);
+		waitpid(run->pid, NULL, 0);
+		if (run->pidfd >= 0)
+			close(run->pidfd);
+		close(pipefd[0]);
+		close(pipefd[1]);
+		errno = e;
+		return -1;
+	}
 	return 0;
 }
 
-/* Close the command's input and wait for it to end; its wait status, or -1 with errno. */
-static int run_wait(struct command_run *run)
+/*
+ * Wait until the command has ended (1) or, when writing, its input has
+ * room (0), with the stop signals (blocked by the caller, their old mask in
+ * *old) able to end the wait (0); -1 with errno.
+ */
+static int run_poll(struct command_run *run, bool writing, const sigset_t *old)
 {
-	close(run->fd);
-	int ws;
+	struct pollfd pfd[2] = {{.fd = run->pidfd, .events = POLLIN},
+	                        {.fd = run->in, .events = POLLOUT}};
+	if (ppoll(pfd, writing ? 2 : 1, NULL, old) < 0)
+		return errno == EINTR ? 0 : -1;
+	return pfd[0].revents != 0;
+}
+
+/*
+ * Write all of buf to the command: RUN_TOOK_ALL when it is in the pipe,
+ * RUN_LEFT_INPUT when the command ended first, RUN_STOPPED at a second
+ * signal, RUN_WRITE_FAILED with errno; WRITE_STOPPED when a first signal
+ * came before the batch was begun. Once begun, a batch is finished: a
+ * command stopped mid-line would be given part of a message.
+ */
+static int run_feed(struct command_run *run, const char *buf, size_t len, bool begun,
+                    const sigset_t *old)
+{
+	size_t done = 0;
+	while (done < len) {
+		if (stop_requested > 1 || (stop_requested && !begun && done == 0))
+			return stop_requested > 1 ? RUN_STOPPED : WRITE_STOPPED;
+		ssize_t n = write(run->in, buf + done, len - done);
+		if (n > 0) {
+			done += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return RUN_WRITE_FAILED;
+		int ended = run_poll(run, true, old);
+		if (ended != 0)
+			return ended < 0 ? RUN_WRITE_FAILED : RUN_LEFT_INPUT;
+	}
+	return RUN_TOOK_ALL;
+}
+
+/*
+ * Close the command's input and wait for it to end, in *ws. A first stop
+ * signal lets it finish its batch; a second sends it SIGTERM: RUN_STOPPED.
+ * Then, input left in the pipe is RUN_LEFT_INPUT. -1 with errno when it
+ * cannot be waited for.
+ */
+static int run_wait(struct command_run *run, int fed, const sigset_t *old, int *ws)
+{
+	close(run->in);
+	run->in = -1;
+	bool killed = false;
+	for (;;) {
+		if (stop_requested > 1 && !killed) {
+			kill(run->pid, SIGTERM);
+			killed = true;
+		}
+		int ended = run_poll(run, false, old);
+		if (ended < 0)
+			return -1;
+		if (ended)
+			break;
+	}
 	pid_t r;
-	while ((r = waitpid(run->pid, &ws, 0)) < 0 && errno == EINTR)
+	while ((r = waitpid(run->pid, ws, 0)) < 0 && errno == EINTR)
 		;
-	return r < 0 ? -1 : ws;
+	if (r < 0)
+		return -1;
+	if (killed)
+		return RUN_STOPPED;
+	int queued = 0;
+	if (fed == RUN_TOOK_ALL && ioctl(run->unread, FIONREAD, &queued) == 0 && queued > 0)
+		return RUN_LEFT_INPUT;
+	return fed;
 }
 
 /* Say why the n messages given to the command stay unacknowledged. */
-static void run_failed(int ws, int write_errno, size_t n)
+static void run_failed(int end, int ws, int write_errno, size_t n)
 {
 	char how[96];
-	if (ws < 0)
+	if (end < 0)
 		snprintf(how, sizeof(how), "could not be waited for (%s)", ctl_errno_text(errno));
+	else if (end == RUN_STOPPED)
+		snprintf(how, sizeof(how), "was sent SIGTERM at a second signal");
 	else if (WIFSIGNALED(ws))
 		snprintf(how, sizeof(how), "was killed by signal %d (SIG%s)", WTERMSIG(ws),
 		         sigabbrev_np(WTERMSIG(ws)) ? sigabbrev_np(WTERMSIG(ws)) : "?");
 	else if (WIFEXITED(ws) && WEXITSTATUS(ws) != 0)
 		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(ws));
-	else
-		snprintf(how, sizeof(how), "exited 0 without reading all of them (%s)",
+	else if (end == RUN_WRITE_FAILED)
+		snprintf(how, sizeof(how), "could not be written to (%s)",
 		         ctl_errno_text(write_errno));
+	else
+		snprintf(how, sizeof(how), "exited 0 without reading all of them");
 	ctl_warn("the --exec command %s: the %zu message%s given to it stay%s unacknowledged", how,
 	         n, n == 1 ? "" : "s", n == 1 ? "s" : "");
+}
+
+/* Give items[0..n) to the command; a run_end, or WRITE_STOPPED. */
+static int run_feed_all(struct command_run *run, struct printer *p,
+                        const struct isg_delivery *items, size_t n, const sigset_t *old,
+                        int *write_errno)
+{
+	int fed = RUN_TOOK_ALL;
+	for (size_t i = 0; fed == RUN_TOOK_ALL && i < n; i++) {
+		char *buf;
+		size_t len;
+		if (format_delivery(p, &items[i], &buf, &len) < 0) {
+			*write_errno = ENOMEM;
+			return RUN_WRITE_FAILED;
+		}
+		fed = run_feed(run, buf, len, i > 0, old);
+		*write_errno = errno;
+		free(buf);
+	}
+	return fed;
 }
 
 /*
  * Give items[0..n) to a new run of the command: CTL_EXIT_OK when it read
  * them all and exited 0, so that they may be acknowledged; WRITE_STOPPED
- * when a stop came before any was written; otherwise a failure, said.
+ * when a stop came before any was written; otherwise a failure, said. The
+ * stop signals are blocked but while waiting (ppoll), so that none is
+ * taken between a look at stop_requested and the wait.
  */
 static int exec_batch(const char *cmd, struct printer *p, const struct isg_delivery *items,
                       size_t n)
 {
+	if (stop_requested)
+		return WRITE_STOPPED;
 	struct command_run run;
 	if (run_start(cmd, &run) < 0) {
 		ctl_warn("cannot run the --exec command: %s; the %zu message%s stay%s "
@@ -362,21 +492,26 @@ static int exec_batch(const char *cmd, struct printer *p, const struct isg_deliv
 		         ctl_errno_text(errno), n, n == 1 ? "" : "s", n == 1 ? "s" : "");
 		return CTL_EXIT_LOCAL;
 	}
+	sigset_t stops, old;
+	sigemptyset(&stops);
+	sigaddset(&stops, SIGINT);
+	sigaddset(&stops, SIGTERM);
+	sigprocmask(SIG_BLOCK, &stops, &old);
 	/* Each run is a file of its own: CSV starts with its header row. */
 	ctl_csv_writer_release(&p->csv);
 	ctl_csv_writer_init(&p->csv);
-	int status = CTL_EXIT_OK, write_errno = 0;
-	size_t written = 0;
-	for (; status == CTL_EXIT_OK && written < n; written++) {
-		status = print_delivery(p, run.fd, &items[written], true);
-		write_errno = errno;
-	}
-	int ws = run_wait(&run);
-	if (status == WRITE_STOPPED && written == 1)
+	int write_errno = 0, ws = 0;
+	int fed = run_feed_all(&run, p, items, n, &old, &write_errno);
+	int end = run_wait(&run, fed, &old, &ws);
+	int e = errno;
+	run_close(&run);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	errno = e;
+	if (end == WRITE_STOPPED)
 		return WRITE_STOPPED; /* the command got nothing: nothing to say */
-	if (ws == 0 && status == CTL_EXIT_OK)
+	if (end == RUN_TOOK_ALL && ws == 0)
 		return CTL_EXIT_OK;
-	run_failed(ws, write_errno, n);
+	run_failed(end, ws, write_errno, n);
 	return CTL_EXIT_LOCAL;
 }
 
@@ -416,7 +551,7 @@ static int fetch_once(struct fetch_args *a, struct isg_client *c, struct printer
 		printed = status == CTL_EXIT_OK ? list->n : 0; /* all or nothing */
 	}
 	for (; !a->exec && status == CTL_EXIT_OK && printed < list->n; printed++) {
-		status = print_delivery(p, STDOUT_FILENO, &list->items[printed], false);
+		status = print_delivery(p, STDOUT_FILENO, &list->items[printed]);
 		ids[printed] = list->items[printed].gateway_id;
 	}
 	if (!a->exec && status != CTL_EXIT_OK && printed > 0)
@@ -464,8 +599,8 @@ static int follow(struct fetch_args *a, struct isg_client *c, struct printer *p)
 		}
 		if (!d)
 			continue;
-		int status = a->exec ? exec_batch(a->exec, p, d, 1)
-		                     : print_delivery(p, STDOUT_FILENO, d, false);
+		int status =
+		    a->exec ? exec_batch(a->exec, p, d, 1) : print_delivery(p, STDOUT_FILENO, d);
 		if (status == CTL_EXIT_OK && !a->no_ack && !a->exec)
 			status = sync_printed(&d->gateway_id, 1);
 		if (status == CTL_EXIT_OK && !a->no_ack)

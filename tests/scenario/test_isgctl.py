@@ -589,14 +589,31 @@ class IsgctlCase(isgtest.ScenarioCase):
         # none waiting: the command is not run
         p = self.fetch_exec(nhs, "echo run >> %s" % runs)
         self.assertEqual((p.returncode, isgtest.read_text(runs)), (0, "run\n"))
-        # one that ends before reading more than the pipe holds has not taken them
-        police.send_ok([dict(RECORD_A, concern_summary="s" * 200000)], message_id="ex-3")
-        p = self.fetch_exec(nhs, "head -c 10 > /dev/null")
-        self.assertEqual(p.returncode, 1, p.stderr)
-        self.assertEqual(p.stderr, "isgctl: the --exec command exited 0 without reading all of "
-                                   "them (broken pipe): the 1 message given to it stays "
-                                   "unacknowledged\n")
-        self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], ["ex-3"])
+
+    def test_exec_acknowledges_nothing_a_command_left_unread(self):
+        """A command that exits 0 before reading all of its input has not taken the batch,
+        whether the batch fits in the pipe or not, and fetch does not wait for it forever."""
+        gw, police, nhs = self.start()
+        said = ("isgctl: the --exec command exited 0 without reading all of them: the %s given "
+                "to it stay%s unacknowledged\n")
+        cases = [(["small-1"], 0, "exit 0"), (["small-2"], 0, "sleep 0.5; exit 0"),
+                 (["small-3", "small-4"], 0, "head -c 5 > /dev/null"),
+                 (["large-1"], 200000, "exit 0"),
+                 (["large-2", "large-3"], 100000, "head -c 70000 > /dev/null")]
+        for ids, size, cmd in cases:
+            with self.subTest(cmd=cmd, size=size):
+                for mid in ids:
+                    police.send_ok([dict(RECORD_A, concern_summary="s" * size)], message_id=mid)
+                p = self.fetch_exec(nhs, cmd)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                n = "%d messages" % len(ids) if len(ids) > 1 else "1 message"
+                self.assertEqual(p.stderr, said % (n, "" if len(ids) > 1 else "s"))
+                self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], ids)
+        # the same, all read: acknowledged
+        police.send_ok([RECORD_A], message_id="read")
+        p = self.fetch_exec(nhs, "head -c 5 > /dev/null; cat > /dev/null")
+        self.assertEqual((p.returncode, p.stderr), (0, ""))
+        self.assertEqual(nhs.fetch_messages(), [])
 
     def test_follow_exec_runs_the_command_for_each_message(self):
         gw, police, nhs = self.start()
@@ -613,6 +630,69 @@ class IsgctlCase(isgtest.ScenarioCase):
         lines = isgtest.read_text(got).splitlines()
         self.assertEqual([json.loads(line)["message_id"] for line in lines], ["fx-1", "fx-2"])
         self.assertEqual([m["message_id"] for m in nhs.fetch_messages(no_ack=True)], ["fx-2"])
+
+    def follow_exec(self, nhs, cmd):
+        return subprocess.Popen([isgtest.ISGCTL, "fetch", "--follow", "--exec", cmd] +
+                                nhs.conn_flags(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+    def wait_for_file(self, p, path):
+        deadline = time.time() + 30 * isgtest.SLOW
+        while not os.path.exists(path):
+            if p.poll() is not None:
+                self.fail("fetch --follow ended: " + p.stderr.read())
+            if time.time() > deadline:
+                self.fail("%s did not appear" % path)
+            time.sleep(0.02)
+
+    def test_follow_exec_a_signal_lets_the_command_finish_and_two_stop_it(self):
+        gw, police, nhs = self.start()
+        police.send_ok([RECORD_A], message_id="sig-1")
+        started, go, got = (os.path.join(self.tmp, n) for n in ("started", "go", "got"))
+        # one signal: the command, its batch begun, finishes it; acknowledged, exit 0
+        p = self.follow_exec(nhs, "dd bs=1 count=1 of=%s 2>/dev/null; touch %s; "
+                                  "while [ ! -e %s ]; do sleep 0.02; done; cat >> %s"
+                             % (got, started, go, got))
+        try:
+            self.wait_for_file(p, started)
+            p.send_signal(signal.SIGTERM)
+            self.wait_signal_taken(p, signal.SIGTERM)
+            self.assertIsNone(p.poll(), "fetch stopped before its command finished")
+            open(go, "w").close()
+            p.wait(timeout=10 * isgtest.SLOW)
+            self.assertEqual((p.returncode, p.stderr.read()), (0, ""))
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+        self.assertEqual(json.loads(isgtest.read_text(got))["message_id"], "sig-1")
+        self.assertEqual(nhs.fetch_messages(), [])
+        # two: the command is sent SIGTERM, nothing of its batch is acknowledged, exit 1
+        police.send_ok([RECORD_A], message_id="sig-2")
+        os.unlink(started)
+        sleeper = os.path.join(self.tmp, "sleeper")
+        p = self.follow_exec(nhs, "dd bs=1 count=1 of=/dev/null 2>/dev/null; "
+                                  "sleep 600 >/dev/null 2>&1 </dev/null & echo $! > %s; "
+                                  "touch %s; wait; cat > /dev/null" % (sleeper, started))
+        try:
+            self.wait_for_file(p, started)
+            p.send_signal(signal.SIGTERM)
+            self.wait_signal_taken(p, signal.SIGTERM)
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=10 * isgtest.SLOW)
+            err = p.stderr.read()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+            if os.path.exists(sleeper):
+                os.kill(int(isgtest.read_text(sleeper)), signal.SIGKILL)
+        self.assertEqual(p.returncode, 1, err)
+        self.assertEqual(err, "isgctl: the --exec command was sent SIGTERM at a second signal: "
+                              "the 1 message given to it stays unacknowledged\n")
+        self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], ["sig-2"])
 
     def test_a_key_file_others_may_read_is_refused(self):
         gw, police, nhs = self.start()
