@@ -110,6 +110,9 @@ static int cp_cmp(const void *a, const void *b)
 	return x->size < y->size ? -1 : x->size > y->size;
 }
 
+static const char bad_signature[] =
+    "its signature does not verify: the checkpoint was forged or altered";
+
 /*
  * Open a note with the verifier; a reason when it does not verify, with
  * *unreadable set when it is no signed checkpoint at all (its form, not its
@@ -125,7 +128,7 @@ static const char *open_note_why(const struct audit_verifier *v, const char *not
 		return "it carries no signature by this verifier key (another key, or another "
 		       "origin: see --origin and --pubkey)";
 	if (rc == ISG_ERR_CRYPTO)
-		return "its signature does not verify: the checkpoint was forged or altered";
+		return bad_signature;
 	if (rc != 0)
 		return reason ? reason : "it is not a signed checkpoint";
 	if (strcmp(c->origin, v->name) != 0)
@@ -207,6 +210,21 @@ static bool normalise_saved(char **buf, size_t *len)
 	return true;
 }
 
+/*
+ * Whether text begins as a checkpoint does: its origin line, then a line
+ * of decimal digits (the size). Text around a checkpoint (a mail body)
+ * fails the signature too, but is no altered checkpoint.
+ */
+static bool starts_like_checkpoint(const char *text, const char *origin)
+{
+	size_t n = strlen(origin);
+	if (strncmp(text, origin, n) != 0 || text[n] != '\n')
+		return false;
+	const char *size = text + n + 1;
+	size_t digits = strspn(size, "0123456789");
+	return digits > 0 && size[digits] == '\n';
+}
+
 /* Read and check each --against file. */
 static int load_saved(struct verify *vs, char **files, size_t n)
 {
@@ -231,6 +249,12 @@ static int load_saved(struct verify *vs, char **files, size_t n)
 		struct audit_checkpoint c;
 		bool unreadable = false;
 		const char *why = open_note_why(&vs->v, buf, len, &c, &unreadable);
+		if (why && !unreadable && why == bad_signature &&
+		    !starts_like_checkpoint(buf, vs->v.name)) {
+			unreadable = true;
+			why = "it does not begin with the checkpoint's origin line and size line "
+			      "(save the checkpoint's lines alone)";
+		}
 		free(buf);
 		if (why && unreadable) {
 			problem(vs, "saved checkpoint '%s' could not be read as a checkpoint: %s",

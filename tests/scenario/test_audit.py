@@ -390,6 +390,20 @@ class AuditLog(isgtest.ScenarioCase):
                                    r"problem: saved checkpoint '[^']*not-a-checkpoint.cp' could not "
                                    r"be read as a checkpoint: \S", extra=["--against", path])
         self.assertNotIn("control character", r.out)
+        # A mail body around a good checkpoint: not read as one, not called forged.
+        for name, text in (("above", "Hi, here is the checkpoint:\n" + note),
+                           ("above-crlf", ("Hi, here is the checkpoint:\n" + note)
+                            .replace("\n", "\r\n")),
+                           ("around", "Hi,\n\n" + note + "\nRegards\n")):
+            with self.subTest(name):
+                path = os.path.join(self.tmp, "mail-%s.cp" % name)
+                with open(path, "wb") as f:
+                    f.write(text.encode())
+                r = self.assertVerifyFails(self.copy_store("mail-" + name),
+                                           r"problem: saved checkpoint '[^']*mail-%s.cp' could "
+                                           r"not be read as a checkpoint: \S" % name,
+                                           extra=["--against", path])
+                self.assertNotIn("forged", r.out)
 
     def test_truncated_log(self):
         keep = self.checkpoints[-2][0]
