@@ -664,10 +664,13 @@ static void report_late(struct verify *vs)
 	problem(vs,
 	        "%s dated after the checkpoint covering %s was written (the first at %s, "
 	        "covered by the checkpoint of size %" PRIu64 " written at %s): isgd never "
-	        "writes a checkpoint dated before an entry it stamped, so their times were "
-	        "rewritten while no checkpoint covered them and a restarted isgd then signed "
-	        "them (or isgd crashed and was restarted with its clock set back). Compare with "
-	        "a checkpoint saved outside the gateway (--against)",
+	        "writes a checkpoint dated before an entry it stamped while it runs. Innocently, "
+	        "isgd stopped without a checkpoint (a crash, a power cut) while its clock was "
+	        "ahead and was restarted with the clock corrected: isgd's log then has an "
+	        "audit.entries_ahead line at that start. Otherwise their times were rewritten "
+	        "while no checkpoint covered them and a restarted isgd then signed them. Ask "
+	        "the admin for isgd's log, and compare with a checkpoint saved outside the "
+	        "gateway (--against)",
 	        span, vs->late == 1 ? "it" : "them", at, vs->late_cp_size, cp_at);
 }
 
@@ -696,9 +699,12 @@ static void report_back(struct verify *vs)
 	times_back_text(vs, text, sizeof(text));
 	problem(vs,
 	        "%s, and entry %" PRId64 " is dated after the checkpoint covering it was "
-	        "written: entries rewritten with later times and then signed by a restarted "
-	        "isgd look like this, a clock set back while isgd ran does not. Compare with a "
-	        "checkpoint saved outside the gateway (--against)",
+	        "written: a clock set back while isgd ran does not look like this. Innocently, "
+	        "isgd stopped without a checkpoint (a crash, a power cut) while its clock was "
+	        "ahead and was restarted with the clock corrected: isgd's log then has an "
+	        "audit.entries_ahead line at that start. Otherwise entries were rewritten with "
+	        "later times and then signed by a restarted isgd. Ask the admin for isgd's log, "
+	        "and compare with a checkpoint saved outside the gateway (--against)",
 	        text, vs->back_prev_seq);
 }
 

@@ -383,6 +383,38 @@ out:
 	return rc;
 }
 
+/*
+ * Entries no checkpoint covers that are dated after isgd's clock: isgd
+ * stopped without a checkpoint (a crash, a power cut) while its clock was
+ * ahead, and the clock was corrected before this start; or their times were
+ * rewritten. The checkpoint this isgd signs over them is dated before them,
+ * and `isgctl audit verify` reports that: this line, at the start, is what
+ * tells the innocent case apart. Indexes and times only.
+ */
+static void warn_entries_ahead(sqlite3 *db, uint64_t covered)
+{
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db,
+	                       "SELECT COUNT(*), MIN(seq), MAX(seq), MAX(at) FROM audit "
+	                       "WHERE seq > ?1 AND at > ?2",
+	                       -1, &st, NULL) != SQLITE_OK)
+		return;
+	int64_t now = time_now_ms();
+	sqlite3_bind_int64(st, 1, (int64_t)covered);
+	sqlite3_bind_int64(st, 2, now);
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) > 0) {
+		char latest[32], now_text[32];
+		time_format_ms(latest, sizeof(latest), sqlite3_column_int64(st, 3));
+		time_format_ms(now_text, sizeof(now_text), now);
+		log_event(LOG_WARN, "audit.entries_ahead",
+		          "entries=%lld first=%lld last=%lld latest_at=%s now=%s",
+		          (long long)sqlite3_column_int64(st, 0),
+		          (long long)sqlite3_column_int64(st, 1),
+		          (long long)sqlite3_column_int64(st, 2), latest, now_text);
+	}
+	sqlite3_finalize(st);
+}
+
 int store_log_load(struct store *s, sqlite3 *db, const char *path, char *err, size_t errlen)
 {
 	struct latest_checkpoint cp = {.found = false};
@@ -408,6 +440,7 @@ int store_log_load(struct store *s, sqlite3 *db, const char *path, char *err, si
 		rc = ISG_ERR_CORRUPT;
 		goto out;
 	}
+	warn_entries_ahead(db, cp.found ? cp.size : 0);
 	s->log = log;
 	s->checkpoint_size = cp.found ? cp.size : 0;
 	free(s->checkpoint_note);

@@ -292,5 +292,51 @@ class ForwardStepCase(SteppedClockCase):
         gw.stop()
 
 
+class CrashWithClockAheadCase(SteppedClockCase):
+    """isgd killed with entries no checkpoint covers while its clock was half an hour
+    ahead, then started with the clock corrected: the checkpoint it signs is dated
+    before them, which `audit verify` cannot tell from a rewrite, so isgd says so at
+    that start and verify names it as the innocent explanation (docs/audit.md "Times
+    that go back")."""
+
+    AHEAD = 1800
+
+    def test_a_crash_then_the_clock_corrected(self):
+        gw = self.gateway(start=False, audit={"checkpoint_interval": "1h"})
+        self.set_clock(time.time() + self.AHEAD)
+        self.start_shifted(gw)
+        self.partner(gw, "police").send_ok([{"nhs_number": NHS}], message_id="ahead")
+        gw.kill()  # no checkpoint covers the entries
+        self.assertNotIn("entries_ahead", gw.log)
+
+        self.set_clock(time.time())
+        gw.start()
+        m = re.search(r"^ts=(\S+) level=warn event=audit\.entries_ahead entries=(\d+) first=1 "
+                      r"last=(\d+) latest_at=(\S+) now=(\S+)$", gw.log, re.M)
+        self.assertIsNotNone(m, gw.diagnostics())
+        self.assertEqual(int(m.group(2)), int(m.group(3)))
+        self.assertGreater(m.group(4), m.group(5))  # ISO times, ahead of the clock
+        ahead = int(m.group(3))
+        self.partner(gw, "police").send_ok([{"nhs_number": NHS}], message_id="corrected")
+        gw.stop()  # signs a checkpoint, dated before the entries written ahead
+
+        v = isgtest.ctl("audit", "verify", "--config", gw.config_path)
+        self.assertEqual(v.rc, 1, v)
+        innocent = (r"Innocently, isgd stopped without a checkpoint \(a crash, a power cut\) "
+                    r"while its clock was ahead and was restarted with the clock corrected: "
+                    r"isgd's log then has an audit\.entries_ahead line at that start")
+        self.assertRegex(v.out, r"problem: %d entries, from entry 1, are dated after the "
+                                r"checkpoint covering them was written .*\. %s\. Otherwise"
+                         % (ahead, innocent))
+        self.assertRegex(v.out, r"problem: entry %d has an earlier time \(\S+\) than entry %d "
+                                r"\(\S+\), and entry %d is dated after the checkpoint covering "
+                                r"it was written: .*\. %s\. Otherwise"
+                         % (ahead + 1, ahead, ahead, innocent))
+        # a clean restart on the right clock has nothing to say
+        gw.start()
+        gw.stop()
+        self.assertEqual(len(re.findall(r"event=audit\.entries_ahead", gw.log)), 1)
+
+
 if __name__ == "__main__":
     unittest.main()
