@@ -76,8 +76,9 @@ static ssize_t read_key_file(const char *path, unsigned char **buf, size_t *cap,
 	if ((st.st_mode & 077) != 0) {
 		close(fd);
 		client_error(err, ISG_CLIENT_E_CONFIG,
-		             "private key '%s' has mode %04o; it must be 0600, readable by its "
-		             "owner only (chmod 600 '%s')",
+		             "private key '%s' has mode %04o; it must be readable by its owner "
+		             "only, the user this program runs as (chown that user, then chmod 600 "
+		             "'%s')",
 		             path, (unsigned)(st.st_mode & 07777), path);
 		return -1;
 	}

@@ -705,8 +705,9 @@ class IsgctlCase(isgtest.ScenarioCase):
             os.chmod(key, mode)
             r = isgtest.ctl("whoami", *flags)
             self.assertEqual(r.rc, 1, r)
-            self.assertEqual(r.err, "isgctl: private key '%s' has mode %04o; it must be 0600, "
-                                    "readable by its owner only (chmod 600 '%s')\n"
+            self.assertEqual(r.err, "isgctl: private key '%s' has mode %04o; it must be "
+                                    "readable by its owner only, the user this program runs "
+                                    "as (chown that user, then chmod 600 '%s')\n"
                              % (key, mode, key), r)
         for mode in (0o600, 0o400):
             os.chmod(key, mode)
