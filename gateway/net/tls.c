@@ -118,13 +118,21 @@ static int tls_file_read(struct tls_file *f, char *err, size_t errlen)
 	return rc;
 }
 
-/* A read-only memory BIO over the file's bytes (which must outlive it). */
-static BIO *tls_file_bio(const struct tls_file *f, char *err, size_t errlen)
+/*
+ * Read the file (from fd, opened and checked by the caller, or with fd -1
+ * from its path) into f, and a read-only memory BIO over its bytes into
+ * *bio (free it before tls_file_release). 0, or an error with err set.
+ */
+static int tls_file_load(struct tls_file *f, int fd, BIO **bio, char *err, size_t errlen)
 {
-	BIO *bio = BIO_new_mem_buf(f->buf, (int)f->len);
-	if (!bio)
+	int rc = fd >= 0 ? tls_file_read_fd(f, fd, err, errlen) : tls_file_read(f, err, errlen);
+	if (rc)
+		return rc;
+	if (!(*bio = BIO_new_mem_buf(f->buf, (int)f->len))) {
 		snprintf(err, errlen, "cannot load %s '%s': out of memory", f->what, f->path);
-	return bio;
+		return ISG_ERR_NOMEM;
+	}
+	return 0;
 }
 
 /* Whether the last PEM read ended at the end of the input, not on bad PEM. */
@@ -144,12 +152,10 @@ static int load_certificate(SSL_CTX *ctx, const char *path, char *err, size_t er
 	struct tls_file f = {.what = "certificate", .path = path};
 	BIO *bio = NULL;
 	X509 *cert = NULL, *ca;
-	int rc = tls_file_read(&f, err, errlen);
+	int rc = tls_file_load(&f, -1, &bio, err, errlen);
 	if (rc)
 		goto out;
 	rc = ISG_ERR_TLS;
-	if (!(bio = tls_file_bio(&f, err, errlen)))
-		goto out;
 	cert = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL);
 	if (!cert || SSL_CTX_use_certificate(ctx, cert) != 1 || !SSL_CTX_clear_chain_certs(ctx)) {
 		tls_error(err, errlen, "cannot load certificate", path);
@@ -184,13 +190,10 @@ static int load_private_key(SSL_CTX *ctx, const char *path, int key_fd, char *er
 	struct tls_file f = {.what = "private key", .path = path};
 	BIO *bio = NULL;
 	EVP_PKEY *pkey = NULL;
-	int rc = key_fd >= 0 ? tls_file_read_fd(&f, key_fd, err, errlen)
-	                     : tls_file_read(&f, err, errlen);
+	int rc = tls_file_load(&f, key_fd, &bio, err, errlen);
 	if (rc)
 		goto out;
 	rc = ISG_ERR_TLS;
-	if (!(bio = tls_file_bio(&f, err, errlen)))
-		goto out;
 	pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
 	if (!pkey || SSL_CTX_use_PrivateKey(ctx, pkey) != 1)
 		tls_error(err, errlen, "cannot load private key", path);
@@ -245,12 +248,10 @@ static int load_client_ca(SSL_CTX *ctx, const char *path, char *err, size_t errl
 	STACK_OF(X509_INFO) *infos = NULL;
 	STACK_OF(X509_NAME) *names = NULL;
 	BIO *bio = NULL;
-	int rc = tls_file_read(&f, err, errlen);
+	int rc = tls_file_load(&f, -1, &bio, err, errlen);
 	if (rc)
 		goto out;
 	rc = ISG_ERR_TLS;
-	if (!(bio = tls_file_bio(&f, err, errlen)))
-		goto out;
 	infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
 	if (!infos || sk_X509_INFO_num(infos) == 0) {
 		if (infos) /* an empty file: the message SSL_CTX_load_verify_locations gave */
@@ -284,12 +285,10 @@ static int load_crl(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
 	BIO *bio = NULL;
 	X509_CRL *crl;
 	size_t n = 0;
-	int rc = tls_file_read(&f, err, errlen);
+	int rc = tls_file_load(&f, -1, &bio, err, errlen);
 	if (rc)
 		goto out;
 	rc = ISG_ERR_TLS;
-	if (!(bio = tls_file_bio(&f, err, errlen)))
-		goto out;
 	while ((crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL)) != NULL) {
 		int ok = X509_STORE_add_crl(store, crl);
 		X509_CRL_free(crl);
