@@ -164,6 +164,14 @@ class InflightCase(isgtest.ScenarioCase):
         self.addCleanup(self.slow_sync, False)
         return gw
 
+    def wait_until(self, gw, what, done, timeout):
+        """done() true within timeout seconds, or the test fails naming what."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                self.fail("%s: not within %.0fs\n%s" % (what, timeout, gw.diagnostics()))
+            time.sleep(0.02)
+
     def slow_sync(self, on):
         if on:
             open(self.flag, "w").close()
@@ -278,11 +286,7 @@ class TestHeldBackNotIdle(InflightCase):
         timeout = 30 * isgtest.SLOW
 
         def wait_for(what, done):
-            deadline = time.monotonic() + timeout
-            while not done():
-                if time.monotonic() > deadline:
-                    self.fail("%s: not within %.0fs\n%s" % (what, timeout, gw.diagnostics()))
-                time.sleep(0.02)
+            self.wait_until(gw, what, done, timeout)
 
         def conn():
             c = isgtest.FrameConn(gw, self.pki.certs["police"], timeout=timeout)
@@ -328,11 +332,7 @@ class TestHeldBackConnectionsEnd(InflightCase):
         logged = [None]  # when the last net.inflight_full line was seen
 
         def wait_for(what, done):
-            deadline = time.monotonic() + timeout
-            while not done():
-                if time.monotonic() > deadline:
-                    self.fail("%s: not within %.0fs\n%s" % (what, timeout, gw.diagnostics()))
-                time.sleep(0.02)
+            self.wait_until(gw, what, done, timeout)
 
         def conn(name):
             c = isgtest.FrameConn(gw, self.pki.certs[name], timeout=timeout)

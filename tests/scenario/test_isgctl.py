@@ -541,21 +541,30 @@ class IsgctlCase(isgtest.ScenarioCase):
         p, r = self.follow_into_pipe(nhs)
         try:
             self.wait_for_full_pipe(p, r)
-            p.send_signal(signal.SIGTERM)
-            self.wait_signal_taken(p, signal.SIGTERM)
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=10 * isgtest.SLOW)
-            err = p.stderr.read()
+            err = self.sigterm_twice(p)
         finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stderr.close()
+            self.reap(p)
             os.close(r)
         self.assertEqual(p.returncode, 1, err)
         self.assertRegex(err, r"^isgctl: cannot write message \d+: interrupted system call; it "
                               r"stays unacknowledged\n$")
         self.assertEqual([m["message_id"] for m in nhs.fetch_messages()], ["huge-1"])
+
+    def sigterm_twice(self, p):
+        """SIGTERM to p, again once it has taken the first; its stderr when it exits."""
+        p.send_signal(signal.SIGTERM)
+        self.wait_signal_taken(p, signal.SIGTERM)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=10 * isgtest.SLOW)
+        return p.stderr.read()
+
+    @staticmethod
+    def reap(p):
+        """p ended (killed if it has not) and its stderr closed."""
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stderr.close()
 
     def fetch_exec(self, nhs, cmd, *extra, follow=False):
         argv = [isgtest.ISGCTL, "fetch"] + (["--follow"] if follow else []) + \
@@ -677,16 +686,9 @@ class IsgctlCase(isgtest.ScenarioCase):
                                   "touch %s; wait; cat > /dev/null" % (sleeper, started))
         try:
             self.wait_for_file(p, started)
-            p.send_signal(signal.SIGTERM)
-            self.wait_signal_taken(p, signal.SIGTERM)
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=10 * isgtest.SLOW)
-            err = p.stderr.read()
+            err = self.sigterm_twice(p)
         finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stderr.close()
+            self.reap(p)
             if os.path.exists(sleeper):
                 os.kill(int(isgtest.read_text(sleeper)), signal.SIGKILL)
         self.assertEqual(p.returncode, 1, err)
