@@ -487,10 +487,7 @@ class IsgctlCase(isgtest.ScenarioCase):
             self.assertEqual((p.returncode, err), (0, ""))
             out = self.read_all(r)
         finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stderr.close()
+            self.reap(p)
             os.close(r)
         self.assertTrue(out.endswith("\n"), out[-100:])
         printed = [json.loads(line)["message_id"] for line in out.splitlines()]
@@ -530,10 +527,7 @@ class IsgctlCase(isgtest.ScenarioCase):
             p.wait(timeout=10 * isgtest.SLOW)
             self.assertEqual((p.returncode, p.stderr.read()), (0, ""))
         finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stderr.close()
+            self.reap(p)
             os.close(r)
         self.assertEqual([json.loads(line)["message_id"] for line in out.splitlines()],
                          ["huge-0"])
@@ -671,10 +665,7 @@ class IsgctlCase(isgtest.ScenarioCase):
             p.wait(timeout=10 * isgtest.SLOW)
             self.assertEqual((p.returncode, p.stderr.read()), (0, ""))
         finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stderr.close()
+            self.reap(p)
         self.assertEqual(json.loads(isgtest.read_text(got))["message_id"], "sig-1")
         self.assertEqual(nhs.fetch_messages(), [])
         # two: the command is sent SIGTERM, nothing of its batch is acknowledged, exit 1

@@ -205,6 +205,18 @@ static void test_check_keys(void **state)
 	ydoc_free(doc);
 }
 
+/* What ydoc_diags_print writes for d; free it. */
+static char *printed(const struct ydoc_diags *d)
+{
+	char *text = NULL;
+	size_t size = 0;
+	FILE *f = open_memstream(&text, &size);
+	assert_non_null(f);
+	ydoc_diags_print(d, f);
+	assert_int_equal(fclose(f), 0);
+	return text;
+}
+
 static void test_diags_print_and_sanitise(void **state)
 {
 	struct ydoc_diags d;
@@ -216,12 +228,7 @@ static void test_diags_print_and_sanitise(void **state)
 	ydoc_error(&d, "dir/x.yaml", NULL, "cannot open: %s", "No such file or directory");
 	assert_int_equal(d.errors, 2);
 	assert_int_equal(d.warnings, 1);
-	char *text = NULL;
-	size_t size = 0;
-	FILE *f = open_memstream(&text, &size);
-	assert_non_null(f);
-	ydoc_diags_print(&d, f);
-	fclose(f);
+	char *text = printed(&d);
 	assert_string_equal(text, "isgd.yaml:4:10: error: invalid duration '10x' for "
 	                          "limits.idle_timeout\n"
 	                          "p.yaml:4:10: warning: line?break, CSI ?, lone ?, caf\xc3\xa9\n"
@@ -241,9 +248,7 @@ static void test_diags_print_and_sanitise(void **state)
 		ydoc_error(&d, "x", &at, "e%d", i);
 	assert_int_equal(d.errors, 1501);
 	assert_true(d.n < d.errors);
-	f = open_memstream(&text, &size);
-	ydoc_diags_print(&d, f);
-	fclose(f);
+	text = printed(&d);
 	assert_non_null(strstr(text, "(501 more diagnostics not shown)\n"));
 	free(text);
 	ydoc_diags_release(&d);
@@ -261,12 +266,7 @@ static void test_diags_clean_file_names(void **state)
 	ydoc_error(&d, "agreements/\x1b[2Jx\ny.yaml: error: forged\x9b\xc2\x9b\xff.yaml", &at,
 	           "bad");
 	ydoc_warning(&d, "caf\xc3\xa9\r.yaml", NULL, "w");
-	char *text = NULL;
-	size_t size = 0;
-	FILE *f = open_memstream(&text, &size);
-	assert_non_null(f);
-	ydoc_diags_print(&d, f);
-	fclose(f);
+	char *text = printed(&d);
 	assert_string_equal(text, "agreements/?[2Jx?y.yaml: error: forged???.yaml:1:2: error: bad\n"
 	                          "caf\xc3\xa9?.yaml: warning: w\n");
 	free(text);
