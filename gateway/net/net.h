@@ -52,9 +52,10 @@ struct net_handler {
 	/* The output queue, found over the connection's bound by net_conn_output_full,
 	 * has drained to within it: what was held back may be queued again. */
 	void (*on_drained)(void *ctx, struct net_conn *c);
-	/* The peer sent close_notify (a TLS half-close): no frame comes after those
-	 * already handed to on_frame. Their answers are still sent, and the
-	 * connection closes once none is owed; nothing is waited for (optional). */
+	/* The peer sent close_notify (a TLS half-close), or a frame the stream
+	 * cannot survive: no frame comes after those already handed to on_frame.
+	 * Their answers are still sent, and the connection closes once none is
+	 * owed; nothing is waited for (optional). */
 	void (*on_peer_closed)(void *ctx, struct net_conn *c);
 	/* isgd stops (net_server_stop): nothing more is read, and the connection
 	 * closes once no answer is owed. Answer now what would wait for more

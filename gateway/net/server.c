@@ -687,6 +687,19 @@ static void conn_handshake(struct net_conn *c)
 /* Reading and framing. */
 
 /* Decode every whole frame in the input buffer and hand it to the handler. */
+/*
+ * Nothing more is read from c: it closes once its answers are out, and the
+ * handler ends a subscription and answers a waiting fetch (on_peer_closed).
+ * After the peer's close_notify, or a frame the stream cannot survive.
+ */
+static void conn_stop_reading(struct net_conn *c)
+{
+	struct net_server *s = c->w->s;
+	net_conn_close(c);
+	if (s->h.on_peer_closed)
+		s->h.on_peer_closed(s->h.ctx, c);
+}
+
 static void conn_take_frames(struct net_conn *c)
 {
 	struct net_server *s = c->w->s;
@@ -719,11 +732,7 @@ static void conn_take_frames(struct net_conn *c)
 			f.body_case = ISG__FRAME__BODY_ERROR;
 			f.error = &e;
 			net_conn_send(c, &f);
-			net_conn_close(c); /* the stream cannot be resynchronised */
-			/* Nothing more is read, as after a close_notify: a
-			 * subscription ends, a waiting fetch is answered. */
-			if (s->h.on_peer_closed)
-				s->h.on_peer_closed(s->h.ctx, c);
+			conn_stop_reading(c); /* the stream cannot be resynchronised */
 			break;
 		}
 		/* Room for it first; room handed to a held-back connection was for this frame. */
@@ -824,13 +833,10 @@ static void worker_in_shrink(struct net_worker *w)
  */
 static void conn_peer_closed(struct net_conn *c)
 {
-	struct net_server *s = c->w->s;
 	c->peer_closed = true;
 	c->in_len = 0;
-	net_conn_close(c);
-	c->deadline = time_mono_ms() + s->opt.idle_timeout_ms;
-	if (s->h.on_peer_closed)
-		s->h.on_peer_closed(s->h.ctx, c);
+	c->deadline = time_mono_ms() + c->w->s->opt.idle_timeout_ms;
+	conn_stop_reading(c);
 }
 
 static void conn_on_readable(struct net_conn *c)
@@ -1523,12 +1529,13 @@ static int64_t worker_sweep(struct net_worker *w)
 		 * Waiting for messages exempts a connection only while nothing
 		 * it is owed stands still: a subscriber that stopped reading,
 		 * its window shut on pushes, is idle like any other. */
-		bool stuck = c->out_len > c->out_off || c->unacked > 0;
+		bool unsent = c->out_len > c->out_off;
+		bool stuck = unsent || c->unacked > 0;
 		if (c->deadline > now || (!c->peer_closed && ((c->waiting && !stuck) ||
 		                                              c->inflight > 0 || c->held_back)))
 			continue;
 		bool hs = c->state == CONN_HANDSHAKE;
-		bool owed = c->state == CONN_SHUTDOWN || c->out_len > c->out_off;
+		bool owed = c->state == CONN_SHUTDOWN || unsent;
 		log_event(LOG_INFO,
 		          hs               ? "conn.handshake_timeout"
 		          : c->peer_closed ? "conn.half_close_timeout"
