@@ -20,7 +20,7 @@ import unittest
 import isgtest
 
 DOC = os.path.join(isgtest.SOURCE, "docs", "client-library.md")
-SHIPPED = os.path.join(isgtest.POLICY_TREES, "policies")  # the build's copy, admin modes
+SHIPPED = isgtest.policy_tree("policies")  # the build's copy, admin modes
 BUILD = os.path.dirname(isgtest.BIN)
 LIB = os.path.join(BUILD, "lib")
 # the linkage domains the shipped agreements pseudonymise under
