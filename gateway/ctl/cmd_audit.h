@@ -228,6 +228,13 @@ extern const size_t audit_events_n;
  * text shaped like a kind ("okafor.9434765919") is no safer.
  */
 bool audit_event_known(const char *s);
+/*
+ * Whether a kind column (len bytes: a NUL inside makes it longer than its
+ * text) differs from the signed entry's event, by length too, so that
+ * 'message.accepted' || x'00' || '...' is an edit like any other;
+ * *nameable when both may be shown (see audit_event_known).
+ */
+bool audit_kind_differs(const char *kind, size_t len, const char *event, bool *nameable);
 
 /* Entries named by index in a warning; the rest are counted. */
 #define AUDIT_READ_SHOWN 10

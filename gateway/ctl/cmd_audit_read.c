@@ -116,6 +116,13 @@ bool audit_event_known(const char *s)
 	return false;
 }
 
+bool audit_kind_differs(const char *kind, size_t len, const char *event, bool *nameable)
+{
+	bool plain = len == strlen(kind);
+	*nameable = plain && audit_event_known(kind) && audit_event_known(event);
+	return !plain || strcmp(kind, event) != 0;
+}
+
 /* One row of the table: its unsigned columns. */
 struct audit_row {
 	int64_t seq, at;
@@ -131,8 +138,8 @@ struct audit_row {
 static void check_columns(struct audit_reader *r, const struct audit_row *row,
                           const struct audit_leaf *lf, int64_t at)
 {
-	/* by length too: 'message.accepted' || x'00' || '...' is an edit like any other */
-	bool kind = row->kind_len != strlen(lf->event) || strcmp(row->kind, lf->event) != 0;
+	bool nameable;
+	bool kind = audit_kind_differs(row->kind, row->kind_len, lf->event, &nameable);
 	bool seq = row->seq < 1 || (uint64_t)row->seq != lf->index;
 	if (!kind && !seq && row->at == at)
 		return;
@@ -143,8 +150,7 @@ static void check_columns(struct audit_reader *r, const struct audit_row *row,
 		return;
 	const char *what = "the table was edited, and the signed entry is what counts (run 'isgctl "
 	                   "audit verify')";
-	if (kind && row->kind_len == strlen(row->kind) && audit_event_known(row->kind) &&
-	    audit_event_known(lf->event)) {
+	if (kind && nameable) {
 		ctl_warn("entry %" PRId64 ": its kind column says '%s' but the signed entry is "
 		         "'%s': %s",
 		         index, row->kind, lf->event, what);
