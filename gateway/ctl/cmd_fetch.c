@@ -162,6 +162,16 @@ static int format_delivery(struct printer *p, const struct isg_delivery *d, char
 	return 0;
 }
 
+/* Block SIGINT and SIGTERM, the old mask in *old (when not NULL). */
+static void block_stops(sigset_t *old)
+{
+	sigset_t stops;
+	sigemptyset(&stops);
+	sigaddset(&stops, SIGINT);
+	sigaddset(&stops, SIGTERM);
+	sigprocmask(SIG_BLOCK, &stops, old);
+}
+
 /* Not an exit status: a stop was asked for before anything was written. */
 enum { WRITE_STOPPED = -100 };
 
@@ -176,11 +186,8 @@ enum { WRITE_STOPPED = -100 };
  */
 static int write_whole(int fd, const char *buf, size_t len)
 {
-	sigset_t stops, old;
-	sigemptyset(&stops);
-	sigaddset(&stops, SIGINT);
-	sigaddset(&stops, SIGTERM);
-	sigprocmask(SIG_BLOCK, &stops, &old);
+	sigset_t old;
+	block_stops(&old);
 	int rc = 0;
 	size_t done = 0;
 	while (done < len) {
@@ -200,7 +207,7 @@ static int write_whole(int fd, const char *buf, size_t len)
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		ssize_t n = write(fd, buf + done, chunk);
 		int e = errno;
-		sigprocmask(SIG_BLOCK, &stops, NULL);
+		block_stops(NULL);
 		if (n < 0 && e != EINTR && e != EAGAIN) {
 			errno = e;
 			rc = -1;
@@ -215,8 +222,9 @@ static int write_whole(int fd, const char *buf, size_t len)
 	return rc;
 }
 
-/* Print one delivery to fd; an exit status, or WRITE_STOPPED when none of it was written. */
-static int print_delivery(struct printer *p, int fd, const struct isg_delivery *d)
+/* Print one delivery to standard output; an exit status, or WRITE_STOPPED when none of it was
+ * written. */
+static int print_delivery(struct printer *p, const struct isg_delivery *d)
 {
 	char *buf;
 	size_t len;
@@ -228,7 +236,7 @@ static int print_delivery(struct printer *p, int fd, const struct isg_delivery *
 		         d->gateway_id);
 		return CTL_EXIT_LOCAL;
 	}
-	rc = write_whole(fd, buf, len);
+	rc = write_whole(STDOUT_FILENO, buf, len);
 	int e = errno;
 	free(buf);
 	if (rc == WRITE_STOPPED)
@@ -492,11 +500,8 @@ static int exec_batch(const char *cmd, struct printer *p, const struct isg_deliv
 		         ctl_errno_text(errno), n, n == 1 ? "" : "s", n == 1 ? "s" : "");
 		return CTL_EXIT_LOCAL;
 	}
-	sigset_t stops, old;
-	sigemptyset(&stops);
-	sigaddset(&stops, SIGINT);
-	sigaddset(&stops, SIGTERM);
-	sigprocmask(SIG_BLOCK, &stops, &old);
+	sigset_t old;
+	block_stops(&old);
 	/* Each run is a file of its own: CSV starts with its header row. */
 	ctl_csv_writer_release(&p->csv);
 	ctl_csv_writer_init(&p->csv);
@@ -551,7 +556,7 @@ static int fetch_once(struct fetch_args *a, struct isg_client *c, struct printer
 		printed = status == CTL_EXIT_OK ? list->n : 0; /* all or nothing */
 	}
 	for (; !a->exec && status == CTL_EXIT_OK && printed < list->n; printed++) {
-		status = print_delivery(p, STDOUT_FILENO, &list->items[printed]);
+		status = print_delivery(p, &list->items[printed]);
 		ids[printed] = list->items[printed].gateway_id;
 	}
 	if (!a->exec && status != CTL_EXIT_OK && printed > 0)
@@ -599,8 +604,7 @@ static int follow(struct fetch_args *a, struct isg_client *c, struct printer *p)
 		}
 		if (!d)
 			continue;
-		int status =
-		    a->exec ? exec_batch(a->exec, p, d, 1) : print_delivery(p, STDOUT_FILENO, d);
+		int status = a->exec ? exec_batch(a->exec, p, d, 1) : print_delivery(p, d);
 		if (status == CTL_EXIT_OK && !a->no_ack && !a->exec)
 			status = sync_printed(&d->gateway_id, 1);
 		if (status == CTL_EXIT_OK && !a->no_ack)
