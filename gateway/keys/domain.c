@@ -24,7 +24,7 @@
 
 #define DOMAIN_MAGIC "isg-domain-key-v1"
 #define DOMAIN_SUFFIX ".key"
-#define DOMAIN_TMP_SUFFIX ".key.tmp"
+#define DOMAIN_TMP_SUFFIX DOMAIN_SUFFIX KEYS_TMP_SUFFIX
 #define DOMAIN_FIELDS 6
 #define DOMAIN_B64_LEN 44  /* base64 with padding of 32 bytes */
 #define DOMAIN_DATE_LEN 10 /* YYYY-MM-DD */
@@ -836,22 +836,6 @@ static size_t format_line(char *out, const char *name, const struct domain_versi
 }
 
 /* Write len bytes to fd (a new file of mode 0600), then fsync and close it. */
-static int write_file(int fd, const char *path, const char *buf, size_t len, char *err,
-                      size_t errlen)
-{
-	int rc = 0;
-	/* The umask can only remove bits, but say exactly what we mean. */
-	if (fchmod(fd, 0600) != 0 || keys_write_all(fd, buf, len) != 0 || fsync(fd) != 0) {
-		keys_seterr(err, errlen, "key file '%s': cannot write: %s", path, strerror(errno));
-		rc = ISG_ERR_IO;
-	}
-	if (close(fd) != 0 && rc == 0) {
-		keys_seterr(err, errlen, "key file '%s': cannot close: %s", path, strerror(errno));
-		rc = ISG_ERR_IO;
-	}
-	return rc;
-}
-
 /* A fresh random key as version `version` of d's line, appended to buf at *len. */
 static void append_new_version(char *buf, size_t *len, const char *name, uint32_t version,
                                int64_t today)
@@ -1092,7 +1076,7 @@ int keys_rotate(const char *dir, const char *name, int64_t today_days, int64_t o
 	rc = rotation_loadable(&d, path, buf, len, err, errlen);
 	if (rc)
 		goto out;
-	rc = write_file(fd, tmppath, buf, len, err, errlen);
+	rc = keys_write_synced(fd, tmppath, buf, len, err, errlen);
 	fd = -1;
 	if (rc)
 		goto out;

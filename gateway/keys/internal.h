@@ -22,6 +22,9 @@ void keys_seterr(char *err, size_t errlen, const char *fmt, ...)
 int keys_path(char *out, size_t size, const char *dir, const char *file, char *err, size_t errlen);
 /* write(2) all of buf, retrying on EINTR; 0 or -1 with errno set. */
 int keys_write_all(int fd, const char *buf, size_t len);
+/* Write buf to fd as a key file (mode 0600), fsync it and close fd; errors name path. */
+int keys_write_synced(int fd, const char *path, const char *buf, size_t len, char *err,
+                      size_t errlen);
 /* fsync an open directory or the directory at path. */
 int keys_fsync_dirfd(int fd, const char *path, char *err, size_t errlen);
 int keys_fsync_dir(const char *path, char *err, size_t errlen);

@@ -400,6 +400,22 @@ int keys_prepare_dir(const char *path, int *created, char *err, size_t errlen)
 
 /* Give the synced dfd/tmp the name `name`, unless name exists: link(2), or on a file system
  * without hard links, rename(2) with RENAME_NOREPLACE. 0 or an errno. */
+int keys_write_synced(int fd, const char *path, const char *buf, size_t len, char *err,
+                      size_t errlen)
+{
+	int rc = 0;
+	/* The umask can only remove bits, but say exactly what we mean. */
+	if (fchmod(fd, 0600) != 0 || keys_write_all(fd, buf, len) != 0 || fsync(fd) != 0) {
+		keys_seterr(err, errlen, "key file '%s': cannot write: %s", path, strerror(errno));
+		rc = ISG_ERR_IO;
+	}
+	if (close(fd) != 0 && rc == 0) {
+		keys_seterr(err, errlen, "key file '%s': cannot close: %s", path, strerror(errno));
+		rc = ISG_ERR_IO;
+	}
+	return rc;
+}
+
 static int name_new_file(int dfd, const char *tmp, const char *name, bool *moved)
 {
 	*moved = false;
@@ -442,17 +458,7 @@ int keys_create_file(int dfd, const char *dpath, const char *name, const char *b
 		            strerror(errno));
 		return ISG_ERR_IO;
 	}
-	/* The umask can only remove bits, but say exactly what we mean. */
-	if (fchmod(fd, 0600) != 0 || keys_write_all(fd, buf, len) != 0 || fsync(fd) != 0) {
-		keys_seterr(err, errlen, "key file '%s': cannot write: %s", tmppath,
-		            strerror(errno));
-		rc = ISG_ERR_IO;
-	}
-	if (close(fd) != 0 && rc == 0) {
-		keys_seterr(err, errlen, "key file '%s': cannot close: %s", tmppath,
-		            strerror(errno));
-		rc = ISG_ERR_IO;
-	}
+	rc = keys_write_synced(fd, tmppath, buf, len, err, errlen);
 	bool moved = false;
 	int e = rc ? 0 : name_new_file(dfd, tmp, name, &moved);
 	if (!moved)
