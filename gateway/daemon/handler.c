@@ -143,8 +143,7 @@ struct send_job {
 	char policy_version[65];
 	char message_id[MESSAGE_ID_MAX + 1];
 	/* A refusal, answered once its audit entry is stored. */
-	bool refused;
-	bool refused_here; /* by refuse_send, not the store: logged as it is answered */
+	bool refused; /* on arrival in send_reply: by refuse_send, logged as it is answered */
 	struct policy_refusal why;
 	uint64_t audit_index;
 	/* The daily-limit reservation, given back if nothing new was stored. */
@@ -222,6 +221,7 @@ static char *found_refusal_entry(void *ctx, int err, size_t *len)
 static void send_reply(struct net_conn *c, void *arg)
 {
 	struct send_job *j = arg;
+	bool refused_here = j->refused; /* the store's refusals are found below */
 	if (j->quota && (j->err != 0 || j->receipt.duplicate))
 		quota_release(j->quota, &j->claim);
 	else if (j->quota)
@@ -245,9 +245,9 @@ static void send_reply(struct net_conn *c, void *arg)
 		j->audit_index = j->receipt.audit_index;
 		j->err = 0;
 	}
-	if (j->refused_here && j->err == 0)
+	if (refused_here && j->err == 0)
 		log_refused(j->sender, &j->why, j->audit_index);
-	else if (j->refused_here)
+	else if (refused_here)
 		log_refusal_unrecorded(j, j->err);
 	net_conn_end_async(c, &j->hold);
 	if (!c)
@@ -307,7 +307,7 @@ static void refusal_answered(void *ctx, int err, const struct store_receipt *r)
 	struct send_job *j = ctx;
 	j->err = err;
 	if (r && r->duplicate) {
-		j->refused = j->refused_here = false;
+		j->refused = false;
 		j->receipt = *r;
 	} else if (r) {
 		j->audit_index = r->audit_index;
@@ -349,7 +349,7 @@ static void refuse_send(struct net_conn *c, struct session *s, uint64_t rid,
 		return;
 	}
 	str_copy(j->sender, s->partner, sizeof(j->sender));
-	j->refused = j->refused_here = true;
+	j->refused = true;
 	j->why = *why;
 	j->hold = net_conn_begin_async(c, len);
 	int err;
