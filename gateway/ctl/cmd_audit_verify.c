@@ -51,6 +51,32 @@ struct cp {
 	bool matched;
 };
 
+/* Entries found wanting in one way: how many, the first (and its time), the last. */
+struct entry_run {
+	uint64_t n;
+	int64_t first, last, first_at;
+};
+
+static void run_add(struct entry_run *r, int64_t entry, int64_t at)
+{
+	if (r->n++ == 0) {
+		r->first = entry;
+		r->first_at = at;
+	}
+	r->last = entry;
+}
+
+/* "entry A is" or "N entries, from entry A to entry B, are" */
+static void run_text(const struct entry_run *r, char *out, size_t size)
+{
+	if (r->n == 1)
+		snprintf(out, size, "entry %" PRId64 " is", r->first);
+	else
+		snprintf(out, size,
+		         "%" PRIu64 " entries, from entry %" PRId64 " to entry %" PRId64 ", are",
+		         r->n, r->first, r->last);
+}
+
 struct verify {
 	struct audit_verifier v;
 	struct cp *stored, *saved;
@@ -71,15 +97,14 @@ struct verify {
 	struct aj_doc doc;
 	unsigned problems, stored_total, saved_total;
 	unsigned roots, roots_matched, proofs, proofs_verified;
-	/* entries after the last stored checkpoint reached, and those older than the grace */
-	uint64_t covered, stale, stale_first, stale_last;
-	int64_t stale_first_at, grace_ms, cutoff_ms;
-	/* entries after the last stored checkpoint reached dated more than the grace ahead */
-	uint64_t future, future_first, future_last;
-	int64_t future_first_at, ahead_ms;
-	/* entries dated after the checkpoint covering them was written: how many, the first */
-	uint64_t late;
-	int64_t late_seq, late_at, late_cp_at, last_late_seq;
+	/* entries after the last stored checkpoint reached: those older than the grace,
+	 * and those dated more than the grace ahead */
+	uint64_t covered;
+	struct entry_run stale, future;
+	int64_t grace_ms, cutoff_ms, ahead_ms;
+	/* entries dated after the checkpoint covering them was written; the first one's */
+	struct entry_run late;
+	int64_t late_cp_at;
 	uint64_t late_cp_size;
 	/* entries whose time is before the entry's before them: the first, the largest step */
 	bool have_at;
@@ -367,13 +392,11 @@ static void note_time(struct verify *vs, int64_t seq, const char *text)
 	const struct cp *cover =
 	    vs->next_stored < vs->n_stored ? &vs->stored[vs->next_stored] : NULL;
 	if (cover && at > cover->at) {
-		if (vs->late++ == 0) {
-			vs->late_seq = seq;
-			vs->late_at = at;
+		if (vs->late.n == 0) {
 			vs->late_cp_at = cover->at;
 			vs->late_cp_size = cover->size;
 		}
-		vs->last_late_seq = seq;
+		run_add(&vs->late, seq, at);
 	}
 	if (vs->have_at && at < vs->last_at) {
 		int64_t by = vs->last_at - at;
@@ -382,7 +405,7 @@ static void note_time(struct verify *vs, int64_t seq, const char *text)
 			vs->back_prev_seq = vs->last_at_seq;
 			vs->back_at = at;
 			vs->back_prev_at = vs->last_at;
-			vs->back_late = vs->late && vs->last_late_seq == vs->last_at_seq;
+			vs->back_late = vs->late.n && vs->late.last == vs->last_at_seq;
 		}
 		if (by > vs->back_max_ms)
 			vs->back_max_ms = by;
@@ -469,8 +492,7 @@ static void reach_stored(struct verify *vs, struct cp *k)
 	vs->prev_tree = vs->tree;
 	vs->window_n = 0;
 	vs->covered = pos;
-	vs->stale = 0;
-	vs->future = 0;
+	vs->stale = vs->future = (struct entry_run){0};
 }
 
 static void reach_saved(struct verify *vs, struct cp *k)
@@ -520,21 +542,10 @@ static bool window_add(struct verify *vs, const uint8_t hash[static AUDIT_HASH_L
  */
 static void note_stale(struct verify *vs, int64_t at)
 {
-	if (at > vs->ahead_ms) {
-		if (vs->future++ == 0) {
-			vs->future_first = vs->tree.size;
-			vs->future_first_at = at;
-		}
-		vs->future_last = vs->tree.size;
-		return;
-	}
-	if (at >= vs->cutoff_ms)
-		return;
-	if (vs->stale++ == 0) {
-		vs->stale_first = vs->tree.size;
-		vs->stale_first_at = at;
-	}
-	vs->stale_last = vs->tree.size;
+	if (at > vs->ahead_ms)
+		run_add(&vs->future, (int64_t)vs->tree.size, at);
+	else if (at < vs->cutoff_ms)
+		run_add(&vs->stale, (int64_t)vs->tree.size, at);
 }
 
 static int stream_entries(struct verify *vs, struct audit_log *l)
@@ -601,15 +612,11 @@ static void report_unreached(struct verify *vs)
  */
 static void report_stale(struct verify *vs)
 {
-	if (!vs->stale)
+	if (!vs->stale.n)
 		return;
-	char when[32], span[64];
-	time_format_ms(when, sizeof(when), vs->stale_first_at);
-	if (vs->stale == 1)
-		snprintf(span, sizeof(span), "entry %" PRIu64 " is", vs->stale_first);
-	else
-		snprintf(span, sizeof(span), "%" PRIu64 " entries, from entry %" PRIu64 ", are",
-		         vs->stale, vs->stale_first);
+	char when[32], span[96];
+	time_format_ms(when, sizeof(when), vs->stale.first_at);
+	run_text(&vs->stale, span, sizeof(span));
 	problem(vs,
 	        "%s covered by no signed checkpoint though written more than %" PRId64
 	        " s ago (the first at %s): isgd signs a checkpoint within "
@@ -626,16 +633,11 @@ static void report_stale(struct verify *vs)
 /* Uncovered entries dated more than the grace ahead: see note_stale. */
 static void report_future(struct verify *vs)
 {
-	if (!vs->future)
+	if (!vs->future.n)
 		return;
-	char when[32], span[80];
-	time_format_ms(when, sizeof(when), vs->future_first_at);
-	if (vs->future == 1)
-		snprintf(span, sizeof(span), "entry %" PRIu64 " is", vs->future_first);
-	else
-		snprintf(span, sizeof(span),
-		         "%" PRIu64 " entries, from entry %" PRIu64 " to entry %" PRIu64 ", are",
-		         vs->future, vs->future_first, vs->future_last);
+	char when[32], span[96];
+	time_format_ms(when, sizeof(when), vs->future.first_at);
+	run_text(&vs->future, span, sizeof(span));
 	problem(vs,
 	        "%s dated in the future (the first at %s, more than %" PRId64
 	        " s ahead of this computer's clock) and no checkpoint covers them: isgd stamps "
@@ -650,16 +652,12 @@ static void report_future(struct verify *vs)
 /* Entries dated after the checkpoint covering them was written: see note_time. */
 static void report_late(struct verify *vs)
 {
-	if (!vs->late)
+	if (!vs->late.n)
 		return;
-	char at[32], cp_at[32], span[64];
-	time_format_ms(at, sizeof(at), vs->late_at);
+	char at[32], cp_at[32], span[96];
+	time_format_ms(at, sizeof(at), vs->late.first_at);
 	time_format_ms(cp_at, sizeof(cp_at), vs->late_cp_at);
-	if (vs->late == 1)
-		snprintf(span, sizeof(span), "entry %" PRId64 " is", vs->late_seq);
-	else
-		snprintf(span, sizeof(span), "%" PRIu64 " entries, from entry %" PRId64 ", are",
-		         vs->late, vs->late_seq);
+	run_text(&vs->late, span, sizeof(span));
 	problem(vs,
 	        "%s dated after the checkpoint covering %s was written (the first at %s, "
 	        "covered by the checkpoint of size %" PRIu64 " written at %s): isgd never "
@@ -670,7 +668,7 @@ static void report_late(struct verify *vs)
 	        "while no checkpoint covered them and a restarted isgd then signed them. Ask "
 	        "the admin for isgd's log, and compare with a checkpoint saved outside the "
 	        "gateway (--against)",
-	        span, vs->late == 1 ? "it" : "them", at, vs->late_cp_size, cp_at);
+	        span, vs->late.n == 1 ? "it" : "them", at, vs->late_cp_size, cp_at);
 }
 
 /* "entry N has an earlier time (T) than entry P (T')[, and ...]": note or problem. */
@@ -727,7 +725,8 @@ static void summarise(const struct verify *vs)
 	summarise_times(vs);
 	uint64_t n = vs->tree.size;
 	const struct cp *last = vs->n_stored ? &vs->stored[vs->n_stored - 1] : NULL;
-	uint64_t covered = vs->covered, fresh_from = vs->stale ? vs->stale_last + 1 : covered + 1;
+	uint64_t covered = vs->covered,
+	         fresh_from = vs->stale.n ? (uint64_t)vs->stale.last + 1 : covered + 1;
 	if (fresh_from == n)
 		printf("note: entry %" PRIu64 " is not yet covered by a checkpoint\n", n);
 	else if (fresh_from < n)
@@ -858,7 +857,7 @@ int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_
 		memcpy(res->latest_root, last->root, AUDIT_HASH_LEN);
 	}
 	res->uncovered = vs.covered < vs.tree.size ? vs.tree.size - vs.covered : 0;
-	res->stale = vs.stale;
+	res->stale = vs.stale.n;
 	res->times_back = vs.back;
 	res->times_back_seq = vs.back_seq;
 	res->times_back_max_ms = vs.back_max_ms;

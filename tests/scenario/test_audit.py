@@ -439,9 +439,10 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertIn("note: entries %d..%d (%d) are not yet covered by a checkpoint"
                       % (first + 1, len(self.entries), len(self.entries) - first), r.out)
         # With no grace they are too old.
-        r = self.assertVerifyFails(db, r"problem: %d entries, from entry %d, are covered by no "
-                                       r"signed checkpoint though written more than 0 s ago"
-                                   % (len(self.entries) - first, first + 1),
+        r = self.assertVerifyFails(db, r"problem: %d entries, from entry %d to entry %d, are "
+                                       r"covered by no signed checkpoint though written more "
+                                       r"than 0 s ago"
+                                   % (len(self.entries) - first, first + 1, len(self.entries)),
                                    extra=["--grace", "0"])
         self.assertIn("checkpoints were deleted", r.out)
         self.assertIn("start isgd", r.out)
@@ -489,8 +490,8 @@ class AuditLog(isgtest.ScenarioCase):
         r = self.audit("verify", store=gw.store_path)
         self.assertEqual(r.rc, 1, r)
         late = (r"entry %d is dated after the checkpoint covering it" % n if n == keep + 1
-                else r"%d entries, from entry %d, are dated after the checkpoint covering them"
-                % (n - keep, keep + 1))
+                else r"%d entries, from entry %d to entry %d, are dated after the checkpoint "
+                r"covering them" % (n - keep, keep + 1, n))
         self.assertRegex(r.out, r"problem: %s was written \(the first at \S+, covered by the "
                                 r"checkpoint of size \d+ written at \S+\)" % late, r)
         self.assertRegex(r.out, r"problem: entry %d has an earlier time \(\S+\) than entry %d "
@@ -523,10 +524,10 @@ class AuditLog(isgtest.ScenarioCase):
             statements.append(("UPDATE audit SET entry = ?, at = ? WHERE seq = ?",
                                (leaf, at_ms, seq)))
         db = self.tamper("old-no-checkpoints", *statements)
-        r = self.assertVerifyFails(db, r"problem: %d entries, from entry 1, are covered by no "
-                                       r"signed checkpoint though written more than 600 s ago "
-                                       r"\(the first at 2025-01-01T00:00:00.000Z\)"
-                                   % len(self.entries))
+        r = self.assertVerifyFails(db, r"problem: %d entries, from entry 1 to entry %d, are "
+                                       r"covered by no signed checkpoint though written more "
+                                       r"than 600 s ago \(the first at 2025-01-01T00:00:00.000Z\)"
+                                   % (len(self.entries), len(self.entries)))
         self.assertNotIn("audit log OK", r.out)
         # The report's integrity section says so too.
         r = self.audit("report", "--from", "2025-01-01", "--to", "2025-01-01",

@@ -325,9 +325,9 @@ class CrashWithClockAheadCase(SteppedClockCase):
         innocent = (r"Innocently, isgd stopped without a checkpoint \(a crash, a power cut\) "
                     r"while its clock was ahead and was restarted with the clock corrected: "
                     r"isgd's log then has an audit\.entries_ahead line at that start")
-        self.assertRegex(v.out, r"problem: %d entries, from entry 1, are dated after the "
-                                r"checkpoint covering them was written .*\. %s\. Otherwise"
-                         % (ahead, innocent))
+        self.assertRegex(v.out, r"problem: %d entries, from entry 1 to entry %d, are dated "
+                                r"after the checkpoint covering them was written .*\. %s\. "
+                                r"Otherwise" % (ahead, ahead, innocent))
         self.assertRegex(v.out, r"problem: entry %d has an earlier time \(\S+\) than entry %d "
                                 r"\(\S+\), and entry %d is dated after the checkpoint covering "
                                 r"it was written: .*\. %s\. Otherwise"

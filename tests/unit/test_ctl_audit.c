@@ -617,7 +617,8 @@ static void test_cmd_dated_after_checkpoint(void **state)
 	    tampered(f, "late", "UPDATE checkpoints SET at = at - 5000 WHERE size = 20");
 	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 1);
 	assert_out_has(f,
-	               "problem: 5 entries, from entry 16, are dated after the checkpoint "
+	               "problem: 5 entries, from entry 16 to entry 20, are dated after the "
+	               "checkpoint "
 	               "covering them was written (the first at 2026-11-18T11:06:56.000Z, "
 	               "covered by the checkpoint of size 20 written at 2026-11-18T11:06:55.000Z)");
 	assert_out_has(f, "audit log FAILED verification: 1 problem\n");
