@@ -161,6 +161,7 @@ int audit_where_option(struct audit_where *w, int opt, const char *arg);
 struct audit_log {
 	sqlite3 *db;
 	char *store_path, *keys_dir, *origin; /* keys_dir NULL when not known */
+	char *real_path;                      /* store_path resolved, once opened */
 	int64_t checkpoint_interval_ms; /* the config's audit.checkpoint_interval; 0: unknown */
 	bool in_txn;
 	char key_error[AUDIT_KEY_ERROR_MAX];    /* why audit_log_verifier failed; "" when unknown */

@@ -114,21 +114,27 @@ static int64_t query_int(sqlite3 *db, const char *sql)
 	return v;
 }
 
+/* Whether isgd has the store at path open: its WAL file exists (or cannot be named). */
+static bool wal_exists(const char *path)
+{
+	struct stat st;
+	char wal[4200];
+	return (size_t)snprintf(wal, sizeof(wal), "%s-wal", path) >= sizeof(wal) ||
+	       stat(wal, &st) == 0;
+}
+
 /*
  * The URI that opens path read-only. While isgd runs, its WAL file exists
  * and a read-only connection shares it. When isgd is stopped there is none,
  * and a read-only connection would still create -wal and -shm files, owned
  * by whoever runs isgctl (root, say), which isgd could then not open: so the
  * file is opened immutable, which creates nothing and locks nothing, as no
- * one writes it.
+ * one writes it. path is resolved (realpath): SQLite follows a link to the
+ * file, and isgd's -wal lies beside the file, not beside the link.
  */
-static char *store_uri(const char *path)
+static char *store_uri(const char *path, bool immutable)
 {
 	struct strbuf b;
-	struct stat st;
-	char wal[4200];
-	bool running = (size_t)snprintf(wal, sizeof(wal), "%s-wal", path) >= sizeof(wal) ||
-	               stat(wal, &st) == 0;
 	strbuf_init(&b);
 	strbuf_puts(&b, path[0] == '/' ? "file://" : "file:");
 	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
@@ -137,14 +143,29 @@ static char *store_uri(const char *path)
 		else
 			strbuf_append(&b, (const char *)p, 1);
 	}
-	strbuf_puts(&b, running ? "?mode=ro" : "?mode=ro&immutable=1");
+	strbuf_puts(&b, immutable ? "?mode=ro&immutable=1" : "?mode=ro");
 	return strbuf_take(&b, NULL);
+}
+
+/* The store's file, links followed, in l->real_path. */
+static int resolve_store(struct audit_log *l)
+{
+	l->real_path = realpath(l->store_path, NULL);
+	if (!l->real_path) {
+		ctl_warn("cannot open store '%s': cannot resolve its path: %s", l->store_path,
+		         ctl_errno_text(errno));
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
 }
 
 static int open_store(struct audit_log *l)
 {
 	struct stat st;
-	if (stat(l->store_path, &st) != 0) {
+	int status = resolve_store(l);
+	if (status != CTL_EXIT_OK)
+		return status;
+	if (stat(l->real_path, &st) != 0) {
 		ctl_warn("cannot open store '%s': %s", l->store_path, ctl_errno_text(errno));
 		return CTL_EXIT_LOCAL;
 	}
@@ -152,7 +173,7 @@ static int open_store(struct audit_log *l)
 		ctl_warn("store '%s' is not a regular file", l->store_path);
 		return CTL_EXIT_LOCAL;
 	}
-	char *uri = store_uri(l->store_path);
+	char *uri = store_uri(l->real_path, !wal_exists(l->real_path));
 	if (!uri) {
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;
@@ -284,6 +305,7 @@ void audit_log_release(struct audit_log *l)
 		sqlite3_close(l->db);
 	}
 	free(l->store_path);
+	free(l->real_path);
 	free(l->keys_dir);
 	free(l->origin);
 	memset(l, 0, sizeof(*l));

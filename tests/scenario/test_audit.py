@@ -1307,5 +1307,55 @@ class AuditLog(isgtest.ScenarioCase):
             self.assertIn("usage: isgctl audit " + sub, r.out)
 
 
+
+class AuditStoreOpened(isgtest.ScenarioCase):
+    """How the audit commands open the store: through links, and while isgd runs."""
+
+    def where(self, gw, store):
+        return ["--store", store, "--keys", gw.keys_dir, "--origin", ORIGIN]
+
+    def test_store_through_a_link_while_isgd_runs(self):
+        """
+        A link to the store of a running isgd reads what the store itself reads:
+        isgd's -wal file sits beside the file the link names, not beside the
+        link, and a read that looked for it beside the link opened the file
+        without its WAL, missing every entry not yet copied back, and said so
+        nowhere.
+        """
+        gw = self.gateway(audit={"origin": ORIGIN})
+        police = self.partner(gw, "police")
+        receipts = [police.send_ok([RECORD_A], message_id="link-%d" % i) for i in range(3)]
+        self.assertTrue(os.path.exists(gw.store_path + "-wal"), "isgd keeps a WAL while it runs")
+        link = os.path.join(self.tmp, "link.db")
+        os.symlink(gw.store_path, link)
+        relative = os.path.join(self.tmp, "relative.db")
+        os.symlink(os.path.relpath(link, self.tmp), relative)  # a link to a link, relative
+        config = os.path.join(self.tmp, "linked.yaml")
+        isgtest.write_yaml(config, dict(gw.config, store=dict(gw.config["store"], path=relative)))
+
+        def run(*args):
+            r = isgtest.ctl("audit", *args)
+            self.assertEqual(r.rc, 0, r)
+            return r
+
+        real = run("list", "--format", "jsonl", "--store", gw.store_path).out
+        indexes = [json.loads(line)["index"] for line in real.splitlines()]
+        self.assertLessEqual(receipts[-1]["audit_index"], len(indexes))
+        self.assertEqual(indexes, list(range(1, len(indexes) + 1)))
+        verified = run("verify", *self.where(gw, gw.store_path)).out
+        self.assertIn("audit log OK: %d entries" % len(indexes), verified)
+        for store in (link, relative):
+            self.assertEqual(run("list", "--format", "jsonl", "--store", store).out, real, store)
+            self.assertEqual(run("verify", *self.where(gw, store)).out, verified, store)
+        self.assertEqual(run("list", "--format", "jsonl", "--config", config).out, real)
+        self.assertEqual(run("verify", "--config", config).out, verified)
+        # A link to nothing names the path that could not be resolved.
+        dangling = os.path.join(self.tmp, "dangling.db")
+        os.symlink(os.path.join(self.tmp, "gone.db"), dangling)
+        r = isgtest.ctl("audit", "list", "--store", dangling)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("'%s'" % dangling, r.err)
+        self.assertIn("cannot resolve its path: no such file or directory", r.err)
+
 if __name__ == "__main__":
     unittest.main()
