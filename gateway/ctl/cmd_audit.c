@@ -155,5 +155,8 @@ int cmd_audit(int argc, char **argv)
 		fprintf(out, "\n'isgctl audit COMMAND --help' shows a command's options.\n");
 		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
 	}
-	return ctl_dispatch(audit_commands, ARRAY_LEN(audit_commands), "audit", argc - 1, argv + 1);
+	/* every command's read is over here, however it ended */
+	int status =
+	    ctl_dispatch(audit_commands, ARRAY_LEN(audit_commands), "audit", argc - 1, argv + 1);
+	return audit_log_recheck(status);
 }

@@ -147,6 +147,66 @@ static char *store_uri(const char *path, bool immutable)
 	return strbuf_take(&b, NULL);
 }
 
+/*
+ * The store file as it was when opened immutable (isgd stopped). SQLite
+ * then takes no lock and trusts that no one writes the file, so an isgd
+ * started while a command still reads (an 'audit list | less' left open, a
+ * long report) would write under it unseen: the answer could mix two logs,
+ * or read torn pages. audit_log_recheck looks at the file again once the
+ * command is over. One store per process: each command opens one.
+ */
+static struct {
+	char *shown;     /* the path as given, for the message; NULL: none kept */
+	char *real_path; /* where SQLite read it */
+	struct stat st;
+} snapshot;
+
+static void snapshot_release(void)
+{
+	free(snapshot.shown);
+	free(snapshot.real_path);
+	memset(&snapshot, 0, sizeof(snapshot));
+}
+
+static int snapshot_take(const struct audit_log *l, const struct stat *st)
+{
+	snapshot_release();
+	snapshot.shown = strdup(l->store_path);
+	snapshot.real_path = strdup(l->real_path);
+	snapshot.st = *st;
+	if (!snapshot.shown || !snapshot.real_path) {
+		snapshot_release();
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
+static bool snapshot_unchanged(void)
+{
+	struct stat now;
+	const struct stat *then = &snapshot.st;
+	return stat(snapshot.real_path, &now) == 0 && now.st_dev == then->st_dev &&
+	       now.st_ino == then->st_ino && now.st_size == then->st_size &&
+	       now.st_mtim.tv_sec == then->st_mtim.tv_sec &&
+	       now.st_mtim.tv_nsec == then->st_mtim.tv_nsec && !wal_exists(snapshot.real_path);
+}
+
+int audit_log_recheck(int status)
+{
+	if (!snapshot.real_path)
+		return status;
+	if (!snapshot_unchanged()) {
+		ctl_warn("the store '%s' changed while it was read (isgd started?): nothing here "
+		         "can be trusted; run the command again",
+		         snapshot.shown);
+		if (status == CTL_EXIT_OK)
+			status = CTL_EXIT_LOCAL;
+	}
+	snapshot_release();
+	return status;
+}
+
 /* The store's file, links followed, in l->real_path. */
 static int resolve_store(struct audit_log *l)
 {
@@ -173,7 +233,11 @@ static int open_store(struct audit_log *l)
 		ctl_warn("store '%s' is not a regular file", l->store_path);
 		return CTL_EXIT_LOCAL;
 	}
-	char *uri = store_uri(l->real_path, !wal_exists(l->real_path));
+	/* st, taken before the WAL is looked for: an isgd that starts after it shows */
+	bool immutable = !wal_exists(l->real_path);
+	if (immutable && snapshot_take(l, &st) != CTL_EXIT_OK)
+		return CTL_EXIT_LOCAL;
+	char *uri = store_uri(l->real_path, immutable);
 	if (!uri) {
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;

@@ -17,12 +17,14 @@ import base64
 import contextlib
 import csv
 import datetime
+import fcntl
 import hashlib
 import io
 import json
 import os
 import re
 import resource
+import select
 import shutil
 import signal
 import sqlite3
@@ -44,6 +46,8 @@ RECORD_B = {"nhs_number": NHS_B, "family_name": "okonkwo", "age": 87}
 RECORD_C = {"nhs_number": NHS_C, "age": 19}
 IDENTIFIERS = [NHS_A, NHS_B, NHS_C, "943 476 5919", NAME_A]
 T_NHS = 0x01
+F_SETPIPE_SZ = 1031  # Linux: fcntl.F_SETPIPE_SZ from Python 3.10
+PIPE_PAGE = 4096
 
 
 def leaf_hash(entry):
@@ -1356,6 +1360,84 @@ class AuditStoreOpened(isgtest.ScenarioCase):
         self.assertEqual(r.rc, 1, r)
         self.assertIn("'%s'" % dangling, r.err)
         self.assertIn("cannot resolve its path: no such file or directory", r.err)
+
+    def read_blocked(self, args, meanwhile):
+        """
+        Run isgctl audit ARGS with its standard output a pipe of one page that
+        nobody reads until it holds something: by then the store is open and
+        being read, and the command cannot end (its output is larger than the
+        pipe and stdio's buffer). Then meanwhile(), then read the rest.
+        Returns a CtlResult.
+        """
+        r, w = os.pipe()
+        with open(r, "rb") as out:
+            fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_PAGE)
+            argv = [isgtest.ISGCTL] + list(args)
+            p = subprocess.Popen(argv, stdout=w, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL)
+            os.close(w)
+            try:
+                ready, _, _ = select.select([out], [], [], isgtest.CTL_TIMEOUT)
+                self.assertTrue(ready, "isgctl wrote nothing")
+                self.assertIsNone(p.poll(), "isgctl ended before it was blocked")
+                meanwhile()
+                got = out.read()
+                err = p.stderr.read().decode()
+                p.wait(timeout=isgtest.CTL_TIMEOUT)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                p.stderr.close()
+        return isgtest.CtlResult(p.returncode, got.decode(), err, argv)
+
+    def test_a_store_that_changes_while_it_is_read(self):
+        """
+        With isgd stopped the store is read immutable: no lock, and SQLite
+        trusts that no one writes the file. An isgd started during a long
+        read (an 'audit list | less' left open) writes under it, so the
+        command must not end as if its answer were the log's.
+        """
+        gw = self.gateway(audit={"origin": ORIGIN})
+        police = self.partner(gw, "police")
+        for i in range(40):
+            police.send_ok([RECORD_A, RECORD_B], message_id="long-%d" % i)
+        gw.stop()
+        list_args = ["audit", "list", "--format", "jsonl", "--store", gw.store_path]
+        before = isgtest.ctl(*list_args)
+        self.assertEqual(before.rc, 0, before)
+        # The pipe is a page, stdio's buffer at most two: the list cannot fit in them.
+        self.assertGreater(len(before.out), 4 * PIPE_PAGE + 16384)
+        changed = "the store '%s' changed while it was read (isgd started?)" % gw.store_path
+        # Nothing changes: the same list, exit 0 (the pipe alone is no change).
+        r = self.read_blocked(list_args, lambda: None)
+        self.assertEqual((r.rc, r.out, r.err), (0, before.out, ""), r)
+
+        def isgd_runs_a_while():
+            gw.start()
+            police.send_ok([RECORD_C], message_id="during")
+            gw.stop()
+
+        r = self.read_blocked(list_args, isgd_runs_a_while)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn(changed, r.err)
+        self.assertIn("nothing here can be trusted; run the command again", r.err)
+        for ident in IDENTIFIERS:
+            self.assertNotIn(ident, r.err)
+        # isgd still running when the read ends (its WAL is there), through a link: named so.
+        link = os.path.join(self.tmp, "link.db")
+        os.symlink(gw.store_path, link)
+        export_args = ["audit", "export"] + self.where(gw, link)
+        before = isgtest.ctl(*export_args)
+        self.assertEqual(before.rc, 0, before)
+        self.assertGreater(len(before.out), 4 * PIPE_PAGE + 16384)
+        r = self.read_blocked(export_args, gw.start)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("the store '%s' changed while it was read (isgd started?)" % link, r.err)
+        # Run again, it reads the log as it now is.
+        r = isgtest.ctl(*export_args)
+        self.assertEqual((r.rc, r.err), (0, ""), r)
+        self.assertGreater(len(r.out), len(before.out))
 
 if __name__ == "__main__":
     unittest.main()
