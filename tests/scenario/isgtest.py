@@ -42,7 +42,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1154,6 +1156,65 @@ def pb_record_dict(rec):
 
 
 # --------------------------------------------------------------------------
+# Threads whose exceptions are not lost.
+
+_threads = []  # every Thread made, for ScenarioCase's check at the end of a test
+_threads_lock = threading.Lock()
+
+
+class Thread(threading.Thread):
+    """
+    A threading.Thread (a daemon unless told) whose target may raise: the
+    exception is kept and join() raises it in the joining thread, so a
+    protocol violation or a failed assertion in a test's worker fails the
+    test instead of printing a traceback and ending the thread quietly.
+    A ScenarioCase also fails when a thread it started raised and nothing
+    joined it since (a join that timed out, or an assertion that failed first).
+    """
+
+    def __init__(self, target, args=(), kwargs=None, name=None, daemon=True):
+        super().__init__(target=target, args=args, kwargs=kwargs, name=name, daemon=daemon)
+        self.exception = None
+        self._reported = False
+        with _threads_lock:
+            _threads.append(self)
+
+    def run(self):
+        try:
+            super().run()
+        except BaseException as e:  # kept for join(), never dropped
+            self.exception = e
+
+    def join(self, timeout=None):
+        super().join(timeout)
+        self.raise_exception()
+
+    def raise_exception(self):
+        """Raise what the target raised, once; nothing while it runs or when it returned."""
+        if self.exception is not None and not self._reported:
+            self._reported = True
+            raise self.exception
+
+
+def unreported_thread_exceptions(since=0):
+    """Exceptions of the Threads made since index `since` that no join() raised yet (marked raised now)."""
+    with _threads_lock:
+        threads = _threads[since:]
+    out = []
+    for t in threads:
+        try:
+            t.raise_exception()
+        except BaseException as e:
+            out.append((t, e))
+    return out
+
+
+def _thread_count():
+    with _threads_lock:
+        return len(_threads)
+
+
+# --------------------------------------------------------------------------
 # Test case base.
 
 def binaries_present():
@@ -1184,6 +1245,16 @@ class ScenarioCase(unittest.TestCase):
         self.tmp = make_tmpdir("isg-%s-" % self._testMethodName)
         self.addCleanup(remove_tmpdir, self.tmp)
         self._gateways = []
+        # Cleanups run last first: this one after the gateways' (added
+        # later) are stopped, when the test's threads have ended.
+        self.addCleanup(self._check_threads, _thread_count())
+
+    def _check_threads(self, since):
+        lost = unreported_thread_exceptions(since)
+        if lost:
+            raise AssertionError("%d test thread(s) raised and nothing joined them:\n%s" % (
+                len(lost), "\n".join("--- %s\n%s" % (t.name, "".join(
+                    traceback.format_exception(type(e), e, e.__traceback__))) for t, e in lost)))
 
     def run(self, result=None):
         if result is None:

@@ -286,5 +286,37 @@ class SanitizerReportTest(unittest.TestCase):
         gw.close(strict=True)  # nothing running, nothing new
 
 
+class ThreadTest(unittest.TestCase):
+    """isgtest.Thread: what a test's worker raises is never lost."""
+
+    def test_join_raises_what_the_target_raised(self):
+        def boom():
+            raise ValueError("from the thread")
+        t = isgtest.Thread(boom)
+        t.start()
+        with self.assertRaisesRegex(ValueError, "from the thread"):
+            t.join(10)
+        t.join(10)  # raised once: a second join is quiet
+        self.assertEqual(isgtest.unreported_thread_exceptions(), [])
+
+    def test_join_returns_what_ended_well(self):
+        got = []
+        t = isgtest.Thread(got.append, args=(1,))
+        t.start()
+        t.join(10)
+        self.assertEqual(got, [1])
+
+    def test_a_scenario_fails_on_a_thread_nobody_joined(self):
+        since = isgtest._thread_count()
+        case = isgtest.ScenarioCase()  # its check alone: no isgd
+        case._check_threads(since)
+        t = isgtest.Thread(lambda: 1 / 0, name="worker")
+        t.start()
+        threading.Thread.join(t, 10)  # the plain join: isgtest.Thread's would raise it
+        with self.assertRaisesRegex(AssertionError, "(?s)1 test thread.*--- worker.*ZeroDivisionError"):
+            case._check_threads(since)
+        case._check_threads(since)  # said once
+
+
 if __name__ == "__main__":
     unittest.main()
