@@ -1033,9 +1033,12 @@ class TestCrashUnderLoad(FaultCase):
 
     def load_and_kill(self, gw, model, rnd):
         stop = threading.Event()
-        threads = [threading.Thread(target=self.sender, args=(gw, model, rnd, k, stop), daemon=True)
+        # A load thread ends quietly only when isgd goes away (OSError, EOF,
+        # TLS error); anything else it raises (a reply to another request_id,
+        # a frame that does not decode, a bug here) join() raises below.
+        threads = [isgtest.Thread(self.sender, args=(gw, model, rnd, k, stop), name="sender %d" % k)
                    for k in range(SENDERS)]
-        threads.append(threading.Thread(target=self.recipient, args=(gw, model, stop), daemon=True))
+        threads.append(isgtest.Thread(self.recipient, args=(gw, model, stop), name="recipient"))
         for t in threads:
             t.start()
         # isgd is an order of magnitude slower under valgrind: let it get going before the kill.
@@ -1047,7 +1050,10 @@ class TestCrashUnderLoad(FaultCase):
         self.assertEqual(gw.last_rc, -9, self.where("isgd was not killed by SIGKILL"))
         stop.set()
         for t in threads:
-            t.join(30 * isgtest.SLOW)
+            try:
+                t.join(30 * isgtest.SLOW)
+            except Exception as e:
+                raise AssertionError(self.where("the %s thread raised %r" % (t.name, e))) from e
             self.assertFalse(t.is_alive(), self.where("a load thread hangs after the kill"))
         self.assertChildrenGone(children)
         self.assertValgrindClean(gw)
