@@ -1280,10 +1280,10 @@ class TestPartnerRemoved(HardeningCase):
                 self.expect(c.request(ping=pb.Ping(nonce=1)), "pong")
             ended, busy_ended, stop = [], [], threading.Event()
             flowing = threading.Semaphore(0)
-            threads = [threading.Thread(target=stream, args=(c, pings, ended, flowing),
-                                        daemon=True) for c in conns]
-            threads += [threading.Thread(target=stream, args=(c, sends, busy_ended, flowing, stop),
-                                         daemon=True) for c in busy]
+            # isgtest.Thread: what a stream raises besides a cut (OSError,
+            # TLS error) join() raises, instead of a connection not "ended".
+            threads = [isgtest.Thread(stream, args=(c, pings, ended, flowing)) for c in conns]
+            threads += [isgtest.Thread(stream, args=(c, sends, busy_ended, flowing, stop)) for c in busy]
             for t in threads:
                 t.start()
             # Cut only once every connection's requests flow: a cut before

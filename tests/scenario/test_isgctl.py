@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import termios
-import threading
 import time
 import unittest
 
@@ -119,7 +118,7 @@ class IsgctlCase(isgtest.ScenarioCase):
         argv = [isgtest.ISGCTL, "fetch", "--follow"] + nhs.conn_flags()
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lines = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")))
+        reader = isgtest.Thread(lambda: lines.extend(iter(p.stdout.readline, "")), name="reader")
         reader.start()
         police.send_ok([RECORD_B], message_id="during")
         deadline = time.time() + 10
@@ -214,7 +213,8 @@ class IsgctlCase(isgtest.ScenarioCase):
     def test_long_poll_returns_when_a_message_arrives(self):
         gw, police, nhs = self.start()
         result = {}
-        t = threading.Thread(target=lambda: result.update(r=nhs.fetch(wait=20000)))
+        # isgtest.Thread: a fetch that raises (a timeout) says so at the join, not as a KeyError.
+        t = isgtest.Thread(lambda: result.update(r=nhs.fetch(wait=20000)), name="fetch")
         start = time.time()
         t.start()
         time.sleep(0.5)
