@@ -714,7 +714,8 @@ class TestSubscriberWindow(ExchangeCase):
 
 class TestShutdown(ExchangeCase):
     def test_sigterm_with_connected_clients(self):
-        """(g) SIGTERM: isgd exits 0 promptly with an idle client and a long-polling one."""
+        """(g) SIGTERM: isgd exits 0 promptly with an idle client and a long-polling one,
+        which is told: `isgctl fetch --wait` exits 5, UNAVAILABLE (docs/isgctl.md, fetch)."""
         gw, police, nhs = self.start()
         ctx = isgtest.tls_context(self.pki.certs["police"], self.pki.server_ca.cert)
         raw = socket.create_connection(("127.0.0.1", gw.port), timeout=5 * isgtest.SLOW)
@@ -726,7 +727,14 @@ class TestShutdown(ExchangeCase):
         poll = subprocess.Popen(
             [isgtest.ISGCTL, "fetch"] + nhs.conn_flags() + ["--wait", "60000"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.addCleanup(poll.kill)
+
+        def reap():
+            if poll.poll() is None:
+                poll.kill()
+            poll.wait()
+            poll.stdout.close()
+            poll.stderr.close()
+        self.addCleanup(reap)
         time.sleep(0.5 * isgtest.SLOW)
         if poll.poll() is not None:
             self.fail("long-poll fetch ended early: %r" % (poll.communicate(),))
@@ -735,9 +743,12 @@ class TestShutdown(ExchangeCase):
         if not isgtest.VALGRIND:
             self.assertLess(took, 3.0, "isgd took %.1fs to exit on SIGTERM" % took)
         try:
-            poll.wait(5 * isgtest.SLOW)
+            out, err = poll.communicate(timeout=5 * isgtest.SLOW)
         except subprocess.TimeoutExpired:
             self.fail("isgctl fetch --wait still running 5s after isgd exited")
+        # Nothing was waiting, so nothing printed; the gateway said it stops, so 5, not 4.
+        self.assertEqual((poll.returncode, out), (5, ""), err)
+        self.assertRegex(err, r"^isgctl: refused: UNAVAILABLE: the gateway is shutting down;")
         idle.settimeout(2 * isgtest.SLOW)
         try:
             self.assertEqual(idle.recv(1), b"", "data on the idle connection at shutdown")
