@@ -589,9 +589,14 @@ def pseudonym(key, key_version, type_byte, normalised):
 # The daemon.
 
 def free_port():
+    """A port free now: nothing keeps it free until isgd binds it (see Gateway.start)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# How often Gateway.start moves isgd to another port when its own was taken.
+PORT_RETRIES = 3
 
 
 def _merge(base, over):
@@ -719,16 +724,51 @@ class Gateway:
         return cmd
 
     def start(self):
+        """
+        Start isgd and wait until it serves. The port free_port() chose when
+        this Gateway was made is only free until someone binds it: another
+        test process (ctest -j2) may have taken it by now, before a first
+        start or between a stop and a start, or a client's connection may
+        hold it as its local port. When isgd exits saying so and listen is
+        still the harness's own 127.0.0.1:port, start moves it to a new port
+        (config rewritten, the move noted in the log) and tries again, up to
+        PORT_RETRIES times. A listen the test set itself is left alone: a
+        test that chose the address (another host, a port taken on purpose)
+        gets the failure.
+        """
         assert not self.running, "isgd already running"
-        since = self._log_size()
+        for attempt in range(PORT_RETRIES + 1):
+            since = self._log_size()
+            with open(self.log_path, "a") as log:
+                log.write("# isgtest: start %d: %s\n" % (self.starts + 1, " ".join(self.argv())))
+                log.flush()
+                self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                             preexec_fn=_die_with_parent)
+            self.starts += 1
+            self._final_log = None
+            try:
+                self.wait_ready(since=since)
+                return
+            except SanitizerReport:
+                raise
+            except AssertionError:
+                if attempt == PORT_RETRIES or self.proc is not None or not self._port_taken(since):
+                    raise
+            self._move_port()
+
+    def _port_taken(self, since):
+        """isgd exited because its port, the harness's choice, was taken."""
+        own = "127.0.0.1:%d" % self.port
+        return (self.config.get("listen") == own
+                and re.search(r"^isgd: cannot listen on %s: (another process is listening on it"
+                              r"|Address already in use)" % re.escape(own), self.log[since:], re.M))
+
+    def _move_port(self):
+        old, self.port = self.port, free_port()
+        self.config["listen"] = "127.0.0.1:%d" % self.port
+        self.write_config()
         with open(self.log_path, "a") as log:
-            log.write("# isgtest: start %d: %s\n" % (self.starts + 1, " ".join(self.argv())))
-            log.flush()
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         preexec_fn=_die_with_parent)
-        self.starts += 1
-        self._final_log = None
-        self.wait_ready(since=since)
+            log.write("# isgtest: port %d was taken: listen moved to %s\n" % (old, self.config["listen"]))
 
     def wait_ready(self, timeout=START_TIMEOUT, since=0):
         """

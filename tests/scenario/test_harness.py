@@ -3,7 +3,8 @@ Self-tests of the scenario harness (isgtest.py) that need no ISG binary:
 the generated PKI really has the properties the scenarios rely on, the
 YAML writer emits what the config and policy loaders expect, and the
 Python wire codec frames and parses as the protobuf "delimited" convention
-says. A local Python TLS server stands in for isgd.
+says. A local Python TLS server stands in for isgd. Only GatewayPortTest
+starts isgd (and is skipped without it).
 """
 
 import os
@@ -323,6 +324,43 @@ class ThreadTest(unittest.TestCase):
         with self.assertRaisesRegex(AssertionError, "(?s)1 test thread.*--- worker.*ZeroDivisionError"):
             case._check_threads(since)
         case._check_threads(since)  # said once
+
+
+class GatewayPortTest(isgtest.ScenarioCase):
+    """Gateway.start and a port taken since free_port chose it (needs isgd: skipped without)."""
+
+    def take(self, port):
+        s = socket.create_server(("127.0.0.1", port))
+        self.addCleanup(s.close)
+        return s
+
+    def test_start_moves_from_a_taken_port(self):
+        gw = self.gateway(start=False)
+        first = gw.port
+        self.take(first)
+        gw.start()
+        self.assertNotEqual(gw.port, first)
+        self.assertEqual(gw.address, "127.0.0.1:%d" % gw.port)
+        self.assertIn("# isgtest: port %d was taken: listen moved to %s" % (first, gw.address), gw.log)
+        self.assertIn("event=isgd.started listen=%s " % gw.address, gw.log)
+        # and between a stop and a start
+        gw.stop()
+        second = gw.port
+        self.take(second)
+        gw.start()
+        self.assertNotIn(gw.port, (first, second))
+        with isgtest.FrameConn(gw, self.pki.certs["police"]) as c:
+            pb = isgtest.isg_pb2()
+            self.assertEqual(c.request(ping=pb.Ping(nonce=5)).pong.nonce, 5)
+
+    def test_a_listen_the_test_chose_is_kept(self):
+        port = isgtest.free_port()
+        self.take(port)
+        gw = self.gateway(start=False, listen="127.0.0.1:%d" % port)
+        with self.assertRaisesRegex(AssertionError, "exited with 1 during start-up"):
+            gw.start()
+        self.assertEqual(gw.address, "127.0.0.1:%d" % port)
+        self.assertEqual(gw.starts, 1)
 
 
 if __name__ == "__main__":
