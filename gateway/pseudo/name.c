@@ -39,15 +39,24 @@ static const char *const latin_fold[0x180 - 0xc0] = {
 };
 /* clang-format on */
 
-/* Ranges of code points refused in names: symbols, punctuation, invisibles. */
+/*
+ * Ranges of code points refused in names: symbols, punctuation, invisibles.
+ * An invisible character kept in a name would give it a second pseudonym
+ * that nobody can see the reason for.
+ */
 static const struct {
 	uint32_t lo, hi;
 } refused[] = {
     {0x00a1, 0x00bf},    /* Latin-1 punctuation and symbols (´ is handled first) */
     {0x02b0, 0x02ff},    /* spacing modifier letters (ʻ ʼ are handled first) */
+    {0x061c, 0x061c},    /* Arabic letter mark, invisible */
+    {0x115f, 0x1160},    /* Hangul choseong and jungseong fillers, invisible */
+    {0x17b4, 0x17b5},    /* Khmer inherent vowels, invisible */
+    {0x180e, 0x180e},    /* Mongolian vowel separator, invisible */
     {0x2000, 0x2bff},    /* general punctuation to miscellaneous symbols */
     {0x2e00, 0x2e7f},    /* supplemental punctuation */
     {0x3000, 0x303f},    /* CJK symbols and punctuation */
+    {0x3164, 0x3164},    /* Hangul filler, invisible */
     {0xd800, 0xf8ff},    /* surrogates and private use */
     {0xfe00, 0xfe6f},    /* variation selectors, vertical and small forms */
     {0xfeff, 0xfeff},    /* byte order mark */

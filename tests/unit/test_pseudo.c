@@ -335,6 +335,16 @@ static void test_name(void **state)
 	expect_refused(PSEUDO_NAME, "Bob\xef\xbb\xbf",
 	               "name contains a character that is not a letter");
 	expect_refused(PSEUDO_NAME, "'-. ,", "name has no letters");
+
+	/* Invisible characters outside U+2000..U+2BFF: Arabic letter mark,
+	 * Hangul fillers, Khmer inherent vowels, Mongolian vowel separator. */
+	static const char *const invisible[] = {
+	    "Ali\u061c", "\u115fAli", "Ali\u1160", "Ali\u17b4",
+	    "Ali\u17b5", "Ali\u180e", "Ali\u3164", "Ali \u3164 Khan",
+	};
+	for (size_t i = 0; i < ARRAY_LEN(invisible); i++)
+		expect_refused(PSEUDO_NAME, invisible[i],
+		               "name contains a character that is not a letter");
 }
 
 static void test_email(void **state)
