@@ -67,11 +67,15 @@ YAML
 }
 
 # Start isgd from DIR/isgd.yaml, log to DIR/isgd.log; sets isgd_pid and waits
-# until a partner certificate gets an answer.
+# until a partner certificate gets an answer. A caller that keeps an array
+# named `started` of what it must stop on exit gets the pid added to it at
+# once, before the wait can fail, so its EXIT trap stops an isgd that runs
+# but never answers.
 isgd_start() { # bin-dir dir port
 	mkdir -p "$2/data"
 	"$1/isgd" --config "$2/isgd.yaml" 2>"$2/isgd.log" &
 	isgd_pid=$!
+	if declare -p started >/dev/null 2>&1; then started+=("$isgd_pid"); fi
 	for _ in $(seq 100); do
 		"$1/isgctl" whoami --gateway "127.0.0.1:$3" --cert "$2/pki/met-police.crt" \
 			--key "$2/pki/met-police.key" --ca "$2/pki/gateway-ca.crt" >/dev/null 2>&1 && return 0
