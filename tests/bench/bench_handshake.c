@@ -7,17 +7,22 @@
  *                       [--label TEXT]
  *
  * T threads each connect, handshake (presenting the client certificate and
- * verifying the server's against the CA), wait for the server's first
- * session ticket, which a TLS 1.3 server sends only once it has checked the
- * client's certificate and Finished, then send close_notify and reset the
- * connection (so no TIME_WAIT piles up). With --resume every handshake after
- * a thread's first offers the newest ticket it holds; a handshake that was
- * not resumed is counted as a failure. Prints handshakes per second, the
- * median of N runs of S seconds, with --pid the server's CPU time per
- * handshake (utime + stime from /proc/PID/stat), and "RESULT label ..." last.
+ * verifying the server's against the CA), wait up to 5 s for the server's
+ * first session ticket, which a TLS 1.3 server sends only once it has
+ * checked the client's certificate and Finished, then send close_notify and
+ * reset the connection (so no TIME_WAIT piles up). With --resume each thread
+ * first makes one full handshake for a ticket, before the clock starts and
+ * not counted; every handshake after it offers the newest ticket the thread
+ * holds, and only those the server resumed are counted. Prints handshakes
+ * per second, the median of N runs of S seconds, with --pid the server's
+ * CPU time per handshake (utime + stime from /proc/PID/stat), and
+ * "RESULT label ..." last, with the failed and not resumed handshakes of all
+ * runs. Exits 1 when any handshake failed (no ticket within 5 s is a
+ * failure) or, with --resume, was not resumed.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -29,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +44,11 @@
 #include "bench.h"
 
 #define MAX_RUNS 100
+#define TICKET_WAIT_S 5
+#define HANDSHAKE_WAIT_S 10 /* per read or write; s_server serves one connection at a time */
+#define MAX_FAILED 1000     /* per thread and run: then it stops */
+
+enum hs_result { HS_OK, HS_FAILED, HS_NO_TICKET, HS_NOT_RESUMED };
 
 struct opts {
 	const char *cert, *key, *ca, *label;
@@ -51,8 +62,10 @@ struct opts {
 struct worker {
 	const struct opts *o;
 	SSL_CTX *ctx;
-	double deadline;
-	unsigned long done, not_resumed, failed;
+	pthread_barrier_t *start; /* the clock starts once every thread is here */
+	/* Handshakes counted; failed (no_ticket of them without a ticket in
+	 * time); not resumed though a ticket was offered. */
+	unsigned long done, failed, no_ticket, not_resumed;
 	SSL_SESSION *session; /* newest ticket */
 	bool got_ticket;
 };
@@ -99,6 +112,11 @@ static int tcp_connect(const struct opts *o)
 	inet_pton(AF_INET, o->host, &a.sin_addr);
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* A server that accepts but never finishes the handshake fails it
+	 * (SSL_connect's reads and writes time out) rather than hang the run. */
+	struct timeval tv = {.tv_sec = HANDSHAKE_WAIT_S};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
 		close(fd);
 		return -1;
@@ -106,44 +124,61 @@ static int tcp_connect(const struct opts *o)
 	return fd;
 }
 
-/* One handshake; 0 when it completed and a ticket arrived. */
-static int handshake(struct worker *w)
+/*
+ * The server's first session ticket, within TICKET_WAIT_S. The socket is
+ * non-blocking from here, so the wait is bounded also when the server sends
+ * none (s_server -num_tickets 0) and keeps the connection open.
+ */
+static enum hs_result wait_ticket(struct worker *w, SSL *ssl, int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+		return HS_FAILED;
+	double until = bench_now_s() + TICKET_WAIT_S;
+	while (!w->got_ticket) {
+		char c;
+		int r = SSL_read(ssl, &c, 1);
+		if (w->got_ticket || r > 0)
+			continue;
+		int e = SSL_get_error(ssl, r);
+		if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+			return HS_FAILED; /* closed, or an alert: no ticket will come */
+		double left = until - bench_now_s();
+		if (left <= 0)
+			return HS_NO_TICKET;
+		struct pollfd p = {.fd = fd, .events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
+		if (poll(&p, 1, (int)(left * 1000) + 1) < 0 && errno != EINTR)
+			return HS_FAILED;
+	}
+	return HS_OK;
+}
+
+/* One handshake: HS_OK when it completed, a ticket arrived and, when a
+ * ticket was offered, the server resumed the session. */
+static enum hs_result handshake(struct worker *w)
 {
 	int fd = tcp_connect(w->o);
 	if (fd < 0)
-		return -1;
+		return HS_FAILED;
 	SSL *ssl = SSL_new(w->ctx);
-	int rc = -1;
+	enum hs_result rc = HS_FAILED;
 	if (!ssl)
 		goto out;
 	SSL_set_ex_data(ssl, ex_index, w);
 	SSL_set_fd(ssl, fd);
 	X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), w->o->host);
-	if (w->session)
+	bool offered = w->session != NULL;
+	if (offered)
 		SSL_set_session(ssl, w->session);
 	w->got_ticket = false;
 	if (SSL_connect(ssl) != 1)
 		goto out;
-	if (w->session && !SSL_session_reused(ssl))
-		w->not_resumed++;
-	/* The ticket comes after the server has checked our certificate and Finished. */
-	struct pollfd p = {.fd = fd, .events = POLLIN};
-	double until = bench_now_s() + 5;
-	while (!w->got_ticket && bench_now_s() < until) {
-		char c;
-		int r = SSL_read(ssl, &c, 1);
-		if (r > 0)
-			continue;
-		int e = SSL_get_error(ssl, r);
-		if (e != SSL_ERROR_WANT_READ || w->got_ticket)
-			break;
-		if (poll(&p, 1, 1000) < 0 && errno != EINTR)
-			break;
-	}
-	if (w->got_ticket) {
-		rc = 0;
+	bool resumed = SSL_session_reused(ssl);
+	rc = wait_ticket(w, ssl, fd);
+	if (rc == HS_OK && offered && !resumed)
+		rc = HS_NOT_RESUMED;
+	if (rc == HS_OK || rc == HS_NOT_RESUMED)
 		SSL_shutdown(ssl);
-	}
 out:
 	ERR_clear_error();
 	SSL_free(ssl);
@@ -153,13 +188,44 @@ out:
 	return rc;
 }
 
+static void count(struct worker *w, enum hs_result r)
+{
+	switch (r) {
+	case HS_OK:
+		w->done++;
+		break;
+	case HS_NOT_RESUMED:
+		w->not_resumed++;
+		break;
+	case HS_NO_TICKET:
+		w->no_ticket++;
+		w->failed++;
+		break;
+	case HS_FAILED:
+		w->failed++;
+		break;
+	}
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
-	while (bench_now_s() < w->deadline) {
-		if (handshake(w) == 0)
-			w->done++;
-		else if (++w->failed > 1000)
+	/* With --resume, the full handshake that gets the first ticket is
+	 * made before the clock starts and is not counted (unless it fails). */
+	bool ready = true;
+	if (w->o->resume) {
+		enum hs_result r = handshake(w);
+		if (r != HS_OK) {
+			count(w, r);
+			ready = false;
+		}
+	}
+	pthread_barrier_wait(w->start);
+	double deadline = bench_now_s() + w->o->seconds;
+	while (ready && bench_now_s() < deadline) {
+		enum hs_result r = handshake(w);
+		count(w, r);
+		if (r != HS_OK && w->failed + w->not_resumed > MAX_FAILED)
 			break;
 	}
 	return NULL;
@@ -184,6 +250,48 @@ static SSL_CTX *client_ctx(const struct opts *o)
 	/* The non-blocking read after the handshake needs SSL_read to return. */
 	SSL_CTX_clear_mode(ctx, SSL_MODE_AUTO_RETRY);
 	return ctx;
+}
+
+struct run_totals {
+	unsigned long done, failed, no_ticket, not_resumed;
+	double secs, cpu_s; /* cpu_s: the server's, 0 without --pid */
+};
+
+/* One run of o->seconds: T threads, timed from when all are ready. */
+static int run_once(const struct opts *o, SSL_CTX *ctx, struct run_totals *t)
+{
+	struct worker *ws = calloc(o->threads, sizeof(*ws));
+	pthread_t *th = calloc(o->threads, sizeof(*th));
+	pthread_barrier_t start;
+	int rc = -1;
+	if (!ws || !th || pthread_barrier_init(&start, NULL, o->threads + 1) != 0)
+		goto out;
+	for (unsigned i = 0; i < o->threads; i++) {
+		ws[i] = (struct worker){.o = o, .ctx = ctx, .start = &start};
+		if (pthread_create(&th[i], NULL, worker_main, &ws[i]) != 0) {
+			fprintf(stderr, "isg-bench-handshake: cannot start thread %u\n", i + 1);
+			exit(1); /* the others wait at the barrier */
+		}
+	}
+	pthread_barrier_wait(&start);
+	double t0 = bench_now_s(), cpu0 = o->pid ? proc_cpu_s(o->pid) : 0;
+	*t = (struct run_totals){0};
+	for (unsigned i = 0; i < o->threads; i++) {
+		pthread_join(th[i], NULL);
+		t->done += ws[i].done;
+		t->failed += ws[i].failed;
+		t->no_ticket += ws[i].no_ticket;
+		t->not_resumed += ws[i].not_resumed;
+		SSL_SESSION_free(ws[i].session);
+	}
+	t->secs = bench_now_s() - t0;
+	t->cpu_s = o->pid ? proc_cpu_s(o->pid) - cpu0 : 0;
+	pthread_barrier_destroy(&start);
+	rc = 0;
+out:
+	free(ws);
+	free(th);
+	return rc;
 }
 
 static void usage(void)
@@ -262,40 +370,27 @@ int main(int argc, char **argv)
 	if (!ctx)
 		return 1;
 	double rates[MAX_RUNS], cpu_ms[MAX_RUNS];
+	unsigned long failed = 0, no_ticket = 0, not_resumed = 0;
 	printf("%s: %s handshakes, %u threads, %u runs of %u s\n", o.label,
 	       o.resume ? "resumed" : "full", o.threads, o.runs, o.seconds);
 	for (unsigned r = 0; r < o.runs; r++) {
-		struct worker *ws = calloc(o.threads, sizeof(*ws));
-		pthread_t *th = calloc(o.threads, sizeof(*th));
-		if (!ws || !th)
+		struct run_totals t;
+		if (run_once(&o, ctx, &t) != 0)
 			return 1;
-		double t0 = bench_now_s(), cpu0 = o.pid ? proc_cpu_s(o.pid) : 0;
-		for (unsigned i = 0; i < o.threads; i++) {
-			ws[i] = (struct worker){.o = &o, .ctx = ctx, .deadline = t0 + o.seconds};
-			pthread_create(&th[i], NULL, worker_main, &ws[i]);
-		}
-		unsigned long done = 0, not_resumed = 0, failed = 0;
-		for (unsigned i = 0; i < o.threads; i++) {
-			pthread_join(th[i], NULL);
-			done += ws[i].done;
-			not_resumed += ws[i].not_resumed;
-			failed += ws[i].failed;
-			SSL_SESSION_free(ws[i].session);
-		}
-		double secs = bench_now_s() - t0;
-		rates[r] = (double)done / secs;
-		cpu_ms[r] = o.pid && done ? (proc_cpu_s(o.pid) - cpu0) * 1000 / (double)done : 0;
-		printf("  run %u: %8.0f handshakes/s (%lu failed, %lu not resumed)", r + 1,
-		       rates[r], failed, o.resume ? not_resumed : 0);
+		rates[r] = (double)t.done / t.secs;
+		cpu_ms[r] = o.pid && t.done ? t.cpu_s * 1000 / (double)t.done : 0;
+		printf("  run %u: %8.0f handshakes/s (%lu failed, %lu of them without a session "
+		       "ticket within %d s; %lu not resumed)",
+		       r + 1, rates[r], t.failed, t.no_ticket, TICKET_WAIT_S, t.not_resumed);
 		if (o.pid)
 			printf(", server %.2f CPU-ms each", cpu_ms[r]);
 		printf("\n");
-		free(ws);
-		free(th);
-		if (done == 0 || (o.resume && not_resumed > o.threads)) {
-			fprintf(stderr, "isg-bench-handshake: %s\n",
-			        done ? "the server did not resume sessions"
-			             : "no handshake completed");
+		failed += t.failed;
+		no_ticket += t.no_ticket;
+		not_resumed += t.not_resumed;
+		if (t.done == 0) {
+			fprintf(stderr, "isg-bench-handshake: no handshake %s in run %u\n",
+			        o.resume ? "was resumed" : "completed", r + 1);
 			return 1;
 		}
 	}
@@ -303,8 +398,18 @@ int main(int argc, char **argv)
 	printf("  median: %8.0f handshakes/s", med);
 	if (o.pid)
 		printf(", server %.2f CPU-ms each", cpu);
-	printf("\nRESULT %s resume=%d hs_s=%.1f server_cpu_ms=%.3f\n", o.label, o.resume ? 1 : 0,
-	       med, cpu);
+	printf("\nRESULT %s resume=%d hs_s=%.1f server_cpu_ms=%.3f failed=%lu not_resumed=%lu\n",
+	       o.label, o.resume ? 1 : 0, med, cpu, failed, not_resumed);
 	SSL_CTX_free(ctx);
-	return 0;
+	if (failed)
+		fprintf(stderr,
+		        "isg-bench-handshake: %lu handshakes failed, %lu of them without a session "
+		        "ticket within %d s\n",
+		        failed, no_ticket, TICKET_WAIT_S);
+	if (not_resumed)
+		fprintf(stderr,
+		        "isg-bench-handshake: the server did not resume %lu sessions it was "
+		        "offered\n",
+		        not_resumed);
+	return failed || not_resumed ? 1 : 0;
 }
