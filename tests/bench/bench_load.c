@@ -16,15 +16,21 @@
  * Without recipients, messages go to --to and stay undelivered.
  *
  * A run ends when every message has its receipt and, with recipients, has
- * been delivered and acknowledged. Printed per run and as the median of N
- * runs (each metric's median on its own): messages/s, records/s,
- * send-to-receipt and send-to-delivery latency p50/p99, and for the
- * processes named by --pid (the server side) the CPU seconds they used per
- * million records (utime + stime from /proc/PID/stat) and their peak RSS
- * (VmHWM, summed), and the CPU seconds this load generator used per million
- * records (getrusage). With --idle K, K more connections (the sender's
- * certificate) are opened before the runs and kept open, doing nothing;
- * the resident memory of --pid before and after is printed.
+ * been delivered and acknowledged. What is counted is checked: a receipt
+ * must say every record was stored and not be a duplicate's; a delivery
+ * must be one of this run's messages (the process and the run are in the
+ * message id), delivered once, with every record; and the gateway must
+ * acknowledge every id acknowledged. Anything else fails the run.
+ *
+ * Printed per run and as the median of N runs (each metric's median on its
+ * own): messages/s, records/s, send-to-receipt and send-to-delivery
+ * latency p50/p99, and for the processes named by --pid (the server side)
+ * the CPU seconds they used per million records (utime + stime from
+ * /proc/PID/stat) and their peak RSS (VmHWM, summed), and the CPU seconds
+ * this load generator used per million records (getrusage). With --idle K,
+ * K more connections (the sender's certificate) are opened before the runs
+ * and kept open, doing nothing; the resident memory of --pid before and
+ * after is printed.
  *
  * The last line is "RESULT label key=value ..." for scripts/bench.
  */
@@ -75,6 +81,7 @@ struct run_state {
 	double *receipt_ms;  /* senders * messages */
 	double *delivery_ms; /* senders * messages, filled in any order */
 	atomic_size_t delivered;
+	atomic_uchar *seen; /* senders * messages: delivered already */
 	atomic_int failed;
 	size_t total;
 };
@@ -200,6 +207,22 @@ static void fail(struct run_state *rs, const char *what, const struct isg_error 
 	atomic_store(&rs->failed, 1);
 }
 
+/* A receipt for the message sent, every record stored, not a duplicate's. */
+static bool receipt_ok(const struct isg_receipt *r, const char *id, unsigned records)
+{
+	const char *bad = NULL;
+	if (strcmp(r->message_id, id) != 0)
+		bad = "names another message";
+	else if (r->duplicate)
+		bad = "marks it a duplicate";
+	else if (r->record_count != records)
+		bad = "does not count every record as stored";
+	if (bad)
+		fprintf(stderr, "isg-bench-load: the receipt for %s %s (%s, %" PRIu32 " records)\n",
+		        id, bad, r->message_id, r->record_count);
+	return !bad;
+}
+
 static void *sender_main(void *arg)
 {
 	struct worker *w = arg;
@@ -253,9 +276,7 @@ static void *sender_main(void *arg)
 			fail(rs, "send", &err);
 			break;
 		}
-		if (strcmp(r.message_id, st->id) != 0) {
-			fprintf(stderr, "isg-bench-load: the receipt for %s names %s\n", st->id,
-			        r.message_id);
+		if (!receipt_ok(&r, st->id, o->records)) {
 			atomic_store(&rs->failed, 1);
 			break;
 		}
@@ -267,23 +288,77 @@ static void *sender_main(void *arg)
 	return NULL;
 }
 
-/* The send time the sender put at the end of the message id. */
-static int64_t sent_at(const char *message_id)
+/* One decimal number of a message id and the '-' after it; -1 when none. */
+static long long id_part(const char **p)
 {
-	const char *dash = strrchr(message_id, '-');
-	return dash ? strtoll(dash + 1, NULL, 10) : 0;
+	char *end;
+	errno = 0;
+	long long v = strtoll(*p, &end, 10);
+	if (errno || end == *p || *end != '-' || v < 0)
+		return -1;
+	*p = end + 1;
+	return v;
+}
+
+/*
+ * The slot of a message of this run in rs->seen and the time it was sent,
+ * from the id the sender gave it ("b<pid>-<run>-<sender>-<message>-<t0>");
+ * -1 when the id is not one of this process's messages of this run.
+ */
+static long long run_slot(const struct run_state *rs, const char *message_id, int64_t *sent_ns)
+{
+	const char *p = message_id;
+	if (*p++ != 'b')
+		return -1;
+	long long pid = id_part(&p), run = id_part(&p), sender = id_part(&p), m = id_part(&p);
+	if (pid != (long long)getpid() || run != (long long)rs->run || sender < 0 ||
+	    sender >= (long long)rs->o->senders || m < 0 || m >= (long long)rs->o->messages)
+		return -1;
+	*sent_ns = strtoll(p, NULL, 10);
+	return sender * (long long)rs->o->messages + m;
 }
 
 static int ack(struct isg_client *c, uint64_t *ids, size_t *n, struct run_state *rs)
 {
 	struct isg_error err;
+	unsigned acked = 0;
 	if (*n == 0)
 		return 0;
-	if (isg_client_ack(c, ids, *n, NULL, &err) != 0) {
+	if (isg_client_ack(c, ids, *n, &acked, &err) != 0) {
 		fail(rs, "ack", &err);
 		return -1;
 	}
+	if (acked != *n) { /* some were not pending: delivered twice, or not ours */
+		fprintf(stderr, "isg-bench-load: the gateway acknowledged %u of %zu deliveries\n",
+		        acked, *n);
+		atomic_store(&rs->failed, 1);
+		return -1;
+	}
 	*n = 0;
+	return 0;
+}
+
+/* Counts a delivery when it is one of this run's, first delivered, whole. */
+static int take_delivery(struct run_state *rs, const struct isg_delivery *d)
+{
+	int64_t at = 0;
+	long long slot = run_slot(rs, d->message_id, &at);
+	const char *bad = NULL;
+	if (slot < 0)
+		bad = "is not one of this run's messages";
+	else if (atomic_exchange(&rs->seen[slot], 1))
+		bad = "was delivered twice";
+	else if (d->n_records != rs->o->records)
+		bad = "does not have every record";
+	if (bad) {
+		fprintf(stderr, "isg-bench-load: delivery %s (%zu records) %s\n", d->message_id,
+		        d->n_records, bad);
+		atomic_store(&rs->failed, 1);
+		return -1;
+	}
+	size_t i = atomic_fetch_add(&rs->delivered, 1);
+	if (i < rs->total)
+		rs->delivery_ms[i] = (double)(now_ns() - at) / 1e6;
 	return 0;
 }
 
@@ -327,14 +402,9 @@ static void *recipient_main(void *arg)
 				break;
 			continue;
 		}
-		int64_t at = sent_at(d->message_id);
-		size_t slot = atomic_fetch_add(&rs->delivered, 1);
-		if (slot < rs->total)
-			rs->delivery_ms[slot] = (double)(now_ns() - at) / 1e6;
-		if (d->n_records != o->records) {
-			fprintf(stderr, "isg-bench-load: a delivery has %zu records, not %u\n",
-			        d->n_records, o->records);
-			atomic_store(&rs->failed, 1);
+		if (take_delivery(rs, d) != 0) {
+			isg_delivery_free(d);
+			break;
 		}
 		ids[n++] = d->gateway_id;
 		isg_delivery_free(d);
@@ -443,9 +513,10 @@ static int run_once(const struct opts *o, unsigned run, double res[M_COUNT])
 	struct run_state rs = {.o = o, .run = run, .total = (size_t)o->senders * o->messages};
 	rs.receipt_ms = calloc(rs.total, sizeof(double));
 	rs.delivery_ms = calloc(rs.total, sizeof(double));
+	rs.seen = calloc(rs.total, sizeof(*rs.seen));
 	struct worker *ws = calloc(nthreads, sizeof(*ws));
 	pthread_t *th = calloc(nthreads, sizeof(*th));
-	if (!rs.receipt_ms || !rs.delivery_ms || !ws || !th)
+	if (!rs.receipt_ms || !rs.delivery_ms || !rs.seen || !ws || !th)
 		return -1;
 	pthread_barrier_init(&rs.ready, NULL, nthreads + 1);
 	for (unsigned i = 0; i < nthreads; i++) {
@@ -479,6 +550,7 @@ static int run_once(const struct opts *o, unsigned run, double res[M_COUNT])
 	res[M_CLIENT_CPU_PER_M] = self / ((double)rs.total * o->records / 1e6);
 	free(rs.receipt_ms);
 	free(rs.delivery_ms);
+	free(rs.seen);
 	free(ws);
 	free(th);
 	return failed ? -1 : 0;
