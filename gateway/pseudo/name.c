@@ -13,7 +13,9 @@
  *   - apostrophes are dropped ("O'Brien" → "obrien"); hyphens, dashes, full
  *     stops, commas and spaces separate words ("Smith-Jones" → "smith jones");
  *     runs of separators become one space, and none lead or trail;
- *   - Greek and Cyrillic capitals are lowercased, final sigma becomes sigma;
+ *   - the other capitals up to U+1FFF (Greek, Cyrillic, Armenian, Latin
+ *     Extended-B...) are lowercased by name_fold.h's second table, and final
+ *     sigma becomes sigma;
  *   - digits, other ASCII punctuation, symbols, invisible and private-use
  *     characters are refused; other letters are kept as they are.
  */
@@ -66,23 +68,34 @@ static const struct {
     {0xe0000, 0x10ffff}, /* tags, variation selectors, private use planes */
 };
 
-/*
- * The base of a letter in the generated table (Ș → S, ễ → e, Ё → Е), or cp
- * itself. No base is in the table, so one look-up is enough.
- */
-static uint32_t name_base(uint32_t cp)
+/* cp's pair in a generated table (name_fold.h), or cp itself. */
+static uint32_t table_map(const struct name_fold *t, size_t n, uint32_t cp)
 {
-	size_t lo = 0, hi = ARRAY_LEN(name_fold);
+	size_t lo = 0, hi = n;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (name_fold[mid].cp == cp)
-			return name_fold[mid].base;
-		if (name_fold[mid].cp < cp)
+		if (t[mid].cp == cp)
+			return t[mid].to;
+		if (t[mid].cp < cp)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
 	return cp;
+}
+
+/*
+ * A letter from U+0180 to U+1FFF taken to its base (Ș → S, ễ → e, Ё → Е,
+ * Ά → Α), then lower-cased (Е → е, Α → α, Ə → ə, Ґ → ґ, ẞ → ß). No base or
+ * lower-case letter is in name_fold, so one look-up in each is enough;
+ * ASCII and U+00C0..U+017F are folded by put_letter.
+ */
+static uint32_t name_map(uint32_t cp)
+{
+	if (cp < 0x0180 || cp > 0x1fff)
+		return cp;
+	cp = table_map(name_fold, ARRAY_LEN(name_fold), cp);
+	return table_map(name_lower, ARRAY_LEN(name_lower), cp);
 }
 
 enum name_class { NAME_DROP, NAME_SEPARATOR, NAME_KEEP, NAME_REFUSE_DIGIT, NAME_REFUSE };
@@ -109,24 +122,6 @@ static enum name_class classify(uint32_t cp)
 	return NAME_KEEP;
 }
 
-/*
- * Simple lowercase for Greek and Cyrillic; final sigma folds to sigma. The
- * capitals with accents (Ά, Ё, Й) never get here: name_base took them to
- * their base first.
- */
-static uint32_t lower_other(uint32_t cp)
-{
-	if ((cp >= 0x0391 && cp <= 0x03a1) || (cp >= 0x03a3 && cp <= 0x03ab))
-		return cp + 0x20;
-	if (cp == 0x03c2)
-		return 0x03c3;
-	if (cp >= 0x0400 && cp <= 0x040f)
-		return cp + 0x50;
-	if (cp >= 0x0410 && cp <= 0x042f)
-		return cp + 0x20;
-	return cp;
-}
-
 /* Append the folded form of one letter; false when it would not fit. */
 static bool put_letter(char *out, size_t *n, uint32_t cp)
 {
@@ -140,7 +135,7 @@ static bool put_letter(char *out, size_t *n, uint32_t cp)
 		s = latin_fold[cp - 0xc0];
 		len = s[1] ? 2 : 1;
 	} else {
-		len = utf8_encode(lower_other(cp), buf);
+		len = utf8_encode(cp == 0x03c2 ? 0x03c3 : cp, buf); /* final sigma ς → σ */
 	}
 	if (*n + len > PSEUDO_VALUE_MAX)
 		return false;
@@ -155,7 +150,7 @@ int pseudo_norm_name(const char *s, size_t len, char out[static PSEUDO_VALUE_MAX
 	size_t n = 0;
 	bool gap = false; /* a separator is pending between two words */
 	for (size_t i = 0; i < len;) {
-		uint32_t cp = name_base(pseudo_utf8_next(s, len, &i));
+		uint32_t cp = name_map(pseudo_utf8_next(s, len, &i));
 		switch (classify(cp)) {
 		case NAME_DROP:
 			break;

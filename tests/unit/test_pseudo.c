@@ -577,11 +577,17 @@ static void test_name_nfc_nfd(void **state)
 	expect_same_name("\u1f0c", "\u0391\u0313\u0301", "\u03b1"); /* Ἄ, Greek Extended */
 	expect_same_name("\u1fbe", "\u03b9", "\u03b9"); /* prosgegrammeni: NFC makes it ι */
 
-	/* Letters with no decomposition stay as they are, capitals included. */
+	/* Letters with no decomposition stay, lower-cased: a name in capitals, as
+	 * police systems keep them, links with the same name in small letters. */
 	expect_norm(PSEUDO_NAME, "\u0180", "\u0180");
-	expect_norm(PSEUDO_NAME, "\u018fliyev", "\u018fliyev");
+	expect_norm(PSEUDO_NAME, "\u018fL\u0130YEV", "\u0259liyev"); /* ƏLİYEV */
+	expect_norm(PSEUDO_NAME, "\u018fliyev", "\u0259liyev");
 	expect_norm(PSEUDO_NAME, "\u0259liyev", "\u0259liyev");
-	expect_norm(PSEUDO_NAME, "\u01ee", "\u01b7"); /* Ǯ → Ʒ, like Ə not lower-cased */
+	expect_norm(PSEUDO_NAME, "\u01ee", "\u0292"); /* Ǯ → Ʒ → ʒ */
+	expect_norm(PSEUDO_NAME, "\u0490\u0410\u041d\u0414\u0416\u0423\u041a",
+	            "\u0491\u0430\u043d\u0434\u0436\u0443\u043a"); /* ҐАНДЖУК → ґанджук */
+	expect_norm(PSEUDO_NAME, "\u0540\u0531\u0545", "\u0570\u0561\u0575"); /* ՀԱՅ → հայ */
+	expect_norm(PSEUDO_NAME, "STRA\u1e9eE", "strasse"); /* ẞ → ß → ss */
 	/* GREEK NUMERAL SIGN is U+02B9 in NFC and NFD, a refused modifier letter. */
 	expect_refused(PSEUDO_NAME, "A\u0374", "name contains a character that is not a letter");
 }
@@ -593,7 +599,7 @@ static void test_name_fold_table(void **state)
 	(void)state;
 	assert_true(ARRAY_LEN(name_fold) > 600);
 	for (size_t i = 0; i < ARRAY_LEN(name_fold); i++) {
-		uint32_t cp = name_fold[i].cp, base = name_fold[i].base;
+		uint32_t cp = name_fold[i].cp, base = name_fold[i].to;
 		if (i > 0)
 			assert_true(name_fold[i - 1].cp < cp);
 		assert_in_range(cp, 0x0180, 0x1fff);
@@ -609,6 +615,31 @@ static void test_name_fold_table(void **state)
 		int ea = pseudo_normalise(PSEUDO_NAME, a, la, na, &ra);
 		int eb = pseudo_normalise(PSEUDO_NAME, b, lb, nb, &rb);
 		assert_int_equal(ea, eb);
+		assert_string_equal(na, nb);
+	}
+}
+
+/* The lower-case table: sorted, in name_map's range, its letters left alone
+ * by the fold and its results folded no further; each capital alone
+ * normalises as its lower-case letter alone. */
+static void test_name_lower_table(void **state)
+{
+	(void)state;
+	assert_true(ARRAY_LEN(name_lower) > 400);
+	for (size_t i = 0; i < ARRAY_LEN(name_lower); i++) {
+		uint32_t cp = name_lower[i].cp, low = name_lower[i].to;
+		if (i > 0)
+			assert_true(name_lower[i - 1].cp < cp);
+		assert_in_range(cp, 0x0180, 0x1fff);
+		for (size_t j = 0; j < ARRAY_LEN(name_fold); j++) {
+			assert_int_not_equal(name_fold[j].cp, cp);
+			assert_int_not_equal(name_fold[j].cp, low);
+		}
+		char a[8], b[8], na[PSEUDO_VALUE_MAX + 1], nb[PSEUDO_VALUE_MAX + 1];
+		const char *ra = NULL, *rb = NULL;
+		size_t la = utf8_encode(cp, a), lb = utf8_encode(low, b);
+		assert_int_equal(pseudo_normalise(PSEUDO_NAME, a, la, na, &ra),
+		                 pseudo_normalise(PSEUDO_NAME, b, lb, nb, &rb));
 		assert_string_equal(na, nb);
 	}
 }
@@ -899,6 +930,7 @@ int main(void)
 	    cmocka_unit_test(test_name),
 	    cmocka_unit_test(test_name_nfc_nfd),
 	    cmocka_unit_test(test_name_fold_table),
+	    cmocka_unit_test(test_name_lower_table),
 	    cmocka_unit_test(test_email),
 	    cmocka_unit_test(test_identifier),
 	    cmocka_unit_test(test_hash_vectors),
