@@ -258,10 +258,11 @@ bool audit_kind_differs(const char *kind, size_t len, const char *event, bool *n
  * edited: it is `edited`, and still judged by its leaf alone. The first of
  * each is warned about on standard error, by index (and for an edited kind
  * by the two kind names, never another value), and the edited ones counted
- * at the end.
+ * at the end; a quiet reader counts them without a word.
  */
 struct audit_reader {
 	int64_t from_ms, to_ms;
+	bool quiet; /* a second read of the log: the first one warned */
 	struct aj_doc doc;
 	uint64_t unread, edited;
 	int64_t unread_seq[AUDIT_READ_SHOWN], edited_index[AUDIT_READ_SHOWN];

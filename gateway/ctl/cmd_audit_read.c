@@ -95,7 +95,7 @@ static void note_unread(struct audit_reader *r, int64_t seq)
 {
 	if (r->unread < AUDIT_READ_SHOWN)
 		r->unread_seq[r->unread] = seq;
-	if (r->unread++ == 0)
+	if (r->unread++ == 0 && !r->quiet)
 		ctl_warn("entry %" PRId64 " is not a valid audit entry and is left out; run "
 		         "'isgctl audit verify'",
 		         seq);
@@ -146,7 +146,7 @@ static void check_columns(struct audit_reader *r, const struct audit_row *row,
 	int64_t index = lf->index > INT64_MAX ? INT64_MAX : (int64_t)lf->index;
 	if (r->edited < AUDIT_READ_SHOWN)
 		r->edited_index[r->edited] = index;
-	if (r->edited++ > 0)
+	if (r->edited++ > 0 || r->quiet)
 		return;
 	const char *what = "the table was edited, and the signed entry is what counts (run 'isgctl "
 	                   "audit verify')";
@@ -209,7 +209,7 @@ int audit_read_entries(struct audit_log *l, struct audit_reader *r, audit_entry_
 		status = CTL_EXIT_LOCAL;
 	}
 	sqlite3_finalize(st);
-	if (r->edited > 1) {
+	if (r->edited > 1 && !r->quiet) {
 		struct strbuf b;
 		strbuf_init(&b);
 		seqs_text(&b, r->edited_index, r->edited);
