@@ -18,8 +18,10 @@
  * before it is a disclosure in the period. It reads every entry of the log
  * and judges each by its signed bytes, never by the table's at, kind or
  * seq column: anyone who can edit the table could otherwise hide an
- * exchange by relabelling or redating its row, and an entry that cannot be
- * read, whatever its row says, makes the answer incomplete. The identifier
+ * exchange by relabelling, redating or renumbering its row, and an entry
+ * that cannot be read, whatever its row says, makes the answer incomplete.
+ * What it finds is listed once the log is read, in signed index order, so
+ * the answer does not depend on the rows' order either. The identifier
  * is never printed, and wiped from memory (and from the command line) once
  * hashed.
  */
@@ -473,6 +475,14 @@ struct subject_message {
 	bool listed;
 };
 
+/* An entry to list: its exact bytes, printed once the log is read, in index order. */
+struct subject_found {
+	uint64_t index; /* signed */
+	size_t order;   /* its place in the read: rows holding one index stay in it */
+	char *leaf;
+	size_t len;
+};
+
 /* The pseudonyms of one person under every reachable version of the audit key. */
 struct subject {
 	char (*pseudonyms)[PSEUDO_TEXT_MAX];
@@ -480,8 +490,19 @@ struct subject {
 	int64_t from_ms, to_ms;           /* what is listed: entries of this period */
 	struct subject_message *messages; /* every one of the whole log, by index */
 	size_t n_messages, cap_messages;
+	struct subject_found *found; /* what is listed, of the person's messages */
+	size_t n_found, cap_found;
 	uint64_t exchanges; /* messages with an entry listed */
 	uint64_t without_subjects, accepted_seen;
+	/*
+	 * A delivery is linked to its message only once the message.accepted
+	 * entry has been read. Rows come in seq order, which nothing signs: when
+	 * they did not come in rising signed order (or an outcome names an index
+	 * not before its own), a message may have been read after its delivery,
+	 * so the log is read a second time with every message known.
+	 */
+	uint64_t last_index;
+	bool reread, known; /* known: the second read, which adds no message */
 	struct lister ls;
 };
 
@@ -569,8 +590,14 @@ static struct subject_message *subject_pick(struct subject *s, const struct aj_d
 		if (!is_message_outcome(lf->event) ||
 		    !aj_uint(aj_member(d, lf->body, "accepted_index"), &accepted))
 			return NULL;
-		return message_find(s, accepted);
+		struct subject_message *m = message_find(s, accepted);
+		/* rising order reads a message before its outcomes, unless it names a later one */
+		if (!m && accepted >= lf->index)
+			s->reread = true;
+		return m;
 	}
+	if (s->known)
+		return about_the_person(s, d, lf) ? message_find(s, lf->index) : NULL;
 	s->accepted_seen++;
 	const struct aj_node *subjects = aj_member(d, lf->body, "subjects");
 	if (!subjects || subjects->type != AJ_ARRAY)
@@ -580,6 +607,33 @@ static struct subject_message *subject_pick(struct subject *s, const struct aj_d
 	struct subject_message *m = message_add(s, lf->index);
 	*oom = !m;
 	return m;
+}
+
+/* Keep a copy of an entry to list: only the person's, so few. */
+static int subject_keep(struct subject *s, uint64_t index, const char *leaf, size_t len)
+{
+	if (s->n_found == s->cap_found) {
+		size_t cap = s->cap_found ? s->cap_found * 2 : 16;
+		struct subject_found *f = realloc(s->found, cap * sizeof(*f));
+		if (!f)
+			return ISG_ERR_NOMEM;
+		s->found = f;
+		s->cap_found = cap;
+	}
+	char *copy = malloc(len ? len : 1);
+	if (!copy)
+		return ISG_ERR_NOMEM;
+	memcpy(copy, leaf, len);
+	s->found[s->n_found] = (struct subject_found){index, s->n_found, copy, len};
+	s->n_found++;
+	return 0;
+}
+
+static void subject_found_clear(struct subject *s)
+{
+	for (size_t i = 0; i < s->n_found; i++)
+		free(s->found[i].leaf);
+	s->n_found = 0;
 }
 
 /*
@@ -593,18 +647,77 @@ static int subject_entry(void *ctx, const struct aj_doc *d, const struct audit_l
 {
 	struct subject *s = ctx;
 	bool oom = false;
+	if (lf->index <= s->last_index)
+		s->reread = true;
+	s->last_index = lf->index;
 	struct subject_message *m = subject_pick(s, d, lf, &oom);
+	if (!oom && m && at_ms >= s->from_ms && at_ms <= s->to_ms) {
+		if (!m->listed)
+			s->exchanges++;
+		m->listed = true;
+		oom = subject_keep(s, lf->index, leaf, len) != 0;
+	}
 	if (oom) {
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;
 	}
-	if (!m || at_ms < s->from_ms || at_ms > s->to_ms)
-		return CTL_EXIT_OK;
-	if (!m->listed)
-		s->exchanges++;
-	m->listed = true;
-	lister_row(&s->ls, d, lf, leaf, len);
 	return CTL_EXIT_OK;
+}
+
+static int found_cmp(const void *a, const void *b)
+{
+	const struct subject_found *x = a, *y = b;
+	if (x->index != y->index)
+		return x->index < y->index ? -1 : 1;
+	return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* What was found, in signed index order whatever the rows' order. */
+static int subject_print(struct subject *s)
+{
+	struct aj_doc d;
+	struct audit_leaf lf;
+	int status = CTL_EXIT_OK;
+	if (s->n_found)
+		qsort(s->found, s->n_found, sizeof(*s->found), found_cmp);
+	aj_doc_init(&d);
+	for (size_t i = 0; i < s->n_found && status == CTL_EXIT_OK; i++) {
+		const struct subject_found *f = &s->found[i];
+		/* read whole once already: only memory can fail it now */
+		if (audit_leaf_parse(&d, f->leaf, f->len, &lf, NULL) != 0) {
+			ctl_warn("out of memory");
+			status = CTL_EXIT_LOCAL;
+			break;
+		}
+		lister_row(&s->ls, &d, &lf, f->leaf, f->len);
+	}
+	aj_doc_release(&d);
+	return lister_flush(status);
+}
+
+/*
+ * Read the log, and again if its rows were out of signed order (see struct
+ * subject), then print. r is the first read: it warns, and says what could
+ * not be read.
+ */
+static int subject_search(struct audit_log *l, struct audit_reader *r, struct subject *s)
+{
+	int status = audit_read_entries(l, r, subject_entry, s);
+	if (status == CTL_EXIT_OK && s->reread) {
+		struct audit_reader again;
+		audit_reader_init(&again, r->from_ms, r->to_ms);
+		again.quiet = true;
+		subject_found_clear(s); /* nothing listed yet, every message known */
+		s->exchanges = 0;
+		for (size_t i = 0; i < s->n_messages; i++)
+			s->messages[i].listed = false;
+		s->known = true;
+		status = audit_read_entries(l, &again, subject_entry, s);
+		audit_reader_release(&again);
+	}
+	/* what was found is listed even when the read failed, as list does */
+	int printed = subject_print(s);
+	return status == CTL_EXIT_OK ? printed : status;
 }
 
 struct ident_arg {
@@ -814,7 +927,7 @@ int audit_subject_cmd(int argc, char **argv)
 	else
 		sodium_memzero(id.value, strlen(id.value));
 	if (status == CTL_EXIT_OK)
-		status = lister_flush(audit_read_entries(&l, &r, subject_entry, &s));
+		status = subject_search(&l, &r, &s);
 	if (status == CTL_EXIT_OK) {
 		if (s.without_subjects)
 			ctl_warn("note: %" PRIu64 " of the log's %" PRIu64
@@ -836,6 +949,8 @@ int audit_subject_cmd(int argc, char **argv)
 	if (s.pseudonyms)
 		sodium_free(s.pseudonyms);
 	free(s.messages);
+	subject_found_clear(&s);
+	free(s.found);
 	keyring_free(ring);
 	audit_reader_release(&r);
 	audit_log_release(&l);

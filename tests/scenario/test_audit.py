@@ -954,6 +954,44 @@ class AuditLog(isgtest.ScenarioCase):
         for seq in exchange:
             self.assertIn(seq, found, r)
 
+    def test_subject_whatever_the_row_order(self):
+        """Rows read after the deliveries that name them hide nothing: a message's
+        message.accepted entry moved past its delivery or acknowledgement (seq values
+        swapped, or its row renumbered to the end) gives the same answer, in the same
+        order, with the same count."""
+        accepted, delivered, acked = self.exchange_of(self.receipts[0])
+
+        def swapped(a, b):
+            return [("UPDATE audit SET seq = -1 WHERE seq = ?", (a,)),
+                    ("UPDATE audit SET seq = ? WHERE seq = ?", (a, b)),
+                    ("UPDATE audit SET seq = ? WHERE seq = ?", (b, -1))]
+
+        stores = {"swapped-delivery": swapped(accepted, delivered),
+                  "swapped-ack": swapped(accepted, acked),
+                  "moved-to-the-end": [("UPDATE audit SET seq = 1000 WHERE seq = ?",
+                                        (accepted,))]}
+        want = {fmt: self.audit("subject", "--nhs-number", NHS_A, "--format", fmt)
+                for fmt in ("jsonl", "table")}
+        listed = [json.loads(line)["index"] for line in want["jsonl"].out.splitlines()]
+        self.assertEqual(listed, [accepted, delivered, acked, self.receipts[2]["audit_index"]])
+        for name, statements in stores.items():
+            db = self.tamper(name, *statements)
+            for fmt in ("jsonl", "table"):
+                r = self.audit("subject", "--nhs-number", "-", "--format", fmt, store=db,
+                               input=NHS_A + "\n")
+                self.assertEqual(r.rc, 0, r)
+                self.assertEqual(r.out, want[fmt].out, "%s: %s" % (name, r))
+                self.assertIn("2 exchanges involved this person (4 entries listed)", r.err)
+                self.assertIn("column", r.err)  # the edit is still named, once
+                self.assertEqual(len(r.err.splitlines()), len(set(r.err.splitlines())), r)
+                self.assertNotIn(NHS_A, r.out + r.err)
+            # A period: the delivery and acknowledgement alone, still linked.
+            at = json.loads(bytes(self.entry(delivered)[3]))["at"]
+            r = self.subject("--nhs-number", NHS_A, "--from", at, store=db)
+            self.assertEqual(r.rc, 0, r)
+            self.assertEqual([json.loads(line)["index"] for line in r.out.splitlines()][:2],
+                             [delivered, acked], "%s: %s" % (name, r))
+
     def test_subject_lists_deliveries_in_the_period_of_messages_accepted_before_it(self):
         """A disclosure since X is found though the message was accepted before X: the
         person is matched over the whole log, and --from and --to say what is listed."""
