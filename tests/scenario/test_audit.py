@@ -30,7 +30,6 @@ import signal
 import sqlite3
 import stat
 import subprocess
-import threading
 import unittest
 
 import isgtest
@@ -1296,7 +1295,7 @@ class AuditLog(isgtest.ScenarioCase):
             with open(fifo, "rb") as f:
                 got.append(f.read())
 
-        reader = threading.Thread(target=read_all)
+        reader = isgtest.Thread(target=read_all)
         reader.start()
         r = self.audit("export", "--output", fifo)
         reader.join(timeout=30)
