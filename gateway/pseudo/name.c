@@ -53,8 +53,9 @@ static const struct {
     {0x02b0, 0x02ff},    /* spacing modifier letters (ʻ ʼ are handled first) */
     {0x061c, 0x061c},    /* Arabic letter mark, invisible */
     {0x115f, 0x1160},    /* Hangul choseong and jungseong fillers, invisible */
+    {0x1680, 0x1680},    /* Ogham space mark */
     {0x17b4, 0x17b5},    /* Khmer inherent vowels, invisible */
-    {0x180e, 0x180e},    /* Mongolian vowel separator, invisible */
+    {0x180b, 0x180f},    /* Mongolian variation selectors and vowel separator, invisible */
     {0x2000, 0x2bff},    /* general punctuation to miscellaneous symbols */
     {0x2e00, 0x2e7f},    /* supplemental punctuation */
     {0x3000, 0x303f},    /* CJK symbols and punctuation */
@@ -63,6 +64,7 @@ static const struct {
     {0xfe00, 0xfe6f},    /* variation selectors, vertical and small forms */
     {0xfeff, 0xfeff},    /* byte order mark */
     {0xff00, 0xffff},    /* half- and full-width forms, specials */
+    {0x1bca0, 0x1bca3},  /* shorthand format controls, invisible */
     {0x1d000, 0x1d7ff},  /* musical and mathematical symbols */
     {0x1f000, 0x1ffff},  /* emoji and other symbols */
     {0xe0000, 0x10ffff}, /* tags, variation selectors, private use planes */

@@ -337,10 +337,12 @@ static void test_name(void **state)
 	expect_refused(PSEUDO_NAME, "'-. ,", "name has no letters");
 
 	/* Invisible characters outside U+2000..U+2BFF: Arabic letter mark,
-	 * Hangul fillers, Khmer inherent vowels, Mongolian vowel separator. */
+	 * Hangul fillers, Khmer inherent vowels, Mongolian variation selectors
+	 * and vowel separator, shorthand format controls; and the Ogham space. */
 	static const char *const invisible[] = {
-	    "Ali\u061c", "\u115fAli", "Ali\u1160", "Ali\u17b4",
-	    "Ali\u17b5", "Ali\u180e", "Ali\u3164", "Ali \u3164 Khan",
+	    "Ali\u061c",       "\u115fAli",     "Ali\u1160",     "Ali\u17b4",     "Ali\u17b5",
+	    "Ali\u180b",       "Ali\u180d",     "Ali\u180e",     "Ali\u180f",     "Ali\u3164",
+	    "Ali \u3164 Khan", "Ali\U0001bca0", "Ali\U0001bca3", "Ali\u1680Khan",
 	};
 	for (size_t i = 0; i < ARRAY_LEN(invisible); i++)
 		expect_refused(PSEUDO_NAME, invisible[i],
@@ -576,6 +578,17 @@ static void test_name_nfc_nfd(void **state)
 	expect_same_name("\u1f71", "\u03b1\u0301", "\u03b1");       /* ά with oxia, a singleton */
 	expect_same_name("\u1f0c", "\u0391\u0313\u0301", "\u03b1"); /* Ἄ, Greek Extended */
 	expect_same_name("\u1fbe", "\u03b9", "\u03b9"); /* prosgegrammeni: NFC makes it ι */
+	/* Greek spacing accents and punctuation fold as their NFD spelling does:
+	 * kept, dropped as an apostrophe, or refused, alike. */
+	expect_same_name("\u03b1\u1fcd", "\u03b1\u1fbf\u0300", "\u03b1\u1fbf"); /* psili varia */
+	expect_same_name("x\u1ffd", "x\u00b4", "x"); /* oxia → ´, an apostrophe */
+	expect_same_name("x\u1fef", "x`", "x");      /* varia → ` */
+	expect_refused(PSEUDO_NAME, "\u03b1\u0387\u03b2",
+	               "name contains a character that is not a letter"); /* ano teleia → · */
+	expect_refused(PSEUDO_NAME, "\u03b1\u037e",
+	               "name contains a character that is not a letter");
+	expect_refused(PSEUDO_NAME, "\u03b1\u0385",
+	               "name contains a character that is not a letter");
 
 	/* Letters with no decomposition stay, lower-cased: a name in capitals, as
 	 * police systems keep them, links with the same name in small letters. */
