@@ -212,8 +212,10 @@ static int resolve_store(struct audit_log *l)
 {
 	l->real_path = realpath(l->store_path, NULL);
 	if (!l->real_path) {
-		ctl_warn("cannot open store '%s': cannot resolve its path: %s", l->store_path,
-		         ctl_errno_text(errno));
+		/* a store that is not there is the usual case: say so plainly */
+		bool missing = errno == ENOENT || errno == ENOTDIR;
+		ctl_warn("cannot open store '%s': %s%s", l->store_path,
+		         missing ? "" : "cannot resolve its path: ", ctl_errno_text(errno));
 		return CTL_EXIT_LOCAL;
 	}
 	return CTL_EXIT_OK;

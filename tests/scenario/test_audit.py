@@ -1395,8 +1395,12 @@ class AuditStoreOpened(isgtest.ScenarioCase):
         os.symlink(os.path.join(self.tmp, "gone.db"), dangling)
         r = isgtest.ctl("audit", "list", "--store", dangling)
         self.assertEqual(r.rc, 1, r)
-        self.assertIn("'%s'" % dangling, r.err)
-        self.assertIn("cannot resolve its path: no such file or directory", r.err)
+        self.assertIn("cannot open store '%s': no such file or directory" % dangling, r.err)
+        # A directory on the way that is a file: the error, no resolving jargon.
+        r = isgtest.ctl("audit", "list", "--store", os.path.join(gw.store_path, "x.db"))
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("cannot open store '%s': not a directory" % os.path.join(gw.store_path, "x.db"),
+                      r.err)
 
     def read_blocked(self, args, meanwhile):
         """
