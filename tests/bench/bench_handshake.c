@@ -138,14 +138,16 @@ static enum hs_result wait_ticket(struct worker *w, SSL *ssl, int fd)
 	while (!w->got_ticket) {
 		char c;
 		int r = SSL_read(ssl, &c, 1);
-		if (w->got_ticket || r > 0)
+		if (w->got_ticket)
+			break;
+		double left = until - bench_now_s();
+		if (left <= 0)
+			return HS_NO_TICKET; /* also a server that sends data but no ticket */
+		if (r > 0)
 			continue;
 		int e = SSL_get_error(ssl, r);
 		if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
 			return HS_FAILED; /* closed, or an alert: no ticket will come */
-		double left = until - bench_now_s();
-		if (left <= 0)
-			return HS_NO_TICKET;
 		struct pollfd p = {.fd = fd, .events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
 		if (poll(&p, 1, (int)(left * 1000) + 1) < 0 && errno != EINTR)
 			return HS_FAILED;
