@@ -91,6 +91,20 @@ static int resolve_user(const struct isgd_config *cfg, struct identity *id)
 }
 
 /*
+ * Out of reach of its own uid: no ptrace, no /proc/PID/mem, no core dump
+ * (its memory holds records in clear). The kernel sets the flag back to
+ * fs.suid_dumpable at every change of its uids or gids (fs ones included),
+ * so it is set again after each.
+ */
+static int undumpable(void)
+{
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
+		return 0;
+	fprintf(stderr, "isgd: cannot make itself undumpable: %s\n", strerror(errno));
+	return ISG_ERR_DENIED;
+}
+
+/*
  * For good: no way back to root, and no gaining privileges by exec, whether
  * isgd became its user here or was started as it (or as root without one).
  */
@@ -107,6 +121,8 @@ static int drop_privileges(const struct isgd_config *cfg, const struct identity 
 		fprintf(stderr, "isgd: cannot become user '%s': %s\n", cfg->user, strerror(errno));
 		return ISG_ERR_DENIED;
 	}
+	if (undumpable() != 0)
+		return ISG_ERR_DENIED;
 	log_event(LOG_INFO, "isgd.privileges_dropped", "user=%s uid=%u", cfg->user,
 	          (unsigned)id->uid);
 	return 0;
@@ -265,6 +281,8 @@ static int check_user_reads(const struct isgd_config *cfg, const struct identity
 		        cfg->user);
 		return ISG_ERR_DENIED;
 	}
+	if (undumpable() != 0)
+		return ISG_ERR_DENIED;
 	return u.failed ? ISG_ERR_DENIED : 0;
 }
 
@@ -798,14 +816,11 @@ int main(int argc, char **argv)
 		fputs("isgd: cannot initialise libsodium\n", stderr);
 		return 1;
 	}
-	/* Out of reach of its own uid: no ptrace, no /proc/PID/mem, no core dump
-	 * (its memory holds records in clear). Started as a non-root user without
-	 * user:, the key process has that uid too, and one taken over would
-	 * otherwise write into isgd and have its network. */
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
-		fprintf(stderr, "isgd: cannot make itself undumpable: %s\n", strerror(errno));
+	/* Started as a non-root user without user:, the key process has that uid
+	 * too, and one taken over would otherwise write into isgd and have its
+	 * network. */
+	if (undumpable() != 0)
 		return 1;
-	}
 	signal(SIGPIPE, SIG_IGN);
 	/* Blocked before any thread starts, so every thread inherits the mask and only
 	 * the main thread's sigwait ever takes these signals. */

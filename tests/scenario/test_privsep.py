@@ -418,6 +418,43 @@ class DropRoot(PrivsepCase):
             other.wait()
         self.assertEqual(open_mem(gw.proc.pid), "refused 13")
 
+    def test_becoming_the_user_leaves_it_undumpable(self):
+        """The kernel resets the dumpable flag to fs.suid_dumpable when a
+        process changes its uids or gids, as isgd does to become its user
+        and to check files as that user. Where that setting is 1 (debugging)
+        or 2 (systemd-coredump's), isgd would be dumpable again, its memory
+        open to the user it became: so it sets the flag again after each."""
+        require_root(self)
+        setting = "/proc/sys/fs/suid_dumpable"
+        try:
+            with open(setting) as f:
+                was = f.read().strip()
+            with open(setting, "w") as f:
+                f.write("1")
+        except OSError as e:
+            if os.environ.get("ISG_ALLOW_SKIP"):
+                self.skipTest("cannot set %s: %s" % (setting, e))
+            self.fail("cannot set %s: %s (ISG_ALLOW_SKIP=1 skips)" % (setting, e))
+
+        def restore():
+            with open(setting, "w") as f:
+                f.write(was)
+        self.addCleanup(restore)
+        user = pwd.getpwnam("nobody")
+        gw = self.user_gateway()
+        gw.start()
+        self.assertIn("event=isgd.privileges_dropped user=nobody", gw.log)
+        probe = ("import sys\n"
+                 "try:\n"
+                 "    open('/proc/%s/mem' % sys.argv[1], 'rb').close()\n"
+                 "    print('opened')\n"
+                 "except OSError as e:\n"
+                 "    print('refused', e.errno)\n")
+        r = isgtest.subprocess.run(
+            ["/usr/bin/python3", "-c", probe, str(gw.proc.pid)], capture_output=True, text=True,
+            user=user.pw_uid, group=user.pw_gid, extra_groups=[], timeout=30)
+        self.assertEqual(r.stdout.strip(), "refused 13", r)
+
     def test_tls_files_only_root_can_read_are_refused(self):
         require_root(self)
         gw = self.user_gateway(crl=True)
