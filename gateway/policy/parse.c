@@ -691,10 +691,18 @@ static void parse_pseudonymise(struct pctx *c, const struct ydoc_node *n, const 
 		     fname);
 		return;
 	}
-	if (id_value(c, domain, "linkage domain", &f->domain) == GOT_VALUE) {
-		f->domain_line = domain->line;
-		f->domain_col = domain->col;
+	if (id_value(c, domain, "linkage domain", &f->domain) != GOT_VALUE)
+		return;
+	/* Its pseudonyms are the audit log's subjects: a recipient could link them to the log. */
+	if (strcmp(f->domain, PSEUDO_AUDIT_DOMAIN) == 0) {
+		PERR(c, domain,
+		     "linkage domain '%s' of field '%s' is reserved for the audit log's own "
+		     "pseudonyms, which no partner may receive (choose another name)",
+		     f->domain, fname);
+		return;
 	}
+	f->domain_line = domain->line;
+	f->domain_col = domain->col;
 }
 
 static void parse_generalise(struct pctx *c, const struct ydoc_node *n, const char *fname,

@@ -101,6 +101,15 @@ int pseudo_gen_number_band(int64_t value, int64_t width, char *out, size_t size,
  * (keyring_service) inside the key process, in an isgd configured with
  * key_process: false, and in the tests.
  */
+/*
+ * The linkage domain the audit log names subjects in (docs/audit.md). No
+ * agreement may name it, so no partner receives its pseudonyms and they link
+ * nothing outside the log: the policy loader refuses it, the keys module
+ * holds its key. Defined here because both modules use pseudo and neither
+ * uses the other.
+ */
+#define PSEUDO_AUDIT_DOMAIN "audit"
+
 struct pseudo_request {
 	const char *domain; /* linkage domain named by the agreement */
 	enum pseudo_type type;

@@ -309,6 +309,7 @@ class Schema(unittest.TestCase):
             "agreement-wrong-kind.yaml": "is not of type array",
             "agreement-missing-purpose.yaml": "missing 'purpose'",
             "agreement-pseudonymise.yaml": "missing 'domain'",
+            "agreement-audit-domain.yaml": "must not match",
             "agreement-domain-on-pass.yaml": "must not match",
             "agreement-generalise-no-to.yaml": "missing 'to'",
             "agreement-generalise-wrong-to.yaml": "is not 'date'",
@@ -449,6 +450,24 @@ class PolicyCli(unittest.TestCase):
                     os.path.join(d, "agreements"))
         p = self.ctl("policy", "check", d, "--keys", keys, rc=1)
         self.assertIn("unknown field type 'string'", p.stderr)
+        self.assertIn("isgctl: linkage domain keys not checked: the policy has errors", p.stderr)
+
+    def test_check_audit_domain_reserved(self):
+        # An agreement that pseudonymises into the audit log's domain would hand its
+        # recipient the pseudonyms the log names subjects by: refused, even though
+        # audit.key exists, and so the keys are not checked.
+        keys = os.path.join(self.tmp, "keys")
+        self.ctl("keys", "init", keys)
+        self.ctl("keys", "new-domain", keys, "planning")
+        d = self.copy(FEATURES, "audit-domain")
+        agreement = os.path.join(d, "agreements", "council-planning.yaml")
+        self.edit(agreement, "domain: planning-police}", "domain: audit}")
+        p = self.ctl("policy", "check", d, "--keys", keys, rc=1)
+        self.assertEqual(p.stdout, "")
+        self.assertIn("%s:19:70: error: linkage domain 'audit' of field 'pnc_id' is reserved for "
+                      "the audit log's own pseudonyms, which no partner may receive (choose "
+                      "another name)\n" % agreement, p.stderr)
+        self.assertEqual(p.stderr.count(": error: "), 1)
         self.assertIn("isgctl: linkage domain keys not checked: the policy has errors", p.stderr)
 
     def test_check_keys_as_isgd_loads_them(self):

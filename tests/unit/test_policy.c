@@ -402,6 +402,10 @@ static void test_broken_agreements(void **state)
 	     "nhs_number, pnc_id, postcode, date, name, email and identifier)"},
 	    {NULL, BROKEN("bad-domain"), INV, 1, AFILE("bad-domain"), 13, 78,
 	     "invalid linkage domain 'Safeguarding_Link' (use lowercase letters, digits and '-'"},
+	    /* The audit log's own domain: a recipient of it could link the log's subjects. */
+	    {NULL, BROKEN("audit-domain"), INV, 1, AFILE("audit-domain"), 13, 78,
+	     "linkage domain 'audit' of field 'nhs_number' is reserved for the audit log's own "
+	     "pseudonyms, which no partner may receive (choose another name)"},
 	    {NULL, BROKEN("domain-on-pass"), INV, 1, AFILE("domain-on-pass"), 13, 70,
 	     "'domain' applies only to action pseudonymise, not to pass (field 'nhs_number')"},
 	    {NULL, BROKEN("generalise-no-to"), INV, 1, AFILE("generalise-no-to"), 13, 11,
