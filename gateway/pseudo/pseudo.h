@@ -94,14 +94,6 @@ int pseudo_gen_number_band(int64_t value, int64_t width, char *out, size_t size,
 /* --- the pseudonymisation service ------------------------------------------ */
 
 /*
- * How policy_apply gets pseudonyms without holding keys: it collects every
- * value of a message that must be pseudonymised and asks once, in a batch.
- * In isgd the key process answers over a socketpair (keyproc_ring_service,
- * DESIGN.md section 9); the keys module answers in-process
- * (keyring_service) inside the key process, in an isgd configured with
- * key_process: false, and in the tests.
- */
-/*
  * The linkage domain the audit log names subjects in (docs/audit.md). No
  * agreement may name it, so no partner receives its pseudonyms and they link
  * nothing outside the log: the policy loader refuses it, the keys module
@@ -110,6 +102,14 @@ int pseudo_gen_number_band(int64_t value, int64_t width, char *out, size_t size,
  */
 #define PSEUDO_AUDIT_DOMAIN "audit"
 
+/*
+ * How policy_apply gets pseudonyms without holding keys: it collects every
+ * value of a message that must be pseudonymised and asks once, in a batch.
+ * In isgd the key process answers over a socketpair (keyproc_ring_service,
+ * DESIGN.md section 9); the keys module answers in-process
+ * (keyring_service) inside the key process, in an isgd configured with
+ * key_process: false, and in the tests.
+ */
 struct pseudo_request {
 	const char *domain; /* linkage domain named by the agreement */
 	enum pseudo_type type;
