@@ -13,6 +13,7 @@
 
 #include "ctl/cmd_audit.h"
 #include "ctl/ctl.h"
+#include "ctl/store_read.h"
 
 static const char pubkey_usage[] =
     "usage: isgctl audit pubkey (--config ISGD_YAML | --keys KEYS_DIR) [--origin NAME]\n";
@@ -155,8 +156,11 @@ int cmd_audit(int argc, char **argv)
 		fprintf(out, "\n'isgctl audit COMMAND --help' shows a command's options.\n");
 		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
 	}
-	/* every command's read is over here, however it ended */
+	/*
+	 * Every command's read is over here, however it ended: one recheck of
+	 * a store read immutable (ctl_store_recheck), so no command can miss it.
+	 */
 	int status =
 	    ctl_dispatch(audit_commands, ARRAY_LEN(audit_commands), "audit", argc - 1, argv + 1);
-	return audit_log_recheck(status);
+	return ctl_store_recheck(status);
 }

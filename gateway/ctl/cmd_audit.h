@@ -178,14 +178,6 @@ struct audit_log {
 int audit_log_open(struct audit_log *l, const struct audit_where *w, const char *usage,
                    bool need_store);
 void audit_log_release(struct audit_log *l);
-/*
- * After the command, whatever it did: when its store was read immutable
- * (isgd stopped) and the file has changed since it was opened (its device,
- * inode, size or mtime, or a -wal beside it: isgd started), say that nothing
- * it read can be trusted, and return CTL_EXIT_LOCAL instead of CTL_EXIT_OK.
- * Otherwise status. Called once, by the dispatcher, so no command can miss it.
- */
-int audit_log_recheck(int status);
 /* Prepare a statement; prints the SQLite error and returns NULL on failure. */
 sqlite3_stmt *audit_log_prepare(struct audit_log *l, const char *sql);
 

@@ -3,23 +3,22 @@
  * named by isgd's config (store.path, keys_dir, audit.origin) or by --store
  * and --keys, opened read-only (SQLITE_OPEN_READONLY: these commands never
  * write) in one read transaction, so each command sees one snapshot even
- * while isgd keeps writing.
+ * while isgd keeps writing. How it is opened is store_read.c's, shared with
+ * store backup.
  */
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <sodium.h>
 
 #include "config/config.h"
 #include "ctl/cmd_audit.h"
 #include "ctl/ctl.h"
+#include "ctl/store_read.h"
 #include "keys/keys.h"
 
-#define BUSY_TIMEOUT_MS 10000
 #define PUBKEY_FILE_MAX 4096
 
 int audit_where_option(struct audit_where *w, int opt, const char *arg)
@@ -60,18 +59,8 @@ static char *dup_or_null(const char *s)
 static int read_config(struct audit_log *l, const char *path)
 {
 	struct isgd_config cfg;
-	struct ydoc_diags diags;
-	config_init(&cfg);
-	ydoc_diags_init(&diags);
-	int rc = config_load(path, &cfg, &diags);
-	ydoc_diags_print(&diags, stderr);
-	int status = CTL_EXIT_OK;
-	if (rc != 0) {
-		if (diags.errors == 0)
-			ctl_warn("%s: %s", path, isg_strerror(rc));
-		ctl_warn("cannot use the gateway configuration '%s'", path);
-		status = CTL_EXIT_LOCAL;
-	} else {
+	int status = ctl_isgd_config_load(path, &cfg);
+	if (status == CTL_EXIT_OK) {
 		l->store_path = dup_or_null(cfg.store_path);
 		l->keys_dir = dup_or_null(cfg.keys_dir);
 		l->origin = dup_or_null(cfg.audit_origin);
@@ -82,7 +71,6 @@ static int read_config(struct audit_log *l, const char *path)
 			status = CTL_EXIT_LOCAL;
 		}
 	}
-	ydoc_diags_release(&diags);
 	config_release(&cfg);
 	return status;
 }
@@ -114,148 +102,12 @@ static int64_t query_int(sqlite3 *db, const char *sql)
 	return v;
 }
 
-/* Whether isgd has the store at path open: its WAL file exists (or cannot be named). */
-static bool wal_exists(const char *path)
-{
-	struct stat st;
-	char wal[4200];
-	return (size_t)snprintf(wal, sizeof(wal), "%s-wal", path) >= sizeof(wal) ||
-	       stat(wal, &st) == 0;
-}
-
-/*
- * The URI that opens path read-only. While isgd runs, its WAL file exists
- * and a read-only connection shares it. When isgd is stopped there is none,
- * and a read-only connection would still create -wal and -shm files, owned
- * by whoever runs isgctl (root, say), which isgd could then not open: so the
- * file is opened immutable, which creates nothing and locks nothing, as no
- * one writes it. path is resolved (realpath): SQLite follows a link to the
- * file, and isgd's -wal lies beside the file, not beside the link.
- */
-static char *store_uri(const char *path, bool immutable)
-{
-	struct strbuf b;
-	strbuf_init(&b);
-	strbuf_puts(&b, path[0] == '/' ? "file://" : "file:");
-	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
-		if (*p == '?' || *p == '#' || *p == '%' || *p < 0x20 || *p == 0x7f)
-			strbuf_printf(&b, "%%%02X", *p);
-		else
-			strbuf_append(&b, (const char *)p, 1);
-	}
-	strbuf_puts(&b, immutable ? "?mode=ro&immutable=1" : "?mode=ro");
-	return strbuf_take(&b, NULL);
-}
-
-/*
- * The store file as it was when opened immutable (isgd stopped). SQLite
- * then takes no lock and trusts that no one writes the file, so an isgd
- * started while a command still reads (an 'audit list | less' left open, a
- * long report) would write under it unseen: the answer could mix two logs,
- * or read torn pages. audit_log_recheck looks at the file again once the
- * command is over. One store per process: each command opens one.
- */
-static struct {
-	char *shown;     /* the path as given, for the message; NULL: none kept */
-	char *real_path; /* where SQLite read it */
-	struct stat st;
-} snapshot;
-
-static void snapshot_release(void)
-{
-	free(snapshot.shown);
-	free(snapshot.real_path);
-	memset(&snapshot, 0, sizeof(snapshot));
-}
-
-static int snapshot_take(const struct audit_log *l, const struct stat *st)
-{
-	snapshot_release();
-	snapshot.shown = strdup(l->store_path);
-	snapshot.real_path = strdup(l->real_path);
-	snapshot.st = *st;
-	if (!snapshot.shown || !snapshot.real_path) {
-		snapshot_release();
-		ctl_warn("out of memory");
-		return CTL_EXIT_LOCAL;
-	}
-	return CTL_EXIT_OK;
-}
-
-static bool snapshot_unchanged(void)
-{
-	struct stat now;
-	const struct stat *then = &snapshot.st;
-	return stat(snapshot.real_path, &now) == 0 && now.st_dev == then->st_dev &&
-	       now.st_ino == then->st_ino && now.st_size == then->st_size &&
-	       now.st_mtim.tv_sec == then->st_mtim.tv_sec &&
-	       now.st_mtim.tv_nsec == then->st_mtim.tv_nsec && !wal_exists(snapshot.real_path);
-}
-
-int audit_log_recheck(int status)
-{
-	if (!snapshot.real_path)
-		return status;
-	if (!snapshot_unchanged()) {
-		ctl_warn("the store '%s' changed while it was read (isgd started?): nothing here "
-		         "can be trusted; run the command again",
-		         snapshot.shown);
-		if (status == CTL_EXIT_OK)
-			status = CTL_EXIT_LOCAL;
-	}
-	snapshot_release();
-	return status;
-}
-
-/* The store's file, links followed, in l->real_path. */
-static int resolve_store(struct audit_log *l)
-{
-	l->real_path = realpath(l->store_path, NULL);
-	if (!l->real_path) {
-		/* a store that is not there is the usual case: say so plainly */
-		bool missing = errno == ENOENT || errno == ENOTDIR;
-		ctl_warn("cannot open store '%s': %s%s", l->store_path,
-		         missing ? "" : "cannot resolve its path: ", ctl_errno_text(errno));
-		return CTL_EXIT_LOCAL;
-	}
-	return CTL_EXIT_OK;
-}
-
+/* The store, and a check that it holds an audit log (ctl_store_open says the rest). */
 static int open_store(struct audit_log *l)
 {
-	struct stat st;
-	int status = resolve_store(l);
+	int status = ctl_store_open(l->store_path, true, &l->db, &l->real_path);
 	if (status != CTL_EXIT_OK)
 		return status;
-	if (stat(l->real_path, &st) != 0) {
-		ctl_warn("cannot open store '%s': %s", l->store_path, ctl_errno_text(errno));
-		return CTL_EXIT_LOCAL;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		ctl_warn("store '%s' is not a regular file", l->store_path);
-		return CTL_EXIT_LOCAL;
-	}
-	/* st, taken before the WAL is looked for: an isgd that starts after it shows */
-	bool immutable = !wal_exists(l->real_path);
-	if (immutable && snapshot_take(l, &st) != CTL_EXIT_OK)
-		return CTL_EXIT_LOCAL;
-	char *uri = store_uri(l->real_path, immutable);
-	if (!uri) {
-		ctl_warn("out of memory");
-		return CTL_EXIT_LOCAL;
-	}
-	int rc = sqlite3_open_v2(uri, &l->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
-	free(uri);
-	if (rc != SQLITE_OK) {
-		ctl_warn("cannot open store '%s': %s", l->store_path,
-		         l->db ? sqlite3_errmsg(l->db) : sqlite3_errstr(rc));
-		return CTL_EXIT_LOCAL;
-	}
-	sqlite3_busy_timeout(l->db, BUSY_TIMEOUT_MS);
-	if (sqlite3_exec(l->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-		ctl_warn("cannot read store '%s': %s", l->store_path, sqlite3_errmsg(l->db));
-		return CTL_EXIT_LOCAL;
-	}
 	l->in_txn = true;
 	int64_t tables = query_int(l->db, "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
 	                                  " AND name IN ('audit', 'checkpoints')");
