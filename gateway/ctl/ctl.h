@@ -168,5 +168,6 @@ int cmd_whoami(int argc, char **argv);
 int cmd_keys(int argc, char **argv);
 int cmd_policy(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
+int cmd_store(int argc, char **argv);
 
 #endif

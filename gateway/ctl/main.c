@@ -23,6 +23,7 @@ static const struct ctl_command commands[] = {
     {"keys", cmd_keys, "manage the gateway's keys: keys init|new-domain|rotate|list DIR"},
     {"policy", cmd_policy, "check, summarise and compare policies: policy check|show|diff"},
     {"audit", cmd_audit, "check and query the audit log: audit verify|list|subject|prove|..."},
+    {"store", cmd_store, "back up isgd's store while it runs: store backup OUTPUT"},
     {"help", cmd_help, "show this help, or a command's: help COMMAND"},
 };
 

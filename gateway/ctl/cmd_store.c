@@ -1,0 +1,498 @@
+/*
+ * isgctl store backup: a consistent copy of isgd's store taken while isgd
+ * runs and partners keep exchanging (docs/operations.md, "Backups and
+ * restore"). The store is read as the audit commands read it
+ * (store_read.c): read-only, in one read transaction. The copy is a new
+ * file of mode 0600 beside OUTPUT, checked, synced, then linked at OUTPUT,
+ * which never replaces a file: OUTPUT holds a whole, checked copy or
+ * nothing.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "ctl/cmd_audit.h"
+#include "ctl/ctl.h"
+#include "ctl/store_read.h"
+
+/* What store_db.c writes into every store (docs/store.md, "Recognising the file"). */
+#define STORE_APPLICATION_ID 0x49534731 /* "ISG1" */
+#define STORE_FORMAT "isg-store"
+
+static const char backup_usage[] =
+    "usage: isgctl store backup (--config ISGD_YAML | --store DB) OUTPUT\n";
+
+enum { STORE_OPT_CONFIG = 3000, STORE_OPT_STORE, STORE_OPT_HELP };
+
+struct backup {
+	const char *output;
+	char *store_path; /* --store, else the config's store.path */
+	sqlite3 *src;
+	char *src_real;
+	int64_t src_last; /* the audit log's last seq in the snapshot copied */
+	char *tmp;        /* the copy, until it is linked at output; NULL: none */
+	/* what the copy holds, for the summary line */
+	int64_t bytes, entries, cp_size; /* cp_size -1: no checkpoint */
+	char root[64];                   /* the latest checkpoint's root, base64; "": unreadable */
+};
+
+/* The query's single integer into *v; false when it has no row or fails. */
+static bool query_int(sqlite3 *db, const char *sql, int64_t *v)
+{
+	sqlite3_stmt *st = NULL;
+	bool ok = sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+	          sqlite3_step(st) == SQLITE_ROW;
+	if (ok)
+		*v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return ok;
+}
+
+/*
+ * Whether db (named path in messages) is an isgd store: our application id,
+ * the meta row format = 'isg-store', and the audit log's tables. The first
+ * read of a connection in its transaction: the snapshot is taken here.
+ */
+static int recognise(sqlite3 *db, const char *path)
+{
+	int64_t app_id = 0, format = 0, tables = 0;
+	if (!query_int(db, "PRAGMA application_id", &app_id) ||
+	    !query_int(db,
+	               "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+	               "('meta', 'audit', 'checkpoints')",
+	               &tables)) {
+		ctl_warn("cannot read store '%s': %s", path, sqlite3_errmsg(db));
+		return CTL_EXIT_LOCAL;
+	}
+	if (app_id != STORE_APPLICATION_ID || tables != 3 ||
+	    !query_int(db,
+	               "SELECT count(*) FROM meta WHERE key = 'format' AND value = "
+	               "'" STORE_FORMAT "'",
+	               &format) ||
+	    format != 1) {
+		ctl_warn("store '%s' is an SQLite database but not an ISG store", path);
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
+/* The store's path: --store, else the config's store.path (a config given is read either way). */
+static int find_store(struct backup *b, const char *config, const char *store)
+{
+	if (!config && !store)
+		return ctl_usage_error(backup_usage,
+		                       "say where the store is: --config ISGD_YAML or --store DB");
+	int status = CTL_EXIT_OK;
+	if (config) {
+		struct isgd_config cfg;
+		status = ctl_isgd_config_load(config, &cfg);
+		if (status == CTL_EXIT_OK && !store && !cfg.store_path)
+			status = ctl_usage_error(
+			    backup_usage, "'%s' names no store.path: give --store DB", config);
+		if (status == CTL_EXIT_OK && !store)
+			b->store_path = strdup(cfg.store_path);
+		config_release(&cfg);
+	}
+	if (status == CTL_EXIT_OK && store)
+		b->store_path = strdup(store);
+	if (status == CTL_EXIT_OK && !b->store_path) {
+		ctl_warn("out of memory");
+		status = CTL_EXIT_LOCAL;
+	}
+	return status;
+}
+
+/*
+ * OUTPUT must not exist: a backup never replaces a file, which may be the
+ * last good copy. Said here, before a long copy; link() says it again at
+ * the end, without a race.
+ */
+static int output_free(const char *output)
+{
+	struct stat st;
+	if (lstat(output, &st) == 0) {
+		ctl_warn("'%s' exists: a backup never replaces a file; give a new name", output);
+		return CTL_EXIT_LOCAL;
+	}
+	if (errno != ENOENT) {
+		ctl_warn("cannot write '%s': %s", output, ctl_errno_text(errno));
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
+/* The store opened, recognised, and its snapshot taken. */
+static int open_source(struct backup *b)
+{
+	int status = ctl_store_open(b->store_path, true, &b->src, &b->src_real);
+	if (status == CTL_EXIT_OK)
+		status = recognise(b->src, b->store_path);
+	if (status == CTL_EXIT_OK &&
+	    !query_int(b->src, "SELECT coalesce(max(seq), 0) FROM audit", &b->src_last)) {
+		ctl_warn("cannot read store '%s': %s", b->store_path, sqlite3_errmsg(b->src));
+		status = CTL_EXIT_LOCAL;
+	}
+	return status;
+}
+
+/* A new empty file of mode 0600 beside OUTPUT (".NAME.XXXXXX"), in b->tmp. */
+static int make_temp(struct backup *b)
+{
+	const char *slash = strrchr(b->output, '/');
+	int dir_len = slash ? (int)(slash - b->output + 1) : 0;
+	/* "./": a relative name SQLite would otherwise take for a URI ("file:...") */
+	if (asprintf(&b->tmp, "%s%.*s.%s.XXXXXX", b->output[0] == '/' ? "" : "./", dir_len,
+	             b->output, slash ? slash + 1 : b->output) < 0) {
+		b->tmp = NULL;
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
+	int fd = mkostemp(b->tmp, O_CLOEXEC); /* mode 0600 */
+	if (fd < 0) {
+		ctl_warn("cannot write '%s': %s", b->output, ctl_errno_text(errno));
+		free(b->tmp);
+		b->tmp = NULL;
+		return CTL_EXIT_LOCAL;
+	}
+	close(fd);
+	return CTL_EXIT_OK;
+}
+
+/*
+ * Copy the source's pages into the temporary file. The source connection
+ * is in a read transaction that has already read (recognise), so it holds
+ * one snapshot: in WAL mode a reader sees the database as it was when its
+ * read began, and isgd's writer goes on appending to the WAL meanwhile
+ * (readers do not block writers; the WAL cannot be checkpointed past this
+ * snapshot until it ends, so it grows for as long as the copy takes).
+ * sqlite3_backup_step() uses a read transaction it finds open and keeps it
+ * (it opens and closes one of its own only when there is none), and the
+ * backup restarts only when the pager finds, at the start of a new read
+ * transaction, that another connection changed the file: with ours held
+ * across the copy there is none, so the copy is that snapshot whole, never
+ * restarted however busy isgd is. One step(-1) copies it all.
+ *
+ * The copy needs no journal (a failed one is removed) nor syncs of its own
+ * (the file is synced once whole): journal_mode OFF, synchronous OFF.
+ */
+static int copy_pages(struct backup *b)
+{
+	sqlite3 *dst = NULL;
+	int rc = sqlite3_open_v2(b->tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(dst, "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF", NULL,
+		                  NULL, NULL);
+	if (rc == SQLITE_OK) {
+		sqlite3_backup *bk = sqlite3_backup_init(dst, "main", b->src, "main");
+		if (bk) {
+			rc = sqlite3_backup_step(bk, -1);
+			int frc = sqlite3_backup_finish(bk); /* sets dst's error */
+			rc = rc == SQLITE_DONE ? frc : rc;
+		} else {
+			rc = sqlite3_errcode(dst);
+		}
+	}
+	int status = CTL_EXIT_OK;
+	if (rc != SQLITE_OK) {
+		/* "disk I/O error" says little: the system's reason too (file too large, ...) */
+		int sys = dst ? sqlite3_system_errno(dst) : 0;
+		ctl_warn("cannot copy store '%s' to '%s': %s%s%s%s", b->store_path, b->output,
+		         dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc), sys ? " (" : "",
+		         sys ? ctl_errno_text(sys) : "", sys ? ")" : "");
+		status = CTL_EXIT_LOCAL;
+	}
+	if (sqlite3_close(dst) != SQLITE_OK && status == CTL_EXIT_OK) {
+		ctl_warn("cannot copy store '%s' to '%s': %s", b->store_path, b->output,
+		         sqlite3_errmsg(dst));
+		status = CTL_EXIT_LOCAL;
+	}
+	return status;
+}
+
+/* End the source's read, and make sure a store read immutable did not change under it. */
+static int close_source(struct backup *b)
+{
+	sqlite3_exec(b->src, "COMMIT", NULL, NULL, NULL);
+	sqlite3_close(b->src);
+	b->src = NULL;
+	return ctl_store_recheck(CTL_EXIT_OK);
+}
+
+/* fsync the copy, and take its size. */
+static int sync_copy(struct backup *b)
+{
+	struct stat st;
+	int fd = open(b->tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	bool ok = fd >= 0 && fsync(fd) == 0 && fstat(fd, &st) == 0;
+	int err = errno;
+	if (fd >= 0)
+		close(fd);
+	if (!ok) {
+		ctl_warn("cannot write '%s': %s", b->output, ctl_errno_text(err));
+		return CTL_EXIT_LOCAL;
+	}
+	b->bytes = (int64_t)st.st_size;
+	return CTL_EXIT_OK;
+}
+
+/*
+ * The latest checkpoint's size and root, as stored (its signature is
+ * audit verify's to check). A note that does not read is said, and the
+ * copy kept: it is the store as it was.
+ */
+static int latest_checkpoint(struct backup *b, sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	b->cp_size = -1;
+	if (sqlite3_prepare_v2(db, "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
+	                       -1, &st, NULL) != SQLITE_OK) {
+		ctl_warn("cannot read the copy '%s': %s", b->tmp, sqlite3_errmsg(db));
+		return CTL_EXIT_LOCAL;
+	}
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		b->cp_size = sqlite3_column_int64(st, 0);
+		const char *note = (const char *)sqlite3_column_text(st, 1);
+		const char *end = note ? strstr(note, "\n\n") : NULL;
+		struct audit_checkpoint c;
+		const char *reason = NULL;
+		if (end &&
+		    audit_checkpoint_parse(note, (size_t)(end - note) + 1, &c, &reason) == 0 &&
+		    c.size == (uint64_t)b->cp_size)
+			audit_ctl_b64(b->root, sizeof(b->root), c.root, AUDIT_HASH_LEN);
+		else
+			ctl_warn("the latest checkpoint (size %" PRId64
+			         ") does not read: %s; check "
+			         "the store with 'isgctl audit verify'",
+			         b->cp_size, reason ? reason : "not the checkpoint of its size");
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		ctl_warn("cannot read the copy '%s': %s", b->tmp, sqlite3_errmsg(db));
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
+/* PRAGMA quick_check says "ok" (one row). */
+static int quick_check(struct backup *b, sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	bool ok = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL) == SQLITE_OK &&
+	          sqlite3_step(st) == SQLITE_ROW &&
+	          strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0 &&
+	          sqlite3_step(st) == SQLITE_DONE;
+	sqlite3_finalize(st);
+	if (!ok)
+		ctl_warn("the copy '%s' fails SQLite's quick_check", b->tmp);
+	return ok ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
+}
+
+/*
+ * Open the copy as any other store is opened (immutable: nothing else has
+ * it) and check it: SQLite's quick_check, the store's marks, and the audit
+ * log's last entry that of the snapshot copied.
+ */
+static int check_copy(struct backup *b)
+{
+	sqlite3 *db = NULL;
+	char *real = NULL;
+	int64_t count = 0, last = 0;
+	int status = ctl_store_open(b->tmp, false, &db, &real);
+	if (status == CTL_EXIT_OK)
+		status = quick_check(b, db);
+	if (status == CTL_EXIT_OK)
+		status = recognise(db, b->tmp);
+	if (status == CTL_EXIT_OK &&
+	    (!query_int(db, "SELECT count(*) FROM audit", &count) ||
+	     !query_int(db, "SELECT coalesce(max(seq), 0) FROM audit", &last))) {
+		ctl_warn("cannot read the copy '%s': %s", b->tmp, sqlite3_errmsg(db));
+		status = CTL_EXIT_LOCAL;
+	}
+	if (status == CTL_EXIT_OK && last != b->src_last) {
+		ctl_warn("the copy '%s' ends its audit log at entry %" PRId64
+		         ", the store at %" PRId64,
+		         b->tmp, last, b->src_last);
+		status = CTL_EXIT_LOCAL;
+	}
+	b->entries = count;
+	if (status == CTL_EXIT_OK)
+		status = latest_checkpoint(b, db);
+	if (db) {
+		sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+		sqlite3_close(db);
+	}
+	free(real);
+	return status;
+}
+
+/* Sync the directory of path, so a new name in it survives a crash. */
+static int sync_dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir = slash ? strndup(path, (size_t)(slash - path + 1)) : strdup(".");
+	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
+	if (fd >= 0)
+		close(fd);
+	free(dir);
+	return rc;
+}
+
+/* Give the copy its name: link() never replaces a file, unlike rename(). */
+static int publish(struct backup *b)
+{
+	if (link(b->tmp, b->output) != 0) {
+		if (errno == EEXIST)
+			ctl_warn("'%s' exists: a backup never replaces a file; give a new name",
+			         b->output);
+		else
+			ctl_warn("cannot write '%s': %s", b->output, ctl_errno_text(errno));
+		return CTL_EXIT_LOCAL;
+	}
+	if (unlink(b->tmp) != 0)
+		ctl_warn("'%s' written, but the temporary '%s' cannot be removed: %s", b->output,
+		         b->tmp, ctl_errno_text(errno));
+	free(b->tmp);
+	b->tmp = NULL;
+	if (sync_dir_of(b->output) != 0) {
+		ctl_warn("'%s' written, but its directory cannot be synced: %s", b->output,
+		         ctl_errno_text(errno));
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
+/* One line an admin can log: what was written, and the log it holds. Nothing personal. */
+static void print_summary(const struct backup *b)
+{
+	printf("store backup OK: %s, %" PRId64 " bytes, %" PRId64 " audit entries", b->output,
+	       b->bytes, b->entries);
+	if (b->cp_size < 0)
+		printf(", no checkpoint yet\n");
+	else
+		printf(", latest checkpoint size %" PRId64 ", root %s\n", b->cp_size,
+		       b->root[0] ? b->root : "unreadable");
+}
+
+static int backup_run(struct backup *b)
+{
+	int status = output_free(b->output);
+	if (status == CTL_EXIT_OK)
+		status = open_source(b);
+	if (status == CTL_EXIT_OK)
+		status = make_temp(b);
+	if (status == CTL_EXIT_OK)
+		status = copy_pages(b);
+	if (b->src) {
+		int s = close_source(b);
+		status = status == CTL_EXIT_OK ? s : status;
+	}
+	if (status == CTL_EXIT_OK)
+		status = sync_copy(b);
+	if (status == CTL_EXIT_OK)
+		status = check_copy(b);
+	if (status == CTL_EXIT_OK)
+		status = publish(b);
+	if (status == CTL_EXIT_OK)
+		print_summary(b);
+	return status;
+}
+
+static void backup_release(struct backup *b)
+{
+	if (b->src) {
+		sqlite3_exec(b->src, "COMMIT", NULL, NULL, NULL);
+		sqlite3_close(b->src);
+	}
+	if (b->tmp)
+		unlink(b->tmp); /* never a partial copy left behind */
+	free(b->tmp);
+	free(b->src_real);
+	free(b->store_path);
+}
+
+static int backup_help(void)
+{
+	printf("%s\nCopies isgd's store to OUTPUT, a new file (mode 0600), while isgd runs and\n"
+	       "partners keep exchanging: one consistent snapshot, taken with SQLite's online\n"
+	       "backup through a read-only connection, never blocking isgd. Works with isgd\n"
+	       "stopped too. The copy is written beside OUTPUT, checked (quick_check, the\n"
+	       "store's marks), synced, then given its name; an existing OUTPUT is never\n"
+	       "replaced. Prints one line: 'store backup OK: OUTPUT, N bytes, E audit\n"
+	       "entries, latest checkpoint size S, root R'. The copy is personal data.\n\n"
+	       "  --config ISGD_YAML  isgd's configuration: store.path\n"
+	       "  --store DB          the store file (overrides the config's)\n",
+	       backup_usage);
+	return CTL_EXIT_OK;
+}
+
+static int store_backup_cmd(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"config", required_argument, NULL, STORE_OPT_CONFIG},
+	    {"store", required_argument, NULL, STORE_OPT_STORE},
+	    {"help", no_argument, NULL, STORE_OPT_HELP},
+	    {NULL, 0, NULL, 0},
+	};
+	static const char *const names[] = {"OUTPUT"};
+	const char *config = NULL, *store = NULL;
+	bool help = false;
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, backup_usage);
+	int opt;
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
+		if (opt == STORE_OPT_CONFIG)
+			config = optarg;
+		else if (opt == STORE_OPT_STORE)
+			store = optarg;
+		else
+			help = true;
+	}
+	if (help)
+		return backup_help();
+	if (argc - optind != 1)
+		return ctl_usage_error(backup_usage, "store backup takes one OUTPUT file");
+	int status = ctl_opts_args(&o, names);
+	if (status != CTL_EXIT_OK)
+		return status;
+	struct backup b = {.output = argv[optind]};
+	status = find_store(&b, config, store);
+	if (status == CTL_EXIT_OK)
+		status = backup_run(&b);
+	backup_release(&b);
+	return status;
+}
+
+static const struct ctl_command store_commands[] = {
+    {"backup", store_backup_cmd, "copy the store to a new file, consistently, while isgd runs"},
+};
+
+int cmd_store(int argc, char **argv)
+{
+	if (sodium_init() < 0) {
+		ctl_warn("cannot initialise libsodium");
+		return CTL_EXIT_LOCAL;
+	}
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		FILE *out = argc < 2 ? stderr : stdout;
+		fprintf(out, "usage: isgctl store COMMAND [OPTIONS]\n");
+		for (size_t i = 0; i < ARRAY_LEN(store_commands); i++)
+			fprintf(out, "  %-8s %s\n", store_commands[i].name,
+			        store_commands[i].description);
+		fprintf(out, "\n'isgctl store COMMAND --help' shows a command's options.\n");
+		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
+	}
+	int status =
+	    ctl_dispatch(store_commands, ARRAY_LEN(store_commands), "store", argc - 1, argv + 1);
+	return ctl_store_recheck(status);
+}
