@@ -1,0 +1,324 @@
+"""
+Scenario: isgctl store backup, the online backup of docs/operations.md
+("Backups and restore").
+
+A backup taken while a partner keeps sending holds every message accepted
+before it began (most of which are still in isgd's WAL, where a copy of the
+database file alone would miss them) and none sent after it ended; restored
+as operations.md says into a gateway of its own with the same keys, it
+starts, verifies, and delivers those messages. The output is a new file of
+mode 0600 whatever the umask; nothing is left behind when the backup is
+refused or fails; and it works with isgd stopped, creating nothing beside
+the store.
+"""
+
+import os
+import re
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import isgtest
+
+NHS = "9434765919"
+SUMMARY = re.compile(r"^store backup OK: (?P<path>.+), (?P<bytes>\d+) bytes, "
+                     r"(?P<entries>\d+) audit entries, (?:latest checkpoint size (?P<size>\d+), "
+                     r"root (?P<root>[A-Za-z0-9+/]{43}=)|no checkpoint yet)\n$")
+
+
+def open_copy(path):
+    """A store file opened read-only and immutable: nothing is created beside it."""
+    return sqlite3.connect("file:%s?mode=ro&immutable=1" % path, uri=True)
+
+
+def message_ids(path):
+    with open_copy(path) as db:
+        return {row[0] for row in db.execute("SELECT id FROM messages")}
+
+
+def audit_last(path):
+    with open_copy(path) as db:
+        return db.execute("SELECT count(*), coalesce(max(seq), 0) FROM audit").fetchone()
+
+
+class BackupCase(isgtest.ScenarioCase):
+    def start(self, **overrides):
+        self.pol = self.policy()
+        overrides.setdefault("audit", {"checkpoint_interval": "1s"})
+        gw = self.gateway(self.pol, **overrides)
+        return gw, self.partner(gw, "police")
+
+    def backup(self, *args, preexec_fn=None, cwd=None):
+        argv = [isgtest.ISGCTL, "store", "backup"] + [str(a) for a in args]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=isgtest.CTL_TIMEOUT,
+                           stdin=subprocess.DEVNULL, preexec_fn=preexec_fn, cwd=cwd)
+        return isgtest.CtlResult(p.returncode, p.stdout, p.stderr, argv)
+
+    def assertBackedUp(self, r, path, gw=None):
+        """Exit 0 and the summary line; returns its match."""
+        self.assertCtl(r, 0, gw)
+        m = SUMMARY.match(r.out)
+        self.assertIsNotNone(m, r)
+        self.assertEqual(m.group("path"), str(path))
+        self.assertEqual(int(m.group("bytes")), os.path.getsize(path))
+        self.assertEqual(int(m.group("entries")), audit_last(path)[0])
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        return m
+
+    def assertOnly(self, directory, names):
+        """directory holds exactly names: no temporary copy left beside them."""
+        self.assertEqual(sorted(os.listdir(directory)), sorted(names))
+
+
+class TestOnlineBackup(BackupCase):
+    def test_backup_while_sending_restores_whole(self):
+        gw, police = self.start()
+        sent, lock, stop = [], threading.Lock(), threading.Event()
+
+        def sender():
+            i = 0
+            while not stop.is_set():
+                t0 = time.monotonic()
+                receipt = police.send_ok([{"nhs_number": NHS, "age": i % 100}])
+                with lock:
+                    sent.append((t0, time.monotonic(), receipt))
+                i += 1
+
+        def sent_count():
+            with lock:
+                return len(sent)
+
+        def wait_for(n):
+            deadline = time.monotonic() + 30 * isgtest.SLOW
+            while sent_count() < n:
+                self.assertLess(time.monotonic(), deadline, "the sender stalled")
+                t.raise_exception()
+                time.sleep(0.02)
+
+        t = isgtest.Thread(target=sender, name="sender")
+        t.start()
+        try:
+            wait_for(10)
+            self.wait_checkpoint(gw)  # so that the summary has a checkpoint to name
+            began = time.monotonic()
+            with lock:
+                before = [rec for _, done, rec in sent if done < began]
+            # The premise: most of what was committed is still in the WAL, so a
+            # copy of the database file alone misses it. The backup must not.
+            raw = os.path.join(self.tmp, "raw.db")
+            shutil.copyfile(gw.store_path, raw)
+            try:
+                raw_ids = message_ids(raw)
+            except sqlite3.Error:
+                raw_ids = set()
+            out = os.path.join(self.tmp, "backups", "store-1.db")
+            os.makedirs(os.path.dirname(out))
+            r = self.backup("--config", gw.config_path, out)
+            ended = time.monotonic()
+            wait_for(sent_count() + 5)  # the sender went on, unblocked
+        finally:
+            stop.set()
+            t.join(60)
+        self.assertFalse(t.is_alive())
+        m = self.assertBackedUp(r, out, gw)
+        self.assertOnly(os.path.dirname(out), ["store-1.db"])
+        before_ids = {rec["gateway_id"] for rec in before}
+        after_ids = {rec["gateway_id"] for t0, _, rec in sent if t0 > ended}
+        self.assertTrue(after_ids)
+        self.assertFalse(before_ids <= raw_ids,
+                         "premise: the database file alone already held every message, so "
+                         "this test cannot tell a snapshot from a copy of the file")
+
+        # One snapshot: everything committed before the backup began, nothing sent after it ended.
+        in_backup = message_ids(out)
+        self.assertLessEqual(before_ids, in_backup)
+        self.assertTrue(after_ids.isdisjoint(in_backup))
+        entries, last = audit_last(out)
+        self.assertEqual(entries, last)
+        self.assertGreaterEqual(last, max(rec["audit_index"] for rec in before))
+        self.assertLess(last, min(rec["audit_index"] for t0, _, rec in sent if t0 > ended))
+
+        # Restored as operations.md says: the same keys and origin, mode 0600, no -wal.
+        restored = self.restore(out)
+        time.sleep(1.5 * isgtest.SLOW)  # one audit.checkpoint_interval: the copy's tail signed
+        r = isgtest.ctl("audit", "verify", "--config", restored.config_path)
+        self.assertCtl(r, 0, restored)
+        self.assertIn("audit log OK", r.out)
+        self.assertEqual(self.fetch_all(restored), in_backup)
+        self.assertIsNotNone(m.group("size"), r)
+        self.assertLessEqual(int(m.group("size")), entries)
+
+    def wait_checkpoint(self, gw):
+        deadline = time.monotonic() + 10 * isgtest.SLOW
+        while isgtest.ctl("audit", "checkpoint", "--config", gw.config_path).rc != 0:
+            self.assertLess(time.monotonic(), deadline, "no checkpoint signed")
+            time.sleep(0.1)
+
+    def restore(self, backup):
+        os.makedirs(os.path.join(self.tmp, "restored"))
+        shutil.copytree(self.gateway_keys(), os.path.join(self.tmp, "restored", "keys"))
+        gw = self.gateway(self.pol, name="restored", start=False,
+                          audit={"checkpoint_interval": "1s"})
+        shutil.copyfile(backup, gw.store_path)
+        os.chmod(gw.store_path, 0o600)
+        gw.start()
+        return gw
+
+    def gateway_keys(self):
+        return self._gateways[0].keys_dir
+
+    def fetch_all(self, gw):
+        nhs = self.partner(gw, "nhs")
+        ids = set()
+        while True:
+            got = {msg["gateway_id"] for msg in nhs.fetch_messages()}
+            if not got:
+                return ids
+            ids |= got
+
+    def test_output_is_0600_whatever_the_umask(self):
+        gw, police = self.start()
+        police.send_ok([{"nhs_number": NHS}])
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        # a relative name that SQLite would take for a URI if given as it is
+        r = self.backup("--store", gw.store_path, "file:b.db", cwd=out_dir,
+                        preexec_fn=lambda: os.umask(0))
+        self.assertCtl(r, 0, gw)
+        self.assertTrue(r.out.startswith("store backup OK: file:b.db, "), r)
+        self.assertEqual(os.stat(os.path.join(out_dir, "file:b.db")).st_mode & 0o777, 0o600)
+        self.assertOnly(out_dir, ["file:b.db"])
+
+
+class TestBackupRefused(BackupCase):
+    def test_existing_output_is_never_replaced(self):
+        gw, police = self.start()
+        out = os.path.join(self.tmp, "out")
+        os.makedirs(out)
+        old = os.path.join(out, "store.db")
+        with open(old, "w") as f:
+            f.write("an earlier backup\n")
+        r = self.backup("--config", gw.config_path, old)
+        self.assertCtl(r, 1, gw, "isgctl: '%s' exists: a backup never replaces a file; give a "
+                                 "new name" % old)
+        self.assertEqual(r.out, "")
+        with open(old) as f:
+            self.assertEqual(f.read(), "an earlier backup\n")
+        # nor a link, even one to nothing
+        dangling = os.path.join(out, "link.db")
+        os.symlink(os.path.join(out, "nothing"), dangling)
+        r = self.backup("--config", gw.config_path, dangling)
+        self.assertCtl(r, 1, gw, "'%s' exists" % dangling)
+        self.assertOnly(out, ["store.db", "link.db"])
+
+    def test_missing_or_unwritable_directory(self):
+        gw, police = self.start()
+        missing = os.path.join(self.tmp, "none", "store.db")
+        r = self.backup("--config", gw.config_path, missing)
+        self.assertCtl(r, 1, gw, "isgctl: cannot write '%s': no such file or directory" % missing)
+        self.assertFalse(os.path.exists(os.path.dirname(missing)))
+        # A directory this user may not write: isgctl run as nobody when the tests run as
+        # root (who may write anywhere), reading a copy of the store it may read.
+        base = tempfile.mkdtemp(prefix="isg-backup-")
+        self.addCleanup(shutil.rmtree, base)
+        os.chmod(base, 0o755)
+        store = os.path.join(base, "isg.db")
+        gw.stop()
+        shutil.copyfile(gw.store_path, store)
+        os.chmod(store, 0o644)
+        locked = os.path.join(base, "locked")
+        os.makedirs(locked)
+        os.chmod(locked, 0o555)
+        as_user = None
+        if os.geteuid() == 0:
+            def as_user():
+                os.setgid(65534)
+                os.setuid(65534)
+        out = os.path.join(locked, "store.db")
+        r = self.backup("--store", store, out, preexec_fn=as_user)
+        self.assertCtl(r, 1, None, "isgctl: cannot write '%s': permission denied" % out)
+        self.assertOnly(locked, [])
+
+    def test_a_failed_copy_leaves_nothing(self):
+        """A write that fails after the copy began (the file size limit, EFBIG)."""
+        gw, police = self.start()
+        for i in range(5):
+            police.send_ok([{"nhs_number": NHS, "concern_summary": "x" * 2000}])
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+
+        def small_files():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+        out = os.path.join(out_dir, "store.db")
+        r = self.backup("--config", gw.config_path, out, preexec_fn=small_files)
+        self.assertCtl(r, 1, gw, "isgctl: cannot copy store '%s' to '%s': " % (gw.store_path, out),
+                       "(file too large)")
+        self.assertOnly(out_dir, [])
+
+    def test_not_a_store(self):
+        gw, police = self.start()
+        other = os.path.join(self.tmp, "other.db")
+        with sqlite3.connect(other) as db:
+            db.execute("CREATE TABLE t(x)")
+        db.close()
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        r = self.backup("--store", other, os.path.join(out_dir, "b.db"))
+        self.assertCtl(r, 1, gw, "isgctl: store '%s' is an SQLite database but not an ISG store"
+                       % other)
+        r = self.backup("--store", os.path.join(self.tmp, "nothing.db"), os.path.join(out_dir, "b.db"))
+        self.assertCtl(r, 1, gw, "isgctl: cannot open store '%s': no such file or directory"
+                       % os.path.join(self.tmp, "nothing.db"))
+        bad = os.path.join(self.tmp, "none.yaml")
+        r = self.backup("--config", bad, os.path.join(out_dir, "b.db"))
+        self.assertCtl(r, 1, gw, "isgctl: cannot use the gateway configuration '%s'" % bad)
+        self.assertOnly(out_dir, [])
+
+    def test_usage(self):
+        gw, police = self.start()
+        out = os.path.join(self.tmp, "b.db")
+        for args, msg in [
+                ((), "store backup takes one OUTPUT file"),
+                (("--config", gw.config_path), "store backup takes one OUTPUT file"),
+                (("--config", gw.config_path, out, out), "store backup takes one OUTPUT file"),
+                ((out,), "say where the store is: --config ISGD_YAML or --store DB"),
+                (("--store", gw.store_path, "--store", gw.store_path, out), "--store given twice"),
+                (("--store", gw.store_path, ""), "the OUTPUT argument is empty"),
+                (("--keys", gw.keys_dir, out), "unknown option '--keys'"),
+        ]:
+            r = self.backup(*args)
+            self.assertCtl(r, 2, gw, "isgctl: " + msg, "usage: isgctl store backup")
+        self.assertFalse(os.path.exists(out))
+
+
+class TestBackupStopped(BackupCase):
+    def test_backup_with_isgd_stopped(self):
+        gw, police = self.start()
+        ids = {police.send_ok([{"nhs_number": NHS, "age": i}])["gateway_id"] for i in range(3)}
+        gw.stop()
+        store_files = gw.store_files()
+        out = os.path.join(self.tmp, "stopped.db")
+        r = self.backup("--config", gw.config_path, out)
+        m = self.assertBackedUp(r, out, gw)
+        self.assertEqual(message_ids(out), ids)
+        # the last checkpoint isgd signed as it stopped covers the whole log
+        self.assertEqual(int(m.group("size")), int(m.group("entries")))
+        # opened immutable: no -wal or -shm made beside the store, which isgd still opens
+        self.assertEqual(gw.store_files(), store_files)
+        gw.start()
+        r = isgtest.ctl("audit", "verify", "--store", out, "--keys", gw.keys_dir)
+        self.assertCtl(r, 0, gw)
+        self.assertIn("latest checkpoint size %s, root %s" % (m.group("size"), m.group("root")),
+                      r.out)
+
+
+if __name__ == "__main__":
+    unittest.main()
