@@ -210,6 +210,8 @@ class OptionsTest(isgtest.ScenarioCase):
                     cls.rotated),
             Command(["policy", "check"], {}, {"--keys": (keys, cls.keys)}, [cls.policy_dir],
                     printed),
+            Command(["store", "backup"], {"--store": store},
+                    {k: where[k] for k in ("--config", "--store")}, [out("b.db")], wrote),
             Command(["audit", "verify"], {"--store": store, "--keys": keys},
                     dict(where, **key, **{"--grace": ("600", "60"),
                                           "--against": (cls.saved, cls.saved)}),
@@ -467,7 +469,8 @@ class OptionsTest(isgtest.ScenarioCase):
         for words, names in [("keys init", ["DIR"]), ("keys new-domain", ["DIR", "NAME"]),
                              ("keys rotate", ["DIR", "NAME"]), ("keys list", ["DIR"]),
                              ("policy check", ["DIR"]), ("policy show", ["DIR", "AGREEMENT_ID"]),
-                             ("policy diff", ["OLD_DIR", "NEW_DIR"]), ("send", ["FILE"])]:
+                             ("policy diff", ["OLD_DIR", "NEW_DIR"]), ("send", ["FILE"]),
+                             ("store backup", ["OUTPUT"])]:
             cmd = by_name[words]
             self.assertEqual(len(cmd.positional), len(names))
             for i, name in enumerate(names):
