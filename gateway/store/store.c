@@ -531,6 +531,8 @@ static int send_validate(const struct store_message *m)
 	const char *kind = m->duplicate_only ? "message.refused" : "message.accepted";
 	if (store_log_check_body(kind, m->audit_entry, m->audit_len) != 0)
 		return ISG_ERR_INVALID;
+	if (m->admit && !m->admit_undo)
+		return ISG_ERR_INVALID;
 	if (m->ttl_ms <= 0 || m->ttl_ms > STORE_MAX_TTL_MS)
 		return ISG_ERR_INVALID;
 	return 0;
@@ -581,6 +583,9 @@ int store_send(struct store *s, const struct store_message *m, store_send_cb cb,
 	js->duplicate_only = m->duplicate_only;
 	js->refusal_entry = m->refusal_entry;
 	js->refusal_ctx = m->refusal_ctx;
+	js->admit = m->admit;
+	js->admit_undo = m->admit_undo;
+	js->admit_ctx = m->admit_ctx;
 	rc = send_copy_strings(js, m);
 	if (rc)
 		goto fail;

@@ -156,17 +156,36 @@ struct store_message {
 	bool duplicate_only; /* answer a resend, but store nothing new (ISG_ERR_LIMIT) */
 	/*
 	 * The "message.refused" entry for a refusal the store itself finds
-	 * (ISG_ERR_CONFLICT, ISG_ERR_NOT_FOUND), built on the writer when it
-	 * does and written in the same transaction, so the refusal is on
-	 * record before it is answered, with no second job that could come
-	 * after the store closed. A malloc'd body and its *len, or NULL when
-	 * out of memory. With refusal_entry NULL such a refusal is not audited.
-	 * It may be called and its entry rolled back with a failed batch, the
-	 * send then answered otherwise (run alone, it may be over a limit
-	 * instead): it must change nothing the answer depends on.
+	 * (ISG_ERR_CONFLICT, ISG_ERR_NOT_FOUND, or ISG_ERR_LIMIT from admit),
+	 * built on the writer when it does and written in the same
+	 * transaction, so the refusal is on record before it is answered, with
+	 * no second job that could come after the store closed. A malloc'd
+	 * body and its *len, or NULL when out of memory. With refusal_entry
+	 * NULL such a refusal is not audited. It may be called and its entry
+	 * rolled back with a failed batch, the send then answered otherwise
+	 * (run alone, it may be refused for another reason): it must change
+	 * nothing the answer depends on.
 	 */
 	char *(*refusal_entry)(void *ctx, int err, size_t *len);
 	void *refusal_ctx;
+	/*
+	 * Admission (isgd's daily limits), on the writer, where sends are
+	 * serialised: called for a send that is new (no message with its
+	 * sender and message_id, its reply_to found) just before it is
+	 * stored, with the batch's time stamp, its accepted_at_ms. 0 admits
+	 * it. ISG_ERR_LIMIT refuses it: its refusal_entry(ISG_ERR_LIMIT) is
+	 * written in its place and cb hears ISG_ERR_LIMIT with the entry's
+	 * index. Any other error fails the job. A resend answered with its
+	 * receipt, or a refusal found before, is never admitted. An admitted
+	 * send whose job or batch is then rolled back (its savepoint, a failed
+	 * COMMIT, a full disk before it is run alone) is handed to admit_undo,
+	 * once for each admission, before it is admitted again or answered:
+	 * only a send answered as newly stored keeps one. NULL: every new
+	 * send is admitted. admit_undo is required with admit.
+	 */
+	int (*admit)(void *ctx, int64_t accepted_at_ms);
+	void (*admit_undo)(void *ctx);
+	void *admit_ctx;
 };
 
 struct store_receipt {
@@ -178,15 +197,16 @@ struct store_receipt {
 };
 
 /*
- * err: 0; ISG_ERR_LIMIT when duplicate_only was set and this is not a resend
- * (the refusal's audit entry is then on disk, r->audit_index its index: the
- * refusal needs no second job, which could come after the store closed);
- * ISG_ERR_CONFLICT when (sender, message_id) exists with another
- * request_hash; ISG_ERR_NOT_FOUND when reply_to names no message sent by
- * the recipient to the sender (for these two, with refusal_entry, the
- * refusal is on disk as for ISG_ERR_LIMIT); ISG_ERR_FULL when the disk is
- * full; ISG_ERR_STORE otherwise. r is NULL unless err is 0 or a refusal on
- * disk.
+ * err: 0; ISG_ERR_LIMIT when admit refused the send, or duplicate_only was
+ * set and this is not a resend (the refusal's audit
+ * entry is then on disk, r->audit_index its index: the refusal needs no
+ * second job, which could come after the store closed); ISG_ERR_CONFLICT
+ * when (sender, message_id) exists with another request_hash;
+ * ISG_ERR_NOT_FOUND when reply_to names no message sent by the recipient
+ * to the sender (for these three, with refusal_entry, the refusal is on
+ * disk as for ISG_ERR_LIMIT; without it, nothing is written and r is
+ * NULL); ISG_ERR_FULL when the disk is full; ISG_ERR_STORE otherwise. r
+ * is NULL unless err is 0 or a refusal on disk.
  */
 typedef void (*store_send_cb)(void *ctx, int err, const struct store_receipt *r);
 #define STORE_MAX_AUDIT_ENTRY (1024u * 1024) /* bytes of one audit entry */

@@ -136,11 +136,15 @@ struct job_send {
 	size_t audit_len;
 	char *(*refusal_entry)(void *ctx, int err, size_t *len);
 	void *refusal_ctx;
+	int (*admit)(void *ctx, int64_t accepted_at_ms);
+	void (*admit_undo)(void *ctx);
+	void *admit_ctx;
 	store_send_cb cb;
 	void *ctx;
 	/* result */
 	struct store_receipt receipt;
-	bool added; /* a new message row, not a duplicate */
+	bool added;    /* a new message row, not a duplicate */
+	bool admitted; /* admit said 0, and admit_undo is owed if it is rolled back */
 	/* A refusal whose entry was written (ISG_ERR_LIMIT, _CONFLICT, _NOT_FOUND); 0: none. */
 	int refused;
 };

@@ -259,10 +259,10 @@ static int send_insert(struct store *s, struct job_send *js, int64_t now, uint64
 }
 
 /*
- * A conflicting resend or a reply to no message: its refusal entry, built
- * by the sender's refusal_entry, is written here, so the job commits and cb
- * hears `why` with the entry's index. Without refusal_entry, the job fails
- * with `why` and nothing is written.
+ * A conflicting resend, a reply to no message or a send admit refused: its
+ * refusal entry, built by the sender's refusal_entry, is written here, so
+ * the job commits and cb hears `why` with the entry's index. Without
+ * refusal_entry, the job fails with `why` and nothing is written.
  */
 static int send_refuse_found(struct store *s, struct job_send *js, int64_t now, int why)
 {
@@ -279,6 +279,25 @@ static int send_refuse_found(struct store *s, struct job_send *js, int64_t now, 
 	free(entry);
 	if (err == 0)
 		js->refused = why;
+	return err;
+}
+
+/*
+ * The caller's admission (the daily limits) of a send about to be stored,
+ * at the batch's stamp: 0 admitted, owed admit_undo should its savepoint
+ * or batch be rolled back (store_job_discard); refused, as a found refusal.
+ */
+static int send_admit(struct store *s, struct job_send *js, int64_t now, bool *refused)
+{
+	*refused = false;
+	if (!js->admit)
+		return 0;
+	int err = js->admit(js->admit_ctx, now);
+	if (err == ISG_ERR_LIMIT) {
+		*refused = true;
+		return send_refuse_found(s, js, now, err);
+	}
+	js->admitted = err == 0;
 	return err;
 }
 
@@ -304,6 +323,10 @@ static int job_send_run(struct store *s, struct job_send *js, int64_t now)
 		if (err)
 			return err;
 	}
+	bool refused;
+	err = send_admit(s, js, now, &refused);
+	if (err || refused)
+		return err;
 	uint64_t seq = 0;
 	err = store_log_append(s, now, "message.accepted", js->audit_entry, js->audit_len, &seq);
 	if (err)
@@ -699,6 +722,11 @@ void store_job_discard(struct store_job *j)
 		memset(&j->u.send.receipt, 0, sizeof(j->u.send.receipt));
 		j->u.send.added = false;
 		j->u.send.refused = 0;
+		/* Rolled back: its admission with it, once (discard may come twice). */
+		if (j->u.send.admitted) {
+			j->u.send.admitted = false;
+			j->u.send.admit_undo(j->u.send.admit_ctx);
+		}
 		break;
 	case JOB_REFUSE:
 		memset(&j->u.refuse.receipt, 0, sizeof(j->u.refuse.receipt));

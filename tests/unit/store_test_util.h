@@ -187,8 +187,9 @@ static inline void on_send(void *ctx, int err, const struct store_receipt *r)
 {
 	struct wait *w = ctx;
 	/* A refusal the store found comes with one when it is on record. */
-	bool must = err == 0 || err == ISG_ERR_LIMIT;
-	bool may = must || err == ISG_ERR_CONFLICT || err == ISG_ERR_NOT_FOUND;
+	bool must = err == 0;
+	bool may =
+	    must || err == ISG_ERR_LIMIT || err == ISG_ERR_CONFLICT || err == ISG_ERR_NOT_FOUND;
 	if (r && may)
 		w->receipt = *r;
 	else if (must || r)

@@ -248,6 +248,149 @@ static void test_send_duplicate_only(void **state)
 }
 
 /*
+ * An admission callback for tests, a daily limit of `limit` messages:
+ * counts what it admits, what is given back and the stamps it was given.
+ */
+struct admit_count {
+	int limit, admitted, calls, undos;
+	int64_t at_ms;
+};
+
+static int test_admit(void *ctx, int64_t accepted_at_ms)
+{
+	struct admit_count *a = ctx;
+	a->calls++;
+	a->at_ms = accepted_at_ms;
+	if (a->admitted >= a->limit)
+		return ISG_ERR_LIMIT;
+	a->admitted++;
+	return 0;
+}
+
+static void test_admit_undo(void *ctx)
+{
+	struct admit_count *a = ctx;
+	a->undos++;
+	a->admitted--;
+}
+
+static char *test_refusal_entry(void *ctx, int err, size_t *len);
+static int refusal_calls;
+
+static void admit_with(struct store_message *m, struct admit_count *a)
+{
+	m->admit = test_admit;
+	m->admit_undo = test_admit_undo;
+	m->admit_ctx = a;
+}
+
+/*
+ * Admission (the daily limits) is asked only of a new send, with the stamp
+ * it is stored under: a resend gets its receipt and is never asked, nor is
+ * a conflicting resend or a reply to no message. A send refused has its
+ * refusal entry written by the same job, so the refusal needs no second
+ * job after the store may have closed; without refusal_entry nothing is.
+ */
+static void test_send_admission(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct admit_count a = {.limit = 1};
+	struct store_message m = fx_msg("police-a", "msg-lim", "nhs-b", "payload one");
+	admit_with(&m, &a);
+	m.refusal_entry = test_refusal_entry;
+	struct store_receipt r1, r2, r3;
+	assert_int_equal(send_sync(s, &m, &r1), 0);
+	assert_int_equal(a.calls, 1);
+	assert_int_equal(a.at_ms, r1.accepted_at_ms);
+	assert_int_equal(send_sync(s, &m, &r2), 0);
+	assert_true(r2.duplicate);
+	assert_int_equal(r2.gateway_id, r1.gateway_id);
+	struct store_message changed = fx_msg("police-a", "msg-lim", "nhs-b", "payload other");
+	admit_with(&changed, &a);
+	changed.refusal_entry = test_refusal_entry;
+	assert_int_equal(send_sync(s, &changed, &r2), ISG_ERR_CONFLICT);
+	struct store_message reply = fx_msg("police-a", "msg-reply", "nhs-b", "a reply");
+	reply.reply_to = 99999;
+	admit_with(&reply, &a);
+	reply.refusal_entry = test_refusal_entry;
+	assert_int_equal(send_sync(s, &reply, &r2), ISG_ERR_NOT_FOUND);
+	assert_int_equal(a.calls, 1);
+	/* New, over the limit: refused, and its refusal on record. */
+	struct store_message n = fx_msg("police-a", "msg-new", "nhs-b", "payload two");
+	admit_with(&n, &a);
+	n.refusal_entry = test_refusal_entry;
+	refusal_calls = 0;
+	assert_int_equal(send_sync(s, &n, &r3), ISG_ERR_LIMIT);
+	assert_int_equal(refusal_calls, 1);
+	assert_int_equal(a.calls, 2);
+	assert_int_equal(r3.audit_index, 4);
+	assert_int_equal(r3.gateway_id, 0);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 1);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.refused'", 0),
+	                 3);
+	/* Without refusal_entry: refused, nothing written. */
+	n.refusal_entry = NULL;
+	assert_int_equal(send_sync(s, &n, NULL), ISG_ERR_LIMIT);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 4);
+	assert_int_equal(a.undos, 0);
+	assert_int_equal(a.admitted, 1);
+	/* An admission that could never be given back is refused up front, and
+	 * a refusal's entry is no message.accepted. */
+	n.admit_undo = NULL;
+	assert_int_equal(store_send(s, &n, on_send, NULL), ISG_ERR_INVALID);
+	const char refused[] = "{\"event\":\"message.refused\",\"rule\":\"limit\"}";
+	m.audit_entry = refused;
+	m.audit_len = strlen(refused);
+	assert_int_equal(store_send(s, &m, on_send, NULL), ISG_ERR_INVALID);
+}
+
+/*
+ * Admitted, then rolled back with its batch (a failed COMMIT): the
+ * admission is given back, once, and nothing is counted; after a full disk
+ * the sends run again alone are admitted again, and each counts once.
+ */
+static void test_admission_given_back_with_its_batch(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct admit_count a = {.limit = 2};
+	struct store_message m[2] = {fx_msg("police-a", "m-1", "nhs-b", "first"),
+	                             fx_msg("police-a", "m-2", "nhs-b", "second")};
+	struct wait w[2];
+	for (int round = 0; round < 2; round++) {
+		store_test_pause(s, true);
+		for (int i = 0; i < 2; i++) {
+			admit_with(&m[i], &a);
+			m[i].refusal_entry = test_refusal_entry;
+			wait_init(&w[i]);
+			assert_int_equal(store_send(s, &m[i], on_send, &w[i]), 0);
+		}
+		if (round == 0)
+			store_test_fail_next_commit(s);
+		else
+			store_test_full_commits(s, 1); /* the batch's; each alone then commits */
+		store_test_pause(s, false);
+		for (int i = 0; i < 2; i++)
+			assert_int_equal(wait_for(&w[i]), round == 0 ? ISG_ERR_STORE : 0);
+		if (round == 0) {
+			assert_int_equal(a.calls, 2);
+			assert_int_equal(a.undos, 2);
+			assert_int_equal(a.admitted, 0);
+			assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 0);
+		}
+	}
+	/* Admitted in the batch, given back, admitted again alone: no share twice. */
+	assert_int_equal(a.calls, 6);
+	assert_int_equal(a.undos, 4);
+	assert_int_equal(a.admitted, 2);
+	assert_false(w[0].receipt.duplicate || w[1].receipt.duplicate);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 2);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.refused'", 0),
+	                 0);
+}
+
+/*
  * A send refused before it would be stored: a resend of a stored message
  * (same sender, id and content) gets its receipt and writes nothing; a new
  * id, the id with other content, or the id from another sender has its
@@ -437,7 +580,6 @@ static void test_id_skips_do_not_add_up(void **state)
 }
 
 /* A refusal_entry for tests: the refusal's code in the entry, or NULL (out of memory). */
-static int refusal_calls;
 static char *test_refusal_entry(void *ctx, int err, size_t *len)
 {
 	refusal_calls++;
@@ -543,12 +685,10 @@ static void test_found_refusal_rolled_back_with_its_batch(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open(f);
-	const char limit[] = "{\"event\":\"message.refused\",\"rule\":\"limit\"}";
+	struct admit_count none = {.limit = 0};
 	struct store_message a = fx_msg("police-a", "m-1", "nhs-b", "first");
 	struct store_message b = fx_msg("police-a", "m-1", "nhs-b", "other");
-	b.duplicate_only = true;
-	b.audit_entry = limit;
-	b.audit_len = strlen(limit);
+	admit_with(&b, &none);
 	b.refusal_entry = test_refusal_entry;
 	refusal_calls = 0;
 	struct wait w[2];
@@ -562,7 +702,9 @@ static void test_found_refusal_rolled_back_with_its_batch(void **state)
 	assert_int_equal(wait_for(&w[0]), ISG_ERR_FULL);
 	assert_int_equal(wait_for(&w[1]), ISG_ERR_LIMIT);
 	assert_false(w[0].bad || w[1].bad);
-	assert_int_equal(refusal_calls, 1); /* built in the batch, then rolled back */
+	/* The conflict's entry built in the batch and rolled back, then the limit's. */
+	assert_int_equal(refusal_calls, 2);
+	assert_int_equal(none.calls, 1);
 	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 1);
 	assert_int_equal(w[1].receipt.audit_index, 1);
 	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 0);
@@ -1851,6 +1993,9 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_send_duplicate_only, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_send_admission, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_admission_given_back_with_its_batch, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuse_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_conflicting_send, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reply_to_rules, fx_setup, fx_teardown),
