@@ -65,30 +65,42 @@ struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp,
 void regime_check_policy(const struct isgd_config *cfg, enum regime_report report, size_t *errors);
 void regime_unref(struct regime *r);
 
-/* quota.c: daily limits per sender and agreement. */
+/*
+ * quota.c: daily limits per sender and agreement, judged on the store's
+ * writer as it stores a new message (store_message.admit).
+ */
 struct quota;
 struct quota_entry;
 struct quota_claim {
-	struct quota_entry *entry; /* NULL: nothing reserved */
+	struct quota_entry *entry; /* NULL: nothing admitted */
 	int64_t day;
 	uint32_t records;
+};
+/*
+ * What one send asks of the limits: its agreement's, copied, since a
+ * reload may free the agreement before the store comes to the send.
+ */
+struct quota_ask {
+	char agreement_id[64];                      /* a policy id: at most 63 bytes */
+	uint32_t messages_per_day, records_per_day; /* 0: no limit */
+	uint32_t records;                           /* the message's */
 };
 struct quota *quota_new(void);
 void quota_free(struct quota *q);
 /* Rebuild today's counters from what the store accepted today. */
 int quota_seed(struct quota *q, struct store *store, int64_t now_ms);
-/* Reserve one message of `records` records; ISG_ERR_LIMIT fills why. */
-int quota_reserve(struct quota *q, const char *sender, const struct policy_agreement *a,
-                  uint32_t records, int64_t now_ms, struct quota_claim *claim,
-                  struct policy_refusal *why);
-/* Give back a reservation whose message was not stored (or was a duplicate). */
-void quota_release(struct quota *q, const struct quota_claim *claim);
+/* 0, or ISG_ERR_INVALID for an agreement id too long to be a policy's. */
+int quota_ask_init(struct quota_ask *ask, const struct policy_agreement *a, uint32_t records);
 /*
- * A reservation whose message was stored: it counts on the day of its
- * accepted time, the store's stamp, when that is later than the day it was
- * reserved on (a send that straddled midnight).
+ * Count one message stamped accepted_at_ms on that UTC day (or the
+ * counter's, when the stamp is from an earlier one: a day never comes
+ * back), if it fits that day's limits: 0 and *claim filled; ISG_ERR_LIMIT
+ * and *why filled; or ISG_ERR_NOMEM.
  */
-void quota_settle(struct quota *q, struct quota_claim *claim, int64_t accepted_at_ms);
+int quota_admit(struct quota *q, const char *sender, const struct quota_ask *ask,
+                int64_t accepted_at_ms, struct quota_claim *claim, struct policy_refusal *why);
+/* Give back an admission whose message was not stored after all (rolled back). */
+void quota_release(struct quota *q, const struct quota_claim *claim);
 
 /*
  * refusals.c: connection refusals, coalesced so that a flood of them writes

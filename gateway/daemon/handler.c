@@ -146,14 +146,16 @@ struct send_job {
 	bool refused; /* on arrival in send_reply: by refuse_send, logged as it is answered */
 	struct policy_refusal why;
 	uint64_t audit_index;
-	/* The daily-limit reservation, given back if nothing new was stored. */
+	/* The daily limits, judged on the writer as the store comes to store
+	 * it (send_admit): its admission, given back if that is rolled back,
+	 * and whether the last judgement refused it (why then says why). */
 	struct quota *quota;
+	struct quota_ask ask;
 	struct quota_claim claim;
-	/* Over a daily limit: the store wrote the refusal unless it was a resend. */
-	bool over_limit;
+	bool limit_refused;
 	/* For a refusal the store finds (a conflicting resend, a reply to no
-	 * message): its audit entry is built on the writer, once the request
-	 * is gone (found_refusal_entry). */
+	 * message, a daily limit): its audit entry is built on the writer,
+	 * once the request is gone (found_refusal_entry). */
 	char sender[ENTRY_STR_MAX + 1];
 	char recipient[ENTRY_STR_MAX + 1];
 	char agreement_id[ENTRY_STR_MAX + 1];
@@ -199,16 +201,42 @@ static void found_refusal(int err, struct policy_refusal *why)
 }
 
 /*
+ * store_message.admit, on the writer while the worker waits for the send's
+ * answer: the daily limits on the day the store stamps the message. A
+ * refusal's reason stays in j for found_refusal_entry and send_reply; a
+ * later judgement (the send run again alone) replaces it.
+ */
+static int send_admit(void *ctx, int64_t accepted_at_ms)
+{
+	struct send_job *j = ctx;
+	int err = quota_admit(j->quota, j->sender, &j->ask, accepted_at_ms, &j->claim, &j->why);
+	j->limit_refused = err == ISG_ERR_LIMIT;
+	return err;
+}
+
+/* store_message.admit_undo: the admitted send was rolled back, not stored. */
+static void send_admit_undo(void *ctx)
+{
+	struct send_job *j = ctx;
+	quota_release(j->quota, &j->claim);
+	j->claim = (struct quota_claim){0};
+}
+
+/*
  * store_message.refusal_entry, run on the writer while the worker waits for
  * the send's answer. It only reads j: the store may build an entry and then
  * roll it back with its batch, and answer the send otherwise (send_reply
- * works out the refusal again from what the store reports).
+ * works out the refusal again from what the store reports). A daily
+ * limit's reason is the one send_admit just gave.
  */
 static char *found_refusal_entry(void *ctx, int err, size_t *len)
 {
 	const struct send_job *j = ctx;
 	struct policy_refusal why;
-	found_refusal(err, &why);
+	if (err == ISG_ERR_LIMIT)
+		why = j->why;
+	else
+		found_refusal(err, &why);
 	Isg__SendRequest req = ISG__SEND_REQUEST__INIT;
 	req.recipient = (char *)j->recipient;
 	req.message_id = (char *)j->message_id;
@@ -222,19 +250,17 @@ static void send_reply(struct net_conn *c, void *arg)
 {
 	struct send_job *j = arg;
 	bool refused_here = j->refused; /* the store's refusals are found below */
-	if (j->quota && (j->err != 0 || j->receipt.duplicate))
-		quota_release(j->quota, &j->claim);
-	else if (j->quota)
-		quota_settle(j->quota, &j->claim, j->receipt.accepted_at_ms);
-	if (j->over_limit && j->err == ISG_ERR_LIMIT) {
-		/* Already on record, in the store job's own transaction. */
+	if (!refused_here && j->err == ISG_ERR_LIMIT) {
+		/* Over a daily limit, judged by the store: on record in its own job. */
 		log_refused(j->sender, &j->why, j->receipt.audit_index);
 		j->refused = true;
 		j->err = 0;
 		j->audit_index = j->receipt.audit_index;
-	} else if (j->over_limit && j->err != 0 && j->err != ISG_ERR_CONFLICT) {
-		/* The store failed the job: nothing stored and no refusal on record.
-		 * The partner (if still there) is told to retry; the log says so. */
+	} else if (j->limit_refused && j->err != 0 && j->err != ISG_ERR_CONFLICT &&
+	           j->err != ISG_ERR_NOT_FOUND) {
+		/* Refused for a limit, then the store failed the job: nothing stored
+		 * and no refusal on record. The partner (if still there) is told to
+		 * retry; the log says so. */
 		log_refusal_unrecorded(j, j->err);
 	}
 	if (j->err == ISG_ERR_CONFLICT || j->err == ISG_ERR_NOT_FOUND) {
@@ -590,37 +616,28 @@ static void on_send(struct net_conn *c, struct session *s, const Isg__Frame *f)
 	str_copy(j->agreement_id, req->agreement_id, sizeof(j->agreement_id));
 	str_copy(j->dataset, req->dataset, sizeof(j->dataset));
 	j->records = req->n_records;
-	err = quota_reserve(s->g->quota, s->partner, o.agreement, o.record_count, now, &j->claim,
-	                    &why);
-	m.audit_entry = entry;
-	m.refusal_entry = found_refusal_entry;
-	m.refusal_ctx = j;
-	if (err == ISG_ERR_LIMIT) {
-		/* Over the limit, a resend of an accepted message still gets its receipt:
-		 * the store answers duplicates and, for anything new, writes the
-		 * refusal's audit entry instead of the message. */
-		free(entry);
-		entry = entry_refused(set->version, s->partner, req, &why, &m.audit_len);
-		m.audit_entry = entry;
-		j->over_limit = true;
-		j->why = why;
-		m.duplicate_only = true;
-		err = entry ? 0 : ISG_ERR_NOMEM;
-	}
-	if (err != 0) {
-		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL, "out of memory");
+	j->quota = s->g->quota;
+	if (quota_ask_init(&j->ask, o.agreement, o.record_count) != 0) {
+		send_simple_error(c, f->request_id, ISG__ERROR_CODE__INTERNAL,
+		                  "the gateway could not apply the agreement");
 		free(j);
 		goto done;
 	}
-	j->quota = s->g->quota;
+	m.audit_entry = entry;
+	m.refusal_entry = found_refusal_entry;
+	m.refusal_ctx = j;
+	/* The daily limits are judged by the store, after it has looked the
+	 * message up: a resend, answered with its receipt, never counts, even
+	 * in flight beside new messages, and a message counts on the day it is
+	 * stamped. Over a limit, its refusal is written in its place. */
+	m.admit = send_admit;
+	m.admit_undo = send_admit_undo;
+	m.admit_ctx = j;
 	/* The store keeps the sealed payload and the audit entry until it answers. */
 	j->hold = net_conn_begin_async(c, m.payload_len + m.audit_len);
 	err = store_send(s->g->store, &m, send_stored, j);
 	if (err != 0) {
-		if (j->over_limit) /* its refusal was to be written with it */
-			log_refusal_unrecorded(j, err);
 		net_conn_end_async(c, &j->hold);
-		quota_release(j->quota, &j->claim);
 		send_store_error(c, f->request_id, err);
 		free(j);
 	}

@@ -1,22 +1,25 @@
 /*
  * Daily limits per sender and agreement (records_per_day, messages_per_day),
- * counted in UTC days. A send reserves its share before it is stored and
- * gives it back if the store refuses it or it was a duplicate, so two
- * concurrent sends cannot both slip under a limit. At start the counters are
- * rebuilt from the store, so a restart does not reset them. Sends under an
- * agreement without limits are counted too, so that a limit a reload brings
- * in counts what was accepted earlier that day, as it would after a restart.
+ * counted in UTC days. They are judged on the store's writer thread, in the
+ * send's own job (store_message.admit): after the store has looked the
+ * message up, so a resend, answered with its receipt, never takes a share,
+ * even while it is in flight beside new messages; and with the batch's time
+ * stamp, the message's accepted_at, so a message counts on the day the
+ * audit log, `isgctl audit report` and a restart's counts put it on, judged
+ * against that day's count. The writer runs one job at a time, so two sends
+ * cannot both slip under a limit. A share admitted and then rolled back
+ * with its job or batch is given back (store_message.admit_undo,
+ * quota_release), once.
  *
- * A counter's day only moves forward. A send whose clock reading is from an
- * earlier day than the counter's (a worker that read the clock just before
- * midnight and reserves just after another that read it just after, or a
- * wall clock set back by NTP or by hand) counts on the counter's day: going
- * back would zero the counts, and a day already spent would start again.
+ * At start the counters are rebuilt from the store, so a restart does not
+ * reset them. Sends under an agreement without limits are counted too, so
+ * that a limit a reload brings in counts what was accepted earlier that
+ * day, as it would after a restart.
  *
- * The store stamps a message with its own clock reading, taken after the
- * reservation: a send reserved at 23:59:59.990 may be stamped 00:00:00.004.
- * Its stamp is the day the audit log, the report and a restart's counts put
- * it on, so once stored it counts on that day too (quota_settle).
+ * A counter's day only moves forward. A stamp from an earlier day than the
+ * counter's (the wall clock set back by NTP or by hand) counts on the
+ * counter's day: going back would zero the counts, and a day already spent
+ * would start again.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -121,7 +124,7 @@ int quota_seed(struct quota *q, struct store *store, int64_t now_ms)
 }
 
 static void quota_refuse(struct policy_refusal *why, const char *rule, const char *what,
-                         uint32_t limit, const struct policy_agreement *a)
+                         uint32_t limit, const char *agreement_id)
 {
 	memset(why, 0, sizeof(*why));
 	why->code = ISG__ERROR_CODE__LIMIT_EXCEEDED;
@@ -130,19 +133,30 @@ static void quota_refuse(struct policy_refusal *why, const char *rule, const cha
 	snprintf(why->message, sizeof(why->message),
 	         "this message would exceed the limit of %u %s per day for your organisation "
 	         "under agreement '%s'; the limit resets at 00:00 UTC",
-	         limit, what, a->id);
+	         limit, what, agreement_id);
 }
 
-int quota_reserve(struct quota *q, const char *sender, const struct policy_agreement *a,
-                  uint32_t records, int64_t now_ms, struct quota_claim *claim,
-                  struct policy_refusal *why)
+int quota_ask_init(struct quota_ask *ask, const struct policy_agreement *a, uint32_t records)
+{
+	memset(ask, 0, sizeof(*ask));
+	if (strlen(a->id) >= sizeof(ask->agreement_id))
+		return ISG_ERR_INVALID; /* a policy id never is (policy/parse.c) */
+	str_copy(ask->agreement_id, a->id, sizeof(ask->agreement_id));
+	ask->messages_per_day = a->messages_per_day;
+	ask->records_per_day = a->records_per_day;
+	ask->records = records;
+	return 0;
+}
+
+int quota_admit(struct quota *q, const char *sender, const struct quota_ask *ask,
+                int64_t accepted_at_ms, struct quota_claim *claim, struct policy_refusal *why)
 {
 	memset(claim, 0, sizeof(*claim));
-	bool limited = a->records_per_day != 0 || a->messages_per_day != 0;
-	int64_t day = date_days_of_ms(now_ms);
+	bool limited = ask->records_per_day != 0 || ask->messages_per_day != 0;
+	int64_t day = date_days_of_ms(accepted_at_ms);
 	int err = 0;
 	pthread_mutex_lock(&q->mu);
-	struct quota_entry *e = quota_entry(q, sender, a->id);
+	struct quota_entry *e = quota_entry(q, sender, ask->agreement_id);
 	if (!e) {
 		err = limited ? ISG_ERR_NOMEM : 0;
 		goto out;
@@ -151,17 +165,18 @@ int quota_reserve(struct quota *q, const char *sender, const struct policy_agree
 		e->day = day;
 		e->messages = e->records = 0;
 	}
-	day = e->day;
-	if (a->messages_per_day && e->messages + 1 > a->messages_per_day) {
-		quota_refuse(why, "agreement.messages_per_day", "messages", a->messages_per_day, a);
+	if (ask->messages_per_day && e->messages + 1 > ask->messages_per_day) {
+		quota_refuse(why, "agreement.messages_per_day", "messages", ask->messages_per_day,
+		             ask->agreement_id);
 		err = ISG_ERR_LIMIT;
-	} else if (a->records_per_day && e->records + records > a->records_per_day) {
-		quota_refuse(why, "agreement.records_per_day", "records", a->records_per_day, a);
+	} else if (ask->records_per_day && e->records + ask->records > ask->records_per_day) {
+		quota_refuse(why, "agreement.records_per_day", "records", ask->records_per_day,
+		             ask->agreement_id);
 		err = ISG_ERR_LIMIT;
 	} else {
 		e->messages++;
-		e->records += records;
-		*claim = (struct quota_claim){.entry = e, .day = day, .records = records};
+		e->records += ask->records;
+		*claim = (struct quota_claim){.entry = e, .day = e->day, .records = ask->records};
 	}
 out:
 	pthread_mutex_unlock(&q->mu);
@@ -178,25 +193,5 @@ void quota_release(struct quota *q, const struct quota_claim *claim)
 		e->messages -= e->messages ? 1 : 0;
 		e->records -= claim->records <= e->records ? claim->records : e->records;
 	}
-	pthread_mutex_unlock(&q->mu);
-}
-
-void quota_settle(struct quota *q, struct quota_claim *claim, int64_t accepted_at_ms)
-{
-	int64_t day = date_days_of_ms(accepted_at_ms);
-	if (!claim->entry || day <= claim->day)
-		return;
-	pthread_mutex_lock(&q->mu);
-	struct quota_entry *e = claim->entry;
-	/* Its old day's share is left where it is: that day is over. */
-	if (day > e->day) {
-		e->day = day;
-		e->messages = e->records = 0;
-	}
-	if (e->day == day) {
-		e->messages++;
-		e->records += claim->records;
-	}
-	claim->day = day;
 	pthread_mutex_unlock(&q->mu);
 }

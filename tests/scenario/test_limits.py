@@ -58,6 +58,62 @@ class DailyLimitCase(isgtest.ScenarioCase):
                            "agreement.messages_per_day", 2, "messages")
         self.assertEqual(len(self.partner(self.gw, "nhs").fetch_messages()), 3)
 
+    def test_resend_in_flight_takes_no_share(self):
+        """Resends of unanswered sends pipelined with new ones after a
+        reconnect, the documented pattern: a resend is answered with its
+        receipt and never takes a share of the limit, not even while it is in
+        flight beside a new message, so the new one is accepted at the limit;
+        the next new one is refused, and only that refusal is audited."""
+        self.start(messages_per_day=2)
+        with isgtest.FrameConn(self.gw, self.pki.certs["police"]) as c:
+            pb = c.pb
+
+            def send(rid, mid, i):
+                f = pb.Frame(request_id=rid, send=pb.SendRequest(
+                    message_id=mid, recipient="nhs-trust", agreement_id=isgtest.AGREEMENT_ID,
+                    dataset=isgtest.DATASET, records=[isgtest.pb_record(pb, record(i))]))
+                b = f.SerializeToString()
+                return isgtest.varint_encode(len(b)) + b
+
+            def answers(n):
+                got = {}
+                for _ in range(n):
+                    f = c.recv_frame()
+                    got[f.request_id] = f
+                return got
+
+            c.send_raw(send(1, "m-1", 0))
+            first = answers(1)[1].send_result.receipt
+            # One write: the resend of m-1 and the new m-2, both in flight at once.
+            c.send_raw(send(2, "m-1", 0) + send(3, "m-2", 1))
+            got = answers(2)
+            self.assertEqual(got[2].WhichOneof("body"), "send_result", got[2])
+            self.assertTrue(got[2].send_result.receipt.duplicate)
+            self.assertEqual(got[2].send_result.receipt.gateway_id, first.gateway_id)
+            self.assertEqual(got[3].WhichOneof("body"), "send_result", got[3])
+            self.assertFalse(got[3].send_result.receipt.duplicate)
+            # The limit is reached: a resend pipelined with a third new message
+            # still gets its receipt, and the new one is refused.
+            c.send_raw(send(4, "m-2", 1) + send(5, "m-3", 2))
+            got = answers(2)
+            self.assertTrue(got[4].send_result.receipt.duplicate, got[4])
+            self.assertEqual(got[5].WhichOneof("body"), "error", got[5])
+            self.assertEqual(got[5].error.rule, "agreement.messages_per_day")
+            refusal_index = got[5].error.audit_index
+        db = sqlite3.connect("file:%s?mode=ro" % self.gw.store_path, uri=True)
+        try:
+            refused = db.execute("SELECT seq, entry FROM audit WHERE kind = 'message.refused'"
+                                 ).fetchall()
+            accepted = db.execute("SELECT count(*) FROM audit WHERE kind = 'message.accepted'"
+                                  ).fetchone()[0]
+        finally:
+            db.close()
+        self.assertEqual(accepted, 2)
+        self.assertEqual(len(refused), 1, refused)
+        self.assertEqual(refused[0][0], refusal_index)
+        self.assertIn(b'"message_id":"m-3"', bytes(refused[0][1]))
+        self.assertIn(b'"rule":"agreement.messages_per_day"', bytes(refused[0][1]))
+
     def test_records_per_day(self):
         self.start(records_per_day=5, max_records_per_message=5)
         self.police.send_ok([record(i) for i in range(3)], message_id="r-1")
