@@ -528,8 +528,7 @@ static int send_validate(const struct store_message *m)
 		return ISG_ERR_TOO_BIG;
 	if ((m->payload_len && !m->payload) || !m->audit_entry)
 		return ISG_ERR_INVALID;
-	const char *kind = m->duplicate_only ? "message.refused" : "message.accepted";
-	if (store_log_check_body(kind, m->audit_entry, m->audit_len) != 0)
+	if (store_log_check_body("message.accepted", m->audit_entry, m->audit_len) != 0)
 		return ISG_ERR_INVALID;
 	if (m->admit && !m->admit_undo)
 		return ISG_ERR_INVALID;
@@ -580,7 +579,6 @@ int store_send(struct store *s, const struct store_message *m, store_send_cb cb,
 	memcpy(js->request_hash, m->request_hash, sizeof(js->request_hash));
 	js->record_count = m->record_count;
 	js->ttl_ms = m->ttl_ms;
-	js->duplicate_only = m->duplicate_only;
 	js->refusal_entry = m->refusal_entry;
 	js->refusal_ctx = m->refusal_ctx;
 	js->admit = m->admit;

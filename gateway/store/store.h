@@ -149,11 +149,9 @@ struct store_message {
 	const uint8_t *payload; /* plaintext; sealed before it is queued */
 	size_t payload_len;
 	int64_t ttl_ms; /* undelivered data expires after this */
-	/* "message.accepted" entry body, same transaction (see store_audit); with
-	 * duplicate_only, the "message.refused" entry written when it is not a resend. */
+	/* "message.accepted" entry body, same transaction (see store_audit). */
 	const char *audit_entry;
 	size_t audit_len;
-	bool duplicate_only; /* answer a resend, but store nothing new (ISG_ERR_LIMIT) */
 	/*
 	 * The "message.refused" entry for a refusal the store itself finds
 	 * (ISG_ERR_CONFLICT, ISG_ERR_NOT_FOUND, or ISG_ERR_LIMIT from admit),
@@ -197,8 +195,7 @@ struct store_receipt {
 };
 
 /*
- * err: 0; ISG_ERR_LIMIT when admit refused the send, or duplicate_only was
- * set and this is not a resend (the refusal's audit
+ * err: 0; ISG_ERR_LIMIT when admit refused the send (the refusal's audit
  * entry is then on disk, r->audit_index its index: the refusal needs no
  * second job, which could come after the store closed); ISG_ERR_CONFLICT
  * when (sender, message_id) exists with another request_hash;

@@ -128,7 +128,6 @@ struct job_send {
 	uint8_t request_hash[32];
 	uint32_t record_count;
 	int64_t ttl_ms;
-	bool duplicate_only;
 	uint8_t header[STORE_HEADER_LEN];
 	uint8_t *sealed;
 	size_t sealed_len;

@@ -308,14 +308,6 @@ static int job_send_run(struct store *s, struct job_send *js, int64_t now)
 		return err == ISG_ERR_CONFLICT ? send_refuse_found(s, js, now, err) : err;
 	if (err)
 		return err;
-	if (js->duplicate_only) {
-		/* Over a limit: only a resend may be answered; the refusal is audited
-		 * here, so it commits (the job succeeds) and cb hears ISG_ERR_LIMIT. */
-		err = store_log_append(s, now, "message.refused", js->audit_entry, js->audit_len,
-		                       &js->receipt.audit_index);
-		js->refused = err == 0 ? ISG_ERR_LIMIT : 0;
-		return err;
-	}
 	if (js->reply_to != 0) {
 		err = send_check_reply(s, js);
 		if (err == ISG_ERR_NOT_FOUND)

@@ -214,40 +214,6 @@ static void test_duplicate_send(void **state)
 }
 
 /*
- * Over a limit (duplicate_only): a resend still gets its receipt; anything
- * new is refused and its refusal entry written by the same job, so the
- * refusal needs no second job after the store may have closed.
- */
-static void test_send_duplicate_only(void **state)
-{
-	struct fx *f = *state;
-	struct store *s = fx_open(f);
-	struct store_message m = fx_msg("police-a", "msg-lim", "nhs-b", "payload one");
-	struct store_receipt r1, r2, r3;
-	assert_int_equal(send_sync(s, &m, &r1), 0);
-	const char refused[] = "{\"event\":\"message.refused\",\"rule\":\"limit\"}";
-	m.duplicate_only = true;
-	/* An accepted entry is not a refusal: refused up front. */
-	assert_int_equal(send_sync(s, &m, &r2), ISG_ERR_INVALID);
-	m.audit_entry = refused;
-	m.audit_len = strlen(refused);
-	assert_int_equal(send_sync(s, &m, &r2), 0);
-	assert_true(r2.duplicate);
-	assert_int_equal(r2.gateway_id, r1.gateway_id);
-	struct store_message n = fx_msg("police-a", "msg-new", "nhs-b", "payload two");
-	n.duplicate_only = true;
-	n.audit_entry = refused;
-	n.audit_len = strlen(refused);
-	assert_int_equal(send_sync(s, &n, &r3), ISG_ERR_LIMIT);
-	assert_int_equal(r3.audit_index, 2);
-	assert_int_equal(r3.gateway_id, 0);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 1);
-	assert_int_equal(db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.refused'", 0),
-	                 1);
-	assert_int_equal(db_int(f, "SELECT seq FROM audit WHERE kind = 'message.refused'", 0), 2);
-}
-
-/*
  * An admission callback for tests, a daily limit of `limit` messages:
  * counts what it admits, what is given back and the stamps it was given.
  */
@@ -1992,7 +1958,6 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_zero_wrapping_opens_nothing, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_duplicate_send, fx_setup, fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_send_duplicate_only, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_send_admission, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_admission_given_back_with_its_batch, fx_setup,
 	                                    fx_teardown),
