@@ -55,6 +55,39 @@ int keys_check_secrecy(int fd, const char *path, char *err, size_t errlen)
 	return keys_check_secrecy_for(fd, path, (unsigned)geteuid(), err, errlen);
 }
 
+/*
+ * What is wrong and the command that fixes it, one clause per problem. The
+ * owner is whoever reads the file: isgd's key process keeps the uid isgd
+ * starts as, and isgctl reads as its own.
+ */
+static void secrecy_refused(const struct stat *st, const char *path, unsigned owner, char *err,
+                            size_t errlen)
+{
+	unsigned mode = (unsigned)(st->st_mode & 07777);
+	bool bad_mode = (st->st_mode & 077) != 0;
+	bool bad_owner = st->st_uid != owner;
+	char has[96], want[96], who[64], unused[64];
+	user_words((unsigned)st->st_uid, has, sizeof(has), unused, sizeof(unused));
+	user_words((unsigned)owner, want, sizeof(want), who, sizeof(who));
+	if (bad_mode && bad_owner)
+		keys_seterr(
+		    err, errlen,
+		    "key file '%s' has mode %04o and is owned by %s: key files must have no "
+		    "group or other permissions (0600 or 0400) and be owned by %s, the user "
+		    "isgd starts as and isgctl runs as: chmod 600 '%s'; chown %s '%s'",
+		    path, mode, has, want, path, who, path);
+	else if (bad_mode)
+		keys_seterr(err, errlen,
+		            "key file '%s' has mode %04o: key files must have no group or other "
+		            "permissions (0600 or 0400): chmod 600 '%s'",
+		            path, mode, path);
+	else
+		keys_seterr(err, errlen,
+		            "key file '%s' is owned by %s; it must be owned by %s, the user isgd "
+		            "starts as and isgctl runs as: chown %s '%s'",
+		            path, has, want, who, path);
+}
+
 static int file_secrecy(const struct stat *st, const char *path, unsigned owner, char *err,
                         size_t errlen)
 {
@@ -63,10 +96,7 @@ static int file_secrecy(const struct stat *st, const char *path, unsigned owner,
 		return ISG_ERR_DENIED;
 	}
 	if ((st->st_mode & 077) != 0 || st->st_uid != owner) {
-		keys_seterr(err, errlen,
-		            "key file '%s' has mode %04o and owner uid %u; it must be 0600 and "
-		            "owned by uid %u",
-		            path, (unsigned)(st->st_mode & 07777), (unsigned)st->st_uid, owner);
+		secrecy_refused(st, path, owner, err, errlen);
 		return ISG_ERR_DENIED;
 	}
 	return 0;

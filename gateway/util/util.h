@@ -153,6 +153,11 @@ void sock_tcp_options(int fd);
  * byte more than it accepts, to see a file that grew since its fstat. */
 ssize_t fd_read_up_to(int fd, void *buf, size_t cap);
 
+/* uid for a message that says whom a file must belong to: in words
+ * "uid 999 (isg)" ("uid 999" when the user database has no name for it),
+ * in who what chown takes ("isg", or "999"). */
+void user_words(unsigned uid, char *words, size_t wsize, char *who, size_t whosize);
+
 /*
  * A growable string. After an allocation failure it stays failed and
  * strbuf_take returns NULL, so a builder can append freely and check once.

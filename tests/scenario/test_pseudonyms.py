@@ -635,8 +635,9 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
         for extra in [(), ("--check-config",)]:
             with self.subTest(argv=extra):
                 err = self.start_isgd_expecting_refusal(gw, *extra)
-                self.assertIn(os.path.join("domains", HEALTH_DOMAIN + ".key"), err)
-                self.assertIn("0644", err)
+                self.assertIn("isgd: key file '%s' has mode 0644: key files must have no group "
+                              "or other permissions (0600 or 0400): chmod 600 '%s'\n"
+                              % (path, path), err)
         os.chmod(path, 0o600)
         gw.start()
         self.assertAlive(gw)
@@ -706,8 +707,8 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
         before = self.fetch_records(self.council)[0]["nhs_number"]
         domains = os.path.join(self.gw.keys_dir, "domains")
         path = os.path.join(domains, COUNCIL_DOMAIN + ".key")
-        cases = [(path, "key file '%s' has mode 0600 and owner uid 4242; it must be 0600 and "
-                  "owned by uid 0" % path),
+        cases = [(path, "key file '%s' is owned by uid 4242; it must be owned by uid 0 (root), "
+                  "the user isgd starts as and isgctl runs as: chown root '%s'" % (path, path)),
                  (domains, "key directory '%s' has mode 0700 and owner uid 4242; it must not be "
                   "writable by group or others (0700) and must be owned by uid 0 or root" % domains)]
         for what, message in cases:

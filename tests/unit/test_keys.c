@@ -239,11 +239,12 @@ static void test_load_refuses_lax_modes(void **state)
 		err[0] = '\0';
 		assert_int_equal(keys_load_storage(f->dir, &key, err, sizeof(err)), ISG_ERR_DENIED);
 		assert_null(key);
-		char want[16];
-		snprintf(want, sizeof(want), "mode %04o", (unsigned)bad[i]);
-		assert_non_null(strstr(err, want));
-		assert_non_null(strstr(err, f->storage));
-		assert_non_null(strstr(err, "must be 0600"));
+		char want[512];
+		snprintf(want, sizeof(want),
+		         "key file '%s' has mode %04o: key files must have no group or other "
+		         "permissions (0600 or 0400): chmod 600 '%s'",
+		         f->storage, (unsigned)bad[i], f->storage);
+		assert_string_equal(err, want);
 	}
 	/* 0600 and stricter are fine. */
 	const mode_t good[] = {0600, 0400};
@@ -379,6 +380,38 @@ static void test_check_secrecy_on_fd(void **state)
 	assert_int_equal(fchmod(fd, 0644), 0);
 	assert_int_equal(keys_check_secrecy(fd, "keys/x.key", err, sizeof(err)), ISG_ERR_DENIED);
 	assert_non_null(strstr(err, "key file 'keys/x.key' has mode 0644"));
+	close(fd);
+}
+
+/* Someone else's key file: whom it must belong to, and the chown that does it. */
+static void test_secrecy_wrong_owner_says_chown(void **state)
+{
+	struct fixture *f = *state;
+	char err[512] = "", want[512], path[192];
+	snprintf(path, sizeof(path), "%s/x.key", f->root);
+	write_file(path, "x", 1, 0600);
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	unsigned me = (unsigned)geteuid(), other = 4242424;
+	char mine[96], who[64];
+	user_words(me, mine, sizeof(mine), who, sizeof(who));
+	assert_int_equal(keys_check_secrecy_for(fd, "keys/x.key", other, err, sizeof(err)),
+	                 ISG_ERR_DENIED);
+	snprintf(want, sizeof(want),
+	         "key file 'keys/x.key' is owned by %s; it must be owned by uid %u, the user isgd "
+	         "starts as and isgctl runs as: chown %u 'keys/x.key'",
+	         mine, other, other);
+	assert_string_equal(err, want);
+
+	assert_int_equal(fchmod(fd, 0640), 0);
+	assert_int_equal(keys_check_secrecy_for(fd, "keys/x.key", other, err, sizeof(err)),
+	                 ISG_ERR_DENIED);
+	snprintf(want, sizeof(want),
+	         "key file 'keys/x.key' has mode 0640 and is owned by %s: key files must have no "
+	         "group or other permissions (0600 or 0400) and be owned by uid %u, the user isgd "
+	         "starts as and isgctl runs as: chmod 600 'keys/x.key'; chown %u 'keys/x.key'",
+	         mine, other, other);
+	assert_string_equal(err, want);
 	close(fd);
 }
 
@@ -1366,6 +1399,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_load_refuses_links_dirs_and_missing, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_check_secrecy_on_fd, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_secrecy_wrong_owner_says_chown, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_load_refuses_malformed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_loaded_key_is_read_only, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_new_domain_creates_private_file, setup, teardown),
