@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -129,9 +130,56 @@ static int drop_privileges(const struct isgd_config *cfg, const struct identity 
 }
 
 /*
- * The TLS private key is a secret like the others: 0600 or refused, and
- * owned by the user isgd serves as, who reads it again on reload. Checked
- * and then read on the one descriptor (net_tls_new), so that a file
+ * The TLS key's own words for the key files' rule: which setting names it,
+ * whom it must belong to and why (user:, or the user isgd starts as), and
+ * the command that fixes it.
+ */
+static int tls_key_secrecy(int fd, const struct isgd_config *cfg, uid_t owner, char *err,
+                           size_t errlen)
+{
+	const char *path = cfg->tls_key;
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		snprintf(err, errlen, "TLS key '%s' (tls.key): cannot stat: %s", path,
+		         strerror(errno));
+		return ISG_ERR_IO;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "TLS key '%s' (tls.key) is not a regular file", path);
+		return ISG_ERR_DENIED;
+	}
+	if ((st.st_mode & 077) != 0) {
+		snprintf(err, errlen,
+		         "TLS key '%s' (tls.key) has mode %04o: it must have no group or other "
+		         "permissions (0600 or 0400): chmod 600 '%s'",
+		         path, (unsigned)(st.st_mode & 07777), path);
+		return ISG_ERR_DENIED;
+	}
+	if (st.st_uid != owner) {
+		char has[96], want[96], who[64], unused[64];
+		user_words((unsigned)st.st_uid, has, sizeof(has), unused, sizeof(unused));
+		user_words((unsigned)owner, want, sizeof(want), who, sizeof(who));
+		if (cfg->user)
+			snprintf(
+			    err, errlen,
+			    "TLS key '%s' (tls.key) is owned by %s; with user: %s it must be owned "
+			    "by %s, who reads it again at every reload: chown %s '%s'",
+			    path, has, cfg->user, want, who, path);
+		else
+			snprintf(
+			    err, errlen,
+			    "TLS key '%s' (tls.key) is owned by %s; it must be owned by %s, the "
+			    "user isgd starts as: chown %s '%s'",
+			    path, has, want, who, path);
+		return ISG_ERR_DENIED;
+	}
+	return 0;
+}
+
+/*
+ * The TLS private key is a secret like the others: no group or other bits,
+ * and owned by the user isgd serves as, who reads it again on reload.
+ * Checked and then read on the one descriptor (net_tls_new), so that a file
  * swapped in between is not read unchecked.
  */
 static int tls_new_checked(const struct isgd_config *cfg, uid_t owner, SSL_CTX **tls, char *err,
@@ -144,7 +192,7 @@ static int tls_new_checked(const struct isgd_config *cfg, uid_t owner, SSL_CTX *
 		         strerror(errno));
 		return ISG_ERR_IO;
 	}
-	int r = keys_check_secrecy_for(fd, cfg->tls_key, (unsigned)owner, err, errlen);
+	int r = tls_key_secrecy(fd, cfg, owner, err, errlen);
 	if (r == 0)
 		r = net_tls_new(cfg, fd, tls, err, errlen);
 	close(fd);

@@ -761,12 +761,14 @@ class TestKeyFiles(FaultCase):
     def test_fifo_in_place_of_a_key(self):
         """A FIFO where a key file or the TLS key should be is refused at once, never read (which would hang)."""
         tls_key = self.gw.config["tls"]["key"]
-        for path in (os.path.join(self.gw.keys_dir, "storage.key"), tls_key):
+        for path, what in ((os.path.join(self.gw.keys_dir, "storage.key"), "key file '%s'"),
+                           (tls_key, "TLS key '%s' (tls.key)")):
             with self.subTest(path=path):
                 os.rename(path, path + ".away")
                 os.mkfifo(path, 0o600)
                 try:
-                    self.assertRefusedCreatingNothing("key file '%s' is not a regular file" % path)
+                    self.assertRefusedCreatingNothing("isgd: %s is not a regular file\n"
+                                                      % (what % path))
                 finally:
                     os.unlink(path)
                     os.rename(path + ".away", path)

@@ -492,8 +492,25 @@ class DropRoot(PrivsepCase):
         r = isgtest.subprocess.run(gw.argv(), capture_output=True, text=True,
                                    timeout=isgtest.START_TIMEOUT)
         self.assertEqual(r.returncode, 1)
-        self.assertIn("must be 0600 and owned by uid %d" % pwd.getpwnam("nobody").pw_uid,
+        key = gw.config["tls"]["key"]
+        self.assertIn("isgd: TLS key '%s' (tls.key) is owned by uid 0 (root); with user: nobody "
+                      "it must be owned by uid %d (nobody), who reads it again at every reload: "
+                      "chown nobody '%s'\n" % (key, pwd.getpwnam("nobody").pw_uid, key),
                       r.stderr)
+
+    def test_tls_key_readable_by_others_says_chmod(self):
+        require_root(self)
+        gw = self.gateway(start=False)
+        key = gw.config["tls"]["key"]
+        os.chmod(key, 0o644)
+        try:
+            r = isgtest.subprocess.run(gw.argv(), capture_output=True, text=True,
+                                       timeout=isgtest.START_TIMEOUT)
+        finally:
+            os.chmod(key, 0o600)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("isgd: TLS key '%s' (tls.key) has mode 0644: it must have no group or "
+                      "other permissions (0600 or 0400): chmod 600 '%s'\n" % (key, key), r.stderr)
 
     def test_unknown_user_is_refused(self):
         gw = self.gateway(start=False, user="no-such-user-isg")
