@@ -26,9 +26,13 @@
  * hashed.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -780,6 +784,18 @@ static int subject_pseudonyms(const struct keyring *ring, enum pseudo_type type,
 	return CTL_EXIT_OK;
 }
 
+/* True when this user cannot read the audit domain's key at all (the keys directory or the
+ * file is another user's), rather than the key being wrong. */
+static bool audit_key_unreadable(const char *keys_dir)
+{
+	char path[PATH_MAX];
+	int n = snprintf(path, sizeof(path), "%s/%s/%s.key", keys_dir, KEYS_DOMAINS_DIR,
+	                 KEYS_AUDIT_DOMAIN);
+	if (n < 0 || (size_t)n >= sizeof(path))
+		return false;
+	return faccessat(AT_FDCWD, path, R_OK, AT_EACCESS) != 0 && errno == EACCES;
+}
+
 static int load_audit_keyring(const struct audit_log *l, struct keyring **ring)
 {
 	char err[512] = "";
@@ -788,6 +804,13 @@ static int load_audit_keyring(const struct audit_log *l, struct keyring **ring)
 		return CTL_EXIT_LOCAL;
 	}
 	int rc = keys_load_domains(l->keys_dir, ring, err, sizeof(err));
+	if (rc == ISG_ERR_DENIED && audit_key_unreadable(l->keys_dir)) {
+		/* No --pubkey-file here: pseudonymising the subject takes the secret key itself. */
+		ctl_warn("%s (run it as the keys' owner: a subject is looked up through the audit "
+		         "linkage domain's key, %s/%s.key)",
+		         err[0] ? err : isg_strerror(rc), KEYS_DOMAINS_DIR, KEYS_AUDIT_DOMAIN);
+		return CTL_EXIT_LOCAL;
+	}
 	if (rc != 0) {
 		ctl_warn("%s", err[0] ? err : isg_strerror(rc));
 		return CTL_EXIT_LOCAL;

@@ -6,10 +6,15 @@
  * while isgd keeps writing. How it is opened is store_read.c's, shared with
  * store backup.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -251,7 +256,20 @@ key_error(struct audit_log *l, const char *fmt, ...)
 	ctl_warn("%s", l->key_error);
 }
 
-int audit_log_signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX])
+/* True when this user cannot read the audit signing key at all (the keys directory or the file
+ * is another user's), rather than the key being wrong. */
+static bool signing_key_unreadable(const char *keys_dir)
+{
+	char path[PATH_MAX];
+	int n = snprintf(path, sizeof(path), "%s/%s", keys_dir, KEYS_AUDIT_SIGNING_FILE);
+	if (n < 0 || (size_t)n >= sizeof(path))
+		return false;
+	return faccessat(AT_FDCWD, path, R_OK, AT_EACCESS) != 0 && errno == EACCES;
+}
+
+/* hint: what to do when this user cannot read the key, which depends on the command. */
+static int signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX],
+                      const char *hint)
 {
 	if (!l->keys_dir) {
 		key_error(l, "no keys directory: give --keys KEYS_DIR or --config ISGD_YAML");
@@ -262,7 +280,10 @@ int audit_log_signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY
 	uint8_t *seed = NULL;
 	int rc = keys_load_audit_signing(l->keys_dir, &seed, err, sizeof(err));
 	if (rc != 0) {
-		key_error(l, "%s", err[0] ? err : isg_strerror(rc));
+		if (rc == ISG_ERR_DENIED && signing_key_unreadable(l->keys_dir))
+			key_error(l, "%s (%s)", err[0] ? err : isg_strerror(rc), hint);
+		else
+			key_error(l, "%s", err[0] ? err : isg_strerror(rc));
 		return CTL_EXIT_LOCAL;
 	}
 	struct audit_signer *s = NULL;
@@ -284,6 +305,11 @@ int audit_log_signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY
 	return CTL_EXIT_OK;
 }
 
+int audit_log_signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX])
+{
+	return signer_key(l, out, "run it as the keys' owner");
+}
+
 int audit_log_verifier(struct audit_log *l, const struct audit_where *w, struct audit_verifier *v,
                        char text[static AUDIT_VERIFIER_KEY_MAX], const char **from)
 {
@@ -293,7 +319,9 @@ int audit_log_verifier(struct audit_log *l, const struct audit_where *w, struct 
 		str_copy(text, l->given_key, AUDIT_VERIFIER_KEY_MAX);
 		*from = w->pubkey ? "--pubkey" : w->pubkey_file;
 	} else {
-		status = audit_log_signer_key(l, text);
+		status = signer_key(l, text,
+		                    "run it as the keys' owner, or give the recorded verifier key "
+		                    "with --pubkey-file");
 		*from = "the gateway's signing key";
 	}
 	if (status != CTL_EXIT_OK)

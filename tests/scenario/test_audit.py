@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import pwd
 import re
 import resource
 import select
@@ -256,6 +257,57 @@ class AuditLog(isgtest.ScenarioCase):
         # Only through the keys directory (no store needed).
         r2 = isgtest.ctl("audit", "pubkey", "--keys", self.gw.keys_dir, "--origin", ORIGIN)
         self.assertEqual((r2.rc, r2.out), (0, r.out), r2)
+
+    def test_keys_out_of_reach_say_what_to_do(self):
+        """A user who cannot read KEYS_DIR is told to run as the keys' owner, or, where a
+        verifier key will do, to give the recorded one with --pubkey-file."""
+        if os.geteuid() != 0:
+            if os.environ.get("ISG_ALLOW_SKIP"):
+                self.skipTest("needs root to run isgctl as another user")
+            self.fail("this test needs root (set ISG_ALLOW_SKIP=1 to skip it)")
+        nobody = pwd.getpwnam("nobody")
+        home = isgtest.make_tmpdir("isg-audit-nobody-")
+        self.addCleanup(isgtest.remove_tmpdir, home)
+        store = os.path.join(home, "isg.db")
+        shutil.copyfile(self.gw.store_path, store)
+        pubkey = os.path.join(home, "verifier.pub")
+        with open(pubkey, "w", encoding="utf-8") as f:
+            f.write(self.audit("pubkey").out)
+        for path in (home, store, pubkey):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+
+        def as_nobody():
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+
+        def run(*args):
+            argv = [isgtest.ISGCTL, "audit"] + list(args)
+            return subprocess.run(argv, capture_output=True, text=True, preexec_fn=as_nobody,
+                                  timeout=isgtest.CTL_TIMEOUT, stdin=subprocess.DEVNULL,
+                                  cwd=home)
+
+        keys = self.gw.keys_dir
+        denied = "isgctl: key directory '%s': cannot open: Permission denied" % keys
+        where = ["--store", store, "--keys", keys, "--origin", ORIGIN]
+        seq = str(self.a_covered_entry()[0])
+        # export goes on without the key in its header, and says so.
+        for args, rc in ((["verify"], 1), (["prove", seq], 1), (["export"], 0)):
+            with self.subTest(args=args):
+                p = run(*(args + where))
+                self.assertEqual(p.returncode, rc, p.stderr)
+                self.assertIn("%s (run it as the keys' owner, or give the recorded verifier key "
+                              "with --pubkey-file)\n" % denied, p.stderr)
+        p = run("pubkey", "--keys", keys, "--origin", ORIGIN)
+        self.assertEqual((p.returncode, p.stdout), (1, ""), p)
+        self.assertEqual(p.stderr, "%s (run it as the keys' owner)\n" % denied)
+        p = run("subject", "--nhs-number", NHS_A, "--store", store, "--keys", keys)
+        self.assertEqual((p.returncode, p.stdout), (1, ""), p)
+        self.assertEqual(p.stderr, "%s (run it as the keys' owner: a subject is looked up "
+                         "through the audit linkage domain's key, domains/audit.key)\n" % denied)
+        # The hint holds: the recorded verifier key needs no keys directory.
+        p = run("verify", "--store", store, "--pubkey-file", pubkey)
+        self.assertEqual(p.returncode, 0, p)
 
     def test_checkpoint(self):
         self.assertEqual(self.final_note, self.checkpoints[-1][1])
