@@ -261,6 +261,29 @@ static void offset_position(const struct builder *b, size_t offset, int *line, i
 	}
 }
 
+/*
+ * What usually causes libyaml's problem, where one cause is usual: a block
+ * mapping or list that "did not find expected key" (or "-") is nearly always
+ * a line indented more or less than its siblings. "" otherwise.
+ */
+static const char *syntax_hint(const yaml_parser_t *p)
+{
+	static const struct {
+		const char *problem, *context;
+	} indentation[] = {
+	    {"did not find expected key", "while parsing a block mapping"},
+	    {"did not find expected '-' indicator", "while parsing a block collection"},
+	};
+	if (p->error != YAML_PARSER_ERROR || !p->problem || !p->context)
+		return "";
+	for (size_t i = 0; i < ARRAY_LEN(indentation); i++)
+		if (strcmp(p->problem, indentation[i].problem) == 0 &&
+		    strcmp(p->context, indentation[i].context) == 0)
+			return " (check this line's indentation against the lines above)";
+	return "";
+}
+
+/* libyaml's own words, marked as YAML syntax so they are not read as ISG's rules. */
 static void syntax_error(struct builder *b, const yaml_parser_t *p)
 {
 	struct ydoc_node at = {0};
@@ -273,10 +296,13 @@ static void syntax_error(struct builder *b, const yaml_parser_t *p)
 	const char *problem = p->problem ? p->problem : "syntax error";
 	if (p->error == YAML_MEMORY_ERROR)
 		b->nomem = true;
-	if (p->context)
-		ydoc_error(b->d, b->name, &at, "%s %s", problem, p->context);
-	else
+	if (p->error == YAML_MEMORY_ERROR)
 		ydoc_error(b->d, b->name, &at, "%s", problem);
+	else if (p->context)
+		ydoc_error(b->d, b->name, &at, "YAML syntax error: %s %s%s", problem, p->context,
+		           syntax_hint(p));
+	else
+		ydoc_error(b->d, b->name, &at, "YAML syntax error: %s", problem);
 	b->failed = true;
 }
 

@@ -210,7 +210,8 @@ static void test_syntax_error(void **state)
 	ydoc_diags_init(&d);
 	assert_int_equal(config_load(fixture("syntax.yaml"), &c, &d), ISG_ERR_PARSE);
 	assert_int_equal(d.errors, 1);
-	assert_diag(&d, 0, 4, 7, "mapping values are not allowed");
+	assert_diag(&d, 0, 4, 7,
+	            "YAML syntax error: mapping values are not allowed in this context");
 	ydoc_diags_release(&d);
 	ydoc_diags_init(&d);
 	assert_int_equal(config_load(fixture("does-not-exist.yaml"), &c, &d), ISG_ERR_IO);

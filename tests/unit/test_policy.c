@@ -393,7 +393,7 @@ static void test_broken_agreements(void **state)
 	    {NULL, BROKEN("anchor"), ISG_ERR_PARSE, 1, AFILE("anchor"), 5, 12,
 	     "anchors are not supported"},
 	    {NULL, BROKEN("syntax"), ISG_ERR_PARSE, 1, AFILE("syntax"), 4, 16,
-	     "mapping values are not allowed in this context"},
+	     "YAML syntax error: mapping values are not allowed in this context"},
 	    /* Generalise and pseudonymise: each option with its action, each to its types. */
 	    {NULL, BROKEN("pseudonymise"), INV, 1, AFILE("pseudonymise"), 13, 11,
 	     "field 'a' is pseudonymised but names no linkage domain (add domain: NAME)"},

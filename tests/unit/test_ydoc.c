@@ -47,6 +47,18 @@ static void load_fails(const char *text, int line, int col, const char *msg)
 	ydoc_diags_release(&d);
 }
 
+/* As load_fails, and msg is the whole message. */
+static void load_fails_exactly(const char *text, int line, int col, const char *msg)
+{
+	load_fails(text, line, col, msg);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct ydoc *doc = NULL;
+	assert_int_equal(ydoc_load_buffer("bad.yaml", text, strlen(text), &doc, &d), ISG_ERR_PARSE);
+	assert_string_equal(d.items[0].message, msg);
+	ydoc_diags_release(&d);
+}
+
 static void test_tree_and_positions(void **state)
 {
 	struct ydoc *doc = load_ok("# comment\n"
@@ -127,13 +139,23 @@ static void test_refuses_anchor_alias_tag_documents(void **state)
 
 static void test_syntax_errors_positioned(void **state)
 {
-	/* libyaml's problem mark, made 1-based. */
-	load_fails("a: 1\n  b: 2\n", 2, 4, "mapping values are not allowed");
-	load_fails("a: [1, 2\nb: 3\n", 2, 2, "did not find expected ',' or ']'");
-	load_fails("a: 'unterminated\n", 2, 1, "found unexpected end of stream");
-	load_fails("list:\n  - a\n  b: 1\n", 3, 3, "did not find expected '-' indicator");
+	/* libyaml's problem mark, made 1-based; its words marked as YAML syntax. */
+	load_fails_exactly("a: 1\n  b: 2\n", 2, 4,
+	                   "YAML syntax error: mapping values are not allowed in this context");
+	load_fails_exactly("a: [1, 2\nb: 3\n", 2, 2,
+	                   "YAML syntax error: did not find expected ',' or ']' while parsing a "
+	                   "flow sequence");
+	load_fails("a: 'unterminated\n", 2, 1, "YAML syntax error: found unexpected end of stream");
+	/* A block mapping or list that loses its key or '-': nearly always indentation. */
+	load_fails_exactly("list:\n  - a\n  b: 1\n", 3, 3,
+	                   "YAML syntax error: did not find expected '-' indicator while parsing a "
+	                   "block collection (check this line's indentation against the lines "
+	                   "above)");
+	load_fails_exactly("a:\n  b: 1\n c: 2\n", 3, 2,
+	                   "YAML syntax error: did not find expected key while parsing a block "
+	                   "mapping (check this line's indentation against the lines above)");
 	/* Invalid UTF-8: a reader error, positioned from its byte offset. */
-	load_fails("a: 1\nb: \xff\n", 2, 4, "invalid leading UTF-8 octet");
+	load_fails("a: 1\nb: \xff\n", 2, 4, "YAML syntax error: invalid leading UTF-8 octet");
 }
 
 /*
