@@ -305,11 +305,13 @@ char *entry_policy(const struct policy_set *set, const char *dir, const char *ou
 	return strbuf_take(&b, len);
 }
 
-/* Append "name" to a JSON list being built in b (first: no comma). */
-static void list_add(struct strbuf *b, bool *first, const char *name)
+/* Append name to a JSON list in json and a comma-separated one in plain (first: no comma). */
+static void list_add(struct strbuf *json, struct strbuf *plain, bool *first, const char *name)
 {
-	strbuf_puts(b, *first ? "" : ",");
-	strbuf_json_string(b, name);
+	strbuf_puts(json, *first ? "" : ",");
+	strbuf_json_string(json, name);
+	strbuf_puts(plain, *first ? "" : ",");
+	strbuf_puts(plain, name);
 	*first = false;
 }
 
@@ -317,16 +319,18 @@ enum key_change { KEY_CREATED, KEY_ROTATED, KEY_REMOVED, KEY_CHANGES };
 
 /*
  * Append "created", "rotated" and "removed": now against before, both
- * sorted by name, in one merge. True when a domain was created or rotated.
+ * sorted by name, in one merge. In changes, the same lists for the log,
+ * the empty ones left out (domain names need no quoting).
  */
-static bool key_changes(struct strbuf *b, const struct key_versions *now,
+static void key_changes(struct strbuf *b, struct strbuf *changes, const struct key_versions *now,
                         const struct key_versions *before)
 {
 	static const char *const names[KEY_CHANGES] = {"created", "rotated", "removed"};
-	struct strbuf lists[KEY_CHANGES];
+	struct strbuf lists[KEY_CHANGES], plain[KEY_CHANGES];
 	bool empty[KEY_CHANGES];
 	for (size_t k = 0; k < KEY_CHANGES; k++) {
 		strbuf_init(&lists[k]);
+		strbuf_init(&plain[k]);
 		empty[k] = true;
 	}
 	size_t i = 0, j = 0;
@@ -334,32 +338,44 @@ static bool key_changes(struct strbuf *b, const struct key_versions *now,
 		int cmp = i == now->n      ? 1
 		          : j == before->n ? -1
 		                           : strcmp(now->items[i].name, before->items[j].name);
+		enum key_change k = KEY_CHANGES;
+		const char *name = NULL;
 		if (cmp < 0) {
-			list_add(&lists[KEY_CREATED], &empty[KEY_CREATED], now->items[i++].name);
+			k = KEY_CREATED;
+			name = now->items[i++].name;
 		} else if (cmp > 0) {
-			list_add(&lists[KEY_REMOVED], &empty[KEY_REMOVED], before->items[j++].name);
+			k = KEY_REMOVED;
+			name = before->items[j++].name;
 		} else {
-			if (now->items[i].version != before->items[j].version)
-				list_add(&lists[KEY_ROTATED], &empty[KEY_ROTATED],
-				         now->items[i].name);
+			if (now->items[i].version != before->items[j].version) {
+				k = KEY_ROTATED;
+				name = now->items[i].name;
+			}
 			i++;
 			j++;
 		}
+		if (name)
+			list_add(&lists[k], &plain[k], &empty[k], name);
 	}
 	for (size_t k = 0; k < KEY_CHANGES; k++) {
 		char *list = strbuf_take(&lists[k], NULL);
 		b->failed |= list == NULL;
 		strbuf_printf(b, ",\"%s\":[%s]", names[k], list ? list : "");
 		free(list);
+		char *words = strbuf_take(&plain[k], NULL);
+		if (!empty[k])
+			strbuf_printf(changes, "%s%s=%s", changes->len ? " " : "", names[k],
+			              words ? words : "?");
+		free(words);
 	}
-	return !empty[KEY_CREATED] || !empty[KEY_ROTATED];
 }
 
-char *entry_keys(const struct key_versions *now, const struct key_versions *before, bool *rotated,
+char *entry_keys(const struct key_versions *now, const struct key_versions *before, char **changes,
                  size_t *len)
 {
-	struct strbuf b;
+	struct strbuf b, c;
 	strbuf_init(&b);
+	strbuf_init(&c);
 	strbuf_puts(&b, "{\"event\":\"keys.loaded\",\"domains\":{");
 	for (size_t i = 0; i < now->n; i++) {
 		strbuf_puts(&b, i ? "," : "");
@@ -367,11 +383,17 @@ char *entry_keys(const struct key_versions *now, const struct key_versions *befo
 		strbuf_printf(&b, ":%u", (unsigned)now->items[i].version);
 	}
 	strbuf_puts(&b, "}");
-	*rotated = false;
 	if (before)
-		*rotated = key_changes(&b, now, before);
+		key_changes(&b, &c, now, before);
 	else /* not known: claim nothing */
 		strbuf_puts(&b, ",\"created\":null,\"rotated\":null,\"removed\":null");
 	strbuf_puts(&b, "}");
+	size_t clen = c.len;
+	char *words = strbuf_take(&c, NULL);
+	if (clen == 0) {
+		free(words);
+		words = NULL;
+	}
+	*changes = words;
 	return strbuf_take(&b, len);
 }

@@ -275,10 +275,12 @@ int key_versions_parse(const char *body, size_t len, struct key_versions *out, c
  * "keys.loaded": the current version of every linkage domain key (now),
  * and against the versions before, in "created" the domains new since,
  * in "rotated" those with another version, in "removed" those gone. With
- * before NULL (not known) all three are null: nothing is claimed. *rotated
- * says whether any domain was created or rotated. Never holds key material.
+ * before NULL (not known) all three are null: nothing is claimed. *changes
+ * gets the same lists for the keys.changed log line, the empty ones left
+ * out ("created=a,b rotated=c removed=d"; free it), or NULL when nothing
+ * changed or it is not known. Never holds key material.
  */
-char *entry_keys(const struct key_versions *now, const struct key_versions *before, bool *rotated,
+char *entry_keys(const struct key_versions *now, const struct key_versions *before, char **changes,
                  size_t *len);
 
 #endif

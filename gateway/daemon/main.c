@@ -445,24 +445,33 @@ static int audit_policy(struct gateway *g, const struct policy_set *set, const c
 
 /*
  * Record which key versions are in use, and which changed since the
- * versions before (NULL: not known); *rotated says whether any domain was
- * created or rotated. 0 when handed over (and committed as audit_write).
+ * versions before (NULL: not known); *changes as entry_keys gives it, for
+ * log_keys_changed. 0 when handed over (and committed as audit_write).
  */
 static int audit_keys(struct gateway *g, const struct keyring *now,
-                      const struct key_versions *before, int *committed, bool *rotated)
+                      const struct key_versions *before, int *committed, char **changes)
 {
 	size_t len = 0;
 	char *entry = NULL;
 	struct key_versions cur;
-	*rotated = false;
+	*changes = NULL;
 	if (key_versions_of_ring(now, date_days_of_ms(gateway_today_ms(g)), &cur) == 0)
-		entry = entry_keys(&cur, before, rotated, &len);
+		entry = entry_keys(&cur, before, changes, &len);
 	int err = audit_write(g, "keys.loaded", entry, len, committed);
 	free(entry);
 	key_versions_release(&cur);
 	if (err != 0)
 		log_event(LOG_ERROR, "audit.failed", "kind=keys.loaded");
 	return err;
+}
+
+/* Which linkage domains a start or reload created, rotated or removed (as its keys.loaded entry
+ * lists them); nothing when none did. Frees changes. */
+static void log_keys_changed(char *changes)
+{
+	if (changes)
+		log_event(LOG_INFO, "keys.changed", "%s audit=keys.loaded", changes);
+	free(changes);
 }
 
 /* No keys.loaded entry in the log: 0 when the log is new, else why that cannot be. */
@@ -521,7 +530,7 @@ static bool keys_before_start(struct gateway *g, struct key_versions *before)
  * one is committed: it must never stand in the log for a refused reload,
  * since a start compares the keys with the newest one.
  */
-static int audit_reload(struct gateway *g, const struct regime *r, bool *rotated)
+static int audit_reload(struct gateway *g, const struct regime *r, char **changes)
 {
 	struct regime *old = gateway_regime(g);
 	struct key_versions before;
@@ -535,7 +544,7 @@ static int audit_reload(struct gateway *g, const struct regime *r, bool *rotated
 	int committed = 0;
 	int err = audit_policy(g, r->policy, "loaded", 0, &committed);
 	if (err == 0 && committed == 0)
-		err = audit_keys(g, r->keys, known ? &before : NULL, &committed, rotated);
+		err = audit_keys(g, r->keys, known ? &before : NULL, &committed, changes);
 	key_versions_release(&before);
 	return err ? err : committed;
 }
@@ -557,17 +566,17 @@ static void reload(struct gateway *g)
 	log_event(LOG_INFO, "reload.start", "policy_dir=%s",
 	          log_quote(qp, sizeof(qp), g->cfg.policy_dir));
 	size_t errors;
-	bool rotated = false;
+	char *changes = NULL;
 	struct regime *r = regime_load(&g->cfg, g->keyproc, REGIME_RELOAD, &errors);
-	int rc = r ? audit_reload(g, r, &rotated) : 0;
+	int rc = r ? audit_reload(g, r, &changes) : 0;
 	if (r && rc == 0) {
 		const struct policy_set *set = r->policy;
 		gateway_regime_swap(g, r); /* r stays referenced by the gateway */
 		/* Logged after the swap: whoever waits for this line gets the new set. */
 		log_event(LOG_INFO, "policy.loaded", "version=%s partners=%zu agreements=%zu",
 		          set->version, set->n_partners, set->n_agreements);
-		if (rotated)
-			log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
+		log_keys_changed(changes);
+		changes = NULL;
 		handler_recheck_partners(g);
 	} else if (r) {
 		char q[64];
@@ -582,6 +591,7 @@ static void reload(struct gateway *g)
 		log_event(LOG_ERROR, "policy.refused",
 		          "action=\"kept the running policy set and keys\"");
 	}
+	free(changes); /* a refused reload changed no keys */
 
 	char err[512];
 	SSL_CTX *tls = NULL;
@@ -791,24 +801,24 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	store_set_notify(g->store, handler_notify, g);
 	struct key_versions before;
 	bool known = keys_before_start(g, &before);
-	bool rotated = false;
+	char *changes = NULL;
 	/* Committed before the first partner is served, as at a reload: every
 	 * entry written under this policy set names one the log records. */
 	int committed = 0;
 	r = audit_policy(g, regime->policy, "loaded", 0, &committed);
 	if (r == 0 && committed == 0)
-		r = audit_keys(g, regime->keys, known ? &before : NULL, &committed, &rotated);
+		r = audit_keys(g, regime->keys, known ? &before : NULL, &committed, &changes);
 	key_versions_release(&before);
 	if (r == 0 && committed != 0)
 		r = committed;
 	if (r != 0) {
+		free(changes);
 		fprintf(stderr, "isgd: the audit log did not record the policy set and keys: %s\n",
 		        isg_strerror(r));
 		run_end(g);
 		return r;
 	}
-	if (rotated)
-		log_event(LOG_INFO, "keys.rotated", "audit=keys.loaded");
+	log_keys_changed(changes);
 
 	net_server_run(g->net);
 	bool v6 = strchr(g->cfg.listen_host, ':') != NULL; /* written as listen: takes it */

@@ -468,7 +468,8 @@ class TestRotation(PseudonymCase):
                                      "domains": {"audit": 1, COUNCIL_DOMAIN: 2, HEALTH_DOMAIN: 2},
                                      "created": [], "rotated": [COUNCIL_DOMAIN, HEALTH_DOMAIN],
                                      "removed": []})
-        self.assertIn("event=keys.rotated", text)
+        self.assertIn("level=info event=keys.changed rotated=%s,%s audit=keys.loaded\n"
+                      % (COUNCIL_DOMAIN, HEALTH_DOMAIN), text)
 
 
 class TestRotationAcrossRestarts(PseudonymCase):
@@ -494,7 +495,7 @@ class TestRotationAcrossRestarts(PseudonymCase):
 
     def test_restart_records_rotated_created_and_removed_domains(self):
         """isgctl keys rotate, new-domain and a removed domain file while stopped: the start's
-        keys.loaded entry lists each as a reload would, and isgd logs keys.rotated."""
+        keys.loaded entry lists each as a reload would, and isgd logs keys.changed naming them."""
         self.start(domains=(COUNCIL_DOMAIN, HEALTH_DOMAIN, "spare-link"))
         self.send(self.police, [{"nhs_number": NHS_A}])
         old = self.fetch_records(self.council)[0]["nhs_number"]
@@ -512,7 +513,8 @@ class TestRotationAcrossRestarts(PseudonymCase):
                                                  HEALTH_DOMAIN: 1},
                                      "created": ["extra-link"], "rotated": [COUNCIL_DOMAIN],
                                      "removed": ["spare-link"]})
-        self.assertRegex(self.this_start(), r"level=info event=keys\.rotated ")
+        self.assertIn("level=info event=keys.changed created=extra-link rotated=%s "
+                      "removed=spare-link audit=keys.loaded\n" % COUNCIL_DOMAIN, self.this_start())
         self.assertNotIn("keys.compare_failed", self.gw.log)
         # and the new version is the one in use, with the old pseudonym beside it
         self.send(self.police, [{"nhs_number": NHS_A}])
@@ -520,11 +522,11 @@ class TestRotationAcrossRestarts(PseudonymCase):
                          [{"nhs_number": self.expected(COUNCIL_DOMAIN, 2, T_NHS, NHS_A),
                            "nhs_number.previous": old}])
 
-        # a restart with no change lists nothing, and logs no rotation
+        # a restart with no change lists nothing, and logs no change
         self.gw.restart()
         loaded = self.keys_loaded(3)
         self.assertEqual(loaded[2], dict(loaded[1], created=[], rotated=[], removed=[]))
-        self.assertNotIn("keys.rotated", self.this_start())
+        self.assertNotIn("keys.changed", self.this_start())
 
     def test_start_after_the_previous_entry_was_corrupted(self):
         """A keys.loaded entry damaged in the store (with sqlite3) does not stop isgd: it warns,
@@ -584,7 +586,7 @@ class TestRotationAcrossRestarts(PseudonymCase):
                 log = self.this_start()
                 self.assertIn('level=warn event=keys.compare_failed previous=%s reason="%s"'
                               % (seq or "none", reason), log)
-                self.assertNotIn("keys.rotated", log)
+                self.assertNotIn("keys.changed", log)
                 loaded = self.keys_loaded(before + 1)
                 self.assertEqual(loaded[-1], {"event": "keys.loaded",
                                               "domains": {"audit": 1, COUNCIL_DOMAIN: 1,

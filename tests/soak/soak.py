@@ -1285,8 +1285,9 @@ class Soak:
         ROTATION["soak-planning"] = (t0, int(time.time() * 1000))
         self.reload_count += 1
         self.reloads["key rotation"] += 1
-        if "event=keys.rotated" not in text:
-            LEDGER.problem("no keys.rotated line after rotating soak-planning")
+        if not re.search(r"event=keys\.changed (?:created=\S+ )?rotated=(?:\S+,)?soak-planning[ ,]",
+                         text):
+            LEDGER.problem("no keys.changed line naming soak-planning as rotated after rotating it")
         LEDGER.event("SIGHUP after rotating soak-planning")
 
     # -- the daemon

@@ -35,16 +35,21 @@ static struct key_versions versions(const char *const *pairs, size_t n)
 	return kv;
 }
 
+/* want_changes: the keys.changed log line's lists, or NULL for no line. */
 static void assert_entry(const struct key_versions *now, const struct key_versions *before,
-                         const char *want, bool want_rotated)
+                         const char *want, const char *want_changes)
 {
-	bool rotated = !want_rotated;
+	char *changes = (char *)"unset";
 	size_t len = 0;
-	char *entry = entry_keys(now, before, &rotated, &len);
+	char *entry = entry_keys(now, before, &changes, &len);
 	assert_non_null(entry);
 	assert_string_equal(entry, want);
 	assert_int_equal(len, strlen(want));
-	assert_int_equal(rotated, want_rotated);
+	if (want_changes)
+		assert_string_equal(changes, want_changes);
+	else
+		assert_null(changes);
+	free(changes);
 	free(entry);
 }
 
@@ -61,13 +66,13 @@ static void test_created_rotated_removed(void **state)
 	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":2,"
 	             "\"health-link\":2,\"new-link\":1,\"zeta\":4},\"created\":[\"new-link\","
 	             "\"zeta\"],\"rotated\":[\"council-link\"],\"removed\":[\"gone\"]}",
-	             true);
+	             "created=new-link,zeta rotated=council-link removed=gone");
 	/* the other way round: only removed, and a version that went down is another version */
 	assert_entry(&before, &now,
 	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":1,"
 	             "\"gone\":3,\"health-link\":2},\"created\":[\"gone\"],\"rotated\":"
 	             "[\"council-link\"],\"removed\":[\"new-link\",\"zeta\"]}",
-	             true);
+	             "created=gone rotated=council-link removed=new-link,zeta");
 	key_versions_release(&before);
 	key_versions_release(&now);
 }
@@ -81,15 +86,15 @@ static void test_nothing_changed_or_only_removed(void **state)
 	assert_entry(&now, &same,
 	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":7},"
 	             "\"created\":[],\"rotated\":[],\"removed\":[]}",
-	             false);
+	             NULL);
 	struct key_version *v = &more.items[more.n++];
 	snprintf(v->name, sizeof(v->name), "old-link");
 	v->version = 2;
-	/* a domain gone, none new: removed, and no rotation to log */
+	/* a domain gone, none new: removed, and logged as such */
 	assert_entry(&now, &more,
 	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":7},"
 	             "\"created\":[],\"rotated\":[],\"removed\":[\"old-link\"]}",
-	             false);
+	             "removed=old-link");
 	key_versions_release(&now);
 	key_versions_release(&same);
 	key_versions_release(&more);
@@ -104,16 +109,16 @@ static void test_first_keys_and_unknown_before(void **state)
 	assert_entry(&now, &none,
 	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":2},"
 	             "\"created\":[\"audit\",\"council-link\"],\"rotated\":[],\"removed\":[]}",
-	             true);
+	             "created=audit,council-link");
 	/* not known: nothing claimed */
 	assert_entry(&now, NULL,
 	             "{\"event\":\"keys.loaded\",\"domains\":{\"audit\":1,\"council-link\":2},"
 	             "\"created\":null,\"rotated\":null,\"removed\":null}",
-	             false);
+	             NULL);
 	assert_entry(&none, &none,
 	             "{\"event\":\"keys.loaded\",\"domains\":{},\"created\":[],\"rotated\":[],"
 	             "\"removed\":[]}",
-	             false);
+	             NULL);
 	key_versions_release(&now);
 }
 
@@ -141,13 +146,14 @@ static void test_parse_reads_what_entry_keys_writes(void **state)
 	static const char *const was[] = {"audit=1", "health-link=4294967295", "x=0"};
 	static const char *const is[] = {"audit=2", "council-link=1"};
 	struct key_versions before = versions(was, 3), now = versions(is, 2);
-	bool rotated;
+	char *changes;
 	size_t len;
 	const struct key_versions *befores[] = {&before, NULL};
 	for (size_t i = 0; i < 2; i++) {
-		char *entry = entry_keys(&before, befores[i] ? &now : NULL, &rotated, &len);
+		char *entry = entry_keys(&before, befores[i] ? &now : NULL, &changes, &len);
 		assert_non_null(entry);
 		assert_parses(entry, was, 3);
+		free(changes);
 		free(entry);
 	}
 	assert_parses("{\"event\":\"keys.loaded\",\"domains\":{}}", NULL, 0);
