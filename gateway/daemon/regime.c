@@ -19,6 +19,28 @@ static void report(enum regime_report how, const char *event, const char *msg)
 		fprintf(stderr, "isgd: %s\n", msg);
 }
 
+/*
+ * An error at a place in a policy file (file NULL: none known). At start
+ * and --check-config, printed as the policy loader's errors are
+ * (FILE:LINE:COL: error: ...); at a reload, logged with the place leading
+ * its message.
+ */
+static void report_at(enum regime_report how, const char *event, const char *file, int line,
+                      int col, const char *msg)
+{
+	if (!file) {
+		report(how, event, msg);
+	} else if (how == REGIME_RELOAD) {
+		char placed[PATH_MAX + 800];
+		snprintf(placed, sizeof(placed), "%s:%d:%d: %s", file, line, col, msg);
+		report(how, event, placed);
+	} else {
+		struct ydoc_diag g = {
+		    .file = (char *)file, .line = line, .col = col, .message = (char *)msg};
+		ydoc_diag_print(&g, stderr);
+	}
+}
+
 /* One policy problem as a policy.diagnostic event, its place in fields of its own. */
 static void log_diagnostic(const struct ydoc_diag *g)
 {
@@ -88,15 +110,13 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 		/* Where, as policy check --keys says it: the admin may have meant another name. */
 		const char *file = "";
 		int line = 0, col = 0;
-		char at[PATH_MAX + 32] = "";
-		if (policy_domain_named_at(set, domains[i], &file, &line, &col))
-			snprintf(at, sizeof(at), "%s:%d:%d: ", file, line, col);
+		bool placed = policy_domain_named_at(set, domains[i], &file, &line, &col);
 		char msg[PATH_MAX + 700];
 		snprintf(msg, sizeof(msg),
-		         "%slinkage domain '%s' is named by an agreement but has no key in '%s/%s' "
+		         "linkage domain '%s' is named by an agreement but has no key in '%s/%s' "
 		         "(create it with: isgctl keys new-domain %s %s)",
-		         at, domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
-		report(how, "keys.missing_domain", msg);
+		         domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
+		report_at(how, "keys.missing_domain", placed ? file : NULL, line, col, msg);
 		(*errors)++;
 		missing = true;
 	}

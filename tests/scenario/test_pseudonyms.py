@@ -617,9 +617,16 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
                 self.assertIn("isgctl keys new-domain", err)
                 self.assertIn(HEALTH_DOMAIN, err.split("isgctl keys new-domain", 1)[1])
                 self.assertNotIn("'%s'" % COUNCIL_DOMAIN, err)
-                # where the policy names it, as policy check --keys says
-                self.assertRegex(err, r"agreements/%s\.yaml:\d+:\d+: linkage domain '%s'"
-                                 % (POLICE_NHS, HEALTH_DOMAIN))
+                # where the policy names it, printed as the policy loader's errors are
+                keys = gw.keys_dir
+                self.assertRegex(err, r"(?m)^%s:\d+:\d+: error: linkage domain '%s' is named by "
+                                 r"an agreement but has no key in '%s' \(create it with: isgctl "
+                                 r"keys new-domain %s %s\)$"
+                                 % (re.escape(os.path.join(gw.policy_dir, "agreements",
+                                                           POLICE_NHS + ".yaml")),
+                                    HEALTH_DOMAIN, re.escape(os.path.join(keys, "domains")),
+                                    re.escape(keys), HEALTH_DOMAIN))
+                self.assertNotIn("isgd: ", err)
         # with the key it is fine
         isgtest.new_domain(gw.keys_dir, HEALTH_DOMAIN)
         p = self.check_config(gw)
