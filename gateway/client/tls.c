@@ -255,6 +255,8 @@ int client_tls_new(struct isg_client *c, const char *server_name, struct isg_err
 	return 0;
 }
 
+/* What an alert from the gateway usually means; for a refused client certificate, the causes
+ * the gateway's verification has (its side says which in conn.refused). */
 static const char *alert_hint(int reason)
 {
 	switch (reason) {
@@ -266,7 +268,9 @@ static const char *alert_hint(int reason)
 	case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
 	case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
 	case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
-		return " (the gateway did not accept the client certificate)";
+		return " (the gateway did not accept the client certificate: not issued by the "
+		       "partner CA it trusts, expired, revoked, or its extended key usage does not "
+		       "allow client authentication)";
 	case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
 	case SSL_R_UNSUPPORTED_PROTOCOL:
 		return " (the gateway does not offer TLS 1.3)";

@@ -361,8 +361,10 @@ class Pki:
                 str(self._serial), "-days", str(days), "-sha256", "-extfile", ext, "-extensions",
                 section, "-out", out)
 
-    def _client_ext(self, name, san_uri=None, san_dns=None):
+    def _client_ext(self, name, san_uri=None, san_dns=None, eku=None):
         text = _CLIENT_EXT
+        if eku is not None:
+            text = text.replace("extendedKeyUsage = clientAuth", "extendedKeyUsage = " + eku)
         sans = []
         if san_uri:
             sans.append("URI:" + san_uri)
@@ -374,17 +376,19 @@ class Pki:
 
     # -- client certificates
 
-    def client(self, name, cn=None, san_uri=None, san_dns=None, not_before=None, not_after=None):
+    def client(self, name, cn=None, san_uri=None, san_dns=None, not_before=None, not_after=None,
+               eku=None):
         """
         A partner client certificate issued by the partner CA (openssl ca).
         not_before/not_after: datetime (UTC) for explicit validity.
+        eku: its extendedKeyUsage instead of clientAuth (e.g. "serverAuth").
         """
         if name in self.certs:
             raise ValueError("certificate %r exists" % name)
         cn = cn or name
         key = self._genkey(name + ".key")
         csr = self._csr(key, cn, name + ".csr")
-        ext = self._client_ext(name, san_uri, san_dns)
+        ext = self._client_ext(name, san_uri, san_dns, eku)
         crt = os.path.join(self.dir, name + ".crt")
         args = ["ca", "-batch", "-config", self._ca_cnf, "-notext", "-in", csr, "-out", crt,
                 "-extfile", ext, "-extensions", "client_ext"]

@@ -453,6 +453,21 @@ class TestRefusals(ExchangeCase):
         crl = self.pki.crl(os.path.join(self.tmp, "partners.crl"))
         self.check_tls_refusal("revoked", crl=crl)
 
+    def test_certificate_not_for_client_authentication(self):
+        """A partner CA's certificate whose extended key usage is serverAuth only: refused by
+        TLS, and the partner is told the likely causes, this one among them."""
+        _pki_cert(self.pki, "server-only",
+                  lambda: self.pki.client("server-only", POLICE_CN, eku="serverAuth"))
+        gw = self.check_tls_refusal("server-only")
+        r = self.partner(gw, "server-only").whoami()
+        self.assertCtl(r, 4, gw)
+        self.assertIn("sslv3 alert unsupported certificate (the gateway did not accept the "
+                      "client certificate: not issued by the "
+                      "partner CA it trusts, expired, revoked, or its extended key usage does not "
+                      "allow client authentication)", r.err)
+        self.assertRegex(gw.log, r"event=conn\.refused .*reason=\"certificate verify failed: "
+                         r"unsuitable certificate purpose\"")
+
     def test_unknown_partner(self):
         _pki_cert(self.pki, "stranger", lambda: self.pki.client("stranger", "stranger.partners.isg.example"))
         gw = self.gateway()
