@@ -1,6 +1,7 @@
 /* Record batches (an arena owns their strings), input formats and slurping files. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdalign.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +217,27 @@ const char *ctl_errno_text(int e)
 	if (buf[0] >= 'A' && buf[0] <= 'Z' && !(buf[1] >= 'A' && buf[1] <= 'Z'))
 		buf[0] = (char)(buf[0] - 'A' + 'a');
 	return buf;
+}
+
+bool ctl_output_closed(FILE *f, int e)
+{
+	if (e == EPIPE)
+		return true;
+	struct stat st;
+	int fd = f ? fileno(f) : -1;
+	if (e != 0 || fd < 0 || fstat(fd, &st) != 0 ||
+	    !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+		return false;
+	/* Linux reports POLLERR on a pipe's write end once no reader is left. */
+	struct pollfd p = {.fd = fd, .events = POLLOUT};
+	return poll(&p, 1, 0) == 1 && (p.revents & (POLLERR | POLLHUP));
+}
+
+const char *ctl_output_errno_text(FILE *f, int e)
+{
+	if (ctl_output_closed(f, e))
+		return "output closed before the end (a pipe's reader stopped)";
+	return e ? ctl_errno_text(e) : "a write failed";
 }
 
 size_t ctl_utf8_check(const char *buf, size_t len)

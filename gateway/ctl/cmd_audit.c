@@ -119,7 +119,8 @@ int audit_checkpoint_cmd(int argc, char **argv)
 	if (status == CTL_EXIT_OK) {
 		const struct audit_stored_cp *c = &cps[n - 1];
 		if (fwrite(c->note, 1, c->note_len, stdout) != c->note_len || fflush(stdout) != 0) {
-			ctl_output_warn("cannot write the checkpoint: %s", ctl_errno_text(errno));
+			ctl_output_warn("cannot write the checkpoint: %s",
+			                ctl_output_errno_text(stdout, errno));
 			status = CTL_EXIT_LOCAL;
 		}
 	}

@@ -127,7 +127,8 @@ int audit_output_close(struct audit_output *o, bool write_failed, bool abandoned
 	if (!abandoned && path)
 		ctl_warn("cannot write '%s': %s", path, ctl_errno_text(err ? err : errno));
 	else if (!abandoned)
-		ctl_output_warn("cannot write %s: %s", o->what, ctl_errno_text(err ? err : errno));
+		ctl_output_warn("cannot write %s: %s", o->what,
+		                ctl_output_errno_text(f, err ? err : errno));
 	if (tmp)
 		unlink(tmp);
 	free(tmp);

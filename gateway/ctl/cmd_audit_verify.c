@@ -1134,7 +1134,7 @@ static int print_proof(const struct prove_args *a, const struct audit_checkpoint
 		ctl_warn("out of memory");
 		status = CTL_EXIT_LOCAL;
 	} else if (fwrite(text, 1, len, stdout) != len || fflush(stdout) != 0) {
-		ctl_output_warn("cannot write the proof: %s", ctl_errno_text(errno));
+		ctl_output_warn("cannot write the proof: %s", ctl_output_errno_text(stdout, errno));
 		status = CTL_EXIT_LOCAL;
 	}
 	free(text);

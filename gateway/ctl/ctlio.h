@@ -80,6 +80,17 @@ int ctl_read_records(enum ctl_format format, const char *name, const char *buf, 
 /* strerror(e) with a lowercase first letter, in a static buffer. */
 const char *ctl_errno_text(int e);
 
+/* Whether a write to f failed with e because its reader went away (EPIPE, or, when the
+ * stream no longer knows its errno, a pipe or socket with no reader left). */
+bool ctl_output_closed(FILE *f, int e);
+
+/*
+ * Why a write to f failed, for "cannot write X: %s": a reader that went away
+ * (a pager quit, "| head") is said as such, not as "broken pipe"; else
+ * ctl_errno_text(e), or "a write failed" when e is 0.
+ */
+const char *ctl_output_errno_text(FILE *f, int e);
+
 /* Read a whole file, or standard input for "-", refusing more than max bytes. */
 int ctl_slurp(const char *path, size_t max, char **buf, size_t *len, char *err, size_t errlen);
 

@@ -208,7 +208,10 @@ static int finish_output(int status)
 	int err = errno;
 	if (!failed && !ferror(stdout))
 		return status;
-	if (!output_reported)
+	/* a reader that stopped (a pager quit, "| head") is no broken device */
+	if (!output_reported && ctl_output_closed(stdout, err))
+		ctl_warn("output closed before the end (a pipe's reader stopped)");
+	else if (!output_reported)
 		ctl_warn("cannot write output: %s", err ? ctl_errno_text(err) : "a write failed");
 	if (ctl_output_failure != CTL_EXIT_LOCAL || status == CTL_EXIT_OK)
 		return ctl_output_failure;

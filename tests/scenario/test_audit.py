@@ -607,6 +607,31 @@ class AuditLog(isgtest.ScenarioCase):
             self.assertEqual(r.err.count("cannot write"), 1, r)
             self.assertIn("no space left on device", r.err, r)
 
+    def test_output_closed_by_its_reader(self):
+        """A reader that stopped ("| head", a pager quit) is said as such, not as a failed
+        write: the output is incomplete, so the exit status is still 1."""
+        seq, _ = self.a_covered_entry()
+        for args, said in ((["verify"], "isgctl: output closed before the end (a pipe's "
+                                        "reader stopped)\n"),
+                           (["prove", seq], "isgctl: cannot write the proof: output closed "
+                                            "before the end (a pipe's reader stopped)\n"),
+                           (["checkpoint"], "isgctl: cannot write the checkpoint: output "
+                                            "closed before the end (a pipe's reader stopped)\n"),
+                           (["export"], "isgctl: cannot write the export: output closed "
+                                        "before the end (a pipe's reader stopped)\n")):
+            with self.subTest(args[0]):
+                read_end, write_end = os.pipe()
+                os.close(read_end)  # the reader is gone before isgctl writes
+                try:
+                    p = subprocess.run([isgtest.ISGCTL, "audit"] + [str(a) for a in args] +
+                                       ["--config", self.gw.config_path], stdout=write_end,
+                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                       text=True, timeout=60)
+                finally:
+                    os.close(write_end)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertEqual(p.stderr, said)
+
     def test_forged_checkpoint(self):
         size, note = self.checkpoints[1]
         text, sig = note.split("\n\n")
