@@ -269,10 +269,13 @@ static bool signing_key_unreadable(const char *keys_dir)
 
 /* hint: what to do when this user cannot read the key, which depends on the command. */
 static int signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX],
-                      const char *hint)
+                      const char *hint, bool pubkey_serves)
 {
 	if (!l->keys_dir) {
-		key_error(l, "no keys directory: give --keys KEYS_DIR or --config ISGD_YAML");
+		key_error(l, "no keys directory: give --keys KEYS_DIR or --config ISGD_YAML%s",
+		          pubkey_serves ? ", or the recorded verifier key with --pubkey KEY or "
+		                          "--pubkey-file FILE"
+		                        : "");
 		return CTL_EXIT_LOCAL;
 	}
 	const char *origin = l->origin ? l->origin : AUDIT_ORIGIN_DEFAULT;
@@ -307,7 +310,7 @@ static int signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MA
 
 int audit_log_signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MAX])
 {
-	return signer_key(l, out, "run it as the keys' owner");
+	return signer_key(l, out, "run it as the keys' owner", false);
 }
 
 int audit_log_verifier(struct audit_log *l, const struct audit_where *w, struct audit_verifier *v,
@@ -321,7 +324,8 @@ int audit_log_verifier(struct audit_log *l, const struct audit_where *w, struct 
 	} else {
 		status = signer_key(l, text,
 		                    "run it as the keys' owner, or give the recorded verifier key "
-		                    "with --pubkey-file");
+		                    "with --pubkey-file",
+		                    true);
 		*from = "the gateway's signing key";
 	}
 	if (status != CTL_EXIT_OK)

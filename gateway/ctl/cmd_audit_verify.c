@@ -94,12 +94,22 @@ struct verify {
 	int64_t run_delta, run_first, run_last;
 	uint64_t last_index; /* of the row before (seq last_index_seq), when have_index */
 	int64_t last_index_seq;
+	/* an entry missing or out of place, or a checkpoint whose root does not match: from
+	 * there on, positions in the tree are no longer those the checkpoints signed */
+	bool misaligned;
 	struct aj_doc doc;
 	unsigned problems, stored_total, saved_total;
+	/* --against files that are no checkpoint at all: they say nothing about the log */
+	unsigned saved_unreadable;
+	/* stored checkpoints whose signature does not verify: how many were signed by
+	 * another key or for another origin, and the largest size any of them claims */
+	unsigned other_key;
+	uint64_t unverified_max;
 	unsigned roots, roots_matched, proofs, proofs_verified;
 	/* entries after the last stored checkpoint reached: those older than the grace,
 	 * and those dated more than the grace ahead */
 	uint64_t covered;
+	int64_t uncovered_first; /* the seq of the first entry after covered */
 	struct entry_run stale, future;
 	int64_t grace_ms, cutoff_ms, ahead_ms;
 	/* entries dated after the checkpoint covering them was written; the first one's */
@@ -137,6 +147,10 @@ static int cp_cmp(const void *a, const void *b)
 
 static const char bad_signature[] =
     "its signature does not verify: the checkpoint was forged or altered";
+static const char no_signature[] =
+    "it carries no signature by this verifier key (another key, or another origin: see "
+    "--origin and --pubkey)";
+static const char other_origin[] = "its origin is not the verifier key's name";
 
 /*
  * Open a note with the verifier; a reason when it does not verify, with
@@ -150,14 +164,13 @@ static const char *open_note_why(const struct audit_verifier *v, const char *not
 	int rc = audit_checkpoint_open(v, note, len, c, &reason);
 	*unreadable = rc != 0 && rc != ISG_ERR_NOT_FOUND && rc != ISG_ERR_CRYPTO;
 	if (rc == ISG_ERR_NOT_FOUND)
-		return "it carries no signature by this verifier key (another key, or another "
-		       "origin: see --origin and --pubkey)";
+		return no_signature;
 	if (rc == ISG_ERR_CRYPTO)
 		return bad_signature;
 	if (rc != 0)
 		return reason ? reason : "it is not a signed checkpoint";
 	if (strcmp(c->origin, v->name) != 0)
-		return "its origin is not the verifier key's name";
+		return other_origin;
 	return NULL;
 }
 
@@ -191,6 +204,9 @@ static int load_stored(struct verify *vs, struct audit_log *l)
 		const char *why = open_note(&vs->v, rows[i].note, rows[i].note_len, &c);
 		if (why) {
 			problem(vs, "checkpoint of size %s: %s", size_text, why);
+			vs->other_key += why == no_signature || why == other_origin;
+			if (rows[i].size != UINT64_MAX && rows[i].size > vs->unverified_max)
+				vs->unverified_max = rows[i].size;
 			continue;
 		}
 		if (c.size != rows[i].size)
@@ -284,6 +300,7 @@ static int load_saved(struct verify *vs, char **files, size_t n)
 		if (why && unreadable) {
 			problem(vs, "saved checkpoint '%s' could not be read as a checkpoint: %s",
 			        files[i], why);
+			vs->saved_unreadable++;
 			continue;
 		}
 		if (why) {
@@ -328,6 +345,7 @@ static void check_index(struct verify *vs, int64_t seq, bool known, uint64_t ind
 	vs->last_index_seq = seq;
 	if (repeat) {
 		flush_run(vs);
+		vs->misaligned = true;
 		problem(vs,
 		        "entry %" PRId64 " holds index %" PRIu64 ", as entry %" PRId64
 		        " does (one of them was inserted)",
@@ -340,6 +358,7 @@ static void check_index(struct verify *vs, int64_t seq, bool known, uint64_t ind
 		flush_run(vs);
 	if (!bad)
 		return;
+	vs->misaligned = true;
 	if (index > INT64_MAX) {
 		problem(vs, "entry %" PRId64 " holds index %" PRIu64 " (inserted)", seq, index);
 		return;
@@ -355,12 +374,14 @@ static void check_index(struct verify *vs, int64_t seq, bool known, uint64_t ind
 static void check_seq(struct verify *vs, int64_t seq)
 {
 	if (seq < 1) {
+		vs->misaligned = true;
 		problem(vs, "a row has seq %" PRId64 ", which is no position in the log (inserted)",
 		        seq);
 		return;
 	}
 	int64_t expect = vs->any_row && vs->last_seq >= 1 ? vs->last_seq + 1 : 1;
 	if (seq > expect) {
+		vs->misaligned = true;
 		if (seq - expect == 1)
 			problem(vs, "entry %" PRId64 " is missing (deleted)", expect);
 		else
@@ -382,6 +403,10 @@ static void check_seq(struct verify *vs, int64_t seq)
  * dated by the isgd that signed it. That is a problem; a time going back
  * otherwise is a note, since a period is taken by the entries' times. The
  * at column is not signed: this holds only if the rows were not edited too.
+ * Nor does it hold once the log is misaligned: after an entry deleted, the
+ * entries after it sit one place early, under a checkpoint signed before
+ * they were written, and would all look dated after it; the gap (or the
+ * root that does not match) is the problem, and is reported.
  */
 static void note_time(struct verify *vs, int64_t seq, const char *text)
 {
@@ -390,7 +415,7 @@ static void note_time(struct verify *vs, int64_t seq, const char *text)
 		return;
 	/* the entry is not appended yet: the next stored checkpoint is the first to cover it */
 	const struct cp *cover =
-	    vs->next_stored < vs->n_stored ? &vs->stored[vs->next_stored] : NULL;
+	    vs->next_stored < vs->n_stored && !vs->misaligned ? &vs->stored[vs->next_stored] : NULL;
 	if (cover && at > cover->at) {
 		if (vs->late.n == 0) {
 			vs->late_cp_at = cover->at;
@@ -428,7 +453,8 @@ static void check_leaf(struct verify *vs, int64_t seq, int64_t at, const char *k
 	}
 	check_index(vs, seq, rc == 0, rc == 0 ? lf.index : 0);
 	if (rc != 0) {
-		problem(vs, "entry %" PRId64 " is not a valid audit entry: %s", seq, reason);
+		problem(vs, "entry %" PRId64 " is damaged: not in the format isgd writes (%s)", seq,
+		        reason);
 		return;
 	}
 	/* event names only: an edited column may hold anything, a person's data included */
@@ -486,6 +512,7 @@ static void reach_stored(struct verify *vs, struct cp *k)
 		        "and signed again after the checkpoint of size %" PRIu64,
 		        prev->size, pos, prev->size);
 	k->matched = matched;
+	vs->misaligned |= !matched;
 	vs->roots++;
 	vs->roots_matched += matched;
 	vs->prev = k;
@@ -540,12 +567,17 @@ static bool window_add(struct verify *vs, const uint8_t hash[static AUDIT_HASH_L
  * is from the future, and once a restarted isgd signs it, only its time
  * going back in the entries after it would show.
  */
-static void note_stale(struct verify *vs, int64_t at)
+static void note_stale(struct verify *vs, int64_t seq, int64_t at)
 {
+	if (vs->tree.size == vs->covered + 1)
+		vs->uncovered_first = seq;
+	/* under a checkpoint row that does not verify (reported): not left uncovered */
+	if (vs->tree.size <= vs->unverified_max)
+		return;
 	if (at > vs->ahead_ms)
-		run_add(&vs->future, (int64_t)vs->tree.size, at);
+		run_add(&vs->future, seq, at);
 	else if (at < vs->cutoff_ms)
-		run_add(&vs->stale, (int64_t)vs->tree.size, at);
+		run_add(&vs->stale, seq, at);
 }
 
 static int stream_entries(struct verify *vs, struct audit_log *l)
@@ -570,7 +602,7 @@ static int stream_entries(struct verify *vs, struct audit_log *l)
 			vs->oom = true;
 		if (vs->oom)
 			break;
-		note_stale(vs, at);
+		note_stale(vs, seq, at);
 		reach(vs);
 	}
 	int status = CTL_EXIT_OK;
@@ -587,16 +619,22 @@ static int stream_entries(struct verify *vs, struct audit_log *l)
 	return status;
 }
 
-/* Checkpoints the log never reached: it holds fewer entries than they cover. */
+/*
+ * Checkpoints the log never reached: it holds fewer entries than they cover.
+ * Only a log with no gap, no entry out of place and every root matching is
+ * known to have lost them from its end; otherwise they may be any.
+ */
 static void report_unreached(struct verify *vs)
 {
 	uint64_t n = vs->tree.size;
+	const char *which = vs->misaligned
+	                        ? "entries are missing (deleted from the middle or the end)"
+	                        : "entries were deleted from its end (the log was truncated)";
 	for (size_t i = vs->next_stored; i < vs->n_stored; i++)
 		problem(vs,
 		        "checkpoint of size %" PRIu64
-		        " covers more entries than the log holds (%" PRIu64
-		        "): entries were deleted (the log was truncated)",
-		        vs->stored[i].size, n);
+		        " covers more entries than the log holds (%" PRIu64 "): %s",
+		        vs->stored[i].size, n, which);
 	for (size_t i = vs->next_saved; i < vs->n_saved; i++)
 		problem(vs,
 		        "log was truncated or rolled back: saved checkpoint of size %" PRIu64
@@ -720,31 +758,124 @@ static void summarise_times(const struct verify *vs)
 	       text);
 }
 
-static void summarise(const struct verify *vs)
+/*
+ * Entries after the last checkpoint reached: "not yet covered" only when no
+ * checkpoint claims them. One that verifies but lies beyond the log's end
+ * covers them (reported); rows whose signature does not verify claim them
+ * and prove nothing, which is not the same as a checkpoint yet to come.
+ */
+static void summarise_uncovered(const struct verify *vs)
 {
-	summarise_times(vs);
-	uint64_t n = vs->tree.size;
-	const struct cp *last = vs->n_stored ? &vs->stored[vs->n_stored - 1] : NULL;
-	uint64_t covered = vs->covered,
-	         fresh_from = vs->stale.n ? (uint64_t)vs->stale.last + 1 : covered + 1;
-	if (fresh_from == n)
-		printf("note: entry %" PRIu64 " is not yet covered by a checkpoint\n", n);
-	else if (fresh_from < n)
-		printf("note: entries %" PRIu64 "..%" PRIu64 " (%" PRIu64
+	uint64_t n = vs->tree.size, left = n > vs->covered ? n - vs->covered : 0;
+	if (vs->stored_total > 0 && vs->n_stored == 0) {
+		char hash[2 * AUDIT_KEY_HASH_LEN + 1];
+		sodium_bin2hex(hash, sizeof(hash), vs->v.key_hash, AUDIT_KEY_HASH_LEN);
+		printf("note: no checkpoint could be checked with this verifier key (origin '%s', "
+		       "key hash %s), so no entry is verified%s\n",
+		       vs->v.name, hash,
+		       vs->other_key == vs->stored_total
+		           ? ": the log's checkpoints were signed by another key or for another "
+		             "origin (see --origin and --pubkey)"
+		           : "");
+		return;
+	}
+	if (left == 0 || vs->next_stored < vs->n_stored)
+		return;
+	if (vs->unverified_max > vs->covered) {
+		printf("note: entries %" PRId64 "..%" PRId64 " (%" PRIu64
+		       ") are covered by no checkpoint that verifies (see the problems above): "
+		       "nothing proves them\n",
+		       vs->uncovered_first, vs->last_seq, left);
+		return;
+	}
+	uint64_t fresh = left - vs->stale.n;
+	int64_t first = vs->stale.n ? vs->stale.last + 1 : vs->uncovered_first;
+	if (fresh == 1)
+		printf("note: entry %" PRId64 " is not yet covered by a checkpoint\n",
+		       vs->last_seq);
+	else if (fresh > 1)
+		printf("note: entries %" PRId64 "..%" PRId64 " (%" PRIu64
 		       ") are not yet covered by a checkpoint\n",
-		       fresh_from, n, n - fresh_from + 1);
+		       first, vs->last_seq, fresh);
+}
+
+/*
+ * The counts, then what they mean in words: the denominators differ because
+ * each check applies to fewer checkpoints than the one before it.
+ */
+static void summarise_counts(const struct verify *vs)
+{
 	size_t saved_ok = 0;
 	for (size_t i = 0; i < vs->n_saved; i++)
 		saved_ok += vs->saved[i].matched;
+	uint64_t n = vs->tree.size;
+	size_t beyond = vs->n_stored - vs->next_stored;
 	printf("verified: %zu of %u checkpoint signatures, %u of %u roots, %u of %u consistency "
 	       "proofs, %zu of %u saved checkpoints; %" PRIu64 " entries read\n",
 	       vs->n_stored, vs->stored_total, vs->roots_matched, vs->roots, vs->proofs_verified,
 	       vs->proofs, saved_ok, vs->saved_total, n);
-	if (vs->problems) {
-		printf("audit log FAILED verification: %u problem%s\n", vs->problems,
-		       vs->problems == 1 ? "" : "s");
+	printf("which means:\n");
+	if (vs->stored_total == 0)
+		printf("  - the log holds no checkpoint yet, so no signature covers any entry\n");
+	else
+		printf(
+		    "  - %zu of the log's %u checkpoints carry a valid signature by the verifier "
+		    "key\n",
+		    vs->n_stored, vs->stored_total);
+	if (vs->roots)
+		printf("  - %u of the %u signed checkpoints within the log's %" PRIu64
+		       " entries match those entries as they are now\n",
+		       vs->roots_matched, vs->roots, n);
+	if (beyond)
+		printf("  - %zu signed checkpoint%s cover%s more entries than the log holds\n",
+		       beyond, beyond == 1 ? "" : "s", beyond == 1 ? "s" : "");
+	if (vs->proofs)
+		printf("  - %u of %u signed checkpoints are shown to extend the checkpoint before "
+		       "them without changing any entry it covers\n",
+		       vs->proofs_verified, vs->proofs);
+	if (vs->saved_total == 0)
+		printf("  - no checkpoint saved outside the gateway was given (--against)\n");
+	else
+		printf("  - %zu of %u checkpoints saved outside the gateway (--against) match the "
+		       "log%s\n",
+		       saved_ok, vs->saved_total,
+		       vs->saved_unreadable ? ", and some could not be read (see above)" : "");
+}
+
+static void summarise(const struct verify *vs)
+{
+	summarise_times(vs);
+	summarise_uncovered(vs);
+	summarise_counts(vs);
+	unsigned unreadable = vs->saved_unreadable;
+	if (vs->problems && vs->problems == unreadable) {
+		printf(
+		    "audit log checks passed, but %u saved checkpoint%s could not be read, so the "
+		    "log was NOT checked against %s\n",
+		    unreadable, unreadable == 1 ? "" : "s", unreadable == 1 ? "it" : "them");
 		return;
 	}
+	if (vs->problems) {
+		printf("audit log FAILED verification: %u problem%s", vs->problems,
+		       vs->problems == 1 ? "" : "s");
+		if (unreadable == 1)
+			printf(
+			    " (1 of them a saved checkpoint that could not be read, so the log was "
+			    "NOT checked against it)");
+		else if (unreadable)
+			printf(
+			    " (%u of them saved checkpoints that could not be read, so the log was "
+			    "NOT checked against them)",
+			    unreadable);
+		else if (vs->stored_total > 0 && vs->n_stored == 0)
+			printf(
+			    " (no checkpoint could be checked with this verifier key: see the note "
+			    "above)");
+		putchar('\n');
+		return;
+	}
+	uint64_t n = vs->tree.size;
+	const struct cp *last = vs->n_stored ? &vs->stored[vs->n_stored - 1] : NULL;
 	if (!last) {
 		printf("audit log OK: %" PRIu64 " entries, 0 checkpoints\n", n);
 		return;
@@ -780,7 +911,8 @@ static int verify_help(void)
 	    "                      derived from KEYS_DIR/audit-signing.key\n"
 	    "  --pubkey-file FILE  the same, read from the first line of FILE\n"
 	    "  --against FILE      a checkpoint saved elsewhere earlier (isgctl audit\n"
-	    "                      checkpoint > FILE); the log must still contain it:\n"
+	    "                      checkpoint > FILE); the log's entries up to its size\n"
+	    "                      must still give its root (its own row may be gone):\n"
 	    "                      otherwise it was truncated or rolled back. Repeatable.\n"
 	    "  --grace SECONDS     entries covered by no checkpoint are a problem once older\n"
 	    "                      than this (default 600, or twice the config's\n"
@@ -788,7 +920,10 @@ static int verify_help(void)
 	    "                      signs within that interval and when it stops, so they\n"
 	    "                      mean deleted checkpoints or a crash; newer ones are a note\n\n"
 	    "Exits 0 and prints 'audit log OK: ...' when every check passes, 1 when any\n"
-	    "fails (each problem on a line starting 'problem:') or the log cannot be read.\n\n",
+	    "fails (each problem on a line starting 'problem:') or the log cannot be read.\n"
+	    "A --against file that is no checkpoint at all says nothing about the log: then\n"
+	    "it prints 'audit log checks passed, but N saved checkpoint(s) could not be\n"
+	    "read, so the log was NOT checked against it' and exits 1.\n\n",
 	    verify_usage);
 	audit_where_help(stdout, AUDIT_TAKES_ALL);
 	return CTL_EXIT_OK;
@@ -804,6 +939,10 @@ static int verify_run(struct verify *vs, struct audit_log *l, char **against, si
 		status = stream_entries(vs, l);
 	if (status == CTL_EXIT_OK) {
 		report_unreached(vs);
+		/* A signed checkpoint the log no longer reaches covers its last entries: they
+		 * are missing entries' neighbours (reported), not entries left uncovered. */
+		if (vs->next_stored < vs->n_stored)
+			vs->stale = vs->future = (struct entry_run){0};
 		report_stale(vs);
 		report_future(vs);
 		report_late(vs);

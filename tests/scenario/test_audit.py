@@ -188,6 +188,18 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertIn("audit log FAILED verification", r.out, r)
         return r
 
+    def assertSavedUnreadable(self, store, path, message):
+        """A --against file that is no checkpoint: the log's checks pass, and verify says it
+        was not checked against that file, and exits 1."""
+        r = self.audit("verify", "--against", path, store=store)
+        self.assertEqual(r.rc, 1, r)
+        self.assertRegex(r.out, message, r)
+        self.assertNotIn("FAILED", r.out, r)
+        self.assertTrue(r.out.endswith(
+            "\naudit log checks passed, but 1 saved checkpoint could not be read, so the log "
+            "was NOT checked against it\n"), r)
+        return r
+
     def entry(self, seq):
         return dict((row[0], row) for row in self.entries)[seq]
 
@@ -224,6 +236,16 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertIn("audit log OK: %d entries, %d checkpoints, latest checkpoint size %d, root %s"
                       % (n, m, n, root), r.out)
         self.assertIn("%d of %d consistency proofs" % (m - 1, m - 1), r.out)
+        # The counts, in words an IG officer reads (docs/audit.md explains each line).
+        self.assertIn("\nwhich means:\n"
+                      "  - %d of the log's %d checkpoints carry a valid signature by the "
+                      "verifier key\n"
+                      "  - %d of the %d signed checkpoints within the log's %d entries match "
+                      "those entries as they are now\n"
+                      "  - %d of %d signed checkpoints are shown to extend the checkpoint before "
+                      "them without changing any entry it covers\n"
+                      "  - no checkpoint saved outside the gateway was given (--against)\n"
+                      "audit log OK" % (m, m, m, m, n, m - 1, m - 1), r.out)
         self.assertNotIn("not yet covered", r.out)
         self.assertNotIn("problem", r.out)
         # Against the checkpoints saved while running and at the end, with the published key.
@@ -371,11 +393,26 @@ class AuditLog(isgtest.ScenarioCase):
                                r"is 'message.accepted'" % seq)
 
     def test_deleted_entry(self):
+        """One row deleted from the middle: the entries after it sit one place early, under
+        checkpoints signed before they were written. That is the deletion, said once, not a
+        run of entries "dated after the checkpoint covering them" with an innocent reading."""
         seq, _ = self.a_covered_entry()
+        n = len(self.entries)
+        self.assertLess(seq, self.checkpoints[-2][0])
         db = self.tamper("deleted", ("DELETE FROM audit WHERE seq = ?", (seq,)))
-        self.assertVerifyFails(db, r"problem: entry %d is missing \(deleted\)" % seq,
-                               r"checkpoint of size %d covers more entries than the log holds "
-                               r"\(%d\)" % (len(self.entries), len(self.entries) - 1))
+        r = self.assertVerifyFails(db, r"problem: entry %d is missing \(deleted\)\n" % seq,
+                                   r"problem: checkpoint of size %d covers more entries than the "
+                                   r"log holds \(%d\): entries are missing \(deleted from the "
+                                   r"middle or the end\)\n" % (n, n - 1))
+        self.assertNotIn("dated after the checkpoint", r.out)
+        self.assertNotIn("Innocently", r.out)
+        self.assertNotIn("not yet covered", r.out)
+        self.assertNotIn("earlier time", r.out)
+        # The last entry deleted: the code knows it went from the end.
+        db = self.tamper("deleted-last", ("DELETE FROM audit WHERE seq = ?", (n,)))
+        self.assertVerifyFails(db, r"problem: checkpoint of size %d covers more entries than the "
+                                   r"log holds \(%d\): entries were deleted from its end \(the "
+                                   r"log was truncated\)\n" % (n, n - 1))
 
     def test_inserted_entry(self):
         seq, leaf = self.a_covered_entry()
@@ -441,9 +478,9 @@ class AuditLog(isgtest.ScenarioCase):
         path = os.path.join(self.tmp, "not-a-checkpoint.cp")
         with open(path, "wb") as f:
             f.write(b"see the attached file\r\n")
-        r = self.assertVerifyFails(self.copy_store("plain-text"),
-                                   r"problem: saved checkpoint '[^']*not-a-checkpoint.cp' could not "
-                                   r"be read as a checkpoint: \S", extra=["--against", path])
+        r = self.assertSavedUnreadable(self.copy_store("plain-text"), path,
+                                       r"problem: saved checkpoint '[^']*not-a-checkpoint.cp' "
+                                       r"could not be read as a checkpoint: \S")
         self.assertNotIn("control character", r.out)
         # A mail body around a good checkpoint: not read as one, not called forged.
         for name, text in (("above", "Hi, here is the checkpoint:\n" + note),
@@ -454,10 +491,9 @@ class AuditLog(isgtest.ScenarioCase):
                 path = os.path.join(self.tmp, "mail-%s.cp" % name)
                 with open(path, "wb") as f:
                     f.write(text.encode())
-                r = self.assertVerifyFails(self.copy_store("mail-" + name),
-                                           r"problem: saved checkpoint '[^']*mail-%s.cp' could "
-                                           r"not be read as a checkpoint: \S" % name,
-                                           extra=["--against", path])
+                r = self.assertSavedUnreadable(self.copy_store("mail-" + name), path,
+                                               r"problem: saved checkpoint '[^']*mail-%s.cp' "
+                                               r"could not be read as a checkpoint: \S" % name)
                 self.assertNotIn("forged", r.out)
 
     def test_truncated_log(self):
@@ -829,8 +865,8 @@ class AuditLog(isgtest.ScenarioCase):
                          [row[0] for row in self.entries if row[0] != bad])
         self.assertIn("entry %d is not a valid audit entry and is left out" % bad, r.err)
         self.assertIn("the list is INCOMPLETE: 1 entry (%d) could not be read" % bad, r.err)
-        self.assertVerifyFails(db, r"entry %d is not a valid audit entry: it holds a line break"
-                               % bad)
+        self.assertVerifyFails(db, r"problem: entry %d is damaged: not in the format isgd writes "
+                                   r"\(it holds a line break\)" % bad)
 
     def test_list_judges_entries_by_their_signed_bytes(self):
         """The table's at, kind and seq columns are not signed: editing them hides no entry

@@ -397,9 +397,22 @@ static void test_cmd_good_log(void **state)
 	snprintf(written, sizeof(written), "%s/b.csv", f->dir);
 	assert_int_equal(access(written, F_OK), -1); /* nothing written */
 
-	/* The wrong origin: no checkpoint carries a signature by that key. */
+	/* The wrong origin: no checkpoint carries a signature by that key. Its entries are
+	 * covered all the same: they are unverified, not waiting for a checkpoint. */
 	assert_int_equal(run(f, "verify --store %s --keys %s", f->db, f->keys), 1);
 	assert_out_has(f, "checkpoint of size 10: it carries no signature by this verifier key");
+	assert_out_has(f, "note: no checkpoint could be checked with this verifier key (origin "
+	                  "'isg-gateway', key hash ");
+	assert_out_has(f,
+	               "), so no entry is verified: the log's checkpoints were signed by another "
+	               "key or for another origin (see --origin and --pubkey)\n");
+	assert_out_has(f, "audit log FAILED verification: 3 problems (no checkpoint could be "
+	                  "checked with this verifier key: see the note above)\n");
+	assert_null(strstr(f->out, "not yet covered"));
+	/* Without --keys, the recorded verifier key serves as well. */
+	assert_int_equal(run(f, "verify --store %s", f->db), 1);
+	assert_out_has(f, "isgctl: no keys directory: give --keys KEYS_DIR or --config ISGD_YAML, "
+	                  "or the recorded verifier key with --pubkey KEY or --pubkey-file FILE\n");
 
 	assert_int_equal(run(f, "checkpoint --store %s", f->db), 0);
 	assert_true(strncmp(f->out, ORIGIN "\n25\n", strlen(ORIGIN) + 4) == 0);
@@ -522,10 +535,23 @@ static void test_cmd_changed(void **state)
 static void test_cmd_deleted_reordered(void **state)
 {
 	struct fixture *f = *state;
+	/* Entries 6.. now sit one place early, under checkpoints written before them: the
+	 * deletion is the problem, not their dates. */
 	const char *db = tampered(f, "deleted", "DELETE FROM audit WHERE seq = 5");
 	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 1);
-	assert_out_has(f, "problem: entry 5 is missing (deleted)");
-	assert_out_has(f, "checkpoint of size 25 covers more entries than the log holds (24)");
+	assert_out_has(f, "problem: entry 5 is missing (deleted)\n");
+	assert_out_has(f, "problem: checkpoint of size 25 covers more entries than the log holds "
+	                  "(24): entries are missing (deleted from the middle or the end)\n");
+	assert_null(strstr(f->out, "dated after the checkpoint"));
+	assert_null(strstr(f->out, "not yet covered"));
+	assert_out_has(f, "audit log FAILED verification: 4 problems\n");
+
+	db = tampered(f, "bad-number",
+	              "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), '\"index\":14',"
+	              " '\"index\":-') AS BLOB) WHERE seq = 14");
+	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 1);
+	assert_out_has(
+	    f, "problem: entry 14 is damaged: not in the format isgd writes (bad number)\n");
 
 	db = tampered(f, "swapped",
 	              "UPDATE audit SET seq = 100 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq"
@@ -604,6 +630,29 @@ static void test_cmd_truncated(void **state)
 	assert_int_equal(
 	    run(f, "verify --store %s --pubkey %s --against %s", f->db, f->vkey, saved), 0);
 	assert_out_has(f, "1 of 1 saved checkpoints");
+	/* A saved checkpoint that is none at all says nothing about the log, so it neither
+	 * passes nor fails: verify says it was not checked against it. */
+	char junk[256];
+	snprintf(junk, sizeof(junk), "%s/junk.cp", f->dir);
+	snprintf(cmd, sizeof(cmd), "(echo 'the checkpoint:'; cat %s) > %s", saved, junk);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(run(f, "verify --store %s --pubkey %s --against %s", f->db, f->vkey, junk),
+	                 1);
+	assert_out_has(f, "could not be read as a checkpoint");
+	assert_out_has(f, "\naudit log checks passed, but 1 saved checkpoint could not be read, so "
+	                  "the log was NOT checked against it\n");
+	assert_null(strstr(f->out, "FAILED"));
+	assert_int_equal(run(f, "verify --store %s --pubkey %s --against %s", db, f->vkey, junk),
+	                 1);
+	/* With the log failing too, the last line says both. */
+	const char *cut = tampered(f, "cut", "DELETE FROM audit WHERE seq > 22");
+	assert_int_equal(run(f, "verify --store %s --pubkey %s --against %s --against %s", cut,
+	                     f->vkey, junk, junk),
+	                 1);
+	assert_out_has(f, "problem: checkpoint of size 25 covers more entries than the log holds "
+	                  "(22): entries were deleted from its end (the log was truncated)\n");
+	assert_out_has(f, "audit log FAILED verification: 3 problems (2 of them saved checkpoints "
+	                  "that could not be read, so the log was NOT checked against them)\n");
 }
 
 /*
