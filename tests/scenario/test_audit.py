@@ -1275,6 +1275,22 @@ class AuditLog(isgtest.ScenarioCase):
                            timeout=60)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertIn("export OK: %d entries" % len(self.entries), p.stdout)
+        self.assertNotIn("note:", p.stdout)
+        # The last entry after the last checkpoint (as while isgd runs): said before "OK".
+        n = len(self.entries)
+        tail = [x for x in lines if not (x["type"] == "checkpoint" and
+                                         note_body(x["note"])[1] == n)]
+        self.assertEqual(tail[-1], {"type": "entry", "seq": n, "leaf": tail[-1]["leaf"]})
+        last = max(note_body(x["note"])[1] for x in tail if x["type"] == "checkpoint")
+        uncovered = os.path.join(self.tmp, "uncovered.jsonl")
+        with open(uncovered, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(x) + "\n" for x in tail))
+        p = subprocess.run(["/usr/bin/python3", script, uncovered], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(p.stdout.splitlines()[0], "note: entries %d..%d are covered by no "
+                         "checkpoint: nothing proves them" % (last + 1, n))
+        self.assertIn("export OK: %d entries, last checkpoint size %d" % (n, last), p.stdout)
         # The script catches a changed entry.
         i = next(k for k, x in enumerate(lines) if x["type"] == "entry" and x["seq"] == 2)
         leaf = base64.b64decode(lines[i]["leaf"]).replace(b'"index":2', b'"index":2 ')
