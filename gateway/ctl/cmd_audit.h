@@ -347,15 +347,18 @@ struct audit_verify_result {
 	 * not a problem): how many, the first, and the largest step back */
 	uint64_t times_back;
 	int64_t times_back_seq, times_back_max_ms;
+	size_t saved, saved_matched; /* --against checkpoints given, and those the log holds */
 };
 /*
- * Run every check of `isgctl audit verify` (without --against) on an open
- * log, writing each problem to out as a line "problem: ...". Entries covered
- * by no checkpoint and older than grace_ms are a problem. CTL_EXIT_OK when
- * the log could be read (res->problems says whether it verified).
+ * Run every check of `isgctl audit verify` on an open log, with the
+ * checkpoints saved elsewhere in the files against[0 .. n_against) as its
+ * --against, writing each problem to out as a line "problem: ...". Entries
+ * covered by no checkpoint and older than grace_ms are a problem.
+ * CTL_EXIT_OK when the log and those files could be read (res->problems
+ * says whether it verified).
  */
 int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_t grace_ms,
-                     FILE *out, struct audit_verify_result *res);
+                     char **against, size_t n_against, FILE *out, struct audit_verify_result *res);
 
 /* ---- the subcommands ---- */
 

@@ -43,7 +43,7 @@ static const char report_usage[] =
     "                           [--policy DIR]\n"
     "                           (--config ISGD_YAML | --store DB [--keys KEYS_DIR])\n"
     "                           [--origin NAME] [--pubkey KEY | --pubkey-file FILE]\n"
-    "                           [--grace SECONDS]\n";
+    "                           [--against FILE ...] [--grace SECONDS]\n";
 
 enum {
 	OPT_FROM = AUDIT_OPT_FIRST_OWN,
@@ -53,6 +53,7 @@ enum {
 	OPT_CSV,
 	OPT_POLICY,
 	OPT_GRACE,
+	OPT_AGAINST,
 };
 
 /* ---- interned strings ---- */
@@ -381,9 +382,16 @@ static int report_scan(struct report *r, struct audit_log *l)
 	return audit_read_entries(l, &r->read, report_entry, r);
 }
 
+struct report_args {
+	const char *from, *to, *html, *markdown, *csv, *policy;
+	int64_t grace_ms; /* -1: the default */
+	char **against;   /* --against FILE, each a checkpoint saved elsewhere; argc long */
+	size_t n_against;
+};
+
 /* The checks of audit verify; problems are kept for the report. */
 static int report_verify(struct report *r, struct audit_log *l, const struct audit_where *w,
-                         int64_t grace_ms)
+                         const struct report_args *a)
 {
 	struct audit_verifier v;
 	if (audit_log_verifier(l, w, &v, r->key, &r->key_from) != CTL_EXIT_OK) {
@@ -396,7 +404,7 @@ static int report_verify(struct report *r, struct audit_log *l, const struct aud
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;
 	}
-	int status = audit_verify_log(l, &v, grace_ms, out, &r->vr);
+	int status = audit_verify_log(l, &v, a->grace_ms, a->against, a->n_against, out, &r->vr);
 	if (fclose(out) != 0 && status == CTL_EXIT_OK) {
 		ctl_warn("out of memory");
 		status = CTL_EXIT_LOCAL;
@@ -977,6 +985,11 @@ static void html_integrity(struct strbuf *b, const struct report *r)
 	strbuf_puts(b, "</tr><tr><th>entries with an earlier time than the entry before "
 	               "(isgd's clock was set back)</th>");
 	html_num(b, "integrity-times-back", NULL, r->vr.times_back);
+	strbuf_puts(b, "</tr><tr><th>checkpoints saved elsewhere (--against) that the log "
+	               "still holds</th>");
+	strbuf_printf(b,
+	              "<td id=\"integrity-saved\" class=\"n\" data-value=\"%zu\">%zu of %zu</td>",
+	              r->vr.saved_matched, r->vr.saved_matched, r->vr.saved);
 	strbuf_puts(b, "</tr><tr><th>verifier key</th><td><code>");
 	html_escape(b, r->key);
 	strbuf_puts(b, "</code> (from ");
@@ -1338,9 +1351,11 @@ static int md_integrity(struct strbuf *b, const struct report *r)
 	strbuf_printf(b,
 	              "**%s**: %" PRIu64 " entries, %zu checkpoints verified, latest "
 	              "checkpoint size %" PRIu64 ", root `%s`, %" PRIu64
-	              " entries not yet covered, %u problems.\n\nVerifier key ",
+	              " entries not yet covered, %zu of %zu checkpoints saved elsewhere "
+	              "(--against) held, %u problems.\n\nVerifier key ",
 	              r->vr.problems ? "FAILED" : "OK", r->vr.entries, r->vr.checkpoints,
-	              r->vr.latest_size, root, r->vr.uncovered, r->vr.problems);
+	              r->vr.latest_size, root, r->vr.uncovered, r->vr.saved_matched, r->vr.saved,
+	              r->vr.problems);
 	md_escape(b, r->key);
 	strbuf_puts(b, " (from ");
 	md_escape(b, r->key_from ? r->key_from : "?");
@@ -1564,11 +1579,6 @@ static int render_csv(struct strbuf *b, const struct report *r)
 
 /* ---- the command ---- */
 
-struct report_args {
-	const char *from, *to, *html, *markdown, *csv, *policy;
-	int64_t grace_ms; /* -1: the default */
-};
-
 /* A report describes exchanges of personal data: a file is written as export writes one. */
 static int write_output(const char *path, struct strbuf *b)
 {
@@ -1646,10 +1656,13 @@ static int report_options(int argc, char **argv, struct audit_where *w, struct r
 	    {"csv", required_argument, NULL, OPT_CSV},
 	    {"policy", required_argument, NULL, OPT_POLICY},
 	    {"grace", required_argument, NULL, OPT_GRACE},
+	    {"against", required_argument, NULL, OPT_AGAINST},
 	    {NULL, 0, NULL, 0},
 	};
+	static const int many[] = {OPT_AGAINST, 0}; /* each saved checkpoint, as for verify */
 	struct ctl_opts o;
 	ctl_opts_init(&o, argc, argv, ":", opts, report_usage);
+	o.many = many;
 	int opt;
 	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
 		switch (opt) {
@@ -1676,6 +1689,9 @@ static int report_options(int argc, char **argv, struct audit_where *w, struct r
 		case OPT_GRACE:
 			if (audit_grace_option(optarg, report_usage, &a->grace_ms) != CTL_EXIT_OK)
 				return CTL_EXIT_USAGE;
+			break;
+		case OPT_AGAINST:
+			a->against[a->n_against++] = optarg;
 			break;
 		default:
 			audit_where_option(w, opt, optarg);
@@ -1751,6 +1767,10 @@ static int report_help(void)
 	       "  --csv FILE          one row per day, agreement and sending partner\n"
 	       "  --policy DIR        a policy directory, to show the agreements' daily limits\n"
 	       "  --pubkey KEY, --pubkey-file FILE  the verifier key, as for verify\n"
+	       "  --against FILE      as for verify: a checkpoint saved elsewhere earlier,\n"
+	       "                      which the log must still hold (else it was truncated\n"
+	       "                      or rolled back, and the integrity section FAILS).\n"
+	       "                      Repeatable.\n"
 	       "  --grace SECONDS     as for verify: older entries covered by no checkpoint\n"
 	       "                      fail the integrity check (default 600, or twice the\n"
 	       "                      config's audit.checkpoint_interval when that is longer)\n"
@@ -1771,17 +1791,25 @@ static int report_help(void)
 int audit_report_cmd(int argc, char **argv)
 {
 	struct audit_where w = {.takes = AUDIT_TAKES_ALL};
-	struct report_args a = {.grace_ms = -1};
+	struct report_args a = {.grace_ms = -1,
+	                        .against = calloc((size_t)argc + 1, sizeof(char *))};
+	if (!a.against) {
+		ctl_warn("out of memory");
+		return CTL_EXIT_LOCAL;
+	}
 	int status = report_options(argc, argv, &w, &a);
-	if (status != CTL_EXIT_OK)
+	if (status == CTL_EXIT_OK && w.help)
+		status = report_help();
+	if (status != CTL_EXIT_OK || w.help) {
+		free(a.against);
 		return status;
-	if (w.help)
-		return report_help();
+	}
 	struct report r = {0};
 	audit_reader_init(&r.read, INT64_MIN, INT64_MAX); /* the period is set once known */
 	status = report_period(&r, &a);
 	if (status != CTL_EXIT_OK) {
 		report_release(&r);
+		free(a.against);
 		return status;
 	}
 	time_format_ms(r.generated, sizeof(r.generated), time_now_ms());
@@ -1795,7 +1823,7 @@ int audit_report_cmd(int argc, char **argv)
 	if (status == CTL_EXIT_OK)
 		status = report_scan(&r, &l);
 	if (status == CTL_EXIT_OK)
-		status = report_verify(&r, &l, &w, a.grace_ms);
+		status = report_verify(&r, &l, &w, &a);
 	if (status == CTL_EXIT_OK)
 		status = report_render(&r, &a);
 	if (status == CTL_EXIT_OK) {
@@ -1815,5 +1843,6 @@ int audit_report_cmd(int argc, char **argv)
 	}
 	audit_log_release(&l);
 	report_release(&r);
+	free(a.against);
 	return status;
 }

@@ -979,15 +979,18 @@ static void set_grace(struct verify *vs, const struct audit_log *l, int64_t grac
 }
 
 int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_t grace_ms,
-                     FILE *out, struct audit_verify_result *res)
+                     char **against, size_t n_against, FILE *out, struct audit_verify_result *res)
 {
 	struct verify vs = {.v = *v, .out = out};
 	audit_tree_init(&vs.tree);
 	aj_doc_init(&vs.doc);
 	memset(res, 0, sizeof(*res));
 	set_grace(&vs, l, grace_ms);
-	int status = verify_run(&vs, l, NULL, 0);
+	int status = verify_run(&vs, l, against, n_against);
 	res->problems = vs.problems;
+	res->saved = vs.saved_total;
+	for (size_t i = 0; i < vs.n_saved; i++)
+		res->saved_matched += vs.saved[i].matched;
 	res->entries = vs.tree.size;
 	res->checkpoints = vs.n_stored;
 	const struct cp *last = vs.n_stored ? &vs.stored[vs.n_stored - 1] : NULL;

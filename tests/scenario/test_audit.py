@@ -1177,6 +1177,34 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual((r.rc, r.out), (0, ""), r)
         self.assertIn("0 exchanges", r.err)
 
+    def test_report_against_a_saved_checkpoint(self):
+        """A copy with its last entry and last checkpoint deleted is consistent on its own:
+        report said OK. With --against the checkpoint saved before, its integrity section
+        FAILS, as verify does."""
+        last = len(self.entries)
+        db = self.tamper("truncated-report", ("DELETE FROM audit WHERE seq = ?", (last,)),
+                         ("DELETE FROM checkpoints WHERE size = ?", (last,)))
+        day = json.loads(bytes(self.entries[0][3]))["at"][:10]
+        md = os.path.join(self.tmp, "report.md")
+        r = self.audit("report", "--from", day, "--to", day, "--markdown", md, store=db)
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("**OK**", isgtest.read_text(md))
+        r = self.audit("report", "--from", day, "--to", day, "--markdown", md,
+                       "--against", self.saved_final, store=db)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("report written, but the log FAILED verification", r.err)
+        text = isgtest.read_text(md)
+        self.assertIn("**FAILED**", text)
+        self.assertIn("0 of 1 checkpoints saved elsewhere (--against) held", text)
+        self.assertIn("problem: log was truncated or rolled back: saved checkpoint of size %d"
+                      % last, text)
+        # The log as isgd wrote it holds both.
+        r = self.audit("report", "--from", day, "--to", day, "--markdown", md,
+                       "--against", self.saved_running, "--against", self.saved_final)
+        self.assertEqual(r.rc, 0, r)
+        self.assertIn("2 of 2 checkpoints saved elsewhere (--against) held",
+                      isgtest.read_text(md))
+
     def test_subject_whatever_the_field_order(self):
         """A record's fields in another order than the dataset's give the same subjects."""
         gw = self.gateway(audit={"origin": ORIGIN})

@@ -243,7 +243,8 @@ class OptionsTest(isgtest.ScenarioCase):
                         "--markdown": (out("r.md"), out("r2.md")),
                         "--csv": (out("r.csv"), out("r2.csv")),
                         "--policy": (cls.policy_dir, cls.policy_dir),
-                        "--grace": ("600", "60")}), done=wrote),
+                        "--grace": ("600", "60"),
+                        "--against": (cls.saved, cls.saved)}), done=wrote, many={"--against"}),
         ]
 
     # What a command does: after forget(), each is false unless it was done.
