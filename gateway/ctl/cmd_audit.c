@@ -135,7 +135,7 @@ static const struct ctl_command audit_commands[] = {
     {"pubkey", audit_pubkey_cmd, "print the checkpoints' verifier key"},
     {"prove", audit_prove_cmd, "print an inclusion proof of entry SEQ"},
     {"list", audit_list_cmd, "list entries, filtered by time, partner, agreement, kind"},
-    {"subject", audit_subject_cmd, "list every exchange that involved one person"},
+    {"subject", audit_subject_cmd, "list every exchange whose message named one identifier"},
     {"export", audit_export_cmd, "write the log as JSON Lines that anyone can verify"},
     {"report", audit_report_cmd, "write a privacy-impact review of a period (HTML, Markdown, CSV)"},
 };

@@ -151,6 +151,7 @@ struct audit_where {
 	const char *pubkey, *pubkey_file;
 	bool help;
 	unsigned takes; /* AUDIT_TAKES_*: the command's, for "say where the log is" */
+	bool keys_read; /* KEYS_DIR is read even beside --pubkey (subject: the audit domain) */
 };
 
 /* A getopt result: 1 when it was one of the options above (or --help), 0 when not. */
@@ -359,6 +360,34 @@ struct audit_verify_result {
  */
 int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_t grace_ms,
                      char **against, size_t n_against, FILE *out, struct audit_verify_result *res);
+
+/* ---- cmd_audit_integrity.c: what list and subject say of the log they answered from ---- */
+
+/*
+ * list and subject answer from the entries as they are now: an entry
+ * edited in the table (a pseudonym shortened by one character) is read as
+ * edited. Only the signed checkpoints tell, so they run the checks of
+ * verify too, in the same read transaction, and end by saying the result.
+ */
+struct audit_integrity {
+	bool checked; /* a verifier key could be used, and the checks ran */
+	char key_error[AUDIT_KEY_ERROR_MAX];
+	struct audit_verify_result vr;
+};
+/*
+ * The checks of verify (with --against files, the default grace). Problems
+ * are counted, not printed: verify names them. Exit status: only a log or
+ * an --against file that cannot be read fails it; a verifier key that
+ * cannot be had leaves in->checked false.
+ */
+int audit_integrity_check(struct audit_log *l, const struct audit_where *w, char **against,
+                          size_t n_against, struct audit_integrity *in);
+/*
+ * The result, on standard error, naming what it vouches for ("answer",
+ * "list"): CTL_EXIT_OK when the log verified, CTL_EXIT_LOCAL when it failed
+ * or could not be checked (the answer may then be incomplete or wrong).
+ */
+int audit_integrity_say(const struct audit_integrity *in, const char *answer);
 
 /* ---- the subcommands ---- */
 

@@ -7,7 +7,8 @@
  * its signed bytes alone: its time, kind and every member shown or matched
  * come from the signed entry, never from the table's columns.
  *
- * subject finds every exchange that involved one person. The log never
+ * subject finds every exchange whose message named one identifier (an NHS
+ * number, a name: a name is not one person's alone). The log never
  * holds an identifier: message.accepted entries list their subjects as
  * pseudonyms under the `audit` linkage domain. subject normalises the
  * identifier it is given, computes its pseudonyms under the versions of the
@@ -24,6 +25,12 @@
  * the answer does not depend on the rows' order either. The identifier
  * is never printed, and wiped from memory (and from the command line) once
  * hashed.
+ *
+ * Judging entries by their bytes catches edited columns, not edited bytes:
+ * an entry whose pseudonym lost a character reads as an entry about someone
+ * else. Only the signed checkpoints vouch for the bytes, so both commands
+ * end by running verify's checks (cmd_audit_integrity.c) and saying the
+ * result, and fail when the log does not verify.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -45,13 +52,17 @@
 #define SUBJECT_LINE_MAX 1024
 
 static const char list_usage[] =
-    "usage: isgctl audit list (--config ISGD_YAML | --store DB) [--from TIME] [--to TIME]\n"
+    "usage: isgctl audit list (--config ISGD_YAML | --store DB [--keys KEYS_DIR])\n"
+    "                         [--origin NAME] [--pubkey KEY | --pubkey-file FILE]\n"
+    "                         [--against FILE ...] [--from TIME] [--to TIME]\n"
     "                         [--partner ID] [--agreement ID] [--kind KIND]\n"
     "                         [--outcome accepted|refused] [--format table|csv|jsonl]\n";
 static const char subject_usage[] =
     "usage: isgctl audit subject (--nhs-number N | --pnc-id X | --postcode P | --email E |\n"
     "                             --name N | --identifier X)\n"
     "                            (--config ISGD_YAML | --store DB --keys KEYS_DIR)\n"
+    "                            [--origin NAME] [--pubkey KEY | --pubkey-file FILE]\n"
+    "                            [--against FILE ...]\n"
     "                            [--from TIME] [--to TIME] [--format table|csv|jsonl]\n";
 
 enum list_format { FORMAT_TABLE, FORMAT_CSV, FORMAT_JSONL };
@@ -73,14 +84,50 @@ enum {
 	OPT_KIND,
 	OPT_OUTCOME,
 	OPT_FORMAT,
+	OPT_AGAINST,
 	OPT_IDENT, /* OPT_IDENT + pseudo_type: the identifier options of subject */
 };
 
 /* ---- options shared by list and subject ---- */
 
-/* What they read: list the store, subject also the audit domain's key (never the origin). */
-#define LIST_TAKES AUDIT_TAKES_STORE
-#define SUBJECT_TAKES (AUDIT_TAKES_STORE | AUDIT_TAKES_KEYS)
+/*
+ * What they read: the store, and the verifier key of its checkpoints
+ * (KEYS_DIR and the origin, or --pubkey); subject also the audit domain's key.
+ */
+#define LIST_TAKES AUDIT_TAKES_ALL
+#define SUBJECT_TAKES AUDIT_TAKES_ALL
+
+/* --against FILE, repeatable: checkpoints saved elsewhere, as for verify. */
+struct against {
+	char **files; /* argc long */
+	size_t n;
+};
+
+static const int against_many[] = {OPT_AGAINST, 0};
+
+static int against_init(struct against *a, int argc)
+{
+	a->n = 0;
+	a->files = calloc((size_t)argc + 1, sizeof(*a->files));
+	if (!a->files)
+		ctl_warn("out of memory");
+	return a->files ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
+}
+
+/*
+ * Once the answer is printed: verify's checks over the whole log, in the
+ * same snapshot, and what they say of it. The status of the answer stands
+ * when worse; a log that does not verify fails an answer that was whole.
+ */
+static int integrity_after(struct audit_log *l, const struct audit_where *w,
+                           const struct against *a, const char *answer, int status)
+{
+	struct audit_integrity in;
+	int checked = audit_integrity_check(l, w, a->files, a->n, &in);
+	if (checked == CTL_EXIT_OK)
+		checked = audit_integrity_say(&in, answer);
+	return status != CTL_EXIT_OK ? status : checked;
+}
 
 /* An event, or a family: the part of an event before its dot ("message"). */
 static bool kind_known(const char *kind)
@@ -402,22 +449,56 @@ static int list_help(void)
 	       "  --outcome accepted|refused  events ending in .accepted or .refused\n"
 	       "  --format table|csv|jsonl table (default) for people, csv for a spreadsheet,\n"
 	       "                           jsonl for the exact entries, one per line\n"
-	       "Every entry is read and judged by its signed bytes, never by the store\n"
+	       "  --pubkey KEY, --pubkey-file FILE  the verifier key, as for verify\n"
+	       "  --against FILE           as for verify: a checkpoint saved elsewhere earlier\n"
+	       "                           (repeatable)\n"
+	       "Every entry is read and judged by its own bytes, never by the store\n"
 	       "table's columns: the times are the entries' own, and a row whose columns\n"
-	       "were edited is named in a warning. Exits 1, after listing what it could\n"
-	       "read, when entries cannot be read: wherever their rows say they are, they\n"
-	       "may belong to the list, which is then INCOMPLETE (a warning names them).\n\n",
+	       "were edited is named in a warning. Then the checks of 'isgctl audit verify'\n"
+	       "run over the whole log, and the last line says whether the entries are\n"
+	       "those signed: 'audit log OK against N signed checkpoints', 'FAILED' or\n"
+	       "'NOT VERIFIED' (no verifier key). Exits 1, after listing what it could\n"
+	       "read, when the log FAILED or was NOT VERIFIED (the list may be incomplete\n"
+	       "or wrong), or when entries cannot be read: wherever their rows say they\n"
+	       "are, they may belong to the list, which is then INCOMPLETE.\n\n",
 	       list_usage);
 	audit_where_help(stdout, LIST_TAKES);
 	return CTL_EXIT_OK;
 }
 
+static int list_options(int argc, char **argv, const struct option *opts, struct audit_where *w,
+                        struct list_filter *f, struct against *a)
+{
+	struct ctl_opts o;
+	ctl_opts_init(&o, argc, argv, ":", opts, list_usage);
+	o.many = against_many;
+	int opt;
+	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
+		if (opt == CTL_OPTS_ERROR)
+			return CTL_EXIT_USAGE;
+		if (opt == OPT_AGAINST) {
+			a->files[a->n++] = optarg;
+			continue;
+		}
+		int r = filter_option(f, opt, optarg, list_usage);
+		if (r < 0)
+			return CTL_EXIT_USAGE;
+		if (r == 0)
+			audit_where_option(w, opt, optarg);
+	}
+	if (w->help)
+		return CTL_EXIT_OK;
+	if (optind != argc)
+		return ctl_usage_error(list_usage, "audit list takes no arguments");
+	return filter_check(f, list_usage);
+}
+
 int audit_list_cmd(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    AUDIT_LONGOPT_CONFIG,
-	    AUDIT_LONGOPT_STORE,
-	    AUDIT_LONGOPT_HELP,
+	    AUDIT_LOG_LONGOPTS,
+	    AUDIT_KEY_LONGOPTS,
+	    {"against", required_argument, NULL, OPT_AGAINST},
 	    {"from", required_argument, NULL, OPT_FROM},
 	    {"to", required_argument, NULL, OPT_TO},
 	    {"partner", required_argument, NULL, OPT_PARTNER},
@@ -429,54 +510,54 @@ int audit_list_cmd(int argc, char **argv)
 	};
 	struct audit_where w = {.takes = LIST_TAKES};
 	struct list_filter f;
+	struct against a;
 	filter_init(&f);
-	struct ctl_opts o;
-	ctl_opts_init(&o, argc, argv, ":", opts, list_usage);
-	int opt;
-	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
-		if (opt == CTL_OPTS_ERROR)
-			return CTL_EXIT_USAGE;
-		int r = filter_option(&f, opt, optarg, list_usage);
-		if (r < 0)
-			return CTL_EXIT_USAGE;
-		if (r == 0)
-			audit_where_option(&w, opt, optarg);
+	if (against_init(&a, argc) != CTL_EXIT_OK)
+		return CTL_EXIT_LOCAL;
+	int status = list_options(argc, argv, opts, &w, &f, &a);
+	if (status == CTL_EXIT_OK && w.help)
+		status = list_help();
+	if (status != CTL_EXIT_OK || w.help) {
+		free(a.files);
+		return status;
 	}
-	if (w.help)
-		return list_help();
-	if (optind != argc)
-		return ctl_usage_error(list_usage, "audit list takes no arguments");
-	if (filter_check(&f, list_usage) != CTL_EXIT_OK)
-		return CTL_EXIT_USAGE;
 	struct audit_log l;
 	struct audit_reader r;
 	struct list_ctx c = {.f = &f, .ls = {.format = f.format}};
 	audit_reader_init(&r, f.from_ms, f.to_ms);
-	int status = audit_log_open(&l, &w, list_usage, true);
+	status = audit_log_open(&l, &w, list_usage, true);
 	if (status == CTL_EXIT_OK)
 		status = lister_flush(audit_read_entries(&l, &r, list_entry, &c));
+	bool answered = status == CTL_EXIT_OK;
 	/*
 	 * An entry that cannot be read cannot be placed in time or matched: it may
 	 * belong to the list, so the list must not pass for the whole, as in subject.
 	 */
-	if (status == CTL_EXIT_OK && r.unread) {
+	if (answered && r.unread) {
 		audit_reader_incomplete(&r, "the list",
 		                        "may belong to it; run 'isgctl audit verify'");
 		status = CTL_EXIT_LOCAL;
-	} else if (status == CTL_EXIT_OK && c.ls.shown == 0) {
+	} else if (answered && c.ls.shown == 0) {
 		ctl_warn("no entry matches");
 	}
+	if (answered)
+		status = integrity_after(&l, &w, &a, "this list", status);
 	audit_reader_release(&r);
 	audit_log_release(&l);
+	free(a.files);
 	return status;
 }
 
 /* ---- subject ---- */
 
-/* A message.accepted entry about the person, and whether an entry of it was listed. */
+/*
+ * A message.accepted entry about the person, whether an entry of it was
+ * listed, and whether the log (in the period or not) says it was handed
+ * out or purged: one neither is still waiting at the gateway.
+ */
 struct subject_message {
 	uint64_t index; /* signed */
-	bool listed;
+	bool listed, delivered, expired;
 };
 
 /* An entry to list: its exact bytes, printed once the log is read, in index order. */
@@ -539,7 +620,7 @@ static struct subject_message *message_add(struct subject *s, uint64_t index)
 		s->cap_messages = cap;
 	}
 	memmove(&s->messages[i + 1], &s->messages[i], (s->n_messages - i) * sizeof(*s->messages));
-	s->messages[i] = (struct subject_message){index, false};
+	s->messages[i] = (struct subject_message){index, false, false, false};
 	s->n_messages++;
 	return &s->messages[i];
 }
@@ -655,6 +736,10 @@ static int subject_entry(void *ctx, const struct aj_doc *d, const struct audit_l
 		s->reread = true;
 	s->last_index = lf->index;
 	struct subject_message *m = subject_pick(s, d, lf, &oom);
+	if (m && strcmp(lf->event, "message.delivered") == 0)
+		m->delivered = true;
+	if (m && strcmp(lf->event, "message.expired") == 0)
+		m->expired = true;
 	if (!oom && m && at_ms >= s->from_ms && at_ms <= s->to_ms) {
 		if (!m->listed)
 			s->exchanges++;
@@ -856,33 +941,36 @@ static int subject_prepare(const struct audit_log *l, const struct ident_arg *id
 
 static int subject_help(void)
 {
-	printf("%s\nLists every exchange that involved one person: the message.accepted\n"
-	       "entries whose subjects include the person's pseudonym under the audit\n"
-	       "linkage domain, with the delivered, acknowledged and expired entries of\n"
-	       "those messages. Give exactly one identifier; '-' reads it from standard\n"
-	       "input, which keeps it off the command line (other local users can see\n"
-	       "command lines). The identifier is normalised as the gateway does and never\n"
-	       "printed. Refused messages and connections hold no subjects and are not\n"
-	       "found. --from, --to and --format are as for 'isgctl audit list', and as\n"
-	       "there every entry is read and judged by its signed bytes, never by the\n"
-	       "store table's columns (a row whose columns were edited is named in a\n"
-	       "warning). The person is matched over the whole log: --from and --to say\n"
-	       "what is listed, so a delivery in the period of a message accepted before\n"
-	       "it is listed, and its exchange counted. Exits 1, after listing what it\n"
-	       "found, when entries cannot be read: the answer is then INCOMPLETE.\n\n",
+	printf("%s\nLists every exchange whose message named one identifier: the\n"
+	       "message.accepted entries whose subjects include its pseudonym under the\n"
+	       "audit linkage domain, with the delivered, acknowledged and expired entries\n"
+	       "of those messages. A name or a postcode is not one person's alone, and a\n"
+	       "person may be named by other identifiers: for a subject access request,\n"
+	       "search each identifier held for them (the NHS number first) and check each\n"
+	       "exchange found. Give exactly one identifier; '-' reads it from standard\n"
+	       "input (at a terminal, at a prompt that does not echo it), which keeps it\n"
+	       "off the command line (other local users can see command lines). The\n"
+	       "identifier is normalised as the gateway does and never printed. Refused\n"
+	       "messages and connections hold no subjects and are not found. --from, --to,\n"
+	       "--format, --pubkey, --pubkey-file and --against are as for 'isgctl audit\n"
+	       "list', and as there the last line says whether the log verified against\n"
+	       "its signed checkpoints. The identifier is matched over the whole log:\n"
+	       "--from and --to say what is listed, so a delivery in the period of a\n"
+	       "message accepted before it is listed, and its exchange counted. Exits 1,\n"
+	       "after listing what it found, when the log FAILED or was NOT VERIFIED, or\n"
+	       "entries cannot be read (the answer is then INCOMPLETE).\n\n",
 	       subject_usage);
 	audit_where_help(stdout, SUBJECT_TAKES);
 	return CTL_EXIT_OK;
 }
 
 static int subject_options(int argc, char **argv, struct audit_where *w, struct list_filter *f,
-                           struct ident_arg *id)
+                           struct ident_arg *id, struct against *a)
 {
 	static const struct option opts[] = {
-	    AUDIT_LONGOPT_CONFIG,
-	    AUDIT_LONGOPT_STORE,
-	    AUDIT_LONGOPT_KEYS,
-	    AUDIT_LONGOPT_HELP,
+	    AUDIT_LOG_LONGOPTS,
+	    AUDIT_KEY_LONGOPTS,
+	    {"against", required_argument, NULL, OPT_AGAINST},
 	    {"from", required_argument, NULL, OPT_FROM},
 	    {"to", required_argument, NULL, OPT_TO},
 	    {"format", required_argument, NULL, OPT_FORMAT},
@@ -896,10 +984,15 @@ static int subject_options(int argc, char **argv, struct audit_where *w, struct 
 	};
 	struct ctl_opts o;
 	ctl_opts_init(&o, argc, argv, ":", opts, subject_usage);
+	o.many = against_many;
 	int opt;
 	while ((opt = ctl_opts_next(&o)) != CTL_OPTS_END) {
 		if (opt == CTL_OPTS_ERROR)
 			return CTL_EXIT_USAGE;
+		if (opt == OPT_AGAINST) {
+			a->files[a->n++] = optarg;
+			continue;
+		}
 		if (opt > OPT_IDENT && opt <= OPT_IDENT + PSEUDO_IDENTIFIER) {
 			if (id->value)
 				return ctl_usage_error(subject_usage,
@@ -926,19 +1019,56 @@ static int subject_options(int argc, char **argv, struct audit_where *w, struct 
 	return filter_check(f, subject_usage);
 }
 
+/*
+ * What was found, on standard error: how many exchanges held the
+ * identifier, not how many concerned the person (a name or a postcode is
+ * not a person's alone), and those still waiting at the gateway.
+ */
+static void subject_summary(const struct subject *s)
+{
+	if (s->without_subjects)
+		ctl_warn("note: %" PRIu64 " of the log's %" PRIu64
+		         " message.accepted entries carry no "
+		         "subjects (written before isgd audited subjects) and cannot be "
+		         "searched",
+		         s->without_subjects, s->accepted_seen);
+	ctl_warn("%" PRIu64 " exchange%s named this identifier (%" PRIu64 " entries listed)",
+	         s->exchanges, s->exchanges == 1 ? "" : "s", s->ls.shown);
+	uint64_t waiting = 0, expired = 0;
+	for (size_t i = 0; i < s->n_messages; i++) {
+		const struct subject_message *m = &s->messages[i];
+		if (m->listed && !m->delivered)
+			*(m->expired ? &expired : &waiting) += 1;
+	}
+	if (waiting)
+		ctl_warn("%" PRIu64 " of them not yet delivered: no message.delivered entry in the "
+		         "log, so the recipient has not collected %s",
+		         waiting, waiting == 1 ? "it" : "them");
+	if (expired)
+		ctl_warn("%" PRIu64 " of them expired undelivered: purged, never collected by the "
+		         "recipient",
+		         expired);
+}
+
 int audit_subject_cmd(int argc, char **argv)
 {
-	struct audit_where w = {.takes = SUBJECT_TAKES};
+	/* --keys is read for the audit domain's key, whatever verifier key is given */
+	struct audit_where w = {.takes = SUBJECT_TAKES, .keys_read = true};
 	struct list_filter f;
 	struct ident_arg id = {0};
+	struct against a;
 	filter_init(&f);
-	int status = subject_options(argc, argv, &w, &f, &id);
+	if (against_init(&a, argc) != CTL_EXIT_OK)
+		return CTL_EXIT_LOCAL;
+	int status = subject_options(argc, argv, &w, &f, &id, &a);
 	if (id.value && (status != CTL_EXIT_OK || w.help))
 		sodium_memzero(id.value, strlen(id.value));
-	if (status != CTL_EXIT_OK)
+	if (status == CTL_EXIT_OK && w.help)
+		status = subject_help();
+	if (status != CTL_EXIT_OK || w.help) {
+		free(a.files);
 		return status;
-	if (w.help)
-		return subject_help();
+	}
 	struct audit_log l;
 	struct keyring *ring = NULL;
 	struct subject s = {.from_ms = f.from_ms, .to_ms = f.to_ms, .ls = {.format = f.format}};
@@ -951,24 +1081,20 @@ int audit_subject_cmd(int argc, char **argv)
 		sodium_memzero(id.value, strlen(id.value));
 	if (status == CTL_EXIT_OK)
 		status = subject_search(&l, &r, &s);
-	if (status == CTL_EXIT_OK) {
-		if (s.without_subjects)
-			ctl_warn("note: %" PRIu64 " of the log's %" PRIu64
-			         " message.accepted entries carry no "
-			         "subjects (written before isgd audited subjects) and cannot be "
-			         "searched",
-			         s.without_subjects, s.accepted_seen);
-		ctl_warn("%" PRIu64 " exchange%s involved this person (%" PRIu64 " entries listed)",
-		         s.exchanges, s.exchanges == 1 ? "" : "s", s.ls.shown);
-	}
+	bool answered = status == CTL_EXIT_OK;
+	if (answered)
+		subject_summary(&s);
 	/* An answer to a subject access request that left entries out must not look complete. */
-	if (status == CTL_EXIT_OK && r.unread) {
+	if (answered && r.unread) {
 		audit_reader_incomplete(
 		    &r, "the answer",
 		    "may be about this person; run 'isgctl audit verify' and do "
 		    "not send this answer as complete");
 		status = CTL_EXIT_LOCAL;
 	}
+	/* nor one read from entries that are not what was signed */
+	if (answered)
+		status = integrity_after(&l, &w, &a, "this answer", status);
 	if (s.pseudonyms)
 		sodium_free(s.pseudonyms);
 	free(s.messages);
@@ -977,5 +1103,6 @@ int audit_subject_cmd(int argc, char **argv)
 	keyring_free(ring);
 	audit_reader_release(&r);
 	audit_log_release(&l);
+	free(a.files);
 	return status;
 }

@@ -191,7 +191,7 @@ int audit_log_open(struct audit_log *l, const struct audit_where *w, const char 
 	if (w->pubkey && w->pubkey_file)
 		return ctl_usage_error(usage, "give one verifier key: --pubkey or --pubkey-file, "
 		                              "not both");
-	if ((w->pubkey || w->pubkey_file) && w->keys)
+	if ((w->pubkey || w->pubkey_file) && w->keys && !w->keys_read)
 		return ctl_usage_error(usage,
 		                       "give --keys or %s, not both: the key given is the one "
 		                       "trusted, and the keys directory would not be read",

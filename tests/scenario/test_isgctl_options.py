@@ -223,17 +223,19 @@ class OptionsTest(isgtest.ScenarioCase):
             Command(["audit", "prove"], {"--store": store, "--keys": keys},
                     dict(where, **key, **{"--size": (cls.tree_size, cls.tree_size)}), ["1"],
                     printed),
-            Command(["audit", "list"], {"--store": store},
-                    dict(period, **{k: where[k] for k in ("--config", "--store")},
-                         **{"--partner": ("met-police", "nhs-trust"),
+            Command(["audit", "list"], {"--store": store, "--keys": keys},
+                    dict(period, **where, **key,
+                         **{"--against": (cls.saved, cls.saved),
+                            "--partner": ("met-police", "nhs-trust"),
                                              "--agreement": (AGREEMENT_ID, "other"),
                                              "--kind": ("message", "connection"),
                                              "--outcome": ("accepted", "refused"),
-                                             "--format": ("table", "jsonl")}), done=printed),
+                                             "--format": ("table", "jsonl")}), done=printed,
+                    many={"--against"}),
             Command(["audit", "subject"], {"--store": store, "--keys": keys, "--nhs-number": NHS_A},
-                    dict(period, **idents, **{k: where[k] for k in ("--config", "--store", "--keys")},
-                         **{"--format": ("table", "jsonl")}),
-                    done=printed),
+                    dict(period, **idents, **where, **key,
+                         **{"--format": ("table", "jsonl"), "--against": (cls.saved, cls.saved)}),
+                    done=printed, many={"--against"}),
             Command(["audit", "export"], {"--store": store, "--keys": keys, "--output": out("e")},
                     dict(where, **key, **{"--output": (out("e"), out("e2"))}), done=wrote),
             Command(["audit", "report"], {"--store": store, "--keys": keys, "--from": cls.day,
@@ -536,7 +538,8 @@ class OptionsTest(isgtest.ScenarioCase):
         """--pubkey names the key trusted and its origin: --keys beside it would not be
         read, and an --origin that differs is a mix-up; neither is ignored."""
         for cmd in self.commands:
-            if "--pubkey" not in cmd.values:
+            # subject reads --keys for the audit linkage domain's key, whatever key is trusted
+            if "--pubkey" not in cmd.values or str(cmd) == "audit subject":
                 continue
             for opt, value in (("--pubkey", self.vkey), ("--pubkey-file", self.vkey_file)):
                 with self.subTest(command=str(cmd), option=opt):
@@ -550,6 +553,8 @@ class OptionsTest(isgtest.ScenarioCase):
                     if str(cmd) == "audit report":  # written, saying it could not verify
                         self.assertIn("report written, but the log could not be verified",
                                       r.err)
+                    elif str(cmd) == "audit list":  # listed, saying it could not verify
+                        self.assertIn("isgctl: audit log NOT VERIFIED: ", r.err)
                     else:
                         self.assertFalse(cmd.done(r), r)
                     r = self.run_ctl(cmd.argv([opt, value, "--origin", "isg-gateway"],

@@ -450,20 +450,56 @@ static void test_cmd_prove_past_the_end(void **state)
 static void test_cmd_list(void **state)
 {
 	struct fixture *f = *state;
-	assert_int_equal(run(f, "list --store %s --kind message.refused --format csv", f->db), 0);
+	assert_int_equal(run(f, "list --pubkey %s --store %s --kind message.refused --format csv",
+	                     f->vkey, f->db),
+	                 0);
 	assert_out_has(f, "seq,at,kind,sender,");
 	assert_out_has(f, "\n3,");
 	assert_out_has(f, "\n24,");
 	assert_null(strstr(f->out, "\n4,"));
 	assert_int_equal(
-	    run(f, "list --store %s --agreement ag-1 --outcome refused --format jsonl", f->db), 0);
+	    run(f, "list --pubkey %s --store %s --agreement ag-1 --outcome refused --format jsonl",
+	        f->vkey, f->db),
+	    0);
 	/* Refused (seq divisible by 3) and odd: 3, 9, 15, 21. */
 	assert_out_has(f, "{\"index\":9,");
 	assert_null(strstr(f->out, "{\"index\":6,"));
-	assert_int_equal(run(f, "list --store %s --partner nobody", f->db), 0);
+	assert_int_equal(run(f, "list --pubkey %s --store %s --partner nobody", f->vkey, f->db), 0);
 	assert_out_has(f, "no entry matches");
-	assert_int_equal(run(f, "list --store %s --outcome maybe", f->db), 2);
-	assert_int_equal(run(f, "list --store %s --from 2026-13-01", f->db), 2);
+	assert_int_equal(run(f, "list --pubkey %s --store %s --outcome maybe", f->vkey, f->db), 2);
+	assert_int_equal(run(f, "list --pubkey %s --store %s --from 2026-13-01", f->vkey, f->db),
+	                 2);
+}
+
+/*
+ * list answers from the entries as they are now, so it ends by saying what
+ * the signed checkpoints say of them: OK, FAILED (an entry's bytes edited,
+ * which no column shows) or NOT VERIFIED (no key to check them with).
+ */
+static void test_cmd_list_integrity(void **state)
+{
+	struct fixture *f = *state;
+	assert_int_equal(run(f, "list --pubkey %s --store %s --kind keys", f->vkey, f->db), 0);
+	assert_out_has(f, "isgctl: audit log OK against 3 signed checkpoints: 25 entries, latest "
+	                  "checkpoint size 25, root ");
+	assert_int_equal(
+	    run(f, "list --keys %s --origin %s --store %s --kind keys", f->keys, ORIGIN, f->db), 0);
+	assert_out_has(f, "isgctl: audit log OK against 3 signed checkpoints");
+	/* an entry's own bytes edited: a valid entry, listed as it now reads, but not signed */
+	const char *db = tampered(f, "list-changed",
+	                          "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT),"
+	                          " '\"records\":14', '\"records\":15') AS BLOB) WHERE seq = 14");
+	assert_int_equal(run(f, "list --pubkey %s --store %s --format csv", f->vkey, db), 1);
+	assert_out_has(f, "\n14,");
+	assert_out_has(f, "isgctl: audit log FAILED verification: 2 problems; run 'isgctl audit "
+	                  "verify' for the details: this list may be incomplete or wrong\n");
+	assert_null(strstr(f->out, "audit log OK"));
+	/* no key to check with: listed, but said to be unchecked, and not a success */
+	assert_int_equal(run(f, "list --store %s --kind keys", f->db), 1);
+	assert_out_has(f, "isgctl: audit log NOT VERIFIED: isgctl had no verifier key it could use "
+	                  "(no keys directory: give --keys KEYS_DIR or --config ISGD_YAML); this "
+	                  "list was not checked against the signed checkpoints: give the verifier "
+	                  "key recorded for this gateway with --pubkey-file FILE or --pubkey KEY");
 }
 
 /*
@@ -492,29 +528,35 @@ static void test_cmd_times_strict(void **state)
 	    "+2026-01-01",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		assert_int_equal(run(f, "list --store %s --from '%s'", f->db, bad[i]), 2);
+		assert_int_equal(
+		    run(f, "list --pubkey %s --store %s --from '%s'", f->vkey, f->db, bad[i]), 2);
 		char want[128];
 		snprintf(want, sizeof(want),
 		         "--from must be a date YYYY-MM-DD or a time "
 		         "YYYY-MM-DDTHH:MM:SS[.mmm]Z (UTC), not '%s'",
 		         bad[i]);
 		assert_out_has(f, want);
-		assert_int_equal(run(f, "list --store %s --to '%s'", f->db, bad[i]), 2);
+		assert_int_equal(
+		    run(f, "list --pubkey %s --store %s --to '%s'", f->vkey, f->db, bad[i]), 2);
 	}
 	/* An empty value is refused as for every option (docs/isgctl.md, "Options"). */
-	assert_int_equal(run(f, "list --store %s --from ''", f->db), 2);
+	assert_int_equal(run(f, "list --pubkey %s --store %s --from ''", f->vkey, f->db), 2);
 	assert_out_has(f, "option '--from' has an empty value");
 	static const char *const good[] = {
 	    "2024-02-29", "2000-02-29",           "1969-12-31",
 	    "0000-01-01", "2038-01-19T03:14:08Z", "9999-12-31T23:59:59.999Z",
 	};
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
-		assert_int_equal(run(f, "list --store %s --from '%s'", f->db, good[i]), 0);
+		assert_int_equal(
+		    run(f, "list --pubkey %s --store %s --from '%s'", f->vkey, f->db, good[i]), 0);
 	/* the whole log is from 2026: to the end of 1969 lists nothing, to 9999 everything */
-	assert_int_equal(run(f, "list --store %s --to 1969-12-31 --format csv", f->db), 0);
+	assert_int_equal(
+	    run(f, "list --pubkey %s --store %s --to 1969-12-31 --format csv", f->vkey, f->db), 0);
 	assert_null(strstr(f->out, "\n1,"));
 	assert_int_equal(
-	    run(f, "list --store %s --from 1969-12-31 --to 9999-12-31 --format csv", f->db), 0);
+	    run(f, "list --pubkey %s --store %s --from 1969-12-31 --to 9999-12-31 --format csv",
+	        f->vkey, f->db),
+	    0);
 	assert_out_has(f, "\n25,");
 }
 
@@ -597,8 +639,11 @@ static void test_cmd_columns_forged(void **state)
 	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 1);
 	assert_out_has(f, "problem: entry 2: its kind column disagrees with the entry\n");
 	assert_out_has(f, "audit log FAILED verification: 1 problem\n");
-	assert_int_equal(run(f, "list --store %s --format csv", db), 0);
+	/* The listing goes by the signed entry, but the log does not verify: it fails. */
+	assert_int_equal(run(f, "list --pubkey %s --store %s --format csv", f->vkey, db), 1);
 	assert_out_has(f, "entry 2: its kind column disagrees with the signed entry");
+	assert_out_has(f, "isgctl: audit log FAILED verification: 1 problem; run 'isgctl audit "
+	                  "verify' for the details: this list may be incomplete or wrong\n");
 
 	db = tampered(f, "forged",
 	              "UPDATE checkpoints SET note = replace(note, char(10) || '20' || char(10),"
@@ -690,6 +735,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cmd_good_log, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_prove_past_the_end, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_list, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cmd_list_integrity, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_times_strict, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_changed, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cmd_deleted_reordered, setup, teardown),
