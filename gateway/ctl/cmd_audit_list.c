@@ -24,7 +24,7 @@
  * What it finds is listed once the log is read, in signed index order, so
  * the answer does not depend on the rows' order either. The identifier
  * is never printed, and wiped from memory (and from the command line) once
- * hashed.
+ * hashed; typed at a terminal, it is not echoed.
  *
  * Judging entries by their bytes catches edited columns, not edited bytes:
  * an entry whose pseudonym lost a character reads as an entry about someone
@@ -36,9 +36,11 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -815,6 +817,111 @@ struct ident_arg {
 	const char *option; /* its long option's name */
 };
 
+/* What the prompt calls each kind of identifier. */
+static const char *ident_prompt(enum pseudo_type t)
+{
+	switch (t) {
+	case PSEUDO_NHS_NUMBER:
+		return "NHS number";
+	case PSEUDO_PNC_ID:
+		return "PNC ID";
+	case PSEUDO_POSTCODE:
+		return "Postcode";
+	case PSEUDO_EMAIL:
+		return "Email address";
+	case PSEUDO_NAME:
+		return "Name";
+	default:
+		return "Identifier";
+	}
+}
+
+/* The signal that ended a read at the terminal; 0 while none has. */
+static volatile sig_atomic_t tty_signal;
+
+static void tty_interrupted(int sig)
+{
+	tty_signal = sig;
+}
+
+/* Signals that end a read at the terminal, whose echo must come back first. */
+static const int tty_signals[] = {SIGINT, SIGQUIT, SIGTERM, SIGHUP};
+
+/*
+ * One line typed at the terminal, not echoed: an identifier on the screen
+ * is in the scrollback, a screen share or a recording. Echo comes back on
+ * every path: the line read, end of input, an error, and the signals that
+ * end the command (caught, so that the terminal is restored before the
+ * signal is raised again); a stop (^Z) is held off while echo is off, as
+ * the shell would otherwise be left without it.
+ */
+static int read_tty_line(const struct ident_arg *id, char *buf, size_t size, size_t *len)
+{
+	struct termios saved, quiet;
+	if (tcgetattr(STDIN_FILENO, &saved) != 0) {
+		ctl_warn("--%s -: cannot read the terminal: %s", id->option, ctl_errno_text(errno));
+		return CTL_EXIT_LOCAL;
+	}
+	struct sigaction catch = {.sa_handler = tty_interrupted}, old[ARRAY_LEN(tty_signals)];
+	sigemptyset(&catch.sa_mask); /* no SA_RESTART: a signal ends the read */
+	sigset_t stops, before;
+	sigemptyset(&stops);
+	sigaddset(&stops, SIGTSTP);
+	sigaddset(&stops, SIGTTIN);
+	sigaddset(&stops, SIGTTOU);
+	tty_signal = 0;
+	for (size_t i = 0; i < ARRAY_LEN(tty_signals); i++)
+		sigaction(tty_signals[i], &catch, &old[i]);
+	sigprocmask(SIG_BLOCK, &stops, &before);
+	quiet = saved;
+	quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHOE | ECHOK | ECHONL);
+	fprintf(stderr, "%s (not shown): ", ident_prompt(id->type));
+	fflush(stderr);
+	ssize_t n = -1;
+	int err = 0;
+	if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) != 0) {
+		err = errno;
+	} else {
+		*len = 0;
+		/* canonical mode: read returns at the end of a line, or at ^D */
+		while (*len + 1 < size && !tty_signal &&
+		       (n = read(STDIN_FILENO, buf + *len, size - 1 - *len)) > 0) {
+			*len += (size_t)n;
+			if (buf[*len - 1] == '\n')
+				break;
+		}
+		if (n < 0)
+			err = errno;
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+	}
+	fputc('\n', stderr); /* the line end the user typed was not echoed either */
+	for (size_t i = 0; i < ARRAY_LEN(tty_signals); i++)
+		sigaction(tty_signals[i], &old[i], NULL);
+	sigprocmask(SIG_SETMASK, &before, NULL);
+	if (tty_signal) {
+		sodium_memzero(buf, size);
+		raise(tty_signal); /* as it would have ended the command, now echo is back */
+		ctl_warn("--%s -: interrupted", id->option);
+		return CTL_EXIT_LOCAL;
+	}
+	if (err) {
+		sodium_memzero(buf, size);
+		ctl_warn("--%s -: cannot read the terminal: %s", id->option, ctl_errno_text(err));
+		return CTL_EXIT_LOCAL;
+	}
+	buf[*len] = '\0';
+	if (*len == 0) {
+		ctl_warn("--%s -: nothing was typed", id->option);
+		return CTL_EXIT_LOCAL;
+	}
+	if (buf[*len - 1] != '\n' && *len + 1 >= size) {
+		sodium_memzero(buf, size);
+		ctl_warn("--%s -: the line typed is too long", id->option);
+		return CTL_EXIT_LOCAL;
+	}
+	return CTL_EXIT_OK;
+}
+
 /* The identifier, from the option's value or, for "-", one line of standard input. */
 static int read_identifier(const struct ident_arg *id, char *buf, size_t size, size_t *len)
 {
@@ -826,6 +933,14 @@ static int read_identifier(const struct ident_arg *id, char *buf, size_t size, s
 		}
 		memcpy(buf, id->value, *len + 1);
 		return CTL_EXIT_OK;
+	}
+	if (isatty(STDIN_FILENO)) {
+		int status = read_tty_line(id, buf, size, len);
+		if (status == CTL_EXIT_OK && buf[*len - 1] == '\n')
+			buf[--*len] = '\0';
+		if (status == CTL_EXIT_OK && *len && buf[*len - 1] == '\r')
+			buf[--*len] = '\0';
+		return status;
 	}
 	if (!fgets(buf, (int)size, stdin)) {
 		ctl_warn("--%s -: nothing on standard input", id->option);

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import pty
 import pwd
 import re
 import resource
@@ -31,6 +32,8 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import termios
+import time
 import unittest
 
 import isgtest
@@ -1294,6 +1297,58 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual(r.rc, 0, r)
         self.assertIn("2 of 2 checkpoints saved elsewhere (--against) held",
                       isgtest.read_text(md))
+
+    def subject_at_a_terminal(self):
+        """isgctl audit subject --nhs-number - with its standard input a terminal (a pty):
+        (process, the pty's master side, the terminal's slave side, stderr's pipe)."""
+        master, slave = pty.openpty()
+        p = subprocess.Popen([isgtest.ISGCTL, "audit", "subject", "--nhs-number", "-",
+                              "--format", "jsonl", "--config", self.gw.config_path],
+                             stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(os.close, master)
+        self.addCleanup(os.close, slave)
+        self.addCleanup(p.stdout.close)
+        self.addCleanup(p.stderr.close)
+        prompt = b""
+        deadline = time.monotonic() + 10
+        while not prompt.endswith(b"NHS number (not shown): ") and time.monotonic() < deadline:
+            if select.select([p.stderr], [], [], 0.5)[0]:
+                chunk = os.read(p.stderr.fileno(), 4096)
+                if not chunk:
+                    break
+                prompt += chunk
+        self.assertEqual(prompt, b"NHS number (not shown): ")
+        return p, master, slave
+
+    def test_subject_does_not_echo_an_identifier_typed_at_a_terminal(self):
+        """Typed at the prompt, the NHS number does not appear on the terminal (the
+        screen, its scrollback, a screen share), and the terminal echoes again after."""
+        p, master, slave = self.subject_at_a_terminal()
+        time.sleep(0.2)  # echo is turned off once the prompt is out
+        os.write(master, NHS_A.encode() + b"\n")
+        out, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(len(out.splitlines()), 4, out)  # found as with --nhs-number NHS_A
+        shown = b""
+        while select.select([master], [], [], 0.2)[0]:
+            chunk = os.read(master, 4096)
+            if not chunk:
+                break
+            shown += chunk
+        self.assertNotIn(NHS_A.encode(), shown)
+        self.assertNotIn(NHS_A.encode(), out + err)
+        self.assertTrue(termios.tcgetattr(slave)[3] & termios.ECHO, "echo left off")
+
+    def test_subject_at_a_terminal_restores_echo_when_interrupted(self):
+        """^C at the prompt ends the command as ^C does, with the terminal echoing again."""
+        p, master, slave = self.subject_at_a_terminal()
+        time.sleep(0.2)
+        os.write(master, NHS_A[:4].encode())  # half typed
+        time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=30)
+        self.assertEqual(p.returncode, -signal.SIGINT)
+        self.assertTrue(termios.tcgetattr(slave)[3] & termios.ECHO, "echo left off")
 
     def test_subject_whatever_the_field_order(self):
         """A record's fields in another order than the dataset's give the same subjects."""
