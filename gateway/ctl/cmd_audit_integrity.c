@@ -81,11 +81,15 @@ static void say_ok(const struct audit_integrity *in)
 int audit_integrity_say(const struct audit_integrity *in, const char *answer)
 {
 	if (!in->checked) {
+		/* the hint once: the reason may already say how to give the key */
+		bool hinted = strstr(in->key_error, "--pubkey") != NULL;
 		ctl_warn("audit log NOT VERIFIED: isgctl had no verifier key it could use (%s); %s "
-		         "was not checked against the signed checkpoints: give the verifier key "
-		         "recorded for this gateway with --pubkey-file FILE or --pubkey KEY "
-		         "('isgctl audit pubkey' prints it)",
-		         in->key_error[0] ? in->key_error : "see above", answer);
+		         "was not checked against the signed checkpoints%s",
+		         in->key_error[0] ? in->key_error : "see above", answer,
+		         hinted ? ""
+		                : ": give the verifier key recorded for this gateway with "
+		                  "--pubkey-file FILE or --pubkey KEY ('isgctl audit pubkey' "
+		                  "prints it)");
 		return CTL_EXIT_LOCAL;
 	}
 	if (in->vr.problems) {

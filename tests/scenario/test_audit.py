@@ -1253,10 +1253,9 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual(r.rc, 1, r)
         self.assertEqual(len(r.out.splitlines()), len(self.entries) + 1)  # listed all the same
         self.assertIn("isgctl: audit log NOT VERIFIED: isgctl had no verifier key it could use "
-                      "(no keys directory: give --keys KEYS_DIR or --config ISGD_YAML); this "
-                      "list was not checked against the signed checkpoints: give the verifier "
-                      "key recorded for this gateway with --pubkey-file FILE or --pubkey KEY "
-                      "('isgctl audit pubkey' prints it)\n", r.err)
+                      "(no keys directory: give --keys KEYS_DIR or --config ISGD_YAML, or the "
+                      "recorded verifier key with --pubkey KEY or --pubkey-file FILE); this "
+                      "list was not checked against the signed checkpoints\n", r.err)
         ok = self.integrity_ok()
         for args in (["list"], ["subject", "--nhs-number", NHS_A, "--keys", self.gw.keys_dir]):
             for given in (["--pubkey-file", key_file], ["--pubkey", pubkey.out.strip()]):

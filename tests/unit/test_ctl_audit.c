@@ -497,9 +497,9 @@ static void test_cmd_list_integrity(void **state)
 	/* no key to check with: listed, but said to be unchecked, and not a success */
 	assert_int_equal(run(f, "list --store %s --kind keys", f->db), 1);
 	assert_out_has(f, "isgctl: audit log NOT VERIFIED: isgctl had no verifier key it could use "
-	                  "(no keys directory: give --keys KEYS_DIR or --config ISGD_YAML); this "
-	                  "list was not checked against the signed checkpoints: give the verifier "
-	                  "key recorded for this gateway with --pubkey-file FILE or --pubkey KEY");
+	                  "(no keys directory: give --keys KEYS_DIR or --config ISGD_YAML, or the "
+	                  "recorded verifier key with --pubkey KEY or --pubkey-file FILE); this "
+	                  "list was not checked against the signed checkpoints\n");
 }
 
 /*
