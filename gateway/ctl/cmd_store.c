@@ -10,10 +10,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -31,6 +33,15 @@ static const char backup_usage[] =
 
 enum { STORE_OPT_CONFIG = 3000, STORE_OPT_STORE, STORE_OPT_HELP };
 
+/* Not an exit status: a stop signal came, and the backup gave up. */
+enum { BACKUP_STOPPED = -1 };
+
+/* Pages copied per backup step: about 1 MiB, between two looks for a stop signal. */
+#define BACKUP_STEP_PAGES 256
+
+/* VM steps between two looks for a stop signal while the copy is checked. */
+#define CHECK_PROGRESS_OPS 10000
+
 struct backup {
 	const char *output;
 	char *store_path; /* --store, else the config's store.path */
@@ -42,6 +53,69 @@ struct backup {
 	int64_t bytes, entries, cp_size; /* cp_size -1: no checkpoint */
 	char root[64];                   /* the latest checkpoint's root, base64; "": unreadable */
 };
+
+/*
+ * The signals that stop a backup: SIGINT, SIGTERM and SIGHUP, but not one
+ * that isgctl was started with ignored (nohup ignores SIGHUP). Their
+ * default action would end isgctl at once, leaving the temporary copy
+ * behind: hundreds of MB of personal data. So they are blocked from before
+ * the temporary exists until it is removed or has its name, and looked for
+ * between steps (stop_pending); a backup stopped removes its copy and says
+ * so. Linux keeps a blocked signal pending even when its action is to
+ * ignore it, hence the ignored ones are left out.
+ */
+static const int stop_signals[] = {SIGINT, SIGTERM, SIGHUP};
+static sigset_t stop_set;
+
+static void stops_block(sigset_t *old)
+{
+	sigemptyset(&stop_set);
+	for (size_t i = 0; i < ARRAY_LEN(stop_signals); i++) {
+		struct sigaction sa;
+		if (sigaction(stop_signals[i], NULL, &sa) == 0 && sa.sa_handler != SIG_IGN)
+			sigaddset(&stop_set, stop_signals[i]);
+	}
+	sigprocmask(SIG_BLOCK, &stop_set, old);
+}
+
+/* The stop signal that came, or 0. It stays pending: stops_unblock takes it. */
+static int stop_pending(void)
+{
+	sigset_t pending;
+	if (sigpending(&pending) != 0)
+		return 0;
+	for (size_t i = 0; i < ARRAY_LEN(stop_signals); i++)
+		if (sigismember(&stop_set, stop_signals[i]) &&
+		    sigismember(&pending, stop_signals[i]))
+			return stop_signals[i];
+	return 0;
+}
+
+/*
+ * Once the backup is over (the copy removed, or at OUTPUT), a stop signal
+ * has nothing left to stop: the ones that came are taken, not delivered,
+ * and the mask restored.
+ */
+static void stops_unblock(const sigset_t *old)
+{
+	static const struct timespec now = {0, 0};
+	while (sigtimedwait(&stop_set, NULL, &now) > 0)
+		;
+	sigprocmask(SIG_SETMASK, old, NULL);
+}
+
+/* status, or BACKUP_STOPPED when it is CTL_EXIT_OK and a stop signal came meanwhile. */
+static int unless_stopped(int status)
+{
+	return status == CTL_EXIT_OK && stop_pending() ? BACKUP_STOPPED : status;
+}
+
+/* A progress handler: non-zero, so SQLite interrupts what it runs, once a stop signal came. */
+static int stop_progress(void *arg)
+{
+	(void)arg;
+	return stop_pending() != 0;
+}
 
 /* The query's single integer into *v; false when it has no row or fails. */
 static bool query_int(sqlite3 *db, const char *sql, int64_t *v)
@@ -177,7 +251,9 @@ static int make_temp(struct backup *b)
  * backup restarts only when the pager finds, at the start of a new read
  * transaction, that another connection changed the file: with ours held
  * across the copy there is none, so the copy is that snapshot whole, never
- * restarted however busy isgd is. One step(-1) copies it all.
+ * restarted however busy isgd is. It is copied BACKUP_STEP_PAGES at a
+ * time, all the steps in that one read transaction, so that a stop signal
+ * is seen between two of them: BACKUP_STOPPED.
  *
  * The copy needs no journal (a failed one is removed) nor syncs of its own
  * (the file is synced once whole): journal_mode OFF, synchronous OFF.
@@ -185,6 +261,7 @@ static int make_temp(struct backup *b)
 static int copy_pages(struct backup *b)
 {
 	sqlite3 *dst = NULL;
+	bool stopped = false;
 	int rc = sqlite3_open_v2(b->tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(dst, "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF", NULL,
@@ -192,9 +269,11 @@ static int copy_pages(struct backup *b)
 	if (rc == SQLITE_OK) {
 		sqlite3_backup *bk = sqlite3_backup_init(dst, "main", b->src, "main");
 		if (bk) {
-			rc = sqlite3_backup_step(bk, -1);
+			do
+				rc = sqlite3_backup_step(bk, BACKUP_STEP_PAGES);
+			while (rc == SQLITE_OK && !(stopped = stop_pending() != 0));
 			int frc = sqlite3_backup_finish(bk); /* sets dst's error */
-			rc = rc == SQLITE_DONE ? frc : rc;
+			rc = rc == SQLITE_DONE || stopped ? frc : rc;
 		} else {
 			rc = sqlite3_errcode(dst);
 		}
@@ -213,7 +292,7 @@ static int copy_pages(struct backup *b)
 		         sqlite3_errmsg(dst));
 		status = CTL_EXIT_LOCAL;
 	}
-	return status;
+	return status == CTL_EXIT_OK && stopped ? BACKUP_STOPPED : status;
 }
 
 /* End the source's read, and make sure a store read immutable did not change under it. */
@@ -281,15 +360,25 @@ static int latest_checkpoint(struct backup *b, sqlite3 *db)
 	return CTL_EXIT_OK;
 }
 
-/* PRAGMA quick_check says "ok" (one row). */
+/*
+ * PRAGMA quick_check says "ok" (one row). It reads the whole copy, so a
+ * stop signal interrupts it (BACKUP_STOPPED), where SQLite looks at the
+ * progress handler: between its VM steps, and within its walk of each
+ * b-tree from SQLite 3.43.
+ */
 static int quick_check(struct backup *b, sqlite3 *db)
 {
 	sqlite3_stmt *st = NULL;
+	sqlite3_progress_handler(db, CHECK_PROGRESS_OPS, stop_progress, NULL);
 	bool ok = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL) == SQLITE_OK &&
 	          sqlite3_step(st) == SQLITE_ROW &&
 	          strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0 &&
 	          sqlite3_step(st) == SQLITE_DONE;
+	bool stopped = !ok && sqlite3_errcode(db) == SQLITE_INTERRUPT;
 	sqlite3_finalize(st);
+	sqlite3_progress_handler(db, 0, NULL, NULL);
+	if (stopped)
+		return BACKUP_STOPPED;
 	if (!ok)
 		ctl_warn("the copy '%s' fails SQLite's quick_check", b->tmp);
 	return ok ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
@@ -382,27 +471,39 @@ static void print_summary(const struct backup *b)
 		       b->root[0] ? b->root : "unreadable");
 }
 
+/*
+ * The steps, with a look for a stop signal after each until the copy has
+ * its name (the copy is long, the check may be: they look within too). The
+ * sync cannot be cut short: a signal that comes during it is seen when it
+ * is done. One that comes after publish is too late to stop anything.
+ */
 static int backup_run(struct backup *b)
 {
 	int status = output_free(b->output);
 	if (status == CTL_EXIT_OK)
-		status = open_source(b);
+		status = unless_stopped(open_source(b));
 	if (status == CTL_EXIT_OK)
-		status = make_temp(b);
+		status = unless_stopped(make_temp(b));
 	if (status == CTL_EXIT_OK)
-		status = copy_pages(b);
+		status = unless_stopped(copy_pages(b));
 	if (b->src) {
 		int s = close_source(b);
 		status = status == CTL_EXIT_OK ? s : status;
 	}
 	if (status == CTL_EXIT_OK)
-		status = sync_copy(b);
+		status = unless_stopped(sync_copy(b));
 	if (status == CTL_EXIT_OK)
-		status = check_copy(b);
+		status = unless_stopped(check_copy(b));
 	if (status == CTL_EXIT_OK)
 		status = publish(b);
 	if (status == CTL_EXIT_OK)
 		print_summary(b);
+	if (status == BACKUP_STOPPED) {
+		int sig = stop_pending();
+		ctl_warn("interrupted by SIG%s: nothing written to '%s'",
+		         sigabbrev_np(sig) ? sigabbrev_np(sig) : "?", b->output);
+		status = CTL_EXIT_LOCAL;
+	}
 	return status;
 }
 
@@ -412,8 +513,10 @@ static void backup_release(struct backup *b)
 		sqlite3_exec(b->src, "COMMIT", NULL, NULL, NULL);
 		sqlite3_close(b->src);
 	}
-	if (b->tmp)
-		unlink(b->tmp); /* never a partial copy left behind */
+	/* never a partial copy left behind */
+	if (b->tmp && unlink(b->tmp) != 0 && errno != ENOENT)
+		ctl_warn("cannot remove the temporary copy '%s': %s; remove it", b->tmp,
+		         ctl_errno_text(errno));
 	free(b->tmp);
 	free(b->src_real);
 	free(b->store_path);
@@ -466,10 +569,13 @@ static int store_backup_cmd(int argc, char **argv)
 	if (status != CTL_EXIT_OK)
 		return status;
 	struct backup b = {.output = argv[optind]};
+	sigset_t old;
+	stops_block(&old);
 	status = find_store(&b, config, store);
 	if (status == CTL_EXIT_OK)
 		status = backup_run(&b);
 	backup_release(&b);
+	stops_unblock(&old);
 	return status;
 }
 

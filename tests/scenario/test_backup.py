@@ -32,6 +32,84 @@ SUMMARY = re.compile(r"^store backup OK: (?P<path>.+), (?P<bytes>\d+) bytes, "
                      r"root (?P<root>[A-Za-z0-9+/]{43}=)|no checkpoint yet)\n$")
 
 
+# Preloaded into isgctl. The backup's temporary is a file in $ISG_TEST_DIR whose name starts
+# with a dot. The first $ISG_TEST_HOLD_CALL (pwrite: SQLite writing the copy; fsync: isgctl
+# syncing it) on it creates $ISG_TEST_HELD, then waits while $ISG_TEST_HOLD exists (a minute
+# at most), so a test can send a signal at that point of the backup.
+SHIM_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+static int is_temp(int fd)
+{
+	const char *dir = getenv("ISG_TEST_DIR");
+	char link[64], path[4096];
+	if (!dir)
+		return 0;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, path, sizeof(path) - 1);
+	if (n < 0)
+		return 0;
+	path[n] = 0;
+	size_t len = strlen(dir);
+	return strncmp(path, dir, len) == 0 && path[len] == '/' && path[len + 1] == '.';
+}
+
+static void hold(const char *call, int fd)
+{
+	static int held;
+	const char *want = getenv("ISG_TEST_HOLD_CALL");
+	if (held || !want || strcmp(want, call) != 0 || !is_temp(fd))
+		return;
+	held = 1;
+	int e = errno;
+	close(open(getenv("ISG_TEST_HELD"), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+	struct timespec tick = {0, 10000000};
+	for (int i = 0; i < 6000 && access(getenv("ISG_TEST_HOLD"), F_OK) == 0; i++)
+		nanosleep(&tick, NULL);
+	errno = e;
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
+{
+	hold("pwrite", fd);
+	ssize_t (*real)(int, const void *, size_t, off_t) = dlsym(RTLD_NEXT, "pwrite64");
+	return real(fd, buf, n, off);
+}
+
+int fsync(int fd)
+{
+	hold("fsync", fd);
+	int (*real)(int) = dlsym(RTLD_NEXT, "fsync");
+	return real(fd);
+}
+"""
+_shim = []
+
+
+def shim_env(**variables):
+    """The environment that preloads SHIM_C (built once) into isgctl, with variables."""
+    if not _shim:
+        d = tempfile.mkdtemp(prefix="isg-backup-shim-")
+        src, lib = os.path.join(d, "shim.c"), os.path.join(d, "shim.so")
+        with open(src, "w") as f:
+            f.write(SHIM_C)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, "-ldl"], check=True)
+        _shim.append(lib)
+    env = dict(os.environ, LD_PRELOAD=_shim[0], **{k: str(v) for k, v in variables.items()})
+    asan = env.get("ASAN_OPTIONS", "")
+    env["ASAN_OPTIONS"] = asan + (":" if asan else "") + "verify_asan_link_order=0"
+    return env
+
+
 def open_copy(path):
     """A store file opened read-only and immutable: nothing is created beside it."""
     return sqlite3.connect("file:%s?mode=ro&immutable=1" % path, uri=True)
@@ -59,6 +137,29 @@ class BackupCase(isgtest.ScenarioCase):
         p = subprocess.run(argv, capture_output=True, text=True, timeout=isgtest.CTL_TIMEOUT,
                            stdin=subprocess.DEVNULL, preexec_fn=preexec_fn, cwd=cwd)
         return isgtest.CtlResult(p.returncode, p.stdout, p.stderr, argv)
+
+    def backup_held(self, call, sig, out, *args, preexec_fn=None):
+        """store backup ARGS OUTPUT held at its first CALL on its temporary (SHIM_C), sent
+        SIG there, then let go."""
+        flag, held = os.path.join(self.tmp, "hold"), os.path.join(self.tmp, "held")
+        open(flag, "w").close()
+        env = shim_env(ISG_TEST_DIR=os.path.realpath(os.path.dirname(out)),
+                       ISG_TEST_HOLD_CALL=call, ISG_TEST_HOLD=flag, ISG_TEST_HELD=held)
+        argv = [isgtest.ISGCTL, "store", "backup"] + [str(a) for a in args] + [out]
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL, env=env, preexec_fn=preexec_fn)
+        try:
+            deadline = time.monotonic() + isgtest.CTL_TIMEOUT
+            while not os.path.exists(held):
+                self.assertIsNone(p.poll(), "isgctl ended before its %s was held" % call)
+                self.assertLess(time.monotonic(), deadline, "isgctl's %s never held" % call)
+                time.sleep(0.01)
+            p.send_signal(sig)
+        finally:
+            os.unlink(flag)
+            stdout, stderr = p.communicate(timeout=isgtest.CTL_TIMEOUT)
+        os.unlink(held)
+        return isgtest.CtlResult(p.returncode, stdout, stderr, argv)
 
     def assertBackedUp(self, r, path, gw=None):
         """Exit 0 and the summary line; returns its match."""
@@ -297,6 +398,35 @@ class TestBackupRefused(BackupCase):
             r = self.backup(*args)
             self.assertCtl(r, 2, gw, "isgctl: " + msg, "usage: isgctl store backup")
         self.assertFalse(os.path.exists(out))
+
+
+class TestBackupInterrupted(BackupCase):
+    def test_a_stop_signal_removes_the_copy(self):
+        """SIGINT, SIGTERM or SIGHUP while the copy is written or synced: no copy left."""
+        gw, police = self.start()
+        police.send_ok([{"nhs_number": NHS}])
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        out = os.path.join(out_dir, "store.db")
+        for call, sig in [("pwrite", signal.SIGTERM), ("fsync", signal.SIGINT),
+                          ("fsync", signal.SIGHUP)]:
+            r = self.backup_held(call, sig, out, "--config", gw.config_path)
+            self.assertCtl(r, 1, gw, "isgctl: interrupted by %s: nothing written to '%s'\n"
+                           % (sig.name, out))
+            self.assertEqual(r.out, "")
+            self.assertOnly(out_dir, [])
+
+    def test_an_ignored_sighup_does_not_stop_it(self):
+        """Run under nohup, a backup goes on through a SIGHUP."""
+        gw, police = self.start()
+        police.send_ok([{"nhs_number": NHS}])
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        out = os.path.join(out_dir, "store.db")
+        r = self.backup_held("pwrite", signal.SIGHUP, out, "--config", gw.config_path,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+        self.assertBackedUp(r, out, gw)
+        self.assertOnly(out_dir, ["store.db"])
 
 
 class TestBackupStopped(BackupCase):
