@@ -3,9 +3,9 @@
  * runs and partners keep exchanging (docs/operations.md, "Backups and
  * restore"). The store is read as the audit commands read it
  * (store_read.c): read-only, in one read transaction. The copy is a new
- * file of mode 0600 beside OUTPUT, checked, synced, then linked at OUTPUT,
- * which never replaces a file: OUTPUT holds a whole, checked copy or
- * nothing.
+ * file of mode 0600 beside OUTPUT, checked, synced, then linked at OUTPUT
+ * (or renamed with RENAME_NOREPLACE where there are no hard links), which
+ * never replaces a file: OUTPUT holds a whole, checked copy or nothing.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -435,20 +435,51 @@ static int sync_dir_of(const char *path)
 	return rc;
 }
 
-/* Give the copy its name: link() never replaces a file, unlike rename(). */
+/* Whether link()'s errno says the filesystem has no hard links (vfat, exfat, CIFS, sshfs). */
+static bool no_hard_links(int e)
+{
+	return e == EPERM || e == ENOTSUP || e == ENOSYS;
+}
+
+/* Whether renameat2()'s errno says the filesystem cannot rename without replacing. */
+static bool no_noreplace(int e)
+{
+	return e == EINVAL || e == ENOTSUP || e == ENOSYS;
+}
+
+/*
+ * Give the copy its name, never replacing a file, as rename() would:
+ * link(), then the temporary removed; where the filesystem has no hard
+ * links, renameat2() with RENAME_NOREPLACE, which does not replace either.
+ */
+static int publish_name(struct backup *b)
+{
+	if (link(b->tmp, b->output) == 0) {
+		if (unlink(b->tmp) != 0)
+			ctl_warn("'%s' written, but the temporary '%s' cannot be removed: %s",
+			         b->output, b->tmp, ctl_errno_text(errno));
+		return CTL_EXIT_OK;
+	}
+	bool rename_tried = no_hard_links(errno);
+	if (rename_tried && renameat2(AT_FDCWD, b->tmp, AT_FDCWD, b->output, RENAME_NOREPLACE) == 0)
+		return CTL_EXIT_OK;
+	if (errno == EEXIST)
+		ctl_warn("'%s' exists: a backup never replaces a file; give a new name", b->output);
+	else if (rename_tried && no_noreplace(errno))
+		ctl_warn("cannot write '%s': its filesystem has neither hard links nor a rename "
+		         "that never replaces a file; write the backup to a local filesystem, "
+		         "then copy it",
+		         b->output);
+	else
+		ctl_warn("cannot write '%s': %s", b->output, ctl_errno_text(errno));
+	return CTL_EXIT_LOCAL;
+}
+
+/* Give the copy its name (publish_name), and sync it into its directory. */
 static int publish(struct backup *b)
 {
-	if (link(b->tmp, b->output) != 0) {
-		if (errno == EEXIST)
-			ctl_warn("'%s' exists: a backup never replaces a file; give a new name",
-			         b->output);
-		else
-			ctl_warn("cannot write '%s': %s", b->output, ctl_errno_text(errno));
+	if (publish_name(b) != CTL_EXIT_OK)
 		return CTL_EXIT_LOCAL;
-	}
-	if (unlink(b->tmp) != 0)
-		ctl_warn("'%s' written, but the temporary '%s' cannot be removed: %s", b->output,
-		         b->tmp, ctl_errno_text(errno));
 	free(b->tmp);
 	b->tmp = NULL;
 	if (sync_dir_of(b->output) != 0) {

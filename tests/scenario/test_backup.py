@@ -12,6 +12,7 @@ refused or fails; and it works with isgd stopped, creating nothing beside
 the store.
 """
 
+import errno
 import os
 import re
 import resource
@@ -35,7 +36,10 @@ SUMMARY = re.compile(r"^store backup OK: (?P<path>.+), (?P<bytes>\d+) bytes, "
 # Preloaded into isgctl. The backup's temporary is a file in $ISG_TEST_DIR whose name starts
 # with a dot. The first $ISG_TEST_HOLD_CALL (pwrite: SQLite writing the copy; fsync: isgctl
 # syncing it) on it creates $ISG_TEST_HELD, then waits while $ISG_TEST_HOLD exists (a minute
-# at most), so a test can send a signal at that point of the backup.
+# at most), so a test can send a signal at that point of the backup. link() fails with errno
+# $ISG_TEST_LINK_ERRNO, as on a filesystem without hard links, and renameat2() with
+# $ISG_TEST_RENAME_ERRNO; with $ISG_TEST_RENAME_RACE, renameat2() first creates its target,
+# as another program could.
 SHIM_C = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -91,6 +95,36 @@ int fsync(int fd)
 	int (*real)(int) = dlsym(RTLD_NEXT, "fsync");
 	return real(fd);
 }
+
+int link(const char *from, const char *to)
+{
+	const char *e = getenv("ISG_TEST_LINK_ERRNO");
+	if (e) {
+		errno = atoi(e);
+		return -1;
+	}
+	int (*real)(const char *, const char *) = dlsym(RTLD_NEXT, "link");
+	return real(from, to);
+}
+
+int renameat2(int fromdir, const char *from, int todir, const char *to, unsigned flags)
+{
+	const char *e = getenv("ISG_TEST_RENAME_ERRNO");
+	if (e) {
+		errno = atoi(e);
+		return -1;
+	}
+	if (getenv("ISG_TEST_RENAME_RACE")) {
+		int fd = openat(todir, to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			write(fd, "raced\n", 6);
+			close(fd);
+		}
+	}
+	int (*real)(int, const char *, int, const char *, unsigned) =
+	    dlsym(RTLD_NEXT, "renameat2");
+	return real(fromdir, from, todir, to, flags);
+}
 """
 _shim = []
 
@@ -132,10 +166,10 @@ class BackupCase(isgtest.ScenarioCase):
         gw = self.gateway(self.pol, **overrides)
         return gw, self.partner(gw, "police")
 
-    def backup(self, *args, preexec_fn=None, cwd=None):
+    def backup(self, *args, preexec_fn=None, cwd=None, env=None):
         argv = [isgtest.ISGCTL, "store", "backup"] + [str(a) for a in args]
         p = subprocess.run(argv, capture_output=True, text=True, timeout=isgtest.CTL_TIMEOUT,
-                           stdin=subprocess.DEVNULL, preexec_fn=preexec_fn, cwd=cwd)
+                           stdin=subprocess.DEVNULL, preexec_fn=preexec_fn, cwd=cwd, env=env)
         return isgtest.CtlResult(p.returncode, p.stdout, p.stderr, argv)
 
     def backup_held(self, call, sig, out, *args, preexec_fn=None):
@@ -398,6 +432,44 @@ class TestBackupRefused(BackupCase):
             r = self.backup(*args)
             self.assertCtl(r, 2, gw, "isgctl: " + msg, "usage: isgctl store backup")
         self.assertFalse(os.path.exists(out))
+
+
+class TestNoHardLinks(BackupCase):
+    """OUTPUT on a filesystem without hard links (vfat, exfat, CIFS, sshfs), link() failing
+    as it does there (SHIM_C)."""
+
+    def test_renamed_without_replacing(self):
+        gw, police = self.start()
+        police.send_ok([{"nhs_number": NHS}])
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        out = os.path.join(out_dir, "store.db")
+        for e in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            r = self.backup("--config", gw.config_path, out, env=shim_env(ISG_TEST_LINK_ERRNO=e))
+            self.assertBackedUp(r, out, gw)
+            self.assertOnly(out_dir, ["store.db"])
+            os.unlink(out)
+        # a file that appears at OUTPUT meanwhile is not replaced either
+        r = self.backup("--config", gw.config_path, out,
+                        env=shim_env(ISG_TEST_LINK_ERRNO=errno.EPERM, ISG_TEST_RENAME_RACE=1))
+        self.assertCtl(r, 1, gw, "isgctl: '%s' exists: a backup never replaces a file" % out)
+        with open(out) as f:
+            self.assertEqual(f.read(), "raced\n")
+        self.assertOnly(out_dir, ["store.db"])
+
+    def test_nor_a_rename_that_never_replaces(self):
+        gw, police = self.start()
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        out = os.path.join(out_dir, "store.db")
+        r = self.backup("--config", gw.config_path, out,
+                        env=shim_env(ISG_TEST_LINK_ERRNO=errno.EPERM,
+                                     ISG_TEST_RENAME_ERRNO=errno.EINVAL))
+        self.assertCtl(r, 1, gw, "isgctl: cannot write '%s': its filesystem has neither hard "
+                                 "links nor a rename that never replaces a file; write the "
+                                 "backup to a local filesystem, then copy it\n" % out)
+        self.assertEqual(r.out, "")
+        self.assertOnly(out_dir, [])
 
 
 class TestBackupInterrupted(BackupCase):
