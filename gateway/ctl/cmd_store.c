@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,14 +217,31 @@ static int open_source(struct backup *b)
 	return status;
 }
 
+/*
+ * The length of name kept in the temporary's, ".NAME.XXXXXX", so that it
+ * is no longer than NAME_MAX when OUTPUT's is: cut, where it must be, at
+ * the start of a character in UTF-8.
+ */
+static int temp_stem_len(const char *name)
+{
+	size_t len = strlen(name);
+	if (len <= NAME_MAX - 8)
+		return (int)len;
+	len = NAME_MAX - 8;
+	while (len > 0 && ((unsigned char)name[len] & 0xc0) == 0x80)
+		len--;
+	return (int)len;
+}
+
 /* A new empty file of mode 0600 beside OUTPUT (".NAME.XXXXXX"), in b->tmp. */
 static int make_temp(struct backup *b)
 {
 	const char *slash = strrchr(b->output, '/');
+	const char *name = slash ? slash + 1 : b->output;
 	int dir_len = slash ? (int)(slash - b->output + 1) : 0;
 	/* "./": a relative name SQLite would otherwise take for a URI ("file:...") */
-	if (asprintf(&b->tmp, "%s%.*s.%s.XXXXXX", b->output[0] == '/' ? "" : "./", dir_len,
-	             b->output, slash ? slash + 1 : b->output) < 0) {
+	if (asprintf(&b->tmp, "%s%.*s.%.*s.XXXXXX", b->output[0] == '/' ? "" : "./", dir_len,
+	             b->output, temp_stem_len(name), name) < 0) {
 		b->tmp = NULL;
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;

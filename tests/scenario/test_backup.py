@@ -331,6 +331,19 @@ class TestOnlineBackup(BackupCase):
         self.assertOnly(out_dir, ["file:b.db"])
 
 
+    def test_output_name_of_255_bytes(self):
+        """The longest name a file may have: the temporary's is cut short to fit."""
+        gw, police = self.start()
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        for name in ["b" * 252 + ".db", "\u00e9" * 126 + ".db", "x" + "\u00e9" * 126 + ".d"]:
+            self.assertEqual(len(os.fsencode(name)), 255)
+            out = os.path.join(out_dir, name)
+            self.assertBackedUp(self.backup("--store", gw.store_path, out), out, gw)
+            self.assertOnly(out_dir, [name])
+            os.unlink(out)
+
+
 class TestBackupRefused(BackupCase):
     def test_existing_output_is_never_replaced(self):
         gw, police = self.start()
