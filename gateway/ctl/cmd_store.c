@@ -130,32 +130,31 @@ static bool query_int(sqlite3 *db, const char *sql, int64_t *v)
 	return ok;
 }
 
+enum store_kind { STORE_ISG, STORE_UNREADABLE, STORE_FOREIGN };
+
 /*
- * Whether db (named path in messages) is an isgd store: our application id,
- * the meta row format = 'isg-store', and the audit log's tables. The first
- * read of a connection in its transaction: the snapshot is taken here.
+ * Whether db is an isgd store: our application id, the meta row format =
+ * 'isg-store', and the audit log's tables. STORE_UNREADABLE: see db's
+ * error. The first read of a connection in its transaction: the snapshot
+ * is taken here.
  */
-static int recognise(sqlite3 *db, const char *path)
+static enum store_kind recognise(sqlite3 *db)
 {
 	int64_t app_id = 0, format = 0, tables = 0;
 	if (!query_int(db, "PRAGMA application_id", &app_id) ||
 	    !query_int(db,
 	               "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
 	               "('meta', 'audit', 'checkpoints')",
-	               &tables)) {
-		ctl_warn("cannot read store '%s': %s", path, sqlite3_errmsg(db));
-		return CTL_EXIT_LOCAL;
-	}
+	               &tables))
+		return STORE_UNREADABLE;
 	if (app_id != STORE_APPLICATION_ID || tables != 3 ||
 	    !query_int(db,
 	               "SELECT count(*) FROM meta WHERE key = 'format' AND value = "
 	               "'" STORE_FORMAT "'",
 	               &format) ||
-	    format != 1) {
-		ctl_warn("store '%s' is an SQLite database but not an ISG store", path);
-		return CTL_EXIT_LOCAL;
-	}
-	return CTL_EXIT_OK;
+	    format != 1)
+		return STORE_FOREIGN;
+	return STORE_ISG;
 }
 
 /* The store's path: --store, else the config's store.path (a config given is read either way). */
@@ -207,10 +206,14 @@ static int output_free(const char *output)
 static int open_source(struct backup *b)
 {
 	int status = ctl_store_open(b->store_path, true, &b->src, &b->src_real);
-	if (status == CTL_EXIT_OK)
-		status = recognise(b->src, b->store_path);
+	enum store_kind kind = status == CTL_EXIT_OK ? recognise(b->src) : STORE_ISG;
+	if (kind == STORE_FOREIGN) {
+		ctl_warn("store '%s' is an SQLite database but not an ISG store", b->store_path);
+		status = CTL_EXIT_LOCAL;
+	}
 	if (status == CTL_EXIT_OK &&
-	    !query_int(b->src, "SELECT coalesce(max(seq), 0) FROM audit", &b->src_last)) {
+	    (kind == STORE_UNREADABLE ||
+	     !query_int(b->src, "SELECT coalesce(max(seq), 0) FROM audit", &b->src_last))) {
 		ctl_warn("cannot read store '%s': %s", b->store_path, sqlite3_errmsg(b->src));
 		status = CTL_EXIT_LOCAL;
 	}
@@ -350,7 +353,7 @@ static int latest_checkpoint(struct backup *b, sqlite3 *db)
 	b->cp_size = -1;
 	if (sqlite3_prepare_v2(db, "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
 	                       -1, &st, NULL) != SQLITE_OK) {
-		ctl_warn("cannot read the copy '%s': %s", b->tmp, sqlite3_errmsg(db));
+		ctl_warn("cannot read the copy for '%s': %s", b->output, sqlite3_errmsg(db));
 		return CTL_EXIT_LOCAL;
 	}
 	int rc = sqlite3_step(st);
@@ -372,7 +375,7 @@ static int latest_checkpoint(struct backup *b, sqlite3 *db)
 	}
 	sqlite3_finalize(st);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-		ctl_warn("cannot read the copy '%s': %s", b->tmp, sqlite3_errmsg(db));
+		ctl_warn("cannot read the copy for '%s': %s", b->output, sqlite3_errmsg(db));
 		return CTL_EXIT_LOCAL;
 	}
 	return CTL_EXIT_OK;
@@ -398,14 +401,15 @@ static int quick_check(struct backup *b, sqlite3 *db)
 	if (stopped)
 		return BACKUP_STOPPED;
 	if (!ok)
-		ctl_warn("the copy '%s' fails SQLite's quick_check", b->tmp);
+		ctl_warn("the copy for '%s' fails SQLite's quick_check", b->output);
 	return ok ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
 }
 
 /*
  * Open the copy as any other store is opened (immutable: nothing else has
  * it) and check it: SQLite's quick_check, the store's marks, and the audit
- * log's last entry that of the snapshot copied.
+ * log's last entry that of the snapshot copied. Messages name OUTPUT: the
+ * temporary's name means nothing once it is removed.
  */
 static int check_copy(struct backup *b)
 {
@@ -415,18 +419,21 @@ static int check_copy(struct backup *b)
 	int status = ctl_store_open(b->tmp, false, &db, &real);
 	if (status == CTL_EXIT_OK)
 		status = quick_check(b, db);
-	if (status == CTL_EXIT_OK)
-		status = recognise(db, b->tmp);
+	enum store_kind kind = status == CTL_EXIT_OK ? recognise(db) : STORE_ISG;
+	if (kind == STORE_FOREIGN) {
+		ctl_warn("the copy for '%s' is an SQLite database but not an ISG store", b->output);
+		status = CTL_EXIT_LOCAL;
+	}
 	if (status == CTL_EXIT_OK &&
-	    (!query_int(db, "SELECT count(*) FROM audit", &count) ||
+	    (kind == STORE_UNREADABLE || !query_int(db, "SELECT count(*) FROM audit", &count) ||
 	     !query_int(db, "SELECT coalesce(max(seq), 0) FROM audit", &last))) {
-		ctl_warn("cannot read the copy '%s': %s", b->tmp, sqlite3_errmsg(db));
+		ctl_warn("cannot read the copy for '%s': %s", b->output, sqlite3_errmsg(db));
 		status = CTL_EXIT_LOCAL;
 	}
 	if (status == CTL_EXIT_OK && last != b->src_last) {
-		ctl_warn("the copy '%s' ends its audit log at entry %" PRId64
+		ctl_warn("the copy for '%s' ends its audit log at entry %" PRId64
 		         ", the store at %" PRId64,
-		         b->tmp, last, b->src_last);
+		         b->output, last, b->src_last);
 		status = CTL_EXIT_LOCAL;
 	}
 	b->entries = count;
@@ -541,8 +548,11 @@ static int backup_run(struct backup *b)
 	}
 	if (status == CTL_EXIT_OK)
 		status = unless_stopped(sync_copy(b));
-	if (status == CTL_EXIT_OK)
+	if (status == CTL_EXIT_OK) {
 		status = unless_stopped(check_copy(b));
+		if (status == CTL_EXIT_LOCAL)
+			ctl_warn("nothing written to '%s': the copy was removed", b->output);
+	}
 	if (status == CTL_EXIT_OK)
 		status = publish(b);
 	if (status == CTL_EXIT_OK)

@@ -36,7 +36,8 @@ SUMMARY = re.compile(r"^store backup OK: (?P<path>.+), (?P<bytes>\d+) bytes, "
 # Preloaded into isgctl. The backup's temporary is a file in $ISG_TEST_DIR whose name starts
 # with a dot. The first $ISG_TEST_HOLD_CALL (pwrite: SQLite writing the copy; fsync: isgctl
 # syncing it) on it creates $ISG_TEST_HELD, then waits while $ISG_TEST_HOLD exists (a minute
-# at most), so a test can send a signal at that point of the backup. link() fails with errno
+# at most), so a test can send a signal at that point of the backup. A pwrite to it at offset
+# $ISG_TEST_ZERO_AT writes zeros instead, a page of the copy gone bad. link() fails with errno
 # $ISG_TEST_LINK_ERRNO, as on a filesystem without hard links, and renameat2() with
 # $ISG_TEST_RENAME_ERRNO; with $ISG_TEST_RENAME_RACE, renameat2() first creates its target,
 # as another program could.
@@ -86,6 +87,13 @@ ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
 {
 	hold("pwrite", fd);
 	ssize_t (*real)(int, const void *, size_t, off_t) = dlsym(RTLD_NEXT, "pwrite64");
+	const char *zero_at = getenv("ISG_TEST_ZERO_AT");
+	if (zero_at && off == atoll(zero_at) && is_temp(fd)) {
+		void *zeros = calloc(1, n);
+		ssize_t w = zeros ? real(fd, zeros, n, off) : -1;
+		free(zeros);
+		return w;
+	}
 	return real(fd, buf, n, off);
 }
 
@@ -409,6 +417,25 @@ class TestBackupRefused(BackupCase):
         r = self.backup("--config", gw.config_path, out, preexec_fn=small_files)
         self.assertCtl(r, 1, gw, "isgctl: cannot copy store '%s' to '%s': " % (gw.store_path, out),
                        "(file too large)")
+        self.assertOnly(out_dir, [])
+
+    def test_a_copy_that_fails_its_check_is_named_by_output(self):
+        """The check's failure names OUTPUT, not the temporary already removed."""
+        gw, police = self.start()
+        police.send_ok([{"nhs_number": NHS}])
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        out = os.path.join(out_dir, "store.db")
+        with open_copy(gw.store_path) as db:
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+        r = self.backup("--config", gw.config_path, out,
+                        env=shim_env(ISG_TEST_DIR=os.path.realpath(out_dir),
+                                     ISG_TEST_ZERO_AT=page))
+        self.assertCtl(r, 1, gw, "isgctl: the copy for '%s' fails SQLite's quick_check\n"
+                                 "isgctl: nothing written to '%s': the copy was removed\n"
+                                 % (out, out))
+        self.assertNotIn("/.store.db.", r.err)
+        self.assertEqual(r.out, "")
         self.assertOnly(out_dir, [])
 
     def test_not_a_store(self):
