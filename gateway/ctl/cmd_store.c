@@ -49,6 +49,7 @@ struct backup {
 	sqlite3 *src;
 	char *src_real;
 	int64_t src_last; /* the audit log's last seq in the snapshot copied */
+	int64_t taken_ms; /* when the snapshot was taken: all committed before is in it */
 	char *tmp;        /* the copy, until it is linked at output; NULL: none */
 	/* what the copy holds, for the summary line */
 	int64_t bytes, entries, cp_size; /* cp_size -1: no checkpoint */
@@ -206,6 +207,8 @@ static int output_free(const char *output)
 static int open_source(struct backup *b)
 {
 	int status = ctl_store_open(b->store_path, true, &b->src, &b->src_real);
+	/* Before the first read, which takes the snapshot: what was committed before is in it. */
+	b->taken_ms = time_now_ms();
 	enum store_kind kind = status == CTL_EXIT_OK ? recognise(b->src) : STORE_ISG;
 	if (kind == STORE_FOREIGN) {
 		ctl_warn("store '%s' is an SQLite database but not an ISG store", b->store_path);
@@ -515,11 +518,16 @@ static int publish(struct backup *b)
 	return CTL_EXIT_OK;
 }
 
-/* One line an admin can log: what was written, and the log it holds. Nothing personal. */
+/*
+ * One line an admin can log: what was written, when its snapshot was taken
+ * (what a restore rolls back to), and the log it holds. Nothing personal.
+ */
 static void print_summary(const struct backup *b)
 {
-	printf("store backup OK: %s, %" PRId64 " bytes, %" PRId64 " audit entries", b->output,
-	       b->bytes, b->entries);
+	char taken[32];
+	time_format_ms(taken, sizeof(taken), b->taken_ms);
+	printf("store backup OK: %s, snapshot at %s, %" PRId64 " bytes, %" PRId64 " audit entries",
+	       b->output, taken, b->bytes, b->entries);
 	if (b->cp_size < 0)
 		printf(", no checkpoint yet\n");
 	else
@@ -588,8 +596,10 @@ static int backup_help(void)
 	       "backup through a read-only connection, never blocking isgd. Works with isgd\n"
 	       "stopped too. The copy is written beside OUTPUT, checked (quick_check, the\n"
 	       "store's marks), synced, then given its name; an existing OUTPUT is never\n"
-	       "replaced. Prints one line: 'store backup OK: OUTPUT, N bytes, E audit\n"
-	       "entries, latest checkpoint size S, root R'. The copy is personal data.\n\n"
+	       "replaced. Prints one line: 'store backup OK: OUTPUT, snapshot at T, N\n"
+	       "bytes, E audit entries, latest checkpoint size S, root R', where T (UTC) is\n"
+	       "when the snapshot was taken: all committed before it is in the copy. The\n"
+	       "copy is personal data.\n\n"
 	       "  --config ISGD_YAML  isgd's configuration: store.path\n"
 	       "  --store DB          the store file (overrides the config's)\n",
 	       backup_usage);

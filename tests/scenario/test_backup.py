@@ -12,6 +12,7 @@ refused or fails; and it works with isgd stopped, creating nothing beside
 the store.
 """
 
+import datetime
 import errno
 import os
 import re
@@ -28,7 +29,9 @@ import unittest
 import isgtest
 
 NHS = "9434765919"
-SUMMARY = re.compile(r"^store backup OK: (?P<path>.+), (?P<bytes>\d+) bytes, "
+SUMMARY = re.compile(r"^store backup OK: (?P<path>.+), "
+                     r"snapshot at (?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z), "
+                     r"(?P<bytes>\d+) bytes, "
                      r"(?P<entries>\d+) audit entries, (?:latest checkpoint size (?P<size>\d+), "
                      r"root (?P<root>[A-Za-z0-9+/]{43}=)|no checkpoint yet)\n$")
 
@@ -152,6 +155,12 @@ def shim_env(**variables):
     return env
 
 
+def unix_time(at):
+    """The summary's snapshot time in Unix seconds."""
+    return datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
 def open_copy(path):
     """A store file opened read-only and immutable: nothing is created beside it."""
     return sqlite3.connect("file:%s?mode=ro&immutable=1" % path, uri=True)
@@ -230,7 +239,7 @@ class TestOnlineBackup(BackupCase):
                 t0 = time.monotonic()
                 receipt = police.send_ok([{"nhs_number": NHS, "age": i % 100}])
                 with lock:
-                    sent.append((t0, time.monotonic(), receipt))
+                    sent.append((t0, time.monotonic(), receipt, time.time()))
                 i += 1
 
         def sent_count():
@@ -251,7 +260,7 @@ class TestOnlineBackup(BackupCase):
             self.wait_checkpoint(gw)  # so that the summary has a checkpoint to name
             began = time.monotonic()
             with lock:
-                before = [rec for _, done, rec in sent if done < began]
+                before = [rec for _, done, rec, _ in sent if done < began]
             # The premise: most of what was committed is still in the WAL, so a
             # copy of the database file alone misses it. The backup must not.
             raw = os.path.join(self.tmp, "raw.db")
@@ -262,7 +271,9 @@ class TestOnlineBackup(BackupCase):
                 raw_ids = set()
             out = os.path.join(self.tmp, "backups", "store-1.db")
             os.makedirs(os.path.dirname(out))
+            wall_began = time.time()
             r = self.backup("--config", gw.config_path, out)
+            wall_ended = time.time()
             ended = time.monotonic()
             wait_for(sent_count() + 5)  # the sender went on, unblocked
         finally:
@@ -272,7 +283,7 @@ class TestOnlineBackup(BackupCase):
         m = self.assertBackedUp(r, out, gw)
         self.assertOnly(os.path.dirname(out), ["store-1.db"])
         before_ids = {rec["gateway_id"] for rec in before}
-        after_ids = {rec["gateway_id"] for t0, _, rec in sent if t0 > ended}
+        after_ids = {rec["gateway_id"] for t0, _, rec, _ in sent if t0 > ended}
         self.assertTrue(after_ids)
         self.assertFalse(before_ids <= raw_ids,
                          "premise: the database file alone already held every message, so "
@@ -285,7 +296,13 @@ class TestOnlineBackup(BackupCase):
         entries, last = audit_last(out)
         self.assertEqual(entries, last)
         self.assertGreaterEqual(last, max(rec["audit_index"] for rec in before))
-        self.assertLess(last, min(rec["audit_index"] for t0, _, rec in sent if t0 > ended))
+        self.assertLess(last, min(rec["audit_index"] for t0, _, rec, _ in sent if t0 > ended))
+        # The snapshot's time, taken during the backup: every send answered before it is in.
+        at = unix_time(m.group("at"))
+        self.assertLessEqual(wall_began - 0.001, at)
+        self.assertLessEqual(at, wall_ended)
+        answered = {rec["gateway_id"] for _, _, rec, done in sent if done < at}
+        self.assertLessEqual(answered, in_backup)
 
         # Restored as operations.md says: the same keys and origin, mode 0600, no -wal.
         restored = self.restore(out)
