@@ -593,13 +593,13 @@ static int backup_help(void)
 {
 	printf("%s\nCopies isgd's store to OUTPUT, a new file (mode 0600), while isgd runs and\n"
 	       "partners keep exchanging: one consistent snapshot, taken with SQLite's online\n"
-	       "backup through a read-only connection, never blocking isgd. Works with isgd\n"
-	       "stopped too. The copy is written beside OUTPUT, checked (quick_check, the\n"
-	       "store's marks), synced, then given its name; an existing OUTPUT is never\n"
-	       "replaced. Prints one line: 'store backup OK: OUTPUT, snapshot at T, N\n"
-	       "bytes, E audit entries, latest checkpoint size S, root R', where T (UTC) is\n"
-	       "when the snapshot was taken: all committed before it is in the copy. The\n"
-	       "copy is personal data.\n\n"
+	       "backup through a read-only connection, which isgd's commits do not wait for\n"
+	       "(its WAL grows meanwhile). Works with isgd stopped too. The copy is written\n"
+	       "beside OUTPUT, checked (quick_check, the store's marks), synced, then given\n"
+	       "its name; an existing OUTPUT is never replaced. Prints one line: 'store\n"
+	       "backup OK: OUTPUT, snapshot at T, N bytes, E audit entries, latest\n"
+	       "checkpoint size S, root R', where T (UTC) is when the snapshot was taken:\n"
+	       "all committed before it is in the copy. The copy is personal data.\n\n"
 	       "  --config ISGD_YAML  isgd's configuration: store.path\n"
 	       "  --store DB          the store file (overrides the config's)\n",
 	       backup_usage);
