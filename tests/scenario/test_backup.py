@@ -40,7 +40,8 @@ SUMMARY = re.compile(r"^store backup OK: (?P<path>.+), "
 # with a dot. The first $ISG_TEST_HOLD_CALL (pwrite: SQLite writing the copy; fsync: isgctl
 # syncing it) on it creates $ISG_TEST_HELD, then waits while $ISG_TEST_HOLD exists (a minute
 # at most), so a test can send a signal at that point of the backup. A pwrite to it at offset
-# $ISG_TEST_ZERO_AT writes zeros instead, a page of the copy gone bad. link() fails with errno
+# $ISG_TEST_ZERO_AT writes zeros instead, a page of the copy gone bad; each one's offset and
+# length are added to $ISG_TEST_WRITES. link() fails with errno
 # $ISG_TEST_LINK_ERRNO, as on a filesystem without hard links, and renameat2() with
 # $ISG_TEST_RENAME_ERRNO; with $ISG_TEST_RENAME_RACE, renameat2() first creates its target,
 # as another program could.
@@ -90,6 +91,14 @@ ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
 {
 	hold("pwrite", fd);
 	ssize_t (*real)(int, const void *, size_t, off_t) = dlsym(RTLD_NEXT, "pwrite64");
+	const char *log = getenv("ISG_TEST_WRITES");
+	if (log && is_temp(fd)) {
+		FILE *f = fopen(log, "ae");
+		if (f) {
+			fprintf(f, "%lld %zu\n", (long long)off, n);
+			fclose(f);
+		}
+	}
 	const char *zero_at = getenv("ISG_TEST_ZERO_AT");
 	if (zero_at && off == atoll(zero_at) && is_temp(fd)) {
 		void *zeros = calloc(1, n);
@@ -189,13 +198,14 @@ class BackupCase(isgtest.ScenarioCase):
                            stdin=subprocess.DEVNULL, preexec_fn=preexec_fn, cwd=cwd, env=env)
         return isgtest.CtlResult(p.returncode, p.stdout, p.stderr, argv)
 
-    def backup_held(self, call, sig, out, *args, preexec_fn=None):
+    def backup_held(self, call, sig, out, *args, preexec_fn=None, **variables):
         """store backup ARGS OUTPUT held at its first CALL on its temporary (SHIM_C), sent
         SIG there, then let go."""
         flag, held = os.path.join(self.tmp, "hold"), os.path.join(self.tmp, "held")
         open(flag, "w").close()
         env = shim_env(ISG_TEST_DIR=os.path.realpath(os.path.dirname(out)),
-                       ISG_TEST_HOLD_CALL=call, ISG_TEST_HOLD=flag, ISG_TEST_HELD=held)
+                       ISG_TEST_HOLD_CALL=call, ISG_TEST_HOLD=flag, ISG_TEST_HELD=held,
+                       **variables)
         argv = [isgtest.ISGCTL, "store", "backup"] + [str(a) for a in args] + [out]
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              stdin=subprocess.DEVNULL, env=env, preexec_fn=preexec_fn)
@@ -544,6 +554,31 @@ class TestBackupInterrupted(BackupCase):
                            % (sig.name, out))
             self.assertEqual(r.out, "")
             self.assertOnly(out_dir, [])
+
+    def test_a_stop_signal_ends_the_copy_part_way(self):
+        """A signal during a long copy stops it at the next step, not at its end."""
+        gw, police = self.start()
+        police.send_ok([{"nhs_number": NHS}])
+        gw.stop()
+        store = os.path.join(self.tmp, "big.db")
+        shutil.copyfile(gw.store_path, store)
+        with sqlite3.connect(store) as db:  # 16 MB more: 64 steps of the copy
+            db.execute("CREATE TABLE pad(b)")
+            db.execute("INSERT INTO pad VALUES (randomblob(16 * 1024 * 1024))")
+        db.close()
+        size = os.path.getsize(store)
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        out = os.path.join(out_dir, "store.db")
+        writes = os.path.join(self.tmp, "writes")
+        r = self.backup_held("pwrite", signal.SIGTERM, out, "--store", store,
+                             ISG_TEST_WRITES=writes)
+        self.assertCtl(r, 1, None, "isgctl: interrupted by SIGTERM: nothing written to '%s'\n"
+                       % out)
+        self.assertOnly(out_dir, [])
+        with open(writes) as f:
+            written = sum(int(line.split()[1]) for line in f)
+        self.assertLess(written, size / 2, "the copy went on after the signal")
 
     def test_an_ignored_sighup_does_not_stop_it(self):
         """Run under nohup, a backup goes on through a SIGHUP."""
