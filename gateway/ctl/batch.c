@@ -188,6 +188,20 @@ static int slurp_fd(int fd, const char *shown, size_t max, char **buf, size_t *l
 	return 0;
 }
 
+int ctl_sync_dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir = slash ? strndup(path, (size_t)(slash - path + 1)) : strdup(".");
+	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
+	int e = errno;
+	if (fd >= 0)
+		close(fd);
+	free(dir);
+	errno = e; /* the caller says why */
+	return rc;
+}
+
 int ctl_slurp(const char *path, size_t max, char **buf, size_t *len, char *err, size_t errlen)
 {
 	if (strcmp(path, "-") == 0)

@@ -79,19 +79,6 @@ int audit_output_open(struct audit_output *o, const char *path, const char *what
 	return o->f ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
 }
 
-/* Sync the directory of path, so the rename survives a crash. */
-static int sync_dir_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	char *dir = slash ? strndup(path, (size_t)(slash - path + 1)) : strdup(".");
-	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
-	if (fd >= 0)
-		close(fd);
-	free(dir);
-	return rc;
-}
-
 int audit_output_close(struct audit_output *o, bool write_failed, bool abandoned)
 {
 	FILE *f = o->f;
@@ -116,7 +103,7 @@ int audit_output_close(struct audit_output *o, bool write_failed, bool abandoned
 			ok = false;
 			err = errno;
 		}
-		if (ok && !abandoned && tmp && sync_dir_of(path) != 0)
+		if (ok && !abandoned && tmp && ctl_sync_dir_of(path) != 0)
 			ctl_warn("'%s' written, but its directory cannot be synced: %s", path,
 			         ctl_errno_text(errno));
 	}

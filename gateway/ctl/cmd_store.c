@@ -450,19 +450,6 @@ static int check_copy(struct backup *b)
 	return status;
 }
 
-/* Sync the directory of path, so a new name in it survives a crash. */
-static int sync_dir_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	char *dir = slash ? strndup(path, (size_t)(slash - path + 1)) : strdup(".");
-	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
-	if (fd >= 0)
-		close(fd);
-	free(dir);
-	return rc;
-}
-
 /* Whether link()'s errno says the filesystem has no hard links (vfat, exfat, CIFS, sshfs). */
 static bool no_hard_links(int e)
 {
@@ -510,7 +497,7 @@ static int publish(struct backup *b)
 		return CTL_EXIT_LOCAL;
 	free(b->tmp);
 	b->tmp = NULL;
-	if (sync_dir_of(b->output) != 0) {
+	if (ctl_sync_dir_of(b->output) != 0) {
 		ctl_warn("'%s' written, but its directory cannot be synced: %s", b->output,
 		         ctl_errno_text(errno));
 		return CTL_EXIT_LOCAL;

@@ -91,6 +91,9 @@ bool ctl_output_closed(FILE *f, int e);
  */
 const char *ctl_output_errno_text(FILE *f, int e);
 
+/* fsync the directory path is in, so a name just given in it survives a crash: 0 or -1. */
+int ctl_sync_dir_of(const char *path);
+
 /* Read a whole file, or standard input for "-", refusing more than max bytes. */
 int ctl_slurp(const char *path, size_t max, char **buf, size_t *len, char *err, size_t errlen);
 
