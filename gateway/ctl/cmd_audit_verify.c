@@ -94,8 +94,8 @@ struct verify {
 	int64_t run_delta, run_first, run_last;
 	uint64_t last_index; /* of the row before (seq last_index_seq), when have_index */
 	int64_t last_index_seq;
-	/* an entry missing or out of place, or a checkpoint whose root does not match: from
-	 * there on, positions in the tree are no longer those the checkpoints signed */
+	/* an entry missing, inserted or out of place: from there on, positions in the tree
+	 * are no longer those the checkpoints signed (an entry edited in place moves none) */
 	bool misaligned;
 	struct aj_doc doc;
 	unsigned problems, stored_total, saved_total;
@@ -405,8 +405,9 @@ static void check_seq(struct verify *vs, int64_t seq)
  * at column is not signed: this holds only if the rows were not edited too.
  * Nor does it hold once the log is misaligned: after an entry deleted, the
  * entries after it sit one place early, under a checkpoint signed before
- * they were written, and would all look dated after it; the gap (or the
- * root that does not match) is the problem, and is reported.
+ * they were written, and would all look dated after it; the gap is the
+ * problem, and is reported. An entry edited in place moves nothing: the
+ * check goes on past it.
  */
 static void note_time(struct verify *vs, int64_t seq, const char *text)
 {
@@ -512,7 +513,6 @@ static void reach_stored(struct verify *vs, struct cp *k)
 		        "and signed again after the checkpoint of size %" PRIu64,
 		        prev->size, pos, prev->size);
 	k->matched = matched;
-	vs->misaligned |= !matched;
 	vs->roots++;
 	vs->roots_matched += matched;
 	vs->prev = k;
@@ -627,9 +627,9 @@ static int stream_entries(struct verify *vs, struct audit_log *l)
 static void report_unreached(struct verify *vs)
 {
 	uint64_t n = vs->tree.size;
-	const char *which = vs->misaligned
-	                        ? "entries are missing (deleted from the middle or the end)"
-	                        : "entries were deleted from its end (the log was truncated)";
+	bool from_end = !vs->misaligned && vs->roots_matched == vs->roots;
+	const char *which = from_end ? "entries were deleted from its end (the log was truncated)"
+	                             : "entries are missing (deleted from the middle or the end)";
 	for (size_t i = vs->next_stored; i < vs->n_stored; i++)
 		problem(vs,
 		        "checkpoint of size %" PRIu64

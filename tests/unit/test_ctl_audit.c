@@ -723,6 +723,14 @@ static void test_cmd_dated_after_checkpoint(void **state)
 	               "problem: entry 20 is dated after the checkpoint covering it was written");
 	db = tampered(f, "same-time", "UPDATE checkpoints SET at = at WHERE size = 20");
 	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 0);
+	/* An entry edited in place before them moves nothing: they are still caught. */
+	db = tampered(f, "edited-then-late",
+	              "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT),"
+	              " '\"records\":14', '\"records\":15') AS BLOB) WHERE seq = 14;"
+	              "UPDATE checkpoints SET at = at - 5000 WHERE size = 20");
+	assert_int_equal(run(f, "verify --store %s --pubkey %s", db, f->vkey), 1);
+	assert_out_has(f, "problem: 5 entries, from entry 16 to entry 20, are dated after the "
+	                  "checkpoint covering them was written");
 }
 
 int main(void)
