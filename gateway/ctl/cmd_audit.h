@@ -165,7 +165,8 @@ struct audit_log {
 	char *real_path;                      /* store_path resolved, once opened */
 	int64_t checkpoint_interval_ms; /* the config's audit.checkpoint_interval; 0: unknown */
 	bool in_txn;
-	char key_error[AUDIT_KEY_ERROR_MAX];    /* why audit_log_verifier failed; "" when unknown */
+	char key_error[AUDIT_KEY_ERROR_MAX]; /* why audit_log_verifier failed; "" when unknown */
+	bool key_error_quiet; /* keep key_error unsaid: the caller says it in its own line */
 	char given_key[AUDIT_VERIFIER_KEY_MAX]; /* --pubkey or --pubkey-file's text, checked */
 };
 

@@ -28,8 +28,12 @@ int audit_integrity_check(struct audit_log *l, const struct audit_where *w, char
 	char key[AUDIT_VERIFIER_KEY_MAX];
 	const char *from = NULL;
 	memset(in, 0, sizeof(*in));
-	/* says why at once, with what to do (run as the keys' owner, or --pubkey-file) */
-	if (audit_log_verifier(l, w, &v, key, &from) != CTL_EXIT_OK) {
+	/* why, with what to do (run as the keys' owner, or --pubkey-file), is said once,
+	 * in audit_integrity_say's last line */
+	l->key_error_quiet = true;
+	int got = audit_log_verifier(l, w, &v, key, &from);
+	l->key_error_quiet = false;
+	if (got != CTL_EXIT_OK) {
 		str_copy(in->key_error, l->key_error, sizeof(in->key_error));
 		return CTL_EXIT_OK;
 	}

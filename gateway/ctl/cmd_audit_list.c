@@ -411,11 +411,11 @@ static void lister_row(struct lister *ls, const struct aj_doc *d, const struct a
 
 /* ---- reading ---- */
 
-/* After the read: a list that could not be written fails. */
+/* After the read: a list that could not be written fails (a reader gone, said as such). */
 static int lister_flush(int status)
 {
 	if (fflush(stdout) != 0) {
-		ctl_output_warn("cannot write the list: %s", ctl_errno_text(errno));
+		ctl_output_warn("cannot write the list: %s", ctl_output_errno_text(stdout, errno));
 		return CTL_EXIT_LOCAL;
 	}
 	return status;
@@ -1026,31 +1026,40 @@ static int load_audit_keyring(const struct audit_log *l, struct keyring **ring)
 	return CTL_EXIT_OK;
 }
 
-/* Normalise the identifier and compute its pseudonyms; every copy of it is wiped. */
-static int subject_prepare(const struct audit_log *l, const struct ident_arg *id,
-                           struct keyring **ring, struct subject *s)
+/*
+ * Read the identifier (at a prompt, when it is '-' at a terminal) and
+ * normalise it into guarded memory, *norm (sodium_free it), before the log
+ * is opened: a person typing must not hold the store's read snapshot open.
+ * Every other copy is wiped, the command line's included.
+ */
+static int subject_read(const struct ident_arg *id, char **norm)
 {
-	char *raw = sodium_malloc(SUBJECT_LINE_MAX), *norm = sodium_malloc(PSEUDO_VALUE_MAX + 1);
+	char *raw = sodium_malloc(SUBJECT_LINE_MAX);
+	*norm = sodium_malloc(PSEUDO_VALUE_MAX + 1);
 	size_t len = 0;
-	int status = raw && norm ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
+	int status = raw && *norm ? CTL_EXIT_OK : CTL_EXIT_LOCAL;
 	if (status != CTL_EXIT_OK)
 		ctl_warn("out of memory");
 	if (status == CTL_EXIT_OK)
 		status = read_identifier(id, raw, SUBJECT_LINE_MAX, &len);
 	sodium_memzero(id->value, strlen(id->value)); /* off the command line (ps) too */
 	const char *reason = NULL;
-	if (status == CTL_EXIT_OK && pseudo_normalise(id->type, raw, len, norm, &reason) != 0) {
+	if (status == CTL_EXIT_OK && pseudo_normalise(id->type, raw, len, *norm, &reason) != 0) {
 		ctl_warn("--%s: %s", id->option, reason ? reason : "not a valid value");
 		status = CTL_EXIT_LOCAL;
 	}
-	if (status == CTL_EXIT_OK)
-		status = load_audit_keyring(l, ring);
-	if (status == CTL_EXIT_OK)
-		status = subject_pseudonyms(*ring, id->type, norm, strlen(norm), s);
 	if (raw)
 		sodium_free(raw); /* sodium_free wipes */
-	if (norm)
-		sodium_free(norm);
+	return status;
+}
+
+/* The normalised identifier's pseudonyms under every reachable audit key version. */
+static int subject_prepare(const struct audit_log *l, const struct ident_arg *id, const char *norm,
+                           struct keyring **ring, struct subject *s)
+{
+	int status = load_audit_keyring(l, ring);
+	if (status == CTL_EXIT_OK)
+		status = subject_pseudonyms(*ring, id->type, norm, strlen(norm), s);
 	return status;
 }
 
@@ -1189,11 +1198,16 @@ int audit_subject_cmd(int argc, char **argv)
 	struct subject s = {.from_ms = f.from_ms, .to_ms = f.to_ms, .ls = {.format = f.format}};
 	struct audit_reader r;
 	audit_reader_init(&r, INT64_MIN, INT64_MAX); /* the person is matched over the whole log */
-	status = audit_log_open(&l, &w, subject_usage, true);
+	char *norm = NULL;
+	status = subject_read(&id, &norm);
 	if (status == CTL_EXIT_OK)
-		status = subject_prepare(&l, &id, &ring, &s);
+		status = audit_log_open(&l, &w, subject_usage, true);
 	else
-		sodium_memzero(id.value, strlen(id.value));
+		memset(&l, 0, sizeof(l)); /* nothing to release */
+	if (status == CTL_EXIT_OK)
+		status = subject_prepare(&l, &id, norm, &ring, &s);
+	if (norm)
+		sodium_free(norm);
 	if (status == CTL_EXIT_OK)
 		status = subject_search(&l, &r, &s);
 	bool answered = status == CTL_EXIT_OK;

@@ -253,7 +253,8 @@ key_error(struct audit_log *l, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(l->key_error, sizeof(l->key_error), fmt, ap);
 	va_end(ap);
-	ctl_warn("%s", l->key_error);
+	if (!l->key_error_quiet)
+		ctl_warn("%s", l->key_error);
 }
 
 /* True when this user cannot read the audit signing key at all (the keys directory or the file

@@ -678,6 +678,23 @@ class AuditLog(isgtest.ScenarioCase):
                     os.close(write_end)
                 self.assertEqual(p.returncode, 1, p.stderr)
                 self.assertEqual(p.stderr, said)
+        # list and subject: the same words, then the log's integrity line as ever.
+        for args, feed in ((["list", "--format", "jsonl"], None),
+                           (["subject", "--format", "jsonl", "--nhs-number", "-"], NHS_A)):
+            with self.subTest(args[0]):
+                read_end, write_end = os.pipe()
+                os.close(read_end)
+                try:
+                    p = subprocess.run([isgtest.ISGCTL, "audit"] + args +
+                                       ["--config", self.gw.config_path], stdout=write_end,
+                                       stderr=subprocess.PIPE, input=feed, text=True,
+                                       timeout=60)
+                finally:
+                    os.close(write_end)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertIn("isgctl: cannot write the list: output closed before the end "
+                              "(a pipe's reader stopped)\n", p.stderr)
+                self.assertNotIn("broken pipe", p.stderr)
 
     def test_forged_checkpoint(self):
         size, note = self.checkpoints[1]
@@ -1256,6 +1273,7 @@ class AuditLog(isgtest.ScenarioCase):
                       "(no keys directory: give --keys KEYS_DIR or --config ISGD_YAML, or the "
                       "recorded verifier key with --pubkey KEY or --pubkey-file FILE); this "
                       "list was not checked against the signed checkpoints\n", r.err)
+        self.assertEqual(r.err.count("no keys directory"), 1, r.err)  # said once, at the end
         ok = self.integrity_ok()
         for args in (["list"], ["subject", "--nhs-number", NHS_A, "--keys", self.gw.keys_dir]):
             for given in (["--pubkey-file", key_file], ["--pubkey", pubkey.out.strip()]):
