@@ -69,13 +69,16 @@ static void secrecy_refused(const struct stat *st, const char *path, unsigned ow
 	char has[96], want[96], who[64], unused[64];
 	user_words((unsigned)st->st_uid, has, sizeof(has), unused, sizeof(unused));
 	user_words((unsigned)owner, want, sizeof(want), who, sizeof(who));
+	/* The reader knows only itself: isgctl run as another user than isgd's (sudo)
+	 * must not be told to take the keys from the user isgd starts as. */
 	if (bad_mode && bad_owner)
 		keys_seterr(
 		    err, errlen,
-		    "key file '%s' has mode %04o and is owned by %s: key files must have no "
-		    "group or other permissions (0600 or 0400) and be owned by %s, the user "
-		    "isgd starts as and isgctl runs as: chmod 600 '%s'; chown %s '%s'",
-		    path, mode, has, want, path, who, path);
+		    "key file '%s' has mode %04o and is owned by %s, not by %s, who reads it: "
+		    "key files must have no group or other permissions (0600 or 0400) and be "
+		    "read by their owner, the user isgd starts as: chmod 600 '%s'; then run "
+		    "isgctl as that user, or, if %s is that user, chown %s '%s'",
+		    path, mode, has, want, path, want, who, path);
 	else if (bad_mode)
 		keys_seterr(err, errlen,
 		            "key file '%s' has mode %04o: key files must have no group or other "
@@ -83,9 +86,10 @@ static void secrecy_refused(const struct stat *st, const char *path, unsigned ow
 		            path, mode, path);
 	else
 		keys_seterr(err, errlen,
-		            "key file '%s' is owned by %s; it must be owned by %s, the user isgd "
-		            "starts as and isgctl runs as: chown %s '%s'",
-		            path, has, want, who, path);
+		            "key file '%s' is owned by %s, not by %s, who reads it: key files are "
+		            "read by their owner, the user isgd starts as: run isgctl as that "
+		            "user, or, if %s is that user, chown %s '%s'",
+		            path, has, want, want, who, path);
 }
 
 static int file_secrecy(const struct stat *st, const char *path, unsigned owner, char *err,

@@ -716,8 +716,9 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
         before = self.fetch_records(self.council)[0]["nhs_number"]
         domains = os.path.join(self.gw.keys_dir, "domains")
         path = os.path.join(domains, COUNCIL_DOMAIN + ".key")
-        cases = [(path, "key file '%s' is owned by uid 4242; it must be owned by uid 0 (root), "
-                  "the user isgd starts as and isgctl runs as: chown root '%s'" % (path, path)),
+        cases = [(path, "key file '%s' is owned by uid 4242, not by uid 0 (root), who reads it: "
+                  "key files are read by their owner, the user isgd starts as: run isgctl as "
+                  "that user, or, if uid 0 (root) is that user, chown root '%s'" % (path, path)),
                  (domains, "key directory '%s' has mode 0700 and owner uid 4242; it must not be "
                   "writable by group or others (0700) and must be owned by uid 0 or root" % domains)]
         for what, message in cases:

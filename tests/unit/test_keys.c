@@ -398,19 +398,21 @@ static void test_secrecy_wrong_owner_says_chown(void **state)
 	assert_int_equal(keys_check_secrecy_for(fd, "keys/x.key", other, err, sizeof(err)),
 	                 ISG_ERR_DENIED);
 	snprintf(want, sizeof(want),
-	         "key file 'keys/x.key' is owned by %s; it must be owned by uid %u, the user isgd "
-	         "starts as and isgctl runs as: chown %u 'keys/x.key'",
-	         mine, other, other);
+	         "key file 'keys/x.key' is owned by %s, not by uid %u, who reads it: key files "
+	         "are read by their owner, the user isgd starts as: run isgctl as that user, or, "
+	         "if uid %u is that user, chown %u 'keys/x.key'",
+	         mine, other, other, other);
 	assert_string_equal(err, want);
 
 	assert_int_equal(fchmod(fd, 0640), 0);
 	assert_int_equal(keys_check_secrecy_for(fd, "keys/x.key", other, err, sizeof(err)),
 	                 ISG_ERR_DENIED);
 	snprintf(want, sizeof(want),
-	         "key file 'keys/x.key' has mode 0640 and is owned by %s: key files must have no "
-	         "group or other permissions (0600 or 0400) and be owned by uid %u, the user isgd "
-	         "starts as and isgctl runs as: chmod 600 'keys/x.key'; chown %u 'keys/x.key'",
-	         mine, other, other);
+	         "key file 'keys/x.key' has mode 0640 and is owned by %s, not by uid %u, who "
+	         "reads it: key files must have no group or other permissions (0600 or 0400) and "
+	         "be read by their owner, the user isgd starts as: chmod 600 'keys/x.key'; then "
+	         "run isgctl as that user, or, if uid %u is that user, chown %u 'keys/x.key'",
+	         mine, other, other, other);
 	assert_string_equal(err, want);
 	close(fd);
 }
