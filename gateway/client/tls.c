@@ -266,11 +266,12 @@ static const char *alert_hint(int reason)
 	case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
 	case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
 	case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
-	case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
 	case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
 		return " (the gateway did not accept the client certificate: not issued by the "
 		       "partner CA it trusts, expired, revoked, or its extended key usage does not "
 		       "allow client authentication)";
+	case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+		return " (the gateway requires a client certificate, and none was sent)";
 	case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
 	case SSL_R_UNSUPPORTED_PROTOCOL:
 		return " (the gateway does not offer TLS 1.3)";
