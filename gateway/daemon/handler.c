@@ -260,7 +260,11 @@ static void send_reply(struct net_conn *c, void *arg)
 	           j->err != ISG_ERR_NOT_FOUND) {
 		/* Refused for a limit, then the store failed the job: nothing stored
 		 * and no refusal on record. The partner (if still there) is told to
-		 * retry; the log says so. */
+		 * retry; the log says so. limit_refused is the last judgement's: a
+		 * batch rolled back and run again alone may end otherwise (a
+		 * conflict or a reply to no message, found before the limits and
+		 * answered below; or a failure before the limits were judged again,
+		 * which this line then still names by the earlier refusal). */
 		log_refusal_unrecorded(j, j->err);
 	}
 	if (j->err == ISG_ERR_CONFLICT || j->err == ISG_ERR_NOT_FOUND) {
