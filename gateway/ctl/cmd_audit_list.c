@@ -942,19 +942,39 @@ static int read_identifier(const struct ident_arg *id, char *buf, size_t size, s
 			buf[--*len] = '\0';
 		return status;
 	}
-	if (!fgets(buf, (int)size, stdin)) {
-		ctl_warn("--%s -: nothing on standard input", id->option);
-		return CTL_EXIT_LOCAL;
+	/* read(2) into buf itself, not stdio: its buffer would keep a copy no one wipes */
+	size_t got = 0;
+	const char *nl = NULL;
+	while (!nl && got + 1 < size) {
+		ssize_t n = read(STDIN_FILENO, buf + got, size - 1 - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			sodium_memzero(buf, size);
+			ctl_warn("--%s -: cannot read standard input: %s", id->option,
+			         ctl_errno_text(errno));
+			return CTL_EXIT_LOCAL;
+		}
+		if (n == 0)
+			break;
+		nl = memchr(buf + got, '\n', (size_t)n);
+		got += (size_t)n;
 	}
-	*len = strlen(buf);
-	if (*len && buf[*len - 1] == '\n')
-		buf[--*len] = '\0';
-	else if (!feof(stdin)) {
+	char more = 0;
+	if (!nl && got + 1 >= size && read(STDIN_FILENO, &more, 1) > 0) {
+		sodium_memzero(buf, size);
+		sodium_memzero(&more, sizeof(more));
 		ctl_warn("--%s -: the line on standard input is too long", id->option);
 		return CTL_EXIT_LOCAL;
 	}
+	*len = nl ? (size_t)(nl - buf) : got;
+	sodium_memzero(buf + *len, size - *len); /* what followed the line, and the line end */
 	if (*len && buf[*len - 1] == '\r')
 		buf[--*len] = '\0';
+	if (got == 0) {
+		ctl_warn("--%s -: nothing on standard input", id->option);
+		return CTL_EXIT_LOCAL;
+	}
 	return CTL_EXIT_OK;
 }
 

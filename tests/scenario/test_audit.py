@@ -1173,6 +1173,22 @@ class AuditLog(isgtest.ScenarioCase):
             self.assertNotIn(ident, r.out + r.err)
         return r
 
+    def test_subject_reads_one_line_of_standard_input(self):
+        """'-' takes the first line of standard input, with or without its line end (LF
+        or CRLF), and nothing after it; an empty input or a line too long is refused."""
+        want = self.subject("--nhs-number", NHS_A)
+        self.assertEqual(want.rc, 0, want)
+        for feed in (NHS_A, NHS_A + "\n", NHS_A + "\r\n", NHS_A + "\nsomeone else\n"):
+            with self.subTest(feed=len(feed)):
+                r = self.subject("--nhs-number", "-", input=feed)
+                self.assertEqual((r.rc, r.out), (0, want.out), r)
+        r = self.subject("--nhs-number", "-", input="")
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("isgctl: --nhs-number -: nothing on standard input", r.err)
+        r = self.subject("--nhs-number", "-", input="9" * 1100)
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("isgctl: --nhs-number -: the line on standard input is too long", r.err)
+
     def test_subject(self):
         r = self.subject("--nhs-number", "943 476 5919")
         self.assertEqual(r.rc, 0, r)
