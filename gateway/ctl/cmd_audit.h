@@ -350,6 +350,7 @@ struct audit_verify_result {
 	uint64_t times_back;
 	int64_t times_back_seq, times_back_max_ms;
 	size_t saved, saved_matched; /* --against checkpoints given, and those the log holds */
+	unsigned saved_unreadable;   /* of them, files that hold no checkpoint (each a problem) */
 };
 /*
  * Run every check of `isgctl audit verify` on an open log, with the

@@ -96,6 +96,16 @@ int audit_integrity_say(const struct audit_integrity *in, const char *answer)
 		                  "prints it)");
 		return CTL_EXIT_LOCAL;
 	}
+	unsigned unreadable = in->vr.saved_unreadable;
+	if (in->vr.problems && in->vr.problems == unreadable) {
+		/* as verify says it: a file that is no checkpoint says nothing of the log */
+		ctl_warn("audit log checks passed, but %u saved checkpoint%s could not be read, so "
+		         "the log was NOT checked against %s: %s stands only as far as the signed "
+		         "checkpoints go (run 'isgctl audit verify' for the details)",
+		         unreadable, unreadable == 1 ? "" : "s", unreadable == 1 ? "it" : "them",
+		         answer);
+		return CTL_EXIT_LOCAL;
+	}
 	if (in->vr.problems) {
 		ctl_warn(
 		    "audit log FAILED verification: %u problem%s; run 'isgctl audit verify' for "

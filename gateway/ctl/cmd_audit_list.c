@@ -107,6 +107,17 @@ struct against {
 
 static const int against_many[] = {OPT_AGAINST, 0};
 
+/* Each --against file can be opened, said before a long answer rather than after it. */
+static int against_readable(const struct against *a)
+{
+	for (size_t i = 0; i < a->n; i++)
+		if (access(a->files[i], R_OK) != 0) {
+			ctl_warn("--against '%s': %s", a->files[i], ctl_errno_text(errno));
+			return CTL_EXIT_LOCAL;
+		}
+	return CTL_EXIT_OK;
+}
+
 static int against_init(struct against *a, int argc)
 {
 	a->n = 0;
@@ -519,6 +530,8 @@ int audit_list_cmd(int argc, char **argv)
 	int status = list_options(argc, argv, opts, &w, &f, &a);
 	if (status == CTL_EXIT_OK && w.help)
 		status = list_help();
+	else if (status == CTL_EXIT_OK)
+		status = against_readable(&a);
 	if (status != CTL_EXIT_OK || w.help) {
 		free(a.files);
 		return status;
@@ -1205,6 +1218,8 @@ int audit_subject_cmd(int argc, char **argv)
 	if (against_init(&a, argc) != CTL_EXIT_OK)
 		return CTL_EXIT_LOCAL;
 	int status = subject_options(argc, argv, &w, &f, &id, &a);
+	if (status == CTL_EXIT_OK && !w.help)
+		status = against_readable(&a);
 	if (id.value && (status != CTL_EXIT_OK || w.help))
 		sodium_memzero(id.value, strlen(id.value));
 	if (status == CTL_EXIT_OK && w.help)

@@ -989,6 +989,7 @@ int audit_verify_log(struct audit_log *l, const struct audit_verifier *v, int64_
 	int status = verify_run(&vs, l, against, n_against);
 	res->problems = vs.problems;
 	res->saved = vs.saved_total;
+	res->saved_unreadable = vs.saved_unreadable;
 	for (size_t i = 0; i < vs.n_saved; i++)
 		res->saved_matched += vs.saved[i].matched;
 	res->entries = vs.tree.size;

@@ -1273,6 +1273,22 @@ class AuditLog(isgtest.ScenarioCase):
             self.assertEqual(r.rc, 0, r)
             self.assertIn("isgctl: audit log OK against", r.err)
             self.assertTampered(self.audit(*args, "--against", self.saved_final, store=db))
+        # A file that is no checkpoint says nothing of the log, as verify says it; one that
+        # cannot be opened is said before the answer, not after it.
+        junk = os.path.join(self.tmp, "not-a-checkpoint.txt")
+        with open(junk, "w", encoding="utf-8") as f:
+            f.write("minutes of the IG board\n")
+        missing = os.path.join(self.tmp, "no-such-checkpoint")
+        for args in (["subject", "--nhs-number", NHS_A], ["list"]):
+            r = self.audit(*args, "--against", junk)
+            self.assertEqual(r.rc, 1, r)
+            self.assertIn("isgctl: audit log checks passed, but 1 saved checkpoint could not be "
+                          "read, so the log was NOT checked against it", r.err)
+            self.assertNotIn("FAILED", r.err)
+            r = self.audit(*args, "--against", missing)
+            self.assertEqual((r.rc, r.out), (1, ""), r)
+            self.assertEqual(r.err, "isgctl: --against '%s': no such file or directory\n"
+                             % missing)
 
     def test_list_and_subject_without_a_verifier_key(self):
         """No key to check the log with: the answer is printed, said to be unchecked, with
