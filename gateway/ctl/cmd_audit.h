@@ -180,6 +180,9 @@ struct audit_log {
 int audit_log_open(struct audit_log *l, const struct audit_where *w, const char *usage,
                    bool need_store);
 void audit_log_release(struct audit_log *l);
+/* True when this user cannot read KEYS_DIR/file at all (the directory or the file is another
+ * user's, EACCES), rather than the key in it being wrong. */
+bool audit_key_file_unreadable(const char *keys_dir, const char *file);
 /* Prepare a statement; prints the SQLite error and returns NULL on failure. */
 sqlite3_stmt *audit_log_prepare(struct audit_log *l, const char *sql);
 

@@ -1017,18 +1017,6 @@ static int subject_pseudonyms(const struct keyring *ring, enum pseudo_type type,
 	return CTL_EXIT_OK;
 }
 
-/* True when this user cannot read the audit domain's key at all (the keys directory or the
- * file is another user's), rather than the key being wrong. */
-static bool audit_key_unreadable(const char *keys_dir)
-{
-	char path[PATH_MAX];
-	int n = snprintf(path, sizeof(path), "%s/%s/%s.key", keys_dir, KEYS_DOMAINS_DIR,
-	                 KEYS_AUDIT_DOMAIN);
-	if (n < 0 || (size_t)n >= sizeof(path))
-		return false;
-	return faccessat(AT_FDCWD, path, R_OK, AT_EACCESS) != 0 && errno == EACCES;
-}
-
 static int load_audit_keyring(const struct audit_log *l, struct keyring **ring)
 {
 	char err[512] = "";
@@ -1037,7 +1025,8 @@ static int load_audit_keyring(const struct audit_log *l, struct keyring **ring)
 		return CTL_EXIT_LOCAL;
 	}
 	int rc = keys_load_domains(l->keys_dir, ring, err, sizeof(err));
-	if (rc == ISG_ERR_DENIED && audit_key_unreadable(l->keys_dir)) {
+	if (rc == ISG_ERR_DENIED &&
+	    audit_key_file_unreadable(l->keys_dir, KEYS_DOMAINS_DIR "/" KEYS_AUDIT_DOMAIN ".key")) {
 		/* No --pubkey-file here: pseudonymising the subject takes the secret key itself. */
 		ctl_warn("%s (run it as the keys' owner: a subject is looked up through the audit "
 		         "linkage domain's key, %s/%s.key)",

@@ -257,12 +257,10 @@ key_error(struct audit_log *l, const char *fmt, ...)
 		ctl_warn("%s", l->key_error);
 }
 
-/* True when this user cannot read the audit signing key at all (the keys directory or the file
- * is another user's), rather than the key being wrong. */
-static bool signing_key_unreadable(const char *keys_dir)
+bool audit_key_file_unreadable(const char *keys_dir, const char *file)
 {
 	char path[PATH_MAX];
-	int n = snprintf(path, sizeof(path), "%s/%s", keys_dir, KEYS_AUDIT_SIGNING_FILE);
+	int n = snprintf(path, sizeof(path), "%s/%s", keys_dir, file);
 	if (n < 0 || (size_t)n >= sizeof(path))
 		return false;
 	return faccessat(AT_FDCWD, path, R_OK, AT_EACCESS) != 0 && errno == EACCES;
@@ -284,7 +282,8 @@ static int signer_key(struct audit_log *l, char out[static AUDIT_VERIFIER_KEY_MA
 	uint8_t *seed = NULL;
 	int rc = keys_load_audit_signing(l->keys_dir, &seed, err, sizeof(err));
 	if (rc != 0) {
-		if (rc == ISG_ERR_DENIED && signing_key_unreadable(l->keys_dir))
+		if (rc == ISG_ERR_DENIED &&
+		    audit_key_file_unreadable(l->keys_dir, KEYS_AUDIT_SIGNING_FILE))
 			key_error(l, "%s (%s)", err[0] ? err : isg_strerror(rc), hint);
 		else
 			key_error(l, "%s", err[0] ? err : isg_strerror(rc));
