@@ -1,4 +1,5 @@
-/* Record batches (an arena owns their strings), input formats and slurping files. */
+/* Record batches (an arena owns their strings), input formats, and the small file and
+ * output helpers the commands share (slurping a file, syncing a directory, errno texts). */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
