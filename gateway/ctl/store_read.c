@@ -12,6 +12,7 @@
 
 #include "ctl/ctl.h"
 #include "ctl/store_read.h"
+#include "store/store.h"
 
 #define BUSY_TIMEOUT_MS 10000
 
@@ -40,30 +41,6 @@ static bool wal_exists(const char *path)
 	char wal[4200];
 	return (size_t)snprintf(wal, sizeof(wal), "%s-wal", path) >= sizeof(wal) ||
 	       stat(wal, &st) == 0;
-}
-
-/*
- * The URI that opens path read-only. While isgd runs, its WAL file exists
- * and a read-only connection shares it. When isgd is stopped there is none,
- * and a read-only connection would still create -wal and -shm files, owned
- * by whoever runs isgctl (root, say), which isgd could then not open: so the
- * file is opened immutable, which creates nothing and locks nothing, as no
- * one writes it. path is resolved (realpath): SQLite follows a link to the
- * file, and isgd's -wal lies beside the file, not beside the link.
- */
-static char *store_uri(const char *path, bool immutable)
-{
-	struct strbuf b;
-	strbuf_init(&b);
-	strbuf_puts(&b, path[0] == '/' ? "file://" : "file:");
-	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
-		if (*p == '?' || *p == '#' || *p == '%' || *p < 0x20 || *p == 0x7f)
-			strbuf_printf(&b, "%%%02X", *p);
-		else
-			strbuf_append(&b, (const char *)p, 1);
-	}
-	strbuf_puts(&b, immutable ? "?mode=ro&immutable=1" : "?mode=ro");
-	return strbuf_take(&b, NULL);
 }
 
 /*
@@ -156,11 +133,21 @@ int ctl_store_open(const char *path, bool watch, sqlite3 **db, char **real_path)
 		ctl_warn("store '%s' is not a regular file", path);
 		return CTL_EXIT_LOCAL;
 	}
-	/* st, taken before the WAL is looked for: an isgd that starts after it shows */
+	/*
+	 * While isgd runs, its WAL file exists and a read-only connection shares
+	 * it. When isgd is stopped there is none, and a read-only connection
+	 * would still create -wal and -shm files, owned by whoever runs isgctl
+	 * (root, say), which isgd could then not open: so the file is opened
+	 * immutable, which creates nothing and locks nothing, as no one writes
+	 * it. The path is resolved (realpath): SQLite follows a link to the
+	 * file, and isgd's -wal lies beside the file, not beside the link. st
+	 * is taken before the WAL is looked for: an isgd that starts after it
+	 * shows.
+	 */
 	bool immutable = !wal_exists(*real_path);
 	if (immutable && watch && snapshot_take(path, *real_path, &st) != CTL_EXIT_OK)
 		return CTL_EXIT_LOCAL;
-	char *uri = store_uri(*real_path, immutable);
+	char *uri = store_read_uri(*real_path, immutable);
 	if (!uri) {
 		ctl_warn("out of memory");
 		return CTL_EXIT_LOCAL;

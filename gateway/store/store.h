@@ -117,6 +117,15 @@ struct store_options {
 };
 
 /*
+ * The SQLite URI that opens path read-only (path escaped as a file: URI),
+ * immutable when asked: SQLite then reads the file alone, creating no -wal
+ * or -shm beside it and taking no lock, for a store no one writes. A
+ * malloc'd string, NULL when out of memory. isgd's own check of a store at
+ * open and isgctl's readers use it.
+ */
+char *store_read_uri(const char *path, bool immutable);
+
+/*
  * Open (creating if absent) and start the writer thread. A file that is not
  * an ISG store, or fails SQLite's integrity check, is refused with
  * ISG_ERR_CORRUPT and left untouched; err says why. So is a store whose

@@ -282,6 +282,12 @@ static char *check_uri(const char *path)
 		return NULL;
 	bool immutable = lstat(wal, &st) != 0 && errno == ENOENT;
 	free(wal);
+	return store_read_uri(path, immutable);
+}
+
+char *store_read_uri(const char *path, bool immutable)
+{
+	struct strbuf b;
 	strbuf_init(&b);
 	strbuf_puts(&b, path[0] == '/' ? "file://" : "file:");
 	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
