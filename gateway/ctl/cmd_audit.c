@@ -146,12 +146,9 @@ int cmd_audit(int argc, char **argv)
 		ctl_warn("cannot initialise libsodium");
 		return CTL_EXIT_LOCAL;
 	}
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		FILE *out = argc < 2 ? stderr : stdout;
-		fprintf(out, "usage: isgctl audit COMMAND [OPTIONS]\n");
-		for (size_t i = 0; i < ARRAY_LEN(audit_commands); i++)
-			fprintf(out, "  %-11s %s\n", audit_commands[i].name,
-			        audit_commands[i].description);
+	FILE *out = ctl_group_usage(argc, argv, "usage: isgctl audit COMMAND [OPTIONS]\n",
+	                            audit_commands, ARRAY_LEN(audit_commands), 11);
+	if (out) {
 		fputc('\n', out);
 		audit_where_help(out, AUDIT_TAKES_ALL);
 		fprintf(out, "\n'isgctl audit COMMAND --help' shows a command's options.\n");

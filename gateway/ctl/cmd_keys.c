@@ -303,13 +303,8 @@ static const struct ctl_command keys_commands[] = {
 
 int cmd_keys(int argc, char **argv)
 {
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		FILE *out = argc < 2 ? stderr : stdout;
-		fprintf(out, "usage: isgctl keys COMMAND ...\n");
-		for (size_t i = 0; i < ARRAY_LEN(keys_commands); i++)
-			fprintf(out, "  %-10s %s\n", keys_commands[i].name,
-			        keys_commands[i].description);
+	if (ctl_group_usage(argc, argv, "usage: isgctl keys COMMAND ...\n", keys_commands,
+	                    ARRAY_LEN(keys_commands), 10))
 		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
-	}
 	return ctl_dispatch(keys_commands, ARRAY_LEN(keys_commands), "keys", argc - 1, argv + 1);
 }

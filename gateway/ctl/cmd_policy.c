@@ -343,12 +343,9 @@ static const struct ctl_command policy_commands[] = {
 
 int cmd_policy(int argc, char **argv)
 {
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		FILE *out = argc < 2 ? stderr : stdout;
-		fprintf(out, "usage: isgctl policy COMMAND ...\n");
-		for (size_t i = 0; i < ARRAY_LEN(policy_commands); i++)
-			fprintf(out, "  %-8s %s\n", policy_commands[i].name,
-			        policy_commands[i].description);
+	FILE *out = ctl_group_usage(argc, argv, "usage: isgctl policy COMMAND ...\n",
+	                            policy_commands, ARRAY_LEN(policy_commands), 8);
+	if (out) {
 		fprintf(out, "\n%s%s%s", check_usage, show_usage, diff_usage);
 		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
 	}

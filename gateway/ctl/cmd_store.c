@@ -645,12 +645,9 @@ int cmd_store(int argc, char **argv)
 		ctl_warn("cannot initialise libsodium");
 		return CTL_EXIT_LOCAL;
 	}
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		FILE *out = argc < 2 ? stderr : stdout;
-		fprintf(out, "usage: isgctl store COMMAND [OPTIONS]\n");
-		for (size_t i = 0; i < ARRAY_LEN(store_commands); i++)
-			fprintf(out, "  %-8s %s\n", store_commands[i].name,
-			        store_commands[i].description);
+	FILE *out = ctl_group_usage(argc, argv, "usage: isgctl store COMMAND [OPTIONS]\n",
+	                            store_commands, ARRAY_LEN(store_commands), 8);
+	if (out) {
 		fprintf(out, "\n'isgctl store COMMAND --help' shows a command's options.\n");
 		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
 	}

@@ -8,6 +8,7 @@
 
 #include <getopt.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "ctl/ctlio.h"
 #include "isgclient.h"
@@ -37,6 +38,15 @@ struct ctl_command {
  */
 int ctl_dispatch(const struct ctl_command *table, size_t n, const char *prefix, int argc,
                  char **argv);
+/*
+ * A command group run alone ("isgctl keys") or with --help or -h: prints
+ * usage_line and each command with its description (names padded to width)
+ * on standard error when no command was given, else on standard output, and
+ * returns that stream for the group to add to; NULL when a command was given.
+ * The group then exits CTL_EXIT_USAGE without a command, CTL_EXIT_OK with --help.
+ */
+FILE *ctl_group_usage(int argc, char **argv, const char *usage_line,
+                      const struct ctl_command *table, size_t n, int width);
 
 /*
  * The exit status when standard output cannot be written (main checks it

@@ -134,6 +134,18 @@ int ctl_dispatch(const struct ctl_command *table, size_t n, const char *prefix, 
 	return CTL_EXIT_USAGE;
 }
 
+FILE *ctl_group_usage(int argc, char **argv, const char *usage_line,
+                      const struct ctl_command *table, size_t n, int width)
+{
+	if (argc >= 2 && strcmp(argv[1], "--help") != 0 && strcmp(argv[1], "-h") != 0)
+		return NULL;
+	FILE *out = argc < 2 ? stderr : stdout;
+	fputs(usage_line, out);
+	for (size_t i = 0; i < n; i++)
+		fprintf(out, "  %-*s %s\n", width, table[i].name, table[i].description);
+	return out;
+}
+
 static const char main_usage[] = "usage: isgctl [connection options] COMMAND [OPTIONS]\n"
                                  "       isgctl help | --help | --version\n";
 
