@@ -25,6 +25,22 @@ import isgtest
 NHS = "9434765919"
 
 
+_MEM_PROBE = ("import sys\n"
+              "try:\n"
+              "    open('/proc/%s/mem' % sys.argv[1], 'rb').close()\n"
+              "    print('opened')\n"
+              "except OSError as e:\n"
+              "    print('refused', e.errno)\n")
+
+
+def open_mem_as(user, pid):
+    """Whether `user` (a pwd entry) can open /proc/PID/mem: 'opened' or 'refused ERRNO'."""
+    r = isgtest.subprocess.run(["/usr/bin/python3", "-c", _MEM_PROBE, str(pid)],
+                               capture_output=True, text=True, user=user.pw_uid,
+                               group=user.pw_gid, extra_groups=[], timeout=30)
+    return r.stdout.strip()
+
+
 def children(pid):
     out = []
     for task in os.listdir("/proc/%d/task" % pid):
@@ -397,26 +413,15 @@ class DropRoot(PrivsepCase):
         gw = self.user_gateway()
         user = self.start_as_the_user(gw)
         self.assertEqual(len(children(gw.proc.pid)), 1)
-        probe = ("import sys\n"
-                 "try:\n"
-                 "    open('/proc/%s/mem' % sys.argv[1], 'rb').close()\n"
-                 "    print('opened')\n"
-                 "except OSError as e:\n"
-                 "    print('refused', e.errno)\n")
-        def open_mem(pid):
-            r = isgtest.subprocess.run(
-                ["/usr/bin/python3", "-c", probe, str(pid)], capture_output=True, text=True,
-                user=user.pw_uid, group=user.pw_gid, extra_groups=[], timeout=30)
-            return r.stdout.strip()
         # The control: another process of that user is within its reach.
         other = isgtest.subprocess.Popen(["sleep", "30"], user=user.pw_uid, group=user.pw_gid,
                                          extra_groups=[])
         try:
-            self.assertEqual(open_mem(other.pid), "opened")
+            self.assertEqual(open_mem_as(user, other.pid), "opened")
         finally:
             other.kill()
             other.wait()
-        self.assertEqual(open_mem(gw.proc.pid), "refused 13")
+        self.assertEqual(open_mem_as(user, gw.proc.pid), "refused 13")
 
     def test_becoming_the_user_leaves_it_undumpable(self):
         """The kernel resets the dumpable flag to fs.suid_dumpable when a
@@ -444,16 +449,7 @@ class DropRoot(PrivsepCase):
         gw = self.user_gateway()
         gw.start()
         self.assertIn("event=isgd.privileges_dropped user=nobody", gw.log)
-        probe = ("import sys\n"
-                 "try:\n"
-                 "    open('/proc/%s/mem' % sys.argv[1], 'rb').close()\n"
-                 "    print('opened')\n"
-                 "except OSError as e:\n"
-                 "    print('refused', e.errno)\n")
-        r = isgtest.subprocess.run(
-            ["/usr/bin/python3", "-c", probe, str(gw.proc.pid)], capture_output=True, text=True,
-            user=user.pw_uid, group=user.pw_gid, extra_groups=[], timeout=30)
-        self.assertEqual(r.stdout.strip(), "refused 13", r)
+        self.assertEqual(open_mem_as(user, gw.proc.pid), "refused 13")
 
     def test_tls_files_only_root_can_read_are_refused(self):
         require_root(self)
