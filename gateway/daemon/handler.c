@@ -1194,12 +1194,12 @@ static int handler_open(void *ctx, struct net_conn *c, const struct cert_identit
 			log_event(LOG_WARN, "conn.refused",
 			          "peer=%s subject=%s reason=partner.unknown%s", net_conn_peer(c),
 			          log_quote(q, sizeof(q), id->subject), ids);
-		char reason[200] = "certificate matches no partner";
+		char reason[sizeof(both) + 64] = "certificate matches no partner";
 		if (*both)
 			snprintf(reason, sizeof(reason),
 			         "certificate matches more than one partner (%s)", both);
 		audit_refused(g, net_conn_peer(c), id->subject, true, reason);
-		char msg[700];
+		char msg[sizeof(id->subject) + sizeof(both) + 160];
 		if (*both)
 			snprintf(msg, sizeof(msg),
 			         "the client certificate (subject \"%s\") matches more than one "
