@@ -208,6 +208,7 @@ struct net_server {
 static void conn_free(struct net_conn *c);
 static void conn_on_readable(struct net_conn *c);
 static void conn_flush(struct net_conn *c);
+static bool conn_write(struct net_conn *c);
 
 /* Open and serving: the handler may use it (not yet closing, or closing with answers owed). */
 static bool conn_serving(const struct net_conn *c)
@@ -705,9 +706,11 @@ static void conn_take_frames(struct net_conn *c)
 	struct net_server *s = c->w->s;
 	size_t off = 0;
 	/* Not once stopping: on_stop has answered what waits, and a frame taken
-	 * after it (a read that wanted a write can still come) would wait on. */
+	 * after it (a read that wanted a write can still come) would wait on.
+	 * Not past the output bound: one read holds thousands of tiny frames,
+	 * and answering them all (an Error each) would pass it by a megabyte. */
 	while (c->state == CONN_OPEN && !c->w->stopping && c->inflight < s->opt.max_inflight &&
-	       !c->held_back) {
+	       !c->held_back && !out_over_bound(c)) {
 		size_t hdr, body;
 		int r =
 		    wire_frame_peek(c->in + off, c->in_len - off, s->opt.max_frame, &hdr, &body);
@@ -846,6 +849,15 @@ static void conn_on_readable(struct net_conn *c)
 	for (;;) {
 		/* Frames already buffered first: they may free room or hit backpressure. */
 		conn_take_frames(c); /* handlers never free c; only closing here does */
+		/* Frames left behind the output bound wait for it to drain, and no
+		 * event comes for bytes already read: if the socket takes it all
+		 * now, take them now. */
+		if (c->state == CONN_OPEN && out_over_bound(c)) {
+			if (!conn_write(c))
+				return;
+			if (!out_over_bound(c))
+				continue;
+		}
 		if (c->state != CONN_OPEN || c->w->stopping || c->inflight >= s->opt.max_inflight ||
 		    c->held_back || out_over_bound(c))
 			break;

@@ -587,6 +587,22 @@ class TestNoPersonalDataInClear(ExchangeCase):
         self.scan(gw, "after delivery and SIGTERM")
 
 
+def wait_idle(pid, quiet=0.5, timeout=60.0):
+    """Wait until pid has used no CPU for `quiet` seconds."""
+    def cpu():
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+    last, deadline = -1, time.monotonic() + timeout * isgtest.SLOW
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu()
+        if now == last:
+            return
+        last = now
+    raise AssertionError("pid %d still busy after %.0f s" % (pid, timeout))
+
+
 def rss_mib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -596,18 +612,23 @@ def rss_mib(pid):
 
 
 class TestSubscriberBackpressure(ExchangeCase):
-    def test_pushes_stop_at_the_connection_buffer(self):
-        """Subscribers that do not read hold isgd to its connection buffer each
-        (pushes once queued without bound); once one reads it gets every message."""
-        n_msgs, n_subs = 12, 4
-        gw = self.gateway(start=False, limits={"idle_timeout": "300s", "max_frame": "1MiB",
-                                               "connection_buffer": "1MiB"})
+    def measured_gateway(self, limits):
+        """A started gateway whose RSS counts what it holds."""
+        gw = self.gateway(start=False, limits=limits)
         # Under ASan freed memory sits in quarantine and would count as held.
         asan = os.environ.get("ASAN_OPTIONS", "")
         asan += (":" if asan else "") + "quarantine_size_mb=0:thread_local_quarantine_size_kb=0"
         plain = gw.argv
         gw.argv = lambda: ["env", "ASAN_OPTIONS=" + asan] + plain()
         gw.start()
+        return gw
+
+    def test_pushes_stop_at_the_connection_buffer(self):
+        """Subscribers that do not read hold isgd to its connection buffer each
+        (pushes once queued without bound); once one reads it gets every message."""
+        n_msgs, n_subs = 12, 4
+        gw = self.measured_gateway({"idle_timeout": "300s", "max_frame": "1MiB",
+                                    "connection_buffer": "1MiB"})
         pb = isgtest.isg_pb2()
         big = "x" * (900 * 1024)
         sent = []
@@ -658,6 +679,40 @@ class TestSubscriberBackpressure(ExchangeCase):
             self.assertEqual(len(f.delivery.records), 1)
             got.append(f.delivery.message_id)
         self.assertEqual(got, sent)
+        self.assertAlive(gw)
+
+    def test_answers_stop_at_the_connection_buffer(self):
+        """Partners that pipeline tiny requests and never read hold isgd to its
+        connection buffer each. One read holds up to 16 KiB of requests: a
+        zero-length frame is one byte, answered by an Error of about 70, so
+        answering every frame of the read before checking the bound held
+        about 280 KiB a connection here where the bound allows about 110."""
+        if isgtest.VALGRIND:
+            self.skipTest("valgrind's RSS is its own")
+        n_conns, bound_kib = 100, 64
+        gw = self.measured_gateway({"idle_timeout": "300s", "max_frame": "%dKiB" % bound_kib,
+                                    "connection_buffer": "%dKiB" % bound_kib})
+        conns = [isgtest.FrameConn(gw, self.pki.certs["council"]) for _ in range(n_conns)]
+        for c in conns:
+            self.addCleanup(c.close)
+            self.assertEqual(c.request(ping=isgtest.isg_pb2().Ping(nonce=1)).WhichOneof("body"), "pong")
+        before = rss_mib(gw.proc.pid)
+        burst = b"\x00" * (256 << 10)  # zero-length frames: "no request", an Error each
+        for c in conns:
+            c.sock.settimeout(0.5 * isgtest.SLOW)
+            try:
+                c.sock.sendall(burst)
+            except (socket.timeout, ssl.SSLError, OSError):
+                pass  # isgd stopped reading: what it holds is what counts
+        wait_idle(gw.proc.pid)
+        grown = rss_mib(gw.proc.pid) - before
+        # Each: its output up to the bound (a buffer of twice that at most)
+        # and its input, a read's worth. TSan keeps four bytes of shadow a
+        # byte; ASan's redzones and allocator add about a third.
+        asan = isgtest._built_with(isgtest.ISGD, b"__asan_init")
+        limit = n_conns * (2 * bound_kib + 32) / 1024.0 * (5 if isgtest.TSAN else 1.5 if asan else 1)
+        self.assertLess(grown, limit, "isgd grew %.1f MiB with %d connections not reading\n%s"
+                        % (grown, n_conns, gw.diagnostics()))
         self.assertAlive(gw)
 
 
