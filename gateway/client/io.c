@@ -253,6 +253,34 @@ static bool input_take_in(struct isg_client *c)
 	return false;
 }
 
+/*
+ * The gateway closed (after a frame over its limit, say): it reads no more,
+ * and bytes written on would only meet a reset. Its last answers are taken
+ * in already, for salvage_error. Our record is cut: no close_notify.
+ */
+static bool gateway_closed(struct isg_client *c, struct isg_error *err)
+{
+	if (!(SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN))
+		return false;
+	c->tls_dead = true;
+	client_fail(c, err, ISG_CLIENT_E_CLOSED,
+	            "sending to the gateway: the gateway closed the connection");
+	return true;
+}
+
+static bool readable_now(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	return poll(&p, 1, 0) > 0;
+}
+
+/*
+ * A large frame goes in slices, with a look between them at what the
+ * gateway sent: a gateway that closed is found before megabytes more are
+ * written to it, also while the socket keeps taking them.
+ */
+#define WRITE_SLICE (256 * 1024)
+
 int client_write_frame(struct isg_client *c, const Isg__Frame *f, int64_t deadline,
                        struct isg_error *err)
 {
@@ -264,18 +292,29 @@ int client_write_frame(struct isg_client *c, const Isg__Frame *f, int64_t deadli
 	}
 	int rc = 0;
 	bool take_in = true;
-	for (;;) {
+	size_t done = 0;
+	while (done < size) {
+		/* After WANT_WRITE the same slice is written again, as OpenSSL requires. */
+		size_t n = size - done < WRITE_SLICE ? size - done : WRITE_SLICE;
 		struct sigpipe_guard g;
 		size_t written = 0;
 		ERR_clear_error();
 		errno = 0;
 		sigpipe_block(&g);
-		int r = SSL_write_ex(c->ssl, buf, size, &written);
+		int r = SSL_write_ex(c->ssl, buf + done, n, &written);
 		int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
 		int saved = errno;
 		sigpipe_restore(&g);
-		if (r == 1)
-			break;
+		if (r == 1) {
+			done += written;
+			if (done < size && take_in && readable_now(c->fd))
+				take_in = input_take_in(c);
+			if (done < size && gateway_closed(c, err)) {
+				rc = -1;
+				break;
+			}
+			continue;
+		}
 		short ev;
 		if (e == SSL_ERROR_WANT_WRITE)
 			ev = take_in ? POLLOUT | POLLIN : POLLOUT;
@@ -288,6 +327,10 @@ int client_write_frame(struct isg_client *c, const Isg__Frame *f, int64_t deadli
 		int w = wait_fd(c->fd, ev, deadline, false);
 		if (w > 0 && e == SSL_ERROR_WANT_WRITE && take_in)
 			take_in = input_take_in(c);
+		if (gateway_closed(c, err)) {
+			rc = -1;
+			break;
+		}
 		if (w <= 0) {
 			rc = w == 0 ? client_fail(c, err, ISG_CLIENT_E_TIMEOUT,
 			                          "sending to %s: timed out after %d ms", c->peer,

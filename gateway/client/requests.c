@@ -32,6 +32,16 @@ static int check_usable(struct isg_client *c, struct isg_error *err)
 	return 0;
 }
 
+/* The gateway's reason for ending the connection: err, and every later call's CLOSED. */
+static void gateway_said(struct isg_client *c, const Isg__Error *e, const char *what,
+                         struct isg_error *err)
+{
+	client_error_from_wire(err, e);
+	c->broken = true;
+	snprintf(c->broken_why, sizeof(c->broken_why), "the gateway %s: %s", what,
+	         e->message ? e->message : "");
+}
+
 /*
  * The gateway's error that ends the connection: it closes after sending it.
  * err gets the gateway's own error; every later call, ISG_CLIENT_E_CLOSED.
@@ -39,18 +49,9 @@ static int check_usable(struct isg_client *c, struct isg_error *err)
 static int gateway_ended(struct isg_client *c, Isg__Frame *f, const char *what,
                          struct isg_error *err)
 {
-	client_error_from_wire(err, f->error);
-	c->broken = true;
-	snprintf(c->broken_why, sizeof(c->broken_why), "the gateway %s: %s", what,
-	         f->error->message ? f->error->message : "");
+	gateway_said(c, f->error, what, err);
 	wire_frame_free(f);
 	return -1;
-}
-
-/* The gateway's error about the connection itself (request_id 0). */
-static int connection_error(struct isg_client *c, Isg__Frame *f, struct isg_error *err)
-{
-	return gateway_ended(c, f, "refused the connection", err);
 }
 
 static struct started_send *started_find(struct isg_client *c, uint64_t id)
@@ -76,11 +77,79 @@ static bool keep_send_answer(struct isg_client *c, Isg__Frame *f, size_t size)
 	return true;
 }
 
+/* Does a started send, or the request `waiting` (0: none) without *answer, wait still? */
+static bool answers_owed(const struct isg_client *c, uint64_t waiting, const Isg__Frame *answer)
+{
+	if (waiting && !answer)
+		return true;
+	for (size_t i = 0; i < c->n_started; i++)
+		if (!c->started[i].answer)
+			return true;
+	return false;
+}
+
+/*
+ * The connection is ending, and the gateway answers the requests it read
+ * before it closes (after an oversized frame, its BAD_FRAME comes first and
+ * the receipts of the sends before it follow). Read on until the gateway
+ * has closed, or the deadline, or its reason has come (`said`) and nothing
+ * is owed: answers to started sends are kept for isg_client_send_finish,
+ * the one to `waiting` (0: none) goes to *answer, the rest is dropped (the
+ * handle is closed). The gateway's first other error is its reason: err,
+ * and the handle's. A TLS alert is one too, when no error came.
+ */
+static void read_last_answers(struct isg_client *c, uint64_t waiting, int64_t deadline, bool said,
+                              Isg__Frame **answer, struct isg_error *err)
+{
+	struct isg_error ignored;
+	client_error_clear(&ignored);
+	bool dead = c->tls_dead;
+	c->tls_dead = false;
+	while (!said || answers_owed(c, waiting, *answer)) {
+		Isg__Frame *f = NULL;
+		size_t size = 0;
+		enum read_result r = client_read_frame(c, deadline, false, &f, &size, &ignored);
+		if (r == READ_ERROR && !said && ignored.code == ISG_CLIENT_E_TLS) {
+			if (err)
+				*err = ignored; /* e.g. the client certificate was refused */
+			str_copy(c->broken_why, ignored.message, sizeof(c->broken_why));
+		}
+		if (r != READ_FRAME)
+			break;
+		if (waiting && f->request_id == waiting && !*answer) {
+			*answer = f;
+			continue;
+		}
+		if (keep_send_answer(c, f, size))
+			continue;
+		if (!said && f->body_case == ISG__FRAME__BODY_ERROR) {
+			gateway_said(c, f->error, "ended the connection", err);
+			said = true;
+		}
+		wire_frame_free(f);
+	}
+	c->tls_dead = c->tls_dead || dead;
+}
+
+/*
+ * The gateway's error about the connection itself (request_id 0): it
+ * closes once it has answered what it read before; those answers are
+ * read and kept (read_last_answers), the one to `waiting` in *answer.
+ */
+static int connection_error(struct isg_client *c, Isg__Frame *f, uint64_t waiting, int64_t deadline,
+                            Isg__Frame **answer, struct isg_error *err)
+{
+	gateway_ended(c, f, "ended the connection", err);
+	read_last_answers(c, waiting, deadline, true, answer, err);
+	return -1;
+}
+
 /* A frame that answers no request we are waiting for. */
 static int side_frame(struct isg_client *c, Isg__Frame *f, size_t size, struct isg_error *err)
 {
+	Isg__Frame *none = NULL;
 	if (f->request_id == 0 && f->body_case == ISG__FRAME__BODY_ERROR)
-		return connection_error(c, f, err);
+		return connection_error(c, f, 0, client_deadline(c->timeout_ms), &none, err);
 	if (keep_send_answer(c, f, size))
 		return 0;
 	if (c->subscribed && f->request_id == c->subscribe_id &&
@@ -106,31 +175,14 @@ static int side_frame(struct isg_client *c, Isg__Frame *f, size_t size, struct i
 
 /*
  * A write failed: the gateway may have said why before closing (for example
- * a certificate it does not know). Surface that error instead of ours, and
- * keep the answers to started sends that came before it.
+ * a certificate it does not know, or a frame over its limit). Surface that
+ * error instead of ours, and keep the answers to started sends that it
+ * sent before closing (read_last_answers).
  */
 static void salvage_error(struct isg_client *c, struct isg_error *err)
 {
-	struct isg_error ignored;
-	client_error_clear(&ignored);
-	bool dead = c->tls_dead;
-	c->tls_dead = false;
-	int64_t deadline = client_deadline(250);
-	for (;;) {
-		Isg__Frame *f = NULL;
-		size_t size;
-		enum read_result r = client_read_frame(c, deadline, false, &f, &size, &ignored);
-		if (r == READ_FRAME && keep_send_answer(c, f, size))
-			continue;
-		if (r == READ_FRAME && f->body_case == ISG__FRAME__BODY_ERROR)
-			client_error_from_wire(err, f->error);
-		else if (r == READ_ERROR && ignored.code == ISG_CLIENT_E_TLS && err)
-			*err = ignored; /* a TLS alert, e.g. the client certificate was refused */
-		if (r == READ_FRAME)
-			wire_frame_free(f);
-		break;
-	}
-	c->tls_dead = c->tls_dead || dead;
+	Isg__Frame *none = NULL;
+	read_last_answers(c, 0, client_deadline(250), false, &none, err);
 }
 
 /* The answer to the request we wait for: what was wanted, or its error. */
@@ -184,6 +236,12 @@ static int wait_answer(struct isg_client *c, uint64_t id, Isg__Frame__BodyCase w
 			return r == READ_ERROR ? ended_waiting(c, err) : -1;
 		if (f->request_id == id)
 			return take_answer(c, f, want, out, err);
+		if (f->request_id == 0 && f->body_case == ISG__FRAME__BODY_ERROR) {
+			/* The gateway ends the connection; it may have read this request. */
+			Isg__Frame *answer = NULL;
+			connection_error(c, f, id, deadline, &answer, err);
+			return answer ? take_answer(c, answer, want, out, err) : -1;
+		}
 		if (side_frame(c, f, size, err) < 0)
 			return -1;
 	}

@@ -139,6 +139,82 @@ LATE_REQUEST = SUBSCRIBED + r"""
 }
 """
 
+# Sends 0..3 pipelined, then one over the gateway's frame limit: the gateway
+# reads 0..3, refuses 4 (BAD_FRAME, request 0) and closes once it has
+# answered 0..3. Their receipts come after its BAD_FRAME and must reach
+# their finishes; the handle then says why it is closed. Three rounds, each
+# on its own connection, so that a library that lost them now and then fails.
+PIPELINE = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "isgclient.h"
+
+int main(int argc, char **argv)
+{
+	if (argc != 5)
+		return 2;
+	struct isg_client_options opt;
+	isg_client_options_init(&opt);
+	opt.gateway = argv[1];
+	opt.cert_file = argv[2];
+	opt.key_file = argv[3];
+	opt.ca_file = argv[4];
+	/* 16 MiB: more than the socket buffers hold, so the write of it waits
+	 * until the gateway has refused it and closed */
+	size_t big = 16u << 20;
+	char *text = malloc(big + 1);
+	if (!text)
+		return 1;
+	memset(text, 'x', big);
+	text[big] = '\0';
+	const struct isg_field small[] = {
+	    {"nhs_number", {.kind = ISG_VALUE_TEXT, .text = "9434765919"}},
+	    {"concern_summary", {.kind = ISG_VALUE_TEXT, .text = "short"}},
+	};
+	const struct isg_field huge[] = {
+	    {"nhs_number", {.kind = ISG_VALUE_TEXT, .text = "9434765919"}},
+	    {"concern_summary", {.kind = ISG_VALUE_TEXT, .text = text}},
+	};
+	const struct isg_record records[] = {{2, small}, {2, huge}};
+	for (int round = 0; round < 3; round++) {
+		struct isg_client *c = NULL;
+		struct isg_error err;
+		if (isg_client_connect(&opt, &c, &err) < 0) {
+			printf("connect %s: %s\n", err.code_name, err.message);
+			return 1;
+		}
+		uint64_t tickets[5];
+		char ids[5][32];
+		for (int i = 0; i < 5; i++) {
+			snprintf(ids[i], sizeof(ids[i]), "pipe-%d-%d", round, i);
+			struct isg_message msg = {.message_id = ids[i],
+			                          .recipient = "nhs-trust",
+			                          .agreement_id = "police-nhs-adult-safeguarding",
+			                          .dataset = "safeguarding-concern",
+			                          .n_records = 1,
+			                          .records = &records[i == 4]};
+			if (isg_client_send_start(c, &msg, &tickets[i], &err) < 0)
+				printf("start %d %s%s\n", i, err.code_name,
+				       err.from_gateway ? " gateway" : "");
+		}
+		for (int i = 0; i < 4; i++) {
+			struct isg_receipt r;
+			if (isg_client_send_finish(c, tickets[i], &r, &err) < 0)
+				printf("finish %d %s: %s\n", i, err.code_name, err.message);
+			else
+				printf("finish %d ok duplicate=%d\n", i, (int)r.duplicate);
+		}
+		int rc = isg_client_ping(c, NULL, &err);
+		printf("next %s: %s\n", rc < 0 ? err.code_name : "ok", rc < 0 ? err.message : "");
+		isg_client_close(c);
+	}
+	free(text);
+	return 0;
+}
+"""
+
+
 def build(case, name, text):
     src = os.path.join(case.tmp, name + ".c")
     with open(src, "w") as f:
@@ -220,6 +296,31 @@ class ClientErrorsTest(isgtest.ScenarioCase):
         self.assertEqual(p.returncode, 0, out + err)
         self.assertEqual(out, "ping UNAVAILABLE gateway\n", err)
         gw.stop()
+
+    def test_receipts_of_sends_before_a_frame_over_the_limit(self):
+        """Sends pipelined before one over limits.max_frame were read, stored
+        and answered: their receipts come after the gateway's BAD_FRAME and
+        before its close, and each finish returns its receipt (not CLOSED,
+        which told the partner to resend what was stored). The handle says
+        the gateway's reason, not the broken pipe the write met."""
+        self.maxDiff = None
+        prog = build(self, "pipeline", PIPELINE)
+        gw = self.gateway()
+        police = self.pki.certs["police"]
+        r = subprocess.run([prog, gw.address, police.cert, police.key, self.pki.server_ca.cert],
+                           env=dict(os.environ, LD_LIBRARY_PATH=LIB), capture_output=True,
+                           text=True, timeout=isgtest.CTL_TIMEOUT)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        closed = ("next CLOSED: the connection is unusable after an earlier failure (the "
+                  "gateway ended the connection: frame longer than the gateway's limit of "
+                  "4194304 bytes)")
+        round_ = ["start 4 BAD_FRAME gateway"] + [
+            "finish %d ok duplicate=0" % i for i in range(4)] + [closed]
+        self.assertEqual(r.stdout.splitlines(), round_ * 3, r.stderr + gw.diagnostics())
+        self.assertAlive(gw)
+        got = self.partner(gw, "nhs").fetch_messages()
+        self.assertEqual(sorted(m["message_id"] for m in got),
+                         sorted("pipe-%d-%d" % (n, i) for n in range(3) for i in range(4)))
 
 
 if __name__ == "__main__":
