@@ -490,19 +490,28 @@ static void conn_linger(struct net_conn *c)
  * Read and drop what the peer sent. The linger is over when it closes, or
  * when its kernel has acknowledged all we sent (our FIN included) and
  * nothing is left unread: a close then resets nothing that is still on
- * its way. A peer that does neither is closed at the deadline (worker_sweep).
+ * its way. Not in a pass that dropped bytes: the peer is still sending
+ * (the rest of a frame over max_frame, sends pipelined after it), and a
+ * close would answer its next bytes with a reset, which some systems let
+ * discard the answers it has not read yet. A peer that neither closes nor
+ * falls quiet is closed at the deadline (worker_sweep).
  */
 static bool linger_over(int fd)
 {
 	char scratch[4096];
+	bool dropped = false;
 	for (int i = 0; i < 16; i++) {
 		ssize_t n = recv(fd, scratch, sizeof(scratch), 0);
-		if (n > 0 || (n < 0 && errno == EINTR))
+		if (n < 0 && errno == EINTR)
 			continue;
+		if (n > 0) {
+			dropped = true;
+			continue;
+		}
 		if (n == 0 || errno != EAGAIN)
 			return true; /* EOF or error: the peer has seen what we sent */
 		int unacked = 0;
-		return ioctl(fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
+		return !dropped && ioctl(fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
 	}
 	return false; /* more to drop: the next event, or the deadline */
 }
