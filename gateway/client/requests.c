@@ -281,10 +281,14 @@ static int random_id(char out[33], struct isg_error *err)
 static int check_message_id(const char *id, struct isg_error *err)
 {
 	size_t len = strlen(id);
-	if (len == 0 || len > ISG_CLIENT_MAX_ID || !str_utf8_valid(id, len)) {
+	if (len == 0 || len > ISG_CLIENT_MAX_ID) {
 		client_error(err, ISG_CLIENT_E_USAGE,
 		             "message_id must be 1 to %d bytes of UTF-8 (got %zu bytes)",
 		             ISG_CLIENT_MAX_ID, len);
+		return -1;
+	}
+	if (!str_utf8_valid(id, len)) { /* its bytes are not quoted: they may be anything */
+		client_error(err, ISG_CLIENT_E_USAGE, "message_id is not valid UTF-8");
 		return -1;
 	}
 	return 0;

@@ -964,6 +964,13 @@ static void test_send_and_receipt(void **state)
 	msg.message_id = "";
 	assert_int_equal(isg_client_send(c, &msg, &receipt, &err), -1);
 	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+	assert_string_equal(err.message,
+	                    "message_id must be 1 to 128 bytes of UTF-8 (got 0 bytes)");
+	/* Not UTF-8: said so, not blamed on its length, and its bytes not quoted. */
+	msg.message_id = "id\xff";
+	assert_int_equal(isg_client_send(c, &msg, &receipt, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+	assert_string_equal(err.message, "message_id is not valid UTF-8");
 	msg.message_id = NULL;
 
 	if (isg_client_send(c, &msg, &receipt, &err) < 0)
