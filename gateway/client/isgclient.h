@@ -287,9 +287,10 @@ ISG_CLIENT_API int isg_client_subscribe(struct isg_client *client,
                                         struct isg_error *err) ISG_CLIENT_WUR;
 
 /*
- * Wait up to timeout_ms (-1: forever, 0: do not wait) for the next pushed
- * delivery. On success *out is the delivery (free with isg_delivery_free),
- * or NULL when the time ran out; the connection stays usable either way.
+ * Wait up to timeout_ms (-1: forever, 0: do not wait; below -1:
+ * ISG_CLIENT_E_USAGE) for the next pushed delivery. On success *out is the
+ * delivery (free with isg_delivery_free), or NULL when the time ran out;
+ * the connection stays usable either way.
  * A signal caught while waiting fails with ISG_CLIENT_E_INTERRUPTED, which
  * also leaves the connection usable. The connection sends TCP keepalive
  * probes after 60 s of silence: if the gateway or the network path to it

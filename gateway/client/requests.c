@@ -526,6 +526,11 @@ ISG_CLIENT_API int isg_client_next_delivery(struct isg_client *c, int timeout_ms
 		return -1;
 	}
 	*out = NULL;
+	if (timeout_ms < -1) { /* as the options' timeout_ms: a negative figure is a mistake */
+		client_error(err, ISG_CLIENT_E_USAGE,
+		             "timeout_ms %d is below -1 (-1: forever, 0: do not wait)", timeout_ms);
+		return -1;
+	}
 	Isg__Frame *f = queue_pop(&c->pushed);
 	if (f)
 		return pushed_frame(c, f, out, err);
@@ -533,7 +538,7 @@ ISG_CLIENT_API int isg_client_next_delivery(struct isg_client *c, int timeout_ms
 		client_error(err, ISG_CLIENT_E_USAGE, "not subscribed");
 		return -1;
 	}
-	int64_t deadline = client_deadline(timeout_ms < 0 ? -1 : timeout_ms);
+	int64_t deadline = client_deadline(timeout_ms);
 	for (;;) {
 		size_t size = 0;
 		enum read_result r = client_read_frame(c, deadline, true, &f, &size, err);

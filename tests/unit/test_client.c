@@ -1567,6 +1567,10 @@ static void test_subscription_keeps_pushes_during_ack(void **state)
 	assert_int_equal(err.code, ISG_CLIENT_E_USAGE); /* not subscribed yet */
 	assert_int_equal(isg_client_subscribe(c, &err), 0);
 	assert_int_equal(isg_client_subscribe(c, &err), -1);
+	/* -1 waits forever; below it is a mistake, as the options' timeout_ms says */
+	assert_int_equal(isg_client_next_delivery(c, -2, &d, &err), -1);
+	assert_int_equal(err.code, ISG_CLIENT_E_USAGE);
+	assert_string_equal(err.message, "timeout_ms -2 is below -1 (-1: forever, 0: do not wait)");
 	if (isg_client_next_delivery(c, 5000, &d, &err) < 0)
 		fail_msg("%s", err.message);
 	assert_non_null(d);
