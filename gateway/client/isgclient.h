@@ -105,7 +105,11 @@ struct isg_error {
 	uint64_t audit_index; /* the refusal's audit entry; 0 when none */
 };
 
-/* Name of a wire or local code: "NOT_PERMITTED", "TLS", ...; a constant, never NULL. */
+/*
+ * Name of a wire or local code: "NOT_PERMITTED", "TLS", ...; a constant, never
+ * NULL: "UNKNOWN" for a code this library does not name (an isg_error's
+ * code_name shows a gateway's such code as "CODE_<n>").
+ */
 ISG_CLIENT_API const char *isg_client_code_name(int code);
 
 /* Connection settings. Start from isg_client_options_init (or zero them). */
@@ -274,6 +278,9 @@ ISG_CLIENT_API void isg_delivery_list_free(struct isg_delivery_list *list);
  * Acknowledge deliveries by gateway_id: the gateway then deletes them.
  * *acknowledged (optional) gets how many ids were pending for this partner;
  * ids that were not (already acknowledged, never existed) are not an error.
+ * n 0 succeeds without asking the gateway. At most 10,000 ids a call, the
+ * gateway's limit for one Ack: more is refused whole (its BAD_REQUEST; the
+ * connection stays usable), so acknowledge a larger batch in several calls.
  */
 ISG_CLIENT_API int isg_client_ack(struct isg_client *client, const uint64_t *ids, size_t n,
                                   unsigned *acknowledged, struct isg_error *err) ISG_CLIENT_WUR;
