@@ -7,8 +7,6 @@
 #include "daemon/gateway.h"
 #include "util/util.h"
 
-#define MAX_DOMAINS 256
-
 /* An error: a line of isgd's log at a reload, a line for the admin otherwise. */
 static void report(enum regime_report how, const char *event, const char *msg)
 {
@@ -92,17 +90,11 @@ static bool policy_errors(const struct isgd_config *cfg, enum regime_report how,
 static bool domains_missing(const struct policy_set *set, const struct keyring *keys,
                             enum regime_report how, const char *keys_dir, size_t *errors)
 {
-	const char *domains[MAX_DOMAINS];
-	size_t n = policy_domains(set, domains, MAX_DOMAINS);
-	if (n > MAX_DOMAINS) {
-		char msg[160];
-		snprintf(msg, sizeof(msg),
-		         "the agreements name %zu linkage domains; at most %d are supported", n,
-		         MAX_DOMAINS);
-		report(how, "keys.too_many_domains", msg);
-		(*errors)++;
-		return true;
-	}
+	const char *domains[POLICY_MAX_DOMAINS];
+	size_t n = policy_domains(set, domains, POLICY_MAX_DOMAINS);
+	/* The loader refuses the domain past the limit, where it is written. */
+	if (n > POLICY_MAX_DOMAINS)
+		fatal("policy set names %zu linkage domains, over %d", n, POLICY_MAX_DOMAINS);
 	bool missing = false;
 	for (size_t i = 0; i < n; i++) {
 		if (keyring_has(keys, domains[i]))

@@ -90,6 +90,10 @@ struct policy_parser {
 		int line, col;
 	} * ids_seen;
 	size_t n_ids_seen;
+	/* The distinct linkage domains named so far, to refuse the one past
+	 * POLICY_MAX_DOMAINS where it is written (owned; NULL until the first). */
+	char **domains;
+	size_t n_domains;
 };
 
 /* Free what the parser holds of its own (not the set). */

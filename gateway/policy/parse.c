@@ -674,6 +674,36 @@ static const char *generalise_choices(enum field_type t, char *buf, size_t size)
 	return buf;
 }
 
+/*
+ * isgd loads a key for each linkage domain and supports at most
+ * POLICY_MAX_DOMAINS of them: the first domain past that is refused here,
+ * where it is written, so that policy check says what a start would.
+ */
+static void count_domain(struct pctx *c, const struct ydoc_node *at, const char *domain)
+{
+	struct policy_parser *p = c->p;
+	for (size_t i = 0; i < p->n_domains; i++)
+		if (strcmp(p->domains[i], domain) == 0)
+			return;
+	if (p->n_domains == POLICY_MAX_DOMAINS) {
+		PERR(c, at,
+		     "linkage domain '%s' is one more than the gateway supports: the agreements "
+		     "may name at most %d linkage domains in all (reuse a domain, or merge "
+		     "agreements' domains)",
+		     domain, POLICY_MAX_DOMAINS);
+		return;
+	}
+	if (!p->domains && !(p->domains = calloc(POLICY_MAX_DOMAINS, sizeof(*p->domains)))) {
+		PERR(c, at, "out of memory");
+		return;
+	}
+	if (!(p->domains[p->n_domains] = strdup(domain))) {
+		PERR(c, at, "out of memory");
+		return;
+	}
+	p->n_domains++;
+}
+
 static void parse_pseudonymise(struct pctx *c, const struct ydoc_node *n, const char *fname,
                                const struct ydoc_node *action, const struct ydoc_node *domain,
                                struct policy_field *f)
@@ -703,6 +733,7 @@ static void parse_pseudonymise(struct pctx *c, const struct ydoc_node *n, const 
 	}
 	f->domain_line = domain->line;
 	f->domain_col = domain->col;
+	count_domain(c, domain, f->domain);
 }
 
 static void parse_generalise(struct pctx *c, const struct ydoc_node *n, const char *fname,
@@ -1037,6 +1068,11 @@ void policy_parser_release(struct policy_parser *p)
 	free(p->ids_seen);
 	p->ids_seen = NULL;
 	p->n_ids_seen = 0;
+	for (size_t i = 0; i < p->n_domains; i++)
+		free(p->domains[i]);
+	free(p->domains);
+	p->domains = NULL;
+	p->n_domains = 0;
 }
 
 void policy_parse_agreement(struct policy_parser *p, const struct ydoc *doc, const char *rel_name)

@@ -23,6 +23,8 @@
 
 #define POLICY_PARTNERS_FILE "partners.yaml"
 #define POLICY_AGREEMENTS_DIR "agreements"
+/* The most distinct linkage domains a policy set may name: isgd loads a key for each. */
+#define POLICY_MAX_DOMAINS 256
 
 enum partner_kind { PARTNER_POLICE, PARTNER_NHS, PARTNER_COUNCIL, PARTNER_OTHER };
 

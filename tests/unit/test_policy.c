@@ -1430,6 +1430,73 @@ static void test_null_in_lawful_basis(void **state)
 	remove_dir(dir);
 }
 
+/*
+ * An agreement (file agreements/ID.yaml) pseudonymising one field into each
+ * of domains dFIRST .. dFIRST+n-1. Returns the column of the last domain
+ * value; its line is 12 + n.
+ */
+static int put_domains(const char *dir, const char *id, int first, int n)
+{
+	size_t size = 512 + (size_t)n * 96;
+	char *text = malloc(size), rel[128];
+	assert_non_null(text);
+	int used = snprintf(text, size,
+	                    "agreement:\n  id: %s\n  version: 1\n  title: Domains\n"
+	                    "  senders: [met-police]\n  recipients: [nhs-trust]\n"
+	                    "  purpose: {code: testing, text: Testing}\n"
+	                    "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	                    "  valid_from: 2025-01-01\n"
+	                    "  datasets:\n    - name: things\n      fields:\n",
+	                    id);
+	int col = 0;
+	for (int i = first; i < first + n; i++) {
+		char head[96];
+		snprintf(
+		    head, sizeof(head),
+		    "        - {name: f%d, type: identifier, action: pseudonymise, domain: ", i);
+		col = (int)strlen(head) + 1;
+		used += snprintf(text + used, size - (size_t)used, "%sd%d}\n", head, i);
+	}
+	snprintf(rel, sizeof(rel), "agreements/%s.yaml", id);
+	put_file(dir, rel, text);
+	free(text);
+	return col;
+}
+
+/*
+ * isgd supports at most POLICY_MAX_DOMAINS linkage domains over all the
+ * agreements: the loader refuses the one past it, at its domain: value, so
+ * policy check refuses what a start would.
+ */
+static void test_domain_limit(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	put_domains(dir, "a", 0, 200);
+	put_domains(dir, "b", 200, POLICY_MAX_DOMAINS - 200);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	assert_int_equal(policy_domains(set, NULL, 0), POLICY_MAX_DOMAINS);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+
+	/* One more, in a third file: refused there. A domain named again does not count. */
+	put_domains(dir, "c", 100, 1);
+	int col = put_domains(dir, "d", 190, 70);
+	const struct want_diag want[] = {
+	    {"agreements/d.yaml", 12 + 67, col,
+	     "linkage domain 'd256' is one more than the gateway supports: the agreements may "
+	     "name at most 256 linkage domains"},
+	    {"agreements/d.yaml", 12 + 68, col, "linkage domain 'd257'"},
+	    {"agreements/d.yaml", 12 + 69, col, "linkage domain 'd258'"},
+	    {"agreements/d.yaml", 12 + 70, col, "linkage domain 'd259'"},
+	};
+	expect_errors(dir, want, ARRAY_LEN(want));
+	remove_dir(dir);
+}
+
 /* n copies of the UTF-8 character ch into out, NUL-terminated. */
 static char *repeat(char *out, const char *ch, size_t n)
 {
@@ -2952,6 +3019,7 @@ int main(void)
 	    cmocka_unit_test(test_apply_pseudonymise_refusals),
 	    cmocka_unit_test(test_apply_no_send_to_self),
 	    cmocka_unit_test(test_shipped_examples),
+	    cmocka_unit_test(test_domain_limit),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
