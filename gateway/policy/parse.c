@@ -32,11 +32,20 @@ static const char *kind_name(enum ydoc_kind k)
 	return k == YDOC_MAP ? "a mapping" : k == YDOC_SEQ ? "a list" : "a single value";
 }
 
-/* A key written without a value (empty, "~" or "null") counts as absent. */
+/*
+ * A key written without a value counts as absent: a plain scalar that YAML
+ * 1.2's core schema (the schema's and editors') reads as null, that is
+ * empty, "~", "null", "Null" or "NULL". Quoted, each is text.
+ */
 static bool is_null(const struct ydoc_node *n)
 {
-	return n->kind == YDOC_SCALAR && !n->quoted &&
-	       (!n->scalar[0] || !strcmp(n->scalar, "~") || !strcmp(n->scalar, "null"));
+	static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
+	if (n->kind != YDOC_SCALAR || n->quoted)
+		return false;
+	for (size_t i = 0; i < ARRAY_LEN(nulls); i++)
+		if (strcmp(n->scalar, nulls[i]) == 0)
+			return true;
+	return false;
 }
 
 static bool want_kind(struct pctx *c, const struct ydoc_node *n, enum ydoc_kind kind,

@@ -648,12 +648,14 @@ static void test_null_matchers(void **state)
 	         "      subject_cn: met.test\n"
 	         "      san_dns: null\n"
 	         "      san_uri:\n"
+	         "      spki_sha256: Null\n"
 	         "  - id: nhs-trust\n"
 	         "    name: Trust\n"
 	         "    kind: nhs\n"
 	         "    certificate:\n"
 	         "      subject_cn: trust.test\n"
-	         "      issuer_cn: ~\n");
+	         "      issuer_cn: ~\n"
+	         "      san_dns: NULL\n");
 	struct ydoc_diags d;
 	ydoc_diags_init(&d);
 	struct policy_set *set = NULL;
@@ -661,7 +663,7 @@ static void test_null_matchers(void **state)
 	assert_int_equal(d.errors, 0);
 	assert_int_equal(policy_partner_by_id(set, "met-police")->n_match, 1);
 	assert_int_equal(policy_partner_by_id(set, "nhs-trust")->n_match, 1);
-	/* No literal "null" DNS name, no literal "~" CA. */
+	/* No literal "null" DNS name (whatever its case: YAML 1.2's nulls), no literal "~" CA. */
 	assert_null(who(set, "someone.test", "Any CA", "null"));
 	assert_null(who(set, "someone.test", "~", NULL));
 	/* And the partners are still recognised by what they do name, from any CA. */
@@ -1416,7 +1418,8 @@ static void test_null_in_lawful_basis(void **state)
 	         "  senders: [met-police]\n"
 	         "  recipients: [nhs-trust]\n"
 	         "  purpose: {code: testing, text: Testing}\n"
-	         "  lawful_basis: [~, null, \"null\", \"UK GDPR Art. 6(1)(e)\"]\n"
+	         "  lawful_basis: [~, null, \"null\", \"UK GDPR Art. 6(1)(e)\", Null, NULL, "
+	         "'NULL']\n"
 	         "  valid_from: 2025-01-01\n"
 	         "  datasets:\n"
 	         "    - name: things\n"
@@ -1425,8 +1428,38 @@ static void test_null_in_lawful_basis(void **state)
 	const struct want_diag want[] = {
 	    {"agreements/nulls.yaml", 8, 18, "lawful_basis lists an empty value"},
 	    {"agreements/nulls.yaml", 8, 21, "lawful_basis lists an empty value"},
+	    {"agreements/nulls.yaml", 8, 59, "lawful_basis lists an empty value"},
+	    {"agreements/nulls.yaml", 8, 65, "lawful_basis lists an empty value"},
 	};
 	expect_errors(dir, want, ARRAY_LEN(want));
+
+	/* A key whose value is Null or NULL is absent; quoted, it is the text. */
+	put_file(dir, "agreements/nulls.yaml",
+	         "agreement:\n"
+	         "  id: nulls\n"
+	         "  version: 1\n"
+	         "  title: \"NULL\"\n"
+	         "  dpia: Null\n"
+	         "  valid_until: NULL\n"
+	         "  senders: [met-police]\n"
+	         "  recipients: [nhs-trust]\n"
+	         "  purpose: {code: testing, text: Testing}\n"
+	         "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	         "  valid_from: 2025-01-01\n"
+	         "  datasets:\n"
+	         "    - name: things\n"
+	         "      fields:\n"
+	         "        - {name: a, type: text, action: pass}\n");
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	const struct policy_agreement *a = policy_agreement_by_id(set, "nulls");
+	assert_null(a->dpia);
+	assert_int_equal(a->valid_until_days, INT64_MAX);
+	assert_string_equal(a->title, "NULL");
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
 	remove_dir(dir);
 }
 
