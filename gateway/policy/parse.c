@@ -179,6 +179,24 @@ static enum got id_at(struct pctx *c, const struct ydoc_node *map, const char *k
 	return n ? id_value(c, n, what, out) : got;
 }
 
+/*
+ * Booleans and numbers are what YAML 1.2's core schema (the editor schema's)
+ * reads as such: plain scalars. A quoted "true" or "1" is text there, so it
+ * is refused here too rather than read two ways.
+ */
+static bool is_core_bool(const char *s, bool *value)
+{
+	static const char *const t[] = {"true", "True", "TRUE"};
+	static const char *const f[] = {"false", "False", "FALSE"};
+	for (size_t i = 0; i < ARRAY_LEN(t); i++) {
+		if (strcmp(s, t[i]) == 0 || strcmp(s, f[i]) == 0) {
+			*value = strcmp(s, t[i]) == 0;
+			return true;
+		}
+	}
+	return false;
+}
+
 static enum got bool_at(struct pctx *c, const struct ydoc_node *map, const char *key,
                         const char *where, bool *out)
 {
@@ -188,11 +206,11 @@ static enum got bool_at(struct pctx *c, const struct ydoc_node *map, const char 
 		return got;
 	if (!want_kind(c, n, YDOC_SCALAR, key))
 		return GOT_ERROR;
-	if (strcmp(n->scalar, "true") != 0 && strcmp(n->scalar, "false") != 0) {
-		PERR(c, n, "invalid boolean '%s' for %s (use true or false)", n->scalar, key);
+	if (n->quoted || !is_core_bool(n->scalar, out)) {
+		PERR(c, n, "'%s' must be true or false (unquoted), not %s'%s'", key,
+		     n->quoted ? "the text " : "", n->scalar);
 		return GOT_ERROR;
 	}
-	*out = n->scalar[0] == 't';
 	return GOT_VALUE;
 }
 
@@ -205,7 +223,15 @@ static enum got int_at(struct pctx *c, const struct ydoc_node *map, const char *
 		return got;
 	if (!want_kind(c, n, YDOC_SCALAR, key))
 		return GOT_ERROR;
-	if (str_to_i64(n->scalar, min, max, out) != 0) {
+	/* YAML 1.2 allows a plus sign; str_to_i64 does not. */
+	const char *digits = n->scalar[0] == '+' && n->scalar[1] != '-' ? n->scalar + 1 : n->scalar;
+	if (n->quoted) {
+		PERR(c, n,
+		     "'%s' must be a whole number from %lld to %lld (unquoted), not the text '%s'",
+		     key, (long long)min, (long long)max, n->scalar);
+		return GOT_ERROR;
+	}
+	if (str_to_i64(digits, min, max, out) != 0) {
 		PERR(c, n, "invalid %s '%s' (use a whole number from %lld to %lld)", key, n->scalar,
 		     (long long)min, (long long)max);
 		return GOT_ERROR;

@@ -399,6 +399,36 @@ class PolicyCli(unittest.TestCase):
             "'met-polise' in senders (not in partners.yaml)" % d,
         ])
 
+    def test_check_agrees_with_schema_on_value_types(self):
+        # Numbers and booleans are read as YAML 1.2's core schema reads them, by the loader
+        # and the schema alike: unquoted, in any of the core spellings. Text fields take the
+        # characters as written, where the schema wants them quoted (docs/policy.md).
+        with open(SCHEMA, encoding="utf-8") as f:
+            v = Validator(json.load(f))
+        d = self.copy(FEATURES, "types")
+        path = os.path.join(d, "agreements", "nhs-police-reply.yaml")
+        with open(path, encoding="utf-8") as f:
+            original = f.read()
+        cases = [
+            ("version: 1", "version: +1", True, True),
+            ("version: 1", 'version: "1"', False, False),
+            ("allow_reply: true", "allow_reply: True", True, True),
+            ("allow_reply: true", "allow_reply: FALSE", True, True),
+            ("allow_reply: true", "allow_reply: 'true'", False, False),
+            ("allow_reply: true", "allow_reply: yes", False, False),
+            ("required: true}", "required: False}", True, True),
+            ("records_per_day: 1000", "records_per_day: '1000'", False, False),
+            ("title: Mental health", "title: 12345 Mental health", True, True),
+            ("title: Mental health crisis answers from health to police", "title: 12345",
+             True, False),
+        ]
+        for old, new, loader_ok, schema_ok in cases:
+            self.assertEqual(original.count(old), 1, old)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(original.replace(old, new))
+            self.ctl("policy", "check", d, rc=0 if loader_ok else 1)
+            self.assertEqual(not v.errors(load_yaml(path)), schema_ok, new)
+
     def test_check_fifo_refused(self):
         # A FIFO as partners.yaml is refused at once, not waited on (ctl's timeout: fail).
         d = self.copy(FEATURES, "fifo")

@@ -387,7 +387,7 @@ static void test_broken_agreements(void **state)
 	    {NULL, BROKEN("missing-purpose"), INV, 1, AFILE("missing-purpose"), 2, 3,
 	     "missing required key 'purpose' in agreement"},
 	    {NULL, BROKEN("bad-bool"), INV, 1, AFILE("bad-bool"), 14, 16,
-	     "invalid boolean 'yes' for allow_reply (use true or false)"},
+	     "'allow_reply' must be true or false (unquoted), not 'yes'"},
 	    {NULL, BROKEN("version-zero"), INV, 1, AFILE("version-zero"), 3, 12,
 	     "invalid version '0' (use a whole number from 1 to 4294967295)"},
 	    {NULL, BROKEN("anchor"), ISG_ERR_PARSE, 1, AFILE("anchor"), 5, 12,
@@ -1458,6 +1458,80 @@ static void test_null_in_lawful_basis(void **state)
 	assert_null(a->dpia);
 	assert_int_equal(a->valid_until_days, INT64_MAX);
 	assert_string_equal(a->title, "NULL");
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
+/*
+ * Numbers and booleans are plain scalars, in YAML 1.2's core spellings (the
+ * editor schema's): a quoted "1" or "true" is text there, and refused here;
+ * True, FALSE and +1 are a boolean and a number there, and accepted here.
+ */
+static void test_scalar_types(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	put_file(dir, "agreements/types.yaml",
+	         "agreement:\n"
+	         "  id: types\n"
+	         "  version: \"1\"\n"
+	         "  title: Types\n"
+	         "  senders: [met-police]\n"
+	         "  recipients: [nhs-trust]\n"
+	         "  purpose: {code: testing, text: Testing}\n"
+	         "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	         "  valid_from: 2025-01-01\n"
+	         "  allow_reply: 'true'\n"
+	         "  limits: {records_per_day: '10'}\n"
+	         "  datasets:\n"
+	         "    - name: things\n"
+	         "      fields:\n"
+	         "        - {name: a, type: text, action: pass, required: \"false\"}\n"
+	         "        - {name: b, type: text, action: pass, required: yes}\n");
+	const struct want_diag want[] = {
+	    {"agreements/types.yaml", 3, 12,
+	     "'version' must be a whole number from 1 to 4294967295 (unquoted), not the text "
+	     "'1'"},
+	    {"agreements/types.yaml", 10, 16,
+	     "'allow_reply' must be true or false (unquoted), not the text 'true'"},
+	    {"agreements/types.yaml", 11, 29, "'records_per_day' must be a whole number"},
+	    {"agreements/types.yaml", 15, 57,
+	     "'required' must be true or false (unquoted), not the text 'false'"},
+	    {"agreements/types.yaml", 16, 57,
+	     "'required' must be true or false (unquoted), not 'yes'"},
+	};
+	expect_errors(dir, want, ARRAY_LEN(want));
+
+	/* YAML 1.2's other spellings; text fields take the characters as written. */
+	put_file(dir, "agreements/types.yaml",
+	         "agreement:\n"
+	         "  id: types\n"
+	         "  version: +2\n"
+	         "  title: 12345\n"
+	         "  senders: [met-police]\n"
+	         "  recipients: [nhs-trust]\n"
+	         "  purpose: {code: 2025, text: true}\n"
+	         "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	         "  valid_from: 2025-01-01\n"
+	         "  allow_reply: True\n"
+	         "  datasets:\n"
+	         "    - name: things\n"
+	         "      fields:\n"
+	         "        - {name: a, type: text, action: pass, required: TRUE}\n"
+	         "        - {name: b, type: text, action: pass, required: False}\n");
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	const struct policy_agreement *a = policy_agreement_by_id(set, "types");
+	assert_int_equal(a->version, 2);
+	assert_true(a->allow_reply);
+	assert_string_equal(a->title, "12345");
+	assert_string_equal(a->purpose_code, "2025");
+	assert_string_equal(a->purpose_text, "true");
+	assert_true(a->datasets[0].fields[0].required);
+	assert_false(a->datasets[0].fields[1].required);
 	policy_set_unref(set);
 	ydoc_diags_release(&d);
 	remove_dir(dir);
@@ -3053,6 +3127,7 @@ int main(void)
 	    cmocka_unit_test(test_apply_no_send_to_self),
 	    cmocka_unit_test(test_shipped_examples),
 	    cmocka_unit_test(test_domain_limit),
+	    cmocka_unit_test(test_scalar_types),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
