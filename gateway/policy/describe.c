@@ -205,9 +205,15 @@ static void describe_head(const struct policy_set *set, const struct policy_agre
 
 	wrap_start(&w, out, 0, NULL);
 	wrap_partners(&w, set, a->senders, a->n_senders);
-	wrap_text(&w, a->n_senders == 1 ? "sends to" : "send to");
-	wrap_partners(&w, set, a->recipients, a->n_recipients);
-	strbuf_puts(out, ".");
+	if (policy_agreement_has_flow(a)) {
+		wrap_text(&w, a->n_senders == 1 ? "sends to" : "send to");
+		wrap_partners(&w, set, a->recipients, a->n_recipients);
+		strbuf_puts(out, ".");
+	} else {
+		/* As the gateway applies it: a partner never sends to itself. */
+		wrap_text(&w, "is its only sender and its only recipient, and a partner never "
+		              "sends to itself: nothing can be sent under this agreement.");
+	}
 	wrap_end(&w);
 
 	wrap_start(&w, out, 0, "Controllers:");

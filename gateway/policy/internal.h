@@ -59,6 +59,9 @@ bool policy_partner_has_matcher(const struct policy_partner *p, const struct cer
 /* How many of p's matchers are issuer_cn. */
 size_t policy_partner_issuers(const struct policy_partner *p);
 
+/* Whether some sender of a may send to some recipient: a partner never sends to itself. */
+bool policy_agreement_has_flow(const struct policy_agreement *a);
+
 /* Plain-language pieces shared by describe.c and diff.c. */
 const char *policy_type_label(enum field_type t); /* "NHS number" */
 const char *policy_generalise_label(const struct policy_field *f, char *buf,

@@ -1045,8 +1045,17 @@ static void parse_agreement_body(struct pctx *c, const struct ydoc_node *n,
 	text_at(c, n, "title", "agreement", true, 200, &a->title);
 	partner_list_at(c, n, "controllers", "agreement", false, &a->controllers,
 	                &a->n_controllers);
-	partner_list_at(c, n, "senders", "agreement", true, &a->senders, &a->n_senders);
-	partner_list_at(c, n, "recipients", "agreement", true, &a->recipients, &a->n_recipients);
+	enum got s =
+	    partner_list_at(c, n, "senders", "agreement", true, &a->senders, &a->n_senders);
+	enum got r = partner_list_at(c, n, "recipients", "agreement", true, &a->recipients,
+	                             &a->n_recipients);
+	/* Legal, but the gateway refuses every send under it: likely a mistake. */
+	if (s == GOT_VALUE && r == GOT_VALUE && !policy_agreement_has_flow(a))
+		ydoc_warning(c->d, c->file, ydoc_get(n, "recipients"),
+		             "agreement '%s' allows no exchange: partner '%s' is its only sender "
+		             "and its only recipient, and a partner never sends to itself (name "
+		             "the other partner in senders or recipients)",
+		             a->id ? a->id : "?", a->senders[0]);
 	parse_purpose(c, n, a);
 	text_list_at(c, n, "lawful_basis", "agreement", 32, 512, &a->lawful_basis,
 	             &a->n_lawful_basis);

@@ -241,6 +241,15 @@ bool policy_domain_named_at(const struct policy_set *set, const char *domain, co
 	return false;
 }
 
+bool policy_agreement_has_flow(const struct policy_agreement *a)
+{
+	for (size_t i = 0; i < a->n_senders; i++)
+		for (size_t k = 0; k < a->n_recipients; k++)
+			if (strcmp(a->senders[i], a->recipients[k]) != 0)
+				return true;
+	return false;
+}
+
 bool policy_partner_has_matcher(const struct policy_partner *p, const struct cert_match *m)
 {
 	for (size_t k = 0; k < p->n_match; k++)

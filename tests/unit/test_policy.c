@@ -1464,6 +1464,57 @@ static void test_null_in_lawful_basis(void **state)
 }
 
 /*
+ * An agreement whose one sender is its one recipient allows no exchange (a
+ * partner never sends to itself): it loads, with a warning at recipients.
+ * One with another partner on either side has a flow, and no warning.
+ */
+static void test_self_only_agreement_warns(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	static const char body[] = "  purpose: {code: testing, text: Testing}\n"
+	                           "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	                           "  valid_from: 2025-01-01\n"
+	                           "  datasets:\n"
+	                           "    - name: things\n"
+	                           "      fields:\n"
+	                           "        - {name: a, type: text, action: pass}\n";
+	char text[1024];
+	snprintf(text, sizeof(text),
+	         "agreement:\n  id: self\n  version: 1\n  title: Self\n"
+	         "  senders: [met-police]\n  recipients: [met-police]\n%s",
+	         body);
+	put_file(dir, "agreements/self.yaml", text);
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	assert_int_equal(d.errors, 0);
+	assert_int_equal(d.warnings, 1);
+	assert_true(d.items[0].warning);
+	assert_int_equal(d.items[0].line, 6);
+	assert_int_equal(d.items[0].col, 15);
+	assert_string_equal(d.items[0].message,
+	                    "agreement 'self' allows no exchange: partner 'met-police' is its only "
+	                    "sender and its only recipient, and a partner never sends to itself "
+	                    "(name the other partner in senders or recipients)");
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+
+	snprintf(text, sizeof(text),
+	         "agreement:\n  id: self\n  version: 1\n  title: Self\n"
+	         "  senders: [met-police]\n  recipients: [met-police, nhs-trust]\n%s",
+	         body);
+	put_file(dir, "agreements/self.yaml", text);
+	ydoc_diags_init(&d);
+	assert_int_equal(policy_load(dir, &set, &d), 0);
+	assert_int_equal(d.n, 0);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
+/*
  * Numbers and booleans are plain scalars, in YAML 1.2's core spellings (the
  * editor schema's): a quoted "1" or "true" is text there, and refused here;
  * True, FALSE and +1 are a boolean and a number there, and accepted here.
@@ -3128,6 +3179,7 @@ int main(void)
 	    cmocka_unit_test(test_shipped_examples),
 	    cmocka_unit_test(test_domain_limit),
 	    cmocka_unit_test(test_scalar_types),
+	    cmocka_unit_test(test_self_only_agreement_warns),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -175,6 +175,47 @@ static void test_show_dates(void **state)
 	policy_set_unref(set);
 }
 
+/* An agreement whose one sender is its one recipient: show says nothing can pass. */
+static void test_show_no_flow(void **state)
+{
+	char dir[] = "/tmp/test_policy_describe_XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	char path[200];
+	snprintf(path, sizeof(path), "%s/agreements", dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
+	write_all(path, "partners:\n"
+	                "  - {id: a, name: Org A, kind: other, certificate: {subject_cn: a}}\n");
+	snprintf(path, sizeof(path), "%s/agreements/x.yaml", dir);
+	write_all(path, "agreement:\n"
+	                "  id: x\n"
+	                "  version: 1\n"
+	                "  title: To itself\n"
+	                "  senders: [a]\n"
+	                "  recipients: [a]\n"
+	                "  purpose: {code: p, text: Testing}\n"
+	                "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	                "  valid_from: 2025-01-01\n"
+	                "  datasets:\n"
+	                "    - {name: d, fields: [{name: f, type: text, action: pass}]}\n");
+	struct policy_set *set = load(dir, day("2026-01-01"));
+	char *t = describe(set, "x", day("2026-01-01"));
+	assert_non_null(strstr(t, "Agreement x, version 1: To itself\n"
+	                          "Org A (a) is its only sender and its only recipient, and a "
+	                          "partner never sends\n  to itself: nothing can be sent under "
+	                          "this agreement.\n"));
+	assert_null(strstr(t, "sends to Org A"));
+	free(t);
+	policy_set_unref(set);
+	snprintf(path, sizeof(path), "%s/agreements/x.yaml", dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/agreements", dir);
+	rmdir(path);
+	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
+	unlink(path);
+	rmdir(dir);
+}
+
 /* Text from the files is shown without control characters, reflowed. */
 static void test_show_cleans_text(void **state)
 {
@@ -766,6 +807,7 @@ int main(void)
 	    cmocka_unit_test(test_show_golden),
 	    cmocka_unit_test(test_show_dates),
 	    cmocka_unit_test(test_show_cleans_text),
+	    cmocka_unit_test(test_show_no_flow),
 	    cmocka_unit_test(test_diff_same),
 	    cmocka_unit_test(test_diff_fields),
 	    cmocka_unit_test(test_diff_fields_added_removed),
