@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -96,12 +97,38 @@ static int add_source(struct loader *l, const char *rel)
 	return s->rel && s->path ? 0 : ISG_ERR_NOMEM;
 }
 
+static bool ends_with(const char *s, const char *suffix, bool any_case)
+{
+	size_t len = strlen(s), n = strlen(suffix);
+	return len > n &&
+	       (any_case ? strcasecmp(s + len - n, suffix) : strcmp(s + len - n, suffix)) == 0;
+}
+
 static bool is_agreement_name(const char *name)
 {
-	size_t len = strlen(name);
 	/* Hidden files include editors' lock and swap files. */
-	return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".yaml") == 0;
+	return name[0] != '.' && ends_with(name, ".yaml", false);
 }
+
+/*
+ * Why agreements/NAME, which is no agreement by its name, looks meant as
+ * one (an admin saved new.yml): NULL when it is plainly something else, a
+ * README, an editor's backup (x.yaml~), swap file or lock file (.#x.yaml).
+ */
+static const char *misnamed(const char *name)
+{
+	if (is_agreement_name(name) || !strcmp(name, ".") || !strcmp(name, "..") ||
+	    !strncmp(name, ".#", 2))
+		return NULL;
+	if (name[0] == '.' && ends_with(name, ".yaml", false))
+		return "ignored: the name starts with '.' (hidden)";
+	if (ends_with(name, ".yaml", true) || ends_with(name, ".yml", true))
+		return "ignored: the name must end in .yaml";
+	return NULL;
+}
+
+/* What is told of an entry of agreements/ that may have been meant as an agreement. */
+typedef void (*ignored_fn)(void *ctx, const char *path, const char *why);
 
 /*
  * Whether agreements/NAME.yaml is an agreement: a regular file, or a link
@@ -110,7 +137,8 @@ static bool is_agreement_name(const char *name)
  * not enter) is the caller's to report, or a reload, run as another user
  * than the start, would quietly drop an agreement the start loaded.
  */
-static int list_entry(const char *dir, const char *name, policy_file_fn fn, void *ctx)
+static int list_entry(const char *dir, const char *name, policy_file_fn fn, ignored_fn ignored,
+                      void *ctx)
 {
 	char rel[sizeof(POLICY_AGREEMENTS_DIR) + 256 + 1];
 	snprintf(rel, sizeof(rel), "%s/%s", POLICY_AGREEMENTS_DIR, name);
@@ -119,17 +147,25 @@ static int list_entry(const char *dir, const char *name, policy_file_fn fn, void
 		return ISG_ERR_NOMEM;
 	struct stat st;
 	int r = 0;
-	if (stat(full, &st) == 0) {
-		if (S_ISREG(st.st_mode))
+	const char *why = misnamed(name);
+	if (!why && is_agreement_name(name)) {
+		int type_err = stat(full, &st) == 0 ? 0 : errno;
+		if (type_err == ENOENT || type_err == ENOTDIR || type_err == ELOOP)
+			why = "ignored: a link that leads to no file";
+		else if (type_err)
+			r = fn(ctx, rel, full, type_err);
+		else if (!S_ISREG(st.st_mode))
+			why = "ignored: not a regular *.yaml file";
+		else
 			r = fn(ctx, rel, full, 0);
-	} else if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP) {
-		r = fn(ctx, rel, full, errno);
 	}
+	if (why && ignored)
+		ignored(ctx, full, why);
 	free(full);
 	return r;
 }
 
-int policy_list_files(const char *dir, policy_file_fn fn, void *ctx)
+static int list_files(const char *dir, policy_file_fn fn, ignored_fn ignored, void *ctx)
 {
 	char *partners = path_join(dir, POLICY_PARTNERS_FILE);
 	char *adir = path_join(dir, POLICY_AGREEMENTS_DIR);
@@ -143,13 +179,24 @@ int policy_list_files(const char *dir, policy_file_fn fn, void *ctx)
 	}
 	const struct dirent *e;
 	while (r == 0 && (e = readdir(dp)))
-		if (is_agreement_name(e->d_name))
-			r = list_entry(dir, e->d_name, fn, ctx);
+		r = list_entry(dir, e->d_name, fn, ignored, ctx);
 	closedir(dp);
 out:
 	free(partners);
 	free(adir);
 	return r;
+}
+
+int policy_list_files(const char *dir, policy_file_fn fn, void *ctx)
+{
+	return list_files(dir, fn, NULL, ctx);
+}
+
+/* An entry an admin may have meant as an agreement: a warning, so a new.yml is noticed. */
+static void note_ignored(void *ctx, const char *path, const char *why)
+{
+	struct loader *l = ctx;
+	ydoc_warning(l->d, path, NULL, "%s", why);
 }
 
 /* policy_list_files's callback for the loader: each file a source, each failure an error. */
@@ -411,7 +458,7 @@ int policy_load_at(const char *dir, int64_t today_days, struct policy_set **out,
 	link_dirs_writable(&l, clean_dir, "policy directory");
 	check_dir_mode(&l, adir, "agreements directory");
 	link_dirs_writable(&l, adir, "agreements directory");
-	int err = policy_list_files(clean_dir, list_source, &l);
+	int err = list_files(clean_dir, list_source, note_ignored, &l);
 	if (err) {
 		note_err(&l, err);
 		goto out;

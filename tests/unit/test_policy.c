@@ -120,7 +120,7 @@ static void test_valid_set_loads(void **state)
 	assert_int_equal(strlen(set->version), 64);
 	assert_int_equal(strspn(set->version, "0123456789abcdef"), 64);
 	assert_int_equal(set->n_partners, 4);
-	/* README.txt and .hidden.yaml are not agreements. */
+	/* README.txt and an editor's lock file (.#x.yaml) are not agreements. */
 	assert_int_equal(set->n_agreements, 3);
 
 	const struct policy_partner *met = policy_partner_by_id(set, "met-police");
@@ -838,6 +838,12 @@ static void test_listed_files_are_the_loaded_ones(void **state)
 	snprintf(path, sizeof(path), "%s/agreements/gone.yaml", dir);
 	assert_int_equal(symlink("/nonexistent/isg/gone.yaml", path), 0);
 	install(dir, "valid/agreements/council-planning.yaml", "agreements/.council.yaml");
+	/* Misnamed: no agreements either, but warned about; others are plainly not meant. */
+	install(dir, "valid/agreements/council-planning.yaml", "agreements/new.yml");
+	install(dir, "valid/agreements/council-planning.yaml", "agreements/NEW.YAML");
+	install(dir, "valid/agreements/council-planning.yaml", "agreements/old.yaml~");
+	install(dir, "valid/agreements/council-planning.yaml", "agreements/.#lock.yaml");
+	install(dir, "valid/agreements/council-planning.yaml", "agreements/README");
 
 	struct listed l = {.n = 0};
 	assert_int_equal(policy_list_files(dir, note_listed, &l), 0);
@@ -853,6 +859,25 @@ static void test_listed_files_are_the_loaded_ones(void **state)
 	assert_int_equal(policy_load(dir, &set, &d), 0);
 	assert_int_equal(set->n_agreements, 2);
 	assert_int_equal(d.errors, 0);
+	/* Each one an admin may have meant as an agreement, by name, in no set order. */
+	static const char *const want[] = {
+	    ".council.yaml: ignored: the name starts with '.' (hidden)",
+	    "NEW.YAML: ignored: the name must end in .yaml",
+	    "a-directory.yaml: ignored: not a regular *.yaml file",
+	    "a-fifo.yaml: ignored: not a regular *.yaml file",
+	    "gone.yaml: ignored: a link that leads to no file",
+	    "new.yml: ignored: the name must end in .yaml",
+	};
+	char got[ARRAY_LEN(want)][200];
+	assert_int_equal(d.warnings, ARRAY_LEN(want));
+	for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+		assert_int_equal(d.items[i].line, 0);
+		snprintf(got[i], sizeof(got[i]), "%s: %s", strrchr(d.items[i].file, '/') + 1,
+		         d.items[i].message);
+	}
+	qsort(got, ARRAY_LEN(got), sizeof(got[0]), rel_order);
+	for (size_t i = 0; i < ARRAY_LEN(want); i++)
+		assert_string_equal(got[i], want[i]);
 	policy_set_unref(set);
 	ydoc_diags_release(&d);
 	remove_dir(dir);
