@@ -254,6 +254,12 @@ static enum got date_at(struct pctx *c, const struct ydoc_node *map, const char 
 		PERR(c, n, "invalid date '%s' for %s (use YYYY-MM-DD)", n->scalar, key);
 		return GOT_ERROR;
 	}
+	/* Before 1970 no exchange was ever made: a year 0000 is a typing slip. */
+	if (*days < 0) {
+		PERR(c, n, "invalid date '%s' for %s (the year must be from 1970 to 9999)",
+		     n->scalar, key);
+		return GOT_ERROR;
+	}
 	return GOT_VALUE;
 }
 
@@ -980,14 +986,38 @@ static void parse_review(struct pctx *c, const struct ydoc_node *map, struct pol
 	if (date_at(c, map, "review_date", "agreement", false, &a->review_days, &at) != GOT_VALUE)
 		return;
 	char today[48];
+	const struct ydoc_node *until = ydoc_get(map, "valid_until");
 	if (from && a->review_days < a->valid_from_days)
 		PERR(c, at, "review_date %s is before valid_from %s", at->scalar, from->scalar);
+	else if (a->valid_until_days != INT64_MAX && a->review_days > a->valid_until_days)
+		ydoc_warning(c->d, c->file, at,
+		             "review_date %s is after valid_until %s: the agreement ends before "
+		             "it is reviewed",
+		             at->scalar, until->scalar);
 	else if (a->review_days < c->p->today)
 		ydoc_warning(c->d, c->file, at,
 		             "agreement '%s' was due for review on %s (review_date); today (UTC) "
 		             "is %s",
 		             a->id ? a->id : "?", at->scalar,
 		             policy_format_day(today, c->p->today));
+}
+
+/* Legal, but the gateway refuses every send under it today: the admin should know. */
+static void warn_not_in_force(struct pctx *c, const struct policy_agreement *a,
+                              const struct ydoc_node *from, const struct ydoc_node *until)
+{
+	char today[48];
+	policy_format_day(today, c->p->today);
+	if (until && a->valid_until_days < c->p->today)
+		ydoc_warning(c->d, c->file, until,
+		             "agreement '%s' expired on %s (valid_until): every send under it is "
+		             "refused; today (UTC) is %s",
+		             a->id ? a->id : "?", until->scalar, today);
+	else if (from && a->valid_from_days > c->p->today)
+		ydoc_warning(c->d, c->file, from,
+		             "agreement '%s' is not in force until %s (valid_from): sends under it "
+		             "are refused until then; today (UTC) is %s",
+		             a->id ? a->id : "?", from->scalar, today);
 }
 
 static void parse_validity(struct pctx *c, const struct ydoc_node *map, struct policy_agreement *a)
@@ -999,6 +1029,9 @@ static void parse_validity(struct pctx *c, const struct ydoc_node *map, struct p
 	    date_at(c, map, "valid_until", "agreement", false, &a->valid_until_days, &until);
 	if (f == GOT_VALUE && u == GOT_VALUE && a->valid_from_days > a->valid_until_days)
 		PERR(c, from, "valid_from %s is after valid_until %s", from->scalar, until->scalar);
+	else
+		warn_not_in_force(c, a, f == GOT_VALUE ? from : NULL,
+		                  u == GOT_VALUE ? until : NULL);
 	parse_review(c, map, a, f == GOT_VALUE ? from : NULL);
 }
 

@@ -1488,6 +1488,75 @@ static void test_null_in_lawful_basis(void **state)
 	remove_dir(dir);
 }
 
+/* An agreement valid from `from` (and until `until`, reviewed on `review`, each "" for none). */
+static void put_dates(const char *dir, const char *from, const char *until, const char *review)
+{
+	char text[1024];
+	snprintf(text, sizeof(text),
+	         "agreement:\n  id: dates\n  version: 1\n  title: Dates\n"
+	         "  senders: [met-police]\n  recipients: [nhs-trust]\n"
+	         "  purpose: {code: testing, text: Testing}\n"
+	         "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	         "  valid_from: %s\n  valid_until: %s\n  review_date: %s\n"
+	         "  datasets:\n    - {name: d, fields: [{name: f, type: text, action: pass}]}\n",
+	         from, until, review);
+	put_file(dir, "agreements/dates.yaml", text);
+}
+
+/* The warnings of loading dir as if today were `today`, as "line:col: message" lines. */
+static void expect_warnings(const char *dir, const char *today, const char *want)
+{
+	struct ydoc_diags d;
+	ydoc_diags_init(&d);
+	struct policy_set *set = NULL;
+	assert_int_equal(policy_load_at(dir, day(today), &set, &d), 0);
+	char got[2048] = "";
+	for (size_t i = 0, used = 0; i < d.n; i++)
+		used += (size_t)snprintf(got + used, sizeof(got) - used, "%d:%d: %s\n",
+		                         d.items[i].line, d.items[i].col, d.items[i].message);
+	assert_string_equal(got, want);
+	policy_set_unref(set);
+	ydoc_diags_release(&d);
+}
+
+/*
+ * Dates an admin would want to hear of at check time: an agreement expired
+ * or not yet in force (every send refused today), a review after the end;
+ * and a year before 1970, a slip, refused.
+ */
+static void test_validity_warnings(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	put_dates(dir, "2025-01-01", "2025-12-31", "2026-03-31");
+	expect_warnings(dir, "2026-06-01",
+	                "10:16: agreement 'dates' expired on 2025-12-31 (valid_until): every send "
+	                "under it is refused; today (UTC) is 2026-06-01\n"
+	                "11:16: review_date 2026-03-31 is after valid_until 2025-12-31: the "
+	                "agreement ends before it is reviewed\n");
+	expect_warnings(dir, "2024-06-01",
+	                "9:15: agreement 'dates' is not in force until 2025-01-01 (valid_from): "
+	                "sends under it are refused until then; today (UTC) is 2024-06-01\n"
+	                "11:16: review_date 2026-03-31 is after valid_until 2025-12-31: the "
+	                "agreement ends before it is reviewed\n");
+	/* The first and the last day in force: nothing to say. */
+	put_dates(dir, "2025-01-01", "2025-12-31", "2025-06-30");
+	expect_warnings(dir, "2025-01-01", "");
+	expect_warnings(dir, "2025-06-30", "");
+	put_dates(dir, "1970-01-01", "9999-12-31", "");
+	expect_warnings(dir, "2025-06-30", "");
+
+	put_dates(dir, "0000-01-01", "1969-12-31", "");
+	const struct want_diag want[] = {
+	    {"agreements/dates.yaml", 9, 15,
+	     "invalid date '0000-01-01' for valid_from (the year must be from 1970 to 9999)"},
+	    {"agreements/dates.yaml", 10, 16,
+	     "invalid date '1969-12-31' for valid_until (the year must be from 1970 to 9999)"},
+	};
+	expect_errors(dir, want, ARRAY_LEN(want));
+	remove_dir(dir);
+}
+
 /*
  * An agreement whose one sender is its one recipient allows no exchange (a
  * partner never sends to itself): it loads, with a warning at recipients.
@@ -3205,6 +3274,7 @@ int main(void)
 	    cmocka_unit_test(test_domain_limit),
 	    cmocka_unit_test(test_scalar_types),
 	    cmocka_unit_test(test_self_only_agreement_warns),
+	    cmocka_unit_test(test_validity_warnings),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
