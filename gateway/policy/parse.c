@@ -408,9 +408,20 @@ static bool matcher_value_ok(struct pctx *c, const struct ydoc_node *n, enum cer
 	case MATCH_SUBJECT_CN:
 	case MATCH_ISSUER_CN:
 	case MATCH_SAN_URI:
-		if (len == 0 || len > 255 || !printable(s) ||
-		    (kind == MATCH_SAN_URI && (!strchr(s, ':') || strpbrk(s, " \t")))) {
-			PERR(c, n, "invalid %s '%s'", key, s);
+		if (len == 0 || len > 255) {
+			PERR(c, n, "invalid %s: it must be 1 to 255 bytes long, and is %s", key,
+			     len ? "over 255 bytes" : "empty");
+			return false;
+		}
+		if (!printable(s)) {
+			PERR(c, n, "invalid %s: control characters are not allowed", key);
+			return false;
+		}
+		if (kind == MATCH_SAN_URI && (!strchr(s, ':') || strpbrk(s, " \t"))) {
+			PERR(c, n,
+			     "invalid san_uri '%s' (use a URI with a scheme and no spaces, e.g. "
+			     "'https://...', 'spiffe://...' or 'urn:...')",
+			     s);
 			return false;
 		}
 		break;

@@ -512,7 +512,7 @@ static void test_broken_partners(void **state)
 	     "subject_cn 'gateway-client.test' of partner 'nhs-trust' is already used by partner "
 	     "'met-police'"},
 	    {"broken/partners-bad-issuer.yaml", NULL, INV, 3, "partners.yaml", 7, 18,
-	     "invalid issuer_cn ''"},
+	     "invalid issuer_cn: it must be 1 to 255 bytes long, and is empty"},
 	};
 	for (size_t i = 0; i < ARRAY_LEN(cases); i++)
 		check_broken(&cases[i]);
@@ -592,7 +592,7 @@ static void test_broken_issuers(void **state)
 		int line, col;
 		const char *msg;
 	} want[] = {
-	    {7, 18, "invalid issuer_cn ''"},
+	    {7, 18, "invalid issuer_cn: it must be 1 to 255 bytes long, and is empty"},
 	    {13, 27, "issuer_cn 'NHS CA' is listed twice"},
 	    {18, 18, "issuer_cn must list at least one value"},
 	};
@@ -1485,6 +1485,37 @@ static void test_null_in_lawful_basis(void **state)
 	assert_string_equal(a->title, "NULL");
 	policy_set_unref(set);
 	ydoc_diags_release(&d);
+	remove_dir(dir);
+}
+
+/* A matcher refused says what would do: a URI's scheme, the length in bytes. */
+static void test_matcher_hints(void **state)
+{
+	char *dir = temp_policy_dir();
+	char cn[257], text[1024];
+	memset(cn, 'a', 256);
+	cn[256] = '\0';
+	snprintf(text, sizeof(text),
+	         "partners:\n"
+	         "  - id: met-police\n"
+	         "    name: Met\n"
+	         "    kind: police\n"
+	         "    certificate:\n"
+	         "      san_uri: nhs-trust\n"
+	         "      subject_cn: %s\n"
+	         "      issuer_cn: \"Bell\\a CA\"\n",
+	         cn);
+	put_file(dir, "partners.yaml", text);
+	const struct want_diag want[] = {
+	    {"partners.yaml", 7, 19,
+	     "invalid subject_cn: it must be 1 to 255 bytes long, and is "
+	     "over 255 bytes"},
+	    {"partners.yaml", 6, 16,
+	     "invalid san_uri 'nhs-trust' (use a URI with a scheme and no spaces, e.g. "
+	     "'https://...', 'spiffe://...' or 'urn:...')"},
+	    {"partners.yaml", 8, 18, "invalid issuer_cn: control characters are not allowed"},
+	};
+	expect_errors(dir, want, ARRAY_LEN(want));
 	remove_dir(dir);
 }
 
@@ -3275,6 +3306,7 @@ int main(void)
 	    cmocka_unit_test(test_scalar_types),
 	    cmocka_unit_test(test_self_only_agreement_warns),
 	    cmocka_unit_test(test_validity_warnings),
+	    cmocka_unit_test(test_matcher_hints),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
