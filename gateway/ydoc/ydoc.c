@@ -261,13 +261,33 @@ static void offset_position(const struct builder *b, size_t offset, int *line, i
 	}
 }
 
+/* Whether line `line` (0-based) of the buffer is indented with a tab. */
+static bool tab_indented(const struct builder *b, size_t line)
+{
+	size_t i = 0;
+	for (size_t n = 0; n < line && i < b->len; i++)
+		n += b->buf[i] == '\n';
+	for (; i < b->len && (b->buf[i] == ' ' || b->buf[i] == '\t'); i++)
+		if (b->buf[i] == '\t')
+			return true;
+	return false;
+}
+
 /*
  * What usually causes libyaml's problem, where one cause is usual: a block
  * mapping or list that "did not find expected key" (or "-") is nearly always
- * a line indented more or less than its siblings. "" otherwise.
+ * a line indented more or less than its siblings; a character that "cannot
+ * start any token" at the start of a line, a tab (YAML indents with spaces
+ * only); a reader error, a file saved in another encoding. "" otherwise.
  */
-static const char *syntax_hint(const yaml_parser_t *p)
+static const char *syntax_hint(const struct builder *b, const yaml_parser_t *p)
 {
+	if (p->error == YAML_READER_ERROR)
+		return " (save the file as UTF-8)";
+	if (p->error == YAML_SCANNER_ERROR && p->problem &&
+	    (strstr(p->problem, "tab character") || (strstr(p->problem, "cannot start any token") &&
+	                                             tab_indented(b, p->problem_mark.line))))
+		return " (indent with spaces, not tabs)";
 	static const struct {
 		const char *problem, *context;
 	} indentation[] = {
@@ -288,7 +308,16 @@ static void syntax_error(struct builder *b, const yaml_parser_t *p)
 {
 	struct ydoc_node at = {0};
 	if (p->error == YAML_READER_ERROR) {
-		offset_position(b, p->problem_offset, &at.line, &at.col);
+		size_t offset = p->problem_offset;
+		/* At a bad continuation byte: the sequence it fails starts at its lead byte. */
+		if (p->problem && strcmp(p->problem, "invalid trailing UTF-8 octet") == 0 &&
+		    offset <= b->len) {
+			while (offset > 0 && ((unsigned char)b->buf[offset - 1] & 0xc0) == 0x80)
+				offset--;
+			if (offset > 0)
+				offset--;
+		}
+		offset_position(b, offset, &at.line, &at.col);
 	} else {
 		at.line = (int)p->problem_mark.line + 1;
 		at.col = (int)p->problem_mark.column + 1;
@@ -300,9 +329,10 @@ static void syntax_error(struct builder *b, const yaml_parser_t *p)
 		ydoc_error(b->d, b->name, &at, "%s", problem);
 	else if (p->context)
 		ydoc_error(b->d, b->name, &at, "YAML syntax error: %s %s%s", problem, p->context,
-		           syntax_hint(p));
+		           syntax_hint(b, p));
 	else
-		ydoc_error(b->d, b->name, &at, "YAML syntax error: %s", problem);
+		ydoc_error(b->d, b->name, &at, "YAML syntax error: %s%s", problem,
+		           syntax_hint(b, p));
 	b->failed = true;
 }
 

@@ -154,8 +154,15 @@ static void test_syntax_errors_positioned(void **state)
 	load_fails_exactly("a:\n  b: 1\n c: 2\n", 3, 2,
 	                   "YAML syntax error: did not find expected key while parsing a block "
 	                   "mapping (check this line's indentation against the lines above)");
-	/* Invalid UTF-8: a reader error, positioned from its byte offset. */
-	load_fails("a: 1\nb: \xff\n", 2, 4, "YAML syntax error: invalid leading UTF-8 octet");
+	/* Invalid UTF-8: a reader error, positioned at the start of the bad sequence. */
+	load_fails_exactly(
+	    "a: 1\nb: \xff\n", 2, 4,
+	    "YAML syntax error: invalid leading UTF-8 octet (save the file as UTF-8)");
+	load_fails("a: 1\nb: \xc3\x28\n", 2, 4, "(save the file as UTF-8)");
+	load_fails("a: 1\nb: x\xe2\x82\n", 2, 5, "(save the file as UTF-8)");
+	load_fails("a: \xc3\xa9\xc3\x28\n", 1, 5, "(save the file as UTF-8)");
+	/* A tab where YAML wants indentation. */
+	load_fails("a:\n\tb: 1\n", 2, 1, "(indent with spaces, not tabs)");
 }
 
 /*
