@@ -440,7 +440,7 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 		                 : "store: out of memory");
 		goto out;
 	}
-	rc = store_db_open(s, s->path, err, errlen);
+	rc = store_db_open(s, s->path, opt->create, err, errlen);
 	if (rc == 0)
 		rc = store_log_witness_start(s, err, errlen);
 	if (rc == 0)

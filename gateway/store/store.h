@@ -95,8 +95,23 @@ struct store_witness {
 	int (*append)(void *ctx, uint64_t size, const uint8_t *leaf_hashes, size_t n);
 };
 
+/*
+ * Whether store_open may make the file at path. A store is made only when
+ * asked for, as initdb makes a database: a missing store is far more
+ * often a lost disk or a data volume that did not mount than a new
+ * gateway, and a new empty store would give out gateway ids and audit
+ * indexes already given out, and start a second audit log under the same
+ * signing key.
+ */
+enum store_create {
+	STORE_CREATE_IF_ABSENT = 0, /* make it if absent (unit tests, benchmarks) */
+	STORE_CREATE_NEVER,         /* an existing store only (isgd) */
+	STORE_CREATE_ONLY,          /* a new store only, none there yet (isgd --new-store) */
+};
+
 struct store_options {
 	const char *path;
+	enum store_create create;
 	/* Exactly one of: */
 	const uint8_t *storage_key;        /* 32 bytes; the store keeps its own guarded copy */
 	const struct store_sealer *sealer; /* copied; its ctx must outlive the store */
@@ -126,7 +141,21 @@ struct store_options {
 char *store_read_uri(const char *path, bool immutable);
 
 /*
- * Open (creating if absent) and start the writer thread. A file that is not
+ * Whether the file at path is as opt->create wants it, looking only: a
+ * store there for STORE_CREATE_NEVER, none for STORE_CREATE_ONLY, and for
+ * any store to be made, no WAL file left beside the missing one (SQLite
+ * would read it into the new store). 0, ISG_ERR_NOT_FOUND (no store, for
+ * STORE_CREATE_NEVER), ISG_ERR_CONFLICT (a store, or a WAL file, in the
+ * way) or ISG_ERR_IO; err says why and, worded for isgd's admin, what to
+ * do. store_open checks the same; isgd --check-config asks it beforehand.
+ */
+int store_check_file(const char *path, enum store_create create, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/*
+ * Open (creating if absent and opt->create allows) and start the writer
+ * thread. A store opt->create does not allow, or a missing one with a WAL
+ * file beside it, is refused as store_check_file says. A file that is not
  * an ISG store, or fails SQLite's integrity check, is refused with
  * ISG_ERR_CORRUPT and left untouched; err says why. So is a store whose
  * audit log has a gap, an entry whose leaf names another index, or a tree

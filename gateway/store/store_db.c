@@ -174,6 +174,18 @@ static int check_header(const char *path, char *err, size_t errlen)
 		rc = ISG_ERR_IO;
 		goto out;
 	}
+	if (n == 0) {
+		/* Not a store isgd made: it makes one whole under another name
+		 * and links it into place. */
+		store_seterr(
+		    err, errlen,
+		    "store '%s' is an empty file, not a store; refusing to use it: restore "
+		    "the latest backup there, or, for a new gateway, remove the file and "
+		    "start isgd once with --new-store",
+		    path);
+		rc = ISG_ERR_CORRUPT;
+		goto out;
+	}
 	if ((size_t)n < sizeof(hdr) || memcmp(hdr, magic, sizeof(magic)) != 0) {
 		store_seterr(err, errlen,
 		             "store '%s' is not an SQLite database; refusing to use it", path);
@@ -354,6 +366,57 @@ out:
 
 /* --- creating a new file --------------------------------------------------- */
 
+static int already_exists(const char *path, char *err, size_t errlen)
+{
+	store_seterr(err, errlen,
+	             "store '%s' already exists; --new-store creates a store only where there "
+	             "is none: start isgd without it",
+	             path);
+	return ISG_ERR_CONFLICT;
+}
+
+int store_check_file(const char *path, enum store_create create, char *err, size_t errlen)
+{
+	struct stat st;
+	if (stat(path, &st) == 0)
+		return create == STORE_CREATE_ONLY ? already_exists(path, err, errlen) : 0;
+	int e = errno;
+	if (e != ENOENT) {
+		store_seterr(err, errlen, "store '%s': cannot stat: %s", path, strerror(e));
+		return e == EACCES ? ISG_ERR_DENIED : ISG_ERR_IO;
+	}
+	if (create == STORE_CREATE_NEVER) {
+		store_seterr(err, errlen,
+		             "store '%s' does not exist; if its disk was lost or its volume is not "
+		             "mounted, mount it or restore the latest backup there first "
+		             "(docs/operations.md, Backups and restore); for a new gateway only, "
+		             "start isgd once with --new-store",
+		             path);
+		return ISG_ERR_NOT_FOUND;
+	}
+	/* A WAL file left by a lost store: SQLite would read its pages into the new one. */
+	struct strbuf b;
+	strbuf_init(&b);
+	strbuf_printf(&b, "%s-wal", path);
+	char *wal = strbuf_take(&b, NULL);
+	if (!wal) {
+		store_seterr(err, errlen, "store: out of memory");
+		return ISG_ERR_NOMEM;
+	}
+	int rc = 0;
+	if (lstat(wal, &st) == 0 || errno != ENOENT) {
+		store_seterr(err, errlen,
+		             "store '%s' does not exist, but its WAL file '%s' does: the store "
+		             "file was lost or moved; put it back, or restore the latest backup "
+		             "there and remove the '-wal' and '-shm' files (docs/operations.md, "
+		             "Backups and restore); no store is made beside a WAL file",
+		             path, wal);
+		rc = ISG_ERR_CONFLICT;
+	}
+	free(wal);
+	return rc;
+}
+
 static int fsync_parent(const char *path)
 {
 	char dir[4096];
@@ -402,7 +465,7 @@ static int init_schema(sqlite3 *db)
  * Build the new store under a temporary name and link it into place, so a
  * crash never leaves a half-made file at path that the next start refuses.
  */
-static int create_new(const char *path, char *err, size_t errlen)
+static int create_new(const char *path, bool exclusive, char *err, size_t errlen)
 {
 	char tmp[4096];
 	sqlite3 *db = NULL;
@@ -435,8 +498,13 @@ static int create_new(const char *path, char *err, size_t errlen)
 		rc = ISG_ERR_IO;
 		goto out;
 	}
-	/* link() never replaces: if another process made the store meanwhile, use theirs. */
-	if (link(tmp, path) != 0 && errno != EEXIST) {
+	/* link() never replaces: if another process made the store meanwhile,
+	 * use theirs, or, for a new store only, refuse it. */
+	if (link(tmp, path) != 0) {
+		if (errno == EEXIST) {
+			rc = exclusive ? already_exists(path, err, errlen) : 0;
+			goto out;
+		}
 		store_seterr(err, errlen, "store '%s': cannot create: %s", path, strerror(errno));
 		rc = ISG_ERR_IO;
 		goto out;
@@ -445,7 +513,10 @@ static int create_new(const char *path, char *err, size_t errlen)
 		store_seterr(err, errlen, "store '%s': cannot sync its directory: %s", path,
 		             strerror(errno));
 		rc = ISG_ERR_IO;
+		goto out;
 	}
+	char q[4200];
+	log_event(LOG_INFO, "store.created", "path=%s", log_quote(q, sizeof(q), path));
 out:
 	sqlite3_close(db);
 	close(fd);
@@ -645,17 +716,16 @@ static int lock_store(struct store *s, const char *path, char *err, size_t errle
 	return 0;
 }
 
-int store_db_open(struct store *s, const char *path, char *err, size_t errlen)
+int store_db_open(struct store *s, const char *path, enum store_create create, char *err,
+                  size_t errlen)
 {
 	struct stat st;
-	int rc;
-	if (stat(path, &st) != 0) {
-		if (errno != ENOENT) {
-			store_seterr(err, errlen, "store '%s': cannot stat: %s", path,
-			             strerror(errno));
-			return ISG_ERR_IO;
-		}
-		rc = create_new(path, err, errlen);
+	int rc = store_check_file(path, create, err, errlen);
+	if (rc)
+		return rc;
+	/* Never made for STORE_CREATE_NEVER, even if it went since the check. */
+	if (create != STORE_CREATE_NEVER && stat(path, &st) != 0 && errno == ENOENT) {
+		rc = create_new(path, create == STORE_CREATE_ONLY, err, errlen);
 		if (rc)
 			return rc;
 	}

@@ -323,7 +323,8 @@ static inline bool store_take_failure(atomic_int *left)
 }
 
 /* store_db.c: the database file, schema, pragmas and statements. */
-int store_db_open(struct store *s, const char *path, char *err, size_t errlen);
+int store_db_open(struct store *s, const char *path, enum store_create create, char *err,
+                  size_t errlen);
 void store_db_close(struct store *s);
 /* Log an SQLite failure of op and map it to ISG_ERR_FULL or ISG_ERR_STORE. */
 int store_db_fail(struct store *s, int rc, const char *op);

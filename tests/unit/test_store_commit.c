@@ -729,7 +729,7 @@ static void test_refuses_random_bytes(void **state)
 	expect_refused_unchanged(f, "");
 	/* An empty file is not a store either. */
 	write_bytes(f->path, "", 0);
-	expect_refused_unchanged(f, "not an SQLite database");
+	expect_refused_unchanged(f, "is an empty file, not a store");
 }
 
 /* A FIFO in place of the store is refused at once; opening it blocking would hang. */
@@ -975,6 +975,51 @@ static void test_creates_new_store(void **state)
 	(void)s;
 }
 
+static int open_as(struct fx *f, enum store_create create, char *err, size_t errlen)
+{
+	struct store_options opt = {.path = f->path, .storage_key = f->key, .create = create};
+	return store_open(&opt, &f->s, err, errlen);
+}
+
+static size_t dir_entries(const struct fx *f)
+{
+	size_t n = 0;
+	DIR *d = opendir(f->dir);
+	assert_non_null(d);
+	for (struct dirent *e; (e = readdir(d));)
+		n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+	closedir(d);
+	return n;
+}
+
+/* A store is made only where asked for: never for an existing-only open, never over one. */
+static void test_create_modes(void **state)
+{
+	struct fx *f = *state;
+	char err[1024] = "", wal[160];
+	assert_int_equal(open_as(f, STORE_CREATE_NEVER, err, sizeof(err)), ISG_ERR_NOT_FOUND);
+	assert_non_null(strstr(err, "does not exist"));
+	assert_non_null(strstr(err, "--new-store"));
+	assert_int_equal(dir_entries(f), 0);
+	assert_int_equal(open_as(f, STORE_CREATE_ONLY, err, sizeof(err)), 0);
+	fx_close(f);
+	assert_int_equal(dir_entries(f), 1);
+	assert_int_equal(open_as(f, STORE_CREATE_ONLY, err, sizeof(err)), ISG_ERR_CONFLICT);
+	assert_non_null(strstr(err, "already exists"));
+	assert_int_equal(open_as(f, STORE_CREATE_NEVER, err, sizeof(err)), 0);
+	fx_close(f);
+	/* The store gone but a WAL file left: no new store reads it in. */
+	fx_path(f, wal, sizeof(wal), "-wal");
+	assert_int_equal(rename(f->path, wal), 0);
+	for (int c = STORE_CREATE_IF_ABSENT; c <= STORE_CREATE_ONLY; c++) {
+		int rc = open_as(f, (enum store_create)c, err, sizeof(err));
+		assert_int_equal(rc,
+		                 c == STORE_CREATE_NEVER ? ISG_ERR_NOT_FOUND : ISG_ERR_CONFLICT);
+		assert_int_equal(dir_entries(f), 1);
+	}
+	assert_non_null(strstr(err, "but its WAL file"));
+}
+
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -1011,6 +1056,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_refuses_foreign_database, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_damaged_store, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_creates_new_store, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_create_modes, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_upgrades_older_versions, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_failed_upgrade_changes_nothing, fx_setup,
 	                                    fx_teardown),
