@@ -155,6 +155,8 @@ struct gateway {
 	pthread_mutex_t regime_mu;
 	struct regime *regime;     /* current; swapped on reload */
 	_Atomic int64_t latest_ms; /* gateway_today_ms's */
+	/* --new-store: make the store, which must not exist yet; otherwise it must. */
+	enum store_create store_create;
 };
 
 /*

@@ -1,7 +1,8 @@
 /*
  * isgd: the Information Sharing Gateway daemon.
  *
- *   isgd --config FILE                 run
+ *   isgd --config FILE                 run on the existing store
+ *   isgd --new-store --config FILE     run on a new store, made now (a new gateway)
  *   isgd --check-config --config FILE  check everything, print "configuration OK"
  *
  * Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads the policy set with
@@ -46,12 +47,16 @@
 
 static void usage(FILE *f)
 {
-	fputs("usage: isgd --config FILE [--check-config]\n"
+	fputs("usage: isgd --config FILE [--new-store] [--check-config]\n"
 	      "       isgd --version\n"
 	      "\n"
 	      "  -c, --config FILE     the gateway's YAML configuration\n"
-	      "  -n, --check-config    check the configuration, policy, keys and certificates,\n"
-	      "                        print \"configuration OK\" or every error, and exit\n"
+	      "      --new-store       make a new, empty store at store.path, which must not\n"
+	      "                        exist yet: once, at a new gateway's first start (never\n"
+	      "                        after losing the store: restore its backup instead)\n"
+	      "  -n, --check-config    check the configuration, policy, keys, certificates and\n"
+	      "                        store (as this command line would start isgd), print\n"
+	      "                        \"configuration OK\" or every error, and exit\n"
 	      "  -V, --version         print the version\n",
 	      f);
 }
@@ -411,6 +416,11 @@ static int check_all(struct gateway *g, const struct identity *id, enum regime_r
 	}
 	if (check_user_reads(cfg, id) != 0)
 		failed = 1;
+	/* Looking only: a start opens it as the user, after binding. */
+	if (store_check_file(cfg->store_path, g->store_create, err, sizeof(err)) != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		failed = 1;
+	}
 	return failed ? ISG_ERR_INVALID : 0;
 }
 
@@ -763,6 +773,7 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	struct store_sealer sealer;
 	struct store_witness witness;
 	struct store_options so = {.path = g->cfg.store_path,
+	                           .create = g->store_create,
 	                           .storage_key = sec->storage_key,
 	                           .sweep_interval_ms = g->cfg.sweep_interval_ms,
 	                           .signer = sec->signer,
@@ -840,12 +851,14 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 	    {"config", required_argument, NULL, 'c'},
 	    {"check-config", no_argument, NULL, 'n'},
+	    {"new-store", no_argument, NULL, 'N'}, /* long only: not typed by accident */
 	    {"version", no_argument, NULL, 'V'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
 	bool check_only = false;
+	enum store_create store_create = STORE_CREATE_NEVER;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "c:nVh", opts, NULL)) != -1) {
 		switch (opt) {
@@ -854,6 +867,9 @@ int main(int argc, char **argv)
 			break;
 		case 'n':
 			check_only = true;
+			break;
+		case 'N':
+			store_create = STORE_CREATE_ONLY;
 			break;
 		case 'V':
 			puts("isgd " ISG_VERSION);
@@ -890,7 +906,7 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGCHLD);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
-	struct gateway g = {0};
+	struct gateway g = {.store_create = store_create};
 	pthread_mutex_init(&g.regime_mu, NULL);
 	struct ydoc_diags d;
 	ydoc_diags_init(&d);

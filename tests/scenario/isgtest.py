@@ -720,8 +720,22 @@ class Gateway:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def configured_store_path(self):
+        """store.path as isgd reads it: a relative one is under the configuration's directory."""
+        path = (self.config.get("store") or {}).get("path") or self.store_path
+        return os.path.join(os.path.dirname(self.config_path), path)
+
+    def new_store_args(self):
+        """
+        ["--new-store"] while the configured store file does not exist yet,
+        else []: isgd makes a store only when asked to, and refuses
+        --new-store where one exists, as an admin's first start and later
+        starts do.
+        """
+        return [] if os.path.lexists(self.configured_store_path()) else ["--new-store"]
+
     def argv(self):
-        cmd = [ISGD, "--config", self.config_path]
+        cmd = [ISGD, "--config", self.config_path] + self.new_store_args()
         if VALGRIND:
             cmd = ["valgrind", "--error-exitcode=99", "--leak-check=full",
                    "--errors-for-leak-kinds=definite", "--log-file=" + self.valgrind_log] + cmd

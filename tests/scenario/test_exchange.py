@@ -370,7 +370,8 @@ class TestIPv6(ExchangeCase):
             taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             taken.bind(("::1", gw.port))
             taken.listen(1)
-            p = subprocess.run([isgtest.ISGD, "--config", gw.config_path], capture_output=True,
+            p = subprocess.run([isgtest.ISGD, "--config", gw.config_path] + gw.new_store_args(),
+                               capture_output=True,
                                text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL)
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn("isgd: cannot listen on [::1]:%d: another process is listening on it"

@@ -9,6 +9,10 @@ Scenario: the faults of issue 7 against the real isgd.
   - store file corrupted (SQLite header, a b-tree page, an audit entry
     changed or deleted): isgd refuses to start with a message naming the
     store and the problem, and the file stays byte for byte as it was;
+  - store file missing (a lost disk, a data volume not mounted): isgd and
+    --check-config refuse to start, saying what to do, and make no new
+    store; --new-store makes one only where there is none (nor a WAL file
+    left beside it);
   - key files missing, group-readable (0640) or world-readable (0604): isgd
     refuses to start naming the file (and the mode), and creates nothing;
   - isgd.yaml values a start cannot use (a listen address no socket takes,
@@ -149,7 +153,7 @@ class FaultCase(isgtest.ScenarioCase):
         valgrind (a start-up under valgrind takes seconds; the ASan build
         runs every one).
         """
-        argv = [isgtest.ISGD, "--config", gw.config_path]
+        argv = [isgtest.ISGD, "--config", gw.config_path] + gw.new_store_args()
         if not getattr(type(self), "_refused_under_valgrind", False):
             argv = gw.argv()
             type(self)._refused_under_valgrind = True
@@ -166,7 +170,8 @@ class FaultCase(isgtest.ScenarioCase):
         return p.stderr
 
     def check_config_refused(self):
-        p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,
+        p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path]
+                           + self.gw.new_store_args(), capture_output=True,
                            text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL,
                            preexec_fn=isgtest._die_with_parent)
         self.assertNotEqual(p.returncode, 0, p.stdout)
@@ -175,7 +180,8 @@ class FaultCase(isgtest.ScenarioCase):
 
     def assertChecksOut(self):
         """The control: with the files as isgctl keys init made them, the same configuration passes."""
-        p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path], capture_output=True,
+        p = subprocess.run([isgtest.ISGD, "--check-config", "--config", self.gw.config_path]
+                           + self.gw.new_store_args(), capture_output=True,
                            text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL,
                            preexec_fn=isgtest._die_with_parent)
         self.assertEqual((p.returncode, p.stdout), (0, "configuration OK\n"), p.stderr)
@@ -382,7 +388,8 @@ class TestDiskFull(FaultCase):
         for kib in range(32, 132, 4):
             os.truncate(filler, size - kib * 1024)
             before = count()
-            p = subprocess.Popen([isgtest.ISGD, "--config", gw.config_path], stdin=subprocess.DEVNULL,
+            p = subprocess.Popen([isgtest.ISGD, "--config", gw.config_path] + gw.new_store_args(),
+                                 stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                  preexec_fn=isgtest._die_with_parent)
             # an isgd that neither starts nor exits is killed, not waited for
@@ -672,6 +679,130 @@ class TestCorruptStore(FaultCase):
         db.close()
         os.replace(self.gw.store_path + ".other", self.gw.store_path)
         self.assertRefusesStore(r"is an SQLite database but not an ISG store")
+
+
+# --------------------------------------------------------------------------
+# A missing store: made only when asked for (--new-store), never silently.
+
+NO_STORE = ("isgd: store '%s' does not exist; if its disk was lost or its volume is not mounted, "
+            "mount it or restore the latest backup there first (docs/operations.md, Backups and "
+            "restore); for a new gateway only, start isgd once with --new-store\n")
+STORE_EXISTS = ("isgd: store '%s' already exists; --new-store creates a store only where there is "
+                "none: start isgd without it\n")
+
+
+class TestStoreMustExist(FaultCase):
+    """
+    A store lost with its disk, or on a data volume that did not mount (the
+    empty mount point left), must stop isgd: a new empty store would give
+    out gateway ids and audit indexes already given out, and start a second
+    audit log under the same signing key. isgd makes a store only with
+    --new-store, and refuses that where a store exists. Exit status 1, as
+    for every refused store (operations.md, Exit status).
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.gw = self.gateway(start=False)
+        self.store_dir = os.path.dirname(self.gw.store_path)
+
+    def isgd(self, *extra, check=False):
+        """isgd (--check-config with check) on gw's configuration with extra options, run to its exit."""
+        argv = [isgtest.ISGD] + (["--check-config"] if check else []) + list(extra)
+        try:
+            return subprocess.run(argv + ["--config", self.gw.config_path], capture_output=True,
+                                  text=True, timeout=isgtest.START_TIMEOUT, stdin=subprocess.DEVNULL,
+                                  preexec_fn=isgtest._die_with_parent)
+        except subprocess.TimeoutExpired:
+            self.fail("isgd %s kept running: it should have refused the store" % " ".join(extra))
+
+    def assertRefused(self, p, message):
+        self.assertEqual((p.returncode, p.stdout), (1, ""), p.stderr)
+        self.assertIn(message, p.stderr)
+        self.assertNotIn("event=isgd.started", p.stderr)
+        self.assertNotIn("event=store.", p.stderr)
+
+    def assertRefusedUnchanged(self, message, *extra):
+        """isgd and isgd --check-config with extra refuse with message; the store's directory
+        is left exactly as it was."""
+        listing = tree_listing(self.store_dir)
+        for check in (True, False):
+            self.assertRefused(self.isgd(*extra, check=check), message)
+            self.assertEqual(tree_listing(self.store_dir), listing, "isgd changed the store directory")
+
+    def test_first_start_needs_new_store(self):
+        """A new gateway: without --new-store, isgd and --check-config refuse and make nothing;
+        with it, --check-config says OK and isgd makes the store and logs store.created."""
+        self.assertRefusedUnchanged(NO_STORE % self.gw.store_path)
+        self.assertEqual(os.listdir(self.store_dir), [])
+        p = self.isgd("--new-store", check=True)
+        self.assertEqual((p.returncode, p.stdout), (0, "configuration OK\n"), p.stderr)
+        self.assertEqual(os.listdir(self.store_dir), [], "--check-config made the store")
+        self.assertEqual(self.gw.new_store_args(), ["--new-store"])
+        self.gw.start()
+        self.assertIn("event=store.created path=%s" % self.gw.store_path, self.gw.log)
+        self.assertEqual(oct(os.stat(self.gw.store_path).st_mode & 0o777), "0o600")
+
+    def test_lost_store_refused_not_made_again(self):
+        """The store file gone after a send (a lost disk, a volume not mounted): refused with
+        what to do, nothing made; with the store put back, ids go on past the old ones."""
+        self.gw.start()
+        police = self.partner(self.gw, "police")
+        first = police.send_ok([{"nhs_number": NHS_A, "concern_summary": SUMMARY}])["gateway_id"]
+        self.gw.stop()
+        away = os.path.join(self.gw.dir, "away.db")
+        os.rename(self.gw.store_path, away)
+        self.assertEqual(os.listdir(self.store_dir), [], "a clean stop leaves one file")
+        self.assertRefusedUnchanged(NO_STORE % self.gw.store_path)
+        self.assertEqual(os.listdir(self.store_dir), [])
+        os.rename(away, self.gw.store_path)
+        self.gw.start()
+        self.assertEqual(self.gw.log.count("event=store.created"), 1, "made again")
+        second = police.send_ok([{"nhs_number": NHS_B, "concern_summary": SUMMARY}])["gateway_id"]
+        self.assertGreater(second, first)
+        self.audit_verify(self.gw, "after the store was put back")
+
+    def test_new_store_refused_where_one_exists(self):
+        """--new-store on an existing store (left in a service unit, say): isgd and
+        --check-config refuse it, and the store is left byte for byte as it was."""
+        self.gw.start()
+        self.partner(self.gw, "police").send_ok([{"nhs_number": NHS_A}])
+        self.gw.stop()
+        before = sha256_file(self.gw.store_path)
+        self.assertRefusedUnchanged(STORE_EXISTS % self.gw.store_path, "--new-store")
+        self.assertEqual(sha256_file(self.gw.store_path), before)
+        self.gw.start()  # without the option, as before
+        self.assertEqual(len(self.partner(self.gw, "nhs").fetch_messages()), 1)
+
+    def test_empty_file_is_no_store(self):
+        """A file of 0 bytes (made with touch, or truncated) is refused as a store, and
+        --new-store does not replace it."""
+        open(self.gw.store_path, "wb").close()
+        os.chmod(self.gw.store_path, 0o600)
+        self.assertRefused(self.isgd(), "isgd: store '%s' is an empty file, not a store; refusing "
+                           "to use it: restore the latest backup there, or, for a new gateway, "
+                           "remove the file and start isgd once with --new-store\n" % self.gw.store_path)
+        self.assertRefusedUnchanged(STORE_EXISTS % self.gw.store_path, "--new-store")
+        self.assertEqual(os.path.getsize(self.gw.store_path), 0)
+
+    def test_no_new_store_beside_a_wal_file(self):
+        """The store file gone but its -wal file left: SQLite would read the old WAL into a
+        new store, so --new-store refuses, and without it the missing store is refused."""
+        self.gw.start()
+        self.partner(self.gw, "police").send_ok([{"nhs_number": NHS_A}])
+        wal = self.gw.store_path + "-wal"
+        self.assertTrue(os.path.exists(wal), "isgd keeps a WAL while it runs")
+        kept = os.path.join(self.gw.dir, "kept-wal")
+        shutil.copyfile(wal, kept)
+        self.gw.stop()
+        os.remove(self.gw.store_path)
+        shutil.copyfile(kept, wal)
+        self.assertRefusedUnchanged(
+            "isgd: store '%s' does not exist, but its WAL file '%s' does: the store file was lost "
+            "or moved; put it back, or restore the latest backup there and remove the '-wal' and "
+            "'-shm' files (docs/operations.md, Backups and restore); no store is made beside a "
+            "WAL file\n" % (self.gw.store_path, wal), "--new-store")
+        self.assertRefusedUnchanged(NO_STORE % self.gw.store_path)
 
 
 # --------------------------------------------------------------------------

@@ -1395,7 +1395,7 @@ class TestPolicyWarnings(HardeningCase):
         policy = self.policy(name="policy dir", agreements=[agreement])
         gw = self.gateway(policy, start=False)
         check = isgtest.subprocess.run([isgtest.ISGD, "--check-config", "--config",
-                                        gw.config_path], capture_output=True, text=True,
+                                        gw.config_path] + gw.new_store_args(), capture_output=True, text=True,
                                        timeout=isgtest.START_TIMEOUT)
         self.assertEqual((check.returncode, check.stdout), (0, "configuration OK\n"),
                          check.stderr)

@@ -143,7 +143,7 @@ class PseudonymCase(isgtest.ScenarioCase):
 
     def start_isgd_expecting_refusal(self, gw, *extra):
         """Run isgd on gw's configuration in the foreground; it must exit non-zero. Returns its stderr."""
-        argv = [isgtest.ISGD] + list(extra) + ["--config", gw.config_path]
+        argv = [isgtest.ISGD] + list(extra) + ["--config", gw.config_path] + gw.new_store_args()
         try:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=isgtest.START_TIMEOUT,
                                stdin=subprocess.DEVNULL, preexec_fn=isgtest._die_with_parent)
@@ -154,7 +154,8 @@ class PseudonymCase(isgtest.ScenarioCase):
         return p.stderr
 
     def check_config(self, gw):
-        return subprocess.run([isgtest.ISGD, "--check-config", "--config", gw.config_path],
+        return subprocess.run([isgtest.ISGD, "--check-config", "--config", gw.config_path]
+                              + gw.new_store_args(),
                               capture_output=True, text=True, timeout=isgtest.START_TIMEOUT,
                               stdin=subprocess.DEVNULL)
 
