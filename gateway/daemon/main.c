@@ -289,6 +289,103 @@ static int domain_keys_unreadable(const struct isgd_config *cfg)
 	return 1;
 }
 
+/* Whether the user in force for the file system may access path (faccessat
+ * with AT_EACCESS asks with the file system ids): 0, or the errno. */
+static int fs_access(const char *path, int mode)
+{
+	return faccessat(AT_FDCWD, path, mode, AT_EACCESS) == 0 ? 0 : errno;
+}
+
+static void store_dir_of(const char *path, char *dir, size_t size)
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash)
+		snprintf(dir, size, ".");
+	else if (slash == path)
+		snprintf(dir, size, "/");
+	else
+		snprintf(dir, size, "%.*s", (int)(slash - path), path);
+}
+
+/* The store's directory: there (for --new-store), and writable by the user,
+ * as SQLite makes the -wal and -shm files there. */
+static int check_store_dir(const char *path, const char *user)
+{
+	char dir[PATH_MAX];
+	store_dir_of(path, dir, sizeof(dir));
+	int e = fs_access(dir, W_OK | X_OK);
+	if (e == ENOENT) {
+		fprintf(stderr,
+		        "isgd: the store's directory '%s' does not exist; make it, owned by user "
+		        "'%s', who opens the store: install -d -o %s -m 700 '%s'\n",
+		        dir, user, user, dir);
+		return ISG_ERR_NOT_FOUND;
+	}
+	if (e != 0) {
+		fprintf(stderr,
+		        "isgd: cannot write in the store's directory '%s' as user '%s', who opens "
+		        "the store and makes its '-wal' and '-shm' files there: %s; fix: chown %s "
+		        "'%s' && chmod 700 '%s'\n",
+		        dir, user, strerror(e), user, dir, dir);
+		return ISG_ERR_DENIED;
+	}
+	return 0;
+}
+
+/* The store file, and the -wal and -shm files beside it if there are any:
+ * readable and writable by the user. */
+static int check_store_files(const char *path, const char *user)
+{
+	static const char *const suffixes[] = {"", "-wal", "-shm"};
+	struct stat st;
+	int failed = 0;
+	for (size_t i = 0; i < ARRAY_LEN(suffixes); i++) {
+		char file[PATH_MAX + 8];
+		snprintf(file, sizeof(file), "%s%s", path, suffixes[i]);
+		if (i > 0 && lstat(file, &st) != 0)
+			continue; /* none there: SQLite makes it */
+		int e = fs_access(file, R_OK | W_OK);
+		if (e == 0)
+			continue;
+		fprintf(stderr,
+		        "isgd: cannot read and write store file '%s' as user '%s', who opens the "
+		        "store: %s; fix: chown %s '%s' && chmod 600 '%s'\n",
+		        file, user, strerror(e), user, file, file);
+		failed = 1;
+	}
+	return failed ? ISG_ERR_DENIED : 0;
+}
+
+/*
+ * The store as the user who will open it (user:, or whoever starts isgd):
+ * there, or not, as --new-store wants (store_check_file says what to do),
+ * then the directory and the files SQLite opens, each problem with the
+ * command that fixes it. Looking only, with the file system ids in force:
+ * check_user_reads sets the user's.
+ */
+static int check_store(const struct isgd_config *cfg, enum store_create create, const char *user)
+{
+	char err[1024];
+	const char *path = cfg->store_path;
+	int r = store_check_file(path, create, err, sizeof(err));
+	if (r == ISG_ERR_DENIED) { /* stat: a directory on the way refuses the user */
+		fprintf(stderr,
+		        "isgd: cannot reach store '%s' as user '%s', who opens it: %s; a directory "
+		        "on its path does not let that user search it (namei -l '%s' shows which); "
+		        "fix: chown %s the store's own directory, or chmod o+x one above it\n",
+		        path, user, strerror(EACCES), path, user);
+		return r;
+	}
+	if (r != 0) {
+		fprintf(stderr, "isgd: %s\n", err);
+		return r;
+	}
+	r = check_store_dir(path, user);
+	if (r == 0 && create == STORE_CREATE_NEVER)
+		r = check_store_files(path, user);
+	return r;
+}
+
 /*
  * As the user, for the file system only (setfsuid, setfsgid, and the one
  * group drop_privileges leaves it), so modes, ACLs and security modules
@@ -298,7 +395,8 @@ static int domain_keys_unreadable(const struct isgd_config *cfg)
  * single-threaded here, and setfsuid is per thread. Only when isgd is to
  * become a user: otherwise start and reload read as the same one.
  */
-static int check_user_reads(const struct isgd_config *cfg, const struct identity *id)
+static int check_user_reads(const struct isgd_config *cfg, const struct identity *id,
+                            enum store_create create)
 {
 	if (!id->drop)
 		return 0;
@@ -324,6 +422,8 @@ static int check_user_reads(const struct isgd_config *cfg, const struct identity
 		try_read(&u, "TLS key", cfg->tls_key);
 		try_read(&u, "partner CA bundle", cfg->tls_client_ca);
 		try_read(&u, "CRL", cfg->tls_crl);
+		if (check_store(cfg, create, cfg->user) != 0)
+			u.failed = 1;
 	}
 	setfsuid(geteuid());
 	setfsgid(getegid());
@@ -414,12 +514,15 @@ static int check_all(struct gateway *g, const struct identity *id, enum regime_r
 		fprintf(stderr, "isgd: %s\n", err);
 		failed = 1;
 	}
-	if (check_user_reads(cfg, id) != 0)
+	/* The store as the user who opens it, after binding: checked by
+	 * check_user_reads when isgd is to become user:, else as isgd is. */
+	if (check_user_reads(cfg, id, g->store_create) != 0)
 		failed = 1;
-	/* Looking only: a start opens it as the user, after binding. */
-	if (store_check_file(cfg->store_path, g->store_create, err, sizeof(err)) != 0) {
-		fprintf(stderr, "isgd: %s\n", err);
-		failed = 1;
+	if (!id->drop) {
+		char who[64], unused[96];
+		user_words((unsigned)geteuid(), unused, sizeof(unused), who, sizeof(who));
+		if (check_store(cfg, g->store_create, who) != 0)
+			failed = 1;
 	}
 	return failed ? ISG_ERR_INVALID : 0;
 }

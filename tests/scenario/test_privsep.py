@@ -471,6 +471,43 @@ class DropRoot(PrivsepCase):
                                               ("client_ca", "partner CA bundle"),
                                               ("crl", "CRL"))])
 
+    def test_store_the_user_cannot_open_is_refused(self):
+        """The store as user: nobody opens it, once isgd has become that user: --check-config
+        and a start say which file or directory that user cannot use and the command that
+        fixes it, rather than "cannot open: Permission denied" (or OK) as root."""
+        require_root(self)
+        user = pwd.getpwnam("nobody")
+        gw = self.user_gateway()
+        gw.start()
+        gw.stop()
+        path, store_dir = gw.store_path, os.path.dirname(gw.store_path)
+        os.chown(path, 0, 0)
+        self.refused(gw, "isgd: cannot read and write store file '%s' as user 'nobody', who opens "
+                     "the store: Permission denied; fix: chown nobody '%s' && chmod 600 '%s'\n"
+                     % (path, path, path))
+        os.chown(path, user.pw_uid, user.pw_gid)
+        os.chown(store_dir, 0, 0)
+        os.chmod(store_dir, 0o755)
+        self.refused(gw, "isgd: cannot write in the store's directory '%s' as user 'nobody', who "
+                     "opens the store and makes its '-wal' and '-shm' files there: Permission "
+                     "denied; fix: chown nobody '%s' && chmod 700 '%s'\n"
+                     % (store_dir, store_dir, store_dir))
+        os.chmod(store_dir, 0o700)
+        self.refused(gw, "isgd: cannot reach store '%s' as user 'nobody', who opens it: Permission "
+                     "denied; a directory on its path does not let that user search it (namei -l "
+                     "'%s' shows which); fix: chown nobody the store's own directory, or chmod "
+                     "o+x one above it\n" % (path, path))
+        # A new gateway whose store directory was never made (or a restore that forgot it).
+        os.remove(path)
+        os.rmdir(store_dir)
+        self.refused(gw, "isgd: the store's directory '%s' does not exist; make it, owned by user "
+                     "'nobody', who opens the store: install -d -o nobody -m 700 '%s'\n"
+                     % (store_dir, store_dir))
+        os.mkdir(store_dir, 0o700)
+        os.chown(store_dir, user.pw_uid, user.pw_gid)
+        gw.start()  # --new-store, as the directory is empty
+        self.assertEqual(os.stat(path).st_uid, user.pw_uid)
+
     def test_without_user_files_only_root_can_read_are_fine(self):
         """Without user: start and reload read as the same user: nothing to refuse."""
         require_root(self)
