@@ -614,5 +614,39 @@ class TestBackupStopped(BackupCase):
                       r.out)
 
 
+
+class TestBackupChecked(BackupCase):
+    def test_documented_check_of_a_backup_with_an_origin(self):
+        """The check operations.md and isgctl.md give for a copy, run exactly as written, on a
+        good copy of a gateway whose configuration sets audit.origin: it passes, reading the
+        keys and origin from the configuration and the log from the copy. --store with --keys
+        alone, as the pages gave it before, assumes the default origin and cannot verify."""
+        gw, police = self.start(audit={"checkpoint_interval": "1s", "origin": "isg.example/gw-1"})
+        police.send_ok([{"nhs_number": NHS}])
+        gw.stop()  # its last checkpoint covers the whole log
+        out = os.path.join(self.tmp, "store-2026-11-23.db")
+        m = self.assertBackedUp(self.backup("--config", gw.config_path, out), out, gw)
+        documented = "isgctl audit verify --config ISGD_YAML --store OUTPUT"
+        for doc in ("operations.md", "isgctl.md"):
+            self.assertIn("`%s`" % documented,
+                          isgtest.read_text(os.path.join(isgtest.SOURCE, "docs", doc)), doc)
+        words = documented.split()[1:]
+        words[words.index("ISGD_YAML")] = gw.config_path
+        words[words.index("OUTPUT")] = out
+        r = isgtest.ctl(*words)
+        self.assertCtl(r, 0, gw)
+        self.assertIn("latest checkpoint size %s, root %s" % (m.group("size"), m.group("root")),
+                      r.out)
+        r = isgtest.ctl("audit", "verify", "--store", out, "--keys", gw.keys_dir)
+        self.assertCtl(r, 1, gw)
+        self.assertIn("carries no signature by this verifier key", r.out)
+        # the copy was read, not the store: a copy with an entry deleted is refused
+        changed = isgtest.tampered_store(out, os.path.join(self.tmp, "changed.db"),
+                                         ("DELETE FROM audit WHERE seq = 2", ()))
+        r = isgtest.ctl("audit", "verify", "--config", gw.config_path, "--store", changed)
+        self.assertCtl(r, 1, gw)
+        self.assertIn("problem: entry 2 is missing (deleted)", r.out)
+
+
 if __name__ == "__main__":
     unittest.main()
