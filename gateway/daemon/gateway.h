@@ -192,6 +192,10 @@ int handler_write_refusal(void *ctx, const struct refusal_record *rec);
 void handler_notify(void *ctx, const char *recipient);
 /* After a reload: close connections of partners the new set no longer has. */
 void handler_recheck_partners(struct gateway *g);
+/* After a reload installed new TLS material: close connections whose certificate
+ * chain no longer verifies against it (revoked, CA gone); logs tls.rechecked when
+ * every worker is done. */
+void handler_recheck_certificates(struct gateway *g);
 /* After a step of the wall clock: subscribers judge again which pushes expired. */
 void handler_clock_stepped(struct gateway *g);
 
@@ -244,7 +248,8 @@ char *entry_connection(const char *peer, const char *subject, const char *partne
 char *entry_connection_repeated(const struct refusal_record *rec, size_t *len);
 /*
  * "connection.closed": a reload cut an open connection (rule
- * "partner.removed" or "partner.unrecognised"), under policy set `set`.
+ * "partner.removed", "partner.unrecognised" or "certificate.rejected"),
+ * under policy set `set`.
  */
 char *entry_connection_closed(const struct policy_set *set, const char *peer, const char *subject,
                               const char *partner, const char *rule, const char *reason,

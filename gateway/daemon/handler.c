@@ -3,6 +3,7 @@
  * thread. Requests that touch the disk go to the store; its answers come
  * back to the worker through net_post, so a worker never waits on the disk.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1432,6 +1433,59 @@ static void unref_regime(void *arg)
 void handler_recheck_partners(struct gateway *g)
 {
 	net_server_each(g->net, close_if_unrecognised, gateway_regime(g), unref_regime);
+}
+
+/* One recheck of the open connections' certificates, shared by the workers. */
+struct cert_recheck {
+	struct regime *rg; /* for the policy set version of the audit entries */
+	atomic_size_t closed;
+};
+
+/*
+ * After a reload brought in new CAs or CRLs: a connection whose certificate
+ * chain no longer verifies (revoked, its CA taken out of the bundle) is cut
+ * as a removed partner's is, so that revoking a certificate ends the access
+ * it gives, not only its next connection.
+ */
+static void close_if_unverified(struct net_conn *c, void *arg)
+{
+	struct session *s = net_conn_data(c);
+	struct cert_recheck *rc = arg;
+	char why[160], reason[200], message[320], q[200];
+	if (!s || net_conn_verify_again(c, why, sizeof(why)) == 0)
+		return;
+	snprintf(reason, sizeof(reason), "certificate no longer verifies: %s", why);
+	snprintf(message, sizeof(message),
+	         "the gateway's reloaded partner CAs and CRLs no longer accept this "
+	         "connection's client certificate (%s)",
+	         why);
+	log_event(LOG_WARN, "certificate.rejected", "peer=%s partner=%s reason=%s",
+	          net_conn_peer(c), s->partner, log_quote(q, sizeof(q), why));
+	audit_closed(s->g, rc->rg->policy, c, "certificate.rejected", reason);
+	send_error(c, 0, ISG__ERROR_CODE__NOT_PERMITTED, "certificate.rejected", message, -1, NULL,
+	           0);
+	session_end(c, s, ISG__ERROR_CODE__NOT_PERMITTED, "certificate.rejected", message);
+	net_conn_close(c);
+	atomic_fetch_add(&rc->closed, 1);
+}
+
+/* After the last worker: how many the recheck cut, one line for the reload. */
+static void cert_recheck_done(void *arg)
+{
+	struct cert_recheck *rc = arg;
+	log_event(LOG_INFO, "tls.rechecked", "connections_closed=%zu", atomic_load(&rc->closed));
+	regime_unref(rc->rg);
+	free(rc);
+}
+
+void handler_recheck_certificates(struct gateway *g)
+{
+	struct cert_recheck *rc = calloc(1, sizeof(*rc));
+	if (!rc)
+		fatal("out of memory");
+	rc->rg = gateway_regime(g);
+	atomic_init(&rc->closed, 0);
+	net_server_each(g->net, close_if_unverified, rc, cert_recheck_done);
 }
 
 /*

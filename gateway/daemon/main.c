@@ -713,6 +713,9 @@ static void reload(struct gateway *g)
 		SSL_CTX_free(tls);
 		log_event(LOG_INFO, "tls.reloaded", "certificate=%s",
 		          log_quote(qp, sizeof(qp), g->cfg.tls_certificate));
+		/* New CAs or CRLs judge the open connections too: a revoked
+		 * certificate's subscription must not outlive the revocation. */
+		handler_recheck_certificates(g);
 	} else {
 		char q[600];
 		log_event(LOG_ERROR, "tls.reload_failed",

@@ -86,6 +86,13 @@ struct net_options {
  * key checked is the key read; or -1 to open tls.key here.
  */
 int net_tls_new(const struct isgd_config *cfg, int key_fd, SSL_CTX **out, char *err, size_t errlen);
+/*
+ * Verify the peer certificate chain of ssl (its handshake over) again, as
+ * the handshake did but against ctx's CAs and CRLs: after a reload, so
+ * that a certificate revoked since is cut. 0, or an error with the
+ * verification's reason ("certificate revoked") in reason.
+ */
+int net_tls_verify_peer(SSL_CTX *ctx, SSL *ssl, char *reason, size_t len);
 /* Extract what policy matching needs from a certificate. */
 void net_cert_identity(X509 *cert, struct cert_identity *id);
 
@@ -155,6 +162,12 @@ const char *net_conn_peer(const struct net_conn *c);
 struct net_conn_ref net_conn_ref(struct net_conn *c);
 /* What policy matching needs from the peer's certificate; ISG_ERR_NOT_FOUND if none. */
 int net_conn_peer_identity(struct net_conn *c, struct cert_identity *id);
+/*
+ * Verify the peer's certificate chain again, as its handshake did, against
+ * the CAs and CRLs of the server's current TLS context (net_server_set_tls):
+ * 0, or an error with the reason ("certificate revoked") in reason.
+ */
+int net_conn_verify_again(struct net_conn *c, char *reason, size_t len);
 /* Whether the handler writes a conn.refused line for c: a few a second per
  * worker; the others are counted into conn.refused_unlogged. */
 bool net_refusal_log(struct net_conn *c);

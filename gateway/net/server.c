@@ -555,6 +555,32 @@ static void conn_finish(struct net_conn *c)
 /* ------------------------------------------------------------------------ */
 /* Handshake. */
 
+/* The context new connections use now, referenced: SSL_CTX_free it. */
+static SSL_CTX *server_tls(struct net_server *s)
+{
+	pthread_mutex_lock(&s->tls_mu);
+	SSL_CTX *tls = s->tls;
+	SSL_CTX_up_ref(tls);
+	pthread_mutex_unlock(&s->tls_mu);
+	return tls;
+}
+
+/*
+ * Against the server's current context: 0 when c's certificate chain still
+ * verifies, else an error with why in reason. A handshake begun before a
+ * reload verified against the context it started with; this catches one
+ * that ends after the reload's recheck of open connections has passed.
+ */
+static int conn_verify_current(struct net_conn *c, bool only_if_replaced, char *reason, size_t len)
+{
+	SSL_CTX *tls = server_tls(c->w->s);
+	int rc = 0;
+	if (!only_if_replaced || SSL_get_SSL_CTX(c->ssl) != tls)
+		rc = net_tls_verify_peer(tls, c->ssl, reason, len);
+	SSL_CTX_free(tls);
+	return rc;
+}
+
 static int verify_cb(int ok, X509_STORE_CTX *store)
 {
 	if (ok)
@@ -669,6 +695,16 @@ static void conn_handshake(struct net_conn *c)
 	X509 *cert = SSL_get0_peer_certificate(c->ssl);
 	if (!cert) { /* cannot happen with FAIL_IF_NO_PEER_CERT, but never serve anonymously */
 		conn_refuse(c, "no client certificate");
+		return;
+	}
+	char why[160];
+	if (conn_verify_current(c, true, why, sizeof(why)) != 0) {
+		char reason[200];
+		snprintf(reason, sizeof(reason), "certificate verify failed: %s", why);
+		struct cert_identity cid;
+		net_cert_identity(cert, &cid);
+		str_copy(c->verify_subject, cid.subject, sizeof(c->verify_subject));
+		conn_refuse(c, reason);
 		return;
 	}
 	struct cert_identity id;
@@ -1011,6 +1047,11 @@ int net_conn_peer_identity(struct net_conn *c, struct cert_identity *id)
 		return ISG_ERR_NOT_FOUND;
 	net_cert_identity(cert, id);
 	return 0;
+}
+
+int net_conn_verify_again(struct net_conn *c, char *reason, size_t len)
+{
+	return conn_verify_current(c, false, reason, len);
 }
 
 bool net_conn_output_full(struct net_conn *c)

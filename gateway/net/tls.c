@@ -312,6 +312,38 @@ out:
 	return rc;
 }
 
+int net_tls_verify_peer(SSL_CTX *ctx, SSL *ssl, char *reason, size_t len)
+{
+	X509 *cert = SSL_get0_peer_certificate(ssl);
+	if (!cert) {
+		str_copy(reason, "no client certificate", len);
+		return ISG_ERR_DENIED;
+	}
+	X509_STORE_CTX *vctx = X509_STORE_CTX_new();
+	/* As the handshake does (ssl_verify_cert_chain): the client's chain as
+	 * untrusted certificates, the purpose of a client, the context's
+	 * parameters (depth) on top of the store's (the CRL flags). */
+	if (!vctx ||
+	    !X509_STORE_CTX_init(vctx, SSL_CTX_get_cert_store(ctx), cert,
+	                         SSL_get_peer_cert_chain(ssl)) ||
+	    !X509_STORE_CTX_set_default(vctx, "ssl_client") ||
+	    !X509_VERIFY_PARAM_set1(X509_STORE_CTX_get0_param(vctx), SSL_CTX_get0_param(ctx))) {
+		X509_STORE_CTX_free(vctx);
+		ERR_clear_error();
+		str_copy(reason, "out of memory", len);
+		return ISG_ERR_NOMEM;
+	}
+	int rc = 0;
+	if (X509_verify_cert(vctx) != 1) {
+		str_copy(reason, X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)),
+		         len);
+		rc = ISG_ERR_DENIED;
+	}
+	X509_STORE_CTX_free(vctx);
+	ERR_clear_error();
+	return rc;
+}
+
 int net_tls_new(const struct isgd_config *cfg, int key_fd, SSL_CTX **out, char *err, size_t errlen)
 {
 	int rc = ISG_ERR_TLS;
