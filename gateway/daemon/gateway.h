@@ -157,7 +157,21 @@ struct gateway {
 	_Atomic int64_t latest_ms; /* gateway_today_ms's */
 	/* --new-store: make the store, which must not exist yet; otherwise it must. */
 	enum store_create store_create;
+	/* crldue.c's, on the main thread: the running CRLs' first nextUpdate. */
+	struct net_crl_due crl_due;
+	int crl_state;         /* the last line it gave: quiet, expiring, expired */
+	int64_t crl_logged_ms; /* when, monotonic */
 };
+
+/*
+ * crldue.c. A CRL near its nextUpdate (within 7 days) or past it locks its
+ * CA's partners out: said at load (printed by --check-config, logged at
+ * start and reload) for the TLS context tls just loaded, whose due time it
+ * keeps (not for REGIME_CHECK); crl_due_watch, on the main thread's tick,
+ * says it again once a day, and at once when the CRL runs out.
+ */
+void crl_due_loaded(struct gateway *g, SSL_CTX *tls, enum regime_report how);
+void crl_due_watch(struct gateway *g);
 
 /*
  * clock.c. The wall clock for what isgd decides by the day (an agreement

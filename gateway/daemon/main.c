@@ -513,6 +513,8 @@ static int check_all(struct gateway *g, const struct identity *id, enum regime_r
 	if (tls_new_checked(cfg, id->uid, tls, err, sizeof(err)) != 0) {
 		fprintf(stderr, "isgd: %s\n", err);
 		failed = 1;
+	} else {
+		crl_due_loaded(g, *tls, how);
 	}
 	/* The store as the user who opens it, after binding: checked by
 	 * check_user_reads when isgd is to become user:, else as isgd is. */
@@ -709,6 +711,7 @@ static void reload(struct gateway *g)
 	char err[512];
 	SSL_CTX *tls = NULL;
 	if (tls_new_checked(&g->cfg, geteuid(), &tls, err, sizeof(err)) == 0) {
+		crl_due_loaded(g, tls, REGIME_RELOAD); /* before the workers share its store */
 		net_server_set_tls(g->net, tls);
 		SSL_CTX_free(tls);
 		log_event(LOG_INFO, "tls.reloaded", "certificate=%s",
@@ -799,6 +802,7 @@ static int serve(struct gateway *g, const sigset_t *sigs)
 		int sig = sigtimedwait(sigs, NULL, &tick);
 		refusals_flush(g->refusals, time_mono_ms(), false);
 		watch_clock(g, &clock);
+		crl_due_watch(g);
 		if (sig < 0)
 			continue; /* the tick (EAGAIN) or EINTR */
 		if (sig == SIGCHLD) {

@@ -87,6 +87,19 @@ struct net_options {
  */
 int net_tls_new(const struct isgd_config *cfg, int key_fd, SSL_CTX **out, char *err, size_t errlen);
 /*
+ * With tls.crl, net_tls_new refuses a CRL that would lock partners out:
+ * each CA of the partner CA bundle must have a CRL signed by it and
+ * current (thisUpdate <= now < nextUpdate), or every certificate it issued
+ * would be refused. Of those CRLs, the one whose nextUpdate comes first:
+ */
+struct net_crl_due {
+	int64_t next_update; /* Unix seconds; 0 when no CRL has one */
+	char when[32];       /* next_update as YYYY-MM-DDTHH:MM:SSZ */
+	char ca[256];        /* the subject of the CA whose CRL it is */
+};
+/* For a context from net_tls_new: 0, or ISG_ERR_NOT_FOUND without tls.crl. */
+int net_tls_crl_due(SSL_CTX *ctx, struct net_crl_due *due);
+/*
  * Verify the peer certificate chain of ssl (its handshake over) again, as
  * the handshake did but against ctx's CAs and CRLs: after a reload, so
  * that a certificate revoked since is cut. 0, or an error with the

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -312,6 +313,174 @@ out:
 	return rc;
 }
 
+/*
+ * How a partner CA's best CRL stands, worst first: a CA whose CRLs are all
+ * worse than current refuses every certificate it issued once CRL checking
+ * is on ("unable to get certificate CRL", "CRL signature failure", "CRL is
+ * not yet valid", "CRL has expired").
+ */
+enum crl_state { CRL_NONE, CRL_BAD_SIGNATURE, CRL_NOT_YET_VALID, CRL_EXPIRED, CRL_CURRENT };
+
+/* A partner CA's best CRL: its state, and the times of the CRL that has it. */
+struct crl_best {
+	enum crl_state state;
+	int64_t this_update, next_update; /* Unix seconds; next_update 0 when it has none */
+};
+
+static int64_t asn1_unix(const ASN1_TIME *t)
+{
+	struct tm tm;
+	if (!t || !ASN1_TIME_to_tm(t, &tm))
+		return 0;
+	return (int64_t)timegm(&tm);
+}
+
+static void format_utc(int64_t t, char *buf, size_t size)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+	if (!gmtime_r(&tt, &tm) || !strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm))
+		str_copy(buf, "?", size);
+}
+
+/* One CRL judged as the issuer's: signed by its key, and current at now. */
+static struct crl_best crl_judge(X509_CRL *crl, X509 *ca, int64_t now)
+{
+	struct crl_best b = {.this_update = asn1_unix(X509_CRL_get0_lastUpdate(crl)),
+	                     .next_update = asn1_unix(X509_CRL_get0_nextUpdate(crl))};
+	EVP_PKEY *key = X509_get0_pubkey(ca);
+	if (!key || X509_CRL_verify(crl, key) != 1)
+		b.state = CRL_BAD_SIGNATURE;
+	else if (b.this_update > now)
+		b.state = CRL_NOT_YET_VALID;
+	else if (b.next_update != 0 && b.next_update <= now)
+		b.state = CRL_EXPIRED;
+	else
+		b.state = CRL_CURRENT;
+	ERR_clear_error(); /* a failed signature check leaves its reason queued */
+	return b;
+}
+
+/*
+ * The best CRL of ca among the store's: the state OpenSSL would find, and
+ * among current ones the latest nextUpdate, which says how long the CA's
+ * partners can still connect without a new CRL.
+ */
+static struct crl_best crl_best_of(STACK_OF(X509_OBJECT) * objs, X509 *ca, int64_t now)
+{
+	struct crl_best best = {.state = CRL_NONE};
+	const X509_NAME *subject = X509_get_subject_name(ca);
+	for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+		X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
+		if (!crl || X509_NAME_cmp(X509_CRL_get_issuer(crl), subject) != 0)
+			continue;
+		struct crl_best b = crl_judge(crl, ca, now);
+		bool later = b.next_update == 0 ||
+		             (best.next_update != 0 && b.next_update > best.next_update);
+		if (b.state > best.state || (b.state == best.state && later))
+			best = b;
+	}
+	return best;
+}
+
+static void ca_subject(X509 *ca, char *buf, size_t size)
+{
+	struct cert_identity id;
+	net_cert_identity(ca, &id);
+	str_copy(buf, id.subject, size);
+}
+
+/* Why best is not current, for the admin, with what to do about it. */
+static void crl_problem(const struct crl_best *best, const char *ca, const char *path, char *err,
+                        size_t errlen)
+{
+	char when[32];
+	switch (best->state) {
+	case CRL_NONE:
+		snprintf(err, errlen,
+		         "CRL '%s' (tls.crl) holds no CRL of partner CA \"%s\": every partner "
+		         "certificate that CA issued would be refused (unable to get certificate "
+		         "CRL); make that CA's CRL (openssl ca -gencrl -out '%s') and install it "
+		         "at tls.crl, or take the CA out of tls.client_ca",
+		         path, ca, path);
+		break;
+	case CRL_BAD_SIGNATURE:
+		snprintf(
+		    err, errlen,
+		    "CRL '%s' (tls.crl): the CRL that names partner CA \"%s\" as its issuer is "
+		    "not signed by that CA's key: every partner certificate the CA issued "
+		    "would be refused; make the CRL again with that CA (openssl ca -gencrl "
+		    "-out '%s') and install it at tls.crl",
+		    path, ca, path);
+		break;
+	case CRL_NOT_YET_VALID:
+		format_utc(best->this_update, when, sizeof(when));
+		snprintf(err, errlen,
+		         "CRL '%s' (tls.crl): the CRL of partner CA \"%s\" is not valid before %s "
+		         "(its thisUpdate): every partner certificate the CA issued would be "
+		         "refused until then; check this machine's clock and the CA's, or make "
+		         "the CRL again: openssl ca -gencrl -out '%s'",
+		         path, ca, when, path);
+		break;
+	case CRL_EXPIRED:
+		format_utc(best->next_update, when, sizeof(when));
+		snprintf(err, errlen,
+		         "CRL '%s' (tls.crl): the CRL of partner CA \"%s\" expired at %s (its "
+		         "nextUpdate): every partner certificate the CA issued would be refused "
+		         "(CRL has expired); make the CRL again: openssl ca -gencrl -out '%s'",
+		         path, ca, when, path);
+		break;
+	case CRL_CURRENT:
+		break;
+	}
+}
+
+/*
+ * With CRL checking on (X509_V_FLAG_CRL_CHECK_ALL), every CA in the chain
+ * needs a current CRL signed by it, or none of its partners gets in. So
+ * each CA of the partner CA bundle must have one, in tls.crl or the bundle;
+ * and the soonest nextUpdate among them, and its CA, go into *due.
+ */
+static int crl_survey(SSL_CTX *ctx, const char *path, int64_t now, struct net_crl_due *due,
+                      char *err, size_t errlen)
+{
+	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+	STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(store);
+	if (due)
+		*due = (struct net_crl_due){0};
+	for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+		X509 *ca = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
+		if (!ca)
+			continue;
+		struct crl_best best = crl_best_of(objs, ca, now);
+		char subject[256];
+		ca_subject(ca, subject, sizeof(subject));
+		if (best.state != CRL_CURRENT) {
+			crl_problem(&best, subject, path, err, errlen);
+			return ISG_ERR_INVALID;
+		}
+		if (due && best.next_update != 0 &&
+		    (due->next_update == 0 || best.next_update < due->next_update)) {
+			due->next_update = best.next_update;
+			str_copy(due->ca, subject, sizeof(due->ca));
+		}
+	}
+	return 0;
+}
+
+int net_tls_crl_due(SSL_CTX *ctx, struct net_crl_due *due)
+{
+	char unused[8];
+	*due = (struct net_crl_due){0};
+	X509_VERIFY_PARAM *param = X509_STORE_get0_param(SSL_CTX_get_cert_store(ctx));
+	if (!(X509_VERIFY_PARAM_get_flags(param) & X509_V_FLAG_CRL_CHECK))
+		return ISG_ERR_NOT_FOUND;
+	crl_survey(ctx, "", (int64_t)time(NULL), due, unused, sizeof(unused));
+	if (due->next_update != 0)
+		format_utc(due->next_update, due->when, sizeof(due->when));
+	return 0;
+}
+
 int net_tls_verify_peer(SSL_CTX *ctx, SSL *ssl, char *reason, size_t len)
 {
 	X509 *cert = SSL_get0_peer_certificate(ssl);
@@ -374,7 +543,9 @@ int net_tls_new(const struct isgd_config *cfg, int key_fd, SSL_CTX **out, char *
 	}
 	if ((rc = load_client_ca(ctx, cfg->tls_client_ca, err, errlen)) != 0)
 		goto out;
-	if (cfg->tls_crl && (rc = load_crl(ctx, cfg->tls_crl, err, errlen)) != 0)
+	if (cfg->tls_crl &&
+	    ((rc = load_crl(ctx, cfg->tls_crl, err, errlen)) != 0 ||
+	     (rc = crl_survey(ctx, cfg->tls_crl, (int64_t)time(NULL), NULL, err, errlen)) != 0))
 		goto out;
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
 	SSL_CTX_set_verify_depth(ctx, 4);
