@@ -33,7 +33,7 @@ static int queue_push(struct store *s, struct store_job *j)
 {
 	int rc = 0;
 	pthread_mutex_lock(&s->mu);
-	if (s->closing) {
+	if (s->closing || atomic_load(&s->failed)) {
 		rc = ISG_ERR_CLOSED;
 	} else if (s->queued >= STORE_QUEUE_MAX) {
 		rc = ISG_ERR_AGAIN;
@@ -178,10 +178,12 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 			return rc;
 		}
 	}
-	rc = store_db_step_done(s, s->stmt[ST_COMMIT], "commit");
+	rc = store_db_commit(s, s->stmt[ST_COMMIT], "commit");
 	if (rc && s->commit_full) /* tests only: the disk filled up as the WAL grew */
 		rc = ISG_ERR_FULL;
 	s->commit_full = false;
+	if (rc == ISG_ERR_UNKNOWN)
+		store_fail(s, store_db_errmsg(s->db));
 	if (rc) {
 		batch_fail(s, batch, &start, rc);
 		return rc;
@@ -251,6 +253,40 @@ static void batch_finish(struct store *s, struct store_job *batch)
 	}
 }
 
+/*
+ * A commit that may or may not be on disk (store_db_commit): its jobs are
+ * answered ISG_ERR_UNKNOWN, so each partner repeats its request (a send
+ * with the same message_id, which is idempotent), and the writer takes no
+ * more work. SQLite believes the commit rolled back, yet WAL recovery at
+ * the next open may replay it, and the next commit would write over it:
+ * going on would answer later requests from a state the file may not have
+ * (PostgreSQL's fsync lesson: after a failed sync, do not retry, recover).
+ * So nothing more is written, not even at close, and the owner of the
+ * store (isgd) stops; recovery at the next open makes the file consistent.
+ */
+void store_fail(struct store *s, const char *why)
+{
+	if (atomic_exchange(&s->failed, true))
+		return;
+	char q[512];
+	log_event(LOG_ERROR, "store.failed",
+	          "reason=%s action=\"isgd stops; restart it: recovery makes the store "
+	          "consistent\"",
+	          log_quote(q, sizeof(q), why));
+}
+
+bool store_failed(struct store *s)
+{
+	return s && atomic_load(&s->failed);
+}
+
+/* After store_fail: every job is refused, none is run. */
+static void batch_refuse(struct store_job *batch)
+{
+	for (struct store_job *j = batch; j; j = j->next)
+		j->err = ISG_ERR_CLOSED;
+}
+
 /* --- the writer thread ------------------------------------------------------------ */
 
 static int commit_hook(void *arg)
@@ -267,7 +303,8 @@ static int commit_hook(void *arg)
 /* Only committed entries are in s->log here: a failed batch put it back. */
 static void checkpoint_if_due(struct store *s, bool final)
 {
-	if (!s->signer || audit_tree_size(&s->log.tree) == s->checkpoint_size)
+	if (!s->signer || audit_tree_size(&s->log.tree) == s->checkpoint_size ||
+	    atomic_load(&s->failed))
 		return;
 	if (rollback_open(s) != 0 || store_secure_delete_on(s) != 0) {
 		/* Logged. Not written into a transaction a failed ROLLBACK left
@@ -298,19 +335,27 @@ static void *writer_main(void *arg)
 			}
 			s->parked = false;
 			int64_t now = time_mono_ms();
-			sweep = now >= next_sweep;
-			checkpoint = store_log_checkpoint_due(s, now);
+			bool failed = atomic_load(&s->failed); /* no more sweeps nor checkpoints */
+			sweep = !failed && now >= next_sweep;
+			checkpoint = !failed && store_log_checkpoint_due(s, now);
 			if (s->head || sweep || checkpoint || s->closing)
 				break;
 			int64_t cp = store_log_checkpoint_deadline(s);
-			cond_wait_until(s, cp < next_sweep ? cp : next_sweep);
+			if (failed)
+				pthread_cond_wait(&s->cv, &s->mu);
+			else
+				cond_wait_until(s, cp < next_sweep ? cp : next_sweep);
 		}
 		struct store_job *batch = queue_take(s);
 		bool stop = !batch && s->closing;
 		pthread_mutex_unlock(&s->mu);
 		if (stop)
 			break;
-		int rc = batch || sweep ? run_batch(s, batch, sweep, &sweep_more) : 0;
+		int rc = 0;
+		if (atomic_load(&s->failed))
+			batch_refuse(batch);
+		else if (batch || sweep)
+			rc = run_batch(s, batch, sweep, &sweep_more);
 		/* Alone, unless the job was all the transaction held. */
 		if (rc == ISG_ERR_FULL && batch && (batch->next || sweep))
 			run_alone(s, batch);

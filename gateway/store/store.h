@@ -174,6 +174,16 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
  */
 void store_close(struct store *s);
 
+/*
+ * True once a commit failed in a way that may have left it on disk (an
+ * I/O error other than a full disk, an fsync's above all): the jobs of
+ * that commit were answered ISG_ERR_UNKNOWN, every later one is refused
+ * with ISG_ERR_CLOSED, and nothing more is written, not even at close.
+ * The store's owner should close it and stop: the next store_open's WAL
+ * recovery makes the file consistent. Logged as store.failed. Any thread.
+ */
+bool store_failed(struct store *s);
+
 /* --- send --------------------------------------------------------------- */
 
 struct store_message {
@@ -240,8 +250,11 @@ struct store_receipt {
  * ISG_ERR_NOT_FOUND when reply_to names no message sent by the recipient
  * to the sender (for these three, with refusal_entry, the refusal is on
  * disk as for ISG_ERR_LIMIT; without it, nothing is written and r is
- * NULL); ISG_ERR_FULL when the disk is full; ISG_ERR_STORE otherwise. r
- * is NULL unless err is 0 or a refusal on disk.
+ * NULL); ISG_ERR_FULL when the disk is full (nothing stored);
+ * ISG_ERR_UNKNOWN when its commit failed and may or may not be on disk
+ * (store_failed: repeat the send with the same message_id once the store
+ * is open again; every callback of the store may hear it); ISG_ERR_STORE
+ * otherwise. r is NULL unless err is 0 or a refusal on disk.
  */
 typedef void (*store_send_cb)(void *ctx, int err, const struct store_receipt *r);
 #define STORE_MAX_AUDIT_ENTRY (1024u * 1024) /* bytes of one audit entry */

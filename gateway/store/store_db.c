@@ -121,6 +121,37 @@ int store_db_fail(struct store *s, int rc, const char *op)
 	return map_rc(rc);
 }
 
+/*
+ * SQLite writes a commit's frames, the last one marking the commit, then
+ * syncs the WAL, and only then publishes the commit in the WAL index. A
+ * write that finds the disk full (SQLITE_FULL) leaves the last frame
+ * incomplete, so recovery never replays it: nothing is stored. The commit
+ * hook's refusal (tests) writes nothing. Any other failure may come after
+ * the last frame reached the file: a failed fsync (whatever its errno,
+ * ENOSPC too), or mapping the WAL index after the sync. SQLite then rolls
+ * back in memory, and the next commit would write over those frames, but
+ * until then WAL recovery at the next open replays them: the outcome is
+ * unknown (ISG_ERR_UNKNOWN), and this process's view of the file cannot be
+ * trusted any more.
+ */
+int store_db_commit(struct store *s, sqlite3_stmt *st, const char *op)
+{
+	int rc = sqlite3_step(st);
+	int ret = 0;
+	if (rc != SQLITE_DONE) {
+		log_sqlite(s->db, rc, op);
+		if ((rc & 0xff) == SQLITE_FULL)
+			ret = ISG_ERR_FULL;
+		else if (rc == SQLITE_CONSTRAINT_COMMITHOOK)
+			ret = ISG_ERR_STORE;
+		else
+			ret = ISG_ERR_UNKNOWN;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return ret;
+}
+
 int store_db_exec(struct store *s, const char *sql, const char *op)
 {
 	int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
@@ -763,6 +794,10 @@ void store_db_close(struct store *s)
 		s->stmt[i] = NULL;
 	}
 	if (s->db) {
+		/* After a commit of unknown outcome nothing more is written: the
+		 * WAL is left for the next open's recovery, not copied and removed. */
+		if (atomic_load(&s->failed))
+			sqlite3_db_config(s->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
 		int rc = sqlite3_close(s->db);
 		if (rc != SQLITE_OK)
 			log_sqlite(s->db, rc, "close");

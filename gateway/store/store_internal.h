@@ -270,6 +270,9 @@ struct store {
 	store_notify_fn notify;
 	void *notify_ctx;
 
+	/* A commit's outcome is unknown (store_fail): every job from then on is
+	 * refused and nothing more is written. Set by the writer. */
+	atomic_bool failed;
 	atomic_uint_fast64_t commits;
 	atomic_bool fail_next_commit; /* tests only */
 	atomic_int full_commits;      /* tests only: COMMITs to fail as on a full disk */
@@ -328,6 +331,10 @@ int store_db_open(struct store *s, const char *path, enum store_create create, c
 void store_db_close(struct store *s);
 /* Log an SQLite failure of op and map it to ISG_ERR_FULL or ISG_ERR_STORE. */
 int store_db_fail(struct store *s, int rc, const char *op);
+/* Step a COMMIT (or a statement that commits by itself); a failure is
+ * logged and is ISG_ERR_FULL (nothing stored), ISG_ERR_STORE (the commit
+ * hook refused) or ISG_ERR_UNKNOWN (it may be on disk: see store_fail). */
+int store_db_commit(struct store *s, sqlite3_stmt *st, const char *op);
 int store_db_exec(struct store *s, const char *sql, const char *op);
 /* Step a bound statement that returns no rows, then reset it. */
 int store_db_step_done(struct store *s, sqlite3_stmt *st, const char *op);
@@ -411,6 +418,13 @@ struct store_sealed {
  * copy is freed (and set NULL) once it is tried; after an error, those not
  * yet tried keep theirs for the caller to free. */
 int store_unseal_all(struct store *s, struct store_sealed *items, size_t n);
+
+/*
+ * store.c: a commit failed with ISG_ERR_UNKNOWN (why: SQLite's message).
+ * Logs store.failed; the writer refuses every later job with
+ * ISG_ERR_CLOSED, writes nothing more, and store_failed says so.
+ */
+void store_fail(struct store *s, const char *why);
 
 /* store_jobs.c: what each job does inside the writer's transaction. */
 int store_job_run(struct store *s, struct store_job *j, int64_t now);

@@ -615,8 +615,12 @@ static int checkpoint_insert(struct store *s, uint64_t size, const char *note, s
 	sqlite3_bind_int64(st, 1, (int64_t)size);
 	sqlite3_bind_int64(st, 2, now > s->log.latest_at ? now : s->log.latest_at);
 	sqlite3_bind_text(st, 3, note, (int)len, SQLITE_STATIC);
-	/* Outside any transaction: the statement is a transaction of its own. */
-	return store_db_step_done(s, st, "checkpoint.insert");
+	/* Outside any transaction: the statement is a transaction of its own,
+	 * whose commit may fail as a batch's does. */
+	int rc = store_db_commit(s, st, "checkpoint.insert");
+	if (rc == ISG_ERR_UNKNOWN)
+		store_fail(s, store_db_errmsg(s->db));
+	return rc;
 }
 
 /*

@@ -60,6 +60,7 @@ static int vfs_rc = SQLITE_ERROR;
 static pthread_once_t vfs_once = PTHREAD_ONCE_INIT;
 static atomic_uint_fast64_t wal_writes; /* writes that reached a WAL (tests) */
 static atomic_int failing_writes;       /* tests: writes to fail, as a full disk */
+static atomic_int failing_syncs;        /* tests: syncs to fail, as an I/O error */
 
 /* The file's size in the VFS's memory: the real file follows, 8-aligned
  * as SQLite aligns the whole. */
@@ -196,6 +197,8 @@ static int wal_sync(sqlite3_file *file, int flags)
 {
 	struct wal_file *f = (struct wal_file *)file;
 	int rc = flush(f);
+	if (rc == SQLITE_OK && store_take_failure(&failing_syncs))
+		return SQLITE_IOERR_FSYNC; /* what was written stays written */
 	return rc != SQLITE_OK ? rc : f->real->pMethods->xSync(f->real, flags);
 }
 
@@ -314,4 +317,9 @@ uint64_t store_test_wal_writes(void)
 void store_test_fail_wal_writes(int n)
 {
 	atomic_store(&failing_writes, n);
+}
+
+void store_test_fail_wal_syncs(int n)
+{
+	atomic_store(&failing_syncs, n);
 }

@@ -37,6 +37,8 @@ const char *isg_strerror(int err)
 		return "integrity check failed";
 	case ISG_ERR_CLOSED:
 		return "closed";
+	case ISG_ERR_UNKNOWN:
+		return "outcome unknown";
 	}
 	return "unknown error";
 }

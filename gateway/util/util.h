@@ -33,6 +33,7 @@ enum isg_err {
 	ISG_ERR_FULL = -14,     /* disk full */
 	ISG_ERR_CORRUPT = -15,  /* stored data failed an integrity check */
 	ISG_ERR_CLOSED = -16,   /* the peer or the component is gone */
+	ISG_ERR_UNKNOWN = -17,  /* a write may or may not have reached the disk */
 };
 
 const char *isg_strerror(int err);

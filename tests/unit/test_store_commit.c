@@ -278,6 +278,59 @@ static void test_commit_failure_reports_nothing_stored(void **state)
 }
 
 /*
+ * A COMMIT whose WAL sync fails after its frames were written may be on
+ * disk: WAL recovery at the next open replays them. Its jobs hear
+ * ISG_ERR_UNKNOWN, the jobs behind it ISG_ERR_CLOSED, and the store takes
+ * no more; reopened, it has the batch, and a resend is a duplicate.
+ */
+static void test_commit_of_unknown_outcome_stops_the_store(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 0, 2);
+	struct store_message before = fx_msg("police-a", "m-0", "nhs-b", "zero");
+	assert_int_equal(send_sync(s, &before, NULL), 0);
+	assert_false(store_failed(s));
+
+	/* A send and an audit entry in the batch whose sync fails, a send behind them. */
+	struct wait w[3];
+	struct store_message a = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct store_message b = fx_msg("police-a", "m-2", "nhs-b", "two");
+	const char *refused = "{\"event\":\"message.refused\"}";
+	store_test_pause(s, true);
+	for (int i = 0; i < 3; i++)
+		wait_init(&w[i]);
+	assert_int_equal(store_send(s, &a, on_send, &w[0]), 0);
+	assert_int_equal(
+	    store_audit(s, "message.refused", refused, strlen(refused), on_audit, &w[1]), 0);
+	assert_int_equal(store_send(s, &b, on_send, &w[2]), 0);
+	store_test_fail_wal_syncs(1);
+	store_test_pause(s, false);
+	assert_int_equal(wait_for(&w[0]), ISG_ERR_UNKNOWN);
+	assert_int_equal(wait_for(&w[1]), ISG_ERR_UNKNOWN);
+	assert_int_equal(wait_for(&w[2]), ISG_ERR_CLOSED);
+	store_test_fail_wal_syncs(0);
+	assert_true(store_failed(s));
+	/* No more work, and nothing written for it. */
+	assert_int_equal(store_send(s, &b, on_send, &w[2]), ISG_ERR_CLOSED);
+	assert_int_equal(store_audit(s, "message.refused", refused, strlen(refused), NULL, NULL),
+	                 ISG_ERR_CLOSED);
+
+	/* Closed without a checkpoint, then opened: recovery replays the batch. */
+	fx_close(f);
+	s = fx_open(f);
+	assert_false(store_failed(s));
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages", 0), 2);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM audit", 0), 3);
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &a, &r), 0);
+	assert_true(r.duplicate);
+	assert_int_equal(r.audit_index, 2);
+	assert_int_equal(send_sync(s, &b, &r), 0);
+	assert_false(r.duplicate);
+	assert_int_equal(fetch_count(s, "nhs-b"), 3);
+}
+
+/*
  * A failed batch whose ROLLBACK fails too leaves its transaction open.
  * The next batch rolls it back before it begins (BEGIN inside it would
  * fail, and the next batch with it); nothing of the failed batch is kept.
@@ -1033,6 +1086,8 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_commit_failure_reports_nothing_stored, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_commit_of_unknown_outcome_stops_the_store,
+	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_failed_rollback_does_not_fail_the_next_batch,
 	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_in_failed_commit_is_not_delivered, fx_setup,
