@@ -154,7 +154,10 @@ static int send_records(struct send_args *a, const struct ctl_batch *batch)
 		    (size_t)err.record_index < batch->n)
 			ctl_warn("record %" PRId64 " is at %s:%d", err.record_index, name,
 			         batch->lines[err.record_index]);
-		if (status == CTL_EXIT_CONNECT)
+		/* The connection lost, or the gateway could not tell whether it
+		 * stored the message (it stops; docs/protocol.md). */
+		bool unknown = err.from_gateway && strcmp(err.rule, "store.outcome_unknown") == 0;
+		if (status == CTL_EXIT_CONNECT || unknown)
 			ctl_warn("the message may have been accepted; to retry without sending it "
 			         "twice, use --message-id %s",
 			         a->msg.message_id);

@@ -70,10 +70,35 @@ static void send_simple_error(struct net_conn *c, uint64_t rid, Isg__ErrorCode c
 	send_error(c, rid, code, NULL, message, -1, NULL, 0);
 }
 
-/* The store's error, as a partner should see it. */
+/*
+ * A commit that may or may not be on disk: the gateway stops (the store
+ * failed), and the partner repeats the request once it is back. Sends are
+ * idempotent under their message_id, acks under their ids, and a fetch only
+ * hands out again what it may have handed out.
+ */
+#define RULE_OUTCOME_UNKNOWN "store.outcome_unknown"
+#define OUTCOME_UNKNOWN_SEND                                                                       \
+	"the gateway could not make the request durable and is stopping; it may or may not be "    \
+	"stored: send it again with the same message_id (a stored message gets its receipt)"
+#define OUTCOME_UNKNOWN_ACK                                                                        \
+	"the gateway could not make the ack durable and is stopping; it may or may not be "        \
+	"recorded: acknowledge again (ids already acknowledged come back unknown)"
+#define OUTCOME_UNKNOWN_FETCH                                                                      \
+	"the gateway could not record the fetch and is stopping; fetch again (messages may be "    \
+	"delivered again: de-duplicate on gateway_id)"
+
+static void send_outcome_unknown(struct net_conn *c, uint64_t rid, const char *message)
+{
+	send_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE, RULE_OUTCOME_UNKNOWN, message, -1, NULL,
+	           0);
+}
+
+/* The store's error, as a partner should see it (a send's, unless said otherwise). */
 static void send_store_error(struct net_conn *c, uint64_t rid, int err)
 {
-	if (err == ISG_ERR_FULL)
+	if (err == ISG_ERR_UNKNOWN)
+		send_outcome_unknown(c, rid, OUTCOME_UNKNOWN_SEND);
+	else if (err == ISG_ERR_FULL)
 		send_simple_error(c, rid, ISG__ERROR_CODE__UNAVAILABLE,
 		                  "the gateway's disk is full; nothing was stored, retry later");
 	else if (err == ISG_ERR_CLOSED)
@@ -768,7 +793,11 @@ static void fetch_done(struct net_conn *c, void *arg)
 	if (!s->fetching && !s->subscribed)
 		goto out;
 	if (j->err != 0) {
-		if (s->fetching) {
+		if (s->fetching && j->err == ISG_ERR_UNKNOWN) {
+			send_outcome_unknown(c, s->fetch_rid, OUTCOME_UNKNOWN_FETCH);
+			s->fetching = false;
+			net_conn_unwait(c);
+		} else if (s->fetching) {
 			send_store_error(c, s->fetch_rid, j->err);
 			s->fetching = false;
 			net_conn_unwait(c);
@@ -1023,6 +1052,10 @@ static void ack_reply(struct net_conn *c, void *arg)
 	net_conn_end_async(c, &j->hold);
 	if (!c)
 		goto out;
+	if (j->err == ISG_ERR_UNKNOWN) {
+		send_outcome_unknown(c, j->rid, OUTCOME_UNKNOWN_ACK);
+		goto out;
+	}
 	if (j->err != 0) {
 		send_store_error(c, j->rid, j->err);
 		goto out;

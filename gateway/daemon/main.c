@@ -41,6 +41,9 @@
 #define SHUTDOWN_GRACE_MS 5000
 /* How often counted connection refusals are looked at (refusals.c). */
 #define REFUSALS_TICK_MS 1000
+/* The store failed (store_failed): a commit's outcome is unknown. Restart
+ * isgd; docs/operations.md "Exit status". */
+#define EXIT_STORE_FAILED 3
 /* At shutdown, how long counts the store's full queue refused are retried. */
 #define REFUSALS_FINAL_TRIES 50
 #define REFUSALS_FINAL_PAUSE_MS 100
@@ -790,7 +793,8 @@ static void watch_clock(struct gateway *g, struct clock_watch *w)
  * them. Between them, every REFUSALS_TICK_MS, it writes the counts of
  * refused connections whose window is over and looks for a step of the
  * wall clock. Returns nonzero when isgd must stop because the key process
- * died: nothing can be pseudonymised, sealed or signed without it.
+ * died: nothing can be pseudonymised, sealed or signed without it; or
+ * (ISG_ERR_UNKNOWN) because the store failed, within a tick of it.
  */
 static int serve(struct gateway *g, const sigset_t *sigs)
 {
@@ -800,6 +804,10 @@ static int serve(struct gateway *g, const sigset_t *sigs)
 	watch_clock(g, &clock);
 	for (;;) {
 		int sig = sigtimedwait(sigs, NULL, &tick);
+		if (store_failed(g->store)) { /* logged as store.failed */
+			log_event(LOG_ERROR, "shutdown.start", "reason=\"the store failed\"");
+			return ISG_ERR_UNKNOWN;
+		}
 		refusals_flush(g->refusals, time_mono_ms(), false);
 		watch_clock(g, &clock);
 		crl_due_watch(g);
@@ -828,7 +836,8 @@ static int serve(struct gateway *g, const sigset_t *sigs)
 static void flush_refusals(struct gateway *g)
 {
 	size_t kept = refusals_flush(g->refusals, time_mono_ms(), true);
-	for (int i = 0; kept > 0 && i < REFUSALS_FINAL_TRIES; i++) {
+	/* A failed store refuses everything: no use waiting for it. */
+	for (int i = 0; kept > 0 && i < REFUSALS_FINAL_TRIES && !store_failed(g->store); i++) {
 		struct timespec pause = {.tv_nsec = REFUSALS_FINAL_PAUSE_MS * 1000000L};
 		nanosleep(&pause, NULL);
 		kept = refusals_flush(g->refusals, time_mono_ms(), true);
@@ -1058,5 +1067,7 @@ int main(int argc, char **argv)
 	}
 	config_release(&g.cfg);
 	pthread_mutex_destroy(&g.regime_mu);
+	if (r == ISG_ERR_UNKNOWN)
+		return EXIT_STORE_FAILED;
 	return r == 0 ? 0 : 1;
 }

@@ -510,6 +510,174 @@ class TestDiskFull(FaultCase):
 
 
 # --------------------------------------------------------------------------
+# A commit whose sync fails.
+
+# fsync and fdatasync of a file whose name ends in -wal fail with EIO while
+# the file named by ISG_TEST_FAIL_SYNC exists and, if that file holds some
+# text, the WAL holds it too (a message_id: the sync of the commit that
+# stores that message, not of one before it). SQLite has written the
+# commit's frames, the last marking the commit, before the sync fails.
+FAIL_WAL_SYNC_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static int holds(int fd, const char *marker, size_t n)
+{
+	static char buf[1 << 20];
+	off_t at = 0;
+	ssize_t got;
+	while ((got = pread(fd, buf, sizeof buf, at)) > (ssize_t)n) {
+		if (memmem(buf, (size_t)got, marker, n))
+			return 1;
+		at += got - (off_t)n;
+	}
+	return 0;
+}
+static int failing(int fd)
+{
+	const char *f = getenv("ISG_TEST_FAIL_SYNC");
+	char p[64], t[4096], marker[256];
+	if (!f)
+		return 0;
+	int flag = open(f, O_RDONLY);
+	if (flag < 0)
+		return 0;
+	ssize_t m = read(flag, marker, sizeof marker);
+	close(flag);
+	snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(p, t, sizeof t - 1);
+	if (n <= 4 || memcmp(t + n - 4, "-wal", 4) != 0)
+		return 0;
+	return m <= 0 || holds(fd, marker, (size_t)m);
+}
+int fsync(int fd) { static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fsync"); if (failing(fd)) { errno = EIO; return -1; } return real(fd); }
+int fdatasync(int fd) { static int (*real)(int); if (!real) real = dlsym(RTLD_NEXT, "fdatasync"); if (failing(fd)) { errno = EIO; return -1; } return real(fd); }
+"""
+
+# isgd's exit status when its store failed (docs/operations.md, "Exit status").
+EXIT_STORE_FAILED = 3
+
+
+class TestFailedSync(FaultCase):
+    """
+    A commit whose WAL sync fails may or may not be on disk: WAL recovery
+    at the next start replays frames written before the failed sync. Each
+    request of that commit is answered UNAVAILABLE with rule
+    store.outcome_unknown (repeat it: sends are idempotent under their
+    message_id), isgd stops with its own exit status, and after a restart
+    the repeated request finds the store consistent.
+    """
+
+    def setUp(self):
+        super().setUp()
+        src = os.path.join(self.tmp, "failsync.c")
+        lib = os.path.join(self.tmp, "failsync.so")
+        self.flag = os.path.join(self.tmp, "fail-sync")
+        with open(src, "w") as f:
+            f.write(FAIL_WAL_SYNC_C)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, "-ldl"], check=True)
+        self.gw = self.gateway(start=False)
+        plain = self.gw.argv
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        asan += (":" if asan else "") + "verify_asan_link_order=0"
+        self.gw.argv = lambda: (["env", "LD_PRELOAD=" + lib, "ASAN_OPTIONS=" + asan,
+                                 "ISG_TEST_FAIL_SYNC=" + self.flag] + plain())
+        self.gw.start()
+
+    def fail_syncs(self, on, marker=""):
+        if on:
+            with open(self.flag, "w") as f:
+                f.write(marker)
+        elif os.path.exists(self.flag):
+            os.unlink(self.flag)
+
+    def assertStoppedForTheStore(self):
+        """isgd stops on its own, with its exit status and log lines; then it starts again."""
+        try:
+            self.gw.proc.wait(timeout=isgtest.STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.fail("isgd did not stop after the failed commit\n%s" % self.gw.diagnostics())
+        self.gw.stop(expect_rc=EXIT_STORE_FAILED)
+        log = self.gw.log
+        self.assertRegex(log, r'event=store\.failed reason="disk I/O error" action="isgd stops; '
+                              r'restart it: recovery makes the store consistent"')
+        self.assertIn('event=shutdown.start reason="the store failed"', log)
+        self.fail_syncs(False)
+        self.gw.start()
+
+    def assertOutcomeUnknown(self, reply, says):
+        e = self.expect(self.gw, reply, "error")
+        self.assertEqual(self.pb.ErrorCode.Name(e.code), "UNAVAILABLE", e)
+        self.assertEqual(e.rule, "store.outcome_unknown", e)
+        self.assertIn(says, e.message)
+        self.assertEqual(e.audit_index, 0, e)
+
+    def stored(self, message_id):
+        db = sqlite3.connect("file:%s?mode=ro" % self.gw.store_path, uri=True)
+        try:
+            return db.execute("SELECT count(*) FROM messages WHERE message_id = ?",
+                              (message_id,)).fetchone()[0]
+        finally:
+            db.close()
+
+    def test_send_whose_commit_fails_is_resent_under_its_id(self):
+        police = self.partner(self.gw, "police")
+        police.send_ok([{"nhs_number": NHS_A}], message_id="sync-1")
+        # isgctl's connection.accepted entry commits first: only the commit
+        # that holds the message fails.
+        self.fail_syncs(True, marker="sync-2")
+        r = police.send([{"nhs_number": NHS_B}], message_id="sync-2")
+        self.assertCtl(r, 5, self.gw, "refused: UNAVAILABLE [store.outcome_unknown]",
+                       "same message_id", "use --message-id sync-2")
+        self.assertNotIn(NHS_B, r.err)
+        self.assertStoppedForTheStore()
+        # Its frames reached the WAL before the sync failed, and isgd wrote
+        # nothing after (not even at close): recovery replayed them. A
+        # partner cannot know that, and resends under the same message_id.
+        self.assertEqual(self.stored("sync-2"), 1)
+        again = police.send_ok([{"nhs_number": NHS_B}], message_id="sync-2")
+        self.assertTrue(again["duplicate"], again)
+        self.assertEqual(self.stored("sync-2"), 1)
+        got = self.partner(self.gw, "nhs").fetch_messages()
+        self.assertEqual(sorted(m["message_id"] for m in got), ["sync-1", "sync-2"])
+        self.assertEqual(self.partner(self.gw, "nhs").fetch_messages(), [])
+        self.audit_verify(self.gw, "after the restart")
+
+    def test_ack_and_fetch_whose_commit_fails(self):
+        police = self.partner(self.gw, "police")
+        police.send_ok([{"nhs_number": NHS_A}], message_id="sync-1")
+        police.send_ok([{"nhs_number": NHS_B}], message_id="sync-2")
+        trust = self.connect(self.gw, "nhs")
+        got = self.expect(self.gw, trust.request(fetch=self.pb.FetchRequest(max_messages=1)), "fetch_result")
+        first = got.deliveries[0].gateway_id
+        self.fail_syncs(True)
+        # The second message's message.delivered entry cannot be made durable.
+        self.assertOutcomeUnknown(trust.request(fetch=self.pb.FetchRequest(max_messages=1)),
+                                  "fetch again")
+        self.assertStoppedForTheStore()
+        trust = self.connect(self.gw, "nhs")
+        got = self.expect(self.gw, trust.request(fetch=self.pb.FetchRequest()), "fetch_result")
+        self.assertEqual([d.message_id for d in got.deliveries], ["sync-1", "sync-2"])
+        ids = [d.gateway_id for d in got.deliveries]
+        self.assertEqual(ids[0], first)
+        self.fail_syncs(True)
+        self.assertOutcomeUnknown(trust.request(ack=self.pb.Ack(gateway_ids=ids)), "acknowledge again")
+        self.assertStoppedForTheStore()
+        trust = self.connect(self.gw, "nhs")
+        done = self.expect(self.gw, trust.request(ack=self.pb.Ack(gateway_ids=ids)), "ack_result")
+        # Acknowledged now, or before the stop (then unknown): each once, never both.
+        self.assertEqual(done.acknowledged + len(done.unknown_ids), 2, done)
+        got = self.expect(self.gw, trust.request(fetch=self.pb.FetchRequest()), "fetch_result")
+        self.assertEqual(list(got.deliveries), [])
+        self.audit_verify(self.gw, "after the restarts")
+
+
+# --------------------------------------------------------------------------
 # A damaged store file.
 
 class TestCorruptStore(FaultCase):
