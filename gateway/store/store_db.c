@@ -115,10 +115,25 @@ static void log_sqlite(sqlite3 *db, int rc, const char *op)
 	          log_quote(q, sizeof(q), db ? store_db_errmsg(db) : sqlite3_errstr(rc)));
 }
 
+/*
+ * A full disk, as store_db_errmsg tells it: SQLITE_FULL, or an I/O error
+ * whose cause was ENOSPC (mapping the WAL index, say), which SQLite meets
+ * before it has written a commit's last frame, so the transaction is rolled
+ * back whole and nothing of it is stored. A COMMIT's failure is judged
+ * apart (store_db_commit): ENOSPC from a sync is not this.
+ */
+static int map_err(sqlite3 *db, int rc)
+{
+	int code = rc & 0xff;
+	if (code == SQLITE_IOERR && db && sqlite3_system_errno(db) == ENOSPC)
+		return ISG_ERR_FULL;
+	return map_rc(rc);
+}
+
 int store_db_fail(struct store *s, int rc, const char *op)
 {
 	log_sqlite(s->db, rc, op);
-	return map_rc(rc);
+	return map_err(s->db, rc);
 }
 
 /*
