@@ -124,7 +124,8 @@ struct refusal_record {
 	 * with subject "*". */
 	const char *peer, *subject, *reason;
 	uint64_t repeated;
-	int64_t first_at_ms, last_at_ms;
+	int64_t first_at_ms, last_at_ms; /* repeated 0: both the refusal's time */
+	bool verified;                   /* repeated 0: as refusals_note had it */
 };
 /* Writes one entry (called with the table locked); 0, or it is counted or kept. */
 typedef int (*refusals_write_fn)(void *ctx, const struct refusal_record *rec);
@@ -143,6 +144,16 @@ void refusals_note(struct refusals *r, const char *peer, const char *subject, bo
  * written: they are kept, to be tried again.
  */
 size_t refusals_flush(struct refusals *r, int64_t mono_ms, bool all);
+/*
+ * An entry written was lost after all (its store batch failed): count what
+ * rec stood for again under its key, to be written with the next flush.
+ */
+void refusals_restore(struct refusals *r, const struct refusal_record *rec, int64_t mono_ms);
+/*
+ * store_audit's callback for an entry no one waits for; ctx is its kind (a
+ * string constant). A failure is logged as audit.failed: the entry is lost.
+ */
+void gateway_audit_done(void *kind, int err, uint64_t audit_index);
 
 struct gateway {
 	struct isgd_config cfg;

@@ -1157,7 +1157,8 @@ static void audit_accepted(struct gateway *g, const char *peer, const char *subj
 {
 	size_t len;
 	char *entry = entry_connection(peer, subject, partner, NULL, &len);
-	if (!entry || store_audit(g->store, "connection.accepted", entry, len, NULL, NULL) != 0)
+	if (!entry || store_audit(g->store, "connection.accepted", entry, len, gateway_audit_done,
+	                          (void *)"connection.accepted") != 0)
 		log_event(LOG_ERROR, "audit.failed", "kind=connection.accepted");
 	free(entry);
 }
@@ -1169,6 +1170,58 @@ static void audit_refused(struct gateway *g, const char *peer, const char *subje
 	refusals_note(g->refusals, peer, subject, verified, reason, time_mono_ms(), time_now_ms());
 }
 
+void gateway_audit_done(void *kind, int err, uint64_t audit_index)
+{
+	(void)audit_index;
+	if (err != 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=%s error=\"%s\"", (const char *)kind,
+		          isg_strerror(err));
+}
+
+/* A connection.refused entry handed to the store, and what it stood for. */
+struct refusal_job {
+	struct gateway *g;
+	struct refusal_record rec;
+	char strings[]; /* peer, subject and reason */
+};
+
+/* The store's answer: a batch that failed takes the entry with it, so its
+ * refusals are counted again, for the next flush (refusals_restore). */
+static void refusal_written(void *ctx, int err, uint64_t audit_index)
+{
+	struct refusal_job *j = ctx;
+	(void)audit_index;
+	if (err != 0) {
+		log_event(LOG_WARN, "audit.deferred",
+		          "kind=connection.refused repeated=%llu error=%s",
+		          (unsigned long long)j->rec.repeated, isg_strerror(err));
+		refusals_restore(j->g->refusals, &j->rec, time_mono_ms());
+	}
+	free(j);
+}
+
+static struct refusal_job *refusal_job_new(struct gateway *g, const struct refusal_record *rec)
+{
+	const char *src[3] = {rec->peer ? rec->peer : "", rec->subject ? rec->subject : "",
+	                      rec->reason ? rec->reason : ""};
+	size_t lens[3], total = 0;
+	for (size_t i = 0; i < 3; i++)
+		total += (lens[i] = strlen(src[i])) + 1;
+	struct refusal_job *j = malloc(sizeof(*j) + total);
+	if (!j)
+		return NULL;
+	j->g = g;
+	j->rec = *rec;
+	const char **dst[3] = {&j->rec.peer, &j->rec.subject, &j->rec.reason};
+	char *p = j->strings;
+	for (size_t i = 0; i < 3; i++) {
+		memcpy(p, src[i], lens[i] + 1);
+		*dst[i] = p;
+		p += lens[i] + 1;
+	}
+	return j;
+}
+
 int handler_write_refusal(void *ctx, const struct refusal_record *rec)
 {
 	struct gateway *g = ctx;
@@ -1176,8 +1229,11 @@ int handler_write_refusal(void *ctx, const struct refusal_record *rec)
 	char *entry = rec->repeated
 	                  ? entry_connection_repeated(rec, &len)
 	                  : entry_connection(rec->peer, rec->subject, NULL, rec->reason, &len);
-	int err = entry ? store_audit(g->store, "connection.refused", entry, len, NULL, NULL)
-	                : ISG_ERR_NOMEM;
+	struct refusal_job *j = entry ? refusal_job_new(g, rec) : NULL;
+	int err = !j ? ISG_ERR_NOMEM
+	             : store_audit(g->store, "connection.refused", entry, len, refusal_written, j);
+	if (err != 0)
+		free(j);
 	free(entry);
 	/* Not lost: the table counts it, or keeps the count for its next flush. */
 	if (err != 0)
@@ -1200,7 +1256,8 @@ static void audit_closed(struct gateway *g, const struct policy_set *set, struct
 	size_t len;
 	char *entry = entry_connection_closed(set, net_conn_peer(c), s->subject, s->partner, rule,
 	                                      reason, &len);
-	if (!entry || store_audit(g->store, "connection.closed", entry, len, NULL, NULL) != 0)
+	if (!entry || store_audit(g->store, "connection.closed", entry, len, gateway_audit_done,
+	                          (void *)"connection.closed") != 0)
 		log_event(LOG_ERROR, "audit.failed", "kind=connection.closed partner=%s",
 		          s->partner);
 	free(entry);

@@ -544,7 +544,7 @@ static int audit_write(struct gateway *g, const char *kind, const char *entry, s
 		return ISG_ERR_NOMEM;
 	if (committed)
 		return store_audit_wait(g->store, kind, entry, len, committed);
-	return store_audit(g->store, kind, entry, len, NULL, NULL);
+	return store_audit(g->store, kind, entry, len, gateway_audit_done, (void *)kind);
 }
 
 /* A policy.loaded or policy.refused entry: 0 when handed over (and committed as audit_write). */
@@ -854,6 +854,11 @@ static void flush_refusals(struct gateway *g)
 static void run_end(struct gateway *g)
 {
 	store_close(g->store);
+	g->store = NULL;
+	/* Counts whose entries the store's last batches lost (refusals_restore). */
+	size_t kept = g->refusals ? refusals_flush(g->refusals, time_mono_ms(), true) : 0;
+	if (kept > 0)
+		log_event(LOG_ERROR, "audit.failed", "kind=connection.refused counts=%zu", kept);
 	net_server_free(g->net);
 	quota_free(g->quota);
 	refusals_free(g->refusals);

@@ -227,7 +227,12 @@ void refusals_note(struct refusals *r, const char *peer, const char *subject, bo
 	struct refusal *e = refusal_find(r, h, addr, reason, keyed);
 	if (!e && r->n_keys < REFUSALS_MAX_KEYS &&
 	    (e = refusal_add(r, h, addr, reason, keyed, false, mono_ms)) != NULL) {
-		struct refusal_record rec = {.peer = peer, .subject = subject, .reason = reason};
+		struct refusal_record rec = {.peer = peer,
+		                             .subject = subject,
+		                             .reason = reason,
+		                             .first_at_ms = wall_ms,
+		                             .last_at_ms = wall_ms,
+		                             .verified = verified};
 		if (r->write(r->ctx, &rec) == 0)
 			goto out;
 	}
@@ -301,4 +306,36 @@ size_t refusals_flush(struct refusals *r, int64_t mono_ms, bool all)
 out:
 	pthread_mutex_unlock(&r->mu);
 	return kept;
+}
+
+void refusals_restore(struct refusals *r, const struct refusal_record *rec, int64_t mono_ms)
+{
+	char addr[REFUSALS_ADDR_MAX];
+	const char *subject = rec->subject ? rec->subject : "";
+	const char *reason = rec->reason ? rec->reason : "";
+	/* A count's peer and subject are its key already; one refusal's are keyed
+	 * as refusals_note keys them. */
+	if (rec->repeated)
+		str_copy(addr, rec->peer ? rec->peer : "", sizeof(addr));
+	else
+		refusal_address(rec->peer ? rec->peer : "", addr, sizeof(addr));
+	if (!rec->repeated && !rec->verified && subject[0])
+		subject = ANY;
+	uint64_t n = rec->repeated ? rec->repeated : 1;
+	size_t h = refusal_hash(addr, reason, subject);
+	pthread_mutex_lock(&r->mu);
+	struct refusal *e = refusal_find(r, h, addr, reason, subject);
+	bool overflow = strcmp(addr, ANY) == 0 && strcmp(subject, ANY) == 0;
+	if (!e && strcmp(reason, ANY) == 0 && overflow)
+		e = r->every;
+	if (!e &&
+	    (overflow ? r->n_overflow < REFUSALS_MAX_OVERFLOW : r->n_keys < REFUSALS_MAX_KEYS))
+		e = refusal_add(r, h, addr, reason, subject, overflow, mono_ms);
+	if (!e)
+		e = refusal_overflow(r, reason, mono_ms);
+	refusal_count(r, e, mono_ms, rec->first_at_ms);
+	e->repeated += n - 1 > UINT64_MAX - e->repeated ? UINT64_MAX - e->repeated : n - 1;
+	if (rec->last_at_ms > e->last_at_ms)
+		e->last_at_ms = rec->last_at_ms;
+	pthread_mutex_unlock(&r->mu);
 }

@@ -333,6 +333,47 @@ static void test_failed_writes_are_counted_and_kept(void **state)
 	free(s.w);
 }
 
+/* Entries written and then lost with a failed store batch are counted again. */
+static void test_lost_entries_are_restored(void **state)
+{
+	struct sink s = {0};
+	struct refusals *r = refusals_new(WINDOW, sink_write, &s);
+	refusals_note(r, "[2001:db8::7]:443", "CN=made up", false, "eof", T0, WALL);
+	assert_int_equal(s.n, 1);
+	/* Lost: counted again under the key it was written for (subject "*", unverified). */
+	struct refusal_record one = {.peer = "[2001:db8::7]:443",
+	                             .subject = "CN=made up",
+	                             .reason = "eof",
+	                             .first_at_ms = WALL,
+	                             .last_at_ms = WALL};
+	refusals_restore(r, &one, T0 + 10);
+	refusals_note(r, "[2001:db8::9]:1", "CN=other", false, "eof", T0 + 20, WALL + 20);
+	assert_int_equal(s.n, 1);
+	assert_int_equal(refusals_flush(r, T0 + WINDOW, false), 0);
+	assert_int_equal(s.n, 2);
+	assert_string_equal(s.w[1].peer, "2001:db8::/64");
+	assert_string_equal(s.w[1].subject, "*");
+	assert_int_equal(s.w[1].repeated, 2);
+	assert_int_equal(s.w[1].first_at_ms, WALL);
+	assert_int_equal(s.w[1].last_at_ms, WALL + 20);
+	/* That count lost too, its key forgotten since: a key of its own again. */
+	struct refusal_record count = {.peer = "2001:db8::/64",
+	                               .subject = "*",
+	                               .reason = "eof",
+	                               .repeated = 2,
+	                               .first_at_ms = WALL,
+	                               .last_at_ms = WALL + 20};
+	refusals_restore(r, &count, T0 + WINDOW + 5);
+	assert_int_equal(refusals_flush(r, T0 + 2 * WINDOW + 5, false), 0);
+	assert_int_equal(s.n, 3);
+	assert_string_equal(s.w[2].peer, "2001:db8::/64");
+	assert_int_equal(s.w[2].repeated, 2);
+	assert_int_equal(s.w[2].first_at_ms, WALL);
+	assert_int_equal(s.w[2].last_at_ms, WALL + 20);
+	refusals_free(r);
+	free(s.w);
+}
+
 struct flood {
 	struct refusals *r;
 	int thread;
@@ -384,6 +425,7 @@ int main(void)
 	    cmocka_unit_test(test_table_full_overflow_per_reason),
 	    cmocka_unit_test(test_window),
 	    cmocka_unit_test(test_failed_writes_are_counted_and_kept),
+	    cmocka_unit_test(test_lost_entries_are_restored),
 	    cmocka_unit_test(test_threads),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
