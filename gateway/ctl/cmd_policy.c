@@ -276,6 +276,26 @@ static const char diff_usage[] = "usage: isgctl policy diff OLD_DIR NEW_DIR\n";
 
 enum { DIFF_SAME = 0, DIFF_DIFFERENT = 1, DIFF_TROUBLE = 2 };
 
+/* An agreement whose terms changed under the same version, or whose version went down. */
+static void version_issue(void *ctx, const struct policy_agreement *a0,
+                          const struct policy_agreement *a1)
+{
+	struct strbuf *out = ctx;
+	if (a1->version < a0->version)
+		strbuf_printf(
+		    out,
+		    "! VERSION DOWN  agreement '%s': version %u -> %u: a version may only "
+		    "go up (recipients and the audit log would take %u for other terms)\n",
+		    a1->id, a0->version, a1->version, a1->version);
+	else
+		strbuf_printf(
+		    out,
+		    "! VERSION       agreement '%s': its terms changed but its version is "
+		    "still %u: raise it (recipients see the version on each delivery, and "
+		    "the audit log records it)\n",
+		    a1->id, a1->version);
+}
+
 static int policy_diff_cmd(int argc, char **argv)
 {
 	static const char *const names[] = {"OLD_DIR", "NEW_DIR"};
@@ -290,7 +310,9 @@ static int policy_diff_cmd(int argc, char **argv)
 		    "in\n"
 		    "NEW_DIR, for the partner registry, each agreement and each data flow\n"
 		    "(sender -> recipient, agreement, dataset). Lines that share more, with less\n"
-		    "protection, for longer or with more partners start with '! WEAKENED'.\n"
+		    "protection, for longer or with more partners start with '! WEAKENED'; an\n"
+		    "agreement whose terms changed while its version did not go up, with\n"
+		    "'! VERSION'.\n"
 		    "Exits 0 when nothing changed, 1 when something did, 2 on trouble (a policy\n"
 		    "with errors, a bad command line), like diff(1).\n",
 		    diff_usage);
@@ -305,18 +327,21 @@ static int policy_diff_cmd(int argc, char **argv)
 	struct policy_set *new_set = load_policy(new_dir, &diags);
 	ydoc_diags_release(&diags);
 	int status = DIFF_TROUBLE;
-	struct strbuf out;
+	struct strbuf out, versions;
 	strbuf_init(&out);
+	strbuf_init(&versions);
 	struct policy_diff_stats st;
 	if (!old_set || !new_set)
 		goto out;
-	if (policy_diff(old_set, new_set, &out, &st) != 0) {
+	int rc = policy_diff(old_set, new_set, &out, &st);
+	size_t issues = policy_version_issues(old_set, new_set, version_issue, &versions);
+	if (rc != 0 || versions.failed) {
 		ctl_warn("out of memory");
 		goto out;
 	}
 	printf("Policy %s (version %.12s) -> %s (version %.12s)\n", old_dir, old_set->version,
 	       new_dir, new_set->version);
-	if (st.changes == 0) {
+	if (st.changes == 0 && issues == 0) {
 		printf("No difference in partners or agreements%s.\n",
 		       strcmp(old_set->version, new_set->version) == 0
 		           ? ""
@@ -324,12 +349,16 @@ static int policy_diff_cmd(int argc, char **argv)
 		status = DIFF_SAME;
 		goto out;
 	}
-	printf("\n%s\n%zu change%s: %zu weakened, %zu strengthened, %zu other.\n", out.p,
-	       st.changes, st.changes == 1 ? "" : "s", st.weakened, st.strengthened,
+	printf("\n%s\n", out.p ? out.p : "");
+	if (issues)
+		printf("Versions:\n%s\n", versions.p);
+	printf("%zu change%s: %zu weakened, %zu strengthened, %zu other.\n", st.changes,
+	       st.changes == 1 ? "" : "s", st.weakened, st.strengthened,
 	       st.changes - st.weakened - st.strengthened);
 	status = DIFF_DIFFERENT;
 out:
 	strbuf_release(&out);
+	strbuf_release(&versions);
 	policy_set_unref(old_set);
 	policy_set_unref(new_set);
 	return status;

@@ -64,6 +64,9 @@ struct regime *regime_load(const struct isgd_config *cfg, struct keyproc *kp,
  */
 void regime_check_policy(const struct isgd_config *cfg, enum regime_report report, size_t *errors);
 void regime_unref(struct regime *r);
+/* At a reload, a warning in isgd's log for each agreement of `next` whose terms
+ * differ from `running`'s under the same version, or whose version went down. */
+void regime_warn_versions(const struct regime *running, const struct regime *next);
 
 /*
  * quota.c: daily limits per sender and agreement, judged on the store's

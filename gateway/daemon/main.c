@@ -689,6 +689,9 @@ static void reload(struct gateway *g)
 	int rc = r ? audit_reload(g, r, &changes) : 0;
 	if (r && rc == 0) {
 		const struct policy_set *set = r->policy;
+		struct regime *running = gateway_regime(g);
+		regime_warn_versions(running, r);
+		regime_unref(running);
 		gateway_regime_swap(g, r); /* r stays referenced by the gateway */
 		/* Logged after the swap: whoever waits for this line gets the new set. */
 		log_event(LOG_INFO, "policy.loaded", "version=%s partners=%zu agreements=%zu",

@@ -178,6 +178,23 @@ void regime_check_policy(const struct isgd_config *cfg, enum regime_report how, 
 	policy_set_unref(set);
 }
 
+static void log_version_issue(void *ctx, const struct policy_agreement *a0,
+                              const struct policy_agreement *a1)
+{
+	(void)ctx;
+	if (a1->version < a0->version)
+		log_event(LOG_WARN, "policy.version_lowered", "agreement=%s version=%u previous=%u",
+		          a1->id, a1->version, a0->version);
+	else
+		log_event(LOG_WARN, "policy.version_unchanged", "agreement=%s version=%u", a1->id,
+		          a1->version);
+}
+
+void regime_warn_versions(const struct regime *running, const struct regime *next)
+{
+	policy_version_issues(running->policy, next->policy, log_version_issue, NULL);
+}
+
 void regime_unref(struct regime *r)
 {
 	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)

@@ -598,3 +598,85 @@ int policy_diff(const struct policy_set *old_set, const struct policy_set *new_s
 	free(ids);
 	return out->failed ? ISG_ERR_NOMEM : 0;
 }
+
+/* ---- versions ---- */
+
+/* The same partner ids, in any order. */
+static bool same_list(char *const *l0, size_t n0, char *const *l1, size_t n1)
+{
+	for (size_t i = 0; i < n1; i++)
+		if (!listed(l0, n0, l1[i]))
+			return false;
+	for (size_t i = 0; i < n0; i++)
+		if (!listed(l1, n1, l0[i]))
+			return false;
+	return true;
+}
+
+static bool same_field(const struct policy_field *f0, const struct policy_field *f1)
+{
+	return f0->type == f1->type && f0->action == f1->action && f0->required == f1->required &&
+	       same_text(f0->domain, f1->domain) && f0->to == f1->to && f0->width == f1->width;
+}
+
+/* The same fields by name, in any order, each with the same type and action. */
+static bool same_dataset(const struct policy_dataset *ds0, const struct policy_dataset *ds1)
+{
+	if (ds0->unknown_drop != ds1->unknown_drop || ds0->n_fields != ds1->n_fields)
+		return false;
+	for (size_t i = 0; i < ds1->n_fields; i++) {
+		const struct policy_field *f0 = field_by_name(ds0, ds1->fields[i].name);
+		if (!f0 || !same_field(f0, &ds1->fields[i]))
+			return false;
+	}
+	return true;
+}
+
+/* Names are unique in each agreement, so equal counts and a match for each suffice. */
+static bool same_datasets(const struct policy_agreement *a0, const struct policy_agreement *a1)
+{
+	if (a0->n_datasets != a1->n_datasets)
+		return false;
+	for (size_t i = 0; i < a1->n_datasets; i++) {
+		const struct policy_dataset *ds0 = dataset_by_name(a0, a1->datasets[i].name);
+		if (!ds0 || !same_dataset(ds0, &a1->datasets[i]))
+			return false;
+	}
+	return true;
+}
+
+bool policy_agreement_same_terms(const struct policy_agreement *a0,
+                                 const struct policy_agreement *a1)
+{
+	return same_list(a0->senders, a0->n_senders, a1->senders, a1->n_senders) &&
+	       same_list(a0->recipients, a0->n_recipients, a1->recipients, a1->n_recipients) &&
+	       same_list(a0->controllers, a0->n_controllers, a1->controllers, a1->n_controllers) &&
+	       same_list(a0->lawful_basis, a0->n_lawful_basis, a1->lawful_basis,
+	                 a1->n_lawful_basis) &&
+	       strcmp(a0->purpose_code, a1->purpose_code) == 0 &&
+	       strcmp(a0->purpose_text, a1->purpose_text) == 0 && same_text(a0->dpia, a1->dpia) &&
+	       a0->valid_from_days == a1->valid_from_days &&
+	       a0->valid_until_days == a1->valid_until_days &&
+	       a0->max_records_per_message == a1->max_records_per_message &&
+	       a0->records_per_day == a1->records_per_day &&
+	       a0->messages_per_day == a1->messages_per_day &&
+	       a0->undelivered_ttl_ms == a1->undelivered_ttl_ms &&
+	       a0->allow_reply == a1->allow_reply && same_datasets(a0, a1);
+}
+
+size_t policy_version_issues(const struct policy_set *old_set, const struct policy_set *new_set,
+                             policy_version_issue_fn fn, void *ctx)
+{
+	size_t n = 0;
+	for (size_t i = 0; old_set && new_set && i < new_set->n_agreements; i++) {
+		const struct policy_agreement *a1 = &new_set->agreements[i];
+		const struct policy_agreement *a0 = policy_agreement_by_id(old_set, a1->id);
+		if (!a0 || a1->version > a0->version ||
+		    (a1->version == a0->version && policy_agreement_same_terms(a0, a1)))
+			continue;
+		if (fn)
+			fn(ctx, a0, a1);
+		n++;
+	}
+	return n;
+}

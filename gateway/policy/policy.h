@@ -267,4 +267,27 @@ struct policy_diff_stats {
 int policy_diff(const struct policy_set *old_set, const struct policy_set *new_set,
                 struct strbuf *out, struct policy_diff_stats *stats);
 
+/*
+ * Whether two versions of an agreement have the same terms: everything
+ * senders, recipients and the audit log take as its meaning (senders,
+ * recipients, controllers, purpose, lawful basis, DPIA, validity, limits,
+ * undelivered_ttl, allow_reply, datasets and their fields). Only the title,
+ * review_date and the version itself are not terms; nor are comments,
+ * layout and the order of list items. See docs/policy.md.
+ */
+bool policy_agreement_same_terms(const struct policy_agreement *a0,
+                                 const struct policy_agreement *a1);
+/*
+ * For each agreement of new_set that old_set has too (by id) and whose
+ * version went down, or stayed while its terms changed, fn(ctx, old, new)
+ * (fn may be NULL), in new_set's order. Returns how many there are. A
+ * recipient knows an agreement's terms by its id and version (each delivery
+ * carries both, and so does each audit entry), so a change of terms must
+ * raise the version.
+ */
+typedef void (*policy_version_issue_fn)(void *ctx, const struct policy_agreement *a0,
+                                        const struct policy_agreement *a1);
+size_t policy_version_issues(const struct policy_set *old_set, const struct policy_set *new_set,
+                             policy_version_issue_fn fn, void *ctx);
+
 #endif

@@ -1423,6 +1423,34 @@ class TestPolicyWarnings(HardeningCase):
         self.assertEqual([{k: e[k] for k in want} for e in at_reload], [want])
 
 
+    def test_terms_changed_without_a_new_version(self):
+        """A reload whose agreement changed its terms but kept its version
+        (recipients know the terms by id and version) loads, with a
+        policy.version_unchanged warning; a raised version gives none, a
+        lowered one policy.version_lowered. A new title alone is no change
+        of terms."""
+        policy = self.policy()
+        self.gw = gw = self.gateway(policy)
+
+        def rewrite(**changes):
+            isgtest.write_policy(policy, agreements=[isgtest.default_agreement(**changes)])
+            outcome, text = gw.reload()
+            self.assertEqual(outcome, "loaded", text)
+            return [logfmt(l) for l in text.splitlines() if "event=policy.version_" in l]
+
+        self.assertEqual(rewrite(title="Another title"), [])
+        events = rewrite(valid_until="2031-12-31")
+        self.assertEqual([{k: e[k] for k in ("level", "event", "agreement", "version")}
+                          for e in events],
+                         [{"level": "warn", "event": "policy.version_unchanged",
+                           "agreement": AGREEMENT_ID, "version": "1"}])
+        self.assertEqual(rewrite(valid_until="2032-12-31", version=2), [])
+        events = rewrite(valid_until="2032-12-31", version=1)
+        self.assertEqual([{k: e[k] for k in ("level", "event", "agreement", "version",
+                                              "previous")} for e in events],
+                         [{"level": "warn", "event": "policy.version_lowered",
+                           "agreement": AGREEMENT_ID, "version": "1", "previous": "2"}])
+
 class TestLogLines(HardeningCase):
     def test_paths_with_spaces_stay_one_value(self):
         """Every line isgd writes at a start, a reload and a stop is one

@@ -665,12 +665,53 @@ class PolicyCli(unittest.TestCase):
             "generalised: date_of_birth as a 5-year age band, postcode as its postcode area; "
             "dropped: officer_notes",
             "",
+            "Versions:",
+            "! VERSION       agreement 'council-planning': its terms changed but its version "
+            "is still 1: raise it (recipients see the version on each delivery, and the audit "
+            "log records it)",
+            "! VERSION       agreement 'police-nhs-safeguarding': its terms changed but its "
+            "version is still 2: raise it (recipients see the version on each delivery, and "
+            "the audit log records it)",
+            "",
             "7 changes: 4 weakened, 3 strengthened, 0 other.",
         ])
         # The other way round, the same flows strengthen.
         p = self.ctl("policy", "diff", new, FEATURES, rc=1)
         self.assertEqual(p.stdout.splitlines()[-1],
                          "7 changes: 3 weakened, 4 strengthened, 0 other.")
+
+    def test_diff_version_not_raised(self):
+        # officer_notes from drop to pass under the same version: recipients would
+        # take the new terms for the old ones, so the diff says so.
+        new = self.copy(FEATURES, "new")
+        safe = os.path.join(new, "agreements", "police-nhs-safeguarding.yaml")
+        self.edit(safe, "name: officer_notes, type: text, action: drop",
+                  "name: officer_notes, type: text, action: pass")
+        p = self.ctl("policy", "diff", FEATURES, new, rc=1)
+        self.assertIn("! WEAKENED      field 'officer_notes': dropped -> in clear\n", p.stdout)
+        self.assertIn("\nVersions:\n! VERSION       agreement 'police-nhs-safeguarding': its "
+                      "terms changed but its version is still 2: raise it (recipients see the "
+                      "version on each delivery, and the audit log records it)\n\n1 change: 1 "
+                      "weakened, 0 strengthened, 0 other.\n", p.stdout)
+        # Raised: no warning.
+        self.edit(safe, "version: 2", "version: 3")
+        p = self.ctl("policy", "diff", FEATURES, new, rc=1)
+        self.assertNotIn("VERSION", p.stdout)
+        self.assertIn("  changed       version 2 -> 3\n", p.stdout)
+        # Lowered, even with the same terms: a warning of its own.
+        low = self.copy(FEATURES, "low")
+        self.edit(os.path.join(low, "agreements", "police-nhs-safeguarding.yaml"),
+                  "version: 2", "version: 1")
+        p = self.ctl("policy", "diff", FEATURES, low, rc=1)
+        self.assertIn("\nVersions:\n! VERSION DOWN  agreement 'police-nhs-safeguarding': "
+                      "version 2 -> 1: a version may only go up (recipients and the audit log "
+                      "would take 1 for other terms)\n", p.stdout)
+        # A title alone is no change of terms.
+        title = self.copy(FEATURES, "title")
+        self.edit(os.path.join(title, "agreements", "police-nhs-safeguarding.yaml"),
+                  "title: Adult", "title: Adults'")
+        p = self.ctl("policy", "diff", FEATURES, title, rc=1)
+        self.assertNotIn("VERSION", p.stdout)
 
     def test_diff_ttl_to_default_weakened(self):
         # A fixed undelivered_ttl removed lets the gateway's store.undelivered_ttl (up to

@@ -799,6 +799,115 @@ static void test_diff_partners(void **state)
 	check_diff(&alone);
 }
 
+/* ---- versions ---- */
+
+static void note_issue(void *ctx, const struct policy_agreement *a0,
+                       const struct policy_agreement *a1)
+{
+	struct strbuf *b = ctx;
+	strbuf_printf(b, "%s %u->%u;", a1->id, a0->version, a1->version);
+}
+
+/* The agreements policy_version_issues reports for old_edits -> new_edits, as "id v0->v1;". */
+static void expect_issues(const char *name, const struct edit *old_edits,
+                          const struct edit *new_edits, const char *want)
+{
+	struct policy_set *o = variant(old_edits), *n = variant(new_edits);
+	struct strbuf got;
+	strbuf_init(&got);
+	size_t count = policy_version_issues(o, n, note_issue, &got);
+	const char *g = got.p ? got.p : "";
+	size_t semis = 0;
+	for (const char *c = g; *c; c++)
+		semis += *c == ';';
+	if (strcmp(g, want) != 0 || count != semis)
+		fail_msg("case %s: want '%s', got '%s' (%zu)", name, want, g, count);
+	strbuf_release(&got);
+	policy_set_unref(o);
+	policy_set_unref(n);
+}
+
+/*
+ * A change of terms under the same version is reported, whatever the term;
+ * the title, the review date, comments, layout and order are no terms; a
+ * raised version is fine, and a lowered one is reported even with the same terms.
+ */
+static void test_version_issues(void **state)
+{
+	static const struct {
+		const char *name;
+		struct edit edit;
+	} terms[] = {
+	    {"field action",
+	     {SAFE, "name: officer_notes, type: text, action: drop",
+	      "name: officer_notes, type: text, action: pass"}},
+	    {"field type",
+	     {SAFE, "name: family_name, type: name", "name: family_name, type: text"}},
+	    {"required",
+	     {SAFE, "name: family_name, type: name, action: pass",
+	      "name: family_name, type: name, action: pass, required: true"}},
+	    {"field added",
+	     {SAFE, "        - {name: officer_notes",
+	      "        - {name: notes2, type: text, action: drop}\n"
+	      "        - {name: officer_notes"}},
+	    {"band width", {SAFE, "to: age_band, width: 5", "to: age_band, width: 10"}},
+	    {"generalise to", {SAFE, "to: postcode_district", "to: postcode_sector"}},
+	    {"domain", {PLAN, "domain: planning-police", "domain: planning-pol"}},
+	    {"unknown fields", {PLAN, "unknown_fields: drop", "unknown_fields: reject"}},
+	    {"dataset name", {SAFE, "name: safeguarding-concern", "name: concern"}},
+	    {"sender", {PLAN, "senders: [met-police, nhs-trust]", "senders: [met-police]"}},
+	    {"recipient", {SAFE, "recipients: [nhs-trust]", "recipients: [nhs-trust, charity]"}},
+	    {"controller",
+	     {SAFE, "controllers: [met-police, nhs-trust]", "controllers: [met-police]"}},
+	    {"purpose code", {PLAN, "code: service-planning", "code: planning"}},
+	    {"purpose text",
+	     {PLAN, "text: Plan services where", "text: Plan services there where"}},
+	    {"lawful basis", {PLAN, "6(1)(e): public task", "6(1)(c): legal obligation"}},
+	    {"dpia", {SAFE, "dpia: DPIA-2025-014", "dpia: DPIA-2025-015"}},
+	    {"valid_from", {SAFE, "valid_from: 2025-04-01", "valid_from: 2025-04-02"}},
+	    {"valid_until", {SAFE, "valid_until: 2099-03-31", "valid_until: 2098-12-31"}},
+	    {"per message", {SAFE, "max_records_per_message: 500", "max_records_per_message: 50"}},
+	    {"records per day", {SAFE, "records_per_day: 10000", "records_per_day: 1000"}},
+	    {"messages per day", {PLAN, "messages_per_day: 24", "messages_per_day: 25"}},
+	    {"ttl", {PLAN, "undelivered_ttl: 36h", "undelivered_ttl: 2d"}},
+	    {"replies",
+	     {SAFE, "undelivered_ttl: 14d", "undelivered_ttl: 14d\n  allow_reply: true"}},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(terms); i++) {
+		const struct edit e[] = {terms[i].edit, {0}};
+		expect_issues(terms[i].name, NULL, e,
+		              strcmp(terms[i].edit.file, PLAN) == 0
+		                  ? "council-planning 1->1;"
+		                  : "police-nhs-safeguarding 2->2;");
+	}
+	const struct edit none[] = {{0}};
+	expect_issues("same", none, none, "");
+	const struct edit cosmetic[] = {
+	    {SAFE, "title: Adult", "title: Adults'"},
+	    {SAFE, "review_date: 2098-03-31", "review_date: 2097-03-31"},
+	    {PLAN, "senders: [met-police, nhs-trust]", "senders: [nhs-trust, met-police]"},
+	    {PLAN, "        - {name: category, type: text, action: pass, required: true}\n", ""},
+	    {PLAN, "      fields:\n",
+	     "      fields:\n        - {name: category, type: text, action: pass, required: "
+	     "true}\n"},
+	    {0}};
+	expect_issues("title, review date and order", NULL, cosmetic, "");
+	const struct edit raised[] = {
+	    {SAFE, "version: 2", "version: 3"}, {SAFE, "action: drop", "action: pass"}, {0}};
+	expect_issues("raised", NULL, raised, "");
+	const struct edit lowered[] = {{SAFE, "version: 2", "version: 1"}, {0}};
+	expect_issues("lowered, same terms", NULL, lowered, "police-nhs-safeguarding 2->1;");
+	/* Added and removed agreements have no earlier version to compare. */
+	const struct edit removed[] = {{REPLY, NULL, NULL}, {0}};
+	expect_issues("removed", NULL, removed, "");
+	expect_issues("added", removed, NULL, "");
+	/* Two at once, in the new set's order (by file name). */
+	const struct edit both[] = {{SAFE, "action: drop", "action: pass"},
+	                            {PLAN, "messages_per_day: 24", "messages_per_day: 25"},
+	                            {0}};
+	expect_issues("two", NULL, both, "council-planning 1->1;police-nhs-safeguarding 2->2;");
+}
+
 int main(void)
 {
 	/* The loader refuses group-writable files: the tests' own are 0644 whatever the umask. */
@@ -816,6 +925,7 @@ int main(void)
 	    cmocka_unit_test(test_diff_flows),
 	    cmocka_unit_test(test_diff_two_way_no_self_flow),
 	    cmocka_unit_test(test_diff_partners),
+	    cmocka_unit_test(test_version_issues),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
