@@ -1275,14 +1275,94 @@ static void check_clear_and_pseudonymised(struct policy_parser *p, struct first_
 	}
 }
 
+static bool in_list(char *const *list, size_t n, const char *s)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(list[i], s) == 0)
+			return true;
+	return false;
+}
+
+/* The first sender -> recipient (not itself) that both agreements allow; false if none. */
+static bool shared_flow(const struct policy_agreement *a, const struct policy_agreement *b,
+                        const char **sender, const char **recipient)
+{
+	for (size_t i = 0; i < a->n_senders; i++) {
+		if (!in_list(b->senders, b->n_senders, a->senders[i]))
+			continue;
+		for (size_t k = 0; k < a->n_recipients; k++)
+			if (strcmp(a->senders[i], a->recipients[k]) != 0 &&
+			    in_list(b->recipients, b->n_recipients, a->recipients[k])) {
+				*sender = a->senders[i];
+				*recipient = a->recipients[k];
+				return true;
+			}
+	}
+	return false;
+}
+
+static void check_overlap_dataset(struct policy_parser *p, const struct policy_agreement *a,
+                                  const struct policy_dataset *da, const struct policy_agreement *b,
+                                  const struct policy_dataset *db, const char *sender,
+                                  const char *recipient)
+{
+	for (size_t j = 0; j < db->n_fields; j++) {
+		const struct policy_field *fb = &db->fields[j];
+		for (size_t i = 0; i < da->n_fields; i++) {
+			const struct policy_field *fa = &da->fields[i];
+			if (strcmp(fa->name, fb->name) != 0 || fa->action == fb->action)
+				continue;
+			struct ydoc_node at = {.line = fb->line, .col = fb->col};
+			ydoc_warning(
+			    p->d, b->file, &at,
+			    "agreements '%s' and '%s' both let partner '%s' send dataset '%s' "
+			    "to partner '%s', but field '%s' is %s under '%s' and %s under "
+			    "'%s': the sender names the agreement, so it can always choose "
+			    "the weaker one",
+			    a->id, b->id, sender, db->name, recipient, fb->name,
+			    policy_field_action_name(fa->action), a->id,
+			    policy_field_action_name(fb->action), b->id);
+		}
+	}
+}
+
+/*
+ * Two agreements that let the same sender send the same dataset to the same
+ * recipient, with different actions for a field: the sender picks the
+ * agreement_id, so the stricter one protects nothing. It may be intended
+ * (agreements being replaced), so a warning, once per pair of agreements,
+ * dataset and field, at the field of the later agreement.
+ */
+static void check_overlapping_agreements(struct policy_parser *p)
+{
+	const struct policy_set *set = p->set;
+	for (size_t x = 0; x < set->n_agreements; x++) {
+		const struct policy_agreement *a = &set->agreements[x];
+		for (size_t y = x + 1; y < set->n_agreements; y++) {
+			const struct policy_agreement *b = &set->agreements[y];
+			const char *sender, *recipient;
+			if (!shared_flow(a, b, &sender, &recipient))
+				continue;
+			for (size_t k = 0; k < b->n_datasets; k++)
+				for (size_t i = 0; i < a->n_datasets; i++)
+					if (strcmp(a->datasets[i].name, b->datasets[k].name) == 0)
+						check_overlap_dataset(p, a, &a->datasets[i], b,
+						                      &b->datasets[k], sender,
+						                      recipient);
+		}
+	}
+}
+
 int policy_check_set(struct policy_parser *p)
 {
 	const size_t n = p->set->n_partners * (FIELD_IDENTIFIER + 1);
 	struct first_use *clear = calloc(n ? n : 1, sizeof(*clear));
 	struct first_use *pseudo = calloc(n ? n : 1, sizeof(*pseudo));
 	int err = clear && pseudo ? 0 : ISG_ERR_NOMEM;
-	if (!err)
+	if (!err) {
 		check_clear_and_pseudonymised(p, clear, pseudo);
+		check_overlapping_agreements(p);
+	}
 	free(clear);
 	free(pseudo);
 	return err;

@@ -1640,6 +1640,61 @@ static void test_self_only_agreement_warns(void **state)
 	remove_dir(dir);
 }
 
+/* An agreement with these senders, recipients and dataset d (fields a and notes). */
+static void put_overlap(const char *dir, const char *id, const char *senders,
+                        const char *recipients, const char *dataset, const char *notes_action)
+{
+	char text[1024], rel[128];
+	snprintf(text, sizeof(text),
+	         "agreement:\n  id: %s\n  version: 1\n  title: Overlap\n"
+	         "  senders: [%s]\n  recipients: [%s]\n"
+	         "  purpose: {code: testing, text: Testing}\n"
+	         "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	         "  valid_from: 2025-01-01\n"
+	         "  datasets:\n"
+	         "    - name: %s\n"
+	         "      fields:\n"
+	         "        - {name: a, type: text, action: pass}\n"
+	         "        - {name: notes, type: text, action: %s}\n",
+	         id, senders, recipients, dataset, notes_action);
+	snprintf(rel, sizeof(rel), "agreements/%s.yaml", id);
+	put_file(dir, rel, text);
+}
+
+/*
+ * Two agreements that let one sender send one dataset to one recipient,
+ * with different actions for a field: the sender names the agreement, so it
+ * can always take the weaker. A warning naming both, the field and both
+ * actions, at the later agreement's field; none when the flows or the
+ * datasets differ, or the actions are the same.
+ */
+static void test_overlapping_agreements_warn(void **state)
+{
+	char *dir = temp_policy_dir();
+	install(dir, "valid/partners.yaml", "partners.yaml");
+	put_overlap(dir, "a-strict", "met-police", "nhs-trust", "d", "drop");
+	put_overlap(dir, "b-copy", "met-police, city-council", "nhs-trust", "d", "drop");
+	expect_warnings(dir, "2026-01-01", "");
+	put_overlap(dir, "b-copy", "city-council, met-police", "other-org, nhs-trust", "d", "pass");
+	expect_warnings(dir, "2026-01-01",
+	                "14:11: agreements 'a-strict' and 'b-copy' both let partner 'met-police' "
+	                "send dataset 'd' to partner 'nhs-trust', but field 'notes' is drop under "
+	                "'a-strict' and pass under 'b-copy': the sender names the agreement, so "
+	                "it can always choose the weaker one\n");
+	/* Another dataset, another recipient, or another sender: no choice to make. */
+	put_overlap(dir, "b-copy", "met-police", "nhs-trust", "e", "pass");
+	expect_warnings(dir, "2026-01-01", "");
+	put_overlap(dir, "b-copy", "met-police", "city-council", "d", "pass");
+	expect_warnings(dir, "2026-01-01", "");
+	put_overlap(dir, "b-copy", "city-council", "nhs-trust", "d", "pass");
+	expect_warnings(dir, "2026-01-01", "");
+	/* A partner both sender and recipient of each never sends to itself. */
+	put_overlap(dir, "a-strict", "met-police, nhs-trust", "met-police", "d", "drop");
+	put_overlap(dir, "b-copy", "met-police", "met-police, nhs-trust", "d", "pass");
+	expect_warnings(dir, "2026-01-01", "");
+	remove_dir(dir);
+}
+
 /*
  * Numbers and booleans are plain scalars, in YAML 1.2's core spellings (the
  * editor schema's): a quoted "1" or "true" is text there, and refused here;
@@ -3296,6 +3351,7 @@ int main(void)
 	    cmocka_unit_test(test_apply_transforms),
 	    cmocka_unit_test(test_transform_loads),
 	    cmocka_unit_test(test_clear_and_pseudonymised_warning),
+	    cmocka_unit_test(test_overlapping_agreements_warn),
 	    cmocka_unit_test(test_apply_generalise),
 	    cmocka_unit_test(test_apply_pseudonymise),
 	    cmocka_unit_test(test_apply_checked),
