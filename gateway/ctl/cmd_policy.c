@@ -72,10 +72,7 @@ static const char *key_missing(void *ctx, const char *domain)
 	struct key_probe *k = ctx;
 	if (keyring_has(k->ring, domain))
 		return NULL;
-	snprintf(k->why, sizeof(k->why),
-	         "no file '%s/%s/%s.key' (create it with: isgctl keys new-domain %s %s)",
-	         k->keys_dir, KEYS_DOMAINS_DIR, domain, k->keys_dir, domain);
-	return k->why;
+	return keys_missing_domain_why(k->why, sizeof(k->why), k->keys_dir, domain);
 }
 
 /*

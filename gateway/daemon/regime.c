@@ -20,8 +20,8 @@ static void report(enum regime_report how, const char *event, const char *msg)
 /*
  * An error at a place in a policy file (file NULL: none known). At start
  * and --check-config, printed as the policy loader's errors are
- * (FILE:LINE:COL: error: ...); at a reload, logged with the place leading
- * its message.
+ * (FILE:LINE:COL: error: ...); at a reload, logged with the place in
+ * fields of its own, as policy.diagnostic has it.
  */
 static void report_at(enum regime_report how, const char *event, const char *file, int line,
                       int col, const char *msg)
@@ -29,9 +29,10 @@ static void report_at(enum regime_report how, const char *event, const char *fil
 	if (!file) {
 		report(how, event, msg);
 	} else if (how == REGIME_RELOAD) {
-		char placed[PATH_MAX + 800];
-		snprintf(placed, sizeof(placed), "%s:%d:%d: %s", file, line, col, msg);
-		report(how, event, placed);
+		char qf[PATH_MAX + 8], qm[2 * PATH_MAX + 800];
+		log_event(LOG_ERROR, event, "file=%s line=%d col=%d message=%s",
+		          log_quote(qf, sizeof(qf), file), line, col,
+		          log_quote(qm, sizeof(qm), msg));
 	} else {
 		struct ydoc_diag g = {
 		    .file = (char *)file, .line = line, .col = col, .message = (char *)msg};
@@ -99,15 +100,14 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 	for (size_t i = 0; i < n; i++) {
 		if (keyring_has(keys, domains[i]))
 			continue;
-		/* Where, as policy check --keys says it: the admin may have meant another name. */
-		const char *file = "";
+		/* Where and in the words of policy check --keys: the admin may have meant
+		 * another name. Once per domain, at the first field naming it. */
+		const char *file = "", *field = "";
 		int line = 0, col = 0;
-		bool placed = policy_domain_named_at(set, domains[i], &file, &line, &col);
-		char msg[PATH_MAX + 700];
-		snprintf(msg, sizeof(msg),
-		         "linkage domain '%s' is named by an agreement but has no key in '%s/%s' "
-		         "(create it with: isgctl keys new-domain %s %s)",
-		         domains[i], keys_dir, KEYS_DOMAINS_DIR, keys_dir, domains[i]);
+		bool placed = policy_domain_named_at(set, domains[i], &file, &line, &col, &field);
+		char why[2 * PATH_MAX + 200], msg[2 * PATH_MAX + 400];
+		keys_missing_domain_why(why, sizeof(why), keys_dir, domains[i]);
+		policy_missing_key_message(msg, sizeof(msg), domains[i], field, why);
 		report_at(how, "keys.missing_domain", placed ? file : NULL, line, col, msg);
 		(*errors)++;
 		missing = true;

@@ -577,6 +577,14 @@ static const struct domain *keyring_find_next(const struct keyring *ring, const 
 	return *last;
 }
 
+const char *keys_missing_domain_why(char *buf, size_t size, const char *keys_dir,
+                                    const char *domain)
+{
+	snprintf(buf, size, "no file '%s/%s/%s.key' (create it with: isgctl keys new-domain %s %s)",
+	         keys_dir, KEYS_DOMAINS_DIR, domain, keys_dir, domain);
+	return buf;
+}
+
 bool keyring_has(const struct keyring *ring, const char *domain)
 {
 	return keyring_find(ring, domain) != NULL;

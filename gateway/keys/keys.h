@@ -82,6 +82,11 @@ int keys_load_domains(const char *dir, struct keyring **out, char *err, size_t e
 void keyring_free(struct keyring *ring);
 /* True when the keyring has a key for this domain. */
 bool keyring_has(const struct keyring *ring, const char *domain);
+/* What is missing when domain has no key in keys_dir, and how to make it, as isgd and
+ * isgctl policy check --keys both say it: "no file 'KEYS_DIR/domains/NAME.key' (create
+ * it with: isgctl keys new-domain KEYS_DIR NAME)". Returns buf. */
+const char *keys_missing_domain_why(char *buf, size_t size, const char *keys_dir,
+                                    const char *domain);
 /* The keyring as the pseudonymisation service policy_apply uses. */
 struct pseudo_service keyring_service(const struct keyring *ring);
 

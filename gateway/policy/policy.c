@@ -223,7 +223,7 @@ size_t policy_domains(const struct policy_set *set, const char **out, size_t max
 }
 
 bool policy_domain_named_at(const struct policy_set *set, const char *domain, const char **file,
-                            int *line, int *col)
+                            int *line, int *col, const char **field)
 {
 	for (size_t i = 0; set && i < set->n_agreements; i++) {
 		const struct policy_agreement *a = &set->agreements[i];
@@ -235,6 +235,7 @@ bool policy_domain_named_at(const struct policy_set *set, const char *domain, co
 				*file = a->file;
 				*line = f->domain_line;
 				*col = f->domain_col;
+				*field = f->name;
 				return true;
 			}
 	}
@@ -343,6 +344,12 @@ const struct policy_partner *policy_partner_by_cert(const struct policy_set *set
 	return policy_partner_claimants(set, id, found) == 1 ? found[0] : NULL;
 }
 
+void policy_missing_key_message(char *buf, size_t size, const char *domain, const char *field,
+                                const char *why)
+{
+	snprintf(buf, size, "linkage domain '%s' of field '%s' has no key: %s", domain, field, why);
+}
+
 size_t policy_check_domains(const struct policy_set *set,
                             const char *(*missing)(void *ctx, const char *domain), void *ctx,
                             struct ydoc_diags *diags)
@@ -359,9 +366,10 @@ size_t policy_check_domains(const struct policy_set *set,
 					continue;
 				struct ydoc_node at = {.line = f->domain_line,
 				                       .col = f->domain_col};
-				ydoc_error(diags, a->file, &at,
-				           "linkage domain '%s' of field '%s' has no key: %s",
-				           f->domain, f->name, why);
+				char msg[8192];
+				policy_missing_key_message(msg, sizeof(msg), f->domain, f->name,
+				                           why);
+				ydoc_error(diags, a->file, &at, "%s", msg);
 				n++;
 			}
 		}

@@ -223,9 +223,10 @@ int policy_apply(const struct policy_set *set, const char *sender, const Isg__Se
 /* The linkage domains the set's agreements name, sorted, each once: fills at most
  * max and returns how many there are (which may be more than max). */
 size_t policy_domains(const struct policy_set *set, const char **out, size_t max);
-/* Where an agreement first names linkage domain `domain` (its `domain:`); false if none does. */
+/* Where an agreement first names linkage domain `domain` (its `domain:`), and for which
+ * field; false if none does. */
 bool policy_domain_named_at(const struct policy_set *set, const char *domain, const char **file,
-                            int *line, int *col);
+                            int *line, int *col, const char **field);
 void policy_outcome_release(struct policy_outcome *out);
 
 /* ---- for admins and IG officers: isgctl policy check --keys, show and diff ---- */
@@ -236,6 +237,9 @@ void policy_outcome_release(struct policy_outcome *out);
  * when the domain has a key, or a short text saying what is missing (it ends
  * the message). Returns the number of errors added.
  */
+/* The message of that error, which isgd's keys.missing_domain gives too. */
+void policy_missing_key_message(char *buf, size_t size, const char *domain, const char *field,
+                                const char *why);
 size_t policy_check_domains(const struct policy_set *set,
                             const char *(*missing)(void *ctx, const char *domain), void *ctx,
                             struct ydoc_diags *diags);

@@ -620,13 +620,16 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
                 self.assertNotIn("'%s'" % COUNCIL_DOMAIN, err)
                 # where the policy names it, printed as the policy loader's errors are
                 keys = gw.keys_dir
-                self.assertRegex(err, r"(?m)^%s:\d+:\d+: error: linkage domain '%s' is named by "
-                                 r"an agreement but has no key in '%s' \(create it with: isgctl "
-                                 r"keys new-domain %s %s\)$"
+                # in the words of isgctl policy check --keys, once per domain
+                self.assertRegex(err, r"(?m)^%s:\d+:\d+: error: linkage domain '%s' of field "
+                                 r"'nhs_number' has no key: no file '%s' \(create it with: "
+                                 r"isgctl keys new-domain %s %s\)$"
                                  % (re.escape(os.path.join(gw.policy_dir, "agreements",
                                                            POLICE_NHS + ".yaml")),
-                                    HEALTH_DOMAIN, re.escape(os.path.join(keys, "domains")),
+                                    HEALTH_DOMAIN,
+                                    re.escape(os.path.join(keys, "domains", HEALTH_DOMAIN + ".key")),
                                     re.escape(keys), HEALTH_DOMAIN))
+                self.assertEqual(err.count("linkage domain '%s'" % HEALTH_DOMAIN), 1, err)
                 self.assertNotIn("isgd: ", err)
         # with the key it is fine
         isgtest.new_domain(gw.keys_dir, HEALTH_DOMAIN)
@@ -669,6 +672,17 @@ class TestRefusalsAtStartAndReload(PseudonymCase):
         self.assertEqual(outcome, "refused", text)
         self.assertEqual(len(self.audit_bodies("policy.refused")), refused + 1)
         self.assertRegex(text, r"event=keys\.missing_domain .*'ghost-link'.*isgctl keys new-domain")
+        # the place in fields of its own, as policy.diagnostic has it; the words of
+        # isgctl policy check --keys
+        keys = self.gw.keys_dir
+        self.assertRegex(text, r"(?m)event=keys\.missing_domain file=%s line=\d+ col=\d+ "
+                         r"message=\"linkage domain 'ghost-link' of field 'nhs_number' has no "
+                         r"key: no file '%s' \(create it with: isgctl keys new-domain %s "
+                         r"ghost-link\)\"$"
+                         % (re.escape(os.path.join(self.gw.policy_dir, "agreements",
+                                                   "police-council-extra.yaml")),
+                            re.escape(os.path.join(keys, "domains", "ghost-link.key")),
+                            re.escape(keys)))
         self.assertAlive(self.gw, "after a refused reload")
         # the audit entry counts what was wrong: two domains without a key
         self.assertEqual(self.audit_bodies("policy.refused")[-1]["errors"], 2)
