@@ -204,7 +204,11 @@ static void run_alone(struct store *s, struct store_job *batch)
 		next = j->next;
 		j->next = NULL;
 		j->err = 0;
-		run_batch(s, j, false, NULL);
+		/* Not once a lone commit failed the store: the next would write over it. */
+		if (atomic_load(&s->failed))
+			j->err = ISG_ERR_CLOSED;
+		else
+			run_batch(s, j, false, NULL);
 		j->next = next;
 	}
 }

@@ -129,7 +129,8 @@ static void *wal_main(void *arg)
 		s->wal_wanted = false;
 		s->wal_running = true;
 		pthread_mutex_unlock(&s->wal_mu);
-		if (checkpoint(s, s->wal_db, "checkpointer"))
+		/* After store_fail nothing more is written (store.c). */
+		if (!atomic_load(&s->failed) && checkpoint(s, s->wal_db, "checkpointer"))
 			atomic_fetch_add(&s->wal_checkpoints, 1);
 		pthread_mutex_lock(&s->wal_mu);
 		s->wal_running = false;

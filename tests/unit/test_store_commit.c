@@ -331,6 +331,35 @@ static void test_commit_of_unknown_outcome_stops_the_store(void **state)
 }
 
 /*
+ * A full disk fails a batch and its jobs run alone; when the first lone
+ * commit's sync fails, the store has failed and the next job must not be
+ * committed over it and reported stored.
+ */
+static void test_no_lone_commit_after_the_store_failed(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_with(f, 0, 2);
+	struct store_message a = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct store_message b = fx_msg("police-a", "m-2", "nhs-b", "two");
+	struct wait w[2];
+	wait_init(&w[0]);
+	wait_init(&w[1]);
+	store_test_pause(s, true);
+	assert_int_equal(store_send(s, &a, on_send, &w[0]), 0);
+	assert_int_equal(store_send(s, &b, on_send, &w[1]), 0);
+	store_test_full_commits(s, 1); /* the batch's */
+	store_test_fail_wal_syncs(1);  /* then a's, alone */
+	store_test_pause(s, false);
+	assert_int_equal(wait_for(&w[0]), ISG_ERR_UNKNOWN);
+	assert_int_equal(wait_for(&w[1]), ISG_ERR_CLOSED);
+	store_test_fail_wal_syncs(0);
+	assert_true(store_failed(s));
+	fx_close(f);
+	s = fx_open(f);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages WHERE message_id = 'm-2'", 0), 0);
+}
+
+/*
  * A failed batch whose ROLLBACK fails too leaves its transaction open.
  * The next batch rolls it back before it begins (BEGIN inside it would
  * fail, and the next batch with it); nothing of the failed batch is kept.
@@ -1088,6 +1117,8 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_commit_of_unknown_outcome_stops_the_store,
 	                                    fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_no_lone_commit_after_the_store_failed, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_failed_rollback_does_not_fail_the_next_batch,
 	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_in_failed_commit_is_not_delivered, fx_setup,
