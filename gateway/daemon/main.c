@@ -834,7 +834,8 @@ static int serve(struct gateway *g, const sigset_t *sigs)
 /*
  * At shutdown, before the store closes: every refusal still counted is
  * written. The store's queue may be full of the last requests' work; it
- * drains, so a count it refused is tried again for a while.
+ * drains, so a count it refused is tried again for a while. What is left
+ * is told once, by run_end.
  */
 static void flush_refusals(struct gateway *g)
 {
@@ -845,18 +846,17 @@ static void flush_refusals(struct gateway *g)
 		nanosleep(&pause, NULL);
 		kept = refusals_flush(g->refusals, time_mono_ms(), true);
 	}
-	if (kept > 0)
-		log_event(LOG_ERROR, "audit.failed", "kind=connection.refused counts=%zu", kept);
 }
 
 /*
  * What run set up, in order: the store closes after the workers, so their
  * last requests are stored, and before net_server_free, which cleans up
- * what the store's last commits posted to the stopped workers.
+ * what the store's last commits posted to the stopped workers. True when
+ * the store failed, also in its last commits (EXIT_STORE_FAILED).
  */
-static void run_end(struct gateway *g)
+static bool run_end(struct gateway *g)
 {
-	store_close(g->store);
+	bool failed = store_close(g->store);
 	g->store = NULL;
 	/* Counts whose entries the store's last batches lost (refusals_restore). */
 	size_t kept = g->refusals ? refusals_flush(g->refusals, time_mono_ms(), true) : 0;
@@ -866,6 +866,7 @@ static void run_end(struct gateway *g)
 	quota_free(g->quota);
 	refusals_free(g->refusals);
 	regime_unref(g->regime);
+	return failed;
 }
 
 static int run(struct gateway *g, const struct identity *id, struct regime *regime,
@@ -968,7 +969,8 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	r = serve(g, sigs);
 	net_server_stop(g->net, SHUTDOWN_GRACE_MS);
 	flush_refusals(g); /* the workers, which count them, are gone */
-	run_end(g);
+	if (run_end(g) && r == 0)
+		r = ISG_ERR_UNKNOWN; /* in the shutdown's last commits; logged as store.failed */
 	log_event(LOG_INFO, "isgd.stopped", "pid=%d", (int)getpid());
 	return r;
 }

@@ -519,10 +519,10 @@ out:
 	return 0;
 }
 
-void store_close(struct store *s)
+bool store_close(struct store *s)
 {
 	if (!s)
-		return;
+		return false;
 	pthread_mutex_lock(&s->mu);
 	s->closing = true;
 	s->paused = false;
@@ -530,7 +530,9 @@ void store_close(struct store *s)
 	pthread_mutex_unlock(&s->mu);
 	if (s->writer_started)
 		pthread_join(s->writer, NULL);
+	bool failed = atomic_load(&s->failed);
 	store_release(s);
+	return failed;
 }
 
 void store_set_notify(struct store *s, store_notify_fn fn, void *ctx)

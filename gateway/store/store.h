@@ -171,8 +171,9 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
  * thread may still be submitting (isgd stops its workers first); a job's
  * callback, which runs on the writer, may, and is refused with
  * ISG_ERR_CLOSED. Never call it from a callback: it joins the writer.
+ * True when the store had failed (store_failed), before or as it closed.
  */
-void store_close(struct store *s);
+bool store_close(struct store *s);
 
 /*
  * True once a commit failed in a way that may have left it on disk (an
