@@ -1186,15 +1186,25 @@ struct refusal_job {
 };
 
 /* The store's answer: a batch that failed takes the entry with it, so its
- * refusals are counted again, for the next flush (refusals_restore). */
+ * refusals are counted again, for the next flush (refusals_restore). Not a
+ * commit of unknown outcome: its entry may be on record, and counted
+ * again it could be twice. */
 static void refusal_written(void *ctx, int err, uint64_t audit_index)
 {
 	struct refusal_job *j = ctx;
+	char q[64];
 	(void)audit_index;
-	if (err != 0) {
+	if (err == ISG_ERR_UNKNOWN)
+		log_event(LOG_ERROR, "audit.failed",
+		          "kind=connection.refused repeated=%llu error=%s "
+		          "note=\"may be on record after the restart\"",
+		          (unsigned long long)j->rec.repeated,
+		          log_quote(q, sizeof(q), isg_strerror(err)));
+	else if (err != 0) {
 		log_event(LOG_WARN, "audit.deferred",
 		          "kind=connection.refused repeated=%llu error=%s",
-		          (unsigned long long)j->rec.repeated, isg_strerror(err));
+		          (unsigned long long)j->rec.repeated,
+		          log_quote(q, sizeof(q), isg_strerror(err)));
 		refusals_restore(j->g->refusals, &j->rec, time_mono_ms());
 	}
 	free(j);
@@ -1236,10 +1246,11 @@ int handler_write_refusal(void *ctx, const struct refusal_record *rec)
 		free(j);
 	free(entry);
 	/* Not lost: the table counts it, or keeps the count for its next flush. */
+	char q[64];
 	if (err != 0)
-		log_event(LOG_WARN, "audit.deferred",
-		          "kind=connection.refused repeated=%llu error=%s",
-		          (unsigned long long)rec->repeated, isg_strerror(err));
+		log_event(
+		    LOG_WARN, "audit.deferred", "kind=connection.refused repeated=%llu error=%s",
+		    (unsigned long long)rec->repeated, log_quote(q, sizeof(q), isg_strerror(err)));
 	return err;
 }
 
