@@ -93,9 +93,17 @@ static bool domains_missing(const struct policy_set *set, const struct keyring *
 {
 	const char *domains[POLICY_MAX_DOMAINS];
 	size_t n = policy_domains(set, domains, POLICY_MAX_DOMAINS);
-	/* The loader refuses the domain past the limit, where it is written. */
-	if (n > POLICY_MAX_DOMAINS)
-		fatal("policy set names %zu linkage domains, over %d", n, POLICY_MAX_DOMAINS);
+	/* The loader refuses the domain past the limit, where it is written; should
+	 * one come another way, the set is refused, never isgd stopped. */
+	if (n > POLICY_MAX_DOMAINS) {
+		char msg[160];
+		snprintf(msg, sizeof(msg),
+		         "the agreements name %zu linkage domains; at most %d are supported", n,
+		         POLICY_MAX_DOMAINS);
+		report(how, "keys.too_many_domains", msg);
+		(*errors)++;
+		return true;
+	}
 	bool missing = false;
 	for (size_t i = 0; i < n; i++) {
 		if (keyring_has(keys, domains[i]))
