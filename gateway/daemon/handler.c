@@ -502,14 +502,6 @@ static int joint_pseudonymise(void *ctx, struct pseudo_request *reqs, size_t n, 
 }
 
 /*
- * A fetch answer's bytes as fetch_deliver counts them: the frame's own, and
- * each delivery's with its tag and length. Generous: a frame so counted
- * never passes limits.max_frame.
- */
-#define FETCH_FRAME_BYTES 64
-#define DELIVERY_FRAMING_BYTES 16
-
-/*
  * Whether the message, as the agreement made it, fits in one fetch answer:
  * accepted otherwise, it would reach its recipient in a frame over
  * limits.max_frame, which a client that keeps to that limit (Go's
@@ -530,7 +522,9 @@ static bool delivery_fits(const struct session *s, const Isg__SendRequest *req,
 	meta.accepted_at_ms = INT64_MAX;
 	struct wire_delivery d;
 	wire_delivery_init(&d, &meta, o->payload, o->payload_len);
-	size_t bytes = FETCH_FRAME_BYTES + d.len + DELIVERY_FRAMING_BYTES;
+	/* As the store will measure it for a fetch (fetch_issue): generous, so
+	 * an answer so counted never passes limits.max_frame. */
+	size_t bytes = WIRE_ANSWER_BYTES + wire_delivery_bound(&d, false);
 	uint64_t max = s->g->cfg.max_frame_bytes;
 	if (bytes <= max)
 		return true;
@@ -735,10 +729,42 @@ static void delivery_meta(const struct store_delivery *sd, Isg__Delivery *d)
 	d->accepted_at_ms = sd->accepted_at_ms;
 }
 
-/* Hand out results; returns how many were used (the rest wait for the next round). */
+/* A stored delivery's bytes at most, in a fetch answer or pushed, before its payload is opened. */
+static size_t delivery_size(const struct store_delivery *sd, bool push)
+{
+	Isg__Delivery meta;
+	delivery_meta(sd, &meta);
+	struct wire_delivery d;
+	wire_delivery_init(&d, &meta, NULL, sd->payload_len);
+	return wire_delivery_bound(&d, push);
+}
+
+static size_t answer_size(const struct store_delivery *sd)
+{
+	return delivery_size(sd, false);
+}
+
+static size_t push_size(const struct store_delivery *sd)
+{
+	return delivery_size(sd, true);
+}
+
+/*
+ * How fetch_deliver sends, for the store to take only what it will send
+ * (store_fetch_within): a payload that is not records and nothing else
+ * would only make the recipient's frame fail, and is left out.
+ */
+static const struct store_fetch_sink answer_sink = {answer_size, wire_records_well_formed};
+static const struct store_fetch_sink push_sink = {push_size, wire_records_well_formed};
+
+/*
+ * Hand out results, every one: the store took only what one answer holds,
+ * or what the connection had room for (fetch_issue), and has audited each
+ * as delivered. Returns how many were used, fewer only when memory ran out
+ * (the rest wait for the next round).
+ */
 static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_fetch_result *res)
 {
-	size_t max_frame = s->g->cfg.max_frame_bytes, bytes = FETCH_FRAME_BYTES, n = 0;
 	size_t cap = res->n ? res->n : 1;
 	Isg__Delivery *metas = calloc(cap, sizeof(*metas));
 	struct wire_delivery *items = calloc(cap, sizeof(*items));
@@ -747,39 +773,28 @@ static size_t fetch_deliver(struct net_conn *c, struct session *s, struct store_
 		free(items);
 		return 0;
 	}
-	size_t used = 0;
-	for (; used < res->n; used++) {
-		const struct store_delivery *sd = &res->items[used];
-		if (!wire_records_well_formed(sd->payload, sd->payload_len)) {
-			log_event(LOG_ERROR, "store.bad_payload", "gateway_id=%llu",
-			          (unsigned long long)sd->gateway_id);
-			/* Skipped: sent, it would only make the recipient's frame fail. */
-			s->cursor = sd->gateway_id;
-			continue;
-		}
+	size_t n = 0;
+	for (; n < res->n; n++) {
+		const struct store_delivery *sd = &res->items[n];
 		delivery_meta(sd, &metas[n]);
 		wire_delivery_init(&items[n], &metas[n], sd->payload, sd->payload_len);
-		size_t size = items[n].len + DELIVERY_FRAMING_BYTES;
-		/* One answer stays within the frame limit; the first always goes. */
-		if (!s->subscribed && n > 0 && bytes + size > max_frame)
-			break;
+		/* Pushed even past the connection's output bound, should answers
+		 * sent since the store was asked have taken some of its room:
+		 * held back, they would be audited as delivered and not sent. The
+		 * window cannot be full: the fetch asked for what it had left. */
 		if (s->subscribed) {
-			/* Pushes stop at the connection's output bound: the rest
-			 * wait for on_drained (handler_drained), not in memory. */
-			if (net_conn_output_full(c) || s->unacked == s->g->cfg.max_fetch_messages ||
+			if (s->unacked == s->g->cfg.max_fetch_messages ||
 			    net_conn_send_deliveries(c, s->fetch_rid, true, &items[n], 1) != 0)
-				break; /* or out of memory: it waits for the next round */
+				break; /* out of memory: it waits for the next round */
 			s->pushed[s->unacked++] = (struct push){sd->gateway_id, sd->expires_at_ms};
 		}
-		bytes += size;
-		n++;
 		s->cursor = sd->gateway_id;
 	}
 	if (!s->subscribed && n > 0)
 		fetch_answer(c, s, items, n);
 	free(metas);
 	free(items);
-	return used;
+	return n;
 }
 
 static void fetch_done(struct net_conn *c, void *arg)
@@ -861,11 +876,15 @@ static void fetch_issue(struct net_conn *c, struct session *s)
 	s->dirty = false;
 	j->hold = net_conn_begin_async(c, 0);
 	/* A subscriber takes what its connection can, a fetch what one answer
-	 * can hold (limits.max_frame): the rest stays in the store, not read,
-	 * opened and recorded as delivered to be dropped (fetch_deliver). */
-	size_t bytes = s->subscribed ? net_conn_output_room(c) : s->g->cfg.max_frame_bytes;
-	int err = store_fetch_within(s->g->store, s->partner, s->cursor, s->fetch_max,
-	                             bytes ? bytes : 1, fetch_stored, j);
+	 * can hold (limits.max_frame), measured as they will be sent: the
+	 * store audits as delivered only what fetch_deliver then sends; the
+	 * rest stays in the store, not read, opened or recorded. */
+	size_t max_frame = s->g->cfg.max_frame_bytes;
+	size_t bytes = s->subscribed                   ? net_conn_output_room(c)
+	               : max_frame > WIRE_ANSWER_BYTES ? max_frame - WIRE_ANSWER_BYTES
+	                                               : 0;
+	int err = store_fetch_within(s->g->store, s->partner, s->cursor, s->fetch_max, bytes,
+	                             s->subscribed ? &push_sink : &answer_sink, fetch_stored, j);
 	if (err != 0) {
 		net_conn_end_async(c, &j->hold);
 		s->store_busy = false;

@@ -705,11 +705,24 @@ int store_refuse_send(struct store *s, const struct store_refusal *f, store_send
 int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
                 store_fetch_cb cb, void *ctx)
 {
-	return store_fetch_within(s, recipient, after_id, max, STORE_FETCH_BYTES, cb, ctx);
+	return store_fetch_within(s, recipient, after_id, max, STORE_FETCH_BYTES, NULL, cb, ctx);
+}
+
+static size_t payload_size(const struct store_delivery *d)
+{
+	return d->payload_len;
+}
+
+static bool any_payload(const uint8_t *payload, size_t len)
+{
+	(void)payload;
+	(void)len;
+	return true;
 }
 
 int store_fetch_within(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
-                       size_t max_bytes, store_fetch_cb cb, void *ctx)
+                       size_t max_bytes, const struct store_fetch_sink *sink, store_fetch_cb cb,
+                       void *ctx)
 {
 	if (!s || !cb || !string_ok(recipient, true) || max == 0)
 		return ISG_ERR_INVALID;
@@ -727,6 +740,8 @@ int store_fetch_within(struct store *s, const char *recipient, uint64_t after_id
 	jf->max_bytes = max_bytes == 0                  ? 1
 	                : max_bytes < STORE_FETCH_BYTES ? max_bytes
 	                                                : STORE_FETCH_BYTES;
+	jf->sink.size = sink && sink->size ? sink->size : payload_size;
+	jf->sink.sendable = sink && sink->sendable ? sink->sendable : any_payload;
 	jf->recipient = strdup(recipient);
 	jf->res = calloc(1, sizeof(*jf->res)); /* items grow in the writer */
 	if (!jf->recipient || !jf->res) {

@@ -325,13 +325,28 @@ typedef void (*store_fetch_cb)(void *ctx, int err, struct store_fetch_result *re
 int store_fetch(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
                 store_fetch_cb cb, void *ctx);
 /*
- * store_fetch that stops adding messages once their payloads, as sealed
- * (16 bytes more each), reach max_bytes; the first always comes, even with
- * max_bytes 0. A subscriber asks for what its connection can take, so
- * little is handed out (and audited as delivered) that then waits unsent.
+ * How the caller sends what a fetch hands out, so that the store hands out,
+ * and audits as delivered, only what the caller then sends (docs/audit.md).
+ * Both are called on the store's writer thread, and must not block.
+ *   size: the bytes d takes as sent, at most, from its metadata and
+ *     payload_len (its payload is not opened yet: d->payload is NULL);
+ *   sendable: whether an opened payload can be sent at all. One that
+ *     cannot is logged (store.bad_payload) and left out, its row as it was.
+ */
+struct store_fetch_sink {
+	size_t (*size)(const struct store_delivery *d);
+	bool (*sendable)(const uint8_t *payload, size_t len);
+};
+/*
+ * store_fetch that adds a message only while the messages' sizes (the
+ * sink's, or their payload lengths when sink is NULL) stay within
+ * max_bytes; the first always comes, even with max_bytes 0. A fetch asks
+ * for what one answer holds, a subscriber for what its connection can
+ * take, so every message handed out and audited as delivered is sent.
  */
 int store_fetch_within(struct store *s, const char *recipient, uint64_t after_id, uint32_t max,
-                       size_t max_bytes, store_fetch_cb cb, void *ctx);
+                       size_t max_bytes, const struct store_fetch_sink *sink, store_fetch_cb cb,
+                       void *ctx);
 void store_fetch_result_free(struct store_fetch_result *res);
 
 /* --- ack ---------------------------------------------------------------- */

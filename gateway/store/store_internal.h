@@ -163,7 +163,8 @@ struct job_fetch {
 	char *recipient;
 	uint64_t after_id;
 	uint32_t max;
-	size_t max_bytes; /* sealed payload bytes it stops adding at (1 to STORE_FETCH_BYTES) */
+	size_t max_bytes; /* bytes, as sink measures, it adds within (1 to STORE_FETCH_BYTES) */
+	struct store_fetch_sink sink; /* filled in: never a NULL function */
 	store_fetch_cb cb;
 	void *ctx;
 	struct store_fetch_result *res; /* always allocated; handed to cb */

@@ -402,6 +402,8 @@ static int fetch_row(sqlite3_stmt *st, const char *recipient, struct store_deliv
 		return ISG_ERR_NOMEM;
 	if (sl->sealed_len)
 		memcpy(sl->sealed, sealed, sl->sealed_len);
+	/* As it will be once opened (fetch_open), for the sink to measure. */
+	d->payload_len = sl->sealed_len > STORE_TAG_LEN ? sl->sealed_len - STORE_TAG_LEN : 0;
 	return 0;
 }
 
@@ -438,18 +440,30 @@ static int fetch_reserve(struct job_fetch *jf, struct fetch_acc *acc)
 	return 0;
 }
 
-/* Read the rows first: the table is not changed under a running SELECT. */
+/* Whether one more delivery of size bytes is taken: within max_bytes, or the first. */
+static bool fetch_fits(const struct job_fetch *jf, size_t taken, size_t bytes, size_t size)
+{
+	return taken == 0 || (bytes <= jf->max_bytes && size <= jf->max_bytes - bytes);
+}
+
+/*
+ * Read the rows first: the table is not changed under a running SELECT.
+ * A row is taken only while what is taken stays within max_bytes as the
+ * caller's sink measures it: every row taken is marked delivered, so the
+ * caller must be able to send every one (store_fetch_within).
+ */
 static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, struct fetch_acc *acc)
 {
 	struct store_fetch_result *res = jf->res;
 	sqlite3_stmt *st = s->stmt[ST_FETCH];
 	size_t bytes = 0;
+	bool full = false;
 	int err = 0;
 	bind_text(st, 1, jf->recipient);
 	sqlite3_bind_int64(st, 2, jf->after_id > INT64_MAX ? INT64_MAX : (int64_t)jf->after_id);
 	sqlite3_bind_int64(st, 3, now);
 	sqlite3_bind_int64(st, 4, jf->max);
-	while (res->n < jf->max && bytes < jf->max_bytes) {
+	while (res->n < jf->max) {
 		int rc = sqlite3_step(st);
 		if (rc == SQLITE_DONE)
 			break;
@@ -460,17 +474,28 @@ static int fetch_collect(struct store *s, struct job_fetch *jf, int64_t now, str
 		err = fetch_reserve(jf, acc);
 		if (err)
 			break;
-		err = fetch_row(st, jf->recipient, &res->items[res->n], &acc->sealed[res->n]);
+		struct store_delivery *d = &res->items[res->n];
+		struct store_sealed *sl = &acc->sealed[res->n];
+		err = fetch_row(st, jf->recipient, d, sl);
+		size_t size = err ? 0 : jf->sink.size(d);
+		if (!err && !fetch_fits(jf, res->n, bytes, size)) {
+			/* Not taken: it stays as it is, for the next fetch. */
+			free(sl->sealed);
+			delivery_release(d);
+			*d = (struct store_delivery){0};
+			full = true;
+			break;
+		}
 		/* Count it even when half filled, so discard frees what it holds. */
 		acc->marks[res->n].first_delivery = sqlite3_column_int(st, 10) == MSG_PENDING;
 		acc->marks[res->n].accepted_index = (uint64_t)sqlite3_column_int64(st, 9);
-		bytes += acc->sealed[res->n].sealed_len;
-		res->scanned_to = res->items[res->n].gateway_id;
+		bytes += size;
+		res->scanned_to = d->gateway_id;
 		res->n++;
 		if (err)
 			break;
 	}
-	res->more = res->n == jf->max || bytes >= jf->max_bytes;
+	res->more = res->n == jf->max || full;
 	finish_stmt(st);
 	return err;
 }
@@ -512,6 +537,17 @@ static int fetch_open(struct store *s, struct job_fetch *jf, struct fetch_acc *a
 		if (!err && !sl->plain)
 			log_event(LOG_ERROR, "store.unseal_failed", "gateway_id=%" PRIu64,
 			          d->gateway_id);
+		/* Sent, it would only make the recipient's answer fail: not handed
+		 * out, so not audited as delivered either. */
+		if (!err && sl->plain && !jf->sink.sendable(sl->plain, sl->plain_len)) {
+			log_event(LOG_ERROR, "store.bad_payload", "gateway_id=%" PRIu64,
+			          d->gateway_id);
+			sodium_memzero(sl->plain, sl->plain_len);
+			free(sl->plain);
+			sl->plain = NULL;
+			delivery_release(d);
+			continue;
+		}
 		if (err || !sl->plain) {
 			if (sl->plain) {
 				sodium_memzero(sl->plain, sl->plain_len);

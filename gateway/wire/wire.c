@@ -374,6 +374,21 @@ size_t wire_deliveries_size(uint64_t request_id, bool push, const struct wire_de
 	return wire_varint_size(body) + body;
 }
 
+/* In an answer: its tag and length (at most 11 bytes); pushed, a frame of
+ * its own (varint length, request_id's tag and varint, the delivery's two
+ * byte tag and varint length: at most 33 bytes). */
+#define DELIVERY_BYTES 16
+_Static_assert(WIRE_VARINT_MAX + 1 + WIRE_VARINT_MAX + 1 + WIRE_VARINT_MAX <= WIRE_ANSWER_BYTES &&
+                   1 + WIRE_VARINT_MAX <= DELIVERY_BYTES &&
+                   WIRE_VARINT_MAX + 1 + WIRE_VARINT_MAX + 2 + WIRE_VARINT_MAX <=
+                       WIRE_ANSWER_BYTES + DELIVERY_BYTES,
+               "the bounds hold every header");
+
+size_t wire_delivery_bound(const struct wire_delivery *d, bool push)
+{
+	return d->len + DELIVERY_BYTES + (push ? WIRE_ANSWER_BYTES : 0);
+}
+
 /* The stored records first, then the metadata: of a field given twice, the last counts. */
 static size_t put_delivery(const struct wire_delivery *d, uint8_t *out)
 {

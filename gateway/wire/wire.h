@@ -85,6 +85,15 @@ size_t wire_deliveries_size(uint64_t request_id, bool push, const struct wire_de
                             size_t n);
 size_t wire_deliveries_encode(uint64_t request_id, bool push, const struct wire_delivery *d,
                               size_t n, uint8_t *out);
+/*
+ * Bounds on what wire_deliveries_encode writes, whatever the request_id:
+ * a fetch answer is at most WIRE_ANSWER_BYTES plus wire_delivery_bound of
+ * each delivery (push false), a push at most wire_delivery_bound (push
+ * true). isgd's store measures a fetch with them before it marks the
+ * messages delivered, and the handler sends what the store took.
+ */
+#define WIRE_ANSWER_BYTES 64
+size_t wire_delivery_bound(const struct wire_delivery *d, bool push);
 
 /* Varint helpers, inline: the packers call them several times a field. */
 static inline size_t wire_varint_encode(uint64_t v, uint8_t out[static WIRE_VARINT_MAX])

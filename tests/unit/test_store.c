@@ -807,12 +807,25 @@ static void test_fetch_many(void **state)
 	store_fetch_result_free(res);
 }
 
+static int fetch_sink_sync(struct store *s, uint32_t max, size_t max_bytes,
+                           const struct store_fetch_sink *sink, struct store_fetch_result **res)
+{
+	struct wait w;
+	wait_init(&w);
+	int rc = store_fetch_within(s, "nhs-b", 0, max, max_bytes, sink, on_fetch, &w);
+	assert_int_equal(rc, 0);
+	rc = wait_for(&w);
+	assert_false(w.bad);
+	*res = w.res;
+	return rc;
+}
+
 static int fetch_within_sync(struct store *s, uint32_t max, size_t max_bytes,
                              struct store_fetch_result **res)
 {
 	struct wait w;
 	wait_init(&w);
-	int rc = store_fetch_within(s, "nhs-b", 0, max, max_bytes, on_fetch, &w);
+	int rc = store_fetch_within(s, "nhs-b", 0, max, max_bytes, NULL, on_fetch, &w);
 	assert_int_equal(rc, 0);
 	rc = wait_for(&w);
 	assert_false(w.bad);
@@ -821,9 +834,9 @@ static int fetch_within_sync(struct store *s, uint32_t max, size_t max_bytes,
 }
 
 /*
- * store_fetch_within stops adding messages once their (sealed) payloads
- * reach max_bytes, and says more may wait; the first always comes, so a
- * caller with little room still moves on.
+ * store_fetch_within adds a message only while the payloads stay within
+ * max_bytes, and says more may wait; the first always comes, so a caller
+ * with little room still moves on.
  */
 static void test_fetch_within_bytes(void **state)
 {
@@ -843,10 +856,8 @@ static void test_fetch_within_bytes(void **state)
 		size_t n;
 		bool more;
 	} cases[] = {{SIZE_MAX, 3, true}, /* at max: more may wait */
-	             {232, 2, true},      /* two sealed payloads of 116 bytes reach it */
-	             {233, 3, true},
-	             {1, 1, true},
-	             {0, 1, true}};
+	             {299, 2, true},      /* the third payload of 100 bytes would pass it */
+	             {300, 3, true},      {199, 1, true}, {1, 1, true}, {0, 1, true}};
 	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
 		struct store_fetch_result *res = NULL;
 		assert_int_equal(fetch_within_sync(s, 3, cases[i].max_bytes, &res), 0);
@@ -861,6 +872,72 @@ static void test_fetch_within_bytes(void **state)
 	assert_int_equal(res->n, 3);
 	assert_false(res->more);
 	store_fetch_result_free(res);
+	assert_int_equal(fetch_within_sync(s, 10, 300, &res), 0);
+	assert_int_equal(res->n, 3);
+	assert_false(res->more); /* all three fill it exactly */
+	store_fetch_result_free(res);
+}
+
+/* A caller's measure: what the payload takes in its answer, with metadata. */
+static size_t sink_size(const struct store_delivery *d)
+{
+	assert_null(d->payload); /* measured before it is opened */
+	return d->payload_len + strlen(d->message_id) + strlen(d->sender) + 50;
+}
+
+/* A caller that cannot send a payload starting with '!'. */
+static bool sink_sendable(const uint8_t *payload, size_t len)
+{
+	return len == 0 || payload[0] != '!';
+}
+
+/*
+ * With a sink, the store takes only what the caller will send, as the
+ * caller measures it, and audits only that as delivered: what it leaves
+ * (too large for what is left, or not sendable) stays pending and
+ * unaudited. A delivery audited but then left out of the answer would say
+ * a recipient had what it never got.
+ */
+static void test_fetch_within_sink(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	static const char *bodies[] = {"0123456789", "!not records", "abcdefghij", "ABCDEFGHIJ"};
+	for (size_t i = 0; i < ARRAY_LEN(bodies); i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "m-%zu", i);
+		struct store_message m = fx_msg("police-a", id, "nhs-b", bodies[i]);
+		assert_int_equal(send_sync(s, &m, NULL), 0);
+	}
+	/* Each takes 10 + 3 + 8 + 50 = 71 bytes as measured; the one that does
+	 * not open as records 73. Room for three: the first, the second (not
+	 * sendable, so left out once opened) and the third; not the fourth. */
+	const struct store_fetch_sink sink = {sink_size, sink_sendable};
+	struct store_fetch_result *res = NULL;
+	assert_int_equal(fetch_sink_sync(s, 10, 71 + 73 + 71, &sink, &res), 0);
+	assert_int_equal(res->n, 2);
+	assert_true(res->more);
+	assert_memory_equal(res->items[0].payload, "0123456789", 10);
+	assert_memory_equal(res->items[1].payload, "abcdefghij", 10);
+	uint64_t third = res->items[1].gateway_id;
+	assert_int_equal(res->scanned_to, third);
+	store_fetch_result_free(res);
+	assert_int_equal(
+	    db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.delivered'", 0), 2);
+	/* One byte short of the third: the first two are read, one sent. */
+	assert_int_equal(fetch_sink_sync(s, 10, 71 + 73 + 70, &sink, &res), 0);
+	assert_int_equal(res->n, 1);
+	assert_true(res->more);
+	assert_int_equal(res->scanned_to, third - 1);
+	store_fetch_result_free(res);
+	/* Room for all: the fourth comes, and is audited; the second never is. */
+	assert_int_equal(fetch_sink_sync(s, 10, SIZE_MAX, &sink, &res), 0);
+	assert_int_equal(res->n, 3);
+	assert_false(res->more);
+	store_fetch_result_free(res);
+	assert_int_equal(
+	    db_int(f, "SELECT count(*) FROM audit WHERE kind = 'message.delivered'", 0), 3);
+	assert_int_equal(db_int(f, "SELECT count(*) FROM messages WHERE state = 0", 0), 1);
 }
 
 static void test_expiry(void **state)
@@ -1977,6 +2054,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_fetch_cursor, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_many, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_within_bytes, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_fetch_within_sink, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expired_not_fetchable_before_sweep, fx_setup,
 	                                    fx_teardown),
