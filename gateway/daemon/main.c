@@ -807,7 +807,9 @@ static int serve(struct gateway *g, const sigset_t *sigs)
 	watch_clock(g, &clock);
 	for (;;) {
 		int sig = sigtimedwait(sigs, NULL, &tick);
-		if (store_failed(g->store)) { /* logged as store.failed */
+		/* Its file deleted or replaced while idle: logged as store.unlinked. */
+		store_watch(g->store);
+		if (store_failed(g->store)) { /* logged as store.failed or store.unlinked */
 			log_event(LOG_ERROR, "shutdown.start", "reason=\"the store failed\"");
 			return ISG_ERR_UNKNOWN;
 		}

@@ -6,12 +6,16 @@
  * each job and each batch and put back when they are rolled back, and
  * checkpoints are written between batches (store_log.c).
  */
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <sys/stat.h>
 
 #include "store/store_internal.h"
 #include "store/store_test.h"
@@ -184,6 +188,9 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 	s->commit_full = false;
 	if (rc == ISG_ERR_UNKNOWN)
 		store_fail(s, store_db_errmsg(s->db));
+	/* Committed, but to a file that is gone: answered as not stored. */
+	if (rc == 0 && !store_watch(s))
+		rc = ISG_ERR_CLOSED;
 	if (rc) {
 		batch_fail(s, batch, &start, rc);
 		return rc;
@@ -277,6 +284,48 @@ void store_fail(struct store *s, const char *why)
 	          "reason=%s action=\"isgd stops; restart it: recovery makes the store "
 	          "consistent\"",
 	          log_quote(q, sizeof(q), why));
+}
+
+/* NULL while the file at s->path is the one the store has open; else how it is not. */
+static const char *file_gone(const struct store *s)
+{
+	struct stat held, named;
+	/* Not a regular file (store_db.c's lock_store), or nothing known: not judged. */
+	if (s->lock_fd < 0 || fstat(s->lock_fd, &held) != 0)
+		return NULL;
+	if (held.st_nlink == 0)
+		return "deleted";
+	if (stat(s->path, &named) != 0)
+		return errno == ENOENT || errno == ENOTDIR ? "deleted" : NULL;
+	if (named.st_dev != held.st_dev || named.st_ino != held.st_ino)
+		return "replaced";
+	return NULL;
+}
+
+/*
+ * What is written to a deleted file, or to one another file has replaced
+ * at its path, is lost when the store closes: the store fails as on a
+ * commit of unknown outcome, so nothing more is stored or receipted, and
+ * isgd stops.
+ */
+bool store_watch(struct store *s)
+{
+	if (!s)
+		return true;
+	if (atomic_load(&s->failed))
+		return false;
+	const char *how = file_gone(s);
+	if (!how)
+		return true;
+	if (atomic_exchange(&s->failed, true))
+		return false;
+	char q[PATH_MAX + 16];
+	log_event(LOG_ERROR, "store.unlinked",
+	          "path=%s how=%s action=\"isgd stops; nothing more is stored. What it stored "
+	          "went with the file: put the store back from a backup, or start on a new one "
+	          "(--new-store), and tell your IG officer\"",
+	          log_quote(q, sizeof(q), s->path), how);
+	return false;
 }
 
 bool store_failed(struct store *s)

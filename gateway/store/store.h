@@ -184,6 +184,16 @@ bool store_close(struct store *s);
  * recovery makes the file consistent. Logged as store.failed. Any thread.
  */
 bool store_failed(struct store *s);
+/*
+ * Whether the store's file is still the one it opened: not deleted, nor
+ * replaced by another file at its path. When it is not, what the store
+ * writes would be lost with the file: it fails as store_failed says,
+ * logged as store.unlinked, and false is returned (also once it failed
+ * otherwise). The writer looks after each commit and answers that commit's
+ * requests as not stored (ISG_ERR_CLOSED); its owner should look every
+ * second or so while idle. Any thread.
+ */
+bool store_watch(struct store *s);
 
 /* --- send --------------------------------------------------------------- */
 

@@ -680,6 +680,57 @@ class TestFailedSync(FaultCase):
 # --------------------------------------------------------------------------
 # A damaged store file.
 
+class TestStoreRemoved(FaultCase):
+    """
+    The store's file deleted (or replaced) under a running isgd: whatever
+    it wrote from then on would be lost when it stops, so it stops storing
+    at once (store.unlinked), answers nothing it commits after that with a
+    receipt, and exits with the status of a failed store.
+    """
+
+    def remove_store(self, gw):
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(gw.store_path + suffix)
+            except FileNotFoundError:
+                pass
+
+    def assertStoppedForTheRemoval(self, gw):
+        try:
+            gw.proc.wait(timeout=5 * isgtest.SLOW)
+        except subprocess.TimeoutExpired:
+            self.fail("isgd did not stop after its store was removed\n%s" % gw.diagnostics())
+        gw.stop(expect_rc=EXIT_STORE_FAILED)
+        self.assertRegex(gw.log, r'event=store\.unlinked path="?%s"? '
+                                 % re.escape(gw.store_path))
+        self.assertIn('event=shutdown.start reason="the store failed"', gw.log)
+
+    def test_removed_while_idle_stops_isgd(self):
+        gw = self.gateway()
+        police = self.connect(gw, "police")
+        self.expect(gw, police.request(send=self.send_request("before", [{"nhs_number": NHS_A}])),
+                    "send_result")
+        self.remove_store(gw)
+        self.assertStoppedForTheRemoval(gw)
+
+    def test_no_receipt_for_a_send_after_the_removal(self):
+        gw = self.gateway()
+        police = self.connect(gw, "police")
+        self.expect(gw, police.request(send=self.send_request("before", [{"nhs_number": NHS_A}])),
+                    "send_result")
+        self.remove_store(gw)
+        # At once, well before isgd's once-a-second look: the commit finds it.
+        try:
+            reply = police.request(send=self.send_request("after", [{"nhs_number": NHS_B}]))
+        except (EOFError, OSError):
+            reply = None  # closed: no receipt either
+        if reply is not None:
+            e = self.expect(gw, reply, "error")
+            self.assertEqual(self.pb.ErrorCode.Name(e.code), "UNAVAILABLE", e)
+            self.assertEqual(e.audit_index, 0, e)
+        self.assertStoppedForTheRemoval(gw)
+
+
 class TestCorruptStore(FaultCase):
     @classmethod
     def setUpClass(cls):

@@ -940,6 +940,45 @@ static void test_fetch_within_sink(void **state)
 	assert_int_equal(db_int(f, "SELECT count(*) FROM messages WHERE state = 0", 0), 1);
 }
 
+/*
+ * A store whose file was deleted, or replaced at its path, writes to a file
+ * that goes when it closes: it fails (store_watch, and the writer after a
+ * commit), and a send committed after the removal gets no receipt.
+ */
+static void test_watch_deleted(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	struct store_message m = fx_msg("police-a", "kept", "nhs-b", "x");
+	assert_int_equal(send_sync(s, &m, NULL), 0);
+	assert_true(store_watch(s));
+	assert_int_equal(unlink(f->path), 0);
+	/* Not looked at yet: the commit finds it, and answers as not stored. */
+	m = fx_msg("police-a", "lost", "nhs-b", "y");
+	assert_int_equal(send_sync(s, &m, NULL), ISG_ERR_CLOSED);
+	assert_true(store_failed(s));
+	assert_false(store_watch(s));
+	m = fx_msg("police-a", "later", "nhs-b", "z");
+	assert_int_equal(send_sync(s, &m, NULL), ISG_ERR_CLOSED);
+}
+
+static void test_watch_replaced(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open(f);
+	char other[160];
+	fx_path(f, other, sizeof(other), ".other");
+	FILE *o = fopen(other, "w");
+	assert_non_null(o);
+	fclose(o);
+	assert_true(store_watch(s));
+	assert_int_equal(rename(other, f->path), 0);
+	assert_false(store_watch(s)); /* looked at by its owner: failed at once */
+	assert_true(store_failed(s));
+	struct store_message m = fx_msg("police-a", "lost", "nhs-b", "y");
+	assert_int_equal(send_sync(s, &m, NULL), ISG_ERR_CLOSED);
+}
+
 static void test_expiry(void **state)
 {
 	struct fx *f = *state;
@@ -2055,6 +2094,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_fetch_many, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_within_bytes, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fetch_within_sink, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_watch_deleted, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_watch_replaced, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expired_not_fetchable_before_sweep, fx_setup,
 	                                    fx_teardown),
