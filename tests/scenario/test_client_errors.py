@@ -83,13 +83,8 @@ int main(int argc, char **argv)
 }
 """
 
-# The start of a program that connects, subscribes and says "subscribed"
-# once the gateway has taken the subscription in (the ping's answer comes
-# after it); what follows it ends main.
-SUBSCRIBED = r"""
-#include <stdio.h>
-#include "isgclient.h"
-
+# main's start in the programs below: the connection options from its arguments.
+MAIN_OPTIONS = r"""
 int main(int argc, char **argv)
 {
 	if (argc != 5)
@@ -100,7 +95,15 @@ int main(int argc, char **argv)
 	opt.cert_file = argv[2];
 	opt.key_file = argv[3];
 	opt.ca_file = argv[4];
-	struct isg_client *c = NULL;
+"""
+
+# The start of a program that connects, subscribes and says "subscribed"
+# once the gateway has taken the subscription in (the ping's answer comes
+# after it); what follows it ends main.
+SUBSCRIBED = r"""
+#include <stdio.h>
+#include "isgclient.h"
+""" + MAIN_OPTIONS + r"""	struct isg_client *c = NULL;
 	struct isg_error err;
 	if (isg_client_connect(&opt, &c, &err) < 0 || isg_client_subscribe(c, &err) < 0 ||
 	    isg_client_ping(c, NULL, &err) < 0) {
@@ -149,18 +152,7 @@ PIPELINE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include "isgclient.h"
-
-int main(int argc, char **argv)
-{
-	if (argc != 5)
-		return 2;
-	struct isg_client_options opt;
-	isg_client_options_init(&opt);
-	opt.gateway = argv[1];
-	opt.cert_file = argv[2];
-	opt.key_file = argv[3];
-	opt.ca_file = argv[4];
-	/* 16 MiB: more than the socket buffers hold, so the write of it waits
+""" + MAIN_OPTIONS + r"""	/* 16 MiB: more than the socket buffers hold, so the write of it waits
 	 * until the gateway has refused it and closed */
 	size_t big = 16u << 20;
 	char *text = malloc(big + 1);
