@@ -823,14 +823,7 @@ static int fetch_sink_sync(struct store *s, uint32_t max, size_t max_bytes,
 static int fetch_within_sync(struct store *s, uint32_t max, size_t max_bytes,
                              struct store_fetch_result **res)
 {
-	struct wait w;
-	wait_init(&w);
-	int rc = store_fetch_within(s, "nhs-b", 0, max, max_bytes, NULL, on_fetch, &w);
-	assert_int_equal(rc, 0);
-	rc = wait_for(&w);
-	assert_false(w.bad);
-	*res = w.res;
-	return rc;
+	return fetch_sink_sync(s, max, max_bytes, NULL, res);
 }
 
 /*
