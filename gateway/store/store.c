@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include "store/store_internal.h"
@@ -302,11 +303,59 @@ static const char *file_gone(const struct store *s)
 	return NULL;
 }
 
+/* Whether this process has the file st describes open (SQLite's descriptors are its own). */
+static bool held_open(const struct stat *st)
+{
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return false;
+	bool found = false;
+	const struct dirent *e;
+	while (!found && (e = readdir(d))) {
+		struct stat fs;
+		char *end;
+		long fd = strtol(e->d_name, &end, 10);
+		found = *end == '\0' && end != e->d_name && fd != dirfd(d) &&
+		        fstat((int)fd, &fs) == 0 && fs.st_dev == st->st_dev &&
+		        fs.st_ino == st->st_ino;
+	}
+	closedir(d);
+	return found;
+}
+
+/*
+ * The deleted or replaced store's WAL, if still at the path's -wal and
+ * ours, is renamed aside (kept for whoever investigates, never read):
+ * SQLite would replay it over whatever store is put at the path next, a
+ * restored backup included. Its -shm is only an index SQLite rebuilds.
+ */
+static void set_wal_aside(const struct store *s)
+{
+	char wal[PATH_MAX], aside[PATH_MAX + 48], stamp[32], q[2][PATH_MAX + 64];
+	struct stat st;
+	if (snprintf(wal, sizeof(wal), "%s-wal", s->path) >= (int)sizeof(wal) ||
+	    lstat(wal, &st) != 0 || !S_ISREG(st.st_mode) || !held_open(&st))
+		return;
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+	snprintf(aside, sizeof(aside), "%s.unlinked-%s", wal, stamp);
+	if (rename(wal, aside) == 0)
+		log_event(LOG_WARN, "store.wal_set_aside", "path=%s to=%s",
+		          log_quote(q[0], sizeof(q[0]), wal), log_quote(q[1], sizeof(q[1]), aside));
+	else
+		log_event(LOG_ERROR, "store.wal_set_aside_failed",
+		          "path=%s error=%s action=\"remove it before a store is put back\"",
+		          log_quote(q[0], sizeof(q[0]), wal),
+		          log_quote(q[1], sizeof(q[1]), strerror(errno)));
+}
+
 /*
  * What is written to a deleted file, or to one another file has replaced
  * at its path, is lost when the store closes: the store fails as on a
  * commit of unknown outcome, so nothing more is stored or receipted, and
- * isgd stops.
+ * isgd stops, its WAL set aside (set_wal_aside).
  */
 bool store_watch(struct store *s)
 {
@@ -322,9 +371,10 @@ bool store_watch(struct store *s)
 	char q[PATH_MAX + 16];
 	log_event(LOG_ERROR, "store.unlinked",
 	          "path=%s how=%s action=\"isgd stops; nothing more is stored. What it stored "
-	          "went with the file: put the store back from a backup, or start on a new one "
-	          "(--new-store), and tell your IG officer\"",
+	          "since the last backup went with the file: restore the latest backup "
+	          "(docs/operations.md, Backups and restore) and tell your IG officer\"",
 	          log_quote(q, sizeof(q), s->path), how);
+	set_wal_aside(s);
 	return false;
 }
 

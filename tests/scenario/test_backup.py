@@ -648,5 +648,37 @@ class TestBackupChecked(BackupCase):
         self.assertIn("problem: entry 2 is missing (deleted)", r.out)
 
 
+class TestRestoreAfterStoreRemoved(BackupCase):
+    def test_the_removed_stores_wal_is_set_aside_not_replayed(self):
+        """The store file deleted under isgd and its -wal left beside it: isgd
+        stops (store.unlinked) and renames that WAL aside, so the backup put
+        back at the path opens as it was, not overlaid with the lost store's
+        last commits."""
+        gw, police = self.start()
+        kept = police.send_ok([{"nhs_number": NHS, "age": 1}])
+        out = os.path.join(self.tmp, "backup.db")
+        self.assertBackedUp(self.backup("--config", gw.config_path, out), out, gw)
+        police.send_ok([{"nhs_number": NHS, "age": 2}])  # in the WAL, lost with the file
+        os.unlink(gw.store_path)
+        try:
+            gw.proc.wait(timeout=5 * isgtest.SLOW)
+        except subprocess.TimeoutExpired:
+            self.fail("isgd did not stop after its store was removed\n%s" % gw.diagnostics())
+        gw.stop(expect_rc=3)
+        aside = [n for n in os.listdir(os.path.dirname(gw.store_path))
+                 if n.startswith(os.path.basename(gw.store_path) + "-wal.unlinked-")]
+        self.assertEqual(len(aside), 1, gw.diagnostics())
+        self.assertFalse(os.path.exists(gw.store_path + "-wal"))
+        self.assertIn("event=store.wal_set_aside", gw.log)
+
+        shutil.copyfile(out, gw.store_path)
+        os.chmod(gw.store_path, 0o600)
+        gw.start()
+        got = self.partner(gw, "nhs").fetch_messages()
+        self.assertEqual([m["gateway_id"] for m in got], [kept["gateway_id"]])
+        r = isgtest.ctl("audit", "verify", "--config", gw.config_path)
+        self.assertCtl(r, 0, gw)
+
+
 if __name__ == "__main__":
     unittest.main()
