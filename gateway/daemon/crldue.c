@@ -53,13 +53,14 @@ void crl_due_loaded(struct gateway *g, SSL_CTX *tls, enum regime_report how)
 	int state = crl_state_at(&due, now);
 	if (how == REGIME_CHECK) {
 		if (state != CRL_QUIET)
-			fprintf(stderr,
-			        "isgd: warning: CRL '%s' (tls.crl): the CRL of partner CA \"%s\" "
-			        "expires at %s (its nextUpdate), within %d days: make it again "
-			        "(openssl ca -gencrl -out '%s') and reload before then, or every "
-			        "certificate that CA issued is refused from then on\n",
-			        g->cfg.tls_crl, due.ca, due.when, CRL_WARN_S / 86400,
-			        g->cfg.tls_crl);
+			fprintf(
+			    stderr,
+			    "isgd: warning: CRL '%s' (tls.crl): the CRL of partner CA \"%s\" "
+			    "expires at %s (its nextUpdate), within %d days: make it again where "
+			    "the CA is kept (openssl ca -gencrl), install it at '%s' and reload "
+			    "before then, or every "
+			    "certificate that CA issued is refused from then on\n",
+			    g->cfg.tls_crl, due.ca, due.when, CRL_WARN_S / 86400, g->cfg.tls_crl);
 		return;
 	}
 	g->crl_due = due;

@@ -400,8 +400,8 @@ static void crl_problem(const struct crl_best *best, const char *ca, const char 
 		snprintf(err, errlen,
 		         "CRL '%s' (tls.crl) holds no CRL of partner CA \"%s\": every partner "
 		         "certificate that CA issued would be refused (unable to get certificate "
-		         "CRL); make that CA's CRL (openssl ca -gencrl -out '%s') and install it "
-		         "at tls.crl, or take the CA out of tls.client_ca",
+		         "CRL); make that CA's CRL where the CA is kept (openssl ca -gencrl) and "
+		         "install it at '%s' (tls.crl), or take the CA out of tls.client_ca",
 		         path, ca, path);
 		break;
 	case CRL_BAD_SIGNATURE:
@@ -409,8 +409,8 @@ static void crl_problem(const struct crl_best *best, const char *ca, const char 
 		    err, errlen,
 		    "CRL '%s' (tls.crl): the CRL that names partner CA \"%s\" as its issuer is "
 		    "not signed by that CA's key: every partner certificate the CA issued "
-		    "would be refused; make the CRL again with that CA (openssl ca -gencrl "
-		    "-out '%s') and install it at tls.crl",
+		    "would be refused; make the CRL again with that CA, where it is kept "
+		    "(openssl ca -gencrl), and install it at '%s' (tls.crl)",
 		    path, ca, path);
 		break;
 	case CRL_NOT_YET_VALID:
@@ -419,7 +419,8 @@ static void crl_problem(const struct crl_best *best, const char *ca, const char 
 		         "CRL '%s' (tls.crl): the CRL of partner CA \"%s\" is not valid before %s "
 		         "(its thisUpdate): every partner certificate the CA issued would be "
 		         "refused until then; check this machine's clock and the CA's, or make "
-		         "the CRL again: openssl ca -gencrl -out '%s'",
+		         "the CRL again where the CA is kept (openssl ca -gencrl) and install it "
+		         "at '%s'",
 		         path, ca, when, path);
 		break;
 	case CRL_EXPIRED:
@@ -427,7 +428,8 @@ static void crl_problem(const struct crl_best *best, const char *ca, const char 
 		snprintf(err, errlen,
 		         "CRL '%s' (tls.crl): the CRL of partner CA \"%s\" expired at %s (its "
 		         "nextUpdate): every partner certificate the CA issued would be refused "
-		         "(CRL has expired); make the CRL again: openssl ca -gencrl -out '%s'",
+		         "(CRL has expired); make the CRL again where the CA is kept (openssl ca "
+		         "-gencrl) and install it at '%s'",
 		         path, ca, when, path);
 		break;
 	case CRL_CURRENT:
