@@ -1192,9 +1192,12 @@ static void audit_refused(struct gateway *g, const char *peer, const char *subje
 void gateway_audit_done(void *kind, int err, uint64_t audit_index)
 {
 	(void)audit_index;
+	/* A commit of unknown outcome may have kept it (store_fail): said so. */
 	if (err != 0)
-		log_event(LOG_ERROR, "audit.failed", "kind=%s error=\"%s\"", (const char *)kind,
-		          isg_strerror(err));
+		log_event(LOG_ERROR, "audit.failed", "kind=%s error=\"%s\"%s", (const char *)kind,
+		          isg_strerror(err),
+		          err == ISG_ERR_UNKNOWN ? " note=\"may be on record after the restart\""
+		                                 : "");
 }
 
 /* A connection.refused entry handed to the store, and what it stood for. */
