@@ -175,29 +175,49 @@ static void test_show_dates(void **state)
 	policy_set_unref(set);
 }
 
+/* dir (a mkdtemp template) made into a policy set of one partners file and agreements/x.yaml. */
+static void one_agreement_dir(char *dir, const char *partners, const char *agreement)
+{
+	char path[200];
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/agreements", dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
+	write_all(path, partners);
+	snprintf(path, sizeof(path), "%s/agreements/x.yaml", dir);
+	write_all(path, agreement);
+}
+
+static void one_agreement_dir_remove(const char *dir)
+{
+	char path[200];
+	snprintf(path, sizeof(path), "%s/agreements/x.yaml", dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/agreements", dir);
+	rmdir(path);
+	rmdir(dir);
+}
+
 /* An agreement whose one sender is its one recipient: show says nothing can pass. */
 static void test_show_no_flow(void **state)
 {
 	char dir[] = "/tmp/test_policy_describe_XXXXXX";
-	assert_non_null(mkdtemp(dir));
-	char path[200];
-	snprintf(path, sizeof(path), "%s/agreements", dir);
-	assert_int_equal(mkdir(path, 0700), 0);
-	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
-	write_all(path, "partners:\n"
-	                "  - {id: a, name: Org A, kind: other, certificate: {subject_cn: a}}\n");
-	snprintf(path, sizeof(path), "%s/agreements/x.yaml", dir);
-	write_all(path, "agreement:\n"
-	                "  id: x\n"
-	                "  version: 1\n"
-	                "  title: To itself\n"
-	                "  senders: [a]\n"
-	                "  recipients: [a]\n"
-	                "  purpose: {code: p, text: Testing}\n"
-	                "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
-	                "  valid_from: 2025-01-01\n"
-	                "  datasets:\n"
-	                "    - {name: d, fields: [{name: f, type: text, action: pass}]}\n");
+	one_agreement_dir(dir,
+	                  "partners:\n"
+	                  "  - {id: a, name: Org A, kind: other, certificate: {subject_cn: a}}\n",
+	                  "agreement:\n"
+	                  "  id: x\n"
+	                  "  version: 1\n"
+	                  "  title: To itself\n"
+	                  "  senders: [a]\n"
+	                  "  recipients: [a]\n"
+	                  "  purpose: {code: p, text: Testing}\n"
+	                  "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	                  "  valid_from: 2025-01-01\n"
+	                  "  datasets:\n"
+	                  "    - {name: d, fields: [{name: f, type: text, action: pass}]}\n");
 	struct policy_set *set = load(dir, day("2026-01-01"));
 	char *t = describe(set, "x", day("2026-01-01"));
 	assert_non_null(strstr(t, "Agreement x, version 1: To itself\n"
@@ -207,45 +227,33 @@ static void test_show_no_flow(void **state)
 	assert_null(strstr(t, "sends to Org A"));
 	free(t);
 	policy_set_unref(set);
-	snprintf(path, sizeof(path), "%s/agreements/x.yaml", dir);
-	unlink(path);
-	snprintf(path, sizeof(path), "%s/agreements", dir);
-	rmdir(path);
-	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
-	unlink(path);
-	rmdir(dir);
+	one_agreement_dir_remove(dir);
 }
 
 /* Text from the files is shown without control characters, reflowed. */
 static void test_show_cleans_text(void **state)
 {
 	char dir[] = "/tmp/test_policy_describe_XXXXXX";
-	assert_non_null(mkdtemp(dir));
-	char path[200];
-	snprintf(path, sizeof(path), "%s/agreements", dir);
-	assert_int_equal(mkdir(path, 0700), 0);
-	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
-	write_all(path, "partners:\n"
-	                "  - {id: a, name: \"Org \\e[31mA\", kind: other, certificate: "
-	                "{subject_cn: a}}\n"
-	                "  - {id: b, name: Org B, kind: other, certificate: {subject_cn: b}}\n");
-	snprintf(path, sizeof(path), "%s/agreements/x.yaml", dir);
-	write_all(path,
-	          "agreement:\n"
-	          "  id: x\n"
-	          "  version: 1\n"
-	          "  title: \"Bell\\a and\\ttab, CSI \\u009b31m, NEL \\x85, caf\\u00e9 \\u2603\"\n"
-	          "  senders: [a]\n"
-	          "  recipients: [b]\n"
-	          "  purpose:\n"
-	          "    code: p\n"
-	          "    text: |\n"
-	          "      One line.\n"
-	          "      Another line.\n"
-	          "  lawful_basis: [\"x\\x7f\"]\n"
-	          "  valid_from: 2025-01-01\n"
-	          "  datasets:\n"
-	          "    - {name: d, fields: [{name: f, type: text, action: pass}]}\n");
+	one_agreement_dir(
+	    dir,
+	    "partners:\n"
+	    "  - {id: a, name: \"Org \\e[31mA\", kind: other, certificate: {subject_cn: a}}\n"
+	    "  - {id: b, name: Org B, kind: other, certificate: {subject_cn: b}}\n",
+	    "agreement:\n"
+	    "  id: x\n"
+	    "  version: 1\n"
+	    "  title: \"Bell\\a and\\ttab, CSI \\u009b31m, NEL \\x85, caf\\u00e9 \\u2603\"\n"
+	    "  senders: [a]\n"
+	    "  recipients: [b]\n"
+	    "  purpose:\n"
+	    "    code: p\n"
+	    "    text: |\n"
+	    "      One line.\n"
+	    "      Another line.\n"
+	    "  lawful_basis: [\"x\\x7f\"]\n"
+	    "  valid_from: 2025-01-01\n"
+	    "  datasets:\n"
+	    "    - {name: d, fields: [{name: f, type: text, action: pass}]}\n");
 	struct policy_set *set = load(dir, day("2026-01-01"));
 	char *t = describe(set, "x", INT64_MIN);
 	for (const char *p = t; *p; p++)
@@ -260,12 +268,7 @@ static void test_show_cleans_text(void **state)
 	assert_non_null(strstr(t, "  - x?\n"));
 	free(t);
 	policy_set_unref(set);
-	unlink(path);
-	snprintf(path, sizeof(path), "%s/partners.yaml", dir);
-	unlink(path);
-	snprintf(path, sizeof(path), "%s/agreements", dir);
-	rmdir(path);
-	rmdir(dir);
+	one_agreement_dir_remove(dir);
 }
 
 /* ---- diff ---- */
