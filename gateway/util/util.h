@@ -61,6 +61,7 @@ _Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
 /* Time. */
 int64_t time_now_ms(void);  /* wall clock, Unix milliseconds */
 int64_t time_mono_ms(void); /* monotonic milliseconds */
+int64_t time_mono_us(void); /* monotonic microseconds */
 /*
  * now_ms, or the latest time *latest was given when now_ms is earlier: for
  * what is decided by the day (an agreement in force, the key versions that
