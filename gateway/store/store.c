@@ -76,17 +76,23 @@ static struct store_job *queue_take(struct store *s)
 	return first;
 }
 
-static void cond_wait_until(struct store *s, int64_t deadline_mono_ms)
+static void cond_wait_until(struct store *s, int64_t deadline_mono_us)
 {
-	int64_t wait = deadline_mono_ms - time_mono_ms();
+	int64_t wait = deadline_mono_us - time_mono_us();
 	if (wait <= 0)
 		return;
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	int64_t ns = (int64_t)ts.tv_nsec + (wait % 1000) * 1000000;
-	ts.tv_sec += (time_t)(wait / 1000 + ns / 1000000000);
+	int64_t ns = (int64_t)ts.tv_nsec + (wait % 1000000) * 1000;
+	ts.tv_sec += (time_t)(wait / 1000000 + ns / 1000000000);
 	ts.tv_nsec = (long)(ns % 1000000000);
 	pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+}
+
+/* Milliseconds to microseconds, INT64_MAX (never) kept. */
+static int64_t ms_to_us(int64_t ms)
+{
+	return ms > INT64_MAX / 1000 ? INT64_MAX : ms * 1000;
 }
 
 /* --- one batch ---------------------------------------------------------------- */
@@ -152,12 +158,36 @@ static void batch_fail(struct store *s, struct store_job *batch, const struct st
 	          log_quote(q, sizeof(q), isg_strerror(err)));
 }
 
-/* One transaction for the batch; 0, or the error that failed all of it. */
-static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool *sweep_more)
+/*
+ * PRAGMA synchronous FULL, or NORMAL for a held batch; 0 or an error. Not
+ * a prepared statement: SQLite sets this pragma as it prepares it.
+ */
+static int set_sync(struct store *s, bool normal)
+{
+	if (s->sync_normal == normal)
+		return 0;
+	int rc = store_db_exec(
+	    s, normal ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL", "synchronous");
+	if (rc == 0)
+		s->sync_normal = normal;
+	return rc;
+}
+
+/*
+ * One transaction for the batch; 0, or the error that failed all of it.
+ * Held (store_options' hold_us), it is committed without a sync. *synced:
+ * its commit wrote frames and synced the WAL, and so all before them.
+ */
+static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool *sweep_more,
+                     bool held, bool *synced)
 {
 	int64_t now = time_now_ms();
 	const struct store_log start = s->log;
+	uint64_t wal_commits = s->wal_commits;
+	*synced = false;
 	int rc = rollback_open(s);
+	if (rc == 0)
+		rc = set_sync(s, held);
 	if (rc == 0)
 		rc = store_secure_delete_on(s);
 	if (rc == 0)
@@ -197,6 +227,7 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 		return rc;
 	}
 	atomic_fetch_add(&s->commits, 1);
+	*synced = !held && s->wal_commits != wal_commits;
 	return 0;
 }
 
@@ -213,10 +244,11 @@ static void run_alone(struct store *s, struct store_job *batch)
 		j->next = NULL;
 		j->err = 0;
 		/* Not once a lone commit failed the store: the next would write over it. */
+		bool synced;
 		if (atomic_load(&s->failed))
 			j->err = ISG_ERR_CLOSED;
 		else
-			run_batch(s, j, false, NULL);
+			run_batch(s, j, false, NULL, false, &synced);
 		j->next = next;
 	}
 }
@@ -390,6 +422,86 @@ static void batch_refuse(struct store_job *batch)
 		j->err = ISG_ERR_CLOSED;
 }
 
+/* --- batches held for the next sync ------------------------------------------------ */
+
+/*
+ * A send waits for its batch's commit, and so for any commit already under
+ * way: with a recipient fetching and acknowledging, each message makes
+ * three (its send, its delivery, its acknowledgement), and a send often
+ * waited behind one of the others' syncs as well as its own. So while
+ * sends are coming, a batch with no send or refusal in it is committed
+ * without a sync (PRAGMA synchronous=NORMAL: in WAL mode the commit is
+ * whole, only not yet durable) and held: its callbacks wait for the next
+ * commit that syncs, whose fdatasync of the WAL covers every frame before
+ * its own, or for hold_us to pass, when held_sync syncs the WAL itself.
+ * Nothing is answered before it is on disk. When that sync fails, or the
+ * store fails before it, the held jobs' outcome is unknown.
+ */
+static bool has_sender(const struct store_job *batch)
+{
+	for (; batch; batch = batch->next)
+		if (batch->kind == JOB_SEND || batch->kind == JOB_REFUSE)
+			return true;
+	return false;
+}
+
+/* Whether a batch with no send in it may be held: a send's commit ended
+ * within hold_us (however long its sync took), and what is held is not due. */
+static bool batch_may_hold(const struct store *s, bool closing)
+{
+	int64_t now = time_mono_us();
+	return s->hold_us > 0 && s->wal_fd >= 0 && !closing && now - s->sender_us < s->hold_us &&
+	       (!s->held || now < s->held_until_us);
+}
+
+static void held_add(struct store *s, struct store_job *batch)
+{
+	if (!s->held) {
+		s->held_until_us = time_mono_us() + s->hold_us;
+		s->held_end = &s->held;
+	}
+	*s->held_end = batch;
+	while (batch->next)
+		batch = batch->next;
+	s->held_end = &batch->next;
+}
+
+/* Answer the held jobs: synced when err is 0, else with err. */
+static void held_answer(struct store *s, int err)
+{
+	struct store_job *held = s->held;
+	s->held = NULL;
+	size_t n = 0;
+	for (struct store_job *j = held; err && j; j = j->next, n++) {
+		if (j->err == 0)
+			j->err = err;
+		store_job_discard(j);
+	}
+	if (err) {
+		char q[64];
+		log_event(LOG_ERROR, "store.batch_failed", "jobs=%zu error=%s", n,
+		          log_quote(q, sizeof(q), isg_strerror(err)));
+	}
+	batch_finish(s, held);
+}
+
+/* Sync the WAL for the held jobs and answer them. */
+static void held_sync(struct store *s)
+{
+	if (!s->held)
+		return;
+	int err = 0;
+	if (atomic_load(&s->failed)) {
+		err = ISG_ERR_UNKNOWN;
+	} else if (store_vfs_datasync(s->wal_fd) != 0) {
+		char why[128];
+		snprintf(why, sizeof(why), "cannot sync the WAL: %s", strerror(errno));
+		store_fail(s, why);
+		err = ISG_ERR_UNKNOWN;
+	}
+	held_answer(s, err);
+}
+
 /* --- the writer thread ------------------------------------------------------------ */
 
 static int commit_hook(void *arg)
@@ -416,7 +528,7 @@ static void checkpoint_if_due(struct store *s, bool final)
 		s->checkpoint_retry_mono = time_mono_ms() + STORE_CHECKPOINT_RETRY_MS;
 		return;
 	}
-	if (final || store_log_checkpoint_due(s, time_mono_ms()))
+	if ((final || store_log_checkpoint_due(s, time_mono_ms())) && set_sync(s, false) == 0)
 		store_log_checkpoint(s); /* a failure is logged and retried later */
 }
 
@@ -441,24 +553,35 @@ static void *writer_main(void *arg)
 			bool failed = atomic_load(&s->failed); /* no more sweeps nor checkpoints */
 			sweep = !failed && now >= next_sweep;
 			checkpoint = !failed && store_log_checkpoint_due(s, now);
-			if (s->head || sweep || checkpoint || s->closing)
+			bool held_due = s->held && (failed || time_mono_us() >= s->held_until_us);
+			if (s->head || sweep || checkpoint || s->closing || held_due)
 				break;
 			int64_t cp = store_log_checkpoint_deadline(s);
+			int64_t until = ms_to_us(cp < next_sweep ? cp : next_sweep);
+			if (s->held && s->held_until_us < until)
+				until = s->held_until_us;
 			if (failed)
 				pthread_cond_wait(&s->cv, &s->mu);
 			else
-				cond_wait_until(s, cp < next_sweep ? cp : next_sweep);
+				cond_wait_until(s, until);
 		}
 		struct store_job *batch = queue_take(s);
-		bool stop = !batch && s->closing;
+		bool closing = s->closing;
 		pthread_mutex_unlock(&s->mu);
-		if (stop)
+		if (!batch && closing)
 			break;
 		int rc = 0;
-		if (atomic_load(&s->failed))
+		bool ran = false, hold = false, synced = false;
+		if (atomic_load(&s->failed)) {
 			batch_refuse(batch);
-		else if (batch || sweep)
-			rc = run_batch(s, batch, sweep, &sweep_more);
+		} else if (batch || sweep) {
+			bool sender = has_sender(batch);
+			hold = batch && !sender && batch_may_hold(s, closing);
+			rc = run_batch(s, batch, sweep, &sweep_more, hold, &synced);
+			ran = true;
+			if (sender)
+				s->sender_us = time_mono_us();
+		}
 		/* Alone, unless the job was all the transaction held. */
 		if (rc == ISG_ERR_FULL && batch && (batch->next || sweep))
 			run_alone(s, batch);
@@ -467,10 +590,22 @@ static void *writer_main(void *arg)
 		if (sweep)
 			next_sweep =
 			    time_mono_ms() + (rc == 0 && sweep_more ? 0 : s->sweep_interval_ms);
-		batch_finish(s, batch);
+		if (hold && rc == 0) {
+			held_add(s, batch);
+		} else if (s->held &&
+		           (ran || atomic_load(&s->failed) || time_mono_us() >= s->held_until_us)) {
+			/* Before this batch's answers: in the order they were asked. */
+			if (synced)
+				held_answer(s, 0);
+			else
+				held_sync(s);
+		}
+		if (!hold || rc)
+			batch_finish(s, batch);
 		checkpoint_if_due(s, false);
 	}
 	/* Every job has run: the last checkpoint covers the whole log. */
+	held_sync(s);
 	checkpoint_if_due(s, true);
 	return NULL;
 }
@@ -544,6 +679,10 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
 		return ISG_ERR_NOMEM;
 	}
 	s->lock_fd = -1;
+	s->wal_fd = -1;
+	s->hold_us = opt->hold_us > 0 ? opt->hold_us : 0;
+	if (s->hold_us > STORE_MAX_HOLD_US) /* added to a clock: no overflow */
+		s->hold_us = STORE_MAX_HOLD_US;
 	s->sweep_interval_ms =
 	    opt->sweep_interval_ms > 0 ? opt->sweep_interval_ms : STORE_DEFAULT_SWEEP_MS;
 	if (s->sweep_interval_ms > STORE_MAX_SWEEP_MS) /* added to a clock: no overflow */

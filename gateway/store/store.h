@@ -129,6 +129,14 @@ struct store_options {
 	int64_t checkpoint_interval_ms; /* ... or this long, if the log grew; default 10s, max 1d */
 	uint32_t wal_pages; /* copy the WAL into the file, off the commit path, at this many
 	                       pages; default 4000 */
+	/*
+	 * While sends are coming (one in the last hold_us), a batch with none
+	 * in it (fetches, acks, audit entries) is committed without its own
+	 * sync: its callbacks wait for the next sync, a send's commit's, or
+	 * hold_us at the latest. 0: every commit syncs at once. Either way no
+	 * callback is called before its writes are on disk.
+	 */
+	int64_t hold_us;
 };
 
 /*

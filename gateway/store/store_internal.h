@@ -78,6 +78,7 @@ _Static_assert(STORE_HEADER_LEN <= STORE_HEADER_MAX && STORE_HEADER_V1_LEN <= ST
 #define STORE_DEFAULT_CHECKPOINT_MS 10000
 #define STORE_DEFAULT_WAL_PAGES 4000             /* 16 MB: docs/performance.md */
 #define STORE_MAX_CHECKPOINT_MS (86400LL * 1000) /* longer intervals are taken as a day */
+#define STORE_MAX_HOLD_US (3600LL * 1000000)     /* a longer hold_us is taken as an hour */
 /* After a checkpoint could not be written, wait this long before trying again. */
 #define STORE_CHECKPOINT_RETRY_MS 1000
 /* A signed checkpoint note: body, blank line, one signature line. */
@@ -315,6 +316,16 @@ struct store {
 	atomic_uint_fast32_t wal_copied;      /* WAL frames the last checkpoint had copied */
 	uint32_t wal_last_total;              /* frames in the WAL at the last commit (writer) */
 	atomic_uint_fast64_t wal_checkpoints; /* the checkpointer's, that copied pages (tests) */
+	uint64_t wal_commits;                 /* commits that wrote frames (writer) */
+	int wal_fd;                           /* the WAL, for held_sync; -1: none */
+
+	/* Writer thread only: batches committed without a sync (store_options'
+	 * hold_us), answered once a later sync has covered them. */
+	int64_t hold_us;
+	struct store_job *held, **held_end;
+	int64_t held_until_us; /* synced by then at the latest (time_mono_us) */
+	int64_t sender_us;     /* when the last batch with a send or a refusal ended */
+	bool sync_normal;      /* PRAGMA synchronous is NORMAL, for a held batch */
 };
 
 /* Tests only: true, and one fewer to come, while failures are armed. */
@@ -353,6 +364,9 @@ int store_db_reader(const struct store *s, sqlite3 **db);
  * frames go to the file in one write (store_vfs.c). 0 or an SQLite code. */
 #define STORE_VFS "isg-store"
 int store_vfs_register(void);
+/* fdatasync(fd) of a WAL opened apart: 0, or -1 and errno, as a WAL sync
+ * fails when store_test_fail_wal_syncs says so. */
+int store_vfs_datasync(int fd);
 
 /*
  * store_wal.c: copy the WAL into the database file on a thread of its own

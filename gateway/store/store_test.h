@@ -46,7 +46,8 @@ uint64_t store_test_wal_writes(void);
 /* Make its next n writes to a WAL fail as on a full disk, writing nothing. */
 void store_test_fail_wal_writes(int n);
 /* Make its next n syncs of a WAL fail with an I/O error (SQLITE_IOERR_FSYNC)
- * after what they flush is written, as a failed fsync leaves it. */
+ * after what they flush is written, as a failed fsync leaves it; a held
+ * batch's sync (store_options' hold_us) too. */
 void store_test_fail_wal_syncs(int n);
 /* Checkpoints the checkpointer thread ran that copied WAL pages into the file. */
 uint64_t store_test_wal_checkpoints(struct store *s);

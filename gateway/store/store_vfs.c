@@ -25,9 +25,11 @@
  * the same memory. Only the store's writer uses this VFS; its other
  * connections only read the WAL.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "store/store_internal.h"
 #include "store/store_test.h"
@@ -312,6 +314,15 @@ const char *store_test_vfs(void)
 uint64_t store_test_wal_writes(void)
 {
 	return atomic_load(&wal_writes);
+}
+
+int store_vfs_datasync(int fd)
+{
+	if (store_take_failure(&failing_syncs)) {
+		errno = EIO;
+		return -1;
+	}
+	return fdatasync(fd);
 }
 
 void store_test_fail_wal_writes(int n)

@@ -93,6 +93,7 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 	(void)name;
 	struct store *s = arg;
 	uint32_t total = (uint32_t)pages;
+	s->wal_commits++;              /* SQLite calls this only after a commit that wrote frames */
 	if (total < s->wal_last_total) /* the WAL started over: nothing in it is copied yet */
 		atomic_store(&s->wal_copied, 0);
 	s->wal_last_total = total;
@@ -253,6 +254,9 @@ int store_wal_start(struct store *s, uint32_t wal_pages, char *err, size_t errle
 	}
 	s->wal_sync = true;
 	wal_preallocate(s);
+	/* For a held batch's sync (store.c): without it, every commit syncs. */
+	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
+	s->wal_fd = wal ? open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) : -1;
 	/*
 	 * A new connection learns that the file is in WAL mode when it first reads
 	 * it; until then a checkpoint through it copies nothing. Hence the read.
@@ -296,6 +300,10 @@ void store_wal_stop(struct store *s)
 		if (rc != SQLITE_OK)
 			log_failure(s->wal_db, rc, "close");
 		s->wal_db = NULL;
+	}
+	if (s->wal_fd >= 0) {
+		close(s->wal_fd);
+		s->wal_fd = -1;
 	}
 	if (s->wal_sync) {
 		pthread_cond_destroy(&s->wal_cv);

@@ -763,6 +763,147 @@ static void test_queue_bound(void **state)
 	assert_int_equal(seq, 65537);
 }
 
+/* --- batches held for the next sync ---------------------------------------------- */
+
+static struct store *fx_open_held(struct fx *f, int64_t hold_us)
+{
+	char err[512] = "";
+	struct store_options opt = {.path = f->path, .storage_key = f->key, .hold_us = hold_us};
+	int rc = store_open(&opt, &f->s, err, sizeof(err));
+	if (rc)
+		fail_msg("store_open: %d %s", rc, err);
+	return f->s;
+}
+
+static bool answered(struct wait *w)
+{
+	pthread_mutex_lock(&w->mu);
+	bool done = w->done > 0;
+	pthread_mutex_unlock(&w->mu);
+	return done;
+}
+
+static bool answered_within(struct wait *w, int ms)
+{
+	for (int i = 0; i < ms && !answered(w); i++)
+		sleep_ms(1);
+	return answered(w);
+}
+
+/* Until the writer has committed n batches in all. */
+static void wait_commits(struct store *s, uint64_t n)
+{
+	for (int i = 0; store_test_commits(s) < n; i++) {
+		assert_true(i < 10000);
+		sleep_ms(1);
+	}
+}
+
+/* A message sent, then a fetch of it whose commit is held (not yet answered). */
+static void send_then_held_fetch(struct store *s, const char *message_id, struct wait *wf)
+{
+	struct store_message m = fx_msg("police-a", message_id, "nhs-b", "one");
+	assert_int_equal(send_sync(s, &m, NULL), 0);
+	uint64_t commits = store_test_commits(s);
+	wait_init(wf);
+	assert_int_equal(store_fetch(s, "nhs-b", 0, 10, on_fetch, wf), 0);
+	wait_commits(s, commits + 1);
+	sleep_ms(50);
+	assert_false(answered(wf)); /* committed, not yet synced */
+}
+
+/* While sends come, a fetch's commit waits for the next send's sync, and is
+ * answered before it. */
+static void test_held_batch_answered_with_the_next_send(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_held(f, 60 * 1000000LL); /* only a send answers it */
+	struct wait wf, ws;
+	send_then_held_fetch(s, "m-1", &wf);
+	struct store_message b = fx_msg("police-a", "m-2", "nhs-b", "two");
+	wait_init(&ws);
+	assert_int_equal(store_send(s, &b, on_send, &ws), 0);
+	assert_int_equal(wait_for(&ws), 0);
+	assert_true(answered(&wf));
+	assert_int_equal(wait_for(&wf), 0);
+	assert_false(wf.bad);
+	assert_int_equal(wf.res->n, 1);
+	store_fetch_result_free(wf.res);
+}
+
+/* The sync that would have covered a held batch fails: its outcome is
+ * unknown too. */
+static void test_held_batch_unknown_when_the_next_sync_fails(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_held(f, 60 * 1000000LL);
+	struct wait wf, ws;
+	send_then_held_fetch(s, "m-1", &wf);
+	struct store_message b = fx_msg("police-a", "m-2", "nhs-b", "two");
+	wait_init(&ws);
+	store_test_fail_wal_syncs(1);
+	assert_int_equal(store_send(s, &b, on_send, &ws), 0);
+	assert_int_equal(wait_for(&ws), ISG_ERR_UNKNOWN);
+	assert_int_equal(wait_for(&wf), ISG_ERR_UNKNOWN);
+	store_test_fail_wal_syncs(0);
+	assert_true(store_failed(s));
+	store_fetch_result_free(wf.res);
+}
+
+/* With no send to ride on, the writer syncs a held batch itself once
+ * hold_us has passed; when that sync fails, the store has failed. */
+static void test_held_batch_synced_when_its_time_is_up(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_held(f, 300 * 1000);
+	struct wait wf;
+	send_then_held_fetch(s, "m-1", &wf);
+	assert_int_equal(wait_for(&wf), 0);
+	assert_int_equal(wf.res->n, 1);
+	store_fetch_result_free(wf.res);
+
+	send_then_held_fetch(s, "m-2", &wf);
+	store_test_fail_wal_syncs(1);
+	assert_int_equal(wait_for(&wf), ISG_ERR_UNKNOWN);
+	store_test_fail_wal_syncs(0);
+	assert_true(store_failed(s));
+	store_fetch_result_free(wf.res);
+}
+
+/* No send lately: a batch is synced and answered at once. */
+static void test_nothing_held_without_sends(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_held(f, 60 * 1000000LL);
+	struct wait w;
+	wait_init(&w);
+	const char *entry = "{\"event\":\"test.event\"}";
+	assert_int_equal(store_audit(s, "test.event", entry, strlen(entry), on_audit, &w), 0);
+	assert_true(answered_within(&w, 10000));
+	assert_int_equal(wait_for(&w), 0);
+}
+
+/* Closing syncs and answers what is held; the next open finds it done. */
+static void test_close_answers_held_batches(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_held(f, 60 * 1000000LL);
+	struct store_message a = fx_msg("police-a", "m-1", "nhs-b", "one");
+	struct store_receipt r;
+	assert_int_equal(send_sync(s, &a, &r), 0);
+	uint64_t commits = store_test_commits(s);
+	struct wait wa;
+	wait_init(&wa);
+	assert_int_equal(store_ack(s, "nhs-b", &r.gateway_id, 1, on_ack, &wa), 0);
+	wait_commits(s, commits + 1);
+	assert_false(answered(&wa));
+	fx_close(f);
+	assert_int_equal(wait_for(&wa), 0);
+	assert_int_equal(wa.acked, 1);
+	s = fx_open(f);
+	assert_int_equal(fetch_count(s, "nhs-b"), 0);
+}
+
 /* --- files that are not ISG stores ------------------------------------------------------- */
 
 static void expect_refused_unchanged(struct fx *f, const char *why)
@@ -1117,6 +1258,14 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_commit_of_unknown_outcome_stops_the_store,
 	                                    fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_held_batch_answered_with_the_next_send, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_held_batch_unknown_when_the_next_sync_fails,
+	                                    fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_held_batch_synced_when_its_time_is_up, fx_setup,
+	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_nothing_held_without_sends, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_close_answers_held_batches, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_no_lone_commit_after_the_store_failed, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_failed_rollback_does_not_fail_the_next_batch,
