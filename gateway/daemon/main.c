@@ -908,7 +908,9 @@ static int run(struct gateway *g, const struct identity *id, struct regime *regi
 	                           .sweep_interval_ms = g->cfg.sweep_interval_ms,
 	                           .signer = sec->signer,
 	                           .checkpoint_every = g->cfg.checkpoint_every,
-	                           .checkpoint_interval_ms = g->cfg.checkpoint_interval_ms};
+	                           .checkpoint_interval_ms = g->cfg.checkpoint_interval_ms,
+	                           /* a delivery or an ack waits at most 1 ms for a send's sync */
+	                           .hold_us = 1000};
 	if (g->keyproc) {
 		sealer = keyproc_sealer(g->keyproc);
 		so.sealer = &sealer;
