@@ -183,7 +183,6 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 {
 	int64_t now = time_now_ms();
 	const struct store_log start = s->log;
-	uint64_t wal_commits = s->wal_commits;
 	*synced = false;
 	int rc = rollback_open(s);
 	if (rc == 0)
@@ -213,6 +212,7 @@ static int run_batch(struct store *s, struct store_job *batch, bool sweep, bool 
 			return rc;
 		}
 	}
+	uint64_t wal_commits = s->wal_commits;
 	rc = store_db_commit(s, s->stmt[ST_COMMIT], "commit");
 	if (rc && s->commit_full) /* tests only: the disk filled up as the WAL grew */
 		rc = ISG_ERR_FULL;
@@ -485,11 +485,15 @@ static void held_answer(struct store *s, int err)
 	batch_finish(s, held);
 }
 
-/* Sync the WAL for the held jobs and answer them. */
-static void held_sync(struct store *s)
+/*
+ * Sync the WAL for the held jobs and answer them; 0, or the error they
+ * were answered with. Synced to a file that is gone, they are answered as
+ * a commit to it is (run_batch).
+ */
+static int held_sync(struct store *s)
 {
 	if (!s->held)
-		return;
+		return 0;
 	int err = 0;
 	if (atomic_load(&s->failed)) {
 		err = ISG_ERR_UNKNOWN;
@@ -498,8 +502,22 @@ static void held_sync(struct store *s)
 		snprintf(why, sizeof(why), "cannot sync the WAL: %s", strerror(errno));
 		store_fail(s, why);
 		err = ISG_ERR_UNKNOWN;
+	} else if (!store_watch(s)) {
+		err = ISG_ERR_CLOSED;
 	}
 	held_answer(s, err);
+	return err;
+}
+
+/* A batch that ran after held ones may have read what they wrote: when
+ * their sync failed, its outcome is as unknown as theirs. */
+static void batch_unknown(struct store_job *batch)
+{
+	for (struct store_job *j = batch; j; j = j->next) {
+		if (j->err == 0)
+			j->err = ISG_ERR_UNKNOWN;
+		store_job_discard(j);
+	}
 }
 
 /* --- the writer thread ------------------------------------------------------------ */
@@ -528,8 +546,16 @@ static void checkpoint_if_due(struct store *s, bool final)
 		s->checkpoint_retry_mono = time_mono_ms() + STORE_CHECKPOINT_RETRY_MS;
 		return;
 	}
-	if ((final || store_log_checkpoint_due(s, time_mono_ms())) && set_sync(s, false) == 0)
-		store_log_checkpoint(s); /* a failure is logged and retried later */
+	if (!final && !store_log_checkpoint_due(s, time_mono_ms()))
+		return;
+	/* What it signs and the witness is given are on disk first. */
+	if (held_sync(s) != 0)
+		return;
+	if (set_sync(s, false) != 0) {
+		s->checkpoint_retry_mono = time_mono_ms() + STORE_CHECKPOINT_RETRY_MS;
+		return;
+	}
+	store_log_checkpoint(s); /* a failure is logged and retried later */
 }
 
 static void *writer_main(void *arg)
@@ -597,8 +623,8 @@ static void *writer_main(void *arg)
 			/* Before this batch's answers: in the order they were asked. */
 			if (synced)
 				held_answer(s, 0);
-			else
-				held_sync(s);
+			else if (held_sync(s) != 0 && rc == 0)
+				batch_unknown(batch);
 		}
 		if (!hold || rc)
 			batch_finish(s, batch);

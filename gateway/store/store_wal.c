@@ -257,6 +257,11 @@ int store_wal_start(struct store *s, uint32_t wal_pages, char *err, size_t errle
 	/* For a held batch's sync (store.c): without it, every commit syncs. */
 	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
 	s->wal_fd = wal ? open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) : -1;
+	if (s->wal_fd < 0 && s->hold_us > 0) {
+		char q[128];
+		log_event(LOG_WARN, "store.hold_off", "error=%s",
+		          log_quote(q, sizeof(q), strerror(wal ? errno : ENOMEM)));
+	}
 	/*
 	 * A new connection learns that the file is in WAL mode when it first reads
 	 * it; until then a checkpoint through it copies nothing. Hence the read.

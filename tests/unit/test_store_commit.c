@@ -855,7 +855,7 @@ static void test_held_batch_unknown_when_the_next_sync_fails(void **state)
 static void test_held_batch_synced_when_its_time_is_up(void **state)
 {
 	struct fx *f = *state;
-	struct store *s = fx_open_held(f, 300 * 1000);
+	struct store *s = fx_open_held(f, 1000 * 1000); /* past send_then_held_fetch's 50 ms */
 	struct wait wf;
 	send_then_held_fetch(s, "m-1", &wf);
 	assert_int_equal(wait_for(&wf), 0);
@@ -864,6 +864,28 @@ static void test_held_batch_synced_when_its_time_is_up(void **state)
 
 	send_then_held_fetch(s, "m-2", &wf);
 	store_test_fail_wal_syncs(1);
+	assert_int_equal(wait_for(&wf), ISG_ERR_UNKNOWN);
+	store_test_fail_wal_syncs(0);
+	assert_true(store_failed(s));
+	store_fetch_result_free(wf.res);
+}
+
+/*
+ * A send that writes nothing (a resend, answered from the first copy) makes
+ * no sync of its own: the writer syncs the held batch itself. When that
+ * fails, the resend's answer, read after the held batch, is unknown too.
+ */
+static void test_held_batch_synced_after_a_send_that_wrote_nothing(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = fx_open_held(f, 60 * 1000000LL);
+	struct wait wf, ws;
+	send_then_held_fetch(s, "m-1", &wf);
+	struct store_message again = fx_msg("police-a", "m-1", "nhs-b", "one");
+	wait_init(&ws);
+	store_test_fail_wal_syncs(1);
+	assert_int_equal(store_send(s, &again, on_send, &ws), 0);
+	assert_int_equal(wait_for(&ws), ISG_ERR_UNKNOWN);
 	assert_int_equal(wait_for(&wf), ISG_ERR_UNKNOWN);
 	store_test_fail_wal_syncs(0);
 	assert_true(store_failed(s));
@@ -1264,6 +1286,8 @@ int main(void)
 	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_held_batch_synced_when_its_time_is_up, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_held_batch_synced_after_a_send_that_wrote_nothing,
+	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_nothing_held_without_sends, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_close_answers_held_batches, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_no_lone_commit_after_the_store_failed, fx_setup,
