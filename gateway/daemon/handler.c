@@ -1379,9 +1379,17 @@ static void handler_frame(void *ctx, struct net_conn *c, Isg__Frame *f)
 		on_ping(c, f);
 		break;
 	default: {
-		char msg[96];
-		snprintf(msg, sizeof(msg), "'%s' is not a request a partner can send",
-		         wire_body_name(f->body_case));
+		char msg[128];
+		if (f->body_case == ISG__FRAME__BODY__NOT_SET)
+			/* No body the gateway knows: an empty frame, or a request
+			 * type from a newer protocol, skipped as an unknown field.
+			 * Naming it "'none'" told the integrator nothing. */
+			snprintf(msg, sizeof(msg),
+			         "the frame holds no request this gateway knows "
+			         "(none, or one newer than protocol version 1)");
+		else
+			snprintf(msg, sizeof(msg), "'%s' is not a request a partner can send",
+			         wire_body_name(f->body_case));
 		send_simple_error(c, f->request_id, ISG__ERROR_CODE__UNSUPPORTED, msg);
 		break;
 	}
