@@ -422,6 +422,21 @@ static bool at_shape(const char *s, size_t len)
 	return true;
 }
 
+const char *const audit_events[] = {
+    "connection.accepted", "connection.refused", "connection.closed",    "message.accepted",
+    "message.refused",     "message.delivered",  "message.acknowledged", "message.expired",
+    "policy.loaded",       "policy.refused",     "keys.loaded",
+};
+const size_t audit_events_n = ARRAY_LEN(audit_events);
+
+bool audit_event_known(const char *s)
+{
+	for (size_t i = 0; i < audit_events_n; i++)
+		if (strcmp(s, audit_events[i]) == 0)
+			return true;
+	return false;
+}
+
 int audit_leaf_parse(struct aj_doc *d, const char *leaf, size_t len, struct audit_leaf *out,
                      const char **reason)
 {
@@ -457,6 +472,9 @@ int audit_leaf_parse(struct aj_doc *d, const char *leaf, size_t len, struct audi
 		why = "entry is not an object";
 	} else if (!aj_string(d, body, "event")) {
 		why = "entry has no event";
+	} else if (!audit_event_known(aj_string(d, body, "event"))) {
+		/* not shown: an edited entry may hold anything, a person's data included */
+		why = "its event is not one isgd writes";
 	}
 	if (why) {
 		if (reason)

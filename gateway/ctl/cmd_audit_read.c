@@ -101,21 +101,6 @@ static void note_unread(struct audit_reader *r, int64_t seq)
 		         seq);
 }
 
-const char *const audit_events[] = {
-    "connection.accepted", "connection.refused", "connection.closed",    "message.accepted",
-    "message.refused",     "message.delivered",  "message.acknowledged", "message.expired",
-    "policy.loaded",       "policy.refused",     "keys.loaded",
-};
-const size_t audit_events_n = ARRAY_LEN(audit_events);
-
-bool audit_event_known(const char *s)
-{
-	for (size_t i = 0; i < audit_events_n; i++)
-		if (strcmp(s, audit_events[i]) == 0)
-			return true;
-	return false;
-}
-
 bool audit_kind_differs(const char *kind, size_t len, const char *event, bool *nameable)
 {
 	bool plain = len == strlen(kind);

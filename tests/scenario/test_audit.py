@@ -896,6 +896,27 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertVerifyFails(db, r"problem: entry %d is damaged: not in the format isgd writes "
                                    r"\(it holds a line break\)" % bad)
 
+    def test_an_entry_with_no_event_isgd_writes_is_damaged_and_never_shown(self):
+        """An entry edited to an event isgd never writes (here shaped like a kind, holding a
+        name and an NHS number) is not an entry isgd wrote: verify reports it as damaged
+        without quoting it, and list, subject and report leave it out as INCOMPLETE rather
+        than print or count its event."""
+        bad = self.receipts[1]["audit_index"]
+        leaf = json.loads(bytes(self.entry(bad)[3]))
+        leaf["entry"] = {"event": "okafor.9434765919"}
+        leaf = json.dumps(leaf, separators=(",", ":")).encode()
+        db = self.tamper("unknown-event", ("UPDATE audit SET entry = ?, kind = ? WHERE seq = ?",
+                                           (leaf, "okafor.9434765919", bad)))
+        r = self.assertVerifyFails(db, r"problem: entry %d is damaged: not in the format isgd "
+                                       r"writes \(its event is not one isgd writes\)" % bad)
+        for args in (("list",), ("list", "--format", "csv"), ("list", "--format", "jsonl")):
+            r2 = self.audit(*args, store=db)
+            self.assertEqual(r2.rc, 1, r2)
+            self.assertIn("the list is INCOMPLETE: 1 entry (%d) could not be read" % bad, r2.err)
+            for out in (r.out, r2.out, r2.err):
+                self.assertNotIn("9434765919", out)
+                self.assertNotIn("okafor", out)
+
     def test_list_judges_entries_by_their_signed_bytes(self):
         """The table's at, kind and seq columns are not signed: editing them hides no entry
         from its period or kind, and changes nothing that list prints."""

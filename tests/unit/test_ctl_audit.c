@@ -132,6 +132,10 @@ static void test_leaf_parse(void **state)
 	    /* valid JSON, but a line break is no part of an entry isgd wrote */
 	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\n\"entry\":{\"event\":\"x\"}}",
 	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":{\"event\":\"x\"}}\r",
+	    /* well formed, but no event isgd writes: an edit, perhaps holding a person's data */
+	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":"
+	    "{\"event\":\"okafor.9434765919\"}}",
+	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":{\"event\":\"message\"}}",
 	};
 	for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
 		const char *reason = NULL;
