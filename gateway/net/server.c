@@ -679,11 +679,16 @@ static void conn_handshake(struct net_conn *c)
 			         c->verify_error);
 		} else {
 			unsigned long err = ERR_peek_last_error();
-			if (err)
+			/* OpenSSL 3 reports a peer gone without a word (a port scan,
+			 * a load balancer's health check) as an "unexpected eof":
+			 * said in the words the audit guide uses. */
+			bool eof = ERR_GET_LIB(err) == ERR_LIB_SSL &&
+			           ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING;
+			if (err && !eof)
 				ERR_error_string_n(err, reason, sizeof(reason));
 			else
 				str_copy(reason,
-				         e == SSL_ERROR_SYSCALL
+				         e == SSL_ERROR_SYSCALL || eof
 				             ? "connection closed during handshake"
 				             : "handshake failed",
 				         sizeof(reason));

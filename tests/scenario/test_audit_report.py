@@ -257,6 +257,9 @@ class AuditReport(isgtest.ScenarioCase):
         self.assertEqual(e["total-connections-refused"], self.BARE)
         self.assertEqual([x.get("repeated") for x in self.of_kind("connection.refused")],
                          [None, self.BARE - 1])
+        # in the guide's words, not OpenSSL's "unexpected eof while reading"
+        self.assertEqual({x.get("reason") for x in self.of_kind("connection.refused")},
+                         {"connection closed during handshake"})
 
     def test_totals_match_the_log(self):
         for ident, want in self.expected().items():
