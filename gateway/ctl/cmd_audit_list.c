@@ -1178,8 +1178,9 @@ static void subject_summary(const struct subject *s)
 		         "subjects (written before isgd audited subjects) and cannot be "
 		         "searched",
 		         s->without_subjects, s->accepted_seen);
-	ctl_warn("%" PRIu64 " exchange%s named this identifier (%" PRIu64 " entries listed)",
-	         s->exchanges, s->exchanges == 1 ? "" : "s", s->ls.shown);
+	ctl_warn("%" PRIu64 " exchange%s named this identifier (%" PRIu64 " entr%s listed)",
+	         s->exchanges, s->exchanges == 1 ? "" : "s", s->ls.shown,
+	         s->ls.shown == 1 ? "y" : "ies");
 	uint64_t waiting = 0, expired = 0;
 	for (size_t i = 0; i < s->n_messages; i++) {
 		const struct subject_message *m = &s->messages[i];

@@ -877,14 +877,16 @@ static void summarise(const struct verify *vs)
 	uint64_t n = vs->tree.size;
 	const struct cp *last = vs->n_stored ? &vs->stored[vs->n_stored - 1] : NULL;
 	if (!last) {
-		printf("audit log OK: %" PRIu64 " entries, 0 checkpoints\n", n);
+		printf("audit log OK: %" PRIu64 " entr%s, 0 checkpoints\n", n,
+		       n == 1 ? "y" : "ies");
 		return;
 	}
 	char root[64];
 	audit_ctl_b64(root, sizeof(root), last->root, AUDIT_HASH_LEN);
-	printf("audit log OK: %" PRIu64 " entries, %zu checkpoints, latest checkpoint size %" PRIu64
+	printf("audit log OK: %" PRIu64 " entr%s, %zu checkpoint%s, latest checkpoint size %" PRIu64
 	       ", root %s\n",
-	       n, vs->n_stored, last->size, root);
+	       n, n == 1 ? "y" : "ies", vs->n_stored, vs->n_stored == 1 ? "" : "s", last->size,
+	       root);
 }
 
 static void verify_release(struct verify *vs)

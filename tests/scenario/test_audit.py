@@ -1184,7 +1184,7 @@ class AuditLog(isgtest.ScenarioCase):
         # --to still ends what is listed: the acceptance alone, before the deliveries.
         listed, err = found("--to", "2025-11-23")
         self.assertEqual(listed, [accepted])
-        self.assertIn("1 exchange named this identifier (1 entries listed)", err)
+        self.assertIn("1 exchange named this identifier (1 entry listed)", err)
         listed, err = found("--from", "2025-11-24", "--to", "2025-12-31")
         self.assertEqual((listed, err.count("0 exchanges named")), ([], 1))
 
