@@ -333,11 +333,33 @@ static void print_table_row(const struct aj_doc *d, const struct audit_leaf *lf)
 	       kind, who, what, or_dash(dataset), or_dash(records), why);
 }
 
+/* New columns go last, so that a spreadsheet or script reading the first
+ * ones by position goes on working. */
 static const char *const csv_members[] = {
-    "sender",  "recipient",  "partner",  "agreement_id", "agreement_version",
-    "purpose", "dataset",    "records",  "code",         "rule",
-    "reason",  "message_id", "repeated", "first_at",     "last_at",
+    "sender",  "recipient", "partner", "agreement_id", "agreement_version", "purpose",  "dataset",
+    "records", "code",      "rule",    "reason",       "message_id",        "repeated", "first_at",
+    "last_at", "peer",      "subject", "lawful_basis",
 };
+
+/* A member's value as one cell: a string or number as it is, an array of
+ * strings (lawful_basis) joined with "; ". NULL when out of memory. */
+static char *csv_value(const struct aj_doc *d, const struct aj_node *m, bool *number)
+{
+	*number = m && m->type == AJ_NUMBER;
+	if (m && (*number || m->type == AJ_STRING))
+		return strndup(m->str, m->len);
+	struct strbuf b;
+	strbuf_init(&b);
+	if (m && m->type == AJ_ARRAY)
+		for (const struct aj_node *e = aj_first(d, m); e; e = aj_next(d, e))
+			if (e->type == AJ_STRING) {
+				if (b.len)
+					strbuf_puts(&b, "; ");
+				strbuf_append(&b, e->str, e->len);
+			}
+	size_t len = 0;
+	return strbuf_take(&b, &len);
+}
 
 /*
  * RFC 4180 cell. Control characters become '?' (the text may come from a
@@ -377,11 +399,8 @@ static void print_csv_row(const struct aj_doc *d, const struct audit_leaf *lf)
 	strbuf_printf(&b, "%" PRIu64 ",%s", lf->index, lf->at);
 	csv_cell(&b, lf->event, true);
 	for (size_t i = 0; i < ARRAY_LEN(csv_members); i++) {
-		const struct aj_node *m = aj_member(d, lf->body, csv_members[i]);
-		bool number = m && m->type == AJ_NUMBER;
-		const char *s = m && (number || m->type == AJ_STRING) ? m->str : "";
-		size_t n = m && (number || m->type == AJ_STRING) ? m->len : 0;
-		char *copy = strndup(s, n);
+		bool number;
+		char *copy = csv_value(d, aj_member(d, lf->body, csv_members[i]), &number);
 		if (!copy) {
 			b.failed = true;
 			break;

@@ -766,6 +766,18 @@ class AuditLog(isgtest.ScenarioCase):
         lines = r.out.splitlines()
         self.assertTrue(lines[0].startswith("seq,at,kind,sender,recipient,"), lines[0])
         self.assertEqual(len(lines), 1 + len(self.receipts))
+        # the lawful basis, which a subject access response pack needs, joined in one cell
+        rows = list(csv.DictReader(io.StringIO(r.out)))
+        self.assertEqual([x["lawful_basis"] for x in rows],
+                         ["; ".join(e["entry"]["lawful_basis"]) for e in accepted])
+        self.assertTrue(all(x["lawful_basis"] for x in rows), rows)
+        # who connected (or was refused): the address, as in --format jsonl
+        conns = self.list_jsonl("--kind", "connection")
+        self.assertTrue(conns)
+        rows = list(csv.DictReader(io.StringIO(self.audit(
+            "list", "--kind", "connection", "--format", "csv").out)))
+        self.assertEqual([(x["peer"], x["subject"]) for x in rows],
+                         [(e["entry"]["peer"], e["entry"].get("subject", "")) for e in conns])
         r = self.audit("list", "--partner", "met-police")
         self.assertEqual(r.rc, 0, r)
         self.assertRegex(r.out.splitlines()[0], r"SEQ +TIME +KIND +PARTNERS")
