@@ -1141,6 +1141,29 @@ static int prove_entry_exists(struct audit_log *l, uint64_t seq)
 	return CTL_EXIT_LOCAL;
 }
 
+/* None of rows has size: say which sizes there are, nearest first. */
+static void no_checkpoint_of_size(const struct audit_stored_cp *rows, size_t n, uint64_t size)
+{
+	uint64_t below = 0, above = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (rows[i].size < size && rows[i].size > below)
+			below = rows[i].size;
+		if (rows[i].size > size && (above == 0 || rows[i].size < above))
+			above = rows[i].size;
+	}
+	char near[96];
+	if (below && above)
+		snprintf(near, sizeof(near), "the nearest have sizes %" PRIu64 " and %" PRIu64,
+		         below, above);
+	else if (below || above)
+		snprintf(near, sizeof(near), "the nearest has size %" PRIu64,
+		         below ? below : above);
+	else
+		snprintf(near, sizeof(near), "the log has no checkpoint yet");
+	ctl_warn("no stored checkpoint has size %" PRIu64 ": %s (see 'isgctl audit verify')", size,
+	         near);
+}
+
 /* The checkpoint to prove against: of size a->size, or the latest; verified. */
 static int prove_checkpoint(struct audit_log *l, const struct audit_verifier *v,
                             const struct prove_args *a, struct audit_checkpoint *c, char **note)
@@ -1156,8 +1179,7 @@ static int prove_checkpoint(struct audit_log *l, const struct audit_verifier *v,
 			pick = &rows[i];
 	status = CTL_EXIT_LOCAL;
 	if (!pick && a->size)
-		ctl_warn("no stored checkpoint has size %" PRIu64 " (see 'isgctl audit verify')",
-		         a->size);
+		no_checkpoint_of_size(rows, n, a->size);
 	else if (!pick)
 		ctl_warn("the log has no checkpoint yet");
 	else if (open_note(v, pick->note, pick->note_len, c) || c->size != pick->size)

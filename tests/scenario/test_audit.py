@@ -381,6 +381,15 @@ class AuditLog(isgtest.ScenarioCase):
         self.assertEqual(r.rc, 1, r)
         self.assertEqual(r.err, "isgctl: entry %d does not exist: the log has %d entries\n"
                          % (n + 1, n))
+        # A size no checkpoint has: the sizes there are, to pick one.
+        sizes = [s for s, _ in self.checkpoints]
+        r = self.audit("prove", "1", "--size", str(sizes[-1] + 1000))
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("no stored checkpoint has size %d: the nearest has size %d"
+                      % (sizes[-1] + 1000, sizes[-1]), r.err)
+        if len(sizes) > 1 and sizes[1] - sizes[0] > 1:
+            r = self.audit("prove", "1", "--size", str(sizes[0] + 1))
+            self.assertIn("the nearest have sizes %d and %d" % (sizes[0], sizes[1]), r.err)
 
     # -- tampering, each on a copy of the store
 
