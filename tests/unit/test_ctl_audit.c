@@ -133,8 +133,8 @@ static void test_leaf_parse(void **state)
 	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\n\"entry\":{\"event\":\"x\"}}",
 	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":{\"event\":\"x\"}}\r",
 	    /* well formed, but no event isgd writes: an edit, perhaps holding a person's data */
-	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":"
-	    "{\"event\":\"okafor.9434765919\"}}",
+	    ("{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":"
+	     "{\"event\":\"okafor.9434765919\"}}"),
 	    "{\"index\":1,\"at\":\"2026-11-23T15:04:05.123Z\",\"entry\":{\"event\":\"message\"}}",
 	};
 	for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
