@@ -142,17 +142,24 @@ static int rollback_open(struct store *s)
 	return sqlite3_get_autocommit(s->db) ? 0 : ISG_ERR_STORE;
 }
 
-static void batch_fail(struct store *s, struct store_job *batch, const struct store_log *start,
-                       int err)
+/* Every job of the list fails with err, unless it failed on its own; how many. */
+static size_t jobs_fail(struct store_job *batch, int err)
 {
-	rollback_open(s); /* if it fails, the next batch tries again */
-	s->log = *start;  /* nothing of the batch is in the log */
 	size_t n = 0;
 	for (struct store_job *j = batch; j; j = j->next, n++) {
 		if (j->err == 0)
 			j->err = err;
 		store_job_discard(j);
 	}
+	return n;
+}
+
+static void batch_fail(struct store *s, struct store_job *batch, const struct store_log *start,
+                       int err)
+{
+	rollback_open(s); /* if it fails, the next batch tries again */
+	s->log = *start;  /* nothing of the batch is in the log */
+	size_t n = jobs_fail(batch, err);
 	char q[64];
 	log_event(LOG_ERROR, "store.batch_failed", "jobs=%zu error=%s", n,
 	          log_quote(q, sizeof(q), isg_strerror(err)));
@@ -471,13 +478,8 @@ static void held_answer(struct store *s, int err)
 {
 	struct store_job *held = s->held;
 	s->held = NULL;
-	size_t n = 0;
-	for (struct store_job *j = held; err && j; j = j->next, n++) {
-		if (j->err == 0)
-			j->err = err;
-		store_job_discard(j);
-	}
 	if (err) {
+		size_t n = jobs_fail(held, err);
 		char q[64];
 		log_event(LOG_ERROR, "store.batch_failed", "jobs=%zu error=%s", n,
 		          log_quote(q, sizeof(q), isg_strerror(err)));
@@ -507,17 +509,6 @@ static int held_sync(struct store *s)
 	}
 	held_answer(s, err);
 	return err;
-}
-
-/* A batch that ran after held ones may have read what they wrote: when
- * their sync failed, its outcome is as unknown as theirs. */
-static void batch_unknown(struct store_job *batch)
-{
-	for (struct store_job *j = batch; j; j = j->next) {
-		if (j->err == 0)
-			j->err = ISG_ERR_UNKNOWN;
-		store_job_discard(j);
-	}
 }
 
 /* --- the writer thread ------------------------------------------------------------ */
@@ -624,7 +615,8 @@ static void *writer_main(void *arg)
 			if (synced)
 				held_answer(s, 0);
 			else if (held_sync(s) != 0 && rc == 0)
-				batch_unknown(batch);
+				/* It may have read what they wrote: as unknown as theirs. */
+				jobs_fail(batch, ISG_ERR_UNKNOWN);
 		}
 		if (!hold || rc)
 			batch_finish(s, batch);
