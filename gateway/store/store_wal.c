@@ -208,20 +208,31 @@ static int zero_fill(int fd, off_t want, off_t *wrote)
  * meanwhile. Best effort: without the room, the zeros are taken back and
  * the store runs as before.
  */
-static void wal_preallocate(struct store *s)
+/* The store's WAL file opened apart from SQLite, for writing: -1 and errno
+ * when it cannot be. Without blocking, as a FIFO in its place would. */
+static int wal_open(const struct store *s)
 {
 	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
+	if (!wal) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+}
+
+static void wal_preallocate(struct store *s)
+{
 	int64_t page = 0;
 	bool found = false;
 	off_t wrote = 0;
 	int e;
-	if (!wal || store_db_query_int(s->db, "PRAGMA page_size", &page, &found) != SQLITE_OK ||
+	if (store_db_query_int(s->db, "PRAGMA page_size", &page, &found) != SQLITE_OK ||
 	    page <= 0) {
 		e = EINVAL;
 	} else if (store_db_step_done(s, s->stmt[ST_BEGIN], "wal.begin") != 0) {
 		e = EBUSY;
 	} else {
-		int fd = open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+		int fd = wal_open(s);
 		e = fd < 0
 		        ? errno
 		        : zero_fill(fd, 32 + (off_t)s->wal_pages * STORE_WAL_RESTART * (page + 24),
@@ -255,12 +266,11 @@ int store_wal_start(struct store *s, uint32_t wal_pages, char *err, size_t errle
 	s->wal_sync = true;
 	wal_preallocate(s);
 	/* For a held batch's sync (store.c): without it, every commit syncs. */
-	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
-	s->wal_fd = wal ? open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) : -1;
+	s->wal_fd = wal_open(s);
 	if (s->wal_fd < 0 && s->hold_us > 0) {
 		char q[128];
 		log_event(LOG_WARN, "store.hold_off", "error=%s",
-		          log_quote(q, sizeof(q), strerror(wal ? errno : ENOMEM)));
+		          log_quote(q, sizeof(q), strerror(errno)));
 	}
 	/*
 	 * A new connection learns that the file is in WAL mode when it first reads
