@@ -812,18 +812,28 @@ static void send_then_held_fetch(struct store *s, const char *message_id, struct
 	assert_false(answered(wf)); /* committed, not yet synced */
 }
 
+/* A send of message_id behind a held batch, its sync failing when asked: its answer. */
+static int send_behind(struct store *s, const char *message_id, const char *payload, bool fail_sync)
+{
+	struct store_message m = fx_msg("police-a", message_id, "nhs-b", payload);
+	struct wait ws;
+	wait_init(&ws);
+	store_test_fail_wal_syncs(fail_sync ? 1 : 0);
+	assert_int_equal(store_send(s, &m, on_send, &ws), 0);
+	int err = wait_for(&ws);
+	store_test_fail_wal_syncs(0);
+	return err;
+}
+
 /* While sends come, a fetch's commit waits for the next send's sync, and is
  * answered before it. */
 static void test_held_batch_answered_with_the_next_send(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open_held(f, 60 * 1000000LL); /* only a send answers it */
-	struct wait wf, ws;
+	struct wait wf;
 	send_then_held_fetch(s, "m-1", &wf);
-	struct store_message b = fx_msg("police-a", "m-2", "nhs-b", "two");
-	wait_init(&ws);
-	assert_int_equal(store_send(s, &b, on_send, &ws), 0);
-	assert_int_equal(wait_for(&ws), 0);
+	assert_int_equal(send_behind(s, "m-2", "two", false), 0);
 	assert_true(answered(&wf));
 	assert_int_equal(wait_for(&wf), 0);
 	assert_false(wf.bad);
@@ -837,15 +847,10 @@ static void test_held_batch_unknown_when_the_next_sync_fails(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open_held(f, 60 * 1000000LL);
-	struct wait wf, ws;
+	struct wait wf;
 	send_then_held_fetch(s, "m-1", &wf);
-	struct store_message b = fx_msg("police-a", "m-2", "nhs-b", "two");
-	wait_init(&ws);
-	store_test_fail_wal_syncs(1);
-	assert_int_equal(store_send(s, &b, on_send, &ws), 0);
-	assert_int_equal(wait_for(&ws), ISG_ERR_UNKNOWN);
+	assert_int_equal(send_behind(s, "m-2", "two", true), ISG_ERR_UNKNOWN);
 	assert_int_equal(wait_for(&wf), ISG_ERR_UNKNOWN);
-	store_test_fail_wal_syncs(0);
 	assert_true(store_failed(s));
 	store_fetch_result_free(wf.res);
 }
@@ -879,15 +884,10 @@ static void test_held_batch_synced_after_a_send_that_wrote_nothing(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = fx_open_held(f, 60 * 1000000LL);
-	struct wait wf, ws;
+	struct wait wf;
 	send_then_held_fetch(s, "m-1", &wf);
-	struct store_message again = fx_msg("police-a", "m-1", "nhs-b", "one");
-	wait_init(&ws);
-	store_test_fail_wal_syncs(1);
-	assert_int_equal(store_send(s, &again, on_send, &ws), 0);
-	assert_int_equal(wait_for(&ws), ISG_ERR_UNKNOWN);
+	assert_int_equal(send_behind(s, "m-1", "one", true), ISG_ERR_UNKNOWN); /* a resend */
 	assert_int_equal(wait_for(&wf), ISG_ERR_UNKNOWN);
-	store_test_fail_wal_syncs(0);
 	assert_true(store_failed(s));
 	store_fetch_result_free(wf.res);
 }
