@@ -274,11 +274,32 @@ static bool tab_indented(const struct builder *b, size_t line)
 }
 
 /*
+ * Whether line `line` (0-based) has a ':' followed by a blank before its
+ * character `col` (0-based, counted in characters as libyaml counts them):
+ * an unquoted value that holds ": ", as in "title: Falls: a review".
+ */
+static bool colon_before(const struct builder *b, size_t line, size_t col)
+{
+	size_t i = 0;
+	for (size_t n = 0; n < line && i < b->len; i++)
+		n += b->buf[i] == '\n';
+	for (size_t c = 0; c < col && i + 1 < b->len && b->buf[i] != '\n'; i++) {
+		if (b->buf[i] == ':' && (b->buf[i + 1] == ' ' || b->buf[i + 1] == '\t'))
+			return true;
+		c += ((unsigned char)b->buf[i + 1] & 0xc0) != 0x80;
+	}
+	return false;
+}
+
+/*
  * What usually causes libyaml's problem, where one cause is usual: a block
  * mapping or list that "did not find expected key" (or "-") is nearly always
  * a line indented more or less than its siblings; a character that "cannot
  * start any token" at the start of a line, a tab (YAML indents with spaces
- * only); a reader error, a file saved in another encoding. "" otherwise.
+ * only); a reader error, a file saved in another encoding. "mapping values
+ * are not allowed" is a ": " after a value on the same line (a value that
+ * holds ": " unquoted), or else a line indented deeper than its key, which
+ * libyaml reads as the value above continued. "" otherwise.
  */
 static const char *syntax_hint(const struct builder *b, const yaml_parser_t *p)
 {
@@ -288,6 +309,11 @@ static const char *syntax_hint(const struct builder *b, const yaml_parser_t *p)
 	    (strstr(p->problem, "tab character") || (strstr(p->problem, "cannot start any token") &&
 	                                             tab_indented(b, p->problem_mark.line))))
 		return " (indent with spaces, not tabs)";
+	if (p->error == YAML_SCANNER_ERROR && p->problem &&
+	    strcmp(p->problem, "mapping values are not allowed in this context") == 0)
+		return colon_before(b, p->problem_mark.line, p->problem_mark.column)
+		           ? " (a value that contains ': ' must be quoted)"
+		           : " (check this line's indentation against the lines above)";
 	static const struct {
 		const char *problem, *context;
 	} indentation[] = {

@@ -140,8 +140,17 @@ static void test_refuses_anchor_alias_tag_documents(void **state)
 static void test_syntax_errors_positioned(void **state)
 {
 	/* libyaml's problem mark, made 1-based; its words marked as YAML syntax. */
+	/* A line indented deeper than its key continues the value above it. */
 	load_fails_exactly("a: 1\n  b: 2\n", 2, 4,
-	                   "YAML syntax error: mapping values are not allowed in this context");
+	                   "YAML syntax error: mapping values are not allowed in this context "
+	                   "(check this line's indentation against the lines above)");
+	/* An unquoted value holding ": ", after a character of two bytes too. */
+	load_fails_exactly("a: 1\ntitle: Falls: a review\n", 2, 13,
+	                   "YAML syntax error: mapping values are not allowed in this context "
+	                   "(a value that contains ': ' must be quoted)");
+	load_fails_exactly("- {a: 1}\n- n\u00e9e: Smith: b\n", 2, 13,
+	                   "YAML syntax error: mapping values are not allowed in this context "
+	                   "(a value that contains ': ' must be quoted)");
 	load_fails_exactly("a: [1, 2\nb: 3\n", 2, 2,
 	                   "YAML syntax error: did not find expected ',' or ']' while parsing a "
 	                   "flow sequence");
