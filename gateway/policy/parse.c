@@ -239,6 +239,15 @@ static enum got int_at(struct pctx *c, const struct ydoc_node *map, const char *
 	return GOT_VALUE;
 }
 
+/* Whether s is written YYYY-MM-DD, so that a refusal is of the day, not the form. */
+static bool date_shaped(const char *s)
+{
+	for (int i = 0; i < 10; i++)
+		if (i == 4 || i == 7 ? s[i] != '-' : (s[i] < '0' || s[i] > '9'))
+			return false;
+	return s[10] == '\0';
+}
+
 static enum got date_at(struct pctx *c, const struct ydoc_node *map, const char *key,
                         const char *where, bool required, int64_t *days,
                         const struct ydoc_node **at)
@@ -251,7 +260,11 @@ static enum got date_at(struct pctx *c, const struct ydoc_node *map, const char 
 	if (!want_kind(c, n, YDOC_SCALAR, key))
 		return GOT_ERROR;
 	if (date_parse_days(n->scalar, days) != 0) {
-		PERR(c, n, "invalid date '%s' for %s (use YYYY-MM-DD)", n->scalar, key);
+		if (date_shaped(n->scalar))
+			PERR(c, n, "invalid date '%s' for %s (no such day in the calendar)",
+			     n->scalar, key);
+		else
+			PERR(c, n, "invalid date '%s' for %s (use YYYY-MM-DD)", n->scalar, key);
 		return GOT_ERROR;
 	}
 	/* Before 1970 no exchange was ever made: a year 0000 is a typing slip. */

@@ -392,7 +392,7 @@ class PolicyCli(unittest.TestCase):
         errors = [line for line in p.stderr.splitlines() if ": error: " in line]
         self.assertEqual(errors, [
             "%s/agreements/agreement-bad-review-date.yaml:10:16: error: invalid date "
-            "'2026-13-01' for review_date (use YYYY-MM-DD)" % d,
+            "'2026-13-01' for review_date (no such day in the calendar)" % d,
             "%s/agreements/agreement-records-per-day-zero.yaml:11:22: error: invalid "
             "records_per_day '0' (use a whole number from 1 to 100000000)" % d,
             "%s/agreements/agreement-unknown-partner.yaml:5:25: error: unknown partner "
