@@ -318,6 +318,15 @@ static int word_value(struct pctx *c, const struct ydoc_node *n, const struct po
 	return -1;
 }
 
+/* The registry's first partner id that `id` misspells, for a hint; NULL if none. */
+static const char *partner_near_miss(const struct policy_set *set, const char *id)
+{
+	for (size_t i = 0; i < set->n_partners; i++)
+		if (ydoc_near_miss(id, set->partners[i].id))
+			return set->partners[i].id;
+	return NULL;
+}
+
 /*
  * A list of partner ids. Each must name a partner of partners.yaml (when
  * that file loaded) and appear once.
@@ -354,8 +363,14 @@ static enum got partner_list_at(struct pctx *c, const struct ydoc_node *map, con
 			PERR(c, item, "partner '%s' is listed twice in %s", id, key);
 			got = GOT_ERROR;
 		} else if (c->p->partners_ok && !policy_partner_by_id(c->p->set, id)) {
-			PERR(c, item, "unknown partner '%s' in %s (not in %s)", id, key,
-			     POLICY_PARTNERS_FILE);
+			const char *hint = partner_near_miss(c->p->set, id);
+			if (hint)
+				PERR(c, item,
+				     "unknown partner '%s' in %s (not in %s; did you mean '%s'?)",
+				     id, key, POLICY_PARTNERS_FILE, hint);
+			else
+				PERR(c, item, "unknown partner '%s' in %s (not in %s)", id, key,
+				     POLICY_PARTNERS_FILE);
 			got = GOT_ERROR;
 		}
 		(*out)[(*n_out)++] = id;

@@ -208,10 +208,19 @@ static size_t edit_distance(const char *a, const char *b)
 	return row[lb];
 }
 
+/* Suggest only close misspellings. */
+#define NEAR_MISS_MAX 2
+
+bool ydoc_near_miss(const char *word, const char *name)
+{
+	size_t dist = edit_distance(word, name);
+	return dist > 0 && dist <= NEAR_MISS_MAX;
+}
+
 static const char *closest_key(const char *key, const char *const *allowed)
 {
 	const char *best = NULL;
-	size_t best_d = 3; /* suggest only close misspellings */
+	size_t best_d = NEAR_MISS_MAX + 1;
 	for (size_t i = 0; allowed[i]; i++) {
 		size_t dist = edit_distance(key, allowed[i]);
 		if (dist < best_d) {

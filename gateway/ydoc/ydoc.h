@@ -74,4 +74,10 @@ const struct ydoc_node *ydoc_get(const struct ydoc_node *map, const char *key);
 size_t ydoc_check_keys(struct ydoc_diags *d, const char *file, const struct ydoc_node *map,
                        const char *where, const char *const *allowed);
 
+/*
+ * Whether `word` is a near miss of `name` (a Levenshtein distance of 1 or
+ * 2), close enough for a "did you mean" hint, as unknown keys get.
+ */
+bool ydoc_near_miss(const char *word, const char *name);
+
 #endif

@@ -370,7 +370,11 @@ static void test_broken_agreements(void **state)
 	    {NULL, BROKEN("unknown-key"), INV, 2, AFILE("unknown-key"), 6, 3,
 	     "unknown key 'recipents' in agreement (did you mean 'recipients'?)"},
 	    {NULL, BROKEN("unknown-partner"), INV, 1, AFILE("unknown-partner"), 5, 25,
-	     "unknown partner 'met-polise' in senders (not in partners.yaml)"},
+	     "unknown partner 'met-polise' in senders (not in partners.yaml; did you mean "
+	     "'met-police'?)"},
+	    /* No partner id is a near miss of this one: no hint. */
+	    {NULL, BROKEN("unknown-partner-far"), INV, 1, AFILE("unknown-partner-far"), 6, 27,
+	     "unknown partner 'fire-service' in recipients (not in partners.yaml)"},
 	    {NULL, BROKEN("dates"), INV, 1, AFILE("dates"), 9, 15,
 	     "valid_from 2026-01-01 is after valid_until 2025-12-31"},
 	    {NULL, BROKEN("bad-date"), INV, 1, AFILE("bad-date"), 9, 15,
