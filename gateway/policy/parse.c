@@ -72,26 +72,28 @@ static const struct ydoc_node *lookup(struct pctx *c, const struct ydoc_node *ma
 	return n;
 }
 
-/* The name an item of a list gives itself under key, as written; NULL when it gives none. */
-static const char *item_name(const struct ydoc_node *item, const char *key)
+/* The name node an item of a list gives itself under key; NULL when it gives none. */
+static const struct ydoc_node *item_name(const struct ydoc_node *item, const char *key)
 {
 	const struct ydoc_node *n = item->kind == YDOC_MAP ? ydoc_get(item, key) : NULL;
-	return n && n->kind == YDOC_SCALAR && !is_null(n) ? n->scalar : NULL;
+	return n && n->kind == YDOC_SCALAR && !is_null(n) ? n : NULL;
 }
 
 /*
- * Whether an item before list->items[i] gives itself this name. Judged on
- * what the file says, not on what loaded, so that a name given twice is
- * reported even when the first of the two has an error of its own.
+ * The name node of the first item before list->items[i] that gives itself
+ * this name, for a duplicate's error to say where that one is; NULL if none.
+ * Judged on what the file says, not on what loaded, so that a name given
+ * twice is reported even when the first of the two has an error of its own.
  */
-static bool named_before(const struct ydoc_node *list, size_t i, const char *key, const char *name)
+static const struct ydoc_node *named_before(const struct ydoc_node *list, size_t i, const char *key,
+                                            const char *name)
 {
 	for (size_t k = 0; k < i; k++) {
-		const char *other = item_name(list->items[k], key);
-		if (other && strcmp(other, name) == 0)
-			return true;
+		const struct ydoc_node *other = item_name(list->items[k], key);
+		if (other && strcmp(other->scalar, name) == 0)
+			return other;
 	}
-	return false;
+	return NULL;
 }
 
 static bool printable(const char *s)
@@ -657,9 +659,11 @@ static bool parse_partner(struct pctx *c, const struct ydoc_node *list, size_t i
 	size_t before = c->d->errors;
 	ydoc_check_keys(c->d, c->file, n, "partner", keys);
 	const struct ydoc_node *id_node = NULL;
+	const struct ydoc_node *first = NULL;
 	if (id_at(c, n, "id", "partner", "partner id", &pt->id, &id_node) == GOT_VALUE &&
-	    named_before(list, i, "id", pt->id))
-		PERR(c, id_node, "duplicate partner id '%s'", pt->id);
+	    (first = named_before(list, i, "id", pt->id)))
+		PERR(c, id_node, "duplicate partner id '%s' (also at line %d)", pt->id,
+		     first->line);
 	text_at(c, n, "name", "partner", true, 200, &pt->name);
 	enum got got;
 	const struct ydoc_node *kind = lookup(c, n, "kind", "partner", true, &got);
@@ -905,9 +909,10 @@ static bool parse_field(struct pctx *c, const struct ydoc_node *list, size_t i,
 			     "invalid field name '%s' (use letters, digits, '_' and '-', starting "
 			     "with a letter or '_', at most 64 characters)",
 			     name->scalar);
-		if (named_before(list, i, "name", name->scalar))
-			PERR(c, name, "duplicate field '%s' in dataset '%s'", name->scalar,
-			     ds->name ? ds->name : "?");
+		const struct ydoc_node *first = named_before(list, i, "name", name->scalar);
+		if (first)
+			PERR(c, name, "duplicate field '%s' in dataset '%s' (also at line %d)",
+			     name->scalar, ds->name ? ds->name : "?", first->line);
 	}
 	const struct ydoc_node *type = lookup(c, n, "type", "field", true, &got);
 	int t =
@@ -968,9 +973,10 @@ static bool parse_dataset(struct pctx *c, const struct ydoc_node *list, size_t i
 	ydoc_check_keys(c->d, c->file, n, "dataset", keys);
 	struct policy_dataset *ds = &a->datasets[a->n_datasets];
 	const struct ydoc_node *name = NULL;
+	const struct ydoc_node *first = NULL;
 	if (id_at(c, n, "name", "dataset", "dataset name", &ds->name, &name) == GOT_VALUE &&
-	    named_before(list, i, "name", ds->name))
-		PERR(c, name, "duplicate dataset '%s'", ds->name);
+	    (first = named_before(list, i, "name", ds->name)))
+		PERR(c, name, "duplicate dataset '%s' (also at line %d)", ds->name, first->line);
 	enum got got;
 	const struct ydoc_node *uf = lookup(c, n, "unknown_fields", "dataset", false, &got);
 	if (uf)

@@ -382,9 +382,9 @@ static void test_broken_agreements(void **state)
 	    {NULL, BROKEN("date-form"), INV, 1, AFILE("date-form"), 9, 15,
 	     "invalid date '01/04/2025' for valid_from (use YYYY-MM-DD)"},
 	    {NULL, BROKEN("duplicate-field"), INV, 1, AFILE("duplicate-field"), 15, 18,
-	     "duplicate field 'a' in dataset 'things'"},
+	     "duplicate field 'a' in dataset 'things' (also at line 13)"},
 	    {NULL, BROKEN("duplicate-dataset"), INV, 1, AFILE("duplicate-dataset"), 14, 13,
-	     "duplicate dataset 'things'"},
+	     "duplicate dataset 'things' (also at line 11)"},
 	    {NULL, BROKEN("bad-id"), INV, 1, AFILE("bad-id"), 2, 7,
 	     "invalid agreement id 'Police_NHS' (use lowercase letters, digits and '-'"},
 	    {NULL, BROKEN("empty-senders"), INV, 1, AFILE("empty-senders"), 5, 12,
@@ -503,7 +503,7 @@ static void test_broken_partners(void **state)
 	const int INV = ISG_ERR_INVALID;
 	const struct broken cases[] = {
 	    {"broken/partners-duplicate-id.yaml", NULL, INV, 1, "partners.yaml", 10, 9,
-	     "duplicate partner id 'met-police'"},
+	     "duplicate partner id 'met-police' (also at line 2)"},
 	    {"broken/partners-shared-matcher.yaml", NULL, INV, 1, "partners.yaml", 12, 16,
 	     "san_dns 'gateway-client.shared.test' of partner 'nhs-trust' is already used by "
 	     "partner 'met-police'"},
@@ -1405,8 +1405,9 @@ static void test_duplicates_behind_errors(void **state)
 	                                "        - {name: b, type: text, action: pass}\n");
 	const struct want_diag agreements[] = {
 	    {"agreements/dups.yaml", 13, 27, "unknown field type 'txt'"},
-	    {"agreements/dups.yaml", 14, 18, "duplicate field 'a' in dataset 'things'"},
-	    {"agreements/dups.yaml", 15, 13, "duplicate dataset 'things'"},
+	    {"agreements/dups.yaml", 14, 18,
+	     "duplicate field 'a' in dataset 'things' (also at line 13)"},
+	    {"agreements/dups.yaml", 15, 13, "duplicate dataset 'things' (also at line 11)"},
 	    {"agreements/one.yaml", 10, 13, "datasets must be a list, not a mapping"},
 	    {"agreements/two.yaml", 2, 7, "duplicate agreement id 'same' (also in "},
 	};
@@ -1428,7 +1429,7 @@ static void test_duplicates_behind_errors(void **state)
 	         "    certificate: {subject_cn: met2.test}\n");
 	const struct want_diag partners[] = {
 	    {"partners.yaml", 4, 11, "unknown partner kind 'polize'"},
-	    {"partners.yaml", 6, 9, "duplicate partner id 'met-police'"},
+	    {"partners.yaml", 6, 9, "duplicate partner id 'met-police' (also at line 2)"},
 	};
 	expect_errors(dir, partners, ARRAY_LEN(partners));
 	remove_dir(dir);
