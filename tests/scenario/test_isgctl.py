@@ -322,7 +322,10 @@ class IsgctlCase(isgtest.ScenarioCase):
         good = self.policy("good")
         r = isgtest.ctl("policy", "check", good)
         self.assertEqual(r.rc, 0, r)
-        self.assertRegex(r.out, r"^policy OK: 3 partners, 1 agreements, version [0-9a-f]{64}\n$")
+        self.assertRegex(r.out, r"^policy OK: 3 partners, 1 agreements, version [0-9a-f]{64}\n"
+                                r"keys not checked: isgd also needs a key for every linkage "
+                                r"domain the agreements name \(0\), and audit; check them with "
+                                r"--keys KEYS_DIR\n$")
         bad = self.policy("bad", agreements=[isgtest.default_agreement(senders=["nobody"])])
         r = isgtest.ctl("policy", "check", bad)
         self.assertEqual(r.rc, 1, r)

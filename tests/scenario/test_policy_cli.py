@@ -370,8 +370,11 @@ class PolicyCli(unittest.TestCase):
 
     def test_check_ok_with_warnings(self):
         p = self.ctl("policy", "check", FEATURES)
+        # Without --keys, the keys isgd would also need are named as not checked.
         self.assertEqual(p.stdout, "policy OK: 4 partners, 3 agreements, version %s\n"
-                         % policy_version(FEATURES))
+                         "keys not checked: isgd also needs a key for every linkage domain "
+                         "the agreements name (2), and audit; check them with --keys "
+                         "KEYS_DIR\n" % policy_version(FEATURES))
         # city-council claims its CA's every certificate; charity takes its own from any CA
         issuer_alone = ("%s/partners.yaml:28:7: warning: partner 'city-council' is recognised by "
                         "issuer_cn alone and partner 'charity' has no issuer_cn: a certificate of "
