@@ -141,8 +141,14 @@ static void *wal_main(void *arg)
 	return NULL;
 }
 
-/* Zeros from fd's end up to want, synced; on failure the file is cut back. */
-static int zero_fill(int fd, off_t want, off_t *wrote)
+/*
+ * Zeros from fd's end up to want, synced; on failure the file is cut back.
+ * With less free space than twice what it would write, it writes nothing,
+ * returns ENOSPC and sets *needed and *avail (else left at 0), so that the
+ * log can say so: ENOSPC alone reads as "No space left on device" on a file
+ * system with tens of MB free.
+ */
+static int zero_fill(int fd, off_t want, off_t *wrote, uint64_t *needed, uint64_t *avail)
 {
 	struct stat sb;
 	struct statvfs fs;
@@ -153,8 +159,12 @@ static int zero_fill(int fd, off_t want, off_t *wrote)
 	if (sb.st_size >= want)
 		return 0;
 	/* Not at the cost of filling the disk, even for a moment. */
-	if ((uint64_t)fs.f_bavail * fs.f_frsize < 2 * (uint64_t)(want - sb.st_size))
+	uint64_t free_bytes = (uint64_t)fs.f_bavail * fs.f_frsize;
+	if (free_bytes < 2 * (uint64_t)(want - sb.st_size)) {
+		*needed = 2 * (uint64_t)(want - sb.st_size);
+		*avail = free_bytes;
 		return ENOSPC;
+	}
 	/*
 	 * A page at a time. Since Linux 6.16, ext4 caches a file in folios as
 	 * large as the writes that made them, and every later write into a
@@ -225,6 +235,7 @@ static void wal_preallocate(struct store *s)
 	int64_t page = 0;
 	bool found = false;
 	off_t wrote = 0;
+	uint64_t needed = 0, avail = 0;
 	int e;
 	if (store_db_query_int(s->db, "PRAGMA page_size", &page, &found) != SQLITE_OK ||
 	    page <= 0) {
@@ -233,10 +244,8 @@ static void wal_preallocate(struct store *s)
 		e = EBUSY;
 	} else {
 		int fd = wal_open(s);
-		e = fd < 0
-		        ? errno
-		        : zero_fill(fd, 32 + (off_t)s->wal_pages * STORE_WAL_RESTART * (page + 24),
-		                    &wrote);
+		off_t want = 32 + (off_t)s->wal_pages * STORE_WAL_RESTART * (page + 24);
+		e = fd < 0 ? errno : zero_fill(fd, want, &wrote, &needed, &avail);
 		if (fd >= 0)
 			close(fd);
 		/* An empty transaction: it writes nothing. */
@@ -244,7 +253,13 @@ static void wal_preallocate(struct store *s)
 			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 	}
 	char q[128];
-	if (e != 0)
+	if (e == ENOSPC && needed > 0)
+		log_event(
+		    LOG_WARN, "store.wal_not_preallocated",
+		    "error=\"too little free space: writing the WAL ahead needs twice what it "
+		    "writes\" needed=%llu free=%llu",
+		    (unsigned long long)needed, (unsigned long long)avail);
+	else if (e != 0)
 		log_event(LOG_WARN, "store.wal_not_preallocated", "error=%s",
 		          log_quote(q, sizeof(q), strerror(e)));
 	else if (wrote > 0)

@@ -673,6 +673,43 @@ static void test_wal_written_ahead_under_the_write_lock(void **state)
 	assert_true(file_size(wal) >= 32 + 256 * 2 * (4096 + 24));
 }
 
+/*
+ * Without twice the room it would write, the WAL is not written ahead, and
+ * the warning says that, with the figures: strerror(ENOSPC), "No space left
+ * on device", was what an admin read with tens of MB free on the volume.
+ */
+static void test_wal_not_written_ahead_without_room_says_why(void **state)
+{
+	struct fx *f = *state;
+	char wal[160], logpath[] = "/tmp/isg-test-wal-log-XXXXXX";
+	fx_path(f, wal, sizeof(wal), "-wal");
+	wal_sends(f, 64, 1);
+	off_t before = file_size(wal);
+	int logfd = mkstemp(logpath);
+	assert_true(logfd >= 0);
+	fflush(stderr);
+	int saved = dup(2);
+	assert_true(saved >= 0);
+	assert_true(dup2(logfd, 2) == 2);
+	/* About 35 TB of WAL: more than half of any test machine's disk. */
+	store_test_wal_preallocate(f->s, UINT32_MAX);
+	fflush(stderr);
+	assert_true(dup2(saved, 2) == 2);
+	close(saved);
+	char line[1024] = "";
+	ssize_t n = pread(logfd, line, sizeof(line) - 1, 0);
+	close(logfd);
+	unlink(logpath);
+	assert_true(n > 0);
+	line[n] = '\0';
+	assert_non_null(strstr(line, "event=store.wal_not_preallocated"));
+	assert_non_null(strstr(line, "error=\"too little free space: writing the WAL ahead needs "
+	                             "twice what it writes\" needed="));
+	assert_non_null(strstr(line, " free="));
+	assert_null(strstr(line, "No space left on device"));
+	assert_int_equal(file_size(wal), before);
+}
+
 /* A second store_open of the same file (say, a second isgd) is refused until the first closes. */
 static void test_one_store_open_at_a_time(void **state)
 {
@@ -1308,6 +1345,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_one_store_open_at_a_time, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_wal_written_ahead_under_the_write_lock, fx_setup,
 	                                    fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_wal_not_written_ahead_without_room_says_why,
+	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_close_drains_queue, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_refuses_random_bytes, fx_setup, fx_teardown),
