@@ -745,7 +745,7 @@ class Gateway:
         """
         Start isgd and wait until it serves. The port free_port() chose when
         this Gateway was made is only free until someone binds it: another
-        test process (ctest -j2) may have taken it by now, before a first
+        test process (ctest -j) may have taken it by now, before a first
         start or between a stop and a start, or a client's connection may
         hold it as its local port. When isgd exits saying so and listen is
         still the harness's own 127.0.0.1:port, start moves it to a new port
