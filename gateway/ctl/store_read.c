@@ -155,8 +155,14 @@ int ctl_store_open(const char *path, bool watch, sqlite3 **db, char **real_path)
 	int rc = sqlite3_open_v2(uri, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
 	free(uri);
 	if (rc != SQLITE_OK) {
-		ctl_warn("cannot open store '%s': %s", path,
-		         *db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
+		/* SQLite says "unable to open database file" whatever the reason */
+		int e = *db ? sqlite3_system_errno(*db) : 0;
+		if ((rc & 0xff) == SQLITE_CANTOPEN && (e == EACCES || e == EPERM))
+			ctl_warn("cannot open store '%s': %s (run it as the store's owner)", path,
+			         ctl_errno_text(e));
+		else
+			ctl_warn("cannot open store '%s': %s", path,
+			         *db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
 		return CTL_EXIT_LOCAL;
 	}
 	sqlite3_busy_timeout(*db, BUSY_TIMEOUT_MS);

@@ -293,7 +293,8 @@ class AuditLog(isgtest.ScenarioCase):
 
     def test_keys_out_of_reach_say_what_to_do(self):
         """A user who cannot read KEYS_DIR is told to run as the keys' owner, or, where a
-        verifier key will do, to give the recorded one with --pubkey-file."""
+        verifier key will do, to give the recorded one with --pubkey-file; one who cannot
+        read the store, to run as its owner."""
         if os.geteuid() != 0:
             if os.environ.get("ISG_ALLOW_SKIP"):
                 self.skipTest("needs root to run isgctl as another user")
@@ -341,6 +342,16 @@ class AuditLog(isgtest.ScenarioCase):
         # The hint holds: the recorded verifier key needs no keys directory.
         p = run("verify", "--store", store, "--pubkey-file", pubkey)
         self.assertEqual(p.returncode, 0, p)
+        # A store this user may not read is said as such, not as SQLite's
+        # "unable to open database file".
+        os.chown(store, 0, 0)
+        os.chmod(store, 0o600)
+        for args in (["verify", "--pubkey-file", pubkey], ["list"]):
+            with self.subTest(args=args):
+                p = run(*(args + ["--store", store]))
+                self.assertEqual((p.returncode, p.stdout), (1, ""), p)
+                self.assertEqual(p.stderr, "isgctl: cannot open store '%s': permission denied "
+                                 "(run it as the store's owner)\n" % store)
 
     def test_checkpoint(self):
         self.assertEqual(self.final_note, self.checkpoints[-1][1])
