@@ -266,6 +266,15 @@ static bool starts_like_checkpoint(const char *text, const char *origin)
 	return digits > 0 && size[digits] == '\n';
 }
 
+/* Whether a saved file holds nothing but white space: saved empty, not saved wrong. */
+static bool blank(const char *buf, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\r' && buf[i] != '\n')
+			return false;
+	return true;
+}
+
 /* Read and check each --against file. */
 static int load_saved(struct verify *vs, char **files, size_t n)
 {
@@ -290,8 +299,10 @@ static int load_saved(struct verify *vs, char **files, size_t n)
 		struct audit_checkpoint c;
 		bool unreadable = false;
 		const char *why = open_note_why(&vs->v, buf, len, &c, &unreadable);
-		if (why && !unreadable && why == bad_signature &&
-		    !starts_like_checkpoint(buf, vs->v.name)) {
+		if (why && unreadable && blank(buf, len))
+			why = "the file is empty (save the checkpoint's lines in it)";
+		else if (why && !unreadable && why == bad_signature &&
+		         !starts_like_checkpoint(buf, vs->v.name)) {
 			unreadable = true;
 			why = "it does not begin with the checkpoint's origin line and size line "
 			      "(save the checkpoint's lines alone)";

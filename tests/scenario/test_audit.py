@@ -513,6 +513,16 @@ class AuditLog(isgtest.ScenarioCase):
                                        r"problem: saved checkpoint '[^']*not-a-checkpoint.cp' "
                                        r"could not be read as a checkpoint: \S")
         self.assertNotIn("control character", r.out)
+        # Saved empty (or blank): said so, not as a note's missing blank line.
+        for name, text in (("empty", b""), ("blank", b"\r\n \n")):
+            with self.subTest(name):
+                path = os.path.join(self.tmp, "%s.cp" % name)
+                with open(path, "wb") as f:
+                    f.write(text)
+                self.assertSavedUnreadable(self.copy_store(name), path,
+                                           r"problem: saved checkpoint '[^']*%s.cp' could not be "
+                                           r"read as a checkpoint: the file is empty \(save the "
+                                           r"checkpoint's lines in it\)\n" % name)
         # A mail body around a good checkpoint: not read as one, not called forged.
         for name, text in (("above", "Hi, here is the checkpoint:\n" + note),
                            ("above-crlf", ("Hi, here is the checkpoint:\n" + note)
