@@ -104,15 +104,23 @@ int ctl_store_recheck(int status)
 	return status;
 }
 
+/* What to do when the user may not read the store or enter a directory on its way. */
+static const char *denied_hint(int e)
+{
+	return e == EACCES || e == EPERM ? " (run it as the store's owner)" : "";
+}
+
 /* The store's file, links followed, in *real_path. */
 static int resolve_store(const char *path, char **real_path)
 {
 	*real_path = realpath(path, NULL);
 	if (!*real_path) {
 		/* a store that is not there is the usual case: say so plainly */
-		bool missing = errno == ENOENT || errno == ENOTDIR;
-		ctl_warn("cannot open store '%s': %s%s", path,
-		         missing ? "" : "cannot resolve its path: ", ctl_errno_text(errno));
+		int e = errno;
+		bool missing = e == ENOENT || e == ENOTDIR;
+		ctl_warn("cannot open store '%s': %s%s%s", path,
+		         missing ? "" : "cannot resolve its path: ", ctl_errno_text(e),
+		         denied_hint(e));
 		return CTL_EXIT_LOCAL;
 	}
 	return CTL_EXIT_OK;
@@ -126,7 +134,8 @@ int ctl_store_open(const char *path, bool watch, sqlite3 **db, char **real_path)
 	if (status != CTL_EXIT_OK)
 		return status;
 	if (stat(*real_path, &st) != 0) {
-		ctl_warn("cannot open store '%s': %s", path, ctl_errno_text(errno));
+		int e = errno;
+		ctl_warn("cannot open store '%s': %s%s", path, ctl_errno_text(e), denied_hint(e));
 		return CTL_EXIT_LOCAL;
 	}
 	if (!S_ISREG(st.st_mode)) {
@@ -157,9 +166,9 @@ int ctl_store_open(const char *path, bool watch, sqlite3 **db, char **real_path)
 	if (rc != SQLITE_OK) {
 		/* SQLite says "unable to open database file" whatever the reason */
 		int e = *db ? sqlite3_system_errno(*db) : 0;
-		if ((rc & 0xff) == SQLITE_CANTOPEN && (e == EACCES || e == EPERM))
-			ctl_warn("cannot open store '%s': %s (run it as the store's owner)", path,
-			         ctl_errno_text(e));
+		if ((rc & 0xff) == SQLITE_CANTOPEN && *denied_hint(e))
+			ctl_warn("cannot open store '%s': %s%s", path, ctl_errno_text(e),
+			         denied_hint(e));
 		else
 			ctl_warn("cannot open store '%s': %s", path,
 			         *db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));

@@ -352,6 +352,16 @@ class AuditLog(isgtest.ScenarioCase):
                 self.assertEqual((p.returncode, p.stdout), (1, ""), p)
                 self.assertEqual(p.stderr, "isgctl: cannot open store '%s': permission denied "
                                  "(run it as the store's owner)\n" % store)
+        # As installed (operations.md): the store in a directory of mode 0700 that is
+        # not this user's, which stops them before the file.
+        private = os.path.join(home, "private")
+        os.mkdir(private, 0o700)
+        inside = os.path.join(private, "isg.db")
+        shutil.copyfile(self.gw.store_path, inside)
+        p = run("verify", "--pubkey-file", pubkey, "--store", inside)
+        self.assertEqual((p.returncode, p.stdout), (1, ""), p)
+        self.assertEqual(p.stderr, "isgctl: cannot open store '%s': cannot resolve its path: "
+                         "permission denied (run it as the store's owner)\n" % inside)
 
     def test_checkpoint(self):
         self.assertEqual(self.final_note, self.checkpoints[-1][1])
