@@ -320,13 +320,27 @@ static int word_value(struct pctx *c, const struct ydoc_node *n, const struct po
 	return -1;
 }
 
-/* The registry's first partner id that `id` misspells, for a hint; NULL if none. */
-static const char *partner_near_miss(const struct policy_set *set, const char *id)
+/*
+ * The registry's partner id nearest to `id`, for a "did you mean" hint,
+ * leaving out those the list already gave (listed[0..n)); NULL if none.
+ */
+static const char *partner_near_miss(const struct policy_set *set, const char *id,
+                                     char *const *listed, size_t n)
 {
-	for (size_t i = 0; i < set->n_partners; i++)
-		if (ydoc_near_miss(id, set->partners[i].id))
-			return set->partners[i].id;
-	return NULL;
+	const char *best = NULL;
+	size_t best_d = SIZE_MAX;
+	for (size_t i = 0; i < set->n_partners; i++) {
+		const char *p = set->partners[i].id;
+		size_t d = ydoc_near_miss(id, p);
+		bool given = false;
+		for (size_t k = 0; k < n; k++)
+			given |= strcmp(listed[k], p) == 0;
+		if (d > 0 && d < best_d && !given) {
+			best = p;
+			best_d = d;
+		}
+	}
+	return best;
 }
 
 /*
@@ -365,7 +379,7 @@ static enum got partner_list_at(struct pctx *c, const struct ydoc_node *map, con
 			PERR(c, item, "partner '%s' is listed twice in %s", id, key);
 			got = GOT_ERROR;
 		} else if (c->p->partners_ok && !policy_partner_by_id(c->p->set, id)) {
-			const char *hint = partner_near_miss(c->p->set, id);
+			const char *hint = partner_near_miss(c->p->set, id, *out, *n_out);
 			if (hint)
 				PERR(c, item,
 				     "unknown partner '%s' in %s (not in %s; did you mean '%s'?)",

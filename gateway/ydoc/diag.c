@@ -211,10 +211,10 @@ static size_t edit_distance(const char *a, const char *b)
 /* Suggest only close misspellings. */
 #define NEAR_MISS_MAX 2
 
-bool ydoc_near_miss(const char *word, const char *name)
+size_t ydoc_near_miss(const char *word, const char *name)
 {
 	size_t dist = edit_distance(word, name);
-	return dist > 0 && dist <= NEAR_MISS_MAX;
+	return dist <= NEAR_MISS_MAX ? dist : 0;
 }
 
 static const char *closest_key(const char *key, const char *const *allowed)

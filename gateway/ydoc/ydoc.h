@@ -75,9 +75,10 @@ size_t ydoc_check_keys(struct ydoc_diags *d, const char *file, const struct ydoc
                        const char *where, const char *const *allowed);
 
 /*
- * Whether `word` is a near miss of `name` (a Levenshtein distance of 1 or
- * 2), close enough for a "did you mean" hint, as unknown keys get.
+ * How near a miss `word` is of `name`: their Levenshtein distance when it
+ * is 1 or 2, close enough for a "did you mean" hint, as unknown keys get;
+ * 0 otherwise (equal, or too far apart).
  */
-bool ydoc_near_miss(const char *word, const char *name);
+size_t ydoc_near_miss(const char *word, const char *name);
 
 #endif

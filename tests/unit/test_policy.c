@@ -369,9 +369,9 @@ static void test_broken_agreements(void **state)
 	    /* The misspelt key, then the key it should have been. */
 	    {NULL, BROKEN("unknown-key"), INV, 2, AFILE("unknown-key"), 6, 3,
 	     "unknown key 'recipents' in agreement (did you mean 'recipients'?)"},
+	    /* No hint: the one near miss, met-police, is listed already. */
 	    {NULL, BROKEN("unknown-partner"), INV, 1, AFILE("unknown-partner"), 5, 25,
-	     "unknown partner 'met-polise' in senders (not in partners.yaml; did you mean "
-	     "'met-police'?)"},
+	     "unknown partner 'met-polise' in senders (not in partners.yaml)"},
 	    /* No partner id is a near miss of this one: no hint. */
 	    {NULL, BROKEN("unknown-partner-far"), INV, 1, AFILE("unknown-partner-far"), 6, 27,
 	     "unknown partner 'fire-service' in recipients (not in partners.yaml)"},
@@ -1432,6 +1432,55 @@ static void test_duplicates_behind_errors(void **state)
 	    {"partners.yaml", 6, 9, "duplicate partner id 'met-police' (also at line 2)"},
 	};
 	expect_errors(dir, partners, ARRAY_LEN(partners));
+	remove_dir(dir);
+}
+
+/*
+ * An unknown partner id's hint names the nearest id of the registry, not
+ * the first near one, and never one the list already gives.
+ */
+static void test_unknown_partner_hint_is_the_nearest(void **state)
+{
+	char *dir = temp_policy_dir();
+	put_file(dir, "partners.yaml",
+	         "partners:\n"
+	         "  - id: nhs-trusts\n"
+	         "    name: Trusts\n"
+	         "    kind: nhs\n"
+	         "    certificate: {subject_cn: trusts.test}\n"
+	         "  - id: nhs-trust\n"
+	         "    name: Trust\n"
+	         "    kind: nhs\n"
+	         "    certificate: {subject_cn: trust.test}\n"
+	         "  - id: met-police\n"
+	         "    name: Met\n"
+	         "    kind: police\n"
+	         "    certificate: {subject_cn: met.test}\n");
+	put_file(dir, "agreements/a.yaml",
+	         "agreement:\n"
+	         "  id: a\n"
+	         "  version: 1\n"
+	         "  title: Hints\n"
+	         "  senders: [met-police, nhs-trus]\n"
+	         "  recipients: [nhs-trust, nhs-trusx]\n"
+	         "  purpose: {code: testing, text: Testing}\n"
+	         "  lawful_basis: [\"UK GDPR Art. 6(1)(e)\"]\n"
+	         "  valid_from: 2025-01-01\n"
+	         "  datasets:\n"
+	         "    - name: things\n"
+	         "      fields:\n"
+	         "        - {name: a, type: text, action: pass}\n");
+	const struct want_diag want[] = {
+	    /* nhs-trusts is 2 away and first in the registry; nhs-trust is 1 away */
+	    {"agreements/a.yaml", 5, 25,
+	     "unknown partner 'nhs-trus' in senders (not in partners.yaml; did you mean "
+	     "'nhs-trust'?)"},
+	    /* nhs-trust is 1 away but listed already; nhs-trusts is 1 away too */
+	    {"agreements/a.yaml", 6, 27,
+	     "unknown partner 'nhs-trusx' in recipients (not in partners.yaml; did you mean "
+	     "'nhs-trusts'?)"},
+	};
+	expect_errors(dir, want, ARRAY_LEN(want));
 	remove_dir(dir);
 }
 
@@ -3343,6 +3392,7 @@ int main(void)
 	    cmocka_unit_test(test_issuer_cn),
 	    cmocka_unit_test(test_null_matchers),
 	    cmocka_unit_test(test_duplicates_behind_errors),
+	    cmocka_unit_test(test_unknown_partner_hint_is_the_nearest),
 	    cmocka_unit_test(test_null_in_lawful_basis),
 	    cmocka_unit_test(test_text_lengths_in_characters),
 	    cmocka_unit_test(test_fifo_refused),
