@@ -202,6 +202,18 @@ static int zero_fill(int fd, off_t want, off_t *wrote, uint64_t *needed, uint64_
 	return e;
 }
 
+/* The store's WAL file opened apart from SQLite, for writing: -1 and errno
+ * when it cannot be. Without blocking, as a FIFO in its place would. */
+static int wal_open(const struct store *s)
+{
+	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
+	if (!wal) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+}
+
 /*
  * Write the WAL's first STORE_WAL_RESTART * wal_pages frames as zeros when
  * the store opens. A commit that extends the file makes its fdatasync
@@ -218,18 +230,6 @@ static int zero_fill(int fd, off_t want, off_t *wrote, uint64_t *needed, uint64_
  * meanwhile. Best effort: without the room, the zeros are taken back and
  * the store runs as before.
  */
-/* The store's WAL file opened apart from SQLite, for writing: -1 and errno
- * when it cannot be. Without blocking, as a FIFO in its place would. */
-static int wal_open(const struct store *s)
-{
-	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->db, "main"));
-	if (!wal) {
-		errno = ENOMEM;
-		return -1;
-	}
-	return open(wal, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-}
-
 static void wal_preallocate(struct store *s)
 {
 	int64_t page = 0;
