@@ -12,10 +12,11 @@
  * Nothing is lost by holding frames back. Other connections read a frame
  * only once its commit is published in the WAL index's header, which
  * SQLite writes after the commit's frames (and, with synchronous=FULL, as
- * the store has it but for a held batch, after their sync); the writer's own connection reads
- * only through us. The end of a commit is told by its last frame's header,
- * whose second field (the database's size in pages after the commit) is
- * nonzero only there (https://www.sqlite.org/fileformat2.html#walformat);
+ * the store has it but for a held batch, after their sync); the writer's
+ * own connection reads only through us. The end of a commit is told by its
+ * last frame's header, whose second field (the database's size in pages
+ * after the commit) is nonzero only there
+ * (https://www.sqlite.org/fileformat2.html#walformat);
  * so the frames reach the file before SQLite goes on even where it does not
  * sync. What is not appended goes straight to the file: a frame rewritten in
  * place, and the checksums SQLite rewrites at a commit after that, whose
